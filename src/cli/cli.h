@@ -1,0 +1,29 @@
+/*
+ * cli.h — subcommand entry points (internal to cli/). Each returns the
+ * process exit status: 0 success, 1 failure, 2 usage error.
+ */
+#ifndef TERN_CLI_CLI_H
+#define TERN_CLI_CLI_H
+
+#define TERN_VERSION "0.1.0"
+
+struct spool;
+struct scheduler;
+
+int cmd_serve(int argc, char **argv);
+int cmd_check_config(int argc, char **argv);
+int cmd_user(int argc, char **argv);
+int cmd_queue(int argc, char **argv);
+
+/* Parses "-c FILE" / "--config FILE" out of argv (removing it); NULL if absent.
+ * Returns -1 on a dangling -c. */
+int cli_take_config(int *argc, char **argv, const char **path);
+
+/* The daemon side of the control socket (control.c). */
+struct control;
+struct control *control_start(int listen_fd, struct spool *sp, struct scheduler *sched);
+void control_stop(struct control *c);
+/* Binds DATA/control.sock; returns the listening fd or -1. */
+int control_bind(const char *data_dir);
+
+#endif

@@ -1,0 +1,48 @@
+/*
+ * main.c — the tern program: picks the subcommand. Invoked as "sendmail"
+ * it will behave like sendmail (a later issue).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: tern COMMAND [options]\n"
+		"\n"
+		"  serve [-c FILE]            run the mail server (embedded default without -c)\n"
+		"  check-config [-c FILE]     validate the config and print it with defaults\n"
+		"  user add|passwd|del|list   manage users (passwd-file); --password-stdin\n"
+		"  queue list|show|delete|flush  inspect and control the queue of a running server\n"
+		"  version                    print the version\n");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[1];
+	if (strcmp(cmd, "serve") == 0)
+		return cmd_serve(argc - 1, argv + 1);
+	if (strcmp(cmd, "check-config") == 0)
+		return cmd_check_config(argc - 1, argv + 1);
+	if (strcmp(cmd, "user") == 0)
+		return cmd_user(argc - 1, argv + 1);
+	if (strcmp(cmd, "queue") == 0)
+		return cmd_queue(argc - 1, argv + 1);
+	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+		printf("tern %s\n", TERN_VERSION);
+		return 0;
+	}
+	if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	fprintf(stderr, "tern: unknown command '%s'\n", cmd);
+	usage(stderr);
+	return 2;
+}

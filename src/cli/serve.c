@@ -1,0 +1,386 @@
+/*
+ * serve.c — `tern serve` and `tern check-config`: the daemon's life.
+ *
+ * Start-up order matters for safety (DESIGN §2): load and check the config,
+ * create the data directory, bind every listener and the control socket,
+ * and only then drop to the configured user — before the first byte of
+ * network input is read. Signals are taken synchronously by the main
+ * thread (sigwait): SIGHUP reloads config and users, SIGTERM/SIGINT stop
+ * accepting, let transactions in flight finish for limits.shutdown_grace
+ * seconds, then close the spool cleanly and exit 0.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth/auth.h"
+#include "cli/cli.h"
+#include "core/conf.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "core/runtime.h"
+#include "queue/queue.h"
+#include "smtp/smtp.h"
+
+#define MAX_WORKERS 64
+#define MAX_FDS 256
+
+int cli_take_config(int *argc, char **argv, const char **path)
+{
+	*path = NULL;
+	for (int i = 1; i < *argc; i++) {
+		if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
+			if (i + 1 >= *argc)
+				return -1;
+			*path = argv[i + 1];
+			for (int j = i; j + 2 <= *argc; j++)
+				argv[j] = argv[j + 2];
+			*argc -= 2;
+			return 0;
+		}
+	}
+	return 0;
+}
+
+int cmd_check_config(int argc, char **argv)
+{
+	const char *path;
+	if (cli_take_config(&argc, argv, &path) != 0 || argc != 1) {
+		fprintf(stderr, "usage: tern check-config [-c FILE]\n");
+		return 2;
+	}
+	char err[512];
+	struct tern_config *c = conf_load(path, err, sizeof(err));
+	if (!c) {
+		fprintf(stderr, "tern: %s\n", err);
+		return 1;
+	}
+	conf_print(c, stdout);
+	conf_unref(c);
+	return 0;
+}
+
+/* mkdir -p with mode; existing directories are fine. */
+static int mkdir_p(const char *path, mode_t mode)
+{
+	char tmp[4096];
+	if (tern_strlcpy(tmp, path, sizeof(tmp)) >= sizeof(tmp))
+		return -1;
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+			return -1;
+		*p = '/';
+	}
+	if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+static struct tern_runtime *runtime_load(const char *path, char *err, size_t errlen)
+{
+	struct tern_config *conf = conf_load(path, err, errlen);
+	if (!conf)
+		return NULL;
+	struct user_db *users = NULL;
+	if (users_load(conf->users_file, &users, err, errlen) != TERN_OK) {
+		conf_unref(conf);
+		return NULL;
+	}
+	struct tern_runtime *rt = calloc(1, sizeof(*rt));
+	if (!rt) {
+		users_free(users);
+		conf_unref(conf);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	atomic_init(&rt->refs, 1);
+	rt->conf = conf;
+	rt->users = users;
+	rt->free_users = users_free;
+	return rt;
+}
+
+static int bind_listener(const char *address, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	unsigned len = 0;
+	if (!conf_parse_address(address, &ss, &len)) {
+		snprintf(err, errlen, "bad listen address '%s'", address);
+		return -1;
+	}
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* One socket per worker on the same port: the kernel spreads accepts. */
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 4096) != 0)
+		goto fail;
+	return fd;
+fail:
+	snprintf(err, errlen, "cannot listen on %s: %s", address, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/* chown -R of the data dir to the account we drop to (only as root). */
+static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
+{
+	if (depth > 8)
+		return;
+	if (lchown(dir, uid, gid) != 0)
+		log_warn("event=chown_failed path=%s error=\"%s\"", dir, strerror(errno));
+	char cmd_path[4096];
+	/* Only the top levels we create are ours to fix; Maildirs and the spool
+	 * are created by the daemon after the drop, so two levels suffice. */
+	if (depth >= 1)
+		return;
+	static const char *subs[] = {"spool", "mail", "users", "control.sock"};
+	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
+		struct stat st;
+		if (lstat(cmd_path, &st) == 0)
+			chown_tree(cmd_path, uid, gid, depth + 1);
+	}
+}
+
+static int drop_privileges(const char *user, const char *data_dir, char *err, size_t errlen)
+{
+	if (geteuid() != 0)
+		return 0;
+	if (!user || !*user) {
+		log_warn("event=privileges user=root reason=\"no 'user' configured; running as "
+			 "root\"");
+		return 0;
+	}
+	struct passwd *pw = getpwnam(user);
+	if (!pw) {
+		snprintf(err, errlen, "user '%s' (config key 'user') does not exist", user);
+		return -1;
+	}
+	chown_tree(data_dir, pw->pw_uid, pw->pw_gid, 0);
+	if (setgroups(0, NULL) != 0 || setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) != 0 ||
+	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) != 0) {
+		snprintf(err, errlen, "cannot drop privileges to '%s': %s", user, strerror(errno));
+		return -1;
+	}
+	if (setuid(0) == 0 || geteuid() != pw->pw_uid) {
+		snprintf(err, errlen, "privilege drop to '%s' did not stick", user);
+		return -1;
+	}
+	log_info("event=privileges user=%s uid=%u gid=%u", user, (unsigned)pw->pw_uid,
+		 (unsigned)pw->pw_gid);
+	return 0;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+	const char *path;
+	if (cli_take_config(&argc, argv, &path) != 0 || argc != 1) {
+		fprintf(stderr, "usage: tern serve [-c FILE]\n");
+		return 2;
+	}
+	char err[512];
+	int status = 1;
+	struct tern_runtime *rt = NULL;
+	struct worker *workers[MAX_WORKERS] = {0};
+	unsigned n_workers = 0;
+	int fds[MAX_FDS];
+	const char *fd_profiles[MAX_FDS];
+	size_t n_fds = 0;
+	int control_fd = -1;
+	struct spool *sp = NULL;
+	struct scheduler *sched = NULL;
+	struct smtp_server *srv = NULL;
+	struct control *ctl = NULL;
+
+	/* Every thread inherits this mask; only sigwait below takes the signals. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct tern_config *conf = conf_load(path, err, sizeof(err));
+	if (!conf) {
+		fprintf(stderr, "tern: %s\n", err);
+		return 1;
+	}
+	enum log_level lvl;
+	if (log_level_parse(conf->log_level, &lvl) == 0)
+		log_set_level(lvl);
+	log_info("event=starting version=%s config=%s hostname=%s data_dir=%s", TERN_VERSION,
+		 conf->source, conf->hostname, conf->data_dir);
+
+	if (mkdir_p(conf->data_dir, 0750) != 0) {
+		log_error("event=fatal reason=\"cannot create data_dir %s: %s\"", conf->data_dir,
+			  strerror(errno));
+		goto out;
+	}
+	n_workers = conf->workers ? conf->workers : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	if (n_workers < 1)
+		n_workers = 1;
+	if (n_workers > MAX_WORKERS)
+		n_workers = MAX_WORKERS;
+
+	for (size_t i = 0; i < conf->n_listeners; i++) {
+		for (unsigned w = 0; w < n_workers; w++) {
+			if (n_fds == MAX_FDS) {
+				log_error("event=fatal reason=\"too many listeners\"");
+				goto out;
+			}
+			int fd = bind_listener(conf->listeners[i].address, err, sizeof(err));
+			if (fd < 0) {
+				log_error("event=fatal listener=%s reason=\"%s\"",
+					  conf->listeners[i].name, err);
+				goto out;
+			}
+			fd_profiles[n_fds] = conf->listeners[i].profile;
+			fds[n_fds++] = fd;
+		}
+		log_info("event=listening name=%s address=%s profile=%s",
+			 conf->listeners[i].name, conf->listeners[i].address,
+			 conf->listeners[i].profile);
+	}
+	control_fd = control_bind(conf->data_dir);
+	if (control_fd < 0) {
+		log_error("event=fatal reason=\"cannot bind %s/control.sock: %s\"", conf->data_dir,
+			  strerror(errno));
+		goto out;
+	}
+
+	if (drop_privileges(conf->user, conf->data_dir, err, sizeof(err)) != 0) {
+		log_error("event=fatal reason=\"%s\"", err);
+		goto out;
+	}
+
+	rt = runtime_load(path, err, sizeof(err));
+	if (!rt) {
+		log_error("event=fatal reason=\"%s\"", err);
+		goto out;
+	}
+	runtime_install(rt);
+	rt = NULL;
+
+	char spool_dir[4096];
+	snprintf(spool_dir, sizeof(spool_dir), "%s/spool", conf->data_dir);
+	if (spool_open(spool_dir, &sp) != TERN_OK) {
+		log_error("event=fatal reason=\"cannot open the spool in %s\"", spool_dir);
+		goto out;
+	}
+	sched = scheduler_new(sp, 2);
+	srv = sched ? smtp_server_new(sp, sched) : NULL;
+	if (!srv || loop_global_init() != 0) {
+		log_error("event=fatal reason=\"out of memory\"");
+		goto out;
+	}
+	for (unsigned w = 0; w < n_workers; w++) {
+		workers[w] = worker_new(w);
+		if (!workers[w]) {
+			log_error("event=fatal reason=\"cannot create worker\"");
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < n_fds; i++) {
+		if (smtp_server_listen(srv, workers[i % n_workers], fds[i], fd_profiles[i]) !=
+		    TERN_OK) {
+			log_error("event=fatal reason=\"cannot attach listener\"");
+			goto out;
+		}
+		fds[i] = -1; /* owned by the listener now */
+	}
+	for (unsigned w = 0; w < n_workers; w++)
+		worker_start(workers[w]);
+	ctl = control_start(control_fd, sp, sched);
+	control_fd = -1;
+	scheduler_requeue_all(sched, false);
+	log_info("event=ready workers=%u queued=%zu", n_workers, spool_count(sp));
+
+	for (;;) {
+		int sig = 0;
+		if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			struct tern_runtime *nrt = runtime_load(path, err, sizeof(err));
+			if (!nrt) {
+				log_error("event=reload_failed reason=\"%s\" keeping=old-config", err);
+				continue;
+			}
+			log_info("event=reloaded users=%zu aliases=%zu local_domains=%zu",
+				 users_count(nrt->users), nrt->conf->n_aliases,
+				 nrt->conf->n_local_domains);
+			runtime_install(nrt);
+			continue;
+		}
+		log_info("event=stopping signal=%s sessions=%zu", sig == SIGTERM ? "TERM" : "INT",
+			 smtp_server_sessions(srv));
+		break;
+	}
+
+	smtp_server_shutdown(srv);
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		if (smtp_server_sessions(srv) == 0)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec - start.tv_sec >= (time_t)conf->limits.shutdown_grace) {
+			log_warn("event=shutdown_grace_expired sessions=%zu",
+				 smtp_server_sessions(srv));
+			break;
+		}
+		struct timespec ts = {0, 20 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	status = 0;
+
+out:
+	if (ctl)
+		control_stop(ctl);
+	for (unsigned w = 0; w < n_workers; w++)
+		if (workers[w])
+			worker_stop_and_join(workers[w]);
+	scheduler_free(sched);
+	/* Closing the spool runs the last commit callbacks; they post to the
+	 * (stopped) workers, so drain those once more before freeing sessions. */
+	if (sp)
+		spool_close(sp);
+	for (unsigned w = 0; w < n_workers; w++)
+		if (workers[w])
+			worker_run_pending(workers[w]);
+	smtp_server_free(srv);
+	for (unsigned w = 0; w < n_workers; w++)
+		worker_free(workers[w]);
+	for (size_t i = 0; i < n_fds; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (control_fd >= 0)
+		close(control_fd);
+	if (rt)
+		runtime_release(rt);
+	runtime_clear();
+	if (status == 0)
+		log_info("event=stopped");
+	conf_unref(conf);
+	return status;
+}

@@ -1,0 +1,161 @@
+/*
+ * user.c — `tern user add|passwd|del|list`: edits the users file named by
+ * the config (users_file). The running daemon picks changes up on SIGHUP.
+ * Passwords come from a terminal prompt (echo off) or, with
+ * --password-stdin, from the first line of standard input; never from the
+ * command line, where other users could read them in ps.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "auth/auth.h"
+#include "cli/cli.h"
+#include "core/conf.h"
+#include "core/err.h"
+
+#define PASSWORD_MAX 1024
+
+static int read_password_line(FILE *in, char *out, size_t outlen)
+{
+	if (!fgets(out, (int)outlen, in))
+		return -1;
+	size_t n = strlen(out);
+	if (n > 0 && out[n - 1] == '\n')
+		out[--n] = '\0';
+	else if (!feof(in))
+		return -1; /* longer than the buffer */
+	if (n > 0 && out[n - 1] == '\r')
+		out[--n] = '\0';
+	return n > 0 ? 0 : -1;
+}
+
+static int prompt_password(char *out, size_t outlen)
+{
+	if (!isatty(STDIN_FILENO)) {
+		fprintf(stderr, "tern: no terminal to ask for a password; use --password-stdin\n");
+		return -1;
+	}
+	struct termios old, quiet;
+	tcgetattr(STDIN_FILENO, &old);
+	quiet = old;
+	quiet.c_lflag &= ~(tcflag_t)ECHO;
+	char again[PASSWORD_MAX];
+	int rc = -1;
+	tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+	fprintf(stderr, "Password: ");
+	if (read_password_line(stdin, out, outlen) == 0) {
+		fprintf(stderr, "\nAgain: ");
+		if (read_password_line(stdin, again, sizeof(again)) == 0)
+			rc = strcmp(out, again) == 0 ? 0 : -2;
+	}
+	fprintf(stderr, "\n");
+	tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+	memset(again, 0, sizeof(again));
+	if (rc == -2)
+		fprintf(stderr, "tern: the passwords differ\n");
+	return rc == 0 ? 0 : -1;
+}
+
+static void print_addr(const char *addr, void *arg)
+{
+	printf("%s\n", addr);
+}
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: tern user add ADDRESS [--password-stdin] [-c FILE]\n"
+			"       tern user passwd ADDRESS [--password-stdin] [-c FILE]\n"
+			"       tern user del ADDRESS [-c FILE]\n"
+			"       tern user list [-c FILE]\n");
+	return 2;
+}
+
+int cmd_user(int argc, char **argv)
+{
+	const char *path;
+	if (cli_take_config(&argc, argv, &path) != 0 || argc < 2)
+		return usage();
+	bool from_stdin = false;
+	int nargs = 0;
+	const char *args[3];
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--password-stdin") == 0)
+			from_stdin = true;
+		else if (nargs < 3)
+			args[nargs++] = argv[i];
+		else
+			return usage();
+	}
+	const char *sub = args[0];
+	char err[512];
+	struct tern_config *conf = conf_load(path, err, sizeof(err));
+	if (!conf) {
+		fprintf(stderr, "tern: %s\n", err);
+		return 1;
+	}
+	int status = 1;
+	char password[PASSWORD_MAX];
+	password[0] = '\0';
+
+	if (strcmp(sub, "list") == 0 && nargs == 1) {
+		struct user_db *db = NULL;
+		if (users_load(conf->users_file, &db, err, sizeof(err)) != TERN_OK) {
+			fprintf(stderr, "tern: %s\n", err);
+			goto out;
+		}
+		users_foreach(db, print_addr, NULL);
+		users_free(db);
+		status = 0;
+		goto out;
+	}
+	if (nargs != 2) {
+		status = usage();
+		goto out;
+	}
+	const char *addr = args[1];
+	int rc;
+	if (strcmp(sub, "add") == 0 || strcmp(sub, "passwd") == 0) {
+		int got = from_stdin ? read_password_line(stdin, password, sizeof(password))
+				     : prompt_password(password, sizeof(password));
+		if (got != 0) {
+			fprintf(stderr, "tern: no usable password given\n");
+			goto out;
+		}
+		rc = strcmp(sub, "add") == 0 ? users_file_add(conf->users_file, addr, password)
+					     : users_file_passwd(conf->users_file, addr, password);
+	} else if (strcmp(sub, "del") == 0) {
+		rc = users_file_del(conf->users_file, addr);
+	} else {
+		status = usage();
+		goto out;
+	}
+	switch (rc) {
+	case TERN_OK:
+		printf("%s: %s done in %s (send SIGHUP to a running tern to apply)\n", addr, sub,
+		       conf->users_file);
+		status = 0;
+		break;
+	case TERN_EEXIST:
+		fprintf(stderr, "tern: %s already exists in %s\n", addr, conf->users_file);
+		break;
+	case TERN_ENOTFOUND:
+		fprintf(stderr, "tern: no user %s in %s\n", addr, conf->users_file);
+		break;
+	case TERN_EINVAL:
+		fprintf(stderr, "tern: '%s' is not a valid address (local@domain) or the password "
+				"has a newline\n",
+			addr);
+		break;
+	default:
+		fprintf(stderr, "tern: cannot update %s: %s\n", conf->users_file,
+			tern_strerror(rc));
+		break;
+	}
+out:
+	memset(password, 0, sizeof(password));
+	conf_unref(conf);
+	return status;
+}

@@ -1,0 +1,113 @@
+/*
+ * conf.h — tern's configuration: the UCL-subset parser's output turned into
+ * a typed, validated struct with every default filled in.
+ *
+ * Format (a subset of UCL, the format rspamd uses; see docs/config.md):
+ *   key = value;            strings "quoted" or bare words, numbers with
+ *                           suffixes (k, m, g = x1024^n; s, min, h, d for
+ *                           times), booleans (true/false/yes/no/on/off)
+ *   section { ... }         nested objects; "key" may be quoted
+ *   list = [ a, b, ];       arrays
+ *   # comment, // comment, slash-star comments
+ *   .include "file";        relative to the including file
+ *
+ * A struct tern_config is immutable once built and reference counted: the
+ * daemon swaps in a new one on SIGHUP while sessions keep the one they
+ * started with.
+ */
+#ifndef TERN_CORE_CONF_H
+#define TERN_CORE_CONF_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct conf_listener {
+	char *name;    /* the section name: "mx", "submission", ... */
+	char *address; /* "IP:PORT" or "[IPv6]:PORT" */
+	char *profile; /* "mx" or "submission" */
+};
+
+struct conf_alias {
+	char *from;   /* lowercased address */
+	char **to;    /* lowercased local addresses */
+	size_t n_to;
+};
+
+struct conf_cidr {
+	int family;         /* AF_INET or AF_INET6 */
+	uint8_t addr[16];   /* network byte order; first 4 bytes for AF_INET */
+	unsigned prefix;
+};
+
+struct conf_limits {
+	uint64_t max_message_size;     /* bytes; default 32 MiB */
+	uint32_t max_recipients;       /* per message; default 1000 */
+	uint32_t max_connections;      /* total; default 10000 */
+	uint32_t max_connections_per_ip; /* default 100 */
+	uint32_t max_line_length;      /* SMTP command line incl. CRLF; default 2048 */
+	uint32_t max_errors;           /* bad commands before 421; default 20 */
+	uint32_t max_received_headers; /* loop detection; default 100 */
+	uint32_t idle_timeout;         /* seconds waiting for a command; default 300 */
+	uint32_t data_timeout;         /* seconds waiting for data; default 180 */
+	uint32_t shutdown_grace;       /* seconds SIGTERM waits for transactions; default 30 */
+};
+
+struct tern_config {
+	_Atomic int refs;
+	char *source;        /* file it came from, or "(embedded default)" */
+	char *hostname;      /* default: gethostname() */
+	char *data_dir;      /* default "./tern-data" */
+	char *users_file;    /* default DATA/users */
+	char *user;          /* account to drop to when started as root; default "nobody" */
+	char *log_level;     /* debug, info, warn, error; default info */
+	uint32_t workers;    /* event-loop threads; 0 (default) = one per core */
+	bool vrfy;           /* VRFY answers 252 without disclosing (default true) */
+	bool expn;           /* EXPN allowed? default false: 502 */
+
+	char **local_domains; /* lowercased; default ["localhost"] */
+	size_t n_local_domains;
+
+	struct conf_alias *aliases;
+	size_t n_aliases;
+
+	struct conf_cidr *relay_networks; /* default 127.0.0.0/8 and ::1/128 */
+	size_t n_relay_networks;
+
+	struct conf_limits limits;
+
+	struct conf_listener *listeners; /* default: mx on 127.0.0.1:2525 */
+	size_t n_listeners;
+};
+
+/*
+ * Builds a config from a file (path) or, when path is NULL, from the
+ * embedded default. On failure returns NULL and writes a message of the
+ * form "FILE:LINE: what is wrong" into err.
+ */
+struct tern_config *conf_load(const char *path, char *err, size_t errlen);
+/* Same, from text in memory; name is used in messages. */
+struct tern_config *conf_load_string(const char *text, size_t len, const char *name,
+				     char *err, size_t errlen);
+
+struct tern_config *conf_ref(struct tern_config *c);
+void conf_unref(struct tern_config *c);
+
+/* Prints the effective configuration (every key, defaults included) in the
+ * same format conf_load reads. */
+void conf_print(const struct tern_config *c, FILE *out);
+
+/* Case-insensitive; domain need not be NUL-terminated. */
+bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len);
+/* Looks up an alias for a lowercased address; NULL if none. */
+const struct conf_alias *conf_find_alias(const struct tern_config *c, const char *addr);
+/* sa is a struct sockaddr_in or sockaddr_in6 (v4-mapped v6 matches v4 nets). */
+bool conf_in_relay_networks(const struct tern_config *c, const void *sa);
+bool conf_cidr_parse(const char *s, struct conf_cidr *out);
+bool conf_cidr_match(const struct conf_cidr *net, const void *sa);
+/* Parses "IP:PORT" / "[IPv6]:PORT" into a sockaddr_storage; false if bad. */
+bool conf_parse_address(const char *s, void *ss_out, unsigned *len_out);
+
+#endif

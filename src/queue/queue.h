@@ -1,0 +1,142 @@
+/*
+ * queue.h — the queue module: the durable spool (spool.c) and, above it,
+ * the scheduler that decides when each recipient is tried (scheduler.c).
+ *
+ * The spool is log-structured with group commit (DESIGN §6): every accepted
+ * message is appended, envelope and data together under one checksum, to
+ * the current segment file DIR/seg-NNNNNNNNNN.log. A committer thread
+ * collects all puts that arrived while the previous fdatasync ran, writes
+ * them with one writev, issues one fdatasync, and only then runs their
+ * completion callbacks. Recipient state changes and removals are appended
+ * as small records that are not synced on their own (a crash can only
+ * cause a redelivery, never a loss). An in-memory index maps queue id ->
+ * (segment, offset, recipient states). Segments whose messages are all
+ * finished are deleted. Recovery replays the segments in order, stops at a
+ * torn or corrupt tail, and rebuilds the index.
+ *
+ * Thread safety: every function may be called from any thread.
+ */
+#ifndef TERN_QUEUE_QUEUE_H
+#define TERN_QUEUE_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/buf.h"
+#include "core/id.h"
+
+enum rcpt_state {
+	RCPT_QUEUED = 0,   /* not tried yet, or due now */
+	RCPT_DEFERRED = 1, /* tried, temporary failure; next_try says when */
+	RCPT_DELIVERED = 2,
+	RCPT_BOUNCED = 3,  /* permanent failure */
+	RCPT_HELD = 4,     /* held by the operator */
+};
+
+const char *rcpt_state_name(enum rcpt_state s);
+
+struct spool_rcpt {
+	char *addr;        /* forward-path as given to RCPT TO (after alias expansion: the final address) */
+	char *orcpt;       /* RFC 3461 ORCPT ("rfc822;..."), or NULL */
+	unsigned notify;   /* SMTP_NOTIFY_* bits, 0 if absent */
+	bool local;        /* deliver to a local Maildir (true) or remotely */
+	enum rcpt_state state;
+	uint32_t attempts;
+	int64_t next_try;  /* unix seconds; 0 = now */
+	char *last_reply;  /* last result text ("250 2.0.0 ...", "550 5.1.1 ..."), or NULL */
+};
+
+/* The envelope of one message. All strings owned by the struct. */
+struct spool_msg {
+	char id[QUEUE_ID_LEN + 1];
+	char *sender;      /* reverse-path without brackets; "" for <> */
+	int64_t created;   /* unix seconds */
+	unsigned body;     /* enum smtp_body */
+	unsigned ret;      /* enum smtp_ret */
+	bool smtputf8;
+	char *envid;       /* or NULL */
+	char *client;      /* "addr=1.2.3.4 helo=..." trace info, or NULL */
+	uint64_t size;     /* message bytes */
+	struct spool_rcpt *rcpts;
+	size_t n_rcpts;
+};
+
+void spool_msg_free(struct spool_msg *m);  /* frees m and everything it owns */
+struct spool_msg *spool_msg_dup(const struct spool_msg *m);
+
+struct spool;
+
+/* Opens (creating if needed) the spool in dir and recovers its contents.
+ * Logs what recovery found (messages, torn tails). */
+int spool_open(const char *dir, struct spool **out);
+/* Waits for the committer to drain, then frees everything. */
+void spool_close(struct spool *s);
+
+/*
+ * Called once the message is on stable storage (err == TERN_OK) or could
+ * not be stored (err < 0, nothing was stored). Runs on the committer
+ * thread: keep it short (post to your own thread).
+ */
+typedef void (*spool_put_cb)(void *arg, int err);
+
+/*
+ * Queues env + data for the next group commit. env->id must be set (see
+ * queue_id_new). The spool copies what it needs before returning; the
+ * caller may free env and data at once. Returns TERN_OK if the put was
+ * queued (cb will be called exactly once), an error otherwise (cb is not
+ * called).
+ */
+int spool_put(struct spool *s, const struct spool_msg *env, const void *data, size_t len,
+	      spool_put_cb cb, void *arg);
+
+/* Copies the envelope of id; caller frees with spool_msg_free. NULL if unknown. */
+struct spool_msg *spool_get(struct spool *s, const char *id);
+/* Reads the message bytes of id into out (appending). */
+int spool_read_data(struct spool *s, const char *id, struct tbuf *out);
+
+/* Records a recipient's new state (appended, not synced). Removes the
+ * message when no recipient is left queued, deferred or held. */
+int spool_update_rcpt(struct spool *s, const char *id, size_t idx, enum rcpt_state st,
+		      int64_t next_try, const char *reply);
+/* Removes the message whatever the state of its recipients. */
+int spool_remove(struct spool *s, const char *id);
+
+/* Calls fn with a snapshot copy of each message in the queue (in id order);
+ * fn must not call back into the spool. Stops early if fn returns false. */
+void spool_foreach(struct spool *s, bool (*fn)(const struct spool_msg *m, void *arg), void *arg);
+size_t spool_count(struct spool *s);
+
+/* Statistics for logs and benchmarks. */
+struct spool_stats {
+	uint64_t commits;       /* fdatasync calls for puts */
+	uint64_t puts;          /* messages committed */
+	uint64_t segments;      /* live segment files */
+};
+void spool_get_stats(struct spool *s, struct spool_stats *out);
+
+#endif
+
+/* ------------------------------------------------------------ scheduler */
+
+/*
+ * The scheduler owns "when and where": it takes committed messages, runs
+ * local deliveries in batches on its own threads (blocking file I/O never
+ * touches an event loop), records each recipient's result in the spool and
+ * logs one line per recipient. Recipients that cannot be delivered locally
+ * because of a temporary error are retried with backoff. Remote recipients
+ * wait in the queue until remote delivery exists (issue 3).
+ */
+struct scheduler;
+
+struct scheduler *scheduler_new(struct spool *sp, unsigned threads);
+/* Hands over a just-committed message. data/len is the spooled message
+ * (ownership passes to the scheduler; may be NULL: then it is read from the
+ * spool). Never blocks on I/O. */
+void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len);
+/* Queues every message in the spool that has recipients due (startup, flush). */
+void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try);
+/* Number of messages waiting for or in local delivery. */
+size_t scheduler_pending(struct scheduler *s);
+/* Stops the threads after the batch in progress; undelivered work stays in the spool. */
+void scheduler_free(struct scheduler *s);

@@ -1,0 +1,1189 @@
+/*
+ * server.c — the SMTP server session: one explicit state machine per
+ * connection, on the worker thread that accepted it.
+ *
+ * Owns: connection limits, the command dispatch table, the transaction
+ * (MAIL..end of data), the Received header, the hand-off to the spool and
+ * the reply that follows the commit.
+ *
+ * Must never: block (no disk, no crypt, no DNS here: the spool commit runs
+ * on its committer thread and comes back through worker_post); take a bare
+ * CR or LF as the end of data; answer 250 to end of data before the spool
+ * reported the message durable.
+ *
+ * SECURITY: this file reads untrusted network input. Every line is bounded
+ * (limits.max_line_length) before it is parsed; the parser is pure and
+ * fuzzed; message bytes are bounded by limits.max_message_size.
+ */
+#include "smtp/smtp.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth/auth.h"
+#include "core/conf.h"
+#include "core/err.h"
+#include "core/id.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "core/runtime.h"
+#include "queue/queue.h"
+
+#define MAX_LISTENERS_PER_WORKER 16
+#define READ_HIGH_WATERMARK (256 * 1024)
+#define RECEIVED_HEADER_MAX 1024
+
+enum session_state {
+	S_CMD,        /* reading command lines */
+	S_DATA,       /* reading DATA until CRLF.CRLF */
+	S_BDAT,       /* reading a BDAT chunk */
+	S_COMMIT,     /* waiting for the spool to make the message durable */
+	S_CLOSING,    /* final reply queued; free once it is written */
+};
+
+static const char *state_names[] = {"cmd", "data", "bdat", "commit", "closing"};
+
+struct tx_rcpt {
+	char *addr;
+	char *orcpt;
+	unsigned notify;
+	bool local;
+};
+
+/* One mail transaction: from MAIL to the reply after end of data (or RSET). */
+struct tx {
+	char *sender;
+	bool smtputf8;
+	enum smtp_body body;
+	enum smtp_ret ret;
+	char *envid;
+	struct tx_rcpt *rcpts;
+	size_t n_rcpts, cap_rcpts;
+	uint32_t rcpt_cmds; /* accepted RCPT commands, for max_recipients */
+	char id[QUEUE_ID_LEN + 1];
+	struct tbuf msg;    /* Received header + message, as it goes to the spool */
+	size_t hdr_len;     /* bytes of our Received header at the start of msg */
+	struct smtp_data_parser dp;
+	bool bdat_started;
+	bool bdat_failed;   /* a chunk passed the size limit; the rest is discarded */
+	bool bdat_last;
+	uint64_t bdat_remaining;
+	uint64_t bdat_total;
+	int commit_err;
+};
+
+struct srv_worker;
+
+struct session {
+	struct session *prev, *next; /* on the worker's list */
+	struct srv_worker *sw;
+	struct bufferevent *bev;
+	struct tern_runtime *rt;
+	const struct tern_config *conf; /* rt->conf */
+	enum session_state state;
+	bool submission;
+	bool dead;          /* the peer went away while a commit was in flight */
+	bool shutting_down; /* close after the transaction in flight */
+	bool discard_line;  /* skipping the rest of an over-long command line */
+	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
+	bool esmtp;
+	uint32_t errors;
+	uint64_t serial;
+	uint32_t n_msgs;
+	char *helo;
+	char peer[INET6_ADDRSTRLEN + 2];
+	struct sockaddr_storage peer_sa;
+	struct tx *tx;
+};
+
+struct srv_worker {
+	struct smtp_server *srv;
+	struct worker *w;
+	struct session *sessions;
+	struct evconnlistener *listeners[MAX_LISTENERS_PER_WORKER];
+	bool listener_submission[MAX_LISTENERS_PER_WORKER];
+	size_t n_listeners;
+	uint64_t next_serial;
+	bool shutting_down;
+};
+
+/* Connections per client address, for max_connections_per_ip. */
+struct ip_count {
+	struct ip_count *next;
+	uint8_t addr[16];
+	uint32_t count;
+};
+
+#define IP_BUCKETS 4096
+
+struct smtp_server {
+	struct spool *spool;
+	struct scheduler *sched;
+	struct srv_worker *workers[64];
+	size_t n_workers;
+	_Atomic size_t n_sessions;
+	pthread_mutex_t ip_lock;
+	struct ip_count *ip_table[IP_BUCKETS];
+};
+
+/* ------------------------------------------------------ address helpers */
+
+/* The 16-byte key of a client address; IPv4 (and v4-mapped v6) as ::ffff:a.b.c.d. */
+static void ip_key(const struct sockaddr_storage *ss, uint8_t key[16])
+{
+	memset(key, 0, 16);
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+		key[10] = key[11] = 0xff;
+		memcpy(key + 12, &in->sin_addr, 4);
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+		memcpy(key, &in6->sin6_addr, 16);
+	}
+}
+
+static unsigned ip_hash(const uint8_t key[16])
+{
+	uint32_t h = 2166136261u;
+	for (int i = 0; i < 16; i++)
+		h = (h ^ key[i]) * 16777619u;
+	return h % IP_BUCKETS;
+}
+
+/* Adds one connection for this address unless it would pass limit. */
+static bool ip_acquire(struct smtp_server *srv, const struct sockaddr_storage *ss, uint32_t limit)
+{
+	uint8_t key[16];
+	ip_key(ss, key);
+	unsigned b = ip_hash(key);
+	bool ok = true;
+	pthread_mutex_lock(&srv->ip_lock);
+	struct ip_count *e = srv->ip_table[b];
+	while (e && memcmp(e->addr, key, 16) != 0)
+		e = e->next;
+	if (!e) {
+		e = calloc(1, sizeof(*e));
+		if (!e) {
+			ok = false;
+			goto out;
+		}
+		memcpy(e->addr, key, 16);
+		e->next = srv->ip_table[b];
+		srv->ip_table[b] = e;
+	}
+	if (e->count >= limit)
+		ok = false;
+	else
+		e->count++;
+out:
+	pthread_mutex_unlock(&srv->ip_lock);
+	return ok;
+}
+
+static void ip_release(struct smtp_server *srv, const struct sockaddr_storage *ss)
+{
+	uint8_t key[16];
+	ip_key(ss, key);
+	unsigned b = ip_hash(key);
+	pthread_mutex_lock(&srv->ip_lock);
+	struct ip_count **pp = &srv->ip_table[b];
+	while (*pp && memcmp((*pp)->addr, key, 16) != 0)
+		pp = &(*pp)->next;
+	if (*pp && --(*pp)->count == 0) {
+		struct ip_count *dead = *pp;
+		*pp = dead->next;
+		free(dead);
+	}
+	pthread_mutex_unlock(&srv->ip_lock);
+}
+
+static void format_peer(const struct sockaddr_storage *ss, char *out, size_t outlen)
+{
+	if (ss->ss_family == AF_INET) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out,
+			  (socklen_t)outlen);
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+			inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], out, (socklen_t)outlen);
+		else
+			inet_ntop(AF_INET6, &in6->sin6_addr, out, (socklen_t)outlen);
+	} else {
+		tern_strlcpy(out, "unknown", outlen);
+	}
+}
+
+/* ------------------------------------------------------------- replies */
+
+static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void reply(struct session *s, const char *fmt, ...)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	va_list ap;
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void session_free(struct session *s);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
+static void on_write_closing(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		session_free(s);
+}
+
+/* Queues nothing more; frees the session once the output is written. */
+static void session_close_after_flush(struct session *s, const char *reason)
+{
+	char q[128];
+	log_info("event=disconnect sess=%u.%llu client=%s reason=%s messages=%u",
+		 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+		 log_quote(reason, strlen(reason), q, sizeof(q)), s->n_msgs);
+	s->state = S_CLOSING;
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_setcb(s->bev, NULL, on_write_closing, on_event, s);
+	bufferevent_enable(s->bev, EV_WRITE);
+	/* A short write timeout so a peer that stops reading cannot pin us.
+	 * Callers always queue a final reply first, so the write callback fires. */
+	struct timeval tv = {10, 0};
+	bufferevent_set_timeouts(s->bev, NULL, &tv);
+}
+
+/* Counts a client error; true if the session was closed for too many. */
+static bool count_error(struct session *s)
+{
+	if (++s->errors >= s->conf->limits.max_errors) {
+		reply(s, "421 4.7.0 %s Too many errors, closing connection", s->conf->hostname);
+		session_close_after_flush(s, "too-many-errors");
+		return true;
+	}
+	return false;
+}
+
+/* --------------------------------------------------------- transactions */
+
+static void tx_free(struct tx *t)
+{
+	if (!t)
+		return;
+	free(t->sender);
+	free(t->envid);
+	for (size_t i = 0; i < t->n_rcpts; i++) {
+		free(t->rcpts[i].addr);
+		free(t->rcpts[i].orcpt);
+	}
+	free(t->rcpts);
+	tbuf_free(&t->msg);
+	free(t);
+}
+
+static void tx_reset(struct session *s)
+{
+	tx_free(s->tx);
+	s->tx = NULL;
+}
+
+static int tx_add_rcpt(struct tx *t, const char *addr, const char *orcpt, unsigned notify,
+		       bool local)
+{
+	for (size_t i = 0; i < t->n_rcpts; i++)
+		if (strcmp(t->rcpts[i].addr, addr) == 0)
+			return TERN_OK; /* an alias may name someone twice: deliver once */
+	if (t->n_rcpts == t->cap_rcpts) {
+		size_t ncap = t->cap_rcpts ? t->cap_rcpts * 2 : 4;
+		struct tx_rcpt *n = realloc(t->rcpts, ncap * sizeof(*n));
+		if (!n)
+			return TERN_ENOMEM;
+		t->rcpts = n;
+		t->cap_rcpts = ncap;
+	}
+	struct tx_rcpt *r = &t->rcpts[t->n_rcpts];
+	r->addr = tern_strdup(addr);
+	r->orcpt = orcpt && *orcpt ? tern_strdup(orcpt) : NULL;
+	r->notify = notify;
+	r->local = local;
+	if (!r->addr)
+		return TERN_ENOMEM;
+	t->n_rcpts++;
+	return TERN_OK;
+}
+
+/* ------------------------------------------------------------- commands */
+
+static void process_input(struct session *s);
+
+static void cmd_helo(struct session *s, const struct smtp_cmd *c)
+{
+	tx_reset(s);
+	free(s->helo);
+	s->helo = tern_strdup(c->arg);
+	s->esmtp = c->verb == SMTP_EHLO;
+	if (!s->helo) {
+		reply(s, "451 4.3.0 Out of memory, try again later");
+		return;
+	}
+	if (c->verb == SMTP_HELO) {
+		reply(s, "250 %s", s->conf->hostname);
+		return;
+	}
+	reply(s, "250-%s Hello %s [%s]", s->conf->hostname, s->helo, s->peer);
+	reply(s, "250-PIPELINING");
+	reply(s, "250-SIZE %llu", (unsigned long long)s->conf->limits.max_message_size);
+	reply(s, "250-8BITMIME");
+	reply(s, "250-SMTPUTF8");
+	reply(s, "250-ENHANCEDSTATUSCODES");
+	reply(s, "250-CHUNKING");
+	reply(s, "250-BINARYMIME");
+	reply(s, "250 DSN");
+}
+
+static void cmd_mail(struct session *s, const struct smtp_cmd *c)
+{
+	if (!s->helo) {
+		reply(s, "503 5.5.1 Send HELO/EHLO first");
+		count_error(s);
+		return;
+	}
+	if (s->tx) {
+		reply(s, "503 5.5.1 Nested MAIL command");
+		count_error(s);
+		return;
+	}
+	if (c->path.utf8 && !c->smtputf8) {
+		reply(s, "553 5.6.7 The sender address needs SMTPUTF8: use MAIL FROM:<...> "
+			 "SMTPUTF8");
+		return;
+	}
+	if (c->smtputf8 && !s->esmtp) {
+		reply(s, "503 5.5.1 SMTPUTF8 needs EHLO");
+		return;
+	}
+	if (c->has_size && c->size > s->conf->limits.max_message_size) {
+		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
+		      (unsigned long long)s->conf->limits.max_message_size);
+		return;
+	}
+	struct tx *t = calloc(1, sizeof(*t));
+	if (!t)
+		goto nomem;
+	t->sender = tern_strdup(c->path.null_path ? "" : c->path.addr);
+	t->envid = c->envid[0] ? tern_strdup(c->envid) : NULL;
+	if (!t->sender || (c->envid[0] && !t->envid)) {
+		tx_free(t);
+		goto nomem;
+	}
+	t->smtputf8 = c->smtputf8;
+	t->body = c->body;
+	t->ret = c->ret;
+	s->tx = t;
+	reply(s, "250 2.1.0 Sender <%s> ok", t->sender);
+	return;
+nomem:
+	reply(s, "451 4.3.0 Out of memory, try again later");
+}
+
+/* Resolves a local recipient to final mailboxes; false if nobody is there. */
+static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *t, int *err)
+{
+	char addr[SMTP_ADDR_MAX + 3];
+	const struct tern_config *conf = s->conf;
+	const char *domain = c->path.has_domain ? c->path.domain : NULL;
+	char dom_lc[SMTP_DOMAIN_MAX + 1];
+	if (!domain) {
+		/* <Postmaster> with no domain: this host's postmaster (RFC 5321 §4.5.1). */
+		domain = conf->n_local_domains ? conf->local_domains[0] : "localhost";
+	}
+	tern_strlcpy(dom_lc, domain, sizeof(dom_lc));
+	tern_ascii_lower(dom_lc);
+	char local_lc[SMTP_LOCAL_MAX + 1];
+	tern_strlcpy(local_lc, c->path.local, sizeof(local_lc));
+	tern_ascii_lower(local_lc);
+	snprintf(addr, sizeof(addr), "%s@%s", local_lc, dom_lc);
+
+	*err = TERN_OK;
+	const struct conf_alias *al = conf_find_alias(conf, addr);
+	if (al) {
+		for (size_t i = 0; i < al->n_to; i++) {
+			const char *to = al->to[i];
+			const char *at = strrchr(to, '@');
+			bool local = at && conf_is_local_domain(conf, at + 1, strlen(at + 1));
+			*err = tx_add_rcpt(t, to, c->orcpt, c->notify, local);
+			if (*err != TERN_OK)
+				return true;
+		}
+		return true;
+	}
+	bool exists = users_exists(s->rt->users, addr) || strcmp(local_lc, "postmaster") == 0;
+	if (!exists)
+		return false;
+	*err = tx_add_rcpt(t, addr, c->orcpt, c->notify, true);
+	return true;
+}
+
+static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
+{
+	struct tx *t = s->tx;
+	if (!t) {
+		reply(s, "503 5.5.1 Need MAIL command first");
+		count_error(s);
+		return;
+	}
+	if (c->path.utf8 && !t->smtputf8) {
+		reply(s, "553 5.6.7 The recipient address needs SMTPUTF8: use MAIL FROM:<...> "
+			 "SMTPUTF8");
+		return;
+	}
+	if (t->rcpt_cmds >= s->conf->limits.max_recipients) {
+		reply(s, "452 4.5.3 Too many recipients");
+		return;
+	}
+	char q[SMTP_ADDR_MAX * 4 + 8];
+	bool local = !c->path.has_domain ||
+		     conf_is_local_domain(s->conf, c->path.domain, strlen(c->path.domain));
+	int err = TERN_OK;
+	if (local) {
+		if (!route_local(s, c, t, &err)) {
+			log_info("event=rejected sess=%u.%llu client=%s from=<%s> to=%s "
+				 "code=550 reason=unknown-user",
+				 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+				 t->sender, log_quote(c->path.addr, strlen(c->path.addr), q, sizeof(q)));
+			reply(s, "550 5.1.1 <%s>: Recipient address rejected: no such user here",
+			      c->path.addr);
+			return;
+		}
+	} else {
+		if (!conf_in_relay_networks(s->conf, &s->peer_sa)) {
+			log_info("event=rejected sess=%u.%llu client=%s from=<%s> to=%s "
+				 "code=550 reason=relay-denied",
+				 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+				 t->sender, log_quote(c->path.addr, strlen(c->path.addr), q, sizeof(q)));
+			reply(s, "550 5.7.1 <%s>: Relay access denied", c->path.addr);
+			return;
+		}
+		err = tx_add_rcpt(t, c->path.addr, c->orcpt, c->notify, false);
+	}
+	if (err != TERN_OK) {
+		reply(s, "451 4.3.0 Out of memory, try again later");
+		return;
+	}
+	t->rcpt_cmds++;
+	reply(s, "250 2.1.5 Recipient <%s> ok", c->path.addr);
+}
+
+static const char *proto_keyword(const struct session *s, const struct tx *t)
+{
+	if (t->smtputf8)
+		return "UTF8SMTP";
+	return s->esmtp ? "ESMTP" : "SMTP";
+}
+
+/* Starts the message buffer with our Received header (RFC 5321 §4.4). */
+static int begin_message(struct session *s, struct tx *t)
+{
+	queue_id_new(t->id);
+	tbuf_init(&t->msg, RECEIVED_HEADER_MAX + s->conf->limits.max_message_size);
+	char date[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	char helo[128];
+	/* The HELO name comes from the client: keep only what is safe in a header. */
+	size_t h = 0;
+	for (const char *p = s->helo; *p && h < sizeof(helo) - 1; p++)
+		helo[h++] = (*p > ' ' && *p < 0x7f && *p != '(' && *p != ')') ? *p : '?';
+	helo[h] = '\0';
+	int rc = tbuf_printf(&t->msg, "Received: from %s ([%s])\r\n\tby %s (tern) with %s id %s",
+			     helo, s->peer, s->conf->hostname, proto_keyword(s, t), t->id);
+	if (rc == TERN_OK && t->n_rcpts == 1 && strlen(t->rcpts[0].addr) < 300)
+		rc = tbuf_printf(&t->msg, "\r\n\tfor <%s>", t->rcpts[0].addr);
+	if (rc == TERN_OK)
+		rc = tbuf_printf(&t->msg, "; %s\r\n", date);
+	t->hdr_len = t->msg.len;
+	return rc;
+}
+
+static void cmd_data(struct session *s, const struct smtp_cmd *c)
+{
+	struct tx *t = s->tx;
+	if (!t) {
+		reply(s, "503 5.5.1 Need MAIL command first");
+		count_error(s);
+		return;
+	}
+	if (t->n_rcpts == 0) {
+		reply(s, "503 5.5.1 Need RCPT command first");
+		count_error(s);
+		return;
+	}
+	if (t->bdat_started) {
+		reply(s, "503 5.5.1 DATA cannot follow BDAT in one transaction");
+		count_error(s);
+		return;
+	}
+	if (t->body == SMTP_BODY_BINARYMIME) {
+		reply(s, "503 5.5.1 BODY=BINARYMIME needs BDAT, not DATA");
+		count_error(s);
+		return;
+	}
+	if (begin_message(s, t) != TERN_OK) {
+		reply(s, "451 4.3.0 Out of memory, try again later");
+		return;
+	}
+	smtp_data_init(&t->dp);
+	s->state = S_DATA;
+	struct timeval tv = {s->conf->limits.data_timeout, 0};
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
+{
+	struct tx *t = s->tx;
+	/* The chunk's bytes follow the command whatever we answer: read them. */
+	if (!t || t->n_rcpts == 0 || t->bdat_failed) {
+		/* The client sends the chunk whatever we answer: skip its bytes to
+		 * stay in sync with the command stream (RFC 3030 §4). */
+		s->skip_bytes = c->chunk_size;
+		if (t && t->bdat_failed) {
+			reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
+			      (unsigned long long)s->conf->limits.max_message_size);
+			if (c->last)
+				tx_reset(s);
+			return;
+		}
+		reply(s, "503 5.5.1 Need MAIL and RCPT before BDAT");
+		count_error(s);
+		return;
+	}
+	if (!t->bdat_started) {
+		if (begin_message(s, t) != TERN_OK) {
+			reply(s, "451 4.3.0 Out of memory, try again later");
+			tx_reset(s);
+			return;
+		}
+		t->bdat_started = true;
+	}
+	t->bdat_remaining = c->chunk_size;
+	t->bdat_last = c->last;
+	s->state = S_BDAT;
+	struct timeval tv = {s->conf->limits.data_timeout, 0};
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+}
+
+static void cmd_simple(struct session *s, const struct smtp_cmd *c)
+{
+	switch (c->verb) {
+	case SMTP_RSET:
+		tx_reset(s);
+		reply(s, "250 2.0.0 Ok");
+		break;
+	case SMTP_NOOP:
+		reply(s, "250 2.0.0 Ok");
+		break;
+	case SMTP_QUIT:
+		reply(s, "221 2.0.0 %s closing connection", s->conf->hostname);
+		session_close_after_flush(s, "quit");
+		break;
+	case SMTP_HELP:
+		reply(s, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP "
+			 "VRFY EXPN");
+		reply(s, "214 2.0.0 See RFC 5321; tern");
+		break;
+	case SMTP_VRFY:
+		if (s->conf->vrfy)
+			reply(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt "
+				 "delivery");
+		else
+			reply(s, "502 5.5.1 VRFY command is disabled");
+		break;
+	case SMTP_EXPN:
+		if (s->conf->expn)
+			reply(s, "252 2.5.0 Cannot EXPN list, but will accept message and attempt "
+				 "delivery");
+		else
+			reply(s, "502 5.5.1 EXPN command is disabled");
+		break;
+	case SMTP_STARTTLS:
+	case SMTP_AUTH:
+		reply(s, "502 5.5.1 Command not implemented on this listener");
+		count_error(s);
+		break;
+	default:
+		reply(s, "500 5.5.2 Command not recognized");
+		count_error(s);
+		break;
+	}
+}
+
+static void dispatch(struct session *s, const char *line, size_t len)
+{
+	struct smtp_cmd *c = malloc(sizeof(*c));
+	if (!c) {
+		reply(s, "451 4.3.0 Out of memory, try again later");
+		return;
+	}
+	struct smtp_parse_error perr = {0};
+	if (smtp_parse_command(line, len, c, &perr) != SMTP_PARSE_OK) {
+		reply(s, "%d %s %s", perr.code, perr.enhanced, perr.text);
+		count_error(s);
+		goto out;
+	}
+	switch (c->verb) {
+	case SMTP_HELO:
+	case SMTP_EHLO:
+		cmd_helo(s, c);
+		break;
+	case SMTP_MAIL:
+		cmd_mail(s, c);
+		break;
+	case SMTP_RCPT:
+		cmd_rcpt(s, c);
+		break;
+	case SMTP_DATA:
+		cmd_data(s, c);
+		break;
+	case SMTP_BDAT:
+		cmd_bdat(s, c);
+		break;
+	default:
+		cmd_simple(s, c);
+		break;
+	}
+out:
+	free(c);
+}
+
+/* ---------------------------------------------------------------- commit */
+
+static void commit_done(void *arg);
+
+static void commit_cb(void *arg, int err)
+{
+	struct session *s = arg;
+	s->tx->commit_err = err;
+	if (worker_post(s->sw->w, commit_done, s) != 0) {
+		/* Cannot happen short of OOM; the message is durable or not, but the
+		 * session is stuck: log so the operator knows. */
+		log_error("event=commit_post_failed id=%s", s->tx->id);
+	}
+}
+
+static void restore_idle_timeouts(struct session *s)
+{
+	struct timeval tv = {s->conf->limits.idle_timeout, 0};
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+}
+
+static void commit_done(void *arg)
+{
+	struct session *s = arg;
+	struct tx *t = s->tx;
+	if (t->commit_err == TERN_OK) {
+		size_t len = 0;
+		char *data = tbuf_steal(&t->msg, &len);
+		scheduler_submit(s->sw->srv->sched, t->id, data, len);
+		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=<%s> nrcpt=%zu "
+			 "size=%zu",
+			 t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			 s->helo, t->sender, t->n_rcpts, len - t->hdr_len);
+		for (size_t i = 0; i < t->n_rcpts; i++)
+			log_debug("event=rcpt id=%s to=<%s> local=%d", t->id, t->rcpts[i].addr,
+				  t->rcpts[i].local);
+		s->n_msgs++;
+		if (!s->dead)
+			reply(s, "250 2.0.0 Ok: queued as %s", t->id);
+	} else {
+		log_error("event=spool_failed id=%s client=%s reason=%s", t->id, s->peer,
+			  tern_strerror(t->commit_err));
+		if (!s->dead)
+			reply(s, "451 4.3.0 Local error: could not write the queue, try again later");
+	}
+	tx_reset(s);
+	if (s->dead) {
+		session_free(s);
+		return;
+	}
+	s->state = S_CMD;
+	restore_idle_timeouts(s);
+	if (s->shutting_down) {
+		reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
+		session_close_after_flush(s, "shutdown");
+		return;
+	}
+	bufferevent_enable(s->bev, EV_READ);
+	process_input(s);
+}
+
+/* End of DATA or the LAST BDAT chunk: check the message, then commit. */
+static void finish_message(struct session *s)
+{
+	struct tx *t = s->tx;
+	const struct smtp_data_parser *dp = &t->dp;
+	restore_idle_timeouts(s);
+	s->state = S_CMD;
+	if (dp->too_big || t->bdat_failed) {
+		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
+		      (unsigned long long)s->conf->limits.max_message_size);
+		log_info("event=rejected id=%s client=%s code=552 reason=too-big", t->id, s->peer);
+		tx_reset(s);
+		return;
+	}
+	if (dp->bare_eol || dp->has_nul) {
+		reply(s, "554 5.6.0 Message refused: it contains a bare CR, bare LF or NUL; lines "
+			 "must end with CRLF");
+		log_info("event=rejected id=%s client=%s code=554 reason=%s", t->id, s->peer,
+			 dp->has_nul ? "nul-byte" : "bare-cr-or-lf");
+		tx_reset(s);
+		return;
+	}
+	if (dp->received_count > s->conf->limits.max_received_headers) {
+		reply(s, "554 5.4.6 Too many Received headers (%u): mail loop detected",
+		      dp->received_count);
+		log_info("event=rejected id=%s client=%s code=554 reason=mail-loop received=%u",
+			 t->id, s->peer, dp->received_count);
+		tx_reset(s);
+		return;
+	}
+
+	struct spool_msg env = {0};
+	memcpy(env.id, t->id, sizeof(env.id));
+	env.sender = t->sender;
+	env.created = (int64_t)time(NULL);
+	env.body = t->body;
+	env.ret = t->ret;
+	env.smtputf8 = t->smtputf8;
+	env.envid = t->envid;
+	char client[512];
+	snprintf(client, sizeof(client), "addr=%s helo=%.200s proto=%s", s->peer, s->helo,
+		 proto_keyword(s, t));
+	env.client = client;
+	env.size = t->msg.len;
+	env.n_rcpts = t->n_rcpts;
+	env.rcpts = calloc(t->n_rcpts, sizeof(*env.rcpts));
+	if (!env.rcpts) {
+		reply(s, "451 4.3.0 Out of memory, try again later");
+		tx_reset(s);
+		return;
+	}
+	for (size_t i = 0; i < t->n_rcpts; i++) {
+		env.rcpts[i].addr = t->rcpts[i].addr;
+		env.rcpts[i].orcpt = t->rcpts[i].orcpt;
+		env.rcpts[i].notify = t->rcpts[i].notify;
+		env.rcpts[i].local = t->rcpts[i].local;
+		env.rcpts[i].state = RCPT_QUEUED;
+	}
+	int rc = spool_put(s->sw->srv->spool, &env, t->msg.data, t->msg.len, commit_cb, s);
+	free(env.rcpts);
+	if (rc != TERN_OK) {
+		log_error("event=spool_failed id=%s client=%s reason=%s", t->id, s->peer,
+			  tern_strerror(rc));
+		reply(s, "451 4.3.0 Local error: could not write the queue, try again later");
+		tx_reset(s);
+		return;
+	}
+	/* Nothing more is read until the commit answers: replies stay in order. */
+	s->state = S_COMMIT;
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_set_timeouts(s->bev, NULL, NULL);
+}
+
+/* ------------------------------------------------------------- reading */
+
+/* One command line from the input; false when more input is needed. */
+static bool read_command(struct session *s, struct evbuffer *in)
+{
+	size_t max = s->conf->limits.max_line_length;
+	struct evbuffer_ptr lf = evbuffer_search(in, "\n", 1, NULL);
+	if (s->discard_line) {
+		if (lf.pos < 0) {
+			evbuffer_drain(in, evbuffer_get_length(in));
+			return false;
+		}
+		evbuffer_drain(in, (size_t)lf.pos + 1);
+		s->discard_line = false;
+		reply(s, "500 5.5.2 Line too long (limit %zu bytes)", max);
+		count_error(s);
+		return true;
+	}
+	if (lf.pos < 0) {
+		if (evbuffer_get_length(in) > max) {
+			s->discard_line = true;
+			evbuffer_drain(in, evbuffer_get_length(in));
+		}
+		return false;
+	}
+	size_t linelen = (size_t)lf.pos + 1;
+	if (linelen > max) {
+		evbuffer_drain(in, linelen);
+		reply(s, "500 5.5.2 Line too long (limit %zu bytes)", max);
+		count_error(s);
+		return true;
+	}
+	const char *line = (const char *)evbuffer_pullup(in, (ev_ssize_t)linelen);
+	size_t n = linelen - 1;
+	if (n > 0 && line[n - 1] == '\r')
+		n--;
+	dispatch(s, line, n);
+	/* dispatch may have closed the session, but the buffer is still ours. */
+	evbuffer_drain(in, linelen);
+	return true;
+}
+
+/* Feeds DATA bytes to the parser; false when more input is needed. */
+static bool read_data(struct session *s, struct evbuffer *in)
+{
+	struct tx *t = s->tx;
+	struct evbuffer_iovec v[16];
+	int nv = evbuffer_peek(in, -1, NULL, v, 16);
+	size_t used = 0;
+	bool end = false;
+	for (int i = 0; i < nv && i < 16 && !end; i++) {
+		size_t consumed = 0;
+		if (smtp_data_feed(&t->dp, v[i].iov_base, v[i].iov_len, &consumed, &t->msg) ==
+		    SMTP_DATA_END)
+			end = true;
+		used += consumed;
+	}
+	evbuffer_drain(in, used);
+	if (end) {
+		finish_message(s);
+		return true;
+	}
+	return evbuffer_get_length(in) > 0; /* more than 16 chunks were waiting */
+}
+
+static bool read_bdat(struct session *s, struct evbuffer *in)
+{
+	struct tx *t = s->tx;
+	size_t avail = evbuffer_get_length(in);
+	size_t take = t->bdat_remaining < avail ? (size_t)t->bdat_remaining : avail;
+	if (take > 0) {
+		if (!t->bdat_failed) {
+			if (t->bdat_total + take > s->conf->limits.max_message_size) {
+				t->bdat_failed = true;
+			} else {
+				const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)take);
+				if (tbuf_append(&t->msg, p, take) != TERN_OK)
+					t->bdat_failed = true;
+			}
+		}
+		t->bdat_total += take;
+		t->bdat_remaining -= take;
+		evbuffer_drain(in, take);
+	}
+	if (t->bdat_remaining > 0)
+		return false;
+	/* The chunk is complete. */
+	if (t->bdat_last) {
+		smtp_scan_headers(t->msg.data + t->hdr_len, t->msg.len - t->hdr_len,
+				  &t->dp.received_count, &t->dp.has_8bit);
+		finish_message(s);
+		return true;
+	}
+	s->state = S_CMD;
+	restore_idle_timeouts(s);
+	if (t->bdat_failed)
+		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
+		      (unsigned long long)s->conf->limits.max_message_size);
+	else
+		reply(s, "250 2.0.0 %llu octets received",
+		      (unsigned long long)(t->bdat_total));
+	return true;
+}
+
+static void process_input(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	bool progress = true;
+	while (progress && evbuffer_get_length(in) > 0) {
+		if (s->skip_bytes > 0) {
+			size_t avail = evbuffer_get_length(in);
+			size_t n = s->skip_bytes < avail ? (size_t)s->skip_bytes : avail;
+			evbuffer_drain(in, n);
+			s->skip_bytes -= n;
+			continue;
+		}
+		if (s->shutting_down && s->state == S_CMD && !s->tx) {
+			reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
+			session_close_after_flush(s, "shutdown");
+			return;
+		}
+		switch (s->state) {
+		case S_CMD:
+			progress = read_command(s, in);
+			break;
+		case S_DATA:
+			progress = read_data(s, in);
+			break;
+		case S_BDAT:
+			progress = read_bdat(s, in);
+			break;
+		case S_COMMIT:
+		case S_CLOSING:
+			return;
+		}
+		if (s->state == S_CLOSING)
+			return;
+	}
+	/* A BDAT 0 LAST needs no bytes: finish it even with an empty buffer. */
+	if (s->state == S_BDAT && s->tx && s->tx->bdat_remaining == 0)
+		read_bdat(s, in);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	process_input(arg);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+	if (s->state == S_CLOSING) {
+		session_free(s);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		if (s->state == S_COMMIT)
+			return; /* we are the slow one; the commit will answer */
+		reply(s, "421 4.4.2 %s Error: timeout exceeded", s->conf->hostname);
+		session_close_after_flush(s, s->state == S_CMD ? "idle-timeout" : "data-timeout");
+		return;
+	}
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		if (s->state == S_COMMIT) {
+			/* The commit callback still points at us: free there. */
+			s->dead = true;
+			bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+			return;
+		}
+		log_info("event=disconnect sess=%u.%llu client=%s reason=%s state=%s messages=%u",
+			 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			 (what & BEV_EVENT_EOF) ? "peer-closed" : "io-error",
+			 state_names[s->state], s->n_msgs);
+		session_free(s);
+	}
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void session_free(struct session *s)
+{
+	struct srv_worker *sw = s->sw;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		sw->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	ip_release(sw->srv, &s->peer_sa);
+	atomic_fetch_sub(&sw->srv->n_sessions, 1);
+	tx_free(s->tx);
+	free(s->helo);
+	bufferevent_free(s->bev);
+	runtime_release(s->rt);
+	free(s);
+}
+
+/* Refuses a connection over a limit with a 421 written straight away. */
+static void refuse(evutil_socket_t fd, const char *text)
+{
+	ssize_t w = send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT);
+	(void)w; /* best effort: the peer learns why, or simply sees the close */
+	close(fd);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+		      int salen, void *arg)
+{
+	struct srv_worker *sw = arg;
+	struct smtp_server *srv = sw->srv;
+	struct tern_runtime *rt = runtime_acquire();
+	if (!rt) {
+		close(fd);
+		return;
+	}
+	const struct tern_config *conf = rt->conf;
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	memcpy(&ss, sa, (size_t)salen < sizeof(ss) ? (size_t)salen : sizeof(ss));
+	char peer[INET6_ADDRSTRLEN + 2];
+	format_peer(&ss, peer, sizeof(peer));
+	char msg[256];
+
+	size_t n = atomic_fetch_add(&srv->n_sessions, 1) + 1;
+	if (n > conf->limits.max_connections) {
+		atomic_fetch_sub(&srv->n_sessions, 1);
+		snprintf(msg, sizeof(msg), "421 4.7.0 %s Too many connections, try again later\r\n",
+			 conf->hostname);
+		log_warn("event=refused client=%s reason=max-connections limit=%u", peer,
+			 conf->limits.max_connections);
+		refuse(fd, msg);
+		runtime_release(rt);
+		return;
+	}
+	if (!ip_acquire(srv, &ss, conf->limits.max_connections_per_ip)) {
+		atomic_fetch_sub(&srv->n_sessions, 1);
+		snprintf(msg, sizeof(msg),
+			 "421 4.7.0 %s Too many connections from your address, try again later\r\n",
+			 conf->hostname);
+		log_warn("event=refused client=%s reason=max-connections-per-ip limit=%u", peer,
+			 conf->limits.max_connections_per_ip);
+		refuse(fd, msg);
+		runtime_release(rt);
+		return;
+	}
+
+	struct session *s = calloc(1, sizeof(*s));
+	struct bufferevent *bev =
+		s ? bufferevent_socket_new(worker_base(sw->w), fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
+	if (!s || !bev) {
+		free(s);
+		ip_release(srv, &ss);
+		atomic_fetch_sub(&srv->n_sessions, 1);
+		refuse(fd, "421 4.3.0 Out of memory, try again later\r\n");
+		runtime_release(rt);
+		return;
+	}
+	s->sw = sw;
+	s->bev = bev;
+	s->rt = rt;
+	s->conf = conf;
+	s->state = S_CMD;
+	s->serial = ++sw->next_serial;
+	s->peer_sa = ss;
+	tern_strlcpy(s->peer, peer, sizeof(s->peer));
+	for (size_t i = 0; i < sw->n_listeners; i++)
+		if (sw->listeners[i] == l)
+			s->submission = sw->listener_submission[i];
+	s->next = sw->sessions;
+	if (s->next)
+		s->next->prev = s;
+	sw->sessions = s;
+
+	bufferevent_setcb(bev, on_read, NULL, on_event, s);
+	bufferevent_setwatermark(bev, EV_READ, 0, READ_HIGH_WATERMARK);
+	restore_idle_timeouts(s);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	log_info("event=connect sess=%u.%llu client=%s", worker_index(sw->w),
+		 (unsigned long long)s->serial, peer);
+	reply(s, "220 %s ESMTP tern ready", conf->hostname);
+}
+
+struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched)
+{
+	struct smtp_server *srv = calloc(1, sizeof(*srv));
+	if (!srv)
+		return NULL;
+	srv->spool = sp;
+	srv->sched = sched;
+	pthread_mutex_init(&srv->ip_lock, NULL);
+	return srv;
+}
+
+static struct srv_worker *srv_worker_for(struct smtp_server *srv, struct worker *w)
+{
+	for (size_t i = 0; i < srv->n_workers; i++)
+		if (srv->workers[i]->w == w)
+			return srv->workers[i];
+	if (srv->n_workers == sizeof(srv->workers) / sizeof(srv->workers[0]))
+		return NULL;
+	struct srv_worker *sw = calloc(1, sizeof(*sw));
+	if (!sw)
+		return NULL;
+	sw->srv = srv;
+	sw->w = w;
+	srv->workers[srv->n_workers++] = sw;
+	return sw;
+}
+
+int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
+		       const char *profile)
+{
+	struct srv_worker *sw = srv_worker_for(srv, w);
+	if (!sw || sw->n_listeners == MAX_LISTENERS_PER_WORKER)
+		return TERN_ELIMIT;
+	struct evconnlistener *l = evconnlistener_new(worker_base(w), on_accept, sw,
+						      LEV_OPT_CLOSE_ON_FREE, -1, listen_fd);
+	if (!l)
+		return TERN_EIO;
+	sw->listener_submission[sw->n_listeners] = strcmp(profile, "submission") == 0;
+	sw->listeners[sw->n_listeners++] = l;
+	return TERN_OK;
+}
+
+static void worker_shutdown(void *arg)
+{
+	struct srv_worker *sw = arg;
+	sw->shutting_down = true;
+	for (size_t i = 0; i < sw->n_listeners; i++) {
+		evconnlistener_free(sw->listeners[i]);
+		sw->listeners[i] = NULL;
+	}
+	sw->n_listeners = 0;
+	struct session *s = sw->sessions;
+	while (s) {
+		struct session *next = s->next;
+		if (s->state == S_CMD) {
+			reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
+			session_close_after_flush(s, "shutdown");
+		} else {
+			s->shutting_down = true;
+		}
+		s = next;
+	}
+}
+
+void smtp_server_shutdown(struct smtp_server *srv)
+{
+	for (size_t i = 0; i < srv->n_workers; i++)
+		worker_post(srv->workers[i]->w, worker_shutdown, srv->workers[i]);
+}
+
+size_t smtp_server_sessions(struct smtp_server *srv)
+{
+	return atomic_load(&srv->n_sessions);
+}
+
+void smtp_server_free(struct smtp_server *srv)
+{
+	if (!srv)
+		return;
+	for (size_t i = 0; i < srv->n_workers; i++) {
+		struct srv_worker *sw = srv->workers[i];
+		for (size_t j = 0; j < sw->n_listeners; j++)
+			evconnlistener_free(sw->listeners[j]);
+		while (sw->sessions)
+			session_free(sw->sessions);
+		free(sw);
+	}
+	for (size_t b = 0; b < IP_BUCKETS; b++) {
+		struct ip_count *e = srv->ip_table[b];
+		while (e) {
+			struct ip_count *next = e->next;
+			free(e);
+			e = next;
+		}
+	}
+	pthread_mutex_destroy(&srv->ip_lock);
+	free(srv);
+}

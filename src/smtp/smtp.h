@@ -1,0 +1,204 @@
+/*
+ * smtp.h — the SMTP module's public interface.
+ *
+ * Three layers, kept apart so the first two are testable and fuzzable
+ * without sockets:
+ *   parse.c   one command line -> struct smtp_cmd (pure)
+ *   data.c    DATA byte stream -> message bytes, end-of-data detection (pure)
+ *   server.c  the per-connection state machine (I/O, policy, spool)
+ */
+#ifndef TERN_SMTP_SMTP_H
+#define TERN_SMTP_SMTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/buf.h"
+
+/* ---------------------------------------------------------------- parse */
+
+enum smtp_verb {
+	SMTP_UNKNOWN = 0,
+	SMTP_HELO,
+	SMTP_EHLO,
+	SMTP_MAIL,
+	SMTP_RCPT,
+	SMTP_DATA,
+	SMTP_BDAT,
+	SMTP_RSET,
+	SMTP_NOOP,
+	SMTP_QUIT,
+	SMTP_HELP,
+	SMTP_VRFY,
+	SMTP_EXPN,
+	SMTP_STARTTLS,
+	SMTP_AUTH,
+};
+
+#define SMTP_LOCAL_MAX 256   /* dequoted local part; RFC 5321 says 64, real mail is longer */
+#define SMTP_DOMAIN_MAX 255
+#define SMTP_ADDR_MAX (SMTP_LOCAL_MAX + 1 + SMTP_DOMAIN_MAX)
+#define SMTP_ARG_MAX 1024
+#define SMTP_XTEXT_MAX 500   /* ENVID and ORCPT, RFC 3461 */
+
+/*
+ * A reverse-path or forward-path. addr is the mailbox as it should be
+ * written on the next hop: source route removed, local part in its
+ * canonical form (quoted only if it has to be). local is the dequoted local
+ * part for lookups. Domain literals ([1.2.3.4]) are kept with brackets.
+ */
+struct smtp_path {
+	bool null_path;       /* "<>" */
+	bool has_domain;      /* false only for <Postmaster> */
+	bool quoted;          /* the local part was a quoted-string */
+	bool utf8;            /* some byte >= 0x80 in local part or domain */
+	char addr[SMTP_ADDR_MAX + 3];  /* +2 for quotes a canonical form may need */
+	char local[SMTP_LOCAL_MAX + 1];
+	char domain[SMTP_DOMAIN_MAX + 1];
+};
+
+enum smtp_body { SMTP_BODY_NONE = 0, SMTP_BODY_7BIT, SMTP_BODY_8BITMIME, SMTP_BODY_BINARYMIME };
+enum smtp_ret { SMTP_RET_NONE = 0, SMTP_RET_FULL, SMTP_RET_HDRS };
+
+/* RFC 3461 NOTIFY bits; 0 means the parameter was absent. */
+#define SMTP_NOTIFY_NEVER 0x01
+#define SMTP_NOTIFY_SUCCESS 0x02
+#define SMTP_NOTIFY_FAILURE 0x04
+#define SMTP_NOTIFY_DELAY 0x08
+
+struct smtp_cmd {
+	enum smtp_verb verb;
+	/* MAIL and RCPT */
+	struct smtp_path path;
+	/* MAIL parameters */
+	bool has_size;
+	uint64_t size;
+	enum smtp_body body;
+	bool smtputf8;
+	enum smtp_ret ret;
+	char envid[SMTP_XTEXT_MAX + 1];     /* xtext-decoded; "" if absent */
+	/* RCPT parameters */
+	unsigned notify;
+	char orcpt[SMTP_XTEXT_MAX + 1];     /* "rfc822;addr", xtext-decoded; "" if absent */
+	/* BDAT */
+	uint64_t chunk_size;
+	bool last;
+	/* HELO/EHLO domain, VRFY/EXPN/HELP/NOOP argument, AUTH mechanism and
+	 * initial response: the rest of the line after the verb and one space. */
+	char arg[SMTP_ARG_MAX + 1];
+};
+
+/* Why a line was refused; code/enhanced/text make the reply. */
+struct smtp_parse_error {
+	int code;              /* 500, 501, 553, 555 ... */
+	const char *enhanced;  /* "5.5.2" ... */
+	const char *text;      /* static words a person can act on */
+};
+
+enum smtp_parse_status {
+	SMTP_PARSE_OK = 0,
+	SMTP_PARSE_ERROR, /* *err says why */
+};
+
+/*
+ * Parses one command line (without its CRLF). line need not be
+ * NUL-terminated and may contain any bytes. Verbs are case-insensitive;
+ * MAIL/RCPT accept "FROM:<...>" with or without spaces around ':' as real
+ * clients send. Unknown ESMTP parameters are refused with 555 5.5.4.
+ * Never reads past line + len; never allocates.
+ */
+enum smtp_parse_status smtp_parse_command(const char *line, size_t len, struct smtp_cmd *out,
+					  struct smtp_parse_error *err);
+
+/* Parses a bare mailbox "local@domain" (no angle brackets) as used by
+ * users files and aliases; true if valid. */
+bool smtp_parse_mailbox(const char *s, size_t len, struct smtp_path *out);
+
+/* Decodes RFC 3461 xtext into out (NUL-terminated); false if malformed or too long. */
+bool smtp_xtext_decode(const char *s, size_t len, char *out, size_t outlen);
+/* Encodes into xtext; false if it does not fit. */
+bool smtp_xtext_encode(const char *s, size_t len, char *out, size_t outlen);
+
+/* ----------------------------------------------------------------- data */
+
+/*
+ * The DATA stream parser: feeds raw bytes received after "354", undoes
+ * dot-stuffing, and finds the end of data. End of data is CRLF "." CRLF
+ * and nothing else (DESIGN §5.4): a bare CR or bare LF never ends a line,
+ * and a message containing one is flagged (bare_eol) so the server rejects
+ * it after its real end. The "." line that begins the data counts as the
+ * end too (the CRLF before it is the one that ended the DATA command).
+ *
+ * Output goes to a capped tbuf. When the cap would be passed the parser
+ * stops storing, sets too_big, and keeps scanning for the end, so the
+ * session stays in sync and can answer 552.
+ *
+ * While in the header section it counts "Received:" header fields
+ * (received_count) for mail-loop detection and notes whether the message
+ * has 8-bit bytes (has_8bit).
+ */
+struct smtp_data_parser {
+	int state;            /* internal */
+	bool at_line_start;   /* internal */
+	bool in_headers;      /* internal */
+	size_t hdr_name_len;  /* internal: bytes of the current line seen so far */
+	char hdr_name[10];    /* internal */
+	bool bare_eol;        /* a bare CR or LF was seen */
+	bool too_big;         /* output was cut: the cap was reached */
+	bool has_8bit;
+	bool has_nul;
+	uint32_t received_count;
+	uint64_t total_bytes; /* unstuffed message bytes, including the cut ones */
+};
+
+enum smtp_data_status {
+	SMTP_DATA_MORE = 0, /* all input consumed; the message goes on */
+	SMTP_DATA_END,      /* end of data found; *consumed says where it ended */
+};
+
+void smtp_data_init(struct smtp_data_parser *p);
+/*
+ * Consumes in[0..len). Returns SMTP_DATA_END when the terminating
+ * CRLF.CRLF has been consumed; *consumed is then the number of input bytes
+ * up to and including its final LF (what follows belongs to the next
+ * command). With SMTP_DATA_MORE, *consumed == len. The message bytes
+ * appended to out always end with CRLF when the message is not empty.
+ */
+enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in, size_t len,
+				     size_t *consumed, struct tbuf *out);
+
+/*
+ * Scans message bytes (as stored, after unstuffing, e.g. from BDAT) for the
+ * header facts the data parser collects: Received count, 8-bit bytes. Used
+ * for BDAT where no parser runs.
+ */
+void smtp_scan_headers(const char *msg, size_t len, uint32_t *received_count, bool *has_8bit);
+
+#endif
+
+/* --------------------------------------------------------------- server */
+
+/*
+ * The SMTP server: sessions on the event-loop workers, one state machine
+ * per connection (server.c). Sessions read the current runtime (config +
+ * users) at connect and keep it for their life; accepted messages go to the
+ * spool and, once committed, to the scheduler.
+ */
+struct smtp_server;
+struct spool;
+struct scheduler;
+struct worker;
+
+struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched);
+/* Starts accepting on listen_fd (bound, listening, non-blocking) on worker w.
+ * profile is "mx" or "submission". Call before the worker starts. */
+int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
+		       const char *profile);
+/* Stops accepting, closes idle sessions with 421, lets sessions in the middle
+ * of a transaction finish. Safe from any thread. */
+void smtp_server_shutdown(struct smtp_server *srv);
+/* Sessions alive now, over all workers. */
+size_t smtp_server_sessions(struct smtp_server *srv);
+/* After the workers stopped: frees what is left. */
+void smtp_server_free(struct smtp_server *srv);
