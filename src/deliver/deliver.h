@@ -31,7 +31,7 @@ struct maildir_item {
 	char path[4096];         /* the full path of the delivered file */
 };
 
-/* Builds DATA/mail/DOMAIN/LOCAL into out; TERN_EINVAL if unsafe, TERN_ELIMIT if too long. */
+/* mail_root is the data directory DATA. Builds DATA/mail/DOMAIN/LOCAL into out; TERN_EINVAL if unsafe, TERN_ELIMIT if too long. */
 int maildir_path(const char *mail_root, const char *domain, const char *local, char *out,
 		 size_t outlen);
 /* Creates the maildir and its tmp/new/cur (mode 0700), like mkdir -p. */

@@ -209,8 +209,6 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 	if (!rt)
 		return;
 	const struct tern_config *conf = rt->conf;
-	char mail_root[4096];
-	snprintf(mail_root, sizeof(mail_root), "%s/mail", conf->data_dir);
 
 	struct spool_msg **msgs = calloc(n_jobs, sizeof(*msgs));
 	size_t n_items = 0, cap = 0;
@@ -299,7 +297,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		items[k].iovcnt = 2;
 	}
 	if (n_items)
-		maildir_deliver_batch(mail_root, conf->hostname, items, n_items);
+		maildir_deliver_batch(conf->data_dir, conf->hostname, items, n_items);
 
 	int64_t now = now_sec();
 	for (size_t k = 0; k < n_items; k++) {

@@ -1,0 +1,209 @@
+#!/usr/bin/python3
+"""make bench: tern's accept and local-delivery throughput, and idle memory.
+
+Starts the real tern binary on a loopback port with a fresh data dir, drives
+it with the loopback load generator shipped in ../shared/bench/src/smtpload.c
+(built here with gcc), and prints:
+
+  - accept side: messages/s until the last 250, MAIL->250 latency p50/p90/p99
+  - end to end: messages/s until the last message is in a Maildir
+  - idle connections: K connections held past EHLO, RSS per connection
+
+Every load is bounded (message count, connection count, deadlines) and only
+talks to 127.0.0.1. Figures are printed, never asserted.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHARED = os.environ.get("TERN_SHARED", os.path.join(REPO, "..", "shared"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_smtpload(outdir):
+    src = os.path.join(SHARED, "bench", "src", "smtpload.c")
+    if not os.path.exists(src):
+        sys.exit(f"bench: {src} not found (the shared bench harness is needed for the load)")
+    exe = os.path.join(outdir, "smtpload")
+    subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
+    return exe
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_port(port, proc, deadline=15):
+    end = time.time() + deadline
+    while time.time() < end:
+        if proc.poll() is not None:
+            sys.exit("bench: tern exited during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(100).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit("bench: tern did not greet in time")
+
+
+def count_delivered(maildir):
+    try:
+        return len(os.listdir(maildir))
+    except FileNotFoundError:
+        return 0
+
+
+def start_tern(tern, workdir, port, extra=""):
+    data = os.path.join(workdir, "data")
+    conf = os.path.join(workdir, "tern.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+hostname = "bench.tern.test";
+data_dir = "{data}";
+user = "{'nobody' if os.geteuid() == 0 else ''}";
+log_level = "warn";
+local_domains = ["bench.test"];
+limits {{ max_connections = 20000; max_connections_per_ip = 20000; }}
+listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
+{extra}
+""")
+    if os.geteuid() == 0:
+        os.chmod(workdir, 0o755)
+    log = open(os.path.join(workdir, "tern.log"), "w")
+    proc = subprocess.Popen([tern, "serve", "-c", conf], stdout=log, stderr=log)
+    wait_port(port, proc)
+    return proc, data
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_send(args, tern, load, workdir):
+    port = free_port()
+    proc, data = start_tern(tern, workdir, port)
+    maildir = os.path.join(data, "mail", "bench.test", "postmaster", "new")
+    t0 = time.time()
+    out = subprocess.run(
+        [load, "send", "127.0.0.1", str(port), "-n", str(args.messages), "-c", str(args.conns),
+         "-p", str(args.per_conn), "-s", str(args.size), "-t", "postmaster@bench.test",
+         "-T", str(args.timeout)],
+        capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    accept_s = res["elapsed_s"]
+    deadline = time.time() + args.timeout
+    while count_delivered(maildir) < res["ok"] and time.time() < deadline:
+        time.sleep(0.05)
+    delivered_s = time.time() - t0
+    delivered = count_delivered(maildir)
+    peak_rss = rss_kb(proc.pid)
+    stop(proc)
+    return {
+        "ok": res["ok"], "tempfail": res["tempfail"], "permfail": res["permfail"],
+        "accept_msgs": res["ok"] / accept_s if accept_s else 0,
+        "p50": res["lat_p50_ms"], "p90": res["lat_p90_ms"], "p99": res["lat_p99_ms"],
+        "delivered": delivered, "delivered_msgs": delivered / delivered_s if delivered_s else 0,
+        "rss_mb": peak_rss / 1024, "errors": res["errors"],
+    }
+
+
+def run_hold(args, tern, load, workdir):
+    port = free_port()
+    proc, _ = start_tern(tern, workdir, port)
+    idle = rss_kb(proc.pid)
+    p = subprocess.Popen(
+        [load, "hold", "127.0.0.1", str(port), "-k", str(args.hold_conns), "-H",
+         str(args.hold_secs), "-T", str(args.hold_secs + 60)],
+        stdout=subprocess.PIPE, text=True)
+    held_rss = idle
+    for line in p.stdout:
+        if line.startswith("PHASE hold"):
+            time.sleep(min(2, args.hold_secs / 2))
+            held_rss = rss_kb(proc.pid)
+        if line.startswith("{"):
+            res = json.loads(line)
+    p.wait()
+    stop(proc)
+    held = res.get("held", 0)
+    return {"held": held, "wanted": args.hold_conns, "idle_rss_mb": idle / 1024,
+            "held_rss_mb": held_rss / 1024,
+            "kb_per_conn": (held_rss - idle) / held if held else 0}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--tern", default=os.path.join(REPO, "build", "tern"))
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--per-conn", type=int, default=100)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--hold-conns", type=int, default=5000)
+    ap.add_argument("--hold-secs", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    if args.messages > 10**6 or args.hold_conns > 20000:
+        sys.exit("bench: bounds are 10^6 messages and 20000 connections")
+
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, args.hold_conns * 2 + 1000)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    tmp = tempfile.mkdtemp(prefix="tern-bench-", dir=os.environ.get("TERN_BENCH_DIR", "/var/tmp"))
+    os.chmod(tmp, 0o755)
+    try:
+        load = build_smtpload(tmp)
+        print(f"tern bench: {args.messages} messages of {args.size} B over {args.conns} "
+              f"connections ({args.per_conn} per connection), local Maildir delivery, "
+              f"{args.reps} reps")
+        print("| rep | accepted | accept msg/s | MAIL->250 p50 / p90 / p99 ms | "
+              "delivered | end-to-end msg/s | RSS MB |")
+        print("|---|---|---|---|---|---|---|")
+        for rep in range(args.reps):
+            wd = os.path.join(tmp, f"send{rep}")
+            os.makedirs(wd)
+            r = run_send(args, args.tern, load, wd)
+            print(f"| {rep + 1} | {r['ok']} | {r['accept_msgs']:.0f} | {r['p50']:.1f} / "
+                  f"{r['p90']:.1f} / {r['p99']:.1f} | {r['delivered']} | "
+                  f"{r['delivered_msgs']:.0f} | {r['rss_mb']:.0f} |", flush=True)
+            if r["errors"]:
+                print(f"  errors: {r['errors']}")
+            shutil.rmtree(wd, ignore_errors=True)
+        wd = os.path.join(tmp, "hold")
+        os.makedirs(wd)
+        h = run_hold(args, args.tern, load, wd)
+        print(f"\nidle connections: {h['held']}/{h['wanted']} held past EHLO; RSS idle "
+              f"{h['idle_rss_mb']:.1f} MB, holding {h['held_rss_mb']:.1f} MB, "
+              f"{h['kb_per_conn']:.1f} KB per connection")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
