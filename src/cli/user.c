@@ -5,8 +5,11 @@
  * --password-stdin, from the first line of standard input; never from the
  * command line, where other users could read them in ps.
  */
+#include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <termios.h>
 #include <unistd.h>
@@ -57,6 +60,20 @@ static int prompt_password(char *out, size_t outlen)
 	if (rc == -2)
 		fprintf(stderr, "tern: the passwords differ\n");
 	return rc == 0 ? 0 : -1;
+}
+
+/* The daemon drops to conf->user: as root, hand the file (and a data dir
+ * we had to create) to that account so the daemon can read it on SIGHUP. */
+static void give_to_daemon_user(const struct tern_config *conf)
+{
+	if (geteuid() != 0 || !conf->user || !*conf->user)
+		return;
+	struct passwd *pw = getpwnam(conf->user);
+	if (!pw)
+		return;
+	if (chown(conf->users_file, pw->pw_uid, pw->pw_gid) != 0)
+		fprintf(stderr, "tern: warning: cannot chown %s to %s: %s\n", conf->users_file,
+			conf->user, strerror(errno));
 }
 
 static void print_addr(const char *addr, void *arg)
@@ -118,6 +135,12 @@ int cmd_user(int argc, char **argv)
 	const char *addr = args[1];
 	int rc;
 	if (strcmp(sub, "add") == 0 || strcmp(sub, "passwd") == 0) {
+		/* The users file usually lives in the data dir, which may not exist yet. */
+		if (mkdir(conf->data_dir, 0750) == 0 && geteuid() == 0) {
+			struct passwd *pw = conf->user && *conf->user ? getpwnam(conf->user) : NULL;
+			if (pw && chown(conf->data_dir, pw->pw_uid, pw->pw_gid) != 0)
+				fprintf(stderr, "tern: warning: cannot chown %s\n", conf->data_dir);
+		}
 		int got = from_stdin ? read_password_line(stdin, password, sizeof(password))
 				     : prompt_password(password, sizeof(password));
 		if (got != 0) {
@@ -134,6 +157,7 @@ int cmd_user(int argc, char **argv)
 	}
 	switch (rc) {
 	case TERN_OK:
+		give_to_daemon_user(conf);
 		printf("%s: %s done in %s (send SIGHUP to a running tern to apply)\n", addr, sub,
 		       conf->users_file);
 		status = 0;
