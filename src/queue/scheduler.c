@@ -309,7 +309,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 					  "250 2.0.0 delivered to mailbox");
 			log_info("event=delivered id=%s to=<%s> relay=local mailbox=%s delay=%.0fs",
 				 m->id, r->addr, items[k].path, delay);
-		} else if (items[k].result == TERN_EINVAL) {
+		} else if (items[k].result == TERN_EINVAL || items[k].result == TERN_ELIMIT) {
 			spool_update_rcpt(s->sp, m->id, ctx[k].rcpt_idx, RCPT_BOUNCED, 0,
 					  "550 5.1.3 mailbox name not usable");
 			log_warn("event=bounced id=%s to=<%s> relay=local reason=\"mailbox name not "

@@ -1,0 +1,803 @@
+/*
+ * users.c — the users file (Dovecot passwd-file format, see auth.h):
+ * loading it into an immutable lookup table, checking passwords, and
+ * editing the file in place for `tern user add/passwd/del`.
+ *
+ * Owns: parsing and validating the file, password schemes, the atomic
+ * rewrite of the file (with an advisory lock against concurrent editors).
+ *
+ * Must never: compare a secret in time that depends on where it differs,
+ * keep cleartext or crypt scratch space around after use (it is wiped),
+ * echo a bad line's content into an error message (it may hold a
+ * password), change any line of the file other than the one edited, or
+ * leave the file readable by others (the file is always rewritten 0600).
+ * users_verify() and users_file_*() block (crypt, fsync): thread pool only.
+ */
+#include "auth/auth.h"
+#include "auth/users_internal.h"
+
+#include <crypt.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/buf.h"
+#include "core/err.h"
+
+enum scheme {
+	SCHEME_CRYPT,  /* crypt(3) hash: $6$, $2b$, $y$, ... */
+	SCHEME_PLAIN,  /* cleartext */
+	SCHEME_LOCKED, /* empty or "!"/"*" hash: exists, never authenticates */
+};
+
+struct user {
+	char *addr;       /* lowercased; one allocation "addr\0hash\0" */
+	const char *hash; /* points into addr's allocation */
+	size_t hashlen;
+	enum scheme scheme;
+	unsigned line;
+};
+
+struct user_db {
+	struct user *users; /* file order */
+	size_t n, cap;
+	struct user **sorted; /* by addr, for bsearch */
+};
+
+/* One line of a file image: p/n exclude the line break ("\n" or "\r\n"),
+ * full includes it. */
+struct line {
+	const char *p;
+	size_t n;
+	size_t full;
+};
+
+enum line_kind { LINE_BLANK, LINE_COMMENT, LINE_RECORD };
+
+static _Atomic unsigned long tmp_counter;
+
+static bool next_line(const char *buf, size_t len, size_t *pos, struct line *l)
+{
+	const char *nl;
+
+	if (*pos >= len)
+		return false;
+	l->p = buf + *pos;
+	nl = memchr(l->p, '\n', len - *pos);
+	l->full = nl != NULL ? (size_t)(nl - l->p) + 1 : len - *pos;
+	l->n = nl != NULL ? l->full - 1 : l->full;
+	if (l->n > 0 && l->p[l->n - 1] == '\r')
+		l->n--;
+	*pos += l->full;
+	return true;
+}
+
+static enum line_kind classify(const struct line *l)
+{
+	size_t i = 0;
+
+	while (i < l->n && (l->p[i] == ' ' || l->p[i] == '\t'))
+		i++;
+	if (i == l->n)
+		return LINE_BLANK;
+	return l->p[i] == '#' ? LINE_COMMENT : LINE_RECORD;
+}
+
+/* The address field of a record line: everything up to the first ':'. */
+static size_t addr_span(const struct line *l)
+{
+	const char *colon = memchr(l->p, ':', l->n);
+
+	return colon != NULL ? (size_t)(colon - l->p) : l->n;
+}
+
+static int check_address_n(const char *a, size_t n)
+{
+	size_t ats = 0, at = 0;
+
+	if (n > USERS_ADDR_MAX)
+		return TERN_ELIMIT;
+	if (n == 0 || a[0] == '#')
+		return TERN_EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)a[i];
+
+		if (c <= 0x20 || c == 0x7f || c == ':')
+			return TERN_EINVAL;
+		if (c == '@') {
+			ats++;
+			at = i;
+		}
+	}
+	if (ats != 1 || at == 0 || at == n - 1)
+		return TERN_EINVAL;
+	return TERN_OK;
+}
+
+int users_check_address(const char *addr)
+{
+	if (addr == NULL)
+		return TERN_EINVAL;
+	return check_address_n(addr, strnlen(addr, USERS_ADDR_MAX + 1));
+}
+
+/* Compares secrets in time that depends only on the stored length. */
+static bool ct_equal(const char *stored, size_t slen, const char *given, size_t glen)
+{
+	volatile unsigned diff = slen != glen;
+
+	for (size_t i = 0; i < slen; i++)
+		diff |= (unsigned char)stored[i] ^ (unsigned char)(i < glen ? given[i] : 0);
+	return diff == 0;
+}
+
+static void seterr(char *err, size_t errlen, const char *name, unsigned line, const char *what)
+{
+	if (err == NULL || errlen == 0)
+		return;
+	if (line > 0)
+		snprintf(err, errlen, "%s:%u: %s", name, line, what);
+	else
+		snprintf(err, errlen, "%s: %s", name, what);
+}
+
+void users_free(struct user_db *db)
+{
+	if (db == NULL)
+		return;
+	for (size_t i = 0; i < db->n; i++) {
+		struct user *u = &db->users[i];
+		size_t alen = strlen(u->addr);
+
+		/* The allocation holds a hash or a cleartext password: wipe it. */
+		explicit_bzero(u->addr, alen + 1 + u->hashlen);
+		free(u->addr);
+	}
+	free(db->users);
+	free(db->sorted);
+	free(db);
+}
+
+static int user_cmp(const void *a, const void *b)
+{
+	const struct user *x = *(struct user *const *)a, *y = *(struct user *const *)b;
+	int c = strcmp(x->addr, y->addr);
+
+	if (c != 0)
+		return c;
+	return (x->line > y->line) - (x->line < y->line);
+}
+
+static int user_key_cmp(const void *key, const void *elt)
+{
+	return strcmp(key, (*(struct user *const *)elt)->addr);
+}
+
+static const struct {
+	const char *name;
+	enum scheme scheme;
+} schemes[] = {
+    {"CRYPT", SCHEME_CRYPT},     {"SHA512-CRYPT", SCHEME_CRYPT}, {"SHA256-CRYPT", SCHEME_CRYPT},
+    {"BLF-CRYPT", SCHEME_CRYPT}, {"MD5-CRYPT", SCHEME_CRYPT},    {"PLAIN", SCHEME_PLAIN},
+    {"CLEARTEXT", SCHEME_PLAIN},
+};
+
+static bool scheme_lookup(const char *p, size_t n, enum scheme *out)
+{
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
+		if (strlen(schemes[i].name) == n && strncasecmp(schemes[i].name, p, n) == 0) {
+			*out = schemes[i].scheme;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Parses one record line into *u (allocating u->addr). Returns NULL on
+ * success or the reason it is bad (never quoting the line: it may hold a
+ * password); *oom is set when the failure is an allocation.
+ */
+static const char *parse_record(const struct line *l, struct user *u, bool *oom)
+{
+	size_t alen = addr_span(l), hlen;
+	const char *pw, *pwend, *hash;
+	enum scheme sch = SCHEME_CRYPT;
+	char *mem;
+	int rc;
+
+	*oom = false;
+	if (memchr(l->p, '\0', l->n) != NULL)
+		return "NUL byte in line";
+	if (alen == l->n)
+		return "expected \"address:password\" (no ':' after the address)";
+	/* A BOM (at the start of a file saved by some editors) would silently
+	 * become part of the address, which then never matches. */
+	if (alen >= 3 && memcmp(l->p, "\xef\xbb\xbf", 3) == 0)
+		return "line starts with a UTF-8 byte order mark; remove it";
+	rc = check_address_n(l->p, alen);
+	if (rc == TERN_ELIMIT)
+		return "address too long";
+	if (rc != TERN_OK)
+		return "bad address (need local@domain without spaces or control bytes)";
+	pw = l->p + alen + 1;
+	pwend = memchr(pw, ':', (size_t)(l->p + l->n - pw));
+	if (pwend == NULL)
+		pwend = l->p + l->n;
+	hash = pw;
+	if (pw < pwend && pw[0] == '{') {
+		const char *close = memchr(pw, '}', (size_t)(pwend - pw));
+
+		if (close == NULL)
+			return "unterminated {SCHEME}";
+		if (!scheme_lookup(pw + 1, (size_t)(close - pw - 1), &sch))
+			return "unknown password scheme (use CRYPT, SHA512-CRYPT, BLF-CRYPT or "
+			       "PLAIN)";
+		hash = close + 1;
+	}
+	hlen = (size_t)(pwend - hash);
+	for (size_t i = 0; i < hlen; i++) {
+		if ((unsigned char)hash[i] < 0x20 || hash[i] == 0x7f)
+			return "control byte in password field";
+	}
+	if (hlen == 0 || (sch == SCHEME_CRYPT && (hash[0] == '!' || hash[0] == '*')))
+		sch = SCHEME_LOCKED;
+
+	mem = malloc(alen + 1 + hlen + 1);
+	if (mem == NULL) {
+		*oom = true;
+		return "out of memory";
+	}
+	memcpy(mem, l->p, alen);
+	mem[alen] = '\0';
+	tern_ascii_lower(mem);
+	memcpy(mem + alen + 1, hash, hlen);
+	mem[alen + 1 + hlen] = '\0';
+	u->addr = mem;
+	u->hash = mem + alen + 1;
+	u->hashlen = hlen;
+	u->scheme = sch;
+	if (sch == SCHEME_CRYPT) {
+		int cs = crypt_checksalt(u->hash);
+
+		if (cs == CRYPT_SALT_INVALID || cs == CRYPT_SALT_METHOD_DISABLED) {
+			explicit_bzero(mem, alen + 1 + hlen);
+			free(mem);
+			u->addr = NULL;
+			return "password hash not understood by crypt(3)";
+		}
+	}
+	return NULL;
+}
+
+int users_parse_buffer(const char *buf, size_t len, const char *name, struct user_db **out,
+                       char *err, size_t errlen)
+{
+	struct user_db *db;
+	struct line l;
+	size_t pos = 0;
+	unsigned lineno = 0;
+	int rc = TERN_OK;
+
+	*out = NULL;
+	if (name == NULL)
+		name = "(users)";
+	if (err != NULL && errlen > 0)
+		err[0] = '\0';
+	if (len > USERS_FILE_MAX) {
+		seterr(err, errlen, name, 0, "file too large");
+		return TERN_ELIMIT;
+	}
+	db = calloc(1, sizeof(*db));
+	if (db == NULL)
+		goto nomem;
+	while (next_line(buf, len, &pos, &l)) {
+		struct user u = {0};
+		const char *why;
+		bool oom;
+
+		if (lineno == UINT32_MAX) {
+			seterr(err, errlen, name, lineno, "too many lines");
+			rc = TERN_ELIMIT;
+			goto out;
+		}
+		lineno++;
+		if (classify(&l) != LINE_RECORD)
+			continue;
+		why = parse_record(&l, &u, &oom);
+		if (why != NULL) {
+			if (oom)
+				goto nomem;
+			seterr(err, errlen, name, lineno, why);
+			rc = TERN_ESYNTAX;
+			goto out;
+		}
+		u.line = lineno;
+		if (db->n == db->cap) {
+			size_t ncap = db->cap ? db->cap * 2 : 16;
+			struct user *nu = reallocarray(db->users, ncap, sizeof(*nu));
+
+			if (nu == NULL) {
+				free(u.addr);
+				goto nomem;
+			}
+			db->users = nu;
+			db->cap = ncap;
+		}
+		db->users[db->n++] = u;
+	}
+
+	db->sorted = calloc(db->n ? db->n : 1, sizeof(*db->sorted));
+	if (db->sorted == NULL)
+		goto nomem;
+	for (size_t i = 0; i < db->n; i++)
+		db->sorted[i] = &db->users[i];
+	qsort(db->sorted, db->n, sizeof(*db->sorted), user_cmp);
+	for (size_t i = 1; i < db->n; i++) {
+		if (strcmp(db->sorted[i - 1]->addr, db->sorted[i]->addr) == 0) {
+			char what[96];
+
+			snprintf(what, sizeof(what), "duplicate user (first on line %u)",
+			         db->sorted[i - 1]->line);
+			/* Report the later line, like a compiler's redefinition. */
+			seterr(err, errlen, name, db->sorted[i]->line, what);
+			rc = TERN_ESYNTAX;
+			goto out;
+		}
+	}
+	*out = db;
+	return TERN_OK;
+nomem:
+	seterr(err, errlen, name, 0, "out of memory");
+	rc = TERN_ENOMEM;
+out:
+	users_free(db);
+	return rc;
+}
+
+/* Reads a whole file into b. *missing is set (and TERN_OK returned) when
+ * it does not exist. */
+static int read_file(const char *path, struct tbuf *b, bool *missing, struct stat *st)
+{
+	int fd, rc = TERN_OK;
+
+	*missing = false;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT) {
+			*missing = true;
+			return TERN_OK;
+		}
+		return TERN_EIO;
+	}
+	if (fstat(fd, st) != 0) {
+		rc = TERN_EIO;
+		goto out;
+	}
+	if (!S_ISREG(st->st_mode)) {
+		errno = EINVAL;
+		rc = TERN_EIO;
+		goto out;
+	}
+	for (;;) {
+		size_t room = b->max - b->len;
+		ssize_t r;
+
+		if (room == 0) {
+			/* At the cap: fine only if the file ends exactly here. */
+			char c;
+
+			do
+				r = read(fd, &c, 1);
+			while (r < 0 && errno == EINTR);
+			rc = r == 0 ? TERN_OK : r > 0 ? TERN_ELIMIT : TERN_EIO;
+			goto out;
+		}
+		if ((rc = tbuf_reserve(b, room < 65536 ? room : 65536)) != TERN_OK)
+			goto out;
+		r = read(fd, b->data + b->len, b->cap - 1 - b->len);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = TERN_EIO;
+			goto out;
+		}
+		if (r == 0)
+			break;
+		b->len += (size_t)r;
+		b->data[b->len] = '\0';
+	}
+out:
+	close(fd);
+	return rc;
+}
+
+int users_load(const char *path, struct user_db **out, char *err, size_t errlen)
+{
+	struct tbuf b = TBUF_INIT(USERS_FILE_MAX);
+	struct stat st;
+	bool missing;
+	int rc;
+
+	*out = NULL;
+	if (path == NULL) {
+		seterr(err, errlen, "(users)", 0, "no users file given");
+		return TERN_EINVAL;
+	}
+	rc = read_file(path, &b, &missing, &st);
+	if (rc == TERN_ELIMIT) {
+		seterr(err, errlen, path, 0, "file too large");
+		goto out;
+	}
+	if (rc != TERN_OK) {
+		char ebuf[128];
+
+		/* GNU strerror_r: thread-safe, returns the message pointer. */
+		seterr(err, errlen, path, 0,
+		       rc == TERN_EIO ? strerror_r(errno, ebuf, sizeof(ebuf)) : tern_strerror(rc));
+		goto out;
+	}
+	rc = users_parse_buffer(b.data ? b.data : "", b.len, path, out, err, errlen);
+out:
+	if (b.data != NULL)
+		explicit_bzero(b.data, b.len);
+	tbuf_free(&b);
+	return rc;
+}
+
+size_t users_count(const struct user_db *db)
+{
+	return db != NULL ? db->n : 0;
+}
+
+static const struct user *find(const struct user_db *db, const char *addr)
+{
+	char key[USERS_ADDR_MAX + 1];
+	struct user *const *hit;
+	size_t n;
+
+	if (db == NULL || addr == NULL || db->n == 0)
+		return NULL;
+	n = strnlen(addr, sizeof(key));
+	if (n >= sizeof(key))
+		return NULL;
+	memcpy(key, addr, n + 1);
+	tern_ascii_lower(key);
+	hit = bsearch(key, db->sorted, db->n, sizeof(*db->sorted), user_key_cmp);
+	return hit != NULL ? *hit : NULL;
+}
+
+bool users_exists(const struct user_db *db, const char *addr)
+{
+	return find(db, addr) != NULL;
+}
+
+int users_verify(const struct user_db *db, const char *addr, const char *password)
+{
+	const struct user *u = find(db, addr);
+	struct crypt_data *cd;
+	const char *h;
+	int rc = TERN_EINVAL;
+
+	if (u == NULL)
+		return TERN_ENOTFOUND;
+	if (password == NULL)
+		return TERN_EINVAL;
+	switch (u->scheme) {
+	case SCHEME_LOCKED:
+		return TERN_EINVAL;
+	case SCHEME_PLAIN:
+		return ct_equal(u->hash, u->hashlen, password, strlen(password)) ? TERN_OK
+		                                                                 : TERN_EINVAL;
+	case SCHEME_CRYPT:
+		break;
+	}
+	/* struct crypt_data is ~32 KiB: too big for a pool thread's stack. */
+	cd = calloc(1, sizeof(*cd));
+	if (cd == NULL)
+		return TERN_ENOMEM;
+	h = crypt_rn(password, u->hash, cd, (int)sizeof(*cd));
+	/* A NULL or "*..." result means an unusable hash or an over-long
+	 * password: never a match. */
+	if (h != NULL && h[0] != '*' && ct_equal(u->hash, u->hashlen, h, strlen(h)))
+		rc = TERN_OK;
+	explicit_bzero(cd, sizeof(*cd));
+	free(cd);
+	return rc;
+}
+
+void users_foreach(const struct user_db *db, void (*fn)(const char *addr, void *arg), void *arg)
+{
+	if (db == NULL || fn == NULL)
+		return;
+	for (size_t i = 0; i < db->n; i++)
+		fn(db->users[i].addr, arg);
+}
+
+/* A password we will hash: present, no line breaks (NUL cannot occur in a
+ * C string), not longer than crypt accepts. */
+static int check_password(const char *password)
+{
+	size_t n;
+
+	if (password == NULL)
+		return TERN_EINVAL;
+	n = strnlen(password, CRYPT_MAX_PASSPHRASE_SIZE);
+	if (n >= CRYPT_MAX_PASSPHRASE_SIZE)
+		return TERN_ELIMIT;
+	if (memchr(password, '\n', n) != NULL || memchr(password, '\r', n) != NULL)
+		return TERN_EINVAL;
+	return TERN_OK;
+}
+
+int users_hash_password(const char *password, char *out, size_t outlen)
+{
+	char salt[CRYPT_GENSALT_OUTPUT_SIZE];
+	struct crypt_data *cd = NULL;
+	const char *h;
+	int rc, n;
+
+	if (out != NULL && outlen > 0)
+		out[0] = '\0';
+	if (out == NULL || outlen == 0)
+		return TERN_ELIMIT;
+	if ((rc = check_password(password)) != TERN_OK)
+		return rc;
+	/* NULL random bytes: libxcrypt reads the OS's random source itself. */
+	if (crypt_gensalt_rn("$6$", 0, NULL, 0, salt, (int)sizeof(salt)) == NULL)
+		return TERN_EIO;
+	cd = calloc(1, sizeof(*cd));
+	if (cd == NULL)
+		return TERN_ENOMEM;
+	h = crypt_rn(password, salt, cd, (int)sizeof(*cd));
+	if (h == NULL || h[0] == '*') {
+		rc = TERN_EIO;
+		goto out;
+	}
+	n = snprintf(out, outlen, "{SHA512-CRYPT}%s", h);
+	if (n < 0 || (size_t)n >= outlen) {
+		out[0] = '\0';
+		rc = TERN_ELIMIT;
+		goto out;
+	}
+	rc = TERN_OK;
+out:
+	explicit_bzero(cd, sizeof(*cd));
+	free(cd);
+	return rc;
+}
+
+static bool span_ieq(const char *a, size_t an, const char *b)
+{
+	return strlen(b) == an && strncasecmp(a, b, an) == 0;
+}
+
+int users_edit_buffer(const char *buf, size_t len, enum users_edit_op op, const char *addr,
+                      const char *pwfield, struct tbuf *out)
+{
+	struct line l;
+	size_t pos = 0;
+	bool found = false;
+	int rc;
+
+	if ((rc = users_check_address(addr)) != TERN_OK)
+		return rc;
+	if (op != USERS_EDIT_DEL && (pwfield == NULL || strpbrk(pwfield, ":\r\n") != NULL))
+		return TERN_EINVAL;
+	if (op != USERS_EDIT_ADD && op != USERS_EDIT_PASSWD && op != USERS_EDIT_DEL)
+		return TERN_EINVAL;
+	while (next_line(buf, len, &pos, &l)) {
+		size_t alen;
+
+		if (classify(&l) != LINE_RECORD || !span_ieq(l.p, alen = addr_span(&l), addr)) {
+			if ((rc = tbuf_append(out, l.p, l.full)) != TERN_OK)
+				return rc;
+			continue;
+		}
+		found = true;
+		if (op == USERS_EDIT_ADD)
+			return TERN_EEXIST;
+		if (op == USERS_EDIT_DEL)
+			continue;
+		/* PASSWD: keep the address as written and every field after the
+		 * password (uid, gid, ..., and the line break) byte for byte. */
+		{
+			const char *rest = l.p + l.full;
+
+			if (alen < l.n) {
+				const char *pw = l.p + alen + 1;
+				const char *c = memchr(pw, ':', (size_t)(l.p + l.n - pw));
+
+				rest = c != NULL ? c : l.p + l.n;
+			} else {
+				rest = l.p + l.n;
+			}
+			if ((rc = tbuf_append(out, l.p, alen)) != TERN_OK ||
+			    (rc = tbuf_append(out, ":", 1)) != TERN_OK ||
+			    (rc = tbuf_append_str(out, pwfield)) != TERN_OK ||
+			    (rc = tbuf_append(out, rest, (size_t)(l.p + l.full - rest))) != TERN_OK)
+				return rc;
+		}
+	}
+	if (op == USERS_EDIT_ADD) {
+		char lower[USERS_ADDR_MAX + 1];
+
+		tern_strlcpy(lower, addr, sizeof(lower));
+		tern_ascii_lower(lower);
+		if (out->len > 0 && out->data[out->len - 1] != '\n' &&
+		    (rc = tbuf_append(out, "\n", 1)) != TERN_OK)
+			return rc;
+		if ((rc = tbuf_printf(out, "%s:%s\n", lower, pwfield)) != TERN_OK)
+			return rc;
+		return TERN_OK;
+	}
+	return found ? TERN_OK : TERN_ENOTFOUND;
+}
+
+/* fsyncs the directory containing path. */
+static int fsync_parent_dir(const char *path)
+{
+	char dir[4096];
+	const char *slash = strrchr(path, '/');
+	int fd, rc = TERN_OK;
+
+	if (slash == NULL) {
+		tern_strlcpy(dir, ".", sizeof(dir));
+	} else if (slash == path) {
+		tern_strlcpy(dir, "/", sizeof(dir));
+	} else {
+		if ((size_t)(slash - path) >= sizeof(dir))
+			return TERN_ELIMIT;
+		memcpy(dir, path, (size_t)(slash - path));
+		dir[slash - path] = '\0';
+	}
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return TERN_EIO;
+	if (fsync(fd) != 0)
+		rc = TERN_EIO;
+	if (close(fd) != 0 && rc == TERN_OK)
+		rc = TERN_EIO;
+	return rc;
+}
+
+/*
+ * Replaces path with data: a temp file in the same directory (O_EXCL,
+ * 0600), written, fsync'd, renamed over path, then the directory fsync'd.
+ * When root edits a file owned by another user (the account tern drops
+ * to), the new file keeps that owner, or the daemon could not read it.
+ */
+static int write_atomic(const char *path, const char *data, size_t len, const struct stat *orig)
+{
+	char tmp[4096];
+	int fd = -1, rc = TERN_OK;
+
+	for (int attempt = 0;; attempt++) {
+		unsigned long q = atomic_fetch_add(&tmp_counter, 1);
+		int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld.%lu", path, (long)getpid(), q);
+
+		if (n < 0 || (size_t)n >= sizeof(tmp))
+			return TERN_ELIMIT;
+		fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (fd >= 0)
+			break;
+		if ((errno != EEXIST && errno != EINTR) || attempt > 100)
+			return TERN_EIO;
+	}
+	if (fchmod(fd, 0600) != 0)
+		rc = TERN_EIO;
+	if (rc == TERN_OK && orig != NULL && geteuid() == 0 &&
+	    (orig->st_uid != 0 || orig->st_gid != 0) && fchown(fd, orig->st_uid, orig->st_gid) != 0)
+		rc = TERN_EIO;
+	for (size_t off = 0; rc == TERN_OK && off < len;) {
+		ssize_t w = write(fd, data + off, len - off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			rc = TERN_EIO;
+			break;
+		}
+		off += (size_t)w;
+	}
+	if (rc == TERN_OK && fsync(fd) != 0)
+		rc = TERN_EIO;
+	if (close(fd) != 0 && rc == TERN_OK)
+		rc = TERN_EIO;
+	if (rc == TERN_OK && rename(tmp, path) != 0)
+		rc = TERN_EIO;
+	if (rc != TERN_OK) {
+		int saved = errno;
+
+		unlink(tmp);
+		errno = saved;
+		return rc;
+	}
+	return fsync_parent_dir(path);
+}
+
+/*
+ * Serialises editors (two `tern user add` runs, or API threads) on
+ * PATH.lock, so that no edit is lost between read and rename. The lock
+ * file is left in place: removing it would race with the next editor.
+ */
+static int lock_file(const char *path, int *lockfd)
+{
+	char lp[4096];
+	int n = snprintf(lp, sizeof(lp), "%s.lock", path);
+
+	if (n < 0 || (size_t)n >= sizeof(lp))
+		return TERN_ELIMIT;
+	*lockfd = open(lp, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (*lockfd < 0)
+		return TERN_EIO;
+	while (flock(*lockfd, LOCK_EX) != 0) {
+		if (errno != EINTR) {
+			close(*lockfd);
+			*lockfd = -1;
+			return TERN_EIO;
+		}
+	}
+	return TERN_OK;
+}
+
+static int file_edit(const char *path, enum users_edit_op op, const char *addr,
+                     const char *password)
+{
+	struct tbuf in = TBUF_INIT(USERS_FILE_MAX), out = TBUF_INIT(USERS_FILE_MAX);
+	char pwfield[CRYPT_OUTPUT_SIZE + 32];
+	struct stat st;
+	bool missing;
+	int lockfd = -1, rc;
+
+	pwfield[0] = '\0';
+	if (path == NULL)
+		return TERN_EINVAL;
+	if ((rc = users_check_address(addr)) != TERN_OK)
+		return rc;
+	/* Hash before taking the lock: crypt is the slow part. */
+	if (op != USERS_EDIT_DEL &&
+	    (rc = users_hash_password(password, pwfield, sizeof(pwfield))) != TERN_OK)
+		return rc;
+	if ((rc = lock_file(path, &lockfd)) != TERN_OK)
+		goto out;
+	if ((rc = read_file(path, &in, &missing, &st)) != TERN_OK)
+		goto out;
+	rc = users_edit_buffer(in.data ? in.data : "", in.len, op, addr, pwfield, &out);
+	if (rc != TERN_OK)
+		goto out;
+	rc = write_atomic(path, out.data ? out.data : "", out.len, missing ? NULL : &st);
+out:
+	if (lockfd >= 0)
+		close(lockfd); /* releases the flock */
+	if (in.data != NULL)
+		explicit_bzero(in.data, in.len);
+	if (out.data != NULL)
+		explicit_bzero(out.data, out.len);
+	tbuf_free(&in);
+	tbuf_free(&out);
+	return rc;
+}
+
+int users_file_add(const char *path, const char *addr, const char *password)
+{
+	return file_edit(path, USERS_EDIT_ADD, addr, password);
+}
+
+int users_file_passwd(const char *path, const char *addr, const char *password)
+{
+	return file_edit(path, USERS_EDIT_PASSWD, addr, password);
+}
+
+int users_file_del(const char *path, const char *addr)
+{
+	return file_edit(path, USERS_EDIT_DEL, addr, NULL);
+}

@@ -1,0 +1,529 @@
+/*
+ * local.c — local delivery into Maildir mailboxes (DESIGN §5.1, §6).
+ *
+ * Owns: the mapping from (domain, local part) to DATA/mail/DOMAIN/LOCAL,
+ * creating maildirs, unique file names, and the batched write/sync/rename
+ * protocol that makes a delivered message durable.
+ *
+ * Must never: build a path from a recipient without validating it (a local
+ * part is attacker-controlled), report an item delivered before the file
+ * and its new/ directory entry are on stable storage, leave a file behind
+ * in tmp/ for an item it reports as failed, or run on an event loop (every
+ * function here blocks on the disk).
+ *
+ * The batch protocol (DESIGN §6): write and fsync every file in tmp/, then
+ * rename every file into new/, then fsync each distinct new/ directory once.
+ * A crash between the steps leaves at worst a complete file in tmp/ (which
+ * Maildir readers clean up) or a delivered file whose caller will retry it
+ * (a duplicate, never a loss).
+ */
+#include "deliver/deliver.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/err.h"
+
+/* Longest single path component we accept (NAME_MAX on Linux). */
+#define COMPONENT_MAX 255
+/* Attempts at a fresh name when tmp/NAME already exists (practically never). */
+#define NAME_RETRIES 8
+/* iovecs handed to one writev(); kept well under IOV_MAX. */
+#define WRITEV_CHUNK 64
+
+static _Atomic unsigned long name_counter;
+
+/*
+ * A component is safe as a single directory name: not empty, no '/', no
+ * control bytes, and no leading '.' (which rules out ".", ".." and hidden
+ * names that Maildir++ uses for folders). Bytes >= 0x80 (UTF-8 local parts)
+ * are allowed.
+ */
+static int check_component(const char *s)
+{
+	size_t n = 0;
+
+	if (s == NULL || s[0] == '\0' || s[0] == '.')
+		return TERN_EINVAL;
+	for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++, n++) {
+		if (*p == '/' || *p < 0x20 || *p == 0x7f)
+			return TERN_EINVAL;
+	}
+	if (n > COMPONENT_MAX)
+		return TERN_ELIMIT;
+	return TERN_OK;
+}
+
+/* Appends s to out at *pos, lowercasing ASCII when lower is set. */
+static int append(char *out, size_t outlen, size_t *pos, const char *s, bool lower)
+{
+	for (; *s != '\0'; s++) {
+		char c = *s;
+
+		if (*pos + 1 >= outlen)
+			return TERN_ELIMIT;
+		if (lower && c >= 'A' && c <= 'Z')
+			c = (char)(c - 'A' + 'a');
+		out[(*pos)++] = c;
+	}
+	out[*pos] = '\0';
+	return TERN_OK;
+}
+
+/*
+ * mail_root is the data directory (DATA); the result is
+ * DATA/mail/DOMAIN/LOCAL with DOMAIN and LOCAL lowercased (ASCII only).
+ * On any error out is left as an empty string (when outlen > 0).
+ */
+int maildir_path(const char *mail_root, const char *domain, const char *local, char *out,
+                 size_t outlen)
+{
+	size_t pos = 0;
+	int rc;
+
+	if (out == NULL || outlen == 0)
+		return TERN_ELIMIT;
+	out[0] = '\0';
+	if (mail_root == NULL || mail_root[0] == '\0')
+		return TERN_EINVAL;
+	if ((rc = check_component(domain)) != TERN_OK)
+		return rc;
+	if ((rc = check_component(local)) != TERN_OK)
+		return rc;
+	if ((rc = append(out, outlen, &pos, mail_root, false)) != TERN_OK ||
+	    (rc = append(out, outlen, &pos, "/mail/", false)) != TERN_OK ||
+	    (rc = append(out, outlen, &pos, domain, true)) != TERN_OK ||
+	    (rc = append(out, outlen, &pos, "/", false)) != TERN_OK ||
+	    (rc = append(out, outlen, &pos, local, true)) != TERN_OK) {
+		out[0] = '\0';
+		return rc;
+	}
+	return TERN_OK;
+}
+
+/* Opens dir and fsyncs it, so that entries created in it are durable. */
+static int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc = TERN_OK;
+
+	if (fd < 0)
+		return TERN_EIO;
+	if (fsync(fd) != 0)
+		rc = TERN_EIO;
+	if (close(fd) != 0 && rc == TERN_OK)
+		rc = TERN_EIO;
+	return rc;
+}
+
+/* fsyncs the directory that contains path (path has no trailing '/'). */
+static int fsync_parent(const char *path)
+{
+	char parent[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	size_t n;
+
+	if (slash == NULL)
+		return fsync_dir(".");
+	n = (size_t)(slash - path);
+	if (n == 0)
+		return fsync_dir("/");
+	if (n >= sizeof(parent))
+		return TERN_ELIMIT;
+	memcpy(parent, path, n);
+	parent[n] = '\0';
+	return fsync_dir(parent);
+}
+
+/*
+ * Makes one directory. *created tells whether it is new (so that its
+ * parent needs a sync). An existing directory is fine; an existing
+ * non-directory is an error. Some errors (EACCES on a component we cannot
+ * write but which exists) are forgiven when the directory is there.
+ */
+static int mkdir_one(const char *path, bool *created)
+{
+	struct stat st;
+
+	*created = false;
+	if (mkdir(path, 0700) == 0) {
+		*created = true;
+		return TERN_OK;
+	}
+	if (stat(path, &st) == 0) {
+		if (S_ISDIR(st.st_mode))
+			return TERN_OK;
+		errno = ENOTDIR;
+	}
+	return TERN_EIO;
+}
+
+/*
+ * mkdir -p of path plus tmp/, new/, cur/ inside it, all mode 0700. Every
+ * directory that had to be created gets its parent fsync'd right away:
+ * creation happens once per mailbox, so these syncs are rare, and doing
+ * them here keeps "the new/ entry is durable" true even for the first
+ * message of a new user.
+ */
+static int create_dirs(const char *path)
+{
+	static const char *const subdirs[] = {"tmp", "new", "cur"};
+	char buf[PATH_MAX];
+	size_t len = strlen(path);
+	bool created, any_sub = false;
+	int rc;
+
+	while (len > 1 && path[len - 1] == '/')
+		len--;
+	if (len == 0)
+		return TERN_EINVAL;
+	if (len + sizeof("/tmp") > sizeof(buf))
+		return TERN_ELIMIT;
+	memcpy(buf, path, len);
+	buf[len] = '\0';
+
+	for (size_t i = 1; i <= len; i++) {
+		if (i < len && buf[i] != '/')
+			continue;
+		if (i < len && buf[i - 1] == '/')
+			continue; /* "a//b" */
+		buf[i] = '\0';
+		rc = mkdir_one(buf, &created);
+		if (rc == TERN_OK && created)
+			rc = fsync_parent(buf);
+		if (i < len)
+			buf[i] = '/';
+		if (rc != TERN_OK)
+			return rc;
+	}
+	for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++) {
+		buf[len] = '/';
+		memcpy(buf + len + 1, subdirs[i], 4);
+		rc = mkdir_one(buf, &created);
+		if (rc != TERN_OK)
+			return rc;
+		any_sub |= created;
+	}
+	buf[len] = '\0';
+	if (any_sub)
+		return fsync_dir(buf);
+	return TERN_OK;
+}
+
+int maildir_create(const char *path)
+{
+	if (path == NULL || path[0] == '\0')
+		return TERN_EINVAL;
+	return create_dirs(path);
+}
+
+/*
+ * Copies hostname into out, escaping '/' as \057 and ':' as \072 (the
+ * Maildir spec), plus ',' (which starts Maildir++ fields such as ",S=") and
+ * any control, space or non-ASCII byte, all as \ooo, so that the name
+ * stays one safe path component that readers parse correctly.
+ */
+static int append_host(char *out, size_t outlen, size_t *pos, const char *host)
+{
+	for (const unsigned char *p = (const unsigned char *)host; *p != '\0'; p++) {
+		if (*p == '/' || *p == ':' || *p == ',' || *p == '\\' || *p <= 0x20 || *p >= 0x7f) {
+			if (*pos + 5 > outlen)
+				return TERN_ELIMIT;
+			out[(*pos)++] = '\\';
+			out[(*pos)++] = (char)('0' + ((*p >> 6) & 7));
+			out[(*pos)++] = (char)('0' + ((*p >> 3) & 7));
+			out[(*pos)++] = (char)('0' + (*p & 7));
+		} else {
+			if (*pos + 2 > outlen)
+				return TERN_ELIMIT;
+			out[(*pos)++] = (char)*p;
+		}
+	}
+	out[*pos] = '\0';
+	return TERN_OK;
+}
+
+/*
+ * Uniqueness: seconds + microseconds + pid tell processes apart, the
+ * process-wide atomic counter tells apart names made in the same
+ * microsecond by any thread of this process. A NULL or empty hostname
+ * means gethostname().
+ */
+int maildir_unique_name(const char *hostname, size_t size, char *out, size_t outlen)
+{
+	char hostbuf[256];
+	struct timespec ts;
+	unsigned long q = atomic_fetch_add_explicit(&name_counter, 1, memory_order_relaxed);
+	size_t pos;
+	int n, rc;
+
+	if (out == NULL || outlen == 0)
+		return TERN_ELIMIT;
+	out[0] = '\0';
+	if (hostname == NULL || hostname[0] == '\0') {
+		if (gethostname(hostbuf, sizeof(hostbuf)) != 0)
+			return TERN_EIO;
+		hostbuf[sizeof(hostbuf) - 1] = '\0';
+		hostname = hostbuf[0] != '\0' ? hostbuf : "localhost";
+	}
+	if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+		return TERN_EIO;
+	n = snprintf(out, outlen, "%lld.M%ldP%ldQ%lu.", (long long)ts.tv_sec,
+	             (long)(ts.tv_nsec / 1000), (long)getpid(), q);
+	if (n < 0 || (size_t)n >= outlen)
+		goto toolong;
+	pos = (size_t)n;
+	if ((rc = append_host(out, outlen, &pos, hostname)) != TERN_OK)
+		goto toolong;
+	n = snprintf(out + pos, outlen - pos, ",S=%zu", size);
+	if (n < 0 || (size_t)n >= outlen - pos)
+		goto toolong;
+	return TERN_OK;
+toolong:
+	out[0] = '\0';
+	return TERN_ELIMIT;
+}
+
+/* Writes every byte of iov to fd, resuming after partial writes and EINTR. */
+static int write_all(int fd, const struct iovec *iov, int iovcnt)
+{
+	struct iovec chunk[WRITEV_CHUNK];
+	int idx = 0;
+	size_t off = 0; /* bytes of iov[idx] already written */
+
+	for (;;) {
+		int cnt = 0;
+		ssize_t w;
+
+		while (idx < iovcnt && iov[idx].iov_len == off) {
+			idx++;
+			off = 0;
+		}
+		if (idx >= iovcnt)
+			return TERN_OK;
+		for (int i = idx; i < iovcnt && cnt < WRITEV_CHUNK; i++) {
+			size_t skip = i == idx ? off : 0;
+
+			if (iov[i].iov_len == skip)
+				continue;
+			chunk[cnt].iov_base = (char *)iov[i].iov_base + skip;
+			chunk[cnt].iov_len = iov[i].iov_len - skip;
+			cnt++;
+		}
+		w = writev(fd, chunk, cnt);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return TERN_EIO;
+		}
+		if (w == 0) {
+			errno = EIO;
+			return TERN_EIO;
+		}
+		/* Advance (idx, off) by w bytes. */
+		for (size_t left = (size_t)w; left > 0;) {
+			size_t avail = iov[idx].iov_len - off;
+
+			if (left < avail) {
+				off += left;
+				left = 0;
+			} else {
+				left -= avail;
+				idx++;
+				off = 0;
+			}
+		}
+	}
+}
+
+/* Sum of iov lengths; false on overflow or a bad iovec. */
+static bool iov_total(const struct iovec *iov, int iovcnt, size_t *total)
+{
+	size_t sum = 0;
+
+	if (iovcnt < 0 || (iovcnt > 0 && iov == NULL))
+		return false;
+	for (int i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len > 0 && iov[i].iov_base == NULL)
+			return false;
+		if (iov[i].iov_len > SIZE_MAX - sum)
+			return false;
+		sum += iov[i].iov_len;
+	}
+	*total = sum;
+	return true;
+}
+
+/*
+ * Step 1 for one item: pick a name, create tmp/NAME, write, fsync, close.
+ * On success tmp holds the temp file's path and it->name the name.
+ * On failure nothing is left in tmp/.
+ */
+static int write_tmp(const char *mdir, const char *hostname, struct maildir_item *it, char *tmp,
+                     size_t tmplen)
+{
+	size_t size;
+	bool created_dirs = false;
+	int fd = -1, rc, n;
+
+	if (!iov_total(it->iov, it->iovcnt, &size))
+		return TERN_EINVAL;
+	for (int attempt = 0;; attempt++) {
+		rc = maildir_unique_name(hostname, size, it->name, sizeof(it->name));
+		if (rc != TERN_OK)
+			return rc;
+		n = snprintf(tmp, tmplen, "%s/tmp/%s", mdir, it->name);
+		if (n < 0 || (size_t)n >= tmplen)
+			return TERN_ELIMIT;
+		fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (fd >= 0)
+			break;
+		if (errno == ENOENT && !created_dirs) {
+			/* First message for this mailbox (or tmp/ went missing). */
+			created_dirs = true;
+			if ((rc = create_dirs(mdir)) != TERN_OK)
+				return rc;
+			continue;
+		}
+		if (errno == EINTR || (errno == EEXIST && attempt < NAME_RETRIES))
+			continue;
+		return TERN_EIO;
+	}
+	rc = write_all(fd, it->iov, it->iovcnt);
+	if (rc == TERN_OK && fsync(fd) != 0)
+		rc = TERN_EIO;
+	/* close() can report a deferred write error (NFS, quotas): check it. */
+	if (close(fd) != 0 && rc == TERN_OK)
+		rc = TERN_EIO;
+	if (rc != TERN_OK) {
+		int saved = errno;
+
+		unlink(tmp);
+		errno = saved;
+	}
+	return rc;
+}
+
+/* Step 2 for one item: tmp/NAME -> new/NAME (it->path). */
+static int move_to_new(const char *mdir, const char *tmp, struct maildir_item *it)
+{
+	if (rename(tmp, it->path) == 0)
+		return TERN_OK;
+	if (errno == ENOENT && access(tmp, F_OK) == 0) {
+		/* new/ is missing although tmp/ is there: recreate, retry once. */
+		if (create_dirs(mdir) == TERN_OK && rename(tmp, it->path) == 0)
+			return TERN_OK;
+	}
+	return TERN_EIO;
+}
+
+struct pending {
+	const char *path; /* the item's path, DIR/new/NAME */
+	size_t dirlen;    /* length of DIR/new */
+	size_t idx;       /* index into items */
+};
+
+static int pending_cmp(const void *a, const void *b)
+{
+	const struct pending *x = a, *y = b;
+	size_t n = x->dirlen < y->dirlen ? x->dirlen : y->dirlen;
+	int c = memcmp(x->path, y->path, n);
+
+	if (c != 0)
+		return c;
+	return (x->dirlen > y->dirlen) - (x->dirlen < y->dirlen);
+}
+
+/* fsyncs the directory named by the first dirlen bytes of path. */
+static int fsync_dir_prefix(const char *path, size_t dirlen)
+{
+	char dir[PATH_MAX];
+
+	if (dirlen >= sizeof(dir))
+		return TERN_ELIMIT;
+	memcpy(dir, path, dirlen);
+	dir[dirlen] = '\0';
+	return fsync_dir(dir);
+}
+
+size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
+                             struct maildir_item *items, size_t n)
+{
+	char mdir[PATH_MAX], tmp[PATH_MAX];
+	struct pending *pend = NULL;
+	size_t npend = 0, delivered = 0;
+	int rc;
+
+	if (items == NULL || n == 0)
+		return 0;
+	/* If this fails we fall back to one directory sync per item. */
+	pend = calloc(n, sizeof(*pend));
+
+	/* Steps 1 and 2 per item: durable file in tmp/, then rename into new/. */
+	for (size_t i = 0; i < n; i++) {
+		struct maildir_item *it = &items[i];
+		int len;
+
+		it->name[0] = '\0';
+		it->path[0] = '\0';
+		rc = maildir_path(mail_root, it->domain, it->local, mdir, sizeof(mdir));
+		if (rc == TERN_OK)
+			rc = write_tmp(mdir, hostname, it, tmp, sizeof(tmp));
+		if (rc == TERN_OK) {
+			len = snprintf(it->path, sizeof(it->path), "%s/new/%s", mdir, it->name);
+			if (len < 0 || (size_t)len >= sizeof(it->path))
+				rc = TERN_ELIMIT;
+			else
+				rc = move_to_new(mdir, tmp, it);
+			if (rc != TERN_OK) {
+				unlink(tmp);
+				it->path[0] = '\0';
+			}
+		}
+		it->result = rc;
+		if (rc != TERN_OK) {
+			it->name[0] = '\0';
+			continue;
+		}
+		if (pend != NULL) {
+			pend[npend].path = it->path;
+			pend[npend].dirlen = strlen(it->path) - strlen(it->name) - 1;
+			pend[npend].idx = i;
+			npend++;
+		} else {
+			it->result = fsync_parent(it->path);
+			delivered += it->result == TERN_OK;
+		}
+	}
+	if (pend == NULL)
+		return delivered;
+
+	/* Step 3: one fsync per distinct new/ directory; its result is theirs. */
+	qsort(pend, npend, sizeof(*pend), pending_cmp);
+	for (size_t i = 0; i < npend;) {
+		size_t j = i + 1;
+
+		rc = fsync_dir_prefix(pend[i].path, pend[i].dirlen);
+		while (j < npend && pending_cmp(&pend[i], &pend[j]) == 0)
+			j++;
+		for (; i < j; i++) {
+			/* On failure the file stays in new/: the caller retries, so a
+			 * duplicate is possible but nothing is lost (DESIGN §5.1). */
+			items[pend[i].idx].result = rc;
+			delivered += rc == TERN_OK;
+		}
+	}
+	free(pend);
+	return delivered;
+}
