@@ -1,0 +1,264 @@
+/*
+ * data.c — the DATA byte stream: dot-unstuffing, end-of-data detection,
+ * and the few header facts the session needs (Received count, 8-bit, NUL).
+ *
+ * Owns: the byte-level state machine behind smtp_data_feed() and
+ * smtp_scan_headers(). Pure: no I/O, no allocation of its own (output goes
+ * to the caller's capped tbuf).
+ * Must never: end the data on anything but CR LF "." CR LF (SMTP smuggling,
+ * CVE-2023-51764 family; DESIGN §5.4), treat a bare CR or bare LF as a line
+ * end, or give a different result depending on how the input was split
+ * into reads. Every state lives in struct smtp_data_parser so a read may end
+ * on any byte.
+ */
+#include "smtp/smtp.h"
+
+#include <string.h>
+
+#include "core/err.h"
+
+/*
+ * States. "BOL" means the previous bytes were CR LF (or the data just
+ * began: the CR LF that ended the DATA command counts). Bytes whose fate
+ * depends on what follows (a CR, a dot at BOL) are held in the state, not
+ * emitted, until the next byte decides.
+ */
+enum {
+	S_BOL = 0, /* at the start of a line */
+	S_MID,     /* inside a line */
+	S_CR,      /* a CR is pending: CR LF ends the line, anything else makes it bare */
+	S_DOT,     /* "." at BOL is pending: stuffing dot, or start of the end line */
+	S_DOT_CR,  /* "." CR at BOL is pending: LF ends the data */
+	S_DONE,    /* end of data was consumed */
+};
+
+/* hdr_name_len past the 8 letters of "received": */
+#define HDR_WSP 9      /* "received" matched, now in optional WSP before ':' */
+#define HDR_NOMATCH 10 /* this line cannot be (or already was) a Received field */
+
+static const char received[] = "received";
+
+/* ----------------------------------------------------------- header scan */
+
+/* One content byte of the (unstuffed) message; CR LF pairs go to hdr_eol. */
+static void hdr_byte(struct smtp_data_parser *p, unsigned char c)
+{
+	if (!p->in_headers)
+		return;
+	if (p->at_line_start) {
+		p->at_line_start = false;
+		p->hdr_name_len = 0;
+	}
+	size_t m = p->hdr_name_len;
+	if (m < 8) {
+		unsigned char lc = (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
+		if (lc == (unsigned char)received[m]) {
+			p->hdr_name[m] = (char)c;
+			p->hdr_name_len = m + 1;
+		} else {
+			p->hdr_name_len = HDR_NOMATCH;
+		}
+	} else if (m == 8 || m == HDR_WSP) {
+		if (c == ' ' || c == '\t') {
+			p->hdr_name_len = HDR_WSP;
+		} else if (c == ':') {
+			if (p->received_count < UINT32_MAX)
+				p->received_count++;
+			p->hdr_name_len = HDR_NOMATCH;
+		} else {
+			p->hdr_name_len = HDR_NOMATCH;
+		}
+	}
+}
+
+/* A CR LF in the message: an empty line ends the header section. */
+static void hdr_eol(struct smtp_data_parser *p)
+{
+	if (!p->in_headers)
+		return;
+	if (p->at_line_start)
+		p->in_headers = false;
+	else
+		p->at_line_start = true;
+	p->hdr_name_len = 0;
+}
+
+/* --------------------------------------------------------------- output */
+
+/* Output is gathered in a small stack buffer so the tbuf sees few appends. */
+struct emitter {
+	struct smtp_data_parser *p;
+	struct tbuf *out;
+	size_t n;
+	char buf[2048];
+};
+
+static void flush(struct emitter *e)
+{
+	struct smtp_data_parser *p = e->p;
+	if (e->n == 0)
+		return;
+	if (e->out && !p->too_big) {
+		int rc = tbuf_append(e->out, e->buf, e->n);
+		if (rc != TERN_OK) {
+			/* Store exactly the prefix that fits, so what is kept does
+			 * not depend on how the input was split into reads. */
+			if (rc == TERN_ELIMIT && e->out->max > e->out->len) {
+				size_t room = e->out->max - e->out->len;
+				if (room > e->n)
+					room = e->n;
+				(void)tbuf_append(e->out, e->buf, room);
+			}
+			/* Out of memory also ends storing: the message cannot be
+			 * kept whole, and the session must still find its end. */
+			p->too_big = true;
+		}
+	}
+	e->n = 0;
+}
+
+static void put(struct emitter *e, unsigned char c)
+{
+	struct smtp_data_parser *p = e->p;
+	p->total_bytes++;
+	if (c >= 0x80)
+		p->has_8bit = true;
+	else if (c == 0)
+		p->has_nul = true;
+	if (e->n == sizeof(e->buf))
+		flush(e);
+	e->buf[e->n++] = (char)c;
+}
+
+/* A content byte (not part of a line-ending CR LF). */
+static void emit(struct emitter *e, unsigned char c)
+{
+	hdr_byte(e->p, c);
+	put(e, c);
+}
+
+static void emit_crlf(struct emitter *e)
+{
+	put(e, '\r');
+	put(e, '\n');
+	hdr_eol(e->p);
+}
+
+/* ------------------------------------------------------------------ API */
+
+void smtp_data_init(struct smtp_data_parser *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->state = S_BOL;
+	p->at_line_start = true;
+	p->in_headers = true;
+}
+
+/* Byte c inside a line (state S_MID semantics). */
+static int mid_byte(struct smtp_data_parser *p, struct emitter *e, unsigned char c)
+{
+	if (c == '\r')
+		return S_CR;
+	if (c == '\n')
+		p->bare_eol = true; /* bare LF: content, never a line end */
+	emit(e, c);
+	return S_MID;
+}
+
+enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in, size_t len,
+                                     size_t *consumed, struct tbuf *out)
+{
+	struct emitter e;
+	e.p = p;
+	e.out = out;
+	e.n = 0;
+	int st = p->state;
+	size_t i = 0;
+	enum smtp_data_status ret = SMTP_DATA_MORE;
+
+	if (st == S_DONE) {
+		if (consumed)
+			*consumed = 0;
+		return SMTP_DATA_END;
+	}
+
+	for (; i < len; i++) {
+		unsigned char c = (unsigned char)in[i];
+		switch (st) {
+		case S_BOL:
+			if (c == '.')
+				st = S_DOT;
+			else
+				st = mid_byte(p, &e, c);
+			break;
+		case S_MID:
+			st = mid_byte(p, &e, c);
+			break;
+		case S_CR:
+			if (c == '\n') {
+				emit_crlf(&e);
+				st = S_BOL;
+			} else {
+				p->bare_eol = true; /* bare CR: content, never a line end */
+				emit(&e, '\r');
+				st = mid_byte(p, &e, c);
+			}
+			break;
+		case S_DOT:
+			/* The dot at BOL is dropped whatever follows (RFC 5321
+			 * §4.5.2); only "." CR LF is the end. */
+			if (c == '\r')
+				st = S_DOT_CR;
+			else
+				st = mid_byte(p, &e, c);
+			break;
+		case S_DOT_CR:
+			if (c == '\n') {
+				st = S_DONE;
+				i++;
+				ret = SMTP_DATA_END;
+				goto out;
+			}
+			/* "." CR x: the dot was stuffing, the CR is bare. */
+			p->bare_eol = true;
+			emit(&e, '\r');
+			st = mid_byte(p, &e, c);
+			break;
+		default:
+			break;
+		}
+	}
+out:
+	flush(&e);
+	p->state = st;
+	if (consumed)
+		*consumed = i;
+	return ret;
+}
+
+void smtp_scan_headers(const char *msg, size_t len, uint32_t *received_count, bool *has_8bit)
+{
+	struct smtp_data_parser p;
+	bool eight = false;
+	smtp_data_init(&p);
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)msg[i];
+		if (c >= 0x80)
+			eight = true;
+		if (!p.in_headers) {
+			if (eight)
+				break;
+			continue;
+		}
+		if (c == '\r' && i + 1 < len && msg[i + 1] == '\n') {
+			hdr_eol(&p);
+			i++;
+		} else {
+			hdr_byte(&p, c);
+		}
+	}
+	if (received_count)
+		*received_count = p.received_count;
+	if (has_8bit)
+		*has_8bit = eight;
+}
