@@ -55,6 +55,37 @@ struct conf_limits {
 	uint32_t shutdown_grace;       /* seconds SIGTERM waits for transactions; default 30 */
 };
 
+enum conf_tls { CONF_TLS_NONE = 0, CONF_TLS_OPPORTUNISTIC, CONF_TLS_REQUIRE };
+
+/* A next hop: routes { "DOMAIN" { ... } } or relayhost { ... }. */
+struct conf_route {
+	char *domain;             /* lowercased; NULL for the relayhost */
+	char *host;               /* from via = "smtp://HOST:PORT" (name or IP literal) */
+	uint16_t port;            /* default 25; smtps:// defaults to 465 */
+	bool implicit_tls;        /* via = "smtps://..." */
+	enum conf_tls tls;        /* default opportunistic (require for smtps) */
+	char *auth_user;          /* or NULL */
+	char *auth_password_file; /* first line is the password; or NULL */
+};
+
+struct conf_delivery {
+	uint16_t remote_port;     /* port of other MXes; default 25 (tests point it at loopback) */
+	uint32_t retry_base;      /* seconds; default 300 */
+	uint32_t retry_max;       /* seconds; default 3600 */
+	uint32_t max_lifetime;    /* seconds; default 5 days */
+	uint32_t delay_warning;   /* seconds before a DELAY notice; default 4 h; 0 = never */
+	uint32_t max_per_destination; /* concurrent connections per next hop; default 10 */
+	uint32_t connect_timeout; /* seconds; default 30 */
+	uint32_t command_timeout; /* seconds for replies (RFC 5321 §4.5.3.2 minimums apply
+				     where longer); default 300 */
+};
+
+struct conf_dns {
+	char **forward;           /* "IP" or "IP@PORT"; empty = /etc/resolv.conf */
+	size_t n_forward;
+	char *trust_anchor_file;  /* or NULL: no DNSSEC validation */
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -80,7 +111,17 @@ struct tern_config {
 
 	struct conf_listener *listeners; /* default: mx on 127.0.0.1:2525 */
 	size_t n_listeners;
+
+	struct conf_route *routes;       /* per-domain next hops */
+	size_t n_routes;
+	struct conf_route *relayhost;    /* default next hop, or NULL for MX delivery */
+	struct conf_delivery delivery;
+	struct conf_dns dns;
 };
+
+/* The route for a recipient domain: a per-domain route, else the relayhost,
+ * else NULL (deliver by MX). domain need not be lowercase. */
+const struct conf_route *conf_find_route(const struct tern_config *c, const char *domain);
 
 /*
  * Builds a config from a file (path) or, when path is NULL, from the

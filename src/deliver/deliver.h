@@ -46,4 +46,66 @@ int maildir_unique_name(const char *hostname, size_t size, char *out, size_t out
 size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			     struct maildir_item *items, size_t n);
 
+
+/* ---------------------------------------------------------------- remote */
+
+/*
+ * Remote delivery (remote.c): SMTP to other servers, on the event-loop
+ * workers, never blocking. Jobs are grouped per next hop (a route's host,
+ * or the recipient domain's MX set); each next hop gets at most
+ * delivery.max_per_destination connections, and a connection delivers
+ * every job queued for its next hop before it says QUIT (reuse).
+ */
+enum remote_outcome { REMOTE_PENDING = 0, REMOTE_DELIVERED, REMOTE_DEFERRED, REMOTE_BOUNCED };
+
+struct remote_rcpt {
+	char *addr;            /* owned */
+	char *orcpt;           /* owned, or NULL */
+	unsigned notify;
+	size_t idx;            /* index in the spool envelope */
+	/* result */
+	enum remote_outcome outcome;
+	bool dsn_relayed;      /* the peer took DSN parameters over (no SUCCESS notice from us) */
+	char status[16];       /* enhanced status, e.g. "5.1.1" */
+	char reply[512];       /* "550 5.1.1 ... (in reply to RCPT TO)" or our own reason */
+	char remote_mta[256];  /* host that answered, "" if none */
+};
+
+struct remote_job;
+typedef void (*remote_done_fn)(struct remote_job *job, void *arg);
+
+/* One message to one destination domain. Everything is owned by the job. */
+struct remote_job {
+	struct remote_job *next; /* internal queue link */
+	char id[32];
+	char *sender;
+	unsigned body, ret;
+	bool smtputf8;
+	bool has_8bit;           /* the message has bytes >= 0x80 */
+	char *envid;
+	char *data;
+	size_t len;
+	char domain[256];        /* lowercase recipient domain */
+	struct remote_rcpt *rcpts;
+	size_t n_rcpts;
+	remote_done_fn done;     /* runs on a worker thread once every recipient has a result */
+	void *done_arg;
+};
+
+void remote_job_free(struct remote_job *job);
+
+struct remote;
+struct worker;
+
+/* Creates the engine over the given workers (their bases must exist; call
+ * before they start). Reads the current runtime for config. */
+struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, size_t errlen);
+/* Takes ownership of job. Safe from any thread. */
+void remote_submit(struct remote *r, struct remote_job *job);
+/* Connections in progress (for shutdown and tests). */
+size_t remote_active(struct remote *r);
+/* After the workers stopped. Jobs still queued are freed without a result
+ * (they are still in the spool and will be retried after restart). */
+void remote_free(struct remote *r);
+
 #endif

@@ -115,7 +115,6 @@ struct spool_stats {
 };
 void spool_get_stats(struct spool *s, struct spool_stats *out);
 
-#endif
 
 /* ------------------------------------------------------------ scheduler */
 
@@ -140,3 +139,48 @@ void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try);
 size_t scheduler_pending(struct scheduler *s);
 /* Stops the threads after the batch in progress; undelivered work stays in the spool. */
 void scheduler_free(struct scheduler *s);
+
+/* --------------------------------------------------------------- bounce */
+
+/*
+ * Delivery status notifications (RFC 3464, RFC 3461), built by bounce.c as
+ * complete messages ready for the spool: multipart/report;
+ * report-type=delivery-status, from the null sender, with a human-readable
+ * part, the message/delivery-status part and the original message
+ * (message/rfc822) or its headers (text/rfc822-headers) as RET asks.
+ */
+struct dsn_rcpt {
+	const char *final_rcpt;   /* address, without "rfc822;" */
+	const char *orcpt;        /* "rfc822;addr" as given with ORCPT, or NULL */
+	const char *action;       /* "failed", "delayed", "delivered", "relayed" */
+	const char *status;       /* "5.1.1" */
+	const char *remote_mta;   /* host name of the server that answered, or NULL */
+	const char *diagnostic;   /* the server's reply, e.g. "550 5.1.1 no such user", or NULL */
+	int64_t last_attempt;     /* unix seconds, 0 if never tried */
+	int64_t will_retry_until; /* "delayed" only; 0 if unknown */
+};
+
+struct dsn_params {
+	const char *reporting_mta; /* our hostname */
+	const char *queue_id;      /* of the original message */
+	const char *envid;         /* ENVID of the original, or NULL */
+	int64_t arrival;           /* when the original arrived */
+	const char *to;            /* recipient of this DSN (original sender or postmaster) */
+	unsigned ret;              /* enum smtp_ret of the original */
+	const struct dsn_rcpt *rcpts;
+	size_t n_rcpts;
+	const char *original;      /* the original message (with our Received header) */
+	size_t original_len;
+	int64_t now;               /* Date: of the DSN */
+};
+
+/*
+ * Appends the whole DSN (header and body, CRLF line ends, 7-bit except
+ * where the original is 8-bit inside message/rfc822) to out. Without RET,
+ * failures carry the full message when it is under 256 KiB, else headers
+ * only; delay and success notices carry headers only. Returns TERN_OK or
+ * TERN_ENOMEM/TERN_ELIMIT.
+ */
+int dsn_build(const struct dsn_params *p, struct tbuf *out);
+
+#endif

@@ -175,7 +175,6 @@ enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in,
  */
 void smtp_scan_headers(const char *msg, size_t len, uint32_t *received_count, bool *has_8bit);
 
-#endif
 
 /* --------------------------------------------------------------- server */
 
@@ -202,3 +201,73 @@ void smtp_server_shutdown(struct smtp_server *srv);
 size_t smtp_server_sessions(struct smtp_server *srv);
 /* After the workers stopped: frees what is left. */
 void smtp_server_free(struct smtp_server *srv);
+
+/* ------------------------------------------------ client-side protocol */
+
+/*
+ * Pure pieces of the outbound SMTP client (client_proto.c), kept apart
+ * from its I/O so they are unit-tested and fuzzed.
+ */
+
+#define SMTP_REPLY_TEXT_MAX 2048
+
+/* One complete (possibly multi-line) reply. */
+struct smtp_reply {
+	int code;                          /* 200..599 */
+	char enhanced[16];                 /* "5.1.1" from the first line, or "" */
+	char text[SMTP_REPLY_TEXT_MAX + 1];/* lines after the code (and enhanced code of the
+					      first line kept), joined by "\n"; truncated */
+	size_t n_lines;
+};
+
+struct smtp_reply_parser {
+	int code;          /* internal */
+	size_t line_len;   /* internal: bytes of the current line so far */
+	char line[1024];   /* internal */
+	bool overflow;     /* internal */
+	struct smtp_reply cur; /* internal: the reply being assembled */
+};
+
+enum smtp_reply_status {
+	SMTP_REPLY_MORE = 0, /* all input consumed, reply incomplete */
+	SMTP_REPLY_DONE,     /* *out holds a complete reply; *consumed bytes used */
+	SMTP_REPLY_BAD,      /* not an SMTP reply (wrong format, mixed codes, too many lines) */
+};
+
+void smtp_reply_init(struct smtp_reply_parser *p);
+/* Lines end in CRLF (a bare LF is tolerated from servers). Lines longer
+ * than 1000 bytes are truncated, not an error. At most 100 lines. */
+enum smtp_reply_status smtp_reply_feed(struct smtp_reply_parser *p, const char *in, size_t len,
+				       size_t *consumed, struct smtp_reply *out);
+
+/* SASL mechanisms a server offers (AUTH keyword). */
+#define SMTP_AUTH_PLAIN 0x01
+#define SMTP_AUTH_LOGIN 0x02
+#define SMTP_AUTH_CRAM_MD5 0x04
+#define SMTP_AUTH_XOAUTH2 0x08
+#define SMTP_AUTH_OAUTHBEARER 0x10
+
+struct smtp_ehlo_caps {
+	bool pipelining, eightbitmime, smtputf8, dsn, chunking, binarymime, starttls,
+		enhancedstatuscodes;
+	bool has_size;
+	uint64_t size;     /* SIZE limit; 0 = none announced */
+	unsigned auth;     /* SMTP_AUTH_* bits */
+};
+
+/* Reads the keywords of a 250 reply to EHLO (first line is the greeting). */
+void smtp_parse_ehlo(const struct smtp_reply *r, struct smtp_ehlo_caps *caps);
+
+/*
+ * Converts an 8-bit message for a peer without 8BITMIME (RFC 6152 §3):
+ * every MIME leaf part with 8-bit content and Content-Transfer-Encoding
+ * 8bit (or none) is re-encoded as quoted-printable; multiparts are walked
+ * recursively (message/rfc822 parts too). A non-MIME message with an 8-bit
+ * body that is valid UTF-8 becomes text/plain; charset=utf-8, QP. Returns
+ * TERN_OK with the converted message in out, or TERN_EINVAL when it cannot
+ * be done (8-bit bytes in header fields, binary parts, NUL bytes, invalid
+ * UTF-8 in a non-MIME body): the caller bounces with 5.6.3.
+ */
+int smtp_downconvert_8bit(const char *msg, size_t len, struct tbuf *out);
+
+#endif

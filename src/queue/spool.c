@@ -1,0 +1,1402 @@
+/*
+ * spool.c — the durable, log-structured spool with group commit (DESIGN §6,
+ * queue.h). Owns the segment files DIR/seg-NNNNNNNNNN.log, the committer
+ * thread, the in-memory index and crash recovery. The record format lives
+ * in spool_record.c.
+ *
+ * Must never: acknowledge a put (callback with TERN_OK) before its record
+ * and the directory entry of its segment are synced; fsync while holding
+ * the lock that spool_put takes; trust a byte read from disk before its
+ * CRC is checked; abort on anything found on disk.
+ *
+ * Threads and locks:
+ *   qmu   guards the pending list (puts, RCPT and DEL records in order) and
+ *         the closing flag. spool_put takes only qmu, briefly.
+ *   mu    guards the index, the segment table and the counters. Taken
+ *         before qmu when both are needed (so a message's RCPT and DEL
+ *         records are queued in the order their changes were made).
+ *   The committer thread is the only writer of segment files. It takes the
+ *   whole pending list, writes it with pwritev at the end of the current
+ *   segment, fdatasyncs once if the batch holds a message (RCPT/DEL records
+ *   ride along with the next sync), then updates the index under mu and
+ *   runs the callbacks with no lock held.
+ *
+ * Segment lifetime: a segment holds `live` messages (MSG records whose
+ * message is still queued) and `pins`: records that must survive for the
+ * on-disk state to replay correctly — RCPT records of a live message, and
+ * the DEL record of a removed message whose MSG record still exists in
+ * another segment (a "tombstone", released when that segment is removed).
+ * A segment other than the current one with live == 0 and pins == 0 is
+ * unlinked by the committer, after a sync that makes every record written
+ * so far durable, and the directory is synced before any tombstone it
+ * released can let a later segment go.
+ */
+#include "queue/queue.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "core/err.h"
+#include "core/log.h"
+#include "queue/spool_internal.h"
+
+#define SEG_MAX_BYTES (64ull * 1024 * 1024)      /* start a new segment past this */
+#define PENDING_MAX_BYTES (512ull * 1024 * 1024) /* refuse puts beyond this backlog */
+#define IOV_CHUNK 512
+
+/* ---- segments ----------------------------------------------------------- */
+
+struct seg {
+	uint32_t no;
+	int fd;
+	uint64_t live;
+	uint64_t pins;
+	uint32_t *tombs; /* segments holding DEL records for messages in this one */
+	size_t n_tombs, cap_tombs;
+	unsigned readers; /* spool_read_data calls using fd right now */
+	bool orphan;      /* removed from the table; the last reader frees it */
+};
+
+/* ---- index ------------------------------------------------------------- */
+
+struct entry {
+	char id[QUEUE_ID_LEN + 1];
+	uint64_t hash;
+	uint32_t seg;      /* segment of the MSG record */
+	uint64_t rec_off;  /* offset of the MSG record in it */
+	uint64_t data_off; /* offset of the message bytes */
+	uint64_t data_len;
+	struct spool_msg *msg;
+	uint32_t *rsegs; /* segments holding RCPT records of this message */
+	size_t n_rsegs, cap_rsegs;
+};
+
+/* Open addressing, linear probing, backward-shift deletion (no tombstones). */
+struct index {
+	struct entry **slot;
+	size_t cap; /* power of two, or 0 */
+	size_t count;
+};
+
+/* ---- pending records ------------------------------------------------------ */
+
+struct item {
+	struct item *next;
+	unsigned type;
+	char *buf; /* the whole encoded record */
+	size_t len;
+	char id[QUEUE_ID_LEN + 1];
+	/* MSG */
+	size_t data_off; /* from the start of the record */
+	struct spool_msg *msg;
+	spool_put_cb cb;
+	void *arg;
+	int result; /* what cb is told */
+	/* DEL: what the removed entry pinned, released once the DEL is written */
+	uint32_t del_seg;
+	uint32_t *rsegs;
+	size_t n_rsegs;
+};
+
+struct spool {
+	char *dir;
+	int dirfd;
+
+	pthread_mutex_t qmu;
+	pthread_cond_t qcond;
+	struct item *qhead, *qtail;
+	uint64_t q_bytes;
+	bool closing;
+	uint64_t seg_max; /* rotate past this many bytes (tests lower it) */
+
+	pthread_mutex_t mu;
+	struct index idx;
+	struct seg **segs; /* sorted by no */
+	size_t n_segs, cap_segs;
+	uint32_t cur_no;
+	bool reap_hint; /* some count reached zero: look for segments to unlink */
+	struct spool_stats stats;
+
+	/* committer-only (and spool_open before the thread starts) */
+	pthread_t thread;
+	bool thread_started;
+	struct seg *cur;
+	uint64_t cur_size;
+	bool unsynced;   /* records written to cur since its last fdatasync */
+	bool cur_broken; /* a failed batch could not be truncated away: rotate */
+};
+
+static void item_free(struct item *it)
+{
+	free(it->buf);
+	spool_msg_free(it->msg);
+	free(it->rsegs);
+	free(it);
+}
+
+static void seg_path(const struct spool *s, uint32_t no, char *out, size_t outlen)
+{
+	snprintf(out, outlen, "%s/seg-%010" PRIu32 ".log", s->dir, no);
+}
+
+static void seg_free(struct seg *g)
+{
+	if (g->fd >= 0)
+		close(g->fd);
+	free(g->tombs);
+	free(g);
+}
+
+/* Binary search in the sorted table; NULL if absent. Caller holds mu. */
+static struct seg *seg_find(struct spool *s, uint32_t no, size_t *pos)
+{
+	size_t lo = 0, hi = s->n_segs;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (s->segs[mid]->no < no)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (pos)
+		*pos = lo;
+	return lo < s->n_segs && s->segs[lo]->no == no ? s->segs[lo] : NULL;
+}
+
+static int seg_insert(struct spool *s, struct seg *g)
+{
+	size_t pos;
+	if (seg_find(s, g->no, &pos))
+		return TERN_EEXIST;
+	if (s->n_segs == s->cap_segs) {
+		size_t nc = s->cap_segs ? s->cap_segs * 2 : 16;
+		struct seg **n = realloc(s->segs, nc * sizeof(*n));
+		if (!n)
+			return TERN_ENOMEM;
+		s->segs = n;
+		s->cap_segs = nc;
+	}
+	memmove(s->segs + pos + 1, s->segs + pos, (s->n_segs - pos) * sizeof(*s->segs));
+	s->segs[pos] = g;
+	s->n_segs++;
+	s->stats.segments = s->n_segs;
+	return TERN_OK;
+}
+
+static void seg_remove_at(struct spool *s, size_t pos)
+{
+	memmove(s->segs + pos, s->segs + pos + 1, (s->n_segs - pos - 1) * sizeof(*s->segs));
+	s->n_segs--;
+	s->stats.segments = s->n_segs;
+}
+
+/* Appends v to a small uint32 set unless present. */
+static int u32set_add(uint32_t **a, size_t *n, size_t *cap, uint32_t v, bool *added)
+{
+	*added = false;
+	for (size_t i = 0; i < *n; i++)
+		if ((*a)[i] == v)
+			return TERN_OK;
+	if (*n == *cap) {
+		size_t nc = *cap ? *cap * 2 : 4;
+		uint32_t *p = realloc(*a, nc * sizeof(*p));
+		if (!p)
+			return TERN_ENOMEM;
+		*a = p;
+		*cap = nc;
+	}
+	(*a)[(*n)++] = v;
+	*added = true;
+	return TERN_OK;
+}
+
+/* ---- index ------------------------------------------------------------- */
+
+static uint64_t id_hash(const char *id)
+{
+	uint64_t h = 1469598103934665603ull; /* FNV-1a */
+	for (size_t i = 0; i < QUEUE_ID_LEN; i++) {
+		h ^= (unsigned char)id[i];
+		h *= 1099511628211ull;
+	}
+	return h ^ (h >> 29);
+}
+
+static struct entry *idx_get(const struct index *x, const char *id, size_t *slot)
+{
+	if (!x->cap)
+		return NULL;
+	uint64_t h = id_hash(id);
+	for (size_t i = h & (x->cap - 1);; i = (i + 1) & (x->cap - 1)) {
+		struct entry *e = x->slot[i];
+		if (!e)
+			return NULL;
+		if (e->hash == h && memcmp(e->id, id, QUEUE_ID_LEN) == 0) {
+			if (slot)
+				*slot = i;
+			return e;
+		}
+	}
+}
+
+static void idx_place(struct entry **slot, size_t cap, struct entry *e)
+{
+	size_t i = e->hash & (cap - 1);
+	while (slot[i])
+		i = (i + 1) & (cap - 1);
+	slot[i] = e;
+}
+
+static int idx_put(struct index *x, struct entry *e)
+{
+	if ((x->count + 1) * 10 > x->cap * 7) { /* keep load <= 0.7 */
+		size_t nc = x->cap ? x->cap * 2 : 64;
+		struct entry **ns = calloc(nc, sizeof(*ns));
+		if (!ns)
+			return TERN_ENOMEM;
+		for (size_t i = 0; i < x->cap; i++)
+			if (x->slot[i])
+				idx_place(ns, nc, x->slot[i]);
+		free(x->slot);
+		x->slot = ns;
+		x->cap = nc;
+	}
+	e->hash = id_hash(e->id);
+	idx_place(x->slot, x->cap, e);
+	x->count++;
+	return TERN_OK;
+}
+
+/* Removes the entry at slot i, shifting later members of its probe run
+ * back so lookups never stop early. */
+static void idx_del_slot(struct index *x, size_t i)
+{
+	size_t mask = x->cap - 1;
+	x->slot[i] = NULL;
+	x->count--;
+	for (size_t j = (i + 1) & mask; x->slot[j]; j = (j + 1) & mask) {
+		size_t home = x->slot[j]->hash & mask;
+		/* Move j into the hole at i if its home is not in (i, j]. */
+		bool in_range = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+		if (!in_range) {
+			x->slot[i] = x->slot[j];
+			x->slot[j] = NULL;
+			i = j;
+		}
+	}
+}
+
+static void entry_free(struct entry *e)
+{
+	if (!e)
+		return;
+	spool_msg_free(e->msg);
+	free(e->rsegs);
+	free(e);
+}
+
+/* ---- accounting (caller holds mu) ----------------------------------------- */
+
+static void seg_unpin(struct spool *s, uint32_t no)
+{
+	struct seg *g = seg_find(s, no, NULL);
+	if (g && g->pins && --g->pins == 0)
+		s->reap_hint = true;
+}
+
+/* A RCPT record of e was written to segment t. */
+static void acct_rcpt(struct spool *s, struct entry *e, struct seg *t)
+{
+	bool added;
+	if (u32set_add(&e->rsegs, &e->n_rsegs, &e->cap_rsegs, t->no, &added) != TERN_OK) {
+		/* Without the pin t might be removed early: at worst a redelivery
+		 * after a crash. Keep going rather than fail a finished write. */
+		log_warn("event=spool_pin_failed seg=%" PRIu32 " id=%s", t->no, e->id);
+		return;
+	}
+	if (added)
+		t->pins++;
+}
+
+/* A message whose MSG record is in msg_seg was removed; its DEL record is
+ * in t (NULL when the DEL could not be written). */
+static void acct_del(struct spool *s, uint32_t msg_seg, const uint32_t *rsegs, size_t n,
+                     struct seg *t)
+{
+	struct seg *g = seg_find(s, msg_seg, NULL);
+	for (size_t i = 0; i < n; i++)
+		seg_unpin(s, rsegs[i]);
+	if (!g)
+		return;
+	if (g->live && --g->live == 0)
+		s->reap_hint = true;
+	if (t && t != g) {
+		bool added;
+		if (u32set_add(&g->tombs, &g->n_tombs, &g->cap_tombs, t->no, &added) == TERN_OK) {
+			t->pins += added;
+		} else {
+			log_warn("event=spool_pin_failed seg=%" PRIu32, t->no);
+		}
+	}
+}
+
+static bool msg_pending(const struct spool_msg *m)
+{
+	for (size_t i = 0; i < m->n_rcpts; i++)
+		if (!spool_rcpt_state_final(m->rcpts[i].state))
+			return true;
+	return false;
+}
+
+/* ---- segment files -------------------------------------------------------- */
+
+static int dir_sync(struct spool *s)
+{
+	if (fsync(s->dirfd) != 0) {
+		log_error("event=spool_dir_sync_failed dir=%s errno=%d", s->dir, errno);
+		return TERN_EIO;
+	}
+	return TERN_OK;
+}
+
+/* Creates segment no, syncs the directory so the file's name is durable
+ * before any record in it is acknowledged. */
+static int seg_create(struct spool *s, uint32_t no, struct seg **out)
+{
+	char path[4096];
+	seg_path(s, no, path, sizeof(path));
+	struct seg *g = calloc(1, sizeof(*g));
+	if (!g)
+		return TERN_ENOMEM;
+	g->no = no;
+	g->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (g->fd < 0) {
+		log_error("event=spool_segment_create_failed path=%s errno=%d", path, errno);
+		free(g);
+		return TERN_EIO;
+	}
+	if (dir_sync(s) != TERN_OK) {
+		close(g->fd);
+		unlink(path);
+		free(g);
+		return TERN_EIO;
+	}
+	log_info("event=spool_segment_new seg=%" PRIu32, no);
+	*out = g;
+	return TERN_OK;
+}
+
+/* Committer: makes a new current segment. The old one keeps its records;
+ * its unsynced tail (RCPT/DEL records) is synced now, since later syncs
+ * only cover the new file. */
+static int rotate(struct spool *s)
+{
+	struct seg *g;
+	if (s->unsynced && fdatasync(s->cur->fd) != 0)
+		log_warn("event=spool_sync_failed seg=%" PRIu32 " errno=%d", s->cur->no, errno);
+	s->unsynced = false;
+	int rc = seg_create(s, s->cur->no + 1, &g);
+	if (rc != TERN_OK)
+		return rc;
+	pthread_mutex_lock(&s->mu);
+	rc = seg_insert(s, g);
+	if (rc == TERN_OK) {
+		s->cur_no = g->no;
+		s->reap_hint = true; /* the old segment may already be empty */
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (rc != TERN_OK) {
+		char path[4096];
+		seg_path(s, g->no, path, sizeof(path));
+		unlink(path);
+		seg_free(g);
+		return rc;
+	}
+	s->cur = g;
+	s->cur_size = 0;
+	s->cur_broken = false;
+	return TERN_OK;
+}
+
+/* Committer (or open, before the committer runs): unlinks every segment
+ * that nothing needs any more. */
+static void reap(struct spool *s)
+{
+	for (;;) {
+		struct seg *dead[64];
+		size_t nd = 0;
+		pthread_mutex_lock(&s->mu);
+		s->reap_hint = false;
+		for (size_t i = 0; i < s->n_segs && nd < 64;) {
+			struct seg *g = s->segs[i];
+			if (g->no != s->cur_no && g->live == 0 && g->pins == 0) {
+				dead[nd++] = g;
+				seg_remove_at(s, i);
+			} else {
+				i++;
+			}
+		}
+		pthread_mutex_unlock(&s->mu);
+		if (nd == 0)
+			return;
+		/* The records that released these segments must be durable before
+		 * the segments go, or a crash could resurrect finished work. */
+		if (s->unsynced && s->cur) {
+			if (fdatasync(s->cur->fd) == 0)
+				s->unsynced = false;
+			else
+				log_warn("event=spool_sync_failed seg=%" PRIu32 " errno=%d",
+				         s->cur->no, errno);
+		}
+		for (size_t i = 0; i < nd; i++) {
+			char path[4096];
+			seg_path(s, dead[i]->no, path, sizeof(path));
+			if (unlink(path) != 0 && errno != ENOENT)
+				log_warn("event=spool_segment_unlink_failed path=%s errno=%d", path,
+				         errno);
+			else
+				log_info("event=spool_segment_removed seg=%" PRIu32, dead[i]->no);
+		}
+		/* Tombstones in other segments may go only once these unlinks are
+		 * durable. */
+		dir_sync(s);
+		pthread_mutex_lock(&s->mu);
+		for (size_t i = 0; i < nd; i++) {
+			struct seg *g = dead[i];
+			for (size_t k = 0; k < g->n_tombs; k++)
+				seg_unpin(s, g->tombs[k]);
+			if (g->readers) {
+				g->orphan = true;
+				g = NULL;
+			}
+			dead[i] = g;
+		}
+		pthread_mutex_unlock(&s->mu);
+		for (size_t i = 0; i < nd; i++)
+			if (dead[i])
+				seg_free(dead[i]);
+	}
+}
+
+/* ---- committer ------------------------------------------------------------ */
+
+/* Writes every record of the batch at off with as few pwritev calls as the
+ * iovec limit allows, continuing after partial writes. */
+static int write_batch(int fd, struct item *it, uint64_t off)
+{
+	size_t skip = 0; /* bytes of *it already written */
+	while (it) {
+		struct iovec iov[IOV_CHUNK];
+		int n = 0;
+		size_t sk = skip;
+		for (struct item *p = it; p && n < IOV_CHUNK; p = p->next) {
+			iov[n].iov_base = p->buf + sk;
+			iov[n].iov_len = p->len - sk;
+			sk = 0;
+			n++;
+		}
+		ssize_t w = pwritev(fd, iov, n, (off_t)off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			int e = w < 0 ? errno : EIO;
+			log_error("event=spool_write_failed errno=%d", e);
+			return TERN_EIO;
+		}
+		off += (uint64_t)w;
+		size_t left = (size_t)w;
+		while (left) {
+			size_t rem = it->len - skip;
+			if (left >= rem) {
+				left -= rem;
+				it = it->next;
+				skip = 0;
+			} else {
+				skip += left;
+				left = 0;
+			}
+		}
+	}
+	return TERN_OK;
+}
+
+/* Committer: the index side of a batch. err is the batch's write result. */
+static void commit_account(struct spool *s, struct item *batch, struct seg *cur, uint64_t start,
+                           int err, size_t n_msgs)
+{
+	pthread_mutex_lock(&s->mu);
+	if (err == TERN_OK && n_msgs)
+		s->stats.commits++;
+	uint64_t off = start;
+	for (struct item *it = batch; it; it = it->next) {
+		uint64_t rec_off = off;
+		off += it->len;
+		if (it->type == SPOOL_REC_MSG) {
+			it->result = err;
+			if (err != TERN_OK)
+				continue;
+			struct entry *e = NULL;
+			if (idx_get(&s->idx, it->id, NULL)) {
+				/* Recovery keeps the first copy of an id too. */
+				it->result = TERN_EEXIST;
+			} else if (!(e = calloc(1, sizeof(*e)))) {
+				it->result = TERN_ENOMEM;
+			} else {
+				memcpy(e->id, it->id, sizeof(e->id));
+				e->seg = cur->no;
+				e->rec_off = rec_off;
+				e->data_off = rec_off + it->data_off;
+				e->data_len = it->msg->size;
+				e->msg = it->msg;
+				it->result = idx_put(&s->idx, e);
+				if (it->result == TERN_OK) {
+					it->msg = NULL;
+					cur->live++;
+					s->stats.puts++;
+				} else {
+					/* On disk but not indexed: a redelivery after a
+					 * restart at worst, never a loss. */
+					e->msg = NULL;
+					free(e);
+				}
+			}
+		} else if (it->type == SPOOL_REC_RCPT) {
+			struct entry *e = idx_get(&s->idx, it->id, NULL);
+			if (err == TERN_OK && e)
+				acct_rcpt(s, e, cur);
+		} else {
+			acct_del(s, it->del_seg, it->rsegs, it->n_rsegs,
+			         err == TERN_OK ? cur : NULL);
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
+{
+	size_t n_msgs = 0, n_recs = 0;
+	uint64_t total = 0;
+	for (struct item *it = batch; it; it = it->next) {
+		n_msgs += it->type == SPOOL_REC_MSG;
+		n_recs++;
+		total += it->len;
+	}
+	if ((s->cur_size >= seg_max || s->cur_broken) && rotate(s) != TERN_OK && s->cur_broken) {
+		/* The current file holds garbage we could not cut off, and no new
+		 * file can be made: fail the batch rather than write after it. */
+		commit_account(s, batch, s->cur, s->cur_size, TERN_EIO, n_msgs);
+		goto callbacks;
+	}
+
+	uint64_t start = s->cur_size;
+	struct seg *cur = s->cur;
+	int err = write_batch(cur->fd, batch, start);
+	if (err == TERN_OK && n_msgs && fdatasync(cur->fd) != 0) {
+		log_error("event=spool_sync_failed seg=%" PRIu32 " errno=%d", cur->no, errno);
+		err = TERN_EIO;
+	}
+	if (err == TERN_OK) {
+		s->cur_size = start + total;
+		s->unsynced = n_msgs == 0;
+	} else {
+		/* Nothing of this batch may survive: recovery would otherwise
+		 * resurrect a message whose put was failed. */
+		log_warn("event=spool_batch_failed seg=%" PRIu32 " offset=%" PRIu64
+		         " records=%zu messages=%zu bytes=%" PRIu64,
+		         cur->no, start, n_recs, n_msgs, total);
+		if (ftruncate(cur->fd, (off_t)start) != 0) {
+			log_error("event=spool_truncate_failed seg=%" PRIu32 " errno=%d", cur->no,
+			          errno);
+			s->cur_broken = true;
+		}
+	}
+	commit_account(s, batch, cur, start, err, n_msgs);
+
+callbacks:
+	for (struct item *it = batch; it; it = it->next)
+		if (it->type == SPOOL_REC_MSG && it->cb)
+			it->cb(it->arg, it->result);
+	while (batch) {
+		struct item *nx = batch->next;
+		item_free(batch);
+		batch = nx;
+	}
+	pthread_mutex_lock(&s->mu);
+	bool hint = s->reap_hint;
+	pthread_mutex_unlock(&s->mu);
+	if (hint)
+		reap(s);
+}
+
+static void *committer_main(void *arg)
+{
+	struct spool *s = arg;
+	for (;;) {
+		pthread_mutex_lock(&s->qmu);
+		while (!s->qhead && !s->closing)
+			pthread_cond_wait(&s->qcond, &s->qmu);
+		struct item *batch = s->qhead;
+		s->qhead = s->qtail = NULL;
+		s->q_bytes = 0;
+		uint64_t seg_max = s->seg_max;
+		pthread_mutex_unlock(&s->qmu);
+		if (!batch)
+			break; /* closing and drained */
+		commit_batch(s, batch, seg_max);
+	}
+	if (s->unsynced && s->cur) {
+		if (fdatasync(s->cur->fd) != 0)
+			log_warn("event=spool_sync_failed seg=%" PRIu32 " errno=%d", s->cur->no,
+			         errno);
+		s->unsynced = false;
+	}
+	return NULL;
+}
+
+/* Queues an item; fails once the spool is closing. */
+static int enqueue(struct spool *s, struct item *it)
+{
+	pthread_mutex_lock(&s->qmu);
+	if (s->closing) {
+		pthread_mutex_unlock(&s->qmu);
+		return TERN_EINVAL;
+	}
+	if (it->type == SPOOL_REC_MSG && s->q_bytes + it->len > PENDING_MAX_BYTES) {
+		pthread_mutex_unlock(&s->qmu);
+		return TERN_ELIMIT;
+	}
+	it->next = NULL;
+	if (s->qtail)
+		s->qtail->next = it;
+	else
+		s->qhead = it;
+	s->qtail = it;
+	s->q_bytes += it->len;
+	pthread_cond_signal(&s->qcond);
+	pthread_mutex_unlock(&s->qmu);
+	return TERN_OK;
+}
+
+/* ---- recovery ---------------------------------------------------------- */
+
+static int pread_all(int fd, void *buf, size_t n, uint64_t off)
+{
+	char *p = buf;
+	while (n) {
+		ssize_t r = pread(fd, p, n, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return TERN_EIO;
+		p += r;
+		n -= (size_t)r;
+		off += (uint64_t)r;
+	}
+	return TERN_OK;
+}
+
+/* True when a whole, checksummed record starts anywhere in [from, end) of
+ * fd. Used only to decide that damage is not a torn tail (so nothing is
+ * truncated), never to read records: bytes inside a message may pose as
+ * one. When in doubt (read or allocation failure) says true. */
+static bool valid_record_follows(int fd, uint64_t from, uint64_t end)
+{
+	if (from >= end)
+		return false;
+	size_t n = (size_t)(end - from);
+	uint8_t *buf = malloc(n);
+	if (!buf || pread_all(fd, buf, n, from) != TERN_OK) {
+		free(buf);
+		return true;
+	}
+	bool found = false;
+	for (size_t i = 0; i + SPOOL_REC_HDR <= n && !found; i++) {
+		struct spool_rec_hdr h;
+		size_t reclen;
+		if (buf[i] == 'T' && spool_rec_next(buf + i, n - i, &h, &reclen) == TERN_OK)
+			found = true;
+	}
+	free(buf);
+	return found;
+}
+
+/* Applies one verified record found at off in segment g. Caller holds mu. */
+static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_hdr *h,
+                         const uint8_t *p, uint64_t off)
+{
+	if (h->type == SPOOL_REC_MSG) {
+		struct spool_msg *m;
+		size_t doff;
+		int rc = spool_rec_decode_msg(p, h->len, &m, &doff);
+		if (rc != TERN_OK)
+			return rc;
+		if (idx_get(&s->idx, m->id, NULL)) {
+			log_warn("event=spool_recover seg=%" PRIu32 " offset=%" PRIu64
+			         " duplicate_id=%s",
+			         g->no, off, m->id);
+			spool_msg_free(m);
+			return TERN_OK;
+		}
+		struct entry *e = calloc(1, sizeof(*e));
+		if (!e) {
+			spool_msg_free(m);
+			return TERN_ENOMEM;
+		}
+		memcpy(e->id, m->id, sizeof(e->id));
+		e->seg = g->no;
+		e->rec_off = off;
+		e->data_off = off + SPOOL_REC_HDR + doff;
+		e->data_len = m->size;
+		e->msg = m;
+		if ((rc = idx_put(&s->idx, e)) != TERN_OK) {
+			entry_free(e);
+			return rc;
+		}
+		g->live++;
+		return TERN_OK;
+	}
+	if (h->type == SPOOL_REC_RCPT) {
+		struct spool_rec_rcpt r;
+		int rc = spool_rec_decode_rcpt(p, h->len, &r);
+		if (rc != TERN_OK)
+			return rc;
+		struct entry *e = idx_get(&s->idx, r.id, NULL);
+		if (e && r.idx < e->msg->n_rcpts) {
+			struct spool_rcpt *t = &e->msg->rcpts[r.idx];
+			t->state = r.state;
+			t->attempts = r.attempts;
+			t->next_try = r.next_try;
+			if (r.reply) {
+				free(t->last_reply);
+				t->last_reply = r.reply;
+				r.reply = NULL;
+			}
+			acct_rcpt(s, e, g);
+		} else if (e) {
+			log_warn("event=spool_recover seg=%" PRIu32 " offset=%" PRIu64
+			         " id=%s bad_rcpt_index=%" PRIu32,
+			         g->no, off, r.id, r.idx);
+		}
+		free(r.reply);
+		return TERN_OK;
+	}
+	char id[QUEUE_ID_LEN + 1];
+	int rc = spool_rec_decode_del(p, h->len, id);
+	if (rc != TERN_OK)
+		return rc;
+	size_t slot;
+	struct entry *e = idx_get(&s->idx, id, &slot);
+	if (e) {
+		idx_del_slot(&s->idx, slot);
+		acct_del(s, e->seg, e->rsegs, e->n_rsegs, g);
+		entry_free(e);
+	}
+	return TERN_OK;
+}
+
+/*
+ * Replays segment g (size bytes) in order. *good_end is where the last
+ * whole, valid record ends; *bad is set when anything else follows it.
+ * *torn then says whether it looks like an interrupted append: no whole,
+ * valid record anywhere after the damage. Then, and only then, cutting the
+ * file at *good_end cannot lose an acknowledged record. (A flipped length
+ * field also makes a record seem to run past the end of the file; the
+ * records after it are what tell the two apart.)
+ */
+static int replay_seg(struct spool *s, struct seg *g, uint64_t size, bool last, struct tbuf *pay,
+                      uint64_t *good_end, bool *bad, bool *torn)
+{
+	uint64_t off = 0;
+	int rc = TERN_OK;
+	*bad = *torn = false;
+	while (off < size) {
+		uint64_t left = size - off;
+		uint8_t hb[SPOOL_REC_HDR];
+		struct spool_rec_hdr h;
+		*bad = true;
+		if (left < SPOOL_REC_HDR)
+			break;
+		if (pread_all(g->fd, hb, sizeof(hb), off) != TERN_OK)
+			break;
+		if (spool_rec_header(hb, &h) != TERN_OK || h.len > left - SPOOL_REC_HDR)
+			break;
+		tbuf_reset(pay);
+		if ((rc = tbuf_reserve(pay, h.len)) != TERN_OK)
+			break;
+		if (pread_all(g->fd, pay->data, h.len, off + SPOOL_REC_HDR) != TERN_OK)
+			break;
+		if (spool_rec_crc(hb, (const uint8_t *)pay->data, h.len) != h.crc)
+			break;
+		pthread_mutex_lock(&s->mu);
+		rc = replay_record(s, g, &h, (const uint8_t *)pay->data, off);
+		pthread_mutex_unlock(&s->mu);
+		if (rc == TERN_ENOMEM)
+			break; /* not the disk's fault: give up on opening */
+		if (rc != TERN_OK) {
+			rc = TERN_OK; /* checksummed but malformed: treat as damage */
+			break;
+		}
+		off += SPOOL_REC_HDR + h.len;
+		*bad = false;
+	}
+	*good_end = off;
+	if (*bad && last && rc == TERN_OK)
+		*torn = !valid_record_follows(g->fd, off + 1, size);
+	return rc;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Segment numbers found in the directory, sorted. Other names are ignored. */
+static int list_segments(struct spool *s, uint32_t **out, size_t *n_out)
+{
+	*out = NULL;
+	*n_out = 0;
+	DIR *d = opendir(s->dir);
+	if (!d) {
+		log_error("event=spool_open_failed dir=%s errno=%d", s->dir, errno);
+		return TERN_EIO;
+	}
+	uint32_t *v = NULL;
+	size_t n = 0, cap = 0;
+	int rc = TERN_OK;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		const char *nm = de->d_name;
+		if (strlen(nm) != 18 || strncmp(nm, "seg-", 4) || strcmp(nm + 14, ".log"))
+			continue;
+		bool digits = true;
+		for (int i = 4; i < 14; i++)
+			digits = digits && nm[i] >= '0' && nm[i] <= '9';
+		if (!digits)
+			continue;
+		char num[11];
+		memcpy(num, nm + 4, 10);
+		num[10] = '\0';
+		unsigned long no = strtoul(num, NULL, 10);
+		if (no == 0 || no > UINT32_MAX)
+			continue;
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			uint32_t *p = realloc(v, nc * sizeof(*p));
+			if (!p) {
+				rc = TERN_ENOMEM;
+				break;
+			}
+			v = p;
+			cap = nc;
+		}
+		v[n++] = (uint32_t)no;
+	}
+	closedir(d);
+	if (rc != TERN_OK) {
+		free(v);
+		return rc;
+	}
+	if (n)
+		qsort(v, n, sizeof(*v), cmp_u32);
+	*out = v;
+	*n_out = n;
+	return TERN_OK;
+}
+
+/* Reads every segment in order and rebuilds the index. Picks the current
+ * segment: the last one if it ends cleanly (after cutting a torn tail),
+ * else a new one. */
+static int recover(struct spool *s)
+{
+	uint32_t *nos;
+	size_t n;
+	int rc = list_segments(s, &nos, &n);
+	if (rc != TERN_OK)
+		return rc;
+	struct tbuf pay = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
+	bool need_new = true;
+	for (size_t i = 0; i < n; i++) {
+		char path[4096];
+		seg_path(s, nos[i], path, sizeof(path));
+		struct seg *g = calloc(1, sizeof(*g));
+		if (!g) {
+			rc = TERN_ENOMEM;
+			goto out;
+		}
+		g->no = nos[i];
+		g->fd = open(path, O_RDWR | O_CLOEXEC);
+		struct stat st;
+		if (g->fd < 0 || fstat(g->fd, &st) != 0) {
+			log_error("event=spool_open_failed path=%s errno=%d", path, errno);
+			seg_free(g);
+			rc = TERN_EIO;
+			goto out;
+		}
+		pthread_mutex_lock(&s->mu);
+		rc = seg_insert(s, g);
+		pthread_mutex_unlock(&s->mu);
+		if (rc != TERN_OK) {
+			seg_free(g);
+			goto out;
+		}
+		uint64_t size = (uint64_t)st.st_size, good;
+		bool bad, torn;
+		bool last = i + 1 == n;
+		if ((rc = replay_seg(s, g, size, last, &pay, &good, &bad, &torn)) != TERN_OK)
+			goto out;
+		if (bad && last && torn) {
+			log_warn("event=spool_recover seg=%" PRIu32 " torn_tail bytes=%" PRIu64
+			         " offset=%" PRIu64,
+			         g->no, size - good, good);
+			if (ftruncate(g->fd, (off_t)good) != 0 || fdatasync(g->fd) != 0) {
+				log_error("event=spool_truncate_failed seg=%" PRIu32 " errno=%d",
+				          g->no, errno);
+				bad = true;
+				torn = false; /* do not append after garbage */
+			} else {
+				bad = false;
+			}
+		} else if (bad) {
+			/* Lengths after a bad record cannot be trusted, and bytes
+			 * inside a message could pose as records: skip the rest. */
+			log_error("event=spool_recover seg=%" PRIu32 " corrupt offset=%" PRIu64
+			          " skipped_bytes=%" PRIu64,
+			          g->no, good, size - good);
+		}
+		if (last && !bad) {
+			need_new = false;
+			s->cur = g;
+			s->cur_size = good;
+		}
+	}
+	if (need_new) {
+		uint32_t no = n ? nos[n - 1] + 1 : 1;
+		struct seg *g;
+		if (no == 0) {
+			rc = TERN_ELIMIT;
+			goto out;
+		}
+		if ((rc = seg_create(s, no, &g)) != TERN_OK)
+			goto out;
+		pthread_mutex_lock(&s->mu);
+		rc = seg_insert(s, g);
+		pthread_mutex_unlock(&s->mu);
+		if (rc != TERN_OK) {
+			seg_free(g);
+			goto out;
+		}
+		s->cur = g;
+		s->cur_size = 0;
+	}
+	pthread_mutex_lock(&s->mu);
+	s->cur_no = s->cur->no;
+	pthread_mutex_unlock(&s->mu);
+out:
+	tbuf_free(&pay);
+	free(nos);
+	return rc;
+}
+
+/* ---- public API ----------------------------------------------------------- */
+
+static bool id_ok(const char *id)
+{
+	return id && queue_id_valid(id, strnlen(id, QUEUE_ID_LEN + 1));
+}
+
+/* Queues the DEL record of e and drops e from the index. Caller holds mu. */
+static int remove_locked(struct spool *s, struct entry *e, size_t slot)
+{
+	struct tbuf b = TBUF_INIT(SPOOL_REC_HDR + QUEUE_ID_LEN);
+	struct item *it = calloc(1, sizeof(*it));
+	if (!it)
+		return TERN_ENOMEM;
+	int rc = spool_rec_encode_del(&b, e->id);
+	if (rc != TERN_OK) {
+		free(it);
+		tbuf_free(&b);
+		return rc;
+	}
+	it->type = SPOOL_REC_DEL;
+	memcpy(it->id, e->id, sizeof(it->id));
+	it->buf = tbuf_steal(&b, &it->len);
+	it->del_seg = e->seg;
+	it->rsegs = e->rsegs;
+	it->n_rsegs = e->n_rsegs;
+	if ((rc = enqueue(s, it)) != TERN_OK) {
+		it->rsegs = NULL;
+		item_free(it);
+		return rc;
+	}
+	e->rsegs = NULL;
+	idx_del_slot(&s->idx, slot);
+	entry_free(e);
+	return TERN_OK;
+}
+
+int spool_open(const char *dir, struct spool **out)
+{
+	int rc;
+	*out = NULL;
+	if (!dir || !*dir)
+		return TERN_EINVAL;
+	struct spool *s = calloc(1, sizeof(*s));
+	if (!s)
+		return TERN_ENOMEM;
+	s->dirfd = -1;
+	s->seg_max = SEG_MAX_BYTES;
+	pthread_mutex_init(&s->qmu, NULL);
+	pthread_cond_init(&s->qcond, NULL);
+	pthread_mutex_init(&s->mu, NULL);
+	if (!(s->dir = tern_strdup(dir))) {
+		rc = TERN_ENOMEM;
+		goto fail;
+	}
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+		log_error("event=spool_open_failed dir=%s errno=%d", dir, errno);
+		rc = TERN_EIO;
+		goto fail;
+	}
+	s->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (s->dirfd < 0) {
+		log_error("event=spool_open_failed dir=%s errno=%d", dir, errno);
+		rc = TERN_EIO;
+		goto fail;
+	}
+	/* Two writers on one spool would interleave records. */
+	if (flock(s->dirfd, LOCK_EX | LOCK_NB) != 0) {
+		log_error("event=spool_open_failed dir=%s reason=locked errno=%d", dir, errno);
+		rc = TERN_EEXIST;
+		goto fail;
+	}
+	if ((rc = recover(s)) != TERN_OK)
+		goto fail;
+	reap(s);
+	if (pthread_create(&s->thread, NULL, committer_main, s) != 0) {
+		rc = TERN_ENOMEM;
+		goto fail;
+	}
+	s->thread_started = true;
+
+	/* Messages whose last recipient finished just before a crash lost
+	 * their DEL record: write it now. */
+	size_t finished = 0;
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < s->idx.cap;) {
+		struct entry *e = s->idx.slot[i];
+		if (e && !msg_pending(e->msg) && remove_locked(s, e, i) == TERN_OK) {
+			finished++;
+			continue; /* slot i now holds a shifted entry (or NULL) */
+		}
+		i++;
+	}
+	size_t count = s->idx.count, segs = s->n_segs;
+	pthread_mutex_unlock(&s->mu);
+	log_info("event=spool_recovered messages=%zu segments=%zu finished=%zu dir=%s", count, segs,
+	         finished, dir);
+	*out = s;
+	return TERN_OK;
+fail:
+	spool_close(s);
+	return rc;
+}
+
+void spool_close(struct spool *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->qmu);
+	s->closing = true;
+	pthread_cond_signal(&s->qcond);
+	pthread_mutex_unlock(&s->qmu);
+	if (s->thread_started)
+		pthread_join(s->thread, NULL);
+	while (s->qhead) { /* only if the committer never started */
+		struct item *nx = s->qhead->next;
+		item_free(s->qhead);
+		s->qhead = nx;
+	}
+	for (size_t i = 0; i < s->idx.cap; i++)
+		entry_free(s->idx.slot[i]);
+	free(s->idx.slot);
+	for (size_t i = 0; i < s->n_segs; i++)
+		seg_free(s->segs[i]);
+	free(s->segs);
+	if (s->dirfd >= 0)
+		close(s->dirfd); /* also releases the flock */
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->qcond);
+	pthread_mutex_destroy(&s->qmu);
+	free(s->dir);
+	free(s);
+}
+
+int spool_put(struct spool *s, const struct spool_msg *env, const void *data, size_t len,
+              spool_put_cb cb, void *arg)
+{
+	if (!s || !env || !id_ok(env->id) || (len && !data) || !env->n_rcpts || !env->rcpts ||
+	    !msg_pending(env))
+		return TERN_EINVAL;
+	pthread_mutex_lock(&s->mu);
+	bool dup = idx_get(&s->idx, env->id, NULL) != NULL;
+	pthread_mutex_unlock(&s->mu);
+	if (dup)
+		return TERN_EEXIST;
+
+	int rc;
+	struct tbuf b = TBUF_INIT(SPOOL_REC_HDR + SPOOL_REC_MAX_PAYLOAD);
+	struct item *it = calloc(1, sizeof(*it));
+	if (!it)
+		return TERN_ENOMEM;
+	/* One allocation of about the right size instead of doublings. */
+	if ((rc = tbuf_reserve(&b, len + 1024)) != TERN_OK ||
+	    (rc = spool_rec_encode_msg(&b, env, data, len, &it->data_off)) != TERN_OK)
+		goto fail;
+	it->type = SPOOL_REC_MSG;
+	memcpy(it->id, env->id, QUEUE_ID_LEN);
+	it->cb = cb;
+	it->arg = arg;
+	if (!(it->msg = spool_msg_dup(env))) {
+		rc = TERN_ENOMEM;
+		goto fail;
+	}
+	it->msg->size = len;
+	it->buf = tbuf_steal(&b, &it->len);
+	if ((rc = enqueue(s, it)) != TERN_OK)
+		goto fail;
+	return TERN_OK;
+fail:
+	tbuf_free(&b);
+	item_free(it);
+	return rc;
+}
+
+struct spool_msg *spool_get(struct spool *s, const char *id)
+{
+	if (!s || !id_ok(id))
+		return NULL;
+	pthread_mutex_lock(&s->mu);
+	struct entry *e = idx_get(&s->idx, id, NULL);
+	struct spool_msg *m = e ? spool_msg_dup(e->msg) : NULL;
+	pthread_mutex_unlock(&s->mu);
+	return m;
+}
+
+int spool_read_data(struct spool *s, const char *id, struct tbuf *out)
+{
+	if (!s || !id_ok(id) || !out)
+		return TERN_EINVAL;
+	pthread_mutex_lock(&s->mu);
+	struct entry *e = idx_get(&s->idx, id, NULL);
+	struct seg *g = e ? seg_find(s, e->seg, NULL) : NULL;
+	if (!g) {
+		pthread_mutex_unlock(&s->mu);
+		return TERN_ENOTFOUND;
+	}
+	g->readers++; /* keeps fd open even if the message goes meanwhile */
+	uint64_t rec_off = e->rec_off, data_off = e->data_off, dlen = e->data_len;
+	pthread_mutex_unlock(&s->mu);
+
+	/* Re-check the record's CRC on the way out, so damage done to the file
+	 * after recovery is caught before the bytes are delivered. The data is
+	 * read straight into out; only the header and envelope are buffered. */
+	int rc = TERN_OK;
+	size_t headlen = (size_t)(data_off - rec_off);
+	uint8_t *head = malloc(headlen);
+	struct spool_rec_hdr h;
+	if (!head) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+	if ((rc = pread_all(g->fd, head, headlen, rec_off)) != TERN_OK)
+		goto out;
+	if (spool_rec_header(head, &h) != TERN_OK || h.type != SPOOL_REC_MSG ||
+	    (uint64_t)h.len != headlen - SPOOL_REC_HDR + dlen) {
+		rc = TERN_ECORRUPT;
+		goto out;
+	}
+	if ((rc = tbuf_reserve(out, (size_t)dlen)) != TERN_OK)
+		goto out;
+	if ((rc = pread_all(g->fd, out->data + out->len, (size_t)dlen, data_off)) != TERN_OK)
+		goto out;
+	uint32_t crc = spool_crc32c(0, head, 12);
+	crc = spool_crc32c(crc, head + SPOOL_REC_HDR, headlen - SPOOL_REC_HDR);
+	crc = spool_crc32c(crc, out->data + out->len, (size_t)dlen);
+	if (crc != h.crc) {
+		log_error("event=spool_read_corrupt id=%s seg=%" PRIu32 " offset=%" PRIu64, id,
+		          g->no, rec_off);
+		out->data[out->len] = '\0';
+		rc = TERN_ECORRUPT;
+		goto out;
+	}
+	out->len += (size_t)dlen;
+	out->data[out->len] = '\0';
+out:
+	if (rc == TERN_EIO)
+		log_error("event=spool_read_failed id=%s seg=%" PRIu32 " errno=%d", id, g->no,
+		          errno);
+	free(head);
+	pthread_mutex_lock(&s->mu);
+	bool last = --g->readers == 0 && g->orphan;
+	pthread_mutex_unlock(&s->mu);
+	if (last)
+		seg_free(g);
+	return rc;
+}
+
+int spool_update_rcpt(struct spool *s, const char *id, size_t idx, enum rcpt_state st,
+                      int64_t next_try, const char *reply)
+{
+	if (!s || !id_ok(id) || !spool_rcpt_state_valid(st))
+		return TERN_EINVAL;
+	int rc;
+	char *nreply = NULL;
+	struct tbuf b = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
+	struct item *it = NULL;
+	if (reply && !(nreply = tern_strdup(reply)))
+		return TERN_ENOMEM;
+	pthread_mutex_lock(&s->mu);
+	size_t slot;
+	struct entry *e = idx_get(&s->idx, id, &slot);
+	if (!e) {
+		rc = TERN_ENOTFOUND;
+		goto out;
+	}
+	if (idx >= e->msg->n_rcpts || idx > UINT32_MAX) {
+		rc = TERN_EINVAL;
+		goto out;
+	}
+	struct spool_rcpt *r = &e->msg->rcpts[idx];
+	if (spool_rcpt_state_final(r->state)) {
+		rc = TERN_EINVAL; /* a finished recipient stays finished */
+		goto out;
+	}
+	struct spool_rcpt n = *r;
+	n.state = st;
+	n.next_try = next_try;
+	/* An attempt is a result from a delivery; queue/hold are operator moves. */
+	if (st == RCPT_DEFERRED || spool_rcpt_state_final(st))
+		n.attempts = r->attempts + 1;
+	if (nreply)
+		n.last_reply = nreply;
+	if (!(it = calloc(1, sizeof(*it)))) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+	if ((rc = spool_rec_encode_rcpt(&b, id, (uint32_t)idx, &n, nreply != NULL)) != TERN_OK)
+		goto out;
+	it->type = SPOOL_REC_RCPT;
+	memcpy(it->id, e->id, sizeof(it->id));
+	it->buf = tbuf_steal(&b, &it->len);
+	if ((rc = enqueue(s, it)) != TERN_OK)
+		goto out;
+	it = NULL;
+	if (nreply) {
+		free(r->last_reply);
+		nreply = NULL;
+	}
+	*r = n;
+	if (!msg_pending(e->msg)) {
+		/* Already applied in memory; if the DEL cannot be queued the
+		 * message is finished anyway and recovery will remove it. */
+		int drc = remove_locked(s, e, slot);
+		if (drc != TERN_OK)
+			log_warn("event=spool_remove_failed id=%s err=%s", id, tern_strerror(drc));
+	}
+out:
+	pthread_mutex_unlock(&s->mu);
+	tbuf_free(&b);
+	if (it)
+		item_free(it);
+	free(nreply);
+	return rc;
+}
+
+int spool_remove(struct spool *s, const char *id)
+{
+	if (!s || !id_ok(id))
+		return TERN_EINVAL;
+	pthread_mutex_lock(&s->mu);
+	size_t slot;
+	struct entry *e = idx_get(&s->idx, id, &slot);
+	int rc = e ? remove_locked(s, e, slot) : TERN_ENOTFOUND;
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+static int cmp_msg_id(const void *a, const void *b)
+{
+	const struct spool_msg *x = *(const struct spool_msg *const *)a;
+	const struct spool_msg *y = *(const struct spool_msg *const *)b;
+	return memcmp(x->id, y->id, QUEUE_ID_LEN);
+}
+
+void spool_foreach(struct spool *s, bool (*fn)(const struct spool_msg *m, void *arg), void *arg)
+{
+	if (!s || !fn)
+		return;
+	pthread_mutex_lock(&s->mu);
+	size_t n = 0, cap = s->idx.count;
+	struct spool_msg **v = calloc(cap ? cap : 1, sizeof(*v));
+	if (v) {
+		for (size_t i = 0; i < s->idx.cap; i++) {
+			struct entry *e = s->idx.slot[i];
+			if (e && (v[n] = spool_msg_dup(e->msg)))
+				n++;
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (!v) {
+		log_error("event=spool_foreach_failed err=nomem");
+		return;
+	}
+	if (n != cap)
+		log_error("event=spool_foreach_partial err=nomem listed=%zu of=%zu", n, cap);
+	qsort(v, n, sizeof(*v), cmp_msg_id);
+	size_t i = 0;
+	for (; i < n; i++)
+		if (!fn(v[i], arg))
+			break;
+	for (i = 0; i < n; i++)
+		spool_msg_free(v[i]);
+	free(v);
+}
+
+size_t spool_count(struct spool *s)
+{
+	if (!s)
+		return 0;
+	pthread_mutex_lock(&s->mu);
+	size_t n = s->idx.count;
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
+void spool_debug_set_segment_max(struct spool *s, uint64_t bytes)
+{
+	pthread_mutex_lock(&s->qmu);
+	s->seg_max = bytes;
+	pthread_mutex_unlock(&s->qmu);
+}
+
+void spool_get_stats(struct spool *s, struct spool_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->mu);
+	*out = s->stats;
+	out->segments = s->n_segs;
+	pthread_mutex_unlock(&s->mu);
+}

@@ -1,0 +1,1051 @@
+/*
+ * test_spool.c — the durable spool (src/queue/spool.c, spool_record.c):
+ * what a caller depends on is that an acknowledged put survives a restart
+ * with the same envelope and bytes, that recipient results survive too,
+ * that finished messages and their files go away, and that a torn or
+ * damaged file never crashes recovery or brings back garbage.
+ *
+ * Also prints (never asserts) a throughput figure: puts/s with 8 threads of
+ * 4 KiB messages, and the commits/puts ratio.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/err.h"
+#include "core/log.h"
+#include "queue/queue.h"
+#include "queue/spool_internal.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+struct tmpdir {
+	char path[256];
+};
+
+static void tmpdir_make(struct tmpdir *t)
+{
+	const char *base = getenv("TMPDIR");
+	snprintf(t->path, sizeof(t->path), "%s/tern-spool-XXXXXX", base ? base : "/tmp");
+	assert_non_null(mkdtemp(t->path));
+}
+
+static void tmpdir_rm(struct tmpdir *t)
+{
+	DIR *d = opendir(t->path);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char p[512];
+		snprintf(p, sizeof(p), "%s/%s", t->path, de->d_name);
+		unlink(p);
+	}
+	closedir(d);
+	rmdir(t->path);
+}
+
+static size_t count_segment_files(const char *dir)
+{
+	DIR *d = opendir(dir);
+	assert_non_null(d);
+	size_t n = 0;
+	struct dirent *de;
+	while ((de = readdir(d)))
+		n += strncmp(de->d_name, "seg-", 4) == 0;
+	closedir(d);
+	return n;
+}
+
+static void seg_file(const char *dir, unsigned no, char *out, size_t outlen)
+{
+	snprintf(out, outlen, "%s/seg-%010u.log", dir, no);
+}
+
+static off_t file_size(const char *path)
+{
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	return st.st_size;
+}
+
+/* Log lines go to a file so tests can check what recovery reported. */
+static char log_path[256];
+static int log_fd = -1;
+
+static void log_capture_start(void)
+{
+	const char *base = getenv("TMPDIR");
+	snprintf(log_path, sizeof(log_path), "%s/tern-spool-log-XXXXXX", base ? base : "/tmp");
+	log_fd = mkstemp(log_path);
+	assert_true(log_fd >= 0);
+	log_set_fd(log_fd);
+}
+
+/* Returns how many log lines since log_capture_start contain all of a, b. */
+static int log_capture_count(const char *a, const char *b)
+{
+	FILE *f = fopen(log_path, "r");
+	assert_non_null(f);
+	char line[4096];
+	int n = 0;
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, a) && (!b || strstr(line, b));
+	fclose(f);
+	return n;
+}
+
+static int log_quiet_fd = 2;
+
+static void log_capture_stop(void)
+{
+	log_set_fd(log_quiet_fd);
+	close(log_fd);
+	unlink(log_path);
+	log_fd = -1;
+}
+
+/* Completion counter that put callbacks post to. */
+struct waiter {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int done;
+	int ok;
+	int last_err;
+};
+
+static void waiter_init(struct waiter *w)
+{
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	w->done = w->ok = 0;
+	w->last_err = 0;
+}
+
+static void waiter_destroy(struct waiter *w)
+{
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cv);
+}
+
+static void put_cb(void *arg, int err)
+{
+	struct waiter *w = arg;
+	pthread_mutex_lock(&w->mu);
+	w->done++;
+	if (err == TERN_OK)
+		w->ok++;
+	else
+		w->last_err = err;
+	pthread_cond_broadcast(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+static void waiter_wait(struct waiter *w, int n)
+{
+	pthread_mutex_lock(&w->mu);
+	while (w->done < n)
+		pthread_cond_wait(&w->cv, &w->mu);
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* A deterministic envelope whose fields all depend on seed. */
+static struct spool_msg *make_env(unsigned seed, size_t n_rcpts)
+{
+	struct spool_msg *m = calloc(1, sizeof(*m));
+	assert_non_null(m);
+	queue_id_new(m->id);
+	char buf[128];
+	snprintf(buf, sizeof(buf), "sender%u@example.org", seed);
+	m->sender = strdup(seed % 5 == 0 ? "" : buf);
+	m->created = 1700000000 + seed;
+	m->body = seed % 3;
+	m->ret = seed % 2;
+	m->smtputf8 = seed % 2;
+	if (seed % 2) {
+		snprintf(buf, sizeof(buf), "envid-%u", seed);
+		m->envid = strdup(buf);
+	}
+	snprintf(buf, sizeof(buf), "addr=127.0.0.%u helo=h%u", seed % 250, seed);
+	m->client = strdup(buf);
+	m->n_rcpts = n_rcpts;
+	m->rcpts = calloc(n_rcpts, sizeof(*m->rcpts));
+	assert_non_null(m->rcpts);
+	for (size_t i = 0; i < n_rcpts; i++) {
+		struct spool_rcpt *r = &m->rcpts[i];
+		snprintf(buf, sizeof(buf), "rcpt%zu-%u@example.com", i, seed);
+		r->addr = strdup(buf);
+		if (i % 2) {
+			snprintf(buf, sizeof(buf), "rfc822;o%zu@example.com", i);
+			r->orcpt = strdup(buf);
+		}
+		r->notify = (unsigned)(i + seed) % 8;
+		r->local = i % 2 == 0;
+		r->state = RCPT_QUEUED;
+	}
+	return m;
+}
+
+static void fill_data(char *p, size_t n, unsigned seed)
+{
+	uint32_t x = seed * 2654435761u + 1;
+	for (size_t i = 0; i < n; i++) {
+		x = x * 1103515245u + 12345u;
+		p[i] = (char)(x >> 16);
+	}
+}
+
+static void assert_str_eq_opt(const char *a, const char *b)
+{
+	if (!a || !b)
+		assert_ptr_equal(a, b);
+	else
+		assert_string_equal(a, b);
+}
+
+static void assert_env_equal(const struct spool_msg *a, const struct spool_msg *b)
+{
+	assert_string_equal(a->id, b->id);
+	assert_string_equal(a->sender, b->sender);
+	assert_int_equal(a->created, b->created);
+	assert_int_equal(a->body, b->body);
+	assert_int_equal(a->ret, b->ret);
+	assert_int_equal(a->smtputf8, b->smtputf8);
+	assert_str_eq_opt(a->envid, b->envid);
+	assert_str_eq_opt(a->client, b->client);
+	assert_int_equal(a->size, b->size);
+	assert_int_equal(a->n_rcpts, b->n_rcpts);
+	for (size_t i = 0; i < a->n_rcpts; i++) {
+		const struct spool_rcpt *x = &a->rcpts[i], *y = &b->rcpts[i];
+		assert_string_equal(x->addr, y->addr);
+		assert_str_eq_opt(x->orcpt, y->orcpt);
+		assert_int_equal(x->notify, y->notify);
+		assert_int_equal(x->local, y->local);
+		assert_int_equal(x->state, y->state);
+		assert_int_equal(x->attempts, y->attempts);
+		assert_int_equal(x->next_try, y->next_try);
+		assert_str_eq_opt(x->last_reply, y->last_reply);
+	}
+}
+
+static void assert_data(struct spool *s, const char *id, const char *want, size_t n)
+{
+	struct tbuf b = TBUF_INIT(64u * 1024 * 1024);
+	assert_int_equal(spool_read_data(s, id, &b), TERN_OK);
+	assert_int_equal(b.len, n);
+	if (n)
+		assert_memory_equal(b.data, want, n);
+	tbuf_free(&b);
+}
+
+/* Puts one message and waits until it is on disk. */
+static void put_sync(struct spool *s, struct spool_msg *m, const char *data, size_t n)
+{
+	struct waiter w;
+	waiter_init(&w);
+	m->size = n;
+	assert_int_equal(spool_put(s, m, data, n, put_cb, &w), TERN_OK);
+	waiter_wait(&w, 1);
+	assert_int_equal(w.ok, 1);
+	waiter_destroy(&w);
+}
+
+/* ---- record format (pure) ---------------------------------------------------- */
+
+static void test_crc32c_matches_standard_check_value(void **st)
+{
+	(void)st;
+	assert_int_equal(spool_crc32c(0, "123456789", 9), 0xe3069283u);
+	/* chaining equals one pass, across the 8-byte fast path boundary */
+	const char *t = "The quick brown fox jumps over the lazy dog, twice over";
+	size_t n = strlen(t);
+	for (size_t cut = 0; cut <= n; cut++)
+		assert_int_equal(spool_crc32c(spool_crc32c(0, t, cut), t + cut, n - cut),
+		                 spool_crc32c(0, t, n));
+}
+
+static void test_record_roundtrip_keeps_every_field(void **st)
+{
+	(void)st;
+	struct spool_msg *m = make_env(7, 3);
+	m->rcpts[1].state = RCPT_DEFERRED;
+	m->rcpts[1].attempts = 4;
+	m->rcpts[1].next_try = -5;
+	m->rcpts[1].last_reply = strdup("451 4.3.0 try later");
+	char data[300];
+	fill_data(data, sizeof(data), 7);
+	m->size = sizeof(data);
+	struct tbuf b = TBUF_INIT(1 << 20);
+	size_t doff;
+	assert_int_equal(spool_rec_encode_msg(&b, m, data, sizeof(data), &doff), TERN_OK);
+
+	struct spool_rec_hdr h;
+	size_t reclen;
+	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &h, &reclen), TERN_OK);
+	assert_int_equal(reclen, b.len);
+	assert_int_equal(h.type, SPOOL_REC_MSG);
+	struct spool_msg *d;
+	size_t pdoff;
+	assert_int_equal(spool_rec_decode_msg((uint8_t *)b.data + SPOOL_REC_HDR, h.len, &d, &pdoff),
+	                 TERN_OK);
+	assert_env_equal(m, d);
+	assert_int_equal(pdoff + SPOOL_REC_HDR, doff);
+	assert_memory_equal(b.data + doff, data, sizeof(data));
+
+	/* every proper prefix is SHORT (never OK, never a crash) */
+	for (size_t n = 0; n < b.len; n++)
+		assert_int_equal(spool_rec_next((uint8_t *)b.data, n, &h, &reclen),
+		                 SPOOL_REC_SHORT);
+	/* every truncated payload fails to decode */
+	for (size_t n = 0; n < h.len; n++) {
+		struct spool_msg *x = NULL;
+		assert_int_equal(
+		    spool_rec_decode_msg((uint8_t *)b.data + SPOOL_REC_HDR, n, &x, &pdoff),
+		    TERN_ECORRUPT);
+		assert_null(x);
+	}
+	spool_msg_free(d);
+
+	/* RCPT and DEL */
+	tbuf_reset(&b);
+	assert_int_equal(spool_rec_encode_rcpt(&b, m->id, 1, &m->rcpts[1], true), TERN_OK);
+	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &h, &reclen), TERN_OK);
+	struct spool_rec_rcpt r;
+	assert_int_equal(spool_rec_decode_rcpt((uint8_t *)b.data + SPOOL_REC_HDR, h.len, &r),
+	                 TERN_OK);
+	assert_string_equal(r.id, m->id);
+	assert_int_equal(r.idx, 1);
+	assert_int_equal(r.state, RCPT_DEFERRED);
+	assert_int_equal(r.attempts, 4);
+	assert_int_equal(r.next_try, -5);
+	assert_string_equal(r.reply, "451 4.3.0 try later");
+	free(r.reply);
+	tbuf_reset(&b);
+	assert_int_equal(spool_rec_encode_del(&b, m->id), TERN_OK);
+	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &h, &reclen), TERN_OK);
+	char id[QUEUE_ID_LEN + 1];
+	assert_int_equal(spool_rec_decode_del((uint8_t *)b.data + SPOOL_REC_HDR, h.len, id),
+	                 TERN_OK);
+	assert_string_equal(id, m->id);
+
+	/* any single flipped bit anywhere in a record is caught */
+	for (size_t i = 0; i < b.len; i++)
+		for (int bit = 0; bit < 8; bit++) {
+			b.data[i] ^= (char)(1 << bit);
+			int rc = spool_rec_next((uint8_t *)b.data, b.len, &h, &reclen);
+			assert_true(rc == TERN_ECORRUPT || rc == SPOOL_REC_SHORT);
+			b.data[i] ^= (char)(1 << bit);
+		}
+	tbuf_free(&b);
+	spool_msg_free(m);
+}
+
+/* ---- spool ------------------------------------------------------------------ */
+
+struct put_thread_arg {
+	struct spool *s;
+	struct waiter *w;
+	struct spool_msg **envs;
+	char **datas;
+	size_t *lens;
+	int first, count;
+};
+
+static void *put_thread(void *p)
+{
+	struct put_thread_arg *a = p;
+	for (int i = a->first; i < a->first + a->count; i++)
+		assert_int_equal(spool_put(a->s, a->envs[i], a->datas[i], a->lens[i], put_cb, a->w),
+		                 TERN_OK);
+	return NULL;
+}
+
+/* Puts n messages from `threads` threads at once and waits for all. */
+static void put_concurrently(struct spool *s, int n, int threads, struct spool_msg **envs,
+                             char **datas, size_t *lens)
+{
+	struct waiter w;
+	waiter_init(&w);
+	pthread_t th[16];
+	struct put_thread_arg args[16];
+	for (int t = 0; t < threads; t++) {
+		args[t] = (struct put_thread_arg){
+		    s, &w, envs, datas, lens, t * (n / threads), n / threads};
+		assert_int_equal(pthread_create(&th[t], NULL, put_thread, &args[t]), 0);
+	}
+	for (int t = 0; t < threads; t++)
+		pthread_join(th[t], NULL);
+	waiter_wait(&w, n);
+	assert_int_equal(w.ok, n);
+	waiter_destroy(&w);
+}
+
+static void test_concurrent_puts_survive_reopen_identically(void **st)
+{
+	(void)st;
+	enum { N = 200, T = 4 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	struct spool_msg *envs[N];
+	char *datas[N];
+	size_t lens[N];
+	for (int i = 0; i < N; i++) {
+		envs[i] = make_env((unsigned)i, 1 + (size_t)i % 4);
+		lens[i] = (size_t)(i * 37) % 5000;
+		datas[i] = malloc(lens[i] + 1);
+		fill_data(datas[i], lens[i], (unsigned)i);
+		envs[i]->size = lens[i];
+	}
+	put_concurrently(s, N, T, envs, datas, lens);
+	assert_int_equal(spool_count(s), N);
+	struct spool_stats ss;
+	spool_get_stats(s, &ss);
+	assert_int_equal(ss.puts, N);
+	/* group commit: 200 puts from 4 threads need fewer syncs than puts */
+	assert_true(ss.commits < ss.puts);
+	printf("# group commit: %" PRIu64 " commits for %" PRIu64 " puts (ratio %.3f)\n",
+	       ss.commits, ss.puts, (double)ss.commits / (double)ss.puts);
+	spool_close(s);
+
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), N);
+	for (int i = 0; i < N; i++) {
+		struct spool_msg *g = spool_get(s, envs[i]->id);
+		assert_non_null(g);
+		assert_env_equal(envs[i], g);
+		spool_msg_free(g);
+		assert_data(s, envs[i]->id, datas[i], lens[i]);
+		spool_msg_free(envs[i]);
+		free(datas[i]);
+	}
+	spool_close(s);
+	tmpdir_rm(&td);
+}
+
+static bool collect_ids(const struct spool_msg *m, void *arg)
+{
+	char(*ids)[QUEUE_ID_LEN + 1] = arg;
+	for (int i = 0;; i++)
+		if (!ids[i][0]) {
+			memcpy(ids[i], m->id, QUEUE_ID_LEN + 1);
+			return true;
+		}
+}
+
+static void test_foreach_lists_in_id_order(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	struct spool_msg *m[5];
+	for (int i = 0; i < 5; i++)
+		m[i] = make_env((unsigned)i, 1);
+	for (int i = 4; i >= 0; i--) /* put in reverse id order */
+		put_sync(s, m[i], "x", 1);
+	char ids[6][QUEUE_ID_LEN + 1];
+	memset(ids, 0, sizeof(ids));
+	spool_foreach(s, collect_ids, ids);
+	for (int i = 0; i < 5; i++) {
+		assert_string_equal(ids[i], m[i]->id);
+		spool_msg_free(m[i]);
+	}
+	spool_close(s);
+	tmpdir_rm(&td);
+}
+
+static void test_rcpt_updates_survive_reopen(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	struct spool_msg *m = make_env(3, 4);
+	put_sync(s, m, "hello\r\n", 7);
+
+	assert_int_equal(spool_update_rcpt(s, m->id, 0, RCPT_DEFERRED, 1234, "451 4.4.1 no answer"),
+	                 TERN_OK);
+	assert_int_equal(spool_update_rcpt(s, m->id, 0, RCPT_DEFERRED, 5678, NULL), TERN_OK);
+	assert_int_equal(spool_update_rcpt(s, m->id, 1, RCPT_DELIVERED, 0, "250 2.0.0 ok"),
+	                 TERN_OK);
+	assert_int_equal(spool_update_rcpt(s, m->id, 2, RCPT_HELD, 0, NULL), TERN_OK);
+	/* finished recipients stay finished; bad index and unknown id refused */
+	assert_int_equal(spool_update_rcpt(s, m->id, 1, RCPT_QUEUED, 0, NULL), TERN_EINVAL);
+	assert_int_equal(spool_update_rcpt(s, m->id, 4, RCPT_QUEUED, 0, NULL), TERN_EINVAL);
+	assert_int_equal(spool_update_rcpt(s, "0000000000000000", 0, RCPT_QUEUED, 0, NULL),
+	                 TERN_ENOTFOUND);
+	assert_int_equal(spool_update_rcpt(s, m->id, 0, (enum rcpt_state)9, 0, NULL), TERN_EINVAL);
+
+	m->rcpts[0].state = RCPT_DEFERRED;
+	m->rcpts[0].attempts = 2;
+	m->rcpts[0].next_try = 5678;
+	m->rcpts[0].last_reply = strdup("451 4.4.1 no answer"); /* NULL kept the old text */
+	m->rcpts[1].state = RCPT_DELIVERED;
+	m->rcpts[1].attempts = 1;
+	m->rcpts[1].last_reply = strdup("250 2.0.0 ok");
+	m->rcpts[2].state = RCPT_HELD;
+	struct spool_msg *g = spool_get(s, m->id);
+	assert_env_equal(m, g);
+	spool_msg_free(g);
+	spool_close(s);
+
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	g = spool_get(s, m->id);
+	assert_non_null(g);
+	assert_env_equal(m, g);
+	spool_msg_free(g);
+	assert_data(s, m->id, "hello\r\n", 7);
+	spool_close(s);
+	spool_msg_free(m);
+	tmpdir_rm(&td);
+}
+
+static void test_finished_messages_leave_and_their_segments_go(void **st)
+{
+	(void)st;
+	enum { N = 40 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	spool_debug_set_segment_max(s, 32 * 1024);
+	char data[10000];
+	struct spool_msg *m[N];
+	for (int i = 0; i < N; i++) {
+		m[i] = make_env((unsigned)i, 2);
+		fill_data(data, sizeof(data), (unsigned)i);
+		put_sync(s, m[i], data, sizeof(data));
+	}
+	struct spool_stats ss;
+	spool_get_stats(s, &ss);
+	assert_true(ss.segments >= 10);
+	assert_int_equal(count_segment_files(td.path), ss.segments);
+
+	/* m[0] stays deferred: its segment must stay, and so must the DEL
+	 * records of the other messages that shared it. */
+	assert_int_equal(spool_update_rcpt(s, m[0]->id, 0, RCPT_DEFERRED, 99, "451 later"),
+	                 TERN_OK);
+	for (int i = 1; i < N; i++) {
+		assert_int_equal(spool_update_rcpt(s, m[i]->id, 0, RCPT_DELIVERED, 0, "250 ok"),
+		                 TERN_OK);
+		assert_int_equal(spool_count(s), (size_t)(N - i + 1));
+		assert_int_equal(spool_update_rcpt(s, m[i]->id, 1, RCPT_BOUNCED, 0, "550 no"),
+		                 TERN_OK);
+		assert_int_equal(spool_count(s), (size_t)(N - i));
+		assert_null(spool_get(s, m[i]->id));
+	}
+	assert_int_equal(spool_remove(s, m[1]->id), TERN_ENOTFOUND);
+	/* a put makes the committer run (and reap) after the DEL records */
+	struct spool_msg *x = make_env(1000, 1);
+	put_sync(s, x, "x", 1);
+	spool_close(s);
+
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 2);
+	struct spool_msg *g = spool_get(s, m[0]->id);
+	assert_non_null(g);
+	assert_int_equal(g->rcpts[0].state, RCPT_DEFERRED);
+	spool_msg_free(g);
+	for (int i = 1; i < N; i++)
+		assert_null(spool_get(s, m[i]->id));
+	spool_get_stats(s, &ss);
+	assert_true(ss.segments <= 4);
+	assert_int_equal(count_segment_files(td.path), ss.segments);
+
+	/* now finish the rest: everything but the current segment goes */
+	assert_int_equal(spool_remove(s, m[0]->id), TERN_OK);
+	assert_int_equal(spool_update_rcpt(s, x->id, 0, RCPT_DELIVERED, 0, NULL), TERN_OK);
+	assert_int_equal(spool_count(s), 0);
+	spool_close(s);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 0);
+	assert_int_equal(count_segment_files(td.path), 1);
+	spool_close(s);
+	for (int i = 0; i < N; i++)
+		spool_msg_free(m[i]);
+	spool_msg_free(x);
+	tmpdir_rm(&td);
+}
+
+/* Writes three messages to a fresh spool; returns the envelopes, and the
+ * segment's offsets where record 2 and record 3 start. */
+static void three_messages(const char *dir, struct spool_msg *m[3], off_t *r2, off_t *r3)
+{
+	struct spool *s;
+	char path[512];
+	seg_file(dir, 1, path, sizeof(path));
+	assert_int_equal(spool_open(dir, &s), TERN_OK);
+	for (int i = 0; i < 3; i++) {
+		m[i] = make_env((unsigned)(i + 1), 2);
+		char data[64];
+		fill_data(data, sizeof(data), (unsigned)i);
+		put_sync(s, m[i], data, sizeof(data));
+		if (i == 0)
+			*r2 = file_size(path);
+		if (i == 1)
+			*r3 = file_size(path);
+	}
+	spool_close(s);
+}
+
+static void assert_msg_ok(struct spool *s, struct spool_msg *m, unsigned seed)
+{
+	struct spool_msg *g = spool_get(s, m->id);
+	assert_non_null(g);
+	assert_env_equal(m, g);
+	spool_msg_free(g);
+	char data[64];
+	fill_data(data, sizeof(data), seed);
+	assert_data(s, m->id, data, sizeof(data));
+}
+
+static char *slurp(const char *path, size_t *n)
+{
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	off_t sz = lseek(fd, 0, SEEK_END);
+	char *p = malloc((size_t)sz + 1);
+	assert_int_equal(pread(fd, p, (size_t)sz, 0), sz);
+	close(fd);
+	*n = (size_t)sz;
+	return p;
+}
+
+static void spit(const char *path, const char *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_TRUNC);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, p, n), (ssize_t)n);
+	close(fd);
+}
+
+static void test_torn_tail_at_every_offset_recovers_complete_records(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[3];
+	off_t r2, r3;
+	three_messages(td.path, m, &r2, &r3);
+	char path[512];
+	seg_file(td.path, 1, path, sizeof(path));
+	size_t n;
+	char *orig = slurp(path, &n);
+	log_capture_start();
+	for (size_t cut = (size_t)r3; cut < n; cut++) {
+		spit(path, orig, cut);
+		struct spool *s;
+		assert_int_equal(spool_open(td.path, &s), TERN_OK);
+		assert_int_equal(spool_count(s), 2);
+		assert_msg_ok(s, m[0], 0);
+		assert_msg_ok(s, m[1], 1);
+		assert_null(spool_get(s, m[2]->id));
+		spool_close(s);
+		/* the torn bytes were cut away, and the spool still appends */
+		assert_int_equal(file_size(path), r3);
+	}
+	/* one torn_tail line per torn case, none when the cut is on a boundary */
+	assert_int_equal(log_capture_count("event=spool_recover ", "torn_tail"),
+	                 (int)(n - (size_t)r3 - 1));
+	assert_int_equal(log_capture_count("event=spool_recovered messages=2", NULL),
+	                 (int)(n - (size_t)r3));
+	log_capture_stop();
+
+	/* after a torn tail, new puts land after the good records */
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	struct spool_msg *x = make_env(99, 1);
+	put_sync(s, x, "new", 3);
+	spool_close(s);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 3);
+	assert_data(s, x->id, "new", 3);
+	spool_close(s);
+	spool_msg_free(x);
+
+	free(orig);
+	for (int i = 0; i < 3; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
+static void test_flipped_byte_is_detected_and_never_returned(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[3];
+	off_t r2, r3;
+	three_messages(td.path, m, &r2, &r3);
+	char path[512];
+	seg_file(td.path, 1, path, sizeof(path));
+	size_t n;
+	char *orig = slurp(path, &n);
+	char *bad = malloc(n);
+	log_capture_start();
+	/* every byte of the middle record, header included */
+	for (off_t i = r2; i < r3; i++) {
+		memcpy(bad, orig, n);
+		bad[i] ^= 0x5a;
+		spit(path, bad, n);
+		struct spool *s;
+		assert_int_equal(spool_open(td.path, &s), TERN_OK);
+		assert_msg_ok(s, m[0], 0); /* what came before is intact */
+		assert_null(spool_get(s, m[1]->id));
+		spool_close(s);
+		/* the damaged file is kept, untouched, and never appended to */
+		assert_int_equal(file_size(path), (off_t)n);
+		assert_int_equal(count_segment_files(td.path), 2);
+		char p2[512];
+		seg_file(td.path, 2, p2, sizeof(p2));
+		unlink(p2);
+	}
+	assert_int_equal(log_capture_count("event=spool_recover ", "corrupt"), (int)(r3 - r2));
+	log_capture_stop();
+
+	/* damage done while the spool is open is caught on read */
+	spit(path, orig, n);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_msg_ok(s, m[2], 2);
+	memcpy(bad, orig, n);
+	bad[n - 10] ^= 1;
+	int fd = open(path, O_WRONLY);
+	assert_int_equal(pwrite(fd, bad + n - 10, 1, (off_t)n - 10), 1);
+	close(fd);
+	struct tbuf b = TBUF_INIT(1 << 20);
+	assert_int_equal(spool_read_data(s, m[2]->id, &b), TERN_ECORRUPT);
+	assert_int_equal(b.len, 0);
+	tbuf_free(&b);
+	spool_close(s);
+
+	free(bad);
+	free(orig);
+	for (int i = 0; i < 3; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
+/* Writes records straight into segment no (what a crash can leave). */
+static void write_segment(const char *dir, unsigned no, const struct tbuf *b)
+{
+	char path[512];
+	seg_file(dir, no, path, sizeof(path));
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, b->data, b->len), (ssize_t)b->len);
+	close(fd);
+}
+
+static void test_message_finished_before_its_del_record_is_removed_at_open(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m = make_env(1, 2), *k = make_env(2, 1);
+	struct tbuf b = TBUF_INIT(1 << 20);
+	assert_int_equal(spool_rec_encode_msg(&b, m, "abc", 3, NULL), TERN_OK);
+	assert_int_equal(spool_rec_encode_msg(&b, k, "keep", 4, NULL), TERN_OK);
+	m->rcpts[0].state = RCPT_DELIVERED;
+	m->rcpts[1].state = RCPT_BOUNCED;
+	assert_int_equal(spool_rec_encode_rcpt(&b, m->id, 0, &m->rcpts[0], false), TERN_OK);
+	assert_int_equal(spool_rec_encode_rcpt(&b, m->id, 1, &m->rcpts[1], false), TERN_OK);
+	/* crash here: no DEL record for m */
+	write_segment(td.path, 1, &b);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 1);
+	assert_null(spool_get(s, m->id));
+	spool_close(s);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 1);
+	assert_data(s, k->id, "keep", 4);
+	spool_close(s);
+	tbuf_free(&b);
+	spool_msg_free(m);
+	spool_msg_free(k);
+	tmpdir_rm(&td);
+}
+
+static void test_damage_in_an_older_segment_spares_the_later_ones(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[4];
+	struct tbuf b1 = TBUF_INIT(1 << 20), b2 = TBUF_INIT(1 << 20);
+	for (int i = 0; i < 4; i++)
+		m[i] = make_env((unsigned)i, 1);
+	assert_int_equal(spool_rec_encode_msg(&b1, m[0], "zero", 4, NULL), TERN_OK);
+	size_t cut = b1.len;
+	assert_int_equal(spool_rec_encode_msg(&b1, m[1], "one", 3, NULL), TERN_OK);
+	assert_int_equal(spool_rec_encode_msg(&b1, m[2], "two", 3, NULL), TERN_OK);
+	b1.data[cut + 20] ^= 0x01; /* damage m[1] */
+	assert_int_equal(spool_rec_encode_msg(&b2, m[3], "three", 5, NULL), TERN_OK);
+	write_segment(td.path, 1, &b1);
+	write_segment(td.path, 2, &b2);
+	log_capture_start();
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(log_capture_count("event=spool_recover seg=1 corrupt", NULL), 1);
+	log_capture_stop();
+	assert_data(s, m[0]->id, "zero", 4);
+	assert_null(spool_get(s, m[1]->id));
+	assert_null(spool_get(s, m[2]->id)); /* the rest of a damaged segment is skipped */
+	assert_data(s, m[3]->id, "three", 5);
+	spool_close(s);
+	tbuf_free(&b1);
+	tbuf_free(&b2);
+	for (int i = 0; i < 4; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
+static void test_bad_calls_are_refused(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m = make_env(1, 1);
+	struct waiter w;
+	waiter_init(&w);
+	assert_int_equal(spool_put(NULL, m, "x", 1, put_cb, &w), TERN_EINVAL);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	/* one writer per spool directory */
+	struct spool *s2 = (struct spool *)1;
+	assert_int_equal(spool_open(td.path, &s2), TERN_EEXIST);
+	assert_null(s2);
+	assert_int_equal(spool_put(s, NULL, "x", 1, put_cb, &w), TERN_EINVAL);
+	assert_int_equal(spool_put(s, m, NULL, 1, put_cb, &w), TERN_EINVAL);
+	char saved = m->id[3];
+	m->id[3] = 'U'; /* not Crockford base32 */
+	assert_int_equal(spool_put(s, m, "x", 1, put_cb, &w), TERN_EINVAL);
+	m->id[3] = saved;
+	m->rcpts[0].state = RCPT_DELIVERED; /* nothing left to deliver */
+	assert_int_equal(spool_put(s, m, "x", 1, put_cb, &w), TERN_EINVAL);
+	m->rcpts[0].state = RCPT_QUEUED;
+	put_sync(s, m, "x", 1);
+	assert_int_equal(spool_put(s, m, "x", 1, put_cb, &w), TERN_EEXIST);
+	struct tbuf b = TBUF_INIT(16);
+	assert_int_equal(spool_read_data(s, "ZZZZZZZZZZZZZZZZ", &b), TERN_ENOTFOUND);
+	assert_null(spool_get(s, "short"));
+	spool_close(s);
+	assert_int_equal(w.done, 0);
+	/* a path that is not a directory */
+	char file[512];
+	snprintf(file, sizeof(file), "%s/seg-0000000001.log", td.path);
+	s2 = NULL;
+	assert_int_not_equal(spool_open(file, &s2), TERN_OK);
+	assert_null(s2);
+	waiter_destroy(&w);
+	spool_msg_free(m);
+	tmpdir_rm(&td);
+}
+
+static void test_failed_write_fails_the_put_and_leaves_no_trace(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	struct spool_msg *a = make_env(1, 1), *big = make_env(2, 1), *c = make_env(3, 1);
+	put_sync(s, a, "first", 5);
+	char path[512];
+	seg_file(td.path, 1, path, sizeof(path));
+	off_t before = file_size(path);
+
+	/* A file size limit makes the write stop part-way (EFBIG): a real
+	 * partial write followed by an error, like a full disk. */
+	size_t n = 5u * 1024 * 1024;
+	char *data = malloc(n);
+	fill_data(data, n, 2);
+	struct rlimit old, lim;
+	getrlimit(RLIMIT_FSIZE, &old);
+	lim = old;
+	lim.rlim_cur = (rlim_t)before + 1024 * 1024;
+	signal(SIGXFSZ, SIG_IGN);
+	log_capture_start();
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	struct waiter w;
+	waiter_init(&w);
+	assert_int_equal(spool_put(s, big, data, n, put_cb, &w), TERN_OK);
+	waiter_wait(&w, 1);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	assert_int_equal(w.ok, 0);
+	assert_int_equal(w.last_err, TERN_EIO);
+	waiter_destroy(&w);
+	assert_int_equal(log_capture_count("event=spool_batch_failed", NULL), 1);
+	log_capture_stop();
+	assert_null(spool_get(s, big->id));
+	assert_int_equal(file_size(path), before); /* cut back */
+
+	put_sync(s, c, "third", 5); /* the spool keeps going */
+	spool_close(s);
+	log_capture_start();
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(log_capture_count("event=spool_recover ", NULL), 0);
+	log_capture_stop();
+	assert_int_equal(spool_count(s), 2);
+	assert_data(s, a->id, "first", 5);
+	assert_data(s, c->id, "third", 5);
+	assert_null(spool_get(s, big->id));
+	spool_close(s);
+	free(data);
+	spool_msg_free(a);
+	spool_msg_free(big);
+	spool_msg_free(c);
+	tmpdir_rm(&td);
+}
+
+static void test_large_message_round_trips(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	size_t n = 5u * 1024 * 1024 + 17;
+	char *data = malloc(n);
+	fill_data(data, n, 5);
+	struct spool_msg *m = make_env(5, 2);
+	put_sync(s, m, data, n);
+	assert_data(s, m->id, data, n);
+	spool_close(s);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	struct spool_msg *g = spool_get(s, m->id);
+	assert_env_equal(m, g);
+	spool_msg_free(g);
+	assert_data(s, m->id, data, n);
+	spool_close(s);
+	free(data);
+	spool_msg_free(m);
+	tmpdir_rm(&td);
+}
+
+/* ---- throughput (printed, never asserted) --------------------------------- */
+
+struct bench_arg {
+	struct spool *s;
+	double until;
+	int window; /* puts in flight per thread */
+	long done;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void *bench_thread(void *p)
+{
+	struct bench_arg *a = p;
+	char data[4096];
+	fill_data(data, sizeof(data), 1);
+	struct spool_msg *m = make_env(1, 1);
+	struct waiter w;
+	waiter_init(&w);
+	int sent = 0;
+	while (now_s() < a->until) {
+		queue_id_new(m->id);
+		if (spool_put(a->s, m, data, sizeof(data), put_cb, &w) != TERN_OK)
+			break;
+		sent++;
+		waiter_wait(&w, sent - a->window + 1);
+	}
+	waiter_wait(&w, sent);
+	a->done = w.ok;
+	waiter_destroy(&w);
+	spool_msg_free(m);
+	return NULL;
+}
+
+static void bench(int threads, int window)
+{
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	pthread_t th[8];
+	struct bench_arg a[8];
+	double t0 = now_s();
+	for (int i = 0; i < threads; i++) {
+		a[i] = (struct bench_arg){s, t0 + 2.0, window, 0};
+		pthread_create(&th[i], NULL, bench_thread, &a[i]);
+	}
+	long total = 0;
+	for (int i = 0; i < threads; i++) {
+		pthread_join(th[i], NULL);
+		total += a[i].done;
+	}
+	double dt = now_s() - t0;
+	struct spool_stats ss;
+	spool_get_stats(s, &ss);
+	printf("# throughput: %d threads x 4 KiB, %d in flight each: %.0f puts/s "
+	       "(%ld puts, %" PRIu64 " commits, commits/puts %.3f, %" PRIu64 " segments)\n",
+	       threads, window, (double)total / dt, total, ss.commits,
+	       ss.puts ? (double)ss.commits / (double)ss.puts : 0.0, ss.segments);
+	spool_close(s);
+	tmpdir_rm(&td);
+}
+
+static void test_throughput_is_printed(void **st)
+{
+	(void)st;
+	if (getenv("TERN_SPOOL_NO_BENCH"))
+		skip();
+	bench(8, 1);  /* each thread waits for its put, like an SMTP session */
+	bench(8, 32); /* pipelined: many sessions per thread */
+}
+
+int main(void)
+{
+	/* Info lines are checked by some tests; keep them off the terminal
+	 * unless asked for. */
+	log_set_level(LOG_LVL_INFO);
+	if (!getenv("TERN_TEST_VERBOSE")) {
+		log_quiet_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+		log_set_fd(log_quiet_fd);
+	}
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_crc32c_matches_standard_check_value),
+	    cmocka_unit_test(test_record_roundtrip_keeps_every_field),
+	    cmocka_unit_test(test_concurrent_puts_survive_reopen_identically),
+	    cmocka_unit_test(test_foreach_lists_in_id_order),
+	    cmocka_unit_test(test_rcpt_updates_survive_reopen),
+	    cmocka_unit_test(test_finished_messages_leave_and_their_segments_go),
+	    cmocka_unit_test(test_torn_tail_at_every_offset_recovers_complete_records),
+	    cmocka_unit_test(test_flipped_byte_is_detected_and_never_returned),
+	    cmocka_unit_test(test_message_finished_before_its_del_record_is_removed_at_open),
+	    cmocka_unit_test(test_damage_in_an_older_segment_spares_the_later_ones),
+	    cmocka_unit_test(test_bad_calls_are_refused),
+	    cmocka_unit_test(test_failed_write_fails_the_put_and_leaves_no_trace),
+	    cmocka_unit_test(test_large_message_round_trips),
+	    cmocka_unit_test(test_throughput_is_printed),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
