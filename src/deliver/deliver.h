@@ -14,6 +14,7 @@
 #ifndef TERN_DELIVER_DELIVER_H
 #define TERN_DELIVER_DELIVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/uio.h>
 
