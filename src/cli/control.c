@@ -162,6 +162,33 @@ static void handle_request(struct control *c, const char *req, struct tbuf *b)
 	}
 	bool show = verb_len == 4 && strncmp(req, "SHOW", 4) == 0;
 	bool del = verb_len == 6 && strncmp(req, "DELETE", 6) == 0;
+	bool hold = verb_len == 4 && strncmp(req, "HOLD", 4) == 0;
+	bool release = verb_len == 7 && strncmp(req, "RELEASE", 7) == 0;
+	if (hold || release) {
+		struct spool_msg *m = arg && queue_id_valid(arg, strlen(arg)) ? spool_get(c->sp, arg)
+									       : NULL;
+		if (!m) {
+			tbuf_printf(b, "ERR no such message: %s\n", arg ? arg : "(no id given)");
+			return;
+		}
+		size_t n = 0;
+		for (size_t i = 0; i < m->n_rcpts; i++) {
+			enum rcpt_state st = m->rcpts[i].state;
+			bool change = hold ? (st == RCPT_QUEUED || st == RCPT_DEFERRED)
+					   : st == RCPT_HELD;
+			if (change && spool_update_rcpt(c->sp, arg, i, hold ? RCPT_HELD : RCPT_QUEUED, 0,
+							NULL) == TERN_OK)
+				n++;
+		}
+		if (release && n)
+			scheduler_submit(c->sched, arg, NULL, 0);
+		log_info("event=queue_%s id=%s source=control rcpts=%zu", hold ? "hold" : "release",
+			 arg, n);
+		tbuf_printf(b, "%s %s: %zu recipient%s\nOK\n", hold ? "held" : "released", arg, n,
+			    n == 1 ? "" : "s");
+		spool_msg_free(m);
+		return;
+	}
 	if (show || del) {
 		if (!arg || !queue_id_valid(arg, strlen(arg))) {
 			tbuf_printf(b, "ERR no such message: %s\n", arg ? arg : "(no id given)");
@@ -184,7 +211,8 @@ static void handle_request(struct control *c, const char *req, struct tbuf *b)
 		spool_msg_free(m);
 		return;
 	}
-	tbuf_append_str(b, "ERR unknown request (LIST, SHOW ID, DELETE ID, FLUSH)\n");
+	tbuf_append_str(b, "ERR unknown request (LIST, SHOW ID, DELETE ID, HOLD ID, RELEASE ID, "
+			   "FLUSH)\n");
 }
 
 static void serve_client(struct control *c, int fd)
@@ -285,7 +313,7 @@ int cmd_queue(int argc, char **argv)
 {
 	const char *path;
 	if (cli_take_config(&argc, argv, &path) != 0 || argc < 2) {
-		fprintf(stderr, "usage: tern queue list|show ID|delete ID|flush [-c FILE]\n");
+		fprintf(stderr, "usage: tern queue list|show ID|delete ID|hold ID|release ID|flush [-c FILE]\n");
 		return 2;
 	}
 	const char *sub = argv[1];
@@ -298,8 +326,12 @@ int cmd_queue(int argc, char **argv)
 		snprintf(req, sizeof(req), "SHOW %s\n", argv[2]);
 	else if (strcmp(sub, "delete") == 0 && argc == 3 && strlen(argv[2]) < 64)
 		snprintf(req, sizeof(req), "DELETE %s\n", argv[2]);
+	else if (strcmp(sub, "hold") == 0 && argc == 3 && strlen(argv[2]) < 64)
+		snprintf(req, sizeof(req), "HOLD %s\n", argv[2]);
+	else if (strcmp(sub, "release") == 0 && argc == 3 && strlen(argv[2]) < 64)
+		snprintf(req, sizeof(req), "RELEASE %s\n", argv[2]);
 	else {
-		fprintf(stderr, "usage: tern queue list|show ID|delete ID|flush [-c FILE]\n");
+		fprintf(stderr, "usage: tern queue list|show ID|delete ID|hold ID|release ID|flush [-c FILE]\n");
 		return 2;
 	}
 

@@ -137,6 +137,9 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
 void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try);
 /* Number of messages waiting for or in local delivery. */
 size_t scheduler_pending(struct scheduler *s);
+/* Remote recipients go to r (set once, before the first submit). */
+struct remote;
+void scheduler_set_remote(struct scheduler *s, struct remote *r);
 /* Stops the threads after the batch in progress; undelivered work stays in the spool. */
 void scheduler_free(struct scheduler *s);
 

@@ -1,0 +1,1289 @@
+/*
+ * conf.c — turns a parsed UCL tree (core/ucl.h) into a validated, immutable
+ * struct tern_config with every default filled in, prints it back, and
+ * answers the questions the rest of tern asks of it (local domain? alias?
+ * trusted network?).
+ *
+ * Owns: the list of keys, their types, ranges and defaults (documented in
+ * docs/config.md, which must change with this file), the embedded default
+ * configuration, CIDR and listen-address parsing.
+ * Never: accepts a key it does not know or a value of the wrong type (a typo
+ * must not silently turn a setting off), returns a half-built config, or
+ * changes a config after conf_load* returned it (sessions share it across
+ * threads without locks).
+ */
+#include "core/conf.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/buf.h"
+#include "core/err.h"
+#include "core/ucl.h"
+
+#define DEFAULT_SOURCE "(embedded default)"
+#define MAX_PATH_LEN 1024
+#define MAX_LOCAL_DOMAINS 10000
+#define MAX_ALIASES 100000
+#define MAX_ALIAS_TARGETS 1000
+#define MAX_NETWORKS 1000
+#define MAX_LISTENERS 64
+
+/*
+ * The configuration tern runs with when no file is given; `tern
+ * check-config` without -c prints the result. A file that sets nothing gets
+ * exactly these values too (conf.c fills the same defaults in code), which
+ * the unit tests check. hostname is left out: it defaults to gethostname().
+ */
+static const char default_text[] =
+    "# tern: the embedded default configuration\n"
+    "data_dir = \"./tern-data\";   # users_file defaults to DATA_DIR/users\n"
+    "user = \"nobody\";\n"
+    "log_level = \"info\";\n"
+    "workers = 0;                  # one per core\n"
+    "vrfy = true;\n"
+    "expn = false;\n"
+    "local_domains = [\"localhost\"];\n"
+    "aliases { }\n"
+    "relay {\n"
+    "\tnetworks = [\"127.0.0.0/8\", \"::1/128\"];\n"
+    "}\n"
+    "limits {\n"
+    "\tmax_message_size = 32m;\n"
+    "\tmax_recipients = 1000;\n"
+    "\tmax_connections = 10000;\n"
+    "\tmax_connections_per_ip = 100;\n"
+    "\tmax_line_length = 2048;\n"
+    "\tmax_errors = 20;\n"
+    "\tmax_received_headers = 100;\n"
+    "\tidle_timeout = 5min;\n"
+    "\tdata_timeout = 3min;\n"
+    "\tshutdown_grace = 30s;\n"
+    "}\n"
+    "listen {\n"
+    "\tmx { address = \"127.0.0.1:2525\"; profile = \"mx\"; }\n"
+    "}\n";
+
+static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
+
+static const struct conf_limits default_limits = {
+    .max_message_size = 32u << 20,
+    .max_recipients = 1000,
+    .max_connections = 10000,
+    .max_connections_per_ip = 100,
+    .max_line_length = 2048,
+    .max_errors = 20,
+    .max_received_headers = 100,
+    .idle_timeout = 300,
+    .data_timeout = 180,
+    .shutdown_grace = 30,
+};
+
+/*
+ * The delivery, routes and dns parts of struct tern_config were added to
+ * conf.h after this file's keys were specified: their keys are not read yet
+ * (and so are refused as unknown), but their defaults are filled in so that
+ * every field a reader sees is valid.
+ */
+static const struct conf_delivery default_delivery = {
+    .remote_port = 25,
+    .retry_base = 300,
+    .retry_max = 3600,
+    .max_lifetime = 5 * 86400,
+    .delay_warning = 4 * 3600,
+    .max_per_destination = 10,
+    .connect_timeout = 30,
+    .command_timeout = 300,
+};
+
+/* ---- errors -------------------------------------------------------------- */
+
+struct ctx {
+	const struct ucl_doc *doc;
+	char *err;
+	size_t errlen;
+};
+
+__attribute__((format(printf, 3, 4))) static int cerr(struct ctx *x, const struct ucl_node *n,
+                                                      const char *fmt, ...)
+{
+	if (!x->err || x->errlen == 0)
+		return TERN_EINVAL;
+	int k = snprintf(x->err, x->errlen, "%s:%u: ", ucl_node_file(x->doc, n), n ? n->line : 0);
+	if (k >= 0 && (size_t)k < x->errlen) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(x->err + k, x->errlen - (size_t)k, fmt, ap);
+		va_end(ap);
+	}
+	return TERN_EINVAL;
+}
+
+/* A user's string made safe and short for an error message. */
+static const char *show(const char *s, char *buf, size_t n)
+{
+	size_t o = 0, max = n > 4 ? n - 4 : 0;
+	for (; *s && o < max; s++)
+		buf[o++] = ((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s;
+	if (*s && n >= 4) {
+		memcpy(buf + o, "...", 3);
+		o += 3;
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
+static int nomem(struct ctx *x)
+{
+	if (x->err && x->errlen)
+		snprintf(x->err, x->errlen, "%s: out of memory", ucl_node_file(x->doc, NULL));
+	return TERN_ENOMEM;
+}
+
+/* ---- value checks -------------------------------------------------------- */
+
+static bool valid_domain(const char *s)
+{
+	size_t n = strlen(s), label = 0;
+	if (n == 0 || n > 253)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '.') {
+			if (label == 0)
+				return false;
+			label = 0;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_'))
+			return false;
+		if (++label > 63)
+			return false;
+	}
+	return label > 0;
+}
+
+/* local@domain with an unquoted local part; what an alias may name. */
+static bool valid_address(const char *s)
+{
+	const char *at = strchr(s, '@');
+	if (!at || at == s || (size_t)(at - s) > 64 || strlen(s) > 254)
+		return false;
+	for (const char *p = s; p < at; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c <= 0x20 || c == 0x7f || strchr("<>()[]\\,;:\"@", c))
+			return false;
+	}
+	return valid_domain(at + 1);
+}
+
+static bool valid_name(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > max)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '-' || *s == '_'))
+			return false;
+	return true;
+}
+
+static bool valid_user(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 32)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s <= 0x20 || *s == 0x7f || *s == ':' || *s == '/')
+			return false;
+	return true;
+}
+
+/* ---- typed getters ------------------------------------------------------- */
+
+static const char *got(const struct ucl_node *n, char *buf, size_t len)
+{
+	char tmp[48];
+	switch (n->type) {
+	case UCL_STRING:
+		snprintf(buf, len, "the string \"%s\"", show(n->str, tmp, sizeof(tmp)));
+		return buf;
+	case UCL_INT:
+		snprintf(buf, len, "the number %lld", (long long)n->ival);
+		return buf;
+	case UCL_FLOAT:
+		snprintf(buf, len, "the number %g", n->fval);
+		return buf;
+	case UCL_BOOL:
+		return n->bval ? "the boolean true" : "the boolean false";
+	default:
+		return ucl_type_name(n->type);
+	}
+}
+
+static int want(struct ctx *x, const struct ucl_node *n, const char *path, const char *what)
+{
+	char g[96];
+	return cerr(x, n, "%s: expected %s, got %s", path, what, got(n, g, sizeof(g)));
+}
+
+/* Replaces *out with a copy of a string value (empty strings refused). */
+static int get_str(struct ctx *x, const struct ucl_node *n, const char *path, char **out)
+{
+	if (n->type != UCL_STRING)
+		return want(x, n, path, "a string");
+	if (n->len == 0)
+		return cerr(x, n, "%s: must not be empty", path);
+	char *s = tern_strdup(n->str);
+	if (!s)
+		return nomem(x);
+	free(*out);
+	*out = s;
+	return TERN_OK;
+}
+
+static int get_path(struct ctx *x, const struct ucl_node *n, const char *path, char **out)
+{
+	int rc = get_str(x, n, path, out);
+	if (rc != TERN_OK)
+		return rc;
+	if (strlen(*out) > MAX_PATH_LEN)
+		return cerr(x, n, "%s: path longer than %d bytes", path, MAX_PATH_LEN);
+	for (const char *p = *out; *p; p++) /* they end up in logs and error messages */
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			return cerr(x, n, "%s: control character in path", path);
+	return TERN_OK;
+}
+
+static int get_bool(struct ctx *x, const struct ucl_node *n, const char *path, bool *out)
+{
+	if (n->type != UCL_BOOL)
+		return want(x, n, path, "true or false");
+	*out = n->bval;
+	return TERN_OK;
+}
+
+enum numkind { NK_COUNT, NK_SIZE, NK_TIME };
+
+static int get_num(struct ctx *x, const struct ucl_node *n, const char *path, enum numkind k,
+                   uint64_t min, uint64_t max, uint64_t *out)
+{
+	static const char *const what[] = {
+	    "a whole number",
+	    "a size (bytes, or a number with k, m or g)",
+	    "a time (seconds, or a number with s, min, h, d or w)",
+	};
+	if (n->type == UCL_FLOAT && k == NK_TIME)
+		return cerr(x, n, "%s: must be a whole number of seconds", path);
+	if (n->type != UCL_INT)
+		return want(x, n, path, what[k]);
+	if (n->unit == UCL_UNIT_TIME && k != NK_TIME)
+		return cerr(x, n, "%s: expected %s, got a time", path, what[k]);
+	if (n->unit == UCL_UNIT_SIZE && k != NK_SIZE)
+		return cerr(x, n, "%s: expected %s, got a size", path, what[k]);
+	if (n->ival < 0)
+		return cerr(x, n, "%s: must not be negative", path);
+	uint64_t v = (uint64_t)n->ival;
+	if (v < min)
+		return cerr(x, n, "%s: %llu is below the minimum %llu", path, (unsigned long long)v,
+		            (unsigned long long)min);
+	if (v > max)
+		return cerr(x, n, "%s: %llu is above the maximum %llu", path, (unsigned long long)v,
+		            (unsigned long long)max);
+	*out = v;
+	return TERN_OK;
+}
+
+static int want_section(struct ctx *x, const struct ucl_node *n, const char *path)
+{
+	if (n->type != UCL_OBJECT)
+		return want(x, n, path, "a section { ... }");
+	return TERN_OK;
+}
+
+static int unknown_key(struct ctx *x, const struct ucl_node *n, const char *section)
+{
+	char b[80];
+	if (!section)
+		return cerr(x, n, "unknown key '%s'", show(n->key, b, sizeof(b)));
+	return cerr(x, n, "unknown key '%s' in section %s", show(n->key, b, sizeof(b)), section);
+}
+
+/*
+ * A list of strings: `[ "a", "b" ]` or, for convenience, one string. Calls
+ * fn for each; fn reports its own errors.
+ */
+typedef int (*str_fn)(struct ctx *x, const struct ucl_node *n, const char *path, void *arg);
+
+static int each_string(struct ctx *x, const struct ucl_node *n, const char *path, size_t max,
+                       str_fn fn, void *arg)
+{
+	if (n->type == UCL_STRING)
+		return fn(x, n, path, arg);
+	if (n->type != UCL_ARRAY)
+		return want(x, n, path, "a list of strings");
+	if (n->n_items > max)
+		return cerr(x, n, "%s: more than %zu entries", path, max);
+	for (size_t i = 0; i < n->n_items; i++) {
+		const struct ucl_node *e = n->items[i];
+		if (e->type != UCL_STRING)
+			return want(x, e, path, "a list of strings");
+		int rc = fn(x, e, path, arg);
+		if (rc != TERN_OK)
+			return rc;
+	}
+	return TERN_OK;
+}
+
+struct strlist {
+	char **v;
+	size_t n;
+};
+
+static void strlist_free(struct strlist *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	l->v = NULL;
+	l->n = 0;
+}
+
+static int strlist_add(struct strlist *l, const char *s)
+{
+	char **v = realloc(l->v, (l->n + 1) * sizeof(*v));
+	if (!v)
+		return TERN_ENOMEM;
+	l->v = v;
+	if (!(v[l->n] = tern_strdup(s)))
+		return TERN_ENOMEM;
+	tern_ascii_lower(v[l->n]);
+	l->n++;
+	return TERN_OK;
+}
+
+static bool strlist_has(const struct strlist *l, const char *s)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (tern_ascii_ieq(l->v[i], s))
+			return true;
+	return false;
+}
+
+/* ---- CIDR and addresses -------------------------------------------------- */
+
+/* Parses ADDR[/PREFIX]; *host_bits tells whether bits past the prefix are set. */
+static bool cidr_parse_loose(const char *s, struct conf_cidr *out, bool *host_bits)
+{
+	char ip[INET6_ADDRSTRLEN + 1];
+	const char *slash = strchr(s, '/');
+	size_t iplen = slash ? (size_t)(slash - s) : strlen(s);
+	struct conf_cidr c;
+	memset(&c, 0, sizeof(c));
+	if (iplen == 0 || iplen >= sizeof(ip))
+		return false;
+	memcpy(ip, s, iplen);
+	ip[iplen] = '\0';
+	if (inet_pton(AF_INET, ip, c.addr) == 1)
+		c.family = AF_INET;
+	else if (inet_pton(AF_INET6, ip, c.addr) == 1)
+		c.family = AF_INET6;
+	else
+		return false;
+	unsigned maxp = c.family == AF_INET ? 32 : 128;
+	c.prefix = maxp;
+	if (slash) {
+		const char *d = slash + 1;
+		size_t nd = strlen(d);
+		if (nd == 0 || nd > 3 || strspn(d, "0123456789") != nd)
+			return false;
+		unsigned p = 0;
+		for (; *d; d++)
+			p = p * 10 + (unsigned)(*d - '0');
+		if (p > maxp)
+			return false;
+		c.prefix = p;
+	}
+	*host_bits = false;
+	for (unsigned bit = c.prefix; bit < maxp; bit++)
+		if (c.addr[bit / 8] & (0x80u >> (bit % 8)))
+			*host_bits = true;
+	*out = c;
+	return true;
+}
+
+bool conf_cidr_parse(const char *s, struct conf_cidr *out)
+{
+	bool hb;
+	struct conf_cidr c;
+	if (!s || !cidr_parse_loose(s, &c, &hb) || hb)
+		return false;
+	if (out)
+		*out = c;
+	return true;
+}
+
+static const uint8_t v4mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+bool conf_cidr_match(const struct conf_cidr *net, const void *sa)
+{
+	if (!net || !sa)
+		return false;
+	sa_family_t fam;
+	memcpy(&fam, (const char *)sa + offsetof(struct sockaddr, sa_family), sizeof(fam));
+	uint8_t a[16];
+	int afam;
+	if (fam == AF_INET) {
+		struct sockaddr_in sin;
+		memcpy(&sin, sa, sizeof(sin));
+		memcpy(a, &sin.sin_addr, 4);
+		afam = AF_INET;
+	} else if (fam == AF_INET6) {
+		struct sockaddr_in6 sin6;
+		memcpy(&sin6, sa, sizeof(sin6));
+		if (memcmp(sin6.sin6_addr.s6_addr, v4mapped_prefix, 12) == 0) {
+			memcpy(a, sin6.sin6_addr.s6_addr + 12, 4);
+			afam = AF_INET;
+		} else {
+			memcpy(a, sin6.sin6_addr.s6_addr, 16);
+			afam = AF_INET6;
+		}
+	} else {
+		return false;
+	}
+	/* A network written as ::ffff:a.b.c.d/N (N >= 96) is an IPv4 network. */
+	const uint8_t *na = net->addr;
+	int nfam = net->family;
+	unsigned prefix = net->prefix;
+	if (nfam == AF_INET6 && prefix >= 96 && memcmp(na, v4mapped_prefix, 12) == 0) {
+		nfam = AF_INET;
+		na += 12;
+		prefix -= 96;
+	}
+	if (nfam != afam || prefix > (nfam == AF_INET ? 32u : 128u))
+		return false;
+	unsigned full = prefix / 8, rest = prefix % 8;
+	if (memcmp(na, a, full) != 0)
+		return false;
+	if (rest) {
+		uint8_t mask = (uint8_t)(0xffu << (8 - rest));
+		if ((na[full] & mask) != (a[full] & mask))
+			return false;
+	}
+	return true;
+}
+
+bool conf_in_relay_networks(const struct tern_config *c, const void *sa)
+{
+	if (!c)
+		return false;
+	for (size_t i = 0; i < c->n_relay_networks; i++)
+		if (conf_cidr_match(&c->relay_networks[i], sa))
+			return true;
+	return false;
+}
+
+bool conf_parse_address(const char *s, void *ss_out, unsigned *len_out)
+{
+	char host[INET6_ADDRSTRLEN + 1];
+	const char *port;
+	size_t hl;
+	bool v6;
+	if (!s || strlen(s) > 64)
+		return false;
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || close[1] != ':')
+			return false;
+		hl = (size_t)(close - s - 1);
+		memcpy(host, s + 1, hl < sizeof(host) ? hl : 0);
+		port = close + 2;
+		v6 = true;
+	} else {
+		const char *colon = strrchr(s, ':');
+		if (!colon)
+			return false;
+		hl = (size_t)(colon - s);
+		memcpy(host, s, hl < sizeof(host) ? hl : 0);
+		port = colon + 1;
+		v6 = false;
+	}
+	if (hl == 0 || hl >= sizeof(host))
+		return false;
+	host[hl] = '\0';
+	size_t pl = strlen(port);
+	if (pl == 0 || pl > 5 || strspn(port, "0123456789") != pl)
+		return false;
+	unsigned long p = strtoul(port, NULL, 10);
+	if (p == 0 || p > 65535)
+		return false;
+	struct sockaddr_storage ss;
+	unsigned len;
+	memset(&ss, 0, sizeof(ss));
+	if (v6) {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+		if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1)
+			return false;
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons((uint16_t)p);
+		len = sizeof(*a);
+	} else {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+		if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+			return false;
+		a->sin_family = AF_INET;
+		a->sin_port = htons((uint16_t)p);
+		len = sizeof(*a);
+	}
+	if (ss_out)
+		memcpy(ss_out, &ss, len);
+	if (len_out)
+		*len_out = len;
+	return true;
+}
+
+/* "IP:PORT" / "[IPv6]:PORT" in the one spelling inet_ntop gives. */
+static bool canonical_address(const char *s, char *out, size_t outlen)
+{
+	struct sockaddr_storage ss;
+	unsigned len;
+	char ip[INET6_ADDRSTRLEN];
+	if (!conf_parse_address(s, &ss, &len))
+		return false;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+		inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+		snprintf(out, outlen, "%s:%u", ip, (unsigned)ntohs(a->sin_port));
+	} else {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+		inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+		snprintf(out, outlen, "[%s]:%u", ip, (unsigned)ntohs(a->sin6_port));
+	}
+	return true;
+}
+
+/* ---- sections ------------------------------------------------------------ */
+
+static int add_domain(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct strlist *l = arg;
+	char b[80];
+	if (!valid_domain(n->str))
+		return cerr(x, n, "%s: '%s' is not a valid domain name", path,
+		            show(n->str, b, sizeof(b)));
+	if (strlist_has(l, n->str))
+		return TERN_OK;
+	return strlist_add(l, n->str) == TERN_OK ? TERN_OK : nomem(x);
+}
+
+static int add_target(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct strlist *l = arg;
+	char b[80];
+	if (!valid_address(n->str))
+		return cerr(x, n, "%s: '%s' is not an address (expected local@domain)", path,
+		            show(n->str, b, sizeof(b)));
+	if (strlist_has(l, n->str))
+		return TERN_OK;
+	return strlist_add(l, n->str) == TERN_OK ? TERN_OK : nomem(x);
+}
+
+struct netlist {
+	struct conf_cidr *v;
+	size_t n;
+};
+
+static int add_network(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct netlist *l = arg;
+	struct conf_cidr c;
+	bool hb;
+	char b[80];
+	if (!cidr_parse_loose(n->str, &c, &hb))
+		return cerr(x, n, "%s: '%s' is not a network (expected ADDRESS/PREFIX)", path,
+		            show(n->str, b, sizeof(b)));
+	if (hb) {
+		char ip[INET6_ADDRSTRLEN];
+		unsigned maxp = c.family == AF_INET ? 32 : 128;
+		for (unsigned bit = c.prefix; bit < maxp; bit++)
+			c.addr[bit / 8] &= (uint8_t) ~(0x80u >> (bit % 8));
+		inet_ntop(c.family, c.addr, ip, sizeof(ip));
+		return cerr(x, n, "%s: '%s' has bits set after the prefix (did you mean %s/%u?)",
+		            path, show(n->str, b, sizeof(b)), ip, c.prefix);
+	}
+	struct conf_cidr *v = realloc(l->v, (l->n + 1) * sizeof(*v));
+	if (!v)
+		return nomem(x);
+	l->v = v;
+	v[l->n++] = c;
+	return TERN_OK;
+}
+
+static int parse_relay(struct ctx *x, const struct ucl_node *sec, struct netlist *nets, bool *given)
+{
+	int rc = want_section(x, sec, "relay");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "networks") == 0) {
+			free(nets->v);
+			nets->v = NULL;
+			nets->n = 0;
+			*given = true;
+			rc = each_string(x, m, "relay.networks", MAX_NETWORKS, add_network, nets);
+		} else {
+			rc = unknown_key(x, m, "relay");
+		}
+	}
+	return rc;
+}
+
+struct limit_spec {
+	const char *name;
+	enum numkind kind;
+	size_t off;
+	bool wide; /* uint64_t rather than uint32_t */
+	uint64_t min, max;
+};
+
+#define LIM32(n, k, lo, hi)                                                                        \
+	{                                                                                          \
+#n, k, offsetof(struct conf_limits, n), false, lo, hi                              \
+	}
+
+static const struct limit_spec limit_specs[] = {
+    {"max_message_size", NK_SIZE, offsetof(struct conf_limits, max_message_size), true, 1,
+     4ull << 30},
+    LIM32(max_recipients, NK_COUNT, 1, 100000),
+    LIM32(max_connections, NK_COUNT, 1, 1000000),
+    LIM32(max_connections_per_ip, NK_COUNT, 1, 1000000),
+    LIM32(max_line_length, NK_SIZE, 512, 65536),
+    LIM32(max_errors, NK_COUNT, 1, 10000),
+    LIM32(max_received_headers, NK_COUNT, 1, 10000),
+    LIM32(idle_timeout, NK_TIME, 1, 86400),
+    LIM32(data_timeout, NK_TIME, 1, 86400),
+    LIM32(shutdown_grace, NK_TIME, 0, 86400),
+};
+
+#define N_LIMITS (sizeof(limit_specs) / sizeof(limit_specs[0]))
+
+static int parse_limits(struct ctx *x, const struct ucl_node *sec, struct conf_limits *lim)
+{
+	int rc = want_section(x, sec, "limits");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		const struct limit_spec *ls = NULL;
+		for (size_t j = 0; j < N_LIMITS; j++)
+			if (strcmp(m->key, limit_specs[j].name) == 0)
+				ls = &limit_specs[j];
+		if (!ls) {
+			rc = unknown_key(x, m, "limits");
+			break;
+		}
+		char path[64];
+		uint64_t v = 0;
+		snprintf(path, sizeof(path), "limits.%s", ls->name);
+		rc = get_num(x, m, path, ls->kind, ls->min, ls->max, &v);
+		if (rc != TERN_OK)
+			break;
+		char *field = (char *)lim + ls->off;
+		if (ls->wide) {
+			memcpy(field, &v, sizeof(v));
+		} else {
+			uint32_t v32 = (uint32_t)v;
+			memcpy(field, &v32, sizeof(v32));
+		}
+	}
+	return rc;
+}
+
+/* Aliases as read, with their order of appearance so that the later of two
+ * keys that are equal after lowercasing wins. */
+struct alias_tmp {
+	struct conf_alias a;
+	size_t seq;
+};
+
+struct aliaslist {
+	struct alias_tmp *v;
+	size_t n;
+};
+
+static void alias_free_one(struct conf_alias *a)
+{
+	free(a->from);
+	for (size_t j = 0; j < a->n_to; j++)
+		free(a->to[j]);
+	free(a->to);
+}
+
+static int parse_aliases(struct ctx *x, const struct ucl_node *sec, struct aliaslist *al)
+{
+	int rc = want_section(x, sec, "aliases");
+	if (rc != TERN_OK)
+		return rc;
+	if (sec->n_items > MAX_ALIASES)
+		return cerr(x, sec, "aliases: more than %d entries", MAX_ALIASES);
+	for (size_t i = 0; i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char b[80], path[120];
+		if (!valid_address(m->key))
+			return cerr(x, m, "aliases: '%s' is not an address (expected local@domain)",
+			            show(m->key, b, sizeof(b)));
+		snprintf(path, sizeof(path), "aliases.\"%s\"", show(m->key, b, sizeof(b)));
+		if (m->type == UCL_ARRAY && m->n_items == 0)
+			return cerr(x, m, "%s: needs at least one address", path);
+		struct strlist to = {0};
+		rc = each_string(x, m, path, MAX_ALIAS_TARGETS, add_target, &to);
+		if (rc != TERN_OK) {
+			strlist_free(&to);
+			return rc;
+		}
+		struct alias_tmp *v = realloc(al->v, (al->n + 1) * sizeof(*v));
+		char *from = v ? tern_strdup(m->key) : NULL;
+		if (v)
+			al->v = v;
+		if (!from) {
+			strlist_free(&to);
+			return nomem(x);
+		}
+		tern_ascii_lower(from);
+		al->v[al->n] = (struct alias_tmp){{from, to.v, to.n}, al->n};
+		al->n++;
+	}
+	return TERN_OK;
+}
+
+static int alias_tmp_cmp(const void *a, const void *b)
+{
+	const struct alias_tmp *x = a, *y = b;
+	int r = strcmp(x->a.from, y->a.from);
+	if (r)
+		return r;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Sorted by address so conf_find_alias can bisect; of equal keys the last
+ * one read is kept. */
+static int finish_aliases(struct ctx *x, struct tern_config *c, struct aliaslist *al)
+{
+	size_t n = al->n, o = 0;
+	if (n == 0)
+		return TERN_OK;
+	qsort(al->v, n, sizeof(al->v[0]), alias_tmp_cmp);
+	struct conf_alias *out = calloc(n, sizeof(*out));
+	if (!out)
+		return nomem(x);
+	for (size_t i = 0; i < n; i++) {
+		if (i + 1 < n && strcmp(al->v[i].a.from, al->v[i + 1].a.from) == 0)
+			alias_free_one(&al->v[i].a);
+		else
+			out[o++] = al->v[i].a;
+	}
+	free(al->v);
+	al->v = NULL;
+	al->n = 0;
+	c->aliases = out;
+	c->n_aliases = o;
+	return TERN_OK;
+}
+
+static void aliaslist_free(struct aliaslist *al)
+{
+	for (size_t i = 0; i < al->n; i++)
+		alias_free_one(&al->v[i].a);
+	free(al->v);
+	al->v = NULL;
+	al->n = 0;
+}
+
+static int listener_add(struct ctx *x, struct tern_config *c, const char *name, const char *address,
+                        const char *profile)
+{
+	struct conf_listener *v = realloc(c->listeners, (c->n_listeners + 1) * sizeof(*v));
+	if (!v)
+		return nomem(x);
+	c->listeners = v;
+	struct conf_listener *l = &v[c->n_listeners];
+	l->name = tern_strdup(name);
+	l->address = tern_strdup(address);
+	l->profile = tern_strdup(profile);
+	c->n_listeners++; /* counted even if a copy failed, so unref frees what exists */
+	if (!l->name || !l->address || !l->profile)
+		return nomem(x);
+	return TERN_OK;
+}
+
+static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl_node *m)
+{
+	char b[80], path[96], section[96];
+	const char *name = show(m->key, b, sizeof(b));
+	snprintf(path, sizeof(path), "listen.%s", name);
+	snprintf(section, sizeof(section), "listen.%s", name);
+	if (!valid_name(m->key, 64))
+		return cerr(x, m,
+		            "listen: '%s' is not a valid listener name (letters, digits, '-', '_')",
+		            name);
+	int rc = want_section(x, m, path);
+	if (rc != TERN_OK)
+		return rc;
+	const struct ucl_node *addr = NULL, *prof = NULL;
+	for (size_t i = 0; i < m->n_items; i++) {
+		const struct ucl_node *k = m->items[i];
+		if (strcmp(k->key, "address") == 0)
+			addr = k;
+		else if (strcmp(k->key, "profile") == 0)
+			prof = k;
+		else
+			return unknown_key(x, k, section);
+	}
+	if (!addr)
+		return cerr(x, m, "%s: missing key 'address'", path);
+	if (!prof)
+		return cerr(x, m, "%s: missing key 'profile'", path);
+	char canon[80], sub[128];
+	snprintf(sub, sizeof(sub), "%s.address", path);
+	if (addr->type != UCL_STRING)
+		return want(x, addr, sub, "\"IP:PORT\" or \"[IPv6]:PORT\"");
+	if (!canonical_address(addr->str, canon, sizeof(canon)))
+		return cerr(x, addr,
+		            "%s: '%s' is not IP:PORT or [IPv6]:PORT with a port from 1 to 65535",
+		            sub, show(addr->str, b, sizeof(b)));
+	snprintf(sub, sizeof(sub), "%s.profile", path);
+	if (prof->type != UCL_STRING)
+		return want(x, prof, sub, "\"mx\" or \"submission\"");
+	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0)
+		return cerr(x, prof, "%s: must be \"mx\" or \"submission\", not '%s'", sub,
+		            show(prof->str, b, sizeof(b)));
+	for (size_t i = 0; i < c->n_listeners; i++)
+		if (strcmp(c->listeners[i].address, canon) == 0)
+			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
+			            path, canon, c->listeners[i].name);
+	return listener_add(x, c, m->key, canon, prof->str);
+}
+
+static int parse_listen(struct ctx *x, struct tern_config *c, const struct ucl_node *sec)
+{
+	int rc = want_section(x, sec, "listen");
+	if (rc != TERN_OK)
+		return rc;
+	if (sec->n_items == 0)
+		return cerr(x, sec, "listen: at least one listener is needed");
+	if (sec->n_items > MAX_LISTENERS)
+		return cerr(x, sec, "listen: more than %d listeners", MAX_LISTENERS);
+	for (size_t i = 0; i < sec->n_items; i++) {
+		rc = parse_listener(x, c, sec->items[i]);
+		if (rc != TERN_OK)
+			return rc;
+	}
+	return TERN_OK;
+}
+
+/* ---- building ------------------------------------------------------------ */
+
+static void free_aliases(struct conf_alias *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		alias_free_one(&v[i]);
+	free(v);
+}
+
+static void route_free(struct conf_route *r)
+{
+	free(r->domain);
+	free(r->host);
+	free(r->auth_user);
+	free(r->auth_password_file);
+}
+
+static void conf_free(struct tern_config *c)
+{
+	for (size_t i = 0; i < c->n_routes; i++)
+		route_free(&c->routes[i]);
+	free(c->routes);
+	if (c->relayhost)
+		route_free(c->relayhost);
+	free(c->relayhost);
+	for (size_t i = 0; i < c->dns.n_forward; i++)
+		free(c->dns.forward[i]);
+	free(c->dns.forward);
+	free(c->dns.trust_anchor_file);
+	free(c->source);
+	free(c->hostname);
+	free(c->data_dir);
+	free(c->users_file);
+	free(c->user);
+	free(c->log_level);
+	for (size_t i = 0; i < c->n_local_domains; i++)
+		free(c->local_domains[i]);
+	free(c->local_domains);
+	free_aliases(c->aliases, c->n_aliases);
+	free(c->relay_networks);
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		free(c->listeners[i].name);
+		free(c->listeners[i].address);
+		free(c->listeners[i].profile);
+	}
+	free(c->listeners);
+	free(c);
+}
+
+static char *default_hostname(void)
+{
+	char h[256];
+	if (gethostname(h, sizeof(h)) != 0)
+		return tern_strdup("localhost");
+	h[sizeof(h) - 1] = '\0';
+	return tern_strdup(valid_domain(h) ? h : "localhost");
+}
+
+static const char *const log_levels[] = {"debug", "info", "warn", "error"};
+
+static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node *m,
+                     struct strlist *domains, bool *domains_given, struct netlist *nets,
+                     bool *nets_given, struct aliaslist *al, bool *listen_given)
+{
+	const char *k = m->key;
+	char b[80];
+	int rc;
+	uint64_t v = 0;
+	if (strcmp(k, "hostname") == 0) {
+		rc = get_str(x, m, k, &c->hostname);
+		if (rc == TERN_OK && !valid_domain(c->hostname))
+			return cerr(x, m, "hostname: '%s' is not a valid host name",
+			            show(c->hostname, b, sizeof(b)));
+		return rc;
+	}
+	if (strcmp(k, "data_dir") == 0)
+		return get_path(x, m, k, &c->data_dir);
+	if (strcmp(k, "users_file") == 0)
+		return get_path(x, m, k, &c->users_file);
+	if (strcmp(k, "user") == 0) {
+		rc = get_str(x, m, k, &c->user);
+		if (rc == TERN_OK && !valid_user(c->user))
+			return cerr(x, m, "user: '%s' is not a valid user name",
+			            show(c->user, b, sizeof(b)));
+		return rc;
+	}
+	if (strcmp(k, "log_level") == 0) {
+		rc = get_str(x, m, k, &c->log_level);
+		if (rc != TERN_OK)
+			return rc;
+		for (size_t i = 0; i < 4; i++)
+			if (strcmp(c->log_level, log_levels[i]) == 0)
+				return TERN_OK;
+		return cerr(x, m, "log_level: must be debug, info, warn or error, not '%s'",
+		            show(c->log_level, b, sizeof(b)));
+	}
+	if (strcmp(k, "workers") == 0) {
+		rc = get_num(x, m, k, NK_COUNT, 0, 1024, &v);
+		if (rc == TERN_OK)
+			c->workers = (uint32_t)v;
+		return rc;
+	}
+	if (strcmp(k, "vrfy") == 0)
+		return get_bool(x, m, k, &c->vrfy);
+	if (strcmp(k, "expn") == 0)
+		return get_bool(x, m, k, &c->expn);
+	if (strcmp(k, "local_domains") == 0) {
+		*domains_given = true;
+		strlist_free(domains);
+		return each_string(x, m, k, MAX_LOCAL_DOMAINS, add_domain, domains);
+	}
+	if (strcmp(k, "aliases") == 0)
+		return parse_aliases(x, m, al);
+	if (strcmp(k, "relay") == 0)
+		return parse_relay(x, m, nets, nets_given);
+	if (strcmp(k, "limits") == 0)
+		return parse_limits(x, m, &c->limits);
+	if (strcmp(k, "listen") == 0) {
+		*listen_given = true;
+		return parse_listen(x, c, m);
+	}
+	return unknown_key(x, m, NULL);
+}
+
+static int fill_defaults(struct ctx *x, struct tern_config *c)
+{
+	if (!c->hostname && !(c->hostname = default_hostname()))
+		return nomem(x);
+	if (!c->data_dir && !(c->data_dir = tern_strdup("./tern-data")))
+		return nomem(x);
+	if (!c->user && !(c->user = tern_strdup("nobody")))
+		return nomem(x);
+	if (!c->log_level && !(c->log_level = tern_strdup("info")))
+		return nomem(x);
+	if (!c->users_file) {
+		size_t n = strlen(c->data_dir);
+		bool slash = n > 0 && c->data_dir[n - 1] == '/';
+		c->users_file = malloc(n + sizeof("/users"));
+		if (!c->users_file)
+			return nomem(x);
+		snprintf(c->users_file, n + sizeof("/users"), "%s%s", c->data_dir,
+		         slash ? "users" : "/users");
+	}
+	return TERN_OK;
+}
+
+static struct tern_config *build(const struct ucl_doc *doc, const char *source, char *err,
+                                 size_t errlen)
+{
+	struct ctx x = {doc, err, errlen};
+	struct strlist domains = {0};
+	struct netlist nets = {0};
+	struct aliaslist al = {0};
+	bool domains_given = false, nets_given = false, listen_given = false;
+	int rc = TERN_OK;
+	struct tern_config *c = calloc(1, sizeof(*c));
+	if (!c) {
+		nomem(&x);
+		return NULL;
+	}
+	atomic_init(&c->refs, 1);
+	c->limits = default_limits;
+	c->delivery = default_delivery;
+	c->vrfy = true;
+	c->expn = false;
+	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
+		rc = parse_top(&x, c, doc->root->items[i], &domains, &domains_given, &nets,
+		               &nets_given, &al, &listen_given);
+	if (rc != TERN_OK)
+		goto fail;
+	if ((rc = fill_defaults(&x, c)) != TERN_OK)
+		goto fail;
+	if (!domains_given && strlist_add(&domains, "localhost") != TERN_OK) {
+		rc = nomem(&x);
+		goto fail;
+	}
+	for (size_t i = 0; !nets_given && i < 2; i++) {
+		struct conf_cidr *v = realloc(nets.v, (nets.n + 1) * sizeof(*v));
+		if (!v) {
+			rc = nomem(&x);
+			goto fail;
+		}
+		nets.v = v;
+		conf_cidr_parse(default_networks[i], &nets.v[nets.n++]);
+	}
+	if (!listen_given && (rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx")) != TERN_OK)
+		goto fail;
+	if ((rc = finish_aliases(&x, c, &al)) != TERN_OK)
+		goto fail;
+	if (!(c->source = tern_strdup(source))) {
+		rc = nomem(&x);
+		goto fail;
+	}
+	c->local_domains = domains.v;
+	c->n_local_domains = domains.n;
+	c->relay_networks = nets.v;
+	c->n_relay_networks = nets.n;
+	return c;
+fail:
+	strlist_free(&domains);
+	free(nets.v);
+	aliaslist_free(&al);
+	conf_free(c);
+	return NULL;
+}
+
+/* ---- public -------------------------------------------------------------- */
+
+struct tern_config *conf_load_string(const char *text, size_t len, const char *name, char *err,
+                                     size_t errlen)
+{
+	struct ucl_doc *doc;
+	if (err && errlen)
+		err[0] = '\0';
+	if (!name)
+		name = "(string)";
+	if (ucl_parse(text, len, name, false, &doc, err, errlen) != TERN_OK)
+		return NULL;
+	struct tern_config *c = build(doc, name, err, errlen);
+	ucl_free(doc);
+	return c;
+}
+
+struct tern_config *conf_load(const char *path, char *err, size_t errlen)
+{
+	struct ucl_doc *doc;
+	if (!path)
+		return conf_load_string(default_text, sizeof(default_text) - 1, DEFAULT_SOURCE, err,
+		                        errlen);
+	if (err && errlen)
+		err[0] = '\0';
+	if (ucl_parse_file(path, &doc, err, errlen) != TERN_OK)
+		return NULL;
+	struct tern_config *c = build(doc, path, err, errlen);
+	ucl_free(doc);
+	return c;
+}
+
+struct tern_config *conf_ref(struct tern_config *c)
+{
+	if (c)
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	return c;
+}
+
+void conf_unref(struct tern_config *c)
+{
+	/* acq_rel: the last owner must see every other owner's reads finished */
+	if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+		conf_free(c);
+}
+
+bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len)
+{
+	if (!c || !domain || len == 0)
+		return false;
+	for (size_t i = 0; i < c->n_local_domains; i++) {
+		const char *d = c->local_domains[i];
+		if (strlen(d) == len && strncasecmp(d, domain, len) == 0)
+			return true;
+	}
+	return false;
+}
+
+static int alias_key_cmp(const void *key, const void *elem)
+{
+	return strcmp(key, ((const struct conf_alias *)elem)->from);
+}
+
+const struct conf_alias *conf_find_alias(const struct tern_config *c, const char *addr)
+{
+	if (!c || !addr || c->n_aliases == 0)
+		return NULL;
+	return bsearch(addr, c->aliases, c->n_aliases, sizeof(c->aliases[0]), alias_key_cmp);
+}
+
+const struct conf_route *conf_find_route(const struct tern_config *c, const char *domain)
+{
+	if (!c)
+		return NULL;
+	for (size_t i = 0; domain && i < c->n_routes; i++)
+		if (tern_ascii_ieq(c->routes[i].domain, domain))
+			return &c->routes[i];
+	return c->relayhost;
+}
+
+/* ---- printing ------------------------------------------------------------ */
+
+static void print_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch == '\n')
+			fputs("\\n", f);
+		else if (ch == '\t')
+			fputs("\\t", f);
+		else if (ch < 0x20 || ch == 0x7f)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
+static void print_size(FILE *f, uint64_t v)
+{
+	static const char units[] = "gmk";
+	for (int i = 0; i < 3; i++) {
+		uint64_t m = 1ull << (10 * (3 - i));
+		if (v != 0 && v % m == 0) {
+			fprintf(f, "%llu%c", (unsigned long long)(v / m), units[i]);
+			return;
+		}
+	}
+	fprintf(f, "%llu", (unsigned long long)v);
+}
+
+static void print_list(FILE *f, char *const *v, size_t n)
+{
+	fputc('[', f);
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			fputs(", ", f);
+		print_str(f, v[i]);
+	}
+	fputc(']', f);
+}
+
+void conf_print(const struct tern_config *c, FILE *out)
+{
+	if (!c || !out)
+		return;
+	fputs("# tern configuration: every key with its effective value\n", out);
+	fputs("hostname = ", out);
+	print_str(out, c->hostname);
+	fputs(";\ndata_dir = ", out);
+	print_str(out, c->data_dir);
+	fputs(";\nusers_file = ", out);
+	print_str(out, c->users_file);
+	fputs(";\nuser = ", out);
+	print_str(out, c->user);
+	fputs(";\nlog_level = ", out);
+	print_str(out, c->log_level);
+	fprintf(out, ";\nworkers = %u;\n", (unsigned)c->workers);
+	fprintf(out, "vrfy = %s;\n", c->vrfy ? "true" : "false");
+	fprintf(out, "expn = %s;\n", c->expn ? "true" : "false");
+	fputs("local_domains = ", out);
+	print_list(out, c->local_domains, c->n_local_domains);
+	fputs(";\naliases {\n", out);
+	for (size_t i = 0; i < c->n_aliases; i++) {
+		fputc('\t', out);
+		print_str(out, c->aliases[i].from);
+		fputs(" = ", out);
+		print_list(out, c->aliases[i].to, c->aliases[i].n_to);
+		fputs(";\n", out);
+	}
+	fputs("}\nrelay {\n\tnetworks = [", out);
+	for (size_t i = 0; i < c->n_relay_networks; i++) {
+		const struct conf_cidr *n = &c->relay_networks[i];
+		char ip[INET6_ADDRSTRLEN];
+		if (!inet_ntop(n->family, n->addr, ip, sizeof(ip)))
+			tern_strlcpy(ip, "?", sizeof(ip));
+		fprintf(out, "%s\"%s/%u\"", i ? ", " : "", ip, n->prefix);
+	}
+	fputs("];\n}\nlimits {\n", out);
+	for (size_t i = 0; i < N_LIMITS; i++) {
+		const struct limit_spec *ls = &limit_specs[i];
+		const char *field = (const char *)&c->limits + ls->off;
+		uint64_t v = 0;
+		if (ls->wide) {
+			memcpy(&v, field, sizeof(v));
+		} else {
+			uint32_t v32;
+			memcpy(&v32, field, sizeof(v32));
+			v = v32;
+		}
+		fprintf(out, "\t%s = ", ls->name);
+		if (ls->wide) /* message sizes read best as 32m; line lengths as 2048 */
+			print_size(out, v);
+		else
+			fprintf(out, "%llu%s", (unsigned long long)v,
+			        ls->kind == NK_TIME ? "s" : "");
+		fputs(";\n", out);
+	}
+	fputs("}\nlisten {\n", out);
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		const struct conf_listener *l = &c->listeners[i];
+		fputc('\t', out);
+		print_str(out, l->name);
+		fputs(" {\n\t\taddress = ", out);
+		print_str(out, l->address);
+		fputs(";\n\t\tprofile = ", out);
+		print_str(out, l->profile);
+		fputs(";\n\t}\n", out);
+	}
+	fputs("}\n", out);
+}

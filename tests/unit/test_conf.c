@@ -1,0 +1,1121 @@
+/*
+ * test_conf.c — the configuration a user writes: UCL syntax (core/ucl.c),
+ * every key's default and check, every error message a user can see, CIDR
+ * matching, aliases, includes and the print/reload round trip (core/conf.c).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/buf.h"
+#include "core/conf.h"
+#include "core/err.h"
+#include "core/ucl.h"
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+static struct tern_config *load_str(const char *text, char *err, size_t errlen)
+{
+	return conf_load_string(text, strlen(text), "t.conf", err, errlen);
+}
+
+/* conf_print into a malloc'd string. */
+static char *print_to_string(const struct tern_config *c)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	assert_non_null(f);
+	conf_print(c, f);
+	fclose(f);
+	return buf;
+}
+
+/* ---- UCL syntax ---------------------------------------------------------- */
+
+struct scalar_case {
+	const char *text;
+	const char *path;
+	enum ucl_type type;
+	int64_t i;     /* UCL_INT, UCL_BOOL */
+	double f;      /* UCL_FLOAT */
+	const char *s; /* UCL_STRING */
+	enum ucl_unit unit;
+};
+
+static const struct scalar_case scalar_cases[] = {
+    /* the four ways to assign, with and without separators */
+    {"a = 1;", "a", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"a 1", "a", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"a: 1,", "a", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"a=1\nb=2", "b", UCL_INT, 2, 0, NULL, UCL_UNIT_NONE},
+    {"s { a = 7 }", "s.a", UCL_INT, 7, 0, NULL, UCL_UNIT_NONE},
+    {"s = { a = 7; }", "s.a", UCL_INT, 7, 0, NULL, UCL_UNIT_NONE},
+    {"s\n{\n a 7\n}\n", "s.a", UCL_INT, 7, 0, NULL, UCL_UNIT_NONE},
+    {"listen mx { port = 25 }", "listen.mx.port", UCL_INT, 25, 0, NULL, UCL_UNIT_NONE},
+    {"listen \"mx\" { port = 25 }", "listen.mx.port", UCL_INT, 25, 0, NULL, UCL_UNIT_NONE},
+    {"{\"a\": {\"b\": 3}}", "a.b", UCL_INT, 3, 0, NULL, UCL_UNIT_NONE},
+    {"\xef\xbb\xbf"
+     "a = 1",
+     "a", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"\"quoted key\" = 1", "quoted key", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"'single key' = 1", "single key", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"x@example_test+y = 1", "x@example_test+y", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    /* numbers and suffixes */
+    {"a = -3", "a", UCL_INT, -3, 0, NULL, UCL_UNIT_NONE},
+    {"a = +3", "a", UCL_INT, 3, 0, NULL, UCL_UNIT_NONE},
+    {"a = 9223372036854775807", "a", UCL_INT, INT64_MAX, 0, NULL, UCL_UNIT_NONE},
+    {"a = -9223372036854775808", "a", UCL_INT, INT64_MIN, 0, NULL, UCL_UNIT_NONE},
+    {"a = 1.5", "a", UCL_FLOAT, 0, 1.5, NULL, UCL_UNIT_NONE},
+    {"a = 2e3", "a", UCL_FLOAT, 0, 2000, NULL, UCL_UNIT_NONE},
+    {"a = 10k", "a", UCL_INT, 10240, 0, NULL, UCL_UNIT_SIZE},
+    {"a = 10kb", "a", UCL_INT, 10240, 0, NULL, UCL_UNIT_SIZE},
+    {"a = 32m", "a", UCL_INT, 32 << 20, 0, NULL, UCL_UNIT_SIZE},
+    {"a = 32MB", "a", UCL_INT, 32 << 20, 0, NULL, UCL_UNIT_SIZE},
+    {"a = 2g", "a", UCL_INT, 2ll << 30, 0, NULL, UCL_UNIT_SIZE},
+    {"a = 1gb", "a", UCL_INT, 1ll << 30, 0, NULL, UCL_UNIT_SIZE},
+    {"a = 1.5k", "a", UCL_INT, 1536, 0, NULL, UCL_UNIT_SIZE},
+    {"a = 30s", "a", UCL_INT, 30, 0, NULL, UCL_UNIT_TIME},
+    {"a = 5min", "a", UCL_INT, 300, 0, NULL, UCL_UNIT_TIME},
+    {"a = 2h", "a", UCL_INT, 7200, 0, NULL, UCL_UNIT_TIME},
+    {"a = 1d", "a", UCL_INT, 86400, 0, NULL, UCL_UNIT_TIME},
+    {"a = 1w", "a", UCL_INT, 604800, 0, NULL, UCL_UNIT_TIME},
+    {"a = 2000ms", "a", UCL_INT, 2, 0, NULL, UCL_UNIT_TIME},
+    {"a = 1500ms", "a", UCL_FLOAT, 0, 1.5, NULL, UCL_UNIT_TIME},
+    {"a = 0.5min", "a", UCL_INT, 30, 0, NULL, UCL_UNIT_TIME},
+    /* booleans, any case */
+    {"a = true", "a", UCL_BOOL, 1, 0, NULL, UCL_UNIT_NONE},
+    {"a = yes", "a", UCL_BOOL, 1, 0, NULL, UCL_UNIT_NONE},
+    {"a = On", "a", UCL_BOOL, 1, 0, NULL, UCL_UNIT_NONE},
+    {"a = FALSE", "a", UCL_BOOL, 0, 0, NULL, UCL_UNIT_NONE},
+    {"a = no", "a", UCL_BOOL, 0, 0, NULL, UCL_UNIT_NONE},
+    {"a = off", "a", UCL_BOOL, 0, 0, NULL, UCL_UNIT_NONE},
+    /* bare words that are not numbers stay strings */
+    {"a = 127.0.0.1", "a", UCL_STRING, 0, 0, "127.0.0.1", UCL_UNIT_NONE},
+    {"a = 10.0.0.0/8", "a", UCL_STRING, 0, 0, "10.0.0.0/8", UCL_UNIT_NONE},
+    {"a = ::1/128", "a", UCL_STRING, 0, 0, "::1/128", UCL_UNIT_NONE},
+    {"a = 127.0.0.1:25", "a", UCL_STRING, 0, 0, "127.0.0.1:25", UCL_UNIT_NONE},
+    {"a = /var/lib/tern", "a", UCL_STRING, 0, 0, "/var/lib/tern", UCL_UNIT_NONE},
+    {"a = a//b", "a", UCL_STRING, 0, 0, "a//b", UCL_UNIT_NONE},
+    {"a = 10x", "a", UCL_STRING, 0, 0, "10x", UCL_UNIT_NONE},
+    {"a = 1.", "a", UCL_STRING, 0, 0, "1.", UCL_UNIT_NONE},
+    {"a = *.example+x@y", "a", UCL_STRING, 0, 0, "*.example+x@y", UCL_UNIT_NONE},
+    {"a = \"true\"", "a", UCL_STRING, 0, 0, "true", UCL_UNIT_NONE},
+    {"a = \"12\"", "a", UCL_STRING, 0, 0, "12", UCL_UNIT_NONE},
+    /* escapes */
+    {"a = \"q\\\"b\\\\s\\/\"", "a", UCL_STRING, 0, 0, "q\"b\\s/", UCL_UNIT_NONE},
+    {"a = \"\\n\\t\\r\\b\\f\"", "a", UCL_STRING, 0, 0, "\n\t\r\b\f", UCL_UNIT_NONE},
+    {"a = \"\\u00e9\\u20AC\"", "a", UCL_STRING, 0, 0, "\xc3\xa9\xe2\x82\xac", UCL_UNIT_NONE},
+    {"a = \"\\ud83d\\ude00\"", "a", UCL_STRING, 0, 0, "\xf0\x9f\x98\x80", UCL_UNIT_NONE},
+    {"a = 'raw \\n \\\\ \"'", "a", UCL_STRING, 0, 0, "raw \\n \\\\ \"", UCL_UNIT_NONE},
+    {"a = 'it\\'s'", "a", UCL_STRING, 0, 0, "it's", UCL_UNIT_NONE},
+    {"a = \"\"", "a", UCL_STRING, 0, 0, "", UCL_UNIT_NONE},
+    {"a = \"tab\there\"", "a", UCL_STRING, 0, 0, "tab\there", UCL_UNIT_NONE},
+    /* comments everywhere */
+    {"# c\na = 1 # c\n", "a", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"// c\na = 1 // c", "a", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"/* c\n c */ a /* c */ = /* c */ 1 /* c */;", "a", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"a = \"# not a comment\"", "a", UCL_STRING, 0, 0, "# not a comment", UCL_UNIT_NONE},
+    /* duplicates: later wins for values, sections merge */
+    {"a = 1; a = 2", "a", UCL_INT, 2, 0, NULL, UCL_UNIT_NONE},
+    {"s { x = 1 } s { y = 2 }", "s.x", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"s { x = 1 } s { y = 2 }", "s.y", UCL_INT, 2, 0, NULL, UCL_UNIT_NONE},
+    {"s { x = 1 } s { x = 3 }", "s.x", UCL_INT, 3, 0, NULL, UCL_UNIT_NONE},
+    {"s { t { x = 1 } } s { t { y = 2 } }", "s.t.x", UCL_INT, 1, 0, NULL, UCL_UNIT_NONE},
+    {"s = 1; s { x = 5 }", "s.x", UCL_INT, 5, 0, NULL, UCL_UNIT_NONE},
+    {"s { x = 5 } s = 4", "s", UCL_INT, 4, 0, NULL, UCL_UNIT_NONE},
+};
+
+static void test_ucl_scalars(void **state)
+{
+	for (size_t i = 0; i < N(scalar_cases); i++) {
+		const struct scalar_case *tc = &scalar_cases[i];
+		struct ucl_doc *doc;
+		char err[256];
+		int rc = ucl_parse(tc->text, strlen(tc->text), "t", false, &doc, err, sizeof(err));
+		if (rc != TERN_OK)
+			fail_msg("case %zu '%s': %s", i, tc->text, err);
+		const struct ucl_node *n = ucl_lookup_path(doc->root, tc->path);
+		if (!n)
+			fail_msg("case %zu '%s': %s not found", i, tc->text, tc->path);
+		if (n->type != tc->type)
+			fail_msg("case %zu '%s': type %d, want %d", i, tc->text, n->type, tc->type);
+		switch (tc->type) {
+		case UCL_INT:
+			assert_int_equal(n->ival, tc->i);
+			assert_int_equal(n->unit, tc->unit);
+			break;
+		case UCL_BOOL:
+			assert_int_equal(n->bval, tc->i);
+			break;
+		case UCL_FLOAT:
+			assert_true(n->fval == tc->f);
+			assert_int_equal(n->unit, tc->unit);
+			break;
+		case UCL_STRING:
+			assert_string_equal(n->str, tc->s);
+			assert_int_equal(n->len, strlen(tc->s));
+			break;
+		default:
+			break;
+		}
+		ucl_free(doc);
+	}
+}
+
+static void test_ucl_arrays_and_order(void **state)
+{
+	static const char text[] = "z = 1\n"
+	                           "l = [ \"a\", b, 3,\n"
+	                           "      [ 4 ], { k = v }, ]\n"
+	                           "nl = [\n  x\n  y\n]\n"
+	                           "e = []\n"
+	                           "a = 2\n";
+	struct ucl_doc *doc;
+	char err[256];
+	assert_int_equal(ucl_parse(text, strlen(text), "t", false, &doc, err, sizeof(err)),
+	                 TERN_OK);
+	const struct ucl_node *r = doc->root;
+	assert_int_equal(r->n_items, 5);
+	const char *order[] = {"z", "l", "nl", "e", "a"};
+	for (size_t i = 0; i < N(order); i++)
+		assert_string_equal(r->items[i]->key, order[i]);
+	const struct ucl_node *l = ucl_lookup(r, "l");
+	assert_int_equal(l->type, UCL_ARRAY);
+	assert_int_equal(l->n_items, 5);
+	assert_string_equal(l->items[0]->str, "a");
+	assert_true(l->items[0]->quoted);
+	assert_string_equal(l->items[1]->str, "b");
+	assert_false(l->items[1]->quoted);
+	assert_int_equal(l->items[2]->ival, 3);
+	assert_int_equal(l->items[3]->type, UCL_ARRAY);
+	assert_int_equal(l->items[4]->type, UCL_OBJECT);
+	assert_string_equal(ucl_lookup(l->items[4], "k")->str, "v");
+	assert_int_equal(l->items[4]->line, 3);
+	assert_int_equal(ucl_lookup(r, "nl")->n_items, 2);
+	assert_int_equal(ucl_lookup(r, "e")->n_items, 0);
+	assert_int_equal(ucl_lookup(r, "a")->line, 9);
+	ucl_free(doc);
+}
+
+/* Objects with many members use a hash index; lookups and merges must agree. */
+static void test_ucl_many_keys(void **state)
+{
+	char text[64 * 1024];
+	size_t o = 0;
+	for (int i = 0; i < 2000; i++)
+		o += (size_t)snprintf(text + o, sizeof(text) - o, "k%d = %d\n", i, i);
+	for (int i = 0; i < 2000; i += 7)
+		o += (size_t)snprintf(text + o, sizeof(text) - o, "k%d = -%d\n", i, i);
+	struct ucl_doc *doc;
+	char err[256];
+	assert_int_equal(ucl_parse(text, o, "t", false, &doc, err, sizeof(err)), TERN_OK);
+	assert_int_equal(doc->root->n_items, 2000);
+	for (int i = 0; i < 2000; i++) {
+		char k[16];
+		snprintf(k, sizeof(k), "k%d", i);
+		const struct ucl_node *n = ucl_lookup(doc->root, k);
+		assert_non_null(n);
+		assert_int_equal(n->ival, i % 7 == 0 ? -i : i);
+		assert_string_equal(doc->root->items[i]->key, k);
+	}
+	assert_null(ucl_lookup(doc->root, "k2000"));
+	ucl_free(doc);
+}
+
+struct err_case {
+	const char *text;
+	const char *err;
+};
+
+static const struct err_case ucl_err_cases[] = {
+    {"a = \"abc", "t:1: unterminated string (a string must end on its line)"},
+    {"a = \"ab\nc\"", "t:1: unterminated string (a string must end on its line)"},
+    {"\n\na = 'abc", "t:3: unterminated string (a string must end on its line)"},
+    {"a = \"\\q\"", "t:1: unknown escape \\'q' in string"},
+    {"a = \"\\u12\"", "t:1: \\u must be followed by 4 hex digits"},
+    {"a = \"\\u0000\"", "t:1: NUL character (\\u0000) in string"},
+    {"a = \"\\ud800\"", "t:1: unpaired surrogate \\ud800 in string"},
+    {"a = \"\\ude00\"", "t:1: unpaired surrogate \\ude00 in string"},
+    {"a = \"x\x01\"", "t:1: control character (byte 0x01) in string; use an escape"},
+    {"a = 1\nb = 2 3", "t:2: expected ';' or a new line after a value, found '3'"},
+    {"a = ", "t:1: missing value for key 'a'"},
+    {"a = ;", "t:1: missing value for key 'a'"},
+    {"a", "t:1: missing value for key 'a'"},
+    {"s {\n a = 1\n", "t:1: missing '}' for the section opened here"},
+    {"l = [1,\n2", "t:1: missing ']' for the array opened here"},
+    {"l = [1 2]", "t:1: expected ',' or ']' after an array element"},
+    {"l = [1,,2]", "t:1: missing value"},
+    {"a = 1 }", "t:1: expected ';' or a new line after a value, found '}'"},
+    {"a = 1\n}", "t:2: unexpected '}'"},
+    {"= 1", "t:1: expected a key, found '='"},
+    {"\"\" = 1", "t:1: empty key"},
+    {"a = =", "t:1: unexpected '='"},
+    {"a = <x>", "t:1: unexpected '<'"},
+    {"a = 1\n/* open\n\n", "t:2: unterminated /* comment"},
+    {"a = 99999999999999999999", "t:1: number 99999999999999999999 is out of range"},
+    {"a = 9223372036854775808", "t:1: number 9223372036854775808 is out of range"},
+    {"a = 9000000000g", "t:1: number 9000000000g is out of range"},
+    {"a = 1e999", "t:1: number 1e999 is out of range"},
+    {"a = 1\nb = \"x\0y\"", "t:2: NUL byte in configuration text"},
+    {".include \"x.conf\"", "t:1: .include is only allowed in configuration files"},
+    {".priority 1", "t:1: unknown directive '.priority'"},
+    {"{ a = 1 } b = 2", "t:1: text after the closing '}'"},
+    {"{ a = 1 ", "t:1: missing '}' for the section opened here"},
+    {"a = \x80\x01", "t:1: expected ';' or a new line after a value, found byte 0x01"},
+};
+
+static void test_ucl_errors(void **state)
+{
+	for (size_t i = 0; i < N(ucl_err_cases); i++) {
+		const struct err_case *tc = &ucl_err_cases[i];
+		struct ucl_doc *doc = (void *)1;
+		char err[256];
+		size_t len = strlen(tc->text);
+		if (strstr(tc->err, "NUL byte"))
+			len += 3; /* the case has a NUL in the middle */
+		int rc = ucl_parse(tc->text, len, "t", false, &doc, err, sizeof(err));
+		if (rc == TERN_OK)
+			fail_msg("case %zu '%s' parsed", i, tc->text);
+		assert_null(doc);
+		if (strcmp(err, tc->err) != 0)
+			fail_msg("case %zu '%s':\n got  %s\n want %s", i, tc->text, err, tc->err);
+	}
+}
+
+/* Never reads past len: the bytes after it would make the text valid. */
+static void test_ucl_respects_length(void **state)
+{
+	static const char text[] = "a = \"abc\"; b = 1";
+	struct ucl_doc *doc;
+	char err[256];
+	assert_int_not_equal(ucl_parse(text, 7, "t", false, &doc, err, sizeof(err)), TERN_OK);
+	assert_string_equal(err, "t:1: unterminated string (a string must end on its line)");
+	assert_int_equal(ucl_parse(text, 3, "t", false, &doc, err, sizeof(err)), TERN_ESYNTAX);
+	assert_int_equal(ucl_parse(text, 10, "t", false, &doc, err, sizeof(err)), TERN_OK);
+	assert_null(ucl_lookup(doc->root, "b"));
+	ucl_free(doc);
+	assert_int_equal(ucl_parse(NULL, 0, "t", false, &doc, err, sizeof(err)), TERN_OK);
+	assert_int_equal(doc->root->n_items, 0);
+	ucl_free(doc);
+	/* a tiny error buffer is still NUL-terminated */
+	char small[8];
+	assert_int_not_equal(ucl_parse("a = \"", 5, "t", false, &doc, small, sizeof(small)),
+	                     TERN_OK);
+	assert_string_equal(small, "t:1: un");
+}
+
+static void test_ucl_depth_limit(void **state)
+{
+	char text[256];
+	for (int depth = UCL_MAX_DEPTH; depth <= UCL_MAX_DEPTH + 1; depth++) {
+		size_t o = 0;
+		for (int i = 0; i < depth; i++)
+			o += (size_t)snprintf(text + o, sizeof(text) - o, "a{");
+		for (int i = 0; i < depth; i++)
+			text[o++] = '}';
+		struct ucl_doc *doc;
+		char err[256];
+		int rc = ucl_parse(text, o, "t", false, &doc, err, sizeof(err));
+		if (depth <= UCL_MAX_DEPTH) {
+			assert_int_equal(rc, TERN_OK);
+			ucl_free(doc);
+		} else {
+			assert_int_equal(rc, TERN_ESYNTAX);
+			assert_string_equal(err, "t:1: nesting too deep (limit 32)");
+		}
+	}
+	/* arrays count too, and deep input never recurses further */
+	char deep[4096];
+	memset(deep, '[', sizeof(deep));
+	memcpy(deep, "a=", 2);
+	struct ucl_doc *doc;
+	char err[256];
+	assert_int_equal(ucl_parse(deep, sizeof(deep), "t", false, &doc, err, sizeof(err)),
+	                 TERN_ESYNTAX);
+	assert_string_equal(err, "t:1: nesting too deep (limit 32)");
+}
+
+/* ---- defaults ------------------------------------------------------------ */
+
+static void check_defaults(const struct tern_config *c)
+{
+	char host[256];
+	assert_int_equal(gethostname(host, sizeof(host)), 0);
+	host[255] = '\0';
+	assert_string_equal(c->hostname, host);
+	assert_string_equal(c->data_dir, "./tern-data");
+	assert_string_equal(c->users_file, "./tern-data/users");
+	assert_string_equal(c->user, "nobody");
+	assert_string_equal(c->log_level, "info");
+	assert_int_equal(c->workers, 0);
+	assert_true(c->vrfy);
+	assert_false(c->expn);
+	assert_int_equal(c->n_local_domains, 1);
+	assert_string_equal(c->local_domains[0], "localhost");
+	assert_int_equal(c->n_aliases, 0);
+	assert_int_equal(c->n_relay_networks, 2);
+	assert_int_equal(c->relay_networks[0].family, AF_INET);
+	assert_int_equal(c->relay_networks[0].prefix, 8);
+	assert_int_equal(c->relay_networks[0].addr[0], 127);
+	assert_int_equal(c->relay_networks[1].family, AF_INET6);
+	assert_int_equal(c->relay_networks[1].prefix, 128);
+	assert_int_equal(c->relay_networks[1].addr[15], 1);
+	assert_int_equal(c->limits.max_message_size, 32u << 20);
+	assert_int_equal(c->limits.max_recipients, 1000);
+	assert_int_equal(c->limits.max_connections, 10000);
+	assert_int_equal(c->limits.max_connections_per_ip, 100);
+	assert_int_equal(c->limits.max_line_length, 2048);
+	assert_int_equal(c->limits.max_errors, 20);
+	assert_int_equal(c->limits.max_received_headers, 100);
+	assert_int_equal(c->limits.idle_timeout, 300);
+	assert_int_equal(c->limits.data_timeout, 180);
+	assert_int_equal(c->limits.shutdown_grace, 30);
+	assert_int_equal(c->n_listeners, 1);
+	assert_string_equal(c->listeners[0].name, "mx");
+	assert_string_equal(c->listeners[0].address, "127.0.0.1:2525");
+	assert_string_equal(c->listeners[0].profile, "mx");
+	/* delivery/routes/dns: not configurable yet, but never left zero */
+	assert_int_equal(c->delivery.remote_port, 25);
+	assert_int_equal(c->delivery.retry_base, 300);
+	assert_int_equal(c->delivery.retry_max, 3600);
+	assert_int_equal(c->delivery.max_lifetime, 5 * 86400);
+	assert_int_equal(c->delivery.delay_warning, 4 * 3600);
+	assert_int_equal(c->delivery.max_per_destination, 10);
+	assert_int_equal(c->delivery.connect_timeout, 30);
+	assert_int_equal(c->delivery.command_timeout, 300);
+	assert_int_equal(c->n_routes, 0);
+	assert_null(c->relayhost);
+	assert_null(conf_find_route(c, "example.com"));
+	assert_int_equal(c->dns.n_forward, 0);
+	assert_null(c->dns.trust_anchor_file);
+}
+
+static void test_empty_file_gets_every_default(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str("", err, sizeof(err));
+	assert_non_null(c);
+	check_defaults(c);
+	assert_string_equal(c->source, "t.conf");
+	conf_unref(c);
+}
+
+static void test_embedded_default_matches_defaults(void **state)
+{
+	char err[256];
+	struct tern_config *e = conf_load(NULL, err, sizeof(err));
+	assert_non_null(e);
+	check_defaults(e);
+	assert_string_equal(e->source, "(embedded default)");
+	struct tern_config *d = load_str("", err, sizeof(err));
+	char *pe = print_to_string(e), *pd = print_to_string(d);
+	assert_string_equal(pe, pd);
+	free(pe);
+	free(pd);
+	conf_unref(e);
+	conf_unref(d);
+}
+
+static void test_ref_counting(void **state)
+{
+	char err[256];
+	struct tern_config *c = conf_load(NULL, err, sizeof(err));
+	assert_ptr_equal(conf_ref(c), c);
+	conf_unref(c);
+	assert_string_equal(c->user, "nobody"); /* still alive: one reference left */
+	conf_unref(c);
+	conf_unref(NULL);
+	assert_null(conf_ref(NULL));
+}
+
+/* ---- keys and values ----------------------------------------------------- */
+
+static void test_full_config(void **state)
+{
+	static const char text[] =
+	    "hostname = mx.Example.test\n"
+	    "data_dir = /var/lib/tern/\n"
+	    "user tern\n"
+	    "log_level = debug\n"
+	    "workers = 4\n"
+	    "vrfy = no\n"
+	    "expn = yes\n"
+	    "local_domains = [ Example.TEST, \"other.test\", example.test ]\n"
+	    "aliases {\n"
+	    "  \"Postmaster@Example.test\" = [\"Alice@example.test\", bob@example.test]\n"
+	    "  \"x@y.test\" = \"single@example.test\"\n"
+	    "}\n"
+	    "relay { networks = [\"10.0.0.0/8\", \"2001:db8::/32\", 192.0.2.1] }\n"
+	    "limits {\n"
+	    "  max_message_size = 10m; max_recipients = 50; max_connections = 2000;\n"
+	    "  max_connections_per_ip = 5; max_line_length = 1k; max_errors = 3;\n"
+	    "  max_received_headers = 30; idle_timeout = 1min; data_timeout = 600;\n"
+	    "  shutdown_grace = 0\n"
+	    "}\n"
+	    "listen {\n"
+	    "  mx { address = \"0.0.0.0:25\"; profile = mx }\n"
+	    "  submission { address = \"[::1]:587\"; profile = submission }\n"
+	    "}\n";
+	char err[256];
+	struct tern_config *c = load_str(text, err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_string_equal(c->hostname, "mx.Example.test");
+	assert_string_equal(c->data_dir, "/var/lib/tern/");
+	assert_string_equal(c->users_file, "/var/lib/tern/users");
+	assert_string_equal(c->user, "tern");
+	assert_string_equal(c->log_level, "debug");
+	assert_int_equal(c->workers, 4);
+	assert_false(c->vrfy);
+	assert_true(c->expn);
+	assert_int_equal(c->n_local_domains, 2); /* lowercased, duplicate dropped */
+	assert_string_equal(c->local_domains[0], "example.test");
+	assert_string_equal(c->local_domains[1], "other.test");
+	assert_int_equal(c->n_aliases, 2);
+	assert_int_equal(c->n_relay_networks, 3);
+	assert_int_equal(c->relay_networks[2].prefix, 32);
+	assert_int_equal(c->limits.max_message_size, 10u << 20);
+	assert_int_equal(c->limits.max_recipients, 50);
+	assert_int_equal(c->limits.max_connections, 2000);
+	assert_int_equal(c->limits.max_connections_per_ip, 5);
+	assert_int_equal(c->limits.max_line_length, 1024);
+	assert_int_equal(c->limits.max_errors, 3);
+	assert_int_equal(c->limits.max_received_headers, 30);
+	assert_int_equal(c->limits.idle_timeout, 60);
+	assert_int_equal(c->limits.data_timeout, 600);
+	assert_int_equal(c->limits.shutdown_grace, 0);
+	assert_int_equal(c->n_listeners, 2);
+	assert_string_equal(c->listeners[0].name, "mx");
+	assert_string_equal(c->listeners[0].address, "0.0.0.0:25");
+	assert_string_equal(c->listeners[1].name, "submission");
+	assert_string_equal(c->listeners[1].address, "[::1]:587");
+	assert_string_equal(c->listeners[1].profile, "submission");
+	conf_unref(c);
+}
+
+static void test_explicit_empty_lists(void **state)
+{
+	char err[256];
+	struct tern_config *c =
+	    load_str("local_domains = []\nrelay { networks = [] }\naliases {}\n", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->n_local_domains, 0);
+	assert_int_equal(c->n_relay_networks, 0);
+	assert_int_equal(c->n_aliases, 0);
+	assert_false(conf_is_local_domain(c, "localhost", 9));
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+	assert_false(conf_in_relay_networks(c, &sin));
+	conf_unref(c);
+	/* relay {} without networks keeps the default; a single string is a list of one */
+	c = load_str("relay { }\nlocal_domains = solo.test", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->n_relay_networks, 2);
+	assert_int_equal(c->n_local_domains, 1);
+	assert_string_equal(c->local_domains[0], "solo.test");
+	conf_unref(c);
+}
+
+static const struct err_case conf_err_cases[] = {
+    {"foo = 1", "t.conf:1: unknown key 'foo'"},
+    {"\nlimits {\n  max_errors = 3\n  foo = 1\n}", "t.conf:4: unknown key 'foo' in section limits"},
+    {"relay { nets = [] }", "t.conf:1: unknown key 'nets' in section relay"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tls = yes } }",
+     "t.conf:1: unknown key 'tls' in section listen.mx"},
+    {"hostname = 5", "t.conf:1: hostname: expected a string, got the number 5"},
+    {"hostname = \"a b\"", "t.conf:1: hostname: 'a b' is not a valid host name"},
+    {"hostname = \"\"", "t.conf:1: hostname: must not be empty"},
+    {"data_dir = \"/srv/a\\nb\"", "t.conf:1: data_dir: control character in path"},
+    {"users_file = \"\"", "t.conf:1: users_file: must not be empty"},
+    {"data_dir = [x]", "t.conf:1: data_dir: expected a string, got a list"},
+    {"users_file = {}", "t.conf:1: users_file: expected a string, got a section"},
+    {"user = \"a:b\"", "t.conf:1: user: 'a:b' is not a valid user name"},
+    {"log_level = verbose",
+     "t.conf:1: log_level: must be debug, info, warn or error, not 'verbose'"},
+    {"workers = -1", "t.conf:1: workers: must not be negative"},
+    {"workers = 2000", "t.conf:1: workers: 2000 is above the maximum 1024"},
+    {"workers = 1.5", "t.conf:1: workers: expected a whole number, got the number 1.5"},
+    {"workers = 4k", "t.conf:1: workers: expected a whole number, got a size"},
+    {"vrfy = 1", "t.conf:1: vrfy: expected true or false, got the number 1"},
+    {"expn = \"yes\"", "t.conf:1: expn: expected true or false, got the string \"yes\""},
+    {"local_domains = 5", "t.conf:1: local_domains: expected a list of strings, got the number 5"},
+    {"local_domains = [a.test,\n 7]",
+     "t.conf:2: local_domains: expected a list of strings, got the number 7"},
+    {"local_domains = [\"bad domain\"]",
+     "t.conf:1: local_domains: 'bad domain' is not a valid domain name"},
+    {"local_domains = [\"a..b\"]", "t.conf:1: local_domains: 'a..b' is not a valid domain name"},
+    {"aliases = [1]", "t.conf:1: aliases: expected a section { ... }, got a list"},
+    {"aliases { postmaster = \"a@b.test\" }",
+     "t.conf:1: aliases: 'postmaster' is not an address (expected local@domain)"},
+    {"aliases {\n \"p@x.test\" = [\"alice\"] }",
+     "t.conf:2: aliases.\"p@x.test\": 'alice' is not an address (expected local@domain)"},
+    {"aliases { \"p@x.test\" = [] }", "t.conf:1: aliases.\"p@x.test\": needs at least one address"},
+    {"aliases { \"p@x.test\" = 3 }",
+     "t.conf:1: aliases.\"p@x.test\": expected a list of strings, got the number 3"},
+    {"relay = yes", "t.conf:1: relay: expected a section { ... }, got the boolean true"},
+    {"relay { networks = [\"10.0.0.0/33\"] }",
+     "t.conf:1: relay.networks: '10.0.0.0/33' is not a network (expected ADDRESS/PREFIX)"},
+    {"relay { networks = [\"example.com/8\"] }",
+     "t.conf:1: relay.networks: 'example.com/8' is not a network (expected ADDRESS/PREFIX)"},
+    {"relay { networks = [\"10.1.2.3/8\"] }",
+     "t.conf:1: relay.networks: '10.1.2.3/8' has bits set after the prefix (did you mean "
+     "10.0.0.0/8?)"},
+    {"relay { networks = [\"2001:db8::1/32\"] }",
+     "t.conf:1: relay.networks: '2001:db8::1/32' has bits set after the prefix (did you mean "
+     "2001:db8::/32?)"},
+    {"limits = 1", "t.conf:1: limits: expected a section { ... }, got the number 1"},
+    {"limits { max_message_size = 1h }",
+     "t.conf:1: limits.max_message_size: expected a size (bytes, or a number with k, m or g), "
+     "got a time"},
+    {"limits { max_message_size = 5g }",
+     "t.conf:1: limits.max_message_size: 5368709120 is above the maximum 4294967296"},
+    {"limits { max_message_size = 0 }",
+     "t.conf:1: limits.max_message_size: 0 is below the minimum 1"},
+    {"limits { max_message_size = \"32m\" }",
+     "t.conf:1: limits.max_message_size: expected a size (bytes, or a number with k, m or g), "
+     "got the string \"32m\""},
+    {"limits { max_line_length = 100 }",
+     "t.conf:1: limits.max_line_length: 100 is below the minimum 512"},
+    {"limits { max_recipients = 0 }", "t.conf:1: limits.max_recipients: 0 is below the minimum 1"},
+    {"limits { idle_timeout = 10m }",
+     "t.conf:1: limits.idle_timeout: expected a time (seconds, or a number with s, min, h, d "
+     "or w), got a size"},
+    {"limits { idle_timeout = 1500ms }",
+     "t.conf:1: limits.idle_timeout: must be a whole number of seconds"},
+    {"limits { data_timeout = 2d }",
+     "t.conf:1: limits.data_timeout: 172800 is above the maximum 86400"},
+    {"limits { max_errors = yes }",
+     "t.conf:1: limits.max_errors: expected a whole number, got the boolean true"},
+    {"listen = \"127.0.0.1:25\"",
+     "t.conf:1: listen: expected a section { ... }, got the string \"127.0.0.1:25\""},
+    {"listen { }", "t.conf:1: listen: at least one listener is needed"},
+    {"listen { mx = 1 }", "t.conf:1: listen.mx: expected a section { ... }, got the number 1"},
+    {"listen { \"a b\" { } }",
+     "t.conf:1: listen: 'a b' is not a valid listener name (letters, digits, '-', '_')"},
+    {"listen {\n mx {\n profile = mx\n }\n}", "t.conf:2: listen.mx: missing key 'address'"},
+    {"listen { mx { address = \"127.0.0.1:25\" } }", "t.conf:1: listen.mx: missing key 'profile'"},
+    {"listen { mx { address = \"localhost:25\"; profile = mx } }",
+     "t.conf:1: listen.mx.address: 'localhost:25' is not IP:PORT or [IPv6]:PORT with a port "
+     "from 1 to 65535"},
+    {"listen { mx { address = \"127.0.0.1:0\"; profile = mx } }",
+     "t.conf:1: listen.mx.address: '127.0.0.1:0' is not IP:PORT or [IPv6]:PORT with a port "
+     "from 1 to 65535"},
+    {"listen { mx { address = 25; profile = mx } }",
+     "t.conf:1: listen.mx.address: expected \"IP:PORT\" or \"[IPv6]:PORT\", got the number 25"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = relay } }",
+     "t.conf:1: listen.mx.profile: must be \"mx\" or \"submission\", not 'relay'"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = true } }",
+     "t.conf:1: listen.mx.profile: expected \"mx\" or \"submission\", got the boolean true"},
+    {"listen {\n a { address = \"127.0.0.1:25\"; profile = mx }\n b { address = 127.0.0.1:25; "
+     "profile = mx }\n}",
+     "t.conf:3: listen.b.address: 127.0.0.1:25 is already used by listener 'a'"},
+    /* the parser's own errors come through conf_load_string unchanged */
+    {"limits {\n max_errors = 3\n", "t.conf:1: missing '}' for the section opened here"},
+    /* an unknown key with control bytes is shown safely */
+    {"\"a\\nb\" = 1", "t.conf:1: unknown key 'a?b'"},
+};
+
+static void test_conf_errors(void **state)
+{
+	for (size_t i = 0; i < N(conf_err_cases); i++) {
+		const struct err_case *tc = &conf_err_cases[i];
+		char err[256];
+		struct tern_config *c = load_str(tc->text, err, sizeof(err));
+		if (c) {
+			conf_unref(c);
+			fail_msg("case %zu '%s' loaded", i, tc->text);
+		}
+		if (strcmp(err, tc->err) != 0)
+			fail_msg("case %zu '%s':\n got  %s\n want %s", i, tc->text, err, tc->err);
+	}
+}
+
+/* ---- CIDR and addresses -------------------------------------------------- */
+
+static void make_sa(const char *ip, struct sockaddr_storage *ss)
+{
+	memset(ss, 0, sizeof(*ss));
+	struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, ip, &s4->sin_addr) == 1) {
+		s4->sin_family = AF_INET;
+	} else {
+		assert_int_equal(inet_pton(AF_INET6, ip, &s6->sin6_addr), 1);
+		s6->sin6_family = AF_INET6;
+	}
+}
+
+static void test_cidr_match(void **state)
+{
+	static const struct {
+		const char *net, *ip;
+		bool match;
+	} cases[] = {
+	    {"127.0.0.0/8", "127.0.0.1", true},
+	    {"127.0.0.0/8", "127.255.255.255", true},
+	    {"127.0.0.0/8", "128.0.0.1", false},
+	    {"10.1.0.0/16", "10.1.200.3", true},
+	    {"10.1.0.0/16", "10.2.0.3", false},
+	    {"192.168.1.128/25", "192.168.1.200", true},
+	    {"192.168.1.128/25", "192.168.1.127", false},
+	    {"192.0.2.7", "192.0.2.7", true},
+	    {"192.0.2.7/32", "192.0.2.8", false},
+	    {"0.0.0.0/0", "203.0.113.9", true},
+	    {"0.0.0.0/0", "::1", false},
+	    {"::1/128", "::1", true},
+	    {"::1/128", "::2", false},
+	    {"::1/128", "127.0.0.1", false},
+	    {"2001:db8::/32", "2001:db8:ffff::1", true},
+	    {"2001:db8::/32", "2001:db9::1", false},
+	    {"2001:db8:0:80::/57", "2001:db8:0:ff::1", true},
+	    {"2001:db8:0:80::/57", "2001:db8:0:7f::1", false},
+	    {"::/0", "2001:db8::1", true},
+	    {"::/0", "10.0.0.1", false},
+	    /* a v4-mapped client address is an IPv4 client */
+	    {"127.0.0.0/8", "::ffff:127.0.0.1", true},
+	    {"10.0.0.0/8", "::ffff:11.0.0.1", false},
+	    {"0.0.0.0/0", "::ffff:1.2.3.4", true},
+	    {"::/0", "::ffff:1.2.3.4", false},
+	    /* a network written v4-mapped is an IPv4 network */
+	    {"::ffff:10.0.0.0/104", "10.9.9.9", true},
+	    {"::ffff:10.0.0.0/104", "::ffff:10.9.9.9", true},
+	    {"::ffff:10.0.0.0/104", "11.9.9.9", false},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		struct conf_cidr net;
+		struct sockaddr_storage ss;
+		if (!conf_cidr_parse(cases[i].net, &net))
+			fail_msg("case %zu: %s did not parse", i, cases[i].net);
+		make_sa(cases[i].ip, &ss);
+		if (conf_cidr_match(&net, &ss) != cases[i].match)
+			fail_msg("case %zu: %s in %s should be %d", i, cases[i].ip, cases[i].net,
+			         cases[i].match);
+	}
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	ss.ss_family = AF_UNIX;
+	struct conf_cidr all;
+	assert_true(conf_cidr_parse("0.0.0.0/0", &all));
+	assert_false(conf_cidr_match(&all, &ss));
+	assert_false(conf_cidr_match(NULL, &ss));
+}
+
+static void test_cidr_parse(void **state)
+{
+	static const struct {
+		const char *s;
+		bool ok;
+		int family;
+		unsigned prefix;
+	} cases[] = {
+	    {"10.0.0.0/8", true, AF_INET, 8},
+	    {"10.0.0.1", true, AF_INET, 32},
+	    {"0.0.0.0/0", true, AF_INET, 0},
+	    {"::1/128", true, AF_INET6, 128},
+	    {"::", true, AF_INET6, 128},
+	    {"fe80::/10", true, AF_INET6, 10},
+	    {"10.0.0.0/33", false, 0, 0},
+	    {"::/129", false, 0, 0},
+	    {"10.0.0.0/", false, 0, 0},
+	    {"10.0.0.0/-1", false, 0, 0},
+	    {"10.0.0.0/+8", false, 0, 0},
+	    {"10.0.0.0/0008", false, 0, 0},
+	    {"10.0.0.0/8x", false, 0, 0},
+	    {"10.0.0.1/8", false, 0, 0}, /* host bits set */
+	    {"10.0.0/8", false, 0, 0},
+	    {"010.0.0.0/8", false, 0, 0},
+	    {"/8", false, 0, 0},
+	    {"", false, 0, 0},
+	    {"localhost", false, 0, 0},
+	    {"fe80::1%eth0/64", false, 0, 0},
+	    {"1:2:3:4:5:6:7:8:9/64", false, 0, 0},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		struct conf_cidr c;
+		bool ok = conf_cidr_parse(cases[i].s, &c);
+		if (ok != cases[i].ok)
+			fail_msg("case %zu: '%s' parse %d, want %d", i, cases[i].s, ok,
+			         cases[i].ok);
+		if (ok) {
+			assert_int_equal(c.family, cases[i].family);
+			assert_int_equal(c.prefix, cases[i].prefix);
+		}
+	}
+	assert_false(conf_cidr_parse(NULL, NULL));
+}
+
+static void test_parse_address(void **state)
+{
+	static const struct {
+		const char *s;
+		bool ok;
+		int family;
+		unsigned port;
+	} cases[] = {
+	    {"127.0.0.1:2525", true, AF_INET, 2525},
+	    {"0.0.0.0:25", true, AF_INET, 25},
+	    {"[::1]:2525", true, AF_INET6, 2525},
+	    {"[::]:587", true, AF_INET6, 587},
+	    {"[::ffff:127.0.0.1]:1", true, AF_INET6, 1},
+	    {"127.0.0.1:65535", true, AF_INET, 65535},
+	    {"127.0.0.1", false, 0, 0},
+	    {"127.0.0.1:", false, 0, 0},
+	    {"127.0.0.1:0", false, 0, 0},
+	    {"127.0.0.1:65536", false, 0, 0},
+	    {"127.0.0.1:99999", false, 0, 0},
+	    {"127.0.0.1:-1", false, 0, 0},
+	    {"127.0.0.1:+25", false, 0, 0},
+	    {"127.0.0.1:25x", false, 0, 0},
+	    {"127.0.0.1:000025", false, 0, 0},
+	    {"localhost:25", false, 0, 0},
+	    {"mx.example.test:25", false, 0, 0},
+	    {"::1:25", false, 0, 0},
+	    {"[::1]", false, 0, 0},
+	    {"[::1]25", false, 0, 0},
+	    {"[127.0.0.1]:25", false, 0, 0},
+	    {"[::1:25", false, 0, 0},
+	    {":25", false, 0, 0},
+	    {"[]:25", false, 0, 0},
+	    {"", false, 0, 0},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		struct sockaddr_storage ss;
+		unsigned len = 0;
+		bool ok = conf_parse_address(cases[i].s, &ss, &len);
+		if (ok != cases[i].ok)
+			fail_msg("case %zu: '%s' parse %d, want %d", i, cases[i].s, ok,
+			         cases[i].ok);
+		if (!ok)
+			continue;
+		assert_int_equal(ss.ss_family, cases[i].family);
+		if (cases[i].family == AF_INET) {
+			assert_int_equal(len, sizeof(struct sockaddr_in));
+			assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port),
+			                 cases[i].port);
+		} else {
+			assert_int_equal(len, sizeof(struct sockaddr_in6));
+			assert_int_equal(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port),
+			                 cases[i].port);
+		}
+	}
+	assert_false(conf_parse_address(NULL, NULL, NULL));
+	assert_true(conf_parse_address("127.0.0.1:25", NULL, NULL));
+}
+
+static void test_relay_networks(void **state)
+{
+	char err[256];
+	struct tern_config *c = conf_load(NULL, err, sizeof(err));
+	static const struct {
+		const char *ip;
+		bool trusted;
+	} cases[] = {
+	    {"127.0.0.1", true},        {"127.9.8.7", true},  {"::1", true},
+	    {"::ffff:127.0.0.1", true}, {"192.0.2.1", false}, {"::2", false},
+	    {"2001:db8::1", false},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		struct sockaddr_storage ss;
+		make_sa(cases[i].ip, &ss);
+		if (conf_in_relay_networks(c, &ss) != cases[i].trusted)
+			fail_msg("%s trusted should be %d", cases[i].ip, cases[i].trusted);
+	}
+	conf_unref(c);
+}
+
+/* ---- domains and aliases ------------------------------------------------- */
+
+static void test_local_domains(void **state)
+{
+	char err[256];
+	struct tern_config *c =
+	    load_str("local_domains = [example.test, Mail.Example.Test]", err, sizeof(err));
+	assert_non_null(c);
+	static const struct {
+		const char *d;
+		size_t len;
+		bool local;
+	} cases[] = {
+	    {"example.test", 12, true},
+	    {"EXAMPLE.TEST", 12, true},
+	    {"mail.example.test", 17, true},
+	    {"example.testXYZ", 12, true}, /* not NUL-terminated: only len counts */
+	    {"example.tes", 11, false},
+	    {"sub.example.test", 16, false},
+	    {"localhost", 9, false},
+	    {"", 0, false},
+	    {"example.test\0", 13, false},
+	};
+	for (size_t i = 0; i < N(cases); i++)
+		if (conf_is_local_domain(c, cases[i].d, cases[i].len) != cases[i].local)
+			fail_msg("case %zu: %.*s", i, (int)cases[i].len, cases[i].d);
+	conf_unref(c);
+}
+
+static void test_alias_lookup(void **state)
+{
+	static const char text[] = "aliases {\n"
+	                           "  \"Postmaster@Example.TEST\" = [\"Alice@Example.test\", "
+	                           "\"bob@example.test\", \"alice@example.test\"];\n"
+	                           "  \"abuse@example.test\" = \"carol@example.test\";\n"
+	                           "  \"zed@example.test\" = \"old@example.test\";\n"
+	                           "  \"ZED@example.test\" = \"new@example.test\";\n"
+	                           "}\n";
+	char err[256];
+	struct tern_config *c = load_str(text, err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->n_aliases, 3);
+	const struct conf_alias *a = conf_find_alias(c, "postmaster@example.test");
+	assert_non_null(a);
+	assert_string_equal(a->from, "postmaster@example.test");
+	assert_int_equal(a->n_to, 2); /* lowercased, and the repeat dropped */
+	assert_string_equal(a->to[0], "alice@example.test");
+	assert_string_equal(a->to[1], "bob@example.test");
+	a = conf_find_alias(c, "abuse@example.test");
+	assert_non_null(a);
+	assert_int_equal(a->n_to, 1);
+	assert_string_equal(a->to[0], "carol@example.test");
+	/* equal after lowercasing: the later one wins */
+	a = conf_find_alias(c, "zed@example.test");
+	assert_non_null(a);
+	assert_string_equal(a->to[0], "new@example.test");
+	assert_null(conf_find_alias(c, "Postmaster@example.test")); /* callers lowercase */
+	assert_null(conf_find_alias(c, "nobody@example.test"));
+	assert_null(conf_find_alias(c, NULL));
+	conf_unref(c);
+
+	/* many aliases: the sorted lookup finds each */
+	char big[200000];
+	size_t o = (size_t)snprintf(big, sizeof(big), "aliases {\n");
+	for (int i = 0; i < 3000; i++)
+		o += (size_t)snprintf(big + o, sizeof(big) - o, "\"u%d@x.test\" = \"t%d@y.test\"\n",
+		                      (i * 7919) % 3000, i);
+	o += (size_t)snprintf(big + o, sizeof(big) - o, "}\n");
+	c = conf_load_string(big, o, "big", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->n_aliases, 3000);
+	for (int i = 0; i < 3000; i++) {
+		char k[32], t[32];
+		snprintf(k, sizeof(k), "u%d@x.test", (i * 7919) % 3000);
+		snprintf(t, sizeof(t), "t%d@y.test", i);
+		a = conf_find_alias(c, k);
+		assert_non_null(a);
+		assert_string_equal(a->to[0], t);
+	}
+	conf_unref(c);
+}
+
+/* ---- includes (files in a temporary directory) --------------------------- */
+
+struct tmpdir {
+	char path[64];
+	char files[8][128];
+	int n;
+};
+
+static const char *write_file(struct tmpdir *t, const char *rel, const char *content)
+{
+	assert_true(t->n < 8);
+	char *p = t->files[t->n++], dir[64];
+	tern_strlcpy(dir, t->path, sizeof(dir));
+	snprintf(p, 128, "%s/%s", dir, rel);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fputs(content, f);
+	fclose(f);
+	return p;
+}
+
+static void tmpdir_make(struct tmpdir *t)
+{
+	memset(t, 0, sizeof(*t));
+	tern_strlcpy(t->path, "/tmp/tern-test-conf-XXXXXX", sizeof(t->path));
+	assert_non_null(mkdtemp(t->path));
+	char sub[96];
+	snprintf(sub, sizeof(sub), "%s/conf.d", t->path);
+	assert_int_equal(mkdir(sub, 0700), 0);
+}
+
+static void tmpdir_remove(struct tmpdir *t)
+{
+	for (int i = 0; i < t->n; i++)
+		unlink(t->files[i]);
+	char sub[96];
+	snprintf(sub, sizeof(sub), "%s/conf.d", t->path);
+	rmdir(sub);
+	rmdir(t->path);
+}
+
+static void test_include_files(void **state)
+{
+	struct tmpdir t;
+	tmpdir_make(&t);
+	write_file(&t, "conf.d/limits.conf",
+	           "limits { max_errors = 7 }\n"
+	           ".include \"more.conf\"  # relative to conf.d/\n");
+	write_file(&t, "conf.d/more.conf", "limits { max_recipients = 9 }\nworkers = 3\n");
+	const char *inner = write_file(&t, "conf.d/inner.conf", "max_received_headers = 42\n");
+	char text[512];
+	snprintf(text, sizeof(text),
+	         "workers = 1\n"
+	         ".include \"conf.d/limits.conf\";\n"
+	         "limits { idle_timeout = 2min\n"
+	         "  .include \"%s\" # absolute, and inside a section\n"
+	         "}\n"
+	         "local_domains = [a.test]\n",
+	         inner);
+	const char *main_conf = write_file(&t, "tern.conf", text);
+	char err[512];
+	struct tern_config *c = conf_load(main_conf, err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->limits.max_errors, 7);
+	assert_int_equal(c->limits.max_recipients, 9);
+	assert_int_equal(c->limits.idle_timeout, 120);
+	assert_int_equal(c->limits.max_received_headers, 42);
+	assert_int_equal(c->workers, 3); /* the include came after workers = 1 */
+	assert_string_equal(c->source, main_conf);
+	conf_unref(c);
+	tmpdir_remove(&t);
+}
+
+static void test_include_errors(void **state)
+{
+	struct tmpdir t;
+	tmpdir_make(&t);
+	const char *bad = write_file(&t, "conf.d/bad.conf", "\n\nlimits { max_errors = lots }\n");
+	const char *syn = write_file(&t, "conf.d/syn.conf", "a = \"open\n");
+	const char *loop = write_file(&t, "loop.conf", "workers = 1\n.include \"loop.conf\"\n");
+	const char *main1 = write_file(&t, "m1.conf", "\n.include \"conf.d/bad.conf\"\n");
+	const char *main2 = write_file(&t, "m2.conf", ".include \"conf.d/syn.conf\"\n");
+	const char *main3 = write_file(&t, "m3.conf", "\n\n.include \"nope.conf\"\n");
+	const char *main4 = write_file(&t, "m4.conf", ".include 5\n");
+	char err[512], want[512];
+
+	/* an error inside an included file names that file and its line */
+	assert_null(conf_load(main1, err, sizeof(err)));
+	snprintf(want, sizeof(want),
+	         "%s:3: limits.max_errors: expected a whole number, got the string \"lots\"", bad);
+	assert_string_equal(err, want);
+	assert_null(conf_load(main2, err, sizeof(err)));
+	snprintf(want, sizeof(want), "%s:1: unterminated string (a string must end on its line)",
+	         syn);
+	assert_string_equal(err, want);
+	assert_null(conf_load(main3, err, sizeof(err)));
+	snprintf(want, sizeof(want),
+	         "%s:3: cannot read included file '%s/nope.conf': No such file or directory", main3,
+	         t.path);
+	assert_string_equal(err, want);
+	assert_null(conf_load(loop, err, sizeof(err)));
+	snprintf(want, sizeof(want), "%s:2: includes nested too deeply (limit 8)", loop);
+	assert_string_equal(err, want);
+	assert_null(conf_load(main4, err, sizeof(err)));
+	snprintf(want, sizeof(want), "%s:1: .include needs a file name", main4);
+	assert_string_equal(err, want);
+	/* the main file itself */
+	snprintf(want, sizeof(want), "%s/none.conf", t.path);
+	assert_null(conf_load(want, err, sizeof(err)));
+	assert_non_null(strstr(err, "none.conf: cannot read: No such file or directory"));
+	assert_null(conf_load(t.path, err, sizeof(err)));
+	assert_non_null(strstr(err, ": cannot read: not a regular file"));
+	tmpdir_remove(&t);
+}
+
+/* ---- print and reload ---------------------------------------------------- */
+
+static void test_print_reload_round_trip(void **state)
+{
+	static const char *const configs[] = {
+	    "",
+	    "hostname = h.test; data_dir = \"/srv/mail data\"; users_file = '/etc/tern/u\"q';\n"
+	    "user = \"_tern\"; log_level = error; workers = 16; vrfy = off; expn = on;\n"
+	    "local_domains = [a.test, b.test]\n"
+	    "aliases { \"x@a.test\" = [\"y@b.test\", \"z@b.test\"]; \"q@a.test\" = \"r@a.test\" }\n"
+	    "relay { networks = [\"192.0.2.0/24\", \"2001:db8::/48\", \"::ffff:10.0.0.0/104\"] }\n"
+	    "limits { max_message_size = 12345; max_line_length = 1000; idle_timeout = 1d;\n"
+	    "  shutdown_grace = 0; max_errors = 1 }\n"
+	    "listen { b { address = \"[::]:25\"; profile = submission }\n"
+	    "  a { address = \"[0:0::1]:26\"; profile = mx } }\n",
+	    "local_domains = []\nrelay { networks = [] }\nlimits { max_message_size = 3g }",
+	    "limits { max_message_size = 1025k }",
+	};
+	for (size_t i = 0; i < N(configs); i++) {
+		char err[256];
+		struct tern_config *c1 = load_str(configs[i], err, sizeof(err));
+		if (!c1)
+			fail_msg("case %zu: %s", i, err);
+		char *p1 = print_to_string(c1);
+		struct tern_config *c2 =
+		    conf_load_string(p1, strlen(p1), "printed", err, sizeof(err));
+		if (!c2)
+			fail_msg("case %zu: printed config does not load: %s\n%s", i, err, p1);
+		char *p2 = print_to_string(c2);
+		assert_string_equal(p1, p2);
+		free(p1);
+		free(p2);
+		conf_unref(c1);
+		conf_unref(c2);
+	}
+}
+
+static void test_print_shows_values(void **state)
+{
+	char err[256];
+	struct tern_config *c =
+	    load_str("listen { sub { address = \"[0:0::1]:587\"; profile = submission } }\n"
+	             "data_dir = \"a\\\"b\\\\c d\"\nlimits { max_message_size = 1536 }",
+	             err, sizeof(err));
+	assert_non_null(c);
+	char *p = print_to_string(c);
+	assert_non_null(strstr(p, "data_dir = \"a\\\"b\\\\c d\";\n"));
+	assert_non_null(strstr(p, "users_file = \"a\\\"b\\\\c d/users\";\n"));
+	assert_non_null(strstr(p, "\t\taddress = \"[::1]:587\";\n")); /* canonical form */
+	assert_non_null(strstr(p, "\tmax_message_size = 1536;\n"));
+	assert_non_null(strstr(p, "\tmax_line_length = 2048;\n"));
+	assert_non_null(strstr(p, "\tidle_timeout = 300s;\n"));
+	assert_non_null(strstr(p, "networks = [\"127.0.0.0/8\", \"::1/128\"];"));
+	free(p);
+	conf_unref(c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_ucl_scalars),
+	    cmocka_unit_test(test_ucl_arrays_and_order),
+	    cmocka_unit_test(test_ucl_many_keys),
+	    cmocka_unit_test(test_ucl_errors),
+	    cmocka_unit_test(test_ucl_respects_length),
+	    cmocka_unit_test(test_ucl_depth_limit),
+	    cmocka_unit_test(test_empty_file_gets_every_default),
+	    cmocka_unit_test(test_embedded_default_matches_defaults),
+	    cmocka_unit_test(test_ref_counting),
+	    cmocka_unit_test(test_full_config),
+	    cmocka_unit_test(test_explicit_empty_lists),
+	    cmocka_unit_test(test_conf_errors),
+	    cmocka_unit_test(test_cidr_match),
+	    cmocka_unit_test(test_cidr_parse),
+	    cmocka_unit_test(test_parse_address),
+	    cmocka_unit_test(test_relay_networks),
+	    cmocka_unit_test(test_local_domains),
+	    cmocka_unit_test(test_alias_lookup),
+	    cmocka_unit_test(test_include_files),
+	    cmocka_unit_test(test_include_errors),
+	    cmocka_unit_test(test_print_reload_round_trip),
+	    cmocka_unit_test(test_print_shows_values),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
