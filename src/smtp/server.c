@@ -948,6 +948,11 @@ static void process_input(struct session *s)
 	/* A BDAT 0 LAST needs no bytes: finish it even with an empty buffer. */
 	if (s->state == S_BDAT && s->tx && s->tx->bdat_remaining == 0)
 		read_bdat(s, in);
+	/* Shutting down: a session back between transactions is closed now. */
+	if (s->shutting_down && s->state == S_CMD && !s->tx) {
+		reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
+		session_close_after_flush(s, "shutdown");
+	}
 }
 
 static void on_read(struct bufferevent *bev, void *arg)

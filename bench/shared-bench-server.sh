@@ -1,0 +1,26 @@
+#!/bin/sh
+# Runs tern under ../shared/bench's --server contract: listen on
+# $BENCH_LISTEN:$BENCH_PORT, accept mail for any recipient from loopback,
+# spool it durably in $BENCH_SPOOL and relay everything to $BENCH_SINK.
+#
+#   cd ../shared/bench && sudo ./run sink postfix opensmtpd exim \
+#       --server tern="exec $PWD/../../main/bench/shared-bench-server.sh" --port 20040
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+tern=${TERN_BIN:-$here/../build/tern}
+conf=$BENCH_SPOOL/tern.conf
+mkdir -p "$BENCH_SPOOL"
+chmod 0755 "$BENCH_SPOOL"
+cat >"$conf" <<CONF
+hostname = "tern.bench.test";
+data_dir = "$BENCH_SPOOL/data";
+user = "nobody";
+log_level = "warn";
+local_domains = ["localhost"];
+relay { networks = ["127.0.0.0/8"]; }
+relayhost { via = "smtp://$BENCH_SINK_HOST:$BENCH_SINK_PORT"; tls = "none"; }
+delivery { max_per_destination = 50; }
+limits { max_connections = 20000; max_connections_per_ip = 20000; }
+listen { mx { address = "$BENCH_LISTEN:$BENCH_PORT"; profile = "mx"; } }
+CONF
+exec "$tern" serve -c "$conf"
