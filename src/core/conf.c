@@ -35,6 +35,8 @@
 #define MAX_ALIAS_TARGETS 1000
 #define MAX_NETWORKS 1000
 #define MAX_LISTENERS 64
+#define MAX_ROUTES 10000
+#define MAX_FORWARDERS 16
 
 /*
  * The configuration tern runs with when no file is given; `tern
@@ -69,6 +71,21 @@ static const char default_text[] =
     "}\n"
     "listen {\n"
     "\tmx { address = \"127.0.0.1:2525\"; profile = \"mx\"; }\n"
+    "}\n"
+    "routes { }\n"
+    "# no relayhost: mail for other domains goes to their MX hosts\n"
+    "delivery {\n"
+    "\tremote_port = 25;\n"
+    "\tretry_base = 5min;\n"
+    "\tretry_max = 1h;\n"
+    "\tmax_lifetime = 5d;\n"
+    "\tdelay_warning = 4h;\n"
+    "\tmax_per_destination = 10;\n"
+    "\tconnect_timeout = 30s;\n"
+    "\tcommand_timeout = 5min;\n"
+    "}\n"
+    "dns {\n"
+    "\tforward = [];               # empty: the servers in /etc/resolv.conf\n"
     "}\n";
 
 static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
@@ -86,12 +103,6 @@ static const struct conf_limits default_limits = {
     .shutdown_grace = 30,
 };
 
-/*
- * The delivery, routes and dns parts of struct tern_config were added to
- * conf.h after this file's keys were specified: their keys are not read yet
- * (and so are refused as unknown), but their defaults are filled in so that
- * every field a reader sees is valid.
- */
 static const struct conf_delivery default_delivery = {
     .remote_port = 25,
     .retry_base = 300,
@@ -887,14 +898,7 @@ static int parse_listen(struct ctx *x, struct tern_config *c, const struct ucl_n
 	return TERN_OK;
 }
 
-/* ---- building ------------------------------------------------------------ */
-
-static void free_aliases(struct conf_alias *v, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		alias_free_one(&v[i]);
-	free(v);
-}
+/* ---- routes and relayhost ------------------------------------------------ */
 
 static void route_free(struct conf_route *r)
 {
@@ -902,6 +906,427 @@ static void route_free(struct conf_route *r)
 	free(r->host);
 	free(r->auth_user);
 	free(r->auth_password_file);
+}
+
+static const char *const tls_names[] = {"none", "opportunistic", "require"};
+
+/* A host name as DNS knows it. A last label of digits only is not a name
+ * (no TLD is numeric), so "10.0.0.256" is refused rather than looked up. */
+static bool valid_host_name(const char *s)
+{
+	if (!valid_domain(s))
+		return false;
+	const char *last = strrchr(s, '.');
+	last = last ? last + 1 : s;
+	return strspn(last, "0123456789") != strlen(last);
+}
+
+/*
+ * via = "smtp://HOST[:PORT]" or "smtps://HOST[:PORT]", HOST a name, an IPv4
+ * address or an [IPv6] address. Fills host (canonical: names lowercased, IP
+ * addresses as inet_ntop writes them, IPv6 without brackets), port and
+ * implicit_tls. Nothing else may be in it: a user name would put a secret
+ * in a file that is printed and logged, and a path means the writer
+ * expected something tern does not do.
+ */
+static int parse_via(struct ctx *x, const struct ucl_node *n, const char *path,
+                     struct conf_route *r)
+{
+	char b[80], host[256];
+	if (n->type != UCL_STRING)
+		return want(x, n, path, "\"smtp://HOST:PORT\" or \"smtps://HOST:PORT\"");
+	const char *s = n->str, *p;
+	show(s, b, sizeof(b));
+	if (strncasecmp(s, "smtp://", 7) == 0) {
+		p = s + 7;
+		r->implicit_tls = false;
+		r->port = 25;
+	} else if (strncasecmp(s, "smtps://", 8) == 0) {
+		p = s + 8;
+		r->implicit_tls = true;
+		r->port = 465;
+	} else {
+		return cerr(x, n, "%s: '%s' must start with smtp:// or smtps://", path, b);
+	}
+	size_t alen = strcspn(p, "/?#");
+	const char *at = memchr(p, '@', alen);
+	if (at)
+		return cerr(x, n,
+		            "%s: '%s' must not contain a user name; use auth_user and "
+		            "auth_password_file",
+		            path, b);
+	if (p[alen] != '\0')
+		return cerr(x, n,
+		            "%s: '%s' must not have a path, query or fragment after HOST:PORT",
+		            path, b);
+	const char *hs = p, *port = NULL;
+	size_t hl;
+	bool bracketed = false;
+	if (*p == '[') {
+		const char *close = memchr(p, ']', alen);
+		if (!close)
+			return cerr(x, n, "%s: '%s' has a '[' without a ']'", path, b);
+		hs = p + 1;
+		hl = (size_t)(close - hs);
+		bracketed = true;
+		if (close[1] == ':')
+			port = close + 2;
+		else if (close[1] != '\0')
+			return cerr(x, n, "%s: '%s' has text after the ']' that is not :PORT", path,
+			            b);
+	} else {
+		const char *colon = memchr(p, ':', alen);
+		if (colon && memchr(colon + 1, ':', alen - (size_t)(colon + 1 - p)))
+			return cerr(x, n,
+			            "%s: '%s': an IPv6 address must be in brackets, as in "
+			            "smtp://[2001:db8::1]:25",
+			            path, b);
+		hl = colon ? (size_t)(colon - p) : alen;
+		if (colon)
+			port = colon + 1;
+	}
+	if (hl == 0)
+		return cerr(x, n, "%s: '%s' has no host", path, b);
+	if (hl >= sizeof(host))
+		return cerr(x, n, "%s: '%s' has a host longer than 253 bytes", path, b);
+	memcpy(host, hs, hl);
+	host[hl] = '\0';
+	unsigned char ip[16];
+	if (bracketed) {
+		if (inet_pton(AF_INET6, host, ip) != 1)
+			return cerr(x, n, "%s: '%s' has a bad IPv6 address in brackets", path, b);
+		inet_ntop(AF_INET6, ip, host, sizeof(host));
+	} else if (inet_pton(AF_INET, host, ip) == 1) {
+		inet_ntop(AF_INET, ip, host, sizeof(host));
+	} else if (valid_host_name(host)) {
+		tern_ascii_lower(host);
+	} else {
+		return cerr(x, n,
+		            "%s: '%s' has a bad host (expected a host name, an IPv4 address or an "
+		            "[IPv6] address)",
+		            path, b);
+	}
+	if (port) {
+		size_t pl = strlen(port);
+		unsigned long v = 0;
+		if (pl >= 1 && pl <= 5 && strspn(port, "0123456789") == pl)
+			v = strtoul(port, NULL, 10);
+		if (v == 0 || v > 65535)
+			return cerr(x, n, "%s: '%s' has a bad port (expected 1 to 65535)", path, b);
+		r->port = (uint16_t)v;
+	}
+	char *h = tern_strdup(host);
+	if (!h)
+		return nomem(x);
+	free(r->host);
+	r->host = h;
+	return TERN_OK;
+}
+
+static int get_tls(struct ctx *x, const struct ucl_node *n, const char *path, enum conf_tls *out)
+{
+	char b[80];
+	if (n->type != UCL_STRING)
+		return want(x, n, path, "\"none\", \"opportunistic\" or \"require\"");
+	for (size_t i = 0; i < 3; i++)
+		if (strcmp(n->str, tls_names[i]) == 0) {
+			*out = (enum conf_tls)i;
+			return TERN_OK;
+		}
+	return cerr(x, n, "%s: must be \"none\", \"opportunistic\" or \"require\", not '%s'", path,
+	            show(n->str, b, sizeof(b)));
+}
+
+/*
+ * The body of routes."DOMAIN" or relayhost (name is that path). r is filled
+ * in; on failure it may hold some copies, which the caller frees.
+ */
+static int parse_route_body(struct ctx *x, const struct ucl_node *m, const char *name,
+                            struct conf_route *r)
+{
+	int rc = want_section(x, m, name);
+	if (rc != TERN_OK)
+		return rc;
+	const struct ucl_node *via = NULL, *user = NULL, *pwfile = NULL, *tls = NULL;
+	for (size_t i = 0; i < m->n_items; i++) {
+		const struct ucl_node *k = m->items[i];
+		if (strcmp(k->key, "via") == 0)
+			via = k;
+		else if (strcmp(k->key, "auth_user") == 0)
+			user = k;
+		else if (strcmp(k->key, "auth_password_file") == 0)
+			pwfile = k;
+		else if (strcmp(k->key, "tls") == 0)
+			tls = k;
+		else
+			return unknown_key(x, k, name);
+	}
+	if (!via)
+		return cerr(x, m, "%s: missing key 'via'", name);
+	/* both or neither: a user without a password (or the reverse) is a
+	 * half-finished edit, and sending mail unauthenticated would hide it */
+	if (user && !pwfile)
+		return cerr(x, m, "%s: missing key 'auth_password_file' (auth_user needs it)",
+		            name);
+	if (pwfile && !user)
+		return cerr(x, m, "%s: missing key 'auth_user' (auth_password_file needs it)",
+		            name);
+	char sub[160];
+	snprintf(sub, sizeof(sub), "%s.via", name);
+	if ((rc = parse_via(x, via, sub, r)) != TERN_OK)
+		return rc;
+	r->tls = r->implicit_tls ? CONF_TLS_REQUIRE : CONF_TLS_OPPORTUNISTIC;
+	if (tls) {
+		snprintf(sub, sizeof(sub), "%s.tls", name);
+		if ((rc = get_tls(x, tls, sub, &r->tls)) != TERN_OK)
+			return rc;
+		if (r->implicit_tls && r->tls == CONF_TLS_NONE)
+			return cerr(
+			    x, tls,
+			    "%s: \"none\" contradicts smtps:// in via, which is TLS from the "
+			    "first byte; use smtp:// for a connection without TLS",
+			    sub);
+	}
+	if (user) {
+		snprintf(sub, sizeof(sub), "%s.auth_user", name);
+		if ((rc = get_str(x, user, sub, &r->auth_user)) != TERN_OK)
+			return rc;
+		if (strlen(r->auth_user) > 255)
+			return cerr(x, user, "%s: longer than 255 bytes", sub);
+		for (const char *p = r->auth_user; *p; p++)
+			if ((unsigned char)*p < 0x20 || *p == 0x7f)
+				return cerr(x, user, "%s: control character in user name", sub);
+		snprintf(sub, sizeof(sub), "%s.auth_password_file", name);
+		/* only the path: the file is read when a connection needs it, so
+		 * a changed password needs no reload and the secret never sits in
+		 * the shared config */
+		if ((rc = get_path(x, pwfile, sub, &r->auth_password_file)) != TERN_OK)
+			return rc;
+	}
+	return TERN_OK;
+}
+
+static int parse_routes(struct ctx *x, struct tern_config *c, const struct ucl_node *sec)
+{
+	int rc = want_section(x, sec, "routes");
+	if (rc != TERN_OK)
+		return rc;
+	if (sec->n_items > MAX_ROUTES)
+		return cerr(x, sec, "routes: more than %d entries", MAX_ROUTES);
+	for (size_t i = 0; i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char b[80], name[112];
+		show(m->key, b, sizeof(b));
+		if (!valid_domain(m->key))
+			return cerr(x, m, "routes: '%s' is not a valid domain name%s", b,
+			            (m->key[0] == '.' || m->key[0] == '*')
+			                ? " (a route is for one exact domain; give each subdomain "
+			                  "its own)"
+			                : "");
+		for (size_t j = 0; j < c->n_routes; j++)
+			if (tern_ascii_ieq(c->routes[j].domain, m->key))
+				return cerr(x, m,
+				            "routes: '%s' is routed twice (domains are compared "
+				            "case-insensitively)",
+				            b);
+		snprintf(name, sizeof(name), "routes.\"%s\"", b);
+		struct conf_route r = {0};
+		rc = parse_route_body(x, m, name, &r);
+		if (rc == TERN_OK && !(r.domain = tern_strdup(m->key)))
+			rc = nomem(x);
+		struct conf_route *v = NULL;
+		if (rc == TERN_OK && !(v = realloc(c->routes, (c->n_routes + 1) * sizeof(*v))))
+			rc = nomem(x);
+		if (rc != TERN_OK) {
+			route_free(&r);
+			return rc;
+		}
+		tern_ascii_lower(r.domain);
+		c->routes = v;
+		c->routes[c->n_routes++] = r;
+	}
+	return TERN_OK;
+}
+
+static int parse_relayhost(struct ctx *x, struct tern_config *c, const struct ucl_node *sec)
+{
+	struct conf_route *r = calloc(1, sizeof(*r));
+	if (!r)
+		return nomem(x);
+	int rc = parse_route_body(x, sec, "relayhost", r);
+	if (rc != TERN_OK) {
+		route_free(r);
+		free(r);
+		return rc;
+	}
+	if (c->relayhost) { /* cannot happen (the parser merges sections), but never leak */
+		route_free(c->relayhost);
+		free(c->relayhost);
+	}
+	c->relayhost = r;
+	return TERN_OK;
+}
+
+/* ---- delivery ------------------------------------------------------------ */
+
+struct delivery_spec {
+	const char *name;
+	enum numkind kind;
+	size_t off;
+	size_t size; /* of the field: 2 or 4 */
+	uint64_t min, max;
+};
+
+/* clang-format off */
+#define DLV(n, k, lo, hi) \
+	{#n, k, offsetof(struct conf_delivery, n), sizeof(((struct conf_delivery *)0)->n), lo, hi}
+
+/* one key per line, like limit_specs */
+static const struct delivery_spec delivery_specs[] = {
+    DLV(remote_port, NK_COUNT, 1, 65535),
+    DLV(retry_base, NK_TIME, 1, 86400),
+    DLV(retry_max, NK_TIME, 1, 7 * 86400),
+    DLV(max_lifetime, NK_TIME, 1, 30 * 86400),
+    DLV(delay_warning, NK_TIME, 0, 30 * 86400),
+    DLV(max_per_destination, NK_COUNT, 1, 10000),
+    DLV(connect_timeout, NK_TIME, 1, 3600),
+    DLV(command_timeout, NK_TIME, 1, 3600),
+};
+/* clang-format on */
+
+#define N_DELIVERY (sizeof(delivery_specs) / sizeof(delivery_specs[0]))
+
+static uint64_t delivery_get(const struct conf_delivery *d, const struct delivery_spec *ds)
+{
+	const char *field = (const char *)d + ds->off;
+	if (ds->size == sizeof(uint16_t)) {
+		uint16_t v16;
+		memcpy(&v16, field, sizeof(v16));
+		return v16;
+	}
+	uint32_t v32;
+	memcpy(&v32, field, sizeof(v32));
+	return v32;
+}
+
+static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf_delivery *d)
+{
+	int rc = want_section(x, sec, "delivery");
+	const struct ucl_node *base = NULL, *max = NULL;
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		const struct delivery_spec *ds = NULL;
+		for (size_t j = 0; j < N_DELIVERY; j++)
+			if (strcmp(m->key, delivery_specs[j].name) == 0)
+				ds = &delivery_specs[j];
+		if (!ds)
+			return unknown_key(x, m, "delivery");
+		char path[64];
+		uint64_t v = 0;
+		snprintf(path, sizeof(path), "delivery.%s", ds->name);
+		rc = get_num(x, m, path, ds->kind, ds->min, ds->max, &v);
+		if (rc != TERN_OK)
+			return rc;
+		char *field = (char *)d + ds->off;
+		if (ds->size == sizeof(uint16_t)) {
+			uint16_t v16 = (uint16_t)v;
+			memcpy(field, &v16, sizeof(v16));
+		} else {
+			uint32_t v32 = (uint32_t)v;
+			memcpy(field, &v32, sizeof(v32));
+		}
+		if (strcmp(ds->name, "retry_base") == 0)
+			base = m;
+		else if (strcmp(ds->name, "retry_max") == 0)
+			max = m;
+	}
+	if (rc != TERN_OK || d->retry_base <= d->retry_max)
+		return rc;
+	/* blame the key that was written; with both, the base */
+	if (base)
+		return cerr(x, base,
+		            "delivery.retry_base: %us is longer than delivery.retry_max (%us)",
+		            (unsigned)d->retry_base, (unsigned)d->retry_max);
+	return cerr(x, max, "delivery.retry_max: %us is shorter than delivery.retry_base (%us)",
+	            (unsigned)d->retry_max, (unsigned)d->retry_base);
+}
+
+/* ---- dns ----------------------------------------------------------------- */
+
+/* "IP" or "IP@PORT" (the form libunbound's forwarders take), stored with
+ * the address as inet_ntop writes it. */
+static int add_forward(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct strlist *l = arg;
+	char b[80], ip[INET6_ADDRSTRLEN + 1], canon[INET6_ADDRSTRLEN + 8];
+	unsigned char a[16];
+	const char *at = strrchr(n->str, '@');
+	size_t il = at ? (size_t)(at - n->str) : n->len;
+	unsigned long port = 0;
+	int family = 0;
+	bool ok = il > 0 && il < sizeof(ip);
+	if (ok) {
+		memcpy(ip, n->str, il);
+		ip[il] = '\0';
+		if (inet_pton(AF_INET, ip, a) == 1)
+			family = AF_INET;
+		else if (inet_pton(AF_INET6, ip, a) == 1)
+			family = AF_INET6;
+		ok = family != 0;
+	}
+	if (ok && at) {
+		size_t pl = strlen(at + 1);
+		ok = pl >= 1 && pl <= 5 && strspn(at + 1, "0123456789") == pl;
+		port = ok ? strtoul(at + 1, NULL, 10) : 0;
+		ok = port >= 1 && port <= 65535;
+	}
+	if (!ok)
+		return cerr(
+		    x, n, "%s: '%s' is not an IP address with an optional @PORT (port 1 to 65535)",
+		    path, show(n->str, b, sizeof(b)));
+	inet_ntop(family, a, ip, sizeof(ip));
+	if (at)
+		snprintf(canon, sizeof(canon), "%s@%lu", ip, port);
+	else
+		snprintf(canon, sizeof(canon), "%s", ip);
+	if (strlist_has(l, canon))
+		return TERN_OK;
+	return strlist_add(l, canon) == TERN_OK ? TERN_OK : nomem(x);
+}
+
+static int parse_dns(struct ctx *x, struct tern_config *c, const struct ucl_node *sec)
+{
+	int rc = want_section(x, sec, "dns");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "forward") == 0) {
+			struct strlist l = {0};
+			rc = each_string(x, m, "dns.forward", MAX_FORWARDERS, add_forward, &l);
+			if (rc != TERN_OK) {
+				strlist_free(&l);
+				break;
+			}
+			for (size_t j = 0; j < c->dns.n_forward; j++)
+				free(c->dns.forward[j]);
+			free(c->dns.forward);
+			c->dns.forward = l.v;
+			c->dns.n_forward = l.n;
+		} else if (strcmp(m->key, "trust_anchor_file") == 0) {
+			rc = get_path(x, m, "dns.trust_anchor_file", &c->dns.trust_anchor_file);
+		} else {
+			rc = unknown_key(x, m, "dns");
+		}
+	}
+	return rc;
+}
+
+/* ---- building ------------------------------------------------------------ */
+
+static void free_aliases(struct conf_alias *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		alias_free_one(&v[i]);
+	free(v);
 }
 
 static void conf_free(struct tern_config *c)
@@ -1008,6 +1433,14 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		*listen_given = true;
 		return parse_listen(x, c, m);
 	}
+	if (strcmp(k, "routes") == 0)
+		return parse_routes(x, c, m);
+	if (strcmp(k, "relayhost") == 0)
+		return parse_relayhost(x, c, m);
+	if (strcmp(k, "delivery") == 0)
+		return parse_delivery(x, m, &c->delivery);
+	if (strcmp(k, "dns") == 0)
+		return parse_dns(x, c, m);
 	return unknown_key(x, m, NULL);
 }
 
@@ -1218,6 +1651,22 @@ static void print_list(FILE *f, char *const *v, size_t n)
 	fputc(']', f);
 }
 
+/* The keys of a route; never a password, only where it is kept. */
+static void print_route(FILE *f, const struct conf_route *r, const char *indent)
+{
+	bool v6 = strchr(r->host, ':') != NULL;
+	fprintf(f, "%svia = \"%s://%s%s%s:%u\";\n", indent, r->implicit_tls ? "smtps" : "smtp",
+	        v6 ? "[" : "", r->host, v6 ? "]" : "", (unsigned)r->port);
+	fprintf(f, "%stls = \"%s\";\n", indent, tls_names[r->tls]);
+	if (r->auth_user) {
+		fprintf(f, "%sauth_user = ", indent);
+		print_str(f, r->auth_user);
+		fprintf(f, ";\n%sauth_password_file = ", indent);
+		print_str(f, r->auth_password_file);
+		fputs(";\n", f);
+	}
+}
+
 void conf_print(const struct tern_config *c, FILE *out)
 {
 	if (!c || !out)
@@ -1284,6 +1733,39 @@ void conf_print(const struct tern_config *c, FILE *out)
 		fputs(";\n\t\tprofile = ", out);
 		print_str(out, l->profile);
 		fputs(";\n\t}\n", out);
+	}
+	fputs("}\nroutes {\n", out);
+	for (size_t i = 0; i < c->n_routes; i++) {
+		fputc('\t', out);
+		print_str(out, c->routes[i].domain);
+		fputs(" {\n", out);
+		print_route(out, &c->routes[i], "\t\t");
+		fputs("\t}\n", out);
+	}
+	fputs("}\n", out);
+	if (c->relayhost) {
+		fputs("relayhost {\n", out);
+		print_route(out, c->relayhost, "\t");
+		fputs("}\n", out);
+	} else {
+		fputs("# no relayhost: mail for other domains goes to their MX hosts\n", out);
+	}
+	fputs("delivery {\n", out);
+	for (size_t i = 0; i < N_DELIVERY; i++) {
+		const struct delivery_spec *ds = &delivery_specs[i];
+		fprintf(out, "\t%s = %llu%s;\n", ds->name,
+		        (unsigned long long)delivery_get(&c->delivery, ds),
+		        ds->kind == NK_TIME ? "s" : "");
+	}
+	fputs("}\ndns {\n\tforward = ", out);
+	print_list(out, c->dns.forward, c->dns.n_forward);
+	fputs(";\n", out);
+	if (c->dns.trust_anchor_file) {
+		fputs("\ttrust_anchor_file = ", out);
+		print_str(out, c->dns.trust_anchor_file);
+		fputs(";\n", out);
+	} else {
+		fputs("\t# no trust_anchor_file: answers are not DNSSEC-validated\n", out);
 	}
 	fputs("}\n", out);
 }

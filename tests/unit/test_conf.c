@@ -386,7 +386,7 @@ static void check_defaults(const struct tern_config *c)
 	assert_string_equal(c->listeners[0].name, "mx");
 	assert_string_equal(c->listeners[0].address, "127.0.0.1:2525");
 	assert_string_equal(c->listeners[0].profile, "mx");
-	/* delivery/routes/dns: not configurable yet, but never left zero */
+	/* delivery, routes, relayhost, dns */
 	assert_int_equal(c->delivery.remote_port, 25);
 	assert_int_equal(c->delivery.retry_base, 300);
 	assert_int_equal(c->delivery.retry_max, 3600);
@@ -621,6 +621,84 @@ static const struct err_case conf_err_cases[] = {
     {"listen {\n a { address = \"127.0.0.1:25\"; profile = mx }\n b { address = 127.0.0.1:25; "
      "profile = mx }\n}",
      "t.conf:3: listen.b.address: 127.0.0.1:25 is already used by listener 'a'"},
+    /* routes and relayhost */
+    {"routes = 1", "t.conf:1: routes: expected a section { ... }, got the number 1"},
+    {"routes {\n \"a b.test\" { via = \"smtp://h.test\" } }",
+     "t.conf:2: routes: 'a b.test' is not a valid domain name"},
+    {"routes { \".example.test\" { via = \"smtp://h.test\" } }",
+     "t.conf:1: routes: '.example.test' is not a valid domain name (a route is for one exact "
+     "domain; give each subdomain its own)"},
+    {"routes { \"*.example.test\" { via = \"smtp://h.test\" } }",
+     "t.conf:1: routes: '*.example.test' is not a valid domain name (a route is for one exact "
+     "domain; give each subdomain its own)"},
+    {"routes {\n a.test { via = \"smtp://h.test\" }\n A.TEST { via = \"smtp://g.test\" }\n}",
+     "t.conf:3: routes: 'A.TEST' is routed twice (domains are compared case-insensitively)"},
+    {"routes { a.test = \"smtp://h.test\" }",
+     "t.conf:1: routes.\"a.test\": expected a section { ... }, got the string "
+     "\"smtp://h.test\""},
+    {"routes {\n a.test {\n  tls = require\n }\n}",
+     "t.conf:2: routes.\"a.test\": missing key 'via'"},
+    {"routes { a.test { via = \"smtp://h.test\"; port = 2 } }",
+     "t.conf:1: unknown key 'port' in section routes.\"a.test\""},
+    {"relayhost { }", "t.conf:1: relayhost: missing key 'via'"},
+    {"relayhost = \"smtp://h.test\"",
+     "t.conf:1: relayhost: expected a section { ... }, got the string \"smtp://h.test\""},
+    {"relayhost { via = \"smtp://h.test\"; password = x }",
+     "t.conf:1: unknown key 'password' in section relayhost"},
+    {"relayhost { via = 25 }",
+     "t.conf:1: relayhost.via: expected \"smtp://HOST:PORT\" or \"smtps://HOST:PORT\", got "
+     "the number 25"},
+    {"relayhost {\n via = \"smtp://h.test\"\n auth_user = u\n}",
+     "t.conf:1: relayhost: missing key 'auth_password_file' (auth_user needs it)"},
+    {"relayhost {\n via = \"smtp://h.test\"\n auth_password_file = /etc/pw\n}",
+     "t.conf:1: relayhost: missing key 'auth_user' (auth_password_file needs it)"},
+    {"relayhost { via = \"smtp://h.test\"; auth_user = \"\"; auth_password_file = /p }",
+     "t.conf:1: relayhost.auth_user: must not be empty"},
+    {"relayhost { via = \"smtp://h.test\"; auth_user = \"a\\tb\"; auth_password_file = /p }",
+     "t.conf:1: relayhost.auth_user: control character in user name"},
+    {"relayhost { via = \"smtp://h.test\"; auth_user = u; auth_password_file = \"\" }",
+     "t.conf:1: relayhost.auth_password_file: must not be empty"},
+    {"relayhost { via = \"smtp://h.test\"; auth_user = u; auth_password_file = 5 }",
+     "t.conf:1: relayhost.auth_password_file: expected a string, got the number 5"},
+    {"relayhost {\n via = \"smtp://h.test\"\n tls = always\n}",
+     "t.conf:3: relayhost.tls: must be \"none\", \"opportunistic\" or \"require\", not 'always'"},
+    {"relayhost { via = \"smtp://h.test\"; tls = true }",
+     "t.conf:1: relayhost.tls: expected \"none\", \"opportunistic\" or \"require\", got the "
+     "boolean true"},
+    {"routes {\n a.test {\n  via = \"smtps://h.test\"\n  tls = none\n }\n}",
+     "t.conf:4: routes.\"a.test\".tls: \"none\" contradicts smtps:// in via, which is TLS from "
+     "the first byte; use smtp:// for a connection without TLS"},
+    /* delivery */
+    {"delivery = 1", "t.conf:1: delivery: expected a section { ... }, got the number 1"},
+    {"delivery {\n retries = 3\n}", "t.conf:2: unknown key 'retries' in section delivery"},
+    {"delivery { remote_port = 0 }", "t.conf:1: delivery.remote_port: 0 is below the minimum 1"},
+    {"delivery { remote_port = 65536 }",
+     "t.conf:1: delivery.remote_port: 65536 is above the maximum 65535"},
+    {"delivery { remote_port = 25s }",
+     "t.conf:1: delivery.remote_port: expected a whole number, got a time"},
+    {"delivery { retry_base = 5m }",
+     "t.conf:1: delivery.retry_base: expected a time (seconds, or a number with s, min, h, d or "
+     "w), got a size"},
+    {"delivery { retry_base = \"5min\" }",
+     "t.conf:1: delivery.retry_base: expected a time (seconds, or a number with s, min, h, d or "
+     "w), got the string \"5min\""},
+    {"delivery { retry_base = 0 }", "t.conf:1: delivery.retry_base: 0 is below the minimum 1"},
+    {"delivery { connect_timeout = 1500ms }",
+     "t.conf:1: delivery.connect_timeout: must be a whole number of seconds"},
+    {"delivery { max_lifetime = 31d }",
+     "t.conf:1: delivery.max_lifetime: 2678400 is above the maximum 2592000"},
+    {"delivery { max_per_destination = 0 }",
+     "t.conf:1: delivery.max_per_destination: 0 is below the minimum 1"},
+    {"delivery { delay_warning = -1 }", "t.conf:1: delivery.delay_warning: must not be negative"},
+    {"delivery {\n retry_max = 10min\n retry_base = 1h\n}",
+     "t.conf:3: delivery.retry_base: 3600s is longer than delivery.retry_max (600s)"},
+    {"delivery {\n retry_max = 1min\n}",
+     "t.conf:2: delivery.retry_max: 60s is shorter than delivery.retry_base (300s)"},
+    /* dns */
+    {"dns = []", "t.conf:1: dns: expected a section { ... }, got a list"},
+    {"dns { servers = [] }", "t.conf:1: unknown key 'servers' in section dns"},
+    {"dns { forward = 5 }", "t.conf:1: dns.forward: expected a list of strings, got the number 5"},
+    {"dns { trust_anchor_file = \"\" }", "t.conf:1: dns.trust_anchor_file: must not be empty"},
     /* the parser's own errors come through conf_load_string unchanged */
     {"limits {\n max_errors = 3\n", "t.conf:1: missing '}' for the section opened here"},
     /* an unknown key with control bytes is shown safely */
@@ -1034,6 +1112,363 @@ static void test_include_errors(void **state)
 	tmpdir_remove(&t);
 }
 
+/* ---- routes, delivery, dns ---------------------------------------------- */
+
+struct via_case {
+	const char *via;
+	const char *host; /* NULL: an error, and err is the message after "t.conf:3: " */
+	unsigned port;
+	bool implicit_tls;
+	const char *err;
+};
+
+static const struct via_case via_cases[] = {
+    {"smtp://relay.example.test", "relay.example.test", 25, false, NULL},
+    {"smtp://relay.example.test:587", "relay.example.test", 587, false, NULL},
+    {"SMTP://Relay.Example.TEST:2525", "relay.example.test", 2525, false, NULL},
+    {"smtps://relay.example.test", "relay.example.test", 465, true, NULL},
+    {"smtps://relay.example.test:10465", "relay.example.test", 10465, true, NULL},
+    {"smtp://localhost:1", "localhost", 1, false, NULL},
+    {"smtp://127.0.0.1:65535", "127.0.0.1", 65535, false, NULL},
+    {"smtp://[::1]:2526", "::1", 2526, false, NULL},
+    {"smtps://[2001:DB8:0::1]", "2001:db8::1", 465, true, NULL},
+    {"smtp://[::ffff:127.0.0.1]:25", "::ffff:127.0.0.1", 25, false, NULL},
+    {"smtp://host_1.test", "host_1.test", 25, false, NULL},
+    {"lmtp://h.test", NULL, 0, false, "'lmtp://h.test' must start with smtp:// or smtps://"},
+    {"h.test:25", NULL, 0, false, "'h.test:25' must start with smtp:// or smtps://"},
+    {"smtp:/h.test", NULL, 0, false, "'smtp:/h.test' must start with smtp:// or smtps://"},
+    {"smtp://user@h.test:587", NULL, 0, false,
+     "'smtp://user@h.test:587' must not contain a user name; use auth_user and "
+     "auth_password_file"},
+    {"smtp://u:pw@h.test", NULL, 0, false,
+     "'smtp://u:pw@h.test' must not contain a user name; use auth_user and auth_password_file"},
+    {"smtp://h.test:25/", NULL, 0, false,
+     "'smtp://h.test:25/' must not have a path, query or fragment after HOST:PORT"},
+    {"smtp://h.test/x", NULL, 0, false,
+     "'smtp://h.test/x' must not have a path, query or fragment after HOST:PORT"},
+    {"smtp://h.test?tls=1", NULL, 0, false,
+     "'smtp://h.test?tls=1' must not have a path, query or fragment after HOST:PORT"},
+    {"smtp://h.test#a", NULL, 0, false,
+     "'smtp://h.test#a' must not have a path, query or fragment after HOST:PORT"},
+    {"smtp://h.test/a@b", NULL, 0, false,
+     "'smtp://h.test/a@b' must not have a path, query or fragment after HOST:PORT"},
+    {"smtp://", NULL, 0, false, "'smtp://' has no host"},
+    {"smtp://:25", NULL, 0, false, "'smtp://:25' has no host"},
+    {"smtp://[]:25", NULL, 0, false, "'smtp://[]:25' has no host"},
+    {"smtp://h.test:", NULL, 0, false, "'smtp://h.test:' has a bad port (expected 1 to 65535)"},
+    {"smtp://h.test:0", NULL, 0, false, "'smtp://h.test:0' has a bad port (expected 1 to 65535)"},
+    {"smtp://h.test:65536", NULL, 0, false,
+     "'smtp://h.test:65536' has a bad port (expected 1 to 65535)"},
+    {"smtp://h.test:123456", NULL, 0, false,
+     "'smtp://h.test:123456' has a bad port (expected 1 to 65535)"},
+    {"smtp://h.test:-1", NULL, 0, false, "'smtp://h.test:-1' has a bad port (expected 1 to 65535)"},
+    {"smtp://h.test:2x", NULL, 0, false, "'smtp://h.test:2x' has a bad port (expected 1 to 65535)"},
+    {"smtp://[::1]:x", NULL, 0, false, "'smtp://[::1]:x' has a bad port (expected 1 to 65535)"},
+    {"smtp://::1", NULL, 0, false,
+     "'smtp://::1': an IPv6 address must be in brackets, as in smtp://[2001:db8::1]:25"},
+    {"smtp://2001:db8::1:25", NULL, 0, false,
+     "'smtp://2001:db8::1:25': an IPv6 address must be in brackets, as in "
+     "smtp://[2001:db8::1]:25"},
+    {"smtp://[::1", NULL, 0, false, "'smtp://[::1' has a '[' without a ']'"},
+    {"smtp://[::1]25", NULL, 0, false, "'smtp://[::1]25' has text after the ']' that is not :PORT"},
+    {"smtp://[127.0.0.1]:25", NULL, 0, false,
+     "'smtp://[127.0.0.1]:25' has a bad IPv6 address in brackets"},
+    {"smtp://[h.test]", NULL, 0, false, "'smtp://[h.test]' has a bad IPv6 address in brackets"},
+    {"smtp://256.1.1.1", NULL, 0, false,
+     "'smtp://256.1.1.1' has a bad host (expected a host name, an IPv4 address or an [IPv6] "
+     "address)"},
+    {"smtp://10.0.0", NULL, 0, false,
+     "'smtp://10.0.0' has a bad host (expected a host name, an IPv4 address or an [IPv6] "
+     "address)"},
+    {"smtp://a..b", NULL, 0, false,
+     "'smtp://a..b' has a bad host (expected a host name, an IPv4 address or an [IPv6] "
+     "address)"},
+    {"smtp://h.test.", NULL, 0, false,
+     "'smtp://h.test.' has a bad host (expected a host name, an IPv4 address or an [IPv6] "
+     "address)"},
+    {"smtp://h test", NULL, 0, false,
+     "'smtp://h test' has a bad host (expected a host name, an IPv4 address or an [IPv6] "
+     "address)"},
+};
+
+static void test_route_via_forms(void **state)
+{
+	for (size_t i = 0; i < N(via_cases); i++) {
+		const struct via_case *tc = &via_cases[i];
+		/* the same check in a per-domain route and in the relayhost */
+		for (int relay = 0; relay < 2; relay++) {
+			char text[512], err[512], want[512];
+			if (relay)
+				snprintf(text, sizeof(text), "relayhost {\n\n via = \"%s\"\n}\n",
+				         tc->via);
+			else
+				snprintf(text, sizeof(text),
+				         "routes {\n example.test {\n  via = \"%s\"\n }\n}\n",
+				         tc->via);
+			struct tern_config *c = load_str(text, err, sizeof(err));
+			if (!tc->host) {
+				if (c)
+					fail_msg("case %zu '%s' loaded", i, tc->via);
+				snprintf(want, sizeof(want), "t.conf:3: %s.via: %s",
+				         relay ? "relayhost" : "routes.\"example.test\"", tc->err);
+				if (strcmp(err, want) != 0)
+					fail_msg("case %zu:\n got  %s\n want %s", i, err, want);
+				continue;
+			}
+			if (!c)
+				fail_msg("case %zu '%s': %s", i, tc->via, err);
+			const struct conf_route *r = relay ? c->relayhost : &c->routes[0];
+			assert_non_null(r);
+			assert_string_equal(r->host, tc->host);
+			assert_int_equal(r->port, tc->port);
+			assert_int_equal(r->implicit_tls, tc->implicit_tls);
+			if (relay)
+				assert_null(r->domain);
+			else
+				assert_string_equal(r->domain, "example.test");
+			assert_null(r->auth_user);
+			assert_null(r->auth_password_file);
+			conf_unref(c);
+		}
+	}
+}
+
+static void test_route_tls_defaults(void **state)
+{
+	static const struct {
+		const char *via, *tls; /* tls NULL: not given */
+		enum conf_tls want;
+	} cases[] = {
+	    {"smtp://h.test", NULL, CONF_TLS_OPPORTUNISTIC},
+	    {"smtps://h.test", NULL, CONF_TLS_REQUIRE},
+	    {"smtp://h.test", "none", CONF_TLS_NONE},
+	    {"smtp://h.test", "opportunistic", CONF_TLS_OPPORTUNISTIC},
+	    {"smtp://h.test", "require", CONF_TLS_REQUIRE},
+	    {"smtps://h.test", "opportunistic", CONF_TLS_OPPORTUNISTIC},
+	    {"smtps://h.test", "require", CONF_TLS_REQUIRE},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		char text[256], err[256];
+		if (cases[i].tls)
+			snprintf(text, sizeof(text), "relayhost { via = \"%s\"; tls = %s }",
+			         cases[i].via, cases[i].tls);
+		else
+			snprintf(text, sizeof(text), "relayhost { via = \"%s\" }", cases[i].via);
+		struct tern_config *c = load_str(text, err, sizeof(err));
+		if (!c)
+			fail_msg("case %zu: %s", i, err);
+		if (c->relayhost->tls != cases[i].want)
+			fail_msg("case %zu: tls %d, want %d", i, c->relayhost->tls, cases[i].want);
+		conf_unref(c);
+	}
+}
+
+static void test_route_auth_and_relative_paths(void **state)
+{
+	char err[256];
+	struct tern_config *c =
+	    load_str("relayhost {\n"
+	             "  via = \"smtp://smtp.relay.test:587\"; tls = require\n"
+	             "  auth_user = \"apikey\"; auth_password_file = \"secrets/relay.pw\"\n"
+	             "}\n",
+	             err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_string_equal(c->relayhost->auth_user, "apikey");
+	/* kept as written, like data_dir: relative to the directory tern starts in */
+	assert_string_equal(c->relayhost->auth_password_file, "secrets/relay.pw");
+	conf_unref(c);
+}
+
+/* The password file is only named in the config: not read at load, never printed. */
+static void test_password_file_not_read_or_printed(void **state)
+{
+	struct tmpdir t;
+	tmpdir_make(&t);
+	const char *pw = write_file(&t, "relay.pw", "Sup3rSecretPassw0rd\n");
+	char text[512], err[512];
+	snprintf(text, sizeof(text),
+	         "relayhost { via = \"smtp://h.test:587\"; auth_user = u; auth_password_file = "
+	         "\"%s\" }\n"
+	         "routes { a.test { via = \"smtp://g.test\"; auth_user = v;\n"
+	         "  auth_password_file = \"%s/missing.pw\" } }\n",
+	         pw, t.path);
+	const char *conf = write_file(&t, "tern.conf", text);
+	struct tern_config *c = conf_load(conf, err, sizeof(err));
+	if (!c) /* a missing password file is the deliverer's error, not the loader's */
+		fail_msg("%s", err);
+	char *p = print_to_string(c);
+	assert_null(strstr(p, "Sup3rSecret"));
+	char want[256];
+	snprintf(want, sizeof(want), "\tauth_password_file = \"%s\";\n", pw);
+	assert_non_null(strstr(p, want));
+	free(p);
+	conf_unref(c);
+	tmpdir_remove(&t);
+}
+
+static void test_find_route_precedence(void **state)
+{
+	static const char text[] = "routes {\n"
+	                           "  Example.TEST { via = \"smtp://a.test:2525\" }\n"
+	                           "  \"other.test\" { via = \"smtps://[::1]\" }\n"
+	                           "}\n"
+	                           "relayhost { via = \"smtp://relay.test:587\" }\n";
+	char err[256];
+	struct tern_config *c = load_str(text, err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->n_routes, 2);
+	assert_string_equal(c->routes[0].domain, "example.test"); /* lowercased */
+	static const struct {
+		const char *domain;
+		const char *host; /* of the route expected */
+	} cases[] = {
+	    {"example.test", "a.test"},
+	    {"EXAMPLE.test", "a.test"},
+	    {"Other.Test", "::1"},
+	    {"sub.example.test", "relay.test"},
+	    {"example.test.org", "relay.test"},
+	    {"xample.test", "relay.test"},
+	    {"elsewhere.test", "relay.test"},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		const struct conf_route *r = conf_find_route(c, cases[i].domain);
+		assert_non_null(r);
+		if (strcmp(r->host, cases[i].host) != 0)
+			fail_msg("case %zu: %s routed to %s, want %s", i, cases[i].domain, r->host,
+			         cases[i].host);
+	}
+	assert_ptr_equal(conf_find_route(c, "elsewhere.test"), c->relayhost);
+	assert_ptr_equal(conf_find_route(c, NULL), c->relayhost);
+	conf_unref(c);
+
+	/* without a relayhost, unrouted domains go by MX (NULL) */
+	c = load_str("routes { a.test { via = \"smtp://h.test\" } }", err, sizeof(err));
+	assert_non_null(c);
+	assert_non_null(conf_find_route(c, "A.test"));
+	assert_null(conf_find_route(c, "b.test"));
+	assert_null(c->relayhost);
+	conf_unref(c);
+	assert_null(conf_find_route(NULL, "a.test"));
+}
+
+static void test_delivery_values(void **state)
+{
+	static const struct {
+		const char *text;
+		size_t off; /* offsetof(struct conf_delivery, ...) */
+		uint32_t want;
+	} cases[] = {
+	    {"remote_port = 2525", offsetof(struct conf_delivery, remote_port), 2525},
+	    {"retry_base = 30s", offsetof(struct conf_delivery, retry_base), 30},
+	    {"retry_base = 1", offsetof(struct conf_delivery, retry_base), 1},
+	    {"retry_max = 2h", offsetof(struct conf_delivery, retry_max), 7200},
+	    {"retry_base = 5min; retry_max = 5min", offsetof(struct conf_delivery, retry_max), 300},
+	    {"max_lifetime = 5d", offsetof(struct conf_delivery, max_lifetime), 432000},
+	    {"max_lifetime = 1w", offsetof(struct conf_delivery, max_lifetime), 604800},
+	    {"max_lifetime = 90", offsetof(struct conf_delivery, max_lifetime), 90},
+	    {"delay_warning = 0", offsetof(struct conf_delivery, delay_warning), 0},
+	    {"delay_warning = 12h", offsetof(struct conf_delivery, delay_warning), 43200},
+	    {"max_per_destination = 1", offsetof(struct conf_delivery, max_per_destination), 1},
+	    {"connect_timeout = 0.5min", offsetof(struct conf_delivery, connect_timeout), 30},
+	    {"connect_timeout = 2000ms", offsetof(struct conf_delivery, connect_timeout), 2},
+	    {"command_timeout = 10min", offsetof(struct conf_delivery, command_timeout), 600},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		char text[128], err[256];
+		snprintf(text, sizeof(text), "delivery { %s }", cases[i].text);
+		struct tern_config *c = load_str(text, err, sizeof(err));
+		if (!c)
+			fail_msg("case %zu '%s': %s", i, cases[i].text, err);
+		const char *field = (const char *)&c->delivery + cases[i].off;
+		uint32_t got;
+		if (cases[i].off == offsetof(struct conf_delivery, remote_port)) {
+			uint16_t g16;
+			memcpy(&g16, field, sizeof(g16));
+			got = g16;
+		} else {
+			memcpy(&got, field, sizeof(got));
+		}
+		if (got != cases[i].want)
+			fail_msg("case %zu '%s': %u, want %u", i, cases[i].text, got,
+			         cases[i].want);
+		conf_unref(c);
+	}
+}
+
+static void test_dns_forward(void **state)
+{
+	static const struct {
+		const char *in;
+		const char *want; /* NULL: refused */
+	} cases[] = {
+	    {"127.0.0.1", "127.0.0.1"},
+	    {"127.0.0.1@5353", "127.0.0.1@5353"},
+	    {"::1", "::1"},
+	    {"::1@53", "::1@53"},
+	    {"2001:DB8:0::53@65535", "2001:db8::53@65535"},
+	    {"192.0.2.1@1", "192.0.2.1@1"},
+	    {"localhost", NULL},
+	    {"ns.example.test@53", NULL},
+	    {"127.0.0.1:53", NULL},
+	    {"[::1]@53", NULL},
+	    {"[::1]", NULL},
+	    {"127.0.0.1@", NULL},
+	    {"127.0.0.1@0", NULL},
+	    {"127.0.0.1@65536", NULL},
+	    {"127.0.0.1@-53", NULL},
+	    {"127.0.0.1@53@53", NULL},
+	    {"@53", NULL},
+	    {"127.0.0.1/32", NULL},
+	    {"256.0.0.1", NULL},
+	    {"fe80::1%lo", NULL},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		char text[128], err[256];
+		snprintf(text, sizeof(text), "dns {\n forward = [\"127.0.0.2\",\n \"%s\"]\n}",
+		         cases[i].in);
+		struct tern_config *c = load_str(text, err, sizeof(err));
+		if (!cases[i].want) {
+			if (c)
+				fail_msg("case %zu '%s' loaded", i, cases[i].in);
+			char want[256];
+			snprintf(
+			    want, sizeof(want),
+			    "t.conf:3: dns.forward: '%s' is not an IP address with an optional "
+			    "@PORT (port 1 to 65535)",
+			    cases[i].in);
+			if (strcmp(err, want) != 0)
+				fail_msg("case %zu:\n got  %s\n want %s", i, err, want);
+			continue;
+		}
+		if (!c)
+			fail_msg("case %zu '%s': %s", i, cases[i].in, err);
+		assert_int_equal(c->dns.n_forward, 2);
+		assert_string_equal(c->dns.forward[0], "127.0.0.2");
+		assert_string_equal(c->dns.forward[1], cases[i].want);
+		conf_unref(c);
+	}
+	/* a single string is a list of one; repeats are dropped; [] means resolv.conf;
+	 * trust_anchor_file is kept as written */
+	char err[256];
+	struct tern_config *c =
+	    load_str("dns { forward = \"::1@5353\"; trust_anchor_file = \"root.key\" }\n"
+	             "dns { forward = [\"::1\", \"0:0::1\"] }",
+	             err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->dns.n_forward, 1); /* the later forward replaced the first */
+	assert_string_equal(c->dns.forward[0], "::1");
+	assert_string_equal(c->dns.trust_anchor_file, "root.key");
+	conf_unref(c);
+	c = load_str("dns { forward = [] }", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->dns.n_forward, 0);
+	assert_null(c->dns.trust_anchor_file);
+	conf_unref(c);
+}
+
 /* ---- print and reload ---------------------------------------------------- */
 
 static void test_print_reload_round_trip(void **state)
@@ -1051,6 +1486,20 @@ static void test_print_reload_round_trip(void **state)
 	    "  a { address = \"[0:0::1]:26\"; profile = mx } }\n",
 	    "local_domains = []\nrelay { networks = [] }\nlimits { max_message_size = 3g }",
 	    "limits { max_message_size = 1025k }",
+	    "routes {\n"
+	    "  Example.test { via = \"smtp://mx.a.test:2525\"; tls = none }\n"
+	    "  \"b.test\" { via = \"smtps://[2001:db8::25]\"; auth_user = \"u\\\"q\";\n"
+	    "    auth_password_file = \"/etc/tern/b pw\" }\n"
+	    "  c.test { via = \"SMTP://192.0.2.25\"; tls = require }\n"
+	    "}\n"
+	    "relayhost { via = smtp://relay.test:587; tls = require; auth_user = apikey;\n"
+	    "  auth_password_file = relay.pw }\n"
+	    "delivery { remote_port = 2525; retry_base = 1min; retry_max = 2h; max_lifetime = 3d;\n"
+	    "  delay_warning = 0; max_per_destination = 3; connect_timeout = 10s;\n"
+	    "  command_timeout = 1h }\n"
+	    "dns { forward = [\"127.0.0.1@5353\", \"::1\"]; trust_anchor_file = /var/lib/root.key "
+	    "}\n",
+	    "relayhost { via = \"smtps://[::1]:4650\"; tls = opportunistic }\ndns { forward = [] }",
 	};
 	for (size_t i = 0; i < N(configs); i++) {
 		char err[256];
@@ -1091,6 +1540,42 @@ static void test_print_shows_values(void **state)
 	conf_unref(c);
 }
 
+static void test_print_shows_routes(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str(
+	    "routes { A.Test { via = \"smtps://[2001:DB8::1]\" } }\n"
+	    "relayhost { via = \"smtp://Relay.Test\"; auth_user = k; auth_password_file = /pw }\n"
+	    "delivery { retry_max = 1h; remote_port = 2525 }\n"
+	    "dns { forward = \"127.0.0.1@5353\" }",
+	    err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	char *p = print_to_string(c);
+	static const char *const want[] = {
+	    "routes {\n\t\"a.test\" {\n\t\tvia = \"smtps://[2001:db8::1]:465\";\n"
+	    "\t\ttls = \"require\";\n\t}\n}\n",
+	    "relayhost {\n\tvia = \"smtp://relay.test:25\";\n\ttls = \"opportunistic\";\n"
+	    "\tauth_user = \"k\";\n\tauth_password_file = \"/pw\";\n}\n",
+	    "\tremote_port = 2525;\n",
+	    "\tretry_max = 3600s;\n",
+	    "\tdelay_warning = 14400s;\n",
+	    "\tforward = [\"127.0.0.1@5353\"];\n",
+	};
+	for (size_t i = 0; i < N(want); i++)
+		if (!strstr(p, want[i]))
+			fail_msg("missing:\n%s\nin:\n%s", want[i], p);
+	free(p);
+	conf_unref(c);
+	/* the defaults say what they mean */
+	c = load_str("", err, sizeof(err));
+	p = print_to_string(c);
+	assert_non_null(strstr(p, "routes {\n}\n# no relayhost"));
+	assert_non_null(strstr(p, "\tforward = [];\n\t# no trust_anchor_file"));
+	free(p);
+	conf_unref(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1114,8 +1599,16 @@ int main(void)
 	    cmocka_unit_test(test_alias_lookup),
 	    cmocka_unit_test(test_include_files),
 	    cmocka_unit_test(test_include_errors),
+	    cmocka_unit_test(test_route_via_forms),
+	    cmocka_unit_test(test_route_tls_defaults),
+	    cmocka_unit_test(test_route_auth_and_relative_paths),
+	    cmocka_unit_test(test_password_file_not_read_or_printed),
+	    cmocka_unit_test(test_find_route_precedence),
+	    cmocka_unit_test(test_delivery_values),
+	    cmocka_unit_test(test_dns_forward),
 	    cmocka_unit_test(test_print_reload_round_trip),
 	    cmocka_unit_test(test_print_shows_values),
+	    cmocka_unit_test(test_print_shows_routes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

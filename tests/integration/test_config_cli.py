@@ -1,0 +1,121 @@
+"""check-config and `tern user` — the commands an operator runs before the daemon."""
+
+import re
+import subprocess
+import warnings
+
+import pytest
+
+from conftest import Tern, tern_bin
+
+
+def run(*args, input=None, cwd=None):
+    return subprocess.run([tern_bin(), *args], input=input, capture_output=True, text=True,
+                          timeout=15, cwd=cwd, encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def offline():
+    """A config + data dir without a running daemon."""
+    t = Tern(users=())
+    yield t
+    t.cleanup()
+
+
+def test_check_config_prints_effective_config_with_defaults(offline):
+    r = offline.cli("check-config")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    # the values we set
+    assert "mx.example.test" in out
+    assert str(offline.data_dir) in out
+    assert f"127.0.0.1:{offline.port}" in out
+    assert "127.0.0.2/32" in out
+    assert "team@example.test" in out
+    # 1m is 1024*1024 per the documented suffixes
+    assert re.search(r"max_message_size\s*=\s*(1048576|1m|1024k)\b", out), out
+    # defaults we did not set are printed too
+    for key in ("max_line_length", "max_received_headers", "users_file", "max_connections"):
+        assert key in out, f"{key} missing from effective config:\n{out}"
+
+
+def test_check_config_output_is_itself_a_valid_config(offline):
+    out = offline.cli("check-config", check=True).stdout
+    again = offline.root / "again.conf"
+    again.write_text(out)
+    r = run("check-config", "-c", str(again))
+    assert r.returncode == 0, r.stderr
+
+    def strip(t):
+        return [ln for ln in t.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "//"))]
+    assert strip(r.stdout) == strip(out)
+
+
+@pytest.mark.parametrize("text,line", [
+    ('hostname = "a";\nlimits {\n  max_recipients = ;\n}\n', 3),
+    ('hostname = "a";\n\n\nlocal_domains = ["x", \n', None),
+    ('hostname = "a";\nlimits { max_message_size = "lots"; }\n', 2),
+    ('hostname = "a";\nlisten { mx { address = "not-an-address"; profile = "mx"; } }\n', 2),
+    ('hostname = "a";\nrelay { networks = ["10.0.0.0/99"]; }\n', 2),
+], ids=["missing-value", "unterminated-list", "bad-size", "bad-address", "bad-cidr"])
+def test_check_config_rejects_bad_file_with_file_and_line(scratch, text, line):
+    d = scratch
+    p = d / "bad.conf"
+    p.write_text(text)
+    r = run("check-config", "-c", str(p))
+    assert r.returncode != 0, f"accepted bad config:\n{text}\n{r.stdout}"
+    if line is None:
+        assert re.search(re.escape(str(p)) + r":\d+:", r.stderr), r.stderr
+    else:
+        assert f"{p}:{line}:" in r.stderr, r.stderr
+
+
+def test_check_config_missing_file_fails(scratch):
+    d = scratch
+    r = run("check-config", "-c", str(d / "nope.conf"))
+    assert r.returncode != 0
+    assert "nope.conf" in r.stderr
+
+
+def test_check_config_without_file_prints_embedded_default(scratch):
+    d = scratch
+    r = run("check-config", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert "127.0.0.1:2525" in r.stdout
+    assert "localhost" in r.stdout
+    assert "tern-data" in r.stdout
+
+
+def test_user_add_list_del(offline):
+    t = offline
+    t.cli("user", "add", "alice@example.test", "--password-stdin", input="pw-alice\n", check=True)
+    t.cli("user", "add", "bob@example.test", "--password-stdin", input="pw-bob\n", check=True)
+    lst = t.cli("user", "list", check=True).stdout.split()
+    assert sorted(lst) == ["alice@example.test", "bob@example.test"]
+
+    # Dovecot passwd-file format: address:{SCHEME}hash[:...] verified by crypt(3)
+    users_file = t.data_dir / "users"
+    assert users_file.exists(), "users_file default is DATA/users"
+    lines = [ln for ln in users_file.read_text().splitlines() if ln and not ln.startswith("#")]
+    entry = [ln for ln in lines if ln.startswith("alice@example.test:")]
+    assert len(entry) == 1, lines
+    m = re.match(r"alice@example\.test:\{([A-Z0-9-]+)\}([^:]+)", entry[0])
+    assert m and m.group(1) in ("CRYPT", "SHA512-CRYPT", "BLF-CRYPT"), entry[0]
+    assert "pw-alice" not in entry[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt
+        except ImportError:
+            crypt = None
+    if crypt is not None:
+        h = m.group(2)
+        assert crypt.crypt("pw-alice", h) == h, "stored hash does not verify with crypt(3)"
+
+    t.cli("user", "del", "bob@example.test", check=True)
+    assert t.cli("user", "list", check=True).stdout.split() == ["alice@example.test"]
+
+
+def test_user_add_utf8_address(offline):
+    offline.cli("user", "add", "jøran@example.test", "--password-stdin", input="pw\n", check=True)
+    assert "jøran@example.test" in offline.cli("user", "list", check=True).stdout.split()
