@@ -26,6 +26,15 @@ struct maildir_item {
 	const char *local;       /* recipient local part (dequoted) */
 	const struct iovec *iov; /* the file's content: prefix headers + message */
 	int iovcnt;
+	/*
+	 * Optional stable name (see maildir_stable_name): the same recipient of
+	 * the same message always gets the same file name, so a delivery that is
+	 * repeated after a crash finds its file already in new/ (or, with
+	 * check_cur, already moved to cur/ by a reader) and does not write a
+	 * duplicate. NULL: a fresh unique name.
+	 */
+	const char *fixed_name;
+	bool check_cur;
 	/* out */
 	int result;              /* TERN_OK or an error */
 	char name[MAILDIR_NAME_MAX]; /* the file name in new/ */
@@ -43,6 +52,10 @@ int maildir_create(const char *path);
  * replaced as the Maildir spec says.
  */
 int maildir_unique_name(const char *hostname, size_t size, char *out, size_t outlen);
+/* "CREATED.Q<queue id>R<recipient index>.HOST,S=SIZE": unique per recipient of
+ * a message, and the same every time that recipient is delivered. */
+int maildir_stable_name(const char *hostname, long long created, const char *queue_id,
+			size_t rcpt_idx, size_t size, char *out, size_t outlen);
 /* Delivers every item (see above); returns the number delivered. */
 size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			     struct maildir_item *items, size_t n);

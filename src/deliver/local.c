@@ -19,6 +19,7 @@
  */
 #include "deliver/deliver.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -33,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/buf.h"
 #include "core/err.h"
 
 /* Longest single path component we accept (NAME_MAX on Linux). */
@@ -295,6 +297,67 @@ toolong:
 	return TERN_ELIMIT;
 }
 
+int maildir_stable_name(const char *hostname, long long created, const char *queue_id,
+			size_t rcpt_idx, size_t size, char *out, size_t outlen)
+{
+	char hostbuf[256];
+	if (out == NULL || outlen == 0)
+		return TERN_ELIMIT;
+	if (hostname == NULL || hostname[0] == '\0') {
+		if (gethostname(hostbuf, sizeof(hostbuf)) != 0)
+			return TERN_EIO;
+		hostbuf[sizeof(hostbuf) - 1] = '\0';
+		hostname = hostbuf[0] != '\0' ? hostbuf : "localhost";
+	}
+	for (const char *p = queue_id; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'A' && *p <= 'Z')))
+			return TERN_EINVAL;
+	int n = snprintf(out, outlen, "%lld.Q%sR%zu.", created, queue_id, rcpt_idx);
+	if (n < 0 || (size_t)n >= outlen)
+		goto toolong;
+	size_t pos = (size_t)n;
+	if (append_host(out, outlen, &pos, hostname) != TERN_OK)
+		goto toolong;
+	n = snprintf(out + pos, outlen - pos, ",S=%zu", size);
+	if (n < 0 || (size_t)n >= outlen - pos)
+		goto toolong;
+	return TERN_OK;
+toolong:
+	out[0] = '\0';
+	return TERN_ELIMIT;
+}
+
+/* Is a file with this stable name already delivered: in new/, or in cur/
+ * under the same name plus a ":2,FLAGS" info suffix? */
+static bool already_delivered(const char *mdir, const struct maildir_item *it, char *path,
+			      size_t pathlen)
+{
+	int n = snprintf(path, pathlen, "%s/new/%s", mdir, it->fixed_name);
+	if (n > 0 && (size_t)n < pathlen && access(path, F_OK) == 0)
+		return true;
+	if (!it->check_cur)
+		return false;
+	char cur[PATH_MAX];
+	n = snprintf(cur, sizeof(cur), "%s/cur", mdir);
+	if (n < 0 || (size_t)n >= sizeof(cur))
+		return false;
+	DIR *d = opendir(cur);
+	if (!d)
+		return false;
+	size_t nl = strlen(it->fixed_name);
+	bool found = false;
+	struct dirent *e;
+	while (!found && (e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, it->fixed_name, nl) == 0 &&
+		    (e->d_name[nl] == '\0' || e->d_name[nl] == ':')) {
+			found = true;
+			snprintf(path, pathlen, "%s/%s", cur, e->d_name);
+		}
+	}
+	closedir(d);
+	return found;
+}
+
 /* Writes every byte of iov to fd, resuming after partial writes and EINTR. */
 static int write_all(int fd, const struct iovec *iov, int iovcnt)
 {
@@ -380,9 +443,15 @@ static int write_tmp(const char *mdir, const char *hostname, struct maildir_item
 	if (!iov_total(it->iov, it->iovcnt, &size))
 		return TERN_EINVAL;
 	for (int attempt = 0;; attempt++) {
-		rc = maildir_unique_name(hostname, size, it->name, sizeof(it->name));
-		if (rc != TERN_OK)
-			return rc;
+		if (it->fixed_name) {
+			if (tern_strlcpy(it->name, it->fixed_name, sizeof(it->name)) >=
+			    sizeof(it->name))
+				return TERN_ELIMIT;
+		} else {
+			rc = maildir_unique_name(hostname, size, it->name, sizeof(it->name));
+			if (rc != TERN_OK)
+				return rc;
+		}
 		n = snprintf(tmp, tmplen, "%s/tmp/%s", mdir, it->name);
 		if (n < 0 || (size_t)n >= tmplen)
 			return TERN_ELIMIT;
@@ -394,6 +463,12 @@ static int write_tmp(const char *mdir, const char *hostname, struct maildir_item
 			created_dirs = true;
 			if ((rc = create_dirs(mdir)) != TERN_OK)
 				return rc;
+			continue;
+		}
+		if (errno == EEXIST && it->fixed_name && attempt < NAME_RETRIES) {
+			/* A stable name left in tmp/ by a crash: that attempt never
+			 * reached new/, so its file is ours to replace. */
+			unlink(tmp);
 			continue;
 		}
 		if (errno == EINTR || (errno == EEXIST && attempt < NAME_RETRIES))
@@ -478,6 +553,13 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 		it->name[0] = '\0';
 		it->path[0] = '\0';
 		rc = maildir_path(mail_root, it->domain, it->local, mdir, sizeof(mdir));
+		if (rc == TERN_OK && it->fixed_name &&
+		    already_delivered(mdir, it, it->path, sizeof(it->path))) {
+			tern_strlcpy(it->name, it->fixed_name, sizeof(it->name));
+			it->result = TERN_OK;
+			delivered++;
+			continue;
+		}
 		if (rc == TERN_OK)
 			rc = write_tmp(mdir, hostname, it, tmp, sizeof(tmp));
 		if (rc == TERN_OK) {

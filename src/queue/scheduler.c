@@ -39,6 +39,7 @@ struct job {
 	char *data;
 	size_t len;
 	int64_t due;
+	bool from_spool; /* data was read back: a retry or a recovery */
 };
 
 struct scheduler {
@@ -190,6 +191,7 @@ struct item_ctx {
 	size_t rcpt_idx;
 	char *prefix;
 	struct iovec iov[2];
+	char stable[MAILDIR_NAME_MAX];
 };
 
 static int64_t backoff(uint32_t attempts)
@@ -224,6 +226,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			continue; /* deleted meanwhile */
 		msgs[j] = m;
 		if (!job->data) {
+			job->from_spool = true;
 			struct tbuf b;
 			tbuf_init(&b, (size_t)m->size + 1);
 			if (spool_read_data(s->sp, job->id, &b) != TERN_OK) {
@@ -276,6 +279,10 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			c->iov[0].iov_len = strlen(c->prefix);
 			c->iov[1].iov_base = job->data;
 			c->iov[1].iov_len = job->len;
+			if (maildir_stable_name(conf->hostname, (long long)m->created, m->id, i,
+						c->iov[0].iov_len + job->len, c->stable,
+						sizeof(c->stable)) != TERN_OK)
+				c->stable[0] = '\0';
 			n_items++;
 		}
 	}
@@ -295,6 +302,13 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 		items[k].iov = ctx[k].iov;
 		items[k].iovcnt = 2;
+		if (ctx[k].stable[0]) {
+			/* Pointers into ctx only now: ctx may have moved while growing. */
+			items[k].fixed_name = ctx[k].stable;
+			/* A retry or a recovery may find the file already moved to cur/
+			 * by a reader; a first attempt cannot. */
+			items[k].check_cur = ctx[k].job->from_spool;
+		}
 	}
 	if (n_items)
 		maildir_deliver_batch(conf->data_dir, conf->hostname, items, n_items);

@@ -700,7 +700,9 @@ static enum smtp_parse_status parse_params(const char *s, size_t len, size_t i, 
 			return fail(err, 555, "5.5.4",
 			            is_mail ? "parameter not allowed with MAIL"
 			                    : "parameter not allowed with RCPT");
-		if (seen & bit)
+		/* A repeated SMTPUTF8 changes nothing, and some clients (Python's
+		 * smtplib.send_message) add it a second time: tolerate it. */
+		if ((seen & bit) && bit != SEEN_SMTPUTF8)
 			return fail(err, 501, "5.5.4", "duplicate parameter");
 		seen |= bit;
 

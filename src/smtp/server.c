@@ -610,18 +610,26 @@ static void cmd_simple(struct session *s, const struct smtp_cmd *c)
 		reply(s, "214 2.0.0 See RFC 5321; tern");
 		break;
 	case SMTP_VRFY:
+	case SMTP_EXPN:
+		if (c->arg[0] == '\0') {
+			reply(s, "501 5.5.4 Syntax: %s <address>",
+			      c->verb == SMTP_VRFY ? "VRFY" : "EXPN");
+			count_error(s);
+			break;
+		}
+		if (c->verb == SMTP_EXPN) {
+			if (s->conf->expn)
+				reply(s, "252 2.5.0 Cannot EXPN list, but will accept message and "
+					 "attempt delivery");
+			else
+				reply(s, "502 5.5.1 EXPN command is disabled");
+			break;
+		}
 		if (s->conf->vrfy)
 			reply(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt "
 				 "delivery");
 		else
 			reply(s, "502 5.5.1 VRFY command is disabled");
-		break;
-	case SMTP_EXPN:
-		if (s->conf->expn)
-			reply(s, "252 2.5.0 Cannot EXPN list, but will accept message and attempt "
-				 "delivery");
-		else
-			reply(s, "502 5.5.1 EXPN command is disabled");
 		break;
 	case SMTP_STARTTLS:
 	case SMTP_AUTH:
