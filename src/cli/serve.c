@@ -30,6 +30,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
+#include "deliver/deliver.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
 
@@ -210,6 +211,7 @@ int cmd_serve(int argc, char **argv)
 	struct spool *sp = NULL;
 	struct scheduler *sched = NULL;
 	struct smtp_server *srv = NULL;
+	struct remote *remote = NULL;
 	struct control *ctl = NULL;
 
 	/* Every thread inherits this mask; only sigwait below takes the signals. */
@@ -301,6 +303,12 @@ int cmd_serve(int argc, char **argv)
 			goto out;
 		}
 	}
+	remote = remote_new(workers, n_workers, err, sizeof(err));
+	if (!remote) {
+		log_error("event=fatal reason=\"remote delivery: %s\"", err);
+		goto out;
+	}
+	scheduler_set_remote(sched, remote);
 	for (size_t i = 0; i < n_fds; i++) {
 		if (smtp_server_listen(srv, workers[i % n_workers], fds[i], fd_profiles[i]) !=
 		    TERN_OK) {
@@ -352,6 +360,20 @@ int cmd_serve(int argc, char **argv)
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
+	/* No new deliveries start; those on the wire get the rest of the grace. */
+	scheduler_stop(sched);
+	for (;;) {
+		if (remote_active(remote) == 0)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec - start.tv_sec >= (time_t)conf->limits.shutdown_grace) {
+			log_warn("event=shutdown_grace_expired remote_connections=%zu",
+				 remote_active(remote));
+			break;
+		}
+		struct timespec ts = {0, 20 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
 	status = 0;
 
 out:
@@ -360,6 +382,7 @@ out:
 	for (unsigned w = 0; w < n_workers; w++)
 		if (workers[w])
 			worker_stop_and_join(workers[w]);
+	remote_free(remote);
 	scheduler_free(sched);
 	/* Closing the spool runs the last commit callbacks; they post to the
 	 * (stopped) workers, so drain those once more before freeing sessions. */

@@ -140,6 +140,9 @@ size_t scheduler_pending(struct scheduler *s);
 /* Remote recipients go to r (set once, before the first submit). */
 struct remote;
 void scheduler_set_remote(struct scheduler *s, struct remote *r);
+/* Stops the delivery threads after the batch in progress (remote results
+ * still arriving are recorded). */
+void scheduler_stop(struct scheduler *s);
 /* Stops the threads after the batch in progress; undelivered work stays in the spool. */
 void scheduler_free(struct scheduler *s);
 

@@ -1,17 +1,20 @@
 /*
- * scheduler.c — decides when each recipient is tried and runs local
- * deliveries.
+ * scheduler.c — decides when each recipient is tried, runs local
+ * deliveries, hands remote recipients to the remote engine, and turns
+ * every result into spool state, log lines, retries and DSNs.
  *
- * Committed messages arrive through scheduler_submit() (from event-loop
- * threads: it only links a job and signals). Delivery threads take up to
- * BATCH_MAX jobs at a time and deliver every due local recipient of all of
- * them with one maildir_deliver_batch(), so many messages share their
- * directory syncs. Each result is appended to the spool; the spool removes
- * a message once no recipient is left to try. Temporary failures go to a
- * deferred list with exponential backoff; the delivery threads move due
- * entries back to the run queue once a second.
+ * Committed messages arrive through scheduler_submit() (from any thread:
+ * it only links a job and signals). Delivery threads take up to BATCH_MAX
+ * jobs at a time: every due local recipient of all of them is delivered
+ * with one maildir_deliver_batch(), so many messages share their directory
+ * syncs; due remote recipients become one remote job per destination
+ * domain. Temporary failures go to a deferred list with exponential
+ * backoff and jitter (delivery.retry_base .. retry_max); past
+ * delivery.max_lifetime a recipient bounces with its last reason.
  *
- * Must never: run on an event loop; hold the lock while doing I/O.
+ * Must never: run on an event loop (except remote_done, which only
+ * appends to the spool and queues); hold the lock while doing I/O; send a
+ * DSN to the null sender.
  */
 #include "queue/queue.h"
 
@@ -30,8 +33,7 @@
 #include "smtp/smtp.h"
 
 #define BATCH_MAX 64
-#define RETRY_BASE 60
-#define RETRY_MAX 3600
+#define INFLIGHT_BUCKETS 1024
 
 struct job {
 	struct job *next;
@@ -42,8 +44,18 @@ struct job {
 	bool from_spool; /* data was read back: a retry or a recovery */
 };
 
+/* Messages with recipients handed to the remote engine, so a flush or a
+ * local retry never sends them twice at once. */
+struct inflight {
+	struct inflight *next;
+	char id[QUEUE_ID_LEN + 1];
+	unsigned count;
+	bool delay_warned;
+};
+
 struct scheduler {
 	struct spool *sp;
+	struct remote *remote;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct job *head, *tail; /* due now */
@@ -52,11 +64,53 @@ struct scheduler {
 	bool stopping;
 	unsigned n_threads;
 	pthread_t *threads;
+	struct inflight *inflight[INFLIGHT_BUCKETS];
+	/* Ids that already got a DELAY notice (kept in memory only: after a
+	 * restart a second notice is possible, a missed bounce is not). */
+	struct inflight *warned[INFLIGHT_BUCKETS];
 };
 
 static int64_t now_sec(void)
 {
 	return (int64_t)time(NULL);
+}
+
+static unsigned id_hash(const char *id)
+{
+	uint32_t h = 2166136261u;
+	for (const char *p = id; *p; p++)
+		h = (h ^ (uint8_t)*p) * 16777619u;
+	return h % INFLIGHT_BUCKETS;
+}
+
+/* Adds delta to the in-flight count of id; returns the count before. */
+static unsigned inflight_add(struct scheduler *s, struct inflight **table, const char *id,
+			     int delta)
+{
+	unsigned b = id_hash(id);
+	struct inflight **pp = &table[b];
+	while (*pp && strcmp((*pp)->id, id) != 0)
+		pp = &(*pp)->next;
+	unsigned before = *pp ? (*pp)->count : 0;
+	if (delta > 0) {
+		if (!*pp) {
+			struct inflight *e = calloc(1, sizeof(*e));
+			if (!e)
+				return before;
+			tern_strlcpy(e->id, id, sizeof(e->id));
+			*pp = e;
+		}
+		(*pp)->count += (unsigned)delta;
+	} else if (*pp) {
+		unsigned d = (unsigned)(-delta);
+		(*pp)->count = (*pp)->count > d ? (*pp)->count - d : 0;
+		if ((*pp)->count == 0) {
+			struct inflight *dead = *pp;
+			*pp = dead->next;
+			free(dead);
+		}
+	}
+	return before;
 }
 
 static void job_free(struct job *j)
@@ -98,6 +152,9 @@ size_t scheduler_pending(struct scheduler *s)
 {
 	pthread_mutex_lock(&s->lock);
 	size_t n = s->n_pending;
+	for (size_t b = 0; b < INFLIGHT_BUCKETS; b++)
+		for (struct inflight *e = s->inflight[b]; e; e = e->next)
+			n++;
 	pthread_mutex_unlock(&s->lock);
 	return n;
 }
@@ -110,6 +167,16 @@ static void defer_job(struct scheduler *s, const char *id, int64_t due)
 	tern_strlcpy(j->id, id, sizeof(j->id));
 	j->due = due;
 	pthread_mutex_lock(&s->lock);
+	/* One timer per message is enough: keep the earliest. */
+	for (struct job *e = s->deferred; e; e = e->next) {
+		if (strcmp(e->id, id) == 0) {
+			if (due < e->due)
+				e->due = due;
+			pthread_mutex_unlock(&s->lock);
+			free(j);
+			return;
+		}
+	}
 	j->next = s->deferred;
 	s->deferred = j;
 	s->n_pending++;
@@ -117,12 +184,12 @@ static void defer_job(struct scheduler *s, const char *id, int64_t due)
 }
 
 /* Moves due deferred jobs to the run queue. Called with the lock held. */
-static void promote_due_locked(struct scheduler *s, int64_t now, bool all)
+static void promote_due_locked(struct scheduler *s, int64_t now)
 {
 	struct job **pp = &s->deferred;
 	while (*pp) {
 		struct job *j = *pp;
-		if (all || j->due <= now) {
+		if (j->due <= now) {
 			*pp = j->next;
 			s->n_pending--;
 			enqueue_locked(s, j);
@@ -146,8 +213,6 @@ static bool requeue_one(const struct spool_msg *m, void *arg)
 	int64_t next = 0;
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		const struct spool_rcpt *r = &m->rcpts[i];
-		if (!r->local)
-			continue; /* remote delivery: issue 3 */
 		if (r->state == RCPT_QUEUED ||
 		    (r->state == RCPT_DEFERRED && (c->ignore_next_try || r->next_try <= c->now)))
 			due = true;
@@ -183,6 +248,290 @@ void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try)
 	log_info("event=requeue messages=%zu", c.n);
 }
 
+void scheduler_set_remote(struct scheduler *s, struct remote *r)
+{
+	s->remote = r;
+}
+
+/* ------------------------------------------------------------------ DSN */
+
+static int64_t backoff(const struct tern_config *conf, uint32_t attempts)
+{
+	int64_t base = conf->delivery.retry_base ? conf->delivery.retry_base : 300;
+	int64_t max = conf->delivery.retry_max ? conf->delivery.retry_max : 3600;
+	int64_t d = base;
+	for (uint32_t i = 1; i < attempts && d < max; i++)
+		d *= 2;
+	if (d > max)
+		d = max;
+	/* Jitter of up to 10% spreads the retries of a burst of failures. */
+	return d + (int64_t)(rand() % (int)(d / 10 + 1));
+}
+
+struct dsn_commit {
+	struct scheduler *s;
+	char id[QUEUE_ID_LEN + 1];
+};
+
+static void dsn_committed(void *arg, int err)
+{
+	struct dsn_commit *dc = arg;
+	if (err == TERN_OK)
+		scheduler_submit(dc->s, dc->id, NULL, 0);
+	else
+		log_error("event=dsn_spool_failed id=%s reason=%s", dc->id, tern_strerror(err));
+	free(dc);
+}
+
+/*
+ * Queues a DSN about msg for the given recipients. kind is "failure",
+ * "delay" or "success". The notice goes to the original sender; a message
+ * from the null sender (itself a notice) is reported to the postmaster
+ * instead, unless it was addressed to a postmaster: that would loop.
+ */
+static void send_dsn(struct scheduler *s, const struct tern_config *conf,
+		     const struct spool_msg *m, const char *data, size_t len,
+		     const struct dsn_rcpt *rcpts, size_t n, const char *kind)
+{
+	if (n == 0)
+		return;
+	char to[SMTP_ADDR_MAX + 16];
+	const char *first_local = conf->n_local_domains ? conf->local_domains[0] : "localhost";
+	if (m->sender[0]) {
+		tern_strlcpy(to, m->sender, sizeof(to));
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			if (strncasecmp(rcpts[i].final_rcpt, "postmaster@", 11) == 0) {
+				log_warn("event=dsn_dropped id=%s reason=\"a notice about a notice to "
+					 "the postmaster would loop\"",
+					 m->id);
+				return;
+			}
+		}
+		snprintf(to, sizeof(to), "postmaster@%s", first_local);
+	}
+	struct tbuf out;
+	tbuf_init(&out, len + 256 * 1024);
+	struct dsn_params p = {
+		.reporting_mta = conf->hostname,
+		.queue_id = m->id,
+		.envid = m->envid,
+		.arrival = m->created,
+		.to = to,
+		.ret = m->ret,
+		.rcpts = rcpts,
+		.n_rcpts = n,
+		.original = data,
+		.original_len = len,
+		.now = now_sec(),
+	};
+	if (dsn_build(&p, &out) != TERN_OK) {
+		log_error("event=dsn_failed id=%s reason=build", m->id);
+		tbuf_free(&out);
+		return;
+	}
+	/* Route the notice like any message: aliases and local domains apply. */
+	struct smtp_path path;
+	struct spool_rcpt rc[16];
+	size_t n_rc = 0;
+	char lc[SMTP_ADDR_MAX + 16];
+	tern_strlcpy(lc, to, sizeof(lc));
+	const struct conf_alias *al = NULL;
+	if (smtp_parse_mailbox(to, strlen(to), &path) &&
+	    conf_is_local_domain(conf, path.domain, strlen(path.domain))) {
+		tern_ascii_lower(lc);
+		al = conf_find_alias(conf, lc);
+	}
+	memset(rc, 0, sizeof(rc));
+	if (al) {
+		for (size_t i = 0; i < al->n_to && n_rc < 16; i++) {
+			const char *at = strrchr(al->to[i], '@');
+			rc[n_rc].addr = al->to[i];
+			rc[n_rc].local = at && conf_is_local_domain(conf, at + 1, strlen(at + 1));
+			n_rc++;
+		}
+	} else {
+		const char *at = strrchr(to, '@');
+		rc[0].addr = to;
+		rc[0].local = at && conf_is_local_domain(conf, at + 1, strlen(at + 1));
+		n_rc = 1;
+	}
+	struct spool_msg env = {0};
+	queue_id_new(env.id);
+	env.sender = "";
+	env.created = now_sec();
+	env.client = "addr=local proto=DSN";
+	env.size = out.len;
+	env.rcpts = rc;
+	env.n_rcpts = n_rc;
+	struct dsn_commit *dc = malloc(sizeof(*dc));
+	if (!dc) {
+		tbuf_free(&out);
+		return;
+	}
+	dc->s = s;
+	memcpy(dc->id, env.id, sizeof(dc->id));
+	int rc2 = spool_put(s->sp, &env, out.data, out.len, dsn_committed, dc);
+	if (rc2 != TERN_OK) {
+		free(dc);
+		log_error("event=dsn_spool_failed id=%s reason=%s", m->id, tern_strerror(rc2));
+	} else {
+		log_info("event=dsn id=%s dsn_id=%s kind=%s to=<%s> rcpts=%zu", m->id, env.id, kind,
+			 to, n);
+	}
+	tbuf_free(&out);
+}
+
+static bool wants_notice(unsigned notify, unsigned bit)
+{
+	if (notify & SMTP_NOTIFY_NEVER)
+		return false;
+	if (notify == 0) /* no NOTIFY: failures and delays are reported (RFC 3461 §4.1) */
+		return bit == SMTP_NOTIFY_FAILURE || bit == SMTP_NOTIFY_DELAY;
+	return (notify & bit) != 0;
+}
+
+/* ------------------------------------------------------------ results */
+
+/* What became of one recipient, to be recorded. */
+struct outcome {
+	size_t idx;
+	enum rcpt_state state;  /* DELIVERED, BOUNCED or DEFERRED */
+	const char *status;
+	const char *reply;
+	const char *relay;      /* "local" or the remote host */
+	bool dsn_relayed;
+};
+
+/*
+ * Records outcomes for one message: spool state, a log line each, retry
+ * timers, and the DSNs they call for. data is the message (for DSNs).
+ */
+static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
+			    const struct spool_msg *m, const char *data, size_t len,
+			    struct outcome *o, size_t n)
+{
+	int64_t now = now_sec();
+	struct dsn_rcpt fail[64], delayed[64], ok[64];
+	size_t n_fail = 0, n_delayed = 0, n_ok = 0;
+	char expired[64][600];
+	int64_t next_due = 0;
+	for (size_t k = 0; k < n; k++) {
+		const struct spool_rcpt *r = &m->rcpts[o[k].idx];
+		double delay = (double)(now - m->created);
+		if (o[k].state == RCPT_DEFERRED && conf->delivery.max_lifetime &&
+		    now - m->created >= (int64_t)conf->delivery.max_lifetime) {
+			/* Too old: the last temporary reason becomes final. */
+			snprintf(expired[k < 64 ? k : 63], sizeof(expired[0]),
+				 "delivery time expired after %lld s; last error: %s",
+				 (long long)(now - m->created), o[k].reply);
+			o[k].state = RCPT_BOUNCED;
+			o[k].status = "4.4.7";
+			o[k].reply = expired[k < 64 ? k : 63];
+		}
+		char q[700];
+		switch (o[k].state) {
+		case RCPT_DELIVERED:
+			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DELIVERED, 0, o[k].reply);
+			log_info("event=delivered id=%s to=<%s> relay=%s delay=%.0fs reply=%s", m->id,
+				 r->addr, o[k].relay, delay,
+				 log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
+			if (wants_notice(r->notify, SMTP_NOTIFY_SUCCESS) && !o[k].dsn_relayed &&
+			    n_ok < 64)
+				ok[n_ok++] = (struct dsn_rcpt){
+					.final_rcpt = r->addr, .orcpt = r->orcpt,
+					.action = strcmp(o[k].relay, "local") == 0 ? "delivered"
+										    : "relayed",
+					.status = "2.0.0", .remote_mta = NULL,
+					.diagnostic = NULL, .last_attempt = now};
+			break;
+		case RCPT_BOUNCED:
+			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_BOUNCED, 0, o[k].reply);
+			log_warn("event=bounced id=%s to=<%s> relay=%s status=%s reply=%s", m->id,
+				 r->addr, o[k].relay, o[k].status,
+				 log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
+			if (wants_notice(r->notify, SMTP_NOTIFY_FAILURE) && n_fail < 64)
+				fail[n_fail++] = (struct dsn_rcpt){
+					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "failed",
+					.status = o[k].status[0] == '5' ? o[k].status : "5.0.0",
+					.remote_mta = strcmp(o[k].relay, "local") == 0 ? NULL
+										       : o[k].relay,
+					.diagnostic = o[k].reply, .last_attempt = now};
+			break;
+		default: {
+			int64_t next = now + backoff(conf, r->attempts + 1);
+			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
+			log_info("event=deferred id=%s to=<%s> relay=%s status=%s retry_in=%llds "
+				 "reply=%s",
+				 m->id, r->addr, o[k].relay, o[k].status, (long long)(next - now),
+				 log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
+			if (next_due == 0 || next < next_due)
+				next_due = next;
+			if (conf->delivery.delay_warning &&
+			    now - m->created >= (int64_t)conf->delivery.delay_warning &&
+			    wants_notice(r->notify, SMTP_NOTIFY_DELAY) && n_delayed < 64)
+				delayed[n_delayed++] = (struct dsn_rcpt){
+					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "delayed",
+					.status = o[k].status[0] == '4' ? o[k].status : "4.0.0",
+					.remote_mta = strcmp(o[k].relay, "local") == 0 ? NULL
+										       : o[k].relay,
+					.diagnostic = o[k].reply, .last_attempt = now,
+					.will_retry_until = m->created +
+							    (int64_t)conf->delivery.max_lifetime};
+			break;
+		}
+		}
+	}
+	if (next_due)
+		defer_job(s, m->id, next_due);
+	send_dsn(s, conf, m, data, len, fail, n_fail, "failure");
+	send_dsn(s, conf, m, data, len, ok, n_ok, "success");
+	if (n_delayed) {
+		pthread_mutex_lock(&s->lock);
+		bool first = inflight_add(s, s->warned, m->id, 1) == 0;
+		pthread_mutex_unlock(&s->lock);
+		if (first)
+			send_dsn(s, conf, m, data, len, delayed, n_delayed, "delay");
+	}
+}
+
+/* Runs on a worker thread when the remote engine finished a job. */
+static void remote_done(struct remote_job *job, void *arg)
+{
+	struct scheduler *s = arg;
+	struct tern_runtime *rt = runtime_acquire();
+	struct spool_msg *m = spool_get(s->sp, job->id);
+	if (m && rt) {
+		struct outcome o[256];
+		size_t n = 0;
+		for (size_t i = 0; i < job->n_rcpts && n < 256; i++) {
+			struct remote_rcpt *rr = &job->rcpts[i];
+			if (rr->idx >= m->n_rcpts)
+				continue;
+			o[n].idx = rr->idx;
+			o[n].state = rr->outcome == REMOTE_DELIVERED ? RCPT_DELIVERED
+				     : rr->outcome == REMOTE_BOUNCED ? RCPT_BOUNCED
+								     : RCPT_DEFERRED;
+			o[n].status = rr->status;
+			o[n].reply = rr->reply;
+			o[n].relay = rr->remote_mta[0] ? rr->remote_mta : job->domain;
+			o[n].dsn_relayed = rr->dsn_relayed;
+			n++;
+		}
+		record_outcomes(s, rt->conf, m, job->data, job->len, o, n);
+	}
+	struct spool_msg *after = spool_get(s->sp, job->id);
+	pthread_mutex_lock(&s->lock);
+	inflight_add(s, s->inflight, job->id, -1);
+	if (!after) /* finished: forget that it was warned about */
+		inflight_add(s, s->warned, job->id, -(int)0x7fffffff);
+	pthread_mutex_unlock(&s->lock);
+	spool_msg_free(after);
+	spool_msg_free(m);
+	runtime_release(rt);
+	remote_job_free(job);
+}
+
 /* ------------------------------------------------------------- delivery */
 
 struct item_ctx {
@@ -194,15 +543,82 @@ struct item_ctx {
 	char stable[MAILDIR_NAME_MAX];
 };
 
-static int64_t backoff(uint32_t attempts)
+static bool is_due(const struct spool_rcpt *r, int64_t now)
 {
-	int64_t d = RETRY_BASE;
-	for (uint32_t i = 1; i < attempts && d < RETRY_MAX; i++)
-		d *= 2;
-	if (d > RETRY_MAX)
-		d = RETRY_MAX;
-	/* Jitter of up to 10% spreads retries of a burst of failures. */
-	return d + (int64_t)(rand() % (int)(d / 10 + 1));
+	return r->state == RCPT_QUEUED || (r->state == RCPT_DEFERRED && r->next_try <= now);
+}
+
+/* Hands every due remote recipient of m to the remote engine, one job per
+ * destination domain. */
+static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job *job,
+			    int64_t now)
+{
+	if (!s->remote)
+		return;
+	pthread_mutex_lock(&s->lock);
+	bool busy = inflight_add(s, s->inflight, m->id, 0) > 0;
+	pthread_mutex_unlock(&s->lock);
+	if (busy)
+		return; /* a job for this message is on the wire; it will report */
+	bool *taken = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(bool));
+	if (!taken)
+		return;
+	bool has_8bit = false;
+	for (size_t i = 0; i < job->len; i++) {
+		if ((unsigned char)job->data[i] >= 0x80) {
+			has_8bit = true;
+			break;
+		}
+	}
+	for (size_t i = 0; i < m->n_rcpts; i++) {
+		struct spool_rcpt *r = &m->rcpts[i];
+		if (r->local || taken[i] || !is_due(r, now))
+			continue;
+		const char *at = strrchr(r->addr, '@');
+		char domain[256];
+		tern_strlcpy(domain, at ? at + 1 : "", sizeof(domain));
+		tern_ascii_lower(domain);
+		struct remote_job *rj = calloc(1, sizeof(*rj));
+		if (!rj)
+			break;
+		tern_strlcpy(rj->id, m->id, sizeof(rj->id));
+		tern_strlcpy(rj->domain, domain, sizeof(rj->domain));
+		rj->sender = tern_strdup(m->sender);
+		rj->envid = tern_strdup(m->envid);
+		rj->body = m->body;
+		rj->ret = m->ret;
+		rj->smtputf8 = m->smtputf8;
+		rj->has_8bit = has_8bit;
+		rj->data = malloc(job->len ? job->len : 1);
+		rj->rcpts = calloc(m->n_rcpts, sizeof(*rj->rcpts));
+		if (!rj->sender || !rj->data || !rj->rcpts) {
+			remote_job_free(rj);
+			break;
+		}
+		memcpy(rj->data, job->data, job->len);
+		rj->len = job->len;
+		for (size_t k = i; k < m->n_rcpts; k++) {
+			struct spool_rcpt *rk = &m->rcpts[k];
+			if (rk->local || taken[k] || !is_due(rk, now))
+				continue;
+			const char *ak = strrchr(rk->addr, '@');
+			if (!ak || strcasecmp(ak + 1, domain) != 0)
+				continue;
+			struct remote_rcpt *rr = &rj->rcpts[rj->n_rcpts++];
+			rr->addr = tern_strdup(rk->addr);
+			rr->orcpt = tern_strdup(rk->orcpt);
+			rr->notify = rk->notify;
+			rr->idx = k;
+			taken[k] = true;
+		}
+		rj->done = remote_done;
+		rj->done_arg = s;
+		pthread_mutex_lock(&s->lock);
+		inflight_add(s, s->inflight, m->id, 1);
+		pthread_mutex_unlock(&s->lock);
+		remote_submit(s->remote, rj);
+	}
+	free(taken);
 }
 
 static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
@@ -211,19 +627,20 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 	if (!rt)
 		return;
 	const struct tern_config *conf = rt->conf;
-
 	struct spool_msg **msgs = calloc(n_jobs, sizeof(*msgs));
 	size_t n_items = 0, cap = 0;
 	struct maildir_item *items = NULL;
 	struct item_ctx *ctx = NULL;
+	struct smtp_path *paths = NULL;
 	if (!msgs)
 		goto out;
 
+	int64_t now = now_sec();
 	for (size_t j = 0; j < n_jobs; j++) {
 		struct job *job = jobs[j];
 		struct spool_msg *m = spool_get(s->sp, job->id);
 		if (!m)
-			continue; /* deleted meanwhile */
+			continue; /* deleted or finished meanwhile */
 		msgs[j] = m;
 		if (!job->data) {
 			job->from_spool = true;
@@ -240,13 +657,10 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 				job->len = 0;
 			}
 		}
-		int64_t now = now_sec();
+		dispatch_remote(s, m, job, now);
 		for (size_t i = 0; i < m->n_rcpts; i++) {
 			struct spool_rcpt *r = &m->rcpts[i];
-			if (!r->local)
-				continue;
-			if (r->state != RCPT_QUEUED &&
-			    !(r->state == RCPT_DEFERRED && r->next_try <= now))
+			if (!r->local || !is_due(r, now))
 				continue;
 			if (n_items == cap) {
 				size_t ncap = cap ? cap * 2 : 16;
@@ -261,9 +675,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 				cap = ncap;
 			}
 			struct item_ctx *c = &ctx[n_items];
-			struct maildir_item *it = &items[n_items];
 			memset(c, 0, sizeof(*c));
-			memset(it, 0, sizeof(*it));
+			memset(&items[n_items], 0, sizeof(items[n_items]));
 			c->job = job;
 			c->msg = m;
 			c->rcpt_idx = i;
@@ -287,8 +700,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 	}
 
-	/* Paths: the mailbox of each item, from the parsed recipient. */
-	struct smtp_path *paths = calloc(n_items ? n_items : 1, sizeof(*paths));
+	paths = calloc(n_items ? n_items : 1, sizeof(*paths));
 	if (!paths)
 		goto out;
 	for (size_t k = 0; k < n_items; k++) {
@@ -313,38 +725,47 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 	if (n_items)
 		maildir_deliver_batch(conf->data_dir, conf->hostname, items, n_items);
 
-	int64_t now = now_sec();
-	for (size_t k = 0; k < n_items; k++) {
-		struct spool_msg *m = ctx[k].msg;
-		struct spool_rcpt *r = &m->rcpts[ctx[k].rcpt_idx];
-		double delay = (double)(now - m->created);
-		if (items[k].result == TERN_OK) {
-			spool_update_rcpt(s->sp, m->id, ctx[k].rcpt_idx, RCPT_DELIVERED, 0,
-					  "250 2.0.0 delivered to mailbox");
-			log_info("event=delivered id=%s to=<%s> relay=local mailbox=%s delay=%.0fs",
-				 m->id, r->addr, items[k].path, delay);
-		} else if (items[k].result == TERN_EINVAL || items[k].result == TERN_ELIMIT) {
-			spool_update_rcpt(s->sp, m->id, ctx[k].rcpt_idx, RCPT_BOUNCED, 0,
-					  "550 5.1.3 mailbox name not usable");
-			log_warn("event=bounced id=%s to=<%s> relay=local reason=\"mailbox name not "
-				 "usable\"",
-				 m->id, r->addr);
-		} else {
-			uint32_t attempts = r->attempts + 1;
-			int64_t next = now + backoff(attempts);
-			char reply[128];
-			snprintf(reply, sizeof(reply), "451 4.3.0 local delivery failed: %s",
-				 tern_strerror(items[k].result));
-			spool_update_rcpt(s->sp, m->id, ctx[k].rcpt_idx, RCPT_DEFERRED, next,
-					  reply);
-			log_warn("event=deferred id=%s to=<%s> relay=local reason=%s retry_in=%llds",
-				 m->id, r->addr, tern_strerror(items[k].result),
-				 (long long)(next - now));
-			defer_job(s, m->id, next);
-		}
+	/* Record per message, so each message's DSN covers all its recipients. */
+	struct outcome *o = calloc(n_items ? n_items : 1, sizeof(*o));
+	char (*replies)[160] = calloc(n_items ? n_items : 1, sizeof(*replies));
+	if (!o || !replies) {
+		free(o);
+		free(replies);
+		goto out;
 	}
-	free(paths);
+	for (size_t k = 0; k < n_items;) {
+		size_t first = k, n = 0;
+		struct spool_msg *m = ctx[k].msg;
+		for (; k < n_items && ctx[k].msg == m; k++) {
+			struct outcome *oc = &o[n++];
+			oc->idx = ctx[k].rcpt_idx;
+			oc->relay = "local";
+			oc->dsn_relayed = false;
+			if (items[k].result == TERN_OK) {
+				oc->state = RCPT_DELIVERED;
+				oc->status = "2.0.0";
+				snprintf(replies[k], sizeof(replies[k]),
+					 "250 2.0.0 delivered to mailbox %s", items[k].name);
+			} else if (items[k].result == TERN_EINVAL || items[k].result == TERN_ELIMIT) {
+				oc->state = RCPT_BOUNCED;
+				oc->status = "5.1.3";
+				snprintf(replies[k], sizeof(replies[k]),
+					 "550 5.1.3 the mailbox name is not usable");
+			} else {
+				oc->state = RCPT_DEFERRED;
+				oc->status = "4.3.0";
+				snprintf(replies[k], sizeof(replies[k]),
+					 "451 4.3.0 local delivery failed: %s",
+					 tern_strerror(items[k].result));
+			}
+			oc->reply = replies[k];
+		}
+		record_outcomes(s, conf, m, ctx[first].job->data, ctx[first].job->len, o, n);
+	}
+	free(o);
+	free(replies);
 out:
+	free(paths);
 	for (size_t k = 0; k < n_items; k++)
 		free(ctx[k].prefix);
 	free(items);
@@ -361,16 +782,11 @@ static void *scheduler_main(void *arg)
 {
 	struct scheduler *s = arg;
 	struct job *batch[BATCH_MAX];
-	int64_t last_promote = 0;
 	for (;;) {
 		size_t n = 0;
 		pthread_mutex_lock(&s->lock);
 		for (;;) {
-			int64_t now = now_sec();
-			if (now != last_promote) {
-				promote_due_locked(s, now, false);
-				last_promote = now;
-			}
+			promote_due_locked(s, now_sec());
 			if (s->head || s->stopping)
 				break;
 			struct timespec ts;
@@ -422,7 +838,7 @@ struct scheduler *scheduler_new(struct spool *sp, unsigned threads)
 	return s;
 }
 
-void scheduler_free(struct scheduler *s)
+void scheduler_stop(struct scheduler *s)
 {
 	if (!s)
 		return;
@@ -432,6 +848,14 @@ void scheduler_free(struct scheduler *s)
 	pthread_mutex_unlock(&s->lock);
 	for (unsigned i = 0; i < s->n_threads; i++)
 		pthread_join(s->threads[i], NULL);
+	s->n_threads = 0;
+}
+
+void scheduler_free(struct scheduler *s)
+{
+	if (!s)
+		return;
+	scheduler_stop(s);
 	struct job *lists[2] = {s->head, s->deferred};
 	for (int l = 0; l < 2; l++) {
 		struct job *j = lists[l];
@@ -439,6 +863,17 @@ void scheduler_free(struct scheduler *s)
 			struct job *next = j->next;
 			job_free(j);
 			j = next;
+		}
+	}
+	for (size_t b = 0; b < INFLIGHT_BUCKETS; b++) {
+		struct inflight *tables[2] = {s->inflight[b], s->warned[b]};
+		for (int t = 0; t < 2; t++) {
+			struct inflight *e = tables[t];
+			while (e) {
+				struct inflight *next = e->next;
+				free(e);
+				e = next;
+			}
 		}
 	}
 	free(s->threads);

@@ -1,0 +1,1490 @@
+/*
+ * remote.c — delivery to other mail servers: next-hop selection (route,
+ * relayhost or MX per RFC 5321 §5.1), the outbound SMTP client state
+ * machine, and per-destination connection limits with reuse.
+ *
+ * A connection (struct rconn) lives on one worker: it resolves its next
+ * hop with that worker's async resolver, tries each address in order
+ * (next MX and next address on a connection failure or a 4xx greeting),
+ * then delivers every job queued for its destination, one transaction
+ * each, before QUIT. Each recipient ends with a result; the job's done
+ * callback hands them back to the scheduler.
+ *
+ * Must never: block; deliver to ourselves (an MX that is us bounces 5.4.6);
+ * send a message to a peer whose capabilities it would violate (SIZE,
+ * SMTPUTF8, 8BITMIME: converted or bounced instead).
+ *
+ * SECURITY: reads replies from untrusted servers; every reply goes through
+ * the bounded, fuzzed reply parser; a server's words are copied bounded.
+ */
+#include "deliver/deliver.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "core/buf.h"
+#include "core/codec.h"
+#include "core/conf.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "core/runtime.h"
+#include "dns/dns.h"
+#include "smtp/smtp.h"
+
+#define MAX_MX 16
+#define MAX_TARGETS 32
+
+struct dest {
+	struct dest *next;
+	char key[320];
+	struct remote_job *head, *tail;
+	unsigned active;
+};
+
+struct remote {
+	struct worker **workers;
+	size_t n_workers;
+	struct dns_resolver **resolvers;
+	SSL_CTX *tls;
+	pthread_mutex_t lock;
+	struct dest *dests;
+	unsigned rr;
+	_Atomic size_t active;
+	struct rconn *conns;
+};
+
+struct target {
+	char host[DNS_NAME_MAX + 1];
+	struct sockaddr_storage ss;
+	socklen_t len;
+};
+
+struct host_addrs {
+	char host[DNS_NAME_MAX + 1];
+	struct in6_addr v6[8];
+	struct in_addr v4[8];
+	size_t n6, n4;
+	int pending;
+	enum dns_status st4, st6;
+};
+
+enum rc_state {
+	RC_DNS,
+	RC_CONNECT,
+	RC_GREETING,
+	RC_EHLO,
+	RC_HELO,
+	RC_STARTTLS,
+	RC_TLS_HANDSHAKE,
+	RC_AUTH,
+	RC_AUTH_LOGIN_USER,
+	RC_AUTH_LOGIN_PASS,
+	RC_TX,
+	RC_DOT,
+	RC_RSET,
+	RC_QUIT,
+};
+
+/* What the next reply in a pipelined transaction answers. */
+enum expect { EX_MAIL, EX_RCPT, EX_DATA };
+
+struct rconn {
+	struct rconn *prev, *next; /* on remote->conns, for shutdown */
+	struct remote *r;
+	struct worker *w;
+	struct dns_resolver *res;
+	struct dest *dest;
+	struct tern_runtime *rt;
+	const struct tern_config *conf;
+	const struct conf_route *route;
+	struct remote_job *job;
+	char domain[DNS_NAME_MAX + 1];
+	enum rc_state st;
+	uint16_t port;
+	/* DNS */
+	struct host_addrs hosts[MAX_MX];
+	size_t n_hosts;
+	int pending_dns;
+	bool dns_failed_perm;
+	/* targets */
+	struct target targets[MAX_TARGETS];
+	size_t n_targets, cur;
+	bool tls_disabled; /* a TLS handshake failed on this target: retry in clear */
+	/* SMTP */
+	struct bufferevent *bev;
+	struct smtp_reply_parser rp;
+	struct smtp_ehlo_caps caps;
+	bool tls_active;
+	bool greeted_ok; /* a server took us past EHLO: failures are no longer per-target */
+	bool in_read;    /* inside on_read: freeing waits until it returns */
+	bool dead;       /* freed while in_read */
+	/* transaction */
+	enum expect expect[1 + 1024 + 1];
+	size_t n_expect, i_expect;
+	size_t rcpt_cursor;       /* next recipient to send (non-pipelined) */
+	size_t rcpt_reply_cursor; /* next recipient whose reply we wait for */
+	size_t n_accepted;
+	bool mail_failed;
+	struct tbuf converted;    /* downconverted body, when needed */
+	char last_error[512];
+	char last_status[16];
+	bool last_perm;
+};
+
+static void conn_next_target(struct rconn *c);
+static void conn_start_job(struct rconn *c);
+static void conn_end(struct rconn *c);
+static void conn_free(struct rconn *c);
+
+/* --------------------------------------------------------------- helpers */
+
+void remote_job_free(struct remote_job *job)
+{
+	if (!job)
+		return;
+	for (size_t i = 0; i < job->n_rcpts; i++) {
+		free(job->rcpts[i].addr);
+		free(job->rcpts[i].orcpt);
+	}
+	free(job->rcpts);
+	free(job->sender);
+	free(job->envid);
+	free(job->data);
+	free(job);
+}
+
+static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->last_error, sizeof(c->last_error), fmt, ap);
+	va_end(ap);
+	tern_strlcpy(c->last_status, status, sizeof(c->last_status));
+	c->last_perm = perm;
+}
+
+static void rcpt_result(struct rconn *c, struct remote_rcpt *rr, enum remote_outcome o,
+			const char *status, const char *text)
+{
+	rr->outcome = o;
+	tern_strlcpy(rr->status, status, sizeof(rr->status));
+	/* A server's words go into logs and DSNs: keep printable ASCII only. */
+	size_t n = 0;
+	for (const char *p = text; *p && n < sizeof(rr->reply) - 1; p++)
+		rr->reply[n++] = (*p >= ' ' && *p < 0x7f) ? *p : ' ';
+	rr->reply[n] = '\0';
+	tern_strlcpy(rr->remote_mta, c->cur < c->n_targets ? c->targets[c->cur].host : "",
+		     sizeof(rr->remote_mta));
+}
+
+/* Outcome from a reply code. */
+static enum remote_outcome outcome_of(int code)
+{
+	if (code >= 200 && code < 300)
+		return REMOTE_DELIVERED;
+	if (code >= 500)
+		return REMOTE_BOUNCED;
+	return REMOTE_DEFERRED;
+}
+
+static void reply_text(const struct smtp_reply *r, const char *phase, char *out, size_t outlen)
+{
+	char flat[SMTP_REPLY_TEXT_MAX + 1];
+	size_t n = 0;
+	for (const char *p = r->text; *p && n < sizeof(flat) - 1; p++)
+		flat[n++] = *p == '\n' ? ' ' : *p;
+	flat[n] = '\0';
+	if (r->enhanced[0])
+		snprintf(out, outlen, "%d %s %s (in reply to %s)", r->code, r->enhanced, flat,
+			 phase);
+	else
+		snprintf(out, outlen, "%d %s (in reply to %s)", r->code, flat, phase);
+}
+
+static const char *status_of(const struct smtp_reply *r)
+{
+	if (r->enhanced[0])
+		return r->enhanced;
+	if (r->code >= 500)
+		return "5.0.0";
+	if (r->code >= 400)
+		return "4.0.0";
+	return "2.0.0";
+}
+
+/* Finishes the current job: every recipient still pending gets the last
+ * error; the scheduler gets the job. */
+static void job_finish(struct rconn *c)
+{
+	struct remote_job *job = c->job;
+	if (!job)
+		return;
+	c->job = NULL;
+	for (size_t i = 0; i < job->n_rcpts; i++) {
+		struct remote_rcpt *rr = &job->rcpts[i];
+		if (rr->outcome != REMOTE_PENDING)
+			continue;
+		rcpt_result(c, rr, c->last_perm ? REMOTE_BOUNCED : REMOTE_DEFERRED,
+			    c->last_status[0] ? c->last_status : "4.4.1",
+			    c->last_error[0] ? c->last_error : "delivery not completed");
+	}
+	tbuf_free(&c->converted);
+	job->done(job, job->done_arg);
+}
+
+/* Takes the next job of this destination, or NULL (and gives up our slot). */
+static struct remote_job *dest_pop(struct remote *r, struct dest *d, bool release_if_empty)
+{
+	pthread_mutex_lock(&r->lock);
+	struct remote_job *j = d->head;
+	if (j) {
+		d->head = j->next;
+		if (!d->head)
+			d->tail = NULL;
+		j->next = NULL;
+	} else if (release_if_empty) {
+		d->active--;
+	}
+	pthread_mutex_unlock(&r->lock);
+	return j;
+}
+
+/* ------------------------------------------------------------------- I/O */
+
+static void send_line(struct rconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void send_line(struct rconn *c, const char *fmt, ...)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	va_list ap;
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void set_timeout(struct rconn *c, uint32_t secs)
+{
+	struct timeval tv = {secs, 0};
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+}
+
+static void close_bev(struct rconn *c)
+{
+	if (c->bev) {
+		bufferevent_free(c->bev);
+		c->bev = NULL;
+	}
+	c->tls_active = false;
+}
+
+/* Appends data dot-stuffed, ending with CRLF "." CRLF. */
+static void add_dot_stuffed(struct evbuffer *out, const char *d, size_t len)
+{
+	size_t start = 0;
+	if (len > 0 && d[0] == '.')
+		evbuffer_add(out, ".", 1);
+	for (size_t i = 0; i + 2 < len; i++) {
+		if (d[i] == '\r' && d[i + 1] == '\n' && d[i + 2] == '.') {
+			evbuffer_add(out, d + start, i + 2 - start);
+			evbuffer_add(out, ".", 1);
+			start = i + 2;
+		}
+	}
+	evbuffer_add(out, d + start, len - start);
+	if (len >= 2 && d[len - 2] == '\r' && d[len - 1] == '\n')
+		evbuffer_add(out, ".\r\n", 3);
+	else if (len == 0)
+		evbuffer_add(out, ".\r\n", 3);
+	else
+		evbuffer_add(out, "\r\n.\r\n", 5);
+}
+
+/* ----------------------------------------------------------- transaction */
+
+static void start_transaction(struct rconn *c);
+
+static void send_rcpt(struct rconn *c, size_t i)
+{
+	struct remote_rcpt *rr = &c->job->rcpts[i];
+	char params[700] = "";
+	size_t pl = 0;
+	if (c->caps.dsn) {
+		if (rr->notify) {
+			pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " NOTIFY=");
+			if (rr->notify & SMTP_NOTIFY_NEVER) {
+				pl += (size_t)snprintf(params + pl, sizeof(params) - pl, "NEVER");
+			} else {
+				const char *sep = "";
+				static const struct {
+					unsigned bit;
+					const char *name;
+				} names[] = {{SMTP_NOTIFY_SUCCESS, "SUCCESS"},
+					     {SMTP_NOTIFY_FAILURE, "FAILURE"},
+					     {SMTP_NOTIFY_DELAY, "DELAY"}};
+				for (size_t k = 0; k < 3; k++) {
+					if (rr->notify & names[k].bit) {
+						pl += (size_t)snprintf(params + pl, sizeof(params) - pl,
+								       "%s%s", sep, names[k].name);
+						sep = ",";
+					}
+				}
+			}
+		}
+		const char *semi = rr->orcpt ? strchr(rr->orcpt, ';') : NULL;
+		char x[600];
+		if (semi && (size_t)(semi - rr->orcpt) < 32 &&
+		    smtp_xtext_encode(semi + 1, strlen(semi + 1), x, sizeof(x)) &&
+		    pl < sizeof(params))
+			pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " ORCPT=%.*s;%s",
+					       (int)(semi - rr->orcpt), rr->orcpt, x);
+	}
+	send_line(c, "RCPT TO:<%s>%s", rr->addr, params);
+}
+
+static void send_mail(struct rconn *c)
+{
+	struct remote_job *j = c->job;
+	size_t len = c->converted.data ? c->converted.len : j->len;
+	char params[800] = "";
+	size_t pl = 0;
+	if (c->caps.has_size)
+		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " SIZE=%zu", len);
+	if (j->body == SMTP_BODY_BINARYMIME)
+		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " BODY=BINARYMIME");
+	else if (c->caps.eightbitmime && !c->converted.data &&
+		 (j->has_8bit || j->body == SMTP_BODY_8BITMIME))
+		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " BODY=8BITMIME");
+	if (j->smtputf8)
+		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " SMTPUTF8");
+	if (c->caps.dsn) {
+		if (j->ret == SMTP_RET_FULL)
+			pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " RET=FULL");
+		else if (j->ret == SMTP_RET_HDRS)
+			pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " RET=HDRS");
+		char x[600];
+		if (j->envid && smtp_xtext_encode(j->envid, strlen(j->envid), x, sizeof(x)) &&
+		    pl < sizeof(params))
+			pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " ENVID=%s", x);
+	}
+	send_line(c, "MAIL FROM:<%s>%s", j->sender, params);
+}
+
+/* Checks the message against the peer's capabilities; false if the job was
+ * finished (bounced) here. */
+static bool fit_message_to_peer(struct rconn *c)
+{
+	struct remote_job *j = c->job;
+	if (j->smtputf8 && !c->caps.smtputf8) {
+		set_error(c, true, "5.6.7",
+			  "550 5.6.7 the message needs SMTPUTF8 but %s does not support it",
+			  c->targets[c->cur].host);
+		return false;
+	}
+	if (j->body == SMTP_BODY_BINARYMIME && !(c->caps.chunking && c->caps.binarymime)) {
+		set_error(c, true, "5.6.3",
+			  "554 5.6.3 the message is BINARYMIME but %s cannot take it",
+			  c->targets[c->cur].host);
+		return false;
+	}
+	if (j->has_8bit && !c->caps.eightbitmime && j->body != SMTP_BODY_BINARYMIME) {
+		tbuf_init(&c->converted, j->len * 3 + 4096);
+		if (smtp_downconvert_8bit(j->data, j->len, &c->converted) != TERN_OK) {
+			tbuf_free(&c->converted);
+			set_error(c, true, "5.6.3",
+				  "554 5.6.3 %s does not take 8-bit mail and the message cannot be "
+				  "converted to 7 bits",
+				  c->targets[c->cur].host);
+			return false;
+		}
+		log_info("event=downconverted id=%s relay=%s from=%zu to=%zu", j->id,
+			 c->targets[c->cur].host, j->len, c->converted.len);
+	}
+	size_t len = c->converted.data ? c->converted.len : j->len;
+	if (c->caps.has_size && c->caps.size && len > c->caps.size) {
+		set_error(c, true, "5.3.4",
+			  "552 5.3.4 message of %zu bytes exceeds the limit of %s (%llu bytes)", len,
+			  c->targets[c->cur].host, (unsigned long long)c->caps.size);
+		return false;
+	}
+	return true;
+}
+
+static void start_transaction(struct rconn *c)
+{
+	struct remote_job *j = c->job;
+	c->n_expect = c->i_expect = 0;
+	c->rcpt_cursor = c->rcpt_reply_cursor = 0;
+	c->n_accepted = 0;
+	c->mail_failed = false;
+	c->last_error[0] = '\0';
+	c->last_status[0] = '\0';
+	c->last_perm = false;
+	if (!fit_message_to_peer(c)) {
+		job_finish(c);
+		conn_start_job(c);
+		return;
+	}
+	c->st = RC_TX;
+	set_timeout(c, c->conf->delivery.command_timeout);
+	send_mail(c);
+	c->expect[c->n_expect++] = EX_MAIL;
+	if (c->caps.pipelining) {
+		size_t max = sizeof(c->expect) / sizeof(c->expect[0]) - 2;
+		for (size_t i = 0; i < j->n_rcpts && i < max; i++) {
+			send_rcpt(c, i);
+			c->expect[c->n_expect++] = EX_RCPT;
+		}
+		c->rcpt_cursor = j->n_rcpts;
+		if (j->body != SMTP_BODY_BINARYMIME) {
+			send_line(c, "DATA");
+			c->expect[c->n_expect++] = EX_DATA;
+		}
+	}
+}
+
+static void send_body(struct rconn *c)
+{
+	struct remote_job *j = c->job;
+	const char *d = c->converted.data ? c->converted.data : j->data;
+	size_t len = c->converted.data ? c->converted.len : j->len;
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	if (j->body == SMTP_BODY_BINARYMIME) {
+		evbuffer_add_printf(out, "BDAT %zu LAST\r\n", len);
+		evbuffer_add(out, d, len);
+	} else {
+		add_dot_stuffed(out, d, len);
+	}
+	c->st = RC_DOT;
+	/* RFC 5321 §4.5.3.2.6: wait at least 10 minutes for the final reply. */
+	set_timeout(c, c->conf->delivery.command_timeout > 600 ? c->conf->delivery.command_timeout
+							       : 600);
+}
+
+/* After MAIL and every RCPT reply are in (non-pipelined or pipelined). */
+static void after_rcpts(struct rconn *c)
+{
+	struct remote_job *j = c->job;
+	if (c->mail_failed || c->n_accepted == 0) {
+		if (!c->caps.pipelining || j->body == SMTP_BODY_BINARYMIME) {
+			/* Nothing to send: reset for the next job. */
+			c->st = RC_RSET;
+			send_line(c, "RSET");
+		}
+		return;
+	}
+	if (j->body == SMTP_BODY_BINARYMIME) {
+		send_body(c);
+		return;
+	}
+	if (!c->caps.pipelining) {
+		send_line(c, "DATA");
+		c->expect[c->n_expect++] = EX_DATA;
+	}
+}
+
+static void tx_reply(struct rconn *c, const struct smtp_reply *r)
+{
+	struct remote_job *j = c->job;
+	char text[600];
+	if (c->i_expect >= c->n_expect) {
+		set_error(c, false, "4.5.0", "unexpected reply from %s: %d",
+			  c->targets[c->cur].host, r->code);
+		close_bev(c);
+		job_finish(c);
+		conn_end(c);
+		return;
+	}
+	enum expect e = c->expect[c->i_expect++];
+	switch (e) {
+	case EX_MAIL:
+		if (r->code < 200 || r->code >= 300) {
+			c->mail_failed = true;
+			reply_text(r, "MAIL FROM", text, sizeof(text));
+			for (size_t i = 0; i < j->n_rcpts; i++)
+				rcpt_result(c, &j->rcpts[i], outcome_of(r->code), status_of(r), text);
+		}
+		if (!c->caps.pipelining) {
+			if (c->mail_failed) {
+				after_rcpts(c);
+				return;
+			}
+			send_rcpt(c, c->rcpt_cursor++);
+			c->expect[c->n_expect++] = EX_RCPT;
+		}
+		break;
+	case EX_RCPT: {
+		size_t i = c->rcpt_reply_cursor++;
+		if (!c->mail_failed && i < j->n_rcpts) {
+			if (r->code >= 200 && r->code < 300) {
+				c->n_accepted++;
+			} else {
+				reply_text(r, "RCPT TO", text, sizeof(text));
+				rcpt_result(c, &j->rcpts[i], outcome_of(r->code), status_of(r), text);
+			}
+		}
+		if (!c->caps.pipelining) {
+			if (c->rcpt_cursor < j->n_rcpts) {
+				send_rcpt(c, c->rcpt_cursor++);
+				c->expect[c->n_expect++] = EX_RCPT;
+			} else {
+				after_rcpts(c);
+			}
+		} else if (c->rcpt_reply_cursor == j->n_rcpts) {
+			after_rcpts(c);
+		}
+		break;
+	}
+	case EX_DATA:
+		if (r->code == 354) {
+			if (c->mail_failed || c->n_accepted == 0) {
+				/* A pipelined DATA the server took although no recipient
+				 * was accepted: end it empty (RFC 2920 §3.1). */
+				evbuffer_add(bufferevent_get_output(c->bev), ".\r\n", 3);
+				c->st = RC_DOT;
+				return;
+			}
+			send_body(c);
+			return;
+		}
+		if (!c->mail_failed && c->n_accepted > 0) {
+			reply_text(r, "DATA", text, sizeof(text));
+			for (size_t i = 0; i < j->n_rcpts; i++)
+				if (j->rcpts[i].outcome == REMOTE_PENDING)
+					rcpt_result(c, &j->rcpts[i], outcome_of(r->code),
+						    status_of(r), text);
+		}
+		c->st = RC_RSET;
+		send_line(c, "RSET");
+		return;
+	}
+}
+
+static void dot_reply(struct rconn *c, const struct smtp_reply *r)
+{
+	struct remote_job *j = c->job;
+	char text[600];
+	reply_text(r, "end of DATA", text, sizeof(text));
+	bool ok = r->code >= 200 && r->code < 300;
+	for (size_t i = 0; i < j->n_rcpts; i++) {
+		struct remote_rcpt *rr = &j->rcpts[i];
+		if (rr->outcome != REMOTE_PENDING)
+			continue;
+		if (c->mail_failed || c->n_accepted == 0)
+			continue; /* already answered (the empty DATA case) */
+		rcpt_result(c, rr, outcome_of(r->code), status_of(r), text);
+		if (ok && c->caps.dsn && (rr->notify || rr->orcpt))
+			rr->dsn_relayed = true;
+	}
+	job_finish(c);
+	if (ok) {
+		conn_start_job(c);
+	} else {
+		c->st = RC_RSET;
+		send_line(c, "RSET");
+	}
+}
+
+/* ---------------------------------------------------------- SMTP session */
+
+static void after_ehlo(struct rconn *c);
+
+static void send_ehlo(struct rconn *c)
+{
+	c->st = RC_EHLO;
+	send_line(c, "EHLO %s", c->conf->hostname);
+}
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
+static void start_tls(struct rconn *c)
+{
+	SSL *ssl = SSL_new(c->r->tls);
+	if (!ssl) {
+		c->tls_disabled = true;
+		close_bev(c);
+		conn_next_target(c);
+		return;
+	}
+	const char *host = c->targets[c->cur].host;
+	if (host[0] && host[0] != '[')
+		SSL_set_tlsext_host_name(ssl, host);
+	struct bufferevent *tb = bufferevent_openssl_filter_new(
+		worker_base(c->w), c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
+		BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (!tb) {
+		SSL_free(ssl);
+		c->tls_disabled = true;
+		close_bev(c);
+		conn_next_target(c);
+		return;
+	}
+	c->bev = tb;
+	c->st = RC_TLS_HANDSHAKE;
+	smtp_reply_init(&c->rp);
+	bufferevent_setcb(tb, on_read, NULL, on_event, c);
+	bufferevent_enable(tb, EV_READ | EV_WRITE);
+	set_timeout(c, c->conf->delivery.command_timeout);
+}
+
+static bool read_password_file(const char *path, char *out, size_t outlen)
+{
+	FILE *f = path ? fopen(path, "r") : NULL;
+	if (!f)
+		return false;
+	bool ok = fgets(out, (int)outlen, f) != NULL;
+	fclose(f);
+	if (!ok)
+		return false;
+	out[strcspn(out, "\r\n")] = '\0';
+	return true;
+}
+
+static void start_auth(struct rconn *c)
+{
+	const struct conf_route *rt = c->route;
+	char pass[512];
+	/* The password file is read when a connection needs it; it is small and
+	 * local, which keeps secrets out of the config dump. */
+	if (!read_password_file(rt->auth_password_file, pass, sizeof(pass))) {
+		set_error(c, false, "4.7.0", "cannot read auth_password_file for %s", rt->host);
+		close_bev(c);
+		job_finish(c);
+		conn_end(c);
+		return;
+	}
+	struct tbuf raw, enc;
+	tbuf_init(&raw, 2048);
+	tbuf_init(&enc, 4096);
+	if (c->caps.auth & SMTP_AUTH_PLAIN) {
+		tbuf_append(&raw, "", 1);
+		tbuf_append_str(&raw, rt->auth_user);
+		tbuf_append(&raw, "", 1);
+		tbuf_append_str(&raw, pass);
+		tern_base64_encode(raw.data, raw.len, &enc);
+		c->st = RC_AUTH;
+		send_line(c, "AUTH PLAIN %s", enc.data ? enc.data : "");
+	} else if (c->caps.auth & SMTP_AUTH_LOGIN) {
+		c->st = RC_AUTH_LOGIN_USER;
+		send_line(c, "AUTH LOGIN");
+	} else {
+		set_error(c, false, "4.7.0", "%s offers no AUTH mechanism we can use (PLAIN, LOGIN)",
+			  c->targets[c->cur].host);
+		close_bev(c);
+		job_finish(c);
+		conn_end(c);
+	}
+	memset(pass, 0, sizeof(pass));
+	tbuf_free(&raw);
+	tbuf_free(&enc);
+}
+
+static void auth_login_step(struct rconn *c, bool user)
+{
+	char pass[512];
+	const char *v = c->route->auth_user;
+	if (!user) {
+		if (!read_password_file(c->route->auth_password_file, pass, sizeof(pass)))
+			pass[0] = '\0';
+		v = pass;
+	}
+	struct tbuf enc;
+	tbuf_init(&enc, 4096);
+	tern_base64_encode(v, strlen(v), &enc);
+	send_line(c, "%s", enc.data ? enc.data : "");
+	tbuf_free(&enc);
+	memset(pass, 0, sizeof(pass));
+	c->st = user ? RC_AUTH_LOGIN_PASS : RC_AUTH;
+}
+
+static void after_ehlo(struct rconn *c)
+{
+	enum conf_tls tls = c->route ? c->route->tls : CONF_TLS_OPPORTUNISTIC;
+	if (!c->tls_active && c->caps.starttls && tls != CONF_TLS_NONE && !c->tls_disabled &&
+	    c->r->tls) {
+		c->st = RC_STARTTLS;
+		send_line(c, "STARTTLS");
+		return;
+	}
+	if (!c->tls_active && tls == CONF_TLS_REQUIRE) {
+		set_error(c, false, "4.7.10", "TLS is required for %s but it does not offer STARTTLS",
+			  c->targets[c->cur].host);
+		close_bev(c);
+		c->cur++;
+		conn_next_target(c);
+		return;
+	}
+	c->greeted_ok = true;
+	if (c->route && c->route->auth_user) {
+		start_auth(c);
+		return;
+	}
+	start_transaction(c);
+}
+
+static void handle_reply(struct rconn *c, const struct smtp_reply *r)
+{
+	char text[600];
+	switch (c->st) {
+	case RC_GREETING:
+		if (r->code >= 200 && r->code < 300) {
+			send_ehlo(c);
+			return;
+		}
+		reply_text(r, "the greeting", text, sizeof(text));
+		set_error(c, false, status_of(r), "%s", text);
+		close_bev(c);
+		c->cur++;
+		conn_next_target(c);
+		return;
+	case RC_EHLO:
+		if (r->code >= 200 && r->code < 300) {
+			smtp_parse_ehlo(r, &c->caps);
+			after_ehlo(c);
+		} else if (r->code >= 500) {
+			memset(&c->caps, 0, sizeof(c->caps));
+			c->st = RC_HELO;
+			send_line(c, "HELO %s", c->conf->hostname);
+		} else {
+			reply_text(r, "EHLO", text, sizeof(text));
+			set_error(c, false, status_of(r), "%s", text);
+			close_bev(c);
+			c->cur++;
+			conn_next_target(c);
+		}
+		return;
+	case RC_HELO:
+		if (r->code >= 200 && r->code < 300) {
+			after_ehlo(c);
+			return;
+		}
+		reply_text(r, "HELO", text, sizeof(text));
+		set_error(c, false, status_of(r), "%s", text);
+		close_bev(c);
+		c->cur++;
+		conn_next_target(c);
+		return;
+	case RC_STARTTLS:
+		if (r->code == 220) {
+			start_tls(c);
+			return;
+		}
+		/* Refused: go on in clear unless TLS is required. */
+		c->tls_disabled = true;
+		after_ehlo(c);
+		return;
+	case RC_AUTH_LOGIN_USER:
+	case RC_AUTH_LOGIN_PASS:
+		if (r->code == 334) {
+			auth_login_step(c, c->st == RC_AUTH_LOGIN_USER);
+			return;
+		}
+		/* fall through: a failure */
+		/* FALLTHROUGH */
+	case RC_AUTH:
+		if (r->code == 235) {
+			start_transaction(c);
+			return;
+		}
+		reply_text(r, "AUTH", text, sizeof(text));
+		set_error(c, false, "4.7.0", "authentication to %s failed: %s",
+			  c->targets[c->cur].host, text);
+		log_warn("event=auth_failed relay=%s reply=\"%s\"", c->targets[c->cur].host, text);
+		send_line(c, "QUIT");
+		c->st = RC_QUIT;
+		job_finish(c);
+		/* Every queued job would fail the same way: defer them now. */
+		struct remote_job *nj;
+		while ((nj = dest_pop(c->r, c->dest, false)) != NULL) {
+			c->job = nj;
+			job_finish(c);
+		}
+		return;
+	case RC_TX:
+		tx_reply(c, r);
+		return;
+	case RC_DOT:
+		dot_reply(c, r);
+		return;
+	case RC_RSET:
+		conn_start_job(c);
+		return;
+	case RC_QUIT:
+		close_bev(c);
+		conn_end(c);
+		return;
+	case RC_DNS:
+	case RC_CONNECT:
+	case RC_TLS_HANDSHAKE:
+		return;
+	}
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	struct rconn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	while (c->bev == bev && evbuffer_get_length(in) > 0) {
+		size_t len = evbuffer_get_length(in);
+		if (len > 4096)
+			len = 4096;
+		const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
+		size_t used = 0;
+		struct smtp_reply r;
+		enum smtp_reply_status st = smtp_reply_feed(&c->rp, p, len, &used, &r);
+		evbuffer_drain(in, used);
+		if (st == SMTP_REPLY_BAD) {
+			set_error(c, false, "4.5.0", "%s sent a malformed reply",
+				  c->targets[c->cur].host);
+			close_bev(c);
+			if (c->greeted_ok) {
+				job_finish(c);
+				conn_end(c);
+			} else {
+				c->cur++;
+				conn_next_target(c);
+			}
+			return;
+		}
+		if (st == SMTP_REPLY_MORE)
+			continue;
+		c->in_read = true;
+		handle_reply(c, &r);
+		c->in_read = false;
+		if (c->dead) {
+			conn_free(c);
+			return;
+		}
+		if (c->bev != bev)
+			return; /* a new connection or a TLS layer took over */
+	}
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct rconn *c = arg;
+	if (what & BEV_EVENT_CONNECTED) {
+		if (c->st == RC_TLS_HANDSHAKE) {
+			c->tls_active = true;
+			smtp_reply_init(&c->rp);
+			send_ehlo(c);
+			return;
+		}
+		c->st = RC_GREETING;
+		set_timeout(c, c->conf->delivery.command_timeout);
+		return;
+	}
+	const char *host = c->cur < c->n_targets ? c->targets[c->cur].host : "?";
+	if (c->st == RC_QUIT) {
+		close_bev(c);
+		conn_end(c);
+		return;
+	}
+	if (c->st == RC_TLS_HANDSHAKE) {
+		unsigned long e = bufferevent_get_openssl_error(bev);
+		char ebuf[256] = "handshake failed";
+		if (e)
+			ERR_error_string_n(e, ebuf, sizeof(ebuf));
+		log_warn("event=tls_failed relay=%s reason=\"%s\" action=%s", host, ebuf,
+			 c->route && c->route->tls == CONF_TLS_REQUIRE ? "next-host" : "retry-clear");
+		close_bev(c);
+		set_error(c, false, "4.7.5", "TLS handshake with %s failed: %s", host, ebuf);
+		if (!(c->route && c->route->tls == CONF_TLS_REQUIRE))
+			c->tls_disabled = true; /* same target again, in clear */
+		else
+			c->cur++;
+		conn_next_target(c);
+		return;
+	}
+	const char *why = (what & BEV_EVENT_TIMEOUT) ? "timeout" : (what & BEV_EVENT_EOF) ? "connection closed" : "connection error";
+	bool in_tx = c->st == RC_TX || c->st == RC_DOT || c->st == RC_RSET || c->st == RC_AUTH ||
+		     c->st == RC_AUTH_LOGIN_PASS || c->st == RC_AUTH_LOGIN_USER;
+	if (c->st == RC_CONNECT)
+		set_error(c, false, "4.4.1", "connect to %s: %s", host,
+			  (what & BEV_EVENT_TIMEOUT) ? "timed out" : strerror(EVUTIL_SOCKET_ERROR()));
+	else
+		set_error(c, false, "4.4.2", "%s with %s%s", why, host,
+			  in_tx ? " during the transaction" : "");
+	close_bev(c);
+	if (in_tx || c->greeted_ok) {
+		job_finish(c);
+		conn_end(c);
+		return;
+	}
+	c->cur++;
+	c->tls_disabled = false;
+	conn_next_target(c);
+}
+
+/* Is this target one of our own listeners? */
+static bool is_self(const struct rconn *c, const struct target *t)
+{
+	if (c->conf->hostname && tern_ascii_ieq(t->host, c->conf->hostname))
+		return true;
+	for (size_t i = 0; i < c->conf->n_listeners; i++) {
+		struct sockaddr_storage ls;
+		unsigned llen;
+		if (!conf_parse_address(c->conf->listeners[i].address, &ls, &llen))
+			continue;
+		if (ls.ss_family != t->ss.ss_family)
+			continue;
+		if (ls.ss_family == AF_INET) {
+			const struct sockaddr_in *a = (const struct sockaddr_in *)&ls;
+			const struct sockaddr_in *b = (const struct sockaddr_in *)&t->ss;
+			if (a->sin_port == b->sin_port &&
+			    (a->sin_addr.s_addr == b->sin_addr.s_addr ||
+			     a->sin_addr.s_addr == htonl(INADDR_ANY)))
+				return true;
+		} else {
+			const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ls;
+			const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)&t->ss;
+			if (a->sin6_port == b->sin6_port &&
+			    (memcmp(&a->sin6_addr, &b->sin6_addr, 16) == 0 ||
+			     IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr)))
+				return true;
+		}
+	}
+	return false;
+}
+
+static void conn_next_target(struct rconn *c)
+{
+	while (c->cur < c->n_targets) {
+		struct target *t = &c->targets[c->cur];
+		c->bev = bufferevent_socket_new(worker_base(c->w), -1, BEV_OPT_CLOSE_ON_FREE);
+		if (!c->bev) {
+			set_error(c, false, "4.3.0", "out of memory");
+			break;
+		}
+		smtp_reply_init(&c->rp);
+		memset(&c->caps, 0, sizeof(c->caps));
+		bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
+		struct timeval tv = {c->conf->delivery.connect_timeout, 0};
+		bufferevent_set_timeouts(c->bev, &tv, &tv);
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+		c->st = RC_CONNECT;
+		if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&t->ss, (int)t->len) == 0)
+			return;
+		set_error(c, false, "4.4.1", "connect to %s: %s", t->host, strerror(errno));
+		close_bev(c);
+		c->cur++;
+	}
+	/* Every address failed: this job and every job queued behind it would
+	 * fail the same way now, so they all wait for their next retry. */
+	if (!c->last_error[0])
+		set_error(c, false, "4.4.1", "no address to connect to for %s", c->domain);
+	log_info("event=destination_unreachable domain=%s reason=\"%s\"", c->domain, c->last_error);
+	job_finish(c);
+	struct remote_job *nj;
+	while ((nj = dest_pop(c->r, c->dest, false)) != NULL) {
+		c->job = nj;
+		job_finish(c);
+	}
+	conn_end(c);
+}
+
+/* ---------------------------------------------------------------- DNS */
+
+static void add_target(struct rconn *c, const char *host, int family, const void *addr)
+{
+	if (c->n_targets == MAX_TARGETS)
+		return;
+	struct target *t = &c->targets[c->n_targets];
+	memset(t, 0, sizeof(*t));
+	tern_strlcpy(t->host, host, sizeof(t->host));
+	if (family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&t->ss;
+		in->sin_family = AF_INET;
+		in->sin_port = htons(c->port);
+		memcpy(&in->sin_addr, addr, 4);
+		t->len = sizeof(*in);
+	} else {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&t->ss;
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons(c->port);
+		memcpy(&in6->sin6_addr, addr, 16);
+		t->len = sizeof(*in6);
+	}
+	c->n_targets++;
+}
+
+static void fail_dns(struct rconn *c, bool perm, const char *status, const char *text)
+{
+	set_error(c, perm, status, "%s", text);
+	log_info("event=dns_failed domain=%s status=%s reason=\"%s\"", c->domain, status, text);
+	job_finish(c);
+	struct remote_job *nj;
+	while ((nj = dest_pop(c->r, c->dest, false)) != NULL) {
+		c->job = nj;
+		job_finish(c);
+	}
+	conn_end(c);
+}
+
+/* All address lookups are in: order targets by MX preference (hosts are
+ * already sorted and shuffled), IPv6 before IPv4 for each host. */
+static void addresses_done(struct rconn *c)
+{
+	bool any_temp = false;
+	for (size_t h = 0; h < c->n_hosts; h++) {
+		struct host_addrs *ha = &c->hosts[h];
+		for (size_t i = 0; i < ha->n6; i++)
+			add_target(c, ha->host, AF_INET6, &ha->v6[i]);
+		for (size_t i = 0; i < ha->n4; i++)
+			add_target(c, ha->host, AF_INET, &ha->v4[i]);
+		if (ha->st4 == DNS_TEMPFAIL || ha->st6 == DNS_TEMPFAIL)
+			any_temp = true;
+	}
+	/* Never deliver to ourselves (RFC 5321 §5.1). */
+	size_t kept = 0;
+	bool dropped_self = false;
+	for (size_t i = 0; i < c->n_targets; i++) {
+		if (is_self(c, &c->targets[i])) {
+			dropped_self = true;
+			continue;
+		}
+		c->targets[kept++] = c->targets[i];
+	}
+	c->n_targets = kept;
+	if (c->n_targets == 0) {
+		if (dropped_self)
+			fail_dns(c, true, "5.4.6", "550 5.4.6 mail for this domain loops back to myself");
+		else if (any_temp)
+			fail_dns(c, false, "4.4.3", "temporary DNS failure looking up the mail hosts");
+		else
+			fail_dns(c, true, "5.1.2",
+				 "550 5.1.2 the mail hosts of this domain have no address");
+		return;
+	}
+	c->cur = 0;
+	conn_next_target(c);
+}
+
+/* Address answers carry their host slot index in the callback argument. */
+struct addr_query {
+	struct rconn *c;
+	size_t host;
+	int family;
+};
+
+static void on_addr_answer(void *arg, const struct dns_result *r)
+{
+	struct addr_query *q = arg;
+	struct rconn *c = q->c;
+	struct host_addrs *ha = &c->hosts[q->host];
+	if (q->family == AF_INET) {
+		ha->st4 = r->status;
+		for (size_t i = 0; r->status == DNS_OK && i < r->n && ha->n4 < 8; i++)
+			ha->v4[ha->n4++] = r->a[i];
+	} else {
+		ha->st6 = r->status;
+		for (size_t i = 0; r->status == DNS_OK && i < r->n && ha->n6 < 8; i++)
+			ha->v6[ha->n6++] = r->aaaa[i];
+	}
+	free(q);
+	if (--c->pending_dns == 0)
+		addresses_done(c);
+}
+
+static void query_addresses(struct rconn *c)
+{
+	c->pending_dns = (int)c->n_hosts * 2;
+	for (size_t h = 0; h < c->n_hosts; h++) {
+		for (int k = 0; k < 2; k++) {
+			struct addr_query *q = malloc(sizeof(*q));
+			int rc = -1;
+			if (q) {
+				q->c = c;
+				q->host = h;
+				q->family = k == 0 ? AF_INET6 : AF_INET;
+				rc = dns_query(c->res, c->hosts[h].host, k == 0 ? DNS_AAAA : DNS_A,
+					       on_addr_answer, q);
+			}
+			if (rc < 0) {
+				free(q);
+				if (k == 0)
+					c->hosts[h].st6 = DNS_TEMPFAIL;
+				else
+					c->hosts[h].st4 = DNS_TEMPFAIL;
+				if (--c->pending_dns == 0)
+					addresses_done(c);
+			}
+		}
+	}
+}
+
+static void on_mx(void *arg, const struct dns_result *r)
+{
+	struct rconn *c = arg;
+	if (r->status == DNS_NXDOMAIN) {
+		fail_dns(c, true, "5.1.2", "550 5.1.2 the recipient domain does not exist (NXDOMAIN)");
+		return;
+	}
+	if (r->status == DNS_TEMPFAIL || r->status == DNS_ERROR) {
+		fail_dns(c, false, "4.4.3", r->bogus ? "DNSSEC validation failed for the MX lookup"
+						     : "temporary DNS failure looking up MX");
+		return;
+	}
+	if (r->status == DNS_NODATA || r->n == 0) {
+		/* No MX: the domain itself is the implicit MX (RFC 5321 §5.1). */
+		c->n_hosts = 1;
+		tern_strlcpy(c->hosts[0].host, c->domain, sizeof(c->hosts[0].host));
+		query_addresses(c);
+		return;
+	}
+	if (r->n == 1 && r->mx[0].host[0] == '\0') {
+		fail_dns(c, true, "5.1.10",
+			 "556 5.1.10 the recipient domain accepts no mail (null MX, RFC 7505)");
+		return;
+	}
+	/* Sorted by preference; shuffle runs of equal preference. */
+	size_t n = 0;
+	struct dns_mx mx[MAX_MX];
+	for (size_t i = 0; i < r->n && n < MAX_MX; i++)
+		if (r->mx[i].host[0])
+			mx[n++] = r->mx[i];
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		while (j < n && mx[j].preference == mx[i].preference)
+			j++;
+		for (size_t k = j - 1; k > i; k--) {
+			size_t s = i + (size_t)rand() % (k - i + 1);
+			struct dns_mx tmp = mx[k];
+			mx[k] = mx[s];
+			mx[s] = tmp;
+		}
+		i = j;
+	}
+	c->n_hosts = n;
+	for (size_t i = 0; i < n; i++) {
+		memset(&c->hosts[i], 0, sizeof(c->hosts[i]));
+		tern_strlcpy(c->hosts[i].host, mx[i].host, sizeof(c->hosts[i].host));
+	}
+	query_addresses(c);
+}
+
+/* Starts resolving the next hop of the connection's destination. */
+static void conn_resolve(struct rconn *c)
+{
+	c->st = RC_DNS;
+	c->n_targets = c->cur = 0;
+	if (c->route) {
+		c->port = c->route->port;
+		const char *h = c->route->host;
+		struct in_addr a4;
+		struct in6_addr a6;
+		char lit[DNS_NAME_MAX + 1];
+		tern_strlcpy(lit, h, sizeof(lit));
+		size_t ll = strlen(lit);
+		if (lit[0] == '[' && ll > 2 && lit[ll - 1] == ']') {
+			memmove(lit, lit + 1, ll - 2);
+			lit[ll - 2] = '\0';
+		}
+		if (inet_pton(AF_INET, lit, &a4) == 1) {
+			add_target(c, h, AF_INET, &a4);
+			conn_next_target(c);
+			return;
+		}
+		if (inet_pton(AF_INET6, lit, &a6) == 1) {
+			add_target(c, h, AF_INET6, &a6);
+			conn_next_target(c);
+			return;
+		}
+		c->n_hosts = 1;
+		memset(&c->hosts[0], 0, sizeof(c->hosts[0]));
+		tern_strlcpy(c->hosts[0].host, h, sizeof(c->hosts[0].host));
+		query_addresses(c);
+		return;
+	}
+	c->port = c->conf->delivery.remote_port;
+	/* A domain literal needs no DNS. */
+	size_t dl = strlen(c->domain);
+	if (c->domain[0] == '[' && dl > 2 && c->domain[dl - 1] == ']') {
+		char lit[DNS_NAME_MAX + 1];
+		tern_strlcpy(lit, c->domain + 1, sizeof(lit));
+		lit[dl - 2] = '\0';
+		struct in_addr a4;
+		struct in6_addr a6;
+		const char *v6 = strncasecmp(lit, "IPv6:", 5) == 0 ? lit + 5 : NULL;
+		if (!v6 && inet_pton(AF_INET, lit, &a4) == 1)
+			add_target(c, c->domain, AF_INET, &a4);
+		else if (v6 && inet_pton(AF_INET6, v6, &a6) == 1)
+			add_target(c, c->domain, AF_INET6, &a6);
+		addresses_done(c);
+		return;
+	}
+	if (dns_query(c->res, c->domain, DNS_MX, on_mx, c) < 0)
+		fail_dns(c, false, "4.4.3", "cannot start the MX lookup");
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+/* The connection moves to its destination's next job, or QUITs. */
+static void conn_start_job(struct rconn *c)
+{
+	struct remote_job *j = dest_pop(c->r, c->dest, true);
+	if (!j) {
+		c->dest = NULL; /* our slot is released */
+		if (c->bev) {
+			c->st = RC_QUIT;
+			set_timeout(c, 10);
+			send_line(c, "QUIT");
+		} else {
+			conn_end(c);
+		}
+		return;
+	}
+	c->job = j;
+	start_transaction(c);
+}
+
+static void conn_free(struct rconn *c)
+{
+	if (c->in_read) {
+		/* on_read is still looping over this connection's input. */
+		close_bev(c);
+		c->dead = true;
+		return;
+	}
+	pthread_mutex_lock(&c->r->lock);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		c->r->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	pthread_mutex_unlock(&c->r->lock);
+	close_bev(c);
+	tbuf_free(&c->converted);
+	runtime_release(c->rt);
+	atomic_fetch_sub(&c->r->active, 1);
+	free(c);
+}
+
+static void conn_spawn(struct remote *r, struct dest *d);
+
+/* The connection is done. If its destination still has work, another
+ * connection takes over (the slot is passed on, not released). */
+static void conn_end(struct rconn *c)
+{
+	struct remote *r = c->r;
+	struct dest *d = c->dest;
+	if (c->job)
+		job_finish(c);
+	if (d) {
+		pthread_mutex_lock(&r->lock);
+		bool more = d->head != NULL;
+		if (!more)
+			d->active--;
+		pthread_mutex_unlock(&r->lock);
+		if (more) {
+			conn_free(c);
+			conn_spawn(r, d);
+			return;
+		}
+	}
+	conn_free(c);
+}
+
+static void conn_begin(void *arg)
+{
+	struct rconn *c = arg;
+	c->job = dest_pop(c->r, c->dest, true);
+	if (!c->job) {
+		c->dest = NULL;
+		conn_free(c);
+		return;
+	}
+	tern_strlcpy(c->domain, c->job->domain, sizeof(c->domain));
+	c->route = conf_find_route(c->conf, c->domain);
+	conn_resolve(c);
+}
+
+/* Starts a connection for d on the next worker; the caller holds a slot. */
+static void conn_spawn(struct remote *r, struct dest *d)
+{
+	struct rconn *c = calloc(1, sizeof(*c));
+	struct tern_runtime *rt = runtime_acquire();
+	if (!c || !rt) {
+		free(c);
+		runtime_release(rt);
+		pthread_mutex_lock(&r->lock);
+		d->active--;
+		pthread_mutex_unlock(&r->lock);
+		log_error("event=remote_spawn_failed reason=out-of-memory");
+		return;
+	}
+	pthread_mutex_lock(&r->lock);
+	size_t wi = r->rr++ % r->n_workers;
+	c->next = r->conns;
+	if (c->next)
+		c->next->prev = c;
+	r->conns = c;
+	pthread_mutex_unlock(&r->lock);
+	c->r = r;
+	c->w = r->workers[wi];
+	c->res = r->resolvers[wi];
+	c->dest = d;
+	c->rt = rt;
+	c->conf = rt->conf;
+	atomic_fetch_add(&r->active, 1);
+	if (worker_post(c->w, conn_begin, c) != 0) {
+		conn_free(c);
+		pthread_mutex_lock(&r->lock);
+		d->active--;
+		pthread_mutex_unlock(&r->lock);
+	}
+}
+
+static void dest_key(const struct tern_config *conf, const char *domain, char *out, size_t outlen)
+{
+	const struct conf_route *rt = conf_find_route(conf, domain);
+	if (rt)
+		snprintf(out, outlen, "route:%s:%u", rt->host, rt->port);
+	else
+		snprintf(out, outlen, "mx:%s", domain);
+}
+
+void remote_submit(struct remote *r, struct remote_job *job)
+{
+	struct tern_runtime *rt = runtime_acquire();
+	char key[320];
+	dest_key(rt->conf, job->domain, key, sizeof(key));
+	unsigned max = rt->conf->delivery.max_per_destination;
+	runtime_release(rt);
+	if (max == 0)
+		max = 1;
+
+	pthread_mutex_lock(&r->lock);
+	struct dest *d = r->dests;
+	while (d && strcmp(d->key, key) != 0)
+		d = d->next;
+	if (!d) {
+		d = calloc(1, sizeof(*d));
+		if (!d) {
+			pthread_mutex_unlock(&r->lock);
+			log_error("event=remote_submit_failed id=%s reason=out-of-memory", job->id);
+			for (size_t i = 0; i < job->n_rcpts; i++) {
+				job->rcpts[i].outcome = REMOTE_DEFERRED;
+				tern_strlcpy(job->rcpts[i].status, "4.3.0", sizeof(job->rcpts[i].status));
+				tern_strlcpy(job->rcpts[i].reply, "out of memory",
+					     sizeof(job->rcpts[i].reply));
+			}
+			job->done(job, job->done_arg);
+			return;
+		}
+		tern_strlcpy(d->key, key, sizeof(d->key));
+		d->next = r->dests;
+		r->dests = d;
+	}
+	job->next = NULL;
+	if (d->tail)
+		d->tail->next = job;
+	else
+		d->head = job;
+	d->tail = job;
+	bool spawn = d->active < max;
+	if (spawn)
+		d->active++;
+	pthread_mutex_unlock(&r->lock);
+	if (spawn)
+		conn_spawn(r, d);
+}
+
+size_t remote_active(struct remote *r)
+{
+	return atomic_load(&r->active);
+}
+
+struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, size_t errlen)
+{
+	struct tern_runtime *rt = runtime_acquire();
+	if (!rt) {
+		snprintf(err, errlen, "no configuration loaded");
+		return NULL;
+	}
+	struct remote *r = calloc(1, sizeof(*r));
+	if (!r)
+		goto fail;
+	pthread_mutex_init(&r->lock, NULL);
+	r->workers = workers;
+	r->n_workers = n_workers;
+	r->resolvers = calloc(n_workers, sizeof(*r->resolvers));
+	if (!r->resolvers)
+		goto fail;
+	const struct conf_dns *dc = &rt->conf->dns;
+	for (size_t i = 0; i < n_workers; i++) {
+		r->resolvers[i] = dns_resolver_new(worker_base(workers[i]),
+						   (const char *const *)dc->forward, dc->n_forward,
+						   dc->trust_anchor_file, err, errlen);
+		if (!r->resolvers[i])
+			goto fail;
+	}
+	r->tls = SSL_CTX_new(TLS_client_method());
+	if (r->tls) {
+		/* Opportunistic TLS: encrypt whatever the peer offers; certificate
+		 * checks come with MTA-STS/DANE policy (TLS issue). */
+		SSL_CTX_set_verify(r->tls, SSL_VERIFY_NONE, NULL);
+		SSL_CTX_set_min_proto_version(r->tls, TLS1_2_VERSION);
+	}
+	runtime_release(rt);
+	return r;
+fail:
+	runtime_release(rt);
+	if (!err[0])
+		snprintf(err, errlen, "out of memory");
+	remote_free(r);
+	return NULL;
+}
+
+void remote_free(struct remote *r)
+{
+	if (!r)
+		return;
+	/* Connections still open when the workers stopped: their jobs stay in
+	 * the spool and are tried again after the restart. */
+	while (r->conns) {
+		struct rconn *c = r->conns;
+		remote_job_free(c->job);
+		c->job = NULL;
+		conn_free(c);
+	}
+	for (size_t i = 0; r->resolvers && i < r->n_workers; i++)
+		dns_resolver_free(r->resolvers[i]);
+	free(r->resolvers);
+	struct dest *d = r->dests;
+	while (d) {
+		struct dest *next = d->next;
+		struct remote_job *j = d->head;
+		while (j) {
+			struct remote_job *nj = j->next;
+			remote_job_free(j);
+			j = nj;
+		}
+		free(d);
+		d = next;
+	}
+	if (r->tls)
+		SSL_CTX_free(r->tls);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
