@@ -1,0 +1,664 @@
+"""
+remote_harness.py — the outside world for tern's remote delivery tests (issue 3).
+
+Owns: a real unbound serving the test zones on a loopback port, fake remote MXes
+(aiosmtpd) on 127.0.0.10-40 that accept, reject, defer, drop, stall, require AUTH or
+lack 8BITMIME/SMTPUTF8, a tern config wired to both, and DSN parsing helpers.
+
+The trick: tern listens on 127.0.0.1:P and delivers to remote MXes on port P too
+(delivery.remote_port), and every fake MX listens on 127.0.0.N:P. So an MX record that
+points at 127.0.0.1 leads back to tern itself.
+
+Never: talk to anything outside 127.0.0.0/8, wait without a bound, or kill a process it
+did not start (unbound is stopped by the PID we spawned).
+"""
+
+import asyncio
+import email
+import email.policy
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import IS_ROOT, Raw, make_tmpdir
+
+UNBOUND = os.environ.get("TERN_UNBOUND", "/usr/sbin/unbound")
+HOSTNAME = "mx.tern.test"
+SENDER = "alice@example.test"
+
+# --------------------------------------------------------------------------
+# Addresses of the fake MXes. Every one listens on the module's port P.
+
+IP = {
+    "down": "127.0.0.11",      # nothing listens: connection refused
+    "up": "127.0.0.12",        # accepts
+    "implicit": "127.0.0.13",  # accepts; reached through an A record only
+    "reject": "127.0.0.14",    # 550 5.1.1 at RCPT
+    "deferonce": "127.0.0.15", # 451 the first time, then 250
+    "lifetime": "127.0.0.16",  # always 451
+    "drop": "127.0.0.17",      # drops the connection after the data, once; then accepts
+    "no8bit": "127.0.0.18",    # no 8BITMIME in EHLO
+    "noutf8": "127.0.0.19",    # no SMTPUTF8 in EHLO
+    "smart": "127.0.0.20",     # smarthost requiring AUTH
+    "slow": "127.0.0.21",      # 0.6 s per message
+    "restart": "127.0.0.22",   # defers until switched to accept
+    "hold": "127.0.0.23",      # defers until switched to accept
+    "ok": "127.0.0.24",        # accepts (several recipients, 8-bit, SMTPUTF8, DSN notices)
+    "rejectdata": "127.0.0.25",  # 554 5.7.1 at end of data
+    "last": "127.0.0.26",      # accepts; lowest preference of pref.test, must stay unused
+    "busy": "127.0.0.27",      # greets with 421 and closes (a raw socket, not aiosmtpd)
+}
+
+REJECT_RCPT_TEXT = "550 5.1.1 <{rcpt}>: no mailbox here by that name (zorglub-7781)"
+REJECT_DATA_TEXT = "554 5.7.1 Message content refused by policy (quux-4410)"
+DEFER_TEXT = "451 4.3.0 Temporarily unable to accept (frobnitz-2291)"
+LIFETIME_TEXT = "451 4.7.1 Greylisted, come back much later (blorpt-5512)"
+AUTH_USER = "relayuser"
+AUTH_PASSWORD = "s3cret-relay-Pw!"
+
+# (name, type, data) for unbound local-data, all inside the static zone "test."
+DNS_RECORDS = [
+    # preference order and fallback: 10 refuses connections, 20 accepts, 30 must not be used
+    ("pref.test", "MX", "10 mx-down.pref.test."),
+    ("pref.test", "MX", "20 mx-up.pref.test."),
+    ("pref.test", "MX", "30 mx-last.pref.test."),
+    ("mx-down.pref.test", "A", IP["down"]),
+    ("mx-up.pref.test", "A", IP["up"]),
+    ("mx-last.pref.test", "A", IP["last"]),
+    # implicit MX: an A record and no MX
+    ("implicit.test", "A", IP["implicit"]),
+    # null MX (RFC 7505)
+    ("nullmx.test", "MX", "0 ."),
+    # gone.test: nothing at all -> NXDOMAIN inside the static zone
+    ("reject.test", "MX", "10 mx.reject.test."),
+    ("mx.reject.test", "A", IP["reject"]),
+    ("rejectdata.test", "MX", "10 mx.rejectdata.test."),
+    ("mx.rejectdata.test", "A", IP["rejectdata"]),
+    ("defer.test", "MX", "10 mx.defer.test."),
+    ("mx.defer.test", "A", IP["deferonce"]),
+    ("lifetime.test", "MX", "10 mx.lifetime.test."),
+    ("mx.lifetime.test", "A", IP["lifetime"]),
+    ("drop.test", "MX", "10 mx.drop.test."),
+    ("mx.drop.test", "A", IP["drop"]),
+    ("no8bit.test", "MX", "10 mx.no8bit.test."),
+    ("mx.no8bit.test", "A", IP["no8bit"]),
+    ("noutf8.test", "MX", "10 mx.noutf8.test."),
+    ("mx.noutf8.test", "A", IP["noutf8"]),
+    ("slow.test", "MX", "10 mx.slow.test."),
+    ("mx.slow.test", "A", IP["slow"]),
+    ("restart.test", "MX", "10 mx.restart.test."),
+    ("mx.restart.test", "A", IP["restart"]),
+    ("hold.test", "MX", "10 mx.hold.test."),
+    ("mx.hold.test", "A", IP["hold"]),
+    ("ok.test", "MX", "10 mx.ok.test."),
+    ("mx.ok.test", "A", IP["ok"]),
+    ("multi.test", "MX", "10 mx.ok.test."),
+    # loops: an MX host that is 127.0.0.1 (where tern listens on port P) ...
+    ("loop.test", "MX", "10 mx.loop.test."),
+    ("mx.loop.test", "A", "127.0.0.1"),
+    # ... and an MX that is tern's own host name
+    ("loop2.test", "MX", "10 mx.tern.test."),
+    ("mx.tern.test", "A", "127.0.0.1"),
+    # a 4xx greeting at the best MX: go on to the next one
+    ("busy.test", "MX", "10 mx-busy.busy.test."),
+    ("busy.test", "MX", "20 mx.ok.test."),
+    ("mx-busy.busy.test", "A", IP["busy"]),
+    # smart.test has no records: only the route can deliver it
+]
+
+DEADLINE = 20.0  # default bound for waiting on deliveries
+
+
+def check_alive(tern):
+    """Fails at once (instead of at the deadline) when tern has died."""
+    if tern is not None and tern.proc is not None and tern.proc.poll() is not None:
+        pytest.fail(f"tern serve died (exit {tern.proc.returncode}) while the test waited\n"
+                    + tern.log_tail(60))
+
+
+# --------------------------------------------------------------------------
+# Ports.
+
+
+def pick_shared_port(ips, tries=50):
+    """A TCP port free on 127.0.0.1 and on every address in ips."""
+    for _ in range(tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        socks = []
+        ok = True
+        try:
+            for ip in ["127.0.0.1", *ips]:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind((ip, port))
+        except OSError:
+            ok = False
+        finally:
+            for s in socks:
+                s.close()
+        if ok:
+            return port
+    raise RuntimeError("no TCP port free on all of 127.0.0.1 and " + ", ".join(ips))
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------
+# DNS: a real unbound with static local zones.
+
+
+def dns_query(port, name, qtype=15, timeout=0.5):
+    """Minimal raw UDP query; returns (rcode, ancount) or None on timeout."""
+    qid = os.getpid() & 0xFFFF
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(q, ("127.0.0.1", port))
+        try:
+            data, _ = s.recvfrom(4096)
+        except socket.timeout:
+            return None
+    _, flags, _, an, _, _ = struct.unpack(">HHHHHH", data[:12])
+    return flags & 0xF, an
+
+
+class Unbound:
+    def __init__(self, records=DNS_RECORDS):
+        self.dir = make_tmpdir("tern-unbound-")
+        self.port = free_udp_port()
+        self.conf = self.dir / "unbound.conf"
+        self.logfile = self.dir / "unbound.log"
+        lines = [
+            "server:",
+            "  interface: 127.0.0.1",
+            f"  port: {self.port}",
+            "  do-ip6: no",
+            "  do-not-query-localhost: no",
+            '  chroot: ""',
+            '  username: ""',
+            f'  directory: "{self.dir}"',
+            f'  pidfile: "{self.dir}/unbound.pid"',
+            f'  logfile: "{self.logfile}"',
+            "  use-syslog: no",
+            "  verbosity: 1",
+            "  num-threads: 1",
+            '  module-config: "iterator"',
+            "  access-control: 127.0.0.0/8 allow",
+            '  local-zone: "test." static',
+        ]
+        for name, typ, data in records:
+            lines.append(f'  local-data: "{name}. 60 IN {typ} {data}"')
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc = None
+
+    @property
+    def forward(self):
+        return f"127.0.0.1@{self.port}"
+
+    def start(self, timeout=10.0):
+        if not os.access(UNBOUND, os.X_OK):
+            pytest.skip(f"{UNBOUND} not installed")
+        chk = subprocess.run(["/usr/sbin/unbound-checkconf", str(self.conf)],
+                             capture_output=True, text=True, timeout=10)
+        assert chk.returncode == 0, f"unbound config refused:\n{chk.stdout}{chk.stderr}"
+        self.out = open(self.dir / "unbound.stderr", "ab")
+        self.proc = subprocess.Popen([UNBOUND, "-d", "-c", str(self.conf)],
+                                     stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.out)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"unbound exited {self.proc.returncode}: {self.diag()}")
+            r = dns_query(self.port, "pref.test", 15, 0.3)
+            if r is not None and r == (0, 3):
+                # and the NXDOMAIN case answers as such
+                assert dns_query(self.port, "gone.test", 15)[0] == 3
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"unbound did not answer within {timeout}s: {self.diag()}")
+
+    def diag(self):
+        out = []
+        for f in (self.dir / "unbound.stderr", self.logfile):
+            try:
+                out.append(f.read_text(errors="replace")[-3000:])
+            except FileNotFoundError:
+                pass
+        return "\n".join(out)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc is not None:
+            self.out.close()
+        if not os.environ.get("TERN_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Fake remote MXes.
+
+
+class Received:
+    def __init__(self, envelope, session):
+        self.mail_from = envelope.mail_from
+        self.rcpt_tos = list(envelope.rcpt_tos)
+        self.content = bytes(envelope.original_content or b"")
+        self.mail_options = list(envelope.mail_options)
+        self.rcpt_options = list(envelope.rcpt_options)
+        self.session = session
+        self.auth = getattr(session, "auth_data", None)
+
+    def __repr__(self):
+        return (f"Received(from={self.mail_from!r}, to={self.rcpt_tos!r}, "
+                f"mail_options={self.mail_options!r}, rcpt_options={self.rcpt_options!r}, "
+                f"{len(self.content)} bytes)")
+
+
+class MXHandler:
+    """One fake MX. mode: accept | reject_rcpt | reject_data | defer_once | defer |
+    drop_once | slow. Everything it sees is recorded; reset() between tests."""
+
+    def __init__(self, name, mode="accept", no8bit=False, slow=0.0):
+        self.name = name
+        self.initial_mode = mode
+        self.no8bit = no8bit
+        self.slow = slow
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.mode = self.initial_mode
+            self.messages = []       # accepted transactions
+            self.attempts = 0        # DATA attempts (accepted or not) + RCPT rejections
+            self.rcpt_attempts = 0
+            self.sessions = []       # distinct SMTP sessions that said EHLO/HELO
+            self.ehlos = 0
+            self.auths = []          # (mechanism, login, password, ok)
+            self.deferred_once = set()
+            self.dropped_once = set()
+            self.events = []         # (time, what)
+
+    def set_mode(self, mode):
+        with self.lock:
+            self.mode = mode
+
+    def _note_session(self, session):
+        with self.lock:
+            self.ehlos += 1
+            if not any(s is session for s in self.sessions):
+                self.sessions.append(session)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        self._note_session(session)
+        if self.no8bit:
+            responses = [r for r in responses if "8BITMIME" not in r.upper()]
+        return responses
+
+    async def handle_HELO(self, server, session, envelope, hostname):
+        session.host_name = hostname
+        self._note_session(session)
+        return f"250 {server.hostname}"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self.lock:
+            self.rcpt_attempts += 1
+            mode = self.mode
+            self.events.append((time.monotonic(), "rcpt " + address))
+        if mode == "reject_rcpt":
+            with self.lock:
+                self.attempts += 1
+            return REJECT_RCPT_TEXT.format(rcpt=address)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        key = (envelope.mail_from, tuple(envelope.rcpt_tos))
+        with self.lock:
+            self.attempts += 1
+            mode = self.mode
+            self.events.append((time.monotonic(), "data"))
+        if mode == "reject_data":
+            return REJECT_DATA_TEXT
+        if mode == "defer":
+            return LIFETIME_TEXT
+        if mode == "defer_once":
+            with self.lock:
+                first = key not in self.deferred_once
+                self.deferred_once.add(key)
+            if first:
+                return DEFER_TEXT
+        if mode == "drop_once":
+            with self.lock:
+                first = key not in self.dropped_once
+                self.dropped_once.add(key)
+            if first:
+                # No reply to the end of data: the client cannot know whether we took it.
+                server.transport.abort()
+                await asyncio.sleep(30)  # cancelled by connection_lost
+                return "421 4.3.0 unreachable"
+        if self.slow:
+            await asyncio.sleep(self.slow)
+        with self.lock:
+            self.messages.append(Received(envelope, session))
+        return "250 2.0.0 OK queued"
+
+    # --- observation
+    def wait_messages(self, count=1, timeout=DEADLINE, tern=None):
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                msgs = list(self.messages)
+            if len(msgs) >= count:
+                return msgs
+            check_alive(tern)
+            if time.monotonic() > deadline:
+                tail = tern.log_tail() if tern is not None else ""
+                pytest.fail(f"fake MX {self.name}: {len(msgs)}/{count} messages after "
+                            f"{timeout}s (attempts={self.attempts}, ehlos={self.ehlos})\n{tail}")
+            time.sleep(0.05)
+
+    def wait_attempts(self, count=1, timeout=DEADLINE, tern=None):
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                n = self.attempts
+            if n >= count:
+                return n
+            check_alive(tern)
+            if time.monotonic() > deadline:
+                tail = tern.log_tail() if tern is not None else ""
+                pytest.fail(f"fake MX {self.name}: {n}/{count} attempts after {timeout}s\n{tail}")
+            time.sleep(0.05)
+
+
+class Authenticator:
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+        login = password = None
+        if isinstance(auth_data, LoginPassword):
+            login = auth_data.login.decode("utf-8", "replace")
+            password = auth_data.password.decode("utf-8", "replace")
+        ok = login == AUTH_USER and password == AUTH_PASSWORD
+        with self.handler.lock:
+            self.handler.auths.append((mechanism, login, password, ok))
+        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
+
+
+class BusyGreeter:
+    """Answers every connection with a 421 greeting and closes it; counts connections."""
+
+    def __init__(self, ip, port):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.connections = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while self.running:
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            try:
+                c.sendall(b"421 4.3.2 fake-busy.test too busy, try another MX\r\n")
+            except OSError:
+                pass
+            c.close()
+
+    def reset(self):
+        self.connections = 0
+
+    def stop(self):
+        self.running = False
+        self.thread.join(2)
+        self.sock.close()
+
+
+class FakeMXes:
+    def __init__(self, port):
+        self.port = port
+        self.handlers = {
+            "up": MXHandler("up"),
+            "implicit": MXHandler("implicit"),
+            "reject": MXHandler("reject", "reject_rcpt"),
+            "rejectdata": MXHandler("rejectdata", "reject_data"),
+            "deferonce": MXHandler("deferonce", "defer_once"),
+            "lifetime": MXHandler("lifetime", "defer"),
+            "drop": MXHandler("drop", "drop_once"),
+            "no8bit": MXHandler("no8bit", no8bit=True),
+            "noutf8": MXHandler("noutf8"),
+            "smart": MXHandler("smart"),
+            "slow": MXHandler("slow", slow=0.6),
+            "restart": MXHandler("restart", "defer"),
+            "hold": MXHandler("hold", "defer"),
+            "ok": MXHandler("ok"),
+            "last": MXHandler("last"),
+        }
+        self.controllers = []
+        self.busy = None
+
+    def start(self):
+        self.busy = BusyGreeter(IP["busy"], self.port)
+        from aiosmtpd.controller import Controller
+        for name, h in self.handlers.items():
+            kw = dict(hostname=IP[name], port=self.port, ready_timeout=10,
+                      server_hostname=f"fake-{name}.test")
+            if name == "noutf8":
+                kw["enable_SMTPUTF8"] = False
+            if name == "smart":
+                kw.update(authenticator=Authenticator(h), auth_required=True,
+                          auth_require_tls=False)
+            c = Controller(h, **kw)
+            c.start()
+            self.controllers.append(c)
+        return self
+
+    def reset(self):
+        for h in self.handlers.values():
+            h.reset()
+        if self.busy:
+            self.busy.reset()
+
+    def __getitem__(self, name):
+        return self.handlers[name]
+
+    def stop(self):
+        if self.busy:
+            self.busy.stop()
+        for c in self.controllers:
+            try:
+                c.stop()
+            except Exception:
+                pass
+
+
+# --------------------------------------------------------------------------
+# tern configuration for these tests.
+
+
+def remote_overrides(port, dns_forward, root, **delivery):
+    d = {
+        "remote_port": port,
+        "retry_base": Raw("1s"),
+        "retry_max": Raw("2s"),
+        "max_lifetime": Raw("30s"),
+        "delay_warning": 0,
+    }
+    d.update(delivery)
+    pwfile = Path(root) / "relay.pw"
+    pwfile.write_text(AUTH_PASSWORD + "\n")
+    os.chmod(pwfile, 0o600)
+    if IS_ROOT:
+        import pwd
+        try:
+            nb = pwd.getpwnam("nobody")
+            os.chown(pwfile, nb.pw_uid, nb.pw_gid)
+        except KeyError:
+            pass
+    return {
+        "hostname": HOSTNAME,
+        "local_domains": ["example.test"],
+        "relay": {"networks": ["127.0.0.0/8"]},
+        "listen": {"mx": {"address": f"127.0.0.1:{port}", "profile": "mx"}},
+        "dns": {"forward": [dns_forward]},
+        "delivery": d,
+        "routes": {
+            "smart.test": {
+                "via": f"smtp://{IP['smart']}:{port}",
+                "auth_user": AUTH_USER,
+                "auth_password_file": str(pwfile),
+                "tls": "none",
+            },
+        },
+    }
+
+
+def submit(tern, rcpts, body, mail_from=SENDER, mail_params="", rcpt_params=None, smtputf8=False):
+    """Submits one message from 127.0.0.1 (a relay network); returns the queue id.
+    rcpt_params: {rcpt: "NOTIFY=..."}."""
+    from conftest import dot_stuff, expect
+    rcpt_params = rcpt_params or {}
+    with tern.client() as c:
+        c.ehlo()
+        expect(c.cmd(f"MAIL FROM:<{mail_from}>{(' ' + mail_params) if mail_params else ''}"),
+               250, "2.1.0")
+        for r in rcpts:
+            p = rcpt_params.get(r)
+            expect(c.cmd(f"RCPT TO:<{r}>{(' ' + p) if p else ''}"), 250, "2.1.5")
+        expect(c.cmd("DATA"), 354)
+        c.send(dot_stuff(body) + b".\r\n")
+        r = expect(c.reply(), 250, "2.0.0")
+        qid = r.queue_id()
+        assert qid, f"no queue id in {r!r}"
+        c.cmd("QUIT")
+    return qid
+
+
+# --------------------------------------------------------------------------
+# DSNs.
+
+
+class DSN:
+    """A parsed delivery status notification (RFC 3464)."""
+
+    def __init__(self, data):
+        self.raw = data
+        self.msg = email.message_from_bytes(data, policy=email.policy.default)
+        self.parts = list(self.msg.iter_parts()) if self.msg.is_multipart() else []
+        self.status_part = None
+        self.original_part = None
+        self.human = ""
+        for p in self.parts:
+            ct = p.get_content_type()
+            if ct in ("message/delivery-status", "message/global-delivery-status"):
+                self.status_part = p
+            elif ct in ("message/rfc822", "text/rfc822-headers", "message/global",
+                        "message/global-headers"):
+                self.original_part = p
+            elif ct == "text/plain" and not self.human:
+                self.human = p.get_content()
+        self.per_message = {}
+        self.recipients = []
+        if self.status_part is not None:
+            blocks = self._blocks(self.status_part)
+            if blocks:
+                self.per_message = blocks[0]
+                self.recipients = blocks[1:]
+
+    @staticmethod
+    def _blocks(part):
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            return [{k.lower(): str(v) for k, v in m.items()} for m in payload]
+        text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+        text = text.replace("\r\n", "\n")
+        blocks = []
+        for chunk in re.split(r"\n\s*\n", text.strip()):
+            d = {}
+            for ln in re.sub(r"\n[ \t]+", " ", chunk).split("\n"):
+                if ":" in ln:
+                    k, v = ln.split(":", 1)
+                    d[k.strip().lower()] = v.strip()
+            blocks.append(d)
+        return blocks
+
+    def original_text(self):
+        if self.original_part is None:
+            return ""
+        return self.original_part.as_string() if hasattr(self.original_part, "as_string") else ""
+
+    def rcpt(self, needle):
+        for r in self.recipients:
+            if needle.lower() in r.get("final-recipient", "").lower():
+                return r
+        return None
+
+    def __repr__(self):
+        return f"DSN({self.raw[:3000]!r})"
+
+
+def is_dsn(data):
+    return b"report-type=delivery-status" in data.replace(b"\"", b"").replace(b"'", b"")
+
+
+def wait_dsn(tern, about, timeout=DEADLINE, address=SENDER):
+    """Waits for a DSN in address's Maildir that mentions about; returns DSN."""
+    needle = about.encode("utf-8") if isinstance(about, str) else about
+    deadline = time.monotonic() + timeout
+    while True:
+        for d in dsns_in_maildir(tern, address):
+            if needle in d:
+                return DSN(d)
+        check_alive(tern)
+        if time.monotonic() > deadline:
+            pytest.fail(f"no DSN about {about!r} in {address}'s Maildir after {timeout}s; "
+                        f"files: {[p.name for p in tern.mail_files(address)]}\n{tern.log_tail()}")
+        time.sleep(0.05)
+
+
+def dsns_in_maildir(tern, address=SENDER):
+    out = []
+    for p in tern.mail_files(address):
+        try:
+            d = p.read_bytes()
+        except FileNotFoundError:
+            continue
+        if is_dsn(d):
+            out.append(d)
+    return out

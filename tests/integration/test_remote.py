@@ -1,0 +1,449 @@
+"""Remote delivery (issue 3): MX routing, SMTP client, retries, DSNs, routes, queue control.
+
+A real unbound serves the test zones (remote_harness.DNS_RECORDS); aiosmtpd servers on
+127.0.0.N:P play the remote MXes; tern listens on 127.0.0.1:P and uses P as remote_port.
+Each test gets its own tern (fresh spool and Maildirs); DNS and fake MXes live per module
+and are reset between tests.
+"""
+
+import email
+import email.policy
+import re
+import time
+
+import pytest
+
+from conftest import deep_merge, make_message
+from remote_harness import (AUTH_PASSWORD, AUTH_USER, DEADLINE, check_alive, HOSTNAME, IP,
+                            SENDER, FakeMXes, Raw, Unbound, dsns_in_maildir,
+                            pick_shared_port, remote_overrides, submit, wait_dsn)
+
+# --------------------------------------------------------------------------
+# Fixtures.
+
+
+@pytest.fixture(scope="module")
+def world():
+    """(port, unbound, fake MXes), shared by the module."""
+    port = pick_shared_port(sorted(set(IP.values())))
+    dns = Unbound().start()
+    mxes = FakeMXes(port)
+    try:
+        mxes.start()
+    except Exception:
+        mxes.stop()
+        dns.stop()
+        raise
+    yield port, dns, mxes
+    mxes.stop()
+    dns.stop()
+
+
+@pytest.fixture
+def mx(world):
+    _, _, mxes = world
+    mxes.reset()
+    yield mxes
+    mxes.reset()
+
+
+@pytest.fixture
+def remote_tern(world, tern_factory, mx):
+    """Returns start(**delivery_overrides) -> a running tern wired to the world."""
+    port, dns, _ = world
+
+    def start(extra=None, **delivery):
+        t = tern_factory(None, ("alice@example.test",), start=False)
+        cfg = remote_overrides(port, dns.forward, t.root, **delivery)
+        if extra:
+            cfg = deep_merge(cfg, extra)
+        t.write_config(deep_merge(t.config, cfg))
+        t.port = port
+        chk = t.cli("check-config")
+        if chk.returncode != 0:
+            pytest.fail("tern check-config refuses the remote-delivery config "
+                        f"(rc={chk.returncode}):\n{chk.stderr}{chk.stdout}\n"
+                        + t.config_path.read_text())
+        t.start()
+        return t
+
+    return start
+
+
+# --------------------------------------------------------------------------
+# Helpers.
+
+
+def msg(subject, to, body="hello from alice\r\n", extra_headers=""):
+    return make_message(subject, body=body, frm=SENDER, to=to, extra_headers=extra_headers)
+
+
+def body_of(content):
+    data = content.replace(b"\r\n", b"\n")
+    return data.split(b"\n\n", 1)[1] if b"\n\n" in data else b""
+
+
+def queue_empty(t):
+    return "queue is empty" in t.queue_list()
+
+
+def wait_queue_empty(t, timeout=DEADLINE):
+    deadline = time.monotonic() + timeout
+    while True:
+        out = t.queue_list()
+        if "queue is empty" in out:
+            return
+        check_alive(t)
+        if time.monotonic() > deadline:
+            pytest.fail(f"queue not empty after {timeout}s:\n{out}\n{t.log_tail()}")
+        time.sleep(0.1)
+
+
+def assert_failure_dsn(dsn, rcpt, status_rx, orig_needle):
+    assert dsn.msg.get_content_type() == "multipart/report", dsn
+    assert dsn.msg.get_param("report-type") == "delivery-status", dsn
+    assert dsn.status_part is not None, f"no message/delivery-status part: {dsn!r}"
+    assert HOSTNAME in dsn.per_message.get("reporting-mta", ""), dsn.per_message
+    r = dsn.rcpt(rcpt)
+    assert r is not None, f"no Final-Recipient {rcpt} in {dsn.recipients}"
+    assert re.match(r"rfc822;\s*" + re.escape(rcpt) + r"$", r["final-recipient"], re.I), r
+    assert r.get("action", "").lower() == "failed", r
+    assert re.fullmatch(status_rx, r.get("status", "")), f"Status {r.get('status')!r}: {r}"
+    assert dsn.original_part is not None, f"original message/headers not included: {dsn!r}"
+    assert orig_needle in dsn.original_text(), dsn.original_text()[:2000]
+    # From the null sender: the Maildir copy's Return-Path says so.
+    head = dsn.raw.split(b"\n", 1)[0]
+    assert head.startswith(b"Return-Path: <>"), head
+    return r
+
+
+def ws(s):
+    return re.sub(r"\s+", " ", s or "")
+
+
+# --------------------------------------------------------------------------
+# 1-2. Routing by MX.
+
+
+def test_mx_preference_and_fallback(remote_tern, mx):
+    t = remote_tern()
+    qid = submit(t, ["x@pref.test"], msg("pref-1", "x@pref.test"))
+    got = mx["up"].wait_messages(1, tern=t)
+    assert len(got) == 1
+    m = got[0]
+    assert m.mail_from == SENDER and m.rcpt_tos == ["x@pref.test"], m
+    assert b"Subject: pref-1" in m.content
+    t.wait_log(rf"event=delivered id={qid}\b.*relay=mx-up\.pref\.test")
+    assert mx["last"].messages == [] and mx["last"].ehlos == 0, \
+        "preference 30 used although preference 20 accepted"
+    wait_queue_empty(t)
+
+
+def test_4xx_greeting_goes_to_next_mx(remote_tern, mx):
+    t = remote_tern()
+    qid = submit(t, ["g@busy.test"], msg("busy-1", "g@busy.test"))
+    m = mx["ok"].wait_messages(1, tern=t)[0]
+    assert m.rcpt_tos == ["g@busy.test"]
+    assert mx.busy.connections >= 1, "the preferred MX (421 greeting) was never tried"
+    t.wait_log(rf"event=delivered id={qid}\b.*relay=mx\.ok\.test")
+    wait_queue_empty(t)
+
+
+def test_implicit_mx_from_a_record(remote_tern, mx):
+    t = remote_tern()
+    qid = submit(t, ["y@implicit.test"], msg("implicit-1", "y@implicit.test"))
+    m = mx["implicit"].wait_messages(1, tern=t)[0]
+    assert m.rcpt_tos == ["y@implicit.test"] and m.mail_from == SENDER
+    t.wait_log(rf"event=delivered id={qid}\b.*relay=implicit\.test")
+    wait_queue_empty(t)
+
+
+# --------------------------------------------------------------------------
+# 3-5. Bounces with DSNs.
+
+
+def test_null_mx_bounces_5_1_10(remote_tern, mx):
+    t = remote_tern()
+    qid = submit(t, ["x@nullmx.test"], msg("nullmx-1", "x@nullmx.test"))
+    dsn = wait_dsn(t, "x@nullmx.test")
+    assert_failure_dsn(dsn, "x@nullmx.test", r"5\.1\.10", "nullmx-1")
+    t.wait_log(rf"event=bounced id={qid}\b")
+    wait_queue_empty(t)
+
+
+def test_nxdomain_bounces_5_1_2(remote_tern, mx):
+    t = remote_tern()
+    submit(t, ["x@gone.test"], msg("gone-1", "x@gone.test"))
+    dsn = wait_dsn(t, "x@gone.test")
+    assert_failure_dsn(dsn, "x@gone.test", r"5\.1\.2", "gone-1")
+    wait_queue_empty(t)
+
+
+@pytest.mark.parametrize("where,domain,server,status,words", [
+    ("rcpt", "reject.test", "reject", r"5\.1\.1", "no mailbox here by that name (zorglub-7781)"),
+    ("data", "rejectdata.test", "rejectdata", r"5\.7\.1",
+     "Message content refused by policy (quux-4410)"),
+])
+def test_remote_reject_bounces_with_diagnostic(remote_tern, mx, where, domain, server, status,
+                                               words):
+    t = remote_tern()
+    rcpt = f"nobody@{domain}"
+    qid = submit(t, [rcpt], msg(f"reject-{where}", rcpt))
+    dsn = wait_dsn(t, rcpt)
+    r = assert_failure_dsn(dsn, rcpt, status, f"reject-{where}")
+    diag = ws(r.get("diagnostic-code"))
+    assert diag.lower().startswith("smtp;"), r
+    assert words in diag, f"remote's words missing from Diagnostic-Code: {diag!r}"
+    remote = r.get("remote-mta", "")
+    assert f"mx.{domain}" in remote or IP[server] in remote, f"Remote-MTA {remote!r}"
+    assert mx[server].messages == []
+    t.wait_log(rf"event=bounced id={qid}\b")
+    wait_queue_empty(t)
+
+
+# --------------------------------------------------------------------------
+# 6-8. Retries.
+
+
+def test_defer_then_deliver_on_retry(remote_tern, mx):
+    t = remote_tern()
+    qid = submit(t, ["z@defer.test"], msg("defer-1", "z@defer.test"))
+    saw_deferred = None
+    deadline = time.monotonic() + DEADLINE
+    while not mx["deferonce"].messages:
+        check_alive(t)
+        out = t.queue_list()
+        if re.search(r"to=<z@defer\.test> state=deferred", out):
+            saw_deferred = out
+        assert time.monotonic() < deadline, f"not delivered after retry\n{t.log_tail()}"
+        time.sleep(0.05)
+    assert mx["deferonce"].attempts >= 2
+    m = mx["deferonce"].messages
+    assert len(m) == 1 and m[0].rcpt_tos == ["z@defer.test"]
+    t.wait_log(rf"event=deferred id={qid}\b")
+    t.wait_log(rf"event=delivered id={qid}\b")
+    assert saw_deferred, "never saw state=deferred in `tern queue list` between the tries"
+    assert "frobnitz-2291" in saw_deferred, \
+        f"queue list does not show the last reply:\n{saw_deferred}"
+    wait_queue_empty(t)
+
+
+def test_lifetime_expiry_bounces_with_last_reason(remote_tern, mx):
+    t = remote_tern(max_lifetime=Raw("3s"))
+    qid = submit(t, ["late@lifetime.test"], msg("lifetime-1", "late@lifetime.test"))
+    dsn = wait_dsn(t, "late@lifetime.test", timeout=15)
+    r = assert_failure_dsn(dsn, "late@lifetime.test", r"4\.4\.7|5\.\d{1,3}\.\d{1,3}",
+                           "lifetime-1")
+    assert "blorpt-5512" in ws(r.get("diagnostic-code")) + ws(dsn.human), \
+        f"last reason missing from DSN: {r}"
+    assert mx["lifetime"].attempts >= 1
+    t.wait_log(rf"event=bounced id={qid}\b")
+    wait_queue_empty(t)
+
+
+def test_drop_mid_transaction_then_delivered_once(remote_tern, mx):
+    t = remote_tern()
+    qid = submit(t, ["d@drop.test"], msg("drop-1", "d@drop.test"))
+    mx["drop"].wait_messages(1, tern=t)
+    t.wait_log(rf"event=delivered id={qid}\b")
+    wait_queue_empty(t)
+    time.sleep(2.5)  # > retry_max: a spurious second try would show now
+    assert len(mx["drop"].messages) == 1, mx["drop"].messages
+    assert mx["drop"].attempts == 2, mx["drop"].attempts
+
+
+# --------------------------------------------------------------------------
+# 9. Smarthost route with AUTH.
+
+
+def test_smarthost_route_with_auth(remote_tern, mx):
+    t = remote_tern()
+    qid = submit(t, ["s@smart.test"], msg("smart-1", "s@smart.test"))
+    m = mx["smart"].wait_messages(1, tern=t)[0]
+    assert m.rcpt_tos == ["s@smart.test"] and m.mail_from == SENDER
+    auths = mx["smart"].auths
+    assert auths, "no AUTH seen"
+    mech, user, pw, ok = auths[-1]
+    assert (user, pw, ok) == (AUTH_USER, AUTH_PASSWORD, True), auths
+    assert mech in ("PLAIN", "LOGIN"), mech
+    t.wait_log(rf"event=delivered id={qid}\b")
+    wait_queue_empty(t)
+
+
+# --------------------------------------------------------------------------
+# 10-11. 8BITMIME and SMTPUTF8.
+
+
+TEXT_8BIT = "Grüße aus Köln – naïve café, ½ € ✓\r\nZweite Zeile: äöü ÄÖÜ ß\r\n"
+HDR_8BIT = ("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n")
+
+
+def test_8bit_downconverted_for_peer_without_8bitmime(remote_tern, mx):
+    t = remote_tern()
+    body = msg("eightbit-1", "e@no8bit.test", body=TEXT_8BIT, extra_headers=HDR_8BIT)
+    submit(t, ["e@no8bit.test"], body, mail_params="BODY=8BITMIME")
+    m = mx["no8bit"].wait_messages(1, tern=t)[0]
+    assert all(b < 0x80 for b in m.content), "8-bit bytes sent to a peer without 8BITMIME"
+    assert not any(o.startswith("BODY=8BITMIME") for o in m.mail_options), m.mail_options
+    parsed = email.message_from_bytes(m.content, policy=email.policy.default)
+    assert parsed["Content-Transfer-Encoding"].lower() == "quoted-printable", m.content[:1000]
+    assert parsed.get_content().replace("\r\n", "\n") == TEXT_8BIT.replace("\r\n", "\n")
+    assert parsed["Subject"] == "eightbit-1"
+
+
+def test_8bit_passed_unchanged_to_peer_with_8bitmime(remote_tern, mx):
+    t = remote_tern()
+    body = msg("eightbit-2", "e@ok.test", body=TEXT_8BIT, extra_headers=HDR_8BIT)
+    submit(t, ["e@ok.test"], body, mail_params="BODY=8BITMIME")
+    m = mx["ok"].wait_messages(1, tern=t)[0]
+    assert "BODY=8BITMIME" in m.mail_options, m.mail_options
+    assert m.content.endswith(body), "message changed in transit to an 8BITMIME peer"
+
+
+def test_smtputf8_needed_but_not_offered_bounces_5_6_7(remote_tern, mx):
+    t = remote_tern()
+    rcpt = "jürgen@noutf8.test"
+    qid = submit(t, [rcpt], msg("utf8-1", rcpt), mail_params="SMTPUTF8")
+    dsn = wait_dsn(t, "noutf8.test")
+    recs = [r for r in dsn.recipients if "noutf8.test" in r.get("final-recipient", "")]
+    assert recs, dsn.recipients
+    assert recs[0].get("action", "").lower() == "failed", recs[0]
+    assert recs[0].get("status") == "5.6.7", recs[0]
+    assert mx["noutf8"].messages == []
+    t.wait_log(rf"event=bounced id={qid}\b")
+
+
+def test_smtputf8_passed_to_peer_that_offers_it(remote_tern, mx):
+    t = remote_tern()
+    rcpt = "jürgen@ok.test"
+    submit(t, [rcpt], msg("utf8-2", rcpt), mail_params="SMTPUTF8")
+    m = mx["ok"].wait_messages(1, tern=t)[0]
+    assert "SMTPUTF8" in m.mail_options, m.mail_options
+    assert m.rcpt_tos == [rcpt]
+
+
+# --------------------------------------------------------------------------
+# 12-13. Transactions and connections.
+
+
+def test_several_recipients_one_transaction(remote_tern, mx):
+    t = remote_tern()
+    rcpts = ["a@multi.test", "b@multi.test"]
+    submit(t, rcpts, msg("multi-1", "a@multi.test"))
+    got = mx["ok"].wait_messages(1, tern=t)
+    time.sleep(0.5)
+    got = mx["ok"].messages
+    assert len(got) == 1, f"expected one transaction, got {got}"
+    assert sorted(got[0].rcpt_tos) == rcpts, got[0]
+
+
+def test_connection_reused_for_several_messages(remote_tern, mx):
+    t = remote_tern(max_per_destination=1)
+    ids = [submit(t, [f"r{i}@slow.test"], msg(f"slow-{i}", f"r{i}@slow.test")) for i in range(3)]
+    mx["slow"].wait_messages(3, tern=t)
+    for q in ids:
+        t.wait_log(rf"event=delivered id={q}\b")
+    n_sessions = len(mx["slow"].sessions)
+    assert n_sessions < 3, (f"3 messages used {n_sessions} connections "
+                            f"({mx['slow'].ehlos} EHLOs): no reuse")
+
+
+# --------------------------------------------------------------------------
+# 14. Restart with deferred mail.
+
+
+def test_restart_keeps_deferred_mail(remote_tern, mx):
+    t = remote_tern()
+    qid = submit(t, ["w@restart.test"], msg("restart-1", "w@restart.test"))
+    mx["restart"].wait_attempts(1, tern=t)
+    t.wait_log(rf"event=deferred id={qid}\b")
+    rc = t.stop()
+    assert rc == 0, f"tern exit code {rc} on SIGTERM\n{t.log_tail()}"
+    assert mx["restart"].messages == []
+    mx["restart"].set_mode("accept")
+    t.start()
+    m = mx["restart"].wait_messages(1, tern=t)[0]
+    assert m.rcpt_tos == ["w@restart.test"]
+    t.wait_log(rf"event=delivered id={qid}\b")
+    wait_queue_empty(t)
+
+
+# --------------------------------------------------------------------------
+# 15. Loops.
+
+
+@pytest.mark.parametrize("domain", ["loop.test", "loop2.test"])
+def test_mx_pointing_at_ourselves_bounces_5_4_6(remote_tern, mx, domain):
+    t = remote_tern()
+    rcpt = f"x@{domain}"
+    qid = submit(t, [rcpt], msg(f"loop-{domain}", rcpt))
+    dsn = wait_dsn(t, rcpt)
+    assert_failure_dsn(dsn, rcpt, r"5\.4\.6", f"loop-{domain}")
+    r = dsn.rcpt(rcpt)
+    assert "loops back to myself" in (ws(r.get("diagnostic-code")) + ws(dsn.human)).lower(), r
+    queued_from_alice = t.log_lines("event=queued", f"from=<{SENDER}>")
+    assert len(queued_from_alice) == 1, \
+        "tern connected to itself and accepted its own relayed copy:\n" + \
+        "\n".join(queued_from_alice)
+    t.wait_log(rf"event=bounced id={qid}\b")
+    wait_queue_empty(t)
+
+
+# --------------------------------------------------------------------------
+# 16. NOTIFY.
+
+
+def test_notify_never_suppresses_bounce(remote_tern, mx):
+    t = remote_tern()
+    rcpt = "never@reject.test"
+    qid = submit(t, [rcpt], msg("never-1", rcpt), rcpt_params={rcpt: "NOTIFY=NEVER"})
+    t.wait_log(rf"event=bounced id={qid}\b")
+    wait_queue_empty(t)
+    time.sleep(1.5)
+    assert dsns_in_maildir(t) == [], "a DSN was sent although NOTIFY=NEVER"
+
+
+def test_notify_success_to_peer_without_dsn_gives_relayed(remote_tern, mx):
+    t = remote_tern()
+    rcpt = "happy@ok.test"
+    qid = submit(t, [rcpt], msg("success-1", rcpt), mail_params="RET=HDRS ENVID=env-77",
+                 rcpt_params={rcpt: "NOTIFY=SUCCESS ORCPT=rfc822;happy@ok.test"})
+    m = mx["ok"].wait_messages(1, tern=t)[0]
+    assert not any(o.startswith(("NOTIFY", "ORCPT")) for o in m.rcpt_options), \
+        f"DSN parameters sent to a peer that does not offer DSN: {m.rcpt_options}"
+    dsn = wait_dsn(t, rcpt)
+    assert dsn.msg.get_param("report-type") == "delivery-status"
+    r = dsn.rcpt(rcpt)
+    assert r is not None, dsn.recipients
+    assert r.get("action", "").lower() == "relayed", r
+    assert re.fullmatch(r"2\.\d{1,3}\.\d{1,3}", r.get("status", "")), r
+    assert dsn.per_message.get("original-envelope-id") == "env-77", dsn.per_message
+    t.wait_log(rf"event=delivered id={qid}\b")
+
+
+# --------------------------------------------------------------------------
+# 17. Hold and release.
+
+
+def test_hold_stops_retries_and_release_delivers(remote_tern, mx):
+    t = remote_tern()
+    qid = submit(t, ["h@hold.test"], msg("hold-1", "h@hold.test"))
+    mx["hold"].wait_attempts(1, tern=t)
+    t.wait_log(rf"event=deferred id={qid}\b")
+    t.cli("queue", "hold", qid, check=True)
+    time.sleep(0.3)  # an attempt already in flight may still finish
+    before = mx["hold"].attempts
+    show = t.cli("queue", "show", qid, check=True).stdout
+    assert "state=held" in show, show
+    time.sleep(5.0)  # retry_base 1s, retry_max 2s: at least two retries would have happened
+    assert mx["hold"].attempts == before, \
+        f"held message was tried {mx['hold'].attempts - before} more times\n{t.log_tail()}"
+    show = t.cli("queue", "show", qid, check=True).stdout
+    assert "state=held" in show, show
+    mx["hold"].set_mode("accept")
+    t.cli("queue", "release", qid, check=True)
+    m = mx["hold"].wait_messages(1, timeout=10, tern=t)[0]
+    assert m.rcpt_tos == ["h@hold.test"]
+    t.wait_log(rf"event=delivered id={qid}\b")
+    wait_queue_empty(t)

@@ -1,0 +1,778 @@
+/*
+ * test_dns.c — src/dns: the pure rdata decoders (table-driven, wire bytes
+ * in, C values out) and the resolver against a real unbound started here on
+ * a free loopback port with static local zones, so every status a caller
+ * acts on (OK with data, NODATA, NXDOMAIN, TEMPFAIL) is seen end to end.
+ *
+ * The resolver tests are hermetic: the unbound config lives in a temp dir,
+ * nothing leaves 127.0.0.1, and only the unbound started here is killed (by
+ * its PID). They are skipped when /usr/sbin/unbound is missing.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/err.h"
+#include "core/log.h"
+#include "dns/dns.h"
+
+#define UNBOUND_BIN "/usr/sbin/unbound"
+
+/* ======================================================= rdata decoders */
+
+#define B(...) ((const uint8_t[]){__VA_ARGS__}), sizeof((const uint8_t[]){__VA_ARGS__})
+
+struct name_case {
+	const char *what;
+	const uint8_t *wire;
+	size_t len;
+	bool ok;
+	const char *want;
+	size_t used;
+};
+
+static void test_parse_name_table(void **state)
+{
+	const struct name_case cases[] = {
+	    {"root is the empty name", B(0), true, "", 1},
+	    {"plain name", B(3, 'm', 'x', '1', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o',
+			     'm', 0),
+	     true, "mx1.example.com", 17},
+	    {"uppercase comes out lowercase",
+	     B(3, 'M', 'X', '1', 7, 'E', 'x', 'A', 'm', 'P', 'l', 'E', 0), true, "mx1.example", 13},
+	    {"dot inside a label is escaped", B(3, 'a', '.', 'b', 1, 'c', 0), true, "a\\.b.c", 7},
+	    {"backslash inside a label is escaped", B(2, 'a', '\\', 0), true, "a\\\\", 4},
+	    {"space and control bytes become \\DDD", B(3, ' ', 0x01, 0xff, 0), true,
+	     "\\032\\001\\255", 5},
+	    {"bytes after the name are not consumed", B(1, 'a', 0, 0xde, 0xad), true, "a", 3},
+	    {"compression pointer is rejected", B(0xc0, 0x0c), false, "", 0},
+	    {"pointer after a label is rejected", B(1, 'a', 0xc0, 0x00), false, "", 0},
+	    {"extended label type 0x40 is rejected", B(0x41, 'a', 0), false, "", 0},
+	    {"label type 0x80 is rejected", B(0x81, 'a', 0), false, "", 0},
+	    {"empty input is truncated", NULL, 0, false, "", 0},
+	    {"missing root label", B(1, 'a'), false, "", 0},
+	    {"label longer than the input", B(5, 'a', 'b', 0), false, "", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct name_case *c = &cases[i];
+		char out[DNS_NAME_MAX + 1];
+		size_t used = 99;
+		uint8_t empty = 0;
+		bool ok = dns_parse_name(c->wire ? c->wire : &empty, c->len, out, sizeof(out),
+					 &used);
+		if (ok != c->ok)
+			fail_msg("%s: ok=%d, want %d", c->what, ok, c->ok);
+		assert_string_equal(out, c->want);
+		if (ok && used != c->used)
+			fail_msg("%s: used=%zu, want %zu", c->what, used, c->used);
+	}
+}
+
+static void test_parse_name_length_limits(void **state)
+{
+	uint8_t wire[300];
+	char out[DNS_NAME_MAX + 1];
+	size_t used;
+
+	/* four 63-byte labels: 4 * 64 + 1 = 257 wire octets > 255 */
+	size_t o = 0;
+	for (int l = 0; l < 4; l++) {
+		wire[o++] = 63;
+		memset(wire + o, 'a', 63);
+		o += 63;
+	}
+	wire[o++] = 0;
+	assert_false(dns_parse_name(wire, o, out, sizeof(out), &used));
+
+	/* 3 * 64 + 62 + 1 = 255 octets exactly: the longest legal name */
+	o = 0;
+	for (int l = 0; l < 3; l++) {
+		wire[o++] = 63;
+		memset(wire + o, 'b', 63);
+		o += 63;
+	}
+	wire[o++] = 61;
+	memset(wire + o, 'c', 61);
+	o += 61;
+	wire[o++] = 0;
+	assert_int_equal(o, 255);
+	assert_true(dns_parse_name(wire, o, out, sizeof(out), &used));
+	assert_int_equal(used, 255);
+	assert_int_equal(strlen(out), 253);
+
+	/* a legal name whose escaped form does not fit the buffer */
+	uint8_t esc[] = {4, 1, 2, 3, 4, 0};
+	char small[8];
+	assert_false(dns_parse_name(esc, sizeof(esc), small, sizeof(small), &used));
+	assert_string_equal(small, "");
+	char fits[17];
+	assert_true(dns_parse_name(esc, sizeof(esc), fits, sizeof(fits), &used));
+	assert_string_equal(fits, "\\001\\002\\003\\004");
+	/* used may be NULL */
+	assert_true(dns_parse_name(esc, sizeof(esc), fits, sizeof(fits), NULL));
+}
+
+struct mx_case {
+	const char *what;
+	const uint8_t *wire;
+	size_t len;
+	bool ok;
+	uint16_t pref;
+	const char *host;
+};
+
+static void test_parse_mx_table(void **state)
+{
+	const struct mx_case cases[] = {
+	    {"preference and host", B(0, 10, 2, 'm', 'x', 4, 't', 'e', 's', 't', 0), true, 10,
+	     "mx.test"},
+	    {"big-endian preference", B(0x01, 0x02, 1, 'a', 0), true, 258, "a"},
+	    {"null MX (RFC 7505) is the empty host", B(0, 0, 0), true, 0, ""},
+	    {"host is lowercased", B(0xff, 0xff, 2, 'M', 'X', 0), true, 65535, "mx"},
+	    {"compressed host is rejected", B(0, 10, 0xc0, 0x0c), false, 0, ""},
+	    {"trailing bytes are rejected", B(0, 10, 0, 0), false, 0, ""},
+	    {"truncated host", B(0, 10, 3, 'a', 'b'), false, 0, ""},
+	    {"only a preference", B(0, 10), false, 0, ""},
+	    {"one byte", B(0), false, 0, ""},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct mx_case *c = &cases[i];
+		struct dns_mx mx;
+		memset(&mx, 0x5a, sizeof(mx));
+		bool ok = dns_parse_mx(c->wire, c->len, &mx);
+		if (ok != c->ok)
+			fail_msg("%s: ok=%d, want %d", c->what, ok, c->ok);
+		if (ok) {
+			assert_int_equal(mx.preference, c->pref);
+			assert_string_equal(mx.host, c->host);
+		}
+	}
+	struct dns_mx mx;
+	assert_false(dns_parse_mx(NULL, 0, &mx));
+}
+
+struct txt_case {
+	const char *what;
+	const uint8_t *wire;
+	size_t len;
+	bool ok;
+	const char *want;
+};
+
+static void test_parse_txt_table(void **state)
+{
+	const struct txt_case cases[] = {
+	    {"one string", B(3, 'a', 'b', 'c'), true, "abc"},
+	    {"several strings are concatenated",
+	     B(7, 'v', '=', 's', 'p', 'f', '1', ' ', 4, '-', 'a', 'l', 'l'), true, "v=spf1 -all"},
+	    {"an empty string", B(0), true, ""},
+	    {"empty strings between others", B(0, 1, 'x', 0, 1, 'y', 0), true, "xy"},
+	    {"case is kept", B(2, 'A', 'b'), true, "Ab"},
+	    {"a 255-byte string", NULL, 0, true, NULL}, /* built below */
+	    {"string longer than the rdata", B(4, 'a', 'b'), false, NULL},
+	    {"second string truncated", B(1, 'a', 2, 'b'), false, NULL},
+	    {"embedded NUL would cut the text short", B(3, 'a', 0, 'b'), false, NULL},
+	    {"no strings at all", B(1, 'z') /* len set to 0 below */, false, NULL},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct txt_case *c = &cases[i];
+		uint8_t big[256];
+		const uint8_t *wire = c->wire;
+		size_t len = c->len;
+		if (!wire) {
+			big[0] = 255;
+			memset(big + 1, 'q', 255);
+			wire = big;
+			len = sizeof(big);
+		}
+		if (strcmp(c->what, "no strings at all") == 0)
+			len = 0;
+		char *out = (char *)1;
+		bool ok = dns_parse_txt(wire, len, &out);
+		if (ok != c->ok)
+			fail_msg("%s: ok=%d, want %d", c->what, ok, c->ok);
+		if (!ok) {
+			assert_null(out);
+			continue;
+		}
+		if (c->want)
+			assert_string_equal(out, c->want);
+		else
+			assert_int_equal(strlen(out), 255);
+		free(out);
+	}
+}
+
+static void test_parse_tlsa_table(void **state)
+{
+	struct dns_tlsa t;
+	const uint8_t full[] = {3, 1, 1, 0xde, 0xad, 0xbe, 0xef};
+	assert_true(dns_parse_tlsa(full, sizeof(full), &t));
+	assert_int_equal(t.usage, 3);
+	assert_int_equal(t.selector, 1);
+	assert_int_equal(t.mtype, 1);
+	assert_int_equal(t.len, 4);
+	assert_memory_equal(t.data, full + 3, 4);
+	free(t.data);
+
+	/* no association data: accepted, nothing allocated */
+	const uint8_t bare[] = {2, 0, 0};
+	assert_true(dns_parse_tlsa(bare, sizeof(bare), &t));
+	assert_int_equal(t.usage, 2);
+	assert_int_equal(t.len, 0);
+	assert_null(t.data);
+
+	const uint8_t shortr[] = {3, 1};
+	assert_false(dns_parse_tlsa(shortr, sizeof(shortr), &t));
+	assert_null(t.data);
+	assert_false(dns_parse_tlsa(shortr, 0, &t));
+}
+
+static void test_ptr_names(void **state)
+{
+	struct {
+		int family;
+		const char *addr;
+		const char *want;
+	} cases[] = {
+	    {AF_INET, "192.0.2.1", "1.2.0.192.in-addr.arpa"},
+	    {AF_INET, "255.0.10.9", "9.10.0.255.in-addr.arpa"},
+	    {AF_INET6, "2001:db8::567:89ab",
+	     "b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"},
+	    {AF_INET6, "::1",
+	     "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		unsigned char a[16];
+		char out[DNS_NAME_MAX + 1];
+		assert_int_equal(inet_pton(cases[i].family, cases[i].addr, a), 1);
+		assert_true(dns_ptr_name(cases[i].family, a, out, sizeof(out)));
+		assert_string_equal(out, cases[i].want);
+	}
+	unsigned char a4[4] = {192, 0, 2, 1};
+	char small[10];
+	assert_false(dns_ptr_name(AF_INET, a4, small, sizeof(small)));
+	assert_string_equal(small, "");
+	char exact[sizeof("1.2.0.192.in-addr.arpa")];
+	assert_true(dns_ptr_name(AF_INET, a4, exact, sizeof(exact)));
+	assert_false(dns_ptr_name(AF_UNIX, a4, exact, sizeof(exact)));
+}
+
+static void test_status_names(void **state)
+{
+	assert_string_equal(dns_status_name(DNS_OK), "ok");
+	assert_string_equal(dns_status_name(DNS_NODATA), "nodata");
+	assert_string_equal(dns_status_name(DNS_NXDOMAIN), "nxdomain");
+	assert_string_equal(dns_status_name(DNS_TEMPFAIL), "tempfail");
+	assert_string_equal(dns_status_name(DNS_ERROR), "error");
+	assert_string_equal(dns_status_name((enum dns_status)42), "unknown");
+}
+
+static void test_result_free_leaves_empty_result(void **state)
+{
+	struct dns_result r;
+	memset(&r, 0, sizeof(r));
+	r.rrtype = DNS_TXT;
+	r.n = 2;
+	r.txt = calloc(2, sizeof(char *));
+	r.txt[0] = strdup("a");
+	r.txt[1] = strdup("b");
+	r.why_bogus = strdup("x");
+	dns_result_free(&r);
+	assert_int_equal(r.n, 0);
+	assert_null(r.txt);
+	assert_null(r.why_bogus);
+	dns_result_free(&r); /* twice is harmless */
+	dns_result_free(NULL);
+
+	memset(&r, 0, sizeof(r));
+	r.rrtype = DNS_TLSA;
+	r.n = 1;
+	r.tlsa = calloc(1, sizeof(*r.tlsa));
+	r.tlsa[0].data = malloc(3);
+	r.tlsa[0].len = 3;
+	dns_result_free(&r);
+	assert_null(r.tlsa);
+}
+
+/* ======================================================= a real unbound */
+
+struct server {
+	char dir[256];
+	int port;
+	pid_t pid;
+};
+
+static struct server srv = {.pid = -1};
+
+/* A port nothing listens on right now, UDP and TCP alike. */
+static int free_port(void)
+{
+	for (int tries = 0; tries < 50; tries++) {
+		int u = socket(AF_INET, SOCK_DGRAM, 0);
+		assert_true(u >= 0);
+		struct sockaddr_in sa = {.sin_family = AF_INET};
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		socklen_t sl = sizeof(sa);
+		assert_int_equal(bind(u, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		assert_int_equal(getsockname(u, (struct sockaddr *)&sa, &sl), 0);
+		int t = socket(AF_INET, SOCK_STREAM, 0);
+		assert_true(t >= 0);
+		int ok = bind(t, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+		close(t);
+		close(u);
+		if (ok)
+			return ntohs(sa.sin_port);
+	}
+	fail_msg("no free port");
+	return -1;
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	assert_true(fputs(text, f) >= 0);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* Sends one A query for "example.test." and waits up to 200 ms for any
+ * answer: true once unbound is serving. */
+static bool server_answers(int port)
+{
+	static const uint8_t q[] = {0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
+				    7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 4, 't', 'e', 's',
+				    't', 0, 0, 1, 0, 1};
+	int s = socket(AF_INET, SOCK_DGRAM, 0);
+	assert_true(s >= 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	bool ok = false;
+	if (sendto(s, q, sizeof(q), 0, (struct sockaddr *)&sa, sizeof(sa)) == (ssize_t)sizeof(q)) {
+		struct pollfd p = {.fd = s, .events = POLLIN};
+		uint8_t buf[512];
+		if (poll(&p, 1, 200) == 1 && recv(s, buf, sizeof(buf), 0) >= 12 && buf[0] == 0x12 &&
+		    buf[1] == 0x34)
+			ok = true;
+	}
+	close(s);
+	return ok;
+}
+
+static const char unbound_conf_fmt[] =
+    "server:\n"
+    "  interface: 127.0.0.1\n"
+    "  port: %d\n"
+    "  do-ip6: no\n"
+    "  do-not-query-localhost: no\n"
+    "  chroot: \"\"\n"
+    "  username: \"\"\n"
+    "  directory: \"%s\"\n"
+    "  pidfile: \"%s/unbound.pid\"\n"
+    "  use-syslog: no\n"
+    "  logfile: \"%s/unbound.log\"\n"
+    "  verbosity: 1\n"
+    "  num-threads: 1\n"
+    "  module-config: \"iterator\"\n"
+    "  rrset-roundrobin: no\n"
+    "  local-zone: \"example.test.\" static\n"
+    "  local-data: \"example.test. 300 IN MX 20 mx2.example.test.\"\n"
+    "  local-data: \"example.test. 300 IN MX 10 mx1.example.test.\"\n"
+    "  local-data: \"example.test. 300 IN MX 10 MX1B.Example.TEST.\"\n"
+    "  local-data: \"example.test. 300 IN A 192.0.2.1\"\n"
+    "  local-data: \"example.test. 300 IN AAAA 2001:db8::1\"\n"
+    "  local-data: 'example.test. 300 IN TXT \"v=spf1 \" \"\" \"-all\"'\n"
+    "  local-data: 'example.test. 300 IN TXT \"second record\"'\n"
+    "  local-data: \"mx1.example.test. 300 IN A 127.0.0.2\"\n"
+    "  local-data: \"mx1.example.test. 300 IN A 127.0.0.3\"\n"
+    "  local-data: \"noma.example.test. 300 IN A 127.0.0.4\"\n"
+    "  local-data: \"_25._tcp.mx1.example.test. 300 IN TLSA 3 1 1 "
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"\n"
+    "  local-zone: \"nullmx.test.\" static\n"
+    "  local-data: \"nullmx.test. 300 IN MX 0 .\"\n"
+    "  local-data-ptr: \"192.0.2.1 example.test\"\n"
+    "  local-data-ptr: \"2001:db8::1 V6.Example.Test\"\n";
+
+static void rm_tree(const char *path)
+{
+	DIR *d = opendir(path);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		char p[512];
+		snprintf(p, sizeof(p), "%s/%s", path, de->d_name);
+		unlink(p);
+	}
+	closedir(d);
+	rmdir(path);
+}
+
+static void server_stop(void)
+{
+	if (srv.pid > 0) {
+		kill(srv.pid, SIGTERM);
+		/* bounded: SIGKILL after 3 s */
+		for (int i = 0; i < 300; i++) {
+			if (waitpid(srv.pid, NULL, WNOHANG) == srv.pid) {
+				srv.pid = -1;
+				break;
+			}
+			usleep(10000);
+		}
+		if (srv.pid > 0) {
+			kill(srv.pid, SIGKILL);
+			waitpid(srv.pid, NULL, 0);
+			srv.pid = -1;
+		}
+	}
+	if (srv.dir[0]) {
+		rm_tree(srv.dir);
+		srv.dir[0] = '\0';
+	}
+}
+
+static int server_setup(void **state)
+{
+	if (access(UNBOUND_BIN, X_OK) != 0)
+		return 0; /* each test skips */
+	const char *base = getenv("TMPDIR");
+	snprintf(srv.dir, sizeof(srv.dir), "%s/tern-dns-XXXXXX", base ? base : "/tmp");
+	if (!mkdtemp(srv.dir))
+		return -1;
+	srv.port = free_port();
+	char conf[4096], path[512];
+	snprintf(conf, sizeof(conf), unbound_conf_fmt, srv.port, srv.dir, srv.dir, srv.dir);
+	snprintf(path, sizeof(path), "%s/unbound.conf", srv.dir);
+	write_file(path, conf);
+
+	srv.pid = fork();
+	if (srv.pid < 0)
+		return -1;
+	if (srv.pid == 0) {
+		int nul = open("/dev/null", O_RDWR);
+		if (nul >= 0) {
+			dup2(nul, 0);
+			dup2(nul, 1);
+			dup2(nul, 2);
+		}
+		execl(UNBOUND_BIN, "unbound", "-d", "-c", path, (char *)NULL);
+		_exit(127);
+	}
+	/* bounded wait: up to 10 s for the first answer */
+	for (int i = 0; i < 50; i++) {
+		if (server_answers(srv.port))
+			return 0;
+		if (waitpid(srv.pid, NULL, WNOHANG) == srv.pid) {
+			srv.pid = -1;
+			break;
+		}
+	}
+	fprintf(stderr, "unbound did not start; see %s/unbound.log\n", srv.dir);
+	server_stop();
+	return -1;
+}
+
+static int server_teardown(void **state)
+{
+	server_stop();
+	return 0;
+}
+
+#define NEED_SERVER()                                                                              \
+	do {                                                                                       \
+		if (srv.pid <= 0)                                                                  \
+			skip();                                                                    \
+	} while (0)
+
+/* ---- running queries on a loop ------------------------------------------ */
+
+struct got {
+	bool done;
+	int calls;
+	enum dns_status status;
+	bool secure, bogus;
+	int rrtype;
+	char qname[DNS_NAME_MAX + 1];
+	size_t n;
+	struct dns_mx mx[8];
+	struct in_addr a[8];
+	struct in6_addr aaaa[8];
+	char txt[8][128];
+	char ptr[8][DNS_NAME_MAX + 1];
+	struct dns_tlsa tlsa[4];
+	uint8_t tlsa_data[4][64];
+};
+
+struct run {
+	struct event_base *base;
+	int pending;
+};
+
+static struct run *cur_run;
+
+static void record(void *arg, const struct dns_result *r)
+{
+	struct got *g = arg;
+	g->calls++;
+	g->done = true;
+	g->status = r->status;
+	g->secure = r->secure;
+	g->bogus = r->bogus;
+	g->rrtype = r->rrtype;
+	snprintf(g->qname, sizeof(g->qname), "%s", r->qname);
+	g->n = r->n;
+	for (size_t i = 0; i < r->n && i < 8; i++) {
+		switch (r->rrtype) {
+		case DNS_MX:
+			g->mx[i] = r->mx[i];
+			break;
+		case DNS_A:
+			g->a[i] = r->a[i];
+			break;
+		case DNS_AAAA:
+			g->aaaa[i] = r->aaaa[i];
+			break;
+		case DNS_TXT:
+			snprintf(g->txt[i], sizeof(g->txt[i]), "%s", r->txt[i]);
+			break;
+		case DNS_PTR:
+			snprintf(g->ptr[i], sizeof(g->ptr[i]), "%s", r->ptr[i]);
+			break;
+		case DNS_TLSA:
+			if (i < 4) {
+				g->tlsa[i] = r->tlsa[i];
+				size_t l = r->tlsa[i].len < 64 ? r->tlsa[i].len : 64;
+				memcpy(g->tlsa_data[i], r->tlsa[i].data, l);
+				g->tlsa[i].data = g->tlsa_data[i];
+			}
+			break;
+		}
+	}
+	if (cur_run && --cur_run->pending == 0)
+		event_base_loopbreak(cur_run->base);
+}
+
+/* Runs base until run->pending reaches 0 or limit_ms passes. */
+static void run_loop(struct run *run, int limit_ms)
+{
+	struct timeval tv = {limit_ms / 1000, (limit_ms % 1000) * 1000};
+	cur_run = run;
+	if (run->pending > 0) {
+		event_base_loopexit(run->base, &tv);
+		event_base_dispatch(run->base);
+	}
+	cur_run = NULL;
+}
+
+static struct dns_resolver *resolver_for_port(struct event_base *base, int port)
+{
+	char fwd[64], err[256];
+	snprintf(fwd, sizeof(fwd), "127.0.0.1@%d", port);
+	const char *fw[] = {fwd};
+	struct dns_resolver *res = dns_resolver_new(base, fw, 1, NULL, err, sizeof(err));
+	if (!res)
+		fail_msg("dns_resolver_new: %s", err);
+	return res;
+}
+
+static void start(struct dns_resolver *res, struct run *run, const char *name, int type,
+		  struct got *g)
+{
+	memset(g, 0, sizeof(*g));
+	int id = dns_query(res, name, type, record, g);
+	if (id <= 0)
+		fail_msg("dns_query(%s): %d", name, id);
+	/* the contract: never from inside dns_query */
+	assert_false(g->done);
+	run->pending++;
+}
+
+static void test_resolver_answers_each_type(void **state)
+{
+	NEED_SERVER();
+	struct event_base *base = event_base_new();
+	struct dns_resolver *res = resolver_for_port(base, srv.port);
+	struct run run = {base, 0};
+	struct got mx, nullmx, a, aaaa, txt, tlsa, ptr4, ptr6, a2;
+	char p4[DNS_NAME_MAX + 1], p6[DNS_NAME_MAX + 1];
+	unsigned char v4[4], v6[16];
+	assert_int_equal(inet_pton(AF_INET, "192.0.2.1", v4), 1);
+	assert_int_equal(inet_pton(AF_INET6, "2001:db8::1", v6), 1);
+	assert_true(dns_ptr_name(AF_INET, v4, p4, sizeof(p4)));
+	assert_true(dns_ptr_name(AF_INET6, v6, p6, sizeof(p6)));
+
+	start(res, &run, "example.test", DNS_MX, &mx);
+	start(res, &run, "nullmx.test", DNS_MX, &nullmx);
+	start(res, &run, "Example.Test.", DNS_A, &a);
+	start(res, &run, "example.test", DNS_AAAA, &aaaa);
+	start(res, &run, "example.test", DNS_TXT, &txt);
+	start(res, &run, "_25._tcp.mx1.example.test", DNS_TLSA, &tlsa);
+	start(res, &run, p4, DNS_PTR, &ptr4);
+	start(res, &run, p6, DNS_PTR, &ptr6);
+	start(res, &run, "mx1.example.test", DNS_A, &a2);
+	run_loop(&run, 10000);
+	assert_int_equal(run.pending, 0);
+
+	/* MX: sorted by preference, hosts lowercase without the dot */
+	assert_int_equal(mx.calls, 1);
+	assert_int_equal(mx.status, DNS_OK);
+	assert_int_equal(mx.rrtype, DNS_MX);
+	assert_string_equal(mx.qname, "example.test");
+	assert_false(mx.secure);
+	assert_false(mx.bogus);
+	assert_int_equal(mx.n, 3);
+	assert_int_equal(mx.mx[0].preference, 10);
+	assert_int_equal(mx.mx[1].preference, 10);
+	assert_int_equal(mx.mx[2].preference, 20);
+	assert_string_equal(mx.mx[2].host, "mx2.example.test");
+	bool one_a = strcmp(mx.mx[0].host, "mx1.example.test") == 0 &&
+		     strcmp(mx.mx[1].host, "mx1b.example.test") == 0;
+	bool one_b = strcmp(mx.mx[1].host, "mx1.example.test") == 0 &&
+		     strcmp(mx.mx[0].host, "mx1b.example.test") == 0;
+	assert_true(one_a || one_b);
+
+	/* null MX: one record, preference 0, host "" */
+	assert_int_equal(nullmx.status, DNS_OK);
+	assert_int_equal(nullmx.n, 1);
+	assert_int_equal(nullmx.mx[0].preference, 0);
+	assert_string_equal(nullmx.mx[0].host, "");
+
+	assert_int_equal(a.status, DNS_OK);
+	assert_string_equal(a.qname, "example.test");
+	assert_int_equal(a.n, 1);
+	char s[INET6_ADDRSTRLEN];
+	assert_string_equal(inet_ntop(AF_INET, &a.a[0], s, sizeof(s)), "192.0.2.1");
+
+	assert_int_equal(a2.status, DNS_OK);
+	assert_int_equal(a2.n, 2);
+
+	assert_int_equal(aaaa.status, DNS_OK);
+	assert_int_equal(aaaa.n, 1);
+	assert_string_equal(inet_ntop(AF_INET6, &aaaa.aaaa[0], s, sizeof(s)), "2001:db8::1");
+
+	/* TXT: one entry per record, strings of a record concatenated */
+	assert_int_equal(txt.status, DNS_OK);
+	assert_int_equal(txt.n, 2);
+	bool t1 = strcmp(txt.txt[0], "v=spf1 -all") == 0 &&
+		  strcmp(txt.txt[1], "second record") == 0;
+	bool t2 = strcmp(txt.txt[1], "v=spf1 -all") == 0 &&
+		  strcmp(txt.txt[0], "second record") == 0;
+	assert_true(t1 || t2);
+
+	assert_int_equal(tlsa.status, DNS_OK);
+	assert_int_equal(tlsa.n, 1);
+	assert_int_equal(tlsa.tlsa[0].usage, 3);
+	assert_int_equal(tlsa.tlsa[0].selector, 1);
+	assert_int_equal(tlsa.tlsa[0].mtype, 1);
+	assert_int_equal(tlsa.tlsa[0].len, 32);
+	assert_int_equal(tlsa.tlsa_data[0][0], 0x01);
+	assert_int_equal(tlsa.tlsa_data[0][31], 0xef);
+
+	assert_int_equal(ptr4.status, DNS_OK);
+	assert_int_equal(ptr4.n, 1);
+	assert_string_equal(ptr4.ptr[0], "example.test");
+	assert_int_equal(ptr6.status, DNS_OK);
+	assert_int_equal(ptr6.n, 1);
+	assert_string_equal(ptr6.ptr[0], "v6.example.test");
+
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+static void test_resolver_negative_answers(void **state)
+{
+	NEED_SERVER();
+	struct event_base *base = event_base_new();
+	struct dns_resolver *res = resolver_for_port(base, srv.port);
+	struct run run = {base, 0};
+	struct got nx, nx2, nodata_mx, nodata_aaaa, nodata_null;
+
+	start(res, &run, "nonexistent.example.test", DNS_MX, &nx);
+	start(res, &run, "deeper.nonexistent.nullmx.test", DNS_A, &nx2);
+	/* a name with an A record but no MX: the router's implicit-MX case */
+	start(res, &run, "noma.example.test", DNS_MX, &nodata_mx);
+	start(res, &run, "noma.example.test", DNS_AAAA, &nodata_aaaa);
+	start(res, &run, "nullmx.test", DNS_A, &nodata_null);
+	run_loop(&run, 10000);
+	assert_int_equal(run.pending, 0);
+
+	assert_int_equal(nx.status, DNS_NXDOMAIN);
+	assert_int_equal(nx.n, 0);
+	assert_string_equal(nx.qname, "nonexistent.example.test");
+	assert_int_equal(nx2.status, DNS_NXDOMAIN);
+	assert_int_equal(nodata_mx.status, DNS_NODATA);
+	assert_int_equal(nodata_mx.n, 0);
+	assert_int_equal(nodata_aaaa.status, DNS_NODATA);
+	assert_int_equal(nodata_null.status, DNS_NODATA);
+
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+static void test_resolver_dead_forwarder_is_tempfail(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct dns_resolver *res = resolver_for_port(base, free_port());
+	struct run run = {base, 0};
+	struct got g;
+	struct timespec t0, t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	start(res, &run, "example.test", DNS_MX, &g);
+	run_loop(&run, 15000);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	assert_int_equal(run.pending, 0);
+	assert_int_equal(g.calls, 1);
+	assert_int_equal(g.status, DNS_TEMPFAIL);
+	fprintf(stderr, "dead forwarder -> tempfail in %.1f s\n",
+		(double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+int main(void)
+{
+	/* libunbound's own "error:" lines for the dead forwarder are expected */
+	const struct CMUnitTest pure[] = {
+	    cmocka_unit_test(test_parse_name_table),
+	    cmocka_unit_test(test_parse_name_length_limits),
+	    cmocka_unit_test(test_parse_mx_table),
+	    cmocka_unit_test(test_parse_txt_table),
+	    cmocka_unit_test(test_parse_tlsa_table),
+	    cmocka_unit_test(test_ptr_names),
+	    cmocka_unit_test(test_status_names),
+	    cmocka_unit_test(test_result_free_leaves_empty_result),
+	};
+	const struct CMUnitTest live[] = {
+	    cmocka_unit_test(test_resolver_answers_each_type),
+	    cmocka_unit_test(test_resolver_negative_answers),
+	    cmocka_unit_test(test_resolver_dead_forwarder_is_tempfail),
+	};
+	int fails = cmocka_run_group_tests_name("dns_rdata", pure, NULL, NULL);
+	fails += cmocka_run_group_tests_name("dns_resolver", live, server_setup, server_teardown);
+	return fails;
+}
