@@ -86,6 +86,10 @@ static const char default_text[] =
     "}\n"
     "dns {\n"
     "\tforward = [];               # empty: the servers in /etc/resolv.conf\n"
+    "}\n"
+    "capture {\n"
+    "\tmax_messages = 0;           # tern capture: 0 keeps every message\n"
+    "\tmax_age = 0s;               # 0 keeps messages forever\n"
     "}\n";
 
 static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
@@ -1372,6 +1376,25 @@ static char *default_hostname(void)
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error"};
 
+static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_capture *cap)
+{
+	int rc = want_section(x, sec, "capture");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "max_messages") == 0) {
+			rc = get_num(x, m, "capture.max_messages", NK_COUNT, 0, 100000000, &v);
+			cap->max_messages = v;
+		} else if (strcmp(m->key, "max_age") == 0) {
+			rc = get_num(x, m, "capture.max_age", NK_TIME, 0, 3650u * 86400u, &v);
+			cap->max_age = (uint32_t)v;
+		} else {
+			return unknown_key(x, m, "capture");
+		}
+	}
+	return rc;
+}
+
 static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node *m,
                      struct strlist *domains, bool *domains_given, struct netlist *nets,
                      bool *nets_given, struct aliaslist *al, bool *listen_given)
@@ -1441,6 +1464,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_delivery(x, m, &c->delivery);
 	if (strcmp(k, "dns") == 0)
 		return parse_dns(x, c, m);
+	if (strcmp(k, "capture") == 0)
+		return parse_capture(x, m, &c->capture);
 	return unknown_key(x, m, NULL);
 }
 
@@ -1767,5 +1792,6 @@ void conf_print(const struct tern_config *c, FILE *out)
 	} else {
 		fputs("\t# no trust_anchor_file: answers are not DNSSEC-validated\n", out);
 	}
-	fputs("}\n", out);
+	fprintf(out, "}\ncapture {\n\tmax_messages = %llu;\n\tmax_age = %us;\n}\n",
+	        (unsigned long long)c->capture.max_messages, (unsigned)c->capture.max_age);
 }

@@ -86,6 +86,12 @@ struct conf_dns {
 	char *trust_anchor_file;  /* or NULL: no DNSSEC validation */
 };
 
+/* Capture mode (tern capture): retention of caught messages. */
+struct conf_capture {
+	uint64_t max_messages;    /* keep at most this many; 0 = no limit (default 0) */
+	uint32_t max_age;         /* seconds; 0 = keep forever (default 0) */
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -117,6 +123,10 @@ struct tern_config {
 	struct conf_route *relayhost;    /* default next hop, or NULL for MX delivery */
 	struct conf_delivery delivery;
 	struct conf_dns dns;
+	struct conf_capture capture;
+	/* Set by `tern capture` (never from a file): every recipient is
+	 * accepted and caught in the capture store instead of delivered. */
+	bool capture_mode;
 };
 
 /* The route for a recipient domain: a per-domain route, else the relayhost,

@@ -1,0 +1,105 @@
+/*
+ * store.h — the capture store (capture mode): every captured message as a
+ * raw file on disk plus a row in SQLite, and the queries the Mailpit-
+ * compatible API needs. Answers are jansson JSON values shaped exactly as
+ * ../shared/reference/mailpit-api/swagger.json defines them (field names,
+ * types), so the HTTP layer only maps routes to calls.
+ *
+ * Layout under the store directory DIR (normally DATA/capture):
+ *   DIR/capture.db            SQLite, WAL mode: messages, recipients, tags, FTS5 index
+ *   DIR/msg/XX/ID.eml         raw message bytes, as received (XX = first 2 chars of ID)
+ *
+ * Durability: capture_add returns only after the raw file and its
+ * directory entry are fsync'd and the row is committed.
+ *
+ * Thread safety: every function may be called from any thread (one
+ * internal connection, serialised by a mutex; reads are short and indexed).
+ * Nothing here may be called from an SMTP event-loop worker (it blocks on
+ * disk): the capture sink runs on the scheduler's delivery threads and the
+ * HTTP server on its own thread.
+ */
+#ifndef TERN_STORE_STORE_H
+#define TERN_STORE_STORE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/buf.h"
+
+#define CAPTURE_ID_MAX 40 /* message ids are 22 base62 characters, like Mailpit's */
+
+struct capture_store;
+
+int capture_open(const char *dir, struct capture_store **out, char *err, size_t errlen);
+void capture_close(struct capture_store *st);
+
+/*
+ * Stores one message. env_from/env_to are the SMTP envelope (kept for
+ * release and for the "To" of messages without headers). Parses the
+ * message with GMime for the indexed fields (From, To, Cc, Bcc, Reply-To,
+ * Subject, Message-ID, Date, snippet, attachment count, size) and the FTS
+ * index (headers and text). Writes id_out. Returns TERN_OK or an error.
+ */
+int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,
+		const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX]);
+
+/*
+ * GET /api/v1/messages and GET /api/v1/search: a MessagesSummary object
+ * ({total, unread, count, messages_count, start, tags, messages: [...]},
+ * newest first). query is Mailpit's search syntax or NULL for all:
+ * free words (AND, quoted phrases), from:, to: (To/Cc/Bcc and envelope),
+ * subject:, message-id:, tag:, is:read, is:unread, has:attachment,
+ * before:/after: (YYYY-MM-DD), and "-" or "!" in front of a term to negate.
+ */
+json_t *capture_list(struct capture_store *st, const char *query, size_t start, size_t limit);
+
+/* GET /api/v1/message/{ID}: a Message object (Text, HTML, Attachments,
+ * Inline, From/To/Cc/Bcc/ReplyTo, Subject, Date, Tags, Size, ...), or NULL if
+ * no such message. mark_read sets Read (Mailpit marks on open). */
+json_t *capture_message(struct capture_store *st, const char *id, bool mark_read);
+/* GET /api/v1/message/{ID}/headers: {"Name": ["value", ...]} or NULL. */
+json_t *capture_headers(struct capture_store *st, const char *id);
+/* Raw bytes (appended to out); TERN_ENOTFOUND if unknown. */
+int capture_raw(struct capture_store *st, const char *id, struct tbuf *out);
+/* A MIME part by its PartID ("1", "2.1", ... as in Message.Attachments):
+ * decoded bytes into out, its content type and file name. */
+int capture_part(struct capture_store *st, const char *id, const char *part_id, struct tbuf *out,
+		 char *content_type, size_t ctlen, char *filename, size_t fnlen);
+/* Envelope of a stored message (for release): sender and recipients. */
+int capture_envelope(struct capture_store *st, const char *id, char **from, char ***to,
+		     size_t *n_to);
+
+/* DELETE /api/v1/messages: ids (n == 0: all). DELETE /api/v1/search. */
+int capture_delete(struct capture_store *st, const char *const *ids, size_t n);
+int capture_delete_search(struct capture_store *st, const char *query);
+/* PUT /api/v1/messages: Read status for ids (n == 0: all). */
+int capture_set_read(struct capture_store *st, const char *const *ids, size_t n, bool read);
+
+/* Tags: GET /api/v1/tags (sorted array), PUT /api/v1/tags (set exactly
+ * these tags on ids), PUT /api/v1/tags/{Tag} rename, DELETE delete. */
+json_t *capture_tags(struct capture_store *st);
+int capture_set_tags(struct capture_store *st, const char *const *ids, size_t n,
+		     const char *const *tags, size_t n_tags);
+int capture_rename_tag(struct capture_store *st, const char *from, const char *to);
+int capture_delete_tag(struct capture_store *st, const char *tag);
+
+/* Totals for /api/v1/info and the UI: messages, unread, database size. */
+void capture_stats(struct capture_store *st, uint64_t *messages, uint64_t *unread,
+		   uint64_t *bytes);
+
+/* Retention: deletes the oldest messages beyond max_messages (0 = no limit)
+ * and those older than max_age seconds (0 = no limit). Returns how many. */
+size_t capture_prune(struct capture_store *st, uint64_t max_messages, uint64_t max_age);
+
+/*
+ * Change notifications for live UIs: fn runs after each add ("new", with
+ * the MessageSummary of the message), delete ("delete", {"IDs": [...]} or
+ * {"All": true}), read-status or tag change ("update", {"IDs": [...]}).
+ * It runs on the thread that made the change; the json is borrowed.
+ */
+typedef void (*capture_event_fn)(void *arg, const char *type, json_t *data);
+void capture_subscribe(struct capture_store *st, capture_event_fn fn, void *arg);
+
+#endif
