@@ -350,8 +350,8 @@ static bool already_delivered(const char *mdir, const struct maildir_item *it, c
 	while (!found && (e = readdir(d)) != NULL) {
 		if (strncmp(e->d_name, it->fixed_name, nl) == 0 &&
 		    (e->d_name[nl] == '\0' || e->d_name[nl] == ':')) {
-			found = true;
-			snprintf(path, pathlen, "%s/%s", cur, e->d_name);
+			int k = snprintf(path, pathlen, "%s/%s", cur, e->d_name);
+			found = k > 0 && (size_t)k < pathlen;
 		}
 	}
 	closedir(d);

@@ -212,11 +212,14 @@ static void reply_text(const struct smtp_reply *r, const char *phase, char *out,
 	for (const char *p = r->text; *p && n < sizeof(flat) - 1; p++)
 		flat[n++] = *p == '\n' ? ' ' : *p;
 	flat[n] = '\0';
+	/* A long reply is cut to fit: the start of a server's words matters most. */
+	int n2;
 	if (r->enhanced[0])
-		snprintf(out, outlen, "%d %s %s (in reply to %s)", r->code, r->enhanced, flat,
-			 phase);
+		n2 = snprintf(out, outlen, "%d %s %.400s (in reply to %s)", r->code, r->enhanced,
+			      flat, phase);
 	else
-		snprintf(out, outlen, "%d %s (in reply to %s)", r->code, flat, phase);
+		n2 = snprintf(out, outlen, "%d %.400s (in reply to %s)", r->code, flat, phase);
+	(void)n2;
 }
 
 static const char *status_of(const struct smtp_reply *r)
