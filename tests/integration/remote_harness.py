@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IS_ROOT, Raw, make_tmpdir
+from conftest import IS_ROOT, Raw, deep_merge, make_tmpdir
 
 UNBOUND = os.environ.get("TERN_UNBOUND", "/usr/sbin/unbound")
 HOSTNAME = "mx.tern.test"
@@ -56,6 +56,10 @@ IP = {
     "rejectdata": "127.0.0.25",  # 554 5.7.1 at end of data
     "last": "127.0.0.26",      # accepts; lowest preference of pref.test, must stay unused
     "busy": "127.0.0.27",      # greets with 421 and closes (a raw socket, not aiosmtpd)
+    "small": "127.0.0.28",     # SIZE 2000
+    "helo": "127.0.0.29",      # answers EHLO with 502: HELO only
+    "dsn": "127.0.0.30",       # offers DSN and takes RET/ENVID/NOTIFY/ORCPT
+    "delay": "127.0.0.31",     # always 451 (DELAY notices)
 }
 
 REJECT_RCPT_TEXT = "550 5.1.1 <{rcpt}>: no mailbox here by that name (zorglub-7781)"
@@ -112,6 +116,14 @@ DNS_RECORDS = [
     ("busy.test", "MX", "10 mx-busy.busy.test."),
     ("busy.test", "MX", "20 mx.ok.test."),
     ("mx-busy.busy.test", "A", IP["busy"]),
+    ("small.test", "MX", "10 mx.small.test."),
+    ("mx.small.test", "A", IP["small"]),
+    ("helo.test", "MX", "10 mx.helo.test."),
+    ("mx.helo.test", "A", IP["helo"]),
+    ("dsn.test", "MX", "10 mx.dsn.test."),
+    ("mx.dsn.test", "A", IP["dsn"]),
+    ("delay.test", "MX", "10 mx.delay.test."),
+    ("mx.delay.test", "A", IP["delay"]),
     # smart.test has no records: only the route can deliver it
 ]
 
@@ -204,6 +216,9 @@ class Unbound:
             "  access-control: 127.0.0.0/8 allow",
             '  local-zone: "test." static',
         ]
+        # A resolver failure (REFUSED from our forwarder; libunbound turns it into
+        # SERVFAIL): mail must wait, never bounce.
+        lines.append('  local-zone: "servfail.test." always_refuse')
         for name, typ, data in records:
             lines.append(f'  local-data: "{name}. 60 IN {typ} {data}"')
         self.conf.write_text("\n".join(lines) + "\n")
@@ -282,11 +297,13 @@ class MXHandler:
     """One fake MX. mode: accept | reject_rcpt | reject_data | defer_once | defer |
     drop_once | slow. Everything it sees is recorded; reset() between tests."""
 
-    def __init__(self, name, mode="accept", no8bit=False, slow=0.0):
+    def __init__(self, name, mode="accept", no8bit=False, slow=0.0, no_ehlo=False, dsn=False):
         self.name = name
         self.initial_mode = mode
         self.no8bit = no8bit
         self.slow = slow
+        self.no_ehlo = no_ehlo
+        self.dsn = dsn
         self.lock = threading.Lock()
         self.reset()
 
@@ -298,6 +315,7 @@ class MXHandler:
             self.rcpt_attempts = 0
             self.sessions = []       # distinct SMTP sessions that said EHLO/HELO
             self.ehlos = 0
+            self.helos = 0
             self.auths = []          # (mechanism, login, password, ok)
             self.deferred_once = set()
             self.dropped_once = set()
@@ -314,8 +332,13 @@ class MXHandler:
                 self.sessions.append(session)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
         self._note_session(session)
+        if self.no_ehlo:
+            session.extended_smtp = False
+            return ["502 5.5.1 EHLO not implemented here, try HELO"]
+        session.host_name = hostname
+        if self.dsn:
+            responses.insert(len(responses) - 1, "250-DSN")
         if self.no8bit:
             responses = [r for r in responses if "8BITMIME" not in r.upper()]
         return responses
@@ -323,6 +346,8 @@ class MXHandler:
     async def handle_HELO(self, server, session, envelope, hostname):
         session.host_name = hostname
         self._note_session(session)
+        with self.lock:
+            self.helos += 1
         return f"250 {server.hostname}"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -450,6 +475,23 @@ class BusyGreeter:
         self.sock.close()
 
 
+def _dsn_smtp_class():
+    from aiosmtpd.smtp import SMTP
+
+    class DSNSMTP(SMTP):
+        """aiosmtpd refuses every RCPT parameter and unknown MAIL parameters; this one
+        takes the DSN ones (RFC 3461) so that they show up in the recorded options."""
+
+        def _getparams(self, params):
+            r = super()._getparams(params)
+            if r is not None:
+                for k in ("RET", "ENVID", "NOTIFY", "ORCPT"):
+                    r.pop(k, None)
+            return r
+
+    return DSNSMTP
+
+
 class FakeMXes:
     def __init__(self, port):
         self.port = port
@@ -469,6 +511,10 @@ class FakeMXes:
             "hold": MXHandler("hold", "defer"),
             "ok": MXHandler("ok"),
             "last": MXHandler("last"),
+            "small": MXHandler("small"),
+            "helo": MXHandler("helo", no_ehlo=True),
+            "dsn": MXHandler("dsn", dsn=True),
+            "delay": MXHandler("delay", "defer"),
         }
         self.controllers = []
         self.busy = None
@@ -484,7 +530,18 @@ class FakeMXes:
             if name == "smart":
                 kw.update(authenticator=Authenticator(h), auth_required=True,
                           auth_require_tls=False)
-            c = Controller(h, **kw)
+            if name == "small":
+                kw["data_size_limit"] = 2000
+            if name == "dsn":
+                smtp_cls = _dsn_smtp_class()
+
+                class DSNController(Controller):
+                    def factory(self):
+                        return smtp_cls(self.handler, **self.SMTP_kwargs)
+
+                c = DSNController(h, **kw)
+            else:
+                c = Controller(h, **kw)
             c.start()
             self.controllers.append(c)
         return self
@@ -662,3 +719,55 @@ def dsns_in_maildir(tern, address=SENDER):
         if is_dsn(d):
             out.append(d)
     return out
+
+
+# --------------------------------------------------------------------------
+# Fixtures.
+
+
+@pytest.fixture(scope="module")
+def world():
+    """(port, unbound, fake MXes), shared by the module."""
+    port = pick_shared_port(sorted(set(IP.values())))
+    dns = Unbound().start()
+    mxes = FakeMXes(port)
+    try:
+        mxes.start()
+    except Exception:
+        mxes.stop()
+        dns.stop()
+        raise
+    yield port, dns, mxes
+    mxes.stop()
+    dns.stop()
+
+
+@pytest.fixture
+def mx(world):
+    _, _, mxes = world
+    mxes.reset()
+    yield mxes
+    mxes.reset()
+
+
+@pytest.fixture
+def remote_tern(world, tern_factory, mx):
+    """Returns start(**delivery_overrides) -> a running tern wired to the world."""
+    port, dns, _ = world
+
+    def start(extra=None, **delivery):
+        t = tern_factory(None, ("alice@example.test",), start=False)
+        cfg = remote_overrides(port, dns.forward, t.root, **delivery)
+        if extra:
+            cfg = deep_merge(cfg, extra)
+        t.write_config(deep_merge(t.config, cfg))
+        t.port = port
+        chk = t.cli("check-config")
+        if chk.returncode != 0:
+            pytest.fail("tern check-config refuses the remote-delivery config "
+                        f"(rc={chk.returncode}):\n{chk.stderr}{chk.stdout}\n"
+                        + t.config_path.read_text())
+        t.start()
+        return t
+
+    return start

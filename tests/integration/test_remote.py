@@ -13,62 +13,13 @@ import time
 
 import pytest
 
-from conftest import deep_merge, make_message
-from remote_harness import (AUTH_PASSWORD, AUTH_USER, DEADLINE, check_alive, HOSTNAME, IP,
-                            SENDER, FakeMXes, Raw, Unbound, dsns_in_maildir,
-                            pick_shared_port, remote_overrides, submit, wait_dsn)
+from conftest import make_message
+from remote_harness import (AUTH_PASSWORD, AUTH_USER, DEADLINE, HOSTNAME, IP, SENDER, Raw,
+                            check_alive, dsns_in_maildir, submit, wait_dsn)
+from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
-# --------------------------------------------------------------------------
-# Fixtures.
-
-
-@pytest.fixture(scope="module")
-def world():
-    """(port, unbound, fake MXes), shared by the module."""
-    port = pick_shared_port(sorted(set(IP.values())))
-    dns = Unbound().start()
-    mxes = FakeMXes(port)
-    try:
-        mxes.start()
-    except Exception:
-        mxes.stop()
-        dns.stop()
-        raise
-    yield port, dns, mxes
-    mxes.stop()
-    dns.stop()
-
-
-@pytest.fixture
-def mx(world):
-    _, _, mxes = world
-    mxes.reset()
-    yield mxes
-    mxes.reset()
-
-
-@pytest.fixture
-def remote_tern(world, tern_factory, mx):
-    """Returns start(**delivery_overrides) -> a running tern wired to the world."""
-    port, dns, _ = world
-
-    def start(extra=None, **delivery):
-        t = tern_factory(None, ("alice@example.test",), start=False)
-        cfg = remote_overrides(port, dns.forward, t.root, **delivery)
-        if extra:
-            cfg = deep_merge(cfg, extra)
-        t.write_config(deep_merge(t.config, cfg))
-        t.port = port
-        chk = t.cli("check-config")
-        if chk.returncode != 0:
-            pytest.fail("tern check-config refuses the remote-delivery config "
-                        f"(rc={chk.returncode}):\n{chk.stderr}{chk.stdout}\n"
-                        + t.config_path.read_text())
-        t.start()
-        return t
-
-    return start
-
+# The smarthost fake requires AUTH without TLS on purpose (loopback, tls = "none").
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
 # --------------------------------------------------------------------------
 # Helpers.
@@ -83,17 +34,13 @@ def body_of(content):
     return data.split(b"\n\n", 1)[1] if b"\n\n" in data else b""
 
 
-def queue_empty(t):
-    return "queue is empty" in t.queue_list()
-
-
 def wait_queue_empty(t, timeout=DEADLINE):
     deadline = time.monotonic() + timeout
     while True:
+        check_alive(t)
         out = t.queue_list()
         if "queue is empty" in out:
             return
-        check_alive(t)
         if time.monotonic() > deadline:
             pytest.fail(f"queue not empty after {timeout}s:\n{out}\n{t.log_tail()}")
         time.sleep(0.1)
@@ -177,6 +124,18 @@ def test_nxdomain_bounces_5_1_2(remote_tern, mx):
     dsn = wait_dsn(t, "x@gone.test")
     assert_failure_dsn(dsn, "x@gone.test", r"5\.1\.2", "gone-1")
     wait_queue_empty(t)
+
+
+def test_dns_failure_defers_not_bounces(remote_tern, mx):
+    t = remote_tern()
+    rcpt = "x@servfail.test"
+    qid = submit(t, [rcpt], msg("servfail-1", rcpt))
+    t.wait_log(rf"event=deferred id={qid}\b")
+    time.sleep(2.5)  # a few retries
+    assert not t.log_lines("event=bounced", qid), t.log_tail()
+    assert dsns_in_maildir(t) == []
+    out = t.queue_list()
+    assert re.search(r"to=<x@servfail\.test> state=(deferred|queued)", out), out
 
 
 @pytest.mark.parametrize("where,domain,server,status,words", [
@@ -323,6 +282,30 @@ def test_smtputf8_passed_to_peer_that_offers_it(remote_tern, mx):
     assert m.rcpt_tos == [rcpt]
 
 
+def test_message_too_big_for_peer_bounces_5_3_4(remote_tern, mx):
+    t = remote_tern()
+    rcpt = "big@small.test"
+    qid = submit(t, [rcpt], msg("big-1", rcpt, body="0123456789abcdef" * 8 * 40 + "\r\n"))
+    dsn = wait_dsn(t, rcpt)
+    assert_failure_dsn(dsn, rcpt, r"5\.3\.4", "big-1")
+    assert mx["small"].messages == []
+    t.wait_log(rf"event=bounced id={qid}\b")
+    wait_queue_empty(t)
+
+
+def test_helo_fallback_and_8bit_downconverted(remote_tern, mx):
+    t = remote_tern()
+    body = msg("helo-1", "h@helo.test", body=TEXT_8BIT, extra_headers=HDR_8BIT)
+    qid = submit(t, ["h@helo.test"], body, mail_params="BODY=8BITMIME")
+    m = mx["helo"].wait_messages(1, tern=t)[0]
+    assert mx["helo"].helos >= 1, "never fell back to HELO"
+    assert m.mail_options == [], f"ESMTP parameters sent after HELO: {m.mail_options}"
+    assert all(b < 0x80 for b in m.content), "8-bit bytes sent to a HELO-only peer"
+    parsed = email.message_from_bytes(m.content, policy=email.policy.default)
+    assert parsed.get_content().replace("\r\n", "\n") == TEXT_8BIT.replace("\r\n", "\n")
+    t.wait_log(rf"event=delivered id={qid}\b")
+
+
 # --------------------------------------------------------------------------
 # 12-13. Transactions and connections.
 
@@ -420,6 +403,52 @@ def test_notify_success_to_peer_without_dsn_gives_relayed(remote_tern, mx):
     assert re.fullmatch(r"2\.\d{1,3}\.\d{1,3}", r.get("status", "")), r
     assert dsn.per_message.get("original-envelope-id") == "env-77", dsn.per_message
     t.wait_log(rf"event=delivered id={qid}\b")
+
+
+def test_dsn_parameters_passed_to_peer_that_offers_dsn(remote_tern, mx):
+    t = remote_tern()
+    rcpt = "pass@dsn.test"
+    qid = submit(t, [rcpt], msg("dsnpass-1", rcpt), mail_params="RET=HDRS ENVID=env-88",
+                 rcpt_params={rcpt: "NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;orig@dsn.test"})
+    m = mx["dsn"].wait_messages(1, tern=t)[0]
+    mo = [o.upper() for o in m.mail_options]
+    ro = [o.upper() for o in m.rcpt_options]
+    assert "RET=HDRS" in mo and "ENVID=ENV-88" in mo, m.mail_options
+    assert any(o.startswith("NOTIFY=") and set(o[7:].split(",")) == {"SUCCESS", "FAILURE"}
+               for o in ro), m.rcpt_options
+    assert "ORCPT=RFC822;ORIG@DSN.TEST" in ro, m.rcpt_options
+    t.wait_log(rf"event=delivered id={qid}\b")
+    time.sleep(1.5)
+    assert dsns_in_maildir(t) == [], \
+        "tern sent a SUCCESS notice although the next hop took DSN over"
+
+
+def test_bounce_of_null_sender_goes_to_postmaster(remote_tern, mx):
+    t = remote_tern()
+    rcpt = "nobody@reject.test"
+    qid = submit(t, [rcpt], msg("nullsender-1", rcpt), mail_from="")
+    t.wait_log(rf"event=bounced id={qid}\b")
+    dsn = wait_dsn(t, rcpt)  # alice is postmaster@example.test (alias)
+    assert "postmaster" in str(dsn.msg["To"]).lower(), dsn.msg["To"]
+    assert dsn.raw.split(b"\n", 1)[0].startswith(b"Return-Path: <>")
+    assert mx["reject"].rcpt_attempts == 1, "the notice itself went out to a remote server"
+    wait_queue_empty(t)
+
+
+def test_delay_notice_once_after_delay_warning(remote_tern, mx):
+    t = remote_tern(delay_warning=Raw("1s"))
+    rcpt = "slowpoke@delay.test"
+    qid = submit(t, [rcpt], msg("delay-1", rcpt), rcpt_params={rcpt: "NOTIFY=DELAY,FAILURE"})
+    dsn = wait_dsn(t, rcpt, timeout=10)
+    r = dsn.rcpt(rcpt)
+    assert r is not None, dsn.recipients
+    assert r.get("action", "").lower() == "delayed", r
+    assert re.fullmatch(r"4\.\d{1,3}\.\d{1,3}", r.get("status", "")), r
+    assert "blorpt-5512" in ws(r.get("diagnostic-code")) + ws(dsn.human), r
+    assert qid in t.queue_list(), "message left the queue after a delay notice"
+    time.sleep(3.0)  # two or three more retries
+    assert len(dsns_in_maildir(t)) == 1, "more than one delay notice for one message"
+    assert mx["delay"].attempts >= 2
 
 
 # --------------------------------------------------------------------------

@@ -6,7 +6,8 @@
  *
  * The resolver tests are hermetic: the unbound config lives in a temp dir,
  * nothing leaves 127.0.0.1, and only the unbound started here is killed (by
- * its PID). They are skipped when /usr/sbin/unbound is missing.
+ * its PID). They are skipped when /usr/sbin/unbound (or $TERN_UNBOUND) is
+ * missing.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -36,7 +37,12 @@
 #include "core/log.h"
 #include "dns/dns.h"
 
-#define UNBOUND_BIN "/usr/sbin/unbound"
+/* TERN_UNBOUND overrides, as in the integration harness */
+static const char *unbound_bin(void)
+{
+	const char *e = getenv("TERN_UNBOUND");
+	return e && *e ? e : "/usr/sbin/unbound";
+}
 
 /* ======================================================= rdata decoders */
 
@@ -55,9 +61,9 @@ static void test_parse_name_table(void **state)
 {
 	const struct name_case cases[] = {
 	    {"root is the empty name", B(0), true, "", 1},
-	    {"plain name", B(3, 'm', 'x', '1', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o',
-			     'm', 0),
-	     true, "mx1.example.com", 17},
+	    {"plain name",
+	     B(3, 'm', 'x', '1', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o', 'm', 0), true,
+	     "mx1.example.com", 17},
 	    {"uppercase comes out lowercase",
 	     B(3, 'M', 'X', '1', 7, 'E', 'x', 'A', 'm', 'P', 'l', 'E', 0), true, "mx1.example", 13},
 	    {"dot inside a label is escaped", B(3, 'a', '.', 'b', 1, 'c', 0), true, "a\\.b.c", 7},
@@ -78,8 +84,8 @@ static void test_parse_name_table(void **state)
 		char out[DNS_NAME_MAX + 1];
 		size_t used = 99;
 		uint8_t empty = 0;
-		bool ok = dns_parse_name(c->wire ? c->wire : &empty, c->len, out, sizeof(out),
-					 &used);
+		bool ok =
+		    dns_parse_name(c->wire ? c->wire : &empty, c->len, out, sizeof(out), &used);
 		if (ok != c->ok)
 			fail_msg("%s: ok=%d, want %d", c->what, ok, c->ok);
 		assert_string_equal(out, c->want);
@@ -360,9 +366,9 @@ static void write_file(const char *path, const char *text)
  * answer: true once unbound is serving. */
 static bool server_answers(int port)
 {
-	static const uint8_t q[] = {0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
-				    7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 4, 't', 'e', 's',
-				    't', 0, 0, 1, 0, 1};
+	static const uint8_t q[] = {0x12, 0x34, 0x01, 0x00, 0,   1,   0,   0,   0,   0,
+	                            0,    0,    7,    'e',  'x', 'a', 'm', 'p', 'l', 'e',
+	                            4,    't',  'e',  's',  't', 0,   0,   1,   0,   1};
 	int s = socket(AF_INET, SOCK_DGRAM, 0);
 	assert_true(s >= 0);
 	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -456,7 +462,7 @@ static void server_stop(void)
 
 static int server_setup(void **state)
 {
-	if (access(UNBOUND_BIN, X_OK) != 0)
+	if (access(unbound_bin(), X_OK) != 0)
 		return 0; /* each test skips */
 	const char *base = getenv("TMPDIR");
 	snprintf(srv.dir, sizeof(srv.dir), "%s/tern-dns-XXXXXX", base ? base : "/tmp");
@@ -478,7 +484,7 @@ static int server_setup(void **state)
 			dup2(nul, 1);
 			dup2(nul, 2);
 		}
-		execl(UNBOUND_BIN, "unbound", "-d", "-c", path, (char *)NULL);
+		execl(unbound_bin(), "unbound", "-d", "-c", path, (char *)NULL);
 		_exit(127);
 	}
 	/* bounded wait: up to 10 s for the first answer */
@@ -599,7 +605,7 @@ static struct dns_resolver *resolver_for_port(struct event_base *base, int port)
 }
 
 static void start(struct dns_resolver *res, struct run *run, const char *name, int type,
-		  struct got *g)
+                  struct got *g)
 {
 	memset(g, 0, sizeof(*g));
 	int id = dns_query(res, name, type, record, g);
@@ -649,9 +655,9 @@ static void test_resolver_answers_each_type(void **state)
 	assert_int_equal(mx.mx[2].preference, 20);
 	assert_string_equal(mx.mx[2].host, "mx2.example.test");
 	bool one_a = strcmp(mx.mx[0].host, "mx1.example.test") == 0 &&
-		     strcmp(mx.mx[1].host, "mx1b.example.test") == 0;
+	             strcmp(mx.mx[1].host, "mx1b.example.test") == 0;
 	bool one_b = strcmp(mx.mx[1].host, "mx1.example.test") == 0 &&
-		     strcmp(mx.mx[0].host, "mx1b.example.test") == 0;
+	             strcmp(mx.mx[0].host, "mx1b.example.test") == 0;
 	assert_true(one_a || one_b);
 
 	/* null MX: one record, preference 0, host "" */
@@ -676,10 +682,10 @@ static void test_resolver_answers_each_type(void **state)
 	/* TXT: one entry per record, strings of a record concatenated */
 	assert_int_equal(txt.status, DNS_OK);
 	assert_int_equal(txt.n, 2);
-	bool t1 = strcmp(txt.txt[0], "v=spf1 -all") == 0 &&
-		  strcmp(txt.txt[1], "second record") == 0;
-	bool t2 = strcmp(txt.txt[1], "v=spf1 -all") == 0 &&
-		  strcmp(txt.txt[0], "second record") == 0;
+	bool t1 =
+	    strcmp(txt.txt[0], "v=spf1 -all") == 0 && strcmp(txt.txt[1], "second record") == 0;
+	bool t2 =
+	    strcmp(txt.txt[1], "v=spf1 -all") == 0 && strcmp(txt.txt[0], "second record") == 0;
 	assert_true(t1 || t2);
 
 	assert_int_equal(tlsa.status, DNS_OK);
@@ -748,8 +754,360 @@ static void test_resolver_dead_forwarder_is_tempfail(void **state)
 	assert_int_equal(g.calls, 1);
 	assert_int_equal(g.status, DNS_TEMPFAIL);
 	fprintf(stderr, "dead forwarder -> tempfail in %.1f s\n",
-		(double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+	        (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
 
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+/* ---- lifecycle: cancel, free, re-entrancy ------------------------------ */
+
+static struct got *must_not_run_g;
+
+static void must_not_run(void *arg, const struct dns_result *r)
+{
+	fail_msg("callback of a cancelled query ran (%s)", r->qname);
+}
+
+/* Runs the loop for ms regardless of pending queries: long enough for any
+ * answer that is on its way to arrive and be dropped. */
+static void run_for(struct event_base *base, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	event_base_loopexit(base, &tv);
+	event_base_dispatch(base);
+}
+
+static void test_cancelled_query_never_calls_back(void **state)
+{
+	NEED_SERVER();
+	struct event_base *base = event_base_new();
+	struct dns_resolver *res = resolver_for_port(base, srv.port);
+	struct run run = {base, 0};
+	struct got g;
+
+	int c1 = dns_query(res, "example.test", DNS_MX, must_not_run, NULL);
+	assert_true(c1 > 0);
+	start(res, &run, "example.test", DNS_A, &g);
+	int c2 = dns_query(res, "example.test", DNS_TXT, must_not_run, NULL);
+	assert_true(c2 > 0);
+	assert_int_not_equal(c1, c2);
+	dns_cancel(res, c1);
+	dns_cancel(res, c2);
+	dns_cancel(res, c2);     /* twice: harmless */
+	dns_cancel(res, 999999); /* unknown id: harmless */
+	dns_cancel(res, -5);
+	run_loop(&run, 10000);
+	assert_int_equal(g.status, DNS_OK);
+	run_for(base, 300);
+	dns_cancel(res, c1); /* after the fact: harmless */
+
+	dns_resolver_free(res);
+	event_base_free(base);
+	(void)must_not_run_g;
+}
+
+static void test_free_with_pending_queries_calls_nothing(void **state)
+{
+	NEED_SERVER();
+	struct event_base *base = event_base_new();
+	struct dns_resolver *res = resolver_for_port(base, srv.port);
+	for (int i = 0; i < 20; i++)
+		assert_true(dns_query(res, "example.test", DNS_MX, must_not_run, NULL) > 0);
+	dns_resolver_free(res);
+	run_for(base, 200);
+	dns_resolver_free(NULL);
+	event_base_free(base);
+}
+
+struct reent {
+	struct dns_resolver *res;
+	struct run *run;
+	int victim; /* query to cancel from inside a callback */
+	bool victim_cancelled, victim_ran;
+	struct got chained; /* query started from inside a callback */
+	int calls;
+};
+
+static void victim_cb(void *arg, const struct dns_result *r)
+{
+	struct reent *x = arg;
+	/* its answer may legitimately beat the canceller's */
+	if (x->victim_cancelled)
+		fail_msg("callback ran after dns_cancel");
+	x->victim_ran = true;
+	if (--x->run->pending == 0)
+		event_base_loopbreak(x->run->base);
+}
+
+static void cancel_then_chain(void *arg, const struct dns_result *r)
+{
+	struct reent *x = arg;
+	x->calls++;
+	assert_int_equal(r->status, DNS_OK);
+	if (!x->victim_ran) {
+		dns_cancel(x->res, x->victim);
+		x->victim_cancelled = true;
+		x->run->pending--; /* it will never call */
+	}
+	/* the router's pattern: MX answer, then address lookups */
+	const char *host = NULL;
+	for (size_t i = 0; i < r->n; i++) {
+		if (strcmp(r->mx[i].host, "mx1.example.test") == 0)
+			host = r->mx[i].host;
+	}
+	assert_non_null(host);
+	memset(&x->chained, 0, sizeof(x->chained));
+	int id = dns_query(x->res, host, DNS_A, record, &x->chained);
+	assert_true(id > 0);
+	assert_false(x->chained.done);
+	/* this one is done, the chained one is new: pending unchanged */
+}
+
+static void test_callbacks_may_query_and_cancel(void **state)
+{
+	NEED_SERVER();
+	struct event_base *base = event_base_new();
+	struct dns_resolver *res = resolver_for_port(base, srv.port);
+	struct run run = {base, 0};
+	struct reent x = {.res = res, .run = &run};
+
+	assert_true(dns_query(res, "example.test", DNS_MX, cancel_then_chain, &x) > 0);
+	x.victim = dns_query(res, "example.test", DNS_AAAA, victim_cb, &x);
+	assert_true(x.victim > 0);
+	run.pending = 2;
+	run_loop(&run, 10000);
+	assert_int_equal(run.pending, 0);
+	run_for(base, 200);
+	assert_int_equal(x.calls, 1);
+	assert_int_equal(x.chained.calls, 1);
+	assert_int_equal(x.chained.status, DNS_OK);
+	assert_int_equal(x.chained.n, 2); /* mx1.example.test has two A */
+
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+struct killer {
+	struct dns_resolver *res;
+	struct event_base *base;
+	int calls;
+};
+
+static void free_resolver_cb(void *arg, const struct dns_result *r)
+{
+	struct killer *k = arg;
+	k->calls++;
+	dns_resolver_free(k->res);
+	k->res = NULL;
+	event_base_loopbreak(k->base);
+}
+
+static void after_free_cb(void *arg, const struct dns_result *r)
+{
+	struct killer *k = arg;
+	/* answers that arrive before the killer's are fine; none after */
+	if (!k->res)
+		fail_msg("callback ran after its resolver was freed");
+}
+
+static void test_callback_may_free_the_resolver(void **state)
+{
+	NEED_SERVER();
+	struct event_base *base = event_base_new();
+	struct killer k = {resolver_for_port(base, srv.port), base, 0};
+
+	/* answers to all of these are likely in the pipe together: the
+	 * first callback frees the resolver, the rest must stay silent */
+	assert_true(dns_query(k.res, "example.test", DNS_A, free_resolver_cb, &k) > 0);
+	for (int i = 0; i < 10; i++)
+		assert_true(dns_query(k.res, "example.test", DNS_A, after_free_cb, &k) > 0);
+	struct timeval tv = {10, 0};
+	event_base_loopexit(base, &tv);
+	event_base_dispatch(base);
+	assert_int_equal(k.calls, 1);
+	assert_null(k.res);
+	run_for(base, 100);
+	event_base_free(base);
+}
+
+struct many {
+	int calls[400];
+	int ok, nx;
+	struct run *run;
+};
+
+struct many_arg {
+	struct many *m;
+	int i;
+};
+
+static void count_cb(void *arg, const struct dns_result *r)
+{
+	struct many_arg *a = arg;
+	a->m->calls[a->i]++;
+	if (r->status == DNS_OK)
+		a->m->ok++;
+	else if (r->status == DNS_NXDOMAIN)
+		a->m->nx++;
+	if (--a->m->run->pending == 0)
+		event_base_loopbreak(a->m->run->base);
+}
+
+static void test_many_concurrent_queries_each_answered_once(void **state)
+{
+	NEED_SERVER();
+	struct event_base *base = event_base_new();
+	struct dns_resolver *res = resolver_for_port(base, srv.port);
+	struct run run = {base, 0};
+	static struct many m;
+	static struct many_arg args[400];
+	memset(&m, 0, sizeof(m));
+	m.run = &run;
+	int last = 0;
+	for (int i = 0; i < 400; i++) {
+		char name[64];
+		/* every 4th exists, the rest do not */
+		if (i % 4 == 0)
+			snprintf(name, sizeof(name), "%s", "mx1.example.test");
+		else
+			snprintf(name, sizeof(name), "n%d.example.test", i);
+		args[i] = (struct many_arg){&m, i};
+		int id = dns_query(res, name, DNS_A, count_cb, &args[i]);
+		assert_true(id > last); /* positive, increasing, so distinct */
+		last = id;
+		run.pending++;
+	}
+	run_loop(&run, 15000);
+	assert_int_equal(run.pending, 0);
+	for (int i = 0; i < 400; i++)
+		assert_int_equal(m.calls[i], 1);
+	assert_int_equal(m.ok, 100);
+	assert_int_equal(m.nx, 300);
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+static void test_bad_queries_are_refused_up_front(void **state)
+{
+	struct event_base *base = event_base_new();
+	/* no server needed: nothing is sent */
+	struct dns_resolver *res = resolver_for_port(base, 9);
+	char longname[DNS_NAME_MAX + 10];
+	memset(longname, 'a', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+
+	assert_int_equal(dns_query(res, NULL, DNS_A, must_not_run, NULL), TERN_EINVAL);
+	assert_int_equal(dns_query(res, "a.test", DNS_A, NULL, NULL), TERN_EINVAL);
+	assert_int_equal(dns_query(res, "a.test", 99, must_not_run, NULL), TERN_EINVAL);
+	assert_int_equal(dns_query(NULL, "a.test", DNS_A, must_not_run, NULL), TERN_EINVAL);
+	assert_int_equal(dns_query(res, "", DNS_A, must_not_run, NULL), TERN_ESYNTAX);
+	assert_int_equal(dns_query(res, "a b.test", DNS_A, must_not_run, NULL), TERN_ESYNTAX);
+	assert_int_equal(dns_query(res, "a\r\n.test", DNS_A, must_not_run, NULL), TERN_ESYNTAX);
+	assert_int_equal(dns_query(res, "\xc3\xa9.test", DNS_A, must_not_run, NULL), TERN_ESYNTAX);
+	assert_int_equal(dns_query(res, longname, DNS_A, must_not_run, NULL), TERN_ESYNTAX);
+	run_for(base, 50);
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+static void test_name_libunbound_rejects_is_error(void **state)
+{
+	NEED_SERVER();
+	struct event_base *base = event_base_new();
+	struct dns_resolver *res = resolver_for_port(base, srv.port);
+	struct run run = {base, 0};
+	struct got g1, g2;
+	/* a 64-octet label passes our character check but is not a name */
+	char lab[80];
+	memset(lab, 'a', 64);
+	snprintf(lab + 64, sizeof(lab) - 64, ".test");
+	start(res, &run, lab, DNS_A, &g1);
+	start(res, &run, "a..test", DNS_A, &g2);
+	run_loop(&run, 10000);
+	assert_int_equal(run.pending, 0);
+	assert_int_equal(g1.status, DNS_ERROR);
+	assert_int_equal(g2.status, DNS_ERROR);
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+static void test_bad_configuration_fails_with_a_message(void **state)
+{
+	struct event_base *base = event_base_new();
+	char err[256];
+	const char *bad[] = {"not-an-address"};
+	assert_null(dns_resolver_new(base, bad, 1, NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, "not-an-address"));
+
+	const char *ok[] = {"127.0.0.1@53"};
+	err[0] = '\0';
+	assert_null(dns_resolver_new(base, ok, 1, "/nonexistent/root.key", err, sizeof(err)));
+	assert_non_null(strstr(err, "/nonexistent/root.key"));
+
+	/* an anchor file that exists but does not parse fails here too, not
+	 * at the first query */
+	char dir[] = "/tmp/tern-dns-ta-XXXXXX", ta[64];
+	assert_non_null(mkdtemp(dir));
+	snprintf(ta, sizeof(ta), "%s/bad.key", dir);
+	write_file(ta, "this is not a trust anchor\n");
+	err[0] = '\0';
+	assert_null(dns_resolver_new(base, ok, 1, ta, err, sizeof(err)));
+	assert_true(err[0] != '\0');
+	unlink(ta);
+	rmdir(dir);
+
+	assert_null(dns_resolver_new(NULL, ok, 1, NULL, err, sizeof(err)));
+	assert_null(dns_resolver_new(base, NULL, 1, NULL, err, sizeof(err)));
+
+	/* IPv6 and port-less forms are accepted */
+	const char *forms[] = {"::1@5353", "127.0.0.1"};
+	struct dns_resolver *res = dns_resolver_new(base, forms, 2, NULL, err, sizeof(err));
+	assert_non_null(res);
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+static void test_system_resolver_is_the_default(void **state)
+{
+	/* reads /etc/resolv.conf (or falls back to 127.0.0.1); sends nothing */
+	struct event_base *base = event_base_new();
+	char err[256];
+	struct dns_resolver *res = dns_resolver_new(base, NULL, 0, NULL, err, sizeof(err));
+	if (!res)
+		fail_msg("%s", err);
+	dns_resolver_free(res);
+	event_base_free(base);
+}
+
+/* A trust anchor for a zone the server does not sign: answers under it
+ * fail validation (bogus -> TEMPFAIL), answers outside it are insecure. */
+static void test_unsigned_zone_under_trust_anchor_is_bogus(void **state)
+{
+	NEED_SERVER();
+	char ta[512], fwd[64], err[256];
+	snprintf(ta, sizeof(ta), "%s/ta.key", srv.dir);
+	write_file(ta, "example.test. IN DS 12345 8 2 "
+	               "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF\n");
+	snprintf(fwd, sizeof(fwd), "127.0.0.1@%d", srv.port);
+	const char *fw[] = {fwd};
+	struct event_base *base = event_base_new();
+	struct dns_resolver *res = dns_resolver_new(base, fw, 1, ta, err, sizeof(err));
+	if (!res)
+		fail_msg("%s", err);
+	struct run run = {base, 0};
+	struct got bogus, insecure;
+	start(res, &run, "example.test", DNS_MX, &bogus);
+	start(res, &run, "nullmx.test", DNS_MX, &insecure);
+	run_loop(&run, 15000);
+	assert_int_equal(run.pending, 0);
+	assert_int_equal(bogus.status, DNS_TEMPFAIL);
+	assert_true(bogus.bogus);
+	assert_false(bogus.secure);
+	assert_int_equal(bogus.n, 0);
+	assert_int_equal(insecure.status, DNS_OK);
+	assert_false(insecure.bogus);
+	assert_false(insecure.secure);
 	dns_resolver_free(res);
 	event_base_free(base);
 }
@@ -770,6 +1128,16 @@ int main(void)
 	const struct CMUnitTest live[] = {
 	    cmocka_unit_test(test_resolver_answers_each_type),
 	    cmocka_unit_test(test_resolver_negative_answers),
+	    cmocka_unit_test(test_cancelled_query_never_calls_back),
+	    cmocka_unit_test(test_free_with_pending_queries_calls_nothing),
+	    cmocka_unit_test(test_callbacks_may_query_and_cancel),
+	    cmocka_unit_test(test_callback_may_free_the_resolver),
+	    cmocka_unit_test(test_many_concurrent_queries_each_answered_once),
+	    cmocka_unit_test(test_bad_queries_are_refused_up_front),
+	    cmocka_unit_test(test_name_libunbound_rejects_is_error),
+	    cmocka_unit_test(test_bad_configuration_fails_with_a_message),
+	    cmocka_unit_test(test_system_resolver_is_the_default),
+	    cmocka_unit_test(test_unsigned_zone_under_trust_anchor_is_bogus),
 	    cmocka_unit_test(test_resolver_dead_forwarder_is_tempfail),
 	};
 	int fails = cmocka_run_group_tests_name("dns_rdata", pure, NULL, NULL);
