@@ -38,7 +38,7 @@ fuzz-short: fuzz-build
 
 fuzz: FUZZ_SECONDS = 600
 fuzz: fuzz-build
-	@scripts/run-fuzz $(FUZZDIR) $(FUZZ_SECONDS)
+	@scripts/run-fuzz $(FUZZDIR) $(FUZZ_SECONDS) $(FUZZ_SECONDS)
 
 bench: build
 	@/usr/bin/python3 bench/local_delivery.py --tern $(BUILD)/tern
