@@ -13,6 +13,8 @@ static void usage(FILE *out)
 		"usage: tern COMMAND [options]\n"
 		"\n"
 		"  serve [-c FILE]            run the mail server (embedded default without -c)\n"
+		"  capture [-c FILE] [--smtp IP:PORT] [--http IP:PORT] [--data-dir DIR]\n"
+		"                             catch all mail for testing; web UI and Mailpit API\n"
 		"  check-config [-c FILE]     validate the config and print it with defaults\n"
 		"  user add|passwd|del|list   manage users (passwd-file); --password-stdin\n"
 		"  queue list|show|delete|flush  inspect and control the queue of a running server\n"
@@ -28,6 +30,8 @@ int main(int argc, char **argv)
 	const char *cmd = argv[1];
 	if (strcmp(cmd, "serve") == 0)
 		return cmd_serve(argc - 1, argv + 1);
+	if (strcmp(cmd, "capture") == 0)
+		return cmd_capture(argc - 1, argv + 1);
 	if (strcmp(cmd, "check-config") == 0)
 		return cmd_check_config(argc - 1, argv + 1);
 	if (strcmp(cmd, "user") == 0)

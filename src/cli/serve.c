@@ -91,9 +91,26 @@ static int mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
-static struct tern_runtime *runtime_load(const char *path, char *err, size_t errlen)
+/* Loads the config; in capture mode the command line's overrides are
+ * applied on every load, so a SIGHUP keeps them. */
+static struct tern_config *config_load(const char *path, const struct capture_opts *cap,
+				       char *err, size_t errlen)
 {
 	struct tern_config *conf = conf_load(path, err, errlen);
+	if (!conf || !cap)
+		return conf;
+	if (conf_apply_capture(conf, cap->smtp, cap->data_dir) != TERN_OK) {
+		snprintf(err, errlen, "--smtp: '%s' is not an IP:PORT address", cap->smtp);
+		conf_unref(conf);
+		return NULL;
+	}
+	return conf;
+}
+
+static struct tern_runtime *runtime_load(const char *path, const struct capture_opts *cap,
+					 char *err, size_t errlen)
+{
+	struct tern_config *conf = config_load(path, cap, err, errlen);
 	if (!conf)
 		return NULL;
 	struct user_db *users = NULL;
@@ -199,6 +216,11 @@ int cmd_serve(int argc, char **argv)
 		fprintf(stderr, "usage: tern serve [-c FILE]\n");
 		return 2;
 	}
+	return daemon_run(path, NULL);
+}
+
+int daemon_run(const char *path, const struct capture_opts *cap)
+{
 	char err[512];
 	int status = 1;
 	struct tern_runtime *rt = NULL;
@@ -213,6 +235,8 @@ int cmd_serve(int argc, char **argv)
 	struct smtp_server *srv = NULL;
 	struct remote *remote = NULL;
 	struct control *ctl = NULL;
+	struct capture_mode *capm = NULL;
+	int http_fd = -1;
 
 	/* Every thread inherits this mask; only sigwait below takes the signals. */
 	sigset_t sigs;
@@ -223,7 +247,7 @@ int cmd_serve(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct tern_config *conf = conf_load(path, err, sizeof(err));
+	struct tern_config *conf = config_load(path, cap, err, sizeof(err));
 	if (!conf) {
 		fprintf(stderr, "tern: %s\n", err);
 		return 1;
@@ -264,6 +288,14 @@ int cmd_serve(int argc, char **argv)
 			 conf->listeners[i].name, conf->listeners[i].address,
 			 conf->listeners[i].profile);
 	}
+	if (cap) {
+		http_fd = bind_listener(cap->http, err, sizeof(err));
+		if (http_fd < 0) {
+			log_error("event=fatal listener=http reason=\"%s\"", err);
+			goto out;
+		}
+		log_info("event=listening name=http address=%s profile=capture-http", cap->http);
+	}
 	control_fd = control_bind(conf->data_dir);
 	if (control_fd < 0) {
 		log_error("event=fatal reason=\"cannot bind %s/control.sock: %s\"", conf->data_dir,
@@ -276,7 +308,7 @@ int cmd_serve(int argc, char **argv)
 		goto out;
 	}
 
-	rt = runtime_load(path, err, sizeof(err));
+	rt = runtime_load(path, cap, err, sizeof(err));
 	if (!rt) {
 		log_error("event=fatal reason=\"%s\"", err);
 		goto out;
@@ -317,6 +349,14 @@ int cmd_serve(int argc, char **argv)
 		}
 		fds[i] = -1; /* owned by the listener now */
 	}
+	if (cap) {
+		capm = capture_mode_start(conf->data_dir, http_fd, sp, sched, err, sizeof(err));
+		if (!capm) {
+			log_error("event=fatal reason=\"capture: %s\"", err);
+			goto out;
+		}
+		http_fd = -1; /* owned by the HTTP server now */
+	}
 	for (unsigned w = 0; w < n_workers; w++)
 		worker_start(workers[w]);
 	ctl = control_start(control_fd, sp, sched);
@@ -329,7 +369,7 @@ int cmd_serve(int argc, char **argv)
 		if (sigwait(&sigs, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			struct tern_runtime *nrt = runtime_load(path, err, sizeof(err));
+			struct tern_runtime *nrt = runtime_load(path, cap, err, sizeof(err));
 			if (!nrt) {
 				log_error("event=reload_failed reason=\"%s\" keeping=old-config", err);
 				continue;
@@ -382,6 +422,11 @@ out:
 	for (unsigned w = 0; w < n_workers; w++)
 		if (workers[w])
 			worker_stop_and_join(workers[w]);
+	/* The HTTP server and its store go first: nothing calls into them after. */
+	scheduler_stop(sched);
+	capture_mode_stop(capm);
+	if (sched)
+		scheduler_set_capture(sched, NULL);
 	remote_free(remote);
 	scheduler_free(sched);
 	/* Closing the spool runs the last commit callbacks; they post to the
@@ -399,6 +444,8 @@ out:
 			close(fds[i]);
 	if (control_fd >= 0)
 		close(control_fd);
+	if (http_fd >= 0)
+		close(http_fd);
 	if (rt)
 		runtime_release(rt);
 	runtime_clear();

@@ -1590,6 +1590,53 @@ struct tern_config *conf_ref(struct tern_config *c)
 	return c;
 }
 
+int conf_apply_capture(struct tern_config *c, const char *smtp_address, const char *data_dir)
+{
+	struct sockaddr_storage ss;
+	unsigned len;
+	if (!conf_parse_address(smtp_address, &ss, &len))
+		return TERN_EINVAL;
+	struct conf_listener *l = calloc(1, sizeof(*l));
+	if (!l)
+		return TERN_ENOMEM;
+	l->name = tern_strdup("capture");
+	l->address = tern_strdup(smtp_address);
+	l->profile = tern_strdup("capture");
+	char *dd = data_dir ? tern_strdup(data_dir) : NULL;
+	char *uf = NULL;
+	if (dd) {
+		size_t n = strlen(dd);
+		uf = malloc(n + sizeof("/users"));
+		if (uf)
+			snprintf(uf, n + sizeof("/users"), "%s/users", dd);
+	}
+	if (!l->name || !l->address || !l->profile || (data_dir && (!dd || !uf))) {
+		free(l->name);
+		free(l->address);
+		free(l->profile);
+		free(l);
+		free(dd);
+		free(uf);
+		return TERN_ENOMEM;
+	}
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		free(c->listeners[i].name);
+		free(c->listeners[i].address);
+		free(c->listeners[i].profile);
+	}
+	free(c->listeners);
+	c->listeners = l;
+	c->n_listeners = 1;
+	if (dd) {
+		free(c->data_dir);
+		free(c->users_file);
+		c->data_dir = dd;
+		c->users_file = uf;
+	}
+	c->capture_mode = true;
+	return TERN_OK;
+}
+
 void conf_unref(struct tern_config *c)
 {
 	/* acq_rel: the last owner must see every other owner's reads finished */

@@ -143,6 +143,11 @@ struct tern_config *conf_load(const char *path, char *err, size_t errlen);
 struct tern_config *conf_load_string(const char *text, size_t len, const char *name,
 				     char *err, size_t errlen);
 
+/* Turns a freshly loaded config (refcount 1, not yet shared) into capture
+ * mode: one SMTP listener on smtp_address with profile "capture", and
+ * data_dir (and the users file in it) replaced when data_dir is not NULL. */
+int conf_apply_capture(struct tern_config *c, const char *smtp_address, const char *data_dir);
+
 struct tern_config *conf_ref(struct tern_config *c);
 void conf_unref(struct tern_config *c);
 

@@ -140,6 +140,9 @@ size_t scheduler_pending(struct scheduler *s);
 /* Remote recipients go to r (set once, before the first submit). */
 struct remote;
 void scheduler_set_remote(struct scheduler *s, struct remote *r);
+/* Capture mode: local recipients go to this store instead of Maildirs. */
+struct capture_store;
+void scheduler_set_capture(struct scheduler *s, struct capture_store *st);
 /* Stops the delivery threads after the batch in progress (remote results
  * still arriving are recorded). */
 void scheduler_stop(struct scheduler *s);

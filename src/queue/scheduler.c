@@ -31,6 +31,7 @@
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "smtp/smtp.h"
+#include "store/store.h"
 
 #define BATCH_MAX 64
 #define INFLIGHT_BUCKETS 1024
@@ -56,6 +57,8 @@ struct inflight {
 struct scheduler {
 	struct spool *sp;
 	struct remote *remote;
+	struct capture_store *capture; /* capture mode: local recipients are caught here */
+	int64_t last_prune;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct job *head, *tail; /* due now */
@@ -251,6 +254,11 @@ void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try)
 void scheduler_set_remote(struct scheduler *s, struct remote *r)
 {
 	s->remote = r;
+}
+
+void scheduler_set_capture(struct scheduler *s, struct capture_store *st)
+{
+	s->capture = st;
 }
 
 /* ------------------------------------------------------------------ DSN */
@@ -621,6 +629,49 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 	free(taken);
 }
 
+/* Capture mode: the message's due local recipients are caught together in
+ * one store entry (the envelope keeps them all), then marked delivered. */
+static void capture_one(struct scheduler *s, const struct tern_config *conf,
+			const struct spool_msg *m, const struct job *job, int64_t now)
+{
+	const char *to[256];
+	struct outcome o[256];
+	size_t n = 0;
+	for (size_t i = 0; i < m->n_rcpts && n < 256; i++) {
+		const struct spool_rcpt *r = &m->rcpts[i];
+		if (!r->local || !is_due(r, now))
+			continue;
+		to[n] = r->addr;
+		o[n].idx = i;
+		o[n].relay = "capture";
+		o[n].dsn_relayed = false;
+		n++;
+	}
+	if (n == 0)
+		return;
+	char id[CAPTURE_ID_MAX];
+	char reply[128];
+	int rc = capture_add(s->capture, job->data, job->len, m->sender, to, n, id);
+	if (rc == TERN_OK)
+		snprintf(reply, sizeof(reply), "250 2.0.0 caught as %s", id);
+	else
+		snprintf(reply, sizeof(reply), "451 4.3.0 capture store failed: %s",
+			 tern_strerror(rc));
+	for (size_t k = 0; k < n; k++) {
+		o[k].state = rc == TERN_OK ? RCPT_DELIVERED : RCPT_DEFERRED;
+		o[k].status = rc == TERN_OK ? "2.0.0" : "4.3.0";
+		o[k].reply = reply;
+	}
+	record_outcomes(s, conf, m, job->data, job->len, o, n);
+	if ((conf->capture.max_messages || conf->capture.max_age) && now - s->last_prune >= 2) {
+		s->last_prune = now;
+		size_t pruned =
+			capture_prune(s->capture, conf->capture.max_messages, conf->capture.max_age);
+		if (pruned)
+			log_info("event=capture_pruned messages=%zu", pruned);
+	}
+}
+
 static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 {
 	struct tern_runtime *rt = runtime_acquire();
@@ -658,6 +709,10 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			}
 		}
 		dispatch_remote(s, m, job, now);
+		if (s->capture) {
+			capture_one(s, conf, m, job, now);
+			continue;
+		}
 		for (size_t i = 0; i < m->n_rcpts; i++) {
 			struct spool_rcpt *r = &m->rcpts[i];
 			if (!r->local || !is_due(r, now))

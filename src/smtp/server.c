@@ -140,6 +140,37 @@ struct smtp_server {
 	struct ip_count *ip_table[IP_BUCKETS];
 };
 
+/* ---------------------------------------------------------------- chaos */
+
+static pthread_mutex_t chaos_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct smtp_chaos chaos;
+
+void smtp_chaos_set(const struct smtp_chaos *c)
+{
+	pthread_mutex_lock(&chaos_lock);
+	chaos = *c;
+	pthread_mutex_unlock(&chaos_lock);
+}
+
+void smtp_chaos_get(struct smtp_chaos *out)
+{
+	pthread_mutex_lock(&chaos_lock);
+	*out = chaos;
+	pthread_mutex_unlock(&chaos_lock);
+}
+
+/* Returns the reply code a chaos trigger picks for this command, or 0. */
+static int chaos_roll(const struct smtp_chaos_trigger *which_in_global)
+{
+	pthread_mutex_lock(&chaos_lock);
+	struct smtp_chaos_trigger t = *which_in_global;
+	pthread_mutex_unlock(&chaos_lock);
+	if (t.error_code < 400 || t.error_code > 599 || t.probability == 0)
+		return 0;
+	unsigned r = (unsigned)(random() % 100);
+	return r < t.probability ? t.error_code : 0;
+}
+
 /* ------------------------------------------------------ address helpers */
 
 /* The 16-byte key of a client address; IPv4 (and v4-mapped v6) as ::ffff:a.b.c.d. */
@@ -382,6 +413,14 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 		      (unsigned long long)s->conf->limits.max_message_size);
 		return;
 	}
+	if (s->conf->capture_mode) {
+		int code = chaos_roll(&chaos.sender);
+		if (code) {
+			reply(s, "%d %s Chaos: sender rejected on purpose (chaos trigger)", code,
+			      code >= 500 ? "5.7.1" : "4.7.1");
+			return;
+		}
+	}
 	struct tx *t = calloc(1, sizeof(*t));
 	if (!t)
 		goto nomem;
@@ -457,6 +496,23 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 		return;
 	}
 	char q[SMTP_ADDR_MAX * 4 + 8];
+	if (s->conf->capture_mode) {
+		/* Capture mode catches everything: any recipient, any domain. */
+		int code = chaos_roll(&chaos.recipient);
+		if (code) {
+			reply(s, "%d %s Chaos: recipient rejected on purpose (chaos trigger)", code,
+			      code >= 500 ? "5.1.1" : "4.2.0");
+			return;
+		}
+		if (tx_add_rcpt(t, c->path.has_domain ? c->path.addr : "postmaster", c->orcpt,
+				c->notify, true) != TERN_OK) {
+			reply(s, "451 4.3.0 Out of memory, try again later");
+			return;
+		}
+		t->rcpt_cmds++;
+		reply(s, "250 2.1.5 Recipient <%s> ok", c->path.addr);
+		return;
+	}
 	bool local = !c->path.has_domain ||
 		     conf_is_local_domain(s->conf, c->path.domain, strlen(c->path.domain));
 	int err = TERN_OK;

@@ -202,6 +202,22 @@ size_t smtp_server_sessions(struct smtp_server *srv);
 /* After the workers stopped: frees what is left. */
 void smtp_server_free(struct smtp_server *srv);
 
+/*
+ * Chaos triggers (capture mode, Mailpit's ChaosTriggers): with the given
+ * probability (percent), MAIL (sender), RCPT (recipient) or AUTH
+ * (authentication) fails with the given reply code, so applications can
+ * test how they handle a failing mail server. Process-wide; any thread.
+ */
+struct smtp_chaos_trigger {
+	int error_code;        /* 400..599; 0 = off */
+	unsigned probability;  /* 0..100 */
+};
+struct smtp_chaos {
+	struct smtp_chaos_trigger sender, recipient, authentication;
+};
+void smtp_chaos_set(const struct smtp_chaos *c);
+void smtp_chaos_get(struct smtp_chaos *out);
+
 /* ------------------------------------------------ client-side protocol */
 
 /*

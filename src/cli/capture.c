@@ -1,0 +1,401 @@
+/*
+ * capture.c — `tern capture`: the daemon preset for developers. SMTP
+ * accepts every sender and recipient; each message is spooled durably as
+ * usual, then caught in the capture store (scheduler_set_capture) instead
+ * of delivered. The HTTP server (Mailpit's API, the web UI, live events)
+ * runs on a worker of its own. This file wires those parts together and
+ * implements the hooks the HTTP layer calls: send, release, chaos.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "core/conf.h"
+#include "core/err.h"
+#include "core/id.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "core/runtime.h"
+#include "http/http.h"
+#include "queue/queue.h"
+#include "smtp/smtp.h"
+#include "store/store.h"
+
+#define HTTP_WORKER_INDEX 1000 /* only for log lines: not an SMTP worker */
+
+struct capture_mode {
+	struct capture_store *store;
+	struct worker *http_worker;
+	struct http_server *http;
+	struct pool *pool;
+	struct spool *sp;
+	struct scheduler *sched;
+	struct http_hooks hooks;
+	char smtp_address[64];
+};
+
+/* ------------------------------------------------------------- send hook */
+
+struct send_job {
+	struct capture_mode *cm;
+	char *raw;
+	size_t len;
+	char *from;
+	char **to;
+	size_t n_to;
+	void (*done)(void *arg, int err, const char *id);
+	void *arg;
+	int err;
+	char id[CAPTURE_ID_MAX];
+};
+
+static void send_job_free(struct send_job *j)
+{
+	free(j->raw);
+	free(j->from);
+	for (size_t i = 0; i < j->n_to; i++)
+		free(j->to[i]);
+	free(j->to);
+	free(j);
+}
+
+/* On a pool thread: the store write blocks on fsync. */
+static void send_work(void *arg)
+{
+	struct send_job *j = arg;
+	j->err = capture_add(j->cm->store, j->raw, j->len, j->from, (const char *const *)j->to,
+			     j->n_to, j->id);
+	if (j->err == TERN_OK)
+		log_info("event=captured id=%s source=api from=<%s> nrcpt=%zu size=%zu", j->id,
+			 j->from, j->n_to, j->len);
+	else
+		log_error("event=capture_failed source=api reason=%s", tern_strerror(j->err));
+	j->done(j->arg, j->err, j->err == TERN_OK ? j->id : NULL);
+	send_job_free(j);
+}
+
+/*
+ * POST /api/v1/send: the message goes straight into the store (which is
+ * itself durable) on the pool, so the API can answer with its capture ID.
+ */
+static void hook_send(void *ctx, const char *raw, size_t len, const char *from,
+		      const char *const *to, size_t n_to,
+		      void (*done)(void *arg, int err, const char *id), void *arg)
+{
+	struct capture_mode *cm = ctx;
+	struct send_job *j = calloc(1, sizeof(*j));
+	if (!j)
+		goto fail;
+	j->cm = cm;
+	j->done = done;
+	j->arg = arg;
+	j->raw = malloc(len ? len : 1);
+	j->from = tern_strdup(from ? from : "");
+	j->to = calloc(n_to ? n_to : 1, sizeof(char *));
+	if (!j->raw || !j->from || !j->to)
+		goto fail;
+	memcpy(j->raw, raw, len);
+	j->len = len;
+	for (size_t i = 0; i < n_to; i++) {
+		j->to[i] = tern_strdup(to[i]);
+		if (!j->to[i])
+			goto fail;
+		j->n_to++;
+	}
+	if (pool_submit(cm->pool, send_work, NULL, NULL, j) == 0)
+		return;
+fail:
+	if (j)
+		send_job_free(j);
+	done(arg, TERN_ENOMEM, NULL);
+}
+
+/* ---------------------------------------------------------- release hook */
+
+struct release_commit {
+	struct scheduler *sched;
+	char id[QUEUE_ID_LEN + 1];
+};
+
+static void release_committed(void *arg, int err)
+{
+	struct release_commit *rc = arg;
+	if (err == TERN_OK)
+		scheduler_submit(rc->sched, rc->id, NULL, 0);
+	else
+		log_error("event=release_failed id=%s reason=%s", rc->id, tern_strerror(err));
+	free(rc);
+}
+
+/*
+ * POST /api/v1/message/{ID}/release: the stored message goes into the spool
+ * with the given recipients as remote ones, so the normal outbound path
+ * (relayhost or routes) delivers it. Without a relayhost or route, release
+ * is refused: capture mode must never mail the world by accident.
+ */
+static int hook_release(void *ctx, const char *id, const char *const *to, size_t n_to)
+{
+	struct capture_mode *cm = ctx;
+	struct tern_runtime *rt = runtime_acquire();
+	if (!rt)
+		return TERN_EINVAL;
+	int rc = TERN_OK;
+	char *from = NULL;
+	char **env_to = NULL;
+	size_t n_env = 0;
+	struct tbuf raw;
+	tbuf_init(&raw, (size_t)rt->conf->limits.max_message_size + 65536);
+	struct spool_rcpt *rcpts = NULL;
+	if (!rt->conf->relayhost && rt->conf->n_routes == 0) {
+		rc = TERN_EINVAL;
+		goto out;
+	}
+	if (n_to == 0 || n_to > rt->conf->limits.max_recipients) {
+		rc = TERN_ESYNTAX;
+		goto out;
+	}
+	rc = capture_raw(cm->store, id, &raw);
+	if (rc != TERN_OK)
+		goto out;
+	rc = capture_envelope(cm->store, id, &from, &env_to, &n_env);
+	if (rc != TERN_OK)
+		goto out;
+	rcpts = calloc(n_to, sizeof(*rcpts));
+	if (!rcpts) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n_to; i++) {
+		struct smtp_path p;
+		if (!smtp_parse_mailbox(to[i], strlen(to[i]), &p) || !p.has_domain) {
+			rc = TERN_ESYNTAX;
+			goto out;
+		}
+		rcpts[i].addr = (char *)to[i];
+		rcpts[i].local = false;
+	}
+	struct spool_msg env = {0};
+	queue_id_new(env.id);
+	env.sender = from ? from : "";
+	env.created = (int64_t)time(NULL);
+	env.client = "addr=local proto=RELEASE";
+	env.size = raw.len;
+	env.rcpts = rcpts;
+	env.n_rcpts = n_to;
+	struct release_commit *c = malloc(sizeof(*c));
+	if (!c) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+	c->sched = cm->sched;
+	memcpy(c->id, env.id, sizeof(c->id));
+	rc = spool_put(cm->sp, &env, raw.data, raw.len, release_committed, c);
+	if (rc != TERN_OK) {
+		free(c);
+		goto out;
+	}
+	log_info("event=released capture_id=%s id=%s nrcpt=%zu", id, env.id, n_to);
+out:
+	free(rcpts);
+	free(from);
+	for (size_t i = 0; i < n_env; i++)
+		free(env_to[i]);
+	free(env_to);
+	tbuf_free(&raw);
+	runtime_release(rt);
+	return rc;
+}
+
+/* ------------------------------------------------------------ chaos hooks */
+
+static json_t *trigger_json(const struct smtp_chaos_trigger *t)
+{
+	return json_pack("{s:i,s:i}", "ErrorCode", t->error_code ? t->error_code : 451,
+			 "Probability", (int)t->probability);
+}
+
+static void hook_chaos_get(void *ctx, char *buf, size_t len)
+{
+	struct smtp_chaos c;
+	smtp_chaos_get(&c);
+	json_t *j = json_pack("{s:o,s:o,s:o}", "Authentication", trigger_json(&c.authentication),
+			      "Recipient", trigger_json(&c.recipient), "Sender",
+			      trigger_json(&c.sender));
+	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	snprintf(buf, len, "%s", s ? s : "{}");
+	free(s);
+	json_decref(j);
+}
+
+static int parse_trigger(json_t *root, const char *name, struct smtp_chaos_trigger *t)
+{
+	json_t *o = json_object_get(root, name);
+	if (!o)
+		return TERN_OK; /* absent: unchanged */
+	if (!json_is_object(o))
+		return TERN_ESYNTAX;
+	json_t *code = json_object_get(o, "ErrorCode");
+	json_t *prob = json_object_get(o, "Probability");
+	if (code) {
+		if (!json_is_integer(code) || json_integer_value(code) < 400 ||
+		    json_integer_value(code) > 599)
+			return TERN_ESYNTAX;
+		t->error_code = (int)json_integer_value(code);
+	}
+	if (prob) {
+		if (!json_is_integer(prob) || json_integer_value(prob) < 0 ||
+		    json_integer_value(prob) > 100)
+			return TERN_ESYNTAX;
+		t->probability = (unsigned)json_integer_value(prob);
+	}
+	if (!t->error_code)
+		t->error_code = 451;
+	return TERN_OK;
+}
+
+static int hook_chaos_set(void *ctx, const char *text, size_t len)
+{
+	json_error_t e;
+	json_t *root = json_loadb(text, len, 0, &e);
+	if (!root || !json_is_object(root)) {
+		json_decref(root);
+		return TERN_ESYNTAX;
+	}
+	struct smtp_chaos c;
+	smtp_chaos_get(&c);
+	int rc = parse_trigger(root, "Authentication", &c.authentication);
+	if (rc == TERN_OK)
+		rc = parse_trigger(root, "Recipient", &c.recipient);
+	if (rc == TERN_OK)
+		rc = parse_trigger(root, "Sender", &c.sender);
+	json_decref(root);
+	if (rc != TERN_OK)
+		return rc;
+	smtp_chaos_set(&c);
+	log_info("event=chaos sender=%d/%u%% recipient=%d/%u%% authentication=%d/%u%%",
+		 c.sender.error_code, c.sender.probability, c.recipient.error_code,
+		 c.recipient.probability, c.authentication.error_code,
+		 c.authentication.probability);
+	return TERN_OK;
+}
+
+/* ------------------------------------------------------------ live events */
+
+static void on_store_event(void *arg, const char *type, json_t *data)
+{
+	struct capture_mode *cm = arg;
+	if (!cm->http)
+		return;
+	char *text = json_dumps(data, JSON_COMPACT);
+	if (text) {
+		http_server_publish(cm->http, type, text);
+		free(text);
+	}
+}
+
+/* -------------------------------------------------------------- lifecycle */
+
+struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struct spool *sp,
+					struct scheduler *sched, char *err, size_t errlen)
+{
+	struct capture_mode *cm = calloc(1, sizeof(*cm));
+	if (!cm) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	cm->sp = sp;
+	cm->sched = sched;
+	char dir[4096];
+	snprintf(dir, sizeof(dir), "%s/capture", data_dir);
+	if (capture_open(dir, &cm->store, err, errlen) != TERN_OK)
+		goto fail;
+	cm->pool = pool_new(2);
+	cm->http_worker = worker_new(HTTP_WORKER_INDEX);
+	if (!cm->pool || !cm->http_worker) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	struct tern_runtime *rt = runtime_acquire();
+	if (rt) {
+		snprintf(cm->smtp_address, sizeof(cm->smtp_address), "%s",
+			 rt->conf->n_listeners ? rt->conf->listeners[0].address : "");
+		runtime_release(rt);
+	}
+	cm->hooks = (struct http_hooks){
+		.ctx = cm,
+		.send = hook_send,
+		.release = hook_release,
+		.chaos_get = hook_chaos_get,
+		.chaos_set = hook_chaos_set,
+		.version = TERN_VERSION,
+		.smtp_address = cm->smtp_address,
+	};
+	cm->http = http_server_new(cm->http_worker, http_fd, cm->store, &cm->hooks);
+	if (!cm->http) {
+		snprintf(err, errlen, "cannot start the HTTP server");
+		goto fail;
+	}
+	capture_subscribe(cm->store, on_store_event, cm);
+	scheduler_set_capture(sched, cm->store);
+	if (worker_start(cm->http_worker) != 0) {
+		snprintf(err, errlen, "cannot start the HTTP thread");
+		scheduler_set_capture(sched, NULL);
+		goto fail;
+	}
+	uint64_t msgs = 0, unread = 0, bytes = 0;
+	capture_stats(cm->store, &msgs, &unread, &bytes);
+	log_info("event=capture_ready store=%s messages=%llu unread=%llu", dir,
+		 (unsigned long long)msgs, (unsigned long long)unread);
+	return cm;
+fail:
+	capture_mode_stop(cm);
+	return NULL;
+}
+
+void capture_mode_stop(struct capture_mode *cm)
+{
+	if (!cm)
+		return;
+	if (cm->http_worker)
+		worker_stop_and_join(cm->http_worker);
+	if (cm->store)
+		capture_subscribe(cm->store, NULL, NULL);
+	pool_free(cm->pool); /* finishes API sends in progress */
+	if (cm->http_worker)
+		worker_run_pending(cm->http_worker);
+	http_server_free(cm->http);
+	worker_free(cm->http_worker);
+	capture_close(cm->store);
+	free(cm);
+}
+
+/* --------------------------------------------------------------- command */
+
+int cmd_capture(int argc, char **argv)
+{
+	const char *path;
+	if (cli_take_config(&argc, argv, &path) != 0)
+		goto usage;
+	struct capture_opts opts = {"127.0.0.1:1025", "127.0.0.1:8025", NULL};
+	for (int i = 1; i < argc; i++) {
+		const char **slot = NULL;
+		if (strcmp(argv[i], "--smtp") == 0)
+			slot = &opts.smtp;
+		else if (strcmp(argv[i], "--http") == 0)
+			slot = &opts.http;
+		else if (strcmp(argv[i], "--data-dir") == 0)
+			slot = &opts.data_dir;
+		if (!slot || i + 1 >= argc)
+			goto usage;
+		*slot = argv[++i];
+	}
+	return daemon_run(path, &opts);
+usage:
+	fprintf(stderr, "usage: tern capture [-c FILE] [--smtp IP:PORT] [--http IP:PORT] "
+			"[--data-dir DIR]\n");
+	return 2;
+}
