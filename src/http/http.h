@@ -53,4 +53,37 @@ struct http_server *http_server_new(struct worker *w, int listen_fd, struct capt
 void http_server_publish(struct http_server *h, const char *type, const char *json);
 void http_server_free(struct http_server *h);
 
+/*
+ * Added by the HTTP module (declarations only; the contract above is unchanged).
+ *
+ * http_send_build: the pure half of POST /api/v1/send. Turns Mailpit's send
+ * JSON (json, len) into an RFC 5322 / MIME message with CRLF line ends:
+ * multipart/mixed > multipart/related > multipart/alternative as needed,
+ * RFC 2047 encoded words for non-ASCII header text, RFC 2231 file names,
+ * quoted-printable bodies and base64 attachments. Date comes from now,
+ * Message-ID from msgid ("local@domain", no angle brackets) unless the
+ * JSON's Headers set them. Bcc addresses go to the envelope only (no Bcc
+ * header), as Mailpit does. On success fills out (free with
+ * http_send_msg_free) and returns TERN_OK; on bad input returns
+ * TERN_ESYNTAX (or TERN_ELIMIT) with a one-line reason in err.
+ */
+struct http_send_msg {
+	char *raw; /* the message; NUL-terminated, len bytes */
+	size_t len;
+	char *from;  /* envelope sender (From.Email) */
+	char **to;   /* envelope recipients: To, Cc and Bcc addresses */
+	size_t n_to;
+	char **tags; /* Tags, to set on the stored message */
+	size_t n_tags;
+};
+#define HTTP_SEND_MAX_BODY (50u * 1024 * 1024) /* request body bound for /api/v1/send */
+int http_send_build(const char *json, size_t len, long long now, const char *msgid,
+		    struct http_send_msg *out, char *err, size_t errlen);
+void http_send_msg_free(struct http_send_msg *m);
+
+/* The web UI's files, embedded at build time from web/ (generated source,
+ * see src/http/embed_assets.cmake). path is "/index.html", "/assets/x.js"...
+ * Returns the bytes and their length, or NULL when there is no such file. */
+const unsigned char *http_asset_find(const char *path, size_t *len);
+
 #endif

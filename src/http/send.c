@@ -1,0 +1,982 @@
+/*
+ * send.c — the message builder behind POST /api/v1/send: Mailpit's send
+ * JSON in, RFC 5322 / MIME message bytes out (see http_send_build in
+ * http.h).
+ *
+ * Owns: validating the send JSON and writing the message: header fields
+ * (RFC 2047 encoded words for anything not plain ASCII, folded lines),
+ * the multipart tree (mixed > related > alternative, only the levels that
+ * are needed), quoted-printable or 7bit text, base64 attachments with
+ * RFC 2231 file names, and the envelope (From.Email; To, Cc and Bcc).
+ * Must never: do I/O or keep state (a pure function of its arguments),
+ * let a value from the JSON add a header line or a MIME boundary of its own
+ * (CR, LF and other controls in header text become spaces; boundaries
+ * contain "=_", which neither quoted-printable nor base64 can produce),
+ * or emit a line longer than 998 bytes.
+ */
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "core/buf.h"
+#include "core/codec.h"
+#include "core/err.h"
+#include "http/http.h"
+
+#define MSG_MAX ((size_t)96 * 1024 * 1024) /* built message bound (base64 grows 4/3) */
+#define MAX_ADDRS 1000
+#define MAX_ATTACHMENTS 1000
+#define MAX_HEADERS 200
+#define EW_CHUNK 39 /* input bytes per encoded word: 52 base64 chars, word of 64 */
+
+struct addr {
+	const char *email;
+	const char *name; /* may be NULL */
+};
+
+struct attach {
+	const char *filename;
+	const char *ctype; /* validated, or NULL: guessed from filename */
+	const char *cid;   /* without <>, or NULL */
+	struct tbuf data;  /* decoded bytes */
+};
+
+struct send_in {
+	struct addr from;
+	struct addr *to, *cc, *reply_to;
+	size_t n_to_hdr, n_cc, n_reply_to;
+	const char **bcc;
+	size_t n_bcc;
+	const char *subject;
+	const char *text, *html;
+	size_t text_len, html_len;
+	struct attach *att;
+	size_t n_att;
+	json_t *headers; /* borrowed object or NULL */
+	const char **tags;
+	size_t n_tags;
+	char bnd[40]; /* boundary stem */
+};
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	if (errlen)
+		vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return TERN_ESYNTAX;
+}
+
+/* ------------------------------------------------------------ validation */
+
+static bool is_ascii_text(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
+			return false;
+	return true;
+}
+
+/* An address as SMTP and RFC 5322 can carry it: local@domain, no spaces,
+ * controls or the characters that would end an angle-addr; UTF-8 allowed
+ * (SMTPUTF8). Quoted local parts are not supported. */
+static bool valid_email(const char *s)
+{
+	size_t n = strlen(s);
+	if (n < 3 || n > 254)
+		return false;
+	const char *at = strrchr(s, '@');
+	if (!at || at == s || at[1] == '\0')
+		return false;
+	for (const char *p = s; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c <= 0x20 || c == 0x7f || strchr("<>()[]\\,;:\"", c))
+			return false;
+		if (c == '@' && p != at)
+			return false;
+	}
+	return true;
+}
+
+static bool isalnum_ascii(unsigned char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static bool is_token_char(unsigned char c)
+{
+	return c > 0x20 && c < 0x7f && !strchr("()<>@,;:\\\"/[]?=", c);
+}
+
+/* type/subtype with optional ";param" tail of printable ASCII. */
+static bool valid_ctype(const char *s)
+{
+	const char *p = s;
+	size_t n = 0;
+	while (is_token_char((unsigned char)*p))
+		p++, n++;
+	if (n == 0 || *p != '/')
+		return false;
+	p++;
+	n = 0;
+	while (is_token_char((unsigned char)*p))
+		p++, n++;
+	if (n == 0)
+		return false;
+	if (*p == '\0')
+		return true;
+	if (*p != ';' && *p != ' ')
+		return false;
+	return is_ascii_text(p) && strlen(s) < 200;
+}
+
+static bool valid_field_name(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 76)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s < 33 || (unsigned char)*s > 126 || *s == ':')
+			return false;
+	return true;
+}
+
+static bool valid_cid(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 250)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f || *s == '<' ||
+		    *s == '>')
+			return false;
+	return true;
+}
+
+/* ------------------------------------------------------------ JSON input */
+
+static int get_str(json_t *obj, const char *key, const char **out, bool required, char *err,
+                   size_t errlen)
+{
+	json_t *v = json_object_get(obj, key);
+	*out = NULL;
+	if (!v || json_is_null(v)) {
+		if (required)
+			return fail(err, errlen, "%s is required", key);
+		return TERN_OK;
+	}
+	if (!json_is_string(v))
+		return fail(err, errlen, "%s must be a string", key);
+	*out = json_string_value(v);
+	return TERN_OK;
+}
+
+static int get_addr(json_t *v, const char *what, struct addr *a, char *err, size_t errlen)
+{
+	if (!json_is_object(v))
+		return fail(err, errlen, "%s must be an object with Email", what);
+	json_t *e = json_object_get(v, "Email");
+	if (!json_is_string(e))
+		return fail(err, errlen, "%s.Email is required", what);
+	a->email = json_string_value(e);
+	if (!valid_email(a->email))
+		return fail(err, errlen, "%s.Email is not a valid address", what);
+	json_t *nm = json_object_get(v, "Name");
+	a->name = NULL;
+	if (nm && !json_is_null(nm)) {
+		if (!json_is_string(nm))
+			return fail(err, errlen, "%s.Name must be a string", what);
+		a->name = json_string_value(nm);
+		if (strlen(a->name) > 500)
+			return fail(err, errlen, "%s.Name is too long", what);
+	}
+	return TERN_OK;
+}
+
+static int get_addr_list(json_t *obj, const char *key, struct addr **out, size_t *n, char *err,
+                         size_t errlen)
+{
+	json_t *arr = json_object_get(obj, key);
+	*out = NULL;
+	*n = 0;
+	if (!arr || json_is_null(arr))
+		return TERN_OK;
+	if (!json_is_array(arr))
+		return fail(err, errlen, "%s must be an array", key);
+	size_t cnt = json_array_size(arr);
+	if (cnt == 0)
+		return TERN_OK;
+	if (cnt > MAX_ADDRS)
+		return fail(err, errlen, "too many %s addresses", key);
+	*out = calloc(cnt, sizeof(**out));
+	if (!*out)
+		return TERN_ENOMEM;
+	for (size_t i = 0; i < cnt; i++) {
+		int rc = get_addr(json_array_get(arr, i), key, &(*out)[i], err, errlen);
+		if (rc)
+			return rc;
+	}
+	*n = cnt;
+	return TERN_OK;
+}
+
+static int get_str_list(json_t *obj, const char *key, const char ***out, size_t *n, size_t max,
+                        char *err, size_t errlen)
+{
+	json_t *arr = json_object_get(obj, key);
+	*out = NULL;
+	*n = 0;
+	if (!arr || json_is_null(arr))
+		return TERN_OK;
+	if (!json_is_array(arr))
+		return fail(err, errlen, "%s must be an array of strings", key);
+	size_t cnt = json_array_size(arr);
+	if (cnt == 0)
+		return TERN_OK;
+	if (cnt > max)
+		return fail(err, errlen, "too many %s", key);
+	*out = calloc(cnt, sizeof(**out));
+	if (!*out)
+		return TERN_ENOMEM;
+	for (size_t i = 0; i < cnt; i++) {
+		json_t *v = json_array_get(arr, i);
+		if (!json_is_string(v))
+			return fail(err, errlen, "%s must be an array of strings", key);
+		(*out)[i] = json_string_value(v);
+	}
+	*n = cnt;
+	return TERN_OK;
+}
+
+/* Base64 from a JSON client: tolerate line breaks and spaces, then decode
+ * strictly. */
+static int decode_content(const char *s, struct tbuf *out)
+{
+	size_t n = strlen(s);
+	struct tbuf clean = TBUF_INIT(n + 1);
+	int rc = tbuf_reserve(&clean, n);
+	if (rc)
+		goto out;
+	for (size_t i = 0; i < n; i++)
+		if (s[i] != '\r' && s[i] != '\n' && s[i] != ' ' && s[i] != '\t')
+			clean.data[clean.len++] = s[i];
+	if (clean.data)
+		clean.data[clean.len] = '\0';
+	rc = tern_base64_decode(clean.data ? clean.data : "", clean.len, out);
+out:
+	tbuf_free(&clean);
+	return rc;
+}
+
+static int get_attachments(json_t *obj, struct send_in *in, char *err, size_t errlen)
+{
+	json_t *arr = json_object_get(obj, "Attachments");
+	if (!arr || json_is_null(arr))
+		return TERN_OK;
+	if (!json_is_array(arr))
+		return fail(err, errlen, "Attachments must be an array");
+	size_t cnt = json_array_size(arr);
+	if (cnt == 0)
+		return TERN_OK;
+	if (cnt > MAX_ATTACHMENTS)
+		return fail(err, errlen, "too many Attachments");
+	in->att = calloc(cnt, sizeof(*in->att));
+	if (!in->att)
+		return TERN_ENOMEM;
+	for (size_t i = 0; i < cnt; i++) {
+		json_t *a = json_array_get(arr, i);
+		struct attach *t = &in->att[i];
+		tbuf_init(&t->data, MSG_MAX);
+		in->n_att = i + 1;
+		if (!json_is_object(a))
+			return fail(err, errlen, "Attachments[%zu] must be an object", i);
+		const char *content;
+		int rc = get_str(a, "Content", &content, true, err, errlen);
+		if (!rc)
+			rc = get_str(a, "Filename", &t->filename, true, err, errlen);
+		if (!rc)
+			rc = get_str(a, "ContentType", &t->ctype, false, err, errlen);
+		if (!rc)
+			rc = get_str(a, "ContentID", &t->cid, false, err, errlen);
+		if (rc)
+			return rc;
+		if (t->filename[0] == '\0' || strlen(t->filename) > 255)
+			return fail(err, errlen, "Attachments[%zu].Filename must be 1-255 bytes",
+			            i);
+		if (t->ctype && t->ctype[0] == '\0')
+			t->ctype = NULL;
+		if (t->ctype && !valid_ctype(t->ctype))
+			return fail(err, errlen, "Attachments[%zu].ContentType is not a MIME type",
+			            i);
+		if (t->cid && t->cid[0] == '\0')
+			t->cid = NULL;
+		if (t->cid) {
+			/* Accept "<x>" as well as "x". */
+			size_t cl = strlen(t->cid);
+			if (cl >= 2 && t->cid[0] == '<' && t->cid[cl - 1] == '>')
+				return fail(err, errlen,
+				            "Attachments[%zu].ContentID without angle brackets", i);
+			if (!valid_cid(t->cid))
+				return fail(err, errlen, "Attachments[%zu].ContentID is invalid",
+				            i);
+		}
+		rc = decode_content(content, &t->data);
+		if (rc == TERN_ESYNTAX)
+			return fail(err, errlen, "Attachments[%zu].Content is not valid base64", i);
+		if (rc)
+			return rc;
+	}
+	return TERN_OK;
+}
+
+/* --------------------------------------------------------------- writing */
+
+#define OUT(x)                                                                                     \
+	do {                                                                                       \
+		int rc_ = (x);                                                                     \
+		if (rc_)                                                                           \
+			return rc_;                                                                \
+	} while (0)
+
+/* Header text with controls (CR, LF, TAB, ...) turned into spaces: a JSON
+ * value can never start a header line of its own. */
+static char *clean_text(const char *s)
+{
+	char *c = tern_strdup(s);
+	if (!c)
+		return NULL;
+	for (char *p = c; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+			*p = ' ';
+	return c;
+}
+
+/* Length of the longest prefix of s[0..n) of at most max bytes that does
+ * not split a UTF-8 sequence. */
+static size_t utf8_cut(const char *s, size_t n, size_t max)
+{
+	if (n <= max)
+		return n;
+	size_t k = max;
+	while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80)
+		k--;
+	return k ? k : max;
+}
+
+/* RFC 2047 "B" encoded words, each at most 64 characters, separated by a
+ * folding CRLF SP. */
+static int put_encoded_words(struct tbuf *b, const char *s, size_t n)
+{
+	size_t off = 0;
+	bool first = true;
+	if (n == 0)
+		return TERN_OK;
+	while (off < n) {
+		size_t k = utf8_cut(s + off, n - off, EW_CHUNK);
+		if (!first)
+			OUT(tbuf_append_str(b, "\r\n "));
+		OUT(tbuf_append_str(b, "=?UTF-8?B?"));
+		OUT(tern_base64_encode(s + off, k, b));
+		OUT(tbuf_append_str(b, "?="));
+		off += k;
+		first = false;
+	}
+	return TERN_OK;
+}
+
+static bool needs_encoding(const char *s)
+{
+	if (!is_ascii_text(s) || strstr(s, "=?"))
+		return true;
+	/* A word too long to fold under 998 bytes. */
+	size_t run = 0;
+	for (; *s; s++) {
+		run = (*s == ' ') ? 0 : run + 1;
+		if (run > 900)
+			return true;
+	}
+	return false;
+}
+
+/* "Name: value" for unstructured text (Subject, custom headers): plain
+ * ASCII folded at spaces near 78 columns, or encoded words. */
+static int put_unstructured(struct tbuf *b, const char *name, const char *value)
+{
+	char *v = clean_text(value);
+	int rc = TERN_ENOMEM;
+	if (!v)
+		goto out;
+	if ((rc = tbuf_printf(b, "%s:", name)))
+		goto out;
+	size_t col = strlen(name) + 1;
+	if (needs_encoding(v)) {
+		if ((rc = tbuf_append_str(b, " ")) || (rc = put_encoded_words(b, v, strlen(v))))
+			goto out;
+	} else {
+		/* Split into words at single spaces; fold before a word that
+		 * would pass column 78. Runs of spaces are kept in the word. */
+		const char *p = v;
+		bool first = true;
+		if (*p == '\0' && (rc = tbuf_append_str(b, " ")))
+			goto out;
+		while (*p) {
+			const char *w = p;
+			if (!first && *w == ' ')
+				w++; /* the separating space */
+			const char *e = w;
+			while (*e == ' ')
+				e++;
+			while (*e && *e != ' ')
+				e++;
+			size_t wl = (size_t)(e - w);
+			if (!first && col + 1 + wl > 78) {
+				if ((rc = tbuf_append_str(b, "\r\n")))
+					goto out;
+				col = 0;
+			}
+			if ((rc = tbuf_append_str(b, " ")) || (rc = tbuf_append(b, w, wl)))
+				goto out;
+			col += 1 + wl;
+			first = false;
+			p = e;
+		}
+	}
+	rc = tbuf_append_str(b, "\r\n");
+out:
+	free(v);
+	return rc;
+}
+
+static bool is_atext_phrase(const char *s)
+{
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (!(c == ' ' || (c > 0x20 && c < 0x7f && !strchr("()<>[]:;@\\,.\"", c))))
+			return false;
+	}
+	return true;
+}
+
+/* A display name: atoms as they are, other ASCII as a quoted-string,
+ * anything else as encoded words. */
+static int put_phrase(struct tbuf *b, const char *name)
+{
+	char *v = clean_text(name);
+	int rc = TERN_ENOMEM;
+	if (!v)
+		return rc;
+	size_t n = strlen(v);
+	if (needs_encoding(v) || n > 70) {
+		rc = put_encoded_words(b, v, n);
+	} else if (is_atext_phrase(v) && v[0] != ' ' && v[n - 1] != ' ') {
+		rc = tbuf_append(b, v, n);
+	} else {
+		rc = tbuf_append_str(b, "\"");
+		for (size_t i = 0; !rc && i < n; i++) {
+			if (v[i] == '"' || v[i] == '\\')
+				rc = tbuf_append_str(b, "\\");
+			if (!rc)
+				rc = tbuf_append(b, &v[i], 1);
+		}
+		if (!rc)
+			rc = tbuf_append_str(b, "\"");
+	}
+	free(v);
+	return rc;
+}
+
+static int put_addr_list(struct tbuf *b, const char *field, const struct addr *a, size_t n)
+{
+	if (n == 0)
+		return TERN_OK;
+	OUT(tbuf_printf(b, "%s: ", field));
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			OUT(tbuf_append_str(b, ",\r\n "));
+		if (a[i].name && a[i].name[0]) {
+			OUT(put_phrase(b, a[i].name));
+			OUT(tbuf_printf(b, " <%s>", a[i].email));
+		} else {
+			OUT(tbuf_append_str(b, a[i].email));
+		}
+	}
+	return tbuf_append_str(b, "\r\n");
+}
+
+/* Text that can go out as 7bit: printable ASCII and tabs, CRLF line ends
+ * (after normalisation), lines of at most 998 bytes, nothing that could
+ * look like one of our boundaries. */
+static bool fits_7bit(const char *s, size_t n)
+{
+	size_t line = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '\n') {
+			line = 0;
+			continue;
+		}
+		if (c == '\r')
+			continue;
+		if ((c < 0x20 && c != '\t') || c > 0x7e)
+			return false;
+		if (++line > 998)
+			return false;
+	}
+	return memmem(s, n, "=_", 2) == NULL;
+}
+
+/* Any of CR, LF, CR LF becomes CR LF. */
+static int crlf_normalise(const char *s, size_t n, struct tbuf *out)
+{
+	OUT(tbuf_reserve(out, n + n / 8 + 2));
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] == '\r') {
+			OUT(tbuf_append_str(out, "\r\n"));
+			if (i + 1 < n && s[i + 1] == '\n')
+				i++;
+		} else if (s[i] == '\n') {
+			OUT(tbuf_append_str(out, "\r\n"));
+		} else {
+			OUT(tbuf_append(out, &s[i], 1));
+		}
+	}
+	return TERN_OK;
+}
+
+static int put_text_entity(struct tbuf *b, const char *subtype, const char *s, size_t n)
+{
+	struct tbuf norm = TBUF_INIT(MSG_MAX);
+	int rc = crlf_normalise(s, n, &norm);
+	if (rc)
+		goto out;
+	const char *p = norm.data ? norm.data : "";
+	bool plain = fits_7bit(p, norm.len);
+	rc = tbuf_printf(b,
+	                 "Content-Type: text/%s; charset=utf-8\r\n"
+	                 "Content-Transfer-Encoding: %s\r\n\r\n",
+	                 subtype, plain ? "7bit" : "quoted-printable");
+	if (!rc)
+		rc = plain ? tbuf_append(b, p, norm.len) : tern_qp_encode(p, norm.len, b);
+out:
+	tbuf_free(&norm);
+	return rc;
+}
+
+static const struct {
+	const char *ext;
+	const char *type;
+} mime_types[] = {
+    {"txt", "text/plain"},
+    {"html", "text/html"},
+    {"htm", "text/html"},
+    {"css", "text/css"},
+    {"csv", "text/csv"},
+    {"ics", "text/calendar"},
+    {"xml", "application/xml"},
+    {"json", "application/json"},
+    {"js", "text/javascript"},
+    {"pdf", "application/pdf"},
+    {"zip", "application/zip"},
+    {"gz", "application/gzip"},
+    {"png", "image/png"},
+    {"jpg", "image/jpeg"},
+    {"jpeg", "image/jpeg"},
+    {"gif", "image/gif"},
+    {"webp", "image/webp"},
+    {"svg", "image/svg+xml"},
+    {"ico", "image/x-icon"},
+    {"bmp", "image/bmp"},
+    {"tif", "image/tiff"},
+    {"tiff", "image/tiff"},
+    {"mp3", "audio/mpeg"},
+    {"wav", "audio/wav"},
+    {"mp4", "video/mp4"},
+    {"eml", "message/rfc822"},
+    {"doc", "application/msword"},
+    {"xls", "application/vnd.ms-excel"},
+    {"docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"},
+    {"xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"},
+};
+
+static const char *guess_type(const char *filename)
+{
+	const char *dot = strrchr(filename, '.');
+	if (dot)
+		for (size_t i = 0; i < sizeof(mime_types) / sizeof(mime_types[0]); i++)
+			if (tern_ascii_ieq(dot + 1, mime_types[i].ext))
+				return mime_types[i].type;
+	return "application/octet-stream";
+}
+
+/* A file name parameter: name="x" when it is plain ASCII, otherwise the
+ * RFC 2231 form name*=utf-8''%XX... */
+static int put_filename_param(struct tbuf *b, const char *param, const char *filename)
+{
+	char *v = clean_text(filename);
+	int rc = TERN_ENOMEM;
+	if (!v)
+		return rc;
+	if (is_ascii_text(v)) {
+		rc = tbuf_printf(b, ";\r\n %s=\"", param);
+		for (const char *p = v; !rc && *p; p++) {
+			if (*p == '"' || *p == '\\')
+				rc = tbuf_append_str(b, "\\");
+			if (!rc)
+				rc = tbuf_append(b, p, 1);
+		}
+		if (!rc)
+			rc = tbuf_append_str(b, "\"");
+	} else {
+		rc = tbuf_printf(b, ";\r\n %s*=utf-8''", param);
+		for (const unsigned char *p = (const unsigned char *)v; !rc && *p; p++) {
+			if (*p < 0x7f && (isalnum_ascii(*p) || strchr("!#$&+-.^_`|~", *p)))
+				rc = tbuf_append(b, p, 1);
+			else
+				rc = tbuf_printf(b, "%%%02X", *p);
+		}
+	}
+	free(v);
+	return rc;
+}
+
+static int put_attachment_entity(struct tbuf *b, const struct attach *a)
+{
+	const char *ct = a->ctype ? a->ctype : guess_type(a->filename);
+	OUT(tbuf_append_str(b, "Content-Type: "));
+	OUT(tbuf_append_str(b, ct));
+	OUT(put_filename_param(b, "name", a->filename));
+	OUT(tbuf_append_str(b, "\r\nContent-Disposition: "));
+	OUT(tbuf_append_str(b, a->cid ? "inline" : "attachment"));
+	OUT(put_filename_param(b, "filename", a->filename));
+	OUT(tbuf_append_str(b, "\r\n"));
+	if (a->cid)
+		OUT(tbuf_printf(b, "Content-ID: <%s>\r\n", a->cid));
+	OUT(tbuf_append_str(b, "Content-Transfer-Encoding: base64\r\n\r\n"));
+	/* 76-character lines (RFC 2045 §6.8). */
+	struct tbuf enc = TBUF_INIT(MSG_MAX);
+	int rc = tern_base64_encode(a->data.data ? a->data.data : "", a->data.len, &enc);
+	if (!rc)
+		rc = tbuf_reserve(b, enc.len + enc.len / 76 * 2 + 2);
+	for (size_t off = 0; !rc && off < enc.len; off += 76) {
+		size_t k = enc.len - off < 76 ? enc.len - off : 76;
+		if (off)
+			rc = tbuf_append_str(b, "\r\n");
+		if (!rc)
+			rc = tbuf_append(b, enc.data + off, k);
+	}
+	tbuf_free(&enc);
+	return rc;
+}
+
+/* Body entity without attachments: text, html, or alternative of both. */
+static int put_alternative(struct tbuf *b, const struct send_in *in)
+{
+	bool t = in->text_len > 0, h = in->html_len > 0;
+	if (t && h) {
+		OUT(tbuf_printf(
+		    b, "Content-Type: multipart/alternative;\r\n boundary=\"%s_alt\"\r\n\r\n",
+		    in->bnd));
+		OUT(tbuf_printf(b, "--%s_alt\r\n", in->bnd));
+		OUT(put_text_entity(b, "plain", in->text, in->text_len));
+		OUT(tbuf_printf(b, "\r\n--%s_alt\r\n", in->bnd));
+		OUT(put_text_entity(b, "html", in->html, in->html_len));
+		return tbuf_printf(b, "\r\n--%s_alt--", in->bnd);
+	}
+	if (h)
+		return put_text_entity(b, "html", in->html, in->html_len);
+	return put_text_entity(b, "plain", t ? in->text : "", in->text_len);
+}
+
+static int put_related(struct tbuf *b, const struct send_in *in, size_t n_inline)
+{
+	if (n_inline == 0)
+		return put_alternative(b, in);
+	OUT(tbuf_printf(b, "Content-Type: multipart/related;\r\n boundary=\"%s_rel\"\r\n\r\n",
+	                in->bnd));
+	OUT(tbuf_printf(b, "--%s_rel\r\n", in->bnd));
+	OUT(put_alternative(b, in));
+	for (size_t i = 0; i < in->n_att; i++) {
+		if (!in->att[i].cid)
+			continue;
+		OUT(tbuf_printf(b, "\r\n--%s_rel\r\n", in->bnd));
+		OUT(put_attachment_entity(b, &in->att[i]));
+	}
+	return tbuf_printf(b, "\r\n--%s_rel--", in->bnd);
+}
+
+static int put_body(struct tbuf *b, const struct send_in *in)
+{
+	size_t n_inline = 0;
+	for (size_t i = 0; i < in->n_att; i++)
+		n_inline += in->att[i].cid != NULL;
+	if (n_inline == in->n_att)
+		return put_related(b, in, n_inline);
+	OUT(tbuf_printf(b, "Content-Type: multipart/mixed;\r\n boundary=\"%s_mix\"\r\n\r\n",
+	                in->bnd));
+	OUT(tbuf_printf(b, "--%s_mix\r\n", in->bnd));
+	OUT(put_related(b, in, n_inline));
+	for (size_t i = 0; i < in->n_att; i++) {
+		if (in->att[i].cid)
+			continue;
+		OUT(tbuf_printf(b, "\r\n--%s_mix\r\n", in->bnd));
+		OUT(put_attachment_entity(b, &in->att[i]));
+	}
+	return tbuf_printf(b, "\r\n--%s_mix--", in->bnd);
+}
+
+/* Headers (from the JSON) replace the fields the builder would write
+ * itself: Date, From, Reply-To, To, Cc, Subject, Message-ID, X-Tags. */
+static bool custom_has(const struct send_in *in, const char *name)
+{
+	return in->headers && json_object_get(in->headers, name) != NULL;
+}
+
+/* json_object_get is case-sensitive; Headers keys are matched without
+ * case, so look for each spelling by walking the object. */
+static bool custom_has_ci(const struct send_in *in, const char *name)
+{
+	const char *k;
+	json_t *v;
+	if (custom_has(in, name))
+		return true;
+	if (!in->headers)
+		return false;
+	json_object_foreach(in->headers, k, v)
+	{
+		if (tern_ascii_ieq(k, name))
+			return true;
+	}
+	return false;
+}
+
+static int put_headers(struct tbuf *b, const struct send_in *in, long long now, const char *msgid)
+{
+	if (!custom_has_ci(in, "Date")) {
+		char date[64];
+		time_t t = (time_t)now;
+		struct tm tm;
+		if (!gmtime_r(&t, &tm))
+			return TERN_EINVAL;
+		strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+		OUT(tbuf_printf(b, "Date: %s\r\n", date));
+	}
+	if (!custom_has_ci(in, "From"))
+		OUT(put_addr_list(b, "From", &in->from, 1));
+	if (!custom_has_ci(in, "Reply-To"))
+		OUT(put_addr_list(b, "Reply-To", in->reply_to, in->n_reply_to));
+	if (!custom_has_ci(in, "To"))
+		OUT(put_addr_list(b, "To", in->to, in->n_to_hdr));
+	if (!custom_has_ci(in, "Cc"))
+		OUT(put_addr_list(b, "Cc", in->cc, in->n_cc));
+	if (!custom_has_ci(in, "Subject"))
+		OUT(put_unstructured(b, "Subject", in->subject ? in->subject : ""));
+	if (!custom_has_ci(in, "Message-ID"))
+		OUT(tbuf_printf(b, "Message-ID: <%s>\r\n", msgid));
+	if (in->n_tags && !custom_has_ci(in, "X-Tags")) {
+		struct tbuf t = TBUF_INIT(1024 * 1024);
+		int rc = TERN_OK;
+		for (size_t i = 0; !rc && i < in->n_tags; i++)
+			rc = tbuf_printf(&t, "%s%s", i ? ", " : "", in->tags[i]);
+		if (!rc)
+			rc = put_unstructured(b, "X-Tags", t.data ? t.data : "");
+		tbuf_free(&t);
+		OUT(rc);
+	}
+	if (in->headers) {
+		const char *k;
+		json_t *v;
+		json_object_foreach(in->headers, k, v)
+		{
+			OUT(put_unstructured(b, k, json_string_value(v)));
+		}
+	}
+	return tbuf_append_str(b, "MIME-Version: 1.0\r\n");
+}
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+	const unsigned char *s = p;
+	for (size_t i = 0; i < n; i++) {
+		h ^= s[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+static int parse_input(json_t *root, struct send_in *in, char *err, size_t errlen)
+{
+	int rc;
+	if (!json_is_object(root))
+		return fail(err, errlen, "request body must be a JSON object");
+	json_t *from = json_object_get(root, "From");
+	if (!from || json_is_null(from))
+		return fail(err, errlen, "From is required");
+	if ((rc = get_addr(from, "From", &in->from, err, errlen)))
+		return rc;
+	if ((rc = get_addr_list(root, "To", &in->to, &in->n_to_hdr, err, errlen)) ||
+	    (rc = get_addr_list(root, "Cc", &in->cc, &in->n_cc, err, errlen)) ||
+	    (rc = get_addr_list(root, "ReplyTo", &in->reply_to, &in->n_reply_to, err, errlen)) ||
+	    (rc = get_str_list(root, "Bcc", &in->bcc, &in->n_bcc, MAX_ADDRS, err, errlen)) ||
+	    (rc = get_str_list(root, "Tags", &in->tags, &in->n_tags, 100, err, errlen)) ||
+	    (rc = get_str(root, "Subject", &in->subject, false, err, errlen)) ||
+	    (rc = get_str(root, "Text", &in->text, false, err, errlen)) ||
+	    (rc = get_str(root, "HTML", &in->html, false, err, errlen)))
+		return rc;
+	for (size_t i = 0; i < in->n_bcc; i++)
+		if (!valid_email(in->bcc[i]))
+			return fail(err, errlen, "Bcc address %zu is not a valid address", i + 1);
+	if (in->n_to_hdr + in->n_cc + in->n_bcc == 0)
+		return fail(err, errlen, "no recipients: To, Cc or Bcc is required");
+	for (size_t i = 0; i < in->n_tags; i++)
+		if (in->tags[i][0] == '\0' || strlen(in->tags[i]) > 100 ||
+		    strpbrk(in->tags[i], "\r\n,"))
+			return fail(err, errlen, "Tags[%zu] is empty, too long or has a comma", i);
+	in->text_len = in->text ? strlen(in->text) : 0;
+	in->html_len = in->html ? strlen(in->html) : 0;
+	json_t *h = json_object_get(root, "Headers");
+	if (h && !json_is_null(h)) {
+		if (!json_is_object(h))
+			return fail(err, errlen, "Headers must be an object of strings");
+		if (json_object_size(h) > MAX_HEADERS)
+			return fail(err, errlen, "too many Headers");
+		const char *k;
+		json_t *v;
+		json_object_foreach(h, k, v)
+		{
+			if (!json_is_string(v))
+				return fail(err, errlen, "Headers values must be strings");
+			if (!valid_field_name(k))
+				return fail(err, errlen, "Headers: invalid field name");
+			/* The MIME structure is ours; Bcc would defeat the
+			 * envelope-only rule. */
+			if (strncasecmp(k, "Content-", 8) == 0 ||
+			    tern_ascii_ieq(k, "MIME-Version") || tern_ascii_ieq(k, "Bcc"))
+				return fail(err, errlen, "Headers: %s cannot be set", k);
+		}
+		in->headers = h;
+	}
+	return get_attachments(root, in, err, errlen);
+}
+
+static void free_input(struct send_in *in)
+{
+	free(in->to);
+	free(in->cc);
+	free(in->reply_to);
+	free(in->bcc);
+	free(in->tags);
+	for (size_t i = 0; i < in->n_att; i++)
+		tbuf_free(&in->att[i].data);
+	free(in->att);
+}
+
+void http_send_msg_free(struct http_send_msg *m)
+{
+	if (!m)
+		return;
+	free(m->raw);
+	free(m->from);
+	for (size_t i = 0; i < m->n_to; i++)
+		free(m->to[i]);
+	free(m->to);
+	for (size_t i = 0; i < m->n_tags; i++)
+		free(m->tags[i]);
+	free(m->tags);
+	memset(m, 0, sizeof(*m));
+}
+
+static int fill_envelope(const struct send_in *in, struct http_send_msg *out)
+{
+	size_t n = in->n_to_hdr + in->n_cc + in->n_bcc;
+	out->from = tern_strdup(in->from.email);
+	out->to = calloc(n, sizeof(char *));
+	if (!out->from || !out->to)
+		return TERN_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		const char *e = i < in->n_to_hdr ? in->to[i].email
+		                : i < in->n_to_hdr + in->n_cc
+		                    ? in->cc[i - in->n_to_hdr].email
+		                    : in->bcc[i - in->n_to_hdr - in->n_cc];
+		/* Each address once: SMTP would deliver a duplicate twice. */
+		bool dup = false;
+		for (size_t j = 0; j < out->n_to && !dup; j++)
+			dup = tern_ascii_ieq(out->to[j], e);
+		if (dup)
+			continue;
+		if (!(out->to[out->n_to] = tern_strdup(e)))
+			return TERN_ENOMEM;
+		out->n_to++;
+	}
+	if (in->n_tags) {
+		out->tags = calloc(in->n_tags, sizeof(char *));
+		if (!out->tags)
+			return TERN_ENOMEM;
+		for (size_t i = 0; i < in->n_tags; i++) {
+			if (!(out->tags[i] = tern_strdup(in->tags[i])))
+				return TERN_ENOMEM;
+			out->n_tags++;
+		}
+	}
+	return TERN_OK;
+}
+
+int http_send_build(const char *json, size_t len, long long now, const char *msgid,
+                    struct http_send_msg *out, char *err, size_t errlen)
+{
+	struct send_in in;
+	struct tbuf b = TBUF_INIT(MSG_MAX);
+	json_error_t jerr;
+	int rc;
+
+	memset(&in, 0, sizeof(in));
+	memset(out, 0, sizeof(*out));
+	if (errlen)
+		err[0] = '\0';
+	if (len > HTTP_SEND_MAX_BODY)
+		return fail(err, errlen, "request body too large");
+	json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root)
+		return fail(err, errlen, "invalid JSON: %s", jerr.text);
+	if ((rc = parse_input(root, &in, err, errlen)))
+		goto out;
+	uint64_t h = fnv1a(0xcbf29ce484222325ull, json, len);
+	h = fnv1a(h, msgid, strlen(msgid));
+	snprintf(in.bnd, sizeof(in.bnd), "=_tern_%016llx", (unsigned long long)h);
+	if ((rc = put_headers(&b, &in, now, msgid)) || (rc = put_body(&b, &in)))
+		goto out;
+	/* The message ends with CRLF: after a close delimiter, or after a
+	 * single part's text that did not end with one. */
+	if (b.len >= 2 && memcmp(b.data + b.len - 2, "\r\n", 2) != 0 &&
+	    (rc = tbuf_append_str(&b, "\r\n")))
+		goto out;
+	if ((rc = fill_envelope(&in, out)))
+		goto out;
+	out->raw = tbuf_steal(&b, &out->len);
+	if (!out->raw) {
+		/* tbuf_steal of an empty buffer; cannot happen (headers exist) */
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+	rc = TERN_OK;
+out:
+	if (rc == TERN_ELIMIT && errlen)
+		snprintf(err, errlen, "message too large");
+	else if (rc == TERN_ENOMEM && errlen)
+		snprintf(err, errlen, "out of memory");
+	if (rc)
+		http_send_msg_free(out);
+	free_input(&in);
+	tbuf_free(&b);
+	json_decref(root);
+	return rc;
+}

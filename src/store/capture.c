@@ -1,0 +1,1718 @@
+/*
+ * capture.c — the capture store (store.h): raw messages as files under
+ * DIR/msg/XX/ID.eml, metadata, recipients, tags and a full-text index in
+ * SQLite (DIR/capture.db), and the Mailpit-shaped JSON answers.
+ *
+ * Owns: the one SQLite connection (serialised by st->mu), the message
+ * files, the in-memory counters (total, unread, raw bytes) and the list of
+ * subscribers.
+ * Must never: build SQL from user input (search goes through
+ * capture_query.c, everything else is bound), accept an ID that is not
+ * plain base62 (IDs become file names), call a subscriber while holding
+ * the lock (a subscriber may call back into the store), or report a
+ * message stored before its raw bytes are on disk.
+ *
+ * Durability: the raw file is written to ID.tmp, fsync'd, renamed to
+ * ID.eml and its directory fsync'd before the row is inserted. SQLite runs
+ * in WAL mode with synchronous=NORMAL: a commit is atomic and survives a
+ * process crash, but a power loss may roll back the last few commits. That
+ * is enough because the raw file is the source of truth: the database
+ * records a "clean" flag that is cleared while open; after an unclean stop
+ * capture_open re-indexes every ID.eml that has no row (losing only the
+ * SMTP envelope of those messages, which is then taken from the headers).
+ * Deletes remove rows first and files after the commit, so a crash can
+ * resurrect a deleted message but never lose a stored one.
+ */
+#include "store/store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "core/err.h"
+#include "core/log.h"
+#include "mime/mime.h"
+#include "store/capture_query.h"
+
+#define SCHEMA_VERSION 1
+#define ID_LEN 22
+#define MAX_SUBS 16
+#define MAX_LIST 100000   /* messages per page */
+#define FTS_BODY_MAX 65536 /* bytes of body text indexed per message */
+#define MAX_TAG_LEN 100
+
+enum { K_TO = 0, K_CC = 1, K_BCC = 2, K_REPLYTO = 3, K_ENV = 4 }; /* capture_query.c agrees */
+
+struct sub {
+	capture_event_fn fn;
+	void *arg;
+};
+
+struct capture_store {
+	pthread_mutex_t mu;
+	sqlite3 *db;
+	char *dir;
+	uint64_t total, unread, raw_bytes;
+	struct sub subs[MAX_SUBS];
+	size_t n_subs;
+};
+
+/* A pending event, sent after the lock is released. */
+struct event {
+	const char *type;
+	json_t *data;
+};
+
+static const char *const SCHEMA =
+    "CREATE TABLE IF NOT EXISTS messages ("
+    " seq INTEGER PRIMARY KEY,"
+    " id TEXT NOT NULL UNIQUE,"
+    " created INTEGER NOT NULL," /* microseconds since the epoch, UTC */
+    " read INTEGER NOT NULL DEFAULT 0,"
+    " size INTEGER NOT NULL,"
+    " message_id TEXT NOT NULL DEFAULT '',"
+    " subject TEXT NOT NULL DEFAULT '',"
+    " from_name TEXT NOT NULL DEFAULT '',"
+    " from_addr TEXT NOT NULL DEFAULT '',"
+    " addrs TEXT NOT NULL DEFAULT '{}'," /* {"To":[..],"Cc":..,"Bcc":..,"ReplyTo":..} */
+    " env_from TEXT NOT NULL DEFAULT '',"
+    " env_to TEXT NOT NULL DEFAULT '[]',"
+    " attachments INTEGER NOT NULL DEFAULT 0,"
+    " inline INTEGER NOT NULL DEFAULT 0,"
+    " snippet TEXT NOT NULL DEFAULT '');"
+    "CREATE INDEX IF NOT EXISTS messages_created ON messages(created);"
+    "CREATE INDEX IF NOT EXISTS messages_read ON messages(read);"
+    "CREATE INDEX IF NOT EXISTS messages_message_id ON messages(message_id);"
+    "CREATE TABLE IF NOT EXISTS recipients ("
+    " msg INTEGER NOT NULL, kind INTEGER NOT NULL, name TEXT NOT NULL, addr TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS recipients_msg ON recipients(msg);"
+    "CREATE TABLE IF NOT EXISTS tags ("
+    " id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE);"
+    "CREATE TABLE IF NOT EXISTS message_tags ("
+    " msg INTEGER NOT NULL, tag INTEGER NOT NULL, PRIMARY KEY (msg, tag)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS message_tags_tag ON message_tags(tag);"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(subject, sender, recipients, body,"
+    " tokenize = 'unicode61 remove_diacritics 2');"
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
+#define SUMMARY_COLS                                                                               \
+	"m.id, m.message_id, m.read, m.from_name, m.from_addr, m.addrs, m.subject, m.created, "    \
+	"m.size, m.attachments, m.snippet, "                                                       \
+	"(SELECT json_group_array(name) FROM (SELECT t.name AS name FROM message_tags mt JOIN "    \
+	"tags t ON t.id = mt.tag WHERE mt.msg = m.seq ORDER BY t.name COLLATE NOCASE))"
+
+/* ---------------------------------------------------------------- helpers */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+	if (!err || !errlen)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+static int64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* IDs become file names: only plain base62 of sane length is accepted. */
+static bool id_valid(const char *id)
+{
+	if (!id)
+		return false;
+	size_t n = 0;
+	for (; id[n]; n++) {
+		char c = id[n];
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')))
+			return false;
+		if (n + 1 >= CAPTURE_ID_MAX)
+			return false;
+	}
+	return n >= 2;
+}
+
+static int new_id(char out[CAPTURE_ID_MAX])
+{
+	static const char b62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+	size_t have = 0;
+	while (have < ID_LEN) {
+		unsigned char r[32];
+		ssize_t got = getrandom(r, sizeof(r), 0);
+		if (got < 0) {
+			if (errno == EINTR)
+				continue;
+			return TERN_EIO;
+		}
+		/* rejection sampling: 248 = 4 * 62, so no character is favoured */
+		for (ssize_t i = 0; i < got && have < ID_LEN; i++)
+			if (r[i] < 248)
+				out[have++] = b62[r[i] % 62];
+	}
+	out[have] = '\0';
+	return TERN_OK;
+}
+
+static void msg_path(const struct capture_store *st, const char *id, const char *ext, char *buf,
+		     size_t len)
+{
+	snprintf(buf, len, "%s/msg/%.2s/%s%s", st->dir, id, id, ext);
+}
+
+static int mkdir_p1(const char *path)
+{
+	if (mkdir(path, 0700) == 0 || errno == EEXIST)
+		return TERN_OK;
+	return TERN_EIO;
+}
+
+static int fsync_path(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return TERN_EIO;
+	int rc = fsync(fd) == 0 ? TERN_OK : TERN_EIO;
+	close(fd);
+	return rc;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return TERN_EIO;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return TERN_OK;
+}
+
+/* ID.tmp, fsync, rename to ID.eml, fsync the directory (and msg/ when the
+ * two-character directory is new). */
+static int write_raw(struct capture_store *st, const char *id, const char *raw, size_t len)
+{
+	char dir[4096], tmp[4200], fin[4200];
+	snprintf(dir, sizeof(dir), "%s/msg/%.2s", st->dir, id);
+	bool fresh = false;
+	if (mkdir(dir, 0700) == 0)
+		fresh = true;
+	else if (errno != EEXIST)
+		return TERN_EIO;
+	msg_path(st, id, ".tmp", tmp, sizeof(tmp));
+	msg_path(st, id, ".eml", fin, sizeof(fin));
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return TERN_EIO;
+	int rc = write_all(fd, raw, len);
+	if (rc == TERN_OK && fsync(fd) != 0)
+		rc = TERN_EIO;
+	if (close(fd) != 0 && rc == TERN_OK)
+		rc = TERN_EIO;
+	if (rc == TERN_OK && rename(tmp, fin) != 0)
+		rc = TERN_EIO;
+	if (rc != TERN_OK) {
+		unlink(tmp);
+		return rc;
+	}
+	rc = fsync_path(dir);
+	if (rc == TERN_OK && fresh) {
+		char parent[4096];
+		snprintf(parent, sizeof(parent), "%s/msg", st->dir);
+		rc = fsync_path(parent);
+	}
+	return rc;
+}
+
+static int read_raw(struct capture_store *st, const char *id, struct tbuf *out)
+{
+	char path[4200];
+	msg_path(st, id, ".eml", path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? TERN_ENOTFOUND : TERN_EIO;
+	int rc = TERN_OK;
+	char chunk[65536];
+	for (;;) {
+		ssize_t r = read(fd, chunk, sizeof(chunk));
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = TERN_EIO;
+			break;
+		}
+		if (r == 0)
+			break;
+		rc = tbuf_append(out, chunk, (size_t)r);
+		if (rc != TERN_OK)
+			break;
+	}
+	close(fd);
+	return rc;
+}
+
+/* json_string that never fails on odd bytes (the store only holds UTF-8,
+ * but a NULL here would silently drop a field). */
+static json_t *jstr(const char *s)
+{
+	json_t *j = json_string(s ? s : "");
+	return j ? j : json_string("");
+}
+
+static json_t *addr_json(const char *name, const char *addr)
+{
+	return json_pack("{s:o,s:o}", "Name", jstr(name), "Address", jstr(addr));
+}
+
+static json_t *addrs_json(const struct mime_addrs *a)
+{
+	json_t *arr = json_array();
+	for (size_t i = 0; arr && i < a->n; i++)
+		json_array_append_new(arr, addr_json(a->v[i].name, a->v[i].addr));
+	return arr;
+}
+
+/* RFC 3339 in UTC with milliseconds, as Mailpit's clients parse it. */
+static void rfc3339_us(int64_t us, char *buf, size_t len)
+{
+	time_t secs = (time_t)(us / 1000000);
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	char base[40];
+	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, len, "%s.%03dZ", base, (int)((us % 1000000) / 1000));
+}
+
+static void rfc3339_tz(int64_t secs, int tz_min, char *buf, size_t len)
+{
+	time_t local = (time_t)(secs + (int64_t)tz_min * 60);
+	struct tm tm;
+	gmtime_r(&local, &tm);
+	char base[40];
+	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+	if (tz_min == 0)
+		snprintf(buf, len, "%sZ", base);
+	else {
+		int a = tz_min < 0 ? -tz_min : tz_min;
+		snprintf(buf, len, "%s%c%02d:%02d", base, tz_min < 0 ? '-' : '+', a / 60, a % 60);
+	}
+}
+
+static const char *col_text(sqlite3_stmt *s, int i)
+{
+	const unsigned char *t = sqlite3_column_text(s, i);
+	return t ? (const char *)t : "";
+}
+
+static json_t *json_col(sqlite3_stmt *s, int i, size_t flags_is_array)
+{
+	json_t *j = json_loads(col_text(s, i), JSON_DECODE_ANY, NULL);
+	if (!j)
+		j = flags_is_array ? json_array() : json_object();
+	return j;
+}
+
+/* One MessageSummary from a SUMMARY_COLS row. */
+static json_t *summary_from_row(sqlite3_stmt *s)
+{
+	char created[48];
+	rfc3339_us(sqlite3_column_int64(s, 7), created, sizeof(created));
+	json_t *addrs = json_col(s, 5, 0);
+	json_t *o = json_object();
+	if (!o) {
+		json_decref(addrs);
+		return NULL;
+	}
+	json_object_set_new(o, "ID", jstr(col_text(s, 0)));
+	json_object_set_new(o, "MessageID", jstr(col_text(s, 1)));
+	json_object_set_new(o, "Read", json_boolean(sqlite3_column_int(s, 2) != 0));
+	json_object_set_new(o, "From", addr_json(col_text(s, 3), col_text(s, 4)));
+	static const char *const keys[] = {"To", "Cc", "Bcc", "ReplyTo"};
+	for (size_t i = 0; i < 4; i++) {
+		json_t *a = json_object_get(addrs, keys[i]);
+		json_object_set_new(o, keys[i], json_is_array(a) ? json_incref(a) : json_array());
+	}
+	json_object_set_new(o, "Subject", jstr(col_text(s, 6)));
+	json_object_set_new(o, "Created", jstr(created));
+	json_object_set_new(o, "Username", jstr(""));
+	json_object_set_new(o, "Tags", json_col(s, 11, 1));
+	json_object_set_new(o, "Size", json_integer(sqlite3_column_int64(s, 8)));
+	json_object_set_new(o, "Attachments", json_integer(sqlite3_column_int64(s, 9)));
+	json_object_set_new(o, "Snippet", jstr(col_text(s, 10)));
+	json_decref(addrs);
+	return o;
+}
+
+/* ----------------------------------------------------------- SQL helpers */
+
+static int exec(struct capture_store *st, const char *sql)
+{
+	char *msg = NULL;
+	int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
+	if (rc != SQLITE_OK) {
+		char q[256];
+		log_error("event=capture_sql_error error=%s", log_quote(msg ? msg : "?",
+									 msg ? strlen(msg) : 1, q,
+									 sizeof(q)));
+		sqlite3_free(msg);
+		return TERN_EIO;
+	}
+	return TERN_OK;
+}
+
+static sqlite3_stmt *prep(struct capture_store *st, const char *sql)
+{
+	sqlite3_stmt *s = NULL;
+	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) {
+		char q[256];
+		const char *m = sqlite3_errmsg(st->db);
+		log_error("event=capture_sql_error error=%s", log_quote(m, strlen(m), q, sizeof(q)));
+		return NULL;
+	}
+	return s;
+}
+
+static int64_t scalar_i64(struct capture_store *st, const char *sql)
+{
+	sqlite3_stmt *s = prep(st, sql);
+	int64_t v = 0;
+	if (s && sqlite3_step(s) == SQLITE_ROW)
+		v = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	return v;
+}
+
+static void recount(struct capture_store *st)
+{
+	st->total = (uint64_t)scalar_i64(st, "SELECT COUNT(*) FROM messages");
+	st->unread = (uint64_t)scalar_i64(st, "SELECT COUNT(*) FROM messages WHERE read = 0");
+	st->raw_bytes = (uint64_t)scalar_i64(st, "SELECT COALESCE(SUM(size), 0) FROM messages");
+}
+
+/* seq of an ID (or of the newest message for "latest", as Mailpit allows);
+ * 0 if none. Called with the lock held. */
+static int64_t seq_of(struct capture_store *st, const char *id, char real_id[CAPTURE_ID_MAX])
+{
+	sqlite3_stmt *s;
+	if (id && strcmp(id, "latest") == 0)
+		s = prep(st, "SELECT seq, id FROM messages ORDER BY created DESC, seq DESC LIMIT 1");
+	else {
+		if (!id_valid(id))
+			return 0;
+		s = prep(st, "SELECT seq, id FROM messages WHERE id = ?");
+		if (s)
+			sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+	}
+	int64_t seq = 0;
+	if (s && sqlite3_step(s) == SQLITE_ROW) {
+		seq = sqlite3_column_int64(s, 0);
+		if (real_id)
+			tern_strlcpy(real_id, col_text(s, 1), CAPTURE_ID_MAX);
+	}
+	sqlite3_finalize(s);
+	return seq;
+}
+
+static void emit(struct capture_store *st, struct event *ev)
+{
+	if (!ev->data)
+		return;
+	struct sub subs[MAX_SUBS];
+	size_t n;
+	pthread_mutex_lock(&st->mu);
+	n = st->n_subs;
+	memcpy(subs, st->subs, n * sizeof(subs[0]));
+	pthread_mutex_unlock(&st->mu);
+	for (size_t i = 0; i < n; i++)
+		subs[i].fn(subs[i].arg, ev->type, ev->data);
+	json_decref(ev->data);
+	ev->data = NULL;
+}
+
+/* ------------------------------------------------------------- inserting */
+
+static int insert_recipient(sqlite3_stmt *s, int64_t seq, int kind, const char *name,
+			    const char *addr)
+{
+	sqlite3_reset(s);
+	sqlite3_bind_int64(s, 1, seq);
+	sqlite3_bind_int(s, 2, kind);
+	sqlite3_bind_text(s, 3, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 4, addr, -1, SQLITE_STATIC);
+	return sqlite3_step(s) == SQLITE_DONE ? TERN_OK : TERN_EIO;
+}
+
+static void append_addrs_text(struct tbuf *b, const struct mime_addrs *a)
+{
+	for (size_t i = 0; i < a->n; i++)
+		tbuf_printf(b, "%s %s ", a->v[i].name, a->v[i].addr);
+}
+
+/* Inserts the row, recipients and index entries of a parsed message.
+ * Lock held, inside a transaction. */
+static int insert_row(struct capture_store *st, const char *id, size_t size,
+		      const struct mime_msg *mm, const char *env_from, const char *const *env_to,
+		      size_t n_to, int64_t created, int64_t *seq_out)
+{
+	int rc = TERN_EIO;
+	sqlite3_stmt *s = NULL, *r = NULL;
+	char *addrs_s = NULL, *envto_s = NULL;
+	struct tbuf rcpt = TBUF_INIT(SIZE_MAX / 2), sender = TBUF_INIT(SIZE_MAX / 2);
+
+	json_t *addrs = json_pack("{s:o,s:o,s:o,s:o}", "To", addrs_json(&mm->to), "Cc",
+				  addrs_json(&mm->cc), "Bcc", addrs_json(&mm->bcc), "ReplyTo",
+				  addrs_json(&mm->reply_to));
+	json_t *envto = json_array();
+	for (size_t i = 0; envto && i < n_to; i++)
+		json_array_append_new(envto, jstr(env_to[i]));
+	addrs_s = addrs ? json_dumps(addrs, JSON_COMPACT) : NULL;
+	envto_s = envto ? json_dumps(envto, JSON_COMPACT) : NULL;
+	json_decref(addrs);
+	json_decref(envto);
+	if (!addrs_s || !envto_s) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+	s = prep(st, "INSERT INTO messages (id, created, read, size, message_id, subject, "
+		     "from_name, from_addr, addrs, env_from, env_to, attachments, inline, snippet) "
+		     "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+	if (!s)
+		goto out;
+	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 2, created);
+	sqlite3_bind_int64(s, 3, (sqlite3_int64)size);
+	sqlite3_bind_text(s, 4, mm->message_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 5, mm->subject, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 6, mm->from.name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 7, mm->from.addr, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 8, addrs_s, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 9, env_from ? env_from : "", -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 10, envto_s, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 11, (sqlite3_int64)mm->n_attachments);
+	sqlite3_bind_int64(s, 12, (sqlite3_int64)mm->n_inline);
+	sqlite3_bind_text(s, 13, mm->snippet, -1, SQLITE_STATIC);
+	if (sqlite3_step(s) != SQLITE_DONE)
+		goto out;
+	int64_t seq = sqlite3_last_insert_rowid(st->db);
+	*seq_out = seq;
+
+	r = prep(st, "INSERT INTO recipients (msg, kind, name, addr) VALUES (?, ?, ?, ?)");
+	if (!r)
+		goto out;
+	const struct mime_addrs *lists[] = {&mm->to, &mm->cc, &mm->bcc, &mm->reply_to};
+	const int kinds[] = {K_TO, K_CC, K_BCC, K_REPLYTO};
+	for (size_t k = 0; k < 4; k++)
+		for (size_t i = 0; i < lists[k]->n; i++)
+			if (insert_recipient(r, seq, kinds[k], lists[k]->v[i].name,
+					     lists[k]->v[i].addr) != TERN_OK)
+				goto out;
+	for (size_t i = 0; i < n_to; i++)
+		if (insert_recipient(r, seq, K_ENV, "", env_to[i] ? env_to[i] : "") != TERN_OK)
+			goto out;
+
+	append_addrs_text(&rcpt, &mm->to);
+	append_addrs_text(&rcpt, &mm->cc);
+	append_addrs_text(&rcpt, &mm->bcc);
+	for (size_t i = 0; i < n_to; i++)
+		tbuf_printf(&rcpt, "%s ", env_to[i] ? env_to[i] : "");
+	tbuf_printf(&sender, "%s %s %s", mm->from.name, mm->from.addr, env_from ? env_from : "");
+
+	sqlite3_finalize(s);
+	s = prep(st, "INSERT INTO fts (rowid, subject, sender, recipients, body) "
+		     "VALUES (?, ?, ?, ?, ?)");
+	if (!s)
+		goto out;
+	/* body: the text (or the HTML when there is no text) plus file names */
+	const char *body = mm->text[0] ? mm->text : mm->html;
+	size_t blen = strlen(body);
+	if (blen > FTS_BODY_MAX)
+		blen = FTS_BODY_MAX;
+	struct tbuf b = TBUF_INIT(SIZE_MAX / 2);
+	tbuf_append(&b, body, blen);
+	for (size_t i = 0; i < mm->n_parts; i++)
+		if (mm->parts[i].filename[0])
+			tbuf_printf(&b, " %s", mm->parts[i].filename);
+	sqlite3_bind_int64(s, 1, seq);
+	sqlite3_bind_text(s, 2, mm->subject, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 3, sender.data ? sender.data : "", -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 4, rcpt.data ? rcpt.data : "", -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 5, b.data ? b.data : "", (int)b.len, SQLITE_STATIC);
+	int step = sqlite3_step(s);
+	tbuf_free(&b);
+	if (step != SQLITE_DONE)
+		goto out;
+	rc = TERN_OK;
+out:
+	sqlite3_finalize(s);
+	sqlite3_finalize(r);
+	free(addrs_s);
+	free(envto_s);
+	tbuf_free(&rcpt);
+	tbuf_free(&sender);
+	return rc;
+}
+
+static json_t *summary_by_seq(struct capture_store *st, int64_t seq)
+{
+	sqlite3_stmt *s = prep(st, "SELECT " SUMMARY_COLS " FROM messages m WHERE m.seq = ?");
+	json_t *o = NULL;
+	if (s) {
+		sqlite3_bind_int64(s, 1, seq);
+		if (sqlite3_step(s) == SQLITE_ROW)
+			o = summary_from_row(s);
+	}
+	sqlite3_finalize(s);
+	return o;
+}
+
+int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,
+		const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+{
+	struct mime_msg mm;
+	struct event ev = {"new", NULL};
+	char id[CAPTURE_ID_MAX];
+	int rc = new_id(id);
+	if (rc != TERN_OK)
+		return rc;
+	rc = mime_parse(raw, len, 0, &mm);
+	if (rc != TERN_OK)
+		goto out;
+	rc = write_raw(st, id, raw, len);
+	if (rc != TERN_OK)
+		goto out;
+
+	pthread_mutex_lock(&st->mu);
+	int64_t seq = 0;
+	rc = exec(st, "BEGIN IMMEDIATE");
+	if (rc == TERN_OK) {
+		rc = insert_row(st, id, len, &mm, env_from, env_to, n_to, now_us(), &seq);
+		if (rc == TERN_OK)
+			rc = exec(st, "COMMIT");
+		if (rc != TERN_OK)
+			exec(st, "ROLLBACK");
+	}
+	if (rc == TERN_OK) {
+		st->total++;
+		st->unread++;
+		st->raw_bytes += len;
+		if (st->n_subs)
+			ev.data = summary_by_seq(st, seq);
+	}
+	pthread_mutex_unlock(&st->mu);
+	if (rc != TERN_OK) {
+		char path[4200];
+		msg_path(st, id, ".eml", path, sizeof(path));
+		unlink(path);
+		goto out;
+	}
+	memcpy(id_out, id, ID_LEN + 1);
+	emit(st, &ev);
+out:
+	mime_msg_free(&mm);
+	return rc;
+}
+
+/* --------------------------------------------------------------- opening */
+
+/* After an unclean stop: index every ID.eml without a row, drop ID.tmp. */
+static void recover(struct capture_store *st)
+{
+	char mdir[4096];
+	snprintf(mdir, sizeof(mdir), "%s/msg", st->dir);
+	DIR *d = opendir(mdir);
+	if (!d)
+		return;
+	size_t added = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.' || strlen(de->d_name) != 2)
+			continue;
+		char sub[4200];
+		int sn = snprintf(sub, sizeof(sub), "%s/%s", mdir, de->d_name);
+		if (sn < 0 || (size_t)sn >= sizeof(sub))
+			continue;
+		DIR *sd = opendir(sub);
+		if (!sd)
+			continue;
+		struct dirent *fe;
+		while ((fe = readdir(sd)) != NULL) {
+			char id[CAPTURE_ID_MAX];
+			const char *dot = strrchr(fe->d_name, '.');
+			if (!dot || (size_t)(dot - fe->d_name) >= CAPTURE_ID_MAX)
+				continue;
+			memcpy(id, fe->d_name, (size_t)(dot - fe->d_name));
+			id[dot - fe->d_name] = '\0';
+			if (!id_valid(id))
+				continue;
+			char path[8400];
+			int pn = snprintf(path, sizeof(path), "%s/%s", sub, fe->d_name);
+			if (pn < 0 || (size_t)pn >= sizeof(path))
+				continue;
+			if (strcmp(dot, ".tmp") == 0) {
+				unlink(path);
+				continue;
+			}
+			if (strcmp(dot, ".eml") != 0 || seq_of(st, id, NULL) != 0)
+				continue;
+			struct tbuf raw = TBUF_INIT(SIZE_MAX / 2);
+			struct stat sb;
+			struct mime_msg mm;
+			if (stat(path, &sb) != 0 || read_raw(st, id, &raw) != TERN_OK) {
+				tbuf_free(&raw);
+				continue;
+			}
+			if (mime_parse(raw.data ? raw.data : "", raw.len, 0, &mm) == TERN_OK) {
+				int64_t seq;
+				int64_t created = (int64_t)sb.st_mtim.tv_sec * 1000000 +
+						  sb.st_mtim.tv_nsec / 1000;
+				if (exec(st, "BEGIN") == TERN_OK) {
+					if (insert_row(st, id, raw.len, &mm, mm.return_path, NULL,
+						       0, created, &seq) == TERN_OK &&
+					    exec(st, "COMMIT") == TERN_OK)
+						added++;
+					else
+						exec(st, "ROLLBACK");
+				}
+			}
+			mime_msg_free(&mm);
+			tbuf_free(&raw);
+		}
+		closedir(sd);
+	}
+	closedir(d);
+	if (added)
+		log_warn("event=capture_recovered messages=%zu", added);
+}
+
+int capture_open(const char *dir, struct capture_store **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	mime_init();
+	struct capture_store *st = calloc(1, sizeof(*st));
+	if (!st) {
+		set_err(err, errlen, "out of memory");
+		return TERN_ENOMEM;
+	}
+	int rc = TERN_EIO;
+	pthread_mutex_init(&st->mu, NULL);
+	st->dir = tern_strdup(dir);
+	char path[4200];
+	if (strlen(dir) > 3000) {
+		set_err(err, errlen, "capture directory path too long");
+		rc = TERN_EINVAL;
+		goto fail;
+	}
+	if (!st->dir) {
+		rc = TERN_ENOMEM;
+		goto fail;
+	}
+	snprintf(path, sizeof(path), "%s/msg", dir);
+	if (mkdir_p1(dir) != TERN_OK || mkdir_p1(path) != TERN_OK) {
+		set_err(err, errlen, "cannot create %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	snprintf(path, sizeof(path), "%s/capture.db", dir);
+	if (sqlite3_open_v2(path, &st->db,
+			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+			    NULL) != SQLITE_OK) {
+		set_err(err, errlen, "cannot open %s: %s", path,
+			st->db ? sqlite3_errmsg(st->db) : "out of memory");
+		goto fail;
+	}
+	sqlite3_busy_timeout(st->db, 5000);
+	int64_t ver = scalar_i64(st, "PRAGMA user_version");
+	if (ver > SCHEMA_VERSION) {
+		set_err(err, errlen, "%s: schema is newer than this tern", path);
+		rc = TERN_ECORRUPT;
+		goto fail;
+	}
+	if (exec(st, "PRAGMA journal_mode = WAL") != TERN_OK ||
+	    exec(st, "PRAGMA synchronous = NORMAL") != TERN_OK ||
+	    exec(st, "PRAGMA temp_store = MEMORY") != TERN_OK ||
+	    exec(st, "BEGIN") != TERN_OK || exec(st, SCHEMA) != TERN_OK ||
+	    exec(st, "PRAGMA user_version = 1") != TERN_OK || exec(st, "COMMIT") != TERN_OK) {
+		set_err(err, errlen, "cannot set up %s: %s", path, sqlite3_errmsg(st->db));
+		goto fail;
+	}
+	sqlite3_stmt *s = prep(st, "SELECT value FROM meta WHERE key = 'clean'");
+	bool clean = s && sqlite3_step(s) == SQLITE_ROW && strcmp(col_text(s, 0), "1") == 0;
+	sqlite3_finalize(s);
+	if (!clean)
+		recover(st);
+	if (exec(st, "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '0')") != TERN_OK) {
+		set_err(err, errlen, "cannot write %s: %s", path, sqlite3_errmsg(st->db));
+		goto fail;
+	}
+	recount(st);
+	*out = st;
+	return TERN_OK;
+fail:
+	if (st->db)
+		sqlite3_close(st->db);
+	pthread_mutex_destroy(&st->mu);
+	free(st->dir);
+	free(st);
+	return rc;
+}
+
+void capture_close(struct capture_store *st)
+{
+	if (!st)
+		return;
+	pthread_mutex_lock(&st->mu);
+	exec(st, "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '1')");
+	exec(st, "PRAGMA optimize");
+	sqlite3_close(st->db);
+	pthread_mutex_unlock(&st->mu);
+	pthread_mutex_destroy(&st->mu);
+	free(st->dir);
+	free(st);
+}
+
+/* --------------------------------------------------------------- listing */
+
+static void bind_params(sqlite3_stmt *s, const struct capture_query *q)
+{
+	for (size_t i = 0; i < q->n_params; i++) {
+		if (q->params[i].kind == CQ_TEXT)
+			sqlite3_bind_text(s, (int)i + 1, q->params[i].text, -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_int64(s, (int)i + 1, q->params[i].i);
+	}
+}
+
+static json_t *tags_locked(struct capture_store *st)
+{
+	json_t *arr = json_array();
+	sqlite3_stmt *s = prep(st, "SELECT name FROM tags ORDER BY name COLLATE NOCASE");
+	while (arr && s && sqlite3_step(s) == SQLITE_ROW)
+		json_array_append_new(arr, jstr(col_text(s, 0)));
+	sqlite3_finalize(s);
+	return arr;
+}
+
+static bool blank_query(const char *q)
+{
+	if (!q)
+		return true;
+	for (; *q; q++)
+		if (*q != ' ' && *q != '\t' && *q != '\r' && *q != '\n')
+			return false;
+	return true;
+}
+
+json_t *capture_list(struct capture_store *st, const char *query, size_t start, size_t limit)
+{
+	struct capture_query q;
+	bool all = blank_query(query);
+	if (all)
+		memset(&q, 0, sizeof(q));
+	else if (capture_query_parse(query, strlen(query), &q) != TERN_OK) {
+		capture_query_free(&q);
+		return NULL;
+	}
+	if (limit == 0)
+		limit = 50; /* Mailpit's default page */
+	if (limit > MAX_LIST)
+		limit = MAX_LIST;
+	if (start > INT64_MAX)
+		start = INT64_MAX;
+
+	json_t *res = NULL, *msgs = json_array();
+	sqlite3_stmt *s = NULL;
+	struct tbuf sql = TBUF_INIT(1 << 20);
+	pthread_mutex_lock(&st->mu);
+	uint64_t mcount = st->total, munread = st->unread;
+	if (!all) {
+		tbuf_printf(&sql, "SELECT COUNT(*), COALESCE(SUM(m.read = 0), 0) FROM messages m "
+				  "WHERE %s",
+			    q.where.data);
+		s = prep(st, sql.data);
+		if (!s)
+			goto out;
+		bind_params(s, &q);
+		if (sqlite3_step(s) == SQLITE_ROW) {
+			mcount = (uint64_t)sqlite3_column_int64(s, 0);
+			munread = (uint64_t)sqlite3_column_int64(s, 1);
+		}
+		sqlite3_finalize(s);
+		tbuf_reset(&sql);
+	}
+	tbuf_printf(&sql,
+		    "SELECT " SUMMARY_COLS " FROM messages m WHERE %s "
+		    "ORDER BY m.created DESC, m.seq DESC LIMIT ? OFFSET ?",
+		    all ? "1" : q.where.data);
+	s = prep(st, sql.data);
+	if (!s)
+		goto out;
+	bind_params(s, &q);
+	sqlite3_bind_int64(s, (int)q.n_params + 1, (sqlite3_int64)limit);
+	sqlite3_bind_int64(s, (int)q.n_params + 2, (sqlite3_int64)start);
+	while (msgs && sqlite3_step(s) == SQLITE_ROW)
+		json_array_append_new(msgs, summary_from_row(s));
+	res = json_object();
+	if (!res || !msgs)
+		goto out;
+	json_object_set_new(res, "total", json_integer((json_int_t)st->total));
+	json_object_set_new(res, "unread", json_integer((json_int_t)st->unread));
+	json_object_set_new(res, "count", json_integer((json_int_t)json_array_size(msgs)));
+	json_object_set_new(res, "messages_count", json_integer((json_int_t)mcount));
+	json_object_set_new(res, "messages_unread", json_integer((json_int_t)munread));
+	json_object_set_new(res, "start", json_integer((json_int_t)start));
+	json_object_set_new(res, "tags", tags_locked(st));
+	json_object_set_new(res, "messages", msgs);
+	msgs = NULL;
+out:
+	pthread_mutex_unlock(&st->mu);
+	sqlite3_finalize(s);
+	tbuf_free(&sql);
+	json_decref(msgs);
+	capture_query_free(&q);
+	return res;
+}
+
+/* ------------------------------------------------------- single messages */
+
+static json_t *tags_of(struct capture_store *st, int64_t seq)
+{
+	json_t *arr = json_array();
+	sqlite3_stmt *s = prep(st, "SELECT t.name FROM message_tags mt JOIN tags t ON t.id = mt.tag "
+				   "WHERE mt.msg = ? ORDER BY t.name COLLATE NOCASE");
+	if (s)
+		sqlite3_bind_int64(s, 1, seq);
+	while (arr && s && sqlite3_step(s) == SQLITE_ROW)
+		json_array_append_new(arr, jstr(col_text(s, 0)));
+	sqlite3_finalize(s);
+	return arr;
+}
+
+static json_t *part_json(const struct mime_part *p)
+{
+	return json_pack("{s:o,s:o,s:o,s:o,s:I,s:{s:o,s:o,s:o}}", "PartID", jstr(p->part_id),
+			 "FileName", jstr(p->filename), "ContentType", jstr(p->content_type),
+			 "ContentID", jstr(p->content_id), "Size", (json_int_t)p->size, "Checksums",
+			 "MD5", jstr(p->md5), "SHA1", jstr(p->sha1), "SHA256", jstr(p->sha256));
+}
+
+/* List-Unsubscribe: the header, its <links> (at most one mailto: and one
+ * http(s):, as Mailpit reports) and what is wrong with it. */
+static json_t *list_unsub_json(const struct mime_msg *mm)
+{
+	json_t *links = json_array();
+	const char *h = mm->list_unsub;
+	bool mailto = false, http = false;
+	struct tbuf errs = TBUF_INIT(4096);
+	for (const char *p = h; *p;) {
+		const char *lt = strchr(p, '<');
+		if (!lt)
+			break;
+		const char *gt = strchr(lt, '>');
+		if (!gt) {
+			tbuf_append_str(&errs, "unterminated link; ");
+			break;
+		}
+		char *link = tern_strndup(lt + 1, (size_t)(gt - lt - 1));
+		if (link) {
+			if (strncasecmp(link, "mailto:", 7) == 0 && !mailto) {
+				mailto = true;
+				json_array_append_new(links, jstr(link));
+			} else if ((strncasecmp(link, "https://", 8) == 0 ||
+				    strncasecmp(link, "http://", 7) == 0) &&
+				   !http) {
+				http = true;
+				json_array_append_new(links, jstr(link));
+			} else {
+				tbuf_append_str(&errs, "unsupported or repeated link; ");
+			}
+			free(link);
+		}
+		p = gt + 1;
+	}
+	if (h[0] && json_array_size(links) == 0 && errs.len == 0)
+		tbuf_append_str(&errs, "no valid links; ");
+	if (mm->list_unsub_post[0] && !http)
+		tbuf_append_str(&errs, "List-Unsubscribe-Post without an HTTPS link; ");
+	while (errs.len && (errs.data[errs.len - 1] == ' ' || errs.data[errs.len - 1] == ';'))
+		errs.data[--errs.len] = '\0';
+	json_t *o = json_pack("{s:o,s:o,s:o,s:o}", "Header", jstr(h), "Links", links, "Errors",
+			      jstr(errs.data ? errs.data : ""), "HeaderPost", jstr(mm->list_unsub_post));
+	tbuf_free(&errs);
+	return o;
+}
+
+json_t *capture_message(struct capture_store *st, const char *id, bool mark_read)
+{
+	char real[CAPTURE_ID_MAX];
+	struct tbuf raw = TBUF_INIT(SIZE_MAX / 2);
+	struct mime_msg mm;
+	memset(&mm, 0, sizeof(mm));
+	json_t *o = NULL, *tags = NULL;
+	char env_from[1024] = "";
+	int64_t created = 0;
+	struct event ev = {"update", NULL};
+
+	pthread_mutex_lock(&st->mu);
+	int64_t seq = seq_of(st, id, real);
+	if (seq) {
+		tags = tags_of(st, seq);
+		sqlite3_stmt *s = prep(st, "SELECT env_from, created, read FROM messages WHERE seq = ?");
+		bool was_read = false;
+		if (s) {
+			sqlite3_bind_int64(s, 1, seq);
+			if (sqlite3_step(s) == SQLITE_ROW) {
+				tern_strlcpy(env_from, col_text(s, 0), sizeof(env_from));
+				created = sqlite3_column_int64(s, 1);
+				was_read = sqlite3_column_int(s, 2) != 0;
+			}
+		}
+		sqlite3_finalize(s);
+		if (mark_read && !was_read) {
+			s = prep(st, "UPDATE messages SET read = 1 WHERE seq = ?");
+			if (s) {
+				sqlite3_bind_int64(s, 1, seq);
+				if (sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(st->db) > 0 &&
+				    st->unread > 0) {
+					st->unread--;
+					ev.data = json_pack("{s:[s]}", "IDs", real);
+				}
+			}
+			sqlite3_finalize(s);
+		}
+	}
+	pthread_mutex_unlock(&st->mu);
+	if (!seq)
+		goto out;
+	if (read_raw(st, real, &raw) != TERN_OK)
+		goto out;
+	if (mime_parse(raw.data ? raw.data : "", raw.len, MIME_CHECKSUMS, &mm) != TERN_OK)
+		goto out;
+
+	char date[64];
+	if (mm.has_date)
+		rfc3339_tz(mm.date, mm.date_tz_min, date, sizeof(date));
+	else
+		rfc3339_us(created, date, sizeof(date));
+	json_t *att = json_array(), *inl = json_array();
+	for (size_t i = 0; i < mm.n_parts; i++) {
+		if (mm.parts[i].role == MIME_ROLE_ATTACHMENT)
+			json_array_append_new(att, part_json(&mm.parts[i]));
+		else if (mm.parts[i].role == MIME_ROLE_INLINE)
+			json_array_append_new(inl, part_json(&mm.parts[i]));
+	}
+	o = json_object();
+	if (!o) {
+		json_decref(att);
+		json_decref(inl);
+		goto out;
+	}
+	json_object_set_new(o, "ID", jstr(real));
+	json_object_set_new(o, "MessageID", jstr(mm.message_id));
+	json_object_set_new(o, "From", addr_json(mm.from.name, mm.from.addr));
+	json_object_set_new(o, "To", addrs_json(&mm.to));
+	json_object_set_new(o, "Cc", addrs_json(&mm.cc));
+	json_object_set_new(o, "Bcc", addrs_json(&mm.bcc));
+	json_object_set_new(o, "ReplyTo", addrs_json(&mm.reply_to));
+	json_object_set_new(o, "ReturnPath", jstr(mm.return_path[0] ? mm.return_path : env_from));
+	json_object_set_new(o, "Subject", jstr(mm.subject));
+	json_object_set_new(o, "ListUnsubscribe", list_unsub_json(&mm));
+	json_object_set_new(o, "Date", jstr(date));
+	json_object_set_new(o, "Tags", tags);
+	tags = NULL;
+	json_object_set_new(o, "Username", jstr(""));
+	json_object_set_new(o, "Text", jstr(mm.text));
+	json_object_set_new(o, "HTML", jstr(mm.html));
+	json_object_set_new(o, "Size", json_integer((json_int_t)raw.len));
+	json_object_set_new(o, "Inline", inl);
+	json_object_set_new(o, "Attachments", att);
+out:
+	json_decref(tags);
+	mime_msg_free(&mm);
+	tbuf_free(&raw);
+	emit(st, &ev);
+	return o;
+}
+
+/* Go's textproto.CanonicalMIMEHeaderKey, which shapes Mailpit's header
+ * names ("message-id" -> "Message-Id"); names with other bytes are kept. */
+static void canonical_key(char *k)
+{
+	for (const char *p = k; *p; p++) {
+		char c = *p;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || strchr("!#$%&'*+.^_`|~", c)))
+			return;
+	}
+	bool upper = true;
+	for (char *p = k; *p; p++) {
+		if (upper && *p >= 'a' && *p <= 'z')
+			*p = (char)(*p - 'a' + 'A');
+		else if (!upper && *p >= 'A' && *p <= 'Z')
+			*p = (char)(*p - 'A' + 'a');
+		upper = *p == '-';
+	}
+}
+
+json_t *capture_headers(struct capture_store *st, const char *id)
+{
+	char real[CAPTURE_ID_MAX];
+	pthread_mutex_lock(&st->mu);
+	int64_t seq = seq_of(st, id, real);
+	pthread_mutex_unlock(&st->mu);
+	if (!seq)
+		return NULL;
+	struct tbuf raw = TBUF_INIT(SIZE_MAX / 2);
+	json_t *o = NULL;
+	struct mime_header *h = NULL;
+	size_t n = 0;
+	if (read_raw(st, real, &raw) != TERN_OK ||
+	    mime_headers(raw.data ? raw.data : "", raw.len, &h, &n) != TERN_OK)
+		goto out;
+	o = json_object();
+	for (size_t i = 0; o && i < n; i++) {
+		canonical_key(h[i].name);
+		json_t *arr = json_object_get(o, h[i].name);
+		if (!arr) {
+			arr = json_array();
+			json_object_set_new(o, h[i].name, arr);
+		}
+		json_array_append_new(arr, jstr(h[i].value));
+	}
+out:
+	mime_headers_free(h, n);
+	tbuf_free(&raw);
+	return o;
+}
+
+int capture_raw(struct capture_store *st, const char *id, struct tbuf *out)
+{
+	char real[CAPTURE_ID_MAX];
+	pthread_mutex_lock(&st->mu);
+	int64_t seq = seq_of(st, id, real);
+	pthread_mutex_unlock(&st->mu);
+	if (!seq)
+		return TERN_ENOTFOUND;
+	return read_raw(st, real, out);
+}
+
+int capture_part(struct capture_store *st, const char *id, const char *part_id, struct tbuf *out,
+		 char *content_type, size_t ctlen, char *filename, size_t fnlen)
+{
+	char real[CAPTURE_ID_MAX];
+	if (!part_id)
+		return TERN_ENOTFOUND;
+	pthread_mutex_lock(&st->mu);
+	int64_t seq = seq_of(st, id, real);
+	pthread_mutex_unlock(&st->mu);
+	if (!seq)
+		return TERN_ENOTFOUND;
+	struct tbuf raw = TBUF_INIT(SIZE_MAX / 2);
+	int rc = read_raw(st, real, &raw);
+	if (rc == TERN_OK)
+		rc = mime_part_get(raw.data ? raw.data : "", raw.len, part_id, out, content_type,
+				   ctlen, filename, fnlen);
+	tbuf_free(&raw);
+	return rc;
+}
+
+int capture_envelope(struct capture_store *st, const char *id, char **from, char ***to,
+		     size_t *n_to)
+{
+	*from = NULL;
+	*to = NULL;
+	*n_to = 0;
+	int rc = TERN_ENOTFOUND;
+	json_t *arr = NULL;
+	pthread_mutex_lock(&st->mu);
+	int64_t seq = seq_of(st, id, NULL);
+	sqlite3_stmt *s = seq ? prep(st, "SELECT env_from, env_to FROM messages WHERE seq = ?")
+			      : NULL;
+	if (s) {
+		sqlite3_bind_int64(s, 1, seq);
+		if (sqlite3_step(s) == SQLITE_ROW) {
+			rc = TERN_ENOMEM;
+			*from = tern_strdup(col_text(s, 0));
+			arr = json_loads(col_text(s, 1), 0, NULL);
+		}
+	}
+	sqlite3_finalize(s);
+	pthread_mutex_unlock(&st->mu);
+	if (!*from)
+		goto out;
+	size_t n = json_is_array(arr) ? json_array_size(arr) : 0;
+	*to = calloc(n + 1, sizeof(char *));
+	if (!*to)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		const char *v = json_string_value(json_array_get(arr, i));
+		(*to)[*n_to] = tern_strdup(v ? v : "");
+		if (!(*to)[*n_to])
+			goto out;
+		(*n_to)++;
+	}
+	rc = TERN_OK;
+out:
+	json_decref(arr);
+	if (rc != TERN_OK) {
+		free(*from);
+		for (size_t i = 0; *to && i < *n_to; i++)
+			free((*to)[i]);
+		free(*to);
+		*from = NULL;
+		*to = NULL;
+		*n_to = 0;
+	}
+	return rc;
+}
+
+/* -------------------------------------------------------------- deleting */
+
+struct victims {
+	int64_t *seq;
+	char (*id)[CAPTURE_ID_MAX];
+	size_t n, cap;
+};
+
+static int victims_add(struct victims *v, int64_t seq, const char *id)
+{
+	if (v->n == v->cap) {
+		size_t nc = v->cap ? v->cap * 2 : 64;
+		int64_t *ns = realloc(v->seq, nc * sizeof(*ns));
+		if (!ns)
+			return TERN_ENOMEM;
+		v->seq = ns;
+		char(*ni)[CAPTURE_ID_MAX] = realloc(v->id, nc * sizeof(*ni));
+		if (!ni)
+			return TERN_ENOMEM;
+		v->id = ni;
+		v->cap = nc;
+	}
+	v->seq[v->n] = seq;
+	tern_strlcpy(v->id[v->n], id, CAPTURE_ID_MAX);
+	v->n++;
+	return TERN_OK;
+}
+
+static void victims_free(struct victims *v)
+{
+	free(v->seq);
+	free(v->id);
+	memset(v, 0, sizeof(*v));
+}
+
+/* Collects (seq, id) of a prepared SELECT seq, id ... */
+static int collect(sqlite3_stmt *s, struct victims *v)
+{
+	int rc = TERN_OK, step;
+	while ((step = sqlite3_step(s)) == SQLITE_ROW && rc == TERN_OK)
+		rc = victims_add(v, sqlite3_column_int64(s, 0), col_text(s, 1));
+	if (rc == TERN_OK && step != SQLITE_DONE && step != SQLITE_ROW)
+		rc = TERN_EIO;
+	return rc;
+}
+
+/* Deletes the rows of v in one transaction (lock held), then recounts. */
+static int delete_rows(struct capture_store *st, const struct victims *v, bool all)
+{
+	static const char *const per_row[] = {
+	    "DELETE FROM messages WHERE seq = ?",
+	    "DELETE FROM recipients WHERE msg = ?",
+	    "DELETE FROM message_tags WHERE msg = ?",
+	    "DELETE FROM fts WHERE rowid = ?",
+	};
+	int rc = exec(st, "BEGIN IMMEDIATE");
+	if (rc != TERN_OK)
+		return rc;
+	if (all) {
+		rc = exec(st, "DELETE FROM messages; DELETE FROM recipients; "
+			      "DELETE FROM message_tags; DELETE FROM fts;");
+	} else {
+		for (size_t k = 0; k < 4 && rc == TERN_OK; k++) {
+			sqlite3_stmt *s = prep(st, per_row[k]);
+			if (!s) {
+				rc = TERN_EIO;
+				break;
+			}
+			for (size_t i = 0; i < v->n && rc == TERN_OK; i++) {
+				sqlite3_reset(s);
+				sqlite3_bind_int64(s, 1, v->seq[i]);
+				if (sqlite3_step(s) != SQLITE_DONE)
+					rc = TERN_EIO;
+			}
+			sqlite3_finalize(s);
+		}
+	}
+	if (rc == TERN_OK)
+		rc = exec(st, "DELETE FROM tags WHERE id NOT IN (SELECT tag FROM message_tags)");
+	if (rc == TERN_OK)
+		rc = exec(st, "COMMIT");
+	if (rc != TERN_OK)
+		exec(st, "ROLLBACK");
+	recount(st);
+	return rc;
+}
+
+static void unlink_files(struct capture_store *st, const struct victims *v)
+{
+	for (size_t i = 0; i < v->n; i++) {
+		char path[4200];
+		msg_path(st, v->id[i], ".eml", path, sizeof(path));
+		if (unlink(path) != 0 && errno != ENOENT)
+			log_warn("event=capture_unlink_failed id=%s errno=%d", v->id[i], errno);
+	}
+}
+
+static json_t *ids_event(const struct victims *v)
+{
+	json_t *ids = json_array();
+	for (size_t i = 0; ids && i < v->n; i++)
+		json_array_append_new(ids, jstr(v->id[i]));
+	return json_pack("{s:o}", "IDs", ids);
+}
+
+/* The common tail: delete, unlock, unlink, notify. Lock held on entry. */
+static int finish_delete(struct capture_store *st, struct victims *v, bool all)
+{
+	int rc = TERN_OK;
+	struct event ev = {"delete", NULL};
+	if (v->n || all)
+		rc = delete_rows(st, v, all);
+	pthread_mutex_unlock(&st->mu);
+	if (rc == TERN_OK && (v->n || all)) {
+		unlink_files(st, v);
+		ev.data = all ? json_pack("{s:b}", "All", 1) : ids_event(v);
+		emit(st, &ev);
+	}
+	victims_free(v);
+	return rc;
+}
+
+int capture_delete(struct capture_store *st, const char *const *ids, size_t n)
+{
+	struct victims v = {0};
+	int rc = TERN_OK;
+	pthread_mutex_lock(&st->mu);
+	if (n == 0) {
+		sqlite3_stmt *s = prep(st, "SELECT seq, id FROM messages");
+		rc = s ? collect(s, &v) : TERN_EIO;
+		sqlite3_finalize(s);
+	} else {
+		for (size_t i = 0; i < n && rc == TERN_OK; i++) {
+			char real[CAPTURE_ID_MAX];
+			if (!id_valid(ids[i]))
+				continue;
+			int64_t seq = seq_of(st, ids[i], real);
+			if (seq)
+				rc = victims_add(&v, seq, real);
+		}
+	}
+	if (rc != TERN_OK) {
+		pthread_mutex_unlock(&st->mu);
+		victims_free(&v);
+		return rc;
+	}
+	return finish_delete(st, &v, n == 0);
+}
+
+int capture_delete_search(struct capture_store *st, const char *query)
+{
+	if (blank_query(query))
+		return capture_delete(st, NULL, 0);
+	struct capture_query q;
+	int rc = capture_query_parse(query, strlen(query), &q);
+	if (rc != TERN_OK) {
+		capture_query_free(&q);
+		return rc;
+	}
+	struct victims v = {0};
+	struct tbuf sql = TBUF_INIT(1 << 20);
+	tbuf_printf(&sql, "SELECT m.seq, m.id FROM messages m WHERE %s", q.where.data);
+	pthread_mutex_lock(&st->mu);
+	sqlite3_stmt *s = sql.data ? prep(st, sql.data) : NULL;
+	if (s) {
+		bind_params(s, &q);
+		rc = collect(s, &v);
+	} else {
+		rc = TERN_EIO;
+	}
+	sqlite3_finalize(s);
+	tbuf_free(&sql);
+	capture_query_free(&q);
+	if (rc != TERN_OK) {
+		pthread_mutex_unlock(&st->mu);
+		victims_free(&v);
+		return rc;
+	}
+	return finish_delete(st, &v, false);
+}
+
+size_t capture_prune(struct capture_store *st, uint64_t max_messages, uint64_t max_age)
+{
+	struct victims v = {0};
+	int rc = TERN_OK;
+	pthread_mutex_lock(&st->mu);
+	if (max_age) {
+		sqlite3_stmt *s = prep(st, "SELECT seq, id FROM messages WHERE created < ?");
+		if (s) {
+			int64_t cutoff = now_us() - (int64_t)(max_age > INT64_MAX / 2000000
+								  ? INT64_MAX / 2
+								  : max_age * 1000000);
+			sqlite3_bind_int64(s, 1, cutoff);
+			rc = collect(s, &v);
+		}
+		sqlite3_finalize(s);
+	}
+	if (rc == TERN_OK && max_messages && st->total > max_messages) {
+		/* newest-first on the created index; everything past the limit goes
+		 * (rows already collected by age are skipped) */
+		sqlite3_stmt *s = prep(st, "SELECT seq, id FROM messages ORDER BY created DESC, seq "
+					   "DESC LIMIT -1 OFFSET ?");
+		if (s) {
+			sqlite3_bind_int64(s, 1, (sqlite3_int64)max_messages);
+			size_t before = v.n;
+			int step;
+			while ((step = sqlite3_step(s)) == SQLITE_ROW && rc == TERN_OK) {
+				int64_t seq = sqlite3_column_int64(s, 0);
+				bool dup = false;
+				for (size_t i = 0; i < before && !dup; i++)
+					dup = v.seq[i] == seq;
+				if (!dup)
+					rc = victims_add(&v, seq, col_text(s, 1));
+			}
+		}
+		sqlite3_finalize(s);
+	}
+	size_t n = v.n;
+	if (rc != TERN_OK) {
+		pthread_mutex_unlock(&st->mu);
+		victims_free(&v);
+		return 0;
+	}
+	if (finish_delete(st, &v, false) != TERN_OK)
+		return 0;
+	return n;
+}
+
+/* ------------------------------------------------------ read and tagging */
+
+int capture_set_read(struct capture_store *st, const char *const *ids, size_t n, bool read)
+{
+	struct victims v = {0};
+	struct event ev = {"update", NULL};
+	int rc = TERN_OK;
+	pthread_mutex_lock(&st->mu);
+	if (n == 0) {
+		sqlite3_stmt *s = prep(st, "UPDATE messages SET read = ? WHERE read != ?");
+		if (s) {
+			sqlite3_bind_int(s, 1, read);
+			sqlite3_bind_int(s, 2, read);
+			if (sqlite3_step(s) != SQLITE_DONE)
+				rc = TERN_EIO;
+		} else {
+			rc = TERN_EIO;
+		}
+		sqlite3_finalize(s);
+		if (rc == TERN_OK)
+			ev.data = json_pack("{s:b}", "All", 1);
+	} else {
+		rc = exec(st, "BEGIN IMMEDIATE");
+		sqlite3_stmt *s = rc == TERN_OK ? prep(st, "UPDATE messages SET read = ? WHERE id = ?")
+						: NULL;
+		for (size_t i = 0; s && i < n && rc == TERN_OK; i++) {
+			if (!id_valid(ids[i]))
+				continue;
+			sqlite3_reset(s);
+			sqlite3_bind_int(s, 1, read);
+			sqlite3_bind_text(s, 2, ids[i], -1, SQLITE_STATIC);
+			if (sqlite3_step(s) != SQLITE_DONE)
+				rc = TERN_EIO;
+			else if (sqlite3_changes(st->db) > 0)
+				rc = victims_add(&v, 0, ids[i]);
+		}
+		sqlite3_finalize(s);
+		if (rc == TERN_OK && !s)
+			rc = TERN_EIO;
+		if (rc == TERN_OK)
+			rc = exec(st, "COMMIT");
+		else
+			exec(st, "ROLLBACK");
+		if (rc == TERN_OK && v.n)
+			ev.data = ids_event(&v);
+	}
+	st->unread = (uint64_t)scalar_i64(st, "SELECT COUNT(*) FROM messages WHERE read = 0");
+	pthread_mutex_unlock(&st->mu);
+	victims_free(&v);
+	emit(st, &ev);
+	return rc;
+}
+
+json_t *capture_tags(struct capture_store *st)
+{
+	pthread_mutex_lock(&st->mu);
+	json_t *t = tags_locked(st);
+	pthread_mutex_unlock(&st->mu);
+	return t;
+}
+
+/* Tags are trimmed, must be non-empty, at most MAX_TAG_LEN bytes and free
+ * of control characters (they end up in URLs and headers of the UI). */
+static int clean_tag(const char *in, char *out, size_t outlen)
+{
+	if (!in)
+		return TERN_EINVAL;
+	while (*in == ' ' || *in == '\t')
+		in++;
+	size_t n = strlen(in);
+	while (n && (in[n - 1] == ' ' || in[n - 1] == '\t'))
+		n--;
+	if (n == 0 || n > MAX_TAG_LEN || n >= outlen)
+		return TERN_EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)in[i] < 0x20 || in[i] == 0x7f)
+			return TERN_EINVAL;
+	memcpy(out, in, n);
+	out[n] = '\0';
+	return TERN_OK;
+}
+
+int capture_set_tags(struct capture_store *st, const char *const *ids, size_t n,
+		     const char *const *tags, size_t n_tags)
+{
+	char(*clean)[MAX_TAG_LEN + 1] = calloc(n_tags ? n_tags : 1, sizeof(*clean));
+	if (!clean)
+		return TERN_ENOMEM;
+	int rc = TERN_OK;
+	for (size_t i = 0; i < n_tags && rc == TERN_OK; i++)
+		rc = clean_tag(tags[i], clean[i], sizeof(clean[i]));
+	if (rc != TERN_OK) {
+		free(clean);
+		return rc;
+	}
+	struct victims v = {0};
+	struct event ev = {"update", NULL};
+	sqlite3_stmt *del = NULL, *ins_tag = NULL, *link = NULL;
+	pthread_mutex_lock(&st->mu);
+	rc = exec(st, "BEGIN IMMEDIATE");
+	if (rc != TERN_OK)
+		goto unlock;
+	del = prep(st, "DELETE FROM message_tags WHERE msg = ?");
+	ins_tag = prep(st, "INSERT OR IGNORE INTO tags (name) VALUES (?)");
+	link = prep(st, "INSERT OR IGNORE INTO message_tags (msg, tag) "
+			"SELECT ?, id FROM tags WHERE name = ?");
+	if (!del || !ins_tag || !link)
+		rc = TERN_EIO;
+	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
+		char real[CAPTURE_ID_MAX];
+		int64_t seq = seq_of(st, ids[i], real);
+		if (!seq)
+			continue;
+		sqlite3_reset(del);
+		sqlite3_bind_int64(del, 1, seq);
+		if (sqlite3_step(del) != SQLITE_DONE)
+			rc = TERN_EIO;
+		for (size_t t = 0; t < n_tags && rc == TERN_OK; t++) {
+			sqlite3_reset(ins_tag);
+			sqlite3_bind_text(ins_tag, 1, clean[t], -1, SQLITE_STATIC);
+			sqlite3_reset(link);
+			sqlite3_bind_int64(link, 1, seq);
+			sqlite3_bind_text(link, 2, clean[t], -1, SQLITE_STATIC);
+			if (sqlite3_step(ins_tag) != SQLITE_DONE || sqlite3_step(link) != SQLITE_DONE)
+				rc = TERN_EIO;
+		}
+		if (rc == TERN_OK)
+			rc = victims_add(&v, seq, real);
+	}
+	if (rc == TERN_OK)
+		rc = exec(st, "DELETE FROM tags WHERE id NOT IN (SELECT tag FROM message_tags)");
+	if (rc == TERN_OK)
+		rc = exec(st, "COMMIT");
+	else
+		exec(st, "ROLLBACK");
+	if (rc == TERN_OK && v.n)
+		ev.data = ids_event(&v);
+unlock:
+	sqlite3_finalize(del);
+	sqlite3_finalize(ins_tag);
+	sqlite3_finalize(link);
+	pthread_mutex_unlock(&st->mu);
+	free(clean);
+	victims_free(&v);
+	emit(st, &ev);
+	return rc;
+}
+
+/* IDs of the messages carrying a tag (lock held). */
+static int tagged(struct capture_store *st, int64_t tag, struct victims *v)
+{
+	sqlite3_stmt *s = prep(st, "SELECT m.seq, m.id FROM message_tags mt JOIN messages m ON "
+				   "m.seq = mt.msg WHERE mt.tag = ?");
+	if (!s)
+		return TERN_EIO;
+	sqlite3_bind_int64(s, 1, tag);
+	int rc = collect(s, v);
+	sqlite3_finalize(s);
+	return rc;
+}
+
+static int64_t tag_id(struct capture_store *st, const char *name)
+{
+	sqlite3_stmt *s = prep(st, "SELECT id FROM tags WHERE name = ?");
+	int64_t id = 0;
+	if (s) {
+		sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+		if (sqlite3_step(s) == SQLITE_ROW)
+			id = sqlite3_column_int64(s, 0);
+	}
+	sqlite3_finalize(s);
+	return id;
+}
+
+static int exec_bound(struct capture_store *st, const char *sql, int64_t a, int64_t b,
+		      const char *text)
+{
+	sqlite3_stmt *s = prep(st, sql);
+	if (!s)
+		return TERN_EIO;
+	if (text)
+		sqlite3_bind_text(s, 1, text, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_int64(s, 1, a);
+	sqlite3_bind_int64(s, 2, b);
+	int rc = sqlite3_step(s) == SQLITE_DONE ? TERN_OK : TERN_EIO;
+	sqlite3_finalize(s);
+	return rc;
+}
+
+int capture_rename_tag(struct capture_store *st, const char *from, const char *to)
+{
+	char cfrom[MAX_TAG_LEN + 1], cto[MAX_TAG_LEN + 1];
+	if (clean_tag(from, cfrom, sizeof(cfrom)) != TERN_OK ||
+	    clean_tag(to, cto, sizeof(cto)) != TERN_OK)
+		return TERN_EINVAL;
+	struct victims v = {0};
+	struct event ev = {"update", NULL};
+	pthread_mutex_lock(&st->mu);
+	int rc = TERN_ENOTFOUND;
+	int64_t fid = tag_id(st, cfrom);
+	if (!fid)
+		goto unlock;
+	rc = exec(st, "BEGIN IMMEDIATE");
+	if (rc != TERN_OK)
+		goto unlock;
+	rc = tagged(st, fid, &v);
+	int64_t tid = tag_id(st, cto);
+	if (rc == TERN_OK && tid && tid != fid) {
+		/* renaming onto an existing tag merges the two */
+		rc = exec_bound(st, "INSERT OR IGNORE INTO message_tags (msg, tag) SELECT msg, ? "
+				    "FROM message_tags WHERE tag = ?",
+				tid, fid, NULL);
+		if (rc == TERN_OK)
+			rc = exec_bound(st, "DELETE FROM message_tags WHERE tag = ?1 AND ?2 = 0", fid,
+					0, NULL);
+	} else if (rc == TERN_OK) {
+		rc = exec_bound(st, "UPDATE tags SET name = ? WHERE id = ?", 0, fid, cto);
+	}
+	if (rc == TERN_OK)
+		rc = exec(st, "DELETE FROM tags WHERE id NOT IN (SELECT tag FROM message_tags)");
+	if (rc == TERN_OK)
+		rc = exec(st, "COMMIT");
+	else
+		exec(st, "ROLLBACK");
+	if (rc == TERN_OK && v.n)
+		ev.data = ids_event(&v);
+unlock:
+	pthread_mutex_unlock(&st->mu);
+	victims_free(&v);
+	emit(st, &ev);
+	return rc;
+}
+
+int capture_delete_tag(struct capture_store *st, const char *tag)
+{
+	char ct[MAX_TAG_LEN + 1];
+	if (clean_tag(tag, ct, sizeof(ct)) != TERN_OK)
+		return TERN_EINVAL;
+	struct victims v = {0};
+	struct event ev = {"update", NULL};
+	pthread_mutex_lock(&st->mu);
+	int rc = TERN_ENOTFOUND;
+	int64_t id = tag_id(st, ct);
+	if (!id)
+		goto unlock;
+	rc = exec(st, "BEGIN IMMEDIATE");
+	if (rc != TERN_OK)
+		goto unlock;
+	rc = tagged(st, id, &v);
+	if (rc == TERN_OK)
+		rc = exec_bound(st, "DELETE FROM message_tags WHERE tag = ?1 AND ?2 = 0", id, 0,
+				NULL);
+	if (rc == TERN_OK)
+		rc = exec_bound(st, "DELETE FROM tags WHERE id = ?1 AND ?2 = 0", id, 0, NULL);
+	if (rc == TERN_OK)
+		rc = exec(st, "COMMIT");
+	else
+		exec(st, "ROLLBACK");
+	if (rc == TERN_OK && v.n)
+		ev.data = ids_event(&v);
+unlock:
+	pthread_mutex_unlock(&st->mu);
+	victims_free(&v);
+	emit(st, &ev);
+	return rc;
+}
+
+/* ------------------------------------------------------ stats, subscribe */
+
+void capture_stats(struct capture_store *st, uint64_t *messages, uint64_t *unread,
+		   uint64_t *bytes)
+{
+	pthread_mutex_lock(&st->mu);
+	uint64_t raw = st->raw_bytes;
+	if (messages)
+		*messages = st->total;
+	if (unread)
+		*unread = st->unread;
+	pthread_mutex_unlock(&st->mu);
+	if (bytes) {
+		/* the database (with its WAL) plus the raw message files */
+		static const char *const files[] = {"capture.db", "capture.db-wal"};
+		uint64_t sum = raw;
+		for (size_t i = 0; i < 2; i++) {
+			char path[4200];
+			struct stat sb;
+			snprintf(path, sizeof(path), "%s/%s", st->dir, files[i]);
+			if (stat(path, &sb) == 0)
+				sum += (uint64_t)sb.st_size;
+		}
+		*bytes = sum;
+	}
+}
+
+void capture_subscribe(struct capture_store *st, capture_event_fn fn, void *arg)
+{
+	pthread_mutex_lock(&st->mu);
+	if (st->n_subs < MAX_SUBS && fn)
+		st->subs[st->n_subs++] = (struct sub){fn, arg};
+	else if (fn)
+		log_warn("event=capture_too_many_subscribers max=%d", MAX_SUBS);
+	pthread_mutex_unlock(&st->mu);
+}
