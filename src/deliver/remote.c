@@ -1235,7 +1235,10 @@ static void conn_resolve(struct rconn *c)
 		addresses_done(c);
 		return;
 	}
-	if (dns_query(c->res, c->domain, DNS_MX, on_mx, c) < 0)
+	int q = dns_query(c->res, c->domain, DNS_MX, on_mx, c);
+	if (q == TERN_ESYNTAX)
+		fail_dns(c, true, "5.1.2", "550 5.1.2 the recipient domain is not a valid DNS name");
+	else if (q < 0)
 		fail_dns(c, false, "4.4.3", "cannot start the MX lookup");
 }
 

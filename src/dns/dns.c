@@ -11,6 +11,9 @@
  * our per-query callback, so user callbacks always run on the thread that
  * runs the resolver's event base, never on libunbound's thread.
  *
+ * Every query ends exactly once: with libunbound's answer, with TEMPFAIL at
+ * DNS_DEADLINE_SEC, or silently by dns_cancel / dns_resolver_free.
+ *
  * Must never: call a user callback from inside dns_query or dns_cancel, call
  * the callback of a cancelled query, block the loop (no ub_wait, no
  * ub_resolve), or free the ub_ctx while ub_process is on the stack (a
@@ -33,6 +36,14 @@
 
 #define DNS_BUCKETS 256
 
+/*
+ * No query waits longer than this, whatever libunbound does: with one
+ * silent forwarder it gives up after about 5 s (see the options below), but
+ * with several silent forwarders it was measured taking 40 s and more. A
+ * session waiting on DNS must not wait on that.
+ */
+#define DNS_DEADLINE_SEC 10
+
 /* RFC 1035 rcodes libunbound reports */
 #define RCODE_NOERROR 0
 #define RCODE_NXDOMAIN 3
@@ -43,7 +54,8 @@ struct dns_q {
 	int id;             /* ours, what the caller sees */
 	int ub_id;          /* libunbound's async id */
 	int rrtype;
-	bool cancelled;     /* cancelled but libunbound may still call back */
+	bool cancelled; /* cancelled but libunbound may still call back */
+	struct event *deadline;
 	dns_cb cb;
 	void *arg;
 	char qname[DNS_NAME_MAX + 1];
@@ -55,8 +67,9 @@ struct dns_resolver {
 	struct event *ev;
 	int next_id;
 	size_t n_pending;
-	int depth;  /* > 0 while ub_process is on the stack */
-	bool dying; /* dns_resolver_free was called from inside a callback */
+	int depth;   /* > 0 while ub_process is on the stack */
+	bool dying;  /* dns_resolver_free was called from inside a callback */
+	bool broken; /* libunbound's pipe failed: no answer will ever come */
 	struct dns_q *bucket[DNS_BUCKETS];
 };
 
@@ -94,6 +107,13 @@ static void q_remove(struct dns_resolver *res, struct dns_q *q)
 		res->n_pending--;
 	}
 	q->next = NULL;
+}
+
+static void q_free(struct dns_q *q)
+{
+	if (q->deadline)
+		event_free(q->deadline);
+	free(q);
 }
 
 /* Positive, unique among outstanding queries; wraps after INT_MAX. */
@@ -175,8 +195,8 @@ static enum dns_status fill_data(struct dns_result *r, const struct ub_result *u
 		if (!r->mx)
 			return DNS_ERROR;
 		for (size_t i = 0; i < n; i++) {
-			if (ur->len[i] < 0 ||
-			    !dns_parse_mx((const uint8_t *)ur->data[i], (size_t)ur->len[i], &r->mx[i]))
+			if (ur->len[i] < 0 || !dns_parse_mx((const uint8_t *)ur->data[i],
+			                                    (size_t)ur->len[i], &r->mx[i]))
 				return DNS_ERROR;
 			r->n++;
 		}
@@ -187,8 +207,8 @@ static enum dns_status fill_data(struct dns_result *r, const struct ub_result *u
 		if (!r->txt)
 			return DNS_ERROR;
 		for (size_t i = 0; i < n; i++) {
-			if (ur->len[i] < 0 ||
-			    !dns_parse_txt((const uint8_t *)ur->data[i], (size_t)ur->len[i], &r->txt[i]))
+			if (ur->len[i] < 0 || !dns_parse_txt((const uint8_t *)ur->data[i],
+			                                     (size_t)ur->len[i], &r->txt[i]))
 				return DNS_ERROR;
 			r->n++;
 		}
@@ -202,7 +222,7 @@ static enum dns_status fill_data(struct dns_result *r, const struct ub_result *u
 			size_t used = 0;
 			if (ur->len[i] < 0 ||
 			    !dns_parse_name((const uint8_t *)ur->data[i], (size_t)ur->len[i], name,
-					    sizeof(name), &used) ||
+			                    sizeof(name), &used) ||
 			    used != (size_t)ur->len[i])
 				return DNS_ERROR;
 			r->ptr[i] = tern_strdup(name);
@@ -216,8 +236,8 @@ static enum dns_status fill_data(struct dns_result *r, const struct ub_result *u
 		if (!r->tlsa)
 			return DNS_ERROR;
 		for (size_t i = 0; i < n; i++) {
-			if (ur->len[i] < 0 ||
-			    !dns_parse_tlsa((const uint8_t *)ur->data[i], (size_t)ur->len[i], &r->tlsa[i]))
+			if (ur->len[i] < 0 || !dns_parse_tlsa((const uint8_t *)ur->data[i],
+			                                      (size_t)ur->len[i], &r->tlsa[i]))
 				return DNS_ERROR;
 			r->n++;
 		}
@@ -269,6 +289,17 @@ static void fill_result(struct dns_result *r, int err, const struct ub_result *u
 	}
 }
 
+/* Hands r to q's callback, then frees r's contents. q is already out of the
+ * table and is freed first: the callback may start, cancel or free anything. */
+static void deliver(struct dns_q *q, struct dns_result *r)
+{
+	dns_cb cb = q->cb;
+	void *cbarg = q->arg;
+	q_free(q);
+	cb(cbarg, r);
+	dns_result_free(r);
+}
+
 static void on_answer(void *arg, int err, struct ub_result *ur)
 {
 	struct dns_q *q = arg;
@@ -280,7 +311,7 @@ static void on_answer(void *arg, int err, struct ub_result *ur)
 		/* only reachable if ub_cancel failed; the caller was told the
 		 * query is gone, so stay silent */
 		ub_resolve_free(ur);
-		free(q);
+		q_free(q);
 		return;
 	}
 	memset(&r, 0, sizeof(r));
@@ -291,14 +322,42 @@ static void on_answer(void *arg, int err, struct ub_result *ur)
 	if (r.status == DNS_TEMPFAIL || r.status == DNS_ERROR) {
 		char qn[DNS_NAME_MAX * 2];
 		log_debug("event=dns_fail qname=%s type=%d status=%s ub_err=%d bogus=%d",
-			  log_quote(q->qname, strlen(q->qname), qn, sizeof(qn)), q->rrtype,
-			  dns_status_name(r.status), err, r.bogus ? 1 : 0);
+		          log_quote(q->qname, strlen(q->qname), qn, sizeof(qn)), q->rrtype,
+		          dns_status_name(r.status), err, r.bogus ? 1 : 0);
 	}
-	dns_cb cb = q->cb;
-	void *cbarg = q->arg;
-	free(q);
-	cb(cbarg, &r);
-	dns_result_free(&r);
+	deliver(q, &r);
+}
+
+/* The query outlived DNS_DEADLINE_SEC: it ends in TEMPFAIL now and
+ * libunbound's eventual answer is dropped. */
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct dns_q *q = arg;
+	struct dns_resolver *res = q->res;
+	struct dns_result r;
+
+	if (q->cancelled)
+		return;
+	memset(&r, 0, sizeof(r));
+	r.status = DNS_TEMPFAIL;
+	r.rrtype = q->rrtype;
+	tern_strlcpy(r.qname, q->qname, sizeof(r.qname));
+	char qn[DNS_NAME_MAX * 2];
+	log_info("event=dns_timeout qname=%s type=%d after=%ds",
+	         log_quote(q->qname, strlen(q->qname), qn, sizeof(qn)), q->rrtype,
+	         DNS_DEADLINE_SEC);
+	q_remove(res, q);
+	if (ub_cancel(res->ctx, q->ub_id) != 0) {
+		/* not expected (see dns_cancel); keep q so a late answer
+		 * finds it cancelled and stays silent */
+		dns_cb cb = q->cb;
+		void *cbarg = q->arg;
+		q->cancelled = true;
+		q_insert(res, q);
+		cb(cbarg, &r);
+		return;
+	}
+	deliver(q, &r);
 }
 
 static void destroy(struct dns_resolver *res)
@@ -314,7 +373,7 @@ static void destroy(struct dns_resolver *res)
 		struct dns_q *q = res->bucket[b];
 		while (q) {
 			struct dns_q *next = q->next;
-			free(q);
+			q_free(q);
 			q = next;
 		}
 		res->bucket[b] = NULL;
@@ -333,7 +392,7 @@ static void fail_all(struct dns_resolver *res)
 			if (!q->cancelled)
 				ub_cancel(res->ctx, q->ub_id);
 			if (q->cancelled) {
-				free(q);
+				q_free(q);
 				continue;
 			}
 			struct dns_result r;
@@ -341,10 +400,7 @@ static void fail_all(struct dns_resolver *res)
 			r.status = DNS_TEMPFAIL;
 			r.rrtype = q->rrtype;
 			tern_strlcpy(r.qname, q->qname, sizeof(r.qname));
-			dns_cb cb = q->cb;
-			void *cbarg = q->arg;
-			free(q);
-			cb(cbarg, &r);
+			deliver(q, &r);
 		}
 	}
 }
@@ -360,6 +416,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 		/* the background thread is gone: stop watching a dead pipe
 		 * and tell everyone waiting, rather than leave them hanging */
 		event_del(res->ev);
+		res->broken = true;
 		fail_all(res);
 	}
 	res->depth--;
@@ -370,8 +427,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 /* ------------------------------------------------------- public */
 
 struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const *forward,
-				      size_t n_forward, const char *trust_anchor_file, char *err,
-				      size_t errlen)
+                                      size_t n_forward, const char *trust_anchor_file, char *err,
+                                      size_t errlen)
 {
 	struct dns_resolver *res = NULL;
 	int r;
@@ -453,7 +510,7 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const
 		if (!forward[i] || (r = ub_ctx_set_fwd(res->ctx, forward[i])) != 0) {
 			if (err && errlen)
 				snprintf(err, errlen, "dns: bad forward address \"%s\"",
-					 forward[i] ? forward[i] : "(null)");
+				         forward[i] ? forward[i] : "(null)");
 			goto fail;
 		}
 	}
@@ -476,7 +533,7 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const
 		if (!f) {
 			if (err && errlen)
 				snprintf(err, errlen, "dns: trust anchor file %s: %s",
-					 trust_anchor_file, strerror(errno));
+				         trust_anchor_file, strerror(errno));
 			goto fail;
 		}
 		fclose(f);
@@ -484,6 +541,17 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const
 			set_error(err, errlen, "dns: trust anchor", r);
 			goto fail;
 		}
+	}
+	/*
+	 * libunbound applies its configuration (reads the trust anchor,
+	 * builds its zones) lazily at the first query: on a worker, possibly
+	 * after privileges were dropped, with the error surfacing as failed
+	 * deliveries. Removing a zone that cannot exist makes it do that
+	 * now, so a bad anchor or option fails here, at startup.
+	 */
+	if ((r = ub_ctx_zone_remove(res->ctx, "tern-finalize.invalid.")) != 0) {
+		set_error(err, errlen, "dns: configuration", r);
+		goto fail;
 	}
 	int fd = ub_fd(res->ctx);
 	if (fd < 0) {
@@ -516,6 +584,8 @@ void dns_resolver_free(struct dns_resolver *res)
 				ub_cancel(res->ctx, q->ub_id);
 				q->cancelled = true;
 			}
+			if (q->deadline)
+				event_del(q->deadline);
 		}
 	}
 	if (res->depth > 0) {
@@ -561,12 +631,19 @@ int dns_query(struct dns_resolver *res, const char *name, int rrtype, dns_cb cb,
 
 	if (!res || res->dying || !cb || !name || !type_ok(rrtype))
 		return TERN_EINVAL;
+	if (res->broken)
+		return TERN_EIO; /* and not a query that would wait forever */
 	if (!name_ok(name))
 		return TERN_ESYNTAX;
 	q = calloc(1, sizeof(*q));
 	if (!q)
 		return TERN_ENOMEM;
 	q->res = res;
+	q->deadline = evtimer_new(res->base, on_deadline, q);
+	if (!q->deadline) {
+		free(q);
+		return TERN_ENOMEM;
+	}
 	q->rrtype = rrtype;
 	q->cb = cb;
 	q->arg = arg;
@@ -583,12 +660,18 @@ int dns_query(struct dns_resolver *res, const char *name, int rrtype, dns_cb cb,
 	if (r != 0) {
 		char qn[DNS_NAME_MAX * 2];
 		log_warn("event=dns_query_failed qname=%s error=\"%s\"",
-			 log_quote(name, strlen(name), qn, sizeof(qn)), ub_strerror(r));
-		free(q);
+		         log_quote(name, strlen(name), qn, sizeof(qn)), ub_strerror(r));
+		q_free(q);
 		if (r == UB_NOMEM)
 			return TERN_ENOMEM;
 		if (r == UB_SYNTAX)
 			return TERN_ESYNTAX;
+		return TERN_EIO;
+	}
+	struct timeval tv = {DNS_DEADLINE_SEC, 0};
+	if (evtimer_add(q->deadline, &tv) != 0) {
+		ub_cancel(res->ctx, q->ub_id);
+		q_free(q);
 		return TERN_EIO;
 	}
 	q->id = next_id(res);
@@ -608,10 +691,12 @@ void dns_cancel(struct dns_resolver *res, int query_id)
 	if (ub_cancel(res->ctx, q->ub_id) == 0) {
 		/* libunbound drops the answer without calling on_answer */
 		q_remove(res, q);
-		free(q);
+		q_free(q);
 		return;
 	}
-	/* libunbound no longer knows the id; keep q so that a late
-	 * on_answer finds it and stays silent */
+	/* libunbound no longer knows the id (it forgets a query only just
+	 * before calling on_answer, so this is not expected); keep q so that
+	 * a late on_answer finds it and stays silent */
 	q->cancelled = true;
+	event_del(q->deadline);
 }
