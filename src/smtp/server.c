@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "auth/auth.h"
+#include "core/codec.h"
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/id.h"
@@ -101,6 +102,8 @@ struct session {
 	bool discard_line;  /* skipping the rest of an over-long command line */
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
 	bool esmtp;
+	bool authenticated;
+	uint8_t auth_step;  /* AUTH dialogue: 0 none, else which response we wait for */
 	uint32_t errors;
 	uint64_t serial;
 	uint32_t n_msgs;
@@ -384,6 +387,8 @@ static void cmd_helo(struct session *s, const struct smtp_cmd *c)
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-CHUNKING");
 	reply(s, "250-BINARYMIME");
+	if (s->conf->capture_mode)
+		reply(s, "250-AUTH PLAIN LOGIN");
 	reply(s, "250 DSN");
 }
 
@@ -547,9 +552,12 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 
 static const char *proto_keyword(const struct session *s, const struct tx *t)
 {
+	/* RFC 3848 / RFC 6531: A for an authenticated client. */
 	if (t->smtputf8)
-		return "UTF8SMTP";
-	return s->esmtp ? "ESMTP" : "SMTP";
+		return s->authenticated ? "UTF8SMTPA" : "UTF8SMTP";
+	if (!s->esmtp)
+		return "SMTP";
+	return s->authenticated ? "ESMTPA" : "ESMTP";
 }
 
 /* Starts the message buffer with our Received header (RFC 5321 §4.4). */
@@ -646,6 +654,120 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
+/* ------------------------------------------------------------------ AUTH */
+
+enum { AUTH_NONE = 0, AUTH_PLAIN_RESPONSE, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
+
+/* A SASL response must be valid base64 (RFC 4954 §4); "*" cancels. */
+static bool sasl_response_ok(const char *p, size_t n, bool plain)
+{
+	struct tbuf b;
+	tbuf_init(&b, 4096);
+	bool ok = tern_base64_decode(p, n, &b) == TERN_OK;
+	if (ok && plain) {
+		/* authzid NUL authcid NUL passwd */
+		size_t nuls = 0;
+		for (size_t i = 0; i < b.len; i++)
+			nuls += b.data[i] == '\0';
+		ok = nuls == 2;
+	}
+	tbuf_free(&b);
+	return ok;
+}
+
+static void auth_succeed(struct session *s, const char *mech)
+{
+	s->auth_step = AUTH_NONE;
+	s->authenticated = true;
+	log_info("event=auth sess=%u.%llu client=%s mechanism=%s result=ok mode=capture",
+		 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer, mech);
+	reply(s, "235 2.7.0 Authentication successful");
+}
+
+/*
+ * Capture mode takes any credentials (applications under test log in with
+ * whatever they have); the "authentication" chaos trigger can fail them.
+ */
+static void cmd_auth_capture(struct session *s, const struct smtp_cmd *c)
+{
+	if (s->authenticated) {
+		reply(s, "503 5.5.1 Already authenticated");
+		count_error(s);
+		return;
+	}
+	if (s->tx) {
+		reply(s, "503 5.5.1 AUTH is not allowed during a mail transaction");
+		count_error(s);
+		return;
+	}
+	if (!s->esmtp) {
+		reply(s, "503 5.5.1 Send EHLO first");
+		count_error(s);
+		return;
+	}
+	const char *arg = c->arg;
+	const char *sp = strchr(arg, ' ');
+	size_t ml = sp ? (size_t)(sp - arg) : strlen(arg);
+	const char *initial = sp ? sp + 1 : NULL;
+	bool plain = ml == 5 && strncasecmp(arg, "PLAIN", 5) == 0;
+	bool login = ml == 5 && strncasecmp(arg, "LOGIN", 5) == 0;
+	if (!plain && !login) {
+		reply(s, "504 5.5.4 Unrecognized authentication type (PLAIN and LOGIN are offered)");
+		count_error(s);
+		return;
+	}
+	int code = chaos_roll(&chaos.authentication);
+	if (code) {
+		reply(s, "%d %s Chaos: authentication failed on purpose (chaos trigger)", code,
+		      code >= 500 ? "5.7.8" : "4.7.0");
+		return;
+	}
+	if (initial && strcmp(initial, "=") != 0) {
+		if (!sasl_response_ok(initial, strlen(initial), plain)) {
+			reply(s, "501 5.5.2 Cannot decode the initial response");
+			count_error(s);
+			return;
+		}
+		if (plain) {
+			auth_succeed(s, "PLAIN");
+			return;
+		}
+		s->auth_step = AUTH_LOGIN_PASS; /* the initial response was the user name */
+		reply(s, "334 UGFzc3dvcmQ6");
+		return;
+	}
+	if (plain) {
+		s->auth_step = AUTH_PLAIN_RESPONSE;
+		reply(s, "334 ");
+	} else {
+		s->auth_step = AUTH_LOGIN_USER;
+		reply(s, "334 VXNlcm5hbWU6");
+	}
+}
+
+/* A line of the AUTH dialogue (after a 334). */
+static void auth_continue(struct session *s, const char *line, size_t n)
+{
+	if (n == 1 && line[0] == '*') {
+		s->auth_step = AUTH_NONE;
+		reply(s, "501 5.7.0 Authentication cancelled");
+		return;
+	}
+	uint8_t step = s->auth_step;
+	if (!sasl_response_ok(line, n, step == AUTH_PLAIN_RESPONSE)) {
+		s->auth_step = AUTH_NONE;
+		reply(s, "501 5.5.2 Cannot decode the response");
+		count_error(s);
+		return;
+	}
+	if (step == AUTH_LOGIN_USER) {
+		s->auth_step = AUTH_LOGIN_PASS;
+		reply(s, "334 UGFzc3dvcmQ6");
+		return;
+	}
+	auth_succeed(s, step == AUTH_PLAIN_RESPONSE ? "PLAIN" : "LOGIN");
+}
+
 static void cmd_simple(struct session *s, const struct smtp_cmd *c)
 {
 	switch (c->verb) {
@@ -687,8 +809,15 @@ static void cmd_simple(struct session *s, const struct smtp_cmd *c)
 		else
 			reply(s, "502 5.5.1 VRFY command is disabled");
 		break;
-	case SMTP_STARTTLS:
 	case SMTP_AUTH:
+		if (s->conf->capture_mode) {
+			cmd_auth_capture(s, c);
+			break;
+		}
+		reply(s, "502 5.5.1 Command not implemented on this listener");
+		count_error(s);
+		break;
+	case SMTP_STARTTLS:
 		reply(s, "502 5.5.1 Command not implemented on this listener");
 		count_error(s);
 		break;
@@ -907,7 +1036,10 @@ static bool read_command(struct session *s, struct evbuffer *in)
 	size_t n = linelen - 1;
 	if (n > 0 && line[n - 1] == '\r')
 		n--;
-	dispatch(s, line, n);
+	if (s->auth_step)
+		auth_continue(s, line, n);
+	else
+		dispatch(s, line, n);
 	/* dispatch may have closed the session, but the buffer is still ours. */
 	evbuffer_drain(in, linelen);
 	return true;
