@@ -132,7 +132,14 @@ static struct tern_runtime *runtime_load(const char *path, const struct capture_
 	return rt;
 }
 
-static int bind_listener(const char *address, char *err, size_t errlen)
+/*
+ * Binds a listening socket. With reuseport, several sockets (one per
+ * worker) share the port and the kernel spreads connections over them; the
+ * caller first binds one probe without it (probe_listener), because
+ * SO_REUSEPORT would otherwise let a second tern silently share a port that
+ * is already taken.
+ */
+static int bind_listener_opt(const char *address, bool reuseport, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
 	unsigned len = 0;
@@ -145,8 +152,8 @@ static int bind_listener(const char *address, char *err, size_t errlen)
 		goto fail;
 	int one = 1;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	/* One socket per worker on the same port: the kernel spreads accepts. */
-	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (reuseport)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 	if (ss.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 4096) != 0)
@@ -157,6 +164,21 @@ fail:
 	if (fd >= 0)
 		close(fd);
 	return -1;
+}
+
+/* Fails if someone already listens on address (see bind_listener_opt). */
+static int probe_listener(const char *address, char *err, size_t errlen)
+{
+	int fd = bind_listener_opt(address, false, err, errlen);
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
+}
+
+static int bind_listener(const char *address, char *err, size_t errlen)
+{
+	return bind_listener_opt(address, true, err, errlen);
 }
 
 /* chown -R of the data dir to the account we drop to (only as root). */
@@ -270,6 +292,11 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		n_workers = MAX_WORKERS;
 
 	for (size_t i = 0; i < conf->n_listeners; i++) {
+		if (probe_listener(conf->listeners[i].address, err, sizeof(err)) != 0) {
+			log_error("event=fatal listener=%s reason=\"%s\"", conf->listeners[i].name,
+				  err);
+			goto out;
+		}
 		for (unsigned w = 0; w < n_workers; w++) {
 			if (n_fds == MAX_FDS) {
 				log_error("event=fatal reason=\"too many listeners\"");
@@ -289,7 +316,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			 conf->listeners[i].profile);
 	}
 	if (cap) {
-		http_fd = bind_listener(cap->http, err, sizeof(err));
+		http_fd = bind_listener_opt(cap->http, false, err, sizeof(err));
 		if (http_fd < 0) {
 			log_error("event=fatal listener=http reason=\"%s\"", err);
 			goto out;
