@@ -384,7 +384,8 @@ static void html_to_text(const char *h, struct tbuf *out)
 					char close[16];
 					snprintf(close, sizeof(close), "</%s", skip[i]);
 					const char *e = p + 1;
-					while (*e && g_ascii_strncasecmp(e, close, strlen(close)) != 0)
+					while (*e &&
+					       g_ascii_strncasecmp(e, close, strlen(close)) != 0)
 						e++;
 					p = e;
 					skipped = true;
@@ -403,9 +404,9 @@ static void html_to_text(const char *h, struct tbuf *out)
 		if (*p == '&') {
 			static const struct {
 				const char *e, *r;
-			} ents[] = {{"&amp;", "&"},  {"&lt;", "<"},   {"&gt;", ">"},
-				    {"&quot;", "\""}, {"&#39;", "'"}, {"&nbsp;", " "},
-				    {"&apos;", "'"}};
+			} ents[] = {{"&amp;", "&"},   {"&lt;", "<"},  {"&gt;", ">"},
+			            {"&quot;", "\""}, {"&#39;", "'"}, {"&nbsp;", " "},
+			            {"&apos;", "'"}};
 			bool done = false;
 			for (size_t i = 0; i < sizeof(ents) / sizeof(ents[0]); i++) {
 				size_t el = strlen(ents[i].e);
@@ -473,7 +474,7 @@ static char *trim_brackets(const char *s)
 		s++;
 	size_t n = strlen(s);
 	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '>' || s[n - 1] == '\r' ||
-		     s[n - 1] == '\n'))
+	             s[n - 1] == '\n'))
 		n--;
 	char *out = tern_strndup(s, n);
 	if (out)
@@ -496,7 +497,10 @@ int mime_parse(const char *raw, size_t len, unsigned flags, struct mime_msg *out
 {
 	memset(out, 0, sizeof(*out));
 	int rc = TERN_ENOMEM;
-	struct walk w = {.m = out, .flags = flags, .text = TBUF_INIT(SIZE_MAX / 2), .html = TBUF_INIT(SIZE_MAX / 2)};
+	struct walk w = {.m = out,
+	                 .flags = flags,
+	                 .text = TBUF_INIT(SIZE_MAX / 2),
+	                 .html = TBUF_INIT(SIZE_MAX / 2)};
 	GMimeMessage *msg = parse_message(raw, len);
 	if (!msg) {
 		/* nothing GMime could read: the whole input is the text */
@@ -548,11 +552,11 @@ int mime_parse(const char *raw, size_t len, unsigned flags, struct mime_msg *out
 			goto out;
 	}
 	if (addrs_from_list(g_mime_message_get_addresses(msg, GMIME_ADDRESS_TYPE_TO), &out->to,
-			    0) != TERN_OK ||
+	                    0) != TERN_OK ||
 	    addrs_from_list(g_mime_message_get_addresses(msg, GMIME_ADDRESS_TYPE_CC), &out->cc,
-			    0) != TERN_OK ||
+	                    0) != TERN_OK ||
 	    addrs_from_list(g_mime_message_get_addresses(msg, GMIME_ADDRESS_TYPE_BCC), &out->bcc,
-			    0) != TERN_OK ||
+	                    0) != TERN_OK ||
 	    addrs_from_list(g_mime_message_get_reply_to(msg), &out->reply_to, 0) != TERN_OK)
 		goto out;
 
@@ -613,7 +617,7 @@ void mime_msg_free(struct mime_msg *m)
 }
 
 int mime_part_get(const char *raw, size_t len, const char *part_id, struct tbuf *out,
-		  char *content_type, size_t ctlen, char *filename, size_t fnlen)
+                  char *content_type, size_t ctlen, char *filename, size_t fnlen)
 {
 	GMimeMessage *msg = parse_message(raw, len);
 	if (!msg)

@@ -66,12 +66,12 @@ struct mime_msg {
 	struct mime_addr from; /* "" fields if no From */
 	struct mime_addrs to, cc, bcc, reply_to;
 	bool has_date;
-	int64_t date;      /* seconds since the epoch */
-	int date_tz_min;   /* the Date header's zone offset, minutes east of UTC */
-	char *text;        /* UTF-8 text body, "" if none */
-	char *html;        /* UTF-8 HTML body, "" if none */
-	char *snippet;     /* up to MIME_SNIPPET_CHARS characters of text, blanks collapsed */
-	char *list_unsub;  /* List-Unsubscribe, "" if none */
+	int64_t date;     /* seconds since the epoch */
+	int date_tz_min;  /* the Date header's zone offset, minutes east of UTC */
+	char *text;       /* UTF-8 text body, "" if none */
+	char *html;       /* UTF-8 HTML body, "" if none */
+	char *snippet;    /* up to MIME_SNIPPET_CHARS characters of text, blanks collapsed */
+	char *list_unsub; /* List-Unsubscribe, "" if none */
 	char *list_unsub_post;
 	struct mime_part *parts; /* depth-first, document order */
 	size_t n_parts;
@@ -96,7 +96,7 @@ void mime_msg_free(struct mime_msg *m);
  * name (may be ""). TERN_ENOTFOUND if there is no such leaf part.
  */
 int mime_part_get(const char *raw, size_t len, const char *part_id, struct tbuf *out,
-		  char *content_type, size_t ctlen, char *filename, size_t fnlen);
+                  char *content_type, size_t ctlen, char *filename, size_t fnlen);
 
 /* The top-level header fields in order. *out is an array of *n entries;
  * free with mime_headers_free. TERN_OK or TERN_ENOMEM. */

@@ -48,7 +48,7 @@
 #define SCHEMA_VERSION 1
 #define ID_LEN 22
 #define MAX_SUBS 16
-#define MAX_LIST 100000   /* messages per page */
+#define MAX_LIST 100000    /* messages per page */
 #define FTS_BODY_MAX 65536 /* bytes of body text indexed per message */
 #define MAX_TAG_LEN 100
 
@@ -171,7 +171,7 @@ static int new_id(char out[CAPTURE_ID_MAX])
 }
 
 static void msg_path(const struct capture_store *st, const char *id, const char *ext, char *buf,
-		     size_t len)
+                     size_t len)
 {
 	snprintf(buf, len, "%s/msg/%.2s/%s%s", st->dir, id, id, ext);
 }
@@ -371,9 +371,8 @@ static int exec(struct capture_store *st, const char *sql)
 	int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
 	if (rc != SQLITE_OK) {
 		char q[256];
-		log_error("event=capture_sql_error error=%s", log_quote(msg ? msg : "?",
-									 msg ? strlen(msg) : 1, q,
-									 sizeof(q)));
+		log_error("event=capture_sql_error error=%s",
+		          log_quote(msg ? msg : "?", msg ? strlen(msg) : 1, q, sizeof(q)));
 		sqlite3_free(msg);
 		return TERN_EIO;
 	}
@@ -386,7 +385,8 @@ static sqlite3_stmt *prep(struct capture_store *st, const char *sql)
 	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) {
 		char q[256];
 		const char *m = sqlite3_errmsg(st->db);
-		log_error("event=capture_sql_error error=%s", log_quote(m, strlen(m), q, sizeof(q)));
+		log_error("event=capture_sql_error error=%s",
+		          log_quote(m, strlen(m), q, sizeof(q)));
 		return NULL;
 	}
 	return s;
@@ -415,7 +415,8 @@ static int64_t seq_of(struct capture_store *st, const char *id, char real_id[CAP
 {
 	sqlite3_stmt *s;
 	if (id && strcmp(id, "latest") == 0)
-		s = prep(st, "SELECT seq, id FROM messages ORDER BY created DESC, seq DESC LIMIT 1");
+		s = prep(st,
+		         "SELECT seq, id FROM messages ORDER BY created DESC, seq DESC LIMIT 1");
 	else {
 		if (!id_valid(id))
 			return 0;
@@ -452,7 +453,7 @@ static void emit(struct capture_store *st, struct event *ev)
 /* ------------------------------------------------------------- inserting */
 
 static int insert_recipient(sqlite3_stmt *s, int64_t seq, int kind, const char *name,
-			    const char *addr)
+                            const char *addr)
 {
 	sqlite3_reset(s);
 	sqlite3_bind_int64(s, 1, seq);
@@ -471,17 +472,17 @@ static void append_addrs_text(struct tbuf *b, const struct mime_addrs *a)
 /* Inserts the row, recipients and index entries of a parsed message.
  * Lock held, inside a transaction. */
 static int insert_row(struct capture_store *st, const char *id, size_t size,
-		      const struct mime_msg *mm, const char *env_from, const char *const *env_to,
-		      size_t n_to, int64_t created, int64_t *seq_out)
+                      const struct mime_msg *mm, const char *env_from, const char *const *env_to,
+                      size_t n_to, int64_t created, int64_t *seq_out)
 {
 	int rc = TERN_EIO;
 	sqlite3_stmt *s = NULL, *r = NULL;
 	char *addrs_s = NULL, *envto_s = NULL;
 	struct tbuf rcpt = TBUF_INIT(SIZE_MAX / 2), sender = TBUF_INIT(SIZE_MAX / 2);
 
-	json_t *addrs = json_pack("{s:o,s:o,s:o,s:o}", "To", addrs_json(&mm->to), "Cc",
-				  addrs_json(&mm->cc), "Bcc", addrs_json(&mm->bcc), "ReplyTo",
-				  addrs_json(&mm->reply_to));
+	json_t *addrs =
+	    json_pack("{s:o,s:o,s:o,s:o}", "To", addrs_json(&mm->to), "Cc", addrs_json(&mm->cc),
+	              "Bcc", addrs_json(&mm->bcc), "ReplyTo", addrs_json(&mm->reply_to));
 	json_t *envto = json_array();
 	for (size_t i = 0; envto && i < n_to; i++)
 		json_array_append_new(envto, jstr(env_to[i]));
@@ -494,8 +495,8 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 		goto out;
 	}
 	s = prep(st, "INSERT INTO messages (id, created, read, size, message_id, subject, "
-		     "from_name, from_addr, addrs, env_from, env_to, attachments, inline, snippet) "
-		     "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+	             "from_name, from_addr, addrs, env_from, env_to, attachments, inline, snippet) "
+	             "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
 	if (!s)
 		goto out;
 	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
@@ -524,7 +525,7 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 	for (size_t k = 0; k < 4; k++)
 		for (size_t i = 0; i < lists[k]->n; i++)
 			if (insert_recipient(r, seq, kinds[k], lists[k]->v[i].name,
-					     lists[k]->v[i].addr) != TERN_OK)
+			                     lists[k]->v[i].addr) != TERN_OK)
 				goto out;
 	for (size_t i = 0; i < n_to; i++)
 		if (insert_recipient(r, seq, K_ENV, "", env_to[i] ? env_to[i] : "") != TERN_OK)
@@ -539,7 +540,7 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 
 	sqlite3_finalize(s);
 	s = prep(st, "INSERT INTO fts (rowid, subject, sender, recipients, body) "
-		     "VALUES (?, ?, ?, ?, ?)");
+	             "VALUES (?, ?, ?, ?, ?)");
 	if (!s)
 		goto out;
 	/* body: the text (or the HTML when there is no text) plus file names */
@@ -586,7 +587,7 @@ static json_t *summary_by_seq(struct capture_store *st, int64_t seq)
 }
 
 int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,
-		const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+                const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
 {
 	struct mime_msg mm;
 	struct event ev = {"new", NULL};
@@ -684,10 +685,10 @@ static void recover(struct capture_store *st)
 			if (mime_parse(raw.data ? raw.data : "", raw.len, 0, &mm) == TERN_OK) {
 				int64_t seq;
 				int64_t created = (int64_t)sb.st_mtim.tv_sec * 1000000 +
-						  sb.st_mtim.tv_nsec / 1000;
+				                  sb.st_mtim.tv_nsec / 1000;
 				if (exec(st, "BEGIN") == TERN_OK) {
 					if (insert_row(st, id, raw.len, &mm, mm.return_path, NULL,
-						       0, created, &seq) == TERN_OK &&
+					               0, created, &seq) == TERN_OK &&
 					    exec(st, "COMMIT") == TERN_OK)
 						added++;
 					else
@@ -733,10 +734,10 @@ int capture_open(const char *dir, struct capture_store **out, char *err, size_t 
 	}
 	snprintf(path, sizeof(path), "%s/capture.db", dir);
 	if (sqlite3_open_v2(path, &st->db,
-			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-			    NULL) != SQLITE_OK) {
+	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+	                    NULL) != SQLITE_OK) {
 		set_err(err, errlen, "cannot open %s: %s", path,
-			st->db ? sqlite3_errmsg(st->db) : "out of memory");
+		        st->db ? sqlite3_errmsg(st->db) : "out of memory");
 		goto fail;
 	}
 	sqlite3_busy_timeout(st->db, 5000);
@@ -748,9 +749,9 @@ int capture_open(const char *dir, struct capture_store **out, char *err, size_t 
 	}
 	if (exec(st, "PRAGMA journal_mode = WAL") != TERN_OK ||
 	    exec(st, "PRAGMA synchronous = NORMAL") != TERN_OK ||
-	    exec(st, "PRAGMA temp_store = MEMORY") != TERN_OK ||
-	    exec(st, "BEGIN") != TERN_OK || exec(st, SCHEMA) != TERN_OK ||
-	    exec(st, "PRAGMA user_version = 1") != TERN_OK || exec(st, "COMMIT") != TERN_OK) {
+	    exec(st, "PRAGMA temp_store = MEMORY") != TERN_OK || exec(st, "BEGIN") != TERN_OK ||
+	    exec(st, SCHEMA) != TERN_OK || exec(st, "PRAGMA user_version = 1") != TERN_OK ||
+	    exec(st, "COMMIT") != TERN_OK) {
 		set_err(err, errlen, "cannot set up %s: %s", path, sqlite3_errmsg(st->db));
 		goto fail;
 	}
@@ -844,9 +845,10 @@ json_t *capture_list(struct capture_store *st, const char *query, size_t start, 
 	pthread_mutex_lock(&st->mu);
 	uint64_t mcount = st->total, munread = st->unread;
 	if (!all) {
-		tbuf_printf(&sql, "SELECT COUNT(*), COALESCE(SUM(m.read = 0), 0) FROM messages m "
-				  "WHERE %s",
-			    q.where.data);
+		tbuf_printf(&sql,
+		            "SELECT COUNT(*), COALESCE(SUM(m.read = 0), 0) FROM messages m "
+		            "WHERE %s",
+		            q.where.data);
 		s = prep(st, sql.data);
 		if (!s)
 			goto out;
@@ -859,9 +861,9 @@ json_t *capture_list(struct capture_store *st, const char *query, size_t start, 
 		tbuf_reset(&sql);
 	}
 	tbuf_printf(&sql,
-		    "SELECT " SUMMARY_COLS " FROM messages m WHERE %s "
-		    "ORDER BY m.created DESC, m.seq DESC LIMIT ? OFFSET ?",
-		    all ? "1" : q.where.data);
+	            "SELECT " SUMMARY_COLS " FROM messages m WHERE %s "
+	            "ORDER BY m.created DESC, m.seq DESC LIMIT ? OFFSET ?",
+	            all ? "1" : q.where.data);
 	s = prep(st, sql.data);
 	if (!s)
 		goto out;
@@ -896,8 +898,9 @@ out:
 static json_t *tags_of(struct capture_store *st, int64_t seq)
 {
 	json_t *arr = json_array();
-	sqlite3_stmt *s = prep(st, "SELECT t.name FROM message_tags mt JOIN tags t ON t.id = mt.tag "
-				   "WHERE mt.msg = ? ORDER BY t.name COLLATE NOCASE");
+	sqlite3_stmt *s =
+	    prep(st, "SELECT t.name FROM message_tags mt JOIN tags t ON t.id = mt.tag "
+	             "WHERE mt.msg = ? ORDER BY t.name COLLATE NOCASE");
 	if (s)
 		sqlite3_bind_int64(s, 1, seq);
 	while (arr && s && sqlite3_step(s) == SQLITE_ROW)
@@ -909,9 +912,9 @@ static json_t *tags_of(struct capture_store *st, int64_t seq)
 static json_t *part_json(const struct mime_part *p)
 {
 	return json_pack("{s:o,s:o,s:o,s:o,s:I,s:{s:o,s:o,s:o}}", "PartID", jstr(p->part_id),
-			 "FileName", jstr(p->filename), "ContentType", jstr(p->content_type),
-			 "ContentID", jstr(p->content_id), "Size", (json_int_t)p->size, "Checksums",
-			 "MD5", jstr(p->md5), "SHA1", jstr(p->sha1), "SHA256", jstr(p->sha256));
+	                 "FileName", jstr(p->filename), "ContentType", jstr(p->content_type),
+	                 "ContentID", jstr(p->content_id), "Size", (json_int_t)p->size, "Checksums",
+	                 "MD5", jstr(p->md5), "SHA1", jstr(p->sha1), "SHA256", jstr(p->sha256));
 }
 
 /* List-Unsubscribe: the header, its <links> (at most one mailto: and one
@@ -937,8 +940,8 @@ static json_t *list_unsub_json(const struct mime_msg *mm)
 				mailto = true;
 				json_array_append_new(links, jstr(link));
 			} else if ((strncasecmp(link, "https://", 8) == 0 ||
-				    strncasecmp(link, "http://", 7) == 0) &&
-				   !http) {
+			            strncasecmp(link, "http://", 7) == 0) &&
+			           !http) {
 				http = true;
 				json_array_append_new(links, jstr(link));
 			} else {
@@ -954,8 +957,9 @@ static json_t *list_unsub_json(const struct mime_msg *mm)
 		tbuf_append_str(&errs, "List-Unsubscribe-Post without an HTTPS link; ");
 	while (errs.len && (errs.data[errs.len - 1] == ' ' || errs.data[errs.len - 1] == ';'))
 		errs.data[--errs.len] = '\0';
-	json_t *o = json_pack("{s:o,s:o,s:o,s:o}", "Header", jstr(h), "Links", links, "Errors",
-			      jstr(errs.data ? errs.data : ""), "HeaderPost", jstr(mm->list_unsub_post));
+	json_t *o =
+	    json_pack("{s:o,s:o,s:o,s:o}", "Header", jstr(h), "Links", links, "Errors",
+	              jstr(errs.data ? errs.data : ""), "HeaderPost", jstr(mm->list_unsub_post));
 	tbuf_free(&errs);
 	return o;
 }
@@ -975,7 +979,8 @@ json_t *capture_message(struct capture_store *st, const char *id, bool mark_read
 	int64_t seq = seq_of(st, id, real);
 	if (seq) {
 		tags = tags_of(st, seq);
-		sqlite3_stmt *s = prep(st, "SELECT env_from, created, read FROM messages WHERE seq = ?");
+		sqlite3_stmt *s =
+		    prep(st, "SELECT env_from, created, read FROM messages WHERE seq = ?");
 		bool was_read = false;
 		if (s) {
 			sqlite3_bind_int64(s, 1, seq);
@@ -1115,7 +1120,7 @@ int capture_raw(struct capture_store *st, const char *id, struct tbuf *out)
 }
 
 int capture_part(struct capture_store *st, const char *id, const char *part_id, struct tbuf *out,
-		 char *content_type, size_t ctlen, char *filename, size_t fnlen)
+                 char *content_type, size_t ctlen, char *filename, size_t fnlen)
 {
 	char real[CAPTURE_ID_MAX];
 	if (!part_id)
@@ -1129,13 +1134,13 @@ int capture_part(struct capture_store *st, const char *id, const char *part_id, 
 	int rc = read_raw(st, real, &raw);
 	if (rc == TERN_OK)
 		rc = mime_part_get(raw.data ? raw.data : "", raw.len, part_id, out, content_type,
-				   ctlen, filename, fnlen);
+		                   ctlen, filename, fnlen);
 	tbuf_free(&raw);
 	return rc;
 }
 
 int capture_envelope(struct capture_store *st, const char *id, char **from, char ***to,
-		     size_t *n_to)
+                     size_t *n_to)
 {
 	*from = NULL;
 	*to = NULL;
@@ -1144,8 +1149,8 @@ int capture_envelope(struct capture_store *st, const char *id, char **from, char
 	json_t *arr = NULL;
 	pthread_mutex_lock(&st->mu);
 	int64_t seq = seq_of(st, id, NULL);
-	sqlite3_stmt *s = seq ? prep(st, "SELECT env_from, env_to FROM messages WHERE seq = ?")
-			      : NULL;
+	sqlite3_stmt *s =
+	    seq ? prep(st, "SELECT env_from, env_to FROM messages WHERE seq = ?") : NULL;
 	if (s) {
 		sqlite3_bind_int64(s, 1, seq);
 		if (sqlite3_step(s) == SQLITE_ROW) {
@@ -1244,7 +1249,7 @@ static int delete_rows(struct capture_store *st, const struct victims *v, bool a
 		return rc;
 	if (all) {
 		rc = exec(st, "DELETE FROM messages; DELETE FROM recipients; "
-			      "DELETE FROM message_tags; DELETE FROM fts;");
+		              "DELETE FROM message_tags; DELETE FROM fts;");
 	} else {
 		for (size_t k = 0; k < 4 && rc == TERN_OK; k++) {
 			sqlite3_stmt *s = prep(st, per_row[k]);
@@ -1373,9 +1378,9 @@ size_t capture_prune(struct capture_store *st, uint64_t max_messages, uint64_t m
 	if (max_age) {
 		sqlite3_stmt *s = prep(st, "SELECT seq, id FROM messages WHERE created < ?");
 		if (s) {
-			int64_t cutoff = now_us() - (int64_t)(max_age > INT64_MAX / 2000000
-								  ? INT64_MAX / 2
-								  : max_age * 1000000);
+			int64_t cutoff =
+			    now_us() - (int64_t)(max_age > INT64_MAX / 2000000 ? INT64_MAX / 2
+			                                                       : max_age * 1000000);
 			sqlite3_bind_int64(s, 1, cutoff);
 			rc = collect(s, &v);
 		}
@@ -1384,8 +1389,9 @@ size_t capture_prune(struct capture_store *st, uint64_t max_messages, uint64_t m
 	if (rc == TERN_OK && max_messages && st->total > max_messages) {
 		/* newest-first on the created index; everything past the limit goes
 		 * (rows already collected by age are skipped) */
-		sqlite3_stmt *s = prep(st, "SELECT seq, id FROM messages ORDER BY created DESC, seq "
-					   "DESC LIMIT -1 OFFSET ?");
+		sqlite3_stmt *s =
+		    prep(st, "SELECT seq, id FROM messages ORDER BY created DESC, seq "
+		             "DESC LIMIT -1 OFFSET ?");
 		if (s) {
 			sqlite3_bind_int64(s, 1, (sqlite3_int64)max_messages);
 			size_t before = v.n;
@@ -1435,8 +1441,8 @@ int capture_set_read(struct capture_store *st, const char *const *ids, size_t n,
 			ev.data = json_pack("{s:b}", "All", 1);
 	} else {
 		rc = exec(st, "BEGIN IMMEDIATE");
-		sqlite3_stmt *s = rc == TERN_OK ? prep(st, "UPDATE messages SET read = ? WHERE id = ?")
-						: NULL;
+		sqlite3_stmt *s =
+		    rc == TERN_OK ? prep(st, "UPDATE messages SET read = ? WHERE id = ?") : NULL;
 		for (size_t i = 0; s && i < n && rc == TERN_OK; i++) {
 			if (!id_valid(ids[i]))
 				continue;
@@ -1495,7 +1501,7 @@ static int clean_tag(const char *in, char *out, size_t outlen)
 }
 
 int capture_set_tags(struct capture_store *st, const char *const *ids, size_t n,
-		     const char *const *tags, size_t n_tags)
+                     const char *const *tags, size_t n_tags)
 {
 	char(*clean)[MAX_TAG_LEN + 1] = calloc(n_tags ? n_tags : 1, sizeof(*clean));
 	if (!clean)
@@ -1517,7 +1523,7 @@ int capture_set_tags(struct capture_store *st, const char *const *ids, size_t n,
 	del = prep(st, "DELETE FROM message_tags WHERE msg = ?");
 	ins_tag = prep(st, "INSERT OR IGNORE INTO tags (name) VALUES (?)");
 	link = prep(st, "INSERT OR IGNORE INTO message_tags (msg, tag) "
-			"SELECT ?, id FROM tags WHERE name = ?");
+	                "SELECT ?, id FROM tags WHERE name = ?");
 	if (!del || !ins_tag || !link)
 		rc = TERN_EIO;
 	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
@@ -1535,7 +1541,8 @@ int capture_set_tags(struct capture_store *st, const char *const *ids, size_t n,
 			sqlite3_reset(link);
 			sqlite3_bind_int64(link, 1, seq);
 			sqlite3_bind_text(link, 2, clean[t], -1, SQLITE_STATIC);
-			if (sqlite3_step(ins_tag) != SQLITE_DONE || sqlite3_step(link) != SQLITE_DONE)
+			if (sqlite3_step(ins_tag) != SQLITE_DONE ||
+			    sqlite3_step(link) != SQLITE_DONE)
 				rc = TERN_EIO;
 		}
 		if (rc == TERN_OK)
@@ -1564,7 +1571,7 @@ unlock:
 static int tagged(struct capture_store *st, int64_t tag, struct victims *v)
 {
 	sqlite3_stmt *s = prep(st, "SELECT m.seq, m.id FROM message_tags mt JOIN messages m ON "
-				   "m.seq = mt.msg WHERE mt.tag = ?");
+	                           "m.seq = mt.msg WHERE mt.tag = ?");
 	if (!s)
 		return TERN_EIO;
 	sqlite3_bind_int64(s, 1, tag);
@@ -1587,7 +1594,7 @@ static int64_t tag_id(struct capture_store *st, const char *name)
 }
 
 static int exec_bound(struct capture_store *st, const char *sql, int64_t a, int64_t b,
-		      const char *text)
+                      const char *text)
 {
 	sqlite3_stmt *s = prep(st, sql);
 	if (!s)
@@ -1622,12 +1629,13 @@ int capture_rename_tag(struct capture_store *st, const char *from, const char *t
 	int64_t tid = tag_id(st, cto);
 	if (rc == TERN_OK && tid && tid != fid) {
 		/* renaming onto an existing tag merges the two */
-		rc = exec_bound(st, "INSERT OR IGNORE INTO message_tags (msg, tag) SELECT msg, ? "
-				    "FROM message_tags WHERE tag = ?",
-				tid, fid, NULL);
+		rc = exec_bound(st,
+		                "INSERT OR IGNORE INTO message_tags (msg, tag) SELECT msg, ? "
+		                "FROM message_tags WHERE tag = ?",
+		                tid, fid, NULL);
 		if (rc == TERN_OK)
-			rc = exec_bound(st, "DELETE FROM message_tags WHERE tag = ?1 AND ?2 = 0", fid,
-					0, NULL);
+			rc = exec_bound(st, "DELETE FROM message_tags WHERE tag = ?1 AND ?2 = 0",
+			                fid, 0, NULL);
 	} else if (rc == TERN_OK) {
 		rc = exec_bound(st, "UPDATE tags SET name = ? WHERE id = ?", 0, fid, cto);
 	}
@@ -1664,7 +1672,7 @@ int capture_delete_tag(struct capture_store *st, const char *tag)
 	rc = tagged(st, id, &v);
 	if (rc == TERN_OK)
 		rc = exec_bound(st, "DELETE FROM message_tags WHERE tag = ?1 AND ?2 = 0", id, 0,
-				NULL);
+		                NULL);
 	if (rc == TERN_OK)
 		rc = exec_bound(st, "DELETE FROM tags WHERE id = ?1 AND ?2 = 0", id, 0, NULL);
 	if (rc == TERN_OK)
@@ -1682,8 +1690,7 @@ unlock:
 
 /* ------------------------------------------------------ stats, subscribe */
 
-void capture_stats(struct capture_store *st, uint64_t *messages, uint64_t *unread,
-		   uint64_t *bytes)
+void capture_stats(struct capture_store *st, uint64_t *messages, uint64_t *unread, uint64_t *bytes)
 {
 	pthread_mutex_lock(&st->mu);
 	uint64_t raw = st->raw_bytes;

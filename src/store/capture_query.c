@@ -66,11 +66,16 @@ static int add_text(struct capture_query *q, const char *v, size_t n)
 	return add_param(q, CQ_TEXT, s, 0);
 }
 
-/* An FTS5 phrase query: "word"* with embedded quotes doubled. */
-static int add_fts(struct capture_query *q, const char *v, size_t n)
+/* An FTS5 phrase query: [column : ]"word"* with embedded quotes doubled
+ * (inside an FTS5 string every other byte is literal). */
+static int add_fts(struct capture_query *q, const char *column, const char *v, size_t n)
 {
-	struct tbuf b = TBUF_INIT(CQ_MAX_QUERY * 2 + 8);
-	int rc = tbuf_append_str(&b, "\"");
+	struct tbuf b = TBUF_INIT(CQ_MAX_QUERY * 2 + 32);
+	int rc = TERN_OK;
+	if (column)
+		rc = tbuf_printf(&b, "%s : ", column);
+	if (rc == TERN_OK)
+		rc = tbuf_append_str(&b, "\"");
 	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
 		if (v[i] == '"')
 			rc = tbuf_append_str(&b, "\"");
@@ -143,9 +148,9 @@ static int parse_date(const char *v, size_t n, int64_t *us)
 static int recipients_clause(struct capture_query *q, const char *kinds, const char *v, size_t n)
 {
 	int rc = tbuf_printf(&q->where,
-			     "m.rowid IN (SELECT r.msg FROM recipients r WHERE r.kind IN (%s) AND "
-			     "(r.addr LIKE ? ESCAPE '\\' OR r.name LIKE ? ESCAPE '\\'))",
-			     kinds);
+	                     "m.rowid IN (SELECT r.msg FROM recipients r WHERE r.kind IN (%s) AND "
+	                     "(r.addr LIKE ? ESCAPE '\\' OR r.name LIKE ? ESCAPE '\\'))",
+	                     kinds);
 	if (rc == TERN_OK)
 		rc = add_like(q, v, n);
 	if (rc == TERN_OK)
@@ -165,22 +170,32 @@ static bool has_word_char(const char *v, size_t n)
 }
 
 /* One term (prefix already split off, value unquoted) -> "(...)". */
-static int term_clause(struct capture_query *q, const char *key, size_t kn, const char *v,
-		       size_t n)
+static int term_clause(struct capture_query *q, const char *key, size_t kn, const char *v, size_t n)
 {
 	struct tbuf *w = &q->where;
 	if (!key) {
 		if (has_word_char(v, n)) {
-			int rc = tbuf_append_str(w, "m.rowid IN (SELECT rowid FROM fts WHERE fts MATCH ?)");
-			return rc == TERN_OK ? add_fts(q, v, n) : rc;
+			int rc = tbuf_append_str(
+			    w, "m.rowid IN (SELECT rowid FROM fts WHERE fts MATCH ?)");
+			return rc == TERN_OK ? add_fts(q, NULL, v, n) : rc;
 		}
 		/* punctuation only: the tokenizer would drop it all; use LIKE */
 		int rc = tbuf_append_str(w, "m.subject LIKE ? ESCAPE '\\'");
 		return rc == TERN_OK ? add_like(q, v, n) : rc;
 	}
+	/* from: and to: go through the full-text index (columns sender and
+	 * recipients) so they stay fast at 100,000 messages: they match whole
+	 * words and word prefixes ("alice", "example.com", "bob@ex"), not
+	 * arbitrary substrings. Values without letters or digits use LIKE. */
+	if ((ieq(key, kn, "from") || ieq(key, kn, "to")) && has_word_char(v, n)) {
+		int rc = tbuf_append_str(w, "m.rowid IN (SELECT rowid FROM fts WHERE fts MATCH ?)");
+		return rc == TERN_OK
+		           ? add_fts(q, ieq(key, kn, "from") ? "sender" : "recipients", v, n)
+		           : rc;
+	}
 	if (ieq(key, kn, "from")) {
 		int rc = tbuf_append_str(w, "(m.from_addr LIKE ? ESCAPE '\\' OR m.from_name LIKE ? "
-					    "ESCAPE '\\' OR m.env_from LIKE ? ESCAPE '\\')");
+		                            "ESCAPE '\\' OR m.env_from LIKE ? ESCAPE '\\')");
 		for (int i = 0; i < 3 && rc == TERN_OK; i++)
 			rc = add_like(q, v, n);
 		return rc;
@@ -209,8 +224,9 @@ static int term_clause(struct capture_query *q, const char *key, size_t kn, cons
 		return rc == TERN_OK ? add_text(q, v, n) : rc;
 	}
 	if (ieq(key, kn, "tag")) {
-		int rc = tbuf_append_str(w, "m.rowid IN (SELECT mt.msg FROM message_tags mt JOIN tags t "
-					    "ON t.id = mt.tag WHERE t.name = ? COLLATE NOCASE)");
+		int rc =
+		    tbuf_append_str(w, "m.rowid IN (SELECT mt.msg FROM message_tags mt JOIN tags t "
+		                       "ON t.id = mt.tag WHERE t.name = ? COLLATE NOCASE)");
 		return rc == TERN_OK ? add_text(q, v, n) : rc;
 	}
 	if (ieq(key, kn, "is")) {

@@ -39,7 +39,11 @@ struct capture_query {
  * subject: message-id: tag: is:read is:unread is:tagged has:attachment
  * has:inline before:YYYY-MM-DD after:YYYY-MM-DD. Anything else is a free
  * word matched (word-prefix, case- and accent-insensitive) against the
- * full-text index of subject, addresses and text. Dates are UTC days:
+ * full-text index of subject, addresses and text; from: (From and the
+ * envelope sender) and to: (To, Cc, Bcc and envelope recipients) use the
+ * same index, per column, so they match words and word prefixes of names
+ * and addresses ("to:example.com"), not arbitrary substrings; cc:, bcc:,
+ * reply-to:, addressed:, subject: match substrings. Dates are UTC days:
  * before:D means received before D 00:00, after:D received after D 00:00.
  * Returns TERN_OK, TERN_ESYNTAX (a bad date or is:/has: value),
  * TERN_ELIMIT (too long, too many terms) or TERN_ENOMEM. On error out is
