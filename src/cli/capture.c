@@ -69,6 +69,10 @@ static void send_work(void *arg)
 	struct send_job *j = arg;
 	j->err = capture_add(j->cm->store, j->raw, j->len, j->from, (const char *const *)j->to,
 			     j->n_to, j->id);
+	/* The store batches its syncs (the spool is the durable copy of SMTP
+	 * mail); an API message has no other copy, so sync before answering. */
+	if (j->err == TERN_OK)
+		j->err = capture_sync(j->cm->store);
 	if (j->err == TERN_OK)
 		log_info("event=captured id=%s source=api from=<%s> nrcpt=%zu size=%zu", j->id,
 			 j->from, j->n_to, j->len);
@@ -340,6 +344,7 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 		goto fail;
 	}
 	capture_subscribe(cm->store, on_store_event, cm);
+	capture_set_batch_sync(cm->store, true);
 	scheduler_set_capture(sched, cm->store);
 	if (worker_start(cm->http_worker) != 0) {
 		snprintf(err, errlen, "cannot start the HTTP thread");

@@ -629,41 +629,70 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 	free(taken);
 }
 
-/* Capture mode: the message's due local recipients are caught together in
- * one store entry (the envelope keeps them all), then marked delivered. */
-static void capture_one(struct scheduler *s, const struct tern_config *conf,
-			const struct spool_msg *m, const struct job *job, int64_t now)
+/*
+ * Capture mode: each message's due local recipients are caught together in
+ * one store entry (the envelope keeps them all). The store writes without
+ * syncing; one capture_sync() per batch makes all of them durable, and only
+ * then are the recipients recorded as delivered (the spool holds the
+ * message until that record, so a crash in between re-captures, never
+ * loses).
+ */
+struct caught {
+	const struct spool_msg *m;
+	const struct job *job;
+	int rc;
+	char id[CAPTURE_ID_MAX];
+};
+
+static bool capture_one(struct scheduler *s, const struct spool_msg *m, const struct job *job,
+			int64_t now, struct caught *out)
 {
 	const char *to[256];
-	struct outcome o[256];
 	size_t n = 0;
 	for (size_t i = 0; i < m->n_rcpts && n < 256; i++) {
 		const struct spool_rcpt *r = &m->rcpts[i];
-		if (!r->local || !is_due(r, now))
-			continue;
-		to[n] = r->addr;
-		o[n].idx = i;
-		o[n].relay = "capture";
-		o[n].dsn_relayed = false;
-		n++;
+		if (r->local && is_due(r, now))
+			to[n++] = r->addr;
 	}
 	if (n == 0)
-		return;
-	char id[CAPTURE_ID_MAX];
-	char reply[128];
-	int rc = capture_add(s->capture, job->data, job->len, m->sender, to, n, id);
-	if (rc == TERN_OK)
-		snprintf(reply, sizeof(reply), "250 2.0.0 caught as %s", id);
-	else
-		snprintf(reply, sizeof(reply), "451 4.3.0 capture store failed: %s",
-			 tern_strerror(rc));
-	for (size_t k = 0; k < n; k++) {
-		o[k].state = rc == TERN_OK ? RCPT_DELIVERED : RCPT_DEFERRED;
-		o[k].status = rc == TERN_OK ? "2.0.0" : "4.3.0";
-		o[k].reply = reply;
+		return false;
+	out->m = m;
+	out->job = job;
+	out->rc = capture_add(s->capture, job->data, job->len, m->sender, to, n, out->id);
+	return true;
+}
+
+static void capture_record(struct scheduler *s, const struct tern_config *conf,
+			   struct caught *c, size_t n_caught, int64_t now)
+{
+	int sync_rc = n_caught ? capture_sync(s->capture) : TERN_OK;
+	for (size_t k = 0; k < n_caught; k++) {
+		const struct spool_msg *m = c[k].m;
+		int rc = c[k].rc == TERN_OK ? sync_rc : c[k].rc;
+		char reply[128];
+		if (rc == TERN_OK)
+			snprintf(reply, sizeof(reply), "250 2.0.0 caught as %s", c[k].id);
+		else
+			snprintf(reply, sizeof(reply), "451 4.3.0 capture store failed: %s",
+				 tern_strerror(rc));
+		struct outcome o[256];
+		size_t n = 0;
+		for (size_t i = 0; i < m->n_rcpts && n < 256; i++) {
+			const struct spool_rcpt *r = &m->rcpts[i];
+			if (!r->local || !is_due(r, now))
+				continue;
+			o[n].idx = i;
+			o[n].relay = "capture";
+			o[n].dsn_relayed = false;
+			o[n].state = rc == TERN_OK ? RCPT_DELIVERED : RCPT_DEFERRED;
+			o[n].status = rc == TERN_OK ? "2.0.0" : "4.3.0";
+			o[n].reply = reply;
+			n++;
+		}
+		record_outcomes(s, conf, m, c[k].job->data, c[k].job->len, o, n);
 	}
-	record_outcomes(s, conf, m, job->data, job->len, o, n);
-	if ((conf->capture.max_messages || conf->capture.max_age) && now - s->last_prune >= 2) {
+	if (n_caught && (conf->capture.max_messages || conf->capture.max_age) &&
+	    now - s->last_prune >= 2) {
 		s->last_prune = now;
 		size_t pruned =
 			capture_prune(s->capture, conf->capture.max_messages, conf->capture.max_age);
@@ -683,7 +712,9 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 	struct maildir_item *items = NULL;
 	struct item_ctx *ctx = NULL;
 	struct smtp_path *paths = NULL;
-	if (!msgs)
+	struct caught *caught = calloc(n_jobs, sizeof(*caught));
+	size_t n_caught = 0;
+	if (!msgs || !caught)
 		goto out;
 
 	int64_t now = now_sec();
@@ -710,7 +741,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 		dispatch_remote(s, m, job, now);
 		if (s->capture) {
-			capture_one(s, conf, m, job, now);
+			if (capture_one(s, m, job, now, &caught[n_caught]))
+				n_caught++;
 			continue;
 		}
 		for (size_t i = 0; i < m->n_rcpts; i++) {
@@ -755,6 +787,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 	}
 
+	if (n_caught)
+		capture_record(s, conf, caught, n_caught, now);
 	paths = calloc(n_items ? n_items : 1, sizeof(*paths));
 	if (!paths)
 		goto out;
@@ -820,6 +854,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 	free(o);
 	free(replies);
 out:
+	free(caught);
 	free(paths);
 	for (size_t k = 0; k < n_items; k++)
 		free(ctx[k].prefix);

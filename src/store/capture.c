@@ -27,6 +27,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -63,6 +64,7 @@ struct capture_store {
 	pthread_mutex_t mu;
 	sqlite3 *db;
 	char *dir;
+	_Atomic bool batch_sync; /* capture_sync() makes adds durable, not each add */
 	uint64_t total, unread, raw_bytes;
 	struct sub subs[MAX_SUBS];
 	size_t n_subs;
@@ -224,8 +226,9 @@ static int write_raw(struct capture_store *st, const char *id, const char *raw, 
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return TERN_EIO;
+	bool per_message = !atomic_load(&st->batch_sync);
 	int rc = write_all(fd, raw, len);
-	if (rc == TERN_OK && fsync(fd) != 0)
+	if (rc == TERN_OK && per_message && fsync(fd) != 0)
 		rc = TERN_EIO;
 	if (close(fd) != 0 && rc == TERN_OK)
 		rc = TERN_EIO;
@@ -235,6 +238,8 @@ static int write_raw(struct capture_store *st, const char *id, const char *raw, 
 		unlink(tmp);
 		return rc;
 	}
+	if (!per_message)
+		return TERN_OK; /* capture_sync() will make it durable */
 	rc = fsync_path(dir);
 	if (rc == TERN_OK && fresh) {
 		char parent[4096];
@@ -584,6 +589,23 @@ static json_t *summary_by_seq(struct capture_store *st, int64_t seq)
 	}
 	sqlite3_finalize(s);
 	return o;
+}
+
+void capture_set_batch_sync(struct capture_store *st, bool on)
+{
+	atomic_store(&st->batch_sync, on);
+}
+
+int capture_sync(struct capture_store *st)
+{
+	/* One syncfs covers every file and directory entry written since the
+	 * last call: one journal commit for a whole batch of messages. */
+	int fd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return TERN_EIO;
+	int rc = syncfs(fd) == 0 ? TERN_OK : TERN_EIO;
+	close(fd);
+	return rc;
 }
 
 int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,

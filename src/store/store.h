@@ -46,6 +46,15 @@ int capture_add(struct capture_store *st, const char *raw, size_t len, const cha
 		const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX]);
 
 /*
+ * Group commit for a writer that has its own durable copy (the spool): with
+ * batch sync on, capture_add writes without fsync and capture_sync() makes
+ * every add since the last call durable with one syncfs(2). The caller must
+ * not treat an add as done before capture_sync returned TERN_OK.
+ */
+void capture_set_batch_sync(struct capture_store *st, bool on);
+int capture_sync(struct capture_store *st);
+
+/*
  * GET /api/v1/messages and GET /api/v1/search: a MessagesSummary object
  * ({total, unread, count, messages_count, start, tags, messages: [...]},
  * newest first). query is Mailpit's search syntax or NULL for all:
