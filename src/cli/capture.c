@@ -216,9 +216,10 @@ out:
 
 /* ------------------------------------------------------------ chaos hooks */
 
-static json_t *trigger_json(const struct smtp_chaos_trigger *t)
+/* Mailpit's defaults: 451 for sender and recipient, 535 for authentication. */
+static json_t *trigger_json(const struct smtp_chaos_trigger *t, int default_code)
 {
-	return json_pack("{s:i,s:i}", "ErrorCode", t->error_code ? t->error_code : 451,
+	return json_pack("{s:i,s:i}", "ErrorCode", t->error_code ? t->error_code : default_code,
 			 "Probability", (int)t->probability);
 }
 
@@ -226,16 +227,17 @@ static void hook_chaos_get(void *ctx, char *buf, size_t len)
 {
 	struct smtp_chaos c;
 	smtp_chaos_get(&c);
-	json_t *j = json_pack("{s:o,s:o,s:o}", "Authentication", trigger_json(&c.authentication),
-			      "Recipient", trigger_json(&c.recipient), "Sender",
-			      trigger_json(&c.sender));
+	json_t *j = json_pack("{s:o,s:o,s:o}", "Authentication",
+			      trigger_json(&c.authentication, 535), "Recipient",
+			      trigger_json(&c.recipient, 451), "Sender", trigger_json(&c.sender, 451));
 	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	snprintf(buf, len, "%s", s ? s : "{}");
 	free(s);
 	json_decref(j);
 }
 
-static int parse_trigger(json_t *root, const char *name, struct smtp_chaos_trigger *t)
+static int parse_trigger(json_t *root, const char *name, struct smtp_chaos_trigger *t,
+			 int default_code)
 {
 	json_t *o = json_object_get(root, name);
 	if (!o)
@@ -257,7 +259,7 @@ static int parse_trigger(json_t *root, const char *name, struct smtp_chaos_trigg
 		t->probability = (unsigned)json_integer_value(prob);
 	}
 	if (!t->error_code)
-		t->error_code = 451;
+		t->error_code = default_code;
 	return TERN_OK;
 }
 
@@ -271,11 +273,11 @@ static int hook_chaos_set(void *ctx, const char *text, size_t len)
 	}
 	struct smtp_chaos c;
 	smtp_chaos_get(&c);
-	int rc = parse_trigger(root, "Authentication", &c.authentication);
+	int rc = parse_trigger(root, "Authentication", &c.authentication, 535);
 	if (rc == TERN_OK)
-		rc = parse_trigger(root, "Recipient", &c.recipient);
+		rc = parse_trigger(root, "Recipient", &c.recipient, 451);
 	if (rc == TERN_OK)
-		rc = parse_trigger(root, "Sender", &c.sender);
+		rc = parse_trigger(root, "Sender", &c.sender, 451);
 	json_decref(root);
 	if (rc != TERN_OK)
 		return rc;
@@ -285,6 +287,26 @@ static int hook_chaos_set(void *ctx, const char *text, size_t len)
 		 c.recipient.probability, c.authentication.error_code,
 		 c.authentication.probability);
 	return TERN_OK;
+}
+
+static bool hook_release_enabled(void *ctx)
+{
+	struct tern_runtime *rt = runtime_acquire();
+	bool on = rt && (rt->conf->relayhost || rt->conf->n_routes);
+	runtime_release(rt);
+	return on;
+}
+
+static void hook_runtime_stats(void *ctx, uint64_t *accepted, uint64_t *accepted_size,
+			       uint64_t *rejected, uint64_t *deleted)
+{
+	struct capture_mode *cm = ctx;
+	struct smtp_counters c;
+	smtp_counters_get(&c);
+	*accepted = c.accepted;
+	*accepted_size = c.accepted_size;
+	*rejected = c.rejected;
+	*deleted = capture_deleted(cm->store);
 }
 
 /* ------------------------------------------------------------ live events */
@@ -335,6 +357,8 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 		.release = hook_release,
 		.chaos_get = hook_chaos_get,
 		.chaos_set = hook_chaos_set,
+		.release_enabled = hook_release_enabled,
+		.runtime_stats = hook_runtime_stats,
 		.version = TERN_VERSION,
 		.smtp_address = cm->smtp_address,
 	};

@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct capture_store;
 struct worker;
@@ -40,6 +41,11 @@ struct http_hooks {
 	 * (get writes into buf) / from one (set returns TERN_OK or TERN_ESYNTAX). */
 	void (*chaos_get)(void *ctx, char *buf, size_t len);
 	int (*chaos_set)(void *ctx, const char *json, size_t len);
+	/* Whether release can work (a relayhost or route is configured). */
+	bool (*release_enabled)(void *ctx);
+	/* Counters for /api/v1/info RuntimeStats. */
+	void (*runtime_stats)(void *ctx, uint64_t *smtp_accepted, uint64_t *smtp_accepted_size,
+			      uint64_t *smtp_rejected, uint64_t *messages_deleted);
 	const char *version;
 	const char *smtp_address; /* for /api/v1/info and the UI */
 };

@@ -499,6 +499,9 @@ static void route_info(struct http_server *h, struct evhttp_request *req)
 {
 	uint64_t msgs = 0, unread = 0, bytes = 0;
 	capture_stats(h->st, &msgs, &unread, &bytes);
+	uint64_t accepted = 0, accepted_size = 0, rejected = 0, deleted = 0;
+	if (h->hooks.runtime_stats)
+		h->hooks.runtime_stats(h->hooks.ctx, &accepted, &accepted_size, &rejected, &deleted);
 	json_t *tags = json_object();
 	json_t *names = capture_tags(h->st);
 	size_t i;
@@ -525,8 +528,9 @@ static void route_info(struct http_server *h, struct evhttp_request *req)
 	    "Version", h->hooks.version ? h->hooks.version : "", "DatabaseSize", (json_int_t)bytes,
 	    "Database", "capture.db", "Messages", (json_int_t)msgs, "Unread", (json_int_t)unread,
 	    "LatestVersion", "", "Tags", tags, "RuntimeStats", "Memory", (json_int_t)rss_bytes(),
-	    "MessagesDeleted", (json_int_t)0, "SMTPAccepted", (json_int_t)0, "SMTPAcceptedSize",
-	    (json_int_t)0, "SMTPIgnored", (json_int_t)0, "SMTPRejected", (json_int_t)0, "Uptime",
+	    "MessagesDeleted", (json_int_t)deleted, "SMTPAccepted", (json_int_t)accepted,
+	    "SMTPAcceptedSize", (json_int_t)accepted_size, "SMTPIgnored", (json_int_t)0,
+	    "SMTPRejected", (json_int_t)rejected, "Uptime",
 	    (json_int_t)(time(NULL) - h->started));
 	reply_json(req, 200, j);
 }
@@ -534,7 +538,9 @@ static void route_info(struct http_server *h, struct evhttp_request *req)
 static void route_webui(struct http_server *h, struct evhttp_request *req)
 {
 	json_t *j = json_pack("{s:s, s:{s:b, s:s, s:s, s:s, s:s, s:b, s:s}, s:b, s:b, s:b, s:b}",
-	                      "Label", "", "MessageRelay", "Enabled", h->hooks.release != NULL,
+	                      "Label", "", "MessageRelay", "Enabled",
+	                      h->hooks.release && (!h->hooks.release_enabled ||
+	                                           h->hooks.release_enabled(h->hooks.ctx)),
 	                      "SMTPServer", "", "AllowedRecipients", "", "BlockedRecipients", "",
 	                      "ReturnPath", "", "PreserveMessageIDs", 0, "OverrideFrom", "",
 	                      "SpamAssassin", 0, "ChaosEnabled", h->hooks.chaos_get != NULL,

@@ -658,7 +658,10 @@ static bool capture_one(struct scheduler *s, const struct spool_msg *m, const st
 		return false;
 	out->m = m;
 	out->job = job;
-	out->rc = capture_add(s->capture, job->data, job->len, m->sender, to, n, out->id);
+	/* The session records an authenticated user last in the trace string. */
+	const char *auth = m->client ? strstr(m->client, " auth=") : NULL;
+	out->rc = capture_add_once(s->capture, m->id, auth ? auth + 6 : NULL, job->data, job->len,
+				   m->sender, to, n, out->id);
 	return true;
 }
 
@@ -691,14 +694,32 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 		}
 		record_outcomes(s, conf, m, c[k].job->data, c[k].job->len, o, n);
 	}
-	if (n_caught && (conf->capture.max_messages || conf->capture.max_age) &&
-	    now - s->last_prune >= 2) {
+}
+
+/* Capture retention, at most every 2 s, also when no mail arrives (so a
+ * burst is trimmed and old messages age out on time). Scheduler threads only. */
+static void maybe_prune(struct scheduler *s)
+{
+	if (!s->capture)
+		return;
+	int64_t now = now_sec();
+	pthread_mutex_lock(&s->lock);
+	bool due = now - s->last_prune >= 2;
+	if (due)
 		s->last_prune = now;
-		size_t pruned =
-			capture_prune(s->capture, conf->capture.max_messages, conf->capture.max_age);
+	pthread_mutex_unlock(&s->lock);
+	if (!due)
+		return;
+	struct tern_runtime *rt = runtime_acquire();
+	if (!rt)
+		return;
+	const struct conf_capture *cc = &rt->conf->capture;
+	if (cc->max_messages || cc->max_age) {
+		size_t pruned = capture_prune(s->capture, cc->max_messages, cc->max_age);
 		if (pruned)
 			log_info("event=capture_pruned messages=%zu", pruned);
 	}
+	runtime_release(rt);
 }
 
 static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
@@ -882,11 +903,19 @@ static void *scheduler_main(void *arg)
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_sec += 1;
-			pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+			if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
+				break; /* a quiet second: time for housekeeping */
 		}
 		if (s->stopping) {
 			pthread_mutex_unlock(&s->lock);
 			return NULL;
+		}
+		pthread_mutex_unlock(&s->lock);
+		maybe_prune(s);
+		pthread_mutex_lock(&s->lock);
+		if (!s->head) {
+			pthread_mutex_unlock(&s->lock);
+			continue;
 		}
 		while (s->head && n < BATCH_MAX) {
 			struct job *j = s->head;

@@ -103,6 +103,7 @@ struct session {
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
 	bool esmtp;
 	bool authenticated;
+	char *auth_user;    /* the SASL identity, once authenticated */
 	uint8_t auth_step;  /* AUTH dialogue: 0 none, else which response we wait for */
 	uint32_t errors;
 	uint64_t serial;
@@ -162,6 +163,15 @@ void smtp_chaos_get(struct smtp_chaos *out)
 	pthread_mutex_unlock(&chaos_lock);
 }
 
+static _Atomic uint64_t count_accepted, count_accepted_size, count_rejected;
+
+void smtp_counters_get(struct smtp_counters *out)
+{
+	out->accepted = atomic_load(&count_accepted);
+	out->accepted_size = atomic_load(&count_accepted_size);
+	out->rejected = atomic_load(&count_rejected);
+}
+
 /* Returns the reply code a chaos trigger picks for this command, or 0. */
 static int chaos_roll(const struct smtp_chaos_trigger *which_in_global)
 {
@@ -171,7 +181,10 @@ static int chaos_roll(const struct smtp_chaos_trigger *which_in_global)
 	if (t.error_code < 400 || t.error_code > 599 || t.probability == 0)
 		return 0;
 	unsigned r = (unsigned)(random() % 100);
-	return r < t.probability ? t.error_code : 0;
+	if (r >= t.probability)
+		return 0;
+	atomic_fetch_add(&count_rejected, 1);
+	return t.error_code;
 }
 
 /* ------------------------------------------------------ address helpers */
@@ -658,29 +671,48 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 
 enum { AUTH_NONE = 0, AUTH_PLAIN_RESPONSE, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 
-/* A SASL response must be valid base64 (RFC 4954 §4); "*" cancels. */
-static bool sasl_response_ok(const char *p, size_t n, bool plain)
+/*
+ * A SASL response must be valid base64 (RFC 4954 §4). For PLAIN it is
+ * authzid NUL authcid NUL passwd, and user gets authcid; for a LOGIN user
+ * name step, the decoded text. user is printable ASCII only (it ends up in
+ * logs and the capture store), cut to fit.
+ */
+static bool sasl_response_ok(const char *p, size_t n, bool plain, char *user, size_t userlen)
 {
 	struct tbuf b;
 	tbuf_init(&b, 4096);
 	bool ok = tern_base64_decode(p, n, &b) == TERN_OK;
+	const char *u = b.data ? b.data : "";
+	size_t ul = b.len;
 	if (ok && plain) {
-		/* authzid NUL authcid NUL passwd */
-		size_t nuls = 0;
-		for (size_t i = 0; i < b.len; i++)
-			nuls += b.data[i] == '\0';
-		ok = nuls == 2;
+		const char *nul1 = memchr(u, '\0', b.len);
+		const char *nul2 = nul1 ? memchr(nul1 + 1, '\0', b.len - (size_t)(nul1 + 1 - u)) : NULL;
+		ok = nul1 && nul2 && !memchr(nul2 + 1, '\0', b.len - (size_t)(nul2 + 1 - u));
+		if (ok) {
+			u = nul1 + 1;
+			ul = (size_t)(nul2 - u);
+		}
+	}
+	if (user && userlen) {
+		size_t k = 0;
+		for (size_t i = 0; ok && i < ul && k < userlen - 1; i++)
+			user[k++] = (u[i] > ' ' && u[i] < 0x7f) ? u[i] : '?';
+		user[k] = '\0';
 	}
 	tbuf_free(&b);
 	return ok;
 }
 
-static void auth_succeed(struct session *s, const char *mech)
+static void auth_succeed(struct session *s, const char *mech, const char *user)
 {
 	s->auth_step = AUTH_NONE;
 	s->authenticated = true;
-	log_info("event=auth sess=%u.%llu client=%s mechanism=%s result=ok mode=capture",
-		 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer, mech);
+	free(s->auth_user);
+	s->auth_user = tern_strdup(user);
+	char q[160];
+	log_info("event=auth sess=%u.%llu client=%s mechanism=%s user=%s result=ok mode=capture",
+		 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer, mech,
+		 log_quote(user ? user : "", user ? strlen(user) : 0, q, sizeof(q)));
 	reply(s, "235 2.7.0 Authentication successful");
 }
 
@@ -723,15 +755,18 @@ static void cmd_auth_capture(struct session *s, const struct smtp_cmd *c)
 		return;
 	}
 	if (initial && strcmp(initial, "=") != 0) {
-		if (!sasl_response_ok(initial, strlen(initial), plain)) {
+		char user[128];
+		if (!sasl_response_ok(initial, strlen(initial), plain, user, sizeof(user))) {
 			reply(s, "501 5.5.2 Cannot decode the initial response");
 			count_error(s);
 			return;
 		}
 		if (plain) {
-			auth_succeed(s, "PLAIN");
+			auth_succeed(s, "PLAIN", user);
 			return;
 		}
+		free(s->auth_user);
+		s->auth_user = tern_strdup(user);
 		s->auth_step = AUTH_LOGIN_PASS; /* the initial response was the user name */
 		reply(s, "334 UGFzc3dvcmQ6");
 		return;
@@ -754,18 +789,27 @@ static void auth_continue(struct session *s, const char *line, size_t n)
 		return;
 	}
 	uint8_t step = s->auth_step;
-	if (!sasl_response_ok(line, n, step == AUTH_PLAIN_RESPONSE)) {
+	char user[128];
+	if (!sasl_response_ok(line, n, step == AUTH_PLAIN_RESPONSE, user, sizeof(user))) {
 		s->auth_step = AUTH_NONE;
 		reply(s, "501 5.5.2 Cannot decode the response");
 		count_error(s);
 		return;
 	}
 	if (step == AUTH_LOGIN_USER) {
+		free(s->auth_user);
+		s->auth_user = tern_strdup(user);
 		s->auth_step = AUTH_LOGIN_PASS;
 		reply(s, "334 UGFzc3dvcmQ6");
 		return;
 	}
-	auth_succeed(s, step == AUTH_PLAIN_RESPONSE ? "PLAIN" : "LOGIN");
+	if (step == AUTH_PLAIN_RESPONSE) {
+		auth_succeed(s, "PLAIN", user);
+		return;
+	}
+	char login_user[128];
+	tern_strlcpy(login_user, s->auth_user ? s->auth_user : "", sizeof(login_user));
+	auth_succeed(s, "LOGIN", login_user);
 }
 
 static void cmd_simple(struct session *s, const struct smtp_cmd *c)
@@ -903,6 +947,8 @@ static void commit_done(void *arg)
 			log_debug("event=rcpt id=%s to=<%s> local=%d", t->id, t->rcpts[i].addr,
 				  t->rcpts[i].local);
 		s->n_msgs++;
+		atomic_fetch_add(&count_accepted, 1);
+		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
 		if (!s->dead)
 			reply(s, "250 2.0.0 Ok: queued as %s", t->id);
 	} else {
@@ -938,6 +984,7 @@ static void finish_message(struct session *s)
 		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
 		      (unsigned long long)s->conf->limits.max_message_size);
 		log_info("event=rejected id=%s client=%s code=552 reason=too-big", t->id, s->peer);
+		atomic_fetch_add(&count_rejected, 1);
 		tx_reset(s);
 		return;
 	}
@@ -946,6 +993,7 @@ static void finish_message(struct session *s)
 			 "must end with CRLF");
 		log_info("event=rejected id=%s client=%s code=554 reason=%s", t->id, s->peer,
 			 dp->has_nul ? "nul-byte" : "bare-cr-or-lf");
+		atomic_fetch_add(&count_rejected, 1);
 		tx_reset(s);
 		return;
 	}
@@ -967,8 +1015,10 @@ static void finish_message(struct session *s)
 	env.smtputf8 = t->smtputf8;
 	env.envid = t->envid;
 	char client[512];
-	snprintf(client, sizeof(client), "addr=%s helo=%.200s proto=%s", s->peer, s->helo,
-		 proto_keyword(s, t));
+	/* auth= goes last: the capture store reads everything after it. */
+	snprintf(client, sizeof(client), "addr=%s helo=%.200s proto=%s%s%.128s", s->peer, s->helo,
+		 proto_keyword(s, t), s->authenticated ? " auth=" : "",
+		 s->authenticated && s->auth_user ? s->auth_user : "");
 	env.client = client;
 	env.size = t->msg.len;
 	env.n_rcpts = t->n_rcpts;
@@ -1200,6 +1250,7 @@ static void session_free(struct session *s)
 	atomic_fetch_sub(&sw->srv->n_sessions, 1);
 	tx_free(s->tx);
 	free(s->helo);
+	free(s->auth_user);
 	bufferevent_free(s->bev);
 	runtime_release(s->rt);
 	free(s);

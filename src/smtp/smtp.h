@@ -216,6 +216,14 @@ struct smtp_chaos {
 	struct smtp_chaos_trigger sender, recipient, authentication;
 };
 void smtp_chaos_set(const struct smtp_chaos *c);
+
+/* Process-wide counters since start (for capture mode's /api/v1/info). */
+struct smtp_counters {
+	uint64_t accepted;      /* messages answered 250 at end of data */
+	uint64_t accepted_size; /* their bytes */
+	uint64_t rejected;      /* messages refused at end of data, and chaos refusals */
+};
+void smtp_counters_get(struct smtp_counters *out);
 void smtp_chaos_get(struct smtp_chaos *out);
 
 /* ------------------------------------------------ client-side protocol */

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -46,7 +47,7 @@
 #include "mime/mime.h"
 #include "store/capture_query.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2 /* 2: messages.username */
 #define ID_LEN 22
 #define MAX_SUBS 16
 #define MAX_LIST 100000    /* messages per page */
@@ -66,6 +67,7 @@ struct capture_store {
 	char *dir;
 	_Atomic bool batch_sync; /* capture_sync() makes adds durable, not each add */
 	uint64_t total, unread, raw_bytes;
+	uint64_t deleted; /* messages deleted since open, for /api/v1/info */
 	struct sub subs[MAX_SUBS];
 	size_t n_subs;
 };
@@ -92,7 +94,8 @@ static const char *const SCHEMA =
     " env_to TEXT NOT NULL DEFAULT '[]',"
     " attachments INTEGER NOT NULL DEFAULT 0,"
     " inline INTEGER NOT NULL DEFAULT 0,"
-    " snippet TEXT NOT NULL DEFAULT '');"
+    " snippet TEXT NOT NULL DEFAULT '',"
+    " username TEXT NOT NULL DEFAULT '');"
     "CREATE INDEX IF NOT EXISTS messages_created ON messages(created);"
     "CREATE INDEX IF NOT EXISTS messages_read ON messages(read);"
     "CREATE INDEX IF NOT EXISTS messages_message_id ON messages(message_id);"
@@ -106,13 +109,17 @@ static const char *const SCHEMA =
     "CREATE INDEX IF NOT EXISTS message_tags_tag ON message_tags(tag);"
     "CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(subject, sender, recipients, body,"
     " tokenize = 'unicode61 remove_diacritics 2');"
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    /* spool queue id -> capture id: a redelivery after a crash finds its copy */
+    "CREATE TABLE IF NOT EXISTS spool_ids (queue_id TEXT PRIMARY KEY, id TEXT NOT NULL)"
+    " WITHOUT ROWID;";
 
 #define SUMMARY_COLS                                                                               \
 	"m.id, m.message_id, m.read, m.from_name, m.from_addr, m.addrs, m.subject, m.created, "    \
 	"m.size, m.attachments, m.snippet, "                                                       \
 	"(SELECT json_group_array(name) FROM (SELECT t.name AS name FROM message_tags mt JOIN "    \
-	"tags t ON t.id = mt.tag WHERE mt.msg = m.seq ORDER BY t.name COLLATE NOCASE))"
+	"tags t ON t.id = mt.tag WHERE mt.msg = m.seq ORDER BY t.name COLLATE NOCASE)), "          \
+	"m.username"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -359,7 +366,7 @@ static json_t *summary_from_row(sqlite3_stmt *s)
 	}
 	json_object_set_new(o, "Subject", jstr(col_text(s, 6)));
 	json_object_set_new(o, "Created", jstr(created));
-	json_object_set_new(o, "Username", jstr(""));
+	json_object_set_new(o, "Username", jstr(col_text(s, 12)));
 	json_object_set_new(o, "Tags", json_col(s, 11, 1));
 	json_object_set_new(o, "Size", json_integer(sqlite3_column_int64(s, 8)));
 	json_object_set_new(o, "Attachments", json_integer(sqlite3_column_int64(s, 9)));
@@ -485,9 +492,22 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 	char *addrs_s = NULL, *envto_s = NULL;
 	struct tbuf rcpt = TBUF_INIT(SIZE_MAX / 2), sender = TBUF_INIT(SIZE_MAX / 2);
 
+	/* Envelope recipients that no To/Cc/Bcc header names were blind
+	 * copies: list them as Bcc, as Mailpit does. */
+	json_t *bcc = addrs_json(&mm->bcc);
+	for (size_t i = 0; bcc && i < n_to; i++) {
+		const char *e = env_to[i] ? env_to[i] : "";
+		bool named = !*e;
+		const struct mime_addrs *hl[] = {&mm->to, &mm->cc, &mm->bcc};
+		for (size_t k = 0; !named && k < 3; k++)
+			for (size_t j = 0; !named && j < hl[k]->n; j++)
+				named = strcasecmp(hl[k]->v[j].addr, e) == 0;
+		if (!named)
+			json_array_append_new(bcc, addr_json("", e));
+	}
 	json_t *addrs =
 	    json_pack("{s:o,s:o,s:o,s:o}", "To", addrs_json(&mm->to), "Cc", addrs_json(&mm->cc),
-	              "Bcc", addrs_json(&mm->bcc), "ReplyTo", addrs_json(&mm->reply_to));
+	              "Bcc", bcc ? bcc : json_array(), "ReplyTo", addrs_json(&mm->reply_to));
 	json_t *envto = json_array();
 	for (size_t i = 0; envto && i < n_to; i++)
 		json_array_append_new(envto, jstr(env_to[i]));
@@ -591,6 +611,14 @@ static json_t *summary_by_seq(struct capture_store *st, int64_t seq)
 	return o;
 }
 
+uint64_t capture_deleted(struct capture_store *st)
+{
+	pthread_mutex_lock(&st->mu);
+	uint64_t n = st->deleted;
+	pthread_mutex_unlock(&st->mu);
+	return n;
+}
+
 void capture_set_batch_sync(struct capture_store *st, bool on)
 {
 	atomic_store(&st->batch_sync, on);
@@ -608,8 +636,44 @@ int capture_sync(struct capture_store *st)
 	return rc;
 }
 
+static int add_message(struct capture_store *st, const char *queue_id, const char *username,
+                       const char *raw, size_t len, const char *env_from,
+                       const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX]);
+
 int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,
                 const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+{
+	return add_message(st, NULL, NULL, raw, len, env_from, env_to, n_to, id_out);
+}
+
+int capture_add_once(struct capture_store *st, const char *queue_id, const char *username,
+                     const char *raw, size_t len, const char *env_from,
+                     const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+{
+	pthread_mutex_lock(&st->mu);
+	sqlite3_stmt *q = prep(st, "SELECT s.id FROM spool_ids s JOIN messages m ON m.id = s.id "
+	                           "WHERE s.queue_id = ?");
+	bool found = false;
+	if (q) {
+		sqlite3_bind_text(q, 1, queue_id, -1, SQLITE_STATIC);
+		if (sqlite3_step(q) == SQLITE_ROW) {
+			const char *id = (const char *)sqlite3_column_text(q, 0);
+			if (id && strlen(id) < CAPTURE_ID_MAX) {
+				memcpy(id_out, id, strlen(id) + 1);
+				found = true;
+			}
+		}
+		sqlite3_finalize(q);
+	}
+	pthread_mutex_unlock(&st->mu);
+	if (found)
+		return TERN_OK;
+	return add_message(st, queue_id, username, raw, len, env_from, env_to, n_to, id_out);
+}
+
+static int add_message(struct capture_store *st, const char *queue_id, const char *username,
+                       const char *raw, size_t len, const char *env_from,
+                       const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
 {
 	struct mime_msg mm;
 	struct event ev = {"new", NULL};
@@ -629,6 +693,32 @@ int capture_add(struct capture_store *st, const char *raw, size_t len, const cha
 	rc = exec(st, "BEGIN IMMEDIATE");
 	if (rc == TERN_OK) {
 		rc = insert_row(st, id, len, &mm, env_from, env_to, n_to, now_us(), &seq);
+		if (rc == TERN_OK && username && *username) {
+			sqlite3_stmt *up = prep(st, "UPDATE messages SET username = ? WHERE seq = ?");
+			rc = TERN_EIO;
+			if (up) {
+				sqlite3_bind_text(up, 1, username, -1, SQLITE_STATIC);
+				sqlite3_bind_int64(up, 2, seq);
+				if (sqlite3_step(up) == SQLITE_DONE)
+					rc = TERN_OK;
+				sqlite3_finalize(up);
+			}
+		}
+		if (rc == TERN_OK && queue_id) {
+			sqlite3_stmt *ins = prep(st, "INSERT OR REPLACE INTO spool_ids (queue_id, id) "
+			                             "VALUES (?, ?)");
+			rc = TERN_EIO;
+			if (ins) {
+				sqlite3_bind_text(ins, 1, queue_id, -1, SQLITE_STATIC);
+				sqlite3_bind_text(ins, 2, id, -1, SQLITE_STATIC);
+				if (sqlite3_step(ins) == SQLITE_DONE)
+					rc = TERN_OK;
+				sqlite3_finalize(ins);
+			}
+			/* Mappings of deleted messages are dead weight: sweep now and then. */
+			if (rc == TERN_OK && (st->total % 4096) == 0)
+				exec(st, "DELETE FROM spool_ids WHERE id NOT IN (SELECT id FROM messages)");
+		}
 		if (rc == TERN_OK)
 			rc = exec(st, "COMMIT");
 		if (rc != TERN_OK)
@@ -772,7 +862,12 @@ int capture_open(const char *dir, struct capture_store **out, char *err, size_t 
 	if (exec(st, "PRAGMA journal_mode = WAL") != TERN_OK ||
 	    exec(st, "PRAGMA synchronous = NORMAL") != TERN_OK ||
 	    exec(st, "PRAGMA temp_store = MEMORY") != TERN_OK || exec(st, "BEGIN") != TERN_OK ||
-	    exec(st, SCHEMA) != TERN_OK || exec(st, "PRAGMA user_version = 1") != TERN_OK ||
+	    exec(st, SCHEMA) != TERN_OK ||
+	    (scalar_i64(st, "SELECT COUNT(*) FROM pragma_table_info('messages') "
+	                    "WHERE name = 'username'") == 0 &&
+	     exec(st, "ALTER TABLE messages ADD COLUMN username TEXT NOT NULL DEFAULT ''") !=
+	         TERN_OK) ||
+	    exec(st, "PRAGMA user_version = 2") != TERN_OK ||
 	    exec(st, "COMMIT") != TERN_OK) {
 		set_err(err, errlen, "cannot set up %s: %s", path, sqlite3_errmsg(st->db));
 		goto fail;
@@ -995,6 +1090,8 @@ json_t *capture_message(struct capture_store *st, const char *id, bool mark_read
 	json_t *o = NULL, *tags = NULL;
 	char env_from[1024] = "";
 	int64_t created = 0;
+	json_t *stored_bcc = NULL;
+	char username[256] = "";
 	struct event ev = {"update", NULL};
 
 	pthread_mutex_lock(&st->mu);
@@ -1002,7 +1099,8 @@ json_t *capture_message(struct capture_store *st, const char *id, bool mark_read
 	if (seq) {
 		tags = tags_of(st, seq);
 		sqlite3_stmt *s =
-		    prep(st, "SELECT env_from, created, read FROM messages WHERE seq = ?");
+		    prep(st, "SELECT env_from, created, read, addrs, username FROM messages "
+		             "WHERE seq = ?");
 		bool was_read = false;
 		if (s) {
 			sqlite3_bind_int64(s, 1, seq);
@@ -1010,6 +1108,13 @@ json_t *capture_message(struct capture_store *st, const char *id, bool mark_read
 				tern_strlcpy(env_from, col_text(s, 0), sizeof(env_from));
 				created = sqlite3_column_int64(s, 1);
 				was_read = sqlite3_column_int(s, 2) != 0;
+				/* Bcc as stored: header Bcc plus envelope-only recipients. */
+				json_t *addrs = json_col(s, 3, 0);
+				json_t *b = json_object_get(addrs, "Bcc");
+				if (json_is_array(b))
+					stored_bcc = json_incref(b);
+				json_decref(addrs);
+				tern_strlcpy(username, col_text(s, 4), sizeof(username));
 			}
 		}
 		sqlite3_finalize(s);
@@ -1057,7 +1162,8 @@ json_t *capture_message(struct capture_store *st, const char *id, bool mark_read
 	json_object_set_new(o, "From", addr_json(mm.from.name, mm.from.addr));
 	json_object_set_new(o, "To", addrs_json(&mm.to));
 	json_object_set_new(o, "Cc", addrs_json(&mm.cc));
-	json_object_set_new(o, "Bcc", addrs_json(&mm.bcc));
+	json_object_set_new(o, "Bcc", stored_bcc ? stored_bcc : addrs_json(&mm.bcc));
+	stored_bcc = NULL;
 	json_object_set_new(o, "ReplyTo", addrs_json(&mm.reply_to));
 	json_object_set_new(o, "ReturnPath", jstr(mm.return_path[0] ? mm.return_path : env_from));
 	json_object_set_new(o, "Subject", jstr(mm.subject));
@@ -1065,13 +1171,14 @@ json_t *capture_message(struct capture_store *st, const char *id, bool mark_read
 	json_object_set_new(o, "Date", jstr(date));
 	json_object_set_new(o, "Tags", tags);
 	tags = NULL;
-	json_object_set_new(o, "Username", jstr(""));
+	json_object_set_new(o, "Username", jstr(username));
 	json_object_set_new(o, "Text", jstr(mm.text));
 	json_object_set_new(o, "HTML", jstr(mm.html));
 	json_object_set_new(o, "Size", json_integer((json_int_t)raw.len));
 	json_object_set_new(o, "Inline", inl);
 	json_object_set_new(o, "Attachments", att);
 out:
+	json_decref(stored_bcc);
 	json_decref(tags);
 	mime_msg_free(&mm);
 	tbuf_free(&raw);
@@ -1294,7 +1401,10 @@ static int delete_rows(struct capture_store *st, const struct victims *v, bool a
 		rc = exec(st, "COMMIT");
 	if (rc != TERN_OK)
 		exec(st, "ROLLBACK");
+	uint64_t before = st->total;
 	recount(st);
+	if (st->total < before)
+		st->deleted += before - st->total;
 	return rc;
 }
 

@@ -45,6 +45,13 @@ void capture_close(struct capture_store *st);
 int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,
 		const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX]);
 
+/* Like capture_add, but idempotent per spool queue id: a message the spool
+ * delivers again after a crash finds its earlier copy (id_out is that ID).
+ * username: the SMTP AUTH identity of the sender, or NULL/"". */
+int capture_add_once(struct capture_store *st, const char *queue_id, const char *username,
+		     const char *raw, size_t len, const char *env_from, const char *const *env_to,
+		     size_t n_to, char id_out[CAPTURE_ID_MAX]);
+
 /*
  * Group commit for a writer that has its own durable copy (the spool): with
  * batch sync on, capture_add writes without fsync and capture_sync() makes
@@ -97,6 +104,9 @@ int capture_delete_tag(struct capture_store *st, const char *tag);
 /* Totals for /api/v1/info and the UI: messages, unread, database size. */
 void capture_stats(struct capture_store *st, uint64_t *messages, uint64_t *unread,
 		   uint64_t *bytes);
+
+/* Messages deleted (by API or retention) since the store was opened. */
+uint64_t capture_deleted(struct capture_store *st);
 
 /* Retention: deletes the oldest messages beyond max_messages (0 = no limit)
  * and those older than max_age seconds (0 = no limit). Returns how many. */

@@ -986,7 +986,7 @@ static void test_open_sets_wal_and_schema_version(void **state)
 	sqlite3_finalize(s);
 	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
 	assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-	assert_int_equal(sqlite3_column_int(s, 0), 1);
+	assert_int_equal(sqlite3_column_int(s, 0), 2);
 	sqlite3_finalize(s);
 	/* a future schema is refused rather than misread */
 	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
@@ -997,6 +997,7 @@ static void test_open_sets_wal_and_schema_version(void **state)
 	assert_int_not_equal(capture_open(sub, &f->st, err, sizeof(err)), TERN_OK);
 	assert_non_null(strstr(err, "newer"));
 	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	/* an older schema (version 1, before messages.username) is upgraded */
 	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
 	assert_int_equal(capture_open(sub, &f->st, err, sizeof(err)), TERN_OK);
