@@ -13,6 +13,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -202,6 +204,32 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	}
 }
 
+/* The server-side TLS context, loaded while still root (keys are often
+ * readable by root only). NULL with a message in err on failure. */
+static SSL_CTX *tls_server_ctx(const struct conf_tls_server *t, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	if (!ctx)
+		goto fail;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	if (SSL_CTX_use_certificate_chain_file(ctx, t->cert_file) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(ctx, t->key_file, SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_check_private_key(ctx) != 1)
+		goto fail;
+	return ctx;
+fail: {
+	char e[256] = "unknown error";
+	unsigned long code = ERR_get_error();
+	if (code)
+		ERR_error_string_n(code, e, sizeof(e));
+	snprintf(err, errlen, "tls: cannot load %s / %s: %s", t->cert_file, t->key_file, e);
+	ERR_clear_error();
+	if (ctx)
+		SSL_CTX_free(ctx);
+	return NULL;
+}
+}
+
 static int drop_privileges(const char *user, const char *data_dir, char *err, size_t errlen)
 {
 	if (geteuid() != 0)
@@ -258,6 +286,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct remote *remote = NULL;
 	struct control *ctl = NULL;
 	struct capture_mode *capm = NULL;
+	SSL_CTX *tls = NULL;
 	int http_fd = -1;
 
 	/* Every thread inherits this mask; only sigwait below takes the signals. */
@@ -330,6 +359,14 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		goto out;
 	}
 
+	if (conf->tls.cert_file) {
+		tls = tls_server_ctx(&conf->tls, err, sizeof(err));
+		if (!tls) {
+			log_error("event=fatal reason=\"%s\"", err);
+			goto out;
+		}
+		log_info("event=tls_loaded cert=%s", conf->tls.cert_file);
+	}
 	if (drop_privileges(conf->user, conf->data_dir, err, sizeof(err)) != 0) {
 		log_error("event=fatal reason=\"%s\"", err);
 		goto out;
@@ -368,6 +405,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		goto out;
 	}
 	scheduler_set_remote(sched, remote);
+	smtp_server_set_tls(srv, tls);
 	for (size_t i = 0; i < n_fds; i++) {
 		if (smtp_server_listen(srv, workers[i % n_workers], fds[i], fd_profiles[i]) !=
 		    TERN_OK) {
@@ -475,6 +513,8 @@ out:
 		close(http_fd);
 	if (rt)
 		runtime_release(rt);
+	if (tls)
+		SSL_CTX_free(tls);
 	runtime_clear();
 	if (status == 0)
 		log_info("event=stopped");

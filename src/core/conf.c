@@ -1335,6 +1335,8 @@ static void free_aliases(struct conf_alias *v, size_t n)
 
 static void conf_free(struct tern_config *c)
 {
+	free(c->tls.cert_file);
+	free(c->tls.key_file);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -1392,6 +1394,30 @@ static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_
 			return unknown_key(x, m, "capture");
 		}
 	}
+	return rc;
+}
+
+static int parse_tls(struct ctx *x, const struct ucl_node *sec, struct conf_tls_server *t,
+                     const struct ucl_node **where)
+{
+	int rc = want_section(x, sec, "tls");
+	*where = sec;
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "cert_file") == 0) {
+			free(t->cert_file);
+			t->cert_file = NULL;
+			rc = get_path(x, m, "tls.cert_file", &t->cert_file);
+		} else if (strcmp(m->key, "key_file") == 0) {
+			free(t->key_file);
+			t->key_file = NULL;
+			rc = get_path(x, m, "tls.key_file", &t->key_file);
+		} else {
+			return unknown_key(x, m, "tls");
+		}
+	}
+	if (rc == TERN_OK && (!t->cert_file) != (!t->key_file))
+		return cerr(x, sec, "tls: cert_file and key_file go together (set both or neither)");
 	return rc;
 }
 
@@ -1466,6 +1492,10 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dns(x, c, m);
 	if (strcmp(k, "capture") == 0)
 		return parse_capture(x, m, &c->capture);
+	if (strcmp(k, "tls") == 0) {
+		const struct ucl_node *where;
+		return parse_tls(x, m, &c->tls, &where);
+	}
 	return unknown_key(x, m, NULL);
 }
 
@@ -1841,4 +1871,13 @@ void conf_print(const struct tern_config *c, FILE *out)
 	}
 	fprintf(out, "}\ncapture {\n\tmax_messages = %llu;\n\tmax_age = %us;\n}\n",
 	        (unsigned long long)c->capture.max_messages, (unsigned)c->capture.max_age);
+	if (c->tls.cert_file) {
+		fputs("tls {\n\tcert_file = ", out);
+		print_str(out, c->tls.cert_file);
+		fputs(";\n\tkey_file = ", out);
+		print_str(out, c->tls.key_file);
+		fputs(";\n}\n", out);
+	} else {
+		fputs("# no tls section: STARTTLS is not offered\n", out);
+	}
 }

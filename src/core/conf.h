@@ -86,6 +86,12 @@ struct conf_dns {
 	char *trust_anchor_file;  /* or NULL: no DNSSEC validation */
 };
 
+/* The server side of TLS: STARTTLS is offered when a certificate is set. */
+struct conf_tls_server {
+	char *cert_file; /* PEM certificate chain, or NULL: no STARTTLS */
+	char *key_file;  /* PEM private key (mode 0600) */
+};
+
 /* Capture mode (tern capture): retention of caught messages. */
 struct conf_capture {
 	uint64_t max_messages;    /* keep at most this many; 0 = no limit (default 0) */
@@ -124,6 +130,7 @@ struct tern_config {
 	struct conf_delivery delivery;
 	struct conf_dns dns;
 	struct conf_capture capture;
+	struct conf_tls_server tls;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

@@ -115,6 +115,18 @@ struct spool_stats {
 };
 void spool_get_stats(struct spool *s, struct spool_stats *out);
 
+/*
+ * Compaction (DESIGN §6): copies the live messages of old, mostly-dead
+ * segments (under 1/4 live, at least one segment older than the current
+ * one) forward into the current segment, each as one fresh record with its
+ * recipients' current state and the same queue id, so the old segments and
+ * the records they pin can go. Bounded work per call (about 16 MiB). Blocks
+ * until the copies are synced and the segments they emptied are unlinked:
+ * call it from a thread that may block on I/O (the scheduler's), every few
+ * seconds. Returns the number of messages copied, or a TERN_* error.
+ */
+int spool_maintain(struct spool *s);
+
 
 /* ------------------------------------------------------------ scheduler */
 

@@ -35,6 +35,7 @@
 
 #define BATCH_MAX 64
 #define INFLIGHT_BUCKETS 1024
+#define MAINTAIN_EVERY 5 /* seconds between spool_maintain calls */
 
 struct job {
 	struct job *next;
@@ -59,6 +60,7 @@ struct scheduler {
 	struct remote *remote;
 	struct capture_store *capture; /* capture mode: local recipients are caught here */
 	int64_t last_prune;
+	int64_t last_maintain; /* spool compaction: at most every MAINTAIN_EVERY s */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct job *head, *tail; /* due now */
@@ -889,16 +891,31 @@ out:
 	runtime_release(rt);
 }
 
+/* Spool compaction blocks on reads and one sync, so it runs here, on a
+ * delivery thread (never an event loop), by one thread at a time. */
+static void maintain_tick(struct scheduler *s)
+{
+	int64_t now = now_sec();
+	pthread_mutex_lock(&s->lock);
+	bool due = now - s->last_maintain >= MAINTAIN_EVERY && !s->stopping;
+	if (due)
+		s->last_maintain = now;
+	pthread_mutex_unlock(&s->lock);
+	if (due)
+		spool_maintain(s->sp);
+}
+
 static void *scheduler_main(void *arg)
 {
 	struct scheduler *s = arg;
 	struct job *batch[BATCH_MAX];
 	for (;;) {
 		size_t n = 0;
+		maintain_tick(s);
 		pthread_mutex_lock(&s->lock);
 		for (;;) {
 			promote_due_locked(s, now_sec());
-			if (s->head || s->stopping)
+			if (s->head || s->stopping || now_sec() - s->last_maintain >= MAINTAIN_EVERY)
 				break;
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -925,6 +942,8 @@ static void *scheduler_main(void *arg)
 			batch[n++] = j;
 		}
 		pthread_mutex_unlock(&s->lock);
+		if (n == 0)
+			continue; /* woke for maintain_tick only */
 
 		deliver_batch(s, batch, n);
 

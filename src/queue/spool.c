@@ -30,6 +30,18 @@
  * unlinked by the committer, after a sync that makes every record written
  * so far durable, and the directory is synced before any tombstone it
  * released can let a later segment go.
+ *
+ * Compaction (spool_maintain): a live message of an old, mostly-dead
+ * segment is re-appended as a new MSG record (same id, recipients' current
+ * state), queued under mu so it sits in the log after every change it
+ * includes and before every change it does not. Once that batch is synced
+ * the committer moves the index entry: the old segment loses a live
+ * message and the RCPT records written before the copy lose their pins
+ * (the copy supersedes them). The old segment number stays in the entry's
+ * osegs, so a later DEL is a tombstone for it as well as for the copy's
+ * segment. Recovery lets a later MSG record of the same message replace
+ * the earlier one; RCPT and DEL records apply to whichever copy came last.
+ * A crash before the sync leaves the old copy and its records in place.
  */
 #include "queue/queue.h"
 
@@ -60,6 +72,8 @@ struct seg {
 	uint32_t no;
 	int fd;
 	uint64_t live;
+	uint64_t live_bytes; /* record bytes of the live messages' MSG records here */
+	uint64_t size;       /* bytes of whole records in the file */
 	uint64_t pins;
 	uint32_t *tombs; /* segments holding DEL records for messages in this one */
 	size_t n_tombs, cap_tombs;
@@ -76,9 +90,17 @@ struct entry {
 	uint64_t rec_off;  /* offset of the MSG record in it */
 	uint64_t data_off; /* offset of the message bytes */
 	uint64_t data_len;
+	uint64_t rec_len;  /* whole MSG record, header included */
 	struct spool_msg *msg;
 	uint32_t *rsegs; /* segments holding RCPT records of this message */
 	size_t n_rsegs, cap_rsegs;
+	/* Segments that may still hold older MSG copies of this message
+	 * (compaction leaves them until their segment goes): a DEL must stay
+	 * while any of them exists. Stale numbers are harmless. */
+	uint32_t *osegs;
+	size_t n_osegs, cap_osegs;
+	uint32_t ver;      /* bumped on every change of msg (compaction checks it) */
+	struct item *copy; /* compaction copy queued but not yet accounted */
 };
 
 /* Open addressing, linear probing, backward-shift deletion (no tombstones). */
@@ -104,8 +126,16 @@ struct item {
 	int result; /* what cb is told */
 	/* DEL: what the removed entry pinned, released once the DEL is written */
 	uint32_t del_seg;
+	uint64_t del_len; /* its MSG record's length (live bytes of del_seg) */
 	uint32_t *rsegs;
 	size_t n_rsegs;
+	uint32_t *osegs; /* more segments with MSG copies: the DEL is a tombstone for each */
+	size_t n_osegs, cap_osegs;
+	/* MSG written by compaction: a new copy of a message already indexed.
+	 * del_item is the DEL of that message when it was removed before the
+	 * copy was accounted (that DEL must also outlive the copy's segment). */
+	bool copy;
+	struct item *del_item;
 };
 
 struct spool {
@@ -141,6 +171,7 @@ static void item_free(struct item *it)
 	free(it->buf);
 	spool_msg_free(it->msg);
 	free(it->rsegs);
+	free(it->osegs);
 	free(it);
 }
 
@@ -302,6 +333,7 @@ static void entry_free(struct entry *e)
 		return;
 	spool_msg_free(e->msg);
 	free(e->rsegs);
+	free(e->osegs);
 	free(e);
 }
 
@@ -328,26 +360,61 @@ static void acct_rcpt(struct spool *s, struct entry *e, struct seg *t)
 		t->pins++;
 }
 
-/* A message whose MSG record is in msg_seg was removed; its DEL record is
- * in t (NULL when the DEL could not be written). */
-static void acct_del(struct spool *s, uint32_t msg_seg, const uint32_t *rsegs, size_t n,
-                     struct seg *t)
+/* The DEL record in t must stay while segment no (holding a MSG record of
+ * the removed message) exists. */
+static void add_tomb(struct spool *s, uint32_t no, struct seg *t)
 {
-	struct seg *g = seg_find(s, msg_seg, NULL);
-	for (size_t i = 0; i < n; i++)
-		seg_unpin(s, rsegs[i]);
+	struct seg *g = seg_find(s, no, NULL);
+	if (!g || !t || t == g)
+		return;
+	bool added;
+	if (u32set_add(&g->tombs, &g->n_tombs, &g->cap_tombs, t->no, &added) == TERN_OK)
+		t->pins += added;
+	else
+		log_warn("event=spool_pin_failed seg=%" PRIu32, t->no);
+}
+
+/* The live message whose current MSG record (len bytes) is in g leaves g. */
+static void seg_drop_live(struct spool *s, struct seg *g, uint64_t len)
+{
 	if (!g)
 		return;
+	g->live_bytes = g->live_bytes > len ? g->live_bytes - len : 0;
 	if (g->live && --g->live == 0)
 		s->reap_hint = true;
-	if (t && t != g) {
-		bool added;
-		if (u32set_add(&g->tombs, &g->n_tombs, &g->cap_tombs, t->no, &added) == TERN_OK) {
-			t->pins += added;
-		} else {
-			log_warn("event=spool_pin_failed seg=%" PRIu32, t->no);
-		}
-	}
+}
+
+/* A message whose current MSG record (msg_len bytes) is in msg_seg, with
+ * older copies possibly in osegs, was removed; its DEL record is in t (NULL
+ * when the DEL could not be written). */
+static void acct_del(struct spool *s, uint32_t msg_seg, uint64_t msg_len, const uint32_t *osegs,
+                     size_t n_osegs, const uint32_t *rsegs, size_t n, struct seg *t)
+{
+	for (size_t i = 0; i < n; i++)
+		seg_unpin(s, rsegs[i]);
+	seg_drop_live(s, seg_find(s, msg_seg, NULL), msg_len);
+	add_tomb(s, msg_seg, t);
+	for (size_t i = 0; i < n_osegs; i++)
+		add_tomb(s, osegs[i], t);
+}
+
+/* e's MSG record now also exists, newer and complete, at rec_off in t
+ * (record length rec_len, data at data_off): the copy in e->seg and every
+ * RCPT record written before the new one are superseded. The old segment
+ * must already be in e->osegs (so a later DEL still guards it). */
+static void entry_move(struct spool *s, struct entry *e, struct seg *t, uint64_t rec_off,
+                       uint64_t data_off, uint64_t rec_len)
+{
+	seg_drop_live(s, seg_find(s, e->seg, NULL), e->rec_len);
+	for (size_t i = 0; i < e->n_rsegs; i++)
+		seg_unpin(s, e->rsegs[i]);
+	e->n_rsegs = 0;
+	e->seg = t->no;
+	e->rec_off = rec_off;
+	e->data_off = data_off;
+	e->rec_len = rec_len;
+	t->live++;
+	t->live_bytes += rec_len;
 }
 
 static bool msg_pending(const struct spool_msg *m)
@@ -541,13 +608,31 @@ static void commit_account(struct spool *s, struct item *batch, struct seg *cur,
 	for (struct item *it = batch; it; it = it->next) {
 		uint64_t rec_off = off;
 		off += it->len;
-		if (it->type == SPOOL_REC_MSG) {
+		if (it->type == SPOOL_REC_MSG && it->copy) {
+			it->result = err;
+			struct entry *e = idx_get(&s->idx, it->id, NULL);
+			if (e && e->copy == it) {
+				e->copy = NULL;
+				if (err == TERN_OK)
+					entry_move(s, e, cur, rec_off, rec_off + it->data_off, it->len);
+			} else if (it->del_item) {
+				/* Removed after the copy was queued: its DEL (later in
+				 * the log) must outlive this copy too. Kept even if the
+				 * write failed: an extra pin only delays a removal. */
+				bool added;
+				if (u32set_add(&it->del_item->osegs, &it->del_item->n_osegs,
+				               &it->del_item->cap_osegs, cur->no, &added) != TERN_OK)
+					log_warn("event=spool_pin_failed seg=%" PRIu32 " id=%s", cur->no,
+					         it->id);
+			}
+		} else if (it->type == SPOOL_REC_MSG) {
 			it->result = err;
 			if (err != TERN_OK)
 				continue;
 			struct entry *e = NULL;
 			if (idx_get(&s->idx, it->id, NULL)) {
-				/* Recovery keeps the first copy of an id too. */
+				/* Recovery keeps the first copy of an id too, unless
+				 * the later one is the same message (a compaction copy). */
 				it->result = TERN_EEXIST;
 			} else if (!(e = calloc(1, sizeof(*e)))) {
 				it->result = TERN_ENOMEM;
@@ -557,11 +642,13 @@ static void commit_account(struct spool *s, struct item *batch, struct seg *cur,
 				e->rec_off = rec_off;
 				e->data_off = rec_off + it->data_off;
 				e->data_len = it->msg->size;
+				e->rec_len = it->len;
 				e->msg = it->msg;
 				it->result = idx_put(&s->idx, e);
 				if (it->result == TERN_OK) {
 					it->msg = NULL;
 					cur->live++;
+					cur->live_bytes += it->len;
 					s->stats.puts++;
 				} else {
 					/* On disk but not indexed: a redelivery after a
@@ -575,10 +662,12 @@ static void commit_account(struct spool *s, struct item *batch, struct seg *cur,
 			if (err == TERN_OK && e)
 				acct_rcpt(s, e, cur);
 		} else {
-			acct_del(s, it->del_seg, it->rsegs, it->n_rsegs,
-			         err == TERN_OK ? cur : NULL);
+			acct_del(s, it->del_seg, it->del_len, it->osegs, it->n_osegs, it->rsegs,
+			         it->n_rsegs, err == TERN_OK ? cur : NULL);
 		}
 	}
+	if (err == TERN_OK)
+		cur->size = off;
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -624,18 +713,23 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 
 callbacks:
 	for (struct item *it = batch; it; it = it->next)
-		if (it->type == SPOOL_REC_MSG && it->cb)
+		if (it->type == SPOOL_REC_MSG && !it->copy && it->cb)
+			it->cb(it->arg, it->result);
+	pthread_mutex_lock(&s->mu);
+	bool hint = s->reap_hint;
+	pthread_mutex_unlock(&s->mu);
+	if (hint)
+		reap(s);
+	/* Compaction copies report after the reap, so spool_maintain returns
+	 * with the segments it emptied gone. */
+	for (struct item *it = batch; it; it = it->next)
+		if (it->copy && it->cb)
 			it->cb(it->arg, it->result);
 	while (batch) {
 		struct item *nx = batch->next;
 		item_free(batch);
 		batch = nx;
 	}
-	pthread_mutex_lock(&s->mu);
-	bool hint = s->reap_hint;
-	pthread_mutex_unlock(&s->mu);
-	if (hint)
-		reap(s);
 }
 
 static void *committer_main(void *arg)
@@ -730,6 +824,29 @@ static bool valid_record_follows(int fd, uint64_t from, uint64_t end)
 	return found;
 }
 
+static bool str_eq_opt(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* True when b is a copy of message a: everything but the recipients'
+ * progress (state, attempts, next_try, last reply) is equal. */
+static bool msg_same(const struct spool_msg *a, const struct spool_msg *b)
+{
+	if (memcmp(a->id, b->id, QUEUE_ID_LEN) || !str_eq_opt(a->sender, b->sender) ||
+	    a->created != b->created || a->body != b->body || a->ret != b->ret ||
+	    a->smtputf8 != b->smtputf8 || !str_eq_opt(a->envid, b->envid) ||
+	    !str_eq_opt(a->client, b->client) || a->size != b->size || a->n_rcpts != b->n_rcpts)
+		return false;
+	for (size_t i = 0; i < a->n_rcpts; i++) {
+		const struct spool_rcpt *x = &a->rcpts[i], *y = &b->rcpts[i];
+		if (!str_eq_opt(x->addr, y->addr) || !str_eq_opt(x->orcpt, y->orcpt) ||
+		    x->notify != y->notify || x->local != y->local)
+			return false;
+	}
+	return true;
+}
+
 /* Applies one verified record found at off in segment g. Caller holds mu. */
 static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_hdr *h,
                          const uint8_t *p, uint64_t off)
@@ -740,7 +857,26 @@ static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_
 		int rc = spool_rec_decode_msg(p, h->len, &m, &doff);
 		if (rc != TERN_OK)
 			return rc;
-		if (idx_get(&s->idx, m->id, NULL)) {
+		struct entry *old = idx_get(&s->idx, m->id, NULL);
+		if (old && msg_same(old->msg, m)) {
+			/* A compaction copy: it holds the recipients' state as of
+			 * when it was written, so it replaces the older copy and
+			 * every RCPT record before it; records after it apply. */
+			bool added;
+			int rc2 = u32set_add(&old->osegs, &old->n_osegs, &old->cap_osegs, old->seg,
+			                     &added);
+			if (rc2 != TERN_OK) {
+				spool_msg_free(m);
+				return rc2;
+			}
+			entry_move(s, old, g, off, off + SPOOL_REC_HDR + doff, SPOOL_REC_HDR + h->len);
+			spool_msg_free(old->msg);
+			old->msg = m;
+			return TERN_OK;
+		}
+		if (old) {
+			/* A different message under a used id (a put refused with
+			 * EEXIST): the first one stays. */
 			log_warn("event=spool_recover seg=%" PRIu32 " offset=%" PRIu64
 			         " duplicate_id=%s",
 			         g->no, off, m->id);
@@ -757,12 +893,14 @@ static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_
 		e->rec_off = off;
 		e->data_off = off + SPOOL_REC_HDR + doff;
 		e->data_len = m->size;
+		e->rec_len = SPOOL_REC_HDR + h->len;
 		e->msg = m;
 		if ((rc = idx_put(&s->idx, e)) != TERN_OK) {
 			entry_free(e);
 			return rc;
 		}
 		g->live++;
+		g->live_bytes += e->rec_len;
 		return TERN_OK;
 	}
 	if (h->type == SPOOL_REC_RCPT) {
@@ -798,7 +936,7 @@ static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_
 	struct entry *e = idx_get(&s->idx, id, &slot);
 	if (e) {
 		idx_del_slot(&s->idx, slot);
-		acct_del(s, e->seg, e->rsegs, e->n_rsegs, g);
+		acct_del(s, e->seg, e->rec_len, e->osegs, e->n_osegs, e->rsegs, e->n_rsegs, g);
 		entry_free(e);
 	}
 	return TERN_OK;
@@ -974,6 +1112,9 @@ static int recover(struct spool *s)
 			          " skipped_bytes=%" PRIu64,
 			          g->no, good, size - good);
 		}
+		pthread_mutex_lock(&s->mu);
+		g->size = good;
+		pthread_mutex_unlock(&s->mu);
 		if (last && !bad) {
 			need_new = false;
 			s->cur = g;
@@ -1032,14 +1173,24 @@ static int remove_locked(struct spool *s, struct entry *e, size_t slot)
 	memcpy(it->id, e->id, sizeof(it->id));
 	it->buf = tbuf_steal(&b, &it->len);
 	it->del_seg = e->seg;
+	it->del_len = e->rec_len;
 	it->rsegs = e->rsegs;
 	it->n_rsegs = e->n_rsegs;
+	it->osegs = e->osegs;
+	it->n_osegs = e->n_osegs;
+	it->cap_osegs = e->cap_osegs;
 	if ((rc = enqueue(s, it)) != TERN_OK) {
 		it->rsegs = NULL;
+		it->osegs = NULL;
 		item_free(it);
 		return rc;
 	}
+	/* The committer cannot account the DEL before we release mu, nor the
+	 * copy after it, so the link is in place in time. */
+	if (e->copy)
+		e->copy->del_item = it;
 	e->rsegs = NULL;
+	e->osegs = NULL;
 	idx_del_slot(&s->idx, slot);
 	entry_free(e);
 	return TERN_OK;
@@ -1193,6 +1344,9 @@ struct spool_msg *spool_get(struct spool *s, const char *id)
 	return m;
 }
 
+static int read_verified(struct spool *s, struct seg *g, const char *id, uint64_t rec_off,
+                         uint64_t data_off, uint64_t dlen, struct tbuf *out);
+
 int spool_read_data(struct spool *s, const char *id, struct tbuf *out)
 {
 	if (!s || !id_ok(id) || !out)
@@ -1207,7 +1361,15 @@ int spool_read_data(struct spool *s, const char *id, struct tbuf *out)
 	g->readers++; /* keeps fd open even if the message goes meanwhile */
 	uint64_t rec_off = e->rec_off, data_off = e->data_off, dlen = e->data_len;
 	pthread_mutex_unlock(&s->mu);
+	return read_verified(s, g, id, rec_off, data_off, dlen, out);
+}
 
+/* Reads the data of the MSG record at rec_off in g into out (appending),
+ * checking the record's CRC. The caller took a reader reference on g
+ * (under mu); it is dropped here. */
+static int read_verified(struct spool *s, struct seg *g, const char *id, uint64_t rec_off,
+                         uint64_t data_off, uint64_t dlen, struct tbuf *out)
+{
 	/* Re-check the record's CRC on the way out, so damage done to the file
 	 * after recovery is caught before the bytes are delivered. The data is
 	 * read straight into out; only the header and envelope are buffered. */
@@ -1307,6 +1469,7 @@ int spool_update_rcpt(struct spool *s, const char *id, size_t idx, enum rcpt_sta
 		nreply = NULL;
 	}
 	*r = n;
+	e->ver++;
 	if (!msg_pending(e->msg)) {
 		/* Already applied in memory; if the DEL cannot be queued the
 		 * message is finished anyway and recovery will remove it. */
@@ -1381,6 +1544,195 @@ size_t spool_count(struct spool *s)
 	size_t n = s->idx.count;
 	pthread_mutex_unlock(&s->mu);
 	return n;
+}
+
+/* ---- compaction --------------------------------------------------------- */
+
+/* A segment is compacted once its live messages take less than 1/4 of it
+ * and at least one whole segment was written after it (messages that just
+ * rotated out are likely to finish soon; copying them would be waste). */
+#define COMPACT_LIVE_DIV 4
+/* Record bytes copied per spool_maintain call (at least one message), so
+ * one call holds bounded memory and adds a bounded write to one batch. */
+#define COMPACT_BUDGET (16ull * 1024 * 1024)
+#define COMPACT_MAX_SEGS 16
+
+struct compact_job {
+	char id[QUEUE_ID_LEN + 1];
+	struct seg *g; /* reader reference taken under mu, dropped by read_verified */
+	uint32_t seg_no;
+	uint64_t rec_off, data_off, data_len;
+	uint32_t ver;
+	struct spool_msg *msg; /* envelope snapshot at ver */
+};
+
+struct compact_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	size_t done, ok;
+};
+
+static void compact_cb(void *arg, int err)
+{
+	struct compact_wait *w = arg;
+	pthread_mutex_lock(&w->mu);
+	w->done++;
+	w->ok += err == TERN_OK;
+	pthread_cond_broadcast(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* Picks the messages to copy: the live messages of the oldest eligible
+ * segments, within the budget. Takes a reader reference on each one's
+ * segment. Caller holds mu. */
+static int compact_pick(struct spool *s, struct compact_job **out, size_t *n_out)
+{
+	uint32_t cand[COMPACT_MAX_SEGS];
+	size_t nc = 0, n = 0, cap = 0;
+	uint64_t planned = 0;
+	struct compact_job *jobs = NULL;
+	int rc = TERN_OK;
+	for (size_t i = 0; i < s->n_segs && nc < COMPACT_MAX_SEGS; i++) {
+		struct seg *g = s->segs[i];
+		if ((uint64_t)g->no + 1 >= s->cur_no || !g->live ||
+		    g->live_bytes >= g->size / COMPACT_LIVE_DIV)
+			continue;
+		if (nc && planned + g->live_bytes > COMPACT_BUDGET)
+			break;
+		planned += g->live_bytes;
+		cand[nc++] = g->no;
+	}
+	for (size_t i = 0; nc && i < s->idx.cap; i++) {
+		struct entry *e = s->idx.slot[i];
+		if (!e || e->copy)
+			continue;
+		bool hit = false;
+		for (size_t k = 0; k < nc && !hit; k++)
+			hit = e->seg == cand[k];
+		struct seg *g = hit ? seg_find(s, e->seg, NULL) : NULL;
+		if (!g)
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? cap * 2 : 16;
+			struct compact_job *p = realloc(jobs, ncap * sizeof(*p));
+			if (!p) {
+				rc = TERN_ENOMEM;
+				break;
+			}
+			jobs = p;
+			cap = ncap;
+		}
+		struct compact_job *j = &jobs[n];
+		if (!(j->msg = spool_msg_dup(e->msg))) {
+			rc = TERN_ENOMEM;
+			break;
+		}
+		memcpy(j->id, e->id, sizeof(j->id));
+		j->g = g;
+		g->readers++;
+		j->seg_no = e->seg;
+		j->rec_off = e->rec_off;
+		j->data_off = e->data_off;
+		j->data_len = e->data_len;
+		j->ver = e->ver;
+		n++;
+	}
+	*out = jobs;
+	*n_out = n;
+	return n ? TERN_OK : rc; /* with some picked, copy those */
+}
+
+/* Reads one picked message, encodes it as a fresh MSG record with the
+ * snapshot's recipient states and queues it, unless the message changed or
+ * went meanwhile. Returns true when queued (its callback will come). */
+static bool compact_one(struct spool *s, struct compact_job *j, struct tbuf *data,
+                        struct compact_wait *w)
+{
+	tbuf_reset(data);
+	int rc = read_verified(s, j->g, j->id, j->rec_off, j->data_off, j->data_len, data);
+	j->g = NULL;
+	if (rc != TERN_OK) {
+		/* Never copy damaged bytes forward under a fresh checksum. */
+		log_warn("event=spool_compact_skipped id=%s seg=%" PRIu32 " err=%s", j->id, j->seg_no,
+		         tern_strerror(rc));
+		return false;
+	}
+	struct tbuf b = TBUF_INIT(SPOOL_REC_HDR + SPOOL_REC_MAX_PAYLOAD);
+	struct item *it = calloc(1, sizeof(*it));
+	if (!it || tbuf_reserve(&b, data->len + 1024) != TERN_OK ||
+	    spool_rec_encode_msg(&b, j->msg, data->data, data->len, &it->data_off) != TERN_OK) {
+		tbuf_free(&b);
+		free(it);
+		return false;
+	}
+	it->type = SPOOL_REC_MSG;
+	it->copy = true;
+	memcpy(it->id, j->id, sizeof(it->id));
+	it->cb = compact_cb;
+	it->arg = w;
+	it->buf = tbuf_steal(&b, &it->len);
+
+	/* Queued under mu, as spool_update_rcpt queues under mu: every change
+	 * made before is in the snapshot (ver is unchanged) and is queued
+	 * before the copy; every change made after is queued after it. */
+	bool queued = false, added;
+	pthread_mutex_lock(&s->mu);
+	struct entry *e = idx_get(&s->idx, j->id, NULL);
+	if (e && !e->copy && e->seg == j->seg_no && e->rec_off == j->rec_off && e->ver == j->ver &&
+	    u32set_add(&e->osegs, &e->n_osegs, &e->cap_osegs, e->seg, &added) == TERN_OK &&
+	    enqueue(s, it) == TERN_OK) {
+		e->copy = it;
+		queued = true;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (!queued)
+		item_free(it);
+	return queued;
+}
+
+int spool_maintain(struct spool *s)
+{
+	if (!s)
+		return TERN_EINVAL;
+	struct compact_job *jobs;
+	size_t n;
+	pthread_mutex_lock(&s->mu);
+	int rc = compact_pick(s, &jobs, &n);
+	pthread_mutex_unlock(&s->mu);
+	if (rc != TERN_OK || n == 0) {
+		free(jobs);
+		return rc;
+	}
+	struct compact_wait w = {.done = 0, .ok = 0};
+	pthread_mutex_init(&w.mu, NULL);
+	pthread_cond_init(&w.cv, NULL);
+	struct tbuf data = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
+	size_t queued = 0;
+	uint64_t bytes = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (compact_one(s, &jobs[i], &data, &w)) {
+			queued++;
+			bytes += jobs[i].data_len;
+		}
+		spool_msg_free(jobs[i].msg);
+	}
+	tbuf_free(&data);
+	free(jobs);
+	/* The committer writes the copies with the next batch, syncs, moves
+	 * the index entries and unlinks what they emptied, then calls back. */
+	pthread_mutex_lock(&w.mu);
+	while (w.done < queued)
+		pthread_cond_wait(&w.cv, &w.mu);
+	size_t ok = w.ok;
+	pthread_mutex_unlock(&w.mu);
+	pthread_cond_destroy(&w.cv);
+	pthread_mutex_destroy(&w.mu);
+	pthread_mutex_lock(&s->mu);
+	size_t segs = s->n_segs;
+	pthread_mutex_unlock(&s->mu);
+	log_info("event=spool_compacted picked=%zu copied=%zu bytes=%" PRIu64 " segments=%zu", n, ok,
+	         bytes, segs);
+	return (int)(ok > INT32_MAX ? INT32_MAX : ok);
 }
 
 void spool_debug_set_segment_max(struct spool *s, uint64_t bytes)

@@ -21,9 +21,11 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -102,6 +104,8 @@ struct session {
 	bool discard_line;  /* skipping the rest of an over-long command line */
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
 	bool esmtp;
+	bool tls_active;
+	SSL *starttls;      /* set by STARTTLS: the switch happens once the line is consumed */
 	bool authenticated;
 	char *auth_user;    /* the SASL identity, once authenticated */
 	uint8_t auth_step;  /* AUTH dialogue: 0 none, else which response we wait for */
@@ -135,6 +139,7 @@ struct ip_count {
 #define IP_BUCKETS 4096
 
 struct smtp_server {
+	SSL_CTX *tls;
 	struct spool *spool;
 	struct scheduler *sched;
 	struct srv_worker *workers[64];
@@ -290,6 +295,8 @@ static void reply(struct session *s, const char *fmt, ...)
 
 static void session_free(struct session *s);
 static void on_event(struct bufferevent *bev, short what, void *arg);
+static void on_read(struct bufferevent *bev, void *arg);
+static void restore_idle_timeouts(struct session *s);
 
 static void on_write_closing(struct bufferevent *bev, void *arg)
 {
@@ -400,6 +407,8 @@ static void cmd_helo(struct session *s, const struct smtp_cmd *c)
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-CHUNKING");
 	reply(s, "250-BINARYMIME");
+	if (s->sw->srv->tls && !s->tls_active)
+		reply(s, "250-STARTTLS");
 	if (s->conf->capture_mode)
 		reply(s, "250-AUTH PLAIN LOGIN");
 	reply(s, "250 DSN");
@@ -565,12 +574,14 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 
 static const char *proto_keyword(const struct session *s, const struct tx *t)
 {
-	/* RFC 3848 / RFC 6531: A for an authenticated client. */
-	if (t->smtputf8)
-		return s->authenticated ? "UTF8SMTPA" : "UTF8SMTP";
-	if (!s->esmtp)
+	/* RFC 3848 / RFC 6531: S for TLS, A for an authenticated client. */
+	static const char *const kw[2][2][2] = {
+	    {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
+	    {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}},
+	};
+	if (!s->esmtp && !t->smtputf8)
 		return "SMTP";
-	return s->authenticated ? "ESMTPA" : "ESMTP";
+	return kw[t->smtputf8][s->tls_active][s->authenticated];
 }
 
 /* Starts the message buffer with our Received header (RFC 5321 §4.4). */
@@ -665,6 +676,70 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 	s->state = S_BDAT;
 	struct timeval tv = {s->conf->limits.data_timeout, 0};
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
+}
+
+/* -------------------------------------------------------------- STARTTLS */
+
+static void cmd_starttls(struct session *s)
+{
+	if (!s->sw->srv->tls) {
+		reply(s, "502 5.5.1 STARTTLS is not offered here (no certificate configured)");
+		count_error(s);
+		return;
+	}
+	if (s->tls_active) {
+		reply(s, "503 5.5.1 TLS is already active");
+		count_error(s);
+		return;
+	}
+	SSL *ssl = SSL_new(s->sw->srv->tls);
+	if (!ssl) {
+		reply(s, "454 4.7.0 TLS not available due to a temporary reason");
+		return;
+	}
+	s->starttls = ssl;
+	reply(s, "220 2.0.0 Ready to start TLS");
+}
+
+/*
+ * After the STARTTLS line is consumed: anything the client pipelined after
+ * it was sent in clear and is thrown away (RFC 3207 §4.2, CVE-2011-0411),
+ * the TLS layer goes on top of the socket, and the session forgets
+ * everything it learned before (HELO, transaction, AUTH).
+ */
+static void start_tls(struct session *s, struct evbuffer *in)
+{
+	SSL *ssl = s->starttls;
+	s->starttls = NULL;
+	size_t junk = evbuffer_get_length(in);
+	if (junk) {
+		log_warn("event=starttls_injection sess=%u.%llu client=%s discarded=%zu",
+			 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer, junk);
+		evbuffer_drain(in, junk);
+	}
+	struct bufferevent *tb = bufferevent_openssl_filter_new(
+		worker_base(s->sw->w), s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (!tb) {
+		SSL_free(ssl);
+		log_error("event=starttls_failed client=%s reason=out-of-memory", s->peer);
+		reply(s, "421 4.3.0 %s Cannot start TLS, closing", s->conf->hostname);
+		session_close_after_flush(s, "starttls-failed");
+		return;
+	}
+	s->bev = tb;
+	s->tls_active = true;
+	tx_reset(s);
+	free(s->helo);
+	s->helo = NULL;
+	s->esmtp = false;
+	s->authenticated = false;
+	free(s->auth_user);
+	s->auth_user = NULL;
+	bufferevent_setcb(tb, on_read, NULL, on_event, s);
+	bufferevent_setwatermark(tb, EV_READ, 0, READ_HIGH_WATERMARK);
+	restore_idle_timeouts(s);
+	bufferevent_enable(tb, EV_READ | EV_WRITE);
 }
 
 /* ------------------------------------------------------------------ AUTH */
@@ -862,8 +937,7 @@ static void cmd_simple(struct session *s, const struct smtp_cmd *c)
 		count_error(s);
 		break;
 	case SMTP_STARTTLS:
-		reply(s, "502 5.5.1 Command not implemented on this listener");
-		count_error(s);
+		cmd_starttls(s);
 		break;
 	default:
 		reply(s, "500 5.5.2 Command not recognized");
@@ -1092,6 +1166,10 @@ static bool read_command(struct session *s, struct evbuffer *in)
 		dispatch(s, line, n);
 	/* dispatch may have closed the session, but the buffer is still ours. */
 	evbuffer_drain(in, linelen);
+	if (s->starttls) {
+		start_tls(s, in);
+		return false; /* the old input buffer is no longer the session's */
+	}
 	return true;
 }
 
@@ -1209,6 +1287,14 @@ static void on_read(struct bufferevent *bev, void *arg)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
+	if (what & BEV_EVENT_CONNECTED) {
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		log_info("event=tls sess=%u.%llu client=%s version=%s cipher=%s",
+			 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			 ssl ? SSL_get_version(ssl) : "?",
+			 ssl ? SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)) : "?");
+		return;
+	}
 	if (s->state == S_CLOSING) {
 		session_free(s);
 		return;
@@ -1251,6 +1337,8 @@ static void session_free(struct session *s)
 	tx_free(s->tx);
 	free(s->helo);
 	free(s->auth_user);
+	if (s->starttls)
+		SSL_free(s->starttls);
 	bufferevent_free(s->bev);
 	runtime_release(s->rt);
 	free(s);
@@ -1411,6 +1499,15 @@ void smtp_server_shutdown(struct smtp_server *srv)
 		worker_post(srv->workers[i]->w, worker_shutdown, srv->workers[i]);
 }
 
+void smtp_server_set_tls(struct smtp_server *srv, struct ssl_ctx_st *ctx)
+{
+	if (ctx)
+		SSL_CTX_up_ref(ctx);
+	if (srv->tls)
+		SSL_CTX_free(srv->tls);
+	srv->tls = ctx;
+}
+
 size_t smtp_server_sessions(struct smtp_server *srv)
 {
 	return atomic_load(&srv->n_sessions);
@@ -1437,5 +1534,7 @@ void smtp_server_free(struct smtp_server *srv)
 		}
 	}
 	pthread_mutex_destroy(&srv->ip_lock);
+	if (srv->tls)
+		SSL_CTX_free(srv->tls);
 	free(srv);
 }

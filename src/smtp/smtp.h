@@ -194,6 +194,10 @@ struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched);
  * profile is "mx" or "submission". Call before the worker starts. */
 int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
 		       const char *profile);
+/* Offers STARTTLS (RFC 3207) with this OpenSSL SSL_CTX (server side; the
+ * server takes a reference). Call before the workers start. */
+struct ssl_ctx_st;
+void smtp_server_set_tls(struct smtp_server *srv, struct ssl_ctx_st *ctx);
 /* Stops accepting, closes idle sessions with 421, lets sessions in the middle
  * of a transaction finish. Safe from any thread. */
 void smtp_server_shutdown(struct smtp_server *srv);

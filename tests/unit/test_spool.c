@@ -945,6 +945,326 @@ static void test_large_message_round_trips(void **st)
 	tmpdir_rm(&td);
 }
 
+/* ---- compaction --------------------------------------------------------------- */
+
+/* Mirrors spool_update_rcpt on the test's own copy of an envelope. */
+static void update_both(struct spool *s, struct spool_msg *m, size_t i, enum rcpt_state st,
+                        int64_t next_try, const char *reply)
+{
+	assert_int_equal(spool_update_rcpt(s, m->id, i, st, next_try, reply), TERN_OK);
+	struct spool_rcpt *r = &m->rcpts[i];
+	if (st == RCPT_DEFERRED || st == RCPT_DELIVERED || st == RCPT_BOUNCED)
+		r->attempts++;
+	r->state = st;
+	r->next_try = next_try;
+	if (reply) {
+		free(r->last_reply);
+		r->last_reply = strdup(reply);
+	}
+}
+
+enum { CN = 40, CLEN = 7000, LIVE_A = 0, LIVE_B = 21 };
+
+static bool is_live(int i)
+{
+	return i == LIVE_A || i == LIVE_B;
+}
+
+/* 40 messages of 7 kB in 32 kB segments (five to a segment, so one live
+ * message is 1/5 of its segment); all but two
+ * finish. LIVE_A (in segment 1) is deferred, LIVE_B (mid-way) is held on one
+ * recipient and deferred twice on the other. Leaves the spool open. */
+static struct spool *compaction_setup(const char *dir, struct spool_msg *m[CN])
+{
+	struct spool *s;
+	assert_int_equal(spool_open(dir, &s), TERN_OK);
+	spool_debug_set_segment_max(s, 32 * 1024);
+	char data[CLEN];
+	for (int i = 0; i < CN; i++) {
+		m[i] = make_env((unsigned)i, 2);
+		fill_data(data, sizeof(data), (unsigned)i);
+		put_sync(s, m[i], data, sizeof(data));
+		if (i != 25)
+			continue;
+		/* in a middle segment, which the later puts turn old: after the
+		 * copies nothing needs these records and that segment goes too */
+		update_both(s, m[LIVE_A], 0, RCPT_DEFERRED, 99, "451 4.4.1 later");
+		update_both(s, m[LIVE_A], 1, RCPT_DELIVERED, 0, "250 2.0.0 ok");
+		update_both(s, m[LIVE_B], 0, RCPT_HELD, 0, NULL);
+		update_both(s, m[LIVE_B], 1, RCPT_DEFERRED, 100, "452 4.2.2 full");
+		update_both(s, m[LIVE_B], 1, RCPT_DEFERRED, 200, NULL);
+	}
+	for (int i = 0; i < CN; i++) {
+		if (is_live(i))
+			continue;
+		update_both(s, m[i], 0, RCPT_DELIVERED, 0, "250 ok");
+		update_both(s, m[i], 1, RCPT_BOUNCED, 0, "550 no");
+	}
+	return s;
+}
+
+/* The live messages are there exactly as expected (envelope, recipient
+ * states, bytes), and no finished one is. */
+static void assert_compaction_state(struct spool *s, struct spool_msg *m[CN])
+{
+	char data[CLEN];
+	assert_int_equal(spool_count(s), 2);
+	for (int i = 0; i < CN; i++) {
+		struct spool_msg *g = spool_get(s, m[i]->id);
+		if (!is_live(i)) {
+			assert_null(g);
+			continue;
+		}
+		assert_non_null(g);
+		assert_env_equal(m[i], g);
+		spool_msg_free(g);
+		fill_data(data, sizeof(data), (unsigned)i);
+		assert_data(s, m[i]->id, data, sizeof(data));
+	}
+}
+
+static void test_maintenance_copies_live_messages_forward_and_old_segments_go(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[CN];
+	struct spool *s = compaction_setup(td.path, m);
+	/* a put makes the committer run (and reap) after the DEL records */
+	struct spool_msg *x = make_env(1000, 1);
+	put_sync(s, x, "x", 1);
+	spool_close(s);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_update_rcpt(s, x->id, 0, RCPT_DELIVERED, 0, NULL), TERN_OK);
+	struct spool_stats ss;
+	spool_get_stats(s, &ss);
+	size_t before = ss.segments;
+	printf("# segments before %zu\n", before);
+	assert_true(before >= 3); /* the two live messages pin old segments */
+
+	assert_int_equal(spool_maintain(s), 2);
+	spool_get_stats(s, &ss);
+	assert_true(ss.segments <= 2);
+	assert_int_equal(count_segment_files(td.path), ss.segments);
+	assert_compaction_state(s, m);
+	assert_int_equal(spool_maintain(s), 0); /* nothing left to do */
+
+	/* changes after the copy apply to it, across a restart */
+	update_both(s, m[LIVE_A], 0, RCPT_DEFERRED, 300, "451 4.4.1 still later");
+	spool_close(s);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_compaction_state(s, m);
+	spool_get_stats(s, &ss);
+	assert_true(ss.segments <= 2);
+	assert_int_equal(count_segment_files(td.path), ss.segments);
+
+	/* finishing a copied message removes it for good */
+	update_both(s, m[LIVE_A], 0, RCPT_DELIVERED, 0, "250 ok");
+	assert_int_equal(spool_remove(s, m[LIVE_B]->id), TERN_OK);
+	assert_int_equal(spool_count(s), 0);
+	spool_close(s);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 0);
+	assert_int_equal(count_segment_files(td.path), 1);
+	spool_close(s);
+	for (int i = 0; i < CN; i++)
+		spool_msg_free(m[i]);
+	spool_msg_free(x);
+	tmpdir_rm(&td);
+}
+
+/* The segment files of a directory, kept in memory. */
+struct snap {
+	unsigned no[64];
+	char *data[64];
+	size_t len[64];
+	size_t n;
+};
+
+static void snap_take(const char *dir, struct snap *sn)
+{
+	sn->n = 0;
+	for (unsigned no = 1; no < 1000; no++) {
+		char path[512];
+		seg_file(dir, no, path, sizeof(path));
+		if (access(path, F_OK) != 0)
+			continue;
+		assert_true(sn->n < 64);
+		sn->no[sn->n] = no;
+		sn->data[sn->n] = slurp(path, &sn->len[sn->n]);
+		sn->n++;
+	}
+}
+
+static void snap_free(struct snap *sn)
+{
+	for (size_t i = 0; i < sn->n; i++)
+		free(sn->data[i]);
+	sn->n = 0;
+}
+
+static void write_file(const char *dir, unsigned no, const char *p, size_t n)
+{
+	char path[512];
+	seg_file(dir, no, path, sizeof(path));
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, p, n), (ssize_t)n);
+	close(fd);
+}
+
+/* Empties dir, then writes the old segments of `old` whose bit is set in
+ * keep and the last segment of `cur`, cut at len: what a crash can leave. */
+static void crash_state(const char *dir, const struct snap *old, uint64_t keep,
+                        const struct snap *cur, size_t len)
+{
+	DIR *d = opendir(dir);
+	assert_non_null(d);
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char p[512];
+		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+		unlink(p);
+	}
+	closedir(d);
+	unsigned last = cur->no[cur->n - 1];
+	for (size_t i = 0; i < old->n; i++)
+		if (old->no[i] != last && (keep >> i & 1))
+			write_file(dir, old->no[i], old->data[i], old->len[i]);
+	write_file(dir, last, cur->data[cur->n - 1], len);
+}
+
+/* Record boundaries of buf from `from` on, plus points inside each record. */
+static size_t cut_points(const char *buf, size_t from, size_t to, size_t *cuts, size_t max)
+{
+	size_t n = 0, off = from;
+	while (off < to && n + 6 < max) {
+		struct spool_rec_hdr h;
+		size_t reclen;
+		assert_int_equal(spool_rec_next((const uint8_t *)buf + off, to - off, &h, &reclen),
+		                 TERN_OK);
+		size_t pts[] = {off, off + 1, off + 15, off + 16, off + 17, off + reclen / 2,
+		                off + reclen - 1};
+		for (size_t i = 0; i < sizeof(pts) / sizeof(pts[0]) && n < max; i++)
+			cuts[n++] = pts[i];
+		off += reclen;
+	}
+	cuts[n++] = to;
+	return n;
+}
+
+static void open_check_close(const char *dir, struct spool_msg *m[CN])
+{
+	/* twice: the first open may cut a torn tail and remove segments */
+	for (int k = 0; k < 2; k++) {
+		struct spool *s;
+		assert_int_equal(spool_open(dir, &s), TERN_OK);
+		assert_compaction_state(s, m);
+		spool_close(s);
+	}
+}
+
+static void test_crash_at_any_point_of_compaction_keeps_each_live_message_once(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[CN];
+	struct spool *s = compaction_setup(td.path, m);
+	spool_close(s);
+	struct snap before, after;
+	snap_take(td.path, &before);
+	assert_true(before.n >= 3);
+
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_maintain(s), 2);
+	spool_close(s);
+	snap_take(td.path, &after);
+	/* the copies went to the end of the same current segment */
+	assert_int_equal(after.no[after.n - 1], before.no[before.n - 1]);
+	size_t old_len = before.len[before.n - 1], new_len = after.len[after.n - 1];
+	assert_true(new_len > old_len);
+	assert_memory_equal(after.data[after.n - 1], before.data[before.n - 1], old_len);
+
+	/* 1. Copies written but not (wholly) synced: every old segment is still
+	 * there, the current one ends anywhere inside the copies. */
+	size_t cuts[64];
+	size_t nc = cut_points(after.data[after.n - 1], old_len, new_len, cuts, 64);
+	log_capture_start();
+	for (size_t i = 0; i < nc; i++) {
+		crash_state(td.path, &before, ~0ull, &after, cuts[i]);
+		open_check_close(td.path, m);
+	}
+	log_capture_stop();
+
+	/* 2. Copies synced, crash while the old segments are being unlinked:
+	 * any of them may or may not be gone. */
+	uint64_t all = (1ull << (before.n - 1)) - 1;
+	for (size_t k = 0; k < before.n; k++) {
+		crash_state(td.path, &before, all >> k, &after, new_len); /* newest gone */
+		open_check_close(td.path, m);
+		crash_state(td.path, &before, all & (all << k), &after, new_len); /* oldest gone */
+		open_check_close(td.path, m);
+	}
+	srand(7);
+	for (int k = 0; k < 40; k++) {
+		crash_state(td.path, &before, (uint64_t)rand() & all, &after, new_len);
+		open_check_close(td.path, m);
+	}
+
+	/* 3. After compaction a copied message finishes (RCPT + DEL after the
+	 * copy) and the other changes again; old segments come back as if
+	 * their unlinks had not reached the disk. The finished one must not
+	 * come back with them. */
+	crash_state(td.path, &before, all, &after, new_len);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	update_both(s, m[LIVE_B], 1, RCPT_DEFERRED, 400, "421 4.4.2 gone");
+	update_both(s, m[LIVE_A], 0, RCPT_DELIVERED, 0, "250 ok");
+	spool_close(s);
+	struct snap fin;
+	snap_take(td.path, &fin);
+	assert_int_equal(fin.no[fin.n - 1], after.no[after.n - 1]);
+	size_t fin_len = fin.len[fin.n - 1];
+	for (uint64_t keep = 0; keep <= all; keep = keep * 2 + 1) {
+		crash_state(td.path, &before, keep, &fin, fin_len);
+		for (int k = 0; k < 2; k++) {
+			assert_int_equal(spool_open(td.path, &s), TERN_OK);
+			assert_int_equal(spool_count(s), 1);
+			assert_null(spool_get(s, m[LIVE_A]->id));
+			struct spool_msg *g = spool_get(s, m[LIVE_B]->id);
+			assert_non_null(g);
+			assert_env_equal(m[LIVE_B], g);
+			spool_msg_free(g);
+			spool_close(s);
+		}
+	}
+	/* and cut anywhere in those last records: never a finished message */
+	nc = cut_points(fin.data[fin.n - 1], new_len, fin_len, cuts, 64);
+	log_capture_start();
+	for (size_t i = 0; i < nc; i++) {
+		crash_state(td.path, &before, all, &fin, cuts[i]);
+		assert_int_equal(spool_open(td.path, &s), TERN_OK);
+		assert_true(spool_count(s) >= 1 && spool_count(s) <= 2);
+		for (int j = 0; j < CN; j++)
+			if (!is_live(j))
+				assert_null(spool_get(s, m[j]->id));
+		struct spool_msg *g = spool_get(s, m[LIVE_B]->id);
+		assert_non_null(g);
+		spool_msg_free(g);
+		spool_close(s);
+	}
+	log_capture_stop();
+
+	snap_free(&fin);
+	snap_free(&before);
+	snap_free(&after);
+	for (int i = 0; i < CN; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
 /* ---- throughput (printed, never asserted) --------------------------------- */
 
 struct bench_arg {
@@ -1045,6 +1365,8 @@ int main(void)
 	    cmocka_unit_test(test_bad_calls_are_refused),
 	    cmocka_unit_test(test_failed_write_fails_the_put_and_leaves_no_trace),
 	    cmocka_unit_test(test_large_message_round_trips),
+	    cmocka_unit_test(test_maintenance_copies_live_messages_forward_and_old_segments_go),
+	    cmocka_unit_test(test_crash_at_any_point_of_compaction_keeps_each_live_message_once),
 	    cmocka_unit_test(test_throughput_is_printed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,154 @@
+"""STARTTLS on the server side (RFC 3207): offered only with a certificate,
+clients can upgrade (openssl s_client, smtplib, swaks), the session forgets
+everything from before TLS, and commands pipelined after STARTTLS in clear
+are discarded (CVE-2011-0411 family, DESIGN §5.4)."""
+import os
+import select
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from conftest import make_message, make_tmpdir
+
+
+@pytest.fixture(scope="module")
+def certs():
+    d = make_tmpdir()
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", "/CN=mx.example.test"],
+                   check=True, capture_output=True)
+    return {"tls": {"cert_file": str(cert), "key_file": str(key)}}
+
+
+def tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # self-signed test certificate
+    return ctx
+
+
+def test_starttls_not_offered_without_certificate(tern):
+    with tern.client() as c:
+        r = c.ehlo()
+        assert "STARTTLS" not in r.text.upper()
+        r = c.cmd("STARTTLS")
+        assert r.code == 502 and r.enh == "5.5.1", r
+
+
+def test_smtplib_starttls_delivers_with_esmtps(tern_factory, certs):
+    tern = tern_factory(certs)
+    with smtplib.SMTP("127.0.0.1", tern.port, timeout=10) as s:
+        s.ehlo()
+        assert s.has_extn("starttls")
+        s.starttls(context=tls_context())
+        s.ehlo()
+        assert not s.has_extn("starttls"), "STARTTLS must not be offered again inside TLS"
+        s.sendmail("a@example.org", ["alice@example.test"], make_message("over tls"))
+    (_, data), = tern.wait_mail_with("alice@example.test", "over tls")
+    assert b"with ESMTPS id" in data
+    tern.wait_log(r"event=tls .*version=TLSv1\.[23]")
+
+
+def test_openssl_s_client_starttls(tern_factory, certs):
+    tern = tern_factory(certs)
+    # s_client does its own EHLO and STARTTLS; our EHLO then runs inside TLS.
+    # stdin stays open until the answer is in (s_client quits on EOF).
+    p = subprocess.Popen(["openssl", "s_client", "-starttls", "smtp", "-connect",
+                          f"127.0.0.1:{tern.port}", "-quiet", "-no_ign_eof"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = b""
+    try:
+        p.stdin.write(b"EHLO client.example.org\r\n")
+        p.stdin.flush()
+        deadline = time.monotonic() + 15
+        while b"250 DSN" not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(p.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                out += chunk
+    finally:
+        p.stdin.close()
+        p.wait(timeout=10)
+    assert b"250 DSN" in out, out
+    tern.wait_log(r"event=tls .*version=TLSv1\.3")
+
+
+def test_commands_pipelined_after_starttls_are_discarded(tern_factory, certs):
+    tern = tern_factory(certs)
+    sock = socket.create_connection(("127.0.0.1", tern.port), timeout=10)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220")
+    sock.sendall(b"EHLO x\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    # The injected MAIL FROM rides in the same packet, in clear: it must not
+    # be executed inside the TLS session.
+    sock.sendall(b"STARTTLS\r\nMAIL FROM:<evil@example.org>\r\n")
+    assert f.readline().startswith(b"220 2.0.0")
+    tls = tls_context().wrap_socket(sock, server_hostname="mx.example.test")
+    tf = tls.makefile("rb")
+    tls.sendall(b"EHLO y\r\n")
+    line = tf.readline()
+    while line[3:4] == b"-":
+        line = tf.readline()
+    assert line.startswith(b"250 "), line
+    # Had the injected MAIL been kept, this would be a nested MAIL (503).
+    tls.sendall(b"MAIL FROM:<good@example.org>\r\n")
+    r = tf.readline()
+    assert r.startswith(b"250 2.1.0"), r
+    tls.sendall(b"QUIT\r\n")
+    assert tf.readline().startswith(b"221")
+    tls.close()
+    tern.wait_log(r"event=starttls_injection .*discarded=\d+")
+
+
+def test_session_state_resets_after_starttls(tern_factory, certs):
+    tern = tern_factory(certs)
+    with smtplib.SMTP("127.0.0.1", tern.port, timeout=10) as s:
+        s.ehlo()
+        s.starttls(context=tls_context())
+        # No EHLO after TLS: MAIL must be refused, the old EHLO is forgotten.
+        code, _ = s.docmd("MAIL", "FROM:<a@example.org>")
+        assert code == 503
+
+
+def test_starttls_twice_is_refused(tern_factory, certs):
+    tern = tern_factory(certs)
+    with smtplib.SMTP("127.0.0.1", tern.port, timeout=10) as s:
+        s.ehlo()
+        s.starttls(context=tls_context())
+        s.ehlo()
+        code, _ = s.docmd("STARTTLS")
+        assert code == 503
+
+
+def test_bad_key_refuses_to_start(tern_factory, certs, scratch):
+    bad = scratch / "bad.pem"
+    bad.write_text("not a key\n")
+    t = tern_factory({"tls": {"cert_file": certs["tls"]["cert_file"], "key_file": str(bad)}},
+                     users=(), start=False)
+    p = subprocess.run([t.bin, "serve", "-c", str(t.config_path)], capture_output=True, timeout=30)
+    assert p.returncode != 0
+    assert b"tls: cannot load" in p.stderr, p.stderr[-400:]
+
+
+def test_swaks_tls(tern_factory, certs):
+    tern = tern_factory(certs)
+    p = subprocess.run(["swaks", "--server", f"127.0.0.1:{tern.port}", "--tls", "--from",
+                        "a@example.org", "--to", "bob@example.test", "--body", "swaks over tls"],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stdout[-800:]
+    tern.wait_mail_with("bob@example.test", "swaks over tls")
+
+
+def test_check_config_requires_both_files(tern_factory, certs):
+    t = tern_factory({"tls": {"cert_file": certs["tls"]["cert_file"]}}, users=(), start=False)
+    p = t.cli("check-config")
+    assert p.returncode != 0 and "cert_file and key_file go together" in p.stderr, p.stderr
