@@ -39,6 +39,15 @@
 #define MAX_WORKERS 64
 #define MAX_FDS 256
 
+static uint64_t elapsed_ms(const struct timespec *since)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	int64_t ms = (int64_t)(now.tv_sec - since->tv_sec) * 1000 +
+		     (now.tv_nsec - since->tv_nsec) / 1000000;
+	return ms > 0 ? (uint64_t)ms : 0;
+}
+
 int cli_take_config(int *argc, char **argv, const char **path)
 {
 	*path = NULL;
@@ -451,13 +460,11 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 
 	smtp_server_shutdown(srv);
-	struct timespec start, now;
+	struct timespec start;
 	clock_gettime(CLOCK_MONOTONIC, &start);
-	for (;;) {
-		if (smtp_server_sessions(srv) == 0)
-			break;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec - start.tv_sec >= (time_t)conf->limits.shutdown_grace) {
+	uint64_t grace_ms = (uint64_t)conf->limits.shutdown_grace * 1000;
+	while (smtp_server_sessions(srv) > 0) {
+		if (elapsed_ms(&start) >= grace_ms) {
 			log_warn("event=shutdown_grace_expired sessions=%zu",
 				 smtp_server_sessions(srv));
 			break;
@@ -465,13 +472,11 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
-	/* No new deliveries start; those on the wire get the rest of the grace. */
-	scheduler_stop(sched);
-	for (;;) {
-		if (remote_active(remote) == 0)
-			break;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec - start.tv_sec >= (time_t)conf->limits.shutdown_grace) {
+	/* No new remote connection starts; those on the wire get the rest of
+	 * the grace (their results are still recorded). */
+	remote_stop(remote);
+	while (remote_active(remote) > 0) {
+		if (elapsed_ms(&start) >= grace_ms) {
 			log_warn("event=shutdown_grace_expired remote_connections=%zu",
 				 remote_active(remote));
 			break;
@@ -482,26 +487,35 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	status = 0;
 
 out:
+	/*
+	 * Teardown order: nothing may call into a part after it is freed.
+	 * Workers stop first (no more callbacks from the network); then the
+	 * delivery threads; remote results already queued are recorded while
+	 * the spool is still open; capture mode goes; closing the spool runs
+	 * its last commit callbacks, which post to the (stopped) workers and
+	 * may queue scheduler jobs, so the workers' posts run once more before
+	 * sessions, the remote engine and the scheduler are freed.
+	 */
 	if (ctl)
 		control_stop(ctl);
+	if (remote)
+		remote_stop(remote);
 	for (unsigned w = 0; w < n_workers; w++)
 		if (workers[w])
 			worker_stop_and_join(workers[w]);
-	/* The HTTP server and its store go first: nothing calls into them after. */
 	scheduler_stop(sched);
+	scheduler_drain_results(sched);
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);
-	remote_free(remote);
-	scheduler_free(sched);
-	/* Closing the spool runs the last commit callbacks; they post to the
-	 * (stopped) workers, so drain those once more before freeing sessions. */
 	if (sp)
 		spool_close(sp);
 	for (unsigned w = 0; w < n_workers; w++)
 		if (workers[w])
 			worker_run_pending(workers[w]);
 	smtp_server_free(srv);
+	remote_free(remote);
+	scheduler_free(sched);
 	for (unsigned w = 0; w < n_workers; w++)
 		worker_free(workers[w]);
 	for (size_t i = 0; i < n_fds; i++)

@@ -121,5 +121,16 @@ size_t remote_active(struct remote *r);
 /* After the workers stopped. Jobs still queued are freed without a result
  * (they are still in the spool and will be retried after restart). */
 void remote_free(struct remote *r);
+/*
+ * Shutdown, before the workers are joined; safe from any thread, more than
+ * once, and with r NULL. Afterwards: remote_submit frees the job at once,
+ * no new connection starts (a connection posted but not yet begun ends
+ * without resolving), and a connection on the wire finishes the job it has
+ * (its results are reported) and then QUITs instead of taking the next job.
+ * Every job not finished is freed by remote_free without a result: it is
+ * still in the spool and is retried after the restart. remote_active()
+ * falls to 0 as the connections on the wire end.
+ */
+void remote_stop(struct remote *r);
 
 #endif

@@ -6,13 +6,15 @@
  * A connection (struct rconn) lives on one worker: it resolves its next
  * hop with that worker's async resolver, tries each address in order
  * (next MX and next address on a connection failure or a 4xx greeting),
- * then delivers every job queued for its destination, one transaction
- * each, before QUIT. Each recipient ends with a result; the job's done
- * callback hands them back to the scheduler.
+ * then delivers every job queued for its destination before QUIT: one
+ * transaction per batch of at most 100 of a job's recipients. Each
+ * recipient ends with a result; the job's done callback hands them back to
+ * the scheduler — exactly once per job, whatever way its transactions end.
  *
  * Must never: block; deliver to ourselves (an MX that is us bounces 5.4.6);
  * send a message to a peer whose capabilities it would violate (SIZE,
- * SMTPUTF8, 8BITMIME: converted or bounced instead).
+ * SMTPUTF8, 8BITMIME: converted or bounced instead); send DATA text with a
+ * bare CR or LF or an unstuffed dot line (SMTP smuggling at the peer).
  *
  * SECURITY: reads replies from untrusted servers; every reply goes through
  * the bounded, fuzzed reply parser; a server's words are copied bounded.
@@ -48,6 +50,9 @@
 
 #define MAX_MX 16
 #define MAX_TARGETS 32
+/* Recipients per transaction: RFC 5321 §4.5.3.1.8 makes every server take
+ * at least 100, so a job with more is sent as several transactions. */
+#define BATCH_MAX 100
 
 struct dest {
 	struct dest *next;
@@ -66,6 +71,7 @@ struct remote {
 	unsigned rr;
 	_Atomic size_t active;
 	struct rconn *conns;
+	bool stopping; /* under lock: remote_stop was called */
 };
 
 struct target {
@@ -103,6 +109,15 @@ enum rc_state {
 /* What the next reply in a pipelined transaction answers. */
 enum expect { EX_MAIL, EX_RCPT, EX_DATA };
 
+/* An address lookup's callback argument: which host slot and family. They
+ * live inside the connection (not malloc'd), because a resolver freed at
+ * shutdown drops its pending queries without calling back. */
+struct addr_query {
+	struct rconn *c;
+	size_t host;
+	int family;
+};
+
 struct rconn {
 	struct rconn *prev, *next; /* on remote->conns, for shutdown */
 	struct remote *r;
@@ -118,6 +133,7 @@ struct rconn {
 	uint16_t port;
 	/* DNS */
 	struct host_addrs hosts[MAX_MX];
+	struct addr_query aq[MAX_MX][2];
 	size_t n_hosts;
 	int pending_dns;
 	bool dns_failed_perm;
@@ -133,8 +149,9 @@ struct rconn {
 	bool greeted_ok; /* a server took us past EHLO: failures are no longer per-target */
 	bool in_read;    /* inside on_read: freeing waits until it returns */
 	bool dead;       /* freed while in_read */
-	/* transaction */
-	enum expect expect[1 + 1024 + 1];
+	/* transaction: one batch of at most BATCH_MAX of the job's recipients */
+	size_t batch_start, batch_end; /* the batch is rcpts[batch_start .. batch_end) */
+	enum expect expect[1 + BATCH_MAX + 1]; /* MAIL, the batch's RCPTs, DATA */
 	size_t n_expect, i_expect;
 	size_t rcpt_cursor;       /* next recipient to send (non-pipelined) */
 	size_t rcpt_reply_cursor; /* next recipient whose reply we wait for */
@@ -253,11 +270,13 @@ static void job_finish(struct rconn *c)
 	job->done(job, job->done_arg);
 }
 
-/* Takes the next job of this destination, or NULL (and gives up our slot). */
+/* Takes the next job of this destination, or NULL (and gives up our slot).
+ * After remote_stop nothing more is taken: queued jobs stay queued and are
+ * freed without a result by remote_free (they are still in the spool). */
 static struct remote_job *dest_pop(struct remote *r, struct dest *d, bool release_if_empty)
 {
 	pthread_mutex_lock(&r->lock);
-	struct remote_job *j = d->head;
+	struct remote_job *j = r->stopping ? NULL : d->head;
 	if (j) {
 		d->head = j->next;
 		if (!d->head)
@@ -299,31 +318,12 @@ static void close_bev(struct rconn *c)
 	c->tls_active = false;
 }
 
-/* Appends data dot-stuffed, ending with CRLF "." CRLF. */
-static void add_dot_stuffed(struct evbuffer *out, const char *d, size_t len)
+static void emit_evbuffer(void *arg, const char *p, size_t n)
 {
-	size_t start = 0;
-	if (len > 0 && d[0] == '.')
-		evbuffer_add(out, ".", 1);
-	for (size_t i = 0; i + 2 < len; i++) {
-		if (d[i] == '\r' && d[i + 1] == '\n' && d[i + 2] == '.') {
-			evbuffer_add(out, d + start, i + 2 - start);
-			evbuffer_add(out, ".", 1);
-			start = i + 2;
-		}
-	}
-	evbuffer_add(out, d + start, len - start);
-	if (len >= 2 && d[len - 2] == '\r' && d[len - 1] == '\n')
-		evbuffer_add(out, ".\r\n", 3);
-	else if (len == 0)
-		evbuffer_add(out, ".\r\n", 3);
-	else
-		evbuffer_add(out, "\r\n.\r\n", 5);
+	evbuffer_add(arg, p, n);
 }
 
 /* ----------------------------------------------------------- transaction */
-
-static void start_transaction(struct rconn *c);
 
 static void send_rcpt(struct rconn *c, size_t i)
 {
@@ -431,37 +431,109 @@ static bool fit_message_to_peer(struct rconn *c)
 	return true;
 }
 
-static void start_transaction(struct rconn *c)
+/*
+ * Records what the next reply answers. The table holds one batch (MAIL,
+ * BATCH_MAX RCPTs, DATA), which the batching guarantees; should it ever be
+ * full anyway, the connection is ended (the job waits for its next retry)
+ * rather than a reply being matched to the wrong command. false: c is gone.
+ */
+static bool push_expect(struct rconn *c, enum expect e)
+{
+	if (c->n_expect >= sizeof(c->expect) / sizeof(c->expect[0])) {
+		log_error("event=remote_internal_error id=%s reason=\"expect table full\"",
+			  c->job ? c->job->id : "-");
+		set_error(c, false, "4.3.0", "internal error talking to %s",
+			  c->targets[c->cur].host);
+		close_bev(c);
+		job_finish(c);
+		conn_end(c);
+		return false;
+	}
+	c->expect[c->n_expect++] = e;
+	return true;
+}
+
+/* Picks the job's next batch after the current one: false when no recipient
+ * is left without a result. */
+static bool next_batch(struct rconn *c)
+{
+	struct remote_job *j = c->job;
+	size_t s = c->batch_end;
+	while (s < j->n_rcpts && j->rcpts[s].outcome != REMOTE_PENDING)
+		s++;
+	if (s >= j->n_rcpts)
+		return false;
+	c->batch_start = s;
+	c->batch_end = j->n_rcpts - s > BATCH_MAX ? s + BATCH_MAX : j->n_rcpts;
+	return true;
+}
+
+/* Sends MAIL (and, pipelining, the batch's RCPTs and DATA). */
+static void start_batch(struct rconn *c)
 {
 	struct remote_job *j = c->job;
 	c->n_expect = c->i_expect = 0;
-	c->rcpt_cursor = c->rcpt_reply_cursor = 0;
+	c->rcpt_cursor = c->rcpt_reply_cursor = c->batch_start;
 	c->n_accepted = 0;
 	c->mail_failed = false;
-	c->last_error[0] = '\0';
-	c->last_status[0] = '\0';
-	c->last_perm = false;
-	if (!fit_message_to_peer(c)) {
-		job_finish(c);
-		conn_start_job(c);
-		return;
-	}
 	c->st = RC_TX;
 	set_timeout(c, c->conf->delivery.command_timeout);
 	send_mail(c);
-	c->expect[c->n_expect++] = EX_MAIL;
+	if (!push_expect(c, EX_MAIL))
+		return;
 	if (c->caps.pipelining) {
-		size_t max = sizeof(c->expect) / sizeof(c->expect[0]) - 2;
-		for (size_t i = 0; i < j->n_rcpts && i < max; i++) {
+		for (size_t i = c->batch_start; i < c->batch_end; i++) {
 			send_rcpt(c, i);
-			c->expect[c->n_expect++] = EX_RCPT;
+			if (!push_expect(c, EX_RCPT))
+				return;
 		}
-		c->rcpt_cursor = j->n_rcpts;
+		c->rcpt_cursor = c->batch_end;
 		if (j->body != SMTP_BODY_BINARYMIME) {
 			send_line(c, "DATA");
-			c->expect[c->n_expect++] = EX_DATA;
+			if (!push_expect(c, EX_DATA))
+				return;
 		}
 	}
+}
+
+/*
+ * Starts delivering c->job. false: the message cannot go to this peer (the
+ * error is set; the caller finishes the job). true: under way, or the
+ * connection is gone (push_expect) — either way the caller must not touch c.
+ */
+static bool begin_job(struct rconn *c)
+{
+	c->last_error[0] = '\0';
+	c->last_status[0] = '\0';
+	c->last_perm = false;
+	c->batch_start = c->batch_end = 0;
+	if (!fit_message_to_peer(c))
+		return false;
+	if (!next_batch(c))
+		return false; /* no recipient needs us */
+	start_batch(c);
+	return true;
+}
+
+/* The first job of a connection, once it is greeted (and authenticated). */
+static void start_transaction(struct rconn *c)
+{
+	if (!begin_job(c)) {
+		job_finish(c);
+		conn_start_job(c);
+	}
+}
+
+/* A transaction is over (end of data answered, or RSET after a failure): the
+ * job's next batch, or the next job. */
+static void tx_next(struct rconn *c)
+{
+	if (c->job && next_batch(c)) {
+		start_batch(c);
+		return;
+	}
+	job_finish(c);
+	conn_start_job(c);
 }
 
 static void send_body(struct rconn *c)
@@ -474,7 +546,10 @@ static void send_body(struct rconn *c)
 		evbuffer_add_printf(out, "BDAT %zu LAST\r\n", len);
 		evbuffer_add(out, d, len);
 	} else {
-		add_dot_stuffed(out, d, len);
+		/* Line ends normalised as well as dots stuffed: a bare LF or CR
+		 * in a stored message must not let a lenient peer see an end of
+		 * data (or a command) we did not mean (SMTP smuggling). */
+		smtp_data_encode(d, len, emit_evbuffer, out);
 	}
 	c->st = RC_DOT;
 	/* RFC 5321 §4.5.3.2.6: wait at least 10 minutes for the final reply. */
@@ -482,13 +557,14 @@ static void send_body(struct rconn *c)
 							       : 600);
 }
 
-/* After MAIL and every RCPT reply are in (non-pipelined or pipelined). */
+/* After MAIL and every RCPT reply of the batch are in (non-pipelined or
+ * pipelined). */
 static void after_rcpts(struct rconn *c)
 {
 	struct remote_job *j = c->job;
 	if (c->mail_failed || c->n_accepted == 0) {
 		if (!c->caps.pipelining || j->body == SMTP_BODY_BINARYMIME) {
-			/* Nothing to send: reset for the next job. */
+			/* Nothing to send: reset for the next batch or job. */
 			c->st = RC_RSET;
 			send_line(c, "RSET");
 		}
@@ -500,7 +576,7 @@ static void after_rcpts(struct rconn *c)
 	}
 	if (!c->caps.pipelining) {
 		send_line(c, "DATA");
-		c->expect[c->n_expect++] = EX_DATA;
+		push_expect(c, EX_DATA);
 	}
 }
 
@@ -521,9 +597,14 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 	case EX_MAIL:
 		if (r->code < 200 || r->code >= 300) {
 			c->mail_failed = true;
+			/* The sender or the message was refused: every later batch
+			 * would get the same answer, so it is every remaining
+			 * recipient's result. */
 			reply_text(r, "MAIL FROM", text, sizeof(text));
-			for (size_t i = 0; i < j->n_rcpts; i++)
-				rcpt_result(c, &j->rcpts[i], outcome_of(r->code), status_of(r), text);
+			for (size_t i = c->batch_start; i < j->n_rcpts; i++)
+				if (j->rcpts[i].outcome == REMOTE_PENDING)
+					rcpt_result(c, &j->rcpts[i], outcome_of(r->code),
+						    status_of(r), text);
 		}
 		if (!c->caps.pipelining) {
 			if (c->mail_failed) {
@@ -531,12 +612,12 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 				return;
 			}
 			send_rcpt(c, c->rcpt_cursor++);
-			c->expect[c->n_expect++] = EX_RCPT;
+			push_expect(c, EX_RCPT);
 		}
 		break;
 	case EX_RCPT: {
 		size_t i = c->rcpt_reply_cursor++;
-		if (!c->mail_failed && i < j->n_rcpts) {
+		if (!c->mail_failed && i < c->batch_end) {
 			if (r->code >= 200 && r->code < 300) {
 				c->n_accepted++;
 			} else {
@@ -545,13 +626,13 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 			}
 		}
 		if (!c->caps.pipelining) {
-			if (c->rcpt_cursor < j->n_rcpts) {
+			if (c->rcpt_cursor < c->batch_end) {
 				send_rcpt(c, c->rcpt_cursor++);
-				c->expect[c->n_expect++] = EX_RCPT;
+				push_expect(c, EX_RCPT);
 			} else {
 				after_rcpts(c);
 			}
-		} else if (c->rcpt_reply_cursor == j->n_rcpts) {
+		} else if (c->rcpt_reply_cursor == c->batch_end) {
 			after_rcpts(c);
 		}
 		break;
@@ -570,7 +651,7 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 		}
 		if (!c->mail_failed && c->n_accepted > 0) {
 			reply_text(r, "DATA", text, sizeof(text));
-			for (size_t i = 0; i < j->n_rcpts; i++)
+			for (size_t i = c->batch_start; i < c->batch_end; i++)
 				if (j->rcpts[i].outcome == REMOTE_PENDING)
 					rcpt_result(c, &j->rcpts[i], outcome_of(r->code),
 						    status_of(r), text);
@@ -587,19 +668,18 @@ static void dot_reply(struct rconn *c, const struct smtp_reply *r)
 	char text[600];
 	reply_text(r, "end of DATA", text, sizeof(text));
 	bool ok = r->code >= 200 && r->code < 300;
-	for (size_t i = 0; i < j->n_rcpts; i++) {
+	/* The empty DATA case (nothing accepted) has its results already. */
+	for (size_t i = c->batch_start;
+	     !c->mail_failed && c->n_accepted > 0 && i < c->batch_end; i++) {
 		struct remote_rcpt *rr = &j->rcpts[i];
 		if (rr->outcome != REMOTE_PENDING)
 			continue;
-		if (c->mail_failed || c->n_accepted == 0)
-			continue; /* already answered (the empty DATA case) */
 		rcpt_result(c, rr, outcome_of(r->code), status_of(r), text);
 		if (ok && c->caps.dsn && (rr->notify || rr->orcpt))
 			rr->dsn_relayed = true;
 	}
-	job_finish(c);
 	if (ok) {
-		conn_start_job(c);
+		tx_next(c);
 	} else {
 		c->st = RC_RSET;
 		send_line(c, "RSET");
@@ -829,7 +909,9 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		dot_reply(c, r);
 		return;
 	case RC_RSET:
-		conn_start_job(c);
+		/* The failed transaction is reset: its job goes on with the next
+		 * batch, or is finished (its results recorded) before the next. */
+		tx_next(c);
 		return;
 	case RC_QUIT:
 		close_bev(c);
@@ -1082,13 +1164,6 @@ static void addresses_done(struct rconn *c)
 	conn_next_target(c);
 }
 
-/* Address answers carry their host slot index in the callback argument. */
-struct addr_query {
-	struct rconn *c;
-	size_t host;
-	int family;
-};
-
 static void on_addr_answer(void *arg, const struct dns_result *r)
 {
 	struct addr_query *q = arg;
@@ -1103,7 +1178,6 @@ static void on_addr_answer(void *arg, const struct dns_result *r)
 		for (size_t i = 0; r->status == DNS_OK && i < r->n && ha->n6 < 8; i++)
 			ha->v6[ha->n6++] = r->aaaa[i];
 	}
-	free(q);
 	if (--c->pending_dns == 0)
 		addresses_done(c);
 }
@@ -1113,17 +1187,13 @@ static void query_addresses(struct rconn *c)
 	c->pending_dns = (int)c->n_hosts * 2;
 	for (size_t h = 0; h < c->n_hosts; h++) {
 		for (int k = 0; k < 2; k++) {
-			struct addr_query *q = malloc(sizeof(*q));
-			int rc = -1;
-			if (q) {
-				q->c = c;
-				q->host = h;
-				q->family = k == 0 ? AF_INET6 : AF_INET;
-				rc = dns_query(c->res, c->hosts[h].host, k == 0 ? DNS_AAAA : DNS_A,
-					       on_addr_answer, q);
-			}
+			struct addr_query *q = &c->aq[h][k];
+			q->c = c;
+			q->host = h;
+			q->family = k == 0 ? AF_INET6 : AF_INET;
+			int rc = dns_query(c->res, c->hosts[h].host, k == 0 ? DNS_AAAA : DNS_A,
+					   on_addr_answer, q);
 			if (rc < 0) {
-				free(q);
 				if (k == 0)
 					c->hosts[h].st6 = DNS_TEMPFAIL;
 				else
@@ -1247,20 +1317,27 @@ static void conn_resolve(struct rconn *c)
 /* The connection moves to its destination's next job, or QUITs. */
 static void conn_start_job(struct rconn *c)
 {
-	struct remote_job *j = dest_pop(c->r, c->dest, true);
-	if (!j) {
-		c->dest = NULL; /* our slot is released */
-		if (c->bev) {
-			c->st = RC_QUIT;
-			set_timeout(c, 10);
-			send_line(c, "QUIT");
-		} else {
-			conn_end(c);
+	job_finish(c); /* never drop a job unrecorded (a no-op without one) */
+	for (;;) {
+		struct remote_job *j = dest_pop(c->r, c->dest, true);
+		if (!j) {
+			c->dest = NULL; /* our slot is released */
+			if (c->bev) {
+				c->st = RC_QUIT;
+				set_timeout(c, 10);
+				send_line(c, "QUIT");
+			} else {
+				conn_end(c);
+			}
+			return;
 		}
-		return;
+		c->job = j;
+		if (begin_job(c))
+			return;
+		/* Does not fit this peer: bounced here; a loop, not recursion,
+		 * so that a long queue of such jobs cannot exhaust the stack. */
+		job_finish(c);
 	}
-	c->job = j;
-	start_transaction(c);
 }
 
 static void conn_free(struct rconn *c)
@@ -1314,6 +1391,8 @@ static void conn_end(struct rconn *c)
 static void conn_begin(void *arg)
 {
 	struct rconn *c = arg;
+	/* After remote_stop dest_pop takes nothing (and gives up the slot): the
+	 * connection goes without resolving; the jobs stay queued, unrecorded. */
 	c->job = dest_pop(c->r, c->dest, true);
 	if (!c->job) {
 		c->dest = NULL;
@@ -1340,6 +1419,16 @@ static void conn_spawn(struct remote *r, struct dest *d)
 		return;
 	}
 	pthread_mutex_lock(&r->lock);
+	if (r->stopping) {
+		/* No new connection after remote_stop: the slot goes back and the
+		 * destination's jobs stay queued until remote_free frees them
+		 * without a result (they are still in the spool). */
+		d->active--;
+		pthread_mutex_unlock(&r->lock);
+		free(c);
+		runtime_release(rt);
+		return;
+	}
 	size_t wi = r->rr++ % r->n_workers;
 	c->next = r->conns;
 	if (c->next)
@@ -1381,6 +1470,14 @@ void remote_submit(struct remote *r, struct remote_job *job)
 		max = 1;
 
 	pthread_mutex_lock(&r->lock);
+	if (r->stopping) {
+		/* Shutting down: the message stays in the spool, tried after the
+		 * restart; no result is reported. */
+		pthread_mutex_unlock(&r->lock);
+		log_debug("event=remote_submit_refused id=%s reason=stopping", job->id);
+		remote_job_free(job);
+		return;
+	}
 	struct dest *d = r->dests;
 	while (d && strcmp(d->key, key) != 0)
 		d = d->next;
@@ -1414,6 +1511,15 @@ void remote_submit(struct remote *r, struct remote_job *job)
 	pthread_mutex_unlock(&r->lock);
 	if (spawn)
 		conn_spawn(r, d);
+}
+
+void remote_stop(struct remote *r)
+{
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->lock);
+	r->stopping = true;
+	pthread_mutex_unlock(&r->lock);
 }
 
 size_t remote_active(struct remote *r)

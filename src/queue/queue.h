@@ -155,6 +155,9 @@ void scheduler_set_remote(struct scheduler *s, struct remote *r);
 /* Capture mode: local recipients go to this store instead of Maildirs. */
 struct capture_store;
 void scheduler_set_capture(struct scheduler *s, struct capture_store *st);
+/* Records remote results still queued (at shutdown, after the workers
+ * stopped and the delivery threads were stopped, before the spool closes). */
+void scheduler_drain_results(struct scheduler *s);
 /* Stops the delivery threads after the batch in progress (remote results
  * still arriving are recorded). */
 void scheduler_stop(struct scheduler *s);

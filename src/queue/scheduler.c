@@ -59,6 +59,7 @@ struct scheduler {
 	struct spool *sp;
 	struct remote *remote;
 	struct capture_store *capture; /* capture mode: local recipients are caught here */
+	struct remote_job *results;    /* finished remote jobs waiting to be recorded */
 	int64_t last_prune;
 	int64_t last_maintain; /* spool compaction: at most every MAINTAIN_EVERY s */
 	pthread_mutex_t lock;
@@ -307,17 +308,19 @@ static void send_dsn(struct scheduler *s, const struct tern_config *conf,
 		return;
 	char to[SMTP_ADDR_MAX + 16];
 	const char *first_local = conf->n_local_domains ? conf->local_domains[0] : "localhost";
+	if (m->client && strstr(m->client, "proto=DSN")) {
+		/* A notice about a notice tern generated itself would loop
+		 * (RFC 5321 §6.1; e.g. a postmaster alias pointing at a host that
+		 * bounces): log it, send nothing. */
+		log_warn("event=dsn_dropped id=%s kind=%s reason=\"the failed message is itself a "
+			 "delivery notice from this server\"",
+			 m->id, kind);
+		return;
+	}
 	if (m->sender[0]) {
 		tern_strlcpy(to, m->sender, sizeof(to));
 	} else {
-		for (size_t i = 0; i < n; i++) {
-			if (strncasecmp(rcpts[i].final_rcpt, "postmaster@", 11) == 0) {
-				log_warn("event=dsn_dropped id=%s reason=\"a notice about a notice to "
-					 "the postmaster would loop\"",
-					 m->id);
-				return;
-			}
-		}
+		/* Never a notice to the null sender: the postmaster hears of it. */
 		snprintf(to, sizeof(to), "postmaster@%s", first_local);
 	}
 	struct tbuf out;
@@ -414,6 +417,32 @@ struct outcome {
 };
 
 /*
+ * After any result for a message: its retry timer is the earliest next_try
+ * of every recipient still deferred (not only those of this attempt: with
+ * jitter, or results from another delivery, a recipient would otherwise be
+ * left without a timer). A finished message forgets its DELAY warning.
+ */
+static void reschedule(struct scheduler *s, const char *id, int64_t now)
+{
+	struct spool_msg *m = spool_get(s->sp, id);
+	if (!m) {
+		pthread_mutex_lock(&s->lock);
+		inflight_add(s, s->warned, id, -(int)0x7fffffff);
+		pthread_mutex_unlock(&s->lock);
+		return;
+	}
+	int64_t next = 0;
+	for (size_t i = 0; i < m->n_rcpts; i++) {
+		const struct spool_rcpt *r = &m->rcpts[i];
+		if (r->state == RCPT_DEFERRED && (next == 0 || r->next_try < next))
+			next = r->next_try;
+	}
+	if (next)
+		defer_job(s, id, next > now ? next : now + 1);
+	spool_msg_free(m);
+}
+
+/*
  * Records outcomes for one message: spool state, a log line each, retry
  * timers, and the DSNs they call for. data is the message (for DSNs).
  */
@@ -422,22 +451,26 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			    struct outcome *o, size_t n)
 {
 	int64_t now = now_sec();
-	struct dsn_rcpt fail[64], delayed[64], ok[64];
+	size_t cap = n ? n : 1;
+	struct dsn_rcpt *fail = calloc(cap, sizeof(*fail));
+	struct dsn_rcpt *delayed = calloc(cap, sizeof(*delayed));
+	struct dsn_rcpt *ok = calloc(cap, sizeof(*ok));
+	char(*expired)[600] = calloc(cap, sizeof(*expired));
 	size_t n_fail = 0, n_delayed = 0, n_ok = 0;
-	char expired[64][600];
-	int64_t next_due = 0;
+	/* Out of memory: record the states anyway, send no notice this time. */
+	size_t dsn_cap = fail && delayed && ok && expired ? n : 0;
 	for (size_t k = 0; k < n; k++) {
 		const struct spool_rcpt *r = &m->rcpts[o[k].idx];
 		double delay = (double)(now - m->created);
 		if (o[k].state == RCPT_DEFERRED && conf->delivery.max_lifetime &&
-		    now - m->created >= (int64_t)conf->delivery.max_lifetime) {
+		    now - m->created >= (int64_t)conf->delivery.max_lifetime && expired) {
 			/* Too old: the last temporary reason becomes final. */
-			snprintf(expired[k < 64 ? k : 63], sizeof(expired[0]),
+			snprintf(expired[k], sizeof(expired[k]),
 				 "delivery time expired after %lld s; last error: %s",
 				 (long long)(now - m->created), o[k].reply);
 			o[k].state = RCPT_BOUNCED;
 			o[k].status = "4.4.7";
-			o[k].reply = expired[k < 64 ? k : 63];
+			o[k].reply = expired[k];
 		}
 		char q[700];
 		switch (o[k].state) {
@@ -447,7 +480,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 				 r->addr, o[k].relay, delay,
 				 log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			if (wants_notice(r->notify, SMTP_NOTIFY_SUCCESS) && !o[k].dsn_relayed &&
-			    n_ok < 64)
+			    n_ok < dsn_cap)
 				ok[n_ok++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt,
 					.action = strcmp(o[k].relay, "local") == 0 ? "delivered"
@@ -460,7 +493,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			log_warn("event=bounced id=%s to=<%s> relay=%s status=%s reply=%s", m->id,
 				 r->addr, o[k].relay, o[k].status,
 				 log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
-			if (wants_notice(r->notify, SMTP_NOTIFY_FAILURE) && n_fail < 64)
+			if (wants_notice(r->notify, SMTP_NOTIFY_FAILURE) && n_fail < dsn_cap)
 				fail[n_fail++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "failed",
 					.status = o[k].status[0] == '5' ? o[k].status : "5.0.0",
@@ -475,11 +508,9 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 				 "reply=%s",
 				 m->id, r->addr, o[k].relay, o[k].status, (long long)(next - now),
 				 log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
-			if (next_due == 0 || next < next_due)
-				next_due = next;
 			if (conf->delivery.delay_warning &&
 			    now - m->created >= (int64_t)conf->delivery.delay_warning &&
-			    wants_notice(r->notify, SMTP_NOTIFY_DELAY) && n_delayed < 64)
+			    wants_notice(r->notify, SMTP_NOTIFY_DELAY) && n_delayed < dsn_cap)
 				delayed[n_delayed++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "delayed",
 					.status = o[k].status[0] == '4' ? o[k].status : "4.0.0",
@@ -492,8 +523,6 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		}
 		}
 	}
-	if (next_due)
-		defer_job(s, m->id, next_due);
 	send_dsn(s, conf, m, data, len, fail, n_fail, "failure");
 	send_dsn(s, conf, m, data, len, ok, n_ok, "success");
 	if (n_delayed) {
@@ -503,18 +532,37 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		if (first)
 			send_dsn(s, conf, m, data, len, delayed, n_delayed, "delay");
 	}
+	reschedule(s, m->id, now);
+	free(fail);
+	free(delayed);
+	free(ok);
+	free(expired);
 }
 
-/* Runs on a worker thread when the remote engine finished a job. */
+/*
+ * Runs on a worker thread when the remote engine finished a job: it only
+ * queues the job for a delivery thread (recording results means spool
+ * writes and maybe building a DSN, which copies the whole message).
+ */
 static void remote_done(struct remote_job *job, void *arg)
 {
 	struct scheduler *s = arg;
+	pthread_mutex_lock(&s->lock);
+	job->next = s->results;
+	s->results = job;
+	pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* On a delivery thread (or at shutdown): records one finished remote job. */
+static void record_remote(struct scheduler *s, struct remote_job *job)
+{
 	struct tern_runtime *rt = runtime_acquire();
 	struct spool_msg *m = spool_get(s->sp, job->id);
-	if (m && rt) {
-		struct outcome o[256];
+	struct outcome *o = calloc(job->n_rcpts ? job->n_rcpts : 1, sizeof(*o));
+	if (m && rt && o) {
 		size_t n = 0;
-		for (size_t i = 0; i < job->n_rcpts && n < 256; i++) {
+		for (size_t i = 0; i < job->n_rcpts; i++) {
 			struct remote_rcpt *rr = &job->rcpts[i];
 			if (rr->idx >= m->n_rcpts)
 				continue;
@@ -529,17 +577,38 @@ static void remote_done(struct remote_job *job, void *arg)
 			n++;
 		}
 		record_outcomes(s, rt->conf, m, job->data, job->len, o, n);
+	} else if (!o) {
+		/* Nothing recorded: the spool still has the recipients due; retry soon. */
+		defer_job(s, job->id, now_sec() + 60);
 	}
-	struct spool_msg *after = spool_get(s->sp, job->id);
+	free(o);
+	/* Recorded: the job is off the wire, a retry may dispatch it again. */
 	pthread_mutex_lock(&s->lock);
 	inflight_add(s, s->inflight, job->id, -1);
-	if (!after) /* finished: forget that it was warned about */
-		inflight_add(s, s->warned, job->id, -(int)0x7fffffff);
 	pthread_mutex_unlock(&s->lock);
-	spool_msg_free(after);
 	spool_msg_free(m);
 	runtime_release(rt);
 	remote_job_free(job);
+}
+
+/* Records every queued remote result (delivery threads, and at shutdown). */
+static void drain_results(struct scheduler *s)
+{
+	pthread_mutex_lock(&s->lock);
+	struct remote_job *j = s->results;
+	s->results = NULL;
+	pthread_mutex_unlock(&s->lock);
+	while (j) {
+		struct remote_job *next = j->next;
+		record_remote(s, j);
+		j = next;
+	}
+}
+
+void scheduler_drain_results(struct scheduler *s)
+{
+	if (s)
+		drain_results(s);
 }
 
 /* ------------------------------------------------------------- delivery */
@@ -565,14 +634,18 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 {
 	if (!s->remote)
 		return;
+	/* Check and reserve in one step, so two delivery threads holding the
+	 * same message never both put it on the wire. */
 	pthread_mutex_lock(&s->lock);
 	bool busy = inflight_add(s, s->inflight, m->id, 0) > 0;
+	if (!busy)
+		inflight_add(s, s->inflight, m->id, 1); /* the reservation */
 	pthread_mutex_unlock(&s->lock);
 	if (busy)
-		return; /* a job for this message is on the wire; it will report */
+		return; /* a job for this message is on the wire; its result reschedules */
 	bool *taken = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(bool));
 	if (!taken)
-		return;
+		goto out;
 	bool has_8bit = false;
 	for (size_t i = 0; i < job->len; i++) {
 		if ((unsigned char)job->data[i] >= 0x80) {
@@ -629,6 +702,10 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 		remote_submit(s->remote, rj);
 	}
 	free(taken);
+out:
+	pthread_mutex_lock(&s->lock);
+	inflight_add(s, s->inflight, m->id, -1); /* the reservation */
+	pthread_mutex_unlock(&s->lock);
 }
 
 /*
@@ -649,21 +726,26 @@ struct caught {
 static bool capture_one(struct scheduler *s, const struct spool_msg *m, const struct job *job,
 			int64_t now, struct caught *out)
 {
-	const char *to[256];
+	const char **to = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*to));
+	if (!to)
+		return false; /* retried by the next flush or restart */
 	size_t n = 0;
-	for (size_t i = 0; i < m->n_rcpts && n < 256; i++) {
+	for (size_t i = 0; i < m->n_rcpts; i++) {
 		const struct spool_rcpt *r = &m->rcpts[i];
 		if (r->local && is_due(r, now))
 			to[n++] = r->addr;
 	}
-	if (n == 0)
+	if (n == 0) {
+		free(to);
 		return false;
+	}
 	out->m = m;
 	out->job = job;
 	/* The session records an authenticated user last in the trace string. */
 	const char *auth = m->client ? strstr(m->client, " auth=") : NULL;
 	out->rc = capture_add_once(s->capture, m->id, auth ? auth + 6 : NULL, job->data, job->len,
 				   m->sender, to, n, out->id);
+	free(to);
 	return true;
 }
 
@@ -680,9 +762,11 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 		else
 			snprintf(reply, sizeof(reply), "451 4.3.0 capture store failed: %s",
 				 tern_strerror(rc));
-		struct outcome o[256];
+		struct outcome *o = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*o));
+		if (!o)
+			continue; /* still due in the spool: the next flush or restart finds it */
 		size_t n = 0;
-		for (size_t i = 0; i < m->n_rcpts && n < 256; i++) {
+		for (size_t i = 0; i < m->n_rcpts; i++) {
 			const struct spool_rcpt *r = &m->rcpts[i];
 			if (!r->local || !is_due(r, now))
 				continue;
@@ -695,6 +779,7 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 			n++;
 		}
 		record_outcomes(s, conf, m, c[k].job->data, c[k].job->len, o, n);
+		free(o);
 	}
 }
 
@@ -915,7 +1000,8 @@ static void *scheduler_main(void *arg)
 		pthread_mutex_lock(&s->lock);
 		for (;;) {
 			promote_due_locked(s, now_sec());
-			if (s->head || s->stopping || now_sec() - s->last_maintain >= MAINTAIN_EVERY)
+			if (s->head || s->results || s->stopping ||
+			    now_sec() - s->last_maintain >= MAINTAIN_EVERY)
 				break;
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -928,6 +1014,7 @@ static void *scheduler_main(void *arg)
 			return NULL;
 		}
 		pthread_mutex_unlock(&s->lock);
+		drain_results(s);
 		maybe_prune(s);
 		pthread_mutex_lock(&s->lock);
 		if (!s->head) {
@@ -994,6 +1081,13 @@ void scheduler_free(struct scheduler *s)
 	if (!s)
 		return;
 	scheduler_stop(s);
+	/* Results nobody recorded (the caller did not drain): the spool still
+	 * has those recipients due, so they are tried again after restart. */
+	while (s->results) {
+		struct remote_job *j = s->results;
+		s->results = j->next;
+		remote_job_free(j);
+	}
 	struct job *lists[2] = {s->head, s->deferred};
 	for (int l = 0; l < 2; l++) {
 		struct job *j = lists[l];

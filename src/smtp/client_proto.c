@@ -2,7 +2,8 @@
  * client_proto.c — the pure protocol pieces of the outbound SMTP client:
  * the reply parser (RFC 5321 §4.2, enhanced codes per RFC 2034/3463), the
  * EHLO capability reader (RFC 5321 §4.1.1.1, 1870 SIZE, 4954 AUTH, ...)
- * and the 8-bit -> 7-bit MIME downconversion of RFC 6152 §3 / RFC 1652.
+ * the 8-bit -> 7-bit MIME downconversion of RFC 6152 §3 / RFC 1652, and
+ * the DATA text encoder (CRLF line ends, dot-stuffing).
  *
  * Owns: byte-level parsing and rewriting only. Pure functions over
  * (pointer, length): no I/O, no global state, no read past in + len, and
@@ -847,4 +848,40 @@ int smtp_downconvert_8bit(const char *msg, size_t len, struct tbuf *out)
 			out->data[start] = '\0';
 	}
 	return rc;
+}
+
+/* ============================================================ DATA text */
+
+void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg)
+{
+	size_t run = 0;  /* start of the input not emitted yet */
+	bool bol = true; /* at the beginning of a line */
+	for (size_t i = 0; i < len; i++) {
+		char ch = msg[i];
+		if (bol && ch == '.') {
+			/* Stuff: emit up to the dot, one more dot; the dot itself
+			 * stays in the run. */
+			if (i > run)
+				emit(arg, msg + run, i - run);
+			emit(arg, ".", 1);
+			run = i;
+		}
+		bol = false;
+		if (ch == '\r' && i + 1 < len && msg[i + 1] == '\n') {
+			i++; /* CRLF goes out as it is, within the run */
+			bol = true;
+		} else if (ch == '\r' || ch == '\n') {
+			/* A bare CR or LF: the run up to it, then CRLF in its place. */
+			if (i > run)
+				emit(arg, msg + run, i - run);
+			emit(arg, "\r\n", 2);
+			run = i + 1;
+			bol = true;
+		}
+	}
+	if (len > run)
+		emit(arg, msg + run, len - run);
+	if (!bol)
+		emit(arg, "\r\n", 2);
+	emit(arg, ".\r\n", 3);
 }

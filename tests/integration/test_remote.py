@@ -476,3 +476,279 @@ def test_hold_stops_retries_and_release_delivers(remote_tern, mx):
     assert m.rcpt_tos == ["h@hold.test"]
     t.wait_log(rf"event=delivered id={qid}\b")
     wait_queue_empty(t)
+
+
+# --------------------------------------------------------------------------
+# Transactions: a failed one must not lose its job; big jobs go in batches.
+
+
+class ScriptedMX:
+    """A fake MX of the test's own on 127.0.0.41 (reached through a route): refuses
+    recipients whose local part starts with "bad", optionally offers PIPELINING and
+    answers EHLO late (so that messages queue up behind one connection)."""
+
+    IP = "127.0.0.41"
+
+    def __init__(self, pipelining=False, ehlo_delay=0.0):
+        import socket
+        import threading
+        self.pipelining = pipelining
+        self.ehlo_delay = ehlo_delay
+        self.lock = threading.Lock()
+        self.sessions = []
+        self.rcpt_cmds = []     # every address given in RCPT TO, in order
+        self.transactions = []  # (sorted recipients, content) per accepted DATA
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((self.IP, 0))
+            self.port = s.getsockname()[1]
+        from aiosmtpd.controller import Controller
+        self.controller = Controller(self, hostname=self.IP, port=self.port,
+                                     ready_timeout=10, server_hostname="fake-scripted.test")
+
+    def __enter__(self):
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.controller.stop()
+
+    def route(self, domain):
+        return {"routes": {domain: {"via": f"smtp://{self.IP}:{self.port}", "tls": "none"}}}
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        import asyncio
+        with self.lock:
+            if not any(s is session for s in self.sessions):
+                self.sessions.append(session)
+        if self.ehlo_delay:
+            await asyncio.sleep(self.ehlo_delay)
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self.lock:
+            self.rcpt_cmds.append(address)
+        if address.split("@")[0].startswith("bad"):
+            return f"550 5.1.1 <{address}>: no such user (scripted-3141)"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.transactions.append((sorted(envelope.rcpt_tos),
+                                      bytes(envelope.original_content or b"")))
+        return "250 2.0.0 OK queued"
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_message_with_every_recipient_refused_still_bounces_when_the_connection_is_reused(
+        remote_tern, mx, pipelining):
+    # One connection (max_per_destination = 1, EHLO answered late so both messages
+    # are queued): the first transaction ends in RSET with nothing accepted; its
+    # job must still be finished (bounced), and the second message delivered.
+    with ScriptedMX(pipelining=pipelining, ehlo_delay=1.0) as fake:
+        t = remote_tern(extra=fake.route("scripted.test"), max_per_destination=1)
+        bad = ["bad1@scripted.test", "bad2@scripted.test"]
+        q1 = submit(t, bad, msg("all-refused", bad[0]))
+        q2 = submit(t, ["good@scripted.test"], msg("accepted", "good@scripted.test"))
+        t.wait_log(rf"event=delivered id={q2}\b", timeout=DEADLINE)
+        for b in bad:
+            t.wait_log(rf"event=bounced id={q1} to=<{b}>", timeout=DEADLINE)
+        dsn = wait_dsn(t, bad[0])
+        assert_failure_dsn(dsn, bad[0], r"5\.1\.1", "all-refused")
+        assert "scripted-3141" in ws(dsn.rcpt(bad[0]).get("diagnostic-code")), dsn.recipients
+        wait_queue_empty(t)
+        assert len(fake.sessions) == 1, f"{len(fake.sessions)} sessions: not the reuse case"
+        assert [r for r, _ in fake.transactions] == [["good@scripted.test"]]
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_250_recipients_go_in_transactions_of_100(remote_tern, mx, pipelining):
+    # RFC 5321 §4.5.3.1.8: a server need take only 100 recipients per transaction.
+    with ScriptedMX(pipelining=pipelining) as fake:
+        t = remote_tern(extra={**fake.route("scripted.test"),
+                               "limits": {"max_recipients": 1000}})
+        rcpts = [f"u{i}@scripted.test" for i in range(250)]
+        qid = submit(t, rcpts, msg("many-rcpts", rcpts[0]))
+        wait_queue_empty(t, timeout=DEADLINE * 2)
+        assert len(t.log_lines("event=delivered", f"id={qid}")) == 250, t.log_tail()
+        assert not t.log_lines("event=bounced"), t.log_tail()
+        assert not t.log_lines("event=deferred"), t.log_tail()
+        sizes = [len(r) for r, _ in fake.transactions]
+        assert sizes == [100, 100, 50], sizes
+        got = [a for r, _ in fake.transactions for a in r]
+        assert sorted(got) == sorted(rcpts), "a recipient missing or delivered twice"
+        assert sorted(fake.rcpt_cmds) == sorted(rcpts), "a RCPT TO sent twice or never"
+        assert all(b"Subject: many-rcpts" in c for _, c in fake.transactions)
+
+
+def test_batches_keep_per_recipient_results(remote_tern, mx):
+    # 150 recipients, every 7th refused: the refused ones bounce, the rest of both
+    # batches is delivered, and a batch whose RCPTs were all refused would not stop
+    # the next (u100..u149 are in the second transaction).
+    with ScriptedMX(pipelining=True) as fake:
+        t = remote_tern(extra={**fake.route("scripted.test"),
+                               "limits": {"max_recipients": 1000}})
+        rcpts = [f"{'bad' if i % 7 == 0 else 'u'}{i}@scripted.test" for i in range(150)]
+        qid = submit(t, rcpts, msg("mixed-rcpts", rcpts[1]))
+        wait_queue_empty(t, timeout=DEADLINE * 2)
+        good = [r for r in rcpts if r.startswith("u")]
+        bad = [r for r in rcpts if r.startswith("bad")]
+        assert len(t.log_lines("event=delivered", f"id={qid}")) == len(good), t.log_tail()
+        assert len(t.log_lines("event=bounced", f"id={qid}")) == len(bad), t.log_tail()
+        assert len(fake.transactions) == 2
+        assert sorted(a for r, _ in fake.transactions for a in r) == sorted(good)
+        assert sorted(fake.rcpt_cmds) == sorted(rcpts)
+
+
+# --------------------------------------------------------------------------
+# SMTP smuggling, outbound: what we relay cannot end the data early at a peer.
+
+
+class LenientMX:
+    """A raw fake MX on 127.0.0.42 that, like some real ones, takes a "." line between
+    any line ends (CRLF, bare LF, bare CR) as the end of the data, and records every
+    command it sees — so a smuggled command shows up as a second MAIL/RCPT."""
+
+    IP = "127.0.0.42"
+    END = re.compile(rb"(?:\r\n|\n|\r)\.(?:\r\n|\n|\r)")
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((self.IP, 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.commands = []
+        self.data = []
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+
+    def route(self, domain):
+        return {"routes": {domain: {"via": f"smtp://{self.IP}:{self.port}", "tls": "none"}}}
+
+    def _run(self):
+        import socket
+        while self.running:
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            try:
+                self._serve(c)
+            except OSError:
+                pass
+            c.close()
+
+    def _serve(self, c):
+        c.settimeout(10)
+        c.sendall(b"220 fake-lenient.test ESMTP\r\n")
+        buf = b""
+        in_data = False
+        while True:
+            if in_data:
+                m = self.END.search(buf)
+                if not m:
+                    more = c.recv(65536)
+                    if not more:
+                        return
+                    buf += more
+                    continue
+                self.data.append(buf[:m.start() + 2])
+                buf = buf[m.end():]
+                in_data = False
+                c.sendall(b"250 2.0.0 queued\r\n")
+                continue
+            m = re.search(rb"\r\n|\n|\r", buf)
+            if not m:
+                more = c.recv(65536)
+                if not more:
+                    return
+                buf += more
+                continue
+            line = buf[:m.start()].decode("latin-1")
+            buf = buf[m.end():]
+            if not line:
+                continue
+            self.commands.append(line)
+            verb = line.split(" ")[0].upper()
+            if verb in ("EHLO", "HELO"):
+                c.sendall(b"250-fake-lenient.test\r\n250 8BITMIME\r\n")
+            elif verb == "DATA":
+                in_data = True
+                c.sendall(b"354 go ahead\r\n")
+            elif verb == "QUIT":
+                c.sendall(b"221 bye\r\n")
+                return
+            else:
+                c.sendall(b"250 OK\r\n")
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r"], ids=["bare-lf", "bare-cr"])
+def test_relayed_message_cannot_smuggle_commands_to_a_lenient_peer(remote_tern, mx, line_end):
+    # The stored message holds "<bare line end>.<line end>MAIL FROM...". Going out, line
+    # ends are made CRLF and the dot line stuffed, so the peer sees one transaction.
+    # (The inbound side may refuse such a message; then there is nothing to relay here
+    # and the encoder's unit tests, test_client_proto.c test_data_encode_*, cover it.)
+    from conftest import expect
+    with LenientMX() as fake:
+        t = remote_tern(extra=fake.route("lenient.test"))
+        chunk = (b"Subject: smuggle\r\n\r\nhello" + line_end + b"." + line_end
+                 + b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@lenient.test>\r\n"
+                 + b"DATA\r\nsmuggled\r\n")
+        with t.client() as c:
+            c.ehlo()
+            expect(c.cmd(f"MAIL FROM:<{SENDER}>"), 250)
+            expect(c.cmd("RCPT TO:<good@lenient.test>"), 250)
+            c.send(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+            r = c.reply()
+            c.cmd("QUIT")
+        if not 200 <= r.code < 300:
+            pytest.skip(f"the inbound side refuses the message ({r}); nothing to relay")
+        qid = r.queue_id()
+        t.wait_log(rf"event=delivered id={qid}\b", timeout=DEADLINE)
+        wait_queue_empty(t)
+        verbs = [cmd.split(" ")[0].upper() for cmd in fake.commands]
+        assert verbs.count("MAIL") == 1 and verbs.count("RCPT") == 1, fake.commands
+        assert not any("victim" in cmd or "evil" in cmd for cmd in fake.commands), fake.commands
+        assert len(fake.data) == 1
+        body = fake.data[0]
+        assert b"hello\r\n..\r\nMAIL FROM:<evil@attacker.test>\r\n" in body, body
+        assert re.search(rb"(?<!\r)\n|\r(?!\n)", body) is None, "a bare line end went out"
+
+
+# --------------------------------------------------------------------------
+# Shutdown while address lookups are pending: nothing leaks (LeakSanitizer).
+
+
+def test_shutdown_with_address_lookups_pending_frees_them(remote_tern, mx):
+    import socket
+    # A forwarder that never answers: the route's host lookups (A and AAAA) are still
+    # pending when tern stops, and the resolver drops them without calling back.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        fwd = f"127.0.0.1@{silent.getsockname()[1]}"
+        t = remote_tern(extra={"dns": {"forward": [fwd]},
+                               "limits": {"shutdown_grace": Raw("1s")},
+                               "routes": {"stall.test": {"via": "smtp://mx.stall.test:25",
+                                                         "tls": "none"}}})
+        qid = submit(t, ["x@stall.test"], msg("stall", "x@stall.test"))
+        time.sleep(1.0)
+        assert not t.log_lines("event=dns_timeout"), "the lookups ended before the stop"
+        assert t.stop() == 0, t.log_tail()
+        t.check_sanitizers()
+        assert not t.log_lines("event=delivered", f"id={qid}")

@@ -1034,6 +1034,123 @@ static void test_downconvert_agrees_with_python_on_mime4j_messages(void **state)
 	assert_true(converted >= 10);
 }
 
+/* ============================================================ DATA text */
+
+static void collect(void *arg, const char *p, size_t n)
+{
+	assert_true(n > 0); /* runs are never empty */
+	assert_int_equal(tbuf_append(arg, p, n), TERN_OK);
+}
+
+static void encode(const char *in, size_t len, struct tbuf *out)
+{
+	tbuf_init(out, 1 << 20);
+	smtp_data_encode(in, len, collect, out);
+}
+
+static void test_data_encode_table(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *in, *out;
+	} cases[] = {
+	    {"", ".\r\n"},
+	    {"a\r\n", "a\r\n.\r\n"},
+	    {"a", "a\r\n.\r\n"},                     /* a last line gets its CRLF */
+	    {".", "..\r\n.\r\n"},
+	    {".a\r\n", "..a\r\n.\r\n"},              /* the first line is a line too */
+	    {"..\r\n", "...\r\n.\r\n"},
+	    {"a\r\n.\r\nb\r\n", "a\r\n..\r\nb\r\n.\r\n"},
+	    {"a.b\r\n x.\r\n", "a.b\r\n x.\r\n.\r\n"}, /* dots inside lines untouched */
+	    /* SMTP smuggling: bare LF or CR around a dot never ends the data */
+	    {"hello\n.\r\nMAIL FROM:<x@y>\r\n", "hello\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n"},
+	    {"hello\r\n.\nMAIL FROM:<x@y>\r\n", "hello\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n"},
+	    {"hello\r.\rRCPT\r\n", "hello\r\n..\r\nRCPT\r\n.\r\n"},
+	    {"hello\n.\n", "hello\r\n..\r\n.\r\n"},
+	    {"a\n\nb", "a\r\n\r\nb\r\n.\r\n"},
+	    {"a\r\r\n", "a\r\n\r\n.\r\n"},           /* bare CR, then CRLF */
+	    {"a\n\r", "a\r\n\r\n.\r\n"},             /* LF CR is two line ends */
+	    {"\n", "\r\n.\r\n"},
+	    {"\r", "\r\n.\r\n"},
+	    {"\r\n.", "\r\n..\r\n.\r\n"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct tbuf out;
+		encode(cases[i].in, strlen(cases[i].in), &out);
+		size_t want = strlen(cases[i].out);
+		if (out.len != want || memcmp(out.data, cases[i].out, want) != 0)
+			fail_msg("case %zu: got \"%.*s\"", i, (int)out.len, out.data);
+		tbuf_free(&out);
+	}
+}
+
+/* Random messages over the bytes that matter: the output always has CRLF
+ * line ends only, exactly one "." line (the last), and un-stuffing gives
+ * back the input with its line ends made CRLF. */
+static void test_data_encode_random_messages_round_trip(void **state)
+{
+	(void)state;
+	static const char alphabet[] = {'a', '.', '\r', '\n', 'M'};
+	for (int round = 0; round < 20000; round++) {
+		char in[40];
+		size_t len = (size_t)(rng() % sizeof(in));
+		for (size_t i = 0; i < len; i++)
+			in[i] = alphabet[rng() % sizeof(alphabet)];
+		/* reference: line ends normalised, then a final CRLF if missing */
+		char norm[2 * sizeof(in) + 2];
+		size_t nn = 0;
+		for (size_t i = 0; i < len; i++) {
+			if (in[i] == '\r' && i + 1 < len && in[i + 1] == '\n') {
+				norm[nn++] = '\r';
+				norm[nn++] = '\n';
+				i++;
+			} else if (in[i] == '\r' || in[i] == '\n') {
+				norm[nn++] = '\r';
+				norm[nn++] = '\n';
+			} else {
+				norm[nn++] = in[i];
+			}
+		}
+		if (nn > 0 && !(nn >= 2 && norm[nn - 2] == '\r' && norm[nn - 1] == '\n')) {
+			norm[nn++] = '\r';
+			norm[nn++] = '\n';
+		}
+		struct tbuf out;
+		encode(in, len, &out);
+		const char *o = out.data;
+		assert_true(out.len >= 3);
+		assert_memory_equal(o + out.len - 3, ".\r\n", 3);
+		assert_true(out.len == 3 || (o[out.len - 5] == '\r' && o[out.len - 4] == '\n'));
+		for (size_t i = 0; i < out.len; i++) {
+			if (o[i] == '\r')
+				assert_true(i + 1 < out.len && o[i + 1] == '\n');
+			if (o[i] == '\n')
+				assert_true(i > 0 && o[i - 1] == '\r');
+		}
+		/* un-stuff every line but the final "." */
+		char back[sizeof(norm) * 2];
+		size_t nb = 0;
+		size_t body_len = out.len - 3;
+		for (size_t i = 0; i < body_len;) {
+			size_t e = i;
+			while (o[e] != '\n')
+				e++;
+			size_t s = i;
+			if (o[s] == '.') {
+				/* a stuffed line: a lone "." line would have ended the data */
+				assert_true(e - s >= 3);
+				s++;
+			}
+			memcpy(back + nb, o + s, e + 1 - s);
+			nb += e + 1 - s;
+			i = e + 1;
+		}
+		if (nb != nn || memcmp(back, norm, nn) != 0)
+			fail_msg("round %d: input \"%.*s\" did not round-trip", round, (int)len, in);
+		tbuf_free(&out);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1053,6 +1170,8 @@ int main(void)
 	    cmocka_unit_test(test_downconvert_soft_break_never_makes_a_boundary_line),
 	    cmocka_unit_test(test_downconvert_refuses_boundary_ending_in_space),
 	    cmocka_unit_test(test_downconvert_agrees_with_python_on_mime4j_messages),
+	    cmocka_unit_test(test_data_encode_table),
+	    cmocka_unit_test(test_data_encode_random_messages_round_trip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

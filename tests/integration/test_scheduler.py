@@ -1,0 +1,74 @@
+"""Scheduler regressions: retry timers that must not be lost, and notices that
+must not loop. Uses the remote-delivery world (real unbound, fake MXes)."""
+import re
+import time
+
+import pytest
+
+from conftest import make_message
+from remote_harness import DEADLINE, SENDER, check_alive, submit
+from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+
+def msg(subject, to):
+    return make_message(subject, body="scheduler test\r\n", frm=SENDER, to=to)
+
+
+def wait_queue_empty(t, timeout=DEADLINE):
+    deadline = time.monotonic() + timeout
+    while True:
+        check_alive(t)
+        out = t.queue_list()
+        if "queue is empty" in out:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"queue not empty after {timeout}s:\n{out}\n{t.log_tail()}")
+        time.sleep(0.1)
+
+
+def test_deferred_recipient_is_retried_while_another_is_on_the_wire(remote_tern, mx):
+    # One message, two destinations: defer.test answers 451 once (quickly),
+    # slow.test takes its time. The retry of the deferred recipient comes due
+    # while the slow delivery is still on the wire; it must still get a timer
+    # once that delivery reports, not stay deferred forever.
+    t = remote_tern()
+    qid = submit(t, ["a@defer.test", "b@slow.test"],
+                 msg("busy-retry", "a@defer.test, b@slow.test"))
+    mx["slow"].wait_messages(1, tern=t)
+    mx["deferonce"].wait_messages(1, tern=t, timeout=DEADLINE)
+    t.wait_log(rf"event=delivered id={qid} to=<a@defer\.test>")
+    wait_queue_empty(t)
+
+
+def test_no_notice_about_our_own_notice(remote_tern, mx):
+    # The postmaster is an alias for a remote address that rejects mail. A
+    # failed message from the null sender is reported to the postmaster; that
+    # notice fails too, and must then be dropped, not reported again (a loop).
+    t = remote_tern(extra={"aliases": {"postmaster@example.test": ["pm@reject.test"]}})
+    qid = submit(t, ["x@reject.test"], msg("null-sender", "x@reject.test"), mail_from="")
+    t.wait_log(rf"event=bounced id={qid}\b")
+    t.wait_log(r"event=dsn_dropped id=\w+ kind=failure")
+    time.sleep(2.0)  # a loop would have produced several notices by now
+    notices = re.findall(r"event=dsn id=", t.log())
+    assert len(notices) == 1, f"{len(notices)} notices (expected exactly one):\n{t.log_tail()}"
+    wait_queue_empty(t)
+
+
+def test_many_recipients_are_all_recorded(remote_tern, mx):
+    # More recipients than any fixed-size table in the scheduler: every one
+    # must be delivered and recorded, none left queued.
+    t = remote_tern(extra={"limits": {"max_recipients": 300}})
+    rcpts = [f"r{i}@ok.test" for i in range(300)]
+    qid = submit(t, rcpts, msg("many", "list@ok.test"))
+    deadline = time.monotonic() + DEADLINE
+    while sum(len(m.rcpt_tos) for m in mx["ok"].messages) < 300:
+        check_alive(t)
+        assert time.monotonic() < deadline, (
+            f"{sum(len(m.rcpt_tos) for m in mx['ok'].messages)}/300 received\n{t.log_tail()}")
+        time.sleep(0.1)
+    seen = [r for m in mx["ok"].messages for r in m.rcpt_tos]
+    assert sorted(seen) == sorted(rcpts), "a recipient was sent twice or not at all"
+    wait_queue_empty(t)
+    assert len(t.log_lines(f"event=delivered id={qid}")) == 300
