@@ -175,6 +175,16 @@ enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in,
  */
 void smtp_scan_headers(const char *msg, size_t len, uint32_t *received_count, bool *has_8bit);
 
+/*
+ * Scans whole message bytes (as stored, e.g. every BDAT chunk of a message)
+ * for what a DATA body may not contain (DESIGN §5.4): *bare_eol is set if a
+ * CR is not followed by LF (a CR as the last byte counts) or an LF is not
+ * preceded by CR; *has_nul if a NUL byte occurs. The flags agree with
+ * smtp_data_parser's for the bytes that parser stores. Pure; either pointer
+ * may be NULL.
+ */
+void smtp_scan_line_ends(const char *msg, size_t len, bool *bare_eol, bool *has_nul);
+
 
 /* --------------------------------------------------------------- server */
 
@@ -297,5 +307,17 @@ void smtp_parse_ehlo(const struct smtp_reply *r, struct smtp_ehlo_caps *caps);
  * UTF-8 in a non-MIME body): the caller bounces with 5.6.3.
  */
 int smtp_downconvert_8bit(const char *msg, size_t len, struct tbuf *out);
+
+/*
+ * Encodes a message as the text of DATA (RFC 5321 §4.5.2, §2.3.8), in one
+ * pass: every line end (CRLF, bare LF or bare CR) becomes CRLF, a line that
+ * begins with "." gets one more ".", a last line without an end gets CRLF,
+ * and ".\r\n" ends the data. So no stored byte sequence can end the data
+ * early or smuggle a command at a lenient peer. emit receives the output in
+ * order, in runs (n > 0); len 0 gives ".\r\n". Not for BINARYMIME (BDAT
+ * sends bytes as they are).
+ */
+typedef void (*smtp_emit_fn)(void *arg, const char *p, size_t n);
+void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg);
 
 #endif
