@@ -2,8 +2,8 @@
  * data.c — the DATA byte stream: dot-unstuffing, end-of-data detection,
  * and the few header facts the session needs (Received count, 8-bit, NUL).
  *
- * Owns: the byte-level state machine behind smtp_data_feed() and
- * smtp_scan_headers(). Pure: no I/O, no allocation of its own (output goes
+ * Owns: the byte-level state machine behind smtp_data_feed(),
+ * smtp_scan_headers() and smtp_scan_line_ends(). Pure: no I/O, no allocation of its own (output goes
  * to the caller's capped tbuf).
  * Must never: end the data on anything but CR LF "." CR LF (SMTP smuggling,
  * CVE-2023-51764 family; DESIGN §5.4), treat a bare CR or bare LF as a line
@@ -261,4 +261,26 @@ void smtp_scan_headers(const char *msg, size_t len, uint32_t *received_count, bo
 		*received_count = p.received_count;
 	if (has_8bit)
 		*has_8bit = eight;
+}
+
+void smtp_scan_line_ends(const char *msg, size_t len, bool *bare_eol, bool *has_nul)
+{
+	bool bare = false, nul = false;
+	for (size_t i = 0; i < len && !(bare && nul); i++) {
+		unsigned char c = (unsigned char)msg[i];
+		if (c == '\0') {
+			nul = true;
+		} else if (c == '\r') {
+			if (i + 1 >= len || msg[i + 1] != '\n')
+				bare = true; /* a CR at the very end has no LF either */
+			else
+				i++;         /* CR LF: a real line end */
+		} else if (c == '\n') {
+			bare = true; /* an LF not consumed after a CR above is bare */
+		}
+	}
+	if (bare_eol)
+		*bare_eol = bare;
+	if (has_nul)
+		*has_nul = nul;
 }

@@ -48,6 +48,11 @@
 
 #define MAX_LISTENERS_PER_WORKER 16
 #define READ_HIGH_WATERMARK (256 * 1024)
+/* Output backpressure: past OUT_HIGH queued reply bytes the session stops
+ * reading commands until the client has taken the output down to OUT_LOW,
+ * so a client that pipelines and never reads cannot grow our memory. */
+#define OUT_HIGH_WATERMARK (64 * 1024)
+#define OUT_LOW_WATERMARK (16 * 1024)
 #define RECEIVED_HEADER_MAX 1024
 
 enum session_state {
@@ -102,6 +107,7 @@ struct session {
 	bool dead;          /* the peer went away while a commit was in flight */
 	bool shutting_down; /* close after the transaction in flight */
 	bool discard_line;  /* skipping the rest of an over-long command line */
+	bool out_blocked;   /* reading stopped until the output drains (on_write) */
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
 	bool esmtp;
 	bool tls_active;
@@ -296,12 +302,18 @@ static void reply(struct session *s, const char *fmt, ...)
 static void session_free(struct session *s);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
 static void restore_idle_timeouts(struct session *s);
 
 static void on_write_closing(struct bufferevent *bev, void *arg)
 {
 	struct session *s = arg;
-	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+	/* Under TLS our output is empty as soon as the filter took it; the
+	 * final reply is only written once the socket's output is empty too
+	 * (the filter calls us again then). */
+	struct bufferevent *under = bufferevent_get_underlying(bev);
+	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
+	    (!under || evbuffer_get_length(bufferevent_get_output(under)) == 0))
 		session_free(s);
 }
 
@@ -313,8 +325,10 @@ static void session_close_after_flush(struct session *s, const char *reason)
 		 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 		 log_quote(reason, strlen(reason), q, sizeof(q)), s->n_msgs);
 	s->state = S_CLOSING;
+	s->out_blocked = false;
 	bufferevent_disable(s->bev, EV_READ);
 	bufferevent_setcb(s->bev, NULL, on_write_closing, on_event, s);
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
 	bufferevent_enable(s->bev, EV_WRITE);
 	/* A short write timeout so a peer that stops reading cannot pin us.
 	 * Callers always queue a final reply first, so the write callback fires. */
@@ -370,13 +384,21 @@ static int tx_add_rcpt(struct tx *t, const char *addr, const char *orcpt, unsign
 		t->rcpts = n;
 		t->cap_rcpts = ncap;
 	}
+	/* Both copies or neither: a recipient without its ORCPT would lose what
+	 * the DSN must report, and a half-built entry is not counted in
+	 * n_rcpts, so tx_free would never free it. */
+	char *a = tern_strdup(addr);
+	char *o = orcpt && *orcpt ? tern_strdup(orcpt) : NULL;
+	if (!a || (orcpt && *orcpt && !o)) {
+		free(a);
+		free(o);
+		return TERN_ENOMEM;
+	}
 	struct tx_rcpt *r = &t->rcpts[t->n_rcpts];
-	r->addr = tern_strdup(addr);
-	r->orcpt = orcpt && *orcpt ? tern_strdup(orcpt) : NULL;
+	r->addr = a;
+	r->orcpt = o;
 	r->notify = notify;
 	r->local = local;
-	if (!r->addr)
-		return TERN_ENOMEM;
 	t->n_rcpts++;
 	return TERN_OK;
 }
@@ -488,13 +510,22 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 	*err = TERN_OK;
 	const struct conf_alias *al = conf_find_alias(conf, addr);
 	if (al) {
+		size_t before = t->n_rcpts;
 		for (size_t i = 0; i < al->n_to; i++) {
 			const char *to = al->to[i];
 			const char *at = strrchr(to, '@');
 			bool local = at && conf_is_local_domain(conf, at + 1, strlen(at + 1));
 			*err = tx_add_rcpt(t, to, c->orcpt, c->notify, local);
-			if (*err != TERN_OK)
+			if (*err != TERN_OK) {
+				/* The client is told 451: take back the members already
+				 * added, or a retried RCPT would deliver to them twice. */
+				while (t->n_rcpts > before) {
+					t->n_rcpts--;
+					free(t->rcpts[t->n_rcpts].addr);
+					free(t->rcpts[t->n_rcpts].orcpt);
+				}
 				return true;
+			}
 		}
 		return true;
 	}
@@ -717,8 +748,9 @@ static void start_tls(struct session *s, struct evbuffer *in)
 			 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer, junk);
 		evbuffer_drain(in, junk);
 	}
+	struct bufferevent *plain = s->bev;
 	struct bufferevent *tb = bufferevent_openssl_filter_new(
-		worker_base(s->sw->w), s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		worker_base(s->sw->w), plain, ssl, BUFFEREVENT_SSL_ACCEPTING,
 		BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (!tb) {
 		SSL_free(ssl);
@@ -736,8 +768,15 @@ static void start_tls(struct session *s, struct evbuffer *in)
 	s->authenticated = false;
 	free(s->auth_user);
 	s->auth_user = NULL;
-	bufferevent_setcb(tb, on_read, NULL, on_event, s);
+	bufferevent_setcb(tb, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(tb, EV_READ, 0, READ_HIGH_WATERMARK);
+	bufferevent_setwatermark(tb, EV_WRITE, OUT_LOW_WATERMARK, 0);
+	/* The TLS filter moves our output into the socket bufferevent's as
+	 * fast as it can; its write high watermark makes the filter hold the
+	 * rest, so the backpressure above sees the client's pace here too.
+	 * The low watermark stays 0: the filter reports its output written
+	 * again once the socket's is empty, which on_write_closing waits for. */
+	bufferevent_setwatermark(plain, EV_WRITE, 0, OUT_HIGH_WATERMARK);
 	restore_idle_timeouts(s);
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
 }
@@ -1043,6 +1082,8 @@ static void commit_done(void *arg)
 		session_close_after_flush(s, "shutdown");
 		return;
 	}
+	if (s->out_blocked)
+		return; /* on_write resumes reading once the client took its replies */
 	bufferevent_enable(s->bev, EV_READ);
 	process_input(s);
 }
@@ -1219,8 +1260,15 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 		return false;
 	/* The chunk is complete. */
 	if (t->bdat_last) {
-		smtp_scan_headers(t->msg.data + t->hdr_len, t->msg.len - t->hdr_len,
-				  &t->dp.received_count, &t->dp.has_8bit);
+		const char *body = t->msg.data + t->hdr_len;
+		size_t body_len = t->msg.len - t->hdr_len;
+		smtp_scan_headers(body, body_len, &t->dp.received_count, &t->dp.has_8bit);
+		/* Only BINARYMIME is byte-exact. Any other BODY must follow the
+		 * DATA rules (RFC 3030 §3): bare CR, bare LF or NUL is refused as
+		 * DATA refuses it, or a relay hop that turns this into DATA
+		 * could be made to end the message early (smuggling, §5.4). */
+		if (t->body != SMTP_BODY_BINARYMIME && !t->bdat_failed)
+			smtp_scan_line_ends(body, body_len, &t->dp.bare_eol, &t->dp.has_nul);
 		finish_message(s);
 		return true;
 	}
@@ -1235,11 +1283,33 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 	return true;
 }
 
+/*
+ * True (and reading stopped) when the client has left more than
+ * OUT_HIGH_WATERMARK bytes of replies unread. Reading resumes in on_write
+ * once the output is down to OUT_LOW_WATERMARK. Only for the reading
+ * states: S_COMMIT keeps reading off until commit_done, S_CLOSING reads
+ * nothing more.
+ */
+static bool output_full(struct session *s)
+{
+	if (s->state != S_CMD && s->state != S_DATA && s->state != S_BDAT)
+		return false;
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) <= OUT_HIGH_WATERMARK)
+		return false;
+	s->out_blocked = true;
+	bufferevent_disable(s->bev, EV_READ);
+	return true;
+}
+
 static void process_input(struct session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 	bool progress = true;
+	if (s->out_blocked)
+		return;
 	while (progress && evbuffer_get_length(in) > 0) {
+		if (output_full(s))
+			return;
 		if (s->skip_bytes > 0) {
 			size_t avail = evbuffer_get_length(in);
 			size_t n = s->skip_bytes < avail ? (size_t)s->skip_bytes : avail;
@@ -1282,6 +1352,19 @@ static void process_input(struct session *s)
 static void on_read(struct bufferevent *bev, void *arg)
 {
 	process_input(arg);
+}
+
+/* The output went down to OUT_LOW_WATERMARK (the write low watermark). */
+static void on_write(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	if (!s->out_blocked)
+		return;
+	s->out_blocked = false;
+	if (s->state == S_COMMIT)
+		return; /* commit_done turns reading back on */
+	bufferevent_enable(s->bev, EV_READ);
+	process_input(s);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -1420,8 +1503,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		s->next->prev = s;
 	sw->sessions = s;
 
-	bufferevent_setcb(bev, on_read, NULL, on_event, s);
+	bufferevent_setcb(bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(bev, EV_READ, 0, READ_HIGH_WATERMARK);
+	bufferevent_setwatermark(bev, EV_WRITE, OUT_LOW_WATERMARK, 0);
 	restore_idle_timeouts(s);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
 	log_info("event=connect sess=%u.%llu client=%s", worker_index(sw->w),
@@ -1483,7 +1567,11 @@ static void worker_shutdown(void *arg)
 	struct session *s = sw->sessions;
 	while (s) {
 		struct session *next = s->next;
-		if (s->state == S_CMD) {
+		/* Between transactions: close now. With a transaction open (after
+		 * MAIL, before its end of data) the client may finish it; the
+		 * session closes once it ends (process_input, commit_done), and
+		 * the daemon's shutdown_grace bounds the wait. */
+		if (s->state == S_CMD && !s->tx) {
 			reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
 			session_close_after_flush(s, "shutdown");
 		} else {

@@ -1,6 +1,10 @@
 """RFC 5321 receiving side: replies, sequence, syntax, extensions, limits, pipelining."""
 
+import os
 import re
+import signal
+import socket
+import threading
 import time
 
 import pytest
@@ -585,3 +589,98 @@ def test_empty_message_keeps_session_in_sync(tern):
         r = c.reply()
         assert r.code in (250, 554), r  # accepting or refusing an empty message are both sane
         expect(c.cmd("NOOP"), 250, "2.0.0")
+
+
+def _vm_rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for ln in f:
+            if ln.startswith("VmRSS:"):
+                return int(ln.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def small_asan_quarantine(monkeypatch):
+    # A sanitizer build keeps up to 256 MB of freed memory in quarantine, which
+    # would hide what this measures; a plain build ignores the variable.
+    monkeypatch.setenv("ASAN_OPTIONS", os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=8")
+
+
+def test_pipelined_flood_without_reading_keeps_memory_bounded(small_asan_quarantine, tern):
+    # A client that pipelines commands and never reads its replies must not
+    # make the server buffer replies without bound: it stops reading.
+    per_block, blocks = 999, 3500  # ~21 MB of commands, 3.5M replies (~50 MB)
+    block = b"NOOP\r\n" * per_block + b"HELP\r\n"
+    rss_before = _vm_rss_kb(tern.pid)
+    c = tern.client()
+    c.ehlo()
+    # the exact bytes each reply is, to check the flood's replies fast
+    raw = lambda r: "".join(ln + "\r\n" for ln in r.lines).encode()
+    expected_block = raw(c.cmd("NOOP")) * per_block + raw(c.cmd("HELP"))
+    sent = [0]
+    err = []
+
+    def sender():
+        try:
+            for _ in range(blocks):
+                c.sock.sendall(block)
+                sent[0] += 1
+        except OSError as e:  # the test failed and closed the socket
+            err.append(e)
+
+    th = threading.Thread(target=sender, daemon=True)
+    th.start()
+    # The server stops reading: the sender stalls long before the end.
+    stalled_at, deadline = -1, time.monotonic() + 20
+    while time.monotonic() < deadline and th.is_alive():
+        n = sent[0]
+        time.sleep(1.0)
+        if sent[0] == n:
+            stalled_at = n
+            break
+    assert stalled_at >= 0 and stalled_at < blocks, "sender never stalled: no backpressure"
+    rss_stalled = _vm_rss_kb(tern.pid)
+    assert rss_stalled < 100 * 1024, f"VmRSS {rss_stalled} kB while the client does not read"
+    # Now read everything: every reply arrives, in order.
+    c.sock.settimeout(30)
+    total, pos = len(expected_block) * blocks, 0
+    L = len(expected_block)
+    assert c.buf == b""
+    while pos < total:
+        data = c.sock.recv(1 << 16)
+        assert data, f"connection closed after {pos} of {total} reply bytes"
+        start = pos % L
+        want = (expected_block * (len(data) // L + 2))[start:start + len(data)]
+        assert data == want, f"replies out of order or wrong at byte {pos}"
+        pos += len(data)
+    th.join(30)
+    assert not th.is_alive() and not err, err
+    expect(c.cmd("QUIT"), 221, "2.0.0")
+    c.close()
+    rss_after = _vm_rss_kb(tern.pid)
+    assert rss_after < 100 * 1024, f"VmRSS {rss_after} kB after the flood (before {rss_before})"
+
+
+def test_sigterm_with_transaction_open_lets_it_finish(tern):
+    # Between MAIL/RCPT and DATA the transaction is in flight: shutdown lets the
+    # client finish it (within shutdown_grace), then closes with 421.
+    c = tern.client()
+    c.ehlo()
+    expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+    expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+    tern.signal(signal.SIGTERM)
+    tern.wait_log(r"event=stopping")
+    time.sleep(0.5)
+    assert c.pending(0.2) == b"", "the session was closed with its transaction open"
+    assert tern.proc.poll() is None, "exited with a transaction open"
+    expect(c.cmd("DATA"), 354)
+    c.send(make_message("open-at-sigterm") + b".\r\n")
+    r = expect(c.reply(), 250, "2.0.0")
+    qid = r.queue_id()
+    expect(c.reply(), 421, "4.3.2")
+    assert c.closed_by_peer(5)
+    rc = tern.proc.wait(12)
+    assert rc == 0, tern.log_tail()
+    # acknowledged means delivered: now, or from the spool after a restart
+    tern.start()
+    tern.wait_mail_with("alice@example.test", qid)

@@ -65,3 +65,71 @@ def test_smuggling_sequence_never_ends_data(tern, name, seq):
         assert b"Subject: first" not in data, f"{name}: the malformed message was delivered"
     assert len(tern.mail_files()) == 1
     assert "evil@example.test" not in tern.log(), "hidden MAIL FROM was processed as a command"
+
+
+# BDAT (RFC 3030) has no end-of-data line, but a message sent without
+# BODY=BINARYMIME must still be valid DATA content: a relay hop that sends it on
+# with DATA would otherwise carry the smuggled "\n.\r\n" to the next server.
+BDAT_SMUGGLE = (b"Subject: bdat-smuggle\r\n\r\nhello\n.\r\nMAIL FROM:<evil@example.test>\r\n"
+                b"RCPT TO:<alice@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n")
+
+
+@pytest.mark.parametrize("body", ["", " BODY=8BITMIME", " BODY=7BIT"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-chunk", "two-chunks"])
+def test_bdat_with_bare_lf_refused_unless_binarymime(tern, body, split):
+    with tern.client() as c:
+        c.ehlo()
+        expect(c.cmd(f"MAIL FROM:<sender@example.org>{body}"), 250, "2.1.0")
+        expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        if split:
+            # the bare LF is the last byte of one chunk, the dot the next one's first
+            cut = BDAT_SMUGGLE.index(b"\n.\r\n") + 1
+            first, rest = BDAT_SMUGGLE[:cut], BDAT_SMUGGLE[cut:]
+            c.send(b"BDAT %d\r\n" % len(first) + first)
+            expect(c.reply(), 250, "2.0.0")
+            c.send(b"BDAT %d LAST\r\n" % len(rest) + rest)
+        else:
+            c.send(b"BDAT %d LAST\r\n" % len(BDAT_SMUGGLE) + BDAT_SMUGGLE)
+        expect(c.reply(), 554, "5.6.0")
+        assert c.pending(0.3) == b"", "server answered bytes of the chunk as commands"
+        # the session is in sync and usable
+        c.send_message("sender@example.org", ["alice@example.test"],
+                       make_message("after-bdat"), helo=False)
+        expect(c.cmd("QUIT"), 221, "2.0.0")
+    tern.wait_mail_with("alice@example.test", "after-bdat")
+    time.sleep(0.3)
+    assert len(tern.mail_files()) == 1
+    for p in tern.mail_files():
+        data = p.read_bytes()
+        assert b"Subject: bdat-smuggle" not in data, "the refused BDAT message was delivered"
+        assert not has_smuggled_header(data)
+
+
+@pytest.mark.parametrize("name,bad", [("bare-cr", b"a\rb\r\n"), ("nul", b"a\x00b\r\n"),
+                                      ("final-bare-cr", b"end\r")])
+def test_bdat_with_bare_cr_or_nul_refused(tern, name, bad):
+    msg = b"Subject: bdat-" + name.encode() + b"\r\n\r\n" + bad
+    with tern.client() as c:
+        c.ehlo()
+        expect(c.cmd("MAIL FROM:<sender@example.org>"), 250, "2.1.0")
+        expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        c.send(b"BDAT %d LAST\r\n" % len(msg) + msg)
+        expect(c.reply(), 554, "5.6.0")
+        expect(c.cmd("NOOP"), 250, "2.0.0")
+    time.sleep(0.3)
+    assert tern.mail_files() == []
+
+
+def test_bdat_binarymime_keeps_bare_lf_byte_exact(tern):
+    with tern.client() as c:
+        c.ehlo()
+        expect(c.cmd("MAIL FROM:<sender@example.org> BODY=BINARYMIME"), 250, "2.1.0")
+        expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        c.send(b"BDAT %d LAST\r\n" % len(BDAT_SMUGGLE) + BDAT_SMUGGLE)
+        expect(c.reply(), 250, "2.0.0")
+        assert c.pending(0.3) == b""
+        expect(c.cmd("NOOP"), 250, "2.0.0")
+        expect(c.cmd("QUIT"), 221, "2.0.0")
+    (p, data), = tern.wait_mail_with("alice@example.test", "bdat-smuggle")
+    assert data.endswith(BDAT_SMUGGLE), "BINARYMIME body altered"
+    assert "evil@example.test" not in tern.log(), "chunk bytes were processed as commands"

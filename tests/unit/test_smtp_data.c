@@ -104,6 +104,14 @@ static void run_all(const char *in, size_t len, size_t cap, struct result *r)
 		assert_int_equal(rc, r->p.received_count);
 		assert_int_equal(eight, r->p.has_8bit);
 	}
+	/* A complete message's stored bytes give the same bare CR/LF and NUL
+	 * verdict when rescanned, as the BDAT path does. */
+	if (!r->p.too_big && r->status == SMTP_DATA_END) {
+		bool bare = !r->p.bare_eol, nul = !r->p.has_nul;
+		smtp_scan_line_ends(r->out.data ? r->out.data : "", r->out.len, &bare, &nul);
+		assert_int_equal(bare, r->p.bare_eol);
+		assert_int_equal(nul, r->p.has_nul);
+	}
 }
 
 #define S(lit) lit, sizeof(lit) - 1
@@ -381,6 +389,49 @@ static void test_smuggling_sequences_never_end_data(void **state)
 	assert_true(rows >= 12);
 }
 
+/* The BDAT path: whole stored messages (all chunks), no dot-stuffing and no
+ * end-of-data line, checked for what DATA refuses. */
+struct eol_case {
+	const char *name;
+	const char *in;
+	size_t len;
+	bool bare_eol;
+	bool has_nul;
+};
+
+static const struct eol_case eol_cases[] = {
+    {"empty message is clean", S(""), false, false},
+    {"CRLF lines are clean", S("Subject: a\r\n\r\nhello\r\n"), false, false},
+    {"no final line end is clean", S("Subject: a\r\n\r\nhello"), false, false},
+    {"bare LF", S("a\nb\r\n"), true, false},
+    {"bare LF as the first byte", S("\nb\r\n"), true, false},
+    {"bare LF at the end", S("a\r\nb\n"), true, false},
+    {"bare CR", S("a\rb\r\n"), true, false},
+    {"CR as the last byte", S("a\r\nb\r"), true, false},
+    {"CR CR LF has one bare CR", S("a\r\r\n"), true, false},
+    {"LF CR is bare both ways", S("a\n\rb"), true, false},
+    {"smuggling LF.LF", S("hello\n.\nMAIL FROM:<x@y>\r\n"), true, false},
+    {"smuggling LF.CRLF", S("hello\n.\r\nMAIL FROM:<x@y>\r\n"), true, false},
+    {"NUL byte", S("a\0b\r\n"), false, true},
+    {"NUL and bare CR", S("a\0b\rc\r\n"), true, true},
+    {"8-bit bytes are fine", S("\xc3\xa9t\xc3\xa9\r\n"), false, false},
+};
+
+static void test_scan_line_ends_table(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(eol_cases) / sizeof(eol_cases[0]); i++) {
+		const struct eol_case *c = &eol_cases[i];
+		bool bare = !c->bare_eol, nul = !c->has_nul;
+		print_message("case: %s\n", c->name);
+		smtp_scan_line_ends(c->in, c->len, &bare, &nul);
+		assert_int_equal(bare, c->bare_eol);
+		assert_int_equal(nul, c->has_nul);
+		/* NULL outputs are allowed. */
+		smtp_scan_line_ends(c->in, c->len, NULL, NULL);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -389,6 +440,7 @@ int main(void)
 	    cmocka_unit_test(test_cap_stops_storing_but_finds_end),
 	    cmocka_unit_test(test_large_message_crosses_internal_buffers),
 	    cmocka_unit_test(test_smuggling_sequences_never_end_data),
+	    cmocka_unit_test(test_scan_line_ends_table),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
