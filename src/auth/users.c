@@ -31,6 +31,7 @@
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/fsutil.h"
 
 enum scheme {
 	SCHEME_CRYPT,  /* crypt(3) hash: $6$, $2b$, $y$, ... */
@@ -642,32 +643,6 @@ int users_edit_buffer(const char *buf, size_t len, enum users_edit_op op, const 
 	return found ? TERN_OK : TERN_ENOTFOUND;
 }
 
-/* fsyncs the directory containing path. */
-static int fsync_parent_dir(const char *path)
-{
-	char dir[4096];
-	const char *slash = strrchr(path, '/');
-	int fd, rc = TERN_OK;
-
-	if (slash == NULL) {
-		tern_strlcpy(dir, ".", sizeof(dir));
-	} else if (slash == path) {
-		tern_strlcpy(dir, "/", sizeof(dir));
-	} else {
-		if ((size_t)(slash - path) >= sizeof(dir))
-			return TERN_ELIMIT;
-		memcpy(dir, path, (size_t)(slash - path));
-		dir[slash - path] = '\0';
-	}
-	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return TERN_EIO;
-	if (fsync(fd) != 0)
-		rc = TERN_EIO;
-	if (close(fd) != 0 && rc == TERN_OK)
-		rc = TERN_EIO;
-	return rc;
-}
 
 /*
  * Replaces path with data: a temp file in the same directory (O_EXCL,
@@ -721,7 +696,7 @@ static int write_atomic(const char *path, const char *data, size_t len, const st
 		errno = saved;
 		return rc;
 	}
-	return fsync_parent_dir(path);
+	return tern_fsync_parent(path);
 }
 
 /*

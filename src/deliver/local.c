@@ -36,6 +36,7 @@
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/fsutil.h"
 
 /* Longest single path component we accept (NAME_MAX on Linux). */
 #define COMPONENT_MAX 255
@@ -114,39 +115,6 @@ int maildir_path(const char *mail_root, const char *domain, const char *local, c
 	return TERN_OK;
 }
 
-/* Opens dir and fsyncs it, so that entries created in it are durable. */
-static int fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int rc = TERN_OK;
-
-	if (fd < 0)
-		return TERN_EIO;
-	if (fsync(fd) != 0)
-		rc = TERN_EIO;
-	if (close(fd) != 0 && rc == TERN_OK)
-		rc = TERN_EIO;
-	return rc;
-}
-
-/* fsyncs the directory that contains path (path has no trailing '/'). */
-static int fsync_parent(const char *path)
-{
-	char parent[PATH_MAX];
-	const char *slash = strrchr(path, '/');
-	size_t n;
-
-	if (slash == NULL)
-		return fsync_dir(".");
-	n = (size_t)(slash - path);
-	if (n == 0)
-		return fsync_dir("/");
-	if (n >= sizeof(parent))
-		return TERN_ELIMIT;
-	memcpy(parent, path, n);
-	parent[n] = '\0';
-	return fsync_dir(parent);
-}
 
 /*
  * Makes one directory. *created tells whether it is new (so that its
@@ -203,7 +171,7 @@ static int create_dirs(const char *path)
 		buf[i] = '\0';
 		rc = mkdir_one(buf, &created);
 		if (rc == TERN_OK && created)
-			rc = fsync_parent(buf);
+			rc = tern_fsync_parent(buf);
 		if (i < len)
 			buf[i] = '/';
 		if (rc != TERN_OK)
@@ -219,7 +187,7 @@ static int create_dirs(const char *path)
 	}
 	buf[len] = '\0';
 	if (any_sub)
-		return fsync_dir(buf);
+		return tern_fsync_dir(buf);
 	return TERN_OK;
 }
 
@@ -529,7 +497,7 @@ static int fsync_dir_prefix(const char *path, size_t dirlen)
 		return TERN_ELIMIT;
 	memcpy(dir, path, dirlen);
 	dir[dirlen] = '\0';
-	return fsync_dir(dir);
+	return tern_fsync_dir(dir);
 }
 
 size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
@@ -584,7 +552,7 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			pend[npend].idx = i;
 			npend++;
 		} else {
-			it->result = fsync_parent(it->path);
+			it->result = tern_fsync_parent(it->path);
 			delivered += it->result == TERN_OK;
 		}
 	}

@@ -43,6 +43,7 @@
 #include <sqlite3.h>
 
 #include "core/err.h"
+#include "core/fsutil.h"
 #include "core/log.h"
 #include "mime/mime.h"
 #include "store/capture_query.h"
@@ -192,15 +193,6 @@ static int mkdir_p1(const char *path)
 	return TERN_EIO;
 }
 
-static int fsync_path(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return TERN_EIO;
-	int rc = fsync(fd) == 0 ? TERN_OK : TERN_EIO;
-	close(fd);
-	return rc;
-}
 
 static int write_all(int fd, const char *p, size_t n)
 {
@@ -247,11 +239,11 @@ static int write_raw(struct capture_store *st, const char *id, const char *raw, 
 	}
 	if (!per_message)
 		return TERN_OK; /* capture_sync() will make it durable */
-	rc = fsync_path(dir);
+	rc = tern_fsync_dir(dir);
 	if (rc == TERN_OK && fresh) {
 		char parent[4096];
 		snprintf(parent, sizeof(parent), "%s/msg", st->dir);
-		rc = fsync_path(parent);
+		rc = tern_fsync_dir(parent);
 	}
 	return rc;
 }

@@ -606,6 +606,19 @@ def remote_overrides(port, dns_forward, root, **delivery):
     }
 
 
+def wait_queue_empty(t, timeout=DEADLINE):
+    """Waits (bounded) until `tern queue list` says the queue is empty."""
+    deadline = time.monotonic() + timeout
+    while True:
+        check_alive(t)
+        out = t.queue_list()
+        if "queue is empty" in out:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"queue not empty after {timeout}s:\n{out}\n{t.log_tail()}")
+        time.sleep(0.1)
+
+
 def submit(tern, rcpts, body, mail_from=SENDER, mail_params="", rcpt_params=None, smtputf8=False):
     """Submits one message from 127.0.0.1 (a relay network); returns the queue id.
     rcpt_params: {rcpt: "NOTIFY=..."}."""

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import make_message
 from remote_harness import (AUTH_PASSWORD, AUTH_USER, DEADLINE, HOSTNAME, IP, SENDER, Raw,
-                            check_alive, dsns_in_maildir, submit, wait_dsn)
+                            check_alive, dsns_in_maildir, submit, wait_dsn,
+                            wait_queue_empty)
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
 # The smarthost fake requires AUTH without TLS on purpose (loopback, tls = "none").
@@ -32,18 +33,6 @@ def msg(subject, to, body="hello from alice\r\n", extra_headers=""):
 def body_of(content):
     data = content.replace(b"\r\n", b"\n")
     return data.split(b"\n\n", 1)[1] if b"\n\n" in data else b""
-
-
-def wait_queue_empty(t, timeout=DEADLINE):
-    deadline = time.monotonic() + timeout
-    while True:
-        check_alive(t)
-        out = t.queue_list()
-        if "queue is empty" in out:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"queue not empty after {timeout}s:\n{out}\n{t.log_tail()}")
-        time.sleep(0.1)
 
 
 def assert_failure_dsn(dsn, rcpt, status_rx, orig_needle):

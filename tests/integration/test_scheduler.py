@@ -6,7 +6,7 @@ import time
 import pytest
 
 from conftest import make_message
-from remote_harness import DEADLINE, SENDER, check_alive, submit
+from remote_harness import DEADLINE, SENDER, check_alive, submit, wait_queue_empty
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -14,18 +14,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiri
 
 def msg(subject, to):
     return make_message(subject, body="scheduler test\r\n", frm=SENDER, to=to)
-
-
-def wait_queue_empty(t, timeout=DEADLINE):
-    deadline = time.monotonic() + timeout
-    while True:
-        check_alive(t)
-        out = t.queue_list()
-        if "queue is empty" in out:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"queue not empty after {timeout}s:\n{out}\n{t.log_tail()}")
-        time.sleep(0.1)
 
 
 def test_deferred_recipient_is_retried_while_another_is_on_the_wire(remote_tern, mx):
