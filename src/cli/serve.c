@@ -431,9 +431,17 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		}
 		http_fd = -1; /* owned by the HTTP server now */
 	}
-	for (unsigned w = 0; w < n_workers; w++)
-		worker_start(workers[w]);
+	for (unsigned w = 0; w < n_workers; w++) {
+		if (worker_start(workers[w]) != 0) {
+			log_error("event=fatal reason=\"cannot start worker thread %u\"", w);
+			goto out;
+		}
+	}
 	ctl = control_start(control_fd, sp, sched);
+	if (!ctl) {
+		log_error("event=fatal reason=\"cannot start the control socket thread\"");
+		goto out;
+	}
 	control_fd = -1;
 	scheduler_requeue_all(sched, false);
 	log_info("event=ready workers=%u queued=%zu", n_workers, spool_count(sp));

@@ -215,6 +215,11 @@ struct pool *pool_new(unsigned threads)
 			break;
 		p->n++;
 	}
+	if (p->n == 0) {
+		/* A pool without threads would queue jobs forever. */
+		pool_free(p);
+		return NULL;
+	}
 	return p;
 }
 

@@ -1060,6 +1060,11 @@ struct scheduler *scheduler_new(struct spool *sp, unsigned threads)
 			break;
 		s->n_threads++;
 	}
+	if (s->n_threads == 0) {
+		/* Without a delivery thread nothing would ever be delivered. */
+		scheduler_free(s);
+		return NULL;
+	}
 	return s;
 }
 
