@@ -44,6 +44,7 @@
 
 #include "core/err.h"
 #include "core/fsutil.h"
+#include "core/id.h"
 #include "core/log.h"
 #include "mime/mime.h"
 #include "store/capture_query.h"
@@ -740,6 +741,31 @@ out:
 /* --------------------------------------------------------------- opening */
 
 /* After an unclean stop: index every ID.eml without a row, drop ID.tmp. */
+/*
+ * The spool queue id of a message tern received: its own Received header
+ * says "by HOST (tern) with PROTO id QUEUEID". Used to re-link a message
+ * re-indexed after a crash with the spool entry that will deliver it again.
+ */
+static bool queue_id_of(const char *raw, size_t len, char out[QUEUE_ID_LEN + 1])
+{
+	const char *end = raw + len;
+	const char *hdr_end = memmem(raw, len, "\r\n\r\n", 4);
+	if (hdr_end)
+		end = hdr_end;
+	const char *p = memmem(raw, (size_t)(end - raw), "(tern) with ", 12);
+	if (!p)
+		return false;
+	const char *id = memmem(p, (size_t)(end - p), " id ", 4);
+	if (!id || end - id < 4 + QUEUE_ID_LEN)
+		return false;
+	id += 4;
+	if (!queue_id_valid(id, QUEUE_ID_LEN))
+		return false;
+	memcpy(out, id, QUEUE_ID_LEN);
+	out[QUEUE_ID_LEN] = '\0';
+	return true;
+}
+
 static void recover(struct capture_store *st)
 {
 	char mdir[4096];
@@ -791,9 +817,25 @@ static void recover(struct capture_store *st)
 				int64_t created = (int64_t)sb.st_mtim.tv_sec * 1000000 +
 				                  sb.st_mtim.tv_nsec / 1000;
 				if (exec(st, "BEGIN") == TERN_OK) {
-					if (insert_row(st, id, raw.len, &mm, mm.return_path, NULL,
-					               0, created, &seq) == TERN_OK &&
-					    exec(st, "COMMIT") == TERN_OK)
+					int rc = insert_row(st, id, raw.len, &mm, mm.return_path, NULL, 0,
+					                    created, &seq);
+					char qid[QUEUE_ID_LEN + 1];
+					if (rc == TERN_OK &&
+					    queue_id_of(raw.data ? raw.data : "", raw.len, qid)) {
+						/* The spool will deliver it again: let that find this copy. */
+						sqlite3_stmt *ins =
+						    prep(st, "INSERT OR REPLACE INTO spool_ids (queue_id, id) "
+						             "VALUES (?, ?)");
+						rc = TERN_EIO;
+						if (ins) {
+							sqlite3_bind_text(ins, 1, qid, -1, SQLITE_STATIC);
+							sqlite3_bind_text(ins, 2, id, -1, SQLITE_STATIC);
+							if (sqlite3_step(ins) == SQLITE_DONE)
+								rc = TERN_OK;
+							sqlite3_finalize(ins);
+						}
+					}
+					if (rc == TERN_OK && exec(st, "COMMIT") == TERN_OK)
 						added++;
 					else
 						exec(st, "ROLLBACK");
