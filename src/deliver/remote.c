@@ -824,6 +824,17 @@ static void after_ehlo(struct rconn *c)
 	start_transaction(c);
 }
 
+/* This address refused us before any transaction: remember why, try the next. */
+static void target_refused(struct rconn *c, const struct smtp_reply *r, const char *phase)
+{
+	char text[600];
+	reply_text(r, phase, text, sizeof(text));
+	set_error(c, false, status_of(r), "%s", text);
+	close_bev(c);
+	c->cur++;
+	conn_next_target(c);
+}
+
 static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 {
 	char text[600];
@@ -833,11 +844,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 			send_ehlo(c);
 			return;
 		}
-		reply_text(r, "the greeting", text, sizeof(text));
-		set_error(c, false, status_of(r), "%s", text);
-		close_bev(c);
-		c->cur++;
-		conn_next_target(c);
+		target_refused(c, r, "the greeting");
 		return;
 	case RC_EHLO:
 		if (r->code >= 200 && r->code < 300) {
@@ -848,11 +855,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 			c->st = RC_HELO;
 			send_line(c, "HELO %s", c->conf->hostname);
 		} else {
-			reply_text(r, "EHLO", text, sizeof(text));
-			set_error(c, false, status_of(r), "%s", text);
-			close_bev(c);
-			c->cur++;
-			conn_next_target(c);
+			target_refused(c, r, "EHLO");
 		}
 		return;
 	case RC_HELO:
@@ -860,11 +863,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 			after_ehlo(c);
 			return;
 		}
-		reply_text(r, "HELO", text, sizeof(text));
-		set_error(c, false, status_of(r), "%s", text);
-		close_bev(c);
-		c->cur++;
-		conn_next_target(c);
+		target_refused(c, r, "HELO");
 		return;
 	case RC_STARTTLS:
 		if (r->code == 220) {

@@ -629,6 +629,7 @@ int capture_sync(struct capture_store *st)
 	return rc;
 }
 
+static int link_queue_id(struct capture_store *st, const char *queue_id, const char *id);
 static int add_message(struct capture_store *st, const char *queue_id, const char *username,
                        const char *raw, size_t len, const char *env_from,
                        const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX]);
@@ -698,16 +699,7 @@ static int add_message(struct capture_store *st, const char *queue_id, const cha
 			}
 		}
 		if (rc == TERN_OK && queue_id) {
-			sqlite3_stmt *ins = prep(st, "INSERT OR REPLACE INTO spool_ids (queue_id, id) "
-			                             "VALUES (?, ?)");
-			rc = TERN_EIO;
-			if (ins) {
-				sqlite3_bind_text(ins, 1, queue_id, -1, SQLITE_STATIC);
-				sqlite3_bind_text(ins, 2, id, -1, SQLITE_STATIC);
-				if (sqlite3_step(ins) == SQLITE_DONE)
-					rc = TERN_OK;
-				sqlite3_finalize(ins);
-			}
+			rc = link_queue_id(st, queue_id, id);
 			/* Mappings of deleted messages are dead weight: sweep now and then. */
 			if (rc == TERN_OK && (st->total % 4096) == 0)
 				exec(st, "DELETE FROM spool_ids WHERE id NOT IN (SELECT id FROM messages)");
@@ -741,6 +733,20 @@ out:
 /* --------------------------------------------------------------- opening */
 
 /* After an unclean stop: index every ID.eml without a row, drop ID.tmp. */
+/* Records that spool message queue_id was caught as id (lock held, in a
+ * transaction). */
+static int link_queue_id(struct capture_store *st, const char *queue_id, const char *id)
+{
+	sqlite3_stmt *ins = prep(st, "INSERT OR REPLACE INTO spool_ids (queue_id, id) VALUES (?, ?)");
+	if (!ins)
+		return TERN_EIO;
+	sqlite3_bind_text(ins, 1, queue_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(ins, 2, id, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(ins) == SQLITE_DONE ? TERN_OK : TERN_EIO;
+	sqlite3_finalize(ins);
+	return rc;
+}
+
 /*
  * The spool queue id of a message tern received: its own Received header
  * says "by HOST (tern) with PROTO id QUEUEID". Used to re-link a message
@@ -820,21 +826,10 @@ static void recover(struct capture_store *st)
 					int rc = insert_row(st, id, raw.len, &mm, mm.return_path, NULL, 0,
 					                    created, &seq);
 					char qid[QUEUE_ID_LEN + 1];
+					/* The spool will deliver it again: let that find this copy. */
 					if (rc == TERN_OK &&
-					    queue_id_of(raw.data ? raw.data : "", raw.len, qid)) {
-						/* The spool will deliver it again: let that find this copy. */
-						sqlite3_stmt *ins =
-						    prep(st, "INSERT OR REPLACE INTO spool_ids (queue_id, id) "
-						             "VALUES (?, ?)");
-						rc = TERN_EIO;
-						if (ins) {
-							sqlite3_bind_text(ins, 1, qid, -1, SQLITE_STATIC);
-							sqlite3_bind_text(ins, 2, id, -1, SQLITE_STATIC);
-							if (sqlite3_step(ins) == SQLITE_DONE)
-								rc = TERN_OK;
-							sqlite3_finalize(ins);
-						}
-					}
+					    queue_id_of(raw.data ? raw.data : "", raw.len, qid))
+						rc = link_queue_id(st, qid, id);
 					if (rc == TERN_OK && exec(st, "COMMIT") == TERN_OK)
 						added++;
 					else
