@@ -1,6 +1,18 @@
 /* err.c — names for the TERN_E* codes, for log lines. */
 #include "core/err.h"
 
+#include <stdlib.h>
+
+#include "core/log.h"
+
+void tern_bug(const char *file, int line, const char *expr)
+{
+	log_msg(LOG_LVL_ERROR, "event=bug file=%s line=%d check=\"%s\"", file, line, expr);
+#ifndef NDEBUG
+	abort();
+#endif
+}
+
 const char *tern_strerror(int err)
 {
 	switch (err) {

@@ -24,4 +24,16 @@ enum tern_err {
 /* A short lowercase word for logs ("nomem", "limit", ...). */
 const char *tern_strerror(int err);
 
+/*
+ * TERN_BUG_ON(cond): cond must never be true; if it is, tern itself is wrong
+ * (never the client or the disk: bad input gets an error code, not this).
+ * Debug and test builds abort with the file and line, so the test that
+ * reached it fails loudly. Release builds log one `event=bug` line and let
+ * the caller recover: the macro's value is cond, for
+ *     if (TERN_BUG_ON(len > cap)) return TERN_EINVAL;
+ */
+void tern_bug(const char *file, int line, const char *expr);
+#define TERN_BUG_ON(cond) \
+	(__builtin_expect(!!(cond), 0) ? (tern_bug(__FILE__, __LINE__, #cond), 1) : 0)
+
 #endif
