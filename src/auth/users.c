@@ -63,7 +63,6 @@ struct line {
 
 enum line_kind { LINE_BLANK, LINE_COMMENT, LINE_RECORD };
 
-static _Atomic unsigned long tmp_counter;
 
 static bool next_line(const char *buf, size_t len, size_t *pos, struct line *l)
 {
@@ -645,58 +644,19 @@ int users_edit_buffer(const char *buf, size_t len, enum users_edit_op op, const 
 
 
 /*
- * Replaces path with data: a temp file in the same directory (O_EXCL,
- * 0600), written, fsync'd, renamed over path, then the directory fsync'd.
- * When root edits a file owned by another user (the account tern drops
- * to), the new file keeps that owner, or the daemon could not read it.
+ * Replaces path with data (core/fsutil: temp file, fsync, rename, directory
+ * fsync). When root edits a file owned by another user (the account tern
+ * drops to), the new file keeps that owner, or the daemon could not read it.
  */
 static int write_atomic(const char *path, const char *data, size_t len, const struct stat *orig)
 {
-	char tmp[4096];
-	int fd = -1, rc = TERN_OK;
+	struct tern_write_opts o = {.mode = 0600, .uid = (uid_t)-1, .gid = (gid_t)-1};
 
-	for (int attempt = 0;; attempt++) {
-		unsigned long q = atomic_fetch_add(&tmp_counter, 1);
-		int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld.%lu", path, (long)getpid(), q);
-
-		if (n < 0 || (size_t)n >= sizeof(tmp))
-			return TERN_ELIMIT;
-		fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
-		if (fd >= 0)
-			break;
-		if ((errno != EEXIST && errno != EINTR) || attempt > 100)
-			return TERN_EIO;
+	if (orig != NULL && (orig->st_uid != 0 || orig->st_gid != 0)) {
+		o.uid = orig->st_uid;
+		o.gid = orig->st_gid;
 	}
-	if (fchmod(fd, 0600) != 0)
-		rc = TERN_EIO;
-	if (rc == TERN_OK && orig != NULL && geteuid() == 0 &&
-	    (orig->st_uid != 0 || orig->st_gid != 0) && fchown(fd, orig->st_uid, orig->st_gid) != 0)
-		rc = TERN_EIO;
-	for (size_t off = 0; rc == TERN_OK && off < len;) {
-		ssize_t w = write(fd, data + off, len - off);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0) {
-			rc = TERN_EIO;
-			break;
-		}
-		off += (size_t)w;
-	}
-	if (rc == TERN_OK && fsync(fd) != 0)
-		rc = TERN_EIO;
-	if (close(fd) != 0 && rc == TERN_OK)
-		rc = TERN_EIO;
-	if (rc == TERN_OK && rename(tmp, path) != 0)
-		rc = TERN_EIO;
-	if (rc != TERN_OK) {
-		int saved = errno;
-
-		unlink(tmp);
-		errno = saved;
-		return rc;
-	}
-	return tern_fsync_parent(path);
+	return tern_write_file_atomic(path, data, len, &o);
 }
 
 /*

@@ -29,6 +29,7 @@
 #include "cli/cli.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "core/fsutil.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
@@ -80,25 +81,6 @@ int cmd_check_config(int argc, char **argv)
 	}
 	conf_print(c, stdout);
 	conf_unref(c);
-	return 0;
-}
-
-/* mkdir -p with mode; existing directories are fine. */
-static int mkdir_p(const char *path, mode_t mode)
-{
-	char tmp[4096];
-	if (tern_strlcpy(tmp, path, sizeof(tmp)) >= sizeof(tmp))
-		return -1;
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(tmp, mode) != 0 && errno != EEXIST)
-			return -1;
-		*p = '/';
-	}
-	if (mkdir(tmp, mode) != 0 && errno != EEXIST)
-		return -1;
 	return 0;
 }
 
@@ -318,7 +300,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	log_info("event=starting version=%s config=%s hostname=%s data_dir=%s", TERN_VERSION,
 		 conf->source, conf->hostname, conf->data_dir);
 
-	if (mkdir_p(conf->data_dir, 0750) != 0) {
+	if (tern_mkdir_p(conf->data_dir, 0750, false, NULL) != TERN_OK) {
 		log_error("event=fatal reason=\"cannot create data_dir %s: %s\"", conf->data_dir,
 			  strerror(errno));
 		goto out;

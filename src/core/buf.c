@@ -38,6 +38,10 @@ void tbuf_reset(struct tbuf *b)
 
 int tbuf_reserve(struct tbuf *b, size_t extra)
 {
+	/* The invariants of buf.h, checked where every append passes. */
+	if (TERN_BUG_ON(b->len > b->max || (b->data == NULL) != (b->cap == 0) ||
+	                (b->cap != 0 && b->len >= b->cap)))
+		return TERN_EINVAL;
 	if (extra > b->max || b->len > b->max - extra)
 		return TERN_ELIMIT;
 	size_t need = b->len + extra + 1; /* +1 keeps data[len] == '\0' */

@@ -1163,7 +1163,7 @@ static int parse_relayhost(struct ctx *x, struct tern_config *c, const struct uc
 		free(r);
 		return rc;
 	}
-	if (c->relayhost) { /* cannot happen (the parser merges sections), but never leak */
+	if (TERN_BUG_ON(c->relayhost != NULL)) { /* the parser merges sections */
 		route_free(c->relayhost);
 		free(c->relayhost);
 	}

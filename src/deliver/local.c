@@ -42,8 +42,6 @@
 #define COMPONENT_MAX 255
 /* Attempts at a fresh name when tmp/NAME already exists (practically never). */
 #define NAME_RETRIES 8
-/* iovecs handed to one writev(); kept well under IOV_MAX. */
-#define WRITEV_CHUNK 64
 
 static _Atomic unsigned long name_counter;
 
@@ -117,29 +115,6 @@ int maildir_path(const char *mail_root, const char *domain, const char *local, c
 
 
 /*
- * Makes one directory. *created tells whether it is new (so that its
- * parent needs a sync). An existing directory is fine; an existing
- * non-directory is an error. Some errors (EACCES on a component we cannot
- * write but which exists) are forgiven when the directory is there.
- */
-static int mkdir_one(const char *path, bool *created)
-{
-	struct stat st;
-
-	*created = false;
-	if (mkdir(path, 0700) == 0) {
-		*created = true;
-		return TERN_OK;
-	}
-	if (stat(path, &st) == 0) {
-		if (S_ISDIR(st.st_mode))
-			return TERN_OK;
-		errno = ENOTDIR;
-	}
-	return TERN_EIO;
-}
-
-/*
  * mkdir -p of path plus tmp/, new/, cur/ inside it, all mode 0700. Every
  * directory that had to be created gets its parent fsync'd right away:
  * creation happens once per mailbox, so these syncs are rare, and doing
@@ -150,45 +125,21 @@ static int create_dirs(const char *path)
 {
 	static const char *const subdirs[] = {"tmp", "new", "cur"};
 	char buf[PATH_MAX];
-	size_t len = strlen(path);
 	bool created, any_sub = false;
-	int rc;
+	int rc = tern_mkdir_p(path, 0700, true, NULL);
 
-	while (len > 1 && path[len - 1] == '/')
-		len--;
-	if (len == 0)
-		return TERN_EINVAL;
-	if (len + sizeof("/tmp") > sizeof(buf))
-		return TERN_ELIMIT;
-	memcpy(buf, path, len);
-	buf[len] = '\0';
-
-	for (size_t i = 1; i <= len; i++) {
-		if (i < len && buf[i] != '/')
-			continue;
-		if (i < len && buf[i - 1] == '/')
-			continue; /* "a//b" */
-		buf[i] = '\0';
-		rc = mkdir_one(buf, &created);
-		if (rc == TERN_OK && created)
-			rc = tern_fsync_parent(buf);
-		if (i < len)
-			buf[i] = '/';
-		if (rc != TERN_OK)
-			return rc;
-	}
+	if (rc != TERN_OK)
+		return rc;
 	for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++) {
-		buf[len] = '/';
-		memcpy(buf + len + 1, subdirs[i], 4);
-		rc = mkdir_one(buf, &created);
+		int n = snprintf(buf, sizeof(buf), "%s/%s", path, subdirs[i]);
+		if (n < 0 || (size_t)n >= sizeof(buf))
+			return TERN_ELIMIT;
+		rc = tern_mkdir_p(buf, 0700, false, &created);
 		if (rc != TERN_OK)
 			return rc;
 		any_sub |= created;
 	}
-	buf[len] = '\0';
-	if (any_sub)
-		return tern_fsync_dir(buf);
-	return TERN_OK;
+	return any_sub ? tern_fsync_dir(path) : TERN_OK;
 }
 
 int maildir_create(const char *path)
@@ -326,58 +277,6 @@ static bool already_delivered(const char *mdir, const struct maildir_item *it, c
 	return found;
 }
 
-/* Writes every byte of iov to fd, resuming after partial writes and EINTR. */
-static int write_all(int fd, const struct iovec *iov, int iovcnt)
-{
-	struct iovec chunk[WRITEV_CHUNK];
-	int idx = 0;
-	size_t off = 0; /* bytes of iov[idx] already written */
-
-	for (;;) {
-		int cnt = 0;
-		ssize_t w;
-
-		while (idx < iovcnt && iov[idx].iov_len == off) {
-			idx++;
-			off = 0;
-		}
-		if (idx >= iovcnt)
-			return TERN_OK;
-		for (int i = idx; i < iovcnt && cnt < WRITEV_CHUNK; i++) {
-			size_t skip = i == idx ? off : 0;
-
-			if (iov[i].iov_len == skip)
-				continue;
-			chunk[cnt].iov_base = (char *)iov[i].iov_base + skip;
-			chunk[cnt].iov_len = iov[i].iov_len - skip;
-			cnt++;
-		}
-		w = writev(fd, chunk, cnt);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return TERN_EIO;
-		}
-		if (w == 0) {
-			errno = EIO;
-			return TERN_EIO;
-		}
-		/* Advance (idx, off) by w bytes. */
-		for (size_t left = (size_t)w; left > 0;) {
-			size_t avail = iov[idx].iov_len - off;
-
-			if (left < avail) {
-				off += left;
-				left = 0;
-			} else {
-				left -= avail;
-				idx++;
-				off = 0;
-			}
-		}
-	}
-}
-
 /* Sum of iov lengths; false on overflow or a bad iovec. */
 static bool iov_total(const struct iovec *iov, int iovcnt, size_t *total)
 {
@@ -443,7 +342,7 @@ static int write_tmp(const char *mdir, const char *hostname, struct maildir_item
 			continue;
 		return TERN_EIO;
 	}
-	rc = write_all(fd, it->iov, it->iovcnt);
+	rc = tern_writev_full(fd, it->iov, it->iovcnt);
 	if (rc == TERN_OK && fsync(fd) != 0)
 		rc = TERN_EIO;
 	/* close() can report a deferred write error (NFS, quotas): check it. */

@@ -27,13 +27,14 @@
 #include "core/buf.h"
 #include "core/codec.h"
 #include "core/err.h"
+#include "core/timefmt.h"
+#include "mime/mime.h"
 #include "http/http.h"
 
 #define MSG_MAX ((size_t)96 * 1024 * 1024) /* built message bound (base64 grows 4/3) */
 #define MAX_ADDRS 1000
 #define MAX_ATTACHMENTS 1000
 #define MAX_HEADERS 200
-#define EW_CHUNK 39 /* input bytes per encoded word: 52 base64 chars, word of 64 */
 
 struct addr {
 	const char *email;
@@ -341,13 +342,6 @@ static int get_attachments(json_t *obj, struct send_in *in, char *err, size_t er
 
 /* --------------------------------------------------------------- writing */
 
-#define OUT(x)                                                                                     \
-	do {                                                                                       \
-		int rc_ = (x);                                                                     \
-		if (rc_)                                                                           \
-			return rc_;                                                                \
-	} while (0)
-
 /* Header text with controls (CR, LF, TAB, ...) turned into spaces: a JSON
  * value can never start a header line of its own. */
 static char *clean_text(const char *s)
@@ -359,39 +353,6 @@ static char *clean_text(const char *s)
 		if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
 			*p = ' ';
 	return c;
-}
-
-/* Length of the longest prefix of s[0..n) of at most max bytes that does
- * not split a UTF-8 sequence. */
-static size_t utf8_cut(const char *s, size_t n, size_t max)
-{
-	if (n <= max)
-		return n;
-	size_t k = max;
-	while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80)
-		k--;
-	return k ? k : max;
-}
-
-/* RFC 2047 "B" encoded words, each at most 64 characters, separated by a
- * folding CRLF SP. */
-static int put_encoded_words(struct tbuf *b, const char *s, size_t n)
-{
-	size_t off = 0;
-	bool first = true;
-	if (n == 0)
-		return TERN_OK;
-	while (off < n) {
-		size_t k = utf8_cut(s + off, n - off, EW_CHUNK);
-		if (!first)
-			OUT(tbuf_append_str(b, "\r\n "));
-		OUT(tbuf_append_str(b, "=?UTF-8?B?"));
-		OUT(tern_base64_encode(s + off, k, b));
-		OUT(tbuf_append_str(b, "?="));
-		off += k;
-		first = false;
-	}
-	return TERN_OK;
 }
 
 static bool needs_encoding(const char *s)
@@ -410,51 +371,44 @@ static bool needs_encoding(const char *s)
 
 /* "Name: value" for unstructured text (Subject, custom headers): plain
  * ASCII folded at spaces near 78 columns, or encoded words. */
-static int put_unstructured(struct tbuf *b, const char *name, const char *value)
+static void put_unstructured(struct mime_writer *w, const char *name, const char *value)
 {
 	char *v = clean_text(value);
-	int rc = TERN_ENOMEM;
-	if (!v)
-		goto out;
-	if ((rc = tbuf_printf(b, "%s:", name)))
-		goto out;
-	size_t col = strlen(name) + 1;
+	if (!v) {
+		mime_writer_fail(w, TERN_ENOMEM);
+		return;
+	}
+	mime_printf(w, "%s:", name);
 	if (needs_encoding(v)) {
-		if ((rc = tbuf_append_str(b, " ")) || (rc = put_encoded_words(b, v, strlen(v))))
-			goto out;
+		mime_puts(w, " ");
+		mime_put_encoded_words(w, v, strlen(v));
 	} else {
 		/* Split into words at single spaces; fold before a word that
 		 * would pass column 78. Runs of spaces are kept in the word. */
 		const char *p = v;
 		bool first = true;
-		if (*p == '\0' && (rc = tbuf_append_str(b, " ")))
-			goto out;
+		if (*p == '\0')
+			mime_puts(w, " ");
 		while (*p) {
-			const char *w = p;
-			if (!first && *w == ' ')
-				w++; /* the separating space */
-			const char *e = w;
+			const char *word = p;
+			if (!first && *word == ' ')
+				word++; /* the separating space */
+			const char *e = word;
 			while (*e == ' ')
 				e++;
 			while (*e && *e != ' ')
 				e++;
-			size_t wl = (size_t)(e - w);
-			if (!first && col + 1 + wl > 78) {
-				if ((rc = tbuf_append_str(b, "\r\n")))
-					goto out;
-				col = 0;
-			}
-			if ((rc = tbuf_append_str(b, " ")) || (rc = tbuf_append(b, w, wl)))
-				goto out;
-			col += 1 + wl;
+			size_t wl = (size_t)(e - word);
+			if (!first && w->col + 1 + wl > 78)
+				mime_crlf(w);
+			mime_puts(w, " ");
+			mime_put(w, word, wl);
 			first = false;
 			p = e;
 		}
 	}
-	rc = tbuf_append_str(b, "\r\n");
-out:
+	mime_crlf(w);
 	free(v);
-	return rc;
 }
 
 static bool is_atext_phrase(const char *s)
@@ -469,48 +423,46 @@ static bool is_atext_phrase(const char *s)
 
 /* A display name: atoms as they are, other ASCII as a quoted-string,
  * anything else as encoded words. */
-static int put_phrase(struct tbuf *b, const char *name)
+static void put_phrase(struct mime_writer *w, const char *name)
 {
 	char *v = clean_text(name);
-	int rc = TERN_ENOMEM;
-	if (!v)
-		return rc;
+	if (!v) {
+		mime_writer_fail(w, TERN_ENOMEM);
+		return;
+	}
 	size_t n = strlen(v);
 	if (needs_encoding(v) || n > 70) {
-		rc = put_encoded_words(b, v, n);
+		mime_put_encoded_words(w, v, n);
 	} else if (is_atext_phrase(v) && v[0] != ' ' && v[n - 1] != ' ') {
-		rc = tbuf_append(b, v, n);
+		mime_put(w, v, n);
 	} else {
-		rc = tbuf_append_str(b, "\"");
-		for (size_t i = 0; !rc && i < n; i++) {
+		mime_puts(w, "\"");
+		for (size_t i = 0; i < n; i++) {
 			if (v[i] == '"' || v[i] == '\\')
-				rc = tbuf_append_str(b, "\\");
-			if (!rc)
-				rc = tbuf_append(b, &v[i], 1);
+				mime_puts(w, "\\");
+			mime_put(w, &v[i], 1);
 		}
-		if (!rc)
-			rc = tbuf_append_str(b, "\"");
+		mime_puts(w, "\"");
 	}
 	free(v);
-	return rc;
 }
 
-static int put_addr_list(struct tbuf *b, const char *field, const struct addr *a, size_t n)
+static void put_addr_list(struct mime_writer *w, const char *field, const struct addr *a, size_t n)
 {
 	if (n == 0)
-		return TERN_OK;
-	OUT(tbuf_printf(b, "%s: ", field));
+		return;
+	mime_printf(w, "%s: ", field);
 	for (size_t i = 0; i < n; i++) {
 		if (i)
-			OUT(tbuf_append_str(b, ",\r\n "));
+			mime_puts(w, ",\r\n ");
 		if (a[i].name && a[i].name[0]) {
-			OUT(put_phrase(b, a[i].name));
-			OUT(tbuf_printf(b, " <%s>", a[i].email));
+			put_phrase(w, a[i].name);
+			mime_printf(w, " <%s>", a[i].email);
 		} else {
-			OUT(tbuf_append_str(b, a[i].email));
+			mime_puts(w, a[i].email);
 		}
 	}
-	return tbuf_append_str(b, "\r\n");
+	mime_crlf(w);
 }
 
 /* Text that can go out as 7bit: printable ASCII and tabs, CRLF line ends
@@ -538,38 +490,45 @@ static bool fits_7bit(const char *s, size_t n)
 /* Any of CR, LF, CR LF becomes CR LF. */
 static int crlf_normalise(const char *s, size_t n, struct tbuf *out)
 {
-	OUT(tbuf_reserve(out, n + n / 8 + 2));
+	struct mime_writer w;
+
+	mime_writer_init(&w, out);
+	if (tbuf_reserve(out, n + n / 8 + 2) != TERN_OK)
+		return TERN_ENOMEM;
 	for (size_t i = 0; i < n; i++) {
 		if (s[i] == '\r') {
-			OUT(tbuf_append_str(out, "\r\n"));
+			mime_crlf(&w);
 			if (i + 1 < n && s[i + 1] == '\n')
 				i++;
 		} else if (s[i] == '\n') {
-			OUT(tbuf_append_str(out, "\r\n"));
+			mime_crlf(&w);
 		} else {
-			OUT(tbuf_append(out, &s[i], 1));
+			mime_put(&w, &s[i], 1);
 		}
 	}
-	return TERN_OK;
+	return mime_writer_status(&w);
 }
 
-static int put_text_entity(struct tbuf *b, const char *subtype, const char *s, size_t n)
+static void put_text_entity(struct mime_writer *w, const char *subtype, const char *s, size_t n)
 {
 	struct tbuf norm = TBUF_INIT(MSG_MAX);
 	int rc = crlf_normalise(s, n, &norm);
-	if (rc)
+	if (rc != TERN_OK) {
+		mime_writer_fail(w, rc);
 		goto out;
+	}
 	const char *p = norm.data ? norm.data : "";
 	bool plain = fits_7bit(p, norm.len);
-	rc = tbuf_printf(b,
-	                 "Content-Type: text/%s; charset=utf-8\r\n"
-	                 "Content-Transfer-Encoding: %s\r\n\r\n",
-	                 subtype, plain ? "7bit" : "quoted-printable");
-	if (!rc)
-		rc = plain ? tbuf_append(b, p, norm.len) : tern_qp_encode(p, norm.len, b);
+	mime_printf(w,
+	            "Content-Type: text/%s; charset=utf-8\r\n"
+	            "Content-Transfer-Encoding: %s\r\n\r\n",
+	            subtype, plain ? "7bit" : "quoted-printable");
+	if (plain)
+		mime_put(w, p, norm.len);
+	else
+		mime_put_qp_body(w, p, norm.len);
 out:
 	tbuf_free(&norm);
-	return rc;
 }
 
 static const struct {
@@ -620,118 +579,122 @@ static const char *guess_type(const char *filename)
 
 /* A file name parameter: name="x" when it is plain ASCII, otherwise the
  * RFC 2231 form name*=utf-8''%XX... */
-static int put_filename_param(struct tbuf *b, const char *param, const char *filename)
+static void put_filename_param(struct mime_writer *w, const char *param, const char *filename)
 {
 	char *v = clean_text(filename);
-	int rc = TERN_ENOMEM;
-	if (!v)
-		return rc;
+	if (!v) {
+		mime_writer_fail(w, TERN_ENOMEM);
+		return;
+	}
 	if (is_ascii_text(v)) {
-		rc = tbuf_printf(b, ";\r\n %s=\"", param);
-		for (const char *p = v; !rc && *p; p++) {
+		mime_printf(w, ";\r\n %s=\"", param);
+		for (const char *p = v; *p; p++) {
 			if (*p == '"' || *p == '\\')
-				rc = tbuf_append_str(b, "\\");
-			if (!rc)
-				rc = tbuf_append(b, p, 1);
+				mime_puts(w, "\\");
+			mime_put(w, p, 1);
 		}
-		if (!rc)
-			rc = tbuf_append_str(b, "\"");
+		mime_puts(w, "\"");
 	} else {
-		rc = tbuf_printf(b, ";\r\n %s*=utf-8''", param);
-		for (const unsigned char *p = (const unsigned char *)v; !rc && *p; p++) {
+		mime_printf(w, ";\r\n %s*=utf-8''", param);
+		for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
 			if (*p < 0x7f && (isalnum_ascii(*p) || strchr("!#$&+-.^_`|~", *p)))
-				rc = tbuf_append(b, p, 1);
+				mime_put(w, p, 1);
 			else
-				rc = tbuf_printf(b, "%%%02X", *p);
+				mime_printf(w, "%%%02X", *p);
 		}
 	}
 	free(v);
-	return rc;
 }
 
-static int put_attachment_entity(struct tbuf *b, const struct attach *a)
+static void put_attachment_entity(struct mime_writer *w, const struct attach *a)
 {
 	const char *ct = a->ctype ? a->ctype : guess_type(a->filename);
-	OUT(tbuf_append_str(b, "Content-Type: "));
-	OUT(tbuf_append_str(b, ct));
-	OUT(put_filename_param(b, "name", a->filename));
-	OUT(tbuf_append_str(b, "\r\nContent-Disposition: "));
-	OUT(tbuf_append_str(b, a->cid ? "inline" : "attachment"));
-	OUT(put_filename_param(b, "filename", a->filename));
-	OUT(tbuf_append_str(b, "\r\n"));
+	mime_puts(w, "Content-Type: ");
+	mime_puts(w, ct);
+	put_filename_param(w, "name", a->filename);
+	mime_puts(w, "\r\nContent-Disposition: ");
+	mime_puts(w, a->cid ? "inline" : "attachment");
+	put_filename_param(w, "filename", a->filename);
+	mime_crlf(w);
 	if (a->cid)
-		OUT(tbuf_printf(b, "Content-ID: <%s>\r\n", a->cid));
-	OUT(tbuf_append_str(b, "Content-Transfer-Encoding: base64\r\n\r\n"));
-	/* 76-character lines (RFC 2045 §6.8). */
-	struct tbuf enc = TBUF_INIT(MSG_MAX);
-	int rc = tern_base64_encode(a->data.data ? a->data.data : "", a->data.len, &enc);
-	if (!rc)
-		rc = tbuf_reserve(b, enc.len + enc.len / 76 * 2 + 2);
-	for (size_t off = 0; !rc && off < enc.len; off += 76) {
-		size_t k = enc.len - off < 76 ? enc.len - off : 76;
-		if (off)
-			rc = tbuf_append_str(b, "\r\n");
-		if (!rc)
-			rc = tbuf_append(b, enc.data + off, k);
-	}
-	tbuf_free(&enc);
-	return rc;
+		mime_printf(w, "Content-ID: <%s>\r\n", a->cid);
+	mime_puts(w, "Content-Transfer-Encoding: base64\r\n\r\n");
+	mime_put_base64_body(w, a->data.data ? a->data.data : "", a->data.len);
+}
+
+/* "Content-Type: multipart/KIND; boundary=..." and a blank line. */
+static void put_multipart_header(struct mime_writer *w, const char *kind, const char *bnd,
+                                 const char *suffix)
+{
+	mime_printf(w, "Content-Type: multipart/%s;\r\n boundary=\"%s%s\"\r\n\r\n", kind, bnd,
+	            suffix);
 }
 
 /* Body entity without attachments: text, html, or alternative of both. */
-static int put_alternative(struct tbuf *b, const struct send_in *in)
+static void put_alternative(struct mime_writer *w, const struct send_in *in)
 {
 	bool t = in->text_len > 0, h = in->html_len > 0;
+	char bnd[64];
+
 	if (t && h) {
-		OUT(tbuf_printf(
-		    b, "Content-Type: multipart/alternative;\r\n boundary=\"%s_alt\"\r\n\r\n",
-		    in->bnd));
-		OUT(tbuf_printf(b, "--%s_alt\r\n", in->bnd));
-		OUT(put_text_entity(b, "plain", in->text, in->text_len));
-		OUT(tbuf_printf(b, "\r\n--%s_alt\r\n", in->bnd));
-		OUT(put_text_entity(b, "html", in->html, in->html_len));
-		return tbuf_printf(b, "\r\n--%s_alt--", in->bnd);
+		snprintf(bnd, sizeof(bnd), "%s_alt", in->bnd);
+		put_multipart_header(w, "alternative", in->bnd, "_alt");
+		mime_put_boundary(w, bnd, true, false);
+		put_text_entity(w, "plain", in->text, in->text_len);
+		mime_put_boundary(w, bnd, false, false);
+		put_text_entity(w, "html", in->html, in->html_len);
+		mime_put_boundary(w, bnd, false, true);
+		return;
 	}
 	if (h)
-		return put_text_entity(b, "html", in->html, in->html_len);
-	return put_text_entity(b, "plain", t ? in->text : "", in->text_len);
+		put_text_entity(w, "html", in->html, in->html_len);
+	else
+		put_text_entity(w, "plain", t ? in->text : "", in->text_len);
 }
 
-static int put_related(struct tbuf *b, const struct send_in *in, size_t n_inline)
+static void put_related(struct mime_writer *w, const struct send_in *in, size_t n_inline)
 {
-	if (n_inline == 0)
-		return put_alternative(b, in);
-	OUT(tbuf_printf(b, "Content-Type: multipart/related;\r\n boundary=\"%s_rel\"\r\n\r\n",
-	                in->bnd));
-	OUT(tbuf_printf(b, "--%s_rel\r\n", in->bnd));
-	OUT(put_alternative(b, in));
+	char bnd[64];
+
+	if (n_inline == 0) {
+		put_alternative(w, in);
+		return;
+	}
+	snprintf(bnd, sizeof(bnd), "%s_rel", in->bnd);
+	put_multipart_header(w, "related", in->bnd, "_rel");
+	mime_put_boundary(w, bnd, true, false);
+	put_alternative(w, in);
 	for (size_t i = 0; i < in->n_att; i++) {
 		if (!in->att[i].cid)
 			continue;
-		OUT(tbuf_printf(b, "\r\n--%s_rel\r\n", in->bnd));
-		OUT(put_attachment_entity(b, &in->att[i]));
+		mime_put_boundary(w, bnd, false, false);
+		put_attachment_entity(w, &in->att[i]);
 	}
-	return tbuf_printf(b, "\r\n--%s_rel--", in->bnd);
+	mime_put_boundary(w, bnd, false, true);
 }
 
-static int put_body(struct tbuf *b, const struct send_in *in)
+static void put_body(struct mime_writer *w, const struct send_in *in)
 {
 	size_t n_inline = 0;
+	char bnd[64];
+
 	for (size_t i = 0; i < in->n_att; i++)
 		n_inline += in->att[i].cid != NULL;
-	if (n_inline == in->n_att)
-		return put_related(b, in, n_inline);
-	OUT(tbuf_printf(b, "Content-Type: multipart/mixed;\r\n boundary=\"%s_mix\"\r\n\r\n",
-	                in->bnd));
-	OUT(tbuf_printf(b, "--%s_mix\r\n", in->bnd));
-	OUT(put_related(b, in, n_inline));
+	if (n_inline == in->n_att) {
+		put_related(w, in, n_inline);
+		return;
+	}
+	snprintf(bnd, sizeof(bnd), "%s_mix", in->bnd);
+	put_multipart_header(w, "mixed", in->bnd, "_mix");
+	mime_put_boundary(w, bnd, true, false);
+	put_related(w, in, n_inline);
 	for (size_t i = 0; i < in->n_att; i++) {
 		if (in->att[i].cid)
 			continue;
-		OUT(tbuf_printf(b, "\r\n--%s_mix\r\n", in->bnd));
-		OUT(put_attachment_entity(b, &in->att[i]));
+		mime_put_boundary(w, bnd, false, false);
+		put_attachment_entity(w, &in->att[i]);
 	}
-	return tbuf_printf(b, "\r\n--%s_mix--", in->bnd);
+	mime_put_boundary(w, bnd, false, true);
 }
 
 /* Headers (from the JSON) replace the fields the builder would write
@@ -759,48 +722,49 @@ static bool custom_has_ci(const struct send_in *in, const char *name)
 	return false;
 }
 
-static int put_headers(struct tbuf *b, const struct send_in *in, long long now, const char *msgid)
+static void put_headers(struct mime_writer *w, const struct send_in *in, long long now,
+                        const char *msgid)
 {
 	if (!custom_has_ci(in, "Date")) {
-		char date[64];
-		time_t t = (time_t)now;
-		struct tm tm;
-		if (!gmtime_r(&t, &tm))
-			return TERN_EINVAL;
-		strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-		OUT(tbuf_printf(b, "Date: %s\r\n", date));
+		char date[TERN_RFC5322_DATE_MAX];
+		if (!tern_rfc5322_date(now, date, sizeof(date)))
+			mime_writer_fail(w, TERN_EINVAL);
+		mime_printf(w, "Date: %s\r\n", date);
 	}
 	if (!custom_has_ci(in, "From"))
-		OUT(put_addr_list(b, "From", &in->from, 1));
+		put_addr_list(w, "From", &in->from, 1);
 	if (!custom_has_ci(in, "Reply-To"))
-		OUT(put_addr_list(b, "Reply-To", in->reply_to, in->n_reply_to));
+		put_addr_list(w, "Reply-To", in->reply_to, in->n_reply_to);
 	if (!custom_has_ci(in, "To"))
-		OUT(put_addr_list(b, "To", in->to, in->n_to_hdr));
+		put_addr_list(w, "To", in->to, in->n_to_hdr);
 	if (!custom_has_ci(in, "Cc"))
-		OUT(put_addr_list(b, "Cc", in->cc, in->n_cc));
+		put_addr_list(w, "Cc", in->cc, in->n_cc);
 	if (!custom_has_ci(in, "Subject"))
-		OUT(put_unstructured(b, "Subject", in->subject ? in->subject : ""));
+		put_unstructured(w, "Subject", in->subject ? in->subject : "");
 	if (!custom_has_ci(in, "Message-ID"))
-		OUT(tbuf_printf(b, "Message-ID: <%s>\r\n", msgid));
+		mime_printf(w, "Message-ID: <%s>\r\n", msgid);
 	if (in->n_tags && !custom_has_ci(in, "X-Tags")) {
 		struct tbuf t = TBUF_INIT(1024 * 1024);
-		int rc = TERN_OK;
-		for (size_t i = 0; !rc && i < in->n_tags; i++)
-			rc = tbuf_printf(&t, "%s%s", i ? ", " : "", in->tags[i]);
-		if (!rc)
-			rc = put_unstructured(b, "X-Tags", t.data ? t.data : "");
+		struct mime_writer tw;
+
+		mime_writer_init(&tw, &t);
+		for (size_t i = 0; i < in->n_tags; i++)
+			mime_printf(&tw, "%s%s", i ? ", " : "", in->tags[i]);
+		if (mime_writer_status(&tw) != TERN_OK)
+			mime_writer_fail(w, mime_writer_status(&tw));
+		else
+			put_unstructured(w, "X-Tags", t.data ? t.data : "");
 		tbuf_free(&t);
-		OUT(rc);
 	}
 	if (in->headers) {
 		const char *k;
 		json_t *v;
 		json_object_foreach(in->headers, k, v)
 		{
-			OUT(put_unstructured(b, k, json_string_value(v)));
+			put_unstructured(w, k, json_string_value(v));
 		}
 	}
-	return tbuf_append_str(b, "MIME-Version: 1.0\r\n");
+	mime_puts(w, "MIME-Version: 1.0\r\n");
 }
 
 static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
@@ -952,7 +916,11 @@ int http_send_build(const char *json, size_t len, long long now, const char *msg
 	uint64_t h = fnv1a(0xcbf29ce484222325ull, json, len);
 	h = fnv1a(h, msgid, strlen(msgid));
 	snprintf(in.bnd, sizeof(in.bnd), "=_tern_%016llx", (unsigned long long)h);
-	if ((rc = put_headers(&b, &in, now, msgid)) || (rc = put_body(&b, &in)))
+	struct mime_writer w;
+	mime_writer_init(&w, &b);
+	put_headers(&w, &in, now, msgid);
+	put_body(&w, &in);
+	if ((rc = mime_writer_status(&w)))
 		goto out;
 	/* The message ends with CRLF: after a close delimiter, or after a
 	 * single part's text that did not end with one. */
@@ -962,9 +930,8 @@ int http_send_build(const char *json, size_t len, long long now, const char *msg
 	if ((rc = fill_envelope(&in, out)))
 		goto out;
 	out->raw = tbuf_steal(&b, &out->len);
-	if (!out->raw) {
-		/* tbuf_steal of an empty buffer; cannot happen (headers exist) */
-		rc = TERN_ENOMEM;
+	if (TERN_BUG_ON(out->raw == NULL)) { /* the headers are never empty */
+		rc = TERN_EINVAL;
 		goto out;
 	}
 	rc = TERN_OK;

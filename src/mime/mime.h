@@ -103,4 +103,37 @@ int mime_part_get(const char *raw, size_t len, const char *part_id, struct tbuf 
 int mime_headers(const char *raw, size_t len, struct mime_header **out, size_t *n);
 void mime_headers_free(struct mime_header *h, size_t n);
 
+/* ------------------------------------------------------------ writing
+ *
+ * struct mime_writer: the one writer of MIME text tern generates (DSNs in
+ * queue/bounce.c, API mail in http/send.c). The first error sticks and
+ * makes every later call a no-op; check mime_writer_status() once at the
+ * end. col counts bytes since the last line end, for folding.
+ */
+struct mime_writer {
+	struct tbuf *b;
+	int rc;
+	size_t col;
+};
+
+void mime_writer_init(struct mime_writer *w, struct tbuf *b);
+/* TERN_OK, or the first error any call met. */
+int mime_writer_status(const struct mime_writer *w);
+/* Records rc as the error unless one is recorded already. */
+void mime_writer_fail(struct mime_writer *w, int rc);
+void mime_put(struct mime_writer *w, const void *p, size_t n);
+void mime_puts(struct mime_writer *w, const char *s);
+void mime_crlf(struct mime_writer *w);
+void mime_printf(struct mime_writer *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* RFC 2047 "B" encoded words of UTF-8 text, at most 75 characters each,
+ * separated by a folding CRLF SP; nothing for n == 0. */
+void mime_put_encoded_words(struct mime_writer *w, const char *s, size_t n);
+/* A base64 body in lines of 76 characters (no CRLF after the last). */
+void mime_put_base64_body(struct mime_writer *w, const void *data, size_t n);
+/* A quoted-printable body (core/codec's encoder). */
+void mime_put_qp_body(struct mime_writer *w, const void *data, size_t n);
+/* "--B" CRLF before a part, or "--B--" after the last (last); every line
+ * but the first is preceded by the CRLF that ends the previous part. */
+void mime_put_boundary(struct mime_writer *w, const char *boundary, bool first, bool last);
+
 #endif

@@ -32,6 +32,8 @@
 #include <time.h>
 
 #include "core/err.h"
+#include "core/timefmt.h"
+#include "mime/mime.h"
 #include "smtp/smtp.h"
 
 /* Without RET, a failure notice carries the whole original below this size. */
@@ -52,54 +54,8 @@
 
 /* -------------------------------------------------------------- writer */
 
-/* A sticky-error appender: after the first failure every call is a no-op,
- * so building code can write straight through and check once. */
-struct w {
-	struct tbuf *b;
-	int rc;
-	size_t col; /* bytes since the last CRLF, for wrapping */
-};
-
-static void put(struct w *w, const char *p, size_t n)
-{
-	if (w->rc != TERN_OK || n == 0)
-		return;
-	w->rc = tbuf_append(w->b, p, n);
-	if (w->rc != TERN_OK)
-		return;
-	for (size_t i = n; i > 0; i--) {
-		if (p[i - 1] == '\n') {
-			w->col = n - i;
-			return;
-		}
-	}
-	w->col += n;
-}
-
-static void put_str(struct w *w, const char *s)
-{
-	put(w, s, strlen(s));
-}
-
-static void put_crlf(struct w *w)
-{
-	put(w, "\r\n", 2);
-}
-
-__attribute__((format(printf, 2, 3))) static void put_fmt(struct w *w, const char *fmt, ...)
-{
-	char tmp[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n < 0 || (size_t)n >= sizeof(tmp)) {
-		if (w->rc == TERN_OK)
-			w->rc = TERN_EINVAL; /* only used with short, bounded values */
-		return;
-	}
-	put(w, tmp, (size_t)n);
-}
+/* The writer is mime/'s struct mime_writer: the first error sticks, so the
+ * building code below writes straight through and checks once. */
 
 /* ---------------------------------------------------------- small text */
 
@@ -108,23 +64,10 @@ static bool is_print(unsigned char c)
 	return c >= 0x20 && c <= 0x7e;
 }
 
-/* RFC 5322 date-time, always in UTC and always in English (no locale). */
+/* RFC 5322 date-time (core/timefmt); 0 means "not recorded" in a DSN. */
 static bool fmt_date(int64_t t, char *out, size_t outlen)
 {
-	static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-	static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-	                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-	if (t <= 0 || t > 253402300799LL) /* after 9999-12-31 the year has 5 digits */
-		return false;
-	time_t tt = (time_t)t;
-	struct tm tm;
-	if (!gmtime_r(&tt, &tm) || tm.tm_wday < 0 || tm.tm_wday > 6 || tm.tm_mon < 0 ||
-	    tm.tm_mon > 11)
-		return false;
-	int n = snprintf(out, outlen, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday],
-	                 tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-	                 tm.tm_sec);
-	return n > 0 && (size_t)n < outlen;
+	return t > 0 && tern_rfc5322_date(t, out, outlen);
 }
 
 /* A host name we may label "dns": LDH labels, dots, nothing else. */
@@ -145,12 +88,12 @@ static bool is_dns_name(const char *s)
 /* A word that goes into a field as-is: host names, queue ids, literals
  * like [192.0.2.1]. Anything else printable becomes '?', so the value can
  * never carry white space, a comment, a ';' or a line break. */
-static void put_token(struct w *w, const char *s, size_t max)
+static void put_token(struct mime_writer *w, const char *s, size_t max)
 {
 	char tmp[256];
 	size_t o = 0;
 	if (!s || !*s) {
-		put_str(w, "unknown");
+		mime_puts(w, "unknown");
 		return;
 	}
 	for (size_t i = 0; s[i] && i < max; i++) {
@@ -159,11 +102,11 @@ static void put_token(struct w *w, const char *s, size_t max)
 		          c != '\\' && c != '<' && c != '>' && c != ',';
 		tmp[o++] = ok ? (char)c : '?';
 		if (o == sizeof(tmp)) {
-			put(w, tmp, o);
+			mime_put(w, tmp, o);
 			o = 0;
 		}
 	}
-	put(w, tmp, o);
+	mime_put(w, tmp, o);
 }
 
 /*
@@ -209,7 +152,7 @@ static int clean_text(const char *s, size_t max, struct tbuf *out)
  * any line is split at DSN_LINE_HARD so no line can pass RFC 5322's 998.
  * Ends with CRLF.
  */
-static void put_wrapped(struct w *w, const char *text, size_t len, const char *indent)
+static void put_wrapped(struct mime_writer *w, const char *text, size_t len, const char *indent)
 {
 	size_t ilen = strlen(indent);
 	bool first = true; /* no word on this line yet (after indent or prefix) */
@@ -220,31 +163,31 @@ static void put_wrapped(struct w *w, const char *text, size_t len, const char *i
 			j++;
 		size_t wl = j - i;
 		if (!first && w->col + 1 + wl > DSN_WIDTH) {
-			put_crlf(w);
-			put_str(w, indent);
+			mime_crlf(w);
+			mime_puts(w, indent);
 			first = true;
 		}
 		if (!first)
-			put(w, " ", 1);
+			mime_put(w, " ", 1);
 		while (wl > 0 && w->rc == TERN_OK) {
 			size_t room = w->col < DSN_LINE_HARD ? DSN_LINE_HARD - w->col : 0;
 			if (room == 0) {
-				put_crlf(w);
-				put_str(w, indent);
+				mime_crlf(w);
+				mime_puts(w, indent);
 				room = DSN_LINE_HARD - ilen;
 			}
 			size_t take = wl < room ? wl : room;
-			put(w, text + i, take);
+			mime_put(w, text + i, take);
 			i += take;
 			wl -= take;
 		}
 		first = false;
 		i = j + 1; /* past the single space */
 	}
-	put_crlf(w);
+	mime_crlf(w);
 }
 
-static void put_words(struct w *w, const char *s, const char *indent)
+static void put_words(struct mime_writer *w, const char *s, const char *indent)
 {
 	put_wrapped(w, s, strlen(s), indent);
 }
@@ -254,7 +197,7 @@ static void put_words(struct w *w, const char *s, const char *indent)
 /* RFC 6533 unitext: QCHARs as-is, everything else as \x{HEX}; invalid
  * UTF-8 octets are shown as the code point of their value. Stops after
  * about DSN_ADDR_MAX output bytes so the field line stays legal. */
-static void put_unitext(struct w *w, const unsigned char *s, size_t n)
+static void put_unitext(struct mime_writer *w, const unsigned char *s, size_t n)
 {
 	size_t i = 0;
 	size_t start = w->b->len;
@@ -283,11 +226,11 @@ static void put_unitext(struct w *w, const unsigned char *s, size_t n)
 		bool qchar = cp >= 0x21 && cp <= 0x7e && cp != '+' && cp != '=' && cp != '\\';
 		if (qchar) {
 			char ch = (char)cp;
-			put(w, &ch, 1);
+			mime_put(w, &ch, 1);
 		} else if (cp < 0x100) {
-			put_fmt(w, "\\x{%02X}", (unsigned)cp);
+			mime_printf(w, "\\x{%02X}", (unsigned)cp);
 		} else {
-			put_fmt(w, "\\x{%X}", (unsigned)cp);
+			mime_printf(w, "\\x{%X}", (unsigned)cp);
 		}
 		i += len;
 	}
@@ -308,24 +251,24 @@ static bool all_print(const char *s, size_t n)
  * utf-8-addr-xtext form of RFC 6533 §3, which message/delivery-status
  * requires.
  */
-static void put_address(struct w *w, const char *type, size_t tlen, const char *addr)
+static void put_address(struct mime_writer *w, const char *type, size_t tlen, const char *addr)
 {
 	size_t n = strlen(addr);
 	if (n > DSN_ADDR_MAX)
 		n = DSN_ADDR_MAX;
 	if (all_print(addr, n) && (n == 0 || (addr[0] != ' ' && addr[n - 1] != ' '))) {
-		put(w, type, tlen);
-		put(w, "; ", 2);
-		put(w, addr, n);
+		mime_put(w, type, tlen);
+		mime_put(w, "; ", 2);
+		mime_put(w, addr, n);
 	} else {
-		put_str(w, "utf-8; ");
+		mime_puts(w, "utf-8; ");
 		put_unitext(w, (const unsigned char *)addr, n);
 	}
-	put_crlf(w);
+	mime_crlf(w);
 }
 
 /* ORCPT as stored: "rfc822;addr", xtext already decoded. */
-static void put_orcpt(struct w *w, const char *orcpt)
+static void put_orcpt(struct mime_writer *w, const char *orcpt)
 {
 	const char *semi = strchr(orcpt, ';');
 	size_t tlen = semi ? (size_t)(semi - orcpt) : 0;
@@ -335,7 +278,7 @@ static void put_orcpt(struct w *w, const char *orcpt)
 		type_ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
 		          (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
 	}
-	put_str(w, "Original-Recipient: ");
+	mime_puts(w, "Original-Recipient: ");
 	if (!type_ok) {
 		/* RFC 3464 §2.3.1: "unknown" when we cannot tell the type */
 		put_address(w, "unknown", 7, orcpt);
@@ -414,7 +357,7 @@ struct counts {
 	size_t failed, delayed, done;
 };
 
-static void put_per_message(struct w *w, const struct dsn_params *p)
+static void put_per_message(struct mime_writer *w, const struct dsn_params *p)
 {
 	char date[64];
 	if (p->envid) {
@@ -424,83 +367,85 @@ static void put_per_message(struct w *w, const struct dsn_params *p)
 		size_t n = strlen(p->envid);
 		if (n > DSN_ADDR_MAX)
 			n = DSN_ADDR_MAX;
-		put_str(w, "Original-Envelope-Id: ");
+		mime_puts(w, "Original-Envelope-Id: ");
 		if (all_print(p->envid, n)) {
-			put(w, p->envid, n);
+			mime_put(w, p->envid, n);
 		} else {
 			static const char hex[] = "0123456789ABCDEF";
 			size_t start = w->b->len;
 			for (size_t i = 0; i < n && w->b->len - start < DSN_ADDR_MAX; i++) {
 				unsigned char c = (unsigned char)p->envid[i];
 				if (c >= 33 && c <= 126 && c != '+' && c != '=') {
-					put(w, (const char *)&p->envid[i], 1);
+					mime_put(w, (const char *)&p->envid[i], 1);
 				} else {
 					char x[3] = {'+', hex[c >> 4], hex[c & 15]};
-					put(w, x, 3);
+					mime_put(w, x, 3);
 				}
 			}
 		}
-		put_crlf(w);
+		mime_crlf(w);
 	}
 	if (is_dns_name(p->reporting_mta)) {
-		put_str(w, "Reporting-MTA: dns; ");
-		put_str(w, p->reporting_mta);
+		mime_puts(w, "Reporting-MTA: dns; ");
+		mime_puts(w, p->reporting_mta);
 	} else {
 		/* RFC 3461 §6.3 (b): not a domain name, so not type "dns" */
-		put_str(w, "Reporting-MTA: x-local-hostname; ");
+		mime_puts(w, "Reporting-MTA: x-local-hostname; ");
 		put_token(w, p->reporting_mta, 253);
 	}
-	put_crlf(w);
+	mime_crlf(w);
 	if (fmt_date(p->arrival, date, sizeof(date)))
-		put_fmt(w, "Arrival-Date: %s\r\n", date);
-	put_str(w, "X-Tern-Queue-ID: ");
+		mime_printf(w, "Arrival-Date: %s\r\n", date);
+	mime_puts(w, "X-Tern-Queue-ID: ");
 	put_token(w, p->queue_id, 64);
-	put_crlf(w);
+	mime_crlf(w);
 }
 
-static int put_per_rcpt(struct w *w, const struct dsn_rcpt *r, enum kind k, struct tbuf *tmp)
+static int put_per_rcpt(struct mime_writer *w, const struct dsn_rcpt *r, enum kind k,
+                        struct tbuf *tmp)
 {
 	char date[64];
-	put_crlf(w); /* a blank line before each group (RFC 3464 §2.1) */
+	mime_crlf(w); /* a blank line before each group (RFC 3464 §2.1) */
 	if (r->orcpt && *r->orcpt)
 		put_orcpt(w, r->orcpt);
-	put_str(w, "Final-Recipient: ");
+	mime_puts(w, "Final-Recipient: ");
 	put_address(w, "rfc822", 6, r->final_rcpt);
-	put_fmt(w, "Action: %s\r\n", kind_word[k]);
-	put_fmt(w, "Status: %s\r\n", rcpt_status(r, k));
+	mime_printf(w, "Action: %s\r\n", kind_word[k]);
+	mime_printf(w, "Status: %s\r\n", rcpt_status(r, k));
 	if (r->remote_mta && *r->remote_mta) {
-		put_str(w, "Remote-MTA: dns; ");
+		mime_puts(w, "Remote-MTA: dns; ");
 		put_token(w, r->remote_mta, 255);
-		put_crlf(w);
+		mime_crlf(w);
 	}
 	if (r->diagnostic && *r->diagnostic) {
 		int rc = clean_text(r->diagnostic, DSN_DIAG_MAX, tmp);
 		if (rc != TERN_OK)
 			return rc;
 		if (tmp->len > 0) {
-			put_str(w, looks_smtp(tmp->data) ? "Diagnostic-Code: smtp; "
-			                                 : "Diagnostic-Code: x-tern; ");
+			mime_puts(w, looks_smtp(tmp->data) ? "Diagnostic-Code: smtp; "
+			                                   : "Diagnostic-Code: x-tern; ");
 			put_wrapped(w, tmp->data, tmp->len, " ");
 		}
 	}
 	if (fmt_date(r->last_attempt, date, sizeof(date)))
-		put_fmt(w, "Last-Attempt-Date: %s\r\n", date);
+		mime_printf(w, "Last-Attempt-Date: %s\r\n", date);
 	if (k == K_DELAYED && fmt_date(r->will_retry_until, date, sizeof(date)))
-		put_fmt(w, "Will-Retry-Until: %s\r\n", date);
+		mime_printf(w, "Will-Retry-Until: %s\r\n", date);
 	return w->rc;
 }
 
 /* One recipient in the human part: "<addr>: what happened", then the
  * server's words indented (so no line of ours can start with "--"). */
-static int put_human_rcpt(struct w *w, const struct dsn_rcpt *r, enum kind k, struct tbuf *tmp)
+static int put_human_rcpt(struct mime_writer *w, const struct dsn_rcpt *r, enum kind k,
+                          struct tbuf *tmp)
 {
 	char date[64];
 	int rc = clean_text(r->final_rcpt, DSN_ADDR_MAX, tmp);
 	if (rc != TERN_OK)
 		return rc;
-	put_str(w, "  <");
-	put(w, tmp->data, tmp->len);
-	put_str(w, ">:");
+	mime_puts(w, "  <");
+	mime_put(w, tmp->data, tmp->len);
+	mime_puts(w, ">:");
 	char line[256];
 	switch (k) {
 	case K_FAILED:
@@ -527,35 +472,35 @@ static int put_human_rcpt(struct w *w, const struct dsn_rcpt *r, enum kind k, st
 		snprintf(line, sizeof(line), "expanded to other recipients.");
 		break;
 	}
-	put(w, " ", 1);
+	mime_put(w, " ", 1);
 	put_words(w, line, "      ");
 	if (r->diagnostic && *r->diagnostic) {
 		rc = clean_text(r->diagnostic, DSN_DIAG_MAX, tmp);
 		if (rc != TERN_OK)
 			return rc;
 		if (tmp->len > 0) {
-			put_str(w, "      ");
+			mime_puts(w, "      ");
 			if (r->remote_mta && *r->remote_mta) {
-				put_str(w, "The mail server ");
+				mime_puts(w, "The mail server ");
 				put_token(w, r->remote_mta, 255);
-				put_str(w, " said:");
+				mime_puts(w, " said:");
 			} else {
-				put_str(w, "The reason given:");
+				mime_puts(w, "The reason given:");
 			}
-			put_crlf(w);
-			put_str(w, "      ");
+			mime_crlf(w);
+			mime_puts(w, "      ");
 			put_wrapped(w, tmp->data, tmp->len, "      ");
 		}
 	}
 	return w->rc;
 }
 
-static int put_human(struct w *w, const struct dsn_params *p, const struct counts *c,
+static int put_human(struct mime_writer *w, const struct dsn_params *p, const struct counts *c,
                      struct tbuf *tmp)
 {
-	put_str(w, "This is the mail delivery system at ");
+	mime_puts(w, "This is the mail delivery system at ");
 	put_token(w, p->reporting_mta, 253);
-	put_str(w, ".\r\n\r\n");
+	mime_puts(w, ".\r\n\r\n");
 	if (c->failed) {
 		put_words(w,
 		          "Your message could not be delivered to one or more of its recipients. "
@@ -590,9 +535,9 @@ static int put_human(struct w *w, const struct dsn_params *p, const struct count
 			if (k < groups[g].lo || k > groups[g].hi)
 				continue;
 			if (!titled) {
-				put_crlf(w);
-				put_str(w, groups[g].title);
-				put_crlf(w);
+				mime_crlf(w);
+				mime_puts(w, groups[g].title);
+				mime_crlf(w);
 				titled = true;
 			}
 			int rc = put_human_rcpt(w, &p->rcpts[i], k, tmp);
@@ -600,7 +545,7 @@ static int put_human(struct w *w, const struct dsn_params *p, const struct count
 				return rc;
 		}
 	}
-	put_crlf(w);
+	mime_crlf(w);
 	if (c->failed)
 		put_words(w,
 		          "What you can do: check the addresses above for typing mistakes and "
@@ -612,9 +557,9 @@ static int put_human(struct w *w, const struct dsn_params *p, const struct count
 }
 
 /* The last paragraph says what part 3 holds, known only once sizes are. */
-static void put_human_tail(struct w *w, bool carried_whole, bool cut_short)
+static void put_human_tail(struct mime_writer *w, bool carried_whole, bool cut_short)
 {
-	put_crlf(w);
+	mime_crlf(w);
 	if (carried_whole)
 		put_words(w, "A report for programs and your message are attached.", "");
 	else if (cut_short)
@@ -685,13 +630,13 @@ static struct shape shape_of(const char *s, size_t n)
 
 /* Copies with every line end made CRLF (a bare CR or LF from the original
  * must not reach the wire: DESIGN §5.4) and a final CRLF added if missing. */
-static void put_normalized(struct w *w, const char *s, size_t n)
+static void put_normalized(struct mime_writer *w, const char *s, size_t n)
 {
 	size_t i = 0, start = 0;
 	while (i < n) {
 		if (s[i] == '\r' || s[i] == '\n') {
-			put(w, s + start, i - start);
-			put_crlf(w);
+			mime_put(w, s + start, i - start);
+			mime_crlf(w);
 			if (s[i] == '\r' && i + 1 < n && s[i + 1] == '\n')
 				i++;
 			start = i + 1;
@@ -699,15 +644,15 @@ static void put_normalized(struct w *w, const char *s, size_t n)
 		i++;
 	}
 	if (start < n) {
-		put(w, s + start, n - start);
-		put_crlf(w);
+		mime_put(w, s + start, n - start);
+		mime_crlf(w);
 	}
 }
 
 /* Quoted-printable (RFC 2045 §6.7) with CRLF line ends, for a header
  * section that is not clean 7-bit text (8-bit, NUL, overlong lines):
  * text/rfc822-headers stays 7-bit and nothing is lost. */
-static void put_qp(struct w *w, const char *s, size_t n)
+static void put_qp(struct mime_writer *w, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	size_t i = 0;
@@ -715,7 +660,7 @@ static void put_qp(struct w *w, const char *s, size_t n)
 	while (i < n) {
 		unsigned char c = (unsigned char)s[i];
 		if (c == '\r' || c == '\n') {
-			put_crlf(w);
+			mime_crlf(w);
 			col = 0;
 			if (c == '\r' && i + 1 < n && s[i + 1] == '\n')
 				i++;
@@ -727,20 +672,20 @@ static void put_qp(struct w *w, const char *s, size_t n)
 		    (c >= 33 && c <= 126 && c != '=') || ((c == ' ' || c == '\t') && !at_eol);
 		size_t need = lit ? 1 : 3;
 		if (col + need > 75) {
-			put_str(w, "=\r\n");
+			mime_puts(w, "=\r\n");
 			col = 0;
 		}
 		if (lit) {
-			put(w, (const char *)&s[i], 1);
+			mime_put(w, (const char *)&s[i], 1);
 		} else {
 			char x[3] = {'=', hex[c >> 4], hex[c & 15]};
-			put(w, x, 3);
+			mime_put(w, x, 3);
 		}
 		col += need;
 		i++;
 	}
 	if (col > 0)
-		put_crlf(w);
+		mime_crlf(w);
 }
 
 /* Up to max bytes of s, cut after a line end when there is one. */
@@ -839,12 +784,14 @@ int dsn_build(const struct dsn_params *p, struct tbuf *out)
 			c.done++;
 	}
 
-	struct w wh = {&human, TERN_OK, 0};
+	struct mime_writer wh;
+	mime_writer_init(&wh, &human);
 	rc = put_human(&wh, p, &c, &tmp);
 	if (rc != TERN_OK)
 		goto out;
 
-	struct w ws = {&status, TERN_OK, 0};
+	struct mime_writer ws;
+	mime_writer_init(&ws, &status);
 	put_per_message(&ws, p);
 	for (size_t i = 0; i < p->n_rcpts && rc == TERN_OK; i++)
 		rc = put_per_rcpt(&ws, &p->rcpts[i], action_kind(p->rcpts[i].action), &tmp);
@@ -894,11 +841,12 @@ int dsn_build(const struct dsn_params *p, struct tbuf *out)
 	char mid[96];
 	message_id_token(p, mid, sizeof(mid));
 
-	struct w w = {out, TERN_OK, 0};
+	struct mime_writer w;
+	mime_writer_init(&w, out);
 	/* ---- header */
-	put_str(&w, "From: \"Mail Delivery System\" <MAILER-DAEMON@");
+	mime_puts(&w, "From: \"Mail Delivery System\" <MAILER-DAEMON@");
 	put_token(&w, p->reporting_mta, 253);
-	put_str(&w, ">\r\n");
+	mime_puts(&w, ">\r\n");
 	{
 		size_t tn = strlen(p->to);
 		/* An address a 7-bit header cannot carry (SMTPUTF8): the envelope
@@ -906,70 +854,70 @@ int dsn_build(const struct dsn_params *p, struct tbuf *out)
 		bool plain = tn <= DSN_ADDR_MAX && all_print(p->to, tn) && !strchr(p->to, '<') &&
 		             !strchr(p->to, '>');
 		if (plain) {
-			put_str(&w, "To: <");
-			put(&w, p->to, tn);
-			put_str(&w, ">\r\n");
+			mime_puts(&w, "To: <");
+			mime_put(&w, p->to, tn);
+			mime_puts(&w, ">\r\n");
 		} else
-			put_str(&w, "To: undisclosed-recipients:;\r\n");
+			mime_puts(&w, "To: undisclosed-recipients:;\r\n");
 	}
-	put_str(&w, "Subject: ");
-	put_str(&w, c.failed    ? "Undelivered Mail Returned to Sender"
-	            : c.delayed ? "Delayed Mail (still being retried)"
-	                        : "Successful Mail Delivery Report");
-	put_crlf(&w);
-	put_fmt(&w, "Date: %s\r\n", date);
-	put_str(&w, "Message-ID: <");
+	mime_puts(&w, "Subject: ");
+	mime_puts(&w, c.failed    ? "Undelivered Mail Returned to Sender"
+	              : c.delayed ? "Delayed Mail (still being retried)"
+	                          : "Successful Mail Delivery Report");
+	mime_crlf(&w);
+	mime_printf(&w, "Date: %s\r\n", date);
+	mime_puts(&w, "Message-ID: <");
 	put_token(&w, p->queue_id, 64);
-	put_fmt(&w, ".DSN.%s@", mid);
+	mime_printf(&w, ".DSN.%s@", mid);
 	put_token(&w, p->reporting_mta, 253);
-	put_str(&w, ">\r\n");
-	put_str(&w, "Auto-Submitted: auto-replied\r\n"); /* RFC 3834 §5: DSNs are auto-replied */
-	put_str(&w, "MIME-Version: 1.0\r\n");
-	put_str(&w, "Content-Type: multipart/report; report-type=delivery-status;\r\n");
-	put_fmt(&w, "\tboundary=\"%s\"\r\n", boundary);
-	put_crlf(&w);
-	put_str(&w, "This is a MIME-encapsulated message.\r\n\r\n");
+	mime_puts(&w, ">\r\n");
+	mime_puts(&w, "Auto-Submitted: auto-replied\r\n"); /* RFC 3834 §5: DSNs are auto-replied */
+	mime_puts(&w, "MIME-Version: 1.0\r\n");
+	mime_puts(&w, "Content-Type: multipart/report; report-type=delivery-status;\r\n");
+	mime_printf(&w, "\tboundary=\"%s\"\r\n", boundary);
+	mime_crlf(&w);
+	mime_puts(&w, "This is a MIME-encapsulated message.\r\n\r\n");
 
 	/* ---- part 1 */
-	put_fmt(&w, "--%s\r\n", boundary);
-	put_str(&w, "Content-Description: Notification\r\n");
-	put_str(&w, "Content-Type: text/plain; charset=us-ascii\r\n\r\n");
-	put(&w, human.data, human.len);
-	put_crlf(&w);
+	mime_printf(&w, "--%s\r\n", boundary);
+	mime_puts(&w, "Content-Description: Notification\r\n");
+	mime_puts(&w, "Content-Type: text/plain; charset=us-ascii\r\n\r\n");
+	mime_put(&w, human.data, human.len);
+	mime_crlf(&w);
 
 	/* ---- part 2 */
-	put_fmt(&w, "--%s\r\n", boundary);
-	put_str(&w, "Content-Description: Delivery report\r\n");
-	put_str(&w, "Content-Type: message/delivery-status\r\n\r\n");
-	put(&w, status.data, status.len);
-	put_crlf(&w);
+	mime_printf(&w, "--%s\r\n", boundary);
+	mime_puts(&w, "Content-Description: Delivery report\r\n");
+	mime_puts(&w, "Content-Type: message/delivery-status\r\n\r\n");
+	mime_put(&w, status.data, status.len);
+	mime_crlf(&w);
 
 	/* ---- part 3 */
-	put_fmt(&w, "--%s\r\n", boundary);
+	mime_printf(&w, "--%s\r\n", boundary);
 	if (whole) {
-		put_str(&w, "Content-Description: Undelivered Message\r\n");
-		put_str(&w, "Content-Type: message/rfc822\r\n");
+		mime_puts(&w, "Content-Description: Undelivered Message\r\n");
+		mime_puts(&w, "Content-Type: message/rfc822\r\n");
 		if (sh.eight_bit)
-			put_str(&w, "Content-Transfer-Encoding: 8bit\r\n");
-		put_crlf(&w);
+			mime_puts(&w, "Content-Transfer-Encoding: 8bit\r\n");
+		mime_crlf(&w);
 		put_normalized(&w, orig, olen);
 	} else {
 		size_t hn = cut_at_line(orig, header_section_len(orig, olen), DSN_HEADERS_MAX);
 		struct shape hs = shape_of(orig, hn);
 		bool qp = hs.nul || hs.eight_bit || hs.longest > RFC5322_LINE_MAX;
-		put_str(&w, c.failed ? "Content-Description: Undelivered Message Headers\r\n"
-		                     : "Content-Description: Message Headers\r\n");
-		put_str(&w, "Content-Type: text/rfc822-headers\r\n");
+		mime_puts(&w, c.failed ? "Content-Description: Undelivered Message Headers\r\n"
+		                       : "Content-Description: Message Headers\r\n");
+		mime_puts(&w, "Content-Type: text/rfc822-headers\r\n");
 		if (qp)
-			put_str(&w, "Content-Transfer-Encoding: quoted-printable\r\n");
-		put_crlf(&w);
+			mime_puts(&w, "Content-Transfer-Encoding: quoted-printable\r\n");
+		mime_crlf(&w);
 		if (qp)
 			put_qp(&w, orig, hn);
 		else
 			put_normalized(&w, orig, hn);
 	}
-	put_crlf(&w);
-	put_fmt(&w, "--%s--\r\n", boundary);
+	mime_crlf(&w);
+	mime_printf(&w, "--%s--\r\n", boundary);
 	rc = w.rc;
 
 out:

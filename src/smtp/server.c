@@ -40,6 +40,7 @@
 #include "core/codec.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "core/timefmt.h"
 #include "core/id.h"
 #include "core/log.h"
 #include "core/loop.h"
@@ -620,11 +621,8 @@ static int begin_message(struct session *s, struct tx *t)
 {
 	queue_id_new(t->id);
 	tbuf_init(&t->msg, RECEIVED_HEADER_MAX + s->conf->limits.max_message_size);
-	char date[64];
-	time_t now = time(NULL);
-	struct tm tm;
-	gmtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	char date[TERN_RFC5322_DATE_MAX];
+	tern_rfc5322_date((int64_t)time(NULL), date, sizeof(date));
 	char helo[128];
 	/* The HELO name comes from the client: keep only what is safe in a header. */
 	size_t h = 0;

@@ -12,8 +12,8 @@
  * the lock (a subscriber may call back into the store), or report a
  * message stored before its raw bytes are on disk.
  *
- * Durability: the raw file is written to ID.tmp, fsync'd, renamed to
- * ID.eml and its directory fsync'd before the row is inserted. SQLite runs
+ * Durability: the raw file is written to a temp name, fsync'd, renamed to
+ * ID.eml and its directory fsync'd (core/fsutil) before the row is inserted. SQLite runs
  * in WAL mode with synchronous=NORMAL: a commit is atomic and survives a
  * process crash, but a power loss may roll back the last few commits. That
  * is enough because the raw file is the source of truth: the database
@@ -187,66 +187,23 @@ static void msg_path(const struct capture_store *st, const char *id, const char 
 	snprintf(buf, len, "%s/msg/%.2s/%s%s", st->dir, id, id, ext);
 }
 
-static int mkdir_p1(const char *path)
-{
-	if (mkdir(path, 0700) == 0 || errno == EEXIST)
-		return TERN_OK;
-	return TERN_EIO;
-}
-
-
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return TERN_EIO;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return TERN_OK;
-}
-
-/* ID.tmp, fsync, rename to ID.eml, fsync the directory (and msg/ when the
- * two-character directory is new). */
+/* msg/XX/ID.eml written atomically (core/fsutil). With batch_sync the
+ * fsyncs are left to capture_sync(), which syncs the whole filesystem once
+ * per delivery batch; otherwise the file, its directory and a new XX/ are
+ * synced before this returns. */
 static int write_raw(struct capture_store *st, const char *id, const char *raw, size_t len)
 {
-	char dir[4096], tmp[4200], fin[4200];
-	snprintf(dir, sizeof(dir), "%s/msg/%.2s", st->dir, id);
-	bool fresh = false;
-	if (mkdir(dir, 0700) == 0)
-		fresh = true;
-	else if (errno != EEXIST)
-		return TERN_EIO;
-	msg_path(st, id, ".tmp", tmp, sizeof(tmp));
-	msg_path(st, id, ".eml", fin, sizeof(fin));
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return TERN_EIO;
+	char dir[4096], fin[4200];
 	bool per_message = !atomic_load(&st->batch_sync);
-	int rc = write_all(fd, raw, len);
-	if (rc == TERN_OK && per_message && fsync(fd) != 0)
-		rc = TERN_EIO;
-	if (close(fd) != 0 && rc == TERN_OK)
-		rc = TERN_EIO;
-	if (rc == TERN_OK && rename(tmp, fin) != 0)
-		rc = TERN_EIO;
-	if (rc != TERN_OK) {
-		unlink(tmp);
+	struct tern_write_opts o = {
+	    .mode = 0600, .uid = (uid_t)-1, .gid = (gid_t)-1, .no_sync = !per_message};
+
+	snprintf(dir, sizeof(dir), "%s/msg/%.2s", st->dir, id);
+	int rc = tern_mkdir_p(dir, 0700, per_message, NULL);
+	if (rc != TERN_OK)
 		return rc;
-	}
-	if (!per_message)
-		return TERN_OK; /* capture_sync() will make it durable */
-	rc = tern_fsync_dir(dir);
-	if (rc == TERN_OK && fresh) {
-		char parent[4096];
-		snprintf(parent, sizeof(parent), "%s/msg", st->dir);
-		rc = tern_fsync_dir(parent);
-	}
-	return rc;
+	msg_path(st, id, ".eml", fin, sizeof(fin));
+	return tern_write_file_atomic(fin, raw, len, &o);
 }
 
 static int read_raw(struct capture_store *st, const char *id, struct tbuf *out)
@@ -794,7 +751,8 @@ static void recover(struct capture_store *st)
 		struct dirent *fe;
 		while ((fe = readdir(sd)) != NULL) {
 			char id[CAPTURE_ID_MAX];
-			const char *dot = strrchr(fe->d_name, '.');
+			/* ID.eml, or a temp file ID.eml.tmp.PID.N (ID.tmp before). */
+			const char *dot = strchr(fe->d_name, '.');
 			if (!dot || (size_t)(dot - fe->d_name) >= CAPTURE_ID_MAX)
 				continue;
 			memcpy(id, fe->d_name, (size_t)(dot - fe->d_name));
@@ -805,7 +763,7 @@ static void recover(struct capture_store *st)
 			int pn = snprintf(path, sizeof(path), "%s/%s", sub, fe->d_name);
 			if (pn < 0 || (size_t)pn >= sizeof(path))
 				continue;
-			if (strcmp(dot, ".tmp") == 0) {
+			if (strcmp(dot, ".tmp") == 0 || strncmp(dot, ".eml.tmp.", 9) == 0) {
 				unlink(path);
 				continue;
 			}
@@ -869,7 +827,7 @@ int capture_open(const char *dir, struct capture_store **out, char *err, size_t 
 		goto fail;
 	}
 	snprintf(path, sizeof(path), "%s/msg", dir);
-	if (mkdir_p1(dir) != TERN_OK || mkdir_p1(path) != TERN_OK) {
+	if (tern_mkdir_p(path, 0700, false, NULL) != TERN_OK) {
 		set_err(err, errlen, "cannot create %s: %s", path, strerror(errno));
 		goto fail;
 	}
