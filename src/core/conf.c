@@ -37,6 +37,9 @@
 #define MAX_LISTENERS 64
 #define MAX_ROUTES 10000
 #define MAX_FORWARDERS 16
+#define MAX_HTTP_HOSTS 1000
+#define DEFAULT_HTTP_MAX_BODY (64u << 20)
+#define DEFAULT_HTTP_MAX_CONNECTIONS 256
 
 /*
  * The configuration tern runs with when no file is given; `tern
@@ -90,6 +93,9 @@ static const char default_text[] =
     "capture {\n"
     "\tmax_messages = 0;           # tern capture: 0 keeps every message\n"
     "\tmax_age = 0s;               # 0 keeps messages forever\n"
+    "\thttp_allowed_hosts = [];     # besides IP addresses, localhost and hostname\n"
+    "\thttp_max_body = 64m;\n"
+    "\thttp_max_connections = 256;\n"
     "}\n";
 
 static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
@@ -1347,6 +1353,9 @@ static void conf_free(struct tern_config *c)
 		free(c->dns.forward[i]);
 	free(c->dns.forward);
 	free(c->dns.trust_anchor_file);
+	for (size_t i = 0; i < c->capture.n_http_allowed_hosts; i++)
+		free(c->capture.http_allowed_hosts[i]);
+	free(c->capture.http_allowed_hosts);
 	free(c->source);
 	free(c->hostname);
 	free(c->data_dir);
@@ -1378,6 +1387,23 @@ static char *default_hostname(void)
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error"};
 
+/* An entry of capture.http_allowed_hosts: "*", ".domain" or a host name,
+ * without a port (the listener's port is the only one). */
+static int add_http_host(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct strlist *l = arg;
+	char b[80];
+	const char *s = n->str;
+	if (strcmp(s, "*") != 0 && !valid_domain(s[0] == '.' ? s + 1 : s))
+		return cerr(x, n,
+		            "%s: '%s' is not a host name, \".domain\" or \"*\" (no port; IP "
+		            "addresses are always allowed)",
+		            path, show(s, b, sizeof(b)));
+	if (strlist_has(l, s))
+		return TERN_OK;
+	return strlist_add(l, s) == TERN_OK ? TERN_OK : nomem(x);
+}
+
 static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_capture *cap)
 {
 	int rc = want_section(x, sec, "capture");
@@ -1390,6 +1416,26 @@ static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_
 		} else if (strcmp(m->key, "max_age") == 0) {
 			rc = get_num(x, m, "capture.max_age", NK_TIME, 0, 3650u * 86400u, &v);
 			cap->max_age = (uint32_t)v;
+		} else if (strcmp(m->key, "http_allowed_hosts") == 0) {
+			struct strlist l = {0};
+			rc = each_string(x, m, "capture.http_allowed_hosts", MAX_HTTP_HOSTS,
+			                 add_http_host, &l);
+			if (rc != TERN_OK) {
+				strlist_free(&l);
+				break;
+			}
+			for (size_t j = 0; j < cap->n_http_allowed_hosts; j++)
+				free(cap->http_allowed_hosts[j]);
+			free(cap->http_allowed_hosts);
+			cap->http_allowed_hosts = l.v;
+			cap->n_http_allowed_hosts = l.n;
+		} else if (strcmp(m->key, "http_max_body") == 0) {
+			/* 128m: the ceiling of the send API (HTTP_SEND_MAX_BODY) */
+			rc = get_num(x, m, "capture.http_max_body", NK_SIZE, 1024, 128u << 20, &v);
+			cap->http_max_body = v;
+		} else if (strcmp(m->key, "http_max_connections") == 0) {
+			rc = get_num(x, m, "capture.http_max_connections", NK_COUNT, 1, 100000, &v);
+			cap->http_max_connections = (uint32_t)v;
 		} else {
 			return unknown_key(x, m, "capture");
 		}
@@ -1538,6 +1584,8 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	atomic_init(&c->refs, 1);
 	c->limits = default_limits;
 	c->delivery = default_delivery;
+	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
+	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
 	c->vrfy = true;
 	c->expn = false;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
@@ -1869,8 +1917,14 @@ void conf_print(const struct tern_config *c, FILE *out)
 	} else {
 		fputs("\t# no trust_anchor_file: answers are not DNSSEC-validated\n", out);
 	}
-	fprintf(out, "}\ncapture {\n\tmax_messages = %llu;\n\tmax_age = %us;\n}\n",
+	fprintf(out, "}\ncapture {\n\tmax_messages = %llu;\n\tmax_age = %us;\n",
 	        (unsigned long long)c->capture.max_messages, (unsigned)c->capture.max_age);
+	fputs("\thttp_allowed_hosts = ", out);
+	print_list(out, c->capture.http_allowed_hosts, c->capture.n_http_allowed_hosts);
+	fputs(";\n\thttp_max_body = ", out);
+	print_size(out, c->capture.http_max_body);
+	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
+	        (unsigned)c->capture.http_max_connections);
 	if (c->tls.cert_file) {
 		fputs("tls {\n\tcert_file = ", out);
 		print_str(out, c->tls.cert_file);

@@ -92,10 +92,18 @@ struct conf_tls_server {
 	char *key_file;  /* PEM private key (mode 0600) */
 };
 
-/* Capture mode (tern capture): retention of caught messages. */
+/* Capture mode (tern capture): retention of caught messages and the
+ * bounds of its HTTP listener. */
 struct conf_capture {
 	uint64_t max_messages;    /* keep at most this many; 0 = no limit (default 0) */
 	uint32_t max_age;         /* seconds; 0 = keep forever (default 0) */
+	/* Host names the HTTP API answers to besides IP literals, localhost
+	 * and hostname: "name", ".domain" (it and every name under it) or "*"
+	 * (any); lowercased. Default: none. */
+	char **http_allowed_hosts;
+	size_t n_http_allowed_hosts;
+	uint64_t http_max_body;        /* request body bytes; default 64 MiB */
+	uint32_t http_max_connections; /* concurrent HTTP connections; default 256 */
 };
 
 struct tern_config {

@@ -1576,6 +1576,86 @@ static void test_print_shows_routes(void **state)
 	conf_unref(c);
 }
 
+/* ---- capture: the HTTP listener's bounds ---------------------------------- */
+
+static void test_capture_http_keys(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str("", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->capture.n_http_allowed_hosts, 0);
+	assert_int_equal(c->capture.http_max_body, 64u << 20);
+	assert_int_equal(c->capture.http_max_connections, 256);
+	conf_unref(c);
+
+	c = load_str("capture {\n"
+	             "  http_allowed_hosts = [\"Mail.Dev.Example\", \".preview.example\", \"*\",\n"
+	             "                        \"mail.dev.example\"]\n"
+	             "  http_max_body = 1m; http_max_connections = 10\n"
+	             "}\n",
+	             err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->capture.n_http_allowed_hosts, 3); /* lowercased, repeats dropped */
+	assert_string_equal(c->capture.http_allowed_hosts[0], "mail.dev.example");
+	assert_string_equal(c->capture.http_allowed_hosts[1], ".preview.example");
+	assert_string_equal(c->capture.http_allowed_hosts[2], "*");
+	assert_int_equal(c->capture.http_max_body, 1u << 20);
+	assert_int_equal(c->capture.http_max_connections, 10);
+	char *p1 = print_to_string(c);
+	assert_non_null(strstr(p1, "\thttp_allowed_hosts = [\"mail.dev.example\", "
+	                           "\".preview.example\", \"*\"];\n\thttp_max_body = 1m;\n"
+	                           "\thttp_max_connections = 10;\n}\n"));
+	struct tern_config *c2 = conf_load_string(p1, strlen(p1), "printed", err, sizeof(err));
+	if (!c2)
+		fail_msg("printed config does not load: %s\n%s", err, p1);
+	char *p2 = print_to_string(c2);
+	assert_string_equal(p1, p2);
+	free(p1);
+	free(p2);
+	conf_unref(c2);
+	conf_unref(c);
+
+	c = load_str("capture { http_allowed_hosts = \"one.example\" }", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->capture.n_http_allowed_hosts, 1);
+	conf_unref(c);
+
+	static const struct {
+		const char *text, *err;
+	} bad[] = {
+	    {"capture { http_allowed_hosts = [\"mail.dev.example:8025\"] }",
+	     "t.conf:1: capture.http_allowed_hosts: 'mail.dev.example:8025' is not a host name, "
+	     "\".domain\" or \"*\" (no port; IP addresses are always allowed)"},
+	    {"capture { http_allowed_hosts = [\"http://x.example\"] }",
+	     "t.conf:1: capture.http_allowed_hosts: 'http://x.example' is not a host name, "
+	     "\".domain\" or \"*\" (no port; IP addresses are always allowed)"},
+	    {"capture { http_allowed_hosts = [\"*.example\"] }",
+	     "t.conf:1: capture.http_allowed_hosts: '*.example' is not a host name, \".domain\" or "
+	     "\"*\" (no port; IP addresses are always allowed)"},
+	    {"capture { http_allowed_hosts = [5] }",
+	     "t.conf:1: capture.http_allowed_hosts: expected a list of strings, got the number 5"},
+	    {"capture { http_max_body = 100 }",
+	     "t.conf:1: capture.http_max_body: 100 is below the minimum 1024"},
+	    {"capture { http_max_body = 1g }",
+	     "t.conf:1: capture.http_max_body: 1073741824 is above the maximum 134217728"},
+	    {"capture { http_max_body = 10s }",
+	     "t.conf:1: capture.http_max_body: expected a size (bytes, or a number with k, m or g), "
+	     "got a time"},
+	    {"capture { http_max_connections = 0 }",
+	     "t.conf:1: capture.http_max_connections: 0 is below the minimum 1"},
+	};
+	for (size_t i = 0; i < N(bad); i++) {
+		c = load_str(bad[i].text, err, sizeof(err));
+		if (c) {
+			conf_unref(c);
+			fail_msg("'%s' loaded", bad[i].text);
+		}
+		if (strcmp(err, bad[i].err) != 0)
+			fail_msg("'%s':\n got  %s\n want %s", bad[i].text, err, bad[i].err);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1609,6 +1689,7 @@ int main(void)
 	    cmocka_unit_test(test_print_reload_round_trip),
 	    cmocka_unit_test(test_print_shows_values),
 	    cmocka_unit_test(test_print_shows_routes),
+	    cmocka_unit_test(test_capture_http_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
