@@ -1,12 +1,13 @@
 """check-config and `tern user` — the commands an operator runs before the daemon."""
 
+import os
 import re
 import subprocess
 import warnings
 
 import pytest
 
-from conftest import Tern, tern_bin
+from conftest import Tern, free_port, tern_bin
 
 
 def run(*args, input=None, cwd=None):
@@ -75,6 +76,48 @@ def test_check_config_missing_file_fails(scratch):
     r = run("check-config", "-c", str(d / "nope.conf"))
     assert r.returncode != 0
     assert "nope.conf" in r.stderr
+
+
+def run_bounded(*args, timeout=20):
+    """Runs tern; a hang fails the test instead of the suite (the bound is not a speed
+    claim: start-up reads a few small files)."""
+    try:
+        return subprocess.run([tern_bin(), *args], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, encoding="utf-8",
+                              errors="replace")
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"tern {' '.join(args)} hung (no answer in {timeout}s)")
+
+
+def test_fifo_as_config_is_refused(scratch):
+    """A FIFO given as -c used to block start-up forever in open(2)."""
+    fifo = scratch / "tern.conf"
+    os.mkfifo(fifo)
+    for cmd in ("check-config", "serve"):
+        r = run_bounded(cmd, "-c", str(fifo))
+        assert r.returncode != 0, r.stdout
+        assert f"{fifo}: cannot read: not a regular file (a FIFO)" in r.stderr, r.stderr
+
+
+def test_fifo_as_include_is_refused(scratch):
+    fifo = scratch / "inc.conf"
+    os.mkfifo(fifo)
+    port = free_port()
+    conf = scratch / "tern.conf"
+    conf.write_text(f'data_dir = "{scratch / "data"}";\n'
+                    f'listen {{ mx {{ address = "127.0.0.1:{port}"; profile = mx; }} }}\n'
+                    f'\n.include "inc.conf"\n')
+    for cmd in ("check-config", "serve"):
+        r = run_bounded(cmd, "-c", str(conf))
+        assert r.returncode != 0, r.stdout
+        assert (f"{conf}:4: cannot read included file '{fifo}': not a regular file (a FIFO)"
+                in r.stderr), \
+            r.stderr
+    # a directory and a device are refused the same way
+    for other in (scratch, "/dev/null"):
+        conf.write_text(f'.include "{other}"\n')
+        r = run_bounded("check-config", "-c", str(conf))
+        assert r.returncode != 0 and "not a regular file" in r.stderr, r.stderr
 
 
 def test_check_config_without_file_prints_embedded_default(scratch):

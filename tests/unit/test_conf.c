@@ -1112,6 +1112,34 @@ static void test_include_errors(void **state)
 	tmpdir_remove(&t);
 }
 
+/* A FIFO (or any file that is not regular) as the config or an include is
+ * refused at once: open(2) of a FIFO without O_NONBLOCK waits for a writer
+ * forever. alarm() turns a hang into a failure of this test. */
+static void test_fifo_refused(void **state)
+{
+	struct tmpdir t;
+	tmpdir_make(&t);
+	char fifo[128], want[512], err[512];
+	snprintf(fifo, sizeof(fifo), "%s/conf.d/fifo.conf", t.path);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	const char *main_conf =
+	    write_file(&t, "m.conf", "workers = 1\n.include \"conf.d/fifo.conf\"\n");
+	alarm(20);
+	assert_null(conf_load(fifo, err, sizeof(err)));
+	snprintf(want, sizeof(want), "%s: cannot read: not a regular file (a FIFO)", fifo);
+	assert_string_equal(err, want);
+	assert_null(conf_load(main_conf, err, sizeof(err)));
+	snprintf(want, sizeof(want),
+	         "%s:2: cannot read included file '%s': not a regular file (a FIFO)", main_conf,
+	         fifo);
+	assert_string_equal(err, want);
+	assert_null(conf_load("/dev/null", err, sizeof(err)));
+	assert_string_equal(err, "/dev/null: cannot read: not a regular file (a device)");
+	alarm(0);
+	unlink(fifo);
+	tmpdir_remove(&t);
+}
+
 /* ---- routes, delivery, dns ---------------------------------------------- */
 
 struct via_case {
@@ -1679,6 +1707,7 @@ int main(void)
 	    cmocka_unit_test(test_alias_lookup),
 	    cmocka_unit_test(test_include_files),
 	    cmocka_unit_test(test_include_errors),
+	    cmocka_unit_test(test_fifo_refused),
 	    cmocka_unit_test(test_route_via_forms),
 	    cmocka_unit_test(test_route_tls_defaults),
 	    cmocka_unit_test(test_route_auth_and_relative_paths),
