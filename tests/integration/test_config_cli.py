@@ -162,3 +162,57 @@ def test_user_add_list_del(offline):
 def test_user_add_utf8_address(offline):
     offline.cli("user", "add", "jøran@example.test", "--password-stdin", input="pw\n", check=True)
     assert "jøran@example.test" in offline.cli("user", "list", check=True).stdout.split()
+
+
+@pytest.mark.parametrize("addr,why", [
+    ('"../../x"@example.test', "quote"),
+    ("../x@example.test", "'.'"),
+    ("a/b@example.test", "'/'"),
+    (".hidden@example.test", "'.'"),
+    ("trailing.@example.test", "'.'"),
+    ("two..dots@example.test", "'.'"),
+    ("x@../../etc", "domain"),
+    ("x@example..test", "domain"),
+    ("x@-bad.example", "domain"),
+    ("x@[127.0.0.1]", "domain"),
+    ("x@exa/mple.test", "domain"),
+    ("a b@example.test", "quote"),
+    ("back\\slash@example.test", "quote"),
+    ("x" * 65 + "@example.test", "64"),
+    ("nouser", "local@domain"),
+    ("#x@example.test", "'#'"),
+], ids=lambda v: v if len(v) < 30 else v[:20])
+def test_user_add_refuses_addresses_that_cannot_receive_mail(offline, addr, why):
+    """A quoted local part with '/', '..' or a leading '.' can never be a Maildir name (local
+    delivery refuses it), and RCPT TO looks users up by the unquoted local part: such a user
+    could authenticate but never get mail."""
+    r = offline.cli("user", "add", addr, "--password-stdin", input="pw\n")
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "tern: cannot add" in r.stderr and why in r.stderr, r.stderr
+    assert "Password" not in r.stderr
+    users = offline.data_dir / "users"
+    assert not users.exists() or addr.lower() not in users.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("addr", ["first.last+tag@example.test", "o'brien@example.test",
+                                  "x_y-z=1{2}|3~4@sub.example.test", "UPPER@Example.Test",
+                                  "jøran@example.test", "a@localhost"])
+def test_user_add_accepts_real_mailboxes(offline, addr):
+    r = offline.cli("user", "add", addr, "--password-stdin", input="pw\n")
+    assert r.returncode == 0, r.stderr
+    assert addr.lower() in offline.cli("user", "list", check=True).stdout.split()
+
+
+def test_user_add_says_when_the_domain_is_not_local(offline):
+    r = offline.cli("user", "add", "app@elsewhere.example", "--password-stdin", input="pw\n")
+    assert r.returncode == 0, r.stderr
+    assert "elsewhere.example is not in local_domains" in r.stderr, r.stderr
+
+
+def test_user_del_still_removes_an_entry_added_by_hand(offline):
+    """A bad entry written into the file before this check can still be deleted."""
+    users = offline.data_dir / "users"
+    users.write_text('"../../x"@example.test:{PLAIN}pw\nalice@example.test:{PLAIN}pw\n')
+    r = offline.cli("user", "del", '"../../x"@example.test')
+    assert r.returncode == 0, r.stderr
+    assert offline.cli("user", "list", check=True).stdout.split() == ["alice@example.test"]
