@@ -26,6 +26,7 @@
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/log.h"
 #include "core/ucl.h"
 
 #define DEFAULT_SOURCE "(embedded default)"
@@ -1754,6 +1755,70 @@ const struct conf_route *conf_find_route(const struct tern_config *c, const char
 		if (tern_ascii_ieq(c->routes[i].domain, domain))
 			return &c->routes[i];
 	return c->relayhost;
+}
+
+/* ---- warnings ------------------------------------------------------------ */
+
+static const char warn_submission[] =
+    "\"submission\" works like \"mx\" today: AUTH is not offered and TLS is not required "
+    "before MAIL, so mail programs cannot log in, anyone may send to local_domains here, and "
+    "only relay.networks may relay";
+
+static size_t warn_route(const struct conf_route *r, const char *name,
+                         void (*fn)(const char *, const char *, void *), void *arg)
+{
+	char key[320], text[512];
+	if (r->tls != CONF_TLS_REQUIRE)
+		return 0;
+	snprintf(key, sizeof(key), "%s.tls", name);
+	snprintf(text, sizeof(text),
+	         "\"require\"%s makes the connection encrypted but the server's certificate is "
+	         "not verified (no CA or host name check), so an attacker in the middle is not "
+	         "stopped%s",
+	         r->implicit_tls ? " (what smtps:// means)" : "",
+	         r->auth_user ? ", and the password in auth_password_file would go to it" : "");
+	fn(key, text, arg);
+	return 1;
+}
+
+size_t conf_warnings(const struct tern_config *c,
+                     void (*fn)(const char *key, const char *text, void *arg), void *arg)
+{
+	size_t n = 0;
+	char key[320];
+	if (!c || !fn)
+		return 0;
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		if (strcmp(c->listeners[i].profile, "submission") != 0)
+			continue;
+		snprintf(key, sizeof(key), "listen.%s.profile", c->listeners[i].name);
+		fn(key, warn_submission, arg);
+		n++;
+	}
+	for (size_t i = 0; i < c->n_routes; i++) {
+		snprintf(key, sizeof(key), "routes.\"%s\"", c->routes[i].domain);
+		n += warn_route(&c->routes[i], key, fn, arg);
+	}
+	if (c->relayhost)
+		n += warn_route(c->relayhost, "relayhost", fn, arg);
+	return n;
+}
+
+static void warning_line(const char *key, const char *text, void *arg)
+{
+	FILE *out = arg;
+	if (out) {
+		fprintf(out, "tern: warning: %s: %s\n", key, text);
+	} else {
+		char q[768];
+		log_warn("event=config_warning key=%s detail=%s", key,
+		         log_quote(text, strlen(text), q, sizeof(q)));
+	}
+}
+
+void conf_report_warnings(const struct tern_config *c, FILE *out)
+{
+	conf_warnings(c, warning_line, out);
 }
 
 /* ---- printing ------------------------------------------------------------ */

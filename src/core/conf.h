@@ -170,6 +170,18 @@ void conf_unref(struct tern_config *c);
  * same format conf_load reads. */
 void conf_print(const struct tern_config *c, FILE *out);
 
+/*
+ * Settings that load but do less than their name promises today (listed in
+ * docs/config.md): profile "submission" (works like "mx") and an outbound
+ * tls "require" (encrypts, does not verify the certificate). Calls fn once
+ * per warning with the key's path and what it does; returns the count.
+ * conf_report_warnings writes them as "tern: warning: KEY: TEXT" lines on
+ * out, or with out NULL logs each as event=config_warning.
+ */
+size_t conf_warnings(const struct tern_config *c,
+                     void (*fn)(const char *key, const char *text, void *arg), void *arg);
+void conf_report_warnings(const struct tern_config *c, FILE *out);
+
 /* Case-insensitive; domain need not be NUL-terminated. */
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len);
 /* Looks up an alias for a lowercased address; NULL if none. */

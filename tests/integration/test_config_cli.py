@@ -216,3 +216,70 @@ def test_user_del_still_removes_an_entry_added_by_hand(offline):
     r = offline.cli("user", "del", '"../../x"@example.test')
     assert r.returncode == 0, r.stderr
     assert offline.cli("user", "list", check=True).stdout.split() == ["alice@example.test"]
+
+
+# --------------------------------------------------------------------------
+# Settings whose effect today is less than their name promises are not accepted silently.
+
+
+def test_check_config_warns_about_submission_profile(offline):
+    offline.config["listen"]["sub"] = {"address": f"127.0.0.1:{free_port()}",
+                                       "profile": "submission"}
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0, r.stderr  # a warning, not a refusal: such configs run today
+    lines = [ln for ln in r.stderr.splitlines() if "warning" in ln]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("tern: warning: listen.sub.profile:"), lines
+    assert "works like \"mx\"" in lines[0] and "AUTH" in lines[0], lines
+    assert 'profile = "submission";' in r.stdout  # the effective config is unchanged
+
+
+@pytest.mark.parametrize("section,body,key", [
+    ("relayhost", {"via": "smtp://relay.example.net:587", "tls": "require"}, "relayhost.tls"),
+    ("relayhost", {"via": "smtps://relay.example.net"}, "relayhost.tls"),
+    ("routes", {"partner.example": {"via": "smtp://mx.partner.example", "tls": "require"}},
+     'routes."partner.example".tls'),
+], ids=["relayhost-require", "relayhost-smtps", "route-require"])
+def test_check_config_warns_that_tls_require_does_not_verify(offline, section, body, key):
+    offline.config[section] = body
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "warning" in ln]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"tern: warning: {key}:"), lines
+    assert "not verified" in lines[0] and "certificate" in lines[0], lines
+
+
+def test_check_config_warns_that_the_relay_password_is_exposed(offline, tmp_path):
+    offline.config["relayhost"] = {"via": "smtp://relay.example.net:587", "tls": "require",
+                                   "auth_user": "apikey",
+                                   "auth_password_file": str(tmp_path / "pw")}
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0, r.stderr
+    assert "password" in r.stderr and "relayhost.tls" in r.stderr, r.stderr
+
+
+def test_no_warning_for_settings_that_do_what_they_say(offline):
+    offline.config["relayhost"] = {"via": "smtp://relay.example.net", "tls": "opportunistic"}
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = run_bounded("check-config")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_serve_logs_the_warnings_at_start(offline):
+    offline.config["listen"]["sub"] = {"address": f"127.0.0.1:{free_port()}",
+                                       "profile": "submission"}
+    offline.config["relayhost"] = {"via": "smtp://127.0.0.1:9", "tls": "require"}
+    offline.write_config()
+    offline.start()
+    try:
+        log = offline.log()
+    finally:
+        offline.stop()
+    assert "event=config_warning key=listen.sub.profile" in log, log
+    assert "event=config_warning key=relayhost.tls" in log, log

@@ -1684,6 +1684,69 @@ static void test_capture_http_keys(void **state)
 	}
 }
 
+/* ---- warnings: settings that do less than their name says --------------- */
+
+struct warn_seen {
+	char keys[8][320];
+	char texts[8][512];
+	size_t n;
+};
+
+static void collect_warning(const char *key, const char *text, void *arg)
+{
+	struct warn_seen *w = arg;
+	assert_true(w->n < 8);
+	tern_strlcpy(w->keys[w->n], key, sizeof(w->keys[0]));
+	tern_strlcpy(w->texts[w->n], text, sizeof(w->texts[0]));
+	w->n++;
+}
+
+static void test_warnings(void **state)
+{
+	char err[256];
+	struct warn_seen w = {0};
+	struct tern_config *c =
+	    load_str("listen { mx { address = \"127.0.0.1:25\"; profile = mx }\n"
+	             "  sub { address = \"127.0.0.1:587\"; profile = submission } }\n"
+	             "routes { a.test { via = \"smtp://h.test\"; tls = require }\n"
+	             "  b.test { via = \"smtps://h.test\" }\n"
+	             "  c.test { via = \"smtp://h.test\" }\n"
+	             "  d.test { via = \"smtp://h.test\"; tls = none } }\n"
+	             "relayhost { via = \"smtp://r.test:587\"; tls = require; auth_user = u;\n"
+	             "  auth_password_file = /pw }\n",
+	             err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 4);
+	assert_string_equal(w.keys[0], "listen.sub.profile");
+	assert_non_null(strstr(w.texts[0], "works like \"mx\""));
+	assert_string_equal(w.keys[1], "routes.\"a.test\".tls");
+	assert_non_null(strstr(w.texts[1], "certificate is not verified"));
+	assert_null(strstr(w.texts[1], "password"));
+	assert_string_equal(w.keys[2], "routes.\"b.test\".tls");
+	assert_non_null(strstr(w.texts[2], "smtps://"));
+	assert_string_equal(w.keys[3], "relayhost.tls");
+	assert_non_null(strstr(w.texts[3], "password"));
+	/* capture mode replaces the listeners: no submission warning there */
+	assert_int_equal(conf_apply_capture(c, "127.0.0.1:1025", NULL), TERN_OK);
+	w.n = 0;
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 3);
+	assert_string_equal(w.keys[0], "routes.\"a.test\".tls");
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	conf_report_warnings(c, f);
+	fclose(f);
+	assert_non_null(strstr(buf, "tern: warning: relayhost.tls: \"require\" makes"));
+	free(buf);
+	conf_unref(c);
+
+	/* the embedded default and an empty file promise nothing they do not do */
+	c = conf_load(NULL, err, sizeof(err));
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
+	conf_unref(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1719,6 +1782,7 @@ int main(void)
 	    cmocka_unit_test(test_print_shows_values),
 	    cmocka_unit_test(test_print_shows_routes),
 	    cmocka_unit_test(test_capture_http_keys),
+	    cmocka_unit_test(test_warnings),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
