@@ -16,6 +16,7 @@ Never: reach beyond 127.0.0.1, wait without a bound, or assert on timing.
 import http.client
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -278,6 +279,18 @@ def test_configured_allowed_host_is_accepted(capture_factory, smtp_sink):
     assert_json_error(st, h, data, 403)
     got = smtp_sink.wait(1, timeout=POLL)
     assert got and got[0][1] == ["ui@relay.example"]
+
+
+def test_allowed_hosts_follow_a_reload(capture_factory):
+    cap = capture_factory({"capture": {"http_allowed_hosts": ["a.example"]}})
+    assert req(cap, "GET", "/api/v1/info", host="a.example")[0] == 200
+    assert req(cap, "GET", "/api/v1/info", host="b.example")[0] == 403
+    text = cap.config_path.read_text().replace('"a.example"', '"b.example"')
+    cap.config_path.write_text(text)
+    cap.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: req(cap, "GET", "/api/v1/info", host="b.example")[0] == 200,
+             "b.example allowed after SIGHUP")
+    assert req(cap, "GET", "/api/v1/info", host="a.example")[0] == 403
 
 
 def test_wildcard_allows_any_host_but_not_foreign_origins(capture_factory):
