@@ -34,7 +34,9 @@
  *   - the tz parameter of search is accepted and ignored (dates are UTC).
  *   - bodies must be application/json (415), changes need a same-origin
  *     Origin or none (403), Host must name this listener (403); these
- *     refusals, and 413 for a body over its bound, answer {"Error": "..."}.
+ *     refusals answer {"Error": "..."}. A body over capture.http_max_body
+ *     gets libevent's own 413 page (2.1 lets no caller word it), one over
+ *     a route's own bound a JSON 413.
  */
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
