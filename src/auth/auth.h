@@ -33,8 +33,22 @@ int users_verify(const struct user_db *db, const char *addr, const char *passwor
 void users_foreach(const struct user_db *db, void (*fn)(const char *addr, void *arg), void *arg);
 
 /*
+ * Whether addr is a mailbox a user can be created for: an RFC 5321 mailbox
+ * that RCPT TO can name and local delivery can store. The local part is a
+ * dot-atom (RCPT looks users up by the unquoted local part, so a quoted
+ * one never matches), at most 64 bytes, UTF-8 allowed (RFC 6531), without
+ * '/' (it becomes a Maildir directory name) or a leading '#' (a comment in
+ * the users file); the domain is a host name (letters, digits, '-',
+ * labels of 1-63, an internationalised domain in its xn-- form), not an
+ * address literal. TERN_OK, or TERN_EINVAL with a reason a person can act
+ * on in *why (static text).
+ */
+int users_check_mailbox(const char *addr, const char **why);
+
+/*
  * Edits the file: add (TERN_EEXIST if present) with a fresh SHA512-CRYPT
- * hash, set a new password (TERN_ENOTFOUND if absent), delete. Rewrites
+ * hash (TERN_EINVAL unless users_check_mailbox accepts addr), set a new
+ * password (TERN_ENOTFOUND if absent), delete. Rewrites
  * the file atomically (temp file, fsync, rename, directory fsync), mode
  * 0600, keeping every other line as it was.
  */

@@ -129,6 +129,145 @@ int users_check_address(const char *addr)
 	return check_address_n(addr, strnlen(addr, USERS_ADDR_MAX + 1));
 }
 
+/* The length of the well-formed UTF-8 sequence at p (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF), or 0. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+	size_t k;
+	uint32_t cp, min;
+
+	if (p[0] >= 0xC2 && p[0] <= 0xDF)
+		k = 2, cp = p[0] & 0x1Fu, min = 0x80;
+	else if (p[0] >= 0xE0 && p[0] <= 0xEF)
+		k = 3, cp = p[0] & 0x0Fu, min = 0x800;
+	else if (p[0] >= 0xF0 && p[0] <= 0xF4)
+		k = 4, cp = p[0] & 0x07u, min = 0x10000;
+	else
+		return 0;
+	if (n < k)
+		return 0;
+	for (size_t i = 1; i < k; i++) {
+		if ((p[i] & 0xC0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (p[i] & 0x3Fu);
+	}
+	if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+		return 0;
+	return k;
+}
+
+/* RFC 5322 atext, less '/' (a Maildir directory name cannot hold it). */
+static bool mailbox_atext(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       (c != '\0' && strchr("!#$%&'*+-=?^_`{|}~", c) != NULL);
+}
+
+/* A host name as RFC 5321 has it: labels of 1-63 letters, digits and
+ * '-' (not at either end), at most 253 bytes, and a last label that is not all digits (so
+ * that an IPv4 address is not taken for a name). */
+static bool mailbox_domain(const char *d, size_t n)
+{
+	size_t label = 0, digits = 0;
+
+	if (n == 0 || n > 253)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)d[i];
+
+		if (c == '.') {
+			if (label == 0 || d[i - 1] == '-')
+				return false;
+			label = digits = 0;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-'))
+			return false;
+		if (c == '-' && label == 0)
+			return false;
+		if (++label > 63)
+			return false;
+		digits += c >= '0' && c <= '9';
+	}
+	return label > 0 && d[n - 1] != '-' && digits != label;
+}
+
+/* Why users_check_mailbox refuses an address: words a person can act on. */
+static const char why_dots[] =
+    "the local part starts or ends with '.' or has '..', which SMTP allows only in quotes and "
+    "a mailbox directory name not at all";
+static const char why_slash[] =
+    "the local part has '/', which cannot be in a mailbox directory name";
+static const char why_quoted[] =
+    "the local part has a character SMTP carries only in quotes (such as '\"', a space, '\\', "
+    "',', ':', ';', '<', '>', '@' or a control byte); RCPT TO finds users by the unquoted "
+    "local part, so such a mailbox could never get mail";
+static const char why_domain[] =
+    "the domain is not a host name (letters, digits, '-' and dots, labels of at most 63; "
+    "an internationalised domain in its xn-- form; no [address literal])";
+
+int users_check_mailbox(const char *addr, const char **why)
+{
+	const char *unused;
+	const char *at;
+	size_t n, ll;
+
+	if (why == NULL)
+		why = &unused;
+	*why = NULL;
+	if (addr == NULL || (n = strnlen(addr, 256)) == 0 || (at = strrchr(addr, '@')) == NULL) {
+		*why = "an address has the form local@domain";
+		return TERN_EINVAL;
+	}
+	if (n > 254) {
+		*why = "the address is longer than 254 bytes (RFC 5321)";
+		return TERN_EINVAL;
+	}
+	ll = (size_t)(at - addr);
+	if (ll == 0) {
+		*why = "the local part (before the '@') is empty";
+		return TERN_EINVAL;
+	}
+	if (ll > 64) {
+		*why = "the local part is longer than 64 bytes (RFC 5321)";
+		return TERN_EINVAL;
+	}
+	if (addr[0] == '#') {
+		*why = "the local part starts with '#', which the users file reads as a comment";
+		return TERN_EINVAL;
+	}
+	for (size_t i = 0; i < ll; i++) {
+		unsigned char c = (unsigned char)addr[i];
+
+		if (c == '.') {
+			if (i == 0 || i == ll - 1 || addr[i - 1] == '.') {
+				*why = why_dots;
+				return TERN_EINVAL;
+			}
+		} else if (c == '/') {
+			*why = why_slash;
+			return TERN_EINVAL;
+		} else if (c >= 0x80) {
+			size_t k = utf8_len((const unsigned char *)addr + i, ll - i);
+
+			if (k == 0) {
+				*why = "the local part is not valid UTF-8";
+				return TERN_EINVAL;
+			}
+			i += k - 1;
+		} else if (!mailbox_atext(c)) {
+			*why = why_quoted;
+			return TERN_EINVAL;
+		}
+	}
+	if (!mailbox_domain(at + 1, n - ll - 1)) {
+		*why = why_domain;
+		return TERN_EINVAL;
+	}
+	return TERN_OK;
+}
+
 /* Compares secrets in time that depends only on the stored length. */
 static bool ct_equal(const char *stored, size_t slen, const char *given, size_t glen)
 {
@@ -698,6 +837,10 @@ static int file_edit(const char *path, enum users_edit_op op, const char *addr,
 		return TERN_EINVAL;
 	if ((rc = users_check_address(addr)) != TERN_OK)
 		return rc;
+	/* A new user must be able to receive mail; passwd and del still work
+	 * on any entry the file holds, so an old bad one can be removed. */
+	if (op == USERS_EDIT_ADD && users_check_mailbox(addr, NULL) != TERN_OK)
+		return TERN_EINVAL;
 	/* Hash before taking the lock: crypt is the slow part. */
 	if (op != USERS_EDIT_DEL &&
 	    (rc = users_hash_password(password, pwfield, sizeof(pwfield))) != TERN_OK)

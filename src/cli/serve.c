@@ -79,6 +79,7 @@ int cmd_check_config(int argc, char **argv)
 		fprintf(stderr, "tern: %s\n", err);
 		return 1;
 	}
+	conf_report_warnings(c, stderr);
 	conf_print(c, stdout);
 	conf_unref(c);
 	return 0;
@@ -299,6 +300,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		log_set_level(lvl);
 	log_info("event=starting version=%s config=%s hostname=%s data_dir=%s", TERN_VERSION,
 		 conf->source, conf->hostname, conf->data_dir);
+	conf_report_warnings(conf, NULL);
 
 	if (tern_mkdir_p(conf->data_dir, 0750, false, NULL) != TERN_OK) {
 		log_error("event=fatal reason=\"cannot create data_dir %s: %s\"", conf->data_dir,

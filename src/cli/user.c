@@ -76,6 +76,42 @@ static void give_to_daemon_user(const struct tern_config *conf)
 			conf->user, strerror(errno));
 }
 
+/* An address as the user typed it, safe to print (control bytes as '?'). */
+static const char *printable(const char *s, char *buf, size_t n)
+{
+	size_t k = 0;
+	for (; *s && k + 4 < n; s++)
+		buf[k++] = ((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s;
+	if (*s)
+		k += (size_t)snprintf(buf + k, n - k, "...");
+	buf[k] = '\0';
+	return buf;
+}
+
+/*
+ * Whether a user can be created for addr (auth.h, users_check_mailbox):
+ * an address RCPT TO and local delivery can both use. Says why not; says
+ * too when mail to it would not be delivered here (a submission-only
+ * user, which is allowed).
+ */
+static bool mailbox_usable(const struct tern_config *conf, const char *addr)
+{
+	char shown[300];
+	const char *why;
+	if (users_check_mailbox(addr, &why) != TERN_OK) {
+		fprintf(stderr, "tern: cannot add '%s': %s\n",
+		        printable(addr, shown, sizeof(shown)), why);
+		return false;
+	}
+	const char *domain = strrchr(addr, '@') + 1;
+	if (!conf_is_local_domain(conf, domain, strlen(domain)))
+		fprintf(stderr,
+		        "tern: note: %s is not in local_domains: this user can authenticate, but "
+		        "mail to it is not delivered here\n",
+		        printable(domain, shown, sizeof(shown)));
+	return true;
+}
+
 static void print_addr(const char *addr, void *arg)
 {
 	printf("%s\n", addr);
@@ -134,6 +170,8 @@ int cmd_user(int argc, char **argv)
 	}
 	const char *addr = args[1];
 	int rc;
+	if (strcmp(sub, "add") == 0 && !mailbox_usable(conf, addr))
+		goto out; /* before the password prompt: nothing to type for nothing */
 	if (strcmp(sub, "add") == 0 || strcmp(sub, "passwd") == 0) {
 		/* The users file usually lives in the data dir, which may not exist yet. */
 		if (mkdir(conf->data_dir, 0750) == 0 && geteuid() == 0) {

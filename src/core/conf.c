@@ -26,6 +26,7 @@
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/log.h"
 #include "core/ucl.h"
 
 #define DEFAULT_SOURCE "(embedded default)"
@@ -37,6 +38,9 @@
 #define MAX_LISTENERS 64
 #define MAX_ROUTES 10000
 #define MAX_FORWARDERS 16
+#define MAX_HTTP_HOSTS 1000
+#define DEFAULT_HTTP_MAX_BODY (64u << 20)
+#define DEFAULT_HTTP_MAX_CONNECTIONS 256
 
 /*
  * The configuration tern runs with when no file is given; `tern
@@ -90,6 +94,9 @@ static const char default_text[] =
     "capture {\n"
     "\tmax_messages = 0;           # tern capture: 0 keeps every message\n"
     "\tmax_age = 0s;               # 0 keeps messages forever\n"
+    "\thttp_allowed_hosts = [];     # besides IP addresses, localhost and hostname\n"
+    "\thttp_max_body = 64m;\n"
+    "\thttp_max_connections = 256;\n"
     "}\n";
 
 static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
@@ -1347,6 +1354,9 @@ static void conf_free(struct tern_config *c)
 		free(c->dns.forward[i]);
 	free(c->dns.forward);
 	free(c->dns.trust_anchor_file);
+	for (size_t i = 0; i < c->capture.n_http_allowed_hosts; i++)
+		free(c->capture.http_allowed_hosts[i]);
+	free(c->capture.http_allowed_hosts);
 	free(c->source);
 	free(c->hostname);
 	free(c->data_dir);
@@ -1378,6 +1388,23 @@ static char *default_hostname(void)
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error"};
 
+/* An entry of capture.http_allowed_hosts: "*", ".domain" or a host name,
+ * without a port (the listener's port is the only one). */
+static int add_http_host(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct strlist *l = arg;
+	char b[80];
+	const char *s = n->str;
+	if (strcmp(s, "*") != 0 && !valid_domain(s[0] == '.' ? s + 1 : s))
+		return cerr(x, n,
+		            "%s: '%s' is not a host name, \".domain\" or \"*\" (no port; IP "
+		            "addresses are always allowed)",
+		            path, show(s, b, sizeof(b)));
+	if (strlist_has(l, s))
+		return TERN_OK;
+	return strlist_add(l, s) == TERN_OK ? TERN_OK : nomem(x);
+}
+
 static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_capture *cap)
 {
 	int rc = want_section(x, sec, "capture");
@@ -1390,6 +1417,26 @@ static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_
 		} else if (strcmp(m->key, "max_age") == 0) {
 			rc = get_num(x, m, "capture.max_age", NK_TIME, 0, 3650u * 86400u, &v);
 			cap->max_age = (uint32_t)v;
+		} else if (strcmp(m->key, "http_allowed_hosts") == 0) {
+			struct strlist l = {0};
+			rc = each_string(x, m, "capture.http_allowed_hosts", MAX_HTTP_HOSTS,
+			                 add_http_host, &l);
+			if (rc != TERN_OK) {
+				strlist_free(&l);
+				break;
+			}
+			for (size_t j = 0; j < cap->n_http_allowed_hosts; j++)
+				free(cap->http_allowed_hosts[j]);
+			free(cap->http_allowed_hosts);
+			cap->http_allowed_hosts = l.v;
+			cap->n_http_allowed_hosts = l.n;
+		} else if (strcmp(m->key, "http_max_body") == 0) {
+			/* 128m: the ceiling of the send API (HTTP_SEND_MAX_BODY) */
+			rc = get_num(x, m, "capture.http_max_body", NK_SIZE, 1024, 128u << 20, &v);
+			cap->http_max_body = v;
+		} else if (strcmp(m->key, "http_max_connections") == 0) {
+			rc = get_num(x, m, "capture.http_max_connections", NK_COUNT, 1, 100000, &v);
+			cap->http_max_connections = (uint32_t)v;
 		} else {
 			return unknown_key(x, m, "capture");
 		}
@@ -1538,6 +1585,8 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	atomic_init(&c->refs, 1);
 	c->limits = default_limits;
 	c->delivery = default_delivery;
+	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
+	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
 	c->vrfy = true;
 	c->expn = false;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
@@ -1708,6 +1757,70 @@ const struct conf_route *conf_find_route(const struct tern_config *c, const char
 	return c->relayhost;
 }
 
+/* ---- warnings ------------------------------------------------------------ */
+
+static const char warn_submission[] =
+    "\"submission\" works like \"mx\" today: AUTH is not offered and TLS is not required "
+    "before MAIL, so mail programs cannot log in, anyone may send to local_domains here, and "
+    "only relay.networks may relay";
+
+static size_t warn_route(const struct conf_route *r, const char *name,
+                         void (*fn)(const char *, const char *, void *), void *arg)
+{
+	char key[320], text[512];
+	if (r->tls != CONF_TLS_REQUIRE)
+		return 0;
+	snprintf(key, sizeof(key), "%s.tls", name);
+	snprintf(text, sizeof(text),
+	         "\"require\"%s makes the connection encrypted but the server's certificate is "
+	         "not verified (no CA or host name check), so an attacker in the middle is not "
+	         "stopped%s",
+	         r->implicit_tls ? " (what smtps:// means)" : "",
+	         r->auth_user ? ", and the password in auth_password_file would go to it" : "");
+	fn(key, text, arg);
+	return 1;
+}
+
+size_t conf_warnings(const struct tern_config *c,
+                     void (*fn)(const char *key, const char *text, void *arg), void *arg)
+{
+	size_t n = 0;
+	char key[320];
+	if (!c || !fn)
+		return 0;
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		if (strcmp(c->listeners[i].profile, "submission") != 0)
+			continue;
+		snprintf(key, sizeof(key), "listen.%s.profile", c->listeners[i].name);
+		fn(key, warn_submission, arg);
+		n++;
+	}
+	for (size_t i = 0; i < c->n_routes; i++) {
+		snprintf(key, sizeof(key), "routes.\"%s\"", c->routes[i].domain);
+		n += warn_route(&c->routes[i], key, fn, arg);
+	}
+	if (c->relayhost)
+		n += warn_route(c->relayhost, "relayhost", fn, arg);
+	return n;
+}
+
+static void warning_line(const char *key, const char *text, void *arg)
+{
+	FILE *out = arg;
+	if (out) {
+		fprintf(out, "tern: warning: %s: %s\n", key, text);
+	} else {
+		char q[768];
+		log_warn("event=config_warning key=%s detail=%s", key,
+		         log_quote(text, strlen(text), q, sizeof(q)));
+	}
+}
+
+void conf_report_warnings(const struct tern_config *c, FILE *out)
+{
+	conf_warnings(c, warning_line, out);
+}
+
 /* ---- printing ------------------------------------------------------------ */
 
 static void print_str(FILE *f, const char *s)
@@ -1869,8 +1982,14 @@ void conf_print(const struct tern_config *c, FILE *out)
 	} else {
 		fputs("\t# no trust_anchor_file: answers are not DNSSEC-validated\n", out);
 	}
-	fprintf(out, "}\ncapture {\n\tmax_messages = %llu;\n\tmax_age = %us;\n}\n",
+	fprintf(out, "}\ncapture {\n\tmax_messages = %llu;\n\tmax_age = %us;\n",
 	        (unsigned long long)c->capture.max_messages, (unsigned)c->capture.max_age);
+	fputs("\thttp_allowed_hosts = ", out);
+	print_list(out, c->capture.http_allowed_hosts, c->capture.n_http_allowed_hosts);
+	fputs(";\n\thttp_max_body = ", out);
+	print_size(out, c->capture.http_max_body);
+	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
+	        (unsigned)c->capture.http_max_connections);
 	if (c->tls.cert_file) {
 		fputs("tls {\n\tcert_file = ", out);
 		print_str(out, c->tls.cert_file);

@@ -92,10 +92,18 @@ struct conf_tls_server {
 	char *key_file;  /* PEM private key (mode 0600) */
 };
 
-/* Capture mode (tern capture): retention of caught messages. */
+/* Capture mode (tern capture): retention of caught messages and the
+ * bounds of its HTTP listener. */
 struct conf_capture {
 	uint64_t max_messages;    /* keep at most this many; 0 = no limit (default 0) */
 	uint32_t max_age;         /* seconds; 0 = keep forever (default 0) */
+	/* Host names the HTTP API answers to besides IP literals, localhost
+	 * and hostname: "name", ".domain" (it and every name under it) or "*"
+	 * (any); lowercased. Default: none. */
+	char **http_allowed_hosts;
+	size_t n_http_allowed_hosts;
+	uint64_t http_max_body;        /* request body bytes; default 64 MiB */
+	uint32_t http_max_connections; /* concurrent HTTP connections; default 256 */
 };
 
 struct tern_config {
@@ -161,6 +169,18 @@ void conf_unref(struct tern_config *c);
 /* Prints the effective configuration (every key, defaults included) in the
  * same format conf_load reads. */
 void conf_print(const struct tern_config *c, FILE *out);
+
+/*
+ * Settings that load but do less than their name promises today (listed in
+ * docs/config.md): profile "submission" (works like "mx") and an outbound
+ * tls "require" (encrypts, does not verify the certificate). Calls fn once
+ * per warning with the key's path and what it does; returns the count.
+ * conf_report_warnings writes them as "tern: warning: KEY: TEXT" lines on
+ * out, or with out NULL logs each as event=config_warning.
+ */
+size_t conf_warnings(const struct tern_config *c,
+                     void (*fn)(const char *key, const char *text, void *arg), void *arg);
+void conf_report_warnings(const struct tern_config *c, FILE *out);
 
 /* Case-insensitive; domain need not be NUL-terminated. */
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len);

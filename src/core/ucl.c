@@ -715,13 +715,36 @@ static char *path_join_dir(const char *base, const char *rel)
 	return p;
 }
 
-/* Reads a whole regular file of at most max bytes. */
-static int read_file(const char *path, size_t max, char **out, size_t *outlen, int *err_no)
+/* Why a file that is not regular cannot be a configuration file. */
+static const char *read_error(int err_no, mode_t mode)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (err_no != EINVAL)
+		return strerror(err_no);
+	if (S_ISFIFO(mode))
+		return "not a regular file (a FIFO)";
+	if (S_ISDIR(mode))
+		return "not a regular file (a directory)";
+	if (S_ISCHR(mode) || S_ISBLK(mode))
+		return "not a regular file (a device)";
+	if (S_ISSOCK(mode))
+		return "not a regular file (a socket)";
+	return "not a regular file";
+}
+
+/*
+ * Reads a whole regular file of at most max bytes. Anything else is
+ * refused with *err_no = EINVAL and its type in *mode: opening is
+ * non-blocking, because open(2) of a FIFO waits for a writer and would
+ * hang start-up forever.
+ */
+static int read_file(const char *path, size_t max, char **out, size_t *outlen, int *err_no,
+                     mode_t *mode)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	char *buf = NULL;
 	int rc = TERN_EIO;
 	*err_no = 0;
+	*mode = 0;
 	if (fd < 0) {
 		*err_no = errno;
 		return TERN_EIO;
@@ -731,6 +754,7 @@ static int read_file(const char *path, size_t max, char **out, size_t *outlen, i
 		*err_no = errno;
 		goto out;
 	}
+	*mode = st.st_mode;
 	if (!S_ISREG(st.st_mode)) {
 		*err_no = EINVAL;
 		goto out;
@@ -820,10 +844,10 @@ static int do_include(struct parser *ps, struct ucl_node *obj, unsigned depth, u
 		goto out;
 	}
 	int en;
-	rc = read_file(target, UCL_MAX_FILE_SIZE, &text, &tlen, &en);
+	mode_t mode;
+	rc = read_file(target, UCL_MAX_FILE_SIZE, &text, &tlen, &en, &mode);
 	if (rc != TERN_OK) {
-		perr(ps, line, "cannot read included file '%s': %s", target,
-		     en == EINVAL ? "not a regular file" : strerror(en));
+		perr(ps, line, "cannot read included file '%s': %s", target, read_error(en, mode));
 		goto out;
 	}
 	if (tlen > UCL_MAX_TOTAL_SIZE - ps->doc->total_size) {
@@ -1086,12 +1110,12 @@ int ucl_parse_file(const char *path, struct ucl_doc **out, char *err, size_t err
 	char *text = NULL;
 	size_t len = 0;
 	int en;
+	mode_t mode;
 	*out = NULL;
-	int rc = read_file(path, UCL_MAX_FILE_SIZE, &text, &len, &en);
+	int rc = read_file(path, UCL_MAX_FILE_SIZE, &text, &len, &en, &mode);
 	if (rc != TERN_OK) {
 		if (err && errlen)
-			snprintf(err, errlen, "%s: cannot read: %s", path,
-			         en == EINVAL ? "not a regular file" : strerror(en));
+			snprintf(err, errlen, "%s: cannot read: %s", path, read_error(en, mode));
 		return rc;
 	}
 	rc = ucl_parse(text, len, path, true, out, err, errlen);

@@ -31,8 +31,8 @@ struct http_hooks {
 	/* POST /api/v1/send: queue a built message for capture as if received
 	 * over SMTP. done(arg, err, id) runs once; id is the capture ID. */
 	void (*send)(void *ctx, const char *raw, size_t len, const char *from,
-		     const char *const *to, size_t n_to,
-		     void (*done)(void *arg, int err, const char *id), void *arg);
+	             const char *const *to, size_t n_to,
+	             void (*done)(void *arg, int err, const char *id), void *arg);
 	/* POST /api/v1/message/{ID}/release: relay a stored message to the given
 	 * addresses through the normal outbound path. Returns TERN_OK, or
 	 * TERN_EINVAL when release is not configured. */
@@ -45,7 +45,7 @@ struct http_hooks {
 	bool (*release_enabled)(void *ctx);
 	/* Counters for /api/v1/info RuntimeStats. */
 	void (*runtime_stats)(void *ctx, uint64_t *smtp_accepted, uint64_t *smtp_accepted_size,
-			      uint64_t *smtp_rejected, uint64_t *messages_deleted);
+	                      uint64_t *smtp_rejected, uint64_t *messages_deleted);
 	const char *version;
 	const char *smtp_address; /* for /api/v1/info and the UI */
 };
@@ -54,7 +54,7 @@ struct http_server;
 
 /* Starts serving on listen_fd (bound, listening) on worker w. */
 struct http_server *http_server_new(struct worker *w, int listen_fd, struct capture_store *st,
-				    const struct http_hooks *hooks);
+                                    const struct http_hooks *hooks);
 /* Publishes a store change to every /api/events client (any thread). */
 void http_server_publish(struct http_server *h, const char *type, const char *json);
 void http_server_free(struct http_server *h);
@@ -76,16 +76,57 @@ void http_server_free(struct http_server *h);
 struct http_send_msg {
 	char *raw; /* the message; NUL-terminated, len bytes */
 	size_t len;
-	char *from;  /* envelope sender (From.Email) */
-	char **to;   /* envelope recipients: To, Cc and Bcc addresses */
+	char *from; /* envelope sender (From.Email) */
+	char **to;  /* envelope recipients: To, Cc and Bcc addresses */
 	size_t n_to;
 	char **tags; /* Tags, to set on the stored message */
 	size_t n_tags;
 };
-#define HTTP_SEND_MAX_BODY (50u * 1024 * 1024) /* request body bound for /api/v1/send */
+/* The ceiling of a /api/v1/send body whatever capture.http_max_body says
+ * (the built message is bounded at 96 MiB in send.c anyway). */
+#define HTTP_SEND_MAX_BODY (128u * 1024 * 1024)
 int http_send_build(const char *json, size_t len, long long now, const char *msgid,
-		    struct http_send_msg *out, char *err, size_t errlen);
+                    struct http_send_msg *out, char *err, size_t errlen);
 void http_send_msg_free(struct http_send_msg *m);
+
+/*
+ * The request guard (guard.c): pure checks over header values, so that the
+ * API answers only its own pages and programs, never a page of another site
+ * that a browser runs (cross-site requests) or that reaches the listener
+ * under a name of its own (DNS rebinding).
+ *
+ * http_parse_host: a Host header value (RFC 9110 §7.2) "name[:port]",
+ * "a.b.c.d[:port]" or "[IPv6][:port]" into out: name lowercased with one
+ * trailing dot dropped, IPv6 in inet_ntop's spelling inside brackets, port
+ * -1 when absent. TERN_ESYNTAX for anything else (userinfo, two colons,
+ * spaces inside, empty).
+ *
+ * http_host_allowed: whether a parsed Host names this listener: any IP
+ * literal (a page can only send one it was itself loaded from), localhost
+ * and *.localhost, own_hostname (the config's hostname; may be NULL), and
+ * the allow-list: "*" allows every name, ".example.com" allows
+ * example.com and every name under it, anything else one exact name
+ * (case-insensitive). Ports are not compared.
+ *
+ * http_origin_same: whether an Origin header value (n bytes) is
+ * "http[s]://HOST[:PORT]" for the very host and port of the request's Host
+ * (a missing port is the scheme's default on both sides). "null" and any
+ * other value are not.
+ *
+ * http_ctype_is_json: whether a Content-Type value's media type is
+ * application/json (case-insensitive, parameters allowed).
+ */
+#define HTTP_HOST_NAME_MAX 253
+struct http_hostport {
+	char name[HTTP_HOST_NAME_MAX + 3]; /* room for "[" IPv6 "]" */
+	int port;
+	bool ip;
+};
+int http_parse_host(const char *s, size_t n, struct http_hostport *out);
+bool http_host_allowed(const struct http_hostport *h, const char *const *allowed, size_t n_allowed,
+                       const char *own_hostname);
+bool http_origin_same(const char *origin, size_t n, const struct http_hostport *host);
+bool http_ctype_is_json(const char *ct, size_t n);
 
 /* The web UI's files, embedded at build time from web/ (generated source,
  * see src/http/embed_assets.cmake). path is "/index.html", "/assets/x.js"...

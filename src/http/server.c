@@ -5,16 +5,20 @@
  * embedded web UI.
  *
  * Owns: routing, request validation and bounds (URL, headers, bodies),
- * mapping store answers and errors to Mailpit's status codes and JSON,
- * response headers (content types, dispositions, the CSP of rendered
- * mail), and the list of live event-stream clients.
+ * the request guard (Host, Origin, JSON bodies: see guard.c) and the cap
+ * on concurrent connections, mapping store answers and errors to Mailpit's
+ * status codes and JSON, response headers (content types, dispositions,
+ * the CSP of rendered mail), and the lists of live connections and
+ * event-stream clients.
  * Runs on one worker's thread only: every evhttp object is touched there;
  * other threads reach it through worker_post (publish, send completions).
  * Store calls block briefly, which is why this worker serves HTTP alone.
  * Must never: serve a message's HTML without the CSP that blocks scripts
  * and (unless asked) remote content, put untrusted bytes in a response
- * header without checking them, touch a request libevent has freed, or
- * hold a request body or URL beyond its bound.
+ * header without checking them, touch a request libevent has freed, hold
+ * a request body or URL beyond its bound, answer a Host that is not one of
+ * the listener's own names, or act on a request that changes something
+ * (any method but GET and HEAD) from another site's page.
  *
  * Choices where Mailpit's behaviour is not in the swagger:
  *   - errors are text/plain with the reason (400), "not found" (404);
@@ -28,6 +32,11 @@
  *     (img-src data: cid:) still shows them; ?embed=1 adds <base
  *     target="_blank">; ?remote=1 allows http:/https: images.
  *   - the tz parameter of search is accepted and ignored (dates are UTC).
+ *   - bodies must be application/json (415), changes need a same-origin
+ *     Origin or none (403), Host must name this listener (403); these
+ *     refusals answer {"Error": "..."}. A body over capture.http_max_body
+ *     gets libevent's own 413 page (2.1 lets no caller word it), one over
+ *     a route's own bound a JSON 413.
  */
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -49,10 +58,12 @@
 
 #include "core/buf.h"
 #include "core/codec.h"
+#include "core/conf.h"
 #include "core/err.h"
 #include "core/id.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/runtime.h"
 #include "http/http.h"
 #include "store/store.h"
 
@@ -66,17 +77,38 @@
 #define INLINE_MAX (32u * 1024 * 1024) /* cid: images inlined into one view */
 #define IO_TIMEOUT_SEC 120
 #define PART_MAX ((size_t)200 * 1024 * 1024)
+/* Bounds when no runtime is installed (never in the daemon); the config's
+ * capture.http_max_body and http_max_connections have the same defaults. */
+#define FALLBACK_MAX_BODY (64u * 1024 * 1024)
+#define FALLBACK_MAX_CONNECTIONS 256
 
 #define CSP_VIEW "default-src 'none'; img-src data: cid:; style-src 'unsafe-inline'"
 #define CSP_VIEW_REMOTE                                                                            \
 	"default-src 'none'; img-src data: cid: http: https:; style-src 'unsafe-inline'"
 #define CSP_PART "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox"
 
+struct sse_client;
+struct pending_send;
+
+/*
+ * One accepted connection. Its close callback (the only one libevent
+ * keeps per connection) is conn_closed, which tells whichever of sse and
+ * send is waiting on it; they never set a close callback of their own.
+ */
+struct http_conn {
+	struct http_conn *prev, *next;
+	struct http_server *h;
+	struct evhttp_connection *evcon;
+	struct sse_client *sse;    /* an event stream on it, or NULL */
+	struct pending_send *send; /* a send waiting for the store, or NULL */
+};
+
 struct sse_client {
 	struct sse_client *next;
 	struct http_server *h;
 	struct evhttp_request *req;
 	struct evhttp_connection *evcon;
+	struct http_conn *conn;
 };
 
 struct http_server {
@@ -89,6 +121,16 @@ struct http_server {
 	struct event *heartbeat;
 	time_t started;
 	bool stats_pending;
+	/* connections: admitted ones, and bufferevents made for new ones that
+	 * wait (one reference each) for conn_admit_pending */
+	struct http_conn *conns;
+	size_t n_conns;
+	uint32_t max_conns; /* capture.http_max_connections when the last one came */
+	struct bufferevent **pending;
+	size_t n_pending, cap_pending;
+	struct event *admit;
+	time_t refused_logged;
+	uint64_t refused;
 };
 
 /* ------------------------------------------------------------- replies */
@@ -186,7 +228,7 @@ static json_t *req_json(struct evhttp_request *req, bool allow_empty)
 	size_t n;
 	const char *p = req_body(req, JSON_BODY_MAX, &n);
 	if (!p) {
-		reply_error(req, "request body too large");
+		reply_json(req, 413, json_pack("{s:s}", "Error", "request body too large"));
 		return NULL;
 	}
 	size_t k = 0;
@@ -307,6 +349,286 @@ static bool resolve_id(struct http_server *h, const char *id, char out[CAPTURE_I
 	return true;
 }
 
+/* ------------------------------------------------------- connections */
+
+/*
+ * libevent's evhttp (2.1) has no connection limit and no hook at accept, so
+ * the count is kept here: evhttp asks conn_bev_new for each new
+ * connection's bufferevent, and once evhttp has wrapped it (its callback
+ * argument is then the connection) conn_admit_pending, run right after the
+ * accept from an activated event, either admits the connection (counted;
+ * conn_closed uncounts it) or turns it away. The extra reference taken on
+ * the bufferevent keeps it valid until then even if evhttp gave up on the
+ * connection first.
+ */
+
+static void sse_closed(struct sse_client *c);
+static void send_conn_closed(struct pending_send *p);
+
+static void conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+	struct http_conn *c = arg;
+	struct http_server *h = c->h;
+	if (c->sse)
+		sse_closed(c->sse);
+	if (c->send)
+		send_conn_closed(c->send);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		h->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	TERN_BUG_ON(h->n_conns == 0);
+	h->n_conns--;
+	free(c);
+}
+
+/* A connection over the cap: a 503 written straight to the socket (its
+ * bufferevent has written nothing yet, and the kernel takes a few hundred
+ * bytes at once), then closed. */
+static void conn_refuse(struct http_server *h, struct evhttp_connection *evcon,
+                        struct bufferevent *bev)
+{
+	char body[160], msg[512];
+	int bl = snprintf(body, sizeof(body),
+	                  "{\"Error\":\"too many HTTP connections (capture.http_max_connections "
+	                  "= %u)\"}",
+	                  (unsigned)h->max_conns);
+	int ml = snprintf(msg, sizeof(msg),
+	                  "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; "
+	                  "charset=utf-8\r\nContent-Length: %d\r\nRetry-After: 1\r\nConnection: "
+	                  "close\r\n\r\n%s",
+	                  bl, body);
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	if (fd >= 0 && ml > 0 && (size_t)ml < sizeof(msg)) {
+		ssize_t w = send(fd, msg, (size_t)ml, MSG_DONTWAIT | MSG_NOSIGNAL);
+		(void)w; /* if it fails, the close says it as well */
+	}
+	evhttp_connection_free(evcon);
+	/* one line a second at most: a flood must not flood the log too */
+	h->refused++;
+	time_t now = time(NULL);
+	if (now != h->refused_logged) {
+		h->refused_logged = now;
+		log_warn("event=http_refused reason=too_many_connections limit=%u refused=%llu",
+		         (unsigned)h->max_conns, (unsigned long long)h->refused);
+		h->refused = 0;
+	}
+}
+
+/* Admits (or, over the cap, refuses) every connection accepted since the
+ * last call. keep is never refused: a request of it is being served. */
+static void conn_admit_pending(struct http_server *h, struct evhttp_connection *keep)
+{
+	size_t n = h->n_pending;
+	h->n_pending = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct bufferevent *bev = h->pending[i];
+		void *arg = NULL;
+		bufferevent_getcb(bev, NULL, NULL, NULL, &arg);
+		struct evhttp_connection *evcon = arg;
+		/* No callback argument: evhttp freed the connection already. */
+		if (evcon && evhttp_connection_get_bufferevent(evcon) == bev) {
+			struct http_conn *c = NULL;
+			if (evcon == keep || h->n_conns < h->max_conns)
+				c = calloc(1, sizeof(*c));
+			if (c) {
+				c->h = h;
+				c->evcon = evcon;
+				c->next = h->conns;
+				if (h->conns)
+					h->conns->prev = c;
+				h->conns = c;
+				h->n_conns++;
+				evhttp_connection_set_closecb(evcon, conn_closed, c);
+			} else if (evcon != keep) {
+				conn_refuse(h, evcon, bev);
+			}
+		}
+		bufferevent_decref(bev);
+	}
+}
+
+static void admit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	conn_admit_pending(arg, NULL);
+}
+
+/* evhttp's bufferevent factory: called once per accepted connection. */
+static struct bufferevent *conn_bev_new(struct event_base *base, void *arg)
+{
+	struct http_server *h = arg;
+	struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+	if (!bev)
+		return NULL; /* evhttp tries itself; the connection goes uncounted */
+	/* The bounds as configured now (SIGHUP may change them): evhttp copies
+	 * the body bound into the connection when it wraps bev. */
+	uint64_t max_body = FALLBACK_MAX_BODY;
+	h->max_conns = FALLBACK_MAX_CONNECTIONS;
+	struct tern_runtime *rt = runtime_acquire();
+	if (rt) {
+		max_body = rt->conf->capture.http_max_body;
+		h->max_conns = rt->conf->capture.http_max_connections;
+		runtime_release(rt);
+	}
+	evhttp_set_max_body_size(h->http, (ev_ssize_t)max_body);
+	if (h->n_pending == h->cap_pending) {
+		size_t cap = h->cap_pending ? 2 * h->cap_pending : 16;
+		struct bufferevent **v = realloc(h->pending, cap * sizeof(*v));
+		if (!v)
+			return bev; /* uncounted, as above */
+		h->pending = v;
+		h->cap_pending = cap;
+	}
+	bufferevent_incref(bev);
+	h->pending[h->n_pending++] = bev;
+	event_active(h->admit, EV_TIMEOUT, 1);
+	return bev;
+}
+
+/* The connection record of evcon, or NULL if it is not counted (only
+ * after an allocation failed). */
+static struct http_conn *conn_of(struct http_server *h, struct evhttp_connection *evcon)
+{
+	if (h->n_pending)
+		conn_admit_pending(h, evcon);
+	for (struct http_conn *c = h->conns; c; c = c->next)
+		if (c->evcon == evcon)
+			return c;
+	return NULL;
+}
+
+/* ------------------------------------------------------------- guard */
+
+static const char *method_name(int m)
+{
+	switch (m) {
+	case EVHTTP_REQ_GET:
+		return "GET";
+	case EVHTTP_REQ_HEAD:
+		return "HEAD";
+	case EVHTTP_REQ_POST:
+		return "POST";
+	case EVHTTP_REQ_PUT:
+		return "PUT";
+	case EVHTTP_REQ_DELETE:
+		return "DELETE";
+	case EVHTTP_REQ_OPTIONS:
+		return "OPTIONS";
+	default:
+		return "OTHER";
+	}
+}
+
+static void refuse(struct evhttp_request *req, int code, const char *why, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Answers {"Error": ...} and logs one line naming the request. */
+static void refuse(struct evhttp_request *req, int code, const char *why, const char *fmt, ...)
+{
+	char msg[768], qpath[160], qhost[160];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	const char *uri = evhttp_request_get_uri(req);
+	const char *host = evhttp_find_header(evhttp_request_get_input_headers(req), "Host");
+	log_quote(uri ? uri : "", uri ? strlen(uri) : 0, qpath, sizeof(qpath));
+	log_quote(host ? host : "", host ? strlen(host) : 0, qhost, sizeof(qhost));
+	log_warn("event=http_refused reason=%s status=%d method=%s path=%s host=%s", why, code,
+	         method_name((int)evhttp_request_get_command(req)), qpath, qhost);
+	reply_json(req, code, json_pack("{s:s}", "Error", msg));
+}
+
+/* A header value made printable and short for an error message. */
+static const char *shown(const char *v, char *buf, size_t n)
+{
+	size_t k = 0;
+	for (; *v && k + 4 < n; v++)
+		buf[k++] =
+		    ((unsigned char)*v < 0x20 || (unsigned char)*v >= 0x7f || *v == '"') ? '?' : *v;
+	if (*v && n >= 4) {
+		memcpy(buf + k, "...", 3);
+		k += 3;
+	}
+	buf[k] = '\0';
+	return buf;
+}
+
+/*
+ * Whether the request may go on; if not it has been answered. Every
+ * request must name this listener in Host; one that can change something
+ * (any method but GET and HEAD) must come from this listener's own pages
+ * (Origin, or Sec-Fetch-Site when a browser sent no Origin) or from a
+ * client that is not a browser (neither header), and a body must be JSON.
+ */
+static bool guard(struct http_server *h, struct evhttp_request *req, int method)
+{
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const char *host = NULL, *origin = NULL;
+	int n_host = 0, n_origin = 0;
+	char b[96];
+	struct evkeyval *kv;
+	TAILQ_FOREACH(kv, in, next)
+	{
+		if (strcasecmp(kv->key, "Host") == 0)
+			host = kv->value, n_host++;
+		else if (strcasecmp(kv->key, "Origin") == 0)
+			origin = kv->value, n_origin++;
+	}
+	if (n_host != 1) {
+		refuse(req, 400, "host", "%s",
+		       n_host ? "more than one Host header" : "the Host header is missing");
+		return false;
+	}
+	struct http_hostport hp;
+	if (http_parse_host(host, strlen(host), &hp) != TERN_OK) {
+		refuse(req, 400, "host", "malformed Host header '%s'", shown(host, b, sizeof(b)));
+		return false;
+	}
+	struct tern_runtime *rt = runtime_acquire();
+	const struct tern_config *conf = rt ? rt->conf : NULL;
+	bool ok = http_host_allowed(
+	    &hp, conf ? (const char *const *)conf->capture.http_allowed_hosts : NULL,
+	    conf ? conf->capture.n_http_allowed_hosts : 0, conf ? conf->hostname : NULL);
+	runtime_release(rt);
+	if (!ok) {
+		refuse(req, 403, "host",
+		       "Host '%s' is not allowed: this server answers to its IP addresses, "
+		       "localhost and the names in capture.http_allowed_hosts (add the name "
+		       "there, or \"*\" behind a proxy that checks Host)",
+		       shown(host, b, sizeof(b)));
+		return false;
+	}
+	if (method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD)
+		return true;
+	if (n_origin > 1 || (origin && !http_origin_same(origin, strlen(origin), &hp))) {
+		refuse(req, 403, "origin",
+		       "cross-origin request refused: Origin '%s' is not this server (%s)",
+		       n_origin > 1 ? "(several)" : shown(origin, b, sizeof(b)), hp.name);
+		return false;
+	}
+	const char *site = evhttp_find_header(in, "Sec-Fetch-Site");
+	if (!origin && site && strcasecmp(site, "same-origin") != 0 &&
+	    strcasecmp(site, "none") != 0) {
+		refuse(req, 403, "origin", "cross-origin request refused (Sec-Fetch-Site: %s)",
+		       shown(site, b, sizeof(b)));
+		return false;
+	}
+	if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > 0) {
+		const char *ct = evhttp_find_header(in, "Content-Type");
+		if (!ct || !http_ctype_is_json(ct, strlen(ct))) {
+			refuse(req, 415, "content_type",
+			       "request bodies must be sent with Content-Type: application/json "
+			       "(got %s)",
+			       ct ? shown(ct, b, sizeof(b)) : "none");
+			return false;
+		}
+	}
+	return true;
+}
+
 /* ------------------------------------------------------ events (SSE) */
 
 static void sse_drop(struct sse_client *c)
@@ -326,9 +648,8 @@ static void sse_drop(struct sse_client *c)
  * request itself when it is still attached to the connection; a request it
  * detached (EOF while we were still sending) is ours to finish, which frees
  * it. */
-static void sse_closed(struct evhttp_connection *evcon, void *arg)
+static void sse_closed(struct sse_client *c)
 {
-	struct sse_client *c = arg;
 	evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
 	if (evhttp_request_get_connection(c->req) == NULL)
 		evhttp_send_reply_end(c->req);
@@ -340,7 +661,8 @@ static void sse_closed(struct evhttp_connection *evcon, void *arg)
 static void sse_req_done(struct evhttp_request *req, void *arg)
 {
 	struct sse_client *c = arg;
-	evhttp_connection_set_closecb(c->evcon, NULL, NULL);
+	if (c->conn)
+		c->conn->sse = NULL;
 	sse_drop(c);
 }
 
@@ -448,6 +770,11 @@ static void route_events(struct http_server *h, struct evhttp_request *req)
 		reply_text(req, 503, "too many event clients");
 		return;
 	}
+	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
+	if (!conn) {
+		reply_text(req, 503, "connection not tracked, try again");
+		return;
+	}
 	struct sse_client *c = calloc(1, sizeof(*c));
 	char *stats = stats_json(h);
 	if (!c || !stats) {
@@ -471,7 +798,8 @@ static void route_events(struct http_server *h, struct evhttp_request *req)
 	c->next = h->clients;
 	h->clients = c;
 	h->n_clients++;
-	evhttp_connection_set_closecb(c->evcon, sse_closed, c);
+	c->conn = conn;
+	conn->sse = c;
 	evhttp_request_set_on_complete_cb(req, sse_req_done, c);
 	struct tbuf b = TBUF_INIT(4096);
 	if (tbuf_printf(&b, "retry: 2000\n\nevent: stats\ndata: %s\n\n", stats) == TERN_OK)
@@ -501,7 +829,8 @@ static void route_info(struct http_server *h, struct evhttp_request *req)
 	capture_stats(h->st, &msgs, &unread, &bytes);
 	uint64_t accepted = 0, accepted_size = 0, rejected = 0, deleted = 0;
 	if (h->hooks.runtime_stats)
-		h->hooks.runtime_stats(h->hooks.ctx, &accepted, &accepted_size, &rejected, &deleted);
+		h->hooks.runtime_stats(h->hooks.ctx, &accepted, &accepted_size, &rejected,
+		                       &deleted);
 	json_t *tags = json_object();
 	json_t *names = capture_tags(h->st);
 	size_t i;
@@ -530,8 +859,7 @@ static void route_info(struct http_server *h, struct evhttp_request *req)
 	    "LatestVersion", "", "Tags", tags, "RuntimeStats", "Memory", (json_int_t)rss_bytes(),
 	    "MessagesDeleted", (json_int_t)deleted, "SMTPAccepted", (json_int_t)accepted,
 	    "SMTPAcceptedSize", (json_int_t)accepted_size, "SMTPIgnored", (json_int_t)0,
-	    "SMTPRejected", (json_int_t)rejected, "Uptime",
-	    (json_int_t)(time(NULL) - h->started));
+	    "SMTPRejected", (json_int_t)rejected, "Uptime", (json_int_t)(time(NULL) - h->started));
 	reply_json(req, 200, j);
 }
 
@@ -992,22 +1320,21 @@ static void route_message(struct http_server *h, struct evhttp_request *req, int
 struct pending_send {
 	struct http_server *h;
 	struct evhttp_request *req; /* NULL once libevent freed it */
-	struct evhttp_connection *evcon;
+	struct http_conn *conn;     /* NULL once the connection is gone */
 	struct http_send_msg msg;
 	int err;
 	char id[CAPTURE_ID_MAX];
 };
 
-static void send_conn_closed(struct evhttp_connection *evcon, void *arg)
+static void send_conn_closed(struct pending_send *p)
 {
-	struct pending_send *p = arg;
 	/* Attached: libevent frees it with the connection. Detached: the
 	 * reply in send_finish frees it. */
 	if (p->req && evhttp_request_get_connection(p->req) != NULL) {
 		evhttp_request_set_on_complete_cb(p->req, NULL, NULL);
 		p->req = NULL;
 	}
-	p->evcon = NULL;
+	p->conn = NULL;
 }
 
 /* libevent completed the request itself (an error reply after a read
@@ -1016,9 +1343,9 @@ static void send_req_done(struct evhttp_request *req, void *arg)
 {
 	struct pending_send *p = arg;
 	p->req = NULL;
-	if (p->evcon)
-		evhttp_connection_set_closecb(p->evcon, NULL, NULL);
-	p->evcon = NULL;
+	if (p->conn)
+		p->conn->send = NULL;
+	p->conn = NULL;
 }
 
 static void reply_send_error(struct evhttp_request *req, const char *msg)
@@ -1038,8 +1365,8 @@ static void send_finish(void *arg)
 		if (rc != TERN_OK)
 			log_warn("event=http_send_tags id=%s reason=%s", p->id, tern_strerror(rc));
 	}
-	if (p->evcon)
-		evhttp_connection_set_closecb(p->evcon, NULL, NULL);
+	if (p->conn)
+		p->conn->send = NULL;
 	if (p->req) {
 		evhttp_request_set_on_complete_cb(p->req, NULL, NULL);
 		if (p->err == TERN_OK)
@@ -1067,13 +1394,19 @@ static void send_done(void *arg, int err, const char *id)
 static void route_send(struct http_server *h, struct evhttp_request *req)
 {
 	size_t n;
+	/* libevent bounds the body by capture.http_max_body (413) already */
 	const char *body = req_body(req, HTTP_SEND_MAX_BODY, &n);
 	if (!body) {
-		reply_send_error(req, "request body too large");
+		reply_json(req, 413, json_pack("{s:s}", "Error", "request body too large"));
 		return;
 	}
 	if (!h->hooks.send) {
 		reply_send_error(req, "sending is not enabled");
+		return;
+	}
+	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
+	if (!conn) {
+		reply_text(req, 503, "connection not tracked, try again");
 		return;
 	}
 	struct pending_send *p = calloc(1, sizeof(*p));
@@ -1092,8 +1425,8 @@ static void route_send(struct http_server *h, struct evhttp_request *req)
 	}
 	p->h = h;
 	p->req = req;
-	p->evcon = evhttp_request_get_connection(req);
-	evhttp_connection_set_closecb(p->evcon, send_conn_closed, p);
+	p->conn = conn;
+	conn->send = p;
 	evhttp_request_set_on_complete_cb(req, send_req_done, p);
 	h->hooks.send(h->hooks.ctx, p->msg.raw, p->msg.len, p->msg.from,
 	              (const char *const *)p->msg.to, p->msg.n_to, send_done, p);
@@ -1432,6 +1765,11 @@ static void handle(struct evhttp_request *req, void *arg)
 		return;
 	}
 	bool get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
+	if (!guard(h, req, method)) {
+		if (q.parsed)
+			evhttp_clear_headers(&q.kv);
+		return;
+	}
 	if (strncmp(path, "/api/v1/", 8) == 0)
 		route_api(h, req, method, path + 8, &q);
 	else if (strcmp(path, "/api/events") == 0 && method == EVHTTP_REQ_GET)
@@ -1468,10 +1806,15 @@ struct http_server *http_server_new(struct worker *w, int listen_fd, struct capt
 	                                        EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
 	                                        EVHTTP_REQ_OPTIONS);
 	evhttp_set_max_headers_size(h->http, HEADERS_MAX);
-	evhttp_set_max_body_size(h->http, HTTP_SEND_MAX_BODY);
+	evhttp_set_max_body_size(h->http, FALLBACK_MAX_BODY);
 	evhttp_set_timeout(h->http, IO_TIMEOUT_SEC);
 	evhttp_set_default_content_type(h->http, "text/plain; charset=utf-8");
 	evhttp_set_gencb(h->http, handle, h);
+	evhttp_set_bevcb(h->http, conn_bev_new, h);
+	h->max_conns = FALLBACK_MAX_CONNECTIONS;
+	h->admit = event_new(base, -1, 0, admit_cb, h);
+	if (!h->admit)
+		goto fail;
 	if (!evhttp_accept_socket_with_handle(h->http, listen_fd))
 		goto fail;
 	h->heartbeat = event_new(base, -1, EV_PERSIST, heartbeat_cb, h);
@@ -1495,12 +1838,20 @@ void http_server_free(struct http_server *h)
 	 * and their requests. */
 	while (h->clients) {
 		struct sse_client *c = h->clients;
-		evhttp_connection_set_closecb(c->evcon, NULL, NULL);
+		if (c->conn)
+			c->conn->sse = NULL;
 		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
 		evhttp_send_reply_end(c->req);
 		sse_drop(c);
 	}
+	/* Frees every connection; conn_closed forgets each. */
 	if (h->http)
 		evhttp_free(h->http);
+	TERN_BUG_ON(h->conns != NULL);
+	for (size_t i = 0; i < h->n_pending; i++)
+		bufferevent_decref(h->pending[i]);
+	free(h->pending);
+	if (h->admit)
+		event_free(h->admit);
 	free(h);
 }

@@ -1,12 +1,13 @@
 """check-config and `tern user` — the commands an operator runs before the daemon."""
 
+import os
 import re
 import subprocess
 import warnings
 
 import pytest
 
-from conftest import Tern, tern_bin
+from conftest import Tern, free_port, tern_bin
 
 
 def run(*args, input=None, cwd=None):
@@ -77,6 +78,48 @@ def test_check_config_missing_file_fails(scratch):
     assert "nope.conf" in r.stderr
 
 
+def run_bounded(*args, timeout=20):
+    """Runs tern; a hang fails the test instead of the suite (the bound is not a speed
+    claim: start-up reads a few small files)."""
+    try:
+        return subprocess.run([tern_bin(), *args], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, encoding="utf-8",
+                              errors="replace")
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"tern {' '.join(args)} hung (no answer in {timeout}s)")
+
+
+def test_fifo_as_config_is_refused(scratch):
+    """A FIFO given as -c used to block start-up forever in open(2)."""
+    fifo = scratch / "tern.conf"
+    os.mkfifo(fifo)
+    for cmd in ("check-config", "serve"):
+        r = run_bounded(cmd, "-c", str(fifo))
+        assert r.returncode != 0, r.stdout
+        assert f"{fifo}: cannot read: not a regular file (a FIFO)" in r.stderr, r.stderr
+
+
+def test_fifo_as_include_is_refused(scratch):
+    fifo = scratch / "inc.conf"
+    os.mkfifo(fifo)
+    port = free_port()
+    conf = scratch / "tern.conf"
+    conf.write_text(f'data_dir = "{scratch / "data"}";\n'
+                    f'listen {{ mx {{ address = "127.0.0.1:{port}"; profile = mx; }} }}\n'
+                    f'\n.include "inc.conf"\n')
+    for cmd in ("check-config", "serve"):
+        r = run_bounded(cmd, "-c", str(conf))
+        assert r.returncode != 0, r.stdout
+        assert (f"{conf}:4: cannot read included file '{fifo}': not a regular file (a FIFO)"
+                in r.stderr), \
+            r.stderr
+    # a directory and a device are refused the same way
+    for other in (scratch, "/dev/null"):
+        conf.write_text(f'.include "{other}"\n')
+        r = run_bounded("check-config", "-c", str(conf))
+        assert r.returncode != 0 and "not a regular file" in r.stderr, r.stderr
+
+
 def test_check_config_without_file_prints_embedded_default(scratch):
     d = scratch
     r = run("check-config", cwd=d)
@@ -119,3 +162,124 @@ def test_user_add_list_del(offline):
 def test_user_add_utf8_address(offline):
     offline.cli("user", "add", "jøran@example.test", "--password-stdin", input="pw\n", check=True)
     assert "jøran@example.test" in offline.cli("user", "list", check=True).stdout.split()
+
+
+@pytest.mark.parametrize("addr,why", [
+    ('"../../x"@example.test', "quote"),
+    ("../x@example.test", "'.'"),
+    ("a/b@example.test", "'/'"),
+    (".hidden@example.test", "'.'"),
+    ("trailing.@example.test", "'.'"),
+    ("two..dots@example.test", "'.'"),
+    ("x@../../etc", "domain"),
+    ("x@example..test", "domain"),
+    ("x@-bad.example", "domain"),
+    ("x@[127.0.0.1]", "domain"),
+    ("x@exa/mple.test", "domain"),
+    ("a b@example.test", "quote"),
+    ("back\\slash@example.test", "quote"),
+    ("x" * 65 + "@example.test", "64"),
+    ("nouser", "local@domain"),
+    ("#x@example.test", "'#'"),
+], ids=lambda v: v if len(v) < 30 else v[:20])
+def test_user_add_refuses_addresses_that_cannot_receive_mail(offline, addr, why):
+    """A quoted local part with '/', '..' or a leading '.' can never be a Maildir name (local
+    delivery refuses it), and RCPT TO looks users up by the unquoted local part: such a user
+    could authenticate but never get mail."""
+    r = offline.cli("user", "add", addr, "--password-stdin", input="pw\n")
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "tern: cannot add" in r.stderr and why in r.stderr, r.stderr
+    assert "Password" not in r.stderr
+    users = offline.data_dir / "users"
+    assert not users.exists() or addr.lower() not in users.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("addr", ["first.last+tag@example.test", "o'brien@example.test",
+                                  "x_y-z=1{2}|3~4@sub.example.test", "UPPER@Example.Test",
+                                  "jøran@example.test", "a@localhost"])
+def test_user_add_accepts_real_mailboxes(offline, addr):
+    r = offline.cli("user", "add", addr, "--password-stdin", input="pw\n")
+    assert r.returncode == 0, r.stderr
+    assert addr.lower() in offline.cli("user", "list", check=True).stdout.split()
+
+
+def test_user_add_says_when_the_domain_is_not_local(offline):
+    r = offline.cli("user", "add", "app@elsewhere.example", "--password-stdin", input="pw\n")
+    assert r.returncode == 0, r.stderr
+    assert "elsewhere.example is not in local_domains" in r.stderr, r.stderr
+
+
+def test_user_del_still_removes_an_entry_added_by_hand(offline):
+    """A bad entry written into the file before this check can still be deleted."""
+    users = offline.data_dir / "users"
+    users.write_text('"../../x"@example.test:{PLAIN}pw\nalice@example.test:{PLAIN}pw\n')
+    r = offline.cli("user", "del", '"../../x"@example.test')
+    assert r.returncode == 0, r.stderr
+    assert offline.cli("user", "list", check=True).stdout.split() == ["alice@example.test"]
+
+
+# --------------------------------------------------------------------------
+# Settings whose effect today is less than their name promises are not accepted silently.
+
+
+def test_check_config_warns_about_submission_profile(offline):
+    offline.config["listen"]["sub"] = {"address": f"127.0.0.1:{free_port()}",
+                                       "profile": "submission"}
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0, r.stderr  # a warning, not a refusal: such configs run today
+    lines = [ln for ln in r.stderr.splitlines() if "warning" in ln]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("tern: warning: listen.sub.profile:"), lines
+    assert "works like \"mx\"" in lines[0] and "AUTH" in lines[0], lines
+    assert 'profile = "submission";' in r.stdout  # the effective config is unchanged
+
+
+@pytest.mark.parametrize("section,body,key", [
+    ("relayhost", {"via": "smtp://relay.example.net:587", "tls": "require"}, "relayhost.tls"),
+    ("relayhost", {"via": "smtps://relay.example.net"}, "relayhost.tls"),
+    ("routes", {"partner.example": {"via": "smtp://mx.partner.example", "tls": "require"}},
+     'routes."partner.example".tls'),
+], ids=["relayhost-require", "relayhost-smtps", "route-require"])
+def test_check_config_warns_that_tls_require_does_not_verify(offline, section, body, key):
+    offline.config[section] = body
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "warning" in ln]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"tern: warning: {key}:"), lines
+    assert "not verified" in lines[0] and "certificate" in lines[0], lines
+
+
+def test_check_config_warns_that_the_relay_password_is_exposed(offline, tmp_path):
+    offline.config["relayhost"] = {"via": "smtp://relay.example.net:587", "tls": "require",
+                                   "auth_user": "apikey",
+                                   "auth_password_file": str(tmp_path / "pw")}
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0, r.stderr
+    assert "password" in r.stderr and "relayhost.tls" in r.stderr, r.stderr
+
+
+def test_no_warning_for_settings_that_do_what_they_say(offline):
+    offline.config["relayhost"] = {"via": "smtp://relay.example.net", "tls": "opportunistic"}
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = run_bounded("check-config")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_serve_logs_the_warnings_at_start(offline):
+    offline.config["listen"]["sub"] = {"address": f"127.0.0.1:{free_port()}",
+                                       "profile": "submission"}
+    offline.config["relayhost"] = {"via": "smtp://127.0.0.1:9", "tls": "require"}
+    offline.write_config()
+    offline.start()
+    try:
+        log = offline.log()
+    finally:
+        offline.stop()
+    assert "event=config_warning key=listen.sub.profile" in log, log
+    assert "event=config_warning key=relayhost.tls" in log, log

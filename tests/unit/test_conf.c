@@ -1112,6 +1112,34 @@ static void test_include_errors(void **state)
 	tmpdir_remove(&t);
 }
 
+/* A FIFO (or any file that is not regular) as the config or an include is
+ * refused at once: open(2) of a FIFO without O_NONBLOCK waits for a writer
+ * forever. alarm() turns a hang into a failure of this test. */
+static void test_fifo_refused(void **state)
+{
+	struct tmpdir t;
+	tmpdir_make(&t);
+	char fifo[128], want[512], err[512];
+	snprintf(fifo, sizeof(fifo), "%s/conf.d/fifo.conf", t.path);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	const char *main_conf =
+	    write_file(&t, "m.conf", "workers = 1\n.include \"conf.d/fifo.conf\"\n");
+	alarm(20);
+	assert_null(conf_load(fifo, err, sizeof(err)));
+	snprintf(want, sizeof(want), "%s: cannot read: not a regular file (a FIFO)", fifo);
+	assert_string_equal(err, want);
+	assert_null(conf_load(main_conf, err, sizeof(err)));
+	snprintf(want, sizeof(want),
+	         "%s:2: cannot read included file '%s': not a regular file (a FIFO)", main_conf,
+	         fifo);
+	assert_string_equal(err, want);
+	assert_null(conf_load("/dev/null", err, sizeof(err)));
+	assert_string_equal(err, "/dev/null: cannot read: not a regular file (a device)");
+	alarm(0);
+	unlink(fifo);
+	tmpdir_remove(&t);
+}
+
 /* ---- routes, delivery, dns ---------------------------------------------- */
 
 struct via_case {
@@ -1576,6 +1604,149 @@ static void test_print_shows_routes(void **state)
 	conf_unref(c);
 }
 
+/* ---- capture: the HTTP listener's bounds ---------------------------------- */
+
+static void test_capture_http_keys(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str("", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->capture.n_http_allowed_hosts, 0);
+	assert_int_equal(c->capture.http_max_body, 64u << 20);
+	assert_int_equal(c->capture.http_max_connections, 256);
+	conf_unref(c);
+
+	c = load_str("capture {\n"
+	             "  http_allowed_hosts = [\"Mail.Dev.Example\", \".preview.example\", \"*\",\n"
+	             "                        \"mail.dev.example\"]\n"
+	             "  http_max_body = 1m; http_max_connections = 10\n"
+	             "}\n",
+	             err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->capture.n_http_allowed_hosts, 3); /* lowercased, repeats dropped */
+	assert_string_equal(c->capture.http_allowed_hosts[0], "mail.dev.example");
+	assert_string_equal(c->capture.http_allowed_hosts[1], ".preview.example");
+	assert_string_equal(c->capture.http_allowed_hosts[2], "*");
+	assert_int_equal(c->capture.http_max_body, 1u << 20);
+	assert_int_equal(c->capture.http_max_connections, 10);
+	char *p1 = print_to_string(c);
+	assert_non_null(strstr(p1, "\thttp_allowed_hosts = [\"mail.dev.example\", "
+	                           "\".preview.example\", \"*\"];\n\thttp_max_body = 1m;\n"
+	                           "\thttp_max_connections = 10;\n}\n"));
+	struct tern_config *c2 = conf_load_string(p1, strlen(p1), "printed", err, sizeof(err));
+	if (!c2)
+		fail_msg("printed config does not load: %s\n%s", err, p1);
+	char *p2 = print_to_string(c2);
+	assert_string_equal(p1, p2);
+	free(p1);
+	free(p2);
+	conf_unref(c2);
+	conf_unref(c);
+
+	c = load_str("capture { http_allowed_hosts = \"one.example\" }", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->capture.n_http_allowed_hosts, 1);
+	conf_unref(c);
+
+	static const struct {
+		const char *text, *err;
+	} bad[] = {
+	    {"capture { http_allowed_hosts = [\"mail.dev.example:8025\"] }",
+	     "t.conf:1: capture.http_allowed_hosts: 'mail.dev.example:8025' is not a host name, "
+	     "\".domain\" or \"*\" (no port; IP addresses are always allowed)"},
+	    {"capture { http_allowed_hosts = [\"http://x.example\"] }",
+	     "t.conf:1: capture.http_allowed_hosts: 'http://x.example' is not a host name, "
+	     "\".domain\" or \"*\" (no port; IP addresses are always allowed)"},
+	    {"capture { http_allowed_hosts = [\"*.example\"] }",
+	     "t.conf:1: capture.http_allowed_hosts: '*.example' is not a host name, \".domain\" or "
+	     "\"*\" (no port; IP addresses are always allowed)"},
+	    {"capture { http_allowed_hosts = [5] }",
+	     "t.conf:1: capture.http_allowed_hosts: expected a list of strings, got the number 5"},
+	    {"capture { http_max_body = 100 }",
+	     "t.conf:1: capture.http_max_body: 100 is below the minimum 1024"},
+	    {"capture { http_max_body = 1g }",
+	     "t.conf:1: capture.http_max_body: 1073741824 is above the maximum 134217728"},
+	    {"capture { http_max_body = 10s }",
+	     "t.conf:1: capture.http_max_body: expected a size (bytes, or a number with k, m or g), "
+	     "got a time"},
+	    {"capture { http_max_connections = 0 }",
+	     "t.conf:1: capture.http_max_connections: 0 is below the minimum 1"},
+	};
+	for (size_t i = 0; i < N(bad); i++) {
+		c = load_str(bad[i].text, err, sizeof(err));
+		if (c) {
+			conf_unref(c);
+			fail_msg("'%s' loaded", bad[i].text);
+		}
+		if (strcmp(err, bad[i].err) != 0)
+			fail_msg("'%s':\n got  %s\n want %s", bad[i].text, err, bad[i].err);
+	}
+}
+
+/* ---- warnings: settings that do less than their name says --------------- */
+
+struct warn_seen {
+	char keys[8][320];
+	char texts[8][512];
+	size_t n;
+};
+
+static void collect_warning(const char *key, const char *text, void *arg)
+{
+	struct warn_seen *w = arg;
+	assert_true(w->n < 8);
+	tern_strlcpy(w->keys[w->n], key, sizeof(w->keys[0]));
+	tern_strlcpy(w->texts[w->n], text, sizeof(w->texts[0]));
+	w->n++;
+}
+
+static void test_warnings(void **state)
+{
+	char err[256];
+	struct warn_seen w = {0};
+	struct tern_config *c =
+	    load_str("listen { mx { address = \"127.0.0.1:25\"; profile = mx }\n"
+	             "  sub { address = \"127.0.0.1:587\"; profile = submission } }\n"
+	             "routes { a.test { via = \"smtp://h.test\"; tls = require }\n"
+	             "  b.test { via = \"smtps://h.test\" }\n"
+	             "  c.test { via = \"smtp://h.test\" }\n"
+	             "  d.test { via = \"smtp://h.test\"; tls = none } }\n"
+	             "relayhost { via = \"smtp://r.test:587\"; tls = require; auth_user = u;\n"
+	             "  auth_password_file = /pw }\n",
+	             err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 4);
+	assert_string_equal(w.keys[0], "listen.sub.profile");
+	assert_non_null(strstr(w.texts[0], "works like \"mx\""));
+	assert_string_equal(w.keys[1], "routes.\"a.test\".tls");
+	assert_non_null(strstr(w.texts[1], "certificate is not verified"));
+	assert_null(strstr(w.texts[1], "password"));
+	assert_string_equal(w.keys[2], "routes.\"b.test\".tls");
+	assert_non_null(strstr(w.texts[2], "smtps://"));
+	assert_string_equal(w.keys[3], "relayhost.tls");
+	assert_non_null(strstr(w.texts[3], "password"));
+	/* capture mode replaces the listeners: no submission warning there */
+	assert_int_equal(conf_apply_capture(c, "127.0.0.1:1025", NULL), TERN_OK);
+	w.n = 0;
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 3);
+	assert_string_equal(w.keys[0], "routes.\"a.test\".tls");
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	conf_report_warnings(c, f);
+	fclose(f);
+	assert_non_null(strstr(buf, "tern: warning: relayhost.tls: \"require\" makes"));
+	free(buf);
+	conf_unref(c);
+
+	/* the embedded default and an empty file promise nothing they do not do */
+	c = conf_load(NULL, err, sizeof(err));
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
+	conf_unref(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1599,6 +1770,7 @@ int main(void)
 	    cmocka_unit_test(test_alias_lookup),
 	    cmocka_unit_test(test_include_files),
 	    cmocka_unit_test(test_include_errors),
+	    cmocka_unit_test(test_fifo_refused),
 	    cmocka_unit_test(test_route_via_forms),
 	    cmocka_unit_test(test_route_tls_defaults),
 	    cmocka_unit_test(test_route_auth_and_relative_paths),
@@ -1609,6 +1781,8 @@ int main(void)
 	    cmocka_unit_test(test_print_reload_round_trip),
 	    cmocka_unit_test(test_print_shows_values),
 	    cmocka_unit_test(test_print_shows_routes),
+	    cmocka_unit_test(test_capture_http_keys),
+	    cmocka_unit_test(test_warnings),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

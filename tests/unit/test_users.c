@@ -26,6 +26,8 @@
 #include "auth/users_internal.h"
 #include "core/buf.h"
 #include "core/err.h"
+#include "deliver/deliver.h"
+#include "smtp/smtp.h"
 
 struct fixture {
 	char dir[256];
@@ -547,6 +549,149 @@ static void test_file_edits_reject_bad_addresses_and_passwords(void **state)
 	assert_int_equal(access(f->path, F_OK), -1);
 }
 
+/* ---- mailboxes a user can be created for ------------------------------ */
+
+static const char *const good_mailboxes[] = {
+    "alice@example.com",
+    "first.last+tag@example.com",
+    "o'brien@example.com",
+    "x_y-z=1{2}|3~4!#$%&*?^`@sub.example.com",
+    "UPPER@Example.COM",
+    "j\xc3\xb8ran@example.test", /* UTF-8 local part (RFC 6531) */
+    "\xe7\x94\xb0\xe4\xb8\xad@example.test",
+    "a@localhost",
+    "a@xn--bcher-kva.example",
+    "a@1.example.com",
+    "0123456789012345678901234567890123456789012345678901234567890123@example.com",
+};
+
+static const char *const bad_mailboxes[] = {
+    "\"../../x\"@example.com", /* the review's address */
+    "\"quoted\"@example.com",
+    "../x@example.com",
+    "a/b@example.com",
+    ".hidden@example.com",
+    "trailing.@example.com",
+    "two..dots@example.com",
+    ".@example.com",
+    "a b@example.com",
+    "a\\b@example.com",
+    "a,b@example.com",
+    "a;b@example.com",
+    "a<b@example.com",
+    "a\"b@example.com",
+    "a\x01@example.com",
+    "a\x7f@example.com",
+    "#x@example.com",
+    "@example.com",
+    "nouser",
+    "x@",
+    "x@../../etc",
+    "x@example..com",
+    "x@.example.com",
+    "x@example.com.",
+    "x@-bad.example",
+    "x@bad-.example",
+    "x@exa/mple.com",
+    "x@host_1.example", /* RFC 5321 domains have no '_' */
+    "x@exa mple.com",
+    "x@[127.0.0.1]",
+    "x@[IPv6:::1]",
+    "x@1.2.3.4",
+    "x@\xc3\xa9xample.com",     /* a U-label: the xn-- form is the one local_domains use */
+    "\xc3@example.com",         /* a truncated sequence */
+    "\xc0\xaf@example.com",     /* an overlong '/' */
+    "\xed\xa0\x80@example.com", /* a surrogate */
+    "01234567890123456789012345678901234567890123456789012345678901234@example.com",
+};
+
+static void test_check_mailbox_table(void **state)
+{
+	const char *why;
+
+	for (size_t i = 0; i < sizeof(good_mailboxes) / sizeof(good_mailboxes[0]); i++)
+		if (users_check_mailbox(good_mailboxes[i], &why) != TERN_OK)
+			fail_msg("'%s' refused: %s", good_mailboxes[i], why);
+	for (size_t i = 0; i < sizeof(bad_mailboxes) / sizeof(bad_mailboxes[0]); i++) {
+		why = NULL;
+		if (users_check_mailbox(bad_mailboxes[i], &why) != TERN_EINVAL)
+			fail_msg("'%s' accepted", bad_mailboxes[i]);
+		assert_non_null(why);
+	}
+	assert_int_equal(users_check_mailbox(NULL, NULL), TERN_EINVAL);
+	char longdom[300];
+	memset(longdom, 'a', sizeof(longdom) - 1);
+	longdom[sizeof(longdom) - 1] = '\0';
+	longdom[1] = '@';
+	for (size_t i = 40; i < sizeof(longdom) - 1; i += 40)
+		longdom[i] = '.';
+	assert_int_equal(users_check_mailbox(longdom, &why), TERN_EINVAL);
+}
+
+/*
+ * The point of the check: what `tern user add` accepts, RCPT TO can name
+ * without quotes (the form its user lookup uses) and local delivery can
+ * turn into a Maildir path. Checked over the tables and many generated
+ * addresses.
+ */
+static void agrees_with_smtp_and_delivery(const char *addr)
+{
+	struct smtp_path p;
+	char dir[4096];
+
+	if (users_check_mailbox(addr, NULL) != TERN_OK)
+		return;
+	if (users_check_address(addr) != TERN_OK)
+		fail_msg("'%s': accepted as a mailbox but not as a users file address", addr);
+	if (!smtp_parse_mailbox(addr, strlen(addr), &p))
+		fail_msg("'%s': accepted but the SMTP parser refuses it", addr);
+	if (p.quoted)
+		fail_msg("'%s': accepted but SMTP needs quotes for it", addr);
+	if (maildir_path("/data", p.domain, p.local, dir, sizeof(dir)) != TERN_OK)
+		fail_msg("'%s': accepted but local delivery cannot store it", addr);
+}
+
+static void test_check_mailbox_agrees_with_smtp_and_delivery(void **state)
+{
+	static const char alphabet[] = "aZ09.-_/+'\"\\ @#:;,<>[]!~\x01\x7f\xc3\xa9\xe2\x82\xac";
+	uint32_t seed = 12345;
+	char addr[40];
+
+	for (size_t i = 0; i < sizeof(good_mailboxes) / sizeof(good_mailboxes[0]); i++)
+		agrees_with_smtp_and_delivery(good_mailboxes[i]);
+	for (int round = 0; round < 200000; round++) {
+		size_t n = 1 + (seed >> 8) % 12, k = 0;
+
+		for (size_t j = 0; j < n; j++) {
+			seed = seed * 1103515245u + 12345u;
+			addr[k++] = alphabet[(seed >> 16) % (sizeof(alphabet) - 1)];
+		}
+		/* most of them get a plausible domain, so the local part is what varies */
+		if (seed & 1) {
+			memcpy(addr + k, "@ex.test", 8);
+			k += 8;
+		}
+		addr[k] = '\0';
+		agrees_with_smtp_and_delivery(addr);
+	}
+}
+
+static void test_add_refuses_what_cannot_receive_mail_but_del_still_works(void **state)
+{
+	struct fixture *f = *state;
+
+	for (size_t i = 0; i < sizeof(bad_mailboxes) / sizeof(bad_mailboxes[0]); i++)
+		if (users_file_add(f->path, bad_mailboxes[i], "pw") != TERN_EINVAL)
+			fail_msg("'%s' added", bad_mailboxes[i]);
+	assert_int_equal(access(f->path, F_OK), -1);
+	/* an entry written by hand before the check can still be removed */
+	write_file(f->path, "\"../../x\"@example.com:{PLAIN}pw\nalice@example.com:{PLAIN}pw\n",
+	           0600);
+	assert_int_equal(users_file_passwd(f->path, "\"../../x\"@example.com", "new"), TERN_OK);
+	assert_int_equal(users_file_del(f->path, "\"../../x\"@example.com"), TERN_OK);
+	assert_int_equal(users_file_add(f->path, "Bob.Smith+x@Example.com", "pw"), TERN_OK);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -568,6 +713,10 @@ int main(void)
 	    cmocka_unit_test(test_add_after_last_line_without_newline_keeps_both_lines),
 	    cmocka_unit_test_setup_teardown(test_file_edits_reject_bad_addresses_and_passwords,
 	                                    setup, teardown),
+	    cmocka_unit_test(test_check_mailbox_table),
+	    cmocka_unit_test(test_check_mailbox_agrees_with_smtp_and_delivery),
+	    cmocka_unit_test_setup_teardown(
+	        test_add_refuses_what_cannot_receive_mail_but_del_still_works, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
