@@ -4,8 +4,8 @@
  *
  * Owns: the one rule for that path — $TERN_TESTDATA when set (ctest sets
  * it), else the absolute <repo>/tests/data CMake compiles in.
- * Never: reads anything outside the repository (the project stands alone:
- * no test reads ../shared).
+ * Never: points outside the repository (the project stands alone: a clone
+ * with nothing beside it passes its tests).
  */
 #ifndef TERN_TESTS_UNIT_TESTDATA_H
 #define TERN_TESTS_UNIT_TESTDATA_H
