@@ -1065,6 +1065,36 @@ static void test_data_encode_table(void **state)
 	}
 }
 
+/* NUL cannot travel in DATA, and a peer that drops it must not find a "."
+ * line that was not stuffed: NULs are left out, a line's start stays its
+ * start (smtpsmug's "nullbefore", \r\n\0.\r\n, smuggled past the old
+ * encoder to such a peer). */
+static void test_data_encode_leaves_out_nul(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *in;
+		size_t len;
+		const char *out;
+	} cases[] = {
+	    {S("hello\r\n\0.\r\nMAIL FROM:<e@x>\r\n"), "hello\r\n..\r\nMAIL FROM:<e@x>\r\n.\r\n"},
+	    {S("\0.\r\n"), "..\r\n.\r\n"},
+	    {S("\0\0.\0\r\n"), "..\r\n.\r\n"},
+	    {S("a\0b\r\n"), "ab\r\n.\r\n"},
+	    {S("a\n\0.\n"), "a\r\n..\r\n.\r\n"},
+	    {S("x\0"), "x\r\n.\r\n"},
+	    {S("\0"), ".\r\n"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct tbuf out;
+		encode(cases[i].in, cases[i].len, &out);
+		size_t want = strlen(cases[i].out);
+		if (out.len != want || memcmp(out.data, cases[i].out, want) != 0)
+			fail_msg("case %zu: got \"%.*s\"", i, (int)out.len, out.data);
+		tbuf_free(&out);
+	}
+}
+
 /* Random messages over the bytes that matter: the output always has CRLF
  * line ends only, exactly one "." line (the last), and un-stuffing gives
  * back the input with its line ends made CRLF. */
@@ -1152,6 +1182,7 @@ int main(void)
 	    cmocka_unit_test(test_downconvert_refuses_boundary_ending_in_space),
 	    cmocka_unit_test(test_downconvert_agrees_with_python_on_mime4j_messages),
 	    cmocka_unit_test(test_data_encode_table),
+	    cmocka_unit_test(test_data_encode_leaves_out_nul),
 	    cmocka_unit_test(test_data_encode_random_messages_round_trip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
