@@ -2,8 +2,8 @@
 """make bench: tern's accept and local-delivery throughput, and idle memory.
 
 Starts the real tern binary on a loopback port with a fresh data dir, drives
-it with the loopback load generator shipped in ../shared/bench/src/smtpload.c
-(built here with gcc), and prints:
+it with tern's own loopback load generator (bench/smtpload.c: the build's
+smtpload beside tern, or compiled here with cc), and prints:
 
   - accept side: messages/s until the last 250, MAIL->250 latency p50/p90/p99
   - end to end: messages/s until the last message is in a Maildir
@@ -23,24 +23,16 @@ import sys
 import tempfile
 import time
 
+import benchlib
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SHARED = os.environ.get("TERN_SHARED", os.path.join(REPO, "..", "shared"))
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def build_smtpload(outdir):
-    src = os.path.join(SHARED, "bench", "src", "smtpload.c")
-    if not os.path.exists(src):
-        sys.exit(f"bench: {src} not found (the shared bench harness is needed for the load)")
-    exe = os.path.join(outdir, "smtpload")
-    subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
-    return exe
 
 
 def rss_kb(pid):
@@ -112,7 +104,9 @@ def run_send(args, tern, load, workdir):
         [load, "send", "127.0.0.1", str(port), "-n", str(args.messages), "-c", str(args.conns),
          "-p", str(args.per_conn), "-s", str(args.size), "-t", "postmaster@bench.test",
          "-T", str(args.timeout)],
-        capture_output=True, text=True, check=True)
+        capture_output=True, text=True)
+    if out.returncode not in (0, 1) or not out.stdout.strip():
+        sys.exit(f"bench: smtpload failed ({out.returncode}): {out.stderr.strip()}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     accept_s = res["elapsed_s"]
     deadline = time.time() + args.timeout
@@ -125,6 +119,7 @@ def run_send(args, tern, load, workdir):
     return {
         "ok": res["ok"], "tempfail": res["tempfail"], "permfail": res["permfail"],
         "accept_msgs": res["ok"] / accept_s if accept_s else 0,
+        "lost": res["lost"],
         "p50": res["lat_p50_ms"], "p90": res["lat_p90_ms"], "p99": res["lat_p99_ms"],
         "delivered": delivered, "delivered_msgs": delivered / delivered_s if delivered_s else 0,
         "rss_mb": peak_rss / 1024, "errors": res["errors"],
@@ -140,8 +135,9 @@ def run_hold(args, tern, load, workdir):
          str(args.hold_secs), "-T", str(args.hold_secs + 60)],
         stdout=subprocess.PIPE, text=True)
     held_rss = idle
+    res = {}
     for line in p.stdout:
-        if line.startswith("PHASE hold"):
+        if line.startswith("holding "):
             time.sleep(min(2, args.hold_secs / 2))
             held_rss = rss_kb(proc.pid)
         if line.startswith("{"):
@@ -157,6 +153,8 @@ def run_hold(args, tern, load, workdir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tern", default=os.path.join(REPO, "build", "tern"))
+    ap.add_argument("--smtpload", help="load generator (default: smtpload beside --tern, "
+                    "else bench/smtpload.c built with cc)")
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--per-conn", type=int, default=100)
@@ -178,7 +176,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tern-bench-", dir=os.environ.get("TERN_BENCH_DIR", "/var/tmp"))
     os.chmod(tmp, 0o755)
     try:
-        load = build_smtpload(tmp)
+        load = benchlib.smtpload(args.tern, tmp, args.smtpload)
         print(f"tern bench: {args.messages} messages of {args.size} B over {args.conns} "
               f"connections ({args.per_conn} per connection), local Maildir delivery, "
               f"{args.reps} reps")
@@ -192,8 +190,9 @@ def main():
             print(f"| {rep + 1} | {r['ok']} | {r['accept_msgs']:.0f} | {r['p50']:.1f} / "
                   f"{r['p90']:.1f} / {r['p99']:.1f} | {r['delivered']} | "
                   f"{r['delivered_msgs']:.0f} | {r['rss_mb']:.0f} |", flush=True)
-            if r["errors"]:
-                print(f"  errors: {r['errors']}")
+            if r["errors"] or r["lost"] or r["tempfail"] or r["permfail"]:
+                print(f"  tempfail {r['tempfail']}, permfail {r['permfail']}, lost {r['lost']}; "
+                      f"errors: {r['errors']}")
             shutil.rmtree(wd, ignore_errors=True)
         wd = os.path.join(tmp, "hold")
         os.makedirs(wd)

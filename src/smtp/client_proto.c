@@ -858,6 +858,16 @@ void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg)
 	bool bol = true; /* at the beginning of a line */
 	for (size_t i = 0; i < len; i++) {
 		char ch = msg[i];
+		if (ch == '\0') {
+			/* NUL has no place in DATA text (RFC 5321 §4.5.2, RFC 6152:
+			 * no NUL in 7bit or 8bit data), and a peer that drops it
+			 * would read "\r\n\0.\r\n" as the end of data: it is left
+			 * out, and the line keeps its start for dot-stuffing. */
+			if (i > run)
+				emit(arg, msg + run, i - run);
+			run = i + 1;
+			continue;
+		}
 		if (bol && ch == '.') {
 			/* Stuff: emit up to the dot, one more dot; the dot itself
 			 * stays in the run. */

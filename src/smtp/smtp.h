@@ -310,10 +310,11 @@ int smtp_downconvert_8bit(const char *msg, size_t len, struct tbuf *out);
 
 /*
  * Encodes a message as the text of DATA (RFC 5321 §4.5.2, §2.3.8), in one
- * pass: every line end (CRLF, bare LF or bare CR) becomes CRLF, a line that
- * begins with "." gets one more ".", a last line without an end gets CRLF,
- * and ".\r\n" ends the data. So no stored byte sequence can end the data
- * early or smuggle a command at a lenient peer. emit receives the output in
+ * pass: every line end (CRLF, bare LF or bare CR) becomes CRLF, NUL bytes
+ * are left out, a line that begins with "." gets one more ".", a last line
+ * without an end gets CRLF, and ".\r\n" ends the data. So no stored byte
+ * sequence can end the data early or smuggle a command at a lenient peer
+ * (nor at one that drops NUL). emit receives the output in
  * order, in runs (n > 0); len 0 gives ".\r\n". Not for BINARYMIME (BDAT
  * sends bytes as they are).
  */

@@ -1,9 +1,9 @@
 """
 conftest.py — shared machinery for tern's integration tests.
 
-Owns: finding the binary and ../shared, writing a per-test config and data dir,
-starting/stopping `tern serve` on a free loopback port, a raw SMTP client that
-shows exact reply codes, and Maildir/log helpers.
+Owns: finding the binary and the test vectors (tests/data, or $TERN_TESTDATA), writing a
+per-test config and data dir, starting/stopping `tern serve` on a free loopback port, a raw
+SMTP client that shows exact reply codes, and Maildir/log helpers.
 
 Never: touch anything outside its own temp dirs, talk to anything but 127.0.0.0/8,
 wait without a bound, or kill a process it did not start.
@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("TERN_SHARED", REPO.parent / "shared"))
+# Test vectors copied into the repository, a SOURCE.md per set: the project stands alone
+# (nothing outside the repository is read). ctest passes TERN_TESTDATA; by hand the default
+# is right.
+DATA = Path(os.environ.get("TERN_TESTDATA") or REPO / "tests" / "data")
 IS_ROOT = os.geteuid() == 0
 
 QUEUE_ID_RE = re.compile(r"\b([0-9A-Z]{16})\b")
@@ -581,10 +584,3 @@ def scratch():
     yield d
     if not os.environ.get("TERN_KEEP"):
         shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def shared():
-    if not SHARED.exists():
-        pytest.skip(f"shared dir {SHARED} missing")
-    return SHARED

@@ -34,6 +34,7 @@
 #include "mime/mime.h"
 #include "store/capture_query.h"
 #include "store/store.h"
+#include "testdata.h"
 
 /* ------------------------------------------------------------ fixtures */
 
@@ -90,37 +91,6 @@ static void reopen(struct fx *f)
 	assert_int_equal(capture_open(sub, &f->st, err, sizeof(err)), TERN_OK);
 }
 
-/* TERN_SHARED, else <repo>/../shared found from this file's path. */
-static const char *shared_dir(void)
-{
-	static char buf[1024];
-	const char *s = getenv("TERN_SHARED");
-	if (s && *s)
-		return s;
-	const char *file = __FILE__;
-	const char *cut = strstr(file, "tests/unit/");
-	if (cut && file[0] == '/') {
-		int n = snprintf(buf, sizeof(buf), "%.*s../shared", (int)(cut - file), file);
-		if (n > 0 && (size_t)n < sizeof(buf))
-			return buf;
-	}
-	return "../shared";
-}
-
-/* tests/data/mime, found like shared_dir (or from the current directory). */
-static const char *data_dir(void)
-{
-	static char buf[1024];
-	const char *file = __FILE__;
-	const char *cut = strstr(file, "tests/unit/");
-	if (cut && file[0] == '/') {
-		int n = snprintf(buf, sizeof(buf), "%.*stests/data/mime", (int)(cut - file), file);
-		if (n > 0 && (size_t)n < sizeof(buf))
-			return buf;
-	}
-	return "tests/data/mime";
-}
-
 static bool slurp(const char *path, struct tbuf *b)
 {
 	FILE *fp = fopen(path, "rb");
@@ -137,7 +107,7 @@ static bool slurp(const char *path, struct tbuf *b)
 static void load_data(const char *name, struct tbuf *b)
 {
 	char path[1200];
-	snprintf(path, sizeof(path), "%s/%s", data_dir(), name);
+	snprintf(path, sizeof(path), "%s/mime/%s", testdata_dir(), name);
 	if (!slurp(path, b))
 		fail_msg("cannot read %s", path);
 }
@@ -877,14 +847,27 @@ static void test_subscribers_hear_new_update_delete(void **state)
 		json_decref(s.data[i]);
 }
 
-/* A subscriber that calls back into the store must not deadlock. */
+/* A subscriber that calls back into the store must not deadlock, and what it
+ * reads there already holds the change it is told about. */
+struct reentry {
+	struct capture_store *st;
+	size_t calls;               /* events heard */
+	size_t total;               /* "total" of the list read from inside the "new" event */
+	char first[CAPTURE_ID_MAX]; /* ID of the newest message in that list */
+};
+
 static void reentrant(void *arg, const char *type, json_t *data)
 {
 	(void)data;
-	struct capture_store *st = arg;
+	struct reentry *r = arg;
+	r->calls++;
 	if (strcmp(type, "new") == 0) {
-		json_t *l = capture_list(st, NULL, 0, 1);
+		json_t *l = capture_list(r->st, NULL, 0, 1);
 		assert_non_null(l);
+		r->total = (size_t)jint(l, "total");
+		json_t *m = json_array_get(json_object_get(l, "messages"), 0);
+		const char *id = json_string_value(json_object_get(m, "ID"));
+		snprintf(r->first, sizeof(r->first), "%s", id ? id : "");
 		json_decref(l);
 	}
 }
@@ -892,9 +875,14 @@ static void reentrant(void *arg, const char *type, json_t *data)
 static void test_subscriber_may_call_the_store(void **state)
 {
 	struct fx *f = *state;
-	capture_subscribe(f->st, reentrant, f->st);
+	struct reentry r = {.st = f->st};
+	capture_subscribe(f->st, reentrant, &r);
 	char id[CAPTURE_ID_MAX];
 	add_simple(f->st, "a@b", "c@d", "re", "x", id);
+	/* the subscriber ran (once), and from inside it the store answered */
+	assert_int_equal(r.calls, 1);
+	assert_int_equal(r.total, 1);
+	assert_string_equal(r.first, id);
 }
 
 /* ----------------------------------------------------------- threads */
@@ -1044,14 +1032,15 @@ static void test_mime4j_part_trees_match(void **state)
 	    {"weird-boundary", "", ""},
 	};
 	char dir[1100];
-	snprintf(dir, sizeof(dir), "%s/conformance/mime/mime4j-testmsgs", shared_dir());
+	assert_true(testdata_path(dir, sizeof(dir), "mime4j"));
 	size_t checked_parts = 0;
 	for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
 		char path[1400];
 		struct tbuf raw = TBUF_INIT(1 << 22);
 		snprintf(path, sizeof(path), "%s/%s.msg", dir, msgs[i].name);
 		if (!slurp(path, &raw))
-			fail_msg("cannot read %s (set TERN_SHARED)", path);
+			fail_msg("cannot read %s (tests/data/mime4j; TERN_TESTDATA overrides)",
+			         path);
 		struct mime_msg mm;
 		assert_int_equal(mime_parse(raw.data, raw.len, 0, &mm), TERN_OK);
 
@@ -1143,10 +1132,10 @@ static void test_mime4j_all_messages_parse_to_utf8(void **state)
 {
 	(void)state;
 	char dir[1100];
-	snprintf(dir, sizeof(dir), "%s/conformance/mime/mime4j-testmsgs", shared_dir());
+	assert_true(testdata_path(dir, sizeof(dir), "mime4j"));
 	DIR *d = opendir(dir);
 	if (!d)
-		fail_msg("cannot open %s (set TERN_SHARED)", dir);
+		fail_msg("cannot open %s (tests/data/mime4j; TERN_TESTDATA overrides)", dir);
 	struct dirent *de;
 	size_t n = 0;
 	while ((de = readdir(d)) != NULL) {

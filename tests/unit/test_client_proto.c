@@ -10,7 +10,7 @@
  *     shapes real mail has, refusals, and an independent check with
  *     Python's email package that the text survives and the output is
  *     7-bit; plus a differential run over the mime4j test messages
- *     (../shared/conformance/mime) made 8-bit, where Python must decode
+ *     (tests/data/mime4j) made 8-bit, where Python must decode
  *     the same leaves from input and output.
  */
 #include <setjmp.h>
@@ -29,6 +29,7 @@
 #include "core/codec.h"
 #include "core/err.h"
 #include "smtp/smtp.h"
+#include "testdata.h"
 
 #define S(lit) (lit), (sizeof(lit) - 1)
 
@@ -876,24 +877,6 @@ static void test_downconvert_refuses_boundary_ending_in_space(void **state)
 	tbuf_free(&out);
 }
 
-/* TERN_SHARED, else <repo>/../shared found from this file's path (CMake
- * passes absolute paths), else ../shared from the current directory. */
-static const char *shared_dir(void)
-{
-	static char buf[1024];
-	const char *s = getenv("TERN_SHARED");
-	if (s && *s)
-		return s;
-	const char *file = __FILE__;
-	const char *cut = strstr(file, "tests/unit/");
-	if (cut && file[0] == '/') {
-		int n = snprintf(buf, sizeof(buf), "%.*s../shared", (int)(cut - file), file);
-		if (n > 0 && (size_t)n < sizeof(buf))
-			return buf;
-	}
-	return "../shared";
-}
-
 static bool read_file(const char *path, struct tbuf *b)
 {
 	FILE *f = fopen(path, "rb");
@@ -957,12 +940,10 @@ static void test_downconvert_agrees_with_python_on_mime4j_messages(void **state)
 	if (access("/usr/bin/python3", X_OK) != 0)
 		skip();
 	char dirpath[1024];
-	int pn =
-	    snprintf(dirpath, sizeof(dirpath), "%s/conformance/mime/mime4j-testmsgs", shared_dir());
-	assert_true(pn > 0 && (size_t)pn < sizeof(dirpath));
+	assert_true(testdata_path(dirpath, sizeof(dirpath), "mime4j"));
 	DIR *d = opendir(dirpath);
 	if (!d)
-		fail_msg("cannot open %s (set TERN_SHARED)", dirpath);
+		fail_msg("cannot open %s (tests/data/mime4j; TERN_TESTDATA overrides)", dirpath);
 	char tmp[] = "/tmp/tern_dc4j_XXXXXX";
 	assert_non_null(mkdtemp(tmp));
 	int total = 0, converted = 0;
@@ -1084,6 +1065,36 @@ static void test_data_encode_table(void **state)
 	}
 }
 
+/* NUL cannot travel in DATA, and a peer that drops it must not find a "."
+ * line that was not stuffed: NULs are left out, a line's start stays its
+ * start (smtpsmug's "nullbefore", \r\n\0.\r\n, smuggled past the old
+ * encoder to such a peer). */
+static void test_data_encode_leaves_out_nul(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *in;
+		size_t len;
+		const char *out;
+	} cases[] = {
+	    {S("hello\r\n\0.\r\nMAIL FROM:<e@x>\r\n"), "hello\r\n..\r\nMAIL FROM:<e@x>\r\n.\r\n"},
+	    {S("\0.\r\n"), "..\r\n.\r\n"},
+	    {S("\0\0.\0\r\n"), "..\r\n.\r\n"},
+	    {S("a\0b\r\n"), "ab\r\n.\r\n"},
+	    {S("a\n\0.\n"), "a\r\n..\r\n.\r\n"},
+	    {S("x\0"), "x\r\n.\r\n"},
+	    {S("\0"), ".\r\n"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct tbuf out;
+		encode(cases[i].in, cases[i].len, &out);
+		size_t want = strlen(cases[i].out);
+		if (out.len != want || memcmp(out.data, cases[i].out, want) != 0)
+			fail_msg("case %zu: got \"%.*s\"", i, (int)out.len, out.data);
+		tbuf_free(&out);
+	}
+}
+
 /* Random messages over the bytes that matter: the output always has CRLF
  * line ends only, exactly one "." line (the last), and un-stuffing gives
  * back the input with its line ends made CRLF. */
@@ -1171,6 +1182,7 @@ int main(void)
 	    cmocka_unit_test(test_downconvert_refuses_boundary_ending_in_space),
 	    cmocka_unit_test(test_downconvert_agrees_with_python_on_mime4j_messages),
 	    cmocka_unit_test(test_data_encode_table),
+	    cmocka_unit_test(test_data_encode_leaves_out_nul),
 	    cmocka_unit_test(test_data_encode_random_messages_round_trip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

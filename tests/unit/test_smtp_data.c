@@ -16,6 +16,7 @@
 
 #include "core/buf.h"
 #include "smtp/smtp.h"
+#include "testdata.h"
 
 #define MAXOUT (1u << 20)
 
@@ -266,24 +267,6 @@ static void test_large_message_crosses_internal_buffers(void **state)
 
 /* ---------------------------------------------------------- smuggling */
 
-/* TERN_SHARED, else <repo>/../shared found from this file's path (CMake
- * passes absolute paths), else ../shared from the current directory. */
-static const char *shared_dir(void)
-{
-	static char buf[1024];
-	const char *s = getenv("TERN_SHARED");
-	if (s && *s)
-		return s;
-	const char *file = __FILE__;
-	const char *cut = strstr(file, "tests/unit/");
-	if (cut && file[0] == '/') {
-		int n = snprintf(buf, sizeof(buf), "%.*s../shared", (int)(cut - file), file);
-		if (n > 0 && (size_t)n < sizeof(buf))
-			return buf;
-	}
-	return "../shared";
-}
-
 /* Decodes the TSV's C escapes (\r \n \x00 \\); returns the length. */
 static size_t unescape(const char *s, char *out, size_t outlen)
 {
@@ -314,12 +297,11 @@ static size_t unescape(const char *s, char *out, size_t outlen)
 static void test_smuggling_sequences_never_end_data(void **state)
 {
 	char path[1024];
-	int n = snprintf(path, sizeof(path), "%s/conformance/smtp-smuggling/eod-sequences.tsv",
-	                 shared_dir());
-	assert_true(n > 0 && (size_t)n < sizeof(path));
+	assert_true(testdata_path(path, sizeof(path), "smtp-smuggling/eod-sequences.tsv"));
 	FILE *f = fopen(path, "r");
 	if (!f)
-		fail_msg("cannot open %s (set TERN_SHARED)", path);
+		fail_msg("cannot open %s (tests/data/smtp-smuggling; TERN_TESTDATA overrides)",
+		         path);
 	char line[1024];
 	int rows = 0;
 	static const char head[] = "From: a@example.org\r\nSubject: test\r\n\r\nfirst line";

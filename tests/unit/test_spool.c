@@ -5,8 +5,7 @@
  * that finished messages and their files go away, and that a torn or
  * damaged file never crashes recovery or brings back garbage.
  *
- * Also prints (never asserts) a throughput figure: puts/s with 8 threads of
- * 4 KiB messages, and the commits/puts ratio.
+ * (The throughput figure, puts/s and commits/puts, is bench/spool_bench.c.)
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -1265,83 +1264,6 @@ static void test_crash_at_any_point_of_compaction_keeps_each_live_message_once(v
 	tmpdir_rm(&td);
 }
 
-/* ---- throughput (printed, never asserted) --------------------------------- */
-
-struct bench_arg {
-	struct spool *s;
-	double until;
-	int window; /* puts in flight per thread */
-	long done;
-};
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void *bench_thread(void *p)
-{
-	struct bench_arg *a = p;
-	char data[4096];
-	fill_data(data, sizeof(data), 1);
-	struct spool_msg *m = make_env(1, 1);
-	struct waiter w;
-	waiter_init(&w);
-	int sent = 0;
-	while (now_s() < a->until) {
-		queue_id_new(m->id);
-		if (spool_put(a->s, m, data, sizeof(data), put_cb, &w) != TERN_OK)
-			break;
-		sent++;
-		waiter_wait(&w, sent - a->window + 1);
-	}
-	waiter_wait(&w, sent);
-	a->done = w.ok;
-	waiter_destroy(&w);
-	spool_msg_free(m);
-	return NULL;
-}
-
-static void bench(int threads, int window)
-{
-	struct tmpdir td;
-	tmpdir_make(&td);
-	struct spool *s;
-	assert_int_equal(spool_open(td.path, &s), TERN_OK);
-	pthread_t th[8];
-	struct bench_arg a[8];
-	double t0 = now_s();
-	for (int i = 0; i < threads; i++) {
-		a[i] = (struct bench_arg){s, t0 + 2.0, window, 0};
-		pthread_create(&th[i], NULL, bench_thread, &a[i]);
-	}
-	long total = 0;
-	for (int i = 0; i < threads; i++) {
-		pthread_join(th[i], NULL);
-		total += a[i].done;
-	}
-	double dt = now_s() - t0;
-	struct spool_stats ss;
-	spool_get_stats(s, &ss);
-	printf("# throughput: %d threads x 4 KiB, %d in flight each: %.0f puts/s "
-	       "(%ld puts, %" PRIu64 " commits, commits/puts %.3f, %" PRIu64 " segments)\n",
-	       threads, window, (double)total / dt, total, ss.commits,
-	       ss.puts ? (double)ss.commits / (double)ss.puts : 0.0, ss.segments);
-	spool_close(s);
-	tmpdir_rm(&td);
-}
-
-static void test_throughput_is_printed(void **st)
-{
-	(void)st;
-	if (getenv("TERN_SPOOL_NO_BENCH"))
-		skip();
-	bench(8, 1);  /* each thread waits for its put, like an SMTP session */
-	bench(8, 32); /* pipelined: many sessions per thread */
-}
-
 int main(void)
 {
 	/* Info lines are checked by some tests; keep them off the terminal
@@ -1367,7 +1289,6 @@ int main(void)
 	    cmocka_unit_test(test_large_message_round_trips),
 	    cmocka_unit_test(test_maintenance_copies_live_messages_forward_and_old_segments_go),
 	    cmocka_unit_test(test_crash_at_any_point_of_compaction_keeps_each_live_message_once),
-	    cmocka_unit_test(test_throughput_is_printed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
