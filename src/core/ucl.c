@@ -25,6 +25,7 @@
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/files.h"
 
 /* Objects with at least this many members get a hash index. */
 #define UCL_HASH_MIN 16
@@ -715,59 +716,11 @@ static char *path_join_dir(const char *base, const char *rel)
 	return p;
 }
 
-/* Reads a whole regular file of at most max bytes. */
+/* Reads a whole regular file of at most max bytes, through the file source
+ * (core/files.h: from a bundle in the privilege-separated child). */
 static int read_file(const char *path, size_t max, char **out, size_t *outlen, int *err_no)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	char *buf = NULL;
-	int rc = TERN_EIO;
-	*err_no = 0;
-	if (fd < 0) {
-		*err_no = errno;
-		return TERN_EIO;
-	}
-	struct stat st;
-	if (fstat(fd, &st) != 0) {
-		*err_no = errno;
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		*err_no = EINVAL;
-		goto out;
-	}
-	if (st.st_size < 0 || (uint64_t)st.st_size > max) {
-		*err_no = EFBIG;
-		rc = TERN_ELIMIT;
-		goto out;
-	}
-	size_t size = (size_t)st.st_size, got = 0;
-	buf = malloc(size + 1);
-	if (!buf) {
-		rc = TERN_ENOMEM;
-		*err_no = ENOMEM;
-		goto out;
-	}
-	while (got < size) {
-		ssize_t r = read(fd, buf + got, size - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			*err_no = errno;
-			goto out;
-		}
-		if (r == 0) /* shrank while we read: use what is there */
-			break;
-		got += (size_t)r;
-	}
-	buf[got] = '\0';
-	*out = buf;
-	*outlen = got;
-	buf = NULL;
-	rc = TERN_OK;
-out:
-	free(buf);
-	close(fd);
-	return rc;
+	return tern_file_read(path, max, out, outlen, err_no);
 }
 
 static int add_file_name(struct ucl_doc *doc, const char *name)
