@@ -244,6 +244,8 @@ static SSL_CTX *tls_server_ctx(const struct conf_tls_server *t, char *err, size_
 	BIO *bio = NULL;
 	X509 *x = NULL;
 	EVP_PKEY *pk = NULL;
+	unsigned long code;
+	char e[256] = "unknown error";
 
 	if (tern_file_read(t->cert_file, TLS_FILE_MAX, &cert, &clen, &en) != TERN_OK) {
 		snprintf(err, errlen, "tls: cannot read cert_file %s: %s", t->cert_file,
@@ -255,6 +257,7 @@ static SSL_CTX *tls_server_ctx(const struct conf_tls_server *t, char *err, size_
 		         en == EINVAL ? "not a regular file" : strerror(en));
 		goto out;
 	}
+	ERR_clear_error(); /* so that what ssl_fail reports is ours */
 	if (!(ctx = SSL_CTX_new(TLS_server_method())))
 		goto ssl_fail;
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
@@ -283,16 +286,14 @@ static SSL_CTX *tls_server_ctx(const struct conf_tls_server *t, char *err, size_
 	    SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1)
 		goto ssl_fail;
 	goto out;
-ssl_fail : {
-	char e[256] = "unknown error";
-	unsigned long code = ERR_get_error();
+ssl_fail:
+	code = ERR_get_error();
 	if (code)
 		ERR_error_string_n(code, e, sizeof(e));
 	snprintf(err, errlen, "tls: cannot load %s / %s: %s", t->cert_file, t->key_file, e);
 	ERR_clear_error();
 	SSL_CTX_free(ctx);
 	ctx = NULL;
-}
 out:
 	BIO_free(bio);
 	X509_free(x);

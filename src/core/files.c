@@ -22,6 +22,7 @@
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/log.h"
 
 struct file_entry {
 	char *path; /* NUL-terminated copy, path_len bytes */
@@ -232,7 +233,11 @@ static int serve(const struct file_bundle *b, const char *path, size_t max, char
 {
 	const struct file_entry *e = find(b, path, strlen(path));
 	if (!e) {
-		/* The parent never read it (a route the last reload removed, say). */
+		/* The parent never read it: a route the last reload removed, or a
+		 * reader serve.c's touch_referenced does not know about. */
+		char q[256];
+		log_warn("event=file_not_in_bundle path=%s",
+		         log_quote(path, strlen(path), q, sizeof(q)));
 		*err_no = EACCES;
 		return TERN_EIO;
 	}
