@@ -31,6 +31,7 @@
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/files.h"
 #include "core/fsutil.h"
 
 enum scheme {
@@ -561,17 +562,20 @@ out:
 
 int users_load(const char *path, struct user_db **out, char *err, size_t errlen)
 {
-	struct tbuf b = TBUF_INIT(USERS_FILE_MAX);
-	struct stat st;
-	bool missing;
-	int rc;
+	char *data = NULL;
+	size_t len = 0;
+	int rc, en = 0;
 
 	*out = NULL;
 	if (path == NULL) {
 		seterr(err, errlen, "(users)", 0, "no users file given");
 		return TERN_EINVAL;
 	}
-	rc = read_file(path, &b, &missing, &st);
+	/* Through the file source: from the privileged parent's bundle when the
+	 * daemon runs split (core/files.h). No file means no users. */
+	rc = tern_file_read(path, USERS_FILE_MAX, &data, &len, &en);
+	if (rc == TERN_EIO && en == ENOENT)
+		rc = TERN_OK;
 	if (rc == TERN_ELIMIT) {
 		seterr(err, errlen, path, 0, "file too large");
 		goto out;
@@ -580,15 +584,18 @@ int users_load(const char *path, struct user_db **out, char *err, size_t errlen)
 		char ebuf[128];
 
 		/* GNU strerror_r: thread-safe, returns the message pointer. */
-		seterr(err, errlen, path, 0,
-		       rc == TERN_EIO ? strerror_r(errno, ebuf, sizeof(ebuf)) : tern_strerror(rc));
+		const char *why = rc != TERN_EIO ? tern_strerror(rc)
+		                  : en == EINVAL ? "not a regular file"
+		                                 : strerror_r(en, ebuf, sizeof(ebuf));
+
+		seterr(err, errlen, path, 0, why);
 		goto out;
 	}
-	rc = users_parse_buffer(b.data ? b.data : "", b.len, path, out, err, errlen);
+	rc = users_parse_buffer(data ? data : "", len, path, out, err, errlen);
 out:
-	if (b.data != NULL)
-		explicit_bzero(b.data, b.len);
-	tbuf_free(&b);
+	if (data != NULL)
+		explicit_bzero(data, len);
+	free(data);
 	return rc;
 }
 

@@ -3,23 +3,31 @@
  *
  * Start-up order matters for safety (DESIGN §2): load and check the config,
  * create the data directory, bind every listener and the control socket,
- * and only then drop to the configured user — before the first byte of
- * network input is read. Signals are taken synchronously by the main
- * thread (sigwait): SIGHUP reloads config and users, SIGTERM/SIGINT stop
- * accepting, let transactions in flight finish for limits.shutdown_grace
- * seconds, then close the spool cleanly and exit 0.
+ * and only then give up root — before the first byte of network input is
+ * read. Started as root with a `user` to run as, the daemon splits
+ * (core/privsep.h): this process stays root as a small parent that only
+ * reads the files the config names and hands them over, and a forked child
+ * drops to the user and runs everything below from those copies. Started
+ * as any other user it is one process, as that user. Signals are taken
+ * synchronously by the main thread: SIGHUP reloads config and users (in the
+ * split, the parent re-reads the files and the child reloads from them),
+ * SIGTERM/SIGINT stop accepting, let transactions in flight finish for
+ * limits.shutdown_grace seconds, then close the spool cleanly and exit 0.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -29,9 +37,11 @@
 #include "cli/cli.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "core/files.h"
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/privsep.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "queue/queue.h"
@@ -39,13 +49,14 @@
 
 #define MAX_WORKERS 64
 #define MAX_FDS 256
+#define TLS_FILE_MAX (1u << 20) /* a PEM certificate chain or key */
 
 static uint64_t elapsed_ms(const struct timespec *since)
 {
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	int64_t ms = (int64_t)(now.tv_sec - since->tv_sec) * 1000 +
-		     (now.tv_nsec - since->tv_nsec) / 1000000;
+	int64_t ms =
+	    (int64_t)(now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
 	return ms > 0 ? (uint64_t)ms : 0;
 }
 
@@ -87,8 +98,8 @@ int cmd_check_config(int argc, char **argv)
 
 /* Loads the config; in capture mode the command line's overrides are
  * applied on every load, so a SIGHUP keeps them. */
-static struct tern_config *config_load(const char *path, const struct capture_opts *cap,
-				       char *err, size_t errlen)
+static struct tern_config *config_load(const char *path, const struct capture_opts *cap, char *err,
+                                       size_t errlen)
 {
 	struct tern_config *conf = conf_load(path, err, errlen);
 	if (!conf || !cap)
@@ -102,7 +113,7 @@ static struct tern_config *config_load(const char *path, const struct capture_op
 }
 
 static struct tern_runtime *runtime_load(const char *path, const struct capture_opts *cap,
-					 char *err, size_t errlen)
+                                         char *err, size_t errlen)
 {
 	struct tern_config *conf = config_load(path, cap, err, errlen);
 	if (!conf)
@@ -196,59 +207,252 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	}
 }
 
-/* The server-side TLS context, loaded while still root (keys are often
- * readable by root only). NULL with a message in err on failure. */
+/* Encrypted keys are refused rather than prompted for on a terminal. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	return -1;
+}
+
+/*
+ * The server-side TLS context, from the certificate chain and key read
+ * through the file source: in the split daemon the parent read them as root
+ * (keys are often readable by root only). NULL with a message in err.
+ */
 static SSL_CTX *tls_server_ctx(const struct conf_tls_server *t, char *err, size_t errlen)
 {
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-	if (!ctx)
-		goto fail;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	if (SSL_CTX_use_certificate_chain_file(ctx, t->cert_file) != 1 ||
-	    SSL_CTX_use_PrivateKey_file(ctx, t->key_file, SSL_FILETYPE_PEM) != 1 ||
-	    SSL_CTX_check_private_key(ctx) != 1)
-		goto fail;
-	return ctx;
-fail: {
+	char *cert = NULL, *key = NULL;
+	size_t clen = 0, klen = 0;
+	int en = 0;
+	SSL_CTX *ctx = NULL;
+	BIO *bio = NULL;
+	X509 *x = NULL;
+	EVP_PKEY *pk = NULL;
+	unsigned long code;
 	char e[256] = "unknown error";
-	unsigned long code = ERR_get_error();
+
+	if (tern_file_read(t->cert_file, TLS_FILE_MAX, &cert, &clen, &en) != TERN_OK) {
+		snprintf(err, errlen, "tls: cannot read cert_file %s: %s", t->cert_file,
+		         en == EINVAL ? "not a regular file" : strerror(en));
+		goto out;
+	}
+	if (tern_file_read(t->key_file, TLS_FILE_MAX, &key, &klen, &en) != TERN_OK) {
+		snprintf(err, errlen, "tls: cannot read key_file %s: %s", t->key_file,
+		         en == EINVAL ? "not a regular file" : strerror(en));
+		goto out;
+	}
+	ERR_clear_error(); /* so that what ssl_fail reports is ours */
+	if (!(ctx = SSL_CTX_new(TLS_server_method())))
+		goto ssl_fail;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	/* What SSL_CTX_use_certificate_chain_file does, from memory: the
+	 * first certificate is the server's, the rest its chain. */
+	if (!(bio = BIO_new_mem_buf(cert, (int)clen)) ||
+	    !(x = PEM_read_bio_X509_AUX(bio, NULL, no_passphrase, NULL)) ||
+	    SSL_CTX_use_certificate(ctx, x) != 1)
+		goto ssl_fail;
+	for (;;) {
+		X509 *ca = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL);
+		if (!ca)
+			break;
+		if (SSL_CTX_add0_chain_cert(ctx, ca) != 1) {
+			X509_free(ca);
+			goto ssl_fail;
+		}
+	}
+	unsigned long last = ERR_peek_last_error();
+	if (ERR_GET_LIB(last) != ERR_LIB_PEM || ERR_GET_REASON(last) != PEM_R_NO_START_LINE)
+		goto ssl_fail;
+	ERR_clear_error(); /* the end of the chain */
+	BIO_free(bio);
+	if (!(bio = BIO_new_mem_buf(key, (int)klen)) ||
+	    !(pk = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL)) ||
+	    SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1)
+		goto ssl_fail;
+	goto out;
+ssl_fail:
+	code = ERR_get_error();
 	if (code)
 		ERR_error_string_n(code, e, sizeof(e));
 	snprintf(err, errlen, "tls: cannot load %s / %s: %s", t->cert_file, t->key_file, e);
 	ERR_clear_error();
-	if (ctx)
-		SSL_CTX_free(ctx);
-	return NULL;
-}
+	SSL_CTX_free(ctx);
+	ctx = NULL;
+out:
+	BIO_free(bio);
+	X509_free(x);
+	EVP_PKEY_free(pk);
+	if (cert) {
+		explicit_bzero(cert, clen);
+		free(cert);
+	}
+	if (key) {
+		explicit_bzero(key, klen);
+		free(key);
+	}
+	return ctx;
 }
 
-static int drop_privileges(const char *user, const char *data_dir, char *err, size_t errlen)
+/* Reads path through the file source and forgets it: in the privileged
+ * parent, that records it for the child's bundle. A failure is recorded
+ * too; the child reports it where it reads the file. */
+static void touch_file(const char *path)
+{
+	char *d = NULL;
+	size_t n = 0;
+	int en;
+	if (path && tern_file_read(path, FILES_MAX_SIZE, &d, &n, &en) == TERN_OK) {
+		explicit_bzero(d, n);
+		free(d);
+	}
+}
+
+/* Every file conf names that the daemon reads (besides the config and its
+ * includes, which conf_load read already). Keep in step with the readers:
+ * users_load, tls_server_ctx, dns_resolver_new, remote.c's AUTH. */
+static void touch_referenced(const struct tern_config *conf)
+{
+	touch_file(conf->users_file);
+	touch_file(conf->tls.cert_file);
+	touch_file(conf->tls.key_file);
+	touch_file(conf->dns.trust_anchor_file);
+	if (conf->relayhost)
+		touch_file(conf->relayhost->auth_password_file);
+	for (size_t i = 0; i < conf->n_routes; i++)
+		touch_file(conf->routes[i].auth_password_file);
+}
+
+/* What the privileged parent needs to re-read everything on SIGHUP. */
+struct parent_ctx {
+	const char *path;
+	const struct capture_opts *cap;
+	struct privsep_reader rd;
+};
+
+/* privsep_reload_fn: the config and every file it names, as the child will
+ * read them; NULL (logged) if the config does not load. */
+static struct file_bundle *parent_reload(void *arg)
+{
+	struct parent_ctx *pc = arg;
+	char err[512];
+	pc->rd.referenced = false;
+	pc->rd.tainted = false;
+	if (files_record_start(privsep_read_file, &pc->rd) != TERN_OK) {
+		log_error("event=reload_failed reason=\"out of memory\" keeping=old-config");
+		return NULL;
+	}
+	struct tern_config *conf = config_load(pc->path, pc->cap, err, sizeof(err));
+	if (conf) {
+		pc->rd.referenced = true;
+		touch_referenced(conf);
+		conf_unref(conf);
+	}
+	struct file_bundle *b = files_record_stop();
+	if (!conf) {
+		log_error("event=reload_failed reason=\"%s\" keeping=old-config", err);
+		file_bundle_free(b);
+		return NULL;
+	}
+	return b;
+}
+
+/* Makes a new runtime current (SIGHUP); a failure keeps the old one. */
+static bool reload_runtime(const char *path, const struct capture_opts *cap)
+{
+	char err[512];
+	struct tern_runtime *nrt = runtime_load(path, cap, err, sizeof(err));
+	if (!nrt) {
+		log_error("event=reload_failed reason=\"%s\" keeping=old-config", err);
+		return false;
+	}
+	log_info("event=reloaded users=%zu aliases=%zu local_domains=%zu", users_count(nrt->users),
+	         nrt->conf->n_aliases, nrt->conf->n_local_domains);
+	runtime_install(nrt);
+	return true;
+}
+
+/* The split child's reload: the parent sent the files afresh. If the new
+ * config or users do not load, the old files stay too. */
+static void reload_from_bundle(struct file_bundle *b, const char *path,
+                               const struct capture_opts *cap)
+{
+	struct file_bundle *old = files_serve_bundle(b);
+	if (reload_runtime(path, cap))
+		file_bundle_free(old);
+	else
+		file_bundle_free(files_serve_bundle(old));
+}
+
+enum daemon_event { EV_SIGNAL, EV_BUNDLE, EV_PARENT_GONE };
+
+/*
+ * The main thread's wait. A single process takes signals with sigwait; the
+ * split child also watches the channel from its parent (sfd is a signalfd
+ * for the same signals).
+ */
+static enum daemon_event wait_event(const sigset_t *sigs, int sfd, int ps_sock, int *sig,
+                                    struct file_bundle **b)
+{
+	char err[256];
+	if (ps_sock < 0) {
+		while (sigwait(sigs, sig) != 0)
+			;
+		return EV_SIGNAL;
+	}
+	for (;;) {
+		struct pollfd p[2] = {{.fd = sfd, .events = POLLIN},
+		                      {.fd = ps_sock, .events = POLLIN}};
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("event=privsep_channel_failed reason=\"poll: %s\"",
+			          strerror(errno));
+			return EV_PARENT_GONE;
+		}
+		if (p[0].revents & POLLIN) {
+			struct signalfd_siginfo si;
+			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+				*sig = (int)si.ssi_signo;
+				return EV_SIGNAL;
+			}
+		}
+		if (p[1].revents) {
+			int rc = privsep_child_receive(ps_sock, b, err, sizeof(err));
+			if (rc == TERN_OK)
+				return EV_BUNDLE;
+			log_error("event=privsep_channel_failed reason=\"%s\"", err);
+			return EV_PARENT_GONE;
+		}
+	}
+}
+
+/*
+ * Whether to split (core/privsep.h): 1 when started as root with an account
+ * to run as (its ids in *uid, *gid), 0 to stay one process, -1 (logged) when
+ * the configured account does not exist.
+ */
+static int split_account(const struct tern_config *conf, uid_t *uid, gid_t *gid)
 {
 	if (geteuid() != 0)
 		return 0;
-	if (!user || !*user) {
+	if (!conf->user || !*conf->user) {
 		log_warn("event=privileges user=root reason=\"no 'user' configured; running as "
-			 "root\"");
+		         "root\"");
 		return 0;
 	}
-	struct passwd *pw = getpwnam(user);
+	struct passwd *pw = getpwnam(conf->user);
 	if (!pw) {
-		snprintf(err, errlen, "user '%s' (config key 'user') does not exist", user);
+		log_error("event=fatal reason=\"user '%s' (config key 'user') does not exist\"",
+		          conf->user);
 		return -1;
 	}
-	chown_tree(data_dir, pw->pw_uid, pw->pw_gid, 0);
-	if (setgroups(0, NULL) != 0 || setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) != 0 ||
-	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) != 0) {
-		snprintf(err, errlen, "cannot drop privileges to '%s': %s", user, strerror(errno));
-		return -1;
+	if (pw->pw_uid == 0) {
+		log_warn("event=privileges user=%s reason=\"'user' is root; running as root\"",
+		         conf->user);
+		return 0;
 	}
-	if (setuid(0) == 0 || geteuid() != pw->pw_uid) {
-		snprintf(err, errlen, "privilege drop to '%s' did not stick", user);
-		return -1;
-	}
-	log_info("event=privileges user=%s uid=%u gid=%u", user, (unsigned)pw->pw_uid,
-		 (unsigned)pw->pw_gid);
-	return 0;
+	*uid = pw->pw_uid;
+	*gid = pw->pw_gid;
+	return 1;
 }
 
 int cmd_serve(int argc, char **argv)
@@ -280,8 +484,12 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct capture_mode *capm = NULL;
 	SSL_CTX *tls = NULL;
 	int http_fd = -1;
+	struct parent_ctx pc = {.path = path, .cap = cap};
+	struct file_bundle *bundle = NULL;
+	int split = 0, ps_sock = -1, sfd = -1;
+	bool is_parent = false;
 
-	/* Every thread inherits this mask; only sigwait below takes the signals. */
+	/* Every thread inherits this mask; only the main thread takes them. */
 	sigset_t sigs;
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
@@ -290,21 +498,33 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* As root, every file read from here on is recorded: if the daemon
+	 * splits, the record is the child's first bundle. */
+	if (geteuid() == 0 && files_record_start(privsep_read_file, &pc.rd) != TERN_OK) {
+		fprintf(stderr, "tern: out of memory\n");
+		return 1;
+	}
 	struct tern_config *conf = config_load(path, cap, err, sizeof(err));
 	if (!conf) {
 		fprintf(stderr, "tern: %s\n", err);
+		file_bundle_free(files_record_stop());
 		return 1;
 	}
 	enum log_level lvl;
 	if (log_level_parse(conf->log_level, &lvl) == 0)
 		log_set_level(lvl);
 	log_info("event=starting version=%s config=%s hostname=%s data_dir=%s", TERN_VERSION,
-		 conf->source, conf->hostname, conf->data_dir);
+	         conf->source, conf->hostname, conf->data_dir);
 	conf_report_warnings(conf, NULL);
+	split = split_account(conf, &pc.rd.uid, &pc.rd.gid);
+	if (split < 0)
+		goto out;
+	if (!split)
+		file_bundle_free(files_record_stop());
 
 	if (tern_mkdir_p(conf->data_dir, 0750, false, NULL) != TERN_OK) {
 		log_error("event=fatal reason=\"cannot create data_dir %s: %s\"", conf->data_dir,
-			  strerror(errno));
+		          strerror(errno));
 		goto out;
 	}
 	n_workers = conf->workers ? conf->workers : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
@@ -316,7 +536,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	for (size_t i = 0; i < conf->n_listeners; i++) {
 		if (probe_listener(conf->listeners[i].address, err, sizeof(err)) != 0) {
 			log_error("event=fatal listener=%s reason=\"%s\"", conf->listeners[i].name,
-				  err);
+			          err);
 			goto out;
 		}
 		for (unsigned w = 0; w < n_workers; w++) {
@@ -327,15 +547,14 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			int fd = bind_listener(conf->listeners[i].address, err, sizeof(err));
 			if (fd < 0) {
 				log_error("event=fatal listener=%s reason=\"%s\"",
-					  conf->listeners[i].name, err);
+				          conf->listeners[i].name, err);
 				goto out;
 			}
 			fd_profiles[n_fds] = conf->listeners[i].profile;
 			fds[n_fds++] = fd;
 		}
-		log_info("event=listening name=%s address=%s profile=%s",
-			 conf->listeners[i].name, conf->listeners[i].address,
-			 conf->listeners[i].profile);
+		log_info("event=listening name=%s address=%s profile=%s", conf->listeners[i].name,
+		         conf->listeners[i].address, conf->listeners[i].profile);
 	}
 	if (cap) {
 		http_fd = bind_listener_opt(cap->http, false, err, sizeof(err));
@@ -348,8 +567,56 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	control_fd = control_bind(conf->data_dir);
 	if (control_fd < 0) {
 		log_error("event=fatal reason=\"cannot bind %s/control.sock: %s\"", conf->data_dir,
-			  strerror(errno));
+		          strerror(errno));
 		goto out;
+	}
+
+	if (split) {
+		chown_tree(conf->data_dir, pc.rd.uid, pc.rd.gid, 0);
+		pc.rd.referenced = true;
+		touch_referenced(conf);
+		bundle = files_record_stop();
+		pid_t parent = getpid();
+		pid_t child = privsep_fork(&ps_sock);
+		if (child < 0) {
+			log_error("event=fatal reason=\"cannot fork: %s\"", strerror(errno));
+			goto out;
+		}
+		if (child > 0) {
+			/* The parent holds no listener: every connection is the child's. */
+			is_parent = true;
+			for (size_t i = 0; i < n_fds; i++)
+				close(fds[i]);
+			n_fds = 0;
+			close(control_fd);
+			control_fd = -1;
+			if (http_fd >= 0)
+				close(http_fd);
+			http_fd = -1;
+			status = privsep_parent_run(child, ps_sock, bundle, parent_reload, &pc);
+			bundle = NULL;
+			ps_sock = -1;
+			goto out;
+		}
+		/* The child: the parent sends its own copy of the files. */
+		file_bundle_free(bundle);
+		bundle = NULL;
+		if (privsep_child_drop(parent, pc.rd.uid, pc.rd.gid, conf->user, err,
+		                       sizeof(err)) != TERN_OK) {
+			log_error("event=fatal reason=\"%s\"", err);
+			goto out;
+		}
+		struct file_bundle *first = NULL;
+		if (privsep_child_receive(ps_sock, &first, err, sizeof(err)) != TERN_OK) {
+			log_error("event=fatal reason=\"%s\"", err);
+			goto out;
+		}
+		files_serve_bundle(first);
+		sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+		if (sfd < 0) {
+			log_error("event=fatal reason=\"signalfd: %s\"", strerror(errno));
+			goto out;
+		}
 	}
 
 	if (conf->tls.cert_file) {
@@ -359,10 +626,6 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			goto out;
 		}
 		log_info("event=tls_loaded cert=%s", conf->tls.cert_file);
-	}
-	if (drop_privileges(conf->user, conf->data_dir, err, sizeof(err)) != 0) {
-		log_error("event=fatal reason=\"%s\"", err);
-		goto out;
 	}
 
 	rt = runtime_load(path, cap, err, sizeof(err));
@@ -432,22 +695,30 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 
 	for (;;) {
 		int sig = 0;
-		if (sigwait(&sigs, &sig) != 0)
+		struct file_bundle *nb = NULL;
+		enum daemon_event ev = wait_event(&sigs, sfd, ps_sock, &sig, &nb);
+		if (ev == EV_BUNDLE) {
+			reload_from_bundle(nb, path, cap);
 			continue;
+		}
+		if (ev == EV_PARENT_GONE) {
+			log_info("event=stopping reason=parent-gone sessions=%zu",
+			         smtp_server_sessions(srv));
+			break;
+		}
+		if (sig == SIGHUP && split) {
+			log_warn(
+			    "event=reload_ignored reason=\"only the privileged parent can read "
+			    "the files: send SIGHUP to pid %ld\"",
+			    (long)getppid());
+			continue;
+		}
 		if (sig == SIGHUP) {
-			struct tern_runtime *nrt = runtime_load(path, cap, err, sizeof(err));
-			if (!nrt) {
-				log_error("event=reload_failed reason=\"%s\" keeping=old-config", err);
-				continue;
-			}
-			log_info("event=reloaded users=%zu aliases=%zu local_domains=%zu",
-				 users_count(nrt->users), nrt->conf->n_aliases,
-				 nrt->conf->n_local_domains);
-			runtime_install(nrt);
+			reload_runtime(path, cap);
 			continue;
 		}
 		log_info("event=stopping signal=%s sessions=%zu", sig == SIGTERM ? "TERM" : "INT",
-			 smtp_server_sessions(srv));
+		         smtp_server_sessions(srv));
 		break;
 	}
 
@@ -458,7 +729,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	while (smtp_server_sessions(srv) > 0) {
 		if (elapsed_ms(&start) >= grace_ms) {
 			log_warn("event=shutdown_grace_expired sessions=%zu",
-				 smtp_server_sessions(srv));
+			         smtp_server_sessions(srv));
 			break;
 		}
 		struct timespec ts = {0, 20 * 1000 * 1000};
@@ -470,7 +741,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	while (remote_active(remote) > 0) {
 		if (elapsed_ms(&start) >= grace_ms) {
 			log_warn("event=shutdown_grace_expired remote_connections=%zu",
-				 remote_active(remote));
+			         remote_active(remote));
 			break;
 		}
 		struct timespec ts = {0, 20 * 1000 * 1000};
@@ -522,7 +793,14 @@ out:
 	if (tls)
 		SSL_CTX_free(tls);
 	runtime_clear();
-	if (status == 0)
+	if (sfd >= 0)
+		close(sfd);
+	if (ps_sock >= 0)
+		close(ps_sock);
+	file_bundle_free(bundle);
+	file_bundle_free(files_record_stop());
+	file_bundle_free(files_serve_bundle(NULL));
+	if (status == 0 && !is_parent)
 		log_info("event=stopped");
 	conf_unref(conf);
 	return status;

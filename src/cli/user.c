@@ -18,6 +18,7 @@
 #include "cli/cli.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "core/privsep.h"
 
 #define PASSWORD_MAX 1024
 
@@ -63,10 +64,13 @@ static int prompt_password(char *out, size_t outlen)
 }
 
 /* The daemon drops to conf->user: as root, hand the file (and a data dir
- * we had to create) to that account so the daemon can read it on SIGHUP. */
+ * we had to create) to that account so the daemon can read it on SIGHUP —
+ * unless only root can change its path: then the daemon's privileged parent
+ * reads it as root (core/privsep.h), and it stays root's. */
 static void give_to_daemon_user(const struct tern_config *conf)
 {
-	if (geteuid() != 0 || !conf->user || !*conf->user)
+	if (geteuid() != 0 || !conf->user || !*conf->user ||
+	    privsep_path_root_safe(conf->users_file))
 		return;
 	struct passwd *pw = getpwnam(conf->user);
 	if (!pw)

@@ -25,6 +25,7 @@
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/files.h"
 
 /* Objects with at least this many members get a hash index. */
 #define UCL_HASH_MIN 16
@@ -715,83 +716,33 @@ static char *path_join_dir(const char *base, const char *rel)
 	return p;
 }
 
-/* Why a file that is not regular cannot be a configuration file. */
-static const char *read_error(int err_no, mode_t mode)
+/* Why path cannot be read. EINVAL from the file source means "not a regular
+ * file"; stat (which never blocks on a FIFO) names what it is instead. */
+static const char *read_error(const char *path, int err_no)
 {
+	struct stat st;
+
 	if (err_no != EINVAL)
 		return strerror(err_no);
-	if (S_ISFIFO(mode))
+	if (stat(path, &st) != 0)
+		return "not a regular file";
+	if (S_ISFIFO(st.st_mode))
 		return "not a regular file (a FIFO)";
-	if (S_ISDIR(mode))
+	if (S_ISDIR(st.st_mode))
 		return "not a regular file (a directory)";
-	if (S_ISCHR(mode) || S_ISBLK(mode))
+	if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode))
 		return "not a regular file (a device)";
-	if (S_ISSOCK(mode))
+	if (S_ISSOCK(st.st_mode))
 		return "not a regular file (a socket)";
 	return "not a regular file";
 }
 
-/*
- * Reads a whole regular file of at most max bytes. Anything else is
- * refused with *err_no = EINVAL and its type in *mode: opening is
- * non-blocking, because open(2) of a FIFO waits for a writer and would
- * hang start-up forever.
- */
-static int read_file(const char *path, size_t max, char **out, size_t *outlen, int *err_no,
-                     mode_t *mode)
+/* Reads a whole regular file of at most max bytes, through the file source
+ * (core/files.h: from a bundle in the privilege-separated child; never
+ * blocking on a FIFO). */
+static int read_file(const char *path, size_t max, char **out, size_t *outlen, int *err_no)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	char *buf = NULL;
-	int rc = TERN_EIO;
-	*err_no = 0;
-	*mode = 0;
-	if (fd < 0) {
-		*err_no = errno;
-		return TERN_EIO;
-	}
-	struct stat st;
-	if (fstat(fd, &st) != 0) {
-		*err_no = errno;
-		goto out;
-	}
-	*mode = st.st_mode;
-	if (!S_ISREG(st.st_mode)) {
-		*err_no = EINVAL;
-		goto out;
-	}
-	if (st.st_size < 0 || (uint64_t)st.st_size > max) {
-		*err_no = EFBIG;
-		rc = TERN_ELIMIT;
-		goto out;
-	}
-	size_t size = (size_t)st.st_size, got = 0;
-	buf = malloc(size + 1);
-	if (!buf) {
-		rc = TERN_ENOMEM;
-		*err_no = ENOMEM;
-		goto out;
-	}
-	while (got < size) {
-		ssize_t r = read(fd, buf + got, size - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			*err_no = errno;
-			goto out;
-		}
-		if (r == 0) /* shrank while we read: use what is there */
-			break;
-		got += (size_t)r;
-	}
-	buf[got] = '\0';
-	*out = buf;
-	*outlen = got;
-	buf = NULL;
-	rc = TERN_OK;
-out:
-	free(buf);
-	close(fd);
-	return rc;
+	return tern_file_read(path, max, out, outlen, err_no);
 }
 
 static int add_file_name(struct ucl_doc *doc, const char *name)
@@ -844,10 +795,9 @@ static int do_include(struct parser *ps, struct ucl_node *obj, unsigned depth, u
 		goto out;
 	}
 	int en;
-	mode_t mode;
-	rc = read_file(target, UCL_MAX_FILE_SIZE, &text, &tlen, &en, &mode);
+	rc = read_file(target, UCL_MAX_FILE_SIZE, &text, &tlen, &en);
 	if (rc != TERN_OK) {
-		perr(ps, line, "cannot read included file '%s': %s", target, read_error(en, mode));
+		perr(ps, line, "cannot read included file '%s': %s", target, read_error(target, en));
 		goto out;
 	}
 	if (tlen > UCL_MAX_TOTAL_SIZE - ps->doc->total_size) {
@@ -1110,12 +1060,11 @@ int ucl_parse_file(const char *path, struct ucl_doc **out, char *err, size_t err
 	char *text = NULL;
 	size_t len = 0;
 	int en;
-	mode_t mode;
 	*out = NULL;
-	int rc = read_file(path, UCL_MAX_FILE_SIZE, &text, &len, &en, &mode);
+	int rc = read_file(path, UCL_MAX_FILE_SIZE, &text, &len, &en);
 	if (rc != TERN_OK) {
 		if (err && errlen)
-			snprintf(err, errlen, "%s: cannot read: %s", path, read_error(en, mode));
+			snprintf(err, errlen, "%s: cannot read: %s", path, read_error(path, en));
 		return rc;
 	}
 	rc = ucl_parse(text, len, path, true, out, err, errlen);

@@ -42,6 +42,7 @@
 #include "core/codec.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "core/files.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
@@ -729,17 +730,25 @@ static void start_tls(struct rconn *c)
 	set_timeout(c, c->conf->delivery.command_timeout);
 }
 
+/* The first line of path, through the file source (core/files.h): from the
+ * privileged parent's bundle when the daemon runs split. A line too long for
+ * out is refused rather than cut. */
 static bool read_password_file(const char *path, char *out, size_t outlen)
 {
-	FILE *f = path ? fopen(path, "r") : NULL;
-	if (!f)
+	char *data = NULL;
+	size_t len = 0;
+	int en;
+	if (!path || tern_file_read(path, 64 * 1024, &data, &len, &en) != TERN_OK)
 		return false;
-	bool ok = fgets(out, (int)outlen, f) != NULL;
-	fclose(f);
-	if (!ok)
-		return false;
-	out[strcspn(out, "\r\n")] = '\0';
-	return true;
+	size_t n = strcspn(data, "\r\n");
+	bool ok = len > 0 && n < outlen;
+	if (ok) {
+		memcpy(out, data, n);
+		out[n] = '\0';
+	}
+	explicit_bzero(data, len);
+	free(data);
+	return ok;
 }
 
 static void start_auth(struct rconn *c)

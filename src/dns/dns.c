@@ -29,9 +29,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unbound.h>
+#include <unistd.h>
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "core/files.h"
 #include "core/log.h"
 
 #define DNS_BUCKETS 256
@@ -431,7 +433,8 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const
                                       size_t errlen)
 {
 	struct dns_resolver *res = NULL;
-	int r;
+	char ta_name[PATH_MAX + 32];
+	int r, ta_fd = -1;
 
 	if (err && errlen)
 		err[0] = '\0';
@@ -527,17 +530,19 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const
 		}
 	}
 	if (trust_anchor_file && trust_anchor_file[0]) {
-		/* libunbound reads the file only at the first query; check
-		 * now so that a typo fails at startup, not at delivery */
-		FILE *f = fopen(trust_anchor_file, "r");
-		if (!f) {
+		/* Through the file source (core/files.h), so that a typo fails
+		 * here and the privilege-separated child reads the parent's
+		 * copy; libunbound reads it (by name) at the finalize below. */
+		int en;
+		if (tern_file_lib_path(trust_anchor_file, ta_name, sizeof(ta_name), &ta_fd, &en) !=
+		    TERN_OK) {
 			if (err && errlen)
 				snprintf(err, errlen, "dns: trust anchor file %s: %s",
-				         trust_anchor_file, strerror(errno));
+				         trust_anchor_file,
+				         en == EINVAL ? "not a regular file" : strerror(en));
 			goto fail;
 		}
-		fclose(f);
-		if ((r = ub_ctx_add_ta_file(res->ctx, trust_anchor_file)) != 0) {
+		if ((r = ub_ctx_add_ta_file(res->ctx, ta_name)) != 0) {
 			set_error(err, errlen, "dns: trust anchor", r);
 			goto fail;
 		}
@@ -553,6 +558,10 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const
 		set_error(err, errlen, "dns: configuration", r);
 		goto fail;
 	}
+	if (ta_fd >= 0) { /* read: the memfd behind ta_name can go */
+		close(ta_fd);
+		ta_fd = -1;
+	}
 	int fd = ub_fd(res->ctx);
 	if (fd < 0) {
 		if (err && errlen)
@@ -567,6 +576,8 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const
 	}
 	return res;
 fail:
+	if (ta_fd >= 0)
+		close(ta_fd);
 	destroy(res);
 	return NULL;
 }

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, IS_ROOT, Client, free_port, make_tmpdir, render_ucl, tern_bin
+from conftest import (DATA, IS_ROOT, Client, free_port, kill9_tern, make_tmpdir, render_ucl,
+                      tern_bin)
 
 SWAGGER_PATH = DATA / "mailpit-api" / "swagger.json"
 START_TIMEOUT = 10.0
@@ -258,8 +259,7 @@ class Capture:
                 self.logf = None
 
     def kill9(self):
-        self.proc.kill()
-        self.proc.wait(10)
+        kill9_tern(self.proc)
         self.logf.close()
         self.logf = None
 

@@ -109,6 +109,32 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def serving_pid(pid):
+    """The process that serves the network. Started as root, tern runs as a privileged
+    parent (pid) and one unprivileged child that does all the work (src/core/privsep.h);
+    otherwise it is one process."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+    except OSError:
+        return pid
+    return int(kids[0]) if kids else pid
+
+
+def kill9_tern(proc):
+    """kill -9 of the process holding the spool (the child of a split tern: its parent
+    then reaps it and exits by itself), and waits until every tern process is gone."""
+    child = serving_pid(proc.pid)
+    if child != proc.pid:
+        os.kill(child, signal.SIGKILL)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait(10)
+
+
 def make_tmpdir(prefix="tern-it-"):
     d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     # The daemon drops to "nobody" when started as root: it must traverse this.
@@ -407,7 +433,8 @@ class Tern:
 
     @property
     def pid(self):
-        return self.proc.pid
+        """The network-facing process (see serving_pid); signals go to self.proc."""
+        return serving_pid(self.proc.pid)
 
     def signal(self, sig):
         self.proc.send_signal(sig)
@@ -433,8 +460,7 @@ class Tern:
             self.logf.close()
 
     def kill9(self):
-        self.proc.kill()
-        self.proc.wait(10)
+        kill9_tern(self.proc)
         self.logf.close()
 
     def client(self, **kw):
