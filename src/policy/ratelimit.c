@@ -82,7 +82,8 @@ bool ratelimit_take(struct ratelimit *r, const uint8_t key[POLICY_NET_KEY_LEN], 
 {
 	if (per_minute == 0 || !r)
 		return true;
-	TERN_BUG_ON(kind >= RL_KINDS);
+	if (TERN_BUG_ON(kind >= RL_KINDS))
+		return true;
 	size_t b = bucket_of(r, key);
 	bool ok = true;
 	pthread_mutex_lock(&r->lock);

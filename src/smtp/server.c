@@ -384,6 +384,8 @@ static bool policy_refused_command(struct session *s, const struct policy_verdic
 static void policy_greet_done(void *arg, const struct policy_verdict *v)
 {
 	struct session *s = arg;
+	if (s->state != S_POLICY)
+		return; /* closing already (a timeout while the greeting waited) */
 	s->state = S_CMD;
 	if (v->action == POLICY_CLOSE) {
 		reply(s, "%s", v->reply);

@@ -72,12 +72,14 @@ def dns():
 def policy_tern(tern_factory, dns):
     """start(policy_section, **more_overrides) -> a running tern with that policy."""
 
-    def start(policy, forward=None, ipv6_port=None):
+    def start(policy, forward=None, ipv6_port=None, limits=None):
         cfg = {
             "relay": {"networks": [f"{TRUSTED}/32"]},
             "dns": {"forward": [forward or dns.forward]},
             "policy": policy,
         }
+        if limits:
+            cfg["limits"] = limits
         t = tern_factory(cfg, start=False)
         if ipv6_port:
             t.config["listen"]["mx6"] = {"address": f"[::1]:{ipv6_port}", "profile": "mx"}
@@ -341,3 +343,25 @@ def test_check_config_prints_the_policy_section(policy_tern, dns):
     t.config_path.write_text(bad)
     r = t.cli("check-config")
     assert r.returncode != 0 and "policy.dnsbl.zones" in r.stderr and "upwards" in r.stderr, r
+
+
+def test_idle_timeout_while_the_greeting_waits_closes_cleanly(policy_tern):
+    # the greeting waits 3 s, the session's idle timeout is 1 s: the timeout wins, and the
+    # verdict that arrives later must not greet (or touch) the closing session
+    t = policy_tern({"pregreet": {"delay": Raw("3s"), "action": "reject"}},
+                    limits={"idle_timeout": Raw("1s")})
+    with socket.create_connection(("127.0.0.1", t.port), timeout=10,
+                                  source_address=("127.0.0.50", 0)) as s:
+        s.settimeout(10)
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"220-"), data
+    assert b"421 4.4.2" in data, data
+    assert b"\r\n220 " not in data, data  # no greeting after the timeout
+    t.wait_log(r"client=127.0.0.50 reason=(idle|data)-timeout")
+    # the daemon is still well (the trusted network skips the wait)
+    send_ok(t, TRUSTED)
