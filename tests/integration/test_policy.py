@@ -193,8 +193,9 @@ def read_line(sock, timeout=10):
     return data
 
 
-def test_early_talker_is_refused_and_patient_client_is_served(policy_tern):
-    t = policy_tern({"pregreet": {"delay": Raw("1s"), "action": "reject"}})
+def test_early_talker_is_refused(policy_tern):
+    # a long delay leaves no doubt that the client spoke first; the refusal comes at once
+    t = policy_tern({"pregreet": {"delay": Raw("30s"), "action": "reject"}})
     with socket.create_connection(("127.0.0.1", t.port), timeout=10,
                                   source_address=("127.0.0.20", 0)) as s:
         first = read_line(s)
@@ -210,7 +211,10 @@ def test_early_talker_is_refused_and_patient_client_is_served(policy_tern):
         assert b"554 5.5.1" in rest, rest
         assert b"250" not in rest, rest  # the EHLO was never executed
     t.wait_log(r"client=127.0.0.20 check=pregreet result=early-talker action=close")
-    # a client that waits for the whole greeting is served as usual
+
+
+def test_patient_client_gets_the_two_line_greeting(policy_tern):
+    t = policy_tern({"pregreet": {"delay": Raw("1s"), "action": "reject"}})
     with t.client(source="127.0.0.21") as c:
         assert c.greeting.code == 220 and len(c.greeting.lines) == 2, c.greeting
         c.send_message(SENDER, [RCPT], make_message("patient"))
@@ -261,11 +265,11 @@ def rcpt_reply(t, source, rcpt=RCPT, sender=SENDER):
 
 
 def test_greylisting_defers_then_accepts_and_survives_a_restart(policy_tern):
-    t = policy_tern({"greylist": {"enabled": True, "delay": Raw("2s")}})
+    t = policy_tern({"greylist": {"enabled": True, "delay": Raw("4s")}})
     src = "127.0.0.30"
     r = expect(rcpt_reply(t, src), 451, "4.7.1")
     assert "Greylisted" in r.text and "try again in" in r.text, r
-    # too early: still deferred
+    # too early (well within the 4 s): still deferred
     expect(rcpt_reply(t, src), 451, "4.7.1")
     # another recipient is another triplet; the trusted network is never greylisted
     expect(rcpt_reply(t, src, rcpt="bob@example.test"), 451, "4.7.1")
@@ -346,9 +350,9 @@ def test_check_config_prints_the_policy_section(policy_tern, dns):
 
 
 def test_idle_timeout_while_the_greeting_waits_closes_cleanly(policy_tern):
-    # the greeting waits 3 s, the session's idle timeout is 1 s: the timeout wins, and the
+    # the greeting waits 30 s, the session's idle timeout is 1 s: the timeout wins, and the
     # verdict that arrives later must not greet (or touch) the closing session
-    t = policy_tern({"pregreet": {"delay": Raw("3s"), "action": "reject"}},
+    t = policy_tern({"pregreet": {"delay": Raw("30s"), "action": "reject"}},
                     limits={"idle_timeout": Raw("1s")})
     with socket.create_connection(("127.0.0.1", t.port), timeout=10,
                                   source_address=("127.0.0.50", 0)) as s:
