@@ -358,7 +358,7 @@ static int load(struct greylist *g, char *err, size_t errlen)
 		return TERN_EIO;
 	}
 	if (db_open(g, false) != TERN_OK) {
-		snprintf(err, errlen, "cannot open %s", g->path);
+		snprintf(err, errlen, "cannot open %s as a database", g->path);
 		return TERN_EIO;
 	}
 	sqlite3_stmt *st = NULL;
@@ -385,6 +385,33 @@ static int load(struct greylist *g, char *err, size_t errlen)
 	return TERN_OK;
 }
 
+/*
+ * The database cannot be read: the greylist is a cache of decisions, so
+ * start empty (costing clients one more deferral) rather than refuse to
+ * start, and keep the file as PATH.damaged for the operator.
+ */
+static void set_aside(struct greylist *g, const char *why)
+{
+	static const char *const suffix[] = {"", "-wal", "-shm"};
+	if (g->db)
+		sqlite3_close(g->db);
+	g->db = NULL;
+	g->db_failed_logged = false; /* the fresh file's trouble is news */
+	char from[4200], to[4200], q[600];
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(from, sizeof(from), "%s%s", g->path, suffix[i]);
+		snprintf(to, sizeof(to), "%s.damaged%s", g->path, suffix[i]);
+		if (rename(from, to) != 0 && errno != ENOENT && i == 0)
+			log_error("event=greylist_set_aside_failed path=%s reason=%s",
+			          log_quote(from, strlen(from), q, sizeof(q)), strerror(errno));
+	}
+	char qk[600];
+	snprintf(to, sizeof(to), "%s.damaged", g->path);
+	log_error("event=greylist_load_failed reason=%s action=start-empty kept=%s",
+	          log_quote(why, strlen(why), q, sizeof(q)),
+	          log_quote(to, strlen(to), qk, sizeof(qk)));
+}
+
 struct greylist *greylist_open(const char *data_dir, char *err, size_t errlen)
 {
 	struct greylist *g = calloc(1, sizeof(*g));
@@ -400,14 +427,13 @@ struct greylist *greylist_open(const char *data_dir, char *err, size_t errlen)
 		goto nomem;
 	snprintf(g->path, n, "%s/policy.db", data_dir);
 	if (load(g, err, errlen) != TERN_OK)
-		goto fail;
+		set_aside(g, err);
 	g->writer = pool_new(1);
 	if (!g->writer)
 		goto nomem;
 	return g;
 nomem:
 	snprintf(err, errlen, "greylist: out of memory");
-fail:
 	greylist_close(g);
 	return NULL;
 }

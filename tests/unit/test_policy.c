@@ -458,8 +458,9 @@ static int setup_tmpdir(void **state)
 static int teardown_tmpdir(void **state)
 {
 	char p[128];
-	static const char *const files[] = {"policy.db", "policy.db-wal", "policy.db-shm"};
-	for (size_t i = 0; i < 3; i++) {
+	static const char *const files[] = {"policy.db", "policy.db-wal", "policy.db-shm",
+	                                    "policy.db.damaged"};
+	for (size_t i = 0; i < 4; i++) {
 		snprintf(p, sizeof(p), "%s/%s", tmpdir, files[i]);
 		unlink(p);
 	}
@@ -545,6 +546,36 @@ static void test_greylist_open_without_file_creates_nothing(void **state)
 	struct stat sb;
 	snprintf(path, sizeof(path), "%s/policy.db", tmpdir);
 	assert_int_not_equal(stat(path, &sb), 0); /* no greylisting, no file */
+}
+
+static void test_greylist_damaged_file_is_set_aside(void **state)
+{
+	char path[128], aside[160], err[256] = "";
+	snprintf(path, sizeof(path), "%s/policy.db", tmpdir);
+	snprintf(aside, sizeof(aside), "%s/policy.db.damaged", tmpdir);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("this is not an SQLite database, but it is long enough to look at. ", f);
+	for (int i = 0; i < 200; i++)
+		fputs("garbage garbage garbage ", f);
+	fclose(f);
+	/* the greylist is a cache of decisions: start empty rather than refuse to start */
+	struct greylist *g = greylist_open(tmpdir, err, sizeof(err));
+	if (!g)
+		fail_msg("refused to open: %s", err);
+	struct stat sb;
+	assert_int_equal(stat(aside, &sb), 0); /* kept for the operator */
+	struct policy_grey_params p = {10, 3600, 86400};
+	uint8_t net[POLICY_NET_KEY_LEN] = {4, 192, 0, 2, 0};
+	uint32_t wait;
+	int64_t t = (int64_t)time(NULL);
+	assert_int_equal(
+	    greylist_check(g, net, "192.0.2.0/24", "a@x.example", "b@y.example", t, &p, &wait),
+	    POLICY_GREY_NEW);
+	greylist_close(g);
+	/* and a fresh database holds what came after */
+	assert_int_equal(count_rows("passed = 0"), 1);
+	unlink(aside);
 }
 
 /* ----------------------------------------------------------------- config */
@@ -692,6 +723,8 @@ int main(void)
 	                                    setup_tmpdir, teardown_tmpdir),
 	    cmocka_unit_test_setup_teardown(test_greylist_open_without_file_creates_nothing,
 	                                    setup_tmpdir, teardown_tmpdir),
+	    cmocka_unit_test_setup_teardown(test_greylist_damaged_file_is_set_aside, setup_tmpdir,
+	                                    teardown_tmpdir),
 	    cmocka_unit_test(test_conf_policy_defaults),
 	    cmocka_unit_test(test_conf_policy_values),
 	    cmocka_unit_test(test_conf_policy_errors),
