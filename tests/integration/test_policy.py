@@ -12,6 +12,7 @@ Never: wait without a bound, assert on elapsed time, or talk outside 127.0.0.0/8
 """
 
 import ipaddress
+import signal
 import smtplib
 import socket
 import time
@@ -369,3 +370,14 @@ def test_idle_timeout_while_the_greeting_waits_closes_cleanly(policy_tern):
     t.wait_log(r"client=127.0.0.50 reason=(idle|data)-timeout")
     # the daemon is still well (the trusted network skips the wait)
     send_ok(t, TRUSTED)
+
+
+def test_sighup_applies_a_new_policy_to_new_sessions(policy_tern):
+    t = policy_tern({})
+    send_ok(t, LISTED, subject="before reload")  # no lists configured yet
+    t.config["policy"] = {"dnsbl": DNSBL}
+    t.write_config()
+    t.signal(signal.SIGHUP)
+    t.wait_log(r"event=reloaded")
+    with t.client(source=LISTED) as c:
+        expect(c.greeting, 554, "5.7.1")
