@@ -1430,8 +1430,8 @@ static void process_input(struct session *s)
 			progress = read_bdat(s, in);
 			break;
 		case S_POLICY:
-			policy_client_spoke(
-			    s->pol); /* POLICY: the client spoke before our greeting */
+			/* POLICY: the client spoke before our greeting */
+			policy_client_spoke(s->pol);
 			return;
 		case S_COMMIT:
 		case S_CLOSING:
