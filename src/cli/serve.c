@@ -44,6 +44,7 @@
 #include "core/privsep.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "policy/policy.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
 
@@ -480,6 +481,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct scheduler *sched = NULL;
 	struct smtp_server *srv = NULL;
 	struct remote *remote = NULL;
+	struct policy *policy = NULL;
 	struct control *ctl = NULL;
 	struct capture_mode *capm = NULL;
 	SSL_CTX *tls = NULL;
@@ -661,6 +663,12 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		goto out;
 	}
 	scheduler_set_remote(sched, remote);
+	policy = policy_new(workers, n_workers, conf, err, sizeof(err));
+	if (!policy) {
+		log_error("event=fatal reason=\"policy: %s\"", err);
+		goto out;
+	}
+	smtp_server_set_policy(srv, policy);
 	smtp_server_set_tls(srv, tls);
 	for (size_t i = 0; i < n_fds; i++) {
 		if (smtp_server_listen(srv, workers[i % n_workers], fds[i], fd_profiles[i]) !=
@@ -777,6 +785,7 @@ out:
 		if (workers[w])
 			worker_run_pending(workers[w]);
 	smtp_server_free(srv);
+	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */
 	remote_free(remote);
 	scheduler_free(sched);
 	for (unsigned w = 0; w < n_workers; w++)

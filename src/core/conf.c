@@ -28,6 +28,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/ucl.h"
+#include "policy/policy.h"
 
 #define DEFAULT_SOURCE "(embedded default)"
 #define MAX_PATH_LEN 1024
@@ -97,6 +98,18 @@ static const char default_text[] =
     "\thttp_allowed_hosts = [];     # besides IP addresses, localhost and hostname\n"
     "\thttp_max_body = 64m;\n"
     "\thttp_max_connections = 256;\n"
+    "}\n"
+    "policy {                      # abuse defences of mx listeners: all off\n"
+    "\tdns_timeout = 5s;\n"
+    "\tdnsbl { zones = []; threshold = 1; }\n"
+    "\tpregreet { delay = 0s; action = \"reject\"; }\n"
+    "\tfcrdns { enabled = false; require = false; reject_code = 450; }\n"
+    "\tgreylist { enabled = false; delay = 5min; retry_window = 2d; expire = 35d; }\n"
+    "\tratelimit {\n"
+    "\t\tconnections_per_minute = 0;  # 0: no limit\n"
+    "\t\tmessages_per_minute = 0;\n"
+    "\t\trecipients_per_minute = 0;\n"
+    "\t}\n"
     "}\n";
 
 static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
@@ -1331,6 +1344,246 @@ static int parse_dns(struct ctx *x, struct tern_config *c, const struct ucl_node
 	return rc;
 }
 
+/* ---- policy -------------------------------------------------------------- */
+
+static void print_str(FILE *f, const char *s);
+
+/*
+ * policy { dns_timeout; dnsbl { }; pregreet { }; fcrdns { }; greylist { };
+ * ratelimit { } }: the abuse defences of mx listeners. The zone specs are
+ * parsed by the policy module's pure parser (policy/policy.h), so that the
+ * notation has one definition.
+ */
+
+static const struct conf_policy default_policy = {
+    .dns_timeout = 5,
+    .dnsbl_threshold = 1,
+    .pregreet_delay = 0,
+    .pregreet_reject = true,
+    .fcrdns_reject_code = 450,
+    .greylist_delay = 300,
+    .greylist_retry_window = 2 * 86400,
+    .greylist_expire = 35 * 86400,
+};
+
+struct zonelist {
+	struct policy_zone *v;
+	size_t n;
+};
+
+static int add_zone(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct zonelist *l = arg;
+	char why[160], b[80];
+	struct policy_zone z;
+	if (policy_zone_parse(n->str, n->len, &z, why, sizeof(why)) != TERN_OK)
+		return cerr(x, n, "%s: '%s': %s", path, show(n->str, b, sizeof(b)), why);
+	struct policy_zone *v = realloc(l->v, (l->n + 1) * sizeof(*v));
+	if (!v)
+		return nomem(x);
+	l->v = v;
+	v[l->n++] = z;
+	return TERN_OK;
+}
+
+static int parse_dnsbl(struct ctx *x, const struct ucl_node *sec, struct conf_policy *p)
+{
+	int rc = want_section(x, sec, "policy.dnsbl");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "zones") == 0) {
+			struct zonelist l = {0};
+			rc =
+			    each_string(x, m, "policy.dnsbl.zones", POLICY_ZONES_MAX, add_zone, &l);
+			if (rc != TERN_OK) {
+				free(l.v);
+				break;
+			}
+			free(p->zones);
+			p->zones = l.v;
+			p->n_zones = l.n;
+		} else if (strcmp(m->key, "threshold") == 0) {
+			rc = get_num(x, m, "policy.dnsbl.threshold", NK_COUNT, 1,
+			             POLICY_WEIGHT_MAX * POLICY_ZONES_MAX, &v);
+			p->dnsbl_threshold = (int32_t)v;
+		} else {
+			rc = unknown_key(x, m, "policy.dnsbl");
+		}
+	}
+	return rc;
+}
+
+static int parse_pregreet(struct ctx *x, const struct ucl_node *sec, struct conf_policy *p)
+{
+	int rc = want_section(x, sec, "policy.pregreet");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "delay") == 0) {
+			rc = get_num(x, m, "policy.pregreet.delay", NK_TIME, 0, 60, &v);
+			p->pregreet_delay = (uint32_t)v;
+		} else if (strcmp(m->key, "action") == 0) {
+			char b[80];
+			if (m->type != UCL_STRING)
+				return want(x, m, "policy.pregreet.action",
+				            "\"reject\" or \"ignore\"");
+			if (strcmp(m->str, "reject") == 0)
+				p->pregreet_reject = true;
+			else if (strcmp(m->str, "ignore") == 0)
+				p->pregreet_reject = false;
+			else
+				return cerr(
+				    x, m,
+				    "policy.pregreet.action: must be \"reject\" or \"ignore\", "
+				    "not '%s'",
+				    show(m->str, b, sizeof(b)));
+		} else {
+			rc = unknown_key(x, m, "policy.pregreet");
+		}
+	}
+	return rc;
+}
+
+static int parse_fcrdns(struct ctx *x, const struct ucl_node *sec, struct conf_policy *p)
+{
+	int rc = want_section(x, sec, "policy.fcrdns");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "enabled") == 0) {
+			rc = get_bool(x, m, "policy.fcrdns.enabled", &p->fcrdns_enabled);
+		} else if (strcmp(m->key, "require") == 0) {
+			rc = get_bool(x, m, "policy.fcrdns.require", &p->fcrdns_require);
+		} else if (strcmp(m->key, "reject_code") == 0) {
+			rc = get_num(x, m, "policy.fcrdns.reject_code", NK_COUNT, 450, 550, &v);
+			if (rc == TERN_OK && v != 450 && v != 550)
+				return cerr(x, m, "policy.fcrdns.reject_code: must be 450 or 550");
+			p->fcrdns_reject_code = (uint16_t)v;
+		} else {
+			rc = unknown_key(x, m, "policy.fcrdns");
+		}
+	}
+	return rc;
+}
+
+static int parse_greylist(struct ctx *x, const struct ucl_node *sec, struct conf_policy *p)
+{
+	int rc = want_section(x, sec, "policy.greylist");
+	const struct ucl_node *window = NULL;
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "enabled") == 0) {
+			rc = get_bool(x, m, "policy.greylist.enabled", &p->greylist);
+		} else if (strcmp(m->key, "delay") == 0) {
+			rc = get_num(x, m, "policy.greylist.delay", NK_TIME, 0, 86400, &v);
+			p->greylist_delay = (uint32_t)v;
+		} else if (strcmp(m->key, "retry_window") == 0) {
+			rc = get_num(x, m, "policy.greylist.retry_window", NK_TIME, 60, 30 * 86400,
+			             &v);
+			p->greylist_retry_window = (uint32_t)v;
+			window = m;
+		} else if (strcmp(m->key, "expire") == 0) {
+			rc =
+			    get_num(x, m, "policy.greylist.expire", NK_TIME, 3600, 366 * 86400, &v);
+			p->greylist_expire = (uint32_t)v;
+		} else {
+			rc = unknown_key(x, m, "policy.greylist");
+		}
+	}
+	if (rc == TERN_OK && p->greylist_retry_window <= p->greylist_delay)
+		return cerr(x, window ? window : sec,
+		            "policy.greylist: retry_window (%us) must be longer than delay (%us), "
+		            "or no sender could ever pass",
+		            (unsigned)p->greylist_retry_window, (unsigned)p->greylist_delay);
+	return rc;
+}
+
+static int parse_ratelimit(struct ctx *x, const struct ucl_node *sec, struct conf_policy *p)
+{
+	static const struct {
+		const char *name;
+		size_t off;
+	} keys[] = {
+	    {"connections_per_minute", offsetof(struct conf_policy, connections_per_minute)},
+	    {"messages_per_minute", offsetof(struct conf_policy, messages_per_minute)},
+	    {"recipients_per_minute", offsetof(struct conf_policy, recipients_per_minute)},
+	};
+	int rc = want_section(x, sec, "policy.ratelimit");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		size_t k = 0;
+		while (k < sizeof(keys) / sizeof(keys[0]) && strcmp(m->key, keys[k].name) != 0)
+			k++;
+		if (k == sizeof(keys) / sizeof(keys[0]))
+			return unknown_key(x, m, "policy.ratelimit");
+		char path[64];
+		uint64_t v = 0;
+		snprintf(path, sizeof(path), "policy.ratelimit.%s", keys[k].name);
+		rc = get_num(x, m, path, NK_COUNT, 0, 1000000, &v);
+		uint32_t v32 = (uint32_t)v;
+		if (rc == TERN_OK)
+			memcpy((char *)p + keys[k].off, &v32, sizeof(v32));
+	}
+	return rc;
+}
+
+static int parse_policy(struct ctx *x, const struct ucl_node *sec, struct conf_policy *p)
+{
+	int rc = want_section(x, sec, "policy");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "dns_timeout") == 0) {
+			rc = get_num(x, m, "policy.dns_timeout", NK_TIME, 1, 60, &v);
+			p->dns_timeout = (uint32_t)v;
+		} else if (strcmp(m->key, "dnsbl") == 0) {
+			rc = parse_dnsbl(x, m, p);
+		} else if (strcmp(m->key, "pregreet") == 0) {
+			rc = parse_pregreet(x, m, p);
+		} else if (strcmp(m->key, "fcrdns") == 0) {
+			rc = parse_fcrdns(x, m, p);
+		} else if (strcmp(m->key, "greylist") == 0) {
+			rc = parse_greylist(x, m, p);
+		} else if (strcmp(m->key, "ratelimit") == 0) {
+			rc = parse_ratelimit(x, m, p);
+		} else {
+			rc = unknown_key(x, m, "policy");
+		}
+	}
+	return rc;
+}
+
+static void print_policy(FILE *f, const struct conf_policy *p)
+{
+	fprintf(f, "policy {\n\tdns_timeout = %us;\n\tdnsbl {\n\t\tzones = [",
+	        (unsigned)p->dns_timeout);
+	for (size_t i = 0; i < p->n_zones; i++) {
+		char spec[POLICY_ZONE_NAME_MAX + 128];
+		if (!policy_zone_format(&p->zones[i], spec, sizeof(spec)))
+			tern_strlcpy(spec, "?", sizeof(spec));
+		fputs(i ? ", " : "", f);
+		print_str(f, spec);
+	}
+	fprintf(f, "];\n\t\tthreshold = %d;\n\t}\n", (int)p->dnsbl_threshold);
+	fprintf(f, "\tpregreet {\n\t\tdelay = %us;\n\t\taction = \"%s\";\n\t}\n",
+	        (unsigned)p->pregreet_delay, p->pregreet_reject ? "reject" : "ignore");
+	fprintf(f, "\tfcrdns {\n\t\tenabled = %s;\n\t\trequire = %s;\n\t\treject_code = %u;\n\t}\n",
+	        p->fcrdns_enabled ? "true" : "false", p->fcrdns_require ? "true" : "false",
+	        (unsigned)p->fcrdns_reject_code);
+	fprintf(f,
+	        "\tgreylist {\n\t\tenabled = %s;\n\t\tdelay = %us;\n\t\tretry_window = %us;\n"
+	        "\t\texpire = %us;\n\t}\n",
+	        p->greylist ? "true" : "false", (unsigned)p->greylist_delay,
+	        (unsigned)p->greylist_retry_window, (unsigned)p->greylist_expire);
+	fprintf(f,
+	        "\tratelimit {\n\t\tconnections_per_minute = %u;\n\t\tmessages_per_minute = %u;\n"
+	        "\t\trecipients_per_minute = %u;\n\t}\n}\n",
+	        (unsigned)p->connections_per_minute, (unsigned)p->messages_per_minute,
+	        (unsigned)p->recipients_per_minute);
+}
+
 /* ---- building ------------------------------------------------------------ */
 
 static void free_aliases(struct conf_alias *v, size_t n)
@@ -1342,6 +1595,7 @@ static void free_aliases(struct conf_alias *v, size_t n)
 
 static void conf_free(struct tern_config *c)
 {
+	free(c->policy.zones);
 	free(c->tls.cert_file);
 	free(c->tls.key_file);
 	for (size_t i = 0; i < c->n_routes; i++)
@@ -1539,6 +1793,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dns(x, c, m);
 	if (strcmp(k, "capture") == 0)
 		return parse_capture(x, m, &c->capture);
+	if (strcmp(k, "policy") == 0)
+		return parse_policy(x, m, &c->policy);
 	if (strcmp(k, "tls") == 0) {
 		const struct ucl_node *where;
 		return parse_tls(x, m, &c->tls, &where);
@@ -1587,6 +1843,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->delivery = default_delivery;
 	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
 	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
+	c->policy = default_policy;
 	c->vrfy = true;
 	c->expn = false;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
@@ -1999,4 +2256,5 @@ void conf_print(const struct tern_config *c, FILE *out)
 	} else {
 		fputs("# no tls section: STARTTLS is not offered\n", out);
 	}
+	print_policy(out, &c->policy);
 }

@@ -106,6 +106,27 @@ struct conf_capture {
 	uint32_t http_max_connections; /* concurrent HTTP connections; default 256 */
 };
 
+/* ---- policy { }: abuse defences on mx listeners (src/policy/policy.h) ---- */
+struct policy_zone;
+struct conf_policy {
+	uint32_t dns_timeout;      /* seconds the greeting waits for DNS answers; default 5 */
+	struct policy_zone *zones; /* dnsbl.zones, parsed; empty = no DNSBL */
+	size_t n_zones;
+	int32_t dnsbl_threshold;     /* refuse at this score or more; default 1 */
+	uint32_t pregreet_delay;     /* seconds; 0 (default) = no early-talker test */
+	bool pregreet_reject;        /* action: "reject" (default) or "ignore" (log only) */
+	bool fcrdns_enabled;         /* look up forward-confirmed reverse DNS; default false */
+	bool fcrdns_require;         /* refuse MAIL without it (implies enabled); default false */
+	uint16_t fcrdns_reject_code; /* 450 (default) or 550 */
+	bool greylist;               /* default false */
+	uint32_t greylist_delay;     /* seconds; default 300 */
+	uint32_t greylist_retry_window;  /* seconds a new triplet may take to retry; default 2 d */
+	uint32_t greylist_expire;        /* seconds a passed triplet is remembered; default 35 d */
+	uint32_t connections_per_minute; /* per client address (IPv6: /64); 0 = no limit */
+	uint32_t messages_per_minute;
+	uint32_t recipients_per_minute;
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -139,6 +160,7 @@ struct tern_config {
 	struct conf_dns dns;
 	struct conf_capture capture;
 	struct conf_tls_server tls;
+	struct conf_policy policy;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

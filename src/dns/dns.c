@@ -491,8 +491,11 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const
 	 * libunbound answers some names itself (RFC 6761/6303 default local
 	 * zones). As a stub behind a configured resolver it must not: "test."
 	 * and "home.arpa." and the LAN/test-net reverse zones belong to
-	 * whoever runs that resolver (our test zones live under .test). The
-	 * localhost, .onion and .invalid answers stay local. "transparent"
+	 * whoever runs that resolver (our test zones live under .test), and
+	 * so does the reverse zone of 127/8 (the policy module's reverse-DNS
+	 * check of a 127.0.0.x client asks the resolver, which serves the
+	 * same answers itself per RFC 6303). The localhost, .onion and
+	 * .invalid answers stay local. "transparent"
 	 * rather than "nodefault": libunbound 1.17's ub_ctx_set_option stores
 	 * a nodefault zone's name with the type still attached, so it never
 	 * matches; any other type also removes the default zone.
@@ -502,6 +505,7 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const char *const
 	    {"insecure-lan-zones:", "yes"},
 	    {"local-zone:", "test. transparent"},
 	    {"local-zone:", "home.arpa. transparent"},
+	    {"local-zone:", "127.in-addr.arpa. transparent"},
 	};
 	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
 		if ((r = ub_ctx_set_option(res->ctx, opts[i][0], opts[i][1])) != 0) {

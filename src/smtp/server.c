@@ -45,6 +45,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
+#include "policy/policy.h"
 #include "queue/queue.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
@@ -62,9 +63,10 @@ enum session_state {
 	S_BDAT,       /* reading a BDAT chunk */
 	S_COMMIT,     /* waiting for the spool to make the message durable */
 	S_CLOSING,    /* final reply queued; free once it is written */
+	S_POLICY,     /* the greeting waits for the connect-time policy (policy.h) */
 };
 
-static const char *state_names[] = {"cmd", "data", "bdat", "commit", "closing"};
+static const char *state_names[] = {"cmd", "data", "bdat", "commit", "closing", "policy"};
 
 struct tx_rcpt {
 	char *addr;
@@ -123,6 +125,8 @@ struct session {
 	char peer[INET6_ADDRSTRLEN + 2];
 	struct sockaddr_storage peer_sa;
 	struct tx *tx;
+	struct policy_session *pol; /* mx listeners: the abuse defences' state, or NULL */
+	bool policy_refused;        /* a 554 greeting was sent: only QUIT is accepted */
 };
 
 struct srv_worker {
@@ -147,6 +151,7 @@ struct ip_count {
 
 struct smtp_server {
 	SSL_CTX *tls;
+	struct policy *policy;
 	struct spool *spool;
 	struct scheduler *sched;
 	struct srv_worker *workers[64];
@@ -348,6 +353,81 @@ static bool count_error(struct session *s)
 	return false;
 }
 
+/* ---------------------------------------------------------------- POLICY */
+
+/*
+ * The abuse defences of mx listeners (DNSBL, early talkers, reverse DNS,
+ * greylisting, rate limits) live in src/policy/. These are the server's
+ * only contact points with them: connect (the greeting may wait), MAIL,
+ * RCPT, the Received header and session_free, each marked "POLICY:".
+ */
+
+static void process_input(struct session *s);
+
+static void greet(struct session *s)
+{
+	reply(s, "220 %s ESMTP tern ready", s->conf->hostname);
+}
+
+/* A MAIL or RCPT verdict; true if the command was refused (reply sent). */
+static bool policy_refused_command(struct session *s, const struct policy_verdict *v)
+{
+	if (v->action == POLICY_PASS)
+		return false;
+	reply(s, "%s", v->reply);
+	if (v->action == POLICY_CLOSE)
+		session_close_after_flush(s, "policy");
+	return true;
+}
+
+/* The connect-time verdict: the greeting, a 554 instead of it, or a close. */
+static void policy_greet_done(void *arg, const struct policy_verdict *v)
+{
+	struct session *s = arg;
+	if (s->state != S_POLICY)
+		return; /* closing already (a timeout while the greeting waited) */
+	s->state = S_CMD;
+	if (v->action == POLICY_CLOSE) {
+		reply(s, "%s", v->reply);
+		session_close_after_flush(s, "policy");
+		return;
+	}
+	if (v->action == POLICY_REFUSE) {
+		reply(s, "%s", v->reply);
+		s->policy_refused = true;
+	} else {
+		greet(s);
+	}
+	process_input(s); /* what the client sent meanwhile (pregreet action "ignore") */
+}
+
+/* At accept: starts the checks; greets now, or once they are done. */
+static void policy_at_connect(struct session *s, bool mx)
+{
+	struct policy_verdict v = {.action = POLICY_PASS};
+	if (mx) {
+		char sess[48];
+		snprintf(sess, sizeof(sess), "%u.%llu", worker_index(s->sw->w),
+		         (unsigned long long)s->serial);
+		s->pol = policy_connect(s->sw->srv->policy, s->sw->w, s->conf, &s->peer_sa, sess,
+		                        policy_greet_done, s, &v);
+	}
+	switch (v.action) {
+	case POLICY_WAIT:
+		if (v.reply[0])
+			reply(s, "%s", v.reply);
+		s->state = S_POLICY; /* reading goes on, so early talk is seen */
+		break;
+	case POLICY_CLOSE:
+		reply(s, "%s", v.reply);
+		session_close_after_flush(s, "policy");
+		break;
+	default:
+		greet(s);
+		break;
+	}
+}
+
 /* --------------------------------------------------------- transactions */
 
 static void tx_free(struct tx *t)
@@ -471,6 +551,10 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 			return;
 		}
 	}
+	struct policy_verdict pv; /* POLICY: reverse DNS, message rate */
+	policy_mail(s->pol, c->path.null_path ? "" : c->path.addr, s->authenticated, &pv);
+	if (policy_refused_command(s, &pv))
+		return;
 	struct tx *t = calloc(1, sizeof(*t));
 	if (!t)
 		goto nomem;
@@ -554,6 +638,11 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 		reply(s, "452 4.5.3 Too many recipients");
 		return;
 	}
+	struct policy_verdict pv; /* POLICY: recipient rate, greylisting */
+	policy_rcpt(s->pol, t->sender, c->path.has_domain ? c->path.addr : "postmaster",
+	            s->authenticated, &pv);
+	if (policy_refused_command(s, &pv))
+		return;
 	char q[SMTP_ADDR_MAX * 4 + 8];
 	if (s->conf->capture_mode) {
 		/* Capture mode catches everything: any recipient, any domain. */
@@ -629,8 +718,11 @@ static int begin_message(struct session *s, struct tx *t)
 	for (const char *p = s->helo; *p && h < sizeof(helo) - 1; p++)
 		helo[h++] = (*p > ' ' && *p < 0x7f && *p != '(' && *p != ')') ? *p : '?';
 	helo[h] = '\0';
-	int rc = tbuf_printf(&t->msg, "Received: from %s ([%s])\r\n\tby %s (tern) with %s id %s",
-			     helo, s->peer, s->conf->hostname, proto_keyword(s, t), t->id);
+	const char *rdns = policy_client_name(s->pol); /* POLICY: forward-confirmed name */
+	int rc =
+	    tbuf_printf(&t->msg, "Received: from %s (%s%s[%s])\r\n\tby %s (tern) with %s id %s",
+	                helo, rdns ? rdns : "", rdns ? " " : "", s->peer, s->conf->hostname,
+	                proto_keyword(s, t), t->id);
 	if (rc == TERN_OK && t->n_rcpts == 1 && strlen(t->rcpts[0].addr) < 300)
 		rc = tbuf_printf(&t->msg, "\r\n\tfor <%s>", t->rcpts[0].addr);
 	if (rc == TERN_OK)
@@ -996,6 +1088,13 @@ static void dispatch(struct session *s, const char *line, size_t len)
 		count_error(s);
 		goto out;
 	}
+	/* POLICY: after a 554 greeting only QUIT is accepted (RFC 5321 §3.1). */
+	if (s->policy_refused && c->verb != SMTP_QUIT) {
+		reply(s, "503 5.7.1 This server refused the connection (see its greeting); only "
+		         "QUIT is accepted");
+		count_error(s);
+		goto out;
+	}
 	switch (c->verb) {
 	case SMTP_HELO:
 	case SMTP_EHLO:
@@ -1330,6 +1429,10 @@ static void process_input(struct session *s)
 		case S_BDAT:
 			progress = read_bdat(s, in);
 			break;
+		case S_POLICY:
+			/* POLICY: the client spoke before our greeting */
+			policy_client_spoke(s->pol);
+			return;
 		case S_COMMIT:
 		case S_CLOSING:
 			return;
@@ -1416,6 +1519,7 @@ static void session_free(struct session *s)
 	ip_release(sw->srv, &s->peer_sa);
 	atomic_fetch_sub(&sw->srv->n_sessions, 1);
 	tx_free(s->tx);
+	policy_session_free(s->pol); /* POLICY: cancels its DNS queries and timers */
 	free(s->helo);
 	free(s->auth_user);
 	if (s->starttls)
@@ -1508,7 +1612,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
 	log_info("event=connect sess=%u.%llu client=%s", worker_index(sw->w),
 		 (unsigned long long)s->serial, peer);
-	reply(s, "220 %s ESMTP tern ready", conf->hostname);
+	policy_at_connect(s, !s->submission && !conf->capture_mode); /* POLICY: then greets */
 }
 
 struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched)
@@ -1592,6 +1696,11 @@ void smtp_server_set_tls(struct smtp_server *srv, struct ssl_ctx_st *ctx)
 	if (srv->tls)
 		SSL_CTX_free(srv->tls);
 	srv->tls = ctx;
+}
+
+void smtp_server_set_policy(struct smtp_server *srv, struct policy *p)
+{
+	srv->policy = p;
 }
 
 size_t smtp_server_sessions(struct smtp_server *srv)

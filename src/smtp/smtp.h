@@ -208,6 +208,11 @@ int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
  * server takes a reference). Call before the workers start. */
 struct ssl_ctx_st;
 void smtp_server_set_tls(struct smtp_server *srv, struct ssl_ctx_st *ctx);
+/* Applies the abuse defences of policy/policy.h to mx listeners (the server
+ * does not own p; free it after smtp_server_free). Call before the workers
+ * start. */
+struct policy;
+void smtp_server_set_policy(struct smtp_server *srv, struct policy *p);
 /* Stops accepting, closes idle sessions with 421, lets sessions in the middle
  * of a transaction finish. Safe from any thread. */
 void smtp_server_shutdown(struct smtp_server *srv);
