@@ -25,6 +25,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -54,6 +55,9 @@
 #define OUT_HIGH_WATERMARK (64 * 1024)
 #define OUT_LOW_WATERMARK (16 * 1024)
 #define RECEIVED_HEADER_MAX 1024
+/* Closing a TLS session: how long to wait for the client's close_notify or
+ * its end of the connection once ours is on its way (tls_close_begin). */
+#define TLS_CLOSE_TIMEOUT 5
 
 enum session_state {
 	S_CMD,        /* reading command lines */
@@ -112,6 +116,9 @@ struct session {
 	bool esmtp;
 	bool tls_active;
 	SSL *starttls;      /* set by STARTTLS: the switch happens once the line is consumed */
+	struct event *close_timer; /* TLS close in progress (tls_close_begin): its deadline */
+	bool close_sent; /* TLS close: our close_notify is written and the write side shut */
+	bool close_peer; /* TLS close: the client closed its side */
 	bool authenticated;
 	char *auth_user;    /* the SASL identity, once authenticated */
 	uint8_t auth_step;  /* AUTH dialogue: 0 none, else which response we wait for */
@@ -151,6 +158,8 @@ struct smtp_server {
 	struct srv_worker *workers[64];
 	size_t n_workers;
 	_Atomic size_t n_sessions;
+	_Atomic bool stopping;      /* smtp_server_shutdown was called */
+	atomic_flag drained_logged; /* event=smtp_drained is logged once */
 	pthread_mutex_t ip_lock;
 	struct ip_count *ip_table[IP_BUCKETS];
 };
@@ -305,15 +314,134 @@ static void on_read(struct bufferevent *bev, void *arg);
 static void on_write(struct bufferevent *bev, void *arg);
 static void restore_idle_timeouts(struct session *s);
 
+/* ------------------------------------------------------------- closing */
+
+/*
+ * Closing a TLS session (RFC 8446 §6.1). The filter bufferevent reports its
+ * output written once OpenSSL has taken it, not once the socket has, and it
+ * never calls again when the socket drains: waiting for that (as this file
+ * once did) left every STARTTLS session open in CLOSE-WAIT, counted against
+ * max_connections_per_ip and holding up SIGTERM. So once the filter has
+ * taken the final reply, the session finishes on the socket itself:
+ *   - our close_notify goes after the reply (SSL_shutdown writes it into the
+ *     socket's output through the filter's BIO);
+ *   - the socket bufferevent gets our callbacks (the filter is done): when
+ *     its output is written, the write side is shut so the client sees the
+ *     end at once (tls_close_sent);
+ *   - what the client still sends is read through the session's SSL and
+ *     dropped until its close_notify (or its end of the connection) comes
+ *     (on_read_tls_closing, on_event_tls_closing); once both sides are
+ *     done the session is freed at once, whether or not the client has
+ *     closed the TCP connection yet;
+ *   - TLS_CLOSE_TIMEOUT bounds it all. session_free closes the socket in
+ *     every case.
+ */
+static void on_close_timer(evutil_socket_t fd, short what, void *arg)
+{
+	session_free(arg);
+}
+
+/* Our output, close_notify included, has left: shut our write side. */
+static void tls_close_sent(struct session *s, struct bufferevent *under)
+{
+	if (s->close_sent)
+		return;
+	s->close_sent = true;
+	evutil_socket_t fd = bufferevent_getfd(under);
+	if (fd >= 0)
+		(void)shutdown(fd, SHUT_WR);
+	if (s->close_peer)
+		session_free(s);
+}
+
+static void on_write_tls_closing(struct bufferevent *under, void *arg)
+{
+	struct session *s = arg;
+	if (evbuffer_get_length(bufferevent_get_output(under)) == 0)
+		tls_close_sent(s, under);
+}
+
+/* The client is done: its close_notify came, or the connection ended. */
+static void tls_close_peer(struct session *s, struct bufferevent *under, bool error)
+{
+	s->close_peer = true;
+	bufferevent_disable(under, EV_READ);
+	/* Our output may still be on its way (tls_close_sent frees then);
+	 * after an error it never will be. */
+	if (s->close_sent || error)
+		session_free(s);
+}
+
+static void on_read_tls_closing(struct bufferevent *under, void *arg)
+{
+	struct session *s = arg;
+	SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+	char buf[4096];
+	/* The SSL reads the socket's input through the filter's BIO; the loop
+	 * ends when that input is used up (WANT_READ). */
+	for (;;) {
+		int n = SSL_read(ssl, buf, (int)sizeof(buf));
+		if (n > 0)
+			continue; /* data after the final reply: dropped */
+		int e = SSL_get_error(ssl, n);
+		if (e == SSL_ERROR_WANT_READ)
+			return;
+		ERR_clear_error();
+		/* SSL_ERROR_ZERO_RETURN is the client's close_notify; anything
+		 * else is a connection that cannot be read any more. */
+		tls_close_peer(s, under, false);
+		return;
+	}
+}
+
+static void on_event_tls_closing(struct bufferevent *under, short what, void *arg)
+{
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		tls_close_peer(arg, under, (what & BEV_EVENT_ERROR) != 0);
+}
+
+static void tls_close_begin(struct session *s)
+{
+	if (s->close_timer)
+		return; /* the filter may report its output written more than once */
+	struct bufferevent *tb = s->bev;
+	struct bufferevent *under = bufferevent_get_underlying(tb);
+	SSL *ssl = bufferevent_openssl_get_ssl(tb);
+	s->close_timer = evtimer_new(worker_base(s->sw->w), on_close_timer, s);
+	if (!s->close_timer || !under || !ssl) {
+		session_free(s);
+		return;
+	}
+	bufferevent_disable(tb, EV_READ | EV_WRITE);
+	bufferevent_setcb(tb, NULL, NULL, NULL, NULL);
+	bufferevent_set_timeouts(tb, NULL, NULL);
+	/* The BIO refuses to write past the socket's write high watermark
+	 * (our reply backpressure): lift it so the alert always fits. */
+	bufferevent_setwatermark(under, EV_WRITE, 0, 0);
+	if (SSL_shutdown(ssl) < 0)
+		ERR_clear_error(); /* nothing to send, e.g. an unusable connection */
+	bufferevent_setcb(under, on_read_tls_closing, on_write_tls_closing, on_event_tls_closing,
+	                  s);
+	bufferevent_set_timeouts(under, NULL, NULL);
+	bufferevent_enable(under, EV_READ | EV_WRITE);
+	struct timeval tv = {TLS_CLOSE_TIMEOUT, 0};
+	evtimer_add(s->close_timer, &tv);
+	/* The client's close_notify may already be waiting (sent right after
+	 * QUIT): no new read would announce it. This never frees s: our
+	 * close_notify has not left yet. */
+	on_read_tls_closing(under, s);
+	if (evbuffer_get_length(bufferevent_get_output(under)) == 0)
+		tls_close_sent(s, under);
+}
+
 static void on_write_closing(struct bufferevent *bev, void *arg)
 {
 	struct session *s = arg;
-	/* Under TLS our output is empty as soon as the filter took it; the
-	 * final reply is only written once the socket's output is empty too
-	 * (the filter calls us again then). */
-	struct bufferevent *under = bufferevent_get_underlying(bev);
-	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
-	    (!under || evbuffer_get_length(bufferevent_get_output(under)) == 0))
+	if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+		return;
+	if (s->tls_active)
+		tls_close_begin(s); /* the filter took the final reply; the socket has it next */
+	else
 		session_free(s);
 }
 
@@ -759,6 +887,9 @@ static void start_tls(struct session *s, struct evbuffer *in)
 		session_close_after_flush(s, "starttls-failed");
 		return;
 	}
+	/* A client that closes without close_notify after QUIT is common and
+	 * harmless here (SMTP has its own end): report it as EOF. */
+	bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
 	s->bev = tb;
 	s->tls_active = true;
 	tx_reset(s);
@@ -774,8 +905,7 @@ static void start_tls(struct session *s, struct evbuffer *in)
 	/* The TLS filter moves our output into the socket bufferevent's as
 	 * fast as it can; its write high watermark makes the filter hold the
 	 * rest, so the backpressure above sees the client's pace here too.
-	 * The low watermark stays 0: the filter reports its output written
-	 * again once the socket's is empty, which on_write_closing waits for. */
+	 * (tls_close_begin lifts it again for the close_notify.) */
 	bufferevent_setwatermark(plain, EV_WRITE, 0, OUT_HIGH_WATERMARK);
 	restore_idle_timeouts(s);
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
@@ -1406,6 +1536,14 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* After shutdown: the last session is gone (logged once, by whichever of
+ * smtp_server_shutdown and session_free sees it first). */
+static void log_drained(struct smtp_server *srv)
+{
+	if (!atomic_flag_test_and_set(&srv->drained_logged))
+		log_info("event=smtp_drained sessions=0");
+}
+
 static void session_free(struct session *s)
 {
 	struct srv_worker *sw = s->sw;
@@ -1416,12 +1554,21 @@ static void session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	ip_release(sw->srv, &s->peer_sa);
-	atomic_fetch_sub(&sw->srv->n_sessions, 1);
+	if (atomic_fetch_sub(&sw->srv->n_sessions, 1) == 1 && atomic_load(&sw->srv->stopping))
+		log_drained(sw->srv);
 	tx_free(s->tx);
 	free(s->helo);
 	free(s->auth_user);
 	if (s->starttls)
 		SSL_free(s->starttls);
+	if (s->close_timer) {
+		/* The socket bufferevent carries our callbacks now (tls_close_begin):
+		 * take them back before it goes, with the filter, below. */
+		struct bufferevent *under = bufferevent_get_underlying(s->bev);
+		if (under)
+			bufferevent_setcb(under, NULL, NULL, NULL, NULL);
+		event_free(s->close_timer);
+	}
 	bufferevent_free(s->bev);
 	runtime_release(s->rt);
 	free(s);
@@ -1520,6 +1667,7 @@ struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched)
 		return NULL;
 	srv->spool = sp;
 	srv->sched = sched;
+	atomic_flag_clear(&srv->drained_logged);
 	pthread_mutex_init(&srv->ip_lock, NULL);
 	return srv;
 }
@@ -1583,6 +1731,9 @@ static void worker_shutdown(void *arg)
 
 void smtp_server_shutdown(struct smtp_server *srv)
 {
+	atomic_store(&srv->stopping, true);
+	if (atomic_load(&srv->n_sessions) == 0)
+		log_drained(srv);
 	for (size_t i = 0; i < srv->n_workers; i++)
 		worker_post(srv->workers[i]->w, worker_shutdown, srv->workers[i]);
 }
