@@ -672,6 +672,14 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 		count_error(s);
 		return;
 	}
+	if (t->bdat_started) {
+		/* The message (and its Received header, which names a single
+		 * recipient) is already on its way: a recipient added now would
+		 * get a copy made for someone else. */
+		reply(s, "503 5.5.1 RCPT cannot follow BDAT: send RSET and start again");
+		count_error(s);
+		return;
+	}
 	if (c->path.utf8 && !t->smtputf8) {
 		reply(s, "553 5.6.7 The recipient address needs SMTPUTF8: use MAIL FROM:<...> "
 			 "SMTPUTF8");
@@ -1115,6 +1123,29 @@ static void cmd_simple(struct session *s, const struct smtp_cmd *c)
 	}
 }
 
+/*
+ * After a refused BDAT line (already answered). Its chunk follows whatever
+ * we answer (RFC 3030 §4): those bytes are message data, never commands,
+ * so they are skipped when the size was readable, and the connection is
+ * closed when it was not (nothing tells where the chunk ends). The
+ * transaction cannot go on without that chunk: it is dropped, and the BDAT
+ * commands the client pipelined behind get 503 and are skipped in turn.
+ */
+static void bad_bdat(struct session *s, const struct smtp_cmd *c)
+{
+	tx_reset(s);
+	if (!c->has_chunk_size) {
+		reply(s,
+		      "421 4.5.0 %s BDAT without a readable size: closing, as its chunk cannot "
+		      "be told from commands",
+		      s->conf->hostname);
+		session_close_after_flush(s, "bad-bdat");
+		return;
+	}
+	s->skip_bytes = c->chunk_size;
+	count_error(s);
+}
+
 static void dispatch(struct session *s, const char *line, size_t len)
 {
 	struct smtp_cmd *c = malloc(sizeof(*c));
@@ -1125,7 +1156,10 @@ static void dispatch(struct session *s, const char *line, size_t len)
 	struct smtp_parse_error perr = {0};
 	if (smtp_parse_command(line, len, c, &perr) != SMTP_PARSE_OK) {
 		reply(s, "%d %s %s", perr.code, perr.enhanced, perr.text);
-		count_error(s);
+		if (c->verb == SMTP_BDAT)
+			bad_bdat(s, c);
+		else
+			count_error(s);
 		goto out;
 	}
 	switch (c->verb) {
