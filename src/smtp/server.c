@@ -689,7 +689,7 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 		reply(s, "452 4.5.3 Too many recipients");
 		return;
 	}
-	char q[SMTP_ADDR_MAX * 4 + 8];
+	char q[LOG_ADDR_MAX], qf[LOG_ADDR_MAX];
 	if (s->conf->capture_mode) {
 		/* Capture mode catches everything: any recipient, any domain. */
 		int code = chaos_roll(&chaos.recipient);
@@ -712,20 +712,22 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 	int err = TERN_OK;
 	if (local) {
 		if (!route_local(s, c, t, &err)) {
-			log_info("event=rejected sess=%u.%llu client=%s from=<%s> to=%s "
-				 "code=550 reason=unknown-user",
-				 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
-				 t->sender, log_quote(c->path.addr, strlen(c->path.addr), q, sizeof(q)));
+			log_info("event=rejected sess=%u.%llu client=%s from=%s to=%s "
+			         "code=550 reason=unknown-user",
+			         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			         log_quote_addr(t->sender, qf, sizeof(qf)),
+			         log_quote_addr(c->path.addr, q, sizeof(q)));
 			reply(s, "550 5.1.1 <%s>: Recipient address rejected: no such user here",
 			      c->path.addr);
 			return;
 		}
 	} else {
 		if (!conf_in_relay_networks(s->conf, &s->peer_sa)) {
-			log_info("event=rejected sess=%u.%llu client=%s from=<%s> to=%s "
-				 "code=550 reason=relay-denied",
-				 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
-				 t->sender, log_quote(c->path.addr, strlen(c->path.addr), q, sizeof(q)));
+			log_info("event=rejected sess=%u.%llu client=%s from=%s to=%s "
+			         "code=550 reason=relay-denied",
+			         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			         log_quote_addr(t->sender, qf, sizeof(qf)),
+			         log_quote_addr(c->path.addr, q, sizeof(q)));
 			reply(s, "550 5.7.1 <%s>: Relay access denied", c->path.addr);
 			return;
 		}
@@ -1216,13 +1218,17 @@ static void commit_done(void *arg)
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
 		scheduler_submit(s->sw->srv->sched, t->id, data, len);
-		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=<%s> nrcpt=%zu "
-			 "size=%zu",
-			 t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
-			 s->helo, t->sender, t->n_rcpts, len - t->hdr_len);
+		char qh[SMTP_DOMAIN_MAX * 4 + 8], qf[LOG_ADDR_MAX];
+		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=%s nrcpt=%zu "
+		         "size=%zu",
+		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+		         log_quote(s->helo ? s->helo : "", s->helo ? strlen(s->helo) : 0, qh,
+		                   sizeof(qh)),
+		         log_quote_addr(t->sender, qf, sizeof(qf)), t->n_rcpts, len - t->hdr_len);
 		for (size_t i = 0; i < t->n_rcpts; i++)
-			log_debug("event=rcpt id=%s to=<%s> local=%d", t->id, t->rcpts[i].addr,
-				  t->rcpts[i].local);
+			log_debug("event=rcpt id=%s to=%s local=%d", t->id,
+			          log_quote_addr(t->rcpts[i].addr, qf, sizeof(qf)),
+			          t->rcpts[i].local);
 		s->n_msgs++;
 		atomic_fetch_add(&count_accepted, 1);
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);

@@ -542,6 +542,50 @@ def test_bdat_without_readable_size_closes(tern):
         assert c.closed_by_peer(5)  # and the MAIL behind it was never answered
 
 
+LOG_FIELD_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def log_fields(line):
+    """The key=value fields of a log line as a logfmt reader sees them: a value
+    is quoted only if it starts with a quote, else it ends at the first space."""
+    rest = line.split(" ", 2)[2]  # after the timestamp and the level
+    fields, pos = [], 0
+    while pos < len(rest):
+        m = LOG_FIELD_RE.match(rest, pos)
+        assert m and m.end() > pos, f"not key=value at {rest[pos:]!r} in {line!r}"
+        fields.append((m.group(1), m.group(2)))
+        pos = m.end()
+    return fields
+
+
+def test_envelope_addresses_cannot_forge_log_fields(tern):
+    # A quoted local part may hold spaces and '=': logged bare, from=<"x id=..."@d>
+    # gave a log reader an extra id= field.
+    sender = '"x id=FAKE1 event=bounced y"@example.org'
+    with tern.client() as c:
+        c.ehlo()
+        expect(c.cmd(f"MAIL FROM:<{sender}>"), 250, "2.1.0")
+        expect(c.cmd('RCPT TO:<"nobody id=FAKE2 z"@example.test>'), 550, "5.1.1")
+        expect(c.cmd('RCPT TO:<"far id=FAKE3 z"@remote.example.org>'), 550, "5.7.1")
+        expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        expect(c.cmd("DATA"), 354)
+        c.send(make_message("forged-fields") + b".\r\n")
+        qid = expect(c.reply(), 250, "2.0.0").queue_id()
+    tern.wait_mail_with("alice@example.test", "forged-fields")
+    tern.wait_log(rf"event=delivered id={qid} ")
+    seen = 0
+    for ln in tern.log().splitlines():
+        if "event=" not in ln:
+            continue
+        f = log_fields(ln)
+        assert not [kv for kv in f if kv[1].startswith("FAKE")], f"forged log field: {ln}"
+        assert [k for k, _ in f].count("event") == 1, f"forged event field: {ln}"
+        seen += "FAKE" in ln
+    assert seen >= 3, tern.log_tail()  # the queued line and both rejections name them, quoted
+    queued = tern.wait_log(rf"^.*event=queued id={qid} .*$").group(0)
+    assert dict(log_fields(queued))["from"].startswith('"<'), queued
+
+
 def _received_headers(n):
     return "".join(f"Received: from h{i}.example.org by h{i+1}.example.org; "
                    f"Mon, 1 Jan 2024 00:00:00 +0000\r\n" for i in range(n))
