@@ -13,7 +13,8 @@
  *
  * SECURITY: this file reads untrusted network input. Every line is bounded
  * (limits.max_line_length) before it is parsed; the parser is pure and
- * fuzzed; message bytes are bounded by limits.max_message_size.
+ * fuzzed; message bytes are bounded by limits.max_message_size per
+ * message and by limits.inflight_memory over all sessions together.
  */
 #include "smtp/smtp.h"
 
@@ -78,6 +79,7 @@ struct tx_rcpt {
 
 /* One mail transaction: from MAIL to the reply after end of data (or RSET). */
 struct tx {
+	struct smtp_server *srv; /* whose inflight budget `charged` is taken from */
 	char *sender;
 	bool smtputf8;
 	enum smtp_body body;
@@ -92,6 +94,9 @@ struct tx {
 	struct smtp_data_parser dp;
 	bool bdat_started;
 	bool bdat_failed;   /* a chunk passed the size limit; the rest is discarded */
+	uint64_t declared_size; /* MAIL SIZE=, 0 if not given */
+	uint64_t charged;       /* bytes of limits.inflight_memory that msg holds (budget_*) */
+	bool over_budget;       /* the budget ran out: msg was freed, the rest is discarded */
 	bool bdat_last;
 	uint64_t bdat_remaining;
 	uint64_t bdat_total;
@@ -158,6 +163,7 @@ struct smtp_server {
 	struct srv_worker *workers[64];
 	size_t n_workers;
 	_Atomic size_t n_sessions;
+	_Atomic uint64_t inflight;  /* sum of tx->charged: memory of messages being received */
 	_Atomic bool stopping;      /* smtp_server_shutdown was called */
 	atomic_flag drained_logged; /* event=smtp_drained is logged once */
 	pthread_mutex_t ip_lock;
@@ -477,10 +483,13 @@ static bool count_error(struct session *s)
 
 /* --------------------------------------------------------- transactions */
 
+static void budget_release(struct tx *t);
+
 static void tx_free(struct tx *t)
 {
 	if (!t)
 		return;
+	budget_release(t);
 	free(t->sender);
 	free(t->envid);
 	for (size_t i = 0; i < t->n_rcpts; i++) {
@@ -529,6 +538,100 @@ static int tx_add_rcpt(struct tx *t, const char *addr, const char *orcpt, unsign
 	r->local = local;
 	t->n_rcpts++;
 	return TERN_OK;
+}
+
+/* --------------------------------------------------------------- budget */
+
+/*
+ * limits.inflight_memory: one budget for the memory every message being
+ * received holds (its buffer, from DATA/BDAT to the reply after its end),
+ * over all sessions and workers. A message is charged for its buffer's
+ * capacity before the buffer grows, so the sum never passes the limit;
+ * when it would, the message gets 452 4.3.1 and its memory goes back at
+ * once. The charge is released when the transaction ends (tx_free).
+ * A message alone is never refused: with a budget under max_message_size
+ * messages are received one at a time rather than never, so memory stays
+ * under the larger of the two.
+ */
+
+/* The capacity b will have once extra more bytes are appended: tbuf grows
+ * by doubling from 64 up to max + 1 (core/buf.c); an upper bound if it
+ * ever grows by less. */
+static uint64_t msg_cap_after(const struct tbuf *b, uint64_t extra)
+{
+	uint64_t need = (uint64_t)b->len + extra + 1, cap = b->cap ? b->cap : 64;
+	uint64_t top = (uint64_t)b->max + 1;
+	while (cap < need && cap < top)
+		cap *= 2;
+	if (cap > top)
+		cap = top;
+	return cap > b->cap ? cap : b->cap;
+}
+
+/* Raises the charge of t to want bytes; false, with nothing charged, if
+ * the budget cannot cover it. */
+static bool budget_charge(struct session *s, struct tx *t, uint64_t want)
+{
+	if (want <= t->charged)
+		return true;
+	uint64_t delta = want - t->charged, limit = s->conf->limits.inflight_memory;
+	_Atomic uint64_t *in = &t->srv->inflight;
+	uint64_t cur = atomic_load(in);
+	do {
+		bool alone = cur == t->charged;
+		if (!alone && (cur > limit || delta > limit - cur))
+			return false;
+	} while (!atomic_compare_exchange_weak(in, &cur, cur + delta));
+	t->charged = want;
+	return true;
+}
+
+/* Charges t for appending extra bytes to its message buffer. */
+static bool budget_reserve(struct session *s, struct tx *t, uint64_t extra)
+{
+	return budget_charge(s, t, msg_cap_after(&t->msg, extra));
+}
+
+static void budget_release(struct tx *t)
+{
+	if (t->charged) {
+		atomic_fetch_sub(&t->srv->inflight, t->charged);
+		t->charged = 0;
+	}
+}
+
+/* At DATA or the first BDAT, before the buffer exists: room for our
+ * Received header, and (only checked, charged as it comes) for the size
+ * the client declared, so it hears 452 now rather than after sending all. */
+static bool budget_start(struct session *s, struct tx *t)
+{
+	uint64_t limit = s->conf->limits.inflight_memory;
+	uint64_t cur = atomic_load(&t->srv->inflight);
+	if (t->declared_size && cur > 0 && (cur > limit || t->declared_size > limit - cur))
+		return false;
+	return budget_charge(s, t, RECEIVED_HEADER_MAX);
+}
+
+/* The budget ran out in the middle of a message: its memory goes back
+ * now, the rest of its bytes are read and dropped, 452 follows its end. */
+static void budget_exceeded(struct tx *t)
+{
+	t->over_budget = true;
+	tbuf_free(&t->msg);
+	budget_release(t);
+}
+
+static void reply_over_budget(struct session *s, const struct tx *t)
+{
+	char qid[QUEUE_ID_LEN + 8];
+	snprintf(qid, sizeof(qid), "%s%s", t->id[0] ? " id=" : "", t->id);
+	log_warn("event=rejected sess=%u.%llu%s client=%s code=452 reason=inflight-memory "
+	         "limit=%llu",
+	         worker_index(s->sw->w), (unsigned long long)s->serial, qid, s->peer,
+	         (unsigned long long)s->conf->limits.inflight_memory);
+	atomic_fetch_add(&count_rejected, 1);
+	reply(s, "452 4.3.1 Insufficient system storage: too many messages are being received at "
+	         "once, try again later");
 }
 
 /* ------------------------------------------------------------- commands */
@@ -607,9 +710,11 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 		tx_free(t);
 		goto nomem;
 	}
+	t->srv = s->sw->srv;
 	t->smtputf8 = c->smtputf8;
 	t->body = c->body;
 	t->ret = c->ret;
+	t->declared_size = c->has_size ? c->size : 0;
 	s->tx = t;
 	reply(s, "250 2.1.0 Sender <%s> ok", t->sender);
 	return;
@@ -802,6 +907,10 @@ static void cmd_data(struct session *s, const struct smtp_cmd *c)
 		count_error(s);
 		return;
 	}
+	if (!budget_start(s, t)) {
+		reply_over_budget(s, t);
+		return;
+	}
 	if (begin_message(s, t) != TERN_OK) {
 		reply(s, "451 4.3.0 Out of memory, try again later");
 		return;
@@ -816,14 +925,19 @@ static void cmd_data(struct session *s, const struct smtp_cmd *c)
 static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 {
 	struct tx *t = s->tx;
+	if (t && t->n_rcpts && !t->bdat_started && !t->over_budget && !budget_start(s, t))
+		t->over_budget = true;
 	/* The chunk's bytes follow the command whatever we answer: read them. */
-	if (!t || t->n_rcpts == 0 || t->bdat_failed) {
+	if (!t || t->n_rcpts == 0 || t->bdat_failed || t->over_budget) {
 		/* The client sends the chunk whatever we answer: skip its bytes to
 		 * stay in sync with the command stream (RFC 3030 §4). */
 		s->skip_bytes = c->chunk_size;
-		if (t && t->bdat_failed) {
-			reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
-			      (unsigned long long)s->conf->limits.max_message_size);
+		if (t && (t->bdat_failed || t->over_budget)) {
+			if (t->over_budget)
+				reply_over_budget(s, t);
+			else
+				reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
+				      (unsigned long long)s->conf->limits.max_message_size);
 			if (c->last)
 				tx_reset(s);
 			return;
@@ -840,6 +954,11 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 		}
 		t->bdat_started = true;
 	}
+	/* The whole chunk is charged before it is read (a chunk that passes
+	 * max_message_size is not kept at all: read_bdat). */
+	if (t->bdat_total + c->chunk_size <= s->conf->limits.max_message_size &&
+	    !budget_reserve(s, t, c->chunk_size))
+		budget_exceeded(t);
 	t->bdat_remaining = c->chunk_size;
 	t->bdat_last = c->last;
 	s->state = S_BDAT;
@@ -1265,6 +1384,11 @@ static void finish_message(struct session *s)
 	const struct smtp_data_parser *dp = &t->dp;
 	restore_idle_timeouts(s);
 	s->state = S_CMD;
+	if (t->over_budget) {
+		reply_over_budget(s, t);
+		tx_reset(s);
+		return;
+	}
 	if (dp->too_big || t->bdat_failed) {
 		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
 		      (unsigned long long)s->conf->limits.max_message_size);
@@ -1291,6 +1415,8 @@ static void finish_message(struct session *s)
 		return;
 	}
 
+	/* The budget counted every byte this buffer holds (budget_reserve). */
+	(void)TERN_BUG_ON(t->msg.cap > t->charged);
 	struct spool_msg env = {0};
 	memcpy(env.id, t->id, sizeof(env.id));
 	env.sender = t->sender;
@@ -1394,8 +1520,12 @@ static bool read_data(struct session *s, struct evbuffer *in)
 	bool end = false;
 	for (int i = 0; i < nv && i < 16 && !end; i++) {
 		size_t consumed = 0;
-		if (smtp_data_feed(&t->dp, v[i].iov_base, v[i].iov_len, &consumed, &t->msg) ==
-		    SMTP_DATA_END)
+		/* Unstuffing only shrinks: the input length (plus the few bytes
+		 * the parser may hold back from the last read) bounds the output. */
+		if (!t->over_budget && !t->dp.too_big && !budget_reserve(s, t, v[i].iov_len + 8))
+			budget_exceeded(t);
+		if (smtp_data_feed(&t->dp, v[i].iov_base, v[i].iov_len, &consumed,
+		                   t->over_budget ? NULL : &t->msg) == SMTP_DATA_END)
 			end = true;
 		used += consumed;
 	}
@@ -1413,7 +1543,7 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 	size_t avail = evbuffer_get_length(in);
 	size_t take = t->bdat_remaining < avail ? (size_t)t->bdat_remaining : avail;
 	if (take > 0) {
-		if (!t->bdat_failed) {
+		if (!t->bdat_failed && !t->over_budget) {
 			if (t->bdat_total + take > s->conf->limits.max_message_size) {
 				t->bdat_failed = true;
 			} else {
@@ -1430,6 +1560,10 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 		return false;
 	/* The chunk is complete. */
 	if (t->bdat_last) {
+		if (t->over_budget) { /* nothing kept (the buffer is gone): 452 */
+			finish_message(s);
+			return true;
+		}
 		const char *body = t->msg.data + t->hdr_len;
 		size_t body_len = t->msg.len - t->hdr_len;
 		smtp_scan_headers(body, body_len, &t->dp.received_count, &t->dp.has_8bit);
@@ -1444,7 +1578,9 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 	}
 	s->state = S_CMD;
 	restore_idle_timeouts(s);
-	if (t->bdat_failed)
+	if (t->over_budget)
+		reply_over_budget(s, t);
+	else if (t->bdat_failed)
 		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
 		      (unsigned long long)s->conf->limits.max_message_size);
 	else
