@@ -396,8 +396,17 @@ static void send_dsn(struct scheduler *s, const struct tern_config *conf,
 	tbuf_free(&out);
 }
 
-static bool wants_notice(unsigned notify, unsigned bit)
+/*
+ * Whether recipient notify bits call for a notice of this kind. SUCCESS and
+ * DELAY notices go only to senders whose client we trust (spool_msg
+ * trusted_client): anyone else could name any address as its sender and
+ * have us mail it a notice carrying its headers (backscatter). Its NOTIFY
+ * still travels to the next hop when the message is relayed.
+ */
+static bool wants_notice(const struct spool_msg *m, unsigned notify, unsigned bit)
 {
+	if (bit != SMTP_NOTIFY_FAILURE && !m->trusted_client)
+		return false;
 	if (notify & SMTP_NOTIFY_NEVER)
 		return false;
 	if (notify == 0) /* no NOTIFY: failures and delays are reported (RFC 3461 §4.1) */
@@ -483,7 +492,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			log_info("event=delivered id=%s to=%s relay=%s delay=%.0fs reply=%s", m->id,
 			         qa, qr, delay,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
-			if (wants_notice(r->notify, SMTP_NOTIFY_SUCCESS) && !o[k].dsn_relayed &&
+			if (wants_notice(m, r->notify, SMTP_NOTIFY_SUCCESS) && !o[k].dsn_relayed &&
 			    n_ok < dsn_cap)
 				ok[n_ok++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt,
@@ -497,7 +506,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			log_warn("event=bounced id=%s to=%s relay=%s status=%s reply=%s", m->id, qa,
 			         qr, o[k].status,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
-			if (wants_notice(r->notify, SMTP_NOTIFY_FAILURE) && n_fail < dsn_cap)
+			if (wants_notice(m, r->notify, SMTP_NOTIFY_FAILURE) && n_fail < dsn_cap)
 				fail[n_fail++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "failed",
 					.status = o[k].status[0] == '5' ? o[k].status : "5.0.0",
@@ -514,7 +523,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			if (conf->delivery.delay_warning &&
 			    now - m->created >= (int64_t)conf->delivery.delay_warning &&
-			    wants_notice(r->notify, SMTP_NOTIFY_DELAY) && n_delayed < dsn_cap)
+			    wants_notice(m, r->notify, SMTP_NOTIFY_DELAY) && n_delayed < dsn_cap)
 				delayed[n_delayed++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "delayed",
 					.status = o[k].status[0] == '4' ? o[k].status : "4.0.0",

@@ -1424,6 +1424,10 @@ static void finish_message(struct session *s)
 	env.body = t->body;
 	env.ret = t->ret;
 	env.smtputf8 = t->smtputf8;
+	/* Whether we may send this sender the SUCCESS/DELAY notices it asks
+	 * for (queue.h); decided now, by who the client is, and kept with the
+	 * message. */
+	env.trusted_client = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
 	env.envid = t->envid;
 	char client[512];
 	/* auth= goes last: the capture store reads everything after it. */
