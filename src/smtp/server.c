@@ -1902,6 +1902,8 @@ static void worker_shutdown(void *arg)
 		if (s->state == S_CMD && !s->tx) {
 			reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
 			session_close_after_flush(s, "shutdown");
+		} else if (s->close_timer && s->close_sent) {
+			session_free(s); /* TLS close with ours sent: no need to wait for theirs */
 		} else {
 			s->shutting_down = true;
 		}
