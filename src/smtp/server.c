@@ -612,16 +612,8 @@ static bool budget_start(struct session *s, struct tx *t)
 	return budget_charge(s, t, RECEIVED_HEADER_MAX);
 }
 
-/* The budget ran out in the middle of a message: its memory goes back
- * now, the rest of its bytes are read and dropped, 452 follows its end. */
-static void budget_exceeded(struct tx *t)
-{
-	t->over_budget = true;
-	tbuf_free(&t->msg);
-	budget_release(t);
-}
-
-static void reply_over_budget(struct session *s, const struct tx *t)
+/* A message refused for the budget: logged and counted once. */
+static void budget_refused(struct session *s, const struct tx *t)
 {
 	char qid[QUEUE_ID_LEN + 8];
 	snprintf(qid, sizeof(qid), "%s%s", t->id[0] ? " id=" : "", t->id);
@@ -630,6 +622,20 @@ static void reply_over_budget(struct session *s, const struct tx *t)
 	         worker_index(s->sw->w), (unsigned long long)s->serial, qid, s->peer,
 	         (unsigned long long)s->conf->limits.inflight_memory);
 	atomic_fetch_add(&count_rejected, 1);
+}
+
+/* The budget ran out in the middle of a message: its memory goes back
+ * now, the rest of its bytes are read and dropped, 452 follows its end. */
+static void budget_exceeded(struct session *s, struct tx *t)
+{
+	t->over_budget = true;
+	tbuf_free(&t->msg);
+	budget_release(t);
+	budget_refused(s, t);
+}
+
+static void reply_over_budget(struct session *s)
+{
 	reply(s, "452 4.3.1 Insufficient system storage: too many messages are being received at "
 	         "once, try again later");
 }
@@ -908,7 +914,8 @@ static void cmd_data(struct session *s, const struct smtp_cmd *c)
 		return;
 	}
 	if (!budget_start(s, t)) {
-		reply_over_budget(s, t);
+		budget_refused(s, t);
+		reply_over_budget(s);
 		return;
 	}
 	if (begin_message(s, t) != TERN_OK) {
@@ -925,8 +932,13 @@ static void cmd_data(struct session *s, const struct smtp_cmd *c)
 static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 {
 	struct tx *t = s->tx;
-	if (t && t->n_rcpts && !t->bdat_started && !t->over_budget && !budget_start(s, t))
+	if (t && t->n_rcpts && !t->bdat_started && !budget_start(s, t)) {
+		/* BDAT has begun, and failed: no DATA or RCPT may follow, and the
+		 * chunks pipelined behind get 452 until the LAST one ends it. */
+		t->bdat_started = true;
 		t->over_budget = true;
+		budget_refused(s, t);
+	}
 	/* The chunk's bytes follow the command whatever we answer: read them. */
 	if (!t || t->n_rcpts == 0 || t->bdat_failed || t->over_budget) {
 		/* The client sends the chunk whatever we answer: skip its bytes to
@@ -934,7 +946,7 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 		s->skip_bytes = c->chunk_size;
 		if (t && (t->bdat_failed || t->over_budget)) {
 			if (t->over_budget)
-				reply_over_budget(s, t);
+				reply_over_budget(s);
 			else
 				reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
 				      (unsigned long long)s->conf->limits.max_message_size);
@@ -958,7 +970,7 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 	 * max_message_size is not kept at all: read_bdat). */
 	if (t->bdat_total + c->chunk_size <= s->conf->limits.max_message_size &&
 	    !budget_reserve(s, t, c->chunk_size))
-		budget_exceeded(t);
+		budget_exceeded(s, t);
 	t->bdat_remaining = c->chunk_size;
 	t->bdat_last = c->last;
 	s->state = S_BDAT;
@@ -1385,7 +1397,7 @@ static void finish_message(struct session *s)
 	restore_idle_timeouts(s);
 	s->state = S_CMD;
 	if (t->over_budget) {
-		reply_over_budget(s, t);
+		reply_over_budget(s);
 		tx_reset(s);
 		return;
 	}
@@ -1527,7 +1539,7 @@ static bool read_data(struct session *s, struct evbuffer *in)
 		/* Unstuffing only shrinks: the input length (plus the few bytes
 		 * the parser may hold back from the last read) bounds the output. */
 		if (!t->over_budget && !t->dp.too_big && !budget_reserve(s, t, v[i].iov_len + 8))
-			budget_exceeded(t);
+			budget_exceeded(s, t);
 		if (smtp_data_feed(&t->dp, v[i].iov_base, v[i].iov_len, &consumed,
 		                   t->over_budget ? NULL : &t->msg) == SMTP_DATA_END)
 			end = true;
@@ -1583,7 +1595,7 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 	s->state = S_CMD;
 	restore_idle_timeouts(s);
 	if (t->over_budget)
-		reply_over_budget(s, t);
+		reply_over_budget(s);
 	else if (t->bdat_failed)
 		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
 		      (unsigned long long)s->conf->limits.max_message_size);
@@ -1938,6 +1950,9 @@ void smtp_server_free(struct smtp_server *srv)
 {
 	if (!srv)
 		return;
+	/* Sessions still here outlived shutdown_grace: freeing them now is
+	 * not a drain, and must not be logged as one. */
+	atomic_flag_test_and_set(&srv->drained_logged);
 	for (size_t i = 0; i < srv->n_workers; i++) {
 		struct srv_worker *sw = srv->workers[i];
 		for (size_t j = 0; j < sw->n_listeners; j++)

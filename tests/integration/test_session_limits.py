@@ -160,6 +160,42 @@ def test_declared_size_over_budget_gets_452_at_data(tern):
     tern.wait_mail("alice@example.test", lambda d: d.count(b"y" * 998) == 700)
 
 
+@pytest.mark.tern_config({"limits": {"inflight_memory": Raw("1536k"),
+                                     "data_timeout": Raw("30s")}})
+def test_budget_running_out_mid_message_gets_452_and_session_stays_in_sync(tern):
+    chunk = (b"y" * 998 + b"\r\n") * 700
+    with tern.client() as holder, tern.client() as c:
+        holder.ehlo()
+        expect(holder.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+        expect(holder.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        holder.send(b"BDAT %d\r\n" % len(chunk) + chunk)
+        expect(holder.reply(), 250, "2.0.0")  # 1 MiB of the 1.5 MiB budget is held
+        c.ehlo()
+        # DATA without SIZE: accepted at first, refused once it no longer fits.
+        expect(c.cmd("MAIL FROM:<b@example.org>"), 250, "2.1.0")
+        expect(c.cmd("RCPT TO:<bob@example.test>"), 250, "2.1.5")
+        expect(c.cmd("DATA"), 354)
+        c.send(b"Subject: mid-data\r\n\r\n" + chunk + b".\r\n")
+        expect(c.reply(), 452, "4.3.1")
+        expect(c.cmd("NOOP"), 250)
+        # BDAT: the chunk that does not fit is read and refused, and so is the
+        # LAST one pipelined behind it; the transaction is over.
+        expect(c.cmd("MAIL FROM:<b@example.org>"), 250, "2.1.0")
+        expect(c.cmd("RCPT TO:<bob@example.test>"), 250, "2.1.5")
+        c.send(b"BDAT %d\r\n" % len(chunk) + chunk + b"BDAT 6 LAST\r\nlast\r\n")
+        expect(c.reply(), 452, "4.3.1")
+        expect(c.reply(), 452, "4.3.1")
+        expect(c.cmd("RCPT TO:<bob@example.test>"), 503, "5.5.1")  # no transaction now
+        expect(c.cmd("NOOP"), 250)
+        holder.send(b"BDAT 0 LAST\r\n")
+        expect(holder.reply(), 250, "2.0.0")
+        c.send_message("b@example.org", ["bob@example.test"], make_message("after-refusals"),
+                       helo=False)
+    tern.wait_mail_with("bob@example.test", "after-refusals")
+    assert not [p for p in tern.mail_files("bob@example.test") if b"mid-data" in p.read_bytes()]
+    assert len(tern.log_lines("reason=inflight-memory")) == 2  # one line per refused message
+
+
 @pytest.mark.tern_config({"limits": {"inflight_memory": Raw("64k")}})
 def test_message_alone_is_never_refused(tern):
     # A budget under the message size: messages come one at a time, not never.
