@@ -73,6 +73,7 @@ static const char default_text[] =
     "\tidle_timeout = 5min;\n"
     "\tdata_timeout = 3min;\n"
     "\tshutdown_grace = 30s;\n"
+    "\tinflight_memory = 256m;\n"
     "}\n"
     "listen {\n"
     "\tmx { address = \"127.0.0.1:2525\"; profile = \"mx\"; }\n"
@@ -125,6 +126,7 @@ static const struct conf_limits default_limits = {
     .idle_timeout = 300,
     .data_timeout = 180,
     .shutdown_grace = 30,
+    .inflight_memory = 256u << 20,
 };
 
 static const struct conf_delivery default_delivery = {
@@ -706,6 +708,8 @@ static const struct limit_spec limit_specs[] = {
     LIM32(idle_timeout, NK_TIME, 1, 86400),
     LIM32(data_timeout, NK_TIME, 1, 86400),
     LIM32(shutdown_grace, NK_TIME, 0, 86400),
+    {"inflight_memory", NK_SIZE, offsetof(struct conf_limits, inflight_memory), true, 64u << 10,
+     1ull << 40},
 };
 
 #define N_LIMITS (sizeof(limit_specs) / sizeof(limit_specs[0]))

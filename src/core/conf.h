@@ -53,6 +53,7 @@ struct conf_limits {
 	uint32_t idle_timeout;         /* seconds waiting for a command; default 300 */
 	uint32_t data_timeout;         /* seconds waiting for data; default 180 */
 	uint32_t shutdown_grace;       /* seconds SIGTERM waits for transactions; default 30 */
+	uint64_t inflight_memory;      /* bytes all messages being received may hold; 256 MiB */
 };
 
 enum conf_tls { CONF_TLS_NONE = 0, CONF_TLS_OPPORTUNISTIC, CONF_TLS_REQUIRE };

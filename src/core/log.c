@@ -97,3 +97,14 @@ char *log_quote(const char *p, size_t n, char *out, size_t outlen)
 	out[o] = '\0';
 	return out;
 }
+
+char *log_quote_addr(const char *addr, char *out, size_t outlen)
+{
+	char tmp[530]; /* "<" + the longest SMTP address (quotes included) + ">" */
+	size_t n = addr ? strnlen(addr, sizeof(tmp) - 2) : 0;
+	tmp[0] = '<';
+	if (n)
+		memcpy(tmp + 1, addr, n);
+	tmp[n + 1] = '>';
+	return log_quote(tmp, n + 2, out, outlen);
+}

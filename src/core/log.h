@@ -33,4 +33,13 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
  */
 char *log_quote(const char *p, size_t n, char *out, size_t outlen);
 
+/*
+ * An envelope address (without brackets; "" for the null path) as a log
+ * value: "<addr>" rendered by log_quote(), so an ordinary address reads
+ * from=<a@example.org> and a quoted local part with spaces, quotes or '='
+ * cannot forge fields. LOG_ADDR_MAX is enough for any SMTP address.
+ */
+#define LOG_ADDR_MAX 2200
+char *log_quote_addr(const char *addr, char *out, size_t outlen);
+
 #endif

@@ -55,6 +55,11 @@ struct spool_msg {
 	unsigned body;     /* enum smtp_body */
 	unsigned ret;      /* enum smtp_ret */
 	bool smtputf8;
+	/* Accepted from an authenticated client or one in relay.networks. Only
+	 * such a sender is sent the SUCCESS and DELAY notices it asks for: from
+	 * anyone else NOTIFY=SUCCESS would make us mail its text to any address
+	 * it names (backscatter). FAILURE notices do not depend on it. */
+	bool trusted_client;
 	char *envid;       /* or NULL */
 	char *client;      /* "addr=1.2.3.4 helo=..." trace info, or NULL */
 	uint64_t size;     /* message bytes */

@@ -389,14 +389,24 @@ static void send_dsn(struct scheduler *s, const struct tern_config *conf,
 		free(dc);
 		log_error("event=dsn_spool_failed id=%s reason=%s", m->id, tern_strerror(rc2));
 	} else {
-		log_info("event=dsn id=%s dsn_id=%s kind=%s to=<%s> rcpts=%zu", m->id, env.id, kind,
-			 to, n);
+		char qt[LOG_ADDR_MAX];
+		log_info("event=dsn id=%s dsn_id=%s kind=%s to=%s rcpts=%zu", m->id, env.id, kind,
+		         log_quote_addr(to, qt, sizeof(qt)), n);
 	}
 	tbuf_free(&out);
 }
 
-static bool wants_notice(unsigned notify, unsigned bit)
+/*
+ * Whether recipient notify bits call for a notice of this kind. SUCCESS and
+ * DELAY notices go only to senders whose client we trust (spool_msg
+ * trusted_client): anyone else could name any address as its sender and
+ * have us mail it a notice carrying its headers (backscatter). Its NOTIFY
+ * still travels to the next hop when the message is relayed.
+ */
+static bool wants_notice(const struct spool_msg *m, unsigned notify, unsigned bit)
 {
+	if (bit != SMTP_NOTIFY_FAILURE && !m->trusted_client)
+		return false;
 	if (notify & SMTP_NOTIFY_NEVER)
 		return false;
 	if (notify == 0) /* no NOTIFY: failures and delays are reported (RFC 3461 §4.1) */
@@ -472,14 +482,17 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			o[k].status = "4.4.7";
 			o[k].reply = expired[k];
 		}
-		char q[700];
+		/* Addresses and the relay's name come from the network: quoted. */
+		char q[700], qa[LOG_ADDR_MAX], qr[SMTP_DOMAIN_MAX * 4 + 8];
+		log_quote_addr(r->addr, qa, sizeof(qa));
+		log_quote(o[k].relay, strlen(o[k].relay), qr, sizeof(qr));
 		switch (o[k].state) {
 		case RCPT_DELIVERED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DELIVERED, 0, o[k].reply);
-			log_info("event=delivered id=%s to=<%s> relay=%s delay=%.0fs reply=%s", m->id,
-				 r->addr, o[k].relay, delay,
-				 log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
-			if (wants_notice(r->notify, SMTP_NOTIFY_SUCCESS) && !o[k].dsn_relayed &&
+			log_info("event=delivered id=%s to=%s relay=%s delay=%.0fs reply=%s", m->id,
+			         qa, qr, delay,
+			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
+			if (wants_notice(m, r->notify, SMTP_NOTIFY_SUCCESS) && !o[k].dsn_relayed &&
 			    n_ok < dsn_cap)
 				ok[n_ok++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt,
@@ -490,10 +503,10 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			break;
 		case RCPT_BOUNCED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_BOUNCED, 0, o[k].reply);
-			log_warn("event=bounced id=%s to=<%s> relay=%s status=%s reply=%s", m->id,
-				 r->addr, o[k].relay, o[k].status,
-				 log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
-			if (wants_notice(r->notify, SMTP_NOTIFY_FAILURE) && n_fail < dsn_cap)
+			log_warn("event=bounced id=%s to=%s relay=%s status=%s reply=%s", m->id, qa,
+			         qr, o[k].status,
+			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
+			if (wants_notice(m, r->notify, SMTP_NOTIFY_FAILURE) && n_fail < dsn_cap)
 				fail[n_fail++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "failed",
 					.status = o[k].status[0] == '5' ? o[k].status : "5.0.0",
@@ -504,13 +517,13 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		default: {
 			int64_t next = now + backoff(conf, r->attempts + 1);
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
-			log_info("event=deferred id=%s to=<%s> relay=%s status=%s retry_in=%llds "
-				 "reply=%s",
-				 m->id, r->addr, o[k].relay, o[k].status, (long long)(next - now),
-				 log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
+			log_info("event=deferred id=%s to=%s relay=%s status=%s retry_in=%llds "
+			         "reply=%s",
+			         m->id, qa, qr, o[k].status, (long long)(next - now),
+			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			if (conf->delivery.delay_warning &&
 			    now - m->created >= (int64_t)conf->delivery.delay_warning &&
-			    wants_notice(r->notify, SMTP_NOTIFY_DELAY) && n_delayed < dsn_cap)
+			    wants_notice(m, r->notify, SMTP_NOTIFY_DELAY) && n_delayed < dsn_cap)
 				delayed[n_delayed++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "delayed",
 					.status = o[k].status[0] == '4' ? o[k].status : "4.0.0",

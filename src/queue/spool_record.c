@@ -147,6 +147,7 @@ struct spool_msg *spool_msg_dup(const struct spool_msg *m)
 	c->body = m->body;
 	c->ret = m->ret;
 	c->smtputf8 = m->smtputf8;
+	c->trusted_client = m->trusted_client;
 	c->size = m->size;
 	if (!dup_opt(&c->sender, m->sender) || !dup_opt(&c->envid, m->envid) ||
 	    !dup_opt(&c->client, m->client))
@@ -276,7 +277,7 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 	put_u64(&e, (uint64_t)env->created);
 	put_u32(&e, env->body);
 	put_u32(&e, env->ret);
-	put_u8(&e, env->smtputf8 ? 1 : 0);
+	put_u8(&e, (env->smtputf8 ? 1 : 0) | (env->trusted_client ? 2 : 0));
 	put_str(&e, env->sender);
 	put_str(&e, env->envid);
 	put_str(&e, env->client);
@@ -465,9 +466,10 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 	m->body = get_u32(&d);
 	m->ret = get_u32(&d);
 	uint8_t flags = get_u8(&d);
-	if (flags & ~1u)
+	if (flags & ~3u)
 		d.bad = true;
 	m->smtputf8 = flags & 1;
+	m->trusted_client = (flags & 2) != 0;
 	if (!get_str(&d, &m->sender, true, &nomem) || !get_str(&d, &m->envid, false, &nomem) ||
 	    !get_str(&d, &m->client, false, &nomem))
 		goto out;

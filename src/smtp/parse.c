@@ -958,6 +958,7 @@ enum smtp_parse_status smtp_parse_command(const char *line, size_t len, struct s
 			j++;
 		if (!parse_u64(line + st, j - st, &out->chunk_size))
 			return fail(err, 501, "5.5.4", "syntax: BDAT <size> [LAST]");
+		out->has_chunk_size = true;
 		while (j < len && is_space(line[j]))
 			j++;
 		if (j < len) {

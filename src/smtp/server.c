@@ -13,7 +13,8 @@
  *
  * SECURITY: this file reads untrusted network input. Every line is bounded
  * (limits.max_line_length) before it is parsed; the parser is pure and
- * fuzzed; message bytes are bounded by limits.max_message_size.
+ * fuzzed; message bytes are bounded by limits.max_message_size per
+ * message and by limits.inflight_memory over all sessions together.
  */
 #include "smtp/smtp.h"
 
@@ -25,6 +26,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -56,6 +58,9 @@
 #define OUT_HIGH_WATERMARK (64 * 1024)
 #define OUT_LOW_WATERMARK (16 * 1024)
 #define RECEIVED_HEADER_MAX 1024
+/* Closing a TLS session: how long to wait for the client's close_notify or
+ * its end of the connection once ours is on its way (tls_close_begin). */
+#define TLS_CLOSE_TIMEOUT 5
 
 enum session_state {
 	S_CMD,        /* reading command lines */
@@ -77,6 +82,7 @@ struct tx_rcpt {
 
 /* One mail transaction: from MAIL to the reply after end of data (or RSET). */
 struct tx {
+	struct smtp_server *srv; /* whose inflight budget `charged` is taken from */
 	char *sender;
 	bool smtputf8;
 	enum smtp_body body;
@@ -91,6 +97,9 @@ struct tx {
 	struct smtp_data_parser dp;
 	bool bdat_started;
 	bool bdat_failed;   /* a chunk passed the size limit; the rest is discarded */
+	uint64_t declared_size; /* MAIL SIZE=, 0 if not given */
+	uint64_t charged;       /* bytes of limits.inflight_memory that msg holds (budget_*) */
+	bool over_budget;       /* the budget ran out: msg was freed, the rest is discarded */
 	bool bdat_last;
 	uint64_t bdat_remaining;
 	uint64_t bdat_total;
@@ -115,6 +124,9 @@ struct session {
 	bool esmtp;
 	bool tls_active;
 	SSL *starttls;      /* set by STARTTLS: the switch happens once the line is consumed */
+	struct event *close_timer; /* TLS close in progress (tls_close_begin): its deadline */
+	bool close_sent; /* TLS close: our close_notify is written and the write side shut */
+	bool close_peer; /* TLS close: the client closed its side */
 	bool authenticated;
 	char *auth_user;    /* the SASL identity, once authenticated */
 	uint8_t auth_step;  /* AUTH dialogue: 0 none, else which response we wait for */
@@ -157,6 +169,9 @@ struct smtp_server {
 	struct srv_worker *workers[64];
 	size_t n_workers;
 	_Atomic size_t n_sessions;
+	_Atomic uint64_t inflight;  /* sum of tx->charged: memory of messages being received */
+	_Atomic bool stopping;      /* smtp_server_shutdown was called */
+	atomic_flag drained_logged; /* event=smtp_drained is logged once */
 	pthread_mutex_t ip_lock;
 	struct ip_count *ip_table[IP_BUCKETS];
 };
@@ -311,15 +326,134 @@ static void on_read(struct bufferevent *bev, void *arg);
 static void on_write(struct bufferevent *bev, void *arg);
 static void restore_idle_timeouts(struct session *s);
 
+/* ------------------------------------------------------------- closing */
+
+/*
+ * Closing a TLS session (RFC 8446 §6.1). The filter bufferevent reports its
+ * output written once OpenSSL has taken it, not once the socket has, and it
+ * never calls again when the socket drains: waiting for that (as this file
+ * once did) left every STARTTLS session open in CLOSE-WAIT, counted against
+ * max_connections_per_ip and holding up SIGTERM. So once the filter has
+ * taken the final reply, the session finishes on the socket itself:
+ *   - our close_notify goes after the reply (SSL_shutdown writes it into the
+ *     socket's output through the filter's BIO);
+ *   - the socket bufferevent gets our callbacks (the filter is done): when
+ *     its output is written, the write side is shut so the client sees the
+ *     end at once (tls_close_sent);
+ *   - what the client still sends is read through the session's SSL and
+ *     dropped until its close_notify (or its end of the connection) comes
+ *     (on_read_tls_closing, on_event_tls_closing); once both sides are
+ *     done the session is freed at once, whether or not the client has
+ *     closed the TCP connection yet;
+ *   - TLS_CLOSE_TIMEOUT bounds it all. session_free closes the socket in
+ *     every case.
+ */
+static void on_close_timer(evutil_socket_t fd, short what, void *arg)
+{
+	session_free(arg);
+}
+
+/* Our output, close_notify included, has left: shut our write side. */
+static void tls_close_sent(struct session *s, struct bufferevent *under)
+{
+	if (s->close_sent)
+		return;
+	s->close_sent = true;
+	evutil_socket_t fd = bufferevent_getfd(under);
+	if (fd >= 0)
+		(void)shutdown(fd, SHUT_WR);
+	if (s->close_peer)
+		session_free(s);
+}
+
+static void on_write_tls_closing(struct bufferevent *under, void *arg)
+{
+	struct session *s = arg;
+	if (evbuffer_get_length(bufferevent_get_output(under)) == 0)
+		tls_close_sent(s, under);
+}
+
+/* The client is done: its close_notify came, or the connection ended. */
+static void tls_close_peer(struct session *s, struct bufferevent *under, bool error)
+{
+	s->close_peer = true;
+	bufferevent_disable(under, EV_READ);
+	/* Our output may still be on its way (tls_close_sent frees then);
+	 * after an error it never will be. */
+	if (s->close_sent || error)
+		session_free(s);
+}
+
+static void on_read_tls_closing(struct bufferevent *under, void *arg)
+{
+	struct session *s = arg;
+	SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+	char buf[4096];
+	/* The SSL reads the socket's input through the filter's BIO; the loop
+	 * ends when that input is used up (WANT_READ). */
+	for (;;) {
+		int n = SSL_read(ssl, buf, (int)sizeof(buf));
+		if (n > 0)
+			continue; /* data after the final reply: dropped */
+		int e = SSL_get_error(ssl, n);
+		if (e == SSL_ERROR_WANT_READ)
+			return;
+		ERR_clear_error();
+		/* SSL_ERROR_ZERO_RETURN is the client's close_notify; anything
+		 * else is a connection that cannot be read any more. */
+		tls_close_peer(s, under, false);
+		return;
+	}
+}
+
+static void on_event_tls_closing(struct bufferevent *under, short what, void *arg)
+{
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		tls_close_peer(arg, under, (what & BEV_EVENT_ERROR) != 0);
+}
+
+static void tls_close_begin(struct session *s)
+{
+	if (s->close_timer)
+		return; /* the filter may report its output written more than once */
+	struct bufferevent *tb = s->bev;
+	struct bufferevent *under = bufferevent_get_underlying(tb);
+	SSL *ssl = bufferevent_openssl_get_ssl(tb);
+	s->close_timer = evtimer_new(worker_base(s->sw->w), on_close_timer, s);
+	if (!s->close_timer || !under || !ssl) {
+		session_free(s);
+		return;
+	}
+	bufferevent_disable(tb, EV_READ | EV_WRITE);
+	bufferevent_setcb(tb, NULL, NULL, NULL, NULL);
+	bufferevent_set_timeouts(tb, NULL, NULL);
+	/* The BIO refuses to write past the socket's write high watermark
+	 * (our reply backpressure): lift it so the alert always fits. */
+	bufferevent_setwatermark(under, EV_WRITE, 0, 0);
+	if (SSL_shutdown(ssl) < 0)
+		ERR_clear_error(); /* nothing to send, e.g. an unusable connection */
+	bufferevent_setcb(under, on_read_tls_closing, on_write_tls_closing, on_event_tls_closing,
+	                  s);
+	bufferevent_set_timeouts(under, NULL, NULL);
+	bufferevent_enable(under, EV_READ | EV_WRITE);
+	struct timeval tv = {TLS_CLOSE_TIMEOUT, 0};
+	evtimer_add(s->close_timer, &tv);
+	/* The client's close_notify may already be waiting (sent right after
+	 * QUIT): no new read would announce it. This never frees s: our
+	 * close_notify has not left yet. */
+	on_read_tls_closing(under, s);
+	if (evbuffer_get_length(bufferevent_get_output(under)) == 0)
+		tls_close_sent(s, under);
+}
+
 static void on_write_closing(struct bufferevent *bev, void *arg)
 {
 	struct session *s = arg;
-	/* Under TLS our output is empty as soon as the filter took it; the
-	 * final reply is only written once the socket's output is empty too
-	 * (the filter calls us again then). */
-	struct bufferevent *under = bufferevent_get_underlying(bev);
-	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
-	    (!under || evbuffer_get_length(bufferevent_get_output(under)) == 0))
+	if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+		return;
+	if (s->tls_active)
+		tls_close_begin(s); /* the filter took the final reply; the socket has it next */
+	else
 		session_free(s);
 }
 
@@ -430,10 +564,13 @@ static void policy_at_connect(struct session *s, bool mx)
 
 /* --------------------------------------------------------- transactions */
 
+static void budget_release(struct tx *t);
+
 static void tx_free(struct tx *t)
 {
 	if (!t)
 		return;
+	budget_release(t);
 	free(t->sender);
 	free(t->envid);
 	for (size_t i = 0; i < t->n_rcpts; i++) {
@@ -482,6 +619,106 @@ static int tx_add_rcpt(struct tx *t, const char *addr, const char *orcpt, unsign
 	r->local = local;
 	t->n_rcpts++;
 	return TERN_OK;
+}
+
+/* --------------------------------------------------------------- budget */
+
+/*
+ * limits.inflight_memory: one budget for the memory every message being
+ * received holds (its buffer, from DATA/BDAT to the reply after its end),
+ * over all sessions and workers. A message is charged for its buffer's
+ * capacity before the buffer grows, so the sum never passes the limit;
+ * when it would, the message gets 452 4.3.1 and its memory goes back at
+ * once. The charge is released when the transaction ends (tx_free).
+ * A message alone is never refused: with a budget under max_message_size
+ * messages are received one at a time rather than never, so memory stays
+ * under the larger of the two.
+ */
+
+/* The capacity b will have once extra more bytes are appended: tbuf grows
+ * by doubling from 64 up to max + 1 (core/buf.c); an upper bound if it
+ * ever grows by less. */
+static uint64_t msg_cap_after(const struct tbuf *b, uint64_t extra)
+{
+	uint64_t need = (uint64_t)b->len + extra + 1, cap = b->cap ? b->cap : 64;
+	uint64_t top = (uint64_t)b->max + 1;
+	while (cap < need && cap < top)
+		cap *= 2;
+	if (cap > top)
+		cap = top;
+	return cap > b->cap ? cap : b->cap;
+}
+
+/* Raises the charge of t to want bytes; false, with nothing charged, if
+ * the budget cannot cover it. */
+static bool budget_charge(struct session *s, struct tx *t, uint64_t want)
+{
+	if (want <= t->charged)
+		return true;
+	uint64_t delta = want - t->charged, limit = s->conf->limits.inflight_memory;
+	_Atomic uint64_t *in = &t->srv->inflight;
+	uint64_t cur = atomic_load(in);
+	do {
+		bool alone = cur == t->charged;
+		if (!alone && (cur > limit || delta > limit - cur))
+			return false;
+	} while (!atomic_compare_exchange_weak(in, &cur, cur + delta));
+	t->charged = want;
+	return true;
+}
+
+/* Charges t for appending extra bytes to its message buffer. */
+static bool budget_reserve(struct session *s, struct tx *t, uint64_t extra)
+{
+	return budget_charge(s, t, msg_cap_after(&t->msg, extra));
+}
+
+static void budget_release(struct tx *t)
+{
+	if (t->charged) {
+		atomic_fetch_sub(&t->srv->inflight, t->charged);
+		t->charged = 0;
+	}
+}
+
+/* At DATA or the first BDAT, before the buffer exists: room for our
+ * Received header, and (only checked, charged as it comes) for the size
+ * the client declared, so it hears 452 now rather than after sending all. */
+static bool budget_start(struct session *s, struct tx *t)
+{
+	uint64_t limit = s->conf->limits.inflight_memory;
+	uint64_t cur = atomic_load(&t->srv->inflight);
+	if (t->declared_size && cur > 0 && (cur > limit || t->declared_size > limit - cur))
+		return false;
+	return budget_charge(s, t, RECEIVED_HEADER_MAX);
+}
+
+/* A message refused for the budget: logged and counted once. */
+static void budget_refused(struct session *s, const struct tx *t)
+{
+	char qid[QUEUE_ID_LEN + 8];
+	snprintf(qid, sizeof(qid), "%s%s", t->id[0] ? " id=" : "", t->id);
+	log_warn("event=rejected sess=%u.%llu%s client=%s code=452 reason=inflight-memory "
+	         "limit=%llu",
+	         worker_index(s->sw->w), (unsigned long long)s->serial, qid, s->peer,
+	         (unsigned long long)s->conf->limits.inflight_memory);
+	atomic_fetch_add(&count_rejected, 1);
+}
+
+/* The budget ran out in the middle of a message: its memory goes back
+ * now, the rest of its bytes are read and dropped, 452 follows its end. */
+static void budget_exceeded(struct session *s, struct tx *t)
+{
+	t->over_budget = true;
+	tbuf_free(&t->msg);
+	budget_release(t);
+	budget_refused(s, t);
+}
+
+static void reply_over_budget(struct session *s)
+{
+	reply(s, "452 4.3.1 Insufficient system storage: too many messages are being received at "
+	         "once, try again later");
 }
 
 /* ------------------------------------------------------------- commands */
@@ -564,9 +801,11 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 		tx_free(t);
 		goto nomem;
 	}
+	t->srv = s->sw->srv;
 	t->smtputf8 = c->smtputf8;
 	t->body = c->body;
 	t->ret = c->ret;
+	t->declared_size = c->has_size ? c->size : 0;
 	s->tx = t;
 	reply(s, "250 2.1.0 Sender <%s> ok", t->sender);
 	return;
@@ -629,6 +868,14 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 		count_error(s);
 		return;
 	}
+	if (t->bdat_started) {
+		/* The message (and its Received header, which names a single
+		 * recipient) is already on its way: a recipient added now would
+		 * get a copy made for someone else. */
+		reply(s, "503 5.5.1 RCPT cannot follow BDAT: send RSET and start again");
+		count_error(s);
+		return;
+	}
 	if (c->path.utf8 && !t->smtputf8) {
 		reply(s, "553 5.6.7 The recipient address needs SMTPUTF8: use MAIL FROM:<...> "
 			 "SMTPUTF8");
@@ -643,7 +890,7 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 	            s->authenticated, &pv);
 	if (policy_refused_command(s, &pv))
 		return;
-	char q[SMTP_ADDR_MAX * 4 + 8];
+	char q[LOG_ADDR_MAX], qf[LOG_ADDR_MAX];
 	if (s->conf->capture_mode) {
 		/* Capture mode catches everything: any recipient, any domain. */
 		int code = chaos_roll(&chaos.recipient);
@@ -666,20 +913,22 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 	int err = TERN_OK;
 	if (local) {
 		if (!route_local(s, c, t, &err)) {
-			log_info("event=rejected sess=%u.%llu client=%s from=<%s> to=%s "
-				 "code=550 reason=unknown-user",
-				 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
-				 t->sender, log_quote(c->path.addr, strlen(c->path.addr), q, sizeof(q)));
+			log_info("event=rejected sess=%u.%llu client=%s from=%s to=%s "
+			         "code=550 reason=unknown-user",
+			         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			         log_quote_addr(t->sender, qf, sizeof(qf)),
+			         log_quote_addr(c->path.addr, q, sizeof(q)));
 			reply(s, "550 5.1.1 <%s>: Recipient address rejected: no such user here",
 			      c->path.addr);
 			return;
 		}
 	} else {
 		if (!conf_in_relay_networks(s->conf, &s->peer_sa)) {
-			log_info("event=rejected sess=%u.%llu client=%s from=<%s> to=%s "
-				 "code=550 reason=relay-denied",
-				 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
-				 t->sender, log_quote(c->path.addr, strlen(c->path.addr), q, sizeof(q)));
+			log_info("event=rejected sess=%u.%llu client=%s from=%s to=%s "
+			         "code=550 reason=relay-denied",
+			         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			         log_quote_addr(t->sender, qf, sizeof(qf)),
+			         log_quote_addr(c->path.addr, q, sizeof(q)));
 			reply(s, "550 5.7.1 <%s>: Relay access denied", c->path.addr);
 			return;
 		}
@@ -754,6 +1003,11 @@ static void cmd_data(struct session *s, const struct smtp_cmd *c)
 		count_error(s);
 		return;
 	}
+	if (!budget_start(s, t)) {
+		budget_refused(s, t);
+		reply_over_budget(s);
+		return;
+	}
 	if (begin_message(s, t) != TERN_OK) {
 		reply(s, "451 4.3.0 Out of memory, try again later");
 		return;
@@ -768,14 +1022,24 @@ static void cmd_data(struct session *s, const struct smtp_cmd *c)
 static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 {
 	struct tx *t = s->tx;
+	if (t && t->n_rcpts && !t->bdat_started && !budget_start(s, t)) {
+		/* BDAT has begun, and failed: no DATA or RCPT may follow, and the
+		 * chunks pipelined behind get 452 until the LAST one ends it. */
+		t->bdat_started = true;
+		t->over_budget = true;
+		budget_refused(s, t);
+	}
 	/* The chunk's bytes follow the command whatever we answer: read them. */
-	if (!t || t->n_rcpts == 0 || t->bdat_failed) {
+	if (!t || t->n_rcpts == 0 || t->bdat_failed || t->over_budget) {
 		/* The client sends the chunk whatever we answer: skip its bytes to
 		 * stay in sync with the command stream (RFC 3030 §4). */
 		s->skip_bytes = c->chunk_size;
-		if (t && t->bdat_failed) {
-			reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
-			      (unsigned long long)s->conf->limits.max_message_size);
+		if (t && (t->bdat_failed || t->over_budget)) {
+			if (t->over_budget)
+				reply_over_budget(s);
+			else
+				reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
+				      (unsigned long long)s->conf->limits.max_message_size);
 			if (c->last)
 				tx_reset(s);
 			return;
@@ -792,6 +1056,11 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 		}
 		t->bdat_started = true;
 	}
+	/* The whole chunk is charged before it is read (a chunk that passes
+	 * max_message_size is not kept at all: read_bdat). */
+	if (t->bdat_total + c->chunk_size <= s->conf->limits.max_message_size &&
+	    !budget_reserve(s, t, c->chunk_size))
+		budget_exceeded(s, t);
 	t->bdat_remaining = c->chunk_size;
 	t->bdat_last = c->last;
 	s->state = S_BDAT;
@@ -849,6 +1118,9 @@ static void start_tls(struct session *s, struct evbuffer *in)
 		session_close_after_flush(s, "starttls-failed");
 		return;
 	}
+	/* A client that closes without close_notify after QUIT is common and
+	 * harmless here (SMTP has its own end): report it as EOF. */
+	bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
 	s->bev = tb;
 	s->tls_active = true;
 	tx_reset(s);
@@ -864,8 +1136,7 @@ static void start_tls(struct session *s, struct evbuffer *in)
 	/* The TLS filter moves our output into the socket bufferevent's as
 	 * fast as it can; its write high watermark makes the filter hold the
 	 * rest, so the backpressure above sees the client's pace here too.
-	 * The low watermark stays 0: the filter reports its output written
-	 * again once the socket's is empty, which on_write_closing waits for. */
+	 * (tls_close_begin lifts it again for the close_notify.) */
 	bufferevent_setwatermark(plain, EV_WRITE, 0, OUT_HIGH_WATERMARK);
 	restore_idle_timeouts(s);
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
@@ -1075,6 +1346,29 @@ static void cmd_simple(struct session *s, const struct smtp_cmd *c)
 	}
 }
 
+/*
+ * After a refused BDAT line (already answered). Its chunk follows whatever
+ * we answer (RFC 3030 §4): those bytes are message data, never commands,
+ * so they are skipped when the size was readable, and the connection is
+ * closed when it was not (nothing tells where the chunk ends). The
+ * transaction cannot go on without that chunk: it is dropped, and the BDAT
+ * commands the client pipelined behind get 503 and are skipped in turn.
+ */
+static void bad_bdat(struct session *s, const struct smtp_cmd *c)
+{
+	tx_reset(s);
+	if (!c->has_chunk_size) {
+		reply(s,
+		      "421 4.5.0 %s BDAT without a readable size: closing, as its chunk cannot "
+		      "be told from commands",
+		      s->conf->hostname);
+		session_close_after_flush(s, "bad-bdat");
+		return;
+	}
+	s->skip_bytes = c->chunk_size;
+	count_error(s);
+}
+
 static void dispatch(struct session *s, const char *line, size_t len)
 {
 	struct smtp_cmd *c = malloc(sizeof(*c));
@@ -1085,7 +1379,10 @@ static void dispatch(struct session *s, const char *line, size_t len)
 	struct smtp_parse_error perr = {0};
 	if (smtp_parse_command(line, len, c, &perr) != SMTP_PARSE_OK) {
 		reply(s, "%d %s %s", perr.code, perr.enhanced, perr.text);
-		count_error(s);
+		if (c->verb == SMTP_BDAT)
+			bad_bdat(s, c);
+		else
+			count_error(s);
 		goto out;
 	}
 	/* POLICY: after a 554 greeting only QUIT is accepted (RFC 5321 §3.1). */
@@ -1149,13 +1446,17 @@ static void commit_done(void *arg)
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
 		scheduler_submit(s->sw->srv->sched, t->id, data, len);
-		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=<%s> nrcpt=%zu "
-			 "size=%zu",
-			 t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
-			 s->helo, t->sender, t->n_rcpts, len - t->hdr_len);
+		char qh[SMTP_DOMAIN_MAX * 4 + 8], qf[LOG_ADDR_MAX];
+		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=%s nrcpt=%zu "
+		         "size=%zu",
+		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+		         log_quote(s->helo ? s->helo : "", s->helo ? strlen(s->helo) : 0, qh,
+		                   sizeof(qh)),
+		         log_quote_addr(t->sender, qf, sizeof(qf)), t->n_rcpts, len - t->hdr_len);
 		for (size_t i = 0; i < t->n_rcpts; i++)
-			log_debug("event=rcpt id=%s to=<%s> local=%d", t->id, t->rcpts[i].addr,
-				  t->rcpts[i].local);
+			log_debug("event=rcpt id=%s to=%s local=%d", t->id,
+			          log_quote_addr(t->rcpts[i].addr, qf, sizeof(qf)),
+			          t->rcpts[i].local);
 		s->n_msgs++;
 		atomic_fetch_add(&count_accepted, 1);
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
@@ -1192,6 +1493,11 @@ static void finish_message(struct session *s)
 	const struct smtp_data_parser *dp = &t->dp;
 	restore_idle_timeouts(s);
 	s->state = S_CMD;
+	if (t->over_budget) {
+		reply_over_budget(s);
+		tx_reset(s);
+		return;
+	}
 	if (dp->too_big || t->bdat_failed) {
 		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
 		      (unsigned long long)s->conf->limits.max_message_size);
@@ -1218,6 +1524,8 @@ static void finish_message(struct session *s)
 		return;
 	}
 
+	/* The budget counted every byte this buffer holds (budget_reserve). */
+	(void)TERN_BUG_ON(t->msg.cap > t->charged);
 	struct spool_msg env = {0};
 	memcpy(env.id, t->id, sizeof(env.id));
 	env.sender = t->sender;
@@ -1225,6 +1533,10 @@ static void finish_message(struct session *s)
 	env.body = t->body;
 	env.ret = t->ret;
 	env.smtputf8 = t->smtputf8;
+	/* Whether we may send this sender the SUCCESS/DELAY notices it asks
+	 * for (queue.h); decided now, by who the client is, and kept with the
+	 * message. */
+	env.trusted_client = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
 	env.envid = t->envid;
 	char client[512];
 	/* auth= goes last: the capture store reads everything after it. */
@@ -1321,8 +1633,12 @@ static bool read_data(struct session *s, struct evbuffer *in)
 	bool end = false;
 	for (int i = 0; i < nv && i < 16 && !end; i++) {
 		size_t consumed = 0;
-		if (smtp_data_feed(&t->dp, v[i].iov_base, v[i].iov_len, &consumed, &t->msg) ==
-		    SMTP_DATA_END)
+		/* Unstuffing only shrinks: the input length (plus the few bytes
+		 * the parser may hold back from the last read) bounds the output. */
+		if (!t->over_budget && !t->dp.too_big && !budget_reserve(s, t, v[i].iov_len + 8))
+			budget_exceeded(s, t);
+		if (smtp_data_feed(&t->dp, v[i].iov_base, v[i].iov_len, &consumed,
+		                   t->over_budget ? NULL : &t->msg) == SMTP_DATA_END)
 			end = true;
 		used += consumed;
 	}
@@ -1340,7 +1656,7 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 	size_t avail = evbuffer_get_length(in);
 	size_t take = t->bdat_remaining < avail ? (size_t)t->bdat_remaining : avail;
 	if (take > 0) {
-		if (!t->bdat_failed) {
+		if (!t->bdat_failed && !t->over_budget) {
 			if (t->bdat_total + take > s->conf->limits.max_message_size) {
 				t->bdat_failed = true;
 			} else {
@@ -1357,6 +1673,10 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 		return false;
 	/* The chunk is complete. */
 	if (t->bdat_last) {
+		if (t->over_budget) { /* nothing kept (the buffer is gone): 452 */
+			finish_message(s);
+			return true;
+		}
 		const char *body = t->msg.data + t->hdr_len;
 		size_t body_len = t->msg.len - t->hdr_len;
 		smtp_scan_headers(body, body_len, &t->dp.received_count, &t->dp.has_8bit);
@@ -1371,7 +1691,9 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 	}
 	s->state = S_CMD;
 	restore_idle_timeouts(s);
-	if (t->bdat_failed)
+	if (t->over_budget)
+		reply_over_budget(s);
+	else if (t->bdat_failed)
 		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
 		      (unsigned long long)s->conf->limits.max_message_size);
 	else
@@ -1507,6 +1829,14 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* After shutdown: the last session is gone (logged once, by whichever of
+ * smtp_server_shutdown and session_free sees it first). */
+static void log_drained(struct smtp_server *srv)
+{
+	if (!atomic_flag_test_and_set(&srv->drained_logged))
+		log_info("event=smtp_drained sessions=0");
+}
+
 static void session_free(struct session *s)
 {
 	struct srv_worker *sw = s->sw;
@@ -1517,13 +1847,22 @@ static void session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	ip_release(sw->srv, &s->peer_sa);
-	atomic_fetch_sub(&sw->srv->n_sessions, 1);
+	if (atomic_fetch_sub(&sw->srv->n_sessions, 1) == 1 && atomic_load(&sw->srv->stopping))
+		log_drained(sw->srv);
 	tx_free(s->tx);
 	policy_session_free(s->pol); /* POLICY: cancels its DNS queries and timers */
 	free(s->helo);
 	free(s->auth_user);
 	if (s->starttls)
 		SSL_free(s->starttls);
+	if (s->close_timer) {
+		/* The socket bufferevent carries our callbacks now (tls_close_begin):
+		 * take them back before it goes, with the filter, below. */
+		struct bufferevent *under = bufferevent_get_underlying(s->bev);
+		if (under)
+			bufferevent_setcb(under, NULL, NULL, NULL, NULL);
+		event_free(s->close_timer);
+	}
 	bufferevent_free(s->bev);
 	runtime_release(s->rt);
 	free(s);
@@ -1622,6 +1961,7 @@ struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched)
 		return NULL;
 	srv->spool = sp;
 	srv->sched = sched;
+	atomic_flag_clear(&srv->drained_logged);
 	pthread_mutex_init(&srv->ip_lock, NULL);
 	return srv;
 }
@@ -1676,6 +2016,8 @@ static void worker_shutdown(void *arg)
 		if (s->state == S_CMD && !s->tx) {
 			reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
 			session_close_after_flush(s, "shutdown");
+		} else if (s->close_timer && s->close_sent) {
+			session_free(s); /* TLS close with ours sent: no need to wait for theirs */
 		} else {
 			s->shutting_down = true;
 		}
@@ -1685,6 +2027,9 @@ static void worker_shutdown(void *arg)
 
 void smtp_server_shutdown(struct smtp_server *srv)
 {
+	atomic_store(&srv->stopping, true);
+	if (atomic_load(&srv->n_sessions) == 0)
+		log_drained(srv);
 	for (size_t i = 0; i < srv->n_workers; i++)
 		worker_post(srv->workers[i]->w, worker_shutdown, srv->workers[i]);
 }
@@ -1712,6 +2057,9 @@ void smtp_server_free(struct smtp_server *srv)
 {
 	if (!srv)
 		return;
+	/* Sessions still here outlived shutdown_grace: freeing them now is
+	 * not a drain, and must not be logged as one. */
+	atomic_flag_test_and_set(&srv->drained_logged);
 	for (size_t i = 0; i < srv->n_workers; i++) {
 		struct srv_worker *sw = srv->workers[i];
 		for (size_t j = 0; j < sw->n_listeners; j++)

@@ -81,7 +81,11 @@ struct smtp_cmd {
 	/* RCPT parameters */
 	unsigned notify;
 	char orcpt[SMTP_XTEXT_MAX + 1];     /* "rfc822;addr", xtext-decoded; "" if absent */
-	/* BDAT */
+	/* BDAT. has_chunk_size is set as soon as the size was read, even when
+	 * the rest of the line is then refused: the chunk follows the command
+	 * whatever the reply, so the server must skip exactly that many bytes
+	 * (or close the connection when the size itself is unreadable). */
+	bool has_chunk_size;
 	uint64_t chunk_size;
 	bool last;
 	/* HELO/EHLO domain, VRFY/EXPN/HELP/NOOP argument, AUTH mechanism and

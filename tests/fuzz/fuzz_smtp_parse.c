@@ -10,7 +10,9 @@
  *   - every string in the result is NUL-terminated inside its array;
  *   - a parsed address round-trips: smtp_parse_mailbox(addr) succeeds and
  *     gives back the same addr, local and domain (addr is canonical);
- *   - xtext: whatever decodes re-encodes and decodes to the same bytes.
+ *   - xtext: whatever decodes re-encodes and decodes to the same bytes;
+ *   - BDAT reports its chunk size (has_chunk_size) exactly when it read one,
+ *     refused or not.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -70,7 +72,15 @@ static void one_line(const char *src, size_t len)
 			check(!cmd.path.null_path);
 		if (cmd.notify & SMTP_NOTIFY_NEVER)
 			check(cmd.notify == SMTP_NOTIFY_NEVER);
+		if (cmd.verb == SMTP_BDAT)
+			check(cmd.has_chunk_size);
 	}
+	/* A refused BDAT still tells its size when it read one, and only then:
+	 * the server skips that many bytes (or closes when there is none). */
+	if (cmd.verb != SMTP_BDAT)
+		check(!cmd.has_chunk_size);
+	else if (!cmd.has_chunk_size)
+		check(cmd.chunk_size == 0);
 
 	/* Deterministic: a second parse gives the same verdict. */
 	struct smtp_cmd cmd2;

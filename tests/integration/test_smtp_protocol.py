@@ -472,6 +472,120 @@ def test_bdat_without_transaction_consumes_chunk(tern):
         assert c.pending(0.3) == b""
 
 
+def test_rcpt_between_bdat_chunks_refused(tern):
+    # Once BDAT has begun the message (and its Received header, which names
+    # the only recipient) is on its way: a recipient added now would get a
+    # copy written for someone else.
+    chunk1 = b"From: <a@example.org>\r\nSubject: bdat-rcpt-late\r\n\r\nfirst\r\n"
+    chunk2 = b"second\r\n"
+    with tern.client() as c:
+        c.ehlo()
+        expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+        expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        c.send(b"BDAT %d\r\n" % len(chunk1) + chunk1)
+        expect(c.reply(), 250, "2.0.0")
+        expect(c.cmd("RCPT TO:<bob@example.test>"), 503, "5.5.1")
+        c.send(b"BDAT %d LAST\r\n" % len(chunk2) + chunk2)
+        qid = expect(c.reply(), 250, "2.0.0").queue_id()
+    (p, data), = tern.wait_mail_with("alice@example.test", "bdat-rcpt-late")
+    nl, hdrs, rest = split_trace(data)
+    assert f"id {qid}" in hdrs[2] and "for <alice@example.test>" in hdrs[2], hdrs[2]
+    tern.wait_log(rf"event=delivered id={qid} ")
+    assert not tern.mail_files("bob@example.test"), "the late recipient got the message"
+    assert len(tern.log_lines("event=delivered", f"id={qid}")) == 1
+
+
+def test_bdat_with_bad_keyword_skips_its_chunk(tern):
+    # "BDAT n LASTX" is refused, but its n bytes follow all the same: they
+    # are message data and must never run as commands.
+    chunk = b"MAIL FROM:<evil@example.org>\r\n"
+    with tern.client() as c:
+        c.ehlo()
+        c.send(b"BDAT %d LASTX\r\n" % len(chunk) + chunk + b"NOOP\r\n")
+        expect(c.reply(), 501, "5.5.4")
+        expect(c.reply(), 250, "2.0.0")  # the NOOP; a 2.1.0 would be the smuggled MAIL
+        assert c.pending(0.3) == b""
+        # The session is in sync: a real transaction works.
+        c.send_message("a@example.org", ["alice@example.test"], make_message("after-lastx"),
+                       helo=False)
+    tern.wait_mail_with("alice@example.test", "after-lastx")
+
+
+def test_bad_bdat_inside_transaction_drops_it(tern):
+    # A refused chunk cannot be left out of the message: the transaction is
+    # dropped and the chunks pipelined behind are skipped, not delivered.
+    bad = b"Subject: bdat-bad-middle\r\n\r\n"
+    last = b"tail\r\n"
+    with tern.client() as c:
+        c.ehlo()
+        expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+        expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        c.send(b"BDAT %d LAST NOW\r\n" % len(bad) + bad + b"BDAT %d LAST\r\n" % len(last)
+               + last)
+        expect(c.reply(), 501, "5.5.4")
+        expect(c.reply(), 503, "5.5.1")
+        expect(c.cmd("NOOP"), 250, "2.0.0")
+        c.send_message("a@example.org", ["alice@example.test"], make_message("after-bad-middle"),
+                       helo=False)
+    tern.wait_mail_with("alice@example.test", "after-bad-middle")
+    assert not tern.mail_files("bob@example.test")
+    for p in tern.mail_files("alice@example.test"):
+        assert b"tail" not in p.read_bytes(), "a message missing its refused chunk was delivered"
+
+
+def test_bdat_without_readable_size_closes(tern):
+    with tern.client() as c:
+        c.ehlo()
+        c.send(b"BDAT 1x LAST\r\nMAIL FROM:<evil@example.org>\r\n")
+        expect(c.reply(), 501, "5.5.4")
+        expect(c.reply(), 421, "4.5.0")
+        assert c.closed_by_peer(5)  # and the MAIL behind it was never answered
+
+
+LOG_FIELD_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def log_fields(line):
+    """The key=value fields of a log line as a logfmt reader sees them: a value
+    is quoted only if it starts with a quote, else it ends at the first space."""
+    rest = line.split(" ", 2)[2]  # after the timestamp and the level
+    fields, pos = [], 0
+    while pos < len(rest):
+        m = LOG_FIELD_RE.match(rest, pos)
+        assert m and m.end() > pos, f"not key=value at {rest[pos:]!r} in {line!r}"
+        fields.append((m.group(1), m.group(2)))
+        pos = m.end()
+    return fields
+
+
+def test_envelope_addresses_cannot_forge_log_fields(tern):
+    # A quoted local part may hold spaces and '=': logged bare, from=<"x id=..."@d>
+    # gave a log reader an extra id= field.
+    sender = '"x id=FAKE1 event=bounced y"@example.org'
+    with tern.client() as c:
+        c.ehlo()
+        expect(c.cmd(f"MAIL FROM:<{sender}>"), 250, "2.1.0")
+        expect(c.cmd('RCPT TO:<"nobody id=FAKE2 z"@example.test>'), 550, "5.1.1")
+        expect(c.cmd('RCPT TO:<"far id=FAKE3 z"@remote.example.org>'), 550, "5.7.1")
+        expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        expect(c.cmd("DATA"), 354)
+        c.send(make_message("forged-fields") + b".\r\n")
+        qid = expect(c.reply(), 250, "2.0.0").queue_id()
+    tern.wait_mail_with("alice@example.test", "forged-fields")
+    tern.wait_log(rf"event=delivered id={qid} ")
+    seen = 0
+    for ln in tern.log().splitlines():
+        if "event=" not in ln:
+            continue
+        f = log_fields(ln)
+        assert not [kv for kv in f if kv[1].startswith("FAKE")], f"forged log field: {ln}"
+        assert [k for k, _ in f].count("event") == 1, f"forged event field: {ln}"
+        seen += "FAKE" in ln
+    assert seen >= 3, tern.log_tail()  # the queued line and both rejections name them, quoted
+    queued = tern.wait_log(rf"^.*event=queued id={qid} .*$").group(0)
+    assert dict(log_fields(queued))["from"].startswith('"<'), queued
+
+
 def _received_headers(n):
     return "".join(f"Received: from h{i}.example.org by h{i+1}.example.org; "
                    f"Mon, 1 Jan 2024 00:00:00 +0000\r\n" for i in range(n))

@@ -4,6 +4,7 @@ everything from before TLS, and commands pipelined after STARTTLS in clear
 are discarded (CVE-2011-0411 family, DESIGN §5.4)."""
 import os
 import select
+import signal
 import smtplib
 import socket
 import ssl
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import make_message, make_tmpdir
+from conftest import Raw, deep_merge, make_message, make_tmpdir
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,108 @@ def test_check_config_requires_both_files(tern_factory, certs):
     t = tern_factory({"tls": {"cert_file": certs["tls"]["cert_file"]}}, users=(), start=False)
     p = t.cli("check-config")
     assert p.returncode != 0 and "cert_file and key_file go together" in p.stderr, p.stderr
+
+
+# --------------------------------------------------------------------------
+# Closing TLS sessions. Each STARTTLS session used to stay open after QUIT
+# (CLOSE-WAIT once the client left), counted against max_connections_per_ip
+# until a restart and held SIGTERM for the whole shutdown_grace.
+
+
+def close_wait_sockets(port):
+    """Server-side sockets of tern's port in CLOSE-WAIT (the client has gone)."""
+    out = subprocess.run(["ss", "-Htn", "state", "close-wait", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return [ln for ln in out.splitlines() if ln.strip()]
+
+
+def wait_no_close_wait(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    left = close_wait_sockets(port)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = close_wait_sockets(port)
+    return left
+
+
+def smtplib_session(port, i):
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.ehlo()
+        s.starttls(context=tls_context())
+        s.ehlo()
+        if i % 10 == 0:
+            s.sendmail("a@example.org", ["alice@example.test"], make_message(f"tls-close {i}"))
+        # the with block sends QUIT and closes without close_notify
+
+
+def close_notify_session(port):
+    """QUIT, then close_notify both ways: tern must answer with its own."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = sock.makefile("rb")
+    try:
+        assert f.readline().startswith(b"220")
+        sock.sendall(b"EHLO x\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        sock.sendall(b"STARTTLS\r\n")
+        assert f.readline().startswith(b"220")
+        tls = tls_context().wrap_socket(sock, server_hostname="mx.example.test")
+        tf = tls.makefile("rb")
+        tls.sendall(b"QUIT\r\n")
+        assert tf.readline().startswith(b"221")
+        tf.close()
+        plain = tls.unwrap()  # sends ours, returns once tern's close_notify is in
+        assert plain.recv(16) == b"", "tern did not end its side of the connection"
+        plain.close()
+    finally:
+        f.close()
+        sock.close()
+
+
+def test_starttls_sessions_are_closed(tern_factory, certs):
+    # A per-IP limit well under the number of sessions: one leaked socket per
+    # session would reach it long before the end.
+    tern = tern_factory(deep_merge(certs, {"limits": {"max_connections_per_ip": 40,
+                                                          "shutdown_grace": Raw("30s")}}))
+    n = 0
+    for i in range(150):
+        smtplib_session(tern.port, i)
+        n += 1
+    for _ in range(20):
+        close_notify_session(tern.port)
+        n += 1
+    for _ in range(15):
+        p = subprocess.run(["openssl", "s_client", "-starttls", "smtp", "-connect",
+                            f"127.0.0.1:{tern.port}", "-quiet"],
+                           input=b"EHLO s-client.example.org\r\nQUIT\r\n",
+                           capture_output=True, timeout=30)
+        assert p.returncode == 0 and b"221 2.0.0" in p.stdout, p.stdout[-300:]
+        n += 1
+    for i in range(15):
+        p = subprocess.run(["swaks", "--server", f"127.0.0.1:{tern.port}", "--tls", "--from",
+                            "a@example.org", "--to", "bob@example.test", "--body",
+                            f"swaks tls-close {i}"], capture_output=True, timeout=30)
+        assert p.returncode == 0, p.stdout[-800:]
+        n += 1
+    assert n == 200
+    left = wait_no_close_wait(tern.port)
+    assert not left, f"{len(left)} sockets left in CLOSE-WAIT:\n" + "\n".join(left[:5])
+    assert not tern.log_lines("reason=max-connections-per-ip")
+    # The address is still welcome.
+    with tern.client() as c:
+        assert c.greeting.code == 220, c.greeting
+    tern.wait_mail_with("alice@example.test", "tls-close", count=15)
+    tern.wait_mail_with("bob@example.test", "swaks tls-close", count=15)
+    # SIGTERM finds no session left to wait for: it exits at once, drained,
+    # well inside the 30 s grace (the log says so; nothing here is timed).
+    tern.signal(signal.SIGTERM)
+    rc = tern.proc.wait(25)
+    assert rc == 0, tern.log_tail()
+    tern.wait_log(r"event=smtp_drained")
+    assert "shutdown_grace_expired" not in tern.log(), tern.log_tail()
+
+
+def test_close_notify_after_quit_gets_ours(tern_factory, certs):
+    tern = tern_factory(certs)
+    close_notify_session(tern.port)
+    assert not wait_no_close_wait(tern.port)

@@ -371,6 +371,46 @@ static void test_verbs(void **state)
 	}
 }
 
+/*
+ * A refused BDAT still tells how many bytes follow it when the size was
+ * readable: the server skips them instead of running them as commands
+ * ("BDAT 5 LASTX" followed by five bytes of "MAIL ..." must not execute).
+ */
+static void test_bdat_refusal_keeps_chunk_size(void **state)
+{
+	static const struct {
+		const char *line;
+		bool has_size;
+		uint64_t size;
+	} cases[] = {
+	    /* clang-format off */
+	    {"BDAT 5 LASTX", true, 5},
+	    {"BDAT 10 LAST x", true, 10},
+	    {"BDAT 7 FIRST", true, 7},
+	    {"BDAT", false, 0},
+	    {"BDAT LAST", false, 0},
+	    {"BDAT 10k", false, 0},
+	    {"BDAT -5", false, 0},
+	    {"BDAT 99999999999999999999999", false, 0},
+	    /* clang-format on */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct smtp_cmd cmd;
+		struct smtp_parse_error err;
+		print_message("case: %s\n", cases[i].line);
+		assert_int_equal(
+		    smtp_parse_command(cases[i].line, strlen(cases[i].line), &cmd, &err),
+		    SMTP_PARSE_ERROR);
+		assert_int_equal(cmd.verb, SMTP_BDAT);
+		assert_int_equal(cmd.has_chunk_size, cases[i].has_size);
+		if (cases[i].has_size)
+			assert_true(cmd.chunk_size == cases[i].size);
+	}
+	struct smtp_cmd ok;
+	assert_int_equal(smtp_parse_command("BDAT 3 LAST", 11, &ok, NULL), SMTP_PARSE_OK);
+	assert_true(ok.has_chunk_size && ok.chunk_size == 3 && ok.last);
+}
+
 /* ---------------------------------------------------------------- limits */
 
 /* Builds "PREFIX<local@domain>" with the given part lengths into buf. */
@@ -634,6 +674,7 @@ int main(void)
 	    cmocka_unit_test(test_paths),
 	    cmocka_unit_test(test_params),
 	    cmocka_unit_test(test_verbs),
+	    cmocka_unit_test(test_bdat_refusal_keeps_chunk_size),
 	    cmocka_unit_test(test_length_limits),
 	    cmocka_unit_test(test_overlong_line_is_bounded),
 	    cmocka_unit_test(test_never_reads_past_len),

@@ -178,6 +178,7 @@ static struct spool_msg *make_env(unsigned seed, size_t n_rcpts)
 	m->body = seed % 3;
 	m->ret = seed % 2;
 	m->smtputf8 = seed % 2;
+	m->trusted_client = seed % 3 == 0;
 	if (seed % 2) {
 		snprintf(buf, sizeof(buf), "envid-%u", seed);
 		m->envid = strdup(buf);
@@ -227,6 +228,7 @@ static void assert_env_equal(const struct spool_msg *a, const struct spool_msg *
 	assert_int_equal(a->body, b->body);
 	assert_int_equal(a->ret, b->ret);
 	assert_int_equal(a->smtputf8, b->smtputf8);
+	assert_int_equal(a->trusted_client, b->trusted_client);
 	assert_str_eq_opt(a->envid, b->envid);
 	assert_str_eq_opt(a->client, b->client);
 	assert_int_equal(a->size, b->size);
