@@ -287,14 +287,18 @@ static void forget(struct throttle *t, uint32_t i)
 	t->n--;
 }
 
-/* The entry for h, created (evicting the least recently used one when the
- * table is full) if absent; NIL only when out of memory. */
+/* The entry for h, now the most recently used; created (evicting the
+ * least recently used one when the table is full) if absent. NIL only when
+ * out of memory. */
 static uint32_t get(struct throttle *t, uint64_t h)
 {
 	uint32_t i = find(t, h), *chain;
 
-	if (i != NIL)
+	if (i != NIL) {
+		lru_unlink(t, i);
+		lru_push_front(t, i);
 		return i;
+	}
 	if (t->n >= t->cfg.max_entries && t->tail != NIL)
 		forget(t, t->tail);
 	if (t->free_head != NIL) {
@@ -444,22 +448,21 @@ void throttle_fail(struct throttle *t, const char *addr, const char *user,
 
 	result_init(res);
 	pthread_mutex_lock(&t->mu);
-	/* The user first: creating it may evict, and the address entry
-	 * (created last, so the most recent) must survive this call. */
-	if (user != NULL) {
-		iu = get(t, key_hash(t, key, user_key(user, key, sizeof(key))));
-		if (iu != NIL)
-			count(t, iu, t->cfg.user_block_after, now_ms);
-	}
+	/* The address first: it matters more. Counting the user may evict the
+	 * least recently used entry, which is never the address just touched,
+	 * unless the table has room for one entry only: then the user waits. */
 	if (addr != NULL) {
-		uint64_t h = key_hash(t, key, addr_key(addr, key, sizeof(key)));
-
-		ia = get(t, h);
+		ia = get(t, key_hash(t, key, addr_key(addr, key, sizeof(key))));
 		if (ia != NIL)
 			count(t, ia, t->cfg.addr_block_after, now_ms);
-		/* Evicting for the address may have taken the user's entry. */
-		if (iu != NIL && (t->e[iu].h == 0 || ia == iu))
-			iu = NIL;
+	}
+	if (user != NULL) {
+		uint64_t h = key_hash(t, key, user_key(user, key, sizeof(key)));
+
+		if (ia == NIL || find(t, h) != NIL || t->n < t->cfg.max_entries || t->tail != ia)
+			iu = get(t, h);
+		if (iu != NIL)
+			count(t, iu, t->cfg.user_block_after, now_ms);
 	}
 	if (ia != NIL)
 		most = t->e[ia].failures;
