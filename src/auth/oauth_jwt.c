@@ -520,6 +520,26 @@ static const char *check_claims(const struct oauth_config *cfg, json_t *c, long 
 	return user_claim(c, cfg->user_claim != NULL ? cfg->user_claim : "email", user, userlen);
 }
 
+int oauth_claims_check(const struct oauth_config *cfg, const char *json, size_t len,
+                       long long now, char *user, size_t userlen, const char **reason)
+{
+	json_t *claims;
+	const char *why = "claims are not a JSON object";
+
+	if (user != NULL && userlen > 0)
+		user[0] = '\0';
+	if (cfg == NULL || cfg->issuer == NULL || cfg->audience == NULL) {
+		*reason = "oauth not configured";
+		return TERN_EINVAL;
+	}
+	claims = json_loadb(json, len, JSON_REJECT_DUPLICATES, NULL);
+	if (json_is_object(claims))
+		why = check_claims(cfg, claims, now, user, userlen);
+	json_decref(claims);
+	*reason = why != NULL ? why : "";
+	return why == NULL ? TERN_OK : TERN_EINVAL;
+}
+
 int oauth_token_validate(const struct oauth_config *cfg, const struct oauth_keys *keys,
                          const char *token, size_t len, long long now, char *user, size_t userlen,
                          const char **reason)
@@ -527,7 +547,7 @@ int oauth_token_validate(const struct oauth_config *cfg, const struct oauth_keys
 	struct tbuf hdr = TBUF_INIT(JWT_HEADER_MAX), body = TBUF_INIT(OAUTH_TOKEN_MAX),
 	            sig = TBUF_INIT(RSA_BITS_MAX / 8);
 	const char *dot1, *dot2, *algname, *kid = NULL, *why = "malformed token";
-	json_t *h = NULL, *claims = NULL, *alg, *jkid;
+	json_t *h = NULL, *alg, *jkid;
 	enum key_type want;
 	bool candidate = false, verified = false;
 	int rc = TERN_EINVAL;
@@ -607,21 +627,13 @@ int oauth_token_validate(const struct oauth_config *cfg, const struct oauth_keys
 		goto out;
 	}
 	/* Only now is the payload the issuer's word. */
-	claims = json_loadb(body.data ? body.data : "", body.len, JSON_REJECT_DUPLICATES, NULL);
-	if (!json_is_object(claims)) {
-		why = "claims are not a JSON object";
-		goto out;
-	}
-	why = check_claims(cfg, claims, now, user, userlen);
-	if (why == NULL)
-		rc = TERN_OK;
+	rc = oauth_claims_check(cfg, body.data ? body.data : "", body.len, now, user, userlen, &why);
 out:
 	if (reason != NULL)
 		*reason = rc == TERN_OK ? "" : rc == TERN_ENOMEM ? "out of memory" : why;
 	if (rc != TERN_OK && user != NULL && userlen > 0)
 		user[0] = '\0';
 	json_decref(h);
-	json_decref(claims);
 	tbuf_free(&hdr);
 	tbuf_free(&body);
 	tbuf_free(&sig);

@@ -123,6 +123,11 @@ int sasl_oauthbearer_parse(const char *p, size_t n, struct sasl_oauth_msg *out);
  * alphabet, unused bits zero. Appends to out. */
 int oauth_b64url_decode(const char *in, size_t len, struct tbuf *out);
 
+/* The claim checks of oauth_token_validate on a payload whose signature
+ * has been checked (JSON, duplicate members refused). Same results. */
+int oauth_claims_check(const struct oauth_config *cfg, const char *json, size_t len,
+                       long long now, char *user, size_t userlen, const char **reason);
+
 /* ---- engine test hooks (sasl.c) */
 /* Replaces the random part of the next challenge: the whole CRAM-MD5
  * challenge, or SCRAM's server nonce (which must be printable without ',').
