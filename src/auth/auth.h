@@ -204,17 +204,24 @@ enum sasl_status {
 struct sasl_config {
 	const struct user_db *users; /* the users file; or the two hooks below */
 	/* Another credential store (tests, later backends); each NULL hook falls
-	 * back to users. get_secret (users_get_secret's contract, a lookup: any
-	 * thread) serves CRAM-MD5 and SCRAM-SHA-256; verify_password
-	 * (users_verify's: slow, called from sasl_verify) PLAIN and LOGIN. A
-	 * mechanism with neither its hook nor users is not enabled. */
+	 * back to users. get_secret has users_get_secret's contract and serves
+	 * CRAM-MD5 and SCRAM-SHA-256; SCRAM calls it from sasl_step, on the
+	 * event loop (the salt goes into the first challenge), so it must not
+	 * block. verify_password has users_verify's (slow: only ever called
+	 * from sasl_verify) and serves PLAIN and LOGIN. A mechanism with
+	 * neither its hook nor users is not enabled. */
 	int (*get_secret)(void *arg, const char *login, enum user_secret_scheme *scheme,
 	                  const char **secret, size_t *len);
 	int (*verify_password)(void *arg, const char *login, const char *password);
 	void *store_arg;
 	const struct oauth_config *oauth; /* NULL (or no keys): no XOAUTH2/OAUTHBEARER */
 	const struct oauth_keys *oauth_keys;
-	unsigned mechs;       /* SASL_MECH_BIT()s enabled; 0: all usable */
+	/* SASL_MECH_BIT()s enabled. 0: PLAIN, LOGIN, and XOAUTH2/OAUTHBEARER
+	 * when OAuth is set up. CRAM-MD5 and SCRAM-SHA-256 must be asked for:
+	 * they work only for users whose stored secret allows them, and clients
+	 * that see them offered try them first (Python's smtplib tries CRAM-MD5
+	 * before PLAIN), so each login of a crypt user would cost a failure. */
+	unsigned mechs;
 	const char *hostname; /* in the CRAM-MD5 challenge; NULL: "localhost" */
 	/* May authcid act as a different authzid (PLAIN, SCRAM, OAUTHBEARER)? NULL:
 	 * never; an empty authzid or one equal to authcid (ASCII case aside) is
