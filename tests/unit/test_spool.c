@@ -1274,6 +1274,52 @@ static void test_zeroed_ranges_cost_only_the_records_they_touch(void **st)
 	tmpdir_rm(&td);
 }
 
+/* A damaged recipient-state or removal record can only bring work back (a
+ * redelivery), never lose a message. */
+static void test_damaged_state_records_bring_work_back_never_lose_it(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *a = make_env(1, 2), *b = make_env(2, 1);
+	struct tbuf t = TBUF_INIT(1 << 20);
+	assert_int_equal(spool_rec_encode_msg(&t, a, "aaa", 3, NULL), TERN_OK);
+	assert_int_equal(spool_rec_encode_msg(&t, b, "bbb", 3, NULL), TERN_OK);
+	struct spool_rcpt done = {.state = RCPT_DELIVERED, .attempts = 1};
+	size_t rcpt_at = t.len;
+	assert_int_equal(spool_rec_encode_rcpt(&t, a->id, 0, &done, false), TERN_OK);
+	size_t del_at = t.len;
+	assert_int_equal(spool_rec_encode_del(&t, b->id), TERN_OK); /* b was deleted */
+	for (int which = 0; which < 2; which++) {
+		dir_empty(td.path);
+		write_segment(td.path, 1, &t);
+		char path[512];
+		seg_file(td.path, 1, path, sizeof(path));
+		flip_byte(path, (off_t)(which ? del_at : rcpt_at) + SPOOL_REC_HDR + 3, 0x02);
+		struct spool *s;
+		assert_int_equal(spool_open(td.path, &s), TERN_OK);
+		struct spool_msg *g = spool_get(s, a->id);
+		assert_non_null(g);
+		/* a's first recipient: delivered, unless that record was the damaged one */
+		assert_int_equal(g->rcpts[0].state, which ? RCPT_DELIVERED : RCPT_QUEUED);
+		spool_msg_free(g);
+		assert_data(s, a->id, "aaa", 3);
+		if (which) /* b's removal was lost: b comes back */
+			assert_data(s, b->id, "bbb", 3);
+		else
+			assert_null(spool_get(s, b->id));
+		struct damage_seen ds = {0};
+		assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+		assert_string_equal(ds.d[0].record, which ? "del" : "rcpt");
+		assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_CHECKSUM);
+		spool_close(s);
+	}
+	tbuf_free(&t);
+	spool_msg_free(a);
+	spool_msg_free(b);
+	tmpdir_rm(&td);
+}
+
 /* A segment written by the version 1 format (tests/data/spool_v1, made by
  * tern before this change; see its SOURCE.md) recovers. */
 static const char *v1_fixture(void)
@@ -2344,6 +2390,7 @@ int main(void)
 	    cmocka_unit_test(test_damaged_older_segment_is_set_aside_not_unlinked),
 	    cmocka_unit_test(test_flipped_length_field_spares_the_records_after_it),
 	    cmocka_unit_test(test_zeroed_ranges_cost_only_the_records_they_touch),
+	    cmocka_unit_test(test_damaged_state_records_bring_work_back_never_lose_it),
 	    cmocka_unit_test(test_spool_written_by_version_1_recovers),
 	    cmocka_unit_test(test_records_inside_a_message_never_pass_for_real_ones),
 	    cmocka_unit_test(test_only_a_real_torn_tail_is_cut),
