@@ -150,14 +150,14 @@ struct rconn {
 	bool in_read;    /* inside on_read: freeing waits until it returns */
 	bool dead;       /* freed while in_read */
 	/* transaction: one batch of at most BATCH_MAX of the job's recipients */
-	size_t batch_start, batch_end; /* the batch is rcpts[batch_start .. batch_end) */
+	size_t batch_start, batch_end;         /* the batch is rcpts[batch_start .. batch_end) */
 	enum expect expect[1 + BATCH_MAX + 1]; /* MAIL, the batch's RCPTs, DATA */
 	size_t n_expect, i_expect;
 	size_t rcpt_cursor;       /* next recipient to send (non-pipelined) */
 	size_t rcpt_reply_cursor; /* next recipient whose reply we wait for */
 	size_t n_accepted;
 	bool mail_failed;
-	struct tbuf converted;    /* downconverted body, when needed */
+	struct tbuf converted; /* downconverted body, when needed */
 	char last_error[512];
 	char last_status[16];
 	bool last_perm;
@@ -186,7 +186,7 @@ void remote_job_free(struct remote_job *job)
 }
 
 static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
 {
@@ -199,7 +199,7 @@ static void set_error(struct rconn *c, bool perm, const char *status, const char
 }
 
 static void rcpt_result(struct rconn *c, struct remote_rcpt *rr, enum remote_outcome o,
-			const char *status, const char *text)
+                        const char *status, const char *text)
 {
 	rr->outcome = o;
 	tern_strlcpy(rr->status, status, sizeof(rr->status));
@@ -209,7 +209,7 @@ static void rcpt_result(struct rconn *c, struct remote_rcpt *rr, enum remote_out
 		rr->reply[n++] = (*p >= ' ' && *p < 0x7f) ? *p : ' ';
 	rr->reply[n] = '\0';
 	tern_strlcpy(rr->remote_mta, c->cur < c->n_targets ? c->targets[c->cur].host : "",
-		     sizeof(rr->remote_mta));
+	             sizeof(rr->remote_mta));
 }
 
 /* Outcome from a reply code. */
@@ -233,7 +233,7 @@ static void reply_text(const struct smtp_reply *r, const char *phase, char *out,
 	int n2;
 	if (r->enhanced[0])
 		n2 = snprintf(out, outlen, "%d %s %.400s (in reply to %s)", r->code, r->enhanced,
-			      flat, phase);
+		              flat, phase);
 	else
 		n2 = snprintf(out, outlen, "%d %.400s (in reply to %s)", r->code, flat, phase);
 	(void)n2;
@@ -263,8 +263,8 @@ static void job_finish(struct rconn *c)
 		if (rr->outcome != REMOTE_PENDING)
 			continue;
 		rcpt_result(c, rr, c->last_perm ? REMOTE_BOUNCED : REMOTE_DEFERRED,
-			    c->last_status[0] ? c->last_status : "4.4.1",
-			    c->last_error[0] ? c->last_error : "delivery not completed");
+		            c->last_status[0] ? c->last_status : "4.4.1",
+		            c->last_error[0] ? c->last_error : "delivery not completed");
 	}
 	tbuf_free(&c->converted);
 	job->done(job, job->done_arg);
@@ -341,12 +341,13 @@ static void send_rcpt(struct rconn *c, size_t i)
 					unsigned bit;
 					const char *name;
 				} names[] = {{SMTP_NOTIFY_SUCCESS, "SUCCESS"},
-					     {SMTP_NOTIFY_FAILURE, "FAILURE"},
-					     {SMTP_NOTIFY_DELAY, "DELAY"}};
+				             {SMTP_NOTIFY_FAILURE, "FAILURE"},
+				             {SMTP_NOTIFY_DELAY, "DELAY"}};
 				for (size_t k = 0; k < 3; k++) {
 					if (rr->notify & names[k].bit) {
-						pl += (size_t)snprintf(params + pl, sizeof(params) - pl,
-								       "%s%s", sep, names[k].name);
+						pl += (size_t)snprintf(params + pl,
+						                       sizeof(params) - pl, "%s%s",
+						                       sep, names[k].name);
 						sep = ",";
 					}
 				}
@@ -358,7 +359,7 @@ static void send_rcpt(struct rconn *c, size_t i)
 		    smtp_xtext_encode(semi + 1, strlen(semi + 1), x, sizeof(x)) &&
 		    pl < sizeof(params))
 			pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " ORCPT=%.*s;%s",
-					       (int)(semi - rr->orcpt), rr->orcpt, x);
+			                       (int)(semi - rr->orcpt), rr->orcpt, x);
 	}
 	send_line(c, "RCPT TO:<%s>%s", rr->addr, params);
 }
@@ -374,7 +375,7 @@ static void send_mail(struct rconn *c)
 	if (j->body == SMTP_BODY_BINARYMIME)
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " BODY=BINARYMIME");
 	else if (c->caps.eightbitmime && !c->converted.data &&
-		 (j->has_8bit || j->body == SMTP_BODY_8BITMIME))
+	         (j->has_8bit || j->body == SMTP_BODY_8BITMIME))
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " BODY=8BITMIME");
 	if (j->smtputf8)
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " SMTPUTF8");
@@ -398,14 +399,14 @@ static bool fit_message_to_peer(struct rconn *c)
 	struct remote_job *j = c->job;
 	if (j->smtputf8 && !c->caps.smtputf8) {
 		set_error(c, true, "5.6.7",
-			  "550 5.6.7 the message needs SMTPUTF8 but %s does not support it",
-			  c->targets[c->cur].host);
+		          "550 5.6.7 the message needs SMTPUTF8 but %s does not support it",
+		          c->targets[c->cur].host);
 		return false;
 	}
 	if (j->body == SMTP_BODY_BINARYMIME && !(c->caps.chunking && c->caps.binarymime)) {
 		set_error(c, true, "5.6.3",
-			  "554 5.6.3 the message is BINARYMIME but %s cannot take it",
-			  c->targets[c->cur].host);
+		          "554 5.6.3 the message is BINARYMIME but %s cannot take it",
+		          c->targets[c->cur].host);
 		return false;
 	}
 	if (j->has_8bit && !c->caps.eightbitmime && j->body != SMTP_BODY_BINARYMIME) {
@@ -413,19 +414,19 @@ static bool fit_message_to_peer(struct rconn *c)
 		if (smtp_downconvert_8bit(j->data, j->len, &c->converted) != TERN_OK) {
 			tbuf_free(&c->converted);
 			set_error(c, true, "5.6.3",
-				  "554 5.6.3 %s does not take 8-bit mail and the message cannot be "
-				  "converted to 7 bits",
-				  c->targets[c->cur].host);
+			          "554 5.6.3 %s does not take 8-bit mail and the message cannot be "
+			          "converted to 7 bits",
+			          c->targets[c->cur].host);
 			return false;
 		}
 		log_info("event=downconverted id=%s relay=%s from=%zu to=%zu", j->id,
-			 c->targets[c->cur].host, j->len, c->converted.len);
+		         c->targets[c->cur].host, j->len, c->converted.len);
 	}
 	size_t len = c->converted.data ? c->converted.len : j->len;
 	if (c->caps.has_size && c->caps.size && len > c->caps.size) {
 		set_error(c, true, "5.3.4",
-			  "552 5.3.4 message of %zu bytes exceeds the limit of %s (%llu bytes)", len,
-			  c->targets[c->cur].host, (unsigned long long)c->caps.size);
+		          "552 5.3.4 message of %zu bytes exceeds the limit of %s (%llu bytes)",
+		          len, c->targets[c->cur].host, (unsigned long long)c->caps.size);
 		return false;
 	}
 	return true;
@@ -441,9 +442,9 @@ static bool push_expect(struct rconn *c, enum expect e)
 {
 	if (c->n_expect >= sizeof(c->expect) / sizeof(c->expect[0])) {
 		log_error("event=remote_internal_error id=%s reason=\"expect table full\"",
-			  c->job ? c->job->id : "-");
+		          c->job ? c->job->id : "-");
 		set_error(c, false, "4.3.0", "internal error talking to %s",
-			  c->targets[c->cur].host);
+		          c->targets[c->cur].host);
 		close_bev(c);
 		job_finish(c);
 		conn_end(c);
@@ -554,7 +555,7 @@ static void send_body(struct rconn *c)
 	c->st = RC_DOT;
 	/* RFC 5321 §4.5.3.2.6: wait at least 10 minutes for the final reply. */
 	set_timeout(c, c->conf->delivery.command_timeout > 600 ? c->conf->delivery.command_timeout
-							       : 600);
+	                                                       : 600);
 }
 
 /* After MAIL and every RCPT reply of the batch are in (non-pipelined or
@@ -586,7 +587,7 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 	char text[600];
 	if (c->i_expect >= c->n_expect) {
 		set_error(c, false, "4.5.0", "unexpected reply from %s: %d",
-			  c->targets[c->cur].host, r->code);
+		          c->targets[c->cur].host, r->code);
 		close_bev(c);
 		job_finish(c);
 		conn_end(c);
@@ -604,7 +605,7 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 			for (size_t i = c->batch_start; i < j->n_rcpts; i++)
 				if (j->rcpts[i].outcome == REMOTE_PENDING)
 					rcpt_result(c, &j->rcpts[i], outcome_of(r->code),
-						    status_of(r), text);
+					            status_of(r), text);
 		}
 		if (!c->caps.pipelining) {
 			if (c->mail_failed) {
@@ -622,7 +623,8 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 				c->n_accepted++;
 			} else {
 				reply_text(r, "RCPT TO", text, sizeof(text));
-				rcpt_result(c, &j->rcpts[i], outcome_of(r->code), status_of(r), text);
+				rcpt_result(c, &j->rcpts[i], outcome_of(r->code), status_of(r),
+				            text);
 			}
 		}
 		if (!c->caps.pipelining) {
@@ -654,7 +656,7 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 			for (size_t i = c->batch_start; i < c->batch_end; i++)
 				if (j->rcpts[i].outcome == REMOTE_PENDING)
 					rcpt_result(c, &j->rcpts[i], outcome_of(r->code),
-						    status_of(r), text);
+					            status_of(r), text);
 		}
 		c->st = RC_RSET;
 		send_line(c, "RSET");
@@ -669,8 +671,8 @@ static void dot_reply(struct rconn *c, const struct smtp_reply *r)
 	reply_text(r, "end of DATA", text, sizeof(text));
 	bool ok = r->code >= 200 && r->code < 300;
 	/* The empty DATA case (nothing accepted) has its results already. */
-	for (size_t i = c->batch_start;
-	     !c->mail_failed && c->n_accepted > 0 && i < c->batch_end; i++) {
+	for (size_t i = c->batch_start; !c->mail_failed && c->n_accepted > 0 && i < c->batch_end;
+	     i++) {
 		struct remote_rcpt *rr = &j->rcpts[i];
 		if (rr->outcome != REMOTE_PENDING)
 			continue;
@@ -712,8 +714,8 @@ static void start_tls(struct rconn *c)
 	if (host[0] && host[0] != '[')
 		SSL_set_tlsext_host_name(ssl, host);
 	struct bufferevent *tb = bufferevent_openssl_filter_new(
-		worker_base(c->w), c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
-		BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	    worker_base(c->w), c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (!tb) {
 		SSL_free(ssl);
 		c->tls_disabled = true;
@@ -770,8 +772,9 @@ static void start_auth(struct rconn *c)
 		c->st = RC_AUTH_LOGIN_USER;
 		send_line(c, "AUTH LOGIN");
 	} else {
-		set_error(c, false, "4.7.0", "%s offers no AUTH mechanism we can use (PLAIN, LOGIN)",
-			  c->targets[c->cur].host);
+		set_error(c, false, "4.7.0",
+		          "%s offers no AUTH mechanism we can use (PLAIN, LOGIN)",
+		          c->targets[c->cur].host);
 		close_bev(c);
 		job_finish(c);
 		conn_end(c);
@@ -809,8 +812,9 @@ static void after_ehlo(struct rconn *c)
 		return;
 	}
 	if (!c->tls_active && tls == CONF_TLS_REQUIRE) {
-		set_error(c, false, "4.7.10", "TLS is required for %s but it does not offer STARTTLS",
-			  c->targets[c->cur].host);
+		set_error(c, false, "4.7.10",
+		          "TLS is required for %s but it does not offer STARTTLS",
+		          c->targets[c->cur].host);
 		close_bev(c);
 		c->cur++;
 		conn_next_target(c);
@@ -889,7 +893,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		}
 		reply_text(r, "AUTH", text, sizeof(text));
 		set_error(c, false, "4.7.0", "authentication to %s failed: %s",
-			  c->targets[c->cur].host, text);
+		          c->targets[c->cur].host, text);
 		log_warn("event=auth_failed relay=%s reply=\"%s\"", c->targets[c->cur].host, text);
 		send_line(c, "QUIT");
 		c->st = RC_QUIT;
@@ -938,7 +942,7 @@ static void on_read(struct bufferevent *bev, void *arg)
 		evbuffer_drain(in, used);
 		if (st == SMTP_REPLY_BAD) {
 			set_error(c, false, "4.5.0", "%s sent a malformed reply",
-				  c->targets[c->cur].host);
+			          c->targets[c->cur].host);
 			close_bev(c);
 			if (c->greeted_ok) {
 				job_finish(c);
@@ -989,7 +993,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		if (e)
 			ERR_error_string_n(e, ebuf, sizeof(ebuf));
 		log_warn("event=tls_failed relay=%s reason=\"%s\" action=%s", host, ebuf,
-			 c->route && c->route->tls == CONF_TLS_REQUIRE ? "next-host" : "retry-clear");
+		         c->route && c->route->tls == CONF_TLS_REQUIRE ? "next-host"
+		                                                       : "retry-clear");
 		close_bev(c);
 		set_error(c, false, "4.7.5", "TLS handshake with %s failed: %s", host, ebuf);
 		if (!(c->route && c->route->tls == CONF_TLS_REQUIRE))
@@ -999,15 +1004,18 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		conn_next_target(c);
 		return;
 	}
-	const char *why = (what & BEV_EVENT_TIMEOUT) ? "timeout" : (what & BEV_EVENT_EOF) ? "connection closed" : "connection error";
+	const char *why = (what & BEV_EVENT_TIMEOUT) ? "timeout"
+	                  : (what & BEV_EVENT_EOF)   ? "connection closed"
+	                                             : "connection error";
 	bool in_tx = c->st == RC_TX || c->st == RC_DOT || c->st == RC_RSET || c->st == RC_AUTH ||
-		     c->st == RC_AUTH_LOGIN_PASS || c->st == RC_AUTH_LOGIN_USER;
+	             c->st == RC_AUTH_LOGIN_PASS || c->st == RC_AUTH_LOGIN_USER;
 	if (c->st == RC_CONNECT)
 		set_error(c, false, "4.4.1", "connect to %s: %s", host,
-			  (what & BEV_EVENT_TIMEOUT) ? "timed out" : strerror(EVUTIL_SOCKET_ERROR()));
+		          (what & BEV_EVENT_TIMEOUT) ? "timed out"
+		                                     : strerror(EVUTIL_SOCKET_ERROR()));
 	else
 		set_error(c, false, "4.4.2", "%s with %s%s", why, host,
-			  in_tx ? " during the transaction" : "");
+		          in_tx ? " during the transaction" : "");
 	close_bev(c);
 	if (in_tx || c->greeted_ok) {
 		job_finish(c);
@@ -1151,12 +1159,14 @@ static void addresses_done(struct rconn *c)
 	c->n_targets = kept;
 	if (c->n_targets == 0) {
 		if (dropped_self)
-			fail_dns(c, true, "5.4.6", "550 5.4.6 mail for this domain loops back to myself");
+			fail_dns(c, true, "5.4.6",
+			         "550 5.4.6 mail for this domain loops back to myself");
 		else if (any_temp)
-			fail_dns(c, false, "4.4.3", "temporary DNS failure looking up the mail hosts");
+			fail_dns(c, false, "4.4.3",
+			         "temporary DNS failure looking up the mail hosts");
 		else
 			fail_dns(c, true, "5.1.2",
-				 "550 5.1.2 the mail hosts of this domain have no address");
+			         "550 5.1.2 the mail hosts of this domain have no address");
 		return;
 	}
 	c->cur = 0;
@@ -1191,7 +1201,7 @@ static void query_addresses(struct rconn *c)
 			q->host = h;
 			q->family = k == 0 ? AF_INET6 : AF_INET;
 			int rc = dns_query(c->res, c->hosts[h].host, k == 0 ? DNS_AAAA : DNS_A,
-					   on_addr_answer, q);
+			                   on_addr_answer, q);
 			if (rc < 0) {
 				if (k == 0)
 					c->hosts[h].st6 = DNS_TEMPFAIL;
@@ -1208,12 +1218,14 @@ static void on_mx(void *arg, const struct dns_result *r)
 {
 	struct rconn *c = arg;
 	if (r->status == DNS_NXDOMAIN) {
-		fail_dns(c, true, "5.1.2", "550 5.1.2 the recipient domain does not exist (NXDOMAIN)");
+		fail_dns(c, true, "5.1.2",
+		         "550 5.1.2 the recipient domain does not exist (NXDOMAIN)");
 		return;
 	}
 	if (r->status == DNS_TEMPFAIL || r->status == DNS_ERROR) {
-		fail_dns(c, false, "4.4.3", r->bogus ? "DNSSEC validation failed for the MX lookup"
-						     : "temporary DNS failure looking up MX");
+		fail_dns(c, false, "4.4.3",
+		         r->bogus ? "DNSSEC validation failed for the MX lookup"
+		                  : "temporary DNS failure looking up MX");
 		return;
 	}
 	if (r->status == DNS_NODATA || r->n == 0) {
@@ -1225,7 +1237,7 @@ static void on_mx(void *arg, const struct dns_result *r)
 	}
 	if (r->n == 1 && r->mx[0].host[0] == '\0') {
 		fail_dns(c, true, "5.1.10",
-			 "556 5.1.10 the recipient domain accepts no mail (null MX, RFC 7505)");
+		         "556 5.1.10 the recipient domain accepts no mail (null MX, RFC 7505)");
 		return;
 	}
 	/* Sorted by preference; shuffle runs of equal preference. */
@@ -1306,7 +1318,8 @@ static void conn_resolve(struct rconn *c)
 	}
 	int q = dns_query(c->res, c->domain, DNS_MX, on_mx, c);
 	if (q == TERN_ESYNTAX)
-		fail_dns(c, true, "5.1.2", "550 5.1.2 the recipient domain is not a valid DNS name");
+		fail_dns(c, true, "5.1.2",
+		         "550 5.1.2 the recipient domain is not a valid DNS name");
 	else if (q < 0)
 		fail_dns(c, false, "4.4.3", "cannot start the MX lookup");
 }
@@ -1487,9 +1500,10 @@ void remote_submit(struct remote *r, struct remote_job *job)
 			log_error("event=remote_submit_failed id=%s reason=out-of-memory", job->id);
 			for (size_t i = 0; i < job->n_rcpts; i++) {
 				job->rcpts[i].outcome = REMOTE_DEFERRED;
-				tern_strlcpy(job->rcpts[i].status, "4.3.0", sizeof(job->rcpts[i].status));
+				tern_strlcpy(job->rcpts[i].status, "4.3.0",
+				             sizeof(job->rcpts[i].status));
 				tern_strlcpy(job->rcpts[i].reply, "out of memory",
-					     sizeof(job->rcpts[i].reply));
+				             sizeof(job->rcpts[i].reply));
 			}
 			job->done(job, job->done_arg);
 			return;
@@ -1544,9 +1558,9 @@ struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, 
 		goto fail;
 	const struct conf_dns *dc = &rt->conf->dns;
 	for (size_t i = 0; i < n_workers; i++) {
-		r->resolvers[i] = dns_resolver_new(worker_base(workers[i]),
-						   (const char *const *)dc->forward, dc->n_forward,
-						   dc->trust_anchor_file, err, errlen);
+		r->resolvers[i] =
+		    dns_resolver_new(worker_base(workers[i]), (const char *const *)dc->forward,
+		                     dc->n_forward, dc->trust_anchor_file, err, errlen);
 		if (!r->resolvers[i])
 			goto fail;
 	}
