@@ -812,6 +812,8 @@ class HostileMX:
                           reply, the 354) one byte every `drip` seconds
       tls_stall           offers STARTTLS, answers 220, then never speaks TLS
       tls_drip            the same, but drips a TLS record header and its body
+      starttls_inject     offers STARTTLS and sends a plaintext reply right after its
+                          220, as a man in the middle would (CVE-2011-0411, client side)
       close_mid_data      answers DATA with 354, reads part of the data, hangs up
       slow_reader         answers DATA with 354, then takes the data 100 bytes every
                           0.5 s through a small receive buffer
@@ -994,7 +996,7 @@ class HostileMX:
                 caps = ["hostile.test"]
                 if mode == "pipelined_shift":
                     caps.append("PIPELINING")
-                if mode in ("tls_stall", "tls_drip"):
+                if mode in ("tls_stall", "tls_drip", "starttls_inject"):
                     caps.append("STARTTLS")
                 caps.append("8BITMIME")
                 text = "".join(f"250-{c}\r\n" for c in caps[:-1]) + f"250 {caps[-1]}\r\n"
@@ -1005,6 +1007,10 @@ class HostileMX:
                     continue
                 send(text.encode())
             elif verb == "STARTTLS":
+                if mode == "starttls_inject":
+                    send(b"220 2.0.0 ready to start TLS\r\n250 2.0.0 injected in clear\r\n")
+                    self._wait_hangup(s, conn)
+                    return
                 send(b"220 2.0.0 ready to start TLS\r\n")
                 if mode == "tls_drip":
                     # A TLS record header announcing 16 KiB, then its body, slowly.

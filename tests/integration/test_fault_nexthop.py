@@ -221,6 +221,21 @@ def test_dripping_tls_handshake_with_tls_required_defers(remote_tern, mx):
         assert not any(c.got_message for c in conns)
 
 
+def test_plaintext_injected_after_starttls_220_defers(remote_tern, mx):
+    # Bytes after the 220 to STARTTLS arrive before any TLS, so they cannot be the
+    # reply to anything sent over TLS: before the fix they were fed to the handshake
+    # (which failed) and the message went out in clear; now they are a protocol error.
+    with HostileMX(HOSTILE_IP, "starttls_inject") as fake:
+        t = start(remote_tern, fake.route("hostile.test", tls="opportunistic"))
+        rcpt = "inject@hostile.test"
+        qid = submit(t, [rcpt], msg("starttls-inject", rcpt))
+        assert_deferred_not_lost(t, qid, rcpt, r"4\.5\.0", r"more replies than commands")
+        conns = fake.wait_conns(2, tern=t)
+        assert all(c.commands[-1] == "STARTTLS" for c in conns[:2]), conns[0].commands
+        assert not any(c.got_message for c in conns)
+        heal_and_deliver(t, fake, qid)
+
+
 # --------------------------------------------------------------------------
 # A server that hangs up in the middle of the data.
 
