@@ -14,6 +14,7 @@
  * users_verify() and users_file_*() block (crypt, fsync): thread pool only.
  */
 #include "auth/auth.h"
+#include "auth/sasl_internal.h"
 #include "auth/users_internal.h"
 
 #include <crypt.h>
@@ -35,9 +36,11 @@
 #include "core/fsutil.h"
 
 enum scheme {
-	SCHEME_CRYPT,  /* crypt(3) hash: $6$, $2b$, $y$, ... */
-	SCHEME_PLAIN,  /* cleartext */
-	SCHEME_LOCKED, /* empty or "!"/"*" hash: exists, never authenticates */
+	SCHEME_CRYPT,        /* crypt(3) hash: $6$, $2b$, $y$, ... */
+	SCHEME_PLAIN,        /* cleartext */
+	SCHEME_LOCKED,       /* empty or "!"/"*" hash: exists, never authenticates */
+	SCHEME_CRAM_MD5,     /* Dovecot's HMAC-MD5 context, 64 hex digits */
+	SCHEME_SCRAM_SHA256, /* Dovecot's "iter,salt,storedkey,serverkey" */
 };
 
 struct user {
@@ -325,9 +328,15 @@ static const struct {
 	const char *name;
 	enum scheme scheme;
 } schemes[] = {
-    {"CRYPT", SCHEME_CRYPT},     {"SHA512-CRYPT", SCHEME_CRYPT}, {"SHA256-CRYPT", SCHEME_CRYPT},
-    {"BLF-CRYPT", SCHEME_CRYPT}, {"MD5-CRYPT", SCHEME_CRYPT},    {"PLAIN", SCHEME_PLAIN},
+    {"CRYPT", SCHEME_CRYPT},
+    {"SHA512-CRYPT", SCHEME_CRYPT},
+    {"SHA256-CRYPT", SCHEME_CRYPT},
+    {"BLF-CRYPT", SCHEME_CRYPT},
+    {"MD5-CRYPT", SCHEME_CRYPT},
+    {"PLAIN", SCHEME_PLAIN},
     {"CLEARTEXT", SCHEME_PLAIN},
+    {"CRAM-MD5", SCHEME_CRAM_MD5},
+    {"SCRAM-SHA-256", SCHEME_SCRAM_SHA256},
 };
 
 static bool scheme_lookup(const char *p, size_t n, enum scheme *out)
@@ -379,8 +388,8 @@ static const char *parse_record(const struct line *l, struct user *u, bool *oom)
 		if (close == NULL)
 			return "unterminated {SCHEME}";
 		if (!scheme_lookup(pw + 1, (size_t)(close - pw - 1), &sch))
-			return "unknown password scheme (use CRYPT, SHA512-CRYPT, BLF-CRYPT or "
-			       "PLAIN)";
+			return "unknown password scheme (use CRYPT, SHA512-CRYPT, BLF-CRYPT, "
+			       "PLAIN, CRAM-MD5 or SCRAM-SHA-256)";
 		hash = close + 1;
 	}
 	hlen = (size_t)(pwend - hash);
@@ -390,6 +399,23 @@ static const char *parse_record(const struct line *l, struct user *u, bool *oom)
 	}
 	if (hlen == 0 || (sch == SCHEME_CRYPT && (hash[0] == '!' || hash[0] == '*')))
 		sch = SCHEME_LOCKED;
+	if (sch == SCHEME_CRAM_MD5) {
+		unsigned char ctx[CRAM_MD5_CONTEXTLEN];
+		bool ok = sasl_cram_parse_stored(hash, hlen, ctx) == TERN_OK;
+
+		explicit_bzero(ctx, sizeof(ctx));
+		if (!ok)
+			return "CRAM-MD5 value is not 64 hex digits";
+	}
+	if (sch == SCHEME_SCRAM_SHA256) {
+		struct scram_stored st;
+		bool ok = scram_parse_stored(hash, hlen, &st) == TERN_OK;
+
+		explicit_bzero(&st, sizeof(st));
+		if (!ok)
+			return "SCRAM-SHA-256 value is not \"iter,salt,storedkey,serverkey\" "
+			       "(iter 4096 to 10000000, 32-byte keys)";
+	}
 
 	mem = malloc(alen + 1 + hlen + 1);
 	if (mem == NULL) {
@@ -643,6 +669,10 @@ int users_verify(const struct user_db *db, const char *addr, const char *passwor
 	case SCHEME_PLAIN:
 		return ct_equal(u->hash, u->hashlen, password, strlen(password)) ? TERN_OK
 		                                                                 : TERN_EINVAL;
+	case SCHEME_CRAM_MD5:
+		return sasl_cram_check_password(u->hash, u->hashlen, password);
+	case SCHEME_SCRAM_SHA256: /* PBKDF2: as slow as crypt, by design */
+		return sasl_scram_check_password(u->hash, u->hashlen, password);
 	case SCHEME_CRYPT:
 		break;
 	}
@@ -885,4 +915,33 @@ int users_file_passwd(const char *path, const char *addr, const char *password)
 int users_file_del(const char *path, const char *addr)
 {
 	return file_edit(path, USERS_EDIT_DEL, addr, NULL);
+}
+
+int users_get_secret(const struct user_db *db, const char *addr, enum user_secret_scheme *scheme,
+                     const char **secret, size_t *len)
+{
+	const struct user *u = find(db, addr);
+
+	if (u == NULL)
+		return TERN_ENOTFOUND;
+	switch (u->scheme) {
+	case SCHEME_CRYPT:
+		*scheme = USER_SECRET_CRYPT;
+		break;
+	case SCHEME_PLAIN:
+		*scheme = USER_SECRET_PLAIN;
+		break;
+	case SCHEME_LOCKED:
+		*scheme = USER_SECRET_LOCKED;
+		break;
+	case SCHEME_CRAM_MD5:
+		*scheme = USER_SECRET_CRAM_MD5;
+		break;
+	case SCHEME_SCRAM_SHA256:
+		*scheme = USER_SECRET_SCRAM_SHA256;
+		break;
+	}
+	*secret = u->hash;
+	*len = u->hashlen;
+	return TERN_OK;
 }

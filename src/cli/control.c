@@ -2,11 +2,10 @@
  * control.c — the control socket DATA/control.sock, both ends.
  *
  * Protocol: the client sends one request line ("LIST", "SHOW ID",
- * "DELETE ID", "FLUSH"); the daemon answers with text lines and a last
- * line "OK" or "ERR words". The daemon side runs on its own thread with
- * blocking I/O (requests are rare, small and local), so no event loop ever
- * waits on it. The socket is mode 0600: only the daemon's user (and root)
- * may control the queue.
+ * "DELETE ID", "HOLD ID", "RELEASE ID", "FLUSH", "DAMAGED"); the daemon
+ * answers with text lines and a last line "OK" or "ERR words". The daemon side runs on its own
+ * thread with blocking I/O (requests are rare, small and local), so no event loop ever waits on it.
+ * The socket is mode 0600: only the daemon's user (and root) may control the queue.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -84,7 +83,7 @@ static void put_rcpt(struct tbuf *b, const struct spool_rcpt *r)
 {
 	char next[32] = "";
 	tbuf_printf(b, "  to=<%s> state=%s attempts=%u local=%s", r->addr,
-		    rcpt_state_name(r->state), r->attempts, r->local ? "yes" : "no");
+	            rcpt_state_name(r->state), r->attempts, r->local ? "yes" : "no");
 	if (r->state == RCPT_DEFERRED && r->next_try) {
 		fmt_time(r->next_try, next, sizeof(next));
 		tbuf_printf(b, " next_try=%s", next);
@@ -107,7 +106,7 @@ static bool list_one(const struct spool_msg *m, void *arg)
 	char created[32];
 	fmt_time(m->created, created, sizeof(created));
 	tbuf_printf(lc->b, "%s size=%llu created=%s from=<%s> rcpts=%zu\n", m->id,
-		    (unsigned long long)m->size, created, m->sender, m->n_rcpts);
+	            (unsigned long long)m->size, created, m->sender, m->n_rcpts);
 	for (size_t i = 0; i < m->n_rcpts; i++)
 		put_rcpt(lc->b, &m->rcpts[i]);
 	lc->n++;
@@ -121,7 +120,7 @@ static void show_one(struct tbuf *b, const struct spool_msg *m)
 	char created[32];
 	fmt_time(m->created, created, sizeof(created));
 	tbuf_printf(b, "id: %s\nfrom: <%s>\ncreated: %s\nsize: %llu\n", m->id, m->sender, created,
-		    (unsigned long long)m->size);
+	            (unsigned long long)m->size);
 	if (m->client)
 		tbuf_printf(b, "client: %s\n", m->client);
 	if (m->body < 4 && m->body)
@@ -138,6 +137,33 @@ static void show_one(struct tbuf *b, const struct spool_msg *m)
 	}
 }
 
+struct damage_ctx {
+	struct tbuf *b; /* NULL: only count the files */
+	size_t files;
+	char last_file[128];
+};
+
+/* One line per damaged range of the spool (ranges come sorted by file). */
+static bool damage_one(const struct spool_damage *d, void *arg)
+{
+	struct damage_ctx *dc = arg;
+	if (strcmp(dc->last_file, d->file) != 0) {
+		dc->files++;
+		snprintf(dc->last_file, sizeof(dc->last_file), "%s", d->file);
+	}
+	if (!dc->b)
+		return true;
+	tbuf_printf(dc->b, "seg=%u file=%s offset=%llu length=%llu kind=%s", (unsigned)d->seg,
+	            d->file, (unsigned long long)d->offset, (unsigned long long)d->length,
+	            spool_damage_kind_name(d->kind));
+	if (d->record)
+		tbuf_printf(dc->b, " record=%s", d->record);
+	if (d->id[0])
+		tbuf_printf(dc->b, " id=%s", d->id);
+	tbuf_append_str(dc->b, "\n");
+	return dc->b->len < dc->b->max - 65536;
+}
+
 static void handle_request(struct control *c, const char *req, struct tbuf *b)
 {
 	const char *arg = strchr(req, ' ');
@@ -151,13 +177,35 @@ static void handle_request(struct control *c, const char *req, struct tbuf *b)
 			tbuf_append_str(b, "queue is empty\n");
 		else
 			tbuf_printf(b, "%zu message%s in queue\n", lc.n, lc.n == 1 ? "" : "s");
+		struct damage_ctx dc = {NULL, 0, ""};
+		size_t nd = spool_foreach_damage(c->sp, damage_one, &dc);
+		if (nd)
+			tbuf_printf(
+			    b,
+			    "warning: the spool has %zu damaged range%s in %zu file%s; what they "
+			    "held is not in this list (see tern queue damaged)\n",
+			    nd, nd == 1 ? "" : "s", dc.files, dc.files == 1 ? "" : "s");
+		tbuf_append_str(b, "OK\n");
+		return;
+	}
+	if (verb_len == 7 && strncmp(req, "DAMAGED", 7) == 0) {
+		struct damage_ctx dc = {b, 0, ""};
+		size_t nd = spool_foreach_damage(c->sp, damage_one, &dc);
+		if (nd == 0)
+			tbuf_append_str(b, "no damaged spool segments\n");
+		else
+			tbuf_printf(b,
+			            "%zu damaged range%s in %zu segment file%s (paths relative to "
+			            "DATA/spool; the files are kept: inspect, then remove them)\n",
+			            nd, nd == 1 ? "" : "s", dc.files, dc.files == 1 ? "" : "s");
 		tbuf_append_str(b, "OK\n");
 		return;
 	}
 	if (verb_len == 5 && strncmp(req, "FLUSH", 5) == 0) {
 		scheduler_requeue_all(c->sched, true);
 		log_info("event=queue_flush source=control");
-		tbuf_append_str(b, "queue flushed: every waiting recipient will be tried now\nOK\n");
+		tbuf_append_str(b,
+		                "queue flushed: every waiting recipient will be tried now\nOK\n");
 		return;
 	}
 	bool show = verb_len == 4 && strncmp(req, "SHOW", 4) == 0;
@@ -165,8 +213,8 @@ static void handle_request(struct control *c, const char *req, struct tbuf *b)
 	bool hold = verb_len == 4 && strncmp(req, "HOLD", 4) == 0;
 	bool release = verb_len == 7 && strncmp(req, "RELEASE", 7) == 0;
 	if (hold || release) {
-		struct spool_msg *m = arg && queue_id_valid(arg, strlen(arg)) ? spool_get(c->sp, arg)
-									       : NULL;
+		struct spool_msg *m =
+		    arg && queue_id_valid(arg, strlen(arg)) ? spool_get(c->sp, arg) : NULL;
 		if (!m) {
 			tbuf_printf(b, "ERR no such message: %s\n", arg ? arg : "(no id given)");
 			return;
@@ -174,18 +222,19 @@ static void handle_request(struct control *c, const char *req, struct tbuf *b)
 		size_t n = 0;
 		for (size_t i = 0; i < m->n_rcpts; i++) {
 			enum rcpt_state st = m->rcpts[i].state;
-			bool change = hold ? (st == RCPT_QUEUED || st == RCPT_DEFERRED)
-					   : st == RCPT_HELD;
-			if (change && spool_update_rcpt(c->sp, arg, i, hold ? RCPT_HELD : RCPT_QUEUED, 0,
-							NULL) == TERN_OK)
+			bool change =
+			    hold ? (st == RCPT_QUEUED || st == RCPT_DEFERRED) : st == RCPT_HELD;
+			if (change &&
+			    spool_update_rcpt(c->sp, arg, i, hold ? RCPT_HELD : RCPT_QUEUED, 0,
+			                      NULL) == TERN_OK)
 				n++;
 		}
 		if (release && n)
 			scheduler_submit(c->sched, arg, NULL, 0);
 		log_info("event=queue_%s id=%s source=control rcpts=%zu", hold ? "hold" : "release",
-			 arg, n);
+		         arg, n);
 		tbuf_printf(b, "%s %s: %zu recipient%s\nOK\n", hold ? "held" : "released", arg, n,
-			    n == 1 ? "" : "s");
+		            n == 1 ? "" : "s");
 		spool_msg_free(m);
 		return;
 	}
@@ -203,7 +252,8 @@ static void handle_request(struct control *c, const char *req, struct tbuf *b)
 			show_one(b, m);
 			tbuf_append_str(b, "OK\n");
 		} else if (spool_remove(c->sp, arg) == TERN_OK) {
-			log_info("event=queue_delete id=%s source=control rcpts=%zu", arg, m->n_rcpts);
+			log_info("event=queue_delete id=%s source=control rcpts=%zu", arg,
+			         m->n_rcpts);
 			tbuf_printf(b, "deleted %s\nOK\n", arg);
 		} else {
 			tbuf_printf(b, "ERR could not delete %s\n", arg);
@@ -212,7 +262,7 @@ static void handle_request(struct control *c, const char *req, struct tbuf *b)
 		return;
 	}
 	tbuf_append_str(b, "ERR unknown request (LIST, SHOW ID, DELETE ID, HOLD ID, RELEASE ID, "
-			   "FLUSH)\n");
+	                   "FLUSH, DAMAGED)\n");
 }
 
 static void serve_client(struct control *c, int fd)
@@ -313,7 +363,8 @@ int cmd_queue(int argc, char **argv)
 {
 	const char *path;
 	if (cli_take_config(&argc, argv, &path) != 0 || argc < 2) {
-		fprintf(stderr, "usage: tern queue list|show ID|delete ID|hold ID|release ID|flush [-c FILE]\n");
+		fprintf(stderr, "usage: tern queue list|show ID|delete ID|hold ID|release ID|flush|"
+		                "damaged [-c FILE]\n");
 		return 2;
 	}
 	const char *sub = argv[1];
@@ -322,6 +373,8 @@ int cmd_queue(int argc, char **argv)
 		snprintf(req, sizeof(req), "LIST\n");
 	else if (strcmp(sub, "flush") == 0 && argc == 2)
 		snprintf(req, sizeof(req), "FLUSH\n");
+	else if (strcmp(sub, "damaged") == 0 && argc == 2)
+		snprintf(req, sizeof(req), "DAMAGED\n");
 	else if (strcmp(sub, "show") == 0 && argc == 3 && strlen(argv[2]) < 64)
 		snprintf(req, sizeof(req), "SHOW %s\n", argv[2]);
 	else if (strcmp(sub, "delete") == 0 && argc == 3 && strlen(argv[2]) < 64)
@@ -331,7 +384,8 @@ int cmd_queue(int argc, char **argv)
 	else if (strcmp(sub, "release") == 0 && argc == 3 && strlen(argv[2]) < 64)
 		snprintf(req, sizeof(req), "RELEASE %s\n", argv[2]);
 	else {
-		fprintf(stderr, "usage: tern queue list|show ID|delete ID|hold ID|release ID|flush [-c FILE]\n");
+		fprintf(stderr, "usage: tern queue list|show ID|delete ID|hold ID|release ID|flush|"
+		                "damaged [-c FILE]\n");
 		return 2;
 	}
 
@@ -345,9 +399,10 @@ int cmd_queue(int argc, char **argv)
 	int rc = control_path(conf->data_dir, &sun);
 	int fd = rc == 0 ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-		fprintf(stderr, "tern: cannot reach the server at %s/control.sock: %s (is tern "
-				"serve running with this config?)\n",
-			conf->data_dir, strerror(errno));
+		fprintf(stderr,
+		        "tern: cannot reach the server at %s/control.sock: %s (is tern "
+		        "serve running with this config?)\n",
+		        conf->data_dir, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		conf_unref(conf);

@@ -17,7 +17,8 @@ static void usage(FILE *out)
 		"                             catch all mail for testing; web UI and Mailpit API\n"
 		"  check-config [-c FILE]     validate the config and print it with defaults\n"
 		"  user add|passwd|del|list   manage users (passwd-file); --password-stdin\n"
-		"  queue list|show|delete|flush  inspect and control the queue of a running server\n"
+		"  queue list|show|delete|hold|release|flush|damaged\n"
+		"                             inspect and control the queue of a running server\n"
 		"  version                    print the version\n");
 }
 

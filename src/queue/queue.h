@@ -11,8 +11,11 @@
  * as small records that are not synced on their own (a crash can only
  * cause a redelivery, never a loss). An in-memory index maps queue id ->
  * (segment, offset, recipient states). Segments whose messages are all
- * finished are deleted. Recovery replays the segments in order, stops at a
- * torn or corrupt tail, and rebuilds the index.
+ * finished are deleted. Recovery replays the segments in order, trims a
+ * torn tail off the last one, and rebuilds the index. A damaged record
+ * costs that record only: recovery resynchronises on the next valid one,
+ * logs each damaged range, and a segment with damage is never deleted: it
+ * stays until nothing in it is needed, then moves to DIR/damaged/.
  *
  * Thread safety: every function may be called from any thread.
  */
@@ -30,44 +33,45 @@ enum rcpt_state {
 	RCPT_QUEUED = 0,   /* not tried yet, or due now */
 	RCPT_DEFERRED = 1, /* tried, temporary failure; next_try says when */
 	RCPT_DELIVERED = 2,
-	RCPT_BOUNCED = 3,  /* permanent failure */
-	RCPT_HELD = 4,     /* held by the operator */
+	RCPT_BOUNCED = 3, /* permanent failure */
+	RCPT_HELD = 4,    /* held by the operator */
 };
 
 const char *rcpt_state_name(enum rcpt_state s);
 
 struct spool_rcpt {
-	char *addr;        /* forward-path as given to RCPT TO (after alias expansion: the final address) */
-	char *orcpt;       /* RFC 3461 ORCPT ("rfc822;..."), or NULL */
-	unsigned notify;   /* SMTP_NOTIFY_* bits, 0 if absent */
-	bool local;        /* deliver to a local Maildir (true) or remotely */
+	char
+	    *addr; /* forward-path as given to RCPT TO (after alias expansion: the final address) */
+	char *orcpt;     /* RFC 3461 ORCPT ("rfc822;..."), or NULL */
+	unsigned notify; /* SMTP_NOTIFY_* bits, 0 if absent */
+	bool local;      /* deliver to a local Maildir (true) or remotely */
 	enum rcpt_state state;
 	uint32_t attempts;
-	int64_t next_try;  /* unix seconds; 0 = now */
-	char *last_reply;  /* last result text ("250 2.0.0 ...", "550 5.1.1 ..."), or NULL */
+	int64_t next_try; /* unix seconds; 0 = now */
+	char *last_reply; /* last result text ("250 2.0.0 ...", "550 5.1.1 ..."), or NULL */
 };
 
 /* The envelope of one message. All strings owned by the struct. */
 struct spool_msg {
 	char id[QUEUE_ID_LEN + 1];
-	char *sender;      /* reverse-path without brackets; "" for <> */
-	int64_t created;   /* unix seconds */
-	unsigned body;     /* enum smtp_body */
-	unsigned ret;      /* enum smtp_ret */
+	char *sender;    /* reverse-path without brackets; "" for <> */
+	int64_t created; /* unix seconds */
+	unsigned body;   /* enum smtp_body */
+	unsigned ret;    /* enum smtp_ret */
 	bool smtputf8;
 	/* Accepted from an authenticated client or one in relay.networks. Only
 	 * such a sender is sent the SUCCESS and DELAY notices it asks for: from
 	 * anyone else NOTIFY=SUCCESS would make us mail its text to any address
 	 * it names (backscatter). FAILURE notices do not depend on it. */
 	bool trusted_client;
-	char *envid;       /* or NULL */
-	char *client;      /* "addr=1.2.3.4 helo=..." trace info, or NULL */
-	uint64_t size;     /* message bytes */
+	char *envid;   /* or NULL */
+	char *client;  /* "addr=1.2.3.4 helo=..." trace info, or NULL */
+	uint64_t size; /* message bytes */
 	struct spool_rcpt *rcpts;
 	size_t n_rcpts;
 };
 
-void spool_msg_free(struct spool_msg *m);  /* frees m and everything it owns */
+void spool_msg_free(struct spool_msg *m); /* frees m and everything it owns */
 struct spool_msg *spool_msg_dup(const struct spool_msg *m);
 
 struct spool;
@@ -80,7 +84,9 @@ void spool_close(struct spool *s);
 
 /*
  * Called once the message is on stable storage (err == TERN_OK) or could
- * not be stored (err < 0, nothing was stored). Runs on the committer
+ * not be stored (err < 0, nothing was stored): TERN_ELIMIT when the disk
+ * or a file size limit is full (ENOSPC, EDQUOT, EFBIG: worth a 452 4.3.1),
+ * TERN_EIO for other write or sync failures. Runs on the committer
  * thread: keep it short (post to your own thread).
  */
 typedef void (*spool_put_cb)(void *arg, int err);
@@ -90,10 +96,10 @@ typedef void (*spool_put_cb)(void *arg, int err);
  * queue_id_new). The spool copies what it needs before returning; the
  * caller may free env and data at once. Returns TERN_OK if the put was
  * queued (cb will be called exactly once), an error otherwise (cb is not
- * called).
+ * called; TERN_ELIMIT when too many bytes already wait for the disk).
  */
 int spool_put(struct spool *s, const struct spool_msg *env, const void *data, size_t len,
-	      spool_put_cb cb, void *arg);
+              spool_put_cb cb, void *arg);
 
 /* Copies the envelope of id; caller frees with spool_msg_free. NULL if unknown. */
 struct spool_msg *spool_get(struct spool *s, const char *id);
@@ -103,7 +109,7 @@ int spool_read_data(struct spool *s, const char *id, struct tbuf *out);
 /* Records a recipient's new state (appended, not synced). Removes the
  * message when no recipient is left queued, deferred or held. */
 int spool_update_rcpt(struct spool *s, const char *id, size_t idx, enum rcpt_state st,
-		      int64_t next_try, const char *reply);
+                      int64_t next_try, const char *reply);
 /* Removes the message whatever the state of its recipients. */
 int spool_remove(struct spool *s, const char *id);
 
@@ -114,24 +120,62 @@ size_t spool_count(struct spool *s);
 
 /* Statistics for logs and benchmarks. */
 struct spool_stats {
-	uint64_t commits;       /* fdatasync calls for puts */
-	uint64_t puts;          /* messages committed */
-	uint64_t segments;      /* live segment files */
+	uint64_t commits;  /* fdatasync calls for puts */
+	uint64_t puts;     /* messages committed */
+	uint64_t segments; /* live segment files */
+	uint64_t damaged;  /* damaged ranges known (see spool_foreach_damage) */
 };
 void spool_get_stats(struct spool *s, struct spool_stats *out);
+
+/*
+ * Damage. A byte range of a segment that recovery could not read as a
+ * valid record (or that failed its checksum when read later): whatever it
+ * held is not in the queue. The segment file is never deleted; it stays in
+ * DIR/ while anything else in it is needed, then moves to DIR/damaged/,
+ * where an operator can inspect it and remove it.
+ */
+enum spool_damage_kind {
+	SPOOL_DAMAGE_HEADER = 1, /* no valid record starts here: bytes up to the next valid one */
+	SPOOL_DAMAGE_CHECKSUM,   /* header intact, the record's contents fail their checksum */
+	SPOOL_DAMAGE_MALFORMED,  /* checksums hold but the contents make no sense */
+	SPOOL_DAMAGE_TORN,       /* a record cut off by the end of a file that is not the last */
+	SPOOL_DAMAGE_READ_ERROR, /* the disk returned an error for these bytes */
+	SPOOL_DAMAGE_NONE,       /* a file set aside earlier in which no damage is found now */
+};
+/* "header", "checksum", "malformed", "torn", "read-error", "none". */
+const char *spool_damage_kind_name(enum spool_damage_kind k);
+
+struct spool_damage {
+	uint32_t seg;     /* segment number */
+	const char *file; /* relative to the spool dir: "seg-...log" or "damaged/seg-...log" */
+	uint64_t offset, length; /* bytes of the file */
+	enum spool_damage_kind kind;
+	const char *record; /* "msg", "rcpt", "del" when the kind of record is known, else NULL */
+	/* The queue id the damaged bytes seem to name ("" if none): read from
+	 * damaged bytes, so a hint for the operator, not a certainty. */
+	char id[QUEUE_ID_LEN + 1];
+};
+
+/* Calls fn with each damaged range known to the spool — found by recovery,
+ * by a read whose checksum failed, or in a file in DIR/damaged/ — in
+ * segment and offset order; fn must not call back into the spool. Stops
+ * early if fn returns false. Returns how many ranges there are. */
+size_t spool_foreach_damage(struct spool *s, bool (*fn)(const struct spool_damage *d, void *arg),
+                            void *arg);
 
 /*
  * Compaction (DESIGN §6): copies the live messages of old, mostly-dead
  * segments (under 1/4 live, at least one segment older than the current
  * one) forward into the current segment, each as one fresh record with its
  * recipients' current state and the same queue id, so the old segments and
- * the records they pin can go. Bounded work per call (about 16 MiB). Blocks
+ * the records they pin can go. The live messages of a segment with damage
+ * are copied forward whatever its age and fill, so that it can be set
+ * aside early. Bounded work per call (about 16 MiB). Blocks
  * until the copies are synced and the segments they emptied are unlinked:
  * call it from a thread that may block on I/O (the scheduler's), every few
  * seconds. Returns the number of messages copied, or a TERN_* error.
  */
 int spool_maintain(struct spool *s);
-
 
 /* ------------------------------------------------------------ scheduler */
 
@@ -198,9 +242,9 @@ struct dsn_params {
 	unsigned ret;              /* enum smtp_ret of the original */
 	const struct dsn_rcpt *rcpts;
 	size_t n_rcpts;
-	const char *original;      /* the original message (with our Received header) */
+	const char *original; /* the original message (with our Received header) */
 	size_t original_len;
-	int64_t now;               /* Date: of the DSN */
+	int64_t now; /* Date: of the DSN */
 };
 
 /*

@@ -44,6 +44,7 @@ struct job {
 	size_t len;
 	int64_t due;
 	bool from_spool; /* data was read back: a retry or a recovery */
+	bool flush;      /* `tern queue flush`: deferred recipients are due now */
 };
 
 /* Messages with recipients handed to the remote engine, so a flush or a
@@ -137,7 +138,7 @@ static void enqueue_locked(struct scheduler *s, struct job *j)
 	pthread_cond_signal(&s->cond);
 }
 
-void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len)
+static void submit_job(struct scheduler *s, const char *id, char *data, size_t len, bool flush)
 {
 	struct job *j = calloc(1, sizeof(*j));
 	if (!j) {
@@ -149,9 +150,15 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
 	tern_strlcpy(j->id, id, sizeof(j->id));
 	j->data = data;
 	j->len = len;
+	j->flush = flush;
 	pthread_mutex_lock(&s->lock);
 	enqueue_locked(s, j);
 	pthread_mutex_unlock(&s->lock);
+}
+
+void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len)
+{
+	submit_job(s, id, data, len, false);
 }
 
 size_t scheduler_pending(struct scheduler *s)
@@ -226,7 +233,7 @@ static bool requeue_one(const struct spool_msg *m, void *arg)
 			next = r->next_try;
 	}
 	if (due) {
-		scheduler_submit(c->s, m->id, NULL, 0);
+		submit_job(c->s, m->id, NULL, 0, c->ignore_next_try);
 		c->n++;
 	} else if (next) {
 		defer_job(c->s, m->id, next);
@@ -635,9 +642,12 @@ struct item_ctx {
 	char stable[MAILDIR_NAME_MAX];
 };
 
-static bool is_due(const struct spool_rcpt *r, int64_t now)
+/* A deferred recipient is due at its next_try, or at once when the operator
+ * flushed the queue (the job says so). */
+static bool is_due(const struct spool_rcpt *r, const struct job *job, int64_t now)
 {
-	return r->state == RCPT_QUEUED || (r->state == RCPT_DEFERRED && r->next_try <= now);
+	return r->state == RCPT_QUEUED ||
+	       (r->state == RCPT_DEFERRED && (job->flush || r->next_try <= now));
 }
 
 /* Hands every due remote recipient of m to the remote engine, one job per
@@ -668,7 +678,7 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 	}
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		struct spool_rcpt *r = &m->rcpts[i];
-		if (r->local || taken[i] || !is_due(r, now))
+		if (r->local || taken[i] || !is_due(r, job, now))
 			continue;
 		const char *at = strrchr(r->addr, '@');
 		char domain[256];
@@ -695,7 +705,7 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 		rj->len = job->len;
 		for (size_t k = i; k < m->n_rcpts; k++) {
 			struct spool_rcpt *rk = &m->rcpts[k];
-			if (rk->local || taken[k] || !is_due(rk, now))
+			if (rk->local || taken[k] || !is_due(rk, job, now))
 				continue;
 			const char *ak = strrchr(rk->addr, '@');
 			if (!ak || strcasecmp(ak + 1, domain) != 0)
@@ -745,7 +755,7 @@ static bool capture_one(struct scheduler *s, const struct spool_msg *m, const st
 	size_t n = 0;
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		const struct spool_rcpt *r = &m->rcpts[i];
-		if (r->local && is_due(r, now))
+		if (r->local && is_due(r, job, now))
 			to[n++] = r->addr;
 	}
 	if (n == 0) {
@@ -789,7 +799,7 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 		size_t n = 0;
 		for (size_t i = 0; i < m->n_rcpts; i++) {
 			const struct spool_rcpt *r = &m->rcpts[i];
-			if (!r->local || !is_due(r, now))
+			if (!r->local || !is_due(r, c[k].job, now))
 				continue;
 			o[n].idx = i;
 			o[n].relay = "capture";
@@ -876,7 +886,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 		for (size_t i = 0; i < m->n_rcpts; i++) {
 			struct spool_rcpt *r = &m->rcpts[i];
-			if (!r->local || !is_due(r, now))
+			if (!r->local || !is_due(r, job, now))
 				continue;
 			if (n_items == cap) {
 				size_t ncap = cap ? cap * 2 : 16;

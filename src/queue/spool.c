@@ -1,13 +1,17 @@
 /*
  * spool.c — the durable, log-structured spool with group commit (DESIGN §6,
- * queue.h). Owns the segment files DIR/seg-NNNNNNNNNN.log, the committer
- * thread, the in-memory index and crash recovery. The record format lives
- * in spool_record.c.
+ * queue.h). Owns the segment files DIR/seg-NNNNNNNNNN-NONCE.log (and reads
+ * the version 1 DIR/seg-NNNNNNNNNN.log of older spools), the files set
+ * aside in DIR/damaged/, the committer thread, the in-memory index, the
+ * list of damaged ranges and crash recovery. The record format and the
+ * segment scanner live in spool_record.c.
  *
  * Must never: acknowledge a put (callback with TERN_OK) before its record
  * and the directory entry of its segment are synced; fsync while holding
  * the lock that spool_put takes; trust a byte read from disk before its
- * CRC is checked; abort on anything found on disk.
+ * CRC is checked; abort on anything found on disk; unlink a segment that
+ * holds damaged or unread bytes (it is renamed into DIR/damaged/ instead);
+ * cut anything off a segment but the torn tail of the last one.
  *
  * Threads and locks:
  *   qmu   guards the pending list (puts, RCPT and DEL records in order) and
@@ -20,6 +24,16 @@
  *   segment, fdatasyncs once if the batch holds a message (RCPT/DEL records
  *   ride along with the next sync), then updates the index under mu and
  *   runs the callbacks with no lock held.
+ *
+ * Damage: recovery scans each segment with spool_scan, which resumes at
+ * the next valid record after damage, so a damaged record costs that
+ * record (a MSG record: that message, reported with its id when readable;
+ * a RCPT or DEL record: at worst a redelivery). Each damaged range is
+ * logged (event=spool_damaged) and listed by spool_foreach_damage; its
+ * segment is marked damaged, is never appended to again and, once nothing
+ * in it is needed, is renamed into DIR/damaged/ where a later start lists
+ * it again. A read whose checksum fails after recovery marks the segment
+ * the same way.
  *
  * Segment lifetime: a segment holds `live` messages (MSG records whose
  * message is still queued) and `pins`: records that must survive for the
@@ -53,9 +67,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/err.h"
@@ -70,6 +87,8 @@
 
 struct seg {
 	uint32_t no;
+	unsigned ver;   /* record format, from the file name (SPOOL_REC_V1/V2) */
+	uint64_t nonce; /* version 2: in the file name and in every record */
 	int fd;
 	uint64_t live;
 	uint64_t live_bytes; /* record bytes of the live messages' MSG records here */
@@ -79,6 +98,35 @@ struct seg {
 	size_t n_tombs, cap_tombs;
 	unsigned readers; /* spool_read_data calls using fd right now */
 	bool orphan;      /* removed from the table; the last reader frees it */
+	bool damaged;     /* holds damaged bytes: set aside, never unlinked */
+	bool keep;        /* could not be set aside: stays in place and in the table */
+};
+
+/* A damaged range (see queue.h, struct spool_damage). */
+struct dmg {
+	uint32_t seg;
+	char file[96]; /* relative to the spool dir */
+	uint64_t off, len;
+	enum spool_damage_kind kind;
+	unsigned rec_type;
+	char id[QUEUE_ID_LEN + 1];
+};
+
+#define DAMAGED_DIR "damaged"
+
+/* Fault points: named places where a debug build can be told (environment
+ * TERN_TEST_FAULT=NAME or NAME:N, the Nth time) to stop the thread that
+ * reaches them for good, so that a test can kill -9 the process in exactly
+ * that phase. Compiled out of release (NDEBUG) builds. */
+enum fault {
+	FAULT_NONE,
+	FAULT_COMMIT_WRITE,  /* a batch with new messages is written, not synced */
+	FAULT_COMMIT_SYNC,   /* ... synced, the puts not yet answered */
+	FAULT_GET,           /* spool_get: a delivery looks its message up */
+	FAULT_UPDATE_RCPT,   /* spool_update_rcpt: a delivery result, before it is recorded */
+	FAULT_COMPACT_WRITE, /* compaction copies written, not synced */
+	FAULT_COMPACT_SYNC,  /* ... synced, the old segments not yet removed */
+	FAULT_REAP_UNLINK,   /* one finished segment removed, others of the same pass not yet */
 };
 
 /* ---- index ------------------------------------------------------------- */
@@ -90,7 +138,7 @@ struct entry {
 	uint64_t rec_off;  /* offset of the MSG record in it */
 	uint64_t data_off; /* offset of the message bytes */
 	uint64_t data_len;
-	uint64_t rec_len;  /* whole MSG record, header included */
+	uint64_t rec_len; /* whole MSG record, header included */
 	struct spool_msg *msg;
 	uint32_t *rsegs; /* segments holding RCPT records of this message */
 	size_t n_rsegs, cap_rsegs;
@@ -101,6 +149,7 @@ struct entry {
 	size_t n_osegs, cap_osegs;
 	uint32_t ver;      /* bumped on every change of msg (compaction checks it) */
 	struct item *copy; /* compaction copy queued but not yet accounted */
+	bool corrupt;      /* its MSG record failed a check when read: never copied */
 };
 
 /* Open addressing, linear probing, backward-shift deletion (no tombstones). */
@@ -156,6 +205,12 @@ struct spool {
 	uint32_t cur_no;
 	bool reap_hint; /* some count reached zero: look for segments to unlink */
 	struct spool_stats stats;
+	struct dmg *dmg; /* damaged ranges, in the order found */
+	size_t n_dmg, cap_dmg;
+
+	enum fault fault; /* set once at open; FAULT_NONE in release builds */
+	unsigned fault_after;
+	atomic_uint fault_hits;
 
 	/* committer-only (and spool_open before the thread starts) */
 	pthread_t thread;
@@ -175,9 +230,215 @@ static void item_free(struct item *it)
 	free(it);
 }
 
-static void seg_path(const struct spool *s, uint32_t no, char *out, size_t outlen)
+static void seg_name(const struct seg *g, char *out, size_t outlen)
 {
-	snprintf(out, outlen, "%s/seg-%010" PRIu32 ".log", s->dir, no);
+	if (g->ver == SPOOL_REC_V1)
+		snprintf(out, outlen, "seg-%010" PRIu32 ".log", g->no);
+	else
+		snprintf(out, outlen, "seg-%010" PRIu32 "-%016" PRIx64 ".log", g->no, g->nonce);
+}
+
+static void seg_path(const struct spool *s, const struct seg *g, char *out, size_t outlen)
+{
+	char name[64];
+	seg_name(g, name, sizeof(name));
+	snprintf(out, outlen, "%s/%s", s->dir, name);
+}
+
+/* Parses a segment file name: "seg-" 10 digits ".log" (version 1) or
+ * "seg-" 10 digits "-" 16 lowercase hex digits ".log" (version 2). */
+static bool seg_parse_name(const char *nm, uint32_t *no, unsigned *ver, uint64_t *nonce)
+{
+	size_t n = strlen(nm);
+	if ((n != 18 && n != 35) || strncmp(nm, "seg-", 4) != 0 || strcmp(nm + n - 4, ".log") != 0)
+		return false;
+	uint64_t v = 0;
+	for (int i = 4; i < 14; i++) {
+		if (nm[i] < '0' || nm[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(nm[i] - '0');
+	}
+	if (v == 0 || v > UINT32_MAX)
+		return false;
+	*no = (uint32_t)v;
+	*ver = SPOOL_REC_V1;
+	*nonce = 0;
+	if (n == 18)
+		return true;
+	if (nm[14] != '-')
+		return false;
+	uint64_t x = 0;
+	for (int i = 15; i < 31; i++) {
+		char c = nm[i];
+		unsigned d;
+		if (c >= '0' && c <= '9')
+			d = (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			d = (unsigned)(c - 'a' + 10);
+		else
+			return false;
+		x = x << 4 | d;
+	}
+	*ver = SPOOL_REC_V2;
+	*nonce = x;
+	return true;
+}
+
+static struct spool_seg_fmt seg_fmt(const struct seg *g)
+{
+	return (struct spool_seg_fmt){g->ver, g->nonce};
+}
+
+/* A random nonce for a new segment (never 0: the encoders' placeholder). */
+static uint64_t new_nonce(void)
+{
+	uint64_t n = 0;
+	while (n == 0) {
+		if (getrandom(&n, sizeof(n), 0) != (ssize_t)sizeof(n)) {
+			/* Only guessability suffers: a sender would have to guess
+			 * it and the disk would have to fail at the right place. */
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			n = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^
+			    ((uint64_t)getpid() << 16);
+			log_warn("event=spool_nonce_weak errno=%d", errno);
+		}
+	}
+	return n;
+}
+
+/* ---- fault points ---------------------------------------------------------- */
+
+#ifndef NDEBUG
+static const char *const fault_names[] = {
+    "",
+    "commit_write",
+    "commit_sync",
+    "spool_get",
+    "update_rcpt",
+    "compact_write",
+    "compact_sync",
+    "reap_unlink",
+};
+
+/* Reads TERN_TEST_FAULT and TERN_TEST_SEGMENT_MAX (see enum fault). */
+static void fault_arm(struct spool *s)
+{
+	const char *v = getenv("TERN_TEST_FAULT");
+	if (v && *v) {
+		const char *colon = strchr(v, ':');
+		size_t n = colon ? (size_t)(colon - v) : strlen(v);
+		for (size_t i = 1; i < sizeof(fault_names) / sizeof(fault_names[0]); i++)
+			if (strlen(fault_names[i]) == n && strncmp(v, fault_names[i], n) == 0)
+				s->fault = (enum fault)i;
+		s->fault_after = 1;
+		if (colon) {
+			char *end;
+			unsigned long k = strtoul(colon + 1, &end, 10);
+			if (*end == '\0' && k > 0 && k < 1000000)
+				s->fault_after = (unsigned)k;
+		}
+		if (s->fault == FAULT_NONE)
+			log_warn("event=fault_unknown value=%.64s", v);
+		else
+			log_warn("event=fault_armed point=%s after=%u", fault_names[s->fault],
+			         s->fault_after);
+	}
+	const char *m = getenv("TERN_TEST_SEGMENT_MAX");
+	if (m && *m) {
+		char *end;
+		unsigned long long b = strtoull(m, &end, 10);
+		if (*end == '\0' && b >= 1024) {
+			s->seg_max = b;
+			log_warn("event=spool_test_segment_max bytes=%llu", b);
+		}
+	}
+}
+
+/* Stops the calling thread for good if the armed fault point is f. */
+static void fault_point(struct spool *s, enum fault f)
+{
+	if (f == FAULT_NONE || s->fault != f ||
+	    atomic_fetch_add(&s->fault_hits, 1) + 1 < s->fault_after)
+		return;
+	log_error("event=fault_point point=%s", fault_names[f]);
+	for (;;)
+		pause();
+}
+#else
+static void fault_arm(struct spool *s)
+{
+	(void)s;
+}
+
+static void fault_point(struct spool *s, enum fault f)
+{
+	(void)s;
+	(void)f;
+}
+#endif
+
+/* ---- damage ------------------------------------------------------------------ */
+
+static const char *rec_type_name(unsigned t)
+{
+	switch (t) {
+	case SPOOL_REC_MSG:
+		return "msg";
+	case SPOOL_REC_RCPT:
+		return "rcpt";
+	case SPOOL_REC_DEL:
+		return "del";
+	}
+	return NULL;
+}
+
+/* Records a damaged range of segment no, held in file (relative to the
+ * spool dir), unless it is known already, and logs it. Caller holds mu
+ * (or is spool_open before other threads run). */
+static void damage_add(struct spool *s, uint32_t no, const char *file, uint64_t off, uint64_t len,
+                       enum spool_damage_kind kind, unsigned rec_type, const char *id)
+{
+	for (size_t i = 0; i < s->n_dmg; i++)
+		if (s->dmg[i].seg == no && s->dmg[i].off == off &&
+		    strcmp(s->dmg[i].file, file) == 0)
+			return;
+	const char *rt = rec_type_name(rec_type);
+	log_error("event=spool_damaged seg=%" PRIu32 " file=%s offset=%" PRIu64 " length=%" PRIu64
+	          " kind=%s%s%s%s%s action=kept",
+	          no, file, off, len, spool_damage_kind_name(kind), rt ? " record=" : "",
+	          rt ? rt : "", id && *id ? " id=" : "", id && *id ? id : "");
+	if (s->n_dmg == s->cap_dmg) {
+		size_t nc = s->cap_dmg ? s->cap_dmg * 2 : 8;
+		struct dmg *p = realloc(s->dmg, nc * sizeof(*p));
+		if (!p) {
+			log_error("event=spool_damage_list_failed err=nomem");
+			return; /* the segment is still marked, so still kept */
+		}
+		s->dmg = p;
+		s->cap_dmg = nc;
+	}
+	struct dmg *d = &s->dmg[s->n_dmg++];
+	memset(d, 0, sizeof(*d));
+	d->seg = no;
+	tern_strlcpy(d->file, file, sizeof(d->file));
+	d->off = off;
+	d->len = len;
+	d->kind = kind;
+	d->rec_type = rec_type;
+	if (id)
+		tern_strlcpy(d->id, id, sizeof(d->id));
+	s->stats.damaged = s->n_dmg;
+}
+
+/* Segment g holds damage: from now on it is kept. Caller holds mu. */
+static void seg_mark_damaged(struct spool *s, struct seg *g, uint64_t off, uint64_t len,
+                             enum spool_damage_kind kind, unsigned rec_type, const char *id)
+{
+	char name[64];
+	seg_name(g, name, sizeof(name));
+	g->damaged = true;
+	damage_add(s, g->no, name, off, len, kind, rec_type, id);
 }
 
 static void seg_free(struct seg *g)
@@ -441,11 +702,13 @@ static int dir_sync(struct spool *s)
 static int seg_create(struct spool *s, uint32_t no, struct seg **out)
 {
 	char path[4096];
-	seg_path(s, no, path, sizeof(path));
 	struct seg *g = calloc(1, sizeof(*g));
 	if (!g)
 		return TERN_ENOMEM;
 	g->no = no;
+	g->ver = SPOOL_REC_V2;
+	g->nonce = new_nonce();
+	seg_path(s, g, path, sizeof(path));
 	g->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (g->fd < 0) {
 		log_error("event=spool_segment_create_failed path=%s errno=%d", path, errno);
@@ -484,8 +747,8 @@ static int rotate(struct spool *s)
 	pthread_mutex_unlock(&s->mu);
 	if (rc != TERN_OK) {
 		char path[4096];
-		seg_path(s, g->no, path, sizeof(path));
-		unlink(path);
+		seg_path(s, g, path, sizeof(path));
+		unlink(path); /* new and empty */
 		seg_free(g);
 		return rc;
 	}
@@ -495,18 +758,79 @@ static int rotate(struct spool *s)
 	return TERN_OK;
 }
 
-/* Committer (or open, before the committer runs): unlinks every segment
- * that nothing needs any more. */
+/* Unlinks segment g's file. TERN_OK (also if it is gone already) or TERN_EIO. */
+static int seg_unlink(struct spool *s, struct seg *g)
+{
+	char name[64];
+	seg_name(g, name, sizeof(name));
+	if (unlinkat(s->dirfd, name, 0) != 0 && errno != ENOENT) {
+		log_warn("event=spool_segment_unlink_failed seg=%" PRIu32 " file=%s errno=%d",
+		         g->no, name, errno);
+		return TERN_EIO;
+	}
+	log_info("event=spool_segment_removed seg=%" PRIu32, g->no);
+	return TERN_OK;
+}
+
+/* Moves the damaged segment g into DIR/damaged/ (never over another file)
+ * and syncs that directory; the caller syncs DIR. TERN_OK or TERN_EIO. */
+static int seg_set_aside(struct spool *s, struct seg *g)
+{
+	char name[64], to[96];
+	seg_name(g, name, sizeof(name));
+	snprintf(to, sizeof(to), DAMAGED_DIR "/%s", name);
+	if (mkdirat(s->dirfd, DAMAGED_DIR, 0700) != 0 && errno != EEXIST) {
+		log_error("event=spool_set_aside_failed seg=%" PRIu32 " reason=mkdir errno=%d",
+		          g->no, errno);
+		return TERN_EIO;
+	}
+	int rc = renameat2(s->dirfd, name, s->dirfd, to, RENAME_NOREPLACE);
+	if (rc != 0 && errno == EINVAL) {
+		/* A file system without RENAME_NOREPLACE: check, then rename. */
+		struct stat st;
+		if (fstatat(s->dirfd, to, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			errno = EEXIST;
+		else
+			rc = renameat(s->dirfd, name, s->dirfd, to);
+	}
+	if (rc != 0) {
+		log_error("event=spool_set_aside_failed seg=%" PRIu32
+		          " file=%s errno=%d action=kept",
+		          g->no, name, errno);
+		return TERN_EIO;
+	}
+	int dfd = openat(s->dirfd, DAMAGED_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0 || fsync(dfd) != 0)
+		log_warn("event=spool_dir_sync_failed dir=%s/" DAMAGED_DIR " errno=%d", s->dir,
+		         errno);
+	if (dfd >= 0)
+		close(dfd);
+	pthread_mutex_lock(&s->mu);
+	size_t n = 0;
+	for (size_t i = 0; i < s->n_dmg; i++)
+		if (s->dmg[i].seg == g->no && strcmp(s->dmg[i].file, name) == 0) {
+			tern_strlcpy(s->dmg[i].file, to, sizeof(s->dmg[i].file));
+			n++;
+		}
+	pthread_mutex_unlock(&s->mu);
+	log_error("event=spool_segment_set_aside seg=%" PRIu32 " file=%s ranges=%zu", g->no, to, n);
+	return TERN_OK;
+}
+
+/* Committer (or open, before the committer runs): removes every segment
+ * that nothing needs any more — unlinked, or set aside if it is damaged. */
 static void reap(struct spool *s)
 {
 	for (;;) {
 		struct seg *dead[64];
+		bool aside[64], kept[64];
 		size_t nd = 0;
 		pthread_mutex_lock(&s->mu);
 		s->reap_hint = false;
 		for (size_t i = 0; i < s->n_segs && nd < 64;) {
 			struct seg *g = s->segs[i];
-			if (g->no != s->cur_no && g->live == 0 && g->pins == 0) {
+			if (g->no != s->cur_no && g->live == 0 && g->pins == 0 && !g->keep) {
+				aside[nd] = g->damaged;
 				dead[nd++] = g;
 				seg_remove_at(s, i);
 			} else {
@@ -526,13 +850,9 @@ static void reap(struct spool *s)
 				         s->cur->no, errno);
 		}
 		for (size_t i = 0; i < nd; i++) {
-			char path[4096];
-			seg_path(s, dead[i]->no, path, sizeof(path));
-			if (unlink(path) != 0 && errno != ENOENT)
-				log_warn("event=spool_segment_unlink_failed path=%s errno=%d", path,
-				         errno);
-			else
-				log_info("event=spool_segment_removed seg=%" PRIu32, dead[i]->no);
+			struct seg *g = dead[i];
+			kept[i] = (aside[i] ? seg_set_aside(s, g) : seg_unlink(s, g)) != TERN_OK;
+			fault_point(s, FAULT_REAP_UNLINK);
 		}
 		/* Tombstones in other segments may go only once these unlinks are
 		 * durable. */
@@ -540,6 +860,15 @@ static void reap(struct spool *s)
 		pthread_mutex_lock(&s->mu);
 		for (size_t i = 0; i < nd; i++) {
 			struct seg *g = dead[i];
+			if (kept[i]) {
+				/* Still in DIR, so still read at the next start: it
+				 * keeps its place, its tombstones and its fd. The table
+				 * had room for it a moment ago. */
+				g->keep = true;
+				TERN_BUG_ON(seg_insert(s, g) != TERN_OK);
+				dead[i] = NULL;
+				continue;
+			}
 			for (size_t k = 0; k < g->n_tombs; k++)
 				seg_unpin(s, g->tombs[k]);
 			if (g->readers) {
@@ -556,6 +885,13 @@ static void reap(struct spool *s)
 }
 
 /* ---- committer ------------------------------------------------------------ */
+
+/* The error a failed write or sync reports: a full disk (or file size
+ * limit) is TERN_ELIMIT, so that SMTP can say 452 4.3.1; the rest EIO. */
+static int io_err(int e)
+{
+	return e == ENOSPC || e == EDQUOT || e == EFBIG ? TERN_ELIMIT : TERN_EIO;
+}
 
 /* Writes every record of the batch at off with as few pwritev calls as the
  * iovec limit allows, continuing after partial writes. */
@@ -578,7 +914,7 @@ static int write_batch(int fd, struct item *it, uint64_t off)
 		if (w <= 0) {
 			int e = w < 0 ? errno : EIO;
 			log_error("event=spool_write_failed errno=%d", e);
-			return TERN_EIO;
+			return io_err(e);
 		}
 		off += (uint64_t)w;
 		size_t left = (size_t)w;
@@ -614,16 +950,18 @@ static void commit_account(struct spool *s, struct item *batch, struct seg *cur,
 			if (e && e->copy == it) {
 				e->copy = NULL;
 				if (err == TERN_OK)
-					entry_move(s, e, cur, rec_off, rec_off + it->data_off, it->len);
+					entry_move(s, e, cur, rec_off, rec_off + it->data_off,
+					           it->len);
 			} else if (it->del_item) {
 				/* Removed after the copy was queued: its DEL (later in
 				 * the log) must outlive this copy too. Kept even if the
 				 * write failed: an extra pin only delays a removal. */
 				bool added;
 				if (u32set_add(&it->del_item->osegs, &it->del_item->n_osegs,
-				               &it->del_item->cap_osegs, cur->no, &added) != TERN_OK)
-					log_warn("event=spool_pin_failed seg=%" PRIu32 " id=%s", cur->no,
-					         it->id);
+				               &it->del_item->cap_osegs, cur->no,
+				               &added) != TERN_OK)
+					log_warn("event=spool_pin_failed seg=%" PRIu32 " id=%s",
+					         cur->no, it->id);
 			}
 		} else if (it->type == SPOOL_REC_MSG) {
 			it->result = err;
@@ -689,11 +1027,25 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 
 	uint64_t start = s->cur_size;
 	struct seg *cur = s->cur;
-	int err = write_batch(cur->fd, batch, start);
-	if (err == TERN_OK && n_msgs && fdatasync(cur->fd) != 0) {
-		log_error("event=spool_sync_failed seg=%" PRIu32 " errno=%d", cur->no, errno);
-		err = TERN_EIO;
+	bool puts = false, copies = false;
+	for (struct item *it = batch; it; it = it->next) {
+		/* Now that the segment is known, every record gets its nonce. */
+		spool_rec_stamp((uint8_t *)it->buf, cur->nonce);
+		puts |= it->type == SPOOL_REC_MSG && !it->copy;
+		copies |= it->copy;
 	}
+	int err = write_batch(cur->fd, batch, start);
+	if (err == TERN_OK) {
+		fault_point(s, puts ? FAULT_COMMIT_WRITE : FAULT_NONE);
+		fault_point(s, copies ? FAULT_COMPACT_WRITE : FAULT_NONE);
+	}
+	if (err == TERN_OK && n_msgs && fdatasync(cur->fd) != 0) {
+		int e = errno;
+		log_error("event=spool_sync_failed seg=%" PRIu32 " errno=%d", cur->no, e);
+		err = io_err(e);
+	}
+	if (err == TERN_OK)
+		fault_point(s, puts ? FAULT_COMMIT_SYNC : FAULT_NONE);
 	if (err == TERN_OK) {
 		s->cur_size = start + total;
 		s->unsynced = n_msgs == 0;
@@ -710,6 +1062,8 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 		}
 	}
 	commit_account(s, batch, cur, start, err, n_msgs);
+	if (err == TERN_OK)
+		fault_point(s, copies ? FAULT_COMPACT_SYNC : FAULT_NONE);
 
 callbacks:
 	for (struct item *it = batch; it; it = it->next)
@@ -799,31 +1153,6 @@ static int pread_all(int fd, void *buf, size_t n, uint64_t off)
 	return TERN_OK;
 }
 
-/* True when a whole, checksummed record starts anywhere in [from, end) of
- * fd. Used only to decide that damage is not a torn tail (so nothing is
- * truncated), never to read records: bytes inside a message may pose as
- * one. When in doubt (read or allocation failure) says true. */
-static bool valid_record_follows(int fd, uint64_t from, uint64_t end)
-{
-	if (from >= end)
-		return false;
-	size_t n = (size_t)(end - from);
-	uint8_t *buf = malloc(n);
-	if (!buf || pread_all(fd, buf, n, from) != TERN_OK) {
-		free(buf);
-		return true;
-	}
-	bool found = false;
-	for (size_t i = 0; i + SPOOL_REC_HDR <= n && !found; i++) {
-		struct spool_rec_hdr h;
-		size_t reclen;
-		if (buf[i] == 'T' && spool_rec_next(buf + i, n - i, &h, &reclen) == TERN_OK)
-			found = true;
-	}
-	free(buf);
-	return found;
-}
-
 static bool str_eq_opt(const char *a, const char *b)
 {
 	return a == b || (a && b && strcmp(a, b) == 0);
@@ -835,7 +1164,8 @@ static bool msg_same(const struct spool_msg *a, const struct spool_msg *b)
 {
 	if (memcmp(a->id, b->id, QUEUE_ID_LEN) || !str_eq_opt(a->sender, b->sender) ||
 	    a->created != b->created || a->body != b->body || a->ret != b->ret ||
-	    a->smtputf8 != b->smtputf8 || !str_eq_opt(a->envid, b->envid) ||
+	    a->smtputf8 != b->smtputf8 || a->trusted_client != b->trusted_client ||
+	    !str_eq_opt(a->envid, b->envid) ||
 	    !str_eq_opt(a->client, b->client) || a->size != b->size || a->n_rcpts != b->n_rcpts)
 		return false;
 	for (size_t i = 0; i < a->n_rcpts; i++) {
@@ -869,7 +1199,8 @@ static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_
 				spool_msg_free(m);
 				return rc2;
 			}
-			entry_move(s, old, g, off, off + SPOOL_REC_HDR + doff, SPOOL_REC_HDR + h->len);
+			entry_move(s, old, g, off, off + h->hdr_len + doff,
+			           (uint64_t)h->hdr_len + h->len);
 			spool_msg_free(old->msg);
 			old->msg = m;
 			return TERN_OK;
@@ -891,9 +1222,9 @@ static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_
 		memcpy(e->id, m->id, sizeof(e->id));
 		e->seg = g->no;
 		e->rec_off = off;
-		e->data_off = off + SPOOL_REC_HDR + doff;
+		e->data_off = off + h->hdr_len + doff;
 		e->data_len = m->size;
-		e->rec_len = SPOOL_REC_HDR + h->len;
+		e->rec_len = (uint64_t)h->hdr_len + h->len;
 		e->msg = m;
 		if ((rc = idx_put(&s->idx, e)) != TERN_OK) {
 			entry_free(e);
@@ -942,95 +1273,84 @@ static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_
 	return TERN_OK;
 }
 
-/*
- * Replays segment g (size bytes) in order. *good_end is where the last
- * whole, valid record ends; *bad is set when anything else follows it.
- * *torn then says whether it looks like an interrupted append: no whole,
- * valid record anywhere after the damage. Then, and only then, cutting the
- * file at *good_end cannot lose an acknowledged record. (A flipped length
- * field also makes a record seem to run past the end of the file; the
- * records after it are what tell the two apart.)
- */
-static int replay_seg(struct spool *s, struct seg *g, uint64_t size, bool last, struct tbuf *pay,
-                      uint64_t *good_end, bool *bad, bool *torn)
+/* spool_scan callbacks for a segment being recovered (or, with replay
+ * false, one in DIR/damaged/ being listed). */
+struct scan_arg {
+	struct spool *s;
+	struct seg *g;
+	bool replay;
+	const char *file; /* relative to the spool dir */
+};
+
+static int scan_read(void *arg, uint64_t off, void *buf, size_t n)
 {
-	uint64_t off = 0;
-	int rc = TERN_OK;
-	*bad = *torn = false;
-	while (off < size) {
-		uint64_t left = size - off;
-		uint8_t hb[SPOOL_REC_HDR];
-		struct spool_rec_hdr h;
-		*bad = true;
-		if (left < SPOOL_REC_HDR)
-			break;
-		if (pread_all(g->fd, hb, sizeof(hb), off) != TERN_OK)
-			break;
-		if (spool_rec_header(hb, &h) != TERN_OK || h.len > left - SPOOL_REC_HDR)
-			break;
-		tbuf_reset(pay);
-		if ((rc = tbuf_reserve(pay, h.len)) != TERN_OK)
-			break;
-		if (pread_all(g->fd, pay->data, h.len, off + SPOOL_REC_HDR) != TERN_OK)
-			break;
-		if (spool_rec_crc(hb, (const uint8_t *)pay->data, h.len) != h.crc)
-			break;
-		pthread_mutex_lock(&s->mu);
-		rc = replay_record(s, g, &h, (const uint8_t *)pay->data, off);
-		pthread_mutex_unlock(&s->mu);
-		if (rc == TERN_ENOMEM)
-			break; /* not the disk's fault: give up on opening */
-		if (rc != TERN_OK) {
-			rc = TERN_OK; /* checksummed but malformed: treat as damage */
-			break;
-		}
-		off += SPOOL_REC_HDR + h.len;
-		*bad = false;
-	}
-	*good_end = off;
-	if (*bad && last && rc == TERN_OK)
-		*torn = !valid_record_follows(g->fd, off + 1, size);
+	struct scan_arg *a = arg;
+	int rc = pread_all(a->g->fd, buf, n, off);
+	if (rc != TERN_OK)
+		log_error("event=spool_read_failed seg=%" PRIu32 " offset=%" PRIu64 " errno=%d",
+		          a->g->no, off, errno);
 	return rc;
 }
 
-static int cmp_u32(const void *a, const void *b)
+static int scan_record(void *arg, const struct spool_rec_hdr *h, const uint8_t *p, uint64_t off)
 {
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	struct scan_arg *a = arg;
+	if (!a->replay)
+		return TERN_OK;
+	pthread_mutex_lock(&a->s->mu);
+	int rc = replay_record(a->s, a->g, h, p, off);
+	pthread_mutex_unlock(&a->s->mu);
+	return rc;
+}
+
+static int scan_damage(void *arg, const struct spool_scan_damage *d)
+{
+	struct scan_arg *a = arg;
+	pthread_mutex_lock(&a->s->mu);
+	a->g->damaged = true;
+	damage_add(a->s, a->g->no, a->file, d->off, d->len, d->kind, d->rec_type, d->id);
+	pthread_mutex_unlock(&a->s->mu);
+	return TERN_OK;
+}
+
+struct seg_ent {
+	uint32_t no;
+	unsigned ver;
+	uint64_t nonce;
+	char name[64];
+};
+
+static int cmp_seg_ent(const void *a, const void *b)
+{
+	uint32_t x = ((const struct seg_ent *)a)->no, y = ((const struct seg_ent *)b)->no;
 	return x < y ? -1 : x > y;
 }
 
-/* Segment numbers found in the directory, sorted. Other names are ignored. */
-static int list_segments(struct spool *s, uint32_t **out, size_t *n_out)
+/* Segment files found in dirfd's directory, sorted by number. Other names
+ * are ignored. */
+static int list_segments(int dirfd, const char *dir, struct seg_ent **out, size_t *n_out)
 {
 	*out = NULL;
 	*n_out = 0;
-	DIR *d = opendir(s->dir);
+	int fd = openat(dirfd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	if (!d) {
-		log_error("event=spool_open_failed dir=%s errno=%d", s->dir, errno);
-		return TERN_EIO;
+		if (fd >= 0)
+			close(fd);
+		return errno == ENOENT ? TERN_ENOTFOUND : TERN_EIO;
 	}
-	uint32_t *v = NULL;
+	struct seg_ent *v = NULL;
 	size_t n = 0, cap = 0;
 	int rc = TERN_OK;
 	struct dirent *de;
 	while ((de = readdir(d))) {
-		const char *nm = de->d_name;
-		if (strlen(nm) != 18 || strncmp(nm, "seg-", 4) || strcmp(nm + 14, ".log"))
+		struct seg_ent e;
+		if (!seg_parse_name(de->d_name, &e.no, &e.ver, &e.nonce))
 			continue;
-		bool digits = true;
-		for (int i = 4; i < 14; i++)
-			digits = digits && nm[i] >= '0' && nm[i] <= '9';
-		if (!digits)
-			continue;
-		char num[11];
-		memcpy(num, nm + 4, 10);
-		num[10] = '\0';
-		unsigned long no = strtoul(num, NULL, 10);
-		if (no == 0 || no > UINT32_MAX)
-			continue;
+		tern_strlcpy(e.name, de->d_name, sizeof(e.name));
 		if (n == cap) {
 			size_t nc = cap ? cap * 2 : 16;
-			uint32_t *p = realloc(v, nc * sizeof(*p));
+			struct seg_ent *p = realloc(v, nc * sizeof(*p));
 			if (!p) {
 				rc = TERN_ENOMEM;
 				break;
@@ -1038,7 +1358,7 @@ static int list_segments(struct spool *s, uint32_t **out, size_t *n_out)
 			v = p;
 			cap = nc;
 		}
-		v[n++] = (uint32_t)no;
+		v[n++] = e;
 	}
 	closedir(d);
 	if (rc != TERN_OK) {
@@ -1046,37 +1366,97 @@ static int list_segments(struct spool *s, uint32_t **out, size_t *n_out)
 		return rc;
 	}
 	if (n)
-		qsort(v, n, sizeof(*v), cmp_u32);
+		qsort(v, n, sizeof(*v), cmp_seg_ent);
 	*out = v;
 	*n_out = n;
 	return TERN_OK;
 }
 
+/* Lists the damage in the files an earlier run set aside in DIR/damaged/,
+ * so that it stays reported until an operator removes them. Reads only. */
+static int scan_set_aside(struct spool *s, struct tbuf *pay)
+{
+	struct seg_ent *v;
+	size_t n;
+	int rc = list_segments(s->dirfd, DAMAGED_DIR, &v, &n);
+	if (rc == TERN_ENOTFOUND)
+		return TERN_OK;
+	if (rc != TERN_OK) {
+		/* Only the report suffers: the queue itself is elsewhere. */
+		log_error("event=spool_damaged_dir_unreadable dir=%s/" DAMAGED_DIR " errno=%d",
+		          s->dir, errno);
+		return rc == TERN_ENOMEM ? rc : TERN_OK;
+	}
+	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
+		char file[96];
+		snprintf(file, sizeof(file), DAMAGED_DIR "/%s", v[i].name);
+		struct seg g = {.no = v[i].no, .ver = v[i].ver, .nonce = v[i].nonce};
+		struct stat st;
+		g.fd = openat(s->dirfd, file, O_RDONLY | O_CLOEXEC);
+		if (g.fd < 0 || fstat(g.fd, &st) != 0) {
+			log_error("event=spool_damaged seg=%" PRIu32 " file=%s kind=read-error "
+			          "errno=%d action=kept",
+			          g.no, file, errno);
+			damage_add(s, g.no, file, 0, 0, SPOOL_DAMAGE_READ_ERROR, 0, NULL);
+			if (g.fd >= 0)
+				close(g.fd);
+			continue;
+		}
+		struct scan_arg a = {s, &g, false, file};
+		struct spool_scan_ops ops = {&a, scan_read, scan_record, scan_damage};
+		struct spool_seg_fmt f = seg_fmt(&g);
+		struct spool_scan_result res;
+		rc = spool_scan(&ops, (uint64_t)st.st_size, &f, pay, &res);
+		if (rc == TERN_OK && res.torn_off < (uint64_t)st.st_size)
+			damage_add(s, g.no, file, res.torn_off, (uint64_t)st.st_size - res.torn_off,
+			           SPOOL_DAMAGE_TORN, 0, NULL);
+		if (rc == TERN_OK && !g.damaged)
+			damage_add(s, g.no, file, 0, 0, SPOOL_DAMAGE_NONE, 0, NULL);
+		close(g.fd);
+	}
+	free(v);
+	return rc;
+}
+
 /* Reads every segment in order and rebuilds the index. Picks the current
- * segment: the last one if it ends cleanly (after cutting a torn tail),
- * else a new one. */
+ * segment: the last one if it is in this version's format and ends cleanly
+ * (after cutting a torn tail), else a new one. */
 static int recover(struct spool *s)
 {
-	uint32_t *nos;
+	struct seg_ent *ents;
 	size_t n;
-	int rc = list_segments(s, &nos, &n);
-	if (rc != TERN_OK)
-		return rc;
+	int rc = list_segments(s->dirfd, ".", &ents, &n);
+	if (rc != TERN_OK) {
+		log_error("event=spool_open_failed dir=%s errno=%d", s->dir, errno);
+		return rc == TERN_ENOTFOUND ? TERN_EIO : rc;
+	}
 	struct tbuf pay = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
+	if ((rc = scan_set_aside(s, &pay)) != TERN_OK)
+		goto out;
 	bool need_new = true;
 	for (size_t i = 0; i < n; i++) {
-		char path[4096];
-		seg_path(s, nos[i], path, sizeof(path));
+		if (i && ents[i].no == ents[i - 1].no) {
+			/* Two formats of one number: not something tern writes.
+			 * Reading either alone could replay the log out of order. */
+			log_error("event=spool_open_failed reason=duplicate_segment seg=%" PRIu32
+			          " files=%s,%s",
+			          ents[i].no, ents[i - 1].name, ents[i].name);
+			rc = TERN_EEXIST;
+			goto out;
+		}
 		struct seg *g = calloc(1, sizeof(*g));
 		if (!g) {
 			rc = TERN_ENOMEM;
 			goto out;
 		}
-		g->no = nos[i];
-		g->fd = open(path, O_RDWR | O_CLOEXEC);
+		g->no = ents[i].no;
+		g->ver = ents[i].ver;
+		g->nonce = ents[i].nonce;
+		g->fd = openat(s->dirfd, ents[i].name, O_RDWR | O_CLOEXEC);
 		struct stat st;
 		if (g->fd < 0 || fstat(g->fd, &st) != 0) {
-			log_error("event=spool_open_failed path=%s errno=%d", path, errno);
+			log_error("event=spool_open_failed path=%s/%s errno=%d", s->dir,
+			          ents[i].name, errno);
 			seg_free(g);
 			rc = TERN_EIO;
 			goto out;
@@ -1088,41 +1468,47 @@ static int recover(struct spool *s)
 			seg_free(g);
 			goto out;
 		}
-		uint64_t size = (uint64_t)st.st_size, good;
-		bool bad, torn;
+		uint64_t size = (uint64_t)st.st_size;
 		bool last = i + 1 == n;
-		if ((rc = replay_seg(s, g, size, last, &pay, &good, &bad, &torn)) != TERN_OK)
-			goto out;
-		if (bad && last && torn) {
+		struct scan_arg a = {s, g, true, ents[i].name};
+		struct spool_scan_ops ops = {&a, scan_read, scan_record, scan_damage};
+		struct spool_seg_fmt f = seg_fmt(g);
+		struct spool_scan_result res;
+		if ((rc = spool_scan(&ops, size, &f, &pay, &res)) != TERN_OK)
+			goto out; /* out of memory: not the disk's fault, give up on opening */
+		bool reusable = last && g->ver == SPOOL_REC_V2;
+		if (res.torn_off < size && last && !g->damaged) {
+			/* An append that a crash cut short: never acknowledged,
+			 * since the sync that would have covered it did not finish. */
 			log_warn("event=spool_recover seg=%" PRIu32 " torn_tail bytes=%" PRIu64
 			         " offset=%" PRIu64,
-			         g->no, size - good, good);
-			if (ftruncate(g->fd, (off_t)good) != 0 || fdatasync(g->fd) != 0) {
+			         g->no, size - res.torn_off, res.torn_off);
+			if (ftruncate(g->fd, (off_t)res.torn_off) != 0 || fdatasync(g->fd) != 0) {
 				log_error("event=spool_truncate_failed seg=%" PRIu32 " errno=%d",
 				          g->no, errno);
-				bad = true;
-				torn = false; /* do not append after garbage */
+				reusable = false; /* do not append after garbage */
 			} else {
-				bad = false;
+				size = res.torn_off;
 			}
-		} else if (bad) {
-			/* Lengths after a bad record cannot be trusted, and bytes
-			 * inside a message could pose as records: skip the rest. */
-			log_error("event=spool_recover seg=%" PRIu32 " corrupt offset=%" PRIu64
-			          " skipped_bytes=%" PRIu64,
-			          g->no, good, size - good);
+		} else if (res.torn_off < size) {
+			/* A cut-off record in an older segment, or after damage:
+			 * the file is kept as it is, so this is reported too. */
+			pthread_mutex_lock(&s->mu);
+			seg_mark_damaged(s, g, res.torn_off, size - res.torn_off, SPOOL_DAMAGE_TORN,
+			                 0, NULL);
+			pthread_mutex_unlock(&s->mu);
 		}
 		pthread_mutex_lock(&s->mu);
-		g->size = good;
+		g->size = size;
 		pthread_mutex_unlock(&s->mu);
-		if (last && !bad) {
+		if (reusable && !g->damaged) {
 			need_new = false;
 			s->cur = g;
-			s->cur_size = good;
+			s->cur_size = size;
 		}
 	}
 	if (need_new) {
-		uint32_t no = n ? nos[n - 1] + 1 : 1;
+		uint32_t no = n ? ents[n - 1].no + 1 : 1;
 		struct seg *g;
 		if (no == 0) {
 			rc = TERN_ELIMIT;
@@ -1145,7 +1531,7 @@ static int recover(struct spool *s)
 	pthread_mutex_unlock(&s->mu);
 out:
 	tbuf_free(&pay);
-	free(nos);
+	free(ents);
 	return rc;
 }
 
@@ -1231,6 +1617,7 @@ int spool_open(const char *dir, struct spool **out)
 		rc = TERN_EEXIST;
 		goto fail;
 	}
+	fault_arm(s);
 	if ((rc = recover(s)) != TERN_OK)
 		goto fail;
 	reap(s);
@@ -1252,10 +1639,15 @@ int spool_open(const char *dir, struct spool **out)
 		}
 		i++;
 	}
-	size_t count = s->idx.count, segs = s->n_segs;
+	size_t count = s->idx.count, segs = s->n_segs, damaged = s->n_dmg;
 	pthread_mutex_unlock(&s->mu);
-	log_info("event=spool_recovered messages=%zu segments=%zu finished=%zu dir=%s", count, segs,
-	         finished, dir);
+	log_info("event=spool_recovered messages=%zu segments=%zu finished=%zu damaged=%zu dir=%s",
+	         count, segs, finished, damaged, dir);
+	if (damaged)
+		log_error(
+		    "event=spool_damage_found ranges=%zu dir=%s action=\"kept; see tern queue "
+		    "damaged\"",
+		    damaged, dir);
 	*out = s;
 	return TERN_OK;
 fail:
@@ -1284,6 +1676,7 @@ void spool_close(struct spool *s)
 	for (size_t i = 0; i < s->n_segs; i++)
 		seg_free(s->segs[i]);
 	free(s->segs);
+	free(s->dmg);
 	if (s->dirfd >= 0)
 		close(s->dirfd); /* also releases the flock */
 	pthread_mutex_destroy(&s->mu);
@@ -1337,6 +1730,7 @@ struct spool_msg *spool_get(struct spool *s, const char *id)
 {
 	if (!s || !id_ok(id))
 		return NULL;
+	fault_point(s, FAULT_GET);
 	pthread_mutex_lock(&s->mu);
 	struct entry *e = idx_get(&s->idx, id, NULL);
 	struct spool_msg *m = e ? spool_msg_dup(e->msg) : NULL;
@@ -1365,26 +1759,29 @@ int spool_read_data(struct spool *s, const char *id, struct tbuf *out)
 }
 
 /* Reads the data of the MSG record at rec_off in g into out (appending),
- * checking the record's CRC. The caller took a reader reference on g
- * (under mu); it is dropped here. */
+ * checking the record's checksums. The caller took a reader reference on g
+ * (under mu); it is dropped here. A record that fails its check marks g
+ * damaged, so that the file is kept. */
 static int read_verified(struct spool *s, struct seg *g, const char *id, uint64_t rec_off,
                          uint64_t data_off, uint64_t dlen, struct tbuf *out)
 {
-	/* Re-check the record's CRC on the way out, so damage done to the file
-	 * after recovery is caught before the bytes are delivered. The data is
-	 * read straight into out; only the header and envelope are buffered. */
+	/* Re-check the record on the way out, so damage done to the file after
+	 * recovery is caught before the bytes are delivered. The data is read
+	 * straight into out; only the header and envelope are buffered. */
 	int rc = TERN_OK;
 	size_t headlen = (size_t)(data_off - rec_off);
 	uint8_t *head = malloc(headlen);
 	struct spool_rec_hdr h;
+	struct spool_seg_fmt f = seg_fmt(g);
+	enum spool_damage_kind kind = SPOOL_DAMAGE_HEADER;
 	if (!head) {
 		rc = TERN_ENOMEM;
 		goto out;
 	}
 	if ((rc = pread_all(g->fd, head, headlen, rec_off)) != TERN_OK)
 		goto out;
-	if (spool_rec_header(head, &h) != TERN_OK || h.type != SPOOL_REC_MSG ||
-	    (uint64_t)h.len != headlen - SPOOL_REC_HDR + dlen) {
+	if (spool_rec_header(head, headlen, &f, &h) != TERN_OK || h.type != SPOOL_REC_MSG ||
+	    (uint64_t)h.len != headlen - h.hdr_len + dlen) {
 		rc = TERN_ECORRUPT;
 		goto out;
 	}
@@ -1392,13 +1789,12 @@ static int read_verified(struct spool *s, struct seg *g, const char *id, uint64_
 		goto out;
 	if ((rc = pread_all(g->fd, out->data + out->len, (size_t)dlen, data_off)) != TERN_OK)
 		goto out;
-	uint32_t crc = spool_crc32c(0, head, 12);
-	crc = spool_crc32c(crc, head + SPOOL_REC_HDR, headlen - SPOOL_REC_HDR);
+	uint32_t crc = spool_rec_crc_seed(&h, head);
+	crc = spool_crc32c(crc, head + h.hdr_len, headlen - h.hdr_len);
 	crc = spool_crc32c(crc, out->data + out->len, (size_t)dlen);
 	if (crc != h.crc) {
-		log_error("event=spool_read_corrupt id=%s seg=%" PRIu32 " offset=%" PRIu64, id,
-		          g->no, rec_off);
 		out->data[out->len] = '\0';
+		kind = SPOOL_DAMAGE_CHECKSUM;
 		rc = TERN_ECORRUPT;
 		goto out;
 	}
@@ -1408,8 +1804,21 @@ out:
 	if (rc == TERN_EIO)
 		log_error("event=spool_read_failed id=%s seg=%" PRIu32 " errno=%d", id, g->no,
 		          errno);
+	if (rc == TERN_ECORRUPT)
+		log_error("event=spool_read_corrupt id=%s seg=%" PRIu32 " offset=%" PRIu64, id,
+		          g->no, rec_off);
 	free(head);
 	pthread_mutex_lock(&s->mu);
+	/* Unless the segment already left the table: then its message was
+	 * finished before this read, and the file is gone or going. */
+	if ((rc == TERN_ECORRUPT || rc == TERN_EIO) && seg_find(s, g->no, NULL) == g) {
+		seg_mark_damaged(s, g, rec_off, data_off - rec_off + dlen,
+		                 rc == TERN_EIO ? SPOOL_DAMAGE_READ_ERROR : kind, SPOOL_REC_MSG,
+		                 id);
+		struct entry *e = idx_get(&s->idx, id, NULL);
+		if (e && e->seg == g->no && e->rec_off == rec_off)
+			e->corrupt = true;
+	}
 	bool last = --g->readers == 0 && g->orphan;
 	pthread_mutex_unlock(&s->mu);
 	if (last)
@@ -1422,6 +1831,7 @@ int spool_update_rcpt(struct spool *s, const char *id, size_t idx, enum rcpt_sta
 {
 	if (!s || !id_ok(id) || !spool_rcpt_state_valid(st))
 		return TERN_EINVAL;
+	fault_point(s, FAULT_UPDATE_RCPT);
 	int rc;
 	char *nreply = NULL;
 	struct tbuf b = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
@@ -1594,8 +2004,12 @@ static int compact_pick(struct spool *s, struct compact_job **out, size_t *n_out
 	int rc = TERN_OK;
 	for (size_t i = 0; i < s->n_segs && nc < COMPACT_MAX_SEGS; i++) {
 		struct seg *g = s->segs[i];
-		if ((uint64_t)g->no + 1 >= s->cur_no || !g->live ||
-		    g->live_bytes >= g->size / COMPACT_LIVE_DIV)
+		/* A damaged segment goes first and whatever its fill: once its
+		 * live messages are copied, it can be set aside. */
+		bool eligible = g->damaged ? g->no != s->cur_no
+		                           : (uint64_t)g->no + 1 < s->cur_no &&
+		                                 g->live_bytes < g->size / COMPACT_LIVE_DIV;
+		if (!g->live || !eligible)
 			continue;
 		if (nc && planned + g->live_bytes > COMPACT_BUDGET)
 			break;
@@ -1604,7 +2018,7 @@ static int compact_pick(struct spool *s, struct compact_job **out, size_t *n_out
 	}
 	for (size_t i = 0; nc && i < s->idx.cap; i++) {
 		struct entry *e = s->idx.slot[i];
-		if (!e || e->copy)
+		if (!e || e->copy || e->corrupt)
 			continue;
 		bool hit = false;
 		for (size_t k = 0; k < nc && !hit; k++)
@@ -1653,8 +2067,8 @@ static bool compact_one(struct spool *s, struct compact_job *j, struct tbuf *dat
 	j->g = NULL;
 	if (rc != TERN_OK) {
 		/* Never copy damaged bytes forward under a fresh checksum. */
-		log_warn("event=spool_compact_skipped id=%s seg=%" PRIu32 " err=%s", j->id, j->seg_no,
-		         tern_strerror(rc));
+		log_warn("event=spool_compact_skipped id=%s seg=%" PRIu32 " err=%s", j->id,
+		         j->seg_no, tern_strerror(rc));
 		return false;
 	}
 	struct tbuf b = TBUF_INIT(SPOOL_REC_HDR + SPOOL_REC_MAX_PAYLOAD);
@@ -1730,9 +2144,59 @@ int spool_maintain(struct spool *s)
 	pthread_mutex_lock(&s->mu);
 	size_t segs = s->n_segs;
 	pthread_mutex_unlock(&s->mu);
-	log_info("event=spool_compacted picked=%zu copied=%zu bytes=%" PRIu64 " segments=%zu", n, ok,
-	         bytes, segs);
+	log_info("event=spool_compacted picked=%zu copied=%zu bytes=%" PRIu64 " segments=%zu", n,
+	         ok, bytes, segs);
 	return (int)(ok > INT32_MAX ? INT32_MAX : ok);
+}
+
+static int cmp_damage(const void *a, const void *b)
+{
+	const struct spool_damage *x = a, *y = b;
+	if (x->seg != y->seg)
+		return x->seg < y->seg ? -1 : 1;
+	int c = strcmp(x->file, y->file);
+	if (c)
+		return c;
+	return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+size_t spool_foreach_damage(struct spool *s, bool (*fn)(const struct spool_damage *d, void *arg),
+                            void *arg)
+{
+	if (!s)
+		return 0;
+	pthread_mutex_lock(&s->mu);
+	size_t n = s->n_dmg;
+	struct dmg *copy = n ? malloc(n * sizeof(*copy)) : NULL;
+	struct spool_damage *v = n ? malloc(n * sizeof(*v)) : NULL;
+	if (copy && v)
+		memcpy(copy, s->dmg, n * sizeof(*copy));
+	pthread_mutex_unlock(&s->mu);
+	if (n && (!copy || !v)) {
+		log_error("event=spool_damage_list_failed err=nomem");
+		free(copy);
+		free(v);
+		return n;
+	}
+	for (size_t i = 0; i < n; i++) {
+		v[i] = (struct spool_damage){
+		    .seg = copy[i].seg,
+		    .file = copy[i].file,
+		    .offset = copy[i].off,
+		    .length = copy[i].len,
+		    .kind = copy[i].kind,
+		    .record = rec_type_name(copy[i].rec_type),
+		};
+		memcpy(v[i].id, copy[i].id, sizeof(v[i].id));
+	}
+	if (n)
+		qsort(v, n, sizeof(*v), cmp_damage);
+	for (size_t i = 0; fn && i < n; i++)
+		if (!fn(&v[i], arg))
+			break;
+	free(v);
+	free(copy);
+	return n;
 }
 
 void spool_debug_set_segment_max(struct spool *s, uint64_t bytes)

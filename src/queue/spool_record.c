@@ -1,12 +1,15 @@
 /*
  * spool_record.c — the spool's record format (see spool_internal.h for the
- * layout): CRC32C, encoders, and pure decoders over (pointer, length).
- * Also owns the struct spool_msg helpers declared in queue.h.
+ * layout): CRC32C, encoders, pure decoders over (pointer, length), and the
+ * segment scanner that recovery uses to find every valid record and every
+ * damaged range. Also owns the struct spool_msg helpers declared in queue.h.
  *
- * Must never do I/O, never read outside the bytes it was given, never trust
- * a length or count before checking it against the bytes that remain, and
- * never abort on any input: records come from disk, and a disk can hold
- * anything after a crash or a bit flip.
+ * Must never do I/O except through the scanner's read callback, never read
+ * outside the bytes it was given, never trust a length or count before
+ * checking it against the bytes that remain (and, for a length in a record
+ * header, before the header's checksum), and never abort on any input:
+ * records come from disk, and a disk can hold anything after a crash or a
+ * bit flip.
  */
 #include "queue/spool_internal.h"
 
@@ -79,6 +82,12 @@ static uint64_t rd64(const uint8_t *p)
 	return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32;
 }
 
+static void le64(uint8_t *p, uint64_t v)
+{
+	le32(p, (uint32_t)v);
+	le32(p + 4, (uint32_t)(v >> 32));
+}
+
 /* ---- spool_msg helpers (queue.h) ------------------------------------------ */
 
 const char *rcpt_state_name(enum rcpt_state s)
@@ -94,6 +103,25 @@ const char *rcpt_state_name(enum rcpt_state s)
 		return "bounced";
 	case RCPT_HELD:
 		return "held";
+	}
+	return "unknown";
+}
+
+const char *spool_damage_kind_name(enum spool_damage_kind k)
+{
+	switch (k) {
+	case SPOOL_DAMAGE_HEADER:
+		return "header";
+	case SPOOL_DAMAGE_CHECKSUM:
+		return "checksum";
+	case SPOOL_DAMAGE_MALFORMED:
+		return "malformed";
+	case SPOOL_DAMAGE_TORN:
+		return "torn";
+	case SPOOL_DAMAGE_READ_ERROR:
+		return "read-error";
+	case SPOOL_DAMAGE_NONE:
+		return "none";
 	}
 	return "unknown";
 }
@@ -241,11 +269,12 @@ static int rec_end(struct enc *e, size_t at, unsigned type)
 		} else {
 			uint8_t *h = (uint8_t *)e->b->data + at;
 			le32(h, SPOOL_REC_MAGIC);
-			h[4] = (uint8_t)SPOOL_REC_VERSION;
+			h[4] = (uint8_t)SPOOL_REC_V2;
 			h[5] = (uint8_t)type;
 			h[6] = h[7] = 0;
 			le32(h + 8, (uint32_t)plen);
-			le32(h + 12, spool_rec_crc(h, h + SPOOL_REC_HDR, plen));
+			le32(h + 12, spool_crc32c(0, h + SPOOL_REC_HDR, plen));
+			spool_rec_stamp(h, 0);
 		}
 	}
 	if (e->err != TERN_OK && e->b->len > at) {
@@ -330,47 +359,84 @@ int spool_rec_encode_del(struct tbuf *out, const char *id)
 
 /* ---- header and framing ------------------------------------------------------ */
 
-uint32_t spool_rec_crc(const uint8_t *hdr, const uint8_t *payload, size_t n)
+void spool_rec_stamp(uint8_t *rec, uint64_t nonce)
 {
-	return spool_crc32c(spool_crc32c(0, hdr, 12), payload, n);
+	le64(rec + 16, nonce);
+	le32(rec + 24, spool_crc32c(0, rec, 24));
 }
 
-int spool_rec_header(const uint8_t *p, struct spool_rec_hdr *h)
+static bool type_known(unsigned t)
 {
-	if (rd32(p) != SPOOL_REC_MAGIC || p[4] != SPOOL_REC_VERSION || p[6] || p[7])
+	return t == SPOOL_REC_MSG || t == SPOOL_REC_RCPT || t == SPOOL_REC_DEL;
+}
+
+/* True when the n (< header size) bytes at p could begin a valid header of
+ * format f: every field present so far has a value a header can hold. */
+static bool header_prefix_ok(const uint8_t *p, size_t n, const struct spool_seg_fmt *f)
+{
+	static const uint8_t magic[4] = {'T', 'S', 'P', 'L'};
+	for (size_t i = 0; i < n && i < 4; i++)
+		if (p[i] != magic[i])
+			return false;
+	if (n > 4 && p[4] != f->version)
+		return false;
+	if (n > 5 && !type_known(p[5]))
+		return false;
+	if ((n > 6 && p[6]) || (n > 7 && p[7]))
+		return false;
+	if (f->version == SPOOL_REC_V2) {
+		uint8_t want[8];
+		le64(want, f->nonce);
+		for (size_t i = 16; i < n && i < 24; i++)
+			if (p[i] != want[i - 16])
+				return false;
+	}
+	return true;
+}
+
+int spool_rec_header(const uint8_t *p, size_t n, const struct spool_seg_fmt *f,
+                     struct spool_rec_hdr *h)
+{
+	size_t need = f->version == SPOOL_REC_V2 ? SPOOL_REC_HDR : SPOOL_REC_HDR_V1;
+	if (f->version != SPOOL_REC_V1 && f->version != SPOOL_REC_V2)
 		return TERN_ECORRUPT;
-	unsigned type = p[5];
-	if (type != SPOOL_REC_MSG && type != SPOOL_REC_RCPT && type != SPOOL_REC_DEL)
+	if (n < need)
+		return header_prefix_ok(p, n, f) ? SPOOL_REC_SHORT : TERN_ECORRUPT;
+	if (rd32(p) != SPOOL_REC_MAGIC || p[4] != f->version || !type_known(p[5]) || p[6] || p[7])
 		return TERN_ECORRUPT;
 	uint32_t len = rd32(p + 8);
 	if (len > SPOOL_REC_MAX_PAYLOAD)
 		return TERN_ECORRUPT;
-	h->type = type;
+	h->version = f->version;
+	h->type = p[5];
+	h->hdr_len = (uint32_t)need;
 	h->len = len;
 	h->crc = rd32(p + 12);
+	h->nonce = 0;
+	if (f->version == SPOOL_REC_V2) {
+		if (rd32(p + 24) != spool_crc32c(0, p, 24) || rd64(p + 16) != f->nonce)
+			return TERN_ECORRUPT;
+		h->nonce = f->nonce;
+	}
 	return TERN_OK;
 }
 
-int spool_rec_next(const uint8_t *p, size_t n, struct spool_rec_hdr *h, size_t *reclen)
+uint32_t spool_rec_crc_seed(const struct spool_rec_hdr *h, const uint8_t *hdr)
 {
-	if (n < SPOOL_REC_HDR) {
-		/* Judge what is there: a torn header is SHORT only if its bytes
-		 * so far could still be a header. */
-		uint8_t tmp[SPOOL_REC_HDR] = {0};
-		memcpy(tmp, p, n);
-		static const uint8_t magic[4] = {'T', 'S', 'P', 'L'};
-		for (size_t i = 0; i < n && i < 4; i++)
-			if (tmp[i] != magic[i])
-				return TERN_ECORRUPT;
+	return h->version == SPOOL_REC_V1 ? spool_crc32c(0, hdr, 12) : 0;
+}
+
+int spool_rec_next(const uint8_t *p, size_t n, const struct spool_seg_fmt *f,
+                   struct spool_rec_hdr *h, size_t *reclen)
+{
+	int rc = spool_rec_header(p, n, f, h);
+	if (rc != TERN_OK)
+		return rc;
+	if (n - h->hdr_len < h->len)
 		return SPOOL_REC_SHORT;
-	}
-	if (spool_rec_header(p, h) != TERN_OK)
+	if (spool_crc32c(spool_rec_crc_seed(h, p), p + h->hdr_len, h->len) != h->crc)
 		return TERN_ECORRUPT;
-	if (n - SPOOL_REC_HDR < h->len)
-		return SPOOL_REC_SHORT;
-	if (spool_rec_crc(p, p + SPOOL_REC_HDR, h->len) != h->crc)
-		return TERN_ECORRUPT;
-	*reclen = SPOOL_REC_HDR + (size_t)h->len;
+	*reclen = (size_t)h->hdr_len + h->len;
 	return TERN_OK;
 }
 
@@ -542,4 +608,262 @@ int spool_rec_decode_del(const uint8_t *p, size_t n, char id[QUEUE_ID_LEN + 1])
 	if (!get_id(&d, id) || d.pos != d.n)
 		return TERN_ECORRUPT;
 	return TERN_OK;
+}
+
+/* ---- scanner ------------------------------------------------------------------ */
+
+/* Bytes read at a time while looking for the next record after damage. */
+#define SCAN_WINDOW (256u * 1024u)
+
+struct scan {
+	const struct spool_scan_ops *ops;
+	const struct spool_seg_fmt *f;
+	uint64_t size;
+	size_t hdr_len;
+	struct tbuf *pay;
+	uint8_t *win; /* SCAN_WINDOW bytes, allocated on first need */
+	struct spool_scan_result *res;
+};
+
+enum probe {
+	P_OK,           /* a whole record, checksums hold; payload in pay */
+	P_BAD_HEADER,   /* no valid header here */
+	P_BAD_PAYLOAD,  /* header valid, payload checksum wrong; payload in pay */
+	P_PAST_END,     /* header valid, but the record runs past the end */
+	P_SHORT_HEADER, /* fewer bytes than a header left, and they could begin one */
+	P_READ_ERROR,
+};
+
+/* Reads the payload of the record at off (header h) into pay and checks
+ * its checksum. TERN_OK with *ok set, TERN_EIO, or TERN_ENOMEM. */
+static int read_payload(struct scan *sc, uint64_t off, const uint8_t *hb,
+                        const struct spool_rec_hdr *h, bool *ok)
+{
+	tbuf_reset(sc->pay);
+	int rc = tbuf_reserve(sc->pay, h->len);
+	if (rc != TERN_OK)
+		return rc == TERN_ELIMIT ? TERN_ENOMEM : rc;
+	if (h->len &&
+	    sc->ops->read(sc->ops->arg, off + h->hdr_len, sc->pay->data, h->len) != TERN_OK)
+		return TERN_EIO;
+	sc->pay->len = h->len;
+	sc->pay->data[h->len] = '\0';
+	*ok = spool_crc32c(spool_rec_crc_seed(h, hb), sc->pay->data, h->len) == h->crc;
+	return TERN_OK;
+}
+
+/* Classifies the record at off. hb receives its header bytes. Returns
+ * TERN_OK or TERN_ENOMEM. */
+static int probe(struct scan *sc, uint64_t off, uint8_t *hb, struct spool_rec_hdr *h,
+                 enum probe *out)
+{
+	uint64_t left = sc->size - off;
+	size_t n = left < sc->hdr_len ? (size_t)left : sc->hdr_len;
+	if (sc->ops->read(sc->ops->arg, off, hb, n) != TERN_OK) {
+		*out = P_READ_ERROR;
+		return TERN_OK;
+	}
+	int rc = spool_rec_header(hb, n, sc->f, h);
+	if (rc == SPOOL_REC_SHORT) {
+		*out = P_SHORT_HEADER;
+		return TERN_OK;
+	}
+	if (rc != TERN_OK) {
+		*out = P_BAD_HEADER;
+		return TERN_OK;
+	}
+	if (h->len > left - h->hdr_len) {
+		*out = P_PAST_END;
+		return TERN_OK;
+	}
+	bool ok = false;
+	rc = read_payload(sc, off, hb, h, &ok);
+	if (rc == TERN_EIO) {
+		*out = P_READ_ERROR;
+		return TERN_OK;
+	}
+	if (rc != TERN_OK)
+		return rc;
+	*out = ok ? P_OK : P_BAD_PAYLOAD;
+	return TERN_OK;
+}
+
+/* Fills d->id when the n bytes at p begin with a queue id. */
+static void guess_id(struct spool_scan_damage *d, const uint8_t *p, size_t n)
+{
+	if (n >= QUEUE_ID_LEN && queue_id_valid((const char *)p, QUEUE_ID_LEN)) {
+		memcpy(d->id, p, QUEUE_ID_LEN);
+		d->id[QUEUE_ID_LEN] = '\0';
+	}
+}
+
+static int report(struct scan *sc, uint64_t off, uint64_t len, enum spool_damage_kind kind,
+                  unsigned type, const uint8_t *payload, size_t n)
+{
+	struct spool_scan_damage d = {.off = off, .len = len, .kind = kind};
+	d.rec_type = type_known(type) ? type : 0;
+	if (payload)
+		guess_id(&d, payload, n);
+	sc->res->n_damaged++;
+	return sc->ops->damage(sc->ops->arg, &d);
+}
+
+/*
+ * Looks for the first offset >= from where a record starts: for version 2,
+ * a header whose checksum holds and that carries the segment's nonce (its
+ * length is then trustworthy, whatever its payload holds); for version 1,
+ * which has no header checksum, a whole record whose checksum holds.
+ * *at = size when there is none. Returns TERN_OK, TERN_EIO (a read failed)
+ * or TERN_ENOMEM.
+ */
+static int find_next(struct scan *sc, uint64_t from, uint64_t *at)
+{
+	static const uint8_t magic[4] = {'T', 'S', 'P', 'L'};
+	*at = sc->size;
+	if (!sc->win && !(sc->win = malloc(SCAN_WINDOW)))
+		return TERN_ENOMEM;
+	uint64_t pos = from;
+	while (pos < sc->size && sc->size - pos >= sc->hdr_len) {
+		size_t chunk =
+		    sc->size - pos < SCAN_WINDOW ? (size_t)(sc->size - pos) : SCAN_WINDOW;
+		if (sc->ops->read(sc->ops->arg, pos, sc->win, chunk) != TERN_OK)
+			return TERN_EIO;
+		for (size_t i = 0; i + sizeof(magic) <= chunk;) {
+			const uint8_t *m = memmem(sc->win + i, chunk - i, magic, sizeof(magic));
+			if (!m)
+				break;
+			size_t k = (size_t)(m - sc->win);
+			uint64_t cand = pos + k;
+			i = k + 1;
+			if (sc->size - cand < sc->hdr_len)
+				return TERN_OK; /* no room for a header here or later */
+			uint8_t hb[SPOOL_REC_HDR];
+			if (k + sc->hdr_len <= chunk)
+				memcpy(hb, sc->win + k, sc->hdr_len);
+			else if (sc->ops->read(sc->ops->arg, cand, hb, sc->hdr_len) != TERN_OK)
+				return TERN_EIO;
+			struct spool_rec_hdr h;
+			if (spool_rec_header(hb, sc->hdr_len, sc->f, &h) != TERN_OK)
+				continue;
+			if (sc->f->version == SPOOL_REC_V2) {
+				*at = cand;
+				return TERN_OK;
+			}
+			if (h.len > sc->size - cand - h.hdr_len)
+				continue;
+			bool ok = false;
+			int rc = read_payload(sc, cand, hb, &h, &ok);
+			if (rc != TERN_OK)
+				return rc;
+			if (ok) {
+				*at = cand;
+				return TERN_OK;
+			}
+		}
+		if (chunk < SCAN_WINDOW)
+			break;
+		pos += chunk -
+		       (sizeof(magic) - 1); /* a magic split across windows is seen next time */
+	}
+	return TERN_OK;
+}
+
+static int scan_loop(struct scan *sc)
+{
+	const struct spool_seg_fmt *f = sc->f;
+	uint64_t off = 0;
+	while (off < sc->size) {
+		uint8_t hb[SPOOL_REC_HDR];
+		struct spool_rec_hdr h;
+		enum probe p;
+		int rc = probe(sc, off, hb, &h, &p);
+		if (rc != TERN_OK)
+			return rc;
+		uint64_t reclen = (uint64_t)h.hdr_len + h.len; /* meaningful for OK/BAD_PAYLOAD */
+		const uint8_t *pl = (const uint8_t *)sc->pay->data;
+		switch (p) {
+		case P_OK:
+			rc = sc->ops->record(sc->ops->arg, &h, pl, off);
+			if (rc == TERN_ECORRUPT)
+				rc = report(sc, off, reclen, SPOOL_DAMAGE_MALFORMED, h.type, pl,
+				            h.len);
+			else if (rc == TERN_OK)
+				sc->res->n_records++;
+			if (rc != TERN_OK)
+				return rc;
+			off += reclen;
+			continue;
+		case P_READ_ERROR:
+			return report(sc, off, sc->size - off, SPOOL_DAMAGE_READ_ERROR, 0, NULL, 0);
+		case P_SHORT_HEADER:
+			sc->res->torn_off = off;
+			return TERN_OK;
+		case P_BAD_PAYLOAD:
+			if (f->version == SPOOL_REC_V2) {
+				/* The header is verified: its length is right, and
+				 * the next record starts where it says. */
+				rc = report(sc, off, reclen, SPOOL_DAMAGE_CHECKSUM, h.type, pl,
+				            h.len);
+				if (rc != TERN_OK)
+					return rc;
+				off += reclen;
+				continue;
+			}
+			break;
+		case P_PAST_END:
+			if (f->version == SPOOL_REC_V2) {
+				sc->res->torn_off =
+				    off; /* a verified header: an append cut short */
+				return TERN_OK;
+			}
+			break;
+		case P_BAD_HEADER:
+			break;
+		}
+		uint64_t next;
+		rc = find_next(sc, off + 1, &next);
+		if (rc == TERN_EIO)
+			return report(sc, off, sc->size - off, SPOOL_DAMAGE_READ_ERROR, 0, NULL, 0);
+		if (rc != TERN_OK)
+			return rc;
+		if (next == sc->size && p == P_PAST_END) {
+			/* Version 1: a plausible header running past the end with
+			 * nothing valid after it, as an interrupted append leaves. */
+			sc->res->torn_off = off;
+			return TERN_OK;
+		}
+		/* What the damaged bytes seem to hold, as a hint for the report. */
+		uint8_t idb[QUEUE_ID_LEN];
+		size_t idn = 0;
+		if (next - off >= sc->hdr_len + QUEUE_ID_LEN &&
+		    sc->ops->read(sc->ops->arg, off + sc->hdr_len, idb, sizeof(idb)) == TERN_OK)
+			idn = sizeof(idb);
+		uint64_t n = next - off;
+		rc = report(sc, off, n, SPOOL_DAMAGE_HEADER, n >= 6 ? hb[5] : 0, idn ? idb : NULL,
+		            idn);
+		if (rc != TERN_OK)
+			return rc;
+		off = next;
+	}
+	return TERN_OK;
+}
+
+int spool_scan(const struct spool_scan_ops *ops, uint64_t size, const struct spool_seg_fmt *f,
+               struct tbuf *pay, struct spool_scan_result *res)
+{
+	memset(res, 0, sizeof(*res));
+	res->torn_off = size;
+	if (f->version != SPOOL_REC_V1 && f->version != SPOOL_REC_V2)
+		return TERN_EINVAL;
+	struct scan sc = {
+	    .ops = ops,
+	    .f = f,
+	    .size = size,
+	    .hdr_len = f->version == SPOOL_REC_V2 ? SPOOL_REC_HDR : SPOOL_REC_HDR_V1,
+	    .pay = pay,
+	    .res = res,
+	};
+	int rc = scan_loop(&sc);
+	free(sc.win);
+	return rc;
 }

@@ -407,6 +407,37 @@ void smtp_reply_init(struct smtp_reply_parser *p);
 enum smtp_reply_status smtp_reply_feed(struct smtp_reply_parser *p, const char *in, size_t len,
 				       size_t *consumed, struct smtp_reply *out);
 
+/*
+ * What a reply means for the command it answers (RFC 5321 §4.3.2, RFC 4954
+ * §4, RFC 3207 §4). The client pairs replies with commands strictly and asks
+ * this which codes a command can have; one it cannot have is a protocol
+ * error (the peer is out of step, or hostile), never a result: a 250 to DATA
+ * means no message was taken, and must not count as a delivery.
+ */
+enum smtp_client_cmd {
+	SMTP_C_GREETING,
+	SMTP_C_EHLO, /* and HELO */
+	SMTP_C_STARTTLS,
+	SMTP_C_AUTH, /* AUTH and each response to a challenge */
+	SMTP_C_MAIL,
+	SMTP_C_RCPT,
+	SMTP_C_DATA,
+	SMTP_C_END_OF_DATA, /* the final "." of DATA, or BDAT ... LAST */
+	SMTP_C_RSET,
+	SMTP_C_QUIT,
+};
+
+enum smtp_reply_kind {
+	SMTP_RK_OK,       /* success: 2xx (220 to STARTTLS, 235 to AUTH) */
+	SMTP_RK_CONTINUE, /* go on: 354 to DATA, 334 to AUTH */
+	SMTP_RK_TEMP,     /* 4xx */
+	SMTP_RK_PERM,     /* 5xx */
+	SMTP_RK_INVALID,  /* a code this command cannot have: a protocol error */
+};
+
+/* Judges code (as smtp_reply_feed gives it, 200..599) as the reply to cmd. Pure. */
+enum smtp_reply_kind smtp_reply_judge(enum smtp_client_cmd cmd, int code);
+
 /* SASL mechanisms a server offers (AUTH keyword). */
 #define SMTP_AUTH_PLAIN 0x01
 #define SMTP_AUTH_LOGIN 0x02

@@ -44,20 +44,40 @@ static void tmpdir_make(struct tmpdir *t)
 	assert_non_null(mkdtemp(t->path));
 }
 
-static void tmpdir_rm(struct tmpdir *t)
+/* Removes the files of dir (and of its damaged/ subdirectory), not dir. */
+static void dir_empty(const char *dir)
 {
-	DIR *d = opendir(t->path);
+	char sub[512];
+	snprintf(sub, sizeof(sub), "%s/damaged", dir);
+	DIR *d = opendir(sub);
+	struct dirent *de;
+	if (d) {
+		while ((de = readdir(d))) {
+			if (de->d_name[0] == '.')
+				continue;
+			char p[768];
+			snprintf(p, sizeof(p), "%s/%s", sub, de->d_name);
+			unlink(p);
+		}
+		closedir(d);
+		rmdir(sub);
+	}
+	d = opendir(dir);
 	if (!d)
 		return;
-	struct dirent *de;
 	while ((de = readdir(d))) {
 		if (de->d_name[0] == '.')
 			continue;
 		char p[512];
-		snprintf(p, sizeof(p), "%s/%s", t->path, de->d_name);
+		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
 		unlink(p);
 	}
 	closedir(d);
+}
+
+static void tmpdir_rm(struct tmpdir *t)
+{
+	dir_empty(t->path);
 	rmdir(t->path);
 }
 
@@ -73,10 +93,46 @@ static size_t count_segment_files(const char *dir)
 	return n;
 }
 
+/* The path of segment no in dir, whatever its format ("" if there is none). */
+static bool seg_find_file(const char *dir, unsigned no, char *out, size_t outlen)
+{
+	char prefix[32];
+	snprintf(prefix, sizeof(prefix), "seg-%010u", no);
+	out[0] = '\0';
+	DIR *d = opendir(dir);
+	if (!d)
+		return false;
+	struct dirent *de;
+	while ((de = readdir(d)))
+		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0 &&
+		    (de->d_name[14] == '.' || de->d_name[14] == '-'))
+			snprintf(out, outlen, "%s/%s", dir, de->d_name);
+	closedir(d);
+	return out[0] != '\0';
+}
+
 static void seg_file(const char *dir, unsigned no, char *out, size_t outlen)
 {
-	snprintf(out, outlen, "%s/seg-%010u.log", dir, no);
+	assert_true(seg_find_file(dir, no, out, outlen));
 }
+
+/* The record format of a segment file, from its name. */
+static struct spool_seg_fmt path_fmt(const char *path)
+{
+	const char *nm = strrchr(path, '/');
+	nm = nm ? nm + 1 : path;
+	struct spool_seg_fmt f = {SPOOL_REC_V1, 0};
+	if (strlen(nm) == 35) {
+		f.version = SPOOL_REC_V2;
+		f.nonce = strtoull(nm + 15, NULL, 16);
+	}
+	return f;
+}
+
+#define TEST_NONCE 0x0123456789abcdefull
+
+/* What the encoders write before the committer stamps a nonce. */
+static const struct spool_seg_fmt fmt0 = {SPOOL_REC_V2, 0};
 
 static off_t file_size(const char *path)
 {
@@ -256,6 +312,26 @@ static void assert_data(struct spool *s, const char *id, const char *want, size_
 	tbuf_free(&b);
 }
 
+/* What spool_foreach_damage reported (file names copied: the pointers
+ * die with the call). */
+struct damage_seen {
+	struct spool_damage d[32];
+	char file[32][96];
+	size_t n;
+};
+
+static bool damage_collect(const struct spool_damage *d, void *arg)
+{
+	struct damage_seen *ds = arg;
+	if (ds->n < 32) {
+		ds->d[ds->n] = *d;
+		snprintf(ds->file[ds->n], sizeof(ds->file[0]), "%s", d->file);
+		ds->d[ds->n].file = ds->file[ds->n];
+		ds->n++;
+	}
+	return true;
+}
+
 /* Puts one message and waits until it is on disk. */
 static void put_sync(struct spool *s, struct spool_msg *m, const char *data, size_t n)
 {
@@ -299,7 +375,7 @@ static void test_record_roundtrip_keeps_every_field(void **st)
 
 	struct spool_rec_hdr h;
 	size_t reclen;
-	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &h, &reclen), TERN_OK);
+	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &fmt0, &h, &reclen), TERN_OK);
 	assert_int_equal(reclen, b.len);
 	assert_int_equal(h.type, SPOOL_REC_MSG);
 	struct spool_msg *d;
@@ -312,7 +388,7 @@ static void test_record_roundtrip_keeps_every_field(void **st)
 
 	/* every proper prefix is SHORT (never OK, never a crash) */
 	for (size_t n = 0; n < b.len; n++)
-		assert_int_equal(spool_rec_next((uint8_t *)b.data, n, &h, &reclen),
+		assert_int_equal(spool_rec_next((uint8_t *)b.data, n, &fmt0, &h, &reclen),
 		                 SPOOL_REC_SHORT);
 	/* every truncated payload fails to decode */
 	for (size_t n = 0; n < h.len; n++) {
@@ -327,7 +403,7 @@ static void test_record_roundtrip_keeps_every_field(void **st)
 	/* RCPT and DEL */
 	tbuf_reset(&b);
 	assert_int_equal(spool_rec_encode_rcpt(&b, m->id, 1, &m->rcpts[1], true), TERN_OK);
-	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &h, &reclen), TERN_OK);
+	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &fmt0, &h, &reclen), TERN_OK);
 	struct spool_rec_rcpt r;
 	assert_int_equal(spool_rec_decode_rcpt((uint8_t *)b.data + SPOOL_REC_HDR, h.len, &r),
 	                 TERN_OK);
@@ -340,17 +416,29 @@ static void test_record_roundtrip_keeps_every_field(void **st)
 	free(r.reply);
 	tbuf_reset(&b);
 	assert_int_equal(spool_rec_encode_del(&b, m->id), TERN_OK);
-	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &h, &reclen), TERN_OK);
+	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &fmt0, &h, &reclen), TERN_OK);
 	char id[QUEUE_ID_LEN + 1];
 	assert_int_equal(spool_rec_decode_del((uint8_t *)b.data + SPOOL_REC_HDR, h.len, id),
 	                 TERN_OK);
 	assert_string_equal(id, m->id);
 
+	/* the nonce: a record is valid only in a segment whose nonce it carries */
+	spool_rec_stamp((uint8_t *)b.data, TEST_NONCE);
+	const struct spool_seg_fmt fx = {SPOOL_REC_V2, TEST_NONCE};
+	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &fx, &h, &reclen), TERN_OK);
+	assert_int_equal(h.nonce, TEST_NONCE);
+	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &fmt0, &h, &reclen),
+	                 TERN_ECORRUPT);
+	const struct spool_seg_fmt fv1 = {SPOOL_REC_V1, 0};
+	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &fv1, &h, &reclen),
+	                 TERN_ECORRUPT);
+	spool_rec_stamp((uint8_t *)b.data, 0);
+
 	/* any single flipped bit anywhere in a record is caught */
 	for (size_t i = 0; i < b.len; i++)
 		for (int bit = 0; bit < 8; bit++) {
 			b.data[i] ^= (char)(1 << bit);
-			int rc = spool_rec_next((uint8_t *)b.data, b.len, &h, &reclen);
+			int rc = spool_rec_next((uint8_t *)b.data, b.len, &fmt0, &h, &reclen);
 			assert_true(rc == TERN_ECORRUPT || rc == SPOOL_REC_SHORT);
 			b.data[i] ^= (char)(1 << bit);
 		}
@@ -595,8 +683,8 @@ static void three_messages(const char *dir, struct spool_msg *m[3], off_t *r2, o
 {
 	struct spool *s;
 	char path[512];
-	seg_file(dir, 1, path, sizeof(path));
 	assert_int_equal(spool_open(dir, &s), TERN_OK);
+	seg_file(dir, 1, path, sizeof(path));
 	for (int i = 0; i < 3; i++) {
 		m[i] = make_env((unsigned)(i + 1), 2);
 		char data[64];
@@ -714,6 +802,11 @@ static void test_flipped_byte_is_detected_and_never_returned(void **st)
 		assert_int_equal(spool_open(td.path, &s), TERN_OK);
 		assert_msg_ok(s, m[0], 0); /* what came before is intact */
 		assert_null(spool_get(s, m[1]->id));
+		assert_msg_ok(s, m[2], 2); /* and so is what comes after */
+		struct damage_seen ds = {0};
+		assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+		assert_int_equal(ds.d[0].offset, (uint64_t)r2);
+		assert_int_equal(ds.d[0].length, (uint64_t)(r3 - r2));
 		spool_close(s);
 		/* the damaged file is kept, untouched, and never appended to */
 		assert_int_equal(file_size(path), (off_t)n);
@@ -722,7 +815,9 @@ static void test_flipped_byte_is_detected_and_never_returned(void **st)
 		seg_file(td.path, 2, p2, sizeof(p2));
 		unlink(p2);
 	}
-	assert_int_equal(log_capture_count("event=spool_recover ", "corrupt"), (int)(r3 - r2));
+	assert_int_equal(log_capture_count("event=spool_damaged seg=1 ", "action=kept"),
+	                 (int)(r3 - r2));
+	assert_int_equal(log_capture_count("event=spool_damaged ", "length=0"), 0);
 	log_capture_stop();
 
 	/* damage done while the spool is open is caught on read */
@@ -739,7 +834,28 @@ static void test_flipped_byte_is_detected_and_never_returned(void **st)
 	assert_int_equal(spool_read_data(s, m[2]->id, &b), TERN_ECORRUPT);
 	assert_int_equal(b.len, 0);
 	tbuf_free(&b);
+	/* ... and the file is marked: reported, and never unlinked */
+	struct damage_seen ds = {0};
+	assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+	assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_CHECKSUM);
+	assert_string_equal(ds.d[0].record, "msg");
+	assert_string_equal(ds.d[0].id, m[2]->id);
+	assert_int_equal(ds.d[0].offset, (uint64_t)r3);
+	assert_int_equal(ds.d[0].length, (uint64_t)n - (uint64_t)r3);
+	for (int i = 0; i < 3; i++)
+		spool_remove(s, m[i]->id);
 	spool_close(s);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 0);
+	spool_close(s);
+	char aside_dir[512], kept[512];
+	snprintf(aside_dir, sizeof(aside_dir), "%s/damaged", td.path);
+	assert_true(seg_find_file(aside_dir, 1, kept, sizeof(kept)));
+	size_t kn;
+	char *kb = slurp(kept, &kn);
+	assert_true(kn > n); /* the DEL records went to it, after the damage */
+	assert_memory_equal(kb, bad, n);
+	free(kb);
 
 	free(bad);
 	free(orig);
@@ -748,14 +864,68 @@ static void test_flipped_byte_is_detected_and_never_returned(void **st)
 	tmpdir_rm(&td);
 }
 
-/* Writes records straight into segment no (what a crash can leave). */
+/* Writes the (unstamped) records of b straight into segment no as this
+ * version writes them, stamped with TEST_NONCE: what a crash can leave. */
 static void write_segment(const char *dir, unsigned no, const struct tbuf *b)
 {
 	char path[512];
-	seg_file(dir, no, path, sizeof(path));
+	snprintf(path, sizeof(path), "%s/seg-%010u-%016llx.log", dir, no, TEST_NONCE);
+	uint8_t *p = malloc(b->len + 1);
+	if (b->len)
+		memcpy(p, b->data, b->len);
+	for (size_t off = 0; off < b->len;) {
+		struct spool_rec_hdr h;
+		size_t reclen;
+		assert_int_equal(spool_rec_next(p + off, b->len - off, &fmt0, &h, &reclen),
+		                 TERN_OK);
+		spool_rec_stamp(p + off, TEST_NONCE);
+		off += reclen;
+	}
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	assert_true(fd >= 0);
-	assert_int_equal(write(fd, b->data, b->len), (ssize_t)b->len);
+	assert_int_equal(write(fd, p, b->len), (ssize_t)b->len);
+	close(fd);
+	free(p);
+}
+
+/* The same records in the version 1 format of tern before this one (a
+ * 16-byte header whose CRC covers header bytes 0..11 and the payload),
+ * in a version 1 file name. */
+static void write_segment_v1(const char *dir, unsigned no, const struct tbuf *b)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/seg-%010u.log", dir, no);
+	struct tbuf o = TBUF_INIT(1u << 30);
+	for (size_t off = 0; off < b->len;) {
+		const uint8_t *r = (const uint8_t *)b->data + off;
+		struct spool_rec_hdr h;
+		size_t reclen;
+		assert_int_equal(spool_rec_next(r, b->len - off, &fmt0, &h, &reclen), TERN_OK);
+		uint8_t hd[SPOOL_REC_HDR_V1];
+		memcpy(hd, r, 12);
+		hd[4] = SPOOL_REC_V1;
+		uint32_t crc = spool_crc32c(spool_crc32c(0, hd, 12), r + SPOOL_REC_HDR, h.len);
+		for (int i = 0; i < 4; i++)
+			hd[12 + i] = (uint8_t)(crc >> (8 * i));
+		assert_int_equal(tbuf_append(&o, hd, sizeof(hd)), TERN_OK);
+		assert_int_equal(tbuf_append(&o, r + SPOOL_REC_HDR, h.len), TERN_OK);
+		off += reclen;
+	}
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, o.data, o.len), (ssize_t)o.len);
+	close(fd);
+	tbuf_free(&o);
+}
+
+static void flip_byte(const char *path, off_t at, uint8_t mask)
+{
+	int fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	uint8_t c;
+	assert_int_equal(pread(fd, &c, 1, at), 1);
+	c ^= mask;
+	assert_int_equal(pwrite(fd, &c, 1, at), 1);
 	close(fd);
 }
 
@@ -802,18 +972,20 @@ static void test_damage_in_an_older_segment_spares_the_later_ones(void **st)
 	size_t cut = b1.len;
 	assert_int_equal(spool_rec_encode_msg(&b1, m[1], "one", 3, NULL), TERN_OK);
 	assert_int_equal(spool_rec_encode_msg(&b1, m[2], "two", 3, NULL), TERN_OK);
-	b1.data[cut + 20] ^= 0x01; /* damage m[1] */
 	assert_int_equal(spool_rec_encode_msg(&b2, m[3], "three", 5, NULL), TERN_OK);
 	write_segment(td.path, 1, &b1);
 	write_segment(td.path, 2, &b2);
+	char path[512];
+	seg_file(td.path, 1, path, sizeof(path));
+	flip_byte(path, (off_t)cut + 20, 0x01); /* damage m[1]'s header (its nonce) */
 	log_capture_start();
 	struct spool *s;
 	assert_int_equal(spool_open(td.path, &s), TERN_OK);
-	assert_int_equal(log_capture_count("event=spool_recover seg=1 corrupt", NULL), 1);
+	assert_int_equal(log_capture_count("event=spool_damaged seg=1 ", "kind=header"), 1);
 	log_capture_stop();
 	assert_data(s, m[0]->id, "zero", 4);
 	assert_null(spool_get(s, m[1]->id));
-	assert_null(spool_get(s, m[2]->id)); /* the rest of a damaged segment is skipped */
+	assert_data(s, m[2]->id, "two", 3); /* the scan found the next record */
 	assert_data(s, m[3]->id, "three", 5);
 	spool_close(s);
 	tbuf_free(&b1);
@@ -821,6 +993,860 @@ static void test_damage_in_an_older_segment_spares_the_later_ones(void **st)
 	for (int i = 0; i < 4; i++)
 		spool_msg_free(m[i]);
 	tmpdir_rm(&td);
+}
+
+/* ---- damage: resynchronisation, reporting, keeping the files ---------------- */
+
+/* Puts n messages of 64 bytes (data seeds first..first+n-1) and records where
+ * each record starts in segment 1, and where the last ends (starts[n]). */
+static void put_many(struct spool *s, const char *dir, struct spool_msg **m, int n, off_t *starts)
+{
+	char path[512];
+	for (int i = 0; i < n; i++) {
+		char data[64];
+		fill_data(data, sizeof(data), (unsigned)i);
+		put_sync(s, m[i], data, sizeof(data));
+		seg_file(dir, 1, path, sizeof(path));
+		starts[i + 1] = file_size(path);
+	}
+	starts[0] = 0;
+}
+
+/* The review finding: one flipped bit lost the nine intact, acknowledged
+ * messages after it, and the segment holding them was then unlinked. */
+static void test_one_flipped_bit_costs_one_message_and_the_file_is_kept(void **st)
+{
+	(void)st;
+	enum { N = 10 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	struct spool_msg *m[N];
+	off_t at[N + 1];
+	for (int i = 0; i < N; i++)
+		m[i] = make_env((unsigned)i, 1);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	put_many(s, td.path, m, N, at);
+	spool_close(s);
+	char path[512];
+	seg_file(td.path, 1, path, sizeof(path));
+	flip_byte(path, at[1] - 5, 0x10); /* one bit of the first message's body */
+	size_t n;
+	char *damaged = slurp(path, &n);
+
+	log_capture_start();
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), N - 1);
+	assert_null(spool_get(s, m[0]->id));
+	for (int i = 1; i < N; i++)
+		assert_msg_ok(s, m[i], (unsigned)i);
+	/* reported: one log line and one listed range, with the lost message's id */
+	char want[128];
+	snprintf(want, sizeof(want), "offset=0 length=%lld kind=checksum record=msg id=%s",
+	         (long long)at[1], m[0]->id);
+	assert_int_equal(log_capture_count("event=spool_damaged seg=1 file=seg-0000000001-", want),
+	                 1);
+	assert_int_equal(log_capture_count("event=spool_damage_found ranges=1", NULL), 1);
+	log_capture_stop();
+	struct damage_seen ds = {0};
+	assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+	assert_int_equal(ds.d[0].seg, 1);
+	assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_CHECKSUM);
+	assert_string_equal(ds.d[0].id, m[0]->id);
+	assert_true(strncmp(ds.d[0].file, "seg-0000000001-", 15) == 0);
+	struct spool_stats ss;
+	spool_get_stats(s, &ss);
+	assert_int_equal(ss.damaged, 1);
+
+	/* Every message finishes: the segment is set aside, never unlinked. */
+	for (int i = 1; i < N; i++)
+		assert_int_equal(spool_update_rcpt(s, m[i]->id, 0, RCPT_DELIVERED, 0, "250 ok"),
+		                 TERN_OK);
+	struct spool_msg *x = make_env(100, 1);
+	put_sync(s, x, "x", 1); /* the committer runs (and reaps) after the DELs */
+	spool_close(s);
+	assert_false(seg_find_file(td.path, 1, path, sizeof(path)));
+	char aside_dir[512], aside[512];
+	snprintf(aside_dir, sizeof(aside_dir), "%s/damaged", td.path);
+	assert_true(seg_find_file(aside_dir, 1, aside, sizeof(aside)));
+	size_t n2;
+	char *kept = slurp(aside, &n2);
+	assert_int_equal(n2, n);
+	assert_memory_equal(kept, damaged, n);
+
+	/* A later start still reports it, from DIR/damaged/. */
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 1);
+	memset(&ds, 0, sizeof(ds));
+	assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+	assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_CHECKSUM);
+	assert_int_equal(ds.d[0].length, (uint64_t)at[1]);
+	assert_string_equal(ds.d[0].id, m[0]->id);
+	assert_true(strncmp(ds.d[0].file, "damaged/seg-0000000001-", 23) == 0);
+	spool_close(s);
+	free(kept);
+	free(damaged);
+	spool_msg_free(x);
+	for (int i = 0; i < N; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
+/* An older segment whose only message is damaged: before the fix recovery
+ * skipped the rest of it, found nothing live and unlinked it at once. */
+static void test_damaged_older_segment_is_set_aside_not_unlinked(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	char path[512];
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	spool_debug_set_segment_max(s, 1024);
+	struct spool_msg *m = make_env(1, 1), *m2 = make_env(2, 1);
+	char big[2000];
+	fill_data(big, sizeof(big), 1);
+	put_sync(s, m, big, sizeof(big));
+	put_sync(s, m2, "second segment", 14); /* rotates: segment 1 is now an old one */
+	seg_file(td.path, 1, path, sizeof(path));
+	spool_close(s);
+	size_t n;
+	char *orig = slurp(path, &n);
+	flip_byte(path, 2, 0x01); /* its magic */
+	orig[2] ^= 0x01;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 1);
+	assert_data(s, m2->id, "second segment", 14);
+	struct damage_seen ds = {0};
+	assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+	assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_HEADER);
+	assert_int_equal(ds.d[0].offset, 0);
+	assert_int_equal(ds.d[0].length, n);
+	assert_string_equal(ds.d[0].id, m->id); /* a hint: its bytes still say so */
+	spool_close(s);
+	char aside_dir[512], aside[512];
+	snprintf(aside_dir, sizeof(aside_dir), "%s/damaged", td.path);
+	assert_false(seg_find_file(td.path, 1, aside, sizeof(aside)));
+	assert_true(seg_find_file(aside_dir, 1, aside, sizeof(aside)));
+	size_t n2;
+	char *kept = slurp(aside, &n2);
+	assert_int_equal(n2, n);
+	assert_memory_equal(kept, orig, n);
+	free(kept);
+	free(orig);
+	spool_msg_free(m);
+	spool_msg_free(m2);
+	tmpdir_rm(&td);
+}
+
+/* N messages with the given data, encoded (unstamped) into b; starts[i] is
+ * where record i starts, starts[n] where the last ends. */
+static void encode_many(struct tbuf *b, struct spool_msg **m, int n, size_t *starts)
+{
+	for (int i = 0; i < n; i++) {
+		char data[200];
+		fill_data(data, sizeof(data), (unsigned)i);
+		starts[i] = b->len;
+		assert_int_equal(spool_rec_encode_msg(b, m[i], data, 20 + (size_t)i * 17, NULL),
+		                 TERN_OK);
+	}
+	starts[n] = b->len;
+}
+
+static void assert_msg_data(struct spool *s, struct spool_msg *m, unsigned seed, size_t len)
+{
+	char data[200];
+	fill_data(data, sizeof(data), seed);
+	assert_data(s, m->id, data, len);
+}
+
+/* A flipped bit in a length field must not make the scan skip (or take as
+ * records) the bytes after it, in either format, in any segment. */
+static void test_flipped_length_field_spares_the_records_after_it(void **st)
+{
+	(void)st;
+	enum { N = 5 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[N];
+	for (int i = 0; i < N; i++)
+		m[i] = make_env((unsigned)i, 1);
+	struct tbuf b = TBUF_INIT(1 << 20);
+	size_t at[N + 1];
+	encode_many(&b, m, N, at);
+	for (int v1 = 0; v1 <= 1; v1++) {
+		/* In version 1 every header is 12 bytes shorter. */
+		size_t len_off =
+		    v1 ? at[2] - 2 * (SPOOL_REC_HDR - SPOOL_REC_HDR_V1) + 8 : at[2] + 8;
+		for (int bit = 0; bit < 32; bit++) {
+			for (int last = 0; last <= 1; last++) {
+				dir_empty(td.path);
+				if (v1)
+					write_segment_v1(td.path, 1, &b);
+				else
+					write_segment(td.path, 1, &b);
+				if (!last) { /* not the last segment: a later one follows */
+					struct tbuf e = TBUF_INIT(1 << 16);
+					write_segment(td.path, 2, &e);
+				}
+				char path[512];
+				seg_file(td.path, 1, path, sizeof(path));
+				flip_byte(path, (off_t)(len_off + (size_t)bit / 8),
+				          (uint8_t)(1u << (bit % 8)));
+				struct spool *s;
+				assert_int_equal(spool_open(td.path, &s), TERN_OK);
+				assert_int_equal(spool_count(s), N - 1);
+				assert_null(spool_get(s, m[2]->id));
+				for (int i = 0; i < N; i++)
+					if (i != 2)
+						assert_msg_data(s, m[i], (unsigned)i,
+						                20 + (size_t)i * 17);
+				assert_int_equal(spool_foreach_damage(s, NULL, NULL), 1);
+				spool_close(s);
+			}
+		}
+	}
+	tbuf_free(&b);
+	for (int i = 0; i < N; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
+static void zero_range(const char *path, off_t from, off_t to)
+{
+	int fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	char z[4096] = {0};
+	for (off_t o = from; o < to;) {
+		size_t k = (size_t)(to - o) < sizeof(z) ? (size_t)(to - o) : sizeof(z);
+		assert_int_equal(pwrite(fd, z, k, o), (ssize_t)k);
+		o += (off_t)k;
+	}
+	close(fd);
+}
+
+/* Zeroed ranges (a lost write, a bad sector) cost the records they touch
+ * and nothing else. */
+static void test_zeroed_ranges_cost_only_the_records_they_touch(void **st)
+{
+	(void)st;
+	enum { N = 8 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[N];
+	for (int i = 0; i < N; i++)
+		m[i] = make_env((unsigned)i, 1);
+	struct tbuf b = TBUF_INIT(1 << 20);
+	size_t at[N + 1];
+	encode_many(&b, m, N, at);
+	/* {from, to, first damaged, last damaged} */
+	const size_t cases[][4] = {
+	    {at[2] + 5, at[4], 2, 3},       /* from inside one record to a boundary */
+	    {at[2], at[3], 2, 2},           /* exactly one record */
+	    {at[1] + 40, at[1] + 48, 1, 1}, /* a few bytes of one envelope */
+	    {at[5] - 3, at[5] + 3, 4, 5},   /* across a boundary */
+	    {0, at[1] + 2, 0, 1},           /* the very start */
+	    {at[6] + 1, at[8], 6, 7},       /* up to the end of the last segment */
+	};
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		dir_empty(td.path);
+		write_segment(td.path, 1, &b);
+		char path[512];
+		seg_file(td.path, 1, path, sizeof(path));
+		zero_range(path, (off_t)cases[c][0], (off_t)cases[c][1]);
+		struct spool *s;
+		assert_int_equal(spool_open(td.path, &s), TERN_OK);
+		for (int i = 0; i < N; i++) {
+			bool hit = (size_t)i >= cases[c][2] && (size_t)i <= cases[c][3];
+			if (hit)
+				assert_null(spool_get(s, m[i]->id));
+			else
+				assert_msg_data(s, m[i], (unsigned)i, 20 + (size_t)i * 17);
+		}
+		assert_true(spool_foreach_damage(s, NULL, NULL) >= 1);
+		spool_close(s);
+		/* never trimmed, not even a zeroed end: it could hold an
+		 * acknowledged message */
+		assert_int_equal(file_size(path), (off_t)b.len);
+	}
+	tbuf_free(&b);
+	for (int i = 0; i < N; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
+/* A damaged recipient-state or removal record can only bring work back (a
+ * redelivery), never lose a message. */
+static void test_damaged_state_records_bring_work_back_never_lose_it(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *a = make_env(1, 2), *b = make_env(2, 1);
+	struct tbuf t = TBUF_INIT(1 << 20);
+	assert_int_equal(spool_rec_encode_msg(&t, a, "aaa", 3, NULL), TERN_OK);
+	assert_int_equal(spool_rec_encode_msg(&t, b, "bbb", 3, NULL), TERN_OK);
+	struct spool_rcpt done = {.state = RCPT_DELIVERED, .attempts = 1};
+	size_t rcpt_at = t.len;
+	assert_int_equal(spool_rec_encode_rcpt(&t, a->id, 0, &done, false), TERN_OK);
+	size_t del_at = t.len;
+	assert_int_equal(spool_rec_encode_del(&t, b->id), TERN_OK); /* b was deleted */
+	for (int which = 0; which < 2; which++) {
+		dir_empty(td.path);
+		write_segment(td.path, 1, &t);
+		char path[512];
+		seg_file(td.path, 1, path, sizeof(path));
+		flip_byte(path, (off_t)(which ? del_at : rcpt_at) + SPOOL_REC_HDR + 3, 0x02);
+		struct spool *s;
+		assert_int_equal(spool_open(td.path, &s), TERN_OK);
+		struct spool_msg *g = spool_get(s, a->id);
+		assert_non_null(g);
+		/* a's first recipient: delivered, unless that record was the damaged one */
+		assert_int_equal(g->rcpts[0].state, which ? RCPT_DELIVERED : RCPT_QUEUED);
+		spool_msg_free(g);
+		assert_data(s, a->id, "aaa", 3);
+		if (which) /* b's removal was lost: b comes back */
+			assert_data(s, b->id, "bbb", 3);
+		else
+			assert_null(spool_get(s, b->id));
+		struct damage_seen ds = {0};
+		assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+		assert_string_equal(ds.d[0].record, which ? "del" : "rcpt");
+		assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_CHECKSUM);
+		spool_close(s);
+	}
+	tbuf_free(&t);
+	spool_msg_free(a);
+	spool_msg_free(b);
+	tmpdir_rm(&td);
+}
+
+/* A segment written by the version 1 format (tests/data/spool_v1, made by
+ * tern before this change; see its SOURCE.md) recovers. */
+static const char *v1_fixture(void)
+{
+	static char buf[1024];
+	const char *file = __FILE__;
+	const char *cut = strstr(file, "tests/unit/");
+	if (cut && file[0] == '/') {
+		int n = snprintf(buf, sizeof(buf), "%.*stests/data/spool_v1/seg-0000000001.log",
+		                 (int)(cut - file), file);
+		if (n > 0 && (size_t)n < sizeof(buf))
+			return buf;
+	}
+	return "tests/data/spool_v1/seg-0000000001.log";
+}
+
+static const char *const v1_ids[4] = {"0V1AAAAAAAAAAAA0", "0V1AAAAAAAAAAAA1", "0V1AAAAAAAAAAAA2",
+                                      "0V1AAAAAAAAAAAA3"};
+
+static void assert_v1_message(struct spool *s, int i)
+{
+	struct spool_msg *g = spool_get(s, v1_ids[i]);
+	assert_non_null(g);
+	char want[128];
+	snprintf(want, sizeof(want), "v1-sender-%d@example.org", i);
+	assert_string_equal(g->sender, want);
+	assert_int_equal(g->created, 1700000000 + i);
+	snprintf(want, sizeof(want), "rcpt-%d@example.test", i);
+	assert_string_equal(g->rcpts[0].addr, want);
+	assert_int_equal(g->rcpts[0].state, RCPT_QUEUED);
+	assert_int_equal(g->n_rcpts, i == 2 ? 2 : 1);
+	if (i == 2) {
+		assert_string_equal(g->rcpts[1].addr, "far-2@example.net");
+		assert_int_equal(g->rcpts[1].state, RCPT_DEFERRED);
+		assert_int_equal(g->rcpts[1].attempts, 1);
+		assert_int_equal(g->rcpts[1].next_try, 1700003600);
+		assert_string_equal(g->rcpts[1].last_reply, "451 4.4.1 later");
+	}
+	spool_msg_free(g);
+	char data[1024];
+	size_t n = 0;
+	for (int k = 0; k <= i; k++)
+		n += (size_t)snprintf(data + n, sizeof(data) - n, "version 1 message %d\r\n", i);
+	assert_data(s, v1_ids[i], data, n);
+}
+
+static void copy_v1_fixture(const char *dir)
+{
+	size_t n;
+	char *p = slurp(v1_fixture(), &n);
+	char path[512];
+	snprintf(path, sizeof(path), "%s/seg-0000000001.log", dir);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, p, n), (ssize_t)n);
+	close(fd);
+	free(p);
+}
+
+static void test_spool_written_by_version_1_recovers(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	copy_v1_fixture(td.path);
+	struct spool *s;
+	log_capture_start();
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(log_capture_count("event=spool_damaged", NULL), 0);
+	log_capture_stop();
+	assert_int_equal(spool_count(s), 3);
+	assert_null(spool_get(s, v1_ids[1])); /* finished before the restart */
+	assert_v1_message(s, 0);
+	assert_v1_message(s, 2);
+	assert_v1_message(s, 3);
+	/* Nothing is appended to the old format: new records go to a new file. */
+	struct spool_msg *x = make_env(7, 1);
+	put_sync(s, x, "new", 3);
+	char path[512];
+	seg_file(td.path, 2, path, sizeof(path));
+	assert_int_equal(strlen(strrchr(path, '/') + 1), 35);
+	seg_file(td.path, 1, path, sizeof(path));
+	assert_int_equal(file_size(path), 1002);
+	/* The old segment goes once its messages are done: it held no damage. */
+	for (int i = 0; i < 4; i++)
+		if (i != 1)
+			spool_remove(s, v1_ids[i]);
+	struct spool_msg *y = make_env(8, 1);
+	put_sync(s, y, "y", 1);
+	spool_msg_free(y);
+	spool_close(s);
+	assert_false(seg_find_file(td.path, 1, path, sizeof(path)));
+	snprintf(path, sizeof(path), "%s/damaged", td.path);
+	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 2);
+	assert_data(s, x->id, "new", 3);
+	spool_close(s);
+
+	/* Damage in a version 1 segment is resynchronised too. */
+	dir_empty(td.path);
+	copy_v1_fixture(td.path);
+	seg_file(td.path, 1, path, sizeof(path));
+	flip_byte(path, 9, 0x40); /* the first record's length */
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 2);
+	assert_null(spool_get(s, v1_ids[0]));
+	assert_v1_message(s, 2);
+	assert_v1_message(s, 3);
+	assert_int_equal(spool_foreach_damage(s, NULL, NULL), 1);
+	spool_close(s);
+	spool_msg_free(x);
+	tmpdir_rm(&td);
+}
+
+/* A message may hold anything, including well-formed records with correct
+ * checksums. When a damaged header makes the scan look inside it, none of
+ * them may pass for a record: without the segment's nonce they cannot. */
+static void test_records_inside_a_message_never_pass_for_real_ones(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[4];
+	for (int i = 0; i < 4; i++)
+		m[i] = make_env((unsigned)i, 1);
+	/* The forgeries: a message to an outside address, the deletion of m[2],
+	 * m[3]'s recipient marked delivered; with the placeholder nonce, a
+	 * guessed one, and in version 1 form. */
+	struct spool_msg *evil = make_env(66, 1);
+	free(evil->rcpts[0].addr);
+	evil->rcpts[0].addr = strdup("victim@elsewhere.example");
+	evil->rcpts[0].local = false;
+	struct tbuf fake = TBUF_INIT(1 << 20);
+	struct spool_rcpt done = {.state = RCPT_DELIVERED};
+	for (int variant = 0; variant < 3; variant++) {
+		size_t from = fake.len;
+		assert_int_equal(spool_rec_encode_msg(&fake, evil, "spam", 4, NULL), TERN_OK);
+		assert_int_equal(spool_rec_encode_del(&fake, m[2]->id), TERN_OK);
+		assert_int_equal(spool_rec_encode_rcpt(&fake, m[3]->id, 0, &done, false), TERN_OK);
+		for (size_t off = from; variant && off < fake.len;) {
+			struct spool_rec_hdr h;
+			size_t reclen;
+			assert_int_equal(spool_rec_next((uint8_t *)fake.data + off, fake.len - off,
+			                                &fmt0, &h, &reclen),
+			                 TERN_OK);
+			spool_rec_stamp((uint8_t *)fake.data + off,
+			                variant == 1 ? 0x1122334455667788ull : TEST_NONCE + 1);
+			off += reclen;
+		}
+	}
+	struct tbuf b = TBUF_INIT(1 << 20);
+	assert_int_equal(spool_rec_encode_msg(&b, m[0], "zero", 4, NULL), TERN_OK);
+	size_t at1 = b.len;
+	assert_int_equal(spool_rec_encode_msg(&b, m[1], fake.data, fake.len, NULL), TERN_OK);
+	size_t at2 = b.len;
+	assert_int_equal(spool_rec_encode_msg(&b, m[2], "two", 3, NULL), TERN_OK);
+	assert_int_equal(spool_rec_encode_msg(&b, m[3], "three", 5, NULL), TERN_OK);
+	for (size_t hb = 0; hb < SPOOL_REC_HDR; hb += 3) {
+		dir_empty(td.path);
+		write_segment(td.path, 1, &b);
+		char path[512];
+		seg_file(td.path, 1, path, sizeof(path));
+		flip_byte(path, (off_t)(at1 + hb), 0x04); /* m[1]'s header */
+		struct spool *s;
+		assert_int_equal(spool_open(td.path, &s), TERN_OK);
+		assert_null(spool_get(s, evil->id));
+		assert_null(spool_get(s, m[1]->id));
+		assert_data(s, m[0]->id, "zero", 4);
+		assert_data(s, m[2]->id, "two", 3);
+		struct spool_msg *g = spool_get(s, m[3]->id);
+		assert_non_null(g);
+		assert_int_equal(g->rcpts[0].state, RCPT_QUEUED);
+		spool_msg_free(g);
+		assert_int_equal(spool_count(s), 3);
+		struct damage_seen ds = {0};
+		assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+		assert_int_equal(ds.d[0].offset, at1);
+		assert_int_equal(ds.d[0].length, at2 - at1);
+		spool_close(s);
+	}
+	tbuf_free(&b);
+	tbuf_free(&fake);
+	spool_msg_free(evil);
+	for (int i = 0; i < 4; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
+/* Only an append cut short is trimmed, and only at the end of the last
+ * segment; anything else at an end is damage, and kept. */
+static void test_only_a_real_torn_tail_is_cut(void **st)
+{
+	(void)st;
+	enum { N = 3 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[N];
+	for (int i = 0; i < N; i++)
+		m[i] = make_env((unsigned)i, 1);
+	struct tbuf b = TBUF_INIT(1 << 20);
+	size_t at[N + 1];
+	encode_many(&b, m, N, at);
+	char path[512];
+	struct spool *s;
+	struct damage_seen ds;
+
+	/* 1. The last record is whole but one bit of it is wrong: an
+	 * acknowledged message could be in it. Kept, reported, not reused. */
+	write_segment(td.path, 1, &b);
+	seg_file(td.path, 1, path, sizeof(path));
+	flip_byte(path, (off_t)b.len - 1, 0x01);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 2);
+	memset(&ds, 0, sizeof(ds));
+	assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+	assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_CHECKSUM);
+	assert_string_equal(ds.d[0].id, m[2]->id);
+	spool_close(s);
+	assert_int_equal(file_size(path), (off_t)b.len);
+	assert_true(seg_find_file(td.path, 2, path, sizeof(path)));
+
+	/* 2. Bytes that are no record header at the end of the last segment. */
+	dir_empty(td.path);
+	struct tbuf g = TBUF_INIT(1 << 20);
+	assert_int_equal(tbuf_append(&g, b.data, b.len), TERN_OK);
+	write_segment(td.path, 1, &g);
+	seg_file(td.path, 1, path, sizeof(path));
+	int fd = open(path, O_WRONLY | O_APPEND);
+	assert_int_equal(write(fd, "garbage that is not a record header", 35), 35);
+	close(fd);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 3);
+	memset(&ds, 0, sizeof(ds));
+	assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+	assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_HEADER);
+	assert_int_equal(ds.d[0].offset, b.len);
+	assert_int_equal(ds.d[0].length, 35);
+	spool_close(s);
+	assert_int_equal(file_size(path), (off_t)b.len + 35);
+
+	/* 3. An older segment that ends inside a record (a trim that failed,
+	 * a file cut short by a copy): kept and reported as torn. */
+	dir_empty(td.path);
+	write_segment(td.path, 1, &b);
+	seg_file(td.path, 1, path, sizeof(path));
+	assert_int_equal(truncate(path, (off_t)at[2] + 40), 0);
+	struct tbuf e = TBUF_INIT(1 << 16);
+	write_segment(td.path, 2, &e);
+	log_capture_start();
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(log_capture_count("torn_tail", NULL), 0);
+	log_capture_stop();
+	assert_int_equal(spool_count(s), 2);
+	memset(&ds, 0, sizeof(ds));
+	assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 1);
+	assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_TORN);
+	assert_int_equal(ds.d[0].offset, at[2]);
+	assert_int_equal(ds.d[0].length, 40);
+	spool_close(s);
+	assert_int_equal(file_size(path), (off_t)at[2] + 40);
+
+	/* 4. The same cut in the last segment is an interrupted append: cut off
+	 * quietly (no damage), and the segment is appended to again. */
+	dir_empty(td.path);
+	write_segment(td.path, 1, &b);
+	seg_file(td.path, 1, path, sizeof(path));
+	assert_int_equal(truncate(path, (off_t)at[2] + 40), 0);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_foreach_damage(s, NULL, NULL), 0);
+	put_sync(s, m[2], "again", 5);
+	spool_close(s);
+	assert_false(seg_find_file(td.path, 2, path, sizeof(path)));
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_data(s, m[2]->id, "again", 5);
+	spool_close(s);
+
+	tbuf_free(&g);
+	tbuf_free(&b);
+	for (int i = 0; i < N; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
+/* Compaction moves a damaged segment's live messages forward whatever its
+ * age and fill, and the segment is then set aside, never unlinked; a
+ * message whose record fails its check is never copied. */
+static void test_compaction_sets_damaged_segments_aside(void **st)
+{
+	(void)st;
+	enum { N = 4 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[N];
+	for (int i = 0; i < N; i++)
+		m[i] = make_env((unsigned)i, 1);
+	struct tbuf b = TBUF_INIT(1 << 20);
+	size_t at[N + 1];
+	encode_many(&b, m, N, at);
+	write_segment(td.path, 1, &b);
+	struct tbuf e = TBUF_INIT(1 << 16);
+	write_segment(td.path, 2, &e);
+	char path[512];
+	seg_file(td.path, 1, path, sizeof(path));
+	flip_byte(path, (off_t)at[1] + 2, 0x01); /* m[1]'s magic */
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 3);
+	/* m[3]'s record is damaged after recovery: caught on read, never copied */
+	flip_byte(path, (off_t)at[4] - 1, 0x01);
+	struct tbuf r = TBUF_INIT(1 << 20);
+	assert_int_equal(spool_read_data(s, m[3]->id, &r), TERN_ECORRUPT);
+	tbuf_free(&r);
+	assert_int_equal(spool_maintain(s), 2); /* m[0] and m[2], although seg 1 is young */
+	assert_true(seg_find_file(td.path, 1, path, sizeof(path))); /* m[3] still pins it */
+	assert_msg_data(s, m[0], 0, 20);
+	assert_msg_data(s, m[2], 2, 20 + 2 * 17);
+	assert_int_equal(spool_maintain(s), 0);
+	assert_int_equal(spool_remove(s, m[3]->id), TERN_OK);
+	struct spool_msg *x = make_env(9, 1);
+	put_sync(s, x, "x", 1);
+	spool_msg_free(x);
+	struct damage_seen ds = {0};
+	assert_int_equal(spool_foreach_damage(s, damage_collect, &ds), 2);
+	assert_int_equal(ds.d[0].kind, SPOOL_DAMAGE_HEADER);
+	assert_int_equal(ds.d[1].kind, SPOOL_DAMAGE_CHECKSUM);
+	assert_string_equal(ds.d[1].id, m[3]->id);
+	spool_close(s);
+	assert_false(seg_find_file(td.path, 1, path, sizeof(path)));
+	char aside_dir[512], aside[512];
+	snprintf(aside_dir, sizeof(aside_dir), "%s/damaged", td.path);
+	assert_true(seg_find_file(aside_dir, 1, aside, sizeof(aside)));
+	assert_int_equal(file_size(aside), (off_t)b.len);
+	/* the copies carry on after a restart; the damage is still listed */
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), 3);
+	assert_msg_data(s, m[0], 0, 20);
+	assert_msg_data(s, m[2], 2, 20 + 2 * 17);
+	assert_int_equal(spool_foreach_damage(s, NULL, NULL), 2);
+	spool_close(s);
+	tbuf_free(&b);
+	for (int i = 0; i < N; i++)
+		spool_msg_free(m[i]);
+	tmpdir_rm(&td);
+}
+
+/* ---- the scanner, over memory ------------------------------------------------- */
+
+struct memseg {
+	const uint8_t *p;
+	size_t n;
+	struct {
+		uint64_t off, len;
+		bool rec;
+	} ev[512];
+	size_t nev;
+};
+
+static int mem_read(void *arg, uint64_t off, void *buf, size_t n)
+{
+	struct memseg *ms = arg;
+	if (off > ms->n || n > ms->n - off)
+		return TERN_EIO;
+	memcpy(buf, ms->p + off, n);
+	return TERN_OK;
+}
+
+static int mem_record(void *arg, const struct spool_rec_hdr *h, const uint8_t *payload,
+                      uint64_t off)
+{
+	struct memseg *ms = arg;
+	(void)payload;
+	assert_true(ms->nev < 512);
+	ms->ev[ms->nev].off = off;
+	ms->ev[ms->nev].len = h->hdr_len + h->len;
+	ms->ev[ms->nev++].rec = true;
+	return TERN_OK;
+}
+
+static int mem_damage(void *arg, const struct spool_scan_damage *d)
+{
+	struct memseg *ms = arg;
+	assert_true(ms->nev < 512);
+	ms->ev[ms->nev].off = d->off;
+	ms->ev[ms->nev].len = d->len;
+	ms->ev[ms->nev++].rec = false;
+	return TERN_OK;
+}
+
+/*
+ * Random damage (flipped bits, zeroed and overwritten ranges, truncation)
+ * to segments of both formats. Whatever the damage:
+ *   - every byte is accounted for once, in order: records, damaged ranges,
+ *     then at most a torn tail;
+ *   - every record whose bytes were not touched is found, at its offset;
+ *   - nothing is taken for a record that was not written as one.
+ */
+static void test_scan_finds_every_untouched_record_whatever_the_damage(void **st)
+{
+	(void)st;
+	enum { N = 30 };
+	struct tbuf b = TBUF_INIT(1 << 22);
+	size_t at[N + 1];
+	struct spool_msg *m[N];
+	for (int i = 0; i < N; i++) {
+		at[i] = b.len;
+		m[i] = make_env((unsigned)i, 1 + (size_t)i % 3);
+		char data[3000];
+		fill_data(data, sizeof(data), (unsigned)i);
+		if (i % 3 == 1)
+			assert_int_equal(
+			    spool_rec_encode_rcpt(&b, m[i]->id, 0, &m[i]->rcpts[0], i % 2),
+			    TERN_OK);
+		else if (i % 5 == 4)
+			assert_int_equal(spool_rec_encode_del(&b, m[i]->id), TERN_OK);
+		else
+			assert_int_equal(
+			    spool_rec_encode_msg(&b, m[i], data, (size_t)(i * 97) % 3000, NULL),
+			    TERN_OK);
+	}
+	at[N] = b.len;
+	/* both formats: v2 stamped with a nonce, and v1 */
+	struct tbuf v[2] = {TBUF_INIT(1 << 22), TBUF_INIT(1 << 22)};
+	size_t vat[2][N + 1];
+	for (int i = 0; i < N; i++) {
+		const uint8_t *r = (const uint8_t *)b.data + at[i];
+		size_t plen = at[i + 1] - at[i] - SPOOL_REC_HDR;
+		vat[0][i] = v[0].len;
+		assert_int_equal(tbuf_append(&v[0], r, at[i + 1] - at[i]), TERN_OK);
+		spool_rec_stamp((uint8_t *)v[0].data + vat[0][i], TEST_NONCE);
+		vat[1][i] = v[1].len;
+		uint8_t hd[SPOOL_REC_HDR_V1];
+		memcpy(hd, r, 12);
+		hd[4] = SPOOL_REC_V1;
+		uint32_t crc = spool_crc32c(spool_crc32c(0, hd, 12), r + SPOOL_REC_HDR, plen);
+		for (int k = 0; k < 4; k++)
+			hd[12 + k] = (uint8_t)(crc >> (8 * k));
+		assert_int_equal(tbuf_append(&v[1], hd, sizeof(hd)), TERN_OK);
+		assert_int_equal(tbuf_append(&v[1], r + SPOOL_REC_HDR, plen), TERN_OK);
+	}
+	vat[0][N] = v[0].len;
+	vat[1][N] = v[1].len;
+	const struct spool_seg_fmt fmts[2] = {{SPOOL_REC_V2, TEST_NONCE}, {SPOOL_REC_V1, 0}};
+	struct tbuf pay = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
+	srand(1234);
+	for (int iter = 0; iter < 600; iter++) {
+		int fv = iter % 2;
+		size_t n = v[fv].len;
+		uint8_t *p = malloc(n);
+		bool *touched = calloc(n + 1, 1);
+		memcpy(p, v[fv].data, n);
+		int kinds = 1 + rand() % 3;
+		for (int k = 0; k < kinds; k++) {
+			size_t at0 = (size_t)rand() % n;
+			size_t len = 1 + (size_t)rand() % (rand() % 4 == 0 ? 400 : 12);
+			if (len > n - at0)
+				len = n - at0;
+			int how = rand() % 4;
+			for (size_t j = at0; j < at0 + len; j++) {
+				uint8_t old = p[j];
+				if (how == 0)
+					p[j] ^= (uint8_t)(1u << (rand() % 8));
+				else if (how == 1)
+					p[j] = 0;
+				else
+					p[j] = (uint8_t)rand();
+				if (how == 0 && j > at0)
+					p[j] = old; /* a flip is one bit */
+				touched[j] |= p[j] != old;
+			}
+		}
+		if (rand() % 5 == 0) { /* truncation */
+			size_t cut = (size_t)rand() % n;
+			for (size_t j = cut; j < n; j++)
+				touched[j] = true;
+			n = cut;
+		}
+		struct memseg ms = {.p = p, .n = n};
+		struct spool_scan_ops ops = {&ms, mem_read, mem_record, mem_damage};
+		struct spool_scan_result res;
+		assert_int_equal(spool_scan(&ops, n, &fmts[fv], &pay, &res), TERN_OK);
+		/* accounting: contiguous from 0 to torn_off, then the tail */
+		uint64_t pos = 0;
+		for (size_t k = 0; k < ms.nev; k++) {
+			assert_int_equal(ms.ev[k].off, pos);
+			assert_true(ms.ev[k].len > 0);
+			pos += ms.ev[k].len;
+		}
+		assert_int_equal(pos, res.torn_off);
+		assert_true(res.torn_off <= n);
+		/* records: exactly the originals, and every untouched one */
+		size_t k = 0;
+		for (int i = 0; i < N; i++) {
+			size_t s0 = vat[fv][i], s1 = vat[fv][i + 1];
+			bool intact = s1 <= n;
+			for (size_t j = s0; intact && j < s1; j++)
+				intact = !touched[j];
+			while (k < ms.nev && (!ms.ev[k].rec || ms.ev[k].off < s0))
+				k++;
+			bool found = k < ms.nev && ms.ev[k].off == s0 && ms.ev[k].len == s1 - s0;
+			if (intact && !found)
+				fail_msg("iter %d format v%d: intact record %d at %zu lost", iter,
+				         2 - fv, i, s0);
+		}
+		for (size_t j = 0; j < ms.nev; j++) {
+			if (!ms.ev[j].rec)
+				continue;
+			bool orig = false;
+			for (int i = 0; i < N && !orig; i++)
+				orig = ms.ev[j].off == vat[fv][i] &&
+				       ms.ev[j].len == vat[fv][i + 1] - vat[fv][i] &&
+				       memcmp(p + vat[fv][i], v[fv].data + vat[fv][i],
+				              ms.ev[j].len) == 0;
+			if (!orig)
+				fail_msg("iter %d: a record at %" PRIu64 " that was never written",
+				         iter, ms.ev[j].off);
+		}
+		free(touched);
+		free(p);
+	}
+	tbuf_free(&pay);
+	tbuf_free(&v[0]);
+	tbuf_free(&v[1]);
+	tbuf_free(&b);
+	for (int i = 0; i < N; i++)
+		spool_msg_free(m[i]);
 }
 
 static void test_bad_calls_are_refused(void **st)
@@ -856,7 +1882,7 @@ static void test_bad_calls_are_refused(void **st)
 	assert_int_equal(w.done, 0);
 	/* a path that is not a directory */
 	char file[512];
-	snprintf(file, sizeof(file), "%s/seg-0000000001.log", td.path);
+	seg_file(td.path, 1, file, sizeof(file));
 	s2 = NULL;
 	assert_int_not_equal(spool_open(file, &s2), TERN_OK);
 	assert_null(s2);
@@ -896,7 +1922,7 @@ static void test_failed_write_fails_the_put_and_leaves_no_trace(void **st)
 	waiter_wait(&w, 1);
 	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
 	assert_int_equal(w.ok, 0);
-	assert_int_equal(w.last_err, TERN_EIO);
+	assert_int_equal(w.last_err, TERN_ELIMIT); /* a full disk, as SMTP will say */
 	waiter_destroy(&w);
 	assert_int_equal(log_capture_count("event=spool_batch_failed", NULL), 1);
 	log_capture_stop();
@@ -1077,6 +2103,7 @@ static void test_maintenance_copies_live_messages_forward_and_old_segments_go(vo
 /* The segment files of a directory, kept in memory. */
 struct snap {
 	unsigned no[64];
+	char name[64][64]; /* file names: the nonce is part of them */
 	char *data[64];
 	size_t len[64];
 	size_t n;
@@ -1087,11 +2114,11 @@ static void snap_take(const char *dir, struct snap *sn)
 	sn->n = 0;
 	for (unsigned no = 1; no < 1000; no++) {
 		char path[512];
-		seg_file(dir, no, path, sizeof(path));
-		if (access(path, F_OK) != 0)
+		if (!seg_find_file(dir, no, path, sizeof(path)))
 			continue;
 		assert_true(sn->n < 64);
 		sn->no[sn->n] = no;
+		snprintf(sn->name[sn->n], sizeof(sn->name[0]), "%s", strrchr(path, '/') + 1);
 		sn->data[sn->n] = slurp(path, &sn->len[sn->n]);
 		sn->n++;
 	}
@@ -1104,10 +2131,10 @@ static void snap_free(struct snap *sn)
 	sn->n = 0;
 }
 
-static void write_file(const char *dir, unsigned no, const char *p, size_t n)
+static void write_file(const char *dir, const char *name, const char *p, size_t n)
 {
 	char path[512];
-	seg_file(dir, no, path, sizeof(path));
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	assert_true(fd >= 0);
 	assert_int_equal(write(fd, p, n), (ssize_t)n);
@@ -1119,34 +2146,31 @@ static void write_file(const char *dir, unsigned no, const char *p, size_t n)
 static void crash_state(const char *dir, const struct snap *old, uint64_t keep,
                         const struct snap *cur, size_t len)
 {
-	DIR *d = opendir(dir);
-	assert_non_null(d);
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		char p[512];
-		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-		unlink(p);
-	}
-	closedir(d);
+	dir_empty(dir);
 	unsigned last = cur->no[cur->n - 1];
 	for (size_t i = 0; i < old->n; i++)
 		if (old->no[i] != last && (keep >> i & 1))
-			write_file(dir, old->no[i], old->data[i], old->len[i]);
-	write_file(dir, last, cur->data[cur->n - 1], len);
+			write_file(dir, old->name[i], old->data[i], old->len[i]);
+	write_file(dir, cur->name[cur->n - 1], cur->data[cur->n - 1], len);
 }
 
 /* Record boundaries of buf from `from` on, plus points inside each record. */
-static size_t cut_points(const char *buf, size_t from, size_t to, size_t *cuts, size_t max)
+static size_t cut_points(const struct snap *sn, size_t from, size_t to, size_t *cuts, size_t max)
 {
+	const char *buf = sn->data[sn->n - 1];
+	struct spool_seg_fmt f = path_fmt(sn->name[sn->n - 1]);
 	size_t n = 0, off = from;
 	while (off < to && n + 6 < max) {
 		struct spool_rec_hdr h;
 		size_t reclen;
-		assert_int_equal(spool_rec_next((const uint8_t *)buf + off, to - off, &h, &reclen),
-		                 TERN_OK);
-		size_t pts[] = {off, off + 1, off + 15, off + 16, off + 17, off + reclen / 2,
+		assert_int_equal(
+		    spool_rec_next((const uint8_t *)buf + off, to - off, &f, &h, &reclen), TERN_OK);
+		size_t pts[] = {off,
+		                off + 1,
+		                off + SPOOL_REC_HDR - 1,
+		                off + SPOOL_REC_HDR,
+		                off + SPOOL_REC_HDR + 1,
+		                off + reclen / 2,
 		                off + reclen - 1};
 		for (size_t i = 0; i < sizeof(pts) / sizeof(pts[0]) && n < max; i++)
 			cuts[n++] = pts[i];
@@ -1192,7 +2216,7 @@ static void test_crash_at_any_point_of_compaction_keeps_each_live_message_once(v
 	/* 1. Copies written but not (wholly) synced: every old segment is still
 	 * there, the current one ends anywhere inside the copies. */
 	size_t cuts[64];
-	size_t nc = cut_points(after.data[after.n - 1], old_len, new_len, cuts, 64);
+	size_t nc = cut_points(&after, old_len, new_len, cuts, 64);
 	log_capture_start();
 	for (size_t i = 0; i < nc; i++) {
 		crash_state(td.path, &before, ~0ull, &after, cuts[i]);
@@ -1242,7 +2266,7 @@ static void test_crash_at_any_point_of_compaction_keeps_each_live_message_once(v
 		}
 	}
 	/* and cut anywhere in those last records: never a finished message */
-	nc = cut_points(fin.data[fin.n - 1], new_len, fin_len, cuts, 64);
+	nc = cut_points(&fin, new_len, fin_len, cuts, 64);
 	log_capture_start();
 	for (size_t i = 0; i < nc; i++) {
 		crash_state(td.path, &before, all, &fin, cuts[i]);
@@ -1286,6 +2310,16 @@ int main(void)
 	    cmocka_unit_test(test_flipped_byte_is_detected_and_never_returned),
 	    cmocka_unit_test(test_message_finished_before_its_del_record_is_removed_at_open),
 	    cmocka_unit_test(test_damage_in_an_older_segment_spares_the_later_ones),
+	    cmocka_unit_test(test_one_flipped_bit_costs_one_message_and_the_file_is_kept),
+	    cmocka_unit_test(test_damaged_older_segment_is_set_aside_not_unlinked),
+	    cmocka_unit_test(test_flipped_length_field_spares_the_records_after_it),
+	    cmocka_unit_test(test_zeroed_ranges_cost_only_the_records_they_touch),
+	    cmocka_unit_test(test_damaged_state_records_bring_work_back_never_lose_it),
+	    cmocka_unit_test(test_spool_written_by_version_1_recovers),
+	    cmocka_unit_test(test_records_inside_a_message_never_pass_for_real_ones),
+	    cmocka_unit_test(test_only_a_real_torn_tail_is_cut),
+	    cmocka_unit_test(test_compaction_sets_damaged_segments_aside),
+	    cmocka_unit_test(test_scan_finds_every_untouched_record_whatever_the_damage),
 	    cmocka_unit_test(test_bad_calls_are_refused),
 	    cmocka_unit_test(test_failed_write_fails_the_put_and_leaves_no_trace),
 	    cmocka_unit_test(test_large_message_round_trips),
