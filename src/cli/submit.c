@@ -747,8 +747,19 @@ static void serve_conn(struct submit *s, int fd)
 		reply_line(fd, "ERR %d bad request: %s", EX_PROTOCOL, why);
 		goto out;
 	}
+	/* The request is everything up to the client's half-close: a byte
+	 * after END is an error, however the reads happened to split. */
 	used = need;
-	if (used != in.len) {
+	bool extra = used != in.len;
+	while (!extra && wait_readable(s, fd, timeout)) {
+		ssize_t r = read(fd, chunk, 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		extra = true;
+	}
+	if (extra) {
 		submit_req_free(&req);
 		reply_line(fd, "ERR %d bad request: bytes after END", EX_PROTOCOL);
 		goto out;
@@ -993,8 +1004,12 @@ static void pickup_scan(struct submit *s)
 				         de->d_name);
 		}
 	}
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		struct pollfd p = {s->stop_pipe[0], POLLIN, 0};
+		if (poll(&p, 1, 0) > 0)
+			break; /* stopping: the rest waits for the next start */
 		pickup_file(s, dfd, names[i]);
+	}
 	free(names);
 	closedir(d);
 }
