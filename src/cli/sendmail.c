@@ -276,7 +276,8 @@ size_t sendmail_dot_end(const char *in, size_t len, bool eof, bool *complete)
 	return len;
 }
 
-/* Reads the message from stdin into msg (capped). 0 or a sysexits code. */
+/* Reads the message from stdin into msg, whose cap must be above max (so
+ * that a message one byte too big is seen). 0 or a sysexits code. */
 static int read_message(bool ignore_dots, uint64_t max, struct tbuf *msg)
 {
 	char chunk[65536];
@@ -290,27 +291,35 @@ static int read_message(bool ignore_dots, uint64_t max, struct tbuf *msg)
 			        strerror(errno));
 			return EX_IOERR;
 		}
+		bool over = false;
 		if (r > 0 && tbuf_append(msg, chunk, (size_t)r) != TERN_OK) {
-			fprintf(stderr,
-			        "%s: message too big: the limit is %llu bytes "
-			        "(limits.max_message_size); nothing was sent\n",
-			        prog, (unsigned long long)max);
-			return EX_UNAVAILABLE;
+			/* What fits may still hold the lone dot that ends the message. */
+			(void)tbuf_append(msg, chunk, msg->max - msg->len);
+			over = true;
 		}
-		if (!ignore_dots) {
+		if (!ignore_dots && msg->len > ls) {
 			bool done = false;
 			size_t n = sendmail_dot_end(msg->data + ls, msg->len - ls, r == 0, &done);
 			if (done) {
 				msg->len = ls + n;
 				msg->data[msg->len] = '\0';
-				return 0;
-			}
-			for (size_t k = msg->len; k > ls; k--) {
-				if (msg->data[k - 1] == '\n') {
-					ls = k;
-					break;
+				over = false;
+				r = 0;
+			} else {
+				for (size_t k = msg->len; k > ls; k--) {
+					if (msg->data[k - 1] == '\n') {
+						ls = k;
+						break;
+					}
 				}
 			}
+		}
+		if (over || msg->len > max) {
+			fprintf(stderr,
+			        "%s: message too big: the limit is %llu bytes "
+			        "(limits.max_message_size); nothing was sent\n",
+			        prog, (unsigned long long)max);
+			return EX_UNAVAILABLE;
 		}
 		if (r == 0)
 			return 0;
@@ -834,7 +843,7 @@ int cmd_sendmail(int argc, char **argv)
 	}
 	uint64_t max = conf->limits.max_message_size;
 	struct tbuf msg, req;
-	tbuf_init(&msg, max);
+	tbuf_init(&msg, max + 1);
 	tbuf_init(&req, SUBMIT_HEAD_MAX + max + 64);
 	status = read_message(o.ignore_dots, max, &msg);
 	if (status == 0) {

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import CLI_TIMEOUT, IS_ROOT, split_trace
+from conftest import CLI_TIMEOUT, IS_ROOT, Raw, split_trace
 
 HOST = "mx.example.test"  # hostname in BASE_CONFIG
 WWW = "www-data"
@@ -421,6 +421,21 @@ def test_lf_to_crlf_growth_counts_against_the_limit(tern_factory):
     assert r.returncode == 69, r.stderr
 
 
+def test_what_follows_the_lone_dot_does_not_count_against_the_limit(tern_factory):
+    t = tern_factory({"limits": {"max_message_size": 2000}})
+    r = sendmail(t, "alice@example.test", data=b"Subject: small\n\nx\n.\n" + b"y" * 100000)
+    assert r.returncode == 0, r.stderr
+    (_, rest), = delivered(t, "alice@example.test", "small")
+    assert rest.endswith("\n\nx\n")
+
+
+def test_empty_input_is_a_message_with_our_headers(tern):
+    r = sendmail(tern, "alice@example.test", data=b"")
+    assert r.returncode == 0, r.stderr
+    (_, rest), = delivered(tern, "alice@example.test", "Message-ID:")
+    assert re.match(r'From: "root" <root@mx\.example\.test>\nDate: .+\nMessage-ID: <.+>\n$', rest), rest
+
+
 # --------------------------------------------------------------------------- daemon down
 
 
@@ -525,12 +540,20 @@ def test_socket_refuses_bad_requests_and_lives_on(tern):
     delivered(tern, "alice@example.test", "raw socket")
 
 
-def test_slow_submitter_stalls_neither_queue_control_nor_other_submitters(tern):
+def test_slow_submitter_stalls_neither_queue_control_nor_other_submitters(tern_factory):
+    # A long data_timeout keeps the slow request pending for the whole test: the other
+    # commands must complete while it is half sent, and it still completes afterwards.
+    t = tern_factory({"limits": {"data_timeout": Raw("10min")}})
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
-        slow.connect(str(tern.data_dir / "submit.sock"))
-        slow.sendall(b"TERN-SUBMIT 1\nRCPT alice@example.test\nDATA 1000\npartial")
-        r = tern.cli("queue", "list", timeout=5)
+        slow.settimeout(CLI_TIMEOUT)
+        slow.connect(str(t.data_dir / "submit.sock"))
+        slow.sendall(b"TERN-SUBMIT 1\nRCPT alice@example.test\nDATA 22\nSubject: ")
+        r = t.cli("queue", "list")
         assert r.returncode == 0, r.stderr
-        r = sendmail(tern, "alice@example.test", data="Subject: not stalled\n\nx\n", timeout=5)
+        r = sendmail(t, "alice@example.test", data="Subject: not stalled\n\nx\n")
         assert r.returncode == 0, r.stderr
-        delivered(tern, "alice@example.test", "not stalled")
+        delivered(t, "alice@example.test", "not stalled")
+        slow.sendall(b"slow client\n\nEND\n")
+        slow.shutdown(socket.SHUT_WR)
+        assert re.fullmatch(rb"OK [0-9A-Z]{16}\n", slow.recv(4096))
+    delivered(t, "alice@example.test", "slow client")
