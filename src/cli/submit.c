@@ -515,6 +515,53 @@ static bool pickup_bounce(struct intake *in, char **addrs, size_t n, const char 
 	return ok;
 }
 
+/* Spools the finished message of in and hands it to the scheduler. */
+static int commit(struct intake *in, struct tbuf *msg, bool eight, time_t now, bool had_bcc)
+{
+	const struct submit_req *req = in->req;
+	char u[256];
+	struct spool_msg env = {0};
+	memcpy(env.id, in->id, sizeof(env.id));
+	env.sender = in->sender;
+	env.created = (int64_t)now;
+	env.body = req->body ? req->body : eight ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE;
+	env.ret = req->ret;
+	env.smtputf8 = in->utf8;
+	env.envid = req->envid;
+	char client[256];
+	snprintf(client, sizeof(client), "addr=local uid=%u user=%s proto=%s", (unsigned)in->uid,
+	         in->login, in->pickup ? "maildrop" : "sendmail");
+	env.client = client;
+	env.size = msg->len;
+	env.rcpts = in->rcpts;
+	env.n_rcpts = in->n_rcpts;
+	int rc = spool_put_wait(in->s->sp, &env, msg->data, msg->len);
+	if (rc != TERN_OK) {
+		log_error("event=spool_failed id=%s source=%s reason=%s", in->id, in->source,
+		          tern_strerror(rc));
+		return fail(in, EX_TEMPFAIL,
+		            "local error: could not write the queue, try again later");
+	}
+	/* The scheduler takes the bytes; a copy when a bounce still needs them
+	 * (without one it reads them back from the spool). */
+	size_t len = msg->len;
+	char *data = NULL;
+	if (in->n_unknown == 0) {
+		data = tbuf_steal(msg, &len);
+	} else if ((data = malloc(len ? len : 1)) != NULL) {
+		memcpy(data, msg->data, len);
+	}
+	scheduler_submit(in->s->sched, in->id, data, data ? len : 0);
+	log_info("event=queued id=%s source=%s uid=%u user=%s from=<%s> nrcpt=%zu size=%zu%s",
+	         in->id, in->source, (unsigned)in->uid,
+	         log_quote(in->login, strlen(in->login), u, sizeof(u)), in->sender, in->n_rcpts,
+	         len, had_bcc ? " bcc_removed=yes" : "");
+	for (size_t i = 0; i < in->n_rcpts; i++)
+		log_debug("event=rcpt id=%s to=<%s> local=%d", in->id, in->rcpts[i].addr,
+		          in->rcpts[i].local);
+	return 0;
+}
+
 /*
  * Takes one request in: decides the envelope, builds the message, commits
  * it. Sets in->code (0 on success with in->id set, else a sysexits code
@@ -534,7 +581,6 @@ static void intake_run(struct intake *in)
 	struct submit_rewrite rw = {.collect = req->extract};
 	tbuf_init(&rw.rcpts, SUBMIT_HEAD_MAX);
 	char date[TERN_RFC5322_DATE_MAX + 16], msgid[ADDR_BUF + 64];
-	char u[256];
 	int rc;
 
 	queue_id_new(in->id);
@@ -589,52 +635,29 @@ static void intake_run(struct intake *in)
 	}
 	tbuf_free(&body);
 
+	if (in->n_rcpts > 0 && commit(in, &msg, eight, now, rw.had_bcc) != 0)
+		goto out;
 	if (in->n_unknown) {
-		/* Maildrop only (a socket caller was refused with 67 instead). */
-		pickup_bounce(in, in->unknown, in->n_unknown, "5.1.1",
-		              "550 5.1.1 no such user here", msg.data, msg.len);
+		/* Maildrop only (a socket caller was refused with 67 instead),
+		 * after the message itself is safe, so a retry never bounces twice. */
 		for (size_t i = 0; i < in->n_unknown; i++)
 			log_info("event=rejected id=%s source=maildrop uid=%u to=<%s> code=550 "
 			         "reason=unknown-user",
 			         in->id, (unsigned)in->uid, in->unknown[i]);
-		if (in->n_rcpts == 0) {
-			fail(in, EX_NOUSER, "no recipient has a mailbox here");
-			in->code = 0; /* bounced: done with the file */
+		bool told = pickup_bounce(in, in->unknown, in->n_unknown, "5.1.1",
+		                          "550 5.1.1 no such user here", msg.data, msg.len);
+		if (!told && in->n_rcpts == 0) {
+			if (*in->sender)
+				fail(in, EX_TEMPFAIL, "could not queue the bounce, will retry");
+			else
+				fail(in, EX_NOUSER, "no recipient has a mailbox here");
 			goto out;
 		}
+		if (!told)
+			log_error("event=dsn_failed id=%s source=maildrop reason=\"the unknown "
+			          "recipients could not be reported to the sender\"",
+			          in->id);
 	}
-	struct spool_msg env = {0};
-	memcpy(env.id, in->id, sizeof(env.id));
-	env.sender = in->sender;
-	env.created = (int64_t)now;
-	env.body = req->body ? req->body : eight ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE;
-	env.ret = req->ret;
-	env.smtputf8 = in->utf8;
-	env.envid = req->envid;
-	char client[256];
-	snprintf(client, sizeof(client), "addr=local uid=%u user=%s proto=%s", (unsigned)in->uid,
-	         in->login, in->pickup ? "maildrop" : "sendmail");
-	env.client = client;
-	env.size = msg.len;
-	env.rcpts = in->rcpts;
-	env.n_rcpts = in->n_rcpts;
-	rc = spool_put_wait(in->s->sp, &env, msg.data, msg.len);
-	if (rc != TERN_OK) {
-		log_error("event=spool_failed id=%s source=%s reason=%s", in->id, in->source,
-		          tern_strerror(rc));
-		fail(in, EX_TEMPFAIL, "local error: could not write the queue, try again later");
-		goto out;
-	}
-	size_t len = 0;
-	char *data = tbuf_steal(&msg, &len);
-	scheduler_submit(in->s->sched, in->id, data, len);
-	log_info("event=queued id=%s source=%s uid=%u user=%s from=<%s> nrcpt=%zu size=%zu%s",
-	         in->id, in->source, (unsigned)in->uid,
-	         log_quote(in->login, strlen(in->login), u, sizeof(u)), in->sender, in->n_rcpts,
-	         len, rw.had_bcc ? " bcc_removed=yes" : "");
-	for (size_t i = 0; i < in->n_rcpts; i++)
-		log_debug("event=rcpt id=%s to=<%s> local=%d", in->id, in->rcpts[i].addr,
-		          in->rcpts[i].local);
 	in->code = 0;
 out:
 	if (in->code != 0 && in->code != EX_TEMPFAIL && in->pickup) {

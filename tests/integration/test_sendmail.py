@@ -22,6 +22,23 @@ WWW = "www-data"
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="runs commands as other users: needs root")
 
 
+def submit_ready(t, timeout=10.0):
+    """Waits until the daemon's latest start opened submit.sock (the SMTP greeting that
+    Tern.start waits for can come first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = t.log()
+        if log.count("event=starting") <= log.count("event=listening name=submit"):
+            return t
+        assert time.monotonic() < deadline, "submit.sock not opened\n" + t.log_tail()
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def tern(tern):
+    return submit_ready(tern)
+
+
 def uid_of(name):
     return pwd.getpwnam(name).pw_uid
 
@@ -416,13 +433,13 @@ def test_huge_message_exits_69_with_a_clear_error(tern):
 
 
 def test_lf_to_crlf_growth_counts_against_the_limit(tern_factory):
-    t = tern_factory({"limits": {"max_message_size": 2000}})
+    t = submit_ready(tern_factory({"limits": {"max_message_size": 2000}}))
     r = sendmail(t, "alice@example.test", data=b"\n" * 1500)  # 1500 bytes, 3000 with CRs
     assert r.returncode == 69, r.stderr
 
 
 def test_what_follows_the_lone_dot_does_not_count_against_the_limit(tern_factory):
-    t = tern_factory({"limits": {"max_message_size": 2000}})
+    t = submit_ready(tern_factory({"limits": {"max_message_size": 2000}}))
     r = sendmail(t, "alice@example.test", data=b"Subject: small\n\nx\n.\n" + b"y" * 100000)
     assert r.returncode == 0, r.stderr
     (_, rest), = delivered(t, "alice@example.test", "small")
@@ -543,7 +560,7 @@ def test_socket_refuses_bad_requests_and_lives_on(tern):
 def test_slow_submitter_stalls_neither_queue_control_nor_other_submitters(tern_factory):
     # A long data_timeout keeps the slow request pending for the whole test: the other
     # commands must complete while it is half sent, and it still completes afterwards.
-    t = tern_factory({"limits": {"data_timeout": Raw("10min")}})
+    t = submit_ready(tern_factory({"limits": {"data_timeout": Raw("10min")}}))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
         slow.settimeout(CLI_TIMEOUT)
         slow.connect(str(t.data_dir / "submit.sock"))
