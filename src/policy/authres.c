@@ -75,12 +75,16 @@ static void format_value(const char *v, char *out, size_t outlen)
 	out[o] = '\0';
 }
 
-/* Appends " item", or a fold then "item" if the line would pass FOLD_AT. */
+/*
+ * Appends " item", or a fold then "item" if the line would pass FOLD_AT
+ * (one column is kept for the ";" that may end the resinfo). An item longer
+ * than a line stays whole on its own line: there is no place to fold it.
+ */
 static void item(struct writer *w, const char *s)
 {
 	size_t n = strlen(s);
 
-	if (w->col + 1 + n > FOLD_AT) {
+	if (w->col + 1 + n + 1 > FOLD_AT) {
 		put(w, "\r\n\t", 3);
 		w->col = 8;
 	} else {
