@@ -288,10 +288,18 @@ static bool digits(const char *s, size_t n, size_t *i, unsigned *out)
 	return true;
 }
 
-bool authres_parse_id(const char *val, size_t len, bool arc, char *id, size_t idlen,
-                      unsigned *version, unsigned *instance)
+/*
+ * The parser behind authres_parse_id. Returns true when an authserv-id was
+ * read into id (and the instance, with arc); *whole says whether the rest
+ * up to the first resinfo parsed too. The filter uses the id even when the
+ * rest is malformed: a lenient reader could still believe such a field.
+ */
+static bool parse_id(const char *val, size_t len, bool arc, char *id, size_t idlen,
+                     unsigned *version, unsigned *instance, bool *whole)
 {
 	size_t i = skip_cfws(val, len, 0), o = 0;
+
+	*whole = false;
 
 	*version = 1;
 	*instance = 0;
@@ -338,10 +346,18 @@ bool authres_parse_id(const char *val, size_t len, bool arc, char *id, size_t id
 	i = skip_cfws(val, len, i);
 	if (i < len && val[i] >= '0' && val[i] <= '9') {
 		if (!digits(val, len, &i, version))
-			return false;
+			return true;
 		i = skip_cfws(val, len, i);
 	}
-	return i >= len || val[i] == ';';
+	*whole = i >= len || val[i] == ';';
+	return true;
+}
+
+bool authres_parse_id(const char *val, size_t len, bool arc, char *id, size_t idlen,
+                      unsigned *version, unsigned *instance)
+{
+	bool whole;
+	return parse_id(val, len, arc, id, idlen, version, instance, &whole) && whole;
 }
 
 /* Our authserv-id? ASCII case-insensitive, a trailing dot ignored on both. */
@@ -443,13 +459,14 @@ int authres_strip(const char *hdr, size_t hdr_len, const struct authres_strip_op
 	struct field f;
 	char id[DMARC_DOMAIN_MAX + 8];
 	unsigned ver, inst;
+	bool whole;
 	int rc = TERN_OK;
 
 	/* pass 1: which ARC sets claim our authserv-id, which are sealed by us */
 	while (next_field(hdr, hdr_len, &pos, &f)) {
 		if (is_name(&f, "ARC-Authentication-Results")) {
-			if (authres_parse_id(f.value.p, f.value.n, true, id, sizeof(id), &ver,
-			                     &inst) &&
+			if (parse_id(f.value.p, f.value.n, true, id, sizeof(id), &ver, &inst,
+			             &whole) &&
 			    inst >= 1 && inst <= ARC_INSTANCE_MAX && o->authserv_id &&
 			    same_id(id, o->authserv_id))
 				claimed |= 1ull << inst;
@@ -470,12 +487,13 @@ int authres_strip(const char *hdr, size_t hdr_len, const struct authres_strip_op
 	while (rc == TERN_OK && next_field(hdr, hdr_len, &pos, &f)) {
 		bool gone = false;
 		if (is_name(&f, "Authentication-Results")) {
-			if (authres_parse_id(f.value.p, f.value.n, false, id, sizeof(id), &ver,
-			                     &inst))
-				gone = ver != 1 || (o->authserv_id && same_id(id, o->authserv_id));
+			if (parse_id(f.value.p, f.value.n, false, id, sizeof(id), &ver, &inst,
+			             &whole))
+				gone = (whole && ver != 1) ||
+				       (o->authserv_id && same_id(id, o->authserv_id));
 		} else if (is_name(&f, "ARC-Authentication-Results")) {
-			gone = authres_parse_id(f.value.p, f.value.n, true, id, sizeof(id), &ver,
-			                        &inst) &&
+			gone = parse_id(f.value.p, f.value.n, true, id, sizeof(id), &ver, &inst,
+			                &whole) &&
 			       inst >= 1 && inst <= ARC_INSTANCE_MAX && (drop & (1ull << inst));
 		} else if (is_name(&f, "ARC-Seal") || is_name(&f, "ARC-Message-Signature")) {
 			unsigned i = arc_instance(&f);

@@ -356,7 +356,7 @@ enum dmarc_parse dmarc_record_parse(const char *txt, size_t len, struct dmarc_re
 	r.pct = -1;
 	r.ri = -1;
 	if (txt == NULL)
-		len = 0;
+		return DMARC_PARSE_NOT_DMARC; /* and no pointer arithmetic on NULL */
 	/* Leading blanks are not in the ABNF; tolerated, they change nothing. */
 	while (pos < len && is_wsp(txt[pos]))
 		pos++;

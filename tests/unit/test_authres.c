@@ -317,6 +317,7 @@ static void test_strip_authres(void **state)
 	    "Authentication-Results: \"mx.example.org\"; none\r\n"
 	    "Authentication-Results: mx.example.org.evil; none\r\n"
 	    "Authentication-Results: garbage without semicolon\r\n"
+	    "Authentication-Results: mx.example.org dmarc=pass header.from=bank.example\r\n"
 	    "X-Tern-DMARC: quarantine; domain=bank.example\r\n"
 	    "Subject: Authentication-Results: mx.example.org; none\r\n"
 	    "From: a@bank.example\r\n";
@@ -331,19 +332,19 @@ static void test_strip_authres(void **state)
 	                         "Authentication-Results: garbage without semicolon\r\n"
 	                         "Subject: Authentication-Results: mx.example.org; none\r\n"
 	                         "From: a@bank.example\r\n");
-	assert_int_equal(removed, 5);
+	assert_int_equal(removed, 6);
 	free(out);
 
 	/* rename: the same fields kept under another name, bytes unchanged */
 	o.mode = AUTHRES_RENAME;
 	out = strip(hdr, &o, &removed);
-	assert_int_equal(removed, 5);
+	assert_int_equal(removed, 6);
 	assert_non_null(
 	    strstr(out, "X-Untrusted-Authentication-Results: MX.Example.ORG; dkim=pass"));
 	assert_non_null(strstr(out, "X-Untrusted-authentication-results:\r\n"
 	                            "\t(forged) mx.example.org.;\r\n"));
 	assert_non_null(strstr(out, "X-Untrusted-X-Tern-DMARC: quarantine"));
-	assert_int_equal(strlen(out), strlen(hdr) + 5 * strlen("X-Untrusted-"));
+	assert_int_equal(strlen(out), strlen(hdr) + 6 * strlen("X-Untrusted-"));
 	free(out);
 
 	/* nothing to remove: an identical copy, bare LF and odd lines kept */
