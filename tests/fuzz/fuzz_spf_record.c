@@ -126,8 +126,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			const struct spf_term *t = &r.terms[i];
 			if (t->text < r.text || t->text + t->text_len > r.text + r.len)
 				abort();
-			if (t->spec && (t->spec < t->text || t->spec + t->spec_len > t->text + t->text_len ||
-					spf_domain_spec_check(t->spec, t->spec_len) != TERN_OK))
+			if (t->spec &&
+			    (t->spec < t->text || t->spec + t->spec_len > t->text + t->text_len ||
+			     spf_domain_spec_check(t->spec, t->spec_len) != TERN_OK))
 				abort();
 			if (t->cidr4 > 32 || t->cidr6 > 128)
 				abort();
