@@ -243,6 +243,35 @@ int spf_received_spf(const struct spf_request *req, const struct spf_outcome *o,
 	return f.err;
 }
 
+/* RFC 8601 pvalue: a domain name bare, anything else as a quoted-string
+ * (its value is an RFC 2045 token or quoted-string, and '/', '=', '?' are
+ * tspecials there even though they are atext in RFC 5322). */
+static void authres_value(const char *s, char *out, size_t outlen)
+{
+	size_t n = strlen(s);
+	bool bare = n > 0 && n <= VALUE_MAX && s[0] != '.' && s[n - 1] != '.';
+	for (size_t i = 0; bare && i < n; i++) {
+		char c = s[i];
+		bare = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		       c == '-' || c == '_' || (c == '.' && s[i + 1] != '.');
+	}
+	if (bare) {
+		tern_strlcpy(out, s, outlen);
+		return;
+	}
+	/* quote_value cleans and bounds; a dot-atom it leaves bare is
+	 * quoted here too (it holds a tspecial or a replaced byte) */
+	quote_value(s, out, outlen);
+	size_t l = strlen(out);
+	if (out[0] != '"' && l + 3 <= outlen) {
+		/* a (cleaned) dot-atom has no '"' or '\\' to escape */
+		memmove(out + 1, out, l);
+		out[0] = '"';
+		out[l + 1] = '"';
+		out[l + 2] = '\0';
+	}
+}
+
 int spf_authres(const struct spf_request *req, const struct spf_outcome *o, struct tbuf *out)
 {
 	char q[2 * VALUE_MAX + 16];
@@ -250,9 +279,9 @@ int spf_authres(const struct spf_request *req, const struct spf_outcome *o, stru
 	if (!req || !o || !out)
 		return TERN_EINVAL;
 	if (o->identity == SPF_ID_HELO)
-		quote_value(req->helo ? req->helo : "", q, sizeof(q));
+		authres_value(req->helo ? req->helo : "", q, sizeof(q));
 	else
-		quote_value(o->domain, q, sizeof(q));
+		authres_value(o->domain, q, sizeof(q));
 	return tbuf_printf(out, "spf=%s smtp.%s=%s", spf_result_name(o->result),
 	                   o->identity == SPF_ID_HELO ? "helo" : "mailfrom", q);
 }

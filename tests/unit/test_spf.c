@@ -992,6 +992,15 @@ static void test_authres(void **state)
 	req.helo = "[192.0.2.1] \"x\"";
 	assert_int_equal(spf_authres(&req, &o, &b), TERN_OK);
 	assert_string_equal(b.data, "spf=none smtp.helo=\"[192.0.2.1] \\\"x\\\"\"");
+	/* RFC 2045 tspecials and odd bytes are quoted, though atext in RFC 5322 */
+	tbuf_reset(&b);
+	req.helo = "a/b=c?d.example";
+	assert_int_equal(spf_authres(&req, &o, &b), TERN_OK);
+	assert_string_equal(b.data, "spf=none smtp.helo=\"a/b=c?d.example\"");
+	tbuf_reset(&b);
+	req.helo = "x\x01y.example";
+	assert_int_equal(spf_authres(&req, &o, &b), TERN_OK);
+	assert_string_equal(b.data, "spf=none smtp.helo=\"x?y.example\"");
 	tbuf_free(&b);
 
 	for (int r = SPF_NONE; r <= SPF_PERMERROR; r++)
