@@ -13,13 +13,17 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <event2/event.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "core/buf.h"
 #include "core/err.h"
+#include "dns/dns.h"
 #include "policy/spf.h"
 #include "spf_zone.h"
 
@@ -1009,6 +1013,123 @@ static void test_authres(void **state)
 	assert_string_equal(spf_identity_name(SPF_ID_HELO), "helo");
 }
 
+/* ======================================================= async adapter */
+
+/* A DNS "server" that never answers: a bound UDP socket nobody reads. The
+ * adapter's own deadline must end the check; no real DNS is involved. */
+struct blackhole {
+	int fd;
+	char addr[64];
+};
+
+static void blackhole_open(struct blackhole *b)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	b->fd = socket(AF_INET, SOCK_DGRAM, 0);
+	assert_true(b->fd >= 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(b->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(getsockname(b->fd, (struct sockaddr *)&sa, &len), 0);
+	snprintf(b->addr, sizeof(b->addr), "127.0.0.1@%u", ntohs(sa.sin_port));
+}
+
+struct async_run {
+	int calls;
+	struct spf_verdict v;
+	struct event_base *base;
+};
+
+static void async_done(void *arg, const struct spf_verdict *v)
+{
+	struct async_run *r = arg;
+	r->calls++;
+	r->v = *v;
+	event_base_loopbreak(r->base);
+}
+
+/* Runs the loop until the callback or `ms` (a bound, not an assertion). */
+static void loop_for(struct event_base *base, unsigned ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	event_base_loopexit(base, &tv);
+	event_base_dispatch(base);
+}
+
+static void test_async_deadline_and_cancel(void **state)
+{
+	struct blackhole bh;
+	struct async_run r;
+	struct spf_request req;
+	struct spf_limits lim;
+	char err[256];
+
+	blackhole_open(&bh);
+	memset(&r, 0, sizeof(r));
+	r.base = event_base_new();
+	assert_non_null(r.base);
+	const char *fwd[] = {bh.addr};
+	struct dns_resolver *res = dns_resolver_new(r.base, fwd, 1, NULL, err, sizeof(err));
+	assert_non_null(res);
+	memset(&req, 0, sizeof(req));
+	spf_ip_parse("192.0.2.1", &req.ip);
+	req.helo = "mail.example.com";
+	req.mailfrom = "a@example.com";
+	req.receiver = "mx.tern.example";
+	spf_limits_default(&lim);
+	lim.timeout_ms = 200;
+
+	/* the deadline ends each identity with temperror; the callback runs
+	 * once, from the loop, never from inside spf_check_async */
+	struct spf_async *a = spf_check_async(res, r.base, &req, &lim, async_done, &r);
+	assert_non_null(a);
+	assert_int_equal(r.calls, 0);
+	loop_for(r.base, 10000);
+	assert_int_equal(r.calls, 1);
+	assert_int_equal(r.v.helo.result, SPF_TEMPERROR);
+	assert_int_equal(r.v.helo.identity, SPF_ID_HELO);
+	assert_non_null(strstr(r.v.helo.problem, "timed out"));
+	assert_int_equal(r.v.mailfrom.result, SPF_TEMPERROR);
+	assert_int_equal(r.v.mailfrom.identity, SPF_ID_MAILFROM);
+	assert_string_equal(r.v.mailfrom.domain, "example.com");
+
+	/* cancelled before the loop ran: no callback, nothing leaks */
+	r.calls = 0;
+	a = spf_check_async(res, r.base, &req, &lim, async_done, &r);
+	assert_non_null(a);
+	spf_check_async_cancel(a);
+	loop_for(r.base, 400);
+	assert_int_equal(r.calls, 0);
+
+	/* cancelled with a query outstanding: the same */
+	a = spf_check_async(res, r.base, &req, &lim, async_done, &r);
+	assert_non_null(a);
+	loop_for(r.base, 50);
+	assert_int_equal(r.calls, 0);
+	spf_check_async_cancel(a);
+	loop_for(r.base, 400);
+	assert_int_equal(r.calls, 0);
+
+	/* no DNS needed (a HELO that is no domain, the null path): the
+	 * answer still comes from the loop */
+	req.helo = "[192.0.2.1]";
+	req.mailfrom = "";
+	a = spf_check_async(res, r.base, &req, &lim, async_done, &r);
+	assert_non_null(a);
+	assert_int_equal(r.calls, 0);
+	loop_for(r.base, 10000);
+	assert_int_equal(r.calls, 1);
+	assert_int_equal(r.v.helo.result, SPF_NONE);
+	assert_int_equal(r.v.mailfrom.result, SPF_NONE);
+	assert_int_equal(r.v.mailfrom.queries, 0);
+
+	dns_resolver_free(res);
+	event_base_free(r.base);
+	close(bh.fd);
+}
+
 static int setup(void **state)
 {
 	spf_ip_parse("192.0.2.3", &ip4_192_0_2_3);
@@ -1045,6 +1166,7 @@ int main(void)
 	    cmocka_unit_test(test_received_spf),
 	    cmocka_unit_test(test_received_spf_hostile_values),
 	    cmocka_unit_test(test_authres),
+	    cmocka_unit_test(test_async_deadline_and_cancel),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
