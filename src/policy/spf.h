@@ -205,6 +205,7 @@ struct spf_request {
 	int64_t now;             /* %{t}; 0 -> time(NULL) at creation */
 };
 
+/* Zero in max_queries or timeout_ms means the default; max_void may be 0. */
 struct spf_limits {
 	unsigned max_void;    /* §4.6.4 void lookups; default 2 */
 	unsigned max_queries; /* every DNS query of one check_host(); default 128, more

@@ -324,10 +324,17 @@ struct spf_async *spf_check_async(struct dns_resolver *res, struct event_base *b
 	a->base = base;
 	a->cb = cb;
 	a->arg = arg;
-	if (lim)
+	spf_limits_default(&a->lim);
+	if (lim) {
 		a->lim = *lim;
-	else
-		spf_limits_default(&a->lim);
+		if (!a->lim.max_queries || !a->lim.timeout_ms) {
+			struct spf_limits d;
+			spf_limits_default(&d);
+			a->lim.max_queries =
+			    a->lim.max_queries ? a->lim.max_queries : d.max_queries;
+			a->lim.timeout_ms = a->lim.timeout_ms ? a->lim.timeout_ms : d.timeout_ms;
+		}
+	}
 	a->helo = tern_strdup(req->helo ? req->helo : "");
 	a->mailfrom = tern_strdup(req->mailfrom ? req->mailfrom : "");
 	a->receiver = tern_strdup(req->receiver ? req->receiver : "");

@@ -1016,10 +1016,12 @@ struct spf_check *spf_check_new(const struct spf_request *req, enum spf_identity
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
-	if (lim)
-		c->lim = *lim;
-	else
-		spf_limits_default(&c->lim);
+	spf_limits_default(&c->lim);
+	if (lim) {
+		c->lim.max_void = lim->max_void;
+		if (lim->max_queries)
+			c->lim.max_queries = lim->max_queries;
+	}
 	c->id = id;
 	c->ip = req->ip;
 	c->now = req->now ? req->now : (int64_t)time(NULL);
