@@ -582,6 +582,10 @@ static void test_basic_results(void **state)
 	assert_string_equal(r.out.mechanism, "ip4:192.0.2.0/24");
 	assert_string_equal(r.out.explanation, "");
 	assert_int_equal(r.z.queries, 1);
+	/* a zeroed spf_limits is the defaults, not a cap of 0 queries */
+	memset(&r.lim, 0, sizeof(r.lim));
+	assert_int_equal(run_check(&r, SPF_ID_MAILFROM), SPF_PASS);
+	spf_limits_default(&r.lim);
 
 	/* no record -> none; NXDOMAIN -> none; a DNS error -> temperror */
 	r.req.mailfrom = "a@norecord.example";
