@@ -20,6 +20,8 @@ static void usage(FILE *out)
 		"  queue list|show|delete|hold|release|flush|damaged\n"
 		"                             inspect and control the queue of a running server\n"
 		"  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
+		"  spf check [--dns IP[@PORT]] [--helo NAME] IP MAILFROM\n"
+		"                             what SPF says of a client, its HELO and a sender\n"
 		"  version                    print the version\n");
 }
 
@@ -47,6 +49,8 @@ int main(int argc, char **argv)
 		return cmd_queue(argc - 1, argv + 1);
 	if (strcmp(cmd, "sendmail") == 0)
 		return cmd_sendmail(argc - 1, argv + 1);
+	if (strcmp(cmd, "spf") == 0)
+		return cmd_spf(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("tern %s\n", TERN_VERSION);
 		return 0;
