@@ -37,34 +37,37 @@ int dkim_canon_header(enum dkim_canon c, const char *f, size_t len, struct tbuf 
 		goto out;
 	}
 	const char *colon = memchr(f, ':', body);
-	size_t ne = colon ? (size_t)(colon - f) : body, ns = 0;
-	while (ns < ne && is_wsp((unsigned char)f[ns]))
-		ns++;
-	while (ne > ns && is_wsp((unsigned char)f[ne - 1]))
-		ne--;
-	if ((rc = tbuf_reserve(out, (ne - ns) + 1 + (body - ne) + 2)) != TERN_OK)
+	size_t ne = colon ? (size_t)(colon - f) : body;
+	if ((rc = tbuf_reserve(out, body + 3)) != TERN_OK)
 		goto out;
-	for (size_t i = ns; i < ne; i++) {
-		char ch = f[i];
-		out->data[out->len++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
-	}
-	out->data[out->len++] = ':';
-	bool wsp = false, any = false;
-	for (size_t i = colon ? (size_t)(colon - f) + 1 : body; i < body; i++) {
-		unsigned char ch = (unsigned char)f[i];
-		if (ch == '\r' && i + 1 < body && f[i + 1] == '\n') {
-			i++; /* unfold: the CRLF goes, the WSP after it is WSP */
-			continue;
+	/* The name, then the value: CRLFs of folding go, WSP runs become one SP,
+	 * none at either end; the name is lowercased. A valid name has no WSP
+	 * or fold; an invalid one is made a line all the same. */
+	for (int part = 0; part < 2; part++) {
+		size_t from = part ? ne + 1 : 0, to = part ? body : ne;
+		bool wsp = false, any = false;
+		for (size_t i = from; i < to; i++) {
+			char ch = f[i];
+			if (ch == '\r' && i + 1 < to && f[i + 1] == '\n') {
+				i++; /* unfold: the CRLF goes, the WSP after it is WSP */
+				continue;
+			}
+			if (is_wsp((unsigned char)ch)) {
+				wsp = true;
+				continue;
+			}
+			if (wsp && any)
+				out->data[out->len++] = ' ';
+			wsp = false;
+			any = true;
+			if (part == 0 && ch >= 'A' && ch <= 'Z')
+				ch = (char)(ch - 'A' + 'a');
+			out->data[out->len++] = ch;
 		}
-		if (is_wsp(ch)) {
-			wsp = true;
-			continue;
-		}
-		if (wsp && any)
-			out->data[out->len++] = ' ';
-		wsp = false;
-		any = true;
-		out->data[out->len++] = (char)ch;
+		if (part == 0)
+			out->data[out->len++] = ':';
+		if (!colon)
+			break;
 	}
 	out->data[out->len++] = '\r';
 	out->data[out->len++] = '\n';
