@@ -10,6 +10,7 @@
  * Exposure: everything here parses bytes from the network (message headers,
  * DNS answers); fuzzed by tests/fuzz/fuzz_dkim_sig.c and fuzz_dkim_key.c.
  */
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -429,6 +430,10 @@ int dkim_sig_parse(const char *value, size_t len, struct dkim_sig *o, enum dkim_
 	bool b64_fits = b && copy_nows(b->value, o->b64, sizeof(o->b64));
 	if (!b64_fits)
 		o->b64[0] = '\0';
+	if (i && !dqp_decode(i->value, o->auid, sizeof(o->auid)))
+		o->auid[0] = '\0';
+	else if (!i && d_fits && strlen(o->domain) + 1 < sizeof(o->auid))
+		snprintf(o->auid, sizeof(o->auid), "@%s", o->domain);
 
 	if (!v)
 		return bad(st, why, DKIM_NEUTRAL, "no v= tag");
@@ -468,9 +473,6 @@ int dkim_sig_parse(const char *value, size_t len, struct dkim_sig *o, enum dkim_
 			return bad(st, why, DKIM_NEUTRAL, "i= is not an identity");
 		if (!auid_in_domain(o->auid, o->domain))
 			return bad(st, why, DKIM_NEUTRAL, "i= is not within d=");
-	} else {
-		o->auid[0] = '@';
-		tern_strlcpy(o->auid + 1, o->domain, sizeof(o->auid) - 1);
 	}
 	if (l) {
 		if (!parse_digits(l->value, 76, &o->l))

@@ -358,6 +358,7 @@ static void test_sig_parse_rules(void **state)
 	assert_int_equal(dkim_sig_parse(S(v8), s, &st, &why), TERN_ESYNTAX);
 	assert_string_equal(s->domain, "example.com");
 	assert_string_equal(s->selector, "sel");
+	assert_string_equal(s->auid, "@example.com");
 	assert_true(strncmp(s->b64, "/gCrinpc", 8) == 0);
 	/* i= is decoded */
 	const char qi[] = "v=1; a=rsa-sha256; d=example.com; i=a=3Db@sub.example.com; s=s; "
