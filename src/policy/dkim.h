@@ -297,7 +297,9 @@ void dkim_sign_params_init(struct dkim_sign_params *p, const char *domain, const
  * on top of the message. Pure CPU: call it on the thread pool.
  * TERN_OK; TERN_EINVAL (the message has no From field, or bad params: a
  * domain or selector that is not a DNS name, a header name that is not
- * one); TERN_ENOMEM; TERN_EIO (OpenSSL failed).
+ * one); TERN_ELIMIT (a header over DKIM_VERIFY_MAX_HEADER bytes or
+ * DKIM_VERIFY_MAX_FIELDS fields, or more than DKIM_H_MAX field instances
+ * to sign); TERN_ENOMEM; TERN_EIO (OpenSSL failed).
  */
 int dkim_sign(const struct dkim_key *key, const struct dkim_sign_params *p, const char *msg,
               size_t len, char **out, size_t *outlen);

@@ -21,7 +21,7 @@ struct dkim_field {
 
 /* Indexes the fields of hdr[0..len) (stops at a blank line). Returns the
  * count written to out (at most max); *more tells whether fields were left
- * out. Pure. */
+ * out. With out NULL, only counts (up to max). Pure. */
 size_t dkim_fields_index(const char *hdr, size_t len, struct dkim_field *out, size_t max,
                          bool *more);
 

@@ -576,13 +576,19 @@ size_t dkim_fields_index(const char *hdr, size_t len, struct dkim_field *out, si
 		if (line == 0)
 			break; /* the blank line ends the header */
 		if (is_wsp((unsigned char)p[0]) && n > 0) {
-			out[n - 1].len = next - out[n - 1].off;
+			if (out)
+				out[n - 1].len = next - out[n - 1].off;
 			i = next;
 			continue;
 		}
 		if (n == max) {
 			*more = true;
 			break;
+		}
+		if (!out) {
+			n++;
+			i = next;
+			continue;
 		}
 		struct dkim_field *f = &out[n++];
 		f->off = i;

@@ -104,11 +104,13 @@ static int hdrblock_set(struct hdrblock *h, const char *hdr, size_t len)
 	}
 	h->text[h->len] = '\0';
 	bool more;
-	size_t max = DKIM_VERIFY_MAX_FIELDS;
-	if (!(h->f = calloc(max, sizeof(*h->f))))
+	size_t n = dkim_fields_index(h->text, h->len, NULL, DKIM_VERIFY_MAX_FIELDS, &more);
+	if (more)
+		return TERN_ELIMIT;
+	if (!(h->f = calloc(n ? n : 1, sizeof(*h->f))))
 		return TERN_ENOMEM;
-	h->nf = dkim_fields_index(h->text, h->len, h->f, max, &more);
-	return more ? TERN_ELIMIT : TERN_OK;
+	h->nf = dkim_fields_index(h->text, h->len, h->f, n, &more);
+	return TERN_OK;
 }
 
 static size_t count_fields(const struct hdrblock *h, const char *name)

@@ -52,12 +52,14 @@ void dkim_verify_opts_init(struct dkim_verify_opts *o)
 	o->clock_skew = 300;
 }
 
-/* One key record of an answer, parsed on arrival. */
+/* One key record of an answer, parsed on arrival: its flags, and the key
+ * itself decoded (the record's bytes are not kept). */
 struct vkey {
-	bool ok;                /* the record parsed */
-	const char *why;        /* when not */
-	struct dkim_keyrec rec; /* p[] is not kept: pk holds the key */
-	EVP_PKEY *pk;           /* NULL if revoked or unusable */
+	bool ok;         /* the record parsed */
+	const char *why; /* when not */
+	enum dkim_keytype type;
+	bool sha256_ok, email_ok, testing, strict, revoked;
+	EVP_PKEY *pk; /* NULL if revoked or unusable */
 };
 
 struct vquery {
@@ -206,11 +208,12 @@ int dkim_verify_headers(struct dkim_verify *v, const char *hdr, size_t len)
 	}
 	v->hdr[v->hlen] = '\0';
 	bool more;
-	if (!(v->f = calloc(DKIM_VERIFY_MAX_FIELDS, sizeof(*v->f))))
-		return TERN_ENOMEM;
-	v->nf = dkim_fields_index(v->hdr, v->hlen, v->f, DKIM_VERIFY_MAX_FIELDS, &more);
+	size_t nf = dkim_fields_index(v->hdr, v->hlen, NULL, DKIM_VERIFY_MAX_FIELDS, &more);
 	if (more)
 		return TERN_ELIMIT;
+	if (!(v->f = calloc(nf ? nf : 1, sizeof(*v->f))))
+		return TERN_ENOMEM;
+	v->nf = dkim_fields_index(v->hdr, v->hlen, v->f, nf, &more);
 	size_t count = 0;
 	for (size_t i = 0; i < v->nf; i++)
 		count += dkim_field_is(v->hdr, &v->f[i], "dkim-signature", 14);
@@ -295,12 +298,24 @@ void dkim_verify_key_answer(struct dkim_verify *v, unsigned qid, enum dkim_looku
 	struct vquery *q = &v->q[qid];
 	q->answered = true;
 	q->st = st;
-	for (size_t i = 0; st == DKIM_LOOKUP_OK && i < n && q->nk < DKIM_KEY_RECORDS_MAX; i++) {
+	struct dkim_keyrec *rec = st == DKIM_LOOKUP_OK && n ? malloc(sizeof(*rec)) : NULL;
+	for (size_t i = 0; rec && i < n && q->nk < DKIM_KEY_RECORDS_MAX; i++) {
 		struct vkey *k = &q->k[q->nk++];
-		k->ok = dkim_keyrec_parse(txt[i], strlen(txt[i]), &k->rec, &k->why) == TERN_OK;
-		if (k->ok && !k->rec.revoked)
-			k->pk = dkim_pubkey_decode(&k->rec);
+		k->ok = dkim_keyrec_parse(txt[i], strlen(txt[i]), rec, &k->why) == TERN_OK;
+		if (!k->ok)
+			continue;
+		k->type = rec->type;
+		k->sha256_ok = rec->sha256_ok;
+		k->email_ok = rec->email_ok;
+		k->testing = rec->testing;
+		k->strict = rec->strict;
+		k->revoked = rec->revoked;
+		if (!rec->revoked)
+			k->pk = dkim_pubkey_decode(rec);
 	}
+	if (st == DKIM_LOOKUP_OK && n && !rec)
+		q->st = DKIM_LOOKUP_TEMPFAIL; /* out of memory: try again later */
+	free(rec);
 	if (st == DKIM_LOOKUP_OK && q->nk == 0)
 		q->st = DKIM_LOOKUP_NOTFOUND;
 	update_state(v);
@@ -361,17 +376,17 @@ static void try_key(struct dkim_verify *v, struct vsig *s, const struct vkey *k,
                     char *buf, size_t buflen)
 {
 	const struct dkim_bh *bh = &v->body.h[s->stream];
-	s->r.testing = k->rec.testing;
+	s->r.testing = k->testing;
 	s->r.key_bits = 0;
-	if (k->rec.revoked) {
+	if (k->revoked) {
 		*st = DKIM_PERMERROR, *why = "key revoked (empty p=)";
 		return;
 	}
-	if (!k->rec.sha256_ok) {
+	if (!k->sha256_ok) {
 		*st = DKIM_PERMERROR, *why = "key does not allow sha256 (h=)";
 		return;
 	}
-	if (!k->rec.email_ok) {
+	if (!k->email_ok) {
 		*st = DKIM_PERMERROR, *why = "key is not for email (s=)";
 		return;
 	}
@@ -391,7 +406,7 @@ static void try_key(struct dkim_verify *v, struct vsig *s, const struct vkey *k,
 		*st = DKIM_PERMERROR, *why = "RSA key larger than 8192 bits";
 		return;
 	}
-	if (k->rec.strict && !auid_domain_is(s->sig.auid, s->sig.domain)) {
+	if (k->strict && !auid_domain_is(s->sig.auid, s->sig.domain)) {
 		*st = DKIM_POLICY, *why = "key allows no subdomain in i= (t=s)";
 		return;
 	}
@@ -443,7 +458,7 @@ static void finish_one(struct dkim_verify *v, struct vsig *s)
 			first_bad = first_bad ? first_bad : &q->k[i];
 			continue;
 		}
-		matching += q->k[i].rec.type == want;
+		matching += q->k[i].type == want;
 	}
 	if (matching == 0) {
 		if (first_bad) {
@@ -469,7 +484,7 @@ static void finish_one(struct dkim_verify *v, struct vsig *s)
 	 * wins; if none does, the first one's verdict stands. */
 	for (size_t i = 0; i < q->nk; i++) {
 		const struct vkey *k = &q->k[i];
-		if (!k->ok || k->rec.type != want)
+		if (!k->ok || k->type != want)
 			continue;
 		enum dkim_status st;
 		const char *why;

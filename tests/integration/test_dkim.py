@@ -403,6 +403,23 @@ def test_verify_through_dns(work, dns_keys):
     assert len(set(bs)) == 5 and all(len(b) >= 8 for b in bs)
 
 
+def test_verify_lookup_deadline(work):
+    """A resolver that never answers: the per-message deadline turns the lookup into
+    temperror ("timed out") instead of a wait."""
+    import socket
+    path, _ = keygen(work, "example.test", "s1", typ="ed25519")
+    r = run("dkim", "sign", "--domain", "example.test", "--selector", "s1", "--key", path,
+            input=MESSAGE)
+    signed = r.stdout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hole:
+        hole.bind(("127.0.0.1", 0))  # takes the queries, never answers
+        conf = write_conf(work, [], forward=f"127.0.0.1@{hole.getsockname()[1]}")
+        r = run("dkim", "verify", "-c", conf, "--timeout", "1", input=signed)
+    assert r.returncode == 1
+    lines = verify_lines(r.stdout)
+    assert len(lines) == 1 and lines[0].startswith("dkim=temperror (key lookup timed out)"), lines
+
+
 def test_verify_without_signature_says_none(work):
     table = work / "dns.txt"
     table.write_text("# nothing\n")

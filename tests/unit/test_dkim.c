@@ -1259,6 +1259,23 @@ static void test_verify_steps(void **state)
 	assert_string_equal(dkim_verify_result(v, 2)->reason, "key lookup timed out");
 	dkim_verify_free(v);
 
+	/* a header of more fields than anyone looks at is refused, not cut */
+	struct tbuf many = TBUF_INIT(1 << 20);
+	for (int i = 0; i <= DKIM_VERIFY_MAX_FIELDS; i++)
+		assert_int_equal(tbuf_append_str(&many, "X-A: b\r\n"), TERN_OK);
+	v = dkim_verify_new(&o);
+	assert_int_equal(dkim_verify_headers(v, many.data, many.len), TERN_ELIMIT);
+	dkim_verify_free(v);
+	assert_int_equal(tbuf_append_str(&many, "From: a@example.com\r\n\r\nx\r\n"), TERN_OK);
+	struct dkim_key *k = pem_key("dkim/derived/rfc8032_7_1.pem");
+	struct dkim_sign_params p;
+	dkim_sign_params_init(&p, "example.com", "s1");
+	char *sig;
+	size_t sl;
+	assert_int_equal(dkim_sign(k, &p, many.data, many.len, &sig, &sl), TERN_ELIMIT);
+	dkim_key_free(k);
+	tbuf_free(&many);
+
 	/* no signature: READY at once, nothing to look up or hash */
 	v = dkim_verify_new(&o);
 	assert_int_equal(dkim_verify_headers(v, S("From: a@b.example\r\n")), TERN_OK);
