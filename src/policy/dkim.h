@@ -424,10 +424,12 @@ void dkim_verify_free(struct dkim_verify *v);
 /*
  * HEADERS -> WAITING. Copies the header block (fields with their CRLFs;
  * the blank line may follow) and parses every DKIM-Signature field in it;
- * signatures that do not parse get their result at once. TERN_OK;
- * TERN_ELIMIT (header over DKIM_VERIFY_MAX_HEADER: the caller reports
- * temperror or none as it sees fit); TERN_ENOMEM; TERN_EINVAL if not in
- * HEADERS.
+ * signatures that do not parse, or are expired, get their result at once
+ * and do not count against max_signatures. TERN_OK; TERN_ELIMIT (a header
+ * over DKIM_VERIFY_MAX_HEADER bytes or DKIM_VERIFY_MAX_FIELDS fields: the
+ * caller reports temperror or none as it sees fit); TERN_ENOMEM; TERN_EINVAL
+ * if not in HEADERS. After an error the verifier is only good for
+ * dkim_verify_free.
  */
 int dkim_verify_headers(struct dkim_verify *v, const char *hdr, size_t len);
 /* DKIM-Signature fields found (evaluated or not). */

@@ -214,7 +214,7 @@ int dkim_verify_headers(struct dkim_verify *v, const char *hdr, size_t len)
 	if (!(v->f = calloc(nf ? nf : 1, sizeof(*v->f))))
 		return TERN_ENOMEM;
 	v->nf = dkim_fields_index(v->hdr, v->hlen, v->f, nf, &more);
-	size_t count = 0;
+	size_t count = 0, evaluated = 0;
 	for (size_t i = 0; i < v->nf; i++)
 		count += dkim_field_is(v->hdr, &v->f[i], "dkim-signature", 14);
 	if (count && !(v->s = calloc(count, sizeof(*v->s))))
@@ -235,12 +235,6 @@ int dkim_verify_headers(struct dkim_verify *v, const char *hdr, size_t len)
 		const char *why;
 		int rc = dkim_sig_parse(v->hdr + s->vstart, s->vlen, &s->sig, &st, &why);
 		fill_ids(s);
-		if (v->ns > v->o.max_signatures) {
-			snprintf(s->reason, sizeof(s->reason),
-			         "not evaluated: more than %u signatures", v->o.max_signatures);
-			decide(s, DKIM_POLICY, s->reason);
-			continue;
-		}
 		if (rc != TERN_OK) {
 			decide(s, st, why);
 			continue;
@@ -248,6 +242,15 @@ int dkim_verify_headers(struct dkim_verify *v, const char *hdr, size_t len)
 		check_times(v, s);
 		if (s->decided)
 			continue;
+		/* The budget counts the signatures that cost work (a lookup, a
+		 * body hash, a verification): broken ones added in front cannot
+		 * push a good one out. */
+		if (++evaluated > v->o.max_signatures) {
+			snprintf(s->reason, sizeof(s->reason),
+			         "not evaluated: more than %u signatures", v->o.max_signatures);
+			decide(s, DKIM_POLICY, s->reason);
+			continue;
+		}
 		s->r.body_limited = s->sig.has_l;
 		s->r.body_signed = s->sig.l;
 		if ((s->query = add_query(v, &s->sig)) == -2) {

@@ -1184,6 +1184,17 @@ static void test_verify_times_and_budget(void **state)
 	/* identical b= values: the prefix is the whole of it */
 	assert_int_equal(dkim_verify_b_prefix_len(v, 0), strlen(dkim_verify_result(v, 0)->b));
 	dkim_verify_free(v);
+	/* broken signatures in front do not use up the budget */
+	tbuf_reset(&big);
+	for (int i = 0; i < 12; i++)
+		assert_int_equal(tbuf_append_str(&big, "DKIM-Signature: v=2; junk\r\n"), TERN_OK);
+	assert_int_equal(tbuf_append_str(&big, rfc8463_msg), TERN_OK);
+	v = verify_with(big.data, big.len, t, RFC8463_NOW);
+	assert_int_equal(dkim_verify_count(v), 14);
+	expect(v, 0, DKIM_NEUTRAL);
+	expect(v, 12, DKIM_PASS);
+	expect(v, 13, DKIM_PASS);
+	dkim_verify_free(v);
 	tbuf_free(&big);
 	/* distinct b= values: 8 chars is enough */
 	v = verify_with(S(rfc8463_msg), t, RFC8463_NOW);
