@@ -1912,6 +1912,13 @@ size_t conf_warnings(const struct tern_config *c,
 	}
 	if (c->relayhost)
 		n += warn_route(c->relayhost, "relayhost", fn, arg);
+	if (c->dkim.n_keys > 0) {
+		fn("dkim.keys",
+		   "`tern dkim` uses these keys, but the daemon does not sign mail with them yet "
+		   "(signing comes with the submission profile)",
+		   arg);
+		n++;
+	}
 	return n;
 }
 

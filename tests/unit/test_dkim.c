@@ -1714,6 +1714,12 @@ static void warn_count(void *arg, const char *text)
 	(*(int *)arg)++;
 }
 
+static void count_warning(const char *key, const char *text, void *arg)
+{
+	assert_string_equal(key, "dkim.keys");
+	(*(int *)arg)++;
+}
+
 static void test_conf_and_keyring(void **state)
 {
 	char dir[] = "/tmp/tern-dkim-XXXXXX";
@@ -1744,6 +1750,10 @@ static void test_conf_and_keyring(void **state)
 		fail_msg("%s", err);
 	assert_int_equal(c->dkim.n_keys, 2);
 	assert_string_equal(c->dkim.keys[0].domain, "example.com");
+	/* keys the daemon does not sign with yet are a warning, as other such settings */
+	assert_int_equal(conf_warnings(c, NULL, NULL), 0);
+	int nw = 0;
+	assert_true(conf_warnings(c, count_warning, &nw) == 1 && nw == 1);
 	assert_true(c->dkim.header_relaxed && c->dkim.body_relaxed);
 	/* printed back, it loads the same */
 	char *printed;
