@@ -34,6 +34,7 @@ int cmd_user(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
 /* `tern spf check` (spf.c) */
 int cmd_spf(int argc, char **argv);
+int cmd_dkim(int argc, char **argv);
 
 /* Parses "-c FILE" / "--config FILE" out of argv (removing it); NULL if absent.
  * Returns -1 on a dangling -c. */

@@ -22,6 +22,7 @@ static void usage(FILE *out)
 		"  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
 		"  spf check [--dns IP[@PORT]] [--helo NAME] IP MAILFROM\n"
 		"                             what SPF says of a client, its HELO and a sender\n"
+		"  dkim keygen|dns|check|sign|verify  DKIM keys, their DNS records, signing tools\n"
 		"  version                    print the version\n");
 }
 
@@ -51,6 +52,8 @@ int main(int argc, char **argv)
 		return cmd_sendmail(argc - 1, argv + 1);
 	if (strcmp(cmd, "spf") == 0)
 		return cmd_spf(argc - 1, argv + 1);
+	if (strcmp(cmd, "dkim") == 0)
+		return cmd_dkim(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("tern %s\n", TERN_VERSION);
 		return 0;

@@ -309,7 +309,7 @@ static void touch_file(const char *path)
 
 /* Every file conf names that the daemon reads (besides the config and its
  * includes, which conf_load read already). Keep in step with the readers:
- * users_load, tls_server_ctx, dns_resolver_new, remote.c's AUTH. */
+ * users_load, tls_server_ctx, dns_resolver_new, remote.c's AUTH, dkim_key_load. */
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
@@ -320,6 +320,8 @@ static void touch_referenced(const struct tern_config *conf)
 		touch_file(conf->relayhost->auth_password_file);
 	for (size_t i = 0; i < conf->n_routes; i++)
 		touch_file(conf->routes[i].auth_password_file);
+	for (size_t i = 0; i < conf->dkim.n_keys; i++) /* policy/dkim.h dkim_key_load */
+		touch_file(conf->dkim.keys[i].key_file);
 }
 
 /* What the privileged parent needs to re-read everything on SIGHUP. */

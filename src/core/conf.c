@@ -40,6 +40,7 @@
 #define MAX_ROUTES 10000
 #define MAX_FORWARDERS 16
 #define MAX_HTTP_HOSTS 1000
+#define MAX_DKIM_KEYS 1000
 #define DEFAULT_HTTP_MAX_BODY (64u << 20)
 #define DEFAULT_HTTP_MAX_CONNECTIONS 256
 
@@ -111,6 +112,11 @@ static const char default_text[] =
     "\t\tmessages_per_minute = 0;\n"
     "\t\trecipients_per_minute = 0;\n"
     "\t}\n"
+    "}\n"
+    "dkim {\n"
+    "\tcanonicalization = \"relaxed/relaxed\";\n"
+    "\tkeys = [];                  # { domain = \"example.org\"; selector = \"s1\"; key_file = "
+    "\"...\"; }\n"
     "}\n";
 
 static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
@@ -1588,6 +1594,107 @@ static void print_policy(FILE *f, const struct conf_policy *p)
 	        (unsigned)p->recipients_per_minute);
 }
 
+/* ---- dkim { canonicalization; keys = [ { domain; selector; key_file; } ] } - */
+
+static void dkim_keys_free(struct conf_dkim_key *k, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(k[i].domain);
+		free(k[i].selector);
+		free(k[i].key_file);
+	}
+	free(k);
+}
+
+static int parse_dkim_key(struct ctx *x, const struct ucl_node *e, struct conf_dkim_key *k)
+{
+	char b[80];
+	int rc = TERN_OK;
+	if (e->type != UCL_OBJECT)
+		return want(x, e, "dkim.keys", "a list of { domain; selector; key_file; }");
+	for (size_t i = 0; rc == TERN_OK && i < e->n_items; i++) {
+		const struct ucl_node *m = e->items[i];
+		if (strcmp(m->key, "domain") == 0) {
+			rc = get_str(x, m, "dkim.keys.domain", &k->domain);
+			if (rc == TERN_OK && !valid_domain(k->domain))
+				return cerr(x, m, "dkim.keys.domain: '%s' is not a domain name",
+				            show(k->domain, b, sizeof(b)));
+			if (rc == TERN_OK)
+				tern_ascii_lower(k->domain);
+		} else if (strcmp(m->key, "selector") == 0) {
+			rc = get_str(x, m, "dkim.keys.selector", &k->selector);
+			if (rc == TERN_OK && !valid_domain(k->selector))
+				return cerr(
+				    x, m,
+				    "dkim.keys.selector: '%s' is not a selector (DNS labels: "
+				    "letters, digits, '-', '_', dots between)",
+				    show(k->selector, b, sizeof(b)));
+		} else if (strcmp(m->key, "key_file") == 0) {
+			rc = get_path(x, m, "dkim.keys.key_file", &k->key_file);
+		} else {
+			return unknown_key(x, m, "dkim.keys");
+		}
+	}
+	if (rc == TERN_OK && (!k->domain || !k->selector || !k->key_file))
+		return cerr(x, e, "dkim.keys: each key needs domain, selector and key_file");
+	return rc;
+}
+
+static int parse_dkim(struct ctx *x, const struct ucl_node *sec, struct conf_dkim *d)
+{
+	int rc = want_section(x, sec, "dkim");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char b[80];
+		if (strcmp(m->key, "canonicalization") == 0) {
+			static const char *const names[] = {"simple/simple", "simple/relaxed",
+			                                    "relaxed/simple", "relaxed/relaxed"};
+			if (m->type != UCL_STRING)
+				return want(x, m, "dkim.canonicalization", "a string");
+			size_t k = 0;
+			while (k < 4 && strcmp(m->str, names[k]) != 0)
+				k++;
+			if (k == 4)
+				return cerr(x, m,
+				            "dkim.canonicalization: '%s' is not relaxed/relaxed, "
+				            "relaxed/simple, simple/relaxed or simple/simple",
+				            show(m->str, b, sizeof(b)));
+			d->header_relaxed = k >= 2;
+			d->body_relaxed = k % 2 == 1;
+		} else if (strcmp(m->key, "keys") == 0) {
+			/* one { } alone is a list of one, as a single string is elsewhere */
+			size_t n = m->type == UCL_ARRAY ? m->n_items : 1;
+			if (n > MAX_DKIM_KEYS)
+				return cerr(x, m, "dkim.keys: more than %d keys", MAX_DKIM_KEYS);
+			struct conf_dkim_key *v = n ? calloc(n, sizeof(*v)) : NULL;
+			if (n && !v)
+				return nomem(x);
+			for (size_t j = 0; rc == TERN_OK && j < n; j++) {
+				const struct ucl_node *e = m->type == UCL_ARRAY ? m->items[j] : m;
+				rc = parse_dkim_key(x, e, &v[j]);
+				for (size_t o = 0; rc == TERN_OK && o < j; o++)
+					if (strcmp(v[o].domain, v[j].domain) == 0 &&
+					    strcmp(v[o].selector, v[j].selector) == 0)
+						rc = cerr(
+						    x, e,
+						    "dkim.keys: selector '%s' of %s is listed "
+						    "twice",
+						    show(v[j].selector, b, sizeof(b)), v[j].domain);
+			}
+			if (rc != TERN_OK) {
+				dkim_keys_free(v, n);
+				return rc;
+			}
+			dkim_keys_free(d->keys, d->n_keys);
+			d->keys = v;
+			d->n_keys = n;
+		} else {
+			return unknown_key(x, m, "dkim");
+		}
+	}
+	return rc;
+}
+
 /* ---- building ------------------------------------------------------------ */
 
 static void free_aliases(struct conf_alias *v, size_t n)
@@ -1602,6 +1709,7 @@ static void conf_free(struct tern_config *c)
 	free(c->policy.zones);
 	free(c->tls.cert_file);
 	free(c->tls.key_file);
+	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -1799,6 +1907,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_capture(x, m, &c->capture);
 	if (strcmp(k, "policy") == 0)
 		return parse_policy(x, m, &c->policy);
+	if (strcmp(k, "dkim") == 0)
+		return parse_dkim(x, m, &c->dkim);
 	if (strcmp(k, "tls") == 0) {
 		const struct ucl_node *where;
 		return parse_tls(x, m, &c->tls, &where);
@@ -1850,6 +1960,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->policy = default_policy;
 	c->vrfy = true;
 	c->expn = false;
+	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
 		rc = parse_top(&x, c, doc->root->items[i], &domains, &domains_given, &nets,
 		               &nets_given, &al, &listen_given);
@@ -2062,6 +2173,13 @@ size_t conf_warnings(const struct tern_config *c,
 	}
 	if (c->relayhost)
 		n += warn_route(c->relayhost, "relayhost", fn, arg);
+	if (c->dkim.n_keys > 0) {
+		fn("dkim.keys",
+		   "`tern dkim` uses these keys, but the daemon does not sign mail with them yet "
+		   "(signing comes with the submission profile)",
+		   arg);
+		n++;
+	}
 	return n;
 }
 
@@ -2251,6 +2369,19 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_size(out, c->capture.http_max_body);
 	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
 	        (unsigned)c->capture.http_max_connections);
+	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tkeys = [",
+	        c->dkim.header_relaxed ? "relaxed" : "simple",
+	        c->dkim.body_relaxed ? "relaxed" : "simple");
+	for (size_t i = 0; i < c->dkim.n_keys; i++) {
+		fputs(i ? ",\n\t\t{ domain = " : "\n\t\t{ domain = ", out);
+		print_str(out, c->dkim.keys[i].domain);
+		fputs("; selector = ", out);
+		print_str(out, c->dkim.keys[i].selector);
+		fputs("; key_file = ", out);
+		print_str(out, c->dkim.keys[i].key_file);
+		fputs("; }", out);
+	}
+	fputs(c->dkim.n_keys ? "\n\t];\n}\n" : "];\n}\n", out);
 	if (c->tls.cert_file) {
 		fputs("tls {\n\tcert_file = ", out);
 		print_str(out, c->tls.cert_file);

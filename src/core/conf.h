@@ -128,6 +128,22 @@ struct conf_policy {
 	uint32_t recipients_per_minute;
 };
 
+/* DKIM signing keys: dkim { keys = [ { domain; selector; key_file; }, ... ]; }
+ * (policy/dkim.h loads them). Several keys per domain sign each message
+ * once each (an RSA and an Ed25519 key, say). */
+struct conf_dkim_key {
+	char *domain;   /* lowercased; signs mail from it and its subdomains */
+	char *selector;
+	char *key_file; /* PEM, PKCS#1 or PKCS#8, RSA or Ed25519, mode 0600 */
+};
+
+struct conf_dkim {
+	struct conf_dkim_key *keys;
+	size_t n_keys;
+	bool header_relaxed; /* canonicalization = "relaxed/relaxed" (default) */
+	bool body_relaxed;
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -162,6 +178,7 @@ struct tern_config {
 	struct conf_capture capture;
 	struct conf_tls_server tls;
 	struct conf_policy policy;
+	struct conf_dkim dkim;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;
