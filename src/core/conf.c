@@ -1626,12 +1626,17 @@ static int parse_auth_checks(struct ctx *x, const struct ucl_node *sec, struct c
 		} else if (strcmp(m->key, "dkim") == 0) {
 			rc = get_bool(x, m, "auth_checks.dkim", &a->dkim);
 		} else if (strcmp(m->key, "defer_on_temperror") == 0) {
-			rc = get_bool(x, m, "auth_checks.defer_on_temperror", &a->defer_on_temperror);
+			rc = get_bool(x, m, "auth_checks.defer_on_temperror",
+			              &a->defer_on_temperror);
 		} else if (strcmp(m->key, "timeout") == 0) {
 			uint64_t v = 0;
 			rc = get_num(x, m, "auth_checks.timeout", NK_TIME, 1, 120, &v);
 			a->timeout = (uint32_t)v;
 		} else if (strcmp(m->key, "dmarc") == 0) {
+			if (m->type == UCL_BOOL && !m->bval) {
+				a->dmarc = CONF_DMARC_OFF; /* UCL reads a bare off (or no) as false */
+				continue;
+			}
 			if (m->type != UCL_STRING)
 				return want(x, m, "auth_checks.dmarc",
 				            "\"off\", \"mark\" or \"enforce\"");
@@ -1639,10 +1644,11 @@ static int parse_auth_checks(struct ctx *x, const struct ucl_node *sec, struct c
 			while (k < 3 && strcmp(m->str, dmarc_mode_names[k]) != 0)
 				k++;
 			if (k == 3)
-				return cerr(x, m,
-				            "auth_checks.dmarc: must be \"off\", \"mark\" (record the "
-				            "result, always deliver) or \"enforce\" (reject and quarantine "
-				            "as the domain asks)");
+				return cerr(
+				    x, m,
+				    "auth_checks.dmarc: must be \"off\", \"mark\" (record the "
+				    "result, always deliver) or \"enforce\" (reject and quarantine "
+				    "as the domain asks)");
 			a->dmarc = (enum conf_dmarc_mode)k;
 		} else {
 			rc = unknown_key(x, m, "auth_checks");

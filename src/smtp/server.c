@@ -136,8 +136,7 @@ static const struct state_info {
     [SS_DATA] = {"data", HAS_HELO | HAS_TX | HAS_RCPT, IN_DATA, false,
                  TO(SS_VERIFY) | TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_BDAT] = {"bdat", HAS_HELO | HAS_TX | HAS_RCPT | HAS_BDAT, IN_BDAT, false,
-                 TO(SS_CHUNKING) | TO(SS_VERIFY) | TO(SS_COMMIT) | TO(SS_HELO) |
-                     TO(SS_CLOSING)},
+                 TO(SS_CHUNKING) | TO(SS_VERIFY) | TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_CHUNKING] = {"chunking", HAS_HELO | HAS_TX | HAS_RCPT | HAS_BDAT, IN_CMD, false,
                      TO(SS_BDAT) | ANY_TX_END},
     [SS_VERIFY] = {"verify", HAS_HELO | HAS_TX | HAS_RCPT, IN_NONE, false,

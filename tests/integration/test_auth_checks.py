@@ -321,3 +321,87 @@ def test_dns_timeout_defers_with_defer_on_temperror(start, silent_dns):
     send(t, "eve@spffail.test", message("eve@spffail.test", "dns down defer"), 451, "4.7.1")
     t.wait_log(r"event=rejected .*code=451 reason=dmarc")
     assert t.mail_files(RCPT) == []
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def test_bdat_message_is_checked_too(start, zone):
+    t = start(dmarc="enforce")
+    body = signed(zone[1], message("news@signed.test", "bdat good"))
+    with t.client() as c:
+        expect(c.greeting, 220)
+        expect(c.cmd(f"EHLO {HELO}"), 250)
+        expect(c.cmd("MAIL FROM:<bounces@spffail.test>"), 250)
+        expect(c.cmd(f"RCPT TO:<{RCPT}>"), 250)
+        half = len(body) // 2
+        c.send(f"BDAT {half}\r\n".encode() + body[:half])
+        expect(c.reply(), 250)
+        c.send(f"BDAT {len(body) - half} LAST\r\n".encode() + body[half:])
+        expect(c.reply(), 250, "2.0.0")
+    data = delivered(t, "bdat good")
+    ar, _ = our_authres(data)
+    assert [r.result for r in results(ar, "dkim")] == ["pass"]
+    # and a forged one over BDAT is refused like over DATA
+    with t.client() as c:
+        expect(c.greeting, 220)
+        expect(c.cmd(f"EHLO {HELO}"), 250)
+        expect(c.cmd("MAIL FROM:<eve@spffail.test>"), 250)
+        expect(c.cmd(f"RCPT TO:<{RCPT}>"), 250)
+        m = message("eve@spffail.test", "bdat forged")
+        c.send(f"BDAT {len(m)} LAST\r\n".encode() + m)
+        expect(c.reply(), 550, "5.7.1")
+
+
+def test_large_signed_body_is_hashed_off_the_loop_and_passes(start, zone):
+    # over 256 KiB: verify.c hashes the body on the thread pool
+    big = "".join(f"line {i:06d} of a long newsletter, padded to be long enough\r\n"
+                  for i in range(9000))
+    body = signed(zone[1], message("news@signed.test", "big signed") + big.encode())
+    assert len(body) > 512 * 1024
+    t = start(dmarc="enforce")
+    send(t, "bounces@spffail.test", body)
+    data = delivered(t, "big signed")
+    ar, _ = our_authres(data)
+    assert [r.result for r in results(ar, "dkim")] == ["pass"]
+    # a flipped byte deep in the body fails it
+    bad = body.replace(b"line 008000", b"line 008001")
+    send(t, "bounces@spffail.test", bad, 550, "5.7.1")
+
+
+def test_spf_off_adds_no_received_spf(start):
+    t = start(spf=False)
+    send(t, "bob@spfpass.test", message("bob@spfpass.test", "no spf"))
+    data = delivered(t, "no spf")
+    names = [n.lower() for n, _ in headers(data)]
+    assert "received-spf" not in names, names
+    ar, _ = our_authres(data)
+    assert results(ar, "spf") == []
+    # DMARC still ran, without SPF: no aligned pass for a p=reject domain, but mark mode
+    assert [r.result for r in results(ar, "dmarc")] == ["fail"]
+
+
+def test_rset_and_disconnect_while_checks_wait_on_dns(start, silent_dns):
+    t = start(forward=silent_dns, timeout=1)
+    # RSET and a new MAIL while SPF waits on a DNS server that never answers: the first
+    # check is cancelled (it never reports), the second runs to its end
+    with t.client() as c:
+        expect(c.greeting, 220)
+        expect(c.cmd(f"EHLO {HELO}"), 250)
+        expect(c.cmd("MAIL FROM:<a@spffail.test>"), 250)
+        expect(c.cmd("RSET"), 250)
+        expect(c.cmd("MAIL FROM:<b@spffail.test>"), 250)
+        expect(c.cmd("MAIL FROM:<c@spffail.test>"), 503)
+        expect(c.cmd(f"RCPT TO:<{RCPT}>"), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(message("b@spffail.test", "gone") + b".\r\n")
+        # the client leaves while the verdict waits on DNS; like a client leaving during
+        # the spool commit, the message goes on (at least once: it may come again)
+    t.wait_log(r"event=auth_checks .*spf=temperror .*dmarc=temperror")
+    assert len(t.log_lines("event=auth_checks")) == 1
+    # the server goes on
+    with t.client() as c:
+        expect(c.greeting, 220)
+        expect(c.cmd(f"EHLO {HELO}"), 250)
+        expect(c.cmd("MAIL FROM:<a@spffail.test>"), 250)
+        expect(c.cmd("QUIT"), 221)
