@@ -154,6 +154,10 @@ static void spf_fail_now(struct smtp_verify *v, const char *why)
 	v->spf_mailfrom.result = v->spf_helo.result = SPF_TEMPERROR;
 	v->spf_mailfrom.identity = SPF_ID_MAILFROM;
 	v->spf_helo.identity = SPF_ID_HELO;
+	/* the domains the checks would have been for (RFC 7208 §2.3, §2.4) */
+	const char *at = strrchr(v->mailfrom, '@');
+	tern_strlcpy(v->spf_mailfrom.domain, at ? at + 1 : v->helo, sizeof(v->spf_mailfrom.domain));
+	tern_strlcpy(v->spf_helo.domain, v->helo, sizeof(v->spf_helo.domain));
 	tern_strlcpy(v->spf_mailfrom.problem, why, sizeof(v->spf_mailfrom.problem));
 	tern_strlcpy(v->spf_helo.problem, why, sizeof(v->spf_helo.problem));
 	v->spf_done = true;
