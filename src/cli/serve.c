@@ -45,6 +45,7 @@
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "policy/policy.h"
+#include "pop3/pop3.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
 
@@ -475,6 +476,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	unsigned n_workers = 0;
 	int fds[MAX_FDS];
 	const char *fd_profiles[MAX_FDS];
+	bool fd_implicit_tls[MAX_FDS];
+	struct pop3_server *pop3 = NULL;
 	size_t n_fds = 0;
 	int control_fd = -1;
 	struct spool *sp = NULL;
@@ -553,6 +556,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 				goto out;
 			}
 			fd_profiles[n_fds] = conf->listeners[i].profile;
+			fd_implicit_tls[n_fds] = conf->listeners[i].implicit_tls;
 			fds[n_fds++] = fd;
 		}
 		log_info("event=listening name=%s address=%s profile=%s", conf->listeners[i].name,
@@ -670,9 +674,17 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 	smtp_server_set_policy(srv, policy);
 	smtp_server_set_tls(srv, tls);
+	if (!(pop3 = pop3_server_new(NULL))) {
+		log_error("event=fatal reason=\"out of memory\"");
+		goto out;
+	}
+	pop3_server_set_tls(pop3, tls);
 	for (size_t i = 0; i < n_fds; i++) {
-		if (smtp_server_listen(srv, workers[i % n_workers], fds[i], fd_profiles[i]) !=
-		    TERN_OK) {
+		bool is_pop3 = strcmp(fd_profiles[i], "pop3") == 0;
+		if ((is_pop3 ? pop3_server_listen(pop3, workers[i % n_workers], fds[i],
+		                                  fd_implicit_tls[i])
+		             : smtp_server_listen(srv, workers[i % n_workers], fds[i],
+		                                  fd_profiles[i])) != TERN_OK) {
 			log_error("event=fatal reason=\"cannot attach listener\"");
 			goto out;
 		}
@@ -731,13 +743,14 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 
 	smtp_server_shutdown(srv);
+	pop3_server_shutdown(pop3);
 	struct timespec start;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	uint64_t grace_ms = (uint64_t)conf->limits.shutdown_grace * 1000;
-	while (smtp_server_sessions(srv) > 0) {
+	while (smtp_server_sessions(srv) + pop3_server_sessions(pop3) > 0) {
 		if (elapsed_ms(&start) >= grace_ms) {
-			log_warn("event=shutdown_grace_expired sessions=%zu",
-			         smtp_server_sessions(srv));
+			log_warn("event=shutdown_grace_expired sessions=%zu pop3_sessions=%zu",
+			         smtp_server_sessions(srv), pop3_server_sessions(pop3));
 			break;
 		}
 		struct timespec ts = {0, 20 * 1000 * 1000};
@@ -784,6 +797,7 @@ out:
 	for (unsigned w = 0; w < n_workers; w++)
 		if (workers[w])
 			worker_run_pending(workers[w]);
+	pop3_server_free(pop3); /* waits for its pool, runs the completions on the workers */
 	smtp_server_free(srv);
 	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */
 	remote_free(remote);

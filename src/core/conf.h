@@ -25,9 +25,10 @@
 #include <stdio.h>
 
 struct conf_listener {
-	char *name;    /* the section name: "mx", "submission", ... */
-	char *address; /* "IP:PORT" or "[IPv6]:PORT" */
-	char *profile; /* "mx" or "submission" */
+	char *name;        /* the section name: "mx", "submission", ... */
+	char *address;     /* "IP:PORT" or "[IPv6]:PORT" */
+	char *profile;     /* "mx", "submission" or "pop3" */
+	bool implicit_tls; /* tls = "implicit": TLS from the first byte (pop3 only so far) */
 };
 
 struct conf_alias {
@@ -151,7 +152,7 @@ struct tern_config {
 
 	struct conf_limits limits;
 
-	struct conf_listener *listeners; /* default: mx on 127.0.0.1:2525 */
+	struct conf_listener *listeners; /* default: mx on 127.0.0.1:2525, pop3 on 127.0.0.1:2110 */
 	size_t n_listeners;
 
 	struct conf_route *routes;       /* per-domain next hops */
