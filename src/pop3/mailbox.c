@@ -518,7 +518,8 @@ enum pop3_open_status pop3_mailbox_open(const char *dir, size_t max_messages,
 		*errno_out = rc == TERN_ENOMEM ? ENOMEM : errno;
 		goto fail;
 	}
-	qsort(mb->msgs, mb->n, sizeof(*mb->msgs), msg_cmp);
+	if (mb->n > 1)
+		qsort(mb->msgs, mb->n, sizeof(*mb->msgs), msg_cmp);
 	if (max_messages && mb->n > max_messages) {
 		/* The oldest are served; the rest wait for a session that has
 		 * deleted some. */
