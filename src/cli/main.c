@@ -18,6 +18,7 @@ static void usage(FILE *out)
 		"  check-config [-c FILE]     validate the config and print it with defaults\n"
 		"  user add|passwd|del|list   manage users (passwd-file); --password-stdin\n"
 		"  queue list|show|delete|flush  inspect and control the queue of a running server\n"
+		"  dovecot-config [-c FILE]   print a Dovecot config serving tern's mailboxes (IMAP)\n"
 		"  version                    print the version\n");
 }
 
@@ -38,6 +39,8 @@ int main(int argc, char **argv)
 		return cmd_user(argc - 1, argv + 1);
 	if (strcmp(cmd, "queue") == 0)
 		return cmd_queue(argc - 1, argv + 1);
+	if (strcmp(cmd, "dovecot-config") == 0)
+		return cmd_dovecot_config(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("tern %s\n", TERN_VERSION);
 		return 0;

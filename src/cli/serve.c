@@ -204,8 +204,12 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
 		struct stat st;
-		if (lstat(cmd_path, &st) == 0)
-			chown_tree(cmd_path, uid, gid, depth + 1);
+		if (lstat(cmd_path, &st) != 0)
+			continue;
+		/* The users file keeps a group an operator chose (dovecot, so that
+		 * Dovecot's passdb can read it: `tern dovecot-config`). */
+		bool keep_group = strcmp(subs[i], "users") == 0 && st.st_gid != 0;
+		chown_tree(cmd_path, uid, keep_group ? (gid_t)-1 : gid, depth + 1);
 	}
 }
 
