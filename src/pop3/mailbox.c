@@ -306,10 +306,17 @@ void pop3_mailbox_close(struct pop3_mailbox *mb)
 }
 
 /* A name a Maildir reader lists: not empty, not hidden (".", "..", the
- * Maildir++ folders, lock and temp files). */
+ * Maildir++ folders, lock and temp files), and printable ASCII or UTF-8
+ * without spaces, since its base name goes on the wire as the UIDL (a CR
+ * or LF there would split the response). */
 static bool listable(const char *name)
 {
-	return name[0] != '\0' && name[0] != '.';
+	if (name[0] == '\0' || name[0] == '.')
+		return false;
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+		if (*p <= 0x20 || *p == 0x7f)
+			return false;
+	return true;
 }
 
 static bool is_regular(int dfd, const struct dirent *e)

@@ -1102,6 +1102,7 @@ static void retr_read_done(struct session *s)
 		return; /* else on_write asks for the next chunk */
 	}
 	s->streaming = false;
+	tbuf_free(&s->chunk); /* 128 KiB: not kept by idle sessions */
 	if (s->stream_top) {
 		s->n_top++;
 	} else {

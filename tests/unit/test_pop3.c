@@ -482,6 +482,8 @@ static void test_listing(void **state)
 	put(f, "cur", "1700000001.Q1R0.host,S=10:2,S", "a: 1\r\n\r\nx\r\n");
 	put(f, "cur", "1700000002.M1P1.host,S=5,W=77:2,", "short"); /* W= is believed */
 	put(f, "cur", ".hidden", "no");
+	put(f, "cur", "1700000004.with\nnewline:2,", "no"); /* would split a UIDL line */
+	put(f, "cur", "1700000004.with space:2,", "no");
 	put(f, "new", ".tmpfile", "no");
 	char p[512], t[512];
 	snprintf(p, sizeof(p), "%s/cur/subdir", f->dir);
