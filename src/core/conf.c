@@ -57,6 +57,7 @@ static const char default_text[] =
     "workers = 0;                  # one per core\n"
     "vrfy = true;\n"
     "expn = false;\n"
+    "recipient_delimiter = \"+\";     # user+tag@ is delivered to user@ (\"\" turns it off)\n"
     "local_domains = [\"localhost\"];\n"
     "aliases { }\n"
     "relay {\n"
@@ -1649,6 +1650,7 @@ static void conf_free(struct tern_config *c)
 	free(c->users_file);
 	free(c->user);
 	free(c->log_level);
+	free(c->recipient_delimiter);
 	for (size_t i = 0; i < c->n_local_domains; i++)
 		free(c->local_domains[i]);
 	free(c->local_domains);
@@ -1800,6 +1802,23 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return get_bool(x, m, k, &c->vrfy);
 	if (strcmp(k, "expn") == 0)
 		return get_bool(x, m, k, &c->expn);
+	if (strcmp(k, "recipient_delimiter") == 0) {
+		/* RFC 5322 atext specials only: a delimiter must be able to
+		 * occur in a dot-atom local part, and "" is allowed (off). */
+		if (m->type != UCL_STRING)
+			return want(x, m, k, "a string of delimiter characters");
+		if (m->len > 8 || strspn(m->str, "!#$%&'*+-=?^_`{|}~") != m->len)
+			return cerr(x, m,
+			            "recipient_delimiter: '%s' must be up to 8 of the characters "
+			            "!#$%%&'*+-=?^_`{|}~ (or \"\" for none)",
+			            show(m->str, b, sizeof(b)));
+		char *d = tern_strdup(m->str);
+		if (!d)
+			return nomem(x);
+		free(c->recipient_delimiter);
+		c->recipient_delimiter = d;
+		return TERN_OK;
+	}
 	if (strcmp(k, "local_domains") == 0) {
 		*domains_given = true;
 		strlist_free(domains);
@@ -1843,6 +1862,8 @@ static int fill_defaults(struct ctx *x, struct tern_config *c)
 	if (!c->user && !(c->user = tern_strdup("nobody")))
 		return nomem(x);
 	if (!c->log_level && !(c->log_level = tern_strdup("info")))
+		return nomem(x);
+	if (!c->recipient_delimiter && !(c->recipient_delimiter = tern_strdup("+")))
 		return nomem(x);
 	if (!c->users_file) {
 		size_t n = strlen(c->data_dir);
@@ -2018,6 +2039,15 @@ void conf_unref(struct tern_config *c)
 	/* acq_rel: the last owner must see every other owner's reads finished */
 	if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
 		conf_free(c);
+}
+
+size_t conf_local_base_len(const struct tern_config *c, const char *local, size_t len)
+{
+	const char *d = c && c->recipient_delimiter ? c->recipient_delimiter : "";
+	for (size_t i = 0; *d && i < len; i++)
+		if (strchr(d, local[i]) && local[i] != '\0')
+			return i;
+	return len;
 }
 
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len)
@@ -2197,6 +2227,9 @@ void conf_print(const struct tern_config *c, FILE *out)
 	fprintf(out, ";\nworkers = %u;\n", (unsigned)c->workers);
 	fprintf(out, "vrfy = %s;\n", c->vrfy ? "true" : "false");
 	fprintf(out, "expn = %s;\n", c->expn ? "true" : "false");
+	fputs("recipient_delimiter = ", out);
+	print_str(out, c->recipient_delimiter);
+	fputs(";\n", out);
 	fputs("local_domains = ", out);
 	print_list(out, c->local_domains, c->n_local_domains);
 	fputs(";\naliases {\n", out);

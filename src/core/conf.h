@@ -140,6 +140,9 @@ struct tern_config {
 	uint32_t workers;    /* event-loop threads; 0 (default) = one per core */
 	bool vrfy;           /* VRFY answers 252 without disclosing (default true) */
 	bool expn;           /* EXPN allowed? default false: 502 */
+	/* Plus addressing: each of these characters ends the user part of a
+	 * local part (user+tag@ is user@). Default "+"; "" turns it off. */
+	char *recipient_delimiter;
 
 	char **local_domains; /* lowercased; default ["localhost"] */
 	size_t n_local_domains;
@@ -206,6 +209,9 @@ size_t conf_warnings(const struct tern_config *c,
                      void (*fn)(const char *key, const char *text, void *arg), void *arg);
 void conf_report_warnings(const struct tern_config *c, FILE *out);
 
+/* The user part of a local part under recipient_delimiter: the length
+ * before the first delimiter character, or len when there is none. */
+size_t conf_local_base_len(const struct tern_config *c, const char *local, size_t len);
 /* Case-insensitive; domain need not be NUL-terminated. */
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len);
 /* Looks up an alias for a lowercased address; NULL if none. */

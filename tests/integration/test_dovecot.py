@@ -291,3 +291,24 @@ def test_dovecot_config_refuses_what_cannot_work(tmp_path):
     r = subprocess.run([tern_bin(), "dovecot-config", "-c", str(conf)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "root" in r.stderr
+
+
+def test_plus_address_lands_in_a_folder_made_over_imap(env):
+    t, d = env
+    m = imaplib.IMAP4("127.0.0.1", d.imap_port, timeout=15)
+    m.login("dave@example.test", PASSWORD)
+    assert m.create("Lists")[0] == "OK"
+    with t.client() as c:
+        c.send_message("sender@example.org", ["dave+lists@example.test"],
+                       make_message("for the list", to="dave+lists@example.test"))
+    deadline = time.monotonic() + 10
+    while True:
+        typ, cnt = m.select("Lists")
+        if int(cnt[0]) == 1:
+            break
+        assert time.monotonic() < deadline, t.log_tail()
+        time.sleep(0.1)
+    typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT DELIVERED-TO)])")
+    assert b"Subject: for the list" in data[0][1]
+    assert b"Delivered-To: dave+lists@example.test" in data[0][1]
+    m.logout()

@@ -382,6 +382,7 @@ static void check_defaults(const struct tern_config *c)
 	assert_int_equal(c->limits.idle_timeout, 300);
 	assert_int_equal(c->limits.data_timeout, 180);
 	assert_int_equal(c->limits.shutdown_grace, 30);
+	assert_string_equal(c->recipient_delimiter, "+");
 	assert_int_equal(c->n_listeners, 2);
 	assert_string_equal(c->listeners[0].name, "mx");
 	assert_string_equal(c->listeners[0].address, "127.0.0.1:2525");
@@ -625,6 +626,15 @@ static const struct err_case conf_err_cases[] = {
     {"listen { mx { address = \"127.0.0.1:25\"; profile = true } }",
      "t.conf:1: listen.mx.profile: expected \"mx\", \"submission\" or \"pop3\", got the "
      "boolean true"},
+    {"recipient_delimiter = 1",
+     "t.conf:1: recipient_delimiter: expected a string of delimiter characters, got the number "
+     "1"},
+    {"recipient_delimiter = \"@\"",
+     "t.conf:1: recipient_delimiter: '@' must be up to 8 of the characters !#$%&'*+-=?^_`{|}~ "
+     "(or \"\" for none)"},
+    {"recipient_delimiter = \".\"",
+     "t.conf:1: recipient_delimiter: '.' must be up to 8 of the characters !#$%&'*+-=?^_`{|}~ "
+     "(or \"\" for none)"},
     /* tls = "implicit": pop3 only, and only with a certificate */
     {"listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = yes } }",
      "t.conf:1: listen.p.tls: expected \"implicit\" or \"starttls\", got the boolean true"},
@@ -1515,6 +1525,23 @@ static void test_dns_forward(void **state)
 
 /* ---- print and reload ---------------------------------------------------- */
 
+static void test_recipient_delimiter(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str("recipient_delimiter = \"+-\"", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(conf_local_base_len(c, "alice+work", 10), 5);
+	assert_int_equal(conf_local_base_len(c, "alice-x+y", 9), 5);
+	assert_int_equal(conf_local_base_len(c, "alice", 5), 5);
+	assert_int_equal(conf_local_base_len(c, "+tag", 4), 0);
+	assert_int_equal(conf_local_base_len(c, "alice+work", 4), 4); /* never past len */
+	conf_unref(c);
+	c = load_str("recipient_delimiter = \"\"", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(conf_local_base_len(c, "alice+work", 10), 10);
+	conf_unref(c);
+}
+
 static void test_print_reload_round_trip(void **state)
 {
 	static const char *const configs[] = {
@@ -1544,6 +1571,8 @@ static void test_print_reload_round_trip(void **state)
 	    "dns { forward = [\"127.0.0.1@5353\", \"::1\"]; trust_anchor_file = /var/lib/root.key "
 	    "}\n",
 	    "relayhost { via = \"smtps://[::1]:4650\"; tls = opportunistic }\ndns { forward = [] }",
+	    "recipient_delimiter = \"\"",
+	    "recipient_delimiter = \"+-\"",
 	    "tls { cert_file = /etc/tern/c.pem; key_file = /etc/tern/k.pem }\n"
 	    "listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = implicit }\n"
 	    "  q { address = \"127.0.0.1:110\"; profile = pop3; tls = starttls } }\n",
@@ -1797,6 +1826,7 @@ int main(void)
 	    cmocka_unit_test(test_find_route_precedence),
 	    cmocka_unit_test(test_delivery_values),
 	    cmocka_unit_test(test_dns_forward),
+	    cmocka_unit_test(test_recipient_delimiter),
 	    cmocka_unit_test(test_print_reload_round_trip),
 	    cmocka_unit_test(test_print_shows_values),
 	    cmocka_unit_test(test_print_shows_routes),
