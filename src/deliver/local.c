@@ -190,8 +190,8 @@ static bool find_folder(char *mdir, size_t mdirlen, const char *tag)
  * ("bob+lists" -> DATA/mail/DOMAIN/bob/.Lists), else into the inbox. rt may
  * be NULL (no running config: tools, tests): plain maildir_path.
  */
-static int resolve_maildir(const struct tern_runtime *rt, const char *mail_root,
-                           const char *domain, const char *local, char *out, size_t outlen)
+static int resolve_maildir(const struct tern_runtime *rt, const char *mail_root, const char *domain,
+                           const char *local, char *out, size_t outlen)
 {
 	char addr[600], user[300];
 	int rc = maildir_path(mail_root, domain, local, out, outlen);
