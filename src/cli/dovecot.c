@@ -199,7 +199,8 @@ int cmd_dovecot_config(int argc, char **argv)
 	bool pop3s_given = false;
 	if (cli_take_config(&argc, argv, &path) != 0)
 		return usage();
-	for (int i = 1; i < argc; i++) {
+	/* Options come in pairs: NAME VALUE. */
+	for (int i = 1; i < argc; i += 2) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!v)
@@ -226,7 +227,6 @@ int cmd_dovecot_config(int argc, char **argv)
 		} else {
 			return usage();
 		}
-		i++;
 	}
 	/* POP3 is tern's unless a port asks Dovecot to serve it too. */
 	if (!o.pop3_port && !pop3s_given)

@@ -1305,6 +1305,18 @@ static void restore_timeouts(struct session *s)
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
+/* A line too long for anyone: a SASL exchange waiting for it ends too. */
+static void line_too_long(struct session *s, size_t max)
+{
+	if (s->sasl_wait) {
+		sasl_free(s->sasl);
+		s->sasl = NULL;
+		s->sasl_wait = false;
+	}
+	reply(s, "-ERR Line too long (limit %zu bytes).", max);
+	count_error(s);
+}
+
 /* One command line from the input; false when more input is needed. */
 static bool read_command(struct session *s, struct evbuffer *in)
 {
@@ -1317,8 +1329,7 @@ static bool read_command(struct session *s, struct evbuffer *in)
 		}
 		evbuffer_drain(in, (size_t)lf.pos + 1);
 		s->discard_line = false;
-		reply(s, "-ERR Line too long (limit %zu bytes).", max);
-		count_error(s);
+		line_too_long(s, max);
 		return true;
 	}
 	if (lf.pos < 0) {
@@ -1331,8 +1342,7 @@ static bool read_command(struct session *s, struct evbuffer *in)
 	size_t linelen = (size_t)lf.pos + 1;
 	if (linelen > max) {
 		evbuffer_drain(in, linelen);
-		reply(s, "-ERR Line too long (limit %zu bytes).", max);
-		count_error(s);
+		line_too_long(s, max);
 		return true;
 	}
 	const char *line = (const char *)evbuffer_pullup(in, (ev_ssize_t)linelen);
