@@ -44,6 +44,7 @@ struct job {
 	size_t len;
 	int64_t due;
 	bool from_spool; /* data was read back: a retry or a recovery */
+	bool flush;      /* `tern queue flush`: deferred recipients are due now */
 };
 
 /* Messages with recipients handed to the remote engine, so a flush or a
@@ -137,7 +138,7 @@ static void enqueue_locked(struct scheduler *s, struct job *j)
 	pthread_cond_signal(&s->cond);
 }
 
-void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len)
+static void submit_job(struct scheduler *s, const char *id, char *data, size_t len, bool flush)
 {
 	struct job *j = calloc(1, sizeof(*j));
 	if (!j) {
@@ -149,9 +150,15 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
 	tern_strlcpy(j->id, id, sizeof(j->id));
 	j->data = data;
 	j->len = len;
+	j->flush = flush;
 	pthread_mutex_lock(&s->lock);
 	enqueue_locked(s, j);
 	pthread_mutex_unlock(&s->lock);
+}
+
+void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len)
+{
+	submit_job(s, id, data, len, false);
 }
 
 size_t scheduler_pending(struct scheduler *s)
@@ -226,7 +233,7 @@ static bool requeue_one(const struct spool_msg *m, void *arg)
 			next = r->next_try;
 	}
 	if (due) {
-		scheduler_submit(c->s, m->id, NULL, 0);
+		submit_job(c->s, m->id, NULL, 0, c->ignore_next_try);
 		c->n++;
 	} else if (next) {
 		defer_job(c->s, m->id, next);
@@ -635,9 +642,12 @@ struct item_ctx {
 	char stable[MAILDIR_NAME_MAX];
 };
 
-static bool is_due(const struct spool_rcpt *r, int64_t now)
+/* A deferred recipient is due at its next_try, or at once when the operator
+ * flushed the queue (the job says so). */
+static bool is_due(const struct spool_rcpt *r, const struct job *job, int64_t now)
 {
-	return r->state == RCPT_QUEUED || (r->state == RCPT_DEFERRED && r->next_try <= now);
+	return r->state == RCPT_QUEUED ||
+	       (r->state == RCPT_DEFERRED && (job->flush || r->next_try <= now));
 }
 
 /* Hands every due remote recipient of m to the remote engine, one job per
@@ -668,7 +678,7 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 	}
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		struct spool_rcpt *r = &m->rcpts[i];
-		if (r->local || taken[i] || !is_due(r, now))
+		if (r->local || taken[i] || !is_due(r, job, now))
 			continue;
 		const char *at = strrchr(r->addr, '@');
 		char domain[256];
@@ -695,7 +705,7 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 		rj->len = job->len;
 		for (size_t k = i; k < m->n_rcpts; k++) {
 			struct spool_rcpt *rk = &m->rcpts[k];
-			if (rk->local || taken[k] || !is_due(rk, now))
+			if (rk->local || taken[k] || !is_due(rk, job, now))
 				continue;
 			const char *ak = strrchr(rk->addr, '@');
 			if (!ak || strcasecmp(ak + 1, domain) != 0)
@@ -745,7 +755,7 @@ static bool capture_one(struct scheduler *s, const struct spool_msg *m, const st
 	size_t n = 0;
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		const struct spool_rcpt *r = &m->rcpts[i];
-		if (r->local && is_due(r, now))
+		if (r->local && is_due(r, job, now))
 			to[n++] = r->addr;
 	}
 	if (n == 0) {
@@ -762,6 +772,15 @@ static bool capture_one(struct scheduler *s, const struct spool_msg *m, const st
 	return true;
 }
 
+/* Writes the reply line of a delivery result (reply.c) into buf; returns
+ * its enhanced status code. arg: the entry's one argument, or NULL. */
+static const char *outcome_reply(char *buf, size_t len, enum smtp_reply_id id, const char *arg)
+{
+	const char *args[1] = {arg};
+	smtp_reply_format(buf, len, id, 0, false, args, arg ? 1 : 0);
+	return smtp_reply_def(id)->enhanced;
+}
+
 static void capture_record(struct scheduler *s, const struct tern_config *conf,
 			   struct caught *c, size_t n_caught, int64_t now)
 {
@@ -770,24 +789,23 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 		const struct spool_msg *m = c[k].m;
 		int rc = c[k].rc == TERN_OK ? sync_rc : c[k].rc;
 		char reply[128];
-		if (rc == TERN_OK)
-			snprintf(reply, sizeof(reply), "250 2.0.0 caught as %s", c[k].id);
-		else
-			snprintf(reply, sizeof(reply), "451 4.3.0 capture store failed: %s",
-				 tern_strerror(rc));
+		const char *status =
+		    rc == TERN_OK ? outcome_reply(reply, sizeof(reply), SMTP_R_CAPTURED, c[k].id)
+		                  : outcome_reply(reply, sizeof(reply), SMTP_R_CAPTURE_FAILED,
+		                                  tern_strerror(rc));
 		struct outcome *o = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*o));
 		if (!o)
 			continue; /* still due in the spool: the next flush or restart finds it */
 		size_t n = 0;
 		for (size_t i = 0; i < m->n_rcpts; i++) {
 			const struct spool_rcpt *r = &m->rcpts[i];
-			if (!r->local || !is_due(r, now))
+			if (!r->local || !is_due(r, c[k].job, now))
 				continue;
 			o[n].idx = i;
 			o[n].relay = "capture";
 			o[n].dsn_relayed = false;
 			o[n].state = rc == TERN_OK ? RCPT_DELIVERED : RCPT_DEFERRED;
-			o[n].status = rc == TERN_OK ? "2.0.0" : "4.3.0";
+			o[n].status = status;
 			o[n].reply = reply;
 			n++;
 		}
@@ -868,7 +886,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 		for (size_t i = 0; i < m->n_rcpts; i++) {
 			struct spool_rcpt *r = &m->rcpts[i];
-			if (!r->local || !is_due(r, now))
+			if (!r->local || !is_due(r, job, now))
 				continue;
 			if (n_items == cap) {
 				size_t ncap = cap ? cap * 2 : 16;
@@ -953,20 +971,17 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			oc->dsn_relayed = false;
 			if (items[k].result == TERN_OK) {
 				oc->state = RCPT_DELIVERED;
-				oc->status = "2.0.0";
-				snprintf(replies[k], sizeof(replies[k]),
-					 "250 2.0.0 delivered to mailbox %s", items[k].name);
+				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
+				                           SMTP_R_LOCAL_DELIVERED, items[k].name);
 			} else if (items[k].result == TERN_EINVAL || items[k].result == TERN_ELIMIT) {
 				oc->state = RCPT_BOUNCED;
-				oc->status = "5.1.3";
-				snprintf(replies[k], sizeof(replies[k]),
-					 "550 5.1.3 the mailbox name is not usable");
+				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
+				                           SMTP_R_LOCAL_BAD_MAILBOX, NULL);
 			} else {
 				oc->state = RCPT_DEFERRED;
-				oc->status = "4.3.0";
-				snprintf(replies[k], sizeof(replies[k]),
-					 "451 4.3.0 local delivery failed: %s",
-					 tern_strerror(items[k].result));
+				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
+				                           SMTP_R_LOCAL_FAILED,
+				                           tern_strerror(items[k].result));
 			}
 			oc->reply = replies[k];
 		}

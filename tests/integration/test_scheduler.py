@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import make_message
+from conftest import Raw, make_message
 from remote_harness import DEADLINE, SENDER, check_alive, submit, wait_queue_empty
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
@@ -60,3 +60,18 @@ def test_many_recipients_are_all_recorded(remote_tern, mx):
     assert sorted(seen) == sorted(rcpts), "a recipient was sent twice or not at all"
     wait_queue_empty(t)
     assert len(t.log_lines(f"event=delivered id={qid}")) == 300
+
+
+def test_flush_retries_deferred_recipients_before_their_time(remote_tern, mx):
+    # defer.test answers 451 the first time. With an hour between retries the
+    # recipient would wait; `tern queue flush` must try it now (the operator's
+    # "the remote side is fixed, go"), as postqueue -f does.
+    t = remote_tern(retry_base=Raw("1h"), retry_max=Raw("2h"), max_lifetime=Raw("5d"))
+    qid = submit(t, ["a@defer.test"], msg("flush-now", "a@defer.test"))
+    t.wait_log(rf"event=deferred id={qid} to=<a@defer\.test>")
+    assert mx["deferonce"].messages == []
+    r = t.cli("queue", "flush")
+    assert r.returncode == 0, r.stderr
+    mx["deferonce"].wait_messages(1, tern=t, timeout=DEADLINE)
+    t.wait_log(rf"event=delivered id={qid} to=<a@defer\.test>")
+    wait_queue_empty(t)
