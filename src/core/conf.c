@@ -58,6 +58,7 @@ static const char default_text[] =
     "workers = 0;                  # one per core\n"
     "vrfy = true;\n"
     "expn = false;\n"
+    "recipient_delimiter = \"+\";     # user+tag@ is delivered to user@ (\"\" turns it off)\n"
     "local_domains = [\"localhost\"];\n"
     "aliases { }\n"
     "relay {\n"
@@ -78,6 +79,9 @@ static const char default_text[] =
     "}\n"
     "listen {\n"
     "\tmx { address = \"127.0.0.1:2525\"; profile = \"mx\"; }\n"
+    "\tpop3 { address = \"127.0.0.1:2110\"; profile = \"pop3\"; }  # STLS once tls { } is set\n"
+    "\t# with tls { }: pop3s { address = \"127.0.0.1:2995\"; profile = \"pop3\"; tls = "
+    "\"implicit\"; }\n"
     "}\n"
     "routes { }\n"
     "# no relayhost: mail for other domains goes to their MX hosts\n"
@@ -159,6 +163,7 @@ struct ctx {
 	const struct ucl_doc *doc;
 	char *err;
 	size_t errlen;
+	const struct ucl_node *implicit_tls; /* a listener's tls = "implicit" (needs tls { }) */
 };
 
 __attribute__((format(printf, 3, 4))) static int cerr(struct ctx *x, const struct ucl_node *n,
@@ -858,7 +863,7 @@ static void aliaslist_free(struct aliaslist *al)
 }
 
 static int listener_add(struct ctx *x, struct tern_config *c, const char *name, const char *address,
-                        const char *profile)
+                        const char *profile, bool implicit_tls)
 {
 	struct conf_listener *v = realloc(c->listeners, (c->n_listeners + 1) * sizeof(*v));
 	if (!v)
@@ -868,6 +873,7 @@ static int listener_add(struct ctx *x, struct tern_config *c, const char *name, 
 	l->name = tern_strdup(name);
 	l->address = tern_strdup(address);
 	l->profile = tern_strdup(profile);
+	l->implicit_tls = implicit_tls;
 	c->n_listeners++; /* counted even if a copy failed, so unref frees what exists */
 	if (!l->name || !l->address || !l->profile)
 		return nomem(x);
@@ -887,13 +893,15 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	int rc = want_section(x, m, path);
 	if (rc != TERN_OK)
 		return rc;
-	const struct ucl_node *addr = NULL, *prof = NULL;
+	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL;
 	for (size_t i = 0; i < m->n_items; i++) {
 		const struct ucl_node *k = m->items[i];
 		if (strcmp(k->key, "address") == 0)
 			addr = k;
 		else if (strcmp(k->key, "profile") == 0)
 			prof = k;
+		else if (strcmp(k->key, "tls") == 0)
+			tls = k;
 		else
 			return unknown_key(x, k, section);
 	}
@@ -911,15 +919,36 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		            sub, show(addr->str, b, sizeof(b)));
 	snprintf(sub, sizeof(sub), "%s.profile", path);
 	if (prof->type != UCL_STRING)
-		return want(x, prof, sub, "\"mx\" or \"submission\"");
-	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0)
-		return cerr(x, prof, "%s: must be \"mx\" or \"submission\", not '%s'", sub,
-		            show(prof->str, b, sizeof(b)));
+		return want(x, prof, sub, "\"mx\", \"submission\" or \"pop3\"");
+	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0 &&
+	    strcmp(prof->str, "pop3") != 0)
+		return cerr(x, prof, "%s: must be \"mx\", \"submission\" or \"pop3\", not '%s'",
+		            sub, show(prof->str, b, sizeof(b)));
+	/* tls = "implicit": TLS from the first byte (POP3 on 995). "starttls"
+	 * (the default) offers the upgrade in the protocol once tls { } has a
+	 * certificate. */
+	bool implicit = false;
+	if (tls) {
+		snprintf(sub, sizeof(sub), "%s.tls", path);
+		if (tls->type != UCL_STRING)
+			return want(x, tls, sub, "\"implicit\" or \"starttls\"");
+		if (strcmp(tls->str, "implicit") == 0)
+			implicit = true;
+		else if (strcmp(tls->str, "starttls") != 0)
+			return cerr(x, tls, "%s: must be \"implicit\" or \"starttls\", not '%s'",
+			            sub, show(tls->str, b, sizeof(b)));
+		if (implicit && strcmp(prof->str, "pop3") != 0)
+			return cerr(
+			    x, tls,
+			    "%s: \"implicit\" is implemented for pop3 listeners only so far", sub);
+		if (implicit && !x->implicit_tls)
+			x->implicit_tls = tls;
+	}
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
 			            path, canon, c->listeners[i].name);
-	return listener_add(x, c, m->key, canon, prof->str);
+	return listener_add(x, c, m->key, canon, prof->str, implicit);
 }
 
 static int parse_listen(struct ctx *x, struct tern_config *c, const struct ucl_node *sec)
@@ -1801,6 +1830,7 @@ static void conf_free(struct tern_config *c)
 	free(c->users_file);
 	free(c->user);
 	free(c->log_level);
+	free(c->recipient_delimiter);
 	for (size_t i = 0; i < c->n_local_domains; i++)
 		free(c->local_domains[i]);
 	free(c->local_domains);
@@ -1952,6 +1982,23 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return get_bool(x, m, k, &c->vrfy);
 	if (strcmp(k, "expn") == 0)
 		return get_bool(x, m, k, &c->expn);
+	if (strcmp(k, "recipient_delimiter") == 0) {
+		/* RFC 5322 atext specials only: a delimiter must be able to
+		 * occur in a dot-atom local part, and "" is allowed (off). */
+		if (m->type != UCL_STRING)
+			return want(x, m, k, "a string of delimiter characters");
+		if (m->len > 8 || strspn(m->str, "!#$%&'*+-=?^_`{|}~") != m->len)
+			return cerr(x, m,
+			            "recipient_delimiter: '%s' must be up to 8 of the characters "
+			            "!#$%%&'*+-=?^_`{|}~ (or \"\" for none)",
+			            show(m->str, b, sizeof(b)));
+		char *d = tern_strdup(m->str);
+		if (!d)
+			return nomem(x);
+		free(c->recipient_delimiter);
+		c->recipient_delimiter = d;
+		return TERN_OK;
+	}
 	if (strcmp(k, "local_domains") == 0) {
 		*domains_given = true;
 		strlist_free(domains);
@@ -2000,6 +2047,8 @@ static int fill_defaults(struct ctx *x, struct tern_config *c)
 		return nomem(x);
 	if (!c->log_level && !(c->log_level = tern_strdup("info")))
 		return nomem(x);
+	if (!c->recipient_delimiter && !(c->recipient_delimiter = tern_strdup("+")))
+		return nomem(x);
 	if (!c->users_file) {
 		size_t n = strlen(c->data_dir);
 		bool slash = n > 0 && c->data_dir[n - 1] == '/';
@@ -2015,7 +2064,7 @@ static int fill_defaults(struct ctx *x, struct tern_config *c)
 static struct tern_config *build(const struct ucl_doc *doc, const char *source, char *err,
                                  size_t errlen)
 {
-	struct ctx x = {doc, err, errlen};
+	struct ctx x = {doc, err, errlen, NULL};
 	struct strlist domains = {0};
 	struct netlist nets = {0};
 	struct aliaslist al = {0};
@@ -2056,8 +2105,16 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 		nets.v = v;
 		conf_cidr_parse(default_networks[i], &nets.v[nets.n++]);
 	}
-	if (!listen_given && (rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx")) != TERN_OK)
+	if (!listen_given &&
+	    ((rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx", false)) != TERN_OK ||
+	     (rc = listener_add(&x, c, "pop3", "127.0.0.1:2110", "pop3", false)) != TERN_OK))
 		goto fail;
+	if (x.implicit_tls && !c->tls.cert_file) {
+		rc = cerr(
+		    &x, x.implicit_tls,
+		    "tls = \"implicit\" needs a certificate: set tls { cert_file; key_file; }");
+		goto fail;
+	}
 	if ((rc = finish_aliases(&x, c, &al)) != TERN_OK)
 		goto fail;
 	if (!(c->source = tern_strdup(source))) {
@@ -2168,6 +2225,15 @@ void conf_unref(struct tern_config *c)
 	/* acq_rel: the last owner must see every other owner's reads finished */
 	if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
 		conf_free(c);
+}
+
+size_t conf_local_base_len(const struct tern_config *c, const char *local, size_t len)
+{
+	const char *d = c && c->recipient_delimiter ? c->recipient_delimiter : "";
+	for (size_t i = 0; *d && i < len; i++)
+		if (strchr(d, local[i]) && local[i] != '\0')
+			return i;
+	return len;
 }
 
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len)
@@ -2354,6 +2420,9 @@ void conf_print(const struct tern_config *c, FILE *out)
 	fprintf(out, ";\nworkers = %u;\n", (unsigned)c->workers);
 	fprintf(out, "vrfy = %s;\n", c->vrfy ? "true" : "false");
 	fprintf(out, "expn = %s;\n", c->expn ? "true" : "false");
+	fputs("recipient_delimiter = ", out);
+	print_str(out, c->recipient_delimiter);
+	fputs(";\n", out);
 	fputs("local_domains = ", out);
 	print_list(out, c->local_domains, c->n_local_domains);
 	fputs(";\naliases {\n", out);
@@ -2401,6 +2470,8 @@ void conf_print(const struct tern_config *c, FILE *out)
 		print_str(out, l->address);
 		fputs(";\n\t\tprofile = ", out);
 		print_str(out, l->profile);
+		if (l->implicit_tls)
+			fputs(";\n\t\ttls = \"implicit\"", out);
 		fputs(";\n\t}\n", out);
 	}
 	fputs("}\nroutes {\n", out);

@@ -25,9 +25,10 @@
 #include <stdio.h>
 
 struct conf_listener {
-	char *name;    /* the section name: "mx", "submission", ... */
-	char *address; /* "IP:PORT" or "[IPv6]:PORT" */
-	char *profile; /* "mx" or "submission" */
+	char *name;        /* the section name: "mx", "submission", ... */
+	char *address;     /* "IP:PORT" or "[IPv6]:PORT" */
+	char *profile;     /* "mx", "submission" or "pop3" */
+	bool implicit_tls; /* tls = "implicit": TLS from the first byte (pop3 only so far) */
 };
 
 struct conf_alias {
@@ -170,6 +171,9 @@ struct tern_config {
 	uint32_t workers;    /* event-loop threads; 0 (default) = one per core */
 	bool vrfy;           /* VRFY answers 252 without disclosing (default true) */
 	bool expn;           /* EXPN allowed? default false: 502 */
+	/* Plus addressing: each of these characters ends the user part of a
+	 * local part (user+tag@ is user@). Default "+"; "" turns it off. */
+	char *recipient_delimiter;
 
 	char **local_domains; /* lowercased; default ["localhost"] */
 	size_t n_local_domains;
@@ -182,7 +186,7 @@ struct tern_config {
 
 	struct conf_limits limits;
 
-	struct conf_listener *listeners; /* default: mx on 127.0.0.1:2525 */
+	struct conf_listener *listeners; /* default: mx on 127.0.0.1:2525, pop3 on 127.0.0.1:2110 */
 	size_t n_listeners;
 
 	struct conf_route *routes;       /* per-domain next hops */
@@ -238,6 +242,9 @@ size_t conf_warnings(const struct tern_config *c,
                      void (*fn)(const char *key, const char *text, void *arg), void *arg);
 void conf_report_warnings(const struct tern_config *c, FILE *out);
 
+/* The user part of a local part under recipient_delimiter: the length
+ * before the first delimiter character, or len when there is none. */
+size_t conf_local_base_len(const struct tern_config *c, const char *local, size_t len);
 /* Case-insensitive; domain need not be NUL-terminated. */
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len);
 /* Looks up an alias for a lowercased address; NULL if none. */
