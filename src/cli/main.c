@@ -23,6 +23,7 @@ static void usage(FILE *out)
 		"  spf check [--dns IP[@PORT]] [--helo NAME] IP MAILFROM\n"
 		"                             what SPF says of a client, its HELO and a sender\n"
 		"  dkim keygen|dns|check|sign|verify  DKIM keys, their DNS records, signing tools\n"
+		"  milter test --milter SPEC < MSG  run a message through a milter (rspamd, ...)\n"
 		"  version                    print the version\n");
 }
 
@@ -54,6 +55,8 @@ int main(int argc, char **argv)
 		return cmd_spf(argc - 1, argv + 1);
 	if (strcmp(cmd, "dkim") == 0)
 		return cmd_dkim(argc - 1, argv + 1);
+	if (strcmp(cmd, "milter") == 0)
+		return cmd_milter(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("tern %s\n", TERN_VERSION);
 		return 0;
