@@ -527,8 +527,17 @@ static void on_reply(struct milter_client *mc, const struct milter_reply *r)
 			return;
 		}
 		mc->quarantine = true;
-		log_quote(r->value, r->value_len, mc->quarantine_reason,
-		          sizeof(mc->quarantine_reason));
+		{
+			/* Kept printable: it may reach a log or a header. */
+			size_t n = r->value_len < sizeof(mc->quarantine_reason) - 1
+			               ? r->value_len
+			               : sizeof(mc->quarantine_reason) - 1;
+			for (size_t i = 0; i < n; i++) {
+				unsigned char c = (unsigned char)r->value[i];
+				mc->quarantine_reason[i] = (c < 32 || c == 127) ? ' ' : (char)c;
+			}
+			mc->quarantine_reason[n] = '\0';
+		}
 		return;
 	case MILTER_R_SHUTDOWN:
 		fail(mc, "milter_shutdown");
