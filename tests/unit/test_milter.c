@@ -22,6 +22,7 @@
 #include <event2/event.h>
 
 #include "core/buf.h"
+#include "core/conf.h"
 #include "core/err.h"
 #include "policy/milter.h"
 
@@ -545,6 +546,57 @@ static void test_client_down_gets_default(void **state)
 	event_base_free(d.base);
 }
 
+/* ------------------------------------------------------------ config */
+
+static struct tern_config *load(const char *listener_extra, char *err, size_t errlen)
+{
+	char text[1024];
+	snprintf(text, sizeof(text),
+	         "listen { mx { address = \"127.0.0.1:2525\"; profile = \"mx\"; %s } }\n",
+	         listener_extra);
+	return conf_load_string(text, strlen(text), "test.conf", err, errlen);
+}
+
+static void test_config_keys(void **state)
+{
+	char err[512];
+	struct tern_config *c = load("", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->listeners[0].n_milters, 0);
+	assert_int_equal(c->listeners[0].milter_default_action, CONF_MILTER_TEMPFAIL);
+	conf_unref(c);
+
+	c = load("milters = [\"inet:127.0.0.1:11332\", \"unix:/run/Milter.sock\"]; "
+	         "milter_default_action = \"reject\";",
+	         err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->listeners[0].n_milters, 2);
+	assert_string_equal(c->listeners[0].milters[0], "inet:127.0.0.1:11332");
+	assert_string_equal(c->listeners[0].milters[1], "unix:/run/Milter.sock"); /* case kept */
+	assert_int_equal(c->listeners[0].milter_default_action, CONF_MILTER_REJECT);
+	conf_unref(c);
+
+	c = load("milters = \"inet:[::1]:11332\"; milter_default_action = \"accept\";", err,
+	         sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->listeners[0].n_milters, 1);
+	assert_int_equal(c->listeners[0].milter_default_action, CONF_MILTER_ACCEPT);
+	conf_unref(c);
+
+	const char *bad[] = {"milters = [\"inet:mail.example:25\"];",
+	                     "milters = [1];",
+	                     "milters = [\"inet:127.0.0.1\"];",
+	                     "milter_default_action = \"discard\";",
+	                     "milter_default_action = 1;",
+	                     "milter = [\"inet:127.0.0.1:1\"];"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		c = load(bad[i], err, sizeof(err));
+		if (c)
+			fail_msg("accepted: %s", bad[i]);
+		assert_non_null(strstr(err, "listen.mx"));
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -556,6 +608,7 @@ int main(void)
 	    cmocka_unit_test(test_spec_and_action),
 	    cmocka_unit_test(test_client_negotiation_and_eom),
 	    cmocka_unit_test(test_client_down_gets_default),
+	    cmocka_unit_test(test_config_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
