@@ -348,7 +348,9 @@ static void send_connect(struct milter_client *mc)
 	send_and_wait(mc, mc->protocol & MILTER_P_NR_CONN);
 }
 
-/* Sends the next body chunk, or reports the body step done. */
+/* Sends the next body chunk, or reports the body step done. Without a reply
+ * per chunk (NR_BODY) every chunk is handed to the bufferevent at once, one
+ * packet at a time, so mc->out never holds more than a chunk. */
 static void body_next(struct milter_client *mc)
 {
 	while (mc->body_off < mc->body.len) {
@@ -364,6 +366,10 @@ static void body_next(struct milter_client *mc)
 		}
 		if (!(mc->protocol & MILTER_P_NR_BODY)) {
 			send_and_wait(mc, false);
+			return;
+		}
+		if (flush_out(mc) != TERN_OK) {
+			fail(mc, "nomem");
 			return;
 		}
 	}

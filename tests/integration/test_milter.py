@@ -192,14 +192,16 @@ def test_all_continue_and_wire_format(milters):
     assert any(d.startswith(b"M") and b"{mail_addr}\0sender@example.org\0" in d for d in macros)
 
 
-def test_body_is_chunked(milters):
-    m = milters()
-    body = (b"x" * 998 + b"\r\n") * 200  # 200 kB
+@pytest.mark.parametrize("protocol,lines", [(0, 200), (0x80000, 1500)])
+def test_body_is_chunked(milters, protocol, lines):
+    # with NR_BODY (0x80000) no chunk is answered: 1.5 MB goes out without a pause
+    m = milters(protocol=protocol)
+    body = (b"x" * 998 + b"\r\n") * lines
     p = run(m.spec, b"Subject: big\r\n\r\n" + body)
     assert p.returncode == 0, p.stderr
     m.close()
     chunks = [d for c, d in m.received if c == b"B"]
-    assert len(chunks) == 4 and all(len(c) <= 65535 for c in chunks)
+    assert len(chunks) == -(-len(body) // 65535) and all(len(c) <= 65535 for c in chunks)
     assert b"".join(chunks) == body
 
 
