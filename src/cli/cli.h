@@ -36,6 +36,7 @@ int cmd_queue(int argc, char **argv);
 int cmd_spf(int argc, char **argv);
 int cmd_dkim(int argc, char **argv);
 int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
+int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
 
 /* Parses "-c FILE" / "--config FILE" out of argv (removing it); NULL if absent.
  * Returns -1 on a dangling -c. */

@@ -24,6 +24,7 @@ static void usage(FILE *out)
 		"                             what SPF says of a client, its HELO and a sender\n"
 		"  dkim keygen|dns|check|sign|verify  DKIM keys, their DNS records, signing tools\n"
 		"  dovecot-config [-c FILE]   print a Dovecot config serving tern's mailboxes (IMAP)\n"
+		"  milter test --milter SPEC < MSG  run a message through a milter (rspamd, ...)\n"
 		"  version                    print the version\n");
 }
 
@@ -57,6 +58,8 @@ int main(int argc, char **argv)
 		return cmd_dkim(argc - 1, argv + 1);
 	if (strcmp(cmd, "dovecot-config") == 0)
 		return cmd_dovecot_config(argc - 1, argv + 1);
+	if (strcmp(cmd, "milter") == 0)
+		return cmd_milter(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("tern %s\n", TERN_VERSION);
 		return 0;

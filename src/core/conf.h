@@ -24,11 +24,19 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* What a listener does when its milter is down, times out or speaks nonsense. */
+enum conf_milter_action { CONF_MILTER_TEMPFAIL = 0, CONF_MILTER_ACCEPT, CONF_MILTER_REJECT };
+
 struct conf_listener {
 	char *name;        /* the section name: "mx", "submission", ... */
 	char *address;     /* "IP:PORT" or "[IPv6]:PORT" */
 	char *profile;     /* "mx", "submission" or "pop3" */
 	bool implicit_tls; /* tls = "implicit": TLS from the first byte (pop3 only so far) */
+	/* milters = ["inet:IP:PORT", "unix:/path"]: asked in this order at each
+	 * SMTP step (policy/milter.h); default none. */
+	char **milters;
+	size_t n_milters;
+	enum conf_milter_action milter_default_action; /* default tempfail */
 };
 
 struct conf_alias {
