@@ -10,21 +10,21 @@
 static void usage(FILE *out)
 {
 	fprintf(out,
-	        "usage: tern COMMAND [options]\n"
-	        "\n"
-	        "  serve [-c FILE]            run the mail server (embedded default without -c)\n"
-	        "  capture [-c FILE] [--smtp IP:PORT] [--http IP:PORT] [--data-dir DIR]\n"
-	        "                             catch all mail for testing; web UI and Mailpit API\n"
-	        "  check-config [-c FILE]     validate the config and print it with defaults\n"
-	        "  user add|passwd|del|list   manage users (passwd-file); --password-stdin\n"
-	        "  queue list|show|delete|hold|release|flush|damaged\n"
-	        "                             inspect and control the queue of a running server\n"
-	        "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
-	        "  spf check [--dns IP[@PORT]] [--helo NAME] IP MAILFROM\n"
-	        "                             what SPF says of a client, its HELO and a sender\n"
-	        "  dkim keygen|dns|check|sign|verify  DKIM keys, their DNS records, signing tools\n"
-	        "  arc verify|seal            validate or add an ARC Set (RFC 8617)\n"
-	        "  version                    print the version\n");
+		"usage: tern COMMAND [options]\n"
+		"\n"
+		"  serve [-c FILE]            run the mail server (embedded default without -c)\n"
+		"  capture [-c FILE] [--smtp IP:PORT] [--http IP:PORT] [--data-dir DIR]\n"
+		"                             catch all mail for testing; web UI and Mailpit API\n"
+		"  check-config [-c FILE]     validate the config and print it with defaults\n"
+		"  user add|passwd|del|list   manage users (passwd-file); --password-stdin\n"
+		"  queue list|show|delete|hold|release|flush|damaged\n"
+		"                             inspect and control the queue of a running server\n"
+		"  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
+		"  spf check [--dns IP[@PORT]] [--helo NAME] IP MAILFROM\n"
+		"                             what SPF says of a client, its HELO and a sender\n"
+		"  dkim keygen|dns|check|sign|verify  DKIM keys, their DNS records, signing tools\n"
+		"  arc verify|seal            validate or add an ARC Set (RFC 8617)\n"
+		"  version                    print the version\n");
 }
 
 int main(int argc, char **argv)
