@@ -198,7 +198,7 @@ static int cmd_verify(int argc, char **argv)
 	if (read_input(&in) == 0 && validate(&in, dnsfile, path, (unsigned)timeout, &r) == 0) {
 		printf("arc=%s", arc_cv_name(r.cv));
 		if (r.cv == ARC_CV_FAIL)
-			printf(" (%s%s)", r.reason, r.temporary ? "; temporary" : "");
+			printf(" (%s)", r.reason);
 		if (r.cv == ARC_CV_PASS)
 			printf(" (i=%u; oldest-pass=%u) header.s=%s", r.n_sets, r.oldest_pass,
 			       r.sealer);

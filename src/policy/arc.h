@@ -40,7 +40,8 @@ const char *arc_cv_name(enum arc_cv cv);
 
 struct arc_result {
 	enum arc_cv cv;
-	const char *reason;   /* a short phrase why it failed ("AMS 2 did not verify"); "" else */
+	char reason[160];     /* why it failed ("ARC-Seal i=2: signature did not verify"); "" else.
+	                         An array, so a copy of the result outlives the verifier */
 	bool temporary;       /* failed only because a key could not be fetched now */
 	unsigned n_sets;      /* N, the highest instance (0 with cv none, or when unknown) */
 	unsigned oldest_pass; /* §5.2 step 5: lowest instance whose AMS and all newer ones

@@ -11,6 +11,7 @@
  * bounded by the DKIM limits and ARC_MAX_SETS.
  */
 #include <openssl/evp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -245,10 +246,7 @@ struct arc_verify {
 
 struct arc_verify *arc_verify_new(void)
 {
-	struct arc_verify *v = calloc(1, sizeof(*v));
-	if (v)
-		v->res.reason = "";
-	return v;
+	return calloc(1, sizeof(struct arc_verify));
 }
 
 void arc_verify_free(struct arc_verify *v)
@@ -267,7 +265,8 @@ void arc_verify_free(struct arc_verify *v)
 static void done(struct arc_verify *v, enum arc_cv cv, const char *why)
 {
 	v->res.cv = cv;
-	v->res.reason = why ? why : "";
+	if (why != v->res.reason)
+		tern_strlcpy(v->res.reason, why ? why : "", sizeof(v->res.reason));
 	v->state = ARC_VS_DONE;
 }
 
@@ -662,10 +661,13 @@ int arc_verify_finish(struct arc_verify *v)
 		return TERN_EINVAL;
 	unsigned n = v->sets.max;
 	bool temp = false;
+	const char *why;
 	/* step 4 */
-	if (check_ams(v, n, &temp)) {
+	if ((why = check_ams(v, n, &temp)) != NULL) {
 		v->res.temporary = temp;
-		done(v, ARC_CV_FAIL, "the newest ARC-Message-Signature did not verify");
+		snprintf(v->res.reason, sizeof(v->res.reason), "ARC-Message-Signature i=%u: %s", n,
+		         why);
+		done(v, ARC_CV_FAIL, v->res.reason);
 		return TERN_OK;
 	}
 	/* step 5 */
@@ -679,9 +681,10 @@ int arc_verify_finish(struct arc_verify *v)
 	}
 	/* step 6 */
 	for (unsigned i = n; i >= 1; i--) {
-		if (check_as(v, i, &temp)) {
+		if ((why = check_as(v, i, &temp)) != NULL) {
 			v->res.temporary = temp;
-			done(v, ARC_CV_FAIL, "an ARC-Seal did not verify");
+			snprintf(v->res.reason, sizeof(v->res.reason), "ARC-Seal i=%u: %s", i, why);
+			done(v, ARC_CV_FAIL, v->res.reason);
 			return TERN_OK;
 		}
 	}

@@ -162,3 +162,34 @@ def test_an_older_broken_ams_only_moves_oldest_pass(work, keys):
     sealed = dkimpy_seal(msg, keys, "pass")
     assert dkimpy_verify(sealed, keys)[0] == "pass"
     assert tern_verify(sealed, keys).startswith("arc=pass (i=2; oldest-pass=2)")
+
+
+def test_verify_through_dns(work):
+    """The daemon's path (arc_verify_dns_start on the async resolver) against a real
+    unbound: a chain passes; a seal whose key lookup fails (SERVFAIL) fails, temporary."""
+    from remote_harness import DNS_RECORDS, Unbound
+    key, record = keygen(work, "example.test", "a1")
+    u = Unbound(records=DNS_RECORDS)
+    strings = " ".join(f'"{record[i:i + 255]}"' for i in range(0, len(record), 255))
+    with open(u.conf, "a") as f:
+        f.write(f"  local-data: 'a1._domainkey.example.test. 60 IN TXT {strings}'\n")
+    u.start()
+    try:
+        conf = work / "tern.conf"
+        conf.write_text(f'dns {{ forward = ["{u.forward}"]; }}\n')
+        r = run("arc", "seal", "--domain", "example.test", "--selector", "a1", "--key", key,
+                "--authres", "example.test; arc=none", "-c", conf, input=MESSAGE)
+        assert r.returncode == 0, r.stderr
+        sealed = r.stdout
+        r = run("arc", "verify", "-c", conf, "--timeout", "5", input=sealed)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.decode().startswith("arc=pass (i=1; oldest-pass=0) header.s=example.test")
+        r = run("arc", "seal", "--domain", "servfail.test", "--selector", "a1", "--key", key,
+                "--authres", "servfail.test; arc=pass", "--cv", "pass", input=sealed)
+        assert r.returncode == 0, r.stderr
+        r = run("arc", "verify", "-c", conf, "--timeout", "5", input=r.stdout)
+        assert r.returncode == 1
+        assert r.stdout.decode().startswith(
+            "arc=fail (ARC-Message-Signature i=2: key lookup failed (temporary))")
+    finally:
+        u.stop()

@@ -128,7 +128,8 @@ static enum arc_cv validate(const char *msg, size_t len, struct dkim_keytab *kt,
 	const struct arc_result *r = arc_verify_result(v);
 	assert_non_null(r);
 	enum arc_cv cv = r->cv;
-	*why = r->reason;
+	snprintf(why_buf, sizeof(why_buf), "%s", r->reason);
+	*why = why_buf;
 	arc_verify_free(v);
 	return cv;
 }
