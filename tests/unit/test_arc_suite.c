@@ -120,6 +120,9 @@ static struct dkim_keytab *keytab(json_t *scenario)
 	return kt;
 }
 
+static char why_buf[160];
+
+/* The chain's cv; *why points at the reason (valid until the next call). */
 static enum arc_cv validate(const char *msg, size_t len, struct dkim_keytab *kt, const char **why)
 {
 	struct arc_verify *v = arc_verify_new();
