@@ -229,6 +229,7 @@ struct arc_sig {
 	uint64_t l;
 	enum arc_cv cv;
 	int key;
+	int stream; /* AMS: its body hash in v->body */
 };
 
 struct arc_verify {
@@ -239,6 +240,8 @@ struct arc_verify {
 	size_t nf;
 	struct arc_sets sets;
 	struct arc_sig *ams, *as; /* [1..N] */
+	struct dkim_body body;    /* one pass over the body for every AMS */
+	bool body_ok;
 	struct arc_key keys[ARC_KEYS_MAX];
 	size_t n_keys, pending;
 	struct arc_result res;
@@ -255,6 +258,7 @@ void arc_verify_free(struct arc_verify *v)
 		return;
 	for (size_t i = 0; i < v->n_keys; i++)
 		EVP_PKEY_free(v->keys[i].pk);
+	dkim_body_clear(&v->body);
 	free(v->ams);
 	free(v->as);
 	free(v->f);
@@ -590,7 +594,6 @@ static int blanked(const struct arc_verify *v, const struct arc_sig *s, struct t
 static const char *check_ams(struct arc_verify *v, unsigned i, bool *temp)
 {
 	struct arc_sig *s = &v->ams[i];
-	struct dkim_body b = {0};
 	struct tbuf field = TBUF_INIT(DKIM_FIELD_MAX + 4);
 	uint8_t hash[32];
 	const char *why = "ARC-Message-Signature is malformed";
@@ -599,13 +602,10 @@ static const char *check_ams(struct arc_verify *v, unsigned i, bool *temp)
 	if ((why = key_ok(v, s, temp)) != NULL)
 		goto out;
 	why = "out of memory";
-	if (dkim_body_add(&b, s->bc, s->has_l, s->l) < 0)
-		goto out;
-	dkim_body_update(&b, v->msg + v->body_off, v->len - v->body_off);
-	if (!dkim_body_finish(&b))
+	if (!v->body_ok || s->stream < 0)
 		goto out;
 	why = "body hash did not verify";
-	if (memcmp(b.h[0].digest, s->bh, 32) != 0)
+	if (memcmp(v->body.h[s->stream].digest, s->bh, 32) != 0)
 		goto out;
 	why = "out of memory";
 	if (blanked(v, s, &field) != TERN_OK ||
@@ -618,9 +618,21 @@ static const char *check_ams(struct arc_verify *v, unsigned i, bool *temp)
 out:
 	if (why && strcmp(why, "out of memory") == 0)
 		*temp = true;
-	dkim_body_clear(&b);
 	tbuf_free(&field);
 	return why;
+}
+
+/* Hashes the body once for every AMS's (canonicalization, l=). */
+static void hash_body(struct arc_verify *v)
+{
+	for (unsigned i = 1; i <= v->sets.max; i++) {
+		struct arc_sig *s = &v->ams[i];
+		s->stream = s->ok ? dkim_body_add(&v->body, s->bc, s->has_l, s->l) : -1;
+		if (s->ok && s->stream < 0)
+			return; /* ENOMEM: body_ok stays false */
+	}
+	dkim_body_update(&v->body, v->msg + v->body_off, v->len - v->body_off);
+	v->body_ok = dkim_body_finish(&v->body);
 }
 
 /* AS i over sets 1..i. */
@@ -662,6 +674,7 @@ int arc_verify_finish(struct arc_verify *v)
 	unsigned n = v->sets.max;
 	bool temp = false;
 	const char *why;
+	hash_body(v);
 	/* step 4 */
 	if ((why = check_ams(v, n, &temp)) != NULL) {
 		v->res.temporary = temp;

@@ -186,8 +186,10 @@ static void test_seal_and_validate_three_hops(void **state)
 	char *m = dup_msg(MSG, &len);
 	m = seal(m, &len, "example.test", &added);
 	assert_true(added);
-	assert_non_null(strstr(m, "ARC-Seal: i=1; a=ed25519-sha256; cv=none; d=example.test; s=s1;"));
-	assert_non_null(strstr(m, "\r\nARC-Authentication-Results: i=1; mx.example.test; arc=none;"));
+	assert_non_null(
+	    strstr(m, "ARC-Seal: i=1; a=ed25519-sha256; cv=none; d=example.test; s=s1;"));
+	assert_non_null(
+	    strstr(m, "\r\nARC-Authentication-Results: i=1; mx.example.test; arc=none;"));
 	struct res r = check(m, len);
 	assert_int_equal(r.cv, ARC_CV_PASS);
 	assert_int_equal(r.n, 1);
@@ -333,10 +335,11 @@ static void test_fifty_sets_and_no_more(void **state)
 	/* a 51st set, forged by hand, makes the chain fail */
 	size_t n2 = len + 200;
 	char *m2 = malloc(n2);
-	int k = snprintf(m2, n2,
-	                 "ARC-Seal: i=51; a=ed25519-sha256; cv=pass; d=example.test; s=s1; b=AAAA\r\n"
-	                 "%s",
-	                 m);
+	int k =
+	    snprintf(m2, n2,
+	             "ARC-Seal: i=51; a=ed25519-sha256; cv=pass; d=example.test; s=s1; b=AAAA\r\n"
+	             "%s",
+	             m);
 	r = check(m2, (size_t)k);
 	assert_int_equal(r.cv, ARC_CV_FAIL);
 	free(m2);
