@@ -84,8 +84,10 @@ void arc_verify_expire(struct arc_verify *v);
 size_t arc_verify_pending(const struct arc_verify *v);
 enum arc_verify_state arc_verify_state(const struct arc_verify *v);
 
-/* READY -> DONE: the signatures (§5.2 steps 4-7). TERN_OK; TERN_EINVAL if
- * not READY; TERN_ENOMEM / TERN_EIO (then cv is fail, temporary). */
+/* READY -> DONE: the signatures (§5.2 steps 4-7): the body hashed once for
+ * every AMS, each AS's input hashed in one running pass. TERN_OK (out of
+ * memory inside shows as cv fail with temporary set); TERN_EINVAL if not
+ * READY. */
 int arc_verify_finish(struct arc_verify *v);
 /* Valid in DONE until free. */
 const struct arc_result *arc_verify_result(const struct arc_verify *v);
