@@ -35,6 +35,7 @@ int cmd_queue(int argc, char **argv);
 /* `tern spf check` (spf.c) */
 int cmd_spf(int argc, char **argv);
 int cmd_dkim(int argc, char **argv);
+int cmd_arc(int argc, char **argv); /* `tern arc verify|seal` (arc.c) */
 int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
 

@@ -23,6 +23,7 @@ static void usage(FILE *out)
 		"  spf check [--dns IP[@PORT]] [--helo NAME] IP MAILFROM\n"
 		"                             what SPF says of a client, its HELO and a sender\n"
 		"  dkim keygen|dns|check|sign|verify  DKIM keys, their DNS records, signing tools\n"
+		"  arc verify|seal            validate or add an ARC Set (RFC 8617)\n"
 		"  dovecot-config [-c FILE]   print a Dovecot config serving tern's mailboxes (IMAP)\n"
 		"  milter test --milter SPEC < MSG  run a message through a milter (rspamd, ...)\n"
 		"  version                    print the version\n");
@@ -56,6 +57,8 @@ int main(int argc, char **argv)
 		return cmd_spf(argc - 1, argv + 1);
 	if (strcmp(cmd, "dkim") == 0)
 		return cmd_dkim(argc - 1, argv + 1);
+	if (strcmp(cmd, "arc") == 0)
+		return cmd_arc(argc - 1, argv + 1);
 	if (strcmp(cmd, "dovecot-config") == 0)
 		return cmd_dovecot_config(argc - 1, argv + 1);
 	if (strcmp(cmd, "milter") == 0)
