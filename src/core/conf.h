@@ -196,7 +196,8 @@ void conf_print(const struct tern_config *c, FILE *out);
 /*
  * Settings that load but do less than their name promises today (listed in
  * docs/config.md): profile "submission" (works like "mx") and an outbound
- * tls "require" (encrypts, does not verify the certificate). Calls fn once
+ * tls "require" (encrypts, does not verify the certificate); and a relay
+ * network too wide to be meant (conf_cidr_too_wide). Calls fn once
  * per warning with the key's path and what it does; returns the count.
  * conf_report_warnings writes them as "tern: warning: KEY: TEXT" lines on
  * out, or with out NULL logs each as event=config_warning.
@@ -204,6 +205,20 @@ void conf_print(const struct tern_config *c, FILE *out);
 size_t conf_warnings(const struct tern_config *c,
                      void (*fn)(const char *key, const char *text, void *arg), void *arg);
 void conf_report_warnings(const struct tern_config *c, FILE *out);
+
+/*
+ * conf_check.c. A relay network shorter than /CONF_RELAY_MIN_PREFIX (IPv4
+ * or IPv6; 0.0.0.0/0 and ::/0 above all) lets most of the internet relay:
+ * conf_warnings names it, loudly.
+ */
+#define CONF_RELAY_MIN_PREFIX 8
+bool conf_cidr_too_wide(const struct conf_cidr *net);
+/*
+ * Prints c as conf_print does, but only the keys whose value differs from
+ * the defaults (an empty config file), under the sections that hold them
+ * (Postfix's postconf -n). Returns how many keys were printed.
+ */
+size_t conf_print_changed(const struct tern_config *c, FILE *out);
 
 /* Case-insensitive; domain need not be NUL-terminated. */
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len);
