@@ -51,6 +51,8 @@ int cmd_check_config(int argc, char **argv);
 int cmd_log(int argc, char **argv);
 int cmd_user(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
+/* `tern spf check` (spf.c) */
+int cmd_spf(int argc, char **argv);
 
 /*
  * The server-side TLS context from t's certificate chain and key, read

@@ -16,9 +16,17 @@ static const struct command {
 	const char *name;
 	int (*run)(int argc, char **argv);
 } commands[] = {
-    {"serve", cmd_serve},       {"capture", cmd_capture}, {"check-config", cmd_check_config},
-    {"user", cmd_user},         {"queue", cmd_queue},     {"log", cmd_log},
+    /* one command a line, so that additions merge cleanly */
+    /* clang-format off */
+    {"serve", cmd_serve},
+    {"capture", cmd_capture},
+    {"check-config", cmd_check_config},
+    {"user", cmd_user},
+    {"queue", cmd_queue},
+    {"log", cmd_log},
+    {"spf", cmd_spf},
     {"sendmail", cmd_sendmail},
+    /* clang-format on */
 };
 
 static const struct cli_help help = {
@@ -38,6 +46,8 @@ static const struct cli_help help = {
     "                             inspect and control the queue of a running server\n"
     "  log trace ID|MESSAGE-ID [FILE|-]\n"
     "                             every log line of one message's life\n"
+    "  spf check [--dns IP[@PORT]] [--helo NAME] IP MAILFROM\n"
+    "                             what SPF says of a client, its HELO and a sender\n"
     "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
     "  version                    print the version\n"
     "\n"
