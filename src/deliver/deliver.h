@@ -55,7 +55,7 @@ int maildir_path(const char *mail_root, const char *domain, const char *local, c
 /* As maildir_path, then "/.FOLDER" when folder is neither NULL nor "" (see
  * struct maildir_item.folder for the names allowed). */
 int maildir_folder_path(const char *mail_root, const char *domain, const char *local,
-                        const char *folder, char *out, size_t outlen);
+			const char *folder, char *out, size_t outlen);
 /* Creates the maildir and its tmp/new/cur (mode 0700), like mkdir -p. */
 int maildir_create(const char *path);
 /*

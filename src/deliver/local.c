@@ -129,7 +129,7 @@ static bool folder_ok(const char *f)
 }
 
 int maildir_folder_path(const char *mail_root, const char *domain, const char *local,
-                        const char *folder, char *out, size_t outlen)
+			const char *folder, char *out, size_t outlen)
 {
 	int rc = maildir_path(mail_root, domain, local, out, outlen);
 	size_t pos;
@@ -486,7 +486,7 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 		it->name[0] = '\0';
 		it->path[0] = '\0';
 		rc = maildir_folder_path(mail_root, it->domain, it->local, it->folder, mdir,
-		                         sizeof(mdir));
+					 sizeof(mdir));
 		if (rc == TERN_OK && it->fixed_name &&
 		    already_delivered(mdir, it, it->path, sizeof(it->path))) {
 			tern_strlcpy(it->name, it->fixed_name, sizeof(it->name));
