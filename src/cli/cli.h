@@ -63,6 +63,14 @@ struct conf_tls_server;
 struct ssl_ctx_st;
 struct ssl_ctx_st *tls_server_ctx(const struct conf_tls_server *t, char *err, size_t errlen);
 
+/*
+ * Tells systemd (Type=notify) where the daemon stands: "READY=1",
+ * "RELOADING=1", "STOPPING=1" (notify.c). Nothing without $NOTIFY_SOCKET.
+ * The serving process sends them, which in the split daemon is the child:
+ * the unit says NotifyAccess=all.
+ */
+void cli_notify(const char *state);
+
 /* Parses "-c FILE" / "--config FILE" out of argv (removing it); NULL if absent.
  * Returns -1 on a dangling -c. */
 int cli_take_config(int *argc, char **argv, const char **path);

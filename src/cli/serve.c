@@ -372,9 +372,11 @@ static size_t listener_changes(const struct tern_config *old, const struct tern_
 static bool reload_runtime(const char *path, const struct capture_opts *cap)
 {
 	char err[512];
+	cli_notify("RELOADING=1");
 	struct tern_runtime *nrt = runtime_load(path, cap, err, sizeof(err));
 	if (!nrt) {
 		log_error("event=reload_failed reason=\"%s\" keeping=old-config", err);
+		cli_notify("READY=1\nSTATUS=reload failed; running the old config");
 		return false;
 	}
 	struct tern_runtime *cur = runtime_acquire();
@@ -391,6 +393,8 @@ static bool reload_runtime(const char *path, const struct capture_opts *cap)
 		         users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_local_domains,
 		         log_quote(diff, strlen(diff), q, sizeof(q)));
 	runtime_install(nrt);
+	cli_notify(nd ? "READY=1\nSTATUS=reloaded; listener changes need a restart"
+	              : "READY=1\nSTATUS=accepting mail");
 	return true;
 }
 
@@ -740,6 +744,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 	scheduler_requeue_all(sched, false);
 	log_info("event=ready workers=%u queued=%zu", n_workers, spool_count(sp));
+	cli_notify("READY=1\nSTATUS=accepting mail");
 
 	for (;;) {
 		int sig = 0;
@@ -769,6 +774,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		         smtp_server_sessions(srv));
 		break;
 	}
+	cli_notify("STOPPING=1");
 
 	smtp_server_shutdown(srv);
 	struct timespec start;
