@@ -130,7 +130,16 @@ static bool nearest_existing(const char *path, char *out, size_t outlen)
  */
 static void check_data_dir(struct check *ck, const struct tern_config *c)
 {
-	const char *dir = c->data_dir;
+	char dirbuf[4096];
+	/* "/var/lib/tern/" is "/var/lib/tern": its parent is /var/lib */
+	size_t dl = tern_strlcpy(dirbuf, c->data_dir, sizeof(dirbuf));
+	if (dl >= sizeof(dirbuf)) {
+		error(ck, "data_dir %s: path too long", c->data_dir);
+		return;
+	}
+	while (dl > 1 && dirbuf[dl - 1] == '/')
+		dirbuf[--dl] = '\0';
+	const char *dir = dirbuf;
 	struct passwd *pw = NULL;
 	if (geteuid() == 0 && c->user && *c->user)
 		pw = getpwnam(c->user);

@@ -319,3 +319,12 @@ def test_log_trace_follows_the_bounce():
     assert r.returncode == 0
     assert r.stdout.splitlines() == [ln for ln in log.splitlines()
                                      if " id=A1 " in ln or " id=C3 " in ln]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="serve hands data_dir to 'user' only when started as root")
+def test_check_config_data_dir_serve_hands_over_is_fine(offline):
+    # a root-owned 0750 data_dir (trailing slash and all) is what serve chowns to 'user'
+    # at start: not a problem, whereas its parent must be open to that account
+    offline.data_dir.chmod(0o750)
+    r = check(offline, {"data_dir": str(offline.data_dir) + "/"})
+    assert r.returncode == 0, r.stderr
