@@ -53,6 +53,8 @@ int cmd_user(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
 /* `tern spf check` (spf.c) */
 int cmd_spf(int argc, char **argv);
+int cmd_dkim(int argc, char **argv);
+int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 
 /*
  * The server-side TLS context from t's certificate chain and key, read

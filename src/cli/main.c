@@ -25,6 +25,8 @@ static const struct command {
     {"queue", cmd_queue},
     {"log", cmd_log},
     {"spf", cmd_spf},
+    {"dkim", cmd_dkim},
+    {"dovecot-config", cmd_dovecot_config},
     {"sendmail", cmd_sendmail},
     /* clang-format on */
 };
@@ -48,6 +50,9 @@ static const struct cli_help help = {
     "                             every log line of one message's life\n"
     "  spf check [--dns IP[@PORT]] [--helo NAME] IP MAILFROM\n"
     "                             what SPF says of a client, its HELO and a sender\n"
+    "  dkim keygen|dns|check|sign|verify\n"
+    "                             DKIM keys, their DNS records, signing tools\n"
+    "  dovecot-config [-c FILE]   print a Dovecot config serving tern's mailboxes (IMAP)\n"
     "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
     "  version                    print the version\n"
     "\n"
