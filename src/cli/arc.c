@@ -331,7 +331,7 @@ int cmd_arc(int argc, char **argv)
 		return cmd_verify(argc - 1, argv + 1);
 	if (strcmp(sub, "seal") == 0)
 		return cmd_seal(argc - 1, argv + 1);
-	if (strcmp(sub, "help") == 0 || strcmp(sub, "--help") == 0) {
+	if (strcmp(sub, "help") == 0 || strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
 		usage(stdout);
 		return 0;
 	}

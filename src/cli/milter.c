@@ -337,6 +337,10 @@ int cmd_milter(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "test") == 0)
 		return milter_test(argc - 1, argv + 1);
-	usage(argc >= 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
+	if (cli_help_asked(argc, argv)) {
+		usage(stdout);
+		return 0;
+	}
+	usage(stderr);
 	return 2;
 }

@@ -2320,6 +2320,21 @@ size_t conf_warnings(const struct tern_config *c,
 	}
 	if (c->relayhost)
 		n += warn_route(c->relayhost, "relayhost", fn, arg);
+	for (size_t i = 0; i < c->n_relay_networks; i++) {
+		const struct conf_cidr *net = &c->relay_networks[i];
+		char ip[INET6_ADDRSTRLEN], text[400];
+		if (!conf_cidr_too_wide(net))
+			continue;
+		if (!inet_ntop(net->family, net->addr, ip, sizeof(ip)))
+			tern_strlcpy(ip, "?", sizeof(ip));
+		snprintf(text, sizeof(text),
+		         "OPEN RELAY: %s/%u covers %s; every client in it may send mail to any "
+		         "domain through this server. List only your own networks",
+		         ip, net->prefix,
+		         net->prefix == 0 ? "the whole internet" : "a large part of the internet");
+		fn("relay.networks", text, arg);
+		n++;
+	}
 	if (c->dkim.n_keys > 0) {
 		fn("dkim.keys",
 		   "`tern dkim` uses these keys, but the daemon does not sign mail with them yet "
