@@ -208,7 +208,7 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
  */
 typedef void (*scheduler_ack_fn)(void *arg, int err);
 int scheduler_submit_acked(struct scheduler *s, const char *id, char *data, size_t len,
-			   scheduler_ack_fn ack, void *arg);
+                           scheduler_ack_fn ack, void *arg);
 /* Queues every message in the spool that has recipients due (startup, flush). */
 void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try);
 /* Number of messages waiting for or in local delivery. */

@@ -179,7 +179,7 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
 }
 
 int scheduler_submit_acked(struct scheduler *s, const char *id, char *data, size_t len,
-			   scheduler_ack_fn ack, void *arg)
+                           scheduler_ack_fn ack, void *arg)
 {
 	struct job *j = calloc(1, sizeof(*j));
 	if (!j)
@@ -783,12 +783,15 @@ out:
 struct caught {
 	const struct spool_msg *m;
 	struct job *job;
+	const char **to; /* the due local recipients (owned) */
+	size_t n_to;
 	int rc;
 	char id[CAPTURE_ID_MAX];
 };
 
+/* Picks a message's due local recipients for the batch; false if none. */
 static bool capture_one(struct scheduler *s, const struct spool_msg *m, struct job *job,
-			int64_t now, struct caught *out)
+                        int64_t now, struct caught *out)
 {
 	const char **to = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*to));
 	if (!to)
@@ -805,12 +808,37 @@ static bool capture_one(struct scheduler *s, const struct spool_msg *m, struct j
 	}
 	out->m = m;
 	out->job = job;
-	/* The session records an authenticated user last in the trace string. */
-	const char *auth = m->client ? strstr(m->client, " auth=") : NULL;
-	out->rc = capture_add_once(s->capture, m->id, auth ? auth + 6 : NULL, job->data, job->len,
-				   m->sender, to, n, out->id);
-	free(to);
+	out->to = to;
+	out->n_to = n;
+	out->rc = TERN_ENOMEM;
 	return true;
+}
+
+/* Every message of the batch into the store in one transaction (one WAL
+ * commit); capture_record then makes them durable with one sync. */
+static void capture_batch(struct scheduler *s, struct caught *c, size_t n)
+{
+	struct capture_item *items = calloc(n, sizeof(*items));
+	if (!items)
+		return; /* every rc stays TERN_ENOMEM: deferred, retried */
+	for (size_t k = 0; k < n; k++) {
+		const struct spool_msg *m = c[k].m;
+		/* The session records an authenticated user last in the trace string. */
+		const char *auth = m->client ? strstr(m->client, " auth=") : NULL;
+		items[k] = (struct capture_item){.queue_id = m->id,
+		                                 .username = auth ? auth + 6 : NULL,
+		                                 .raw = c[k].job->data,
+		                                 .len = c[k].job->len,
+		                                 .env_from = m->sender,
+		                                 .env_to = c[k].to,
+		                                 .n_to = c[k].n_to};
+	}
+	capture_add_batch(s->capture, items, n);
+	for (size_t k = 0; k < n; k++) {
+		c[k].rc = items[k].rc;
+		memcpy(c[k].id, items[k].id, sizeof(c[k].id));
+	}
+	free(items);
 }
 
 /* Writes the reply line of a delivery result (reply.c) into buf; returns
@@ -968,8 +996,10 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 	}
 
-	if (n_caught)
+	if (n_caught) {
+		capture_batch(s, caught, n_caught);
 		capture_record(s, conf, caught, n_caught, now);
+	}
 	paths = calloc(n_items ? n_items : 1, sizeof(*paths));
 	if (!paths)
 		goto out;
@@ -1032,6 +1062,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 	free(o);
 	free(replies);
 out:
+	for (size_t k = 0; k < n_caught; k++)
+		free(caught[k].to);
 	free(caught);
 	free(paths);
 	for (size_t k = 0; k < n_items; k++)

@@ -1673,9 +1673,8 @@ static void capture_ack_cb(void *arg, int err)
 /* True when the scheduler took data and will call capture_ack_cb. */
 static bool capture_ack_wait(struct session *s, char *data, size_t len)
 {
-	return s->conf->capture_mode &&
-	       scheduler_submit_acked(s->sw->srv->sched, s->tx->id, data, len, capture_ack_cb,
-				      s) == TERN_OK;
+	return s->conf->capture_mode && scheduler_submit_acked(s->sw->srv->sched, s->tx->id, data,
+	                                                       len, capture_ack_cb, s) == TERN_OK;
 }
 /* ---- end CAPTURE-ACK */
 

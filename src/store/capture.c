@@ -63,9 +63,22 @@ struct sub {
 	void *arg;
 };
 
+/* Statements of the insert path, prepared once (prep_cached). */
+enum {
+	QC_INSERT_MSG,
+	QC_INSERT_RCPT,
+	QC_INSERT_FTS,
+	QC_SUMMARY,
+	QC_SPOOL_ID,
+	QC_LINK,
+	QC_USERNAME,
+	QC_N
+};
+
 struct capture_store {
 	pthread_mutex_t mu;
 	sqlite3 *db;
+	sqlite3_stmt *cached[QC_N]; /* owned; finalized by capture_close */
 	char *dir;
 	_Atomic bool batch_sync; /* capture_sync() makes adds durable, not each add */
 	uint64_t total, unread, raw_bytes;
@@ -354,6 +367,32 @@ static sqlite3_stmt *prep(struct capture_store *st, const char *sql)
 	return s;
 }
 
+/*
+ * A statement of the insert path (lock held): prepared on first use and
+ * kept, so a batch of thousands of messages does not parse the same SQL
+ * thousands of times. Returned reset and unbound; the caller must not
+ * finalize it and must sqlite3_reset it when done (a pending step would
+ * keep a read transaction open).
+ */
+static sqlite3_stmt *prep_cached(struct capture_store *st, int slot, const char *sql)
+{
+	sqlite3_stmt *s = st->cached[slot];
+	if (s) {
+		sqlite3_reset(s);
+		sqlite3_clear_bindings(s);
+		return s;
+	}
+	if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK) {
+		char q[256];
+		const char *m = sqlite3_errmsg(st->db);
+		log_error("event=capture_sql_error error=%s",
+		          log_quote(m, strlen(m), q, sizeof(q)));
+		return NULL;
+	}
+	st->cached[slot] = s;
+	return s;
+}
+
 static int64_t scalar_i64(struct capture_store *st, const char *sql)
 {
 	sqlite3_stmt *s = prep(st, sql);
@@ -469,9 +508,10 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 		rc = TERN_ENOMEM;
 		goto out;
 	}
-	s = prep(st, "INSERT INTO messages (id, created, read, size, message_id, subject, "
-	             "from_name, from_addr, addrs, env_from, env_to, attachments, inline, snippet) "
-	             "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+	s = prep_cached(st, QC_INSERT_MSG,
+	                "INSERT INTO messages (id, created, read, size, message_id, subject, "
+	                "from_name, from_addr, addrs, env_from, env_to, attachments, inline, "
+	                "snippet) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
 	if (!s)
 		goto out;
 	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
@@ -492,7 +532,8 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 	int64_t seq = sqlite3_last_insert_rowid(st->db);
 	*seq_out = seq;
 
-	r = prep(st, "INSERT INTO recipients (msg, kind, name, addr) VALUES (?, ?, ?, ?)");
+	r = prep_cached(st, QC_INSERT_RCPT,
+	                "INSERT INTO recipients (msg, kind, name, addr) VALUES (?, ?, ?, ?)");
 	if (!r)
 		goto out;
 	const struct mime_addrs *lists[] = {&mm->to, &mm->cc, &mm->bcc, &mm->reply_to};
@@ -513,9 +554,10 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 		tbuf_printf(&rcpt, "%s ", env_to[i] ? env_to[i] : "");
 	tbuf_printf(&sender, "%s %s %s", mm->from.name, mm->from.addr, env_from ? env_from : "");
 
-	sqlite3_finalize(s);
-	s = prep(st, "INSERT INTO fts (rowid, subject, sender, recipients, body) "
-	             "VALUES (?, ?, ?, ?, ?)");
+	sqlite3_reset(s);
+	s = prep_cached(st, QC_INSERT_FTS,
+	                "INSERT INTO fts (rowid, subject, sender, recipients, "
+	                "body) VALUES (?, ?, ?, ?, ?)");
 	if (!s)
 		goto out;
 	/* body: the text (or the HTML when there is no text) plus file names */
@@ -539,8 +581,10 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 		goto out;
 	rc = TERN_OK;
 out:
-	sqlite3_finalize(s);
-	sqlite3_finalize(r);
+	if (s)
+		sqlite3_reset(s); /* cached: never finalized here */
+	if (r)
+		sqlite3_reset(r);
 	free(addrs_s);
 	free(envto_s);
 	tbuf_free(&rcpt);
@@ -550,14 +594,15 @@ out:
 
 static json_t *summary_by_seq(struct capture_store *st, int64_t seq)
 {
-	sqlite3_stmt *s = prep(st, "SELECT " SUMMARY_COLS " FROM messages m WHERE m.seq = ?");
+	sqlite3_stmt *s =
+	    prep_cached(st, QC_SUMMARY, "SELECT " SUMMARY_COLS " FROM messages m WHERE m.seq = ?");
 	json_t *o = NULL;
 	if (s) {
 		sqlite3_bind_int64(s, 1, seq);
 		if (sqlite3_step(s) == SQLITE_ROW)
 			o = summary_from_row(s);
+		sqlite3_reset(s);
 	}
-	sqlite3_finalize(s);
 	return o;
 }
 
@@ -587,23 +632,14 @@ int capture_sync(struct capture_store *st)
 }
 
 static int link_queue_id(struct capture_store *st, const char *queue_id, const char *id);
-static int add_message(struct capture_store *st, const char *queue_id, const char *username,
-                       const char *raw, size_t len, const char *env_from,
-                       const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX]);
 
-int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,
-                const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+/* The capture ID a spool message was already caught as (lock held). */
+static bool lookup_queue_id(struct capture_store *st, const char *queue_id,
+                            char id_out[CAPTURE_ID_MAX])
 {
-	return add_message(st, NULL, NULL, raw, len, env_from, env_to, n_to, id_out);
-}
-
-int capture_add_once(struct capture_store *st, const char *queue_id, const char *username,
-                     const char *raw, size_t len, const char *env_from,
-                     const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
-{
-	pthread_mutex_lock(&st->mu);
-	sqlite3_stmt *q = prep(st, "SELECT s.id FROM spool_ids s JOIN messages m ON m.id = s.id "
-	                           "WHERE s.queue_id = ?");
+	sqlite3_stmt *q = prep_cached(st, QC_SPOOL_ID,
+	                              "SELECT s.id FROM spool_ids s JOIN messages m ON m.id = s.id "
+	                              "WHERE s.queue_id = ?");
 	bool found = false;
 	if (q) {
 		sqlite3_bind_text(q, 1, queue_id, -1, SQLITE_STATIC);
@@ -614,77 +650,187 @@ int capture_add_once(struct capture_store *st, const char *queue_id, const char 
 				found = true;
 			}
 		}
-		sqlite3_finalize(q);
+		sqlite3_reset(q);
 	}
-	pthread_mutex_unlock(&st->mu);
-	if (found)
-		return TERN_OK;
-	return add_message(st, queue_id, username, raw, len, env_from, env_to, n_to, id_out);
+	return found;
 }
 
-static int add_message(struct capture_store *st, const char *queue_id, const char *username,
-                       const char *raw, size_t len, const char *env_from,
-                       const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+/* Inserts one parsed message inside the batch transaction (lock held); a
+ * failure rolls back only this message (savepoint). */
+static int insert_one(struct capture_store *st, const struct capture_item *it,
+                      const struct mime_msg *mm, int64_t *seq)
 {
-	struct mime_msg mm;
-	struct event ev = {"new", NULL};
-	char id[CAPTURE_ID_MAX];
-	int rc = new_id(id);
-	if (rc != TERN_OK)
-		return rc;
-	rc = mime_parse(raw, len, 0, &mm);
-	if (rc != TERN_OK)
-		goto out;
-	rc = write_raw(st, id, raw, len);
-	if (rc != TERN_OK)
-		goto out;
-
-	pthread_mutex_lock(&st->mu);
-	int64_t seq = 0;
-	rc = exec(st, "BEGIN IMMEDIATE");
-	if (rc == TERN_OK) {
-		rc = insert_row(st, id, len, &mm, env_from, env_to, n_to, now_us(), &seq);
-		if (rc == TERN_OK && username && *username) {
-			sqlite3_stmt *up = prep(st, "UPDATE messages SET username = ? WHERE seq = ?");
-			rc = TERN_EIO;
-			if (up) {
-				sqlite3_bind_text(up, 1, username, -1, SQLITE_STATIC);
-				sqlite3_bind_int64(up, 2, seq);
-				if (sqlite3_step(up) == SQLITE_DONE)
-					rc = TERN_OK;
-				sqlite3_finalize(up);
-			}
+	if (exec(st, "SAVEPOINT one") != TERN_OK)
+		return TERN_EIO;
+	int rc =
+	    insert_row(st, it->id, it->len, mm, it->env_from, it->env_to, it->n_to, now_us(), seq);
+	if (rc == TERN_OK && it->username && *it->username) {
+		sqlite3_stmt *up =
+		    prep_cached(st, QC_USERNAME, "UPDATE messages SET username = ? WHERE seq = ?");
+		rc = TERN_EIO;
+		if (up) {
+			sqlite3_bind_text(up, 1, it->username, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(up, 2, *seq);
+			if (sqlite3_step(up) == SQLITE_DONE)
+				rc = TERN_OK;
+			sqlite3_reset(up);
 		}
-		if (rc == TERN_OK && queue_id) {
-			rc = link_queue_id(st, queue_id, id);
-			/* Mappings of deleted messages are dead weight: sweep now and then. */
-			if (rc == TERN_OK && (st->total % 4096) == 0)
-				exec(st, "DELETE FROM spool_ids WHERE id NOT IN (SELECT id FROM messages)");
-		}
-		if (rc == TERN_OK)
-			rc = exec(st, "COMMIT");
-		if (rc != TERN_OK)
-			exec(st, "ROLLBACK");
 	}
-	if (rc == TERN_OK) {
-		st->total++;
-		st->unread++;
-		st->raw_bytes += len;
-		if (st->n_subs)
-			ev.data = summary_by_seq(st, seq);
+	if (rc == TERN_OK && it->queue_id)
+		rc = link_queue_id(st, it->queue_id, it->id);
+	if (rc != TERN_OK)
+		exec(st, "ROLLBACK TO one");
+	exec(st, "RELEASE one");
+	return rc;
+}
+
+static void unlink_raw(struct capture_store *st, const char *id)
+{
+	char path[4200];
+	msg_path(st, id, ".eml", path, sizeof(path));
+	unlink(path);
+}
+
+int capture_add_batch(struct capture_store *st, struct capture_item *items, size_t n)
+{
+	if (n == 0)
+		return TERN_OK;
+	struct mime_msg *mm = calloc(n, sizeof(*mm));
+	int64_t *seq = calloc(n, sizeof(*seq));
+	/* what happened to each: 0 nothing yet, 1 parsed, 2 written, 3 inserted, 4 found */
+	unsigned char *step = calloc(n, 1);
+	struct event *ev = calloc(n, sizeof(*ev));
+	int rc = TERN_OK;
+	for (size_t i = 0; i < n; i++) {
+		items[i].rc = TERN_ENOMEM;
+		items[i].id[0] = '\0';
+	}
+	if (!mm || !seq || !step || !ev) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+
+	/* 1. Already caught? (A redelivery after a crash: keep one copy.) */
+	pthread_mutex_lock(&st->mu);
+	for (size_t i = 0; i < n; i++)
+		if (items[i].queue_id && lookup_queue_id(st, items[i].queue_id, items[i].id)) {
+			items[i].rc = TERN_OK;
+			step[i] = 4;
+		}
+	pthread_mutex_unlock(&st->mu);
+
+	/* 2. Parse and write the raw files without the lock: the slow part. */
+	for (size_t i = 0; i < n; i++) {
+		struct capture_item *it = &items[i];
+		if (step[i])
+			continue;
+		it->rc = new_id(it->id);
+		if (it->rc == TERN_OK)
+			it->rc = mime_parse(it->raw, it->len, 0, &mm[i]);
+		if (it->rc != TERN_OK)
+			continue;
+		step[i] = 1;
+		it->rc = write_raw(st, it->id, it->raw, it->len);
+		if (it->rc == TERN_OK)
+			step[i] = 2;
+	}
+
+	/* 3. Every row in one transaction: one WAL commit for the batch. */
+	pthread_mutex_lock(&st->mu);
+	int trc = exec(st, "BEGIN IMMEDIATE");
+	size_t inserted = 0;
+	for (size_t i = 0; trc == TERN_OK && i < n; i++) {
+		struct capture_item *it = &items[i];
+		if (step[i] != 2)
+			continue;
+		char found[CAPTURE_ID_MAX];
+		if (it->queue_id && lookup_queue_id(st, it->queue_id, found)) {
+			/* another thread caught it meanwhile */
+			unlink_raw(st, it->id);
+			memcpy(it->id, found, sizeof(found));
+			it->rc = TERN_OK;
+			step[i] = 4;
+			continue;
+		}
+		it->rc = insert_one(st, it, &mm[i], &seq[i]);
+		if (it->rc == TERN_OK) {
+			step[i] = 3;
+			inserted++;
+		}
+	}
+	/* Mappings of deleted messages are dead weight: sweep now and then. */
+	if (trc == TERN_OK && inserted && st->total / 4096 != (st->total + inserted) / 4096)
+		exec(st, "DELETE FROM spool_ids WHERE id NOT IN (SELECT id FROM messages)");
+	if (trc == TERN_OK)
+		trc = exec(st, "COMMIT");
+	if (trc != TERN_OK) {
+		exec(st, "ROLLBACK");
+		for (size_t i = 0; i < n; i++)
+			if (step[i] == 3 || step[i] == 2) {
+				items[i].rc = trc;
+				step[i] = 2; /* its file goes below */
+			}
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			if (step[i] != 3)
+				continue;
+			st->total++;
+			st->unread++;
+			st->raw_bytes += items[i].len;
+			ev[i].type = "new";
+			if (st->n_subs)
+				ev[i].data = summary_by_seq(st, seq[i]);
+		}
 	}
 	pthread_mutex_unlock(&st->mu);
-	if (rc != TERN_OK) {
-		char path[4200];
-		msg_path(st, id, ".eml", path, sizeof(path));
-		unlink(path);
-		goto out;
+	for (size_t i = 0; i < n; i++) {
+		if (step[i] == 2)
+			unlink_raw(st, items[i].id); /* written, never listed */
+		if (items[i].rc != TERN_OK)
+			items[i].id[0] = '\0';
+		emit(st, &ev[i]);
 	}
-	memcpy(id_out, id, ID_LEN + 1);
-	emit(st, &ev);
 out:
-	mime_msg_free(&mm);
+	if (mm)
+		for (size_t i = 0; i < n; i++)
+			mime_msg_free(&mm[i]); /* safe on a zeroed one */
+	free(mm);
+	free(seq);
+	free(step);
+	free(ev);
 	return rc;
+}
+
+static int add_one(struct capture_store *st, const char *queue_id, const char *username,
+                   const char *raw, size_t len, const char *env_from, const char *const *env_to,
+                   size_t n_to, char id_out[CAPTURE_ID_MAX])
+{
+	struct capture_item it = {.queue_id = queue_id,
+	                          .username = username,
+	                          .raw = raw,
+	                          .len = len,
+	                          .env_from = env_from,
+	                          .env_to = env_to,
+	                          .n_to = n_to};
+	int rc = capture_add_batch(st, &it, 1);
+	if (rc == TERN_OK)
+		rc = it.rc;
+	if (rc == TERN_OK)
+		memcpy(id_out, it.id, CAPTURE_ID_MAX);
+	return rc;
+}
+
+int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,
+                const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+{
+	return add_one(st, NULL, NULL, raw, len, env_from, env_to, n_to, id_out);
+}
+
+int capture_add_once(struct capture_store *st, const char *queue_id, const char *username,
+                     const char *raw, size_t len, const char *env_from, const char *const *env_to,
+                     size_t n_to, char id_out[CAPTURE_ID_MAX])
+{
+	return add_one(st, queue_id, username, raw, len, env_from, env_to, n_to, id_out);
 }
 
 /* --------------------------------------------------------------- opening */
@@ -694,13 +840,15 @@ out:
  * transaction). */
 static int link_queue_id(struct capture_store *st, const char *queue_id, const char *id)
 {
-	sqlite3_stmt *ins = prep(st, "INSERT OR REPLACE INTO spool_ids (queue_id, id) VALUES (?, ?)");
+	sqlite3_stmt *ins = prep_cached(st, QC_LINK,
+	                                "INSERT OR REPLACE INTO spool_ids (queue_id, "
+	                                "id) VALUES (?, ?)");
 	if (!ins)
 		return TERN_EIO;
 	sqlite3_bind_text(ins, 1, queue_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(ins, 2, id, -1, SQLITE_STATIC);
 	int rc = sqlite3_step(ins) == SQLITE_DONE ? TERN_OK : TERN_EIO;
-	sqlite3_finalize(ins);
+	sqlite3_reset(ins);
 	return rc;
 }
 
@@ -887,6 +1035,8 @@ void capture_close(struct capture_store *st)
 	pthread_mutex_lock(&st->mu);
 	exec(st, "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '1')");
 	exec(st, "PRAGMA optimize");
+	for (size_t i = 0; i < QC_N; i++)
+		sqlite3_finalize(st->cached[i]); /* else sqlite3_close refuses */
 	sqlite3_close(st->db);
 	pthread_mutex_unlock(&st->mu);
 	pthread_mutex_destroy(&st->mu);

@@ -53,6 +53,28 @@ int capture_add_once(struct capture_store *st, const char *queue_id, const char 
 		     size_t n_to, char id_out[CAPTURE_ID_MAX]);
 
 /*
+ * Many messages at once (capture mode's group commit): each raw file is
+ * written, then every row goes in ONE SQLite transaction (a message that
+ * fails rolls back alone). Per item, fill the inputs (queue_id and
+ * username may be NULL; with a queue_id the add is idempotent as in
+ * capture_add_once); the outputs are rc (TERN_OK: committed, listed from
+ * now on) and id. With batch sync on, a message is durable only after
+ * capture_sync. Returns TERN_OK, or TERN_ENOMEM (then every rc says so).
+ */
+struct capture_item {
+	const char *queue_id;
+	const char *username;
+	const char *raw;
+	size_t len;
+	const char *env_from;
+	const char *const *env_to;
+	size_t n_to;
+	int rc;                  /* out */
+	char id[CAPTURE_ID_MAX]; /* out: the capture ID when rc is TERN_OK */
+};
+int capture_add_batch(struct capture_store *st, struct capture_item *items, size_t n);
+
+/*
  * Group commit for a writer that has its own durable copy (the spool): with
  * batch sync on, capture_add writes without fsync and capture_sync() makes
  * every add since the last call durable with one syncfs(2). The caller must
