@@ -12,14 +12,17 @@
  * the lock (a subscriber may call back into the store), or report a
  * message stored before its raw bytes are on disk.
  *
- * Durability: the raw file is written to a temp name, fsync'd, renamed to
- * ID.eml and its directory fsync'd (core/fsutil) before the row is inserted. SQLite runs
- * in WAL mode with synchronous=NORMAL: a commit is atomic and survives a
- * process crash, but a power loss may roll back the last few commits. That
- * is enough because the raw file is the source of truth: the database
- * records a "clean" flag that is cleared while open; after an unclean stop
- * capture_open re-indexes every ID.eml that has no row (losing only the
- * SMTP envelope of those messages, which is then taken from the headers).
+ * Durability: a message up to RAW_IN_DB_MAX keeps its bytes in the raw
+ * table, inserted in the same transaction as its row; SQLite runs in WAL
+ * mode with synchronous = FULL, so that COMMIT is durable when it returns
+ * (one WAL sync per transaction, and a capture batch is one transaction).
+ * A larger message is written to a temp name, fsync'd, renamed to ID.eml
+ * and its directory fsync'd (core/fsutil; with batch sync: by the next
+ * capture_sync) before the add counts as done. Such files are the source
+ * of truth: the database records a "clean" flag that is cleared while
+ * open; after an unclean stop capture_open re-indexes every ID.eml that
+ * has no row (losing only the SMTP envelope of those messages, which is
+ * then taken from the headers).
  * Deletes remove rows first and files after the commit, so a crash can
  * resurrect a deleted message but never lose a stored one.
  */
@@ -49,7 +52,11 @@
 #include "mime/mime.h"
 #include "store/capture_query.h"
 
-#define SCHEMA_VERSION 2 /* 2: messages.username */
+#define SCHEMA_VERSION 3 /* 2: messages.username; 3: raw (small messages' bytes) */
+/* Messages up to this size keep their bytes in the database (table raw), in
+ * the same transaction as their row: no file to create per message, which
+ * is what capped capture at ~1,000 messages/s. Larger ones get a file. */
+#define RAW_IN_DB_MAX (256 * 1024)
 #define ID_LEN 22
 #define MAX_SUBS 16
 #define MAX_LIST 100000    /* messages per page */
@@ -72,6 +79,8 @@ enum {
 	QC_SPOOL_ID,
 	QC_LINK,
 	QC_USERNAME,
+	QC_INSERT_RAW,
+	QC_READ_RAW,
 	QC_N
 };
 
@@ -81,6 +90,10 @@ struct capture_store {
 	sqlite3_stmt *cached[QC_N]; /* owned; finalized by capture_close */
 	char *dir;
 	_Atomic bool batch_sync; /* capture_sync() makes adds durable, not each add */
+	/* A large message's file was written without sync since the last
+	 * capture_sync (batch sync); sync_mu serialises the syncs. */
+	_Atomic bool files_unsynced;
+	pthread_mutex_t sync_mu;
 	uint64_t total, unread, raw_bytes;
 	uint64_t deleted; /* messages deleted since open, for /api/v1/info */
 	struct sub subs[MAX_SUBS];
@@ -125,6 +138,8 @@ static const char *const SCHEMA =
     "CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(subject, sender, recipients, body,"
     " tokenize = 'unicode61 remove_diacritics 2');"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    /* the bytes of messages up to RAW_IN_DB_MAX (larger ones: msg/XX/ID.eml) */
+    "CREATE TABLE IF NOT EXISTS raw (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);"
     /* spool queue id -> capture id: a redelivery after a crash finds its copy */
     "CREATE TABLE IF NOT EXISTS spool_ids (queue_id TEXT PRIMARY KEY, id TEXT NOT NULL)"
     " WITHOUT ROWID;";
@@ -216,10 +231,13 @@ static int write_raw(struct capture_store *st, const char *id, const char *raw, 
 	if (rc != TERN_OK)
 		return rc;
 	msg_path(st, id, ".eml", fin, sizeof(fin));
-	return tern_write_file_atomic(fin, raw, len, &o);
+	rc = tern_write_file_atomic(fin, raw, len, &o);
+	if (rc == TERN_OK && !per_message)
+		atomic_store(&st->files_unsynced, true); /* only after the write completed */
+	return rc;
 }
 
-static int read_raw(struct capture_store *st, const char *id, struct tbuf *out)
+static int read_raw_file(struct capture_store *st, const char *id, struct tbuf *out)
 {
 	char path[4200];
 	msg_path(st, id, ".eml", path, sizeof(path));
@@ -243,6 +261,32 @@ static int read_raw(struct capture_store *st, const char *id, struct tbuf *out)
 			break;
 	}
 	close(fd);
+	return rc;
+}
+
+static sqlite3_stmt *prep_cached(struct capture_store *st, int slot, const char *sql);
+
+/* A message's bytes: from the raw table (small messages), else its file.
+ * Takes the lock for the table; never call it with the lock held. */
+static int read_raw(struct capture_store *st, const char *id, struct tbuf *out)
+{
+	int rc = TERN_ENOTFOUND;
+	pthread_mutex_lock(&st->mu);
+	sqlite3_stmt *q = prep_cached(st, QC_READ_RAW,
+	                              "SELECT r.data FROM raw r JOIN messages m "
+	                              "ON m.seq = r.seq WHERE m.id = ?");
+	if (q) {
+		sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+		if (sqlite3_step(q) == SQLITE_ROW) {
+			const void *b = sqlite3_column_blob(q, 0);
+			int n = sqlite3_column_bytes(q, 0);
+			rc = n > 0 ? tbuf_append(out, b, (size_t)n) : TERN_OK;
+		}
+		sqlite3_reset(q);
+	}
+	pthread_mutex_unlock(&st->mu);
+	if (rc == TERN_ENOTFOUND)
+		rc = read_raw_file(st, id, out);
 	return rc;
 }
 
@@ -621,13 +665,23 @@ void capture_set_batch_sync(struct capture_store *st, bool on)
 
 int capture_sync(struct capture_store *st)
 {
-	/* One syncfs covers every file and directory entry written since the
-	 * last call: one journal commit for a whole batch of messages. */
-	int fd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return TERN_EIO;
-	int rc = syncfs(fd) == 0 ? TERN_OK : TERN_EIO;
-	close(fd);
+	/* Rows (and the bytes of messages in the raw table) are durable when
+	 * their COMMIT returns (synchronous = FULL: one WAL sync per
+	 * transaction, so per batch). What is left are the files of large
+	 * messages written since the last call: one syncfs covers them all.
+	 * sync_mu is held across the syncfs so that a caller finding the flag
+	 * clear knows the sync that cleared it has finished. */
+	int rc = TERN_OK;
+	pthread_mutex_lock(&st->sync_mu);
+	if (atomic_exchange(&st->files_unsynced, false)) {
+		int fd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		rc = fd >= 0 && syncfs(fd) == 0 ? TERN_OK : TERN_EIO;
+		if (fd >= 0)
+			close(fd);
+		if (rc != TERN_OK)
+			atomic_store(&st->files_unsynced, true); /* the next caller tries again */
+	}
+	pthread_mutex_unlock(&st->sync_mu);
 	return rc;
 }
 
@@ -674,6 +728,19 @@ static int insert_one(struct capture_store *st, const struct capture_item *it,
 			if (sqlite3_step(up) == SQLITE_DONE)
 				rc = TERN_OK;
 			sqlite3_reset(up);
+		}
+	}
+	if (rc == TERN_OK && it->len <= RAW_IN_DB_MAX) {
+		sqlite3_stmt *ins =
+		    prep_cached(st, QC_INSERT_RAW, "INSERT INTO raw (seq, data) VALUES (?, ?)");
+		rc = TERN_EIO;
+		if (ins) {
+			sqlite3_bind_int64(ins, 1, *seq);
+			sqlite3_bind_blob(ins, 2, it->raw ? it->raw : "", (int)it->len,
+			                  SQLITE_STATIC);
+			if (sqlite3_step(ins) == SQLITE_DONE)
+				rc = TERN_OK;
+			sqlite3_reset(ins);
 		}
 	}
 	if (rc == TERN_OK && it->queue_id)
@@ -730,7 +797,9 @@ int capture_add_batch(struct capture_store *st, struct capture_item *items, size
 		if (it->rc != TERN_OK)
 			continue;
 		step[i] = 1;
-		it->rc = write_raw(st, it->id, it->raw, it->len);
+		/* small ones go into the raw table with their row (insert_one) */
+		it->rc =
+		    it->len <= RAW_IN_DB_MAX ? TERN_OK : write_raw(st, it->id, it->raw, it->len);
 		if (it->rc == TERN_OK)
 			step[i] = 2;
 	}
@@ -920,7 +989,7 @@ static void recover(struct capture_store *st)
 			struct tbuf raw = TBUF_INIT(SIZE_MAX / 2);
 			struct stat sb;
 			struct mime_msg mm;
-			if (stat(path, &sb) != 0 || read_raw(st, id, &raw) != TERN_OK) {
+			if (stat(path, &sb) != 0 || read_raw_file(st, id, &raw) != TERN_OK) {
 				tbuf_free(&raw);
 				continue;
 			}
@@ -963,6 +1032,7 @@ int capture_open(const char *dir, struct capture_store **out, char *err, size_t 
 	}
 	int rc = TERN_EIO;
 	pthread_mutex_init(&st->mu, NULL);
+	pthread_mutex_init(&st->sync_mu, NULL);
 	st->dir = tern_strdup(dir);
 	char path[4200];
 	if (strlen(dir) > 3000) {
@@ -995,15 +1065,14 @@ int capture_open(const char *dir, struct capture_store **out, char *err, size_t 
 		goto fail;
 	}
 	if (exec(st, "PRAGMA journal_mode = WAL") != TERN_OK ||
-	    exec(st, "PRAGMA synchronous = NORMAL") != TERN_OK ||
+	    exec(st, "PRAGMA synchronous = FULL") != TERN_OK || /* a COMMIT is durable */
 	    exec(st, "PRAGMA temp_store = MEMORY") != TERN_OK || exec(st, "BEGIN") != TERN_OK ||
 	    exec(st, SCHEMA) != TERN_OK ||
 	    (scalar_i64(st, "SELECT COUNT(*) FROM pragma_table_info('messages') "
 	                    "WHERE name = 'username'") == 0 &&
 	     exec(st, "ALTER TABLE messages ADD COLUMN username TEXT NOT NULL DEFAULT ''") !=
 	         TERN_OK) ||
-	    exec(st, "PRAGMA user_version = 2") != TERN_OK ||
-	    exec(st, "COMMIT") != TERN_OK) {
+	    exec(st, "PRAGMA user_version = 3") != TERN_OK || exec(st, "COMMIT") != TERN_OK) {
 		set_err(err, errlen, "cannot set up %s: %s", path, sqlite3_errmsg(st->db));
 		goto fail;
 	}
@@ -1023,6 +1092,7 @@ fail:
 	if (st->db)
 		sqlite3_close(st->db);
 	pthread_mutex_destroy(&st->mu);
+	pthread_mutex_destroy(&st->sync_mu);
 	free(st->dir);
 	free(st);
 	return rc;
@@ -1040,6 +1110,7 @@ void capture_close(struct capture_store *st)
 	sqlite3_close(st->db);
 	pthread_mutex_unlock(&st->mu);
 	pthread_mutex_destroy(&st->mu);
+	pthread_mutex_destroy(&st->sync_mu);
 	free(st->dir);
 	free(st);
 }
@@ -1505,19 +1576,18 @@ static int collect(sqlite3_stmt *s, struct victims *v)
 static int delete_rows(struct capture_store *st, const struct victims *v, bool all)
 {
 	static const char *const per_row[] = {
-	    "DELETE FROM messages WHERE seq = ?",
-	    "DELETE FROM recipients WHERE msg = ?",
-	    "DELETE FROM message_tags WHERE msg = ?",
-	    "DELETE FROM fts WHERE rowid = ?",
+	    "DELETE FROM messages WHERE seq = ?",     "DELETE FROM recipients WHERE msg = ?",
+	    "DELETE FROM message_tags WHERE msg = ?", "DELETE FROM fts WHERE rowid = ?",
+	    "DELETE FROM raw WHERE seq = ?",
 	};
 	int rc = exec(st, "BEGIN IMMEDIATE");
 	if (rc != TERN_OK)
 		return rc;
 	if (all) {
 		rc = exec(st, "DELETE FROM messages; DELETE FROM recipients; "
-		              "DELETE FROM message_tags; DELETE FROM fts;");
+		              "DELETE FROM message_tags; DELETE FROM fts; DELETE FROM raw;");
 	} else {
-		for (size_t k = 0; k < 4 && rc == TERN_OK; k++) {
+		for (size_t k = 0; k < sizeof(per_row) / sizeof(per_row[0]) && rc == TERN_OK; k++) {
 			sqlite3_stmt *s = prep(st, per_row[k]);
 			if (!s) {
 				rc = TERN_EIO;
