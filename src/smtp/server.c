@@ -1679,12 +1679,48 @@ static void restore_idle_timeouts(struct session *s)
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
+static void commit_finish(struct session *s);
+
+/* ---- CAPTURE-ACK (issue 11, DESIGN §6 "Capture mode acknowledges later"):
+ * in capture mode the 250 waits until the scheduler caught the message in
+ * the capture store (one SQLite transaction and one sync per batch), so a
+ * client that lists right after its 250 sees the message. The session
+ * stays in SS_COMMIT, reading off, until capture_acked runs. */
+
+static void capture_acked(void *arg)
+{
+	struct session *s = arg;
+	(void)TERN_BUG_ON(s->state != SS_COMMIT || !s->tx);
+	/* Also when the store failed: the message is durable in the spool and
+	 * caught on the retry (the scheduler logged why). */
+	if (!s->dead)
+		reply_args(s, SMTP_R_QUEUED, s->tx->id);
+	commit_finish(s);
+}
+
+/* On a delivery thread: the session is suspended, only its worker runs it. */
+static void capture_ack_cb(void *arg, int err)
+{
+	struct session *s = arg;
+	if (worker_post(s->sw->w, capture_acked, s) != 0)
+		log_error("event=commit_post_failed id=%s", s->tx->id);
+}
+
+/* True when the scheduler took data and will call capture_ack_cb. */
+static bool capture_ack_wait(struct session *s, char *data, size_t len)
+{
+	return s->conf->capture_mode && scheduler_submit_acked(s->sw->srv->sched, s->tx->id, data,
+	                                                       len, capture_ack_cb, s) == TERN_OK;
+}
+/* ---- end CAPTURE-ACK */
+
 static void commit_done(void *arg)
 {
 	struct session *s = arg;
 	struct tx *t = s->tx;
 	/* Reading stopped at SS_COMMIT until this answer: nothing else ran. */
 	(void)TERN_BUG_ON(s->state != SS_COMMIT || !t);
+	bool wait = false;
 	if (t->commit_err == TERN_OK) {
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
@@ -1694,7 +1730,9 @@ static void commit_done(void *arg)
 		/* before submitting: the scheduler owns (and may free) data after */
 		smtp_message_id(data, len, &mid, &mid_len); /* none: msgid="" */
 		log_quote(mid, mid_len, qm, sizeof(qm));
-		scheduler_submit(s->sw->srv->sched, t->id, data, len);
+		wait = capture_ack_wait(s, data, len); /* CAPTURE-ACK */
+		if (!wait)
+			scheduler_submit(s->sw->srv->sched, t->id, data, len);
 		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=%s nrcpt=%zu "
 		         "size=%zu msgid=%s",
 		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
@@ -1709,6 +1747,8 @@ static void commit_done(void *arg)
 		s->n_msgs++;
 		atomic_fetch_add(&count_accepted, 1);
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
+		if (wait)
+			return; /* CAPTURE-ACK: capture_acked answers */
 		if (!s->dead)
 			reply_args(s, SMTP_R_QUEUED, t->id);
 	} else {
@@ -1717,6 +1757,12 @@ static void commit_done(void *arg)
 		if (!s->dead)
 			reply(s, SMTP_R_SPOOL_FAILED);
 	}
+	commit_finish(s);
+}
+
+/* After the answer to a commit: the transaction ends, reading resumes. */
+static void commit_finish(struct session *s)
+{
 	if (s->dead) {
 		tx_reset(s);
 		session_free(s);
