@@ -479,8 +479,11 @@ const char *users_parse_extra(const char *p, size_t n, bool *has_quota, uint64_t
 			const char *why =
 			    users_parse_quota_rule(p + klen, len - klen, &applies, &v);
 
-			if (why != NULL)
+			if (why != NULL) {
+				*has_quota = false;
+				*bytes = 0;
 				return why;
+			}
 			if (applies) {
 				*has_quota = true;
 				*bytes = v;
