@@ -1047,7 +1047,14 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 				oc->state = RCPT_DELIVERED;
 				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
 				                           SMTP_R_LOCAL_DELIVERED, items[k].name);
-			} else if (items[k].result == TERN_EINVAL || items[k].result == TERN_ELIMIT) {
+			} else if (items[k].over_quota) {
+				/* Bounced at once, as Dovecot's LMTP does by default
+				 * (quota_full_tempfail = no): see docs/config.md. */
+				oc->state = RCPT_BOUNCED;
+				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
+				                           SMTP_R_LOCAL_MAILBOX_FULL, NULL);
+			} else if (items[k].result == TERN_EINVAL ||
+			           items[k].result == TERN_ELIMIT) {
 				oc->state = RCPT_BOUNCED;
 				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
 				                           SMTP_R_LOCAL_BAD_MAILBOX, NULL);

@@ -44,6 +44,7 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/timefmt.h"
+#include "deliver/deliver.h"
 #include "core/id.h"
 #include "core/log.h"
 #include "core/loop.h"
@@ -1136,13 +1137,20 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 	bool exists = users_exists(s->rt->users, addr) || strcmp(local_lc, "postmaster") == 0;
 	/* Plus addressing: user+tag@ is user's (delivery picks the mailbox) */
 	size_t base = conf_local_base_len(conf, local_lc, strlen(local_lc));
+	char b[SMTP_ADDR_MAX + 3];
+	const char *owner = addr; /* whose Maildir it is */
 	if (!exists && base > 0 && local_lc[base] != '\0') {
-		char b[SMTP_ADDR_MAX + 3];
 		snprintf(b, sizeof(b), "%.*s@%s", (int)base, local_lc, dom_lc);
 		exists = users_exists(s->rt->users, b);
+		owner = b;
 	}
 	if (!exists)
 		return false;
+	/* QUOTA: a Maildir delivery found full (a table lookup, no disk). */
+	if (maildir_quota_known_full(owner)) {
+		*err = TERN_ELIMIT;
+		return true;
+	}
 	*err = tx_add_rcpt(t, addr, c->orcpt, c->notify, true);
 	return true;
 }
@@ -1211,6 +1219,15 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 			return;
 		}
 		err = tx_add_rcpt(t, c->path.addr, c->orcpt, c->notify, false);
+	}
+	if (err == TERN_ELIMIT) {
+		log_info("event=rejected sess=%u.%llu client=%s from=%s to=%s code=452 "
+		         "reason=mailbox-full",
+		         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+		         log_quote_addr(t->sender, qf, sizeof(qf)),
+		         log_quote_addr(c->path.addr, q, sizeof(q)));
+		reply_args(s, SMTP_R_MAILBOX_FULL, c->path.addr);
+		return;
 	}
 	if (err != TERN_OK) {
 		reply(s, SMTP_R_NOMEM);
