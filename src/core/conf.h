@@ -24,10 +24,18 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* How a listener uses TLS (listen.NAME.tls). */
+enum conf_listen_tls {
+	CONF_LISTEN_TLS_NONE = 0, /* plain SMTP; STARTTLS is not offered */
+	CONF_LISTEN_TLS_STARTTLS, /* STARTTLS offered (RFC 3207) */
+	CONF_LISTEN_TLS_IMPLICIT, /* TLS from the first byte, the 220 inside it (RFC 8314) */
+};
+
 struct conf_listener {
 	char *name;    /* the section name: "mx", "submission", ... */
 	char *address; /* "IP:PORT" or "[IPv6]:PORT" */
 	char *profile; /* "mx" or "submission" */
+	enum conf_listen_tls tls; /* default: starttls when tls has a certificate, else none */
 };
 
 struct conf_alias {
@@ -87,10 +95,21 @@ struct conf_dns {
 	char *trust_anchor_file;  /* or NULL: no DNSSEC validation */
 };
 
-/* The server side of TLS: STARTTLS is offered when a certificate is set. */
-struct conf_tls_server {
-	char *cert_file; /* PEM certificate chain, or NULL: no STARTTLS */
+/* One server certificate: tls { cert_file; key_file; } or an entry of
+ * tls.certificates. */
+struct conf_tls_cert {
+	char *cert_file; /* PEM certificate chain, leaf first */
 	char *key_file;  /* PEM private key (mode 0600) */
+};
+
+/* The server side of TLS (tls/tls.h). No certificate: no listener offers TLS. */
+struct conf_tls_server {
+	/* Every certificate, the default first: tls.cert_file/key_file if set,
+	 * then tls.certificates in order; with self_signed, the one generated
+	 * as DATA_DIR/tls/selfsigned-cert.pem and selfsigned-key.pem. */
+	struct conf_tls_cert *certs;
+	size_t n_certs;
+	bool self_signed; /* certs[0] is made (and renewed) by tern at start and on SIGHUP */
 };
 
 /* Capture mode (tern capture): retention of caught messages and the

@@ -17,6 +17,7 @@
  * message and by limits.inflight_memory over all sessions together.
  */
 #include "smtp/smtp.h"
+#include "tls/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -123,6 +124,7 @@ struct session {
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
 	bool esmtp;
 	bool tls_active;
+	bool offer_starttls; /* TLS: the listener offers STARTTLS and a context is loaded */
 	SSL *starttls;      /* set by STARTTLS: the switch happens once the line is consumed */
 	struct event *close_timer; /* TLS close in progress (tls_close_begin): its deadline */
 	bool close_sent; /* TLS close: our close_notify is written and the write side shut */
@@ -147,6 +149,7 @@ struct srv_worker {
 	struct session *sessions;
 	struct evconnlistener *listeners[MAX_LISTENERS_PER_WORKER];
 	bool listener_submission[MAX_LISTENERS_PER_WORKER];
+	enum conf_listen_tls listener_tls[MAX_LISTENERS_PER_WORKER];
 	size_t n_listeners;
 	uint64_t next_serial;
 	bool shutting_down;
@@ -747,7 +750,7 @@ static void cmd_helo(struct session *s, const struct smtp_cmd *c)
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-CHUNKING");
 	reply(s, "250-BINARYMIME");
-	if (s->sw->srv->tls && !s->tls_active)
+	if (s->offer_starttls && !s->tls_active)
 		reply(s, "250-STARTTLS");
 	if (s->conf->capture_mode)
 		reply(s, "250-AUTH PLAIN LOGIN");
@@ -1072,7 +1075,7 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 
 static void cmd_starttls(struct session *s)
 {
-	if (!s->sw->srv->tls) {
+	if (!s->offer_starttls && !s->tls_active) {
 		reply(s, "502 5.5.1 STARTTLS is not offered here (no certificate configured)");
 		count_error(s);
 		return;
@@ -1793,13 +1796,22 @@ static void on_write(struct bufferevent *bev, void *arg)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
-	if (what & BEV_EVENT_CONNECTED) {
-		SSL *ssl = bufferevent_openssl_get_ssl(bev);
-		log_info("event=tls sess=%u.%llu client=%s version=%s cipher=%s",
-			 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
-			 ssl ? SSL_get_version(ssl) : "?",
-			 ssl ? SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)) : "?");
+	if (what & BEV_EVENT_CONNECTED) { /* TLS: the handshake is done */
+		char d[600];
+		log_info("event=tls sess=%u.%llu client=%s %s", worker_index(s->sw->w),
+		         (unsigned long long)s->serial, s->peer,
+		         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
 		return;
+	}
+	if ((what & BEV_EVENT_ERROR) && s->tls_active && s->state != S_CLOSING) {
+		SSL *ssl = bufferevent_openssl_get_ssl(bev); /* TLS: why a handshake failed */
+		if (ssl && !SSL_is_init_finished(ssl)) {
+			char why[256];
+			log_warn(
+			    "event=tls_failed sess=%u.%llu client=%s reason=\"%s\"",
+			    worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			    tls_last_error(bufferevent_get_openssl_error(bev), why, sizeof(why)));
+		}
 	}
 	if (s->state == S_CLOSING) {
 		session_free(s);
@@ -1936,9 +1948,14 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	s->serial = ++sw->next_serial;
 	s->peer_sa = ss;
 	tern_strlcpy(s->peer, peer, sizeof(s->peer));
-	for (size_t i = 0; i < sw->n_listeners; i++)
-		if (sw->listeners[i] == l)
+	enum conf_listen_tls ltls = CONF_LISTEN_TLS_NONE;
+	for (size_t i = 0; i < sw->n_listeners; i++) {
+		if (sw->listeners[i] == l) {
 			s->submission = sw->listener_submission[i];
+			ltls = sw->listener_tls[i];
+		}
+	}
+	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls;
 	s->next = sw->sessions;
 	if (s->next)
 		s->next->prev = s;
@@ -1949,8 +1966,23 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	bufferevent_setwatermark(bev, EV_WRITE, OUT_LOW_WATERMARK, 0);
 	restore_idle_timeouts(s);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
-	log_info("event=connect sess=%u.%llu client=%s", worker_index(sw->w),
-		 (unsigned long long)s->serial, peer);
+	log_info("event=connect sess=%u.%llu client=%s%s", worker_index(sw->w),
+	         (unsigned long long)s->serial, peer,
+	         ltls == CONF_LISTEN_TLS_IMPLICIT ? " tls=implicit" : "");
+	/* TLS: implicit TLS (RFC 8314) puts the TLS layer on at once, as after
+	 * STARTTLS; the greeting below waits in it for the handshake. */
+	if (ltls == CONF_LISTEN_TLS_IMPLICIT) {
+		if (!srv->tls || !(s->starttls = SSL_new(srv->tls))) {
+			log_error("event=tls_failed sess=%u.%llu client=%s reason=\"%s\"",
+			          worker_index(sw->w), (unsigned long long)s->serial, peer,
+			          srv->tls ? "out of memory" : "no certificate loaded");
+			session_free(s);
+			return;
+		}
+		start_tls(s, bufferevent_get_input(bev));
+		if (s->state == S_CLOSING)
+			return; /* start_tls failed and is closing the session */
+	}
 	policy_at_connect(s, !s->submission && !conf->capture_mode); /* POLICY: then greets */
 }
 
@@ -1983,7 +2015,7 @@ static struct srv_worker *srv_worker_for(struct smtp_server *srv, struct worker 
 }
 
 int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
-		       const char *profile)
+                       const char *profile, enum conf_listen_tls tls)
 {
 	struct srv_worker *sw = srv_worker_for(srv, w);
 	if (!sw || sw->n_listeners == MAX_LISTENERS_PER_WORKER)
@@ -1993,6 +2025,7 @@ int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
 	if (!l)
 		return TERN_EIO;
 	sw->listener_submission[sw->n_listeners] = strcmp(profile, "submission") == 0;
+	sw->listener_tls[sw->n_listeners] = tls;
 	sw->listeners[sw->n_listeners++] = l;
 	return TERN_OK;
 }

@@ -382,10 +382,8 @@ static void check_defaults(const struct tern_config *c)
 	assert_int_equal(c->limits.idle_timeout, 300);
 	assert_int_equal(c->limits.data_timeout, 180);
 	assert_int_equal(c->limits.shutdown_grace, 30);
-	assert_int_equal(c->n_listeners, 1);
-	assert_string_equal(c->listeners[0].name, "mx");
-	assert_string_equal(c->listeners[0].address, "127.0.0.1:2525");
-	assert_string_equal(c->listeners[0].profile, "mx");
+	/* listeners and tls differ: test_empty_file_gets_every_default and
+	 * test_embedded_default_matches_defaults */
 	/* delivery, routes, relayhost, dns */
 	assert_int_equal(c->delivery.remote_port, 25);
 	assert_int_equal(c->delivery.retry_base, 300);
@@ -409,6 +407,13 @@ static void test_empty_file_gets_every_default(void **state)
 	assert_non_null(c);
 	check_defaults(c);
 	assert_string_equal(c->source, "t.conf");
+	assert_int_equal(c->n_listeners, 1);
+	assert_string_equal(c->listeners[0].name, "mx");
+	assert_string_equal(c->listeners[0].address, "127.0.0.1:2525");
+	assert_string_equal(c->listeners[0].profile, "mx");
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_NONE); /* no certificate */
+	assert_int_equal(c->tls.n_certs, 0);
+	assert_false(c->tls.self_signed);
 	conf_unref(c);
 }
 
@@ -419,7 +424,38 @@ static void test_embedded_default_matches_defaults(void **state)
 	assert_non_null(e);
 	check_defaults(e);
 	assert_string_equal(e->source, "(embedded default)");
-	struct tern_config *d = load_str("", err, sizeof(err));
+	/* DESIGN §1: submission with STARTTLS on 2587, implicit TLS on 2465,
+	 * with a self-signed certificate made in the data dir */
+	assert_int_equal(e->n_listeners, 3);
+	static const struct {
+		const char *name, *address, *profile;
+		enum conf_listen_tls tls;
+	} want[] = {
+	    {"mx", "127.0.0.1:2525", "mx", CONF_LISTEN_TLS_STARTTLS},
+	    {"submission", "127.0.0.1:2587", "submission", CONF_LISTEN_TLS_STARTTLS},
+	    {"submissions", "127.0.0.1:2465", "submission", CONF_LISTEN_TLS_IMPLICIT},
+	};
+	for (size_t i = 0; i < 3; i++) {
+		assert_string_equal(e->listeners[i].name, want[i].name);
+		assert_string_equal(e->listeners[i].address, want[i].address);
+		assert_string_equal(e->listeners[i].profile, want[i].profile);
+		assert_int_equal(e->listeners[i].tls, want[i].tls);
+	}
+	assert_true(e->tls.self_signed);
+	assert_int_equal(e->tls.n_certs, 1);
+	assert_string_equal(e->tls.certs[0].cert_file, "./tern-data/tls/selfsigned-cert.pem");
+	assert_string_equal(e->tls.certs[0].key_file, "./tern-data/tls/selfsigned-key.pem");
+	/* Otherwise a file that sets nothing gets the same values. */
+	static const char only_diff[] =
+	    "listen {\n"
+	    "  mx { address = \"127.0.0.1:2525\"; profile = mx }\n"
+	    "  submission { address = \"127.0.0.1:2587\"; profile = submission; tls = starttls }\n"
+	    "  submissions { address = \"127.0.0.1:2465\"; profile = submission; tls = implicit }\n"
+	    "}\n"
+	    "tls { self_signed = true }\n";
+	struct tern_config *d = load_str(only_diff, err, sizeof(err));
+	if (!d)
+		fail_msg("%s", err);
 	char *pe = print_to_string(e), *pd = print_to_string(d);
 	assert_string_equal(pe, pd);
 	free(pe);
@@ -532,8 +568,41 @@ static const struct err_case conf_err_cases[] = {
     {"foo = 1", "t.conf:1: unknown key 'foo'"},
     {"\nlimits {\n  max_errors = 3\n  foo = 1\n}", "t.conf:4: unknown key 'foo' in section limits"},
     {"relay { nets = [] }", "t.conf:1: unknown key 'nets' in section relay"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tlsmode = yes } }",
+     "t.conf:1: unknown key 'tlsmode' in section listen.mx"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tls = yes } }",
-     "t.conf:1: unknown key 'tls' in section listen.mx"},
+     "t.conf:1: listen.mx.tls: expected \"starttls\", \"implicit\" or \"none\", got the "
+     "boolean true"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tls = smtps } }",
+     "t.conf:1: listen.mx.tls: must be \"starttls\", \"implicit\" or \"none\", not 'smtps'"},
+    {"listen {\n mx { address = \"127.0.0.1:25\"; profile = mx\n  tls = implicit } }",
+     "t.conf:3: listen.mx.tls: \"implicit\" needs a certificate: set tls { cert_file; "
+     "key_file; }, tls.certificates or tls.self_signed"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tls = starttls } }\n"
+     "tls { certificates = [] }",
+     "t.conf:1: listen.mx.tls: \"starttls\" needs a certificate: set tls { cert_file; "
+     "key_file; }, tls.certificates or tls.self_signed"},
+    {"tls {\n cert_file = /c\n}", "t.conf:1: tls: cert_file and key_file go together (set "
+                                  "both or neither)"},
+    {"tls { cert_file = /c; key_file = /k;\n self_signed = true }",
+     "t.conf:2: tls.self_signed: cannot be combined with cert_file or certificates (it makes "
+     "the only certificate)"},
+    {"tls { self_signed = yes; certificates = [ { cert_file = /c; key_file = /k } ] }",
+     "t.conf:1: tls.self_signed: cannot be combined with cert_file or certificates (it makes "
+     "the only certificate)"},
+    {"tls { self_signed = \"yes\" }",
+     "t.conf:1: tls.self_signed: expected true or false, got the string \"yes\""},
+    {"tls { certificates = { cert_file = /c; key_file = /k } }",
+     "t.conf:1: tls.certificates: expected a list of { cert_file = ...; key_file = ...; }, got "
+     "a section"},
+    {"tls { certificates = [ { cert_file = /c; key_file = /k },\n { cert_file = /d } ] }",
+     "t.conf:2: tls.certificates[1]: needs both cert_file and key_file"},
+    {"tls { certificates = [ { cert_file = /c; key_file = /k; chain = /x } ] }",
+     "t.conf:1: unknown key 'chain' in section tls.certificates[0]"},
+    {"tls { certificates = [ \"/c\" ] }",
+     "t.conf:1: tls.certificates[0]: expected a section { ... }, got the string \"/c\""},
+    {"tls { certificates = [ { cert_file = \"\"; key_file = /k } ] }",
+     "t.conf:1: tls.certificates[0].cert_file: must not be empty"},
     {"hostname = 5", "t.conf:1: hostname: expected a string, got the number 5"},
     {"hostname = \"a b\"", "t.conf:1: hostname: 'a b' is not a valid host name"},
     {"hostname = \"\"", "t.conf:1: hostname: must not be empty"},
@@ -1528,6 +1597,12 @@ static void test_print_reload_round_trip(void **state)
 	    "dns { forward = [\"127.0.0.1@5353\", \"::1\"]; trust_anchor_file = /var/lib/root.key "
 	    "}\n",
 	    "relayhost { via = \"smtps://[::1]:4650\"; tls = opportunistic }\ndns { forward = [] }",
+	    "tls { cert_file = \"/etc/t/a b.pem\"; key_file = /etc/t/a.key;\n"
+	    "  certificates = [ { cert_file = /b.pem; key_file = /b.key } ] }\n"
+	    "listen { a { address = \"127.0.0.1:25\"; profile = mx; tls = none }\n"
+	    "  b { address = \"127.0.0.1:465\"; profile = submission; tls = implicit }\n"
+	    "  c { address = \"127.0.0.1:587\"; profile = submission } }\n",
+	    "tls { self_signed = true }\ndata_dir = /srv/t/",
 	};
 	for (size_t i = 0; i < N(configs); i++) {
 		char err[256];
@@ -1741,9 +1816,72 @@ static void test_warnings(void **state)
 	free(buf);
 	conf_unref(c);
 
-	/* the embedded default and an empty file promise nothing they do not do */
-	c = conf_load(NULL, err, sizeof(err));
+	/* an empty file promises nothing it does not do; the embedded default
+	 * has submission listeners (DESIGN §1), and says what they do today */
+	c = load_str("", err, sizeof(err));
+	w.n = 0;
 	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
+	conf_unref(c);
+	c = conf_load(NULL, err, sizeof(err));
+	w.n = 0;
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 2);
+	assert_string_equal(w.keys[0], "listen.submission.profile");
+	assert_string_equal(w.keys[1], "listen.submissions.profile");
+	conf_unref(c);
+}
+
+/* ---- tls: certificates and the listeners' modes --------------------------- */
+
+static void test_tls_keys(void **state)
+{
+	char err[256];
+	/* the single pair is the default, then the list in order */
+	struct tern_config *c = load_str(
+	    "tls { certificates = [ { cert_file = /b.pem; key_file = /b.key },\n"
+	    "  { cert_file = /c.pem; key_file = /c.key; } ];\n"
+	    "  cert_file = /a.pem; key_file = /a.key }\n"
+	    "listen { mx { address = \"127.0.0.1:25\"; profile = mx }\n"
+	    "  plain { address = \"127.0.0.1:26\"; profile = mx; tls = none }\n"
+	    "  smtps { address = \"127.0.0.1:465\"; profile = submission; tls = implicit } }\n",
+	    err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->tls.n_certs, 3);
+	assert_false(c->tls.self_signed);
+	static const char *const files[][2] = {
+	    {"/a.pem", "/a.key"}, {"/b.pem", "/b.key"}, {"/c.pem", "/c.key"}};
+	for (size_t i = 0; i < 3; i++) {
+		assert_string_equal(c->tls.certs[i].cert_file, files[i][0]);
+		assert_string_equal(c->tls.certs[i].key_file, files[i][1]);
+	}
+	/* with a certificate, a listener without tls offers STARTTLS */
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_STARTTLS);
+	assert_int_equal(c->listeners[1].tls, CONF_LISTEN_TLS_NONE);
+	assert_int_equal(c->listeners[2].tls, CONF_LISTEN_TLS_IMPLICIT);
+	char *p = print_to_string(c);
+	assert_non_null(strstr(p, "\t\ttls = \"implicit\";\n"));
+	assert_non_null(strstr(p, "tls {\n\tself_signed = false;\n\tcertificates = [\n"
+	                          "\t\t{ cert_file = \"/a.pem\"; key_file = \"/a.key\"; },\n"));
+	free(p);
+	/* capture mode keeps configured certificates: its listener offers STARTTLS */
+	assert_int_equal(conf_apply_capture(c, "127.0.0.1:1025", NULL), TERN_OK);
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_STARTTLS);
+	assert_int_equal(c->tls.n_certs, 3);
+	conf_unref(c);
+
+	/* the self-signed pair lives in the data dir */
+	c = load_str("data_dir = /srv/t/\ntls { self_signed = true }", err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->tls.n_certs, 1);
+	assert_string_equal(c->tls.certs[0].cert_file, "/srv/t/tls/selfsigned-cert.pem");
+	assert_string_equal(c->tls.certs[0].key_file, "/srv/t/tls/selfsigned-key.pem");
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_STARTTLS);
+	/* ... but not in capture mode (Mailpit offers no TLS it was not given) */
+	assert_int_equal(conf_apply_capture(c, "127.0.0.1:1025", NULL), TERN_OK);
+	assert_int_equal(c->tls.n_certs, 0);
+	assert_false(c->tls.self_signed);
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_NONE);
 	conf_unref(c);
 }
 
@@ -1783,6 +1921,7 @@ int main(void)
 	    cmocka_unit_test(test_print_shows_routes),
 	    cmocka_unit_test(test_capture_http_keys),
 	    cmocka_unit_test(test_warnings),
+	    cmocka_unit_test(test_tls_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
