@@ -208,7 +208,12 @@ def test_sni_picks_the_certificate(tern_factory, certdir):
 # Reload on SIGHUP
 
 
-def test_certificate_reload_keeps_sessions(tern_factory, scratch):
+@pytest.mark.parametrize("processes", ["split", "single"])
+def test_certificate_reload_keeps_sessions(tern_factory, scratch, processes):
+    """As root tern splits (the parent reads the files, the child reloads from its
+    copies); with user = root, or as anyone else, one process does both."""
+    if processes == "split" and not IS_ROOT:
+        pytest.skip("the privileged parent exists only when started as root")
     before = make_cert(scratch, "before", "before.example.test", ["mx.example.test"])
     after = make_cert(scratch, "after", "after.example.test", ["mx.example.test"])
     live_cert, live_key = scratch / "live.pem", scratch / "live.key"
@@ -219,7 +224,9 @@ def test_certificate_reload_keeps_sessions(tern_factory, scratch):
         "tls": {"cert_file": str(live_cert), "key_file": str(live_key)},
         "listen": {"smtps": {"address": f"127.0.0.1:{p2}", "profile": "submission",
                              "tls": "implicit"}},
+        **({"user": "root"} if processes == "single" and IS_ROOT else {}),
     })
+    assert (tern.pid != tern.proc.pid) == (processes == "split")
     # Two sessions open across the reloads: one in TLS, one not upgraded yet.
     old, oldf = implicit(p2)
     assert cn_of_der(old.getpeercert(binary_form=True)) == "before.example.test"
@@ -330,8 +337,11 @@ def stop_embedded(proc, log):
 def test_embedded_default_makes_its_certificate_once(scratch):
     for port in EMBEDDED_PORTS:
         with socket.socket() as s:
+            # as tern binds: a connection of an earlier run in TIME-WAIT is no obstacle
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
+                s.listen(1)
             except OSError:
                 pytest.skip(f"127.0.0.1:{port} is busy: the embedded default needs it")
     d = scratch
@@ -359,12 +369,26 @@ def test_embedded_default_makes_its_certificate_once(scratch):
             assert c.has_extn("starttls")
             c.starttls(context=ctx)
             assert c.ehlo()[0] == 250
+        # A pair that is no longer good (here: its key is gone) is made anew
+        # on SIGHUP, and served from then on.
+        key.unlink()
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "event=tls_reloaded" not in (d / "tern.log").read_text(errors="replace"):
+            assert time.monotonic() < deadline, (d / "tern.log").read_text(errors="replace")
+            time.sleep(0.05)
+        assert cert.read_bytes() != first
+        first = cert.read_bytes()
+        ctx = ssl.create_default_context(cafile=str(cert))
+        s, f = implicit(2465, ctx, server_hostname="localhost")
+        s.close()
     finally:
         rc = stop_embedded(proc, log)
     text = (d / "tern.log").read_text(errors="replace")
     assert rc == 0, text[-3000:]
     assert re.search(r"event=tls_self_signed cert=\./tern-data/tls/selfsigned-cert\.pem "
                      r"hostname=\S+ reason=missing", text), text[-3000:]
+    assert re.search(r"event=tls_self_signed cert=\S+ hostname=\S+ reason=key-missing", text)
     assert re.search(r"event=listening name=submissions address=127\.0\.0\.1:2465 "
                      r"profile=submission tls=implicit", text)
     assert re.search(r"event=listening name=submission address=127\.0\.0\.1:2587 "
