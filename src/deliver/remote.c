@@ -1565,7 +1565,8 @@ struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, 
 	/* Opportunistic TLS: encrypt whatever the peer offers (without a
 	 * context, STARTTLS is skipped). */
 	char terr[256];
-	r->tls = tls_client_ctx_new(NULL, false, terr, sizeof(terr));
+	if (!(r->tls = tls_client_ctx_new(NULL, false, terr, sizeof(terr))))
+		log_warn("event=tls_unavailable direction=outbound reason=\"%s\"", terr);
 	runtime_release(rt);
 	return r;
 fail:

@@ -1076,7 +1076,7 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 static void cmd_starttls(struct session *s)
 {
 	if (!s->offer_starttls && !s->tls_active) {
-		reply(s, "502 5.5.1 STARTTLS is not offered here (no certificate configured)");
+		reply(s, "502 5.5.1 STARTTLS is not offered on this port");
 		count_error(s);
 		return;
 	}
@@ -1955,7 +1955,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 			ltls = sw->listener_tls[i];
 		}
 	}
-	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls;
+	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls != NULL;
 	s->next = sw->sessions;
 	if (s->next)
 		s->next->prev = s;

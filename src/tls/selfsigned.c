@@ -230,8 +230,17 @@ int tls_self_signed_ensure(const char *cert_path, const char *key_path, const ch
 	if (why && whylen)
 		why[0] = '\0';
 	const char *reason = renew_reason(cert_path, key_path, hostname);
-	if (!reason)
+	if (!reason) {
+		/* Good, but perhaps written by an earlier run for another account
+		 * (as root without a split): the reader must be able to read it. */
+		if ((uid != (uid_t)-1 || gid != (gid_t)-1) &&
+		    (lchown(cert_path, uid, gid) != 0 || lchown(key_path, uid, gid) != 0)) {
+			snprintf(err, errlen, "tls: cannot give %s to uid %ld: %s", key_path,
+			         (long)uid, strerror(errno));
+			return TERN_EIO;
+		}
 		return TERN_OK;
+	}
 	if (why && whylen)
 		snprintf(why, whylen, "%s", reason);
 	char *cert = NULL, *key = NULL;

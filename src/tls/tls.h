@@ -146,8 +146,9 @@ int tls_self_signed_make(const char *hostname, unsigned days, long not_after_shi
  * and is valid for more than a day; otherwise makes a new one
  * (tls_self_signed_make, 365 days), the key 0600, each file written
  * atomically (core/fsutil.h), the directory created 0700 if missing. Files
- * and the directory are given to uid/gid unless they are -1 (the privileged
- * parent writes them for the unprivileged account). Reads the file system
+ * (kept or new) and a new directory are given to uid/gid unless they are -1
+ * (the privileged parent writes them for the unprivileged account; lchown,
+ * so a link planted there is not followed). Reads the file system
  * itself (tern_file_read_fs), never the bundle. *made tells whether it wrote,
  * and why (missing, expired, ...) is copied into why. TERN_OK, or TERN_EIO /
  * TERN_EINVAL / TERN_ENOMEM with err set.

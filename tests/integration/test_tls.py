@@ -3,6 +3,7 @@ TLS 1.2 and 1.3 and TLS 1.1 refused, the certificate chosen by SNI, certificates
 reloaded on SIGHUP without dropping sessions, the embedded default's self-signed
 certificate and its submission listeners on 2587/2465, Python's SMTP_SSL, and the
 tls=/cipher= words in the log lines of inbound and outbound connections."""
+import os
 import re
 import shutil
 import signal
@@ -395,11 +396,17 @@ def test_embedded_default_makes_its_certificate_once(scratch):
                      r"profile=submission tls=starttls", text)
     assert len(TLS_LINE.findall(text)) >= 3, text[-3000:]
 
-    # The second start uses the same certificate.
+    # The second start uses the same certificate, even when an earlier run as
+    # root in one process (user = "root") left it root's 0600.
+    owner = key.stat().st_uid
+    if IS_ROOT:
+        os.chown(key, 0, 0)
+        os.chown(cert, 0, 0)
     (d / "tern.log").rename(d / "first.log")
     proc, log = run_embedded(d)
     try:
         assert cert.read_bytes() == first
+        assert key.stat().st_uid == owner
         r = s_client("-connect", "127.0.0.1:2465", stdin=b"QUIT\r\n")
         assert b"221 " in r.stdout, r.stdout[-500:]
     finally:
