@@ -73,10 +73,11 @@ static void send_work(void *arg)
 	 * mail); an API message has no other copy, so sync before answering. */
 	if (j->err == TERN_OK)
 		j->err = capture_sync(j->cm->store);
-	if (j->err == TERN_OK)
-		log_info("event=captured id=%s source=api from=<%s> nrcpt=%zu size=%zu", j->id,
-			 j->from, j->n_to, j->len);
-	else
+	if (j->err == TERN_OK) {
+		char qf[LOG_ADDR_MAX];
+		log_info("event=captured id=%s source=api from=%s nrcpt=%zu size=%zu", j->id,
+			 log_quote_addr(j->from, qf, sizeof(qf)), j->n_to, j->len);
+	} else
 		log_error("event=capture_failed source=api reason=%s", tern_strerror(j->err));
 	j->done(j->arg, j->err, j->err == TERN_OK ? j->id : NULL);
 	send_job_free(j);

@@ -44,4 +44,11 @@ void control_stop(struct control *c);
 /* Binds DATA/control.sock; returns the listening fd or -1. */
 int control_bind(const char *data_dir);
 
+/* Local submission (submit.h): `tern sendmail` and its daemon side. */
+int cmd_sendmail(int argc, char **argv);
+struct submit;
+struct submit *submit_start(const char *data_dir, struct spool *sp, struct scheduler *sched,
+			    char *err, size_t errlen);
+void submit_stop(struct submit *s);
+
 #endif

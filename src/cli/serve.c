@@ -468,6 +468,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct remote *remote = NULL;
 	struct policy *policy = NULL;
 	struct control *ctl = NULL;
+	struct submit *sub = NULL;
 	struct capture_mode *capm = NULL;
 	struct tls_server *tls = NULL;
 	int http_fd = -1;
@@ -690,6 +691,10 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		goto out;
 	}
 	control_fd = -1;
+	if (!(sub = submit_start(conf->data_dir, sp, sched, err, sizeof(err)))) { /* sendmail */
+		log_error("event=fatal reason=\"local submission: %s\"", err);
+		goto out;
+	}
 	scheduler_requeue_all(sched, false);
 	log_info("event=ready workers=%u queued=%zu", n_workers, spool_count(sp));
 
@@ -761,6 +766,7 @@ out:
 	 */
 	if (ctl)
 		control_stop(ctl);
+	submit_stop(sub);
 	if (remote)
 		remote_stop(remote);
 	for (unsigned w = 0; w < n_workers; w++)

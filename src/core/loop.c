@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
+#include "core/err.h"
 #include "core/log.h"
 
 struct task {
@@ -37,7 +38,8 @@ struct worker {
 
 int loop_global_init(void)
 {
-	return evthread_use_pthreads();
+	/* libevent fails here only when it cannot allocate its locks. */
+	return evthread_use_pthreads() == 0 ? TERN_OK : TERN_ENOMEM;
 }
 
 static void worker_drain(evutil_socket_t fd, short what, void *arg)
@@ -91,9 +93,9 @@ static void *worker_main(void *arg)
 int worker_start(struct worker *w)
 {
 	if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
-		return -1;
+		return TERN_EIO;
 	w->started = true;
-	return 0;
+	return TERN_OK;
 }
 
 static void worker_break(void *arg)
@@ -145,7 +147,7 @@ int worker_post(struct worker *w, task_fn fn, void *arg)
 {
 	struct task *t = malloc(sizeof(*t));
 	if (!t)
-		return -1;
+		return TERN_ENOMEM;
 	t->next = NULL;
 	t->fn = fn;
 	t->arg = arg;
@@ -159,7 +161,7 @@ int worker_post(struct worker *w, task_fn fn, void *arg)
 	pthread_mutex_unlock(&w->lock);
 	if (was_empty)
 		event_active(w->wake, 0, 0);
-	return 0;
+	return TERN_OK;
 }
 
 /* ------------------------------------------------------------------ pool */
@@ -227,7 +229,7 @@ int pool_submit(struct pool *p, task_fn work, struct worker *w, task_fn done, vo
 {
 	struct task *t = malloc(sizeof(*t));
 	if (!t)
-		return -1;
+		return TERN_ENOMEM;
 	t->next = NULL;
 	t->fn = work;
 	t->arg = arg;
@@ -241,7 +243,7 @@ int pool_submit(struct pool *p, task_fn work, struct worker *w, task_fn done, vo
 	p->tail = t;
 	pthread_cond_signal(&p->cond);
 	pthread_mutex_unlock(&p->lock);
-	return 0;
+	return TERN_OK;
 }
 
 void pool_free(struct pool *p)

@@ -7,6 +7,8 @@
  * worker_post(): the closure runs on the worker's thread, in order. Work
  * that may block (fsync, crypt, big copies) goes to pool_submit(); its
  * completion is posted back to the worker that asked.
+ *
+ * Functions returning int return TERN_OK or a TERN_E* code (core/err.h).
  */
 #ifndef TERN_CORE_LOOP_H
 #define TERN_CORE_LOOP_H
@@ -19,11 +21,13 @@ struct worker;
 
 typedef void (*task_fn)(void *arg);
 
-/* Must be called once, before any worker is created. */
+/* Must be called once, before any worker is created. TERN_OK, or
+ * TERN_ENOMEM if libevent cannot set up its locks. */
 int loop_global_init(void);
 
 /* Creates a worker (its event base exists at once; the thread starts with
- * worker_start). */
+ * worker_start, which returns TERN_OK or TERN_EIO if no thread could be
+ * created). */
 struct worker *worker_new(unsigned index);
 int worker_start(struct worker *w);
 /* Makes the worker's loop return once pending events ran; then joins. */
@@ -36,14 +40,14 @@ unsigned worker_index(const struct worker *w);
 
 /* Runs fn(arg) on w's thread. Safe from any thread, including w's own
  * (then it runs on the next loop iteration, never re-entrantly).
- * Returns 0, or -1 if out of memory (fn will not run). */
+ * Returns TERN_OK, or TERN_ENOMEM (fn will not run). */
 int worker_post(struct worker *w, task_fn fn, void *arg);
 
 /* The thread pool for blocking work. */
 struct pool;
 struct pool *pool_new(unsigned threads);
 /* Runs work(arg) on a pool thread, then done(arg) on worker w (if done is
- * not NULL). Returns 0 or -1. */
+ * not NULL). Returns TERN_OK, or TERN_ENOMEM (neither will run). */
 int pool_submit(struct pool *p, task_fn work, struct worker *w, task_fn done, void *arg);
 /* Finishes queued jobs, then stops the threads. */
 void pool_free(struct pool *p);

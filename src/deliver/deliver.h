@@ -35,6 +35,14 @@ struct maildir_item {
 	 */
 	const char *fixed_name;
 	bool check_cur;
+	/*
+	 * Optional Maildir++ folder: NULL or "" delivers to the inbox; a name
+	 * such as "Junk" (DMARC quarantine) delivers to DATA/mail/DOMAIN/LOCAL/
+	 * .Junk/, created on first use with the "maildirfolder" marker, as
+	 * Dovecot lays folders out. 1..64 letters, digits, '-' or '_' (no '.',
+	 * the Maildir++ hierarchy separator); anything else is TERN_EINVAL.
+	 */
+	const char *folder;
 	/* out */
 	int result;              /* TERN_OK or an error */
 	char name[MAILDIR_NAME_MAX]; /* the file name in new/ */
@@ -44,6 +52,10 @@ struct maildir_item {
 /* mail_root is the data directory DATA. Builds DATA/mail/DOMAIN/LOCAL into out; TERN_EINVAL if unsafe, TERN_ELIMIT if too long. */
 int maildir_path(const char *mail_root, const char *domain, const char *local, char *out,
 		 size_t outlen);
+/* As maildir_path, then "/.FOLDER" when folder is neither NULL nor "" (see
+ * struct maildir_item.folder for the names allowed). */
+int maildir_folder_path(const char *mail_root, const char *domain, const char *local,
+			const char *folder, char *out, size_t outlen);
 /* Creates the maildir and its tmp/new/cur (mode 0700), like mkdir -p. */
 int maildir_create(const char *path);
 /*

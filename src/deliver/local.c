@@ -113,6 +113,41 @@ int maildir_path(const char *mail_root, const char *domain, const char *local, c
 	return TERN_OK;
 }
 
+/* A Maildir++ folder name we create: 1..FOLDER_MAX of [A-Za-z0-9_-]. */
+#define FOLDER_MAX 64
+static bool folder_ok(const char *f)
+{
+	size_t n = 0;
+
+	for (; f[n] != '\0'; n++) {
+		char c = f[n];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_'))
+			return false;
+	}
+	return n > 0 && n <= FOLDER_MAX;
+}
+
+int maildir_folder_path(const char *mail_root, const char *domain, const char *local,
+			const char *folder, char *out, size_t outlen)
+{
+	int rc = maildir_path(mail_root, domain, local, out, outlen);
+	size_t pos;
+
+	if (rc != TERN_OK || folder == NULL || folder[0] == '\0')
+		return rc;
+	if (!folder_ok(folder)) {
+		out[0] = '\0';
+		return TERN_EINVAL;
+	}
+	pos = strlen(out);
+	if ((rc = append(out, outlen, &pos, "/.", false)) != TERN_OK ||
+	    (rc = append(out, outlen, &pos, folder, false)) != TERN_OK) {
+		out[0] = '\0';
+		return rc;
+	}
+	return TERN_OK;
+}
 
 /*
  * mkdir -p of path plus tmp/, new/, cur/ inside it, all mode 0700. Every
@@ -246,6 +281,35 @@ toolong:
 	return TERN_ELIMIT;
 }
 
+/*
+ * A new Maildir++ folder DIR/.NAME (already made by create_dirs): the
+ * "maildirfolder" marker file inside, and the parent maildir's own
+ * tmp/new/cur, so the mailbox is whole for readers even when its first
+ * message went to a folder.
+ */
+static int create_folder(const char *folder_dir)
+{
+	char buf[PATH_MAX];
+	const char *slash = strrchr(folder_dir, '/');
+	int n, fd, rc;
+
+	if (slash == NULL || (size_t)(slash - folder_dir) >= sizeof(buf))
+		return TERN_EINVAL;
+	memcpy(buf, folder_dir, (size_t)(slash - folder_dir));
+	buf[slash - folder_dir] = '\0';
+	if ((rc = create_dirs(buf)) != TERN_OK)
+		return rc;
+	n = snprintf(buf, sizeof(buf), "%s/maildirfolder", folder_dir);
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		return TERN_ELIMIT;
+	fd = open(buf, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return TERN_EIO;
+	if (close(fd) != 0)
+		return TERN_EIO;
+	return tern_fsync_dir(folder_dir);
+}
+
 /* Is a file with this stable name already delivered: in new/, or in cur/
  * under the same name plus a ":2,FLAGS" info suffix? */
 static bool already_delivered(const char *mdir, const struct maildir_item *it, char *path,
@@ -329,6 +393,8 @@ static int write_tmp(const char *mdir, const char *hostname, struct maildir_item
 			/* First message for this mailbox (or tmp/ went missing). */
 			created_dirs = true;
 			if ((rc = create_dirs(mdir)) != TERN_OK)
+				return rc;
+			if (it->folder && it->folder[0] && (rc = create_folder(mdir)) != TERN_OK)
 				return rc;
 			continue;
 		}
@@ -419,7 +485,8 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 
 		it->name[0] = '\0';
 		it->path[0] = '\0';
-		rc = maildir_path(mail_root, it->domain, it->local, mdir, sizeof(mdir));
+		rc = maildir_folder_path(mail_root, it->domain, it->local, it->folder, mdir,
+					 sizeof(mdir));
 		if (rc == TERN_OK && it->fixed_name &&
 		    already_delivered(mdir, it, it->path, sizeof(it->path))) {
 			tern_strlcpy(it->name, it->fixed_name, sizeof(it->name));

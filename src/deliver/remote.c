@@ -14,7 +14,11 @@
  * Must never: block; deliver to ourselves (an MX that is us bounces 5.4.6);
  * send a message to a peer whose capabilities it would violate (SIZE,
  * SMTPUTF8, 8BITMIME: converted or bounced instead); send DATA text with a
- * bare CR or LF or an unstuffed dot line (SMTP smuggling at the peer).
+ * bare CR or LF or an unstuffed dot line (SMTP smuggling at the peer);
+ * take a reply for the answer to a command it does not answer (replies pair
+ * with commands strictly; anything else is a protocol error, deferred 4.5.0)
+ * or count anything but a 2xx after the data as a delivery; let a peer hold
+ * a connection past a deadline by trickling bytes (each wait has one).
  *
  * SECURITY: reads replies from untrusted servers; every reply goes through
  * the bounded, fuzzed reply parser; a server's words are copied bounded.
@@ -92,6 +96,7 @@ struct host_addrs {
 };
 
 enum rc_state {
+	RC_NONE, /* not begun yet */
 	RC_DNS,
 	RC_CONNECT,
 	RC_GREETING,
@@ -106,6 +111,24 @@ enum rc_state {
 	RC_DOT,
 	RC_RSET,
 	RC_QUIT,
+};
+
+static const char *const rc_state_name[] = {
+    [RC_NONE] = "none",
+    [RC_DNS] = "dns",
+    [RC_CONNECT] = "connect",
+    [RC_GREETING] = "greeting",
+    [RC_EHLO] = "ehlo",
+    [RC_HELO] = "helo",
+    [RC_STARTTLS] = "starttls",
+    [RC_TLS_HANDSHAKE] = "tls-handshake",
+    [RC_AUTH] = "auth",
+    [RC_AUTH_LOGIN_USER] = "auth-login-user",
+    [RC_AUTH_LOGIN_PASS] = "auth-login-pass",
+    [RC_TX] = "transaction",
+    [RC_DOT] = "data",
+    [RC_RSET] = "rset",
+    [RC_QUIT] = "quit",
 };
 
 /* What the next reply in a pipelined transaction answers. */
@@ -151,15 +174,27 @@ struct rconn {
 	bool greeted_ok; /* a server took us past EHLO: failures are no longer per-target */
 	bool in_read;    /* inside on_read: freeing waits until it returns */
 	bool dead;       /* freed while in_read */
+	/*
+	 * Waits (RFC 5321 §4.5.3.2): one timer per connection. Each wait — a
+	 * whole reply, the greeting, the TLS handshake, the message data — has
+	 * a deadline that bytes trickling in do not push back, so a peer that
+	 * drips a byte at a time cannot hold the connection past it.
+	 */
+	struct event *timer;
+	double deadline;           /* monotonic seconds; 0: nothing armed */
+	uint32_t wait_secs;        /* length of the current wait (the data phase: its window) */
+	unsigned awaiting;         /* replies due: commands sent, not answered yet */
+	bool body_pending;         /* message data not all handed to the kernel yet */
+	struct evbuffer *wire_out; /* the socket's output, under any TLS layer */
 	/* transaction: one batch of at most BATCH_MAX of the job's recipients */
-	size_t batch_start, batch_end; /* the batch is rcpts[batch_start .. batch_end) */
+	size_t batch_start, batch_end;         /* the batch is rcpts[batch_start .. batch_end) */
 	enum expect expect[1 + BATCH_MAX + 1]; /* MAIL, the batch's RCPTs, DATA */
 	size_t n_expect, i_expect;
 	size_t rcpt_cursor;       /* next recipient to send (non-pipelined) */
 	size_t rcpt_reply_cursor; /* next recipient whose reply we wait for */
 	size_t n_accepted;
 	bool mail_failed;
-	struct tbuf converted;    /* downconverted body, when needed */
+	struct tbuf converted; /* downconverted body, when needed */
 	char last_error[512];
 	char last_status[16];
 	bool last_perm;
@@ -188,7 +223,7 @@ void remote_job_free(struct remote_job *job)
 }
 
 static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
 {
@@ -201,7 +236,7 @@ static void set_error(struct rconn *c, bool perm, const char *status, const char
 }
 
 static void rcpt_result(struct rconn *c, struct remote_rcpt *rr, enum remote_outcome o,
-			const char *status, const char *text)
+                        const char *status, const char *text)
 {
 	rr->outcome = o;
 	tern_strlcpy(rr->status, status, sizeof(rr->status));
@@ -211,7 +246,7 @@ static void rcpt_result(struct rconn *c, struct remote_rcpt *rr, enum remote_out
 		rr->reply[n++] = (*p >= ' ' && *p < 0x7f) ? *p : ' ';
 	rr->reply[n] = '\0';
 	tern_strlcpy(rr->remote_mta, c->cur < c->n_targets ? c->targets[c->cur].host : "",
-		     sizeof(rr->remote_mta));
+	             sizeof(rr->remote_mta));
 }
 
 /* Outcome from a reply code. */
@@ -235,7 +270,7 @@ static void reply_text(const struct smtp_reply *r, const char *phase, char *out,
 	int n2;
 	if (r->enhanced[0])
 		n2 = snprintf(out, outlen, "%d %s %.400s (in reply to %s)", r->code, r->enhanced,
-			      flat, phase);
+		              flat, phase);
 	else
 		n2 = snprintf(out, outlen, "%d %.400s (in reply to %s)", r->code, flat, phase);
 	(void)n2;
@@ -249,7 +284,24 @@ static const char *status_of(const struct smtp_reply *r)
 		return "5.0.0";
 	if (r->code >= 400)
 		return "4.0.0";
-	return "2.0.0";
+	if (r->code >= 200 && r->code < 300)
+		return "2.0.0";
+	return "4.5.0"; /* a 3xx where none belongs: a protocol error, never a result */
+}
+
+static const char *target_host(const struct rconn *c)
+{
+	return c->cur < c->n_targets ? c->targets[c->cur].host : "?";
+}
+
+/* The only writer of c->st (STYLE Part 3 §1); traces old -> new. */
+static void enter_state(struct rconn *c, enum rc_state st)
+{
+	if (c->st != st)
+		log_debug("event=remote_state id=%s relay=%s old=%s new=%s",
+		          c->job ? c->job->id : "-", target_host(c), rc_state_name[c->st],
+		          rc_state_name[st]);
+	c->st = st;
 }
 
 /* Finishes the current job: every recipient still pending gets the last
@@ -265,8 +317,8 @@ static void job_finish(struct rconn *c)
 		if (rr->outcome != REMOTE_PENDING)
 			continue;
 		rcpt_result(c, rr, c->last_perm ? REMOTE_BOUNCED : REMOTE_DEFERRED,
-			    c->last_status[0] ? c->last_status : "4.4.1",
-			    c->last_error[0] ? c->last_error : "delivery not completed");
+		            c->last_status[0] ? c->last_status : "4.4.1",
+		            c->last_error[0] ? c->last_error : "delivery not completed");
 	}
 	tbuf_free(&c->converted);
 	job->done(job, job->done_arg);
@@ -293,6 +345,59 @@ static struct remote_job *dest_pop(struct remote *r, struct dest *d, bool releas
 
 /* ------------------------------------------------------------------- I/O */
 
+/*
+ * Deadlines. bufferevent timeouts restart on every byte read or written,
+ * which let a peer dripping a byte a second hold a connection for as long as
+ * it liked; here each wait gets one deadline on the connection's timer, and
+ * only the data phase earns time, and only by bytes the peer takes.
+ */
+
+/* How long QUIT's reply may take: nothing depends on it any more. */
+#define QUIT_TIMEOUT_SEC 10
+/* RFC 5321 §4.5.3.2.6: at least 10 minutes for the reply to the end of data. */
+#define FINAL_REPLY_MIN_SEC 600
+/* The data phase (RFC 5321 §4.5.3.2.5 gives 3 minutes per send): every byte
+ * the peer takes moves its deadline 1/DATA_MIN_RATE s later, never further
+ * than command_timeout ahead, so a peer that reads at least this fast (bytes
+ * per second; Postfix's smtpd_min_data_rate) never times out and one that
+ * drips is cut off about command_timeout after it slowed down. */
+#define DATA_MIN_RATE 500.0
+
+static double mono_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void deadline_at(struct rconn *c, double at)
+{
+	double left = at - mono_now();
+	if (left < 0)
+		left = 0;
+	struct timeval tv = {(time_t)left, (suseconds_t)((left - (double)(time_t)left) * 1e6)};
+	c->deadline = at;
+	evtimer_add(c->timer, &tv);
+}
+
+/* The next wait (a reply, the greeting, a handshake) ends secs from now,
+ * whatever arrives meanwhile. */
+static void wait_for(struct rconn *c, uint32_t secs)
+{
+	c->wait_secs = secs;
+	deadline_at(c, mono_now() + secs);
+}
+
+static void wait_none(struct rconn *c)
+{
+	c->deadline = 0;
+	if (c->timer)
+		evtimer_del(c->timer);
+}
+
+/* Sends one command; its reply is due within command_timeout. Commands
+ * pipelined behind others wait their turn: the deadline that runs is the
+ * one of the reply at the head (on_read starts the next one's). */
 static void send_line(struct rconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void send_line(struct rconn *c, const char *fmt, ...)
@@ -303,12 +408,8 @@ static void send_line(struct rconn *c, const char *fmt, ...)
 	evbuffer_add_vprintf(out, fmt, ap);
 	va_end(ap);
 	evbuffer_add(out, "\r\n", 2);
-}
-
-static void set_timeout(struct rconn *c, uint32_t secs)
-{
-	struct timeval tv = {secs, 0};
-	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	if (c->awaiting++ == 0)
+		wait_for(c, c->conf->delivery.command_timeout);
 }
 
 static void close_bev(struct rconn *c)
@@ -317,7 +418,52 @@ static void close_bev(struct rconn *c)
 		bufferevent_free(c->bev);
 		c->bev = NULL;
 	}
+	c->wire_out = NULL;
 	c->tls_active = false;
+	c->awaiting = 0;
+	c->body_pending = false;
+	wait_none(c);
+}
+
+/*
+ * Ends a connection we give up on (a deadline passed, the peer broke the
+ * protocol) with a reset: a plain close would leave the kernel sending
+ * whatever is still queued — megabytes of message data — to a peer that
+ * takes it a byte at a time, long after we are gone.
+ */
+static void abort_bev(struct rconn *c)
+{
+	evutil_socket_t fd = c->bev ? bufferevent_getfd(c->bev) : -1;
+	if (fd >= 0) {
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+		(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
+	close_bev(c);
+}
+
+/* Nothing of the message data is left in our buffers (TLS layer included). */
+static bool data_handed_over(struct rconn *c)
+{
+	return evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 &&
+	       (!c->wire_out || evbuffer_get_length(c->wire_out) == 0);
+}
+
+/* The socket took bytes: in the data phase, credit the peer for them, and
+ * once all is taken start the wait for the final reply. */
+static void on_wire_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct rconn *c = arg;
+	if (!c->body_pending || info->n_deleted == 0 || !c->bev)
+		return;
+	if (data_handed_over(c)) {
+		c->body_pending = false;
+		uint32_t t = c->conf->delivery.command_timeout;
+		wait_for(c, t > FINAL_REPLY_MIN_SEC ? t : FINAL_REPLY_MIN_SEC);
+		return;
+	}
+	double cap = mono_now() + c->wait_secs;
+	double at = c->deadline + (double)info->n_deleted / DATA_MIN_RATE;
+	deadline_at(c, at < cap ? at : cap);
 }
 
 static void emit_evbuffer(void *arg, const char *p, size_t n)
@@ -343,12 +489,13 @@ static void send_rcpt(struct rconn *c, size_t i)
 					unsigned bit;
 					const char *name;
 				} names[] = {{SMTP_NOTIFY_SUCCESS, "SUCCESS"},
-					     {SMTP_NOTIFY_FAILURE, "FAILURE"},
-					     {SMTP_NOTIFY_DELAY, "DELAY"}};
+				             {SMTP_NOTIFY_FAILURE, "FAILURE"},
+				             {SMTP_NOTIFY_DELAY, "DELAY"}};
 				for (size_t k = 0; k < 3; k++) {
 					if (rr->notify & names[k].bit) {
-						pl += (size_t)snprintf(params + pl, sizeof(params) - pl,
-								       "%s%s", sep, names[k].name);
+						pl += (size_t)snprintf(params + pl,
+						                       sizeof(params) - pl, "%s%s",
+						                       sep, names[k].name);
 						sep = ",";
 					}
 				}
@@ -360,7 +507,7 @@ static void send_rcpt(struct rconn *c, size_t i)
 		    smtp_xtext_encode(semi + 1, strlen(semi + 1), x, sizeof(x)) &&
 		    pl < sizeof(params))
 			pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " ORCPT=%.*s;%s",
-					       (int)(semi - rr->orcpt), rr->orcpt, x);
+			                       (int)(semi - rr->orcpt), rr->orcpt, x);
 	}
 	send_line(c, "RCPT TO:<%s>%s", rr->addr, params);
 }
@@ -376,7 +523,7 @@ static void send_mail(struct rconn *c)
 	if (j->body == SMTP_BODY_BINARYMIME)
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " BODY=BINARYMIME");
 	else if (c->caps.eightbitmime && !c->converted.data &&
-		 (j->has_8bit || j->body == SMTP_BODY_8BITMIME))
+	         (j->has_8bit || j->body == SMTP_BODY_8BITMIME))
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " BODY=8BITMIME");
 	if (j->smtputf8)
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " SMTPUTF8");
@@ -400,14 +547,14 @@ static bool fit_message_to_peer(struct rconn *c)
 	struct remote_job *j = c->job;
 	if (j->smtputf8 && !c->caps.smtputf8) {
 		set_error(c, true, "5.6.7",
-			  "550 5.6.7 the message needs SMTPUTF8 but %s does not support it",
-			  c->targets[c->cur].host);
+		          "550 5.6.7 the message needs SMTPUTF8 but %s does not support it",
+		          c->targets[c->cur].host);
 		return false;
 	}
 	if (j->body == SMTP_BODY_BINARYMIME && !(c->caps.chunking && c->caps.binarymime)) {
 		set_error(c, true, "5.6.3",
-			  "554 5.6.3 the message is BINARYMIME but %s cannot take it",
-			  c->targets[c->cur].host);
+		          "554 5.6.3 the message is BINARYMIME but %s cannot take it",
+		          c->targets[c->cur].host);
 		return false;
 	}
 	if (j->has_8bit && !c->caps.eightbitmime && j->body != SMTP_BODY_BINARYMIME) {
@@ -415,19 +562,19 @@ static bool fit_message_to_peer(struct rconn *c)
 		if (smtp_downconvert_8bit(j->data, j->len, &c->converted) != TERN_OK) {
 			tbuf_free(&c->converted);
 			set_error(c, true, "5.6.3",
-				  "554 5.6.3 %s does not take 8-bit mail and the message cannot be "
-				  "converted to 7 bits",
-				  c->targets[c->cur].host);
+			          "554 5.6.3 %s does not take 8-bit mail and the message cannot be "
+			          "converted to 7 bits",
+			          c->targets[c->cur].host);
 			return false;
 		}
 		log_info("event=downconverted id=%s relay=%s from=%zu to=%zu", j->id,
-			 c->targets[c->cur].host, j->len, c->converted.len);
+		         c->targets[c->cur].host, j->len, c->converted.len);
 	}
 	size_t len = c->converted.data ? c->converted.len : j->len;
 	if (c->caps.has_size && c->caps.size && len > c->caps.size) {
 		set_error(c, true, "5.3.4",
-			  "552 5.3.4 message of %zu bytes exceeds the limit of %s (%llu bytes)", len,
-			  c->targets[c->cur].host, (unsigned long long)c->caps.size);
+		          "552 5.3.4 message of %zu bytes exceeds the limit of %s (%llu bytes)",
+		          len, c->targets[c->cur].host, (unsigned long long)c->caps.size);
 		return false;
 	}
 	return true;
@@ -443,9 +590,9 @@ static bool push_expect(struct rconn *c, enum expect e)
 {
 	if (c->n_expect >= sizeof(c->expect) / sizeof(c->expect[0])) {
 		log_error("event=remote_internal_error id=%s reason=\"expect table full\"",
-			  c->job ? c->job->id : "-");
+		          c->job ? c->job->id : "-");
 		set_error(c, false, "4.3.0", "internal error talking to %s",
-			  c->targets[c->cur].host);
+		          c->targets[c->cur].host);
 		close_bev(c);
 		job_finish(c);
 		conn_end(c);
@@ -478,8 +625,11 @@ static void start_batch(struct rconn *c)
 	c->rcpt_cursor = c->rcpt_reply_cursor = c->batch_start;
 	c->n_accepted = 0;
 	c->mail_failed = false;
-	c->st = RC_TX;
-	set_timeout(c, c->conf->delivery.command_timeout);
+	/* What tx_forget_results undoes: every result from batch_start on is
+	 * this transaction's (all start pending; earlier batches end before). */
+	for (size_t i = c->batch_start; i < j->n_rcpts; i++)
+		TERN_BUG_ON(j->rcpts[i].outcome != REMOTE_PENDING);
+	enter_state(c, RC_TX);
 	send_mail(c);
 	if (!push_expect(c, EX_MAIL))
 		return;
@@ -538,6 +688,17 @@ static void tx_next(struct rconn *c)
 	conn_start_job(c);
 }
 
+/* The message data (or BDAT chunk, or the empty data of a pipelined DATA
+ * nobody needs) is queued: its reply is due after it, and until the socket
+ * has taken all of it the data phase's deadline runs (on_wire_drained). */
+static void data_sent(struct rconn *c)
+{
+	enter_state(c, RC_DOT);
+	c->awaiting++;
+	c->body_pending = true;
+	wait_for(c, c->conf->delivery.command_timeout);
+}
+
 static void send_body(struct rconn *c)
 {
 	struct remote_job *j = c->job;
@@ -553,10 +714,7 @@ static void send_body(struct rconn *c)
 		 * data (or a command) we did not mean (SMTP smuggling). */
 		smtp_data_encode(d, len, emit_evbuffer, out);
 	}
-	c->st = RC_DOT;
-	/* RFC 5321 §4.5.3.2.6: wait at least 10 minutes for the final reply. */
-	set_timeout(c, c->conf->delivery.command_timeout > 600 ? c->conf->delivery.command_timeout
-							       : 600);
+	data_sent(c);
 }
 
 /* After MAIL and every RCPT reply of the batch are in (non-pipelined or
@@ -567,7 +725,7 @@ static void after_rcpts(struct rconn *c)
 	if (c->mail_failed || c->n_accepted == 0) {
 		if (!c->caps.pipelining || j->body == SMTP_BODY_BINARYMIME) {
 			/* Nothing to send: reset for the next batch or job. */
-			c->st = RC_RSET;
+			enter_state(c, RC_RSET);
 			send_line(c, "RSET");
 		}
 		return;
@@ -582,18 +740,65 @@ static void after_rcpts(struct rconn *c)
 	}
 }
 
-static void tx_reply(struct rconn *c, const struct smtp_reply *r)
+/* The transaction's results come from replies that may have been paired
+ * with the wrong commands: none of them stands. */
+static void tx_forget_results(struct rconn *c)
 {
 	struct remote_job *j = c->job;
-	char text[600];
-	if (c->i_expect >= c->n_expect) {
-		set_error(c, false, "4.5.0", "unexpected reply from %s: %d",
-			  c->targets[c->cur].host, r->code);
-		close_bev(c);
+	for (size_t i = c->batch_start; j && i < j->n_rcpts; i++) {
+		struct remote_rcpt *rr = &j->rcpts[i];
+		rr->outcome = REMOTE_PENDING;
+		rr->dsn_relayed = false;
+		rr->status[0] = rr->reply[0] = rr->remote_mta[0] = '\0';
+	}
+}
+
+static void protocol_error(struct rconn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/*
+ * The peer broke the exchange: a reply when none was due, more replies than
+ * commands, a reply code its command cannot have, bytes that are no reply.
+ * Which reply answers which command is then unknown, so nothing the peer
+ * said in the transaction under way counts: its recipients wait for the next
+ * try (4.5.0), and the connection is closed. Before any transaction the
+ * next address is tried instead, as after a refused greeting.
+ */
+static void protocol_error(struct rconn *c, const char *fmt, ...)
+{
+	char why[400], q[500];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	log_warn("event=protocol_error id=%s relay=%s state=%s reason=%s",
+	         c->job ? c->job->id : "-", target_host(c), rc_state_name[c->st],
+	         log_quote(why, strlen(why), q, sizeof(q)));
+	set_error(c, false, "4.5.0", "protocol error: %s", why);
+	if (c->st == RC_TX || c->st == RC_DOT || c->st == RC_RSET)
+		tx_forget_results(c);
+	abort_bev(c);
+	if (c->greeted_ok) {
 		job_finish(c);
 		conn_end(c);
 		return;
 	}
+	c->cur++;
+	c->tls_disabled = false;
+	conn_next_target(c);
+}
+
+static void tx_reply(struct rconn *c, const struct smtp_reply *r)
+{
+	struct remote_job *j = c->job;
+	char text[600];
+	/* on_read counts replies against commands: in a transaction every
+	 * command sent has its entry here. */
+	if (TERN_BUG_ON(c->i_expect >= c->n_expect)) {
+		protocol_error(c, "%s sent a reply when none was due", target_host(c));
+		return;
+	}
+	/* handle_reply has judged the code: it is one this command can have. */
 	enum expect e = c->expect[c->i_expect++];
 	switch (e) {
 	case EX_MAIL:
@@ -606,7 +811,7 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 			for (size_t i = c->batch_start; i < j->n_rcpts; i++)
 				if (j->rcpts[i].outcome == REMOTE_PENDING)
 					rcpt_result(c, &j->rcpts[i], outcome_of(r->code),
-						    status_of(r), text);
+					            status_of(r), text);
 		}
 		if (!c->caps.pipelining) {
 			if (c->mail_failed) {
@@ -624,7 +829,8 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 				c->n_accepted++;
 			} else {
 				reply_text(r, "RCPT TO", text, sizeof(text));
-				rcpt_result(c, &j->rcpts[i], outcome_of(r->code), status_of(r), text);
+				rcpt_result(c, &j->rcpts[i], outcome_of(r->code), status_of(r),
+				            text);
 			}
 		}
 		if (!c->caps.pipelining) {
@@ -645,20 +851,23 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 				/* A pipelined DATA the server took although no recipient
 				 * was accepted: end it empty (RFC 2920 §3.1). */
 				evbuffer_add(bufferevent_get_output(c->bev), ".\r\n", 3);
-				c->st = RC_DOT;
+				data_sent(c);
 				return;
 			}
 			send_body(c);
 			return;
 		}
+		/* 4xx waits, 5xx is a refusal of the message (RFC 5321 §3.3). A
+		 * 250 never gets here (smtp_reply_judge): it means the peer took
+		 * no message, and counting it as delivery would lose the message. */
 		if (!c->mail_failed && c->n_accepted > 0) {
 			reply_text(r, "DATA", text, sizeof(text));
 			for (size_t i = c->batch_start; i < c->batch_end; i++)
 				if (j->rcpts[i].outcome == REMOTE_PENDING)
 					rcpt_result(c, &j->rcpts[i], outcome_of(r->code),
-						    status_of(r), text);
+					            status_of(r), text);
 		}
-		c->st = RC_RSET;
+		enter_state(c, RC_RSET);
 		send_line(c, "RSET");
 		return;
 	}
@@ -671,8 +880,8 @@ static void dot_reply(struct rconn *c, const struct smtp_reply *r)
 	reply_text(r, "end of DATA", text, sizeof(text));
 	bool ok = r->code >= 200 && r->code < 300;
 	/* The empty DATA case (nothing accepted) has its results already. */
-	for (size_t i = c->batch_start;
-	     !c->mail_failed && c->n_accepted > 0 && i < c->batch_end; i++) {
+	for (size_t i = c->batch_start; !c->mail_failed && c->n_accepted > 0 && i < c->batch_end;
+	     i++) {
 		struct remote_rcpt *rr = &j->rcpts[i];
 		if (rr->outcome != REMOTE_PENDING)
 			continue;
@@ -683,7 +892,7 @@ static void dot_reply(struct rconn *c, const struct smtp_reply *r)
 	if (ok) {
 		tx_next(c);
 	} else {
-		c->st = RC_RSET;
+		enter_state(c, RC_RSET);
 		send_line(c, "RSET");
 	}
 }
@@ -694,7 +903,7 @@ static void after_ehlo(struct rconn *c);
 
 static void send_ehlo(struct rconn *c)
 {
-	c->st = RC_EHLO;
+	enter_state(c, RC_EHLO);
 	send_line(c, "EHLO %s", c->conf->hostname);
 }
 
@@ -712,8 +921,8 @@ static void start_tls(struct rconn *c)
 	}
 	tls_client_set_sni(ssl, c->targets[c->cur].host); /* TLS: never an IP address */
 	struct bufferevent *tb = bufferevent_openssl_filter_new(
-		worker_base(c->w), c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
-		BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	    worker_base(c->w), c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (!tb) {
 		SSL_free(ssl);
 		c->tls_disabled = true;
@@ -722,11 +931,13 @@ static void start_tls(struct rconn *c)
 		return;
 	}
 	c->bev = tb;
-	c->st = RC_TLS_HANDSHAKE;
+	enter_state(c, RC_TLS_HANDSHAKE);
 	smtp_reply_init(&c->rp);
 	bufferevent_setcb(tb, on_read, NULL, on_event, c);
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
-	set_timeout(c, c->conf->delivery.command_timeout);
+	/* The whole handshake, not each of its reads: a peer that answered
+	 * 220 and then says nothing (or drips) is cut off here. */
+	wait_for(c, c->conf->delivery.command_timeout);
 }
 
 /* The first line of path, through the file source (core/files.h): from the
@@ -772,14 +983,15 @@ static void start_auth(struct rconn *c)
 		tbuf_append(&raw, "", 1);
 		tbuf_append_str(&raw, pass);
 		tern_base64_encode(raw.data, raw.len, &enc);
-		c->st = RC_AUTH;
+		enter_state(c, RC_AUTH);
 		send_line(c, "AUTH PLAIN %s", enc.data ? enc.data : "");
 	} else if (c->caps.auth & SMTP_AUTH_LOGIN) {
-		c->st = RC_AUTH_LOGIN_USER;
+		enter_state(c, RC_AUTH_LOGIN_USER);
 		send_line(c, "AUTH LOGIN");
 	} else {
-		set_error(c, false, "4.7.0", "%s offers no AUTH mechanism we can use (PLAIN, LOGIN)",
-			  c->targets[c->cur].host);
+		set_error(c, false, "4.7.0",
+		          "%s offers no AUTH mechanism we can use (PLAIN, LOGIN)",
+		          c->targets[c->cur].host);
 		close_bev(c);
 		job_finish(c);
 		conn_end(c);
@@ -804,7 +1016,7 @@ static void auth_login_step(struct rconn *c, bool user)
 	send_line(c, "%s", enc.data ? enc.data : "");
 	tbuf_free(&enc);
 	memset(pass, 0, sizeof(pass));
-	c->st = user ? RC_AUTH_LOGIN_PASS : RC_AUTH;
+	enter_state(c, user ? RC_AUTH_LOGIN_PASS : RC_AUTH);
 }
 
 static void after_ehlo(struct rconn *c)
@@ -812,13 +1024,14 @@ static void after_ehlo(struct rconn *c)
 	enum conf_tls tls = c->route ? c->route->tls : CONF_TLS_OPPORTUNISTIC;
 	if (!c->tls_active && c->caps.starttls && tls != CONF_TLS_NONE && !c->tls_disabled &&
 	    c->r->tls) {
-		c->st = RC_STARTTLS;
+		enter_state(c, RC_STARTTLS);
 		send_line(c, "STARTTLS");
 		return;
 	}
 	if (!c->tls_active && tls == CONF_TLS_REQUIRE) {
-		set_error(c, false, "4.7.10", "TLS is required for %s but it does not offer STARTTLS",
-			  c->targets[c->cur].host);
+		set_error(c, false, "4.7.10",
+		          "TLS is required for %s but it does not offer STARTTLS",
+		          c->targets[c->cur].host);
 		close_bev(c);
 		c->cur++;
 		conn_next_target(c);
@@ -843,38 +1056,97 @@ static void target_refused(struct rconn *c, const struct smtp_reply *r, const ch
 	conn_next_target(c);
 }
 
+/* The command a reply in the current state answers. */
+static enum smtp_client_cmd answered_cmd(const struct rconn *c)
+{
+	switch (c->st) {
+	case RC_GREETING:
+		return SMTP_C_GREETING;
+	case RC_EHLO:
+	case RC_HELO:
+		return SMTP_C_EHLO;
+	case RC_STARTTLS:
+		return SMTP_C_STARTTLS;
+	case RC_AUTH:
+	case RC_AUTH_LOGIN_USER:
+	case RC_AUTH_LOGIN_PASS:
+		return SMTP_C_AUTH;
+	case RC_TX:
+		if (c->i_expect < c->n_expect && c->expect[c->i_expect] == EX_DATA)
+			return SMTP_C_DATA;
+		if (c->i_expect < c->n_expect && c->expect[c->i_expect] == EX_RCPT)
+			return SMTP_C_RCPT;
+		return SMTP_C_MAIL;
+	case RC_DOT:
+		return SMTP_C_END_OF_DATA;
+	case RC_RSET:
+		return SMTP_C_RSET;
+	case RC_NONE:
+	case RC_DNS:
+	case RC_CONNECT:
+	case RC_TLS_HANDSHAKE:
+	case RC_QUIT:
+		break;
+	}
+	return SMTP_C_QUIT;
+}
+
+static const char *cmd_words(const struct rconn *c, enum smtp_client_cmd cmd)
+{
+	static const char *const words[] = {
+	    [SMTP_C_GREETING] = "the connection",
+	    [SMTP_C_EHLO] = "EHLO",
+	    [SMTP_C_STARTTLS] = "STARTTLS",
+	    [SMTP_C_AUTH] = "AUTH",
+	    [SMTP_C_MAIL] = "MAIL FROM",
+	    [SMTP_C_RCPT] = "RCPT TO",
+	    [SMTP_C_DATA] = "DATA",
+	    [SMTP_C_END_OF_DATA] = "the end of the message data",
+	    [SMTP_C_RSET] = "RSET",
+	    [SMTP_C_QUIT] = "QUIT",
+	};
+	return c->st == RC_HELO ? "HELO" : words[cmd];
+}
+
 static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 {
 	char text[600];
+	enum smtp_client_cmd cmd = answered_cmd(c);
+	enum smtp_reply_kind kind = smtp_reply_judge(cmd, r->code);
+	if (kind == SMTP_RK_INVALID && c->st != RC_QUIT) {
+		protocol_error(c, "%s answered %s with %d%s", target_host(c), cmd_words(c, cmd),
+		               r->code, cmd == SMTP_C_DATA ? " instead of 354" : "");
+		return;
+	}
 	switch (c->st) {
 	case RC_GREETING:
-		if (r->code >= 200 && r->code < 300) {
+		if (kind == SMTP_RK_OK) {
 			send_ehlo(c);
 			return;
 		}
 		target_refused(c, r, "the greeting");
 		return;
 	case RC_EHLO:
-		if (r->code >= 200 && r->code < 300) {
+		if (kind == SMTP_RK_OK) {
 			smtp_parse_ehlo(r, &c->caps);
 			after_ehlo(c);
-		} else if (r->code >= 500) {
+		} else if (kind == SMTP_RK_PERM) {
 			memset(&c->caps, 0, sizeof(c->caps));
-			c->st = RC_HELO;
+			enter_state(c, RC_HELO);
 			send_line(c, "HELO %s", c->conf->hostname);
 		} else {
 			target_refused(c, r, "EHLO");
 		}
 		return;
 	case RC_HELO:
-		if (r->code >= 200 && r->code < 300) {
+		if (kind == SMTP_RK_OK) {
 			after_ehlo(c);
 			return;
 		}
 		target_refused(c, r, "HELO");
 		return;
 	case RC_STARTTLS:
-		if (r->code == 220) {
+		if (kind == SMTP_RK_OK) {
 			start_tls(c);
 			return;
 		}
@@ -884,23 +1156,26 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		return;
 	case RC_AUTH_LOGIN_USER:
 	case RC_AUTH_LOGIN_PASS:
-		if (r->code == 334) {
+		if (kind == SMTP_RK_CONTINUE) {
 			auth_login_step(c, c->st == RC_AUTH_LOGIN_USER);
 			return;
 		}
 		/* fall through: a failure */
 		/* FALLTHROUGH */
 	case RC_AUTH:
-		if (r->code == 235) {
+		if (kind == SMTP_RK_OK) {
 			start_transaction(c);
 			return;
 		}
 		reply_text(r, "AUTH", text, sizeof(text));
 		set_error(c, false, "4.7.0", "authentication to %s failed: %s",
-			  c->targets[c->cur].host, text);
-		log_warn("event=auth_failed relay=%s reply=\"%s\"", c->targets[c->cur].host, text);
+		          c->targets[c->cur].host, text);
+		char q[700];
+		log_warn("event=auth_failed id=%s relay=%s reply=%s", c->job ? c->job->id : "-",
+		         c->targets[c->cur].host, log_quote(text, strlen(text), q, sizeof(q)));
+		enter_state(c, RC_QUIT);
 		send_line(c, "QUIT");
-		c->st = RC_QUIT;
+		wait_for(c, QUIT_TIMEOUT_SEC);
 		job_finish(c);
 		/* Every queued job would fail the same way: defer them now. */
 		struct remote_job *nj;
@@ -916,6 +1191,16 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		dot_reply(c, r);
 		return;
 	case RC_RSET:
+		if (kind != SMTP_RK_OK) {
+			/* The results stand (their replies were paired), but a
+			 * session that cannot reset is no place for the next one. */
+			reply_text(r, "RSET", text, sizeof(text));
+			set_error(c, false, "4.5.0", "%s", text);
+			close_bev(c);
+			job_finish(c);
+			conn_end(c);
+			return;
+		}
 		/* The failed transaction is reset: its job goes on with the next
 		 * batch, or is finished (its results recorded) before the next. */
 		tx_next(c);
@@ -924,18 +1209,36 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		close_bev(c);
 		conn_end(c);
 		return;
+	case RC_NONE:
 	case RC_DNS:
 	case RC_CONNECT:
 	case RC_TLS_HANDSHAKE:
+		/* on_read lets no reply through without a command to answer. */
+		(void)TERN_BUG_ON(true);
 		return;
 	}
 }
 
+/*
+ * Replies are paired with commands strictly: each command sent is owed one
+ * reply, in order (RFC 2920 §3.1 with PIPELINING, lockstep without). Bytes
+ * when no reply is owed, bytes left over once the last owed reply is in
+ * (before we sent anything new), and a reply while the message data is still
+ * going out are all protocol errors — never "the reply to the next command".
+ */
 static void on_read(struct bufferevent *bev, void *arg)
 {
 	struct rconn *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	while (c->bev == bev && evbuffer_get_length(in) > 0) {
+		if (c->st != RC_QUIT && (c->awaiting == 0 || c->body_pending)) {
+			protocol_error(c,
+			               c->body_pending
+			                   ? "%s replied before it had the end of the message data"
+			                   : "%s sent a reply when none was due",
+			               target_host(c));
+			return;
+		}
 		size_t len = evbuffer_get_length(in);
 		if (len > 4096)
 			len = 4096;
@@ -945,20 +1248,25 @@ static void on_read(struct bufferevent *bev, void *arg)
 		enum smtp_reply_status st = smtp_reply_feed(&c->rp, p, len, &used, &r);
 		evbuffer_drain(in, used);
 		if (st == SMTP_REPLY_BAD) {
-			set_error(c, false, "4.5.0", "%s sent a malformed reply",
-				  c->targets[c->cur].host);
-			close_bev(c);
-			if (c->greeted_ok) {
-				job_finish(c);
-				conn_end(c);
-			} else {
-				c->cur++;
-				conn_next_target(c);
-			}
+			protocol_error(c, "%s sent a malformed reply", target_host(c));
 			return;
 		}
 		if (st == SMTP_REPLY_MORE)
 			continue;
+		if (c->st != RC_QUIT) {
+			c->awaiting--;
+			if (c->awaiting == 0 && evbuffer_get_length(in) > 0) {
+				protocol_error(c,
+				               "%s sent more replies than commands (%d and more)",
+				               target_host(c), r.code);
+				return;
+			}
+			/* The next pipelined reply gets its own full wait. */
+			if (c->awaiting > 0)
+				wait_for(c, c->conf->delivery.command_timeout);
+			else
+				wait_none(c);
+		}
 		c->in_read = true;
 		handle_reply(c, &r);
 		c->in_read = false;
@@ -966,9 +1274,115 @@ static void on_read(struct bufferevent *bev, void *arg)
 			conn_free(c);
 			return;
 		}
+		/* A connection on the wire always waits for something, by a deadline. */
+		TERN_BUG_ON(c->bev && c->deadline == 0);
 		if (c->bev != bev)
 			return; /* a new connection or a TLS layer took over */
 	}
+}
+
+/* Words for what the connection was waiting for (error texts). */
+static const char *waiting_for(const struct rconn *c)
+{
+	switch (c->st) {
+	case RC_GREETING:
+		return "the greeting";
+	case RC_EHLO:
+		return "the reply to EHLO";
+	case RC_HELO:
+		return "the reply to HELO";
+	case RC_STARTTLS:
+		return "the reply to STARTTLS";
+	case RC_AUTH:
+	case RC_AUTH_LOGIN_USER:
+	case RC_AUTH_LOGIN_PASS:
+		return "the reply to AUTH";
+	case RC_TX:
+		if (c->i_expect < c->n_expect)
+			return c->expect[c->i_expect] == EX_MAIL   ? "the reply to MAIL FROM"
+			       : c->expect[c->i_expect] == EX_RCPT ? "the reply to RCPT TO"
+			                                           : "the reply to DATA";
+		return "a reply";
+	case RC_DOT:
+		return c->body_pending ? "the peer to take the message data"
+		                       : "the reply to the end of the message data";
+	case RC_RSET:
+		return "the reply to RSET";
+	case RC_QUIT:
+		return "the reply to QUIT";
+	case RC_NONE:
+	case RC_DNS:
+	case RC_CONNECT:
+	case RC_TLS_HANDSHAKE:
+		break;
+	}
+	return "the peer";
+}
+
+/*
+ * The connection failed: closed, broken, or a deadline passed (timeout).
+ * tls_err: OpenSSL's words for a failed handshake, or "". Before any
+ * transaction the next address is tried (or, after a failed opportunistic
+ * handshake, the same one in clear); after, the job waits for its retry.
+ */
+static void conn_failed(struct rconn *c, short what, const char *tls_err)
+{
+	const char *host = target_host(c);
+	bool timeout = what & BEV_EVENT_TIMEOUT;
+	char q[700];
+	if (c->st == RC_QUIT) {
+		close_bev(c);
+		conn_end(c);
+		return;
+	}
+	if (c->st == RC_TLS_HANDSHAKE) {
+		char ebuf[300];
+		if (timeout)
+			snprintf(ebuf, sizeof(ebuf), "timed out after %us", c->wait_secs);
+		else
+			snprintf(ebuf, sizeof(ebuf), "%s",
+			         tls_err[0] ? tls_err : "handshake failed");
+		log_warn(
+		    "event=tls_failed id=%s relay=%s reason=%s action=%s",
+		    c->job ? c->job->id : "-", host, log_quote(ebuf, strlen(ebuf), q, sizeof(q)),
+		    c->route && c->route->tls == CONF_TLS_REQUIRE ? "next-host" : "retry-clear");
+		abort_bev(c);
+		set_error(c, false, "4.7.5", "TLS handshake with %s failed: %s", host, ebuf);
+		if (!(c->route && c->route->tls == CONF_TLS_REQUIRE))
+			c->tls_disabled = true; /* same target again, in clear */
+		else
+			c->cur++;
+		conn_next_target(c);
+		return;
+	}
+	bool in_tx = c->st == RC_TX || c->st == RC_DOT || c->st == RC_RSET || c->st == RC_AUTH ||
+	             c->st == RC_AUTH_LOGIN_PASS || c->st == RC_AUTH_LOGIN_USER;
+	if (c->st == RC_CONNECT)
+		set_error(c, false, "4.4.1", "connect to %s: %s", host,
+		          timeout ? "timed out" : strerror(EVUTIL_SOCKET_ERROR()));
+	else if (timeout && c->st == RC_DOT && c->body_pending)
+		set_error(c, false, "4.4.2",
+		          "timeout: %s did not take the message data in time (under %.0f bytes/s)",
+		          host, DATA_MIN_RATE);
+	else if (timeout)
+		set_error(c, false, "4.4.2", "timeout: %s did not send %s within %us%s", host,
+		          waiting_for(c), c->wait_secs, in_tx ? " (during the transaction)" : "");
+	else
+		set_error(c, false, "4.4.2", "%s with %s while waiting for %s%s",
+		          (what & BEV_EVENT_EOF) ? "connection closed" : "connection error", host,
+		          waiting_for(c), in_tx ? " (during the transaction)" : "");
+	log_info("event=connection_failed id=%s relay=%s state=%s reason=%s",
+	         c->job ? c->job->id : "-", host, rc_state_name[c->st],
+	         log_quote(c->last_error, strlen(c->last_error), q, sizeof(q)));
+	abort_bev(c);
+	if (in_tx || c->greeted_ok) {
+		job_finish(c);
+		conn_end(c);
+		return;
+	}
+	c->cur++;
+	c->tls_disabled = false;
+	conn_next_target(c);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -985,50 +1399,28 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			send_ehlo(c);
 			return;
 		}
-		c->st = RC_GREETING;
-		set_timeout(c, c->conf->delivery.command_timeout);
+		enter_state(c, RC_GREETING);
+		c->awaiting = 1; /* the greeting */
+		wait_for(c, c->conf->delivery.command_timeout);
 		return;
 	}
-	const char *host = c->cur < c->n_targets ? c->targets[c->cur].host : "?";
-	if (c->st == RC_QUIT) {
-		close_bev(c);
-		conn_end(c);
-		return;
-	}
+	char ebuf[256] = "";
 	if (c->st == RC_TLS_HANDSHAKE) {
 		unsigned long e = bufferevent_get_openssl_error(bev);
-		char ebuf[256] = "handshake failed";
 		if (e)
 			ERR_error_string_n(e, ebuf, sizeof(ebuf));
-		log_warn("event=tls_failed relay=%s reason=\"%s\" action=%s", host, ebuf,
-			 c->route && c->route->tls == CONF_TLS_REQUIRE ? "next-host" : "retry-clear");
-		close_bev(c);
-		set_error(c, false, "4.7.5", "TLS handshake with %s failed: %s", host, ebuf);
-		if (!(c->route && c->route->tls == CONF_TLS_REQUIRE))
-			c->tls_disabled = true; /* same target again, in clear */
-		else
-			c->cur++;
-		conn_next_target(c);
-		return;
 	}
-	const char *why = (what & BEV_EVENT_TIMEOUT) ? "timeout" : (what & BEV_EVENT_EOF) ? "connection closed" : "connection error";
-	bool in_tx = c->st == RC_TX || c->st == RC_DOT || c->st == RC_RSET || c->st == RC_AUTH ||
-		     c->st == RC_AUTH_LOGIN_PASS || c->st == RC_AUTH_LOGIN_USER;
-	if (c->st == RC_CONNECT)
-		set_error(c, false, "4.4.1", "connect to %s: %s", host,
-			  (what & BEV_EVENT_TIMEOUT) ? "timed out" : strerror(EVUTIL_SOCKET_ERROR()));
-	else
-		set_error(c, false, "4.4.2", "%s with %s%s", why, host,
-			  in_tx ? " during the transaction" : "");
-	close_bev(c);
-	if (in_tx || c->greeted_ok) {
-		job_finish(c);
-		conn_end(c);
+	conn_failed(c, what, ebuf);
+}
+
+/* A wait's deadline passed (see wait_for). */
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct rconn *c = arg;
+	c->deadline = 0;
+	if (TERN_BUG_ON(!c->bev))
 		return;
-	}
-	c->cur++;
-	c->tls_disabled = false;
-	conn_next_target(c);
+	conn_failed(c, BEV_EVENT_TIMEOUT, "");
 }
 
 /* Is this target one of our own listeners? */
@@ -1073,11 +1465,16 @@ static void conn_next_target(struct rconn *c)
 		}
 		smtp_reply_init(&c->rp);
 		memset(&c->caps, 0, sizeof(c->caps));
+		c->wire_out = bufferevent_get_output(c->bev);
+		if (!evbuffer_add_cb(c->wire_out, on_wire_drained, c)) {
+			close_bev(c);
+			set_error(c, false, "4.3.0", "out of memory");
+			break;
+		}
 		bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
-		struct timeval tv = {c->conf->delivery.connect_timeout, 0};
-		bufferevent_set_timeouts(c->bev, &tv, &tv);
 		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-		c->st = RC_CONNECT;
+		enter_state(c, RC_CONNECT);
+		wait_for(c, c->conf->delivery.connect_timeout);
 		if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&t->ss, (int)t->len) == 0)
 			return;
 		set_error(c, false, "4.4.1", "connect to %s: %s", t->host, strerror(errno));
@@ -1088,7 +1485,10 @@ static void conn_next_target(struct rconn *c)
 	 * fail the same way now, so they all wait for their next retry. */
 	if (!c->last_error[0])
 		set_error(c, false, "4.4.1", "no address to connect to for %s", c->domain);
-	log_info("event=destination_unreachable domain=%s reason=\"%s\"", c->domain, c->last_error);
+	char q[700]; /* the last error may hold a server's words */
+	log_info("event=destination_unreachable id=%s domain=%s reason=%s",
+	         c->job ? c->job->id : "-", c->domain,
+	         log_quote(c->last_error, strlen(c->last_error), q, sizeof(q)));
 	job_finish(c);
 	struct remote_job *nj;
 	while ((nj = dest_pop(c->r, c->dest, false)) != NULL) {
@@ -1126,7 +1526,8 @@ static void add_target(struct rconn *c, const char *host, int family, const void
 static void fail_dns(struct rconn *c, bool perm, const char *status, const char *text)
 {
 	set_error(c, perm, status, "%s", text);
-	log_info("event=dns_failed domain=%s status=%s reason=\"%s\"", c->domain, status, text);
+	log_info("event=dns_failed id=%s domain=%s status=%s reason=\"%s\"",
+	         c->job ? c->job->id : "-", c->domain, status, text);
 	job_finish(c);
 	struct remote_job *nj;
 	while ((nj = dest_pop(c->r, c->dest, false)) != NULL) {
@@ -1163,12 +1564,15 @@ static void addresses_done(struct rconn *c)
 	c->n_targets = kept;
 	if (c->n_targets == 0) {
 		if (dropped_self)
-			fail_dns(c, true, "5.4.6", "550 5.4.6 mail for this domain loops back to myself");
+			fail_dns(c, true, "5.4.6",
+			         "550 5.4.6 mail for this domain loops back to myself");
 		else if (any_temp)
-			fail_dns(c, false, "4.4.3", "temporary DNS failure looking up the mail hosts");
+			fail_dns(c, false, "4.4.3",
+			         "temporary DNS failure looking up the addresses of the mail hosts "
+			         "(no answer from the resolver, or SERVFAIL)");
 		else
 			fail_dns(c, true, "5.1.2",
-				 "550 5.1.2 the mail hosts of this domain have no address");
+			         "550 5.1.2 the mail hosts of this domain have no address");
 		return;
 	}
 	c->cur = 0;
@@ -1203,7 +1607,7 @@ static void query_addresses(struct rconn *c)
 			q->host = h;
 			q->family = k == 0 ? AF_INET6 : AF_INET;
 			int rc = dns_query(c->res, c->hosts[h].host, k == 0 ? DNS_AAAA : DNS_A,
-					   on_addr_answer, q);
+			                   on_addr_answer, q);
 			if (rc < 0) {
 				if (k == 0)
 					c->hosts[h].st6 = DNS_TEMPFAIL;
@@ -1220,12 +1624,15 @@ static void on_mx(void *arg, const struct dns_result *r)
 {
 	struct rconn *c = arg;
 	if (r->status == DNS_NXDOMAIN) {
-		fail_dns(c, true, "5.1.2", "550 5.1.2 the recipient domain does not exist (NXDOMAIN)");
+		fail_dns(c, true, "5.1.2",
+		         "550 5.1.2 the recipient domain does not exist (NXDOMAIN)");
 		return;
 	}
 	if (r->status == DNS_TEMPFAIL || r->status == DNS_ERROR) {
-		fail_dns(c, false, "4.4.3", r->bogus ? "DNSSEC validation failed for the MX lookup"
-						     : "temporary DNS failure looking up MX");
+		fail_dns(c, false, "4.4.3",
+		         r->bogus ? "DNSSEC validation failed for the MX lookup"
+		                  : "temporary DNS failure looking up MX (no answer from the "
+		                    "resolver, or SERVFAIL)");
 		return;
 	}
 	if (r->status == DNS_NODATA || r->n == 0) {
@@ -1237,7 +1644,7 @@ static void on_mx(void *arg, const struct dns_result *r)
 	}
 	if (r->n == 1 && r->mx[0].host[0] == '\0') {
 		fail_dns(c, true, "5.1.10",
-			 "556 5.1.10 the recipient domain accepts no mail (null MX, RFC 7505)");
+		         "556 5.1.10 the recipient domain accepts no mail (null MX, RFC 7505)");
 		return;
 	}
 	/* Sorted by preference; shuffle runs of equal preference. */
@@ -1269,7 +1676,7 @@ static void on_mx(void *arg, const struct dns_result *r)
 /* Starts resolving the next hop of the connection's destination. */
 static void conn_resolve(struct rconn *c)
 {
-	c->st = RC_DNS;
+	enter_state(c, RC_DNS);
 	c->n_targets = c->cur = 0;
 	if (c->route) {
 		c->port = c->route->port;
@@ -1318,7 +1725,8 @@ static void conn_resolve(struct rconn *c)
 	}
 	int q = dns_query(c->res, c->domain, DNS_MX, on_mx, c);
 	if (q == TERN_ESYNTAX)
-		fail_dns(c, true, "5.1.2", "550 5.1.2 the recipient domain is not a valid DNS name");
+		fail_dns(c, true, "5.1.2",
+		         "550 5.1.2 the recipient domain is not a valid DNS name");
 	else if (q < 0)
 		fail_dns(c, false, "4.4.3", "cannot start the MX lookup");
 }
@@ -1334,9 +1742,9 @@ static void conn_start_job(struct rconn *c)
 		if (!j) {
 			c->dest = NULL; /* our slot is released */
 			if (c->bev) {
-				c->st = RC_QUIT;
-				set_timeout(c, 10);
+				enter_state(c, RC_QUIT);
 				send_line(c, "QUIT");
+				wait_for(c, QUIT_TIMEOUT_SEC);
 			} else {
 				conn_end(c);
 			}
@@ -1368,6 +1776,8 @@ static void conn_free(struct rconn *c)
 		c->next->prev = c->prev;
 	pthread_mutex_unlock(&c->r->lock);
 	close_bev(c);
+	if (c->timer)
+		event_free(c->timer);
 	tbuf_free(&c->converted);
 	runtime_release(c->rt);
 	atomic_fetch_sub(&c->r->active, 1);
@@ -1411,6 +1821,12 @@ static void conn_begin(void *arg)
 		return;
 	}
 	tern_strlcpy(c->domain, c->job->domain, sizeof(c->domain));
+	c->timer = evtimer_new(worker_base(c->w), on_deadline, c);
+	if (!c->timer) {
+		set_error(c, false, "4.3.0", "out of memory");
+		conn_end(c); /* finishes the job; the next connection takes the rest */
+		return;
+	}
 	c->route = conf_find_route(c->conf, c->domain);
 	conn_resolve(c);
 }
@@ -1499,9 +1915,10 @@ void remote_submit(struct remote *r, struct remote_job *job)
 			log_error("event=remote_submit_failed id=%s reason=out-of-memory", job->id);
 			for (size_t i = 0; i < job->n_rcpts; i++) {
 				job->rcpts[i].outcome = REMOTE_DEFERRED;
-				tern_strlcpy(job->rcpts[i].status, "4.3.0", sizeof(job->rcpts[i].status));
+				tern_strlcpy(job->rcpts[i].status, "4.3.0",
+				             sizeof(job->rcpts[i].status));
 				tern_strlcpy(job->rcpts[i].reply, "out of memory",
-					     sizeof(job->rcpts[i].reply));
+				             sizeof(job->rcpts[i].reply));
 			}
 			job->done(job, job->done_arg);
 			return;
@@ -1556,9 +1973,9 @@ struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, 
 		goto fail;
 	const struct conf_dns *dc = &rt->conf->dns;
 	for (size_t i = 0; i < n_workers; i++) {
-		r->resolvers[i] = dns_resolver_new(worker_base(workers[i]),
-						   (const char *const *)dc->forward, dc->n_forward,
-						   dc->trust_anchor_file, err, errlen);
+		r->resolvers[i] =
+		    dns_resolver_new(worker_base(workers[i]), (const char *const *)dc->forward,
+		                     dc->n_forward, dc->trust_anchor_file, err, errlen);
 		if (!r->resolvers[i])
 			goto fail;
 	}

@@ -772,6 +772,15 @@ static bool capture_one(struct scheduler *s, const struct spool_msg *m, const st
 	return true;
 }
 
+/* Writes the reply line of a delivery result (reply.c) into buf; returns
+ * its enhanced status code. arg: the entry's one argument, or NULL. */
+static const char *outcome_reply(char *buf, size_t len, enum smtp_reply_id id, const char *arg)
+{
+	const char *args[1] = {arg};
+	smtp_reply_format(buf, len, id, 0, false, args, arg ? 1 : 0);
+	return smtp_reply_def(id)->enhanced;
+}
+
 static void capture_record(struct scheduler *s, const struct tern_config *conf,
 			   struct caught *c, size_t n_caught, int64_t now)
 {
@@ -780,11 +789,10 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 		const struct spool_msg *m = c[k].m;
 		int rc = c[k].rc == TERN_OK ? sync_rc : c[k].rc;
 		char reply[128];
-		if (rc == TERN_OK)
-			snprintf(reply, sizeof(reply), "250 2.0.0 caught as %s", c[k].id);
-		else
-			snprintf(reply, sizeof(reply), "451 4.3.0 capture store failed: %s",
-				 tern_strerror(rc));
+		const char *status =
+		    rc == TERN_OK ? outcome_reply(reply, sizeof(reply), SMTP_R_CAPTURED, c[k].id)
+		                  : outcome_reply(reply, sizeof(reply), SMTP_R_CAPTURE_FAILED,
+		                                  tern_strerror(rc));
 		struct outcome *o = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*o));
 		if (!o)
 			continue; /* still due in the spool: the next flush or restart finds it */
@@ -797,7 +805,7 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 			o[n].relay = "capture";
 			o[n].dsn_relayed = false;
 			o[n].state = rc == TERN_OK ? RCPT_DELIVERED : RCPT_DEFERRED;
-			o[n].status = rc == TERN_OK ? "2.0.0" : "4.3.0";
+			o[n].status = status;
 			o[n].reply = reply;
 			n++;
 		}
@@ -963,20 +971,17 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			oc->dsn_relayed = false;
 			if (items[k].result == TERN_OK) {
 				oc->state = RCPT_DELIVERED;
-				oc->status = "2.0.0";
-				snprintf(replies[k], sizeof(replies[k]),
-					 "250 2.0.0 delivered to mailbox %s", items[k].name);
+				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
+				                           SMTP_R_LOCAL_DELIVERED, items[k].name);
 			} else if (items[k].result == TERN_EINVAL || items[k].result == TERN_ELIMIT) {
 				oc->state = RCPT_BOUNCED;
-				oc->status = "5.1.3";
-				snprintf(replies[k], sizeof(replies[k]),
-					 "550 5.1.3 the mailbox name is not usable");
+				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
+				                           SMTP_R_LOCAL_BAD_MAILBOX, NULL);
 			} else {
 				oc->state = RCPT_DEFERRED;
-				oc->status = "4.3.0";
-				snprintf(replies[k], sizeof(replies[k]),
-					 "451 4.3.0 local delivery failed: %s",
-					 tern_strerror(items[k].result));
+				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
+				                           SMTP_R_LOCAL_FAILED,
+				                           tern_strerror(items[k].result));
 			}
 			oc->reply = replies[k];
 		}

@@ -1,9 +1,10 @@
 /*
  * client_proto.c — the pure protocol pieces of the outbound SMTP client:
  * the reply parser (RFC 5321 §4.2, enhanced codes per RFC 2034/3463), the
- * EHLO capability reader (RFC 5321 §4.1.1.1, 1870 SIZE, 4954 AUTH, ...)
- * the 8-bit -> 7-bit MIME downconversion of RFC 6152 §3 / RFC 1652, and
- * the DATA text encoder (CRLF line ends, dot-stuffing).
+ * EHLO capability reader (RFC 5321 §4.1.1.1, 1870 SIZE, 4954 AUTH, ...),
+ * which reply codes each command can have (RFC 5321 §4.3.2), the 8-bit ->
+ * 7-bit MIME downconversion of RFC 6152 §3 / RFC 1652, and the DATA text
+ * encoder (CRLF line ends, dot-stuffing).
  *
  * Owns: byte-level parsing and rewriting only. Pure functions over
  * (pointer, length): no I/O, no global state, no read past in + len, and
@@ -171,6 +172,37 @@ enum smtp_reply_status smtp_reply_feed(struct smtp_reply_parser *p, const char *
 	}
 	*consumed = len;
 	return SMTP_REPLY_MORE;
+}
+
+enum smtp_reply_kind smtp_reply_judge(enum smtp_client_cmd cmd, int code)
+{
+	if (code >= 400 && code < 500)
+		return SMTP_RK_TEMP;
+	if (code >= 500 && code < 600)
+		return SMTP_RK_PERM;
+	bool pos = code >= 200 && code < 300;
+	switch (cmd) {
+	case SMTP_C_DATA:
+		/* Only 354 lets the data follow (§4.3.2: "I: 354 -> data"). */
+		return code == 354 ? SMTP_RK_CONTINUE : SMTP_RK_INVALID;
+	case SMTP_C_STARTTLS:
+		return code == 220 ? SMTP_RK_OK : SMTP_RK_INVALID;
+	case SMTP_C_AUTH:
+		if (code == 235)
+			return SMTP_RK_OK;
+		return code == 334 ? SMTP_RK_CONTINUE : SMTP_RK_INVALID;
+	case SMTP_C_GREETING:
+	case SMTP_C_EHLO:
+	case SMTP_C_MAIL:
+	case SMTP_C_RCPT:
+	case SMTP_C_END_OF_DATA:
+	case SMTP_C_RSET:
+	case SMTP_C_QUIT:
+		break;
+	}
+	/* Every other command succeeds with some 2xx (220, 250, 251, 252, 221)
+	 * and has no intermediate reply. */
+	return pos ? SMTP_RK_OK : SMTP_RK_INVALID;
 }
 
 /* =================================================================== EHLO */

@@ -2,9 +2,11 @@
  * server.c — the SMTP server session: one explicit state machine per
  * connection, on the worker thread that accepted it.
  *
- * Owns: connection limits, the command dispatch table, the transaction
- * (MAIL..end of data), the Received header, the hand-off to the spool and
- * the reply that follows the commit.
+ * Owns: connection limits, the session states (session_enter_state is the
+ * only writer), the command table and its one sequence check, the
+ * transaction (MAIL..end of data), the Received header, the hand-off to the
+ * spool and the reply that follows the commit. Every reply comes from the
+ * table in reply.c; policy verdicts (policy.h) bring their own.
  *
  * Must never: block (no disk, no crypt, no DNS here: the spool commit runs
  * on its committer thread and comes back through worker_post); take a bare
@@ -30,7 +32,6 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,16 +64,86 @@
  * its end of the connection once ours is on its way (tls_close_begin). */
 #define TLS_CLOSE_TIMEOUT 5
 
+/*
+ * The protocol states of a session. session_enter_state() is the only
+ * writer of s->state; the table `states` below says for each state what
+ * holds in it (the facts the command flags test), how input is read, and
+ * which states may follow it (any other change is a bug in this file).
+ *
+ *  CONNECTED -220-> GREETED -HELO/EHLO-> HELO -MAIL-> MAIL -RCPT-> RCPT -DATA-> DATA
+ *     |                ^                  |  ^                       |            |
+ *    554           handshake          AUTH|  |235, 501           BDAT|            |
+ *     v                |                  v  |                       v            v
+ *  REFUSED            TLS                 AUTH            CHUNKING <-> BDAT -LAST-> COMMIT
+ *  (QUIT only)         ^
+ *                      +-- STARTTLS, from GREETED, HELO, MAIL, RCPT or CHUNKING
+ *
+ * Back to HELO ("between transactions"): RSET, HELO/EHLO, the reply after
+ * end of data, a refused message. Every state may go to CLOSING.
+ */
 enum session_state {
-	S_CMD,        /* reading command lines */
-	S_DATA,       /* reading DATA until CRLF.CRLF */
-	S_BDAT,       /* reading a BDAT chunk */
-	S_COMMIT,     /* waiting for the spool to make the message durable */
-	S_CLOSING,    /* final reply queued; free once it is written */
-	S_POLICY,     /* the greeting waits for the connect-time policy (policy.h) */
+	SS_CONNECTED, /* accepted; the greeting waits for the connect-time policy */
+	SS_REFUSED,   /* a 554 greeting was sent: only QUIT is accepted (RFC 5321 §3.1) */
+	SS_GREETED,   /* 220 sent; no HELO/EHLO yet, or STARTTLS made us forget it */
+	SS_HELO,      /* HELO/EHLO accepted; between transactions */
+	SS_AUTH,      /* a SASL dialogue: the next line answers our 334 */
+	SS_MAIL,      /* MAIL accepted; no recipient yet */
+	SS_RCPT,      /* at least one recipient accepted */
+	SS_DATA,      /* reading the message after 354 until CRLF.CRLF */
+	SS_BDAT,      /* reading the bytes of a BDAT chunk */
+	SS_CHUNKING,  /* between BDAT chunks: commands again, the message goes on */
+	SS_COMMIT,    /* the spool is making the message durable; nothing is read */
+	SS_TLS,       /* STARTTLS answered: the handshake runs on the new layer */
+	SS_CLOSING,   /* the final reply is queued; freed once it is written */
+	SS__COUNT
 };
 
-static const char *state_names[] = {"cmd", "data", "bdat", "commit", "closing", "policy"};
+/* Facts a state implies; the command flags below are written in them. */
+#define HAS_HELO 0x01u /* HELO or EHLO accepted (s->helo) */
+#define HAS_TX 0x02u   /* a mail transaction is open (s->tx) */
+#define HAS_RCPT 0x04u /* ... with at least one recipient */
+#define HAS_BDAT 0x08u /* ... whose message BDAT has begun (tx->bdat_started) */
+
+/* How a state reads its input (process_input). */
+enum session_input {
+	IN_NONE,  /* nothing is read now */
+	IN_EARLY, /* input before our greeting: only noted (POLICY: pregreet) */
+	IN_CMD,   /* command lines */
+	IN_DATA,  /* DATA text */
+	IN_BDAT,  /* chunk bytes */
+};
+
+#define TO(st) (1u << (st))
+#define ANY_TX_END (TO(SS_HELO) | TO(SS_TLS) | TO(SS_CLOSING))
+
+static const struct state_info {
+	const char *name; /* in logs */
+	unsigned facts;   /* HAS_* */
+	enum session_input input;
+	bool idle;     /* between transactions: a shutdown closes it at once */
+	unsigned next; /* TO(state) for each state that may follow */
+} states[SS__COUNT] = {
+    [SS_CONNECTED] = {"connected", 0, IN_EARLY, false,
+                      TO(SS_GREETED) | TO(SS_REFUSED) | TO(SS_CLOSING)},
+    [SS_REFUSED] = {"refused", 0, IN_CMD, true, TO(SS_CLOSING)},
+    [SS_GREETED] = {"greeted", 0, IN_CMD, true, TO(SS_HELO) | TO(SS_TLS) | TO(SS_CLOSING)},
+    [SS_HELO] = {"helo", HAS_HELO, IN_CMD, true,
+                 TO(SS_MAIL) | TO(SS_AUTH) | TO(SS_TLS) | TO(SS_CLOSING)},
+    [SS_AUTH] = {"auth", HAS_HELO, IN_CMD, true, TO(SS_HELO) | TO(SS_CLOSING)},
+    [SS_MAIL] = {"mail", HAS_HELO | HAS_TX, IN_CMD, false, TO(SS_RCPT) | ANY_TX_END},
+    [SS_RCPT] = {"rcpt", HAS_HELO | HAS_TX | HAS_RCPT, IN_CMD, false,
+                 TO(SS_DATA) | TO(SS_BDAT) | TO(SS_CHUNKING) | ANY_TX_END},
+    [SS_DATA] = {"data", HAS_HELO | HAS_TX | HAS_RCPT, IN_DATA, false,
+                 TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
+    [SS_BDAT] = {"bdat", HAS_HELO | HAS_TX | HAS_RCPT | HAS_BDAT, IN_BDAT, false,
+                 TO(SS_CHUNKING) | TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
+    [SS_CHUNKING] = {"chunking", HAS_HELO | HAS_TX | HAS_RCPT | HAS_BDAT, IN_CMD, false,
+                     TO(SS_BDAT) | ANY_TX_END},
+    [SS_COMMIT] = {"commit", HAS_HELO | HAS_TX | HAS_RCPT, IN_NONE, false,
+                   TO(SS_HELO) | TO(SS_CLOSING)},
+    [SS_TLS] = {"tls", 0, IN_NONE, true, TO(SS_GREETED) | TO(SS_CLOSING)},
+    [SS_CLOSING] = {"closing", 0, IN_NONE, false, 0},
+};
 
 struct tx_rcpt {
 	char *addr;
@@ -140,7 +211,6 @@ struct session {
 	struct sockaddr_storage peer_sa;
 	struct tx *tx;
 	struct policy_session *pol; /* mx listeners: the abuse defences' state, or NULL */
-	bool policy_refused;        /* a 554 greeting was sent: only QUIT is accepted */
 };
 
 struct srv_worker {
@@ -311,16 +381,83 @@ static void format_peer(const struct sockaddr_storage *ss, char *out, size_t out
 
 /* ------------------------------------------------------------- replies */
 
-static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Longer than any reply we write (the longest argument is a HELO name of
+ * SMTP_ARG_MAX bytes); a longer one would be cut, never overrun. */
+#define REPLY_LINE_MAX 2048
 
-static void reply(struct session *s, const char *fmt, ...)
+/* Queues one line of entry id (reply.c), with code (0: the entry's), more
+ * (a line of a multi-line reply follows) and its n arguments. */
+static void reply_line(struct session *s, enum smtp_reply_id id, int code, bool more, size_t n,
+                       const char *const *args)
+{
+	char line[REPLY_LINE_MAX];
+	size_t len = smtp_reply_format(line, sizeof(line), id, code, more, args, n);
+	if (len >= sizeof(line))
+		len = sizeof(line) - 1;
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	evbuffer_add(out, line, len);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void reply(struct session *s, enum smtp_reply_id id)
+{
+	reply_line(s, id, 0, false, 0, NULL);
+}
+
+/* reply_args(s, id, "a", "b"): an entry with arguments (as many as its "%s"). */
+#define REPLY_ARGV(...) ((const char *const[]){__VA_ARGS__})
+#define reply_args(s, id, ...)                                                                     \
+	reply_line((s), (id), 0, false, sizeof(REPLY_ARGV(__VA_ARGS__)) / sizeof(const char *),    \
+	           REPLY_ARGV(__VA_ARGS__))
+
+/* The 220/221/421 replies name our host first (RFC 5321 §4.2). */
+static void reply_host(struct session *s, enum smtp_reply_id id)
+{
+	reply_args(s, id, s->conf->hostname);
+}
+
+/* A reply written elsewhere as a whole line (a policy verdict, policy.h). */
+static void reply_verbatim(struct session *s, const char *line)
 {
 	struct evbuffer *out = bufferevent_get_output(s->bev);
-	va_list ap;
-	va_start(ap, fmt);
-	evbuffer_add_vprintf(out, fmt, ap);
-	va_end(ap);
+	evbuffer_add(out, line, strlen(line));
 	evbuffer_add(out, "\r\n", 2);
+}
+
+static void reply_size_exceeded(struct session *s)
+{
+	char n[24];
+	snprintf(n, sizeof(n), "%llu", (unsigned long long)s->conf->limits.max_message_size);
+	reply_args(s, SMTP_R_SIZE_EXCEEDED, n);
+}
+
+/* --------------------------------------------------------------- states */
+
+/*
+ * The only writer of s->state. A change the table does not allow is a bug
+ * here (test builds abort); the change is made all the same, so a release
+ * build goes on with what the caller meant.
+ */
+static void session_enter_state(struct session *s, enum session_state to)
+{
+	enum session_state from = s->state;
+	if (from == to)
+		return;
+	(void)TERN_BUG_ON(!(states[from].next & TO(to)));
+	log_debug("event=state sess=%u.%llu from=%s to=%s", worker_index(s->sw->w),
+	          (unsigned long long)s->serial, states[from].name, states[to].name);
+	s->state = to;
+}
+
+/* The facts of the current state agree with the session (checked before
+ * every command): the state is derived from them, never the other way. */
+static void session_check_facts(const struct session *s)
+{
+	unsigned f = states[s->state].facts;
+	const struct tx *t = s->tx;
+	(void)TERN_BUG_ON(!(f & HAS_HELO) != !s->helo || !(f & HAS_TX) != !t ||
+	                  !(f & HAS_RCPT) != !(t && t->n_rcpts > 0) ||
+	                  !(f & HAS_BDAT) != !(t && t->bdat_started));
 }
 
 static void session_free(struct session *s);
@@ -467,7 +604,7 @@ static void session_close_after_flush(struct session *s, const char *reason)
 	log_info("event=disconnect sess=%u.%llu client=%s reason=%s messages=%u",
 		 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 		 log_quote(reason, strlen(reason), q, sizeof(q)), s->n_msgs);
-	s->state = S_CLOSING;
+	session_enter_state(s, SS_CLOSING);
 	s->out_blocked = false;
 	bufferevent_disable(s->bev, EV_READ);
 	bufferevent_setcb(s->bev, NULL, on_write_closing, on_event, s);
@@ -483,7 +620,7 @@ static void session_close_after_flush(struct session *s, const char *reason)
 static bool count_error(struct session *s)
 {
 	if (++s->errors >= s->conf->limits.max_errors) {
-		reply(s, "421 4.7.0 %s Too many errors, closing connection", s->conf->hostname);
+		reply_host(s, SMTP_R_TOO_MANY_ERRORS);
 		session_close_after_flush(s, "too-many-errors");
 		return true;
 	}
@@ -503,7 +640,8 @@ static void process_input(struct session *s);
 
 static void greet(struct session *s)
 {
-	reply(s, "220 %s ESMTP tern ready", s->conf->hostname);
+	reply_host(s, SMTP_R_GREETING);
+	session_enter_state(s, SS_GREETED);
 }
 
 /* A MAIL or RCPT verdict; true if the command was refused (reply sent). */
@@ -511,7 +649,7 @@ static bool policy_refused_command(struct session *s, const struct policy_verdic
 {
 	if (v->action == POLICY_PASS)
 		return false;
-	reply(s, "%s", v->reply);
+	reply_verbatim(s, v->reply);
 	if (v->action == POLICY_CLOSE)
 		session_close_after_flush(s, "policy");
 	return true;
@@ -521,17 +659,16 @@ static bool policy_refused_command(struct session *s, const struct policy_verdic
 static void policy_greet_done(void *arg, const struct policy_verdict *v)
 {
 	struct session *s = arg;
-	if (s->state != S_POLICY)
+	if (s->state != SS_CONNECTED)
 		return; /* closing already (a timeout while the greeting waited) */
-	s->state = S_CMD;
 	if (v->action == POLICY_CLOSE) {
-		reply(s, "%s", v->reply);
+		reply_verbatim(s, v->reply);
 		session_close_after_flush(s, "policy");
 		return;
 	}
 	if (v->action == POLICY_REFUSE) {
-		reply(s, "%s", v->reply);
-		s->policy_refused = true;
+		reply_verbatim(s, v->reply);
+		session_enter_state(s, SS_REFUSED);
 	} else {
 		greet(s);
 	}
@@ -552,11 +689,11 @@ static void policy_at_connect(struct session *s, bool mx)
 	switch (v.action) {
 	case POLICY_WAIT:
 		if (v.reply[0])
-			reply(s, "%s", v.reply);
-		s->state = S_POLICY; /* reading goes on, so early talk is seen */
+			reply_verbatim(s, v.reply);
+		/* SS_CONNECTED still: reading goes on, so early talk is seen */
 		break;
 	case POLICY_CLOSE:
-		reply(s, "%s", v.reply);
+		reply_verbatim(s, v.reply);
 		session_close_after_flush(s, "policy");
 		break;
 	default:
@@ -589,6 +726,17 @@ static void tx_reset(struct session *s)
 {
 	tx_free(s->tx);
 	s->tx = NULL;
+}
+
+/* The transaction is over (RSET, HELO/EHLO, the reply after its end, a
+ * refused message): back between transactions. Without one, nothing
+ * changes. */
+static void tx_end(struct session *s)
+{
+	if (!s->tx)
+		return;
+	tx_reset(s);
+	session_enter_state(s, SS_HELO);
 }
 
 static int tx_add_rcpt(struct tx *t, const char *addr, const char *orcpt, unsigned notify,
@@ -720,74 +868,178 @@ static void budget_exceeded(struct session *s, struct tx *t)
 
 static void reply_over_budget(struct session *s)
 {
-	reply(s, "452 4.3.1 Insufficient system storage: too many messages are being received at "
-	         "once, try again later");
+	reply(s, SMTP_R_OVER_BUDGET);
 }
 
 /* ------------------------------------------------------------- commands */
 
 static void process_input(struct session *s);
 
+/*
+ * What a command needs before it may run. The command table (`commands`,
+ * after the handlers) gives each verb its flags; command_allowed() is the
+ * one place they are checked, in a fixed order, and each unmet need has
+ * its own reply (reply.c). Handlers check only what depends on their
+ * arguments.
+ */
+#define CMD_NEEDS_HELO 0x0001u               /* HELO or EHLO first */
+#define CMD_NEEDS_EHLO 0x0002u               /* EHLO, not HELO, first */
+#define CMD_NEEDS_TX 0x0004u                 /* an open transaction: MAIL first */
+#define CMD_NEEDS_RCPT 0x0008u               /* a recipient: RCPT first */
+#define CMD_NOT_IN_TX 0x0010u                /* no transaction open */
+#define CMD_NOT_IN_BDAT 0x0020u              /* not once BDAT has begun the message */
+#define CMD_NOT_AFTER_TLS 0x0040u            /* not once TLS is active */
+#define CMD_NOT_AFTER_AUTH 0x0080u           /* not once authenticated */
+#define CMD_NEEDS_AUTH_ON_SUBMISSION 0x0100u /* AUTH first where the listener requires it */
+#define CMD_AFTER_REFUSAL 0x0200u            /* accepted after a 554 greeting (QUIT only) */
+#define CMD_HAS_CHUNK 0x0400u                /* bytes follow the line whatever we answer (BDAT) */
+
+struct command {
+	const char *name; /* the verb, in replies */
+	unsigned flags;   /* CMD_* */
+	/* NULL, or whether the command is offered to this session at all; when
+	 * it is not, the client gets not_offered before any sequence check. */
+	bool (*offered)(const struct session *s);
+	enum smtp_reply_id not_offered;
+	void (*handler)(struct session *s, const struct smtp_cmd *c);
+};
+
+static bool tls_offered(const struct session *s)
+{
+	/* TLS: the listener's mode and a context loaded; inside TLS (implicit
+	 * too) the answer is "already active" rather than "not offered". */
+	return s->offer_starttls || s->tls_active;
+}
+
+/* Capture mode takes any credentials; elsewhere AUTH comes with issue 8's
+ * SASL module. */
+static bool auth_offered(const struct session *s)
+{
+	return s->conf->capture_mode;
+}
+
+/*
+ * CMD_NEEDS_AUTH_ON_SUBMISSION: whether this session may send MAIL only
+ * after AUTH (530 5.7.0 otherwise, RFC 4954 §6). Submission listeners will
+ * require it once AUTH checks real users there (issue 8, item 3); until
+ * then nobody could log in on them, so nothing is required yet.
+ */
+static bool auth_required(const struct session *s)
+{
+	return false;
+}
+
+/*
+ * The one sequence check: the command's flags against the session's state.
+ * True if the command may run now; if not, the reply is sent, the error
+ * counted, and the chunk of a BDAT skipped (RFC 3030 §4: it follows its
+ * line whatever the answer, and its bytes are never commands).
+ */
+static bool command_allowed(struct session *s, const struct command *cmd, const struct smtp_cmd *c)
+{
+	session_check_facts(s);
+	unsigned f = cmd->flags, has = states[s->state].facts;
+	enum smtp_reply_id why;
+	if (s->state == SS_REFUSED && !(f & CMD_AFTER_REFUSAL))
+		why = SMTP_R_ONLY_QUIT; /* POLICY: after a 554 greeting (RFC 5321 §3.1) */
+	else if (cmd->offered && !cmd->offered(s))
+		why = cmd->not_offered;
+	else if ((f & CMD_NOT_AFTER_TLS) && s->tls_active)
+		why = SMTP_R_TLS_ACTIVE;
+	else if ((f & CMD_NOT_AFTER_AUTH) && s->authenticated)
+		why = SMTP_R_ALREADY_AUTHENTICATED;
+	else if ((f & CMD_NEEDS_HELO) && !(has & HAS_HELO))
+		why = SMTP_R_NEED_HELO;
+	else if ((f & CMD_NEEDS_EHLO) && !s->esmtp)
+		why = SMTP_R_NEED_EHLO;
+	else if ((f & CMD_NOT_IN_TX) && (has & HAS_TX))
+		why = SMTP_R_IN_TRANSACTION;
+	else if ((f & CMD_NEEDS_TX) && !(has & HAS_TX))
+		why = SMTP_R_NEED_MAIL;
+	else if ((f & CMD_NEEDS_RCPT) && !(has & HAS_RCPT))
+		why = SMTP_R_NEED_RCPT;
+	else if ((f & CMD_NOT_IN_BDAT) && (has & HAS_BDAT))
+		why = SMTP_R_AFTER_BDAT;
+	else if ((f & CMD_NEEDS_AUTH_ON_SUBMISSION) && auth_required(s) && !s->authenticated)
+		why = SMTP_R_AUTH_REQUIRED;
+	else
+		return true;
+	if (f & CMD_HAS_CHUNK)
+		s->skip_bytes = c->chunk_size;
+	if (smtp_reply_def(why)->nargs)
+		reply_args(s, why, cmd->name);
+	else
+		reply(s, why);
+	count_error(s);
+	return false;
+}
+
 static void cmd_helo(struct session *s, const struct smtp_cmd *c)
 {
+	char *helo = tern_strdup(c->arg);
+	if (!helo) {
+		reply(s, SMTP_R_NOMEM); /* and the session stays as it was */
+		return;
+	}
 	tx_reset(s);
 	free(s->helo);
-	s->helo = tern_strdup(c->arg);
+	s->helo = helo;
 	s->esmtp = c->verb == SMTP_EHLO;
-	if (!s->helo) {
-		reply(s, "451 4.3.0 Out of memory, try again later");
-		return;
-	}
+	session_enter_state(s, SS_HELO);
 	if (c->verb == SMTP_HELO) {
-		reply(s, "250 %s", s->conf->hostname);
+		reply_host(s, SMTP_R_HELO);
 		return;
 	}
-	reply(s, "250-%s Hello %s [%s]", s->conf->hostname, s->helo, s->peer);
-	reply(s, "250-PIPELINING");
-	reply(s, "250-SIZE %llu", (unsigned long long)s->conf->limits.max_message_size);
-	reply(s, "250-8BITMIME");
-	reply(s, "250-SMTPUTF8");
-	reply(s, "250-ENHANCEDSTATUSCODES");
-	reply(s, "250-CHUNKING");
-	reply(s, "250-BINARYMIME");
-	if (s->offer_starttls && !s->tls_active)
-		reply(s, "250-STARTTLS");
-	if (s->conf->capture_mode)
-		reply(s, "250-AUTH PLAIN LOGIN");
-	reply(s, "250 DSN");
+	/* The EHLO keywords (RFC 5321 §4.1.1.1), one per line after the first. */
+	char size[32];
+	snprintf(size, sizeof(size), "SIZE %llu",
+	         (unsigned long long)s->conf->limits.max_message_size);
+	const char *kw[12];
+	size_t n = 0;
+	kw[n++] = "PIPELINING";
+	kw[n++] = size;
+	kw[n++] = "8BITMIME";
+	kw[n++] = "SMTPUTF8";
+	kw[n++] = "ENHANCEDSTATUSCODES";
+	kw[n++] = "CHUNKING";
+	kw[n++] = "BINARYMIME";
+	if (tls_offered(s) && !s->tls_active)
+		kw[n++] = "STARTTLS";
+	if (auth_offered(s))
+		kw[n++] = "AUTH PLAIN LOGIN";
+	kw[n++] = "DSN";
+	reply_line(s, SMTP_R_EHLO, 0, true, 3, REPLY_ARGV(s->conf->hostname, s->helo, s->peer));
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	for (size_t i = 0; i < n; i++)
+		evbuffer_add_printf(out, "250%c%s\r\n", i + 1 < n ? '-' : ' ', kw[i]);
+}
+
+/* A chaos trigger's reply (capture mode): the operator's code, the
+ * enhanced code of its class. */
+static void reply_chaos(struct session *s, int code, enum smtp_reply_id temp,
+                        enum smtp_reply_id perm)
+{
+	reply_line(s, code >= 500 ? perm : temp, code, false, 0, NULL);
 }
 
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
-	if (!s->helo) {
-		reply(s, "503 5.5.1 Send HELO/EHLO first");
-		count_error(s);
-		return;
-	}
-	if (s->tx) {
-		reply(s, "503 5.5.1 Nested MAIL command");
-		count_error(s);
-		return;
-	}
 	if (c->path.utf8 && !c->smtputf8) {
-		reply(s, "553 5.6.7 The sender address needs SMTPUTF8: use MAIL FROM:<...> "
-			 "SMTPUTF8");
+		reply(s, SMTP_R_SENDER_NEEDS_SMTPUTF8);
 		return;
 	}
 	if (c->smtputf8 && !s->esmtp) {
-		reply(s, "503 5.5.1 SMTPUTF8 needs EHLO");
+		reply(s, SMTP_R_SMTPUTF8_NEEDS_EHLO);
 		return;
 	}
 	if (c->has_size && c->size > s->conf->limits.max_message_size) {
-		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
-		      (unsigned long long)s->conf->limits.max_message_size);
+		reply_size_exceeded(s);
 		return;
 	}
 	if (s->conf->capture_mode) {
 		int code = chaos_roll(&chaos.sender);
 		if (code) {
-			reply(s, "%d %s Chaos: sender rejected on purpose (chaos trigger)", code,
-			      code >= 500 ? "5.7.1" : "4.7.1");
+			reply_chaos(s, code, SMTP_R_CHAOS_SENDER_TEMP, SMTP_R_CHAOS_SENDER_PERM);
 			return;
 		}
 	}
@@ -810,10 +1062,11 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 	t->ret = c->ret;
 	t->declared_size = c->has_size ? c->size : 0;
 	s->tx = t;
-	reply(s, "250 2.1.0 Sender <%s> ok", t->sender);
+	session_enter_state(s, SS_MAIL);
+	reply_args(s, SMTP_R_SENDER_OK, t->sender);
 	return;
 nomem:
-	reply(s, "451 4.3.0 Out of memory, try again later");
+	reply(s, SMTP_R_NOMEM);
 }
 
 /* Resolves a local recipient to final mailboxes; false if nobody is there. */
@@ -863,29 +1116,23 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 	return true;
 }
 
+/* A recipient is in: counted, and the transaction has one now. */
+static void rcpt_accepted(struct session *s, struct tx *t, const struct smtp_cmd *c)
+{
+	t->rcpt_cmds++;
+	session_enter_state(s, SS_RCPT);
+	reply_args(s, SMTP_R_RCPT_OK, c->path.addr);
+}
+
 static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 {
 	struct tx *t = s->tx;
-	if (!t) {
-		reply(s, "503 5.5.1 Need MAIL command first");
-		count_error(s);
-		return;
-	}
-	if (t->bdat_started) {
-		/* The message (and its Received header, which names a single
-		 * recipient) is already on its way: a recipient added now would
-		 * get a copy made for someone else. */
-		reply(s, "503 5.5.1 RCPT cannot follow BDAT: send RSET and start again");
-		count_error(s);
-		return;
-	}
 	if (c->path.utf8 && !t->smtputf8) {
-		reply(s, "553 5.6.7 The recipient address needs SMTPUTF8: use MAIL FROM:<...> "
-			 "SMTPUTF8");
+		reply(s, SMTP_R_RCPT_NEEDS_SMTPUTF8);
 		return;
 	}
 	if (t->rcpt_cmds >= s->conf->limits.max_recipients) {
-		reply(s, "452 4.5.3 Too many recipients");
+		reply(s, SMTP_R_TOO_MANY_RCPTS);
 		return;
 	}
 	struct policy_verdict pv; /* POLICY: recipient rate, greylisting */
@@ -898,17 +1145,15 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 		/* Capture mode catches everything: any recipient, any domain. */
 		int code = chaos_roll(&chaos.recipient);
 		if (code) {
-			reply(s, "%d %s Chaos: recipient rejected on purpose (chaos trigger)", code,
-			      code >= 500 ? "5.1.1" : "4.2.0");
+			reply_chaos(s, code, SMTP_R_CHAOS_RCPT_TEMP, SMTP_R_CHAOS_RCPT_PERM);
 			return;
 		}
 		if (tx_add_rcpt(t, c->path.has_domain ? c->path.addr : "postmaster", c->orcpt,
 				c->notify, true) != TERN_OK) {
-			reply(s, "451 4.3.0 Out of memory, try again later");
+			reply(s, SMTP_R_NOMEM);
 			return;
 		}
-		t->rcpt_cmds++;
-		reply(s, "250 2.1.5 Recipient <%s> ok", c->path.addr);
+		rcpt_accepted(s, t, c);
 		return;
 	}
 	bool local = !c->path.has_domain ||
@@ -921,8 +1166,7 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 			         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 			         log_quote_addr(t->sender, qf, sizeof(qf)),
 			         log_quote_addr(c->path.addr, q, sizeof(q)));
-			reply(s, "550 5.1.1 <%s>: Recipient address rejected: no such user here",
-			      c->path.addr);
+			reply_args(s, SMTP_R_NO_SUCH_USER, c->path.addr);
 			return;
 		}
 	} else {
@@ -932,17 +1176,16 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 			         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 			         log_quote_addr(t->sender, qf, sizeof(qf)),
 			         log_quote_addr(c->path.addr, q, sizeof(q)));
-			reply(s, "550 5.7.1 <%s>: Relay access denied", c->path.addr);
+			reply_args(s, SMTP_R_RELAY_DENIED, c->path.addr);
 			return;
 		}
 		err = tx_add_rcpt(t, c->path.addr, c->orcpt, c->notify, false);
 	}
 	if (err != TERN_OK) {
-		reply(s, "451 4.3.0 Out of memory, try again later");
+		reply(s, SMTP_R_NOMEM);
 		return;
 	}
-	t->rcpt_cmds++;
-	reply(s, "250 2.1.5 Recipient <%s> ok", c->path.addr);
+	rcpt_accepted(s, t, c);
 }
 
 static const char *proto_keyword(const struct session *s, const struct tx *t)
@@ -986,23 +1229,8 @@ static int begin_message(struct session *s, struct tx *t)
 static void cmd_data(struct session *s, const struct smtp_cmd *c)
 {
 	struct tx *t = s->tx;
-	if (!t) {
-		reply(s, "503 5.5.1 Need MAIL command first");
-		count_error(s);
-		return;
-	}
-	if (t->n_rcpts == 0) {
-		reply(s, "503 5.5.1 Need RCPT command first");
-		count_error(s);
-		return;
-	}
-	if (t->bdat_started) {
-		reply(s, "503 5.5.1 DATA cannot follow BDAT in one transaction");
-		count_error(s);
-		return;
-	}
 	if (t->body == SMTP_BODY_BINARYMIME) {
-		reply(s, "503 5.5.1 BODY=BINARYMIME needs BDAT, not DATA");
+		reply(s, SMTP_R_BINARYMIME_NEEDS_BDAT); /* RFC 3030 §3 */
 		count_error(s);
 		return;
 	}
@@ -1012,49 +1240,50 @@ static void cmd_data(struct session *s, const struct smtp_cmd *c)
 		return;
 	}
 	if (begin_message(s, t) != TERN_OK) {
-		reply(s, "451 4.3.0 Out of memory, try again later");
+		reply(s, SMTP_R_NOMEM);
 		return;
 	}
 	smtp_data_init(&t->dp);
-	s->state = S_DATA;
+	session_enter_state(s, SS_DATA);
 	struct timeval tv = {s->conf->limits.data_timeout, 0};
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
-	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+	reply(s, SMTP_R_DATA_GO);
+}
+
+/* A chunk that will not be kept (RFC 3030 §4: it follows its line whatever
+ * we answer, so its bytes are skipped); the transaction ends with LAST. */
+static void bdat_refuse_chunk(struct session *s, const struct smtp_cmd *c)
+{
+	s->skip_bytes = c->chunk_size;
+	if (c->last)
+		tx_end(s);
+	else
+		session_enter_state(s, SS_CHUNKING);
 }
 
 static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 {
 	struct tx *t = s->tx;
-	if (t && t->n_rcpts && !t->bdat_started && !budget_start(s, t)) {
+	if (!t->bdat_started && !budget_start(s, t)) {
 		/* BDAT has begun, and failed: no DATA or RCPT may follow, and the
 		 * chunks pipelined behind get 452 until the LAST one ends it. */
 		t->bdat_started = true;
 		t->over_budget = true;
 		budget_refused(s, t);
 	}
-	/* The chunk's bytes follow the command whatever we answer: read them. */
-	if (!t || t->n_rcpts == 0 || t->bdat_failed || t->over_budget) {
-		/* The client sends the chunk whatever we answer: skip its bytes to
-		 * stay in sync with the command stream (RFC 3030 §4). */
-		s->skip_bytes = c->chunk_size;
-		if (t && (t->bdat_failed || t->over_budget)) {
-			if (t->over_budget)
-				reply_over_budget(s);
-			else
-				reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
-				      (unsigned long long)s->conf->limits.max_message_size);
-			if (c->last)
-				tx_reset(s);
-			return;
-		}
-		reply(s, "503 5.5.1 Need MAIL and RCPT before BDAT");
-		count_error(s);
+	if (t->bdat_failed || t->over_budget) {
+		if (t->over_budget)
+			reply_over_budget(s);
+		else
+			reply_size_exceeded(s);
+		bdat_refuse_chunk(s, c);
 		return;
 	}
 	if (!t->bdat_started) {
 		if (begin_message(s, t) != TERN_OK) {
-			reply(s, "451 4.3.0 Out of memory, try again later");
-			tx_reset(s);
+			reply(s, SMTP_R_NOMEM);
+			s->skip_bytes = c->chunk_size;
+			tx_end(s);
 			return;
 		}
 		t->bdat_started = true;
@@ -1066,39 +1295,64 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 		budget_exceeded(s, t);
 	t->bdat_remaining = c->chunk_size;
 	t->bdat_last = c->last;
-	s->state = S_BDAT;
+	session_enter_state(s, SS_BDAT);
 	struct timeval tv = {s->conf->limits.data_timeout, 0};
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
 /* -------------------------------------------------------------- STARTTLS */
 
-static void cmd_starttls(struct session *s)
+static void cmd_starttls(struct session *s, const struct smtp_cmd *c)
 {
-	if (!s->offer_starttls && !s->tls_active) {
-		reply(s, "502 5.5.1 STARTTLS is not offered on this port");
-		count_error(s);
-		return;
-	}
-	if (s->tls_active) {
-		reply(s, "503 5.5.1 TLS is already active");
-		count_error(s);
-		return;
-	}
 	SSL *ssl = SSL_new(s->sw->srv->tls);
 	if (!ssl) {
-		reply(s, "454 4.7.0 TLS not available due to a temporary reason");
+		reply(s, SMTP_R_TLS_UNAVAILABLE);
 		return;
 	}
 	s->starttls = ssl;
-	reply(s, "220 2.0.0 Ready to start TLS");
+	reply(s, SMTP_R_STARTTLS_GO);
+}
+
+/*
+ * Puts a server-side TLS layer (taking ssl) on the session's socket: after
+ * STARTTLS, or at accept on an implicit-TLS listener. The handshake runs as
+ * the layer is read and written; what the session writes meanwhile waits in
+ * it. False (ssl freed, the session unchanged) if out of memory.
+ */
+static bool tls_layer_on(struct session *s, SSL *ssl)
+{
+	struct bufferevent *plain = s->bev;
+	struct bufferevent *tb = bufferevent_openssl_filter_new(
+	    worker_base(s->sw->w), plain, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (!tb) {
+		SSL_free(ssl);
+		return false;
+	}
+	/* A client that closes without close_notify after QUIT is common and
+	 * harmless here (SMTP has its own end): report it as EOF. */
+	bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
+	s->bev = tb;
+	s->tls_active = true;
+	bufferevent_setcb(tb, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(tb, EV_READ, 0, READ_HIGH_WATERMARK);
+	bufferevent_setwatermark(tb, EV_WRITE, OUT_LOW_WATERMARK, 0);
+	/* The TLS filter moves our output into the socket bufferevent's as
+	 * fast as it can; its write high watermark makes the filter hold the
+	 * rest, so the backpressure above sees the client's pace here too.
+	 * (tls_close_begin lifts it again for the close_notify.) */
+	bufferevent_setwatermark(plain, EV_WRITE, 0, OUT_HIGH_WATERMARK);
+	restore_idle_timeouts(s);
+	bufferevent_enable(tb, EV_READ | EV_WRITE);
+	return true;
 }
 
 /*
  * After the STARTTLS line is consumed: anything the client pipelined after
  * it was sent in clear and is thrown away (RFC 3207 §4.2, CVE-2011-0411),
  * the TLS layer goes on top of the socket, and the session forgets
- * everything it learned before (HELO, transaction, AUTH).
+ * everything it learned before (HELO, transaction, AUTH). Commands are read
+ * again once the handshake is done (on_event, BEV_EVENT_CONNECTED).
  */
 static void start_tls(struct session *s, struct evbuffer *in)
 {
@@ -1110,22 +1364,12 @@ static void start_tls(struct session *s, struct evbuffer *in)
 			 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer, junk);
 		evbuffer_drain(in, junk);
 	}
-	struct bufferevent *plain = s->bev;
-	struct bufferevent *tb = bufferevent_openssl_filter_new(
-		worker_base(s->sw->w), plain, ssl, BUFFEREVENT_SSL_ACCEPTING,
-		BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (!tb) {
-		SSL_free(ssl);
+	if (!tls_layer_on(s, ssl)) {
 		log_error("event=starttls_failed client=%s reason=out-of-memory", s->peer);
-		reply(s, "421 4.3.0 %s Cannot start TLS, closing", s->conf->hostname);
+		reply_host(s, SMTP_R_TLS_FAILED);
 		session_close_after_flush(s, "starttls-failed");
 		return;
 	}
-	/* A client that closes without close_notify after QUIT is common and
-	 * harmless here (SMTP has its own end): report it as EOF. */
-	bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
-	s->bev = tb;
-	s->tls_active = true;
 	tx_reset(s);
 	free(s->helo);
 	s->helo = NULL;
@@ -1133,20 +1377,12 @@ static void start_tls(struct session *s, struct evbuffer *in)
 	s->authenticated = false;
 	free(s->auth_user);
 	s->auth_user = NULL;
-	bufferevent_setcb(tb, on_read, on_write, on_event, s);
-	bufferevent_setwatermark(tb, EV_READ, 0, READ_HIGH_WATERMARK);
-	bufferevent_setwatermark(tb, EV_WRITE, OUT_LOW_WATERMARK, 0);
-	/* The TLS filter moves our output into the socket bufferevent's as
-	 * fast as it can; its write high watermark makes the filter hold the
-	 * rest, so the backpressure above sees the client's pace here too.
-	 * (tls_close_begin lifts it again for the close_notify.) */
-	bufferevent_setwatermark(plain, EV_WRITE, 0, OUT_HIGH_WATERMARK);
-	restore_idle_timeouts(s);
-	bufferevent_enable(tb, EV_READ | EV_WRITE);
+	session_enter_state(s, SS_TLS);
 }
 
 /* ------------------------------------------------------------------ AUTH */
 
+/* Which response the AUTH dialogue waits for (in SS_AUTH). */
 enum { AUTH_NONE = 0, AUTH_PLAIN_RESPONSE, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 
 /*
@@ -1181,9 +1417,24 @@ static bool sasl_response_ok(const char *p, size_t n, bool plain, char *user, si
 	return ok;
 }
 
-static void auth_succeed(struct session *s, const char *mech, const char *user)
+/* The dialogue is over, one way or the other: back between transactions. */
+static void auth_end(struct session *s)
 {
 	s->auth_step = AUTH_NONE;
+	session_enter_state(s, SS_HELO);
+}
+
+/* A 334 (RFC 4954 §4): the next line answers it. */
+static void auth_challenge(struct session *s, uint8_t step, const char *b64)
+{
+	s->auth_step = step;
+	session_enter_state(s, SS_AUTH);
+	reply_args(s, SMTP_R_SASL_CHALLENGE, b64);
+}
+
+static void auth_succeed(struct session *s, const char *mech, const char *user)
+{
+	auth_end(s);
 	s->authenticated = true;
 	free(s->auth_user);
 	s->auth_user = tern_strdup(user);
@@ -1191,30 +1442,18 @@ static void auth_succeed(struct session *s, const char *mech, const char *user)
 	log_info("event=auth sess=%u.%llu client=%s mechanism=%s user=%s result=ok mode=capture",
 		 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer, mech,
 		 log_quote(user ? user : "", user ? strlen(user) : 0, q, sizeof(q)));
-	reply(s, "235 2.7.0 Authentication successful");
+	reply(s, SMTP_R_AUTH_OK);
 }
+
+#define SASL_USERNAME "VXNlcm5hbWU6" /* base64 "Username:" */
+#define SASL_PASSWORD "UGFzc3dvcmQ6" /* base64 "Password:" */
 
 /*
  * Capture mode takes any credentials (applications under test log in with
  * whatever they have); the "authentication" chaos trigger can fail them.
  */
-static void cmd_auth_capture(struct session *s, const struct smtp_cmd *c)
+static void cmd_auth(struct session *s, const struct smtp_cmd *c)
 {
-	if (s->authenticated) {
-		reply(s, "503 5.5.1 Already authenticated");
-		count_error(s);
-		return;
-	}
-	if (s->tx) {
-		reply(s, "503 5.5.1 AUTH is not allowed during a mail transaction");
-		count_error(s);
-		return;
-	}
-	if (!s->esmtp) {
-		reply(s, "503 5.5.1 Send EHLO first");
-		count_error(s);
-		return;
-	}
 	const char *arg = c->arg;
 	const char *sp = strchr(arg, ' ');
 	size_t ml = sp ? (size_t)(sp - arg) : strlen(arg);
@@ -1222,20 +1461,19 @@ static void cmd_auth_capture(struct session *s, const struct smtp_cmd *c)
 	bool plain = ml == 5 && strncasecmp(arg, "PLAIN", 5) == 0;
 	bool login = ml == 5 && strncasecmp(arg, "LOGIN", 5) == 0;
 	if (!plain && !login) {
-		reply(s, "504 5.5.4 Unrecognized authentication type (PLAIN and LOGIN are offered)");
+		reply(s, SMTP_R_AUTH_MECHANISM);
 		count_error(s);
 		return;
 	}
 	int code = chaos_roll(&chaos.authentication);
 	if (code) {
-		reply(s, "%d %s Chaos: authentication failed on purpose (chaos trigger)", code,
-		      code >= 500 ? "5.7.8" : "4.7.0");
+		reply_chaos(s, code, SMTP_R_CHAOS_AUTH_TEMP, SMTP_R_CHAOS_AUTH_PERM);
 		return;
 	}
 	if (initial && strcmp(initial, "=") != 0) {
 		char user[128];
 		if (!sasl_response_ok(initial, strlen(initial), plain, user, sizeof(user))) {
-			reply(s, "501 5.5.2 Cannot decode the initial response");
+			reply(s, SMTP_R_AUTH_BAD_INITIAL);
 			count_error(s);
 			return;
 		}
@@ -1245,40 +1483,37 @@ static void cmd_auth_capture(struct session *s, const struct smtp_cmd *c)
 		}
 		free(s->auth_user);
 		s->auth_user = tern_strdup(user);
-		s->auth_step = AUTH_LOGIN_PASS; /* the initial response was the user name */
-		reply(s, "334 UGFzc3dvcmQ6");
+		/* the initial response was the user name */
+		auth_challenge(s, AUTH_LOGIN_PASS, SASL_PASSWORD);
 		return;
 	}
-	if (plain) {
-		s->auth_step = AUTH_PLAIN_RESPONSE;
-		reply(s, "334 ");
-	} else {
-		s->auth_step = AUTH_LOGIN_USER;
-		reply(s, "334 VXNlcm5hbWU6");
-	}
+	if (plain)
+		auth_challenge(s, AUTH_PLAIN_RESPONSE, "");
+	else
+		auth_challenge(s, AUTH_LOGIN_USER, SASL_USERNAME);
 }
 
-/* A line of the AUTH dialogue (after a 334). */
+/* A line of the AUTH dialogue (SS_AUTH: after a 334). */
 static void auth_continue(struct session *s, const char *line, size_t n)
 {
 	if (n == 1 && line[0] == '*') {
-		s->auth_step = AUTH_NONE;
-		reply(s, "501 5.7.0 Authentication cancelled");
+		auth_end(s);
+		reply(s, SMTP_R_AUTH_CANCELLED);
 		return;
 	}
 	uint8_t step = s->auth_step;
+	(void)TERN_BUG_ON(step == AUTH_NONE); /* SS_AUTH is entered with a step */
 	char user[128];
 	if (!sasl_response_ok(line, n, step == AUTH_PLAIN_RESPONSE, user, sizeof(user))) {
-		s->auth_step = AUTH_NONE;
-		reply(s, "501 5.5.2 Cannot decode the response");
+		auth_end(s);
+		reply(s, SMTP_R_AUTH_BAD_RESPONSE);
 		count_error(s);
 		return;
 	}
 	if (step == AUTH_LOGIN_USER) {
 		free(s->auth_user);
 		s->auth_user = tern_strdup(user);
-		s->auth_step = AUTH_LOGIN_PASS;
-		reply(s, "334 UGFzc3dvcmQ6");
+		auth_challenge(s, AUTH_LOGIN_PASS, SASL_PASSWORD);
 		return;
 	}
 	if (step == AUTH_PLAIN_RESPONSE) {
@@ -1290,63 +1525,44 @@ static void auth_continue(struct session *s, const char *line, size_t n)
 	auth_succeed(s, "LOGIN", login_user);
 }
 
-static void cmd_simple(struct session *s, const struct smtp_cmd *c)
+/* ------------------------------------------------- the other commands */
+
+static void cmd_rset(struct session *s, const struct smtp_cmd *c)
 {
-	switch (c->verb) {
-	case SMTP_RSET:
-		tx_reset(s);
-		reply(s, "250 2.0.0 Ok");
-		break;
-	case SMTP_NOOP:
-		reply(s, "250 2.0.0 Ok");
-		break;
-	case SMTP_QUIT:
-		reply(s, "221 2.0.0 %s closing connection", s->conf->hostname);
-		session_close_after_flush(s, "quit");
-		break;
-	case SMTP_HELP:
-		reply(s, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP "
-			 "VRFY EXPN");
-		reply(s, "214 2.0.0 See RFC 5321; tern");
-		break;
-	case SMTP_VRFY:
-	case SMTP_EXPN:
-		if (c->arg[0] == '\0') {
-			reply(s, "501 5.5.4 Syntax: %s <address>",
-			      c->verb == SMTP_VRFY ? "VRFY" : "EXPN");
-			count_error(s);
-			break;
-		}
-		if (c->verb == SMTP_EXPN) {
-			if (s->conf->expn)
-				reply(s, "252 2.5.0 Cannot EXPN list, but will accept message and "
-					 "attempt delivery");
-			else
-				reply(s, "502 5.5.1 EXPN command is disabled");
-			break;
-		}
-		if (s->conf->vrfy)
-			reply(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt "
-				 "delivery");
-		else
-			reply(s, "502 5.5.1 VRFY command is disabled");
-		break;
-	case SMTP_AUTH:
-		if (s->conf->capture_mode) {
-			cmd_auth_capture(s, c);
-			break;
-		}
-		reply(s, "502 5.5.1 Command not implemented on this listener");
+	tx_end(s);
+	reply(s, SMTP_R_OK);
+}
+
+static void cmd_noop(struct session *s, const struct smtp_cmd *c)
+{
+	reply(s, SMTP_R_OK);
+}
+
+static void cmd_quit(struct session *s, const struct smtp_cmd *c)
+{
+	reply_host(s, SMTP_R_QUIT);
+	session_close_after_flush(s, "quit");
+}
+
+static void cmd_help(struct session *s, const struct smtp_cmd *c)
+{
+	reply_line(s, SMTP_R_HELP, 0, true, 0, NULL);
+	reply(s, SMTP_R_HELP_END);
+}
+
+/* VRFY and EXPN: never disclose (RFC 5321 §3.5.3 allows 252), or disabled. */
+static void cmd_vrfy(struct session *s, const struct smtp_cmd *c)
+{
+	bool vrfy = c->verb == SMTP_VRFY;
+	if (c->arg[0] == '\0') {
+		reply_args(s, SMTP_R_ADDRESS_SYNTAX, vrfy ? "VRFY" : "EXPN");
 		count_error(s);
-		break;
-	case SMTP_STARTTLS:
-		cmd_starttls(s);
-		break;
-	default:
-		reply(s, "500 5.5.2 Command not recognized");
-		count_error(s);
-		break;
+		return;
 	}
+	if (vrfy)
+		reply(s, s->conf->vrfy ? SMTP_R_VRFY : SMTP_R_VRFY_DISABLED);
+	else
+		reply(s, s->conf->expn ? SMTP_R_EXPN : SMTP_R_EXPN_DISABLED);
 }
 
 /*
@@ -1359,12 +1575,9 @@ static void cmd_simple(struct session *s, const struct smtp_cmd *c)
  */
 static void bad_bdat(struct session *s, const struct smtp_cmd *c)
 {
-	tx_reset(s);
+	tx_end(s);
 	if (!c->has_chunk_size) {
-		reply(s,
-		      "421 4.5.0 %s BDAT without a readable size: closing, as its chunk cannot "
-		      "be told from commands",
-		      s->conf->hostname);
+		reply_host(s, SMTP_R_BDAT_NO_SIZE);
 		session_close_after_flush(s, "bad-bdat");
 		return;
 	}
@@ -1372,50 +1585,58 @@ static void bad_bdat(struct session *s, const struct smtp_cmd *c)
 	count_error(s);
 }
 
+/*
+ * The command table: for each verb the parser knows, what it needs before
+ * it may run (checked once, by command_allowed) and who runs it.
+ */
+static const struct command commands[] = {
+    [SMTP_HELO] = {"HELO", 0, NULL, 0, cmd_helo},
+    [SMTP_EHLO] = {"EHLO", 0, NULL, 0, cmd_helo},
+    [SMTP_MAIL] = {"MAIL", CMD_NEEDS_HELO | CMD_NOT_IN_TX | CMD_NEEDS_AUTH_ON_SUBMISSION, NULL, 0,
+                   cmd_mail},
+    [SMTP_RCPT] = {"RCPT", CMD_NEEDS_TX | CMD_NOT_IN_BDAT, NULL, 0, cmd_rcpt},
+    [SMTP_DATA] = {"DATA", CMD_NEEDS_TX | CMD_NEEDS_RCPT | CMD_NOT_IN_BDAT, NULL, 0, cmd_data},
+    [SMTP_BDAT] = {"BDAT", CMD_NEEDS_TX | CMD_NEEDS_RCPT | CMD_HAS_CHUNK, NULL, 0, cmd_bdat},
+    [SMTP_RSET] = {"RSET", 0, NULL, 0, cmd_rset},
+    [SMTP_NOOP] = {"NOOP", 0, NULL, 0, cmd_noop},
+    [SMTP_QUIT] = {"QUIT", CMD_AFTER_REFUSAL, NULL, 0, cmd_quit},
+    [SMTP_HELP] = {"HELP", 0, NULL, 0, cmd_help},
+    [SMTP_VRFY] = {"VRFY", 0, NULL, 0, cmd_vrfy},
+    [SMTP_EXPN] = {"EXPN", 0, NULL, 0, cmd_vrfy},
+    [SMTP_STARTTLS] = {"STARTTLS", CMD_NOT_AFTER_TLS, tls_offered, SMTP_R_STARTTLS_NOT_OFFERED,
+                       cmd_starttls},
+    [SMTP_AUTH] = {"AUTH", CMD_NOT_AFTER_AUTH | CMD_NEEDS_EHLO | CMD_NOT_IN_TX, auth_offered,
+                   SMTP_R_NOT_IMPLEMENTED, cmd_auth},
+};
+
 static void dispatch(struct session *s, const char *line, size_t len)
 {
 	struct smtp_cmd *c = malloc(sizeof(*c));
 	if (!c) {
-		reply(s, "451 4.3.0 Out of memory, try again later");
+		reply(s, SMTP_R_NOMEM);
 		return;
 	}
 	struct smtp_parse_error perr = {0};
 	if (smtp_parse_command(line, len, c, &perr) != SMTP_PARSE_OK) {
-		reply(s, "%d %s %s", perr.code, perr.enhanced, perr.text);
+		/* parse.c's refusals are data already (code, enhanced code, text) */
+		evbuffer_add_printf(bufferevent_get_output(s->bev), "%d %s %s\r\n", perr.code,
+		                    perr.enhanced, perr.text);
 		if (c->verb == SMTP_BDAT)
 			bad_bdat(s, c);
 		else
 			count_error(s);
 		goto out;
 	}
-	/* POLICY: after a 554 greeting only QUIT is accepted (RFC 5321 §3.1). */
-	if (s->policy_refused && c->verb != SMTP_QUIT) {
-		reply(s, "503 5.7.1 This server refused the connection (see its greeting); only "
-		         "QUIT is accepted");
+	/* The parser answers OK only for the verbs of the table. */
+	const struct command *cmd =
+	    (size_t)c->verb < sizeof(commands) / sizeof(commands[0]) ? &commands[c->verb] : NULL;
+	if (TERN_BUG_ON(!cmd || !cmd->handler)) {
+		reply(s, SMTP_R_UNKNOWN_COMMAND);
 		count_error(s);
 		goto out;
 	}
-	switch (c->verb) {
-	case SMTP_HELO:
-	case SMTP_EHLO:
-		cmd_helo(s, c);
-		break;
-	case SMTP_MAIL:
-		cmd_mail(s, c);
-		break;
-	case SMTP_RCPT:
-		cmd_rcpt(s, c);
-		break;
-	case SMTP_DATA:
-		cmd_data(s, c);
-		break;
-	case SMTP_BDAT:
-		cmd_bdat(s, c);
-		break;
-	default:
-		cmd_simple(s, c);
-		break;
-	}
+	if (command_allowed(s, cmd, c))
+		cmd->handler(s, c);
 out:
 	free(c);
 }
@@ -1445,6 +1666,8 @@ static void commit_done(void *arg)
 {
 	struct session *s = arg;
 	struct tx *t = s->tx;
+	/* Reading stopped at SS_COMMIT until this answer: nothing else ran. */
+	(void)TERN_BUG_ON(s->state != SS_COMMIT || !t);
 	if (t->commit_err == TERN_OK) {
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
@@ -1464,22 +1687,22 @@ static void commit_done(void *arg)
 		atomic_fetch_add(&count_accepted, 1);
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
 		if (!s->dead)
-			reply(s, "250 2.0.0 Ok: queued as %s", t->id);
+			reply_args(s, SMTP_R_QUEUED, t->id);
 	} else {
 		log_error("event=spool_failed id=%s client=%s reason=%s", t->id, s->peer,
 			  tern_strerror(t->commit_err));
 		if (!s->dead)
-			reply(s, "451 4.3.0 Local error: could not write the queue, try again later");
+			reply(s, SMTP_R_SPOOL_FAILED);
 	}
-	tx_reset(s);
 	if (s->dead) {
+		tx_reset(s);
 		session_free(s);
 		return;
 	}
-	s->state = S_CMD;
+	tx_end(s);
 	restore_idle_timeouts(s);
 	if (s->shutting_down) {
-		reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
+		reply_host(s, SMTP_R_SHUTDOWN);
 		session_close_after_flush(s, "shutdown");
 		return;
 	}
@@ -1494,36 +1717,35 @@ static void finish_message(struct session *s)
 {
 	struct tx *t = s->tx;
 	const struct smtp_data_parser *dp = &t->dp;
+	(void)TERN_BUG_ON(s->state != SS_DATA && s->state != SS_BDAT);
 	restore_idle_timeouts(s);
-	s->state = S_CMD;
 	if (t->over_budget) {
 		reply_over_budget(s);
-		tx_reset(s);
+		tx_end(s);
 		return;
 	}
 	if (dp->too_big || t->bdat_failed) {
-		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
-		      (unsigned long long)s->conf->limits.max_message_size);
+		reply_size_exceeded(s);
 		log_info("event=rejected id=%s client=%s code=552 reason=too-big", t->id, s->peer);
 		atomic_fetch_add(&count_rejected, 1);
-		tx_reset(s);
+		tx_end(s);
 		return;
 	}
 	if (dp->bare_eol || dp->has_nul) {
-		reply(s, "554 5.6.0 Message refused: it contains a bare CR, bare LF or NUL; lines "
-			 "must end with CRLF");
+		reply(s, SMTP_R_BARE_LINE_END);
 		log_info("event=rejected id=%s client=%s code=554 reason=%s", t->id, s->peer,
 			 dp->has_nul ? "nul-byte" : "bare-cr-or-lf");
 		atomic_fetch_add(&count_rejected, 1);
-		tx_reset(s);
+		tx_end(s);
 		return;
 	}
 	if (dp->received_count > s->conf->limits.max_received_headers) {
-		reply(s, "554 5.4.6 Too many Received headers (%u): mail loop detected",
-		      dp->received_count);
+		char n[16];
+		snprintf(n, sizeof(n), "%u", dp->received_count);
+		reply_args(s, SMTP_R_MAIL_LOOP, n);
 		log_info("event=rejected id=%s client=%s code=554 reason=mail-loop received=%u",
 			 t->id, s->peer, dp->received_count);
-		tx_reset(s);
+		tx_end(s);
 		return;
 	}
 
@@ -1551,8 +1773,8 @@ static void finish_message(struct session *s)
 	env.n_rcpts = t->n_rcpts;
 	env.rcpts = calloc(t->n_rcpts, sizeof(*env.rcpts));
 	if (!env.rcpts) {
-		reply(s, "451 4.3.0 Out of memory, try again later");
-		tx_reset(s);
+		reply(s, SMTP_R_NOMEM);
+		tx_end(s);
 		return;
 	}
 	for (size_t i = 0; i < t->n_rcpts; i++) {
@@ -1567,17 +1789,25 @@ static void finish_message(struct session *s)
 	if (rc != TERN_OK) {
 		log_error("event=spool_failed id=%s client=%s reason=%s", t->id, s->peer,
 			  tern_strerror(rc));
-		reply(s, "451 4.3.0 Local error: could not write the queue, try again later");
-		tx_reset(s);
+		reply(s, SMTP_R_SPOOL_FAILED);
+		tx_end(s);
 		return;
 	}
 	/* Nothing more is read until the commit answers: replies stay in order. */
-	s->state = S_COMMIT;
+	session_enter_state(s, SS_COMMIT);
 	bufferevent_disable(s->bev, EV_READ);
 	bufferevent_set_timeouts(s->bev, NULL, NULL);
 }
 
 /* ------------------------------------------------------------- reading */
+
+static void reply_line_too_long(struct session *s)
+{
+	char n[24];
+	snprintf(n, sizeof(n), "%zu", (size_t)s->conf->limits.max_line_length);
+	reply_args(s, SMTP_R_LINE_TOO_LONG, n);
+	count_error(s);
+}
 
 /* One command line from the input; false when more input is needed. */
 static bool read_command(struct session *s, struct evbuffer *in)
@@ -1591,8 +1821,7 @@ static bool read_command(struct session *s, struct evbuffer *in)
 		}
 		evbuffer_drain(in, (size_t)lf.pos + 1);
 		s->discard_line = false;
-		reply(s, "500 5.5.2 Line too long (limit %zu bytes)", max);
-		count_error(s);
+		reply_line_too_long(s);
 		return true;
 	}
 	if (lf.pos < 0) {
@@ -1605,15 +1834,14 @@ static bool read_command(struct session *s, struct evbuffer *in)
 	size_t linelen = (size_t)lf.pos + 1;
 	if (linelen > max) {
 		evbuffer_drain(in, linelen);
-		reply(s, "500 5.5.2 Line too long (limit %zu bytes)", max);
-		count_error(s);
+		reply_line_too_long(s);
 		return true;
 	}
 	const char *line = (const char *)evbuffer_pullup(in, (ev_ssize_t)linelen);
 	size_t n = linelen - 1;
 	if (n > 0 && line[n - 1] == '\r')
 		n--;
-	if (s->auth_step)
+	if (s->state == SS_AUTH)
 		auth_continue(s, line, n);
 	else
 		dispatch(s, line, n);
@@ -1692,29 +1920,31 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 		finish_message(s);
 		return true;
 	}
-	s->state = S_CMD;
+	session_enter_state(s, SS_CHUNKING);
 	restore_idle_timeouts(s);
-	if (t->over_budget)
+	if (t->over_budget) {
 		reply_over_budget(s);
-	else if (t->bdat_failed)
-		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
-		      (unsigned long long)s->conf->limits.max_message_size);
-	else
-		reply(s, "250 2.0.0 %llu octets received",
-		      (unsigned long long)(t->bdat_total));
+	} else if (t->bdat_failed) {
+		reply_size_exceeded(s);
+	} else {
+		char n[24];
+		snprintf(n, sizeof(n), "%llu", (unsigned long long)t->bdat_total);
+		reply_args(s, SMTP_R_CHUNK_OK, n);
+	}
 	return true;
 }
 
 /*
  * True (and reading stopped) when the client has left more than
  * OUT_HIGH_WATERMARK bytes of replies unread. Reading resumes in on_write
- * once the output is down to OUT_LOW_WATERMARK. Only for the reading
- * states: S_COMMIT keeps reading off until commit_done, S_CLOSING reads
- * nothing more.
+ * once the output is down to OUT_LOW_WATERMARK. Only for the states that
+ * read commands or message bytes: SS_COMMIT keeps reading off until
+ * commit_done, SS_CLOSING reads nothing more.
  */
 static bool output_full(struct session *s)
 {
-	if (s->state != S_CMD && s->state != S_DATA && s->state != S_BDAT)
+	enum session_input how = states[s->state].input;
+	if (how != IN_CMD && how != IN_DATA && how != IN_BDAT)
 		return false;
 	if (evbuffer_get_length(bufferevent_get_output(s->bev)) <= OUT_HIGH_WATERMARK)
 		return false;
@@ -1739,38 +1969,37 @@ static void process_input(struct session *s)
 			s->skip_bytes -= n;
 			continue;
 		}
-		if (s->shutting_down && s->state == S_CMD && !s->tx) {
-			reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
+		if (s->shutting_down && states[s->state].idle) {
+			reply_host(s, SMTP_R_SHUTDOWN);
 			session_close_after_flush(s, "shutdown");
 			return;
 		}
-		switch (s->state) {
-		case S_CMD:
+		switch (states[s->state].input) {
+		case IN_CMD:
 			progress = read_command(s, in);
 			break;
-		case S_DATA:
+		case IN_DATA:
 			progress = read_data(s, in);
 			break;
-		case S_BDAT:
+		case IN_BDAT:
 			progress = read_bdat(s, in);
 			break;
-		case S_POLICY:
+		case IN_EARLY:
 			/* POLICY: the client spoke before our greeting */
 			policy_client_spoke(s->pol);
 			return;
-		case S_COMMIT:
-		case S_CLOSING:
+		case IN_NONE:
 			return;
 		}
-		if (s->state == S_CLOSING)
+		if (s->state == SS_CLOSING)
 			return;
 	}
 	/* A BDAT 0 LAST needs no bytes: finish it even with an empty buffer. */
-	if (s->state == S_BDAT && s->tx && s->tx->bdat_remaining == 0)
+	if (s->state == SS_BDAT && s->tx->bdat_remaining == 0)
 		read_bdat(s, in);
 	/* Shutting down: a session back between transactions is closed now. */
-	if (s->shutting_down && s->state == S_CMD && !s->tx) {
-		reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
+	if (s->shutting_down && states[s->state].idle) {
+		reply_host(s, SMTP_R_SHUTDOWN);
 		session_close_after_flush(s, "shutdown");
 	}
 }
@@ -1787,7 +2016,7 @@ static void on_write(struct bufferevent *bev, void *arg)
 	if (!s->out_blocked)
 		return;
 	s->out_blocked = false;
-	if (s->state == S_COMMIT)
+	if (s->state == SS_COMMIT)
 		return; /* commit_done turns reading back on */
 	bufferevent_enable(s->bev, EV_READ);
 	process_input(s);
@@ -1796,14 +2025,21 @@ static void on_write(struct bufferevent *bev, void *arg)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
-	if (what & BEV_EVENT_CONNECTED) { /* TLS: the handshake is done */
+	if (what & BEV_EVENT_CONNECTED) {
+		/* The STARTTLS handshake is done: commands again, a new greeting
+		 * is not sent (RFC 3207 §4.2: the client starts with EHLO). After
+		 * implicit TLS the greeting was already waiting in the layer. */
 		char d[600];
 		log_info("event=tls sess=%u.%llu client=%s %s", worker_index(s->sw->w),
 		         (unsigned long long)s->serial, s->peer,
 		         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
+		if (s->state == SS_TLS) {
+			session_enter_state(s, SS_GREETED);
+			process_input(s); /* what came with the end of the handshake */
+		}
 		return;
 	}
-	if ((what & BEV_EVENT_ERROR) && s->tls_active && s->state != S_CLOSING) {
+	if ((what & BEV_EVENT_ERROR) && s->tls_active && s->state != SS_CLOSING) {
 		SSL *ssl = bufferevent_openssl_get_ssl(bev); /* TLS: why a handshake failed */
 		if (ssl && !SSL_is_init_finished(ssl)) {
 			char why[256];
@@ -1813,28 +2049,30 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			    tls_last_error(bufferevent_get_openssl_error(bev), why, sizeof(why)));
 		}
 	}
-	if (s->state == S_CLOSING) {
+	if (s->state == SS_CLOSING) {
 		session_free(s);
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		if (s->state == S_COMMIT)
+		if (s->state == SS_COMMIT)
 			return; /* we are the slow one; the commit will answer */
-		reply(s, "421 4.4.2 %s Error: timeout exceeded", s->conf->hostname);
-		session_close_after_flush(s, s->state == S_CMD ? "idle-timeout" : "data-timeout");
+		enum session_input how = states[s->state].input;
+		reply_host(s, SMTP_R_TIMEOUT);
+		session_close_after_flush(s, how == IN_DATA || how == IN_BDAT ? "data-timeout"
+		                                                              : "idle-timeout");
 		return;
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-		if (s->state == S_COMMIT) {
+		if (s->state == SS_COMMIT) {
 			/* The commit callback still points at us: free there. */
 			s->dead = true;
 			bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 			return;
 		}
 		log_info("event=disconnect sess=%u.%llu client=%s reason=%s state=%s messages=%u",
-			 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
-			 (what & BEV_EVENT_EOF) ? "peer-closed" : "io-error",
-			 state_names[s->state], s->n_msgs);
+		         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+		         (what & BEV_EVENT_EOF) ? "peer-closed" : "io-error", states[s->state].name,
+		         s->n_msgs);
 		session_free(s);
 	}
 }
@@ -1881,9 +2119,15 @@ static void session_free(struct session *s)
 }
 
 /* Refuses a connection over a limit with a 421 written straight away. */
-static void refuse(evutil_socket_t fd, const char *text)
+static void refuse(evutil_socket_t fd, const struct tern_config *conf, enum smtp_reply_id id)
 {
-	ssize_t w = send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT);
+	char text[REPLY_LINE_MAX];
+	size_t n =
+	    smtp_reply_format(text, sizeof(text) - 2, id, 0, false, REPLY_ARGV(conf->hostname), 1);
+	if (n > sizeof(text) - 3)
+		n = sizeof(text) - 3;
+	memcpy(text + n, "\r\n", 2);
+	ssize_t w = send(fd, text, n + 2, MSG_NOSIGNAL | MSG_DONTWAIT);
 	(void)w; /* best effort: the peer learns why, or simply sees the close */
 	close(fd);
 }
@@ -1904,27 +2148,21 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	memcpy(&ss, sa, (size_t)salen < sizeof(ss) ? (size_t)salen : sizeof(ss));
 	char peer[INET6_ADDRSTRLEN + 2];
 	format_peer(&ss, peer, sizeof(peer));
-	char msg[256];
 
 	size_t n = atomic_fetch_add(&srv->n_sessions, 1) + 1;
 	if (n > conf->limits.max_connections) {
 		atomic_fetch_sub(&srv->n_sessions, 1);
-		snprintf(msg, sizeof(msg), "421 4.7.0 %s Too many connections, try again later\r\n",
-			 conf->hostname);
 		log_warn("event=refused client=%s reason=max-connections limit=%u", peer,
 			 conf->limits.max_connections);
-		refuse(fd, msg);
+		refuse(fd, conf, SMTP_R_TOO_MANY_CONNECTIONS);
 		runtime_release(rt);
 		return;
 	}
 	if (!ip_acquire(srv, &ss, conf->limits.max_connections_per_ip)) {
 		atomic_fetch_sub(&srv->n_sessions, 1);
-		snprintf(msg, sizeof(msg),
-			 "421 4.7.0 %s Too many connections from your address, try again later\r\n",
-			 conf->hostname);
 		log_warn("event=refused client=%s reason=max-connections-per-ip limit=%u", peer,
 			 conf->limits.max_connections_per_ip);
-		refuse(fd, msg);
+		refuse(fd, conf, SMTP_R_TOO_MANY_CONNECTIONS_IP);
 		runtime_release(rt);
 		return;
 	}
@@ -1936,7 +2174,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		free(s);
 		ip_release(srv, &ss);
 		atomic_fetch_sub(&srv->n_sessions, 1);
-		refuse(fd, "421 4.3.0 Out of memory, try again later\r\n");
+		refuse(fd, conf, SMTP_R_NOMEM_CLOSE);
 		runtime_release(rt);
 		return;
 	}
@@ -1944,7 +2182,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	s->bev = bev;
 	s->rt = rt;
 	s->conf = conf;
-	s->state = S_CMD;
+	s->state = SS_CONNECTED; /* the one write outside session_enter_state: the first */
 	s->serial = ++sw->next_serial;
 	s->peer_sa = ss;
 	tern_strlcpy(s->peer, peer, sizeof(s->peer));
@@ -1972,16 +2210,14 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	/* TLS: implicit TLS (RFC 8314) puts the TLS layer on at once, as after
 	 * STARTTLS; the greeting below waits in it for the handshake. */
 	if (ltls == CONF_LISTEN_TLS_IMPLICIT) {
-		if (!srv->tls || !(s->starttls = SSL_new(srv->tls))) {
+		SSL *ssl = srv->tls ? SSL_new(srv->tls) : NULL;
+		if (!ssl || !tls_layer_on(s, ssl)) {
 			log_error("event=tls_failed sess=%u.%llu client=%s reason=\"%s\"",
 			          worker_index(sw->w), (unsigned long long)s->serial, peer,
 			          srv->tls ? "out of memory" : "no certificate loaded");
 			session_free(s);
 			return;
 		}
-		start_tls(s, bufferevent_get_input(bev));
-		if (s->state == S_CLOSING)
-			return; /* start_tls failed and is closing the session */
 	}
 	policy_at_connect(s, !s->submission && !conf->capture_mode); /* POLICY: then greets */
 }
@@ -2046,8 +2282,8 @@ static void worker_shutdown(void *arg)
 		 * MAIL, before its end of data) the client may finish it; the
 		 * session closes once it ends (process_input, commit_done), and
 		 * the daemon's shutdown_grace bounds the wait. */
-		if (s->state == S_CMD && !s->tx) {
-			reply(s, "421 4.3.2 %s Service shutting down", s->conf->hostname);
+		if (states[s->state].idle) {
+			reply_host(s, SMTP_R_SHUTDOWN);
 			session_close_after_flush(s, "shutdown");
 		} else if (s->close_timer && s->close_sent) {
 			session_free(s); /* TLS close with ours sent: no need to wait for theirs */

@@ -1,10 +1,11 @@
 /*
  * smtp.h — the SMTP module's public interface.
  *
- * Three layers, kept apart so the first two are testable and fuzzable
+ * Four layers, kept apart so the pure ones are testable and fuzzable
  * without sockets:
  *   parse.c   one command line -> struct smtp_cmd (pure)
  *   data.c    DATA byte stream -> message bytes, end-of-data detection (pure)
+ *   reply.c   reply id -> code, enhanced code, text (pure data)
  *   server.c  the per-connection state machine (I/O, policy, spool)
  */
 #ifndef TERN_SMTP_SMTP_H
@@ -190,6 +191,125 @@ void smtp_scan_headers(const char *msg, size_t len, uint32_t *received_count, bo
  */
 void smtp_scan_line_ends(const char *msg, size_t len, bool *bare_eol, bool *has_nul);
 
+/* ---------------------------------------------------------------- reply */
+
+/*
+ * Every reply tern writes as data (reply.c): one entry per meaning, with its
+ * code, its RFC 3463 enhanced code and words that help. The server answers
+ * only with these; the scheduler and the delivery side take their status
+ * codes and texts from here as well.
+ */
+enum smtp_reply_id {
+	/* connection and greeting */
+	SMTP_R_GREETING,
+	SMTP_R_HELO,
+	SMTP_R_EHLO,
+	SMTP_R_QUIT,
+	SMTP_R_OK,
+	SMTP_R_HELP,
+	SMTP_R_HELP_END,
+	SMTP_R_VRFY,
+	SMTP_R_EXPN,
+	SMTP_R_VRFY_DISABLED,
+	SMTP_R_EXPN_DISABLED,
+	SMTP_R_ADDRESS_SYNTAX,
+	SMTP_R_UNKNOWN_COMMAND,
+	SMTP_R_LINE_TOO_LONG,
+	SMTP_R_NOT_IMPLEMENTED,
+	SMTP_R_TOO_MANY_ERRORS,
+	SMTP_R_TIMEOUT,
+	SMTP_R_SHUTDOWN,
+	SMTP_R_TOO_MANY_CONNECTIONS,
+	SMTP_R_TOO_MANY_CONNECTIONS_IP,
+	SMTP_R_NOMEM,
+	SMTP_R_NOMEM_CLOSE,
+	/* sequence */
+	SMTP_R_NEED_HELO,
+	SMTP_R_NEED_EHLO,
+	SMTP_R_NEED_MAIL,
+	SMTP_R_NEED_RCPT,
+	SMTP_R_IN_TRANSACTION,
+	SMTP_R_AFTER_BDAT,
+	SMTP_R_TLS_ACTIVE,
+	SMTP_R_ALREADY_AUTHENTICATED,
+	SMTP_R_AUTH_REQUIRED,
+	SMTP_R_ONLY_QUIT,
+	SMTP_R_BINARYMIME_NEEDS_BDAT,
+	SMTP_R_SMTPUTF8_NEEDS_EHLO,
+	/* envelope */
+	SMTP_R_SENDER_OK,
+	SMTP_R_RCPT_OK,
+	SMTP_R_SENDER_NEEDS_SMTPUTF8,
+	SMTP_R_RCPT_NEEDS_SMTPUTF8,
+	SMTP_R_SIZE_EXCEEDED,
+	SMTP_R_TOO_MANY_RCPTS,
+	SMTP_R_NO_SUCH_USER,
+	SMTP_R_RELAY_DENIED,
+	SMTP_R_CHAOS_SENDER_TEMP,
+	SMTP_R_CHAOS_SENDER_PERM,
+	SMTP_R_CHAOS_RCPT_TEMP,
+	SMTP_R_CHAOS_RCPT_PERM,
+	SMTP_R_CHAOS_AUTH_TEMP,
+	SMTP_R_CHAOS_AUTH_PERM,
+	/* message */
+	SMTP_R_DATA_GO,
+	SMTP_R_QUEUED,
+	SMTP_R_CHUNK_OK,
+	SMTP_R_OVER_BUDGET,
+	SMTP_R_SPOOL_FAILED,
+	SMTP_R_BARE_LINE_END,
+	SMTP_R_MAIL_LOOP,
+	SMTP_R_BDAT_NO_SIZE,
+	/* STARTTLS */
+	SMTP_R_STARTTLS_GO,
+	SMTP_R_STARTTLS_NOT_OFFERED,
+	SMTP_R_TLS_UNAVAILABLE,
+	SMTP_R_TLS_FAILED,
+	/* AUTH */
+	SMTP_R_AUTH_OK,
+	SMTP_R_SASL_CHALLENGE,
+	SMTP_R_AUTH_CANCELLED,
+	SMTP_R_AUTH_BAD_INITIAL,
+	SMTP_R_AUTH_BAD_RESPONSE,
+	SMTP_R_AUTH_MECHANISM,
+	/* delivery results (scheduler, deliver/) */
+	SMTP_R_LOCAL_DELIVERED,
+	SMTP_R_LOCAL_BAD_MAILBOX,
+	SMTP_R_LOCAL_FAILED,
+	SMTP_R_CAPTURED,
+	SMTP_R_CAPTURE_FAILED,
+	SMTP_R_DNS_LOOP,
+	SMTP_R_DNS_NO_ADDRESS,
+	SMTP_R_DNS_NXDOMAIN,
+	SMTP_R_DNS_NULL_MX,
+	SMTP_R_DNS_BAD_NAME,
+	SMTP_R_DNS_TEMPFAIL,
+	SMTP_R__COUNT
+};
+
+struct smtp_reply_def {
+	int code;             /* 200..599 */
+	const char *enhanced; /* "5.5.1"; NULL only for the greeting, the HELO/EHLO
+	                         replies and 3xx (RFC 2034 §3) */
+	const char *text;     /* no CR/LF; each "%s" takes one argument, in order */
+	unsigned nargs;       /* how many "%s" text has */
+};
+
+/* The entry for id (static, never NULL; an id out of range is a bug). */
+const struct smtp_reply_def *smtp_reply_def(enum smtp_reply_id id);
+
+/*
+ * Renders entry id as one reply line without CRLF: "CODE ENHANCED TEXT",
+ * or "CODE-ENHANCED TEXT" when more lines follow (more). code 0 uses the
+ * entry's code; any other must be in the same class (the chaos triggers
+ * pick their own). args holds nargs strings, which must equal the entry's
+ * nargs; CR and LF inside them are written as '?', so an argument cannot
+ * start a second reply. out is always NUL-terminated (outlen > 0). Returns
+ * the length of the whole line, like snprintf: >= outlen means it was cut.
+ * Pure.
+ */
+size_t smtp_reply_format(char *out, size_t outlen, enum smtp_reply_id id, int code, bool more,
+                         const char *const *args, size_t nargs);
 
 /* --------------------------------------------------------------- server */
 
@@ -290,6 +410,37 @@ void smtp_reply_init(struct smtp_reply_parser *p);
  * than 1000 bytes are truncated, not an error. At most 100 lines. */
 enum smtp_reply_status smtp_reply_feed(struct smtp_reply_parser *p, const char *in, size_t len,
 				       size_t *consumed, struct smtp_reply *out);
+
+/*
+ * What a reply means for the command it answers (RFC 5321 §4.3.2, RFC 4954
+ * §4, RFC 3207 §4). The client pairs replies with commands strictly and asks
+ * this which codes a command can have; one it cannot have is a protocol
+ * error (the peer is out of step, or hostile), never a result: a 250 to DATA
+ * means no message was taken, and must not count as a delivery.
+ */
+enum smtp_client_cmd {
+	SMTP_C_GREETING,
+	SMTP_C_EHLO, /* and HELO */
+	SMTP_C_STARTTLS,
+	SMTP_C_AUTH, /* AUTH and each response to a challenge */
+	SMTP_C_MAIL,
+	SMTP_C_RCPT,
+	SMTP_C_DATA,
+	SMTP_C_END_OF_DATA, /* the final "." of DATA, or BDAT ... LAST */
+	SMTP_C_RSET,
+	SMTP_C_QUIT,
+};
+
+enum smtp_reply_kind {
+	SMTP_RK_OK,       /* success: 2xx (220 to STARTTLS, 235 to AUTH) */
+	SMTP_RK_CONTINUE, /* go on: 354 to DATA, 334 to AUTH */
+	SMTP_RK_TEMP,     /* 4xx */
+	SMTP_RK_PERM,     /* 5xx */
+	SMTP_RK_INVALID,  /* a code this command cannot have: a protocol error */
+};
+
+/* Judges code (as smtp_reply_feed gives it, 200..599) as the reply to cmd. Pure. */
+enum smtp_reply_kind smtp_reply_judge(enum smtp_client_cmd cmd, int code);
 
 /* SASL mechanisms a server offers (AUTH keyword). */
 #define SMTP_AUTH_PLAIN 0x01

@@ -18,6 +18,7 @@ import email
 import email.policy
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -784,3 +785,348 @@ def remote_tern(world, tern_factory, mx):
         return t
 
     return start
+
+
+# --------------------------------------------------------------------------
+# Hostile next hops and a silent resolver (fault injection, issue 7).
+
+
+class HostileMX:
+    """A raw-socket next hop on its own loopback address and port (reach it with
+    route(domain)) that misbehaves on purpose until heal() makes it an ordinary
+    server. Every connection is served in its own thread and recorded in
+    self.conns (a Conn each): the commands it got, whether it got a whole message,
+    and whether tern hung up on it while it was dripping or stalling.
+
+    mode (the misbehaviour, on every connection until healed):
+      accept              an ordinary server
+      data_250            answers DATA with 250 instead of 354
+      surplus_after_mail  answers MAIL with two replies (no PIPELINING offered)
+      surplus_after_final answers the end of data with two replies
+      pipelined_shift     offers PIPELINING and answers MAIL twice: every later reply
+                          lands on the wrong command (DATA gets a 250)
+      rcpt_354            answers RCPT with 354
+      garbage_mail        answers MAIL with bytes that are no SMTP reply
+      drip_greeting, drip_ehlo, drip_mail, drip_data
+                          sends that reply (the greeting, the EHLO reply, the MAIL
+                          reply, the 354) one byte every `drip` seconds
+      tls_stall           offers STARTTLS, answers 220, then never speaks TLS
+      tls_drip            the same, but drips a TLS record header and its body
+      starttls_inject     offers STARTTLS and sends a plaintext reply right after its
+                          220, as a man in the middle would (CVE-2011-0411, client side)
+      close_mid_data      answers DATA with 354, reads part of the data, hangs up
+      slow_reader         answers DATA with 354, then takes the data 100 bytes every
+                          0.5 s through a small receive buffer
+    """
+
+    def __init__(self, ip, mode, drip=0.7, drip_len=40):
+        self.ip = ip
+        self.mode = mode
+        self.drip = drip
+        self.drip_len = drip_len
+        self.lock = threading.Lock()
+        self.conns = []
+        self.messages = []  # (mail_from, rcpts, data) taken while healed
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if mode == "slow_reader":
+            # Inherited by accepted sockets: the sender's data backs up at once.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.bind((ip, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.running = True
+        self.threads = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    class Conn:
+        def __init__(self):
+            self.commands = []
+            self.got_message = False    # a whole message up to CRLF.CRLF
+            self.data_bytes = 0         # message bytes seen after a 354
+            self.hung_up_on_us = False  # tern closed while we dripped or stalled
+            self.finished_drip = False  # we got the whole slow reply out
+            self.tls_bytes = 0          # bytes tern sent while we dripped or stalled
+            self.closed = threading.Event()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+        for t in self.threads:
+            t.join(5)
+
+    def route(self, domain, tls="none"):
+        return {"routes": {domain: {"via": f"smtp://{self.ip}:{self.port}", "tls": tls}}}
+
+    def heal(self):
+        self.set_mode("accept")
+
+    def set_mode(self, mode):
+        """For connections made from now on."""
+        with self.lock:
+            self.mode = mode
+
+    # --- observation
+    def wait_conns(self, n, timeout=DEADLINE, tern=None):
+        """Waits until n connections were made and the first n have ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                conns = list(self.conns)
+            if len(conns) >= n and all(c.closed.is_set() for c in conns[:n]):
+                return conns
+            check_alive(tern)
+            if time.monotonic() > deadline:
+                tail = tern.log_tail() if tern is not None else ""
+                pytest.fail(f"hostile MX ({self.mode}): {len(conns)} connections, "
+                            f"{sum(c.closed.is_set() for c in conns)} ended, "
+                            f"after {timeout}s (wanted {n} ended)\n{tail}")
+            time.sleep(0.05)
+
+    # --- serving
+    def _run(self):
+        while self.running:
+            try:
+                s, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            conn = HostileMX.Conn()
+            with self.lock:
+                self.conns.append(conn)
+                mode = self.mode
+            t = threading.Thread(target=self._serve_guarded, args=(s, conn, mode), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve_guarded(self, s, conn, mode):
+        try:
+            s.settimeout(60)
+            self._serve(s, conn, mode)
+        except OSError:
+            pass
+        finally:
+            s.close()
+            conn.closed.set()
+
+    def _drip(self, s, conn, data):
+        """Sends data a byte at a time; False when tern hung up first."""
+        for i in range(len(data)):
+            try:
+                s.sendall(data[i:i + 1])
+            except OSError:
+                conn.hung_up_on_us = True
+                return False
+            r, _, _ = select.select([s], [], [], self.drip)
+            if r:
+                try:
+                    got = s.recv(4096)
+                except OSError:
+                    got = b""
+                if not got:
+                    conn.hung_up_on_us = True
+                    return False
+                conn.tls_bytes += len(got)
+        conn.finished_drip = True
+        return True
+
+    def _slow_reply(self, text):
+        """A reply padded to drip_len bytes so that dripping it outlasts any test bound."""
+        pad = max(0, self.drip_len - len(text) - 2)
+        return (text + " " + "x" * pad + "\r\n").encode()
+
+    def _wait_hangup(self, s, conn):
+        """Holds the connection, reading and dropping, until tern closes it."""
+        s.settimeout(None)
+        while self.running:
+            r, _, _ = select.select([s], [], [], 1)
+            if not r:
+                continue
+            try:
+                got = s.recv(65536)
+            except OSError:
+                got = b""
+            if not got:
+                conn.hung_up_on_us = True
+                return
+            conn.tls_bytes += len(got)
+
+    def _read_slowly(self, s, conn):
+        """Takes the message data 100 bytes every 0.5 s until tern hangs up."""
+        s.settimeout(None)
+        while self.running:
+            r, _, _ = select.select([s], [], [], 1)
+            if not r:
+                continue
+            try:
+                got = s.recv(100)
+            except OSError:
+                got = b""
+            if not got:
+                conn.hung_up_on_us = True
+                return
+            conn.data_bytes += len(got)
+            time.sleep(0.5)
+
+    def _serve(self, s, conn, mode):
+        f = s.makefile("rb")
+
+        def send(b):
+            s.sendall(b)
+
+        if mode == "drip_greeting":
+            if not self._drip(s, conn, self._slow_reply("220 drip.test ESMTP")):
+                return
+        else:
+            send(b"220 hostile.test ESMTP\r\n")
+        mail_from, rcpts = None, []
+        while True:
+            line = f.readline(4096)
+            if not line:
+                return
+            cmd = line.rstrip(b"\r\n").decode("latin-1")
+            conn.commands.append(cmd)
+            verb = cmd.split(" ")[0].upper()
+            if verb in ("EHLO", "HELO"):
+                caps = ["hostile.test"]
+                if mode == "pipelined_shift":
+                    caps.append("PIPELINING")
+                if mode in ("tls_stall", "tls_drip", "starttls_inject"):
+                    caps.append("STARTTLS")
+                caps.append("8BITMIME")
+                text = "".join(f"250-{c}\r\n" for c in caps[:-1]) + f"250 {caps[-1]}\r\n"
+                if mode == "drip_ehlo":
+                    slow = f"250-hostile.test {'x' * self.drip_len}\r\n250 8BITMIME\r\n"
+                    if not self._drip(s, conn, slow.encode()):
+                        return
+                    continue
+                send(text.encode())
+            elif verb == "STARTTLS":
+                if mode == "starttls_inject":
+                    send(b"220 2.0.0 ready to start TLS\r\n250 2.0.0 injected in clear\r\n")
+                    self._wait_hangup(s, conn)
+                    return
+                send(b"220 2.0.0 ready to start TLS\r\n")
+                if mode == "tls_drip":
+                    # A TLS record header announcing 16 KiB, then its body, slowly.
+                    if not self._drip(s, conn, b"\x16\x03\x03\x40\x00" + b"\x00" * 200):
+                        return
+                self._wait_hangup(s, conn)
+                return
+            elif verb == "MAIL":
+                mail_from, rcpts = cmd, []
+                if mode == "drip_mail":
+                    if not self._drip(s, conn, self._slow_reply("250 2.1.0 sender ok")):
+                        return
+                elif mode == "surplus_after_mail":
+                    send(b"250 2.1.0 sender ok\r\n250 2.1.5 recipient ok\r\n")
+                elif mode == "pipelined_shift":
+                    send(b"250 2.1.0 sender ok\r\n250 2.1.0 sender ok again\r\n")
+                elif mode == "garbage_mail":
+                    send(b"\x00\xffHTTP/1.1 400 Bad Request\r\n")
+                else:
+                    send(b"250 2.1.0 sender ok\r\n")
+            elif verb == "RCPT":
+                rcpts.append(cmd)
+                if mode == "rcpt_354":
+                    send(b"354 go ahead\r\n")
+                else:
+                    send(b"250 2.1.5 recipient ok\r\n")
+            elif verb == "DATA":
+                if mode == "data_250":
+                    send(b"250 2.0.0 OK\r\n")
+                    continue
+                if mode == "drip_data":
+                    if not self._drip(s, conn, self._slow_reply("354 go ahead")):
+                        return
+                else:
+                    send(b"354 go ahead\r\n")
+                if mode == "slow_reader":
+                    self._read_slowly(s, conn)
+                    return
+                data = bytearray()  # (bytes += would copy the whole message per line)
+                while not (data == b".\r\n" or data.endswith(b"\r\n.\r\n")):
+                    if mode == "close_mid_data" and len(data) >= 100:
+                        conn.data_bytes = len(data)
+                        return  # hang up without a reply
+                    more = f.readline(65536)
+                    if not more:
+                        conn.data_bytes = len(data)
+                        return
+                    data += more
+                conn.data_bytes = len(data)
+                conn.got_message = True
+                if mode == "surplus_after_final":
+                    send(b"250 2.0.0 queued\r\n250 2.0.0 queued twice\r\n")
+                    continue
+                # In clear, the TLS modes behave (tern's retry without STARTTLS).
+                if mode in ("accept", "tls_stall", "tls_drip"):
+                    with self.lock:
+                        self.messages.append((mail_from, list(rcpts), bytes(data)))
+                send(b"250 2.0.0 queued\r\n")
+            elif verb == "RSET":
+                send(b"250 2.0.0 reset\r\n")
+            elif verb == "QUIT":
+                send(b"221 2.0.0 bye\r\n")
+                return
+            else:
+                send(b"502 5.5.2 not here\r\n")
+
+
+class SilentDNS:
+    """A DNS "server" on a loopback UDP port that reads every query and answers none
+    (a resolver that times out), counting them; heal(port) makes it relay queries
+    to a real server (the test unbound) and pass the answers back."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.queries = 0
+        self.upstream = None
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def forward(self):
+        return f"127.0.0.1@{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+
+    def heal(self, upstream_port):
+        with self.lock:
+            self.upstream = upstream_port
+
+    def _run(self):
+        while self.running:
+            try:
+                q, addr = self.sock.recvfrom(4096)
+            except (socket.timeout, OSError):
+                continue
+            with self.lock:
+                self.queries += 1
+                up = self.upstream
+            if up is None:
+                continue  # drop: the resolver never answers
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.settimeout(2)
+                try:
+                    u.sendto(q, ("127.0.0.1", up))
+                    a, _ = u.recvfrom(65536)
+                    self.sock.sendto(a, addr)
+                except OSError:
+                    pass

@@ -617,3 +617,71 @@ def test_shutdown_with_address_lookups_pending_frees_them(remote_tern, mx):
         assert t.stop() == 0, t.log_tail()
         t.check_sanitizers()
         assert not t.log_lines("event=delivered", f"id={qid}")
+
+
+# --------------------------------------------------------------------------
+# STARTTLS to the next hop: the handshake and the data phase run through the TLS
+# layer under the per-wait deadlines (the hostile cases are in test_fault_nexthop.py).
+
+
+class TLSMX:
+    """An aiosmtpd next hop on 127.0.0.43 that offers STARTTLS with a self-signed
+    certificate and records, per accepted message, whether the session was TLS."""
+
+    IP = "127.0.0.43"
+
+    def __init__(self, certdir):
+        import ssl
+        import subprocess
+        import threading
+        cert, key = certdir / "mx.pem", certdir / "mx.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=mx.tls.test"],
+                       check=True, capture_output=True, timeout=60)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.lock = threading.Lock()
+        self.messages = []  # (rcpts, content, was_tls)
+        import socket
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((self.IP, 0))
+            self.port = s.getsockname()[1]
+        from aiosmtpd.controller import Controller
+        self.controller = Controller(self, hostname=self.IP, port=self.port, ready_timeout=10,
+                                     server_hostname="fake-tls.test", tls_context=ctx,
+                                     require_starttls=True, data_size_limit=8 << 20)
+
+    def __enter__(self):
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.controller.stop()
+
+    def route(self, domain):
+        return {"routes": {domain: {"via": f"smtp://{self.IP}:{self.port}", "tls": "require"}}}
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.messages.append((list(envelope.rcpt_tos),
+                                  bytes(envelope.original_content or b""),
+                                  session.ssl is not None))
+        return "250 2.0.0 OK queued"
+
+
+def test_starttls_to_next_hop_delivers_small_and_large(remote_tern, mx, scratch):
+    with TLSMX(scratch) as fake:
+        t = remote_tern(extra={**fake.route("tls.test"),
+                               "limits": {"max_message_size": Raw("16m")}},
+                        command_timeout=Raw("5s"))
+        q1 = submit(t, ["a@tls.test"], msg("tls-small", "a@tls.test"))
+        big = ("y" * 76 + "\r\n") * (3 * 1024 * 1024 // 78)
+        q2 = submit(t, ["b@tls.test"], msg("tls-large", "b@tls.test", body=big))
+        for q in (q1, q2):
+            t.wait_log(rf"event=delivered id={q}\b", timeout=DEADLINE * 2)
+        wait_queue_empty(t)
+        got = {tuple(r): (len(c), tls) for r, c, tls in fake.messages}
+        assert set(got) == {("a@tls.test",), ("b@tls.test",)}, got
+        assert all(tls for _, tls in got.values()), "sent in clear"
+        assert got[("b@tls.test",)][0] > 3_000_000
+        assert not t.log_lines("event=tls_failed"), t.log_tail()

@@ -315,6 +315,69 @@ static void test_reply_text_is_cut_at_buffer_size(void **state)
 	free(big);
 }
 
+/* ========================================================== reply judging */
+
+/* Which code each command can have (RFC 5321 §4.3.2): a reply outside its
+ * command's set is a protocol error, above all a 250 to DATA, which would
+ * otherwise be taken as a delivery of a message that was never sent. */
+static void test_reply_judge_table(void **state)
+{
+	static const struct {
+		const char *name;
+		enum smtp_client_cmd cmd;
+		int code;
+		enum smtp_reply_kind want;
+	} cases[] = {
+	    {"354 to DATA continues", SMTP_C_DATA, 354, SMTP_RK_CONTINUE},
+	    {"250 to DATA is no delivery", SMTP_C_DATA, 250, SMTP_RK_INVALID},
+	    {"220 to DATA", SMTP_C_DATA, 220, SMTP_RK_INVALID},
+	    {"334 to DATA", SMTP_C_DATA, 334, SMTP_RK_INVALID},
+	    {"451 to DATA waits", SMTP_C_DATA, 451, SMTP_RK_TEMP},
+	    {"554 to DATA is permanent", SMTP_C_DATA, 554, SMTP_RK_PERM},
+	    {"250 to MAIL", SMTP_C_MAIL, 250, SMTP_RK_OK},
+	    {"354 to MAIL", SMTP_C_MAIL, 354, SMTP_RK_INVALID},
+	    {"452 to MAIL", SMTP_C_MAIL, 452, SMTP_RK_TEMP},
+	    {"550 to MAIL", SMTP_C_MAIL, 550, SMTP_RK_PERM},
+	    {"251 to RCPT (forwarded)", SMTP_C_RCPT, 251, SMTP_RK_OK},
+	    {"252 to RCPT", SMTP_C_RCPT, 252, SMTP_RK_OK},
+	    {"354 to RCPT", SMTP_C_RCPT, 354, SMTP_RK_INVALID},
+	    {"334 to RCPT", SMTP_C_RCPT, 334, SMTP_RK_INVALID},
+	    {"250 to the end of data", SMTP_C_END_OF_DATA, 250, SMTP_RK_OK},
+	    {"354 to the end of data", SMTP_C_END_OF_DATA, 354, SMTP_RK_INVALID},
+	    {"552 to the end of data", SMTP_C_END_OF_DATA, 552, SMTP_RK_PERM},
+	    {"220 greeting", SMTP_C_GREETING, 220, SMTP_RK_OK},
+	    {"421 greeting", SMTP_C_GREETING, 421, SMTP_RK_TEMP},
+	    {"554 greeting", SMTP_C_GREETING, 554, SMTP_RK_PERM},
+	    {"354 greeting", SMTP_C_GREETING, 354, SMTP_RK_INVALID},
+	    {"250 to EHLO", SMTP_C_EHLO, 250, SMTP_RK_OK},
+	    {"502 to EHLO", SMTP_C_EHLO, 502, SMTP_RK_PERM},
+	    {"334 to EHLO", SMTP_C_EHLO, 334, SMTP_RK_INVALID},
+	    {"220 to STARTTLS", SMTP_C_STARTTLS, 220, SMTP_RK_OK},
+	    {"250 to STARTTLS", SMTP_C_STARTTLS, 250, SMTP_RK_INVALID},
+	    {"454 to STARTTLS", SMTP_C_STARTTLS, 454, SMTP_RK_TEMP},
+	    {"235 to AUTH", SMTP_C_AUTH, 235, SMTP_RK_OK},
+	    {"334 to AUTH continues", SMTP_C_AUTH, 334, SMTP_RK_CONTINUE},
+	    {"250 to AUTH", SMTP_C_AUTH, 250, SMTP_RK_INVALID},
+	    {"535 to AUTH", SMTP_C_AUTH, 535, SMTP_RK_PERM},
+	    {"250 to RSET", SMTP_C_RSET, 250, SMTP_RK_OK},
+	    {"354 to RSET", SMTP_C_RSET, 354, SMTP_RK_INVALID},
+	    {"221 to QUIT", SMTP_C_QUIT, 221, SMTP_RK_OK},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		enum smtp_reply_kind got = smtp_reply_judge(cases[i].cmd, cases[i].code);
+		if (got != cases[i].want)
+			fail_msg("%s: got %d, want %d", cases[i].name, (int)got,
+			         (int)cases[i].want);
+	}
+	/* No 3xx is ever a success, no 2xx ever lets DATA's data follow. */
+	for (int code = 200; code < 600; code++) {
+		if (code >= 300 && code < 400)
+			assert_int_not_equal(smtp_reply_judge(SMTP_C_RCPT, code), SMTP_RK_OK);
+		if (code < 300)
+			assert_int_equal(smtp_reply_judge(SMTP_C_DATA, code), SMTP_RK_INVALID);
+	}
+}
+
 /* ==================================================================== EHLO */
 
 static void ehlo_from(const char *wire, struct smtp_ehlo_caps *caps)
@@ -1037,9 +1100,9 @@ static void test_data_encode_table(void **state)
 	} cases[] = {
 	    {"", ".\r\n"},
 	    {"a\r\n", "a\r\n.\r\n"},
-	    {"a", "a\r\n.\r\n"},                     /* a last line gets its CRLF */
+	    {"a", "a\r\n.\r\n"}, /* a last line gets its CRLF */
 	    {".", "..\r\n.\r\n"},
-	    {".a\r\n", "..a\r\n.\r\n"},              /* the first line is a line too */
+	    {".a\r\n", "..a\r\n.\r\n"}, /* the first line is a line too */
 	    {"..\r\n", "...\r\n.\r\n"},
 	    {"a\r\n.\r\nb\r\n", "a\r\n..\r\nb\r\n.\r\n"},
 	    {"a.b\r\n x.\r\n", "a.b\r\n x.\r\n.\r\n"}, /* dots inside lines untouched */
@@ -1049,8 +1112,8 @@ static void test_data_encode_table(void **state)
 	    {"hello\r.\rRCPT\r\n", "hello\r\n..\r\nRCPT\r\n.\r\n"},
 	    {"hello\n.\n", "hello\r\n..\r\n.\r\n"},
 	    {"a\n\nb", "a\r\n\r\nb\r\n.\r\n"},
-	    {"a\r\r\n", "a\r\n\r\n.\r\n"},           /* bare CR, then CRLF */
-	    {"a\n\r", "a\r\n\r\n.\r\n"},             /* LF CR is two line ends */
+	    {"a\r\r\n", "a\r\n\r\n.\r\n"}, /* bare CR, then CRLF */
+	    {"a\n\r", "a\r\n\r\n.\r\n"},   /* LF CR is two line ends */
 	    {"\n", "\r\n.\r\n"},
 	    {"\r", "\r\n.\r\n"},
 	    {"\r\n.", "\r\n..\r\n.\r\n"},
@@ -1157,7 +1220,8 @@ static void test_data_encode_random_messages_round_trip(void **state)
 			i = e + 1;
 		}
 		if (nb != nn || memcmp(back, norm, nn) != 0)
-			fail_msg("round %d: input \"%.*s\" did not round-trip", round, (int)len, in);
+			fail_msg("round %d: input \"%.*s\" did not round-trip", round, (int)len,
+			         in);
 		tbuf_free(&out);
 	}
 }
@@ -1169,6 +1233,7 @@ int main(void)
 	    cmocka_unit_test(test_reply_pipelined_replies_in_one_buffer),
 	    cmocka_unit_test(test_reply_line_and_count_limits),
 	    cmocka_unit_test(test_reply_text_is_cut_at_buffer_size),
+	    cmocka_unit_test(test_reply_judge_table),
 	    cmocka_unit_test(test_ehlo_typical_postfix_capabilities),
 	    cmocka_unit_test(test_ehlo_table),
 	    cmocka_unit_test(test_ehlo_cut_last_line_is_not_believed),
