@@ -32,6 +32,10 @@ void capture_mode_stop(struct capture_mode *cm);
 int cmd_check_config(int argc, char **argv);
 int cmd_user(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
+/* `tern spf check` (spf.c) */
+int cmd_spf(int argc, char **argv);
+int cmd_dkim(int argc, char **argv);
+int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 
 /* Parses "-c FILE" / "--config FILE" out of argv (removing it); NULL if absent.
  * Returns -1 on a dangling -c. */

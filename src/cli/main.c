@@ -20,6 +20,10 @@ static void usage(FILE *out)
 		"  queue list|show|delete|hold|release|flush|damaged\n"
 		"                             inspect and control the queue of a running server\n"
 		"  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
+		"  spf check [--dns IP[@PORT]] [--helo NAME] IP MAILFROM\n"
+		"                             what SPF says of a client, its HELO and a sender\n"
+		"  dkim keygen|dns|check|sign|verify  DKIM keys, their DNS records, signing tools\n"
+		"  dovecot-config [-c FILE]   print a Dovecot config serving tern's mailboxes (IMAP)\n"
 		"  version                    print the version\n");
 }
 
@@ -47,6 +51,12 @@ int main(int argc, char **argv)
 		return cmd_queue(argc - 1, argv + 1);
 	if (strcmp(cmd, "sendmail") == 0)
 		return cmd_sendmail(argc - 1, argv + 1);
+	if (strcmp(cmd, "spf") == 0)
+		return cmd_spf(argc - 1, argv + 1);
+	if (strcmp(cmd, "dkim") == 0)
+		return cmd_dkim(argc - 1, argv + 1);
+	if (strcmp(cmd, "dovecot-config") == 0)
+		return cmd_dovecot_config(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("tern %s\n", TERN_VERSION);
 		return 0;

@@ -42,6 +42,7 @@
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "policy/policy.h"
+#include "pop3/pop3.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
 #include "tls/tls.h"
@@ -200,8 +201,12 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
 		struct stat st;
-		if (lstat(cmd_path, &st) == 0)
-			chown_tree(cmd_path, uid, gid, depth + 1);
+		if (lstat(cmd_path, &st) != 0)
+			continue;
+		/* The users file keeps a group an operator chose (dovecot, so that
+		 * Dovecot's passdb can read it: `tern dovecot-config`). */
+		bool keep_group = strcmp(subs[i], "users") == 0 && st.st_gid != 0;
+		chown_tree(cmd_path, uid, keep_group ? (gid_t)-1 : gid, depth + 1);
 	}
 }
 
@@ -221,7 +226,7 @@ static void touch_file(const char *path)
 
 /* Every file conf names that the daemon reads (besides the config and its
  * includes, which conf_load read already). Keep in step with the readers:
- * users_load, tls_server_new, dns_resolver_new, remote.c's AUTH. */
+ * users_load, tls_server_new, dns_resolver_new, remote.c's AUTH, dkim_key_load. */
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
@@ -234,6 +239,8 @@ static void touch_referenced(const struct tern_config *conf)
 		touch_file(conf->relayhost->auth_password_file);
 	for (size_t i = 0; i < conf->n_routes; i++)
 		touch_file(conf->routes[i].auth_password_file);
+	for (size_t i = 0; i < conf->dkim.n_keys; i++) /* policy/dkim.h dkim_key_load */
+		touch_file(conf->dkim.keys[i].key_file);
 }
 
 /*
@@ -460,6 +467,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	int fds[MAX_FDS];
 	const char *fd_profiles[MAX_FDS];
 	enum conf_listen_tls fd_tls[MAX_FDS];
+	struct pop3_server *pop3 = NULL;
 	size_t n_fds = 0;
 	int control_fd = -1;
 	struct spool *sp = NULL;
@@ -663,9 +671,17 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 	smtp_server_set_policy(srv, policy);
 	smtp_server_set_tls(srv, tls_server_ctx(tls));
+	if (!(pop3 = pop3_server_new(NULL))) {
+		log_error("event=fatal reason=\"out of memory\"");
+		goto out;
+	}
+	pop3_server_set_tls(pop3, tls_server_ctx(tls));
 	for (size_t i = 0; i < n_fds; i++) {
-		if (smtp_server_listen(srv, workers[i % n_workers], fds[i], fd_profiles[i],
-		                       fd_tls[i]) != TERN_OK) {
+		bool is_pop3 = strcmp(fd_profiles[i], "pop3") == 0;
+		if ((is_pop3 ? pop3_server_listen(pop3, workers[i % n_workers], fds[i],
+		                                  fd_tls[i] == CONF_LISTEN_TLS_IMPLICIT)
+		             : smtp_server_listen(srv, workers[i % n_workers], fds[i],
+		                                  fd_profiles[i], fd_tls[i])) != TERN_OK) {
 			log_error("event=fatal reason=\"cannot attach listener\"");
 			goto out;
 		}
@@ -728,13 +744,14 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 
 	smtp_server_shutdown(srv);
+	pop3_server_shutdown(pop3);
 	struct timespec start;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	uint64_t grace_ms = (uint64_t)conf->limits.shutdown_grace * 1000;
-	while (smtp_server_sessions(srv) > 0) {
+	while (smtp_server_sessions(srv) + pop3_server_sessions(pop3) > 0) {
 		if (elapsed_ms(&start) >= grace_ms) {
-			log_warn("event=shutdown_grace_expired sessions=%zu",
-			         smtp_server_sessions(srv));
+			log_warn("event=shutdown_grace_expired sessions=%zu pop3_sessions=%zu",
+			         smtp_server_sessions(srv), pop3_server_sessions(pop3));
 			break;
 		}
 		struct timespec ts = {0, 20 * 1000 * 1000};
@@ -782,6 +799,7 @@ out:
 	for (unsigned w = 0; w < n_workers; w++)
 		if (workers[w])
 			worker_run_pending(workers[w]);
+	pop3_server_free(pop3); /* waits for its pool, runs the completions on the workers */
 	smtp_server_free(srv);
 	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */
 	remote_free(remote);

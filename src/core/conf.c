@@ -40,6 +40,7 @@
 #define MAX_ROUTES 10000
 #define MAX_FORWARDERS 16
 #define MAX_HTTP_HOSTS 1000
+#define MAX_DKIM_KEYS 1000
 #define DEFAULT_HTTP_MAX_BODY (64u << 20)
 #define DEFAULT_HTTP_MAX_CONNECTIONS 256
 
@@ -57,6 +58,7 @@ static const char default_text[] =
     "workers = 0;                  # one per core\n"
     "vrfy = true;\n"
     "expn = false;\n"
+    "recipient_delimiter = \"+\";     # user+tag@ is delivered to user@ (\"\" turns it off)\n"
     "local_domains = [\"localhost\"];\n"
     "aliases { }\n"
     "relay {\n"
@@ -77,9 +79,12 @@ static const char default_text[] =
     "}\n"
     "listen {\n"
     "\tmx { address = \"127.0.0.1:2525\"; profile = \"mx\"; }\n"
+    "\tmx { address = \"127.0.0.1:2525\"; profile = \"mx\"; }\n"
     "\tsubmission { address = \"127.0.0.1:2587\"; profile = \"submission\"; tls = \"starttls\"; }\n"
     "\tsubmissions { address = \"127.0.0.1:2465\"; profile = \"submission\"; tls = \"implicit\"; "
     "}\n"
+    "\tpop3 { address = \"127.0.0.1:2110\"; profile = \"pop3\"; tls = \"starttls\"; }\n"
+    "\tpop3s { address = \"127.0.0.1:2995\"; profile = \"pop3\"; tls = \"implicit\"; }\n"
     "}\n"
     "routes { }\n"
     "# no relayhost: mail for other domains goes to their MX hosts\n"
@@ -117,6 +122,11 @@ static const char default_text[] =
     "\t\tmessages_per_minute = 0;\n"
     "\t\trecipients_per_minute = 0;\n"
     "\t}\n"
+    "}\n"
+    "dkim {\n"
+    "\tcanonicalization = \"relaxed/relaxed\";\n"
+    "\tkeys = [];                  # { domain = \"example.org\"; selector = \"s1\"; key_file = "
+    "\"...\"; }\n"
     "}\n";
 
 static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
@@ -933,14 +943,18 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		            sub, show(addr->str, b, sizeof(b)));
 	snprintf(sub, sizeof(sub), "%s.profile", path);
 	if (prof->type != UCL_STRING)
-		return want(x, prof, sub, "\"mx\" or \"submission\"");
-	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0)
-		return cerr(x, prof, "%s: must be \"mx\" or \"submission\", not '%s'", sub,
-		            show(prof->str, b, sizeof(b)));
+		return want(x, prof, sub, "\"mx\", \"submission\" or \"pop3\"");
+	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0 &&
+	    strcmp(prof->str, "pop3") != 0)
+		return cerr(x, prof, "%s: must be \"mx\", \"submission\" or \"pop3\", not '%s'",
+		            sub, show(prof->str, b, sizeof(b)));
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
 			            path, canon, c->listeners[i].name);
+	/* tls: "starttls" offers the protocol's upgrade (STARTTLS, POP3's
+	 * STLS), "implicit" is TLS from the first byte (465, 995); the default
+	 * is finish_tls's. */
 	enum conf_listen_tls lt = CONF_LISTEN_TLS_NONE;
 	if (tls && (rc = get_listen_tls(x, tls, path, &lt)) != TERN_OK)
 		return rc;
@@ -1632,6 +1646,107 @@ static void print_policy(FILE *f, const struct conf_policy *p)
 	        (unsigned)p->recipients_per_minute);
 }
 
+/* ---- dkim { canonicalization; keys = [ { domain; selector; key_file; } ] } - */
+
+static void dkim_keys_free(struct conf_dkim_key *k, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(k[i].domain);
+		free(k[i].selector);
+		free(k[i].key_file);
+	}
+	free(k);
+}
+
+static int parse_dkim_key(struct ctx *x, const struct ucl_node *e, struct conf_dkim_key *k)
+{
+	char b[80];
+	int rc = TERN_OK;
+	if (e->type != UCL_OBJECT)
+		return want(x, e, "dkim.keys", "a list of { domain; selector; key_file; }");
+	for (size_t i = 0; rc == TERN_OK && i < e->n_items; i++) {
+		const struct ucl_node *m = e->items[i];
+		if (strcmp(m->key, "domain") == 0) {
+			rc = get_str(x, m, "dkim.keys.domain", &k->domain);
+			if (rc == TERN_OK && !valid_domain(k->domain))
+				return cerr(x, m, "dkim.keys.domain: '%s' is not a domain name",
+				            show(k->domain, b, sizeof(b)));
+			if (rc == TERN_OK)
+				tern_ascii_lower(k->domain);
+		} else if (strcmp(m->key, "selector") == 0) {
+			rc = get_str(x, m, "dkim.keys.selector", &k->selector);
+			if (rc == TERN_OK && !valid_domain(k->selector))
+				return cerr(
+				    x, m,
+				    "dkim.keys.selector: '%s' is not a selector (DNS labels: "
+				    "letters, digits, '-', '_', dots between)",
+				    show(k->selector, b, sizeof(b)));
+		} else if (strcmp(m->key, "key_file") == 0) {
+			rc = get_path(x, m, "dkim.keys.key_file", &k->key_file);
+		} else {
+			return unknown_key(x, m, "dkim.keys");
+		}
+	}
+	if (rc == TERN_OK && (!k->domain || !k->selector || !k->key_file))
+		return cerr(x, e, "dkim.keys: each key needs domain, selector and key_file");
+	return rc;
+}
+
+static int parse_dkim(struct ctx *x, const struct ucl_node *sec, struct conf_dkim *d)
+{
+	int rc = want_section(x, sec, "dkim");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char b[80];
+		if (strcmp(m->key, "canonicalization") == 0) {
+			static const char *const names[] = {"simple/simple", "simple/relaxed",
+			                                    "relaxed/simple", "relaxed/relaxed"};
+			if (m->type != UCL_STRING)
+				return want(x, m, "dkim.canonicalization", "a string");
+			size_t k = 0;
+			while (k < 4 && strcmp(m->str, names[k]) != 0)
+				k++;
+			if (k == 4)
+				return cerr(x, m,
+				            "dkim.canonicalization: '%s' is not relaxed/relaxed, "
+				            "relaxed/simple, simple/relaxed or simple/simple",
+				            show(m->str, b, sizeof(b)));
+			d->header_relaxed = k >= 2;
+			d->body_relaxed = k % 2 == 1;
+		} else if (strcmp(m->key, "keys") == 0) {
+			/* one { } alone is a list of one, as a single string is elsewhere */
+			size_t n = m->type == UCL_ARRAY ? m->n_items : 1;
+			if (n > MAX_DKIM_KEYS)
+				return cerr(x, m, "dkim.keys: more than %d keys", MAX_DKIM_KEYS);
+			struct conf_dkim_key *v = n ? calloc(n, sizeof(*v)) : NULL;
+			if (n && !v)
+				return nomem(x);
+			for (size_t j = 0; rc == TERN_OK && j < n; j++) {
+				const struct ucl_node *e = m->type == UCL_ARRAY ? m->items[j] : m;
+				rc = parse_dkim_key(x, e, &v[j]);
+				for (size_t o = 0; rc == TERN_OK && o < j; o++)
+					if (strcmp(v[o].domain, v[j].domain) == 0 &&
+					    strcmp(v[o].selector, v[j].selector) == 0)
+						rc = cerr(
+						    x, e,
+						    "dkim.keys: selector '%s' of %s is listed "
+						    "twice",
+						    show(v[j].selector, b, sizeof(b)), v[j].domain);
+			}
+			if (rc != TERN_OK) {
+				dkim_keys_free(v, n);
+				return rc;
+			}
+			dkim_keys_free(d->keys, d->n_keys);
+			d->keys = v;
+			d->n_keys = n;
+		} else {
+			return unknown_key(x, m, "dkim");
+		}
+	}
+	return rc;
+}
+
 /* ---- building ------------------------------------------------------------ */
 
 static void free_aliases(struct conf_alias *v, size_t n)
@@ -1647,6 +1762,7 @@ static void conf_free(struct tern_config *c)
 {
 	free(c->policy.zones);
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
+	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -1666,6 +1782,7 @@ static void conf_free(struct tern_config *c)
 	free(c->users_file);
 	free(c->user);
 	free(c->log_level);
+	free(c->recipient_delimiter);
 	for (size_t i = 0; i < c->n_local_domains; i++)
 		free(c->local_domains[i]);
 	free(c->local_domains);
@@ -1874,6 +1991,12 @@ static int finish_tls(struct ctx *x, struct tern_config *c)
 		const struct ucl_node *node = i < MAX_LISTENERS ? x->listen_tls[i] : NULL;
 		if (!node)
 			l->tls = t->n_certs ? CONF_LISTEN_TLS_STARTTLS : CONF_LISTEN_TLS_NONE;
+		else if (l->tls == CONF_LISTEN_TLS_NONE && t->n_certs > 0 &&
+		         strcmp(l->profile, "pop3") == 0)
+			return cerr(x, node,
+			            "listen.%s.tls: \"none\" is not implemented for pop3 listeners "
+			            "(they offer STLS whenever tls has a certificate)",
+			            l->name);
 		else if (l->tls != CONF_LISTEN_TLS_NONE && t->n_certs == 0)
 			return cerr(
 			    x, node,
@@ -1937,6 +2060,23 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return get_bool(x, m, k, &c->vrfy);
 	if (strcmp(k, "expn") == 0)
 		return get_bool(x, m, k, &c->expn);
+	if (strcmp(k, "recipient_delimiter") == 0) {
+		/* RFC 5322 atext specials only: a delimiter must be able to
+		 * occur in a dot-atom local part, and "" is allowed (off). */
+		if (m->type != UCL_STRING)
+			return want(x, m, k, "a string of delimiter characters");
+		if (m->len > 8 || strspn(m->str, "!#$%&'*+-=?^_`{|}~") != m->len)
+			return cerr(x, m,
+			            "recipient_delimiter: '%s' must be up to 8 of the characters "
+			            "!#$%%&'*+-=?^_`{|}~ (or \"\" for none)",
+			            show(m->str, b, sizeof(b)));
+		char *d = tern_strdup(m->str);
+		if (!d)
+			return nomem(x);
+		free(c->recipient_delimiter);
+		c->recipient_delimiter = d;
+		return TERN_OK;
+	}
 	if (strcmp(k, "local_domains") == 0) {
 		*domains_given = true;
 		strlist_free(domains);
@@ -1964,6 +2104,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_capture(x, m, &c->capture);
 	if (strcmp(k, "policy") == 0)
 		return parse_policy(x, m, &c->policy);
+	if (strcmp(k, "dkim") == 0)
+		return parse_dkim(x, m, &c->dkim);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);
@@ -1978,6 +2120,8 @@ static int fill_defaults(struct ctx *x, struct tern_config *c)
 	if (!c->user && !(c->user = tern_strdup("nobody")))
 		return nomem(x);
 	if (!c->log_level && !(c->log_level = tern_strdup("info")))
+		return nomem(x);
+	if (!c->recipient_delimiter && !(c->recipient_delimiter = tern_strdup("+")))
 		return nomem(x);
 	if (!c->users_file) {
 		size_t n = strlen(c->data_dir);
@@ -2013,6 +2157,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->policy = default_policy;
 	c->vrfy = true;
 	c->expn = false;
+	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
 		rc = parse_top(&x, c, doc->root->items[i], &domains, &domains_given, &nets,
 		               &nets_given, &al, &listen_given);
@@ -2033,7 +2178,9 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 		nets.v = v;
 		conf_cidr_parse(default_networks[i], &nets.v[nets.n++]);
 	}
-	if (!listen_given && (rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx")) != TERN_OK)
+	if (!listen_given &&
+	    ((rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx")) != TERN_OK ||
+	     (rc = listener_add(&x, c, "pop3", "127.0.0.1:2110", "pop3")) != TERN_OK))
 		goto fail;
 	if ((rc = finish_aliases(&x, c, &al)) != TERN_OK)
 		goto fail;
@@ -2161,6 +2308,15 @@ void conf_unref(struct tern_config *c)
 		conf_free(c);
 }
 
+size_t conf_local_base_len(const struct tern_config *c, const char *local, size_t len)
+{
+	const char *d = c && c->recipient_delimiter ? c->recipient_delimiter : "";
+	for (size_t i = 0; *d && i < len; i++)
+		if (strchr(d, local[i]) && local[i] != '\0')
+			return i;
+	return len;
+}
+
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len)
 {
 	if (!c || !domain || len == 0)
@@ -2239,6 +2395,13 @@ size_t conf_warnings(const struct tern_config *c,
 	}
 	if (c->relayhost)
 		n += warn_route(c->relayhost, "relayhost", fn, arg);
+	if (c->dkim.n_keys > 0) {
+		fn("dkim.keys",
+		   "`tern dkim` uses these keys, but the daemon does not sign mail with them yet "
+		   "(signing comes with the submission profile)",
+		   arg);
+		n++;
+	}
 	return n;
 }
 
@@ -2338,6 +2501,9 @@ void conf_print(const struct tern_config *c, FILE *out)
 	fprintf(out, ";\nworkers = %u;\n", (unsigned)c->workers);
 	fprintf(out, "vrfy = %s;\n", c->vrfy ? "true" : "false");
 	fprintf(out, "expn = %s;\n", c->expn ? "true" : "false");
+	fputs("recipient_delimiter = ", out);
+	print_str(out, c->recipient_delimiter);
+	fputs(";\n", out);
 	fputs("local_domains = ", out);
 	print_list(out, c->local_domains, c->n_local_domains);
 	fputs(";\naliases {\n", out);
@@ -2428,6 +2594,19 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_size(out, c->capture.http_max_body);
 	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
 	        (unsigned)c->capture.http_max_connections);
+	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tkeys = [",
+	        c->dkim.header_relaxed ? "relaxed" : "simple",
+	        c->dkim.body_relaxed ? "relaxed" : "simple");
+	for (size_t i = 0; i < c->dkim.n_keys; i++) {
+		fputs(i ? ",\n\t\t{ domain = " : "\n\t\t{ domain = ", out);
+		print_str(out, c->dkim.keys[i].domain);
+		fputs("; selector = ", out);
+		print_str(out, c->dkim.keys[i].selector);
+		fputs("; key_file = ", out);
+		print_str(out, c->dkim.keys[i].key_file);
+		fputs("; }", out);
+	}
+	fputs(c->dkim.n_keys ? "\n\t];\n}\n" : "];\n}\n", out);
 	fprintf(out, "tls {\n\tself_signed = %s;\n", c->tls.self_signed ? "true" : "false");
 	if (c->tls.self_signed) /* the generated pair is not a setting */
 		fputs("\t# certificate: DATA_DIR/tls/selfsigned-cert.pem (made by tern)\n", out);

@@ -4,6 +4,9 @@
  * Maildir layout: DATA/mail/DOMAIN/LOCALPART/{tmp,new,cur}, domain and
  * local part lowercased; a local part that is not safe as a file name
  * ("/", leading ".", control bytes, ...) is refused with TERN_EINVAL.
+ * Plus addressing (recipient_delimiter in the running config): a recipient
+ * user+tag that is no user of its own is delivered to user's Maildir, into
+ * its Maildir++ folder .tag when that exists (any case), else the inbox.
  *
  * Delivery is batched so that many messages share their syncs (DESIGN §6):
  * every item is written into tmp/ and fsync'd, then all are renamed into
@@ -68,7 +71,9 @@ int maildir_unique_name(const char *hostname, size_t size, char *out, size_t out
  * a message, and the same every time that recipient is delivered. */
 int maildir_stable_name(const char *hostname, long long created, const char *queue_id,
 			size_t rcpt_idx, size_t size, char *out, size_t outlen);
-/* Delivers every item (see above); returns the number delivered. */
+/* Delivers every item (see above; plus addressing reads the current
+ * runtime, core/runtime.h, when one is installed); returns the number
+ * delivered. */
 size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			     struct maildir_item *items, size_t n);
 

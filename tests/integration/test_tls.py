@@ -4,6 +4,7 @@ reloaded on SIGHUP without dropping sessions, the embedded default's self-signed
 certificate and its submission listeners on 2587/2465, Python's SMTP_SSL, and the
 tls=/cipher= words in the log lines of inbound and outbound connections."""
 import os
+import poplib
 import re
 import shutil
 import signal
@@ -304,7 +305,7 @@ def test_outbound_log_line_carries_tls(tern_factory, certdir):
 # The embedded default (DESIGN §1): fixed ports, ./tern-data
 
 
-EMBEDDED_PORTS = (2525, 2587, 2465, 2580)
+EMBEDDED_PORTS = (2525, 2587, 2465, 2110, 2995, 2580)
 
 
 def run_embedded(d):
@@ -370,6 +371,16 @@ def test_embedded_default_makes_its_certificate_once(scratch):
             assert c.has_extn("starttls")
             c.starttls(context=ctx)
             assert c.ehlo()[0] == 250
+        # POP3 uses the same certificate: TLS on 2995, STLS on 2110
+        p = poplib.POP3_SSL("127.0.0.1", 2995, context=ctx, timeout=10)
+        assert p.getwelcome().startswith(b"+OK")
+        p.quit()
+        p = poplib.POP3("127.0.0.1", 2110, timeout=10)
+        try:
+            p.stls(context=ctx)
+            assert p.sock.version() in ("TLSv1.2", "TLSv1.3")
+        finally:
+            p.quit()
         # A pair that is no longer good (here: its key is gone) is made anew
         # on SIGHUP, and served from then on.
         key.unlink()

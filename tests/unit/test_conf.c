@@ -382,6 +382,7 @@ static void check_defaults(const struct tern_config *c)
 	assert_int_equal(c->limits.idle_timeout, 300);
 	assert_int_equal(c->limits.data_timeout, 180);
 	assert_int_equal(c->limits.shutdown_grace, 30);
+	assert_string_equal(c->recipient_delimiter, "+");
 	/* listeners and tls differ: test_empty_file_gets_every_default and
 	 * test_embedded_default_matches_defaults */
 	/* delivery, routes, relayhost, dns */
@@ -407,11 +408,16 @@ static void test_empty_file_gets_every_default(void **state)
 	assert_non_null(c);
 	check_defaults(c);
 	assert_string_equal(c->source, "t.conf");
-	assert_int_equal(c->n_listeners, 1);
+	assert_int_equal(c->n_listeners, 2);
 	assert_string_equal(c->listeners[0].name, "mx");
 	assert_string_equal(c->listeners[0].address, "127.0.0.1:2525");
 	assert_string_equal(c->listeners[0].profile, "mx");
 	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_NONE); /* no certificate */
+	/* POP3 with STLS once a certificate is set; no 2995 without one */
+	assert_string_equal(c->listeners[1].name, "pop3");
+	assert_string_equal(c->listeners[1].address, "127.0.0.1:2110");
+	assert_string_equal(c->listeners[1].profile, "pop3");
+	assert_int_equal(c->listeners[1].tls, CONF_LISTEN_TLS_NONE);
 	assert_int_equal(c->tls.n_certs, 0);
 	assert_false(c->tls.self_signed);
 	conf_unref(c);
@@ -425,8 +431,9 @@ static void test_embedded_default_matches_defaults(void **state)
 	check_defaults(e);
 	assert_string_equal(e->source, "(embedded default)");
 	/* DESIGN §1: submission with STARTTLS on 2587, implicit TLS on 2465,
-	 * with a self-signed certificate made in the data dir */
-	assert_int_equal(e->n_listeners, 3);
+	 * POP3 with STLS on 2110 and TLS on 2995, with a self-signed
+	 * certificate made in the data dir */
+	assert_int_equal(e->n_listeners, 5);
 	static const struct {
 		const char *name, *address, *profile;
 		enum conf_listen_tls tls;
@@ -434,8 +441,10 @@ static void test_embedded_default_matches_defaults(void **state)
 	    {"mx", "127.0.0.1:2525", "mx", CONF_LISTEN_TLS_STARTTLS},
 	    {"submission", "127.0.0.1:2587", "submission", CONF_LISTEN_TLS_STARTTLS},
 	    {"submissions", "127.0.0.1:2465", "submission", CONF_LISTEN_TLS_IMPLICIT},
+	    {"pop3", "127.0.0.1:2110", "pop3", CONF_LISTEN_TLS_STARTTLS},
+	    {"pop3s", "127.0.0.1:2995", "pop3", CONF_LISTEN_TLS_IMPLICIT},
 	};
-	for (size_t i = 0; i < 3; i++) {
+	for (size_t i = 0; i < 5; i++) {
 		assert_string_equal(e->listeners[i].name, want[i].name);
 		assert_string_equal(e->listeners[i].address, want[i].address);
 		assert_string_equal(e->listeners[i].profile, want[i].profile);
@@ -451,6 +460,8 @@ static void test_embedded_default_matches_defaults(void **state)
 	    "  mx { address = \"127.0.0.1:2525\"; profile = mx }\n"
 	    "  submission { address = \"127.0.0.1:2587\"; profile = submission; tls = starttls }\n"
 	    "  submissions { address = \"127.0.0.1:2465\"; profile = submission; tls = implicit }\n"
+	    "  pop3 { address = \"127.0.0.1:2110\"; profile = pop3 }\n"
+	    "  pop3s { address = \"127.0.0.1:2995\"; profile = pop3; tls = implicit }\n"
 	    "}\n"
 	    "tls { self_signed = true }\n";
 	struct tern_config *d = load_str(only_diff, err, sizeof(err));
@@ -684,9 +695,32 @@ static const struct err_case conf_err_cases[] = {
     {"listen { mx { address = 25; profile = mx } }",
      "t.conf:1: listen.mx.address: expected \"IP:PORT\" or \"[IPv6]:PORT\", got the number 25"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = relay } }",
-     "t.conf:1: listen.mx.profile: must be \"mx\" or \"submission\", not 'relay'"},
+     "t.conf:1: listen.mx.profile: must be \"mx\", \"submission\" or \"pop3\", not 'relay'"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = true } }",
-     "t.conf:1: listen.mx.profile: expected \"mx\" or \"submission\", got the boolean true"},
+     "t.conf:1: listen.mx.profile: expected \"mx\", \"submission\" or \"pop3\", got the "
+     "boolean true"},
+    {"recipient_delimiter = 1",
+     "t.conf:1: recipient_delimiter: expected a string of delimiter characters, got the number "
+     "1"},
+    {"recipient_delimiter = \"@\"",
+     "t.conf:1: recipient_delimiter: '@' must be up to 8 of the characters !#$%&'*+-=?^_`{|}~ "
+     "(or \"\" for none)"},
+    {"recipient_delimiter = \".\"",
+     "t.conf:1: recipient_delimiter: '.' must be up to 8 of the characters !#$%&'*+-=?^_`{|}~ "
+     "(or \"\" for none)"},
+    /* tls = "implicit" only with a certificate; "none" is not for pop3 */
+    {"listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = yes } }",
+     "t.conf:1: listen.p.tls: expected \"starttls\", \"implicit\" or \"none\", got the "
+     "boolean true"},
+    {"listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = always } }",
+     "t.conf:1: listen.p.tls: must be \"starttls\", \"implicit\" or \"none\", not 'always'"},
+    {"listen {\n p {\n address = \"127.0.0.1:995\"; profile = pop3;\n tls = implicit; }\n}",
+     "t.conf:4: listen.p.tls: \"implicit\" needs a certificate: set tls { cert_file; "
+     "key_file; }, tls.certificates or tls.self_signed"},
+    {"listen { p { address = \"127.0.0.1:110\"; profile = pop3; tls = none } }\n"
+     "tls { cert_file = /c; key_file = /k }",
+     "t.conf:1: listen.p.tls: \"none\" is not implemented for pop3 listeners (they offer "
+     "STLS whenever tls has a certificate)"},
     {"listen {\n a { address = \"127.0.0.1:25\"; profile = mx }\n b { address = 127.0.0.1:25; "
      "profile = mx }\n}",
      "t.conf:3: listen.b.address: 127.0.0.1:25 is already used by listener 'a'"},
@@ -1568,6 +1602,23 @@ static void test_dns_forward(void **state)
 
 /* ---- print and reload ---------------------------------------------------- */
 
+static void test_recipient_delimiter(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str("recipient_delimiter = \"+-\"", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(conf_local_base_len(c, "alice+work", 10), 5);
+	assert_int_equal(conf_local_base_len(c, "alice-x+y", 9), 5);
+	assert_int_equal(conf_local_base_len(c, "alice", 5), 5);
+	assert_int_equal(conf_local_base_len(c, "+tag", 4), 0);
+	assert_int_equal(conf_local_base_len(c, "alice+work", 4), 4); /* never past len */
+	conf_unref(c);
+	c = load_str("recipient_delimiter = \"\"", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(conf_local_base_len(c, "alice+work", 10), 10);
+	conf_unref(c);
+}
+
 static void test_print_reload_round_trip(void **state)
 {
 	static const char *const configs[] = {
@@ -1603,6 +1654,11 @@ static void test_print_reload_round_trip(void **state)
 	    "  b { address = \"127.0.0.1:465\"; profile = submission; tls = implicit }\n"
 	    "  c { address = \"127.0.0.1:587\"; profile = submission } }\n",
 	    "tls { self_signed = true }\ndata_dir = /srv/t/",
+	    "recipient_delimiter = \"\"",
+	    "recipient_delimiter = \"+-\"",
+	    "tls { cert_file = /etc/tern/c.pem; key_file = /etc/tern/k.pem }\n"
+	    "listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = implicit }\n"
+	    "  q { address = \"127.0.0.1:110\"; profile = pop3; tls = starttls } }\n",
 	};
 	for (size_t i = 0; i < N(configs); i++) {
 		char err[256];
@@ -1916,6 +1972,7 @@ int main(void)
 	    cmocka_unit_test(test_find_route_precedence),
 	    cmocka_unit_test(test_delivery_values),
 	    cmocka_unit_test(test_dns_forward),
+	    cmocka_unit_test(test_recipient_delimiter),
 	    cmocka_unit_test(test_print_reload_round_trip),
 	    cmocka_unit_test(test_print_shows_values),
 	    cmocka_unit_test(test_print_shows_routes),
