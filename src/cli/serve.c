@@ -76,25 +76,6 @@ int cli_take_config(int *argc, char **argv, const char **path)
 	return 0;
 }
 
-int cmd_check_config(int argc, char **argv)
-{
-	const char *path;
-	if (cli_take_config(&argc, argv, &path) != 0 || argc != 1) {
-		fprintf(stderr, "usage: tern check-config [-c FILE]\n");
-		return 2;
-	}
-	char err[512];
-	struct tern_config *c = conf_load(path, err, sizeof(err));
-	if (!c) {
-		fprintf(stderr, "tern: %s\n", err);
-		return 1;
-	}
-	conf_report_warnings(c, stderr);
-	conf_print(c, stdout);
-	conf_unref(c);
-	return 0;
-}
-
 /* Loads the config; in capture mode the command line's overrides are
  * applied on every load, so a SIGHUP keeps them. */
 static struct tern_config *config_load(const char *path, const struct capture_opts *cap, char *err,
@@ -306,6 +287,37 @@ static struct file_bundle *parent_reload(void *arg)
 }
 
 /*
+ * What a reload cannot apply: listeners the new config adds ("+NAME=ADDR"),
+ * drops ("-NAME=ADDR") or gives another profile or TLS mode ("~NAME=ADDR"),
+ * comma separated in out (truncated to fit). Returns how many.
+ */
+static size_t listener_changes(const struct tern_config *old, const struct tern_config *nw,
+                               char *out, size_t outlen)
+{
+	size_t n = 0, at = 0;
+	out[0] = '\0';
+	for (int pass = 0; pass < 2; pass++) {
+		const struct tern_config *a = pass == 0 ? nw : old, *b = pass == 0 ? old : nw;
+		for (size_t i = 0; i < a->n_listeners; i++) {
+			const struct conf_listener *l = &a->listeners[i], *m = NULL;
+			for (size_t j = 0; j < b->n_listeners && !m; j++)
+				if (strcmp(b->listeners[j].address, l->address) == 0)
+					m = &b->listeners[j];
+			bool changed = m && pass == 0 &&
+			               (strcmp(m->profile, l->profile) != 0 || m->tls != l->tls);
+			char sign = !m ? (pass == 0 ? '+' : '-') : changed ? '~' : 0;
+			if (!sign)
+				continue;
+			if (at < outlen)
+				at += (size_t)snprintf(out + at, outlen - at, "%s%c%s=%s",
+				                       n ? "," : "", sign, l->name, l->address);
+			n++;
+		}
+	}
+	return n;
+}
+
+/*
  * The certificates of a new config, for the handshakes to come (tls/tls.h):
  * TERN_OK, or TERN_EINVAL with err set, and the set in use stays. Listeners
  * are bound and their TLS mode fixed at start, so TLS cannot be added or
@@ -328,8 +340,10 @@ static int reload_tls(struct tls_server *tls, const struct tern_config *conf, ch
 		return TERN_EINVAL;
 	}
 	int rc = tls_server_reload(tls, &conf->tls, err, errlen);
-	if (rc == TERN_OK)
+	if (rc == TERN_OK) {
+		tls_server_log(tls);
 		log_info("event=tls_reloaded certificates=%zu", tls_server_count(tls));
+	}
 	return rc;
 }
 
@@ -342,6 +356,7 @@ static bool reload_runtime(const char *path, const struct capture_opts *cap, str
                            bool may_generate)
 {
 	char err[512] = "";
+	cli_notify("RELOADING=1");
 	struct tern_runtime *nrt = runtime_load(path, cap, err, sizeof(err));
 	bool ok = nrt != NULL;
 	if (ok && may_generate && ensure_self_signed(nrt->conf, (uid_t)-1, (gid_t)-1) != TERN_OK) {
@@ -354,11 +369,25 @@ static bool reload_runtime(const char *path, const struct capture_opts *cap, str
 		if (nrt)
 			runtime_release(nrt);
 		log_error("event=reload_failed reason=\"%s\" keeping=old-config", err);
+		cli_notify("READY=1\nSTATUS=reload failed; running the old config");
 		return false;
 	}
-	log_info("event=reloaded users=%zu aliases=%zu local_domains=%zu", users_count(nrt->users),
-	         nrt->conf->n_aliases, nrt->conf->n_local_domains);
+	struct tern_runtime *cur = runtime_acquire();
+	char diff[512], q[600];
+	size_t nd = cur ? listener_changes(cur->conf, nrt->conf, diff, sizeof(diff)) : 0;
+	runtime_release(cur);
+	if (nd == 0)
+		log_info("event=reloaded users=%zu aliases=%zu local_domains=%zu",
+		         users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_local_domains);
+	else /* the rest applies; the sockets stay those bound at start */
+		log_warn("event=reload_needs_restart users=%zu aliases=%zu local_domains=%zu "
+		         "listeners=%s reason=\"listeners are bound at start only: everything but "
+		         "listen { } is reloaded; restart tern to apply the listener changes\"",
+		         users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_local_domains,
+		         log_quote(diff, strlen(diff), q, sizeof(q)));
 	runtime_install(nrt);
+	cli_notify(nd ? "READY=1\nSTATUS=reloaded; listener changes need a restart"
+	              : "READY=1\nSTATUS=accepting mail");
 	return true;
 }
 
@@ -447,13 +476,25 @@ static int split_account(const struct tern_config *conf, uid_t *uid, gid_t *gid)
 	return 1;
 }
 
+static const struct cli_help serve_help = {
+    "tern serve", "tern serve [-c FILE]",
+    "Runs the mail server: every listener, the queue, delivery, HTTP. Without -c\n"
+    "it runs the embedded default (SMTP on 127.0.0.1:2525, data in ./tern-data).\n"
+    "Started as root it binds, reads keys as root and runs the rest as 'user'.\n"
+    "  -c, --config FILE   the configuration file (tern.conf(5))\n"
+    "Signals: SIGHUP reloads certificates, users, routes and policies (new\n"
+    "listeners need a restart); SIGTERM stops after the transactions in flight.\n"
+    "Logs go to standard error, one key=value line per event.\n"};
+
 int cmd_serve(int argc, char **argv)
 {
 	const char *path;
-	if (cli_take_config(&argc, argv, &path) != 0 || argc != 1) {
-		fprintf(stderr, "usage: tern serve [-c FILE]\n");
-		return 2;
-	}
+	if (cli_help_asked(argc, argv))
+		return cli_help(&serve_help);
+	if (cli_take_config(&argc, argv, &path) != 0)
+		return cli_usage(&serve_help, "-c needs a file name");
+	if (argc != 1)
+		return cli_usage(&serve_help, "unexpected argument '%s'", argv[1]);
 	return daemon_run(path, NULL);
 }
 
@@ -628,6 +669,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			log_error("event=fatal reason=\"%s\"", err);
 			goto out;
 		}
+		tls_server_log(tls);
 		log_info("event=tls_loaded certificates=%zu", conf->tls.n_certs);
 	}
 
@@ -713,6 +755,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 	scheduler_requeue_all(sched, false);
 	log_info("event=ready workers=%u queued=%zu", n_workers, spool_count(sp));
+	cli_notify("READY=1\nSTATUS=accepting mail");
 
 	for (;;) {
 		int sig = 0;
@@ -742,6 +785,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		         smtp_server_sessions(srv));
 		break;
 	}
+	cli_notify("STOPPING=1");
 
 	smtp_server_shutdown(srv);
 	pop3_server_shutdown(pop3);

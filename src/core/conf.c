@@ -28,6 +28,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/ucl.h"
+#include "policy/milter.h"
 #include "policy/policy.h"
 
 #define DEFAULT_SOURCE "(embedded default)"
@@ -879,6 +880,9 @@ static int listener_add(struct ctx *x, struct tern_config *c, const char *name, 
 	l->address = tern_strdup(address);
 	l->profile = tern_strdup(profile);
 	l->tls = CONF_LISTEN_TLS_NONE; /* finish_tls resolves the default */
+	l->milters = NULL;
+	l->n_milters = 0;
+	l->milter_default_action = CONF_MILTER_TEMPFAIL;
 	c->n_listeners++; /* counted even if a copy failed, so unref frees what exists */
 	if (!l->name || !l->address || !l->profile)
 		return nomem(x);
@@ -904,6 +908,59 @@ static int get_listen_tls(struct ctx *x, const struct ucl_node *n, const char *l
 	            show(n->str, b, sizeof(b)));
 }
 
+/* listen.NAME { milters = [...]; milter_default_action = "..."; } */
+#define MAX_MILTERS 16
+
+static int add_milter(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct conf_listener *l = arg;
+	char b[80];
+	if (milter_spec_check(n->str) != TERN_OK)
+		return cerr(x, n,
+		            "%s: '%s' is not inet:IP:PORT, inet:[IPv6]:PORT or unix:/PATH (a host "
+		            "name would need a blocking lookup: give its address)",
+		            path, show(n->str, b, sizeof(b)));
+	char **v = realloc(l->milters, (l->n_milters + 1) * sizeof(*v));
+	if (!v)
+		return nomem(x);
+	l->milters = v;
+	if (!(v[l->n_milters] = tern_strdup(n->str))) /* case kept: a path */
+		return nomem(x);
+	l->n_milters++;
+	return TERN_OK;
+}
+
+static int parse_listener_milters(struct ctx *x, struct conf_listener *l, const char *path,
+                                  const struct ucl_node *milters, const struct ucl_node *mact)
+{
+	char sub[128], b[80];
+	l->milters = NULL;
+	l->n_milters = 0;
+	l->milter_default_action = CONF_MILTER_TEMPFAIL;
+	if (milters) {
+		snprintf(sub, sizeof(sub), "%s.milters", path);
+		int rc = each_string(x, milters, sub, MAX_MILTERS, add_milter, l);
+		if (rc != TERN_OK)
+			return rc;
+	}
+	if (mact) {
+		snprintf(sub, sizeof(sub), "%s.milter_default_action", path);
+		if (mact->type != UCL_STRING)
+			return want(x, mact, sub, "\"tempfail\", \"accept\" or \"reject\"");
+		if (strcmp(mact->str, "tempfail") == 0)
+			l->milter_default_action = CONF_MILTER_TEMPFAIL;
+		else if (strcmp(mact->str, "accept") == 0)
+			l->milter_default_action = CONF_MILTER_ACCEPT;
+		else if (strcmp(mact->str, "reject") == 0)
+			l->milter_default_action = CONF_MILTER_REJECT;
+		else
+			return cerr(x, mact,
+			            "%s: must be \"tempfail\", \"accept\" or \"reject\", not '%s'",
+			            sub, show(mact->str, b, sizeof(b)));
+	}
+	return TERN_OK;
+}
+
 static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl_node *m)
 {
 	char b[80], path[96], section[96];
@@ -917,7 +974,7 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	int rc = want_section(x, m, path);
 	if (rc != TERN_OK)
 		return rc;
-	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL;
+	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL, *milters = NULL, *mact = NULL;
 	for (size_t i = 0; i < m->n_items; i++) {
 		const struct ucl_node *k = m->items[i];
 		if (strcmp(k->key, "address") == 0)
@@ -926,6 +983,10 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 			prof = k;
 		else if (strcmp(k->key, "tls") == 0)
 			tls = k;
+		else if (strcmp(k->key, "milters") == 0)
+			milters = k;
+		else if (strcmp(k->key, "milter_default_action") == 0)
+			mact = k;
 		else
 			return unknown_key(x, k, section);
 	}
@@ -962,8 +1023,11 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		return cerr(x, m, "listen: more than %d listeners", MAX_LISTENERS);
 	x->listen_tls[c->n_listeners] = tls;
 	rc = listener_add(x, c, m->key, canon, prof->str);
-	if (rc == TERN_OK)
+	if (rc == TERN_OK) {
 		c->listeners[c->n_listeners - 1].tls = lt;
+		rc = parse_listener_milters(x, &c->listeners[c->n_listeners - 1], path, milters,
+		                            mact);
+	}
 	return rc;
 }
 
@@ -1792,6 +1856,9 @@ static void conf_free(struct tern_config *c)
 		free(c->listeners[i].name);
 		free(c->listeners[i].address);
 		free(c->listeners[i].profile);
+		for (size_t j = 0; j < c->listeners[i].n_milters; j++)
+			free(c->listeners[i].milters[j]);
+		free(c->listeners[i].milters);
 	}
 	free(c->listeners);
 	free(c);
@@ -2277,6 +2344,9 @@ int conf_apply_capture(struct tern_config *c, const char *smtp_address, const ch
 		free(c->listeners[i].name);
 		free(c->listeners[i].address);
 		free(c->listeners[i].profile);
+		for (size_t j = 0; j < c->listeners[i].n_milters; j++)
+			free(c->listeners[i].milters[j]);
+		free(c->listeners[i].milters);
 	}
 	free(c->listeners);
 	c->listeners = l;
@@ -2389,12 +2459,37 @@ size_t conf_warnings(const struct tern_config *c,
 		fn(key, warn_submission, arg);
 		n++;
 	}
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		if (c->listeners[i].n_milters == 0)
+			continue;
+		snprintf(key, sizeof(key), "listen.%s.milters", c->listeners[i].name);
+		fn(key,
+		   "`tern milter test` talks to these milters, but the SMTP session does not ask "
+		   "them yet",
+		   arg);
+		n++;
+	}
 	for (size_t i = 0; i < c->n_routes; i++) {
 		snprintf(key, sizeof(key), "routes.\"%s\"", c->routes[i].domain);
 		n += warn_route(&c->routes[i], key, fn, arg);
 	}
 	if (c->relayhost)
 		n += warn_route(c->relayhost, "relayhost", fn, arg);
+	for (size_t i = 0; i < c->n_relay_networks; i++) {
+		const struct conf_cidr *net = &c->relay_networks[i];
+		char ip[INET6_ADDRSTRLEN], text[400];
+		if (!conf_cidr_too_wide(net))
+			continue;
+		if (!inet_ntop(net->family, net->addr, ip, sizeof(ip)))
+			tern_strlcpy(ip, "?", sizeof(ip));
+		snprintf(text, sizeof(text),
+		         "OPEN RELAY: %s/%u covers %s; every client in it may send mail to any "
+		         "domain through this server. List only your own networks",
+		         ip, net->prefix,
+		         net->prefix == 0 ? "the whole internet" : "a large part of the internet");
+		fn("relay.networks", text, arg);
+		n++;
+	}
 	if (c->dkim.n_keys > 0) {
 		fn("dkim.keys",
 		   "`tern dkim` uses these keys, but the daemon does not sign mail with them yet "
@@ -2551,7 +2646,18 @@ void conf_print(const struct tern_config *c, FILE *out)
 		print_str(out, l->address);
 		fputs(";\n\t\tprofile = ", out);
 		print_str(out, l->profile);
-		fprintf(out, ";\n\t\ttls = \"%s\";\n\t}\n", listen_tls_names[l->tls]);
+		fprintf(out, ";\n\t\ttls = \"%s\"", listen_tls_names[l->tls]);
+		if (l->n_milters) {
+			static const char *const acts[] = {"tempfail", "accept", "reject"};
+			fputs(";\n\t\tmilters = [", out);
+			for (size_t j = 0; j < l->n_milters; j++) {
+				fputs(j ? ", " : "", out);
+				print_str(out, l->milters[j]);
+			}
+			fputs("];\n\t\tmilter_default_action = ", out);
+			print_str(out, acts[l->milter_default_action]);
+		}
+		fputs(";\n\t}\n", out);
 	}
 	fputs("}\nroutes {\n", out);
 	for (size_t i = 0; i < c->n_routes; i++) {

@@ -31,11 +31,19 @@ enum conf_listen_tls {
 	CONF_LISTEN_TLS_IMPLICIT, /* TLS from the first byte, the 220 inside it (RFC 8314) */
 };
 
+/* What a listener does when its milter is down, times out or speaks nonsense. */
+enum conf_milter_action { CONF_MILTER_TEMPFAIL = 0, CONF_MILTER_ACCEPT, CONF_MILTER_REJECT };
+
 struct conf_listener {
 	char *name;               /* the section name: "mx", "submission", ... */
 	char *address;            /* "IP:PORT" or "[IPv6]:PORT" */
 	char *profile;            /* "mx", "submission" or "pop3" */
 	enum conf_listen_tls tls; /* default: starttls when tls has a certificate, else none */
+	/* milters = ["inet:IP:PORT", "unix:/path"]: asked in this order at each
+	 * SMTP step (policy/milter.h); default none. */
+	char **milters;
+	size_t n_milters;
+	enum conf_milter_action milter_default_action; /* default tempfail */
 };
 
 struct conf_alias {
@@ -151,7 +159,7 @@ struct conf_policy {
  * (policy/dkim.h loads them). Several keys per domain sign each message
  * once each (an RSA and an Ed25519 key, say). */
 struct conf_dkim_key {
-	char *domain;   /* lowercased; signs mail from it and its subdomains */
+	char *domain; /* lowercased; signs mail from it and its subdomains */
 	char *selector;
 	char *key_file; /* PEM, PKCS#1 or PKCS#8, RSA or Ed25519, mode 0600 */
 };
@@ -235,7 +243,8 @@ void conf_print(const struct tern_config *c, FILE *out);
 /*
  * Settings that load but do less than their name promises today (listed in
  * docs/config.md): profile "submission" (works like "mx") and an outbound
- * tls "require" (encrypts, does not verify the certificate). Calls fn once
+ * tls "require" (encrypts, does not verify the certificate); and a relay
+ * network too wide to be meant (conf_cidr_too_wide). Calls fn once
  * per warning with the key's path and what it does; returns the count.
  * conf_report_warnings writes them as "tern: warning: KEY: TEXT" lines on
  * out, or with out NULL logs each as event=config_warning.
@@ -243,6 +252,20 @@ void conf_print(const struct tern_config *c, FILE *out);
 size_t conf_warnings(const struct tern_config *c,
                      void (*fn)(const char *key, const char *text, void *arg), void *arg);
 void conf_report_warnings(const struct tern_config *c, FILE *out);
+
+/*
+ * conf_check.c. A relay network shorter than /CONF_RELAY_MIN_PREFIX (IPv4
+ * or IPv6; 0.0.0.0/0 and ::/0 above all) lets most of the internet relay:
+ * conf_warnings names it, loudly.
+ */
+#define CONF_RELAY_MIN_PREFIX 8
+bool conf_cidr_too_wide(const struct conf_cidr *net);
+/*
+ * Prints c as conf_print does, but only the keys whose value differs from
+ * the defaults (an empty config file), under the sections that hold them
+ * (Postfix's postconf -n). Returns how many keys were printed.
+ */
+size_t conf_print_changed(const struct tern_config *c, FILE *out);
 
 /* The user part of a local part under recipient_delimiter: the length
  * before the first delimiter character, or len when there is none. */

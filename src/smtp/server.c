@@ -1678,14 +1678,20 @@ static void commit_done(void *arg)
 	if (t->commit_err == TERN_OK) {
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
+		char qh[SMTP_DOMAIN_MAX * 4 + 8], qf[LOG_ADDR_MAX], qm[1024];
+		const char *mid = "";
+		size_t mid_len = 0;
+		/* before submitting: the scheduler owns (and may free) data after */
+		smtp_message_id(data, len, &mid, &mid_len); /* none: msgid="" */
+		log_quote(mid, mid_len, qm, sizeof(qm));
 		scheduler_submit(s->sw->srv->sched, t->id, data, len);
-		char qh[SMTP_DOMAIN_MAX * 4 + 8], qf[LOG_ADDR_MAX];
 		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=%s nrcpt=%zu "
-		         "size=%zu",
+		         "size=%zu msgid=%s",
 		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 		         log_quote(s->helo ? s->helo : "", s->helo ? strlen(s->helo) : 0, qh,
 		                   sizeof(qh)),
-		         log_quote_addr(t->sender, qf, sizeof(qf)), t->n_rcpts, len - t->hdr_len);
+		         log_quote_addr(t->sender, qf, sizeof(qf)), t->n_rcpts, len - t->hdr_len,
+		         qm);
 		for (size_t i = 0; i < t->n_rcpts; i++)
 			log_debug("event=rcpt id=%s to=%s local=%d", t->id,
 			          log_quote_addr(t->rcpts[i].addr, qf, sizeof(qf)),

@@ -182,6 +182,21 @@ enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in,
 void smtp_scan_headers(const char *msg, size_t len, uint32_t *received_count, bool *has_8bit);
 
 /*
+ * The first header field called name (case-insensitive, no ':') in the
+ * header section of msg (CRLF lines, up to the first empty line): *val
+ * points into msg at its value, leading and trailing white space trimmed,
+ * folded lines included with their CRLF. false when there is none. Pure.
+ */
+bool smtp_header_find(const char *msg, size_t len, const char *name, const char **val,
+                      size_t *vlen);
+/*
+ * The Message-ID of msg for the log: the first "<...>" of the Message-ID
+ * field's value, brackets included, or the trimmed value when it has none.
+ * Points into msg. false when the field is absent or empty. Pure.
+ */
+bool smtp_message_id(const char *msg, size_t len, const char **id, size_t *idlen);
+
+/*
  * Scans whole message bytes (as stored, e.g. every BDAT chunk of a message)
  * for what a DATA body may not contain (DESIGN §5.4): *bare_eol is set if a
  * CR is not followed by LF (a CR as the last byte counts) or an LF is not

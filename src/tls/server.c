@@ -48,6 +48,8 @@ struct cert_entry {
 	char *file;   /* cert_file, for logs and tls_server_pick */
 	char **names; /* lowercased SAN dNSNames (or the CN when there is none) */
 	size_t n_names;
+	char not_after[32]; /* "2027-01-31T12:00:00Z", for logs */
+	bool expired;       /* when loaded */
 };
 
 /* An immutable set of certificates, reference counted: the server holds
@@ -195,9 +197,9 @@ static void entry_free(struct cert_entry *e)
 	free(e->names);
 }
 
-static void log_entry(const struct cert_entry *e, X509 *x, bool is_default)
+static void log_entry(const struct cert_entry *e, bool is_default)
 {
-	char names[1024] = "", q[1200], fq[1200], when[32] = "?";
+	char names[1024] = "", q[1200], fq[1200];
 	size_t o = 0;
 	for (size_t i = 0; i < e->n_names && o + 2 < sizeof(names); i++) {
 		int k = snprintf(names + o, sizeof(names) - o, "%s%s", i ? "," : "", e->names[i]);
@@ -207,15 +209,11 @@ static void log_entry(const struct cert_entry *e, X509 *x, bool is_default)
 	}
 	if (o >= sizeof(names))
 		o = sizeof(names) - 1;
-	struct tm tm;
-	if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
-		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	bool expired = X509_cmp_current_time(X509_get0_notAfter(x)) <= 0;
-	log_msg(expired ? LOG_LVL_WARN : LOG_LVL_INFO,
+	log_msg(e->expired ? LOG_LVL_WARN : LOG_LVL_INFO,
 	        "event=tls_certificate file=%s names=%s not_after=%s%s%s",
 	        log_quote(e->file, strlen(e->file), fq, sizeof(fq)),
-	        log_quote(names, o, q, sizeof(q)), when, is_default ? " default=yes" : "",
-	        expired ? " expired=yes" : "");
+	        log_quote(names, o, q, sizeof(q)), e->not_after, is_default ? " default=yes" : "",
+	        e->expired ? " expired=yes" : "");
 }
 
 /*
@@ -223,8 +221,7 @@ static void log_entry(const struct cert_entry *e, X509 *x, bool is_default)
  * server's, the rest its chain, as SSL_CTX_use_certificate_chain_file reads
  * it, here from memory) and the key in key_file, through the file source.
  */
-static int entry_load(const struct conf_tls_cert *c, bool is_default, struct cert_entry *e,
-                      char *err, size_t errlen)
+static int entry_load(const struct conf_tls_cert *c, struct cert_entry *e, char *err, size_t errlen)
 {
 	char *cert = NULL, *key = NULL;
 	size_t clen = 0, klen = 0;
@@ -279,7 +276,11 @@ static int entry_load(const struct conf_tls_cert *c, bool is_default, struct cer
 		snprintf(err, errlen, "tls: out of memory");
 		goto out;
 	}
-	log_entry(e, x, is_default);
+	struct tm tm;
+	tern_strlcpy(e->not_after, "?", sizeof(e->not_after));
+	if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
+		strftime(e->not_after, sizeof(e->not_after), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	e->expired = X509_cmp_current_time(X509_get0_notAfter(x)) <= 0;
 	rc = TERN_OK;
 	goto out;
 ssl_fail:
@@ -333,7 +334,7 @@ static int set_build(const struct conf_tls_server *t, struct cert_set **out, cha
 	}
 	atomic_init(&s->refs, 1);
 	for (size_t i = 0; i < t->n_certs; i++) {
-		int rc = entry_load(&t->certs[i], i == 0, &s->v[i], err, errlen);
+		int rc = entry_load(&t->certs[i], &s->v[i], err, errlen);
 		if (rc != TERN_OK) {
 			set_unref(s);
 			return rc;
@@ -489,6 +490,14 @@ int tls_server_reload(struct tls_server *ts, const struct conf_tls_server *t, ch
 	pthread_mutex_unlock(&ts->lock);
 	set_unref(old);
 	return TERN_OK;
+}
+
+void tls_server_log(struct tls_server *ts)
+{
+	struct cert_set *s = current_set(ts);
+	for (size_t i = 0; i < s->n; i++)
+		log_entry(&s->v[i], i == 0);
+	set_unref(s);
 }
 
 size_t tls_server_count(struct tls_server *ts)

@@ -51,10 +51,14 @@ struct tls_server;
 
 /*
  * Loads every certificate of t (t->n_certs > 0) and returns the server, or
- * NULL with a message in err ("tls: cannot load CERT / KEY: why"). Logs one
- * event=tls_certificate line per certificate (file, names, expiry).
+ * NULL with a message in err ("tls: cannot load CERT / KEY: why"). Logs
+ * nothing (tern check-config loads certificates the same way to test them).
  */
 struct tls_server *tls_server_new(const struct conf_tls_server *t, char *err, size_t errlen);
+
+/* Logs one event=tls_certificate line per certificate of the current set:
+ * file, names, expiry (a warning if it has expired). */
+void tls_server_log(struct tls_server *ts);
 
 /* The context listeners use (STARTTLS and implicit TLS); it lives as long as
  * ts and every connection made with it. Take a reference to keep it longer. */
