@@ -124,6 +124,13 @@ static const char default_text[] =
     "\t\trecipients_per_minute = 0;\n"
     "\t}\n"
     "}\n"
+    "auth_checks {                 # on mx listeners; not for relay.networks or AUTH clients\n"
+    "\tspf = true;                 # Received-SPF and spf= in Authentication-Results\n"
+    "\tdkim = true;                # dkim= per signature in Authentication-Results\n"
+    "\tdmarc = \"mark\";            # off, mark (record only) or enforce (550 / Junk)\n"
+    "\tdefer_on_temperror = false; # DMARC temperror: deliver (false) or 451 (true)\n"
+    "\ttimeout = 20s;              # DNS time for each of SPF, DKIM, DMARC\n"
+    "}\n"
     "dkim {\n"
     "\tcanonicalization = \"relaxed/relaxed\";\n"
     "\tkeys = [];                  # { domain = \"example.org\"; selector = \"s1\"; key_file = "
@@ -1710,6 +1717,71 @@ static void print_policy(FILE *f, const struct conf_policy *p)
 	        (unsigned)p->recipients_per_minute);
 }
 
+/* ---- auth_checks { spf; dkim; dmarc; defer_on_temperror; timeout; } ------- */
+
+/* The checks of mail received on mx listeners (smtp/verify.c). One section
+ * for the daemon, as policy { } is: submission and capture listeners never
+ * check (their mail is outbound, or caught unchanged). */
+static const struct conf_auth_checks default_auth_checks = {
+    .spf = true,
+    .dkim = true,
+    .dmarc = CONF_DMARC_MARK,
+    .defer_on_temperror = false,
+    .timeout = 20,
+};
+
+static const char *const dmarc_mode_names[] = {"off", "mark", "enforce"};
+
+static int parse_auth_checks(struct ctx *x, const struct ucl_node *sec, struct conf_auth_checks *a)
+{
+	int rc = want_section(x, sec, "auth_checks");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "spf") == 0) {
+			rc = get_bool(x, m, "auth_checks.spf", &a->spf);
+		} else if (strcmp(m->key, "dkim") == 0) {
+			rc = get_bool(x, m, "auth_checks.dkim", &a->dkim);
+		} else if (strcmp(m->key, "defer_on_temperror") == 0) {
+			rc = get_bool(x, m, "auth_checks.defer_on_temperror",
+			              &a->defer_on_temperror);
+		} else if (strcmp(m->key, "timeout") == 0) {
+			uint64_t v = 0;
+			rc = get_num(x, m, "auth_checks.timeout", NK_TIME, 1, 120, &v);
+			a->timeout = (uint32_t)v;
+		} else if (strcmp(m->key, "dmarc") == 0) {
+			if (m->type == UCL_BOOL && !m->bval) {
+				a->dmarc = CONF_DMARC_OFF; /* UCL reads a bare off (or no) as false */
+				continue;
+			}
+			if (m->type != UCL_STRING)
+				return want(x, m, "auth_checks.dmarc",
+				            "\"off\", \"mark\" or \"enforce\"");
+			size_t k = 0;
+			while (k < 3 && strcmp(m->str, dmarc_mode_names[k]) != 0)
+				k++;
+			if (k == 3)
+				return cerr(
+				    x, m,
+				    "auth_checks.dmarc: must be \"off\", \"mark\" (record the "
+				    "result, always deliver) or \"enforce\" (reject and quarantine "
+				    "as the domain asks)");
+			a->dmarc = (enum conf_dmarc_mode)k;
+		} else {
+			rc = unknown_key(x, m, "auth_checks");
+		}
+	}
+	return rc;
+}
+
+static void print_auth_checks(FILE *f, const struct conf_auth_checks *a)
+{
+	fprintf(f,
+	        "auth_checks {\n\tspf = %s;\n\tdkim = %s;\n\tdmarc = \"%s\";\n"
+	        "\tdefer_on_temperror = %s;\n\ttimeout = %us;\n}\n",
+	        a->spf ? "true" : "false", a->dkim ? "true" : "false", dmarc_mode_names[a->dmarc],
+	        a->defer_on_temperror ? "true" : "false", (unsigned)a->timeout);
+}
+
 /* ---- dkim { canonicalization; keys = [ { domain; selector; key_file; } ] } - */
 
 static void dkim_keys_free(struct conf_dkim_key *k, size_t n)
@@ -2173,6 +2245,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_policy(x, m, &c->policy);
 	if (strcmp(k, "dkim") == 0)
 		return parse_dkim(x, m, &c->dkim);
+	if (strcmp(k, "auth_checks") == 0)
+		return parse_auth_checks(x, m, &c->auth_checks);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);
@@ -2222,6 +2296,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
 	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
 	c->policy = default_policy;
+	c->auth_checks = default_auth_checks;
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
@@ -2726,4 +2801,5 @@ void conf_print(const struct tern_config *c, FILE *out)
 	}
 	fputs(c->tls.n_certs && !c->tls.self_signed ? "\n\t];\n}\n" : "];\n}\n", out);
 	print_policy(out, &c->policy);
+	print_auth_checks(out, &c->auth_checks);
 }

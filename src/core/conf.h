@@ -171,6 +171,21 @@ struct conf_dkim {
 	bool body_relaxed;
 };
 
+/* ---- auth_checks { }: SPF, DKIM and DMARC on mx listeners (smtp/verify.c) ---- */
+enum conf_dmarc_mode {
+	CONF_DMARC_OFF = 0, /* not evaluated */
+	CONF_DMARC_MARK,    /* evaluated and recorded in Authentication-Results; delivered */
+	CONF_DMARC_ENFORCE, /* p=reject -> 550 5.7.1, p=quarantine -> the Junk folder */
+};
+
+struct conf_auth_checks {
+	bool spf;                 /* check SPF from MAIL FROM; default true */
+	bool dkim;                /* verify DKIM signatures at end of data; default true */
+	enum conf_dmarc_mode dmarc; /* default CONF_DMARC_MARK */
+	bool defer_on_temperror;  /* DMARC temperror: 451 (true) or deliver (false, default) */
+	uint32_t timeout;         /* seconds for each check's DNS lookups; default 20 */
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -209,6 +224,7 @@ struct tern_config {
 	struct conf_tls_server tls;
 	struct conf_policy policy;
 	struct conf_dkim dkim;
+	struct conf_auth_checks auth_checks;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

@@ -51,6 +51,14 @@ struct spool_rcpt {
 	char *last_reply; /* last result text ("250 2.0.0 ...", "550 5.1.1 ..."), or NULL */
 };
 
+enum spool_folder {
+	SPOOL_FOLDER_INBOX = 0,
+	SPOOL_FOLDER_JUNK = 1,
+};
+
+/* The Maildir++ folder name for f: NULL for the inbox, "Junk" for Junk. */
+const char *spool_folder_name(enum spool_folder f);
+
 /* The envelope of one message. All strings owned by the struct. */
 struct spool_msg {
 	char id[QUEUE_ID_LEN + 1];
@@ -64,6 +72,10 @@ struct spool_msg {
 	 * anyone else NOTIFY=SUCCESS would make us mail its text to any address
 	 * it names (backscatter). FAILURE notices do not depend on it. */
 	bool trusted_client;
+	/* Where local recipients get the message: the inbox, or their Junk
+	 * folder (Maildir++ ".Junk") when DMARC asked for quarantine
+	 * (smtp/verify.c). Remote recipients get it as they would anyway. */
+	enum spool_folder folder;
 	char *envid;   /* or NULL */
 	char *client;  /* "addr=1.2.3.4 helo=..." trace info, or NULL */
 	uint64_t size; /* message bytes */
@@ -194,6 +206,21 @@ struct scheduler *scheduler_new(struct spool *sp, unsigned threads);
  * (ownership passes to the scheduler; may be NULL: then it is read from the
  * spool). Never blocks on I/O. */
 void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len);
+/*
+ * Capture mode's acknowledgement (DESIGN §6: the 250 comes only once the
+ * message is also in the capture store). Like scheduler_submit, then
+ * ack(arg, err) runs exactly once: on a delivery thread right after the
+ * batch holding this message was captured, synced and recorded in the
+ * spool (err TERN_OK), or with an error if it could not be captured now
+ * (it stays due in the spool and is caught later), or from scheduler_stop
+ * for a job no thread took (TERN_EIO). ack must not block.
+ * Returns TERN_OK; or TERN_EINVAL when no store is set, TERN_EIO when the
+ * scheduler is stopping, TERN_ENOMEM: then nothing was queued, ack never
+ * runs and data still belongs to the caller.
+ */
+typedef void (*scheduler_ack_fn)(void *arg, int err);
+int scheduler_submit_acked(struct scheduler *s, const char *id, char *data, size_t len,
+                           scheduler_ack_fn ack, void *arg);
 /* Queues every message in the spool that has recipients due (startup, flush). */
 void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try);
 /* Number of messages waiting for or in local delivery. */
@@ -208,7 +235,8 @@ void scheduler_set_capture(struct scheduler *s, struct capture_store *st);
  * stopped and the delivery threads were stopped, before the spool closes). */
 void scheduler_drain_results(struct scheduler *s);
 /* Stops the delivery threads after the batch in progress (remote results
- * still arriving are recorded). */
+ * still arriving are recorded); acknowledges the scheduler_submit_acked
+ * jobs that no thread took (TERN_EIO: they stay in the spool). */
 void scheduler_stop(struct scheduler *s);
 /* Stops the threads after the batch in progress; undelivered work stays in the spool. */
 void scheduler_free(struct scheduler *s);

@@ -92,6 +92,7 @@ enum session_state {
 	SS_DATA,      /* reading the message after 354 until CRLF.CRLF */
 	SS_BDAT,      /* reading the bytes of a BDAT chunk */
 	SS_CHUNKING,  /* between BDAT chunks: commands again, the message goes on */
+	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c) decide first; nothing is read */
 	SS_COMMIT,    /* the spool is making the message durable; nothing is read */
 	SS_TLS,       /* STARTTLS answered: the handshake runs on the new layer */
 	SS_CLOSING,   /* the final reply is queued; freed once it is written */
@@ -134,11 +135,13 @@ static const struct state_info {
     [SS_RCPT] = {"rcpt", HAS_HELO | HAS_TX | HAS_RCPT, IN_CMD, false,
                  TO(SS_DATA) | TO(SS_BDAT) | TO(SS_CHUNKING) | ANY_TX_END},
     [SS_DATA] = {"data", HAS_HELO | HAS_TX | HAS_RCPT, IN_DATA, false,
-                 TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
+                 TO(SS_VERIFY) | TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_BDAT] = {"bdat", HAS_HELO | HAS_TX | HAS_RCPT | HAS_BDAT, IN_BDAT, false,
-                 TO(SS_CHUNKING) | TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
+                 TO(SS_CHUNKING) | TO(SS_VERIFY) | TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_CHUNKING] = {"chunking", HAS_HELO | HAS_TX | HAS_RCPT | HAS_BDAT, IN_CMD, false,
                      TO(SS_BDAT) | ANY_TX_END},
+    [SS_VERIFY] = {"verify", HAS_HELO | HAS_TX | HAS_RCPT, IN_NONE, false,
+                   TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_COMMIT] = {"commit", HAS_HELO | HAS_TX | HAS_RCPT, IN_NONE, false,
                    TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_TLS] = {"tls", 0, IN_NONE, true, TO(SS_GREETED) | TO(SS_CLOSING)},
@@ -176,6 +179,8 @@ struct tx {
 	uint64_t bdat_remaining;
 	uint64_t bdat_total;
 	int commit_err;
+	struct smtp_verify *vfy; /* TRUST: SPF/DKIM/DMARC of this transaction, or NULL */
+	bool verified;           /* TRUST: its verdict is in */
 };
 
 struct srv_worker;
@@ -237,6 +242,7 @@ struct ip_count {
 struct smtp_server {
 	SSL_CTX *tls;
 	struct policy *policy;
+	struct pool *verify_pool; /* TRUST: verify.c hashes large bodies here */
 	struct spool *spool;
 	struct scheduler *sched;
 	struct srv_worker *workers[64];
@@ -718,6 +724,7 @@ static void tx_free(struct tx *t)
 		free(t->rcpts[i].orcpt);
 	}
 	free(t->rcpts);
+	smtp_verify_free(t->vfy, &t->msg); /* TRUST: cancels its checks (RSET, MAIL, QUIT, close) */
 	tbuf_free(&t->msg);
 	free(t);
 }
@@ -1022,6 +1029,27 @@ static void reply_chaos(struct session *s, int code, enum smtp_reply_id temp,
 	reply_line(s, code >= 500 ? perm : temp, code, false, 0, NULL);
 }
 
+/* TRUST: the checks of received mail (verify.c) start with the transaction. */
+static void verify_at_mail(struct session *s, struct tx *t)
+{
+	char sess[48];
+	snprintf(sess, sizeof(sess), "%u.%llu", worker_index(s->sw->w),
+	         (unsigned long long)s->serial);
+	struct smtp_verify_params vp = {
+	    .conf = s->conf,
+	    .policy = s->sw->srv->policy,
+	    .w = s->sw->w,
+	    .pool = s->sw->srv->verify_pool,
+	    .peer = &s->peer_sa,
+	    .helo = s->helo,
+	    .sender = t->sender,
+	    .sess = sess,
+	    .mx = !s->submission,
+	    .authenticated = s->authenticated,
+	};
+	t->vfy = smtp_verify_start(&vp);
+}
+
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
 	if (c->path.utf8 && !c->smtputf8) {
@@ -1063,6 +1091,7 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 	t->declared_size = c->has_size ? c->size : 0;
 	s->tx = t;
 	session_enter_state(s, SS_MAIL);
+	verify_at_mail(s, t); /* TRUST: SPF starts now (verify.c) */
 	reply_args(s, SMTP_R_SENDER_OK, t->sender);
 	return;
 nomem:
@@ -1669,12 +1698,48 @@ static void restore_idle_timeouts(struct session *s)
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
+static void commit_finish(struct session *s);
+
+/* ---- CAPTURE-ACK (issue 11, DESIGN §6 "Capture mode acknowledges later"):
+ * in capture mode the 250 waits until the scheduler caught the message in
+ * the capture store (one SQLite transaction and one sync per batch), so a
+ * client that lists right after its 250 sees the message. The session
+ * stays in SS_COMMIT, reading off, until capture_acked runs. */
+
+static void capture_acked(void *arg)
+{
+	struct session *s = arg;
+	(void)TERN_BUG_ON(s->state != SS_COMMIT || !s->tx);
+	/* Also when the store failed: the message is durable in the spool and
+	 * caught on the retry (the scheduler logged why). */
+	if (!s->dead)
+		reply_args(s, SMTP_R_QUEUED, s->tx->id);
+	commit_finish(s);
+}
+
+/* On a delivery thread: the session is suspended, only its worker runs it. */
+static void capture_ack_cb(void *arg, int err)
+{
+	struct session *s = arg;
+	if (worker_post(s->sw->w, capture_acked, s) != 0)
+		log_error("event=commit_post_failed id=%s", s->tx->id);
+}
+
+/* True when the scheduler took data and will call capture_ack_cb. */
+static bool capture_ack_wait(struct session *s, char *data, size_t len)
+{
+	return s->conf->capture_mode && scheduler_submit_acked(s->sw->srv->sched, s->tx->id, data,
+	                                                       len, capture_ack_cb, s) == TERN_OK;
+}
+/* ---- end CAPTURE-ACK */
+
 static void commit_done(void *arg)
 {
 	struct session *s = arg;
 	struct tx *t = s->tx;
 	/* Reading stopped at SS_COMMIT until this answer: nothing else ran. */
 	(void)TERN_BUG_ON(s->state != SS_COMMIT || !t);
+	bool wait = false;
 	if (t->commit_err == TERN_OK) {
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
@@ -1684,7 +1749,9 @@ static void commit_done(void *arg)
 		/* before submitting: the scheduler owns (and may free) data after */
 		smtp_message_id(data, len, &mid, &mid_len); /* none: msgid="" */
 		log_quote(mid, mid_len, qm, sizeof(qm));
-		scheduler_submit(s->sw->srv->sched, t->id, data, len);
+		wait = capture_ack_wait(s, data, len); /* CAPTURE-ACK */
+		if (!wait)
+			scheduler_submit(s->sw->srv->sched, t->id, data, len);
 		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=%s nrcpt=%zu "
 		         "size=%zu msgid=%s",
 		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
@@ -1699,6 +1766,8 @@ static void commit_done(void *arg)
 		s->n_msgs++;
 		atomic_fetch_add(&count_accepted, 1);
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
+		if (wait)
+			return; /* CAPTURE-ACK: capture_acked answers */
 		if (!s->dead)
 			reply_args(s, SMTP_R_QUEUED, t->id);
 	} else {
@@ -1707,6 +1776,12 @@ static void commit_done(void *arg)
 		if (!s->dead)
 			reply(s, SMTP_R_SPOOL_FAILED);
 	}
+	commit_finish(s);
+}
+
+/* After the answer to a commit: the transaction ends, reading resumes. */
+static void commit_finish(struct session *s)
+{
 	if (s->dead) {
 		tx_reset(s);
 		session_free(s);
@@ -1725,12 +1800,74 @@ static void commit_done(void *arg)
 	process_input(s);
 }
 
+/* ---------------------------------------------------------------- TRUST */
+
+static void finish_message(struct session *s);
+
+/*
+ * The verdict of verify.c: a refusal is answered here (nothing is spooled);
+ * otherwise the trace fields go on top of the message and *folder says
+ * where local recipients get it. False when the message was refused (the
+ * reply is sent, the transaction over).
+ */
+static bool verify_apply(struct session *s, struct tx *t, enum spool_folder *folder)
+{
+	struct smtp_verify_verdict vd;
+	smtp_verify_verdict(t->vfy, &vd);
+	if (vd.action == SMTP_VERIFY_REJECT || vd.action == SMTP_VERIFY_DEFER) {
+		reply_verbatim(s, vd.reply);
+		log_info("event=rejected id=%s client=%s code=%.3s reason=dmarc", t->id, s->peer,
+		         vd.reply);
+		atomic_fetch_add(&count_rejected, 1);
+		tx_end(s);
+		return false;
+	}
+	/* Our fields are not the client's bytes: room past max_message_size,
+	 * charged to the budget like every byte of the buffer. */
+	size_t grow = smtp_verify_growth(t->vfy);
+	t->msg.max += grow;
+	if (!budget_reserve(s, t, grow)) {
+		budget_exceeded(s, t);
+		reply_over_budget(s);
+		tx_end(s);
+		return false;
+	}
+	if (smtp_verify_rewrite(t->vfy, &t->msg, &t->hdr_len) != TERN_OK) {
+		reply(s, SMTP_R_NOMEM);
+		tx_end(s);
+		return false;
+	}
+	*folder = vd.action == SMTP_VERIFY_JUNK ? SPOOL_FOLDER_JUNK : SPOOL_FOLDER_INBOX;
+	return true;
+}
+
+/* verify.c's callback: the session waited in SS_VERIFY with reading off. */
+static void verify_done(void *arg)
+{
+	struct session *s = arg;
+	(void)TERN_BUG_ON(s->state != SS_VERIFY || !s->tx);
+	s->tx->verified = true;
+	finish_message(s);
+	if (s->state != SS_HELO)
+		return; /* SS_COMMIT: commit_done goes on from here */
+	/* refused: the next command, as after any reply at end of data */
+	if (s->shutting_down) {
+		reply_host(s, SMTP_R_SHUTDOWN);
+		session_close_after_flush(s, "shutdown");
+		return;
+	}
+	if (s->out_blocked)
+		return; /* on_write resumes reading */
+	bufferevent_enable(s->bev, EV_READ);
+	process_input(s);
+}
+
 /* End of DATA or the LAST BDAT chunk: check the message, then commit. */
 static void finish_message(struct session *s)
 {
 	struct tx *t = s->tx;
 	const struct smtp_data_parser *dp = &t->dp;
-	(void)TERN_BUG_ON(s->state != SS_DATA && s->state != SS_BDAT);
+	(void)TERN_BUG_ON(s->state != SS_DATA && s->state != SS_BDAT && s->state != SS_VERIFY);
 	restore_idle_timeouts(s);
 	if (t->over_budget) {
 		reply_over_budget(s);
@@ -1762,6 +1899,19 @@ static void finish_message(struct session *s)
 		return;
 	}
 
+	/* TRUST: SPF, DKIM and DMARC (verify.c) decide before anything is spooled. */
+	enum spool_folder folder = SPOOL_FOLDER_INBOX;
+	if (t->vfy && !t->verified) {
+		smtp_verify_message(t->vfy, t->id, t->msg.data + t->hdr_len, t->msg.len - t->hdr_len,
+		                    verify_done, s);
+		session_enter_state(s, SS_VERIFY);
+		bufferevent_disable(s->bev, EV_READ);
+		bufferevent_set_timeouts(s->bev, NULL, NULL);
+		return;
+	}
+	if (t->vfy && !verify_apply(s, t, &folder))
+		return;
+
 	/* The budget counted every byte this buffer holds (budget_reserve). */
 	(void)TERN_BUG_ON(t->msg.cap > t->charged);
 	struct spool_msg env = {0};
@@ -1775,6 +1925,7 @@ static void finish_message(struct session *s)
 	 * for (queue.h); decided now, by who the client is, and kept with the
 	 * message. */
 	env.trusted_client = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
+	env.folder = folder; /* TRUST: DMARC quarantine -> the Junk folder */
 	env.envid = t->envid;
 	char client[512];
 	/* auth= goes last: the capture store reads everything after it. */
@@ -2029,8 +2180,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 	if (!s->out_blocked)
 		return;
 	s->out_blocked = false;
-	if (s->state == SS_COMMIT)
-		return; /* commit_done turns reading back on */
+	if (s->state == SS_COMMIT || s->state == SS_VERIFY)
+		return; /* commit_done (verify_done) turns reading back on */
 	bufferevent_enable(s->bev, EV_READ);
 	process_input(s);
 }
@@ -2067,8 +2218,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		if (s->state == SS_COMMIT)
-			return; /* we are the slow one; the commit will answer */
+		if (s->state == SS_COMMIT || s->state == SS_VERIFY)
+			return; /* we are the slow one; the commit (verify.c) will answer */
 		enum session_input how = states[s->state].input;
 		reply_host(s, SMTP_R_TIMEOUT);
 		session_close_after_flush(s, how == IN_DATA || how == IN_BDAT ? "data-timeout"
@@ -2242,6 +2393,7 @@ struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched)
 		return NULL;
 	srv->spool = sp;
 	srv->sched = sched;
+	srv->verify_pool = pool_new(1); /* TRUST: NULL is fine: bodies hashed on the loop */
 	atomic_flag_clear(&srv->drained_logged);
 	pthread_mutex_init(&srv->ip_lock, NULL);
 	return srv;
@@ -2342,6 +2494,7 @@ void smtp_server_free(struct smtp_server *srv)
 	/* Sessions still here outlived shutdown_grace: freeing them now is
 	 * not a drain, and must not be logged as one. */
 	atomic_flag_test_and_set(&srv->drained_logged);
+	pool_free(srv->verify_pool); /* TRUST: no body job outlives its session's memory */
 	for (size_t i = 0; i < srv->n_workers; i++) {
 		struct srv_worker *sw = srv->workers[i];
 		for (size_t j = 0; j < sw->n_listeners; j++)
