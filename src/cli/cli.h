@@ -59,15 +59,6 @@ int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
 
 /*
- * The server-side TLS context from t's certificate chain and key, read
- * through the file source (serve.c); tern check-config loads them the same
- * way. NULL with a message naming the file in err.
- */
-struct conf_tls_server;
-struct ssl_ctx_st;
-struct ssl_ctx_st *tls_server_ctx(const struct conf_tls_server *t, char *err, size_t errlen);
-
-/*
  * Tells systemd (Type=notify) where the daemon stands: "READY=1",
  * "RELOADING=1", "STOPPING=1" (notify.c). Nothing without $NOTIFY_SOCKET.
  * The serving process sends them, which in the split daemon is the child:
