@@ -166,9 +166,18 @@ def pick_shared_port(ips, tries=50):
 
 
 def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free for UDP and TCP on 127.0.0.1 (unbound binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                    t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
 
 
 # --------------------------------------------------------------------------
@@ -229,7 +238,23 @@ class Unbound:
     def forward(self):
         return f"127.0.0.1@{self.port}"
 
-    def start(self, timeout=10.0):
+    def start(self, timeout=10.0, attempts=5):
+        """Starts unbound; a port taken between choosing and binding it (another
+        process's ephemeral port) is not a failure: choose again, a bounded
+        number of times."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError as e:
+                if "can't bind socket" not in str(e) or attempt == attempts - 1:
+                    raise
+                old = self.port
+                self.port = free_udp_port()
+                self.conf.write_text(self.conf.read_text().replace(
+                    f"  port: {old}\n", f"  port: {self.port}\n"))
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout):
         if not os.access(UNBOUND, os.X_OK):
             pytest.skip(f"{UNBOUND} not installed")
         chk = subprocess.run(["/usr/sbin/unbound-checkconf", str(self.conf)],
