@@ -222,17 +222,35 @@ def test_user_del_still_removes_an_entry_added_by_hand(offline):
 # Settings whose effect today is less than their name promises are not accepted silently.
 
 
-def test_check_config_warns_about_submission_profile(offline):
+def test_check_config_warns_about_submission_without_certificate(offline):
+    """A submission listener offers AUTH only inside TLS and MAIL needs AUTH there: without a
+    certificate nobody can send through it, which the operator is told."""
     offline.config["listen"]["sub"] = {"address": f"127.0.0.1:{free_port()}",
                                        "profile": "submission"}
     offline.write_config()
     r = offline.cli("check-config")
-    assert r.returncode == 0, r.stderr  # a warning, not a refusal: such configs run today
+    assert r.returncode == 0, r.stderr  # a warning, not a refusal: such configs run
     lines = [ln for ln in r.stderr.splitlines() if "warning" in ln]
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("tern: warning: listen.sub.profile:"), lines
-    assert "works like \"mx\"" in lines[0] and "AUTH" in lines[0], lines
+    assert "no tls certificate" in lines[0] and "AUTH is never offered" in lines[0], lines
     assert 'profile = "submission";' in r.stdout  # the effective config is unchanged
+
+    # with a certificate it does what it says: no warning (check-config does not read it)
+    offline.config["tls"] = {"cert_file": "/nonexistent/cert.pem",
+                             "key_file": "/nonexistent/key.pem"}
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+    # AUTH in clear is worth a warning of its own
+    offline.config["auth"] = {"allow_plaintext": True}
+    offline.write_config()
+    r = offline.cli("check-config")
+    lines = [ln for ln in r.stderr.splitlines() if "warning" in ln]
+    assert len(lines) == 1 and lines[0].startswith("tern: warning: auth.allow_plaintext:"), \
+        r.stderr
+    assert "for development only" in lines[0], lines
 
 
 @pytest.mark.parametrize("section,body,key", [
