@@ -52,8 +52,10 @@ int users_check_mailbox(const char *addr, const char **why);
  * Edits the file: add (TERN_EEXIST if present) with a fresh SHA512-CRYPT
  * hash (TERN_EINVAL unless users_check_mailbox accepts addr), set a new
  * password (TERN_ENOTFOUND if absent), delete. Rewrites
- * the file atomically (temp file, fsync, rename, directory fsync), mode
- * 0600, keeping every other line as it was.
+ * the file atomically (temp file, fsync, rename, directory fsync), keeping
+ * every other line as it was. A new file is mode 0600; a rewritten one keeps
+ * its owner, group and owner/group permission bits (e.g. 0640, group
+ * dovecot, for Dovecot's passdb), never read or write bits for others.
  */
 int users_file_add(const char *path, const char *addr, const char *password);
 int users_file_passwd(const char *path, const char *addr, const char *password);

@@ -10,7 +10,8 @@
  * keep cleartext or crypt scratch space around after use (it is wiped),
  * echo a bad line's content into an error message (it may hold a
  * password), change any line of the file other than the one edited, or
- * leave the file readable by others (the file is always rewritten 0600).
+ * leave the file readable by others (a new file is 0600; a rewrite keeps the
+ * owner and group bits an operator set, never the ones for others).
  * users_verify() and users_file_*() block (crypt, fsync): thread pool only.
  */
 #include "auth/auth.h"
@@ -821,14 +822,18 @@ int users_edit_buffer(const char *buf, size_t len, enum users_edit_op op, const 
 
 /*
  * Replaces path with data (core/fsutil: temp file, fsync, rename, directory
- * fsync). When root edits a file owned by another user (the account tern
- * drops to), the new file keeps that owner, or the daemon could not read it.
+ * fsync). A new file is 0600. An existing one keeps the owner and group
+ * permissions an operator gave it (0640 and group dovecot, so that
+ * Dovecot's auth process can read it: `tern dovecot-config`) but never any
+ * for others, and, when root edits it, its owner and group (the account
+ * tern drops to must still read it).
  */
 static int write_atomic(const char *path, const char *data, size_t len, const struct stat *orig)
 {
 	struct tern_write_opts o = {.mode = 0600, .uid = (uid_t)-1, .gid = (gid_t)-1};
 
-	if (orig != NULL && (orig->st_uid != 0 || orig->st_gid != 0)) {
+	if (orig != NULL) {
+		o.mode = orig->st_mode & 0770;
 		o.uid = orig->st_uid;
 		o.gid = orig->st_gid;
 	}

@@ -32,6 +32,10 @@ void capture_mode_stop(struct capture_mode *cm);
 int cmd_check_config(int argc, char **argv);
 int cmd_user(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
+/* `tern spf check` (spf.c) */
+int cmd_spf(int argc, char **argv);
+int cmd_dkim(int argc, char **argv);
+int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 
 /* Parses "-c FILE" / "--config FILE" out of argv (removing it); NULL if absent.
  * Returns -1 on a dangling -c. */
@@ -43,5 +47,12 @@ struct control *control_start(int listen_fd, struct spool *sp, struct scheduler 
 void control_stop(struct control *c);
 /* Binds DATA/control.sock; returns the listening fd or -1. */
 int control_bind(const char *data_dir);
+
+/* Local submission (submit.h): `tern sendmail` and its daemon side. */
+int cmd_sendmail(int argc, char **argv);
+struct submit;
+struct submit *submit_start(const char *data_dir, struct spool *sp, struct scheduler *sched,
+			    char *err, size_t errlen);
+void submit_stop(struct submit *s);
 
 #endif

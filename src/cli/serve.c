@@ -45,6 +45,7 @@
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "policy/policy.h"
+#include "pop3/pop3.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
 
@@ -258,8 +259,12 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
 		struct stat st;
-		if (lstat(cmd_path, &st) == 0)
-			chown_tree(cmd_path, uid, gid, depth + 1);
+		if (lstat(cmd_path, &st) != 0)
+			continue;
+		/* The users file keeps a group an operator chose (dovecot, so that
+		 * Dovecot's passdb can read it: `tern dovecot-config`). */
+		bool keep_group = strcmp(subs[i], "users") == 0 && st.st_gid != 0;
+		chown_tree(cmd_path, uid, keep_group ? (gid_t)-1 : gid, depth + 1);
 	}
 }
 
@@ -365,7 +370,7 @@ static void touch_file(const char *path)
 /* Every file conf names that the daemon reads (besides the config and its
  * includes, which conf_load read already). Keep in step with the readers:
  * users_load, oauth_keys_load, tls_server_ctx, dns_resolver_new, remote.c's
- * AUTH. */
+ * AUTH, dkim_key_load. */
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
@@ -377,6 +382,8 @@ static void touch_referenced(const struct tern_config *conf)
 		touch_file(conf->relayhost->auth_password_file);
 	for (size_t i = 0; i < conf->n_routes; i++)
 		touch_file(conf->routes[i].auth_password_file);
+	for (size_t i = 0; i < conf->dkim.n_keys; i++) /* policy/dkim.h dkim_key_load */
+		touch_file(conf->dkim.keys[i].key_file);
 }
 
 /* What the privileged parent needs to re-read everything on SIGHUP. */
@@ -534,6 +541,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	unsigned n_workers = 0;
 	int fds[MAX_FDS];
 	const char *fd_profiles[MAX_FDS];
+	bool fd_implicit_tls[MAX_FDS];
+	struct pop3_server *pop3 = NULL;
 	size_t n_fds = 0;
 	int control_fd = -1;
 	struct spool *sp = NULL;
@@ -542,6 +551,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct remote *remote = NULL;
 	struct policy *policy = NULL;
 	struct control *ctl = NULL;
+	struct submit *sub = NULL;
 	struct capture_mode *capm = NULL;
 	struct pool *auth_pool = NULL;
 	struct throttle *throttle = NULL;
@@ -614,6 +624,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 				goto out;
 			}
 			fd_profiles[n_fds] = conf->listeners[i].profile;
+			fd_implicit_tls[n_fds] = conf->listeners[i].implicit_tls;
 			fds[n_fds++] = fd;
 		}
 		log_info("event=listening name=%s address=%s profile=%s", conf->listeners[i].name,
@@ -739,9 +750,19 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		goto out;
 	}
 	smtp_server_set_auth(srv, auth_pool, throttle);
+	/* POP3 counts failed logins in the same throttle: guesses spread over
+	 * both services count together. */
+	if (!(pop3 = pop3_server_new(throttle))) {
+		log_error("event=fatal reason=\"out of memory\"");
+		goto out;
+	}
+	pop3_server_set_tls(pop3, tls);
 	for (size_t i = 0; i < n_fds; i++) {
-		if (smtp_server_listen(srv, workers[i % n_workers], fds[i], fd_profiles[i]) !=
-		    TERN_OK) {
+		bool is_pop3 = strcmp(fd_profiles[i], "pop3") == 0;
+		if ((is_pop3 ? pop3_server_listen(pop3, workers[i % n_workers], fds[i],
+		                                  fd_implicit_tls[i])
+		             : smtp_server_listen(srv, workers[i % n_workers], fds[i],
+		                                  fd_profiles[i])) != TERN_OK) {
 			log_error("event=fatal reason=\"cannot attach listener\"");
 			goto out;
 		}
@@ -767,6 +788,10 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		goto out;
 	}
 	control_fd = -1;
+	if (!(sub = submit_start(conf->data_dir, sp, sched, err, sizeof(err)))) { /* sendmail */
+		log_error("event=fatal reason=\"local submission: %s\"", err);
+		goto out;
+	}
 	scheduler_requeue_all(sched, false);
 	log_info("event=ready workers=%u queued=%zu", n_workers, spool_count(sp));
 
@@ -800,13 +825,14 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 
 	smtp_server_shutdown(srv);
+	pop3_server_shutdown(pop3);
 	struct timespec start;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	uint64_t grace_ms = (uint64_t)conf->limits.shutdown_grace * 1000;
-	while (smtp_server_sessions(srv) > 0) {
+	while (smtp_server_sessions(srv) + pop3_server_sessions(pop3) > 0) {
 		if (elapsed_ms(&start) >= grace_ms) {
-			log_warn("event=shutdown_grace_expired sessions=%zu",
-			         smtp_server_sessions(srv));
+			log_warn("event=shutdown_grace_expired sessions=%zu pop3_sessions=%zu",
+			         smtp_server_sessions(srv), pop3_server_sessions(pop3));
 			break;
 		}
 		struct timespec ts = {0, 20 * 1000 * 1000};
@@ -838,6 +864,7 @@ out:
 	 */
 	if (ctl)
 		control_stop(ctl);
+	submit_stop(sub);
 	if (remote)
 		remote_stop(remote);
 	for (unsigned w = 0; w < n_workers; w++)
@@ -856,6 +883,7 @@ out:
 	for (unsigned w = 0; w < n_workers; w++)
 		if (workers[w])
 			worker_run_pending(workers[w]);
+	pop3_server_free(pop3); /* waits for its pool, runs the completions on the workers */
 	smtp_server_free(srv);
 	throttle_free(throttle);
 	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */

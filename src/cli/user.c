@@ -75,7 +75,11 @@ static void give_to_daemon_user(const struct tern_config *conf)
 	struct passwd *pw = getpwnam(conf->user);
 	if (!pw)
 		return;
-	if (chown(conf->users_file, pw->pw_uid, pw->pw_gid) != 0)
+	/* A group other than root's was chosen by an operator (group dovecot,
+	 * for Dovecot's passdb): keep it. */
+	struct stat st;
+	gid_t gid = stat(conf->users_file, &st) == 0 && st.st_gid != 0 ? (gid_t)-1 : pw->pw_gid;
+	if (chown(conf->users_file, pw->pw_uid, gid) != 0)
 		fprintf(stderr, "tern: warning: cannot chown %s to %s: %s\n", conf->users_file,
 			conf->user, strerror(errno));
 }

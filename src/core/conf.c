@@ -41,6 +41,7 @@
 #define MAX_ROUTES 10000
 #define MAX_FORWARDERS 16
 #define MAX_HTTP_HOSTS 1000
+#define MAX_DKIM_KEYS 1000
 #define DEFAULT_HTTP_MAX_BODY (64u << 20)
 #define DEFAULT_HTTP_MAX_CONNECTIONS 256
 
@@ -58,6 +59,7 @@ static const char default_text[] =
     "workers = 0;                  # one per core\n"
     "vrfy = true;\n"
     "expn = false;\n"
+    "recipient_delimiter = \"+\";     # user+tag@ is delivered to user@ (\"\" turns it off)\n"
     "local_domains = [\"localhost\"];\n"
     "aliases { }\n"
     "senders { }                   # an authenticated user sends as itself and its aliases\n"
@@ -94,6 +96,9 @@ static const char default_text[] =
     "}\n"
     "listen {\n"
     "\tmx { address = \"127.0.0.1:2525\"; profile = \"mx\"; }\n"
+    "\tpop3 { address = \"127.0.0.1:2110\"; profile = \"pop3\"; }  # STLS once tls { } is set\n"
+    "\t# with tls { }: pop3s { address = \"127.0.0.1:2995\"; profile = \"pop3\"; tls = "
+    "\"implicit\"; }\n"
     "}\n"
     "routes { }\n"
     "# no relayhost: mail for other domains goes to their MX hosts\n"
@@ -128,6 +133,11 @@ static const char default_text[] =
     "\t\tmessages_per_minute = 0;\n"
     "\t\trecipients_per_minute = 0;\n"
     "\t}\n"
+    "}\n"
+    "dkim {\n"
+    "\tcanonicalization = \"relaxed/relaxed\";\n"
+    "\tkeys = [];                  # { domain = \"example.org\"; selector = \"s1\"; key_file = "
+    "\"...\"; }\n"
     "}\n";
 
 static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
@@ -163,6 +173,7 @@ struct ctx {
 	const struct ucl_doc *doc;
 	char *err;
 	size_t errlen;
+	const struct ucl_node *implicit_tls; /* a listener's tls = "implicit" (needs tls { }) */
 };
 
 __attribute__((format(printf, 3, 4))) static int cerr(struct ctx *x, const struct ucl_node *n,
@@ -882,7 +893,7 @@ static void aliaslist_free(struct aliaslist *al)
 }
 
 static int listener_add(struct ctx *x, struct tern_config *c, const char *name, const char *address,
-                        const char *profile)
+                        const char *profile, bool implicit_tls)
 {
 	struct conf_listener *v = realloc(c->listeners, (c->n_listeners + 1) * sizeof(*v));
 	if (!v)
@@ -892,6 +903,7 @@ static int listener_add(struct ctx *x, struct tern_config *c, const char *name, 
 	l->name = tern_strdup(name);
 	l->address = tern_strdup(address);
 	l->profile = tern_strdup(profile);
+	l->implicit_tls = implicit_tls;
 	c->n_listeners++; /* counted even if a copy failed, so unref frees what exists */
 	if (!l->name || !l->address || !l->profile)
 		return nomem(x);
@@ -911,13 +923,15 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	int rc = want_section(x, m, path);
 	if (rc != TERN_OK)
 		return rc;
-	const struct ucl_node *addr = NULL, *prof = NULL;
+	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL;
 	for (size_t i = 0; i < m->n_items; i++) {
 		const struct ucl_node *k = m->items[i];
 		if (strcmp(k->key, "address") == 0)
 			addr = k;
 		else if (strcmp(k->key, "profile") == 0)
 			prof = k;
+		else if (strcmp(k->key, "tls") == 0)
+			tls = k;
 		else
 			return unknown_key(x, k, section);
 	}
@@ -935,15 +949,36 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		            sub, show(addr->str, b, sizeof(b)));
 	snprintf(sub, sizeof(sub), "%s.profile", path);
 	if (prof->type != UCL_STRING)
-		return want(x, prof, sub, "\"mx\" or \"submission\"");
-	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0)
-		return cerr(x, prof, "%s: must be \"mx\" or \"submission\", not '%s'", sub,
-		            show(prof->str, b, sizeof(b)));
+		return want(x, prof, sub, "\"mx\", \"submission\" or \"pop3\"");
+	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0 &&
+	    strcmp(prof->str, "pop3") != 0)
+		return cerr(x, prof, "%s: must be \"mx\", \"submission\" or \"pop3\", not '%s'",
+		            sub, show(prof->str, b, sizeof(b)));
+	/* tls = "implicit": TLS from the first byte (POP3 on 995). "starttls"
+	 * (the default) offers the upgrade in the protocol once tls { } has a
+	 * certificate. */
+	bool implicit = false;
+	if (tls) {
+		snprintf(sub, sizeof(sub), "%s.tls", path);
+		if (tls->type != UCL_STRING)
+			return want(x, tls, sub, "\"implicit\" or \"starttls\"");
+		if (strcmp(tls->str, "implicit") == 0)
+			implicit = true;
+		else if (strcmp(tls->str, "starttls") != 0)
+			return cerr(x, tls, "%s: must be \"implicit\" or \"starttls\", not '%s'",
+			            sub, show(tls->str, b, sizeof(b)));
+		if (implicit && strcmp(prof->str, "pop3") != 0)
+			return cerr(
+			    x, tls,
+			    "%s: \"implicit\" is implemented for pop3 listeners only so far", sub);
+		if (implicit && !x->implicit_tls)
+			x->implicit_tls = tls;
+	}
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
 			            path, canon, c->listeners[i].name);
-	return listener_add(x, c, m->key, canon, prof->str);
+	return listener_add(x, c, m->key, canon, prof->str, implicit);
 }
 
 static int parse_listen(struct ctx *x, struct tern_config *c, const struct ucl_node *sec)
@@ -1784,6 +1819,107 @@ static int parse_auth(struct ctx *x, const struct ucl_node *sec, struct conf_aut
 	return rc;
 }
 
+/* ---- dkim { canonicalization; keys = [ { domain; selector; key_file; } ] } - */
+
+static void dkim_keys_free(struct conf_dkim_key *k, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(k[i].domain);
+		free(k[i].selector);
+		free(k[i].key_file);
+	}
+	free(k);
+}
+
+static int parse_dkim_key(struct ctx *x, const struct ucl_node *e, struct conf_dkim_key *k)
+{
+	char b[80];
+	int rc = TERN_OK;
+	if (e->type != UCL_OBJECT)
+		return want(x, e, "dkim.keys", "a list of { domain; selector; key_file; }");
+	for (size_t i = 0; rc == TERN_OK && i < e->n_items; i++) {
+		const struct ucl_node *m = e->items[i];
+		if (strcmp(m->key, "domain") == 0) {
+			rc = get_str(x, m, "dkim.keys.domain", &k->domain);
+			if (rc == TERN_OK && !valid_domain(k->domain))
+				return cerr(x, m, "dkim.keys.domain: '%s' is not a domain name",
+				            show(k->domain, b, sizeof(b)));
+			if (rc == TERN_OK)
+				tern_ascii_lower(k->domain);
+		} else if (strcmp(m->key, "selector") == 0) {
+			rc = get_str(x, m, "dkim.keys.selector", &k->selector);
+			if (rc == TERN_OK && !valid_domain(k->selector))
+				return cerr(
+				    x, m,
+				    "dkim.keys.selector: '%s' is not a selector (DNS labels: "
+				    "letters, digits, '-', '_', dots between)",
+				    show(k->selector, b, sizeof(b)));
+		} else if (strcmp(m->key, "key_file") == 0) {
+			rc = get_path(x, m, "dkim.keys.key_file", &k->key_file);
+		} else {
+			return unknown_key(x, m, "dkim.keys");
+		}
+	}
+	if (rc == TERN_OK && (!k->domain || !k->selector || !k->key_file))
+		return cerr(x, e, "dkim.keys: each key needs domain, selector and key_file");
+	return rc;
+}
+
+static int parse_dkim(struct ctx *x, const struct ucl_node *sec, struct conf_dkim *d)
+{
+	int rc = want_section(x, sec, "dkim");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char b[80];
+		if (strcmp(m->key, "canonicalization") == 0) {
+			static const char *const names[] = {"simple/simple", "simple/relaxed",
+			                                    "relaxed/simple", "relaxed/relaxed"};
+			if (m->type != UCL_STRING)
+				return want(x, m, "dkim.canonicalization", "a string");
+			size_t k = 0;
+			while (k < 4 && strcmp(m->str, names[k]) != 0)
+				k++;
+			if (k == 4)
+				return cerr(x, m,
+				            "dkim.canonicalization: '%s' is not relaxed/relaxed, "
+				            "relaxed/simple, simple/relaxed or simple/simple",
+				            show(m->str, b, sizeof(b)));
+			d->header_relaxed = k >= 2;
+			d->body_relaxed = k % 2 == 1;
+		} else if (strcmp(m->key, "keys") == 0) {
+			/* one { } alone is a list of one, as a single string is elsewhere */
+			size_t n = m->type == UCL_ARRAY ? m->n_items : 1;
+			if (n > MAX_DKIM_KEYS)
+				return cerr(x, m, "dkim.keys: more than %d keys", MAX_DKIM_KEYS);
+			struct conf_dkim_key *v = n ? calloc(n, sizeof(*v)) : NULL;
+			if (n && !v)
+				return nomem(x);
+			for (size_t j = 0; rc == TERN_OK && j < n; j++) {
+				const struct ucl_node *e = m->type == UCL_ARRAY ? m->items[j] : m;
+				rc = parse_dkim_key(x, e, &v[j]);
+				for (size_t o = 0; rc == TERN_OK && o < j; o++)
+					if (strcmp(v[o].domain, v[j].domain) == 0 &&
+					    strcmp(v[o].selector, v[j].selector) == 0)
+						rc = cerr(
+						    x, e,
+						    "dkim.keys: selector '%s' of %s is listed "
+						    "twice",
+						    show(v[j].selector, b, sizeof(b)), v[j].domain);
+			}
+			if (rc != TERN_OK) {
+				dkim_keys_free(v, n);
+				return rc;
+			}
+			dkim_keys_free(d->keys, d->n_keys);
+			d->keys = v;
+			d->n_keys = n;
+		} else {
+			return unknown_key(x, m, "dkim");
+		}
+	}
+	return rc;
+}
+
 /* Once the whole file is read: the default mechanisms follow oauth, and
  * the OAuth ones cannot be asked for without it. */
 static int finish_auth(struct ctx *x, struct conf_auth *a, const struct ucl_node *mechs_at)
@@ -1848,6 +1984,7 @@ static void conf_free(struct tern_config *c)
 	free(c->policy.zones);
 	free(c->tls.cert_file);
 	free(c->tls.key_file);
+	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -1867,6 +2004,7 @@ static void conf_free(struct tern_config *c)
 	free(c->users_file);
 	free(c->user);
 	free(c->log_level);
+	free(c->recipient_delimiter);
 	for (size_t i = 0; i < c->n_local_domains; i++)
 		free(c->local_domains[i]);
 	free(c->local_domains);
@@ -2034,6 +2172,23 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return get_bool(x, m, k, &c->vrfy);
 	if (strcmp(k, "expn") == 0)
 		return get_bool(x, m, k, &c->expn);
+	if (strcmp(k, "recipient_delimiter") == 0) {
+		/* RFC 5322 atext specials only: a delimiter must be able to
+		 * occur in a dot-atom local part, and "" is allowed (off). */
+		if (m->type != UCL_STRING)
+			return want(x, m, k, "a string of delimiter characters");
+		if (m->len > 8 || strspn(m->str, "!#$%&'*+-=?^_`{|}~") != m->len)
+			return cerr(x, m,
+			            "recipient_delimiter: '%s' must be up to 8 of the characters "
+			            "!#$%%&'*+-=?^_`{|}~ (or \"\" for none)",
+			            show(m->str, b, sizeof(b)));
+		char *d = tern_strdup(m->str);
+		if (!d)
+			return nomem(x);
+		free(c->recipient_delimiter);
+		c->recipient_delimiter = d;
+		return TERN_OK;
+	}
 	if (strcmp(k, "local_domains") == 0) {
 		bt->domains_given = true;
 		strlist_free(&bt->domains);
@@ -2065,6 +2220,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_capture(x, m, &c->capture);
 	if (strcmp(k, "policy") == 0)
 		return parse_policy(x, m, &c->policy);
+	if (strcmp(k, "dkim") == 0)
+		return parse_dkim(x, m, &c->dkim);
 	if (strcmp(k, "tls") == 0) {
 		const struct ucl_node *where;
 		return parse_tls(x, m, &c->tls, &where);
@@ -2082,6 +2239,8 @@ static int fill_defaults(struct ctx *x, struct tern_config *c)
 		return nomem(x);
 	if (!c->log_level && !(c->log_level = tern_strdup("info")))
 		return nomem(x);
+	if (!c->recipient_delimiter && !(c->recipient_delimiter = tern_strdup("+")))
+		return nomem(x);
 	if (!c->users_file) {
 		size_t n = strlen(c->data_dir);
 		bool slash = n > 0 && c->data_dir[n - 1] == '/';
@@ -2097,7 +2256,7 @@ static int fill_defaults(struct ctx *x, struct tern_config *c)
 static struct tern_config *build(const struct ucl_doc *doc, const char *source, char *err,
                                  size_t errlen)
 {
-	struct ctx x = {doc, err, errlen};
+	struct ctx x = {doc, err, errlen, NULL};
 	struct build_tmp bt = {0};
 	int rc = TERN_OK;
 	struct tern_config *c = calloc(1, sizeof(*c));
@@ -2114,6 +2273,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	default_auth(&c->auth);
 	c->vrfy = true;
 	c->expn = false;
+	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
 		rc = parse_top(&x, c, doc->root->items[i], &bt);
 	if (rc != TERN_OK)
@@ -2135,8 +2295,16 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 		bt.nets.v = v;
 		conf_cidr_parse(default_networks[i], &bt.nets.v[bt.nets.n++]);
 	}
-	if (!bt.listen_given && (rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx")) != TERN_OK)
+	if (!bt.listen_given &&
+	    ((rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx", false)) != TERN_OK ||
+	     (rc = listener_add(&x, c, "pop3", "127.0.0.1:2110", "pop3", false)) != TERN_OK))
 		goto fail;
+	if (x.implicit_tls && !c->tls.cert_file) {
+		rc = cerr(
+		    &x, x.implicit_tls,
+		    "tls = \"implicit\" needs a certificate: set tls { cert_file; key_file; }");
+		goto fail;
+	}
 	if ((rc = finish_address_map(&x, &bt.aliases, &c->aliases, &c->n_aliases)) != TERN_OK ||
 	    (rc = finish_address_map(&x, &bt.senders, &c->senders, &c->n_senders)) != TERN_OK)
 		goto fail;
@@ -2249,6 +2417,15 @@ void conf_unref(struct tern_config *c)
 	/* acq_rel: the last owner must see every other owner's reads finished */
 	if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
 		conf_free(c);
+}
+
+size_t conf_local_base_len(const struct tern_config *c, const char *local, size_t len)
+{
+	const char *d = c && c->recipient_delimiter ? c->recipient_delimiter : "";
+	for (size_t i = 0; *d && i < len; i++)
+		if (strchr(d, local[i]) && local[i] != '\0')
+			return i;
+	return len;
 }
 
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len)
@@ -2377,6 +2554,13 @@ size_t conf_warnings(const struct tern_config *c,
 	}
 	if (c->relayhost)
 		n += warn_route(c->relayhost, "relayhost", fn, arg);
+	if (c->dkim.n_keys > 0) {
+		fn("dkim.keys",
+		   "`tern dkim` uses these keys, but the daemon does not sign mail with them yet "
+		   "(signing comes with the submission profile)",
+		   arg);
+		n++;
+	}
 	return n;
 }
 
@@ -2476,6 +2660,9 @@ void conf_print(const struct tern_config *c, FILE *out)
 	fprintf(out, ";\nworkers = %u;\n", (unsigned)c->workers);
 	fprintf(out, "vrfy = %s;\n", c->vrfy ? "true" : "false");
 	fprintf(out, "expn = %s;\n", c->expn ? "true" : "false");
+	fputs("recipient_delimiter = ", out);
+	print_str(out, c->recipient_delimiter);
+	fputs(";\n", out);
 	fputs("local_domains = ", out);
 	print_list(out, c->local_domains, c->n_local_domains);
 	fputs(";\naliases {\n", out);
@@ -2533,6 +2720,8 @@ void conf_print(const struct tern_config *c, FILE *out)
 		print_str(out, l->address);
 		fputs(";\n\t\tprofile = ", out);
 		print_str(out, l->profile);
+		if (l->implicit_tls)
+			fputs(";\n\t\ttls = \"implicit\"", out);
 		fputs(";\n\t}\n", out);
 	}
 	fputs("}\nroutes {\n", out);
@@ -2576,6 +2765,19 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_size(out, c->capture.http_max_body);
 	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
 	        (unsigned)c->capture.http_max_connections);
+	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tkeys = [",
+	        c->dkim.header_relaxed ? "relaxed" : "simple",
+	        c->dkim.body_relaxed ? "relaxed" : "simple");
+	for (size_t i = 0; i < c->dkim.n_keys; i++) {
+		fputs(i ? ",\n\t\t{ domain = " : "\n\t\t{ domain = ", out);
+		print_str(out, c->dkim.keys[i].domain);
+		fputs("; selector = ", out);
+		print_str(out, c->dkim.keys[i].selector);
+		fputs("; key_file = ", out);
+		print_str(out, c->dkim.keys[i].key_file);
+		fputs("; }", out);
+	}
+	fputs(c->dkim.n_keys ? "\n\t];\n}\n" : "];\n}\n", out);
 	if (c->tls.cert_file) {
 		fputs("tls {\n\tcert_file = ", out);
 		print_str(out, c->tls.cert_file);

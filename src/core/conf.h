@@ -25,9 +25,10 @@
 #include <stdio.h>
 
 struct conf_listener {
-	char *name;    /* the section name: "mx", "submission", ... */
-	char *address; /* "IP:PORT" or "[IPv6]:PORT" */
-	char *profile; /* "mx" or "submission" */
+	char *name;        /* the section name: "mx", "submission", ... */
+	char *address;     /* "IP:PORT" or "[IPv6]:PORT" */
+	char *profile;     /* "mx", "submission" or "pop3" */
+	bool implicit_tls; /* tls = "implicit": TLS from the first byte (pop3 only so far) */
 };
 
 struct conf_alias {
@@ -161,6 +162,22 @@ struct conf_auth {
 	struct conf_auth_throttle throttle;
 };
 
+/* DKIM signing keys: dkim { keys = [ { domain; selector; key_file; }, ... ]; }
+ * (policy/dkim.h loads them). Several keys per domain sign each message
+ * once each (an RSA and an Ed25519 key, say). */
+struct conf_dkim_key {
+	char *domain;   /* lowercased; signs mail from it and its subdomains */
+	char *selector;
+	char *key_file; /* PEM, PKCS#1 or PKCS#8, RSA or Ed25519, mode 0600 */
+};
+
+struct conf_dkim {
+	struct conf_dkim_key *keys;
+	size_t n_keys;
+	bool header_relaxed; /* canonicalization = "relaxed/relaxed" (default) */
+	bool body_relaxed;
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -172,6 +189,9 @@ struct tern_config {
 	uint32_t workers;    /* event-loop threads; 0 (default) = one per core */
 	bool vrfy;           /* VRFY answers 252 without disclosing (default true) */
 	bool expn;           /* EXPN allowed? default false: 502 */
+	/* Plus addressing: each of these characters ends the user part of a
+	 * local part (user+tag@ is user@). Default "+"; "" turns it off. */
+	char *recipient_delimiter;
 
 	char **local_domains; /* lowercased; default ["localhost"] */
 	size_t n_local_domains;
@@ -190,7 +210,7 @@ struct tern_config {
 
 	struct conf_limits limits;
 
-	struct conf_listener *listeners; /* default: mx on 127.0.0.1:2525 */
+	struct conf_listener *listeners; /* default: mx on 127.0.0.1:2525, pop3 on 127.0.0.1:2110 */
 	size_t n_listeners;
 
 	struct conf_route *routes;       /* per-domain next hops */
@@ -202,6 +222,7 @@ struct tern_config {
 	struct conf_tls_server tls;
 	struct conf_policy policy;
 	struct conf_auth auth;
+	struct conf_dkim dkim;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;
@@ -247,6 +268,9 @@ size_t conf_warnings(const struct tern_config *c,
                      void (*fn)(const char *key, const char *text, void *arg), void *arg);
 void conf_report_warnings(const struct tern_config *c, FILE *out);
 
+/* The user part of a local part under recipient_delimiter: the length
+ * before the first delimiter character, or len when there is none. */
+size_t conf_local_base_len(const struct tern_config *c, const char *local, size_t len);
 /* Case-insensitive; domain need not be NUL-terminated. */
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len);
 /* Looks up an alias for a lowercased address; NULL if none. */

@@ -4,6 +4,9 @@
  * Maildir layout: DATA/mail/DOMAIN/LOCALPART/{tmp,new,cur}, domain and
  * local part lowercased; a local part that is not safe as a file name
  * ("/", leading ".", control bytes, ...) is refused with TERN_EINVAL.
+ * Plus addressing (recipient_delimiter in the running config): a recipient
+ * user+tag that is no user of its own is delivered to user's Maildir, into
+ * its Maildir++ folder .tag when that exists (any case), else the inbox.
  *
  * Delivery is batched so that many messages share their syncs (DESIGN §6):
  * every item is written into tmp/ and fsync'd, then all are renamed into
@@ -35,6 +38,14 @@ struct maildir_item {
 	 */
 	const char *fixed_name;
 	bool check_cur;
+	/*
+	 * Optional Maildir++ folder: NULL or "" delivers to the inbox; a name
+	 * such as "Junk" (DMARC quarantine) delivers to DATA/mail/DOMAIN/LOCAL/
+	 * .Junk/, created on first use with the "maildirfolder" marker, as
+	 * Dovecot lays folders out. 1..64 letters, digits, '-' or '_' (no '.',
+	 * the Maildir++ hierarchy separator); anything else is TERN_EINVAL.
+	 */
+	const char *folder;
 	/* out */
 	int result;              /* TERN_OK or an error */
 	char name[MAILDIR_NAME_MAX]; /* the file name in new/ */
@@ -44,6 +55,10 @@ struct maildir_item {
 /* mail_root is the data directory DATA. Builds DATA/mail/DOMAIN/LOCAL into out; TERN_EINVAL if unsafe, TERN_ELIMIT if too long. */
 int maildir_path(const char *mail_root, const char *domain, const char *local, char *out,
 		 size_t outlen);
+/* As maildir_path, then "/.FOLDER" when folder is neither NULL nor "" (see
+ * struct maildir_item.folder for the names allowed). */
+int maildir_folder_path(const char *mail_root, const char *domain, const char *local,
+			const char *folder, char *out, size_t outlen);
 /* Creates the maildir and its tmp/new/cur (mode 0700), like mkdir -p. */
 int maildir_create(const char *path);
 /*
@@ -56,7 +71,9 @@ int maildir_unique_name(const char *hostname, size_t size, char *out, size_t out
  * a message, and the same every time that recipient is delivered. */
 int maildir_stable_name(const char *hostname, long long created, const char *queue_id,
 			size_t rcpt_idx, size_t size, char *out, size_t outlen);
-/* Delivers every item (see above); returns the number delivered. */
+/* Delivers every item (see above; plus addressing reads the current
+ * runtime, core/runtime.h, when one is installed); returns the number
+ * delivered. */
 size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			     struct maildir_item *items, size_t n);
 

@@ -29,14 +29,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "auth/auth.h"
 #include "core/buf.h"
+#include "core/conf.h"
 #include "core/err.h"
 #include "core/fsutil.h"
+#include "core/runtime.h"
 
 /* Longest single path component we accept (NAME_MAX on Linux). */
 #define COMPONENT_MAX 255
@@ -113,6 +117,41 @@ int maildir_path(const char *mail_root, const char *domain, const char *local, c
 	return TERN_OK;
 }
 
+/* A Maildir++ folder name we create: 1..FOLDER_MAX of [A-Za-z0-9_-]. */
+#define FOLDER_MAX 64
+static bool folder_ok(const char *f)
+{
+	size_t n = 0;
+
+	for (; f[n] != '\0'; n++) {
+		char c = f[n];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_'))
+			return false;
+	}
+	return n > 0 && n <= FOLDER_MAX;
+}
+
+int maildir_folder_path(const char *mail_root, const char *domain, const char *local,
+			const char *folder, char *out, size_t outlen)
+{
+	int rc = maildir_path(mail_root, domain, local, out, outlen);
+	size_t pos;
+
+	if (rc != TERN_OK || folder == NULL || folder[0] == '\0')
+		return rc;
+	if (!folder_ok(folder)) {
+		out[0] = '\0';
+		return TERN_EINVAL;
+	}
+	pos = strlen(out);
+	if ((rc = append(out, outlen, &pos, "/.", false)) != TERN_OK ||
+	    (rc = append(out, outlen, &pos, folder, false)) != TERN_OK) {
+		out[0] = '\0';
+		return rc;
+	}
+	return TERN_OK;
+}
 
 /*
  * mkdir -p of path plus tmp/, new/, cur/ inside it, all mode 0700. Every
@@ -140,6 +179,78 @@ static int create_dirs(const char *path)
 		any_sub |= created;
 	}
 	return any_sub ? tern_fsync_dir(path) : TERN_OK;
+}
+
+/*
+ * A Maildir++ folder of the Maildir at mdir named tag, compared ignoring
+ * ASCII case (the address was lowercased; folders keep the case a mail
+ * program gave them): appends "/.NAME" to mdir and returns true when one
+ * exists (a directory with cur/ in it). Only existing folders: an address
+ * never creates one.
+ */
+static bool find_folder(char *mdir, size_t mdirlen, const char *tag)
+{
+	char probe[PATH_MAX];
+	struct stat st;
+	bool found = false;
+	if (check_component(tag) != TERN_OK)
+		return false;
+	DIR *d = opendir(mdir);
+	if (!d)
+		return false;
+	struct dirent *e;
+	while (!found && (e = readdir(d)) != NULL) {
+		if (e->d_name[0] != '.' || strcasecmp(e->d_name + 1, tag) != 0)
+			continue;
+		int n = snprintf(probe, sizeof(probe), "%s/%s/cur", mdir, e->d_name);
+		if (n < 0 || (size_t)n >= sizeof(probe) || stat(probe, &st) != 0 ||
+		    !S_ISDIR(st.st_mode))
+			continue;
+		size_t len = strlen(mdir);
+		n = snprintf(mdir + len, mdirlen - len, "/%s", e->d_name);
+		if (n > 0 && (size_t)n < mdirlen - len)
+			found = true;
+		else
+			mdir[len] = '\0';
+	}
+	closedir(d);
+	return found;
+}
+
+/*
+ * The Maildir of a local recipient: maildir_path's, except for plus
+ * addressing (recipient_delimiter in the running config): a local part that
+ * is no user of its own but whose part before the first delimiter is goes
+ * to that user's Maildir, into the folder named by the rest when it exists
+ * ("bob+lists" -> DATA/mail/DOMAIN/bob/.Lists), else into the inbox. rt may
+ * be NULL (no running config: tools, tests): plain maildir_path.
+ */
+static int resolve_maildir(const struct tern_runtime *rt, const char *mail_root, const char *domain,
+                           const char *local, const char *folder, char *out, size_t outlen)
+{
+	char addr[600], user[300];
+	int rc = maildir_folder_path(mail_root, domain, local, folder, out, outlen);
+	if (!rt || !rt->conf || !rt->users)
+		return rc;
+	size_t len = strlen(local);
+	size_t base = conf_local_base_len(rt->conf, local, len);
+	if (base == 0 || base == len || base >= sizeof(user))
+		return rc;
+	int n = snprintf(addr, sizeof(addr), "%s@%s", local, domain);
+	if (n < 0 || (size_t)n >= sizeof(addr) || users_exists(rt->users, addr))
+		return rc; /* a user whose name has the delimiter in it */
+	memcpy(user, local, base);
+	user[base] = '\0';
+	n = snprintf(addr, sizeof(addr), "%s@%s", user, domain);
+	if (n < 0 || (size_t)n >= sizeof(addr) || !users_exists(rt->users, addr))
+		return rc;
+	/* A folder the message must go to (DMARC quarantine: Junk) wins over
+	 * the one the tag names. */
+	if ((rc = maildir_folder_path(mail_root, domain, user, folder, out, outlen)) != TERN_OK)
+		return rc;
+	if (folder == NULL || folder[0] == '\0')
+		(void)find_folder(out, outlen, local + base + 1);
+	return TERN_OK;
 }
 
 int maildir_create(const char *path)
@@ -246,6 +357,35 @@ toolong:
 	return TERN_ELIMIT;
 }
 
+/*
+ * A new Maildir++ folder DIR/.NAME (already made by create_dirs): the
+ * "maildirfolder" marker file inside, and the parent maildir's own
+ * tmp/new/cur, so the mailbox is whole for readers even when its first
+ * message went to a folder.
+ */
+static int create_folder(const char *folder_dir)
+{
+	char buf[PATH_MAX];
+	const char *slash = strrchr(folder_dir, '/');
+	int n, fd, rc;
+
+	if (slash == NULL || (size_t)(slash - folder_dir) >= sizeof(buf))
+		return TERN_EINVAL;
+	memcpy(buf, folder_dir, (size_t)(slash - folder_dir));
+	buf[slash - folder_dir] = '\0';
+	if ((rc = create_dirs(buf)) != TERN_OK)
+		return rc;
+	n = snprintf(buf, sizeof(buf), "%s/maildirfolder", folder_dir);
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		return TERN_ELIMIT;
+	fd = open(buf, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return TERN_EIO;
+	if (close(fd) != 0)
+		return TERN_EIO;
+	return tern_fsync_dir(folder_dir);
+}
+
 /* Is a file with this stable name already delivered: in new/, or in cur/
  * under the same name plus a ":2,FLAGS" info suffix? */
 static bool already_delivered(const char *mdir, const struct maildir_item *it, char *path,
@@ -330,6 +470,8 @@ static int write_tmp(const char *mdir, const char *hostname, struct maildir_item
 			created_dirs = true;
 			if ((rc = create_dirs(mdir)) != TERN_OK)
 				return rc;
+			if (it->folder && it->folder[0] && (rc = create_folder(mdir)) != TERN_OK)
+				return rc;
 			continue;
 		}
 		if (errno == EEXIST && it->fixed_name && attempt < NAME_RETRIES) {
@@ -411,6 +553,8 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 		return 0;
 	/* If this fails we fall back to one directory sync per item. */
 	pend = calloc(n, sizeof(*pend));
+	/* The users and recipient_delimiter, for plus addressing. */
+	struct tern_runtime *rt = runtime_acquire();
 
 	/* Steps 1 and 2 per item: durable file in tmp/, then rename into new/. */
 	for (size_t i = 0; i < n; i++) {
@@ -419,7 +563,8 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 
 		it->name[0] = '\0';
 		it->path[0] = '\0';
-		rc = maildir_path(mail_root, it->domain, it->local, mdir, sizeof(mdir));
+		rc = resolve_maildir(rt, mail_root, it->domain, it->local, it->folder, mdir,
+				     sizeof(mdir));
 		if (rc == TERN_OK && it->fixed_name &&
 		    already_delivered(mdir, it, it->path, sizeof(it->path))) {
 			tern_strlcpy(it->name, it->fixed_name, sizeof(it->name));
@@ -455,6 +600,8 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			delivered += it->result == TERN_OK;
 		}
 	}
+	if (rt)
+		runtime_release(rt);
 	if (pend == NULL)
 		return delivered;
 

@@ -1186,6 +1186,13 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 		return true;
 	}
 	bool exists = users_exists(s->rt->users, addr) || strcmp(local_lc, "postmaster") == 0;
+	/* Plus addressing: user+tag@ is user's (delivery picks the mailbox) */
+	size_t base = conf_local_base_len(conf, local_lc, strlen(local_lc));
+	if (!exists && base > 0 && local_lc[base] != '\0') {
+		char b[SMTP_ADDR_MAX + 3];
+		snprintf(b, sizeof(b), "%.*s@%s", (int)base, local_lc, dom_lc);
+		exists = users_exists(s->rt->users, b);
+	}
 	if (!exists)
 		return false;
 	*err = tx_add_rcpt(t, addr, c->orcpt, c->notify, true);

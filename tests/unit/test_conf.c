@@ -383,10 +383,17 @@ static void check_defaults(const struct tern_config *c)
 	assert_int_equal(c->limits.idle_timeout, 300);
 	assert_int_equal(c->limits.data_timeout, 180);
 	assert_int_equal(c->limits.shutdown_grace, 30);
-	assert_int_equal(c->n_listeners, 1);
+	assert_string_equal(c->recipient_delimiter, "+");
+	assert_int_equal(c->n_listeners, 2);
 	assert_string_equal(c->listeners[0].name, "mx");
 	assert_string_equal(c->listeners[0].address, "127.0.0.1:2525");
 	assert_string_equal(c->listeners[0].profile, "mx");
+	assert_false(c->listeners[0].implicit_tls);
+	/* POP3 with STLS once a certificate is set; no 2995 without one */
+	assert_string_equal(c->listeners[1].name, "pop3");
+	assert_string_equal(c->listeners[1].address, "127.0.0.1:2110");
+	assert_string_equal(c->listeners[1].profile, "pop3");
+	assert_false(c->listeners[1].implicit_tls);
 	/* delivery, routes, relayhost, dns */
 	assert_int_equal(c->delivery.remote_port, 25);
 	assert_int_equal(c->delivery.retry_base, 300);
@@ -549,8 +556,8 @@ static const struct err_case conf_err_cases[] = {
     {"foo = 1", "t.conf:1: unknown key 'foo'"},
     {"\nlimits {\n  max_errors = 3\n  foo = 1\n}", "t.conf:4: unknown key 'foo' in section limits"},
     {"relay { nets = [] }", "t.conf:1: unknown key 'nets' in section relay"},
-    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tls = yes } }",
-     "t.conf:1: unknown key 'tls' in section listen.mx"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tsl = yes } }",
+     "t.conf:1: unknown key 'tsl' in section listen.mx"},
     {"hostname = 5", "t.conf:1: hostname: expected a string, got the number 5"},
     {"hostname = \"a b\"", "t.conf:1: hostname: 'a b' is not a valid host name"},
     {"hostname = \"\"", "t.conf:1: hostname: must not be empty"},
@@ -632,9 +639,28 @@ static const struct err_case conf_err_cases[] = {
     {"listen { mx { address = 25; profile = mx } }",
      "t.conf:1: listen.mx.address: expected \"IP:PORT\" or \"[IPv6]:PORT\", got the number 25"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = relay } }",
-     "t.conf:1: listen.mx.profile: must be \"mx\" or \"submission\", not 'relay'"},
+     "t.conf:1: listen.mx.profile: must be \"mx\", \"submission\" or \"pop3\", not 'relay'"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = true } }",
-     "t.conf:1: listen.mx.profile: expected \"mx\" or \"submission\", got the boolean true"},
+     "t.conf:1: listen.mx.profile: expected \"mx\", \"submission\" or \"pop3\", got the "
+     "boolean true"},
+    {"recipient_delimiter = 1",
+     "t.conf:1: recipient_delimiter: expected a string of delimiter characters, got the number "
+     "1"},
+    {"recipient_delimiter = \"@\"",
+     "t.conf:1: recipient_delimiter: '@' must be up to 8 of the characters !#$%&'*+-=?^_`{|}~ "
+     "(or \"\" for none)"},
+    {"recipient_delimiter = \".\"",
+     "t.conf:1: recipient_delimiter: '.' must be up to 8 of the characters !#$%&'*+-=?^_`{|}~ "
+     "(or \"\" for none)"},
+    /* tls = "implicit": pop3 only, and only with a certificate */
+    {"listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = yes } }",
+     "t.conf:1: listen.p.tls: expected \"implicit\" or \"starttls\", got the boolean true"},
+    {"listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = always } }",
+     "t.conf:1: listen.p.tls: must be \"implicit\" or \"starttls\", not 'always'"},
+    {"listen { s { address = \"127.0.0.1:465\"; profile = submission; tls = implicit } }",
+     "t.conf:1: listen.s.tls: \"implicit\" is implemented for pop3 listeners only so far"},
+    {"listen {\n p {\n address = \"127.0.0.1:995\"; profile = pop3;\n tls = implicit; }\n}",
+     "t.conf:4: tls = \"implicit\" needs a certificate: set tls { cert_file; key_file; }"},
     {"listen {\n a { address = \"127.0.0.1:25\"; profile = mx }\n b { address = 127.0.0.1:25; "
      "profile = mx }\n}",
      "t.conf:3: listen.b.address: 127.0.0.1:25 is already used by listener 'a'"},
@@ -1548,6 +1574,23 @@ static void test_dns_forward(void **state)
 
 /* ---- print and reload ---------------------------------------------------- */
 
+static void test_recipient_delimiter(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str("recipient_delimiter = \"+-\"", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(conf_local_base_len(c, "alice+work", 10), 5);
+	assert_int_equal(conf_local_base_len(c, "alice-x+y", 9), 5);
+	assert_int_equal(conf_local_base_len(c, "alice", 5), 5);
+	assert_int_equal(conf_local_base_len(c, "+tag", 4), 0);
+	assert_int_equal(conf_local_base_len(c, "alice+work", 4), 4); /* never past len */
+	conf_unref(c);
+	c = load_str("recipient_delimiter = \"\"", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(conf_local_base_len(c, "alice+work", 10), 10);
+	conf_unref(c);
+}
+
 static void test_print_reload_round_trip(void **state)
 {
 	static const char *const configs[] = {
@@ -1586,6 +1629,11 @@ static void test_print_reload_round_trip(void **state)
 	    "  throttle { delay_after = 2; delay = 250ms; max_delay = 1.5s; addr_block_after = 0;\n"
 	    "    user_block_after = 7; block_time = 1h; forget_after = 1d; max_entries = 100 } }\n",
 	    "auth { oauth { issuer = i; audience = a; jwks_file = j; user_claim = sub } }",
+	    "recipient_delimiter = \"\"",
+	    "recipient_delimiter = \"+-\"",
+	    "tls { cert_file = /etc/tern/c.pem; key_file = /etc/tern/k.pem }\n"
+	    "listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = implicit }\n"
+	    "  q { address = \"127.0.0.1:110\"; profile = pop3; tls = starttls } }\n",
 	};
 	for (size_t i = 0; i < N(configs); i++) {
 		char err[256];
@@ -1959,6 +2007,7 @@ int main(void)
 	    cmocka_unit_test(test_find_route_precedence),
 	    cmocka_unit_test(test_delivery_values),
 	    cmocka_unit_test(test_dns_forward),
+	    cmocka_unit_test(test_recipient_delimiter),
 	    cmocka_unit_test(test_print_reload_round_trip),
 	    cmocka_unit_test(test_print_shows_values),
 	    cmocka_unit_test(test_print_shows_routes),

@@ -364,6 +364,58 @@ static void assert_delivered(const struct maildir_item *it, const char *want, si
 	assert_non_null(strstr(it->name, sz));
 }
 
+/* DMARC quarantine: a folder per item, laid out as Dovecot's Maildir++ (".Junk"). */
+static void test_batch_delivers_into_a_folder(void **state)
+{
+	struct fixture *f = *state;
+	static const char msg[] = "Subject: spoof\r\n\r\nbody\r\n";
+	struct iovec iov = {(void *)msg, sizeof(msg) - 1};
+	char p[700];
+	struct stat st;
+	struct maildir_item items[4] = {
+	    {.domain = "example.com", .local = "carol", .iov = &iov, .iovcnt = 1, .folder = "Junk"},
+	    {.domain = "example.com", .local = "carol", .iov = &iov, .iovcnt = 1, .folder = ""},
+	    {.domain = "example.com", .local = "carol", .iov = &iov, .iovcnt = 1, .folder = "../x"},
+	    {.domain = "example.com",
+	     .local = "carol",
+	     .iov = &iov,
+	     .iovcnt = 1,
+	     .folder = ".Junk"},
+	};
+
+	assert_int_equal(maildir_deliver_batch(f->root, "mx.test", items, 4), 2);
+	assert_delivered(&items[0], msg, strlen(msg));
+	snprintf(p, sizeof(p), "%s/mail/example.com/carol/.Junk/new/%s", f->root, items[0].name);
+	assert_string_equal(items[0].path, p);
+	/* the folder marker, and the inbox (delivered to as "") beside it */
+	snprintf(p, sizeof(p), "%s/mail/example.com/carol/.Junk/maildirfolder", f->root);
+	assert_int_equal(stat(p, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_delivered(&items[1], msg, strlen(msg));
+	snprintf(p, sizeof(p), "%s/mail/example.com/carol/new/%s", f->root, items[1].name);
+	assert_string_equal(items[1].path, p);
+	/* names that could leave the mailbox or nest folders are refused */
+	assert_int_equal(items[2].result, TERN_EINVAL);
+	assert_int_equal(items[3].result, TERN_EINVAL);
+
+	/* a folder first: the mailbox's own tmp/new/cur exist for readers too */
+	struct maildir_item first = {
+	    .domain = "example.com", .local = "dave", .iov = &iov, .iovcnt = 1, .folder = "Junk"};
+	assert_int_equal(maildir_deliver_batch(f->root, "mx.test", &first, 1), 1);
+	snprintf(p, sizeof(p), "%s/mail/example.com/dave/cur", f->root);
+	assert_int_equal(stat(p, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+
+	assert_int_equal(maildir_folder_path("/data", "Example.com", "Dave", "Junk", p, sizeof(p)),
+	                 TERN_OK);
+	assert_string_equal(p, "/data/mail/example.com/dave/.Junk");
+	assert_int_equal(maildir_folder_path("/data", "example.com", "dave", NULL, p, sizeof(p)),
+	                 TERN_OK);
+	assert_string_equal(p, "/data/mail/example.com/dave");
+	assert_int_equal(maildir_folder_path("/data", "example.com", "dave", "a/b", p, sizeof(p)),
+	                 TERN_EINVAL);
+}
+
 static void test_batch_writes_exact_bytes_into_new_and_leaves_tmp_empty(void **state)
 {
 	struct fixture *f = *state;
@@ -610,6 +662,7 @@ int main(void)
 	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_batch_of_many_messages_to_one_mailbox_all_arrive,
 	                                    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_batch_delivers_into_a_folder, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_batch_recreates_missing_subdirectories, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_failed_writes_and_renames_leave_nothing_in_tmp,

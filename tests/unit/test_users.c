@@ -2,7 +2,8 @@
  * test_users.c — the users file (src/auth/users.c): every supported
  * password scheme checks right and wrong passwords, addresses match
  * case-insensitively, bad lines are reported with their line number, and
- * the file editors change only the one line, atomically, mode 0600.
+ * the file editors change only the one line, atomically, keeping the file's
+ * owner and group permissions (never any for others; a new file is 0600).
  */
 #include <crypt.h>
 #include <dirent.h>
@@ -94,12 +95,17 @@ static char *read_text(const char *path)
 	return s;
 }
 
-static void assert_mode_0600(const char *path)
+static void assert_mode(const char *path, mode_t mode)
 {
 	struct stat st;
 
 	assert_int_equal(stat(path, &st), 0);
-	assert_int_equal(st.st_mode & 07777, 0600);
+	assert_int_equal(st.st_mode & 07777, mode);
+}
+
+static void assert_mode_0600(const char *path)
+{
+	assert_mode(path, 0600);
 }
 
 /* A crypt(3) hash of pw with the given method prefix ("$6$", "$2b$", "$y$"). */
@@ -391,6 +397,27 @@ static void test_hash_password_makes_verifiable_sha512_crypt(void **state)
 	assert_string_not_equal(out, out2);
 }
 
+/*
+ * An operator opened the file to Dovecot's auth process (chgrp dovecot;
+ * chmod 0640): every later edit keeps that, or IMAP logins stop working at
+ * the next `tern user add`. Read bits for others are never kept.
+ */
+static void test_file_edits_keep_the_mode_an_operator_set(void **state)
+{
+	struct fixture *f = *state;
+
+	write_file(f->path, "a@example.com:{PLAIN}a\n", 0640);
+	assert_int_equal(users_file_add(f->path, "b@example.com", "b-pw"), TERN_OK);
+	assert_mode(f->path, 0640);
+	assert_int_equal(users_file_passwd(f->path, "a@example.com", "new"), TERN_OK);
+	assert_mode(f->path, 0640);
+	assert_int_equal(users_file_del(f->path, "b@example.com"), TERN_OK);
+	assert_mode(f->path, 0640);
+	assert_int_equal(chmod(f->path, 0664), 0);
+	assert_int_equal(users_file_add(f->path, "c@example.com", "c-pw"), TERN_OK);
+	assert_mode(f->path, 0660);
+}
+
 static void test_file_edits_keep_other_lines_byte_for_byte(void **state)
 {
 	struct fixture *f = *state;
@@ -403,9 +430,10 @@ static void test_file_edits_keep_other_lines_byte_for_byte(void **state)
 	struct user_db *db = NULL;
 	char *now;
 
-	write_file(f->path, orig, 0644);
+	write_file(f->path, orig, 0604);
 
-	/* add: the old content is an untouched prefix; the file becomes 0600. */
+	/* add: the old content is an untouched prefix; the file keeps its
+	 * owner bits and loses the bits for others. */
 	assert_int_equal(users_file_add(f->path, "Dave@Example.com", "dave-pw"), TERN_OK);
 	now = read_text(f->path);
 	assert_memory_equal(now, orig, strlen(orig));
@@ -706,6 +734,8 @@ int main(void)
 	                                    teardown),
 	    cmocka_unit_test(test_hash_password_makes_verifiable_sha512_crypt),
 	    cmocka_unit_test_setup_teardown(test_concurrent_adds_lose_no_user, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_file_edits_keep_the_mode_an_operator_set, setup,
+	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_file_edits_keep_other_lines_byte_for_byte, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_add_to_missing_file_creates_it_private, setup,
