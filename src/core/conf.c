@@ -2461,31 +2461,46 @@ static bool sender_entry_matches(const char *entry, const char *addr)
 	return at && at != addr && tern_ascii_ieq(entry + 1, at + 1);
 }
 
-bool conf_may_send_as(const struct tern_config *c, const char *user, const char *addr)
+/* conf_may_send_as for a lowercased user and address. */
+static bool owns(const struct tern_config *c, const char *user, const char *addr)
 {
-	char lc[512];
-	if (!c || !user || !addr || !*user || !*addr || strlen(addr) >= sizeof(lc))
-		return false;
-	if (tern_ascii_ieq(user, addr))
+	if (strcmp(user, addr) == 0)
 		return true;
-	tern_strlcpy(lc, addr, sizeof(lc));
-	tern_ascii_lower(lc);
 	/* An alias that delivers to the user is an address the user reads. */
-	const struct conf_alias *al = conf_find_alias(c, lc);
+	const struct conf_alias *al = conf_find_alias(c, addr);
 	for (size_t i = 0; al && i < al->n_to; i++)
-		if (tern_ascii_ieq(al->to[i], user))
+		if (strcmp(al->to[i], user) == 0)
 			return true;
-	char ulc[512];
-	if (strlen(user) >= sizeof(ulc) || c->n_senders == 0)
-		return false;
-	tern_strlcpy(ulc, user, sizeof(ulc));
-	tern_ascii_lower(ulc);
-	const struct conf_alias *s =
-	    bsearch(ulc, c->senders, c->n_senders, sizeof(c->senders[0]), alias_key_cmp);
+	const struct conf_alias *s = c->n_senders ? bsearch(user, c->senders, c->n_senders,
+	                                                    sizeof(c->senders[0]), alias_key_cmp)
+	                                          : NULL;
 	for (size_t i = 0; s && i < s->n_to; i++)
-		if (sender_entry_matches(s->to[i], lc))
+		if (sender_entry_matches(s->to[i], addr))
 			return true;
 	return false;
+}
+
+bool conf_may_send_as(const struct tern_config *c, const char *user, const char *addr)
+{
+	char lc[512], ulc[512], base[512];
+	if (!c || !user || !addr || !*user || !*addr || strlen(addr) >= sizeof(lc) ||
+	    strlen(user) >= sizeof(ulc))
+		return false;
+	tern_strlcpy(lc, addr, sizeof(lc));
+	tern_ascii_lower(lc);
+	tern_strlcpy(ulc, user, sizeof(ulc));
+	tern_ascii_lower(ulc);
+	if (owns(c, ulc, lc))
+		return true;
+	/* user+tag@domain is user@domain's (recipient_delimiter), as RCPT and
+	 * local delivery see it. A quoted local part is taken as it is. */
+	const char *at = strrchr(lc, '@');
+	size_t llen = at ? (size_t)(at - lc) : 0;
+	size_t b = conf_local_base_len(c, lc, llen);
+	if (!at || lc[0] == '"' || b == 0 || b == llen)
+		return false;
+	snprintf(base, sizeof(base), "%.*s%s", (int)b, lc, at);
+	return owns(c, ulc, base);
 }
 
 const struct conf_route *conf_find_route(const struct tern_config *c, const char *domain)

@@ -279,7 +279,8 @@ const struct conf_alias *conf_find_alias(const struct tern_config *c, const char
  * Whether user (an authenticated identity) may send with addr as its
  * envelope sender (RFC 6409 §6.1): addr is user itself, an alias one of
  * whose targets is user, or an entry of senders[user] (an address, or
- * "@domain" for every address of that domain). ASCII case-insensitive.
+ * "@domain" for every address of that domain); or one of those with a
+ * recipient_delimiter tag (user+tag@domain). ASCII case-insensitive.
  * The null sender is the caller's decision; "" is never owned. Pure.
  */
 bool conf_may_send_as(const struct tern_config *c, const char *user, const char *addr);

@@ -557,6 +557,7 @@ def senders_tern(tern_factory, certs):
     ("ALICE@Example.Test", True),
     ("team@example.test", True),      # an alias that reaches alice (conftest: alice, bob)
     ("postmaster@example.test", True),  # alias -> alice
+    ("alice+lists@example.test", True),  # recipient_delimiter: a tag of her own
     ("sales@example.test", True),     # senders map: an address
     ("anyone@example.net", True),     # senders map: "@domain"
     (BOB, False),

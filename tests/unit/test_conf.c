@@ -1966,6 +1966,12 @@ static void test_may_send_as(void **state)
 	    {"alice@example.org", "", false},                 /* <> is the caller's call */
 	    {"alice@example.org", "@example.net", false},     /* not an address */
 	    {"", "alice@example.org", false},
+	    /* recipient_delimiter ("+" by default): a tagged address is the base's */
+	    {"alice@example.org", "alice+lists@example.org", true},
+	    {"alice@example.org", "sales+q4@example.org", true},
+	    {"alice@example.org", "bob+alice@example.org", false},
+	    {"alice@example.org", "+alice@example.org", false},
+	    {"alice@example.org", "alice-lists@example.org", false},
 	};
 	for (size_t i = 0; i < N(cases); i++)
 		if (conf_may_send_as(c, cases[i].user, cases[i].addr) != cases[i].ok)
@@ -1973,6 +1979,11 @@ static void test_may_send_as(void **state)
 			         cases[i].ok);
 	assert_false(conf_may_send_as(NULL, "a@b.test", "a@b.test"));
 	assert_false(conf_may_send_as(c, NULL, "a@b.test"));
+	conf_unref(c);
+	/* without a delimiter a tag is just another address */
+	c = load_str("recipient_delimiter = \"\"", err, sizeof(err));
+	assert_false(conf_may_send_as(c, "alice@example.org", "alice+lists@example.org"));
+	assert_true(conf_may_send_as(c, "alice@example.org", "Alice@example.org"));
 	conf_unref(c);
 }
 
