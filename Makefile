@@ -5,7 +5,17 @@ TESTDIR  ?= build-test
 FUZZDIR  ?= build-fuzz
 FUZZ_SECONDS ?= 30
 
-.PHONY: all deps build run test test-unit test-integration fuzz fuzz-short bench clean format
+# Installation (make install): PREFIX, DESTDIR as usual; INSTALL_SENDMAIL=1 also links
+# sendmail, mailq and newaliases to tern (only when asked: they take over the system's).
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+SBINDIR  ?= $(PREFIX)/sbin
+MANDIR   ?= $(PREFIX)/share/man
+UNITDIR  ?= $(PREFIX)/lib/systemd/system
+INSTALL_SENDMAIL ?= 0
+
+.PHONY: all deps build run test test-unit test-integration fuzz fuzz-short bench clean format \
+	install uninstall
 
 all: build
 
@@ -45,6 +55,35 @@ fuzz: fuzz-build
 bench: build
 	@/usr/bin/python3 bench/local_delivery.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload
 	@$(BUILD)/spool_bench
+
+# The binary from $(BUILD) (built first if absent), the man pages, and the systemd units
+# with the installed binary's path in ExecStart.
+install:
+	@test -x $(BUILD)/tern || $(MAKE) --no-print-directory build
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR)
+	install -m 0755 $(BUILD)/tern $(DESTDIR)$(SBINDIR)/tern
+	install -m 0644 man/man1/tern-capture.1 $(DESTDIR)$(MANDIR)/man1/tern-capture.1
+	install -m 0644 man/man5/tern.conf.5 $(DESTDIR)$(MANDIR)/man5/tern.conf.5
+	install -m 0644 man/man8/tern.8 $(DESTDIR)$(MANDIR)/man8/tern.8
+	for u in tern.service tern-capture.service; do \
+		sed 's#/usr/local/sbin/tern#$(SBINDIR)/tern#g' contrib/systemd/$$u \
+			> $(DESTDIR)$(UNITDIR)/$$u.tmp && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u.tmp && \
+		mv $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	@if [ "$(INSTALL_SENDMAIL)" = 1 ]; then \
+		for l in sendmail mailq newaliases; do \
+			ln -sf tern $(DESTDIR)$(SBINDIR)/$$l && echo "linked $(SBINDIR)/$$l -> tern"; \
+		done; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/tern $(DESTDIR)$(MANDIR)/man1/tern-capture.1 \
+		$(DESTDIR)$(MANDIR)/man5/tern.conf.5 $(DESTDIR)$(MANDIR)/man8/tern.8 \
+		$(DESTDIR)$(UNITDIR)/tern.service $(DESTDIR)$(UNITDIR)/tern-capture.service
+	for l in sendmail mailq newaliases; do \
+		if [ "$$(readlink $(DESTDIR)$(SBINDIR)/$$l)" = tern ]; then rm -f $(DESTDIR)$(SBINDIR)/$$l; fi; \
+	done
 
 format:
 	clang-format -i $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]')

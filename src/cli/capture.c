@@ -405,11 +405,24 @@ void capture_mode_stop(struct capture_mode *cm)
 
 /* --------------------------------------------------------------- command */
 
+static const struct cli_help capture_help = {
+    "tern capture", "tern capture [-c FILE] [--smtp IP:PORT] [--http IP:PORT] [--data-dir DIR]",
+    "Runs tern for testing, as Mailpit does: accepts every message for any\n"
+    "recipient, delivers none, and shows them in a web UI with Mailpit's API.\n"
+    "  -c, --config FILE   a configuration file (tern.conf(5)); its listeners\n"
+    "                      are replaced by the one --smtp names\n"
+    "  --smtp IP:PORT      SMTP listener (default 127.0.0.1:1025)\n"
+    "  --http IP:PORT      web UI and API (default 127.0.0.1:8025)\n"
+    "  --data-dir DIR      where caught messages are kept (default the config's)\n"
+    "See tern-capture(1).\n"};
+
 int cmd_capture(int argc, char **argv)
 {
 	const char *path;
+	if (cli_help_asked(argc, argv))
+		return cli_help(&capture_help);
 	if (cli_take_config(&argc, argv, &path) != 0)
-		goto usage;
+		return cli_usage(&capture_help, "-c needs a file name");
 	struct capture_opts opts = {"127.0.0.1:1025", "127.0.0.1:8025", NULL};
 	for (int i = 1; i < argc; i++) {
 		const char **slot = NULL;
@@ -419,13 +432,11 @@ int cmd_capture(int argc, char **argv)
 			slot = &opts.http;
 		else if (strcmp(argv[i], "--data-dir") == 0)
 			slot = &opts.data_dir;
-		if (!slot || i + 1 >= argc)
-			goto usage;
+		if (!slot)
+			return cli_usage(&capture_help, "unknown option '%s'", argv[i]);
+		if (i + 1 >= argc)
+			return cli_usage(&capture_help, "%s needs a value", argv[i]);
 		*slot = argv[++i];
 	}
 	return daemon_run(path, &opts);
-usage:
-	fprintf(stderr, "usage: tern capture [-c FILE] [--smtp IP:PORT] [--http IP:PORT] "
-			"[--data-dir DIR]\n");
-	return 2;
 }

@@ -7,6 +7,24 @@
 
 #define TERN_VERSION "0.1.0"
 
+#include <stdbool.h>
+
+/* One command's words about itself (usage.c): synopsis lines separated by
+ * '\n' (each starts with the command, e.g. "tern user add ADDRESS"), and
+ * the --help text after it (options, one per line, ending in '\n'). */
+struct cli_help {
+	const char *name; /* "tern user": for "Try 'tern user --help'" */
+	const char *synopsis;
+	const char *text;
+};
+/* True when argv[1..] holds --help or -h (before any "--"). */
+bool cli_help_asked(int argc, char **argv);
+/* --help: synopsis and text on stdout. Returns 0, the exit status. */
+int cli_help(const struct cli_help *h);
+/* A usage error: "tern: WHY" (when fmt is not NULL), the synopsis and a
+ * pointer to --help on stderr. Returns 2, the exit status. */
+int cli_usage(const struct cli_help *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 struct spool;
 struct scheduler;
 
@@ -30,12 +48,42 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 					struct scheduler *sched, char *err, size_t errlen);
 void capture_mode_stop(struct capture_mode *cm);
 int cmd_check_config(int argc, char **argv);
+int cmd_log(int argc, char **argv);
 int cmd_user(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
 /* `tern spf check` (spf.c) */
 int cmd_spf(int argc, char **argv);
 int cmd_dkim(int argc, char **argv);
+int cmd_arc(int argc, char **argv); /* `tern arc verify|seal` (arc.c) */
 int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
+int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
+
+/*
+ * The server-side TLS context from t's certificate chain and key, read
+ * through the file source (serve.c); tern check-config loads them the same
+ * way. NULL with a message naming the file in err.
+ */
+struct conf_tls_server;
+struct ssl_ctx_st;
+struct ssl_ctx_st *tls_server_ctx(const struct conf_tls_server *t, char *err, size_t errlen);
+
+/*
+ * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file
+ * source and parsed as serve does (serve.c); *out is NULL without
+ * auth.oauth. TERN_OK, or an error with a message naming the file in err.
+ */
+struct tern_config;
+struct oauth_keys;
+int oauth_keys_load(const struct tern_config *conf, struct oauth_keys **out, char *err,
+                    size_t errlen);
+
+/*
+ * Tells systemd (Type=notify) where the daemon stands: "READY=1",
+ * "RELOADING=1", "STOPPING=1" (notify.c). Nothing without $NOTIFY_SOCKET.
+ * The serving process sends them, which in the split daemon is the child:
+ * the unit says NotifyAccess=all.
+ */
+void cli_notify(const char *state);
 
 /* Parses "-c FILE" / "--config FILE" out of argv (removing it); NULL if absent.
  * Returns -1 on a dangling -c. */

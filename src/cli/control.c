@@ -359,14 +359,28 @@ void control_stop(struct control *c)
 
 /* ---------------------------------------------------------- client side */
 
+static const struct cli_help queue_help = {
+    "tern queue",
+    "tern queue list|flush|damaged [-c FILE]\n"
+    "tern queue show|delete|hold|release ID [-c FILE]",
+    "Inspects and controls the queue of a running server through its control\n"
+    "socket (DATA/control.sock), as postqueue(1) and postsuper(1) do.\n"
+    "  list          every queued message: id, age, size, sender, recipients\n"
+    "  show ID       one message's envelope and each recipient's state\n"
+    "  delete ID     remove a message (no bounce)\n"
+    "  hold ID       keep a message from delivery until released\n"
+    "  release ID    let a held message go\n"
+    "  flush         retry every deferred message now\n"
+    "  damaged       spool records that could not be read, kept aside\n"
+    "  -c, --config FILE   the configuration file (to find the data dir)\n"};
+
 int cmd_queue(int argc, char **argv)
 {
 	const char *path;
-	if (cli_take_config(&argc, argv, &path) != 0 || argc < 2) {
-		fprintf(stderr, "usage: tern queue list|show ID|delete ID|hold ID|release ID|flush|"
-		                "damaged [-c FILE]\n");
-		return 2;
-	}
+	if (cli_help_asked(argc, argv))
+		return cli_help(&queue_help);
+	if (cli_take_config(&argc, argv, &path) != 0 || argc < 2)
+		return cli_usage(&queue_help, NULL);
 	const char *sub = argv[1];
 	char req[REQUEST_MAX];
 	if (strcmp(sub, "list") == 0 && argc == 2)
@@ -383,11 +397,8 @@ int cmd_queue(int argc, char **argv)
 		snprintf(req, sizeof(req), "HOLD %s\n", argv[2]);
 	else if (strcmp(sub, "release") == 0 && argc == 3 && strlen(argv[2]) < 64)
 		snprintf(req, sizeof(req), "RELEASE %s\n", argv[2]);
-	else {
-		fprintf(stderr, "usage: tern queue list|show ID|delete ID|hold ID|release ID|flush|"
-		                "damaged [-c FILE]\n");
-		return 2;
-	}
+	else
+		return cli_usage(&queue_help, NULL);
 
 	char err[512];
 	struct tern_config *conf = conf_load(path, err, sizeof(err));

@@ -36,18 +36,29 @@
 #define STDIN_MAX (64u << 20)
 #define DEFAULT_TIMEOUT 10
 
+static const struct cli_help dkim_help = {
+    "tern dkim",
+    "tern dkim keygen DOMAIN SELECTOR [--type rsa|ed25519] [--bits N] [--out FILE] [--force]\n"
+    "tern dkim dns [DOMAIN] [-c FILE]\n"
+    "tern dkim check [DOMAIN] [-c FILE] [--timeout SECONDS]\n"
+    "tern dkim sign --domain D (--selector S --key FILE | -c FILE) [--canon H/B] [--time T]\n"
+    "               [--expire SECONDS] [--headers a:b:c] [--identity I] < message\n"
+    "tern dkim verify [-c FILE] [--dns-file FILE] [--now T] [--timeout SECONDS]\n"
+    "                 [--allow-unsigned-body] < message",
+    "DKIM (RFC 6376, 8463) keys and tools:\n"
+    "  keygen    make a key pair (RSA or Ed25519) and print its DNS record\n"
+    "  dns       the TXT records to publish for the config's dkim { keys }\n"
+    "  check     compare the published records with the keys\n"
+    "  sign      sign a message read from standard input\n"
+    "  verify    verify every signature of a message read from standard input\n"};
+
+/* --help on stdout; a usage error (its synopsis) on stderr. */
 static void usage(FILE *out)
 {
-	fprintf(out,
-	        "usage: tern dkim keygen DOMAIN SELECTOR [--type rsa|ed25519] [--bits N]\n"
-	        "                        [--out FILE] [--force]\n"
-	        "       tern dkim dns [DOMAIN] [-c FILE]\n"
-	        "       tern dkim check [DOMAIN] [-c FILE] [--timeout SECONDS]\n"
-	        "       tern dkim sign --domain D (--selector S --key FILE | -c FILE)\n"
-	        "                      [--canon H/B] [--time T] [--expire SECONDS]\n"
-	        "                      [--headers a:b:c] [--identity I] < message\n"
-	        "       tern dkim verify [-c FILE] [--dns-file FILE] [--now T]\n"
-	        "                        [--timeout SECONDS] [--allow-unsigned-body] < message\n");
+	if (out == stdout)
+		cli_help(&dkim_help);
+	else
+		cli_usage(&dkim_help, NULL);
 }
 
 /* Network bytes, safe for a terminal: controls and 8-bit as '?'. */
@@ -785,6 +796,8 @@ out:
 
 int cmd_dkim(int argc, char **argv)
 {
+	if (cli_help_asked(argc, argv))
+		return cli_help(&dkim_help);
 	if (argc < 2) {
 		usage(stderr);
 		return 2;

@@ -35,16 +35,19 @@ struct dc_opts {
 	const char *base_dir, *state_dir, *log_path;
 };
 
+static const struct cli_help dovecot_help = {
+    "tern dovecot-config",
+    "tern dovecot-config [-c FILE] [--listen ADDRS] [--imap-port N] [--imaps-port N]\n"
+    "                    [--pop3-port N] [--pop3s-port N] [--base-dir DIR]\n"
+    "                    [--state-dir DIR] [--log-path FILE]",
+    "Prints a Dovecot 2.3 configuration serving tern's mailboxes and users.\n"
+    "Defaults: --listen \"*, ::\", IMAP on 143 (and 993 with tern's tls { }),\n"
+    "no POP3 (tern serves it; a port given turns Dovecot's on), Dovecot's own\n"
+    "base, state and log places.\n"};
+
 static int usage(void)
 {
-	fprintf(stderr, "usage: tern dovecot-config [-c FILE] [--listen ADDRS] [--imap-port N]\n"
-	                "           [--imaps-port N] [--pop3-port N] [--pop3s-port N]\n"
-	                "           [--base-dir DIR] [--state-dir DIR] [--log-path FILE]\n"
-	                "Prints a Dovecot 2.3 configuration serving tern's mailboxes and users.\n"
-	                "Defaults: --listen \"*, ::\", IMAP on 143 (and 993 with tern's tls { }),\n"
-	                "no POP3 (tern serves it; a port given turns Dovecot's on), Dovecot's own\n"
-	                "base, state and log places.\n");
-	return 2;
+	return cli_usage(&dovecot_help, NULL);
 }
 
 static bool parse_port(const char *s, unsigned *out)
@@ -197,6 +200,8 @@ int cmd_dovecot_config(int argc, char **argv)
 	struct dc_opts o = {
 	    .listen = "*, ::", .imap_port = 143, .imaps_port = 993, .pop3s_port = 995};
 	bool pop3s_given = false;
+	if (cli_help_asked(argc, argv))
+		return cli_help(&dovecot_help);
 	if (cli_take_config(&argc, argv, &path) != 0)
 		return usage();
 	/* Options come in pairs: NAME VALUE. */

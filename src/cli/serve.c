@@ -81,25 +81,6 @@ int cli_take_config(int *argc, char **argv, const char **path)
 	return 0;
 }
 
-int cmd_check_config(int argc, char **argv)
-{
-	const char *path;
-	if (cli_take_config(&argc, argv, &path) != 0 || argc != 1) {
-		fprintf(stderr, "usage: tern check-config [-c FILE]\n");
-		return 2;
-	}
-	char err[512];
-	struct tern_config *c = conf_load(path, err, sizeof(err));
-	if (!c) {
-		fprintf(stderr, "tern: %s\n", err);
-		return 1;
-	}
-	conf_report_warnings(c, stderr);
-	conf_print(c, stdout);
-	conf_unref(c);
-	return 0;
-}
-
 /* Loads the config; in capture mode the command line's overrides are
  * applied on every load, so a SIGHUP keeps them. */
 static struct tern_config *config_load(const char *path, const struct capture_opts *cap, char *err,
@@ -116,10 +97,9 @@ static struct tern_config *config_load(const char *path, const struct capture_op
 	return conf;
 }
 
-/* The OAuth issuer's public keys (auth.oauth.jwks_file), or NULL without
- * auth.oauth. TERN_OK, or an error with err saying why. */
-static int oauth_keys_load(const struct tern_config *conf, struct oauth_keys **out, char *err,
-                           size_t errlen)
+/* cli.h: the OAuth issuer's public keys, or NULL without auth.oauth. */
+int oauth_keys_load(const struct tern_config *conf, struct oauth_keys **out, char *err,
+                    size_t errlen)
 {
 	const char *path = conf->auth.oauth.jwks_file;
 	char *json = NULL, why[256];
@@ -279,7 +259,7 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
  * through the file source: in the split daemon the parent read them as root
  * (keys are often readable by root only). NULL with a message in err.
  */
-static SSL_CTX *tls_server_ctx(const struct conf_tls_server *t, char *err, size_t errlen)
+SSL_CTX *tls_server_ctx(const struct conf_tls_server *t, char *err, size_t errlen)
 {
 	char *cert = NULL, *key = NULL;
 	size_t clen = 0, klen = 0;
@@ -420,20 +400,69 @@ static struct file_bundle *parent_reload(void *arg)
 	return b;
 }
 
+/*
+ * What a reload cannot apply: listeners the new config adds ("+NAME=ADDR"),
+ * drops ("-NAME=ADDR") or gives another profile ("~NAME=ADDR"), comma
+ * separated in out (truncated to fit). Returns how many.
+ */
+static size_t listener_changes(const struct tern_config *old, const struct tern_config *nw,
+                               char *out, size_t outlen)
+{
+	size_t n = 0, at = 0;
+	out[0] = '\0';
+	for (int pass = 0; pass < 2; pass++) {
+		const struct tern_config *a = pass == 0 ? nw : old, *b = pass == 0 ? old : nw;
+		for (size_t i = 0; i < a->n_listeners; i++) {
+			const struct conf_listener *l = &a->listeners[i], *m = NULL;
+			for (size_t j = 0; j < b->n_listeners && !m; j++)
+				if (strcmp(b->listeners[j].address, l->address) == 0)
+					m = &b->listeners[j];
+			char sign =
+			    !m ? (pass == 0 ? '+' : '-')
+			       : (pass == 0 && strcmp(m->profile, l->profile) != 0 ? '~' : 0);
+			if (!sign)
+				continue;
+			if (at < outlen)
+				at += (size_t)snprintf(out + at, outlen - at, "%s%c%s=%s",
+				                       n ? "," : "", sign, l->name, l->address);
+			n++;
+		}
+	}
+	return n;
+}
+
 /* Makes a new runtime current (SIGHUP); a failure keeps the old one. */
 static bool reload_runtime(const char *path, const struct capture_opts *cap)
 {
 	char err[512];
+	cli_notify("RELOADING=1");
 	struct tern_runtime *nrt = runtime_load(path, cap, err, sizeof(err));
 	if (!nrt) {
 		log_error("event=reload_failed reason=\"%s\" keeping=old-config", err);
+		cli_notify("READY=1\nSTATUS=reload failed; running the old config");
 		return false;
 	}
-	log_info(
-	    "event=reloaded users=%zu aliases=%zu senders=%zu oauth_keys=%zu local_domains=%zu",
-	    users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_senders,
-	    oauth_keys_count(nrt->oauth_keys), nrt->conf->n_local_domains);
+	struct tern_runtime *cur = runtime_acquire();
+	char diff[512], q[600];
+	size_t nd = cur ? listener_changes(cur->conf, nrt->conf, diff, sizeof(diff)) : 0;
+	runtime_release(cur);
+	if (nd == 0)
+		log_info("event=reloaded users=%zu aliases=%zu senders=%zu oauth_keys=%zu "
+		         "local_domains=%zu",
+		         users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_senders,
+		         oauth_keys_count(nrt->oauth_keys), nrt->conf->n_local_domains);
+	else /* the rest applies; the sockets stay those bound at start */
+		log_warn(
+		    "event=reload_needs_restart users=%zu aliases=%zu senders=%zu "
+		    "oauth_keys=%zu local_domains=%zu listeners=%s reason=\"listeners are bound "
+		    "at start only: everything but listen { } is reloaded; restart tern to "
+		    "apply the listener changes\"",
+		    users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_senders,
+		    oauth_keys_count(nrt->oauth_keys), nrt->conf->n_local_domains,
+		    log_quote(diff, strlen(diff), q, sizeof(q)));
 	runtime_install(nrt);
+	cli_notify(nd ? "READY=1\nSTATUS=reloaded; listener changes need a restart"
+	              : "READY=1\nSTATUS=accepting mail");
 	return true;
 }
 
@@ -522,13 +551,25 @@ static int split_account(const struct tern_config *conf, uid_t *uid, gid_t *gid)
 	return 1;
 }
 
+static const struct cli_help serve_help = {
+    "tern serve", "tern serve [-c FILE]",
+    "Runs the mail server: every listener, the queue, delivery, HTTP. Without -c\n"
+    "it runs the embedded default (SMTP on 127.0.0.1:2525, data in ./tern-data).\n"
+    "Started as root it binds, reads keys as root and runs the rest as 'user'.\n"
+    "  -c, --config FILE   the configuration file (tern.conf(5))\n"
+    "Signals: SIGHUP reloads certificates, users, routes and policies (new\n"
+    "listeners need a restart); SIGTERM stops after the transactions in flight.\n"
+    "Logs go to standard error, one key=value line per event.\n"};
+
 int cmd_serve(int argc, char **argv)
 {
 	const char *path;
-	if (cli_take_config(&argc, argv, &path) != 0 || argc != 1) {
-		fprintf(stderr, "usage: tern serve [-c FILE]\n");
-		return 2;
-	}
+	if (cli_help_asked(argc, argv))
+		return cli_help(&serve_help);
+	if (cli_take_config(&argc, argv, &path) != 0)
+		return cli_usage(&serve_help, "-c needs a file name");
+	if (argc != 1)
+		return cli_usage(&serve_help, "unexpected argument '%s'", argv[1]);
 	return daemon_run(path, NULL);
 }
 
@@ -794,6 +835,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 	scheduler_requeue_all(sched, false);
 	log_info("event=ready workers=%u queued=%zu", n_workers, spool_count(sp));
+	cli_notify("READY=1\nSTATUS=accepting mail");
 
 	for (;;) {
 		int sig = 0;
@@ -823,6 +865,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		         smtp_server_sessions(srv));
 		break;
 	}
+	cli_notify("STOPPING=1");
 
 	smtp_server_shutdown(srv);
 	pop3_server_shutdown(pop3);

@@ -33,13 +33,16 @@ struct spf_cli {
 	struct spf_verdict v;
 };
 
-static void usage(FILE *out)
-{
-	fprintf(out,
-	        "usage: tern spf check [--dns IP[@PORT]]... [--helo NAME] [--receiver NAME]\n"
-	        "                      [--timeout MS] IP MAILFROM\n"
-	        "  checks the HELO identity, then MAIL FROM (\"\" or \"<>\": the null path)\n");
-}
+static const struct cli_help spf_help = {
+    "tern spf",
+    "tern spf check [--dns IP[@PORT]]... [--helo NAME] [--receiver NAME] [--timeout MS]\n"
+    "               IP MAILFROM",
+    "Evaluates SPF (RFC 7208) as tern's mx listener would for a client at IP:\n"
+    "the HELO identity, then MAIL FROM (\"\" or \"<>\": the null path).\n"
+    "  --dns IP[@PORT]   resolver to ask (repeatable; default /etc/resolv.conf)\n"
+    "  --helo NAME       the client's HELO/EHLO name\n"
+    "  --receiver NAME   our host name, for %{r} in explanations\n"
+    "  --timeout MS      DNS time budget (1..600000)\n"};
 
 static void print_outcome(const struct spf_outcome *o)
 {
@@ -76,17 +79,16 @@ int cmd_spf(int argc, char **argv)
 
 	memset(&c, 0, sizeof(c));
 	spf_limits_default(&lim);
-	if (argc < 2 || strcmp(argv[1], "check") != 0) {
-		usage(stderr);
-		return 2;
-	}
+	if (cli_help_asked(argc, argv))
+		return cli_help(&spf_help);
+	if (argc < 2 || strcmp(argv[1], "check") != 0)
+		return cli_usage(&spf_help, NULL);
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i];
 		bool has_val = i + 1 < argc;
 		if (strcmp(a, "--dns") == 0 && has_val) {
 			if (n_dns == MAX_DNS) {
-				fprintf(stderr, "tern spf: at most %d --dns\n", MAX_DNS);
-				return 2;
+				return cli_usage(&spf_help, "at most %d --dns", MAX_DNS);
 			}
 			dns[n_dns++] = argv[++i];
 		} else if (strcmp(a, "--helo") == 0 && has_val) {
@@ -97,27 +99,22 @@ int cmd_spf(int argc, char **argv)
 			char *end;
 			unsigned long ms = strtoul(argv[++i], &end, 10);
 			if (*end || ms == 0 || ms > 600000) {
-				fprintf(stderr, "tern spf: --timeout takes 1..600000 ms\n");
-				return 2;
+				return cli_usage(&spf_help, "--timeout takes 1..600000 ms");
 			}
 			lim.timeout_ms = (unsigned)ms;
 		} else if (a[0] == '-' && a[1] == '-') {
-			usage(stderr);
-			return 2;
+			return cli_usage(&spf_help, NULL);
 		} else if (n_args < 2) {
 			args[n_args++] = a;
 		} else {
-			usage(stderr);
-			return 2;
+			return cli_usage(&spf_help, NULL);
 		}
 	}
 	if (n_args != 2) {
-		usage(stderr);
-		return 2;
+		return cli_usage(&spf_help, NULL);
 	}
 	if (spf_ip_parse(args[0], &c.req.ip) != TERN_OK) {
-		fprintf(stderr, "tern spf: \"%s\" is not an IP address\n", args[0]);
-		return 2;
+		return cli_usage(&spf_help, "\"%s\" is not an IP address", args[0]);
 	}
 	c.req.mailfrom = strcmp(args[1], "<>") == 0 ? "" : args[1];
 	if (!c.req.helo)

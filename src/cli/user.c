@@ -125,20 +125,35 @@ static void print_addr(const char *addr, void *arg)
 	printf("%s\n", addr);
 }
 
+static const struct cli_help user_help = {
+    "tern user",
+    "tern user add ADDRESS [--password-stdin] [-c FILE]\n"
+    "tern user passwd ADDRESS [--password-stdin] [-c FILE]\n"
+    "tern user del ADDRESS [-c FILE]\n"
+    "tern user list [-c FILE]",
+    "Manages the users of the users_file the config names (passwd-file format,\n"
+    "crypt(3) hashes): who may log in for submission and POP3, and whose\n"
+    "mailboxes exist. A running server applies changes on SIGHUP.\n"
+    "  --password-stdin    read the password from the first line of standard\n"
+    "                      input (default: ask twice on the terminal; never on\n"
+    "                      the command line, where ps would show it)\n"
+    "  -c, --config FILE   the configuration file\n"};
+
 static int usage(void)
 {
-	fprintf(stderr, "usage: tern user add ADDRESS [--password-stdin] [-c FILE]\n"
-			"       tern user passwd ADDRESS [--password-stdin] [-c FILE]\n"
-			"       tern user del ADDRESS [-c FILE]\n"
-			"       tern user list [-c FILE]\n");
-	return 2;
+	return cli_usage(&user_help, NULL);
 }
 
 int cmd_user(int argc, char **argv)
 {
 	const char *path;
+	if (cli_help_asked(argc, argv))
+		return cli_help(&user_help);
 	if (cli_take_config(&argc, argv, &path) != 0 || argc < 2)
 		return usage();
+	if (strcmp(argv[1], "add") != 0 && strcmp(argv[1], "passwd") != 0 &&
+	    strcmp(argv[1], "del") != 0 && strcmp(argv[1], "list") != 0)
+		return cli_usage(&user_help, "unknown subcommand '%s'", argv[1]);
 	bool from_stdin = false;
 	int nargs = 0;
 	const char *args[3];
@@ -151,6 +166,8 @@ int cmd_user(int argc, char **argv)
 			return usage();
 	}
 	const char *sub = args[0];
+	if (strcmp(sub, "list") == 0 ? nargs != 1 : nargs != 2)
+		return usage();
 	char err[512];
 	struct tern_config *conf = conf_load(path, err, sizeof(err));
 	if (!conf) {

@@ -29,6 +29,7 @@
 #include "core/log.h"
 #include "auth/auth.h"
 #include "core/ucl.h"
+#include "policy/milter.h"
 #include "policy/policy.h"
 
 #define DEFAULT_SOURCE "(embedded default)"
@@ -133,6 +134,13 @@ static const char default_text[] =
     "\t\tmessages_per_minute = 0;\n"
     "\t\trecipients_per_minute = 0;\n"
     "\t}\n"
+    "}\n"
+    "auth_checks {                 # on mx listeners; not for relay.networks or AUTH clients\n"
+    "\tspf = true;                 # Received-SPF and spf= in Authentication-Results\n"
+    "\tdkim = true;                # dkim= per signature in Authentication-Results\n"
+    "\tdmarc = \"mark\";            # off, mark (record only) or enforce (550 / Junk)\n"
+    "\tdefer_on_temperror = false; # DMARC temperror: deliver (false) or 451 (true)\n"
+    "\ttimeout = 20s;              # DNS time for each of SPF, DKIM, DMARC\n"
     "}\n"
     "dkim {\n"
     "\tcanonicalization = \"relaxed/relaxed\";\n"
@@ -904,9 +912,65 @@ static int listener_add(struct ctx *x, struct tern_config *c, const char *name, 
 	l->address = tern_strdup(address);
 	l->profile = tern_strdup(profile);
 	l->implicit_tls = implicit_tls;
+	l->milters = NULL;
+	l->n_milters = 0;
+	l->milter_default_action = CONF_MILTER_TEMPFAIL;
 	c->n_listeners++; /* counted even if a copy failed, so unref frees what exists */
 	if (!l->name || !l->address || !l->profile)
 		return nomem(x);
+	return TERN_OK;
+}
+
+/* listen.NAME { milters = [...]; milter_default_action = "..."; } */
+#define MAX_MILTERS 16
+
+static int add_milter(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct conf_listener *l = arg;
+	char b[80];
+	if (milter_spec_check(n->str) != TERN_OK)
+		return cerr(x, n,
+		            "%s: '%s' is not inet:IP:PORT, inet:[IPv6]:PORT or unix:/PATH (a host "
+		            "name would need a blocking lookup: give its address)",
+		            path, show(n->str, b, sizeof(b)));
+	char **v = realloc(l->milters, (l->n_milters + 1) * sizeof(*v));
+	if (!v)
+		return nomem(x);
+	l->milters = v;
+	if (!(v[l->n_milters] = tern_strdup(n->str))) /* case kept: a path */
+		return nomem(x);
+	l->n_milters++;
+	return TERN_OK;
+}
+
+static int parse_listener_milters(struct ctx *x, struct conf_listener *l, const char *path,
+                                  const struct ucl_node *milters, const struct ucl_node *mact)
+{
+	char sub[128], b[80];
+	l->milters = NULL;
+	l->n_milters = 0;
+	l->milter_default_action = CONF_MILTER_TEMPFAIL;
+	if (milters) {
+		snprintf(sub, sizeof(sub), "%s.milters", path);
+		int rc = each_string(x, milters, sub, MAX_MILTERS, add_milter, l);
+		if (rc != TERN_OK)
+			return rc;
+	}
+	if (mact) {
+		snprintf(sub, sizeof(sub), "%s.milter_default_action", path);
+		if (mact->type != UCL_STRING)
+			return want(x, mact, sub, "\"tempfail\", \"accept\" or \"reject\"");
+		if (strcmp(mact->str, "tempfail") == 0)
+			l->milter_default_action = CONF_MILTER_TEMPFAIL;
+		else if (strcmp(mact->str, "accept") == 0)
+			l->milter_default_action = CONF_MILTER_ACCEPT;
+		else if (strcmp(mact->str, "reject") == 0)
+			l->milter_default_action = CONF_MILTER_REJECT;
+		else
+			return cerr(x, mact,
+			            "%s: must be \"tempfail\", \"accept\" or \"reject\", not '%s'",
+			            sub, show(mact->str, b, sizeof(b)));
+	}
 	return TERN_OK;
 }
 
@@ -923,7 +987,7 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	int rc = want_section(x, m, path);
 	if (rc != TERN_OK)
 		return rc;
-	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL;
+	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL, *milters = NULL, *mact = NULL;
 	for (size_t i = 0; i < m->n_items; i++) {
 		const struct ucl_node *k = m->items[i];
 		if (strcmp(k->key, "address") == 0)
@@ -932,6 +996,10 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 			prof = k;
 		else if (strcmp(k->key, "tls") == 0)
 			tls = k;
+		else if (strcmp(k->key, "milters") == 0)
+			milters = k;
+		else if (strcmp(k->key, "milter_default_action") == 0)
+			mact = k;
 		else
 			return unknown_key(x, k, section);
 	}
@@ -978,7 +1046,11 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
 			            path, canon, c->listeners[i].name);
-	return listener_add(x, c, m->key, canon, prof->str, implicit);
+	rc = listener_add(x, c, m->key, canon, prof->str, implicit);
+	if (rc == TERN_OK)
+		rc = parse_listener_milters(x, &c->listeners[c->n_listeners - 1], path, milters,
+		                            mact);
+	return rc;
 }
 
 static int parse_listen(struct ctx *x, struct tern_config *c, const struct ucl_node *sec)
@@ -1819,6 +1891,71 @@ static int parse_auth(struct ctx *x, const struct ucl_node *sec, struct conf_aut
 	return rc;
 }
 
+/* ---- auth_checks { spf; dkim; dmarc; defer_on_temperror; timeout; } ------- */
+
+/* The checks of mail received on mx listeners (smtp/verify.c). One section
+ * for the daemon, as policy { } is: submission and capture listeners never
+ * check (their mail is outbound, or caught unchanged). */
+static const struct conf_auth_checks default_auth_checks = {
+    .spf = true,
+    .dkim = true,
+    .dmarc = CONF_DMARC_MARK,
+    .defer_on_temperror = false,
+    .timeout = 20,
+};
+
+static const char *const dmarc_mode_names[] = {"off", "mark", "enforce"};
+
+static int parse_auth_checks(struct ctx *x, const struct ucl_node *sec, struct conf_auth_checks *a)
+{
+	int rc = want_section(x, sec, "auth_checks");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "spf") == 0) {
+			rc = get_bool(x, m, "auth_checks.spf", &a->spf);
+		} else if (strcmp(m->key, "dkim") == 0) {
+			rc = get_bool(x, m, "auth_checks.dkim", &a->dkim);
+		} else if (strcmp(m->key, "defer_on_temperror") == 0) {
+			rc = get_bool(x, m, "auth_checks.defer_on_temperror",
+			              &a->defer_on_temperror);
+		} else if (strcmp(m->key, "timeout") == 0) {
+			uint64_t v = 0;
+			rc = get_num(x, m, "auth_checks.timeout", NK_TIME, 1, 120, &v);
+			a->timeout = (uint32_t)v;
+		} else if (strcmp(m->key, "dmarc") == 0) {
+			if (m->type == UCL_BOOL && !m->bval) {
+				a->dmarc = CONF_DMARC_OFF; /* UCL reads a bare off (or no) as false */
+				continue;
+			}
+			if (m->type != UCL_STRING)
+				return want(x, m, "auth_checks.dmarc",
+				            "\"off\", \"mark\" or \"enforce\"");
+			size_t k = 0;
+			while (k < 3 && strcmp(m->str, dmarc_mode_names[k]) != 0)
+				k++;
+			if (k == 3)
+				return cerr(
+				    x, m,
+				    "auth_checks.dmarc: must be \"off\", \"mark\" (record the "
+				    "result, always deliver) or \"enforce\" (reject and quarantine "
+				    "as the domain asks)");
+			a->dmarc = (enum conf_dmarc_mode)k;
+		} else {
+			rc = unknown_key(x, m, "auth_checks");
+		}
+	}
+	return rc;
+}
+
+static void print_auth_checks(FILE *f, const struct conf_auth_checks *a)
+{
+	fprintf(f,
+	        "auth_checks {\n\tspf = %s;\n\tdkim = %s;\n\tdmarc = \"%s\";\n"
+	        "\tdefer_on_temperror = %s;\n\ttimeout = %us;\n}\n",
+	        a->spf ? "true" : "false", a->dkim ? "true" : "false", dmarc_mode_names[a->dmarc],
+	        a->defer_on_temperror ? "true" : "false", (unsigned)a->timeout);
+}
+
 /* ---- dkim { canonicalization; keys = [ { domain; selector; key_file; } ] } - */
 
 static void dkim_keys_free(struct conf_dkim_key *k, size_t n)
@@ -2019,6 +2156,9 @@ static void conf_free(struct tern_config *c)
 		free(c->listeners[i].name);
 		free(c->listeners[i].address);
 		free(c->listeners[i].profile);
+		for (size_t j = 0; j < c->listeners[i].n_milters; j++)
+			free(c->listeners[i].milters[j]);
+		free(c->listeners[i].milters);
 	}
 	free(c->listeners);
 	free(c);
@@ -2222,6 +2362,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_policy(x, m, &c->policy);
 	if (strcmp(k, "dkim") == 0)
 		return parse_dkim(x, m, &c->dkim);
+	if (strcmp(k, "auth_checks") == 0)
+		return parse_auth_checks(x, m, &c->auth_checks);
 	if (strcmp(k, "tls") == 0) {
 		const struct ucl_node *where;
 		return parse_tls(x, m, &c->tls, &where);
@@ -2271,6 +2413,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
 	c->policy = default_policy;
 	default_auth(&c->auth);
+	c->auth_checks = default_auth_checks;
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
@@ -2398,6 +2541,9 @@ int conf_apply_capture(struct tern_config *c, const char *smtp_address, const ch
 		free(c->listeners[i].name);
 		free(c->listeners[i].address);
 		free(c->listeners[i].profile);
+		for (size_t j = 0; j < c->listeners[i].n_milters; j++)
+			free(c->listeners[i].milters[j]);
+		free(c->listeners[i].milters);
 	}
 	free(c->listeners);
 	c->listeners = l;
@@ -2563,12 +2709,37 @@ size_t conf_warnings(const struct tern_config *c,
 		fn("auth.allow_plaintext", warn_plaintext, arg);
 		n++;
 	}
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		if (c->listeners[i].n_milters == 0)
+			continue;
+		snprintf(key, sizeof(key), "listen.%s.milters", c->listeners[i].name);
+		fn(key,
+		   "`tern milter test` talks to these milters, but the SMTP session does not ask "
+		   "them yet",
+		   arg);
+		n++;
+	}
 	for (size_t i = 0; i < c->n_routes; i++) {
 		snprintf(key, sizeof(key), "routes.\"%s\"", c->routes[i].domain);
 		n += warn_route(&c->routes[i], key, fn, arg);
 	}
 	if (c->relayhost)
 		n += warn_route(c->relayhost, "relayhost", fn, arg);
+	for (size_t i = 0; i < c->n_relay_networks; i++) {
+		const struct conf_cidr *net = &c->relay_networks[i];
+		char ip[INET6_ADDRSTRLEN], text[400];
+		if (!conf_cidr_too_wide(net))
+			continue;
+		if (!inet_ntop(net->family, net->addr, ip, sizeof(ip)))
+			tern_strlcpy(ip, "?", sizeof(ip));
+		snprintf(text, sizeof(text),
+		         "OPEN RELAY: %s/%u covers %s; every client in it may send mail to any "
+		         "domain through this server. List only your own networks",
+		         ip, net->prefix,
+		         net->prefix == 0 ? "the whole internet" : "a large part of the internet");
+		fn("relay.networks", text, arg);
+		n++;
+	}
 	if (c->dkim.n_keys > 0) {
 		fn("dkim.keys",
 		   "`tern dkim` uses these keys, but the daemon does not sign mail with them yet "
@@ -2737,6 +2908,16 @@ void conf_print(const struct tern_config *c, FILE *out)
 		print_str(out, l->profile);
 		if (l->implicit_tls)
 			fputs(";\n\t\ttls = \"implicit\"", out);
+		if (l->n_milters) {
+			static const char *const acts[] = {"tempfail", "accept", "reject"};
+			fputs(";\n\t\tmilters = [", out);
+			for (size_t j = 0; j < l->n_milters; j++) {
+				fputs(j ? ", " : "", out);
+				print_str(out, l->milters[j]);
+			}
+			fputs("];\n\t\tmilter_default_action = ", out);
+			print_str(out, acts[l->milter_default_action]);
+		}
 		fputs(";\n\t}\n", out);
 	}
 	fputs("}\nroutes {\n", out);
@@ -2803,4 +2984,5 @@ void conf_print(const struct tern_config *c, FILE *out)
 		fputs("# no tls section: STARTTLS is not offered\n", out);
 	}
 	print_policy(out, &c->policy);
+	print_auth_checks(out, &c->auth_checks);
 }

@@ -24,11 +24,19 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* What a listener does when its milter is down, times out or speaks nonsense. */
+enum conf_milter_action { CONF_MILTER_TEMPFAIL = 0, CONF_MILTER_ACCEPT, CONF_MILTER_REJECT };
+
 struct conf_listener {
 	char *name;        /* the section name: "mx", "submission", ... */
 	char *address;     /* "IP:PORT" or "[IPv6]:PORT" */
 	char *profile;     /* "mx", "submission" or "pop3" */
 	bool implicit_tls; /* tls = "implicit": TLS from the first byte (pop3 only so far) */
+	/* milters = ["inet:IP:PORT", "unix:/path"]: asked in this order at each
+	 * SMTP step (policy/milter.h); default none. */
+	char **milters;
+	size_t n_milters;
+	enum conf_milter_action milter_default_action; /* default tempfail */
 };
 
 struct conf_alias {
@@ -166,7 +174,7 @@ struct conf_auth {
  * (policy/dkim.h loads them). Several keys per domain sign each message
  * once each (an RSA and an Ed25519 key, say). */
 struct conf_dkim_key {
-	char *domain;   /* lowercased; signs mail from it and its subdomains */
+	char *domain; /* lowercased; signs mail from it and its subdomains */
 	char *selector;
 	char *key_file; /* PEM, PKCS#1 or PKCS#8, RSA or Ed25519, mode 0600 */
 };
@@ -176,6 +184,21 @@ struct conf_dkim {
 	size_t n_keys;
 	bool header_relaxed; /* canonicalization = "relaxed/relaxed" (default) */
 	bool body_relaxed;
+};
+
+/* ---- auth_checks { }: SPF, DKIM and DMARC on mx listeners (smtp/verify.c) ---- */
+enum conf_dmarc_mode {
+	CONF_DMARC_OFF = 0, /* not evaluated */
+	CONF_DMARC_MARK,    /* evaluated and recorded in Authentication-Results; delivered */
+	CONF_DMARC_ENFORCE, /* p=reject -> 550 5.7.1, p=quarantine -> the Junk folder */
+};
+
+struct conf_auth_checks {
+	bool spf;                 /* check SPF from MAIL FROM; default true */
+	bool dkim;                /* verify DKIM signatures at end of data; default true */
+	enum conf_dmarc_mode dmarc; /* default CONF_DMARC_MARK */
+	bool defer_on_temperror;  /* DMARC temperror: 451 (true) or deliver (false, default) */
+	uint32_t timeout;         /* seconds for each check's DNS lookups; default 20 */
 };
 
 struct tern_config {
@@ -223,6 +246,7 @@ struct tern_config {
 	struct conf_policy policy;
 	struct conf_auth auth;
 	struct conf_dkim dkim;
+	struct conf_auth_checks auth_checks;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;
@@ -258,8 +282,9 @@ void conf_print(const struct tern_config *c, FILE *out);
  * Settings that load but do less than their name promises, or more than is
  * safe (listed in docs/config.md): a submission listener nobody can log in
  * to (no certificate, so AUTH is never offered), auth.allow_plaintext
- * (passwords in clear) and an outbound tls "require" (encrypts, does not
- * verify the certificate). Calls fn once per warning with the key's path
+ * (passwords in clear), an outbound tls "require" (encrypts, does not
+ * verify the certificate) and a relay network too wide to be meant
+ * (conf_cidr_too_wide). Calls fn once per warning with the key's path
  * and what it does; returns the count.
  * conf_report_warnings writes them as "tern: warning: KEY: TEXT" lines on
  * out, or with out NULL logs each as event=config_warning.
@@ -267,6 +292,20 @@ void conf_print(const struct tern_config *c, FILE *out);
 size_t conf_warnings(const struct tern_config *c,
                      void (*fn)(const char *key, const char *text, void *arg), void *arg);
 void conf_report_warnings(const struct tern_config *c, FILE *out);
+
+/*
+ * conf_check.c. A relay network shorter than /CONF_RELAY_MIN_PREFIX (IPv4
+ * or IPv6; 0.0.0.0/0 and ::/0 above all) lets most of the internet relay:
+ * conf_warnings names it, loudly.
+ */
+#define CONF_RELAY_MIN_PREFIX 8
+bool conf_cidr_too_wide(const struct conf_cidr *net);
+/*
+ * Prints c as conf_print does, but only the keys whose value differs from
+ * the defaults (an empty config file), under the sections that hold them
+ * (Postfix's postconf -n). Returns how many keys were printed.
+ */
+size_t conf_print_changed(const struct tern_config *c, FILE *out);
 
 /* The user part of a local part under recipient_delimiter: the length
  * before the first delimiter character, or len when there is none. */

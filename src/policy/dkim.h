@@ -500,6 +500,14 @@ struct dkim_keytab;
 int dkim_keytab_parse(const char *text, size_t len, struct dkim_keytab **out, char *err,
                       size_t errlen);
 void dkim_keytab_free(struct dkim_keytab *t);
+/*
+ * The records t holds for name (case-insensitive): up to max of them into
+ * txt (pointers into t), their count in *n. DKIM_LOOKUP_OK; NOTFOUND when
+ * t has none; TEMPFAIL for a "NAME TEMPFAIL" line (then *n is 0). Pure.
+ * What any key-query state machine (DKIM's, ARC's) answers from.
+ */
+enum dkim_lookup dkim_keytab_get(const struct dkim_keytab *t, const char *name, const char **txt,
+                                 size_t max, size_t *n);
 /* A dkim_lookup_fn; arg is the struct dkim_keytab. Missing names are NOTFOUND. */
 void dkim_keytab_lookup(void *arg, struct dkim_verify *v, unsigned qid, const char *name);
 
@@ -517,5 +525,22 @@ struct dkim_dns *dkim_verify_dns_start(struct dkim_verify *v, struct dns_resolve
                                        void (*done)(void *arg), void *arg);
 /* Cancels what is still pending (done will not run) and frees. NULL is fine. */
 void dkim_dns_free(struct dkim_dns *d);
+
+/*
+ * The same driver for any machine that asks for key records the way the
+ * DKIM verifier does (ARC's, arc.h): next hands out the queries (name
+ * stable until the machine is freed), answer takes each reply, expire ends
+ * the wait. obj is passed back to each. As dkim_verify_dns_start otherwise;
+ * ops must outlive the returned handle.
+ */
+struct dkim_keyq_ops {
+	const char *(*next)(void *obj, unsigned *qid);
+	void (*answer)(void *obj, unsigned qid, enum dkim_lookup st, const char *const *txt,
+	               size_t n);
+	void (*expire)(void *obj);
+};
+struct dkim_dns *dkim_keyq_dns_start(const struct dkim_keyq_ops *ops, void *obj,
+                                     struct dns_resolver *res, struct event_base *base,
+                                     unsigned timeout_ms, void (*done)(void *arg), void *arg);
 
 #endif

@@ -105,22 +105,29 @@ fail:
 	return rc;
 }
 
-void dkim_keytab_lookup(void *arg, struct dkim_verify *v, unsigned qid, const char *name)
+enum dkim_lookup dkim_keytab_get(const struct dkim_keytab *t, const char *name, const char **txt,
+                                 size_t max, size_t *n)
 {
-	const struct dkim_keytab *t = arg;
-	const char *txt[DKIM_KEY_RECORDS_MAX];
-	size_t n = 0;
+	*n = 0;
 	for (size_t i = 0; t && i < t->n; i++) {
 		if (strcasecmp(t->e[i].name, name) != 0)
 			continue;
 		if (!t->e[i].txt) {
-			dkim_verify_key_answer(v, qid, DKIM_LOOKUP_TEMPFAIL, NULL, 0);
-			return;
+			*n = 0;
+			return DKIM_LOOKUP_TEMPFAIL;
 		}
-		if (n < DKIM_KEY_RECORDS_MAX)
-			txt[n++] = t->e[i].txt;
+		if (*n < max)
+			txt[(*n)++] = t->e[i].txt;
 	}
-	dkim_verify_key_answer(v, qid, n ? DKIM_LOOKUP_OK : DKIM_LOOKUP_NOTFOUND, txt, n);
+	return *n ? DKIM_LOOKUP_OK : DKIM_LOOKUP_NOTFOUND;
+}
+
+void dkim_keytab_lookup(void *arg, struct dkim_verify *v, unsigned qid, const char *name)
+{
+	const char *txt[DKIM_KEY_RECORDS_MAX];
+	size_t n;
+	enum dkim_lookup st = dkim_keytab_get(arg, name, txt, DKIM_KEY_RECORDS_MAX, &n);
+	dkim_verify_key_answer(v, qid, st, txt, n);
 }
 
 /* ------------------------------------------------------------ resolver */
@@ -135,7 +142,8 @@ struct dns_slot {
 };
 
 struct dkim_dns {
-	struct dkim_verify *v;
+	const struct dkim_keyq_ops *ops;
+	void *v;
 	struct dns_resolver *res;
 	struct event *deadline;
 	struct event *kick; /* calls done on the next loop turn */
@@ -175,9 +183,8 @@ static void on_answer(void *arg, const struct dns_result *r)
 	}
 	s->id = 0;
 	d->live--;
-	dkim_verify_key_answer(d->v, s->qid, st,
-	                       st == DKIM_LOOKUP_OK ? (const char *const *)r->txt : NULL,
-	                       st == DKIM_LOOKUP_OK ? r->n : 0);
+	d->ops->answer(d->v, s->qid, st, st == DKIM_LOOKUP_OK ? (const char *const *)r->txt : NULL,
+	               st == DKIM_LOOKUP_OK ? r->n : 0);
 	if (d->live == 0)
 		finish(d); /* may free d: nothing after */
 }
@@ -191,7 +198,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 			d->slot[i].id = 0;
 		}
 	d->live = 0;
-	dkim_verify_expire(d->v);
+	d->ops->expire(d->v);
 	finish(d);
 }
 
@@ -200,15 +207,41 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	finish(arg);
 }
 
+static const char *dv_next(void *obj, unsigned *qid)
+{
+	return dkim_verify_next_query(obj, qid);
+}
+
+static void dv_answer(void *obj, unsigned qid, enum dkim_lookup st, const char *const *txt,
+                      size_t n)
+{
+	dkim_verify_key_answer(obj, qid, st, txt, n);
+}
+
+static void dv_expire(void *obj)
+{
+	dkim_verify_expire(obj);
+}
+
+static const struct dkim_keyq_ops dv_ops = {dv_next, dv_answer, dv_expire};
+
 struct dkim_dns *dkim_verify_dns_start(struct dkim_verify *v, struct dns_resolver *res,
                                        struct event_base *base, unsigned timeout_ms,
                                        void (*done)(void *arg), void *arg)
+{
+	return dkim_keyq_dns_start(&dv_ops, v, res, base, timeout_ms, done, arg);
+}
+
+struct dkim_dns *dkim_keyq_dns_start(const struct dkim_keyq_ops *ops, void *v,
+                                     struct dns_resolver *res, struct event_base *base,
+                                     unsigned timeout_ms, void (*done)(void *arg), void *arg)
 {
 	struct dkim_dns *d = calloc(1, sizeof(*d));
 	const char *name;
 	unsigned qid;
 	if (!d)
 		return NULL;
+	d->ops = ops;
 	d->v = v;
 	d->res = res;
 	d->done = done;
@@ -217,7 +250,7 @@ struct dkim_dns *dkim_verify_dns_start(struct dkim_verify *v, struct dns_resolve
 	d->kick = evtimer_new(base, on_kick, d);
 	if (!d->deadline || !d->kick)
 		goto fail;
-	while ((name = dkim_verify_next_query(v, &qid)) != NULL) {
+	while ((name = ops->next(v, &qid)) != NULL) {
 		struct dns_slot *ns = realloc(d->slot, (d->n + 1) * sizeof(*ns));
 		if (!ns)
 			goto fail;
@@ -232,7 +265,7 @@ struct dkim_dns *dkim_verify_dns_start(struct dkim_verify *v, struct dns_resolve
 			d->slot[i].id = id;
 			d->live++;
 		} else {
-			dkim_verify_key_answer(v, d->slot[i].qid, DKIM_LOOKUP_TEMPFAIL, NULL, 0);
+			ops->answer(v, d->slot[i].qid, DKIM_LOOKUP_TEMPFAIL, NULL, 0);
 		}
 	}
 	struct timeval zero = {0, 0};

@@ -230,6 +230,11 @@ static struct dns_resolver *resolver_for(struct policy *p, struct worker *w)
 	return NULL;
 }
 
+struct dns_resolver *policy_resolver(struct policy *p, struct worker *w)
+{
+	return p ? resolver_for(p, w) : NULL;
+}
+
 /* ------------------------------------------------------- connect verdict */
 
 static void cancel_queries(struct policy_session *ps)

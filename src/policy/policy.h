@@ -217,5 +217,10 @@ const char *policy_client_name(const struct policy_session *ps);
 /* Cancels what is outstanding (no callback runs afterwards) and frees.
  * NULL is fine. */
 void policy_session_free(struct policy_session *ps);
+/* The async resolver of worker w (made on w's thread on first use, with
+ * the config's dns section), for other checks of mx sessions (SPF, DKIM,
+ * DMARC: smtp/verify.c) to share. NULL if it could not be made (logged
+ * once) or w is not one of p's workers. Call on w's thread only. */
+struct dns_resolver *policy_resolver(struct policy *p, struct worker *w);
 
 #endif

@@ -51,6 +51,14 @@ struct spool_rcpt {
 	char *last_reply; /* last result text ("250 2.0.0 ...", "550 5.1.1 ..."), or NULL */
 };
 
+enum spool_folder {
+	SPOOL_FOLDER_INBOX = 0,
+	SPOOL_FOLDER_JUNK = 1,
+};
+
+/* The Maildir++ folder name for f: NULL for the inbox, "Junk" for Junk. */
+const char *spool_folder_name(enum spool_folder f);
+
 /* The envelope of one message. All strings owned by the struct. */
 struct spool_msg {
 	char id[QUEUE_ID_LEN + 1];
@@ -64,6 +72,10 @@ struct spool_msg {
 	 * anyone else NOTIFY=SUCCESS would make us mail its text to any address
 	 * it names (backscatter). FAILURE notices do not depend on it. */
 	bool trusted_client;
+	/* Where local recipients get the message: the inbox, or their Junk
+	 * folder (Maildir++ ".Junk") when DMARC asked for quarantine
+	 * (smtp/verify.c). Remote recipients get it as they would anyway. */
+	enum spool_folder folder;
 	char *envid;   /* or NULL */
 	char *client;  /* "addr=1.2.3.4 helo=..." trace info, or NULL */
 	uint64_t size; /* message bytes */

@@ -942,6 +942,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 		items[k].iov = ctx[k].iov;
 		items[k].iovcnt = 2;
+		/* DMARC quarantine (smtp/verify.c) rides in the envelope: the Junk folder. */
+		items[k].folder = spool_folder_name(ctx[k].msg->folder);
 		if (ctx[k].stable[0]) {
 			/* Pointers into ctx only now: ctx may have moved while growing. */
 			items[k].fixed_name = ctx[k].stable;

@@ -162,6 +162,11 @@ static bool dup_opt(char **dst, const char *s)
 	return *dst != NULL;
 }
 
+const char *spool_folder_name(enum spool_folder f)
+{
+	return f == SPOOL_FOLDER_JUNK ? "Junk" : NULL;
+}
+
 struct spool_msg *spool_msg_dup(const struct spool_msg *m)
 {
 	if (!m)
@@ -176,6 +181,7 @@ struct spool_msg *spool_msg_dup(const struct spool_msg *m)
 	c->ret = m->ret;
 	c->smtputf8 = m->smtputf8;
 	c->trusted_client = m->trusted_client;
+	c->folder = m->folder;
 	c->size = m->size;
 	if (!dup_opt(&c->sender, m->sender) || !dup_opt(&c->envid, m->envid) ||
 	    !dup_opt(&c->client, m->client))
@@ -306,7 +312,11 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 	put_u64(&e, (uint64_t)env->created);
 	put_u32(&e, env->body);
 	put_u32(&e, env->ret);
-	put_u8(&e, (env->smtputf8 ? 1 : 0) | (env->trusted_client ? 2 : 0));
+	/* A new flag bit keeps the record readable by this code whatever wrote
+	 * it (an older tern wrote the bit 0, which is the old meaning); only a
+	 * tern older than the bit refuses a record that sets it. */
+	put_u8(&e, (env->smtputf8 ? 1 : 0) | (env->trusted_client ? 2 : 0) |
+	               (env->folder == SPOOL_FOLDER_JUNK ? 4 : 0));
 	put_str(&e, env->sender);
 	put_str(&e, env->envid);
 	put_str(&e, env->client);
@@ -532,10 +542,11 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 	m->body = get_u32(&d);
 	m->ret = get_u32(&d);
 	uint8_t flags = get_u8(&d);
-	if (flags & ~3u)
+	if (flags & ~7u)
 		d.bad = true;
 	m->smtputf8 = flags & 1;
 	m->trusted_client = (flags & 2) != 0;
+	m->folder = (flags & 4) ? SPOOL_FOLDER_JUNK : SPOOL_FOLDER_INBOX;
 	if (!get_str(&d, &m->sender, true, &nomem) || !get_str(&d, &m->envid, false, &nomem) ||
 	    !get_str(&d, &m->client, false, &nomem))
 		goto out;

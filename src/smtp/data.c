@@ -14,6 +14,7 @@
 #include "smtp/smtp.h"
 
 #include <string.h>
+#include <strings.h>
 
 #include "core/err.h"
 
@@ -283,4 +284,68 @@ void smtp_scan_line_ends(const char *msg, size_t len, bool *bare_eol, bool *has_
 		*bare_eol = bare;
 	if (has_nul)
 		*has_nul = nul;
+}
+
+/* ---- header lookup --------------------------------------------------------- */
+
+bool smtp_header_find(const char *msg, size_t len, const char *name, const char **val, size_t *vlen)
+{
+	size_t nlen = strlen(name), i = 0;
+	while (i < len) {
+		/* i is at the start of a line of the header section */
+		const char *line = msg + i;
+		const char *crlf = NULL;
+		for (size_t k = i; k + 1 < len; k++)
+			if (msg[k] == '\r' && msg[k + 1] == '\n') {
+				crlf = msg + k;
+				break;
+			}
+		if (crlf == line)
+			return false; /* the empty line: the body begins */
+		size_t llen = crlf ? (size_t)(crlf - line) : len - i;
+		if (llen > nlen && line[nlen] == ':' && strncasecmp(line, name, nlen) == 0) {
+			/* the field runs on over folded lines (CRLF then WSP) */
+			const char *v = line + nlen + 1, *end = crlf ? crlf : msg + len;
+			while (crlf && (size_t)(crlf - msg) + 2 < len &&
+			       (crlf[2] == ' ' || crlf[2] == '\t')) {
+				const char *next = NULL;
+				for (const char *k = crlf + 2; k + 1 < msg + len; k++)
+					if (k[0] == '\r' && k[1] == '\n') {
+						next = k;
+						break;
+					}
+				end = next ? next : msg + len;
+				crlf = next;
+			}
+			while (v < end && (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n'))
+				v++;
+			while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+				end--;
+			*val = v;
+			*vlen = (size_t)(end - v);
+			return true;
+		}
+		if (!crlf)
+			return false;
+		i = (size_t)(crlf - msg) + 2;
+	}
+	return false;
+}
+
+bool smtp_message_id(const char *msg, size_t len, const char **id, size_t *idlen)
+{
+	const char *v;
+	size_t n;
+	if (!smtp_header_find(msg, len, "Message-ID", &v, &n) || n == 0)
+		return false;
+	const char *lt = memchr(v, '<', n);
+	const char *gt = lt ? memchr(lt, '>', n - (size_t)(lt - v)) : NULL;
+	if (lt && gt) { /* msg-id = "<" id-left "@" id-right ">" (RFC 5322 §3.6.4) */
+		*id = lt;
+		*idlen = (size_t)(gt - lt) + 1;
+	} else {
+		*id = v;
+		*idlen = n;
+	}
+	return true;
 }

@@ -102,6 +102,7 @@ enum session_state {
 	SS_DATA,      /* reading the message after 354 until CRLF.CRLF */
 	SS_BDAT,      /* reading the bytes of a BDAT chunk */
 	SS_CHUNKING,  /* between BDAT chunks: commands again, the message goes on */
+	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c) decide first; nothing is read */
 	SS_COMMIT,    /* the spool is making the message durable; nothing is read */
 	SS_TLS,       /* STARTTLS answered: the handshake runs on the new layer */
 	SS_CLOSING,   /* the final reply is queued; freed once it is written */
@@ -147,11 +148,13 @@ static const struct state_info {
     [SS_RCPT] = {"rcpt", HAS_HELO | HAS_TX | HAS_RCPT, IN_CMD, false,
                  TO(SS_DATA) | TO(SS_BDAT) | TO(SS_CHUNKING) | ANY_TX_END},
     [SS_DATA] = {"data", HAS_HELO | HAS_TX | HAS_RCPT, IN_DATA, false,
-                 TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
+                 TO(SS_VERIFY) | TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_BDAT] = {"bdat", HAS_HELO | HAS_TX | HAS_RCPT | HAS_BDAT, IN_BDAT, false,
-                 TO(SS_CHUNKING) | TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
+                 TO(SS_CHUNKING) | TO(SS_VERIFY) | TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_CHUNKING] = {"chunking", HAS_HELO | HAS_TX | HAS_RCPT | HAS_BDAT, IN_CMD, false,
                      TO(SS_BDAT) | ANY_TX_END},
+    [SS_VERIFY] = {"verify", HAS_HELO | HAS_TX | HAS_RCPT, IN_NONE, false,
+                   TO(SS_COMMIT) | TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_COMMIT] = {"commit", HAS_HELO | HAS_TX | HAS_RCPT, IN_NONE, false,
                    TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_TLS] = {"tls", 0, IN_NONE, true, TO(SS_GREETED) | TO(SS_CLOSING)},
@@ -190,6 +193,8 @@ struct tx {
 	uint64_t bdat_remaining;
 	uint64_t bdat_total;
 	int commit_err;
+	struct smtp_verify *vfy; /* TRUST: SPF/DKIM/DMARC of this transaction, or NULL */
+	bool verified;           /* TRUST: its verdict is in */
 };
 
 struct srv_worker;
@@ -262,6 +267,7 @@ struct smtp_server {
 	struct policy *policy;
 	struct pool *auth_pool;    /* sasl_verify (crypt, PBKDF2) runs here */
 	struct throttle *throttle; /* failed logins, over every worker */
+	struct pool *verify_pool; /* TRUST: verify.c hashes large bodies here */
 	struct spool *spool;
 	struct scheduler *sched;
 	struct srv_worker *workers[64];
@@ -744,6 +750,7 @@ static void tx_free(struct tx *t)
 		free(t->rcpts[i].orcpt);
 	}
 	free(t->rcpts);
+	smtp_verify_free(t->vfy, &t->msg); /* TRUST: cancels its checks (RSET, MAIL, QUIT, close) */
 	tbuf_free(&t->msg);
 	free(t);
 }
@@ -1082,6 +1089,27 @@ static bool sender_refused(struct session *s, const struct smtp_cmd *c)
 	return true;
 }
 
+/* TRUST: the checks of received mail (verify.c) start with the transaction. */
+static void verify_at_mail(struct session *s, struct tx *t)
+{
+	char sess[48];
+	snprintf(sess, sizeof(sess), "%u.%llu", worker_index(s->sw->w),
+	         (unsigned long long)s->serial);
+	struct smtp_verify_params vp = {
+	    .conf = s->conf,
+	    .policy = s->sw->srv->policy,
+	    .w = s->sw->w,
+	    .pool = s->sw->srv->verify_pool,
+	    .peer = &s->peer_sa,
+	    .helo = s->helo,
+	    .sender = t->sender,
+	    .sess = sess,
+	    .mx = !s->submission,
+	    .authenticated = s->authenticated,
+	};
+	t->vfy = smtp_verify_start(&vp);
+}
+
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
 	if (c->path.utf8 && !c->smtputf8) {
@@ -1139,6 +1167,7 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 	t->declared_size = c->has_size ? c->size : 0;
 	s->tx = t;
 	session_enter_state(s, SS_MAIL);
+	verify_at_mail(s, t); /* TRUST: SPF starts now (verify.c) */
 	reply_args(s, SMTP_R_SENDER_OK, t->sender);
 	return;
 nomem:
@@ -2100,8 +2129,13 @@ static void commit_done(void *arg)
 	if (t->commit_err == TERN_OK) {
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
+		char qh[SMTP_DOMAIN_MAX * 4 + 8], qf[LOG_ADDR_MAX], qm[1024];
+		const char *mid = "";
+		size_t mid_len = 0;
+		/* before submitting: the scheduler owns (and may free) data after */
+		smtp_message_id(data, len, &mid, &mid_len); /* none: msgid="" */
+		log_quote(mid, mid_len, qm, sizeof(qm));
 		scheduler_submit(s->sw->srv->sched, t->id, data, len);
-		char qh[SMTP_DOMAIN_MAX * 4 + 8], qf[LOG_ADDR_MAX];
 		/* Who sent it, when a login says so: user= (the SASL identity)
 		 * and auth= (MAIL's AUTH=, when believed). */
 		char qu[SASL_ID_MAX * 4 + 16], qa[LOG_ADDR_MAX + 8], ux[SASL_ID_MAX * 4 + 8];
@@ -2115,12 +2149,12 @@ static void commit_done(void *arg)
 			         log_quote_addr(t->auth_param, ax, sizeof(ax)));
 		}
 		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=%s nrcpt=%zu "
-		         "size=%zu%s%s",
+		         "size=%zu msgid=%s%s%s",
 		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 		         log_quote(s->helo ? s->helo : "", s->helo ? strlen(s->helo) : 0, qh,
 		                   sizeof(qh)),
 		         log_quote_addr(t->sender, qf, sizeof(qf)), t->n_rcpts, len - t->hdr_len,
-		         qu, qa);
+		         qm, qu, qa);
 		for (size_t i = 0; i < t->n_rcpts; i++)
 			log_debug("event=rcpt id=%s to=%s local=%d", t->id,
 			          log_quote_addr(t->rcpts[i].addr, qf, sizeof(qf)),
@@ -2154,12 +2188,74 @@ static void commit_done(void *arg)
 	process_input(s);
 }
 
+/* ---------------------------------------------------------------- TRUST */
+
+static void finish_message(struct session *s);
+
+/*
+ * The verdict of verify.c: a refusal is answered here (nothing is spooled);
+ * otherwise the trace fields go on top of the message and *folder says
+ * where local recipients get it. False when the message was refused (the
+ * reply is sent, the transaction over).
+ */
+static bool verify_apply(struct session *s, struct tx *t, enum spool_folder *folder)
+{
+	struct smtp_verify_verdict vd;
+	smtp_verify_verdict(t->vfy, &vd);
+	if (vd.action == SMTP_VERIFY_REJECT || vd.action == SMTP_VERIFY_DEFER) {
+		reply_verbatim(s, vd.reply);
+		log_info("event=rejected id=%s client=%s code=%.3s reason=dmarc", t->id, s->peer,
+		         vd.reply);
+		atomic_fetch_add(&count_rejected, 1);
+		tx_end(s);
+		return false;
+	}
+	/* Our fields are not the client's bytes: room past max_message_size,
+	 * charged to the budget like every byte of the buffer. */
+	size_t grow = smtp_verify_growth(t->vfy);
+	t->msg.max += grow;
+	if (!budget_reserve(s, t, grow)) {
+		budget_exceeded(s, t);
+		reply_over_budget(s);
+		tx_end(s);
+		return false;
+	}
+	if (smtp_verify_rewrite(t->vfy, &t->msg, &t->hdr_len) != TERN_OK) {
+		reply(s, SMTP_R_NOMEM);
+		tx_end(s);
+		return false;
+	}
+	*folder = vd.action == SMTP_VERIFY_JUNK ? SPOOL_FOLDER_JUNK : SPOOL_FOLDER_INBOX;
+	return true;
+}
+
+/* verify.c's callback: the session waited in SS_VERIFY with reading off. */
+static void verify_done(void *arg)
+{
+	struct session *s = arg;
+	(void)TERN_BUG_ON(s->state != SS_VERIFY || !s->tx);
+	s->tx->verified = true;
+	finish_message(s);
+	if (s->state != SS_HELO)
+		return; /* SS_COMMIT: commit_done goes on from here */
+	/* refused: the next command, as after any reply at end of data */
+	if (s->shutting_down) {
+		reply_host(s, SMTP_R_SHUTDOWN);
+		session_close_after_flush(s, "shutdown");
+		return;
+	}
+	if (s->out_blocked)
+		return; /* on_write resumes reading */
+	bufferevent_enable(s->bev, EV_READ);
+	process_input(s);
+}
+
 /* End of DATA or the LAST BDAT chunk: check the message, then commit. */
 static void finish_message(struct session *s)
 {
 	struct tx *t = s->tx;
 	const struct smtp_data_parser *dp = &t->dp;
-	(void)TERN_BUG_ON(s->state != SS_DATA && s->state != SS_BDAT);
+	(void)TERN_BUG_ON(s->state != SS_DATA && s->state != SS_BDAT && s->state != SS_VERIFY);
 	restore_idle_timeouts(s);
 	if (t->over_budget) {
 		reply_over_budget(s);
@@ -2191,6 +2287,19 @@ static void finish_message(struct session *s)
 		return;
 	}
 
+	/* TRUST: SPF, DKIM and DMARC (verify.c) decide before anything is spooled. */
+	enum spool_folder folder = SPOOL_FOLDER_INBOX;
+	if (t->vfy && !t->verified) {
+		smtp_verify_message(t->vfy, t->id, t->msg.data + t->hdr_len, t->msg.len - t->hdr_len,
+		                    verify_done, s);
+		session_enter_state(s, SS_VERIFY);
+		bufferevent_disable(s->bev, EV_READ);
+		bufferevent_set_timeouts(s->bev, NULL, NULL);
+		return;
+	}
+	if (t->vfy && !verify_apply(s, t, &folder))
+		return;
+
 	/* The budget counted every byte this buffer holds (budget_reserve). */
 	(void)TERN_BUG_ON(t->msg.cap > t->charged);
 	struct spool_msg env = {0};
@@ -2204,6 +2313,7 @@ static void finish_message(struct session *s)
 	 * for (queue.h); decided now, by who the client is, and kept with the
 	 * message. */
 	env.trusted_client = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
+	env.folder = folder; /* TRUST: DMARC quarantine -> the Junk folder */
 	env.envid = t->envid;
 	char client[512];
 	/* auth= goes last: the capture store reads everything after it. */
@@ -2480,8 +2590,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 	if (!s->out_blocked)
 		return;
 	s->out_blocked = false;
-	if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT)
-		return; /* commit_done or auth_resume turns reading back on */
+	if (s->state == SS_COMMIT || s->state == SS_VERIFY || s->state == SS_AUTH_WAIT)
+		return; /* commit_done (verify_done) or auth_resume turns reading back on */
 	bufferevent_enable(s->bev, EV_READ);
 	process_input(s);
 }
@@ -2508,8 +2618,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		if (s->state == SS_COMMIT || s->state == SS_AUTH_WAIT)
-			return; /* we are the slow one; the commit or the check will answer */
+		if (s->state == SS_COMMIT || s->state == SS_VERIFY || s->state == SS_AUTH_WAIT)
+			return; /* we are the slow one; the commit (verify.c) or the check will
+			           answer */
 		enum session_input how = states[s->state].input;
 		reply_host(s, SMTP_R_TIMEOUT);
 		session_close_after_flush(s, how == IN_DATA || how == IN_BDAT ? "data-timeout"
@@ -2672,6 +2783,7 @@ struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched)
 		return NULL;
 	srv->spool = sp;
 	srv->sched = sched;
+	srv->verify_pool = pool_new(1); /* TRUST: NULL is fine: bodies hashed on the loop */
 	atomic_flag_clear(&srv->drained_logged);
 	pthread_mutex_init(&srv->ip_lock, NULL);
 	return srv;
@@ -2777,6 +2889,7 @@ void smtp_server_free(struct smtp_server *srv)
 	/* Sessions still here outlived shutdown_grace: freeing them now is
 	 * not a drain, and must not be logged as one. */
 	atomic_flag_test_and_set(&srv->drained_logged);
+	pool_free(srv->verify_pool); /* TRUST: no body job outlives its session's memory */
 	for (size_t i = 0; i < srv->n_workers; i++) {
 		struct srv_worker *sw = srv->workers[i];
 		for (size_t j = 0; j < sw->n_listeners; j++)

@@ -191,6 +191,21 @@ enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in,
 void smtp_scan_headers(const char *msg, size_t len, uint32_t *received_count, bool *has_8bit);
 
 /*
+ * The first header field called name (case-insensitive, no ':') in the
+ * header section of msg (CRLF lines, up to the first empty line): *val
+ * points into msg at its value, leading and trailing white space trimmed,
+ * folded lines included with their CRLF. false when there is none. Pure.
+ */
+bool smtp_header_find(const char *msg, size_t len, const char *name, const char **val,
+                      size_t *vlen);
+/*
+ * The Message-ID of msg for the log: the first "<...>" of the Message-ID
+ * field's value, brackets included, or the trimmed value when it has none.
+ * Points into msg. false when the field is absent or empty. Pure.
+ */
+bool smtp_message_id(const char *msg, size_t len, const char **id, size_t *idlen);
+
+/*
  * Scans whole message bytes (as stored, e.g. every BDAT chunk of a message)
  * for what a DATA body may not contain (DESIGN §5.4): *bare_eol is set if a
  * CR is not followed by LF (a CR as the last byte counts) or an LF is not
@@ -400,6 +415,104 @@ struct smtp_counters {
 };
 void smtp_counters_get(struct smtp_counters *out);
 void smtp_chaos_get(struct smtp_chaos *out);
+
+/* ------------------------------------------------------------- verify */
+
+/*
+ * SPF, DKIM and DMARC for mail received on mx listeners (verify.c, issue 9;
+ * `auth_checks { }` in docs/config.md). One struct smtp_verify per mail
+ * transaction, owned by the session's transaction and freed with it:
+ *   MAIL accepted      smtp_verify_start (SPF begins, asynchronously)
+ *   end of data        smtp_verify_message (DKIM, then DMARC); the session
+ *                      stays suspended until done(arg) runs
+ *   done(arg)          smtp_verify_verdict: deliver, Junk, 550 or 451;
+ *                      before the spool put, smtp_verify_rewrite adds
+ *                      Authentication-Results and Received-SPF on top and
+ *                      removes forged results claiming our host name
+ *   RSET, MAIL, QUIT,  smtp_verify_free (cancels whatever still runs)
+ *   close
+ * Everything runs on the session's worker; nothing here blocks.
+ */
+struct smtp_verify;
+struct pool;
+struct policy;
+struct tern_config;
+
+/* Room the added fields may take at most (several DKIM results, a long
+ * Received-SPF): on top of max_message_size. */
+#define SMTP_VERIFY_HEADERS_MAX (16u * 1024u)
+
+struct smtp_verify_params {
+	const struct tern_config *conf; /* must outlive the transaction */
+	struct policy *policy;          /* its per-worker resolver is shared */
+	struct worker *w;               /* the session's worker; call on its thread */
+	struct pool *pool;              /* large bodies are hashed here; may be NULL */
+	const void *peer;               /* struct sockaddr_storage of the client */
+	const char *helo;               /* as the client gave it */
+	const char *sender;             /* reverse-path without <>; "" for the null path */
+	const char *sess;               /* names the session in logs ("0.12") */
+	bool mx;                        /* an mx listener (submission is never checked) */
+	bool authenticated;             /* AUTH succeeded: outbound mail, not checked */
+};
+
+/*
+ * At MAIL, once the command was accepted: starts SPF and returns the
+ * transaction's checks; NULL when nothing is to be checked (not mx,
+ * capture mode, an authenticated or relay.networks client, every check
+ * off) or out of memory (logged; the message then goes unchecked).
+ */
+struct smtp_verify *smtp_verify_start(const struct smtp_verify_params *p);
+
+/*
+ * At end of data, before anything is spooled: msg..len is the client's
+ * message (header block, blank line, body), which must stay where it is,
+ * unchanged, until done runs or smtp_verify_free. id is the queue id, for
+ * logs. Starts DKIM (if on) and, once SPF and DKIM are in, DMARC (if on).
+ * done(arg) runs once, on the worker, never from inside this call.
+ * TERN_OK, or TERN_EINVAL if called twice.
+ */
+int smtp_verify_message(struct smtp_verify *v, const char *id, const char *msg, size_t len,
+                        void (*done)(void *arg), void *arg);
+
+enum smtp_verify_action {
+	SMTP_VERIFY_DELIVER = 0, /* to the inbox */
+	SMTP_VERIFY_JUNK,        /* local recipients get it in their Junk folder */
+	SMTP_VERIFY_REJECT,      /* reply (550 5.7.1) and spool nothing */
+	SMTP_VERIFY_DEFER,       /* reply (451 4.7.1) and spool nothing */
+};
+
+struct smtp_verify_verdict {
+	enum smtp_verify_action action;
+	const char *reply; /* REJECT/DEFER: the reply line without CRLF (owned by v) */
+};
+
+/* After done: what to do with the message. */
+void smtp_verify_verdict(const struct smtp_verify *v, struct smtp_verify_verdict *out);
+
+/* After done: the most msg may grow by in smtp_verify_rewrite (charge it). */
+size_t smtp_verify_growth(const struct smtp_verify *v);
+
+/*
+ * After done, for a message that goes on: msg holds *trace_len bytes of
+ * our own trace (the Received field) followed by the message given to
+ * smtp_verify_message. Puts Authentication-Results, Received-SPF (and the
+ * DMARC decision field, if any) before our Received, and removes from the
+ * client's header block every Authentication-Results or ARC set claiming
+ * our host name and any X-Tern-DMARC field. The caller first makes room:
+ * msg->max raised by smtp_verify_growth (our fields are not the client's
+ * bytes, so they do not count against max_message_size) and the memory
+ * charged. *trace_len becomes the length of everything we put before the
+ * client's message. TERN_OK or a buffer error (msg unchanged).
+ */
+int smtp_verify_rewrite(struct smtp_verify *v, struct tbuf *msg, size_t *trace_len);
+
+/*
+ * Cancels what still runs and frees. msg (may be NULL) is the buffer that
+ * holds the message given to smtp_verify_message: if a pool job still
+ * reads it, v takes its bytes (msg is left empty) and frees them when the
+ * job ends. NULL v is fine.
+ */
+void smtp_verify_free(struct smtp_verify *v, struct tbuf *msg);
 
 /* ------------------------------------------------ client-side protocol */
 

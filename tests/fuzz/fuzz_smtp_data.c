@@ -11,7 +11,9 @@
  *   - feeding the input whole, byte by byte or in pseudo-random splits gives
  *     the same result; a small cap keeps exactly a prefix and still finds
  *     the end;
- *   - smtp_scan_headers() over the stored bytes agrees with the parser.
+ *   - smtp_scan_headers() over the stored bytes agrees with the parser;
+ *   - smtp_message_id() over them points inside them, at "<...>" when the
+ *     value has both brackets.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -154,6 +156,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	smtp_scan_headers(whole.out.data ? whole.out.data : "", whole.out.len, &rc, &e8);
 	check(rc == whole.p.received_count);
 	check(e8 == whole.p.has_8bit);
+
+	const char *mid = NULL, *base = whole.out.data ? whole.out.data : "";
+	size_t mid_len = 0;
+	if (smtp_message_id(base, whole.out.len, &mid, &mid_len)) {
+		check(mid >= base && mid_len > 0 && mid + mid_len <= base + whole.out.len);
+		/* "<...>" when the value has both brackets, else the value */
+		check(mid[0] != '<' || mid[mid_len - 1] == '>' || !memchr(mid, '>', mid_len));
+	}
 
 	feed(in, size, 1, 0, 1u << 24, &other);
 	same(&whole, &other);

@@ -328,9 +328,16 @@ class Issuer:
         self.write()
 
     def jwk(self, key, kid, alg):
-        cls = jwt.algorithms.RSAAlgorithm if alg == "RS256" else jwt.algorithms.ECAlgorithm
-        d = json.loads(cls.to_jwk(key.public_key()))
-        d.pop("key_ops", None)
+        b64u = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
+        pub = key.public_key().public_numbers()
+        if alg == "RS256":
+            n = pub.n.to_bytes((pub.n.bit_length() + 7) // 8, "big")
+            d = {"kty": "RSA", "n": b64u(n), "e": b64u(pub.e.to_bytes(3, "big"))}
+        else:
+            # RFC 7518 §6.2.1.2: each coordinate the full 32 bytes of P-256, leading zeros
+            # kept (PyJWT 2.6's to_jwk drops them, 1 key in 128, and tern rightly refuses)
+            d = {"kty": "EC", "crv": "P-256", "x": b64u(pub.x.to_bytes(32, "big")),
+                 "y": b64u(pub.y.to_bytes(32, "big"))}
         d.update(kid=kid, alg=alg, use="sig")
         return d
 

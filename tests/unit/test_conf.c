@@ -424,6 +424,12 @@ static void check_defaults(const struct tern_config *c)
 	assert_int_equal(c->auth.throttle.block_time, td.block_seconds);
 	assert_int_equal(c->auth.throttle.forget_after, td.window_seconds);
 	assert_int_equal(c->auth.throttle.max_entries, td.max_entries);
+	/* auth_checks: SPF and DKIM on, DMARC marks, temperror delivers */
+	assert_true(c->auth_checks.spf);
+	assert_true(c->auth_checks.dkim);
+	assert_int_equal(c->auth_checks.dmarc, CONF_DMARC_MARK);
+	assert_false(c->auth_checks.defer_on_temperror);
+	assert_int_equal(c->auth_checks.timeout, 20);
 }
 
 static void test_empty_file_gets_every_default(void **state)
@@ -1574,6 +1580,44 @@ static void test_dns_forward(void **state)
 
 /* ---- print and reload ---------------------------------------------------- */
 
+static void test_auth_checks_section(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str(
+	    "auth_checks { spf = no; dkim = yes; dmarc = enforce; defer_on_temperror = true;\n"
+	    "  timeout = 5s }",
+	    err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_false(c->auth_checks.spf);
+	assert_true(c->auth_checks.dkim);
+	assert_int_equal(c->auth_checks.dmarc, CONF_DMARC_ENFORCE);
+	assert_true(c->auth_checks.defer_on_temperror);
+	assert_int_equal(c->auth_checks.timeout, 5);
+	conf_unref(c);
+	c = load_str("auth_checks { dmarc = off }", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->auth_checks.dmarc, CONF_DMARC_OFF);
+	conf_unref(c);
+	static const struct {
+		const char *text, *want;
+	} bad[] = {
+	    {"auth_checks { dmarc = reject }", "auth_checks.dmarc: must be \"off\", \"mark\""},
+	    {"auth_checks { dmarc = true }", "auth_checks.dmarc: expected"},
+	    {"auth_checks { spf = 1 }", "auth_checks.spf: expected true or false"},
+	    {"auth_checks { timeout = 0 }", "auth_checks.timeout"},
+	    {"auth_checks { arc = true }", "arc"},
+	    {"auth_checks = true", "auth_checks"},
+	};
+	for (size_t i = 0; i < N(bad); i++) {
+		c = load_str(bad[i].text, err, sizeof(err));
+		if (c)
+			fail_msg("case %zu loaded", i);
+		if (!strstr(err, bad[i].want))
+			fail_msg("case %zu: %s", i, err);
+	}
+}
+
 static void test_recipient_delimiter(void **state)
 {
 	char err[256];
@@ -1629,6 +1673,8 @@ static void test_print_reload_round_trip(void **state)
 	    "  throttle { delay_after = 2; delay = 250ms; max_delay = 1.5s; addr_block_after = 0;\n"
 	    "    user_block_after = 7; block_time = 1h; forget_after = 1d; max_entries = 100 } }\n",
 	    "auth { oauth { issuer = i; audience = a; jwks_file = j; user_claim = sub } }",
+	    "auth_checks { spf = false; dmarc = enforce; defer_on_temperror = true; timeout = 1min }",
+	    "auth_checks { dkim = off; dmarc = \"off\" }",
 	    "recipient_delimiter = \"\"",
 	    "recipient_delimiter = \"+-\"",
 	    "tls { cert_file = /etc/tern/c.pem; key_file = /etc/tern/k.pem }\n"
@@ -2018,6 +2064,7 @@ int main(void)
 	    cmocka_unit_test(test_find_route_precedence),
 	    cmocka_unit_test(test_delivery_values),
 	    cmocka_unit_test(test_dns_forward),
+	    cmocka_unit_test(test_auth_checks_section),
 	    cmocka_unit_test(test_recipient_delimiter),
 	    cmocka_unit_test(test_print_reload_round_trip),
 	    cmocka_unit_test(test_print_shows_values),

@@ -414,6 +414,64 @@ static void test_scan_line_ends_table(void **state)
 	}
 }
 
+/* ---- smtp_header_find / smtp_message_id: the msgid= of the queued line ---- */
+
+struct mid_case {
+	const char *name;
+	const char *msg;
+	const char *want; /* NULL: no Message-ID */
+};
+
+static const struct mid_case mid_cases[] = {
+    {"plain", "Subject: x\r\nMessage-ID: <a.1@example.org>\r\n\r\nbody\r\n", "<a.1@example.org>"},
+    {"name is case-insensitive", "message-id:<b@x>\r\n\r\n", "<b@x>"},
+    {"folded value", "Message-ID:\r\n <c@x>\r\nTo: y\r\n\r\n", "<c@x>"},
+    {"comment around it", "Message-ID: (gen) <d@x> (end)\r\n\r\n", "<d@x>"},
+    {"no brackets: the trimmed value", "Message-ID:  e@x  \r\n\r\n", "e@x"},
+    {"first of two", "Message-ID: <f1@x>\r\nMessage-ID: <f2@x>\r\n\r\n", "<f1@x>"},
+    {"only in the body: none", "Subject: x\r\n\r\nMessage-ID: <g@x>\r\n", NULL},
+    {"a longer name is not it", "Message-IDs: <h@x>\r\n\r\n", NULL},
+    {"inside a folded field is not it", "X-A: 1\r\n Message-ID: <i@x>\r\n\r\n", NULL},
+    {"empty value", "Message-ID:\r\n\r\n", NULL},
+    {"no header section at all", "\r\nMessage-ID: <j@x>\r\n", NULL},
+    {"unterminated last line", "To: a\r\nMessage-ID: <k@x>", "<k@x>"},
+    {"after our Received header",
+     "Received: from a by b\r\n\tid X; Sun, 6 Dec 2026 03:00:00 +0000\r\n"
+     "Message-Id: <l@x>\r\n\r\n",
+     "<l@x>"},
+};
+
+static void test_message_id_table(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(mid_cases) / sizeof(mid_cases[0]); i++) {
+		const struct mid_case *c = &mid_cases[i];
+		const char *id = NULL;
+		size_t n = 0;
+		print_message("case: %s\n", c->name);
+		bool found = smtp_message_id(c->msg, strlen(c->msg), &id, &n);
+		assert_int_equal(found, c->want != NULL);
+		if (c->want) {
+			assert_int_equal(n, strlen(c->want));
+			assert_memory_equal(id, c->want, n);
+		}
+	}
+}
+
+static void test_header_find_keeps_folding(void **state)
+{
+	(void)state;
+	const char *m = "Subject: one\r\n two\r\nTo: x\r\n\r\n";
+	const char *v;
+	size_t n;
+	assert_true(smtp_header_find(m, strlen(m), "subject", &v, &n));
+	assert_int_equal(n, strlen("one\r\n two"));
+	assert_memory_equal(v, "one\r\n two", n);
+	assert_false(smtp_header_find(m, strlen(m), "From", &v, &n));
+	/* a truncated buffer never reads past len */
+	assert_false(smtp_header_find(m, 3, "Subject", &v, &n));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -423,6 +481,8 @@ int main(void)
 	    cmocka_unit_test(test_large_message_crosses_internal_buffers),
 	    cmocka_unit_test(test_smuggling_sequences_never_end_data),
 	    cmocka_unit_test(test_scan_line_ends_table),
+	    cmocka_unit_test(test_message_id_table),
+	    cmocka_unit_test(test_header_find_keeps_folding),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

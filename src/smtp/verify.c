@@ -1,0 +1,589 @@
+/*
+ * verify.c — what an mx session learns about the mail it receives: SPF from
+ * MAIL FROM, DKIM over the message at its end, DMARC from both, and the
+ * trace fields that record them (Authentication-Results, Received-SPF),
+ * plus the verdict the session acts on (550, 451, the Junk folder).
+ *
+ * Owns: one struct smtp_verify per mail transaction (server.c keeps it in
+ * its struct tx and frees it with the transaction, which is what cancels
+ * the checks on RSET, a new MAIL, QUIT and disconnect); the order of the
+ * checks; the message header rewrite (forged results removed, ours added).
+ * The checks themselves are policy/spf.h, policy/dkim.h and policy/dmarc.h.
+ *
+ * Must never: block the event loop (DNS is asynchronous, a large body is
+ * hashed on the thread pool), call the session back from inside one of its
+ * own calls, or let a sender's bytes reach a header or a log unquoted (the
+ * policy modules' writers quote; logs go through log_quote).
+ */
+#include "smtp/smtp.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "core/buf.h"
+#include "core/conf.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "policy/dkim.h"
+#include "policy/dmarc.h"
+#include "policy/policy.h"
+#include "policy/spf.h"
+
+/* Bodies up to this size are hashed on the loop: less than a millisecond of
+ * SHA-256, cheaper than a round trip through the pool. */
+#define BODY_ON_LOOP_MAX (256u * 1024u)
+
+struct smtp_verify {
+	const struct tern_config *conf; /* the session's; outlives the transaction */
+	struct worker *w;
+	struct event_base *base;
+	struct dns_resolver *res; /* NULL: every lookup is a temporary error */
+	struct pool *pool;        /* NULL: large bodies are hashed on the loop too */
+	char sess[48];
+	char id[32];         /* queue id, once the message has one */
+	struct event *kick;  /* runs step() or the callback outside our callers */
+	struct event *timer; /* DMARC's deadline */
+
+	/* SPF: started at MAIL */
+	bool spf_on;
+	struct spf_request req; /* its strings are the copies below */
+	char *helo, *mailfrom;
+	struct spf_async *spf; /* while running */
+	bool spf_done;
+	struct spf_outcome spf_helo, spf_mailfrom;
+
+	/* end of data */
+	bool started, complete, failed;
+	void (*done)(void *arg);
+	void *arg;
+	const char *hdr; /* the client's header block, in the session's buffer */
+	size_t hdr_len;
+	const char *body;
+	size_t body_len;
+
+	/* DKIM */
+	struct dkim_verify *dkim;
+	struct dkim_dns *dkim_dns;
+	bool dkim_keys_pending, body_job;
+	bool orphan;      /* freed by its owner while the body job ran */
+	struct tbuf kept; /* then: the message bytes the job still reads */
+	struct dmarc_dkim *dk;
+	size_t n_dk;
+
+	/* DMARC */
+	struct dmarc_check *dmarc;
+	bool dmarc_ran;
+	struct dmarc_from from;
+	struct dmarc_outcome dmarc_out;
+	struct dmarc_decision decision;
+
+	struct tbuf prefix; /* the fields to prepend */
+};
+
+static enum dmarc_spf_result spf_to_dmarc(enum spf_result r)
+{
+	switch (r) {
+	case SPF_NEUTRAL:
+		return DMARC_SPF_NEUTRAL;
+	case SPF_PASS:
+		return DMARC_SPF_PASS;
+	case SPF_FAIL:
+		return DMARC_SPF_FAIL;
+	case SPF_SOFTFAIL:
+		return DMARC_SPF_SOFTFAIL;
+	case SPF_TEMPERROR:
+		return DMARC_SPF_TEMPERROR;
+	case SPF_PERMERROR:
+		return DMARC_SPF_PERMERROR;
+	default:
+		return DMARC_SPF_NONE;
+	}
+}
+
+static enum dmarc_dkim_result dkim_to_dmarc(const struct dkim_result *r)
+{
+	switch (r->status) {
+	case DKIM_PASS:
+		/* t=y: the signer is testing, the message counts as unsigned
+		 * for policy (RFC 6376 §3.6.1); A-R still says what we saw */
+		return DMARC_DKIM_PASS;
+	case DKIM_FAIL:
+		return DMARC_DKIM_FAIL;
+	case DKIM_NEUTRAL:
+		return DMARC_DKIM_NEUTRAL;
+	case DKIM_TEMPERROR:
+		return DMARC_DKIM_TEMPERROR;
+	case DKIM_PERMERROR:
+		return DMARC_DKIM_PERMERROR;
+	default:
+		return DMARC_DKIM_POLICY;
+	}
+}
+
+static void step(struct smtp_verify *v);
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtp_verify *v = arg;
+	if (v->complete) {
+		v->complete = false;
+		v->done(v->arg); /* may free v */
+		return;
+	}
+	step(v);
+}
+
+/* ------------------------------------------------------------- SPF */
+
+static void spf_done(void *arg, const struct spf_verdict *r)
+{
+	struct smtp_verify *v = arg;
+	v->spf = NULL; /* freed by spf_async when we return */
+	v->spf_helo = r->helo;
+	v->spf_mailfrom = r->mailfrom;
+	v->spf_done = true;
+	step(v);
+}
+
+static void spf_fail_now(struct smtp_verify *v, const char *why)
+{
+	v->spf_mailfrom.result = v->spf_helo.result = SPF_TEMPERROR;
+	v->spf_mailfrom.identity = SPF_ID_MAILFROM;
+	v->spf_helo.identity = SPF_ID_HELO;
+	/* the domains the checks would have been for (RFC 7208 §2.3, §2.4) */
+	const char *at = strrchr(v->mailfrom, '@');
+	tern_strlcpy(v->spf_mailfrom.domain, at ? at + 1 : v->helo, sizeof(v->spf_mailfrom.domain));
+	tern_strlcpy(v->spf_helo.domain, v->helo, sizeof(v->spf_helo.domain));
+	tern_strlcpy(v->spf_mailfrom.problem, why, sizeof(v->spf_mailfrom.problem));
+	tern_strlcpy(v->spf_helo.problem, why, sizeof(v->spf_helo.problem));
+	v->spf_done = true;
+}
+
+struct smtp_verify *smtp_verify_start(const struct smtp_verify_params *p)
+{
+	const struct conf_auth_checks *ac = &p->conf->auth_checks;
+	if (!p->mx || p->conf->capture_mode || p->authenticated)
+		return NULL;
+	if (!ac->spf && !ac->dkim && ac->dmarc == CONF_DMARC_OFF)
+		return NULL;
+	/* relay.networks: our own machines sending out; checked (and signed)
+	 * as outbound mail, never as received mail */
+	if (conf_in_relay_networks(p->conf, p->peer))
+		return NULL;
+	struct smtp_verify *v = calloc(1, sizeof(*v));
+	if (!v)
+		goto nomem;
+	v->conf = p->conf;
+	v->w = p->w;
+	v->base = worker_base(p->w);
+	v->res = policy_resolver(p->policy, p->w);
+	v->pool = p->pool;
+	tern_strlcpy(v->sess, p->sess, sizeof(v->sess));
+	tbuf_init(&v->prefix, SMTP_VERIFY_HEADERS_MAX);
+	tbuf_init(&v->kept, 0);
+	v->kick = event_new(v->base, -1, 0, on_kick, v);
+	v->helo = tern_strdup(p->helo ? p->helo : "");
+	v->mailfrom = tern_strdup(p->sender ? p->sender : "");
+	if (!v->kick || !v->helo || !v->mailfrom)
+		goto nomem;
+	v->req.helo = v->helo;
+	v->req.mailfrom = v->mailfrom;
+	v->req.receiver = p->conf->hostname;
+	v->spf_on = ac->spf;
+	if (!v->spf_on) {
+		v->spf_done = true;
+		return v;
+	}
+	if (spf_ip_from_sockaddr(p->peer, &v->req.ip) != TERN_OK) {
+		spf_fail_now(v, "client address is not IPv4 or IPv6");
+		return v;
+	}
+	if (!v->res) {
+		spf_fail_now(v, "no DNS resolver");
+		return v;
+	}
+	struct spf_limits lim;
+	spf_limits_default(&lim);
+	lim.timeout_ms = ac->timeout * 1000u;
+	v->spf = spf_check_async(v->res, v->base, &v->req, &lim, spf_done, v);
+	if (!v->spf)
+		goto nomem;
+	return v;
+nomem:
+	log_error("event=auth_checks sess=%s reason=out-of-memory action=skipped", p->sess);
+	smtp_verify_free(v, NULL);
+	return NULL;
+}
+
+/* ------------------------------------------------------------- DKIM */
+
+static void dkim_keys_done(void *arg)
+{
+	struct smtp_verify *v = arg;
+	v->dkim_keys_pending = false;
+	step(v);
+}
+
+static void body_work(void *arg)
+{
+	struct smtp_verify *v = arg;
+	dkim_body_update(dkim_verify_body(v->dkim), v->body, v->body_len);
+}
+
+static void body_done(void *arg)
+{
+	struct smtp_verify *v = arg;
+	v->body_job = false;
+	if (v->orphan) {
+		smtp_verify_free(v, NULL);
+		return;
+	}
+	dkim_verify_body_end(v->dkim);
+	step(v);
+}
+
+/* Collects the verifier's results into DMARC's and A-R's words. */
+static void dkim_collect(struct smtp_verify *v)
+{
+	size_t n = dkim_verify_count(v->dkim);
+	if (n == 0 || dkim_verify_finish(v->dkim) != TERN_OK)
+		return;
+	v->dk = calloc(n, sizeof(*v->dk));
+	if (!v->dk)
+		return; /* reported as no signature: logged by the verdict line */
+	for (size_t i = 0; i < n; i++) {
+		const struct dkim_result *r = dkim_verify_result(v->dkim, i);
+		v->dk[i].result = dkim_to_dmarc(r);
+		v->dk[i].domain = r->domain;
+		v->dk[i].selector = r->selector;
+		v->dk[i].signature = r->b;
+		v->dk[i].reason = r->reason && r->reason[0] ? r->reason : NULL;
+	}
+	v->n_dk = n;
+}
+
+static void dkim_begin(struct smtp_verify *v)
+{
+	v->dkim = dkim_verify_new(NULL);
+	if (!v->dkim)
+		return;
+	if (dkim_verify_headers(v->dkim, v->hdr, v->hdr_len) != TERN_OK ||
+	    dkim_verify_count(v->dkim) == 0) {
+		/* too big to look at, or nothing signed: no dkim result */
+		dkim_verify_free(v->dkim);
+		v->dkim = NULL;
+		return;
+	}
+	unsigned ms = v->conf->auth_checks.timeout * 1000u;
+	if (v->res)
+		v->dkim_dns =
+		    dkim_verify_dns_start(v->dkim, v->res, v->base, ms, dkim_keys_done, v);
+	if (v->dkim_dns)
+		v->dkim_keys_pending = true;
+	else
+		dkim_verify_expire(v->dkim); /* no resolver: every key is temperror */
+	if (v->body_len > BODY_ON_LOOP_MAX && v->pool &&
+	    pool_submit(v->pool, body_work, v->w, body_done, v) == TERN_OK) {
+		v->body_job = true;
+		return;
+	}
+	body_work(v);
+	dkim_verify_body_end(v->dkim);
+}
+
+/* ------------------------------------------------------------- DMARC */
+
+static void dmarc_done(void *arg, const struct dmarc_outcome *o)
+{
+	struct smtp_verify *v = arg;
+	v->dmarc = NULL; /* freed by dmarc_async when we return */
+	v->dmarc_out = *o;
+	if (v->timer)
+		event_del(v->timer);
+	step(v);
+}
+
+/* DMARC could not ask DNS in time: a temporary error for each Author
+ * Domain (dmarc_decide then defers or delivers as configured). */
+static void dmarc_temperror(struct smtp_verify *v)
+{
+	struct dmarc_outcome *o = &v->dmarc_out;
+	memset(o, 0, sizeof(*o));
+	o->result = DMARC_RESULT_TEMPERROR;
+	o->from = v->from.status;
+	size_t n = v->from.n_domains < DMARC_AUTHORS_MAX ? v->from.n_domains : DMARC_AUTHORS_MAX;
+	for (size_t i = 0; i < n; i++) {
+		tern_strlcpy(o->author[i].domain, v->from.domain[i], sizeof(o->author[i].domain));
+		o->author[i].result = DMARC_RESULT_TEMPERROR;
+		o->author[i].why = "DNS lookups timed out";
+	}
+	o->n_authors = n;
+}
+
+/* DMARC's lookups passed auth_checks.timeout. */
+static void dmarc_expired(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtp_verify *v = arg;
+	dmarc_check_cancel(v->dmarc);
+	v->dmarc = NULL;
+	dmarc_temperror(v);
+	step(v);
+}
+
+static void dmarc_begin(struct smtp_verify *v)
+{
+	v->dmarc_ran = true;
+	dmarc_from_domains(v->hdr, v->hdr_len, &v->from);
+	struct dmarc_input in = {
+	    .from = &v->from,
+	    .spf = {spf_to_dmarc(v->spf_mailfrom.result), DMARC_SPF_MAILFROM,
+	            v->spf_on ? v->spf_mailfrom.domain : NULL},
+	    .dkim = v->dk,
+	    .n_dkim = v->n_dk,
+	};
+	if (!v->res) {
+		dmarc_temperror(v);
+		return;
+	}
+	v->dmarc = dmarc_check_async(v->res, v->base, &in, dmarc_done, v);
+	if (!v->dmarc) {
+		v->failed = true;
+		return;
+	}
+	struct timeval tv = {(time_t)v->conf->auth_checks.timeout, 0};
+	v->timer = evtimer_new(v->base, dmarc_expired, v);
+	if (v->timer)
+		evtimer_add(v->timer, &tv);
+}
+
+/* ------------------------------------------------------------- verdict */
+
+static int build_prefix(struct smtp_verify *v)
+{
+	struct dmarc_spf spf[2];
+	size_t n_spf = 0;
+	if (v->spf_on) {
+		bool null_path = v->mailfrom[0] == '\0';
+		/* with a null reverse-path the MAIL FROM check is the HELO one */
+		if (v->spf_helo.result != SPF_NONE || null_path)
+			spf[n_spf++] = (struct dmarc_spf){spf_to_dmarc(v->spf_helo.result),
+			                                  DMARC_SPF_HELO, v->spf_helo.domain};
+		if (!null_path)
+			spf[n_spf++] =
+			    (struct dmarc_spf){spf_to_dmarc(v->spf_mailfrom.result),
+			                       DMARC_SPF_MAILFROM, v->spf_mailfrom.domain};
+	}
+	bool dmarc_on = v->conf->auth_checks.dmarc != CONF_DMARC_OFF && v->dmarc_ran;
+	struct authres_input ai = {
+	    .authserv_id = v->conf->hostname,
+	    .spf = spf,
+	    .n_spf = n_spf,
+	    .dkim = v->dk,
+	    .n_dkim = v->n_dk,
+	    .dmarc = dmarc_on ? &v->dmarc_out : NULL,
+	};
+	int rc = authres_build(&ai, &v->prefix);
+	if (rc == TERN_OK && v->spf_on)
+		rc = spf_received_spf(&v->req, &v->spf_mailfrom, &v->prefix);
+	if (rc == TERN_OK && v->decision.header[0])
+		rc = tbuf_append_str(&v->prefix, v->decision.header);
+	return rc;
+}
+
+static const char *disposition_name(enum dmarc_disposition d)
+{
+	static const char *const n[] = {"deliver", "junk", "reject", "defer"};
+	return (unsigned)d < 4 ? n[d] : "?";
+}
+
+static void log_verdict(struct smtp_verify *v)
+{
+	char dk[256] = "";
+	size_t at = 0;
+	for (size_t i = 0; i < v->n_dk && at < sizeof(dk) - 16; i++) {
+		int k = snprintf(dk + at, sizeof(dk) - at, "%s%s", i ? "," : "",
+		                 dkim_status_name(dkim_verify_result(v->dkim, i)->status));
+		at += k > 0 ? (size_t)k : 0;
+	}
+	char from[DMARC_DOMAIN_MAX * 4 + 8];
+	const char *fd = v->from.n_domains ? v->from.domain[0] : "";
+	log_info("event=auth_checks id=%s sess=%s spf=%s dkim=%s dmarc=%s from_domain=%s "
+	         "action=%s",
+	         v->id, v->sess, v->spf_on ? spf_result_name(v->spf_mailfrom.result) : "off",
+	         v->n_dk ? dk : "none",
+	         v->dmarc_ran ? dmarc_result_name(v->dmarc_out.result) : "off",
+	         log_quote(fd, strlen(fd), from, sizeof(from)),
+	         v->failed ? "unchecked" : disposition_name(v->decision.disposition));
+}
+
+/* Advances as far as the answers so far allow; schedules the callback when
+ * everything is in. Runs only from event callbacks, never from a caller of
+ * this file's public functions. */
+static void step(struct smtp_verify *v)
+{
+	if (!v->started || v->complete || !v->spf_done)
+		return;
+	if (v->dkim_keys_pending || v->body_job || v->dmarc)
+		return;
+	if (v->dkim && dkim_verify_state(v->dkim) == DKIM_VS_READY)
+		dkim_collect(v);
+	if (!v->failed && v->conf->auth_checks.dmarc != CONF_DMARC_OFF && !v->dmarc_ran) {
+		dmarc_begin(v);
+		if (v->dmarc)
+			return;
+	}
+	if (!v->failed && v->dmarc_ran) {
+		struct dmarc_profile prof = {
+		    .mode = v->conf->auth_checks.dmarc == CONF_DMARC_ENFORCE ? DMARC_MODE_ENFORCE
+		                                                             : DMARC_MODE_MARK,
+		    .defer_on_temperror = v->conf->auth_checks.defer_on_temperror,
+		};
+		dmarc_decide(&v->dmarc_out, &prof, &v->decision);
+	}
+	if (!v->failed && build_prefix(v) != TERN_OK) {
+		/* the fields would not fit (a sender's huge values are cut by the
+		 * writers, so this is memory): deliver without them, unjudged */
+		tbuf_free(&v->prefix);
+		memset(&v->decision, 0, sizeof(v->decision));
+		v->failed = true;
+	}
+	log_verdict(v);
+	v->complete = true;
+	event_active(v->kick, 0, 0);
+}
+
+int smtp_verify_message(struct smtp_verify *v, const char *id, const char *msg, size_t len,
+                        void (*done)(void *arg), void *arg)
+{
+	if (TERN_BUG_ON(v->started))
+		return TERN_EINVAL;
+	v->started = true;
+	v->done = done;
+	v->arg = arg;
+	tern_strlcpy(v->id, id, sizeof(v->id));
+	size_t hdr_len = 0, body_off = 0;
+	dkim_split_message(msg, len, &hdr_len, &body_off);
+	v->hdr = msg;
+	v->hdr_len = hdr_len;
+	v->body = msg + body_off;
+	v->body_len = len - body_off;
+	if (v->conf->auth_checks.dkim)
+		dkim_begin(v);
+	event_active(v->kick, 0, 0); /* step() from the loop, never from here */
+	return TERN_OK;
+}
+
+void smtp_verify_verdict(const struct smtp_verify *v, struct smtp_verify_verdict *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (v->failed)
+		return;
+	switch (v->decision.disposition) {
+	case DMARC_REJECT:
+		out->action = SMTP_VERIFY_REJECT;
+		break;
+	case DMARC_DEFER:
+		out->action = SMTP_VERIFY_DEFER;
+		break;
+	case DMARC_DELIVER_JUNK:
+		out->action = SMTP_VERIFY_JUNK;
+		break;
+	default:
+		out->action = SMTP_VERIFY_DELIVER;
+		break;
+	}
+	out->reply = v->decision.reply;
+}
+
+size_t smtp_verify_growth(const struct smtp_verify *v)
+{
+	return v->prefix.len;
+}
+
+int smtp_verify_rewrite(struct smtp_verify *v, struct tbuf *msg, size_t *trace_len)
+{
+	if (v->failed)
+		return TERN_OK;
+	size_t rcv = *trace_len;
+	if (TERN_BUG_ON(rcv > msg->len || v->hdr != msg->data + rcv))
+		return TERN_EINVAL;
+	/* the new head: our fields, our Received, the client's fields without
+	 * the results that claim to be ours */
+	struct tbuf head;
+	tbuf_init(&head, v->prefix.len + rcv + v->hdr_len);
+	static const char *const ours[] = {DMARC_HEADER_NAME, NULL};
+	struct authres_strip_opts so = {
+	    .authserv_id = v->conf->hostname,
+	    .mode = AUTHRES_REMOVE,
+	    .extra_names = ours,
+	};
+	size_t removed = 0;
+	int rc = tbuf_append(&head, v->prefix.data, v->prefix.len);
+	if (rc == TERN_OK)
+		rc = tbuf_append(&head, msg->data, rcv);
+	if (rc == TERN_OK)
+		rc = authres_strip(v->hdr, v->hdr_len, &so, &head, &removed);
+	size_t old = rcv + v->hdr_len;
+	if (rc == TERN_OK && head.len > old)
+		rc = tbuf_reserve(msg, head.len - old); /* within what the caller made room for */
+	if (rc != TERN_OK) {
+		tbuf_free(&head);
+		return rc;
+	}
+	size_t tail = msg->len - old;
+	memmove(msg->data + head.len, msg->data + old, tail);
+	memcpy(msg->data, head.data, head.len);
+	msg->len = head.len + tail;
+	msg->data[msg->len] = '\0';
+	*trace_len = v->prefix.len + rcv;
+	if (removed)
+		log_info("event=auth_checks id=%s forged_results_removed=%zu", v->id, removed);
+	/* v->hdr pointed into the old layout: nothing may read it any more */
+	v->hdr = NULL;
+	v->body = NULL;
+	tbuf_free(&head);
+	return TERN_OK;
+}
+
+void smtp_verify_free(struct smtp_verify *v, struct tbuf *msg)
+{
+	if (!v)
+		return;
+	if (v->spf)
+		spf_check_async_cancel(v->spf);
+	v->spf = NULL;
+	dkim_dns_free(v->dkim_dns);
+	v->dkim_dns = NULL;
+	v->dkim_keys_pending = false;
+	dmarc_check_cancel(v->dmarc);
+	v->dmarc = NULL;
+	if (v->timer) {
+		event_free(v->timer);
+		v->timer = NULL;
+	}
+	if (v->kick) {
+		event_free(v->kick);
+		v->kick = NULL;
+	}
+	if (v->body_job) {
+		/* the pool still reads the body: keep its bytes, free at body_done */
+		if (msg) {
+			v->kept = *msg;
+			msg->data = NULL;
+			msg->len = msg->cap = 0;
+		}
+		v->orphan = true;
+		return;
+	}
+	dkim_verify_free(v->dkim);
+	free(v->dk);
+	free(v->helo);
+	free(v->mailfrom);
+	tbuf_free(&v->prefix);
+	tbuf_free(&v->kept);
+	free(v);
+}

@@ -1,0 +1,392 @@
+/*
+ * test_arc.c — the pieces of policy/arc.h: the instance parser, the
+ * validator's key-query state machine (one query per key name, temporary
+ * failures, the deadline, no query for a chain that is already broken),
+ * sealing and validating chains of our own (oldest-pass, the cv=fail rules,
+ * the 50-set limit) and the sealer's refusals. Keys are generated here
+ * (Ed25519: fast); the ValiMail vectors are test_arc_suite.c's.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "policy/arc.h"
+
+static const char MSG[] = "From: Alice <alice@example.test>\r\n"
+                          "To: list@lists.example.org\r\n"
+                          "Subject: hello\r\n"
+                          "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+                          "\r\n"
+                          "Hello,  world.\r\n";
+
+static struct dkim_key *key;
+static struct dkim_keytab *tab;
+
+static int setup(void **state)
+{
+	char *rec = NULL, *text = NULL, err[128];
+	assert_int_equal(dkim_key_generate(DKIM_ALG_ED25519_SHA256, 0, &key), TERN_OK);
+	assert_int_equal(dkim_key_record(key, &rec), TERN_OK);
+	size_t n = strlen(rec) * 2 + 200;
+	text = malloc(n);
+	assert_non_null(text);
+	snprintf(text, n,
+	         "s1._domainkey.example.test %s\n"
+	         "s1._domainkey.other.test %s\n"
+	         "s1._domainkey.slow.test TEMPFAIL\n",
+	         rec, rec);
+	assert_int_equal(dkim_keytab_parse(text, strlen(text), &tab, err, sizeof(err)), TERN_OK);
+	free(rec);
+	free(text);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	dkim_key_free(key);
+	dkim_keytab_free(tab);
+	return 0;
+}
+
+/* ------------------------------------------------------------ helpers */
+
+struct res {
+	enum arc_cv cv;
+	unsigned n, oldest;
+	bool temporary;
+	char reason[160];
+	char sealer[DKIM_DOMAIN_MAX + 1];
+};
+
+static struct res check(const char *msg, size_t len)
+{
+	struct res r = {0};
+	struct arc_verify *v = arc_verify_new();
+	assert_non_null(v);
+	assert_int_equal(arc_verify_message(v, msg, len, arc_keytab_lookup, tab), TERN_OK);
+	const struct arc_result *a = arc_verify_result(v);
+	assert_non_null(a);
+	r.cv = a->cv;
+	r.n = a->n_sets;
+	r.oldest = a->oldest_pass;
+	r.temporary = a->temporary;
+	snprintf(r.reason, sizeof(r.reason), "%s", a->reason);
+	snprintf(r.sealer, sizeof(r.sealer), "%s", a->sealer);
+	arc_verify_free(v);
+	return r;
+}
+
+/* Seals msg (freed) for domain with cv; returns the new message (fields +
+ * old), or the old one when nothing was added. */
+static char *seal_cv(char *msg, size_t *len, const char *domain, enum arc_cv cv, int *added)
+{
+	struct arc_seal_params p = {.domain = domain,
+	                            .selector = "s1",
+	                            .timestamp = 1700000000,
+	                            .authres = "mx.example.test; arc=none; spf=pass "
+	                                       "smtp.mailfrom=alice@example.test"};
+	char *out = NULL;
+	size_t ol = 0;
+	assert_int_equal(arc_seal(key, &p, cv, msg, *len, &out, &ol), TERN_OK);
+	*added = out != NULL;
+	if (!out)
+		return msg;
+	char *m = malloc(ol + *len + 1);
+	assert_non_null(m);
+	memcpy(m, out, ol);
+	memcpy(m + ol, msg, *len);
+	m[ol + *len] = '\0';
+	*len += ol;
+	free(out);
+	free(msg);
+	return m;
+}
+
+/* Seals with the cv the validator finds. */
+static char *seal(char *msg, size_t *len, const char *domain, int *added)
+{
+	return seal_cv(msg, len, domain, check(msg, *len).cv, added);
+}
+
+static char *dup_msg(const char *s, size_t *len)
+{
+	*len = strlen(s);
+	char *m = malloc(*len + 1);
+	assert_non_null(m);
+	memcpy(m, s, *len + 1);
+	return m;
+}
+
+/* Replaces the last `from` in m (same length `to`): the oldest set's copy. */
+static void poke(char *m, const char *from, const char *to)
+{
+	char *p = NULL;
+	for (char *q = strstr(m, from); q; q = strstr(q + 1, from))
+		p = q;
+	assert_non_null(p);
+	assert_int_equal(strlen(from), strlen(to));
+	memcpy(p, to, strlen(to));
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void test_instance(void **state)
+{
+	static const struct {
+		const char *v;
+		bool aar;
+		unsigned want;
+	} c[] = {
+	    {"i=1; mx.example; spf=pass", true, 1},
+	    {" i = 12 ; mx.example", true, 12},
+	    {"\r\n\t(comment) i=3;x", true, 3},
+	    {"i=50;", true, 50},
+	    {"i=51;", true, 0},
+	    {"i=0;", true, 0},
+	    {"i=1 mx.example", true, 0},
+	    {"mx.example; i=1;", true, 0},
+	    {"i=;", true, 0},
+	    {"i=123;", true, 0},
+	    {"a=rsa-sha256; i=7; d=x", false, 7},
+	    {"i=1; i=2", false, 0},
+	    {"I=1; a=b", false, 0},
+	    {"a=b", false, 0},
+	    {"i=x1", false, 0},
+	};
+	for (size_t k = 0; k < sizeof(c) / sizeof(c[0]); k++) {
+		if (arc_instance(c[k].v, strlen(c[k].v), c[k].aar) != c[k].want)
+			fail_msg("arc_instance(\"%s\", %d) != %u", c[k].v, c[k].aar, c[k].want);
+	}
+}
+
+static void test_no_chain_is_none_and_asks_nothing(void **state)
+{
+	struct arc_verify *v = arc_verify_new();
+	unsigned qid;
+	assert_int_equal(arc_verify_input(v, MSG, strlen(MSG)), TERN_OK);
+	assert_int_equal(arc_verify_state(v), ARC_VS_DONE);
+	assert_null(arc_verify_next_query(v, &qid));
+	assert_int_equal(arc_verify_result(v)->cv, ARC_CV_NONE);
+	assert_int_equal(arc_verify_input(v, MSG, strlen(MSG)), TERN_EINVAL);
+	arc_verify_free(v);
+}
+
+static void test_seal_and_validate_three_hops(void **state)
+{
+	size_t len;
+	int added;
+	char *m = dup_msg(MSG, &len);
+	m = seal(m, &len, "example.test", &added);
+	assert_true(added);
+	assert_non_null(
+	    strstr(m, "ARC-Seal: i=1; a=ed25519-sha256; cv=none; d=example.test; s=s1;"));
+	assert_non_null(
+	    strstr(m, "\r\nARC-Authentication-Results: i=1; mx.example.test; arc=none;"));
+	struct res r = check(m, len);
+	assert_int_equal(r.cv, ARC_CV_PASS);
+	assert_int_equal(r.n, 1);
+	assert_string_equal(r.sealer, "example.test");
+	m = seal(m, &len, "other.test", &added);
+	m = seal(m, &len, "example.test", &added);
+	assert_non_null(strstr(m, "ARC-Seal: i=3; a=ed25519-sha256; cv=pass;"));
+	r = check(m, len);
+	assert_int_equal(r.cv, ARC_CV_PASS);
+	assert_int_equal(r.n, 3);
+	assert_int_equal(r.oldest, 0);
+	free(m);
+}
+
+static void test_oldest_pass_and_a_changed_body(void **state)
+{
+	size_t len;
+	int added;
+	char *m = dup_msg(MSG, &len);
+	m = seal(m, &len, "example.test", &added);
+	/* a list validates (pass), changes the subject, then seals: AMS 1
+	 * breaks, the chain holds */
+	struct res r = check(m, len);
+	assert_int_equal(r.cv, ARC_CV_PASS);
+	poke(m, "Subject: hello", "Subject: HELLO");
+	m = seal_cv(m, &len, "other.test", r.cv, &added);
+	r = check(m, len);
+	assert_int_equal(r.cv, ARC_CV_PASS);
+	assert_int_equal(r.oldest, 2);
+	/* a change after the last seal breaks the newest AMS: fail */
+	poke(m, "Hello,  world.", "Hello,  World.");
+	r = check(m, len);
+	assert_int_equal(r.cv, ARC_CV_FAIL);
+	assert_false(r.temporary);
+	assert_string_equal(r.reason, "ARC-Message-Signature i=2: body hash did not verify");
+	/* sealing that: cv=fail, over its own set only; it validates as fail,
+	 * and after it nobody adds a set */
+	m = seal(m, &len, "example.test", &added);
+	assert_true(added);
+	assert_non_null(strstr(m, "ARC-Seal: i=3; a=ed25519-sha256; cv=fail;"));
+	r = check(m, len);
+	assert_int_equal(r.cv, ARC_CV_FAIL);
+	assert_string_equal(r.reason, "the newest ARC-Seal says cv=fail");
+	size_t before = len;
+	m = seal(m, &len, "example.test", &added);
+	assert_false(added);
+	assert_int_equal(len, before);
+	free(m);
+}
+
+static void test_tampered_seal_fails(void **state)
+{
+	size_t len;
+	int added;
+	char *m = dup_msg(MSG, &len);
+	m = seal(m, &len, "example.test", &added);
+	m = seal(m, &len, "example.test", &added);
+	/* the AAR of set 1 is covered by every seal */
+	poke(m, "spf=pass", "spf=fail");
+	struct res r = check(m, len);
+	assert_int_equal(r.cv, ARC_CV_FAIL);
+	assert_string_equal(r.reason, "ARC-Seal i=2: signature did not verify");
+	free(m);
+}
+
+static void test_structure_failures_ask_no_keys(void **state)
+{
+	size_t len;
+	int added;
+	char *m = dup_msg(MSG, &len);
+	m = seal(m, &len, "example.test", &added);
+	/* a second AAR i=1 */
+	size_t n2 = len + 64;
+	char *m2 = malloc(n2);
+	int k = snprintf(m2, n2, "ARC-Authentication-Results: i=1; x.example; none\r\n%s", m);
+	struct arc_verify *v = arc_verify_new();
+	unsigned qid;
+	assert_int_equal(arc_verify_input(v, m2, (size_t)k), TERN_OK);
+	assert_int_equal(arc_verify_state(v), ARC_VS_DONE);
+	assert_null(arc_verify_next_query(v, &qid));
+	assert_int_equal(arc_verify_result(v)->cv, ARC_CV_FAIL);
+	arc_verify_free(v);
+	/* a gap: set 1 renamed to 2 */
+	poke(m, "ARC-Seal: i=1;", "ARC-Seal: i=2;");
+	struct res r = check(m, len);
+	assert_int_equal(r.cv, ARC_CV_FAIL);
+	free(m);
+	free(m2);
+}
+
+static void test_one_query_per_key_and_temporary_failures(void **state)
+{
+	size_t len;
+	int added;
+	char *m = dup_msg(MSG, &len);
+	m = seal(m, &len, "example.test", &added);
+	m = seal(m, &len, "example.test", &added);
+	m = seal(m, &len, "slow.test", &added);
+	struct arc_verify *v = arc_verify_new();
+	unsigned qid, q[4];
+	const char *names[4];
+	size_t nq = 0;
+	assert_int_equal(arc_verify_input(v, m, len), TERN_OK);
+	assert_int_equal(arc_verify_state(v), ARC_VS_WAITING);
+	while (nq < 4 && (names[nq] = arc_verify_next_query(v, &qid)) != NULL)
+		q[nq++] = qid;
+	/* six signatures, two key names */
+	assert_int_equal(nq, 2);
+	assert_int_equal(arc_verify_pending(v), 2);
+	for (size_t i = 0; i < nq; i++)
+		if (strcmp(names[i], "s1._domainkey.example.test") == 0)
+			arc_keytab_lookup(tab, v, q[i], names[i]);
+	assert_int_equal(arc_verify_pending(v), 1);
+	assert_int_equal(arc_verify_finish(v), TERN_EINVAL); /* not ready */
+	arc_verify_expire(v);                                /* the deadline */
+	assert_int_equal(arc_verify_state(v), ARC_VS_READY);
+	assert_int_equal(arc_verify_finish(v), TERN_OK);
+	const struct arc_result *r = arc_verify_result(v);
+	assert_int_equal(r->cv, ARC_CV_FAIL);
+	assert_true(r->temporary);
+	assert_string_equal(r->reason, "ARC-Message-Signature i=3: key lookup failed (temporary)");
+	arc_verify_free(v);
+	/* the table's TEMPFAIL line says the same */
+	struct res rr = check(m, len);
+	assert_true(rr.temporary);
+	free(m);
+}
+
+static void test_fifty_sets_and_no_more(void **state)
+{
+	size_t len;
+	int added = 0;
+	char *m = dup_msg(MSG, &len);
+	for (int i = 0; i < ARC_MAX_SETS; i++) {
+		m = seal(m, &len, i % 2 ? "other.test" : "example.test", &added);
+		assert_true(added);
+	}
+	struct res r = check(m, len);
+	assert_int_equal(r.cv, ARC_CV_PASS);
+	assert_int_equal(r.n, ARC_MAX_SETS);
+	m = seal(m, &len, "example.test", &added);
+	assert_false(added);
+	/* a 51st set, forged by hand, makes the chain fail */
+	size_t n2 = len + 200;
+	char *m2 = malloc(n2);
+	int k =
+	    snprintf(m2, n2,
+	             "ARC-Seal: i=51; a=ed25519-sha256; cv=pass; d=example.test; s=s1; b=AAAA\r\n"
+	             "%s",
+	             m);
+	r = check(m2, (size_t)k);
+	assert_int_equal(r.cv, ARC_CV_FAIL);
+	free(m2);
+	free(m);
+}
+
+static void test_seal_refusals(void **state)
+{
+	char *out = NULL;
+	size_t ol = 0;
+	const char *bad_h[] = {"from", "arc-seal"};
+	struct arc_seal_params p = {.domain = "example.test",
+	                            .selector = "s1",
+	                            .timestamp = 1,
+	                            .authres = "mx.example.test; arc=none"};
+	/* pass or fail of a chain that is not there */
+	assert_int_equal(arc_seal(key, &p, ARC_CV_PASS, MSG, strlen(MSG), &out, &ol), TERN_EINVAL);
+	p.headers = bad_h;
+	p.n_headers = 2;
+	assert_int_equal(arc_seal(key, &p, ARC_CV_NONE, MSG, strlen(MSG), &out, &ol), TERN_EINVAL);
+	p.headers = NULL;
+	p.n_headers = 0;
+	p.authres = "mx.example.test; arc=none\r\nX-Injected: yes";
+	assert_int_equal(arc_seal(key, &p, ARC_CV_NONE, MSG, strlen(MSG), &out, &ol), TERN_EINVAL);
+	p.authres = "mx.example.test; arc=none";
+	p.domain = "bad domain";
+	assert_int_equal(arc_seal(key, &p, ARC_CV_NONE, MSG, strlen(MSG), &out, &ol), TERN_EINVAL);
+	assert_null(out);
+	/* the default h= covers what is present, never ARC fields */
+	p.domain = "example.test";
+	assert_int_equal(arc_seal(key, &p, ARC_CV_NONE, MSG, strlen(MSG), &out, &ol), TERN_OK);
+	assert_non_null(strstr(out, "h=from:to:subject:date;"));
+	free(out);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_instance),
+	    cmocka_unit_test(test_no_chain_is_none_and_asks_nothing),
+	    cmocka_unit_test(test_seal_and_validate_three_hops),
+	    cmocka_unit_test(test_oldest_pass_and_a_changed_body),
+	    cmocka_unit_test(test_tampered_seal_fails),
+	    cmocka_unit_test(test_structure_failures_ask_no_keys),
+	    cmocka_unit_test(test_one_query_per_key_and_temporary_failures),
+	    cmocka_unit_test(test_fifty_sets_and_no_more),
+	    cmocka_unit_test(test_seal_refusals),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
