@@ -4,19 +4,24 @@
 For each server: N messages of 4 KiB over 10 SMTP connections (tern's own
 loopback load generator, bench/smtpload.c), then
   - accept side: messages/s until the last 250, MAIL->250 latency p50/p99;
+  - visible before 250: ONE count of the listed messages right after the
+    last 250 (what a CI suite that sends, then lists at once, sees), and
+    that count per second of sending (equal to the accept rate only when
+    every acknowledged message was already listed);
   - captured: messages/s until the API lists all N;
   - list latency: the first page of the message list (tern: GET
-    /api/v1/messages?limit=50; maildev has no paging: GET /email returns
-    every message) and search latency (tern: GET /api/v1/search; maildev:
-    none, so not measured), p50/p99 over R requests;
+    /api/v1/messages?limit=50; maildev 3: GET /api/email returns every
+    message; its counts come from GET /api/email/summary) and search
+    latency (tern: GET /api/v1/search; maildev: none, so not measured),
+    p50/p99 over R requests;
   - RSS of the server process.
 Then tern alone is filled to --fill messages (default 100,000) and its list
 and search latencies are measured again at that size (maildev keeps every
-message in memory and returns all of them on each list, which is why it is
-only measured at N).
+message and returns all of them on each list, which is why it is only
+measured at N). --no-fill skips that part.
 
 Bounded: message counts, timeouts, loopback only. Figures are printed,
-never asserted. maildev comes from npm (installed into --maildev-dir if
+never asserted. maildev 3 comes from npm (installed into --maildev-dir if
 missing); tern from --tern (a release build: `make build`).
 """
 import argparse
@@ -35,6 +40,7 @@ import urllib.request
 import benchlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MAILDEV_MAJOR = 3
 REPO = os.path.dirname(HERE)
 
 
@@ -113,9 +119,9 @@ def stop(proc):
             proc.wait()
 
 
-def run_tern(args, load, tmp):
+def run_tern(args, load, tmp, run=1):
     smtp, web = free_port(), free_port()
-    data = os.path.join(tmp, "tern-data")
+    data = os.path.join(tmp, f"tern-data-{run}")  # a fresh store each run
     log = open(os.path.join(tmp, "tern.log"), "w")
     conf = os.path.join(tmp, "tern.conf")
     with open(conf, "w") as f:
@@ -130,6 +136,8 @@ def run_tern(args, load, tmp):
         wait_http(base + "/api/v1/info", proc)
         t0 = time.time()
         res = send(load, smtp, args.messages, args.conns, args.timeout)
+        _, body = http_get(base + "/api/v1/messages?limit=1")  # at once, no retry
+        at_once = json.loads(body)["total"]
         deadline = time.time() + args.timeout
         count = 0
         while time.time() < deadline:
@@ -142,6 +150,7 @@ def run_tern(args, load, tmp):
         row = {
             "server": "tern capture", "ok": res["ok"],
             "accept": res["ok"] / res["elapsed_s"], "p50": res["lat_p50_ms"],
+            "at_once": at_once, "visible_per_s": min(at_once, res["ok"]) / res["elapsed_s"],
             "p99": res["lat_p99_ms"], "captured": count,
             "captured_per_s": count / captured_s,
             "list": latencies(base + "/api/v1/messages?limit=50", args.reps),
@@ -176,37 +185,41 @@ def run_tern(args, load, tmp):
         stop(proc)
 
 
-def run_maildev(args, load, tmp):
+def run_maildev(args, load, tmp, run=1):
     exe = os.path.join(args.maildev_dir, "node_modules", ".bin", "maildev")
     if not os.path.exists(exe):
         os.makedirs(args.maildev_dir, exist_ok=True)
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "maildev@2"],
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", f"maildev@{MAILDEV_MAJOR}"],
                        cwd=args.maildev_dir, check=True, capture_output=True)
     smtp, web = free_port(), free_port()
     log = open(os.path.join(tmp, "maildev.log"), "w")
     proc = subprocess.Popen([exe, "--smtp", str(smtp), "--web", str(web), "--ip", "127.0.0.1",
-                             "--mail-directory", os.path.join(tmp, "maildev-mail"), "--silent"],
+                             "--mail-directory", os.path.join(tmp, f"maildev-mail-{run}"),
+                             "--silent"],
                             stdout=log, stderr=log)
     base = f"http://127.0.0.1:{web}"
     try:
-        wait_http(base + "/email", proc)
+        wait_http(base + "/api/email/summary", proc)
         t0 = time.time()
         res = send(load, smtp, args.messages, args.conns, args.timeout)
+        _, body = http_get(base + "/api/email/summary?limit=1")  # at once, no retry
+        at_once = json.loads(body)["total"]
         deadline = time.time() + args.timeout
         count = 0
         while time.time() < deadline:
-            _, body = http_get(base + "/email")
-            count = len(json.loads(body))
+            _, body = http_get(base + "/api/email/summary?limit=1")
+            count = json.loads(body)["total"]
             if count >= res["ok"]:
                 break
             time.sleep(1.0)
         captured_s = time.time() - t0
         return {
-            "server": "maildev 2", "ok": res["ok"],
+            "server": f"maildev {MAILDEV_MAJOR}", "ok": res["ok"],
             "accept": res["ok"] / res["elapsed_s"], "p50": res["lat_p50_ms"],
+            "at_once": at_once, "visible_per_s": min(at_once, res["ok"]) / res["elapsed_s"],
             "p99": res["lat_p99_ms"], "captured": count,
             "captured_per_s": count / captured_s,
-            "list": latencies(base + "/email", max(3, args.reps // 10)),
+            "list": latencies(base + "/api/email", max(3, args.reps // 10)),
             "search": None,
             "rss": rss_mb(proc.pid),
         }
@@ -218,6 +231,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tern", default=os.path.join(REPO, "build", "tern"))
+    ap.add_argument("--tern-baseline", help="a second tern binary (e.g. a build of main) run "
+                    "beside --tern in each repetition")
     ap.add_argument("--smtpload", help="load generator (default: smtpload beside --tern, "
                     "else bench/smtpload.c built with cc)")
     ap.add_argument("--messages", type=int, default=20000)
@@ -225,7 +240,10 @@ def main():
     ap.add_argument("--fill", type=int, default=100000)
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--timeout", type=int, default=300)
-    ap.add_argument("--maildev-dir", default="/var/tmp/tern-bench-maildev")
+    ap.add_argument("--maildev-dir", default="/var/tmp/tern-bench-maildev3")
+    ap.add_argument("--no-fill", action="store_true", help="skip the --fill part")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="repetitions of the N-message part (tern and maildev alternate)")
     ap.add_argument("--skip-maildev", action="store_true")
     args = ap.parse_args()
     if args.messages > 10**6 or args.fill > 10**6:
@@ -234,20 +252,37 @@ def main():
     os.chmod(tmp, 0o755)
     try:
         load = benchlib.smtpload(args.tern, tmp, args.smtpload)
+        if args.no_fill:
+            args.fill = 0
         rows = []
-        t, fill = run_tern(args, load, tmp)
-        rows.append(t)
-        if not args.skip_maildev:
-            rows.append(run_maildev(args, load, tmp))
+        fill = None
+        for run in range(args.runs):
+            t, f = run_tern(args, load, tmp, run + 1)
+            t["run"] = run + 1
+            rows.append(t)
+            if args.tern_baseline:
+                b, _ = run_tern(argparse.Namespace(**dict(vars(args), tern=args.tern_baseline,
+                                                          fill=0)), load, tmp, f"b{run + 1}")
+                b["run"] = run + 1
+                b["server"] = "tern capture (baseline)"
+                rows.append(b)
+            fill = fill or f
+            args.fill = 0  # only once
+            if not args.skip_maildev:
+                m = run_maildev(args, load, tmp, run + 1)
+                m["run"] = run + 1
+                rows.append(m)
         print(f"capture: {args.messages} messages of 4 KiB over {args.conns} connections")
-        print("| server | accepted | accept msg/s | MAIL->250 p50 / p99 ms | captured msg/s |"
-              " list p50 / p99 ms | search p50 / p99 ms | RSS MB |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| run | server | accepted | accept msg/s | MAIL->250 p50 / p99 ms |"
+              " listed at once after the last 250 | visible-before-250 msg/s |"
+              " captured msg/s | list p50 / p99 ms | search p50 / p99 ms | RSS MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             s = f"{r['search'][0]:.1f} / {r['search'][1]:.1f}" if r["search"] else "n/a"
-            print(f"| {r['server']} | {r['ok']} | {r['accept']:.0f} | {r['p50']:.1f} / "
-                  f"{r['p99']:.1f} | {r['captured_per_s']:.0f} | {r['list'][0]:.1f} / "
-                  f"{r['list'][1]:.1f} | {s} | {r['rss']:.0f} |")
+            print(f"| {r['run']} | {r['server']} | {r['ok']} | {r['accept']:.0f} | "
+                  f"{r['p50']:.1f} / {r['p99']:.1f} | {r['at_once']} of {r['ok']} | "
+                  f"{r['visible_per_s']:.0f} | {r['captured_per_s']:.0f} | "
+                  f"{r['list'][0]:.1f} / {r['list'][1]:.1f} | {s} | {r['rss']:.0f} |")
         if fill:
             print(f"\ntern capture at {fill['total']} stored messages: list first page "
                   f"{fill['list'][0]:.1f} / {fill['list'][1]:.1f} ms, middle page "

@@ -20,6 +20,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct user_db;
 
@@ -29,6 +30,14 @@ int users_load(const char *path, struct user_db **out, char *err, size_t errlen)
 void users_free(struct user_db *db);
 size_t users_count(const struct user_db *db);
 bool users_exists(const struct user_db *db, const char *addr);
+/*
+ * The user's own mailbox quota, from Dovecot's extra field
+ * userdb_quota_rule=*:storage=SIZE in the users file (parsed at load time,
+ * so this is a lookup: fine on the event loop). TERN_OK with *bytes (0 =
+ * unlimited), or TERN_ENOTFOUND when the user has no such rule (or does not
+ * exist): the configured default (mailbox.quota) applies.
+ */
+int users_quota(const struct user_db *db, const char *addr, uint64_t *bytes);
 /* TERN_OK if the password matches, TERN_ENOTFOUND for no such user,
  * TERN_EINVAL for a wrong password or an unusable hash. */
 int users_verify(const struct user_db *db, const char *addr, const char *password);

@@ -50,6 +50,8 @@ struct user {
 	size_t hashlen;
 	enum scheme scheme;
 	unsigned line;
+	bool has_quota;       /* userdb_quota_rule=*:... given */
+	uint64_t quota_bytes; /* its storage limit; 0 = unlimited */
 };
 
 struct user_db {
@@ -351,6 +353,147 @@ static bool scheme_lookup(const char *p, size_t n, enum scheme *out)
 	return false;
 }
 
+/* A Dovecot quota limit value: digits, then an optional unit b/k/M/G/T (any
+ * case, an optional trailing 'B'); without a unit it is in units of dflt
+ * (Dovecot: storage= is in kilobytes, bytes= in bytes). */
+static const char *quota_value(const char *p, size_t n, uint64_t dflt, uint64_t *out)
+{
+	uint64_t v = 0, mul = dflt;
+	size_t i = 0;
+
+	if (n > 0 && (p[0] == '+' || p[0] == '-' || p[n - 1] == '%'))
+		return "relative quota rules (+, -, %) are not supported";
+	for (; i < n && p[i] >= '0' && p[i] <= '9'; i++) {
+		if (v > (UINT64_MAX - 9) / 10)
+			return "quota limit too large";
+		v = v * 10 + (uint64_t)(p[i] - '0');
+	}
+	if (i == 0)
+		return "quota limit is not a number";
+	if (i < n) {
+		switch (p[i] | 0x20) {
+		case 'b':
+			mul = 1;
+			break;
+		case 'k':
+			mul = 1ull << 10;
+			break;
+		case 'm':
+			mul = 1ull << 20;
+			break;
+		case 'g':
+			mul = 1ull << 30;
+			break;
+		case 't':
+			mul = 1ull << 40;
+			break;
+		default:
+			return "quota limit has an unknown unit (use b, k, M, G or T)";
+		}
+		i++;
+		if (i < n && (p[i] | 0x20) == 'b' && mul != 1)
+			i++;
+		if (i != n)
+			return "quota limit has an unknown unit (use b, k, M, G or T)";
+	}
+	if (v != 0 && mul > UINT64_MAX / v)
+		return "quota limit too large";
+	*out = v * mul;
+	return NULL;
+}
+
+const char *users_parse_quota_rule(const char *p, size_t n, bool *applies, uint64_t *bytes)
+{
+	const char *colon = memchr(p, ':', n);
+	const char *end = p + n;
+	bool any = false;
+
+	*applies = false;
+	*bytes = 0;
+	if (colon == NULL || colon == p)
+		return "quota rule is not \"MAILBOX:storage=SIZE\"";
+	/* Only the rule for the whole mailbox ("*"); Dovecot's per-folder rules
+	 * (Trash:storage=+100M) are for Dovecot alone. */
+	if (!(colon - p == 1 && p[0] == '*'))
+		return NULL;
+	for (const char *q = colon + 1; q <= end;) {
+		const char *e = memchr(q, ':', (size_t)(end - q));
+		size_t len;
+		const char *why;
+		uint64_t v;
+
+		if (e == NULL)
+			e = end;
+		len = (size_t)(e - q);
+		if (len == 6 && memcmp(q, "ignore", 6) == 0) {
+			*bytes = 0;
+			any = true;
+		} else if (len > 8 && memcmp(q, "storage=", 8) == 0) {
+			if ((why = quota_value(q + 8, len - 8, 1024, &v)) != NULL)
+				return why;
+			*bytes = v;
+			any = true;
+		} else if (len > 6 && memcmp(q, "bytes=", 6) == 0) {
+			if ((why = quota_value(q + 6, len - 6, 1, &v)) != NULL)
+				return why;
+			*bytes = v;
+			any = true;
+		} else if (len > 9 && memcmp(q, "messages=", 9) == 0) {
+			/* A message count limit: Dovecot enforces it, tern does not. */
+			if ((why = quota_value(q + 9, len - 9, 1, &v)) != NULL)
+				return why;
+			any = true;
+		} else if (len > 0) {
+			return "quota rule has an unknown limit (use storage=, bytes= or "
+			       "messages=)";
+		}
+		q = e + 1;
+	}
+	if (!any)
+		return "quota rule has no limit";
+	*applies = true;
+	return NULL;
+}
+
+const char *users_parse_extra(const char *p, size_t n, bool *has_quota, uint64_t *bytes)
+{
+	static const char key[] = "userdb_quota_rule=";
+	const size_t klen = sizeof(key) - 1;
+	const char *end = p + n;
+
+	*has_quota = false;
+	*bytes = 0;
+	while (p < end) {
+		const char *sp;
+		size_t len;
+
+		while (p < end && (*p == ' ' || *p == '\t'))
+			p++;
+		sp = p;
+		while (sp < end && *sp != ' ' && *sp != '\t')
+			sp++;
+		len = (size_t)(sp - p);
+		if (len > klen && strncasecmp(p, key, klen) == 0) {
+			bool applies;
+			uint64_t v;
+			const char *why =
+			    users_parse_quota_rule(p + klen, len - klen, &applies, &v);
+
+			if (why != NULL) {
+				*has_quota = false;
+				*bytes = 0;
+				return why;
+			}
+			if (applies) {
+				*has_quota = true;
+				*bytes = v;
+			}
+		}
+		p = sp;
+	}
+	return NULL;
+}
+
 /*
  * Parses one record line into *u (allocating u->addr). Returns NULL on
  * success or the reason it is bad (never quoting the line: it may hold a
@@ -418,6 +561,22 @@ static const char *parse_record(const struct line *l, struct user *u, bool *oom)
 			       "(iter 4096 to 10000000, 32-byte keys)";
 	}
 
+	/* Dovecot's userdb extra fields: everything after the 7th field, joined
+	 * back with ':' as Dovecot does (a quota rule has ':' in it). */
+	{
+		const char *p = pwend, *end = l->p + l->n;
+		int colons = 0;
+		const char *why;
+
+		while (p < end && colons < 6) {
+			if (*p == ':')
+				colons++;
+			p++;
+		}
+		if (colons == 6 && (why = users_parse_extra(p, (size_t)(end - p), &u->has_quota,
+		                                            &u->quota_bytes)) != NULL)
+			return why;
+	}
 	mem = malloc(alen + 1 + hlen + 1);
 	if (mem == NULL) {
 		*oom = true;
@@ -948,5 +1107,15 @@ int users_get_secret(const struct user_db *db, const char *addr, enum user_secre
 	}
 	*secret = u->hash;
 	*len = u->hashlen;
+	return TERN_OK;
+}
+
+int users_quota(const struct user_db *db, const char *addr, uint64_t *bytes)
+{
+	const struct user *u = db != NULL ? find(db, addr) : NULL;
+
+	if (u == NULL || !u->has_quota)
+		return TERN_ENOTFOUND;
+	*bytes = u->quota_bytes;
 	return TERN_OK;
 }

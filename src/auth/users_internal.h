@@ -5,7 +5,9 @@
 #ifndef TERN_AUTH_USERS_INTERNAL_H
 #define TERN_AUTH_USERS_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "auth/auth.h"
 #include "core/buf.h"
@@ -45,5 +47,18 @@ enum users_edit_op {
  */
 int users_edit_buffer(const char *buf, size_t len, enum users_edit_op op, const char *addr,
                       const char *pwfield, struct tbuf *out);
+
+/*
+ * Dovecot's quota rule (the value of userdb_quota_rule=, e.g. "*:storage=512M"):
+ * MAILBOX:LIMIT[:LIMIT...], LIMIT one of storage=N (kilobytes without a unit,
+ * as in Dovecot), bytes=N (bytes), messages=N (accepted, not enforced by
+ * tern), ignore (no limit); units b, k, M, G, T. Only the "*" rule applies
+ * (*applies); a folder's rule is left to Dovecot. *bytes 0 means unlimited.
+ * NULL, or why the rule is bad (relative rules such as +10% are refused).
+ */
+const char *users_parse_quota_rule(const char *p, size_t n, bool *applies, uint64_t *bytes);
+/* The extra fields of a users line (space-separated key=value): finds
+ * userdb_quota_rule (the last one wins). NULL or why it is bad. */
+const char *users_parse_extra(const char *p, size_t n, bool *has_quota, uint64_t *bytes);
 
 #endif

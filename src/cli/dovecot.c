@@ -138,6 +138,14 @@ static void print_config(FILE *out, const struct tern_config *c, const struct dc
 	fprintf(out,
 	        "\n# Mail: DATA/mail/DOMAIN/USER/, a Maildir++ per user, every file owned by\n"
 	        "# the account tern runs as (user = \"%s\"), which Dovecot uses too.\n"
+	        "# The users file first, for a user's own userdb_quota_rule (extra field),\n"
+	        "# then the static fields every user has.\n"
+	        "userdb {\n"
+	        "  driver = passwd-file\n"
+	        "  args = username_format=%%Lu %s\n"
+	        "  result_success = continue-ok\n"
+	        "  result_failure = continue\n"
+	        "}\n"
 	        "userdb {\n"
 	        "  driver = static\n"
 	        "  args = uid=%lu gid=%lu home=%s/mail/%%Ld/%%Ln\n"
@@ -147,7 +155,7 @@ static void print_config(FILE *out, const struct tern_config *c, const struct dc
 	        "first_valid_gid = %lu\n"
 	        "last_valid_gid = %lu\n"
 	        "mail_location = maildir:~\n",
-	        pw->pw_name, (unsigned long)pw->pw_uid, (unsigned long)pw->pw_gid, data_dir,
+	        pw->pw_name, users, (unsigned long)pw->pw_uid, (unsigned long)pw->pw_gid, data_dir,
 	        (unsigned long)pw->pw_uid, (unsigned long)pw->pw_uid, (unsigned long)pw->pw_gid,
 	        (unsigned long)pw->pw_gid);
 	fprintf(out, "\nnamespace inbox {\n"
@@ -158,6 +166,23 @@ static void print_config(FILE *out, const struct tern_config *c, const struct dc
 	             "  mailbox Sent {\n    special_use = \\Sent\n    auto = subscribe\n  }\n"
 	             "  mailbox Trash {\n    special_use = \\Trash\n    auto = subscribe\n  }\n"
 	             "}\n");
+	/* The quota both count: Maildir++ maildirsize (tern's mailbox { quota }). */
+	fprintf(out,
+	        "\n# Quota: the Maildir++ maildirsize file that tern's delivery keeps too, so\n"
+	        "# both agree on usage. The default is tern's mailbox { quota }; a user's\n"
+	        "# userdb_quota_rule=*:storage=SIZE in the users file overrides it.\n"
+	        "mail_plugins = $mail_plugins quota\n"
+	        "protocol imap {\n"
+	        "  mail_plugins = $mail_plugins imap_quota\n"
+	        "}\n"
+	        "plugin {\n"
+	        "  quota = maildir:User quota\n");
+	if (c->mailbox.quota > 0)
+		fprintf(out, "  quota_rule = *:storage=%lluB\n",
+		        (unsigned long long)c->mailbox.quota);
+	else
+		fprintf(out, "  # mailbox { quota = 0; } in tern: no limit\n");
+	fprintf(out, "}\n");
 	fprintf(out,
 	        "\n# POP3, here or in tern: the same UIDLs (the Maildir file's base name) and\n"
 	        "# the same session lock (dovecot-pop3-session.lock), so users can move\n"

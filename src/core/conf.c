@@ -113,6 +113,10 @@ static const char default_text[] =
     "\tconnect_timeout = 30s;\n"
     "\tcommand_timeout = 5min;\n"
     "}\n"
+    "mailbox {\n"
+    "\tquota = 1g;                 # per Maildir; 0: unlimited; per user: "
+    "userdb_quota_rule=*:storage=512M\n"
+    "}\n"
     "dns {\n"
     "\tforward = [];               # empty: the servers in /etc/resolv.conf\n"
     "}\n"
@@ -1381,6 +1385,22 @@ static uint64_t delivery_get(const struct conf_delivery *d, const struct deliver
 	return v32;
 }
 
+/* mailbox { quota } */
+#define MAILBOX_QUOTA_MAX (1ull << 50)
+static int parse_mailbox(struct ctx *x, const struct ucl_node *sec, struct conf_mailbox *mb)
+{
+	int rc = want_section(x, sec, "mailbox");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "quota") == 0)
+			rc = get_num(x, m, "mailbox.quota", NK_SIZE, 0, MAILBOX_QUOTA_MAX,
+			             &mb->quota);
+		else
+			rc = unknown_key(x, m, "mailbox");
+	}
+	return rc;
+}
+
 static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf_delivery *d)
 {
 	int rc = want_section(x, sec, "delivery");
@@ -2354,6 +2374,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_relayhost(x, c, m);
 	if (strcmp(k, "delivery") == 0)
 		return parse_delivery(x, m, &c->delivery);
+	if (strcmp(k, "mailbox") == 0)
+		return parse_mailbox(x, m, &c->mailbox);
 	if (strcmp(k, "dns") == 0)
 		return parse_dns(x, c, m);
 	if (strcmp(k, "capture") == 0)
@@ -2409,6 +2431,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	atomic_init(&c->refs, 1);
 	c->limits = default_limits;
 	c->delivery = default_delivery;
+	c->mailbox.quota = 1ull << 30;
 	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
 	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
 	c->policy = default_policy;
@@ -2943,7 +2966,9 @@ void conf_print(const struct tern_config *c, FILE *out)
 		        (unsigned long long)delivery_get(&c->delivery, ds),
 		        ds->kind == NK_TIME ? "s" : "");
 	}
-	fputs("}\ndns {\n\tforward = ", out);
+	fputs("}\nmailbox {\n\tquota = ", out);
+	print_size(out, c->mailbox.quota);
+	fputs(";\n}\ndns {\n\tforward = ", out);
 	print_list(out, c->dns.forward, c->dns.n_forward);
 	fputs(";\n", out);
 	if (c->dns.trust_anchor_file) {

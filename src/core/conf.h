@@ -240,6 +240,12 @@ struct tern_config {
 	size_t n_routes;
 	struct conf_route *relayhost;    /* default next hop, or NULL for MX delivery */
 	struct conf_delivery delivery;
+	/* mailbox { quota = 1g; }: the storage limit of each local Maildir
+	 * (Maildir++ maildirsize, as Dovecot counts it) for a user whose line in
+	 * the users file has no userdb_quota_rule; 0 = unlimited. */
+	struct conf_mailbox {
+		uint64_t quota;
+	} mailbox;
 	struct conf_dns dns;
 	struct conf_capture capture;
 	struct conf_tls_server tls;

@@ -46,7 +46,16 @@ struct maildir_item {
 	 * the Maildir++ hierarchy separator); anything else is TERN_EINVAL.
 	 */
 	const char *folder;
+	/*
+	 * Quota (Maildir++ maildirsize in the user's Maildir, see below): 0
+	 * takes the running config's (the user's userdb_quota_rule, else
+	 * mailbox.quota; none without a runtime), > 0 is a limit in bytes, < 0
+	 * none. An item that does not fit (usage + size > limit) is not
+	 * written: result TERN_ELIMIT with over_quota set.
+	 */
+	long long quota;
 	/* out */
+	bool over_quota;
 	int result;              /* TERN_OK or an error */
 	char name[MAILDIR_NAME_MAX]; /* the file name in new/ */
 	char path[4096];         /* the full path of the delivered file */
@@ -77,6 +86,43 @@ int maildir_stable_name(const char *hostname, long long created, const char *que
 size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			     struct maildir_item *items, size_t n);
 
+/*
+ * Maildir++ quota, as Dovecot's "maildir" quota backend keeps it: the file
+ * MAILDIR/maildirsize holds the limit on its first line ("NNNS" bytes,
+ * ",NNNC" messages) and then one "BYTES COUNT" line per change (negative
+ * when Dovecot expunges); the usage is the sum of the lines. Both tern and
+ * Dovecot append to it, so both see the same usage. It is recalculated
+ * (every file in new/ and cur/ of the Maildir and of each .Folder, sized by
+ * its ",S=" name field, else by stat) when it is missing, malformed, larger
+ * than 5120 bytes, negative, or says another byte limit than the current
+ * one, as Dovecot does.
+ */
+#define MAILDIRSIZE_RECALC_SIZE 5120
+struct maildirsize {
+	bool has_bytes_limit;
+	unsigned long long bytes_limit; /* the first line's "NNNS" */
+	long long bytes, count;         /* the sum of the other lines */
+};
+/* Pure: parses a maildirsize image. TERN_OK; TERN_ESYNTAX if malformed
+ * (including a last line without its line break: an append in progress). */
+int maildirsize_parse(const char *buf, size_t len, struct maildirsize *out);
+/* The usage of the Maildir at root for a limit of limit bytes (> 0), read
+ * from root/maildirsize, recalculated (and the file rewritten durably) when
+ * needed, see above. Blocks. */
+int maildir_quota_usage(const char *root, unsigned long long limit, unsigned long long *bytes,
+                        unsigned long long *count);
+/* Appends "BYTES 1" to root/maildirsize (O_APPEND). *fd is a descriptor of
+ * the file to sync for durability, replacing (and closing) any one given. */
+int maildir_quota_append(const char *root, unsigned long long bytes, int *fd);
+/*
+ * Whether delivery found the Maildir of addr ("user@domain", lowercase)
+ * already at or over its quota within the last MAILDIR_FULL_TTL seconds:
+ * a table in memory, so cheap enough for RCPT on the event loop. A
+ * delivery that fits clears it; it expires so that space freed through
+ * Dovecot is seen by the next delivery.
+ */
+#define MAILDIR_FULL_TTL 60
+bool maildir_quota_known_full(const char *addr);
 
 /* ---------------------------------------------------------------- remote */
 

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -226,10 +227,12 @@ static bool find_folder(char *mdir, size_t mdirlen, const char *tag)
  * be NULL (no running config: tools, tests): plain maildir_path.
  */
 static int resolve_maildir(const struct tern_runtime *rt, const char *mail_root, const char *domain,
-                           const char *local, const char *folder, char *out, size_t outlen)
+                           const char *local, const char *folder, char *out, size_t outlen,
+                           char *owner, size_t ownerlen)
 {
 	char addr[600], user[300];
 	int rc = maildir_folder_path(mail_root, domain, local, folder, out, outlen);
+	tern_strlcpy(owner, local, ownerlen);
 	if (!rt || !rt->conf || !rt->users)
 		return rc;
 	size_t len = strlen(local);
@@ -248,6 +251,7 @@ static int resolve_maildir(const struct tern_runtime *rt, const char *mail_root,
 	 * the one the tag names. */
 	if ((rc = maildir_folder_path(mail_root, domain, user, folder, out, outlen)) != TERN_OK)
 		return rc;
+	tern_strlcpy(owner, user, ownerlen);
 	if (folder == NULL || folder[0] == '\0')
 		(void)find_folder(out, outlen, local + base + 1);
 	return TERN_OK;
@@ -512,6 +516,278 @@ static int move_to_new(const char *mdir, const char *tmp, struct maildir_item *i
 	return TERN_EIO;
 }
 
+/* ------------------------------------------------------------------ quota */
+
+/* A signed decimal at *p (up to end), advancing *p. */
+static bool parse_ll(const char **p, const char *end, long long *out)
+{
+	bool neg = false;
+	unsigned long long v = 0;
+	const char *q = *p;
+
+	if (q < end && (*q == '-' || *q == '+'))
+		neg = *q++ == '-';
+	if (q == end || *q < '0' || *q > '9')
+		return false;
+	for (; q < end && *q >= '0' && *q <= '9'; q++) {
+		if (v > ((unsigned long long)LLONG_MAX - 9) / 10)
+			return false;
+		v = v * 10 + (unsigned long long)(*q - '0');
+	}
+	*out = neg ? -(long long)v : (long long)v;
+	*p = q;
+	return true;
+}
+
+int maildirsize_parse(const char *buf, size_t len, struct maildirsize *out)
+{
+	const char *p = buf, *end = buf + len, *nl;
+
+	memset(out, 0, sizeof(*out));
+	if (len == 0 || buf[len - 1] != '\n')
+		return TERN_ESYNTAX;
+	/* The definition line: "NNNS", "NNNC", comma-separated, maybe empty. */
+	nl = memchr(p, '\n', len);
+	while (p < nl) {
+		long long v;
+
+		if (!parse_ll(&p, nl, &v) || v < 0 || p == nl)
+			return TERN_ESYNTAX;
+		if (*p == 'S') {
+			out->has_bytes_limit = true;
+			out->bytes_limit = (unsigned long long)v;
+		} else if (*p != 'C') {
+			return TERN_ESYNTAX;
+		}
+		p++;
+		if (p < nl && *p++ != ',')
+			return TERN_ESYNTAX;
+	}
+	for (p = nl + 1; p < end; p = nl + 1) {
+		long long b, c;
+
+		nl = memchr(p, '\n', (size_t)(end - p));
+		while (p < nl && *p == ' ')
+			p++;
+		if (p == nl)
+			continue; /* blank line */
+		if (!parse_ll(&p, nl, &b) || p == nl || *p != ' ')
+			return TERN_ESYNTAX;
+		while (p < nl && *p == ' ')
+			p++;
+		if (!parse_ll(&p, nl, &c))
+			return TERN_ESYNTAX;
+		while (p < nl && *p == ' ')
+			p++;
+		if (p != nl)
+			return TERN_ESYNTAX;
+		if ((b > 0 && out->bytes > LLONG_MAX - b) ||
+		    (b < 0 && out->bytes < LLONG_MIN - b) ||
+		    (c > 0 && out->count > LLONG_MAX - c) || (c < 0 && out->count < LLONG_MIN - c))
+			return TERN_ESYNTAX;
+		out->bytes += b;
+		out->count += c;
+	}
+	return TERN_OK;
+}
+
+/* The size a file name says (",S=NNN" before any ':' info), else stat's. */
+static bool file_size(const char *dir, const char *name, unsigned long long *size)
+{
+	const char *s = strstr(name, ",S=");
+	const char *colon = strchr(name, ':');
+	char path[PATH_MAX];
+	struct stat st;
+
+	if (s != NULL && (colon == NULL || s < colon) && s[3] >= '0' && s[3] <= '9') {
+		unsigned long long v = 0;
+
+		for (s += 3; *s >= '0' && *s <= '9' && v < (1ull << 60); s++)
+			v = v * 10 + (unsigned long long)(*s - '0');
+		*size = v;
+		return true;
+	}
+	int n = snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if (n < 0 || (size_t)n >= sizeof(path) || stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+		return false; /* gone meanwhile (expunged, moved to cur/): not counted */
+	*size = (unsigned long long)st.st_size;
+	return true;
+}
+
+/* Adds the messages of DIR/new and DIR/cur. */
+static void count_mailbox(const char *dir, unsigned long long *bytes, unsigned long long *count)
+{
+	static const char *const sub[] = {"new", "cur"};
+	char path[PATH_MAX];
+
+	for (size_t i = 0; i < 2; i++) {
+		int n = snprintf(path, sizeof(path), "%s/%s", dir, sub[i]);
+		if (n < 0 || (size_t)n >= sizeof(path))
+			continue;
+		DIR *d = opendir(path);
+		if (!d)
+			continue;
+		struct dirent *e;
+		while ((e = readdir(d)) != NULL) {
+			unsigned long long sz;
+
+			if (e->d_name[0] == '.')
+				continue;
+			if (file_size(path, e->d_name, &sz)) {
+				*bytes += sz;
+				(*count)++;
+			}
+		}
+		closedir(d);
+	}
+}
+
+/* Scans the Maildir and its folders, then replaces root/maildirsize. */
+static int quota_recalc(const char *root, unsigned long long limit, unsigned long long *bytes,
+                        unsigned long long *count)
+{
+	char path[PATH_MAX], text[96];
+	*bytes = *count = 0;
+	count_mailbox(root, bytes, count);
+	DIR *d = opendir(root);
+	if (d) {
+		struct dirent *e;
+		while ((e = readdir(d)) != NULL) {
+			if (e->d_name[0] != '.' || strcmp(e->d_name, ".") == 0 ||
+			    strcmp(e->d_name, "..") == 0)
+				continue;
+			int n = snprintf(path, sizeof(path), "%s/%s", root, e->d_name);
+			if (n > 0 && (size_t)n < sizeof(path))
+				count_mailbox(path, bytes, count);
+		}
+		closedir(d);
+	}
+	int n = snprintf(path, sizeof(path), "%s/maildirsize", root);
+	int t = snprintf(text, sizeof(text), "%lluS\n%llu %llu\n", limit, *bytes, *count);
+	if (n < 0 || (size_t)n >= sizeof(path) || t < 0 || (size_t)t >= sizeof(text))
+		return TERN_ELIMIT;
+	return tern_write_file_atomic(path, text, (size_t)t, NULL);
+}
+
+int maildir_quota_usage(const char *root, unsigned long long limit, unsigned long long *bytes,
+                        unsigned long long *count)
+{
+	char path[PATH_MAX], buf[MAILDIRSIZE_RECALC_SIZE + 1];
+	struct maildirsize ms;
+	size_t len = 0;
+	int n = snprintf(path, sizeof(path), "%s/maildirsize", root);
+
+	if (n < 0 || (size_t)n >= sizeof(path))
+		return TERN_ELIMIT;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd >= 0) {
+		while (len < sizeof(buf)) {
+			ssize_t r = read(fd, buf + len, sizeof(buf) - len);
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0)
+				break;
+			len += (size_t)r;
+		}
+		close(fd);
+		if (len <= MAILDIRSIZE_RECALC_SIZE && maildirsize_parse(buf, len, &ms) == TERN_OK &&
+		    ms.has_bytes_limit && ms.bytes_limit == limit && ms.bytes >= 0 &&
+		    ms.count >= 0) {
+			*bytes = (unsigned long long)ms.bytes;
+			*count = (unsigned long long)ms.count;
+			return TERN_OK;
+		}
+	}
+	return quota_recalc(root, limit, bytes, count);
+}
+
+int maildir_quota_append(const char *root, unsigned long long bytes, int *fd)
+{
+	char path[PATH_MAX], line[48];
+	int n = snprintf(path, sizeof(path), "%s/maildirsize", root);
+	int l = snprintf(line, sizeof(line), "%llu 1\n", bytes);
+
+	if (n < 0 || (size_t)n >= sizeof(path) || l < 0 || (size_t)l >= sizeof(line))
+		return TERN_ELIMIT;
+	int f = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+	if (f < 0)
+		return TERN_EIO; /* no file: the next reader recalculates */
+	/* One write of a short line: O_APPEND keeps it whole beside Dovecot's. */
+	if (tern_write_full(f, line, (size_t)l) != TERN_OK) {
+		close(f);
+		return TERN_EIO;
+	}
+	if (*fd >= 0)
+		close(*fd);
+	*fd = f;
+	return TERN_OK;
+}
+
+/* Mailboxes found full: a small table, one slot per address hash (a
+ * collision only forgets an entry, so RCPT accepts and delivery decides). */
+#define FULL_SLOTS 256
+static struct {
+	char addr[324];
+	long long until;
+} full_tab[FULL_SLOTS];
+static pthread_mutex_t full_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static long long mono_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec;
+}
+
+static size_t full_slot(const char *addr)
+{
+	uint32_t h = 2166136261u;
+	for (const unsigned char *p = (const unsigned char *)addr; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return h % FULL_SLOTS;
+}
+
+static void full_note(const char *addr, bool is_full)
+{
+	if (strlen(addr) >= sizeof(full_tab[0].addr))
+		return;
+	size_t i = full_slot(addr);
+	pthread_mutex_lock(&full_lock);
+	if (is_full) {
+		tern_strlcpy(full_tab[i].addr, addr, sizeof(full_tab[i].addr));
+		full_tab[i].until = mono_now() + MAILDIR_FULL_TTL;
+	} else if (strcmp(full_tab[i].addr, addr) == 0) {
+		full_tab[i].addr[0] = '\0';
+	}
+	pthread_mutex_unlock(&full_lock);
+}
+
+bool maildir_quota_known_full(const char *addr)
+{
+	bool r = false;
+	if (addr == NULL || strlen(addr) >= sizeof(full_tab[0].addr))
+		return false;
+	size_t i = full_slot(addr);
+	pthread_mutex_lock(&full_lock);
+	r = strcmp(full_tab[i].addr, addr) == 0 && full_tab[i].until > mono_now();
+	pthread_mutex_unlock(&full_lock);
+	return r;
+}
+
+/* The limit for an item: its own, else the user's rule, else mailbox.quota. */
+static unsigned long long item_quota(const struct tern_runtime *rt, const struct maildir_item *it,
+                                     const char *owner_addr)
+{
+	uint64_t q;
+	if (it->quota != 0)
+		return it->quota > 0 ? (unsigned long long)it->quota : 0;
+	if (!rt || !rt->conf)
+		return 0;
+	if (rt->users && users_quota(rt->users, owner_addr, &q) == TERN_OK)
+		return q;
+	return rt->conf->mailbox.quota;
+}
+
 struct pending {
 	const char *path; /* the item's path, DIR/new/NAME */
 	size_t dirlen;    /* length of DIR/new */
@@ -541,10 +817,32 @@ static int fsync_dir_prefix(const char *path, size_t dirlen)
 	return tern_fsync_dir(dir);
 }
 
+/* maildirsize files appended to in a batch, each synced once at its end. */
+struct quota_file {
+	char *root;
+	int fd;
+};
+
+/* The slot of root in qf (adding it); NULL when out of memory or qf is. */
+static int *quota_fd(struct quota_file *qf, size_t *nqf, size_t cap, const char *root)
+{
+	if (qf == NULL)
+		return NULL;
+	for (size_t i = 0; i < *nqf; i++)
+		if (strcmp(qf[i].root, root) == 0)
+			return &qf[i].fd;
+	if (*nqf == cap || (qf[*nqf].root = tern_strdup(root)) == NULL)
+		return NULL;
+	qf[*nqf].fd = -1;
+	return &qf[(*nqf)++].fd;
+}
+
 size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
                              struct maildir_item *items, size_t n)
 {
-	char mdir[PATH_MAX], tmp[PATH_MAX];
+	char mdir[PATH_MAX], tmp[PATH_MAX], root[PATH_MAX], owner[300], owner_addr[600];
+	struct quota_file *qf = NULL;
+	size_t nqf = 0;
 	struct pending *pend = NULL;
 	size_t npend = 0, delivered = 0;
 	int rc;
@@ -553,6 +851,7 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 		return 0;
 	/* If this fails we fall back to one directory sync per item. */
 	pend = calloc(n, sizeof(*pend));
+	qf = calloc(n, sizeof(*qf));
 	/* The users and recipient_delimiter, for plus addressing. */
 	struct tern_runtime *rt = runtime_acquire();
 
@@ -563,14 +862,41 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 
 		it->name[0] = '\0';
 		it->path[0] = '\0';
+		it->over_quota = false;
 		rc = resolve_maildir(rt, mail_root, it->domain, it->local, it->folder, mdir,
-				     sizeof(mdir));
+		                     sizeof(mdir), owner, sizeof(owner));
 		if (rc == TERN_OK && it->fixed_name &&
 		    already_delivered(mdir, it, it->path, sizeof(it->path))) {
 			tern_strlcpy(it->name, it->fixed_name, sizeof(it->name));
 			it->result = TERN_OK;
 			delivered++;
 			continue;
+		}
+		/* Quota: the whole Maildir of the owner (plus address, folders). */
+		unsigned long long limit = 0, used = 0, nmsg = 0;
+		size_t size = 0;
+		if (rc == TERN_OK) {
+			int k =
+			    snprintf(owner_addr, sizeof(owner_addr), "%s@%s", owner, it->domain);
+			tern_ascii_lower(owner_addr);
+			limit = k > 0 && (size_t)k < sizeof(owner_addr)
+			            ? item_quota(rt, it, owner_addr)
+			            : 0;
+			if (!iov_total(it->iov, it->iovcnt, &size))
+				rc = TERN_EINVAL;
+		}
+		if (rc == TERN_OK && limit > 0) {
+			rc = maildir_path(mail_root, it->domain, owner, root, sizeof(root));
+			/* The first message of a new user: the Maildir holds maildirsize. */
+			if (rc == TERN_OK && access(root, F_OK) != 0)
+				rc = create_dirs(root);
+			if (rc == TERN_OK)
+				rc = maildir_quota_usage(root, limit, &used, &nmsg);
+			if (rc == TERN_OK && (used > limit || size > limit - used)) {
+				full_note(owner_addr, used >= limit);
+				it->over_quota = true;
+				rc = TERN_ELIMIT;
+			}
 		}
 		if (rc == TERN_OK)
 			rc = write_tmp(mdir, hostname, it, tmp, sizeof(tmp));
@@ -590,6 +916,18 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			it->name[0] = '\0';
 			continue;
 		}
+		if (limit > 0) {
+			/* The delta is as durable as the message: synced with the
+			 * batch's directory syncs below. Failing to write it only
+			 * undercounts until the next recalculation. */
+			int lone = -1, *qfd = quota_fd(qf, &nqf, n, root);
+			(void)maildir_quota_append(root, size, qfd ? qfd : &lone);
+			if (lone >= 0) {
+				(void)fdatasync(lone);
+				close(lone);
+			}
+			full_note(owner_addr, used + size >= limit);
+		}
 		if (pend != NULL) {
 			pend[npend].path = it->path;
 			pend[npend].dirlen = strlen(it->path) - strlen(it->name) - 1;
@@ -602,6 +940,16 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 	}
 	if (rt)
 		runtime_release(rt);
+	/* The quota deltas, before the directory syncs that make the messages
+	 * delivered: a delivered message always has its delta on disk. */
+	for (size_t i = 0; i < nqf; i++) {
+		if (qf[i].fd >= 0) {
+			(void)fdatasync(qf[i].fd);
+			close(qf[i].fd);
+		}
+		free(qf[i].root);
+	}
+	free(qf);
 	if (pend == NULL)
 		return delivered;
 

@@ -45,6 +45,10 @@ struct job {
 	int64_t due;
 	bool from_spool; /* data was read back: a retry or a recovery */
 	bool flush;      /* `tern queue flush`: deferred recipients are due now */
+	/* scheduler_submit_acked: called once the job was captured (ack_err). */
+	scheduler_ack_fn ack;
+	void *ack_arg;
+	int ack_err;
 };
 
 /* Messages with recipients handed to the remote engine, so a flush or a
@@ -120,8 +124,21 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 	return before;
 }
 
+/* Runs the job's acknowledgement, once (scheduler_submit_acked). */
+static void job_ack(struct job *j)
+{
+	if (!j->ack)
+		return;
+	scheduler_ack_fn ack = j->ack;
+	j->ack = NULL;
+	ack(j->ack_arg, j->ack_err);
+}
+
 static void job_free(struct job *j)
 {
+	/* Every path that drops an acked job must have acknowledged it: a
+	 * session waits for it with its reading switched off. */
+	(void)TERN_BUG_ON(j->ack != NULL);
 	free(j->data);
 	free(j);
 }
@@ -159,6 +176,30 @@ static void submit_job(struct scheduler *s, const char *id, char *data, size_t l
 void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len)
 {
 	submit_job(s, id, data, len, false);
+}
+
+int scheduler_submit_acked(struct scheduler *s, const char *id, char *data, size_t len,
+                           scheduler_ack_fn ack, void *arg)
+{
+	struct job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return TERN_ENOMEM;
+	tern_strlcpy(j->id, id, sizeof(j->id));
+	j->data = data;
+	j->len = len;
+	j->ack = ack;
+	j->ack_arg = arg;
+	j->ack_err = TERN_EIO; /* not captured, until capture_record says otherwise */
+	pthread_mutex_lock(&s->lock);
+	int rc = !s->capture ? TERN_EINVAL : s->stopping ? TERN_EIO : TERN_OK;
+	if (rc != TERN_OK) {
+		pthread_mutex_unlock(&s->lock);
+		free(j); /* data stays the caller's */
+		return rc;
+	}
+	enqueue_locked(s, j);
+	pthread_mutex_unlock(&s->lock);
+	return TERN_OK;
 }
 
 size_t scheduler_pending(struct scheduler *s)
@@ -741,13 +782,16 @@ out:
  */
 struct caught {
 	const struct spool_msg *m;
-	const struct job *job;
+	struct job *job;
+	const char **to; /* the due local recipients (owned) */
+	size_t n_to;
 	int rc;
 	char id[CAPTURE_ID_MAX];
 };
 
-static bool capture_one(struct scheduler *s, const struct spool_msg *m, const struct job *job,
-			int64_t now, struct caught *out)
+/* Picks a message's due local recipients for the batch; false if none. */
+static bool capture_one(struct scheduler *s, const struct spool_msg *m, struct job *job,
+                        int64_t now, struct caught *out)
 {
 	const char **to = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*to));
 	if (!to)
@@ -764,12 +808,37 @@ static bool capture_one(struct scheduler *s, const struct spool_msg *m, const st
 	}
 	out->m = m;
 	out->job = job;
-	/* The session records an authenticated user last in the trace string. */
-	const char *auth = m->client ? strstr(m->client, " auth=") : NULL;
-	out->rc = capture_add_once(s->capture, m->id, auth ? auth + 6 : NULL, job->data, job->len,
-				   m->sender, to, n, out->id);
-	free(to);
+	out->to = to;
+	out->n_to = n;
+	out->rc = TERN_ENOMEM;
 	return true;
+}
+
+/* Every message of the batch into the store in one transaction (one WAL
+ * commit); capture_record then makes them durable with one sync. */
+static void capture_batch(struct scheduler *s, struct caught *c, size_t n)
+{
+	struct capture_item *items = calloc(n, sizeof(*items));
+	if (!items)
+		return; /* every rc stays TERN_ENOMEM: deferred, retried */
+	for (size_t k = 0; k < n; k++) {
+		const struct spool_msg *m = c[k].m;
+		/* The session records an authenticated user last in the trace string. */
+		const char *auth = m->client ? strstr(m->client, " auth=") : NULL;
+		items[k] = (struct capture_item){.queue_id = m->id,
+		                                 .username = auth ? auth + 6 : NULL,
+		                                 .raw = c[k].job->data,
+		                                 .len = c[k].job->len,
+		                                 .env_from = m->sender,
+		                                 .env_to = c[k].to,
+		                                 .n_to = c[k].n_to};
+	}
+	capture_add_batch(s->capture, items, n);
+	for (size_t k = 0; k < n; k++) {
+		c[k].rc = items[k].rc;
+		memcpy(c[k].id, items[k].id, sizeof(c[k].id));
+	}
+	free(items);
 }
 
 /* Writes the reply line of a delivery result (reply.c) into buf; returns
@@ -788,6 +857,7 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 	for (size_t k = 0; k < n_caught; k++) {
 		const struct spool_msg *m = c[k].m;
 		int rc = c[k].rc == TERN_OK ? sync_rc : c[k].rc;
+		c[k].job->ack_err = rc; /* durable and committed: its 250 may go */
 		char reply[128];
 		const char *status =
 		    rc == TERN_OK ? outcome_reply(reply, sizeof(reply), SMTP_R_CAPTURED, c[k].id)
@@ -926,8 +996,10 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 	}
 
-	if (n_caught)
+	if (n_caught) {
+		capture_batch(s, caught, n_caught);
 		capture_record(s, conf, caught, n_caught, now);
+	}
 	paths = calloc(n_items ? n_items : 1, sizeof(*paths));
 	if (!paths)
 		goto out;
@@ -975,7 +1047,14 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 				oc->state = RCPT_DELIVERED;
 				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
 				                           SMTP_R_LOCAL_DELIVERED, items[k].name);
-			} else if (items[k].result == TERN_EINVAL || items[k].result == TERN_ELIMIT) {
+			} else if (items[k].over_quota) {
+				/* Bounced at once, as Dovecot's LMTP does by default
+				 * (quota_full_tempfail = no): see docs/config.md. */
+				oc->state = RCPT_BOUNCED;
+				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
+				                           SMTP_R_LOCAL_MAILBOX_FULL, NULL);
+			} else if (items[k].result == TERN_EINVAL ||
+			           items[k].result == TERN_ELIMIT) {
 				oc->state = RCPT_BOUNCED;
 				oc->status = outcome_reply(replies[k], sizeof(replies[k]),
 				                           SMTP_R_LOCAL_BAD_MAILBOX, NULL);
@@ -992,6 +1071,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 	free(o);
 	free(replies);
 out:
+	for (size_t k = 0; k < n_caught; k++)
+		free(caught[k].to);
 	free(caught);
 	free(paths);
 	for (size_t k = 0; k < n_items; k++)
@@ -1067,8 +1148,10 @@ static void *scheduler_main(void *arg)
 		pthread_mutex_lock(&s->lock);
 		s->n_pending -= n;
 		pthread_mutex_unlock(&s->lock);
-		for (size_t i = 0; i < n; i++)
+		for (size_t i = 0; i < n; i++) {
+			job_ack(batch[i]); /* capture mode: releases the session's 250 */
 			job_free(batch[i]);
+		}
 	}
 }
 
@@ -1109,6 +1192,13 @@ void scheduler_stop(struct scheduler *s)
 	for (unsigned i = 0; i < s->n_threads; i++)
 		pthread_join(s->threads[i], NULL);
 	s->n_threads = 0;
+	/* Sessions wait for these (scheduler_submit_acked): answer them now,
+	 * while their workers can still run the posts. The messages stay due
+	 * in the spool and are caught after the restart. */
+	pthread_mutex_lock(&s->lock);
+	for (struct job *j = s->head; j; j = j->next)
+		job_ack(j);
+	pthread_mutex_unlock(&s->lock);
 }
 
 void scheduler_free(struct scheduler *s)

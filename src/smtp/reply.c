@@ -78,6 +78,7 @@ static const struct smtp_reply_def replies[SMTP_R__COUNT] = {
     R(SMTP_R_SIZE_EXCEEDED, 552, "5.3.4", "Message size exceeds fixed limit of %s bytes", 1),
     R(SMTP_R_TOO_MANY_RCPTS, 452, "4.5.3", "Too many recipients", 0),
     R(SMTP_R_NO_SUCH_USER, 550, "5.1.1", "<%s>: Recipient address rejected: no such user here", 1),
+    R(SMTP_R_MAILBOX_FULL, 452, "4.2.2", "<%s>: Mailbox full, try again later", 1),
     R(SMTP_R_RELAY_DENIED, 550, "5.7.1", "<%s>: Relay access denied", 1),
     /* RFC 6409 §6.1: an authenticated user sends as its own addresses. */
     R(SMTP_R_SENDER_NOT_OWNED, 553, "5.7.1", "Sender address not owned by user %s", 1),
@@ -148,6 +149,8 @@ static const struct smtp_reply_def replies[SMTP_R__COUNT] = {
     R(SMTP_R_LOCAL_DELIVERED, 250, "2.0.0", "delivered to mailbox %s", 1),
     R(SMTP_R_LOCAL_BAD_MAILBOX, 550, "5.1.3", "the mailbox name is not usable", 0),
     R(SMTP_R_LOCAL_FAILED, 451, "4.3.0", "local delivery failed: %s", 1),
+    R(SMTP_R_LOCAL_MAILBOX_FULL, 552, "5.2.2",
+      "mailbox full: the message does not fit in the recipient's quota", 0),
     R(SMTP_R_CAPTURED, 250, "2.0.0", "caught as %s", 1),
     R(SMTP_R_CAPTURE_FAILED, 451, "4.3.0", "capture store failed: %s", 1),
     R(SMTP_R_DNS_LOOP, 550, "5.4.6", "mail for this domain loops back to myself", 0),

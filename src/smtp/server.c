@@ -49,6 +49,7 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/timefmt.h"
+#include "deliver/deliver.h"
 #include "core/id.h"
 #include "core/log.h"
 #include "core/loop.h"
@@ -1217,13 +1218,20 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 	bool exists = users_exists(s->rt->users, addr) || strcmp(local_lc, "postmaster") == 0;
 	/* Plus addressing: user+tag@ is user's (delivery picks the mailbox) */
 	size_t base = conf_local_base_len(conf, local_lc, strlen(local_lc));
+	char b[SMTP_ADDR_MAX + 3];
+	const char *owner = addr; /* whose Maildir it is */
 	if (!exists && base > 0 && local_lc[base] != '\0') {
-		char b[SMTP_ADDR_MAX + 3];
 		snprintf(b, sizeof(b), "%.*s@%s", (int)base, local_lc, dom_lc);
 		exists = users_exists(s->rt->users, b);
+		owner = b;
 	}
 	if (!exists)
 		return false;
+	/* QUOTA: a Maildir delivery found full (a table lookup, no disk). */
+	if (maildir_quota_known_full(owner)) {
+		*err = TERN_ELIMIT;
+		return true;
+	}
 	*err = tx_add_rcpt(t, addr, c->orcpt, c->notify, true);
 	return true;
 }
@@ -1294,6 +1302,15 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 			return;
 		}
 		err = tx_add_rcpt(t, c->path.addr, c->orcpt, c->notify, false);
+	}
+	if (err == TERN_ELIMIT) {
+		log_info("event=rejected sess=%u.%llu client=%s from=%s to=%s code=452 "
+		         "reason=mailbox-full",
+		         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+		         log_quote_addr(t->sender, qf, sizeof(qf)),
+		         log_quote_addr(c->path.addr, q, sizeof(q)));
+		reply_args(s, SMTP_R_MAILBOX_FULL, c->path.addr);
+		return;
 	}
 	if (err != TERN_OK) {
 		reply(s, SMTP_R_NOMEM);
@@ -2120,12 +2137,48 @@ static enum smtp_reply_id spool_failure_reply(int err)
 	return err == TERN_ELIMIT ? SMTP_R_SPOOL_FULL : SMTP_R_SPOOL_FAILED;
 }
 
+static void commit_finish(struct session *s);
+
+/* ---- CAPTURE-ACK (issue 11, DESIGN §6 "Capture mode acknowledges later"):
+ * in capture mode the 250 waits until the scheduler caught the message in
+ * the capture store (one SQLite transaction and one sync per batch), so a
+ * client that lists right after its 250 sees the message. The session
+ * stays in SS_COMMIT, reading off, until capture_acked runs. */
+
+static void capture_acked(void *arg)
+{
+	struct session *s = arg;
+	(void)TERN_BUG_ON(s->state != SS_COMMIT || !s->tx);
+	/* Also when the store failed: the message is durable in the spool and
+	 * caught on the retry (the scheduler logged why). */
+	if (!s->dead)
+		reply_args(s, SMTP_R_QUEUED, s->tx->id);
+	commit_finish(s);
+}
+
+/* On a delivery thread: the session is suspended, only its worker runs it. */
+static void capture_ack_cb(void *arg, int err)
+{
+	struct session *s = arg;
+	if (worker_post(s->sw->w, capture_acked, s) != 0)
+		log_error("event=commit_post_failed id=%s", s->tx->id);
+}
+
+/* True when the scheduler took data and will call capture_ack_cb. */
+static bool capture_ack_wait(struct session *s, char *data, size_t len)
+{
+	return s->conf->capture_mode && scheduler_submit_acked(s->sw->srv->sched, s->tx->id, data,
+	                                                       len, capture_ack_cb, s) == TERN_OK;
+}
+/* ---- end CAPTURE-ACK */
+
 static void commit_done(void *arg)
 {
 	struct session *s = arg;
 	struct tx *t = s->tx;
 	/* Reading stopped at SS_COMMIT until this answer: nothing else ran. */
 	(void)TERN_BUG_ON(s->state != SS_COMMIT || !t);
+	bool wait = false;
 	if (t->commit_err == TERN_OK) {
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
@@ -2135,7 +2188,9 @@ static void commit_done(void *arg)
 		/* before submitting: the scheduler owns (and may free) data after */
 		smtp_message_id(data, len, &mid, &mid_len); /* none: msgid="" */
 		log_quote(mid, mid_len, qm, sizeof(qm));
-		scheduler_submit(s->sw->srv->sched, t->id, data, len);
+		wait = capture_ack_wait(s, data, len); /* CAPTURE-ACK */
+		if (!wait)
+			scheduler_submit(s->sw->srv->sched, t->id, data, len);
 		/* Who sent it, when a login says so: user= (the SASL identity)
 		 * and auth= (MAIL's AUTH=, when believed). */
 		char qu[SASL_ID_MAX * 4 + 16], qa[LOG_ADDR_MAX + 8], ux[SASL_ID_MAX * 4 + 8];
@@ -2162,6 +2217,8 @@ static void commit_done(void *arg)
 		s->n_msgs++;
 		atomic_fetch_add(&count_accepted, 1);
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
+		if (wait)
+			return; /* CAPTURE-ACK: capture_acked answers */
 		if (!s->dead)
 			reply_args(s, SMTP_R_QUEUED, t->id);
 	} else {
@@ -2170,6 +2227,12 @@ static void commit_done(void *arg)
 		if (!s->dead)
 			reply(s, spool_failure_reply(t->commit_err));
 	}
+	commit_finish(s);
+}
+
+/* After the answer to a commit: the transaction ends, reading resumes. */
+static void commit_finish(struct session *s)
+{
 	if (s->dead) {
 		tx_reset(s);
 		session_free(s);

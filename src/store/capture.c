@@ -12,14 +12,17 @@
  * the lock (a subscriber may call back into the store), or report a
  * message stored before its raw bytes are on disk.
  *
- * Durability: the raw file is written to a temp name, fsync'd, renamed to
- * ID.eml and its directory fsync'd (core/fsutil) before the row is inserted. SQLite runs
- * in WAL mode with synchronous=NORMAL: a commit is atomic and survives a
- * process crash, but a power loss may roll back the last few commits. That
- * is enough because the raw file is the source of truth: the database
- * records a "clean" flag that is cleared while open; after an unclean stop
- * capture_open re-indexes every ID.eml that has no row (losing only the
- * SMTP envelope of those messages, which is then taken from the headers).
+ * Durability: a message up to RAW_IN_DB_MAX keeps its bytes in the raw
+ * table, inserted in the same transaction as its row; SQLite runs in WAL
+ * mode with synchronous = FULL, so that COMMIT is durable when it returns
+ * (one WAL sync per transaction, and a capture batch is one transaction).
+ * A larger message is written to a temp name, fsync'd, renamed to ID.eml
+ * and its directory fsync'd (core/fsutil; with batch sync: by the next
+ * capture_sync) before the add counts as done. Such files are the source
+ * of truth: the database records a "clean" flag that is cleared while
+ * open; after an unclean stop capture_open re-indexes every ID.eml that
+ * has no row (losing only the SMTP envelope of those messages, which is
+ * then taken from the headers).
  * Deletes remove rows first and files after the commit, so a crash can
  * resurrect a deleted message but never lose a stored one.
  */
@@ -49,7 +52,11 @@
 #include "mime/mime.h"
 #include "store/capture_query.h"
 
-#define SCHEMA_VERSION 2 /* 2: messages.username */
+#define SCHEMA_VERSION 3 /* 2: messages.username; 3: raw (small messages' bytes) */
+/* Messages up to this size keep their bytes in the database (table raw), in
+ * the same transaction as their row: no file to create per message, which
+ * is what capped capture at ~1,000 messages/s. Larger ones get a file. */
+#define RAW_IN_DB_MAX (256 * 1024)
 #define ID_LEN 22
 #define MAX_SUBS 16
 #define MAX_LIST 100000    /* messages per page */
@@ -63,11 +70,30 @@ struct sub {
 	void *arg;
 };
 
+/* Statements of the insert path, prepared once (prep_cached). */
+enum {
+	QC_INSERT_MSG,
+	QC_INSERT_RCPT,
+	QC_INSERT_FTS,
+	QC_SUMMARY,
+	QC_SPOOL_ID,
+	QC_LINK,
+	QC_USERNAME,
+	QC_INSERT_RAW,
+	QC_READ_RAW,
+	QC_N
+};
+
 struct capture_store {
 	pthread_mutex_t mu;
 	sqlite3 *db;
+	sqlite3_stmt *cached[QC_N]; /* owned; finalized by capture_close */
 	char *dir;
 	_Atomic bool batch_sync; /* capture_sync() makes adds durable, not each add */
+	/* A large message's file was written without sync since the last
+	 * capture_sync (batch sync); sync_mu serialises the syncs. */
+	_Atomic bool files_unsynced;
+	pthread_mutex_t sync_mu;
 	uint64_t total, unread, raw_bytes;
 	uint64_t deleted; /* messages deleted since open, for /api/v1/info */
 	struct sub subs[MAX_SUBS];
@@ -112,6 +138,8 @@ static const char *const SCHEMA =
     "CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(subject, sender, recipients, body,"
     " tokenize = 'unicode61 remove_diacritics 2');"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    /* the bytes of messages up to RAW_IN_DB_MAX (larger ones: msg/XX/ID.eml) */
+    "CREATE TABLE IF NOT EXISTS raw (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);"
     /* spool queue id -> capture id: a redelivery after a crash finds its copy */
     "CREATE TABLE IF NOT EXISTS spool_ids (queue_id TEXT PRIMARY KEY, id TEXT NOT NULL)"
     " WITHOUT ROWID;";
@@ -203,10 +231,13 @@ static int write_raw(struct capture_store *st, const char *id, const char *raw, 
 	if (rc != TERN_OK)
 		return rc;
 	msg_path(st, id, ".eml", fin, sizeof(fin));
-	return tern_write_file_atomic(fin, raw, len, &o);
+	rc = tern_write_file_atomic(fin, raw, len, &o);
+	if (rc == TERN_OK && !per_message)
+		atomic_store(&st->files_unsynced, true); /* only after the write completed */
+	return rc;
 }
 
-static int read_raw(struct capture_store *st, const char *id, struct tbuf *out)
+static int read_raw_file(struct capture_store *st, const char *id, struct tbuf *out)
 {
 	char path[4200];
 	msg_path(st, id, ".eml", path, sizeof(path));
@@ -230,6 +261,32 @@ static int read_raw(struct capture_store *st, const char *id, struct tbuf *out)
 			break;
 	}
 	close(fd);
+	return rc;
+}
+
+static sqlite3_stmt *prep_cached(struct capture_store *st, int slot, const char *sql);
+
+/* A message's bytes: from the raw table (small messages), else its file.
+ * Takes the lock for the table; never call it with the lock held. */
+static int read_raw(struct capture_store *st, const char *id, struct tbuf *out)
+{
+	int rc = TERN_ENOTFOUND;
+	pthread_mutex_lock(&st->mu);
+	sqlite3_stmt *q = prep_cached(st, QC_READ_RAW,
+	                              "SELECT r.data FROM raw r JOIN messages m "
+	                              "ON m.seq = r.seq WHERE m.id = ?");
+	if (q) {
+		sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+		if (sqlite3_step(q) == SQLITE_ROW) {
+			const void *b = sqlite3_column_blob(q, 0);
+			int n = sqlite3_column_bytes(q, 0);
+			rc = n > 0 ? tbuf_append(out, b, (size_t)n) : TERN_OK;
+		}
+		sqlite3_reset(q);
+	}
+	pthread_mutex_unlock(&st->mu);
+	if (rc == TERN_ENOTFOUND)
+		rc = read_raw_file(st, id, out);
 	return rc;
 }
 
@@ -354,6 +411,32 @@ static sqlite3_stmt *prep(struct capture_store *st, const char *sql)
 	return s;
 }
 
+/*
+ * A statement of the insert path (lock held): prepared on first use and
+ * kept, so a batch of thousands of messages does not parse the same SQL
+ * thousands of times. Returned reset and unbound; the caller must not
+ * finalize it and must sqlite3_reset it when done (a pending step would
+ * keep a read transaction open).
+ */
+static sqlite3_stmt *prep_cached(struct capture_store *st, int slot, const char *sql)
+{
+	sqlite3_stmt *s = st->cached[slot];
+	if (s) {
+		sqlite3_reset(s);
+		sqlite3_clear_bindings(s);
+		return s;
+	}
+	if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK) {
+		char q[256];
+		const char *m = sqlite3_errmsg(st->db);
+		log_error("event=capture_sql_error error=%s",
+		          log_quote(m, strlen(m), q, sizeof(q)));
+		return NULL;
+	}
+	st->cached[slot] = s;
+	return s;
+}
+
 static int64_t scalar_i64(struct capture_store *st, const char *sql)
 {
 	sqlite3_stmt *s = prep(st, sql);
@@ -469,9 +552,10 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 		rc = TERN_ENOMEM;
 		goto out;
 	}
-	s = prep(st, "INSERT INTO messages (id, created, read, size, message_id, subject, "
-	             "from_name, from_addr, addrs, env_from, env_to, attachments, inline, snippet) "
-	             "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+	s = prep_cached(st, QC_INSERT_MSG,
+	                "INSERT INTO messages (id, created, read, size, message_id, subject, "
+	                "from_name, from_addr, addrs, env_from, env_to, attachments, inline, "
+	                "snippet) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
 	if (!s)
 		goto out;
 	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
@@ -492,7 +576,8 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 	int64_t seq = sqlite3_last_insert_rowid(st->db);
 	*seq_out = seq;
 
-	r = prep(st, "INSERT INTO recipients (msg, kind, name, addr) VALUES (?, ?, ?, ?)");
+	r = prep_cached(st, QC_INSERT_RCPT,
+	                "INSERT INTO recipients (msg, kind, name, addr) VALUES (?, ?, ?, ?)");
 	if (!r)
 		goto out;
 	const struct mime_addrs *lists[] = {&mm->to, &mm->cc, &mm->bcc, &mm->reply_to};
@@ -513,9 +598,10 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 		tbuf_printf(&rcpt, "%s ", env_to[i] ? env_to[i] : "");
 	tbuf_printf(&sender, "%s %s %s", mm->from.name, mm->from.addr, env_from ? env_from : "");
 
-	sqlite3_finalize(s);
-	s = prep(st, "INSERT INTO fts (rowid, subject, sender, recipients, body) "
-	             "VALUES (?, ?, ?, ?, ?)");
+	sqlite3_reset(s);
+	s = prep_cached(st, QC_INSERT_FTS,
+	                "INSERT INTO fts (rowid, subject, sender, recipients, "
+	                "body) VALUES (?, ?, ?, ?, ?)");
 	if (!s)
 		goto out;
 	/* body: the text (or the HTML when there is no text) plus file names */
@@ -539,8 +625,10 @@ static int insert_row(struct capture_store *st, const char *id, size_t size,
 		goto out;
 	rc = TERN_OK;
 out:
-	sqlite3_finalize(s);
-	sqlite3_finalize(r);
+	if (s)
+		sqlite3_reset(s); /* cached: never finalized here */
+	if (r)
+		sqlite3_reset(r);
 	free(addrs_s);
 	free(envto_s);
 	tbuf_free(&rcpt);
@@ -550,14 +638,15 @@ out:
 
 static json_t *summary_by_seq(struct capture_store *st, int64_t seq)
 {
-	sqlite3_stmt *s = prep(st, "SELECT " SUMMARY_COLS " FROM messages m WHERE m.seq = ?");
+	sqlite3_stmt *s =
+	    prep_cached(st, QC_SUMMARY, "SELECT " SUMMARY_COLS " FROM messages m WHERE m.seq = ?");
 	json_t *o = NULL;
 	if (s) {
 		sqlite3_bind_int64(s, 1, seq);
 		if (sqlite3_step(s) == SQLITE_ROW)
 			o = summary_from_row(s);
+		sqlite3_reset(s);
 	}
-	sqlite3_finalize(s);
 	return o;
 }
 
@@ -576,34 +665,35 @@ void capture_set_batch_sync(struct capture_store *st, bool on)
 
 int capture_sync(struct capture_store *st)
 {
-	/* One syncfs covers every file and directory entry written since the
-	 * last call: one journal commit for a whole batch of messages. */
-	int fd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return TERN_EIO;
-	int rc = syncfs(fd) == 0 ? TERN_OK : TERN_EIO;
-	close(fd);
+	/* Rows (and the bytes of messages in the raw table) are durable when
+	 * their COMMIT returns (synchronous = FULL: one WAL sync per
+	 * transaction, so per batch). What is left are the files of large
+	 * messages written since the last call: one syncfs covers them all.
+	 * sync_mu is held across the syncfs so that a caller finding the flag
+	 * clear knows the sync that cleared it has finished. */
+	int rc = TERN_OK;
+	pthread_mutex_lock(&st->sync_mu);
+	if (atomic_exchange(&st->files_unsynced, false)) {
+		int fd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		rc = fd >= 0 && syncfs(fd) == 0 ? TERN_OK : TERN_EIO;
+		if (fd >= 0)
+			close(fd);
+		if (rc != TERN_OK)
+			atomic_store(&st->files_unsynced, true); /* the next caller tries again */
+	}
+	pthread_mutex_unlock(&st->sync_mu);
 	return rc;
 }
 
 static int link_queue_id(struct capture_store *st, const char *queue_id, const char *id);
-static int add_message(struct capture_store *st, const char *queue_id, const char *username,
-                       const char *raw, size_t len, const char *env_from,
-                       const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX]);
 
-int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,
-                const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+/* The capture ID a spool message was already caught as (lock held). */
+static bool lookup_queue_id(struct capture_store *st, const char *queue_id,
+                            char id_out[CAPTURE_ID_MAX])
 {
-	return add_message(st, NULL, NULL, raw, len, env_from, env_to, n_to, id_out);
-}
-
-int capture_add_once(struct capture_store *st, const char *queue_id, const char *username,
-                     const char *raw, size_t len, const char *env_from,
-                     const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
-{
-	pthread_mutex_lock(&st->mu);
-	sqlite3_stmt *q = prep(st, "SELECT s.id FROM spool_ids s JOIN messages m ON m.id = s.id "
-	                           "WHERE s.queue_id = ?");
+	sqlite3_stmt *q = prep_cached(st, QC_SPOOL_ID,
+	                              "SELECT s.id FROM spool_ids s JOIN messages m ON m.id = s.id "
+	                              "WHERE s.queue_id = ?");
 	bool found = false;
 	if (q) {
 		sqlite3_bind_text(q, 1, queue_id, -1, SQLITE_STATIC);
@@ -614,77 +704,202 @@ int capture_add_once(struct capture_store *st, const char *queue_id, const char 
 				found = true;
 			}
 		}
-		sqlite3_finalize(q);
+		sqlite3_reset(q);
 	}
-	pthread_mutex_unlock(&st->mu);
-	if (found)
-		return TERN_OK;
-	return add_message(st, queue_id, username, raw, len, env_from, env_to, n_to, id_out);
+	return found;
 }
 
-static int add_message(struct capture_store *st, const char *queue_id, const char *username,
-                       const char *raw, size_t len, const char *env_from,
-                       const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+/* Inserts one parsed message inside the batch transaction (lock held); a
+ * failure rolls back only this message (savepoint). */
+static int insert_one(struct capture_store *st, const struct capture_item *it,
+                      const struct mime_msg *mm, int64_t *seq)
 {
-	struct mime_msg mm;
-	struct event ev = {"new", NULL};
-	char id[CAPTURE_ID_MAX];
-	int rc = new_id(id);
-	if (rc != TERN_OK)
-		return rc;
-	rc = mime_parse(raw, len, 0, &mm);
-	if (rc != TERN_OK)
-		goto out;
-	rc = write_raw(st, id, raw, len);
-	if (rc != TERN_OK)
-		goto out;
-
-	pthread_mutex_lock(&st->mu);
-	int64_t seq = 0;
-	rc = exec(st, "BEGIN IMMEDIATE");
-	if (rc == TERN_OK) {
-		rc = insert_row(st, id, len, &mm, env_from, env_to, n_to, now_us(), &seq);
-		if (rc == TERN_OK && username && *username) {
-			sqlite3_stmt *up = prep(st, "UPDATE messages SET username = ? WHERE seq = ?");
-			rc = TERN_EIO;
-			if (up) {
-				sqlite3_bind_text(up, 1, username, -1, SQLITE_STATIC);
-				sqlite3_bind_int64(up, 2, seq);
-				if (sqlite3_step(up) == SQLITE_DONE)
-					rc = TERN_OK;
-				sqlite3_finalize(up);
-			}
+	if (exec(st, "SAVEPOINT one") != TERN_OK)
+		return TERN_EIO;
+	int rc =
+	    insert_row(st, it->id, it->len, mm, it->env_from, it->env_to, it->n_to, now_us(), seq);
+	if (rc == TERN_OK && it->username && *it->username) {
+		sqlite3_stmt *up =
+		    prep_cached(st, QC_USERNAME, "UPDATE messages SET username = ? WHERE seq = ?");
+		rc = TERN_EIO;
+		if (up) {
+			sqlite3_bind_text(up, 1, it->username, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(up, 2, *seq);
+			if (sqlite3_step(up) == SQLITE_DONE)
+				rc = TERN_OK;
+			sqlite3_reset(up);
 		}
-		if (rc == TERN_OK && queue_id) {
-			rc = link_queue_id(st, queue_id, id);
-			/* Mappings of deleted messages are dead weight: sweep now and then. */
-			if (rc == TERN_OK && (st->total % 4096) == 0)
-				exec(st, "DELETE FROM spool_ids WHERE id NOT IN (SELECT id FROM messages)");
-		}
-		if (rc == TERN_OK)
-			rc = exec(st, "COMMIT");
-		if (rc != TERN_OK)
-			exec(st, "ROLLBACK");
 	}
-	if (rc == TERN_OK) {
-		st->total++;
-		st->unread++;
-		st->raw_bytes += len;
-		if (st->n_subs)
-			ev.data = summary_by_seq(st, seq);
+	if (rc == TERN_OK && it->len <= RAW_IN_DB_MAX) {
+		sqlite3_stmt *ins =
+		    prep_cached(st, QC_INSERT_RAW, "INSERT INTO raw (seq, data) VALUES (?, ?)");
+		rc = TERN_EIO;
+		if (ins) {
+			sqlite3_bind_int64(ins, 1, *seq);
+			sqlite3_bind_blob(ins, 2, it->raw ? it->raw : "", (int)it->len,
+			                  SQLITE_STATIC);
+			if (sqlite3_step(ins) == SQLITE_DONE)
+				rc = TERN_OK;
+			sqlite3_reset(ins);
+		}
+	}
+	if (rc == TERN_OK && it->queue_id)
+		rc = link_queue_id(st, it->queue_id, it->id);
+	if (rc != TERN_OK)
+		exec(st, "ROLLBACK TO one");
+	exec(st, "RELEASE one");
+	return rc;
+}
+
+static void unlink_raw(struct capture_store *st, const char *id)
+{
+	char path[4200];
+	msg_path(st, id, ".eml", path, sizeof(path));
+	unlink(path);
+}
+
+int capture_add_batch(struct capture_store *st, struct capture_item *items, size_t n)
+{
+	if (n == 0)
+		return TERN_OK;
+	struct mime_msg *mm = calloc(n, sizeof(*mm));
+	int64_t *seq = calloc(n, sizeof(*seq));
+	/* what happened to each: 0 nothing yet, 1 parsed, 2 written, 3 inserted, 4 found */
+	unsigned char *step = calloc(n, 1);
+	struct event *ev = calloc(n, sizeof(*ev));
+	int rc = TERN_OK;
+	for (size_t i = 0; i < n; i++) {
+		items[i].rc = TERN_ENOMEM;
+		items[i].id[0] = '\0';
+	}
+	if (!mm || !seq || !step || !ev) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+
+	/* 1. Already caught? (A redelivery after a crash: keep one copy.) */
+	pthread_mutex_lock(&st->mu);
+	for (size_t i = 0; i < n; i++)
+		if (items[i].queue_id && lookup_queue_id(st, items[i].queue_id, items[i].id)) {
+			items[i].rc = TERN_OK;
+			step[i] = 4;
+		}
+	pthread_mutex_unlock(&st->mu);
+
+	/* 2. Parse and write the raw files without the lock: the slow part. */
+	for (size_t i = 0; i < n; i++) {
+		struct capture_item *it = &items[i];
+		if (step[i])
+			continue;
+		it->rc = new_id(it->id);
+		if (it->rc == TERN_OK)
+			it->rc = mime_parse(it->raw, it->len, 0, &mm[i]);
+		if (it->rc != TERN_OK)
+			continue;
+		step[i] = 1;
+		/* small ones go into the raw table with their row (insert_one) */
+		it->rc =
+		    it->len <= RAW_IN_DB_MAX ? TERN_OK : write_raw(st, it->id, it->raw, it->len);
+		if (it->rc == TERN_OK)
+			step[i] = 2;
+	}
+
+	/* 3. Every row in one transaction: one WAL commit for the batch. */
+	pthread_mutex_lock(&st->mu);
+	int trc = exec(st, "BEGIN IMMEDIATE");
+	size_t inserted = 0;
+	for (size_t i = 0; trc == TERN_OK && i < n; i++) {
+		struct capture_item *it = &items[i];
+		if (step[i] != 2)
+			continue;
+		char found[CAPTURE_ID_MAX];
+		if (it->queue_id && lookup_queue_id(st, it->queue_id, found)) {
+			/* another thread caught it meanwhile */
+			unlink_raw(st, it->id);
+			memcpy(it->id, found, sizeof(found));
+			it->rc = TERN_OK;
+			step[i] = 4;
+			continue;
+		}
+		it->rc = insert_one(st, it, &mm[i], &seq[i]);
+		if (it->rc == TERN_OK) {
+			step[i] = 3;
+			inserted++;
+		}
+	}
+	/* Mappings of deleted messages are dead weight: sweep now and then. */
+	if (trc == TERN_OK && inserted && st->total / 4096 != (st->total + inserted) / 4096)
+		exec(st, "DELETE FROM spool_ids WHERE id NOT IN (SELECT id FROM messages)");
+	if (trc == TERN_OK)
+		trc = exec(st, "COMMIT");
+	if (trc != TERN_OK) {
+		exec(st, "ROLLBACK");
+		for (size_t i = 0; i < n; i++)
+			if (step[i] == 3 || step[i] == 2) {
+				items[i].rc = trc;
+				step[i] = 2; /* its file goes below */
+			}
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			if (step[i] != 3)
+				continue;
+			st->total++;
+			st->unread++;
+			st->raw_bytes += items[i].len;
+			ev[i].type = "new";
+			if (st->n_subs)
+				ev[i].data = summary_by_seq(st, seq[i]);
+		}
 	}
 	pthread_mutex_unlock(&st->mu);
-	if (rc != TERN_OK) {
-		char path[4200];
-		msg_path(st, id, ".eml", path, sizeof(path));
-		unlink(path);
-		goto out;
+	for (size_t i = 0; i < n; i++) {
+		if (step[i] == 2)
+			unlink_raw(st, items[i].id); /* written, never listed */
+		if (items[i].rc != TERN_OK)
+			items[i].id[0] = '\0';
+		emit(st, &ev[i]);
 	}
-	memcpy(id_out, id, ID_LEN + 1);
-	emit(st, &ev);
 out:
-	mime_msg_free(&mm);
+	if (mm)
+		for (size_t i = 0; i < n; i++)
+			mime_msg_free(&mm[i]); /* safe on a zeroed one */
+	free(mm);
+	free(seq);
+	free(step);
+	free(ev);
 	return rc;
+}
+
+static int add_one(struct capture_store *st, const char *queue_id, const char *username,
+                   const char *raw, size_t len, const char *env_from, const char *const *env_to,
+                   size_t n_to, char id_out[CAPTURE_ID_MAX])
+{
+	struct capture_item it = {.queue_id = queue_id,
+	                          .username = username,
+	                          .raw = raw,
+	                          .len = len,
+	                          .env_from = env_from,
+	                          .env_to = env_to,
+	                          .n_to = n_to};
+	int rc = capture_add_batch(st, &it, 1);
+	if (rc == TERN_OK)
+		rc = it.rc;
+	if (rc == TERN_OK)
+		memcpy(id_out, it.id, CAPTURE_ID_MAX);
+	return rc;
+}
+
+int capture_add(struct capture_store *st, const char *raw, size_t len, const char *env_from,
+                const char *const *env_to, size_t n_to, char id_out[CAPTURE_ID_MAX])
+{
+	return add_one(st, NULL, NULL, raw, len, env_from, env_to, n_to, id_out);
+}
+
+int capture_add_once(struct capture_store *st, const char *queue_id, const char *username,
+                     const char *raw, size_t len, const char *env_from, const char *const *env_to,
+                     size_t n_to, char id_out[CAPTURE_ID_MAX])
+{
+	return add_one(st, queue_id, username, raw, len, env_from, env_to, n_to, id_out);
 }
 
 /* --------------------------------------------------------------- opening */
@@ -694,13 +909,15 @@ out:
  * transaction). */
 static int link_queue_id(struct capture_store *st, const char *queue_id, const char *id)
 {
-	sqlite3_stmt *ins = prep(st, "INSERT OR REPLACE INTO spool_ids (queue_id, id) VALUES (?, ?)");
+	sqlite3_stmt *ins = prep_cached(st, QC_LINK,
+	                                "INSERT OR REPLACE INTO spool_ids (queue_id, "
+	                                "id) VALUES (?, ?)");
 	if (!ins)
 		return TERN_EIO;
 	sqlite3_bind_text(ins, 1, queue_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(ins, 2, id, -1, SQLITE_STATIC);
 	int rc = sqlite3_step(ins) == SQLITE_DONE ? TERN_OK : TERN_EIO;
-	sqlite3_finalize(ins);
+	sqlite3_reset(ins);
 	return rc;
 }
 
@@ -772,7 +989,7 @@ static void recover(struct capture_store *st)
 			struct tbuf raw = TBUF_INIT(SIZE_MAX / 2);
 			struct stat sb;
 			struct mime_msg mm;
-			if (stat(path, &sb) != 0 || read_raw(st, id, &raw) != TERN_OK) {
+			if (stat(path, &sb) != 0 || read_raw_file(st, id, &raw) != TERN_OK) {
 				tbuf_free(&raw);
 				continue;
 			}
@@ -815,6 +1032,7 @@ int capture_open(const char *dir, struct capture_store **out, char *err, size_t 
 	}
 	int rc = TERN_EIO;
 	pthread_mutex_init(&st->mu, NULL);
+	pthread_mutex_init(&st->sync_mu, NULL);
 	st->dir = tern_strdup(dir);
 	char path[4200];
 	if (strlen(dir) > 3000) {
@@ -847,15 +1065,14 @@ int capture_open(const char *dir, struct capture_store **out, char *err, size_t 
 		goto fail;
 	}
 	if (exec(st, "PRAGMA journal_mode = WAL") != TERN_OK ||
-	    exec(st, "PRAGMA synchronous = NORMAL") != TERN_OK ||
+	    exec(st, "PRAGMA synchronous = FULL") != TERN_OK || /* a COMMIT is durable */
 	    exec(st, "PRAGMA temp_store = MEMORY") != TERN_OK || exec(st, "BEGIN") != TERN_OK ||
 	    exec(st, SCHEMA) != TERN_OK ||
 	    (scalar_i64(st, "SELECT COUNT(*) FROM pragma_table_info('messages') "
 	                    "WHERE name = 'username'") == 0 &&
 	     exec(st, "ALTER TABLE messages ADD COLUMN username TEXT NOT NULL DEFAULT ''") !=
 	         TERN_OK) ||
-	    exec(st, "PRAGMA user_version = 2") != TERN_OK ||
-	    exec(st, "COMMIT") != TERN_OK) {
+	    exec(st, "PRAGMA user_version = 3") != TERN_OK || exec(st, "COMMIT") != TERN_OK) {
 		set_err(err, errlen, "cannot set up %s: %s", path, sqlite3_errmsg(st->db));
 		goto fail;
 	}
@@ -875,6 +1092,7 @@ fail:
 	if (st->db)
 		sqlite3_close(st->db);
 	pthread_mutex_destroy(&st->mu);
+	pthread_mutex_destroy(&st->sync_mu);
 	free(st->dir);
 	free(st);
 	return rc;
@@ -887,9 +1105,12 @@ void capture_close(struct capture_store *st)
 	pthread_mutex_lock(&st->mu);
 	exec(st, "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '1')");
 	exec(st, "PRAGMA optimize");
+	for (size_t i = 0; i < QC_N; i++)
+		sqlite3_finalize(st->cached[i]); /* else sqlite3_close refuses */
 	sqlite3_close(st->db);
 	pthread_mutex_unlock(&st->mu);
 	pthread_mutex_destroy(&st->mu);
+	pthread_mutex_destroy(&st->sync_mu);
 	free(st->dir);
 	free(st);
 }
@@ -1355,19 +1576,18 @@ static int collect(sqlite3_stmt *s, struct victims *v)
 static int delete_rows(struct capture_store *st, const struct victims *v, bool all)
 {
 	static const char *const per_row[] = {
-	    "DELETE FROM messages WHERE seq = ?",
-	    "DELETE FROM recipients WHERE msg = ?",
-	    "DELETE FROM message_tags WHERE msg = ?",
-	    "DELETE FROM fts WHERE rowid = ?",
+	    "DELETE FROM messages WHERE seq = ?",     "DELETE FROM recipients WHERE msg = ?",
+	    "DELETE FROM message_tags WHERE msg = ?", "DELETE FROM fts WHERE rowid = ?",
+	    "DELETE FROM raw WHERE seq = ?",
 	};
 	int rc = exec(st, "BEGIN IMMEDIATE");
 	if (rc != TERN_OK)
 		return rc;
 	if (all) {
 		rc = exec(st, "DELETE FROM messages; DELETE FROM recipients; "
-		              "DELETE FROM message_tags; DELETE FROM fts;");
+		              "DELETE FROM message_tags; DELETE FROM fts; DELETE FROM raw;");
 	} else {
-		for (size_t k = 0; k < 4 && rc == TERN_OK; k++) {
+		for (size_t k = 0; k < sizeof(per_row) / sizeof(per_row[0]) && rc == TERN_OK; k++) {
 			sqlite3_stmt *s = prep(st, per_row[k]);
 			if (!s) {
 				rc = TERN_EIO;

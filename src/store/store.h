@@ -7,10 +7,12 @@
  *
  * Layout under the store directory DIR (normally DATA/capture):
  *   DIR/capture.db            SQLite, WAL mode: messages, recipients, tags, FTS5 index
- *   DIR/msg/XX/ID.eml         raw message bytes, as received (XX = first 2 chars of ID)
+ *   DIR/msg/XX/ID.eml         raw bytes of messages over 256 KiB (XX = first 2 chars of
+ *                             ID); smaller ones keep theirs in capture.db (table raw)
  *
- * Durability: capture_add returns only after the raw file and its
- * directory entry are fsync'd and the row is committed.
+ * Durability: capture_add returns only after the row (and the bytes of a
+ * small message) is committed with synchronous=FULL and a large message's
+ * file and its directory entry are fsync'd (with batch sync: see below).
  *
  * Thread safety: every function may be called from any thread (one
  * internal connection, serialised by a mutex; reads are short and indexed).
@@ -53,10 +55,33 @@ int capture_add_once(struct capture_store *st, const char *queue_id, const char 
 		     size_t n_to, char id_out[CAPTURE_ID_MAX]);
 
 /*
- * Group commit for a writer that has its own durable copy (the spool): with
- * batch sync on, capture_add writes without fsync and capture_sync() makes
- * every add since the last call durable with one syncfs(2). The caller must
- * not treat an add as done before capture_sync returned TERN_OK.
+ * Many messages at once (capture mode's group commit): each raw file is
+ * written, then every row goes in ONE SQLite transaction (a message that
+ * fails rolls back alone). Per item, fill the inputs (queue_id and
+ * username may be NULL; with a queue_id the add is idempotent as in
+ * capture_add_once); the outputs are rc (TERN_OK: committed, listed from
+ * now on) and id. With batch sync on, a message is durable only after
+ * capture_sync. Returns TERN_OK, or TERN_ENOMEM (then every rc says so).
+ */
+struct capture_item {
+	const char *queue_id;
+	const char *username;
+	const char *raw;
+	size_t len;
+	const char *env_from;
+	const char *const *env_to;
+	size_t n_to;
+	int rc;                  /* out */
+	char id[CAPTURE_ID_MAX]; /* out: the capture ID when rc is TERN_OK */
+};
+int capture_add_batch(struct capture_store *st, struct capture_item *items, size_t n);
+
+/*
+ * Group commit: with batch sync on, the files of large messages are
+ * written without fsync and capture_sync() makes every add since the last
+ * call durable (one syncfs(2), only if such a file was written; rows and
+ * small messages are durable at their COMMIT). The caller must not treat
+ * an add as done before capture_sync returned TERN_OK.
  */
 void capture_set_batch_sync(struct capture_store *st, bool on);
 int capture_sync(struct capture_store *st);

@@ -23,6 +23,8 @@
 
 #include <cmocka.h>
 
+#include "auth/auth.h"
+#include "auth/users_internal.h"
 #include "core/err.h"
 #include "deliver/deliver.h"
 
@@ -640,6 +642,248 @@ static void test_failed_writes_and_renames_leave_nothing_in_tmp(void **state)
 	assert_int_equal(count_entries(path), 1);
 }
 
+/* ------------------------------------------------------------------ quota */
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *fp = fopen(path, "wb");
+	assert_non_null(fp);
+	assert_int_equal(fputs(text, fp) >= 0, 1);
+	assert_int_equal(fclose(fp), 0);
+}
+
+static void test_maildirsize_parse_sums_the_deltas(void **state)
+{
+	static const char good[] = "10240S,100C\n300 1\n  \n-120 -1\n5000 2\n";
+	struct maildirsize ms;
+
+	(void)state;
+	assert_int_equal(maildirsize_parse(good, sizeof(good) - 1, &ms), TERN_OK);
+	assert_true(ms.has_bytes_limit);
+	assert_int_equal(ms.bytes_limit, 10240);
+	assert_int_equal(ms.bytes, 5180);
+	assert_int_equal(ms.count, 2);
+	assert_int_equal(maildirsize_parse("2048S\n", 6, &ms), TERN_OK);
+	assert_int_equal(ms.bytes, 0);
+	assert_int_equal(maildirsize_parse("100C\n1 1\n", 9, &ms), TERN_OK);
+	assert_false(ms.has_bytes_limit);
+
+	static const char *const bad[] = {
+	    "",                                /* empty */
+	    "1024S\n300 1",                    /* last line being written */
+	    "1024X\n",                         /* unknown limit letter */
+	    "1024S;5C\n",                      /* bad separator */
+	    "1024S\n300\n",                    /* one number */
+	    "1024S\n300 1 7\n",                /* three */
+	    "1024S\nabc 1\n",                  /* not a number */
+	    "1024S\n99999999999999999999 1\n", /* overflow */
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(maildirsize_parse(bad[i], strlen(bad[i]), &ms), TERN_ESYNTAX);
+}
+
+static void test_quota_rule_parsing_follows_dovecot(void **state)
+{
+	static const struct {
+		const char *rule;
+		bool ok, applies;
+		uint64_t bytes;
+	} cases[] = {
+	    {"*:storage=512M", true, true, 512ull << 20},
+	    {"*:storage=100", true, true, 100ull << 10}, /* kilobytes, as Dovecot */
+	    {"*:storage=10K", true, true, 10240},
+	    {"*:storage=2GB", true, true, 2ull << 30},
+	    {"*:bytes=12345", true, true, 12345},
+	    {"*:storage=1G:messages=1000", true, true, 1ull << 30},
+	    {"*:storage=0", true, true, 0},
+	    {"*:ignore", true, true, 0},
+	    {"Trash:storage=+100M", true, false, 0}, /* a folder's: Dovecot's alone */
+	    {"*:storage=+10%", false, false, 0},
+	    {"*:storage=10Q", false, false, 0},
+	    {"*:storage=", false, false, 0},
+	    {"*:colour=red", false, false, 0},
+	    {"*", false, false, 0},
+	    {"*:storage=99999999999999999999", false, false, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bool applies = true;
+		uint64_t bytes = 7;
+		const char *why =
+		    users_parse_quota_rule(cases[i].rule, strlen(cases[i].rule), &applies, &bytes);
+		if (cases[i].ok) {
+			assert_null(why);
+			assert_int_equal(applies, cases[i].applies);
+			assert_int_equal(bytes, cases[i].bytes);
+		} else {
+			assert_non_null(why);
+		}
+	}
+
+	bool has;
+	uint64_t b;
+	static const char extra[] = "userdb_mail=x  userdb_quota_rule=*:storage=10K nopassword";
+	assert_null(users_parse_extra(extra, sizeof(extra) - 1, &has, &b));
+	assert_true(has);
+	assert_int_equal(b, 10240);
+	assert_null(users_parse_extra("userdb_mail=x", 13, &has, &b));
+	assert_false(has);
+	assert_non_null(users_parse_extra("userdb_quota_rule=*:storage=-1", 30, &has, &b));
+}
+
+static void test_users_file_quota_is_a_typed_lookup(void **state)
+{
+	static const char file[] =
+	    "small@example.com:{PLAIN}pw:1000:1000::/home/small::userdb_quota_rule=*:storage=10K\n"
+	    "plain@example.com:{PLAIN}pw\n"
+	    "bad@example.com:{PLAIN}pw:1:1::/h::userdb_quota_rule=*:storage=1%\n";
+	struct user_db *db = NULL;
+	char err[256];
+	uint64_t q = 0;
+
+	(void)state;
+	/* A bad rule makes the load fail with the line, like any bad line. */
+	assert_int_equal(users_parse_buffer(file, sizeof(file) - 1, "users", &db, err, sizeof(err)),
+	                 TERN_ESYNTAX);
+	assert_non_null(strstr(err, "users:3:"));
+	assert_int_equal(
+	    users_parse_buffer(file, strlen(file) - 68, "users", &db, err, sizeof(err)), TERN_OK);
+	assert_int_equal(users_count(db), 2);
+	assert_int_equal(users_quota(db, "small@example.com", &q), TERN_OK);
+	assert_int_equal(q, 10240);
+	assert_int_equal(users_quota(db, "plain@example.com", &q), TERN_ENOTFOUND);
+	assert_int_equal(users_quota(db, "nobody@example.com", &q), TERN_ENOTFOUND);
+	/* The extra field does not become part of the password. */
+	assert_int_equal(users_verify(db, "small@example.com", "pw"), TERN_OK);
+	users_free(db);
+}
+
+static void test_quota_delivery_keeps_maildirsize_and_refuses_what_does_not_fit(void **state)
+{
+	struct fixture *f = *state;
+	static const char msg[] = "Subject: q\r\n\r\n0123456789012345678901234567890123456789\r\n";
+	struct iovec iov = {(void *)msg, sizeof(msg) - 1};
+	const size_t sz = sizeof(msg) - 1;
+	char path[600], dir[600];
+	size_t len;
+	struct maildirsize ms;
+	unsigned long long used, nmsg;
+
+	/* Room for exactly two messages. */
+	struct maildir_item items[3] = {
+	    {.domain = "example.com", .local = "q", .iov = &iov, .iovcnt = 1, .quota = 2 * sz},
+	    {.domain = "example.com", .local = "q", .iov = &iov, .iovcnt = 1, .quota = 2 * sz},
+	    {.domain = "example.com", .local = "q", .iov = &iov, .iovcnt = 1, .quota = 2 * sz},
+	};
+	assert_false(maildir_quota_known_full("q@example.com"));
+	assert_int_equal(maildir_deliver_batch(f->root, "mx.test", items, 3), 2);
+	assert_int_equal(items[0].result, TERN_OK);
+	assert_int_equal(items[1].result, TERN_OK);
+	assert_int_equal(items[2].result, TERN_ELIMIT);
+	assert_true(items[2].over_quota);
+	assert_false(items[0].over_quota);
+	snprintf(dir, sizeof(dir), "%s/mail/example.com/q/new", f->root);
+	assert_int_equal(count_entries(dir), 2);
+	snprintf(dir, sizeof(dir), "%s/mail/example.com/q/tmp", f->root);
+	assert_int_equal(count_entries(dir), 0);
+	/* Exactly full: RCPT may say so without touching the disk. */
+	assert_true(maildir_quota_known_full("q@example.com"));
+
+	/* The file Dovecot reads: the limit, then the sum of the deltas. */
+	snprintf(path, sizeof(path), "%s/mail/example.com/q/maildirsize", f->root);
+	char *data = read_all(path, &len);
+	assert_non_null(data);
+	assert_int_equal(maildirsize_parse(data, len, &ms), TERN_OK);
+	free(data);
+	assert_int_equal(ms.bytes_limit, 2 * sz);
+	assert_int_equal(ms.bytes, 2 * sz);
+	assert_int_equal(ms.count, 2);
+
+	/* Dovecot expunges both (a negative delta): there is room again. */
+	FILE *fp = fopen(path, "ab");
+	assert_non_null(fp);
+	fprintf(fp, "-%zu -2\n", 2 * sz);
+	fclose(fp);
+	items[2].result = TERN_EIO;
+	assert_int_equal(maildir_deliver_batch(f->root, "mx.test", &items[2], 1), 1);
+	assert_false(items[2].over_quota);
+	assert_false(maildir_quota_known_full("q@example.com"));
+	snprintf(dir, sizeof(dir), "%s/mail/example.com/q", f->root);
+	assert_int_equal(maildir_quota_usage(dir, 2 * sz, &used, &nmsg), TERN_OK);
+	assert_int_equal(used, sz);
+	assert_int_equal(nmsg, 1);
+}
+
+static void test_quota_recalculates_missing_big_or_stale_maildirsize(void **state)
+{
+	struct fixture *f = *state;
+	static const char msg[] = "Subject: r\r\n\r\nbody\r\n";
+	struct iovec iov = {(void *)msg, sizeof(msg) - 1};
+	const size_t sz = sizeof(msg) - 1;
+	char path[700], mdir[600], folder[700];
+	unsigned long long used, nmsg;
+	struct maildir_item items[2] = {
+	    {.domain = "example.com", .local = "r", .iov = &iov, .iovcnt = 1, .quota = -1},
+	    {.domain = "example.com",
+	     .local = "r",
+	     .folder = "Junk",
+	     .iov = &iov,
+	     .iovcnt = 1,
+	     .quota = -1},
+	};
+
+	/* Unlimited: no maildirsize is kept. */
+	assert_int_equal(maildir_deliver_batch(f->root, "mx.test", items, 2), 2);
+	snprintf(mdir, sizeof(mdir), "%s/mail/example.com/r", f->root);
+	snprintf(path, sizeof(path), "%s/maildirsize", mdir);
+	assert_int_equal(access(path, F_OK), -1);
+	/* A file in cur/ with flags and one without ",S=" (sized by stat). */
+	snprintf(folder, sizeof(folder), "%s/cur/1.x.host,S=1000:2,S", mdir);
+	write_file(folder, "x");
+	snprintf(folder, sizeof(folder), "%s/cur/2.y.host:2,", mdir);
+	write_file(folder, "12345");
+	const unsigned long long want = 2 * sz + 1000 + 5;
+
+	/* Missing: scanned (inbox and folders), and written. */
+	assert_int_equal(maildir_quota_usage(mdir, 4096, &used, &nmsg), TERN_OK);
+	assert_int_equal(used, want);
+	assert_int_equal(nmsg, 4);
+	size_t len;
+	char *data = read_all(path, &len);
+	assert_non_null(data);
+	assert_memory_equal(data, "4096S\n", 6);
+	free(data);
+
+	/* Another limit: stale, recalculated. */
+	write_file(path, "999S\n77777 9\n");
+	assert_int_equal(maildir_quota_usage(mdir, 4096, &used, &nmsg), TERN_OK);
+	assert_int_equal(used, want);
+
+	/* Larger than 5120 bytes: recalculated, as Dovecot does. */
+	FILE *fp = fopen(path, "wb");
+	assert_non_null(fp);
+	fputs("4096S\n", fp);
+	for (int i = 0; i < 1000; i++)
+		fputs("1 1\n", fp); /* 4006 bytes, sum 1000: taken as is */
+	fclose(fp);
+	assert_int_equal(maildir_quota_usage(mdir, 4096, &used, &nmsg), TERN_OK);
+	assert_int_equal(used, 1000);
+	fp = fopen(path, "ab");
+	for (int i = 0; i < 400; i++)
+		fputs("1 1\n", fp);
+	fclose(fp);
+	assert_int_equal(maildir_quota_usage(mdir, 4096, &used, &nmsg), TERN_OK);
+	assert_int_equal(used, want);
+	assert_int_equal(nmsg, 4);
+
+	/* Malformed, or a negative sum: recalculated. */
+	write_file(path, "4096S\n-99999 -1\n");
+	assert_int_equal(maildir_quota_usage(mdir, 4096, &used, &nmsg), TERN_OK);
+	assert_int_equal(used, want);
+	write_file(path, "4096S\n12 1");
+	assert_int_equal(maildir_quota_usage(mdir, 4096, &used, &nmsg), TERN_OK);
+	assert_int_equal(used, want);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -667,6 +911,14 @@ int main(void)
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_failed_writes_and_renames_leave_nothing_in_tmp,
 	                                    setup, teardown),
+	    cmocka_unit_test(test_maildirsize_parse_sums_the_deltas),
+	    cmocka_unit_test(test_quota_rule_parsing_follows_dovecot),
+	    cmocka_unit_test(test_users_file_quota_is_a_typed_lookup),
+	    cmocka_unit_test_setup_teardown(
+	        test_quota_delivery_keeps_maildirsize_and_refuses_what_does_not_fit, setup,
+	        teardown),
+	    cmocka_unit_test_setup_teardown(
+	        test_quota_recalculates_missing_big_or_stale_maildirsize, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
