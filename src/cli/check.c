@@ -27,6 +27,7 @@
 #include "core/buf.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "tls/tls.h"
 
 static const struct cli_help check_help = {
     "tern check-config", "tern check-config [-c FILE] [--changed]",
@@ -68,18 +69,19 @@ __attribute__((format(printf, 1, 2))) static void warning(const char *fmt, ...)
 	va_end(ap);
 }
 
-/* The certificate and key, loaded exactly as serve loads them. */
+/* The certificates and keys, loaded exactly as serve loads them (tls/tls.h).
+ * tls.self_signed is made by serve at start: nothing to check before. */
 static void check_tls(struct check *ck, const struct tern_config *c)
 {
-	if (!c->tls.cert_file)
+	if (c->tls.n_certs == 0 || c->tls.self_signed)
 		return;
 	char err[512];
-	SSL_CTX *ctx = tls_server_ctx(&c->tls, err, sizeof(err));
-	if (!ctx) {
+	struct tls_server *ts = tls_server_new(&c->tls, err, sizeof(err));
+	if (!ts) {
 		error(ck, "%s", err);
 		return;
 	}
-	SSL_CTX_free(ctx);
+	tls_server_free(ts);
 }
 
 /* The OAuth issuer's keys, read and parsed as serve does: a file that does

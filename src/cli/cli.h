@@ -59,15 +59,6 @@ int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
 
 /*
- * The server-side TLS context from t's certificate chain and key, read
- * through the file source (serve.c); tern check-config loads them the same
- * way. NULL with a message naming the file in err.
- */
-struct conf_tls_server;
-struct ssl_ctx_st;
-struct ssl_ctx_st *tls_server_ctx(const struct conf_tls_server *t, char *err, size_t errlen);
-
-/*
  * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file
  * source and parsed as serve does (serve.c); *out is NULL without
  * auth.oauth. TERN_OK, or an error with a message naming the file in err.

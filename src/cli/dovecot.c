@@ -300,15 +300,18 @@ int cmd_dovecot_config(int argc, char **argv)
 		        c->user);
 		goto out;
 	}
+	/* TLS: Dovecot gets tern's default certificate (the first; it has no SNI
+	 * list to give the others to). */
+	const struct conf_tls_cert *tc = c->tls.n_certs ? &c->tls.certs[0] : NULL;
 	if (!absolute(c->data_dir, data_dir, sizeof(data_dir)) ||
 	    !absolute(c->users_file, users, sizeof(users)) ||
-	    (c->tls.cert_file && (!absolute(c->tls.cert_file, cert, sizeof(cert)) ||
-	                          !absolute(c->tls.key_file, key, sizeof(key))))) {
+	    (tc && (!absolute(tc->cert_file, cert, sizeof(cert)) ||
+	            !absolute(tc->key_file, key, sizeof(key))))) {
 		fprintf(stderr, "tern: a path in the config is too long\n");
 		goto out;
 	}
 	if (!safe_value(data_dir) || !safe_value(users) ||
-	    (c->tls.cert_file && (!safe_value(cert) || !safe_value(key)))) {
+	    (tc && (!safe_value(cert) || !safe_value(key)))) {
 		fprintf(stderr,
 		        "tern: data_dir, users_file or a tls file has a character Dovecot's "
 		        "config cannot hold (newline, '#', quote)\n");
@@ -328,8 +331,8 @@ int cmd_dovecot_config(int argc, char **argv)
 		users_note = note;
 		fprintf(stderr, "tern: note: %s\n", note);
 	}
-	print_config(stdout, c, &o, pw, data_dir, users, c->tls.cert_file ? cert : NULL,
-	             c->tls.cert_file ? key : NULL, users_note);
+	print_config(stdout, c, &o, pw, data_dir, users, tc ? cert : NULL, tc ? key : NULL,
+	             users_note);
 	status = fflush(stdout) == 0 && !ferror(stdout) ? 0 : 1;
 out:
 	free(acct.pw_name);

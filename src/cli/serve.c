@@ -18,9 +18,6 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/ssl.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -48,10 +45,10 @@
 #include "pop3/pop3.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
+#include "tls/tls.h"
 
 #define MAX_WORKERS 64
 #define MAX_FDS 256
-#define TLS_FILE_MAX (1u << 20) /* a PEM certificate chain or key */
 #define JWKS_FILE_MAX (1u << 20) /* oauth_jwks_parse takes no more */
 #define AUTH_POOL_MAX 4          /* threads checking passwords (crypt, PBKDF2) */
 
@@ -235,7 +232,7 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	 * are created by the daemon after the drop, so two levels suffice. */
 	if (depth >= 1)
 		return;
-	static const char *subs[] = {"spool", "mail", "users", "control.sock"};
+	static const char *subs[] = {"spool", "mail", "users", "control.sock", "tls"};
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
 		struct stat st;
@@ -246,91 +243,6 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 		bool keep_group = strcmp(subs[i], "users") == 0 && st.st_gid != 0;
 		chown_tree(cmd_path, uid, keep_group ? (gid_t)-1 : gid, depth + 1);
 	}
-}
-
-/* Encrypted keys are refused rather than prompted for on a terminal. */
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-	return -1;
-}
-
-/*
- * The server-side TLS context, from the certificate chain and key read
- * through the file source: in the split daemon the parent read them as root
- * (keys are often readable by root only). NULL with a message in err.
- */
-SSL_CTX *tls_server_ctx(const struct conf_tls_server *t, char *err, size_t errlen)
-{
-	char *cert = NULL, *key = NULL;
-	size_t clen = 0, klen = 0;
-	int en = 0;
-	SSL_CTX *ctx = NULL;
-	BIO *bio = NULL;
-	X509 *x = NULL;
-	EVP_PKEY *pk = NULL;
-	unsigned long code;
-	char e[256] = "unknown error";
-
-	if (tern_file_read(t->cert_file, TLS_FILE_MAX, &cert, &clen, &en) != TERN_OK) {
-		snprintf(err, errlen, "tls: cannot read cert_file %s: %s", t->cert_file,
-		         en == EINVAL ? "not a regular file" : strerror(en));
-		goto out;
-	}
-	if (tern_file_read(t->key_file, TLS_FILE_MAX, &key, &klen, &en) != TERN_OK) {
-		snprintf(err, errlen, "tls: cannot read key_file %s: %s", t->key_file,
-		         en == EINVAL ? "not a regular file" : strerror(en));
-		goto out;
-	}
-	ERR_clear_error(); /* so that what ssl_fail reports is ours */
-	if (!(ctx = SSL_CTX_new(TLS_server_method())))
-		goto ssl_fail;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	/* What SSL_CTX_use_certificate_chain_file does, from memory: the
-	 * first certificate is the server's, the rest its chain. */
-	if (!(bio = BIO_new_mem_buf(cert, (int)clen)) ||
-	    !(x = PEM_read_bio_X509_AUX(bio, NULL, no_passphrase, NULL)) ||
-	    SSL_CTX_use_certificate(ctx, x) != 1)
-		goto ssl_fail;
-	for (;;) {
-		X509 *ca = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL);
-		if (!ca)
-			break;
-		if (SSL_CTX_add0_chain_cert(ctx, ca) != 1) {
-			X509_free(ca);
-			goto ssl_fail;
-		}
-	}
-	unsigned long last = ERR_peek_last_error();
-	if (ERR_GET_LIB(last) != ERR_LIB_PEM || ERR_GET_REASON(last) != PEM_R_NO_START_LINE)
-		goto ssl_fail;
-	ERR_clear_error(); /* the end of the chain */
-	BIO_free(bio);
-	if (!(bio = BIO_new_mem_buf(key, (int)klen)) ||
-	    !(pk = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL)) ||
-	    SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1)
-		goto ssl_fail;
-	goto out;
-ssl_fail:
-	code = ERR_get_error();
-	if (code)
-		ERR_error_string_n(code, e, sizeof(e));
-	snprintf(err, errlen, "tls: cannot load %s / %s: %s", t->cert_file, t->key_file, e);
-	ERR_clear_error();
-	SSL_CTX_free(ctx);
-	ctx = NULL;
-out:
-	BIO_free(bio);
-	X509_free(x);
-	EVP_PKEY_free(pk);
-	if (cert) {
-		explicit_bzero(cert, clen);
-		free(cert);
-	}
-	if (key) {
-		explicit_bzero(key, klen);
-		free(key);
-	}
-	return ctx;
 }
 
 /* Reads path through the file source and forgets it: in the privileged
@@ -349,14 +261,16 @@ static void touch_file(const char *path)
 
 /* Every file conf names that the daemon reads (besides the config and its
  * includes, which conf_load read already). Keep in step with the readers:
- * users_load, oauth_keys_load, tls_server_ctx, dns_resolver_new, remote.c's
+ * users_load, oauth_keys_load, tls_server_new, dns_resolver_new, remote.c's
  * AUTH, dkim_key_load. */
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
 	touch_file(conf->auth.oauth.jwks_file);
-	touch_file(conf->tls.cert_file);
-	touch_file(conf->tls.key_file);
+	for (size_t i = 0; i < conf->tls.n_certs; i++) {
+		touch_file(conf->tls.certs[i].cert_file);
+		touch_file(conf->tls.certs[i].key_file);
+	}
 	touch_file(conf->dns.trust_anchor_file);
 	if (conf->relayhost)
 		touch_file(conf->relayhost->auth_password_file);
@@ -364,6 +278,32 @@ static void touch_referenced(const struct tern_config *conf)
 		touch_file(conf->routes[i].auth_password_file);
 	for (size_t i = 0; i < conf->dkim.n_keys; i++) /* policy/dkim.h dkim_key_load */
 		touch_file(conf->dkim.keys[i].key_file);
+}
+
+/*
+ * tls.self_signed: makes (or renews) the generated certificate before anyone
+ * reads it. Only a process that may write the data dir for the account that
+ * serves does this: the single process, or the privileged parent before it
+ * records the files for the child (uid/gid the child's, so the parent's
+ * reader, which reads data_dir with the child's rights, can read them).
+ */
+static int ensure_self_signed(const struct tern_config *conf, uid_t uid, gid_t gid)
+{
+	char err[512], why[64];
+	bool made = false;
+	if (!conf->tls.self_signed || conf->tls.n_certs == 0)
+		return TERN_OK;
+	const struct conf_tls_cert *c = &conf->tls.certs[0];
+	int rc = tls_self_signed_ensure(c->cert_file, c->key_file, conf->hostname, uid, gid, &made,
+	                                why, sizeof(why), err, sizeof(err));
+	if (rc != TERN_OK) {
+		log_error("event=tls_self_signed_failed reason=\"%s\"", err);
+		return rc;
+	}
+	if (made)
+		log_info("event=tls_self_signed cert=%s hostname=%s reason=%s", c->cert_file,
+		         conf->hostname, why);
+	return TERN_OK;
 }
 
 /* What the privileged parent needs to re-read everything on SIGHUP. */
@@ -387,6 +327,8 @@ static struct file_bundle *parent_reload(void *arg)
 	}
 	struct tern_config *conf = config_load(pc->path, pc->cap, err, sizeof(err));
 	if (conf) {
+		/* A failure is logged; the child then reports the files missing. */
+		(void)ensure_self_signed(conf, pc->rd.uid, pc->rd.gid);
 		pc->rd.referenced = true;
 		touch_referenced(conf);
 		conf_unref(conf);
@@ -402,8 +344,8 @@ static struct file_bundle *parent_reload(void *arg)
 
 /*
  * What a reload cannot apply: listeners the new config adds ("+NAME=ADDR"),
- * drops ("-NAME=ADDR") or gives another profile ("~NAME=ADDR"), comma
- * separated in out (truncated to fit). Returns how many.
+ * drops ("-NAME=ADDR") or gives another profile or TLS mode ("~NAME=ADDR"),
+ * comma separated in out (truncated to fit). Returns how many.
  */
 static size_t listener_changes(const struct tern_config *old, const struct tern_config *nw,
                                char *out, size_t outlen)
@@ -417,9 +359,9 @@ static size_t listener_changes(const struct tern_config *old, const struct tern_
 			for (size_t j = 0; j < b->n_listeners && !m; j++)
 				if (strcmp(b->listeners[j].address, l->address) == 0)
 					m = &b->listeners[j];
-			char sign =
-			    !m ? (pass == 0 ? '+' : '-')
-			       : (pass == 0 && strcmp(m->profile, l->profile) != 0 ? '~' : 0);
+			bool changed = m && pass == 0 &&
+			               (strcmp(m->profile, l->profile) != 0 || m->tls != l->tls);
+			char sign = !m ? (pass == 0 ? '+' : '-') : changed ? '~' : 0;
 			if (!sign)
 				continue;
 			if (at < outlen)
@@ -431,13 +373,57 @@ static size_t listener_changes(const struct tern_config *old, const struct tern_
 	return n;
 }
 
-/* Makes a new runtime current (SIGHUP); a failure keeps the old one. */
-static bool reload_runtime(const char *path, const struct capture_opts *cap)
+/*
+ * The certificates of a new config, for the handshakes to come (tls/tls.h):
+ * TERN_OK, or TERN_EINVAL with err set, and the set in use stays. Listeners
+ * are bound and their TLS mode fixed at start, so TLS cannot be added or
+ * removed by a reload, only its certificates changed.
+ */
+static int reload_tls(struct tls_server *tls, const struct tern_config *conf, char *err,
+                      size_t errlen)
 {
-	char err[512];
+	if (!tls) {
+		if (conf->tls.n_certs > 0)
+			log_warn(
+			    "event=reload_warning reason=\"tls certificates were added: restart "
+			    "tern to offer TLS\"");
+		return TERN_OK;
+	}
+	if (conf->tls.n_certs == 0) {
+		snprintf(err, errlen,
+		         "tls: every certificate was removed, but listeners offer "
+		         "TLS (restart tern to turn TLS off)");
+		return TERN_EINVAL;
+	}
+	int rc = tls_server_reload(tls, &conf->tls, err, errlen);
+	if (rc == TERN_OK) {
+		tls_server_log(tls);
+		log_info("event=tls_reloaded certificates=%zu", tls_server_count(tls));
+	}
+	return rc;
+}
+
+/*
+ * Makes a new runtime current (SIGHUP), with the new certificates; a failure
+ * of either keeps both old. may_generate: this process may make the
+ * self-signed certificate (not the split child: its parent did).
+ */
+static bool reload_runtime(const char *path, const struct capture_opts *cap, struct tls_server *tls,
+                           bool may_generate)
+{
+	char err[512] = "";
 	cli_notify("RELOADING=1");
 	struct tern_runtime *nrt = runtime_load(path, cap, err, sizeof(err));
-	if (!nrt) {
+	bool ok = nrt != NULL;
+	if (ok && may_generate && ensure_self_signed(nrt->conf, (uid_t)-1, (gid_t)-1) != TERN_OK) {
+		snprintf(err, sizeof(err), "tls: the self-signed certificate could not be made");
+		ok = false;
+	}
+	if (ok && reload_tls(tls, nrt->conf, err, sizeof(err)) != TERN_OK)
+		ok = false;
+	if (!ok) {
+		if (nrt)
+			runtime_release(nrt);
 		log_error("event=reload_failed reason=\"%s\" keeping=old-config", err);
 		cli_notify("READY=1\nSTATUS=reload failed; running the old config");
 		return false;
@@ -469,10 +455,10 @@ static bool reload_runtime(const char *path, const struct capture_opts *cap)
 /* The split child's reload: the parent sent the files afresh. If the new
  * config or users do not load, the old files stay too. */
 static void reload_from_bundle(struct file_bundle *b, const char *path,
-                               const struct capture_opts *cap)
+                               const struct capture_opts *cap, struct tls_server *tls)
 {
 	struct file_bundle *old = files_serve_bundle(b);
-	if (reload_runtime(path, cap))
+	if (reload_runtime(path, cap, tls, false))
 		file_bundle_free(old);
 	else
 		file_bundle_free(files_serve_bundle(old));
@@ -582,7 +568,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	unsigned n_workers = 0;
 	int fds[MAX_FDS];
 	const char *fd_profiles[MAX_FDS];
-	bool fd_implicit_tls[MAX_FDS];
+	enum conf_listen_tls fd_tls[MAX_FDS];
 	struct pop3_server *pop3 = NULL;
 	size_t n_fds = 0;
 	int control_fd = -1;
@@ -596,7 +582,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct capture_mode *capm = NULL;
 	struct pool *auth_pool = NULL;
 	struct throttle *throttle = NULL;
-	SSL_CTX *tls = NULL;
+	struct tls_server *tls = NULL;
 	int http_fd = -1;
 	struct parent_ctx pc = {.path = path, .cap = cap};
 	struct file_bundle *bundle = NULL;
@@ -665,11 +651,13 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 				goto out;
 			}
 			fd_profiles[n_fds] = conf->listeners[i].profile;
-			fd_implicit_tls[n_fds] = conf->listeners[i].implicit_tls;
+			fd_tls[n_fds] = conf->listeners[i].tls;
 			fds[n_fds++] = fd;
 		}
-		log_info("event=listening name=%s address=%s profile=%s", conf->listeners[i].name,
-		         conf->listeners[i].address, conf->listeners[i].profile);
+		static const char *const tls_modes[] = {"none", "starttls", "implicit"};
+		log_info("event=listening name=%s address=%s profile=%s tls=%s",
+		         conf->listeners[i].name, conf->listeners[i].address,
+		         conf->listeners[i].profile, tls_modes[conf->listeners[i].tls]);
 	}
 	if (cap) {
 		http_fd = bind_listener_opt(cap->http, false, err, sizeof(err));
@@ -686,6 +674,10 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		goto out;
 	}
 
+	/* Before the split: the child cannot write it for itself. */
+	if (ensure_self_signed(conf, split ? pc.rd.uid : (uid_t)-1,
+	                       split ? pc.rd.gid : (gid_t)-1) != TERN_OK)
+		goto out;
 	if (split) {
 		chown_tree(conf->data_dir, pc.rd.uid, pc.rd.gid, 0);
 		pc.rd.referenced = true;
@@ -734,13 +726,14 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		}
 	}
 
-	if (conf->tls.cert_file) {
-		tls = tls_server_ctx(&conf->tls, err, sizeof(err));
+	if (conf->tls.n_certs > 0) {
+		tls = tls_server_new(&conf->tls, err, sizeof(err));
 		if (!tls) {
 			log_error("event=fatal reason=\"%s\"", err);
 			goto out;
 		}
-		log_info("event=tls_loaded cert=%s", conf->tls.cert_file);
+		tls_server_log(tls);
+		log_info("event=tls_loaded certificates=%zu", conf->tls.n_certs);
 	}
 
 	rt = runtime_load(path, cap, err, sizeof(err));
@@ -782,7 +775,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		goto out;
 	}
 	smtp_server_set_policy(srv, policy);
-	smtp_server_set_tls(srv, tls);
+	smtp_server_set_tls(srv, tls_server_ctx(tls));
 	/* AUTH: crypt and PBKDF2 run on their own threads, never on a worker. */
 	auth_pool = pool_new(n_workers < AUTH_POOL_MAX ? n_workers : AUTH_POOL_MAX);
 	throttle = auth_throttle_new(conf);
@@ -797,13 +790,13 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		log_error("event=fatal reason=\"out of memory\"");
 		goto out;
 	}
-	pop3_server_set_tls(pop3, tls);
+	pop3_server_set_tls(pop3, tls_server_ctx(tls));
 	for (size_t i = 0; i < n_fds; i++) {
 		bool is_pop3 = strcmp(fd_profiles[i], "pop3") == 0;
 		if ((is_pop3 ? pop3_server_listen(pop3, workers[i % n_workers], fds[i],
-		                                  fd_implicit_tls[i])
+		                                  fd_tls[i] == CONF_LISTEN_TLS_IMPLICIT)
 		             : smtp_server_listen(srv, workers[i % n_workers], fds[i],
-		                                  fd_profiles[i])) != TERN_OK) {
+		                                  fd_profiles[i], fd_tls[i])) != TERN_OK) {
 			log_error("event=fatal reason=\"cannot attach listener\"");
 			goto out;
 		}
@@ -842,7 +835,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		struct file_bundle *nb = NULL;
 		enum daemon_event ev = wait_event(&sigs, sfd, ps_sock, &sig, &nb);
 		if (ev == EV_BUNDLE) {
-			reload_from_bundle(nb, path, cap);
+			reload_from_bundle(nb, path, cap, tls);
 			continue;
 		}
 		if (ev == EV_PARENT_GONE) {
@@ -858,7 +851,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			continue;
 		}
 		if (sig == SIGHUP) {
-			reload_runtime(path, cap);
+			reload_runtime(path, cap, tls, true);
 			continue;
 		}
 		log_info("event=stopping signal=%s sessions=%zu", sig == SIGTERM ? "TERM" : "INT",
@@ -943,8 +936,7 @@ out:
 		close(http_fd);
 	if (rt)
 		runtime_release(rt);
-	if (tls)
-		SSL_CTX_free(tls);
+	tls_server_free(tls); /* after the sessions: they hold its context */
 	runtime_clear();
 	if (sfd >= 0)
 		close(sfd);

@@ -68,7 +68,7 @@ static const char default_text[] =
     "\tnetworks = [\"127.0.0.0/8\", \"::1/128\"];\n"
     "}\n"
     "auth {                        # AUTH on submission listeners\n"
-    "\tallow_plaintext = false;     # AUTH only after STARTTLS\n"
+    "\tallow_plaintext = false;     # AUTH only inside TLS\n"
     "\tmechanisms = [\"PLAIN\", \"LOGIN\"];\n"
     "\treceived_header_user = false;\n"
     "\tthrottle {\n"
@@ -97,9 +97,12 @@ static const char default_text[] =
     "}\n"
     "listen {\n"
     "\tmx { address = \"127.0.0.1:2525\"; profile = \"mx\"; }\n"
-    "\tpop3 { address = \"127.0.0.1:2110\"; profile = \"pop3\"; }  # STLS once tls { } is set\n"
-    "\t# with tls { }: pop3s { address = \"127.0.0.1:2995\"; profile = \"pop3\"; tls = "
-    "\"implicit\"; }\n"
+    "\tmx { address = \"127.0.0.1:2525\"; profile = \"mx\"; }\n"
+    "\tsubmission { address = \"127.0.0.1:2587\"; profile = \"submission\"; tls = \"starttls\"; }\n"
+    "\tsubmissions { address = \"127.0.0.1:2465\"; profile = \"submission\"; tls = \"implicit\"; "
+    "}\n"
+    "\tpop3 { address = \"127.0.0.1:2110\"; profile = \"pop3\"; tls = \"starttls\"; }\n"
+    "\tpop3s { address = \"127.0.0.1:2995\"; profile = \"pop3\"; tls = \"implicit\"; }\n"
     "}\n"
     "routes { }\n"
     "# no relayhost: mail for other domains goes to their MX hosts\n"
@@ -126,6 +129,9 @@ static const char default_text[] =
     "\thttp_allowed_hosts = [];     # besides IP addresses, localhost and hostname\n"
     "\thttp_max_body = 64m;\n"
     "\thttp_max_connections = 256;\n"
+    "}\n"
+    "tls {\n"
+    "\tself_signed = true;          # made in DATA_DIR/tls/ on first start\n"
     "}\n"
     "policy {                      # abuse defences of mx listeners: all off\n"
     "\tdns_timeout = 5s;\n"
@@ -185,7 +191,13 @@ struct ctx {
 	const struct ucl_doc *doc;
 	char *err;
 	size_t errlen;
-	const struct ucl_node *implicit_tls; /* a listener's tls = "implicit" (needs tls { }) */
+	/* TLS keys gathered while parsing, resolved by finish_tls once every
+	 * section is read (a listener may come before the tls section). */
+	const struct ucl_node *listen_tls[MAX_LISTENERS]; /* listen.NAME.tls, or NULL */
+	const struct ucl_node *tls_sec, *tls_self_signed;
+	char *tls_cert, *tls_key;       /* tls.cert_file / key_file */
+	struct conf_tls_cert *tls_list; /* tls.certificates */
+	size_t n_tls_list;
 };
 
 __attribute__((format(printf, 3, 4))) static int cerr(struct ctx *x, const struct ucl_node *n,
@@ -905,7 +917,7 @@ static void aliaslist_free(struct aliaslist *al)
 }
 
 static int listener_add(struct ctx *x, struct tern_config *c, const char *name, const char *address,
-                        const char *profile, bool implicit_tls)
+                        const char *profile)
 {
 	struct conf_listener *v = realloc(c->listeners, (c->n_listeners + 1) * sizeof(*v));
 	if (!v)
@@ -915,7 +927,7 @@ static int listener_add(struct ctx *x, struct tern_config *c, const char *name, 
 	l->name = tern_strdup(name);
 	l->address = tern_strdup(address);
 	l->profile = tern_strdup(profile);
-	l->implicit_tls = implicit_tls;
+	l->tls = CONF_LISTEN_TLS_NONE; /* finish_tls resolves the default */
 	l->milters = NULL;
 	l->n_milters = 0;
 	l->milter_default_action = CONF_MILTER_TEMPFAIL;
@@ -923,6 +935,25 @@ static int listener_add(struct ctx *x, struct tern_config *c, const char *name, 
 	if (!l->name || !l->address || !l->profile)
 		return nomem(x);
 	return TERN_OK;
+}
+
+static const char *const listen_tls_names[] = {"none", "starttls", "implicit"};
+
+static int get_listen_tls(struct ctx *x, const struct ucl_node *n, const char *listener,
+                          enum conf_listen_tls *out)
+{
+	char b[80], sub[128];
+	snprintf(sub, sizeof(sub), "%s.tls", listener);
+	if (n->type != UCL_STRING)
+		return want(x, n, sub, "\"starttls\", \"implicit\" or \"none\"");
+	for (size_t i = 0; i < 3; i++) {
+		if (strcmp(n->str, listen_tls_names[i]) == 0) {
+			*out = (enum conf_listen_tls)i;
+			return TERN_OK;
+		}
+	}
+	return cerr(x, n, "%s: must be \"starttls\", \"implicit\" or \"none\", not '%s'", sub,
+	            show(n->str, b, sizeof(b)));
 }
 
 /* listen.NAME { milters = [...]; milter_default_action = "..."; } */
@@ -1026,34 +1057,25 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	    strcmp(prof->str, "pop3") != 0)
 		return cerr(x, prof, "%s: must be \"mx\", \"submission\" or \"pop3\", not '%s'",
 		            sub, show(prof->str, b, sizeof(b)));
-	/* tls = "implicit": TLS from the first byte (POP3 on 995). "starttls"
-	 * (the default) offers the upgrade in the protocol once tls { } has a
-	 * certificate. */
-	bool implicit = false;
-	if (tls) {
-		snprintf(sub, sizeof(sub), "%s.tls", path);
-		if (tls->type != UCL_STRING)
-			return want(x, tls, sub, "\"implicit\" or \"starttls\"");
-		if (strcmp(tls->str, "implicit") == 0)
-			implicit = true;
-		else if (strcmp(tls->str, "starttls") != 0)
-			return cerr(x, tls, "%s: must be \"implicit\" or \"starttls\", not '%s'",
-			            sub, show(tls->str, b, sizeof(b)));
-		if (implicit && strcmp(prof->str, "pop3") != 0)
-			return cerr(
-			    x, tls,
-			    "%s: \"implicit\" is implemented for pop3 listeners only so far", sub);
-		if (implicit && !x->implicit_tls)
-			x->implicit_tls = tls;
-	}
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
 			            path, canon, c->listeners[i].name);
-	rc = listener_add(x, c, m->key, canon, prof->str, implicit);
-	if (rc == TERN_OK)
+	/* tls: "starttls" offers the protocol's upgrade (STARTTLS, POP3's
+	 * STLS), "implicit" is TLS from the first byte (465, 995); the default
+	 * is finish_tls's. */
+	enum conf_listen_tls lt = CONF_LISTEN_TLS_NONE;
+	if (tls && (rc = get_listen_tls(x, tls, path, &lt)) != TERN_OK)
+		return rc;
+	if (c->n_listeners >= MAX_LISTENERS)
+		return cerr(x, m, "listen: more than %d listeners", MAX_LISTENERS);
+	x->listen_tls[c->n_listeners] = tls;
+	rc = listener_add(x, c, m->key, canon, prof->str);
+	if (rc == TERN_OK) {
+		c->listeners[c->n_listeners - 1].tls = lt;
 		rc = parse_listener_milters(x, &c->listeners[c->n_listeners - 1], path, milters,
 		                            mact);
+	}
 	return rc;
 }
 
@@ -2136,11 +2158,12 @@ static void free_aliases(struct conf_alias *v, size_t n)
 	free(v);
 }
 
+static void tls_certs_free(struct conf_tls_cert *v, size_t n);
+
 static void conf_free(struct tern_config *c)
 {
 	free(c->policy.zones);
-	free(c->tls.cert_file);
-	free(c->tls.key_file);
+	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
@@ -2251,27 +2274,75 @@ static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_
 	return rc;
 }
 
-static int parse_tls(struct ctx *x, const struct ucl_node *sec, struct conf_tls_server *t,
-                     const struct ucl_node **where)
+#define MAX_TLS_CERTS 1000
+
+static void tls_certs_free(struct conf_tls_cert *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].cert_file);
+		free(v[i].key_file);
+	}
+	free(v);
+}
+
+/* An entry of tls.certificates: { cert_file = ...; key_file = ...; }. */
+static int parse_tls_cert(struct ctx *x, const struct ucl_node *n, size_t i,
+                          struct conf_tls_cert *out)
+{
+	char path[64], sub[96];
+	snprintf(path, sizeof(path), "tls.certificates[%zu]", i);
+	int rc = want_section(x, n, path);
+	for (size_t j = 0; rc == TERN_OK && j < n->n_items; j++) {
+		const struct ucl_node *m = n->items[j];
+		if (strcmp(m->key, "cert_file") == 0 || strcmp(m->key, "key_file") == 0) {
+			snprintf(sub, sizeof(sub), "%s.%s", path, m->key);
+			rc = get_path(x, m, sub,
+			              m->key[0] == 'c' ? &out->cert_file : &out->key_file);
+		} else {
+			return unknown_key(x, m, path);
+		}
+	}
+	if (rc == TERN_OK && (!out->cert_file || !out->key_file))
+		return cerr(x, n, "%s: needs both cert_file and key_file", path);
+	return rc;
+}
+
+static int parse_tls(struct ctx *x, struct tern_config *c, const struct ucl_node *sec)
 {
 	int rc = want_section(x, sec, "tls");
-	*where = sec;
+	x->tls_sec = sec;
 	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
 		const struct ucl_node *m = sec->items[i];
 		if (strcmp(m->key, "cert_file") == 0) {
-			free(t->cert_file);
-			t->cert_file = NULL;
-			rc = get_path(x, m, "tls.cert_file", &t->cert_file);
+			rc = get_path(x, m, "tls.cert_file", &x->tls_cert);
 		} else if (strcmp(m->key, "key_file") == 0) {
-			free(t->key_file);
-			t->key_file = NULL;
-			rc = get_path(x, m, "tls.key_file", &t->key_file);
+			rc = get_path(x, m, "tls.key_file", &x->tls_key);
+		} else if (strcmp(m->key, "self_signed") == 0) {
+			x->tls_self_signed = m;
+			rc = get_bool(x, m, "tls.self_signed", &c->tls.self_signed);
+		} else if (strcmp(m->key, "certificates") == 0) {
+			if (m->type != UCL_ARRAY)
+				return want(x, m, "tls.certificates",
+				            "a list of { cert_file = ...; key_file = ...; }");
+			if (m->n_items > MAX_TLS_CERTS)
+				return cerr(x, m, "tls.certificates: more than %d certificates",
+				            MAX_TLS_CERTS);
+			struct conf_tls_cert *v = calloc(m->n_items ? m->n_items : 1, sizeof(*v));
+			if (!v)
+				return nomem(x);
+			for (size_t j = 0; rc == TERN_OK && j < m->n_items; j++)
+				rc = parse_tls_cert(x, m->items[j], j, &v[j]);
+			if (rc != TERN_OK) {
+				tls_certs_free(v, m->n_items);
+				return rc;
+			}
+			tls_certs_free(x->tls_list, x->n_tls_list);
+			x->tls_list = v;
+			x->n_tls_list = m->n_items;
 		} else {
 			return unknown_key(x, m, "tls");
 		}
 	}
-	if (rc == TERN_OK && (!t->cert_file) != (!t->key_file))
-		return cerr(x, sec, "tls: cert_file and key_file go together (set both or neither)");
 	return rc;
 }
 
@@ -2286,6 +2357,84 @@ struct build_tmp {
 	bool listen_given;
 	const struct ucl_node *mechanisms; /* where auth.mechanisms was given, or NULL */
 };
+
+/* DATA_DIR/name, with or without a slash at the end of data_dir. */
+static char *data_path(const char *dir, const char *name)
+{
+	size_t n = strlen(dir), len = n + 1 + strlen(name) + 1;
+	char *p = malloc(len);
+	if (p)
+		snprintf(p, len, "%s%s%s", dir, n > 0 && dir[n - 1] == '/' ? "" : "/", name);
+	return p;
+}
+
+/*
+ * Once every section is read: the certificate list (the single pair first,
+ * then tls.certificates, or the self-signed one), and each listener's TLS
+ * mode: the default is STARTTLS when there is a certificate; starttls or
+ * implicit asked for without one is an error at that listener.
+ */
+static int finish_tls(struct ctx *x, struct tern_config *c)
+{
+	struct conf_tls_server *t = &c->tls;
+	if ((!x->tls_cert) != (!x->tls_key))
+		return cerr(x, x->tls_sec,
+		            "tls: cert_file and key_file go together (set both or neither)");
+	size_t n = (x->tls_cert ? 1 : 0) + x->n_tls_list;
+	if (t->self_signed && n > 0)
+		return cerr(
+		    x, x->tls_self_signed,
+		    "tls.self_signed: cannot be combined with cert_file or certificates (it "
+		    "makes the only certificate)");
+	if (t->self_signed)
+		n = 1;
+	if (n > 0 && !(t->certs = calloc(n, sizeof(*t->certs))))
+		return nomem(x);
+	if (t->self_signed) {
+		t->n_certs = 1;
+		t->certs[0].cert_file = data_path(c->data_dir, "tls/selfsigned-cert.pem");
+		t->certs[0].key_file = data_path(c->data_dir, "tls/selfsigned-key.pem");
+		if (!t->certs[0].cert_file || !t->certs[0].key_file)
+			return nomem(x);
+	} else {
+		if (x->tls_cert) {
+			t->certs[t->n_certs].cert_file = x->tls_cert;
+			t->certs[t->n_certs++].key_file = x->tls_key;
+			x->tls_cert = x->tls_key = NULL;
+		}
+		for (size_t i = 0; i < x->n_tls_list; i++)
+			t->certs[t->n_certs++] = x->tls_list[i];
+		free(x->tls_list);
+		x->tls_list = NULL;
+		x->n_tls_list = 0;
+	}
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		struct conf_listener *l = &c->listeners[i];
+		const struct ucl_node *node = i < MAX_LISTENERS ? x->listen_tls[i] : NULL;
+		if (!node)
+			l->tls = t->n_certs ? CONF_LISTEN_TLS_STARTTLS : CONF_LISTEN_TLS_NONE;
+		else if (l->tls == CONF_LISTEN_TLS_NONE && t->n_certs > 0 &&
+		         strcmp(l->profile, "pop3") == 0)
+			return cerr(x, node,
+			            "listen.%s.tls: \"none\" is not implemented for pop3 listeners "
+			            "(they offer STLS whenever tls has a certificate)",
+			            l->name);
+		else if (l->tls != CONF_LISTEN_TLS_NONE && t->n_certs == 0)
+			return cerr(
+			    x, node,
+			    "listen.%s.tls: \"%s\" needs a certificate: set tls { cert_file; "
+			    "key_file; }, tls.certificates or tls.self_signed",
+			    l->name, listen_tls_names[l->tls]);
+	}
+	return TERN_OK;
+}
+
+static void ctx_free_tls(struct ctx *x)
+{
+	free(x->tls_cert);
+	free(x->tls_key);
+	tls_certs_free(x->tls_list, x->n_tls_list);
+}
 
 static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node *m,
                      struct build_tmp *bt)
@@ -2386,10 +2535,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dkim(x, m, &c->dkim);
 	if (strcmp(k, "auth_checks") == 0)
 		return parse_auth_checks(x, m, &c->auth_checks);
-	if (strcmp(k, "tls") == 0) {
-		const struct ucl_node *where;
-		return parse_tls(x, m, &c->tls, &where);
-	}
+	if (strcmp(k, "tls") == 0)
+		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);
 }
 
@@ -2420,7 +2567,7 @@ static int fill_defaults(struct ctx *x, struct tern_config *c)
 static struct tern_config *build(const struct ucl_doc *doc, const char *source, char *err,
                                  size_t errlen)
 {
-	struct ctx x = {doc, err, errlen, NULL};
+	struct ctx x = {.doc = doc, .err = err, .errlen = errlen};
 	struct build_tmp bt = {0};
 	int rc = TERN_OK;
 	struct tern_config *c = calloc(1, sizeof(*c));
@@ -2462,18 +2609,15 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 		conf_cidr_parse(default_networks[i], &bt.nets.v[bt.nets.n++]);
 	}
 	if (!bt.listen_given &&
-	    ((rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx", false)) != TERN_OK ||
-	     (rc = listener_add(&x, c, "pop3", "127.0.0.1:2110", "pop3", false)) != TERN_OK))
+	    ((rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx")) != TERN_OK ||
+	     (rc = listener_add(&x, c, "pop3", "127.0.0.1:2110", "pop3")) != TERN_OK))
 		goto fail;
-	if (x.implicit_tls && !c->tls.cert_file) {
-		rc = cerr(
-		    &x, x.implicit_tls,
-		    "tls = \"implicit\" needs a certificate: set tls { cert_file; key_file; }");
-		goto fail;
-	}
 	if ((rc = finish_address_map(&x, &bt.aliases, &c->aliases, &c->n_aliases)) != TERN_OK ||
 	    (rc = finish_address_map(&x, &bt.senders, &c->senders, &c->n_senders)) != TERN_OK)
 		goto fail;
+	if ((rc = finish_tls(&x, c)) != TERN_OK)
+		goto fail;
+	ctx_free_tls(&x);
 	if (!(c->source = tern_strdup(source))) {
 		rc = nomem(&x);
 		goto fail;
@@ -2488,6 +2632,7 @@ fail:
 	free(bt.nets.v);
 	aliaslist_free(&bt.aliases);
 	aliaslist_free(&bt.senders);
+	ctx_free_tls(&x);
 	conf_free(c);
 	return NULL;
 }
@@ -2571,6 +2716,16 @@ int conf_apply_capture(struct tern_config *c, const char *smtp_address, const ch
 	free(c->listeners);
 	c->listeners = l;
 	c->n_listeners = 1;
+	/* Mailpit offers STARTTLS only with a certificate it was given: the
+	 * embedded default's self-signed one would make clients that upgrade
+	 * whenever offered (and verify) fail against the catcher. */
+	if (c->tls.self_signed) {
+		tls_certs_free(c->tls.certs, c->tls.n_certs);
+		c->tls.certs = NULL;
+		c->tls.n_certs = 0;
+		c->tls.self_signed = false;
+	}
+	l->tls = c->tls.n_certs ? CONF_LISTEN_TLS_STARTTLS : CONF_LISTEN_TLS_NONE;
 	if (dd) {
 		free(c->data_dir);
 		free(c->users_file);
@@ -2685,9 +2840,10 @@ const struct conf_route *conf_find_route(const struct tern_config *c, const char
 /* ---- warnings ------------------------------------------------------------ */
 
 static const char warn_submission[] =
-    "no tls certificate, so AUTH is never offered here (it needs TLS) and, as MAIL needs "
-    "AUTH on a submission listener, nobody can send through it: set tls.cert_file and "
-    "tls.key_file (or auth.allow_plaintext for development)";
+    "no TLS on this listener (no certificate in tls { }, or tls = \"none\"), so AUTH is "
+    "never offered here (it needs TLS) and, as MAIL needs AUTH on a submission listener, "
+    "nobody can send through it: set tls.cert_file and tls.key_file, tls.certificates or "
+    "tls.self_signed (or auth.allow_plaintext for development)";
 
 static const char warn_plaintext[] =
     "AUTH is offered without TLS: passwords and tokens cross the network in clear and can "
@@ -2722,7 +2878,7 @@ size_t conf_warnings(const struct tern_config *c,
 		if (strcmp(c->listeners[i].profile, "submission") != 0)
 			continue;
 		submission = true;
-		if (c->tls.cert_file || c->auth.allow_plaintext)
+		if (c->listeners[i].tls != CONF_LISTEN_TLS_NONE || c->auth.allow_plaintext)
 			continue;
 		snprintf(key, sizeof(key), "listen.%s.profile", c->listeners[i].name);
 		fn(key, warn_submission, arg);
@@ -2929,8 +3085,7 @@ void conf_print(const struct tern_config *c, FILE *out)
 		print_str(out, l->address);
 		fputs(";\n\t\tprofile = ", out);
 		print_str(out, l->profile);
-		if (l->implicit_tls)
-			fputs(";\n\t\ttls = \"implicit\"", out);
+		fprintf(out, ";\n\t\ttls = \"%s\"", listen_tls_names[l->tls]);
 		if (l->n_milters) {
 			static const char *const acts[] = {"tempfail", "accept", "reject"};
 			fputs(";\n\t\tmilters = [", out);
@@ -2999,15 +3154,18 @@ void conf_print(const struct tern_config *c, FILE *out)
 		fputs("; }", out);
 	}
 	fputs(c->dkim.n_keys ? "\n\t];\n}\n" : "];\n}\n", out);
-	if (c->tls.cert_file) {
-		fputs("tls {\n\tcert_file = ", out);
-		print_str(out, c->tls.cert_file);
-		fputs(";\n\tkey_file = ", out);
-		print_str(out, c->tls.key_file);
-		fputs(";\n}\n", out);
-	} else {
-		fputs("# no tls section: STARTTLS is not offered\n", out);
+	fprintf(out, "tls {\n\tself_signed = %s;\n", c->tls.self_signed ? "true" : "false");
+	if (c->tls.self_signed) /* the generated pair is not a setting */
+		fputs("\t# certificate: DATA_DIR/tls/selfsigned-cert.pem (made by tern)\n", out);
+	fputs("\tcertificates = [", out);
+	for (size_t i = 0; !c->tls.self_signed && i < c->tls.n_certs; i++) {
+		fputs("\n\t\t{ cert_file = ", out);
+		print_str(out, c->tls.certs[i].cert_file);
+		fputs("; key_file = ", out);
+		print_str(out, c->tls.certs[i].key_file);
+		fputs("; },", out);
 	}
+	fputs(c->tls.n_certs && !c->tls.self_signed ? "\n\t];\n}\n" : "];\n}\n", out);
 	print_policy(out, &c->policy);
 	print_auth_checks(out, &c->auth_checks);
 }

@@ -24,14 +24,21 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* How a listener uses TLS (listen.NAME.tls). */
+enum conf_listen_tls {
+	CONF_LISTEN_TLS_NONE = 0, /* plain SMTP; STARTTLS is not offered */
+	CONF_LISTEN_TLS_STARTTLS, /* STARTTLS offered (RFC 3207) */
+	CONF_LISTEN_TLS_IMPLICIT, /* TLS from the first byte, the 220 inside it (RFC 8314) */
+};
+
 /* What a listener does when its milter is down, times out or speaks nonsense. */
 enum conf_milter_action { CONF_MILTER_TEMPFAIL = 0, CONF_MILTER_ACCEPT, CONF_MILTER_REJECT };
 
 struct conf_listener {
-	char *name;        /* the section name: "mx", "submission", ... */
-	char *address;     /* "IP:PORT" or "[IPv6]:PORT" */
-	char *profile;     /* "mx", "submission" or "pop3" */
-	bool implicit_tls; /* tls = "implicit": TLS from the first byte (pop3 only so far) */
+	char *name;               /* the section name: "mx", "submission", ... */
+	char *address;            /* "IP:PORT" or "[IPv6]:PORT" */
+	char *profile;            /* "mx", "submission" or "pop3" */
+	enum conf_listen_tls tls; /* default: starttls when tls has a certificate, else none */
 	/* milters = ["inet:IP:PORT", "unix:/path"]: asked in this order at each
 	 * SMTP step (policy/milter.h); default none. */
 	char **milters;
@@ -96,10 +103,21 @@ struct conf_dns {
 	char *trust_anchor_file;  /* or NULL: no DNSSEC validation */
 };
 
-/* The server side of TLS: STARTTLS is offered when a certificate is set. */
-struct conf_tls_server {
-	char *cert_file; /* PEM certificate chain, or NULL: no STARTTLS */
+/* One server certificate: tls { cert_file; key_file; } or an entry of
+ * tls.certificates. */
+struct conf_tls_cert {
+	char *cert_file; /* PEM certificate chain, leaf first */
 	char *key_file;  /* PEM private key (mode 0600) */
+};
+
+/* The server side of TLS (tls/tls.h). No certificate: no listener offers TLS. */
+struct conf_tls_server {
+	/* Every certificate, the default first: tls.cert_file/key_file if set,
+	 * then tls.certificates in order; with self_signed, the one generated
+	 * as DATA_DIR/tls/selfsigned-cert.pem and selfsigned-key.pem. */
+	struct conf_tls_cert *certs;
+	size_t n_certs;
+	bool self_signed; /* certs[0] is made (and renewed) by tern at start and on SIGHUP */
 };
 
 /* Capture mode (tern capture): retention of caught messages and the

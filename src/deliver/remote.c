@@ -52,6 +52,7 @@
 #include "core/runtime.h"
 #include "dns/dns.h"
 #include "smtp/smtp.h"
+#include "tls/tls.h"
 
 #define MAX_MX 16
 #define MAX_TARGETS 32
@@ -918,9 +919,7 @@ static void start_tls(struct rconn *c)
 		conn_next_target(c);
 		return;
 	}
-	const char *host = c->targets[c->cur].host;
-	if (host[0] && host[0] != '[')
-		SSL_set_tlsext_host_name(ssl, host);
+	tls_client_set_sni(ssl, c->targets[c->cur].host); /* TLS: never an IP address */
 	struct bufferevent *tb = bufferevent_openssl_filter_new(
 	    worker_base(c->w), c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
 	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
@@ -1391,6 +1390,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	struct rconn *c = arg;
 	if (what & BEV_EVENT_CONNECTED) {
 		if (c->st == RC_TLS_HANDSHAKE) {
+			char d[600], qh[DNS_NAME_MAX * 4 + 8];
+			const char *h = c->targets[c->cur].host; /* TLS: the log words */
+			log_info("event=tls relay=%s %s", log_quote(h, strlen(h), qh, sizeof(qh)),
+			         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
 			c->tls_active = true;
 			smtp_reply_init(&c->rp);
 			send_ehlo(c);
@@ -1976,13 +1979,11 @@ struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, 
 		if (!r->resolvers[i])
 			goto fail;
 	}
-	r->tls = SSL_CTX_new(TLS_client_method());
-	if (r->tls) {
-		/* Opportunistic TLS: encrypt whatever the peer offers; certificate
-		 * checks come with MTA-STS/DANE policy (TLS issue). */
-		SSL_CTX_set_verify(r->tls, SSL_VERIFY_NONE, NULL);
-		SSL_CTX_set_min_proto_version(r->tls, TLS1_2_VERSION);
-	}
+	/* Opportunistic TLS: encrypt whatever the peer offers (without a
+	 * context, STARTTLS is skipped). */
+	char terr[256];
+	if (!(r->tls = tls_client_ctx_new(NULL, false, terr, sizeof(terr))))
+		log_warn("event=tls_unavailable direction=outbound reason=\"%s\"", terr);
 	runtime_release(rt);
 	return r;
 fail:

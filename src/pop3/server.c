@@ -51,6 +51,7 @@
 #include "core/loop.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "tls/tls.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
 #define MAX_WORKERS 64
@@ -1421,10 +1422,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
 	if (what & BEV_EVENT_CONNECTED) {
-		SSL *ssl = bufferevent_openssl_get_ssl(bev);
-		log_info("event=tls " SESS_FMT " version=%s cipher=%s", SESS_ARGS(s),
-		         ssl ? SSL_get_version(ssl) : "?",
-		         ssl ? SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)) : "?");
+		char d[600]; /* TLS: the same words as every TLS log line (tls/tls.h) */
+		log_info("event=tls " SESS_FMT " %s", SESS_ARGS(s),
+		         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
 		return;
 	}
 	if (s->state == PS_CLOSING) {

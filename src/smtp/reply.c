@@ -119,8 +119,7 @@ static const struct smtp_reply_def replies[SMTP_R__COUNT] = {
 
     /* STARTTLS (RFC 3207). */
     R(SMTP_R_STARTTLS_GO, 220, "2.0.0", "Ready to start TLS", 0),
-    R(SMTP_R_STARTTLS_NOT_OFFERED, 502, "5.5.1",
-      "STARTTLS is not offered here (no certificate configured)", 0),
+    R(SMTP_R_STARTTLS_NOT_OFFERED, 502, "5.5.1", "STARTTLS is not offered on this port", 0),
     R(SMTP_R_TLS_UNAVAILABLE, 454, "4.7.0", "TLS not available due to a temporary reason", 0),
     R(SMTP_R_TLS_FAILED, 421, "4.3.0", "%s Cannot start TLS, closing", 1),
 

@@ -23,6 +23,7 @@
  * throttle, and every one is logged (event=auth_failed, for fail2ban).
  */
 #include "smtp/smtp.h"
+#include "tls/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -215,6 +216,7 @@ struct session {
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
 	bool esmtp;
 	bool tls_active;
+	bool offer_starttls; /* TLS: the listener offers STARTTLS and a context is loaded */
 	SSL *starttls;      /* set by STARTTLS: the switch happens once the line is consumed */
 	struct event *close_timer; /* TLS close in progress (tls_close_begin): its deadline */
 	bool close_sent; /* TLS close: our close_notify is written and the write side shut */
@@ -249,6 +251,7 @@ struct srv_worker {
 	struct session *sessions;
 	struct evconnlistener *listeners[MAX_LISTENERS_PER_WORKER];
 	bool listener_submission[MAX_LISTENERS_PER_WORKER];
+	enum conf_listen_tls listener_tls[MAX_LISTENERS_PER_WORKER];
 	size_t n_listeners;
 	uint64_t next_serial;
 	bool shutting_down;
@@ -940,7 +943,9 @@ struct command {
 
 static bool tls_offered(const struct session *s)
 {
-	return s->sw->srv->tls != NULL;
+	/* TLS: the listener's mode and a context loaded; inside TLS (implicit
+	 * too) the answer is "already active" rather than "not offered". */
+	return s->offer_starttls || s->tls_active;
 }
 
 /* AUTH exists on submission listeners (users of the users file, OAuth
@@ -1459,6 +1464,40 @@ static void cmd_starttls(struct session *s, const struct smtp_cmd *c)
 }
 
 /*
+ * Puts a server-side TLS layer (taking ssl) on the session's socket: after
+ * STARTTLS, or at accept on an implicit-TLS listener. The handshake runs as
+ * the layer is read and written; what the session writes meanwhile waits in
+ * it. False (ssl freed, the session unchanged) if out of memory.
+ */
+static bool tls_layer_on(struct session *s, SSL *ssl)
+{
+	struct bufferevent *plain = s->bev;
+	struct bufferevent *tb = bufferevent_openssl_filter_new(
+	    worker_base(s->sw->w), plain, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (!tb) {
+		SSL_free(ssl);
+		return false;
+	}
+	/* A client that closes without close_notify after QUIT is common and
+	 * harmless here (SMTP has its own end): report it as EOF. */
+	bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
+	s->bev = tb;
+	s->tls_active = true;
+	bufferevent_setcb(tb, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(tb, EV_READ, 0, READ_HIGH_WATERMARK);
+	bufferevent_setwatermark(tb, EV_WRITE, OUT_LOW_WATERMARK, 0);
+	/* The TLS filter moves our output into the socket bufferevent's as
+	 * fast as it can; its write high watermark makes the filter hold the
+	 * rest, so the backpressure above sees the client's pace here too.
+	 * (tls_close_begin lifts it again for the close_notify.) */
+	bufferevent_setwatermark(plain, EV_WRITE, 0, OUT_HIGH_WATERMARK);
+	restore_idle_timeouts(s);
+	bufferevent_enable(tb, EV_READ | EV_WRITE);
+	return true;
+}
+
+/*
  * After the STARTTLS line is consumed: anything the client pipelined after
  * it was sent in clear and is thrown away (RFC 3207 §4.2, CVE-2011-0411),
  * the TLS layer goes on top of the socket, and the session forgets
@@ -1475,22 +1514,12 @@ static void start_tls(struct session *s, struct evbuffer *in)
 			 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer, junk);
 		evbuffer_drain(in, junk);
 	}
-	struct bufferevent *plain = s->bev;
-	struct bufferevent *tb = bufferevent_openssl_filter_new(
-		worker_base(s->sw->w), plain, ssl, BUFFEREVENT_SSL_ACCEPTING,
-		BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (!tb) {
-		SSL_free(ssl);
+	if (!tls_layer_on(s, ssl)) {
 		log_error("event=starttls_failed client=%s reason=out-of-memory", s->peer);
 		reply_host(s, SMTP_R_TLS_FAILED);
 		session_close_after_flush(s, "starttls-failed");
 		return;
 	}
-	/* A client that closes without close_notify after QUIT is common and
-	 * harmless here (SMTP has its own end): report it as EOF. */
-	bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
-	s->bev = tb;
-	s->tls_active = true;
 	tx_reset(s);
 	free(s->helo);
 	s->helo = NULL;
@@ -1499,16 +1528,6 @@ static void start_tls(struct session *s, struct evbuffer *in)
 	free(s->auth_user);
 	s->auth_user = NULL;
 	session_enter_state(s, SS_TLS);
-	bufferevent_setcb(tb, on_read, on_write, on_event, s);
-	bufferevent_setwatermark(tb, EV_READ, 0, READ_HIGH_WATERMARK);
-	bufferevent_setwatermark(tb, EV_WRITE, OUT_LOW_WATERMARK, 0);
-	/* The TLS filter moves our output into the socket bufferevent's as
-	 * fast as it can; its write high watermark makes the filter hold the
-	 * rest, so the backpressure above sees the client's pace here too.
-	 * (tls_close_begin lifts it again for the close_notify.) */
-	bufferevent_setwatermark(plain, EV_WRITE, 0, OUT_HIGH_WATERMARK);
-	restore_idle_timeouts(s);
-	bufferevent_enable(tb, EV_READ | EV_WRITE);
 }
 
 /* ----------------------------------------------------- AUTH in capture mode */
@@ -2664,17 +2683,27 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	struct session *s = arg;
 	if (what & BEV_EVENT_CONNECTED) {
 		/* The STARTTLS handshake is done: commands again, a new greeting
-		 * is not sent (RFC 3207 §4.2: the client starts with EHLO). */
-		SSL *ssl = bufferevent_openssl_get_ssl(bev);
-		log_info("event=tls sess=%u.%llu client=%s version=%s cipher=%s",
-			 worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
-			 ssl ? SSL_get_version(ssl) : "?",
-			 ssl ? SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)) : "?");
+		 * is not sent (RFC 3207 §4.2: the client starts with EHLO). After
+		 * implicit TLS the greeting was already waiting in the layer. */
+		char d[600];
+		log_info("event=tls sess=%u.%llu client=%s %s", worker_index(s->sw->w),
+		         (unsigned long long)s->serial, s->peer,
+		         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
 		if (s->state == SS_TLS) {
 			session_enter_state(s, SS_GREETED);
 			process_input(s); /* what came with the end of the handshake */
 		}
 		return;
+	}
+	if ((what & BEV_EVENT_ERROR) && s->tls_active && s->state != SS_CLOSING) {
+		SSL *ssl = bufferevent_openssl_get_ssl(bev); /* TLS: why a handshake failed */
+		if (ssl && !SSL_is_init_finished(ssl)) {
+			char why[256];
+			log_warn(
+			    "event=tls_failed sess=%u.%llu client=%s reason=\"%s\"",
+			    worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			    tls_last_error(bufferevent_get_openssl_error(bev), why, sizeof(why)));
+		}
 	}
 	if (s->state == SS_CLOSING) {
 		session_free(s);
@@ -2819,9 +2848,14 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	s->serial = ++sw->next_serial;
 	s->peer_sa = ss;
 	tern_strlcpy(s->peer, peer, sizeof(s->peer));
-	for (size_t i = 0; i < sw->n_listeners; i++)
-		if (sw->listeners[i] == l)
+	enum conf_listen_tls ltls = CONF_LISTEN_TLS_NONE;
+	for (size_t i = 0; i < sw->n_listeners; i++) {
+		if (sw->listeners[i] == l) {
 			s->submission = sw->listener_submission[i];
+			ltls = sw->listener_tls[i];
+		}
+	}
+	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls != NULL;
 	if (s->submission)
 		auth_setup(s);
 	s->next = sw->sessions;
@@ -2834,8 +2868,21 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	bufferevent_setwatermark(bev, EV_WRITE, OUT_LOW_WATERMARK, 0);
 	restore_idle_timeouts(s);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
-	log_info("event=connect sess=%u.%llu client=%s", worker_index(sw->w),
-		 (unsigned long long)s->serial, peer);
+	log_info("event=connect sess=%u.%llu client=%s%s", worker_index(sw->w),
+	         (unsigned long long)s->serial, peer,
+	         ltls == CONF_LISTEN_TLS_IMPLICIT ? " tls=implicit" : "");
+	/* TLS: implicit TLS (RFC 8314) puts the TLS layer on at once, as after
+	 * STARTTLS; the greeting below waits in it for the handshake. */
+	if (ltls == CONF_LISTEN_TLS_IMPLICIT) {
+		SSL *ssl = srv->tls ? SSL_new(srv->tls) : NULL;
+		if (!ssl || !tls_layer_on(s, ssl)) {
+			log_error("event=tls_failed sess=%u.%llu client=%s reason=\"%s\"",
+			          worker_index(sw->w), (unsigned long long)s->serial, peer,
+			          srv->tls ? "out of memory" : "no certificate loaded");
+			session_free(s);
+			return;
+		}
+	}
 	policy_at_connect(s, !s->submission && !conf->capture_mode); /* POLICY: then greets */
 }
 
@@ -2869,7 +2916,7 @@ static struct srv_worker *srv_worker_for(struct smtp_server *srv, struct worker 
 }
 
 int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
-		       const char *profile)
+                       const char *profile, enum conf_listen_tls tls)
 {
 	struct srv_worker *sw = srv_worker_for(srv, w);
 	if (!sw || sw->n_listeners == MAX_LISTENERS_PER_WORKER)
@@ -2879,6 +2926,7 @@ int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
 	if (!l)
 		return TERN_EIO;
 	sw->listener_submission[sw->n_listeners] = strcmp(profile, "submission") == 0;
+	sw->listener_tls[sw->n_listeners] = tls;
 	sw->listeners[sw->n_listeners++] = l;
 	return TERN_OK;
 }

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "core/buf.h"
+#include "core/conf.h"
 
 /* ---------------------------------------------------------------- parse */
 
@@ -363,11 +364,14 @@ struct worker;
 
 struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched);
 /* Starts accepting on listen_fd (bound, listening, non-blocking) on worker w.
- * profile is "mx" or "submission". Call before the worker starts. */
+ * profile is "mx" or "submission"; tls says whether
+ * STARTTLS is offered or TLS starts at once, with the context given to
+ * smtp_server_set_tls (none given: neither). Call before the worker starts. */
 int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
-		       const char *profile);
-/* Offers STARTTLS (RFC 3207) with this OpenSSL SSL_CTX (server side; the
- * server takes a reference). Call before the workers start. */
+                       const char *profile, enum conf_listen_tls tls);
+/* The server-side OpenSSL SSL_CTX for STARTTLS (RFC 3207) and implicit TLS
+ * (tls/tls.h: tls_server_ctx; the server takes a reference). Call before the
+ * workers start. */
 struct ssl_ctx_st;
 void smtp_server_set_tls(struct smtp_server *srv, struct ssl_ctx_st *ctx);
 /* Applies the abuse defences of policy/policy.h to mx listeners (the server

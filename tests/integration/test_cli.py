@@ -231,9 +231,16 @@ def test_check_config_changed_prints_only_what_differs(offline):
             assert ln in full.splitlines(), ln
 
 
-def test_check_config_changed_of_the_embedded_default_is_empty(scratch):
+def test_check_config_changed_of_the_embedded_default_is_its_listeners_and_tls(scratch):
+    # The embedded default is an empty file plus the submission and POP3 listeners
+    # with TLS and the self-signed certificate (DESIGN §1; docs/config.md).
     r = run("check-config", "--changed", cwd=scratch)
-    assert r.stdout == "", r.stdout
+    assert r.returncode == 0, r.stderr
+    top = [ln for ln in r.stdout.splitlines() if ln and not ln[0].isspace() and ln != "}"]
+    assert top == ["listen {", "tls {"], r.stdout
+    assert "\tself_signed = true;" in r.stdout
+    for name in ("submission", "submissions", "pop3s"):
+        assert f'\t"{name}" {{' in r.stdout, r.stdout
 
 
 # ---------------------------------------------------------------- reload

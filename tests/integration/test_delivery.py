@@ -137,11 +137,14 @@ def test_log_values_from_network_are_quoted(tern):
 
 def test_embedded_default_delivers_postmaster_at_localhost(scratch):
     """`tern serve` with no config: SMTP on 127.0.0.1:2525, data in ./tern-data."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", 2525))
-        except OSError:
-            pytest.skip("127.0.0.1:2525 busy")
+    for port in (2525, 2587, 2465, 2110, 2995):  # submission and POP3 too (test_tls.py)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tern binds
+            try:
+                s.bind(("127.0.0.1", port))
+                s.listen(1)
+            except OSError:
+                pytest.skip(f"127.0.0.1:{port} busy")
     d = scratch
     log = open(d / "tern.log", "wb")
     proc = subprocess.Popen([tern_bin(), "serve"], cwd=d, stdin=subprocess.DEVNULL,

@@ -401,7 +401,7 @@ def test_stls(tern_factory, certs):
     p.pass_(PASSWORD)
     assert any(b"over stls" in ln for ln in p.retr(1)[1])
     p.quit()
-    t.wait_log(r"event=tls sess=p\S+ .*version=TLSv1\.[23]")
+    t.wait_log(r"event=tls sess=p\S+ .*tls=TLSv1\.[23] cipher=")
 
 
 def test_input_pipelined_after_stls_is_discarded(tern_factory, certs):
@@ -437,7 +437,7 @@ def test_implicit_tls_needs_a_certificate(tern_factory):
                      users=(), start=False)
     r = t.cli("check-config")
     assert r.returncode != 0
-    assert 'tls = "implicit" needs a certificate' in r.stderr
+    assert 'tls: "implicit" needs a certificate' in r.stderr
 
 
 def curl(*args):

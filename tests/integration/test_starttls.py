@@ -52,7 +52,7 @@ def test_smtplib_starttls_delivers_with_esmtps(tern_factory, certs):
         s.sendmail("a@example.org", ["alice@example.test"], make_message("over tls"))
     (_, data), = tern.wait_mail_with("alice@example.test", "over tls")
     assert b"with ESMTPS id" in data
-    tern.wait_log(r"event=tls .*version=TLSv1\.[23]")
+    tern.wait_log(r"event=tls .*tls=TLSv1\.[23] cipher=")
 
 
 def test_openssl_s_client_starttls(tern_factory, certs):
@@ -78,7 +78,7 @@ def test_openssl_s_client_starttls(tern_factory, certs):
         p.stdin.close()
         p.wait(timeout=10)
     assert b"250 DSN" in out, out
-    tern.wait_log(r"event=tls .*version=TLSv1\.3")
+    tern.wait_log(r"event=tls .*tls=TLSv1\.3 cipher=")
 
 
 def test_commands_pipelined_after_starttls_are_discarded(tern_factory, certs):

@@ -384,16 +384,8 @@ static void check_defaults(const struct tern_config *c)
 	assert_int_equal(c->limits.data_timeout, 180);
 	assert_int_equal(c->limits.shutdown_grace, 30);
 	assert_string_equal(c->recipient_delimiter, "+");
-	assert_int_equal(c->n_listeners, 2);
-	assert_string_equal(c->listeners[0].name, "mx");
-	assert_string_equal(c->listeners[0].address, "127.0.0.1:2525");
-	assert_string_equal(c->listeners[0].profile, "mx");
-	assert_false(c->listeners[0].implicit_tls);
-	/* POP3 with STLS once a certificate is set; no 2995 without one */
-	assert_string_equal(c->listeners[1].name, "pop3");
-	assert_string_equal(c->listeners[1].address, "127.0.0.1:2110");
-	assert_string_equal(c->listeners[1].profile, "pop3");
-	assert_false(c->listeners[1].implicit_tls);
+	/* listeners and tls differ: test_empty_file_gets_every_default and
+	 * test_embedded_default_matches_defaults */
 	/* delivery, routes, relayhost, dns */
 	assert_int_equal(c->delivery.remote_port, 25);
 	assert_int_equal(c->delivery.retry_base, 300);
@@ -439,6 +431,18 @@ static void test_empty_file_gets_every_default(void **state)
 	assert_non_null(c);
 	check_defaults(c);
 	assert_string_equal(c->source, "t.conf");
+	assert_int_equal(c->n_listeners, 2);
+	assert_string_equal(c->listeners[0].name, "mx");
+	assert_string_equal(c->listeners[0].address, "127.0.0.1:2525");
+	assert_string_equal(c->listeners[0].profile, "mx");
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_NONE); /* no certificate */
+	/* POP3 with STLS once a certificate is set; no 2995 without one */
+	assert_string_equal(c->listeners[1].name, "pop3");
+	assert_string_equal(c->listeners[1].address, "127.0.0.1:2110");
+	assert_string_equal(c->listeners[1].profile, "pop3");
+	assert_int_equal(c->listeners[1].tls, CONF_LISTEN_TLS_NONE);
+	assert_int_equal(c->tls.n_certs, 0);
+	assert_false(c->tls.self_signed);
 	conf_unref(c);
 }
 
@@ -449,7 +453,43 @@ static void test_embedded_default_matches_defaults(void **state)
 	assert_non_null(e);
 	check_defaults(e);
 	assert_string_equal(e->source, "(embedded default)");
-	struct tern_config *d = load_str("", err, sizeof(err));
+	/* DESIGN §1: submission with STARTTLS on 2587, implicit TLS on 2465,
+	 * POP3 with STLS on 2110 and TLS on 2995, with a self-signed
+	 * certificate made in the data dir */
+	assert_int_equal(e->n_listeners, 5);
+	static const struct {
+		const char *name, *address, *profile;
+		enum conf_listen_tls tls;
+	} want[] = {
+	    {"mx", "127.0.0.1:2525", "mx", CONF_LISTEN_TLS_STARTTLS},
+	    {"submission", "127.0.0.1:2587", "submission", CONF_LISTEN_TLS_STARTTLS},
+	    {"submissions", "127.0.0.1:2465", "submission", CONF_LISTEN_TLS_IMPLICIT},
+	    {"pop3", "127.0.0.1:2110", "pop3", CONF_LISTEN_TLS_STARTTLS},
+	    {"pop3s", "127.0.0.1:2995", "pop3", CONF_LISTEN_TLS_IMPLICIT},
+	};
+	for (size_t i = 0; i < 5; i++) {
+		assert_string_equal(e->listeners[i].name, want[i].name);
+		assert_string_equal(e->listeners[i].address, want[i].address);
+		assert_string_equal(e->listeners[i].profile, want[i].profile);
+		assert_int_equal(e->listeners[i].tls, want[i].tls);
+	}
+	assert_true(e->tls.self_signed);
+	assert_int_equal(e->tls.n_certs, 1);
+	assert_string_equal(e->tls.certs[0].cert_file, "./tern-data/tls/selfsigned-cert.pem");
+	assert_string_equal(e->tls.certs[0].key_file, "./tern-data/tls/selfsigned-key.pem");
+	/* Otherwise a file that sets nothing gets the same values. */
+	static const char only_diff[] =
+	    "listen {\n"
+	    "  mx { address = \"127.0.0.1:2525\"; profile = mx }\n"
+	    "  submission { address = \"127.0.0.1:2587\"; profile = submission; tls = starttls }\n"
+	    "  submissions { address = \"127.0.0.1:2465\"; profile = submission; tls = implicit }\n"
+	    "  pop3 { address = \"127.0.0.1:2110\"; profile = pop3 }\n"
+	    "  pop3s { address = \"127.0.0.1:2995\"; profile = pop3; tls = implicit }\n"
+	    "}\n"
+	    "tls { self_signed = true }\n";
+	struct tern_config *d = load_str(only_diff, err, sizeof(err));
+	if (!d)
+		fail_msg("%s", err);
 	char *pe = print_to_string(e), *pd = print_to_string(d);
 	assert_string_equal(pe, pd);
 	free(pe);
@@ -562,8 +602,41 @@ static const struct err_case conf_err_cases[] = {
     {"foo = 1", "t.conf:1: unknown key 'foo'"},
     {"\nlimits {\n  max_errors = 3\n  foo = 1\n}", "t.conf:4: unknown key 'foo' in section limits"},
     {"relay { nets = [] }", "t.conf:1: unknown key 'nets' in section relay"},
-    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tsl = yes } }",
-     "t.conf:1: unknown key 'tsl' in section listen.mx"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tlsmode = yes } }",
+     "t.conf:1: unknown key 'tlsmode' in section listen.mx"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tls = yes } }",
+     "t.conf:1: listen.mx.tls: expected \"starttls\", \"implicit\" or \"none\", got the "
+     "boolean true"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tls = smtps } }",
+     "t.conf:1: listen.mx.tls: must be \"starttls\", \"implicit\" or \"none\", not 'smtps'"},
+    {"listen {\n mx { address = \"127.0.0.1:25\"; profile = mx\n  tls = implicit } }",
+     "t.conf:3: listen.mx.tls: \"implicit\" needs a certificate: set tls { cert_file; "
+     "key_file; }, tls.certificates or tls.self_signed"},
+    {"listen { mx { address = \"127.0.0.1:25\"; profile = mx; tls = starttls } }\n"
+     "tls { certificates = [] }",
+     "t.conf:1: listen.mx.tls: \"starttls\" needs a certificate: set tls { cert_file; "
+     "key_file; }, tls.certificates or tls.self_signed"},
+    {"tls {\n cert_file = /c\n}", "t.conf:1: tls: cert_file and key_file go together (set "
+                                  "both or neither)"},
+    {"tls { cert_file = /c; key_file = /k;\n self_signed = true }",
+     "t.conf:2: tls.self_signed: cannot be combined with cert_file or certificates (it makes "
+     "the only certificate)"},
+    {"tls { self_signed = yes; certificates = [ { cert_file = /c; key_file = /k } ] }",
+     "t.conf:1: tls.self_signed: cannot be combined with cert_file or certificates (it makes "
+     "the only certificate)"},
+    {"tls { self_signed = \"yes\" }",
+     "t.conf:1: tls.self_signed: expected true or false, got the string \"yes\""},
+    {"tls { certificates = { cert_file = /c; key_file = /k } }",
+     "t.conf:1: tls.certificates: expected a list of { cert_file = ...; key_file = ...; }, got "
+     "a section"},
+    {"tls { certificates = [ { cert_file = /c; key_file = /k },\n { cert_file = /d } ] }",
+     "t.conf:2: tls.certificates[1]: needs both cert_file and key_file"},
+    {"tls { certificates = [ { cert_file = /c; key_file = /k; chain = /x } ] }",
+     "t.conf:1: unknown key 'chain' in section tls.certificates[0]"},
+    {"tls { certificates = [ \"/c\" ] }",
+     "t.conf:1: tls.certificates[0]: expected a section { ... }, got the string \"/c\""},
+    {"tls { certificates = [ { cert_file = \"\"; key_file = /k } ] }",
+     "t.conf:1: tls.certificates[0].cert_file: must not be empty"},
     {"hostname = 5", "t.conf:1: hostname: expected a string, got the number 5"},
     {"hostname = \"a b\"", "t.conf:1: hostname: 'a b' is not a valid host name"},
     {"hostname = \"\"", "t.conf:1: hostname: must not be empty"},
@@ -658,15 +731,19 @@ static const struct err_case conf_err_cases[] = {
     {"recipient_delimiter = \".\"",
      "t.conf:1: recipient_delimiter: '.' must be up to 8 of the characters !#$%&'*+-=?^_`{|}~ "
      "(or \"\" for none)"},
-    /* tls = "implicit": pop3 only, and only with a certificate */
+    /* tls = "implicit" only with a certificate; "none" is not for pop3 */
     {"listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = yes } }",
-     "t.conf:1: listen.p.tls: expected \"implicit\" or \"starttls\", got the boolean true"},
+     "t.conf:1: listen.p.tls: expected \"starttls\", \"implicit\" or \"none\", got the "
+     "boolean true"},
     {"listen { p { address = \"127.0.0.1:995\"; profile = pop3; tls = always } }",
-     "t.conf:1: listen.p.tls: must be \"implicit\" or \"starttls\", not 'always'"},
-    {"listen { s { address = \"127.0.0.1:465\"; profile = submission; tls = implicit } }",
-     "t.conf:1: listen.s.tls: \"implicit\" is implemented for pop3 listeners only so far"},
+     "t.conf:1: listen.p.tls: must be \"starttls\", \"implicit\" or \"none\", not 'always'"},
     {"listen {\n p {\n address = \"127.0.0.1:995\"; profile = pop3;\n tls = implicit; }\n}",
-     "t.conf:4: tls = \"implicit\" needs a certificate: set tls { cert_file; key_file; }"},
+     "t.conf:4: listen.p.tls: \"implicit\" needs a certificate: set tls { cert_file; "
+     "key_file; }, tls.certificates or tls.self_signed"},
+    {"listen { p { address = \"127.0.0.1:110\"; profile = pop3; tls = none } }\n"
+     "tls { cert_file = /c; key_file = /k }",
+     "t.conf:1: listen.p.tls: \"none\" is not implemented for pop3 listeners (they offer "
+     "STLS whenever tls has a certificate)"},
     {"listen {\n a { address = \"127.0.0.1:25\"; profile = mx }\n b { address = 127.0.0.1:25; "
      "profile = mx }\n}",
      "t.conf:3: listen.b.address: 127.0.0.1:25 is already used by listener 'a'"},
@@ -1673,6 +1750,12 @@ static void test_print_reload_round_trip(void **state)
 	    "  throttle { delay_after = 2; delay = 250ms; max_delay = 1.5s; addr_block_after = 0;\n"
 	    "    user_block_after = 7; block_time = 1h; forget_after = 1d; max_entries = 100 } }\n",
 	    "auth { oauth { issuer = i; audience = a; jwks_file = j; user_claim = sub } }",
+	    "tls { cert_file = \"/etc/t/a b.pem\"; key_file = /etc/t/a.key;\n"
+	    "  certificates = [ { cert_file = /b.pem; key_file = /b.key } ] }\n"
+	    "listen { a { address = \"127.0.0.1:25\"; profile = mx; tls = none }\n"
+	    "  b { address = \"127.0.0.1:465\"; profile = submission; tls = implicit }\n"
+	    "  c { address = \"127.0.0.1:587\"; profile = submission } }\n",
+	    "tls { self_signed = true }\ndata_dir = /srv/t/",
 	    "auth_checks { spf = false; dmarc = enforce; defer_on_temperror = true; timeout = 1min }",
 	    "auth_checks { dkim = off; dmarc = \"off\" }",
 	    "recipient_delimiter = \"\"",
@@ -1915,10 +1998,71 @@ static void test_warnings(void **state)
 	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
 	conf_unref(c);
 
-	/* the embedded default and an empty file promise nothing they do not do */
+	/* an empty file promises nothing it does not do; nor does the embedded
+	 * default, whose submission listeners have TLS (its self-signed
+	 * certificate), so AUTH is offered there */
+	c = load_str("", err, sizeof(err));
+	w.n = 0;
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
+	conf_unref(c);
 	c = conf_load(NULL, err, sizeof(err));
 	w.n = 0;
 	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
+	conf_unref(c);
+}
+
+/* ---- tls: certificates and the listeners' modes --------------------------- */
+
+static void test_tls_keys(void **state)
+{
+	char err[256];
+	/* the single pair is the default, then the list in order */
+	struct tern_config *c = load_str(
+	    "tls { certificates = [ { cert_file = /b.pem; key_file = /b.key },\n"
+	    "  { cert_file = /c.pem; key_file = /c.key; } ];\n"
+	    "  cert_file = /a.pem; key_file = /a.key }\n"
+	    "listen { mx { address = \"127.0.0.1:25\"; profile = mx }\n"
+	    "  plain { address = \"127.0.0.1:26\"; profile = mx; tls = none }\n"
+	    "  smtps { address = \"127.0.0.1:465\"; profile = submission; tls = implicit } }\n",
+	    err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->tls.n_certs, 3);
+	assert_false(c->tls.self_signed);
+	static const char *const files[][2] = {
+	    {"/a.pem", "/a.key"}, {"/b.pem", "/b.key"}, {"/c.pem", "/c.key"}};
+	for (size_t i = 0; i < 3; i++) {
+		assert_string_equal(c->tls.certs[i].cert_file, files[i][0]);
+		assert_string_equal(c->tls.certs[i].key_file, files[i][1]);
+	}
+	/* with a certificate, a listener without tls offers STARTTLS */
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_STARTTLS);
+	assert_int_equal(c->listeners[1].tls, CONF_LISTEN_TLS_NONE);
+	assert_int_equal(c->listeners[2].tls, CONF_LISTEN_TLS_IMPLICIT);
+	char *p = print_to_string(c);
+	assert_non_null(strstr(p, "\t\ttls = \"implicit\";\n"));
+	assert_non_null(strstr(p, "tls {\n\tself_signed = false;\n\tcertificates = [\n"
+	                          "\t\t{ cert_file = \"/a.pem\"; key_file = \"/a.key\"; },\n"));
+	free(p);
+	/* capture mode keeps configured certificates: its listener offers STARTTLS */
+	assert_int_equal(conf_apply_capture(c, "127.0.0.1:1025", NULL), TERN_OK);
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_STARTTLS);
+	assert_int_equal(c->tls.n_certs, 3);
+	conf_unref(c);
+
+	/* the self-signed pair lives in the data dir */
+	c = load_str("data_dir = /srv/t/\ntls { self_signed = true }", err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->tls.n_certs, 1);
+	assert_string_equal(c->tls.certs[0].cert_file, "/srv/t/tls/selfsigned-cert.pem");
+	assert_string_equal(c->tls.certs[0].key_file, "/srv/t/tls/selfsigned-key.pem");
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_STARTTLS);
+	/* ... but not in capture mode (Mailpit offers no TLS it was not given) */
+	assert_int_equal(conf_apply_capture(c, "127.0.0.1:1025", NULL), TERN_OK);
+	assert_int_equal(c->tls.n_certs, 0);
+	assert_false(c->tls.self_signed);
+	assert_int_equal(c->listeners[0].tls, CONF_LISTEN_TLS_NONE);
 	conf_unref(c);
 }
 
@@ -2073,6 +2217,7 @@ int main(void)
 	    cmocka_unit_test(test_warnings),
 	    cmocka_unit_test(test_auth_keys),
 	    cmocka_unit_test(test_may_send_as),
+	    cmocka_unit_test(test_tls_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
