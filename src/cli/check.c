@@ -1,9 +1,10 @@
 /*
  * check.c — `tern check-config`: loads the config as serve would, then
- * looks at what the config only names — the certificate and key, the
- * account to run as, the data directory — so that what serve would refuse
- * at start, or regret later, is found here first. Prints the effective
- * config (or, with --changed, only what differs from the defaults).
+ * looks at what the config only names — the certificate and key, the OAuth
+ * issuer's keys, the account to run as, the data directory — so that what
+ * serve would refuse at start, or regret later, is found here first. Prints
+ * the effective config (or, with --changed, only what differs from the
+ * defaults).
  *
  * Must never: change anything (no file created, no ownership fixed: serve
  * does that), or exit 0 when serve would refuse to start.
@@ -21,15 +22,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "auth/auth.h"
 #include "cli/cli.h"
 #include "core/buf.h"
 #include "core/conf.h"
+#include "core/err.h"
 #include "tls/tls.h"
 
 static const struct cli_help check_help = {
     "tern check-config", "tern check-config [-c FILE] [--changed]",
     "Loads the configuration as tern serve would and checks what it names:\n"
-    "the TLS certificate and key (read and matched), the account 'user' (it\n"
+    "the TLS certificate and key (read and matched), the OAuth issuer's keys\n"
+    "(auth.oauth.jwks_file, read and parsed), the account 'user' (it\n"
     "must exist), the data_dir (that account must be able to create and write\n"
     "it), and relay.networks (a network shorter than /8 is an open relay).\n"
     "Problems go to standard error as \"tern: error: ...\" or \"tern: warning:\n"
@@ -78,6 +82,17 @@ static void check_tls(struct check *ck, const struct tern_config *c)
 		return;
 	}
 	tls_server_free(ts);
+}
+
+/* The OAuth issuer's keys, read and parsed as serve does: a file that does
+ * not load stops serve at start. */
+static void check_oauth(struct check *ck, const struct tern_config *c)
+{
+	char err[512];
+	struct oauth_keys *keys = NULL;
+	if (oauth_keys_load(c, &keys, err, sizeof(err)) != TERN_OK)
+		error(ck, "%s", err);
+	oauth_keys_free(keys);
 }
 
 /*
@@ -250,6 +265,7 @@ int cmd_check_config(int argc, char **argv)
 	check_user(&ck, c);
 	check_data_dir(&ck, c);
 	check_tls(&ck, c);
+	check_oauth(&ck, c);
 	if (changed)
 		conf_print_changed(c, stdout);
 	else

@@ -59,6 +59,16 @@ int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
 
 /*
+ * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file
+ * source and parsed as serve does (serve.c); *out is NULL without
+ * auth.oauth. TERN_OK, or an error with a message naming the file in err.
+ */
+struct tern_config;
+struct oauth_keys;
+int oauth_keys_load(const struct tern_config *conf, struct oauth_keys **out, char *err,
+                    size_t errlen);
+
+/*
  * Tells systemd (Type=notify) where the daemon stands: "READY=1",
  * "RELOADING=1", "STOPPING=1" (notify.c). Nothing without $NOTIFY_SOCKET.
  * The serving process sends them, which in the split daemon is the child:

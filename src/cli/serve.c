@@ -49,6 +49,8 @@
 
 #define MAX_WORKERS 64
 #define MAX_FDS 256
+#define JWKS_FILE_MAX (1u << 20) /* oauth_jwks_parse takes no more */
+#define AUTH_POOL_MAX 4          /* threads checking passwords (crypt, PBKDF2) */
 
 static uint64_t elapsed_ms(const struct timespec *since)
 {
@@ -92,6 +94,31 @@ static struct tern_config *config_load(const char *path, const struct capture_op
 	return conf;
 }
 
+/* cli.h: the OAuth issuer's public keys, or NULL without auth.oauth. */
+int oauth_keys_load(const struct tern_config *conf, struct oauth_keys **out, char *err,
+                    size_t errlen)
+{
+	const char *path = conf->auth.oauth.jwks_file;
+	char *json = NULL, why[256];
+	size_t len = 0;
+	int en = 0;
+	*out = NULL;
+	if (!path)
+		return TERN_OK;
+	int rc = tern_file_read(path, JWKS_FILE_MAX, &json, &len, &en);
+	if (rc != TERN_OK) {
+		snprintf(err, errlen, "auth.oauth.jwks_file: cannot read %s: %s", path,
+		         en == EINVAL ? "not a regular file" : strerror(en));
+		return rc;
+	}
+	rc = oauth_jwks_parse(json, len, out, why, sizeof(why));
+	if (rc != TERN_OK)
+		snprintf(err, errlen, "auth.oauth.jwks_file %s: %s", path,
+		         rc == TERN_ESYNTAX ? why : tern_strerror(rc));
+	free(json);
+	return rc;
+}
+
 static struct tern_runtime *runtime_load(const char *path, const struct capture_opts *cap,
                                          char *err, size_t errlen)
 {
@@ -99,12 +126,19 @@ static struct tern_runtime *runtime_load(const char *path, const struct capture_
 	if (!conf)
 		return NULL;
 	struct user_db *users = NULL;
+	struct oauth_keys *keys = NULL;
 	if (users_load(conf->users_file, &users, err, errlen) != TERN_OK) {
+		conf_unref(conf);
+		return NULL;
+	}
+	if (oauth_keys_load(conf, &keys, err, errlen) != TERN_OK) {
+		users_free(users);
 		conf_unref(conf);
 		return NULL;
 	}
 	struct tern_runtime *rt = calloc(1, sizeof(*rt));
 	if (!rt) {
+		oauth_keys_free(keys);
 		users_free(users);
 		conf_unref(conf);
 		snprintf(err, errlen, "out of memory");
@@ -114,7 +148,27 @@ static struct tern_runtime *runtime_load(const char *path, const struct capture_
 	rt->conf = conf;
 	rt->users = users;
 	rt->free_users = users_free;
+	rt->oauth_keys = keys;
+	rt->free_oauth_keys = oauth_keys_free;
 	return rt;
+}
+
+/* The brute-force throttle's settings (read at start only: a reload keeps
+ * the counters, and these). */
+static struct throttle *auth_throttle_new(const struct tern_config *conf)
+{
+	const struct conf_auth_throttle *t = &conf->auth.throttle;
+	struct throttle_config tc = {
+	    .delay_after = t->delay_after,
+	    .base_delay_ms = t->delay_ms,
+	    .max_delay_ms = t->max_delay_ms,
+	    .addr_block_after = t->addr_block_after,
+	    .user_block_after = t->user_block_after,
+	    .block_seconds = t->block_time,
+	    .window_seconds = t->forget_after,
+	    .max_entries = t->max_entries,
+	};
+	return throttle_new(&tc);
 }
 
 /*
@@ -207,10 +261,12 @@ static void touch_file(const char *path)
 
 /* Every file conf names that the daemon reads (besides the config and its
  * includes, which conf_load read already). Keep in step with the readers:
- * users_load, tls_server_new, dns_resolver_new, remote.c's AUTH, dkim_key_load. */
+ * users_load, oauth_keys_load, tls_server_new, dns_resolver_new, remote.c's
+ * AUTH, dkim_key_load. */
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
+	touch_file(conf->auth.oauth.jwks_file);
 	for (size_t i = 0; i < conf->tls.n_certs; i++) {
 		touch_file(conf->tls.certs[i].cert_file);
 		touch_file(conf->tls.certs[i].key_file);
@@ -377,14 +433,19 @@ static bool reload_runtime(const char *path, const struct capture_opts *cap, str
 	size_t nd = cur ? listener_changes(cur->conf, nrt->conf, diff, sizeof(diff)) : 0;
 	runtime_release(cur);
 	if (nd == 0)
-		log_info("event=reloaded users=%zu aliases=%zu local_domains=%zu",
-		         users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_local_domains);
+		log_info("event=reloaded users=%zu aliases=%zu senders=%zu oauth_keys=%zu "
+		         "local_domains=%zu",
+		         users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_senders,
+		         oauth_keys_count(nrt->oauth_keys), nrt->conf->n_local_domains);
 	else /* the rest applies; the sockets stay those bound at start */
-		log_warn("event=reload_needs_restart users=%zu aliases=%zu local_domains=%zu "
-		         "listeners=%s reason=\"listeners are bound at start only: everything but "
-		         "listen { } is reloaded; restart tern to apply the listener changes\"",
-		         users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_local_domains,
-		         log_quote(diff, strlen(diff), q, sizeof(q)));
+		log_warn(
+		    "event=reload_needs_restart users=%zu aliases=%zu senders=%zu "
+		    "oauth_keys=%zu local_domains=%zu listeners=%s reason=\"listeners are bound "
+		    "at start only: everything but listen { } is reloaded; restart tern to "
+		    "apply the listener changes\"",
+		    users_count(nrt->users), nrt->conf->n_aliases, nrt->conf->n_senders,
+		    oauth_keys_count(nrt->oauth_keys), nrt->conf->n_local_domains,
+		    log_quote(diff, strlen(diff), q, sizeof(q)));
 	runtime_install(nrt);
 	cli_notify(nd ? "READY=1\nSTATUS=reloaded; listener changes need a restart"
 	              : "READY=1\nSTATUS=accepting mail");
@@ -519,6 +580,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct control *ctl = NULL;
 	struct submit *sub = NULL;
 	struct capture_mode *capm = NULL;
+	struct pool *auth_pool = NULL;
+	struct throttle *throttle = NULL;
 	struct tls_server *tls = NULL;
 	int http_fd = -1;
 	struct parent_ctx pc = {.path = path, .cap = cap};
@@ -713,7 +776,17 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 	smtp_server_set_policy(srv, policy);
 	smtp_server_set_tls(srv, tls_server_ctx(tls));
-	if (!(pop3 = pop3_server_new(NULL))) {
+	/* AUTH: crypt and PBKDF2 run on their own threads, never on a worker. */
+	auth_pool = pool_new(n_workers < AUTH_POOL_MAX ? n_workers : AUTH_POOL_MAX);
+	throttle = auth_throttle_new(conf);
+	if (!auth_pool || !throttle) {
+		log_error("event=fatal reason=\"out of memory\"");
+		goto out;
+	}
+	smtp_server_set_auth(srv, auth_pool, throttle);
+	/* POP3 counts failed logins in the same throttle: guesses spread over
+	 * both services count together. */
+	if (!(pop3 = pop3_server_new(throttle))) {
 		log_error("event=fatal reason=\"out of memory\"");
 		goto out;
 	}
@@ -840,11 +913,15 @@ out:
 		scheduler_set_capture(sched, NULL);
 	if (sp)
 		spool_close(sp);
+	/* Checks still running post their answers to the (stopped) workers,
+	 * which run them below, before the sessions are freed. */
+	pool_free(auth_pool);
 	for (unsigned w = 0; w < n_workers; w++)
 		if (workers[w])
 			worker_run_pending(workers[w]);
 	pop3_server_free(pop3); /* waits for its pool, runs the completions on the workers */
 	smtp_server_free(srv);
+	throttle_free(throttle);
 	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */
 	remote_free(remote);
 	scheduler_free(sched);

@@ -27,6 +27,7 @@
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "auth/auth.h"
 #include "core/ucl.h"
 #include "policy/milter.h"
 #include "policy/policy.h"
@@ -62,8 +63,24 @@ static const char default_text[] =
     "recipient_delimiter = \"+\";     # user+tag@ is delivered to user@ (\"\" turns it off)\n"
     "local_domains = [\"localhost\"];\n"
     "aliases { }\n"
+    "senders { }                   # an authenticated user sends as itself and its aliases\n"
     "relay {\n"
     "\tnetworks = [\"127.0.0.0/8\", \"::1/128\"];\n"
+    "}\n"
+    "auth {                        # AUTH on submission listeners\n"
+    "\tallow_plaintext = false;     # AUTH only inside TLS\n"
+    "\tmechanisms = [\"PLAIN\", \"LOGIN\"];\n"
+    "\treceived_header_user = false;\n"
+    "\tthrottle {\n"
+    "\t\tdelay_after = 0;\n"
+    "\t\tdelay = 1s;\n"
+    "\t\tmax_delay = 16s;\n"
+    "\t\taddr_block_after = 10;\n"
+    "\t\tuser_block_after = 30;\n"
+    "\t\tblock_time = 15min;\n"
+    "\t\tforget_after = 1h;\n"
+    "\t\tmax_entries = 65536;\n"
+    "\t}\n"
     "}\n"
     "limits {\n"
     "\tmax_message_size = 32m;\n"
@@ -669,6 +686,19 @@ static int add_target(struct ctx *x, const struct ucl_node *n, const char *path,
 	return strlist_add(l, n->str) == TERN_OK ? TERN_OK : nomem(x);
 }
 
+/* An entry of senders: an address, or "@domain" for every address in it. */
+static int add_sender(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct strlist *l = arg;
+	char b[80];
+	if (n->str[0] == '@' ? !valid_domain(n->str + 1) : !valid_address(n->str))
+		return cerr(x, n, "%s: '%s' is neither an address nor \"@domain\"", path,
+		            show(n->str, b, sizeof(b)));
+	if (strlist_has(l, n->str))
+		return TERN_OK;
+	return strlist_add(l, n->str) == TERN_OK ? TERN_OK : nomem(x);
+}
+
 struct netlist {
 	struct conf_cidr *v;
 	size_t n;
@@ -799,24 +829,30 @@ static void alias_free_one(struct conf_alias *a)
 	free(a->to);
 }
 
-static int parse_aliases(struct ctx *x, const struct ucl_node *sec, struct aliaslist *al)
+/*
+ * aliases { ADDRESS = [ADDRESS, ...]; } and senders { USER = [ADDRESS or
+ * "@DOMAIN", ...]; }: the same shape, an address mapped to a list whose
+ * entries add checks (add_target, add_sender).
+ */
+static int parse_address_map(struct ctx *x, const struct ucl_node *sec, const char *section,
+                             str_fn add, struct aliaslist *al)
 {
-	int rc = want_section(x, sec, "aliases");
+	int rc = want_section(x, sec, section);
 	if (rc != TERN_OK)
 		return rc;
 	if (sec->n_items > MAX_ALIASES)
-		return cerr(x, sec, "aliases: more than %d entries", MAX_ALIASES);
+		return cerr(x, sec, "%s: more than %d entries", section, MAX_ALIASES);
 	for (size_t i = 0; i < sec->n_items; i++) {
 		const struct ucl_node *m = sec->items[i];
 		char b[80], path[120];
 		if (!valid_address(m->key))
-			return cerr(x, m, "aliases: '%s' is not an address (expected local@domain)",
-			            show(m->key, b, sizeof(b)));
-		snprintf(path, sizeof(path), "aliases.\"%s\"", show(m->key, b, sizeof(b)));
+			return cerr(x, m, "%s: '%s' is not an address (expected local@domain)",
+			            section, show(m->key, b, sizeof(b)));
+		snprintf(path, sizeof(path), "%s.\"%s\"", section, show(m->key, b, sizeof(b)));
 		if (m->type == UCL_ARRAY && m->n_items == 0)
 			return cerr(x, m, "%s: needs at least one address", path);
 		struct strlist to = {0};
-		rc = each_string(x, m, path, MAX_ALIAS_TARGETS, add_target, &to);
+		rc = each_string(x, m, path, MAX_ALIAS_TARGETS, add, &to);
 		if (rc != TERN_OK) {
 			strlist_free(&to);
 			return rc;
@@ -847,7 +883,8 @@ static int alias_tmp_cmp(const void *a, const void *b)
 
 /* Sorted by address so conf_find_alias can bisect; of equal keys the last
  * one read is kept. */
-static int finish_aliases(struct ctx *x, struct tern_config *c, struct aliaslist *al)
+static int finish_address_map(struct ctx *x, struct aliaslist *al, struct conf_alias **map,
+                              size_t *n_map)
 {
 	size_t n = al->n, o = 0;
 	if (n == 0)
@@ -865,8 +902,8 @@ static int finish_aliases(struct ctx *x, struct tern_config *c, struct aliaslist
 	free(al->v);
 	al->v = NULL;
 	al->n = 0;
-	c->aliases = out;
-	c->n_aliases = o;
+	*map = out;
+	*n_map = o;
 	return TERN_OK;
 }
 
@@ -1737,6 +1774,165 @@ static void print_policy(FILE *f, const struct conf_policy *p)
 	        (unsigned)p->recipients_per_minute);
 }
 
+/*
+ * auth { allow_plaintext; mechanisms; received_header_user; oauth { };
+ * throttle { } }: AUTH on submission listeners. The mechanism names are
+ * the SASL module's (auth.h), so a name means what the engine does.
+ */
+
+static const struct throttle_config throttle_default = THROTTLE_CONFIG_DEFAULT;
+
+static void default_auth(struct conf_auth *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->oauth.leeway = OAUTH_LEEWAY_DEFAULT;
+	a->throttle = (struct conf_auth_throttle){
+	    .delay_after = throttle_default.delay_after,
+	    .delay_ms = throttle_default.base_delay_ms,
+	    .max_delay_ms = throttle_default.max_delay_ms,
+	    .addr_block_after = throttle_default.addr_block_after,
+	    .user_block_after = throttle_default.user_block_after,
+	    .block_time = throttle_default.block_seconds,
+	    .forget_after = throttle_default.window_seconds,
+	    .max_entries = (uint32_t)throttle_default.max_entries,
+	};
+}
+
+/* A time in milliseconds: "1s", "250ms", "1.5s" or a number of seconds. */
+static int get_ms(struct ctx *x, const struct ucl_node *n, const char *path, uint32_t max_ms,
+                  uint32_t *out)
+{
+	double ms;
+	if (n->type == UCL_INT && n->unit != UCL_UNIT_SIZE)
+		ms = (double)n->ival * 1000.0;
+	else if (n->type == UCL_FLOAT && n->unit == UCL_UNIT_TIME)
+		ms = n->fval * 1000.0;
+	else
+		return want(x, n, path, "a time (ms, s or min)");
+	if (ms < 0)
+		return cerr(x, n, "%s: must not be negative", path);
+	if (ms > max_ms)
+		return cerr(x, n, "%s: above the maximum of %us", path, max_ms / 1000);
+	if (ms != (double)(uint32_t)ms)
+		return cerr(x, n, "%s: must be a whole number of milliseconds", path);
+	*out = (uint32_t)ms;
+	return TERN_OK;
+}
+
+static int parse_throttle(struct ctx *x, const struct ucl_node *sec, struct conf_auth_throttle *t)
+{
+	int rc = want_section(x, sec, "auth.throttle");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		const char *k = m->key;
+		uint64_t v = 0;
+		char path[64];
+		snprintf(path, sizeof(path), "auth.throttle.%s", k);
+		if (strcmp(k, "delay_after") == 0) {
+			rc = get_num(x, m, path, NK_COUNT, 0, 1000000, &v);
+			t->delay_after = (uint32_t)v;
+		} else if (strcmp(k, "delay") == 0) {
+			rc = get_ms(x, m, path, 60000, &t->delay_ms);
+		} else if (strcmp(k, "max_delay") == 0) {
+			rc = get_ms(x, m, path, 300000, &t->max_delay_ms);
+		} else if (strcmp(k, "addr_block_after") == 0) {
+			rc = get_num(x, m, path, NK_COUNT, 0, 1000000, &v);
+			t->addr_block_after = (uint32_t)v;
+		} else if (strcmp(k, "user_block_after") == 0) {
+			rc = get_num(x, m, path, NK_COUNT, 0, 1000000, &v);
+			t->user_block_after = (uint32_t)v;
+		} else if (strcmp(k, "block_time") == 0) {
+			rc = get_num(x, m, path, NK_TIME, 1, 30 * 86400, &v);
+			t->block_time = (uint32_t)v;
+		} else if (strcmp(k, "forget_after") == 0) {
+			rc = get_num(x, m, path, NK_TIME, 1, 30 * 86400, &v);
+			t->forget_after = (uint32_t)v;
+		} else if (strcmp(k, "max_entries") == 0) {
+			rc = get_num(x, m, path, NK_COUNT, 16, 1u << 24, &v);
+			t->max_entries = (uint32_t)v;
+		} else {
+			rc = unknown_key(x, m, "auth.throttle");
+		}
+	}
+	if (rc == TERN_OK && t->max_delay_ms < t->delay_ms)
+		return cerr(x, sec, "auth.throttle: max_delay must not be shorter than delay");
+	return rc;
+}
+
+static int parse_oauth(struct ctx *x, const struct ucl_node *sec, struct conf_oauth *o)
+{
+	int rc = want_section(x, sec, "auth.oauth");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "issuer") == 0) {
+			rc = get_str(x, m, "auth.oauth.issuer", &o->issuer);
+		} else if (strcmp(m->key, "audience") == 0) {
+			rc = get_str(x, m, "auth.oauth.audience", &o->audience);
+		} else if (strcmp(m->key, "jwks_file") == 0) {
+			rc = get_path(x, m, "auth.oauth.jwks_file", &o->jwks_file);
+		} else if (strcmp(m->key, "user_claim") == 0) {
+			rc = get_str(x, m, "auth.oauth.user_claim", &o->user_claim);
+		} else if (strcmp(m->key, "leeway") == 0) {
+			rc = get_num(x, m, "auth.oauth.leeway", NK_TIME, 0, 3600, &v);
+			o->leeway = (uint32_t)v;
+		} else {
+			rc = unknown_key(x, m, "auth.oauth");
+		}
+	}
+	if (rc != TERN_OK)
+		return rc;
+	if (!o->issuer || !o->audience || !o->jwks_file)
+		return cerr(x, sec,
+		            "auth.oauth: issuer, audience and jwks_file are all needed (tokens are "
+		            "checked against all three)");
+	if (!o->user_claim && !(o->user_claim = tern_strdup("email")))
+		return nomem(x);
+	return TERN_OK;
+}
+
+static int add_mechanism(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	unsigned *mechs = arg;
+	enum sasl_mech m;
+	char b[80];
+	if (sasl_mech_parse(n->str, n->len, &m) != TERN_OK)
+		return cerr(x, n,
+		            "%s: '%s' is not a mechanism tern knows (PLAIN, LOGIN, CRAM-MD5, "
+		            "SCRAM-SHA-256, XOAUTH2, OAUTHBEARER)",
+		            path, show(n->str, b, sizeof(b)));
+	*mechs |= SASL_MECH_BIT(m);
+	return TERN_OK;
+}
+
+static int parse_auth(struct ctx *x, const struct ucl_node *sec, struct conf_auth *a,
+                      const struct ucl_node **mechs_at)
+{
+	int rc = want_section(x, sec, "auth");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "allow_plaintext") == 0) {
+			rc = get_bool(x, m, "auth.allow_plaintext", &a->allow_plaintext);
+		} else if (strcmp(m->key, "received_header_user") == 0) {
+			rc = get_bool(x, m, "auth.received_header_user", &a->received_header_user);
+		} else if (strcmp(m->key, "mechanisms") == 0) {
+			unsigned mechs = 0;
+			rc = each_string(x, m, "auth.mechanisms", 16, add_mechanism, &mechs);
+			if (rc == TERN_OK && mechs == 0)
+				rc = cerr(x, m, "auth.mechanisms: name at least one mechanism");
+			a->mechanisms = mechs;
+			*mechs_at = m;
+		} else if (strcmp(m->key, "oauth") == 0) {
+			rc = parse_oauth(x, m, &a->oauth);
+		} else if (strcmp(m->key, "throttle") == 0) {
+			rc = parse_throttle(x, m, &a->throttle);
+		} else {
+			rc = unknown_key(x, m, "auth");
+		}
+	}
+	return rc;
+}
+
 /* ---- auth_checks { spf; dkim; dmarc; defer_on_temperror; timeout; } ------- */
 
 /* The checks of mail received on mx listeners (smtp/verify.c). One section
@@ -1903,6 +2099,56 @@ static int parse_dkim(struct ctx *x, const struct ucl_node *sec, struct conf_dki
 	return rc;
 }
 
+/* Once the whole file is read: the default mechanisms follow oauth, and
+ * the OAuth ones cannot be asked for without it. */
+static int finish_auth(struct ctx *x, struct conf_auth *a, const struct ucl_node *mechs_at)
+{
+	unsigned oauth_bits =
+	    SASL_MECH_BIT(SASL_MECH_XOAUTH2) | SASL_MECH_BIT(SASL_MECH_OAUTHBEARER);
+	if (!mechs_at) {
+		a->mechanisms = SASL_MECH_BIT(SASL_MECH_PLAIN) | SASL_MECH_BIT(SASL_MECH_LOGIN) |
+		                (a->oauth.issuer ? oauth_bits : 0);
+		return TERN_OK;
+	}
+	if ((a->mechanisms & oauth_bits) && !a->oauth.issuer)
+		return cerr(x, mechs_at,
+		            "auth.mechanisms: XOAUTH2 and OAUTHBEARER need an auth.oauth section "
+		            "(issuer, audience, jwks_file)");
+	return TERN_OK;
+}
+
+static void print_auth(FILE *f, const struct conf_auth *a)
+{
+	fprintf(f, "auth {\n\tallow_plaintext = %s;\n\tmechanisms = [",
+	        a->allow_plaintext ? "true" : "false");
+	for (int m = 0, k = 0; m < SASL_MECH_COUNT; m++)
+		if (a->mechanisms & SASL_MECH_BIT(m))
+			fprintf(f, "%s\"%s\"", k++ ? ", " : "", sasl_mech_name((enum sasl_mech)m));
+	fprintf(f, "];\n\treceived_header_user = %s;\n",
+	        a->received_header_user ? "true" : "false");
+	if (a->oauth.issuer) {
+		fputs("\toauth {\n\t\tissuer = ", f);
+		print_str(f, a->oauth.issuer);
+		fputs(";\n\t\taudience = ", f);
+		print_str(f, a->oauth.audience);
+		fputs(";\n\t\tjwks_file = ", f);
+		print_str(f, a->oauth.jwks_file);
+		fputs(";\n\t\tuser_claim = ", f);
+		print_str(f, a->oauth.user_claim);
+		fprintf(f, ";\n\t\tleeway = %us;\n\t}\n", (unsigned)a->oauth.leeway);
+	} else {
+		fputs("\t# no oauth section: XOAUTH2 and OAUTHBEARER are not offered\n", f);
+	}
+	const struct conf_auth_throttle *t = &a->throttle;
+	fprintf(f,
+	        "\tthrottle {\n\t\tdelay_after = %u;\n\t\tdelay = %ums;\n\t\tmax_delay = %ums;\n"
+	        "\t\taddr_block_after = %u;\n\t\tuser_block_after = %u;\n\t\tblock_time = %us;\n"
+	        "\t\tforget_after = %us;\n\t\tmax_entries = %u;\n\t}\n}\n",
+	        (unsigned)t->delay_after, (unsigned)t->delay_ms, (unsigned)t->max_delay_ms,
+	        (unsigned)t->addr_block_after, (unsigned)t->user_block_after,
+	        (unsigned)t->block_time, (unsigned)t->forget_after, (unsigned)t->max_entries);
+}
+
 /* ---- building ------------------------------------------------------------ */
 
 static void free_aliases(struct conf_alias *v, size_t n)
@@ -1943,6 +2189,11 @@ static void conf_free(struct tern_config *c)
 		free(c->local_domains[i]);
 	free(c->local_domains);
 	free_aliases(c->aliases, c->n_aliases);
+	free_aliases(c->senders, c->n_senders);
+	free(c->auth.oauth.issuer);
+	free(c->auth.oauth.audience);
+	free(c->auth.oauth.jwks_file);
+	free(c->auth.oauth.user_claim);
 	free(c->relay_networks);
 	for (size_t i = 0; i < c->n_listeners; i++) {
 		free(c->listeners[i].name);
@@ -2095,6 +2346,18 @@ static int parse_tls(struct ctx *x, struct tern_config *c, const struct ucl_node
 	return rc;
 }
 
+/* What build() collects while it reads the file, before the config is whole. */
+struct build_tmp {
+	struct strlist domains;
+	bool domains_given;
+	struct netlist nets;
+	bool nets_given;
+	struct aliaslist aliases;
+	struct aliaslist senders;
+	bool listen_given;
+	const struct ucl_node *mechanisms; /* where auth.mechanisms was given, or NULL */
+};
+
 /* DATA_DIR/name, with or without a slash at the end of data_dir. */
 static char *data_path(const char *dir, const char *name)
 {
@@ -2174,8 +2437,7 @@ static void ctx_free_tls(struct ctx *x)
 }
 
 static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node *m,
-                     struct strlist *domains, bool *domains_given, struct netlist *nets,
-                     bool *nets_given, struct aliaslist *al, bool *listen_given)
+                     struct build_tmp *bt)
 {
 	const char *k = m->key;
 	char b[80];
@@ -2237,18 +2499,22 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return TERN_OK;
 	}
 	if (strcmp(k, "local_domains") == 0) {
-		*domains_given = true;
-		strlist_free(domains);
-		return each_string(x, m, k, MAX_LOCAL_DOMAINS, add_domain, domains);
+		bt->domains_given = true;
+		strlist_free(&bt->domains);
+		return each_string(x, m, k, MAX_LOCAL_DOMAINS, add_domain, &bt->domains);
 	}
 	if (strcmp(k, "aliases") == 0)
-		return parse_aliases(x, m, al);
+		return parse_address_map(x, m, "aliases", add_target, &bt->aliases);
+	if (strcmp(k, "senders") == 0)
+		return parse_address_map(x, m, "senders", add_sender, &bt->senders);
+	if (strcmp(k, "auth") == 0)
+		return parse_auth(x, m, &c->auth, &bt->mechanisms);
 	if (strcmp(k, "relay") == 0)
-		return parse_relay(x, m, nets, nets_given);
+		return parse_relay(x, m, &bt->nets, &bt->nets_given);
 	if (strcmp(k, "limits") == 0)
 		return parse_limits(x, m, &c->limits);
 	if (strcmp(k, "listen") == 0) {
-		*listen_given = true;
+		bt->listen_given = true;
 		return parse_listen(x, c, m);
 	}
 	if (strcmp(k, "routes") == 0)
@@ -2302,10 +2568,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
                                  size_t errlen)
 {
 	struct ctx x = {.doc = doc, .err = err, .errlen = errlen};
-	struct strlist domains = {0};
-	struct netlist nets = {0};
-	struct aliaslist al = {0};
-	bool domains_given = false, nets_given = false, listen_given = false;
+	struct build_tmp bt = {0};
 	int rc = TERN_OK;
 	struct tern_config *c = calloc(1, sizeof(*c));
 	if (!c) {
@@ -2319,35 +2582,38 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
 	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
 	c->policy = default_policy;
+	default_auth(&c->auth);
 	c->auth_checks = default_auth_checks;
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
-		rc = parse_top(&x, c, doc->root->items[i], &domains, &domains_given, &nets,
-		               &nets_given, &al, &listen_given);
+		rc = parse_top(&x, c, doc->root->items[i], &bt);
 	if (rc != TERN_OK)
 		goto fail;
 	if ((rc = fill_defaults(&x, c)) != TERN_OK)
 		goto fail;
-	if (!domains_given && strlist_add(&domains, "localhost") != TERN_OK) {
+	if ((rc = finish_auth(&x, &c->auth, bt.mechanisms)) != TERN_OK)
+		goto fail;
+	if (!bt.domains_given && strlist_add(&bt.domains, "localhost") != TERN_OK) {
 		rc = nomem(&x);
 		goto fail;
 	}
-	for (size_t i = 0; !nets_given && i < 2; i++) {
-		struct conf_cidr *v = realloc(nets.v, (nets.n + 1) * sizeof(*v));
+	for (size_t i = 0; !bt.nets_given && i < 2; i++) {
+		struct conf_cidr *v = realloc(bt.nets.v, (bt.nets.n + 1) * sizeof(*v));
 		if (!v) {
 			rc = nomem(&x);
 			goto fail;
 		}
-		nets.v = v;
-		conf_cidr_parse(default_networks[i], &nets.v[nets.n++]);
+		bt.nets.v = v;
+		conf_cidr_parse(default_networks[i], &bt.nets.v[bt.nets.n++]);
 	}
-	if (!listen_given &&
+	if (!bt.listen_given &&
 	    ((rc = listener_add(&x, c, "mx", "127.0.0.1:2525", "mx")) != TERN_OK ||
 	     (rc = listener_add(&x, c, "pop3", "127.0.0.1:2110", "pop3")) != TERN_OK))
 		goto fail;
-	if ((rc = finish_aliases(&x, c, &al)) != TERN_OK)
+	if ((rc = finish_address_map(&x, &bt.aliases, &c->aliases, &c->n_aliases)) != TERN_OK ||
+	    (rc = finish_address_map(&x, &bt.senders, &c->senders, &c->n_senders)) != TERN_OK)
 		goto fail;
 	if ((rc = finish_tls(&x, c)) != TERN_OK)
 		goto fail;
@@ -2356,15 +2622,16 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 		rc = nomem(&x);
 		goto fail;
 	}
-	c->local_domains = domains.v;
-	c->n_local_domains = domains.n;
-	c->relay_networks = nets.v;
-	c->n_relay_networks = nets.n;
+	c->local_domains = bt.domains.v;
+	c->n_local_domains = bt.domains.n;
+	c->relay_networks = bt.nets.v;
+	c->n_relay_networks = bt.nets.n;
 	return c;
 fail:
-	strlist_free(&domains);
-	free(nets.v);
-	aliaslist_free(&al);
+	strlist_free(&bt.domains);
+	free(bt.nets.v);
+	aliaslist_free(&bt.aliases);
+	aliaslist_free(&bt.senders);
 	ctx_free_tls(&x);
 	conf_free(c);
 	return NULL;
@@ -2509,6 +2776,57 @@ const struct conf_alias *conf_find_alias(const struct tern_config *c, const char
 	return bsearch(addr, c->aliases, c->n_aliases, sizeof(c->aliases[0]), alias_key_cmp);
 }
 
+/* a@b against a map entry: the address itself, or "@domain" for its domain. */
+static bool sender_entry_matches(const char *entry, const char *addr)
+{
+	if (entry[0] != '@')
+		return tern_ascii_ieq(entry, addr);
+	const char *at = strrchr(addr, '@');
+	return at && at != addr && tern_ascii_ieq(entry + 1, at + 1);
+}
+
+/* conf_may_send_as for a lowercased user and address. */
+static bool owns(const struct tern_config *c, const char *user, const char *addr)
+{
+	if (strcmp(user, addr) == 0)
+		return true;
+	/* An alias that delivers to the user is an address the user reads. */
+	const struct conf_alias *al = conf_find_alias(c, addr);
+	for (size_t i = 0; al && i < al->n_to; i++)
+		if (strcmp(al->to[i], user) == 0)
+			return true;
+	const struct conf_alias *s = c->n_senders ? bsearch(user, c->senders, c->n_senders,
+	                                                    sizeof(c->senders[0]), alias_key_cmp)
+	                                          : NULL;
+	for (size_t i = 0; s && i < s->n_to; i++)
+		if (sender_entry_matches(s->to[i], addr))
+			return true;
+	return false;
+}
+
+bool conf_may_send_as(const struct tern_config *c, const char *user, const char *addr)
+{
+	char lc[512], ulc[512], base[512];
+	if (!c || !user || !addr || !*user || !*addr || strlen(addr) >= sizeof(lc) ||
+	    strlen(user) >= sizeof(ulc))
+		return false;
+	tern_strlcpy(lc, addr, sizeof(lc));
+	tern_ascii_lower(lc);
+	tern_strlcpy(ulc, user, sizeof(ulc));
+	tern_ascii_lower(ulc);
+	if (owns(c, ulc, lc))
+		return true;
+	/* user+tag@domain is user@domain's (recipient_delimiter), as RCPT and
+	 * local delivery see it. A quoted local part is taken as it is. */
+	const char *at = strrchr(lc, '@');
+	size_t llen = at ? (size_t)(at - lc) : 0;
+	size_t b = conf_local_base_len(c, lc, llen);
+	if (!at || lc[0] == '"' || b == 0 || b == llen)
+		return false;
+	snprintf(base, sizeof(base), "%.*s%s", (int)b, lc, at);
+	return owns(c, ulc, base);
+}
+
 const struct conf_route *conf_find_route(const struct tern_config *c, const char *domain)
 {
 	if (!c)
@@ -2522,9 +2840,14 @@ const struct conf_route *conf_find_route(const struct tern_config *c, const char
 /* ---- warnings ------------------------------------------------------------ */
 
 static const char warn_submission[] =
-    "\"submission\" works like \"mx\" today: AUTH is not offered and TLS is not required "
-    "before MAIL, so mail programs cannot log in, anyone may send to local_domains here, and "
-    "only relay.networks may relay";
+    "no TLS on this listener (no certificate in tls { }, or tls = \"none\"), so AUTH is "
+    "never offered here (it needs TLS) and, as MAIL needs AUTH on a submission listener, "
+    "nobody can send through it: set tls.cert_file and tls.key_file, tls.certificates or "
+    "tls.self_signed (or auth.allow_plaintext for development)";
+
+static const char warn_plaintext[] =
+    "AUTH is offered without TLS: passwords and tokens cross the network in clear and can "
+    "be read by anyone on the path; for development only";
 
 static size_t warn_route(const struct conf_route *r, const char *name,
                          void (*fn)(const char *, const char *, void *), void *arg)
@@ -2550,11 +2873,19 @@ size_t conf_warnings(const struct tern_config *c,
 	char key[320];
 	if (!c || !fn)
 		return 0;
+	bool submission = false;
 	for (size_t i = 0; i < c->n_listeners; i++) {
 		if (strcmp(c->listeners[i].profile, "submission") != 0)
 			continue;
+		submission = true;
+		if (c->listeners[i].tls != CONF_LISTEN_TLS_NONE || c->auth.allow_plaintext)
+			continue;
 		snprintf(key, sizeof(key), "listen.%s.profile", c->listeners[i].name);
 		fn(key, warn_submission, arg);
+		n++;
+	}
+	if (c->auth.allow_plaintext && submission) {
+		fn("auth.allow_plaintext", warn_plaintext, arg);
 		n++;
 	}
 	for (size_t i = 0; i < c->n_listeners; i++) {
@@ -2707,6 +3038,14 @@ void conf_print(const struct tern_config *c, FILE *out)
 		print_list(out, c->aliases[i].to, c->aliases[i].n_to);
 		fputs(";\n", out);
 	}
+	fputs("}\nsenders {\n", out);
+	for (size_t i = 0; i < c->n_senders; i++) {
+		fputc('\t', out);
+		print_str(out, c->senders[i].from);
+		fputs(" = ", out);
+		print_list(out, c->senders[i].to, c->senders[i].n_to);
+		fputs(";\n", out);
+	}
 	fputs("}\nrelay {\n\tnetworks = [", out);
 	for (size_t i = 0; i < c->n_relay_networks; i++) {
 		const struct conf_cidr *n = &c->relay_networks[i];
@@ -2715,7 +3054,9 @@ void conf_print(const struct tern_config *c, FILE *out)
 			tern_strlcpy(ip, "?", sizeof(ip));
 		fprintf(out, "%s\"%s/%u\"", i ? ", " : "", ip, n->prefix);
 	}
-	fputs("];\n}\nlimits {\n", out);
+	fputs("];\n}\n", out);
+	print_auth(out, &c->auth);
+	fputs("limits {\n", out);
 	for (size_t i = 0; i < N_LIMITS; i++) {
 		const struct limit_spec *ls = &limit_specs[i];
 		const char *field = (const char *)&c->limits + ls->off;

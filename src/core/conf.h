@@ -155,6 +155,39 @@ struct conf_policy {
 	uint32_t recipients_per_minute;
 };
 
+/* ---- auth { }: SMTP AUTH on submission listeners (src/auth/auth.h) ---- */
+
+/* auth.oauth { }: XOAUTH2 and OAUTHBEARER with JWT access tokens. */
+struct conf_oauth {
+	char *issuer; /* NULL: no OAuth (the other fields are NULL too) */
+	char *audience;
+	char *jwks_file;  /* the issuer's public keys (JWKS), read at start and on SIGHUP */
+	char *user_claim; /* the claim naming the user; default "email" */
+	uint32_t leeway;  /* seconds of clock skew allowed; default 60 */
+};
+
+/* auth.throttle { }: the brute-force throttle (auth.h, struct throttle_config).
+ * Read at start only: a SIGHUP keeps the counters and these settings. */
+struct conf_auth_throttle {
+	uint32_t delay_after;      /* failures answered at once before delays start; default 0 */
+	uint32_t delay_ms;         /* delay of the first delayed failure, doubling; default 1000 */
+	uint32_t max_delay_ms;     /* default 16000 */
+	uint32_t addr_block_after; /* failures that block a client address; 0 = never; default 10 */
+	uint32_t user_block_after; /* failures that block a user; 0 = never; default 30 */
+	uint32_t block_time;       /* seconds a block lasts; default 900 */
+	uint32_t forget_after;     /* seconds without failure that clear a count; default 3600 */
+	uint32_t max_entries;      /* addresses and users remembered; default 65536 */
+};
+
+struct conf_auth {
+	bool allow_plaintext;      /* offer AUTH without TLS (development only); default false */
+	unsigned mechanisms;       /* SASL_MECH_BIT()s of auth.h; default PLAIN and LOGIN, plus
+	                              XOAUTH2 and OAUTHBEARER when oauth is set; never 0 */
+	bool received_header_user; /* name the user in the Received header; default false */
+	struct conf_oauth oauth;
+	struct conf_auth_throttle throttle;
+};
+
 /* DKIM signing keys: dkim { keys = [ { domain; selector; key_file; }, ... ]; }
  * (policy/dkim.h loads them). Several keys per domain sign each message
  * once each (an RSA and an Ed25519 key, say). */
@@ -207,6 +240,12 @@ struct tern_config {
 	struct conf_alias *aliases;
 	size_t n_aliases;
 
+	/* senders { USER = [ADDRESS or "@DOMAIN", ...]; }: more addresses an
+	 * authenticated user may send as (conf_may_send_as). The same shape as
+	 * an alias: from is the user, to what it may use; sorted by user. */
+	struct conf_alias *senders;
+	size_t n_senders;
+
 	struct conf_cidr *relay_networks; /* default 127.0.0.0/8 and ::1/128 */
 	size_t n_relay_networks;
 
@@ -229,6 +268,7 @@ struct tern_config {
 	struct conf_capture capture;
 	struct conf_tls_server tls;
 	struct conf_policy policy;
+	struct conf_auth auth;
 	struct conf_dkim dkim;
 	struct conf_auth_checks auth_checks;
 	/* Set by `tern capture` (never from a file): every recipient is
@@ -263,11 +303,13 @@ void conf_unref(struct tern_config *c);
 void conf_print(const struct tern_config *c, FILE *out);
 
 /*
- * Settings that load but do less than their name promises today (listed in
- * docs/config.md): profile "submission" (works like "mx") and an outbound
- * tls "require" (encrypts, does not verify the certificate); and a relay
- * network too wide to be meant (conf_cidr_too_wide). Calls fn once
- * per warning with the key's path and what it does; returns the count.
+ * Settings that load but do less than their name promises, or more than is
+ * safe (listed in docs/config.md): a submission listener nobody can log in
+ * to (no certificate, so AUTH is never offered), auth.allow_plaintext
+ * (passwords in clear), an outbound tls "require" (encrypts, does not
+ * verify the certificate) and a relay network too wide to be meant
+ * (conf_cidr_too_wide). Calls fn once per warning with the key's path
+ * and what it does; returns the count.
  * conf_report_warnings writes them as "tern: warning: KEY: TEXT" lines on
  * out, or with out NULL logs each as event=config_warning.
  */
@@ -296,6 +338,15 @@ size_t conf_local_base_len(const struct tern_config *c, const char *local, size_
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len);
 /* Looks up an alias for a lowercased address; NULL if none. */
 const struct conf_alias *conf_find_alias(const struct tern_config *c, const char *addr);
+/*
+ * Whether user (an authenticated identity) may send with addr as its
+ * envelope sender (RFC 6409 §6.1): addr is user itself, an alias one of
+ * whose targets is user, or an entry of senders[user] (an address, or
+ * "@domain" for every address of that domain); or one of those with a
+ * recipient_delimiter tag (user+tag@domain). ASCII case-insensitive.
+ * The null sender is the caller's decision; "" is never owned. Pure.
+ */
+bool conf_may_send_as(const struct tern_config *c, const char *user, const char *addr);
 /* sa is a struct sockaddr_in or sockaddr_in6 (v4-mapped v6 matches v4 nets). */
 bool conf_in_relay_networks(const struct tern_config *c, const void *sa);
 bool conf_cidr_parse(const char *s, struct conf_cidr *out);

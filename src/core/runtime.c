@@ -1,4 +1,4 @@
-/* runtime.c — the current config + users, reference counted (see runtime.h). */
+/* runtime.c — the current config, users and OAuth keys, reference counted (see runtime.h). */
 #include "core/runtime.h"
 
 #include <pthread.h>
@@ -35,6 +35,8 @@ void runtime_release(struct tern_runtime *rt)
 		return;
 	if (rt->users && rt->free_users)
 		rt->free_users(rt->users);
+	if (rt->oauth_keys && rt->free_oauth_keys)
+		rt->free_oauth_keys(rt->oauth_keys);
 	conf_unref(rt->conf);
 	free(rt);
 }

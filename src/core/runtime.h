@@ -1,6 +1,7 @@
 /*
  * runtime.h — the reloadable state every session and delivery reads: the
- * config and the users database, swapped together on SIGHUP.
+ * config, the users database and the OAuth issuer's keys, swapped together
+ * on SIGHUP.
  *
  * A holder takes a reference with runtime_acquire() and keeps a consistent
  * view until runtime_release(), however many reloads happen meanwhile.
@@ -12,12 +13,15 @@
 
 struct tern_config;
 struct user_db;
+struct oauth_keys;
 
 struct tern_runtime {
 	_Atomic int refs;
 	struct tern_config *conf;                 /* owned (one conf reference) */
 	struct user_db *users;                    /* owned */
 	void (*free_users)(struct user_db *users);
+	struct oauth_keys *oauth_keys; /* owned; NULL without auth.oauth */
+	void (*free_oauth_keys)(struct oauth_keys *keys);
 };
 
 /* Makes rt current; takes over the caller's reference. */

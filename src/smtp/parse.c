@@ -1,7 +1,7 @@
 /*
  * parse.c — one SMTP command line -> struct smtp_cmd (RFC 5321 §4.1, with
  * the ESMTP parameters of RFC 1870 SIZE, 6152 BODY, 3030 BDAT, 3461 DSN and
- * 6531 SMTPUTF8), plus bare mailboxes and RFC 3461 xtext.
+ * 6531 SMTPUTF8, 4954 AUTH), plus bare mailboxes and RFC 3461 xtext.
  *
  * Owns: command syntax only. Everything is a pure function over
  * (pointer, length): no allocation, no I/O, no global state, and no read
@@ -559,6 +559,7 @@ static bool printable(const char *s)
 #define SEEN_ENVID 0x10u
 #define SEEN_NOTIFY 0x20u
 #define SEEN_ORCPT 0x40u
+#define SEEN_AUTH 0x80u
 
 static enum smtp_parse_status parse_notify(const char *v, size_t n, struct smtp_cmd *out,
                                            struct smtp_parse_error *err)
@@ -693,6 +694,9 @@ static enum smtp_parse_status parse_params(const char *s, size_t len, size_t i, 
 		} else if (ieq(k, kl, "orcpt")) {
 			bit = SEEN_ORCPT;
 			for_mail = false;
+		} else if (ieq(k, kl, "auth")) {
+			bit = SEEN_AUTH;
+			for_mail = true;
 		} else {
 			return fail(err, 555, "5.5.4", "unsupported parameter");
 		}
@@ -756,6 +760,18 @@ static enum smtp_parse_status parse_params(const char *s, size_t len, size_t i, 
 		case SEEN_ORCPT:
 			if (parse_orcpt(v, vl, out, err) != SMTP_PARSE_OK)
 				return SMTP_PARSE_ERROR;
+			break;
+		case SEEN_AUTH:
+			/* RFC 4954 §5: "<>" or an xtext-encoded mailbox; the server
+			 * decides whether to believe it. */
+			if (!smtp_xtext_decode(v, vl, out->auth_param, sizeof(out->auth_param)))
+				return fail(err, 501, "5.5.4",
+				            "AUTH= is not valid xtext or is too long");
+			if (!printable(out->auth_param) ||
+			    (strcmp(out->auth_param, "<>") != 0 && !strchr(out->auth_param, '@'))) {
+				out->auth_param[0] = '\0';
+				return fail(err, 501, "5.5.4", "AUTH= takes <> or an address");
+			}
 			break;
 		default:
 			break;
@@ -975,11 +991,37 @@ enum smtp_parse_status smtp_parse_command(const char *line, size_t len, struct s
 		}
 		return SMTP_PARSE_OK;
 	}
+	case SMTP_AUTH: {
+		/* "AUTH" SP mechanism [SP initial-response] (RFC 4954 §4); the
+		 * response is left where it is, it may be longer than arg. */
+		size_t st = rest_start;
+		while (st < len && is_space(line[st]))
+			st++;
+		j = st;
+		while (j < len && line[j] != ' ')
+			j++;
+		if (j - st > SMTP_ARG_MAX)
+			return fail(err, 501, "5.5.4", "argument too long");
+		memcpy(out->arg, line + st, j - st);
+		out->arg[j - st] = '\0';
+		while (j < len && is_space(line[j]))
+			j++;
+		size_t end = len;
+		while (end > j && is_space(line[end - 1]))
+			end--;
+		if (end > j) {
+			if (end - j > SMTP_AUTH_LINE_MAX)
+				return fail(err, 500, "5.5.6",
+				            "authentication exchange line is too long");
+			out->auth_initial = line + j;
+			out->auth_initial_len = end - j;
+		}
+		return SMTP_PARSE_OK;
+	}
 	case SMTP_NOOP:
 	case SMTP_HELP:
 	case SMTP_VRFY:
-	case SMTP_EXPN:
-	case SMTP_AUTH: {
+	case SMTP_EXPN: {
 		size_t n = len - rest_start;
 		if (n > SMTP_ARG_MAX)
 			return fail(err, 501, "5.5.4", "argument too long");

@@ -80,6 +80,10 @@ static const struct smtp_reply_def replies[SMTP_R__COUNT] = {
     R(SMTP_R_NO_SUCH_USER, 550, "5.1.1", "<%s>: Recipient address rejected: no such user here", 1),
     R(SMTP_R_MAILBOX_FULL, 452, "4.2.2", "<%s>: Mailbox full, try again later", 1),
     R(SMTP_R_RELAY_DENIED, 550, "5.7.1", "<%s>: Relay access denied", 1),
+    /* RFC 6409 §6.1: an authenticated user sends as its own addresses. */
+    R(SMTP_R_SENDER_NOT_OWNED, 553, "5.7.1", "Sender address not owned by user %s", 1),
+    R(SMTP_R_MAIL_AUTH_NOT_OFFERED, 555, "5.5.4",
+      "The AUTH= parameter is for listeners that offer AUTH; this one does not", 0),
     /* Capture mode's chaos triggers: the operator picks the code, in the
      * class of one of these two. */
     R(SMTP_R_CHAOS_SENDER_TEMP, 451, "4.7.1", "Chaos: sender rejected on purpose (chaos trigger)",
@@ -105,6 +109,8 @@ static const struct smtp_reply_def replies[SMTP_R__COUNT] = {
       0),
     R(SMTP_R_SPOOL_FAILED, 451, "4.3.0", "Local error: could not write the queue, try again later",
       0),
+    /* The disk (or a file size limit) is full: ENOSPC, EDQUOT, EFBIG. */
+    R(SMTP_R_SPOOL_FULL, 452, "4.3.1", "Insufficient system storage, try again later", 0),
     R(SMTP_R_BARE_LINE_END, 554, "5.6.0",
       "Message refused: it contains a bare CR, bare LF or NUL; lines must end with CRLF", 0),
     R(SMTP_R_MAIL_LOOP, 554, "5.4.6", "Too many Received headers (%s): mail loop detected", 1),
@@ -125,6 +131,18 @@ static const struct smtp_reply_def replies[SMTP_R__COUNT] = {
     R(SMTP_R_AUTH_BAD_RESPONSE, 501, "5.5.2", "Cannot decode the response", 0),
     R(SMTP_R_AUTH_MECHANISM, 504, "5.5.4",
       "Unrecognized authentication type (PLAIN and LOGIN are offered)", 0),
+    R(SMTP_R_AUTH_NO_MECHANISM, 504, "5.5.4", "Unrecognized authentication type (offered: %s)", 1),
+    R(SMTP_R_AUTH_NEEDS_TLS, 538, "5.7.11",
+      "Encryption required for requested authentication mechanism", 0),
+    R(SMTP_R_AUTH_FAILED, 535, "5.7.8", "Authentication credentials invalid", 0),
+    R(SMTP_R_AUTH_INITIAL_REFUSED, 501, "5.7.0",
+      "This mechanism starts with a challenge: send AUTH without an initial response", 0),
+    R(SMTP_R_AUTH_LINE_TOO_LONG, 500, "5.5.6", "Authentication exchange line is too long", 0),
+    R(SMTP_R_AUTH_TEMPFAIL, 454, "4.7.0", "Temporary authentication failure, try again later", 0),
+    /* The brute-force throttle (auth.h): logins refused for a while. */
+    R(SMTP_R_AUTH_BLOCKED, 454, "4.7.0", "Too many failed logins, try again later", 0),
+    R(SMTP_R_AUTH_BLOCKED_CLOSE, 421, "4.7.0",
+      "%s Too many failed logins from your address, try again later", 1),
 
     /* Delivery results the queue records (scheduler.c, deliver/). */
     R(SMTP_R_LOCAL_DELIVERED, 250, "2.0.0", "delivered to mailbox %s", 1),

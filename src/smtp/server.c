@@ -9,14 +9,18 @@
  * table in reply.c; policy verdicts (policy.h) bring their own.
  *
  * Must never: block (no disk, no crypt, no DNS here: the spool commit runs
- * on its committer thread and comes back through worker_post); take a bare
- * CR or LF as the end of data; answer 250 to end of data before the spool
- * reported the message durable.
+ * on its committer thread and password checks on the auth pool, both come
+ * back through worker_post); take a bare CR or LF as the end of data; answer
+ * 250 to end of data before the spool reported the message durable; relay
+ * for a client that is neither authenticated nor in relay.networks.
  *
  * SECURITY: this file reads untrusted network input. Every line is bounded
  * (limits.max_line_length) before it is parsed; the parser is pure and
  * fuzzed; message bytes are bounded by limits.max_message_size per
- * message and by limits.inflight_memory over all sessions together.
+ * message and by limits.inflight_memory over all sessions together. SASL
+ * lines (up to RFC 4954's 12288 bytes) go to the SASL engine of auth.h,
+ * which decodes them; failed logins are counted and slowed down by its
+ * throttle, and every one is logged (event=auth_failed, for fail2ban).
  */
 #include "smtp/smtp.h"
 #include "tls/tls.h"
@@ -36,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -73,11 +78,15 @@
  *
  *  CONNECTED -220-> GREETED -HELO/EHLO-> HELO -MAIL-> MAIL -RCPT-> RCPT -DATA-> DATA
  *     |                ^                  |  ^                       |            |
- *    554           handshake          AUTH|  |235, 501           BDAT|            |
+ *    554           handshake          AUTH|  |235, 5xx           BDAT|            |
  *     v                |                  v  |                       v            v
- *  REFUSED            TLS                 AUTH            CHUNKING <-> BDAT -LAST-> COMMIT
+ *  REFUSED            TLS                 AUTH <-> AUTH_WAIT  CHUNKING <-> BDAT -LAST-> COMMIT
  *  (QUIT only)         ^
  *                      +-- STARTTLS, from GREETED, HELO, MAIL, RCPT or CHUNKING
+ *
+ * AUTH_WAIT (submission listeners): the credentials are checked on the auth
+ * pool, or a failure waits out the throttle's delay; it may also follow
+ * HELO directly (an initial response) and returns to HELO or AUTH.
  *
  * Back to HELO ("between transactions"): RSET, HELO/EHLO, the reply after
  * end of data, a refused message. Every state may go to CLOSING.
@@ -88,6 +97,8 @@ enum session_state {
 	SS_GREETED,   /* 220 sent; no HELO/EHLO yet, or STARTTLS made us forget it */
 	SS_HELO,      /* HELO/EHLO accepted; between transactions */
 	SS_AUTH,      /* a SASL dialogue: the next line answers our 334 */
+	SS_AUTH_WAIT, /* AUTH: credentials being checked, or a failure being delayed; nothing
+	                 is read */
 	SS_MAIL,      /* MAIL accepted; no recipient yet */
 	SS_RCPT,      /* at least one recipient accepted */
 	SS_DATA,      /* reading the message after 354 until CRLF.CRLF */
@@ -130,8 +141,11 @@ static const struct state_info {
     [SS_REFUSED] = {"refused", 0, IN_CMD, true, TO(SS_CLOSING)},
     [SS_GREETED] = {"greeted", 0, IN_CMD, true, TO(SS_HELO) | TO(SS_TLS) | TO(SS_CLOSING)},
     [SS_HELO] = {"helo", HAS_HELO, IN_CMD, true,
-                 TO(SS_MAIL) | TO(SS_AUTH) | TO(SS_TLS) | TO(SS_CLOSING)},
-    [SS_AUTH] = {"auth", HAS_HELO, IN_CMD, true, TO(SS_HELO) | TO(SS_CLOSING)},
+                 TO(SS_MAIL) | TO(SS_AUTH) | TO(SS_AUTH_WAIT) | TO(SS_TLS) | TO(SS_CLOSING)},
+    [SS_AUTH] = {"auth", HAS_HELO, IN_CMD, true, TO(SS_HELO) | TO(SS_AUTH_WAIT) | TO(SS_CLOSING)},
+    /* Not idle: the pool's answer still points at the session. */
+    [SS_AUTH_WAIT] = {"auth-wait", HAS_HELO, IN_NONE, false,
+                      TO(SS_AUTH) | TO(SS_HELO) | TO(SS_CLOSING)},
     [SS_MAIL] = {"mail", HAS_HELO | HAS_TX, IN_CMD, false, TO(SS_RCPT) | ANY_TX_END},
     [SS_RCPT] = {"rcpt", HAS_HELO | HAS_TX | HAS_RCPT, IN_CMD, false,
                  TO(SS_DATA) | TO(SS_BDAT) | TO(SS_CHUNKING) | ANY_TX_END},
@@ -173,6 +187,7 @@ struct tx {
 	struct smtp_data_parser dp;
 	bool bdat_started;
 	bool bdat_failed;   /* a chunk passed the size limit; the rest is discarded */
+	char *auth_param;   /* MAIL AUTH= believed (RFC 4954 §5), or NULL */
 	uint64_t declared_size; /* MAIL SIZE=, 0 if not given */
 	uint64_t charged;       /* bytes of limits.inflight_memory that msg holds (budget_*) */
 	bool over_budget;       /* the budget ran out: msg was freed, the rest is discarded */
@@ -208,7 +223,18 @@ struct session {
 	bool close_peer; /* TLS close: the client closed its side */
 	bool authenticated;
 	char *auth_user;    /* the SASL identity, once authenticated */
-	uint8_t auth_step;  /* AUTH dialogue: 0 none, else which response we wait for */
+	uint8_t auth_step;  /* capture mode's AUTH dialogue: 0 none, else which response */
+	/* AUTH on a submission listener (auth.h): the exchange in progress, the
+	 * configuration it reads (built at connect from rt, which the session
+	 * holds for its life, so it never changes under an exchange), and what
+	 * SS_AUTH_WAIT waits for. */
+	struct sasl_exchange *sasl;
+	struct sasl_config sasl_cfg;
+	struct oauth_config oauth_cfg;
+	char auth_mech[24];            /* the mechanism as the client named it (for the log) */
+	bool auth_in_pool;             /* sasl_verify runs on the pool: free s only once back */
+	struct event *auth_timer;      /* the throttle's delay before a failure's reply */
+	enum smtp_reply_id auth_reply; /* the reply that waits for it */
 	uint32_t errors;
 	uint64_t serial;
 	uint32_t n_msgs;
@@ -243,6 +269,8 @@ struct ip_count {
 struct smtp_server {
 	SSL_CTX *tls;
 	struct policy *policy;
+	struct pool *auth_pool;    /* sasl_verify (crypt, PBKDF2) runs here */
+	struct throttle *throttle; /* failed logins, over every worker */
 	struct pool *verify_pool; /* TRUST: verify.c hashes large bodies here */
 	struct spool *spool;
 	struct scheduler *sched;
@@ -720,6 +748,7 @@ static void tx_free(struct tx *t)
 	budget_release(t);
 	free(t->sender);
 	free(t->envid);
+	free(t->auth_param);
 	for (size_t i = 0; i < t->n_rcpts; i++) {
 		free(t->rcpts[i].addr);
 		free(t->rcpts[i].orcpt);
@@ -919,22 +948,32 @@ static bool tls_offered(const struct session *s)
 	return s->offer_starttls || s->tls_active;
 }
 
-/* Capture mode takes any credentials; elsewhere AUTH comes with issue 8's
- * SASL module. */
+/* AUTH exists on submission listeners (users of the users file, OAuth
+ * tokens) and in capture mode (any credentials); an mx listener answers
+ * 502. */
 static bool auth_offered(const struct session *s)
 {
-	return s->conf->capture_mode;
+	return s->conf->capture_mode || s->submission;
+}
+
+/* Whether EHLO announces AUTH: on a submission listener only inside TLS
+ * (RFC 4954 §4: no password in clear), unless auth.allow_plaintext. */
+static bool auth_advertised(const struct session *s)
+{
+	if (s->conf->capture_mode)
+		return true;
+	return s->submission && (s->tls_active || s->conf->auth.allow_plaintext);
 }
 
 /*
  * CMD_NEEDS_AUTH_ON_SUBMISSION: whether this session may send MAIL only
- * after AUTH (530 5.7.0 otherwise, RFC 4954 §6). Submission listeners will
- * require it once AUTH checks real users there (issue 8, item 3); until
- * then nobody could log in on them, so nothing is required yet.
+ * after AUTH (530 5.7.0 otherwise, RFC 4954 §6). Every client of a
+ * submission listener, relay.networks included: the listener is for
+ * people's mail programs, and the login is what names the sender.
  */
 static bool auth_required(const struct session *s)
 {
-	return false;
+	return s->submission && !s->conf->capture_mode;
 }
 
 /*
@@ -1013,8 +1052,11 @@ static void cmd_helo(struct session *s, const struct smtp_cmd *c)
 	kw[n++] = "BINARYMIME";
 	if (tls_offered(s) && !s->tls_active)
 		kw[n++] = "STARTTLS";
-	if (auth_offered(s))
-		kw[n++] = "AUTH PLAIN LOGIN";
+	char auth_kw[128] = "AUTH PLAIN LOGIN"; /* capture mode takes those two */
+	if (auth_advertised(s) && !s->conf->capture_mode)
+		sasl_mech_list(&s->sasl_cfg, auth_kw + 5, sizeof(auth_kw) - 5);
+	if (auth_advertised(s) && auth_kw[5])
+		kw[n++] = auth_kw;
 	kw[n++] = "DSN";
 	reply_line(s, SMTP_R_EHLO, 0, true, 3, REPLY_ARGV(s->conf->hostname, s->helo, s->peer));
 	struct evbuffer *out = bufferevent_get_output(s->bev);
@@ -1028,6 +1070,29 @@ static void reply_chaos(struct session *s, int code, enum smtp_reply_id temp,
                         enum smtp_reply_id perm)
 {
 	reply_line(s, code >= 500 ? perm : temp, code, false, 0, NULL);
+}
+
+/*
+ * Submission: an authenticated user sends only as addresses it owns
+ * (RFC 6409 §6.1; conf_may_send_as: itself, its aliases, senders). The
+ * null sender is allowed: mail programs send read receipts (MDN, RFC 8098)
+ * and vacation notices with it, and a bounce cannot be abused to put
+ * someone else's address on a message. True if MAIL was refused here.
+ */
+static bool sender_refused(struct session *s, const struct smtp_cmd *c)
+{
+	if (!s->submission || !s->authenticated || s->conf->capture_mode || c->path.null_path)
+		return false;
+	if (conf_may_send_as(s->conf, s->auth_user, c->path.addr))
+		return false;
+	char qf[LOG_ADDR_MAX], qu[SASL_ID_MAX * 4 + 8];
+	log_info("event=rejected sess=%u.%llu client=%s user=%s from=%s code=553 "
+	         "reason=sender-not-owned",
+	         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+	         log_quote(s->auth_user, strlen(s->auth_user), qu, sizeof(qu)),
+	         log_quote_addr(c->path.addr, qf, sizeof(qf)));
+	reply_args(s, SMTP_R_SENDER_NOT_OWNED, s->auth_user);
+	return true;
 }
 
 /* TRUST: the checks of received mail (verify.c) start with the transaction. */
@@ -1065,6 +1130,13 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 		reply_size_exceeded(s);
 		return;
 	}
+	if (c->auth_param[0] && !auth_offered(s)) {
+		reply(s, SMTP_R_MAIL_AUTH_NOT_OFFERED); /* RFC 4954 §5 is part of AUTH */
+		count_error(s);
+		return;
+	}
+	if (sender_refused(s, c))
+		return;
 	if (s->conf->capture_mode) {
 		int code = chaos_roll(&chaos.sender);
 		if (code) {
@@ -1081,6 +1153,15 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 		goto nomem;
 	t->sender = tern_strdup(c->path.null_path ? "" : c->path.addr);
 	t->envid = c->envid[0] ? tern_strdup(c->envid) : NULL;
+	/* RFC 4954 §5: who first submitted the message, believed only from an
+	 * authenticated or trusted client; from anyone else it is as if
+	 * AUTH=<> was given, and so is nothing at all. */
+	bool believe = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
+	if (believe && c->auth_param[0] && strcmp(c->auth_param, "<>") != 0 &&
+	    !(t->auth_param = tern_strdup(c->auth_param))) {
+		tx_free(t);
+		goto nomem;
+	}
 	if (!t->sender || (c->envid[0] && !t->envid)) {
 		tx_free(t);
 		goto nomem;
@@ -1214,7 +1295,9 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 			return;
 		}
 	} else {
-		if (!conf_in_relay_networks(s->conf, &s->peer_sa)) {
+		/* DESIGN §5.2: other domains only for a logged-in user or a
+		 * trusted network; everyone else gets 550 5.7.1. */
+		if (!s->authenticated && !conf_in_relay_networks(s->conf, &s->peer_sa)) {
 			log_info("event=rejected sess=%u.%llu client=%s from=%s to=%s "
 			         "code=550 reason=relay-denied",
 			         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
@@ -1253,24 +1336,38 @@ static const char *proto_keyword(const struct session *s, const struct tx *t)
 	return kw[t->smtputf8][s->tls_active][s->authenticated];
 }
 
-/* Starts the message buffer with our Received header (RFC 5321 §4.4). */
+/* A client's word (HELO name, login) made safe for a header comment:
+ * printable ASCII without spaces or parentheses, cut to fit out. */
+static const char *header_word(const char *in, char *out, size_t outlen)
+{
+	size_t h = 0;
+	for (const char *p = in; *p && h < outlen - 1; p++)
+		out[h++] = (*p > ' ' && *p < 0x7f && *p != '(' && *p != ')') ? *p : '?';
+	out[h] = '\0';
+	return out;
+}
+
+/* Starts the message buffer with our Received header (RFC 5321 §4.4). The
+ * login is not in it (the A of ESMTPA says there was one), unless
+ * auth.received_header_user asks, as Postfix's
+ * smtpd_sasl_authenticated_header does. */
 static int begin_message(struct session *s, struct tx *t)
 {
 	queue_id_new(t->id);
 	tbuf_init(&t->msg, RECEIVED_HEADER_MAX + s->conf->limits.max_message_size);
 	char date[TERN_RFC5322_DATE_MAX];
 	tern_rfc5322_date((int64_t)time(NULL), date, sizeof(date));
-	char helo[128];
-	/* The HELO name comes from the client: keep only what is safe in a header. */
-	size_t h = 0;
-	for (const char *p = s->helo; *p && h < sizeof(helo) - 1; p++)
-		helo[h++] = (*p > ' ' && *p < 0x7f && *p != '(' && *p != ')') ? *p : '?';
-	helo[h] = '\0';
+	char helo[128], user[128];
+	header_word(s->helo, helo, sizeof(helo));
 	const char *rdns = policy_client_name(s->pol); /* POLICY: forward-confirmed name */
-	int rc =
-	    tbuf_printf(&t->msg, "Received: from %s (%s%s[%s])\r\n\tby %s (tern) with %s id %s",
-	                helo, rdns ? rdns : "", rdns ? " " : "", s->peer, s->conf->hostname,
-	                proto_keyword(s, t), t->id);
+	int rc = tbuf_printf(&t->msg, "Received: from %s (%s%s[%s])", helo, rdns ? rdns : "",
+	                     rdns ? " " : "", s->peer);
+	if (rc == TERN_OK && s->authenticated && s->auth_user && s->conf->auth.received_header_user)
+		rc = tbuf_printf(&t->msg, "\r\n\t(Authenticated sender: %s)",
+		                 header_word(s->auth_user, user, sizeof(user)));
+	if (rc == TERN_OK)
+		rc = tbuf_printf(&t->msg, "\r\n\tby %s (tern) with %s id %s", s->conf->hostname,
+		                 proto_keyword(s, t), t->id);
 	if (rc == TERN_OK && t->n_rcpts == 1 && strlen(t->rcpts[0].addr) < 300)
 		rc = tbuf_printf(&t->msg, "\r\n\tfor <%s>", t->rcpts[0].addr);
 	if (rc == TERN_OK)
@@ -1433,9 +1530,16 @@ static void start_tls(struct session *s, struct evbuffer *in)
 	session_enter_state(s, SS_TLS);
 }
 
-/* ------------------------------------------------------------------ AUTH */
+/* ----------------------------------------------------- AUTH in capture mode */
 
-/* Which response the AUTH dialogue waits for (in SS_AUTH). */
+/*
+ * Capture mode takes any credentials (applications under test log in with
+ * whatever they have); the "authentication" chaos trigger can fail them.
+ * Only PLAIN and LOGIN, decoded here; submission listeners use the SASL
+ * engine (below).
+ */
+
+/* Which response capture mode's AUTH dialogue waits for (in SS_AUTH). */
 enum { AUTH_NONE = 0, AUTH_PLAIN_RESPONSE, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 
 /*
@@ -1471,23 +1575,23 @@ static bool sasl_response_ok(const char *p, size_t n, bool plain, char *user, si
 }
 
 /* The dialogue is over, one way or the other: back between transactions. */
-static void auth_end(struct session *s)
+static void capture_auth_end(struct session *s)
 {
 	s->auth_step = AUTH_NONE;
 	session_enter_state(s, SS_HELO);
 }
 
 /* A 334 (RFC 4954 §4): the next line answers it. */
-static void auth_challenge(struct session *s, uint8_t step, const char *b64)
+static void capture_auth_challenge(struct session *s, uint8_t step, const char *b64)
 {
 	s->auth_step = step;
 	session_enter_state(s, SS_AUTH);
 	reply_args(s, SMTP_R_SASL_CHALLENGE, b64);
 }
 
-static void auth_succeed(struct session *s, const char *mech, const char *user)
+static void capture_auth_succeed(struct session *s, const char *mech, const char *user)
 {
-	auth_end(s);
+	capture_auth_end(s);
 	s->authenticated = true;
 	free(s->auth_user);
 	s->auth_user = tern_strdup(user);
@@ -1501,16 +1605,10 @@ static void auth_succeed(struct session *s, const char *mech, const char *user)
 #define SASL_USERNAME "VXNlcm5hbWU6" /* base64 "Username:" */
 #define SASL_PASSWORD "UGFzc3dvcmQ6" /* base64 "Password:" */
 
-/*
- * Capture mode takes any credentials (applications under test log in with
- * whatever they have); the "authentication" chaos trigger can fail them.
- */
-static void cmd_auth(struct session *s, const struct smtp_cmd *c)
+static void capture_auth(struct session *s, const struct smtp_cmd *c)
 {
 	const char *arg = c->arg;
-	const char *sp = strchr(arg, ' ');
-	size_t ml = sp ? (size_t)(sp - arg) : strlen(arg);
-	const char *initial = sp ? sp + 1 : NULL;
+	size_t ml = strlen(arg);
 	bool plain = ml == 5 && strncasecmp(arg, "PLAIN", 5) == 0;
 	bool login = ml == 5 && strncasecmp(arg, "LOGIN", 5) == 0;
 	if (!plain && !login) {
@@ -1523,34 +1621,36 @@ static void cmd_auth(struct session *s, const struct smtp_cmd *c)
 		reply_chaos(s, code, SMTP_R_CHAOS_AUTH_TEMP, SMTP_R_CHAOS_AUTH_PERM);
 		return;
 	}
-	if (initial && strcmp(initial, "=") != 0) {
+	const char *initial = c->auth_initial;
+	size_t ilen = c->auth_initial_len;
+	if (initial && !(ilen == 1 && initial[0] == '=')) {
 		char user[128];
-		if (!sasl_response_ok(initial, strlen(initial), plain, user, sizeof(user))) {
+		if (!sasl_response_ok(initial, ilen, plain, user, sizeof(user))) {
 			reply(s, SMTP_R_AUTH_BAD_INITIAL);
 			count_error(s);
 			return;
 		}
 		if (plain) {
-			auth_succeed(s, "PLAIN", user);
+			capture_auth_succeed(s, "PLAIN", user);
 			return;
 		}
 		free(s->auth_user);
 		s->auth_user = tern_strdup(user);
 		/* the initial response was the user name */
-		auth_challenge(s, AUTH_LOGIN_PASS, SASL_PASSWORD);
+		capture_auth_challenge(s, AUTH_LOGIN_PASS, SASL_PASSWORD);
 		return;
 	}
 	if (plain)
-		auth_challenge(s, AUTH_PLAIN_RESPONSE, "");
+		capture_auth_challenge(s, AUTH_PLAIN_RESPONSE, "");
 	else
-		auth_challenge(s, AUTH_LOGIN_USER, SASL_USERNAME);
+		capture_auth_challenge(s, AUTH_LOGIN_USER, SASL_USERNAME);
 }
 
-/* A line of the AUTH dialogue (SS_AUTH: after a 334). */
-static void auth_continue(struct session *s, const char *line, size_t n)
+/* A line of capture mode's AUTH dialogue (SS_AUTH: after a 334). */
+static void capture_auth_continue(struct session *s, const char *line, size_t n)
 {
 	if (n == 1 && line[0] == '*') {
-		auth_end(s);
+		capture_auth_end(s);
 		reply(s, SMTP_R_AUTH_CANCELLED);
 		return;
 	}
@@ -1558,7 +1658,7 @@ static void auth_continue(struct session *s, const char *line, size_t n)
 	(void)TERN_BUG_ON(step == AUTH_NONE); /* SS_AUTH is entered with a step */
 	char user[128];
 	if (!sasl_response_ok(line, n, step == AUTH_PLAIN_RESPONSE, user, sizeof(user))) {
-		auth_end(s);
+		capture_auth_end(s);
 		reply(s, SMTP_R_AUTH_BAD_RESPONSE);
 		count_error(s);
 		return;
@@ -1566,16 +1666,349 @@ static void auth_continue(struct session *s, const char *line, size_t n)
 	if (step == AUTH_LOGIN_USER) {
 		free(s->auth_user);
 		s->auth_user = tern_strdup(user);
-		auth_challenge(s, AUTH_LOGIN_PASS, SASL_PASSWORD);
+		capture_auth_challenge(s, AUTH_LOGIN_PASS, SASL_PASSWORD);
 		return;
 	}
 	if (step == AUTH_PLAIN_RESPONSE) {
-		auth_succeed(s, "PLAIN", user);
+		capture_auth_succeed(s, "PLAIN", user);
 		return;
 	}
 	char login_user[128];
 	tern_strlcpy(login_user, s->auth_user ? s->auth_user : "", sizeof(login_user));
-	auth_succeed(s, "LOGIN", login_user);
+	capture_auth_succeed(s, "LOGIN", login_user);
+}
+
+/* -------------------------------------------------- AUTH on submission */
+
+/*
+ * A submission listener runs the SASL engine of auth.h against the users
+ * file and the OAuth issuer's keys (s->sasl_cfg):
+ *
+ *   AUTH -> sasl_start -> 334 challenge <-> sasl_step (SS_AUTH)
+ *        -> credentials complete: throttle_check, then sasl_verify on the
+ *           auth pool (SS_AUTH_WAIT: nothing is read, the session is not
+ *           freed under the job) -> sasl_finish on this worker
+ *        -> 235; or a failure: throttle_fail, its delay on a timer
+ *           (SS_AUTH_WAIT again), then 535 5.7.8, or 454 4.7.0 once the
+ *           address or the user is blocked; a blocked address's next AUTH
+ *           gets 421 4.7.0 and the connection is closed.
+ *
+ * Every exchange that does not end in 235 is logged as one event=auth_failed
+ * line with the client, the mechanism, the login the client gave (quoted:
+ * client bytes) and why (contrib/fail2ban/tern-auth.conf reads it).
+ */
+
+_Static_assert(SMTP_AUTH_LINE_MAX == SASL_LINE_MAX, "one bound for SASL lines");
+
+static unsigned long long monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (unsigned long long)ts.tv_sec * 1000ull +
+	       (unsigned long long)ts.tv_nsec / 1000000ull;
+}
+
+/* The login the client claimed so far (client bytes), or "". */
+static const char *auth_login(const struct session *s)
+{
+	const char *l = s->sasl ? sasl_login(s->sasl) : NULL;
+	return l ? l : "";
+}
+
+/* The one line every failed exchange gets; extra is "" or " key=value...". */
+static void auth_log_failed(struct session *s, const char *reason, const char *extra)
+{
+	char qm[64], qu[SASL_ID_MAX * 4 + 8], qr[512];
+	const char *login = auth_login(s);
+	log_warn("event=auth_failed sess=%u.%llu client=%s mechanism=%s user=%s reason=%s%s",
+	         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+	         log_quote(s->auth_mech, strlen(s->auth_mech), qm, sizeof(qm)),
+	         log_quote(login, strlen(login), qu, sizeof(qu)),
+	         log_quote(reason, strlen(reason), qr, sizeof(qr)), extra);
+}
+
+/* The exchange is over, whatever its outcome: its secrets go, and the
+ * session is back between transactions. */
+static void auth_done(struct session *s)
+{
+	sasl_free(s->sasl);
+	s->sasl = NULL;
+	session_enter_state(s, SS_HELO);
+}
+
+/* Suspends reading while the exchange waits (the pool, or a delay). */
+static void auth_wait(struct session *s)
+{
+	session_enter_state(s, SS_AUTH_WAIT);
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_set_timeouts(s->bev, NULL, NULL);
+}
+
+/* Out of SS_AUTH_WAIT: reading again, with what the client sent meanwhile
+ * (pipelined commands after a failure are read only after its reply). */
+static void auth_resume(struct session *s)
+{
+	if (s->state == SS_AUTH_WAIT || s->state == SS_CLOSING)
+		return;
+	restore_idle_timeouts(s);
+	if (s->out_blocked)
+		return; /* on_write resumes reading once the client took its replies */
+	bufferevent_enable(s->bev, EV_READ);
+	process_input(s);
+}
+
+/* The throttle refuses: a blocked address is told so and disconnected, a
+ * blocked user (from any address) gets 454 and may try another login. */
+static void auth_blocked(struct session *s, const struct throttle_result *tr)
+{
+	char reason[192];
+	snprintf(reason, sizeof(reason), "throttled: %s", tr->reason);
+	auth_log_failed(s, reason, "");
+	if (tr->verdict == THROTTLE_BLOCK_ADDR) {
+		reply_host(s, SMTP_R_AUTH_BLOCKED_CLOSE);
+		sasl_free(s->sasl);
+		s->sasl = NULL;
+		session_close_after_flush(s, "auth-blocked");
+		return;
+	}
+	reply(s, SMTP_R_AUTH_BLOCKED);
+	auth_done(s);
+}
+
+static void auth_status(struct session *s, enum sasl_status st);
+
+static void auth_verify_work(void *arg)
+{
+	struct session *s = arg;
+	sasl_verify(s->sasl); /* only the exchange and the immutable config */
+}
+
+static void auth_verify_done(void *arg)
+{
+	struct session *s = arg;
+	s->auth_in_pool = false;
+	if (s->dead) { /* the client went away meanwhile (on_event) */
+		session_free(s);
+		return;
+	}
+	auth_status(s, sasl_finish(s->sasl));
+	auth_resume(s);
+}
+
+/* The credentials are complete: unless the throttle refuses at once (a
+ * blocked login costs no crypt), they are checked, on the pool when that
+ * takes time. */
+static void auth_verify(struct session *s)
+{
+	struct smtp_server *srv = s->sw->srv;
+	if (srv->throttle) {
+		struct throttle_result tr;
+		throttle_check(srv->throttle, s->peer, sasl_login(s->sasl), monotonic_ms(), &tr);
+		if (tr.verdict != THROTTLE_ALLOW) {
+			auth_blocked(s, &tr);
+			return;
+		}
+	}
+	if (!sasl_verify_is_slow(s->sasl)) {
+		sasl_verify(s->sasl); /* an HMAC or a signature: microseconds */
+		auth_status(s, sasl_finish(s->sasl));
+		return;
+	}
+	auth_wait(s);
+	s->auth_in_pool = true;
+	if (!srv->auth_pool || pool_submit(srv->auth_pool, auth_verify_work, s->sw->w,
+	                                   auth_verify_done, s) != TERN_OK) {
+		s->auth_in_pool = false;
+		auth_log_failed(s, srv->auth_pool ? "out of memory" : "no auth pool", "");
+		reply(s, SMTP_R_AUTH_TEMPFAIL);
+		auth_done(s);
+	}
+}
+
+/* The throttle's delay is over: the failure's reply, and reading again. */
+static void on_auth_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	reply(s, s->auth_reply);
+	auth_done(s);
+	auth_resume(s);
+}
+
+/* Credentials refused: counted, logged, answered after the throttle's delay. */
+static void auth_failed(struct session *s)
+{
+	struct smtp_server *srv = s->sw->srv;
+	struct throttle_result tr = {.verdict = THROTTLE_ALLOW};
+	if (srv->throttle)
+		throttle_fail(srv->throttle, s->peer, sasl_login(s->sasl), monotonic_ms(), &tr);
+	char extra[192];
+	snprintf(extra, sizeof(extra), " failures=%u delay_ms=%u%s", tr.failures, tr.delay_ms,
+	         tr.verdict == THROTTLE_ALLOW ? "" : " blocked=yes");
+	auth_log_failed(s, sasl_reason(s->sasl), extra);
+	/* The exchange's secrets need not wait for the reply. */
+	sasl_free(s->sasl);
+	s->sasl = NULL;
+	s->auth_reply = tr.verdict == THROTTLE_ALLOW ? SMTP_R_AUTH_FAILED : SMTP_R_AUTH_BLOCKED;
+	if (tr.delay_ms > 0 && !s->auth_timer)
+		s->auth_timer = evtimer_new(worker_base(s->sw->w), on_auth_timer, s);
+	if (tr.delay_ms == 0 || !s->auth_timer) {
+		reply(s, s->auth_reply);
+		auth_done(s);
+		return;
+	}
+	auth_wait(s);
+	struct timeval tv = {tr.delay_ms / 1000, (long)(tr.delay_ms % 1000) * 1000};
+	evtimer_add(s->auth_timer, &tv);
+}
+
+static void auth_succeeded(struct session *s)
+{
+	struct smtp_server *srv = s->sw->srv;
+	const char *id = sasl_identity(s->sasl);
+	char *user = id ? tern_strdup(id) : NULL;
+	if (!user) {
+		auth_log_failed(s, id ? "out of memory" : "no identity", "");
+		reply(s, SMTP_R_AUTH_TEMPFAIL);
+		auth_done(s);
+		return;
+	}
+	if (srv->throttle) {
+		const char *login = sasl_login(s->sasl);
+		throttle_success(srv->throttle, s->peer, login ? login : user);
+	}
+	s->authenticated = true;
+	free(s->auth_user);
+	s->auth_user = user;
+	char qu[SASL_ID_MAX * 4 + 8];
+	log_info("event=auth sess=%u.%llu client=%s user=%s mechanism=%s", worker_index(s->sw->w),
+	         (unsigned long long)s->serial, s->peer,
+	         log_quote(user, strlen(user), qu, sizeof(qu)),
+	         sasl_mech_name(sasl_exchange_mech(s->sasl)));
+	reply(s, SMTP_R_AUTH_OK);
+	auth_done(s);
+}
+
+/* Where the engine's answer leads (auth.h lists the replies). */
+static void auth_status(struct session *s, enum sasl_status st)
+{
+	enum smtp_reply_id id;
+	bool syntax = false; /* the client's fault: counts against max_errors */
+	switch (st) {
+	case SASL_CONTINUE:
+		session_enter_state(s, SS_AUTH);
+		reply_args(s, SMTP_R_SASL_CHALLENGE, sasl_challenge(s->sasl, NULL));
+		return;
+	case SASL_NEED_VERIFY:
+		auth_verify(s);
+		return;
+	case SASL_OK:
+		auth_succeeded(s);
+		return;
+	case SASL_FAIL:
+		auth_failed(s);
+		return;
+	case SASL_CANCELLED:
+		id = SMTP_R_AUTH_CANCELLED;
+		break;
+	case SASL_MALFORMED:
+		id = SMTP_R_AUTH_BAD_RESPONSE;
+		syntax = true;
+		break;
+	case SASL_PROTOCOL:
+		id = SMTP_R_AUTH_INITIAL_REFUSED;
+		syntax = true;
+		break;
+	case SASL_TOO_LONG:
+		id = SMTP_R_AUTH_LINE_TOO_LONG;
+		syntax = true;
+		break;
+	case SASL_NOMECH:
+		id = SMTP_R_AUTH_NO_MECHANISM;
+		syntax = true;
+		break;
+	case SASL_TEMPFAIL:
+	default:
+		id = SMTP_R_AUTH_TEMPFAIL;
+		break;
+	}
+	auth_log_failed(s, sasl_reason(s->sasl), "");
+	if (id == SMTP_R_AUTH_NO_MECHANISM) {
+		char list[128];
+		reply_args(s, id, sasl_mech_list(&s->sasl_cfg, list, sizeof(list)));
+	} else {
+		reply(s, id);
+	}
+	auth_done(s);
+	if (syntax)
+		count_error(s); /* may close the session: last */
+}
+
+/* AUTH on a submission listener: only inside TLS (RFC 4954 §4) unless
+ * auth.allow_plaintext, and not from a blocked address. */
+static void submission_auth(struct session *s, const struct smtp_cmd *c)
+{
+	if (!s->tls_active && !s->conf->auth.allow_plaintext) {
+		log_info("event=auth_refused sess=%u.%llu client=%s reason=tls-required",
+		         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer);
+		reply(s, SMTP_R_AUTH_NEEDS_TLS);
+		return;
+	}
+	tern_strlcpy(s->auth_mech, c->arg, sizeof(s->auth_mech));
+	if (s->sw->srv->throttle) {
+		struct throttle_result tr;
+		throttle_check(s->sw->srv->throttle, s->peer, NULL, monotonic_ms(), &tr);
+		if (tr.verdict == THROTTLE_BLOCK_ADDR) {
+			auth_blocked(s, &tr);
+			return;
+		}
+	}
+	(void)TERN_BUG_ON(s->sasl != NULL); /* every exchange ends in auth_done */
+	s->sasl = sasl_new(&s->sasl_cfg);
+	if (!s->sasl) {
+		auth_log_failed(s, "out of memory", "");
+		reply(s, SMTP_R_AUTH_TEMPFAIL);
+		return;
+	}
+	auth_status(
+	    s, sasl_start(s->sasl, c->arg, strlen(c->arg), c->auth_initial, c->auth_initial_len));
+}
+
+/* The SASL configuration of a submission session (at connect): the users
+ * and keys of the runtime it holds, the mechanisms auth.mechanisms names. */
+static void auth_setup(struct session *s)
+{
+	const struct conf_auth *a = &s->conf->auth;
+	s->oauth_cfg = (struct oauth_config){
+	    .issuer = a->oauth.issuer,
+	    .audience = a->oauth.audience,
+	    .jwks_file = a->oauth.jwks_file,
+	    .user_claim = a->oauth.user_claim,
+	    .leeway_seconds = a->oauth.leeway,
+	};
+	s->sasl_cfg = (struct sasl_config){
+	    .users = s->rt->users,
+	    .oauth = a->oauth.issuer ? &s->oauth_cfg : NULL,
+	    .oauth_keys = s->rt->oauth_keys,
+	    .mechs = a->mechanisms,
+	    .hostname = s->conf->hostname,
+	};
+}
+
+static void cmd_auth(struct session *s, const struct smtp_cmd *c)
+{
+	if (s->conf->capture_mode)
+		capture_auth(s, c);
+	else
+		submission_auth(s, c);
+}
+
+/* A line of the AUTH dialogue (SS_AUTH: it answers our 334). */
+static void auth_line(struct session *s, const char *line, size_t n)
+{
+	if (s->sasl)
+		auth_status(s, sasl_step(s->sasl, line, n));
+	else
+		capture_auth_continue(s, line, n);
 }
 
 /* ------------------------------------------------- the other commands */
@@ -1715,6 +2148,14 @@ static void restore_idle_timeouts(struct session *s)
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
+/* A message the spool could not take: TERN_ELIMIT is a full disk (ENOSPC,
+ * EDQUOT, EFBIG) or too much already waiting for it, worth RFC 3463's
+ * 4.3.1 (mail system full); anything else is a local error. */
+static enum smtp_reply_id spool_failure_reply(int err)
+{
+	return err == TERN_ELIMIT ? SMTP_R_SPOOL_FULL : SMTP_R_SPOOL_FAILED;
+}
+
 static void commit_finish(struct session *s);
 
 /* ---- CAPTURE-ACK (issue 11, DESIGN §6 "Capture mode acknowledges later"):
@@ -1769,13 +2210,25 @@ static void commit_done(void *arg)
 		wait = capture_ack_wait(s, data, len); /* CAPTURE-ACK */
 		if (!wait)
 			scheduler_submit(s->sw->srv->sched, t->id, data, len);
+		/* Who sent it, when a login says so: user= (the SASL identity)
+		 * and auth= (MAIL's AUTH=, when believed). */
+		char qu[SASL_ID_MAX * 4 + 16], qa[LOG_ADDR_MAX + 8], ux[SASL_ID_MAX * 4 + 8];
+		qu[0] = qa[0] = '\0';
+		if (s->authenticated && s->auth_user)
+			snprintf(qu, sizeof(qu), " user=%s",
+			         log_quote(s->auth_user, strlen(s->auth_user), ux, sizeof(ux)));
+		if (t->auth_param) {
+			char ax[LOG_ADDR_MAX];
+			snprintf(qa, sizeof(qa), " auth=%s",
+			         log_quote_addr(t->auth_param, ax, sizeof(ax)));
+		}
 		log_info("event=queued id=%s sess=%u.%llu client=%s helo=%s from=%s nrcpt=%zu "
-		         "size=%zu msgid=%s",
+		         "size=%zu msgid=%s%s%s",
 		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 		         log_quote(s->helo ? s->helo : "", s->helo ? strlen(s->helo) : 0, qh,
 		                   sizeof(qh)),
 		         log_quote_addr(t->sender, qf, sizeof(qf)), t->n_rcpts, len - t->hdr_len,
-		         qm);
+		         qm, qu, qa);
 		for (size_t i = 0; i < t->n_rcpts; i++)
 			log_debug("event=rcpt id=%s to=%s local=%d", t->id,
 			          log_quote_addr(t->rcpts[i].addr, qf, sizeof(qf)),
@@ -1791,7 +2244,7 @@ static void commit_done(void *arg)
 		log_error("event=spool_failed id=%s client=%s reason=%s", t->id, s->peer,
 			  tern_strerror(t->commit_err));
 		if (!s->dead)
-			reply(s, SMTP_R_SPOOL_FAILED);
+			reply(s, spool_failure_reply(t->commit_err));
 	}
 	commit_finish(s);
 }
@@ -1970,7 +2423,7 @@ static void finish_message(struct session *s)
 	if (rc != TERN_OK) {
 		log_error("event=spool_failed id=%s client=%s reason=%s", t->id, s->peer,
 			  tern_strerror(rc));
-		reply(s, SMTP_R_SPOOL_FAILED);
+		reply(s, spool_failure_reply(rc));
 		tx_end(s);
 		return;
 	}
@@ -1990,10 +2443,32 @@ static void reply_line_too_long(struct session *s)
 	count_error(s);
 }
 
+/*
+ * The longest line the session reads now: limits.max_line_length, but on a
+ * submission listener RFC 4954 §4's 12288 bytes for a SASL response and
+ * for an AUTH command's initial response (an OAuth token is often longer
+ * than a command line may be).
+ */
+static size_t line_limit(const struct session *s, struct evbuffer *in)
+{
+	size_t max = s->conf->limits.max_line_length;
+	if (!s->submission)
+		return max;
+	size_t sasl = SMTP_AUTH_LINE_MAX + 2; /* CRLF */
+	if (s->state == SS_AUTH)
+		return max > sasl ? max : sasl;
+	/* "AUTH XOAUTH2 " and the like before the response: room for a name */
+	char head[5];
+	if (s->state == SS_HELO && evbuffer_copyout(in, head, sizeof(head)) == sizeof(head) &&
+	    strncasecmp(head, "AUTH ", sizeof(head)) == 0)
+		return max > sasl + 64 ? max : sasl + 64;
+	return max;
+}
+
 /* One command line from the input; false when more input is needed. */
 static bool read_command(struct session *s, struct evbuffer *in)
 {
-	size_t max = s->conf->limits.max_line_length;
+	size_t max = line_limit(s, in);
 	struct evbuffer_ptr lf = evbuffer_search(in, "\n", 1, NULL);
 	if (s->discard_line) {
 		if (lf.pos < 0) {
@@ -2023,7 +2498,7 @@ static bool read_command(struct session *s, struct evbuffer *in)
 	if (n > 0 && line[n - 1] == '\r')
 		n--;
 	if (s->state == SS_AUTH)
-		auth_continue(s, line, n);
+		auth_line(s, line, n);
 	else
 		dispatch(s, line, n);
 	/* dispatch may have closed the session, but the buffer is still ours. */
@@ -2197,8 +2672,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 	if (!s->out_blocked)
 		return;
 	s->out_blocked = false;
-	if (s->state == SS_COMMIT || s->state == SS_VERIFY)
-		return; /* commit_done (verify_done) turns reading back on */
+	if (s->state == SS_COMMIT || s->state == SS_VERIFY || s->state == SS_AUTH_WAIT)
+		return; /* commit_done (verify_done) or auth_resume turns reading back on */
 	bufferevent_enable(s->bev, EV_READ);
 	process_input(s);
 }
@@ -2235,8 +2710,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		if (s->state == SS_COMMIT || s->state == SS_VERIFY)
-			return; /* we are the slow one; the commit (verify.c) will answer */
+		if (s->state == SS_COMMIT || s->state == SS_VERIFY || s->state == SS_AUTH_WAIT)
+			return; /* we are the slow one; the commit (verify.c) or the check will
+			           answer */
 		enum session_input how = states[s->state].input;
 		reply_host(s, SMTP_R_TIMEOUT);
 		session_close_after_flush(s, how == IN_DATA || how == IN_BDAT ? "data-timeout"
@@ -2244,8 +2720,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-		if (s->state == SS_COMMIT) {
-			/* The commit callback still points at us: free there. */
+		if (s->state == SS_COMMIT || s->auth_in_pool) {
+			/* The commit callback or the pool's answer still points at
+			 * us: free there. */
 			s->dead = true;
 			bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 			return;
@@ -2284,6 +2761,10 @@ static void session_free(struct session *s)
 	policy_session_free(s->pol); /* POLICY: cancels its DNS queries and timers */
 	free(s->helo);
 	free(s->auth_user);
+	(void)TERN_BUG_ON(s->auth_in_pool); /* auth_verify_done frees, not us */
+	sasl_free(s->sasl);
+	if (s->auth_timer)
+		event_free(s->auth_timer);
 	if (s->starttls)
 		SSL_free(s->starttls);
 	if (s->close_timer) {
@@ -2375,6 +2856,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		}
 	}
 	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls != NULL;
+	if (s->submission)
+		auth_setup(s);
 	s->next = sw->sessions;
 	if (s->next)
 		s->next->prev = s;
@@ -2497,6 +2980,12 @@ void smtp_server_set_tls(struct smtp_server *srv, struct ssl_ctx_st *ctx)
 void smtp_server_set_policy(struct smtp_server *srv, struct policy *p)
 {
 	srv->policy = p;
+}
+
+void smtp_server_set_auth(struct smtp_server *srv, struct pool *pool, struct throttle *throttle)
+{
+	srv->auth_pool = pool;
+	srv->throttle = throttle;
 }
 
 size_t smtp_server_sessions(struct smtp_server *srv)

@@ -42,7 +42,10 @@ enum smtp_verb {
 #define SMTP_DOMAIN_MAX 255
 #define SMTP_ADDR_MAX (SMTP_LOCAL_MAX + 1 + SMTP_DOMAIN_MAX)
 #define SMTP_ARG_MAX 1024
-#define SMTP_XTEXT_MAX 500   /* ENVID and ORCPT, RFC 3461 */
+#define SMTP_XTEXT_MAX 500 /* ENVID and ORCPT, RFC 3461; MAIL's AUTH=, RFC 4954 */
+/* Longest AUTH initial response and SASL response line (RFC 4954 §4:
+ * 12288 octets); the same bound as the SASL engine's (auth.h SASL_LINE_MAX). */
+#define SMTP_AUTH_LINE_MAX 12288
 
 /*
  * A reverse-path or forward-path. addr is the mailbox as it should be
@@ -80,6 +83,8 @@ struct smtp_cmd {
 	bool smtputf8;
 	enum smtp_ret ret;
 	char envid[SMTP_XTEXT_MAX + 1];     /* xtext-decoded; "" if absent */
+	char auth_param[SMTP_XTEXT_MAX + 1]; /* MAIL AUTH= (RFC 4954 §5), xtext-decoded: "<>" or a
+	                                       mailbox; "" if absent */
 	/* RCPT parameters */
 	unsigned notify;
 	char orcpt[SMTP_XTEXT_MAX + 1];     /* "rfc822;addr", xtext-decoded; "" if absent */
@@ -90,9 +95,14 @@ struct smtp_cmd {
 	bool has_chunk_size;
 	uint64_t chunk_size;
 	bool last;
-	/* HELO/EHLO domain, VRFY/EXPN/HELP/NOOP argument, AUTH mechanism and
-	 * initial response: the rest of the line after the verb and one space. */
+	/* HELO/EHLO domain, VRFY/EXPN/HELP/NOOP argument (the rest of the line
+	 * after the verb and one space), AUTH mechanism. */
 	char arg[SMTP_ARG_MAX + 1];
+	/* AUTH's initial response, as sent (base64, or "=" for an empty one):
+	 * it points into the line given to smtp_parse_command and lives as long
+	 * as that line; NULL when there is none. At most SMTP_AUTH_LINE_MAX. */
+	const char *auth_initial;
+	size_t auth_initial_len;
 };
 
 /* Why a line was refused; code/enhanced/text make the reply. */
@@ -273,6 +283,7 @@ enum smtp_reply_id {
 	SMTP_R_CHUNK_OK,
 	SMTP_R_OVER_BUDGET,
 	SMTP_R_SPOOL_FAILED,
+	SMTP_R_SPOOL_FULL,
 	SMTP_R_BARE_LINE_END,
 	SMTP_R_MAIL_LOOP,
 	SMTP_R_BDAT_NO_SIZE,
@@ -288,6 +299,16 @@ enum smtp_reply_id {
 	SMTP_R_AUTH_BAD_INITIAL,
 	SMTP_R_AUTH_BAD_RESPONSE,
 	SMTP_R_AUTH_MECHANISM,
+	SMTP_R_AUTH_NO_MECHANISM,
+	SMTP_R_AUTH_NEEDS_TLS,
+	SMTP_R_AUTH_FAILED,
+	SMTP_R_AUTH_INITIAL_REFUSED,
+	SMTP_R_AUTH_LINE_TOO_LONG,
+	SMTP_R_AUTH_TEMPFAIL,
+	SMTP_R_AUTH_BLOCKED,
+	SMTP_R_AUTH_BLOCKED_CLOSE,
+	SMTP_R_MAIL_AUTH_NOT_OFFERED,
+	SMTP_R_SENDER_NOT_OWNED,
 	/* delivery results (scheduler, deliver/) */
 	SMTP_R_LOCAL_DELIVERED,
 	SMTP_R_LOCAL_BAD_MAILBOX,
@@ -358,6 +379,17 @@ void smtp_server_set_tls(struct smtp_server *srv, struct ssl_ctx_st *ctx);
  * start. */
 struct policy;
 void smtp_server_set_policy(struct smtp_server *srv, struct policy *p);
+/*
+ * AUTH on submission listeners (auth/auth.h): credentials are checked on
+ * pool (crypt and PBKDF2 never run on a worker), failures counted and
+ * delayed by throttle. The server owns neither: free the pool before the
+ * workers' pending posts run for the last time (its answers are posted to
+ * them), and the throttle after smtp_server_free. Call before the workers
+ * start; without it AUTH answers 454 4.7.0.
+ */
+struct pool;
+struct throttle;
+void smtp_server_set_auth(struct smtp_server *srv, struct pool *pool, struct throttle *throttle);
 /* Stops accepting, closes idle sessions with 421, lets sessions in the middle
  * of a transaction finish. Safe from any thread. */
 void smtp_server_shutdown(struct smtp_server *srv);

@@ -57,6 +57,19 @@ static void one_line(const char *src, size_t len)
 		terminated(cmd.envid, sizeof(cmd.envid));
 		terminated(cmd.orcpt, sizeof(cmd.orcpt));
 		terminated(cmd.arg, sizeof(cmd.arg));
+		terminated(cmd.auth_param, sizeof(cmd.auth_param));
+		/* AUTH's initial response points into the line, within its bound */
+		if (cmd.auth_initial) {
+			check(cmd.verb == SMTP_AUTH);
+			check(cmd.auth_initial >= line && cmd.auth_initial_len > 0 &&
+			      cmd.auth_initial_len <= SMTP_AUTH_LINE_MAX &&
+			      cmd.auth_initial + cmd.auth_initial_len <= line + len);
+		} else {
+			check(cmd.auth_initial_len == 0);
+		}
+		if (cmd.auth_param[0])
+			check(cmd.verb == SMTP_MAIL &&
+			      (strcmp(cmd.auth_param, "<>") == 0 || strchr(cmd.auth_param, '@')));
 		if ((cmd.verb == SMTP_MAIL || cmd.verb == SMTP_RCPT) && !cmd.path.null_path &&
 		    cmd.path.has_domain) {
 			struct smtp_path again;

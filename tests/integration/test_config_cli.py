@@ -222,17 +222,60 @@ def test_user_del_still_removes_an_entry_added_by_hand(offline):
 # Settings whose effect today is less than their name promises are not accepted silently.
 
 
-def test_check_config_warns_about_submission_profile(offline):
+def test_check_config_warns_about_submission_without_certificate(offline):
+    """A submission listener offers AUTH only inside TLS and MAIL needs AUTH there: without a
+    certificate nobody can send through it, which the operator is told."""
     offline.config["listen"]["sub"] = {"address": f"127.0.0.1:{free_port()}",
                                        "profile": "submission"}
     offline.write_config()
     r = offline.cli("check-config")
-    assert r.returncode == 0, r.stderr  # a warning, not a refusal: such configs run today
+    assert r.returncode == 0, r.stderr  # a warning, not a refusal: such configs run
     lines = [ln for ln in r.stderr.splitlines() if "warning" in ln]
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("tern: warning: listen.sub.profile:"), lines
-    assert "works like \"mx\"" in lines[0] and "AUTH" in lines[0], lines
+    assert "no TLS on this listener" in lines[0] and "AUTH is never offered" in lines[0], lines
     assert 'profile = "submission";' in r.stdout  # the effective config is unchanged
+
+    # with a certificate it does what it says: no warning
+    cert, key = offline.root / "cert.pem", offline.root / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=mx.example.test"],
+                   check=True, capture_output=True, timeout=60)
+    offline.config["tls"] = {"cert_file": str(cert), "key_file": str(key)}
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+    # AUTH in clear is worth a warning of its own
+    offline.config["auth"] = {"allow_plaintext": True}
+    offline.write_config()
+    r = offline.cli("check-config")
+    lines = [ln for ln in r.stderr.splitlines() if "warning" in ln]
+    assert len(lines) == 1 and lines[0].startswith("tern: warning: auth.allow_plaintext:"), \
+        r.stderr
+    assert "for development only" in lines[0], lines
+
+
+def test_check_config_reads_the_oauth_keys(offline):
+    """serve refuses to start when auth.oauth.jwks_file does not load: so does check-config,
+    naming the file and why."""
+    jwks = offline.root / "jwks.json"
+    offline.config["auth"] = {"oauth": {"issuer": "https://id.example.test/",
+                                        "audience": "tern", "jwks_file": str(jwks)}}
+    offline.write_config()
+    r = offline.cli("check-config")
+    assert r.returncode == 1, r.stderr
+    assert f"auth.oauth.jwks_file: cannot read {jwks}" in r.stderr, r.stderr
+    jwks.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')  # no usable key
+    r = offline.cli("check-config")
+    assert r.returncode == 1 and f"auth.oauth.jwks_file {jwks}:" in r.stderr, r.stderr
+    # a P-256 key (the generator's point) loads
+    jwks.write_text('{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", '
+                    '"x": "axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY", '
+                    '"y": "T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU"}]}')
+    r = offline.cli("check-config")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "XOAUTH2" in r.stdout and "OAUTHBEARER" in r.stdout
 
 
 @pytest.mark.parametrize("section,body,key", [

@@ -278,9 +278,12 @@ def test_smtplib_smtp_ssl_delivers(tern_factory, certdir):
     with smtplib.SMTP_SSL("127.0.0.1", p2, context=any_cert(), timeout=10) as s:
         s.ehlo()
         assert not s.has_extn("starttls")
-        s.sendmail("a@example.org", ["alice@example.test"], make_message("over smtps"))
+        # a submission listener: AUTH (offered at once, inside TLS) before MAIL
+        assert s.has_extn("auth")
+        s.login("bob@example.test", "secret-pw")
+        s.sendmail("bob@example.test", ["alice@example.test"], make_message("over smtps"))
     (_, data), = tern.wait_mail_with("alice@example.test", "over smtps")
-    assert b"with ESMTPS id" in data
+    assert b"with ESMTPSA id" in data
     m = tern.wait_log(TLS_LINE.pattern)
     assert m.group(1) == "TLSv1.3"
 

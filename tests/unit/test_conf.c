@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth/auth.h"
 #include "core/buf.h"
 #include "core/conf.h"
 #include "core/err.h"
@@ -399,6 +400,22 @@ static void check_defaults(const struct tern_config *c)
 	assert_null(conf_find_route(c, "example.com"));
 	assert_int_equal(c->dns.n_forward, 0);
 	assert_null(c->dns.trust_anchor_file);
+	/* auth and senders: AUTH only after TLS, PLAIN and LOGIN, the throttle's defaults */
+	assert_int_equal(c->n_senders, 0);
+	assert_false(c->auth.allow_plaintext);
+	assert_false(c->auth.received_header_user);
+	assert_int_equal(c->auth.mechanisms,
+	                 SASL_MECH_BIT(SASL_MECH_PLAIN) | SASL_MECH_BIT(SASL_MECH_LOGIN));
+	assert_null(c->auth.oauth.issuer);
+	const struct throttle_config td = THROTTLE_CONFIG_DEFAULT;
+	assert_int_equal(c->auth.throttle.delay_after, td.delay_after);
+	assert_int_equal(c->auth.throttle.delay_ms, td.base_delay_ms);
+	assert_int_equal(c->auth.throttle.max_delay_ms, td.max_delay_ms);
+	assert_int_equal(c->auth.throttle.addr_block_after, td.addr_block_after);
+	assert_int_equal(c->auth.throttle.user_block_after, td.user_block_after);
+	assert_int_equal(c->auth.throttle.block_time, td.block_seconds);
+	assert_int_equal(c->auth.throttle.forget_after, td.window_seconds);
+	assert_int_equal(c->auth.throttle.max_entries, td.max_entries);
 	/* auth_checks: SPF and DKIM on, DMARC marks, temperror delivers */
 	assert_true(c->auth_checks.spf);
 	assert_true(c->auth_checks.dkim);
@@ -812,6 +829,38 @@ static const struct err_case conf_err_cases[] = {
     {"limits {\n max_errors = 3\n", "t.conf:1: missing '}' for the section opened here"},
     /* an unknown key with control bytes is shown safely */
     {"\"a\\nb\" = 1", "t.conf:1: unknown key 'a?b'"},
+    /* auth and senders */
+    {"auth { allow_plaintext = 1 }",
+     "t.conf:1: auth.allow_plaintext: expected true or false, got the number 1"},
+    {"auth { mechanisms = [PLAIN, DIGEST-MD5] }",
+     "t.conf:1: auth.mechanisms: 'DIGEST-MD5' is not a mechanism tern knows (PLAIN, LOGIN, "
+     "CRAM-MD5, SCRAM-SHA-256, XOAUTH2, OAUTHBEARER)"},
+    {"auth { mechanisms = [] }", "t.conf:1: auth.mechanisms: name at least one mechanism"},
+    {"auth { mechanisms = [PLAIN, XOAUTH2] }",
+     "t.conf:1: auth.mechanisms: XOAUTH2 and OAUTHBEARER need an auth.oauth section (issuer, "
+     "audience, jwks_file)"},
+    {"auth { oauth { issuer = i; audience = a } }",
+     "t.conf:1: auth.oauth: issuer, audience and jwks_file are all needed (tokens are checked "
+     "against all three)"},
+    {"auth { oauth { issuer = i; audience = a; jwks_file = j; scope = x } }",
+     "t.conf:1: unknown key 'scope' in section auth.oauth"},
+    {"auth { throttle { delay = 2min } }",
+     "t.conf:1: auth.throttle.delay: above the maximum of 60s"},
+    {"auth { throttle { delay = 0.0005s } }",
+     "t.conf:1: auth.throttle.delay: must be a whole number of milliseconds"},
+    {"auth { throttle { delay = 5s; max_delay = 1s } }",
+     "t.conf:1: auth.throttle: max_delay must not be shorter than delay"},
+    {"auth { throttle { delay = 1k } }",
+     "t.conf:1: auth.throttle.delay: expected a time (ms, s or min), got the number 1024"},
+    {"auth { throttle { block_time = 0 } }",
+     "t.conf:1: auth.throttle.block_time: 0 is below the minimum 1"},
+    {"auth { sasl = yes }", "t.conf:1: unknown key 'sasl' in section auth"},
+    {"senders { alice = [\"a@b.test\"] }",
+     "t.conf:1: senders: 'alice' is not an address (expected local@domain)"},
+    {"senders { \"alice@b.test\" = [\"example.net\"] }",
+     "t.conf:1: senders.\"alice@b.test\": 'example.net' is neither an address nor \"@domain\""},
+    {"senders { \"alice@b.test\" = [] }",
+     "t.conf:1: senders.\"alice@b.test\": needs at least one address"},
 };
 
 static void test_conf_errors(void **state)
@@ -1692,6 +1741,15 @@ static void test_print_reload_round_trip(void **state)
 	    "dns { forward = [\"127.0.0.1@5353\", \"::1\"]; trust_anchor_file = /var/lib/root.key "
 	    "}\n",
 	    "relayhost { via = \"smtps://[::1]:4650\"; tls = opportunistic }\ndns { forward = [] }",
+	    "senders { \"Alice@a.test\" = [\"Sales@a.test\", \"@B.test\"]; \"b@a.test\" = "
+	    "\"c@a.test\" }\n"
+	    "auth { allow_plaintext = yes; received_header_user = on;\n"
+	    "  mechanisms = [scram-sha-256, \"PLAIN\", XOAUTH2, cram-md5];\n"
+	    "  oauth { issuer = \"https://id.a.test/\"; audience = tern; jwks_file = /k.json;\n"
+	    "    leeway = 2min }\n"
+	    "  throttle { delay_after = 2; delay = 250ms; max_delay = 1.5s; addr_block_after = 0;\n"
+	    "    user_block_after = 7; block_time = 1h; forget_after = 1d; max_entries = 100 } }\n",
+	    "auth { oauth { issuer = i; audience = a; jwks_file = j; user_claim = sub } }",
 	    "tls { cert_file = \"/etc/t/a b.pem\"; key_file = /etc/t/a.key;\n"
 	    "  certificates = [ { cert_file = /b.pem; key_file = /b.key } ] }\n"
 	    "listen { a { address = \"127.0.0.1:25\"; profile = mx; tls = none }\n"
@@ -1896,7 +1954,7 @@ static void test_warnings(void **state)
 		fail_msg("%s", err);
 	assert_int_equal(conf_warnings(c, collect_warning, &w), 4);
 	assert_string_equal(w.keys[0], "listen.sub.profile");
-	assert_non_null(strstr(w.texts[0], "works like \"mx\""));
+	assert_non_null(strstr(w.texts[0], "AUTH is never offered"));
 	assert_string_equal(w.keys[1], "routes.\"a.test\".tls");
 	assert_non_null(strstr(w.texts[1], "certificate is not verified"));
 	assert_null(strstr(w.texts[1], "password"));
@@ -1918,17 +1976,38 @@ static void test_warnings(void **state)
 	free(buf);
 	conf_unref(c);
 
-	/* an empty file promises nothing it does not do; the embedded default
-	 * has submission listeners (DESIGN §1), and says what they do today */
+	/* a submission listener with a certificate does what it says; allow_plaintext
+	 * is worth a warning of its own, and then the certificate is not needed */
+	static const char *const sub =
+	    "listen { sub { address = \"127.0.0.1:587\"; profile = submission } }\n";
+	char text[512];
+	snprintf(text, sizeof(text), "%stls { cert_file = /c; key_file = /k }\n", sub);
+	c = load_str(text, err, sizeof(err));
+	w.n = 0;
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
+	conf_unref(c);
+	snprintf(text, sizeof(text), "%sauth { allow_plaintext = true }\n", sub);
+	c = load_str(text, err, sizeof(err));
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 1);
+	assert_string_equal(w.keys[0], "auth.allow_plaintext");
+	assert_non_null(strstr(w.texts[0], "in clear"));
+	conf_unref(c);
+	/* without a submission listener allow_plaintext changes nothing */
+	c = load_str("auth { allow_plaintext = true }", err, sizeof(err));
+	w.n = 0;
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
+	conf_unref(c);
+
+	/* an empty file promises nothing it does not do; nor does the embedded
+	 * default, whose submission listeners have TLS (its self-signed
+	 * certificate), so AUTH is offered there */
 	c = load_str("", err, sizeof(err));
 	w.n = 0;
 	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
 	conf_unref(c);
 	c = conf_load(NULL, err, sizeof(err));
 	w.n = 0;
-	assert_int_equal(conf_warnings(c, collect_warning, &w), 2);
-	assert_string_equal(w.keys[0], "listen.submission.profile");
-	assert_string_equal(w.keys[1], "listen.submissions.profile");
+	assert_int_equal(conf_warnings(c, collect_warning, &w), 0);
 	conf_unref(c);
 }
 
@@ -1987,6 +2066,117 @@ static void test_tls_keys(void **state)
 	conf_unref(c);
 }
 
+/* ---- auth and senders ---------------------------------------------------- */
+
+static void test_auth_keys(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str(
+	    "auth { allow_plaintext = true; received_header_user = true;\n"
+	    "  mechanisms = [\"cram-md5\", PLAIN, plain, SCRAM-SHA-256];\n"
+	    "  throttle { delay_after = 3; delay = 250ms; max_delay = 2s; addr_block_after = 5;\n"
+	    "    user_block_after = 0; block_time = 10min; forget_after = 2h; max_entries = 99 } "
+	    "}\n",
+	    err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_true(c->auth.allow_plaintext);
+	assert_true(c->auth.received_header_user);
+	assert_int_equal(c->auth.mechanisms, SASL_MECH_BIT(SASL_MECH_PLAIN) |
+	                                         SASL_MECH_BIT(SASL_MECH_CRAM_MD5) |
+	                                         SASL_MECH_BIT(SASL_MECH_SCRAM_SHA256));
+	assert_int_equal(c->auth.throttle.delay_after, 3);
+	assert_int_equal(c->auth.throttle.delay_ms, 250);
+	assert_int_equal(c->auth.throttle.max_delay_ms, 2000);
+	assert_int_equal(c->auth.throttle.addr_block_after, 5);
+	assert_int_equal(c->auth.throttle.user_block_after, 0);
+	assert_int_equal(c->auth.throttle.block_time, 600);
+	assert_int_equal(c->auth.throttle.forget_after, 7200);
+	assert_int_equal(c->auth.throttle.max_entries, 99);
+	char *p = print_to_string(c);
+	assert_non_null(
+	    strstr(p, "\tmechanisms = [\"PLAIN\", \"CRAM-MD5\", \"SCRAM-SHA-256\"];\n"));
+	assert_non_null(strstr(p, "\t\tdelay = 250ms;\n"));
+	free(p);
+	conf_unref(c);
+
+	/* OAuth: the OAuth mechanisms join the default list; user_claim defaults */
+	c = load_str("auth { oauth { issuer = \"https://id.test/\"; audience = \"tern\";\n"
+	             "  jwks_file = \"/etc/tern/jwks.json\" } }",
+	             err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_string_equal(c->auth.oauth.issuer, "https://id.test/");
+	assert_string_equal(c->auth.oauth.audience, "tern");
+	assert_string_equal(c->auth.oauth.jwks_file, "/etc/tern/jwks.json");
+	assert_string_equal(c->auth.oauth.user_claim, "email");
+	assert_int_equal(c->auth.oauth.leeway, OAUTH_LEEWAY_DEFAULT);
+	assert_int_equal(c->auth.mechanisms, SASL_MECH_BIT(SASL_MECH_PLAIN) |
+	                                         SASL_MECH_BIT(SASL_MECH_LOGIN) |
+	                                         SASL_MECH_BIT(SASL_MECH_XOAUTH2) |
+	                                         SASL_MECH_BIT(SASL_MECH_OAUTHBEARER));
+	conf_unref(c);
+	/* ... unless the list is given */
+	c = load_str(
+	    "auth { mechanisms = PLAIN; oauth { issuer = i; audience = a; jwks_file = j } }", err,
+	    sizeof(err));
+	assert_int_equal(c->auth.mechanisms, SASL_MECH_BIT(SASL_MECH_PLAIN));
+	conf_unref(c);
+}
+
+static void test_may_send_as(void **state)
+{
+	char err[256];
+	struct tern_config *c = load_str(
+	    "aliases { \"sales@example.org\" = [\"alice@example.org\", \"bob@example.org\"];\n"
+	    "  \"info@example.org\" = \"carol@example.org\" }\n"
+	    "senders { \"Alice@Example.org\" = [\"News@example.org\", \"@Example.NET\"];\n"
+	    "  \"dave@example.org\" = \"@example.org\" }\n",
+	    err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->n_senders, 2);
+	static const struct {
+		const char *user, *addr;
+		bool ok;
+	} cases[] = {
+	    {"alice@example.org", "alice@example.org", true}, /* itself */
+	    {"alice@example.org", "ALICE@example.ORG", true}, /* in any case */
+	    {"alice@example.org", "sales@example.org", true}, /* an alias that reaches it */
+	    {"bob@example.org", "Sales@Example.org", true},
+	    {"alice@example.org", "info@example.org", false},  /* an alias for someone else */
+	    {"alice@example.org", "news@example.org", true},   /* senders: an address */
+	    {"alice@example.org", "anyone@example.net", true}, /* senders: "@domain" */
+	    {"alice@example.org", "x@sub.example.net", false}, /* not a subdomain */
+	    {"alice@example.org", "x@example.net.evil", false},
+	    {"alice@example.org", "bob@example.org", false}, /* another user */
+	    {"dave@example.org", "whoever@example.org", true},
+	    {"dave@example.org", "x@example.net", false},
+	    {"carol@example.org", "news@example.org", false}, /* senders are per user */
+	    {"alice@example.org", "", false},                 /* <> is the caller's call */
+	    {"alice@example.org", "@example.net", false},     /* not an address */
+	    {"", "alice@example.org", false},
+	    /* recipient_delimiter ("+" by default): a tagged address is the base's */
+	    {"alice@example.org", "alice+lists@example.org", true},
+	    {"alice@example.org", "sales+q4@example.org", true},
+	    {"alice@example.org", "bob+alice@example.org", false},
+	    {"alice@example.org", "+alice@example.org", false},
+	    {"alice@example.org", "alice-lists@example.org", false},
+	};
+	for (size_t i = 0; i < N(cases); i++)
+		if (conf_may_send_as(c, cases[i].user, cases[i].addr) != cases[i].ok)
+			fail_msg("case %zu: %s as %s: expected %d", i, cases[i].user, cases[i].addr,
+			         cases[i].ok);
+	assert_false(conf_may_send_as(NULL, "a@b.test", "a@b.test"));
+	assert_false(conf_may_send_as(c, NULL, "a@b.test"));
+	conf_unref(c);
+	/* without a delimiter a tag is just another address */
+	c = load_str("recipient_delimiter = \"\"", err, sizeof(err));
+	assert_false(conf_may_send_as(c, "alice@example.org", "alice+lists@example.org"));
+	assert_true(conf_may_send_as(c, "alice@example.org", "Alice@example.org"));
+	conf_unref(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2025,6 +2215,8 @@ int main(void)
 	    cmocka_unit_test(test_print_shows_routes),
 	    cmocka_unit_test(test_capture_http_keys),
 	    cmocka_unit_test(test_warnings),
+	    cmocka_unit_test(test_auth_keys),
+	    cmocka_unit_test(test_may_send_as),
 	    cmocka_unit_test(test_tls_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -346,8 +346,8 @@ static const struct verb_case verb_cases[] = {
     {"HELP with topic", "HELP MAIL", SMTP_HELP, "MAIL", 0, false},
     {"VRFY argument", "VRFY <user@d>", SMTP_VRFY, "<user@d>", 0, false},
     {"EXPN argument", "EXPN list", SMTP_EXPN, "list", 0, false},
-    {"AUTH mechanism and initial response", "AUTH PLAIN dXNlcgB1c2VyAHBhc3M=", SMTP_AUTH,
-     "PLAIN dXNlcgB1c2VyAHBhc3M=", 0, false},
+    {"AUTH mechanism (the initial response apart)", "AUTH PLAIN dXNlcgB1c2VyAHBhc3M=", SMTP_AUTH,
+     "PLAIN", 0, false},
     {"AUTH without mechanism left to the session", "AUTH", SMTP_AUTH, "", 0, false},
     {"BDAT size", "BDAT 1000", SMTP_BDAT, "", 1000, false},
     {"BDAT zero LAST", "BDAT 0 LAST", SMTP_BDAT, "", 0, true},
@@ -446,6 +446,93 @@ static void expect(const char *line, size_t len, int code, const char *enh)
 	assert_int_equal(st, SMTP_PARSE_ERROR);
 	assert_int_equal(err.code, code);
 	assert_string_equal(err.enhanced, enh);
+}
+
+/* AUTH: the mechanism in arg, the initial response where it is in the line
+ * (it may be longer than arg: RFC 4954 §4 allows 12288 octets). */
+static void test_auth_command(void **state)
+{
+	static const struct {
+		const char *line, *mech, *initial;
+	} cases[] = {
+	    {"AUTH PLAIN dXNlcgB1c2VyAHBhc3M=", "PLAIN", "dXNlcgB1c2VyAHBhc3M="},
+	    {"auth login", "login", NULL},
+	    {"AUTH PLAIN =", "PLAIN", "="},
+	    {"AUTH  XOAUTH2   dG9rZW4=  ", "XOAUTH2", "dG9rZW4="}, /* extra spaces tolerated */
+	    {"AUTH CRAM-MD5 ", "CRAM-MD5", NULL},
+	    {"AUTH", "", NULL},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct smtp_cmd cmd;
+		struct smtp_parse_error err;
+		print_message("case: %s\n", cases[i].line);
+		assert_int_equal(
+		    smtp_parse_command(cases[i].line, strlen(cases[i].line), &cmd, &err),
+		    SMTP_PARSE_OK);
+		assert_int_equal(cmd.verb, SMTP_AUTH);
+		assert_string_equal(cmd.arg, cases[i].mech);
+		if (!cases[i].initial) {
+			assert_null(cmd.auth_initial);
+			continue;
+		}
+		assert_int_equal(cmd.auth_initial_len, strlen(cases[i].initial));
+		assert_memory_equal(cmd.auth_initial, cases[i].initial, cmd.auth_initial_len);
+		/* it points into the line: no copy, no length limit of its own */
+		assert_true(cmd.auth_initial > cases[i].line &&
+		            cmd.auth_initial < cases[i].line + strlen(cases[i].line));
+	}
+
+	/* an initial response of SMTP_AUTH_LINE_MAX is taken; one more byte is 500 5.5.6 */
+	size_t n = 13 + SMTP_AUTH_LINE_MAX + 1;
+	char *line = malloc(n + 1);
+	assert_non_null(line);
+	memcpy(line, "AUTH XOAUTH2 ", 13);
+	memset(line + 13, 'A', SMTP_AUTH_LINE_MAX + 1);
+	struct smtp_cmd cmd;
+	struct smtp_parse_error err;
+	assert_int_equal(smtp_parse_command(line, n - 1, &cmd, &err), SMTP_PARSE_OK);
+	assert_int_equal(cmd.auth_initial_len, SMTP_AUTH_LINE_MAX);
+	assert_int_equal(smtp_parse_command(line, n, &cmd, &err), SMTP_PARSE_ERROR);
+	assert_int_equal(err.code, 500);
+	assert_string_equal(err.enhanced, "5.5.6");
+	free(line);
+}
+
+/* MAIL's AUTH= (RFC 4954 §5): "<>" or an xtext-encoded mailbox. */
+static void test_mail_auth_param(void **state)
+{
+	static const struct {
+		const char *line;
+		int code; /* 0: accepted */
+		const char *auth;
+	} cases[] = {
+	    {"MAIL FROM:<a@b.test> AUTH=<>", 0, "<>"},
+	    {"MAIL FROM:<a@b.test> AUTH=alice@b.test", 0, "alice@b.test"},
+	    {"MAIL FROM:<a@b.test> auth=al+2Bice@b.test SIZE=10", 0, "al+ice@b.test"},
+	    {"MAIL FROM:<a@b.test> AUTH=alice", 501, NULL},        /* not an address */
+	    {"MAIL FROM:<a@b.test> AUTH=a+0Ab@c.test", 501, NULL}, /* a control character */
+	    {"MAIL FROM:<a@b.test> AUTH=a+ZZ@c.test", 501, NULL},  /* bad xtext */
+	    {"MAIL FROM:<a@b.test> AUTH=<> AUTH=<>", 501, NULL},   /* twice */
+	    {"RCPT TO:<a@b.test> AUTH=<>", 555, NULL},             /* MAIL only */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct smtp_cmd cmd;
+		struct smtp_parse_error err;
+		print_message("case: %s\n", cases[i].line);
+		enum smtp_parse_status st =
+		    smtp_parse_command(cases[i].line, strlen(cases[i].line), &cmd, &err);
+		if (cases[i].code) {
+			assert_int_equal(st, SMTP_PARSE_ERROR);
+			assert_int_equal(err.code, cases[i].code);
+			continue;
+		}
+		assert_int_equal(st, SMTP_PARSE_OK);
+		assert_string_equal(cmd.auth_param, cases[i].auth);
+	}
+	struct smtp_cmd cmd;
+	struct smtp_parse_error err;
+	assert_int_equal(smtp_parse_command("MAIL FROM:<a@b>", 15, &cmd, &err), SMTP_PARSE_OK);
+	assert_string_equal(cmd.auth_param, "");
 }
 
 static void test_length_limits(void **state)
@@ -674,6 +761,8 @@ int main(void)
 	    cmocka_unit_test(test_paths),
 	    cmocka_unit_test(test_params),
 	    cmocka_unit_test(test_verbs),
+	    cmocka_unit_test(test_auth_command),
+	    cmocka_unit_test(test_mail_auth_param),
 	    cmocka_unit_test(test_bdat_refusal_keeps_chunk_size),
 	    cmocka_unit_test(test_length_limits),
 	    cmocka_unit_test(test_overlong_line_is_bounded),
