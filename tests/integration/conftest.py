@@ -567,6 +567,25 @@ def _binary_exists():
         pytest.exit(f"tern binary not found at {b} (set TERN_BIN)", returncode=1)
 
 
+def start_on_free_port(t, attempts=3):
+    """Starts t. free_port() closes the port it found before tern binds it, so
+    another process may take it in between; then, when t listens on the port
+    this harness chose, choose another (a bounded number of times)."""
+    for attempt in range(attempts):
+        try:
+            return t.start()
+        except pytest.fail.Exception:
+            mx = t.config.get("listen", {}).get("mx", {})
+            ours = mx.get("address") == f"127.0.0.1:{t.port}"
+            if (attempt == attempts - 1 or not ours
+                    or "Address already in use" not in t.log_tail()):
+                raise
+            t.port = free_port()
+            mx["address"] = f"127.0.0.1:{t.port}"
+            t.write_config()
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def tern_factory(request):
     """Creates (not started) Tern instances; stops and checks all of them at teardown."""
@@ -576,7 +595,7 @@ def tern_factory(request):
         t = Tern(overrides, users)
         made.append(t)
         if start:
-            t.start()
+            start_on_free_port(t)
         return t
 
     yield make
