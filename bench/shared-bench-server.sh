@@ -1,10 +1,11 @@
 #!/bin/sh
-# Runs tern under ../shared/bench's --server contract: listen on
+# Runs tern under the peer bench harness's --server contract (the team's
+# bench beside the clone, not part of this project): listen on
 # $BENCH_LISTEN:$BENCH_PORT, accept mail for any recipient from loopback,
 # spool it durably in $BENCH_SPOOL and relay everything to $BENCH_SINK.
 #
-#   cd ../shared/bench && sudo ./run sink postfix opensmtpd exim \
-#       --server tern="exec $PWD/../../main/bench/shared-bench-server.sh" --port 20040
+#   (in that harness's folder) sudo ./run sink postfix opensmtpd exim \
+#       --server tern="exec /path/to/tern/bench/shared-bench-server.sh" --port 20040
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 tern=${TERN_BIN:-$here/../build/tern}
