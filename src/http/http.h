@@ -1,6 +1,6 @@
 /*
  * http.h — the HTTP server of capture mode: Mailpit's REST API v1
- * (../shared/reference/mailpit-api/swagger.json), /view/ID.html and
+ * (tests/data/mailpit-api/swagger.json), /view/ID.html and
  * /view/ID.txt, a server-sent-events stream for live UIs, and the web UI's
  * static files (embedded in the binary at build time from web/).
  *

@@ -1,6 +1,6 @@
 /*
  * server.c — the capture-mode HTTP server on libevent's evhttp: Mailpit's
- * REST API v1 (../shared/reference/mailpit-api/swagger.json), /view/ID.html
+ * REST API v1 (tests/data/mailpit-api/swagger.json), /view/ID.html
  * and /view/ID.txt, the /api/events server-sent-events stream, and the
  * embedded web UI.
  *

@@ -2,7 +2,7 @@
  * store.h — the capture store (capture mode): every captured message as a
  * raw file on disk plus a row in SQLite, and the queries the Mailpit-
  * compatible API needs. Answers are jansson JSON values shaped exactly as
- * ../shared/reference/mailpit-api/swagger.json defines them (field names,
+ * tests/data/mailpit-api/swagger.json defines them (field names,
  * types), so the HTTP layer only maps routes to calls.
  *
  * Layout under the store directory DIR (normally DATA/capture):
