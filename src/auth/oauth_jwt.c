@@ -35,6 +35,7 @@
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 
+#include "core/codec.h"
 #include "core/err.h"
 
 #define JWKS_MAX (1024 * 1024)
@@ -56,57 +57,6 @@ struct oauth_keys {
 	struct oauth_key *v;
 	size_t n;
 };
-
-/* ------------------------------------------------------------ base64url */
-
-static int b64url_value(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '-')
-		return 62;
-	if (c == '_')
-		return 63;
-	return -1;
-}
-
-int oauth_b64url_decode(const char *in, size_t len, struct tbuf *out)
-{
-	const unsigned char *s = (const unsigned char *)in;
-	size_t rem = len % 4, nout = len / 4 * 3 + (rem ? rem - 1 : 0);
-	uint32_t v = 0;
-	unsigned bits = 0;
-	int rc;
-
-	/* One leftover character carries 6 bits: never a whole byte. */
-	if (rem == 1)
-		return TERN_ESYNTAX;
-	for (size_t i = 0; i < len; i++) {
-		if (b64url_value(s[i]) < 0)
-			return TERN_ESYNTAX;
-	}
-	/* Canonical: the bits past the last whole byte are zero (RFC 4648 §3.5). */
-	if (rem == 2 && (b64url_value(s[len - 1]) & 0x0f) != 0)
-		return TERN_ESYNTAX;
-	if (rem == 3 && (b64url_value(s[len - 1]) & 0x03) != 0)
-		return TERN_ESYNTAX;
-	if ((rc = tbuf_reserve(out, nout)) != TERN_OK)
-		return rc;
-	for (size_t i = 0; i < len; i++) {
-		v = v << 6 | (uint32_t)b64url_value(s[i]);
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			out->data[out->len++] = (char)(v >> bits & 0xff);
-		}
-	}
-	out->data[out->len] = '\0';
-	return TERN_OK;
-}
 
 /* ----------------------------------------------------------------- JWKS */
 
@@ -150,7 +100,7 @@ static int member_b64url(json_t *o, const char *name, size_t max, struct tbuf *b
 	n = json_string_length(v);
 	if (n == 0 || n > (max + 2) / 3 * 4)
 		return TERN_ELIMIT;
-	return oauth_b64url_decode(s, n, b);
+	return tern_base64url_decode(s, n, b);
 }
 
 static EVP_PKEY *pkey_fromdata(const char *type, OSSL_PARAM_BLD *bld)
@@ -569,9 +519,9 @@ int oauth_token_validate(const struct oauth_config *cfg, const struct oauth_keys
 	dot2 = dot1 != NULL ? memchr(dot1 + 1, '.', (size_t)(token + len - dot1 - 1)) : NULL;
 	if (dot2 == NULL || memchr(dot2 + 1, '.', (size_t)(token + len - dot2 - 1)) != NULL)
 		goto out;
-	if ((rc = oauth_b64url_decode(token, (size_t)(dot1 - token), &hdr)) != TERN_OK ||
-	    (rc = oauth_b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &body)) != TERN_OK ||
-	    (rc = oauth_b64url_decode(dot2 + 1, (size_t)(token + len - dot2 - 1), &sig)) !=
+	if ((rc = tern_base64url_decode(token, (size_t)(dot1 - token), &hdr)) != TERN_OK ||
+	    (rc = tern_base64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &body)) != TERN_OK ||
+	    (rc = tern_base64url_decode(dot2 + 1, (size_t)(token + len - dot2 - 1), &sig)) !=
 	        TERN_OK) {
 		rc = rc == TERN_ENOMEM ? TERN_ENOMEM : TERN_EINVAL;
 		goto out;

@@ -119,10 +119,7 @@ int sasl_xoauth2_parse(const char *p, size_t n, struct sasl_oauth_msg *out);
 int sasl_oauthbearer_parse(const char *p, size_t n, struct sasl_oauth_msg *out);
 
 /* ---- JWT pieces (oauth_jwt.c) */
-/* base64url without padding (RFC 7515 §2), strict: no '=', no other
- * alphabet, unused bits zero. Appends to out. */
-int oauth_b64url_decode(const char *in, size_t len, struct tbuf *out);
-
+/* base64url pieces are decoded by core/codec.h's tern_base64url_decode. */
 /* The claim checks of oauth_token_validate on a payload whose signature
  * has been checked (JSON, duplicate members refused). Same results. */
 int oauth_claims_check(const struct oauth_config *cfg, const char *json, size_t len,

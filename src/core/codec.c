@@ -67,8 +67,9 @@ int tern_base64_encode(const void *in, size_t len, struct tbuf *out)
 	return TERN_OK;
 }
 
-/* 0..63 for an alphabet character, -1 for anything else ('=' included). */
-static int b64_value(unsigned char c)
+/* 0..63 for a character of the base64 (RFC 4648 §4) or base64url (§5)
+ * alphabet, -1 for anything else ('=' included). */
+static int b64_value(unsigned char c, bool url)
 {
 	if (c >= 'A' && c <= 'Z')
 		return c - 'A';
@@ -76,56 +77,67 @@ static int b64_value(unsigned char c)
 		return c - 'a' + 26;
 	if (c >= '0' && c <= '9')
 		return c - '0' + 52;
-	if (c == '+')
+	if (c == (url ? '-' : '+'))
 		return 62;
-	if (c == '/')
+	if (c == (url ? '_' : '/'))
 		return 63;
 	return -1;
+}
+
+/*
+ * Decodes n alphabet characters without padding. A last group of 2 or 3
+ * characters is a partial quantum; its unused bits must be zero (the
+ * canonical form, RFC 4648 §3.5); a last group of 1 carries no whole byte.
+ * Everything is validated before the buffer is touched, so a failure
+ * leaves it unchanged without a rollback.
+ */
+static int b64_decode_unpadded(const unsigned char *s, size_t n, bool url, struct tbuf *out)
+{
+	size_t rem = n % 4, nout = n / 4 * 3 + (rem ? rem - 1 : 0);
+	uint32_t v = 0;
+	unsigned bits = 0;
+
+	if (rem == 1)
+		return TERN_ESYNTAX;
+	for (size_t i = 0; i < n; i++)
+		if (b64_value(s[i], url) < 0)
+			return TERN_ESYNTAX;
+	if (rem == 2 && (b64_value(s[n - 1], url) & 0x0f) != 0)
+		return TERN_ESYNTAX;
+	if (rem == 3 && (b64_value(s[n - 1], url) & 0x03) != 0)
+		return TERN_ESYNTAX;
+	int rc = tbuf_reserve(out, nout);
+	if (rc != TERN_OK)
+		return rc;
+	for (size_t i = 0; i < n; i++) {
+		v = v << 6 | (uint32_t)b64_value(s[i], url);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out->data[out->len++] = (char)(v >> bits & 0xff);
+		}
+	}
+	out->data[out->len] = '\0';
+	return TERN_OK;
 }
 
 int tern_base64_decode(const char *in, size_t len, struct tbuf *out)
 {
 	const unsigned char *s = (const unsigned char *)in;
+	size_t pad = 0;
+
 	if (len % 4 != 0)
 		return TERN_ESYNTAX;
 	if (len == 0)
 		return TERN_OK;
-	size_t pad = 0;
 	if (s[len - 1] == '=')
 		pad = (s[len - 2] == '=') ? 2 : 1;
-	size_t nout = len / 4 * 3 - pad;
-	/* Validate everything before touching the buffer, so a failure leaves
-	 * it unchanged without a rollback. */
-	for (size_t i = 0; i < len - pad; i++)
-		if (b64_value(s[i]) < 0)
-			return TERN_ESYNTAX;
-	/* Canonical form: the bits the padding stands for must be zero. */
-	if (pad == 1 && (b64_value(s[len - 2]) & 0x03) != 0)
-		return TERN_ESYNTAX;
-	if (pad == 2 && (b64_value(s[len - 3]) & 0x0f) != 0)
-		return TERN_ESYNTAX;
-	int rc = tbuf_reserve(out, nout);
-	if (rc != TERN_OK)
-		return rc;
-	unsigned char *d = (unsigned char *)out->data + out->len;
-	for (size_t i = 0; i < len; i += 4) {
-		uint32_t v = 0;
-		size_t valid = 0;
-		for (size_t k = 0; k < 4; k++) {
-			int x = (i + k < len - pad) ? b64_value(s[i + k]) : 0;
-			v = v << 6 | (uint32_t)x;
-			if (i + k < len - pad)
-				valid++;
-		}
-		*d++ = (unsigned char)(v >> 16);
-		if (valid > 2)
-			*d++ = (unsigned char)(v >> 8);
-		if (valid > 3)
-			*d++ = (unsigned char)v;
-	}
-	out->len += nout;
-	out->data[out->len] = '\0';
-	return TERN_OK;
+	return b64_decode_unpadded(s, len - pad, false, out);
+}
+
+int tern_base64url_decode(const char *in, size_t len, struct tbuf *out)
+{
+	return b64_decode_unpadded((const unsigned char *)in, len, true, out);
 }
 
 /* ------------------------------------------------------ quoted-printable */

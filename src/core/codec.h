@@ -30,6 +30,10 @@ int tern_base64_encode(const void *in, size_t len, struct tbuf *out);
  * TERN_OK, TERN_ESYNTAX for anything else, or a buffer error.
  */
 int tern_base64_decode(const char *in, size_t len, struct tbuf *out);
+/* base64url (RFC 4648 §5: '-' and '_'), unpadded as JWT and JWK use it;
+ * '=' is refused, the unused bits of a partial group must be zero. Same
+ * contract otherwise. */
+int tern_base64url_decode(const char *in, size_t len, struct tbuf *out);
 
 /*
  * Quoted-printable for a body (RFC 2045 §6.7): CR LF pairs stay hard line

@@ -21,6 +21,7 @@
 #include "auth/auth.h"
 #include "auth/sasl_internal.h"
 #include "core/buf.h"
+#include "core/codec.h"
 #include "core/err.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -101,7 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	rc = oauth_token_validate(&cfg, keys, in, size, NOW, user, sizeof(user), &why);
 	check_user(rc, user, why);
 	/* base64url: whatever decodes re-encodes to no more than it was. */
-	if (oauth_b64url_decode(in, size, &b) == TERN_OK)
+	if (tern_base64url_decode(in, size, &b) == TERN_OK)
 		CHECK(b.len <= size && b.len >= size * 3 / 4);
 	tbuf_free(&b);
 	return 0;

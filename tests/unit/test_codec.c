@@ -327,6 +327,42 @@ static void test_qp_full_buffer_is_untouched(void **state)
 	tbuf_free(&out);
 }
 
+/* base64url is base64 with '-' '_' for '+' '/' and no padding: for every
+ * length and random bytes, decoding the url form gives the same bytes. */
+static void test_base64url_matches_base64_without_padding(void **state)
+{
+	(void)state;
+	for (size_t n = 0; n < 64; n++) {
+		unsigned char in[64];
+		struct tbuf enc = TBUF_INIT(1024), a = TBUF_INIT(1024), b = TBUF_INIT(1024);
+		for (size_t i = 0; i < n; i++)
+			in[i] = (unsigned char)rng();
+		assert_int_equal(tern_base64_encode(in, n, &enc), TERN_OK);
+		size_t len = enc.len;
+		while (len > 0 && enc.data[len - 1] == '=')
+			len--;
+		for (size_t i = 0; i < len; i++)
+			enc.data[i] = enc.data[i] == '+'   ? '-'
+			              : enc.data[i] == '/' ? '_'
+			                                   : enc.data[i];
+		assert_int_equal(tern_base64url_decode(enc.data ? enc.data : "", len, &a), TERN_OK);
+		assert_int_equal(a.len, n);
+		if (n)
+			assert_memory_equal(a.data, in, n);
+		if (len)
+			assert_int_equal(tern_base64url_decode(enc.data, enc.len, &b),
+			                 len == enc.len ? TERN_OK : TERN_ESYNTAX); /* '=' refused */
+		tbuf_free(&enc);
+		tbuf_free(&a);
+		tbuf_free(&b);
+	}
+	struct tbuf c = TBUF_INIT(16);
+	assert_int_equal(tern_base64url_decode("a+/b", 4, &c), TERN_ESYNTAX);
+	assert_int_equal(tern_base64url_decode("eyJhIjoxfR", 10, &c), TERN_ESYNTAX); /* bits */
+	assert_int_equal(c.len, 0);
+	tbuf_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -335,6 +371,7 @@ int main(void)
 	    cmocka_unit_test(test_base64_decode_rejects_malformed_input),
 	    cmocka_unit_test(test_base64_round_trips_every_length_and_byte),
 	    cmocka_unit_test(test_base64_appends_and_full_buffer_is_untouched),
+	    cmocka_unit_test(test_base64url_matches_base64_without_padding),
 	    cmocka_unit_test(test_qp_encoder_vectors),
 	    cmocka_unit_test(test_qp_soft_breaks_at_76_columns),
 	    cmocka_unit_test(test_qp_round_trips_random_bytes),

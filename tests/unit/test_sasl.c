@@ -1508,15 +1508,15 @@ static void b64url_strict(void **state)
 	struct tbuf b = TBUF_INIT(64);
 
 	(void)state;
-	assert_int_equal(oauth_b64url_decode("eyJhIjoxfQ", 10, &b), TERN_OK);
+	assert_int_equal(tern_base64url_decode("eyJhIjoxfQ", 10, &b), TERN_OK);
 	assert_int_equal(b.len, 7);
 	assert_memory_equal(b.data, "{\"a\":1}", 7);
 	tbuf_reset(&b);
-	assert_int_equal(oauth_b64url_decode("eyJhIjoxfQ==", 12, &b), TERN_ESYNTAX);
-	assert_int_equal(oauth_b64url_decode("eyJhIjoxfR", 10, &b), TERN_ESYNTAX); /* bits */
-	assert_int_equal(oauth_b64url_decode("a", 1, &b), TERN_ESYNTAX);
-	assert_int_equal(oauth_b64url_decode("a+/b", 4, &b), TERN_ESYNTAX);
-	assert_int_equal(oauth_b64url_decode("-_-_", 4, &b), TERN_OK);
+	assert_int_equal(tern_base64url_decode("eyJhIjoxfQ==", 12, &b), TERN_ESYNTAX);
+	assert_int_equal(tern_base64url_decode("eyJhIjoxfR", 10, &b), TERN_ESYNTAX); /* bits */
+	assert_int_equal(tern_base64url_decode("a", 1, &b), TERN_ESYNTAX);
+	assert_int_equal(tern_base64url_decode("a+/b", 4, &b), TERN_ESYNTAX);
+	assert_int_equal(tern_base64url_decode("-_-_", 4, &b), TERN_OK);
 	tbuf_free(&b);
 }
 
