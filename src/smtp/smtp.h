@@ -480,6 +480,11 @@ struct smtp_verify *smtp_verify_start(const struct smtp_verify_params *p);
 int smtp_verify_message(struct smtp_verify *v, const char *id, const char *msg, size_t len,
                         void (*done)(void *arg), void *arg);
 
+/* Before smtp_verify_message: whether a recipient is not local (an alias
+ * to a remote address, a routed domain), so the message leaves us and is
+ * ARC-sealed (arc.seal_domain). */
+void smtp_verify_forwarding(struct smtp_verify *v, bool forward);
+
 enum smtp_verify_action {
 	SMTP_VERIFY_DELIVER = 0, /* to the inbox */
 	SMTP_VERIFY_JUNK,        /* local recipients get it in their Junk folder */
