@@ -546,6 +546,15 @@ static bool seal_begin(struct smtp_verify *v)
 		log_error("event=arc_seal id=%s result=error reason=\"no thread pool\"", v->id);
 		return false;
 	}
+	const struct arc_result *r = smtp_arc_result(v->arc);
+	if (r->cv == ARC_CV_FAIL && r->temporary) {
+		/* a key we could not fetch now: a cv=fail seal would end a chain the
+		 * next hop may well validate (we changed nothing it covers) */
+		log_info("event=arc_seal id=%s result=skipped reason=\"chain not checked: key "
+		         "lookup failed\"",
+		         v->id);
+		return false;
+	}
 	int rc = smtp_arc_seal(v->arc, key, v->prefix.data, v->ar_len);
 	if (rc != TERN_OK) {
 		log_error("event=arc_seal id=%s result=error reason=%s", v->id, tern_strerror(rc));

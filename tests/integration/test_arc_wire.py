@@ -89,24 +89,28 @@ def world():
 
 @pytest.fixture
 def start(world, tern_factory):
-    """start(dmarc="mark", seal=True, trusted=()) -> a running tern wired to the world."""
+    """start(dmarc="mark", seal=True, trusted=(), forward=None, **auth_checks) -> a running
+    tern wired to the world (forward: another DNS server; routes: more routes)."""
     port, dns, mxes, keys = world
     mxes.reset()
 
-    def run(dmarc="mark", seal=True, trusted=()):
+    def run(dmarc="mark", seal=True, trusted=(), forward=None, routes=None, **more):
         t = tern_factory(None, (LOCAL,), start=False)
-        cfg = remote_overrides(port, dns.forward, t.root)
+        cfg = remote_overrides(port, forward or dns.forward, t.root)
+        checks = {"spf": True, "dkim": True, "arc": True, "dmarc": dmarc}
+        checks.update(more)
         arc = {"trusted_sealers": list(trusted)}
         if seal:
             arc["seal_domain"] = "example.test"
         cfg = deep_merge(cfg, {
             "relay": {"networks": ["127.0.0.2/32"]},
-            "auth_checks": {"spf": True, "dkim": True, "arc": True, "dmarc": dmarc},
+            "auth_checks": checks,
             "aliases": {"fwd@example.test": [REMOTE],
                         "both@example.test": [LOCAL, REMOTE]},
             "dkim": {"keys": Raw('[ { domain = "example.test"; selector = "arc1"; '
                                  f'key_file = "{keys["files"]["example.test"]}"; }} ]')},
             "arc": arc,
+            "routes": routes or {},
         })
         t.write_config(deep_merge(t.config, cfg))
         t.port = port
@@ -346,6 +350,61 @@ def test_nothing_is_sealed_without_seal_domain(start, world):
     data = forwarded(world, t, "forward unsealed")
     assert named(data, "ARC-Seal") == []
     assert result(our_authres(data), "arc").result == "none"
+
+
+def test_large_message_is_validated_and_sealed_off_the_loop(start, world):
+    # over 256 KiB: the chain's signatures are checked on the thread pool, as the seal is made
+    big = "".join(f"line {i:06d} of a long digest, padded to be long enough to matter\r\n"
+                  for i in range(9000)).encode()
+    msg = message("bob@plain.test", "forward big", to="both@example.test") + big
+    body = sealed(world, msg, "other.test", "spf=pass smtp.mailfrom=plain.test")
+    assert len(body) > 512 * 1024
+    t = start()
+    send(t, "bob@plain.test", "both@example.test", body)
+    local = delivered(t, "forward big")
+    assert result(our_authres(local), "arc").result == "pass"
+    remote = forwarded(world, t, "forward big")
+    assert instances(remote) == [1, 2]
+    cv, _, why = dkimpy_verify(world, remote)
+    assert cv == b"pass", why
+    # a flipped byte deep in the body breaks the chain
+    send(t, "bob@plain.test", LOCAL, body.replace(b"line 008000", b"line 008001")
+         .replace(b"Subject: forward big", b"Subject: broken big"))
+    assert result(our_authres(delivered(t, "broken big")), "arc").result == "fail"
+
+
+def test_client_leaving_while_arc_keys_are_looked_up(start, world):
+    # the sealers' keys are asked of a DNS server that never answers: the client leaves
+    # while the verdict waits; the lookups time out, the message goes on (at least once),
+    # and the server keeps serving
+    import socket
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        # ok.test by a route (no MX lookup): forwarding through an alias and a route
+        t = start(dmarc="off", forward=f"127.0.0.1@{silent.getsockname()[1]}", spf=False,
+                  timeout=1, routes={"ok.test": {"via": f"smtp://{IP['ok']}:{world[0]}",
+                                                 "tls": "none"}})
+        body = sealed(world, message("bob@plain.test", "left early", to="fwd@example.test"),
+                      "other.test", "spf=pass smtp.mailfrom=plain.test")
+        with t.client() as c:
+            expect(c.greeting, 220)
+            expect(c.cmd(f"EHLO {HELO}"), 250)
+            expect(c.cmd("MAIL FROM:<bob@plain.test>"), 250)
+            expect(c.cmd("RCPT TO:<fwd@example.test>"), 250)
+            expect(c.cmd("DATA"), 354)
+            c.send(body + b".\r\n")
+        t.wait_log(r"event=auth_checks .* arc=fail ")
+        # a chain that could not be checked now is passed on as it came, not sealed cv=fail
+        t.wait_log(r"event=arc_seal id=\S+ result=skipped reason=\"chain not checked")
+        data = forwarded(world, t, "left early")
+        assert instances(data) == [1]
+        with t.client() as c:
+            expect(c.greeting, 220)
+            expect(c.cmd(f"EHLO {HELO}"), 250)
+            expect(c.cmd("QUIT"), 221)
+    finally:
+        silent.close()
 
 
 # --------------------------------------------------------------------------- trusted sealers
