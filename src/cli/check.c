@@ -27,6 +27,7 @@
 #include "core/buf.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "smtp/verify_arc.h"
 #include "tls/tls.h"
 
 static const struct cli_help check_help = {
@@ -266,6 +267,8 @@ int cmd_check_config(int argc, char **argv)
 	check_data_dir(&ck, c);
 	check_tls(&ck, c);
 	check_oauth(&ck, c);
+	if (!smtp_arc_key_usable(c, err, sizeof(err))) /* ARC: the sealing key (verify_arc.h) */
+		error(&ck, "%s", err);
 	if (changed)
 		conf_print_changed(c, stdout);
 	else

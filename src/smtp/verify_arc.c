@@ -252,6 +252,27 @@ int smtp_arc_sealed(const struct smtp_arc *a, const char **set, size_t *set_len,
 	return a->seal_rc;
 }
 
+bool smtp_arc_key_usable(const struct tern_config *c, char *err, size_t errlen)
+{
+	const struct conf_dkim_key *k = conf_arc_seal_key(c);
+	if (!k)
+		return true;
+	struct dkim_key *key = NULL;
+	char warn[256], e[256];
+	if (dkim_key_load(k->key_file, &key, warn, sizeof(warn), e, sizeof(e)) != TERN_OK) {
+		snprintf(err, errlen, "arc.seal_domain: key %s: %s", k->key_file, e);
+		return false;
+	}
+	bool rsa = dkim_key_alg(key) == DKIM_ALG_RSA_SHA256;
+	dkim_key_free(key);
+	if (!rsa)
+		snprintf(err, errlen,
+		         "arc.seal_domain: key %s (%s, selector %s) is not RSA: ARC signs with "
+		         "rsa-sha256 only, forwarded mail would not be sealed",
+		         k->key_file, k->domain, k->selector);
+	return rsa;
+}
+
 void smtp_arc_free(struct smtp_arc *a)
 {
 	if (!a)

@@ -62,6 +62,14 @@ int smtp_arc_seal(struct smtp_arc *a, const struct conf_dkim_key *key, const cha
  */
 int smtp_arc_sealed(const struct smtp_arc *a, const char **set, size_t *set_len, const char **why);
 
+/*
+ * For check-config: whether the arc.seal_domain key loads and is RSA (what
+ * a seal needs; the daemon reads it at each seal). True when there is no
+ * sealing or the key is fine; false with the reason in err.
+ */
+struct tern_config;
+bool smtp_arc_key_usable(const struct tern_config *c, char *err, size_t errlen);
+
 /* Cancels lookups; a running pool job keeps the object until it ends. NULL
  * is fine. done never runs after this. */
 void smtp_arc_free(struct smtp_arc *a);

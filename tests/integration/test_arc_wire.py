@@ -90,11 +90,13 @@ def world():
 @pytest.fixture
 def start(world, tern_factory):
     """start(dmarc="mark", seal=True, trusted=(), forward=None, **auth_checks) -> a running
-    tern wired to the world (forward: another DNS server; routes: more routes)."""
+    tern wired to the world (forward: another DNS server; routes: more routes; key: another
+    sealing key file; check=False: start even when check-config refuses)."""
     port, dns, mxes, keys = world
     mxes.reset()
 
-    def run(dmarc="mark", seal=True, trusted=(), forward=None, routes=None, **more):
+    def run(dmarc="mark", seal=True, trusted=(), forward=None, routes=None, key=None,
+            check=True, **more):
         t = tern_factory(None, (LOCAL,), start=False)
         cfg = remote_overrides(port, forward or dns.forward, t.root)
         checks = {"spf": True, "dkim": True, "arc": True, "dmarc": dmarc}
@@ -108,14 +110,16 @@ def start(world, tern_factory):
             "aliases": {"fwd@example.test": [REMOTE],
                         "both@example.test": [LOCAL, REMOTE]},
             "dkim": {"keys": Raw('[ { domain = "example.test"; selector = "arc1"; '
-                                 f'key_file = "{keys["files"]["example.test"]}"; }} ]')},
+                                 f'key_file = "{key or keys["files"]["example.test"]}"; }} ]')},
             "arc": arc,
             "routes": routes or {},
         })
         t.write_config(deep_merge(t.config, cfg))
         t.port = port
         chk = t.cli("check-config")
-        assert chk.returncode == 0, chk.stderr + chk.stdout
+        if check:
+            assert chk.returncode == 0, chk.stderr + chk.stdout
+        t.check_config_result = chk
         t.start()
         return t
 
@@ -405,6 +409,21 @@ def test_client_leaving_while_arc_keys_are_looked_up(start, world):
             expect(c.cmd("QUIT"), 221)
     finally:
         silent.close()
+
+
+def test_a_sealing_key_that_is_not_rsa(start, world, scratch):
+    # RFC 8617 seals with rsa-sha256 only: check-config says so; serve forwards unsealed
+    r = subprocess.run([tern_bin(), "dkim", "keygen", "example.test", "arc1", "--type",
+                        "ed25519"], capture_output=True, timeout=CLI_TIMEOUT, cwd=scratch)
+    assert r.returncode == 0, r.stderr
+    t = start(key=scratch / "example.test.arc1.key", check=False)
+    assert t.check_config_result.returncode == 1
+    assert "is not RSA" in t.check_config_result.stderr
+    send(t, "bob@plain.test", "fwd@example.test",
+         message("bob@plain.test", "forward ed25519", to="fwd@example.test"))
+    data = forwarded(world, t, "forward ed25519")
+    assert named(data, "ARC-Seal") == []
+    t.wait_log(r"event=arc_seal id=\S+ result=error reason=\".*is not RSA")
 
 
 # --------------------------------------------------------------------------- trusted sealers
