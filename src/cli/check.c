@@ -34,9 +34,10 @@ static const struct cli_help check_help = {
     "tern check-config", "tern check-config [-c FILE] [--changed]",
     "Loads the configuration as tern serve would and checks what it names:\n"
     "the TLS certificate and key (read and matched), the OAuth issuer's keys\n"
-    "(auth.oauth.jwks_file, read and parsed), the account 'user' (it\n"
-    "must exist), the data_dir (that account must be able to create and write\n"
-    "it), and relay.networks (a network shorter than /8 is an open relay).\n"
+    "(auth.oauth.jwks_file, read and parsed), the ARC sealing key (RSA), the\n"
+    "account 'user' (it must exist), the data_dir (that account must be able to\n"
+    "create and write it), and relay.networks (a network shorter than /8 is an\n"
+    "open relay).\n"
     "Problems go to standard error as \"tern: error: ...\" or \"tern: warning:\n"
     "...\"; the effective configuration, every key with its value, to standard\n"
     "output.\n"
