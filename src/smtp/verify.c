@@ -87,7 +87,7 @@ struct smtp_verify {
 
 	/* ARC (verify_arc.c): validated beside DKIM, sealed when forwarding */
 	struct smtp_arc *arc;
-	bool arc_report;   /* arc= goes into our A-R (arc.verify) */
+	bool arc_report;   /* arc= goes into our A-R (auth_checks.arc) */
 	bool forward;      /* a recipient is not local: the message leaves us */
 	bool built;        /* decision made and prefix built (once) */
 	bool seal_started; /* the seal job ran or runs */
@@ -557,7 +557,8 @@ static bool seal_begin(struct smtp_verify *v)
 	}
 	int rc = smtp_arc_seal(v->arc, key, v->prefix.data, v->ar_len);
 	if (rc != TERN_OK) {
-		log_error("event=arc_seal id=%s result=error reason=%s", v->id, tern_strerror(rc));
+		log_error("event=arc_seal id=%s result=error reason=\"%s\"", v->id,
+		          tern_strerror(rc));
 		return false;
 	}
 	v->seal_started = true;
@@ -622,9 +623,9 @@ static void step(struct smtp_verify *v)
 		    .defer_on_temperror = v->conf->auth_checks.defer_on_temperror,
 		};
 		struct dmarc_outcome eff = v->dmarc_out;
+		/* RFC 8617 §7.2: a trusted sealer vouched, DMARC asks nothing of us */
 		if (arc_override(v))
-			eff.action =
-			    DMARC_ACTION_NONE; /* RFC 8617 §7.2: a trusted sealer vouched */
+			eff.action = DMARC_ACTION_NONE;
 		dmarc_decide(&eff, &prof, &v->decision);
 	}
 	if (!v->failed && build_prefix(v) != TERN_OK) {

@@ -229,7 +229,7 @@ static void seal_work(void *arg)
 int smtp_arc_seal(struct smtp_arc *a, const struct conf_dkim_key *key, const char *authres,
                   size_t authres_len)
 {
-	if (smtp_arc_busy(a) || a->set || a->authres)
+	if (smtp_arc_busy(a) || a->set || a->authres || !a->pool)
 		return TERN_EINVAL;
 	a->cv = smtp_arc_result(a)->cv;
 	a->key_file = tern_strdup(key->key_file);

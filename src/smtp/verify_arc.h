@@ -50,7 +50,7 @@ const char *smtp_arc_message(const struct smtp_arc *a, size_t *len);
  * RFC 8617 signs with rsa-sha256) and authres, our Authentication-Results
  * field as authres_build wrote it (the AAR payload is its value,
  * unfolded). done(arg) as for start. TERN_OK (busy until done), TERN_EINVAL
- * while busy, TERN_ENOMEM.
+ * while busy, after a seal, or without a pool; TERN_ENOMEM.
  */
 int smtp_arc_seal(struct smtp_arc *a, const struct conf_dkim_key *key, const char *authres,
                   size_t authres_len);
