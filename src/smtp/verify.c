@@ -467,6 +467,14 @@ static void arc_begin(struct smtp_verify *v, const char *msg, size_t len)
 	if (!v->conf->auth_checks.arc && !ac->seal_domain)
 		return;
 	v->arc_report = v->conf->auth_checks.arc;
+	if (!smtp_arc_has_fields(v->hdr, v->hdr_len) &&
+	    !(v->forward && conf_arc_seal_key(v->conf))) {
+		/* the common case: no chain and nothing to seal, nothing to copy */
+		if (!(v->arc = smtp_arc_none()))
+			log_error("event=auth_checks id=%s reason=out-of-memory arc=skipped",
+			          v->id);
+		return;
+	}
 	const char *own[] = {ac->seal_domain, NULL};
 	static const char *const extra[] = {DMARC_HEADER_NAME, NULL};
 	struct authres_strip_opts so = {

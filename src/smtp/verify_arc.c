@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/buf.h"
 #include "core/conf.h"
@@ -148,6 +149,24 @@ fail:
 	return NULL;
 }
 
+struct smtp_arc *smtp_arc_none(void)
+{
+	return calloc(1, sizeof(struct smtp_arc));
+}
+
+bool smtp_arc_has_fields(const char *hdr, size_t len)
+{
+	for (size_t i = 0; i + 4 <= len;) {
+		if (hdr[i] != ' ' && hdr[i] != '\t' && strncasecmp(hdr + i, "ARC-", 4) == 0)
+			return true;
+		const char *nl = memchr(hdr + i, '\n', len - i);
+		if (!nl)
+			break;
+		i = (size_t)(nl - hdr) + 1;
+	}
+	return false;
+}
+
 bool smtp_arc_busy(const struct smtp_arc *a)
 {
 	return a->keys_pending || a->job;
@@ -160,6 +179,9 @@ const struct arc_result *smtp_arc_result(const struct smtp_arc *a)
 	    .reason = "message too large to validate",
 	    .temporary = true,
 	};
+	static const struct arc_result none = {.cv = ARC_CV_NONE};
+	if (!a->msg)
+		return &none; /* smtp_arc_none */
 	if (!a->v || arc_verify_state(a->v) != ARC_VS_DONE)
 		return &unjudged;
 	return arc_verify_result(a->v);
@@ -229,7 +251,7 @@ static void seal_work(void *arg)
 int smtp_arc_seal(struct smtp_arc *a, const struct conf_dkim_key *key, const char *authres,
                   size_t authres_len)
 {
-	if (smtp_arc_busy(a) || a->set || a->authres || !a->pool)
+	if (smtp_arc_busy(a) || a->set || a->authres || !a->pool || !a->msg)
 		return TERN_EINVAL;
 	a->cv = smtp_arc_result(a)->cv;
 	a->key_file = tern_strdup(key->key_file);

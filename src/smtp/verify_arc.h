@@ -36,13 +36,22 @@ struct smtp_arc *smtp_arc_start(char *msg, size_t len, struct dns_resolver *res,
                                 struct event_base *base, struct worker *w, struct pool *pool,
                                 unsigned timeout_ms, void (*done)(void *arg), void *arg);
 
+/* For a message without any ARC field that we do not seal: the result
+ * none, without copying anything. NULL on ENOMEM. */
+struct smtp_arc *smtp_arc_none(void);
+
+/* Whether the header block hdr..len has a field whose name starts with
+ * "ARC-" (any case). Pure. */
+bool smtp_arc_has_fields(const char *hdr, size_t len);
+
 /* Whether a lookup or a pool job still runs (validation or sealing). */
 bool smtp_arc_busy(const struct smtp_arc *a);
 
 /* The validation result, once smtp_arc_busy is false. */
 const struct arc_result *smtp_arc_result(const struct smtp_arc *a);
 
-/* The message copy (header block, blank line, body) given to start. */
+/* The message copy (header block, blank line, body) given to start; NULL
+ * (and *len 0) from smtp_arc_none. */
 const char *smtp_arc_message(const struct smtp_arc *a, size_t *len);
 
 /*
