@@ -467,8 +467,8 @@ static void arc_begin(struct smtp_verify *v, const char *msg, size_t len)
 	if (!v->conf->auth_checks.arc && !ac->seal_domain)
 		return;
 	v->arc_report = v->conf->auth_checks.arc;
-	if (!smtp_arc_has_fields(v->hdr, v->hdr_len) &&
-	    !(v->forward && conf_arc_seal_key(v->conf))) {
+	bool sealing = v->forward && conf_arc_seal_key(v->conf);
+	if (!smtp_arc_has_fields(v->hdr, v->hdr_len) && !sealing) {
 		/* the common case: no chain and nothing to seal, nothing to copy */
 		if (!(v->arc = smtp_arc_none()))
 			log_error("event=auth_checks id=%s reason=out-of-memory arc=skipped",
@@ -495,7 +495,7 @@ static void arc_begin(struct smtp_verify *v, const char *msg, size_t len)
 	tbuf_free(&copy);
 	if (bytes)
 		v->arc = smtp_arc_start(bytes, n, v->res, v->base, v->w, v->pool,
-		                        v->conf->auth_checks.timeout * 1000u, arc_done, v);
+		                        v->conf->auth_checks.timeout * 1000u, sealing, arc_done, v);
 	if (!v->arc)
 		log_error("event=auth_checks id=%s reason=out-of-memory arc=skipped", v->id);
 }

@@ -108,7 +108,8 @@ static void keys_done(void *arg)
 
 struct smtp_arc *smtp_arc_start(char *msg, size_t len, struct dns_resolver *res,
                                 struct event_base *base, struct worker *w, struct pool *pool,
-                                unsigned timeout_ms, void (*done)(void *arg), void *arg)
+                                unsigned timeout_ms, bool keep_body, void (*done)(void *arg),
+                                void *arg)
 {
 	struct smtp_arc *a = calloc(1, sizeof(*a));
 	if (!a) {
@@ -127,6 +128,18 @@ struct smtp_arc *smtp_arc_start(char *msg, size_t len, struct dns_resolver *res,
 	int rc = arc_verify_input(a->v, msg, len);
 	if (rc == TERN_ENOMEM)
 		goto fail;
+	if (!keep_body) {
+		/* the validator has its own copy; the trusted-sealer check reads
+		 * the header block only: keep no second copy of the body */
+		size_t hl = 0, bo = 0;
+		dkim_split_message(msg, len, &hl, &bo);
+		char *h = realloc(a->msg, hl + 1);
+		if (h) {
+			h[hl] = '\0';
+			a->msg = h;
+			a->len = hl;
+		}
+	}
 	if (rc != TERN_OK) {
 		/* too big to look at: judged as if no key answered (fail, temporary) */
 		arc_verify_free(a->v);

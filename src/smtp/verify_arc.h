@@ -28,13 +28,16 @@ struct conf_dkim_key;
  * Takes msg (len bytes, malloc'd: header block, blank line, body) and
  * starts validating it: key lookups on res (NULL: every key is a temporary
  * failure) within timeout_ms, the signatures hashed on pool when the
- * message is large (NULL pool: on the loop). done(arg) runs on w once the
- * result is in, and only when smtp_arc_busy said true after this call (it
- * never runs from inside this call). NULL on ENOMEM (msg freed).
+ * message is large (NULL pool: on the loop). keep_body false: only the
+ * header block of msg is kept once the validator has its copy (no seal can
+ * follow). done(arg) runs on w once the result is in, and only when
+ * smtp_arc_busy said true after this call (it never runs from inside this
+ * call). NULL on ENOMEM (msg freed).
  */
 struct smtp_arc *smtp_arc_start(char *msg, size_t len, struct dns_resolver *res,
                                 struct event_base *base, struct worker *w, struct pool *pool,
-                                unsigned timeout_ms, void (*done)(void *arg), void *arg);
+                                unsigned timeout_ms, bool keep_body, void (*done)(void *arg),
+                                void *arg);
 
 /* For a message without any ARC field that we do not seal: the result
  * none, without copying anything. NULL on ENOMEM. */
