@@ -3,7 +3,9 @@
  * validator's key-query state machine (one query per key name, temporary
  * failures, the deadline, no query for a chain that is already broken),
  * sealing and validating chains of our own (oldest-pass, the cv=fail rules,
- * the 50-set limit) and the sealer's refusals. Keys are generated here
+ * the 50-set limit), the sealer's refusals, what a trusted sealer's AAR
+ * vouches for (arc_trusted_pass) and the session's no-ARC-field shortcut
+ * (smtp/verify_arc.h). Keys are generated here
  * (Ed25519: fast); the ValiMail vectors are test_arc_suite.c's.
  */
 #include <setjmp.h>
@@ -19,6 +21,7 @@
 
 #include "core/err.h"
 #include "policy/arc.h"
+#include "smtp/verify_arc.h"
 
 static const char MSG[] = "From: Alice <alice@example.test>\r\n"
                           "To: list@lists.example.org\r\n"
@@ -450,6 +453,24 @@ static void test_trusted_sealer_vouches(void **state)
 	assert_false(arc_trusted_pass(MSG, strlen(MSG), &q, &t));
 }
 
+/* verify_arc.c's shortcut: a message with no ARC- field is judged none
+ * without being copied; any field named ARC-* (any case) takes the long way. */
+static void test_has_arc_fields(void **state)
+{
+	static const char none[] = "From: a@example.test\r\nSubject: ARC-Seal: no\r\n"
+	                           "X-ARC-Seal: no\r\n folded ARC-Seal: no\r\n";
+	assert_false(smtp_arc_has_fields(none, strlen(none)));
+	static const char yes[] = "From: a@example.test\r\narc-seal: i=1\r\n";
+	assert_true(smtp_arc_has_fields(yes, strlen(yes)));
+	assert_true(smtp_arc_has_fields("ARC-Authentication-Results: i=1; x\r\n", 38));
+	assert_false(smtp_arc_has_fields("ARC", 3));
+	assert_false(smtp_arc_has_fields("", 0));
+	size_t len;
+	char *m = sealed_by("other.test", "x.test; none", &len);
+	assert_true(smtp_arc_has_fields(m, len));
+	free(m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -463,6 +484,7 @@ int main(void)
 	    cmocka_unit_test(test_fifty_sets_and_no_more),
 	    cmocka_unit_test(test_seal_refusals),
 	    cmocka_unit_test(test_trusted_sealer_vouches),
+	    cmocka_unit_test(test_has_arc_fields),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
