@@ -401,8 +401,8 @@ static char *sealed_by(const char *domain, const char *authres, size_t *len)
 	return m;
 }
 
-static bool vouches(const char *authres, const char *sealer, const char *trusted,
-                    const char *from, unsigned lowest, struct arc_trust *t)
+static bool vouches(const char *authres, const char *sealer, const char *trusted, const char *from,
+                    unsigned lowest, struct arc_trust *t)
 {
 	size_t len;
 	char *m = sealed_by(sealer, authres, &len);
@@ -424,13 +424,13 @@ static void test_trusted_sealer_vouches(void **state)
 	assert_string_equal(t.sealer, "other.test");
 	assert_string_equal(t.what, "dmarc=pass");
 	/* the same words from a sealer nobody trusts, or for another domain */
-	assert_false(vouches("lists.other.test; dmarc=pass header.from=example.test",
-	                     "other.test", "third.test", "example.test", 0, &t));
-	assert_false(vouches("lists.other.test; dmarc=pass header.from=example.test",
-	                     "other.test", "other.test", "example.org", 0, &t));
+	assert_false(vouches("lists.other.test; dmarc=pass header.from=example.test", "other.test",
+	                     "third.test", "example.test", 0, &t));
+	assert_false(vouches("lists.other.test; dmarc=pass header.from=example.test", "other.test",
+	                     "other.test", "example.org", 0, &t));
 	/* below the validated range (oldest-pass 2): not read */
-	assert_false(vouches("lists.other.test; dmarc=pass header.from=example.test",
-	                     "other.test", "other.test", "example.test", 2, &t));
+	assert_false(vouches("lists.other.test; dmarc=pass header.from=example.test", "other.test",
+	                     "other.test", "example.test", 2, &t));
 	/* an aligned SPF or DKIM pass: the domain of smtp.mailfrom, header.d, exactly */
 	assert_true(vouches("x.test; dmarc=fail header.from=example.test; spf=pass "
 	                    "smtp.mailfrom=bounce@Example.TEST",

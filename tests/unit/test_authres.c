@@ -119,8 +119,18 @@ static void test_build_full(void **state)
 	};
 	struct dmarc_outcome o = outcome(DMARC_RESULT_FAIL, "example.com",
 	                                 "v=DMARC1; p=reject; t=y", DMARC_POLICY_QUARANTINE);
-	struct authres_input in = {"mx.example.org", spf, 2, dkim, 2, &o, AUTHRES_ARC_PASS,
-	                           "192.0.2.1", 2, "trusted ARC sealer lists.example i=2"};
+	struct authres_input in = {
+	    .authserv_id = "mx.example.org",
+	    .spf = spf,
+	    .n_spf = 2,
+	    .dkim = dkim,
+	    .n_dkim = 2,
+	    .dmarc = &o,
+	    .arc = AUTHRES_ARC_PASS,
+	    .arc_remote_ip = "192.0.2.1",
+	    .arc_oldest_pass = 2,
+	    .dmarc_override = "trusted ARC sealer lists.example i=2",
+	};
 	struct tbuf b = TBUF_INIT(8192);
 	assert_int_equal(authres_build(&in, &b), TERN_OK);
 	assert_string_equal(b.data, "Authentication-Results: mx.example.org;\r\n"
@@ -182,7 +192,7 @@ static void test_build_none_and_errors(void **state)
 	/* network values with control bytes are left out, never written */
 	struct dmarc_dkim dkim = {DMARC_DKIM_PASS, "evil.example\r\nX-Injected: yes", "s\x01",
 	                          "abc", "why\n"};
-	struct authres_input in2 = {"mx.example.org", NULL, 0, &dkim, 1, NULL, AUTHRES_ARC_UNSET, NULL, 0, NULL};
+	struct authres_input in2 = {.authserv_id = "mx.example.org", .dkim = &dkim, .n_dkim = 1};
 	assert_int_equal(authres_build(&in2, &b), TERN_OK);
 	assert_string_equal(b.data, "Authentication-Results: mx.example.org;\r\n"
 	                            "\tdkim=pass header.b=abc\r\n");
@@ -204,7 +214,7 @@ static void test_build_dmarc_forms(void **state)
 	struct dmarc_outcome o =
 	    outcome(DMARC_RESULT_PASS, "example.com", "v=DMARC1; p=quarantine; sp=none; np=reject",
 	            DMARC_POLICY_NONE);
-	struct authres_input in = {"mx.example.org", NULL, 0, NULL, 0, &o, AUTHRES_ARC_UNSET, NULL, 0, NULL};
+	struct authres_input in = {.authserv_id = "mx.example.org", .dmarc = &o};
 	assert_int_equal(authres_build(&in, &b), TERN_OK);
 	assert_string_equal(b.data, "Authentication-Results: mx.example.org;\r\n"
 	                            "\tdmarc=pass (p=quarantine sp=none np=reject) "
@@ -253,7 +263,13 @@ static void test_build_folds_long_values(void **state)
 	};
 	struct dmarc_spf spf = {DMARC_SPF_SOFTFAIL, DMARC_SPF_MAILFROM, d2};
 	struct authres_input in = {
-	    "mail-gateway-01.inbound.example.org", &spf, 1, dkim, 2, NULL, AUTHRES_ARC_FAIL, NULL, 0, NULL};
+	    .authserv_id = "mail-gateway-01.inbound.example.org",
+	    .spf = &spf,
+	    .n_spf = 1,
+	    .dkim = dkim,
+	    .n_dkim = 2,
+	    .arc = AUTHRES_ARC_FAIL,
+	};
 	struct tbuf b = TBUF_INIT(4096);
 	assert_int_equal(authres_build(&in, &b), TERN_OK);
 	check_folding(&b);

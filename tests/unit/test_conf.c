@@ -1705,7 +1705,8 @@ static void test_arc_section(void **state)
 {
 	char err[256];
 	static const char keys[] =
-	    "dkim { keys = [ { domain = \"example.org\"; selector = \"s1\"; key_file = \"/k1\"; },\n"
+	    "dkim { keys = [\n"
+	    "  { domain = \"example.org\"; selector = \"s1\"; key_file = \"/k1\"; },\n"
 	    "  { domain = \"example.org\"; selector = \"s2\"; key_file = \"/k2\"; } ] }\n";
 	char text[1024];
 	/* the sealing key is a dkim.keys entry, whichever section comes first */
