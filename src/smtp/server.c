@@ -105,7 +105,8 @@ enum session_state {
 	SS_DATA,      /* reading the message after 354 until CRLF.CRLF */
 	SS_BDAT,      /* reading the bytes of a BDAT chunk */
 	SS_CHUNKING,  /* between BDAT chunks: commands again, the message goes on */
-	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c) decide first; nothing is read */
+	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c) decide first, or SIGN: our DKIM
+	                 signatures are made (sign.c); nothing is read */
 	SS_COMMIT,    /* the spool is making the message durable; nothing is read */
 	SS_TLS,       /* STARTTLS answered: the handshake runs on the new layer */
 	SS_CLOSING,   /* the final reply is queued; freed once it is written */
@@ -1120,6 +1121,19 @@ static void verify_at_mail(struct session *s, struct tx *t)
 	t->vfy = smtp_verify_start(&vp);
 }
 
+/* The mailbox MAIL's AUTH= names for a logged-in user who gave none: its
+ * login, completed with our host name when it is not an address. */
+static char *auth_identity(const struct session *s)
+{
+	if (strchr(s->auth_user, '@'))
+		return tern_strdup(s->auth_user);
+	size_t n = strlen(s->auth_user) + strlen(s->conf->hostname) + 2;
+	char *a = malloc(n);
+	if (a)
+		snprintf(a, n, "%s@%s", s->auth_user, s->conf->hostname);
+	return a;
+}
+
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
 	if (c->path.utf8 && !c->smtputf8) {
@@ -1163,6 +1177,12 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 	bool believe = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
 	if (believe && c->auth_param[0] && strcmp(c->auth_param, "<>") != 0 &&
 	    !(t->auth_param = tern_strdup(c->auth_param))) {
+		tx_free(t);
+		goto nomem;
+	}
+	/* none given by a logged-in client: the user it logged in as (RFC 4954 §5) */
+	if (!c->auth_param[0] && s->authenticated && s->auth_user && !s->conf->capture_mode &&
+	    !(t->auth_param = auth_identity(s))) {
 		tx_free(t);
 		goto nomem;
 	}
@@ -2495,6 +2515,7 @@ static void finish_message(struct session *s)
 	env.trusted_client = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
 	env.folder = folder; /* TRUST: DMARC quarantine -> the Junk folder */
 	env.envid = t->envid;
+	env.auth = t->auth_param; /* RFC 4954 §5: carried to the next hop */
 	char client[512];
 	/* auth= goes last: the capture store reads everything after it. */
 	snprintf(client, sizeof(client), "addr=%s helo=%.200s proto=%s%s%.128s", s->peer, s->helo,

@@ -398,3 +398,33 @@ def test_broken_key_refuses_with_451_and_stores_nothing(tern_factory, certs, key
     assert "queue is empty" in t.queue_list()
     assert not t.mail_files("bob@example.test")
     assert "event=queued" not in t.log()
+# --------------------------------------------------------------------------- AUTH=
+
+
+def test_mail_auth_parameter_reaches_the_next_hop(tern_factory, certs, keys, relay):
+    t = signing_tern(tern_factory, certs, keys, relay)
+    c = login_client(t)
+    # given: the value (xtext) is kept and sent on, xtext-encoded
+    send(c, "friend@remote.test", message("auth-given"), params="AUTH=alice+2Bapp@example.test")
+    # not given: the logged-in identity
+    send(c, "friend@remote.test", message("auth-implied"))
+    # AUTH=<>: nothing to carry
+    send(c, "friend@remote.test", message("auth-empty"), params="AUTH=<>")
+    msgs = relay.wait(3, tern=t)
+    by = {re.search(rb"Subject: (\S+)", m["content"]).group(1).decode(): m for m in msgs}
+    assert "AUTH=ALICE+2BAPP@EXAMPLE.TEST" in by["auth-given"]["mail_options"]
+    assert "AUTH=ALICE@EXAMPLE.TEST" in by["auth-implied"]["mail_options"]
+    assert not any(o.startswith("AUTH=") for o in by["auth-empty"]["mail_options"])
+
+
+def test_no_auth_parameter_without_a_login(tern_factory, certs, keys, relay):
+    """A relay.networks client that did not log in names nobody: no AUTH= goes on, and its
+    mail is not signed (sign_relayed is off)."""
+    t = signing_tern(tern_factory, certs, keys, relay,
+                     extra={"relay": {"networks": ["127.0.0.2/32"]}})
+    with t.client(source="127.0.0.2") as c:
+        c.ehlo()
+        send(c, "friend@remote.test", message("no-login"))
+    m = relay.wait(1, tern=t)[0]
+    assert not any(o.startswith("AUTH=") for o in m["mail_options"]), m["mail_options"]
+    assert b"DKIM-Signature" not in m["content"]
