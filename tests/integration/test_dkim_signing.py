@@ -18,6 +18,7 @@ import base64
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import threading
@@ -378,7 +379,7 @@ def test_subdomain_is_signed_with_the_parent_domains_keys(tern_factory, certs, k
     assert {s["d"] for s in verify_all(data, records(t))} == {"example.test"}
 
 
-def test_broken_key_refuses_with_451_and_stores_nothing(tern_factory, certs, keys, scratch):
+def test_broken_key_refuses_with_451_stores_nothing_and_sighup_fixes_it(tern_factory, certs, keys, scratch):
     _, paths = keys
     bad = scratch / "broken.key"
     bad.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
@@ -398,6 +399,15 @@ def test_broken_key_refuses_with_451_and_stores_nothing(tern_factory, certs, key
     assert "queue is empty" in t.queue_list()
     assert not t.mail_files("bob@example.test")
     assert "event=queued" not in t.log()
+    # the operator puts a real key there and reloads: the keys reload with the config
+    shutil.copyfile(paths["ed1"], bad)
+    os.chmod(bad, 0o600)
+    t.signal(signal.SIGHUP)
+    t.wait_log(r"event=reloaded ")
+    c = login_client(t)
+    send(c, "bob@example.test", message("after-reload", to="bob@example.test"))
+    (_, data), = t.wait_mail_with("bob@example.test", "after-reload")
+    assert sorted(s["s"] for s in verify_all(data, records(t))) == ["bad", "rsa1"]
 # --------------------------------------------------------------------------- AUTH=
 
 
@@ -428,3 +438,29 @@ def test_no_auth_parameter_without_a_login(tern_factory, certs, keys, relay):
     m = relay.wait(1, tern=t)[0]
     assert not any(o.startswith("AUTH=") for o in m["mail_options"]), m["mail_options"]
     assert b"DKIM-Signature" not in m["content"]
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+def test_check_config_reports_a_key_that_does_not_load(tern_factory, keys, scratch):
+    _, paths = keys
+    bad = scratch / "bad.key"
+    bad.write_text("not a key\n")
+    os.chmod(bad, 0o600)
+    kl = [{"domain": "example.test", "selector": "rsa1", "key_file": str(paths["rsa1"])},
+          {"domain": "example.test", "selector": "bad", "key_file": str(bad)}]
+    t = tern_factory({"dkim": {"keys": Raw("[" + ", ".join(
+        f'{{ domain = "{k["domain"]}"; selector = "{k["selector"]}"; '
+        f'key_file = "{k["key_file"]}"; }}' for k in kl) + "]")}}, start=False)
+    r = t.cli("check-config")
+    assert r.returncode == 1, r.stderr
+    assert re.search(r"tern: error: dkim\.keys: the key of example\.test \(selector bad\) "
+                     r"does not load: .*would get 451", r.stderr), r.stderr
+    assert "rsa1" not in r.stderr and "does not sign mail" not in r.stderr
+    bad.unlink()
+    shutil.copyfile(paths["ed1"], bad)
+    os.chmod(bad, 0o600)
+    r = t.cli("check-config")
+    assert r.returncode == 0, r.stderr
+    assert "dkim" not in r.stderr, r.stderr
