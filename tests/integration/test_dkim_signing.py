@@ -327,6 +327,36 @@ def test_sendmail_mail_is_signed(tern_factory, certs, keys):
     t.wait_log(r"event=dkim_sign id=\S+ dkim_sign=ok d=example\.test")
 
 
+def test_maildrop_mail_is_signed_when_picked_up(tern_factory, certs, keys):
+    t = signing_tern(tern_factory, certs, keys)
+    t.stop()
+    msg = (b"From: Alice <alice@example.test>\nTo: bob@example.test\n"
+           b"Subject: from-maildrop\n\nwritten while tern was down\n")
+    r = subprocess.run([t.bin, "sendmail", "-C", str(t.config_path), "-t"], input=msg,
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert list((t.data_dir / "maildrop").iterdir())
+    t.start()
+    (_, data), = t.wait_mail_with("bob@example.test", "from-maildrop")
+    assert len(verify_all(data, records(t))) == 2
+    t.wait_log(r"event=queued id=\S+ source=maildrop")
+
+
+def test_bdat_from_a_logged_in_user_is_signed(tern_factory, certs, keys):
+    t = signing_tern(tern_factory, certs, keys)
+    c = login_client(t)
+    data = message("by-bdat", to="bob@example.test")
+    expect(c.cmd(f"MAIL FROM:<{ALICE}>"), 250)
+    expect(c.cmd("RCPT TO:<bob@example.test>"), 250)
+    half = len(data) // 2
+    c.send(f"BDAT {half}\r\n".encode() + data[:half])
+    expect(c.reply(), 250)
+    c.send(f"BDAT {len(data) - half} LAST\r\n".encode() + data[half:])
+    expect(c.reply(), 250, "2.0.0")
+    (_, got), = t.wait_mail_with("bob@example.test", "by-bdat")
+    assert len(verify_all(got, records(t))) == 2
+
+
 def test_unauthenticated_mx_mail_is_not_signed(tern_factory, certs, keys):
     t = signing_tern(tern_factory, certs, keys)
     with t.client() as c:
@@ -398,6 +428,13 @@ def test_broken_key_refuses_with_451_stores_nothing_and_sighup_fixes_it(tern_fac
     expect(c.cmd("NOOP"), 250)
     assert "queue is empty" in t.queue_list()
     assert not t.mail_files("bob@example.test")
+    assert "event=queued" not in t.log()
+    # `tern sendmail` is refused the same way: exit 75 (EX_TEMPFAIL), so it tries later
+    r = subprocess.run([t.bin, "sendmail", "-C", str(t.config_path), "-t"],
+                       input=b"From: alice@example.test\nTo: bob@example.test\nSubject: x\n\nx\n",
+                       capture_output=True, timeout=30)
+    assert r.returncode == 75, r
+    assert b"could not be DKIM-signed" in r.stderr, r.stderr
     assert "event=queued" not in t.log()
     # the operator puts a real key there and reloads: the keys reload with the config
     shutil.copyfile(paths["ed1"], bad)
