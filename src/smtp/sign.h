@@ -28,6 +28,7 @@
 
 struct conf_dkim;
 struct pool;
+struct tbuf;
 struct worker;
 
 /* The loaded keys of one runtime: immutable, used on many threads at once. */
@@ -81,7 +82,6 @@ int smtp_sign_submit(struct pool *pool, struct worker *w, const struct smtp_sign
  * Received field, before the client's header): msg grows by r->len.
  * TERN_OK or TERN_ENOMEM / TERN_ELIMIT (msg unchanged).
  */
-struct tbuf;
 int smtp_sign_insert(const struct smtp_sign_result *r, struct tbuf *msg, size_t at);
 
 #endif
