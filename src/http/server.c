@@ -24,7 +24,7 @@
  *   - errors are text/plain with the reason (400), "not found" (404);
  *     /api/v1/send answers errors as {"Error": "..."} as the swagger says;
  *   - html-check, link-check and sa-check run on the server's own check
- *     pool (store/checks.h); sa-check without capture.spam_check (or
+ *     pool (http/checks.c, store/checks.h); sa-check without capture.spam_check (or
  *     MP_ENABLE_SPAMASSASSIN) answers {"Error": "SpamAssassin is not
  *     enabled", ...}; webui reports SpamAssassin true when one is set;
  *   - part/{PartID}/thumb answers the image part itself (no JPEG scaling),
@@ -66,7 +66,7 @@
 #include "core/loop.h"
 #include "core/runtime.h"
 #include "http/http.h"
-#include "store/checks.h"
+#include "http/checks.h"
 #include "store/store.h"
 
 #define URL_MAX 8192
@@ -137,6 +137,7 @@ struct http_server {
 	uint64_t refused;
 	struct pool *check_pool; /* html-check, link-check, sa-check */
 	unsigned checks_running; /* atomic: check_work ends on a pool thread */
+	int checks_cancel;       /* atomic: set by http_server_free, read by link_check */
 };
 
 /* ------------------------------------------------------------- replies */
@@ -874,53 +875,20 @@ static void route_info(struct http_server *h, struct evhttp_request *req)
 
 /* ---------------------------------------------------------------- checks
  *
- * html-check, link-check and sa-check: the inputs are read from the store
- * here, the check runs on h->check_pool (link and spam checks wait on the
- * network), and the reply is sent back on this worker. The pending check
- * is tied to its connection as a send is (conn_closed forgets the request)
- * and check_done touches only the pending check, never h.
+ * html-check, link-check and sa-check (http/checks.c): the job is built
+ * here from the store, runs on h->check_pool (link and spam checks wait on
+ * the network), and its reply is sent on this worker. The pending check is
+ * tied to its connection as a send is (conn_closed forgets the request);
+ * check_done touches only the pending check, never h.
  */
-#define CHECKS_MAX 16         /* running or queued at once */
-#define LINK_TIMEOUT_MS 5000  /* per link */
-#define SPAM_TIMEOUT_MS 30000 /* per message */
-
-enum check_kind { CHECK_HTML, CHECK_LINK, CHECK_SPAM };
+#define CHECKS_MAX 16 /* running or queued at once */
 
 struct pending_check {
 	struct http_server *h;      /* check_work's count only (alive until pool_free) */
 	struct evhttp_request *req; /* NULL once libevent freed it */
 	struct http_conn *conn;     /* NULL once the connection is gone */
-	enum check_kind kind;
-	bool follow;
-	json_t *msg; /* capture_message: HTML, Text */
-	struct tbuf raw;
-	char *spec;
-	json_t *result;
+	struct http_check *job;
 };
-
-/* The configured spam scanner (capture.spam_check, else Mailpit's
- * MP_ENABLE_SPAMASSASSIN as spamd's HOST:PORT), or NULL. Caller frees. */
-static char *spam_spec_dup(void)
-{
-	char *spec = NULL;
-	struct tern_runtime *rt = runtime_acquire();
-	if (rt) {
-		if (rt->conf->capture.spam_check && rt->conf->capture.spam_check[0])
-			spec = tern_strdup(rt->conf->capture.spam_check);
-		runtime_release(rt);
-	}
-	const char *env = getenv("MP_ENABLE_SPAMASSASSIN");
-	if (!spec && env && *env && spam_check_spec_ok(env))
-		spec = tern_strdup(env);
-	return spec;
-}
-
-static bool spam_enabled(void)
-{
-	char *s = spam_spec_dup();
-	free(s);
-	return s != NULL;
-}
 
 static void check_conn_closed(struct pending_check *p)
 {
@@ -944,29 +912,7 @@ static void check_req_done(struct evhttp_request *req, void *arg)
 static void check_work(void *arg)
 {
 	struct pending_check *p = arg;
-	const char *html = json_string_value(json_object_get(p->msg, "HTML"));
-	const char *text = json_string_value(json_object_get(p->msg, "Text"));
-	size_t hl = json_string_length(json_object_get(p->msg, "HTML"));
-	size_t tl = json_string_length(json_object_get(p->msg, "Text"));
-	switch (p->kind) {
-	case CHECK_HTML:
-		p->result = html_check(html ? html : "", html ? hl : 0);
-		break;
-	case CHECK_LINK: {
-		json_t *links = json_array();
-		if (links) {
-			checks_links(html ? html : "", html ? hl : 0, text ? text : "",
-			             text ? tl : 0, LINK_CHECK_MAX, links);
-			p->result = link_check(links, p->follow, LINK_TIMEOUT_MS);
-			json_decref(links);
-		}
-		break;
-	}
-	case CHECK_SPAM:
-		p->result = spam_check(p->spec, p->raw.data ? p->raw.data : "", p->raw.len,
-		                       SPAM_TIMEOUT_MS);
-		break;
-	}
+	http_check_run(p->job, &p->h->checks_cancel);
 	unsigned was = __atomic_fetch_sub(&p->h->checks_running, 1, __ATOMIC_RELAXED);
 	TERN_BUG_ON(was == 0);
 }
@@ -979,61 +925,43 @@ static void check_done(void *arg)
 		p->conn->check = NULL;
 	if (p->req) {
 		evhttp_request_set_on_complete_cb(p->req, NULL, NULL);
-		if (p->result)
-			reply_json(p->req, 200, p->result);
+		json_t *r = http_check_take(p->job);
+		if (r)
+			reply_json(p->req, 200, r);
 		else
 			reply_text(p->req, 500, "out of memory");
-		p->result = NULL;
 	}
-	json_decref(p->result);
-	json_decref(p->msg);
-	tbuf_free(&p->raw);
-	free(p->spec);
+	http_check_free(p->job);
 	free(p);
 }
 
 static void route_check(struct http_server *h, struct evhttp_request *req, const char *id,
-                        enum check_kind kind, struct query *q)
+                        const char *kind, struct query *q)
 {
-	struct pending_check *p = calloc(1, sizeof(*p));
-	if (!p) {
-		reply_text(req, 500, "out of memory");
+	const char *f = query_get(q, "follow");
+	int status;
+	json_t *reply;
+	struct http_check *job = http_check_new(
+	    h->st, id, kind, f && (strcmp(f, "true") == 0 || strcmp(f, "1") == 0), &status, &reply);
+	if (!job) {
+		if (reply)
+			reply_json(req, status, reply);
+		else if (status == 404)
+			reply_404(req);
+		else
+			reply_text(req, 500, "cannot read the message");
 		return;
 	}
-	p->h = h;
-	p->kind = kind;
-	p->raw = (struct tbuf)TBUF_INIT(SIZE_MAX / 2);
-	const char *f = query_get(q, "follow");
-	p->follow = f && (strcmp(f, "true") == 0 || strcmp(f, "1") == 0);
-	p->msg = capture_message(h->st, id, false);
-	if (!p->msg) {
-		reply_404(req);
-		goto fail;
-	}
-	if (kind == CHECK_SPAM) {
-		p->spec = spam_spec_dup();
-		if (!p->spec) {
-			reply_json(req, 200,
-			           json_pack("{s:s, s:b, s:[], s:f}", "Error",
-			                     "SpamAssassin is not enabled", "IsSpam", 0, "Rules",
-			                     "Score", 0.0));
-			goto fail;
-		}
-		int rc = capture_raw(h->st, id, &p->raw);
-		if (rc != TERN_OK) {
-			reply_store_err(req, rc);
-			goto fail;
-		}
-	}
-	if (!h->check_pool || __atomic_load_n(&h->checks_running, __ATOMIC_RELAXED) >= CHECKS_MAX) {
+	struct pending_check *p = calloc(1, sizeof(*p));
+	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
+	if (!p || !h->check_pool ||
+	    __atomic_load_n(&h->checks_running, __ATOMIC_RELAXED) >= CHECKS_MAX || !conn ||
+	    conn->check) {
 		reply_text(req, 503, "too many checks running, try again");
 		goto fail;
 	}
-	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
-	if (!conn || conn->check) {
-		reply_text(req, 503, "connection not tracked, try again");
-		goto fail;
-	}
+	p->h = h;
+	p->job = job;
 	p->req = req;
 	p->conn = conn;
 	__atomic_fetch_add(&h->checks_running, 1, __ATOMIC_RELAXED);
@@ -1046,9 +974,7 @@ static void route_check(struct http_server *h, struct evhttp_request *req, const
 	evhttp_request_set_on_complete_cb(req, check_req_done, p);
 	return;
 fail:
-	json_decref(p->msg);
-	tbuf_free(&p->raw);
-	free(p->spec);
+	http_check_free(job);
 	free(p);
 }
 
@@ -1061,7 +987,7 @@ static void route_webui(struct http_server *h, struct evhttp_request *req)
 	                  (!h->hooks.release_enabled || h->hooks.release_enabled(h->hooks.ctx)),
 	              "SMTPServer", "", "AllowedRecipients", "", "BlockedRecipients", "",
 	              "ReturnPath", "", "PreserveMessageIDs", 0, "OverrideFrom", "", "SpamAssassin",
-	              spam_enabled(), "ChaosEnabled", h->hooks.chaos_get != NULL,
+	              http_spam_enabled(), "ChaosEnabled", h->hooks.chaos_get != NULL,
 	              "DuplicatesIgnored", 0, "HideDeleteAllButton", 0);
 	reply_json(req, 200, j);
 }
@@ -1469,12 +1395,10 @@ static void route_message(struct http_server *h, struct evhttp_request *req, int
 		route_part(h, req, id, seg[2], true, q);
 	} else if (nseg == 2 && method == EVHTTP_REQ_POST && strcmp(seg[1], "release") == 0) {
 		route_release(h, req, id);
-	} else if (nseg == 2 && get && strcmp(seg[1], "html-check") == 0) {
-		route_check(h, req, id, CHECK_HTML, q);
-	} else if (nseg == 2 && get && strcmp(seg[1], "link-check") == 0) {
-		route_check(h, req, id, CHECK_LINK, q);
-	} else if (nseg == 2 && get && strcmp(seg[1], "sa-check") == 0) {
-		route_check(h, req, id, CHECK_SPAM, q);
+	} else if (nseg == 2 && get &&
+	           (strcmp(seg[1], "html-check") == 0 || strcmp(seg[1], "link-check") == 0 ||
+	            strcmp(seg[1], "sa-check") == 0)) {
+		route_check(h, req, id, seg[1], q);
 	} else {
 		reply_404(req);
 	}
@@ -2014,8 +1938,10 @@ void http_server_free(struct http_server *h)
 	 * check's request). */
 	if (h->http)
 		evhttp_free(h->http);
-	/* Waits for running checks (check_work counts on h); the check_done
-	 * they post touches only its pending check. */
+	/* Waits for running checks (check_work counts on h; a link check ends
+	 * at once when cancelled, a spam check within its timeout); the
+	 * check_done they post touches only its pending check. */
+	__atomic_store_n(&h->checks_cancel, 1, __ATOMIC_RELAXED);
 	pool_free(h->check_pool);
 	h->check_pool = NULL;
 	TERN_BUG_ON(h->conns != NULL);

@@ -30,10 +30,12 @@ void checks_links(const char *html, size_t hlen, const char *text, size_t tlen, 
 /* LinkCheckResponse {Errors, Links:[{URL, StatusCode, Status}]} for the
  * links (a JSON array of strings): each is asked with HEAD (GET when HEAD
  * is refused), at most LINK_CHECK_PARALLEL at once, timeout_ms each.
- * follow: follow redirects (at most 5). */
+ * follow: follow redirects (at most 5). cancel (may be NULL): when it
+ * becomes non-zero (any thread) the check ends within ~200 ms, the links
+ * not yet answered reported as "check cancelled". */
 #define LINK_CHECK_MAX 200
 #define LINK_CHECK_PARALLEL 8
-json_t *link_check(json_t *links, bool follow, long timeout_ms);
+json_t *link_check(json_t *links, bool follow, long timeout_ms, const int *cancel);
 
 /*
  * SpamAssassinResponse {Error, IsSpam, Score, Rules:[{Name, Score,

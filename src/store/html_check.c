@@ -711,6 +711,8 @@ struct scan {
 /* Whether the class attribute value (c, n) lists class name (w, wl). */
 static bool has_class(const char *c, size_t n, const char *w, size_t wl)
 {
+	if (!c) /* no class attribute */
+		return false;
 	const char *end = c + n;
 	while (c < end) {
 		while (c < end && is_space(*c))

@@ -116,7 +116,7 @@ static int link_setup(struct link *l, bool follow, long timeout_ms)
 	return TERN_OK;
 }
 
-json_t *link_check(json_t *links, bool follow, long timeout_ms)
+json_t *link_check(json_t *links, bool follow, long timeout_ms, const int *cancel)
 {
 	pthread_once(&curl_once, curl_start);
 	size_t n = json_array_size(links);
@@ -145,6 +145,19 @@ json_t *link_check(json_t *links, bool follow, long timeout_ms)
 		}
 		if (running_n == 0)
 			break;
+		if (cancel && __atomic_load_n(cancel, __ATOMIC_RELAXED)) {
+			for (size_t i = 0; i < next; i++)
+				if (v[i].e && !v[i].fail && !v[i].code) {
+					curl_multi_remove_handle(m, v[i].e);
+					v[i].fail = "check cancelled";
+				}
+			for (size_t i = next; i < n; i++) {
+				v[i].url = json_string_value(json_array_get(links, i));
+				v[i].fail = "check cancelled";
+			}
+			next = n;
+			break;
+		}
 		int still;
 		curl_multi_perform(m, &still);
 		CURLMsg *msg;
