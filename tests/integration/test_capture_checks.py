@@ -459,3 +459,18 @@ def test_list_unsubscribe_is_parsed(capture):
     assert lu["Links"] == ["mailto:leave@example.org?subject=unsub", "https://example.org/u?id=1"]
     assert lu["HeaderPost"] == "List-Unsubscribe=One-Click"
     assert lu["Errors"] == ""
+
+
+def test_mailpits_env_enables_spamassassin(capture_factory, monkeypatch):
+    spamd = FakeSpamd()
+    try:
+        monkeypatch.setenv("MP_ENABLE_SPAMASSASSIN", f"127.0.0.1:{spamd.port}")
+        cap = capture_factory()
+        assert japi(cap, "/api/v1/webui")["SpamAssassin"] is True
+        mid = send(cap, HAM)
+        r = japi(cap, f"/api/v1/message/{quote(mid)}/sa-check",
+                 route="/api/v1/message/{ID}/sa-check")
+    finally:
+        spamd.close()
+    assert spamd.got and spamd.got[0].startswith(b"REPORT SPAMC/1.5\r\n")
+    assert r["IsSpam"] is True and [x["Name"] for x in r["Rules"]][0] == "TEST_RULE"
