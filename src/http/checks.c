@@ -58,10 +58,10 @@ bool http_spam_enabled(void)
 }
 
 struct http_check *http_check_new(struct capture_store *st, const char *id, const char *kind,
-                                  bool follow, int *status, json_t **reply)
+                                  bool follow, int *status, const char **why)
 {
-	*status = 200;
-	*reply = NULL;
+	*status = 500;
+	*why = NULL;
 	struct http_check *c = calloc(1, sizeof(*c));
 	if (!c) {
 		*status = 500;
@@ -77,10 +77,17 @@ struct http_check *http_check_new(struct capture_store *st, const char *id, cons
 		*status = 404;
 		goto fail;
 	}
+	const char *html = json_string_value(json_object_get(c->msg, "HTML"));
+	if (c->kind == CHECK_HTML && (!html || !*html)) {
+		*status = 400;
+		*why = "message does not contain HTML";
+		goto fail;
+	}
 	if (c->kind == CHECK_SPAM) {
 		c->spec = spam_spec_dup();
 		if (!c->spec) {
-			*reply = spam_check(NULL, "", 0, 0); /* Mailpit's "not enabled" shape */
+			*status = 400;
+			*why = "no SpamAssassin service defined";
 			goto fail;
 		}
 		int rc = capture_raw(st, id, &c->raw);

@@ -15,10 +15,12 @@ struct capture_store;
 struct http_check;
 
 /* A job for the check named by kind ("html-check", "link-check",
- * "sa-check") of message id. NULL when it needs no job: then *status and
- * *reply (a new reference, or NULL for a 404) say what to answer. */
+ * "sa-check") of message id. NULL when there is nothing to run: then
+ * *status says what to answer: 404 (no such message), 400 with the
+ * reason in *why (Mailpit's: "message does not contain HTML", "no
+ * SpamAssassin service defined"), or 500. */
 struct http_check *http_check_new(struct capture_store *st, const char *id, const char *kind,
-                                  bool follow, int *status, json_t **reply);
+                                  bool follow, int *status, const char **why);
 /* Runs the check (pool thread; blocks on the network for link and spam
  * checks). cancel: see store/checks.h's link_check. */
 void http_check_run(struct http_check *c, const int *cancel);

@@ -24,9 +24,9 @@
  *   - errors are text/plain with the reason (400), "not found" (404);
  *     /api/v1/send answers errors as {"Error": "..."} as the swagger says;
  *   - html-check, link-check and sa-check run on the server's own check
- *     pool (http/checks.c, store/checks.h); sa-check without capture.spam_check (or
- *     MP_ENABLE_SPAMASSASSIN) answers {"Error": "SpamAssassin is not
- *     enabled", ...}; webui reports SpamAssassin true when one is set;
+ *     pool (http/checks.c, store/checks.h); as Mailpit, html-check of a
+ *     message without HTML and sa-check without a scanner answer 400 with
+ *     the reason; webui reports SpamAssassin true when one is set;
  *   - part/{PartID}/thumb answers the image part itself (no JPEG scaling),
  *     404 for parts that are not images;
  *   - /view/ID.html inlines cid: images as data: URIs, so the strict CSP
@@ -940,14 +940,14 @@ static void route_check(struct http_server *h, struct evhttp_request *req, const
 {
 	const char *f = query_get(q, "follow");
 	int status;
-	json_t *reply;
+	const char *why;
 	struct http_check *job = http_check_new(
-	    h->st, id, kind, f && (strcmp(f, "true") == 0 || strcmp(f, "1") == 0), &status, &reply);
+	    h->st, id, kind, f && (strcmp(f, "true") == 0 || strcmp(f, "1") == 0), &status, &why);
 	if (!job) {
-		if (reply)
-			reply_json(req, status, reply);
-		else if (status == 404)
+		if (status == 404)
 			reply_404(req);
+		else if (why)
+			reply_error(req, "%s", why);
 		else
 			reply_text(req, 500, "cannot read the message");
 		return;

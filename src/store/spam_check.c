@@ -195,6 +195,18 @@ out:
 	return rc;
 }
 
+/* Scores to one decimal, rounded down, as Mailpit shows them. */
+static double round1(double x)
+{
+	double t = x * 10 + 1e-9;
+	if (!(t > -1e15 && t < 1e15)) /* NaN or absurd: leave it */
+		return x;
+	long long i = (long long)t; /* toward zero; floor below (no libm) */
+	if ((double)i > t)
+		i--;
+	return (double)i / 10;
+}
+
 static json_t *error_result(const char *msg)
 {
 	return json_pack("{s:s, s:b, s:f, s:[]}", "Error", msg, "IsSpam", 0, "Score", 0.0, "Rules");
@@ -250,7 +262,8 @@ static json_t *rspamd_parse(const struct tbuf *ans)
 		for (size_t i = 0; ans->data && i < ans->len && k + 1 < sizeof(first); i++) {
 			if (ans->data[i] == '\r' || ans->data[i] == '\n')
 				break;
-			first[k++] = (ans->data[i] >= 0x20 && ans->data[i] < 0x7f) ? ans->data[i] : '?';
+			first[k++] =
+			    (ans->data[i] >= 0x20 && ans->data[i] < 0x7f) ? ans->data[i] : '?';
 		}
 		first[k] = '\0';
 		snprintf(m, sizeof(m), "rspamd did not answer 200 (\"%s\")", k ? first : "nothing");
@@ -275,14 +288,14 @@ static json_t *rspamd_parse(const struct tbuf *ans)
 	json_object_foreach(json_object_get(j, "symbols"), name, sym)
 	{
 		const char *d = json_string_value(json_object_get(sym, "description"));
-		json_array_append_new(rules,
-		                      json_pack("{s:s, s:f, s:s}", "Name", name, "Score",
-		                                json_number_value(json_object_get(sym, "score")),
-		                                "Description", d ? d : ""));
+		json_array_append_new(
+		    rules, json_pack("{s:s, s:f, s:s}", "Name", name, "Score",
+		                     round1(json_number_value(json_object_get(sym, "score"))),
+		                     "Description", d ? d : ""));
 	}
 	rules_sort(rules);
-	json_t *res = json_pack("{s:s, s:b, s:f, s:o}", "Error", "", "IsSpam", spam, "Score", score,
-	                        "Rules", rules);
+	json_t *res = json_pack("{s:s, s:b, s:f, s:o}", "Error", "", "IsSpam", spam, "Score",
+	                        round1(score), "Rules", rules);
 	json_decref(j);
 	return res;
 }
@@ -349,8 +362,8 @@ static json_t *spamd_parse(const struct tbuf *ans)
 			while (*desc == ' ')
 				desc++;
 			*ne = '\0';
-			last = json_pack("{s:s, s:f, s:s}", "Name", nm, "Score", pts, "Description",
-			                 desc);
+			last = json_pack("{s:s, s:f, s:s}", "Name", nm, "Score", round1(pts),
+			                 "Description", desc);
 			json_array_append_new(rules, last);
 		} else if (last && *s && line[0] == ' ') {
 			const char *d = json_string_value(json_object_get(last, "Description"));
@@ -364,9 +377,9 @@ static json_t *spamd_parse(const struct tbuf *ans)
 		}
 		p = eol;
 	}
-	rules_sort(rules);
-	return json_pack("{s:s, s:b, s:f, s:o}", "Error", "", "IsSpam", spam, "Score", score,
-	                 "Rules", rules);
+	/* the report's order, as Mailpit keeps it */
+	return json_pack("{s:s, s:b, s:f, s:o}", "Error", "", "IsSpam", spam, "Score",
+	                 round1(score), "Rules", rules);
 }
 
 json_t *spam_check(const char *spec, const char *raw, size_t len, long timeout_ms)

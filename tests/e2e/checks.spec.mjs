@@ -1,7 +1,7 @@
 // checks.spec.mjs — end-to-end test of the reader's check tabs and message-view fixes in
 // headless Chromium (issue 14 item 1): HTML Check lists flexbox with caniemail's verdicts,
-// Link Check asks a loopback server's links on request (200 and 404), Spam Check says when no
-// scanner is set, the Headers tab shows RFC 2047 encoded words decoded (the raw value one click
+// Link Check asks a loopback server's links on request (200 and 404), Spam Check is hidden when
+// no scanner is set, the Headers tab shows RFC 2047 encoded words decoded (the raw value one click
 // away), and at phone width (375 px) the MIME parts table keeps words whole and its Download
 // link in view. Saves capture-checks.png and capture-phone-parts.png to tests/e2e/artifacts/.
 //
@@ -136,10 +136,18 @@ async function main() {
 		check(linkText.includes(`http://127.0.0.1:${lp}/gone`) && /404/.test(linkText), 'the dead link answers 404');
 		check((await page.locator('#link-check-summary').textContent()).includes('1 with errors'), 'one error counted');
 
-		log('Spam Check tab without a scanner');
-		await page.getByRole('tab', { name: 'Spam Check' }).click();
-		await page.locator('#sa-check-error', { hasText: 'not enabled' }).waitFor({ state: 'visible' });
-		check(true, 'says the spam check is not enabled');
+		log('no Spam Check tab without a scanner');
+		check(await page.locator('#tab-sa-check').isHidden(), 'Spam Check tab is hidden (no scanner configured)');
+
+		log('HTML Check of a text-only message says why there is nothing to check');
+		sendRaw(work, `From: s@example.org\r\nTo: bob@example.com\r\nSubject: plain ${tag}\r\n\r\nno html\r\n`);
+		await page.locator('#list button.msg', { hasText: `plain ${tag}` }).click();
+		await page.locator('#reader-subject', { hasText: `plain ${tag}` }).waitFor({ state: 'visible' });
+		await page.getByRole('tab', { name: 'HTML Check' }).click();
+		await page.locator('#html-check-note', { hasText: 'message does not contain HTML' }).waitFor({ state: 'visible' });
+		check(true, 'HTML Check explains there is no HTML');
+		await page.locator('#list button.msg', { hasText: subject }).click();
+		await page.locator('#reader-subject', { hasText: subject }).waitFor({ state: 'visible' });
 
 		log('phone width: the MIME parts table');
 		await page.setViewportSize({ width: 375, height: 800 });

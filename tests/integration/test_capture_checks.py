@@ -143,13 +143,19 @@ def test_html_check_flexbox_and_style_get_caniemail_verdicts(capture):
     assert r["Platforms"]["windows"] == sorted(r["Platforms"]["windows"])
 
 
-def test_html_check_plain_message_has_nothing_to_warn(capture):
+def test_html_check_of_a_message_without_html_is_400_as_in_mailpit(capture):
     raw = (b"From: sender@example.org\r\nTo: alice@example.test\r\nSubject: plain only\r\n\r\n"
            b"no html here\r\n")
     mid = send(capture, raw)
+    r = capture.request("GET", f"/api/v1/message/{quote(mid)}/html-check")
+    assert r.status == 400 and r.text.strip() == "message does not contain HTML", r
+
+
+def test_html_check_plain_html_has_nothing_to_warn(capture):
+    mid = send(capture, html_message("bare html", "<p>hello</p><p>there</p>"))
     r = japi(capture, f"/api/v1/message/{quote(mid)}/html-check",
              route="/api/v1/message/{ID}/html-check")
-    assert r["Warnings"] == [] and r["Total"]["Nodes"] == 0
+    assert r["Warnings"] == [] and r["Total"]["Nodes"] == 2
     assert r["Total"]["Supported"] == 100
 
 
@@ -274,11 +280,10 @@ HAM = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\n"
        b"Alice\r\n")
 
 
-def test_sa_check_without_a_scanner_says_so(capture):
+def test_sa_check_without_a_scanner_is_400_as_in_mailpit(capture):
     mid = send(capture, HAM)
-    r = japi(capture, f"/api/v1/message/{quote(mid)}/sa-check",
-             route="/api/v1/message/{ID}/sa-check")
-    assert r["Error"] == "SpamAssassin is not enabled"
+    r = capture.request("GET", f"/api/v1/message/{quote(mid)}/sa-check")
+    assert r.status == 400 and r.text.strip() == "no SpamAssassin service defined", r
     assert japi(capture, "/api/v1/webui")["SpamAssassin"] is False
 
 
@@ -352,6 +357,7 @@ def test_sa_check_asks_rspamd(capture_factory, rspamd_http):
     assert "GTUBE" in names, names
     scores = [x["Score"] for x in r["Rules"]]
     assert scores == sorted(scores, reverse=True)
+    assert all(round(s * 10) == s * 10 for s in scores + [r["Score"]])  # one decimal
     ham = send(cap, HAM)
     r = japi(cap, f"/api/v1/message/{quote(ham)}/sa-check")
     assert not r.get("Error"), r

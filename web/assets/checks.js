@@ -37,8 +37,15 @@
 
 	const pct = (x) => `${(Math.round((x || 0) * 10) / 10).toFixed(1)}%`;
 
+	// A 400 is the server saying why there is nothing to check (Mailpit's words, e.g. "message
+	// does not contain HTML"): shown as a note, not as a failure.
 	async function getJSON(path) {
 		const r = await fetch(path, { headers: { Accept: 'application/json' } });
+		if (r.status === 400) {
+			const e = new Error((await r.text()).slice(0, 200).trim());
+			e.note = true;
+			throw e;
+		}
 		if (!r.ok) throw new Error(`${path}: ${r.status} ${(await r.text()).slice(0, 200)}`);
 		return r.json();
 	}
@@ -144,9 +151,10 @@
 			if (current !== msg) return;
 			render(r);
 		} catch (e) {
-			cache[key] = false;
+			cache[key] = !!e.note;
 			if (current !== msg) return;
-			$(bodySel).replaceChildren(h('p', { class: 'no', text: String(e.message || e) }));
+			$(bodySel).replaceChildren(h('p', { class: e.note ? 'muted' : 'no', id: `${kind}-note`,
+				text: String(e.message || e) }));
 		}
 	}
 
@@ -165,6 +173,10 @@
 	};
 
 	document.addEventListener('DOMContentLoaded', () => {
+		// Spam Check only when a scanner is configured, as in Mailpit's UI
+		const saTab = $('#tab-sa-check');
+		saTab.hidden = true;
+		getJSON('/api/v1/webui').then((w) => { saTab.hidden = !(w && w.SpamAssassin); }, () => {});
 		$('#link-check-run').addEventListener('click', () => {
 			if (!current) return;
 			const follow = $('#link-check-follow').checked;
