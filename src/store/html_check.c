@@ -1347,6 +1347,8 @@ void checks_links(const char *html, size_t hlen, const char *text, size_t tlen, 
 			a = attr_get(t, "href");
 		else if (strcmp(t->name, "img") == 0)
 			a = attr_get(t, "src");
+		else if (strcmp(t->name, "link") == 0 && attr_is(t, "rel", "stylesheet"))
+			a = attr_get(t, "href");
 		if (a)
 			link_add(arr, a->val, a->vlen, max);
 		if (strcmp(t->name, "style") == 0 || strcmp(t->name, "script") == 0) {

@@ -185,8 +185,16 @@ json_t *link_check(json_t *links, bool follow, long timeout_ms, const int *cance
 				}
 			}
 			l->code = cc == CURLE_OK ? code : 0;
-			if (cc != CURLE_OK)
-				l->fail = l->err[0] ? l->err : curl_easy_strerror(cc);
+			if (cc != CURLE_OK) {
+				/* the last part of curl's text, as Mailpit shortens Go's:
+				 * "Failed to connect to h port 1 after 0 ms: Couldn't
+				 * connect to server" -> "Couldn't connect to server" */
+				const char *e = l->err[0] ? l->err : curl_easy_strerror(cc);
+				const char *c = strstr(e, ": ");
+				for (const char *nx = c; nx; nx = strstr(nx + 2, ": "))
+					c = nx;
+				l->fail = c && c[2] ? c + 2 : e;
+			}
 			if (!l->fail && l->code == 0)
 				l->fail = "no status";
 			/* copy the text now: the error buffer is reused by nothing else,

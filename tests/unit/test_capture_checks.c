@@ -215,16 +215,18 @@ static void links_are_extracted_once_each(void **state)
 	    "<a href=\"https://a.example/x?a=1&amp;b=2\">a</a><img src='http://b.example/"
 	    "i.png'><a href=\"mailto:x@y\">m</a><a href=\"#top\">t</a><!-- <a href="
 	    "\"http://hidden.example/\"> --><area href=\"http://c.example/\">"
+	    "<link rel=\"stylesheet\" href=\"https://f.example/s.css\">"
+	    "<link rel=\"icon\" href=\"https://g.example/i.ico\">"
 	    "<a href=\"https://a.example/x?a=1&amp;b=2\">again</a>";
 	const char *t = "see https://d.example/page. And (http://e.example/p), "
 	                "xhttp://no.example/ https://a.example/x?a=1&b=2";
 	json_t *arr = json_array();
 	checks_links(h, strlen(h), t, strlen(t), 100, arr);
 	static const char *want[] = {"https://a.example/x?a=1&b=2", "http://b.example/i.png",
-	                             "http://c.example/", "https://d.example/page",
-	                             "http://e.example/p"};
-	assert_int_equal(json_array_size(arr), 5);
-	for (size_t i = 0; i < 5; i++)
+	                             "http://c.example/",           "https://f.example/s.css",
+	                             "https://d.example/page",      "http://e.example/p"};
+	assert_int_equal(json_array_size(arr), 6);
+	for (size_t i = 0; i < 6; i++)
 		assert_string_equal(json_string_value(json_array_get(arr, i)), want[i]);
 	json_decref(arr);
 	arr = json_array();
