@@ -1910,7 +1910,9 @@ struct http_server *http_server_new(struct worker *w, int listen_fd, struct capt
 	struct timeval tv = {SSE_HEARTBEAT_SEC, 0};
 	if (!h->heartbeat || event_add(h->heartbeat, &tv) != 0)
 		goto fail;
-	h->check_pool = pool_new(2); /* NULL: checks answer 503 */
+	/* link and spam checks mostly wait on the network; an HTML check
+	 * should not queue long behind them */
+	h->check_pool = pool_new(4); /* NULL: checks answer 503 */
 	return h;
 fail:
 	log_error("event=http_start_failed");
