@@ -30,6 +30,8 @@ static const struct command {
     {"arc", cmd_arc},
     {"milter", cmd_milter},
     {"sendmail", cmd_sendmail},
+    {"events", cmd_events},
+    {"webhook", cmd_webhook},
     /* clang-format on */
 };
 
@@ -59,6 +61,10 @@ static const struct cli_help help = {
     "  milter test --milter SPEC < MSG\n"
     "                             run a message through a milter (rspamd, ...)\n"
     "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
+    "  events tail [--type T] [--recipient R] [--since TIME] [--follow]\n"
+    "                             the stored events (delivered, bounced, ...)\n"
+    "  webhook add|list|del|enable|attempts\n"
+    "                             signed webhook endpoints for events\n"
     "  version                    print the version\n"
     "\n"
     "Exit status: 0 success, 1 failure, 2 usage error.\n"

@@ -292,6 +292,13 @@ struct tern_config {
 	struct conf_dkim dkim;
 	struct conf_auth_checks auth_checks;
 	struct conf_arc arc;
+	/* webhooks { }: the retry schedule of webhook deliveries (store/webhook.c). */
+	struct conf_webhooks {
+		uint32_t retry_base;   /* first retry; default 5 s */
+		uint32_t retry_max;    /* longest wait between retries; default 1 h */
+		uint32_t retry_window; /* failing this long disables the endpoint; 24 h */
+		uint32_t timeout;      /* per request; default 10 s */
+	} webhooks;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

@@ -31,6 +31,7 @@
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "smtp/smtp.h"
+#include "store/events.h"
 #include "store/store.h"
 
 #define BATCH_MAX 64
@@ -517,6 +518,10 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 	size_t n_fail = 0, n_delayed = 0, n_ok = 0;
 	/* Out of memory: record the states anyway, send no notice this time. */
 	size_t dsn_cap = fail && delayed && ok && expired ? n : 0;
+	const char *emid = ""; /* EVENTS: the Message-ID, only when events are stored */
+	size_t emid_len = 0;
+	if (events_enabled() && data)
+		smtp_message_id(data, len, &emid, &emid_len);
 	for (size_t k = 0; k < n; k++) {
 		const struct spool_rcpt *r = &m->rcpts[o[k].idx];
 		double delay = (double)(now - m->created);
@@ -537,6 +542,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		switch (o[k].state) {
 		case RCPT_DELIVERED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DELIVERED, 0, o[k].reply);
+			events_emit_outcome(EV_DELIVERED, m->id, emid, emid_len, m->sender, r->addr,
+			                    o[k].relay, "2.0.0", o[k].reply, 0, false);
 			log_info("event=delivered id=%s to=%s relay=%s delay=%.0fs reply=%s", m->id,
 			         qa, qr, delay,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
@@ -551,6 +558,9 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			break;
 		case RCPT_BOUNCED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_BOUNCED, 0, o[k].reply);
+			events_emit_outcome(EV_BOUNCED, m->id, emid, emid_len, m->sender, r->addr,
+			                    o[k].relay, o[k].status, o[k].reply, 0,
+			                    o[k].status[0] == '5');
 			log_warn("event=bounced id=%s to=%s relay=%s status=%s reply=%s", m->id, qa,
 			         qr, o[k].status,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
@@ -565,6 +575,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		default: {
 			int64_t next = now + backoff(conf, r->attempts + 1);
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
+			events_emit_outcome(EV_DEFERRED, m->id, emid, emid_len, m->sender, r->addr,
+			                    o[k].relay, o[k].status, o[k].reply, next, false);
 			log_info("event=deferred id=%s to=%s relay=%s status=%s retry_in=%llds "
 			         "reply=%s",
 			         m->id, qa, qr, o[k].status, (long long)(next - now),

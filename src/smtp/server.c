@@ -58,6 +58,7 @@
 #include "core/runtime.h"
 #include "policy/policy.h"
 #include "queue/queue.h"
+#include "store/events.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
 #define READ_HIGH_WATERMARK (256 * 1024)
@@ -2231,6 +2232,11 @@ static void commit_done(void *arg)
 		/* before submitting: the scheduler owns (and may free) data after */
 		smtp_message_id(data, len, &mid, &mid_len); /* none: msgid="" */
 		log_quote(mid, mid_len, qm, sizeof(qm));
+		/* EVENTS: before submitting (mid points into data; received comes first) */
+		const char *eu = s->authenticated ? s->auth_user : NULL;
+		events_emit_msg(EV_RECEIVED, t->id, mid, mid_len, t->sender, NULL, eu);
+		for (size_t i = 0; i < t->n_rcpts; i++)
+			events_emit_msg(EV_QUEUED, t->id, mid, mid_len, t->sender, t->rcpts[i].addr, eu);
 		wait = capture_ack_wait(s, data, len); /* CAPTURE-ACK */
 		if (!wait)
 			scheduler_submit(s->sw->srv->sched, t->id, data, len);

@@ -25,6 +25,7 @@
 #include <jansson.h>
 
 #include "core/buf.h"
+#include "core/conf.h"
 #include "core/err.h"
 #include "core/log.h"
 
@@ -71,6 +72,7 @@ static struct {
 	struct events_opts opts;
 	struct webhook_sender *sender;
 	_Atomic uint64_t dropped;
+	_Atomic bool live; /* running: the emitters' lock-free fast path when not */
 	int64_t last_drop_log;
 } Q = {.lock = PTHREAD_MUTEX_INITIALIZER,
        .wake = PTHREAD_COND_INITIALIZER,
@@ -83,10 +85,7 @@ static int64_t now_sec(void)
 
 bool events_enabled(void)
 {
-	pthread_mutex_lock(&Q.lock);
-	bool r = Q.running;
-	pthread_mutex_unlock(&Q.lock);
-	return r;
+	return atomic_load_explicit(&Q.live, memory_order_relaxed);
 }
 
 uint64_t events_dropped(void)
@@ -114,6 +113,8 @@ static const char *put(char **p, const char *s)
 bool events_emit(const struct tern_event *ev)
 {
 	if (TERN_BUG_ON(!ev || (unsigned)ev->type >= EV__COUNT))
+		return false;
+	if (!atomic_load_explicit(&Q.live, memory_order_relaxed))
 		return false;
 	/* Built outside the lock: the copy is the only real work. */
 	size_t n = slen(ev->queue_id) + slen(ev->message_id) + slen(ev->sender) +
@@ -174,6 +175,50 @@ bool events_emit(const struct tern_event *ev)
 		         ev->queue_id ? ev->queue_id : "", type_names[ev->type],
 		         atomic_load(&Q.dropped));
 	return ok;
+}
+
+void events_emit_msg(enum tern_event_type type, const char *queue_id, const char *mid,
+                     size_t mid_len, const char *sender, const char *recipient, const char *user)
+{
+	if (!atomic_load_explicit(&Q.live, memory_order_relaxed))
+		return;
+	char m[1000];
+	if (mid_len >= sizeof(m))
+		mid_len = sizeof(m) - 1;
+	if (mid_len)
+		memcpy(m, mid, mid_len);
+	m[mid_len] = '\0';
+	events_emit(&(struct tern_event){.type = type,
+	                                 .queue_id = queue_id,
+	                                 .message_id = m,
+	                                 .sender = sender,
+	                                 .recipient = recipient,
+	                                 .key = user});
+}
+
+void events_emit_outcome(enum tern_event_type type, const char *queue_id, const char *mid,
+                         size_t mid_len, const char *sender, const char *recipient,
+                         const char *relay, const char *status, const char *reply,
+                         int64_t next_attempt, bool hard)
+{
+	if (!atomic_load_explicit(&Q.live, memory_order_relaxed))
+		return;
+	char m[1000];
+	if (mid_len >= sizeof(m))
+		mid_len = sizeof(m) - 1;
+	if (mid_len)
+		memcpy(m, mid, mid_len);
+	m[mid_len] = '\0';
+	events_emit(&(struct tern_event){.type = type,
+	                                 .queue_id = queue_id,
+	                                 .message_id = m,
+	                                 .sender = sender,
+	                                 .recipient = recipient,
+	                                 .relay = relay,
+	                                 .status = status,
+	                                 .reply = reply,
+	                                 .next_attempt = next_attempt,
+	                                 .hard = hard});
 }
 
 /* ---- the store ---- */
@@ -420,6 +465,7 @@ int events_start(const char *data_dir, const struct events_opts *o)
 	Q.max = o->queue_max ? o->queue_max : 65536;
 	Q.stopping = false;
 	Q.running = true;
+	atomic_store(&Q.live, true);
 	pthread_mutex_unlock(&Q.lock);
 	if (pthread_create(&Q.writer, NULL, writer_main, NULL) != 0) {
 		pthread_mutex_lock(&Q.lock);
@@ -435,6 +481,15 @@ int events_start(const char *data_dir, const struct events_opts *o)
 		log_error("event=webhooks_failed reason=\"cannot start the webhook sender\"");
 	log_info("event=events_started store=%s/events.db", data_dir);
 	return TERN_OK;
+}
+
+int events_start_conf(const struct tern_config *conf)
+{
+	struct events_opts o = {.retry_base = conf->webhooks.retry_base,
+	                        .retry_max = conf->webhooks.retry_max,
+	                        .retry_window = conf->webhooks.retry_window,
+	                        .timeout = conf->webhooks.timeout};
+	return events_start(conf->data_dir, &o);
 }
 
 bool events_flush(int timeout_ms)
@@ -464,6 +519,7 @@ void events_stop(void)
 		return;
 	}
 	Q.stopping = true;
+	atomic_store(&Q.live, false);
 	pthread_cond_broadcast(&Q.wake);
 	pthread_mutex_unlock(&Q.lock);
 	pthread_join(Q.writer, NULL);

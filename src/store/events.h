@@ -76,6 +76,9 @@ struct events_opts {
  * mode and the CLI tools emit nothing. TERN_OK or an error (logged).
  */
 int events_start(const char *data_dir, const struct events_opts *o);
+/* events_start with DATA and the `webhooks { }` settings of conf. */
+struct tern_config;
+int events_start_conf(const struct tern_config *conf);
 /* Writes what is queued, stops both threads, closes the store. */
 void events_stop(void);
 /* True while the store runs (so a caller can skip building an event). */
@@ -87,6 +90,18 @@ bool events_enabled(void);
  * or queue full: counted, logged at most once a minute).
  */
 bool events_emit(const struct tern_event *ev);
+/*
+ * Shorthand for the mail path: an event about a message with its Message-ID
+ * given as (pointer, length) (not NUL-terminated, may be empty), recipient
+ * and user may be NULL. Nothing at all when the store is not running.
+ */
+void events_emit_msg(enum tern_event_type type, const char *queue_id, const char *mid,
+                     size_t mid_len, const char *sender, const char *recipient, const char *user);
+/* The same for a delivery outcome (delivered, deferred, bounced). */
+void events_emit_outcome(enum tern_event_type type, const char *queue_id, const char *mid,
+                         size_t mid_len, const char *sender, const char *recipient,
+                         const char *relay, const char *status, const char *reply,
+                         int64_t next_attempt, bool hard);
 /* Events dropped because the queue was full, since start. */
 uint64_t events_dropped(void);
 /* For tests: waits (bounded by timeout_ms) until the writer has stored all
