@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "core/conf.h"
 #include "core/err.h"
 #include "store/events.h"
 #include "store/webhook.h"
@@ -258,6 +259,33 @@ static void full_queue_drops_instead_of_blocking(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+static void webhooks_config_is_read(void **state)
+{
+	(void)state;
+	char err[512];
+	struct tern_config *c = conf_load_string("", 0, "t", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->webhooks.retry_base, 5);
+	assert_int_equal(c->webhooks.retry_max, 3600);
+	assert_int_equal(c->webhooks.retry_window, 86400);
+	assert_int_equal(c->webhooks.timeout, 10);
+	conf_unref(c);
+	const char *t = "webhooks { retry_base = 2s; retry_max = 1min; retry_window = 1h; "
+	                "timeout = 3s; }";
+	c = conf_load_string(t, strlen(t), "t", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->webhooks.retry_base, 2);
+	assert_int_equal(c->webhooks.retry_max, 60);
+	assert_int_equal(c->webhooks.retry_window, 3600);
+	assert_int_equal(c->webhooks.timeout, 3);
+	conf_unref(c);
+	t = "webhooks { retry_bse = 2s; }";
+	assert_null(conf_load_string(t, strlen(t), "t", err, sizeof(err)));
+	assert_non_null(strstr(err, "retry_bse"));
+	t = "webhooks { retry_base = 0s; }";
+	assert_null(conf_load_string(t, strlen(t), "t", err, sizeof(err)));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -268,6 +296,7 @@ int main(void)
 	    cmocka_unit_test(times_parse),
 	    cmocka_unit_test(emitted_events_are_stored_and_queried),
 	    cmocka_unit_test(full_queue_drops_instead_of_blocking),
+	    cmocka_unit_test(webhooks_config_is_read),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
