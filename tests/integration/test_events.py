@@ -310,3 +310,20 @@ def test_endpoint_disabled_after_the_retry_window_and_enabled_again(remote_tern,
     assert t.cli("webhook", "add", "http://127.0.0.1:1/", "--events", "bogus").returncode == 2
     assert t.cli("webhook", "del", str(ep)).returncode == 0
     assert str(ep) + " " not in t.cli("webhook", "list", check=True).stdout
+
+
+def test_local_submission_is_received_and_queued(remote_tern, mx):
+    t = remote_tern()
+    import subprocess
+    msg = body_for("viasendmail", ["s@ok.test"])
+    r = subprocess.run([t.bin, "sendmail", "-C", str(t.config_path), "s@ok.test"], input=msg,
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+    def got():
+        ev = [e for e in events(t) if e["message_id"] == "<viasendmail@example.test>"]
+        return ev if {"received", "queued", "delivered"} <= {e["type"] for e in ev} else None
+    ev = wait_for(got, "the events of a sendmail submission", t)
+    assert [e["type"] for e in ev[:2]] == ["received", "queued"]
+    assert ev[1]["recipient"] == "s@ok.test"
+    assert ev[0]["key"]  # the submitting user's login
