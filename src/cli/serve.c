@@ -241,8 +241,8 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	 * are created by the daemon after the drop, so two levels suffice. */
 	if (depth >= 1)
 		return;
-	static const char *subs[] = {"spool", "mail", "users", "control.sock", "tls",
-	                             "events.db", "events.db-wal", "events.db-shm"};
+	static const char *subs[] = {"spool", "mail",      "users",         "control.sock",
+	                             "tls",   "events.db", "events.db-wal", "events.db-shm"};
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
 		struct stat st;

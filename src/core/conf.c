@@ -3322,8 +3322,9 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_policy(out, &c->policy);
 	print_auth_checks(out, &c->auth_checks);
 	print_arc(out, &c->arc);
-	fprintf(out, "webhooks {\n\tretry_base = %us;\n\tretry_max = %us;\n\tretry_window = %us;\n"
-	             "\ttimeout = %us;\n}\n",
+	fprintf(out,
+	        "webhooks {\n\tretry_base = %us;\n\tretry_max = %us;\n\tretry_window = %us;\n"
+	        "\ttimeout = %us;\n}\n",
 	        (unsigned)c->webhooks.retry_base, (unsigned)c->webhooks.retry_max,
 	        (unsigned)c->webhooks.retry_window, (unsigned)c->webhooks.timeout);
 }

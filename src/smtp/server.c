@@ -2236,7 +2236,8 @@ static void commit_done(void *arg)
 		const char *eu = s->authenticated ? s->auth_user : NULL;
 		events_emit_msg(EV_RECEIVED, t->id, mid, mid_len, t->sender, NULL, eu);
 		for (size_t i = 0; i < t->n_rcpts; i++)
-			events_emit_msg(EV_QUEUED, t->id, mid, mid_len, t->sender, t->rcpts[i].addr, eu);
+			events_emit_msg(EV_QUEUED, t->id, mid, mid_len, t->sender, t->rcpts[i].addr,
+			                eu);
 		wait = capture_ack_wait(s, data, len); /* CAPTURE-ACK */
 		if (!wait)
 			scheduler_submit(s->sw->srv->sched, t->id, data, len);
