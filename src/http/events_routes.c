@@ -115,50 +115,78 @@ static void add_event(void *arg, int64_t id, const char *js)
 		json_array_append_new(a, e);
 }
 
-int events_route_list(sqlite3 *db, const char *qs, size_t qs_len, char **body)
+int events_query_parse(const char *qs, size_t len, int64_t now, struct events_query *q,
+                       struct events_query_buf *buf, const char **why)
 {
-	char type[PARAM_MAX], rcpt[PARAM_MAX], tag[PARAM_MAX], qid[PARAM_MAX], v[PARAM_MAX];
-	struct events_query q = {0};
+	char v[PARAM_MAX];
 	int rc;
 	long long x;
+	*q = (struct events_query){.limit = 100};
 	if (!qs)
-		qs_len = 0;
-#define OPT(name, buf, field)                                                                      \
-	if ((rc = param(qs, qs_len, name, buf, sizeof(buf))) == TERN_OK)                           \
-		q.field = buf;                                                                     \
-	else if (rc != TERN_ENOTFOUND)                                                             \
-		return error(body, 400, "cannot decode " name);
-	OPT("type", type, type)
-	OPT("recipient", rcpt, recipient)
-	OPT("tag", tag, tag)
-	OPT("queue_id", qid, queue_id)
-#undef OPT
-	if (q.type && events_type_parse(q.type) < 0)
-		return error(body, 400, "type: not an event type");
-	if ((rc = param(qs, qs_len, "since", v, sizeof(v))) == TERN_OK) {
-		if ((q.since = events_parse_time(v, (int64_t)time(NULL))) < 0)
-			return error(body, 400,
-			             "since: an RFC 3339 time (2026-12-06T07:00:00Z), unix "
-			             "seconds or an age (10min, 2h, 1d)");
-	} else if (rc != TERN_ENOTFOUND) {
-		return error(body, 400, "cannot decode since");
+		len = 0;
+	struct {
+		const char *name;
+		char *buf;
+		const char **field;
+	} strs[] = {
+	    {"type", buf->type, &q->type},
+	    {"recipient", buf->recipient, &q->recipient},
+	    {"tag", buf->tag, &q->tag},
+	    {"queue_id", buf->queue_id, &q->queue_id},
+	};
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+		rc = param(qs, len, strs[i].name, strs[i].buf, sizeof(buf->type));
+		if (rc == TERN_OK) {
+			*strs[i].field = strs[i].buf;
+		} else if (rc != TERN_ENOTFOUND) {
+			*why = "a parameter is not percent-encoded properly";
+			return TERN_EINVAL;
+		}
 	}
-	if ((rc = param(qs, qs_len, "cursor", v, sizeof(v))) == TERN_OK) {
-		if (!parse_u64(v, 0, INT64_MAX, &x))
-			return error(body, 400,
-			             "cursor: give back the next_cursor of a previous page");
-		q.after = x;
-	} else if (rc != TERN_ENOTFOUND) {
-		return error(body, 400, "cannot decode cursor");
+	if (q->type && events_type_parse(q->type) < 0) {
+		*why = "type: not an event type";
+		return TERN_EINVAL;
 	}
-	q.limit = 100;
-	if ((rc = param(qs, qs_len, "limit", v, sizeof(v))) == TERN_OK) {
-		if (!parse_u64(v, 1, 1000, &x))
-			return error(body, 400, "limit: 1 to 1000");
-		q.limit = (unsigned)x;
+	if ((rc = param(qs, len, "since", v, sizeof(v))) == TERN_OK) {
+		if ((q->since = events_parse_time(v, now)) < 0) {
+			*why = "since: an RFC 3339 time (2026-12-06T07:00:00Z), unix seconds or an "
+			       "age (10min, 2h, 1d)";
+			return TERN_EINVAL;
+		}
 	} else if (rc != TERN_ENOTFOUND) {
-		return error(body, 400, "cannot decode limit");
+		*why = "cannot decode since";
+		return TERN_EINVAL;
 	}
+	if ((rc = param(qs, len, "cursor", v, sizeof(v))) == TERN_OK) {
+		if (!parse_u64(v, 0, INT64_MAX, &x)) {
+			*why = "cursor: give back the next_cursor of a previous page";
+			return TERN_EINVAL;
+		}
+		q->after = x;
+	} else if (rc != TERN_ENOTFOUND) {
+		*why = "cannot decode cursor";
+		return TERN_EINVAL;
+	}
+	if ((rc = param(qs, len, "limit", v, sizeof(v))) == TERN_OK) {
+		if (!parse_u64(v, 1, 1000, &x)) {
+			*why = "limit: 1 to 1000";
+			return TERN_EINVAL;
+		}
+		q->limit = (unsigned)x;
+	} else if (rc != TERN_ENOTFOUND) {
+		*why = "cannot decode limit";
+		return TERN_EINVAL;
+	}
+	return TERN_OK;
+}
+
+int events_route_list(sqlite3 *db, const char *qs, size_t qs_len, char **body)
+{
+	struct events_query q;
+	struct events_query_buf buf;
+	const char *why = NULL;
+	if (events_query_parse(qs, qs_len, (int64_t)time(NULL), &q, &buf, &why) != TERN_OK)
+		return error(body, 400, why);
 	json_t *arr = json_array();
 	if (!arr)
 		return error(body, 500, "out of memory");

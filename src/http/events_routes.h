@@ -19,6 +19,20 @@
 
 #include <sqlite3.h>
 
+struct events_query;
+/* Scratch space for events_query_parse: the decoded parameters live here. */
+struct events_query_buf {
+	char type[512], recipient[512], tag[512], queue_id[512];
+};
+/*
+ * The pure part of GET /api/v1/events: reads type, recipient, tag, queue_id,
+ * since, cursor and limit out of the raw query string (qs, len) into *q
+ * (strings pointing into *buf). TERN_OK, or TERN_EINVAL with what is wrong
+ * in *why (a static string). now: for relative since= values.
+ */
+int events_query_parse(const char *qs, size_t len, int64_t now, struct events_query *q,
+                       struct events_query_buf *buf, const char **why);
+
 /* {"events":[...oldest first...],"next_cursor":"N","more":BOOL}: pass
  * next_cursor back as cursor= for the next page (or, when more is false, to
  * poll for newer events). 400 on a bad parameter (unknown type, unreadable
