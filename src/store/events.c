@@ -315,14 +315,62 @@ out:
 	return TERN_OK;
 }
 
-static int64_t data_version(sqlite3 *db)
+/* The writer's statements, prepared once: parsing SQL per batch would cost
+ * more than the inserts (callgrind: prepare was 40% of the daemon's work). */
+struct wstmts {
+	sqlite3_stmt *ver, *begin, *commit, *rollback, *ins, *ob;
+};
+
+static int wstmts_prepare(sqlite3 *db, struct wstmts *w)
 {
-	sqlite3_stmt *st = NULL;
+	if (w->ins)
+		return TERN_OK;
+	if (sqlite3_prepare_v3(db, "PRAGMA data_version", -1, SQLITE_PREPARE_PERSISTENT, &w->ver,
+	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(db, "BEGIN IMMEDIATE", -1, SQLITE_PREPARE_PERSISTENT, &w->begin,
+	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(db, "COMMIT", -1, SQLITE_PREPARE_PERSISTENT, &w->commit, NULL) !=
+	        SQLITE_OK ||
+	    sqlite3_prepare_v3(db, "ROLLBACK", -1, SQLITE_PREPARE_PERSISTENT, &w->rollback, NULL) !=
+	        SQLITE_OK ||
+	    sqlite3_prepare_v3(db, "INSERT INTO outbox(endpoint, event, queue_id) VALUES(?,?,?)",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &w->ob, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(db,
+	                       "INSERT INTO events(time, type, queue_id, message_id, sender, "
+	                       "recipient, key, tags, metadata, reply, status, relay, "
+	                       "next_attempt, hard) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &w->ins, NULL) != SQLITE_OK) {
+		log_error("event=events_write_failed reason=\"%s\"", sqlite3_errmsg(db));
+		return TERN_EIO;
+	}
+	return TERN_OK;
+}
+
+static void wstmts_free(struct wstmts *w)
+{
+	sqlite3_finalize(w->ver);
+	sqlite3_finalize(w->begin);
+	sqlite3_finalize(w->commit);
+	sqlite3_finalize(w->rollback);
+	sqlite3_finalize(w->ins);
+	sqlite3_finalize(w->ob);
+	*w = (struct wstmts){0};
+}
+
+/* Runs a statement without results; true when it finished. */
+static bool run(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE;
+}
+
+static int64_t data_version(struct wstmts *w)
+{
 	int64_t v = -1;
-	if (sqlite3_prepare_v2(db, "PRAGMA data_version", -1, &st, NULL) == SQLITE_OK &&
-	    sqlite3_step(st) == SQLITE_ROW)
-		v = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
+	if (sqlite3_step(w->ver) == SQLITE_ROW)
+		v = sqlite3_column_int64(w->ver, 0);
+	sqlite3_reset(w->ver);
 	return v;
 }
 
@@ -331,20 +379,19 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s)
 	sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_STATIC);
 }
 
-/* Inserts a batch and its outbox rows in one transaction. */
-static int write_batch(sqlite3 *db, struct qev *batch, const struct endpoint_filter *f, size_t nf)
+/* Inserts a batch and its outbox rows in one transaction; *n_outbox gets
+ * the number of outbox rows made. */
+static int write_batch(sqlite3 *db, struct wstmts *w, struct qev *batch,
+                       const struct endpoint_filter *f, size_t nf, size_t *n_outbox)
 {
-	sqlite3_stmt *ins = NULL, *ob = NULL;
+	sqlite3_stmt *ins, *ob;
 	int rc = TERN_EIO;
-	if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+	*n_outbox = 0;
+	if (wstmts_prepare(db, w) != TERN_OK)
 		return TERN_EIO;
-	if (sqlite3_prepare_v2(db,
-	                       "INSERT INTO events(time, type, queue_id, message_id, sender, "
-	                       "recipient, key, tags, metadata, reply, status, relay, "
-	                       "next_attempt, hard) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-	                       -1, &ins, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, "INSERT INTO outbox(endpoint, event, queue_id) VALUES(?,?,?)",
-	                       -1, &ob, NULL) != SQLITE_OK)
+	ins = w->ins;
+	ob = w->ob;
+	if (!run(w->begin))
 		goto out;
 	for (struct qev *q = batch; q; q = q->next) {
 		const struct tern_event *e = &q->ev;
@@ -365,6 +412,7 @@ static int write_batch(sqlite3 *db, struct qev *batch, const struct endpoint_fil
 		sqlite3_bind_int(ins, 14, e->hard);
 		if (sqlite3_step(ins) != SQLITE_DONE)
 			goto out;
+		sqlite3_reset(ins);
 		int64_t id = sqlite3_last_insert_rowid(db);
 		for (size_t i = 0; i < nf; i++) {
 			if (!(f[i].types & (1u << e->type)))
@@ -375,17 +423,20 @@ static int write_batch(sqlite3 *db, struct qev *batch, const struct endpoint_fil
 			bind_text(ob, 3, e->queue_id);
 			if (sqlite3_step(ob) != SQLITE_DONE)
 				goto out;
+			(*n_outbox)++;
 		}
 	}
-	if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+	if (run(w->commit))
 		rc = TERN_OK;
 out:
+	sqlite3_reset(ins);
+	sqlite3_reset(ob);
 	if (rc != TERN_OK) {
 		log_error("event=events_write_failed reason=\"%s\"", sqlite3_errmsg(db));
-		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+		if (!sqlite3_get_autocommit(db))
+			run(w->rollback);
+		*n_outbox = 0;
 	}
-	sqlite3_finalize(ins);
-	sqlite3_finalize(ob);
 	return rc;
 }
 
@@ -396,6 +447,7 @@ static void *writer_main(void *arg)
 	struct endpoint_filter *filters = NULL;
 	size_t n_filters = 0;
 	int64_t version = -2;
+	struct wstmts w = {0};
 	pthread_mutex_lock(&Q.lock);
 	for (;;) {
 		while (!Q.head && !Q.stopping)
@@ -417,10 +469,11 @@ static void *writer_main(void *arg)
 		Q.writing = true;
 		pthread_mutex_unlock(&Q.lock);
 
-		int64_t v = data_version(Q.db);
+		size_t n_outbox = 0;
+		int64_t v = wstmts_prepare(Q.db, &w) == TERN_OK ? data_version(&w) : -1;
 		if (v != version && load_filters(Q.db, &filters, &n_filters) == TERN_OK)
 			version = v;
-		int rc = write_batch(Q.db, batch, filters, n_filters);
+		int rc = write_batch(Q.db, &w, batch, filters, n_filters, &n_outbox);
 		if (rc != TERN_OK) {
 			atomic_fetch_add(&Q.dropped, k);
 			log_error("event=events_dropped count=%zu reason=\"store write failed\"",
@@ -431,7 +484,7 @@ static void *writer_main(void *arg)
 			free(batch);
 			batch = nx;
 		}
-		if (rc == TERN_OK && Q.sender)
+		if (n_outbox && Q.sender) /* no endpoint wants them: nothing to post */
 			webhook_sender_kick(Q.sender);
 
 		pthread_mutex_lock(&Q.lock);
@@ -442,6 +495,7 @@ static void *writer_main(void *arg)
 	Q.writing = false;
 	pthread_cond_broadcast(&Q.idle);
 	pthread_mutex_unlock(&Q.lock);
+	wstmts_free(&w);
 	free(filters);
 	return NULL;
 }

@@ -288,6 +288,7 @@ struct webhook_sender {
 	pthread_cond_t cond;
 	bool stop, kicked;
 	sqlite3 *db;
+	sqlite3_stmt *due; /* load_due's query, prepared once */
 	char *node;
 	uint32_t base, max, window, timeout;
 };
@@ -496,10 +497,12 @@ static size_t load_due(struct webhook_sender *s, int64_t now, struct due *d)
 	         "(SELECT 1 FROM outbox p WHERE p.done = 0 AND p.endpoint = o.endpoint AND "
 	         "p.queue_id = o.queue_id AND p.id < o.id) ORDER BY o.id LIMIT %d",
 	         qualified, DUE_MAX);
-	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+	if (!s->due && sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->due,
+	                                  NULL) != SQLITE_OK) {
 		log_error("event=webhook_store_failed reason=\"%s\"", sqlite3_errmsg(s->db));
 		return 0;
 	}
+	st = s->due;
 	sqlite3_bind_int64(st, 1, now);
 	while (n < DUE_MAX && sqlite3_step(st) == SQLITE_ROW) {
 		struct due *x = &d[n];
@@ -518,7 +521,7 @@ static size_t load_due(struct webhook_sender *s, int64_t now, struct due *d)
 			break;
 		}
 	}
-	sqlite3_finalize(st);
+	sqlite3_reset(st);
 	return n;
 }
 
@@ -642,6 +645,7 @@ void webhook_sender_stop(struct webhook_sender *s)
 	pthread_join(s->thread, NULL);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
+	sqlite3_finalize(s->due);
 	sqlite3_close(s->db);
 	free(s->node);
 	free(s);
