@@ -418,6 +418,13 @@ static void record(struct webhook_sender *s, const struct due *d, long code, con
 		          d->outbox, 0, NULL);
 		bind_exec(s->db, "UPDATE webhooks SET failing_since = 0 WHERE id = ?1 AND ?2 = ?2",
 		          d->endpoint, 0, NULL);
+		/* The receiver is back: what waits in backoff is due now, not in an hour. */
+		if (d->failing_since)
+			bind_exec(
+			    s->db,
+			    "UPDATE outbox SET next_try = 0 WHERE endpoint = ?1 AND done = 0 AND "
+			    "next_try > ?2",
+			    d->endpoint, now, NULL);
 	} else {
 		int64_t next = now + webhook_backoff(s->base, s->max, d->attempts + 1);
 		bind_exec(s->db,

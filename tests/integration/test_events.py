@@ -327,3 +327,25 @@ def test_local_submission_is_received_and_queued(remote_tern, mx):
     assert [e["type"] for e in ev[:2]] == ["received", "queued"]
     assert ev[1]["recipient"] == "s@ok.test"
     assert ev[0]["key"]  # the submitting user's login
+
+
+def test_a_receiver_back_gets_the_backlog_without_waiting_out_the_backoff(remote_tern, mx):
+    # An hour's backoff: only the receiver's recovery can make these due again soon.
+    t = remote_tern(extra={"webhooks": {"retry_base": Raw("1h"), "retry_max": Raw("1h")}})
+    port = free_port()
+    ep, secret = add_webhook(t, f"http://127.0.0.1:{port}/hook", "--events", "delivered")
+    first = submit(t, ["e@ok.test"], body_for("backlog1", ["e@ok.test"]))
+    wait_for(lambda: "http=0" in t.cli("webhook", "attempts", str(ep), check=True).stdout,
+             "a failed attempt while the receiver is down", t)
+    rcv = Receiver(secret, port=port).start()
+    try:
+        second = submit(t, ["e@ok.test"], body_for("backlog2", ["e@ok.test"]))
+
+        def stored():
+            e = [x for x in events(t, "--type", "delivered") if x["queue_id"] in (first, second)]
+            return e if len(e) == 2 else None
+        ev = wait_for(stored, "both deliveries", t)
+        wait_for(lambda: all_arrived(rcv, ev, [first, second]), "the backlog", t)
+        check_delivery(rcv, ev, [first, second])
+    finally:
+        rcv.stop()
