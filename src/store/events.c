@@ -278,6 +278,7 @@ fail:
 struct endpoint_filter {
 	int64_t id;
 	unsigned types; /* bit per enum tern_event_type; all when none named */
+	char key[128];  /* only events of this API key or user; "" any */
 };
 
 static int load_filters(sqlite3 *db, struct endpoint_filter **out, size_t *n)
@@ -286,7 +287,8 @@ static int load_filters(sqlite3 *db, struct endpoint_filter **out, size_t *n)
 	struct endpoint_filter *f = NULL;
 	size_t cnt = 0, cap = 0;
 	int rc = TERN_EIO;
-	if (sqlite3_prepare_v2(db, "SELECT id, events FROM webhooks", -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(db, "SELECT id, events, key FROM webhooks", -1, &st, NULL) !=
+	    SQLITE_OK)
 		goto out;
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		if (cnt == cap) {
@@ -300,6 +302,8 @@ static int load_filters(sqlite3 *db, struct endpoint_filter **out, size_t *n)
 		}
 		f[cnt].id = sqlite3_column_int64(st, 0);
 		f[cnt].types = webhook_filter_parse((const char *)sqlite3_column_text(st, 1));
+		const unsigned char *k = sqlite3_column_text(st, 2);
+		snprintf(f[cnt].key, sizeof(f[cnt].key), "%s", k ? (const char *)k : "");
 		cnt++;
 	}
 	rc = TERN_OK;
@@ -318,7 +322,7 @@ out:
 /* The writer's statements, prepared once: parsing SQL per batch would cost
  * more than the inserts (callgrind: prepare was 40% of the daemon's work). */
 struct wstmts {
-	sqlite3_stmt *ver, *begin, *commit, *rollback, *ins, *ob;
+	sqlite3_stmt *ver, *begin, *commit, *rollback, *ins, *ob, *origin;
 };
 
 static int wstmts_prepare(sqlite3 *db, struct wstmts *w)
@@ -335,6 +339,10 @@ static int wstmts_prepare(sqlite3 *db, struct wstmts *w)
 	        SQLITE_OK ||
 	    sqlite3_prepare_v3(db, "INSERT INTO outbox(endpoint, event, queue_id) VALUES(?,?,?)",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &w->ob, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(db,
+	                       "SELECT key, tags, metadata FROM events WHERE queue_id = ? AND "
+	                       "type = 'received' ORDER BY id LIMIT 1",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &w->origin, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(db,
 	                       "INSERT INTO events(time, type, queue_id, message_id, sender, "
 	                       "recipient, key, tags, metadata, reply, status, relay, "
@@ -354,6 +362,7 @@ static void wstmts_free(struct wstmts *w)
 	sqlite3_finalize(w->rollback);
 	sqlite3_finalize(w->ins);
 	sqlite3_finalize(w->ob);
+	sqlite3_finalize(w->origin);
 	*w = (struct wstmts){0};
 }
 
@@ -394,7 +403,21 @@ static int write_batch(sqlite3 *db, struct wstmts *w, struct qev *batch,
 	if (!run(w->begin))
 		goto out;
 	for (struct qev *q = batch; q; q = q->next) {
-		const struct tern_event *e = &q->ev;
+		struct tern_event *e = &q->ev;
+		/* A later event of a message (delivered, bounced, ...) carries the
+		 * key, tags and metadata its received event had (the spool does not
+		 * keep them); the statement stays open until the row is inserted. */
+		bool inherit = e->type != EV_RECEIVED && e->queue_id && *e->queue_id &&
+		               !(e->key && *e->key) && !(e->tags && *e->tags) &&
+		               !(e->metadata && *e->metadata);
+		if (inherit) {
+			sqlite3_bind_text(w->origin, 1, e->queue_id, -1, SQLITE_STATIC);
+			if (sqlite3_step(w->origin) == SQLITE_ROW) {
+				e->key = (const char *)sqlite3_column_text(w->origin, 0);
+				e->tags = (const char *)sqlite3_column_text(w->origin, 1);
+				e->metadata = (const char *)sqlite3_column_text(w->origin, 2);
+			}
+		}
 		sqlite3_reset(ins);
 		sqlite3_bind_int64(ins, 1, e->time);
 		bind_text(ins, 2, type_names[e->type]);
@@ -417,6 +440,8 @@ static int write_batch(sqlite3 *db, struct wstmts *w, struct qev *batch,
 		for (size_t i = 0; i < nf; i++) {
 			if (!(f[i].types & (1u << e->type)))
 				continue;
+			if (f[i].key[0] && (!e->key || strcmp(f[i].key, e->key) != 0))
+				continue;
 			sqlite3_reset(ob);
 			sqlite3_bind_int64(ob, 1, f[i].id);
 			sqlite3_bind_int64(ob, 2, id);
@@ -425,12 +450,17 @@ static int write_batch(sqlite3 *db, struct wstmts *w, struct qev *batch,
 				goto out;
 			(*n_outbox)++;
 		}
+		if (inherit) {
+			sqlite3_reset(w->origin);
+			e->key = e->tags = e->metadata = NULL; /* pointed into the statement */
+		}
 	}
 	if (run(w->commit))
 		rc = TERN_OK;
 out:
 	sqlite3_reset(ins);
 	sqlite3_reset(ob);
+	sqlite3_reset(w->origin);
 	if (rc != TERN_OK) {
 		log_error("event=events_write_failed reason=\"%s\"", sqlite3_errmsg(db));
 		if (!sqlite3_get_autocommit(db))

@@ -133,7 +133,7 @@ static void emitted_events_are_stored_and_queried(void **state)
 	int64_t id_b = 0, id_all = 0;
 	/* Port 1 refuses: the sender's attempts fail, rows stay pending. */
 	assert_int_equal(
-	    webhook_add(db, "http://127.0.0.1:1/", "bounced", "k1", &id_b, secret, sizeof(secret)),
+	    webhook_add(db, "http://127.0.0.1:1/", "bounced", NULL, &id_b, secret, sizeof(secret)),
 	    TERN_OK);
 	assert_int_equal(
 	    webhook_add(db, "http://127.0.0.1:1/", "", NULL, &id_all, secret, sizeof(secret)),
@@ -259,6 +259,52 @@ static void full_queue_drops_instead_of_blocking(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* Later events of a message inherit its received event's key, tags and
+ * metadata; an endpoint with a key gets only that key's events. */
+static void outcomes_inherit_key_and_tags(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", err[256], secret[64];
+	assert_non_null(mkdtemp(dir));
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	int64_t ep = 0;
+	assert_int_equal(
+	    webhook_add(db, "http://127.0.0.1:1/", "", "alice", &ep, secret, sizeof(secret)),
+	    TERN_OK);
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	events_emit(&(struct tern_event){.type = EV_RECEIVED,
+	                                 .queue_id = "QA",
+	                                 .key = "alice",
+	                                 .tags = "welcome",
+	                                 .metadata = "{\"n\":1}"});
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QB", .key = "bob"});
+	assert_true(events_flush(10000));
+	events_emit(
+	    &(struct tern_event){.type = EV_DELIVERED, .queue_id = "QA", .recipient = "x@y.test"});
+	events_emit(
+	    &(struct tern_event){.type = EV_DELIVERED, .queue_id = "QB", .recipient = "x@y.test"});
+	assert_true(events_flush(10000));
+	events_stop();
+	struct collected c = {0};
+	int64_t last = 0;
+	assert_int_equal(
+	    events_query_run(db, &(struct events_query){.type = "delivered"}, collect, &c, &last),
+	    2);
+	assert_non_null(strstr(c.json[0], "\"key\":\"alice\""));
+	assert_non_null(strstr(c.json[0], "\"tags\":[\"welcome\"]"));
+	assert_non_null(strstr(c.json[0], "\"metadata\":{\"n\":1}"));
+	assert_non_null(strstr(c.json[1], "\"key\":\"bob\""));
+	/* alice's endpoint: her received and delivered, none of bob's */
+	assert_int_equal(count(db, "SELECT count(*) FROM outbox"), 2);
+	assert_int_equal(count(db, "SELECT count(*) FROM outbox WHERE queue_id = 'QA'"), 2);
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 static void webhooks_config_is_read(void **state)
 {
 	(void)state;
@@ -296,6 +342,7 @@ int main(void)
 	    cmocka_unit_test(times_parse),
 	    cmocka_unit_test(emitted_events_are_stored_and_queried),
 	    cmocka_unit_test(full_queue_drops_instead_of_blocking),
+	    cmocka_unit_test(outcomes_inherit_key_and_tags),
 	    cmocka_unit_test(webhooks_config_is_read),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
