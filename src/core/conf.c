@@ -1462,6 +1462,22 @@ static int parse_webhooks(struct ctx *x, const struct ucl_node *sec, struct conf
 	return rc;
 }
 
+/* events { retention; } (issue 13). */
+static int parse_events(struct ctx *x, const struct ucl_node *sec, struct conf_events *e)
+{
+	int rc = want_section(x, sec, "events");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "retention") != 0)
+			return unknown_key(x, m, "events");
+		rc = get_num(x, m, "events.retention", NK_TIME, 0, 3650ull * 86400, &v);
+		if (rc == TERN_OK)
+			e->retention = (uint32_t)v;
+	}
+	return rc;
+}
+
 static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf_delivery *d)
 {
 	int rc = want_section(x, sec, "delivery");
@@ -2685,6 +2701,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_arc(x, m, &c->arc);
 	if (strcmp(k, "webhooks") == 0)
 		return parse_webhooks(x, m, &c->webhooks);
+	if (strcmp(k, "events") == 0)
+		return parse_events(x, m, &c->events);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);
@@ -2730,6 +2748,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->delivery = default_delivery;
 	c->mailbox.quota = 1ull << 30;
 	c->webhooks = (struct conf_webhooks){5, 3600, 86400, 10};
+	c->events.retention = 30 * 86400;
 	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
 	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
 	c->policy = default_policy;
@@ -3324,7 +3343,8 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_arc(out, &c->arc);
 	fprintf(out,
 	        "webhooks {\n\tretry_base = %us;\n\tretry_max = %us;\n\tretry_window = %us;\n"
-	        "\ttimeout = %us;\n}\n",
+	        "\ttimeout = %us;\n}\nevents {\n\tretention = %us;\n}\n",
 	        (unsigned)c->webhooks.retry_base, (unsigned)c->webhooks.retry_max,
-	        (unsigned)c->webhooks.retry_window, (unsigned)c->webhooks.timeout);
+	        (unsigned)c->webhooks.retry_window, (unsigned)c->webhooks.timeout,
+	        (unsigned)c->events.retention);
 }

@@ -476,12 +476,27 @@ static void *writer_main(void *arg)
 {
 	struct endpoint_filter *filters = NULL;
 	size_t n_filters = 0;
-	int64_t version = -2;
+	int64_t version = -2, next_prune = 0;
 	struct wstmts w = {0};
 	pthread_mutex_lock(&Q.lock);
 	for (;;) {
-		while (!Q.head && !Q.stopping)
-			pthread_cond_wait(&Q.wake, &Q.lock);
+		while (!Q.head && !Q.stopping) {
+			if (Q.opts.retention && now_sec() >= next_prune) {
+				/* Retention: at start, then hourly, in chunks between batches. */
+				pthread_mutex_unlock(&Q.lock);
+				int n =
+				    events_prune(Q.db, now_sec() - (int64_t)Q.opts.retention, 5000);
+				if (n > 0)
+					log_info("event=events_pruned count=%d", n);
+				next_prune = n == 5000 ? now_sec() : now_sec() + 3600;
+				pthread_mutex_lock(&Q.lock);
+				continue;
+			}
+			struct timespec dl;
+			clock_gettime(CLOCK_REALTIME, &dl);
+			dl.tv_sec += 60;
+			pthread_cond_timedwait(&Q.wake, &Q.lock, &dl);
+		}
 		if (!Q.head && Q.stopping)
 			break;
 		/* Take up to BATCH_MAX events; emitters go on filling the queue. */
@@ -572,7 +587,8 @@ int events_start_conf(const struct tern_config *conf)
 	struct events_opts o = {.retry_base = conf->webhooks.retry_base,
 	                        .retry_max = conf->webhooks.retry_max,
 	                        .retry_window = conf->webhooks.retry_window,
-	                        .timeout = conf->webhooks.timeout};
+	                        .timeout = conf->webhooks.timeout,
+	                        .retention = conf->events.retention};
 	return events_start(conf->data_dir, &o);
 }
 
@@ -616,6 +632,46 @@ void events_stop(void)
 	Q.db = NULL;
 	pthread_mutex_unlock(&Q.lock);
 	log_info("event=events_stopped dropped=%" PRIu64, atomic_load(&Q.dropped));
+}
+
+int events_prune(sqlite3 *db, int64_t before, unsigned max)
+{
+	sqlite3_stmt *st = NULL;
+	int n = TERN_EIO;
+	if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+		return TERN_EIO;
+	if (sqlite3_prepare_v2(db,
+	                       "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE "
+	                       "e.time < ?1 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event "
+	                       "= e.id AND o.done = 0) ORDER BY e.id LIMIT ?2)",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, before);
+	sqlite3_bind_int(st, 2, (int)max);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		goto out;
+	n = sqlite3_changes(db);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (sqlite3_exec(db,
+	                 "DELETE FROM outbox WHERE done = 1 AND event NOT IN (SELECT id FROM "
+	                 "events)",
+	                 NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db, "DELETE FROM attempts WHERE time < ?", -1, &st, NULL) !=
+	        SQLITE_OK) {
+		n = TERN_EIO;
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, before);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		n = TERN_EIO;
+out:
+	sqlite3_finalize(st);
+	if (n >= 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+		return n;
+	log_error("event=events_prune_failed reason=\"%s\"", sqlite3_errmsg(db));
+	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	return TERN_EIO;
 }
 
 /* ---- queries ---- */

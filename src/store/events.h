@@ -68,6 +68,7 @@ struct events_opts {
 	uint32_t retry_window; /* failing this long disables the endpoint, seconds */
 	uint32_t timeout;      /* per POST, seconds */
 	size_t queue_max;      /* events waiting for the writer; 0 = 65536 */
+	uint32_t retention;    /* events older than this are deleted, seconds; 0 = kept */
 };
 
 /*
@@ -146,6 +147,14 @@ const char *events_select_columns(void);
 char *events_row_json(sqlite3_stmt *st, const char *node, bool envelope);
 /* This store's node name (random, made with the file; part of event ids). */
 char *events_node(sqlite3 *db);
+
+/*
+ * Deletes events older than before (unix seconds) that no pending outbox row
+ * still needs, the delivered outbox rows of deleted events and attempts
+ * older than before; at most max events per call (so the writer never holds
+ * the file long). Returns the number of events deleted or a TERN_* error.
+ */
+int events_prune(sqlite3 *db, int64_t before, unsigned max);
 
 /* Parses "2026-12-06T07:00:00Z", "1765000000", or a relative "10min"/"2h"/
  * "1d" (before now). -1 when it is none of these. */

@@ -305,6 +305,45 @@ static void outcomes_inherit_key_and_tags(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* Retention deletes old events, but never one a pending outbox row needs. */
+static void prune_keeps_what_the_outbox_needs(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", err[256], secret[64];
+	assert_non_null(mkdtemp(dir));
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	int64_t ep = 0;
+	assert_int_equal(
+	    webhook_add(db, "http://127.0.0.1:1/", "bounced", NULL, &ep, secret, sizeof(secret)),
+	    TERN_OK);
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	for (int i = 0; i < 7; i++)
+		events_emit(&(struct tern_event){
+		    .type = EV_DELIVERED, .time = 1000 + i, .queue_id = "OLD"});
+	events_emit(&(struct tern_event){.type = EV_BOUNCED, .time = 1000, .queue_id = "OLDB"});
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "NEW"});
+	assert_true(events_flush(10000));
+	events_stop();
+	assert_int_equal(events_prune(db, 2000, 5), 5); /* in chunks */
+	assert_int_equal(events_prune(db, 2000, 5), 2);
+	assert_int_equal(events_prune(db, 2000, 5), 0);
+	/* the pending bounce and the new event stay */
+	assert_int_equal(count(db, "SELECT count(*) FROM events"), 2);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE queue_id = 'OLDB'"), 1);
+	/* once posted, it goes too */
+	assert_int_equal(sqlite3_exec(db, "UPDATE outbox SET done = 1", NULL, NULL, NULL),
+	                 SQLITE_OK);
+	assert_int_equal(events_prune(db, 2000, 5), 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM outbox"), 0);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE queue_id = 'NEW'"), 1);
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 static void webhooks_config_is_read(void **state)
 {
 	(void)state;
@@ -315,6 +354,7 @@ static void webhooks_config_is_read(void **state)
 	assert_int_equal(c->webhooks.retry_max, 3600);
 	assert_int_equal(c->webhooks.retry_window, 86400);
 	assert_int_equal(c->webhooks.timeout, 10);
+	assert_int_equal(c->events.retention, 30 * 86400);
 	conf_unref(c);
 	const char *t = "webhooks { retry_base = 2s; retry_max = 1min; retry_window = 1h; "
 	                "timeout = 3s; }";
@@ -324,6 +364,11 @@ static void webhooks_config_is_read(void **state)
 	assert_int_equal(c->webhooks.retry_max, 60);
 	assert_int_equal(c->webhooks.retry_window, 3600);
 	assert_int_equal(c->webhooks.timeout, 3);
+	conf_unref(c);
+	t = "events { retention = 0; }";
+	c = conf_load_string(t, strlen(t), "t", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->events.retention, 0);
 	conf_unref(c);
 	t = "webhooks { retry_bse = 2s; }";
 	assert_null(conf_load_string(t, strlen(t), "t", err, sizeof(err)));
@@ -343,6 +388,7 @@ int main(void)
 	    cmocka_unit_test(emitted_events_are_stored_and_queried),
 	    cmocka_unit_test(full_queue_drops_instead_of_blocking),
 	    cmocka_unit_test(outcomes_inherit_key_and_tags),
+	    cmocka_unit_test(prune_keeps_what_the_outbox_needs),
 	    cmocka_unit_test(webhooks_config_is_read),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
