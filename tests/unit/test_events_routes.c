@@ -31,7 +31,7 @@ static int setup(void **state)
 	char err[256];
 	if (!mkdtemp(dir) || !(db = events_db_open(dir, err, sizeof(err))))
 		return -1;
-	if (webhook_add(db, "http://127.0.0.1:1/h", "bounced", "k", &ep, secret, sizeof(secret)) !=
+	if (webhook_add(db, "http://127.0.0.1:1/h", "bounced", NULL, &ep, secret, sizeof(secret)) !=
 	    TERN_OK)
 		return -1;
 	struct events_opts o = {.retry_base = 3600, .timeout = 1};
