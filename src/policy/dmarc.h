@@ -82,6 +82,10 @@ struct dmarc_dkim {
 	const char *selector;  /* s=, for A-R header.s (may be NULL) */
 	const char *signature; /* b= (folding whitespace allowed), for A-R header.b (may be NULL) */
 	const char *reason;    /* short words for the A-R reason, or NULL */
+	/* the key says t=y (RFC 6376 §3.6.1: the signer is testing, treat the
+	 * message as unsigned): a pass is reported in A-R but never counts
+	 * toward DMARC alignment */
+	bool testing;
 };
 
 /* ------------------------------------------------------------------ record */

@@ -108,9 +108,7 @@ static enum dmarc_dkim_result dkim_to_dmarc(const struct dkim_result *r)
 {
 	switch (r->status) {
 	case DKIM_PASS:
-		/* t=y: the signer is testing, the message counts as unsigned
-		 * for policy (RFC 6376 §3.6.1); A-R still says what we saw */
-		return DMARC_DKIM_PASS;
+		return DMARC_DKIM_PASS; /* a t=y key: see dkim_collect */
 	case DKIM_FAIL:
 		return DMARC_DKIM_FAIL;
 	case DKIM_NEUTRAL:
@@ -262,6 +260,9 @@ static void dkim_collect(struct smtp_verify *v)
 		v->dk[i].selector = r->selector;
 		v->dk[i].signature = r->b;
 		v->dk[i].reason = r->reason && r->reason[0] ? r->reason : NULL;
+		/* t=y: the signer is testing, the message counts as unsigned for
+		 * DMARC (RFC 6376 §3.6.1); A-R still says what we saw */
+		v->dk[i].testing = r->status == DKIM_PASS && r->testing;
 	}
 	v->n_dk = n;
 }
