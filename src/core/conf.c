@@ -1998,6 +1998,64 @@ static void print_auth_checks(FILE *f, const struct conf_auth_checks *a)
 	        a->defer_on_temperror ? "true" : "false", (unsigned)a->timeout);
 }
 
+/* ---- dmarc { reports { from; org_name; inbox; interval; } } ------------------ */
+
+static int parse_dmarc_reports(struct ctx *x, const struct ucl_node *sec,
+                               struct conf_dmarc_reports *r)
+{
+	int rc = want_section(x, sec, "dmarc.reports");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "from") == 0 || strcmp(m->key, "inbox") == 0) {
+			bool from = m->key[0] == 'f';
+			char **out = from ? &r->from : &r->inbox;
+			const char *path = from ? "dmarc.reports.from" : "dmarc.reports.inbox";
+			rc = get_str(x, m, path, out);
+			const char *at = rc == TERN_OK ? strrchr(*out, '@') : NULL;
+			if (rc == TERN_OK && (!at || at == *out || !at[1] || strpbrk(*out, " <>\"\r\n")))
+				return cerr(x, m, "%s: must be a mailbox such as \"dmarc@example.org\"",
+				            path);
+		} else if (strcmp(m->key, "org_name") == 0) {
+			rc = get_str(x, m, "dmarc.reports.org_name", &r->org_name);
+		} else if (strcmp(m->key, "interval") == 0) {
+			uint64_t v = 0;
+			rc = get_num(x, m, "dmarc.reports.interval", NK_TIME, 60, 7 * 86400, &v);
+			r->interval = (uint32_t)v;
+		} else {
+			rc = unknown_key(x, m, "dmarc.reports");
+		}
+	}
+	return rc;
+}
+
+static int parse_dmarc(struct ctx *x, const struct ucl_node *sec, struct conf_dmarc *d)
+{
+	int rc = want_section(x, sec, "dmarc");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "reports") == 0)
+			rc = parse_dmarc_reports(x, m, &d->reports);
+		else
+			rc = unknown_key(x, m, "dmarc");
+	}
+	return rc;
+}
+
+static void print_dmarc(FILE *f, const struct conf_dmarc *d)
+{
+	const struct conf_dmarc_reports *r = &d->reports;
+	if (!r->from && !r->inbox)
+		return;
+	fprintf(f, "dmarc {\n\treports {\n");
+	if (r->from)
+		fprintf(f, "\t\tfrom = \"%s\";\n", r->from);
+	if (r->org_name)
+		fprintf(f, "\t\torg_name = \"%s\";\n", r->org_name);
+	if (r->inbox)
+		fprintf(f, "\t\tinbox = \"%s\";\n", r->inbox);
+	fprintf(f, "\t\tinterval = %us;\n\t}\n}\n", (unsigned)r->interval);
+}
+
 /* ---- dkim { canonicalization; keys = [ { domain; selector; key_file; } ] } - */
 
 static void dkim_keys_free(struct conf_dkim_key *k, size_t n)
@@ -2178,6 +2236,9 @@ static void conf_free(struct tern_config *c)
 	for (size_t i = 0; i < c->capture.n_http_allowed_hosts; i++)
 		free(c->capture.http_allowed_hosts[i]);
 	free(c->capture.http_allowed_hosts);
+	free(c->dmarc.reports.from);
+	free(c->dmarc.reports.org_name);
+	free(c->dmarc.reports.inbox);
 	free(c->source);
 	free(c->hostname);
 	free(c->data_dir);
@@ -2535,6 +2596,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dkim(x, m, &c->dkim);
 	if (strcmp(k, "auth_checks") == 0)
 		return parse_auth_checks(x, m, &c->auth_checks);
+	if (strcmp(k, "dmarc") == 0)
+		return parse_dmarc(x, m, &c->dmarc);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);
@@ -2584,6 +2647,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->policy = default_policy;
 	default_auth(&c->auth);
 	c->auth_checks = default_auth_checks;
+	c->dmarc.reports.interval = 86400;
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
@@ -3168,4 +3232,5 @@ void conf_print(const struct tern_config *c, FILE *out)
 	fputs(c->tls.n_certs && !c->tls.self_signed ? "\n\t];\n}\n" : "];\n}\n", out);
 	print_policy(out, &c->policy);
 	print_auth_checks(out, &c->auth_checks);
+	print_dmarc(out, &c->dmarc);
 }

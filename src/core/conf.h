@@ -219,6 +219,18 @@ struct conf_auth_checks {
 	uint32_t timeout;         /* seconds for each check's DNS lookups; default 20 */
 };
 
+/* ---- dmarc { reports { } }: DMARC aggregate reports (policy/dmarc_report.c) ---- */
+struct conf_dmarc_reports {
+	char *from;        /* reports.from: sender of our reports; NULL = reporting off */
+	char *org_name;    /* reports.org_name: report_metadata org_name; NULL = hostname */
+	char *inbox;       /* reports.inbox: a local address whose mail is parsed as reports */
+	uint32_t interval; /* reports.interval: seconds between sending rounds; default 1d */
+};
+
+struct conf_dmarc {
+	struct conf_dmarc_reports reports;
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -271,6 +283,7 @@ struct tern_config {
 	struct conf_auth auth;
 	struct conf_dkim dkim;
 	struct conf_auth_checks auth_checks;
+	struct conf_dmarc dmarc;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

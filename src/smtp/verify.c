@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <time.h>
 
 #include "core/buf.h"
 #include "core/conf.h"
@@ -30,6 +32,7 @@
 #include "core/loop.h"
 #include "policy/dkim.h"
 #include "policy/dmarc.h"
+#include "policy/dmarc_report.h"
 #include "policy/policy.h"
 #include "policy/spf.h"
 
@@ -44,6 +47,7 @@ struct smtp_verify {
 	struct dns_resolver *res; /* NULL: every lookup is a temporary error */
 	struct pool *pool;        /* NULL: large bodies are hashed on the loop too */
 	char sess[48];
+	char ip[64];         /* the client's address, for DMARC reports */
 	char id[32];         /* queue id, once the message has one */
 	struct event *kick;  /* runs step() or the callback outside our callers */
 	struct event *timer; /* DMARC's deadline */
@@ -181,6 +185,9 @@ struct smtp_verify *smtp_verify_start(const struct smtp_verify_params *p)
 	v->res = policy_resolver(p->policy, p->w);
 	v->pool = p->pool;
 	tern_strlcpy(v->sess, p->sess, sizeof(v->sess));
+	struct spf_ip pip;
+	if (spf_ip_from_sockaddr(p->peer, &pip) == TERN_OK)
+		inet_ntop(pip.family, pip.addr, v->ip, sizeof(v->ip));
 	tbuf_init(&v->prefix, SMTP_VERIFY_HEADERS_MAX);
 	tbuf_init(&v->kept, 0);
 	v->kick = event_new(v->base, -1, 0, on_kick, v);
@@ -444,6 +451,16 @@ static void step(struct smtp_verify *v)
 		    .defer_on_temperror = v->conf->auth_checks.defer_on_temperror,
 		};
 		dmarc_decide(&v->dmarc_out, &prof, &v->decision);
+		if (v->conf->dmarc.reports.from) {
+			/* recorded for aggregate reports (write-behind, never waits) */
+			struct dmarc_spf spf = {spf_to_dmarc(v->spf_mailfrom.result),
+			                        DMARC_SPF_MAILFROM,
+			                        v->spf_on ? v->spf_mailfrom.domain : NULL};
+			struct dmarc_note note = {(int64_t)time(NULL), v->ip,   v->mailfrom,
+			                          &v->dmarc_out,       &spf,    v->dk,
+			                          v->n_dk,             v->decision.disposition};
+			dmarc_note(&note);
+		}
 	}
 	if (!v->failed && build_prefix(v) != TERN_OK) {
 		/* the fields would not fit (a sender's huge values are cut by the
