@@ -205,8 +205,7 @@ int dmarc_agg_xml(const struct dmarc_agg *a, struct tbuf *b)
 	xml_el(b, "    ", "generator", "tern");
 	tbuf_append_str(b, "  </report_metadata>\n  <policy_published>\n");
 	xml_el(b, "    ", "domain", a->domain);
-	if (a->p[0])
-		xml_el(b, "    ", "p", a->p);
+	xml_el(b, "    ", "p", a->p[0] ? a->p : "none"); /* required; absent p is none */
 	if (a->sp[0])
 		xml_el(b, "    ", "sp", a->sp);
 	if (a->np[0])

@@ -280,3 +280,15 @@ def test_received_reports_are_stored_and_shown(tern_factory):
     bad = t.cli("dmarc", "report", "--since", "yesterday")
     assert bad.returncode == 2
     t.check_sanitizers()
+
+
+def test_recording_failure_never_delays_mail(tern_factory, zone):
+    """DATA/dmarc.db cannot be opened (a directory stands there): the evaluation is not
+    recorded, the failure is logged, and the mail is delivered as ever."""
+    t = tern_factory(reports_config(zone.forward), users=USERS, start=False)
+    (t.data_dir / "dmarc.db").mkdir()
+    t.start()
+    send(t, "a@rep.test", "news@rep.test", "still delivered")
+    t.wait_mail_with(RCPT, "Subject: still delivered")
+    t.wait_log(r"event=dmarc_store_failed ")
+    t.check_sanitizers()

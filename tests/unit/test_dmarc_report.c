@@ -352,6 +352,48 @@ static void test_note_fill(void **state)
 	assert_string_equal(out[0].rua, "mailto:r@example.com\n");
 }
 
+/* The write-behind: rows recorded from another thread are in the
+ * database once dmarc_store_sync returns; closing writes what is left. */
+static void test_store_write_behind(void **state)
+{
+	char dir[] = "/tmp/tern-dmarc-store-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	char err[256];
+	struct dmarc_store *s = dmarc_store_open(dir, err, sizeof(err));
+	assert_non_null(s);
+	struct dmarc_rec r;
+	memset(&r, 0, sizeof(r));
+	r.t = 1700000000;
+	tern_strlcpy(r.ip, "192.0.2.9", sizeof(r.ip));
+	tern_strlcpy(r.header_from, "example.com", sizeof(r.header_from));
+	tern_strlcpy(r.policy_domain, "example.com", sizeof(r.policy_domain));
+	tern_strlcpy(r.disposition, "none", sizeof(r.disposition));
+	r.n_dkim = 1;
+	tern_strlcpy(r.dkim[0].domain, "example.com", sizeof(r.dkim[0].domain));
+	tern_strlcpy(r.dkim[0].result, "pass", sizeof(r.dkim[0].result));
+	for (int i = 0; i < 50; i++)
+		dmarc_store_record(s, &r);
+	dmarc_store_sync(s);
+	sqlite3 *db = dmarc_db_open(dir, false, err, sizeof(err));
+	assert_non_null(db);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db,
+	                                    "SELECT COUNT(*), MIN(dkim) FROM evals WHERE ip = "
+	                                    "'192.0.2.9' AND policy_domain = 'example.com'",
+	                                    -1, &st, NULL),
+	                 SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_int_equal(sqlite3_column_int(st, 0), 50);
+	assert_non_null(strstr((const char *)sqlite3_column_text(st, 1), "\"result\":\"pass\""));
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	assert_int_equal(dmarc_store_failures(s), 0);
+	dmarc_store_close(s);
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -362,6 +404,7 @@ int main(void)
 	    cmocka_unit_test(test_inflate_limit),
 	    cmocka_unit_test(test_rua),
 	    cmocka_unit_test(test_note_fill),
+	    cmocka_unit_test(test_store_write_behind),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
