@@ -256,8 +256,15 @@ static void cell(char *out, size_t outlen, const char *s, size_t width)
 
 static int show_report(const struct tern_config *conf, const char *domain, int64_t since, bool json)
 {
-	char err[512];
-	sqlite3 *db = dmarc_db_open(conf->data_dir, true, err, sizeof(err));
+	char err[512], path[4200];
+	snprintf(path, sizeof(path), "%s/dmarc.db", conf->data_dir);
+	if (access(path, F_OK) != 0 && errno == ENOENT) {
+		/* nothing received yet; never create the daemon's file as another
+		 * user (this command may run as root) */
+		printf(json ? "[]\n" : "(no aggregate reports received)\n");
+		return 0;
+	}
+	sqlite3 *db = dmarc_db_open(conf->data_dir, false, err, sizeof(err));
 	if (!db) {
 		fprintf(stderr, "tern: %s\n", err);
 		return 1;

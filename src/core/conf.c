@@ -2041,18 +2041,23 @@ static int parse_dmarc(struct ctx *x, const struct ucl_node *sec, struct conf_dm
 	return rc;
 }
 
+static void print_str(FILE *f, const char *s);
+
 static void print_dmarc(FILE *f, const struct conf_dmarc *d)
 {
 	const struct conf_dmarc_reports *r = &d->reports;
 	if (!r->from && !r->inbox)
 		return;
 	fprintf(f, "dmarc {\n\treports {\n");
-	if (r->from)
-		fprintf(f, "\t\tfrom = \"%s\";\n", r->from);
-	if (r->org_name)
-		fprintf(f, "\t\torg_name = \"%s\";\n", r->org_name);
-	if (r->inbox)
-		fprintf(f, "\t\tinbox = \"%s\";\n", r->inbox);
+	const char *const name[] = {"from", "org_name", "inbox"};
+	const char *const val[] = {r->from, r->org_name, r->inbox};
+	for (size_t i = 0; i < 3; i++) {
+		if (!val[i])
+			continue;
+		fprintf(f, "\t\t%s = ", name[i]);
+		print_str(f, val[i]);
+		fputs(";\n", f);
+	}
 	fprintf(f, "\t\tinterval = %us;\n\t}\n}\n", (unsigned)r->interval);
 }
 
@@ -2981,6 +2986,20 @@ size_t conf_warnings(const struct tern_config *c,
 		         ip, net->prefix,
 		         net->prefix == 0 ? "the whole internet" : "a large part of the internet");
 		fn("relay.networks", text, arg);
+		n++;
+	}
+	const struct conf_dmarc_reports *dr = &c->dmarc.reports;
+	const char *at = dr->inbox ? strrchr(dr->inbox, '@') : NULL;
+	if (at && !conf_is_local_domain(c, at + 1, strlen(at + 1))) {
+		fn("dmarc.reports.inbox",
+		   "not in local_domains: mail to it is relayed, never delivered here, so no "
+		   "aggregate report is read",
+		   arg);
+		n++;
+	}
+	if (dr->from && c->auth_checks.dmarc == CONF_DMARC_OFF) {
+		fn("dmarc.reports.from",
+		   "auth_checks.dmarc is off: nothing is evaluated, so no report is ever sent", arg);
 		n++;
 	}
 	if (c->dkim.n_keys > 0) {

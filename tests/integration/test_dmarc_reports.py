@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import expect
+from conftest import Raw, expect
 from remote_harness import DNS_RECORDS, Unbound
 
 HOST = "mx.example.test"  # conftest's hostname: the Submitter
@@ -292,3 +292,21 @@ def test_recording_failure_never_delays_mail(tern_factory, zone):
     t.wait_mail_with(RCPT, "Subject: still delivered")
     t.wait_log(r"event=dmarc_store_failed ")
     t.check_sanitizers()
+
+
+def test_config_checked_and_printed(tern_factory, tmp_path):
+    t = tern_factory({"dmarc": {"reports": {"from": FROM, "inbox": "dmarc@elsewhere.example",
+                                            "org_name": 'Org "Q"', "interval": Raw("6h")}}},
+                     start=False)
+    r = t.cli("check-config")
+    assert r.returncode == 0, r.stderr
+    assert "warning: dmarc.reports.inbox: not in local_domains" in r.stderr
+    # auth_checks.dmarc is off in the base test config: nothing would be reported
+    assert "warning: dmarc.reports.from: auth_checks.dmarc is off" in r.stderr
+    assert 'org_name = "Org \\"Q\\"";' in r.stdout and "interval = 21600s;" in r.stdout
+    # nothing received yet: an empty answer, and no database made by the command
+    assert t.cli("dmarc", "report", "--json", check=True).stdout.strip() == "[]"
+    assert not (t.data_dir / "dmarc.db").exists()
+    t.write_config(dict(t.config, dmarc={"reports": {"from": "not an address"}}))
+    r = t.cli("check-config")
+    assert r.returncode != 0 and "dmarc.reports.from: must be a mailbox" in r.stderr
