@@ -126,19 +126,23 @@ struct dmarc_run_stats {
 };
 
 /*
- * One round: every policy domain with evaluations at or before now gets
- * one report per rua (mailto, verified when external, size limit kept);
+ * One round: every policy domain whose oldest unreported evaluation is at
+ * or before due (now - interval for the timer, now for a round asked for
+ * by hand) gets one report per rua (mailto, verified when external, size limit kept);
  * the rows reported are deleted afterwards (so are rows with no usable
  * rua, and rows older than 7 days whose report could not be sent).
  * DNS questions go to conf's resolver, synchronously. Logs one line per
  * report. Blocking; TERN_OK, or TERN_EIO when the database cannot be read.
  */
-int dmarc_reports_run(const struct tern_config *conf, int64_t now, dmarc_submit_fn submit,
-                      void *arg, struct dmarc_run_stats *st);
+int dmarc_reports_run(const struct tern_config *conf, int64_t now, int64_t due,
+                      dmarc_submit_fn submit, void *arg, struct dmarc_run_stats *st);
 
-/* The daemon's sending timer: a thread that runs dmarc_reports_run every
- * reports.interval (and when dmarc_reports_kick asks), submitting with
- * submit. Nothing runs without reports.from. NULL is fine for stop. */
+/* The daemon's sending timer: a thread that looks every few minutes (at
+ * most every reports.interval) for domains whose oldest evaluation is one
+ * interval old and reports them — so a daemon restarted more often than the
+ * interval still reports — and runs a full round when dmarc_reports_kick
+ * asks; it submits with submit. Nothing runs without reports.from. NULL is
+ * fine for stop. */
 struct dmarc_reporter;
 struct dmarc_reporter *dmarc_reporter_start(const struct tern_config *conf, dmarc_submit_fn submit,
                                             void *arg);

@@ -29,6 +29,8 @@
 
 /* Rows whose reports could not be sent are dropped after this long. */
 #define KEEP_UNSENT (7 * 86400)
+/* How often the reporter looks for domains that are due (seconds). */
+#define LOOK_EVERY 300
 /* A report's XML past this is not built (RFC 9990 leaves the size to us). */
 #define XML_MAX (64u << 20)
 
@@ -290,8 +292,8 @@ out:
 	return done;
 }
 
-int dmarc_reports_run(const struct tern_config *conf, int64_t now, dmarc_submit_fn submit,
-                      void *arg, struct dmarc_run_stats *st)
+int dmarc_reports_run(const struct tern_config *conf, int64_t now, int64_t due,
+                      dmarc_submit_fn submit, void *arg, struct dmarc_run_stats *st)
 {
 	char err[512];
 	memset(st, 0, sizeof(*st));
@@ -312,11 +314,12 @@ int dmarc_reports_run(const struct tern_config *conf, int64_t now, dmarc_submit_
 	} *doms = NULL;
 	size_t n = 0, cap = 0;
 	if (sqlite3_prepare_v2(db,
-	                       "SELECT policy_domain, MIN(t), MAX(id) FROM evals WHERE t <= ? "
-	                       "GROUP BY policy_domain ORDER BY policy_domain",
+	                       "SELECT policy_domain, MIN(t), MAX(id) FROM evals WHERE t <= ?1 "
+	                       "GROUP BY policy_domain HAVING MIN(t) <= ?2 ORDER BY policy_domain",
 	                       -1, &st_d, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st_d, 1, now);
+	sqlite3_bind_int64(st_d, 2, due);
 	while (sqlite3_step(st_d) == SQLITE_ROW) {
 		if (n == cap) {
 			size_t nc = cap ? cap * 2 : 16;
@@ -360,8 +363,9 @@ out:
 	sqlite3_finalize(st_d);
 	free(doms);
 	sqlite3_close(db);
-	log_info("event=dmarc_reports_round domains=%u sent=%u skipped=%u failed=%u", st->domains,
-	         st->sent, st->skipped, st->failed);
+	if (st->domains || due >= now) /* the timer's empty looks are not news */
+		log_info("event=dmarc_reports_round domains=%u sent=%u skipped=%u failed=%u",
+		         st->domains, st->sent, st->skipped, st->failed);
 	return rc;
 }
 
@@ -385,22 +389,27 @@ static struct dmarc_reporter *the_reporter;
 static void *reporter_main(void *arg)
 {
 	struct dmarc_reporter *r = arg;
+	uint32_t interval = r->conf->dmarc.reports.interval;
+	uint32_t look = interval < LOOK_EVERY ? interval : LOOK_EVERY;
 	pthread_mutex_lock(&r->lock);
 	while (!r->stop) {
 		struct timespec until;
 		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_sec += r->conf->dmarc.reports.interval;
+		until.tv_sec += look;
 		while (!r->stop && !r->kick)
 			if (pthread_cond_timedwait(&r->cond, &r->lock, &until) != 0)
-				break; /* the interval passed */
+				break; /* time to look */
 		if (r->stop)
 			break;
+		bool all = r->kick;
 		r->kick = false;
 		r->running = true;
 		pthread_mutex_unlock(&r->lock);
 		dmarc_store_sync(dmarc_store_default()); /* the latest evaluations too */
 		struct dmarc_run_stats st;
-		dmarc_reports_run(r->conf, (int64_t)time(NULL), r->submit, r->arg, &st);
+		int64_t now = (int64_t)time(NULL);
+		dmarc_reports_run(r->conf, now, all ? now : now - (int64_t)interval, r->submit,
+		                  r->arg, &st);
 		pthread_mutex_lock(&r->lock);
 		r->last = st;
 		r->rounds++;

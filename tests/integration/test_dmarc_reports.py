@@ -310,3 +310,29 @@ def test_config_checked_and_printed(tern_factory, tmp_path):
     t.write_config(dict(t.config, dmarc={"reports": {"from": "not an address"}}))
     r = t.cli("check-config")
     assert r.returncode != 0 and "dmarc.reports.from: must be a mailbox" in r.stderr
+
+
+def test_send_reports_while_the_server_is_down(tern_factory, zone):
+    """Without a running server the same round runs in the command; the reports wait in
+    the maildrop and leave when the server starts."""
+    t = tern_factory(reports_config(zone.forward), users=USERS)
+    send(t, "a@rep.test", "news@rep.test", "pass one")
+    t.wait_mail(RCPT)
+    t.stop()
+    r = t.cli("dmarc", "send-reports")
+    assert r.returncode == 0, r.stderr
+    assert "1 domain, 1 sent, 0 skipped, 0 failed" in r.stdout and "maildrop" in r.stdout
+    assert not t.mail_files("agg@rep.test")
+    t.start()
+    [(_, data)] = t.wait_mail("agg@rep.test")
+    assert data.startswith(f"Return-Path: <{FROM}>".encode())
+    _, fname, root = take_apart(data)
+    assert fname.startswith(f"{HOST}!rep.test!")
+    assert text(root, "d:policy_published/d:domain") == "rep.test"
+    assert [x["count"] for x in records(root)] == [1]
+    # the daemon still records (the command left it its database)
+    send(t, "b@rep.test", "news@rep.test", "pass two")
+    t.wait_mail(RCPT, count=2)
+    r = t.cli("dmarc", "send-reports", check=True)
+    assert "1 domain, 1 sent" in r.stdout, r.stdout + t.log_tail()
+    t.check_sanitizers()
