@@ -73,7 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(val, hdr, n);
 	val[n] = '\0';
 	struct dmarc_spf spf = {DMARC_SPF_PASS, DMARC_SPF_MAILFROM, val};
-	struct dmarc_dkim dkim = {DMARC_DKIM_FAIL, val, val, val, val};
+	struct dmarc_dkim dkim = {DMARC_DKIM_FAIL, val, val, val, val, false};
 	struct authres_input in = {"mx.example.org", &spf, 1, &dkim, 1, NULL, AUTHRES_ARC_NONE};
 	struct tbuf b = TBUF_INIT(8192);
 	if (authres_build(&in, &b) != TERN_OK)
