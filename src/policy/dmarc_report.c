@@ -330,8 +330,10 @@ bool dmarc_rua_parse(const char *uri, struct dmarc_rua *out)
 			c = (char)(hexval(p[1]) * 16 + hexval(p[2]));
 			p += 2;
 		}
-		if ((unsigned char)c <= 0x20 || c == 0x7f || c == '<' || c == '>' || c == '"' ||
-		    c == '\\' || c == ',' || c == '?' || o + 1 >= sizeof(out->addr))
+		/* an address we can put in To: and RCPT as it is: printable
+		 * ASCII without the characters that would change its meaning */
+		if ((unsigned char)c <= 0x20 || (unsigned char)c >= 0x7f || c == '<' || c == '>' ||
+		    c == '"' || c == '\\' || c == ',' || c == '?' || o + 1 >= sizeof(out->addr))
 			return false;
 		out->addr[o++] = c;
 	}

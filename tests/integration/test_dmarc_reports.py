@@ -336,3 +336,56 @@ def test_send_reports_while_the_server_is_down(tern_factory, zone):
     r = t.cli("dmarc", "send-reports", check=True)
     assert "1 domain, 1 sent" in r.stdout, r.stdout + t.log_tail()
     t.check_sanitizers()
+
+
+def test_dkim_testing_key_does_not_pass_dmarc(tern_factory, tmp_path):
+    """RFC 6376 §3.6.1: a signature verified with a key published with t=y is reported
+    (dkim=pass) but counts for nothing in DMARC: with SPF failing, p=reject refuses the
+    message. The same signature by a key without t=y passes."""
+    import subprocess
+
+    import dkim
+
+    from conftest import CLI_TIMEOUT, tern_bin
+
+    r = subprocess.run([tern_bin(), "dkim", "keygen", "trial.test", "s1", "--type", "rsa"],
+                       capture_output=True, timeout=CLI_TIMEOUT, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    record = "".join(re.findall(r'"([^"]*)"', r.stdout.decode()))
+    key = (tmp_path / "trial.test.s1.key").read_bytes()
+
+    def chunks(s):
+        return " ".join(f'"{s[i:i + 255]}"' for i in range(0, len(s), 255))
+
+    u = Unbound(records=DNS_RECORDS)
+    with open(u.conf, "a") as f:
+        for name, data in [(HELO, SPF_OK),
+                           ("trial.test", '"v=spf1 ip4:192.0.2.0/24 -all"'),
+                           ("_dmarc.trial.test", '"v=DMARC1; p=reject"')]:
+            f.write(f"  local-data: '{name}. 60 IN TXT {data}'\n")
+        f.write(f"  local-data: 's1._domainkey.trial.test. 60 IN TXT {chunks(record + '; t=y')}'\n")
+        f.write(f"  local-data: 's2._domainkey.trial.test. 60 IN TXT {chunks(record)}'\n")
+    u.start()
+    try:
+        t = tern_factory({"dns": {"forward": [u.forward]},
+                          "auth_checks": {"spf": True, "dkim": True, "dmarc": "enforce"}})
+        for sel, code in ((b"s1", 550), (b"s2", 250)):
+            msg = (f"From: <news@trial.test>\r\nTo: <{RCPT}>\r\nSubject: key {sel.decode()}\r\n"
+                   f"Message-ID: <{sel.decode()}@trial.test>\r\n\r\nHello.\r\n").encode()
+            signed = dkim.sign(msg, sel, b"trial.test", key,
+                               include_headers=[b"from", b"to", b"subject"]) + msg
+            with t.client() as c:
+                expect(c.greeting, 220)
+                expect(c.cmd(f"EHLO {HELO}"), 250)
+                expect(c.cmd("MAIL FROM:<a@trial.test>"), 250)
+                expect(c.cmd(f"RCPT TO:<{RCPT}>"), 250)
+                expect(c.cmd("DATA"), 354)
+                c.send(signed + b".\r\n")
+                expect(c.reply(), code)
+                expect(c.cmd("QUIT"), 221)
+        assert t.log_lines("event=auth_checks", "dkim=pass", "dmarc=fail", "action=reject")
+        [(_, data)] = t.wait_mail_with(RCPT, "Subject: key s2")
+        assert b"dmarc=pass" in data
+        t.check_sanitizers()
+    finally:
+        u.stop()

@@ -288,6 +288,8 @@ static void test_rua(void **state)
 	assert_false(dmarc_rua_parse("https://example.org/report", &r));
 	assert_false(dmarc_rua_parse("mailto:nobody", &r));
 	assert_false(dmarc_rua_parse("mailto:a b@example.org", &r));
+	assert_false(dmarc_rua_parse("mailto:a%0D%0ABcc:x@example.org", &r));
+	assert_false(dmarc_rua_parse("mailto:caf\xc3\xa9@example.org", &r));
 	assert_false(dmarc_rua_parse("mailto:a@b.example,c@d.example", &r));
 
 	assert_false(dmarc_rua_external("example.com", "example.com"));
