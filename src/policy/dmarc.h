@@ -109,6 +109,9 @@ struct dmarc_uri_list {
 	size_t n_invalid; /* syntactically bad ones, dropped */
 	size_t n_dropped; /* valid but past DMARC_URIS_MAX/DMARC_URI_MAX */
 	char uri[DMARC_URIS_MAX][DMARC_URI_MAX + 1]; /* without an obsolete "!size" suffix */
+	/* that suffix as written ("10m"), "" when none: RFC 7489's size limit,
+	 * which aggregate reporting still honours (policy/dmarc_report.c) */
+	char size[DMARC_URIS_MAX][24];
 };
 
 /*

@@ -94,11 +94,18 @@ size_t dmarc_note_fill(const struct dmarc_note *n, struct dmarc_rec out[DMARC_AU
 		             sizeof(r->spf_result));
 		size_t used = 0;
 		for (size_t u = 0; u < a->record.rua.n; u++) {
-			size_t len = strlen(a->record.rua.uri[u]);
-			if (used + len + 2 > sizeof(r->rua))
+			/* "URI" or "URI!SIZE" (the limit kept for dmarc_rua_parse) */
+			const char *sz = a->record.rua.size[u];
+			size_t len = strlen(a->record.rua.uri[u]), sl = strlen(sz);
+			if (used + len + sl + 3 > sizeof(r->rua))
 				break;
 			memcpy(r->rua + used, a->record.rua.uri[u], len);
 			used += len;
+			if (sl) {
+				r->rua[used++] = '!';
+				memcpy(r->rua + used, sz, sl);
+				used += sl;
+			}
 			r->rua[used++] = '\n';
 		}
 		r->rua[used] = '\0';

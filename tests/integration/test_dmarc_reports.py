@@ -55,6 +55,10 @@ TXT = [
     # rua in another organizational domain that never agreed to get reports
     ("ext-no.test", SPF_OK),
     ("_dmarc.ext-no.test", f'"v=DMARC1; p=none; rua=mailto:{INBOX}"'),
+    # two rua: one takes reports of at most 1 KiB (a report is larger), one any size
+    ("small.test", SPF_OK),
+    ("_dmarc.small.test", '"v=DMARC1; p=none; rua=mailto:tiny@small.test!1k,'
+                          'mailto:agg@small.test"'),
 ]
 
 
@@ -71,7 +75,7 @@ def zone():
 
 def reports_config(forward=None, checks=True):
     cfg = {
-        "local_domains": ["example.test", "localhost", "rep.test"],
+        "local_domains": ["example.test", "localhost", "rep.test", "small.test"],
         "dmarc": {"reports": {"from": FROM, "org_name": "Tern Test", "inbox": INBOX}},
     }
     if checks:
@@ -80,7 +84,7 @@ def reports_config(forward=None, checks=True):
     return cfg
 
 
-USERS = (RCPT, "agg@rep.test", INBOX)
+USERS = (RCPT, "agg@rep.test", INBOX, "tiny@small.test", "agg@small.test")
 
 
 def send(t, sender, frm, subject, rcpt=RCPT, body=None):
@@ -389,3 +393,17 @@ def test_dkim_testing_key_does_not_pass_dmarc(tern_factory, tmp_path):
         t.check_sanitizers()
     finally:
         u.stop()
+
+
+def test_rua_size_limit(tern_factory, zone):
+    t = tern_factory(reports_config(zone.forward), users=USERS)
+    send(t, "a@small.test", "news@small.test", "small one")
+    t.wait_mail(RCPT)
+    r = t.cli("dmarc", "send-reports", check=True)
+    assert "1 domain, 1 sent, 1 skipped, 0 failed" in r.stdout, r.stdout + t.log_tail()
+    [(_, data)] = t.wait_mail("agg@small.test")
+    assert len(data) > 1024
+    assert not t.mail_files("tiny@small.test")
+    [line] = t.log_lines("event=dmarc_report_skipped", "domain=small.test")
+    assert "rua=mailto:tiny@small.test!1k" in line and "reason=too-large" in line
+    assert "limit=1024" in line

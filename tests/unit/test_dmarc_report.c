@@ -320,7 +320,8 @@ static void test_note_fill(void **state)
 	tern_strlcpy(a->policy_domain, "example.com", sizeof(a->policy_domain));
 	tern_strlcpy(a->org_domain, "example.com", sizeof(a->org_domain));
 	a->result = DMARC_RESULT_FAIL;
-	const char rec[] = "v=DMARC1; p=reject; adkim=s; t=y; rua=mailto:r@example.com";
+	const char rec[] =
+	    "v=DMARC1; p=reject; adkim=s; t=y; rua=mailto:r@example.com, mailto:s@example.com!10m";
 	assert_int_equal(dmarc_record_parse(rec, strlen(rec), &a->record), DMARC_PARSE_OK);
 	tern_strlcpy(o.author[1].domain, "nopolicy.example", sizeof(a->domain));
 	o.author[1].result = DMARC_RESULT_NONE;
@@ -351,7 +352,7 @@ static void test_note_fill(void **state)
 	assert_string_equal(out[0].dkim[1].domain, "other.example");
 	assert_string_equal(out[0].spf_domain, "bounce.example.net");
 	assert_string_equal(out[0].spf_result, "softfail");
-	assert_string_equal(out[0].rua, "mailto:r@example.com\n");
+	assert_string_equal(out[0].rua, "mailto:r@example.com\nmailto:s@example.com!10m\n");
 }
 
 /* The write-behind: rows recorded from another thread are in the
