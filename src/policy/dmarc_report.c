@@ -376,6 +376,35 @@ bool dmarc_rua_external(const char *org, const char *host)
 	return !(lh > lo && host[lh - lo - 1] == '.' && strcmp(host + lh - lo, org) == 0);
 }
 
+int dmarc_rua_override(const char *const *txt, size_t n, const char *host, struct dmarc_rua *out,
+                       size_t max, size_t *n_out)
+{
+	*n_out = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *one[1] = {txt[i]};
+		struct dmarc_record rec;
+		if (!dmarc_rua_authorized(one, 1) ||
+		    dmarc_record_parse(txt[i], strlen(txt[i]), &rec) != DMARC_PARSE_OK)
+			continue;
+		for (size_t u = 0; u < rec.rua.n; u++) {
+			char uri[DMARC_URI_MAX + 32];
+			struct dmarc_rua x;
+			snprintf(uri, sizeof(uri), "%s%s%s", rec.rua.uri[u],
+			         rec.rua.size[u][0] ? "!" : "", rec.rua.size[u]);
+			if (!dmarc_rua_parse(uri, &x))
+				continue; /* not mailto: nothing we could send to */
+			if (strcmp(x.host, host) != 0) {
+				*n_out = 0;
+				return -1;
+			}
+			if (*n_out < max)
+				out[(*n_out)++] = x;
+		}
+		return *n_out ? 1 : 0;
+	}
+	return 0;
+}
+
 bool dmarc_rua_authorized(const char *const *txt, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {

@@ -115,6 +115,16 @@ bool dmarc_rua_external(const char *org, const char *host);
  * (at least one starts with v=DMARC1)? Pure. */
 bool dmarc_rua_authorized(const char *const *txt, size_t n);
 
+/*
+ * RFC 9990 §3 step 9: the first authorizing record (v=DMARC1 first) may
+ * carry its own rua, which replaces the destination, as long as every
+ * overriding mailto URI is on the same host. Returns 0 (no override: keep
+ * the original), 1 (out[0..*n_out) replace it), or -1 (an override names
+ * another host: send to neither). Pure.
+ */
+int dmarc_rua_override(const char *const *txt, size_t n, const char *host, struct dmarc_rua *out,
+                       size_t max, size_t *n_out);
+
 /* ------------------------------------------------------ sending round */
 
 /* Hands one finished report message to the queue. TERN_OK when spooled. */

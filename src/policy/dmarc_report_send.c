@@ -58,11 +58,14 @@ static void txt_done(void *arg, const struct dns_result *r)
 	event_base_loopbreak(w->base);
 }
 
-/* Is HOST authorized to receive reports about policy_domain? 1 yes, 0 no,
- * -1 a temporary DNS error (try again next round). */
+/* Is HOST authorized to receive reports about policy_domain? 1 yes (with
+ * over[0..*n_over) replacing the destination when its record says so), 0
+ * no, -1 a temporary DNS error (try again next round), -2 its record points
+ * at another host (RFC 9990 §3: send to neither). */
 static int verify_external(const struct tern_config *conf, const char *policy_domain,
-                           const char *host)
+                           const char *host, struct dmarc_rua *over, size_t *n_over)
 {
+	*n_over = 0;
 	char name[DNS_NAME_MAX + 64], err[256];
 	int n = snprintf(name, sizeof(name), "%s._report._dmarc.%s", policy_domain, host);
 	if (n < 0 || (size_t)n > DNS_NAME_MAX)
@@ -80,9 +83,12 @@ static int verify_external(const struct tern_config *conf, const char *policy_do
 		event_base_dispatch(base);
 	}
 	int ok = -1;
-	if (w.done && w.status == DNS_OK)
+	if (w.done && w.status == DNS_OK) {
 		ok = dmarc_rua_authorized((const char *const *)w.txt, w.n) ? 1 : 0;
-	else if (w.done && (w.status == DNS_NXDOMAIN || w.status == DNS_NODATA))
+		if (ok && dmarc_rua_override((const char *const *)w.txt, w.n, host, over,
+		                             DMARC_URIS_MAX, n_over) < 0)
+			ok = -2;
+	} else if (w.done && (w.status == DNS_NXDOMAIN || w.status == DNS_NODATA))
 		ok = 0;
 	for (size_t i = 0; i < w.n; i++)
 		free(w.txt[i]);
@@ -245,44 +251,54 @@ static bool report_domain(const struct tern_config *conf, sqlite3 *db, const cha
 			stats->skipped++;
 			continue;
 		}
+		struct dmarc_rua over[DMARC_URIS_MAX];
+		size_t n_over = 0;
 		if (dmarc_rua_external(org, r.host)) {
-			int v = verify_external(conf, domain, r.host);
+			int v = verify_external(conf, domain, r.host, over, &n_over);
 			if (v != 1) {
-				log_info("event=dmarc_report_skipped domain=%s rua=%s reason=%s",
-				         dq, uq,
-				         v == 0 ? "external-destination-not-authorized"
-				                : "external-destination-dns-error");
+				log_info(
+				    "event=dmarc_report_skipped domain=%s rua=%s reason=%s", dq, uq,
+				    v == 0    ? "external-destination-not-authorized"
+				    : v == -2 ? "external-destination-overridden-to-another-host"
+				              : "external-destination-dns-error");
 				stats->skipped++;
-				if (v < 0)
+				if (v == -1)
 					done = false;
 				continue;
 			}
 		}
-		tbuf_reset(&msg);
-		if (dmarc_agg_message(&a, r.addr, gz.data, gz.len, now, &msg) != TERN_OK) {
-			stats->failed++;
-			done = false;
-			continue;
+		const struct dmarc_rua *dest = n_over ? over : &r;
+		for (size_t k = 0; k < (n_over ? n_over : 1); k++) {
+			const struct dmarc_rua *d = &dest[k];
+			char aq[DMARC_URI_MAX * 4 + 8];
+			log_quote(d->addr, strlen(d->addr), aq, sizeof(aq));
+			tbuf_reset(&msg);
+			if (dmarc_agg_message(&a, d->addr, gz.data, gz.len, now, &msg) != TERN_OK) {
+				stats->failed++;
+				done = false;
+				continue;
+			}
+			if (d->max_size && msg.len > d->max_size) {
+				log_info("event=dmarc_report_skipped domain=%s rua=%s to=%s "
+				         "reason=too-large "
+				         "size=%zu limit=%llu",
+				         dq, uq, aq, msg.len, (unsigned long long)d->max_size);
+				stats->skipped++;
+				continue;
+			}
+			if (submit(arg, cr->from, d->addr, msg.data, msg.len) != TERN_OK) {
+				log_error(
+				    "event=dmarc_report_failed domain=%s rua=%s to=%s reason=queue",
+				    dq, uq, aq);
+				stats->failed++;
+				done = false;
+				continue;
+			}
+			log_info("event=dmarc_report_sent domain=%s rua=%s to=%s report_id=%s "
+			         "records=%zu size=%zu",
+			         dq, uq, aq, a.report_id, a.n_rows, msg.len);
+			stats->sent++;
 		}
-		if (r.max_size && msg.len > r.max_size) {
-			log_info(
-			    "event=dmarc_report_skipped domain=%s rua=%s reason=too-large size=%zu "
-			    "limit=%llu",
-			    dq, uq, msg.len, (unsigned long long)r.max_size);
-			stats->skipped++;
-			continue;
-		}
-		if (submit(arg, cr->from, r.addr, msg.data, msg.len) != TERN_OK) {
-			log_error("event=dmarc_report_failed domain=%s rua=%s reason=queue", dq,
-			          uq);
-			stats->failed++;
-			done = false;
-			continue;
-		}
-		log_info(
-		    "event=dmarc_report_sent domain=%s rua=%s report_id=%s records=%zu size=%zu",
-		    dq, uq, a.report_id, a.n_rows, msg.len);
-		stats->sent++;
 	}
 out:
 	dmarc_agg_free(&a);

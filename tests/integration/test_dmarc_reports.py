@@ -55,6 +55,13 @@ TXT = [
     # rua in another organizational domain that never agreed to get reports
     ("ext-no.test", SPF_OK),
     ("_dmarc.ext-no.test", f'"v=DMARC1; p=none; rua=mailto:{INBOX}"'),
+    # the authorizing record redirects: on its own host (followed), to another (refused)
+    ("redir.test", SPF_OK),
+    ("_dmarc.redir.test", f'"v=DMARC1; p=none; rua=mailto:{INBOX}"'),
+    ("redir.test._report._dmarc.example.test", f'"v=DMARC1; rua=mailto:{RCPT}"'),
+    ("evil.test", SPF_OK),
+    ("_dmarc.evil.test", f'"v=DMARC1; p=none; rua=mailto:{INBOX}"'),
+    ("evil.test._report._dmarc.example.test", '"v=DMARC1; rua=mailto:x@elsewhere.test"'),
     # two rua: one takes reports of at most 1 KiB (a report is larger), one any size
     ("small.test", SPF_OK),
     ("_dmarc.small.test", '"v=DMARC1; p=none; rua=mailto:tiny@small.test!1k,'
@@ -407,3 +414,20 @@ def test_rua_size_limit(tern_factory, zone):
     [line] = t.log_lines("event=dmarc_report_skipped", "domain=small.test")
     assert "rua=mailto:tiny@small.test!1k" in line and "reason=too-large" in line
     assert "limit=1024" in line
+
+
+def test_external_destination_may_redirect_on_its_host_only(tern_factory, zone):
+    """RFC 9990 §3 step 9: the consumer's record may name where reports go, on its own
+    host; naming another host means no report at all."""
+    t = tern_factory(reports_config(zone.forward), users=USERS)
+    send(t, "a@redir.test", "news@redir.test", "redirected")
+    send(t, "a@evil.test", "news@evil.test", "elsewhere")
+    t.wait_mail(RCPT, count=2)
+    r = t.cli("dmarc", "send-reports", check=True)
+    assert "2 domains, 1 sent, 1 skipped, 0 failed" in r.stdout, r.stdout + t.log_tail()
+    found = t.wait_mail_with(RCPT, "Report Domain: redir.test")
+    _, _, root = take_apart(found[0][1])
+    assert text(root, "d:policy_published/d:domain") == "redir.test"
+    assert not [p for p in t.mail_files(INBOX) if b"Report Domain:" in p.read_bytes()]
+    assert t.log_lines("event=dmarc_report_skipped", "domain=evil.test",
+                       "reason=external-destination-overridden-to-another-host")

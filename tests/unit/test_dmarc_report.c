@@ -306,6 +306,25 @@ static void test_rua(void **state)
 	assert_true(dmarc_rua_authorized(yes2, 2));
 	assert_false(dmarc_rua_authorized(no, 3));
 	assert_false(dmarc_rua_authorized(NULL, 0));
+
+	/* RFC 9990 §3 step 9: the authorizing record may redirect, on its host only */
+	struct dmarc_rua over[DMARC_URIS_MAX];
+	size_t n = 9;
+	const char *keep[] = {"v=DMARC1"};
+	assert_int_equal(dmarc_rua_override(keep, 1, "ext.example", over, DMARC_URIS_MAX, &n), 0);
+	assert_int_equal(n, 0);
+	const char *redirect[] = {"junk", "v=DMARC1; rua=mailto:a@ext.example!1m, "
+	                                  "https://ext.example/x, mailto:b@ext.example"};
+	assert_int_equal(dmarc_rua_override(redirect, 2, "ext.example", over, DMARC_URIS_MAX, &n),
+	                 1);
+	assert_int_equal(n, 2);
+	assert_string_equal(over[0].addr, "a@ext.example");
+	assert_int_equal(over[0].max_size, 1u << 20);
+	assert_string_equal(over[1].addr, "b@ext.example");
+	const char *elsewhere[] = {"v=DMARC1; rua=mailto:a@ext.example,mailto:x@evil.example"};
+	assert_int_equal(dmarc_rua_override(elsewhere, 1, "ext.example", over, DMARC_URIS_MAX, &n),
+	                 -1);
+	assert_int_equal(n, 0);
 }
 
 /* One evaluation → rows: only Author Domains with a record and a pass or
