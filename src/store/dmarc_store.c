@@ -280,6 +280,11 @@ void dmarc_store_close(struct dmarc_store *s)
 	s->writer = NULL;
 	if (s->q_head)
 		flush_work(s); /* queued while a submit failed: write here */
+	uint64_t lost = atomic_load(&s->failures);
+	if (lost)
+		log_warn("event=dmarc_store_closed lost=%llu reason=\"evaluations that could not be "
+		         "recorded (see the dmarc_store lines above)\"",
+		         (unsigned long long)lost);
 	if (s->db)
 		sqlite3_close(s->db);
 	free(s->data_dir);
