@@ -1,7 +1,7 @@
 /*
  * check.c — `tern check-config`: loads the config as serve would, then
  * looks at what the config only names — the certificate and key, the OAuth
- * issuer's keys, the account to run as, the data directory — so that what
+ * issuer's keys, the DKIM keys, the account to run as, the data directory — so that what
  * serve would refuse at start, or regret later, is found here first. Prints
  * the effective config (or, with --changed, only what differs from the
  * defaults).
@@ -27,6 +27,7 @@
 #include "core/buf.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "policy/dkim.h"
 #include "tls/tls.h"
 
 static const struct cli_help check_help = {
@@ -93,6 +94,29 @@ static void check_oauth(struct check *ck, const struct tern_config *c)
 	if (oauth_keys_load(c, &keys, err, sizeof(err)) != TERN_OK)
 		error(ck, "%s", err);
 	oauth_keys_free(keys);
+}
+
+/* The DKIM signing keys, each loaded as serve loads it (mode checked): serve
+ * starts without a key that does not load, but refuses its domain's mail
+ * from logged-in users with 451 (smtp/sign.h), so it is an error here. */
+static void check_dkim(struct check *ck, const struct tern_config *c)
+{
+	for (size_t i = 0; i < c->dkim.n_keys; i++) {
+		const struct conf_dkim_key *k = &c->dkim.keys[i];
+		struct dkim_key *key = NULL;
+		char warn[512], err[512];
+		if (dkim_key_load(k->key_file, &key, warn, sizeof(warn), err, sizeof(err)) !=
+		    TERN_OK) {
+			error(ck,
+			      "dkim.keys: the key of %s (selector %s) does not load: %s; mail from "
+			      "%s would get 451 until it does",
+			      k->domain, k->selector, err, k->domain);
+			continue;
+		}
+		if (warn[0])
+			warning("dkim.keys: %s", warn);
+		dkim_key_free(key);
+	}
 }
 
 /*
@@ -266,6 +290,7 @@ int cmd_check_config(int argc, char **argv)
 	check_data_dir(&ck, c);
 	check_tls(&ck, c);
 	check_oauth(&ck, c);
+	check_dkim(&ck, c);
 	if (changed)
 		conf_print_changed(c, stdout);
 	else

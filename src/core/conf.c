@@ -154,6 +154,7 @@ static const char default_text[] =
     "}\n"
     "dkim {\n"
     "\tcanonicalization = \"relaxed/relaxed\";\n"
+    "\tsign_relayed = false;       # also sign mail from relay.networks (AUTH users: always)\n"
     "\tkeys = [];                  # { domain = \"example.org\"; selector = \"s1\"; key_file = "
     "\"...\"; }\n"
     "}\n";
@@ -2128,6 +2129,8 @@ static int parse_dkim(struct ctx *x, const struct ucl_node *sec, struct conf_dki
 				            show(m->str, b, sizeof(b)));
 			d->header_relaxed = k >= 2;
 			d->body_relaxed = k % 2 == 1;
+		} else if (strcmp(m->key, "sign_relayed") == 0) {
+			rc = get_bool(x, m, "dkim.sign_relayed", &d->sign_relayed);
 		} else if (strcmp(m->key, "keys") == 0) {
 			/* one { } alone is a list of one, as a single string is elsewhere */
 			size_t n = m->type == UCL_ARRAY ? m->n_items : 1;
@@ -3002,13 +3005,6 @@ size_t conf_warnings(const struct tern_config *c,
 		   "auth_checks.dmarc is off: nothing is evaluated, so no report is ever sent", arg);
 		n++;
 	}
-	if (c->dkim.n_keys > 0) {
-		fn("dkim.keys",
-		   "`tern dkim` uses these keys, but the daemon does not sign mail with them yet "
-		   "(signing comes with the submission profile)",
-		   arg);
-		n++;
-	}
 	return n;
 }
 
@@ -3224,9 +3220,10 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_size(out, c->capture.http_max_body);
 	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
 	        (unsigned)c->capture.http_max_connections);
-	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tkeys = [",
+	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tsign_relayed = %s;\n\tkeys = [",
 	        c->dkim.header_relaxed ? "relaxed" : "simple",
-	        c->dkim.body_relaxed ? "relaxed" : "simple");
+	        c->dkim.body_relaxed ? "relaxed" : "simple",
+	        c->dkim.sign_relayed ? "true" : "false");
 	for (size_t i = 0; i < c->dkim.n_keys; i++) {
 		fputs(i ? ",\n\t\t{ domain = " : "\n\t\t{ domain = ", out);
 		print_str(out, c->dkim.keys[i].domain);

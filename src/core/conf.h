@@ -192,7 +192,7 @@ struct conf_auth {
  * (policy/dkim.h loads them). Several keys per domain sign each message
  * once each (an RSA and an Ed25519 key, say). */
 struct conf_dkim_key {
-	char *domain; /* lowercased; signs mail from it and its subdomains */
+	char *domain; /* lowercased; signs mail from it and its subdomains without keys */
 	char *selector;
 	char *key_file; /* PEM, PKCS#1 or PKCS#8, RSA or Ed25519, mode 0600 */
 };
@@ -202,6 +202,7 @@ struct conf_dkim {
 	size_t n_keys;
 	bool header_relaxed; /* canonicalization = "relaxed/relaxed" (default) */
 	bool body_relaxed;
+	bool sign_relayed; /* also sign relay.networks clients' mail (smtp/sign.h); default false */
 };
 
 /* ---- auth_checks { }: SPF, DKIM and DMARC on mx listeners (smtp/verify.c) ---- */

@@ -284,6 +284,7 @@ enum smtp_reply_id {
 	SMTP_R_OVER_BUDGET,
 	SMTP_R_SPOOL_FAILED,
 	SMTP_R_SPOOL_FULL,
+	SMTP_R_SIGN_FAILED, /* SIGN: the message could not be DKIM-signed (sign.h) */
 	SMTP_R_BARE_LINE_END,
 	SMTP_R_MAIL_LOOP,
 	SMTP_R_BDAT_NO_SIZE,
