@@ -28,8 +28,10 @@
 #include "core/err.h"
 #include "core/id.h"
 #include "core/log.h"
+#include "core/runtime.h"
 #include "policy/dmarc_report.h"
 #include "queue/queue.h"
+#include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "store/dmarc_store.h"
 
@@ -60,20 +62,56 @@ static void commit_cb(void *arg, int err)
 	pthread_mutex_unlock(&w->mu);
 }
 
-/* The reporter's way into the queue: spooled (on stable storage) as our
- * own mail from reports.from, then handed to the scheduler. */
-static int spool_report(void *arg, const char *from, const char *to, const char *msg, size_t len)
+/*
+ * RFC 9990 §3.5.2: report mail must itself pass DMARC, so it is DKIM-signed
+ * like local submissions (smtp/sign.h) with the keys for reports.from's
+ * domain, when there are any. The signatures go on top of msg into out.
+ * TERN_OK (signed, or nothing to sign with: out holds msg as it is), or an
+ * error when a key that should sign could not (the report is not sent
+ * unsigned; the rows wait for the next round).
+ */
+static int sign_report(const char *id, const char *msg, size_t len, struct tbuf *out)
+{
+	struct tern_runtime *rt = runtime_acquire();
+	struct smtp_sign_result r;
+	memset(&r, 0, sizeof(r));
+	if (rt && rt->dkim_signer)
+		smtp_sign_run(rt->dkim_signer, id, msg, len, &r);
+	runtime_release(rt);
+	int rc = r.status == SMTP_SIGN_ERROR ? TERN_EIO : TERN_OK;
+	if (rc == TERN_OK && r.status == SMTP_SIGN_OK)
+		rc = tbuf_append(out, r.fields, r.len);
+	if (rc == TERN_OK)
+		rc = tbuf_append(out, msg, len);
+	smtp_sign_result_clear(&r);
+	return rc;
+}
+
+/* The reporter's way into the queue: signed, spooled (on stable storage)
+ * as our own mail from reports.from, then handed to the scheduler. */
+static int spool_report(void *arg, const char *from, const char *to, const char *msg0, size_t len0)
 {
 	struct dmarc_daemon *d = arg;
 	struct smtp_path path;
 	if (!smtp_parse_mailbox(to, strlen(to), &path))
 		return TERN_EINVAL;
+	char id[QUEUE_ID_LEN + 1];
+	queue_id_new(id);
+	struct tbuf signed_msg;
+	tbuf_init(&signed_msg, len0 + 64 * 1024);
+	int sr = sign_report(id, msg0, len0, &signed_msg);
+	if (sr != TERN_OK) {
+		tbuf_free(&signed_msg);
+		return sr;
+	}
+	const char *msg = signed_msg.data;
+	size_t len = signed_msg.len;
 	struct spool_rcpt rc;
 	memset(&rc, 0, sizeof(rc));
 	rc.addr = (char *)to;
 	rc.local = conf_is_local_domain(d->conf, path.domain, strlen(path.domain));
 	struct spool_msg env = {0};
-	queue_id_new(env.id);
+	memcpy(env.id, id, sizeof(env.id));
 	env.sender = (char *)from;
 	env.created = (int64_t)time(NULL);
 	env.client = "addr=local proto=dmarc-report";
@@ -92,6 +130,7 @@ static int spool_report(void *arg, const char *from, const char *to, const char 
 	}
 	pthread_cond_destroy(&w.cv);
 	pthread_mutex_destroy(&w.mu);
+	tbuf_free(&signed_msg);
 	if (r != TERN_OK)
 		return r;
 	scheduler_submit(d->sched, env.id, NULL, 0);

@@ -431,3 +431,35 @@ def test_external_destination_may_redirect_on_its_host_only(tern_factory, zone):
     assert not [p for p in t.mail_files(INBOX) if b"Report Domain:" in p.read_bytes()]
     assert t.log_lines("event=dmarc_report_skipped", "domain=evil.test",
                        "reason=external-destination-overridden-to-another-host")
+
+
+def test_reports_are_dkim_signed_for_their_from_domain(tern_factory, zone, tmp_path):
+    """RFC 9990 §3.5.2: report mail must pass DMARC itself: with a key for reports.from's
+    domain, every report carries a DKIM signature that verifies."""
+    import subprocess
+
+    import dkim
+
+    from conftest import CLI_TIMEOUT, tern_bin
+
+    r = subprocess.run([tern_bin(), "dkim", "keygen", "example.test", "rep1", "--type", "rsa"],
+                       capture_output=True, timeout=CLI_TIMEOUT, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    record = "".join(re.findall(r'"([^"]*)"', r.stdout.decode())).encode()
+    keyfile = tmp_path / "example.test.rep1.key"
+    os.chmod(tmp_path, 0o755)
+    os.chmod(keyfile, 0o644)
+    cfg = reports_config(zone.forward)
+    cfg["dkim"] = {"keys": Raw(f'[{{ domain = "example.test"; selector = "rep1"; '
+                               f'key_file = "{keyfile}"; }}]')}
+    t = tern_factory(cfg, users=USERS)
+    send(t, "a@rep.test", "news@rep.test", "pass one")
+    t.wait_mail(RCPT)
+    t.cli("dmarc", "send-reports", check=True)
+    [(_, data)] = t.wait_mail("agg@rep.test")
+    # what the signer saw: the message without the trace fields added at delivery
+    body = data.split(b"\r\n", 2)[2] if data.startswith(b"Return-Path:") else data
+    assert b"DKIM-Signature:" in body and b"d=example.test" in body
+    assert dkim.verify(body, dnsfunc=lambda name, timeout=5: record
+                       if name == b"rep1._domainkey.example.test." else None)
+    take_apart(data)  # still a well-formed report
