@@ -63,6 +63,10 @@ size_t dmarc_note_fill(const struct dmarc_note *n, struct dmarc_rec out[DMARC_AU
 		r->aspf = a->record.aspf_strict ? 's' : 'r';
 		r->testing = a->record.testing;
 		r->psd = a->record.psd ? a->record.psd : 'u';
+		static const char *const tag[] = {"p", "sp", "np"};
+		snprintf(r->applied, sizeof(r->applied), "%s=%s",
+		         (unsigned)a->tag < 3 ? tag[a->tag] : "p",
+		         a->applied == DMARC_POLICY_UNSET ? "none" : dmarc_policy_name(a->applied));
 		const char *disp = "none";
 		if (a->result == DMARC_RESULT_PASS)
 			disp = "pass";

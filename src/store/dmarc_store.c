@@ -34,7 +34,7 @@ static const char SCHEMA[] =
     "TEXT,"
     " p TEXT, sp TEXT, np TEXT, adkim TEXT, aspf TEXT, testing INTEGER, psd TEXT,"
     " disposition TEXT, dkim_eval TEXT, spf_eval TEXT, dkim TEXT,"
-    " spf_domain TEXT, spf_scope TEXT, spf_result TEXT, rua TEXT);"
+    " spf_domain TEXT, spf_scope TEXT, spf_result TEXT, rua TEXT, applied TEXT);"
     "CREATE INDEX IF NOT EXISTS evals_domain ON evals (policy_domain, t);"
     "CREATE TABLE IF NOT EXISTS received ("
     " id INTEGER PRIMARY KEY, stored INTEGER NOT NULL, reporter TEXT NOT NULL,"
@@ -127,8 +127,8 @@ int dmarc_db_insert(sqlite3 *db, const struct dmarc_rec *r)
 	        db,
 	        "INSERT INTO evals (t, ip, header_from, env_from, policy_domain, p, "
 	        "sp, np, adkim, aspf, testing, psd, disposition, dkim_eval, "
-	        "spf_eval, dkim, spf_domain, spf_scope, spf_result, rua, org_domain) "
-	        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+	        "spf_eval, dkim, spf_domain, spf_scope, spf_result, rua, org_domain, applied) "
+	        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 	        -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, r->t);
@@ -147,6 +147,7 @@ int dmarc_db_insert(sqlite3 *db, const struct dmarc_rec *r)
 	sqlite3_bind_text(st, 19, r->spf_result, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 20, r->rua, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 21, r->org_domain, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 22, r->applied, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_DONE)
 		rc = TERN_OK;
 out:
@@ -282,9 +283,10 @@ void dmarc_store_close(struct dmarc_store *s)
 		flush_work(s); /* queued while a submit failed: write here */
 	uint64_t lost = atomic_load(&s->failures);
 	if (lost)
-		log_warn("event=dmarc_store_closed lost=%llu reason=\"evaluations that could not be "
-		         "recorded (see the dmarc_store lines above)\"",
-		         (unsigned long long)lost);
+		log_warn(
+		    "event=dmarc_store_closed lost=%llu reason=\"evaluations that could not be "
+		    "recorded (see the dmarc_store lines above)\"",
+		    (unsigned long long)lost);
 	if (s->db)
 		sqlite3_close(s->db);
 	free(s->data_dir);

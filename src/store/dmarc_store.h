@@ -41,11 +41,12 @@ struct dmarc_rec {
 	char policy_domain[DMARC_REC_DOMAIN_MAX + 1];
 	char org_domain[DMARC_REC_DOMAIN_MAX + 1]; /* its organizational domain */
 	/* the policy as published (RFC 9990 policy_published) */
-	char p[12], sp[12], np[12];     /* none quarantine reject, "" if absent */
-	char adkim, aspf;               /* 'r' or 's' */
-	bool testing;                   /* t=y */
-	char psd;                       /* 'y' 'n' 'u' */
-	char disposition[12];           /* RFC 9990 policy_evaluated: none pass quarantine reject */
+	char p[12], sp[12], np[12]; /* none quarantine reject, "" if absent */
+	char adkim, aspf;           /* 'r' or 's' */
+	bool testing;               /* t=y */
+	char psd;                   /* 'y' 'n' 'u' */
+	char applied[24];           /* the tag that applied and its policy after t=y: "sp=none" */
+	char disposition[12];       /* RFC 9990 policy_evaluated: none pass quarantine reject */
 	char dkim_eval[8], spf_eval[8]; /* policy_evaluated dkim/spf: pass or fail (aligned) */
 	struct dmarc_rec_dkim dkim[DMARC_REC_DKIM_MAX];
 	size_t n_dkim;

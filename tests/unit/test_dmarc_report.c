@@ -339,6 +339,8 @@ static void test_note_fill(void **state)
 	tern_strlcpy(a->policy_domain, "example.com", sizeof(a->policy_domain));
 	tern_strlcpy(a->org_domain, "example.com", sizeof(a->org_domain));
 	a->result = DMARC_RESULT_FAIL;
+	a->tag = DMARC_TAG_P;
+	a->applied = DMARC_POLICY_QUARANTINE; /* p=reject, t=y: one level lower */
 	const char rec[] =
 	    "v=DMARC1; p=reject; adkim=s; t=y; rua=mailto:r@example.com, mailto:s@example.com!10m";
 	assert_int_equal(dmarc_record_parse(rec, strlen(rec), &a->record), DMARC_PARSE_OK);
@@ -362,6 +364,7 @@ static void test_note_fill(void **state)
 	assert_int_equal(out[0].adkim, 's');
 	assert_int_equal(out[0].aspf, 'r');
 	assert_true(out[0].testing);
+	assert_string_equal(out[0].applied, "p=quarantine");
 	assert_string_equal(out[0].disposition, "reject");
 	assert_string_equal(out[0].dkim_eval, "fail");
 	assert_string_equal(out[0].spf_eval, "fail");
