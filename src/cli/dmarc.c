@@ -300,9 +300,23 @@ static void cell(char *out, size_t outlen, const char *s, size_t width)
 	out[i] = '\0';
 }
 
+/* Run as root, SQLite may leave its side files (-wal, -shm) behind as
+ * root's, which the daemon could then not open: give them to the owner of
+ * the database, the daemon's user. */
+static void give_back(const char *path, const struct stat *sb)
+{
+	for (int i = 0; geteuid() == 0 && i < 2; i++) {
+		char side[4300];
+		snprintf(side, sizeof(side), "%s%s", path, i ? "-shm" : "-wal");
+		if (chown(side, sb->st_uid, sb->st_gid) != 0 && errno != ENOENT)
+			fprintf(stderr, "tern: warning: cannot give %s to uid %u: %s\n", side,
+			        (unsigned)sb->st_uid, strerror(errno));
+	}
+}
+
 static int show_report(const struct tern_config *conf, const char *domain, int64_t since, bool json)
 {
-	char err[512], path[4200];
+	char err[4400], path[4200];
 	snprintf(path, sizeof(path), "%s/dmarc.db", conf->data_dir);
 	if (access(path, F_OK) != 0 && errno == ENOENT) {
 		/* nothing received yet; never create the daemon's file as another
@@ -310,7 +324,12 @@ static int show_report(const struct tern_config *conf, const char *domain, int64
 		printf(json ? "[]\n" : "(no aggregate reports received)\n");
 		return 0;
 	}
-	sqlite3 *db = dmarc_db_open(conf->data_dir, false, err, sizeof(err));
+	struct stat sb;
+	sqlite3 *db = NULL;
+	if (stat(path, &sb) != 0)
+		snprintf(err, sizeof(err), "cannot read %s: %s", path, strerror(errno));
+	else
+		db = dmarc_db_open(conf->data_dir, false, err, sizeof(err));
 	if (!db) {
 		fprintf(stderr, "tern: %s\n", err);
 		return 1;
@@ -363,6 +382,7 @@ static int show_report(const struct tern_config *conf, const char *domain, int64
 	}
 	sqlite3_finalize(st);
 	sqlite3_close(db);
+	give_back(path, &sb);
 	if (json) {
 		char *s = json_dumps(arr, JSON_INDENT(1) | JSON_ENSURE_ASCII);
 		if (s)
@@ -421,15 +441,7 @@ static int send_direct(const struct tern_config *conf)
 	struct dmarc_run_stats st;
 	int64_t now = (int64_t)time(NULL);
 	int rc = dmarc_reports_run(conf, now, now, maildrop_report, (void *)conf, &st);
-	/* run as root, SQLite may leave its side files behind as root's: give
-	 * them to the database's owner, the daemon's user */
-	for (int i = 0; geteuid() == 0 && i < 2; i++) {
-		char side[4300];
-		snprintf(side, sizeof(side), "%s%s", path, i ? "-shm" : "-wal");
-		if (chown(side, sb.st_uid, sb.st_gid) != 0 && errno != ENOENT)
-			fprintf(stderr, "tern: warning: cannot give %s to uid %u: %s\n", side,
-			        (unsigned)sb.st_uid, strerror(errno));
-	}
+	give_back(path, &sb);
 	if (rc != TERN_OK) {
 		fprintf(stderr, "tern: cannot read %s\n", path);
 		return 1;
