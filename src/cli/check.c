@@ -28,15 +28,17 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "policy/dkim.h"
+#include "smtp/verify_arc.h"
 #include "tls/tls.h"
 
 static const struct cli_help check_help = {
     "tern check-config", "tern check-config [-c FILE] [--changed]",
     "Loads the configuration as tern serve would and checks what it names:\n"
     "the TLS certificate and key (read and matched), the OAuth issuer's keys\n"
-    "(auth.oauth.jwks_file, read and parsed), the account 'user' (it\n"
-    "must exist), the data_dir (that account must be able to create and write\n"
-    "it), and relay.networks (a network shorter than /8 is an open relay).\n"
+    "(auth.oauth.jwks_file, read and parsed), the ARC sealing key (RSA), the\n"
+    "account 'user' (it must exist), the data_dir (that account must be able to\n"
+    "create and write it), and relay.networks (a network shorter than /8 is an\n"
+    "open relay).\n"
     "Problems go to standard error as \"tern: error: ...\" or \"tern: warning:\n"
     "...\"; the effective configuration, every key with its value, to standard\n"
     "output.\n"
@@ -291,6 +293,8 @@ int cmd_check_config(int argc, char **argv)
 	check_tls(&ck, c);
 	check_oauth(&ck, c);
 	check_dkim(&ck, c);
+	if (!smtp_arc_key_usable(c, err, sizeof(err))) /* ARC: the sealing key (verify_arc.h) */
+		error(&ck, "%s", err);
 	if (changed)
 		conf_print_changed(c, stdout);
 	else

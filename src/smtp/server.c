@@ -2490,6 +2490,10 @@ static void finish_message(struct session *s)
 	/* TRUST: SPF, DKIM and DMARC (verify.c) decide before anything is spooled. */
 	enum spool_folder folder = SPOOL_FOLDER_INBOX;
 	if (t->vfy && !t->verified) {
+		bool fwd = false; /* ARC: a recipient elsewhere means we forward (verify.c seals) */
+		for (size_t i = 0; i < t->n_rcpts && !fwd; i++)
+			fwd = !t->rcpts[i].local;
+		smtp_verify_forwarding(t->vfy, fwd);
 		smtp_verify_message(t->vfy, t->id, t->msg.data + t->hdr_len, t->msg.len - t->hdr_len,
 		                    verify_done, s);
 		session_enter_state(s, SS_VERIFY);
