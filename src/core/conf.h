@@ -225,6 +225,18 @@ struct conf_auth_checks {
 	uint32_t timeout;         /* seconds for each check's DNS lookups; default 20 */
 };
 
+/* ---- dmarc { reports { } }: DMARC aggregate reports (policy/dmarc_report.c) ---- */
+struct conf_dmarc_reports {
+	char *from;        /* reports.from: sender of our reports; NULL = reporting off */
+	char *org_name;    /* reports.org_name: report_metadata org_name; NULL = hostname */
+	char *inbox;       /* reports.inbox: a local address whose mail is parsed as reports */
+	uint32_t interval; /* reports.interval: seconds between sending rounds; default 1d */
+};
+
+struct conf_dmarc {
+	struct conf_dmarc_reports reports;
+};
+
 /* ---- arc { }: ARC (RFC 8617) on mx listeners (smtp/verify_arc.c); the chain
  * is validated when auth_checks.arc is on ---- */
 struct conf_arc {
@@ -291,6 +303,7 @@ struct tern_config {
 	struct conf_auth auth;
 	struct conf_dkim dkim;
 	struct conf_auth_checks auth_checks;
+	struct conf_dmarc dmarc;
 	struct conf_arc arc;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
