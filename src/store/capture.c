@@ -709,12 +709,13 @@ static bool lookup_queue_id(struct capture_store *st, const char *queue_id,
 	return found;
 }
 
-/* Inserts one parsed message inside the batch transaction (lock held); a
- * failure rolls back only this message (savepoint). */
+/* Inserts one parsed message inside the batch transaction (lock held).
+ * With savepoint, a failure rolls back only this message; without, the
+ * caller must roll back the whole transaction on a failure. */
 static int insert_one(struct capture_store *st, const struct capture_item *it,
-                      const struct mime_msg *mm, int64_t *seq)
+                      const struct mime_msg *mm, int64_t *seq, bool savepoint)
 {
-	if (exec(st, "SAVEPOINT one") != TERN_OK)
+	if (savepoint && exec(st, "SAVEPOINT one") != TERN_OK)
 		return TERN_EIO;
 	int rc =
 	    insert_row(st, it->id, it->len, mm, it->env_from, it->env_to, it->n_to, now_us(), seq);
@@ -745,6 +746,8 @@ static int insert_one(struct capture_store *st, const struct capture_item *it,
 	}
 	if (rc == TERN_OK && it->queue_id)
 		rc = link_queue_id(st, it->queue_id, it->id);
+	if (!savepoint)
+		return rc;
 	if (rc != TERN_OK)
 		exec(st, "ROLLBACK TO one");
 	exec(st, "RELEASE one");
@@ -804,8 +807,13 @@ int capture_add_batch(struct capture_store *st, struct capture_item *items, size
 			step[i] = 2;
 	}
 
-	/* 3. Every row in one transaction: one WAL commit for the batch. */
+	/* 3. Every row in one transaction: one WAL commit for the batch. First
+	 * without a savepoint per message (FTS5 writes an index segment at each
+	 * savepoint: one per message instead of one per batch); if a message
+	 * fails, the batch is redone with savepoints so that it fails alone. */
 	pthread_mutex_lock(&st->mu);
+	bool savepoints = false;
+redo:;
 	int trc = exec(st, "BEGIN IMMEDIATE");
 	size_t inserted = 0;
 	for (size_t i = 0; trc == TERN_OK && i < n; i++) {
@@ -821,10 +829,17 @@ int capture_add_batch(struct capture_store *st, struct capture_item *items, size
 			step[i] = 4;
 			continue;
 		}
-		it->rc = insert_one(st, it, &mm[i], &seq[i]);
+		it->rc = insert_one(st, it, &mm[i], &seq[i], savepoints);
 		if (it->rc == TERN_OK) {
 			step[i] = 3;
 			inserted++;
+		} else if (!savepoints) {
+			exec(st, "ROLLBACK");
+			for (size_t k = 0; k < n; k++)
+				if (step[k] == 3)
+					step[k] = 2; /* rolled back: inserted again below */
+			savepoints = true;
+			goto redo;
 		}
 	}
 	/* Mappings of deleted messages are dead weight: sweep now and then. */
