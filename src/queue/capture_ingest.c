@@ -4,24 +4,28 @@
  * the spool does").
  *
  * Owns: the queue of messages that reached end of data (SMTP) or were
- * posted to /api/v1/send in capture mode, and the committer threads that
- * put every message queued meanwhile into the capture store in ONE SQLite
- * transaction (one WAL sync, synchronous = FULL) plus one capture_sync for
- * large messages' files, and only then run each message's callback (the
- * session's 250, the API's 2xx). In capture mode the capture store is the
+ * posted to /api/v1/send in capture mode, and two threads. The committer
+ * puts every message queued meanwhile into the capture store in ONE SQLite
+ * transaction, committed without a sync (the store's batch sync); the
+ * syncer then makes every batch committed so far durable with ONE
+ * capture_sync (an fdatasync of the WAL, plus a syncfs for large messages'
+ * files) and only then runs each message's callback (the session's 250,
+ * the API's 2xx). While the syncer waits on the disk, the committer
+ * already inserts the next batch. In capture mode the capture store is the
  * message's only durable home: nothing is delivered anywhere else, so the
  * spool's own sync would be a second sync for the same promise.
  *
  * Must never: answer a message before its row is committed and synced
  * (DESIGN §5.1: a kill -9 after the answer loses nothing), drop a message
  * without running its callback exactly once, or run on an event loop (it
- * blocks on SQLite and fsync; callbacks run on a committer thread and must
+ * blocks on SQLite and fsync; callbacks run on the syncer thread and must
  * only post to their own thread).
  *
  * Fault points (debug builds, as the spool's: TERN_TEST_FAULT=NAME[:N]):
- * capture_take (a batch taken, nothing stored yet) and capture_commit (a
- * batch committed and synced, no callback run yet) stop the committer for
- * good so that a test can kill -9 in exactly that phase.
+ * capture_take (a batch taken, nothing stored yet: stops the committer)
+ * and capture_commit (batches committed and synced, no callback run yet:
+ * stops the syncer) stop that thread for good so that a test can kill -9
+ * in exactly that phase.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -36,8 +40,9 @@
 #include "queue/queue.h"
 #include "store/store.h"
 
-#define INGEST_THREADS 1     /* one transaction at a time: a batch grows while the last one syncs */
 #define INGEST_BATCH_MAX 256 /* messages per transaction */
+
+struct ingest_batch;
 
 struct ingest_msg {
 	struct ingest_msg *next;
@@ -57,11 +62,14 @@ enum ingest_fault { IF_NONE, IF_TAKE, IF_COMMIT };
 struct capture_ingest {
 	struct capture_store *st;
 	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	struct ingest_msg *head, *tail;
-	bool stopping;
-	unsigned n_threads;
-	pthread_t threads[INGEST_THREADS];
+	pthread_cond_t cond;            /* the committer: a put, or stopping */
+	pthread_cond_t scond;           /* the syncer: a committed batch, or the committer ended */
+	struct ingest_msg *head, *tail; /* put, not yet committed */
+	struct ingest_batch *shead, *stail; /* committed, not yet synced */
+	bool stopping;       /* no more puts; the committer ends once head is empty */
+	bool committer_done; /* the syncer ends once shead is empty */
+	pthread_t committer, syncer;
+	bool committer_started, syncer_started;
 	enum ingest_fault fault;
 	unsigned fault_after;
 	atomic_uint fault_hits;
@@ -172,7 +180,7 @@ int capture_ingest_put(struct capture_ingest *ci, const struct spool_msg *env, c
 	m->cb = cb;
 	m->arg = arg;
 	pthread_mutex_lock(&ci->mu);
-	if (ci->stopping || ci->n_threads == 0) {
+	if (ci->stopping || !ci->committer_started) {
 		pthread_mutex_unlock(&ci->mu);
 		rc = TERN_EIO;
 		goto fail;
@@ -192,64 +200,135 @@ fail:
 
 /* ------------------------------------------------------------- committer */
 
-/* One group commit: every message of the batch in one transaction, one
- * sync, then the answers. */
-static void commit_batch(struct capture_ingest *ci, struct ingest_msg **b, size_t n)
+/* A batch committed (without a sync) and waiting for the syncer. */
+struct ingest_batch {
+	struct ingest_batch *next;
+	struct ingest_msg **msgs;
+	struct capture_item *items; /* NULL when out of memory: every rc is rc */
+	size_t n;
+	int rc;
+};
+
+/* The answers of a batch, after the sync that covers it (or its failure). */
+static void answer_batch(struct ingest_batch *b, int sync_rc)
 {
-	struct capture_item *items = calloc(n, sizeof(*items));
-	int rc = TERN_ENOMEM;
-	fault_point(ci, IF_TAKE);
-	if (items) {
-		for (size_t i = 0; i < n; i++)
-			items[i] = (struct capture_item){.username = b[i]->username,
-			                                 .raw = b[i]->raw,
-			                                 .len = b[i]->len,
-			                                 .env_from = b[i]->from,
-			                                 .env_to = (const char *const *)b[i]->to,
-			                                 .n_to = b[i]->n_to};
-		rc = capture_add_batch(ci->st, items, n);
-		/* Rows are durable at their COMMIT; this covers large files. */
-		if (rc == TERN_OK)
-			rc = capture_sync(ci->st);
-	}
-	fault_point(ci, IF_COMMIT);
-	for (size_t i = 0; i < n; i++) {
-		struct ingest_msg *m = b[i];
-		int r = rc == TERN_OK ? items[i].rc : rc;
+	for (size_t i = 0; i < b->n; i++) {
+		struct ingest_msg *m = b->msgs[i];
+		int r = b->rc != TERN_OK ? b->rc : b->items[i].rc;
+		if (r == TERN_OK)
+			r = sync_rc;
 		char qf[LOG_ADDR_MAX];
 		if (r == TERN_OK)
 			log_info("event=captured id=%s capture_id=%s from=%s nrcpt=%zu size=%zu",
-			         m->qid, items[i].id, log_quote_addr(m->from, qf, sizeof(qf)),
+			         m->qid, b->items[i].id, log_quote_addr(m->from, qf, sizeof(qf)),
 			         m->n_to, m->len);
 		else
 			log_error("event=capture_failed id=%s reason=%s", m->qid, tern_strerror(r));
-		m->cb(m->arg, r, r == TERN_OK ? items[i].id : NULL);
+		m->cb(m->arg, r, r == TERN_OK ? b->items[i].id : NULL);
 		msg_free(m);
 	}
-	free(items);
+	free(b->items);
+	free(b->msgs);
+	free(b);
+}
+
+/* Every message of the batch into the store in one transaction, committed
+ * without a sync (batch sync, store.h); the syncer makes it durable. */
+static void commit_batch(struct capture_ingest *ci, struct ingest_batch *b)
+{
+	fault_point(ci, IF_TAKE);
+	b->items = calloc(b->n, sizeof(*b->items));
+	b->rc = b->items ? TERN_OK : TERN_ENOMEM;
+	if (b->items) {
+		for (size_t i = 0; i < b->n; i++) {
+			struct ingest_msg *m = b->msgs[i];
+			b->items[i] = (struct capture_item){.username = m->username,
+			                                    .raw = m->raw,
+			                                    .len = m->len,
+			                                    .env_from = m->from,
+			                                    .env_to = (const char *const *)m->to,
+			                                    .n_to = m->n_to};
+		}
+		b->rc = capture_add_batch(ci->st, b->items, b->n);
+	}
+	pthread_mutex_lock(&ci->mu);
+	if (ci->stail)
+		ci->stail->next = b;
+	else
+		ci->shead = b;
+	ci->stail = b;
+	pthread_cond_signal(&ci->scond);
+	pthread_mutex_unlock(&ci->mu);
 }
 
 static void *committer_main(void *arg)
 {
 	struct capture_ingest *ci = arg;
-	struct ingest_msg *batch[INGEST_BATCH_MAX];
 	for (;;) {
-		size_t n = 0;
 		pthread_mutex_lock(&ci->mu);
 		while (!ci->head && !ci->stopping)
 			pthread_cond_wait(&ci->cond, &ci->mu);
+		if (!ci->head) { /* stopping and nothing left */
+			ci->committer_done = true;
+			pthread_cond_signal(&ci->scond);
+			pthread_mutex_unlock(&ci->mu);
+			return NULL;
+		}
 		/* Everything that reached end of data meanwhile, up to the cap. */
-		while (ci->head && n < INGEST_BATCH_MAX) {
-			batch[n++] = ci->head;
+		size_t n = 0;
+		for (struct ingest_msg *m = ci->head; m && n < INGEST_BATCH_MAX; m = m->next)
+			n++;
+		struct ingest_batch *b = calloc(1, sizeof(*b));
+		struct ingest_msg **msgs = calloc(n, sizeof(*msgs));
+		if (!b || !msgs) {
+			/* Answer one message (TERN_ENOMEM) so that none waits forever. */
+			free(b);
+			free(msgs);
+			struct ingest_msg *m = ci->head;
+			ci->head = m->next;
+			if (!ci->head)
+				ci->tail = NULL;
+			pthread_mutex_unlock(&ci->mu);
+			log_error("event=capture_failed id=%s reason=%s", m->qid,
+			          tern_strerror(TERN_ENOMEM));
+			m->cb(m->arg, TERN_ENOMEM, NULL);
+			msg_free(m);
+			continue;
+		}
+		for (size_t i = 0; i < n; i++) {
+			msgs[i] = ci->head;
 			ci->head = ci->head->next;
 		}
 		if (!ci->head)
 			ci->tail = NULL;
-		bool done = n == 0 && ci->stopping;
 		pthread_mutex_unlock(&ci->mu);
-		if (done)
-			return NULL; /* stopping and nothing left: every put was answered */
-		commit_batch(ci, batch, n);
+		b->msgs = msgs;
+		b->n = n;
+		commit_batch(ci, b);
+	}
+}
+
+/* One sync covers every batch committed before it; then their answers. */
+static void *syncer_main(void *arg)
+{
+	struct capture_ingest *ci = arg;
+	for (;;) {
+		pthread_mutex_lock(&ci->mu);
+		while (!ci->shead && !ci->committer_done)
+			pthread_cond_wait(&ci->scond, &ci->mu);
+		struct ingest_batch *b = ci->shead;
+		ci->shead = ci->stail = NULL;
+		pthread_mutex_unlock(&ci->mu);
+		if (!b)
+			return NULL; /* the committer ended and everything was answered */
+		/* Rows are synced with the WAL; large messages' files too. */
+		int rc = capture_sync(ci->st);
+		fault_point(ci, IF_COMMIT);
+		while (b) {
+			struct ingest_batch *next = b->next;
+			answer_batch(b, rc);
+			b = next;
+		}
 	}
 }
 
@@ -261,16 +340,18 @@ struct capture_ingest *capture_ingest_new(struct capture_store *st)
 	ci->st = st;
 	pthread_mutex_init(&ci->mu, NULL);
 	pthread_cond_init(&ci->cond, NULL);
+	pthread_cond_init(&ci->scond, NULL);
 	fault_arm(ci);
-	for (unsigned i = 0; i < INGEST_THREADS; i++) {
-		if (pthread_create(&ci->threads[i], NULL, committer_main, ci) != 0)
-			break;
-		ci->n_threads++;
-	}
-	if (ci->n_threads == 0) {
+	if (pthread_create(&ci->syncer, NULL, syncer_main, ci) != 0) {
 		capture_ingest_free(ci);
 		return NULL;
 	}
+	ci->syncer_started = true;
+	if (pthread_create(&ci->committer, NULL, committer_main, ci) != 0) {
+		capture_ingest_free(ci); /* the syncer ends: committer_done is set below */
+		return NULL;
+	}
+	ci->committer_started = true;
 	return ci;
 }
 
@@ -280,13 +361,19 @@ void capture_ingest_stop(struct capture_ingest *ci)
 		return;
 	pthread_mutex_lock(&ci->mu);
 	ci->stopping = true;
+	if (!ci->committer_started)
+		ci->committer_done = true; /* nothing will commit: the syncer may end */
 	pthread_cond_broadcast(&ci->cond);
+	pthread_cond_broadcast(&ci->scond);
 	pthread_mutex_unlock(&ci->mu);
-	/* The committers drain the queue (the store is still open) first. */
-	for (unsigned i = 0; i < ci->n_threads; i++)
-		pthread_join(ci->threads[i], NULL);
-	ci->n_threads = 0;
-	(void)TERN_BUG_ON(ci->head != NULL);
+	/* The committer commits what is queued (the store is still open), the
+	 * syncer syncs and answers it, then both end. */
+	if (ci->committer_started)
+		pthread_join(ci->committer, NULL);
+	if (ci->syncer_started)
+		pthread_join(ci->syncer, NULL);
+	ci->committer_started = ci->syncer_started = false;
+	(void)TERN_BUG_ON(ci->head != NULL || ci->shead != NULL);
 }
 
 void capture_ingest_free(struct capture_ingest *ci)
@@ -294,6 +381,7 @@ void capture_ingest_free(struct capture_ingest *ci)
 	if (!ci)
 		return;
 	capture_ingest_stop(ci);
+	pthread_cond_destroy(&ci->scond);
 	pthread_cond_destroy(&ci->cond);
 	pthread_mutex_destroy(&ci->mu);
 	free(ci);

@@ -236,9 +236,10 @@ void scheduler_set_capture(struct scheduler *s, struct capture_store *st);
 /*
  * Capture mode's direct path (capture_ingest.c, issue 11): the message is
  * not spooled; its only durable home is the capture store. A put is copied
- * and queued; committer threads put every message queued meanwhile into
- * the store in one transaction with one sync, then call cb once per
- * message, on a committer thread (post to your own thread): err TERN_OK
+ * and queued; the ingest's committer puts every message queued meanwhile
+ * into the store in one transaction, its syncer makes every committed
+ * batch durable with one sync, then calls cb once per message, on the
+ * syncer's thread (post to your own thread): err TERN_OK
  * and the capture ID when the message is committed, synced and listed;
  * otherwise nothing is promised (the client retries). Every recipient must
  * be local (TERN_EINVAL otherwise: such mail goes through the spool).

@@ -16,6 +16,12 @@
  * table, inserted in the same transaction as its row; SQLite runs in WAL
  * mode with synchronous = FULL, so that COMMIT is durable when it returns
  * (one WAL sync per transaction, and a capture batch is one transaction).
+ * With batch sync on, an add's transaction commits with synchronous =
+ * NORMAL instead (no sync at COMMIT) and capture_sync() makes it durable
+ * with one fdatasync of the WAL file: every frame committed before that
+ * sync is in the WAL (or, after a checkpoint, which syncs both files, in
+ * the database). So the next batch can be inserted while the last one
+ * syncs (group commit, capture mode's ingest).
  * A larger message is written to a temp name, fsync'd, renamed to ID.eml
  * and its directory fsync'd (core/fsutil; with batch sync: by the next
  * capture_sync) before the add counts as done. Such files are the source
@@ -93,6 +99,9 @@ struct capture_store {
 	/* A large message's file was written without sync since the last
 	 * capture_sync (batch sync); sync_mu serialises the syncs. */
 	_Atomic bool files_unsynced;
+	/* A batch-sync add committed without a WAL sync since the last
+	 * capture_sync. */
+	_Atomic bool rows_unsynced;
 	pthread_mutex_t sync_mu;
 	uint64_t total, unread, raw_bytes;
 	uint64_t deleted; /* messages deleted since open, for /api/v1/info */
@@ -663,6 +672,20 @@ void capture_set_batch_sync(struct capture_store *st, bool on)
 	atomic_store(&st->batch_sync, on);
 }
 
+/* fdatasync of DIR/capture.db-wal (any descriptor of the file will do:
+ * the sync is of the file's data, whoever wrote it). */
+static int sync_wal(struct capture_store *st)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/capture.db-wal", st->dir);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return TERN_EIO;
+	int rc = fdatasync(fd) == 0 ? TERN_OK : TERN_EIO;
+	close(fd);
+	return rc;
+}
+
 int capture_sync(struct capture_store *st)
 {
 	/* Rows (and the bytes of messages in the raw table) are durable when
@@ -673,7 +696,9 @@ int capture_sync(struct capture_store *st)
 	 * clear knows the sync that cleared it has finished. */
 	int rc = TERN_OK;
 	pthread_mutex_lock(&st->sync_mu);
-	if (atomic_exchange(&st->files_unsynced, false)) {
+	if (atomic_exchange(&st->rows_unsynced, false) && (rc = sync_wal(st)) != TERN_OK)
+		atomic_store(&st->rows_unsynced, true); /* the next caller tries again */
+	if (rc == TERN_OK && atomic_exchange(&st->files_unsynced, false)) {
 		int fd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		rc = fd >= 0 && syncfs(fd) == 0 ? TERN_OK : TERN_EIO;
 		if (fd >= 0)
@@ -812,6 +837,10 @@ int capture_add_batch(struct capture_store *st, struct capture_item *items, size
 	 * savepoint: one per message instead of one per batch); if a message
 	 * fails, the batch is redone with savepoints so that it fails alone. */
 	pthread_mutex_lock(&st->mu);
+	/* batch sync: COMMIT without a sync, capture_sync syncs the WAL */
+	bool deferred = atomic_load(&st->batch_sync);
+	if (deferred)
+		exec(st, "PRAGMA synchronous = NORMAL");
 	bool savepoints = false;
 redo:;
 	int trc = exec(st, "BEGIN IMMEDIATE");
@@ -847,6 +876,10 @@ redo:;
 		exec(st, "DELETE FROM spool_ids WHERE id NOT IN (SELECT id FROM messages)");
 	if (trc == TERN_OK)
 		trc = exec(st, "COMMIT");
+	if (deferred) {
+		exec(st, "PRAGMA synchronous = FULL"); /* other writes stay durable at COMMIT */
+		atomic_store(&st->rows_unsynced, true); /* also after a failure: harmless */
+	}
 	if (trc != TERN_OK) {
 		exec(st, "ROLLBACK");
 		for (size_t i = 0; i < n; i++)
