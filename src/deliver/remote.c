@@ -50,6 +50,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
+#include "deliver/tlspolicy.h"
 #include "dns/dns.h"
 #include "smtp/smtp.h"
 #include "tls/tls.h"
@@ -93,6 +94,9 @@ struct host_addrs {
 	size_t n6, n4;
 	int pending;
 	enum dns_status st4, st6;
+	enum tlsp_dane dane;   /* what its TLSA lookup gave (none when not looked up) */
+	struct dns_tlsa *tlsa; /* the usable records (data owned here), freed with the conn */
+	size_t n_tlsa;
 };
 
 enum rc_state {
@@ -159,9 +163,11 @@ struct rconn {
 	/* DNS */
 	struct host_addrs hosts[MAX_MX];
 	struct addr_query aq[MAX_MX][2];
+	struct addr_query tq[MAX_MX]; /* TLSA lookups (family 0) */
 	size_t n_hosts;
 	int pending_dns;
 	bool dns_failed_perm;
+	bool mx_secure; /* the MX answer was DNSSEC-secure: DANE may apply (RFC 7672 §2.2.1) */
 	/* targets */
 	struct target targets[MAX_TARGETS];
 	size_t n_targets, cur;
@@ -171,9 +177,11 @@ struct rconn {
 	struct smtp_reply_parser rp;
 	struct smtp_ehlo_caps caps;
 	bool tls_active;
-	bool greeted_ok; /* a server took us past EHLO: failures are no longer per-target */
-	bool in_read;    /* inside on_read: freeing waits until it returns */
-	bool dead;       /* freed while in_read */
+	bool tls_verified;   /* the TLS channel met a verify or dane level */
+	enum conf_tls level; /* TLS the current target must meet (tlspolicy.h) */
+	bool greeted_ok;     /* a server took us past EHLO: failures are no longer per-target */
+	bool in_read;        /* inside on_read: freeing waits until it returns */
+	bool dead;           /* freed while in_read */
 	/*
 	 * Waits (RFC 5321 §4.5.3.2): one timer per connection. Each wait — a
 	 * whole reply, the greeting, the TLS handshake, the message data — has
@@ -910,10 +918,63 @@ static void send_ehlo(struct rconn *c)
 static void on_read(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 
+/* The host entry (addresses, TLSA) of the current target; NULL for a
+ * literal address. */
+static const struct host_addrs *target_hostinfo(const struct rconn *c)
+{
+	if (c->cur >= c->n_targets)
+		return NULL;
+	for (size_t h = 0; h < c->n_hosts; h++)
+		if (strcmp(c->hosts[h].host, c->targets[c->cur].host) == 0)
+			return &c->hosts[h];
+	return NULL;
+}
+
+/* The TLS level the current target must meet: the route's, raised by DANE. */
+static enum conf_tls target_level(const struct rconn *c)
+{
+	const struct host_addrs *ha = target_hostinfo(c);
+	enum conf_tls base = c->route ? c->route->tls : CONF_TLS_OPPORTUNISTIC;
+	return tlsp_level(base, c->route && c->route->auth_user, ha ? ha->dane : TLSP_DANE_NONE);
+}
+
+/* A TLS failure where TLS is required: this target is no good, the next
+ * may be; never the same one in clear. */
+static void tls_required_failed(struct rconn *c, const char *status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void tls_required_failed(struct rconn *c, const char *status, const char *fmt, ...)
+{
+	char why[400], q[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	set_error(c, false, status, "TLS required but %s", why);
+	log_warn("event=tls_failed id=%s relay=%s reason=%s action=next-host",
+	         c->job ? c->job->id : "-", target_host(c),
+	         log_quote(why, strlen(why), q, sizeof(q)));
+	abort_bev(c);
+	c->cur++;
+	c->tls_disabled = false;
+	conn_next_target(c);
+}
+
 static void start_tls(struct rconn *c)
 {
 	SSL *ssl = SSL_new(c->r->tls);
-	if (!ssl) {
+	char err[300];
+	if (!ssl || tlsp_prepare(ssl, c->level, target_host(c),
+	                         target_hostinfo(c) ? target_hostinfo(c)->tlsa : NULL,
+	                         target_hostinfo(c) ? target_hostinfo(c)->n_tlsa : 0, err,
+	                         sizeof(err)) != 0) {
+		if (!ssl)
+			snprintf(err, sizeof(err), "out of memory");
+		SSL_free(ssl);
+		if (tlsp_required(c->level)) {
+			tls_required_failed(c, "4.7.5", "TLS with %s cannot start: %s",
+			                    target_host(c), err);
+			return;
+		}
 		c->tls_disabled = true;
 		close_bev(c);
 		conn_next_target(c);
@@ -1019,26 +1080,56 @@ static void auth_login_step(struct rconn *c, bool user)
 	enter_state(c, user ? RC_AUTH_LOGIN_PASS : RC_AUTH);
 }
 
+/*
+ * Credentials go only over a channel the route's level vouches for: verified
+ * at verify/dane, encrypted at require; without TLS only where the config
+ * allowed it (none/opportunistic with auth only to a loopback address).
+ */
+static bool auth_channel_ok(const struct rconn *c)
+{
+	enum conf_tls rt = c->route->tls;
+	if (rt <= CONF_TLS_OPPORTUNISTIC && c->level <= CONF_TLS_OPPORTUNISTIC)
+		return true;
+	if (!c->tls_active)
+		return false;
+	if (rt == CONF_TLS_REQUIRE && c->level <= CONF_TLS_REQUIRE)
+		return true;
+	return c->tls_verified;
+}
+
 static void after_ehlo(struct rconn *c)
 {
-	enum conf_tls tls = c->route ? c->route->tls : CONF_TLS_OPPORTUNISTIC;
-	if (!c->tls_active && c->caps.starttls && tls != CONF_TLS_NONE && !c->tls_disabled &&
+	if (!c->tls_active && c->caps.starttls && c->level != CONF_TLS_NONE && !c->tls_disabled &&
 	    c->r->tls) {
 		enter_state(c, RC_STARTTLS);
 		send_line(c, "STARTTLS");
 		return;
 	}
-	if (!c->tls_active && tls == CONF_TLS_REQUIRE) {
-		set_error(c, false, "4.7.10",
-		          "TLS is required for %s but it does not offer STARTTLS",
-		          c->targets[c->cur].host);
-		close_bev(c);
-		c->cur++;
-		conn_next_target(c);
+	if (!c->tls_active && tlsp_required(c->level)) {
+		const char *h = target_host(c);
+		if (!c->r->tls)
+			tls_required_failed(c, "4.7.5",
+			                    "no TLS client context (see the log at start)");
+		else if (c->caps.starttls)
+			tls_required_failed(c, "4.7.10", "%s refused STARTTLS", h);
+		else
+			tls_required_failed(c, "4.7.10", "%s does not offer STARTTLS", h);
 		return;
 	}
 	c->greeted_ok = true;
 	if (c->route && c->route->auth_user) {
+		if (!auth_channel_ok(c)) {
+			/* tlspolicy and the config make this unreachable; the
+			 * password is worth a second lock. */
+			set_error(c, false, "4.7.5",
+			          "TLS required but the channel to %s is not verified: "
+			          "credentials not sent",
+			          target_host(c));
+			close_bev(c);
+			job_finish(c);
+			conn_end(c);
+			return;
+		}
 		start_auth(c);
 		return;
 	}
@@ -1342,16 +1433,17 @@ static void conn_failed(struct rconn *c, short what, const char *tls_err)
 		else
 			snprintf(ebuf, sizeof(ebuf), "%s",
 			         tls_err[0] ? tls_err : "handshake failed");
-		log_warn(
-		    "event=tls_failed id=%s relay=%s reason=%s action=%s",
-		    c->job ? c->job->id : "-", host, log_quote(ebuf, strlen(ebuf), q, sizeof(q)),
-		    c->route && c->route->tls == CONF_TLS_REQUIRE ? "next-host" : "retry-clear");
+		if (tlsp_required(c->level)) {
+			tls_required_failed(c, "4.7.5", "the TLS handshake with %s failed (%s)",
+			                    host, ebuf);
+			return;
+		}
+		log_warn("event=tls_failed id=%s relay=%s reason=%s action=retry-clear",
+		         c->job ? c->job->id : "-", host,
+		         log_quote(ebuf, strlen(ebuf), q, sizeof(q)));
 		abort_bev(c);
 		set_error(c, false, "4.7.5", "TLS handshake with %s failed: %s", host, ebuf);
-		if (!(c->route && c->route->tls == CONF_TLS_REQUIRE))
-			c->tls_disabled = true; /* same target again, in clear */
-		else
-			c->cur++;
+		c->tls_disabled = true; /* same target again, in clear */
 		conn_next_target(c);
 		return;
 	}
@@ -1392,8 +1484,17 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		if (c->st == RC_TLS_HANDSHAKE) {
 			char d[600], qh[DNS_NAME_MAX * 4 + 8];
 			const char *h = c->targets[c->cur].host; /* TLS: the log words */
-			log_info("event=tls relay=%s %s", log_quote(h, strlen(h), qh, sizeof(qh)),
-			         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
+			SSL *ssl = bufferevent_openssl_get_ssl(bev);
+			const char *vw = tlsp_verify_word(ssl);
+			log_info("event=tls id=%s relay=%s %s tls_verify=%s level=%s",
+			         c->job ? c->job->id : "-", log_quote(h, strlen(h), qh, sizeof(qh)),
+			         tls_describe(ssl, d, sizeof(d)), vw, conf_tls_name(c->level));
+			if (!tlsp_channel_ok(ssl, c->level)) {
+				tls_required_failed(c, "4.7.5",
+				                    "the certificate of %s was not verified", h);
+				return;
+			}
+			c->tls_verified = strcmp(vw, "untrusted") != 0;
 			c->tls_active = true;
 			smtp_reply_init(&c->rp);
 			send_ehlo(c);
@@ -1404,11 +1505,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		wait_for(c, c->conf->delivery.command_timeout);
 		return;
 	}
-	char ebuf[256] = "";
+	char ebuf[300] = "";
 	if (c->st == RC_TLS_HANDSHAKE) {
+		char oe[256] = "";
 		unsigned long e = bufferevent_get_openssl_error(bev);
 		if (e)
-			ERR_error_string_n(e, ebuf, sizeof(ebuf));
+			ERR_error_string_n(e, oe, sizeof(oe));
+		/* A failed verification says which check failed, in words. */
+		tlsp_failure_words(bufferevent_openssl_get_ssl(bev), target_host(c), c->port, oe,
+		                   ebuf, sizeof(ebuf));
 	}
 	conn_failed(c, what, ebuf);
 }
@@ -1458,6 +1563,17 @@ static void conn_next_target(struct rconn *c)
 {
 	while (c->cur < c->n_targets) {
 		struct target *t = &c->targets[c->cur];
+		const struct host_addrs *ha = target_hostinfo(c);
+		if (ha && ha->dane == TLSP_DANE_FAILED) {
+			set_error(c, false, "4.7.5",
+			          "TLS required but the TLSA records of _%u._tcp.%s could not be "
+			          "validated (DNSSEC bogus or lookup failed)",
+			          (unsigned)c->port, t->host);
+			c->cur++;
+			continue;
+		}
+		c->level = target_level(c);
+		c->tls_verified = false;
 		c->bev = bufferevent_socket_new(worker_base(c->w), -1, BEV_OPT_CLOSE_ON_FREE);
 		if (!c->bev) {
 			set_error(c, false, "4.3.0", "out of memory");
@@ -1597,9 +1713,66 @@ static void on_addr_answer(void *arg, const struct dns_result *r)
 		addresses_done(c);
 }
 
+static void on_tlsa_answer(void *arg, const struct dns_result *r)
+{
+	struct addr_query *q = arg;
+	struct rconn *c = q->c;
+	struct host_addrs *ha = &c->hosts[q->host];
+	ha->dane = tlsp_dane_of(r);
+	if (ha->dane == TLSP_DANE_USABLE && (ha->tlsa = calloc(r->n, sizeof(*ha->tlsa)))) {
+		for (size_t i = 0; i < r->n; i++) {
+			const struct dns_tlsa *t = &r->tlsa[i];
+			struct dns_tlsa *d = &ha->tlsa[ha->n_tlsa];
+			if (!tlsp_tlsa_usable(t) || !(d->data = malloc(t->len)))
+				continue;
+			memcpy(d->data, t->data, t->len);
+			d->len = t->len;
+			d->usage = t->usage;
+			d->selector = t->selector;
+			d->mtype = t->mtype;
+			ha->n_tlsa++;
+		}
+	}
+	if (ha->dane == TLSP_DANE_USABLE && ha->n_tlsa == 0)
+		ha->dane = TLSP_DANE_FAILED; /* out of memory: try again later */
+	char q2[DNS_NAME_MAX * 4 + 8];
+	static const char *const words[] = {"none", "usable", "unusable", "failed"};
+	log_info("event=dane_lookup id=%s host=%s secure=%s bogus=%s dane=%s records=%zu",
+	         c->job ? c->job->id : "-", log_quote(ha->host, strlen(ha->host), q2, sizeof(q2)),
+	         r->secure ? "yes" : "no", r->bogus ? "yes" : "no", words[ha->dane], ha->n_tlsa);
+	if (--c->pending_dns == 0)
+		addresses_done(c);
+}
+
+/* Is DANE looked for at these hosts? Only with a validating resolver, and
+ * for MX delivery only when the MX answer was secure (the TLSA base domain
+ * must itself be authentic), or for a route that asks for "dane" (its host
+ * comes from the config). */
+static bool dane_wanted(const struct rconn *c)
+{
+	if (!c->conf->dns.trust_anchor_file)
+		return false;
+	if (c->route)
+		return c->route->tls == CONF_TLS_DANE;
+	return c->conf->delivery.dane && c->mx_secure;
+}
+
 static void query_addresses(struct rconn *c)
 {
-	c->pending_dns = (int)c->n_hosts * 2;
+	bool dane = dane_wanted(c);
+	c->pending_dns = (int)c->n_hosts * (dane ? 3 : 2);
+	for (size_t h = 0; dane && h < c->n_hosts; h++) {
+		char name[DNS_NAME_MAX + 16];
+		struct addr_query *q = &c->tq[h];
+		q->c = c;
+		q->host = h;
+		q->family = 0;
+		snprintf(name, sizeof(name), "_%u._tcp.%s", (unsigned)c->port, c->hosts[h].host);
+		if (dns_query(c->res, name, DNS_TLSA, on_tlsa_answer, q) < 0) {
+			c->hosts[h].dane = TLSP_DANE_FAILED;
+			c->pending_dns--; /* never 0 here: the address lookups follow */
+		}
+	}
 	for (size_t h = 0; h < c->n_hosts; h++) {
 		for (int k = 0; k < 2; k++) {
 			struct addr_query *q = &c->aq[h][k];
@@ -1623,6 +1796,7 @@ static void query_addresses(struct rconn *c)
 static void on_mx(void *arg, const struct dns_result *r)
 {
 	struct rconn *c = arg;
+	c->mx_secure = r->secure;
 	if (r->status == DNS_NXDOMAIN) {
 		fail_dns(c, true, "5.1.2",
 		         "550 5.1.2 the recipient domain does not exist (NXDOMAIN)");
@@ -1778,6 +1952,11 @@ static void conn_free(struct rconn *c)
 	close_bev(c);
 	if (c->timer)
 		event_free(c->timer);
+	for (size_t h = 0; h < c->n_hosts; h++) {
+		for (size_t i = 0; i < c->hosts[h].n_tlsa; i++)
+			free(c->hosts[h].tlsa[i].data);
+		free(c->hosts[h].tlsa);
+	}
 	tbuf_free(&c->converted);
 	runtime_release(c->rt);
 	atomic_fetch_sub(&c->r->active, 1);
@@ -1979,11 +2158,21 @@ struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, 
 		if (!r->resolvers[i])
 			goto fail;
 	}
-	/* Opportunistic TLS: encrypt whatever the peer offers (without a
-	 * context, STARTTLS is skipped). */
-	char terr[256];
-	if (!(r->tls = tls_client_ctx_new(NULL, false, terr, sizeof(terr))))
+	/* One verifying context for every level (tlspolicy.c relaxes it per
+	 * connection below verify): trust anchors from delivery.ca_file or the
+	 * system store, DANE ready. Without it STARTTLS is skipped where
+	 * opportunistic and mail waits where TLS is required. */
+	char terr[512];
+	const char *ca = rt->conf->delivery.ca_file;
+	if (!(r->tls = tls_client_ctx_new(ca, true, terr, sizeof(terr)))) {
+		if (ca) {
+			snprintf(err, errlen, "delivery.ca_file: %s", terr);
+			goto fail;
+		}
 		log_warn("event=tls_unavailable direction=outbound reason=\"%s\"", terr);
+	} else if (SSL_CTX_dane_enable(r->tls) <= 0) {
+		log_warn("event=dane_unavailable direction=outbound reason=\"OpenSSL refused\"");
+	}
 	runtime_release(rt);
 	return r;
 fail:
