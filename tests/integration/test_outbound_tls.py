@@ -1,0 +1,429 @@
+"""Outbound TLS you can rely on (issue 8 item 5): tls = verify / require per route, the
+relayhost's credentials only over a verified channel, DANE, and the reasons of TLS
+failures in `tern queue show` and in the DSN.
+
+The world: a real unbound serving the test zones (remote_harness.Unbound), fake MXes
+(aiosmtpd with STARTTLS) on 127.0.0.6N:P with certificates of a test CA made here with
+the openssl command, and tern delivering to port P with delivery.ca_file naming that CA.
+Every fake records the commands it got and whether they came inside TLS.
+
+Never: talk outside 127.0.0.0/8, wait without a bound, kill what it did not start.
+"""
+
+import re
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import deep_merge, make_message, make_tmpdir
+from remote_harness import (AUTH_PASSWORD, AUTH_USER, DEADLINE, DNS_RECORDS, SENDER, Raw,
+                            Unbound, pick_shared_port, remote_overrides, submit, wait_dsn,
+                            wait_queue_empty)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+# Fake next hops: name -> (address, certificate kind or None for no STARTTLS)
+HOSTS = {
+    "good": ("127.0.0.61", "ca"),           # a test-CA certificate for its own name
+    "wrong": ("127.0.0.62", "wrongname"),   # a test-CA certificate for another name
+    "self": ("127.0.0.63", "selfsigned"),   # a self-signed certificate for its own name
+    "plain": ("127.0.0.64", None),          # no STARTTLS at all
+    "relay": ("127.0.0.65", "selfsigned"),  # AUTH offered (even in clear), untrusted cert
+    "relayok": ("127.0.0.66", "ca"),        # AUTH offered, test-CA certificate
+}
+
+
+def host_name(key):
+    return f"mx-{key}.tls.test"
+
+
+RECORDS = [(host_name(k), "A", ip) for k, (ip, _) in HOSTS.items()] + [
+    # MX delivery (no route): opportunistic to an untrusted certificate
+    ("opp.tls.test", "MX", f"10 {host_name('self')}."),
+    # MX delivery where the MX has no STARTTLS: plaintext is fine when opportunistic
+    ("plainmx.tls.test", "MX", f"10 {host_name('plain')}."),
+]
+
+ROUTES = {
+    "verify-good.test": ("good", "verify"),
+    "verify-wrong.test": ("wrong", "verify"),
+    "verify-self.test": ("self", "verify"),
+    "require-plain.test": ("plain", "require"),
+    "require-self.test": ("self", "require"),
+}
+
+# --------------------------------------------------------------------------
+# Certificates (the openssl command; EC P-256, valid two days).
+
+
+def _run(*args):
+    subprocess.run(args, check=True, capture_output=True, timeout=30)
+
+
+class PKI:
+    def __init__(self):
+        self.dir = make_tmpdir("tern-pki-")
+        d = self.dir
+        self.ca = d / "ca.pem"
+        _run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(d / "ca.key"), "-out", str(self.ca), "-days", "2",
+             "-subj", "/CN=tern outbound test CA", "-addext",
+             "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+
+    def leaf(self, name, cert_name=None, self_signed=False):
+        """(cert, key) paths for a server certificate naming cert_name (default name)."""
+        cn = cert_name or name
+        d = self.dir
+        cert, key = d / f"{name}-{cn}{'-ss' if self_signed else ''}.pem", d / f"{name}.key"
+        if self_signed:
+            _run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                 "-days", "2", "-subj", f"/CN={cn}", "-addext", f"subjectAltName=DNS:{cn}")
+            return cert, key
+        csr = d / f"{name}.csr"
+        ext = d / f"{name}.ext"
+        ext.write_text(f"subjectAltName=DNS:{cn}\nbasicConstraints=CA:FALSE\n"
+                       "extendedKeyUsage=serverAuth\n")
+        _run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
+        _run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey",
+             str(d / "ca.key"), "-CAcreateserial", "-out", str(cert), "-days", "2",
+             "-extfile", str(ext))
+        return cert, key
+
+
+# --------------------------------------------------------------------------
+# Fake next hops that record what they got.
+
+
+class Recorder:
+    """aiosmtpd handler: records (command, inside_tls) and the accepted messages."""
+
+    def __init__(self, name):
+        self.name = name
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.commands = []
+            self.messages = []
+            self.auths = []
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                  bytes(envelope.original_content or b"")))
+        return "250 2.0.0 OK queued"
+
+    def names(self):
+        with self.lock:
+            return [c for c, _ in self.commands]
+
+    def wait_messages(self, n=1, tern=None, timeout=DEADLINE):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.messages) >= n:
+                    return list(self.messages)
+            time.sleep(0.05)
+        pytest.fail(f"{self.name}: no message after {timeout}s; commands {self.names()}\n"
+                    + (tern.log_tail() if tern else ""))
+
+
+def _smtp_class():
+    from aiosmtpd.smtp import SMTP
+
+    class RecordingSMTP(SMTP):
+        def _note(self, cmd):
+            h = self.event_handler
+            with h.lock:
+                h.commands.append((cmd, self._tls_protocol is not None))
+
+        async def smtp_STARTTLS(self, arg):
+            self._note("STARTTLS")
+            return await super().smtp_STARTTLS(arg)
+
+        async def smtp_AUTH(self, arg):
+            self._note("AUTH")
+            return await super().smtp_AUTH(arg)
+
+        async def smtp_MAIL(self, arg):
+            self._note("MAIL")
+            return await super().smtp_MAIL(arg)
+
+    return RecordingSMTP
+
+
+class Auth:
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+        login = password = None
+        if isinstance(auth_data, LoginPassword):
+            login = auth_data.login.decode("utf-8", "replace")
+            password = auth_data.password.decode("utf-8", "replace")
+        ok = login == AUTH_USER and password == AUTH_PASSWORD
+        with self.handler.lock:
+            self.handler.auths.append((login, password, ok))
+        return AuthResult(success=ok, handled=False)
+
+
+class Fakes:
+    def __init__(self, port, pki):
+        from aiosmtpd.controller import Controller
+        self.handlers = {k: Recorder(k) for k in HOSTS}
+        self.controllers = []
+        smtp_cls = _smtp_class()
+
+        class RecCtl(Controller):
+            def factory(self):
+                return smtp_cls(self.handler, **self.SMTP_kwargs)
+
+        for k, (ip, kind) in HOSTS.items():
+            kw = dict(hostname=ip, port=port, ready_timeout=10,
+                      server_hostname=host_name(k))
+            if kind:
+                if kind == "ca":
+                    cert, key = pki.leaf(host_name(k))
+                elif kind == "wrongname":
+                    cert, key = pki.leaf(host_name(k), cert_name="other.example.net")
+                else:
+                    cert, key = pki.leaf(host_name(k), self_signed=True)
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(str(cert), str(key))
+                kw["tls_context"] = ctx
+            if k.startswith("relay"):
+                h = self.handlers[k]
+                # AUTH is offered in clear too: a client that skipped TLS would be
+                # tempted; tern must still never send it there.
+                kw.update(authenticator=Auth(h), auth_required=True, auth_require_tls=False)
+            c = RecCtl(self.handlers[k], **kw)
+            c.start()
+            self.controllers.append(c)
+
+    def reset(self):
+        for h in self.handlers.values():
+            h.reset()
+
+    def __getitem__(self, k):
+        return self.handlers[k]
+
+    def stop(self):
+        for c in self.controllers:
+            try:
+                c.stop()
+            except Exception:
+                pass
+
+
+# --------------------------------------------------------------------------
+# Fixtures.
+
+
+@pytest.fixture(scope="module")
+def tls_world():
+    port = pick_shared_port(sorted(ip for ip, _ in HOSTS.values()))
+    pki = PKI()
+    dns = Unbound(DNS_RECORDS + RECORDS).start()
+    fakes = None
+    try:
+        fakes = Fakes(port, pki)
+    except Exception:
+        if fakes:
+            fakes.stop()
+        dns.stop()
+        raise
+    yield port, dns, fakes, pki
+    fakes.stop()
+    dns.stop()
+
+
+@pytest.fixture
+def fakes(tls_world):
+    tls_world[2].reset()
+    yield tls_world[2]
+
+
+def routes(pwfile):
+    r = {dom: {"via": f"smtp://{host_name(k)}", "tls": lvl}
+         for dom, (k, lvl) in ROUTES.items()}
+    # A relay route with credentials and no tls key: verify is the default.
+    r["relay.test"] = {"via": f"smtp://{host_name('relay')}", "auth_user": AUTH_USER,
+                       "auth_password_file": str(pwfile)}
+    r["relayok.test"] = {"via": f"smtp://{host_name('relayok')}", "auth_user": AUTH_USER,
+                         "auth_password_file": str(pwfile)}
+    return r
+
+
+@pytest.fixture
+def tls_tern(tls_world, tern_factory, fakes):
+    port, dns, _, pki = tls_world
+
+    def start(**delivery):
+        t = tern_factory(None, ("alice@example.test",), start=False)
+        cfg = remote_overrides(port, dns.forward, t.root, **delivery)
+        cfg["delivery"]["ca_file"] = str(pki.ca)
+        # via names carry no port: the route port is the fakes' port
+        cfg["routes"] = {dom: dict(v, via=v["via"] + f":{port}")
+                         for dom, v in routes(Path(t.root) / "relay.pw").items()}
+        t.write_config(deep_merge(t.config, cfg))
+        t.port = port
+        chk = t.cli("check-config")
+        assert chk.returncode == 0, chk.stderr + chk.stdout + t.config_path.read_text()
+        t.start()
+        return t
+
+    return start
+
+
+def msg(subject, to):
+    return make_message(subject, body=f"body of {subject}\r\n", frm=SENDER, to=to)
+
+
+def deferred_line(t, qid, rcpt, status):
+    return t.wait_log(rf"event=deferred id={qid} to=<{re.escape(rcpt)}> .*status={status}\b.*$",
+                      timeout=DEADLINE).group(0)
+
+
+def show_line(t, qid, rcpt):
+    out = t.cli("queue", "show", qid, check=True).stdout
+    m = re.search(rf"to=<{re.escape(rcpt)}> state=(\w+).*$", out, re.M)
+    assert m, f"recipient missing from `tern queue show`:\n{out}"
+    assert m.group(1) == "deferred", out
+    return m.group(0)
+
+
+# --------------------------------------------------------------------------
+# verify
+
+
+def test_verify_right_name_delivers(tls_tern, fakes):
+    t = tls_tern()
+    qid = submit(t, ["a@verify-good.test"], msg("verify-good", "a@verify-good.test"))
+    fakes["good"].wait_messages(1, tern=t)
+    line = t.wait_log(rf"event=tls id={qid} relay=mx-good\.tls\.test .*$").group(0)
+    assert "tls_verify=verified" in line and "level=verify" in line, line
+    assert fakes["good"].commands[0] == ("STARTTLS", False)
+    assert ("MAIL", True) in fakes["good"].commands
+    t.wait_log(rf"event=delivered id={qid}\b")
+    wait_queue_empty(t)
+
+
+def test_verify_wrong_name_defers_with_reason(tls_tern, fakes):
+    t = tls_tern()
+    rcpt = "a@verify-wrong.test"
+    qid = submit(t, [rcpt], msg("verify-wrong", rcpt))
+    line = deferred_line(t, qid, rcpt, r"4\.7\.5")
+    want = 'certificate name mismatch: expected "mx-wrong.tls.test"'
+    # (the log quotes a '"' as \x22)
+    assert "TLS required but" in line and want.replace('"', "\\x22") in line, line
+    assert want in show_line(t, qid, rcpt)
+    # never in clear after the failed handshake: no MAIL at all
+    assert "MAIL" not in fakes["wrong"].names(), fakes["wrong"].commands
+    assert fakes["wrong"].messages == []
+
+
+def test_verify_self_signed_defers(tls_tern, fakes):
+    t = tls_tern()
+    rcpt = "a@verify-self.test"
+    qid = submit(t, [rcpt], msg("verify-self", rcpt))
+    deferred_line(t, qid, rcpt, r"4\.7\.5")
+    assert "self-signed certificate" in show_line(t, qid, rcpt)
+    assert "MAIL" not in fakes["self"].names(), fakes["self"].commands
+
+
+def test_require_without_starttls_defers(tls_tern, fakes):
+    t = tls_tern()
+    rcpt = "a@require-plain.test"
+    qid = submit(t, [rcpt], msg("require-plain", rcpt))
+    deferred_line(t, qid, rcpt, r"4\.7\.10")
+    assert "TLS required but mx-plain.tls.test does not offer STARTTLS" in \
+        show_line(t, qid, rcpt)
+    assert "MAIL" not in fakes["plain"].names(), fakes["plain"].commands
+
+
+def test_require_accepts_untrusted_certificate_and_logs_it(tls_tern, fakes):
+    t = tls_tern()
+    qid = submit(t, ["a@require-self.test"], msg("require-self", "a@require-self.test"))
+    fakes["self"].wait_messages(1, tern=t)
+    line = t.wait_log(rf"event=tls id={qid} .*$").group(0)
+    assert "tls_verify=untrusted" in line and "level=require" in line, line
+
+
+def test_opportunistic_mx_untrusted_and_plain(tls_tern, fakes):
+    """MX delivery (no route) stays opportunistic: an untrusted certificate is used
+    and logged as such, a server without STARTTLS gets the mail in clear."""
+    t = tls_tern()
+    q1 = submit(t, ["a@opp.tls.test"], msg("opp", "a@opp.tls.test"))
+    q2 = submit(t, ["a@plainmx.tls.test"], msg("plainmx", "a@plainmx.tls.test"))
+    fakes["self"].wait_messages(1, tern=t)
+    fakes["plain"].wait_messages(1, tern=t)
+    line = t.wait_log(rf"event=tls id={q1} .*$").group(0)
+    assert "tls_verify=untrusted" in line and "level=opportunistic" in line, line
+    assert ("MAIL", True) in fakes["self"].commands
+    assert ("MAIL", False) in fakes["plain"].commands
+    t.wait_log(rf"event=delivered id={q2}\b")
+
+
+# --------------------------------------------------------------------------
+# The relayhost's credentials
+
+
+def test_auth_route_never_sends_credentials_over_untrusted_tls(tls_tern, fakes):
+    t = tls_tern()
+    rcpt = "a@relay.test"
+    qid = submit(t, [rcpt], msg("relay-untrusted", rcpt))
+    deferred_line(t, qid, rcpt, r"4\.7\.5")
+    assert "self-signed certificate" in show_line(t, qid, rcpt)
+    names = fakes["relay"].names()
+    assert "STARTTLS" in names, names
+    assert "AUTH" not in names and fakes["relay"].auths == [], fakes["relay"].commands
+    assert "MAIL" not in names
+    assert AUTH_PASSWORD not in t.log()
+
+
+def test_auth_route_verified_sends_credentials_inside_tls(tls_tern, fakes):
+    t = tls_tern()
+    qid = submit(t, ["a@relayok.test"], msg("relay-ok", "a@relayok.test"))
+    fakes["relayok"].wait_messages(1, tern=t)
+    cmds = fakes["relayok"].commands
+    assert ("AUTH", True) in cmds and ("AUTH", False) not in cmds, cmds
+    assert fakes["relayok"].auths == [(AUTH_USER, AUTH_PASSWORD, True)]
+    line = t.wait_log(rf"event=tls id={qid} .*$").group(0)
+    assert "tls_verify=verified" in line and "level=verify" in line, line
+
+
+def test_auth_with_tls_none_to_a_name_is_refused(tern_factory):
+    t = tern_factory(None, ("alice@example.test",), start=False)
+    pw = Path(t.root) / "pw"
+    pw.write_text("x\n")
+    t.write_config(deep_merge(t.config, {"relayhost": {
+        "via": "smtp://relay.example.net:587", "auth_user": "u",
+        "auth_password_file": str(pw), "tls": "none"}}))
+    r = t.cli("check-config")
+    assert r.returncode != 0
+    assert 'relayhost.tls: "none" with auth_user would send the password without TLS' in \
+        r.stderr + r.stdout
+
+
+# --------------------------------------------------------------------------
+# The DSN carries the reason
+
+
+def test_dsn_carries_tls_reason(tls_tern, fakes):
+    t = tls_tern(max_lifetime=Raw("3s"))
+    rcpt = "late@verify-wrong.test"
+    submit(t, [rcpt], msg("verify-wrong-dsn", rcpt))
+    dsn = wait_dsn(t, rcpt, timeout=15)
+    r = dsn.rcpt(rcpt)
+    assert r is not None, dsn
+    diag = re.sub(r"\s+", " ", r.get("diagnostic-code", ""))
+    assert "certificate name mismatch" in diag and "mx-wrong.tls.test" in diag, r
+    assert fakes["wrong"].messages == []
