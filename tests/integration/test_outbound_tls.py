@@ -34,14 +34,22 @@ HOSTS = {
     "plain": ("127.0.0.64", None),          # no STARTTLS at all
     "relay": ("127.0.0.65", "selfsigned"),  # AUTH offered (even in clear), untrusted cert
     "relayok": ("127.0.0.66", "ca"),        # AUTH offered, test-CA certificate
+    # DANE (self-signed certificates: DANE-EE needs no CA)
+    "dok": ("127.0.0.67", "selfsigned"),     # signed zone, TLSA 3 1 1 of its key
+    "dbad": ("127.0.0.68", "selfsigned"),    # signed zone, TLSA of another key
+    "dins": ("127.0.0.69", "selfsigned"),    # unsigned zone, TLSA of another key
+    "dbogus": ("127.0.0.70", "selfsigned"),  # signed zone, TLSA changed after signing
 }
+
+DANE_NAMES = {"dok": "mx-ok.sec.example", "dbad": "mx-bad.sec.example",
+              "dins": "mx-ins.insec.example", "dbogus": "mx-bogus.sec.example"}
 
 
 def host_name(key):
-    return f"mx-{key}.tls.test"
+    return DANE_NAMES.get(key, f"mx-{key}.tls.test")
 
 
-RECORDS = [(host_name(k), "A", ip) for k, (ip, _) in HOSTS.items()] + [
+RECORDS = [(host_name(k), "A", ip) for k, (ip, _) in HOSTS.items() if k not in DANE_NAMES] + [
     # MX delivery (no route): opportunistic to an untrusted certificate
     ("opp.tls.test", "MX", f"10 {host_name('self')}."),
     # MX delivery where the MX has no STARTTLS: plaintext is fine when opportunistic
@@ -186,6 +194,7 @@ class Fakes:
             def factory(self):
                 return smtp_cls(self.handler, **self.SMTP_kwargs)
 
+        self.certs = {}
         for k, (ip, kind) in HOSTS.items():
             kw = dict(hostname=ip, port=port, ready_timeout=10,
                       server_hostname=host_name(k))
@@ -196,6 +205,7 @@ class Fakes:
                     cert, key = pki.leaf(host_name(k), cert_name="other.example.net")
                 else:
                     cert, key = pki.leaf(host_name(k), self_signed=True)
+                self.certs[k] = cert
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
                 ctx.load_cert_chain(str(cert), str(key))
                 kw["tls_context"] = ctx
@@ -227,18 +237,105 @@ class Fakes:
 # Fixtures.
 
 
+# --------------------------------------------------------------------------
+# DNSSEC: zones signed at test time with ldns-signzone, served by the test unbound as
+# auth-zones; tern's resolver gets sec.example's key as its trust anchor, so
+# sec.example answers are secure and insec.example ones insecure (no anchor covers
+# them).
+
+
+def spki_sha256(cert):
+    pub = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-pubkey"],
+                         check=True, capture_output=True, timeout=30).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
+                         check=True, capture_output=True, timeout=30).stdout
+    import hashlib
+    return hashlib.sha256(der).hexdigest()
+
+
+ZONE_HEAD = """$ORIGIN {origin}.
+$TTL 300
+@ IN SOA ns.{origin}. hostmaster.{origin}. 1 3600 600 86400 300
+@ IN NS ns.{origin}.
+ns IN A 127.0.0.1
+"""
+
+
+def make_zones(d, port, certs):
+    """Writes sec.example (signed) and insec.example (unsigned); returns (zone files,
+    trust anchor file)."""
+    if not Path("/usr/bin/ldns-signzone").exists():
+        pytest.skip("ldns-signzone (ldnsutils) not installed")
+    good = spki_sha256(certs["dok"])
+    other = spki_sha256(certs["dins"])  # mx-bad's record names another server's key
+    sec = ZONE_HEAD.format(origin="sec.example") + f"""
+ok IN MX 10 mx-ok.sec.example.
+mx-ok IN A {HOSTS['dok'][0]}
+_{port}._tcp.mx-ok IN TLSA 3 1 1 {good}
+bad IN MX 10 mx-bad.sec.example.
+mx-bad IN A {HOSTS['dbad'][0]}
+_{port}._tcp.mx-bad IN TLSA 3 1 1 {other}
+bogus IN MX 10 mx-bogus.sec.example.
+mx-bogus IN A {HOSTS['dbogus'][0]}
+_{port}._tcp.mx-bogus IN TLSA 3 1 1 {spki_sha256(certs['dbogus'])}
+pkix IN MX 10 mx-pkix.sec.example.
+mx-pkix IN A {HOSTS['dok'][0]}
+_{port}._tcp.mx-pkix IN TLSA 1 1 1 {good}
+"""
+    ins = ZONE_HEAD.format(origin="insec.example") + f"""
+@ IN MX 10 mx-ins.insec.example.
+mx-ins IN A {HOSTS['dins'][0]}
+_{port}._tcp.mx-ins IN TLSA 3 1 1 {good}
+"""
+    (d / "sec.example.zone").write_text(sec)
+    (d / "insec.example.zone").write_text(ins)
+    out = subprocess.run(["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", "sec.example"],
+                         cwd=d, check=True, capture_output=True, text=True, timeout=60)
+    key = out.stdout.strip()
+    subprocess.run(["ldns-signzone", "-f", "sec.example.signed", "sec.example.zone", key],
+                   cwd=d, check=True, capture_output=True, timeout=60)
+    signed = (d / "sec.example.signed").read_text()
+    # Bogus: the TLSA record of mx-bogus changed after signing (its RRSIG no longer fits).
+    lines = []
+    for ln in signed.splitlines():
+        if ln.startswith(f"_{port}._tcp.mx-bogus.sec.example.") and "\tTLSA\t" in ln:
+            ln = re.sub(r"[0-9a-fA-F]{64}$", "00" * 32, ln)
+        lines.append(ln)
+    tampered = "\n".join(lines) + "\n"
+    assert tampered != signed, "the TLSA record of mx-bogus was not found in the signed zone"
+    (d / "sec.example.signed").write_text(tampered)
+    anchor = d / "anchor.key"
+    anchor.write_text((d / f"{key}.key").read_text())
+    return d / "sec.example.signed", d / "insec.example.zone", anchor
+
+
+class DnssecUnbound(Unbound):
+    def __init__(self, records, zones):
+        super().__init__(records)
+        extra = []
+        for name, path in zones:
+            extra += ["auth-zone:", f'  name: "{name}."', f'  zonefile: "{path}"',
+                      "  for-downstream: yes", "  for-upstream: yes"]
+        self.conf.write_text(self.conf.read_text() + "\n".join(extra) + "\n")
+
+
 @pytest.fixture(scope="module")
 def tls_world():
     port = pick_shared_port(sorted(ip for ip, _ in HOSTS.values()))
     pki = PKI()
-    dns = Unbound(DNS_RECORDS + RECORDS).start()
-    fakes = None
+    fakes = dns = None
     try:
         fakes = Fakes(port, pki)
-    except Exception:
+        sec, ins, anchor = make_zones(pki.dir, port, fakes.certs)
+        dns = DnssecUnbound(DNS_RECORDS + RECORDS,
+                            [("sec.example", sec), ("insec.example", ins)])
+        dns.anchor = anchor
+        dns.start()
+    except BaseException:
         if fakes:
             fakes.stop()
-        dns.stop()
+        if dns:
+            dns.stop()
         raise
     yield port, dns, fakes, pki
     fakes.stop()
@@ -270,6 +367,7 @@ def tls_tern(tls_world, tern_factory, fakes):
         t = tern_factory(None, ("alice@example.test",), start=False)
         cfg = remote_overrides(port, dns.forward, t.root, **delivery)
         cfg["delivery"]["ca_file"] = str(pki.ca)
+        cfg["dns"]["trust_anchor_file"] = str(dns.anchor)
         # via names carry no port: the route port is the fakes' port
         cfg["routes"] = {dom: dict(v, via=v["via"] + f":{port}")
                          for dom, v in routes(Path(t.root) / "relay.pw").items()}
@@ -427,3 +525,60 @@ def test_dsn_carries_tls_reason(tls_tern, fakes):
     diag = re.sub(r"\s+", " ", r.get("diagnostic-code", ""))
     assert "certificate name mismatch" in diag and "mx-wrong.tls.test" in diag, r
     assert fakes["wrong"].messages == []
+
+
+# --------------------------------------------------------------------------
+# DANE (MX delivery: opportunistic raised to DANE by secure TLSA records)
+
+
+def test_dane_ee_match_delivers(tls_tern, fakes):
+    t = tls_tern()
+    qid = submit(t, ["a@ok.sec.example"], msg("dane-ok", "a@ok.sec.example"))
+    fakes["dok"].wait_messages(1, tern=t)
+    look = t.wait_log(rf"event=dane_lookup id={qid} host=mx-ok\.sec\.example .*$").group(0)
+    assert "secure=yes" in look and "dane=usable" in look, look
+    line = t.wait_log(rf"event=tls id={qid} .*$").group(0)
+    assert "tls_verify=dane" in line and "level=dane" in line, line
+
+
+def test_dane_mismatch_defers(tls_tern, fakes):
+    t = tls_tern()
+    rcpt = "a@bad.sec.example"
+    qid = submit(t, [rcpt], msg("dane-bad", rcpt))
+    deferred_line(t, qid, rcpt, r"4\.7\.5")
+    assert "no certificate matches the TLSA records of _%d._tcp.mx-bad.sec.example" % t.port \
+        in show_line(t, qid, rcpt)
+    assert "MAIL" not in fakes["dbad"].names(), fakes["dbad"].commands
+
+
+def test_insecure_zone_means_no_dane(tls_tern, fakes):
+    """TLSA records that do not match, but in an unsigned zone: no DANE, opportunistic
+    TLS, delivered."""
+    t = tls_tern()
+    qid = submit(t, ["a@insec.example"], msg("dane-insecure", "a@insec.example"))
+    fakes["dins"].wait_messages(1, tern=t)
+    line = t.wait_log(rf"event=tls id={qid} .*$").group(0)
+    assert "level=opportunistic" in line and "tls_verify=untrusted" in line, line
+    assert not t.log_lines("event=dane_lookup", f"id={qid}"), "TLSA looked up under an insecure MX"
+
+
+def test_bogus_tlsa_defers(tls_tern, fakes):
+    t = tls_tern()
+    rcpt = "a@bogus.sec.example"
+    qid = submit(t, [rcpt], msg("dane-bogus", rcpt))
+    deferred_line(t, qid, rcpt, r"4\.7\.5")
+    assert "TLSA records of _%d._tcp.mx-bogus.sec.example could not be validated" % t.port \
+        in show_line(t, qid, rcpt)
+    assert fakes["dbogus"].names() == [], "connected although the TLSA answer is bogus"
+
+
+def test_pkix_usage_only_makes_tls_mandatory_unauthenticated(tls_tern, fakes):
+    """Secure TLSA records none of which is usable (PKIX-EE, usage 1): TLS is required
+    but not authenticated (RFC 7672 §2.2)."""
+    t = tls_tern()
+    qid = submit(t, ["a@pkix.sec.example"], msg("dane-pkix", "a@pkix.sec.example"))
+    fakes["dok"].wait_messages(1, tern=t)
+    look = t.wait_log(rf"event=dane_lookup id={qid} .*$").group(0)
+    assert "dane=unusable" in look, look
+    line = t.wait_log(rf"event=tls id={qid} .*$").group(0)
+    assert "level=require" in line, line
