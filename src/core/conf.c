@@ -184,6 +184,8 @@ static const struct conf_delivery default_delivery = {
     .connect_timeout = 30,
     .command_timeout = 300,
     .dane = true,
+    .mta_sts = true,
+    .mta_sts_port = 443,
 };
 
 /* ---- errors -------------------------------------------------------------- */
@@ -1418,6 +1420,7 @@ static const struct delivery_spec delivery_specs[] = {
     DLV(max_per_destination, NK_COUNT, 1, 10000),
     DLV(connect_timeout, NK_TIME, 1, 3600),
     DLV(command_timeout, NK_TIME, 1, 3600),
+    DLV(mta_sts_port, NK_COUNT, 1, 65535),
 };
 /* clang-format on */
 
@@ -1466,8 +1469,10 @@ static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf
 				return rc;
 			continue;
 		}
-		if (strcmp(m->key, "dane") == 0) {
-			if ((rc = get_bool(x, m, "delivery.dane", &d->dane)) != TERN_OK)
+		if (strcmp(m->key, "dane") == 0 || strcmp(m->key, "mta_sts") == 0) {
+			bool dane = m->key[0] == 'd';
+			if ((rc = get_bool(x, m, dane ? "delivery.dane" : "delivery.mta_sts",
+			                   dane ? &d->dane : &d->mta_sts)) != TERN_OK)
 				return rc;
 			continue;
 		}
@@ -3171,6 +3176,7 @@ void conf_print(const struct tern_config *c, FILE *out)
 		fputs("\t# no ca_file: outbound verification uses the system trust store\n", out);
 	}
 	fprintf(out, "\tdane = %s;\n", c->delivery.dane ? "true" : "false");
+	fprintf(out, "\tmta_sts = %s;\n", c->delivery.mta_sts ? "true" : "false");
 	fputs("}\nmailbox {\n\tquota = ", out);
 	print_size(out, c->mailbox.quota);
 	fputs(";\n}\ndns {\n\tforward = ", out);

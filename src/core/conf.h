@@ -118,6 +118,8 @@ struct conf_delivery {
 	char *ca_file;            /* PEM trust anchors for outbound verify; NULL: system store */
 	bool dane;                /* MX delivery: DANE when the TLSA records are DNSSEC-secure
 	                             (needs dns.trust_anchor_file); default true */
+	bool mta_sts;             /* MX delivery: MTA-STS policies (RFC 8461); default true */
+	uint16_t mta_sts_port;    /* port of the policy's HTTPS server; default 443 (tests) */
 };
 
 struct conf_dns {

@@ -50,6 +50,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
+#include "deliver/mtasts.h"
 #include "deliver/tlspolicy.h"
 #include "dns/dns.h"
 #include "smtp/smtp.h"
@@ -79,6 +80,20 @@ struct remote {
 	_Atomic size_t active;
 	struct rconn *conns;
 	bool stopping; /* under lock: remote_stop was called */
+	/* MTA-STS: policies are got (cache, HTTPS) on this pool, never on a loop */
+	struct pool *sts_pool;
+	struct sts_job *sts_jobs; /* under lock: submitted, their done not run yet */
+	char *ca_pem;             /* delivery.ca_file's text for the policy fetch, or NULL */
+	size_t ca_len;
+};
+
+/* One MTA-STS policy lookup on the pool. c is NULL once the connection is
+ * gone (then the job frees itself when done, or remote_free frees it). */
+struct sts_job {
+	struct sts_job *prev, *next;
+	struct remote *r;
+	struct rconn *c;
+	struct mtasts_req q;
 };
 
 struct target {
@@ -95,6 +110,7 @@ struct host_addrs {
 	int pending;
 	enum dns_status st4, st6;
 	enum tlsp_dane dane;   /* what its TLSA lookup gave (none when not looked up) */
+	bool sts_enforce;      /* an enforced MTA-STS policy names it: verify at least */
 	struct dns_tlsa *tlsa; /* the usable records (data owned here), freed with the conn */
 	size_t n_tlsa;
 };
@@ -168,6 +184,14 @@ struct rconn {
 	int pending_dns;
 	bool dns_failed_perm;
 	bool mx_secure; /* the MX answer was DNSSEC-secure: DANE may apply (RFC 7672 §2.2.1) */
+	/* MTA-STS (MX delivery): the TXT id and the policy host's address, then the policy */
+	int sts_pending;
+	int sts_txt_records; /* TXT records that begin with v=STSv1 */
+	char sts_id[MTASTS_ID_MAX + 1];
+	char sts_addr[64];
+	struct sts_job *sts_job;
+	bool sts_have;
+	struct mtasts_policy sts;
 	/* targets */
 	struct target targets[MAX_TARGETS];
 	size_t n_targets, cur;
@@ -935,7 +959,24 @@ static enum conf_tls target_level(const struct rconn *c)
 {
 	const struct host_addrs *ha = target_hostinfo(c);
 	enum conf_tls base = c->route ? c->route->tls : CONF_TLS_OPPORTUNISTIC;
-	return tlsp_level(base, c->route && c->route->auth_user, ha ? ha->dane : TLSP_DANE_NONE);
+	enum conf_tls lv =
+	    tlsp_level(base, c->route && c->route->auth_user, ha ? ha->dane : TLSP_DANE_NONE);
+	/* An enforced MTA-STS policy asks for a verified certificate; DANE,
+	 * where it applies, takes precedence (RFC 8461 §2). */
+	if (ha && ha->sts_enforce && lv != CONF_TLS_DANE && lv < CONF_TLS_VERIFY)
+		lv = CONF_TLS_VERIFY;
+	return lv;
+}
+
+/* MTA-STS testing mode: what would have failed, logged, nothing else. */
+static void sts_testing_note(const struct rconn *c, const char *what)
+{
+	char q[600];
+	if (!c->sts_have || c->sts.mode != MTASTS_TESTING)
+		return;
+	log_warn("event=mta_sts_testing id=%s domain=%s relay=%s would_fail=%s",
+	         c->job ? c->job->id : "-", c->domain, target_host(c),
+	         log_quote(what, strlen(what), q, sizeof(q)));
 }
 
 /* A TLS failure where TLS is required: this target is no good, the next
@@ -949,6 +990,12 @@ static void tls_required_failed(struct rconn *c, const char *status, const char 
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
+	const struct host_addrs *ha = target_hostinfo(c);
+	if (ha && ha->sts_enforce && c->level == CONF_TLS_VERIFY) {
+		size_t n = strlen(why);
+		snprintf(why + n, sizeof(why) - n, " [MTA-STS policy of %s, mode enforce]",
+		         c->domain);
+	}
 	set_error(c, false, status, "TLS required but %s", why);
 	log_warn("event=tls_failed id=%s relay=%s reason=%s action=next-host",
 	         c->job ? c->job->id : "-", target_host(c),
@@ -1116,6 +1163,8 @@ static void after_ehlo(struct rconn *c)
 			tls_required_failed(c, "4.7.10", "%s does not offer STARTTLS", h);
 		return;
 	}
+	if (!c->tls_active)
+		sts_testing_note(c, "no TLS (STARTTLS not offered or refused)");
 	c->greeted_ok = true;
 	if (c->route && c->route->auth_user) {
 		if (!auth_channel_ok(c)) {
@@ -1495,6 +1544,12 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 				return;
 			}
 			c->tls_verified = strcmp(vw, "untrusted") != 0;
+			if (!c->tls_verified) {
+				char w[300], ww[340];
+				tlsp_failure_words(ssl, h, c->port, "", w, sizeof(w));
+				snprintf(ww, sizeof(ww), "certificate not verified (%s)", w);
+				sts_testing_note(c, ww);
+			}
 			c->tls_active = true;
 			smtp_reply_init(&c->rp);
 			send_ehlo(c);
@@ -1793,6 +1848,48 @@ static void query_addresses(struct rconn *c)
 	}
 }
 
+/*
+ * MTA-STS on the MX hosts (RFC 8461 §4.1): in enforce mode, hosts that match
+ * no mx pattern are dropped and the rest must verify (target_level); none
+ * left defers the mail. In testing mode a mismatch is only logged. false
+ * when the connection ended here.
+ */
+static bool sts_apply(struct rconn *c)
+{
+	if (!c->sts_have || c->sts.mode == MTASTS_NONE)
+		return true;
+	size_t kept = 0;
+	char q[DNS_NAME_MAX * 4 + 8];
+	for (size_t h = 0; h < c->n_hosts; h++) {
+		const char *host = c->hosts[h].host;
+		bool match = mtasts_mx_match(&c->sts, host);
+		if (!match) {
+			log_warn("event=%s id=%s domain=%s mx=%s would_fail=\"MX host not in the "
+			         "policy\"",
+			         c->sts.mode == MTASTS_ENFORCE ? "mta_sts_mx_skipped"
+			                                       : "mta_sts_testing",
+			         c->job ? c->job->id : "-", c->domain,
+			         log_quote(host, strlen(host), q, sizeof(q)));
+			if (c->sts.mode == MTASTS_ENFORCE)
+				continue;
+		}
+		c->hosts[kept] = c->hosts[h];
+		c->hosts[kept].sts_enforce = c->sts.mode == MTASTS_ENFORCE;
+		kept++;
+	}
+	c->n_hosts = kept;
+	if (kept == 0) {
+		char why[400];
+		snprintf(why, sizeof(why),
+		         "TLS required but no MX host of %s matches its MTA-STS policy (mode "
+		         "enforce)",
+		         c->domain);
+		fail_dns(c, false, "4.7.5", why);
+		return false;
+	}
+	return true;
+}
+
 static void on_mx(void *arg, const struct dns_result *r)
 {
 	struct rconn *c = arg;
@@ -1813,7 +1910,8 @@ static void on_mx(void *arg, const struct dns_result *r)
 		/* No MX: the domain itself is the implicit MX (RFC 5321 §5.1). */
 		c->n_hosts = 1;
 		tern_strlcpy(c->hosts[0].host, c->domain, sizeof(c->hosts[0].host));
-		query_addresses(c);
+		if (sts_apply(c))
+			query_addresses(c);
 		return;
 	}
 	if (r->n == 1 && r->mx[0].host[0] == '\0') {
@@ -1844,7 +1942,163 @@ static void on_mx(void *arg, const struct dns_result *r)
 		memset(&c->hosts[i], 0, sizeof(c->hosts[i]));
 		tern_strlcpy(c->hosts[i].host, mx[i].host, sizeof(c->hosts[i].host));
 	}
-	query_addresses(c);
+	if (sts_apply(c))
+		query_addresses(c);
+}
+
+static void conn_resolve_mx(struct rconn *c)
+{
+	int q = dns_query(c->res, c->domain, DNS_MX, on_mx, c);
+	if (q == TERN_ESYNTAX)
+		fail_dns(c, true, "5.1.2",
+		         "550 5.1.2 the recipient domain is not a valid DNS name");
+	else if (q < 0)
+		fail_dns(c, false, "4.4.3", "cannot start the MX lookup");
+}
+
+/* ------------------------------------------------------------ MTA-STS */
+
+static bool sts_wanted(const struct rconn *c)
+{
+	return !c->route && c->conf->delivery.mta_sts && c->r->sts_pool;
+}
+
+static void sts_work(void *arg)
+{
+	struct sts_job *j = arg;
+	mtasts_get(&j->q);
+}
+
+static void sts_unlink(struct remote *r, struct sts_job *j)
+{
+	pthread_mutex_lock(&r->lock);
+	if (j->prev)
+		j->prev->next = j->next;
+	else
+		r->sts_jobs = j->next;
+	if (j->next)
+		j->next->prev = j->prev;
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* On the connection's worker: the policy is known; the MX lookup follows. */
+static void sts_done(void *arg)
+{
+	struct sts_job *j = arg;
+	struct remote *r = j->r;
+	sts_unlink(r, j);
+	struct rconn *c = j->c;
+	pthread_mutex_lock(&r->lock);
+	bool stopping = r->stopping;
+	pthread_mutex_unlock(&r->lock);
+	if (!c || stopping) {
+		/* gone, or shutting down: remote_free frees the connection and
+		 * its job stays queued in the spool */
+		if (c)
+			c->sts_job = NULL;
+		free(j);
+		return;
+	}
+	c->sts_job = NULL;
+	c->sts_have = j->q.have;
+	if (j->q.have)
+		c->sts = j->q.policy;
+	char q[600];
+	log_info("event=mta_sts id=%s domain=%s txt_id=%s mode=%s source=%s%s%s",
+	         c->job ? c->job->id : "-", c->domain, c->sts_id[0] ? c->sts_id : "-",
+	         j->q.have ? mtasts_mode_name(c->sts.mode) : "-", j->q.source,
+	         j->q.why[0] ? " reason=" : "",
+	         j->q.why[0] ? log_quote(j->q.why, strlen(j->q.why), q, sizeof(q)) : "");
+	free(j);
+	conn_resolve_mx(c);
+}
+
+static void sts_lookups_done(struct rconn *c)
+{
+	struct remote *r = c->r;
+	if (c->sts_txt_records != 1)
+		c->sts_id[0] = '\0'; /* §3.1: not exactly one STSv1 record: none */
+	struct sts_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		conn_resolve_mx(c);
+		return;
+	}
+	j->r = r;
+	j->c = c;
+	struct mtasts_req *q = &j->q;
+	tern_strlcpy(q->domain, c->domain, sizeof(q->domain));
+	tern_ascii_lower(q->domain);
+	tern_strlcpy(q->id, c->sts_id, sizeof(q->id));
+	tern_strlcpy(q->addr, c->sts_addr, sizeof(q->addr));
+	q->port = c->conf->delivery.mta_sts_port;
+	q->ca_pem = r->ca_pem;
+	q->ca_len = r->ca_len;
+	snprintf(q->cache_dir, sizeof(q->cache_dir), "%s/mta-sts", c->conf->data_dir);
+	q->timeout =
+	    c->conf->delivery.command_timeout < 60 ? c->conf->delivery.command_timeout : 60;
+	q->now = time(NULL);
+	pthread_mutex_lock(&r->lock);
+	j->next = r->sts_jobs;
+	if (j->next)
+		j->next->prev = j;
+	r->sts_jobs = j;
+	pthread_mutex_unlock(&r->lock);
+	c->sts_job = j;
+	if (pool_submit(r->sts_pool, sts_work, c->w, sts_done, j) != TERN_OK) {
+		sts_unlink(r, j);
+		c->sts_job = NULL;
+		free(j);
+		conn_resolve_mx(c);
+	}
+}
+
+static void on_sts_txt(void *arg, const struct dns_result *r)
+{
+	struct rconn *c = arg;
+	for (size_t i = 0; r->status == DNS_OK && i < r->n; i++) {
+		const char *t = r->txt[i];
+		if (strncmp(t, "v=STSv1", 7) != 0)
+			continue; /* §3.1: records of other kinds are ignored */
+		c->sts_txt_records++;
+		if (!mtasts_txt_parse(t, strlen(t), c->sts_id))
+			c->sts_id[0] = '\0';
+	}
+	if (--c->sts_pending == 0)
+		sts_lookups_done(c);
+}
+
+static void on_sts_addr(void *arg, const struct dns_result *r)
+{
+	struct rconn *c = arg;
+	/* The first address that comes: A or AAAA. */
+	if (r->status == DNS_OK && r->n > 0 && !c->sts_addr[0]) {
+		if (r->rrtype == DNS_A)
+			inet_ntop(AF_INET, &r->a[0], c->sts_addr, sizeof(c->sts_addr));
+		else if (r->rrtype == DNS_AAAA)
+			inet_ntop(AF_INET6, &r->aaaa[0], c->sts_addr, sizeof(c->sts_addr));
+	}
+	if (--c->sts_pending == 0)
+		sts_lookups_done(c);
+}
+
+/* MX delivery with MTA-STS: the TXT record _mta-sts.DOMAIN and the address
+ * of mta-sts.DOMAIN, then the policy (pool), then the MX lookup. */
+static void sts_begin(struct rconn *c)
+{
+	char name[DNS_NAME_MAX + 16];
+	c->sts_pending = 3;
+	c->sts_txt_records = 0;
+	c->sts_id[0] = c->sts_addr[0] = '\0';
+	snprintf(name, sizeof(name), "_mta-sts.%s", c->domain);
+	if (dns_query(c->res, name, DNS_TXT, on_sts_txt, c) < 0)
+		c->sts_pending--;
+	snprintf(name, sizeof(name), "mta-sts.%s", c->domain);
+	if (dns_query(c->res, name, DNS_A, on_sts_addr, c) < 0)
+		c->sts_pending--;
+	if (dns_query(c->res, name, DNS_AAAA, on_sts_addr, c) < 0)
+		c->sts_pending--;
+	if (c->sts_pending == 0)
+		sts_lookups_done(c);
 }
 
 /* Starts resolving the next hop of the connection's destination. */
@@ -1897,12 +2151,11 @@ static void conn_resolve(struct rconn *c)
 		addresses_done(c);
 		return;
 	}
-	int q = dns_query(c->res, c->domain, DNS_MX, on_mx, c);
-	if (q == TERN_ESYNTAX)
-		fail_dns(c, true, "5.1.2",
-		         "550 5.1.2 the recipient domain is not a valid DNS name");
-	else if (q < 0)
-		fail_dns(c, false, "4.4.3", "cannot start the MX lookup");
+	if (sts_wanted(c)) {
+		sts_begin(c);
+		return;
+	}
+	conn_resolve_mx(c);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -1952,6 +2205,12 @@ static void conn_free(struct rconn *c)
 	close_bev(c);
 	if (c->timer)
 		event_free(c->timer);
+	if (c->sts_job) {
+		pthread_mutex_lock(&c->r->lock);
+		c->sts_job->c = NULL; /* the job frees itself when done */
+		pthread_mutex_unlock(&c->r->lock);
+		c->sts_job = NULL;
+	}
 	for (size_t h = 0; h < c->n_hosts; h++) {
 		for (size_t i = 0; i < c->hosts[h].n_tlsa; i++)
 			free(c->hosts[h].tlsa[i].data);
@@ -2173,6 +2432,19 @@ struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, 
 	} else if (SSL_CTX_dane_enable(r->tls) <= 0) {
 		log_warn("event=dane_unavailable direction=outbound reason=\"OpenSSL refused\"");
 	}
+	/* MTA-STS: the policy fetch trusts what the SMTP side trusts. */
+	if (ca) {
+		int en = 0;
+		if (tern_file_read(ca, 16u << 20, &r->ca_pem, &r->ca_len, &en) != TERN_OK) {
+			snprintf(err, errlen, "delivery.ca_file: %s", strerror(en));
+			goto fail;
+		}
+	}
+	if (rt->conf->delivery.mta_sts) {
+		if (mtasts_global_init() != TERN_OK || !(r->sts_pool = pool_new(2)))
+			log_warn("event=mta_sts_unavailable reason=\"cannot start the fetch "
+			         "threads\"");
+	}
 	runtime_release(rt);
 	return r;
 fail:
@@ -2210,6 +2482,15 @@ void remote_free(struct remote *r)
 		free(d);
 		d = next;
 	}
+	/* After the connections (their jobs now point nowhere): wait for the
+	 * fetches, then free the jobs whose completion never ran. */
+	pool_free(r->sts_pool);
+	while (r->sts_jobs) {
+		struct sts_job *j = r->sts_jobs;
+		r->sts_jobs = j->next;
+		free(j);
+	}
+	free(r->ca_pem);
 	if (r->tls)
 		SSL_CTX_free(r->tls);
 	pthread_mutex_destroy(&r->lock);

@@ -56,6 +56,23 @@ RECORDS = [(host_name(k), "A", ip) for k, (ip, _) in HOSTS.items() if k not in D
     ("plainmx.tls.test", "MX", f"10 {host_name('plain')}."),
 ]
 
+# MTA-STS: domain -> (MX host key, TXT id, policy text). The policy server answers
+# for mta-sts.DOMAIN at STS_IP.
+STS_IP = "127.0.0.71"
+STS = {
+    "sts-enforce.test": ("good", "e1", "version: STSv1\r\nmode: enforce\r\nmx: *.tls.test\r\n"
+                         "max_age: 86400\r\n"),
+    "sts-bad.test": ("self", "b1", "version: STSv1\nmode: enforce\nmx: mx-self.tls.test\n"
+                     "max_age: 86400\n"),
+    "sts-mismatch.test": ("good", "m1", "version: STSv1\nmode: enforce\n"
+                          "mx: mx.elsewhere.example\nmax_age: 86400\n"),
+    "sts-testing.test": ("self", "t1", "version: STSv1\nmode: testing\n"
+                         "mx: mx.elsewhere.example\nmax_age: 86400\n"),
+}
+for _d, (_k, _id, _p) in STS.items():
+    RECORDS += [(_d, "MX", f"10 {host_name(_k)}."), (f"mta-sts.{_d}", "A", STS_IP)]
+STS_TXT = [f"_mta-sts.{d}. 60 IN TXT \"v=STSv1; id={i};\"" for d, (_, i, _) in STS.items()]
+
 ROUTES = {
     "verify-good.test": ("good", "verify"),
     "verify-wrong.test": ("wrong", "verify"),
@@ -82,8 +99,9 @@ class PKI:
              "-subj", "/CN=tern outbound test CA", "-addext",
              "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
 
-    def leaf(self, name, cert_name=None, self_signed=False):
-        """(cert, key) paths for a server certificate naming cert_name (default name)."""
+    def leaf(self, name, cert_name=None, self_signed=False, sans=None):
+        """(cert, key) paths for a server certificate naming cert_name (default name),
+        or every name in sans."""
         cn = cert_name or name
         d = self.dir
         cert, key = d / f"{name}-{cn}{'-ss' if self_signed else ''}.pem", d / f"{name}.key"
@@ -94,7 +112,8 @@ class PKI:
             return cert, key
         csr = d / f"{name}.csr"
         ext = d / f"{name}.ext"
-        ext.write_text(f"subjectAltName=DNS:{cn}\nbasicConstraints=CA:FALSE\n"
+        alt = ",".join(f"DNS:{n}" for n in (sans or [cn]))
+        ext.write_text(f"subjectAltName={alt}\nbasicConstraints=CA:FALSE\n"
                        "extendedKeyUsage=serverAuth\n")
         _run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
              "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
@@ -312,11 +331,53 @@ _{port}._tcp.mx-ins IN TLSA 3 1 1 {good}
 class DnssecUnbound(Unbound):
     def __init__(self, records, zones):
         super().__init__(records)
-        extra = []
+        extra = [f"  local-data: '{rr}'" for rr in STS_TXT]
         for name, path in zones:
             extra += ["auth-zone:", f'  name: "{name}."', f'  zonefile: "{path}"',
                       "  for-downstream: yes", "  for-upstream: yes"]
         self.conf.write_text(self.conf.read_text() + "\n".join(extra) + "\n")
+
+
+class PolicyServer:
+    """HTTPS on STS_IP: /.well-known/mta-sts.txt of the domain the Host header names
+    (a test-CA certificate for every mta-sts.DOMAIN); counts the fetches."""
+
+    def __init__(self, pki):
+        import http.server
+        cert, key = pki.leaf("mta-sts", cert_name=None, sans=[f"mta-sts.{d}" for d in STS])
+        self.fetches = []
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                host = (self.headers.get("Host") or "").split(":")[0]
+                outer.fetches.append((host, self.path))
+                dom = host[len("mta-sts."):] if host.startswith("mta-sts.") else ""
+                if self.path != "/.well-known/mta-sts.txt" or dom not in STS:
+                    self.send_error(404)
+                    return
+                body = STS[dom][2].encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((STS_IP, 0), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +392,7 @@ def tls_world():
                             [("sec.example", sec), ("insec.example", ins)])
         dns.anchor = anchor
         dns.start()
+        dns.sts = PolicyServer(pki)
     except BaseException:
         if fakes:
             fakes.stop()
@@ -338,6 +400,7 @@ def tls_world():
             dns.stop()
         raise
     yield port, dns, fakes, pki
+    dns.sts.stop()
     fakes.stop()
     dns.stop()
 
@@ -368,6 +431,7 @@ def tls_tern(tls_world, tern_factory, fakes):
         cfg = remote_overrides(port, dns.forward, t.root, **delivery)
         cfg["delivery"]["ca_file"] = str(pki.ca)
         cfg["dns"]["trust_anchor_file"] = str(dns.anchor)
+        cfg["delivery"]["mta_sts_port"] = dns.sts.port
         # via names carry no port: the route port is the fakes' port
         cfg["routes"] = {dom: dict(v, via=v["via"] + f":{port}")
                          for dom, v in routes(Path(t.root) / "relay.pw").items()}
@@ -582,3 +646,62 @@ def test_pkix_usage_only_makes_tls_mandatory_unauthenticated(tls_tern, fakes):
     assert "dane=unusable" in look, look
     line = t.wait_log(rf"event=tls id={qid} .*$").group(0)
     assert "level=require" in line, line
+
+
+# --------------------------------------------------------------------------
+# MTA-STS (MX delivery): TXT record and policy host in the test zone, the policy over
+# HTTPS from a loopback server with a test-CA certificate
+
+
+def test_mta_sts_enforce_verified_mx_delivers_and_caches(tls_tern, fakes, tls_world):
+    t = tls_tern()
+    sts = tls_world[1].sts
+    before = len(sts.fetches)
+    q1 = submit(t, ["a@sts-enforce.test"], msg("sts-enforce-1", "a@sts-enforce.test"))
+    fakes["good"].wait_messages(1, tern=t)
+    line = t.wait_log(rf"event=mta_sts id={q1} .*$").group(0)
+    assert "mode=enforce" in line and "source=fetched" in line and "txt_id=e1" in line, line
+    tl = t.wait_log(rf"event=tls id={q1} .*$").group(0)
+    assert "level=verify" in tl and "tls_verify=verified" in tl, tl
+    cache = Path(t.root) / "data" / "mta-sts" / "sts-enforce.test"
+    assert cache.exists() and "mode: enforce" in cache.read_text()
+    # the second message uses the cached policy: no second fetch
+    q2 = submit(t, ["b@sts-enforce.test"], msg("sts-enforce-2", "b@sts-enforce.test"))
+    fakes["good"].wait_messages(2, tern=t)
+    line = t.wait_log(rf"event=mta_sts id={q2} .*$").group(0)
+    assert "source=cache" in line, line
+    assert [f for f in sts.fetches[before:] if f[0] == "mta-sts.sts-enforce.test"] == \
+        [("mta-sts.sts-enforce.test", "/.well-known/mta-sts.txt")], sts.fetches
+
+
+def test_mta_sts_enforce_unverified_mx_defers(tls_tern, fakes):
+    t = tls_tern()
+    rcpt = "a@sts-bad.test"
+    qid = submit(t, [rcpt], msg("sts-bad", rcpt))
+    deferred_line(t, qid, rcpt, r"4\.7\.5")
+    shown = show_line(t, qid, rcpt)
+    assert "self-signed certificate" in shown and "MTA-STS policy of sts-bad.test" in shown, \
+        shown
+    assert "MAIL" not in fakes["self"].names(), fakes["self"].commands
+
+
+def test_mta_sts_enforce_mx_mismatch_defers(tls_tern, fakes):
+    t = tls_tern()
+    rcpt = "a@sts-mismatch.test"
+    qid = submit(t, [rcpt], msg("sts-mismatch", rcpt))
+    deferred_line(t, qid, rcpt, r"4\.7\.5")
+    assert "no MX host of sts-mismatch.test matches its MTA-STS policy" in \
+        show_line(t, qid, rcpt)
+    assert fakes["good"].names() == [], "connected to an MX the policy does not allow"
+
+
+def test_mta_sts_testing_logs_and_delivers(tls_tern, fakes):
+    t = tls_tern()
+    qid = submit(t, ["a@sts-testing.test"], msg("sts-testing", "a@sts-testing.test"))
+    fakes["self"].wait_messages(1, tern=t)
+    t.wait_log(rf"event=mta_sts_testing id={qid} domain=sts-testing\.test "
+               r"mx=mx-self\.tls\.test would_fail=")
+    line = t.wait_log(rf"event=mta_sts_testing id={qid} domain=sts-testing\.test "
+                      r"relay=.*$").group(0)
+    assert "certificate not verified (self-signed certificate" in line, line
+    t.wait_log(rf"event=delivered id={qid}\b")
