@@ -134,7 +134,7 @@ static bool folder_ok(const char *f)
 }
 
 int maildir_folder_path(const char *mail_root, const char *domain, const char *local,
-                        const char *folder, char *out, size_t outlen)
+			const char *folder, char *out, size_t outlen)
 {
 	int rc = maildir_path(mail_root, domain, local, out, outlen);
 	size_t pos;
@@ -332,7 +332,7 @@ toolong:
 }
 
 int maildir_stable_name(const char *hostname, long long created, const char *queue_id,
-                        size_t rcpt_idx, size_t size, char *out, size_t outlen)
+			size_t rcpt_idx, size_t size, char *out, size_t outlen)
 {
 	char hostbuf[256];
 	if (out == NULL || outlen == 0)
@@ -393,7 +393,7 @@ static int create_folder(const char *folder_dir)
 /* Is a file with this stable name already delivered: in new/, or in cur/
  * under the same name plus a ":2,FLAGS" info suffix? */
 static bool already_delivered(const char *mdir, const struct maildir_item *it, char *path,
-                              size_t pathlen)
+			      size_t pathlen)
 {
 	int n = snprintf(path, pathlen, "%s/new/%s", mdir, it->fixed_name);
 	if (n > 0 && (size_t)n < pathlen && access(path, F_OK) == 0)
