@@ -575,6 +575,18 @@ def test_auth_with_tls_none_to_a_name_is_refused(tern_factory):
         r.stderr + r.stdout
 
 
+def test_check_config_loads_ca_file(tern_factory):
+    t = tern_factory(None, ("alice@example.test",), start=False)
+    empty = Path(t.root) / "empty-ca.pem"
+    empty.write_text("no certificate here\n")
+    for path, why in ((Path(t.root) / "absent.pem", "cannot read ca_file"),
+                      (empty, "no PEM certificate in it")):
+        t.write_config(deep_merge(t.config, {"delivery": {"ca_file": str(path)}}))
+        r = t.cli("check-config")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "tern: error: delivery.ca_file: tls: " in r.stderr and why in r.stderr, r.stderr
+
+
 # --------------------------------------------------------------------------
 # The DSN carries the reason
 
