@@ -39,10 +39,12 @@ HOSTS = {
     "dbad": ("127.0.0.68", "selfsigned"),    # signed zone, TLSA of another key
     "dins": ("127.0.0.69", "selfsigned"),    # unsigned zone, TLSA of another key
     "dbogus": ("127.0.0.70", "selfsigned"),  # signed zone, TLSA changed after signing
+    "dta": ("127.0.0.72", "ca-chain"),       # signed zone, TLSA 2 0 1 of the test CA
 }
 
 DANE_NAMES = {"dok": "mx-ok.sec.example", "dbad": "mx-bad.sec.example",
-              "dins": "mx-ins.insec.example", "dbogus": "mx-bogus.sec.example"}
+              "dins": "mx-ins.insec.example", "dbogus": "mx-bogus.sec.example",
+              "dta": "mx-ta.sec.example"}
 
 
 def host_name(key):
@@ -220,6 +222,10 @@ class Fakes:
             if kind:
                 if kind == "ca":
                     cert, key = pki.leaf(host_name(k))
+                elif kind == "ca-chain":  # the leaf, then the CA (DANE-TA needs it sent)
+                    leaf, key = pki.leaf(host_name(k))
+                    cert = pki.dir / f"{host_name(k)}-chain.pem"
+                    cert.write_text(leaf.read_text() + pki.ca.read_text())
                 elif kind == "wrongname":
                     cert, key = pki.leaf(host_name(k), cert_name="other.example.net")
                 else:
@@ -280,7 +286,14 @@ ns IN A 127.0.0.1
 """
 
 
-def make_zones(d, port, certs):
+def cert_sha256(cert):
+    der = subprocess.run(["openssl", "x509", "-in", str(cert), "-outform", "DER"],
+                         check=True, capture_output=True, timeout=30).stdout
+    import hashlib
+    return hashlib.sha256(der).hexdigest()
+
+
+def make_zones(d, port, certs, ca):
     """Writes sec.example (signed) and insec.example (unsigned); returns (zone files,
     trust anchor file)."""
     if not Path("/usr/bin/ldns-signzone").exists():
@@ -297,6 +310,9 @@ _{port}._tcp.mx-bad IN TLSA 3 1 1 {other}
 bogus IN MX 10 mx-bogus.sec.example.
 mx-bogus IN A {HOSTS['dbogus'][0]}
 _{port}._tcp.mx-bogus IN TLSA 3 1 1 {spki_sha256(certs['dbogus'])}
+ta IN MX 10 mx-ta.sec.example.
+mx-ta IN A {HOSTS['dta'][0]}
+_{port}._tcp.mx-ta IN TLSA 2 0 1 {cert_sha256(ca)}
 pkix IN MX 10 mx-pkix.sec.example.
 mx-pkix IN A {HOSTS['dok'][0]}
 _{port}._tcp.mx-pkix IN TLSA 1 1 1 {good}
@@ -387,7 +403,7 @@ def tls_world():
     fakes = dns = None
     try:
         fakes = Fakes(port, pki)
-        sec, ins, anchor = make_zones(pki.dir, port, fakes.certs)
+        sec, ins, anchor = make_zones(pki.dir, port, fakes.certs, pki.ca)
         dns = DnssecUnbound(DNS_RECORDS + RECORDS,
                             [("sec.example", sec), ("insec.example", ins)])
         dns.anchor = anchor
@@ -613,6 +629,15 @@ def test_dane_ee_match_delivers(tls_tern, fakes):
     fakes["dok"].wait_messages(1, tern=t)
     look = t.wait_log(rf"event=dane_lookup id={qid} host=mx-ok\.sec\.example .*$").group(0)
     assert "secure=yes" in look and "dane=usable" in look, look
+    line = t.wait_log(rf"event=tls id={qid} .*$").group(0)
+    assert "tls_verify=dane" in line and "level=dane" in line, line
+
+
+def test_dane_ta_match_delivers(tls_tern, fakes):
+    """DANE-TA(2): the TLSA record names the CA; the chain the MX sends reaches it."""
+    t = tls_tern()
+    qid = submit(t, ["a@ta.sec.example"], msg("dane-ta", "a@ta.sec.example"))
+    fakes["dta"].wait_messages(1, tern=t)
     line = t.wait_log(rf"event=tls id={qid} .*$").group(0)
     assert "tls_verify=dane" in line and "level=dane" in line, line
 
