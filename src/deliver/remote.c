@@ -18,7 +18,11 @@
  * take a reply for the answer to a command it does not answer (replies pair
  * with commands strictly; anything else is a protocol error, deferred 4.5.0)
  * or count anything but a 2xx after the data as a delivery; let a peer hold
- * a connection past a deadline by trickling bytes (each wait has one).
+ * a connection past a deadline by trickling bytes (each wait has one);
+ * send anything in the clear after a failed handshake where the level
+ * requires TLS (deliver/tlspolicy.h: the route's tls, raised by DANE or an
+ * enforced MTA-STS policy), or send credentials over a channel the route's
+ * level does not vouch for.
  *
  * SECURITY: reads replies from untrusted servers; every reply goes through
  * the bounded, fuzzed reply parser; a server's words are copied bounded.
@@ -111,6 +115,7 @@ struct host_addrs {
 	enum dns_status st4, st6;
 	enum tlsp_dane dane;   /* what its TLSA lookup gave (none when not looked up) */
 	bool sts_enforce;      /* an enforced MTA-STS policy names it: verify at least */
+	bool addr_insecure;    /* an address answer was not DNSSEC-secure: no DANE */
 	struct dns_tlsa *tlsa; /* the usable records (data owned here), freed with the conn */
 	size_t n_tlsa;
 };
@@ -1715,6 +1720,17 @@ static void addresses_done(struct rconn *c)
 	bool any_temp = false;
 	for (size_t h = 0; h < c->n_hosts; h++) {
 		struct host_addrs *ha = &c->hosts[h];
+		/* RFC 7672 §2.2.2: TLSA records count only where the host's
+		 * addresses are secure too (an insecure CNAME or A breaks the
+		 * chain of trust to the TLSA base domain). */
+		if (ha->addr_insecure && ha->dane != TLSP_DANE_NONE) {
+			char qh[DNS_NAME_MAX * 4 + 8];
+			log_info("event=dane_skipped id=%s host=%s reason=\"address records not "
+			         "DNSSEC-secure\"",
+			         c->job ? c->job->id : "-",
+			         log_quote(ha->host, strlen(ha->host), qh, sizeof(qh)));
+			ha->dane = TLSP_DANE_NONE;
+		}
 		for (size_t i = 0; i < ha->n6; i++)
 			add_target(c, ha->host, AF_INET6, &ha->v6[i]);
 		for (size_t i = 0; i < ha->n4; i++)
@@ -1755,6 +1771,8 @@ static void on_addr_answer(void *arg, const struct dns_result *r)
 	struct addr_query *q = arg;
 	struct rconn *c = q->c;
 	struct host_addrs *ha = &c->hosts[q->host];
+	if (r->status == DNS_OK && !r->secure)
+		ha->addr_insecure = true;
 	if (q->family == AF_INET) {
 		ha->st4 = r->status;
 		for (size_t i = 0; r->status == DNS_OK && i < r->n && ha->n4 < 8; i++)
