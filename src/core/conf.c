@@ -31,6 +31,7 @@
 #include "core/ucl.h"
 #include "policy/milter.h"
 #include "policy/policy.h"
+#include "store/checks.h"
 
 #define DEFAULT_SOURCE "(embedded default)"
 #define MAX_PATH_LEN 1024
@@ -1031,7 +1032,8 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	int rc = want_section(x, m, path);
 	if (rc != TERN_OK)
 		return rc;
-	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL, *milters = NULL, *mact = NULL;
+	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL, *milters = NULL,
+	                      *mact = NULL;
 	for (size_t i = 0; i < m->n_items; i++) {
 		const struct ucl_node *k = m->items[i];
 		if (strcmp(k->key, "address") == 0)
@@ -2021,7 +2023,8 @@ static int parse_auth_checks(struct ctx *x, const struct ucl_node *sec, struct c
 			a->timeout = (uint32_t)v;
 		} else if (strcmp(m->key, "dmarc") == 0) {
 			if (m->type == UCL_BOOL && !m->bval) {
-				a->dmarc = CONF_DMARC_OFF; /* UCL reads a bare off (or no) as false */
+				a->dmarc =
+				    CONF_DMARC_OFF; /* UCL reads a bare off (or no) as false */
 				continue;
 			}
 			if (m->type != UCL_STRING)
@@ -2328,6 +2331,7 @@ static void conf_free(struct tern_config *c)
 	for (size_t i = 0; i < c->capture.n_http_allowed_hosts; i++)
 		free(c->capture.http_allowed_hosts[i]);
 	free(c->capture.http_allowed_hosts);
+	free(c->capture.spam_check);
 	free(c->source);
 	free(c->hostname);
 	free(c->data_dir);
@@ -2417,6 +2421,14 @@ static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_
 		} else if (strcmp(m->key, "http_max_connections") == 0) {
 			rc = get_num(x, m, "capture.http_max_connections", NK_COUNT, 1, 100000, &v);
 			cap->http_max_connections = (uint32_t)v;
+		} else if (strcmp(m->key, "spam_check") == 0) {
+			free(cap->spam_check);
+			cap->spam_check = NULL;
+			rc = get_str(x, m, "capture.spam_check", &cap->spam_check);
+			if (rc == TERN_OK && !spam_check_spec_ok(cap->spam_check))
+				rc = cerr(x, m,
+				          "capture.spam_check: want \"rspamd:HOST:PORT\" or "
+				          "\"spamassassin:HOST:PORT\"");
 		} else {
 			return unknown_key(x, m, "capture");
 		}
@@ -3295,8 +3307,14 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_list(out, c->capture.http_allowed_hosts, c->capture.n_http_allowed_hosts);
 	fputs(";\n\thttp_max_body = ", out);
 	print_size(out, c->capture.http_max_body);
-	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
+	fprintf(out, ";\n\thttp_max_connections = %u;\n",
 	        (unsigned)c->capture.http_max_connections);
+	if (c->capture.spam_check && c->capture.spam_check[0]) {
+		fputs("\tspam_check = ", out);
+		print_str(out, c->capture.spam_check);
+		fputs(";\n", out);
+	}
+	fputs("}\n", out);
 	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tsign_relayed = %s;\n\tkeys = [",
 	        c->dkim.header_relaxed ? "relaxed" : "simple",
 	        c->dkim.body_relaxed ? "relaxed" : "simple",

@@ -157,6 +157,10 @@ struct conf_capture {
 	size_t n_http_allowed_hosts;
 	uint64_t http_max_body;        /* request body bytes; default 64 MiB */
 	uint32_t http_max_connections; /* concurrent HTTP connections; default 256 */
+	/* The spam check of /api/v1/message/{ID}/sa-check: "rspamd:HOST:PORT",
+	 * "spamassassin:HOST:PORT", or NULL (off; MP_ENABLE_SPAMASSASSIN may
+	 * set it at run time). Syntax as store/checks.h's spam_check. */
+	char *spam_check;
 };
 
 /* ---- policy { }: abuse defences on mx listeners (src/policy/policy.h) ---- */
