@@ -3087,7 +3087,7 @@ static const char warn_plaintext[] =
 static size_t warn_route(const struct conf_route *r, const char *name,
                          void (*fn)(const char *, const char *, void *), void *arg)
 {
-	char key[320], text[512];
+	char key[336], text[512]; /* the caller's name (< 320 bytes) + ".tls" */
 	if (r->tls != CONF_TLS_REQUIRE)
 		return 0;
 	snprintf(key, sizeof(key), "%s.tls", name);

@@ -1953,10 +1953,11 @@ static void on_mx(void *arg, const struct dns_result *r)
 		size_t j = i;
 		while (j < n && mx[j].preference == mx[i].preference)
 			j++;
-		for (size_t k = j - 1; k > i; k--) {
-			size_t s = i + (size_t)rand() % (k - i + 1);
-			struct dns_mx tmp = mx[k];
-			mx[k] = mx[s];
+		/* Fisher-Yates over the run mx[i .. j-1] (at least one entry). */
+		for (size_t len = j - i; len > 1; len--) {
+			size_t last = i + len - 1, s = i + (size_t)rand() % len;
+			struct dns_mx tmp = mx[last];
+			mx[last] = mx[s];
 			mx[s] = tmp;
 		}
 		i = j;
