@@ -65,6 +65,7 @@
 #include "core/loop.h"
 #include "core/runtime.h"
 #include "http/http.h"
+#include "http/websocket.h"
 #include "store/store.h"
 
 #define URL_MAX 8192
@@ -74,6 +75,7 @@
 #define SSE_CLIENTS_MAX 256
 #define SSE_BACKLOG_MAX (8u * 1024 * 1024) /* a client this far behind is dropped */
 #define SSE_HEARTBEAT_SEC 15
+#define WS_MESSAGE_MAX (64u * 1024)    /* a client message (the UI sends none) */
 #define INLINE_MAX (32u * 1024 * 1024) /* cid: images inlined into one view */
 #define IO_TIMEOUT_SEC 120
 #define PART_MAX ((size_t)200 * 1024 * 1024)
@@ -103,12 +105,21 @@ struct http_conn {
 	struct pending_send *send; /* a send waiting for the store, or NULL */
 };
 
+/* An /api/events client: a text/event-stream reply, or (ws) a WebSocket
+ * that took the connection over after its 101 (see the WebSocket part). */
 struct sse_client {
 	struct sse_client *next;
 	struct http_server *h;
 	struct evhttp_request *req;
 	struct evhttp_connection *evcon;
 	struct http_conn *conn;
+	bool ws;
+	bool ws_in_msg;  /* a fragmented client message is arriving */
+	bool ws_closing; /* our close frame is queued: free once it is out */
+	uint64_t ws_msg_len;
+	/* evhttp's own write and event callbacks, called by ours */
+	bufferevent_data_cb ws_wcb;
+	bufferevent_event_cb ws_ecb;
 };
 
 struct http_server {
@@ -666,6 +677,27 @@ static void sse_req_done(struct evhttp_request *req, void *arg)
 	sse_drop(c);
 }
 
+/* Writes one server frame straight to the connection's bufferevent (after
+ * a 101, evhttp's reply functions write nothing). False when the client
+ * was dropped for its backlog (c is freed then). */
+static bool ws_send(struct sse_client *c, unsigned opcode, const void *data, size_t n)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+	if (!bev || c->ws_closing)
+		return true;
+	if (evbuffer_get_length(bufferevent_get_output(bev)) > SSE_BACKLOG_MAX) {
+		log_warn("event=http_ws_drop reason=backlog");
+		evhttp_connection_free(c->evcon);
+		return false;
+	}
+	uint8_t hdr[WS_HEADER_MAX];
+	size_t hl = ws_frame_header(opcode, n, hdr);
+	bufferevent_write(bev, hdr, hl);
+	if (n)
+		bufferevent_write(bev, data, n);
+	return true;
+}
+
 static void sse_write(struct sse_client *c, const char *data, size_t n)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
@@ -683,17 +715,25 @@ static void sse_write(struct sse_client *c, const char *data, size_t n)
 	evbuffer_free(b);
 }
 
+/* SSE clients get "event: TYPE / data: JSON"; WebSocket clients a text
+ * frame {"Type":TYPE,"Data":JSON} as Mailpit sends them. */
 static void sse_broadcast(struct http_server *h, const char *type, const char *json)
 {
 	struct tbuf b = TBUF_INIT(64u * 1024 * 1024);
-	if (tbuf_printf(&b, "event: %s\ndata: %s\n\n", type, json) == TERN_OK) {
+	struct tbuf w = TBUF_INIT(64u * 1024 * 1024);
+	if (tbuf_printf(&b, "event: %s\ndata: %s\n\n", type, json) == TERN_OK &&
+	    tbuf_printf(&w, "{\"Type\":\"%s\",\"Data\":%s}", type, json) == TERN_OK) {
 		struct sse_client *c = h->clients, *next;
 		for (; c; c = next) {
 			next = c->next;
-			sse_write(c, b.data, b.len);
+			if (c->ws)
+				ws_send(c, WS_OP_TEXT, w.data, w.len);
+			else
+				sse_write(c, b.data, b.len);
 		}
 	}
 	tbuf_free(&b);
+	tbuf_free(&w);
 }
 
 static char *stats_json(struct http_server *h)
@@ -760,12 +800,22 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	struct sse_client *c = h->clients, *next;
 	for (; c; c = next) {
 		next = c->next;
-		sse_write(c, ": ping\n\n", 8);
+		if (c->ws)
+			ws_send(c, WS_OP_PING, NULL, 0);
+		else
+			sse_write(c, ": ping\n\n", 8);
 	}
 }
 
+static void route_websocket(struct http_server *h, struct evhttp_request *req);
+
 static void route_events(struct http_server *h, struct evhttp_request *req)
 {
+	const char *up = evhttp_find_header(evhttp_request_get_input_headers(req), "Upgrade");
+	if (up && ws_header_has_token(up, "websocket")) {
+		route_websocket(h, req);
+		return;
+	}
 	if (h->n_clients >= SSE_CLIENTS_MAX) {
 		reply_text(req, 503, "too many event clients");
 		return;
@@ -806,6 +856,190 @@ static void route_events(struct http_server *h, struct evhttp_request *req)
 		sse_write(c, b.data, b.len);
 	tbuf_free(&b);
 	free(stats);
+}
+
+/* -------------------------------------------------- events (WebSocket) */
+
+/*
+ * A WebSocket on /api/events (RFC 6455), for Mailpit's UI and the tools
+ * that connect there. After the 101, the connection's bufferevent is ours
+ * to read: evhttp leaves its read callback empty while a reply is being
+ * sent, and writes nothing more. Our callbacks wrap evhttp's write and
+ * event callbacks (their argument is the evhttp connection), so an EOF or
+ * error still goes through evhttp, frees the connection and runs
+ * conn_closed, which forgets the client as for SSE.
+ */
+
+static void ws_fail(struct sse_client *c, uint16_t code, const char *why)
+{
+	log_warn("event=http_ws_close reason=%s code=%u", why, (unsigned)code);
+	uint8_t b[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+	if (ws_send(c, WS_OP_CLOSE, b, sizeof(b)))
+		c->ws_closing = true;
+}
+
+/* One frame or more arrived; c may be freed inside (connection dropped). */
+static void ws_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct sse_client *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	while (!c->ws_closing) {
+		size_t n = evbuffer_get_length(in);
+		if (n == 0)
+			return;
+		size_t peek = n < WS_HEADER_MAX ? n : WS_HEADER_MAX;
+		uint8_t *p = evbuffer_pullup(in, (ev_ssize_t)peek);
+		struct ws_frame f;
+		int rc = ws_frame_parse(p, peek, WS_MESSAGE_MAX, &f);
+		if (rc == TERN_ENOTFOUND)
+			return;
+		if (rc == TERN_ELIMIT) {
+			ws_fail(c, WS_CLOSE_TOO_BIG, "too_big");
+			break;
+		}
+		if (rc != TERN_OK) {
+			ws_fail(c, WS_CLOSE_PROTOCOL, "protocol");
+			break;
+		}
+		size_t total = f.header_len + (size_t)f.payload_len;
+		if (n < total)
+			return; /* the rest of the frame is coming */
+		bool data = f.opcode == WS_OP_TEXT || f.opcode == WS_OP_BINARY;
+		if ((f.opcode == WS_OP_CONT && !c->ws_in_msg) || (data && c->ws_in_msg)) {
+			ws_fail(c, WS_CLOSE_PROTOCOL, "fragments");
+			break;
+		}
+		if (data || f.opcode == WS_OP_CONT) {
+			c->ws_msg_len = (data ? 0 : c->ws_msg_len) + f.payload_len;
+			c->ws_in_msg = !f.fin;
+			if (c->ws_msg_len > WS_MESSAGE_MAX) {
+				ws_fail(c, WS_CLOSE_TOO_BIG, "too_big");
+				break;
+			}
+			evbuffer_drain(in, total); /* clients have nothing to say to us */
+			continue;
+		}
+		uint8_t payload[125];
+		evbuffer_drain(in, f.header_len);
+		evbuffer_remove(in, payload, (size_t)f.payload_len);
+		ws_unmask(payload, (size_t)f.payload_len, f.mask, 0);
+		if (f.opcode == WS_OP_PING) {
+			if (!ws_send(c, WS_OP_PONG, payload, (size_t)f.payload_len))
+				return;
+		} else if (f.opcode == WS_OP_CLOSE) {
+			/* §5.5.1: echo the status code, then close once it is out */
+			if (ws_send(c, WS_OP_CLOSE, payload, f.payload_len >= 2 ? 2 : 0))
+				c->ws_closing = true;
+			return;
+		}
+		/* a pong answers our ping: nothing to do */
+	}
+	evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+static void ws_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct sse_client *c = arg;
+	if (c->ws_wcb)
+		c->ws_wcb(bev, c->evcon);
+	if (c->ws_closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		evhttp_connection_free(c->evcon); /* runs conn_closed: c is freed */
+}
+
+static void ws_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct sse_client *c = arg;
+	if (c->ws_ecb)
+		c->ws_ecb(bev, what, c->evcon); /* may free c */
+}
+
+/* Refuses an upgrade with a plain status (and logs why). */
+static void ws_refuse(struct evhttp_request *req, int code, const char *why, const char *text)
+{
+	log_warn("event=http_refused reason=%s status=%d path=/api/events", why, code);
+	if (code == 426)
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Sec-WebSocket-Version",
+		                  "13");
+	reply_text(req, code, text);
+}
+
+static void route_websocket(struct http_server *h, struct evhttp_request *req)
+{
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const char *conn_hdr = evhttp_find_header(in, "Connection");
+	const char *key = evhttp_find_header(in, "Sec-WebSocket-Key");
+	const char *version = evhttp_find_header(in, "Sec-WebSocket-Version");
+	const char *origin = evhttp_find_header(in, "Origin");
+	const char *host = evhttp_find_header(in, "Host");
+	char accept[WS_ACCEPT_LEN + 1];
+	if (!conn_hdr || !ws_header_has_token(conn_hdr, "upgrade") || !key ||
+	    ws_accept_key(key, strlen(key), accept) != TERN_OK) {
+		ws_refuse(req, 400, "websocket_handshake",
+		          "a WebSocket upgrade needs Connection: Upgrade and a valid "
+		          "Sec-WebSocket-Key");
+		return;
+	}
+	if (!version || strcmp(version, "13") != 0) {
+		ws_refuse(req, 426, "websocket_version", "only WebSocket version 13 is spoken");
+		return;
+	}
+	/* Cross-site WebSocket hijacking: a browser sends the page's Origin
+	 * with every upgrade, and a page of another site must not read the
+	 * event feed. (The guard passed Host already; GET skips its Origin
+	 * check.) */
+	struct http_hostport hp;
+	if (origin && (!host || http_parse_host(host, strlen(host), &hp) != TERN_OK ||
+	               !http_origin_same(origin, strlen(origin), &hp))) {
+		ws_refuse(req, 403, "origin", "cross-origin WebSocket refused");
+		return;
+	}
+	if (h->n_clients >= SSE_CLIENTS_MAX) {
+		reply_text(req, 503, "too many event clients");
+		return;
+	}
+	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
+	if (!conn) {
+		reply_text(req, 503, "connection not tracked, try again");
+		return;
+	}
+	struct sse_client *c = calloc(1, sizeof(*c));
+	char *stats = stats_json(h);
+	if (!c || !stats) {
+		free(c);
+		free(stats);
+		reply_text(req, 500, "out of memory");
+		return;
+	}
+	c->h = h;
+	c->req = req;
+	c->ws = true;
+	c->evcon = evhttp_request_get_connection(req);
+	struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
+	evhttp_add_header(oh, "Upgrade", "websocket");
+	evhttp_add_header(oh, "Connection", "Upgrade");
+	evhttp_add_header(oh, "Sec-WebSocket-Accept", accept);
+	evhttp_connection_set_timeout(c->evcon, 24 * 3600);
+	evhttp_send_reply_start(req, 101, "Switching Protocols");
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+	bufferevent_getcb(bev, NULL, &c->ws_wcb, &c->ws_ecb, NULL);
+	bufferevent_setcb(bev, ws_read_cb, ws_write_cb, ws_event_cb, c);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	c->next = h->clients;
+	h->clients = c;
+	h->n_clients++;
+	c->conn = conn;
+	conn->sse = c;
+	evhttp_request_set_on_complete_cb(req, sse_req_done, c);
+	struct tbuf b = TBUF_INIT(4096);
+	bool alive = true;
+	if (tbuf_printf(&b, "{\"Type\":\"stats\",\"Data\":%s}", stats) == TERN_OK)
+		alive = ws_send(c, WS_OP_TEXT, b.data, b.len);
+	tbuf_free(&b);
+	free(stats);
+	log_info("event=http_ws_open clients=%zu", h->n_clients);
+	/* frames sent right behind the handshake are in the buffer already */
+	if (alive && evbuffer_get_length(bufferevent_get_input(bev)))
+		ws_read_cb(bev, c);
 }
 
 /* ------------------------------------------------------------ API: misc */
@@ -1765,6 +1999,14 @@ static void handle(struct evhttp_request *req, void *arg)
 		return;
 	}
 	bool get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
+	/* Health checks as Mailpit answers them, before the Host guard and any
+	 * login: a container probe names the service however it likes. */
+	if (get && (strcmp(path, "/livez") == 0 || strcmp(path, "/readyz") == 0)) {
+		if (q.parsed)
+			evhttp_clear_headers(&q.kv);
+		reply_bytes(req, 200, "text/plain; charset=utf-8", "ok\n", 3);
+		return;
+	}
 	if (!guard(h, req, method)) {
 		if (q.parsed)
 			evhttp_clear_headers(&q.kv);
@@ -1840,6 +2082,12 @@ void http_server_free(struct http_server *h)
 		struct sse_client *c = h->clients;
 		if (c->conn)
 			c->conn->sse = NULL;
+		if (c->ws) {
+			/* evhttp's own callbacks back: c is about to go */
+			struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+			if (bev)
+				bufferevent_setcb(bev, NULL, c->ws_wcb, c->ws_ecb, c->evcon);
+		}
 		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
 		evhttp_send_reply_end(c->req);
 		sse_drop(c);

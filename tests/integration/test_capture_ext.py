@@ -1,0 +1,202 @@
+"""
+test_capture_ext.py — capture mode at Mailpit's level, part A (issue 14 item 1): the WebSocket
+at /api/events (raw sockets here; a Node `ws` client in test_capture_ext_node), the health
+routes, Mailpit's MP_* environment, basic authentication of the UI and API.
+
+Owns: starting `tern capture` with extra flags and environment (a Capture subclass) and the
+raw WebSocket client below (RFC 6455 framing, masked as a client must).
+
+Never: talk to anything but 127.0.0.1, wait without a bound, signal a process it did not
+start.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from capture_harness import Capture, capture, capture_factory, http_request  # noqa: F401
+from conftest import make_message
+
+POLL = 10.0
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+# --------------------------------------------------------------------------
+# A raw WebSocket client.
+
+
+class WS:
+    def __init__(self, port, path="/api/events", headers=None, key=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=POLL)
+        self.key = key or base64.b64encode(os.urandom(16)).decode()
+        hdrs = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
+                "Sec-WebSocket-Key": self.key, "Sec-WebSocket-Version": "13"}
+        hdrs.update(headers or {})
+        req = f"GET {path} HTTP/1.1\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in hdrs.items() if v is not None) + "\r\n"
+        self.sock.sendall(req.encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            self.buf += chunk
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1]) if lines and lines[0] else 0
+        self.headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            self.headers[k.strip().lower()] = v.strip()
+
+    def _need(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buf += chunk
+
+    def recv_frame(self):
+        self._need(2)
+        b0, b1 = self.buf[0], self.buf[1]
+        assert not (b1 & 0x80), "a server frame must not be masked"
+        n, h = b1 & 0x7F, 2
+        if n == 126:
+            self._need(4)
+            n, h = struct.unpack(">H", self.buf[2:4])[0], 4
+        elif n == 127:
+            self._need(10)
+            n, h = struct.unpack(">Q", self.buf[2:10])[0], 10
+        self._need(h + n)
+        payload, self.buf = self.buf[h:h + n], self.buf[h + n:]
+        return b0 & 0x0F, payload
+
+    def send_frame(self, opcode, payload=b"", fin=True, mask=True, length=None):
+        n = len(payload) if length is None else length
+        head = bytes([(0x80 if fin else 0) | opcode])
+        mbit = 0x80 if mask else 0
+        if n < 126:
+            head += bytes([mbit | n])
+        elif n < 65536:
+            head += bytes([mbit | 126]) + struct.pack(">H", n)
+        else:
+            head += bytes([mbit | 127]) + struct.pack(">Q", n)
+        if mask:
+            m = os.urandom(4)
+            head += m
+            payload = bytes(b ^ m[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(head + payload)
+
+    def next_event(self, want_type=None):
+        """The next text frame's JSON (answering pings on the way), skipping other types."""
+        while True:
+            op, p = self.recv_frame()
+            if op == 0x9:
+                self.send_frame(0xA, p)
+                continue
+            if op == 0x1:
+                ev = json.loads(p)
+                if want_type is None or ev.get("Type") == want_type:
+                    return ev
+
+    def close(self):
+        self.sock.close()
+
+
+def smtp_send(cap, subject, rcpts=("alice@example.test",), frm="sender@example.org", **kw):
+    with cap.smtp() as c:
+        c.send_message(frm, list(rcpts), make_message(subject, frm=frm, to=rcpts[0], **kw))
+
+
+# --------------------------------------------------------------------------
+# WebSocket
+
+
+def test_websocket_handshake_and_new_message_event(capture):
+    ws = WS(capture.http_port)
+    try:
+        assert ws.status == 101, ws.headers
+        assert ws.headers.get("upgrade", "").lower() == "websocket"
+        assert "upgrade" in ws.headers.get("connection", "").lower()
+        want = base64.b64encode(hashlib.sha1((ws.key + GUID).encode()).digest()).decode()
+        assert ws.headers.get("sec-websocket-accept") == want
+        first = ws.next_event()
+        assert first["Type"] == "stats" and first["Data"]["Total"] == 0, first
+        smtp_send(capture, "over the websocket")
+        ev = ws.next_event("new")
+        assert ev["Data"]["Subject"] == "over the websocket"
+        assert ev["Data"]["ID"]
+        # a ping from the client gets its pong with the same payload
+        ws.send_frame(0x9, b"are you there")
+        while True:
+            op, p = ws.recv_frame()
+            if op == 0xA:
+                assert p == b"are you there"
+                break
+        # the close handshake: our 1000 comes back, then the server closes
+        ws.send_frame(0x8, struct.pack(">H", 1000))
+        op, p = ws.recv_frame()
+        assert op == 0x8 and p == struct.pack(">H", 1000)
+        ws.sock.settimeout(POLL)
+        assert ws.sock.recv(100) == b""
+    finally:
+        ws.close()
+
+
+def test_websocket_refuses_cross_origin_and_bad_frames(capture):
+    port = capture.http_port
+    evil = WS(port, headers={"Origin": "http://evil.example"})
+    assert evil.status == 403
+    evil.close()
+    same = WS(port, headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert same.status == 101
+    # an unmasked client frame is a protocol error: close 1002
+    same.next_event("stats")
+    same.send_frame(0x1, b"hi", mask=False)
+    while True:
+        op, p = same.recv_frame()
+        if op == 0x8:
+            assert p[:2] == struct.pack(">H", 1002)
+            break
+    same.close()
+    big = WS(port)
+    big.next_event("stats")
+    big.send_frame(0x2, b"", length=10 * 1024 * 1024)  # announced, never sent: 1009 at once
+    while True:
+        op, p = big.recv_frame()
+        if op == 0x8:
+            assert p[:2] == struct.pack(">H", 1009)
+            break
+    big.close()
+    assert WS(port, headers={"Sec-WebSocket-Version": "8"}).status == 426
+    assert WS(port, key="short").status == 400
+    # SSE is still there for clients that ask for it, and the server still answers
+    r = http_request(port, "GET", "/api/v1/info")
+    assert r.status == 200
+
+
+def test_sse_still_served(capture):
+    s = socket.create_connection(("127.0.0.1", capture.http_port), timeout=POLL)
+    try:
+        s.sendall(f"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{capture.http_port}\r\n"
+                  "Accept: text/event-stream\r\n\r\n".encode())
+        data = b""
+        while b"event: stats" not in data:
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert b"text/event-stream" in data
+    finally:
+        s.close()
+
+
+def test_health_routes(capture):
+    for path in ("/livez", "/readyz"):
+        r = http_request(capture.http_port, "GET", path, headers={"Host": "mailpit:8025"})
+        assert r.status == 200, (path, r)
