@@ -14,9 +14,12 @@ import base64
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +203,44 @@ def test_health_routes(capture):
     for path in ("/livez", "/readyz"):
         r = http_request(capture.http_port, "GET", path, headers={"Host": "mailpit:8025"})
         assert r.status == 200, (path, r)
+
+
+NODE_DIR = Path(__file__).resolve().parent.parent / "node"
+
+
+def node_ws_ready():
+    """Installs the pinned `ws` (npm, into tests/node/node_modules) if it is missing; skips only
+    when node or npm is not there at all."""
+    if not shutil.which("node") or not shutil.which("npm"):
+        pytest.skip("node and npm are needed for the ws client (apt-get install nodejs npm)")
+    if not (NODE_DIR / "node_modules" / "ws" / "package.json").is_file():
+        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts",
+                            "--loglevel=error"], cwd=NODE_DIR, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=300, text=True)
+        assert r.returncode == 0, f"npm ci in tests/node failed:\n{r.stdout[-3000:]}"
+
+
+def test_websocket_from_node_ws_client(capture):
+    node_ws_ready()
+    p = subprocess.Popen(["node", str(NODE_DIR / "ws_events.mjs"),
+                          f"ws://127.0.0.1:{capture.http_port}/api/events"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in p.stdout:
+            lines.append(line.strip())
+            if line.strip() in ("READY", "TIMEOUT") or line.startswith("ERROR"):
+                break
+        assert lines and lines[-1] == "READY", lines
+        assert json.loads(lines[0])["Type"] == "stats"
+        smtp_send(capture, "to a node client")
+        rest, _ = p.communicate(timeout=30)
+        lines += rest.splitlines()
+        assert p.returncode == 0, lines
+        new = [json.loads(x) for x in lines if x.startswith("{") and '"new"' in x]
+        assert new and new[0]["Data"]["Subject"] == "to a node client", lines
+        assert "CLOSED 1000" in lines, lines
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
