@@ -54,8 +54,8 @@ struct ws_frame {
 /*
  * ws_frame_parse: the header of the client frame at (p, n). Returns
  * TERN_OK with f filled when the whole header is there (the payload may
- * still be arriving), 0 bytes more needed is never returned: TERN_ENOTFOUND
- * when more bytes are needed. Protocol errors are TERN_ESYNTAX (reserved bits
+ * still be arriving), or TERN_ENOTFOUND while more bytes are needed.
+ * Protocol errors are TERN_ESYNTAX (reserved bits
  * set, unknown opcode, unmasked client frame, control frame fragmented or
  * longer than 125, non-minimal length, 64-bit length with the top bit
  * set); a payload longer than max_payload is TERN_ELIMIT.

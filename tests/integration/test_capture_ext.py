@@ -23,11 +23,59 @@ from pathlib import Path
 
 import pytest
 
-from capture_harness import Capture, capture, capture_factory, http_request  # noqa: F401
-from conftest import make_message
+from capture_harness import (SANITIZER_MARKERS, Capture, capture, capture_factory,  # noqa: F401
+                             http_request)
+from conftest import free_port, make_message
 
 POLL = 10.0
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+# --------------------------------------------------------------------------
+# tern capture configured as a docker-compose file configures Mailpit.
+
+
+class EnvCapture(Capture):
+    """`tern capture ARGS` with env (MP_* variables) and no flags but the ones given; ports
+    and paths in env may use {smtp}, {http}, {root}."""
+
+    def __init__(self, env, args=()):
+        super().__init__()
+        self.env_tmpl = env
+        self.args = list(args)
+
+    def start(self, timeout=10.0):
+        self.smtp_port = free_port()
+        self.http_port = free_port()
+        while self.http_port == self.smtp_port:
+            self.http_port = free_port()
+        fill = dict(smtp=self.smtp_port, http=self.http_port, root=self.root)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MP_")}
+        env.update({k: v.format(**fill) for k, v in self.env_tmpl.items()})
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.bin, "capture", *[a.format(**fill) for a in self.args]],
+                                     stdin=subprocess.DEVNULL, stdout=self.logf,
+                                     stderr=self.logf, env=env)
+        self.wait_ready(timeout)
+        return self
+
+
+@pytest.fixture
+def env_capture():
+    made = []
+
+    def make(env, args=()):
+        c = EnvCapture(env, args)
+        made.append(c)
+        return c.start()
+
+    yield make
+    for c in made:
+        rc = c.stop()
+        assert rc != "killed-after-timeout", c.log_tail()
+        bad = c.sanitizer_report()
+        assert not bad, f"{bad} in the log:\n{c.log_tail(80)}"
+        c.cleanup()
 
 
 # --------------------------------------------------------------------------
@@ -244,3 +292,74 @@ def test_websocket_from_node_ws_client(capture):
         if p.poll() is None:
             p.kill()
             p.wait(5)
+
+
+# --------------------------------------------------------------------------
+# MP_* environment
+
+
+def test_compose_style_run_configured_by_mp_env_only(env_capture):
+    cap = env_capture({
+        "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+        "MP_UI_BIND_ADDR": "127.0.0.1:{http}",
+        "MP_DATABASE": "{root}/mpdata/mailpit.db",
+        "MP_MAX_MESSAGES": "2",
+        "MP_SMTP_AUTH_ACCEPT_ANY": "1",
+        "MP_SMTP_AUTH_ALLOW_INSECURE": "true",
+        "MP_VERBOSE": "1",
+        "MP_SOMETHING_NEW": "x",
+    })
+    # MP_SMTP_AUTH_ACCEPT_ANY: any login is accepted, then mail flows
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", cap.smtp_port, timeout=POLL) as s:
+        s.ehlo()
+        assert s.has_extn("auth")
+        s.login("whoever", "whatever")
+        for i in range(3):
+            s.sendmail("app@example.org", ["user@example.test"],
+                       make_message(f"compose {i}", frm="app@example.org", to="user@example.test"))
+    # the developer's tests read Mailpit's API: the newest two are kept (MP_MAX_MESSAGES)
+    deadline = time.monotonic() + POLL
+    while True:
+        r = http_request(cap.http_port, "GET", "/api/v1/messages")
+        assert r.status == 200
+        subs = [m["Subject"] for m in r.json()["messages"]]
+        if subs == ["compose 2", "compose 1"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert subs == ["compose 2", "compose 1"], subs
+    mid = r.json()["messages"][0]["ID"]
+    r = http_request(cap.http_port, "GET", f"/api/v1/message/{mid}")
+    assert r.status == 200 and r.json()["Subject"] == "compose 2"
+    r = http_request(cap.http_port, "GET", "/api/v1/search?query=subject:%22compose%201%22")
+    assert r.status == 200 and r.json()["messages_count"] == 1
+    assert http_request(cap.http_port, "DELETE", "/api/v1/messages").status == 200
+    # MP_DATABASE names a file: its directory holds the store
+    assert (cap.root / "mpdata" / "capture" / "capture.db").is_file()
+    log = cap.log()
+    assert "MP_SOMETHING_NEW" in log and "ignored" in log
+    assert " debug event=" in log  # MP_VERBOSE
+
+
+def test_flags_win_over_mp_env(env_capture):
+    # MP_UI_BIND_ADDR names a port nobody listens on; --listen (Mailpit's flag) wins
+    cap = env_capture({"MP_UI_BIND_ADDR": "127.0.0.1:1",
+                       "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}"},
+                      ["--listen", "127.0.0.1:{http}", "--database", "{root}/db/x.db"])
+    assert http_request(cap.http_port, "GET", "/api/v1/info").status == 200
+
+
+@pytest.mark.parametrize("env,words", [
+    ({"MP_SMTP_AUTH_FILE": "/etc/passwords"}, "MP_SMTP_AUTH_FILE is not supported"),
+    ({"MP_SMTP_AUTH_ACCEPT_ANY": "maybe"}, "not a yes/no value"),
+    ({"MP_MAX_MESSAGES": "lots"}, "not a count"),
+    ({"MP_MAX_AGE": "3 weeks"}, "not like 12h or 7d"),
+])
+def test_mp_env_refused_clearly(env, words):
+    from conftest import tern_bin
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MP_")}
+    e.update(env)
+    r = subprocess.run([tern_bin(), "capture", "--smtp", "127.0.0.1:1", "--http", "127.0.0.1:1"],
+                       env=e, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r
+    assert words in r.stderr, r.stderr
