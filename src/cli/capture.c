@@ -70,7 +70,7 @@ static void send_work(void *arg)
 {
 	struct send_job *j = arg;
 	j->err = capture_add(j->cm->store, j->raw, j->len, j->from, (const char *const *)j->to,
-	                     j->n_to, j->id);
+			     j->n_to, j->id);
 	/* The store batches its syncs (the spool is the durable copy of SMTP
 	 * mail); an API message has no other copy, so sync before answering. */
 	if (j->err == TERN_OK)
@@ -78,7 +78,7 @@ static void send_work(void *arg)
 	if (j->err == TERN_OK) {
 		char qf[LOG_ADDR_MAX];
 		log_info("event=captured id=%s source=api from=%s nrcpt=%zu size=%zu", j->id,
-		         log_quote_addr(j->from, qf, sizeof(qf)), j->n_to, j->len);
+			 log_quote_addr(j->from, qf, sizeof(qf)), j->n_to, j->len);
 	} else
 		log_error("event=capture_failed source=api reason=%s", tern_strerror(j->err));
 	j->done(j->arg, j->err, j->err == TERN_OK ? j->id : NULL);
@@ -90,8 +90,8 @@ static void send_work(void *arg)
  * itself durable) on the pool, so the API can answer with its capture ID.
  */
 static void hook_send(void *ctx, const char *raw, size_t len, const char *from,
-                      const char *const *to, size_t n_to,
-                      void (*done)(void *arg, int err, const char *id), void *arg)
+		      const char *const *to, size_t n_to,
+		      void (*done)(void *arg, int err, const char *id), void *arg)
 {
 	struct capture_mode *cm = ctx;
 	struct send_job *j = calloc(1, sizeof(*j));
@@ -223,16 +223,16 @@ out:
 static json_t *trigger_json(const struct smtp_chaos_trigger *t, int default_code)
 {
 	return json_pack("{s:i,s:i}", "ErrorCode", t->error_code ? t->error_code : default_code,
-	                 "Probability", (int)t->probability);
+			 "Probability", (int)t->probability);
 }
 
 static void hook_chaos_get(void *ctx, char *buf, size_t len)
 {
 	struct smtp_chaos c;
 	smtp_chaos_get(&c);
-	json_t *j = json_pack(
-	    "{s:o,s:o,s:o}", "Authentication", trigger_json(&c.authentication, 535), "Recipient",
-	    trigger_json(&c.recipient, 451), "Sender", trigger_json(&c.sender, 451));
+	json_t *j = json_pack("{s:o,s:o,s:o}", "Authentication",
+			      trigger_json(&c.authentication, 535), "Recipient",
+			      trigger_json(&c.recipient, 451), "Sender", trigger_json(&c.sender, 451));
 	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	snprintf(buf, len, "%s", s ? s : "{}");
 	free(s);
@@ -240,7 +240,7 @@ static void hook_chaos_get(void *ctx, char *buf, size_t len)
 }
 
 static int parse_trigger(json_t *root, const char *name, struct smtp_chaos_trigger *t,
-                         int default_code)
+			 int default_code)
 {
 	json_t *o = json_object_get(root, name);
 	if (!o)
@@ -286,9 +286,9 @@ static int hook_chaos_set(void *ctx, const char *text, size_t len)
 		return rc;
 	smtp_chaos_set(&c);
 	log_info("event=chaos sender=%d/%u%% recipient=%d/%u%% authentication=%d/%u%%",
-	         c.sender.error_code, c.sender.probability, c.recipient.error_code,
-	         c.recipient.probability, c.authentication.error_code,
-	         c.authentication.probability);
+		 c.sender.error_code, c.sender.probability, c.recipient.error_code,
+		 c.recipient.probability, c.authentication.error_code,
+		 c.authentication.probability);
 	return TERN_OK;
 }
 
@@ -301,7 +301,7 @@ static bool hook_release_enabled(void *ctx)
 }
 
 static void hook_runtime_stats(void *ctx, uint64_t *accepted, uint64_t *accepted_size,
-                               uint64_t *rejected, uint64_t *deleted)
+			       uint64_t *rejected, uint64_t *deleted)
 {
 	struct capture_mode *cm = ctx;
 	struct smtp_counters c;
@@ -329,8 +329,8 @@ static void on_store_event(void *arg, const char *type, json_t *data)
 /* -------------------------------------------------------------- lifecycle */
 
 struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struct spool *sp,
-                                        struct scheduler *sched, const struct capture_ext *ext,
-                                        char *err, size_t errlen)
+					struct scheduler *sched, const struct capture_ext *ext,
+					char *err, size_t errlen)
 {
 	struct capture_mode *cm = calloc(1, sizeof(*cm));
 	if (!cm) {
@@ -352,19 +352,19 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 	struct tern_runtime *rt = runtime_acquire();
 	if (rt) {
 		snprintf(cm->smtp_address, sizeof(cm->smtp_address), "%s",
-		         rt->conf->n_listeners ? rt->conf->listeners[0].address : "");
+			 rt->conf->n_listeners ? rt->conf->listeners[0].address : "");
 		runtime_release(rt);
 	}
 	cm->hooks = (struct http_hooks){
-	    .ctx = cm,
-	    .send = hook_send,
-	    .release = hook_release,
-	    .chaos_get = hook_chaos_get,
-	    .chaos_set = hook_chaos_set,
-	    .release_enabled = hook_release_enabled,
-	    .runtime_stats = hook_runtime_stats,
-	    .version = TERN_VERSION,
-	    .smtp_address = cm->smtp_address,
+		.ctx = cm,
+		.send = hook_send,
+		.release = hook_release,
+		.chaos_get = hook_chaos_get,
+		.chaos_set = hook_chaos_set,
+		.release_enabled = hook_release_enabled,
+		.runtime_stats = hook_runtime_stats,
+		.version = TERN_VERSION,
+		.smtp_address = cm->smtp_address,
 	};
 	cm->http = http_server_new(cm->http_worker, http_fd, cm->store, &cm->hooks);
 	if (!cm->http) {
@@ -382,7 +382,7 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 	uint64_t msgs = 0, unread = 0, bytes = 0;
 	capture_stats(cm->store, &msgs, &unread, &bytes);
 	log_info("event=capture_ready store=%s messages=%llu unread=%llu", dir,
-	         (unsigned long long)msgs, (unsigned long long)unread);
+		 (unsigned long long)msgs, (unsigned long long)unread);
 	return cm;
 fail:
 	capture_mode_stop(cm);

@@ -47,8 +47,8 @@ int daemon_run(const char *path, const struct capture_opts *cap);
  * worker, the store-to-browser event feed, the API hooks. */
 struct capture_mode;
 struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struct spool *sp,
-                                        struct scheduler *sched, const struct capture_ext *ext,
-                                        char *err, size_t errlen);
+					struct scheduler *sched, const struct capture_ext *ext,
+					char *err, size_t errlen);
 void capture_mode_stop(struct capture_mode *cm);
 int cmd_check_config(int argc, char **argv);
 int cmd_log(int argc, char **argv);
@@ -57,7 +57,7 @@ int cmd_queue(int argc, char **argv);
 /* `tern spf check` (spf.c) */
 int cmd_spf(int argc, char **argv);
 int cmd_dkim(int argc, char **argv);
-int cmd_arc(int argc, char **argv);            /* `tern arc verify|seal` (arc.c) */
+int cmd_arc(int argc, char **argv); /* `tern arc verify|seal` (arc.c) */
 int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
 
@@ -94,7 +94,7 @@ int control_bind(const char *data_dir);
 int cmd_sendmail(int argc, char **argv);
 struct submit;
 struct submit *submit_start(const char *data_dir, struct spool *sp, struct scheduler *sched,
-                            char *err, size_t errlen);
+			    char *err, size_t errlen);
 void submit_stop(struct submit *s);
 
 #endif
