@@ -365,6 +365,7 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 		.runtime_stats = hook_runtime_stats,
 		.version = TERN_VERSION,
 		.smtp_address = cm->smtp_address,
+		.ui_auth = ext ? ext->ui_auth : NULL,
 	};
 	cm->http = http_server_new(cm->http_worker, http_fd, cm->store, &cm->hooks);
 	if (!cm->http) {
@@ -435,11 +436,17 @@ int cmd_capture(int argc, char **argv)
 	if (capture_args_parse(argc, argv, &ext, why, sizeof(why)) != TERN_OK ||
 	    capture_env_apply(&ext, environ, why, sizeof(why)) != TERN_OK)
 		return cli_usage(&capture_help, "%s", why);
+	if (capture_ext_load_files(&ext, why, sizeof(why)) != TERN_OK) {
+		fprintf(stderr, "tern: %s\n", why);
+		return 1;
+	}
 	struct capture_opts opts = {
 	    ext.v[CX_SMTP] ? ext.v[CX_SMTP] : "127.0.0.1:1025",
 	    ext.v[CX_HTTP] ? ext.v[CX_HTTP] : "127.0.0.1:8025",
 	    ext.v[CX_DATA_DIR],
 	    &ext,
 	};
-	return daemon_run(path, &opts);
+	int rc = daemon_run(path, &opts);
+	capture_ext_free(&ext);
+	return rc;
 }

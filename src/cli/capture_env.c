@@ -22,7 +22,9 @@
 #include "core/buf.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "core/files.h"
 #include "core/log.h"
+#include "http/basic_auth.h"
 
 struct capx_row {
 	enum capx key;
@@ -42,8 +44,8 @@ static const struct capx_row rows[] = {
     {CX_MAX, "--max", NULL, "MP_MAX_MESSAGES", NULL, false, true},
     {CX_MAX_AGE, "--max-age", NULL, "MP_MAX_AGE", NULL, false, true},
     {CX_ALLOWED_HOSTS, "--allowed-hosts", NULL, NULL, NULL, false, true},
-    {CX_UI_AUTH_FILE, "--ui-auth-file", NULL, "MP_UI_AUTH_FILE", NULL, false, false},
-    {CX_UI_AUTH, NULL, NULL, "MP_UI_AUTH", NULL, false, false},
+    {CX_UI_AUTH_FILE, "--ui-auth-file", NULL, "MP_UI_AUTH_FILE", NULL, false, true},
+    {CX_UI_AUTH, NULL, NULL, "MP_UI_AUTH", NULL, false, true},
     {CX_UI_TLS_CERT, "--ui-tls-cert", NULL, "MP_UI_TLS_CERT", NULL, false, false},
     {CX_UI_TLS_KEY, "--ui-tls-key", NULL, "MP_UI_TLS_KEY", NULL, false, false},
     {CX_SMTP_TLS_CERT, "--smtp-tls-cert", NULL, "MP_SMTP_TLS_CERT", NULL, false, true},
@@ -76,6 +78,8 @@ const char capture_ext_help[] =
     "  --max-age Nh|Nd     drop messages older than that (MP_MAX_AGE)\n"
     "  --allowed-hosts A,B Host names the web UI answers to besides IPs and\n"
     "                      localhost (a compose service name, say)\n"
+    "  --ui-auth-file F    htpasswd users (bcrypt, {SHA}) the web UI and API ask\n"
+    "                      for (MP_UI_AUTH_FILE; MP_UI_AUTH=\"user:pass ...\")\n"
     "  --smtp-tls-cert F, --smtp-tls-key F   offer STARTTLS with this pair\n"
     "  --smtp-auth-accept-any, --smtp-auth-allow-insecure   (always so here)\n"
     "  --webhook-limit N   webhook calls a second at most (MP_WEBHOOK_LIMIT)\n"
@@ -329,4 +333,46 @@ int capture_ext_apply_conf(const struct capture_ext *x, struct tern_config *c)
 		c->log_level = s;
 	}
 	return TERN_OK;
+}
+
+#define AUTH_FILE_MAX (4u * 1024 * 1024)
+
+int capture_ext_load_files(struct capture_ext *x, char *why, size_t whylen)
+{
+	const char *path = x->v[CX_UI_AUTH_FILE];
+	const char *pairs = x->v[CX_UI_AUTH];
+	char *text = NULL, err[256];
+	size_t len = 0;
+	int en = 0, rc;
+	if ((!path || !*path) && (!pairs || !*pairs))
+		return TERN_OK;
+	if (path && *path) {
+		rc = tern_file_read(path, AUTH_FILE_MAX, &text, &len, &en);
+		if (rc != TERN_OK) {
+			snprintf(why, whylen, "--ui-auth-file %s: %s", path,
+			         en ? strerror(en) : tern_strerror(rc));
+			return rc;
+		}
+	}
+	rc = http_auth_parse(text, len, pairs, &x->ui_auth, err, sizeof(err));
+	if (text) {
+		explicit_bzero(text, len);
+		free(text);
+	}
+	if (rc != TERN_OK) {
+		snprintf(why, whylen, "%s: %s", path && *path ? path : "MP_UI_AUTH", err);
+		return rc;
+	}
+	if (http_auth_count(x->ui_auth) == 0) {
+		snprintf(why, whylen, "%s names no user: the web UI would let nobody in",
+		         path && *path ? path : "MP_UI_AUTH");
+		return TERN_ESYNTAX;
+	}
+	return TERN_OK;
+}
+
+void capture_ext_free(struct capture_ext *x)
+{
+	http_auth_free(x->ui_auth);
+	x->ui_auth = NULL;
 }

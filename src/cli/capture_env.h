@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 struct tern_config;
+struct http_auth;
 
 enum capx {
 	CX_SMTP,
@@ -54,6 +55,7 @@ struct capture_ext {
 	unsigned max_age_sec;
 	unsigned long long max_messages;
 	bool max_set, max_age_set;
+	struct http_auth *ui_auth; /* from --ui-auth-file and MP_UI_AUTH, or NULL */
 };
 
 /*
@@ -71,6 +73,15 @@ int capture_args_parse(int argc, char **argv, struct capture_ext *x, char *why, 
  * yet is asked for. TERN_OK or TERN_ESYNTAX with why.
  */
 int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_t whylen);
+
+/*
+ * capture_ext_load_files: reads what the options name that must be read
+ * before the daemon starts (as the invoking user, before privileges are
+ * dropped): the UI's htpasswd file and MP_UI_AUTH pairs. TERN_OK or an
+ * error with why.
+ */
+int capture_ext_load_files(struct capture_ext *x, char *why, size_t whylen);
+void capture_ext_free(struct capture_ext *x);
 
 /* Whether a boolean option is on ("1", "true", "yes", "on"). */
 bool capture_ext_on(const struct capture_ext *x, enum capx k);

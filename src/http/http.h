@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 struct capture_store;
+struct http_auth;
 struct worker;
 
 /* What the HTTP layer asks of the rest of tern. Callbacks may complete on
@@ -48,6 +49,9 @@ struct http_hooks {
 	                      uint64_t *smtp_rejected, uint64_t *messages_deleted);
 	const char *version;
 	const char *smtp_address; /* for /api/v1/info and the UI */
+	/* Basic authentication for everything but /livez and /readyz
+	 * (http/basic_auth.h), or NULL: open. Used on the HTTP worker only. */
+	struct http_auth *ui_auth;
 };
 
 struct http_server;

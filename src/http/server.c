@@ -64,6 +64,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
+#include "http/basic_auth.h"
 #include "http/http.h"
 #include "http/websocket.h"
 #include "store/store.h"
@@ -2005,6 +2006,19 @@ static void handle(struct evhttp_request *req, void *arg)
 		if (q.parsed)
 			evhttp_clear_headers(&q.kv);
 		reply_bytes(req, 200, "text/plain; charset=utf-8", "ok\n", 3);
+		return;
+	}
+	if (h->hooks.ui_auth &&
+	    !http_auth_check_header(
+	        h->hooks.ui_auth,
+	        evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"))) {
+		if (q.parsed)
+			evhttp_clear_headers(&q.kv);
+		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+		                  "Basic realm=\"tern capture\", charset=\"UTF-8\"");
+		log_info("event=http_refused reason=auth status=401 method=%s",
+		         method_name(method));
+		reply_text(req, 401, "authentication required");
 		return;
 	}
 	if (!guard(h, req, method)) {

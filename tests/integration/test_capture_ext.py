@@ -59,6 +59,20 @@ class EnvCapture(Capture):
         self.wait_ready(timeout)
         return self
 
+    def wait_ready(self, timeout):
+        """/readyz answers even when the UI asks for a login."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"tern capture exited with {self.proc.returncode}\n{self.log_tail()}")
+            try:
+                if http_request(self.http_port, "GET", "/readyz", timeout=2.0).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"/readyz did not answer within {timeout}s\n{self.log_tail()}")
+
 
 @pytest.fixture
 def env_capture():
@@ -363,3 +377,60 @@ def test_mp_env_refused_clearly(env, words):
                        env=e, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2, r
     assert words in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------
+# Basic authentication of the UI and API
+
+
+def bcrypt_hash(password):
+    """A $2y$ hash as Apache's htpasswd -B writes, made with the system's libxcrypt."""
+    import ctypes
+    import ctypes.util
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    lib.crypt_gensalt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    salt = lib.crypt_gensalt(b"$2y$", 5, None, 0)
+    return lib.crypt(password.encode(), salt).decode()
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_basic_auth_file_refuses_without_credentials(env_capture, tmp_path):
+    users = tmp_path / "ui.htpasswd"
+    users.write_text(f"# made by htpasswd -B\nadmin:{bcrypt_hash('s3cret')}\n"
+                     "viewer:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(users, 0o644)
+    cap = env_capture({"MP_UI_AUTH_FILE": str(users), "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                       "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+    port = cap.http_port
+    for path in ("/api/v1/messages", "/", "/api/v1/info", "/view/latest.html"):
+        r = http_request(port, "GET", path)
+        assert r.status == 401, (path, r)
+        assert r.headers.get("www-authenticate", "").startswith("Basic realm="), r.headers
+    assert http_request(port, "GET", "/api/v1/messages", headers=basic("admin", "wrong")).status == 401
+    assert http_request(port, "GET", "/api/v1/messages", headers=basic("nobody", "s3cret")).status == 401
+    assert http_request(port, "DELETE", "/api/v1/messages").status == 401
+    r = http_request(port, "GET", "/api/v1/messages", headers=basic("admin", "s3cret"))
+    assert r.status == 200 and "messages" in r.json()
+    assert http_request(port, "GET", "/api/v1/info", headers=basic("viewer", "secret")).status == 200
+    # health checks stay open (Mailpit's too); the WebSocket needs the login as well
+    assert http_request(port, "GET", "/livez").status == 200
+    assert http_request(port, "GET", "/readyz").status == 200
+    assert WS(port).status == 401
+    ws = WS(port, headers=basic("admin", "s3cret"))
+    assert ws.status == 101
+    ws.close()
+
+
+def test_basic_auth_inline_pairs(env_capture):
+    cap = env_capture({"MP_UI_AUTH": "alice:pw1 bob:pw2", "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                       "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+    assert http_request(cap.http_port, "GET", "/api/v1/info").status == 401
+    assert http_request(cap.http_port, "GET", "/api/v1/info", headers=basic("bob", "pw2")).status == 200
+    assert http_request(cap.http_port, "GET", "/api/v1/info", headers=basic("bob", "pw1")).status == 401
