@@ -25,6 +25,7 @@
 #include "core/files.h"
 #include "core/log.h"
 #include "http/basic_auth.h"
+#include "store/capture_tags.h"
 
 struct capx_row {
 	enum capx key;
@@ -241,6 +242,17 @@ int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_
 			         x->v[CX_WEBHOOK_LIMIT]);
 			return TERN_ESYNTAX;
 		}
+	}
+	if (x->v[CX_TAGS_DISABLE]) {
+		unsigned r;
+		if (!capture_tags_parse_disable(x->v[CX_TAGS_DISABLE], &r)) {
+			snprintf(why, whylen,
+			         "--tags-disable / MP_TAGS_DISABLE: '%s' is not a list of "
+			         "plus-addresses and x-tags",
+			         x->v[CX_TAGS_DISABLE]);
+			return TERN_ESYNTAX;
+		}
+		capture_tags_set_rules(r);
 	}
 	if (!x->v[CX_SMTP_TLS_CERT] != !x->v[CX_SMTP_TLS_KEY]) {
 		snprintf(why, whylen, "--smtp-tls-cert and --smtp-tls-key go together");

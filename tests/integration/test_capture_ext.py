@@ -434,3 +434,46 @@ def test_basic_auth_inline_pairs(env_capture):
     assert http_request(cap.http_port, "GET", "/api/v1/info").status == 401
     assert http_request(cap.http_port, "GET", "/api/v1/info", headers=basic("bob", "pw2")).status == 200
     assert http_request(cap.http_port, "GET", "/api/v1/info", headers=basic("bob", "pw1")).status == 401
+
+
+# --------------------------------------------------------------------------
+# Tags on arrival
+
+
+def wait_listed(port, subject, headers=None):
+    deadline = time.monotonic() + POLL
+    while time.monotonic() < deadline:
+        r = http_request(port, "GET", "/api/v1/messages", headers=headers)
+        for m in r.json()["messages"]:
+            if m["Subject"] == subject:
+                return m
+        time.sleep(0.05)
+    pytest.fail(f"{subject!r} never listed")
+
+
+def test_tags_from_plus_addresses_and_x_tags(capture):
+    ws = WS(capture.http_port)
+    ws.next_event("stats")
+    smtp_send(capture, "tagged", rcpts=("dev+Newsletter@example.test", "ops+alerts@example.test",
+                                        "plain@example.test"),
+              extra_headers="X-Tags: release, QA team!,\r\n  nightly\r\n")
+    m = wait_listed(capture.http_port, "tagged")
+    assert sorted(m["Tags"]) == ["Newsletter", "QA team", "alerts", "nightly", "release"], m
+    # the live event carries them too
+    assert sorted(ws.next_event("new")["Data"]["Tags"]) == sorted(m["Tags"])
+    ws.close()
+    # an existing tag keeps its spelling; the tags API and tag: search see them
+    smtp_send(capture, "tagged again", rcpts=("x+NEWSLETTER@example.test",))
+    m2 = wait_listed(capture.http_port, "tagged again")
+    assert m2["Tags"] == ["Newsletter"], m2
+    tags = http_request(capture.http_port, "GET", "/api/v1/tags").json()
+    assert "Newsletter" in tags and "alerts" in tags
+    r = http_request(capture.http_port, "GET", "/api/v1/search?query=tag:alerts").json()
+    assert [x["Subject"] for x in r["messages"]] == ["tagged"]
+
+
+def test_tags_disable(env_capture):
+    cap = env_capture({"MP_TAGS_DISABLE": "plus-addresses", "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                       "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+    smtp_send(cap, "half tagged", rcpts=("dev+plus@example.test",), extra_headers="X-Tags: xt\r\n")
+    assert wait_listed(cap.http_port, "half tagged")["Tags"] == ["xt"]
