@@ -25,6 +25,7 @@
 #include "http/http.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
+#include "store/capture_webhook.h"
 #include "store/store.h"
 
 #define HTTP_WORKER_INDEX 1000 /* only for log lines: not an SMTP worker */
@@ -38,6 +39,7 @@ struct capture_mode {
 	struct scheduler *sched;
 	struct http_hooks hooks;
 	char smtp_address[64];
+	struct capture_webhook *webhook; /* --webhook-url, or NULL */
 };
 
 /* ------------------------------------------------------------- send hook */
@@ -317,11 +319,14 @@ static void hook_runtime_stats(void *ctx, uint64_t *accepted, uint64_t *accepted
 static void on_store_event(void *arg, const char *type, json_t *data)
 {
 	struct capture_mode *cm = arg;
-	if (!cm->http)
+	if (!cm->http && !cm->webhook)
 		return;
 	char *text = json_dumps(data, JSON_COMPACT);
 	if (text) {
-		http_server_publish(cm->http, type, text);
+		if (cm->http)
+			http_server_publish(cm->http, type, text);
+		if (cm->webhook && strcmp(type, "new") == 0)
+			capture_webhook_post(cm->webhook, text);
 		free(text);
 	}
 }
@@ -367,6 +372,14 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 		.smtp_address = cm->smtp_address,
 		.ui_auth = ext ? ext->ui_auth : NULL,
 	};
+	if (ext && ext->v[CX_WEBHOOK_URL] && *ext->v[CX_WEBHOOK_URL]) {
+		unsigned long long lim = 0;
+		if (ext->v[CX_WEBHOOK_LIMIT])
+			lim = strtoull(ext->v[CX_WEBHOOK_LIMIT], NULL, 10); /* checked at parse */
+		cm->webhook = capture_webhook_start(ext->v[CX_WEBHOOK_URL], (unsigned)lim, err, errlen);
+		if (!cm->webhook)
+			goto fail;
+	}
 	cm->http = http_server_new(cm->http_worker, http_fd, cm->store, &cm->hooks);
 	if (!cm->http) {
 		snprintf(err, errlen, "cannot start the HTTP server");
@@ -398,6 +411,7 @@ void capture_mode_stop(struct capture_mode *cm)
 		worker_stop_and_join(cm->http_worker);
 	if (cm->store)
 		capture_subscribe(cm->store, NULL, NULL);
+	capture_webhook_stop(cm->webhook);
 	pool_free(cm->pool); /* finishes API sends in progress */
 	if (cm->http_worker)
 		worker_run_pending(cm->http_worker);

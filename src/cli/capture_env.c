@@ -60,7 +60,7 @@ static const struct capx_row rows[] = {
     {CX_SMTP_REQUIRE_STARTTLS, "--smtp-require-starttls", NULL, "MP_SMTP_REQUIRE_STARTTLS", NULL,
      true, false},
     {CX_SMTP_REQUIRE_TLS, "--smtp-require-tls", NULL, "MP_SMTP_REQUIRE_TLS", NULL, true, false},
-    {CX_WEBHOOK_URL, "--webhook-url", NULL, "MP_WEBHOOK_URL", NULL, false, false},
+    {CX_WEBHOOK_URL, "--webhook-url", NULL, "MP_WEBHOOK_URL", NULL, false, true},
     {CX_WEBHOOK_LIMIT, "--webhook-limit", NULL, "MP_WEBHOOK_LIMIT", NULL, false, true},
     {CX_POP3, "--pop3", NULL, "MP_POP3_BIND_ADDR", NULL, false, false},
     {CX_POP3_AUTH_FILE, "--pop3-auth-file", NULL, "MP_POP3_AUTH_FILE", NULL, false, false},
@@ -83,6 +83,7 @@ const char capture_ext_help[] =
     "                      for (MP_UI_AUTH_FILE; MP_UI_AUTH=\"user:pass ...\")\n"
     "  --smtp-tls-cert F, --smtp-tls-key F   offer STARTTLS with this pair\n"
     "  --smtp-auth-accept-any, --smtp-auth-allow-insecure   (always so here)\n"
+    "  --webhook-url URL   POST each new message's summary JSON there (MP_WEBHOOK_URL)\n"
     "  --webhook-limit N   webhook calls a second at most (MP_WEBHOOK_LIMIT)\n"
     "  --tags-disable LIST plus-addresses and/or x-tags (MP_TAGS_DISABLE)\n"
     "  -v, --verbose       debug logging (MP_VERBOSE); -q, --quiet: warnings only\n";
@@ -242,6 +243,13 @@ int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_
 			         x->v[CX_WEBHOOK_LIMIT]);
 			return TERN_ESYNTAX;
 		}
+	}
+	const char *hook = x->v[CX_WEBHOOK_URL];
+	if (hook && *hook && strncasecmp(hook, "http://", 7) != 0 &&
+	    strncasecmp(hook, "https://", 8) != 0) {
+		snprintf(why, whylen,
+		         "--webhook-url / MP_WEBHOOK_URL must start with http:// or https://");
+		return TERN_ESYNTAX;
 	}
 	if (x->v[CX_TAGS_DISABLE]) {
 		unsigned r;

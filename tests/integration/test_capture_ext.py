@@ -477,3 +477,100 @@ def test_tags_disable(env_capture):
                        "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
     smtp_send(cap, "half tagged", rcpts=("dev+plus@example.test",), extra_headers="X-Tags: xt\r\n")
     assert wait_listed(cap.http_port, "half tagged")["Tags"] == ["xt"]
+
+
+# --------------------------------------------------------------------------
+# The new-message webhook
+
+
+class Receiver:
+    """A webhook receiver (Python's http.server) on a free loopback port; status is what it
+    answers."""
+
+    def __init__(self, status=200):
+        import http.server
+        import queue
+        import threading
+        self.calls = queue.Queue()
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                outer.calls.put((self.path, dict(self.headers), self.rfile.read(n)))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        self.t = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.t.start()
+
+    def next(self):
+        import queue
+        try:
+            return self.calls.get(timeout=POLL)
+        except queue.Empty:
+            pytest.fail("the webhook was not called")
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_webhook_posts_each_new_message(env_capture):
+    rx = Receiver()
+    try:
+        cap = env_capture({"MP_WEBHOOK_URL": f"http://127.0.0.1:{rx.port}/hook/in",
+                           "MP_WEBHOOK_LIMIT": "50",
+                           "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                           "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+        smtp_send(cap, "hook one", rcpts=("a+hooked@example.test",))
+        path, headers, body = rx.next()
+        assert path == "/hook/in"
+        assert headers.get("Content-Type") == "application/json"
+        summary = json.loads(body)
+        assert summary["Subject"] == "hook one" and summary["ID"] and summary["Tags"] == ["hooked"]
+        listed = wait_listed(cap.http_port, "hook one")
+        assert listed["ID"] == summary["ID"]
+        # the API's send path fires it too
+        r = http_request(cap.http_port, "POST", "/api/v1/send",
+                         body={"From": {"Email": "api@example.org"},
+                               "To": [{"Email": "b@example.test"}], "Subject": "hook two",
+                               "Text": "hi"})
+        assert r.status == 200, r
+        assert json.loads(rx.next()[2])["Subject"] == "hook two"
+    finally:
+        rx.close()
+
+
+def test_webhook_failure_is_logged_and_capture_goes_on(env_capture):
+    rx = Receiver(status=500)
+    try:
+        cap = env_capture({"MP_WEBHOOK_URL": f"http://127.0.0.1:{rx.port}/",
+                           "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                           "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+        smtp_send(cap, "hook refused")
+        rx.next()
+        wait_listed(cap.http_port, "hook refused")
+        deadline = time.monotonic() + POLL
+        while "event=webhook_failed" not in cap.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "event=webhook_failed" in cap.log() and "status=500" in cap.log()
+    finally:
+        rx.close()
+
+
+def test_webhook_url_must_be_http():
+    from conftest import tern_bin
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MP_")}
+    e["MP_WEBHOOK_URL"] = "file:///etc/passwd"
+    r = subprocess.run([tern_bin(), "capture", "--smtp", f"127.0.0.1:{free_port()}", "--http",
+                        f"127.0.0.1:{free_port()}", "--data-dir", "/nonexistent/x"],
+                       env=e, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "http:// or https://" in r.stderr
