@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include "cli/capture_env.h"
 #include "cli/cli.h"
@@ -25,6 +26,7 @@
 #include "http/http.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
+#include "pop3/capture_mailbox.h"
 #include "store/capture_webhook.h"
 #include "store/store.h"
 
@@ -40,6 +42,8 @@ struct capture_mode {
 	struct http_hooks hooks;
 	char smtp_address[64];
 	struct capture_webhook *webhook; /* --webhook-url, or NULL */
+	struct pop3_server *pop3;        /* --pop3, or NULL */
+	struct pop3_capture pop3_store;
 };
 
 /* ------------------------------------------------------------- send hook */
@@ -331,6 +335,45 @@ static void on_store_event(void *arg, const char *type, json_t *data)
 	}
 }
 
+/* ------------------------------------------------------------------ POP3 */
+
+/* --pop3: the POP3 server (pop3/) on the HTTP worker, over the store.
+ * Called before that worker starts. */
+static int pop3_start(struct capture_mode *cm, const char *address, const struct http_auth *users,
+		      char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	unsigned len = 0;
+	int one = 1;
+	if (!conf_parse_address(address, &ss, &len)) {
+		snprintf(err, errlen, "--pop3: '%s' is not an IP:PORT address", address);
+		return TERN_EINVAL;
+	}
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 128) != 0) {
+		snprintf(err, errlen, "cannot listen on %s for POP3: %s", address, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return TERN_EIO;
+	}
+	cm->pop3 = pop3_server_new(NULL);
+	if (!cm->pop3) {
+		close(fd);
+		snprintf(err, errlen, "out of memory");
+		return TERN_ENOMEM;
+	}
+	pop3_capture_init(&cm->pop3_store, cm->store, users);
+	pop3_server_set_backend(cm->pop3, &cm->pop3_store.backend);
+	if (pop3_server_listen(cm->pop3, cm->http_worker, fd, false) != TERN_OK) {
+		close(fd);
+		snprintf(err, errlen, "cannot start the POP3 listener");
+		return TERN_EIO;
+	}
+	log_info("event=listening name=pop3 address=%s profile=capture-pop3", address);
+	return TERN_OK;
+}
+
 /* -------------------------------------------------------------- lifecycle */
 
 struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struct spool *sp,
@@ -385,6 +428,9 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 		snprintf(err, errlen, "cannot start the HTTP server");
 		goto fail;
 	}
+	if (ext && ext->v[CX_POP3] && *ext->v[CX_POP3] &&
+	    pop3_start(cm, ext->v[CX_POP3], ext->pop3_auth, err, errlen) != TERN_OK)
+		goto fail;
 	capture_subscribe(cm->store, on_store_event, cm);
 	capture_set_batch_sync(cm->store, true);
 	scheduler_set_capture(sched, cm->store);
@@ -407,12 +453,15 @@ void capture_mode_stop(struct capture_mode *cm)
 {
 	if (!cm)
 		return;
+	if (cm->pop3)
+		pop3_server_shutdown(cm->pop3);
 	if (cm->http_worker)
 		worker_stop_and_join(cm->http_worker);
 	if (cm->store)
 		capture_subscribe(cm->store, NULL, NULL);
 	capture_webhook_stop(cm->webhook);
 	pool_free(cm->pool); /* finishes API sends in progress */
+	pop3_server_free(cm->pop3);
 	if (cm->http_worker)
 		worker_run_pending(cm->http_worker);
 	http_server_free(cm->http);

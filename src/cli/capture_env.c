@@ -62,9 +62,9 @@ static const struct capx_row rows[] = {
     {CX_SMTP_REQUIRE_TLS, "--smtp-require-tls", NULL, "MP_SMTP_REQUIRE_TLS", NULL, true, false},
     {CX_WEBHOOK_URL, "--webhook-url", NULL, "MP_WEBHOOK_URL", NULL, false, true},
     {CX_WEBHOOK_LIMIT, "--webhook-limit", NULL, "MP_WEBHOOK_LIMIT", NULL, false, true},
-    {CX_POP3, "--pop3", NULL, "MP_POP3_BIND_ADDR", NULL, false, false},
-    {CX_POP3_AUTH_FILE, "--pop3-auth-file", NULL, "MP_POP3_AUTH_FILE", NULL, false, false},
-    {CX_POP3_AUTH, NULL, NULL, "MP_POP3_AUTH", NULL, false, false},
+    {CX_POP3, "--pop3", NULL, "MP_POP3_BIND_ADDR", NULL, false, true},
+    {CX_POP3_AUTH_FILE, "--pop3-auth-file", NULL, "MP_POP3_AUTH_FILE", NULL, false, true},
+    {CX_POP3_AUTH, NULL, NULL, "MP_POP3_AUTH", NULL, false, true},
     {CX_TAGS_DISABLE, "--tags-disable", NULL, "MP_TAGS_DISABLE", NULL, false, true},
     {CX_VERBOSE, "--verbose", "-v", "MP_VERBOSE", NULL, true, true},
     {CX_QUIET, "--quiet", "-q", "MP_QUIET", NULL, true, true},
@@ -81,6 +81,8 @@ const char capture_ext_help[] =
     "                      localhost (a compose service name, say)\n"
     "  --ui-auth-file F    htpasswd users (bcrypt, {SHA}) the web UI and API ask\n"
     "                      for (MP_UI_AUTH_FILE; MP_UI_AUTH=\"user:pass ...\")\n"
+    "  --pop3 IP:PORT      serve caught mail over POP3 (MP_POP3_BIND_ADDR); needs\n"
+    "  --pop3-auth-file F  its htpasswd users (MP_POP3_AUTH_FILE; MP_POP3_AUTH=\"u:p\")\n"
     "  --smtp-tls-cert F, --smtp-tls-key F   offer STARTTLS with this pair\n"
     "  --smtp-auth-accept-any, --smtp-auth-allow-insecure   (always so here)\n"
     "  --webhook-url URL   POST each new message's summary JSON there (MP_WEBHOOK_URL)\n"
@@ -357,42 +359,67 @@ int capture_ext_apply_conf(const struct capture_ext *x, struct tern_config *c)
 
 #define AUTH_FILE_MAX (4u * 1024 * 1024)
 
-int capture_ext_load_files(struct capture_ext *x, char *why, size_t whylen)
+/* One htpasswd set from a file and/or inline pairs into *out (NULL when
+ * neither is given). */
+static int load_users(const char *path, const char *pairs, const char *what, struct http_auth **out,
+                      char *why, size_t whylen)
 {
-	const char *path = x->v[CX_UI_AUTH_FILE];
-	const char *pairs = x->v[CX_UI_AUTH];
 	char *text = NULL, err[256];
 	size_t len = 0;
 	int en = 0, rc;
+	*out = NULL;
 	if ((!path || !*path) && (!pairs || !*pairs))
 		return TERN_OK;
 	if (path && *path) {
 		rc = tern_file_read(path, AUTH_FILE_MAX, &text, &len, &en);
 		if (rc != TERN_OK) {
-			snprintf(why, whylen, "--ui-auth-file %s: %s", path,
+			snprintf(why, whylen, "%s %s: %s", what, path,
 			         en ? strerror(en) : tern_strerror(rc));
 			return rc;
 		}
 	}
-	rc = http_auth_parse(text, len, pairs, &x->ui_auth, err, sizeof(err));
+	rc = http_auth_parse(text, len, pairs, out, err, sizeof(err));
 	if (text) {
 		explicit_bzero(text, len);
 		free(text);
 	}
 	if (rc != TERN_OK) {
-		snprintf(why, whylen, "%s: %s", path && *path ? path : "MP_UI_AUTH", err);
+		snprintf(why, whylen, "%s %s: %s", what, path && *path ? path : "(inline)", err);
 		return rc;
 	}
-	if (http_auth_count(x->ui_auth) == 0) {
-		snprintf(why, whylen, "%s names no user: the web UI would let nobody in",
-		         path && *path ? path : "MP_UI_AUTH");
+	if (http_auth_count(*out) == 0) {
+		snprintf(why, whylen, "%s %s names no user: nobody could log in", what,
+		         path && *path ? path : "(inline)");
+		http_auth_free(*out);
+		*out = NULL;
 		return TERN_ESYNTAX;
 	}
 	return TERN_OK;
+}
+
+int capture_ext_load_files(struct capture_ext *x, char *why, size_t whylen)
+{
+	int rc = load_users(x->v[CX_UI_AUTH_FILE], x->v[CX_UI_AUTH], "--ui-auth-file/MP_UI_AUTH",
+	                    &x->ui_auth, why, whylen);
+	if (rc != TERN_OK)
+		return rc;
+	if (x->v[CX_POP3] && *x->v[CX_POP3]) {
+		rc = load_users(x->v[CX_POP3_AUTH_FILE], x->v[CX_POP3_AUTH],
+		                "--pop3-auth-file/MP_POP3_AUTH", &x->pop3_auth, why, whylen);
+		if (rc == TERN_OK && !x->pop3_auth) {
+			snprintf(why, whylen,
+			         "--pop3 needs users: --pop3-auth-file FILE or MP_POP3_AUTH "
+			         "(POP3 always asks for a login, as in Mailpit)");
+			rc = TERN_ESYNTAX;
+		}
+	}
+	return rc;
 }
 
 void capture_ext_free(struct capture_ext *x)
 {
 	http_auth_free(x->ui_auth);
 	x->ui_auth = NULL;
+	http_auth_free(x->pop3_auth);
+	x->pop3_auth = NULL;
 }

@@ -55,7 +55,8 @@ struct capture_ext {
 	unsigned max_age_sec;
 	unsigned long long max_messages;
 	bool max_set, max_age_set;
-	struct http_auth *ui_auth; /* from --ui-auth-file and MP_UI_AUTH, or NULL */
+	struct http_auth *ui_auth;   /* from --ui-auth-file and MP_UI_AUTH, or NULL */
+	struct http_auth *pop3_auth; /* from --pop3-auth-file and MP_POP3_AUTH, or NULL */
 };
 
 /*
@@ -77,7 +78,7 @@ int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_
 /*
  * capture_ext_load_files: reads what the options name that must be read
  * before the daemon starts (as the invoking user, before privileges are
- * dropped): the UI's htpasswd file and MP_UI_AUTH pairs. TERN_OK or an
+ * dropped): the htpasswd files and inline pairs of the UI and of POP3. TERN_OK or an
  * error with why.
  */
 int capture_ext_load_files(struct capture_ext *x, char *why, size_t whylen);

@@ -37,7 +37,8 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 class EnvCapture(Capture):
     """`tern capture ARGS` with env (MP_* variables) and no flags but the ones given; ports
-    and paths in env may use {smtp}, {http}, {root}."""
+    and paths in env may use {smtp}, {http}, {root}. It runs in root, so the embedded
+    default's ./tern-data lands there when MP_DATABASE is not set."""
 
     def __init__(self, env, args=()):
         super().__init__()
@@ -55,7 +56,7 @@ class EnvCapture(Capture):
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([self.bin, "capture", *[a.format(**fill) for a in self.args]],
                                      stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=self.logf, env=env)
+                                     stderr=self.logf, env=env, cwd=self.root)
         self.wait_ready(timeout)
         return self
 
@@ -574,3 +575,72 @@ def test_webhook_url_must_be_http():
                        env=e, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "http:// or https://" in r.stderr
+
+
+# --------------------------------------------------------------------------
+# POP3 on captured mail
+
+
+def test_pop3_serves_captured_mail(env_capture, tmp_path):
+    import poplib
+    users = tmp_path / "pop3.htpasswd"
+    users.write_text(f"reader:{bcrypt_hash('popsecret')}\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(users, 0o644)
+    pop_port = free_port()
+    cap = env_capture({"MP_POP3_BIND_ADDR": f"127.0.0.1:{pop_port}",
+                       "MP_POP3_AUTH_FILE": str(users),
+                       "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                       "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+    smtp_send(cap, "pop first", body="line one\r\n.starts with a dot\r\n")
+    wait_listed(cap.http_port, "pop first")
+    smtp_send(cap, "pop second")
+    second = wait_listed(cap.http_port, "pop second")
+
+    bad = poplib.POP3("127.0.0.1", pop_port, timeout=POLL)
+    bad.user("reader")
+    with pytest.raises(poplib.error_proto):
+        bad.pass_("wrong")
+    bad.close()
+
+    p = poplib.POP3("127.0.0.1", pop_port, timeout=POLL)
+    p.user("reader")
+    p.pass_("popsecret")
+    count, octets = p.stat()
+    assert count == 2
+    uidls = [x.split()[1].decode() for x in p.uidl()[1]]
+    assert uidls[1] == second["ID"]  # oldest first; UIDL is the capture ID
+    lines = p.retr(1)[1]
+    assert b"Subject: pop first" in lines
+    assert b".starts with a dot" in lines  # dot-stuffing undone by poplib
+    raw = http_request(cap.http_port, "GET", f"/api/v1/message/{uidls[0]}/raw").body
+    assert b"\r\n".join(lines) + b"\r\n" == raw
+    sizes = dict((int(a), int(b)) for a, b in (x.split() for x in p.list()[1]))
+    assert sizes[1] == len(raw) and sum(sizes.values()) == octets
+    p.dele(1)
+    p.quit()
+    # the DELE'd one left the store at QUIT; the other stayed
+    r = http_request(cap.http_port, "GET", "/api/v1/messages").json()
+    assert [m["Subject"] for m in r["messages"]] == ["pop second"]
+
+    # a session that ends without QUIT deletes nothing
+    p = poplib.POP3("127.0.0.1", pop_port, timeout=POLL)
+    p.user("reader")
+    p.pass_("popsecret")
+    p.dele(1)
+    p.sock.close()
+    time.sleep(0.3)
+    p2 = poplib.POP3("127.0.0.1", pop_port, timeout=POLL)
+    p2.user("reader")
+    p2.pass_("popsecret")
+    assert p2.stat()[0] == 1
+    p2.quit()
+
+
+def test_pop3_needs_users():
+    from conftest import tern_bin
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MP_")}
+    e["MP_POP3_BIND_ADDR"] = "127.0.0.1:1"
+    r = subprocess.run([tern_bin(), "capture", "--smtp", "127.0.0.1:1", "--http", "127.0.0.1:1"],
+                       env=e, capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "--pop3 needs users" in r.stderr, r
