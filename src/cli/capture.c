@@ -29,6 +29,7 @@
 #include "pop3/capture_mailbox.h"
 #include "store/capture_webhook.h"
 #include "store/store.h"
+#include "tls/tls.h"
 
 #define HTTP_WORKER_INDEX 1000 /* only for log lines: not an SMTP worker */
 
@@ -414,6 +415,7 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 		.version = TERN_VERSION,
 		.smtp_address = cm->smtp_address,
 		.ui_auth = ext ? ext->ui_auth : NULL,
+		.ui_tls = ext && ext->ui_tls ? tls_server_ctx(ext->ui_tls) : NULL,
 	};
 	if (ext && ext->v[CX_WEBHOOK_URL] && *ext->v[CX_WEBHOOK_URL]) {
 		unsigned long long lim = 0;

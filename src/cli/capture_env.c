@@ -26,6 +26,7 @@
 #include "core/log.h"
 #include "http/basic_auth.h"
 #include "store/capture_tags.h"
+#include "tls/tls.h"
 
 struct capx_row {
 	enum capx key;
@@ -47,8 +48,8 @@ static const struct capx_row rows[] = {
     {CX_ALLOWED_HOSTS, "--allowed-hosts", NULL, NULL, NULL, false, true},
     {CX_UI_AUTH_FILE, "--ui-auth-file", NULL, "MP_UI_AUTH_FILE", NULL, false, true},
     {CX_UI_AUTH, NULL, NULL, "MP_UI_AUTH", NULL, false, true},
-    {CX_UI_TLS_CERT, "--ui-tls-cert", NULL, "MP_UI_TLS_CERT", NULL, false, false},
-    {CX_UI_TLS_KEY, "--ui-tls-key", NULL, "MP_UI_TLS_KEY", NULL, false, false},
+    {CX_UI_TLS_CERT, "--ui-tls-cert", NULL, "MP_UI_TLS_CERT", NULL, false, true},
+    {CX_UI_TLS_KEY, "--ui-tls-key", NULL, "MP_UI_TLS_KEY", NULL, false, true},
     {CX_SMTP_TLS_CERT, "--smtp-tls-cert", NULL, "MP_SMTP_TLS_CERT", NULL, false, true},
     {CX_SMTP_TLS_KEY, "--smtp-tls-key", NULL, "MP_SMTP_TLS_KEY", NULL, false, true},
     {CX_SMTP_AUTH_ACCEPT_ANY, "--smtp-auth-accept-any", NULL, "MP_SMTP_AUTH_ACCEPT_ANY", NULL, true,
@@ -83,6 +84,8 @@ const char capture_ext_help[] =
     "                      for (MP_UI_AUTH_FILE; MP_UI_AUTH=\"user:pass ...\")\n"
     "  --pop3 IP:PORT      serve caught mail over POP3 (MP_POP3_BIND_ADDR); needs\n"
     "  --pop3-auth-file F  its htpasswd users (MP_POP3_AUTH_FILE; MP_POP3_AUTH=\"u:p\")\n"
+    "  --ui-tls-cert F, --ui-tls-key F   HTTPS for the web UI and API\n"
+    "                      (MP_UI_TLS_CERT, MP_UI_TLS_KEY)\n"
     "  --smtp-tls-cert F, --smtp-tls-key F   offer STARTTLS with this pair\n"
     "  --smtp-auth-accept-any, --smtp-auth-allow-insecure   (always so here)\n"
     "  --webhook-url URL   POST each new message's summary JSON there (MP_WEBHOOK_URL)\n"
@@ -264,6 +267,10 @@ int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_
 		}
 		capture_tags_set_rules(r);
 	}
+	if (!x->v[CX_UI_TLS_CERT] != !x->v[CX_UI_TLS_KEY]) {
+		snprintf(why, whylen, "--ui-tls-cert and --ui-tls-key go together");
+		return TERN_ESYNTAX;
+	}
 	if (!x->v[CX_SMTP_TLS_CERT] != !x->v[CX_SMTP_TLS_KEY]) {
 		snprintf(why, whylen, "--smtp-tls-cert and --smtp-tls-key go together");
 		return TERN_ESYNTAX;
@@ -403,6 +410,17 @@ int capture_ext_load_files(struct capture_ext *x, char *why, size_t whylen)
 	                    &x->ui_auth, why, whylen);
 	if (rc != TERN_OK)
 		return rc;
+	if (x->v[CX_UI_TLS_CERT] && *x->v[CX_UI_TLS_CERT]) {
+		struct conf_tls_cert cert = {(char *)x->v[CX_UI_TLS_CERT],
+		                             (char *)x->v[CX_UI_TLS_KEY]};
+		struct conf_tls_server t = {.certs = &cert, .n_certs = 1};
+		char err[512];
+		x->ui_tls = tls_server_new(&t, err, sizeof(err));
+		if (!x->ui_tls) {
+			snprintf(why, whylen, "--ui-tls-cert/--ui-tls-key: %s", err);
+			return TERN_EINVAL;
+		}
+	}
 	if (x->v[CX_POP3] && *x->v[CX_POP3]) {
 		rc = load_users(x->v[CX_POP3_AUTH_FILE], x->v[CX_POP3_AUTH],
 		                "--pop3-auth-file/MP_POP3_AUTH", &x->pop3_auth, why, whylen);
@@ -422,4 +440,6 @@ void capture_ext_free(struct capture_ext *x)
 	x->ui_auth = NULL;
 	http_auth_free(x->pop3_auth);
 	x->pop3_auth = NULL;
+	tls_server_free(x->ui_tls);
+	x->ui_tls = NULL;
 }

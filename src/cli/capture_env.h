@@ -14,6 +14,7 @@
 
 struct tern_config;
 struct http_auth;
+struct tls_server;
 
 enum capx {
 	CX_SMTP,
@@ -57,6 +58,7 @@ struct capture_ext {
 	bool max_set, max_age_set;
 	struct http_auth *ui_auth;   /* from --ui-auth-file and MP_UI_AUTH, or NULL */
 	struct http_auth *pop3_auth; /* from --pop3-auth-file and MP_POP3_AUTH, or NULL */
+	struct tls_server *ui_tls;   /* --ui-tls-cert/--ui-tls-key loaded, or NULL */
 };
 
 /*
@@ -78,7 +80,8 @@ int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_
 /*
  * capture_ext_load_files: reads what the options name that must be read
  * before the daemon starts (as the invoking user, before privileges are
- * dropped): the htpasswd files and inline pairs of the UI and of POP3. TERN_OK or an
+ * dropped): the htpasswd files and inline pairs of the UI and of POP3,
+ * the UI's certificate and key. TERN_OK or an
  * error with why.
  */
 int capture_ext_load_files(struct capture_ext *x, char *why, size_t whylen);

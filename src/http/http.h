@@ -23,6 +23,7 @@
 
 struct capture_store;
 struct http_auth;
+struct ssl_ctx_st;
 struct worker;
 
 /* What the HTTP layer asks of the rest of tern. Callbacks may complete on
@@ -52,6 +53,9 @@ struct http_hooks {
 	/* Basic authentication for everything but /livez and /readyz
 	 * (http/basic_auth.h), or NULL: open. Used on the HTTP worker only. */
 	struct http_auth *ui_auth;
+	/* HTTPS: every connection speaks TLS with this context (a reference is
+	 * held by the caller for the server's life), or NULL: plain HTTP. */
+	struct ssl_ctx_st *ui_tls;
 };
 
 struct http_server;

@@ -40,11 +40,13 @@
  */
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <errno.h>
 #include <jansson.h>
+#include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -413,7 +415,8 @@ static void conn_refuse(struct http_server *h, struct evhttp_connection *evcon,
 	                  "close\r\n\r\n%s",
 	                  bl, body);
 	evutil_socket_t fd = bufferevent_getfd(bev);
-	if (fd >= 0 && ml > 0 && (size_t)ml < sizeof(msg)) {
+	/* over HTTPS the bytes would not be TLS records: just close */
+	if (fd >= 0 && ml > 0 && (size_t)ml < sizeof(msg) && !h->hooks.ui_tls) {
 		ssize_t w = send(fd, msg, (size_t)ml, MSG_DONTWAIT | MSG_NOSIGNAL);
 		(void)w; /* if it fails, the close says it as well */
 	}
@@ -471,7 +474,21 @@ static void admit_cb(evutil_socket_t fd, short what, void *arg)
 static struct bufferevent *conn_bev_new(struct event_base *base, void *arg)
 {
 	struct http_server *h = arg;
-	struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+	struct bufferevent *bev = NULL;
+	if (h->hooks.ui_tls) {
+		/* HTTPS (--ui-tls-cert): the handshake runs as the request is read */
+		SSL *ssl = SSL_new(h->hooks.ui_tls);
+		if (!ssl)
+			return NULL;
+		bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		                                     BEV_OPT_CLOSE_ON_FREE);
+		if (!bev) {
+			SSL_free(ssl);
+			return NULL;
+		}
+		bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	} else
+		bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 	if (!bev)
 		return NULL; /* evhttp tries itself; the connection goes uncounted */
 	/* The bounds as configured now (SIGHUP may change them): evhttp copies

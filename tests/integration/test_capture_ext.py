@@ -67,7 +67,10 @@ class EnvCapture(Capture):
             if self.proc.poll() is not None:
                 pytest.fail(f"tern capture exited with {self.proc.returncode}\n{self.log_tail()}")
             try:
-                if http_request(self.http_port, "GET", "/readyz", timeout=2.0).status == 200:
+                if self.env_tmpl.get("MP_UI_TLS_CERT"):
+                    if https_request(self.http_port, "GET", "/readyz").status == 200:
+                        return
+                elif http_request(self.http_port, "GET", "/readyz", timeout=2.0).status == 200:
                     return
             except OSError:
                 pass
@@ -644,3 +647,57 @@ def test_pop3_needs_users():
     r = subprocess.run([tern_bin(), "capture", "--smtp", "127.0.0.1:1", "--http", "127.0.0.1:1"],
                        env=e, capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "--pop3 needs users" in r.stderr, r
+
+
+# --------------------------------------------------------------------------
+# HTTPS for the UI and API
+
+
+def https_request(port, method, path, headers=None, body=None):
+    import http.client
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=POLL, context=ctx)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        from capture_harness import Response
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    finally:
+        conn.close()
+
+
+def test_https_ui_and_api(env_capture, tmp_path):
+    import ssl
+    os.chmod(tmp_path, 0o755)
+    cert, key = tmp_path / "ui.crt", tmp_path / "ui.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    os.chmod(key, 0o644)
+    cap = env_capture({"MP_UI_TLS_CERT": str(cert), "MP_UI_TLS_KEY": str(key),
+                       "MP_UI_AUTH": "u:p",
+                       "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                       "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+    smtp_send(cap, "over https")
+    auth = basic("u", "p")
+    assert https_request(cap.http_port, "GET", "/api/v1/messages").status == 401
+    deadline = time.monotonic() + POLL
+    while True:
+        r = https_request(cap.http_port, "GET", "/api/v1/messages", headers=auth)
+        assert r.status == 200
+        if r.json()["messages"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert r.json()["messages"][0]["Subject"] == "over https"
+    # the certificate served is the one given
+    pem = ssl.get_server_certificate(("127.0.0.1", cap.http_port))
+    assert pem.split() == cert.read_text().split()
+    # plain HTTP on the HTTPS port gets no answer: the handshake fails, the connection closes
+    import http.client
+    with pytest.raises((OSError, http.client.HTTPException)):
+        http_request(cap.http_port, "GET", "/api/v1/info", headers=auth, timeout=5)
+    assert https_request(cap.http_port, "GET", "/livez").status == 200  # still serving
