@@ -127,9 +127,13 @@ if [ -z "$ready" ]; then
 fi
 
 set +e
-TERN_E2E_URL="http://127.0.0.1:$HTTP_PORT" TERN_E2E_SMTP_PORT=$SMTP_PORT TMPDIR=$TMP \
-	timeout -k 5 "$TEST_TIMEOUT" node "$HERE/capture.spec.mjs"
-RC=$?
+RC=0
+for spec in "$HERE"/*.spec.mjs; do # capture.spec.mjs first, then the others
+	TERN_E2E_URL="http://127.0.0.1:$HTTP_PORT" TERN_E2E_SMTP_PORT=$SMTP_PORT TMPDIR=$TMP \
+		timeout -k 5 "$TEST_TIMEOUT" node "$spec"
+	r=$?
+	[ "$r" != 0 ] && { echo "FAIL: $(basename "$spec") exited $r"; RC=$r; }
+done
 set -e
 if [ "$RC" != 0 ]; then
 	[ "$RC" = 124 ] && echo "FAIL: the test exceeded ${TEST_TIMEOUT}s"
