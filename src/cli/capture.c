@@ -416,6 +416,7 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 		.smtp_address = cm->smtp_address,
 		.ui_auth = ext ? ext->ui_auth : NULL,
 		.ui_tls = ext && ext->ui_tls ? tls_server_ctx(ext->ui_tls) : NULL,
+		.pool = cm->pool,
 	};
 	if (ext && ext->v[CX_WEBHOOK_URL] && *ext->v[CX_WEBHOOK_URL]) {
 		unsigned long long lim = 0;

@@ -242,14 +242,15 @@ bool http_auth_verify(const struct http_auth *a, const char *name, const char *p
 	return ok;
 }
 
-bool http_auth_check_header(struct http_auth *a, const char *value)
+/* The base64 credentials of a Basic value (bounds, no decoding), or NULL. */
+static const char *basic_token(const char *value, size_t *len)
 {
-	if (!a || !value)
-		return false;
+	if (!value)
+		return NULL;
 	while (*value == ' ')
 		value++;
 	if (strncasecmp(value, "Basic ", 6) != 0)
-		return false;
+		return NULL;
 	const char *b = value + 6;
 	while (*b == ' ')
 		b++;
@@ -257,13 +258,30 @@ bool http_auth_check_header(struct http_auth *a, const char *value)
 	while (bl && b[bl - 1] == ' ')
 		bl--;
 	if (bl == 0 || bl > 2048)
-		return false;
+		return NULL;
+	*len = bl;
+	return b;
+}
+
+bool http_auth_cached(const struct http_auth *a, const char *value)
+{
+	size_t bl;
+	const char *b = basic_token(value, &bl);
 	unsigned char key[32];
-	if (!sha256(b, bl, key))
+	if (!a || !b || !sha256(b, bl, key))
 		return false;
 	for (unsigned i = 0; i < CACHE_SLOTS; i++)
 		if (a->cache_used[i] && digest_equal(a->cache[i], key, 32))
 			return true;
+	return false;
+}
+
+bool http_auth_verify_header(const struct http_auth *a, const char *value)
+{
+	size_t bl;
+	const char *b = basic_token(value, &bl);
+	if (!a || !b)
+		return false;
 	struct tbuf dec = TBUF_INIT(2048);
 	bool ok = false;
 	if (tern_base64_decode(b, bl, &dec) == TERN_OK && dec.len > 0 &&
@@ -278,10 +296,27 @@ bool http_auth_check_header(struct http_auth *a, const char *value)
 		explicit_bzero(dec.data, dec.len);
 	}
 	tbuf_free(&dec);
-	if (ok) {
-		memcpy(a->cache[a->cache_next], key, 32);
-		a->cache_used[a->cache_next] = true;
-		a->cache_next = (a->cache_next + 1) % CACHE_SLOTS;
-	}
 	return ok;
+}
+
+void http_auth_remember(struct http_auth *a, const char *value)
+{
+	size_t bl;
+	const char *b = basic_token(value, &bl);
+	unsigned char key[32];
+	if (!a || !b || !sha256(b, bl, key) || http_auth_cached(a, value))
+		return;
+	memcpy(a->cache[a->cache_next], key, 32);
+	a->cache_used[a->cache_next] = true;
+	a->cache_next = (a->cache_next + 1) % CACHE_SLOTS;
+}
+
+bool http_auth_check_header(struct http_auth *a, const char *value)
+{
+	if (http_auth_cached(a, value))
+		return true;
+	if (!http_auth_verify_header(a, value))
+		return false;
+	http_auth_remember(a, value);
+	return true;
 }

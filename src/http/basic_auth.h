@@ -42,4 +42,13 @@ bool http_auth_verify(const struct http_auth *a, const char *name, const char *p
  */
 bool http_auth_check_header(struct http_auth *a, const char *value);
 
+/* The two halves of http_auth_check_header, for a caller that runs the
+ * slow check on a thread pool: http_auth_cached (the caller's thread: a
+ * value that verified before) and http_auth_remember (the same thread,
+ * after a success); http_auth_verify_header verifies without touching the
+ * cache, from any thread. */
+bool http_auth_cached(const struct http_auth *a, const char *value);
+bool http_auth_verify_header(const struct http_auth *a, const char *value);
+void http_auth_remember(struct http_auth *a, const char *value);
+
 #endif

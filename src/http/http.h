@@ -23,6 +23,7 @@
 
 struct capture_store;
 struct http_auth;
+struct pool;
 struct ssl_ctx_st;
 struct worker;
 
@@ -56,6 +57,9 @@ struct http_hooks {
 	/* HTTPS: every connection speaks TLS with this context (a reference is
 	 * held by the caller for the server's life), or NULL: plain HTTP. */
 	struct ssl_ctx_st *ui_tls;
+	/* The thread pool for blocking work (the password check of ui_auth),
+	 * or NULL: done on the HTTP worker. */
+	struct pool *pool;
 };
 
 struct http_server;

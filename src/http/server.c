@@ -94,6 +94,7 @@
 
 struct sse_client;
 struct pending_send;
+struct pending_auth;
 
 /*
  * One accepted connection. Its close callback (the only one libevent
@@ -106,6 +107,7 @@ struct http_conn {
 	struct evhttp_connection *evcon;
 	struct sse_client *sse;    /* an event stream on it, or NULL */
 	struct pending_send *send; /* a send waiting for the store, or NULL */
+	struct pending_auth *auth; /* a login being checked on the pool, or NULL */
 };
 
 /* An /api/events client: a text/event-stream reply, or (ws) a WebSocket
@@ -378,6 +380,7 @@ static bool resolve_id(struct http_server *h, const char *id, char out[CAPTURE_I
 
 static void sse_closed(struct sse_client *c);
 static void send_conn_closed(struct pending_send *p);
+static void auth_conn_closed(struct pending_auth *p);
 
 static void conn_closed(struct evhttp_connection *evcon, void *arg)
 {
@@ -387,6 +390,8 @@ static void conn_closed(struct evhttp_connection *evcon, void *arg)
 		sse_closed(c->sse);
 	if (c->send)
 		send_conn_closed(c->send);
+	if (c->auth)
+		auth_conn_closed(c->auth);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -1991,6 +1996,117 @@ out:
 		free(seg[i]);
 }
 
+/* ----------------------------------------------------- basic authentication */
+
+/*
+ * A request whose Authorization value did not verify before waits while
+ * the pool checks it (bcrypt is slow by design, and the worker serves
+ * everyone), then handle() runs again and finds it in the cache. The
+ * connection may go meanwhile: conn_closed tells us, as for a send.
+ */
+struct pending_auth {
+	struct http_server *h;
+	struct evhttp_request *req; /* NULL once libevent freed it */
+	struct http_conn *conn;     /* NULL once the connection is gone */
+	char *value;
+	bool ok;
+};
+
+static void reply_401(struct evhttp_request *req)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+	                  "Basic realm=\"tern capture\", charset=\"UTF-8\"");
+	log_info("event=http_refused reason=auth status=401 method=%s",
+	         method_name((int)evhttp_request_get_command(req)));
+	reply_text(req, 401, "authentication required");
+}
+
+static void auth_conn_closed(struct pending_auth *p)
+{
+	if (p->req && evhttp_request_get_connection(p->req) != NULL) {
+		evhttp_request_set_on_complete_cb(p->req, NULL, NULL);
+		p->req = NULL;
+	}
+	p->conn = NULL;
+}
+
+static void auth_req_done(struct evhttp_request *req, void *arg)
+{
+	struct pending_auth *p = arg;
+	p->req = NULL;
+	if (p->conn)
+		p->conn->auth = NULL;
+	p->conn = NULL;
+}
+
+static void auth_work(void *arg)
+{
+	struct pending_auth *p = arg;
+	p->ok = http_auth_verify_header(p->h->hooks.ui_auth, p->value);
+}
+
+static void handle(struct evhttp_request *req, void *arg);
+
+static void auth_finish(void *arg)
+{
+	struct pending_auth *p = arg;
+	if (p->conn)
+		p->conn->auth = NULL;
+	if (p->req) {
+		evhttp_request_set_on_complete_cb(p->req, NULL, NULL);
+		if (!p->ok)
+			reply_401(p->req);
+		else if (!evhttp_request_get_connection(p->req))
+			reply_text(p->req, 503,
+			           "connection closed"); /* frees the detached request */
+		else {
+			http_auth_remember(p->h->hooks.ui_auth, p->value);
+			handle(p->req, p->h);
+		}
+	}
+	explicit_bzero(p->value, strlen(p->value));
+	free(p->value);
+	free(p);
+}
+
+/* Whether req may go on now; if not it was answered, or waits for the pool. */
+static bool auth_passed(struct http_server *h, struct evhttp_request *req)
+{
+	const char *v = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	if (http_auth_cached(h->hooks.ui_auth, v))
+		return true;
+	if (!v) {
+		reply_401(req);
+		return false;
+	}
+	if (!h->hooks.pool) {
+		if (http_auth_check_header(h->hooks.ui_auth, v))
+			return true;
+		reply_401(req);
+		return false;
+	}
+	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
+	struct pending_auth *p = conn && !conn->auth ? calloc(1, sizeof(*p)) : NULL;
+	if (!p || !(p->value = tern_strdup(v))) {
+		free(p);
+		reply_text(req, 503, "busy, try again");
+		return false;
+	}
+	p->h = h;
+	p->req = req;
+	p->conn = conn;
+	conn->auth = p;
+	evhttp_request_set_on_complete_cb(req, auth_req_done, p);
+	if (pool_submit(h->hooks.pool, auth_work, h->w, auth_finish, p) != 0) {
+		conn->auth = NULL;
+		evhttp_request_set_on_complete_cb(req, NULL, NULL);
+		free(p->value);
+		free(p);
+		reply_text(req, 503, "busy, try again");
+	}
+	return false;
+}
+
 static void handle(struct evhttp_request *req, void *arg)
 {
 	struct http_server *h = arg;
@@ -2025,18 +2141,10 @@ static void handle(struct evhttp_request *req, void *arg)
 		reply_bytes(req, 200, "text/plain; charset=utf-8", "ok\n", 3);
 		return;
 	}
-	if (h->hooks.ui_auth &&
-	    !http_auth_check_header(
-	        h->hooks.ui_auth,
-	        evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"))) {
+	if (h->hooks.ui_auth && !auth_passed(h, req)) {
 		if (q.parsed)
 			evhttp_clear_headers(&q.kv);
-		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
-		                  "Basic realm=\"tern capture\", charset=\"UTF-8\"");
-		log_info("event=http_refused reason=auth status=401 method=%s",
-		         method_name(method));
-		reply_text(req, 401, "authentication required");
-		return;
+		return; /* answered 401, or handle() runs again once the pool checked it */
 	}
 	if (!guard(h, req, method)) {
 		if (q.parsed)

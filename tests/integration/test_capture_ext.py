@@ -430,6 +430,24 @@ def test_basic_auth_file_refuses_without_credentials(env_capture, tmp_path):
     ws = WS(port, headers=basic("admin", "s3cret"))
     assert ws.status == 101
     ws.close()
+    # logins are checked on the thread pool: clients that leave while theirs is checked, and
+    # many at once with a login never seen before, all come out right
+    for i in range(5):
+        s = socket.create_connection(("127.0.0.1", port), timeout=POLL)
+        h = basic("admin", f"guess{i}")["Authorization"]
+        s.sendall(f"GET /api/v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {h}\r\n\r\n".encode())
+        s.close()
+    users.write_text("")  # read once at start: changing the file changes nothing
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(lambda i: http_request(
+            port, "GET", "/api/v1/info",
+            headers=basic("viewer", "secret") if i % 2 else basic("admin", "s3cret")).status,
+            range(16)))
+    assert got == [200] * 16, got
+    bad = list(map(lambda i: http_request(port, "GET", "/api/v1/info",
+                                          headers=basic("viewer", f"no{i}")).status, range(3)))
+    assert bad == [401] * 3
 
 
 def test_basic_auth_inline_pairs(env_capture):
