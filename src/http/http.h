@@ -8,10 +8,13 @@
  * disk briefly, which is why it never shares a worker with SMTP sessions.
  *
  * Routes beyond the swagger:
- *   GET /api/events   text/event-stream; events "new" (MessageSummary),
+ *   GET /api/events   a WebSocket (RFC 6455) when asked to upgrade, with
+ *                     Mailpit's {"Type","Data"} events (docs/capture.md);
+ *                     otherwise text/event-stream; events "new" (MessageSummary),
  *                     "delete" ({"IDs":[...]} or {"All":true}), "update"
  *                     ({"IDs":[...]}), "stats" ({"Total":N,"Unread":N});
  *                     a comment line every 15 s keeps proxies from closing it
+ *   GET /livez, /readyz  200 "ok" (health checks; no login, any Host)
  *   GET /             the web UI (index.html); GET /assets/...  its files
  */
 #ifndef TERN_HTTP_HTTP_H
@@ -52,7 +55,8 @@ struct http_hooks {
 	const char *version;
 	const char *smtp_address; /* for /api/v1/info and the UI */
 	/* Basic authentication for everything but /livez and /readyz
-	 * (http/basic_auth.h), or NULL: open. Used on the HTTP worker only. */
+	 * (http/basic_auth.h), or NULL: open. Its cache is used on the HTTP
+	 * worker only; new logins are verified on pool (below). */
 	struct http_auth *ui_auth;
 	/* HTTPS: every connection speaks TLS with this context (a reference is
 	 * held by the caller for the server's life), or NULL: plain HTTP. */

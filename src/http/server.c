@@ -738,25 +738,79 @@ static void sse_write(struct sse_client *c, const char *data, size_t n)
 	evbuffer_free(b);
 }
 
-/* SSE clients get "event: TYPE / data: JSON"; WebSocket clients a text
- * frame {"Type":TYPE,"Data":JSON} as Mailpit sends them. */
+/* One text frame to every WebSocket client. */
+static void ws_broadcast_frame(struct http_server *h, const char *text, size_t n)
+{
+	struct sse_client *c = h->clients, *next;
+	for (; c; c = next) {
+		next = c->next;
+		if (c->ws)
+			ws_send(c, WS_OP_TEXT, text, n);
+	}
+}
+
+#define WS_IDS_MAX 1000 /* more IDs in one event: one "prune" instead */
+
+/*
+ * A store event as Mailpit sends it over its WebSocket: {"Type":TYPE,
+ * "Data":...}; a delete of everything is "truncate" (Data null), other
+ * deletes and updates one event per message with {"ID": ...}, and more
+ * than WS_IDS_MAX of them one "prune" (Mailpit's UI reloads the list).
+ */
+static void ws_broadcast(struct http_server *h, const char *type, const char *json)
+{
+	struct tbuf w = TBUF_INIT(64u * 1024 * 1024);
+	json_t *d = NULL, *ids = NULL;
+	if (strcmp(type, "delete") == 0 || strcmp(type, "update") == 0) {
+		d = json_loads(json, 0, NULL);
+		ids = json_object_get(d, "IDs");
+	}
+	if (d && json_is_true(json_object_get(d, "All"))) {
+		if (tbuf_printf(&w, "{\"Type\":\"%s\",\"Data\":null}",
+		                strcmp(type, "delete") == 0 ? "truncate" : "prune") == TERN_OK)
+			ws_broadcast_frame(h, w.data, w.len);
+	} else if (json_is_array(ids) && json_array_size(ids) > WS_IDS_MAX) {
+		if (tbuf_printf(&w, "{\"Type\":\"prune\",\"Data\":null}") == TERN_OK)
+			ws_broadcast_frame(h, w.data, w.len);
+	} else if (json_is_array(ids)) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(ids, i, v)
+		{
+			/* IDs are the store's own base62: nothing to escape */
+			const char *id = json_string_value(v);
+			tbuf_reset(&w);
+			if (id && strlen(id) < CAPTURE_ID_MAX && !strpbrk(id, "\"\\") &&
+			    tbuf_printf(&w, "{\"Type\":\"%s\",\"Data\":{\"ID\":\"%s\"}}", type,
+			                id) == TERN_OK)
+				ws_broadcast_frame(h, w.data, w.len);
+		}
+	} else if (tbuf_printf(&w, "{\"Type\":\"%s\",\"Data\":%s}", type, json) == TERN_OK) {
+		ws_broadcast_frame(h, w.data, w.len);
+	}
+	json_decref(d);
+	tbuf_free(&w);
+}
+
+/* SSE clients get "event: TYPE / data: JSON"; WebSocket clients the
+ * event as Mailpit sends it (ws_broadcast). */
 static void sse_broadcast(struct http_server *h, const char *type, const char *json)
 {
 	struct tbuf b = TBUF_INIT(64u * 1024 * 1024);
-	struct tbuf w = TBUF_INIT(64u * 1024 * 1024);
-	if (tbuf_printf(&b, "event: %s\ndata: %s\n\n", type, json) == TERN_OK &&
-	    tbuf_printf(&w, "{\"Type\":\"%s\",\"Data\":%s}", type, json) == TERN_OK) {
+	bool any_ws = false;
+	if (tbuf_printf(&b, "event: %s\ndata: %s\n\n", type, json) == TERN_OK) {
 		struct sse_client *c = h->clients, *next;
 		for (; c; c = next) {
 			next = c->next;
 			if (c->ws)
-				ws_send(c, WS_OP_TEXT, w.data, w.len);
+				any_ws = true;
 			else
 				sse_write(c, b.data, b.len);
 		}
 	}
 	tbuf_free(&b);
-	tbuf_free(&w);
+	if (any_ws)
+		ws_broadcast(h, type, json);
 }
 
 static char *stats_json(struct http_server *h)

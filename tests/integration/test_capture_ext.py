@@ -250,6 +250,27 @@ def test_websocket_refuses_cross_origin_and_bad_frames(capture):
     assert r.status == 200
 
 
+def test_websocket_events_in_mailpit_shapes(capture):
+    port = capture.http_port
+    ws = WS(port)
+    try:
+        ws.next_event("stats")
+        smtp_send(capture, "shape one")
+        a = ws.next_event("new")["Data"]["ID"]
+        smtp_send(capture, "shape two")
+        b = ws.next_event("new")["Data"]["ID"]
+        r = http_request(port, "PUT", "/api/v1/messages", body={"IDs": [a], "Read": True})
+        assert r.status == 200, r
+        assert ws.next_event("update")["Data"] == {"ID": a}
+        assert http_request(port, "DELETE", "/api/v1/messages", body={"IDs": [b]}).status == 200
+        assert ws.next_event("delete")["Data"] == {"ID": b}
+        assert http_request(port, "DELETE", "/api/v1/messages").status == 200
+        assert ws.next_event("truncate")["Data"] is None
+        assert ws.next_event("stats")["Data"]["Total"] == 0
+    finally:
+        ws.close()
+
+
 def test_sse_still_served(capture):
     s = socket.create_connection(("127.0.0.1", capture.http_port), timeout=POLL)
     try:
