@@ -384,8 +384,13 @@ def test_flags_win_over_mp_env(env_capture):
     # MP_UI_BIND_ADDR names a port nobody listens on; --listen (Mailpit's flag) wins
     cap = env_capture({"MP_UI_BIND_ADDR": "127.0.0.1:1",
                        "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}"},
-                      ["--listen", "127.0.0.1:{http}", "--database", "{root}/db/x.db"])
+                      ["--listen", "127.0.0.1:{http}", "--database", "{root}/db/x.db",
+                       "--allowed-hosts", "mail,.svc.test"])
     assert http_request(cap.http_port, "GET", "/api/v1/info").status == 200
+    # other containers name the service: --allowed-hosts lets them in, nothing else
+    for host, want in (("mail:8025", 200), ("x.svc.test", 200), ("mailpit:8025", 403)):
+        r = http_request(cap.http_port, "GET", "/api/v1/messages", headers={"Host": host})
+        assert r.status == want, (host, r)
 
 
 @pytest.mark.parametrize("env,words", [
