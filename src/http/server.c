@@ -2187,6 +2187,18 @@ static void handle(struct evhttp_request *req, void *arg)
 		return;
 	}
 	bool get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
+	if (h->hooks.ui_tls) {
+		/* conn_bev_new failed (out of memory) and evhttp made a plain
+		 * connection itself: never serve the API in clear on HTTPS */
+		struct evhttp_connection *ec = evhttp_request_get_connection(req);
+		struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
+		if (!bev || !bufferevent_openssl_get_ssl(bev)) {
+			if (q.parsed)
+				evhttp_clear_headers(&q.kv);
+			reply_text(req, 503, "TLS unavailable, try again");
+			return;
+		}
+	}
 	/* Health checks as Mailpit answers them, before the Host guard and any
 	 * login: a container probe names the service however it likes. */
 	if (get && (strcmp(path, "/livez") == 0 || strcmp(path, "/readyz") == 0)) {
