@@ -67,6 +67,9 @@ static const struct capx_row rows[] = {
     {CX_POP3_AUTH_FILE, "--pop3-auth-file", NULL, "MP_POP3_AUTH_FILE", NULL, false, true},
     {CX_POP3_AUTH, NULL, NULL, "MP_POP3_AUTH", NULL, false, true},
     {CX_TAGS_DISABLE, "--tags-disable", NULL, "MP_TAGS_DISABLE", NULL, false, true},
+    {CX_SMTP_MAX_RECIPIENTS, "--smtp-max-recipients", NULL, "MP_SMTP_MAX_RECIPIENTS", NULL, false,
+     true},
+    {CX_ENABLE_CHAOS, "--enable-chaos", NULL, "MP_ENABLE_CHAOS", NULL, true, true},
     {CX_VERBOSE, "--verbose", "-v", "MP_VERBOSE", NULL, true, true},
     {CX_QUIET, "--quiet", "-q", "MP_QUIET", NULL, true, true},
 };
@@ -90,6 +93,8 @@ const char capture_ext_help[] =
     "  --smtp-auth-accept-any, --smtp-auth-allow-insecure   (always so here)\n"
     "  --webhook-url URL   POST each new message's summary JSON there (MP_WEBHOOK_URL)\n"
     "  --webhook-limit N   webhook calls a second at most (MP_WEBHOOK_LIMIT)\n"
+    "  --smtp-max-recipients N  recipients a message may have (MP_SMTP_MAX_RECIPIENTS)\n"
+    "  --enable-chaos      accepted: the chaos API is always on (MP_ENABLE_CHAOS)\n"
     "  --tags-disable LIST plus-addresses and/or x-tags (MP_TAGS_DISABLE)\n"
     "  -v, --verbose       debug logging (MP_VERBOSE); -q, --quiet: warnings only\n";
 
@@ -240,6 +245,19 @@ int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_
 		}
 		x->max_age_set = true;
 	}
+	if (x->v[CX_SMTP_MAX_RECIPIENTS]) {
+		unsigned long long n;
+		if (!parse_count(x->v[CX_SMTP_MAX_RECIPIENTS], 100000, &n) || n == 0) {
+			snprintf(
+			    why, whylen,
+			    "--smtp-max-recipients / MP_SMTP_MAX_RECIPIENTS: '%s' is not a count "
+			    "from 1 to 100000",
+			    x->v[CX_SMTP_MAX_RECIPIENTS]);
+			return TERN_ESYNTAX;
+		}
+		x->max_recipients = (unsigned)n;
+		x->max_rcpt_set = true;
+	}
 	if (x->v[CX_WEBHOOK_LIMIT]) {
 		unsigned long long n;
 		if (!parse_count(x->v[CX_WEBHOOK_LIMIT], 1000000, &n)) {
@@ -326,6 +344,8 @@ int capture_ext_apply_conf(const struct capture_ext *x, struct tern_config *c)
 		c->capture.max_messages = x->max_messages;
 	if (x->max_age_set)
 		c->capture.max_age = x->max_age_sec;
+	if (x->max_rcpt_set)
+		c->limits.max_recipients = x->max_recipients;
 	if (x->v[CX_ALLOWED_HOSTS] && add_hosts(c, x->v[CX_ALLOWED_HOSTS]) != TERN_OK)
 		return TERN_ENOMEM;
 	if (x->v[CX_SMTP_TLS_CERT] && x->v[CX_SMTP_TLS_KEY]) {

@@ -42,6 +42,8 @@ enum capx {
 	CX_POP3_AUTH_FILE,
 	CX_POP3_AUTH,
 	CX_TAGS_DISABLE,
+	CX_SMTP_MAX_RECIPIENTS,
+	CX_ENABLE_CHAOS,
 	CX_VERBOSE,
 	CX_QUIET,
 	CX_N
@@ -55,7 +57,8 @@ struct capture_ext {
 	char data_dir_buf[4096]; /* --database FILE: its directory */
 	unsigned max_age_sec;
 	unsigned long long max_messages;
-	bool max_set, max_age_set;
+	unsigned max_recipients;
+	bool max_set, max_age_set, max_rcpt_set;
 	struct http_auth *ui_auth;   /* from --ui-auth-file and MP_UI_AUTH, or NULL */
 	struct http_auth *pop3_auth; /* from --pop3-auth-file and MP_POP3_AUTH, or NULL */
 	struct tls_server *ui_tls;   /* --ui-tls-cert/--ui-tls-key loaded, or NULL */

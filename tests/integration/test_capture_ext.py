@@ -346,9 +346,13 @@ def test_compose_style_run_configured_by_mp_env_only(env_capture):
         "MP_SMTP_AUTH_ACCEPT_ANY": "1",
         "MP_SMTP_AUTH_ALLOW_INSECURE": "true",
         "MP_VERBOSE": "1",
+        "MP_SMTP_MAX_RECIPIENTS": "2",
+        "MP_ENABLE_CHAOS": "true",
         "MP_SOMETHING_NEW": "x",
     })
-    # MP_SMTP_AUTH_ACCEPT_ANY: any login is accepted, then mail flows
+    # MP_SMTP_AUTH_ACCEPT_ANY: any login is accepted, then mail flows; MP_ENABLE_CHAOS is
+    # accepted (the chaos API is always there)
+    assert http_request(cap.http_port, "GET", "/api/v1/chaos").status == 200
     import smtplib
     with smtplib.SMTP("127.0.0.1", cap.smtp_port, timeout=POLL) as s:
         s.ehlo()
@@ -357,20 +361,25 @@ def test_compose_style_run_configured_by_mp_env_only(env_capture):
         for i in range(3):
             s.sendmail("app@example.org", ["user@example.test"],
                        make_message(f"compose {i}", frm="app@example.org", to="user@example.test"))
+        # MP_SMTP_MAX_RECIPIENTS: the third recipient of one message is refused
+        refused = s.sendmail("app@example.org", ["a@example.test", "b@example.test",
+                                                 "c@example.test"],
+                             make_message("compose 3", frm="app@example.org"))
+        assert list(refused) == ["c@example.test"] and refused["c@example.test"][0] == 452
     # the developer's tests read Mailpit's API: the newest two are kept (MP_MAX_MESSAGES)
     deadline = time.monotonic() + POLL
     while True:
         r = http_request(cap.http_port, "GET", "/api/v1/messages")
         assert r.status == 200
         subs = [m["Subject"] for m in r.json()["messages"]]
-        if subs == ["compose 2", "compose 1"] or time.monotonic() > deadline:
+        if subs == ["compose 3", "compose 2"] or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert subs == ["compose 2", "compose 1"], subs
+    assert subs == ["compose 3", "compose 2"], subs
     mid = r.json()["messages"][0]["ID"]
     r = http_request(cap.http_port, "GET", f"/api/v1/message/{mid}")
-    assert r.status == 200 and r.json()["Subject"] == "compose 2"
-    r = http_request(cap.http_port, "GET", "/api/v1/search?query=subject:%22compose%201%22")
+    assert r.status == 200 and r.json()["Subject"] == "compose 3"
+    r = http_request(cap.http_port, "GET", "/api/v1/search?query=subject:%22compose%202%22")
     assert r.status == 200 and r.json()["messages_count"] == 1
     assert http_request(cap.http_port, "DELETE", "/api/v1/messages").status == 200
     # MP_DATABASE names a file: its directory holds the store

@@ -83,6 +83,7 @@ static void values_are_checked(void **state)
 	    {"MP_MAX_AGE=0d", "12h or 7d"},
 	    {"MP_MAX_AGE=3w", "12h or 7d"},
 	    {"MP_WEBHOOK_LIMIT=x", "not a count"},
+	    {"MP_SMTP_MAX_RECIPIENTS=0", "from 1 to 100000"},
 	    {"MP_WEBHOOK_URL=ftp://x", "http://"},
 	    {"MP_SMTP_TLS_CERT=/c.pem", "go together"},
 	    {"MP_UI_TLS_KEY=/k.pem", "go together"},
@@ -112,7 +113,8 @@ static void config_overrides(void **state)
 	struct capture_ext x;
 	char why[256];
 	char *argv[] = {"capture", "--allowed-hosts", "Mail, .svc.test", "--max-age", "2d", "-q"};
-	char *envp[] = {"MP_MAX_MESSAGES=3", NULL};
+	char *envp[] = {"MP_MAX_MESSAGES=3", "MP_SMTP_MAX_RECIPIENTS=42", "MP_ENABLE_CHAOS=true",
+	                NULL};
 	assert_int_equal(parse(&x, argv, 6, envp, why, sizeof(why)), TERN_OK);
 	char err[256];
 	struct tern_config *c = conf_load(NULL, err, sizeof(err));
@@ -124,6 +126,7 @@ static void config_overrides(void **state)
 	assert_string_equal(c->capture.http_allowed_hosts[0], "mail");
 	assert_string_equal(c->capture.http_allowed_hosts[1], ".svc.test");
 	assert_string_equal(c->log_level, "warn");
+	assert_int_equal(c->limits.max_recipients, 42);
 	conf_unref(c);
 }
 
