@@ -101,8 +101,14 @@ def env_capture():
 
 
 class WS:
-    def __init__(self, port, path="/api/events", headers=None, key=None):
+    def __init__(self, port, path="/api/events", headers=None, key=None, tls=False):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=POLL)
+        if tls:
+            import ssl
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self.sock = ctx.wrap_socket(self.sock)
         self.key = key or base64.b64encode(os.urandom(16)).decode()
         hdrs = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
                 "Sec-WebSocket-Key": self.key, "Sec-WebSocket-Version": "13"}
@@ -746,6 +752,15 @@ def test_https_ui_and_api(env_capture, tmp_path):
             break
         time.sleep(0.05)
     assert r.json()["messages"][0]["Subject"] == "over https"
+    # wss: the live events over TLS
+    ws = WS(cap.http_port, headers=auth, tls=True)
+    try:
+        assert ws.status == 101
+        assert ws.next_event("stats")["Data"]["Total"] == 1
+        smtp_send(cap, "over wss")
+        assert ws.next_event("new")["Data"]["Subject"] == "over wss"
+    finally:
+        ws.close()
     # the certificate served is the one given
     pem = ssl.get_server_certificate(("127.0.0.1", cap.http_port))
     assert pem.split() == cert.read_text().split()
