@@ -23,6 +23,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
+#include "http/basic_auth.h"
 #include "http/http.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
@@ -473,6 +474,12 @@ void capture_mode_stop(struct capture_mode *cm)
 	free(cm);
 }
 
+/* SMTP logins against --smtp-auth-file (on the auth pool: bcrypt is slow). */
+static int smtp_login_verify(void *arg, const char *login, const char *password)
+{
+	return http_auth_verify(arg, login, password) ? TERN_OK : TERN_EINVAL;
+}
+
 /* --------------------------------------------------------------- command */
 
 static const struct cli_help capture_help = {
@@ -506,6 +513,9 @@ int cmd_capture(int argc, char **argv)
 		fprintf(stderr, "tern: %s\n", why);
 		return 1;
 	}
+	/* Mailpit: --smtp-auth-accept-any wins over a users file */
+	if (ext.smtp_auth && !capture_ext_on(&ext, CX_SMTP_AUTH_ACCEPT_ANY))
+		smtp_capture_set_login(smtp_login_verify, ext.smtp_auth);
 	struct capture_opts opts = {
 	    ext.v[CX_SMTP] ? ext.v[CX_SMTP] : "127.0.0.1:1025",
 	    ext.v[CX_HTTP] ? ext.v[CX_HTTP] : "127.0.0.1:8025",

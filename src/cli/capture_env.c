@@ -56,8 +56,8 @@ static const struct capx_row rows[] = {
      true},
     {CX_SMTP_AUTH_ALLOW_INSECURE, "--smtp-auth-allow-insecure", NULL, "MP_SMTP_AUTH_ALLOW_INSECURE",
      NULL, true, true},
-    {CX_SMTP_AUTH_FILE, "--smtp-auth-file", NULL, "MP_SMTP_AUTH_FILE", NULL, false, false},
-    {CX_SMTP_AUTH, NULL, NULL, "MP_SMTP_AUTH", NULL, false, false},
+    {CX_SMTP_AUTH_FILE, "--smtp-auth-file", NULL, "MP_SMTP_AUTH_FILE", NULL, false, true},
+    {CX_SMTP_AUTH, NULL, NULL, "MP_SMTP_AUTH", NULL, false, true},
     {CX_SMTP_REQUIRE_STARTTLS, "--smtp-require-starttls", NULL, "MP_SMTP_REQUIRE_STARTTLS", NULL,
      true, false},
     {CX_SMTP_REQUIRE_TLS, "--smtp-require-tls", NULL, "MP_SMTP_REQUIRE_TLS", NULL, true, false},
@@ -90,7 +90,10 @@ const char capture_ext_help[] =
     "  --ui-tls-cert F, --ui-tls-key F   HTTPS for the web UI and API\n"
     "                      (MP_UI_TLS_CERT, MP_UI_TLS_KEY)\n"
     "  --smtp-tls-cert F, --smtp-tls-key F   offer STARTTLS with this pair\n"
-    "  --smtp-auth-accept-any, --smtp-auth-allow-insecure   (always so here)\n"
+    "  --smtp-auth-file F  SMTP logins must be htpasswd users of F, and MAIL needs\n"
+    "                      one (MP_SMTP_AUTH_FILE; MP_SMTP_AUTH=\"u:p ...\")\n"
+    "  --smtp-auth-accept-any  any SMTP login (the default; wins over the file)\n"
+    "  --smtp-auth-allow-insecure   accepted: logins work without TLS here\n"
     "  --webhook-url URL   POST each new message's summary JSON there (MP_WEBHOOK_URL)\n"
     "  --webhook-limit N   webhook calls a second at most (MP_WEBHOOK_LIMIT)\n"
     "  --smtp-max-recipients N  recipients a message may have (MP_SMTP_MAX_RECIPIENTS)\n"
@@ -441,6 +444,10 @@ int capture_ext_load_files(struct capture_ext *x, char *why, size_t whylen)
 			return TERN_EINVAL;
 		}
 	}
+	rc = load_users(x->v[CX_SMTP_AUTH_FILE], x->v[CX_SMTP_AUTH],
+	                "--smtp-auth-file/MP_SMTP_AUTH", &x->smtp_auth, why, whylen);
+	if (rc != TERN_OK)
+		return rc;
 	if (x->v[CX_POP3] && *x->v[CX_POP3]) {
 		rc = load_users(x->v[CX_POP3_AUTH_FILE], x->v[CX_POP3_AUTH],
 		                "--pop3-auth-file/MP_POP3_AUTH", &x->pop3_auth, why, whylen);
@@ -460,6 +467,8 @@ void capture_ext_free(struct capture_ext *x)
 	x->ui_auth = NULL;
 	http_auth_free(x->pop3_auth);
 	x->pop3_auth = NULL;
+	http_auth_free(x->smtp_auth);
+	x->smtp_auth = NULL;
 	tls_server_free(x->ui_tls);
 	x->ui_tls = NULL;
 }

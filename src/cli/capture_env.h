@@ -61,6 +61,7 @@ struct capture_ext {
 	bool max_set, max_age_set, max_rcpt_set;
 	struct http_auth *ui_auth;   /* from --ui-auth-file and MP_UI_AUTH, or NULL */
 	struct http_auth *pop3_auth; /* from --pop3-auth-file and MP_POP3_AUTH, or NULL */
+	struct http_auth *smtp_auth; /* from --smtp-auth-file and MP_SMTP_AUTH, or NULL */
 	struct tls_server *ui_tls;   /* --ui-tls-cert/--ui-tls-key loaded, or NULL */
 };
 
@@ -83,7 +84,7 @@ int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_
 /*
  * capture_ext_load_files: reads what the options name that must be read
  * before the daemon starts (as the invoking user, before privileges are
- * dropped): the htpasswd files and inline pairs of the UI and of POP3,
+ * dropped): the htpasswd files and inline pairs of the UI, SMTP and POP3,
  * the UI's certificate and key. TERN_OK or an
  * error with why.
  */

@@ -413,6 +413,14 @@ struct smtp_chaos {
 };
 void smtp_chaos_set(const struct smtp_chaos *c);
 
+/* Capture mode's SMTP logins (Mailpit's --smtp-auth-file): with verify
+ * set, AUTH checks PLAIN and LOGIN credentials with it (users_verify's
+ * contract; it runs on the auth pool) and MAIL needs a login first; NULL
+ * (the default): any credentials pass. Process-wide; set before the
+ * listeners start. */
+void smtp_capture_set_login(int (*verify)(void *arg, const char *login, const char *password),
+                            void *arg);
+
 /* Process-wide counters since start (for capture mode's /api/v1/info). */
 struct smtp_counters {
 	uint64_t accepted;      /* messages answered 250 at end of data */

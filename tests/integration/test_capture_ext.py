@@ -408,19 +408,20 @@ def test_flags_win_over_mp_env(env_capture):
         assert r.status == want, (host, r)
 
 
-@pytest.mark.parametrize("env,words", [
-    ({"MP_SMTP_AUTH_FILE": "/etc/passwords"}, "MP_SMTP_AUTH_FILE is not supported"),
-    ({"MP_SMTP_AUTH_ACCEPT_ANY": "maybe"}, "not a yes/no value"),
-    ({"MP_MAX_MESSAGES": "lots"}, "not a count"),
-    ({"MP_MAX_AGE": "3 weeks"}, "not like 12h or 7d"),
+@pytest.mark.parametrize("env,words,status", [
+    ({"MP_SMTP_REQUIRE_TLS": "1"}, "MP_SMTP_REQUIRE_TLS is not supported", 2),
+    ({"MP_SMTP_AUTH_FILE": "/nonexistent/passwords"}, "/nonexistent/passwords", 1),
+    ({"MP_SMTP_AUTH_ACCEPT_ANY": "maybe"}, "not a yes/no value", 2),
+    ({"MP_MAX_MESSAGES": "lots"}, "not a count", 2),
+    ({"MP_MAX_AGE": "3 weeks"}, "not like 12h or 7d", 2),
 ])
-def test_mp_env_refused_clearly(env, words):
+def test_mp_env_refused_clearly(env, words, status):
     from conftest import tern_bin
     e = {k: v for k, v in os.environ.items() if not k.startswith("MP_")}
     e.update(env)
     r = subprocess.run([tern_bin(), "capture", "--smtp", "127.0.0.1:1", "--http", "127.0.0.1:1"],
                        env=e, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2, r
+    assert r.returncode == status, r
     assert words in r.stderr, r.stderr
 
 
@@ -769,3 +770,42 @@ def test_https_ui_and_api(env_capture, tmp_path):
     with pytest.raises((OSError, http.client.HTTPException)):
         http_request(cap.http_port, "GET", "/api/v1/info", headers=auth, timeout=5)
     assert https_request(cap.http_port, "GET", "/livez").status == 200  # still serving
+
+
+# --------------------------------------------------------------------------
+# SMTP logins from a users file (Mailpit's --smtp-auth-file)
+
+
+def test_smtp_auth_file_checks_logins(env_capture, tmp_path):
+    import smtplib
+    users = tmp_path / "smtp.htpasswd"
+    users.write_text(f"app:{bcrypt_hash('mailpass')}\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(users, 0o644)
+    cap = env_capture({"MP_SMTP_AUTH_FILE": str(users), "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                       "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+    msg = make_message("logged in", frm="app@example.org")
+    with smtplib.SMTP("127.0.0.1", cap.smtp_port, timeout=POLL) as s:
+        s.ehlo()
+        code, _ = s.mail("app@example.org")
+        assert code == 530  # a login first, as Mailpit asks with an auth file
+        with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+            s.login("app", "wrong")
+        assert e.value.smtp_code == 535
+    with smtplib.SMTP("127.0.0.1", cap.smtp_port, timeout=POLL) as s:
+        s.login("app", "mailpass")
+        s.sendmail("app@example.org", ["x@example.test"], msg)
+    m = wait_listed(cap.http_port, "logged in")
+    full = http_request(cap.http_port, "GET", f"/api/v1/message/{m['ID']}").json()
+    assert full.get("Username", "app") == "app"
+
+
+def test_smtp_auth_accept_any_wins_over_the_file(env_capture, tmp_path):
+    import smtplib
+    cap = env_capture({"MP_SMTP_AUTH": "app:mailpass", "MP_SMTP_AUTH_ACCEPT_ANY": "1",
+                       "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                       "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+    with smtplib.SMTP("127.0.0.1", cap.smtp_port, timeout=POLL) as s:
+        s.login("anyone", "anything")
+        s.sendmail("a@example.org", ["x@example.test"], make_message("any login"))
+    wait_listed(cap.http_port, "any login")
