@@ -60,7 +60,7 @@ static const struct capx_row rows[] = {
     {CX_SMTP_AUTH, NULL, NULL, "MP_SMTP_AUTH", NULL, false, true},
     {CX_SMTP_REQUIRE_STARTTLS, "--smtp-require-starttls", NULL, "MP_SMTP_REQUIRE_STARTTLS", NULL,
      true, false},
-    {CX_SMTP_REQUIRE_TLS, "--smtp-require-tls", NULL, "MP_SMTP_REQUIRE_TLS", NULL, true, false},
+    {CX_SMTP_REQUIRE_TLS, "--smtp-require-tls", NULL, "MP_SMTP_REQUIRE_TLS", NULL, true, true},
     {CX_WEBHOOK_URL, "--webhook-url", NULL, "MP_WEBHOOK_URL", NULL, false, true},
     {CX_WEBHOOK_LIMIT, "--webhook-limit", NULL, "MP_WEBHOOK_LIMIT", NULL, false, true},
     {CX_POP3, "--pop3", NULL, "MP_POP3_BIND_ADDR", NULL, false, true},
@@ -90,6 +90,7 @@ const char capture_ext_help[] =
     "  --ui-tls-cert F, --ui-tls-key F   HTTPS for the web UI and API\n"
     "                      (MP_UI_TLS_CERT, MP_UI_TLS_KEY)\n"
     "  --smtp-tls-cert F, --smtp-tls-key F   offer STARTTLS with this pair\n"
+    "  --smtp-require-tls  TLS from the first byte instead (MP_SMTP_REQUIRE_TLS)\n"
     "  --smtp-auth-file F  SMTP logins must be htpasswd users of F, and MAIL needs\n"
     "                      one (MP_SMTP_AUTH_FILE; MP_SMTP_AUTH=\"u:p ...\")\n"
     "  --smtp-auth-accept-any  any SMTP login (the default; wins over the file)\n"
@@ -292,6 +293,12 @@ int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_
 		snprintf(why, whylen, "--ui-tls-cert and --ui-tls-key go together");
 		return TERN_ESYNTAX;
 	}
+	if (capture_ext_on(x, CX_SMTP_REQUIRE_TLS) && !x->v[CX_SMTP_TLS_CERT]) {
+		snprintf(why, whylen,
+		         "--smtp-require-tls / MP_SMTP_REQUIRE_TLS needs --smtp-tls-cert and "
+		         "--smtp-tls-key (MP_SMTP_TLS_CERT, MP_SMTP_TLS_KEY)");
+		return TERN_ESYNTAX;
+	}
 	if (!x->v[CX_SMTP_TLS_CERT] != !x->v[CX_SMTP_TLS_KEY]) {
 		snprintf(why, whylen, "--smtp-tls-cert and --smtp-tls-key go together");
 		return TERN_ESYNTAX;
@@ -371,8 +378,12 @@ int capture_ext_apply_conf(const struct capture_ext *x, struct tern_config *c)
 		c->tls.certs = cert;
 		c->tls.n_certs = 1;
 		c->tls.self_signed = false;
+		/* --smtp-require-tls: TLS from the first byte (port 465 style) */
+		enum conf_listen_tls mode = capture_ext_on(x, CX_SMTP_REQUIRE_TLS)
+		                                ? CONF_LISTEN_TLS_IMPLICIT
+		                                : CONF_LISTEN_TLS_STARTTLS;
 		for (size_t i = 0; i < c->n_listeners; i++)
-			c->listeners[i].tls = CONF_LISTEN_TLS_STARTTLS;
+			c->listeners[i].tls = mode;
 	}
 	const char *lvl = capture_ext_on(x, CX_VERBOSE) ? "debug"
 	                  : capture_ext_on(x, CX_QUIET) ? "warn"

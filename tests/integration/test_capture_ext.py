@@ -409,7 +409,7 @@ def test_flags_win_over_mp_env(env_capture):
 
 
 @pytest.mark.parametrize("env,words,status", [
-    ({"MP_SMTP_REQUIRE_TLS": "1"}, "MP_SMTP_REQUIRE_TLS is not supported", 2),
+    ({"MP_SMTP_REQUIRE_STARTTLS": "1"}, "MP_SMTP_REQUIRE_STARTTLS is not supported", 2),
     ({"MP_SMTP_AUTH_FILE": "/nonexistent/passwords"}, "/nonexistent/passwords", 1),
     ({"MP_SMTP_AUTH_ACCEPT_ANY": "maybe"}, "not a yes/no value", 2),
     ({"MP_MAX_MESSAGES": "lots"}, "not a count", 2),
@@ -742,6 +742,10 @@ def test_https_ui_and_api(env_capture, tmp_path):
                        "MP_UI_AUTH": "u:p",
                        "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
                        "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+    smtp_tls = env_capture({"MP_SMTP_TLS_CERT": str(cert), "MP_SMTP_TLS_KEY": str(key),
+                            "MP_SMTP_REQUIRE_TLS": "1",
+                            "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                            "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
     smtp_send(cap, "over https")
     auth = basic("u", "p")
     assert https_request(cap.http_port, "GET", "/api/v1/messages").status == 401
@@ -753,6 +757,14 @@ def test_https_ui_and_api(env_capture, tmp_path):
             break
         time.sleep(0.05)
     assert r.json()["messages"][0]["Subject"] == "over https"
+    # MP_SMTP_REQUIRE_TLS with the same pair: SMTP speaks TLS from the first byte
+    import smtplib
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP_SSL("127.0.0.1", smtp_tls.smtp_port, context=ctx, timeout=POLL) as c:
+        c.sendmail("a@example.org", ["b@example.test"], make_message("implicit tls"))
+    wait_listed(smtp_tls.http_port, "implicit tls")
     # wss: the live events over TLS
     ws = WS(cap.http_port, headers=auth, tls=True)
     try:

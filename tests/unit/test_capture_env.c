@@ -88,7 +88,7 @@ static void values_are_checked(void **state)
 	    {"MP_SMTP_TLS_CERT=/c.pem", "go together"},
 	    {"MP_UI_TLS_KEY=/k.pem", "go together"},
 	    {"MP_TAGS_DISABLE=everything", "plus-addresses"},
-	    {"MP_SMTP_REQUIRE_TLS=yes", "not supported"},
+	    {"MP_SMTP_REQUIRE_TLS=yes", "needs --smtp-tls-cert"},
 	    {"MP_SMTP_REQUIRE_STARTTLS=1", "not supported"},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
