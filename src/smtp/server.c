@@ -22,6 +22,7 @@
  * which decodes them; failed logins are counted and slowed down by its
  * throttle, and every one is logged (event=auth_failed, for fail2ban).
  */
+#include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "tls/tls.h"
 
@@ -104,7 +105,8 @@ enum session_state {
 	SS_DATA,      /* reading the message after 354 until CRLF.CRLF */
 	SS_BDAT,      /* reading the bytes of a BDAT chunk */
 	SS_CHUNKING,  /* between BDAT chunks: commands again, the message goes on */
-	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c) decide first; nothing is read */
+	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c) decide first, or SIGN: our DKIM
+	                 signatures are made (sign.c); nothing is read */
 	SS_COMMIT,    /* the spool is making the message durable; nothing is read */
 	SS_TLS,       /* STARTTLS answered: the handshake runs on the new layer */
 	SS_CLOSING,   /* the final reply is queued; freed once it is written */
@@ -197,6 +199,8 @@ struct tx {
 	int commit_err;
 	struct smtp_verify *vfy; /* TRUST: SPF/DKIM/DMARC of this transaction, or NULL */
 	bool verified;           /* TRUST: its verdict is in */
+	uint8_t sign_state;      /* SIGN: enum sign_state (sign.h does the work) */
+	struct smtp_sign_result sign;
 };
 
 struct srv_worker;
@@ -758,6 +762,7 @@ static void tx_free(struct tx *t)
 	}
 	free(t->rcpts);
 	smtp_verify_free(t->vfy, &t->msg); /* TRUST: cancels its checks (RSET, MAIL, QUIT, close) */
+	smtp_sign_result_clear(&t->sign);
 	tbuf_free(&t->msg);
 	free(t);
 }
@@ -1121,6 +1126,19 @@ static void verify_at_mail(struct session *s, struct tx *t)
 	t->vfy = smtp_verify_start(&vp);
 }
 
+/* The mailbox MAIL's AUTH= names for a logged-in user who gave none: its
+ * login, completed with our host name when it is not an address. */
+static char *auth_identity(const struct session *s)
+{
+	if (strchr(s->auth_user, '@'))
+		return tern_strdup(s->auth_user);
+	size_t n = strlen(s->auth_user) + strlen(s->conf->hostname) + 2;
+	char *a = malloc(n);
+	if (a)
+		snprintf(a, n, "%s@%s", s->auth_user, s->conf->hostname);
+	return a;
+}
+
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
 	if (c->path.utf8 && !c->smtputf8) {
@@ -1164,6 +1182,12 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 	bool believe = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
 	if (believe && c->auth_param[0] && strcmp(c->auth_param, "<>") != 0 &&
 	    !(t->auth_param = tern_strdup(c->auth_param))) {
+		tx_free(t);
+		goto nomem;
+	}
+	/* none given by a logged-in client: the user it logged in as (RFC 4954 §5) */
+	if (!c->auth_param[0] && s->authenticated && s->auth_user && !s->conf->capture_mode &&
+	    !(t->auth_param = auth_identity(s))) {
 		tx_free(t);
 		goto nomem;
 	}
@@ -2348,6 +2372,97 @@ static void verify_done(void *arg)
 	process_input(s);
 }
 
+/* ---------------------------------------------------------------- SIGN */
+
+enum sign_state { SIGN_NOT = 0, SIGN_RUNNING, SIGN_DONE, SIGN_APPLIED };
+
+/* Whose mail is DKIM-signed (sign.h): a logged-in user's on any listener,
+ * and with dkim.sign_relayed a relay.networks client's; never in capture mode. */
+static bool sign_wanted(const struct session *s)
+{
+	return !s->conf->capture_mode && smtp_signer_count(s->rt->dkim_signer) > 0 &&
+	       (s->authenticated ||
+	        (s->conf->dkim.sign_relayed && conf_in_relay_networks(s->conf, &s->peer_sa)));
+}
+
+/* sign.c's answer: the session waited in SS_VERIFY with reading off. */
+static void sign_done(void *arg)
+{
+	struct session *s = arg;
+	(void)TERN_BUG_ON(s->state != SS_VERIFY || !s->tx);
+	s->tx->sign_state = SIGN_DONE;
+	if (s->dead) { /* the client left meanwhile (on_event): nothing is queued */
+		tx_reset(s);
+		session_free(s);
+		return;
+	}
+	finish_message(s);
+	if (s->state != SS_HELO)
+		return; /* SS_COMMIT (or SS_VERIFY again): their callbacks go on */
+	if (s->shutting_down) {
+		reply_host(s, SMTP_R_SHUTDOWN);
+		session_close_after_flush(s, "shutdown");
+		return;
+	}
+	if (s->out_blocked)
+		return;
+	bufferevent_enable(s->bev, EV_READ);
+	process_input(s);
+}
+
+/*
+ * Starts signing on the pool (false: wait for sign_done), or puts the
+ * signatures on top of the client's header (true: go on), or refuses the
+ * message with 451 4.3.0 when it should be signed and cannot be (false).
+ */
+static bool sign_stage(struct session *s, struct tx *t)
+{
+	if (t->sign_state == SIGN_NOT && sign_wanted(s)) {
+		t->sign_state = SIGN_RUNNING;
+		if (smtp_sign_submit(s->sw->srv->verify_pool, s->sw->w, s->rt->dkim_signer, t->id,
+		                     t->msg.data + t->hdr_len, t->msg.len - t->hdr_len, &t->sign,
+		                     sign_done, s) == TERN_OK) {
+			session_enter_state(s, SS_VERIFY);
+			bufferevent_disable(s->bev, EV_READ);
+			bufferevent_set_timeouts(s->bev, NULL, NULL);
+			return false;
+		}
+		t->sign_state = SIGN_DONE;
+		t->sign.status = SMTP_SIGN_ERROR;
+		tern_strlcpy(t->sign.reason, "out of memory", sizeof(t->sign.reason));
+		log_error("event=dkim_sign id=%s dkim_sign=error reason=\"out of memory\"", t->id);
+	}
+	if (t->sign_state != SIGN_DONE)
+		return true;
+	t->sign_state = SIGN_APPLIED;
+	if (t->sign.status == SMTP_SIGN_ERROR) {
+		reply_args(s, SMTP_R_SIGN_FAILED, t->sign.reason);
+		log_info("event=rejected id=%s client=%s code=451 reason=dkim-sign", t->id,
+		         s->peer);
+		atomic_fetch_add(&count_rejected, 1);
+		tx_end(s);
+		return false;
+	}
+	if (t->sign.status != SMTP_SIGN_OK)
+		return true;
+	/* Our fields are not the client's bytes: room past max_message_size,
+	 * charged to the budget like every byte of the buffer. */
+	t->msg.max += t->sign.len;
+	if (!budget_reserve(s, t, t->sign.len)) {
+		budget_exceeded(s, t);
+		reply_over_budget(s);
+		tx_end(s);
+		return false;
+	}
+	if (smtp_sign_insert(&t->sign, &t->msg, t->hdr_len) != TERN_OK) {
+		reply(s, SMTP_R_NOMEM);
+		tx_end(s);
+		return false;
+	}
+	t->hdr_len += t->sign.len;
+	return true;
+}
+
 /* End of DATA or the LAST BDAT chunk: check the message, then commit. */
 static void finish_message(struct session *s)
 {
@@ -2385,9 +2500,16 @@ static void finish_message(struct session *s)
 		return;
 	}
 
+	if (!sign_stage(s, t)) /* SIGN: our DKIM signatures, before the spool commit */
+		return;
+
 	/* TRUST: SPF, DKIM and DMARC (verify.c) decide before anything is spooled. */
 	enum spool_folder folder = SPOOL_FOLDER_INBOX;
 	if (t->vfy && !t->verified) {
+		bool fwd = false; /* ARC: a recipient elsewhere means we forward (verify.c seals) */
+		for (size_t i = 0; i < t->n_rcpts && !fwd; i++)
+			fwd = !t->rcpts[i].local;
+		smtp_verify_forwarding(t->vfy, fwd);
 		smtp_verify_message(t->vfy, t->id, t->msg.data + t->hdr_len, t->msg.len - t->hdr_len,
 		                    verify_done, s);
 		session_enter_state(s, SS_VERIFY);
@@ -2413,6 +2535,7 @@ static void finish_message(struct session *s)
 	env.trusted_client = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
 	env.folder = folder; /* TRUST: DMARC quarantine -> the Junk folder */
 	env.envid = t->envid;
+	env.auth = t->auth_param; /* RFC 4954 §5: carried to the next hop */
 	char client[512];
 	/* auth= goes last: the capture store reads everything after it. */
 	snprintf(client, sizeof(client), "addr=%s helo=%.200s proto=%s%s%.128s", s->peer, s->helo,
@@ -2736,7 +2859,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-		if (s->state == SS_COMMIT || s->auth_in_pool) {
+		if (s->state == SS_COMMIT || s->auth_in_pool ||
+		    (s->tx && s->tx->sign_state == SIGN_RUNNING)) {
 			/* The commit callback or the pool's answer still points at
 			 * us: free there. */
 			s->dead = true;
