@@ -77,7 +77,8 @@ int capture_args_parse(int argc, char **argv, struct capture_ext *x, char *why, 
  * MP_* name tern does not know is reported on stderr and ignored, as are
  * Mailpit options without a meaning here. Then checks the whole set:
  * values parse (sizes, ages, booleans) and no option tern cannot honour
- * yet is asked for. TERN_OK or TERN_ESYNTAX with why.
+ * yet is asked for. --tags-disable takes effect here (the tag rules are
+ * process-wide, store/capture_tags.h). TERN_OK or TERN_ESYNTAX with why.
  */
 int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_t whylen);
 
