@@ -516,6 +516,7 @@ int cmd_capture(int argc, char **argv)
 	/* Mailpit: --smtp-auth-accept-any wins over a users file */
 	if (ext.smtp_auth && !capture_ext_on(&ext, CX_SMTP_AUTH_ACCEPT_ANY))
 		smtp_capture_set_login(smtp_login_verify, ext.smtp_auth);
+	smtp_capture_require_starttls(capture_ext_on(&ext, CX_SMTP_REQUIRE_STARTTLS));
 	struct capture_opts opts = {
 	    ext.v[CX_SMTP] ? ext.v[CX_SMTP] : "127.0.0.1:1025",
 	    ext.v[CX_HTTP] ? ext.v[CX_HTTP] : "127.0.0.1:8025",

@@ -59,7 +59,7 @@ static const struct capx_row rows[] = {
     {CX_SMTP_AUTH_FILE, "--smtp-auth-file", NULL, "MP_SMTP_AUTH_FILE", NULL, false, true},
     {CX_SMTP_AUTH, NULL, NULL, "MP_SMTP_AUTH", NULL, false, true},
     {CX_SMTP_REQUIRE_STARTTLS, "--smtp-require-starttls", NULL, "MP_SMTP_REQUIRE_STARTTLS", NULL,
-     true, false},
+     true, true},
     {CX_SMTP_REQUIRE_TLS, "--smtp-require-tls", NULL, "MP_SMTP_REQUIRE_TLS", NULL, true, true},
     {CX_WEBHOOK_URL, "--webhook-url", NULL, "MP_WEBHOOK_URL", NULL, false, true},
     {CX_WEBHOOK_LIMIT, "--webhook-limit", NULL, "MP_WEBHOOK_LIMIT", NULL, false, true},
@@ -91,6 +91,7 @@ const char capture_ext_help[] =
     "                      (MP_UI_TLS_CERT, MP_UI_TLS_KEY)\n"
     "  --smtp-tls-cert F, --smtp-tls-key F   offer STARTTLS with this pair\n"
     "  --smtp-require-tls  TLS from the first byte instead (MP_SMTP_REQUIRE_TLS)\n"
+    "  --smtp-require-starttls  MAIL only after STARTTLS (MP_SMTP_REQUIRE_STARTTLS)\n"
     "  --smtp-auth-file F  SMTP logins must be htpasswd users of F, and MAIL needs\n"
     "                      one (MP_SMTP_AUTH_FILE; MP_SMTP_AUTH=\"u:p ...\")\n"
     "  --smtp-auth-accept-any  any SMTP login (the default; wins over the file)\n"
@@ -291,6 +292,13 @@ int capture_env_apply(struct capture_ext *x, char *const *envp, char *why, size_
 	}
 	if (!x->v[CX_UI_TLS_CERT] != !x->v[CX_UI_TLS_KEY]) {
 		snprintf(why, whylen, "--ui-tls-cert and --ui-tls-key go together");
+		return TERN_ESYNTAX;
+	}
+	if (capture_ext_on(x, CX_SMTP_REQUIRE_STARTTLS) && !x->v[CX_SMTP_TLS_CERT]) {
+		snprintf(
+		    why, whylen,
+		    "--smtp-require-starttls / MP_SMTP_REQUIRE_STARTTLS needs --smtp-tls-cert and "
+		    "--smtp-tls-key (MP_SMTP_TLS_CERT, MP_SMTP_TLS_KEY)");
 		return TERN_ESYNTAX;
 	}
 	if (capture_ext_on(x, CX_SMTP_REQUIRE_TLS) && !x->v[CX_SMTP_TLS_CERT]) {

@@ -295,6 +295,7 @@ static struct smtp_chaos chaos;
 /* smtp_capture_set_login: set once before the listeners start */
 static int (*capture_login)(void *arg, const char *login, const char *password);
 static void *capture_login_arg;
+static bool capture_starttls_first; /* smtp_capture_require_starttls */
 
 void smtp_chaos_set(const struct smtp_chaos *c)
 {
@@ -1141,6 +1142,10 @@ static char *auth_identity(const struct session *s)
 
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
+	if (s->conf->capture_mode && capture_starttls_first && !s->tls_active) {
+		reply(s, SMTP_R_STARTTLS_FIRST); /* Mailpit's --smtp-require-starttls */
+		return;
+	}
 	if (c->path.utf8 && !c->smtputf8) {
 		reply(s, SMTP_R_SENDER_NEEDS_SMTPUTF8);
 		return;
@@ -2032,6 +2037,11 @@ void smtp_capture_set_login(int (*verify)(void *arg, const char *login, const ch
 {
 	capture_login = verify;
 	capture_login_arg = arg;
+}
+
+void smtp_capture_require_starttls(bool on)
+{
+	capture_starttls_first = on;
 }
 
 static void cmd_auth(struct session *s, const struct smtp_cmd *c)

@@ -409,7 +409,7 @@ def test_flags_win_over_mp_env(env_capture):
 
 
 @pytest.mark.parametrize("env,words,status", [
-    ({"MP_SMTP_REQUIRE_STARTTLS": "1"}, "MP_SMTP_REQUIRE_STARTTLS is not supported", 2),
+    ({"MP_SMTP_REQUIRE_STARTTLS": "1"}, "needs --smtp-tls-cert", 2),
     ({"MP_SMTP_AUTH_FILE": "/nonexistent/passwords"}, "/nonexistent/passwords", 1),
     ({"MP_SMTP_AUTH_ACCEPT_ANY": "maybe"}, "not a yes/no value", 2),
     ({"MP_MAX_MESSAGES": "lots"}, "not a count", 2),
@@ -765,6 +765,21 @@ def test_https_ui_and_api(env_capture, tmp_path):
     with smtplib.SMTP_SSL("127.0.0.1", smtp_tls.smtp_port, context=ctx, timeout=POLL) as c:
         c.sendmail("a@example.org", ["b@example.test"], make_message("implicit tls"))
     wait_listed(smtp_tls.http_port, "implicit tls")
+    # MP_SMTP_REQUIRE_STARTTLS: MAIL only after STARTTLS
+    st = env_capture({"MP_SMTP_TLS_CERT": str(cert), "MP_SMTP_TLS_KEY": str(key),
+                      "MP_SMTP_REQUIRE_STARTTLS": "true",
+                      "MP_SMTP_BIND_ADDR": "127.0.0.1:{smtp}",
+                      "MP_UI_BIND_ADDR": "127.0.0.1:{http}"})
+    with smtplib.SMTP("127.0.0.1", st.smtp_port, timeout=POLL) as c:
+        c.ehlo()
+        assert c.has_extn("starttls")
+        code, text = c.mail("a@example.org")
+        assert code == 530 and b"STARTTLS" in text, (code, text)
+        c.rset()
+        c.starttls(context=ctx)
+        c.ehlo()
+        c.sendmail("a@example.org", ["b@example.test"], make_message("after starttls"))
+    wait_listed(st.http_port, "after starttls")
     # wss: the live events over TLS
     ws = WS(cap.http_port, headers=auth, tls=True)
     try:

@@ -89,7 +89,7 @@ static void values_are_checked(void **state)
 	    {"MP_UI_TLS_KEY=/k.pem", "go together"},
 	    {"MP_TAGS_DISABLE=everything", "plus-addresses"},
 	    {"MP_SMTP_REQUIRE_TLS=yes", "needs --smtp-tls-cert"},
-	    {"MP_SMTP_REQUIRE_STARTTLS=1", "not supported"},
+	    {"MP_SMTP_REQUIRE_STARTTLS=1", "needs --smtp-tls-cert"},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char *envp[] = {(char *)bad[i].env, NULL};
