@@ -30,6 +30,7 @@ static const struct command {
     {"arc", cmd_arc},
     {"milter", cmd_milter},
     {"sendmail", cmd_sendmail},
+    {"suppress", cmd_suppress},
     /* clang-format on */
 };
 
@@ -58,6 +59,7 @@ static const struct cli_help help = {
     "  arc verify|seal            validate or add an ARC Set (RFC 8617)\n"
     "  milter test --milter SPEC < MSG\n"
     "                             run a message through a milter (rspamd, ...)\n"
+    "  suppress list|add|del      the suppression list (bounces, complaints, unsubscribes)\n"
     "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
     "  version                    print the version\n"
     "\n"

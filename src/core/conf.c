@@ -2069,6 +2069,82 @@ const struct conf_dkim_key *conf_arc_seal_key(const struct tern_config *c)
 	return NULL;
 }
 
+/* ---- suppression { enabled; verp_domain; feedback_address; unsubscribe_url; } ---- */
+
+static int parse_suppression(struct ctx *x, const struct ucl_node *sec, struct conf_suppression *p)
+{
+	int rc = want_section(x, sec, "suppression");
+	char b[80];
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char **str = strcmp(m->key, "verp_domain") == 0        ? &p->verp_domain
+		             : strcmp(m->key, "feedback_address") == 0 ? &p->feedback_address
+		             : strcmp(m->key, "unsubscribe_url") == 0  ? &p->unsubscribe_url
+		                                                       : NULL;
+		if (strcmp(m->key, "enabled") == 0) {
+			rc = get_bool(x, m, "suppression.enabled", &p->enabled);
+		} else if (str) {
+			free(*str);
+			*str = NULL;
+			rc = get_str(x, m, "suppression", str);
+			if (rc != TERN_OK)
+				break;
+			if (str == &p->verp_domain && !valid_domain(*str))
+				return cerr(x, m, "suppression.verp_domain: '%s' is not a domain name",
+				            show(*str, b, sizeof(b)));
+			if (str == &p->feedback_address && !valid_address(*str))
+				return cerr(x, m, "suppression.feedback_address: '%s' is not an address",
+				            show(*str, b, sizeof(b)));
+			if (str == &p->unsubscribe_url && strncmp(*str, "https://", 8) != 0 &&
+			    strncmp(*str, "http://", 7) != 0)
+				return cerr(x, m, "suppression.unsubscribe_url: '%s' is not an http(s) URL",
+				            show(*str, b, sizeof(b)));
+			if (str != &p->unsubscribe_url)
+				tern_ascii_lower(*str);
+		} else {
+			rc = unknown_key(x, m, "suppression");
+		}
+	}
+	return rc;
+}
+
+/* Reports come in by SMTP: their domains must be this host's. */
+static int finish_suppression(struct ctx *x, const struct tern_config *c)
+{
+	const struct conf_suppression *p = &c->suppression;
+	const char *fa = p->feedback_address ? strrchr(p->feedback_address, '@') : NULL;
+	if (p->verp_domain && !conf_is_local_domain(c, p->verp_domain, strlen(p->verp_domain)))
+		return cerr(x, NULL, "suppression.verp_domain: %s is not in local_domains (bounces "
+		                     "to it must be received here)",
+		            p->verp_domain);
+	if (fa && !conf_is_local_domain(c, fa + 1, strlen(fa + 1)))
+		return cerr(x, NULL, "suppression.feedback_address: %s is not in local_domains",
+		            fa + 1);
+	return TERN_OK;
+}
+
+static void suppression_free(struct conf_suppression *p)
+{
+	free(p->verp_domain);
+	free(p->feedback_address);
+	free(p->unsubscribe_url);
+}
+
+static void print_suppression(FILE *f, const struct conf_suppression *p)
+{
+	fprintf(f, "suppression {\n\tenabled = %s;\n", p->enabled ? "true" : "false");
+	const char *names[] = {"verp_domain", "feedback_address", "unsubscribe_url"};
+	const char *vals[] = {p->verp_domain, p->feedback_address, p->unsubscribe_url};
+	for (size_t i = 0; i < 3; i++) {
+		if (!vals[i])
+			continue;
+		fprintf(f, "\t%s = ", names[i]);
+		print_str(f, vals[i]);
+		fputs(";\n", f);
+	}
+	fputs("}\n", f);
+}
+
 static void arc_free(struct conf_arc *a)
 {
 	for (size_t i = 0; i < a->n_trusted_sealers; i++)
@@ -2268,6 +2344,7 @@ static void conf_free(struct tern_config *c)
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	arc_free(&c->arc);
+	suppression_free(&c->suppression);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -2640,6 +2717,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_auth_checks(x, m, &c->auth_checks);
 	if (strcmp(k, "arc") == 0)
 		return parse_arc(x, m, &c->arc);
+	if (strcmp(k, "suppression") == 0)
+		return parse_suppression(x, m, &c->suppression);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);
@@ -2692,6 +2771,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
+	c->suppression.enabled = true;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
 		rc = parse_top(&x, c, doc->root->items[i], &bt);
 	if (rc != TERN_OK)
@@ -2733,6 +2813,10 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->n_local_domains = bt.domains.n;
 	c->relay_networks = bt.nets.v;
 	c->n_relay_networks = bt.nets.n;
+	if (finish_suppression(&x, c) != TERN_OK) {
+		conf_free(c); /* it owns the lists now */
+		return NULL;
+	}
 	return c;
 fail:
 	strlist_free(&bt.domains);
@@ -3270,4 +3354,5 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_policy(out, &c->policy);
 	print_auth_checks(out, &c->auth_checks);
 	print_arc(out, &c->arc);
+	print_suppression(out, &c->suppression);
 }
