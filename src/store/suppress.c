@@ -72,6 +72,25 @@ static void set_err(char *err, size_t errlen, const char *what, const char *path
 		         db ? sqlite3_errmsg(db) : "out of memory");
 }
 
+/*
+ * Run as root (the CLI), a new database file would belong to root and the
+ * daemon, which runs as the account owning the data directory, could not
+ * write it: give the files that account.
+ */
+static void own_like_dir(const char *data_dir, const char *db_path)
+{
+	struct stat st;
+	if (geteuid() != 0 || stat(data_dir, &st) != 0 || st.st_uid == 0)
+		return;
+	const char *sfx[] = {"", "-wal", "-shm"};
+	for (size_t i = 0; i < 3; i++) {
+		char p[4200];
+		snprintf(p, sizeof(p), "%s%s", db_path, sfx[i]);
+		if (lchown(p, st.st_uid, st.st_gid) != 0 && errno != ENOENT)
+			log_warn("event=chown_failed path=%s error=\"%s\"", p, strerror(errno));
+	}
+}
+
 int suppress_open(const char *data_dir, struct suppress_db **out, char *err, size_t errlen)
 {
 	*out = NULL;
@@ -101,6 +120,7 @@ int suppress_open(const char *data_dir, struct suppress_db **out, char *err, siz
 		set_err(err, errlen, "cannot set up", path, d->db);
 		goto fail;
 	}
+	own_like_dir(data_dir, path);
 	*out = d;
 	return TERN_OK;
 fail:
