@@ -176,6 +176,9 @@ static void addr_of(const char *v, char *out, size_t outlen)
 	size_t n = (size_t)(e - s);
 	if (n >= outlen || !memchr(s, '@', n))
 		n = 0;
+	for (size_t i = 0; i < n; i++)
+		if (s[i] == ' ' || s[i] == '<' || s[i] == '>' || s[i] == ',')
+			n = 0; /* not one addr-spec: better none than a wrong one */
 	memcpy(out, s, n);
 	out[n] = '\0';
 }
