@@ -87,9 +87,10 @@ int suppress_http_unsubscribe(const char *data_dir, const char *method, const ch
 	if (!db || suppress_add(db, scope, addr, SUPPRESS_UNSUBSCRIBE, "one-click (RFC 8058)",
 	                        NULL) != TERN_OK)
 		return fail(out, 500, "store_failed", "the suppression list cannot be written");
-	char qa[LOG_ADDR_MAX];
+	char qa[LOG_ADDR_MAX], qs[SUPPRESS_DOMAIN_MAX * 4 + 8];
 	log_info("event=suppress_added to=%s scope=%s reason=unsubscribe",
-	         log_quote_addr(addr, qa, sizeof(qa)), scope[0] ? scope : "global");
+	         log_quote_addr(addr, qa, sizeof(qa)),
+	         scope[0] ? log_quote(scope, strlen(scope), qs, sizeof(qs)) : "global");
 	put_json(out, json_pack("{s:s, s:s}", "unsubscribed", addr, "domain", scope));
 	return 200;
 }

@@ -637,11 +637,13 @@ static void suppress_hard_bounce(const struct tern_config *conf, const struct sp
 	if (!conf->suppression.enabled || !rr->remote_mta[0] || rr->reply[0] != '5' || !sd[0])
 		return;
 	struct suppress_db *db = suppress_shared(conf->data_dir);
-	char detail[600], qa[LOG_ADDR_MAX];
+	char detail[600], qa[LOG_ADDR_MAX], qs[SUPPRESS_DOMAIN_MAX * 4 + 8], qst[80];
 	snprintf(detail, sizeof(detail), "%s %s", rr->status, rr->reply);
 	if (db && suppress_add(db, sd, rr->addr, SUPPRESS_BOUNCE, detail, m->id) == TERN_OK)
 		log_info("event=suppress_added id=%s to=%s scope=%s reason=bounce status=%s", m->id,
-		         log_quote_addr(rr->addr, qa, sizeof(qa)), sd, rr->status);
+		         log_quote_addr(rr->addr, qa, sizeof(qa)),
+		         log_quote(sd, strlen(sd), qs, sizeof(qs)),
+		         log_quote(rr->status, strlen(rr->status), qst, sizeof(qst)));
 }
 
 /* On a delivery thread (or at shutdown): records one finished remote job. */
@@ -754,7 +756,7 @@ static void suppress_pass(struct scheduler *s, const struct tern_config *conf,
 		if (!o && (!(o = calloc(cap, sizeof(*o))) ||
 		           !(replies = calloc(cap, sizeof(*replies)))))
 			break; /* still due: tried as usual */
-		char qa[LOG_ADDR_MAX], qw[300];
+		char qa[LOG_ADDR_MAX], qw[300], qr[LOG_ADDR_MAX], qs[SUPPRESS_DOMAIN_MAX * 4 + 8];
 		o[n].idx = i;
 		o[n].relay = "suppression";
 		if (intake) {
@@ -762,8 +764,10 @@ static void suppress_pass(struct scheduler *s, const struct tern_config *conf,
 			log_info("event=suppress_intake id=%s to=%s result=%s suppressed=%s scope=%s",
 			         m->id, log_quote_addr(r->addr, qa, sizeof(qa)),
 			         log_quote(res.what, strlen(res.what), qw, sizeof(qw)),
-			         res.suppressed ? log_quote_addr(res.addr, qw, sizeof(qw)) : "-",
-			         res.suppressed ? (res.scope[0] ? res.scope : "global") : "-");
+			         res.suppressed ? log_quote_addr(res.addr, qr, sizeof(qr)) : "-",
+			         !res.suppressed ? "-"
+			         : res.scope[0]  ? log_quote(res.scope, strlen(res.scope), qs, sizeof(qs))
+			                         : "global");
 			o[n].state = RCPT_DELIVERED;
 			o[n].status = "2.0.0";
 			snprintf(replies[n], sizeof(replies[n]),

@@ -618,6 +618,22 @@ int suppress_unsub_headers(const unsigned char key[SUPPRESS_KEY_LEN], const char
 	return n < 0 || (size_t)n >= outlen ? TERN_ELIMIT : TERN_OK;
 }
 
+int suppress_list_unsubscribe_fields(const struct tern_config *conf, const char *sender,
+                                     const char *rcpt, const char *mailto, char *out, size_t outlen)
+{
+	if (!conf->suppression.enabled || !conf->suppression.unsubscribe_url)
+		return TERN_ENOTFOUND;
+	unsigned char key[SUPPRESS_KEY_LEN];
+	if (suppress_key_load(conf->data_dir, key) != TERN_OK)
+		return TERN_EIO;
+	char sd[SUPPRESS_DOMAIN_MAX];
+	suppress_sender_domain(sender, sd, sizeof(sd));
+	int rc = suppress_unsub_headers(key, conf->suppression.unsubscribe_url, sd, rcpt, mailto,
+	                                out, outlen);
+	OPENSSL_cleanse(key, sizeof(key));
+	return rc;
+}
+
 /* ---- intake ----------------------------------------------------------------------- */
 
 /* Whether rcpt is a VERP return path under the configured domain; its local

@@ -147,6 +147,20 @@ int suppress_unsub_headers(const unsigned char key[SUPPRESS_KEY_LEN], const char
                            const char *scope, const char *addr, const char *mailto, char *out,
                            size_t outlen);
 
+/*
+ * What the API send path calls for a message that asks for one-click
+ * unsubscribe: the two fields above for recipient rcpt of mail from sender
+ * (scope: the sender's domain), with the URL base suppression.unsubscribe_url
+ * and the key of conf's data dir. One message per recipient, since the
+ * token names the recipient. TERN_ENOTFOUND when unsubscribe_url is not
+ * set or suppression is off; TERN_EIO when the key cannot be read; else as
+ * suppress_unsub_headers. Blocks (reads the key file).
+ */
+struct tern_config;
+int suppress_list_unsubscribe_fields(const struct tern_config *conf, const char *sender,
+                                     const char *rcpt, const char *mailto, char *out,
+                                     size_t outlen);
+
 /* ------------------------------------------------------------ reports */
 
 /*

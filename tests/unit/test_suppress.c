@@ -14,14 +14,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "core/buf.h"
+#include "core/conf.h"
 #include "core/err.h"
+#include "core/id.h"
 #include "http/suppress_routes.h"
+#include "queue/queue.h"
 #include "store/suppress.h"
 
 static char *slurp(const char *rel, size_t *len)
@@ -342,6 +346,31 @@ static void one_click_unsubscribe(void **state)
 	bad[strlen(bad) - 1] = bad[strlen(bad) - 1] == 'a' ? 'b' : 'a';
 	assert_int_equal(call_unsub("POST", bad, "List-Unsubscribe=One-Click", &out), 404);
 	assert_non_null(strstr(out.data, "\"unknown_token\""));
+	/* The fields the API adds, from the config: the same token works. */
+	char text[600], h[4096];
+	snprintf(
+	    text, sizeof(text),
+	    "data_dir = \"%s\";\nsuppression { unsubscribe_url = \"https://m.example.org\"; }\n",
+	    tmpdir);
+	char err[256];
+	struct tern_config *c = conf_load_string(text, strlen(text), "t", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(suppress_list_unsubscribe_fields(c, "shop@Example.ORG", "reader@isp.test",
+	                                                  NULL, h, sizeof(h)),
+	                 TERN_OK);
+	static const char pre[] = "List-Unsubscribe: <https://m.example.org/unsubscribe/";
+	assert_memory_equal(h, pre, sizeof(pre) - 1);
+	char *end = strchr(h + sizeof(pre) - 1, '>');
+	assert_non_null(end);
+	*end = '\0';
+	assert_string_equal(h + sizeof(pre) - 1, tok);
+	conf_unref(c);
+	c = conf_load_string("suppression { }", 15, "t", err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(
+	    suppress_list_unsubscribe_fields(c, "a@b.test", "reader@isp.test", NULL, h, sizeof(h)),
+	    TERN_ENOTFOUND);
+	conf_unref(c);
 	/* The real thing, form-encoded and again as multipart/form-data. */
 	assert_int_equal(call_unsub("POST", tok, "List-Unsubscribe=One-Click", &out), 200);
 	assert_non_null(strstr(out.data, "\"unsubscribed\":\"reader@isp.test\""));
@@ -403,6 +432,65 @@ static void suppression_api(void **state)
 	tbuf_free(&out);
 }
 
+/* ---- the spool's suppressed state ---------------------------------------------- */
+
+struct put_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int done, err;
+};
+
+static void put_cb(void *arg, int err)
+{
+	struct put_wait *w = arg;
+	pthread_mutex_lock(&w->mu);
+	w->done = 1;
+	w->err = err;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* RCPT_SUPPRESSED is a final state: recorded, read back after recovery,
+ * named "suppressed", and a message whose recipients are all final leaves. */
+static void spool_keeps_suppressed_state(void **state)
+{
+	char dir[512];
+	snprintf(dir, sizeof(dir), "%s/spool", tmpdir);
+	struct spool *sp;
+	assert_int_equal(spool_open(dir, &sp), TERN_OK);
+	struct spool_rcpt rc[2] = {{.addr = (char *)"a@remote.test"},
+	                           {.addr = (char *)"b@remote.test"}};
+	struct spool_msg env = {.sender = (char *)"s@example.org", .rcpts = rc, .n_rcpts = 2};
+	queue_id_new(env.id);
+	env.size = 5;
+	struct put_wait w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+	assert_int_equal(spool_put(sp, &env, "hello", 5, put_cb, &w), TERN_OK);
+	pthread_mutex_lock(&w.mu);
+	while (!w.done)
+		pthread_cond_wait(&w.cv, &w.mu);
+	pthread_mutex_unlock(&w.mu);
+	assert_int_equal(w.err, TERN_OK);
+	assert_int_equal(spool_update_rcpt(sp, env.id, 0, RCPT_SUPPRESSED, 0, "suppressed: x"),
+	                 TERN_OK);
+	spool_close(sp);
+	assert_int_equal(spool_open(dir, &sp), TERN_OK);
+	struct spool_msg *m = spool_get(sp, env.id);
+	assert_non_null(m);
+	assert_int_equal(m->rcpts[0].state, RCPT_SUPPRESSED);
+	assert_string_equal(rcpt_state_name(m->rcpts[0].state), "suppressed");
+	assert_int_equal(m->rcpts[1].state, RCPT_QUEUED);
+	spool_msg_free(m);
+	/* A final state stays final. */
+	assert_int_not_equal(spool_update_rcpt(sp, env.id, 0, RCPT_QUEUED, 0, NULL), TERN_OK);
+	assert_int_equal(spool_update_rcpt(sp, env.id, 1, RCPT_SUPPRESSED, 0, "suppressed: y"),
+	                 TERN_OK);
+	assert_null(spool_get(sp, env.id));
+	spool_close(sp);
+	char cmd[700];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -414,6 +502,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(store_scopes, setup_dir, teardown_dir),
 	    cmocka_unit_test_setup_teardown(one_click_unsubscribe, setup_dir, teardown_dir),
 	    cmocka_unit_test_setup_teardown(suppression_api, setup_dir, teardown_dir),
+	    cmocka_unit_test_setup_teardown(spool_keeps_suppressed_state, setup_dir, teardown_dir),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
