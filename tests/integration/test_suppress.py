@@ -205,6 +205,22 @@ def test_hard_bounce_suppresses_and_next_send_is_not_attempted(tern, mx):
     assert qid2 not in tern.queue_list()
 
 
+def test_queue_show_reports_the_suppressed_recipient(tern, mx):
+    """A message with a suppressed recipient and one still being tried: `tern queue show`
+    names the first suppressed, with the list it is on."""
+    tern.cli("suppress", "add", "blocked@remote.test", "--reason", "complaint", check=True)
+    with tern.client(source="127.0.0.2") as c:
+        qid = c.send_message(SENDER, ["blocked@remote.test", "soft-2@remote.test"],
+                             make_message("mixed", frm=SENDER, to="blocked@remote.test"))
+    wait_suppressed(tern, qid, "blocked@remote.test")
+    tern.wait_log(rf"event=deferred id={qid} to=<soft-2@remote\.test>", timeout=DEADLINE)
+    show = tern.cli("queue", "show", qid, check=True).stdout
+    line = [ln for ln in show.splitlines() if "blocked@remote.test" in ln][0]
+    assert "state=suppressed" in line and "global suppression list (complaint" in line, show
+    assert mx.offered("blocked@remote.test") == 0
+    assert "state=deferred" in [ln for ln in show.splitlines() if "soft-2@" in ln][0], show
+
+
 def test_soft_failure_does_not_suppress(tern, mx):
     rcpt = "soft-1@remote.test"
     qid = relay(tern, rcpt, "soft")
