@@ -491,6 +491,46 @@ static void spool_keeps_suppressed_state(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* ---- suppression { } --------------------------------------------------------------- */
+
+static void config_section(void **state)
+{
+	char err[512];
+	const char *good = "local_domains = [\"example.org\", \"B.example.org\"];\n"
+	                   "suppression { verp_domain = \"B.Example.org\"; "
+	                   "feedback_address = \"FBL@example.org\"; "
+	                   "unsubscribe_url = \"https://m.example.org/\"; }\n";
+	struct tern_config *c = conf_load_string(good, strlen(good), "t", err, sizeof(err));
+	assert_non_null(c);
+	assert_true(c->suppression.enabled);
+	assert_string_equal(c->suppression.verp_domain, "b.example.org");
+	assert_string_equal(c->suppression.feedback_address, "fbl@example.org");
+	assert_true(suppress_intake_match(c, "fbl@example.org"));
+	assert_true(suppress_intake_match(c, "bounce+x-0-0123456789abcdef@b.example.org"));
+	assert_false(suppress_intake_match(c, "alice@b.example.org"));
+	assert_false(suppress_intake_match(c, "bounce+x@example.org"));
+	conf_unref(c);
+	c = conf_load_string("suppression { enabled = false; }", 32, "t", err, sizeof(err));
+	assert_non_null(c);
+	assert_false(c->suppression.enabled);
+	conf_unref(c);
+	const char *bad[] = {
+	    "suppression { verp_domain = \"not a domain\"; }",
+	    "suppression { verp_domain = \"elsewhere.org\"; }", /* not a local domain */
+	    "suppression { feedback_address = \"fbl@elsewhere.org\"; }",
+	    "suppression { feedback_address = \"nobody\"; }",
+	    "suppression { unsubscribe_url = \"ftp://x\"; }",
+	    "suppression { frobnicate = 1; }",
+	    "suppression { enabled = \"yes please\"; }",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		c = conf_load_string(bad[i], strlen(bad[i]), "t", err, sizeof(err));
+		if (c)
+			fail_msg("accepted: %s", bad[i]);
+		assert_non_null(strstr(err, "suppression"));
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -498,6 +538,7 @@ int main(void)
 	    cmocka_unit_test(parses_arf_reports),
 	    cmocka_unit_test(parser_edge_cases),
 	    cmocka_unit_test(verp_tokens),
+	    cmocka_unit_test(config_section),
 	    cmocka_unit_test(unsubscribe_tokens_and_headers),
 	    cmocka_unit_test_setup_teardown(store_scopes, setup_dir, teardown_dir),
 	    cmocka_unit_test_setup_teardown(one_click_unsubscribe, setup_dir, teardown_dir),
