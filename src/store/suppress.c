@@ -664,15 +664,6 @@ bool suppress_intake_match(const struct tern_config *conf, const char *rcpt)
 	return verp_rcpt(conf, rcpt, lp, sizeof(lp));
 }
 
-/* The VERP reference in an address (the embedded Return-Path of an ARF
- * report), if its token verifies. */
-static bool verp_ref_of(const struct tern_config *conf, const unsigned char *key, const char *addr,
-                        char *ref, size_t reflen)
-{
-	char lp[256];
-	return verp_rcpt(conf, addr, lp, sizeof(lp)) && suppress_verp_verify(key, lp, ref, reflen);
-}
-
 void suppress_intake(const struct tern_config *conf, const char *rcpt, const char *msg, size_t len,
                      const char *queue_id, struct suppress_intake_result *res)
 {
@@ -726,10 +717,19 @@ void suppress_intake(const struct tern_config *conf, const char *rcpt, const cha
 		}
 		reason = SUPPRESS_COMPLAINT;
 		char mf[SUPPRESS_ADDR_MAX];
-		if (verp_ref_of(conf, key, rep->orig_return_path, ref, sizeof(ref)) &&
-		    suppress_verp_lookup(db, ref, addr, sizeof(addr), scope, sizeof(scope)) ==
-		        TERN_OK) {
-			/* the token names recipient and sending domain */
+		if (verp_rcpt(conf, rep->orig_return_path, lp, sizeof(lp))) {
+			/* One of our VERP return paths: the token names recipient and
+			 * sending domain, and a report whose token does not verify is
+			 * forged (a real one carries the return path we sent). */
+			if (!suppress_verp_verify(key, lp, ref, sizeof(ref))) {
+				tern_strlcpy(res->what, "forged-token", sizeof(res->what));
+				goto out;
+			}
+			if (suppress_verp_lookup(db, ref, addr, sizeof(addr), scope,
+			                         sizeof(scope)) != TERN_OK) {
+				tern_strlcpy(res->what, "unknown-token", sizeof(res->what));
+				goto out;
+			}
 		} else {
 			tern_strlcpy(
 			    addr, rep->original_rcpt_to[0] ? rep->original_rcpt_to : rep->orig_to,

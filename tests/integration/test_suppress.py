@@ -31,8 +31,8 @@ DEADLINE = 20.0
 
 
 class FakeMX:
-    """Accepts mail for remote.test, except gone-*@ (550 5.1.1 at RCPT) and soft-*@
-    (451 4.2.0 at RCPT); records every RCPT it is offered and every message it took."""
+    """Accepts mail for remote.test, except gone-*@ (550 5.1.1 at RCPT), soft-*@
+    (451 4.2.0 at RCPT) and dataref-*@ (554 5.7.1 after DATA); records every RCPT it is offered and every message it took."""
 
     def __init__(self):
         from aiosmtpd.controller import Controller
@@ -55,6 +55,8 @@ class FakeMX:
                 return "250 2.1.5 OK"
 
             async def handle_DATA(self, server, session, envelope):
+                if any(r.startswith("dataref-") for r in envelope.rcpt_tos):
+                    return "554 5.7.1 message refused by policy"
                 with mx.lock:
                     mx.messages.append({"mail_from": envelope.mail_from,
                                         "rcpt_tos": list(envelope.rcpt_tos),
@@ -156,7 +158,7 @@ def dsn(final_rcpt, action, status, orig_from, orig_to):
         "--RPT-42--\r\n")
 
 
-def arf(rcpt, mail_from, feedback_type="abuse"):
+def arf(rcpt, mail_from, feedback_type="abuse", return_path=None):
     return (
         "From: <feedback@isp.remote.test>\r\nTo: <fbl@example.test>\r\n"
         "Subject: FW: hello\r\nMIME-Version: 1.0\r\n"
@@ -165,11 +167,13 @@ def arf(rcpt, mail_from, feedback_type="abuse"):
         "This is an email abuse report for an email message received from IP 192.0.2.1\r\n"
         "\r\n--part1_13d\r\nContent-Type: message/feedback-report\r\n\r\n"
         f"Feedback-Type: {feedback_type}\r\nUser-Agent: SomeGenerator/1.0\r\nVersion: 1\r\n"
-        f"Original-Mail-From: <{mail_from}>\r\nOriginal-Rcpt-To: <{rcpt}>\r\n"
+        f"Original-Mail-From: <{mail_from}>\r\n"
+        + (f"Original-Rcpt-To: <{rcpt}>\r\n" if rcpt else "") +
         "Arrival-Date: Thu, 8 Mar 2005 14:00:00 EDT\r\nSource-IP: 192.0.2.1\r\n"
         "\r\n--part1_13d\r\nContent-Type: message/rfc822\r\nContent-Disposition: inline\r\n\r\n"
-        f"From: <{mail_from}>\r\nTo: <{rcpt}>\r\nSubject: hello\r\n"
-        "Date: Thu, 8 Mar 2005 12:00:00 -0500\r\n\r\nbuy now\r\n"
+        + (f"Return-Path: <{return_path}>\r\n" if return_path else "")
+        + f"From: <{mail_from}>\r\nTo: <{rcpt or 'undisclosed-recipients:;'}>\r\n"
+        "Subject: hello\r\nDate: Thu, 8 Mar 2005 12:00:00 -0500\r\n\r\nbuy now\r\n"
         "--part1_13d--\r\n")
 
 
@@ -303,6 +307,32 @@ def test_arf_complaint_suppresses(tern, mx):
     q2 = send_report(tern, FBL, make_message("hi", to=FBL).decode())
     tern.wait_log(rf"event=suppress_intake id={q2} .*result=not-arf", timeout=DEADLINE)
     assert [x["address"] for x in entries(tern)] == [rcpt]
+
+
+def test_arf_with_redacted_recipient_uses_the_verp_token(tern, mx):
+    """Feedback loops often redact the recipient: the returned message's Return-Path (our
+    VERP address) names it; a report carrying a forged token suppresses nothing."""
+    rcpt = "reader@remote.test"
+    relay(tern, rcpt, "newsletter")
+    rp = mx.wait_message(rcpt, tern)["mail_from"]
+    local, dom = rp.split("@")
+    forged = local[:-1] + ("0" if local[-1] != "0" else "1") + "@" + dom
+    q = send_report(tern, FBL, arf(None, "list@elsewhere.test", return_path=forged))
+    tern.wait_log(rf"event=suppress_intake id={q} .*result=forged-token", timeout=DEADLINE)
+    assert entries(tern) == []
+    q2 = send_report(tern, FBL, arf(None, "list@elsewhere.test", return_path=rp))
+    tern.wait_log(rf"event=suppress_intake id={q2} .*result=\"?arf abuse", timeout=DEADLINE)
+    e = wait_entry(tern, rcpt)
+    # the sending domain is the token's (the original envelope sender's), not the report's
+    assert e["reason"] == "complaint" and e["scope"] == "example.test", e
+
+
+def test_rejection_after_data_suppresses(tern, mx):
+    rcpt = "dataref-1@remote.test"
+    qid = relay(tern, rcpt, "content")
+    tern.wait_log(rf"event=bounced id={qid} to=<{re.escape(rcpt)}>", timeout=DEADLINE)
+    e = wait_entry(tern, rcpt)
+    assert e["reason"] == "bounce" and "5.7.1" in e["detail"], e
 
 
 # --------------------------------------------------------------------------- CLI, scopes
