@@ -31,6 +31,7 @@
 #include "core/ucl.h"
 #include "policy/milter.h"
 #include "policy/policy.h"
+#include "store/checks.h"
 
 #define DEFAULT_SOURCE "(embedded default)"
 #define MAX_PATH_LEN 1024
@@ -1028,7 +1029,8 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	int rc = want_section(x, m, path);
 	if (rc != TERN_OK)
 		return rc;
-	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL, *milters = NULL, *mact = NULL;
+	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL, *milters = NULL,
+	                      *mact = NULL;
 	for (size_t i = 0; i < m->n_items; i++) {
 		const struct ucl_node *k = m->items[i];
 		if (strcmp(k->key, "address") == 0)
@@ -1975,7 +1977,8 @@ static int parse_auth_checks(struct ctx *x, const struct ucl_node *sec, struct c
 			a->timeout = (uint32_t)v;
 		} else if (strcmp(m->key, "dmarc") == 0) {
 			if (m->type == UCL_BOOL && !m->bval) {
-				a->dmarc = CONF_DMARC_OFF; /* UCL reads a bare off (or no) as false */
+				a->dmarc =
+				    CONF_DMARC_OFF; /* UCL reads a bare off (or no) as false */
 				continue;
 			}
 			if (m->type != UCL_STRING)
@@ -2174,6 +2177,69 @@ static void print_arc(FILE *f, const struct conf_arc *a)
 	fputs("}\n", f);
 }
 
+/* ---- dmarc { reports { from; org_name; inbox; interval; } } ------------------ */
+
+static int parse_dmarc_reports(struct ctx *x, const struct ucl_node *sec,
+                               struct conf_dmarc_reports *r)
+{
+	int rc = want_section(x, sec, "dmarc.reports");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "from") == 0 || strcmp(m->key, "inbox") == 0) {
+			bool from = m->key[0] == 'f';
+			char **out = from ? &r->from : &r->inbox;
+			const char *path = from ? "dmarc.reports.from" : "dmarc.reports.inbox";
+			rc = get_str(x, m, path, out);
+			const char *at = rc == TERN_OK ? strrchr(*out, '@') : NULL;
+			if (rc == TERN_OK && (!at || at == *out || !at[1] || strpbrk(*out, " <>\"\r\n")))
+				return cerr(x, m, "%s: must be a mailbox such as \"dmarc@example.org\"",
+				            path);
+		} else if (strcmp(m->key, "org_name") == 0) {
+			rc = get_str(x, m, "dmarc.reports.org_name", &r->org_name);
+		} else if (strcmp(m->key, "interval") == 0) {
+			uint64_t v = 0;
+			rc = get_num(x, m, "dmarc.reports.interval", NK_TIME, 60, 7 * 86400, &v);
+			r->interval = (uint32_t)v;
+		} else {
+			rc = unknown_key(x, m, "dmarc.reports");
+		}
+	}
+	return rc;
+}
+
+static int parse_dmarc(struct ctx *x, const struct ucl_node *sec, struct conf_dmarc *d)
+{
+	int rc = want_section(x, sec, "dmarc");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "reports") == 0)
+			rc = parse_dmarc_reports(x, m, &d->reports);
+		else
+			rc = unknown_key(x, m, "dmarc");
+	}
+	return rc;
+}
+
+static void print_str(FILE *f, const char *s);
+
+static void print_dmarc(FILE *f, const struct conf_dmarc *d)
+{
+	const struct conf_dmarc_reports *r = &d->reports;
+	if (!r->from && !r->inbox)
+		return;
+	fprintf(f, "dmarc {\n\treports {\n");
+	const char *const name[] = {"from", "org_name", "inbox"};
+	const char *const val[] = {r->from, r->org_name, r->inbox};
+	for (size_t i = 0; i < 3; i++) {
+		if (!val[i])
+			continue;
+		fprintf(f, "\t\t%s = ", name[i]);
+		print_str(f, val[i]);
+		fputs(";\n", f);
+	}
+	fprintf(f, "\t\tinterval = %us;\n\t}\n}\n", (unsigned)r->interval);
+}
+
 /* ---- dkim { canonicalization; keys = [ { domain; selector; key_file; } ] } - */
 
 static void dkim_keys_free(struct conf_dkim_key *k, size_t n)
@@ -2358,6 +2424,10 @@ static void conf_free(struct tern_config *c)
 	for (size_t i = 0; i < c->capture.n_http_allowed_hosts; i++)
 		free(c->capture.http_allowed_hosts[i]);
 	free(c->capture.http_allowed_hosts);
+	free(c->dmarc.reports.from);
+	free(c->dmarc.reports.org_name);
+	free(c->dmarc.reports.inbox);
+	free(c->capture.spam_check);
 	free(c->source);
 	free(c->hostname);
 	free(c->data_dir);
@@ -2447,6 +2517,14 @@ static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_
 		} else if (strcmp(m->key, "http_max_connections") == 0) {
 			rc = get_num(x, m, "capture.http_max_connections", NK_COUNT, 1, 100000, &v);
 			cap->http_max_connections = (uint32_t)v;
+		} else if (strcmp(m->key, "spam_check") == 0) {
+			free(cap->spam_check);
+			cap->spam_check = NULL;
+			rc = get_str(x, m, "capture.spam_check", &cap->spam_check);
+			if (rc == TERN_OK && !spam_check_spec_ok(cap->spam_check))
+				rc = cerr(x, m,
+				          "capture.spam_check: want \"rspamd:HOST:PORT\" or "
+				          "\"spamassassin:HOST:PORT\"");
 		} else {
 			return unknown_key(x, m, "capture");
 		}
@@ -2715,6 +2793,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dkim(x, m, &c->dkim);
 	if (strcmp(k, "auth_checks") == 0)
 		return parse_auth_checks(x, m, &c->auth_checks);
+	if (strcmp(k, "dmarc") == 0)
+		return parse_dmarc(x, m, &c->dmarc);
 	if (strcmp(k, "arc") == 0)
 		return parse_arc(x, m, &c->arc);
 	if (strcmp(k, "suppression") == 0)
@@ -2768,6 +2848,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->policy = default_policy;
 	default_auth(&c->auth);
 	c->auth_checks = default_auth_checks;
+	c->dmarc.reports.interval = 86400;
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
@@ -3110,6 +3191,20 @@ size_t conf_warnings(const struct tern_config *c,
 		fn("relay.networks", text, arg);
 		n++;
 	}
+	const struct conf_dmarc_reports *dr = &c->dmarc.reports;
+	const char *at = dr->inbox ? strrchr(dr->inbox, '@') : NULL;
+	if (at && !conf_is_local_domain(c, at + 1, strlen(at + 1))) {
+		fn("dmarc.reports.inbox",
+		   "not in local_domains: mail to it is relayed, never delivered here, so no "
+		   "aggregate report is read",
+		   arg);
+		n++;
+	}
+	if (dr->from && c->auth_checks.dmarc == CONF_DMARC_OFF) {
+		fn("dmarc.reports.from",
+		   "auth_checks.dmarc is off: nothing is evaluated, so no report is ever sent", arg);
+		n++;
+	}
 	return n;
 }
 
@@ -3323,8 +3418,14 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_list(out, c->capture.http_allowed_hosts, c->capture.n_http_allowed_hosts);
 	fputs(";\n\thttp_max_body = ", out);
 	print_size(out, c->capture.http_max_body);
-	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
+	fprintf(out, ";\n\thttp_max_connections = %u;\n",
 	        (unsigned)c->capture.http_max_connections);
+	if (c->capture.spam_check && c->capture.spam_check[0]) {
+		fputs("\tspam_check = ", out);
+		print_str(out, c->capture.spam_check);
+		fputs(";\n", out);
+	}
+	fputs("}\n", out);
 	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tsign_relayed = %s;\n\tkeys = [",
 	        c->dkim.header_relaxed ? "relaxed" : "simple",
 	        c->dkim.body_relaxed ? "relaxed" : "simple",
@@ -3353,6 +3454,7 @@ void conf_print(const struct tern_config *c, FILE *out)
 	fputs(c->tls.n_certs && !c->tls.self_signed ? "\n\t];\n}\n" : "];\n}\n", out);
 	print_policy(out, &c->policy);
 	print_auth_checks(out, &c->auth_checks);
+	print_dmarc(out, &c->dmarc);
 	print_arc(out, &c->arc);
 	print_suppression(out, &c->suppression);
 }

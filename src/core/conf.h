@@ -132,6 +132,10 @@ struct conf_capture {
 	size_t n_http_allowed_hosts;
 	uint64_t http_max_body;        /* request body bytes; default 64 MiB */
 	uint32_t http_max_connections; /* concurrent HTTP connections; default 256 */
+	/* The spam check of /api/v1/message/{ID}/sa-check: "rspamd:HOST:PORT",
+	 * "spamassassin:HOST:PORT", or NULL (off; MP_ENABLE_SPAMASSASSIN may
+	 * set it at run time). Syntax as store/checks.h's spam_check. */
+	char *spam_check;
 };
 
 /* ---- policy { }: abuse defences on mx listeners (src/policy/policy.h) ---- */
@@ -221,6 +225,18 @@ struct conf_auth_checks {
 	uint32_t timeout;         /* seconds for each check's DNS lookups; default 20 */
 };
 
+/* ---- dmarc { reports { } }: DMARC aggregate reports (policy/dmarc_report.c) ---- */
+struct conf_dmarc_reports {
+	char *from;        /* reports.from: sender of our reports; NULL = reporting off */
+	char *org_name;    /* reports.org_name: report_metadata org_name; NULL = hostname */
+	char *inbox;       /* reports.inbox: a local address whose mail is parsed as reports */
+	uint32_t interval; /* reports.interval: seconds between sending rounds; default 1d */
+};
+
+struct conf_dmarc {
+	struct conf_dmarc_reports reports;
+};
+
 /* ---- arc { }: ARC (RFC 8617) on mx listeners (smtp/verify_arc.c); the chain
  * is validated when auth_checks.arc is on ---- */
 struct conf_arc {
@@ -295,6 +311,7 @@ struct tern_config {
 	struct conf_auth auth;
 	struct conf_dkim dkim;
 	struct conf_auth_checks auth_checks;
+	struct conf_dmarc dmarc;
 	struct conf_arc arc;
 	struct conf_suppression suppression;
 	/* Set by `tern capture` (never from a file): every recipient is

@@ -30,6 +30,7 @@
 #include "core/log.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "policy/dmarc_report.h"
 #include "smtp/smtp.h"
 #include "store/store.h"
 #include "store/suppress.h"
@@ -1156,6 +1157,10 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 	}
 	if (n_items)
 		maildir_deliver_batch(conf->data_dir, conf->hostname, items, n_items);
+	for (size_t k = 0; conf->dmarc.reports.inbox && k < n_items; k++)
+		if (items[k].result == TERN_OK) /* a DMARC report's rows too (never fails) */
+			dmarc_inbox_deliver(conf, ctx[k].msg->rcpts[ctx[k].rcpt_idx].addr,
+			                    ctx[k].msg->id, ctx[k].job->data, ctx[k].job->len);
 
 	/* Record per message, so each message's DSN covers all its recipients. */
 	struct outcome *o = calloc(n_items ? n_items : 1, sizeof(*o));
