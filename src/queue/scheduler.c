@@ -744,9 +744,14 @@ static void suppress_pass(struct scheduler *s, const struct tern_config *conf,
 	size_t n = 0;
 	char sd[SUPPRESS_DOMAIN_MAX];
 	suppress_sender_domain(m->sender, sd, sizeof(sd));
+	/* Recipients of a message on the wire are the remote engine's until
+	 * their result is recorded (dispatch_remote skips such a message too). */
+	pthread_mutex_lock(&s->lock);
+	bool on_wire = inflight_add(s, s->inflight, m->id, 0) > 0;
+	pthread_mutex_unlock(&s->lock);
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		struct spool_rcpt *r = &m->rcpts[i];
-		if (!is_due(r, job, now))
+		if (!is_due(r, job, now) || (on_wire && !r->local))
 			continue;
 		bool intake = r->local && suppress_intake_match(conf, r->addr);
 		struct suppress_entry e;
