@@ -205,6 +205,8 @@ struct ctx {
 	char *tls_cert, *tls_key;       /* tls.cert_file / key_file */
 	struct conf_tls_cert *tls_list; /* tls.certificates */
 	size_t n_tls_list;
+	/* suppression.verp_domain / feedback_address, for finish_suppression's errors */
+	const struct ucl_node *suppr_verp, *suppr_fbl;
 };
 
 __attribute__((format(printf, 3, 4))) static int cerr(struct ctx *x, const struct ucl_node *n,
@@ -2104,6 +2106,10 @@ static int parse_suppression(struct ctx *x, const struct ucl_node *sec, struct c
 				            show(*str, b, sizeof(b)));
 			if (str != &p->unsubscribe_url)
 				tern_ascii_lower(*str);
+			if (str == &p->verp_domain)
+				x->suppr_verp = m;
+			if (str == &p->feedback_address)
+				x->suppr_fbl = m;
 		} else {
 			rc = unknown_key(x, m, "suppression");
 		}
@@ -2117,12 +2123,13 @@ static int finish_suppression(struct ctx *x, const struct tern_config *c)
 	const struct conf_suppression *p = &c->suppression;
 	const char *fa = p->feedback_address ? strrchr(p->feedback_address, '@') : NULL;
 	if (p->verp_domain && !conf_is_local_domain(c, p->verp_domain, strlen(p->verp_domain)))
-		return cerr(x, NULL, "suppression.verp_domain: %s is not in local_domains (bounces "
-		                     "to it must be received here)",
+		return cerr(x, x->suppr_verp,
+		            "suppression.verp_domain: %s is not in local_domains (bounces to it must "
+		            "be received here)",
 		            p->verp_domain);
 	if (fa && !conf_is_local_domain(c, fa + 1, strlen(fa + 1)))
-		return cerr(x, NULL, "suppression.feedback_address: %s is not in local_domains",
-		            fa + 1);
+		return cerr(x, x->suppr_fbl,
+		            "suppression.feedback_address: %s is not in local_domains", fa + 1);
 	return TERN_OK;
 }
 
