@@ -2095,15 +2095,18 @@ static int parse_suppression(struct ctx *x, const struct ucl_node *sec, struct c
 			if (rc != TERN_OK)
 				break;
 			if (str == &p->verp_domain && !valid_domain(*str))
-				return cerr(x, m, "suppression.verp_domain: '%s' is not a domain name",
+				return cerr(x, m,
+				            "suppression.verp_domain: '%s' is not a domain name",
 				            show(*str, b, sizeof(b)));
 			if (str == &p->feedback_address && !valid_address(*str))
-				return cerr(x, m, "suppression.feedback_address: '%s' is not an address",
+				return cerr(x, m,
+				            "suppression.feedback_address: '%s' is not an address",
 				            show(*str, b, sizeof(b)));
 			if (str == &p->unsubscribe_url && strncmp(*str, "https://", 8) != 0 &&
 			    strncmp(*str, "http://", 7) != 0)
-				return cerr(x, m, "suppression.unsubscribe_url: '%s' is not an http(s) URL",
-				            show(*str, b, sizeof(b)));
+				return cerr(
+				    x, m, "suppression.unsubscribe_url: '%s' is not an http(s) URL",
+				    show(*str, b, sizeof(b)));
 			if (str != &p->unsubscribe_url)
 				tern_ascii_lower(*str);
 			if (str == &p->verp_domain)
@@ -2123,10 +2126,11 @@ static int finish_suppression(struct ctx *x, const struct tern_config *c)
 	const struct conf_suppression *p = &c->suppression;
 	const char *fa = p->feedback_address ? strrchr(p->feedback_address, '@') : NULL;
 	if (p->verp_domain && !conf_is_local_domain(c, p->verp_domain, strlen(p->verp_domain)))
-		return cerr(x, x->suppr_verp,
-		            "suppression.verp_domain: %s is not in local_domains (bounces to it must "
-		            "be received here)",
-		            p->verp_domain);
+		return cerr(
+		    x, x->suppr_verp,
+		    "suppression.verp_domain: %s is not in local_domains (bounces to it must "
+		    "be received here)",
+		    p->verp_domain);
 	if (fa && !conf_is_local_domain(c, fa + 1, strlen(fa + 1)))
 		return cerr(x, x->suppr_fbl,
 		            "suppression.feedback_address: %s is not in local_domains", fa + 1);

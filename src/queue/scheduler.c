@@ -567,8 +567,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		case RCPT_SUPPRESSED:
 			/* No DSN: the suppression list is the sender's own record. */
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_SUPPRESSED, 0, o[k].reply);
-			log_warn("event=suppressed id=%s to=%s status=suppressed reply=%s", m->id, qa,
-			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
+			log_warn("event=suppressed id=%s to=%s status=suppressed reply=%s", m->id,
+			         qa, log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			break;
 		default: {
 			int64_t next = now + backoff(conf, r->attempts + 1);
@@ -733,8 +733,8 @@ static bool is_due(const struct spool_rcpt *r, const struct job *job, int64_t no
  * sending domain or the global one is finished as suppressed. Both are
  * marked in m too, so the rest of this pass skips them.
  */
-static void suppress_pass(struct scheduler *s, const struct tern_config *conf,
-                          struct spool_msg *m, struct job *job, int64_t now)
+static void suppress_pass(struct scheduler *s, const struct tern_config *conf, struct spool_msg *m,
+                          struct job *job, int64_t now)
 {
 	if (!conf->suppression.enabled || s->capture)
 		return;
@@ -756,24 +756,25 @@ static void suppress_pass(struct scheduler *s, const struct tern_config *conf,
 		bool intake = r->local && suppress_intake_match(conf, r->addr);
 		struct suppress_entry e;
 		struct suppress_intake_result res;
-		if (!intake && (r->local || !suppress_check(suppress_shared(conf->data_dir), sd,
-		                                            r->addr, &e)))
+		if (!intake &&
+		    (r->local || !suppress_check(suppress_shared(conf->data_dir), sd, r->addr, &e)))
 			continue;
-		if (!o && (!(o = calloc(cap, sizeof(*o))) ||
-		           !(replies = calloc(cap, sizeof(*replies)))))
+		if (!o &&
+		    (!(o = calloc(cap, sizeof(*o))) || !(replies = calloc(cap, sizeof(*replies)))))
 			break; /* still due: tried as usual */
 		char qa[LOG_ADDR_MAX], qw[300], qr[LOG_ADDR_MAX], qs[SUPPRESS_DOMAIN_MAX * 4 + 8];
 		o[n].idx = i;
 		o[n].relay = "suppression";
 		if (intake) {
 			suppress_intake(conf, r->addr, job->data, job->len, m->id, &res);
-			log_info("event=suppress_intake id=%s to=%s result=%s suppressed=%s scope=%s",
-			         m->id, log_quote_addr(r->addr, qa, sizeof(qa)),
-			         log_quote(res.what, strlen(res.what), qw, sizeof(qw)),
-			         res.suppressed ? log_quote_addr(res.addr, qr, sizeof(qr)) : "-",
-			         !res.suppressed ? "-"
-			         : res.scope[0]  ? log_quote(res.scope, strlen(res.scope), qs, sizeof(qs))
-			                         : "global");
+			log_info(
+			    "event=suppress_intake id=%s to=%s result=%s suppressed=%s scope=%s",
+			    m->id, log_quote_addr(r->addr, qa, sizeof(qa)),
+			    log_quote(res.what, strlen(res.what), qw, sizeof(qw)),
+			    res.suppressed ? log_quote_addr(res.addr, qr, sizeof(qr)) : "-",
+			    !res.suppressed ? "-"
+			    : res.scope[0] ? log_quote(res.scope, strlen(res.scope), qs, sizeof(qs))
+			                   : "global");
 			o[n].state = RCPT_DELIVERED;
 			o[n].status = "2.0.0";
 			snprintf(replies[n], sizeof(replies[n]),
@@ -826,7 +827,7 @@ static bool verp_sender(const struct tern_config *conf, const struct spool_msg *
 /* Hands every due remote recipient of m to the remote engine, one job per
  * destination domain. */
 static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
-			    struct spool_msg *m, struct job *job, int64_t now)
+                            struct spool_msg *m, struct job *job, int64_t now)
 {
 	if (!s->remote)
 		return;
