@@ -2137,6 +2137,24 @@ static int finish_suppression(struct ctx *x, const struct tern_config *c)
 	return TERN_OK;
 }
 
+/* Top-level feedback_address = "..."; is suppression.feedback_address. */
+static int parse_feedback_address(struct ctx *x, const struct ucl_node *m,
+                                  struct conf_suppression *p)
+{
+	char b[80];
+	free(p->feedback_address);
+	p->feedback_address = NULL;
+	int rc = get_str(x, m, "feedback_address", &p->feedback_address);
+	if (rc != TERN_OK)
+		return rc;
+	if (!valid_address(p->feedback_address))
+		return cerr(x, m, "feedback_address: '%s' is not an address",
+		            show(p->feedback_address, b, sizeof(b)));
+	tern_ascii_lower(p->feedback_address);
+	x->suppr_fbl = m;
+	return TERN_OK;
+}
+
 static void suppression_free(struct conf_suppression *p)
 {
 	free(p->verp_domain);
@@ -2810,6 +2828,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_arc(x, m, &c->arc);
 	if (strcmp(k, "suppression") == 0)
 		return parse_suppression(x, m, &c->suppression);
+	if (strcmp(k, "feedback_address") == 0) /* issue 12's spelling of the same key */
+		return parse_feedback_address(x, m, &c->suppression);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);

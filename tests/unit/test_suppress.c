@@ -510,6 +510,14 @@ static void config_section(void **state)
 	assert_false(suppress_intake_match(c, "alice@b.example.org"));
 	assert_false(suppress_intake_match(c, "bounce+x@example.org"));
 	conf_unref(c);
+	/* issue 12's top-level spelling */
+	const char *top = "feedback_address = \"Complaints@example.org\";\n"
+	                  "local_domains = [\"example.org\"];\n";
+	c = conf_load_string(top, strlen(top), "t", err, sizeof(err));
+	assert_non_null(c);
+	assert_string_equal(c->suppression.feedback_address, "complaints@example.org");
+	assert_true(suppress_intake_match(c, "complaints@example.org"));
+	conf_unref(c);
 	c = conf_load_string("suppression { enabled = false; }", 32, "t", err, sizeof(err));
 	assert_non_null(c);
 	assert_false(c->suppression.enabled);
@@ -522,6 +530,7 @@ static void config_section(void **state)
 	    "suppression { unsubscribe_url = \"ftp://x\"; }",
 	    "suppression { frobnicate = 1; }",
 	    "suppression { enabled = \"yes please\"; }",
+	    "feedback_address = \"fbl@elsewhere.org\";",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		c = conf_load_string(bad[i], strlen(bad[i]), "t", err, sizeof(err));
