@@ -46,8 +46,8 @@
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
-#include "tls/tls.h"
 #include "store/suppress.h"
+#include "tls/tls.h"
 
 #define MAX_WORKERS 64
 #define MAX_FDS 256
