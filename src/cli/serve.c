@@ -271,7 +271,7 @@ static void touch_file(const char *path)
 /* Every file conf names that the daemon reads (besides the config and its
  * includes, which conf_load read already). Keep in step with the readers:
  * users_load, oauth_keys_load, tls_server_new, dns_resolver_new, remote.c's
- * AUTH, dkim_key_load. */
+ * AUTH and ca_file, dkim_key_load. */
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
@@ -281,6 +281,7 @@ static void touch_referenced(const struct tern_config *conf)
 		touch_file(conf->tls.certs[i].key_file);
 	}
 	touch_file(conf->dns.trust_anchor_file);
+	touch_file(conf->delivery.ca_file); /* remote_new's outbound trust anchors */
 	if (conf->relayhost)
 		touch_file(conf->relayhost->auth_password_file);
 	for (size_t i = 0; i < conf->n_routes; i++)

@@ -190,6 +190,9 @@ static const struct conf_delivery default_delivery = {
     .max_per_destination = 10,
     .connect_timeout = 30,
     .command_timeout = 300,
+    .dane = true,
+    .mta_sts = true,
+    .mta_sts_port = 443,
 };
 
 /* ---- errors -------------------------------------------------------------- */
@@ -1116,7 +1119,24 @@ static void route_free(struct conf_route *r)
 	free(r->auth_password_file);
 }
 
-static const char *const tls_names[] = {"none", "opportunistic", "require"};
+static const char *const tls_names[] = {"none", "opportunistic", "require", "verify", "dane"};
+#define TLS_NAMES_WORDS "\"none\", \"opportunistic\", \"require\", \"verify\" or \"dane\""
+
+const char *conf_tls_name(enum conf_tls t)
+{
+	return (size_t)t < sizeof(tls_names) / sizeof(tls_names[0]) ? tls_names[t] : "?";
+}
+
+/* Is host (as parse_via stores it) an address of this machine's loopback
+ * (127.0.0.0/8, ::1)? A name never is: DNS could say otherwise later. */
+static bool host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
 
 /* A host name as DNS knows it. A last label of digits only is not a name
  * (no TLD is numeric), so "10.0.0.256" is refused rather than looked up. */
@@ -1235,13 +1255,13 @@ static int get_tls(struct ctx *x, const struct ucl_node *n, const char *path, en
 {
 	char b[80];
 	if (n->type != UCL_STRING)
-		return want(x, n, path, "\"none\", \"opportunistic\" or \"require\"");
-	for (size_t i = 0; i < 3; i++)
+		return want(x, n, path, TLS_NAMES_WORDS);
+	for (size_t i = 0; i < sizeof(tls_names) / sizeof(tls_names[0]); i++)
 		if (strcmp(n->str, tls_names[i]) == 0) {
 			*out = (enum conf_tls)i;
 			return TERN_OK;
 		}
-	return cerr(x, n, "%s: must be \"none\", \"opportunistic\" or \"require\", not '%s'", path,
+	return cerr(x, n, "%s: must be " TLS_NAMES_WORDS ", not '%s'", path,
 	            show(n->str, b, sizeof(b)));
 }
 
@@ -1283,7 +1303,9 @@ static int parse_route_body(struct ctx *x, const struct ucl_node *m, const char 
 	snprintf(sub, sizeof(sub), "%s.via", name);
 	if ((rc = parse_via(x, via, sub, r)) != TERN_OK)
 		return rc;
-	r->tls = r->implicit_tls ? CONF_TLS_REQUIRE : CONF_TLS_OPPORTUNISTIC;
+	/* Credentials never cross an unverified channel by default. */
+	r->tls = user ? CONF_TLS_VERIFY
+	              : r->implicit_tls ? CONF_TLS_REQUIRE : CONF_TLS_OPPORTUNISTIC;
 	if (tls) {
 		snprintf(sub, sizeof(sub), "%s.tls", name);
 		if ((rc = get_tls(x, tls, sub, &r->tls)) != TERN_OK)
@@ -1294,6 +1316,15 @@ static int parse_route_body(struct ctx *x, const struct ucl_node *m, const char 
 			    "%s: \"none\" contradicts smtps:// in via, which is TLS from the "
 			    "first byte; use smtp:// for a connection without TLS",
 			    sub);
+		/* A password sent in clear (or to whoever answers STARTTLS when
+		 * the handshake fails) is readable on the path; only a next hop
+		 * on this machine (a local proxy, a test fake) has no path. */
+		if (user && r->tls <= CONF_TLS_OPPORTUNISTIC && !host_is_loopback(r->host))
+			return cerr(x, tls,
+			            "%s: \"%s\" with auth_user would send the password without "
+			            "TLS; use \"verify\" (the default with auth_user) or "
+			            "\"require\" (encrypted, certificate not checked)",
+			            sub, tls_names[r->tls]);
 	}
 	if (user) {
 		snprintf(sub, sizeof(sub), "%s.auth_user", name);
@@ -1399,6 +1430,7 @@ static const struct delivery_spec delivery_specs[] = {
     DLV(max_per_destination, NK_COUNT, 1, 10000),
     DLV(connect_timeout, NK_TIME, 1, 3600),
     DLV(command_timeout, NK_TIME, 1, 3600),
+    DLV(mta_sts_port, NK_COUNT, 1, 65535),
 };
 /* clang-format on */
 
@@ -1440,6 +1472,20 @@ static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf
 	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
 		const struct ucl_node *m = sec->items[i];
 		const struct delivery_spec *ds = NULL;
+		if (strcmp(m->key, "ca_file") == 0) {
+			free(d->ca_file);
+			d->ca_file = NULL;
+			if ((rc = get_path(x, m, "delivery.ca_file", &d->ca_file)) != TERN_OK)
+				return rc;
+			continue;
+		}
+		if (strcmp(m->key, "dane") == 0 || strcmp(m->key, "mta_sts") == 0) {
+			bool dane = m->key[0] == 'd';
+			if ((rc = get_bool(x, m, dane ? "delivery.dane" : "delivery.mta_sts",
+			                   dane ? &d->dane : &d->mta_sts)) != TERN_OK)
+				return rc;
+			continue;
+		}
 		for (size_t j = 0; j < N_DELIVERY; j++)
 			if (strcmp(m->key, delivery_specs[j].name) == 0)
 				ds = &delivery_specs[j];
@@ -2450,6 +2496,7 @@ static void conf_free(struct tern_config *c)
 		free(c->dns.forward[i]);
 	free(c->dns.forward);
 	free(c->dns.trust_anchor_file);
+	free(c->delivery.ca_file);
 	for (size_t i = 0; i < c->capture.n_http_allowed_hosts; i++)
 		free(c->capture.http_allowed_hosts[i]);
 	free(c->capture.http_allowed_hosts);
@@ -3155,7 +3202,7 @@ static const char warn_plaintext[] =
 static size_t warn_route(const struct conf_route *r, const char *name,
                          void (*fn)(const char *, const char *, void *), void *arg)
 {
-	char key[320], text[512];
+	char key[336], text[512]; /* the caller's name (< 320 bytes) + ".tls" */
 	if (r->tls != CONF_TLS_REQUIRE)
 		return 0;
 	snprintf(key, sizeof(key), "%s.tls", name);
@@ -3431,6 +3478,15 @@ void conf_print(const struct tern_config *c, FILE *out)
 		        (unsigned long long)delivery_get(&c->delivery, ds),
 		        ds->kind == NK_TIME ? "s" : "");
 	}
+	if (c->delivery.ca_file) {
+		fputs("\tca_file = ", out);
+		print_str(out, c->delivery.ca_file);
+		fputs(";\n", out);
+	} else {
+		fputs("\t# no ca_file: outbound verification uses the system trust store\n", out);
+	}
+	fprintf(out, "\tdane = %s;\n", c->delivery.dane ? "true" : "false");
+	fprintf(out, "\tmta_sts = %s;\n", c->delivery.mta_sts ? "true" : "false");
 	fputs("}\nmailbox {\n\tquota = ", out);
 	print_size(out, c->mailbox.quota);
 	fputs(";\n}\ndns {\n\tforward = ", out);
