@@ -59,8 +59,9 @@ int cmd_spf(int argc, char **argv);
 int cmd_dkim(int argc, char **argv);
 int cmd_arc(int argc, char **argv); /* `tern arc verify|seal` (arc.c) */
 int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
-int cmd_milter(int argc, char **argv);
-int cmd_dmarc(int argc, char **argv); /* `tern dmarc send-reports|report` (dmarc.c) */         /* `tern milter test` (milter.c) */
+int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
+int cmd_dmarc(int argc, char **argv); /* `tern dmarc send-reports|report` (dmarc.c) */
+int cmd_suppress(int argc, char **argv);       /* `tern suppress` (suppress.c) */
 
 /*
  * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file

@@ -47,6 +47,7 @@
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "store/suppress.h"
 #include "tls/tls.h"
 
 #define MAX_WORKERS 64
@@ -946,6 +947,7 @@ out:
 	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */
 	remote_free(remote);
 	scheduler_free(sched);
+	suppress_shared_close(); /* after the delivery threads, its only users */
 	for (unsigned w = 0; w < n_workers; w++)
 		worker_free(workers[w]);
 	for (size_t i = 0; i < n_fds; i++)

@@ -58,6 +58,7 @@
 #include "core/runtime.h"
 #include "policy/policy.h"
 #include "queue/queue.h"
+#include "store/suppress.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
 #define READ_HIGH_WATERMARK (256 * 1024)
@@ -1234,6 +1235,12 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 	snprintf(addr, sizeof(addr), "%s@%s", local_lc, dom_lc);
 
 	*err = TERN_OK;
+	/* SUPPRESSION: VERP return paths and the feedback address take reports
+	 * (store/suppress.h); delivery consumes them. */
+	if (suppress_intake_match(conf, addr)) {
+		*err = tx_add_rcpt(t, addr, c->orcpt, c->notify, true);
+		return true;
+	}
 	const struct conf_alias *al = conf_find_alias(conf, addr);
 	if (al) {
 		size_t before = t->n_rcpts;
