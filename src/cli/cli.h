@@ -57,6 +57,7 @@ int cmd_dkim(int argc, char **argv);
 int cmd_arc(int argc, char **argv); /* `tern arc verify|seal` (arc.c) */
 int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
+int cmd_apikey(int argc, char **argv);         /* `tern apikey` (apikey.c) */
 
 /*
  * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file

@@ -103,6 +103,7 @@ static const char default_text[] =
     "}\n"
     "\tpop3 { address = \"127.0.0.1:2110\"; profile = \"pop3\"; tls = \"starttls\"; }\n"
     "\tpop3s { address = \"127.0.0.1:2995\"; profile = \"pop3\"; tls = \"implicit\"; }\n"
+    "\tapi { address = \"127.0.0.1:2580\"; profile = \"http\"; }\n"
     "}\n"
     "routes { }\n"
     "# no relayhost: mail for other domains goes to their MX hosts\n"
@@ -1053,11 +1054,18 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		            sub, show(addr->str, b, sizeof(b)));
 	snprintf(sub, sizeof(sub), "%s.profile", path);
 	if (prof->type != UCL_STRING)
-		return want(x, prof, sub, "\"mx\", \"submission\" or \"pop3\"");
+		return want(x, prof, sub, "\"mx\", \"submission\", \"pop3\" or \"http\"");
 	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0 &&
-	    strcmp(prof->str, "pop3") != 0)
-		return cerr(x, prof, "%s: must be \"mx\", \"submission\" or \"pop3\", not '%s'",
+	    strcmp(prof->str, "pop3") != 0 && strcmp(prof->str, "http") != 0)
+		return cerr(x, prof,
+		            "%s: must be \"mx\", \"submission\", \"pop3\" or \"http\", not '%s'",
 		            sub, show(prof->str, b, sizeof(b)));
+	/* http (the sending API, http/api.h) has no TLS of its own yet */
+	if (strcmp(prof->str, "http") == 0 && (milters || mact || tls))
+		return cerr(x, milters ? milters : mact ? mact : tls,
+		            "%s: an http listener takes only address and profile (TLS: put a "
+		            "proxy in front for now; milters are for SMTP)",
+		            path);
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
@@ -2415,7 +2423,9 @@ static int finish_tls(struct ctx *x, struct tern_config *c)
 		struct conf_listener *l = &c->listeners[i];
 		const struct ucl_node *node = i < MAX_LISTENERS ? x->listen_tls[i] : NULL;
 		if (!node)
-			l->tls = t->n_certs ? CONF_LISTEN_TLS_STARTTLS : CONF_LISTEN_TLS_NONE;
+			l->tls = t->n_certs && strcmp(l->profile, "http") != 0
+			             ? CONF_LISTEN_TLS_STARTTLS
+			             : CONF_LISTEN_TLS_NONE;
 		else if (l->tls == CONF_LISTEN_TLS_NONE && t->n_certs > 0 &&
 		         strcmp(l->profile, "pop3") == 0)
 			return cerr(x, node,

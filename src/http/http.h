@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 struct capture_store;
+struct evhttp_request;
 struct worker;
 
 /* What the HTTP layer asks of the rest of tern. Callbacks may complete on
@@ -48,6 +49,10 @@ struct http_hooks {
 	                      uint64_t *smtp_rejected, uint64_t *messages_deleted);
 	const char *version;
 	const char *smtp_address; /* for /api/v1/info and the UI */
+	/* Serve mode (http/api.h): when set, every request goes here instead of
+	 * capture's routes and guard (st is then NULL); it answers req, at once
+	 * or later on this worker. */
+	void (*handle)(void *ctx, struct evhttp_request *req);
 };
 
 struct http_server;
