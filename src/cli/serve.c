@@ -839,6 +839,12 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		}
 		http_fd = -1; /* owned by the HTTP server now */
 	}
+	/* before anything is submitted: it watches the scheduler's results */
+	if (n_api_fds &&
+	    !(api = api_start(conf->data_dir, sp, sched, api_fds, n_api_fds, err, sizeof(err)))) {
+		log_error("event=fatal reason=\"http api: %s\"", err);
+		goto out;
+	}
 	for (unsigned w = 0; w < n_workers; w++) {
 		if (worker_start(workers[w]) != 0) {
 			log_error("event=fatal reason=\"cannot start worker thread %u\"", w);
@@ -853,11 +859,6 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	control_fd = -1;
 	if (!(sub = submit_start(conf->data_dir, sp, sched, err, sizeof(err)))) { /* sendmail */
 		log_error("event=fatal reason=\"local submission: %s\"", err);
-		goto out;
-	}
-	if (n_api_fds &&
-	    !(api = api_start(conf->data_dir, sp, sched, api_fds, n_api_fds, err, sizeof(err)))) {
-		log_error("event=fatal reason=\"http api: %s\"", err);
 		goto out;
 	}
 	scheduler_requeue_all(sched, false);
@@ -943,6 +944,7 @@ out:
 			worker_stop_and_join(workers[w]);
 	scheduler_stop(sched);
 	scheduler_drain_results(sched);
+	api_free(api); /* after the last result it could be told of */
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);

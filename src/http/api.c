@@ -57,7 +57,9 @@
 #define BATCH_BODY_MAX ((size_t)64 * 1024 * 1024)
 
 struct api {
-	struct apikeys *keys;
+	struct apikeys *keys;    /* the HTTP worker's connection */
+	struct apikeys *results; /* the delivery threads' (under results_mu) */
+	pthread_mutex_t results_mu;
 	struct spool *sp;
 	struct scheduler *sched;
 	struct worker *w;
@@ -632,26 +634,74 @@ static const char *state_name(enum rcpt_state s)
 	return "unknown";
 }
 
+/* The key name of a message the API queued ("addr=IP proto=HTTP key=NAME"
+ * is our own envelope's client field), or NULL for any other message. */
+static const char *owner_of(const struct spool_msg *m)
+{
+	const char *k = m->client ? strchr(m->client, ' ') : NULL;
+	if (!k || strncmp(m->client, "addr=", 5) != 0 || strncmp(k, " proto=HTTP key=", 16) != 0)
+		return NULL;
+	return k + 16;
+}
+
+struct past {
+	struct req_ctx *c;
+	json_t *rcpts;
+	bool visible; /* the key may see it */
+	char sender[SMTP_ADDR_MAX + 3];
+	int64_t updated;
+};
+
+static void past_row(void *arg, const char *owner, const char *sender, const char *addr,
+                     const char *state, const char *reply, int64_t updated)
+{
+	struct past *p = arg;
+	if (p->c->key.scope >= APIKEY_ADMIN || strcmp(owner, p->c->key.name) == 0)
+		p->visible = true;
+	tern_strlcpy(p->sender, sender, sizeof(p->sender));
+	if (updated > p->updated)
+		p->updated = updated;
+	json_t *o = json_pack("{s:s, s:s}", "address", addr, "state", state);
+	if (o && reply)
+		json_object_set_new(o, "reason", json_string(reply));
+	json_array_append_new(p->rcpts, o ? o : json_null());
+}
+
+/* A message no longer in the queue: its recipients' last results. */
+static void past_status(struct req_ctx *c, const char *id)
+{
+	struct past p = {.c = c, .rcpts = json_array()};
+	int rc = p.rcpts ? apikeys_results(c->a->keys, id, past_row, &p) : TERN_ENOMEM;
+	if (rc != TERN_OK || !p.visible) {
+		json_decref(p.rcpts);
+		fail(c, 404, "not_found",
+		     "no such message: unknown, sent by another key, or removed from the queue "
+		     "by an operator");
+		return;
+	}
+	add_id(c, id);
+	reply_json(c, 200,
+	           json_pack("{s:s, s:s, s:b, s:I, s:o}", "id", id, "from", p.sender, "finished", 1,
+	                     "updated", (json_int_t)p.updated, "recipients", p.rcpts));
+}
+
 static void message_status(struct req_ctx *c, const char *id)
 {
 	if (!need_scope(c, APIKEY_READ))
 		return;
 	struct spool_msg *m = queue_id_valid(id, strlen(id)) ? spool_get(c->a->sp, id) : NULL;
 	/* A key sees the messages it sent (an admin key every one). */
-	char mine[APIKEY_NAME_MAX + 32];
-	snprintf(mine, sizeof(mine), " proto=HTTP key=%s", c->key.name);
-	/* our own envelope's client: "addr=IP proto=HTTP key=NAME" */
-	const char *k = m && m->client ? strchr(m->client, ' ') : NULL;
-	if (m &&
-	    (!k || strncmp(m->client, "addr=", 5) != 0 || strncmp(k, " proto=HTTP key=", 16) != 0 ||
-	     (c->key.scope < APIKEY_ADMIN && strcmp(k, mine) != 0))) {
+	const char *owner = m ? owner_of(m) : NULL;
+	if (m && (!owner || (c->key.scope < APIKEY_ADMIN && strcmp(owner, c->key.name) != 0))) {
 		spool_msg_free(m);
-		m = NULL;
+		fail(c, 404, "not_found", "no such message: unknown, or sent by another key");
+		return;
 	}
 	if (!m) {
-		fail(c, 404, "not_found",
-		     "no such message in the queue: unknown, sent by another key, or finished "
-		     "(every recipient delivered or bounced)");
+		if (queue_id_valid(id, strlen(id)))
+			past_status(c, id);
+		else
+			fail(c, 404, "not_found", "no such message: that is not a queue id");
 		return;
 	}
 	json_t *rcpts = json_array();
@@ -667,9 +717,9 @@ static void message_status(struct req_ctx *c, const char *id)
 	}
 	add_id(c, m->id);
 	reply_json(c, 200,
-	           json_pack("{s:s, s:s, s:I, s:I, s:o}", "id", m->id, "from", m->sender, "created",
-	                     (json_int_t)m->created, "size", (json_int_t)m->size, "recipients",
-	                     rcpts ? rcpts : json_array()));
+	           json_pack("{s:s, s:s, s:b, s:I, s:I, s:o}", "id", m->id, "from", m->sender,
+	                     "finished", 0, "created", (json_int_t)m->created, "size",
+	                     (json_int_t)m->size, "recipients", rcpts ? rcpts : json_array()));
 	spool_msg_free(m);
 }
 
@@ -767,6 +817,23 @@ static void handle(void *ctx, struct evhttp_request *req)
 #define API_WORKER_INDEX 1001 /* only for log lines: not an SMTP worker */
 #define API_LISTENERS_MAX 16
 
+/* A delivery thread recorded a result (scheduler_set_observer): keep the
+ * API messages' ones, so their status outlives the queue. */
+static void on_result(void *arg, const struct spool_msg *m, size_t idx, enum rcpt_state st,
+                      const char *reply)
+{
+	struct api *a = arg;
+	const char *owner = owner_of(m);
+	if (!owner || idx >= m->n_rcpts)
+		return;
+	pthread_mutex_lock(&a->results_mu);
+	int rc = apikeys_result_put(a->results, m->id, idx, owner, m->sender, m->rcpts[idx].addr,
+	                            state_name(st), reply, (int64_t)time(NULL));
+	pthread_mutex_unlock(&a->results_mu);
+	if (rc != TERN_OK)
+		log_warn("event=api_result_lost id=%s reason=%s", m->id, tern_strerror(rc));
+}
+
 struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *sched, int *fds,
                       size_t n_fds, char *err, size_t errlen)
 {
@@ -779,8 +846,10 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	}
 	a->sp = sp;
 	a->sched = sched;
+	pthread_mutex_init(&a->results_mu, NULL);
 	snprintf(path, sizeof(path), "%s/apikeys.db", data_dir);
-	if (apikeys_open(path, true, &a->keys) != TERN_OK) {
+	if (apikeys_open(path, true, &a->keys) != TERN_OK ||
+	    apikeys_open(path, true, &a->results) != TERN_OK) {
 		snprintf(err, errlen, "cannot open the API key store %s", path);
 		goto fail;
 	}
@@ -807,9 +876,10 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 		goto fail;
 	}
 	a->started = true;
+	scheduler_set_observer(sched, on_result, a);
 	return a;
 fail:
-	api_stop(a);
+	api_free(a);
 	return NULL;
 }
 
@@ -819,12 +889,24 @@ void api_stop(struct api *a)
 		return;
 	if (a->started)
 		worker_stop_and_join(a->w);
+	a->started = false;
 	for (size_t i = 0; i < a->n_http; i++)
 		http_server_free(a->http[i]);
+	a->n_http = 0;
 	if (a->w) {
 		worker_run_pending(a->w);
 		worker_free(a->w);
+		a->w = NULL;
 	}
+}
+
+void api_free(struct api *a)
+{
+	if (!a)
+		return;
+	api_stop(a);
 	apikeys_close(a->keys);
+	apikeys_close(a->results);
+	pthread_mutex_destroy(&a->results_mu);
 	free(a);
 }

@@ -93,14 +93,22 @@ struct evhttp_request;
 /*
  * Starts the API on the listening sockets fds[0..n_fds) (profile "http";
  * each taken over: set to -1): opens DATA/apikeys.db (created if missing),
- * makes a worker of its own for the HTTP servers and starts it. Call after
- * the privilege drop and once the runtime is installed. NULL with err set
+ * makes a worker of its own for the HTTP servers and starts it, and
+ * becomes the scheduler's result observer (the final state of each API
+ * message is kept for GET /api/v1/messages/{id}). Call after the privilege
+ * drop, once the runtime is installed, before anything is submitted (the
+ * observer is set without a lock). NULL with err set
  * on failure (the fds not taken are still the caller's).
  */
 struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *sched, int *fds,
                       size_t n_fds, char *err, size_t errlen);
-/* Stops the worker (a request being committed finishes first), frees the
- * servers and the store. Call before the scheduler and the spool stop. NULL is fine. */
+/* Stops the worker (a request being committed finishes first) and frees
+ * the servers: no request is served after. Call before the scheduler stops.
+ * NULL is fine. */
 void api_stop(struct api *a);
+/* Frees the rest (api_stop first if not done): after the scheduler's last
+ * result (scheduler_stop and scheduler_drain_results), since api_start made
+ * it the scheduler's result observer. NULL is fine. */
+void api_free(struct api *a);
 
 #endif

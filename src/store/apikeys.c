@@ -24,6 +24,7 @@
 
 struct apikeys {
 	sqlite3 *db;
+	unsigned puts; /* results written: every 1000th prunes old ones */
 };
 
 static const char schema[] =
@@ -37,7 +38,20 @@ static const char schema[] =
     " revoked INTEGER NOT NULL DEFAULT 0,"
     " per_hour INTEGER," /* quotas (issue 12 item 6): NULL = none */
     " per_day INTEGER);"
-    "CREATE UNIQUE INDEX IF NOT EXISTS apikeys_live_name ON apikeys(name) WHERE revoked = 0;";
+    "CREATE UNIQUE INDEX IF NOT EXISTS apikeys_live_name ON apikeys(name) WHERE revoked = 0;"
+    "CREATE TABLE IF NOT EXISTS api_results ("
+    " queue_id TEXT NOT NULL,"
+    " idx INTEGER NOT NULL,"
+    " owner TEXT NOT NULL,"
+    " sender TEXT NOT NULL,"
+    " address TEXT NOT NULL,"
+    " state TEXT NOT NULL,"
+    " reply TEXT,"
+    " updated INTEGER NOT NULL,"
+    " PRIMARY KEY (queue_id, idx));"
+    "CREATE INDEX IF NOT EXISTS api_results_updated ON api_results(updated);";
+
+#define RESULTS_KEEP (30 * 86400)
 
 const char *apikey_scope_name(enum apikey_scope s)
 {
@@ -303,4 +317,64 @@ bool apikey_allows_domain(const struct apikey *key, const char *domain)
 		p += n + (e ? 1 : 0);
 	}
 	return false;
+}
+
+int apikeys_result_put(struct apikeys *k, const char *id, size_t idx, const char *owner,
+                       const char *sender, const char *addr, const char *state, const char *reply,
+                       int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	if (k->puts++ == 0) /* results are a convenience: no fsync for them */
+		sqlite3_exec(k->db, "PRAGMA synchronous = OFF", NULL, NULL, NULL);
+	if (k->puts % 1000 == 0 &&
+	    sqlite3_prepare_v2(k->db, "DELETE FROM api_results WHERE updated < ?", -1, &st, NULL) ==
+	        SQLITE_OK) {
+		sqlite3_bind_int64(st, 1, now - RESULTS_KEEP);
+		sqlite3_step(st);
+		sqlite3_finalize(st);
+		st = NULL;
+	}
+	if (sqlite3_prepare_v2(k->db,
+	                       "INSERT OR REPLACE INTO api_results (queue_id, idx, owner, sender, "
+	                       "address, state, reply, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+	                       -1, &st, NULL) != SQLITE_OK)
+		return TERN_EIO;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (int64_t)idx);
+	sqlite3_bind_text(st, 3, owner, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, sender, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, addr, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, state, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 7, reply, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 8, now);
+	int s = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return s == SQLITE_DONE ? TERN_OK : TERN_EIO;
+}
+
+int apikeys_results(struct apikeys *k, const char *id,
+                    void (*fn)(void *arg, const char *owner, const char *sender, const char *addr,
+                               const char *state, const char *reply, int64_t updated),
+                    void *arg)
+{
+	sqlite3_stmt *st = NULL;
+	if (sqlite3_prepare_v2(k->db,
+	                       "SELECT owner, sender, address, state, reply, updated FROM "
+	                       "api_results WHERE queue_id = ? ORDER BY idx",
+	                       -1, &st, NULL) != SQLITE_OK)
+		return TERN_EIO;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	int s, n = 0;
+	while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *c[5];
+		for (int i = 0; i < 5; i++)
+			c[i] = (const char *)sqlite3_column_text(st, i);
+		fn(arg, c[0] ? c[0] : "", c[1] ? c[1] : "", c[2] ? c[2] : "", c[3] ? c[3] : "",
+		   c[4], sqlite3_column_int64(st, 5));
+		n++;
+	}
+	sqlite3_finalize(st);
+	if (s != SQLITE_DONE)
+		return TERN_EIO;
+	return n ? TERN_OK : TERN_ENOTFOUND;
 }

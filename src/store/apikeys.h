@@ -66,6 +66,23 @@ int apikeys_revoke(struct apikeys *k, const char *name_or_id);
  * TERN_EIO when the store cannot be read. */
 int apikeys_verify(struct apikeys *k, const char *token, size_t len, struct apikey *out);
 
+/*
+ * The delivery results of API messages (table api_results), so that a
+ * message's status outlives its time in the queue: one row per recipient
+ * (queue id, index), replaced by each newer result; rows older than 30
+ * days go. owner is the key name that sent it. results_put is written
+ * without fsync (a crash loses a status, never mail). TERN_OK/TERN_EIO.
+ */
+int apikeys_result_put(struct apikeys *k, const char *id, size_t idx, const char *owner,
+                       const char *sender, const char *addr, const char *state, const char *reply,
+                       int64_t now);
+/* Calls fn for each recipient row of id in index order: TERN_OK, or
+ * TERN_ENOTFOUND when there is none, TERN_EIO. */
+int apikeys_results(struct apikeys *k, const char *id,
+                    void (*fn)(void *arg, const char *owner, const char *sender, const char *addr,
+                               const char *state, const char *reply, int64_t updated),
+                    void *arg);
+
 /* Whether key may send mail whose From domain is domain (lowercase): any
  * domain when the key names none, else one of its domains or a subdomain
  * of one. Pure. */

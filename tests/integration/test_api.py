@@ -248,6 +248,82 @@ def test_status_per_recipient_and_per_key(api):
     assert st == 404 and e["error"]["code"] == "not_found"
 
 
+class FakeMX:
+    """aiosmtpd on 127.0.0.1: 550 for reject@..., 250 for the rest, messages kept."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller  # python3-aiosmtpd, in scripts/install-deps
+        self.messages = []
+        outer = self
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                if address.startswith("reject@"):
+                    return "550 5.1.1 no such user here"
+                envelope.rcpt_tos.append(address)
+                return "250 2.1.5 ok"
+
+            async def handle_DATA(self, server, session, envelope):
+                outer.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                       envelope.original_content or envelope.content))
+                return "250 2.0.0 taken"
+
+        self.port = free_port()
+        self.ctl = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.ctl.start()
+
+    def stop(self):
+        self.ctl.stop()
+
+
+def test_status_outlives_the_queue_delivered_and_bounced(tern_factory):
+    """A fake MX takes one recipient and refuses another (550): once every recipient is
+    delivered or bounced the message leaves the queue, and its status stays, with each
+    recipient's final state and reply. The MX got the message with its attachment intact."""
+    mx = FakeMX()
+    try:
+        port = free_port()
+        t = tern_factory({"listen": {"api": {"address": f"127.0.0.1:{port}", "profile": "http"}},
+                          "routes": {"remote.test": {"via": f"smtp://127.0.0.1:{mx.port}"}}},
+                         start=False)
+        keys = {"send": create_key(t, "app"), "other": create_key(t, "other"),
+                "admin": create_key(t, "ops", "--scope", "admin")}
+        start_on_free_port(t)
+        wait_ready_http(port)
+        api = Api(t, port)
+        api.keys = keys
+        body = send_ok(api, {"from": "app@example.test",
+                             "to": ["alice@example.test", "ok@remote.test", "reject@remote.test"],
+                             "text": "two get it\n",
+                             "attachments": [{"filename": "blob.bin",
+                                              "content": base64.b64encode(BLOB).decode()}]})
+        qid = body["id"]
+        deadline = time.monotonic() + 30
+        while True:
+            st, s = api.json("GET", f"/api/v1/messages/{qid}", token=keys["send"])
+            assert st == 200, s
+            if s["finished"]:
+                break
+            assert time.monotonic() < deadline, s
+            time.sleep(0.2)
+        assert qid not in queue_ids(t)
+        states = {r["address"]: (r["state"], r.get("reason", "")) for r in s["recipients"]}
+        assert states["alice@example.test"][0] == "delivered"
+        assert states["ok@remote.test"][0] == "delivered"
+        assert states["reject@remote.test"][0] == "bounced"
+        assert "550" in states["reject@remote.test"][1] and "5.1.1" in states["reject@remote.test"][1]
+        # still per key
+        assert api.json("GET", f"/api/v1/messages/{qid}", token=keys["other"])[0] == 404
+        assert api.json("GET", f"/api/v1/messages/{qid}", token=keys["admin"])[0] == 200
+        # what the MX got: the attachment byte for byte
+        (frm, rcpts, data), = mx.messages
+        assert frm == "app@example.test" and rcpts == ["ok@remote.test"]
+        m = parse(data)
+        assert [p.get_payload(decode=True) for p in m.walk() if p.get_filename()] == [BLOB]
+    finally:
+        mx.stop()
+
+
 @pytest.mark.parametrize("case", [
     # (what, status, code, field, request)
     ("malformed JSON", 400, "malformed_json", None, {"raw": b'{"from": "a@example.test",'}),
