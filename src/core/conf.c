@@ -1060,12 +1060,7 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		return cerr(x, prof,
 		            "%s: must be \"mx\", \"submission\", \"pop3\" or \"http\", not '%s'",
 		            sub, show(prof->str, b, sizeof(b)));
-	/* http (the sending API, http/api.h) has no TLS of its own yet */
-	if (strcmp(prof->str, "http") == 0 && (milters || mact || tls))
-		return cerr(x, milters ? milters : mact ? mact : tls,
-		            "%s: an http listener takes only address and profile (TLS: put a "
-		            "proxy in front for now; milters are for SMTP)",
-		            path);
+
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
@@ -1076,6 +1071,12 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	enum conf_listen_tls lt = CONF_LISTEN_TLS_NONE;
 	if (tls && (rc = get_listen_tls(x, tls, path, &lt)) != TERN_OK)
 		return rc;
+	/* http (the sending API, http/api.h) has no TLS of its own yet */
+	if (strcmp(prof->str, "http") == 0 && (milters || mact || lt != CONF_LISTEN_TLS_NONE))
+		return cerr(x, milters ? milters : mact ? mact : tls,
+		            "%s: an http listener takes only address, profile and tls = \"none\" "
+		            "(TLS: put a proxy in front for now; milters are for SMTP)",
+		            path);
 	if (c->n_listeners >= MAX_LISTENERS)
 		return cerr(x, m, "listen: more than %d listeners", MAX_LISTENERS);
 	x->listen_tls[c->n_listeners] = tls;

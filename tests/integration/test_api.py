@@ -496,8 +496,14 @@ def test_check_config_knows_the_http_profile(scratch):
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert re.search(r'profile = "http"', r.stdout)
+    # what check-config prints reads back
+    printed = scratch / "printed.conf"
+    printed.write_text(r.stdout)
+    r2 = subprocess.run([tern_bin(), "check-config", "-c", str(printed)], capture_output=True,
+                        text=True, timeout=30)
+    assert r2.returncode == 0, r2.stderr
     conf.write_text(f'data_dir = "{scratch}/d";\nlisten {{ api {{ address = "127.0.0.1:2580"; '
                     f'profile = "http"; tls = "implicit"; }} }}\n')
     r = subprocess.run([tern_bin(), "check-config", "-c", str(conf)], capture_output=True,
                        text=True, timeout=30)
-    assert r.returncode != 0 and "http listener takes only address and profile" in r.stderr
+    assert r.returncode != 0 and "http listener takes only address, profile and tls" in r.stderr

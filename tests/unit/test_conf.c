@@ -723,8 +723,8 @@ static const struct err_case conf_err_cases[] = {
      "t.conf:1: listen.mx.profile: must be \"mx\", \"submission\", \"pop3\" or \"http\", not "
      "'relay'"},
     {"listen { api { address = \"127.0.0.1:80\"; profile = http; tls = implicit } }",
-     "t.conf:1: listen.api: an http listener takes only address and profile (TLS: put a proxy "
-     "in front for now; milters are for SMTP)"},
+     "t.conf:1: listen.api: an http listener takes only address, profile and tls = \"none\" "
+     "(TLS: put a proxy in front for now; milters are for SMTP)"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = true } }",
      "t.conf:1: listen.mx.profile: expected \"mx\", \"submission\", \"pop3\" or \"http\", got the "
      "boolean true"},
