@@ -390,12 +390,20 @@ static void commit_all(struct req_ctx *c, struct item *items, size_t n)
 			continue;
 		}
 		char kq[APIKEY_NAME_MAX + 8], mq[256];
+		/* tags have no store in serve mode yet: the log line carries them */
+		char tags[512] = "", tq[600];
+		for (size_t t = 0; t < it->s.msg.n_tags; t++) {
+			size_t tl = strlen(tags);
+			snprintf(tags + tl, sizeof(tags) - tl, "%s%s", tl ? "," : "",
+			         it->s.msg.tags[t]);
+		}
 		log_info("event=queued id=%s source=api key=%s from=<%s> nrcpt=%zu size=%zu "
-		         "msgid=%s",
+		         "msgid=%s tags=%s",
 		         it->id, log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq)),
 		         it->s.msg.from, it->n_rcpts, it->data.len,
 		         it->msgid[0] ? log_quote(it->msgid, strlen(it->msgid), mq, sizeof(mq))
-		                      : "-");
+		                      : "-",
+		         tags[0] ? log_quote(tags, strlen(tags), tq, sizeof(tq)) : "-");
 		if (it->s.metadata) {
 			char md[1024];
 			log_info("event=api_metadata id=%s metadata=%s", it->id,

@@ -174,6 +174,7 @@ def test_native_send_delivers_every_part_intact(api):
     log = api.t.wait_log(rf"event=api method=POST path=/api/v1/messages status=202 key=app .*id={qid}")
     assert log
     api.t.wait_log(rf"event=api_metadata id={qid} metadata=")
+    api.t.wait_log(rf"event=queued id={qid} source=api key=app .* tags=receipt$")
 
 
 def test_raw_send(api):
