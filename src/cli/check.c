@@ -28,15 +28,17 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "policy/dkim.h"
+#include "smtp/verify_arc.h"
 #include "tls/tls.h"
 
 static const struct cli_help check_help = {
     "tern check-config", "tern check-config [-c FILE] [--changed]",
     "Loads the configuration as tern serve would and checks what it names:\n"
     "the TLS certificate and key (read and matched), the OAuth issuer's keys\n"
-    "(auth.oauth.jwks_file, read and parsed), the account 'user' (it\n"
-    "must exist), the data_dir (that account must be able to create and write\n"
-    "it), and relay.networks (a network shorter than /8 is an open relay).\n"
+    "(auth.oauth.jwks_file, read and parsed), the ARC sealing key (RSA), the\n"
+    "account 'user' (it must exist), the data_dir (that account must be able to\n"
+    "create and write it), and relay.networks (a network shorter than /8 is an\n"
+    "open relay).\n"
     "Problems go to standard error as \"tern: error: ...\" or \"tern: warning:\n"
     "...\"; the effective configuration, every key with its value, to standard\n"
     "output.\n"
@@ -83,6 +85,19 @@ static void check_tls(struct check *ck, const struct tern_config *c)
 		return;
 	}
 	tls_server_free(ts);
+}
+
+/* delivery.ca_file, loaded as remote_new loads it: one that does not load
+ * stops serve at start. */
+static void check_ca_file(struct check *ck, const struct tern_config *c)
+{
+	char err[512];
+	if (!c->delivery.ca_file)
+		return;
+	SSL_CTX *ctx = tls_client_ctx_new(c->delivery.ca_file, true, err, sizeof(err));
+	if (!ctx)
+		error(ck, "delivery.ca_file: %s", err);
+	SSL_CTX_free(ctx);
 }
 
 /* The OAuth issuer's keys, read and parsed as serve does: a file that does
@@ -289,8 +304,11 @@ int cmd_check_config(int argc, char **argv)
 	check_user(&ck, c);
 	check_data_dir(&ck, c);
 	check_tls(&ck, c);
+	check_ca_file(&ck, c);
 	check_oauth(&ck, c);
 	check_dkim(&ck, c);
+	if (!smtp_arc_key_usable(c, err, sizeof(err))) /* ARC: the sealing key (verify_arc.h) */
+		error(&ck, "%s", err);
 	if (changed)
 		conf_print_changed(c, stdout);
 	else

@@ -30,6 +30,7 @@ static const struct command {
     {"arc", cmd_arc},
     {"milter", cmd_milter},
     {"apikey", cmd_apikey},
+    {"dmarc", cmd_dmarc},
     {"sendmail", cmd_sendmail},
     /* clang-format on */
 };
@@ -60,6 +61,7 @@ static const struct cli_help help = {
     "  milter test --milter SPEC < MSG\n"
     "                             run a message through a milter (rspamd, ...)\n"
     "  apikey create|list|revoke  keys of the HTTP sending API (serve's http listener)\n"
+    "  dmarc send-reports|report  DMARC aggregate reports: send now; show received\n"
     "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
     "  version                    print the version\n"
     "\n"

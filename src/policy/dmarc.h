@@ -82,6 +82,10 @@ struct dmarc_dkim {
 	const char *selector;  /* s=, for A-R header.s (may be NULL) */
 	const char *signature; /* b= (folding whitespace allowed), for A-R header.b (may be NULL) */
 	const char *reason;    /* short words for the A-R reason, or NULL */
+	/* the key says t=y (RFC 6376 §3.6.1: the signer is testing, treat the
+	 * message as unsigned): a pass is reported in A-R but never counts
+	 * toward DMARC alignment */
+	bool testing;
 };
 
 /* ------------------------------------------------------------------ record */
@@ -105,6 +109,9 @@ struct dmarc_uri_list {
 	size_t n_invalid; /* syntactically bad ones, dropped */
 	size_t n_dropped; /* valid but past DMARC_URIS_MAX/DMARC_URI_MAX */
 	char uri[DMARC_URIS_MAX][DMARC_URI_MAX + 1]; /* without an obsolete "!size" suffix */
+	/* that suffix as written ("10m"), "" when none: RFC 7489's size limit,
+	 * which aggregate reporting still honours (policy/dmarc_report.c) */
+	char size[DMARC_URIS_MAX][24];
 };
 
 /*
@@ -372,6 +379,15 @@ struct authres_input {
 	size_t n_dkim;
 	const struct dmarc_outcome *dmarc; /* NULL: not checked */
 	enum authres_arc arc;              /* UNSET: not reported */
+	/* RFC 8617 §6: with arc, smtp.remote-ip (the client's address, NULL:
+	 * left out) and, with arc pass, header.oldest-pass (0: every AMS
+	 * verified) */
+	const char *arc_remote_ip;
+	unsigned arc_oldest_pass;
+	/* Non-NULL: DMARC failed but a trusted ARC sealer's assessment made us
+	 * deliver anyway: each failing dmarc result gets policy.override=arc
+	 * and this text as a comment ("trusted ARC sealer d=... i=N") */
+	const char *dmarc_override;
 };
 
 /*
