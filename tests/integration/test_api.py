@@ -22,6 +22,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -363,6 +364,34 @@ def test_no_2xx_before_the_commit_and_the_worker_never_waits(tern_factory, monke
     start_on_free_port(t)
     (_, data), = t.wait_mail("alice@example.test", timeout=20)
     assert parse(data)["Subject"] == "synced, never answered"
+
+
+def test_concurrent_clients_all_get_their_message_queued(api):
+    """16 clients sending at once (their puts share group commits): every one gets a 202
+    with its own queue id, and every message arrives once."""
+    results, errors = [], []
+
+    def client(n):
+        try:
+            for k in range(4):
+                st, body = api.json("POST", "/api/v1/messages",
+                                    {"from": "app@example.test", "to": "alice@example.test",
+                                     "subject": f"c{n}-{k}", "text": "x\n"}, api.keys["send"])
+                results.append((st, body.get("id")))
+        except Exception as e:  # reported below, with the others
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert not errors and all(not th.is_alive() for th in threads), errors
+    assert len(results) == 64 and all(st == 202 for st, _ in results), results
+    assert len({i for _, i in results}) == 64
+    got = api.t.wait_mail("alice@example.test", count=64, timeout=30)
+    assert sorted(parse(d)["Subject"] for _, d in got) == sorted(
+        f"c{n}-{k}" for n in range(16) for k in range(4))
 
 
 @pytest.mark.parametrize("case", [
