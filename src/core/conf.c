@@ -3135,6 +3135,18 @@ size_t conf_warnings(const struct tern_config *c,
 		n++;
 	}
 	for (size_t i = 0; i < c->n_listeners; i++) {
+		const char *a = c->listeners[i].address;
+		if (strcmp(c->listeners[i].profile, "http") != 0 || strncmp(a, "127.", 4) == 0 ||
+		    strncmp(a, "[::1]:", 6) == 0)
+			continue;
+		snprintf(key, sizeof(key), "listen.%s.address", c->listeners[i].name);
+		fn(key,
+		   "the HTTP API has no TLS of its own yet: API keys and mail cross the network in "
+		   "clear on this address; keep it on loopback behind a TLS proxy",
+		   arg);
+		n++;
+	}
+	for (size_t i = 0; i < c->n_listeners; i++) {
 		if (c->listeners[i].n_milters == 0)
 			continue;
 		snprintf(key, sizeof(key), "listen.%s.milters", c->listeners[i].name);

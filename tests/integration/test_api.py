@@ -565,6 +565,7 @@ def test_check_config_knows_the_http_profile(scratch):
     r = subprocess.run([tern_bin(), "check-config", "-c", str(conf)], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr  # loopback: no warning
     assert re.search(r'profile = "http"', r.stdout)
     # what check-config prints reads back
     printed = scratch / "printed.conf"
@@ -572,6 +573,14 @@ def test_check_config_knows_the_http_profile(scratch):
     r2 = subprocess.run([tern_bin(), "check-config", "-c", str(printed)], capture_output=True,
                         text=True, timeout=30)
     assert r2.returncode == 0, r2.stderr
+    # off loopback the API's keys would cross the network in clear: said, not refused
+    conf.write_text(f'data_dir = "{scratch}/d";\nlisten {{ api {{ address = "0.0.0.0:2580"; '
+                    f'profile = "http"; }} }}\n')
+    r = subprocess.run([tern_bin(), "check-config", "-c", str(conf)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0
+    assert re.search(r"^tern: warning: listen\.api\.address: the HTTP API has no TLS", r.stderr,
+                     re.M), r.stderr
     conf.write_text(f'data_dir = "{scratch}/d";\nlisten {{ api {{ address = "127.0.0.1:2580"; '
                     f'profile = "http"; tls = "implicit"; }} }}\n')
     r = subprocess.run([tern_bin(), "check-config", "-c", str(conf)], capture_output=True,
