@@ -718,6 +718,8 @@ static const char *state_name(enum rcpt_state s)
 		return "bounced";
 	case RCPT_HELD:
 		return "held";
+	case RCPT_SUPPRESSED:
+		return "suppressed";
 	}
 	return "unknown";
 }
