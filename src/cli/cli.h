@@ -27,15 +27,17 @@ int cli_usage(const struct cli_help *h, const char *fmt, ...) __attribute__((for
 
 struct spool;
 struct scheduler;
+struct capture_ext;
 
 int cmd_serve(int argc, char **argv);
 int cmd_capture(int argc, char **argv);
 
 /* tern capture's command-line settings, applied over the config. */
 struct capture_opts {
-	const char *smtp;     /* IP:PORT, default 127.0.0.1:1025 */
-	const char *http;     /* IP:PORT, default 127.0.0.1:8025 */
-	const char *data_dir; /* or NULL: the config's */
+	const char *smtp;              /* IP:PORT, default 127.0.0.1:1025 */
+	const char *http;              /* IP:PORT, default 127.0.0.1:8025 */
+	const char *data_dir;          /* or NULL: the config's */
+	const struct capture_ext *ext; /* Mailpit's options (cli/capture_env.h), or NULL */
 };
 
 /* The daemon (serve.c); cap is NULL for `tern serve`. */
@@ -45,7 +47,8 @@ int daemon_run(const char *path, const struct capture_opts *cap);
  * worker, the store-to-browser event feed, the API hooks. */
 struct capture_mode;
 struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struct spool *sp,
-					struct scheduler *sched, char *err, size_t errlen);
+					struct scheduler *sched, const struct capture_ext *ext,
+					char *err, size_t errlen);
 void capture_mode_stop(struct capture_mode *cm);
 int cmd_check_config(int argc, char **argv);
 int cmd_log(int argc, char **argv);
@@ -57,6 +60,9 @@ int cmd_dkim(int argc, char **argv);
 int cmd_arc(int argc, char **argv); /* `tern arc verify|seal` (arc.c) */
 int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
+int cmd_dmarc(int argc, char **argv); /* `tern dmarc send-reports|report` (dmarc.c) */
+int cmd_suppress(int argc, char **argv);       /* `tern suppress` (suppress.c) */
+int cmd_apikey(int argc, char **argv);         /* `tern apikey` (apikey.c) */
 int cmd_events(int argc, char **argv);         /* `tern events tail` (events.c) */
 int cmd_webhook(int argc, char **argv);        /* `tern webhook ...` (webhook.c) */
 
@@ -86,6 +92,17 @@ int cli_take_config(int *argc, char **argv, const char **path);
 struct control;
 struct control *control_start(int listen_fd, struct spool *sp, struct scheduler *sched);
 void control_stop(struct control *c);
+/* DMARC aggregate reports in the daemon (dmarc.c): start after the spool
+ * and scheduler (NULL when reports are off); stop before the scheduler
+ * stops, free after the workers are joined. The control socket's
+ * DMARC-REPORTS request runs a round and waits for it. */
+struct dmarc_daemon;
+struct tbuf;
+struct dmarc_daemon *dmarc_daemon_start(const struct tern_config *conf, struct spool *sp,
+                                        struct scheduler *sched);
+void dmarc_daemon_stop(struct dmarc_daemon *d);
+void dmarc_daemon_free(struct dmarc_daemon *d);
+void dmarc_control_request(const char *arg, struct tbuf *b);
 /* Binds DATA/control.sock; returns the listening fd or -1. */
 int control_bind(const char *data_dir);
 
