@@ -180,13 +180,14 @@ int events_query_parse(const char *qs, size_t len, int64_t now, struct events_qu
 	return TERN_OK;
 }
 
-int events_route_list(sqlite3 *db, const char *qs, size_t qs_len, char **body)
+int events_route_list(sqlite3 *db, const char *qs, size_t qs_len, const char *only_key, char **body)
 {
 	struct events_query q;
 	struct events_query_buf buf;
 	const char *why = NULL;
 	if (events_query_parse(qs, qs_len, (int64_t)time(NULL), &q, &buf, &why) != TERN_OK)
 		return error(body, 400, why);
+	q.key = only_key;
 	json_t *arr = json_array();
 	if (!arr)
 		return error(body, 500, "out of memory");

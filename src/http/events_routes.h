@@ -35,9 +35,11 @@ int events_query_parse(const char *qs, size_t len, int64_t now, struct events_qu
 
 /* {"events":[...oldest first...],"next_cursor":"N","more":BOOL}: pass
  * next_cursor back as cursor= for the next page (or, when more is false, to
- * poll for newer events). 400 on a bad parameter (unknown type, unreadable
+ * poll for newer events). only_key (not NULL): only that API key's events
+ * (a key that is not an admin sees its own). 400 on a bad parameter (unknown type, unreadable
  * since, cursor or limit). */
-int events_route_list(sqlite3 *db, const char *qs, size_t qs_len, char **body);
+int events_route_list(sqlite3 *db, const char *qs, size_t qs_len, const char *only_key,
+                      char **body);
 /* {"webhooks":[{"id","url","events","key","status","pending"}]} (no secrets). */
 int events_route_webhooks(sqlite3 *db, char **body);
 /* {"attempts":[{"time","event","http_status","error"}]}, newest last; 404

@@ -603,6 +603,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		case RCPT_SUPPRESSED:
 			/* No DSN: the suppression list is the sender's own record. */
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_SUPPRESSED, 0, o[k].reply);
+			events_emit_outcome(EV_SUPPRESSED, m->id, emid, emid_len, m->sender,
+			                    r->addr, o[k].relay, o[k].status, o[k].reply, 0, false);
 			log_warn("event=suppressed id=%s to=%s status=suppressed reply=%s", m->id,
 			         qa, log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			break;

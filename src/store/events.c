@@ -789,6 +789,7 @@ int events_query_run(sqlite3 *db, const struct events_query *q,
 	         "SELECT %s FROM events WHERE id > ?1 AND (?2 = '' OR type = ?2) AND"
 	         " (?3 = '' OR recipient = ?3 COLLATE NOCASE) AND (?4 = '' OR queue_id = ?4) AND"
 	         " (?5 = '' OR ',' || tags || ',' LIKE '%%,' || ?5 || ',%%') AND time >= ?6"
+	         " AND (?8 = '' OR key = ?8)"
 	         " ORDER BY id LIMIT ?7",
 	         row_cols);
 	sqlite3_stmt *st = NULL;
@@ -806,6 +807,7 @@ int events_query_run(sqlite3 *db, const struct events_query *q,
 	bind_text(st, 5, q->tag);
 	sqlite3_bind_int64(st, 6, q->since);
 	sqlite3_bind_int(st, 7, (int)limit);
+	bind_text(st, 8, q->key);
 	int src;
 	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
 		char *js = events_row_json(st, node, false);

@@ -121,6 +121,7 @@ struct events_query {
 	const char *recipient; /* exact, case-insensitive; NULL: any */
 	const char *queue_id;  /* NULL: any */
 	const char *tag;       /* one of the event's tags; NULL: any */
+	const char *key;       /* only this API key's or user's events; NULL: any */
 	int64_t since;         /* unix seconds; 0: any */
 	int64_t after;         /* cursor: events with a larger id; 0: from the start */
 	unsigned limit;        /* 0 = 100; at most 1000 */

@@ -349,3 +349,15 @@ def test_a_receiver_back_gets_the_backlog_without_waiting_out_the_backoff(remote
         check_delivery(rcv, ev, [first, second])
     finally:
         rcv.stop()
+
+
+def test_a_suppressed_recipient_is_an_event(remote_tern, mx):
+    t = remote_tern()
+    t.cli("suppress", "add", "sup@ok.test", check=True)
+    qid = submit(t, ["sup@ok.test"], body_for("suppressed", ["sup@ok.test"]))
+
+    def got():
+        return [e for e in events(t, "--type", "suppressed") if e["queue_id"] == qid]
+    ev = wait_for(got, "a suppressed event", t)
+    assert ev[0]["recipient"] == "sup@ok.test"
+    assert all("sup@ok.test" not in r.rcpt_tos for r in mx["ok"].messages)

@@ -74,7 +74,7 @@ static int teardown(void **state)
 static json_t *get(const char *qs, int want)
 {
 	char *body = NULL;
-	int st = events_route_list(db, qs, strlen(qs), &body);
+	int st = events_route_list(db, qs, strlen(qs), NULL, &body);
 	assert_non_null(body);
 	assert_int_equal(st, want);
 	json_t *j = json_loads(body, 0, NULL);
@@ -101,6 +101,18 @@ static void filters_from_the_query_string(void **state)
 	j = get("since=4102444800", 200); /* 2100 */
 	assert_int_equal(json_array_size(json_object_get(j, "events")), 0);
 	json_decref(j);
+}
+
+static void a_key_sees_its_own_events(void **state)
+{
+	(void)state;
+	char *body = NULL;
+	assert_int_equal(events_route_list(db, "", 0, "another-key", &body), 200);
+	assert_non_null(strstr(body, "\"events\":[]"));
+	free(body);
+	assert_int_equal(events_route_list(db, "", 0, NULL, &body), 200);
+	assert_null(strstr(body, "\"events\":[]"));
+	free(body);
 }
 
 static void cursor_pages_end(void **state)
@@ -159,6 +171,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(filters_from_the_query_string),
+	    cmocka_unit_test(a_key_sees_its_own_events),
 	    cmocka_unit_test(cursor_pages_end),
 	    cmocka_unit_test(bad_parameters_are_400),
 	    cmocka_unit_test(webhooks_and_attempts),
