@@ -77,6 +77,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "queue/spool_internal.h"
 
 #define SEG_MAX_BYTES (64ull * 1024 * 1024)      /* start a new segment past this */
@@ -1034,6 +1035,7 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 		puts |= it->type == SPOOL_REC_MSG && !it->copy;
 		copies |= it->copy;
 	}
+	struct timespec t0 = metric_now(); /* tern_spool_commit_duration_seconds */
 	int err = write_batch(cur->fd, batch, start);
 	if (err == TERN_OK) {
 		fault_point(s, puts ? FAULT_COMMIT_WRITE : FAULT_NONE);
@@ -1044,6 +1046,8 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 		log_error("event=spool_sync_failed seg=%" PRIu32 " errno=%d", cur->no, e);
 		err = io_err(e);
 	}
+	if (err == TERN_OK && n_msgs)
+		metric_observe_since(M_SPOOL_COMMIT_DURATION, &t0);
 	if (err == TERN_OK)
 		fault_point(s, puts ? FAULT_COMMIT_SYNC : FAULT_NONE);
 	if (err == TERN_OK) {
