@@ -47,7 +47,7 @@ static const double dns_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 
 static const struct family families[M__COUNT] = {
     [M_CONNECTIONS] = {"tern_connections_total",
-                       "SMTP and POP3 connections accepted, by listener and profile.",
+                       "SMTP connections accepted, by listener and profile.",
                        MT_COUNTER,
                        2,
                        {"listener", "profile"}},
