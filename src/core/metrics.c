@@ -323,13 +323,10 @@ static int render_family(struct tbuf *out, enum metric_id id)
 {
 	const struct family *f = &families[id];
 	static const char *const types[] = {"counter", "gauge", "histogram"};
-	/* The exposition format names a counter family without _total. */
-	char fam[96];
-	size_t len = strlen(f->name);
-	if (f->type == MT_COUNTER && len > 6 && strcmp(f->name + len - 6, "_total") == 0)
-		len -= 6;
-	snprintf(fam, sizeof(fam), "%.*s", (int)len, f->name);
-	int rc = head(out, fam, f->help, types[f->type]);
+	/* The text format (0.0.4) names a counter in # TYPE as its samples are
+	 * named, _total included (only OpenMetrics drops the suffix there):
+	 * parsers match the two names exactly. */
+	int rc = head(out, f->name, f->help, types[f->type]);
 	if (rc != TERN_OK)
 		return rc;
 	if (f->type == MT_HISTOGRAM)
@@ -388,8 +385,8 @@ int metrics_render(struct tbuf *out, const struct metrics_extra *e)
 		rc = render_gauge(out, "process_open_fds", "Number of open file descriptors.",
 		                  e->open_fds, 0);
 	if (rc == TERN_OK && e->cpu_seconds >= 0) {
-		rc = head(out, "process_cpu_seconds", "Total user and system CPU time in seconds.",
-		          "counter");
+		rc = head(out, "process_cpu_seconds_total",
+		          "Total user and system CPU time in seconds.", "counter");
 		if (rc == TERN_OK)
 			rc = tbuf_printf(out, "process_cpu_seconds_total %.2f\n", e->cpu_seconds);
 	}
