@@ -8,7 +8,8 @@
  * it. Answers only GET (or HEAD) /metrics; 404 for any other path, 405 for
  * another method, 401 without the bearer token when one is configured
  * (compared in constant time). Never: writes the spool, or holds a lock of
- * the mail path longer than one spool_foreach snapshot per scrape.
+ * the mail path longer than one pass over the spool's index per scrape
+ * (spool_count_states: no copies, no allocation).
  */
 #include "http/metrics_http.h"
 
@@ -47,31 +48,6 @@ struct metrics_http {
 	char *token; /* or NULL */
 	const char *version;
 };
-
-struct queue_count {
-	int64_t active, deferred, hold;
-};
-
-/* A message is active while any recipient is due (queued), deferred while
- * its open recipients all wait for a retry, on hold when only held ones
- * remain. */
-static bool count_msg(const struct spool_msg *m, void *arg)
-{
-	struct queue_count *c = arg;
-	bool queued = false, deferred = false, held = false;
-	for (size_t i = 0; i < m->n_rcpts; i++) {
-		queued |= m->rcpts[i].state == RCPT_QUEUED;
-		deferred |= m->rcpts[i].state == RCPT_DEFERRED;
-		held |= m->rcpts[i].state == RCPT_HELD;
-	}
-	if (queued)
-		c->active++;
-	else if (deferred)
-		c->deferred++;
-	else if (held)
-		c->hold++;
-	return true;
-}
 
 /* Bytes of the regular files directly in dir (the spool keeps its
  * segments there), or -1 when it cannot be read. */
@@ -142,11 +118,11 @@ static void handle(struct evhttp_request *req, void *arg)
 		return;
 	}
 	struct metrics_extra e = {.version = m->version};
-	struct queue_count qc = {0};
-	spool_foreach(m->sp, count_msg, &qc);
-	e.queue_active = qc.active;
-	e.queue_deferred = qc.deferred;
-	e.queue_hold = qc.hold;
+	struct spool_state_counts qc;
+	spool_count_states(m->sp, &qc);
+	e.queue_active = (int64_t)qc.active;
+	e.queue_deferred = (int64_t)qc.deferred;
+	e.queue_hold = (int64_t)qc.hold;
 	e.spool_bytes = dir_bytes(m->spool_dir);
 	metrics_collect_process(&e);
 	struct tbuf t = TBUF_INIT(SCRAPE_MAX);

@@ -1960,6 +1960,29 @@ size_t spool_count(struct spool *s)
 	return n;
 }
 
+void spool_count_states(struct spool *s, struct spool_state_counts *out)
+{
+	*out = (struct spool_state_counts){0};
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < s->idx.cap; i++) {
+		const struct entry *e = s->idx.slot[i];
+		if (!e)
+			continue;
+		unsigned seen = 0; /* bit per enum rcpt_state */
+		for (size_t k = 0; k < e->msg->n_rcpts; k++)
+			seen |= 1u << e->msg->rcpts[k].state;
+		if (seen & (1u << RCPT_QUEUED))
+			out->active++;
+		else if (seen & (1u << RCPT_DEFERRED))
+			out->deferred++;
+		else if (seen & (1u << RCPT_HELD))
+			out->hold++;
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
 /* ---- compaction --------------------------------------------------------- */
 
 /* A segment is compacted once its live messages take less than 1/4 of it

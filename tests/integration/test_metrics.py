@@ -168,7 +168,7 @@ def test_counters_move_by_what_the_mail_did(metrics_tern):
         expect(c.cmd("RSET"), 250)
         c.send_message("", ["bad@relay.test"], make_message("two"), helo=False)
         expect(c.cmd("RSET"), 250)
-        c.send_message("", ["x@dead.example.net"], make_message("three"), helo=False)
+        dead_id = c.send_message("", ["x@dead.example.net"], make_message("three"), helo=False)
         expect(c.cmd("MAIL FROM:<sender@example.org>"), 250)
         expect(c.cmd("RCPT TO:<nobody@example.test>"), 550)
         expect(c.cmd("QUIT"), 221)
@@ -204,6 +204,12 @@ def test_counters_move_by_what_the_mail_did(metrics_tern):
     for h in ("tern_spool_commit_duration_seconds", "tern_dns_query_duration_seconds"):
         check_histogram(s1, h)
     assert sorted(r for _, rs in handler.received for r in rs) == ["ok@relay.test"]
+
+    # held by the operator: the gauge moves from deferred to hold
+    t.cli("queue", "hold", dead_id, check=True)
+    s2 = wait_for(mport, lambda s: s.v("tern_queue_messages", state="hold") == 1, "the hold")
+    assert s2.v("tern_queue_messages", state="deferred") == 0
+    assert s2.v("tern_queue_messages", state="active") == 0
 
 
 def test_tls_handshakes_counted(metrics_tern):
