@@ -70,6 +70,19 @@ static int64_t dir_bytes(const char *dir)
 	return sum;
 }
 
+int metrics_scrape(struct spool *sp, const char *spool_dir, const char *version, struct tbuf *out)
+{
+	struct metrics_extra e = {.version = version};
+	struct spool_state_counts qc;
+	spool_count_states(sp, &qc);
+	e.queue_active = (int64_t)qc.active;
+	e.queue_deferred = (int64_t)qc.deferred;
+	e.queue_hold = (int64_t)qc.hold;
+	e.spool_bytes = dir_bytes(spool_dir);
+	metrics_collect_process(&e);
+	return metrics_render(out, &e);
+}
+
 static bool token_ok(const struct metrics_http *m, struct evhttp_request *req)
 {
 	if (!m->token)
@@ -117,16 +130,8 @@ static void handle(struct evhttp_request *req, void *arg)
 		reply_text(req, 401, "Unauthorized", "a bearer token is required\n");
 		return;
 	}
-	struct metrics_extra e = {.version = m->version};
-	struct spool_state_counts qc;
-	spool_count_states(m->sp, &qc);
-	e.queue_active = (int64_t)qc.active;
-	e.queue_deferred = (int64_t)qc.deferred;
-	e.queue_hold = (int64_t)qc.hold;
-	e.spool_bytes = dir_bytes(m->spool_dir);
-	metrics_collect_process(&e);
 	struct tbuf t = TBUF_INIT(SCRAPE_MAX);
-	if (metrics_render(&t, &e) != TERN_OK) {
+	if (metrics_scrape(m->sp, m->spool_dir, m->version, &t) != TERN_OK) {
 		tbuf_free(&t);
 		log_error("event=metrics_render_failed");
 		reply_text(req, 500, "Internal Server Error", "cannot render the metrics\n");

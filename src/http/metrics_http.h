@@ -11,6 +11,8 @@
 
 #include <stddef.h>
 
+#include "core/buf.h"
+
 struct spool;
 struct metrics_http;
 
@@ -25,6 +27,10 @@ struct metrics_http;
 struct metrics_http *metrics_http_start(int fd, const char *token, struct spool *sp,
                                         const char *spool_dir, const char *version, char *err,
                                         size_t errlen);
+/* The body of one scrape: the registry plus the queue (sp), spool
+ * (spool_dir) and process figures, in the text exposition format. For
+ * another listener that mounts /metrics (the API's). Any thread. */
+int metrics_scrape(struct spool *sp, const char *spool_dir, const char *version, struct tbuf *out);
 /* Stops the thread, closes every connection and frees m. NULL is a no-op. */
 void metrics_http_stop(struct metrics_http *m);
 
