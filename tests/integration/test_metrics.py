@@ -246,6 +246,33 @@ def test_tls_handshakes_counted(metrics_tern):
     assert s.v("tern_connections_total", listener="mx", profile="mx") == 3  # and the probe
 
 
+def test_outbound_tls_handshake_counted(tern_factory, certs):
+    """Relay through a route with tls = "require" to a fake MX that offers STARTTLS."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs["tls"]["cert_file"], certs["tls"]["key_file"])
+    handler = SinkMX()
+    mx_port = free_port()
+    c = Controller(handler, hostname="127.0.0.1", port=mx_port, tls_context=ctx,
+                   require_starttls=True)
+    c.start()
+    try:
+        mport = free_port()
+        t = tern_factory({
+            "metrics": {"address": f"127.0.0.1:{mport}"},
+            "routes": {"tls.test": {"via": f"smtp://127.0.0.1:{mx_port}", "tls": "require"}},
+        })
+        with Client(t.port, source="127.0.0.2") as cl:
+            cl.send_message("sender@example.org", ["ok@tls.test"], make_message("tls-out"))
+            expect(cl.cmd("QUIT"), 221)
+        s = wait_for(mport, lambda s: s.v("tern_messages_delivered_total", transport="remote") >= 1,
+                     "the delivery over TLS")
+        assert s.v("tern_tls_handshakes_total", direction="outbound", result="ok") == 1
+        assert s.v("tern_tls_handshakes_total", direction="outbound", result="failed") == 0
+        assert [r for _, rs in handler.received for r in rs] == ["ok@tls.test"]
+    finally:
+        c.stop()
+
+
 def test_token_and_paths(metrics_tern):
     t, mport, _ = metrics_tern
     status, headers, _ = get(mport)
