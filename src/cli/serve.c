@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "auth/auth.h"
+#include "cli/capture_env.h"
 #include "cli/cli.h"
 #include "core/conf.h"
 #include "core/err.h"
@@ -41,11 +42,13 @@
 #include "core/privsep.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "http/api.h"
 #include "policy/policy.h"
 #include "pop3/pop3.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "store/suppress.h"
 #include "tls/tls.h"
 
 #define MAX_WORKERS 64
@@ -89,6 +92,11 @@ static struct tern_config *config_load(const char *path, const struct capture_op
 		return conf;
 	if (conf_apply_capture(conf, cap->smtp, cap->data_dir) != TERN_OK) {
 		snprintf(err, errlen, "--smtp: '%s' is not an IP:PORT address", cap->smtp);
+		conf_unref(conf);
+		return NULL;
+	}
+	if (cap->ext && capture_ext_apply_conf(cap->ext, conf) != TERN_OK) {
+		snprintf(err, errlen, "out of memory");
 		conf_unref(conf);
 		return NULL;
 	}
@@ -240,7 +248,7 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	 * are created by the daemon after the drop, so two levels suffice. */
 	if (depth >= 1)
 		return;
-	static const char *subs[] = {"spool", "mail", "users", "control.sock", "tls"};
+	static const char *subs[] = {"spool", "mail", "users", "control.sock", "tls", "apikeys.db"};
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
 		struct stat st;
@@ -270,7 +278,7 @@ static void touch_file(const char *path)
 /* Every file conf names that the daemon reads (besides the config and its
  * includes, which conf_load read already). Keep in step with the readers:
  * users_load, oauth_keys_load, tls_server_new, dns_resolver_new, remote.c's
- * AUTH, dkim_key_load. */
+ * AUTH and ca_file, dkim_key_load. */
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
@@ -280,6 +288,7 @@ static void touch_referenced(const struct tern_config *conf)
 		touch_file(conf->tls.certs[i].key_file);
 	}
 	touch_file(conf->dns.trust_anchor_file);
+	touch_file(conf->delivery.ca_file); /* remote_new's outbound trust anchors */
 	if (conf->relayhost)
 		touch_file(conf->relayhost->auth_password_file);
 	for (size_t i = 0; i < conf->n_routes; i++)
@@ -593,6 +602,9 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct throttle *throttle = NULL;
 	struct tls_server *tls = NULL;
 	int http_fd = -1;
+	int api_fds[MAX_FDS]; /* listeners with profile "http": http/api.h */
+	size_t n_api_fds = 0;
+	struct api *api = NULL;
 	struct parent_ctx pc = {.path = path, .cap = cap};
 	struct file_bundle *bundle = NULL;
 	int split = 0, ps_sock = -1, sfd = -1;
@@ -647,6 +659,20 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			log_error("event=fatal listener=%s reason=\"%s\"", conf->listeners[i].name,
 			          err);
 			goto out;
+		}
+		if (strcmp(conf->listeners[i].profile, "http") == 0) {
+			int fd = n_api_fds < MAX_FDS ? bind_listener_opt(conf->listeners[i].address,
+			                                                 false, err, sizeof(err))
+			                             : -1;
+			if (fd < 0) {
+				log_error("event=fatal listener=%s reason=\"%s\"",
+				          conf->listeners[i].name, err);
+				goto out;
+			}
+			api_fds[n_api_fds++] = fd;
+			log_info("event=listening name=%s address=%s profile=http tls=none",
+			         conf->listeners[i].name, conf->listeners[i].address);
+			continue;
 		}
 		for (unsigned w = 0; w < n_workers; w++) {
 			if (n_fds == MAX_FDS) {
@@ -704,6 +730,9 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			for (size_t i = 0; i < n_fds; i++)
 				close(fds[i]);
 			n_fds = 0;
+			for (size_t i = 0; i < n_api_fds; i++)
+				close(api_fds[i]);
+			n_api_fds = 0;
 			close(control_fd);
 			control_fd = -1;
 			if (http_fd >= 0)
@@ -812,12 +841,19 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		fds[i] = -1; /* owned by the listener now */
 	}
 	if (cap) {
-		capm = capture_mode_start(conf->data_dir, http_fd, sp, sched, err, sizeof(err));
+		capm = capture_mode_start(conf->data_dir, http_fd, sp, sched, cap->ext, err,
+		                          sizeof(err));
 		if (!capm) {
 			log_error("event=fatal reason=\"capture: %s\"", err);
 			goto out;
 		}
 		http_fd = -1; /* owned by the HTTP server now */
+	}
+	/* before anything is submitted: it watches the scheduler's results */
+	if (n_api_fds &&
+	    !(api = api_start(conf->data_dir, sp, sched, api_fds, n_api_fds, err, sizeof(err)))) {
+		log_error("event=fatal reason=\"http api: %s\"", err);
+		goto out;
 	}
 	for (unsigned w = 0; w < n_workers; w++) {
 		if (worker_start(workers[w]) != 0) {
@@ -912,6 +948,7 @@ out:
 	if (ctl)
 		control_stop(ctl);
 	submit_stop(sub);
+	api_stop(api);
 	if (remote)
 		remote_stop(remote);
 	for (unsigned w = 0; w < n_workers; w++)
@@ -921,6 +958,7 @@ out:
 	dmarcd = NULL;
 	scheduler_stop(sched);
 	scheduler_drain_results(sched);
+	api_free(api); /* after the last result it could be told of */
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);
@@ -938,6 +976,7 @@ out:
 	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */
 	remote_free(remote);
 	scheduler_free(sched);
+	suppress_shared_close(); /* after the delivery threads, its only users */
 	for (unsigned w = 0; w < n_workers; w++)
 		worker_free(workers[w]);
 	for (size_t i = 0; i < n_fds; i++)
@@ -947,6 +986,9 @@ out:
 		close(control_fd);
 	if (http_fd >= 0)
 		close(http_fd);
+	for (size_t i = 0; i < n_api_fds; i++)
+		if (api_fds[i] >= 0)
+			close(api_fds[i]);
 	if (rt)
 		runtime_release(rt);
 	tls_server_free(tls); /* after the sessions: they hold its context */

@@ -104,6 +104,7 @@ static const char default_text[] =
     "}\n"
     "\tpop3 { address = \"127.0.0.1:2110\"; profile = \"pop3\"; tls = \"starttls\"; }\n"
     "\tpop3s { address = \"127.0.0.1:2995\"; profile = \"pop3\"; tls = \"implicit\"; }\n"
+    "\tapi { address = \"127.0.0.1:2580\"; profile = \"http\"; }\n"
     "}\n"
     "routes { }\n"
     "# no relayhost: mail for other domains goes to their MX hosts\n"
@@ -190,6 +191,9 @@ static const struct conf_delivery default_delivery = {
     .max_per_destination = 10,
     .connect_timeout = 30,
     .command_timeout = 300,
+    .dane = true,
+    .mta_sts = true,
+    .mta_sts_port = 443,
 };
 
 /* ---- errors -------------------------------------------------------------- */
@@ -205,6 +209,8 @@ struct ctx {
 	char *tls_cert, *tls_key;       /* tls.cert_file / key_file */
 	struct conf_tls_cert *tls_list; /* tls.certificates */
 	size_t n_tls_list;
+	/* suppression.verp_domain / feedback_address, for finish_suppression's errors */
+	const struct ucl_node *suppr_verp, *suppr_fbl;
 };
 
 __attribute__((format(printf, 3, 4))) static int cerr(struct ctx *x, const struct ucl_node *n,
@@ -1060,11 +1066,13 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		            sub, show(addr->str, b, sizeof(b)));
 	snprintf(sub, sizeof(sub), "%s.profile", path);
 	if (prof->type != UCL_STRING)
-		return want(x, prof, sub, "\"mx\", \"submission\" or \"pop3\"");
+		return want(x, prof, sub, "\"mx\", \"submission\", \"pop3\" or \"http\"");
 	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0 &&
-	    strcmp(prof->str, "pop3") != 0)
-		return cerr(x, prof, "%s: must be \"mx\", \"submission\" or \"pop3\", not '%s'",
+	    strcmp(prof->str, "pop3") != 0 && strcmp(prof->str, "http") != 0)
+		return cerr(x, prof,
+		            "%s: must be \"mx\", \"submission\", \"pop3\" or \"http\", not '%s'",
 		            sub, show(prof->str, b, sizeof(b)));
+
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
@@ -1075,6 +1083,12 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	enum conf_listen_tls lt = CONF_LISTEN_TLS_NONE;
 	if (tls && (rc = get_listen_tls(x, tls, path, &lt)) != TERN_OK)
 		return rc;
+	/* http (the sending API, http/api.h) has no TLS of its own yet */
+	if (strcmp(prof->str, "http") == 0 && (milters || mact || lt != CONF_LISTEN_TLS_NONE))
+		return cerr(x, milters ? milters : mact ? mact : tls,
+		            "%s: an http listener takes only address, profile and tls = \"none\" "
+		            "(TLS: put a proxy in front for now; milters are for SMTP)",
+		            path);
 	if (c->n_listeners >= MAX_LISTENERS)
 		return cerr(x, m, "listen: more than %d listeners", MAX_LISTENERS);
 	x->listen_tls[c->n_listeners] = tls;
@@ -1114,7 +1128,24 @@ static void route_free(struct conf_route *r)
 	free(r->auth_password_file);
 }
 
-static const char *const tls_names[] = {"none", "opportunistic", "require"};
+static const char *const tls_names[] = {"none", "opportunistic", "require", "verify", "dane"};
+#define TLS_NAMES_WORDS "\"none\", \"opportunistic\", \"require\", \"verify\" or \"dane\""
+
+const char *conf_tls_name(enum conf_tls t)
+{
+	return (size_t)t < sizeof(tls_names) / sizeof(tls_names[0]) ? tls_names[t] : "?";
+}
+
+/* Is host (as parse_via stores it) an address of this machine's loopback
+ * (127.0.0.0/8, ::1)? A name never is: DNS could say otherwise later. */
+static bool host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
 
 /* A host name as DNS knows it. A last label of digits only is not a name
  * (no TLD is numeric), so "10.0.0.256" is refused rather than looked up. */
@@ -1233,13 +1264,13 @@ static int get_tls(struct ctx *x, const struct ucl_node *n, const char *path, en
 {
 	char b[80];
 	if (n->type != UCL_STRING)
-		return want(x, n, path, "\"none\", \"opportunistic\" or \"require\"");
-	for (size_t i = 0; i < 3; i++)
+		return want(x, n, path, TLS_NAMES_WORDS);
+	for (size_t i = 0; i < sizeof(tls_names) / sizeof(tls_names[0]); i++)
 		if (strcmp(n->str, tls_names[i]) == 0) {
 			*out = (enum conf_tls)i;
 			return TERN_OK;
 		}
-	return cerr(x, n, "%s: must be \"none\", \"opportunistic\" or \"require\", not '%s'", path,
+	return cerr(x, n, "%s: must be " TLS_NAMES_WORDS ", not '%s'", path,
 	            show(n->str, b, sizeof(b)));
 }
 
@@ -1281,7 +1312,9 @@ static int parse_route_body(struct ctx *x, const struct ucl_node *m, const char 
 	snprintf(sub, sizeof(sub), "%s.via", name);
 	if ((rc = parse_via(x, via, sub, r)) != TERN_OK)
 		return rc;
-	r->tls = r->implicit_tls ? CONF_TLS_REQUIRE : CONF_TLS_OPPORTUNISTIC;
+	/* Credentials never cross an unverified channel by default. */
+	r->tls = user ? CONF_TLS_VERIFY
+	              : r->implicit_tls ? CONF_TLS_REQUIRE : CONF_TLS_OPPORTUNISTIC;
 	if (tls) {
 		snprintf(sub, sizeof(sub), "%s.tls", name);
 		if ((rc = get_tls(x, tls, sub, &r->tls)) != TERN_OK)
@@ -1292,6 +1325,15 @@ static int parse_route_body(struct ctx *x, const struct ucl_node *m, const char 
 			    "%s: \"none\" contradicts smtps:// in via, which is TLS from the "
 			    "first byte; use smtp:// for a connection without TLS",
 			    sub);
+		/* A password sent in clear (or to whoever answers STARTTLS when
+		 * the handshake fails) is readable on the path; only a next hop
+		 * on this machine (a local proxy, a test fake) has no path. */
+		if (user && r->tls <= CONF_TLS_OPPORTUNISTIC && !host_is_loopback(r->host))
+			return cerr(x, tls,
+			            "%s: \"%s\" with auth_user would send the password without "
+			            "TLS; use \"verify\" (the default with auth_user) or "
+			            "\"require\" (encrypted, certificate not checked)",
+			            sub, tls_names[r->tls]);
 	}
 	if (user) {
 		snprintf(sub, sizeof(sub), "%s.auth_user", name);
@@ -1397,6 +1439,7 @@ static const struct delivery_spec delivery_specs[] = {
     DLV(max_per_destination, NK_COUNT, 1, 10000),
     DLV(connect_timeout, NK_TIME, 1, 3600),
     DLV(command_timeout, NK_TIME, 1, 3600),
+    DLV(mta_sts_port, NK_COUNT, 1, 65535),
 };
 /* clang-format on */
 
@@ -1438,6 +1481,20 @@ static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf
 	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
 		const struct ucl_node *m = sec->items[i];
 		const struct delivery_spec *ds = NULL;
+		if (strcmp(m->key, "ca_file") == 0) {
+			free(d->ca_file);
+			d->ca_file = NULL;
+			if ((rc = get_path(x, m, "delivery.ca_file", &d->ca_file)) != TERN_OK)
+				return rc;
+			continue;
+		}
+		if (strcmp(m->key, "dane") == 0 || strcmp(m->key, "mta_sts") == 0) {
+			bool dane = m->key[0] == 'd';
+			if ((rc = get_bool(x, m, dane ? "delivery.dane" : "delivery.mta_sts",
+			                   dane ? &d->dane : &d->mta_sts)) != TERN_OK)
+				return rc;
+			continue;
+		}
 		for (size_t j = 0; j < N_DELIVERY; j++)
 			if (strcmp(m->key, delivery_specs[j].name) == 0)
 				ds = &delivery_specs[j];
@@ -2072,6 +2129,109 @@ const struct conf_dkim_key *conf_arc_seal_key(const struct tern_config *c)
 	return NULL;
 }
 
+/* ---- suppression { enabled; verp_domain; feedback_address; unsubscribe_url; } ---- */
+
+static int parse_suppression(struct ctx *x, const struct ucl_node *sec, struct conf_suppression *p)
+{
+	int rc = want_section(x, sec, "suppression");
+	char b[80];
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char **str = strcmp(m->key, "verp_domain") == 0        ? &p->verp_domain
+		             : strcmp(m->key, "feedback_address") == 0 ? &p->feedback_address
+		             : strcmp(m->key, "unsubscribe_url") == 0  ? &p->unsubscribe_url
+		                                                       : NULL;
+		if (strcmp(m->key, "enabled") == 0) {
+			rc = get_bool(x, m, "suppression.enabled", &p->enabled);
+		} else if (str) {
+			free(*str);
+			*str = NULL;
+			rc = get_str(x, m, "suppression", str);
+			if (rc != TERN_OK)
+				break;
+			if (str == &p->verp_domain && !valid_domain(*str))
+				return cerr(x, m,
+				            "suppression.verp_domain: '%s' is not a domain name",
+				            show(*str, b, sizeof(b)));
+			if (str == &p->feedback_address && !valid_address(*str))
+				return cerr(x, m,
+				            "suppression.feedback_address: '%s' is not an address",
+				            show(*str, b, sizeof(b)));
+			if (str == &p->unsubscribe_url && strncmp(*str, "https://", 8) != 0 &&
+			    strncmp(*str, "http://", 7) != 0)
+				return cerr(
+				    x, m, "suppression.unsubscribe_url: '%s' is not an http(s) URL",
+				    show(*str, b, sizeof(b)));
+			if (str != &p->unsubscribe_url)
+				tern_ascii_lower(*str);
+			if (str == &p->verp_domain)
+				x->suppr_verp = m;
+			if (str == &p->feedback_address)
+				x->suppr_fbl = m;
+		} else {
+			rc = unknown_key(x, m, "suppression");
+		}
+	}
+	return rc;
+}
+
+/* Reports come in by SMTP: their domains must be this host's. */
+static int finish_suppression(struct ctx *x, const struct tern_config *c)
+{
+	const struct conf_suppression *p = &c->suppression;
+	const char *fa = p->feedback_address ? strrchr(p->feedback_address, '@') : NULL;
+	if (p->verp_domain && !conf_is_local_domain(c, p->verp_domain, strlen(p->verp_domain)))
+		return cerr(
+		    x, x->suppr_verp,
+		    "suppression.verp_domain: %s is not in local_domains (bounces to it must "
+		    "be received here)",
+		    p->verp_domain);
+	if (fa && !conf_is_local_domain(c, fa + 1, strlen(fa + 1)))
+		return cerr(x, x->suppr_fbl,
+		            "suppression.feedback_address: %s is not in local_domains", fa + 1);
+	return TERN_OK;
+}
+
+/* Top-level feedback_address = "..."; is suppression.feedback_address. */
+static int parse_feedback_address(struct ctx *x, const struct ucl_node *m,
+                                  struct conf_suppression *p)
+{
+	char b[80];
+	free(p->feedback_address);
+	p->feedback_address = NULL;
+	int rc = get_str(x, m, "feedback_address", &p->feedback_address);
+	if (rc != TERN_OK)
+		return rc;
+	if (!valid_address(p->feedback_address))
+		return cerr(x, m, "feedback_address: '%s' is not an address",
+		            show(p->feedback_address, b, sizeof(b)));
+	tern_ascii_lower(p->feedback_address);
+	x->suppr_fbl = m;
+	return TERN_OK;
+}
+
+static void suppression_free(struct conf_suppression *p)
+{
+	free(p->verp_domain);
+	free(p->feedback_address);
+	free(p->unsubscribe_url);
+}
+
+static void print_suppression(FILE *f, const struct conf_suppression *p)
+{
+	fprintf(f, "suppression {\n\tenabled = %s;\n", p->enabled ? "true" : "false");
+	const char *names[] = {"verp_domain", "feedback_address", "unsubscribe_url"};
+	const char *vals[] = {p->verp_domain, p->feedback_address, p->unsubscribe_url};
+	for (size_t i = 0; i < 3; i++) {
+		if (!vals[i])
+			continue;
+		fprintf(f, "\t%s = ", names[i]);
+		print_str(f, vals[i]);
+		fputs(";\n", f);
+	}
+	fputs("}\n", f);
+}
+
 static void arc_free(struct conf_arc *a)
 {
 	for (size_t i = 0; i < a->n_trusted_sealers; i++)
@@ -2334,6 +2494,7 @@ static void conf_free(struct tern_config *c)
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	arc_free(&c->arc);
+	suppression_free(&c->suppression);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -2344,6 +2505,7 @@ static void conf_free(struct tern_config *c)
 		free(c->dns.forward[i]);
 	free(c->dns.forward);
 	free(c->dns.trust_anchor_file);
+	free(c->delivery.ca_file);
 	for (size_t i = 0; i < c->capture.n_http_allowed_hosts; i++)
 		free(c->capture.http_allowed_hosts[i]);
 	free(c->capture.http_allowed_hosts);
@@ -2593,7 +2755,9 @@ static int finish_tls(struct ctx *x, struct tern_config *c)
 		struct conf_listener *l = &c->listeners[i];
 		const struct ucl_node *node = i < MAX_LISTENERS ? x->listen_tls[i] : NULL;
 		if (!node)
-			l->tls = t->n_certs ? CONF_LISTEN_TLS_STARTTLS : CONF_LISTEN_TLS_NONE;
+			l->tls = t->n_certs && strcmp(l->profile, "http") != 0
+			             ? CONF_LISTEN_TLS_STARTTLS
+			             : CONF_LISTEN_TLS_NONE;
 		else if (l->tls == CONF_LISTEN_TLS_NONE && t->n_certs > 0 &&
 		         strcmp(l->profile, "pop3") == 0)
 			return cerr(x, node,
@@ -2720,6 +2884,10 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dmarc(x, m, &c->dmarc);
 	if (strcmp(k, "arc") == 0)
 		return parse_arc(x, m, &c->arc);
+	if (strcmp(k, "suppression") == 0)
+		return parse_suppression(x, m, &c->suppression);
+	if (strcmp(k, "feedback_address") == 0) /* issue 12's spelling of the same key */
+		return parse_feedback_address(x, m, &c->suppression);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);
@@ -2773,6 +2941,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
+	c->suppression.enabled = true;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
 		rc = parse_top(&x, c, doc->root->items[i], &bt);
 	if (rc != TERN_OK)
@@ -2814,6 +2983,10 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->n_local_domains = bt.domains.n;
 	c->relay_networks = bt.nets.v;
 	c->n_relay_networks = bt.nets.n;
+	if (finish_suppression(&x, c) != TERN_OK) {
+		conf_free(c); /* it owns the lists now */
+		return NULL;
+	}
 	return c;
 fail:
 	strlist_free(&bt.domains);
@@ -3040,7 +3213,7 @@ static const char warn_plaintext[] =
 static size_t warn_route(const struct conf_route *r, const char *name,
                          void (*fn)(const char *, const char *, void *), void *arg)
 {
-	char key[320], text[512];
+	char key[336], text[512]; /* the caller's name (< 320 bytes) + ".tls" */
 	if (r->tls != CONF_TLS_REQUIRE)
 		return 0;
 	snprintf(key, sizeof(key), "%s.tls", name);
@@ -3074,6 +3247,18 @@ size_t conf_warnings(const struct tern_config *c,
 	}
 	if (c->auth.allow_plaintext && submission) {
 		fn("auth.allow_plaintext", warn_plaintext, arg);
+		n++;
+	}
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		const char *a = c->listeners[i].address;
+		if (strcmp(c->listeners[i].profile, "http") != 0 || strncmp(a, "127.", 4) == 0 ||
+		    strncmp(a, "[::1]:", 6) == 0)
+			continue;
+		snprintf(key, sizeof(key), "listen.%s.address", c->listeners[i].name);
+		fn(key,
+		   "the HTTP API has no TLS of its own yet: API keys and mail cross the network in "
+		   "clear on this address; keep it on loopback behind a TLS proxy",
+		   arg);
 		n++;
 	}
 	for (size_t i = 0; i < c->n_listeners; i++) {
@@ -3316,6 +3501,15 @@ void conf_print(const struct tern_config *c, FILE *out)
 		        (unsigned long long)delivery_get(&c->delivery, ds),
 		        ds->kind == NK_TIME ? "s" : "");
 	}
+	if (c->delivery.ca_file) {
+		fputs("\tca_file = ", out);
+		print_str(out, c->delivery.ca_file);
+		fputs(";\n", out);
+	} else {
+		fputs("\t# no ca_file: outbound verification uses the system trust store\n", out);
+	}
+	fprintf(out, "\tdane = %s;\n", c->delivery.dane ? "true" : "false");
+	fprintf(out, "\tmta_sts = %s;\n", c->delivery.mta_sts ? "true" : "false");
 	fputs("}\nmailbox {\n\tquota = ", out);
 	print_size(out, c->mailbox.quota);
 	fputs(";\n}\ndns {\n\tforward = ", out);
@@ -3372,4 +3566,5 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_auth_checks(out, &c->auth_checks);
 	print_dmarc(out, &c->dmarc);
 	print_arc(out, &c->arc);
+	print_suppression(out, &c->suppression);
 }

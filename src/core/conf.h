@@ -37,7 +37,7 @@ enum conf_milter_action { CONF_MILTER_TEMPFAIL = 0, CONF_MILTER_ACCEPT, CONF_MIL
 struct conf_listener {
 	char *name;               /* the section name: "mx", "submission", ... */
 	char *address;            /* "IP:PORT" or "[IPv6]:PORT" */
-	char *profile;            /* "mx", "submission" or "pop3" */
+	char *profile;            /* "mx", "submission", "pop3" or "http" (the API) */
 	enum conf_listen_tls tls; /* default: starttls when tls has a certificate, else none */
 	/* milters = ["inet:IP:PORT", "unix:/path"]: asked in this order at each
 	 * SMTP step (policy/milter.h); default none. */
@@ -72,7 +72,25 @@ struct conf_limits {
 	uint64_t inflight_memory;      /* bytes all messages being received may hold; 256 MiB */
 };
 
-enum conf_tls { CONF_TLS_NONE = 0, CONF_TLS_OPPORTUNISTIC, CONF_TLS_REQUIRE };
+/*
+ * Outbound TLS of a next hop (Postfix's smtp_tls_security_level):
+ * none: never STARTTLS; opportunistic: STARTTLS when offered, any
+ * certificate, plaintext if the handshake fails; require: TLS or defer, any
+ * certificate; verify: TLS or defer, the certificate must chain to a trust
+ * anchor (delivery.ca_file or the system store) and name the host (the route's
+ * host or the MX name); dane: DANE (RFC 7672) when the host's TLSA records are
+ * DNSSEC-secure, else opportunistic. Ordered: a larger value asks for more.
+ */
+enum conf_tls {
+	CONF_TLS_NONE = 0,
+	CONF_TLS_OPPORTUNISTIC,
+	CONF_TLS_REQUIRE,
+	CONF_TLS_VERIFY,
+	CONF_TLS_DANE,
+};
+
+/* "none", "opportunistic", "require", "verify" or "dane". */
+const char *conf_tls_name(enum conf_tls t);
 
 /* A next hop: routes { "DOMAIN" { ... } } or relayhost { ... }. */
 struct conf_route {
@@ -80,7 +98,9 @@ struct conf_route {
 	char *host;               /* from via = "smtp://HOST:PORT" (name or IP literal) */
 	uint16_t port;            /* default 25; smtps:// defaults to 465 */
 	bool implicit_tls;        /* via = "smtps://..." */
-	enum conf_tls tls;        /* default opportunistic (require for smtps) */
+	enum conf_tls tls;        /* default opportunistic (require for smtps, verify with
+	                             auth_user); with auth_user, none and opportunistic are
+	                             refused unless host is a loopback address */
 	char *auth_user;          /* or NULL */
 	char *auth_password_file; /* first line is the password; or NULL */
 };
@@ -95,6 +115,11 @@ struct conf_delivery {
 	uint32_t connect_timeout; /* seconds; default 30 */
 	uint32_t command_timeout; /* seconds for replies (RFC 5321 §4.5.3.2 minimums apply
 				     where longer); default 300 */
+	char *ca_file;            /* PEM trust anchors for outbound verify; NULL: system store */
+	bool dane;                /* MX delivery: DANE when the TLSA records are DNSSEC-secure
+	                             (needs dns.trust_anchor_file); default true */
+	bool mta_sts;             /* MX delivery: MTA-STS policies (RFC 8461); default true */
+	uint16_t mta_sts_port;    /* port of the policy's HTTPS server; default 443 (tests) */
 };
 
 struct conf_dns {
@@ -251,6 +276,14 @@ struct conf_arc {
 	char *seal_selector;
 };
 
+/* ---- suppression { }: the suppression list's intake (store/suppress.h) ---- */
+struct conf_suppression {
+	bool enabled;           /* skip suppressed recipients, add hard bounces; default true */
+	char *verp_domain;      /* lowercased; set: VERP return paths bounce+TOKEN@it */
+	char *feedback_address; /* lowercased; ARF reports sent here are consumed */
+	char *unsubscribe_url;  /* base of one-click unsubscribe URLs, NULL: none */
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -305,6 +338,7 @@ struct tern_config {
 	struct conf_auth_checks auth_checks;
 	struct conf_dmarc dmarc;
 	struct conf_arc arc;
+	struct conf_suppression suppression;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

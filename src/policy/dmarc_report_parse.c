@@ -147,9 +147,10 @@ static void put(char *dst, size_t dstlen, const char *s)
 static void append_pair(char *dst, size_t dstlen, const char *d, const char *r)
 {
 	size_t n = strlen(dst);
-	if (n < dstlen)
-		snprintf(dst + n, dstlen - n, "%s%s=%s", n ? " " : "", d[0] ? d : "-",
-		         r[0] ? r : "none");
+	/* A summary for people: a pair cut at the end of dst is acceptable. */
+	if (n < dstlen && snprintf(dst + n, dstlen - n, "%s%s=%s", n ? " " : "", d[0] ? d : "-",
+	                           r[0] ? r : "none") < 0)
+		dst[n] = '\0';
 }
 
 static int64_t to_int(const char *s)

@@ -58,6 +58,7 @@
 #include "core/runtime.h"
 #include "policy/policy.h"
 #include "queue/queue.h"
+#include "store/suppress.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
 #define READ_HIGH_WATERMARK (256 * 1024)
@@ -197,6 +198,7 @@ struct tx {
 	uint64_t bdat_remaining;
 	uint64_t bdat_total;
 	int commit_err;
+	bool captured;           /* CAPTURE-ACK: committed in the capture store, not spooled */
 	struct smtp_verify *vfy; /* TRUST: SPF/DKIM/DMARC of this transaction, or NULL */
 	bool verified;           /* TRUST: its verdict is in */
 	uint8_t sign_state;      /* SIGN: enum sign_state (sign.h does the work) */
@@ -292,6 +294,10 @@ struct smtp_server {
 
 static pthread_mutex_t chaos_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct smtp_chaos chaos;
+/* smtp_capture_set_login: set once before the listeners start */
+static int (*capture_login)(void *arg, const char *login, const char *password);
+static void *capture_login_arg;
+static bool capture_starttls_first; /* smtp_capture_require_starttls */
 
 void smtp_chaos_set(const struct smtp_chaos *c)
 {
@@ -978,7 +984,9 @@ static bool auth_advertised(const struct session *s)
  */
 static bool auth_required(const struct session *s)
 {
-	return s->submission && !s->conf->capture_mode;
+	if (s->conf->capture_mode)
+		return capture_login != NULL; /* Mailpit with --smtp-auth-file */
+	return s->submission;
 }
 
 /*
@@ -1136,6 +1144,10 @@ static char *auth_identity(const struct session *s)
 
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
+	if (s->conf->capture_mode && capture_starttls_first && !s->tls_active) {
+		reply(s, SMTP_R_STARTTLS_FIRST); /* Mailpit's --smtp-require-starttls */
+		return;
+	}
 	if (c->path.utf8 && !c->smtputf8) {
 		reply(s, SMTP_R_SENDER_NEEDS_SMTPUTF8);
 		return;
@@ -1223,6 +1235,12 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 	snprintf(addr, sizeof(addr), "%s@%s", local_lc, dom_lc);
 
 	*err = TERN_OK;
+	/* SUPPRESSION: VERP return paths and the feedback address take reports
+	 * (store/suppress.h); delivery consumes them. */
+	if (suppress_intake_match(conf, addr)) {
+		*err = tx_add_rcpt(t, addr, c->orcpt, c->notify, true);
+		return true;
+	}
 	const struct conf_alias *al = conf_find_alias(conf, addr);
 	if (al) {
 		size_t before = t->n_rcpts;
@@ -1971,7 +1989,7 @@ static void auth_status(struct session *s, enum sasl_status st)
  * auth.allow_plaintext, and not from a blocked address. */
 static void submission_auth(struct session *s, const struct smtp_cmd *c)
 {
-	if (!s->tls_active && !s->conf->auth.allow_plaintext) {
+	if (!s->tls_active && !s->conf->auth.allow_plaintext && !s->conf->capture_mode) {
 		log_info("event=auth_refused sess=%u.%llu client=%s reason=tls-required",
 		         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer);
 		reply(s, SMTP_R_AUTH_NEEDS_TLS);
@@ -2016,11 +2034,27 @@ static void auth_setup(struct session *s)
 	    .mechs = a->mechanisms,
 	    .hostname = s->conf->hostname,
 	};
+	if (s->conf->capture_mode) /* capture's own users: PLAIN and LOGIN */
+		s->sasl_cfg = (struct sasl_config){.verify_password = capture_login,
+		                                   .store_arg = capture_login_arg,
+		                                   .hostname = s->conf->hostname};
+}
+
+void smtp_capture_set_login(int (*verify)(void *arg, const char *login, const char *password),
+                            void *arg)
+{
+	capture_login = verify;
+	capture_login_arg = arg;
+}
+
+void smtp_capture_require_starttls(bool on)
+{
+	capture_starttls_first = on;
 }
 
 static void cmd_auth(struct session *s, const struct smtp_cmd *c)
 {
-	if (s->conf->capture_mode)
+	if (s->conf->capture_mode && !capture_login)
 		capture_auth(s, c);
 	else
 		submission_auth(s, c);
@@ -2207,6 +2241,15 @@ static void capture_ack_cb(void *arg, int err)
 		log_error("event=commit_post_failed id=%s", s->tx->id);
 }
 
+/* The direct path: the capture store committed the message (or failed),
+ * nothing was spooled; commit_done answers at once. */
+static void capture_put_done(void *arg, int err, const char *capture_id)
+{
+	struct session *s = arg;
+	s->tx->captured = err == TERN_OK;
+	commit_cb(s, err);
+}
+
 /* True when the scheduler took data and will call capture_ack_cb. */
 static bool capture_ack_wait(struct session *s, char *data, size_t len)
 {
@@ -2231,8 +2274,9 @@ static void commit_done(void *arg)
 		/* before submitting: the scheduler owns (and may free) data after */
 		smtp_message_id(data, len, &mid, &mid_len); /* none: msgid="" */
 		log_quote(mid, mid_len, qm, sizeof(qm));
-		wait = capture_ack_wait(s, data, len); /* CAPTURE-ACK */
-		if (!wait)
+		if (t->captured)
+			free(data); /* CAPTURE-ACK: stored and synced, the 250 may go */
+		else if (!(wait = capture_ack_wait(s, data, len))) /* CAPTURE-ACK */
 			scheduler_submit(s->sw->srv->sched, t->id, data, len);
 		/* Who sent it, when a login says so: user= (the SASL identity)
 		 * and auth= (MAIL's AUTH=, when believed). */
@@ -2541,7 +2585,11 @@ static void finish_message(struct session *s)
 		env.rcpts[i].local = t->rcpts[i].local;
 		env.rcpts[i].state = RCPT_QUEUED;
 	}
-	int rc = spool_put(s->sw->srv->spool, &env, t->msg.data, t->msg.len, commit_cb, s);
+	/* CAPTURE-ACK: in capture mode the store is the only durable home. */
+	int rc = s->conf->capture_mode
+	             ? scheduler_capture_put(s->sw->srv->sched, &env, t->msg.data, t->msg.len,
+	                                     capture_put_done, s)
+	             : spool_put(s->sw->srv->spool, &env, t->msg.data, t->msg.len, commit_cb, s);
 	free(env.rcpts);
 	if (rc != TERN_OK) {
 		log_error("event=spool_failed id=%s client=%s reason=%s", t->id, s->peer,
@@ -2980,7 +3028,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		}
 	}
 	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls != NULL;
-	if (s->submission)
+	if (s->submission || (conf->capture_mode && capture_login))
 		auth_setup(s);
 	s->next = sw->sessions;
 	if (s->next)

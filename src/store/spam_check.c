@@ -119,7 +119,9 @@ static int exchange(const struct spec *sp, const struct tbuf *req, const char *b
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
 	int rc = getaddrinfo(sp->host, sp->port, &hints, &ai);
 	if (rc != 0) {
-		snprintf(err, errlen, "cannot resolve %s: %s", sp->host, gai_strerror(rc));
+		/* err is a message for people: cut short is acceptable */
+		if (snprintf(err, errlen, "cannot resolve %s: %s", sp->host, gai_strerror(rc)) < 0)
+			err[0] = '\0';
 		return TERN_EIO;
 	}
 	int fd = -1;
@@ -142,8 +144,9 @@ static int exchange(const struct spec *sp, const struct tbuf *req, const char *b
 	}
 	freeaddrinfo(ai);
 	if (fd < 0) {
-		snprintf(err, errlen, "cannot connect to %s port %s: %s", sp->host, sp->port,
-		         strerror(errno));
+		if (snprintf(err, errlen, "cannot connect to %s port %s: %s", sp->host, sp->port,
+		             strerror(errno)) < 0)
+			err[0] = '\0';
 		return TERN_EIO;
 	}
 	const char *parts[2] = {req->data, body};

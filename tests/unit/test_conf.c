@@ -455,8 +455,8 @@ static void test_embedded_default_matches_defaults(void **state)
 	assert_string_equal(e->source, "(embedded default)");
 	/* DESIGN §1: submission with STARTTLS on 2587, implicit TLS on 2465,
 	 * POP3 with STLS on 2110 and TLS on 2995, with a self-signed
-	 * certificate made in the data dir */
-	assert_int_equal(e->n_listeners, 5);
+	 * certificate made in the data dir; the HTTP API on 2580 (no TLS of its own) */
+	assert_int_equal(e->n_listeners, 6);
 	static const struct {
 		const char *name, *address, *profile;
 		enum conf_listen_tls tls;
@@ -466,8 +466,9 @@ static void test_embedded_default_matches_defaults(void **state)
 	    {"submissions", "127.0.0.1:2465", "submission", CONF_LISTEN_TLS_IMPLICIT},
 	    {"pop3", "127.0.0.1:2110", "pop3", CONF_LISTEN_TLS_STARTTLS},
 	    {"pop3s", "127.0.0.1:2995", "pop3", CONF_LISTEN_TLS_IMPLICIT},
+	    {"api", "127.0.0.1:2580", "http", CONF_LISTEN_TLS_NONE},
 	};
-	for (size_t i = 0; i < 5; i++) {
+	for (size_t i = 0; i < 6; i++) {
 		assert_string_equal(e->listeners[i].name, want[i].name);
 		assert_string_equal(e->listeners[i].address, want[i].address);
 		assert_string_equal(e->listeners[i].profile, want[i].profile);
@@ -485,6 +486,7 @@ static void test_embedded_default_matches_defaults(void **state)
 	    "  submissions { address = \"127.0.0.1:2465\"; profile = submission; tls = implicit }\n"
 	    "  pop3 { address = \"127.0.0.1:2110\"; profile = pop3 }\n"
 	    "  pop3s { address = \"127.0.0.1:2995\"; profile = pop3; tls = implicit }\n"
+	    "  api { address = \"127.0.0.1:2580\"; profile = http }\n"
 	    "}\n"
 	    "tls { self_signed = true }\n";
 	struct tern_config *d = load_str(only_diff, err, sizeof(err));
@@ -718,9 +720,13 @@ static const struct err_case conf_err_cases[] = {
     {"listen { mx { address = 25; profile = mx } }",
      "t.conf:1: listen.mx.address: expected \"IP:PORT\" or \"[IPv6]:PORT\", got the number 25"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = relay } }",
-     "t.conf:1: listen.mx.profile: must be \"mx\", \"submission\" or \"pop3\", not 'relay'"},
+     "t.conf:1: listen.mx.profile: must be \"mx\", \"submission\", \"pop3\" or \"http\", not "
+     "'relay'"},
+    {"listen { api { address = \"127.0.0.1:80\"; profile = http; tls = implicit } }",
+     "t.conf:1: listen.api: an http listener takes only address, profile and tls = \"none\" "
+     "(TLS: put a proxy in front for now; milters are for SMTP)"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = true } }",
-     "t.conf:1: listen.mx.profile: expected \"mx\", \"submission\" or \"pop3\", got the "
+     "t.conf:1: listen.mx.profile: expected \"mx\", \"submission\", \"pop3\" or \"http\", got the "
      "boolean true"},
     {"recipient_delimiter = 1",
      "t.conf:1: recipient_delimiter: expected a string of delimiter characters, got the number "
@@ -787,10 +793,24 @@ static const struct err_case conf_err_cases[] = {
     {"relayhost { via = \"smtp://h.test\"; auth_user = u; auth_password_file = 5 }",
      "t.conf:1: relayhost.auth_password_file: expected a string, got the number 5"},
     {"relayhost {\n via = \"smtp://h.test\"\n tls = always\n}",
-     "t.conf:3: relayhost.tls: must be \"none\", \"opportunistic\" or \"require\", not 'always'"},
+     "t.conf:3: relayhost.tls: must be \"none\", \"opportunistic\", \"require\", \"verify\" or "
+     "\"dane\", not 'always'"},
+    /* credentials never in clear, nor to whoever answers, except to this machine */
+    {"relayhost { via = \"smtp://h.test\"; auth_user = u; auth_password_file = /p;\n"
+     " tls = none }",
+     "t.conf:2: relayhost.tls: \"none\" with auth_user would send the password without TLS; "
+     "use \"verify\" (the default with auth_user) or \"require\" (encrypted, certificate not "
+     "checked)"},
+    {"routes { a.test { via = \"smtp://[2001:db8::1]\"; auth_user = u; auth_password_file = /p;"
+     " tls = opportunistic } }",
+     "t.conf:1: routes.\"a.test\".tls: \"opportunistic\" with auth_user would send the password "
+     "without TLS; use \"verify\" (the default with auth_user) or \"require\" (encrypted, "
+     "certificate not checked)"},
+    {"delivery { ca_file = 5 }", "t.conf:1: delivery.ca_file: expected a string, got the number 5"},
+    {"delivery { dane = 3 }", "t.conf:1: delivery.dane: expected true or false, got the number 3"},
     {"relayhost { via = \"smtp://h.test\"; tls = true }",
-     "t.conf:1: relayhost.tls: expected \"none\", \"opportunistic\" or \"require\", got the "
-     "boolean true"},
+     "t.conf:1: relayhost.tls: expected \"none\", \"opportunistic\", \"require\", \"verify\" or "
+     "\"dane\", got the boolean true"},
     {"routes {\n a.test {\n  via = \"smtps://h.test\"\n  tls = none\n }\n}",
      "t.conf:4: routes.\"a.test\".tls: \"none\" contradicts smtps:// in via, which is TLS from "
      "the first byte; use smtp:// for a connection without TLS"},
@@ -1432,6 +1452,9 @@ static void test_route_tls_defaults(void **state)
 	    {"smtp://h.test", "require", CONF_TLS_REQUIRE},
 	    {"smtps://h.test", "opportunistic", CONF_TLS_OPPORTUNISTIC},
 	    {"smtps://h.test", "require", CONF_TLS_REQUIRE},
+	    {"smtp://h.test", "verify", CONF_TLS_VERIFY},
+	    {"smtps://h.test", "verify", CONF_TLS_VERIFY},
+	    {"smtp://h.test", "dane", CONF_TLS_DANE},
 	};
 	for (size_t i = 0; i < N(cases); i++) {
 		char text[256], err[256];
@@ -1447,6 +1470,42 @@ static void test_route_tls_defaults(void **state)
 			fail_msg("case %zu: tls %d, want %d", i, c->relayhost->tls, cases[i].want);
 		conf_unref(c);
 	}
+}
+
+/* With auth_user the default is verify; lower levels only to a loopback address. */
+static void test_route_tls_with_auth(void **state)
+{
+	static const struct {
+		const char *via, *tls; /* tls NULL: not given */
+		enum conf_tls want;
+	} cases[] = {
+	    {"smtp://h.test", NULL, CONF_TLS_VERIFY},
+	    {"smtps://h.test", NULL, CONF_TLS_VERIFY},
+	    {"smtp://h.test", "require", CONF_TLS_REQUIRE},
+	    {"smtp://h.test", "dane", CONF_TLS_DANE},
+	    {"smtp://127.0.0.20:2525", "none", CONF_TLS_NONE},
+	    {"smtp://[::1]", "opportunistic", CONF_TLS_OPPORTUNISTIC},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		char text[300], err[256];
+		snprintf(
+		    text, sizeof(text),
+		    "relayhost { via = \"%s\"; auth_user = u; auth_password_file = /p; %s%s%s }",
+		    cases[i].via, cases[i].tls ? "tls = " : "", cases[i].tls ? cases[i].tls : "",
+		    cases[i].tls ? ";" : "");
+		struct tern_config *c = load_str(text, err, sizeof(err));
+		if (!c)
+			fail_msg("case %zu: %s", i, err);
+		if (c->relayhost->tls != cases[i].want)
+			fail_msg("case %zu: tls %d, want %d", i, c->relayhost->tls, cases[i].want);
+		conf_unref(c);
+	}
+	/* A name is never "loopback": DNS could point it anywhere. */
+	char err[256];
+	struct tern_config *c = load_str("relayhost { via = \"smtp://localhost\"; auth_user = u; "
+	                                 "auth_password_file = /p; tls = none }",
+	                                 err, sizeof(err));
+	assert_null(c);
 }
 
 static void test_route_auth_and_relative_paths(void **state)
@@ -1818,7 +1877,8 @@ static void test_print_reload_round_trip(void **state)
 	    "  b { address = \"127.0.0.1:465\"; profile = submission; tls = implicit }\n"
 	    "  c { address = \"127.0.0.1:587\"; profile = submission } }\n",
 	    "tls { self_signed = true }\ndata_dir = /srv/t/",
-	    "auth_checks { spf = false; dmarc = enforce; defer_on_temperror = true; timeout = 1min }",
+	    "auth_checks { spf = false; dmarc = enforce; defer_on_temperror = true; timeout = 1min "
+	    "}",
 	    "auth_checks { dkim = off; dmarc = \"off\" }",
 	    "recipient_delimiter = \"\"",
 	    "recipient_delimiter = \"+-\"",
@@ -1880,7 +1940,7 @@ static void test_print_shows_routes(void **state)
 	static const char *const want[] = {
 	    "routes {\n\t\"a.test\" {\n\t\tvia = \"smtps://[2001:db8::1]:465\";\n"
 	    "\t\ttls = \"require\";\n\t}\n}\n",
-	    "relayhost {\n\tvia = \"smtp://relay.test:25\";\n\ttls = \"opportunistic\";\n"
+	    "relayhost {\n\tvia = \"smtp://relay.test:25\";\n\ttls = \"verify\";\n"
 	    "\tauth_user = \"k\";\n\tauth_password_file = \"/pw\";\n}\n",
 	    "\tremote_port = 2525;\n",
 	    "\tretry_max = 3600s;\n",
@@ -1964,9 +2024,9 @@ static void test_capture_http_keys(void **state)
 	     "t.conf:1: capture.http_max_body: 100 is below the minimum 1024"},
 	    {"capture { http_max_body = 1g }",
 	     "t.conf:1: capture.http_max_body: 1073741824 is above the maximum 134217728"},
-	    {"capture { http_max_body = 10s }",
-	     "t.conf:1: capture.http_max_body: expected a size (bytes, or a number with k, m or g), "
-	     "got a time"},
+	    {"capture { http_max_body = 10s }", "t.conf:1: capture.http_max_body: expected a size "
+	                                        "(bytes, or a number with k, m or g), "
+	                                        "got a time"},
 	    {"capture { http_max_connections = 0 }",
 	     "t.conf:1: capture.http_max_connections: 0 is below the minimum 1"},
 	};
@@ -2265,6 +2325,7 @@ int main(void)
 	    cmocka_unit_test(test_fifo_refused),
 	    cmocka_unit_test(test_route_via_forms),
 	    cmocka_unit_test(test_route_tls_defaults),
+	    cmocka_unit_test(test_route_tls_with_auth),
 	    cmocka_unit_test(test_route_auth_and_relative_paths),
 	    cmocka_unit_test(test_password_file_not_read_or_printed),
 	    cmocka_unit_test(test_find_route_precedence),
