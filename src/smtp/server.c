@@ -3106,8 +3106,10 @@ int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
 	struct srv_worker *sw = srv_worker_for(srv, w);
 	if (!sw || sw->n_listeners == MAX_LISTENERS_PER_WORKER)
 		return TERN_ELIMIT;
+	/* backlog 0: the socket already listens (serve.c, 4096); libevent's -1
+	 * would call listen(fd, 128) again and drop bursts of connections. */
 	struct evconnlistener *l = evconnlistener_new(worker_base(w), on_accept, sw,
-						      LEV_OPT_CLOSE_ON_FREE, -1, listen_fd);
+						      LEV_OPT_CLOSE_ON_FREE, 0, listen_fd);
 	if (!l)
 		return TERN_EIO;
 	sw->listener_submission[sw->n_listeners] = strcmp(profile, "submission") == 0;
