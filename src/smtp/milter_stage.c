@@ -227,7 +227,6 @@ struct one {
 	struct milter_client *mc;
 	const char *spec; /* the listener's (the session holds the config) */
 	bool aborting;    /* an abort's answer is still to come */
-	bool started;     /* told about the current transaction (MAIL sent) */
 };
 
 struct milter_stage {
@@ -302,7 +301,6 @@ static void ask(struct milter_stage *ms)
 		milter_step_helo(o->mc, ms->arg);
 		break;
 	case OP_MAIL:
-		o->started = true;
 		milter_step_mail(o->mc, ms->arg, NULL, 0);
 		break;
 	case OP_RCPT:
@@ -339,7 +337,6 @@ static void abort_all(struct milter_stage *ms)
 		if (o->aborting)
 			continue;
 		o->aborting = true;
-		o->started = false;
 		milter_step_abort(o->mc);
 	}
 }
@@ -644,8 +641,8 @@ void milter_stage_rcpt(struct milter_stage *ms, const char *rcpt)
 	op_start(ms, OP_RCPT, rcpt);
 }
 
-int milter_stage_message(struct milter_stage *ms, const char *qid, const char *msg, size_t len,
-                         size_t growth_max)
+void milter_stage_message(struct milter_stage *ms, const char *qid, const char *msg, size_t len,
+                          size_t growth_max)
 {
 	tbuf_free(&ms->work);
 	tbuf_free(&ms->tmp);
@@ -658,11 +655,13 @@ int milter_stage_message(struct milter_stage *ms, const char *qid, const char *m
 	for (size_t i = 0; i < ms->n; i++)
 		milter_set_queue_id(ms->m[i].mc, qid);
 	op_start(ms, OP_MSG, NULL);
-	return TERN_OK;
 }
 
 void milter_stage_abort(struct milter_stage *ms)
 {
 	(void)TERN_BUG_ON(ms->op != OP_NONE);
 	abort_all(ms);
+	/* the rewritten message was the caller's to copy: its memory goes */
+	tbuf_free(&ms->work);
+	tbuf_free(&ms->tmp);
 }

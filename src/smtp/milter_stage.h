@@ -86,11 +86,11 @@ void milter_stage_rcpt(struct milter_stage *ms, const char *rcpt);
  * The message, as it will be spooled (our trace fields on top): DATA, every
  * header field, end of headers, the body, end of message, to each milter in
  * turn; each milter sees the header changes of those before it. msg must
- * stay unchanged until cb. growth_max bounds how much the changes may add.
- * TERN_OK (cb will run) or TERN_ENOMEM (it will not).
+ * stay unchanged until cb. growth_max bounds how much the changes may add
+ * (past it: 451 4.3.0, logged).
  */
-int milter_stage_message(struct milter_stage *ms, const char *qid, const char *msg, size_t len,
-                         size_t growth_max);
+void milter_stage_message(struct milter_stage *ms, const char *qid, const char *msg, size_t len,
+                          size_t growth_max);
 /* The transaction ends early (RSET, a refused MAIL or message, a new MAIL). */
 void milter_stage_abort(struct milter_stage *ms);
 

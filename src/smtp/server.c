@@ -2718,6 +2718,8 @@ static void milter_done_message(struct session *s, const struct milter_stage_res
 		}
 		spool_message(s);
 	}
+	if (s->state == SS_HELO)
+		restore_idle_timeouts(s); /* milter_wait took them off */
 	after_message(s);
 }
 

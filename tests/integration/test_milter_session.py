@@ -16,6 +16,7 @@ Never: talks to anything outside 127.0.0.0/8, waits without a bound, kills a pro
 not start.
 """
 
+import base64
 import socket
 import struct
 import threading
@@ -23,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import CLI_TIMEOUT, Raw, expect, make_message
+from conftest import CLI_TIMEOUT, Client, Raw, expect, free_port, make_message
 from test_milter import GTUBE, HAM, rspamd  # noqa: F401  (rspamd is a fixture)
 
 ALICE = "alice@example.test"
@@ -288,9 +289,10 @@ def test_reject_at_eom_with_its_own_reply_code(tern_factory, milter):
     t = start(tern_factory, [m.spec])
     c, r = send(t, make_message("custom reply"))
     assert r.lines == ["554 5.7.1 Go away, spammer"], r
-    # the session goes on: the next transaction is asked again
+    # the session goes on, and its idle timeout (5 s here) is back on
     expect(c.cmd("RSET"), 250)
-    time.sleep(0.3)
+    assert c.closed_by_peer(wait=15)
+    assert t.log_lines("event=disconnect", "reason=idle-timeout")
     assert t.mail_files(ALICE) == []
     assert t.log_lines("event=rejected", "step=eom", "reason=milter", "code=554")
 
@@ -438,6 +440,74 @@ def test_first_milter_rejecting_means_the_second_is_not_asked(tern_factory, milt
     c.ehlo()
     expect(c.cmd("MAIL FROM:<sender@example.org>"), 550, "5.7.1")
     assert second.sessions() == []
+
+
+def test_reject_at_connect_is_heard_at_ehlo(tern_factory, milter):
+    m = milter(replies={b"C": [packet(b"y", z("554 5.7.1 You are not welcome here"))]})
+    t = start(tern_factory, [m.spec])
+    c = t.client()
+    expect(c.greeting, 220)  # greeted all the same, as Postfix does
+    r = c.cmd("EHLO client.example.org")
+    assert r.lines == ["554 5.7.1 You are not welcome here"], r
+    r = c.cmd("MAIL FROM:<sender@example.org>")
+    assert r.code in (503, 554), r
+    expect(c.cmd("QUIT"), 221)
+
+
+def test_no_reply_and_skip_flags_are_honoured(tern_factory, milter):
+    # NOHELO (0x2): no HELO packet; NR_HDR (0x80): headers unanswered; SKIP (0x400): the
+    # milter stops the body after its first chunk
+    m = milter(protocol=0x2 | 0x80 | 0x400, replies={
+        b"B": [packet(b"s")], b"E": [packet(b"h", z("X-Seen", "yes")), packet(b"c")]})
+    t = start(tern_factory, [m.spec])
+    body = ("x" * 998 + "\r\n") * 200  # about 200 kB: four body chunks
+    _, r = send(t, make_message("flags", body=body))
+    expect(r, 250, "2.0.0")
+    assert "X-Seen: yes" in headers_of(delivered(t, ALICE, "flags"))
+    (conv,) = m.sessions()
+    cmds = b"".join(c for c, _ in conv if c != b"D")
+    assert b"H" not in cmds
+    assert cmds.count(b"B") == 1, cmds
+
+
+def test_header_changes_past_the_limit_are_refused(tern_factory, milter):
+    big = "v" * 60000
+    m = milter(replies={b"E": [packet(b"h", z("X-Big-%d" % i, big)) for i in range(5)]
+               + [packet(b"c")]})
+    t = start(tern_factory, [m.spec])
+    _, r = send(t, make_message("too big changes"))
+    expect(r, 451, "4.3.0")
+    time.sleep(0.3)
+    assert t.mail_files(ALICE) == []
+
+
+def test_only_the_listeners_own_milters_and_auth_macro(tern_factory, milter):
+    # milters on the submission listener only: mail on the mx listener is not shown them;
+    # a logged-in sender is named in {auth_authen} at MAIL
+    m = milter()
+    sub_port = free_port()
+    t = tern_factory({"auth": {"allow_plaintext": True}, "listen": {"sub": {
+        "address": "127.0.0.1:%d" % sub_port, "profile": "submission", "tls": "none",
+        "milters": [m.spec]}}})
+    _, r = send(t, make_message("via mx"))
+    expect(r, 250, "2.0.0")
+    assert m.sessions() == []
+    c = Client(sub_port)
+    try:
+        c.ehlo()
+        token = base64.b64encode(b"\0%s\0secret-pw" % ALICE.encode()).decode()
+        expect(c.cmd("AUTH PLAIN " + token), 235)
+        expect(c.cmd("MAIL FROM:<%s>" % ALICE), 250)
+        expect(c.cmd("RCPT TO:<%s>" % BOB), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(make_message("via submission", frm=ALICE, to=BOB) + b".\r\n")
+        expect(c.reply(), 250, "2.0.0")
+    finally:
+        c.close()
+    (conv,) = m.sessions()
+    mail_macros = [d for cm, d in conv if cm == b"D" and d[:1] == b"M"]
+    assert z("{auth_authen}", ALICE) in mail_macros[0], mail_macros
+    delivered(t, BOB, "via submission")
 
 
 # ---------------------------------------------------------------------------
