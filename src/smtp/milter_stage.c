@@ -371,37 +371,34 @@ static void msg_next(struct milter_stage *ms)
 		}
 		milter_step_data(o->mc);
 		return;
-	case SUB_HEADER: {
-		if (ms->hdr_i >= ms->hdrs.n) {
-			ms->sub = SUB_EOH;
-			msg_next(ms);
+	case SUB_HEADER:
+		/* the next field a milter can be shown (a loop, not recursion:
+		 * a header section may hold any number of lines it cannot) */
+		while (ms->hdr_i < ms->hdrs.n) {
+			const struct field *x = &ms->hdrs.v[ms->hdr_i++];
+			size_t nl = x->name_len;
+			while (nl > 0 && (x->p[nl - 1] == ' ' || x->p[nl - 1] == '\t'))
+				nl--;
+			if (nl == 0 || nl > MILTER_HDR_NAME_MAX)
+				continue; /* a line without a field name */
+			memcpy(ms->scratch_name, x->p, nl);
+			ms->scratch_name[nl] = '\0';
+			/* the value: after the colon, without the final line end */
+			size_t vs = x->name_len + 1, ve = x->n;
+			if (ve > vs && x->p[ve - 1] == '\n')
+				ve--;
+			if (ve > vs && x->p[ve - 1] == '\r')
+				ve--;
+			tbuf_reset(&ms->scratch);
+			if (tbuf_append(&ms->scratch, x->p + vs, ve - vs) != TERN_OK ||
+			    tbuf_append(&ms->scratch, "", 0) != TERN_OK || !ms->scratch.data)
+				continue; /* longer than one packet may carry */
+			milter_step_header(o->mc, ms->scratch_name, ms->scratch.data);
 			return;
 		}
-		const struct field *x = &ms->hdrs.v[ms->hdr_i++];
-		size_t nl = x->name_len;
-		while (nl > 0 && (x->p[nl - 1] == ' ' || x->p[nl - 1] == '\t'))
-			nl--;
-		if (nl == 0 || nl > MILTER_HDR_NAME_MAX) {
-			msg_next(ms); /* a line no milter could name: not shown */
-			return;
-		}
-		memcpy(ms->scratch_name, x->p, nl);
-		ms->scratch_name[nl] = '\0';
-		/* the value: after the colon, without the final line end */
-		size_t vs = x->name_len + 1, ve = x->n;
-		if (ve > vs && x->p[ve - 1] == '\n')
-			ve--;
-		if (ve > vs && x->p[ve - 1] == '\r')
-			ve--;
-		tbuf_reset(&ms->scratch);
-		if (tbuf_append(&ms->scratch, x->p + vs, ve - vs) != TERN_OK ||
-		    tbuf_append(&ms->scratch, "", 0) != TERN_OK || !ms->scratch.data) {
-			msg_next(ms); /* too long for one packet: not shown */
-			return;
-		}
-		milter_step_header(o->mc, ms->scratch_name, ms->scratch.data);
+		ms->sub = SUB_EOH;
+		milter_step_eoh(o->mc);
 		return;
-	}
 	case SUB_EOH:
 		milter_step_eoh(o->mc);
 		return;
@@ -654,6 +651,11 @@ void milter_stage_message(struct milter_stage *ms, const char *qid, const char *
 	ms->quarantine_reason[0] = '\0';
 	for (size_t i = 0; i < ms->n; i++)
 		milter_set_queue_id(ms->m[i].mc, qid);
+	/* the client sends it as "i" (sendmail's name); "{i}" as well, for
+	 * milters that ask for the braced form */
+	const char *names[] = {"{i}"};
+	const char *vals[] = {qid};
+	set_macros(ms, MILTER_CMD_BODYEOB, names, vals, 1);
 	op_start(ms, OP_MSG, NULL);
 }
 

@@ -257,6 +257,19 @@ def test_header_changes_with_bdat(tern_factory, milter):
     assert "X-Chunked: yes" in headers_of(delivered(t, ALICE, "chunked"))
 
 
+def test_header_lines_without_a_name_are_not_shown(tern_factory, milter):
+    # 200,000 header lines without a colon (600 kB): not shown to the milter, one after
+    # the other, and the session lives
+    m = milter(protocol=0x80)  # NR_HDR: no reply per header
+    t = start(tern_factory, [m.spec])
+    junk = "x\r\n" * 200000
+    _, r = send(t, make_message("nameless", extra_headers=junk))
+    expect(r, 250, "2.0.0")
+    (conv,) = m.sessions()
+    names = [d.split(b"\0")[0] for c, d in conv if c == b"L"]
+    assert names == [b"Received", b"From", b"To", b"Subject", b"Message-ID"], names[:10]
+
+
 # ---------------------------------------------------------------------------
 # Verdicts
 
