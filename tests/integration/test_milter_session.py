@@ -201,7 +201,7 @@ def test_add_header_and_the_milter_sees_the_whole_dialogue(tern_factory, milter)
     assert hdrs.index("Message-ID:") < hdrs.index("X-Milter:")
     c.cmd("QUIT")
     (conv,) = m.sessions()
-    cmds = b"".join(cm for cm, _ in conv if cm not in (b"D",))
+    cmds = b"".join(cm for cm, _ in conv if cm not in (b"D", b"Q"))  # QUIT may be in or not
     assert cmds.startswith(b"OCHMRTL") and cmds.endswith(b"NBE"), cmds
     data_of = {cm: [d for cc, d in conv if cc == cm] for cm, _ in conv}
     assert data_of[b"H"] == [b"client.example.org\0"]
