@@ -2703,6 +2703,8 @@ static void milter_done_message(struct session *s, const struct milter_stage_res
 		milter_refused(s, r, "eom");
 		atomic_fetch_add(&count_rejected, 1);
 		tx_end(s);
+		if (strncmp(r->reply, "421", 3) == 0)
+			session_close_after_flush(s, "milter-421"); /* 421 means closing */
 	} else if (r->action == MILTER_DISCARD) {
 		milter_discarded(s, t, r->milter);
 	} else if (!milter_take_message(s, t, r)) {
@@ -2783,6 +2785,8 @@ static void milter_done(void *arg, const struct milter_stage_result *r)
 		rcpt_ok(s, t, s->milter_rcpt);
 		break;
 	}
+	if (refused && strncmp(r->reply, "421", 3) == 0 && s->state != SS_CLOSING)
+		session_close_after_flush(s, "milter-421"); /* 421 means closing */
 	if (s->state == SS_CLOSING)
 		return;
 	restore_idle_timeouts(s);

@@ -317,6 +317,15 @@ def test_reply_code_without_enhanced_code_gets_one(tern_factory, milter):
     assert r.lines == ["550 5.7.1 not today"], r
 
 
+def test_421_from_a_milter_closes_the_session(tern_factory, milter):
+    m = milter(replies={b"E": [packet(b"y", z("421 4.3.2 Scanner overloaded"))]})
+    t = start(tern_factory, [m.spec])
+    c, r = send(t, make_message("busy"))
+    assert r.lines == ["421 4.3.2 Scanner overloaded"], r
+    assert c.closed_by_peer(wait=5)
+    assert t.mail_files(ALICE) == []
+
+
 def test_tempfail_at_mail(tern_factory, milter):
     m = milter(replies={b"M": [packet(b"t")]})
     t = start(tern_factory, [m.spec])
