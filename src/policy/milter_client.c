@@ -205,7 +205,7 @@ static void verdict_set(struct milter_verdict *v, enum milter_action a, const ch
 		         "550 5.7.1 Message rejected by content filter");
 	else if (a == MILTER_TEMPFAIL)
 		snprintf(v->reply, sizeof(v->reply),
-		         "451 4.7.1 Content filter unavailable, try again later");
+		         "451 4.7.1 Deferred by content filter, try again later");
 }
 
 /* Queues v for the defer event; the callback never runs inside a step call. */
@@ -226,6 +226,9 @@ static void deliver_action(struct milter_client *mc, enum milter_action a)
 static void default_verdict(struct milter_client *mc, struct milter_verdict *v)
 {
 	verdict_set(v, mc->default_action, NULL);
+	if (mc->default_action == MILTER_TEMPFAIL) /* not the milter's word: it is not there */
+		snprintf(v->reply, sizeof(v->reply),
+		         "451 4.7.1 Content filter unavailable, try again later");
 	v->failed = true;
 }
 

@@ -17,6 +17,7 @@ not start.
 """
 
 import base64
+import smtplib
 import socket
 import struct
 import threading
@@ -308,6 +309,24 @@ def test_reject_at_eom_with_its_own_reply_code(tern_factory, milter):
     assert t.log_lines("event=disconnect", "reason=idle-timeout")
     assert t.mail_files(ALICE) == []
     assert t.log_lines("event=rejected", "step=eom", "reason=milter", "code=554")
+
+
+def test_smtplib_client_sees_the_milters_replies(tern_factory, milter):
+    def rcpt(data):
+        return [packet(b"t")] if data.startswith(b"<bob@") else CONT
+
+    m = milter(replies={b"R": rcpt, b"E": [packet(b"y", z("550 5.7.1 Not this one"))]})
+    t = start(tern_factory, [m.spec])
+    with smtplib.SMTP("127.0.0.1", t.port, timeout=15) as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("sender@example.org", [ALICE, BOB], make_message("smtplib"))
+        assert e.value.smtp_code == 550 and e.value.smtp_error == b"5.7.1 Not this one"
+    m2 = milter(replies={b"R": rcpt})
+    t2 = start(tern_factory, [m2.spec])
+    with smtplib.SMTP("127.0.0.1", t2.port, timeout=15) as s:
+        refused = s.sendmail("sender@example.org", [ALICE, BOB], make_message("smtplib ok"))
+    assert refused == {BOB: (451, b"4.7.1 Deferred by content filter, try again later")}
+    delivered(t2, ALICE, "smtplib ok")
 
 
 def test_reply_code_without_enhanced_code_gets_one(tern_factory, milter):
