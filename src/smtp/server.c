@@ -91,6 +91,11 @@
  *
  * Back to HELO ("between transactions"): RSET, HELO/EHLO, the reply after
  * end of data, a refused message. Every state may go to CLOSING.
+ *
+ * MILTER: while the listener's milters are asked about the greeting,
+ * HELO/EHLO, MAIL or RCPT (s->milter_wait) the state stays what the
+ * command made it and nothing is read until milter_done answers; at end of
+ * message they are asked in SS_VERIFY, after verify.c.
  */
 enum session_state {
 	SS_CONNECTED, /* accepted; the greeting waits for the connect-time policy */
@@ -105,7 +110,8 @@ enum session_state {
 	SS_DATA,      /* reading the message after 354 until CRLF.CRLF */
 	SS_BDAT,      /* reading the bytes of a BDAT chunk */
 	SS_CHUNKING,  /* between BDAT chunks: commands again, the message goes on */
-	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c) decide first; nothing is read */
+	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c), then MILTER: the milters, decide
+	                 first; nothing is read */
 	SS_COMMIT,    /* the spool is making the message durable; nothing is read */
 	SS_TLS,       /* STARTTLS answered: the handshake runs on the new layer */
 	SS_CLOSING,   /* the final reply is queued; freed once it is written */
