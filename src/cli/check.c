@@ -1,7 +1,7 @@
 /*
  * check.c — `tern check-config`: loads the config as serve would, then
  * looks at what the config only names — the certificate and key, the OAuth
- * issuer's keys, the account to run as, the data directory — so that what
+ * issuer's keys, the DKIM keys, the account to run as, the data directory — so that what
  * serve would refuse at start, or regret later, is found here first. Prints
  * the effective config (or, with --changed, only what differs from the
  * defaults).
@@ -27,15 +27,18 @@
 #include "core/buf.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "policy/dkim.h"
+#include "smtp/verify_arc.h"
 #include "tls/tls.h"
 
 static const struct cli_help check_help = {
     "tern check-config", "tern check-config [-c FILE] [--changed]",
     "Loads the configuration as tern serve would and checks what it names:\n"
     "the TLS certificate and key (read and matched), the OAuth issuer's keys\n"
-    "(auth.oauth.jwks_file, read and parsed), the account 'user' (it\n"
-    "must exist), the data_dir (that account must be able to create and write\n"
-    "it), and relay.networks (a network shorter than /8 is an open relay).\n"
+    "(auth.oauth.jwks_file, read and parsed), the ARC sealing key (RSA), the\n"
+    "account 'user' (it must exist), the data_dir (that account must be able to\n"
+    "create and write it), and relay.networks (a network shorter than /8 is an\n"
+    "open relay).\n"
     "Problems go to standard error as \"tern: error: ...\" or \"tern: warning:\n"
     "...\"; the effective configuration, every key with its value, to standard\n"
     "output.\n"
@@ -93,6 +96,29 @@ static void check_oauth(struct check *ck, const struct tern_config *c)
 	if (oauth_keys_load(c, &keys, err, sizeof(err)) != TERN_OK)
 		error(ck, "%s", err);
 	oauth_keys_free(keys);
+}
+
+/* The DKIM signing keys, each loaded as serve loads it (mode checked): serve
+ * starts without a key that does not load, but refuses its domain's mail
+ * from logged-in users with 451 (smtp/sign.h), so it is an error here. */
+static void check_dkim(struct check *ck, const struct tern_config *c)
+{
+	for (size_t i = 0; i < c->dkim.n_keys; i++) {
+		const struct conf_dkim_key *k = &c->dkim.keys[i];
+		struct dkim_key *key = NULL;
+		char warn[512], err[512];
+		if (dkim_key_load(k->key_file, &key, warn, sizeof(warn), err, sizeof(err)) !=
+		    TERN_OK) {
+			error(ck,
+			      "dkim.keys: the key of %s (selector %s) does not load: %s; mail from "
+			      "%s would get 451 until it does",
+			      k->domain, k->selector, err, k->domain);
+			continue;
+		}
+		if (warn[0])
+			warning("dkim.keys: %s", warn);
+		dkim_key_free(key);
+	}
 }
 
 /*
@@ -266,6 +292,9 @@ int cmd_check_config(int argc, char **argv)
 	check_data_dir(&ck, c);
 	check_tls(&ck, c);
 	check_oauth(&ck, c);
+	check_dkim(&ck, c);
+	if (!smtp_arc_key_usable(c, err, sizeof(err))) /* ARC: the sealing key (verify_arc.h) */
+		error(&ck, "%s", err);
 	if (changed)
 		conf_print_changed(c, stdout);
 	else

@@ -44,6 +44,7 @@
 #include "policy/policy.h"
 #include "pop3/pop3.h"
 #include "queue/queue.h"
+#include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "tls/tls.h"
 
@@ -150,6 +151,13 @@ static struct tern_runtime *runtime_load(const char *path, const struct capture_
 	rt->free_users = users_free;
 	rt->oauth_keys = keys;
 	rt->free_oauth_keys = oauth_keys_free;
+	/* SIGN: a key that does not load is logged and refuses its domain's mail */
+	rt->free_dkim_signer = smtp_signer_free;
+	if (smtp_signer_load(&conf->dkim, &rt->dkim_signer) != TERN_OK) {
+		snprintf(err, errlen, "dkim keys: out of memory");
+		runtime_release(rt);
+		return NULL;
+	}
 	return rt;
 }
 

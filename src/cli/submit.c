@@ -46,6 +46,7 @@
 #include "core/timefmt.h"
 #include "mime/mime.h"
 #include "queue/queue.h"
+#include "smtp/sign.h"
 #include "smtp/smtp.h"
 
 #define SUBMIT_CONN_MAX 16         /* connections served at once */
@@ -113,6 +114,7 @@ struct intake {
 	struct submit *s;
 	const struct tern_config *conf;
 	const struct user_db *users;
+	const struct smtp_signer *signer; /* SIGN: the runtime's DKIM keys, or NULL */
 	const struct submit_req *req;
 	bool pickup;
 	const char *source; /* "sendmail" or "maildrop", for the log */
@@ -515,6 +517,28 @@ static bool pickup_bounce(struct intake *in, char **addrs, size_t n, const char 
 	return ok;
 }
 
+/* SIGN: local submissions are DKIM-signed for their From domain (smtp/sign.h),
+ * the signatures right under our Received field (trace bytes); one that should
+ * be signed and cannot be is refused for now (75), never queued unsigned. */
+static int sign_local(struct intake *in, struct tbuf *msg, size_t trace)
+{
+	struct smtp_sign_result r;
+	int rc = 0;
+	smtp_sign_run(in->signer, in->id, msg->data + trace, msg->len - trace, &r);
+	if (r.status == SMTP_SIGN_ERROR) {
+		rc = fail(in, EX_TEMPFAIL,
+		          "local error: the message could not be DKIM-signed (%s); nothing was "
+		          "queued, try again later",
+		          r.reason);
+	} else if (r.status == SMTP_SIGN_OK) {
+		msg->max += r.len;
+		if (smtp_sign_insert(&r, msg, trace) != TERN_OK)
+			rc = fail(in, EX_TEMPFAIL, "out of memory, try again later");
+	}
+	smtp_sign_result_clear(&r);
+	return rc;
+}
+
 /* Spools the finished message of in and hands it to the scheduler. */
 static int commit(struct intake *in, struct tbuf *msg, bool eight, time_t now, bool had_bcc)
 {
@@ -628,12 +652,18 @@ static void intake_run(struct intake *in)
 	tbuf_free(&crlf);
 	if (collect_rcpts(in, &rw) != 0)
 		goto out;
-	if (received_header(in, &msg) != TERN_OK ||
-	    tbuf_append(&msg, body.data, body.len) != TERN_OK) {
+	if (received_header(in, &msg) != TERN_OK) {
+		fail(in, EX_TEMPFAIL, "out of memory, try again later");
+		goto out;
+	}
+	size_t trace = msg.len;
+	if (tbuf_append(&msg, body.data, body.len) != TERN_OK) {
 		fail(in, EX_TEMPFAIL, "out of memory, try again later");
 		goto out;
 	}
 	tbuf_free(&body);
+	if (in->n_rcpts > 0 && sign_local(in, &msg, trace) != 0)
+		goto out;
 
 	if (in->n_rcpts > 0 && commit(in, &msg, eight, now, rw.had_bcc) != 0)
 		goto out;
@@ -790,6 +820,7 @@ static void serve_conn(struct submit *s, int fd)
 	struct intake it = {.s = s,
 	                    .conf = conf,
 	                    .users = rt->users,
+	                    .signer = rt->dkim_signer,
 	                    .req = &req,
 	                    .source = "sendmail",
 	                    .uid = cred.uid};
@@ -951,6 +982,7 @@ static void pickup_file(struct submit *s, int dfd, const char *name)
 	struct intake it = {.s = s,
 	                    .conf = conf,
 	                    .users = rt->users,
+	                    .signer = rt->dkim_signer,
 	                    .req = &req,
 	                    .pickup = true,
 	                    .source = "maildrop",

@@ -148,14 +148,20 @@ static const char default_text[] =
     "auth_checks {                 # on mx listeners; not for relay.networks or AUTH clients\n"
     "\tspf = true;                 # Received-SPF and spf= in Authentication-Results\n"
     "\tdkim = true;                # dkim= per signature in Authentication-Results\n"
+    "\tarc = true;                 # ARC chain (RFC 8617): arc= in Authentication-Results\n"
     "\tdmarc = \"mark\";            # off, mark (record only) or enforce (550 / Junk)\n"
     "\tdefer_on_temperror = false; # DMARC temperror: deliver (false) or 451 (true)\n"
     "\ttimeout = 20s;              # DNS time for each of SPF, DKIM, DMARC\n"
     "}\n"
     "dkim {\n"
     "\tcanonicalization = \"relaxed/relaxed\";\n"
+    "\tsign_relayed = false;       # also sign mail from relay.networks (AUTH users: always)\n"
     "\tkeys = [];                  # { domain = \"example.org\"; selector = \"s1\"; key_file = "
     "\"...\"; }\n"
+    "}\n"
+    "arc {\n"
+    "\ttrusted_sealers = [];       # ARC sealers whose results may override a DMARC failure\n"
+    "\t# seal_domain = \"example.org\"; # seal forwarded mail with that dkim.keys entry\n"
     "}\n";
 
 static const char *const default_networks[] = {"127.0.0.0/8", "::1/128"};
@@ -1966,6 +1972,7 @@ static int parse_auth(struct ctx *x, const struct ucl_node *sec, struct conf_aut
 static const struct conf_auth_checks default_auth_checks = {
     .spf = true,
     .dkim = true,
+    .arc = true,
     .dmarc = CONF_DMARC_MARK,
     .defer_on_temperror = false,
     .timeout = 20,
@@ -1982,6 +1989,8 @@ static int parse_auth_checks(struct ctx *x, const struct ucl_node *sec, struct c
 			rc = get_bool(x, m, "auth_checks.spf", &a->spf);
 		} else if (strcmp(m->key, "dkim") == 0) {
 			rc = get_bool(x, m, "auth_checks.dkim", &a->dkim);
+		} else if (strcmp(m->key, "arc") == 0) {
+			rc = get_bool(x, m, "auth_checks.arc", &a->arc);
 		} else if (strcmp(m->key, "defer_on_temperror") == 0) {
 			rc = get_bool(x, m, "auth_checks.defer_on_temperror",
 			              &a->defer_on_temperror);
@@ -2017,10 +2026,101 @@ static int parse_auth_checks(struct ctx *x, const struct ucl_node *sec, struct c
 static void print_auth_checks(FILE *f, const struct conf_auth_checks *a)
 {
 	fprintf(f,
-	        "auth_checks {\n\tspf = %s;\n\tdkim = %s;\n\tdmarc = \"%s\";\n"
+	        "auth_checks {\n\tspf = %s;\n\tdkim = %s;\n\tarc = %s;\n\tdmarc = \"%s\";\n"
 	        "\tdefer_on_temperror = %s;\n\ttimeout = %us;\n}\n",
-	        a->spf ? "true" : "false", a->dkim ? "true" : "false", dmarc_mode_names[a->dmarc],
-	        a->defer_on_temperror ? "true" : "false", (unsigned)a->timeout);
+	        a->spf ? "true" : "false", a->dkim ? "true" : "false", a->arc ? "true" : "false",
+	        dmarc_mode_names[a->dmarc], a->defer_on_temperror ? "true" : "false",
+	        (unsigned)a->timeout);
+}
+
+/* ---- arc { trusted_sealers; seal_domain; seal_selector; } ------------------ */
+
+static int parse_arc(struct ctx *x, const struct ucl_node *sec, struct conf_arc *a)
+{
+	int rc = want_section(x, sec, "arc");
+	char b[80];
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "trusted_sealers") == 0) {
+			struct strlist l = {a->trusted_sealers, a->n_trusted_sealers};
+			strlist_free(&l);
+			rc = each_string(x, m, "arc.trusted_sealers", 64, add_domain, &l);
+			a->trusted_sealers = l.v;
+			a->n_trusted_sealers = l.n;
+		} else if (strcmp(m->key, "seal_domain") == 0) {
+			free(a->seal_domain);
+			a->seal_domain = NULL;
+			rc = get_str(x, m, "arc.seal_domain", &a->seal_domain);
+			if (rc == TERN_OK && !valid_domain(a->seal_domain))
+				return cerr(x, m, "arc.seal_domain: '%s' is not a domain name",
+				            show(a->seal_domain, b, sizeof(b)));
+			if (rc == TERN_OK)
+				tern_ascii_lower(a->seal_domain);
+		} else if (strcmp(m->key, "seal_selector") == 0) {
+			free(a->seal_selector);
+			a->seal_selector = NULL;
+			rc = get_str(x, m, "arc.seal_selector", &a->seal_selector);
+		} else {
+			rc = unknown_key(x, m, "arc");
+		}
+	}
+	return rc;
+}
+
+/* The sealing key is a dkim.keys entry: it must be there (either section
+ * may come first in the file, so this runs once both are read). */
+static int finish_arc(struct ctx *x, struct tern_config *c)
+{
+	const struct conf_arc *a = &c->arc;
+	if (a->seal_selector && !a->seal_domain)
+		return cerr(x, NULL, "arc.seal_selector is set without arc.seal_domain");
+	if (a->seal_domain && !conf_arc_seal_key(c))
+		return cerr(x, NULL,
+		            "arc.seal_domain: no dkim.keys entry for %s%s%s (ARC seals with a "
+		            "DKIM key of that domain)",
+		            a->seal_domain, a->seal_selector ? " with selector " : "",
+		            a->seal_selector ? a->seal_selector : "");
+	return TERN_OK;
+}
+
+const struct conf_dkim_key *conf_arc_seal_key(const struct tern_config *c)
+{
+	for (size_t i = 0; c->arc.seal_domain && i < c->dkim.n_keys; i++) {
+		const struct conf_dkim_key *k = &c->dkim.keys[i];
+		if (tern_ascii_ieq(k->domain, c->arc.seal_domain) &&
+		    (!c->arc.seal_selector || strcmp(k->selector, c->arc.seal_selector) == 0))
+			return k;
+	}
+	return NULL;
+}
+
+static void arc_free(struct conf_arc *a)
+{
+	for (size_t i = 0; i < a->n_trusted_sealers; i++)
+		free(a->trusted_sealers[i]);
+	free(a->trusted_sealers);
+	free(a->seal_domain);
+	free(a->seal_selector);
+}
+
+static void print_list(FILE *f, char *const *v, size_t n);
+
+static void print_arc(FILE *f, const struct conf_arc *a)
+{
+	fputs("arc {\n\ttrusted_sealers = ", f);
+	print_list(f, a->trusted_sealers, a->n_trusted_sealers);
+	fputs(";\n", f);
+	if (a->seal_domain) {
+		fputs("\tseal_domain = ", f);
+		print_str(f, a->seal_domain);
+		fputs(";\n", f);
+	}
+	if (a->seal_selector) {
+		fputs("\tseal_selector = ", f);
+		print_str(f, a->seal_selector);
+		fputs(";\n", f);
+	}
+	fputs("}\n", f);
 }
 
 /* ---- dkim { canonicalization; keys = [ { domain; selector; key_file; } ] } - */
@@ -2090,6 +2190,8 @@ static int parse_dkim(struct ctx *x, const struct ucl_node *sec, struct conf_dki
 				            show(m->str, b, sizeof(b)));
 			d->header_relaxed = k >= 2;
 			d->body_relaxed = k % 2 == 1;
+		} else if (strcmp(m->key, "sign_relayed") == 0) {
+			rc = get_bool(x, m, "dkim.sign_relayed", &d->sign_relayed);
 		} else if (strcmp(m->key, "keys") == 0) {
 			/* one { } alone is a list of one, as a single string is elsewhere */
 			size_t n = m->type == UCL_ARRAY ? m->n_items : 1;
@@ -2190,6 +2292,7 @@ static void conf_free(struct tern_config *c)
 	free(c->policy.zones);
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
+	arc_free(&c->arc);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -2560,6 +2663,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dkim(x, m, &c->dkim);
 	if (strcmp(k, "auth_checks") == 0)
 		return parse_auth_checks(x, m, &c->auth_checks);
+	if (strcmp(k, "arc") == 0)
+		return parse_arc(x, m, &c->arc);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);
@@ -2641,6 +2746,8 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	    (rc = finish_address_map(&x, &bt.senders, &c->senders, &c->n_senders)) != TERN_OK)
 		goto fail;
 	if ((rc = finish_tls(&x, c)) != TERN_OK)
+		goto fail;
+	if ((rc = finish_arc(&x, c)) != TERN_OK)
 		goto fail;
 	ctx_free_tls(&x);
 	if (!(c->source = tern_strdup(source))) {
@@ -2941,13 +3048,6 @@ size_t conf_warnings(const struct tern_config *c,
 		fn("relay.networks", text, arg);
 		n++;
 	}
-	if (c->dkim.n_keys > 0) {
-		fn("dkim.keys",
-		   "`tern dkim` uses these keys, but the daemon does not sign mail with them yet "
-		   "(signing comes with the submission profile)",
-		   arg);
-		n++;
-	}
 	return n;
 }
 
@@ -3165,9 +3265,10 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_size(out, c->capture.http_max_body);
 	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
 	        (unsigned)c->capture.http_max_connections);
-	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tkeys = [",
+	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tsign_relayed = %s;\n\tkeys = [",
 	        c->dkim.header_relaxed ? "relaxed" : "simple",
-	        c->dkim.body_relaxed ? "relaxed" : "simple");
+	        c->dkim.body_relaxed ? "relaxed" : "simple",
+	        c->dkim.sign_relayed ? "true" : "false");
 	for (size_t i = 0; i < c->dkim.n_keys; i++) {
 		fputs(i ? ",\n\t\t{ domain = " : "\n\t\t{ domain = ", out);
 		print_str(out, c->dkim.keys[i].domain);
@@ -3192,4 +3293,5 @@ void conf_print(const struct tern_config *c, FILE *out)
 	fputs(c->tls.n_certs && !c->tls.self_signed ? "\n\t];\n}\n" : "];\n}\n", out);
 	print_policy(out, &c->policy);
 	print_auth_checks(out, &c->auth_checks);
+	print_arc(out, &c->arc);
 }

@@ -194,7 +194,7 @@ struct conf_auth {
  * (policy/dkim.h loads them). Several keys per domain sign each message
  * once each (an RSA and an Ed25519 key, say). */
 struct conf_dkim_key {
-	char *domain; /* lowercased; signs mail from it and its subdomains */
+	char *domain; /* lowercased; signs mail from it and its subdomains without keys */
 	char *selector;
 	char *key_file; /* PEM, PKCS#1 or PKCS#8, RSA or Ed25519, mode 0600 */
 };
@@ -204,6 +204,7 @@ struct conf_dkim {
 	size_t n_keys;
 	bool header_relaxed; /* canonicalization = "relaxed/relaxed" (default) */
 	bool body_relaxed;
+	bool sign_relayed; /* also sign relay.networks clients' mail (smtp/sign.h); default false */
 };
 
 /* ---- auth_checks { }: SPF, DKIM and DMARC on mx listeners (smtp/verify.c) ---- */
@@ -216,9 +217,24 @@ enum conf_dmarc_mode {
 struct conf_auth_checks {
 	bool spf;                 /* check SPF from MAIL FROM; default true */
 	bool dkim;                /* verify DKIM signatures at end of data; default true */
+	bool arc;                 /* validate ARC chains (RFC 8617), arc= in A-R; default true */
 	enum conf_dmarc_mode dmarc; /* default CONF_DMARC_MARK */
 	bool defer_on_temperror;  /* DMARC temperror: 451 (true) or deliver (false, default) */
 	uint32_t timeout;         /* seconds for each check's DNS lookups; default 20 */
+};
+
+/* ---- arc { }: ARC (RFC 8617) on mx listeners (smtp/verify_arc.c); the chain
+ * is validated when auth_checks.arc is on ---- */
+struct conf_arc {
+	/* sealers (ARC-Seal d=) whose recorded assessment may override a DMARC
+	 * failure (RFC 8617 §7.2); lowercased; default none */
+	char **trusted_sealers;
+	size_t n_trusted_sealers;
+	/* seal mail forwarded off this host with the dkim.keys entry of this
+	 * domain (and selector, when given; else its first entry); NULL: no
+	 * sealing */
+	char *seal_domain;
+	char *seal_selector;
 };
 
 struct tern_config {
@@ -273,6 +289,7 @@ struct tern_config {
 	struct conf_auth auth;
 	struct conf_dkim dkim;
 	struct conf_auth_checks auth_checks;
+	struct conf_arc arc;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;
@@ -281,6 +298,10 @@ struct tern_config {
 /* The route for a recipient domain: a per-domain route, else the relayhost,
  * else NULL (deliver by MX). domain need not be lowercase. */
 const struct conf_route *conf_find_route(const struct tern_config *c, const char *domain);
+
+/* The dkim.keys entry arc.seal_domain (and seal_selector) names, or NULL
+ * when there is none or sealing is off. */
+const struct conf_dkim_key *conf_arc_seal_key(const struct tern_config *c);
 
 /*
  * Builds a config from a file (path) or, when path is NULL, from the

@@ -37,6 +37,8 @@ void runtime_release(struct tern_runtime *rt)
 		rt->free_users(rt->users);
 	if (rt->oauth_keys && rt->free_oauth_keys)
 		rt->free_oauth_keys(rt->oauth_keys);
+	if (rt->dkim_signer && rt->free_dkim_signer)
+		rt->free_dkim_signer(rt->dkim_signer);
 	conf_unref(rt->conf);
 	free(rt);
 }

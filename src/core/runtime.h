@@ -1,7 +1,7 @@
 /*
  * runtime.h — the reloadable state every session and delivery reads: the
- * config, the users database and the OAuth issuer's keys, swapped together
- * on SIGHUP.
+ * config, the users database, the OAuth issuer's keys and the DKIM signing
+ * keys, swapped together on SIGHUP.
  *
  * A holder takes a reference with runtime_acquire() and keeps a consistent
  * view until runtime_release(), however many reloads happen meanwhile.
@@ -14,6 +14,7 @@
 struct tern_config;
 struct user_db;
 struct oauth_keys;
+struct smtp_signer;
 
 struct tern_runtime {
 	_Atomic int refs;
@@ -22,6 +23,8 @@ struct tern_runtime {
 	void (*free_users)(struct user_db *users);
 	struct oauth_keys *oauth_keys; /* owned; NULL without auth.oauth */
 	void (*free_oauth_keys)(struct oauth_keys *keys);
+	struct smtp_signer *dkim_signer; /* owned; NULL without dkim { keys } (smtp/sign.h) */
+	void (*free_dkim_signer)(struct smtp_signer *sg);
 };
 
 /* Makes rt current; takes over the caller's reference. */

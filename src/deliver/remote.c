@@ -218,6 +218,7 @@ void remote_job_free(struct remote_job *job)
 	free(job->rcpts);
 	free(job->sender);
 	free(job->envid);
+	free(job->auth);
 	free(job->data);
 	free(job);
 }
@@ -537,6 +538,11 @@ static void send_mail(struct rconn *c)
 		    pl < sizeof(params))
 			pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " ENVID=%s", x);
 	}
+	/* RFC 4954 §5: who submitted it, to a next hop that speaks AUTH */
+	char ax[600];
+	if (c->caps.auth && j->auth && smtp_xtext_encode(j->auth, strlen(j->auth), ax, sizeof(ax)) &&
+	    pl < sizeof(params))
+		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " AUTH=%s", ax);
 	send_line(c, "MAIL FROM:<%s>%s", j->sender, params);
 }
 

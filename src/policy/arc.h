@@ -147,6 +147,34 @@ struct arc_seal_params {
 int arc_seal(const struct dkim_key *key, const struct arc_seal_params *p, enum arc_cv cv,
              const char *msg, size_t len, char **out, size_t *outlen);
 
+/* ------------------------------------------------- trusted sealers (§7.2) */
+
+struct arc_trust_query {
+	const char *const *trusted; /* sealer domains (ARC-Seal d=) we trust */
+	size_t n_trusted;
+	const char *from_domain; /* the Author Domain DMARC failed for, lowercase */
+	unsigned lowest;         /* the oldest instance to read: the validator's
+	                            oldest_pass (0 reads every set) */
+};
+
+struct arc_trust {
+	unsigned instance;                /* the set whose AAR vouched */
+	char sealer[DKIM_DOMAIN_MAX + 1]; /* its ARC-Seal d=, lowercased */
+	const char *what;                 /* "dmarc=pass", "dkim=pass" or "spf=pass" (static) */
+};
+
+/*
+ * Whether a trusted sealer recorded, in its ARC-Authentication-Results, a
+ * pass for from_domain: dmarc=pass with header.from, dkim=pass with
+ * header.d, or spf=pass with the smtp.mailfrom domain equal to it (exact,
+ * case-insensitive: no organizational-domain alignment). Sets are read
+ * newest first down to q->lowest; the first that vouches fills out. Call it
+ * only for a chain arc_verify found to pass: it checks no signature. hdr is
+ * a header block (as for arc_verify_input). Pure; false on ENOMEM.
+ */
+bool arc_trusted_pass(const char *hdr, size_t len, const struct arc_trust_query *q,
+                      struct arc_trust *out);
+
 /* ------------------------------------------------------- pure helpers */
 
 /*

@@ -188,6 +188,19 @@ static void dmarc_resinfo(struct writer *w, const struct dmarc_author *a, bool w
 		prop(w, "policy.dmarc", dmarc_policy_name(a->applied));
 }
 
+/* A failing dmarc result we did not act on: what overrode it (RFC 8617
+ * §7.2, a trusted sealer's assessment), as a property and a comment. */
+static void dmarc_override(struct writer *w, const struct dmarc_author *a, const char *why)
+{
+	char c[160];
+	if (!why || a->result != DMARC_RESULT_FAIL || has_ctl(why) || strchr(why, '(') ||
+	    strchr(why, ')') || strchr(why, '\\'))
+		return;
+	item(w, "policy.override=arc");
+	snprintf(c, sizeof(c), "(%s)", why);
+	item(w, c);
+}
+
 int authres_build(const struct authres_input *in, struct tbuf *out)
 {
 	struct writer w = {out, TERN_OK, 0};
@@ -226,8 +239,10 @@ int authres_build(const struct authres_input *in, struct tbuf *out)
 			reason(&w, o->from == DMARC_FROM_BAD ? "From header field does not parse"
 			                                     : "no From domain");
 		}
-		for (size_t i = 0; i < o->n_authors; i++)
+		for (size_t i = 0; i < o->n_authors; i++) {
 			dmarc_resinfo(&w, &o->author[i], true);
+			dmarc_override(&w, &o->author[i], in->dmarc_override);
+		}
 		any = true;
 	}
 	if (in->arc != AUTHRES_ARC_UNSET) {
@@ -235,6 +250,12 @@ int authres_build(const struct authres_input *in, struct tbuf *out)
 		        in->arc == AUTHRES_ARC_PASS   ? "pass"
 		        : in->arc == AUTHRES_ARC_FAIL ? "fail"
 		                                      : "none");
+		prop(&w, "smtp.remote-ip", in->arc_remote_ip);
+		if (in->arc == AUTHRES_ARC_PASS) {
+			char n[16];
+			snprintf(n, sizeof(n), "%u", in->arc_oldest_pass);
+			prop(&w, "header.oldest-pass", n);
+		}
 		any = true;
 	}
 	if (!any)

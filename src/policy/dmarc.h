@@ -372,6 +372,15 @@ struct authres_input {
 	size_t n_dkim;
 	const struct dmarc_outcome *dmarc; /* NULL: not checked */
 	enum authres_arc arc;              /* UNSET: not reported */
+	/* RFC 8617 §6: with arc, smtp.remote-ip (the client's address, NULL:
+	 * left out) and, with arc pass, header.oldest-pass (0: every AMS
+	 * verified) */
+	const char *arc_remote_ip;
+	unsigned arc_oldest_pass;
+	/* Non-NULL: DMARC failed but a trusted ARC sealer's assessment made us
+	 * deliver anyway: each failing dmarc result gets policy.override=arc
+	 * and this text as a comment ("trusted ARC sealer d=... i=N") */
+	const char *dmarc_override;
 };
 
 /*

@@ -78,6 +78,7 @@ struct spool_msg {
 	enum spool_folder folder;
 	char *envid;   /* or NULL */
 	char *client;  /* "addr=1.2.3.4 helo=..." trace info, or NULL */
+	char *auth;    /* MAIL AUTH= to pass on (RFC 4954 §5), decoded; NULL: none (AUTH=<>) */
 	uint64_t size; /* message bytes */
 	struct spool_rcpt *rcpts;
 	size_t n_rcpts;

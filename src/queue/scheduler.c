@@ -732,13 +732,14 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 		tern_strlcpy(rj->domain, domain, sizeof(rj->domain));
 		rj->sender = tern_strdup(m->sender);
 		rj->envid = tern_strdup(m->envid);
+		rj->auth = tern_strdup(m->auth); /* NULL stays NULL */
 		rj->body = m->body;
 		rj->ret = m->ret;
 		rj->smtputf8 = m->smtputf8;
 		rj->has_8bit = has_8bit;
 		rj->data = malloc(job->len ? job->len : 1);
 		rj->rcpts = calloc(m->n_rcpts, sizeof(*rj->rcpts));
-		if (!rj->sender || !rj->data || !rj->rcpts) {
+		if (!rj->sender || !rj->data || !rj->rcpts || (m->auth && !rj->auth)) {
 			remote_job_free(rj);
 			break;
 		}

@@ -45,9 +45,10 @@
  * bytes (no NUL inside); length 0xffffffff means NULL.
  *
  *   MSG   id[16] created:i64 body:u32 ret:u32
- *         flags:u8(bit0 smtputf8, bit1 trusted_client, bit2 folder Junk;
+ *         flags:u8(bit0 smtputf8, bit1 trusted_client, bit2 folder Junk,
+ *                  bit3 auth follows client;
  *                  the other bits 0: a record from before a bit existed has it clear)
- *         sender:str envid:str client:str n_rcpts:u32
+ *         sender:str envid:str client:str [auth:str if bit3] n_rcpts:u32
  *         n_rcpts x { addr:str orcpt:str notify:u32 local:u8 state:u8
  *                     attempts:u32 next_try:i64 last_reply:str }
  *         data_len:u64 data[data_len]          (data is last, so the index

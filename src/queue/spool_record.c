@@ -149,6 +149,7 @@ void spool_msg_free(struct spool_msg *m)
 	free(m->sender);
 	free(m->envid);
 	free(m->client);
+	free(m->auth);
 	free(m);
 }
 
@@ -184,7 +185,7 @@ struct spool_msg *spool_msg_dup(const struct spool_msg *m)
 	c->folder = m->folder;
 	c->size = m->size;
 	if (!dup_opt(&c->sender, m->sender) || !dup_opt(&c->envid, m->envid) ||
-	    !dup_opt(&c->client, m->client))
+	    !dup_opt(&c->client, m->client) || !dup_opt(&c->auth, m->auth))
 		goto fail;
 	if (m->n_rcpts) {
 		c->rcpts = calloc(m->n_rcpts, sizeof(*c->rcpts));
@@ -316,10 +317,12 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 	 * it (an older tern wrote the bit 0, which is the old meaning); only a
 	 * tern older than the bit refuses a record that sets it. */
 	put_u8(&e, (env->smtputf8 ? 1 : 0) | (env->trusted_client ? 2 : 0) |
-	               (env->folder == SPOOL_FOLDER_JUNK ? 4 : 0));
+	               (env->folder == SPOOL_FOLDER_JUNK ? 4 : 0) | (env->auth ? 8 : 0));
 	put_str(&e, env->sender);
 	put_str(&e, env->envid);
 	put_str(&e, env->client);
+	if (env->auth) /* optional: only with flag bit 3, so older records read as they were */
+		put_str(&e, env->auth);
 	put_u32(&e, (uint32_t)env->n_rcpts);
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		const struct spool_rcpt *r = &env->rcpts[i];
@@ -542,7 +545,7 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 	m->body = get_u32(&d);
 	m->ret = get_u32(&d);
 	uint8_t flags = get_u8(&d);
-	if (flags & ~7u)
+	if (flags & ~15u)
 		d.bad = true;
 	m->smtputf8 = flags & 1;
 	m->trusted_client = (flags & 2) != 0;
@@ -550,6 +553,8 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 	if (!get_str(&d, &m->sender, true, &nomem) || !get_str(&d, &m->envid, false, &nomem) ||
 	    !get_str(&d, &m->client, false, &nomem))
 		goto out;
+	if ((flags & 8) && (!get_str(&d, &m->auth, true, &nomem) || !m->auth))
+		goto out; /* the bit promises a string: NULL would not re-encode the same */
 	uint32_t nr = get_u32(&d);
 	if (d.bad || nr == 0 || nr > (d.n - d.pos) / RCPT_MIN_BYTES) {
 		d.bad = true;

@@ -67,7 +67,8 @@ struct field {
 	const char *p; /* the whole field, CRLF included */
 	size_t n;
 	size_t name_len;
-	char *own; /* p when it was made here */
+	char *own;   /* p when it was made here */
+	bool client; /* one of the client's fields (not our trace, not a milter's) */
 };
 
 struct fields {
@@ -99,8 +100,9 @@ static int fields_insert(struct fields *f, size_t at, struct field x)
 }
 
 /* The header fields of msg and where the rest (the empty line, the body)
- * starts. A line without a colon is kept as it is, as a field nobody can name. */
-static int fields_parse(const char *msg, size_t len, struct fields *f, size_t *rest)
+ * starts; those that begin at or after prefix are the client's. A line
+ * without a colon is kept as it is, as a field nobody can name. */
+static int fields_parse(const char *msg, size_t len, size_t prefix, struct fields *f, size_t *rest)
 {
 	size_t i = 0;
 	while (i < len) {
@@ -118,7 +120,8 @@ static int fields_parse(const char *msg, size_t len, struct fields *f, size_t *r
 		}
 		const char *colon = memchr(msg + start, ':', i - start);
 		struct field x = {msg + start, i - start,
-		                  colon ? (size_t)(colon - (msg + start)) : 0, NULL};
+		                  colon ? (size_t)(colon - (msg + start)) : 0, NULL,
+		                  start >= prefix};
 		int rc = fields_insert(f, f->n, x);
 		if (rc != TERN_OK)
 			return rc;
@@ -163,12 +166,12 @@ static size_t field_find(const struct fields *f, const char *name, uint32_t inde
 	return f->n;
 }
 
-int milter_apply_mods(const char *msg, size_t len, const struct milter_mod *mods, size_t n,
-                      struct tbuf *out)
+int milter_apply_mods(const char *msg, size_t len, size_t *prefix, const struct milter_mod *mods,
+                      size_t n, struct tbuf *out)
 {
 	struct fields f = {0};
 	size_t rest = 0;
-	int rc = fields_parse(msg, len, &f, &rest);
+	int rc = fields_parse(msg, len, prefix ? *prefix : 0, &f, &rest);
 	for (size_t k = 0; rc == TERN_OK && k < n; k++) {
 		const struct milter_mod *m = &mods[k];
 		struct field x = {0};
@@ -192,6 +195,7 @@ int milter_apply_mods(const char *msg, size_t len, const struct milter_mod *mods
 					free(x.own);
 				break;
 			}
+			x.client = f.v[at].client; /* in its place */
 			free(f.v[at].own);
 			f.v[at] = x;
 			break;
@@ -206,8 +210,17 @@ int milter_apply_mods(const char *msg, size_t len, const struct milter_mod *mods
 		}
 	}
 	tbuf_reset(out);
-	for (size_t i = 0; rc == TERN_OK && i < f.n; i++)
+	bool ours = true; /* still before the first of the client's fields */
+	for (size_t i = 0; rc == TERN_OK && i < f.n; i++) {
+		if (ours && f.v[i].client) {
+			ours = false;
+			if (prefix)
+				*prefix = out->len;
+		}
 		rc = tbuf_append(out, f.v[i].p, f.v[i].n);
+	}
+	if (rc == TERN_OK && ours && prefix)
+		*prefix = out->len; /* no field of the client's is left */
 	if (rc == TERN_OK)
 		rc = tbuf_append(out, msg + rest, len - rest);
 	fields_free(&f);
@@ -247,6 +260,7 @@ struct milter_stage {
 	enum sub sub;
 	const char *msg; /* the message cur sees: the caller's, or work */
 	size_t len;
+	size_t trace_len; /* the bytes of our fields at its top */
 	struct fields hdrs;
 	size_t hdr_i, body_at;
 	struct tbuf work, tmp;
@@ -279,6 +293,7 @@ static void finish(struct milter_stage *ms, enum milter_action a, const char *re
 		r.modified = ms->modified;
 		r.msg = ms->modified ? ms->work.data : NULL;
 		r.len = ms->modified ? ms->work.len : 0;
+		r.trace_len = ms->trace_len;
 		fields_free(&ms->hdrs);
 		memset(&ms->hdrs, 0, sizeof(ms->hdrs));
 	}
@@ -347,7 +362,7 @@ static int msg_prepare(struct milter_stage *ms)
 	fields_free(&ms->hdrs);
 	memset(&ms->hdrs, 0, sizeof(ms->hdrs));
 	size_t rest = 0;
-	int rc = fields_parse(ms->msg, ms->len, &ms->hdrs, &rest);
+	int rc = fields_parse(ms->msg, ms->len, 0, &ms->hdrs, &rest);
 	if (rc != TERN_OK)
 		return rc;
 	/* the body begins after the empty line */
@@ -432,8 +447,10 @@ static bool msg_apply(struct milter_stage *ms, const struct milter_verdict *v)
 	if (v->n_mods == 0)
 		return true;
 	ms->tmp.max = ms->work.max;
-	if (milter_apply_mods(ms->msg, ms->len, v->mods, v->n_mods, &ms->tmp) != TERN_OK)
+	size_t prefix = ms->trace_len;
+	if (milter_apply_mods(ms->msg, ms->len, &prefix, v->mods, v->n_mods, &ms->tmp) != TERN_OK)
 		return false;
+	ms->trace_len = prefix;
 	struct tbuf t = ms->work;
 	ms->work = ms->tmp;
 	ms->tmp = t;
@@ -639,13 +656,14 @@ void milter_stage_rcpt(struct milter_stage *ms, const char *rcpt)
 }
 
 void milter_stage_message(struct milter_stage *ms, const char *qid, const char *msg, size_t len,
-                          size_t growth_max)
+                          size_t trace_len, size_t growth_max)
 {
 	tbuf_free(&ms->work);
 	tbuf_free(&ms->tmp);
 	ms->work.max = ms->tmp.max = len + growth_max;
 	ms->msg = msg;
 	ms->len = len;
+	ms->trace_len = trace_len;
 	ms->modified = false;
 	ms->quarantine = false;
 	ms->quarantine_reason[0] = '\0';

@@ -62,6 +62,7 @@ struct milter_stage_result {
 	bool modified;                 /* msg/len is the message with header changes */
 	const char *msg;               /* owned by the stage until its next step or free */
 	size_t len;
+	size_t trace_len; /* the new length of our fields at its top */
 };
 
 typedef void (*milter_stage_cb)(void *arg, const struct milter_stage_result *r);
@@ -86,11 +87,15 @@ void milter_stage_rcpt(struct milter_stage *ms, const char *rcpt);
  * The message, as it will be spooled (our trace fields on top): DATA, every
  * header field, end of headers, the body, end of message, to each milter in
  * turn; each milter sees the header changes of those before it. msg must
- * stay unchanged until cb. growth_max bounds how much the changes may add
+ * stay unchanged until cb. Its first trace_len bytes are our own fields: the
+ * answer says how many there are once the milters' changes are made
+ * (fields inserted above the client's first one count as ours, fields
+ * added after the client's last one as the client's). growth_max bounds
+ * how much the changes may add
  * (past it: 451 4.3.0, logged).
  */
 void milter_stage_message(struct milter_stage *ms, const char *qid, const char *msg, size_t len,
-                          size_t growth_max);
+                          size_t trace_len, size_t growth_max);
 /* The transaction ends early (RSET, a refused MAIL or message, a new MAIL). */
 void milter_stage_abort(struct milter_stage *ms);
 
@@ -98,9 +103,12 @@ void milter_stage_abort(struct milter_stage *ms);
  * Applies mods (milter.h: struct milter_mod, in order) to the header
  * section of msg (CRLF lines up to the first empty line) and writes the
  * whole message to out (whose max bounds the result: TERN_ELIMIT past it).
- * The body is copied unchanged. Pure.
+ * The body is copied unchanged. prefix (may be NULL): in, the bytes of
+ * msg's leading fields that are not the client's (our trace); out, the
+ * same in the result: what comes before the client's first field that is
+ * left, or the whole header section when none is. Pure.
  */
-int milter_apply_mods(const char *msg, size_t len, const struct milter_mod *mods, size_t n,
-                      struct tbuf *out);
+int milter_apply_mods(const char *msg, size_t len, size_t *prefix, const struct milter_mod *mods,
+                      size_t n, struct tbuf *out);
 
 #endif

@@ -107,6 +107,10 @@ static const struct smtp_reply_def replies[SMTP_R__COUNT] = {
       "Insufficient system storage: too many messages are being received at once, try "
       "again later",
       0),
+    R(SMTP_R_SIGN_FAILED, 451, "4.3.0",
+      "Local error: the message could not be DKIM-signed (%s); nothing was queued, try again "
+      "later",
+      1),
     R(SMTP_R_SPOOL_FAILED, 451, "4.3.0", "Local error: could not write the queue, try again later",
       0),
     /* The disk (or a file size limit) is full: ENOSPC, EDQUOT, EFBIG. */

@@ -22,6 +22,7 @@
  * which decodes them; failed logins are counted and slowed down by its
  * throttle, and every one is logged (event=auth_failed, for fail2ban).
  */
+#include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "tls/tls.h"
 
@@ -95,7 +96,7 @@
  * MILTER: while the listener's milters are asked about the greeting,
  * HELO/EHLO, MAIL or RCPT (s->milter_wait) the state stays what the
  * command made it and nothing is read until milter_done answers; at end of
- * message they are asked in SS_VERIFY, after verify.c.
+ * message they are asked in SS_VERIFY, after verify.c and before sign.c.
  */
 enum session_state {
 	SS_CONNECTED, /* accepted; the greeting waits for the connect-time policy */
@@ -110,8 +111,9 @@ enum session_state {
 	SS_DATA,      /* reading the message after 354 until CRLF.CRLF */
 	SS_BDAT,      /* reading the bytes of a BDAT chunk */
 	SS_CHUNKING,  /* between BDAT chunks: commands again, the message goes on */
-	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c), then MILTER: the milters, decide
-	                 first; nothing is read */
+	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c), then MILTER: the milters decide
+	                 first, then SIGN: our DKIM signatures are made (sign.c); nothing is
+	                 read */
 	SS_COMMIT,    /* the spool is making the message durable; nothing is read */
 	SS_TLS,       /* STARTTLS answered: the handshake runs on the new layer */
 	SS_CLOSING,   /* the final reply is queued; freed once it is written */
@@ -204,7 +206,11 @@ struct tx {
 	int commit_err;
 	struct smtp_verify *vfy; /* TRUST: SPF/DKIM/DMARC of this transaction, or NULL */
 	bool verified;           /* TRUST: its verdict is in */
+	bool verify_applied;     /* TRUST: its verdict was acted on (verify_apply) */
+	uint8_t sign_state;      /* SIGN: enum sign_state (sign.h does the work) */
+	struct smtp_sign_result sign;
 	enum spool_folder folder; /* where local recipients get it (TRUST, MILTER) */
+	bool milter_done;         /* MILTER: the milters had their say about the message */
 	bool milter_discard;      /* MILTER: a milter said discard: 250, nothing spooled */
 	size_t milter_mark;       /* MILTER: recipients before the RCPT being asked about */
 };
@@ -787,6 +793,7 @@ static void tx_free(struct tx *t)
 	}
 	free(t->rcpts);
 	smtp_verify_free(t->vfy, &t->msg); /* TRUST: cancels its checks (RSET, MAIL, QUIT, close) */
+	smtp_sign_result_clear(&t->sign);
 	tbuf_free(&t->msg);
 	free(t);
 }
@@ -1160,6 +1167,19 @@ static void verify_at_mail(struct session *s, struct tx *t)
 	t->vfy = smtp_verify_start(&vp);
 }
 
+/* The mailbox MAIL's AUTH= names for a logged-in user who gave none: its
+ * login, completed with our host name when it is not an address. */
+static char *auth_identity(const struct session *s)
+{
+	if (strchr(s->auth_user, '@'))
+		return tern_strdup(s->auth_user);
+	size_t n = strlen(s->auth_user) + strlen(s->conf->hostname) + 2;
+	char *a = malloc(n);
+	if (a)
+		snprintf(a, n, "%s@%s", s->auth_user, s->conf->hostname);
+	return a;
+}
+
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
 	if (c->path.utf8 && !c->smtputf8) {
@@ -1203,6 +1223,12 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 	bool believe = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
 	if (believe && c->auth_param[0] && strcmp(c->auth_param, "<>") != 0 &&
 	    !(t->auth_param = tern_strdup(c->auth_param))) {
+		tx_free(t);
+		goto nomem;
+	}
+	/* none given by a logged-in client: the user it logged in as (RFC 4954 §5) */
+	if (!c->auth_param[0] && s->authenticated && s->auth_user && !s->conf->capture_mode &&
+	    !(t->auth_param = auth_identity(s))) {
 		tx_free(t);
 		goto nomem;
 	}
@@ -2398,6 +2424,97 @@ static void after_message(struct session *s)
 	process_input(s);
 }
 
+/* ---------------------------------------------------------------- SIGN */
+
+enum sign_state { SIGN_NOT = 0, SIGN_RUNNING, SIGN_DONE, SIGN_APPLIED };
+
+/* Whose mail is DKIM-signed (sign.h): a logged-in user's on any listener,
+ * and with dkim.sign_relayed a relay.networks client's; never in capture mode. */
+static bool sign_wanted(const struct session *s)
+{
+	return !s->conf->capture_mode && smtp_signer_count(s->rt->dkim_signer) > 0 &&
+	       (s->authenticated ||
+	        (s->conf->dkim.sign_relayed && conf_in_relay_networks(s->conf, &s->peer_sa)));
+}
+
+/* sign.c's answer: the session waited in SS_VERIFY with reading off. */
+static void sign_done(void *arg)
+{
+	struct session *s = arg;
+	(void)TERN_BUG_ON(s->state != SS_VERIFY || !s->tx);
+	s->tx->sign_state = SIGN_DONE;
+	if (s->dead) { /* the client left meanwhile (on_event): nothing is queued */
+		tx_reset(s);
+		session_free(s);
+		return;
+	}
+	finish_message(s);
+	if (s->state != SS_HELO)
+		return; /* SS_COMMIT (or SS_VERIFY again): their callbacks go on */
+	if (s->shutting_down) {
+		reply_host(s, SMTP_R_SHUTDOWN);
+		session_close_after_flush(s, "shutdown");
+		return;
+	}
+	if (s->out_blocked)
+		return;
+	bufferevent_enable(s->bev, EV_READ);
+	process_input(s);
+}
+
+/*
+ * Starts signing on the pool (false: wait for sign_done), or puts the
+ * signatures on top of the client's header (true: go on), or refuses the
+ * message with 451 4.3.0 when it should be signed and cannot be (false).
+ */
+static bool sign_stage(struct session *s, struct tx *t)
+{
+	if (t->sign_state == SIGN_NOT && sign_wanted(s)) {
+		t->sign_state = SIGN_RUNNING;
+		if (smtp_sign_submit(s->sw->srv->verify_pool, s->sw->w, s->rt->dkim_signer, t->id,
+		                     t->msg.data + t->hdr_len, t->msg.len - t->hdr_len, &t->sign,
+		                     sign_done, s) == TERN_OK) {
+			session_enter_state(s, SS_VERIFY);
+			bufferevent_disable(s->bev, EV_READ);
+			bufferevent_set_timeouts(s->bev, NULL, NULL);
+			return false;
+		}
+		t->sign_state = SIGN_DONE;
+		t->sign.status = SMTP_SIGN_ERROR;
+		tern_strlcpy(t->sign.reason, "out of memory", sizeof(t->sign.reason));
+		log_error("event=dkim_sign id=%s dkim_sign=error reason=\"out of memory\"", t->id);
+	}
+	if (t->sign_state != SIGN_DONE)
+		return true;
+	t->sign_state = SIGN_APPLIED;
+	if (t->sign.status == SMTP_SIGN_ERROR) {
+		reply_args(s, SMTP_R_SIGN_FAILED, t->sign.reason);
+		log_info("event=rejected id=%s client=%s code=451 reason=dkim-sign", t->id,
+		         s->peer);
+		atomic_fetch_add(&count_rejected, 1);
+		tx_end(s);
+		return false;
+	}
+	if (t->sign.status != SMTP_SIGN_OK)
+		return true;
+	/* Our fields are not the client's bytes: room past max_message_size,
+	 * charged to the budget like every byte of the buffer. */
+	t->msg.max += t->sign.len;
+	if (!budget_reserve(s, t, t->sign.len)) {
+		budget_exceeded(s, t);
+		reply_over_budget(s);
+		tx_end(s);
+		return false;
+	}
+	if (smtp_sign_insert(&t->sign, &t->msg, t->hdr_len) != TERN_OK) {
+		reply(s, SMTP_R_NOMEM);
+		tx_end(s);
+		return false;
+	}
+	t->hdr_len += t->sign.len;
+	return true;
+}
+
 /* End of DATA or the LAST BDAT chunk: check the message, then commit. */
 static void finish_message(struct session *s)
 {
@@ -2435,9 +2552,13 @@ static void finish_message(struct session *s)
 		return;
 	}
 
-	/* TRUST: SPF, DKIM and DMARC (verify.c) decide before anything is spooled. */
-	enum spool_folder folder = SPOOL_FOLDER_INBOX;
+	/* TRUST: SPF, DKIM and DMARC (verify.c) decide before anything is spooled,
+	 * over the message as the client sent it. */
 	if (t->vfy && !t->verified) {
+		bool fwd = false; /* ARC: a recipient elsewhere means we forward (verify.c seals) */
+		for (size_t i = 0; i < t->n_rcpts && !fwd; i++)
+			fwd = !t->rcpts[i].local;
+		smtp_verify_forwarding(t->vfy, fwd);
 		smtp_verify_message(t->vfy, t->id, t->msg.data + t->hdr_len, t->msg.len - t->hdr_len,
 		                    verify_done, s);
 		session_enter_state(s, SS_VERIFY);
@@ -2445,11 +2566,17 @@ static void finish_message(struct session *s)
 		bufferevent_set_timeouts(s->bev, NULL, NULL);
 		return;
 	}
-	if (t->vfy && !verify_apply(s, t, &folder))
-		return;
-	t->folder = folder;
+	if (t->vfy && !t->verify_applied) {
+		if (!verify_apply(s, t, &t->folder))
+			return;
+		t->verify_applied = true; /* sign_done comes back here: once is enough */
+	}
+	/* MILTER: the listener's milters, which may change header fields: after
+	 * the checks of what the client sent, before our signatures cover it. */
 	if (milter_message(s, t))
-		return; /* MILTER: the milters answer, then spool_message */
+		return;        /* milter_done_message comes back here */
+	if (!sign_stage(s, t)) /* SIGN: our DKIM signatures, before the spool commit */
+		return;
 	spool_message(s);
 }
 
@@ -2472,6 +2599,7 @@ static void spool_message(struct session *s)
 	env.trusted_client = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
 	env.folder = t->folder; /* TRUST: DMARC quarantine, MILTER quarantine -> Junk */
 	env.envid = t->envid;
+	env.auth = t->auth_param; /* RFC 4954 §5: carried to the next hop */
 	char client[512];
 	/* auth= goes last: the capture store reads everything after it. */
 	snprintf(client, sizeof(client), "addr=%s helo=%.200s proto=%s%s%.128s", s->peer, s->helo,
@@ -2642,13 +2770,14 @@ static void milter_discarded(struct session *s, struct tx *t, const char *milter
 
 static bool milter_message(struct session *s, struct tx *t)
 {
-	if (!s->milter)
+	if (!s->milter || t->milter_done)
 		return false;
 	if (t->milter_discard) {
 		milter_discarded(s, t, "");
 		return true;
 	}
-	milter_stage_message(s->milter, t->id, t->msg.data, t->msg.len, MILTER_GROWTH_MAX);
+	milter_stage_message(s->milter, t->id, t->msg.data, t->msg.len, t->hdr_len,
+	                     MILTER_GROWTH_MAX);
 	session_enter_state(s, SS_VERIFY); /* nothing is read: the checks decide first */
 	milter_wait(s, MILTER_AT_MSG);
 	return true;
@@ -2688,17 +2817,13 @@ static bool milter_take_message(struct session *s, struct tx *t,
 		reply_over_budget(s);
 		return false;
 	}
-	size_t old = t->msg.len;
 	tbuf_reset(&t->msg);
 	if (tbuf_append(&t->msg, r->msg, r->len) != TERN_OK) {
 		reply(s, SMTP_R_NOMEM);
 		return false;
 	}
-	/* our fields stay ours: what the milters added is not the client's */
-	if (r->len > old)
-		t->hdr_len += r->len - old;
-	else if (t->hdr_len > r->len)
-		t->hdr_len = r->len;
+	/* what is ours at the top now (sign.c signs what follows) */
+	t->hdr_len = r->trace_len;
 	return true;
 }
 
@@ -2724,7 +2849,8 @@ static void milter_done_message(struct session *s, const struct milter_stage_res
 			                   sizeof(q)));
 			t->folder = SPOOL_FOLDER_JUNK;
 		}
-		spool_message(s);
+		t->milter_done = true;
+		finish_message(s); /* SIGN, then the spool */
 	}
 	if (s->state == SS_HELO)
 		restore_idle_timeouts(s); /* milter_wait took them off */
@@ -3098,7 +3224,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-		if (s->state == SS_COMMIT || s->auth_in_pool) {
+		if (s->state == SS_COMMIT || s->auth_in_pool ||
+		    (s->tx && s->tx->sign_state == SIGN_RUNNING)) {
 			/* The commit callback or the pool's answer still points at
 			 * us: free there. */
 			s->dead = true;

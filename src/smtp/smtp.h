@@ -284,6 +284,7 @@ enum smtp_reply_id {
 	SMTP_R_OVER_BUDGET,
 	SMTP_R_SPOOL_FAILED,
 	SMTP_R_SPOOL_FULL,
+	SMTP_R_SIGN_FAILED, /* SIGN: the message could not be DKIM-signed (sign.h) */
 	SMTP_R_BARE_LINE_END,
 	SMTP_R_MAIL_LOOP,
 	SMTP_R_BDAT_NO_SIZE,
@@ -425,15 +426,19 @@ void smtp_chaos_get(struct smtp_chaos *out);
 /* ------------------------------------------------------------- verify */
 
 /*
- * SPF, DKIM and DMARC for mail received on mx listeners (verify.c, issue 9;
- * `auth_checks { }` in docs/config.md). One struct smtp_verify per mail
+ * SPF, DKIM, DMARC and ARC for mail received on mx listeners (verify.c,
+ * verify_arc.c, issue 9; `auth_checks { }` and `arc { }` in docs/config.md).
+ * One struct smtp_verify per mail
  * transaction, owned by the session's transaction and freed with it:
  *   MAIL accepted      smtp_verify_start (SPF begins, asynchronously)
- *   end of data        smtp_verify_message (DKIM, then DMARC); the session
- *                      stays suspended until done(arg) runs
+ *   end of data        smtp_verify_forwarding, smtp_verify_message (DKIM
+ *                      and ARC, then DMARC, then the ARC seal of a message
+ *                      we forward); the session stays suspended until
+ *                      done(arg) runs
  *   done(arg)          smtp_verify_verdict: deliver, Junk, 550 or 451;
  *                      before the spool put, smtp_verify_rewrite adds
- *                      Authentication-Results and Received-SPF on top and
+ *                      the ARC Set (if sealed), Authentication-Results and
+ *                      Received-SPF on top and
  *                      removes forged results claiming our host name
  *   RSET, MAIL, QUIT,  smtp_verify_free (cancels whatever still runs)
  *   close
@@ -480,6 +485,11 @@ struct smtp_verify *smtp_verify_start(const struct smtp_verify_params *p);
 int smtp_verify_message(struct smtp_verify *v, const char *id, const char *msg, size_t len,
                         void (*done)(void *arg), void *arg);
 
+/* Before smtp_verify_message: whether a recipient is not local (an alias
+ * to a remote address, a routed domain), so the message leaves us and is
+ * ARC-sealed (arc.seal_domain). */
+void smtp_verify_forwarding(struct smtp_verify *v, bool forward);
+
 enum smtp_verify_action {
 	SMTP_VERIFY_DELIVER = 0, /* to the inbox */
 	SMTP_VERIFY_JUNK,        /* local recipients get it in their Junk folder */
@@ -501,8 +511,9 @@ size_t smtp_verify_growth(const struct smtp_verify *v);
 /*
  * After done, for a message that goes on: msg holds *trace_len bytes of
  * our own trace (the Received field) followed by the message given to
- * smtp_verify_message. Puts Authentication-Results, Received-SPF (and the
- * DMARC decision field, if any) before our Received, and removes from the
+ * smtp_verify_message. Puts our ARC Set (when we sealed), Authentication-
+ * Results, Received-SPF (and the DMARC decision field, if any) before our
+ * Received, and removes from the
  * client's header block every Authentication-Results or ARC set claiming
  * our host name and any X-Tern-DMARC field. The caller first makes room:
  * msg->max raised by smtp_verify_growth (our fields are not the client's

@@ -2,7 +2,8 @@
  * verify.c — what an mx session learns about the mail it receives: SPF from
  * MAIL FROM, DKIM over the message at its end, DMARC from both, and the
  * trace fields that record them (Authentication-Results, Received-SPF),
- * plus the verdict the session acts on (550, 451, the Junk folder).
+ * plus the verdict the session acts on (550, 451, the Junk folder). ARC
+ * (RFC 8617) runs beside DKIM and seals what we forward (verify_arc.c).
  *
  * Owns: one struct smtp_verify per mail transaction (server.c keeps it in
  * its struct tx and frees it with the transaction, which is what cancels
@@ -18,6 +19,7 @@
 #include "smtp/smtp.h"
 
 #include <event2/event.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +30,12 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "policy/arc.h"
 #include "policy/dkim.h"
 #include "policy/dmarc.h"
 #include "policy/policy.h"
 #include "policy/spf.h"
+#include "smtp/verify_arc.h"
 
 /* Bodies up to this size are hashed on the loop: less than a millisecond of
  * SHA-256, cheaper than a round trip through the pool. */
@@ -80,6 +84,16 @@ struct smtp_verify {
 	struct dmarc_from from;
 	struct dmarc_outcome dmarc_out;
 	struct dmarc_decision decision;
+
+	/* ARC (verify_arc.c): validated beside DKIM, sealed when forwarding */
+	struct smtp_arc *arc;
+	bool arc_report;   /* arc= goes into our A-R (auth_checks.arc) */
+	bool forward;      /* a recipient is not local: the message leaves us */
+	bool built;        /* decision made and prefix built (once) */
+	bool seal_started; /* the seal job ran or runs */
+	char remote_ip[64];
+	char override[DKIM_DOMAIN_MAX + 96]; /* why DMARC's failure was not acted on, or "" */
+	size_t ar_len; /* our Authentication-Results: the first bytes of prefix */
 
 	struct tbuf prefix; /* the fields to prepend */
 };
@@ -168,7 +182,8 @@ struct smtp_verify *smtp_verify_start(const struct smtp_verify_params *p)
 	const struct conf_auth_checks *ac = &p->conf->auth_checks;
 	if (!p->mx || p->conf->capture_mode || p->authenticated)
 		return NULL;
-	if (!ac->spf && !ac->dkim && ac->dmarc == CONF_DMARC_OFF)
+	if (!ac->spf && !ac->dkim && ac->dmarc == CONF_DMARC_OFF && !ac->arc &&
+	    !p->conf->arc.seal_domain)
 		return NULL;
 	/* relay.networks: our own machines sending out; checked (and signed)
 	 * as outbound mail, never as received mail */
@@ -193,6 +208,12 @@ struct smtp_verify *smtp_verify_start(const struct smtp_verify_params *p)
 	v->req.helo = v->helo;
 	v->req.mailfrom = v->mailfrom;
 	v->req.receiver = p->conf->hostname;
+	if (getnameinfo(p->peer,
+	                ((const struct sockaddr *)p->peer)->sa_family == AF_INET6
+	                    ? sizeof(struct sockaddr_in6)
+	                    : sizeof(struct sockaddr_in),
+	                v->remote_ip, sizeof(v->remote_ip), NULL, 0, NI_NUMERICHOST) != 0)
+		v->remote_ip[0] = '\0';
 	v->spf_on = ac->spf;
 	if (!v->spf_on) {
 		v->spf_done = true;
@@ -386,7 +407,17 @@ static int build_prefix(struct smtp_verify *v)
 	    .n_dkim = v->n_dk,
 	    .dmarc = dmarc_on ? &v->dmarc_out : NULL,
 	};
+	if (v->arc && v->arc_report) {
+		const struct arc_result *r = smtp_arc_result(v->arc);
+		ai.arc = r->cv == ARC_CV_PASS   ? AUTHRES_ARC_PASS
+		         : r->cv == ARC_CV_FAIL ? AUTHRES_ARC_FAIL
+		                                : AUTHRES_ARC_NONE;
+		ai.arc_remote_ip = v->remote_ip[0] ? v->remote_ip : NULL;
+		ai.arc_oldest_pass = r->oldest_pass;
+	}
+	ai.dmarc_override = v->override[0] ? v->override : NULL;
 	int rc = authres_build(&ai, &v->prefix);
+	v->ar_len = v->prefix.len;
 	if (rc == TERN_OK && v->spf_on)
 		rc = spf_received_spf(&v->req, &v->spf_mailfrom, &v->prefix);
 	if (rc == TERN_OK && v->decision.header[0])
@@ -411,13 +442,166 @@ static void log_verdict(struct smtp_verify *v)
 	}
 	char from[DMARC_DOMAIN_MAX * 4 + 8];
 	const char *fd = v->from.n_domains ? v->from.domain[0] : "";
-	log_info("event=auth_checks id=%s sess=%s spf=%s dkim=%s dmarc=%s from_domain=%s "
+	log_info("event=auth_checks id=%s sess=%s spf=%s dkim=%s dmarc=%s arc=%s from_domain=%s "
 	         "action=%s",
 	         v->id, v->sess, v->spf_on ? spf_result_name(v->spf_mailfrom.result) : "off",
 	         v->n_dk ? dk : "none",
 	         v->dmarc_ran ? dmarc_result_name(v->dmarc_out.result) : "off",
+	         v->arc ? arc_cv_name(smtp_arc_result(v->arc)->cv) : "off",
 	         log_quote(fd, strlen(fd), from, sizeof(from)),
 	         v->failed ? "unchecked" : disposition_name(v->decision.disposition));
+}
+
+/* ------------------------------------------------------------- ARC */
+
+static void arc_done(void *arg)
+{
+	step(arg);
+}
+
+/* At end of data: validate the chain of the message as we will keep it
+ * (without the results and ARC sets claiming our name), beside DKIM. */
+static void arc_begin(struct smtp_verify *v, const char *msg, size_t len)
+{
+	const struct conf_arc *ac = &v->conf->arc;
+	if (!v->conf->auth_checks.arc && !ac->seal_domain)
+		return;
+	v->arc_report = v->conf->auth_checks.arc;
+	bool sealing = v->forward && conf_arc_seal_key(v->conf);
+	if (!smtp_arc_has_fields(v->hdr, v->hdr_len) && !sealing) {
+		/* the common case: no chain and nothing to seal, nothing to copy */
+		if (!(v->arc = smtp_arc_none()))
+			log_error("event=auth_checks id=%s reason=out-of-memory arc=skipped",
+			          v->id);
+		return;
+	}
+	const char *own[] = {ac->seal_domain, NULL};
+	static const char *const extra[] = {DMARC_HEADER_NAME, NULL};
+	struct authres_strip_opts so = {
+	    .authserv_id = v->conf->hostname,
+	    .mode = AUTHRES_REMOVE,
+	    .own_arc_domains = ac->seal_domain ? own : NULL,
+	    .extra_names = extra,
+	};
+	struct tbuf copy;
+	tbuf_init(&copy, len + 2);
+	size_t n = 0;
+	int rc = tbuf_reserve(&copy, len + 2);
+	if (rc == TERN_OK)
+		rc = authres_strip(v->hdr, v->hdr_len, &so, &copy, NULL);
+	if (rc == TERN_OK)
+		rc = tbuf_append(&copy, msg + v->hdr_len, len - v->hdr_len);
+	char *bytes = rc == TERN_OK ? tbuf_steal(&copy, &n) : NULL;
+	tbuf_free(&copy);
+	if (bytes)
+		v->arc = smtp_arc_start(bytes, n, v->res, v->base, v->w, v->pool,
+		                        v->conf->auth_checks.timeout * 1000u, sealing, arc_done, v);
+	if (!v->arc)
+		log_error("event=auth_checks id=%s reason=out-of-memory arc=skipped", v->id);
+}
+
+/*
+ * RFC 8617 §7.2: DMARC failed, the chain passed, and a sealer we trust
+ * recorded a pass for every failing Author Domain: we deliver as if DMARC
+ * had passed, and our A-R says so. Logged.
+ */
+static bool arc_override(struct smtp_verify *v)
+{
+	const struct conf_arc *ac = &v->conf->arc;
+	const struct dmarc_outcome *o = &v->dmarc_out;
+	if (!v->arc || ac->n_trusted_sealers == 0 || o->result != DMARC_RESULT_FAIL ||
+	    o->action == DMARC_ACTION_NONE)
+		return false;
+	const struct arc_result *r = smtp_arc_result(v->arc);
+	if (r->cv != ARC_CV_PASS)
+		return false;
+	size_t len = 0;
+	const char *msg = smtp_arc_message(v->arc, &len);
+	struct arc_trust first = {0};
+	for (size_t i = 0; i < o->n_authors; i++) {
+		if (o->author[i].result != DMARC_RESULT_FAIL)
+			continue;
+		struct arc_trust_query q = {
+		    .trusted = (const char *const *)ac->trusted_sealers,
+		    .n_trusted = ac->n_trusted_sealers,
+		    .from_domain = o->author[i].domain,
+		    .lowest = r->oldest_pass,
+		};
+		struct arc_trust t;
+		if (!arc_trusted_pass(msg, len, &q, &t))
+			return false;
+		if (!first.instance)
+			first = t;
+	}
+	if (!first.instance)
+		return false;
+	snprintf(v->override, sizeof(v->override), "trusted ARC sealer %s i=%u: %s", first.sealer,
+	         first.instance, first.what);
+	log_info("event=auth_checks id=%s dmarc_override=arc sealer=%s instance=%u vouched=%s",
+	         v->id, first.sealer, first.instance, first.what);
+	return true;
+}
+
+/* Seals a message that leaves us (an alias to a remote address, a route)
+ * and that we keep: on the pool. True when the job runs. */
+static bool seal_begin(struct smtp_verify *v)
+{
+	const struct conf_dkim_key *key = conf_arc_seal_key(v->conf);
+	if (!v->forward || !v->arc || !key || v->failed || v->seal_started ||
+	    v->decision.disposition == DMARC_REJECT || v->decision.disposition == DMARC_DEFER)
+		return false;
+	if (!v->pool) {
+		log_error("event=arc_seal id=%s result=error reason=\"no thread pool\"", v->id);
+		return false;
+	}
+	const struct arc_result *r = smtp_arc_result(v->arc);
+	if (r->cv == ARC_CV_FAIL && r->temporary) {
+		/* a key we could not fetch now: a cv=fail seal would end a chain the
+		 * next hop may well validate (we changed nothing it covers) */
+		log_info("event=arc_seal id=%s result=skipped reason=\"chain not checked: key "
+		         "lookup failed\"",
+		         v->id);
+		return false;
+	}
+	int rc = smtp_arc_seal(v->arc, key, v->prefix.data, v->ar_len);
+	if (rc != TERN_OK) {
+		log_error("event=arc_seal id=%s result=error reason=\"%s\"", v->id,
+		          tern_strerror(rc));
+		return false;
+	}
+	v->seal_started = true;
+	return true;
+}
+
+/* The seal is back: its fields go first in the prefix (newest on top). */
+static void seal_collect(struct smtp_verify *v)
+{
+	const char *set = NULL, *why = NULL;
+	size_t n = 0;
+	if (!v->seal_started)
+		return;
+	int rc = smtp_arc_sealed(v->arc, &set, &n, &why);
+	if (rc != TERN_OK) {
+		log_error("event=arc_seal id=%s result=error reason=\"%s\"", v->id, why);
+		return;
+	}
+	if (!set) {
+		log_info("event=arc_seal id=%s result=skipped reason=\"chain already failed\"",
+		         v->id);
+		return;
+	}
+	struct tbuf both;
+	tbuf_init(&both, SMTP_VERIFY_HEADERS_MAX);
+	if (tbuf_append(&both, set, n) != TERN_OK ||
+	    tbuf_append(&both, v->prefix.data, v->prefix.len) != TERN_OK) {
+		tbuf_free(&both);
+		log_error("event=arc_seal id=%s result=error reason=\"fields too large\"", v->id);
+		return;
+	}
+	tbuf_free(&v->prefix);
+	v->prefix = both;
+	log_info("event=arc_seal id=%s result=sealed cv=%s domain=%s", v->id,
+	         arc_cv_name(smtp_arc_result(v->arc)->cv), conf_arc_seal_key(v->conf)->domain);
 }
 
 /* Advances as far as the answers so far allow; schedules the callback when
@@ -427,8 +611,12 @@ static void step(struct smtp_verify *v)
 {
 	if (!v->started || v->complete || !v->spf_done)
 		return;
-	if (v->dkim_keys_pending || v->body_job || v->dmarc)
+	if (v->dkim_keys_pending || v->body_job || v->dmarc || (v->arc && smtp_arc_busy(v->arc)))
 		return;
+	if (v->built) {
+		seal_collect(v); /* the seal job is back */
+		goto complete;
+	}
 	if (v->dkim && dkim_verify_state(v->dkim) == DKIM_VS_READY)
 		dkim_collect(v);
 	if (!v->failed && v->conf->auth_checks.dmarc != CONF_DMARC_OFF && !v->dmarc_ran) {
@@ -442,7 +630,11 @@ static void step(struct smtp_verify *v)
 		                                                             : DMARC_MODE_MARK,
 		    .defer_on_temperror = v->conf->auth_checks.defer_on_temperror,
 		};
-		dmarc_decide(&v->dmarc_out, &prof, &v->decision);
+		struct dmarc_outcome eff = v->dmarc_out;
+		/* RFC 8617 §7.2: a trusted sealer vouched, DMARC asks nothing of us */
+		if (arc_override(v))
+			eff.action = DMARC_ACTION_NONE;
+		dmarc_decide(&eff, &prof, &v->decision);
 	}
 	if (!v->failed && build_prefix(v) != TERN_OK) {
 		/* the fields would not fit (a sender's huge values are cut by the
@@ -451,6 +643,10 @@ static void step(struct smtp_verify *v)
 		memset(&v->decision, 0, sizeof(v->decision));
 		v->failed = true;
 	}
+	v->built = true;
+	if (seal_begin(v))
+		return; /* the pool seals; step() again when it is back */
+complete:
 	log_verdict(v);
 	v->complete = true;
 	event_active(v->kick, 0, 0);
@@ -473,8 +669,14 @@ int smtp_verify_message(struct smtp_verify *v, const char *id, const char *msg, 
 	v->body_len = len - body_off;
 	if (v->conf->auth_checks.dkim)
 		dkim_begin(v);
+	arc_begin(v, msg, len);
 	event_active(v->kick, 0, 0); /* step() from the loop, never from here */
 	return TERN_OK;
+}
+
+void smtp_verify_forwarding(struct smtp_verify *v, bool forward)
+{
+	v->forward = forward;
 }
 
 void smtp_verify_verdict(const struct smtp_verify *v, struct smtp_verify_verdict *out)
@@ -516,9 +718,11 @@ int smtp_verify_rewrite(struct smtp_verify *v, struct tbuf *msg, size_t *trace_l
 	struct tbuf head;
 	tbuf_init(&head, v->prefix.len + rcv + v->hdr_len);
 	static const char *const ours[] = {DMARC_HEADER_NAME, NULL};
+	const char *own[] = {v->conf->arc.seal_domain, NULL};
 	struct authres_strip_opts so = {
 	    .authserv_id = v->conf->hostname,
 	    .mode = AUTHRES_REMOVE,
+	    .own_arc_domains = v->conf->arc.seal_domain ? own : NULL,
 	    .extra_names = ours,
 	};
 	size_t removed = 0;
@@ -561,6 +765,8 @@ void smtp_verify_free(struct smtp_verify *v, struct tbuf *msg)
 	v->dkim_keys_pending = false;
 	dmarc_check_cancel(v->dmarc);
 	v->dmarc = NULL;
+	smtp_arc_free(v->arc); /* a running seal or hash job frees it at its end */
+	v->arc = NULL;
 	if (v->timer) {
 		event_free(v->timer);
 		v->timer = NULL;

@@ -12,7 +12,9 @@
  *   - arc_instance never returns more than 50;
  *   - sealing what validated: a none or pass chain sealed with its cv
  *     validates pass with one set more; a fail chain sealed validates fail;
- *     a chain whose newest seal says cv=fail gets nothing added.
+ *     a chain whose newest seal says cv=fail gets nothing added;
+ *   - arc_trusted_pass (arc_trust.c) reads any header block, answering
+ *     only with an instance that exists and a sealer it was told to trust.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -87,6 +89,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const char *msg = (const char *)data;
 	if (arc_instance(msg, size, true) > ARC_MAX_SETS ||
 	    arc_instance(msg, size, false) > ARC_MAX_SETS)
+		abort();
+	static const char *const trusted[] = {"example.org", "fuzz.test", "lists.example.net"};
+	struct arc_trust_query tq = {trusted, 3, "example.org", (unsigned)(size % 3)};
+	struct arc_trust tr;
+	if (arc_trusted_pass(msg, size, &tq, &tr) &&
+	    (tr.instance < 1 || tr.instance > ARC_MAX_SETS || !tr.what ||
+	     (strcmp(tr.sealer, "example.org") != 0 && strcmp(tr.sealer, "fuzz.test") != 0 &&
+	      strcmp(tr.sealer, "lists.example.net") != 0)))
 		abort();
 	struct arc_result r;
 	if (!validate(msg, size, &r))

@@ -61,14 +61,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t len = size - 1 - 2 * n;
 	size_t cap = len + 64;
 	struct tbuf a = TBUF_INIT(cap), b = TBUF_INIT(cap);
-	int rc = milter_apply_mods(msg, len, mods, n, &a);
-	int rc2 = milter_apply_mods(msg, len, mods, n, &b);
+	size_t pa = len / 3, pb = len / 3;
+	int rc = milter_apply_mods(msg, len, &pa, mods, n, &a);
+	int rc2 = milter_apply_mods(msg, len, &pb, mods, n, &b);
 	if (rc != rc2)
 		abort();
 	if (rc == TERN_OK) {
 		if (a.len != b.len || (a.len && memcmp(a.data, b.data, a.len) != 0))
 			abort();
-		if (a.len > cap)
+		if (a.len > cap || pa != pb || pa > a.len)
 			abort();
 		if (n == 0 && (a.len != len || (len && memcmp(a.data, msg, len) != 0)))
 			abort();

@@ -20,12 +20,13 @@ import base64
 import smtplib
 import socket
 import struct
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import CLI_TIMEOUT, Client, Raw, expect, free_port, make_message
+from conftest import CLI_TIMEOUT, Client, Raw, expect, free_port, make_message, tern_bin
 from test_milter import GTUBE, HAM, rspamd  # noqa: F401  (rspamd is a fixture)
 
 ALICE = "alice@example.test"
@@ -549,6 +550,47 @@ def test_only_the_listeners_own_milters_and_auth_macro(tern_factory, milter):
     mail_macros = [d for cm, d in conv if cm == b"D" and d[:1] == b"M"]
     assert z("{auth_authen}", ALICE) in mail_macros[0], mail_macros
     delivered(t, BOB, "via submission")
+
+
+@pytest.fixture
+def signing_key(scratch):
+    """A TLS certificate and an RSA DKIM key for example.test, made by openssl and tern."""
+    cert, key = scratch / "cert.pem", scratch / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=mx.example.test"],
+                   check=True, capture_output=True, timeout=60)
+    r = subprocess.run([tern_bin(), "dkim", "keygen", "example.test", "rsa1", "--type", "rsa"],
+                       cwd=scratch, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return {"cert_file": str(cert), "key_file": str(key)}, scratch / "example.test.rsa1.key"
+
+
+def test_our_dkim_signature_covers_the_milters_changes(tern_factory, milter, signing_key):
+    # a logged-in user's mail: the milter rewrites Subject and adds a field, then tern signs
+    # (helpers from test_dkim_signing.py, imported here: only this test needs python3-dkim)
+    from test_dkim_signing import login_client, records, verify_all
+    from test_dkim_signing import message as signed_message
+    from test_dkim_signing import send as send_logged_in
+
+    certs, rsa_key = signing_key
+    m = milter(replies={b"E": [
+        packet(b"m", struct.pack(">I", 1) + z("Subject", "[checked] milter-signed")),
+        packet(b"h", z("X-Scanned", "yes")), packet(b"c")]})
+    sub_port = free_port()
+    t = tern_factory({
+        "listen": {"sub": {"address": "127.0.0.1:%d" % sub_port, "profile": "submission",
+                           "milters": [m.spec]}},
+        "auth": {"throttle": {"delay": Raw("0s")}}, "tls": certs,
+        "dkim": {"keys": Raw('[{ domain = "example.test"; selector = "rsa1"; '
+                             'key_file = "%s"; }]' % rsa_key)}}, start=False)
+    t.sub_port = sub_port
+    t.start()
+    c = login_client(t)
+    send_logged_in(c, BOB, signed_message("milter-signed", to=BOB))
+    data = delivered(t, BOB, "[checked] milter-signed")
+    assert b"\r\nX-Scanned: yes\r\n" in data
+    sigs = verify_all(data, records(t))
+    assert len(sigs) == 1 and "subject" in sigs[0]["h"].lower()
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@
  * validator's key-query state machine (one query per key name, temporary
  * failures, the deadline, no query for a chain that is already broken),
  * sealing and validating chains of our own (oldest-pass, the cv=fail rules,
- * the 50-set limit) and the sealer's refusals. Keys are generated here
+ * the 50-set limit), the sealer's refusals, what a trusted sealer's AAR
+ * vouches for (arc_trusted_pass) and the session's no-ARC-field shortcut
+ * (smtp/verify_arc.h). Keys are generated here
  * (Ed25519: fast); the ValiMail vectors are test_arc_suite.c's.
  */
 #include <setjmp.h>
@@ -19,6 +21,7 @@
 
 #include "core/err.h"
 #include "policy/arc.h"
+#include "smtp/verify_arc.h"
 
 static const char MSG[] = "From: Alice <alice@example.test>\r\n"
                           "To: list@lists.example.org\r\n"
@@ -375,6 +378,99 @@ static void test_seal_refusals(void **state)
 	free(out);
 }
 
+/* ---------------------------------------------- trusted sealers (§7.2) */
+
+/* MSG sealed by domain with an AAR saying authres. */
+static char *sealed_by(const char *domain, const char *authres, size_t *len)
+{
+	char *msg = dup_msg(MSG, len);
+	struct arc_seal_params p = {
+	    .domain = domain, .selector = "s1", .timestamp = 1700000000, .authres = authres};
+	char *out = NULL;
+	size_t ol = 0;
+	enum arc_cv cv = check(msg, *len).cv;
+	assert_int_equal(arc_seal(key, &p, cv, msg, *len, &out, &ol), TERN_OK);
+	assert_non_null(out);
+	char *m = malloc(ol + *len + 1);
+	assert_non_null(m);
+	memcpy(m, out, ol);
+	memcpy(m + ol, msg, *len + 1);
+	*len += ol;
+	free(out);
+	free(msg);
+	return m;
+}
+
+static bool vouches(const char *authres, const char *sealer, const char *trusted, const char *from,
+                    unsigned lowest, struct arc_trust *t)
+{
+	size_t len;
+	char *m = sealed_by(sealer, authres, &len);
+	assert_int_equal(check(m, len).cv, ARC_CV_PASS);
+	const char *list[] = {"nobody.test", trusted};
+	struct arc_trust_query q = {list, 2, from, lowest};
+	bool ok = arc_trusted_pass(m, len, &q, t);
+	free(m);
+	return ok;
+}
+
+static void test_trusted_sealer_vouches(void **state)
+{
+	struct arc_trust t;
+	/* dmarc=pass for the From domain, from a trusted sealer */
+	assert_true(vouches("lists.other.test; dmarc=pass header.from=example.test", "other.test",
+	                    "OTHER.test", "example.test", 0, &t));
+	assert_int_equal(t.instance, 1);
+	assert_string_equal(t.sealer, "other.test");
+	assert_string_equal(t.what, "dmarc=pass");
+	/* the same words from a sealer nobody trusts, or for another domain */
+	assert_false(vouches("lists.other.test; dmarc=pass header.from=example.test", "other.test",
+	                     "third.test", "example.test", 0, &t));
+	assert_false(vouches("lists.other.test; dmarc=pass header.from=example.test", "other.test",
+	                     "other.test", "example.org", 0, &t));
+	/* below the validated range (oldest-pass 2): not read */
+	assert_false(vouches("lists.other.test; dmarc=pass header.from=example.test", "other.test",
+	                     "other.test", "example.test", 2, &t));
+	/* an aligned SPF or DKIM pass: the domain of smtp.mailfrom, header.d, exactly */
+	assert_true(vouches("x.test; dmarc=fail header.from=example.test; spf=pass "
+	                    "smtp.mailfrom=bounce@Example.TEST",
+	                    "other.test", "other.test", "example.test", 0, &t));
+	assert_string_equal(t.what, "spf=pass");
+	assert_true(vouches("x.test 1; dkim=pass (good; signature) header.d=\"example.test\" "
+	                    "header.s=s1; arc=none",
+	                    "other.test", "other.test", "example.test", 0, &t));
+	assert_string_equal(t.what, "dkim=pass");
+	assert_false(vouches("x.test; dkim=pass header.d=sub.example.test; spf=pass "
+	                     "smtp.mailfrom=a@evil.test; dmarc=fail header.from=example.test",
+	                     "other.test", "other.test", "example.test", 0, &t));
+	/* a pass of a method that does not stand for the author, or a fail */
+	assert_false(vouches("x.test; arc=pass header.from=example.test; dkim=fail "
+	                     "header.d=example.test",
+	                     "other.test", "other.test", "example.test", 0, &t));
+	/* nothing to read */
+	assert_false(vouches("x.test; none", "other.test", "other.test", "example.test", 0, &t));
+	struct arc_trust_query q = {NULL, 0, "example.test", 0};
+	assert_false(arc_trusted_pass(MSG, strlen(MSG), &q, &t));
+}
+
+/* verify_arc.c's shortcut: a message with no ARC- field is judged none
+ * without being copied; any field named ARC-* (any case) takes the long way. */
+static void test_has_arc_fields(void **state)
+{
+	static const char none[] = "From: a@example.test\r\nSubject: ARC-Seal: no\r\n"
+	                           "X-ARC-Seal: no\r\n folded ARC-Seal: no\r\n";
+	assert_false(smtp_arc_has_fields(none, strlen(none)));
+	static const char yes[] = "From: a@example.test\r\narc-seal: i=1\r\n";
+	assert_true(smtp_arc_has_fields(yes, strlen(yes)));
+	assert_true(smtp_arc_has_fields("ARC-Authentication-Results: i=1; x\r\n", 38));
+	assert_false(smtp_arc_has_fields("ARC", 3));
+	assert_false(smtp_arc_has_fields("", 0));
+	size_t len;
+	char *m = sealed_by("other.test", "x.test; none", &len);
+	assert_true(smtp_arc_has_fields(m, len));
+	free(m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -387,6 +483,8 @@ int main(void)
 	    cmocka_unit_test(test_one_query_per_key_and_temporary_failures),
 	    cmocka_unit_test(test_fifty_sets_and_no_more),
 	    cmocka_unit_test(test_seal_refusals),
+	    cmocka_unit_test(test_trusted_sealer_vouches),
+	    cmocka_unit_test(test_has_arc_fields),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

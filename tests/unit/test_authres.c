@@ -119,7 +119,18 @@ static void test_build_full(void **state)
 	};
 	struct dmarc_outcome o = outcome(DMARC_RESULT_FAIL, "example.com",
 	                                 "v=DMARC1; p=reject; t=y", DMARC_POLICY_QUARANTINE);
-	struct authres_input in = {"mx.example.org", spf, 2, dkim, 2, &o, AUTHRES_ARC_PASS};
+	struct authres_input in = {
+	    .authserv_id = "mx.example.org",
+	    .spf = spf,
+	    .n_spf = 2,
+	    .dkim = dkim,
+	    .n_dkim = 2,
+	    .dmarc = &o,
+	    .arc = AUTHRES_ARC_PASS,
+	    .arc_remote_ip = "192.0.2.1",
+	    .arc_oldest_pass = 2,
+	    .dmarc_override = "trusted ARC sealer lists.example i=2",
+	};
 	struct tbuf b = TBUF_INIT(8192);
 	assert_int_equal(authres_build(&in, &b), TERN_OK);
 	assert_string_equal(b.data, "Authentication-Results: mx.example.org;\r\n"
@@ -131,14 +142,27 @@ static void test_build_full(void **state)
 	                            "header.s=s2\r\n"
 	                            "\theader.b=ZZZZZZZZ;\r\n"
 	                            "\tdmarc=fail (p=reject t=y) header.from=example.com\r\n"
-	                            "\tpolicy.dmarc=quarantine;\r\n"
-	                            "\tarc=pass\r\n");
+	                            "\tpolicy.dmarc=quarantine policy.override=arc\r\n"
+	                            "\t(trusted ARC sealer lists.example i=2);\r\n"
+	                            "\tarc=pass smtp.remote-ip=192.0.2.1 header.oldest-pass=2\r\n");
 	check_folding(&b);
 	python_check(&b, "mx.example.org; spf=pass smtp.mailfrom=example.com; "
 	                 "spf=neutral smtp.helo=mx.example.com; "
 	                 "dkim=pass header.d=example.com header.s=sel header.b=ab/cd+ef; "
 	                 "dkim=fail header.d=example.net header.s=s2 header.b=ZZZZZZZZ; "
-	                 "dmarc=fail header.from=example.com policy.dmarc=quarantine; arc=pass");
+	                 "dmarc=fail header.from=example.com policy.dmarc=quarantine "
+	                 "policy.override=arc; "
+	                 "arc=pass smtp.remote-ip=192.0.2.1 header.oldest-pass=2");
+	tbuf_reset(&b);
+	/* arc=fail: no oldest-pass; the override words only where DMARC failed */
+	o.result = o.author[0].result = DMARC_RESULT_PASS;
+	in.arc = AUTHRES_ARC_FAIL;
+	in.arc_remote_ip = "2001:db8::1a"; /* ':' is not a token character: quoted */
+	in.n_spf = in.n_dkim = 0;
+	assert_int_equal(authres_build(&in, &b), TERN_OK);
+	assert_string_equal(b.data, "Authentication-Results: mx.example.org;\r\n"
+	                            "\tdmarc=pass (p=reject t=y) header.from=example.com;\r\n"
+	                            "\tarc=fail smtp.remote-ip=\"2001:db8::1a\"\r\n");
 	tbuf_free(&b);
 }
 
@@ -168,7 +192,7 @@ static void test_build_none_and_errors(void **state)
 	/* network values with control bytes are left out, never written */
 	struct dmarc_dkim dkim = {DMARC_DKIM_PASS, "evil.example\r\nX-Injected: yes", "s\x01",
 	                          "abc", "why\n"};
-	struct authres_input in2 = {"mx.example.org", NULL, 0, &dkim, 1, NULL, AUTHRES_ARC_UNSET};
+	struct authres_input in2 = {.authserv_id = "mx.example.org", .dkim = &dkim, .n_dkim = 1};
 	assert_int_equal(authres_build(&in2, &b), TERN_OK);
 	assert_string_equal(b.data, "Authentication-Results: mx.example.org;\r\n"
 	                            "\tdkim=pass header.b=abc\r\n");
@@ -190,7 +214,7 @@ static void test_build_dmarc_forms(void **state)
 	struct dmarc_outcome o =
 	    outcome(DMARC_RESULT_PASS, "example.com", "v=DMARC1; p=quarantine; sp=none; np=reject",
 	            DMARC_POLICY_NONE);
-	struct authres_input in = {"mx.example.org", NULL, 0, NULL, 0, &o, AUTHRES_ARC_UNSET};
+	struct authres_input in = {.authserv_id = "mx.example.org", .dmarc = &o};
 	assert_int_equal(authres_build(&in, &b), TERN_OK);
 	assert_string_equal(b.data, "Authentication-Results: mx.example.org;\r\n"
 	                            "\tdmarc=pass (p=quarantine sp=none np=reject) "
@@ -239,7 +263,13 @@ static void test_build_folds_long_values(void **state)
 	};
 	struct dmarc_spf spf = {DMARC_SPF_SOFTFAIL, DMARC_SPF_MAILFROM, d2};
 	struct authres_input in = {
-	    "mail-gateway-01.inbound.example.org", &spf, 1, dkim, 2, NULL, AUTHRES_ARC_FAIL};
+	    .authserv_id = "mail-gateway-01.inbound.example.org",
+	    .spf = &spf,
+	    .n_spf = 1,
+	    .dkim = dkim,
+	    .n_dkim = 2,
+	    .arc = AUTHRES_ARC_FAIL,
+	};
 	struct tbuf b = TBUF_INIT(4096);
 	assert_int_equal(authres_build(&in, &b), TERN_OK);
 	check_folding(&b);

@@ -1671,6 +1671,11 @@ static void test_auth_checks_section(void **state)
 	assert_int_equal(c->auth_checks.dmarc, CONF_DMARC_ENFORCE);
 	assert_true(c->auth_checks.defer_on_temperror);
 	assert_int_equal(c->auth_checks.timeout, 5);
+	assert_true(c->auth_checks.arc); /* ARC is validated unless turned off */
+	conf_unref(c);
+	c = load_str("auth_checks { arc = false }", err, sizeof(err));
+	assert_non_null(c);
+	assert_false(c->auth_checks.arc);
 	conf_unref(c);
 	c = load_str("auth_checks { dmarc = off }", err, sizeof(err));
 	assert_non_null(c);
@@ -1683,7 +1688,8 @@ static void test_auth_checks_section(void **state)
 	    {"auth_checks { dmarc = true }", "auth_checks.dmarc: expected"},
 	    {"auth_checks { spf = 1 }", "auth_checks.spf: expected true or false"},
 	    {"auth_checks { timeout = 0 }", "auth_checks.timeout"},
-	    {"auth_checks { arc = true }", "arc"},
+	    {"auth_checks { arc = 1 }", "auth_checks.arc: expected true or false"},
+	    {"auth_checks { bimi = true }", "bimi"},
 	    {"auth_checks = true", "auth_checks"},
 	};
 	for (size_t i = 0; i < N(bad); i++) {
@@ -1693,6 +1699,62 @@ static void test_auth_checks_section(void **state)
 		if (!strstr(err, bad[i].want))
 			fail_msg("case %zu: %s", i, err);
 	}
+}
+
+static void test_arc_section(void **state)
+{
+	char err[256];
+	static const char keys[] =
+	    "dkim { keys = [\n"
+	    "  { domain = \"example.org\"; selector = \"s1\"; key_file = \"/k1\"; },\n"
+	    "  { domain = \"example.org\"; selector = \"s2\"; key_file = \"/k2\"; } ] }\n";
+	char text[1024];
+	/* the sealing key is a dkim.keys entry, whichever section comes first */
+	snprintf(text, sizeof(text),
+	         "arc { trusted_sealers = [\"Google.com\", \"lists.example.net\"];\n"
+	         "  seal_domain = \"Example.ORG\"; seal_selector = \"s2\"; }\n%s",
+	         keys);
+	struct tern_config *c = load_str(text, err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->arc.n_trusted_sealers, 2);
+	assert_string_equal(c->arc.trusted_sealers[0], "google.com");
+	assert_string_equal(c->arc.seal_domain, "example.org");
+	const struct conf_dkim_key *k = conf_arc_seal_key(c);
+	assert_non_null(k);
+	assert_string_equal(k->key_file, "/k2");
+	conf_unref(c);
+	/* without a selector: the domain's first key; no arc section: no sealing */
+	snprintf(text, sizeof(text), "%sarc { seal_domain = example.org }", keys);
+	c = load_str(text, err, sizeof(err));
+	assert_non_null(c);
+	assert_string_equal(conf_arc_seal_key(c)->key_file, "/k1");
+	conf_unref(c);
+	c = load_str(keys, err, sizeof(err));
+	assert_non_null(c);
+	assert_null(conf_arc_seal_key(c));
+	assert_int_equal(c->arc.n_trusted_sealers, 0);
+	conf_unref(c);
+	static const struct {
+		const char *text, *want;
+	} bad[] = {
+	    {"arc { seal_domain = example.org }", "no dkim.keys entry for example.org"},
+	    {"arc { seal_selector = s1 }", "arc.seal_selector is set without arc.seal_domain"},
+	    {"arc { trusted_sealers = [\"not a domain\"] }", "arc.trusted_sealers"},
+	    {"arc { seal_domain = \"-bad-\" }", "arc.seal_domain"},
+	    {"arc { sealer = x }", "unknown key 'sealer' in section arc"},
+	};
+	for (size_t i = 0; i < N(bad); i++) {
+		c = load_str(bad[i].text, err, sizeof(err));
+		if (c)
+			fail_msg("case %zu loaded", i);
+		if (!strstr(err, bad[i].want))
+			fail_msg("case %zu: %s", i, err);
+	}
+	snprintf(text, sizeof(text), "%sarc { seal_domain = example.org; seal_selector = s9 }",
+	         keys);
+	assert_null(load_str(text, err, sizeof(err)));
+	assert_non_null(strstr(err, "with selector s9"));
 }
 
 static void test_recipient_delimiter(void **state)
@@ -2209,6 +2271,7 @@ int main(void)
 	    cmocka_unit_test(test_delivery_values),
 	    cmocka_unit_test(test_dns_forward),
 	    cmocka_unit_test(test_auth_checks_section),
+	    cmocka_unit_test(test_arc_section),
 	    cmocka_unit_test(test_recipient_delimiter),
 	    cmocka_unit_test(test_print_reload_round_trip),
 	    cmocka_unit_test(test_print_shows_values),

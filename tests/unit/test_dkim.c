@@ -1750,11 +1750,11 @@ static void test_conf_and_keyring(void **state)
 		fail_msg("%s", err);
 	assert_int_equal(c->dkim.n_keys, 2);
 	assert_string_equal(c->dkim.keys[0].domain, "example.com");
-	/* keys the daemon does not sign with yet are a warning, as other such settings */
-	assert_int_equal(conf_warnings(c, NULL, NULL), 0);
+	/* the daemon signs with them (smtp/sign.c): no "unused keys" warning any more */
 	int nw = 0;
-	assert_true(conf_warnings(c, count_warning, &nw) == 1 && nw == 1);
+	assert_true(conf_warnings(c, count_warning, &nw) == 0 && nw == 0);
 	assert_true(c->dkim.header_relaxed && c->dkim.body_relaxed);
+	assert_false(c->dkim.sign_relayed);
 	/* printed back, it loads the same */
 	char *printed;
 	size_t plen;
@@ -1762,6 +1762,7 @@ static void test_conf_and_keyring(void **state)
 	conf_print(c, f);
 	fclose(f);
 	assert_non_null(strstr(printed, "selector = \"ed1\""));
+	assert_non_null(strstr(printed, "sign_relayed = false;"));
 	struct tern_config *c2 = conf_load_string(printed, plen, "printed", err, sizeof(err));
 	if (!c2)
 		fail_msg("%s\n%s", err, printed);
@@ -1841,10 +1842,12 @@ static void test_conf_and_keyring(void **state)
 			fail_msg("accepted: %s", bad[i]);
 		assert_non_null(strstr(err, "dkim"));
 	}
-	const char simple[] = "dkim { canonicalization = \"simple/relaxed\"; keys = { domain = "
-	                      "\"a.com\"; selector = \"s\"; key_file = \"k\"; }; }";
+	const char simple[] =
+	    "dkim { canonicalization = \"simple/relaxed\"; sign_relayed = true; "
+	    "keys = { domain = \"a.com\"; selector = \"s\"; key_file = \"k\"; }; }";
 	c = conf_load_string(S(simple), "ok", err, sizeof(err));
 	assert_non_null(c);
+	assert_true(c->dkim.sign_relayed);
 	assert_false(c->dkim.header_relaxed);
 	assert_true(c->dkim.body_relaxed);
 	assert_int_equal(c->dkim.n_keys, 1);

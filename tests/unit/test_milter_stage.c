@@ -36,7 +36,7 @@
 static char *apply(const char *msg, const struct milter_mod *mods, size_t n, size_t max, int *rc)
 {
 	struct tbuf out = TBUF_INIT(max);
-	*rc = milter_apply_mods(msg, strlen(msg), mods, n, &out);
+	*rc = milter_apply_mods(msg, strlen(msg), NULL, mods, n, &out);
 	if (*rc != TERN_OK) {
 		tbuf_free(&out);
 		return NULL;
@@ -151,6 +151,37 @@ static void test_obsolete_space_before_colon_and_lines_without_colon(void **stat
 	free(got);
 }
 
+static void test_trace_prefix_follows_the_changes(void **state)
+{
+	const char *rcv = "Received: from x by y; date\r\n";
+	struct tbuf out = TBUF_INIT(1 << 20);
+	/* inserted above the client's first field: ours; added at the end: the client's */
+	struct milter_mod m1[] = {MOD(MILTER_MOD_INSERT, 0, "X-Top", "1"),
+	                          MOD(MILTER_MOD_INSERT, 2, "X-Second", "2"),
+	                          MOD(MILTER_MOD_ADD, 0, "X-End", "e")};
+	size_t prefix = strlen(rcv);
+	assert_int_equal(milter_apply_mods(MSG, strlen(MSG), &prefix, m1, 3, &out), TERN_OK);
+	assert_int_equal(prefix, strlen("X-Top: 1\r\n") + strlen(rcv) + strlen("X-Second: 2\r\n"));
+	assert_memory_equal(out.data + prefix, "From: a@example.org\r\n", 21);
+	/* the client's first field deleted: its second is the first now; a change
+	 * of our Received keeps it ours */
+	struct milter_mod m2[] = {MOD(MILTER_MOD_DELETE, 1, "From", ""),
+	                          MOD(MILTER_MOD_CHANGE, 1, "Received", "from z")};
+	prefix = strlen(rcv);
+	assert_int_equal(milter_apply_mods(MSG, strlen(MSG), &prefix, m2, 2, &out), TERN_OK);
+	assert_int_equal(prefix, strlen("Received: from z\r\n"));
+	assert_memory_equal(out.data + prefix, "Subject: hello", 14);
+	/* no field of the client's left: everything above the empty line is ours */
+	struct milter_mod m3[] = {
+	    MOD(MILTER_MOD_DELETE, 1, "From", ""), MOD(MILTER_MOD_DELETE, 1, "Subject", ""),
+	    MOD(MILTER_MOD_DELETE, 1, "X-Twice", ""), MOD(MILTER_MOD_DELETE, 1, "X-Twice", "")};
+	prefix = strlen(rcv);
+	assert_int_equal(milter_apply_mods(MSG, strlen(MSG), &prefix, m3, 4, &out), TERN_OK);
+	assert_int_equal(prefix, strlen(rcv));
+	assert_memory_equal(out.data + prefix, "\r\nBody line", 11);
+	tbuf_free(&out);
+}
+
 static void test_output_cap(void **state)
 {
 	struct milter_mod m[] = {MOD(MILTER_MOD_ADD, 0, "X-Big", "0123456789")};
@@ -207,6 +238,7 @@ int main(void)
 	    cmocka_unit_test(test_delete),
 	    cmocka_unit_test(test_message_without_body),
 	    cmocka_unit_test(test_obsolete_space_before_colon_and_lines_without_colon),
+	    cmocka_unit_test(test_trace_prefix_follows_the_changes),
 	    cmocka_unit_test(test_output_cap),
 	    cmocka_unit_test(test_listener_by_bound_address),
 	};

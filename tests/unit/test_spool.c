@@ -242,6 +242,10 @@ static struct spool_msg *make_env(unsigned seed, size_t n_rcpts)
 	}
 	snprintf(buf, sizeof(buf), "addr=127.0.0.%u helo=h%u", seed % 250, seed);
 	m->client = strdup(buf);
+	if (seed % 3 == 1) { /* MAIL AUTH= (optional field, flag bit 3) */
+		snprintf(buf, sizeof(buf), "user%u+app@example.org", seed);
+		m->auth = strdup(buf);
+	}
 	m->n_rcpts = n_rcpts;
 	m->rcpts = calloc(n_rcpts, sizeof(*m->rcpts));
 	assert_non_null(m->rcpts);
@@ -289,6 +293,7 @@ static void assert_env_equal(const struct spool_msg *a, const struct spool_msg *
 	assert_int_equal(a->folder, b->folder);
 	assert_str_eq_opt(a->envid, b->envid);
 	assert_str_eq_opt(a->client, b->client);
+	assert_str_eq_opt(a->auth, b->auth);
 	assert_int_equal(a->size, b->size);
 	assert_int_equal(a->n_rcpts, b->n_rcpts);
 	for (size_t i = 0; i < a->n_rcpts; i++) {
@@ -388,10 +393,51 @@ static void test_record_folder_flag(void **st)
 	assert_null(spool_folder_name(d->folder));
 	spool_msg_free(d);
 	d = NULL;
-	pl[MSG_FLAGS_AT] |= 8; /* a bit no tern writes */
+	pl[MSG_FLAGS_AT] |= 16; /* a bit no tern writes */
 	assert_int_equal(spool_rec_decode_msg(pl, plen, &d, &pdoff), TERN_ECORRUPT);
 	assert_null(d);
 	tbuf_free(&b);
+	spool_msg_free(m);
+}
+
+/* MAIL's AUTH= is an optional string after client, present only with flag
+ * bit 3: a record without it is byte for byte what a tern before the field
+ * wrote, so old spools read as they were. */
+static void test_record_auth_field_is_optional(void **st)
+{
+	(void)st;
+	struct spool_msg *m = make_env(4, 2); /* seed 4: has auth */
+	assert_non_null(m->auth);
+	m->size = 3;
+	struct tbuf with = TBUF_INIT(1 << 20), without = TBUF_INIT(1 << 20);
+	size_t doff, pdoff;
+	assert_int_equal(spool_rec_encode_msg(&with, m, "abc", 3, &doff), TERN_OK);
+	uint8_t *pl = (uint8_t *)with.data + SPOOL_REC_HDR;
+	assert_true(pl[MSG_FLAGS_AT] & 8);
+	struct spool_msg *d = NULL;
+	assert_int_equal(spool_rec_decode_msg(pl, with.len - SPOOL_REC_HDR, &d, &pdoff), TERN_OK);
+	assert_string_equal(d->auth, m->auth);
+	spool_msg_free(d);
+	/* a copy keeps it */
+	struct spool_msg *c = spool_msg_dup(m);
+	assert_non_null(c);
+	assert_string_equal(c->auth, m->auth);
+	spool_msg_free(c);
+
+	size_t alen = strlen(m->auth);
+	free(m->auth);
+	m->auth = NULL;
+	assert_int_equal(spool_rec_encode_msg(&without, m, "abc", 3, &doff), TERN_OK);
+	assert_int_equal(without.len + 4 + alen, with.len);
+	pl = (uint8_t *)without.data + SPOOL_REC_HDR;
+	assert_false(pl[MSG_FLAGS_AT] & 8);
+	assert_int_equal(spool_rec_decode_msg(pl, without.len - SPOOL_REC_HDR, &d, &pdoff),
+	                 TERN_OK);
+	assert_null(d->auth);
+	assert_env_equal(m, d);
+	spool_msg_free(d);
+	tbuf_free(&with);
+	tbuf_free(&without);
 	spool_msg_free(m);
 }
 
@@ -2340,6 +2386,7 @@ int main(void)
 	    cmocka_unit_test(test_crc32c_matches_standard_check_value),
 	    cmocka_unit_test(test_record_roundtrip_keeps_every_field),
 	    cmocka_unit_test(test_record_folder_flag),
+	    cmocka_unit_test(test_record_auth_field_is_optional),
 	    cmocka_unit_test(test_concurrent_puts_survive_reopen_identically),
 	    cmocka_unit_test(test_foreach_lists_in_id_order),
 	    cmocka_unit_test(test_rcpt_updates_survive_reopen),
