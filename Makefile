@@ -14,7 +14,7 @@ MANDIR   ?= $(PREFIX)/share/man
 UNITDIR  ?= $(PREFIX)/lib/systemd/system
 INSTALL_SENDMAIL ?= 0
 
-.PHONY: all deps build run test test-unit test-integration fuzz fuzz-short bench clean format \
+.PHONY: all deps build run test test-unit test-integration fuzz fuzz-short bench bench-capture clean format \
 	install uninstall
 
 all: build
@@ -52,9 +52,17 @@ fuzz: fuzz-build
 
 # Figures, never assertions, from the clone alone: tern's own load generator (bench/smtpload.c,
 # built beside tern) drives accept and local delivery; spool_bench times group commit.
+# BENCH_BASELINE=/path/to/other/tern runs that binary beside this one on the same load.
+# bench-capture: capture mode beside maildev 3 (npm) in the same run.
+BENCH_BASELINE ?=
 bench: build
-	@/usr/bin/python3 bench/local_delivery.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload
+	@/usr/bin/python3 bench/local_delivery.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload \
+		$(if $(BENCH_BASELINE),--tern-baseline $(BENCH_BASELINE))
 	@$(BUILD)/spool_bench
+
+bench-capture: build
+	@/usr/bin/python3 bench/capture_bench.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload \
+		$(if $(BENCH_BASELINE),--tern-baseline $(BENCH_BASELINE))
 
 # The binary from $(BUILD) (built first if absent), the man pages, and the systemd units
 # with the installed binary's path in ExecStart.

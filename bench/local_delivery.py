@@ -176,6 +176,9 @@ def main():
     ap.add_argument("--hold-conns", type=int, default=5000)
     ap.add_argument("--hold-secs", type=int, default=5)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tern-baseline", help="a second tern binary (e.g. a build of main) run "
+                    "after --tern in each rep, on the same load")
+    ap.add_argument("--no-hold", action="store_true", help="skip the idle-connections part")
     args = ap.parse_args()
     if args.messages > 10**6 or args.hold_conns > 20000:
         sys.exit("bench: bounds are 10^6 messages and 20000 connections")
@@ -193,20 +196,28 @@ def main():
         print(f"tern bench: {args.messages} messages of {args.size} B over {args.conns} "
               f"connections ({args.per_conn} per connection), local Maildir delivery, "
               f"{args.reps} reps")
-        print("| rep | accepted | accept msg/s | MAIL->250 p50 / p90 / p99 ms | "
+        print("| rep | server | accepted | accept msg/s | MAIL->250 p50 / p90 / p99 ms | "
               "delivered | end-to-end msg/s | RSS MB |")
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
+        servers = [("tern", args.tern)]
+        if args.tern_baseline:
+            servers.append(("tern (baseline)", args.tern_baseline))
         for rep in range(args.reps):
-            wd = os.path.join(tmp, f"send{rep}")
-            os.makedirs(wd)
-            r = run_send(args, args.tern, load, wd)
-            print(f"| {rep + 1} | {r['ok']} | {r['accept_msgs']:.0f} | {r['p50']:.1f} / "
-                  f"{r['p90']:.1f} / {r['p99']:.1f} | {r['delivered']} | "
-                  f"{r['delivered_msgs']:.0f} | {r['rss_mb']:.0f} |", flush=True)
-            if r["errors"] or r["lost"] or r["tempfail"] or r["permfail"]:
-                print(f"  tempfail {r['tempfail']}, permfail {r['permfail']}, lost {r['lost']}; "
-                      f"errors: {r['errors']}")
-            shutil.rmtree(wd, ignore_errors=True)
+            for label, binary in servers:
+                # Each run's directory stays until the end: on ext4 without a journal,
+                # creating a file scans past every inode deleted in the last seconds, so
+                # removing the previous run's thousands of files here would slow the next.
+                wd = os.path.join(tmp, f"send{rep}-{len(label)}")
+                os.makedirs(wd)
+                r = run_send(args, binary, load, wd)
+                print(f"| {rep + 1} | {label} | {r['ok']} | {r['accept_msgs']:.0f} | "
+                      f"{r['p50']:.1f} / {r['p90']:.1f} / {r['p99']:.1f} | {r['delivered']} | "
+                      f"{r['delivered_msgs']:.0f} | {r['rss_mb']:.0f} |", flush=True)
+                if r["errors"] or r["lost"] or r["tempfail"] or r["permfail"]:
+                    print(f"  tempfail {r['tempfail']}, permfail {r['permfail']}, "
+                          f"lost {r['lost']}; errors: {r['errors']}")
+        if args.no_hold:
+            return
         wd = os.path.join(tmp, "hold")
         os.makedirs(wd)
         h = run_hold(args, args.tern, load, wd)

@@ -1,8 +1,9 @@
 /*
  * capture.c — `tern capture`: the daemon preset for developers. SMTP
- * accepts every sender and recipient; each message is spooled durably as
- * usual, then caught in the capture store (scheduler_set_capture) instead
- * of delivered. The HTTP server (Mailpit's API, the web UI, live events)
+ * accepts every sender and recipient; each message is caught in the
+ * capture store instead of delivered, straight from end of data through
+ * the capture ingest (scheduler_capture_put), which commits it durably
+ * before the 250. The HTTP server (Mailpit's API, the web UI, live events)
  * runs on a worker of its own. This file wires those parts together and
  * implements the hooks the HTTP layer calls: send, release, chaos.
  */
@@ -31,7 +32,6 @@ struct capture_mode {
 	struct capture_store *store;
 	struct worker *http_worker;
 	struct http_server *http;
-	struct pool *pool;
 	struct spool *sp;
 	struct scheduler *sched;
 	struct http_hooks hooks;
@@ -40,83 +40,39 @@ struct capture_mode {
 
 /* ------------------------------------------------------------- send hook */
 
-struct send_job {
-	struct capture_mode *cm;
-	char *raw;
-	size_t len;
-	char *from;
-	char **to;
-	size_t n_to;
-	void (*done)(void *arg, int err, const char *id);
-	void *arg;
-	int err;
-	char id[CAPTURE_ID_MAX];
-};
-
-static void send_job_free(struct send_job *j)
-{
-	free(j->raw);
-	free(j->from);
-	for (size_t i = 0; i < j->n_to; i++)
-		free(j->to[i]);
-	free(j->to);
-	free(j);
-}
-
-/* On a pool thread: the store write blocks on fsync. */
-static void send_work(void *arg)
-{
-	struct send_job *j = arg;
-	j->err = capture_add(j->cm->store, j->raw, j->len, j->from, (const char *const *)j->to,
-			     j->n_to, j->id);
-	/* The store batches its syncs (the spool is the durable copy of SMTP
-	 * mail); an API message has no other copy, so sync before answering. */
-	if (j->err == TERN_OK)
-		j->err = capture_sync(j->cm->store);
-	if (j->err == TERN_OK) {
-		char qf[LOG_ADDR_MAX];
-		log_info("event=captured id=%s source=api from=%s nrcpt=%zu size=%zu", j->id,
-			 log_quote_addr(j->from, qf, sizeof(qf)), j->n_to, j->len);
-	} else
-		log_error("event=capture_failed source=api reason=%s", tern_strerror(j->err));
-	j->done(j->arg, j->err, j->err == TERN_OK ? j->id : NULL);
-	send_job_free(j);
-}
-
 /*
- * POST /api/v1/send: the message goes straight into the store (which is
- * itself durable) on the pool, so the API can answer with its capture ID.
+ * POST /api/v1/send: the message goes straight into the store through the
+ * capture ingest (group-committed with SMTP mail, durable before done
+ * runs), so the API can answer with its capture ID. done runs on a
+ * committer thread, or here when the put fails.
  */
 static void hook_send(void *ctx, const char *raw, size_t len, const char *from,
 		      const char *const *to, size_t n_to,
 		      void (*done)(void *arg, int err, const char *id), void *arg)
 {
 	struct capture_mode *cm = ctx;
-	struct send_job *j = calloc(1, sizeof(*j));
-	if (!j)
-		goto fail;
-	j->cm = cm;
-	j->done = done;
-	j->arg = arg;
-	j->raw = malloc(len ? len : 1);
-	j->from = tern_strdup(from ? from : "");
-	j->to = calloc(n_to ? n_to : 1, sizeof(char *));
-	if (!j->raw || !j->from || !j->to)
-		goto fail;
-	memcpy(j->raw, raw, len);
-	j->len = len;
-	for (size_t i = 0; i < n_to; i++) {
-		j->to[i] = tern_strdup(to[i]);
-		if (!j->to[i])
-			goto fail;
-		j->n_to++;
+	struct spool_rcpt *rcpts = calloc(n_to ? n_to : 1, sizeof(*rcpts));
+	int rc = TERN_ENOMEM;
+	if (rcpts) {
+		for (size_t i = 0; i < n_to; i++) {
+			rcpts[i].addr = (char *)to[i];
+			rcpts[i].local = true;
+		}
+		struct spool_msg env = {0};
+		queue_id_new(env.id); /* names it in the logs */
+		env.sender = (char *)(from ? from : "");
+		env.created = (int64_t)time(NULL);
+		env.client = "addr=local proto=HTTP";
+		env.size = len;
+		env.rcpts = rcpts;
+		env.n_rcpts = n_to;
+		rc = scheduler_capture_put(cm->sched, &env, raw, len, done, arg);
+		free(rcpts);
 	}
-	if (pool_submit(cm->pool, send_work, NULL, NULL, j) == 0)
-		return;
-fail:
-	if (j)
-		send_job_free(j);
-	done(arg, TERN_ENOMEM, NULL);
+	if (rc != TERN_OK) {
+		log_error("event=capture_failed source=api reason=%s", tern_strerror(rc));
+		done(arg, rc, NULL);
+	}
 }
 
 /* ---------------------------------------------------------- release hook */
@@ -340,9 +296,8 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 	snprintf(dir, sizeof(dir), "%s/capture", data_dir);
 	if (capture_open(dir, &cm->store, err, errlen) != TERN_OK)
 		goto fail;
-	cm->pool = pool_new(2);
 	cm->http_worker = worker_new(HTTP_WORKER_INDEX);
-	if (!cm->pool || !cm->http_worker) {
+	if (!cm->http_worker) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -394,7 +349,6 @@ void capture_mode_stop(struct capture_mode *cm)
 		worker_stop_and_join(cm->http_worker);
 	if (cm->store)
 		capture_subscribe(cm->store, NULL, NULL);
-	pool_free(cm->pool); /* finishes API sends in progress */
 	if (cm->http_worker)
 		worker_run_pending(cm->http_worker);
 	http_server_free(cm->http);

@@ -87,6 +87,19 @@ static void check_tls(struct check *ck, const struct tern_config *c)
 	tls_server_free(ts);
 }
 
+/* delivery.ca_file, loaded as remote_new loads it: one that does not load
+ * stops serve at start. */
+static void check_ca_file(struct check *ck, const struct tern_config *c)
+{
+	char err[512];
+	if (!c->delivery.ca_file)
+		return;
+	SSL_CTX *ctx = tls_client_ctx_new(c->delivery.ca_file, true, err, sizeof(err));
+	if (!ctx)
+		error(ck, "delivery.ca_file: %s", err);
+	SSL_CTX_free(ctx);
+}
+
 /* The OAuth issuer's keys, read and parsed as serve does: a file that does
  * not load stops serve at start. */
 static void check_oauth(struct check *ck, const struct tern_config *c)
@@ -291,6 +304,7 @@ int cmd_check_config(int argc, char **argv)
 	check_user(&ck, c);
 	check_data_dir(&ck, c);
 	check_tls(&ck, c);
+	check_ca_file(&ck, c);
 	check_oauth(&ck, c);
 	check_dkim(&ck, c);
 	if (!smtp_arc_key_usable(c, err, sizeof(err))) /* ARC: the sealing key (verify_arc.h) */

@@ -56,7 +56,8 @@ int cmd_spf(int argc, char **argv);
 int cmd_dkim(int argc, char **argv);
 int cmd_arc(int argc, char **argv); /* `tern arc verify|seal` (arc.c) */
 int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
-int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
+int cmd_milter(int argc, char **argv);
+int cmd_dmarc(int argc, char **argv); /* `tern dmarc send-reports|report` (dmarc.c) */         /* `tern milter test` (milter.c) */
 
 /*
  * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file
@@ -84,6 +85,17 @@ int cli_take_config(int *argc, char **argv, const char **path);
 struct control;
 struct control *control_start(int listen_fd, struct spool *sp, struct scheduler *sched);
 void control_stop(struct control *c);
+/* DMARC aggregate reports in the daemon (dmarc.c): start after the spool
+ * and scheduler (NULL when reports are off); stop before the scheduler
+ * stops, free after the workers are joined. The control socket's
+ * DMARC-REPORTS request runs a round and waits for it. */
+struct dmarc_daemon;
+struct tbuf;
+struct dmarc_daemon *dmarc_daemon_start(const struct tern_config *conf, struct spool *sp,
+                                        struct scheduler *sched);
+void dmarc_daemon_stop(struct dmarc_daemon *d);
+void dmarc_daemon_free(struct dmarc_daemon *d);
+void dmarc_control_request(const char *arg, struct tbuf *b);
 /* Binds DATA/control.sock; returns the listening fd or -1. */
 int control_bind(const char *data_dir);
 

@@ -201,6 +201,10 @@ static void handle_request(struct control *c, const char *req, struct tbuf *b)
 		tbuf_append_str(b, "OK\n");
 		return;
 	}
+	if (verb_len == 13 && strncmp(req, "DMARC-REPORTS", 13) == 0) {
+		dmarc_control_request(arg, b); /* cli/dmarc.c */
+		return;
+	}
 	if (verb_len == 5 && strncmp(req, "FLUSH", 5) == 0) {
 		scheduler_requeue_all(c->sched, true);
 		log_info("event=queue_flush source=control");

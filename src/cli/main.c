@@ -29,6 +29,7 @@ static const struct command {
     {"dovecot-config", cmd_dovecot_config},
     {"arc", cmd_arc},
     {"milter", cmd_milter},
+    {"dmarc", cmd_dmarc},
     {"sendmail", cmd_sendmail},
     /* clang-format on */
 };
@@ -58,6 +59,7 @@ static const struct cli_help help = {
     "  arc verify|seal            validate or add an ARC Set (RFC 8617)\n"
     "  milter test --milter SPEC < MSG\n"
     "                             run a message through a milter (rspamd, ...)\n"
+    "  dmarc send-reports|report  DMARC aggregate reports: send now; show received\n"
     "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
     "  version                    print the version\n"
     "\n"

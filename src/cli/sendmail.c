@@ -343,7 +343,7 @@ static int socket_path(const char *data_dir, const char *name, struct sockaddr_u
  * synced so the new name is durable (others may not open the maildrop
  * directory to fsync it). 0 or errno.
  */
-static int maildrop_write(const char *data_dir, const struct tbuf *req, char *name, size_t namelen)
+int maildrop_write(const char *data_dir, const struct tbuf *req, char *name, size_t namelen)
 {
 	unsigned char rnd[16];
 	char hex[33];

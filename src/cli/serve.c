@@ -270,7 +270,7 @@ static void touch_file(const char *path)
 /* Every file conf names that the daemon reads (besides the config and its
  * includes, which conf_load read already). Keep in step with the readers:
  * users_load, oauth_keys_load, tls_server_new, dns_resolver_new, remote.c's
- * AUTH, dkim_key_load. */
+ * AUTH and ca_file, dkim_key_load. */
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
@@ -280,6 +280,7 @@ static void touch_referenced(const struct tern_config *conf)
 		touch_file(conf->tls.certs[i].key_file);
 	}
 	touch_file(conf->dns.trust_anchor_file);
+	touch_file(conf->delivery.ca_file); /* remote_new's outbound trust anchors */
 	if (conf->relayhost)
 		touch_file(conf->relayhost->auth_password_file);
 	for (size_t i = 0; i < conf->n_routes; i++)
@@ -587,6 +588,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct policy *policy = NULL;
 	struct control *ctl = NULL;
 	struct submit *sub = NULL;
+	struct dmarc_daemon *dmarcd = NULL;
 	struct capture_mode *capm = NULL;
 	struct pool *auth_pool = NULL;
 	struct throttle *throttle = NULL;
@@ -834,6 +836,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		log_error("event=fatal reason=\"local submission: %s\"", err);
 		goto out;
 	}
+	dmarcd = dmarc_daemon_start(conf, sp, sched); /* DMARC aggregate reports */
 	scheduler_requeue_all(sched, false);
 	log_info("event=ready workers=%u queued=%zu", n_workers, spool_count(sp));
 	cli_notify("READY=1\nSTATUS=accepting mail");
@@ -906,6 +909,7 @@ out:
 	 * may queue scheduler jobs, so the workers' posts run once more before
 	 * sessions, the remote engine and the scheduler are freed.
 	 */
+	dmarc_daemon_stop(dmarcd);
 	if (ctl)
 		control_stop(ctl);
 	submit_stop(sub);
@@ -914,6 +918,8 @@ out:
 	for (unsigned w = 0; w < n_workers; w++)
 		if (workers[w])
 			worker_stop_and_join(workers[w]);
+	dmarc_daemon_free(dmarcd); /* its store: after the workers, which record */
+	dmarcd = NULL;
 	scheduler_stop(sched);
 	scheduler_drain_results(sched);
 	capture_mode_stop(capm);

@@ -159,6 +159,13 @@ void submit_stop(struct submit *s);
 
 /* ----------------------------------------------------- the client side */
 
+/*
+ * Writes request req (submit_encode's) into DATA/maildrop as m.RANDOM,
+ * durably, for the daemon to pick up (sendmail.c; also `tern dmarc
+ * send-reports` while the daemon is down). 0 or errno; name gets the path.
+ */
+int maildrop_write(const char *data_dir, const struct tbuf *req, char *name, size_t namelen);
+
 enum sendmail_mode {
 	SENDMAIL_DELIVER = 0, /* -bm (default): read a message, submit it */
 	SENDMAIL_SMTP,        /* -bs: SMTP on stdin/stdout */

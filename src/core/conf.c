@@ -31,6 +31,7 @@
 #include "core/ucl.h"
 #include "policy/milter.h"
 #include "policy/policy.h"
+#include "store/checks.h"
 
 #define DEFAULT_SOURCE "(embedded default)"
 #define MAX_PATH_LEN 1024
@@ -189,6 +190,9 @@ static const struct conf_delivery default_delivery = {
     .max_per_destination = 10,
     .connect_timeout = 30,
     .command_timeout = 300,
+    .dane = true,
+    .mta_sts = true,
+    .mta_sts_port = 443,
 };
 
 /* ---- errors -------------------------------------------------------------- */
@@ -1137,7 +1141,24 @@ static void route_free(struct conf_route *r)
 	free(r->auth_password_file);
 }
 
-static const char *const tls_names[] = {"none", "opportunistic", "require"};
+static const char *const tls_names[] = {"none", "opportunistic", "require", "verify", "dane"};
+#define TLS_NAMES_WORDS "\"none\", \"opportunistic\", \"require\", \"verify\" or \"dane\""
+
+const char *conf_tls_name(enum conf_tls t)
+{
+	return (size_t)t < sizeof(tls_names) / sizeof(tls_names[0]) ? tls_names[t] : "?";
+}
+
+/* Is host (as parse_via stores it) an address of this machine's loopback
+ * (127.0.0.0/8, ::1)? A name never is: DNS could say otherwise later. */
+static bool host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
 
 /* A host name as DNS knows it. A last label of digits only is not a name
  * (no TLD is numeric), so "10.0.0.256" is refused rather than looked up. */
@@ -1256,13 +1277,13 @@ static int get_tls(struct ctx *x, const struct ucl_node *n, const char *path, en
 {
 	char b[80];
 	if (n->type != UCL_STRING)
-		return want(x, n, path, "\"none\", \"opportunistic\" or \"require\"");
-	for (size_t i = 0; i < 3; i++)
+		return want(x, n, path, TLS_NAMES_WORDS);
+	for (size_t i = 0; i < sizeof(tls_names) / sizeof(tls_names[0]); i++)
 		if (strcmp(n->str, tls_names[i]) == 0) {
 			*out = (enum conf_tls)i;
 			return TERN_OK;
 		}
-	return cerr(x, n, "%s: must be \"none\", \"opportunistic\" or \"require\", not '%s'", path,
+	return cerr(x, n, "%s: must be " TLS_NAMES_WORDS ", not '%s'", path,
 	            show(n->str, b, sizeof(b)));
 }
 
@@ -1304,7 +1325,9 @@ static int parse_route_body(struct ctx *x, const struct ucl_node *m, const char 
 	snprintf(sub, sizeof(sub), "%s.via", name);
 	if ((rc = parse_via(x, via, sub, r)) != TERN_OK)
 		return rc;
-	r->tls = r->implicit_tls ? CONF_TLS_REQUIRE : CONF_TLS_OPPORTUNISTIC;
+	/* Credentials never cross an unverified channel by default. */
+	r->tls = user ? CONF_TLS_VERIFY
+	              : r->implicit_tls ? CONF_TLS_REQUIRE : CONF_TLS_OPPORTUNISTIC;
 	if (tls) {
 		snprintf(sub, sizeof(sub), "%s.tls", name);
 		if ((rc = get_tls(x, tls, sub, &r->tls)) != TERN_OK)
@@ -1315,6 +1338,15 @@ static int parse_route_body(struct ctx *x, const struct ucl_node *m, const char 
 			    "%s: \"none\" contradicts smtps:// in via, which is TLS from the "
 			    "first byte; use smtp:// for a connection without TLS",
 			    sub);
+		/* A password sent in clear (or to whoever answers STARTTLS when
+		 * the handshake fails) is readable on the path; only a next hop
+		 * on this machine (a local proxy, a test fake) has no path. */
+		if (user && r->tls <= CONF_TLS_OPPORTUNISTIC && !host_is_loopback(r->host))
+			return cerr(x, tls,
+			            "%s: \"%s\" with auth_user would send the password without "
+			            "TLS; use \"verify\" (the default with auth_user) or "
+			            "\"require\" (encrypted, certificate not checked)",
+			            sub, tls_names[r->tls]);
 	}
 	if (user) {
 		snprintf(sub, sizeof(sub), "%s.auth_user", name);
@@ -1420,6 +1452,7 @@ static const struct delivery_spec delivery_specs[] = {
     DLV(max_per_destination, NK_COUNT, 1, 10000),
     DLV(connect_timeout, NK_TIME, 1, 3600),
     DLV(command_timeout, NK_TIME, 1, 3600),
+    DLV(mta_sts_port, NK_COUNT, 1, 65535),
 };
 /* clang-format on */
 
@@ -1461,6 +1494,20 @@ static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf
 	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
 		const struct ucl_node *m = sec->items[i];
 		const struct delivery_spec *ds = NULL;
+		if (strcmp(m->key, "ca_file") == 0) {
+			free(d->ca_file);
+			d->ca_file = NULL;
+			if ((rc = get_path(x, m, "delivery.ca_file", &d->ca_file)) != TERN_OK)
+				return rc;
+			continue;
+		}
+		if (strcmp(m->key, "dane") == 0 || strcmp(m->key, "mta_sts") == 0) {
+			bool dane = m->key[0] == 'd';
+			if ((rc = get_bool(x, m, dane ? "delivery.dane" : "delivery.mta_sts",
+			                   dane ? &d->dane : &d->mta_sts)) != TERN_OK)
+				return rc;
+			continue;
+		}
 		for (size_t j = 0; j < N_DELIVERY; j++)
 			if (strcmp(m->key, delivery_specs[j].name) == 0)
 				ds = &delivery_specs[j];
@@ -2000,7 +2047,8 @@ static int parse_auth_checks(struct ctx *x, const struct ucl_node *sec, struct c
 			a->timeout = (uint32_t)v;
 		} else if (strcmp(m->key, "dmarc") == 0) {
 			if (m->type == UCL_BOOL && !m->bval) {
-				a->dmarc = CONF_DMARC_OFF; /* UCL reads a bare off (or no) as false */
+				a->dmarc =
+				    CONF_DMARC_OFF; /* UCL reads a bare off (or no) as false */
 				continue;
 			}
 			if (m->type != UCL_STRING)
@@ -2121,6 +2169,69 @@ static void print_arc(FILE *f, const struct conf_arc *a)
 		fputs(";\n", f);
 	}
 	fputs("}\n", f);
+}
+
+/* ---- dmarc { reports { from; org_name; inbox; interval; } } ------------------ */
+
+static int parse_dmarc_reports(struct ctx *x, const struct ucl_node *sec,
+                               struct conf_dmarc_reports *r)
+{
+	int rc = want_section(x, sec, "dmarc.reports");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "from") == 0 || strcmp(m->key, "inbox") == 0) {
+			bool from = m->key[0] == 'f';
+			char **out = from ? &r->from : &r->inbox;
+			const char *path = from ? "dmarc.reports.from" : "dmarc.reports.inbox";
+			rc = get_str(x, m, path, out);
+			const char *at = rc == TERN_OK ? strrchr(*out, '@') : NULL;
+			if (rc == TERN_OK && (!at || at == *out || !at[1] || strpbrk(*out, " <>\"\r\n")))
+				return cerr(x, m, "%s: must be a mailbox such as \"dmarc@example.org\"",
+				            path);
+		} else if (strcmp(m->key, "org_name") == 0) {
+			rc = get_str(x, m, "dmarc.reports.org_name", &r->org_name);
+		} else if (strcmp(m->key, "interval") == 0) {
+			uint64_t v = 0;
+			rc = get_num(x, m, "dmarc.reports.interval", NK_TIME, 60, 7 * 86400, &v);
+			r->interval = (uint32_t)v;
+		} else {
+			rc = unknown_key(x, m, "dmarc.reports");
+		}
+	}
+	return rc;
+}
+
+static int parse_dmarc(struct ctx *x, const struct ucl_node *sec, struct conf_dmarc *d)
+{
+	int rc = want_section(x, sec, "dmarc");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "reports") == 0)
+			rc = parse_dmarc_reports(x, m, &d->reports);
+		else
+			rc = unknown_key(x, m, "dmarc");
+	}
+	return rc;
+}
+
+static void print_str(FILE *f, const char *s);
+
+static void print_dmarc(FILE *f, const struct conf_dmarc *d)
+{
+	const struct conf_dmarc_reports *r = &d->reports;
+	if (!r->from && !r->inbox)
+		return;
+	fprintf(f, "dmarc {\n\treports {\n");
+	const char *const name[] = {"from", "org_name", "inbox"};
+	const char *const val[] = {r->from, r->org_name, r->inbox};
+	for (size_t i = 0; i < 3; i++) {
+		if (!val[i])
+			continue;
+		fprintf(f, "\t\t%s = ", name[i]);
+		print_str(f, val[i]);
+		fputs(";\n", f);
+	}
+	fprintf(f, "\t\tinterval = %us;\n\t}\n}\n", (unsigned)r->interval);
 }
 
 /* ---- dkim { canonicalization; keys = [ { domain; selector; key_file; } ] } - */
@@ -2303,9 +2414,14 @@ static void conf_free(struct tern_config *c)
 		free(c->dns.forward[i]);
 	free(c->dns.forward);
 	free(c->dns.trust_anchor_file);
+	free(c->delivery.ca_file);
 	for (size_t i = 0; i < c->capture.n_http_allowed_hosts; i++)
 		free(c->capture.http_allowed_hosts[i]);
 	free(c->capture.http_allowed_hosts);
+	free(c->dmarc.reports.from);
+	free(c->dmarc.reports.org_name);
+	free(c->dmarc.reports.inbox);
+	free(c->capture.spam_check);
 	free(c->source);
 	free(c->hostname);
 	free(c->data_dir);
@@ -2395,6 +2511,14 @@ static int parse_capture(struct ctx *x, const struct ucl_node *sec, struct conf_
 		} else if (strcmp(m->key, "http_max_connections") == 0) {
 			rc = get_num(x, m, "capture.http_max_connections", NK_COUNT, 1, 100000, &v);
 			cap->http_max_connections = (uint32_t)v;
+		} else if (strcmp(m->key, "spam_check") == 0) {
+			free(cap->spam_check);
+			cap->spam_check = NULL;
+			rc = get_str(x, m, "capture.spam_check", &cap->spam_check);
+			if (rc == TERN_OK && !spam_check_spec_ok(cap->spam_check))
+				rc = cerr(x, m,
+				          "capture.spam_check: want \"rspamd:HOST:PORT\" or "
+				          "\"spamassassin:HOST:PORT\"");
 		} else {
 			return unknown_key(x, m, "capture");
 		}
@@ -2663,6 +2787,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dkim(x, m, &c->dkim);
 	if (strcmp(k, "auth_checks") == 0)
 		return parse_auth_checks(x, m, &c->auth_checks);
+	if (strcmp(k, "dmarc") == 0)
+		return parse_dmarc(x, m, &c->dmarc);
 	if (strcmp(k, "arc") == 0)
 		return parse_arc(x, m, &c->arc);
 	if (strcmp(k, "tls") == 0)
@@ -2714,6 +2840,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->policy = default_policy;
 	default_auth(&c->auth);
 	c->auth_checks = default_auth_checks;
+	c->dmarc.reports.interval = 86400;
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
@@ -2984,7 +3111,7 @@ static const char warn_plaintext[] =
 static size_t warn_route(const struct conf_route *r, const char *name,
                          void (*fn)(const char *, const char *, void *), void *arg)
 {
-	char key[320], text[512];
+	char key[336], text[512]; /* the caller's name (< 320 bytes) + ".tls" */
 	if (r->tls != CONF_TLS_REQUIRE)
 		return 0;
 	snprintf(key, sizeof(key), "%s.tls", name);
@@ -3046,6 +3173,20 @@ size_t conf_warnings(const struct tern_config *c,
 		         ip, net->prefix,
 		         net->prefix == 0 ? "the whole internet" : "a large part of the internet");
 		fn("relay.networks", text, arg);
+		n++;
+	}
+	const struct conf_dmarc_reports *dr = &c->dmarc.reports;
+	const char *at = dr->inbox ? strrchr(dr->inbox, '@') : NULL;
+	if (at && !conf_is_local_domain(c, at + 1, strlen(at + 1))) {
+		fn("dmarc.reports.inbox",
+		   "not in local_domains: mail to it is relayed, never delivered here, so no "
+		   "aggregate report is read",
+		   arg);
+		n++;
+	}
+	if (dr->from && c->auth_checks.dmarc == CONF_DMARC_OFF) {
+		fn("dmarc.reports.from",
+		   "auth_checks.dmarc is off: nothing is evaluated, so no report is ever sent", arg);
 		n++;
 	}
 	return n;
@@ -3245,6 +3386,15 @@ void conf_print(const struct tern_config *c, FILE *out)
 		        (unsigned long long)delivery_get(&c->delivery, ds),
 		        ds->kind == NK_TIME ? "s" : "");
 	}
+	if (c->delivery.ca_file) {
+		fputs("\tca_file = ", out);
+		print_str(out, c->delivery.ca_file);
+		fputs(";\n", out);
+	} else {
+		fputs("\t# no ca_file: outbound verification uses the system trust store\n", out);
+	}
+	fprintf(out, "\tdane = %s;\n", c->delivery.dane ? "true" : "false");
+	fprintf(out, "\tmta_sts = %s;\n", c->delivery.mta_sts ? "true" : "false");
 	fputs("}\nmailbox {\n\tquota = ", out);
 	print_size(out, c->mailbox.quota);
 	fputs(";\n}\ndns {\n\tforward = ", out);
@@ -3263,8 +3413,14 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_list(out, c->capture.http_allowed_hosts, c->capture.n_http_allowed_hosts);
 	fputs(";\n\thttp_max_body = ", out);
 	print_size(out, c->capture.http_max_body);
-	fprintf(out, ";\n\thttp_max_connections = %u;\n}\n",
+	fprintf(out, ";\n\thttp_max_connections = %u;\n",
 	        (unsigned)c->capture.http_max_connections);
+	if (c->capture.spam_check && c->capture.spam_check[0]) {
+		fputs("\tspam_check = ", out);
+		print_str(out, c->capture.spam_check);
+		fputs(";\n", out);
+	}
+	fputs("}\n", out);
 	fprintf(out, "dkim {\n\tcanonicalization = \"%s/%s\";\n\tsign_relayed = %s;\n\tkeys = [",
 	        c->dkim.header_relaxed ? "relaxed" : "simple",
 	        c->dkim.body_relaxed ? "relaxed" : "simple",
@@ -3293,5 +3449,6 @@ void conf_print(const struct tern_config *c, FILE *out)
 	fputs(c->tls.n_certs && !c->tls.self_signed ? "\n\t];\n}\n" : "];\n}\n", out);
 	print_policy(out, &c->policy);
 	print_auth_checks(out, &c->auth_checks);
+	print_dmarc(out, &c->dmarc);
 	print_arc(out, &c->arc);
 }

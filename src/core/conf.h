@@ -74,7 +74,25 @@ struct conf_limits {
 	uint64_t inflight_memory;      /* bytes all messages being received may hold; 256 MiB */
 };
 
-enum conf_tls { CONF_TLS_NONE = 0, CONF_TLS_OPPORTUNISTIC, CONF_TLS_REQUIRE };
+/*
+ * Outbound TLS of a next hop (Postfix's smtp_tls_security_level):
+ * none: never STARTTLS; opportunistic: STARTTLS when offered, any
+ * certificate, plaintext if the handshake fails; require: TLS or defer, any
+ * certificate; verify: TLS or defer, the certificate must chain to a trust
+ * anchor (delivery.ca_file or the system store) and name the host (the route's
+ * host or the MX name); dane: DANE (RFC 7672) when the host's TLSA records are
+ * DNSSEC-secure, else opportunistic. Ordered: a larger value asks for more.
+ */
+enum conf_tls {
+	CONF_TLS_NONE = 0,
+	CONF_TLS_OPPORTUNISTIC,
+	CONF_TLS_REQUIRE,
+	CONF_TLS_VERIFY,
+	CONF_TLS_DANE,
+};
+
+/* "none", "opportunistic", "require", "verify" or "dane". */
+const char *conf_tls_name(enum conf_tls t);
 
 /* A next hop: routes { "DOMAIN" { ... } } or relayhost { ... }. */
 struct conf_route {
@@ -82,7 +100,9 @@ struct conf_route {
 	char *host;               /* from via = "smtp://HOST:PORT" (name or IP literal) */
 	uint16_t port;            /* default 25; smtps:// defaults to 465 */
 	bool implicit_tls;        /* via = "smtps://..." */
-	enum conf_tls tls;        /* default opportunistic (require for smtps) */
+	enum conf_tls tls;        /* default opportunistic (require for smtps, verify with
+	                             auth_user); with auth_user, none and opportunistic are
+	                             refused unless host is a loopback address */
 	char *auth_user;          /* or NULL */
 	char *auth_password_file; /* first line is the password; or NULL */
 };
@@ -97,6 +117,11 @@ struct conf_delivery {
 	uint32_t connect_timeout; /* seconds; default 30 */
 	uint32_t command_timeout; /* seconds for replies (RFC 5321 §4.5.3.2 minimums apply
 				     where longer); default 300 */
+	char *ca_file;            /* PEM trust anchors for outbound verify; NULL: system store */
+	bool dane;                /* MX delivery: DANE when the TLSA records are DNSSEC-secure
+	                             (needs dns.trust_anchor_file); default true */
+	bool mta_sts;             /* MX delivery: MTA-STS policies (RFC 8461); default true */
+	uint16_t mta_sts_port;    /* port of the policy's HTTPS server; default 443 (tests) */
 };
 
 struct conf_dns {
@@ -134,6 +159,10 @@ struct conf_capture {
 	size_t n_http_allowed_hosts;
 	uint64_t http_max_body;        /* request body bytes; default 64 MiB */
 	uint32_t http_max_connections; /* concurrent HTTP connections; default 256 */
+	/* The spam check of /api/v1/message/{ID}/sa-check: "rspamd:HOST:PORT",
+	 * "spamassassin:HOST:PORT", or NULL (off; MP_ENABLE_SPAMASSASSIN may
+	 * set it at run time). Syntax as store/checks.h's spam_check. */
+	char *spam_check;
 };
 
 /* ---- policy { }: abuse defences on mx listeners (src/policy/policy.h) ---- */
@@ -223,6 +252,18 @@ struct conf_auth_checks {
 	uint32_t timeout;         /* seconds for each check's DNS lookups; default 20 */
 };
 
+/* ---- dmarc { reports { } }: DMARC aggregate reports (policy/dmarc_report.c) ---- */
+struct conf_dmarc_reports {
+	char *from;        /* reports.from: sender of our reports; NULL = reporting off */
+	char *org_name;    /* reports.org_name: report_metadata org_name; NULL = hostname */
+	char *inbox;       /* reports.inbox: a local address whose mail is parsed as reports */
+	uint32_t interval; /* reports.interval: seconds between sending rounds; default 1d */
+};
+
+struct conf_dmarc {
+	struct conf_dmarc_reports reports;
+};
+
 /* ---- arc { }: ARC (RFC 8617) on mx listeners (smtp/verify_arc.c); the chain
  * is validated when auth_checks.arc is on ---- */
 struct conf_arc {
@@ -289,6 +330,7 @@ struct tern_config {
 	struct conf_auth auth;
 	struct conf_dkim dkim;
 	struct conf_auth_checks auth_checks;
+	struct conf_dmarc dmarc;
 	struct conf_arc arc;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */

@@ -11,11 +11,21 @@
  * in tmp/ for an item it reports as failed, or run on an event loop (every
  * function here blocks on the disk).
  *
- * The batch protocol (DESIGN §6): write and fsync every file in tmp/, then
- * rename every file into new/, then fsync each distinct new/ directory once.
- * A crash between the steps leaves at worst a complete file in tmp/ (which
- * Maildir readers clean up) or a delivered file whose caller will retry it
- * (a duplicate, never a loss).
+ * The batch protocol (DESIGN §6): write every file of the batch into tmp/
+ * (starting its writeback at once), then fdatasync each (the device got
+ * them all together, so the syncs mostly wait for writes already under
+ * way), then rename every file into new/, then fsync each distinct new/
+ * directory once. A crash between the steps leaves at worst a file in
+ * tmp/ (which Maildir readers clean up, and which a retry under the same
+ * stable name replaces) or a file in new/ whose caller will retry it (the
+ * stable name finds it: no duplicate, never a loss). Files are staged in
+ * chunks of SYNC_CHUNK so that open descriptors stay bounded.
+ *
+ * Fault points (debug builds, as the spool's: TERN_TEST_FAULT=NAME[:N], the
+ * Nth chunk): maildir_write (files written to tmp/, not synced),
+ * maildir_sync (synced, not renamed), maildir_rename (in new/, the
+ * directory not yet synced) stop the delivering thread for good so that a
+ * test can kill -9 in exactly that phase.
  */
 #include "deliver/deliver.h"
 
@@ -41,12 +51,15 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/fsutil.h"
+#include "core/log.h"
 #include "core/runtime.h"
 
 /* Longest single path component we accept (NAME_MAX on Linux). */
 #define COMPONENT_MAX 255
 /* Attempts at a fresh name when tmp/NAME already exists (practically never). */
 #define NAME_RETRIES 8
+/* Files written before their syncs (one descriptor each). */
+#define SYNC_CHUNK 64
 
 static _Atomic unsigned long name_counter;
 
@@ -440,12 +453,14 @@ static bool iov_total(const struct iovec *iov, int iovcnt, size_t *total)
 }
 
 /*
- * Step 1 for one item: pick a name, create tmp/NAME, write, fsync, close.
+ * Step 1 for one item: pick a name, create tmp/NAME, write, then either
+ * fsync and close (fd_out NULL) or start the writeback and hand the open
+ * descriptor to the caller (*fd_out), who syncs and closes it.
  * On success tmp holds the temp file's path and it->name the name.
  * On failure nothing is left in tmp/.
  */
 static int write_tmp(const char *mdir, const char *hostname, struct maildir_item *it, char *tmp,
-                     size_t tmplen)
+                     size_t tmplen, int *fd_out)
 {
 	size_t size;
 	bool created_dirs = false;
@@ -489,6 +504,12 @@ static int write_tmp(const char *mdir, const char *hostname, struct maildir_item
 		return TERN_EIO;
 	}
 	rc = tern_writev_full(fd, it->iov, it->iovcnt);
+	if (rc == TERN_OK && fd_out) {
+		/* Only a hint to start writing now: fdatasync decides. */
+		(void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+		*fd_out = fd;
+		return TERN_OK;
+	}
 	if (rc == TERN_OK && fsync(fd) != 0)
 		rc = TERN_EIO;
 	/* close() can report a deferred write error (NFS, quotas): check it. */
@@ -837,6 +858,137 @@ static int *quota_fd(struct quota_file *qf, size_t *nqf, size_t cap, const char 
 	return &qf[(*nqf)++].fd;
 }
 
+/* ------------------------------------------------------------ fault points */
+
+enum mfault { MF_NONE, MF_WRITE, MF_SYNC, MF_RENAME };
+
+#ifndef NDEBUG
+static const char *const mfault_names[] = {"", "maildir_write", "maildir_sync", "maildir_rename"};
+static pthread_once_t mfault_once = PTHREAD_ONCE_INIT;
+static enum mfault mfault_armed;
+static unsigned mfault_after;
+static atomic_uint mfault_hits;
+
+static void mfault_arm(void)
+{
+	const char *v = getenv("TERN_TEST_FAULT");
+	if (!v || !*v)
+		return;
+	const char *colon = strchr(v, ':');
+	size_t n = colon ? (size_t)(colon - v) : strlen(v);
+	for (size_t i = 1; i < sizeof(mfault_names) / sizeof(mfault_names[0]); i++)
+		if (strlen(mfault_names[i]) == n && strncmp(v, mfault_names[i], n) == 0)
+			mfault_armed = (enum mfault)i;
+	if (mfault_armed == MF_NONE)
+		return; /* maybe another module's: it says so itself */
+	mfault_after = 1;
+	if (colon) {
+		char *end;
+		unsigned long k = strtoul(colon + 1, &end, 10);
+		if (*end == '\0' && k > 0 && k < 1000000)
+			mfault_after = (unsigned)k;
+	}
+	log_warn("event=fault_armed point=%s after=%u", mfault_names[mfault_armed], mfault_after);
+}
+
+/* Stops the calling thread for good if the armed point is f (armed, and
+ * logged as such, at the first delivery). */
+static void mfault_point(enum mfault f)
+{
+	if (f == MF_NONE)
+		return;
+	pthread_once(&mfault_once, mfault_arm);
+	if (mfault_armed != f || atomic_fetch_add(&mfault_hits, 1) + 1 < mfault_after)
+		return;
+	log_error("event=fault_point point=%s", mfault_names[f]);
+	for (;;)
+		pause();
+}
+#else
+static void mfault_point(enum mfault f)
+{
+	(void)f;
+}
+#endif
+
+/* ----------------------------------------------------------------- batch */
+
+/* A file written into tmp/, its descriptor open until the chunk's syncs. */
+struct staged {
+	size_t idx; /* into items */
+	int fd;
+	char *tmp;  /* DIR/tmp/NAME */
+	char *mdir; /* DIR */
+	char *root; /* the quota root when a delta was counted, else NULL */
+	size_t size;
+};
+
+/* An item that failed after its quota delta was counted: take it back
+ * (Maildir++ allows negative lines; a failure only undercounts otherwise). */
+static void quota_undo(const char *root, size_t size)
+{
+	char path[PATH_MAX], line[48];
+	int n = snprintf(path, sizeof(path), "%s/maildirsize", root);
+	int l = snprintf(line, sizeof(line), "-%zu -1\n", size);
+	if (n < 0 || (size_t)n >= sizeof(path) || l < 0 || (size_t)l >= sizeof(line))
+		return;
+	int f = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+	if (f < 0)
+		return;
+	(void)tern_write_full(f, line, (size_t)l);
+	(void)fdatasync(f);
+	close(f);
+}
+
+static void staged_free(struct staged *g)
+{
+	free(g->tmp);
+	free(g->mdir);
+	free(g->root);
+	g->tmp = g->mdir = g->root = NULL;
+}
+
+/*
+ * Steps 2 and 3 for a chunk of staged files: fdatasync each (their writes
+ * were started together), then rename each into new/. A file that fails is
+ * removed from tmp/ and its item reports the error; the others join pend
+ * for the directory syncs (step 4).
+ */
+static void flush_staged(struct staged *stg, size_t nstg, struct maildir_item *items,
+                         struct pending *pend, size_t *npend)
+{
+	mfault_point(MF_WRITE);
+	for (size_t k = 0; k < nstg; k++) {
+		struct staged *g = &stg[k];
+		int rc = fdatasync(g->fd) == 0 ? TERN_OK : TERN_EIO;
+		/* close() can report a deferred write error (NFS, quotas): check it. */
+		if (close(g->fd) != 0 && rc == TERN_OK)
+			rc = TERN_EIO;
+		g->fd = -1;
+		items[g->idx].result = rc;
+	}
+	mfault_point(MF_SYNC);
+	for (size_t k = 0; k < nstg; k++) {
+		struct staged *g = &stg[k];
+		struct maildir_item *it = &items[g->idx];
+		if (it->result == TERN_OK)
+			it->result = move_to_new(g->mdir, g->tmp, it);
+		if (it->result == TERN_OK) {
+			pend[*npend].path = it->path;
+			pend[*npend].dirlen = strlen(it->path) - strlen(it->name) - 1;
+			pend[*npend].idx = g->idx;
+			(*npend)++;
+		} else {
+			unlink(g->tmp);
+			it->path[0] = '\0';
+			it->name[0] = '\0';
+			if (g->root)
+				quota_undo(g->root, g->size);
+		}
+		staged_free(g);
+	}
+}
+
 size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
                              struct maildir_item *items, size_t n)
 {
@@ -844,21 +996,24 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 	struct quota_file *qf = NULL;
 	size_t nqf = 0;
 	struct pending *pend = NULL;
-	size_t npend = 0, delivered = 0;
+	struct staged *stg = NULL;
+	size_t npend = 0, nstg = 0, delivered = 0;
 	int rc;
 
 	if (items == NULL || n == 0)
 		return 0;
-	/* If this fails we fall back to one directory sync per item. */
+	/* If these fail we fall back to one sync of each kind per item. */
 	pend = calloc(n, sizeof(*pend));
 	qf = calloc(n, sizeof(*qf));
+	stg = pend ? calloc(n < SYNC_CHUNK ? n : SYNC_CHUNK, sizeof(*stg)) : NULL;
 	/* The users and recipient_delimiter, for plus addressing. */
 	struct tern_runtime *rt = runtime_acquire();
 
-	/* Steps 1 and 2 per item: durable file in tmp/, then rename into new/. */
+	/* Step 1 per item: the file in tmp/ (staged, or durable and renamed
+	 * at once in the fallback). */
 	for (size_t i = 0; i < n; i++) {
 		struct maildir_item *it = &items[i];
-		int len;
+		int len, fd = -1;
 
 		it->name[0] = '\0';
 		it->path[0] = '\0';
@@ -899,14 +1054,29 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			}
 		}
 		if (rc == TERN_OK)
-			rc = write_tmp(mdir, hostname, it, tmp, sizeof(tmp));
+			rc = write_tmp(mdir, hostname, it, tmp, sizeof(tmp), stg ? &fd : NULL);
 		if (rc == TERN_OK) {
 			len = snprintf(it->path, sizeof(it->path), "%s/new/%s", mdir, it->name);
 			if (len < 0 || (size_t)len >= sizeof(it->path))
 				rc = TERN_ELIMIT;
-			else
+			else if (fd < 0)
 				rc = move_to_new(mdir, tmp, it);
+			if (rc == TERN_OK && fd >= 0) {
+				struct staged *g = &stg[nstg];
+				*g = (struct staged){.idx = i, .fd = fd, .size = size};
+				g->tmp = tern_strdup(tmp);
+				g->mdir = tern_strdup(mdir);
+				g->root = limit > 0 ? tern_strdup(root) : NULL;
+				if (!g->tmp || !g->mdir || (limit > 0 && !g->root)) {
+					staged_free(g);
+					rc = TERN_ENOMEM;
+				} else {
+					nstg++;
+				}
+			}
 			if (rc != TERN_OK) {
+				if (fd >= 0)
+					close(fd);
 				unlink(tmp);
 				it->path[0] = '\0';
 			}
@@ -917,9 +1087,11 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			continue;
 		}
 		if (limit > 0) {
-			/* The delta is as durable as the message: synced with the
-			 * batch's directory syncs below. Failing to write it only
-			 * undercounts until the next recalculation. */
+			/* Counted now, so that the next item of the same owner sees
+			 * it; as durable as the message (synced before the directory
+			 * syncs below); taken back if the item fails after all.
+			 * Failing to write it only undercounts until the next
+			 * recalculation. */
 			int lone = -1, *qfd = quota_fd(qf, &nqf, n, root);
 			(void)maildir_quota_append(root, size, qfd ? qfd : &lone);
 			if (lone >= 0) {
@@ -928,7 +1100,12 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			}
 			full_note(owner_addr, used + size >= limit);
 		}
-		if (pend != NULL) {
+		if (fd >= 0) {
+			if (nstg == SYNC_CHUNK) {
+				flush_staged(stg, nstg, items, pend, &npend);
+				nstg = 0;
+			}
+		} else if (pend != NULL) {
 			pend[npend].path = it->path;
 			pend[npend].dirlen = strlen(it->path) - strlen(it->name) - 1;
 			pend[npend].idx = i;
@@ -938,6 +1115,9 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			delivered += it->result == TERN_OK;
 		}
 	}
+	if (nstg)
+		flush_staged(stg, nstg, items, pend, &npend);
+	free(stg);
 	if (rt)
 		runtime_release(rt);
 	/* The quota deltas, before the directory syncs that make the messages
@@ -953,7 +1133,8 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 	if (pend == NULL)
 		return delivered;
 
-	/* Step 3: one fsync per distinct new/ directory; its result is theirs. */
+	/* Step 4: one fsync per distinct new/ directory; its result is theirs. */
+	mfault_point(npend ? MF_RENAME : MF_NONE);
 	qsort(pend, npend, sizeof(*pend), pending_cmp);
 	for (size_t i = 0; i < npend;) {
 		size_t j = i + 1;

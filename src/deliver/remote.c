@@ -18,7 +18,11 @@
  * take a reply for the answer to a command it does not answer (replies pair
  * with commands strictly; anything else is a protocol error, deferred 4.5.0)
  * or count anything but a 2xx after the data as a delivery; let a peer hold
- * a connection past a deadline by trickling bytes (each wait has one).
+ * a connection past a deadline by trickling bytes (each wait has one);
+ * send anything in the clear after a failed handshake where the level
+ * requires TLS (deliver/tlspolicy.h: the route's tls, raised by DANE or an
+ * enforced MTA-STS policy), or send credentials over a channel the route's
+ * level does not vouch for.
  *
  * SECURITY: reads replies from untrusted servers; every reply goes through
  * the bounded, fuzzed reply parser; a server's words are copied bounded.
@@ -50,6 +54,8 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
+#include "deliver/mtasts.h"
+#include "deliver/tlspolicy.h"
 #include "dns/dns.h"
 #include "smtp/smtp.h"
 #include "tls/tls.h"
@@ -78,6 +84,20 @@ struct remote {
 	_Atomic size_t active;
 	struct rconn *conns;
 	bool stopping; /* under lock: remote_stop was called */
+	/* MTA-STS: policies are got (cache, HTTPS) on this pool, never on a loop */
+	struct pool *sts_pool;
+	struct sts_job *sts_jobs; /* under lock: submitted, their done not run yet */
+	char *ca_pem;             /* delivery.ca_file's text for the policy fetch, or NULL */
+	size_t ca_len;
+};
+
+/* One MTA-STS policy lookup on the pool. c is NULL once the connection is
+ * gone (then the job frees itself when done, or remote_free frees it). */
+struct sts_job {
+	struct sts_job *prev, *next;
+	struct remote *r;
+	struct rconn *c;
+	struct mtasts_req q;
 };
 
 struct target {
@@ -93,6 +113,11 @@ struct host_addrs {
 	size_t n6, n4;
 	int pending;
 	enum dns_status st4, st6;
+	enum tlsp_dane dane;   /* what its TLSA lookup gave (none when not looked up) */
+	bool sts_enforce;      /* an enforced MTA-STS policy names it: verify at least */
+	bool addr_insecure;    /* an address answer was not DNSSEC-secure: no DANE */
+	struct dns_tlsa *tlsa; /* the usable records (data owned here), freed with the conn */
+	size_t n_tlsa;
 };
 
 enum rc_state {
@@ -159,9 +184,19 @@ struct rconn {
 	/* DNS */
 	struct host_addrs hosts[MAX_MX];
 	struct addr_query aq[MAX_MX][2];
+	struct addr_query tq[MAX_MX]; /* TLSA lookups (family 0) */
 	size_t n_hosts;
 	int pending_dns;
 	bool dns_failed_perm;
+	bool mx_secure; /* the MX answer was DNSSEC-secure: DANE may apply (RFC 7672 §2.2.1) */
+	/* MTA-STS (MX delivery): the TXT id and the policy host's address, then the policy */
+	int sts_pending;
+	int sts_txt_records; /* TXT records that begin with v=STSv1 */
+	char sts_id[MTASTS_ID_MAX + 1];
+	char sts_addr[64];
+	struct sts_job *sts_job;
+	bool sts_have;
+	struct mtasts_policy sts;
 	/* targets */
 	struct target targets[MAX_TARGETS];
 	size_t n_targets, cur;
@@ -171,9 +206,11 @@ struct rconn {
 	struct smtp_reply_parser rp;
 	struct smtp_ehlo_caps caps;
 	bool tls_active;
-	bool greeted_ok; /* a server took us past EHLO: failures are no longer per-target */
-	bool in_read;    /* inside on_read: freeing waits until it returns */
-	bool dead;       /* freed while in_read */
+	bool tls_verified;   /* the TLS channel met a verify or dane level */
+	enum conf_tls level; /* TLS the current target must meet (tlspolicy.h) */
+	bool greeted_ok;     /* a server took us past EHLO: failures are no longer per-target */
+	bool in_read;        /* inside on_read: freeing waits until it returns */
+	bool dead;           /* freed while in_read */
 	/*
 	 * Waits (RFC 5321 §4.5.3.2): one timer per connection. Each wait — a
 	 * whole reply, the greeting, the TLS handshake, the message data — has
@@ -916,10 +953,86 @@ static void send_ehlo(struct rconn *c)
 static void on_read(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 
+/* The host entry (addresses, TLSA) of the current target; NULL for a
+ * literal address. */
+static const struct host_addrs *target_hostinfo(const struct rconn *c)
+{
+	if (c->cur >= c->n_targets)
+		return NULL;
+	for (size_t h = 0; h < c->n_hosts; h++)
+		if (strcmp(c->hosts[h].host, c->targets[c->cur].host) == 0)
+			return &c->hosts[h];
+	return NULL;
+}
+
+/* The TLS level the current target must meet: the route's, raised by DANE. */
+static enum conf_tls target_level(const struct rconn *c)
+{
+	const struct host_addrs *ha = target_hostinfo(c);
+	enum conf_tls base = c->route ? c->route->tls : CONF_TLS_OPPORTUNISTIC;
+	enum conf_tls lv =
+	    tlsp_level(base, c->route && c->route->auth_user, ha ? ha->dane : TLSP_DANE_NONE);
+	/* An enforced MTA-STS policy asks for a verified certificate; DANE,
+	 * where it applies, takes precedence (RFC 8461 §2). */
+	if (ha && ha->sts_enforce && lv != CONF_TLS_DANE && lv < CONF_TLS_VERIFY)
+		lv = CONF_TLS_VERIFY;
+	return lv;
+}
+
+/* MTA-STS testing mode: what would have failed, logged, nothing else. */
+static void sts_testing_note(const struct rconn *c, const char *what)
+{
+	char q[600];
+	if (!c->sts_have || c->sts.mode != MTASTS_TESTING)
+		return;
+	log_warn("event=mta_sts_testing id=%s domain=%s relay=%s would_fail=%s",
+	         c->job ? c->job->id : "-", c->domain, target_host(c),
+	         log_quote(what, strlen(what), q, sizeof(q)));
+}
+
+/* A TLS failure where TLS is required: this target is no good, the next
+ * may be; never the same one in clear. */
+static void tls_required_failed(struct rconn *c, const char *status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void tls_required_failed(struct rconn *c, const char *status, const char *fmt, ...)
+{
+	char why[400], q[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	const struct host_addrs *ha = target_hostinfo(c);
+	if (ha && ha->sts_enforce && c->level == CONF_TLS_VERIFY) {
+		size_t n = strlen(why);
+		snprintf(why + n, sizeof(why) - n, " [MTA-STS policy of %s, mode enforce]",
+		         c->domain);
+	}
+	set_error(c, false, status, "TLS required but %s", why);
+	log_warn("event=tls_failed id=%s relay=%s reason=%s action=next-host",
+	         c->job ? c->job->id : "-", target_host(c),
+	         log_quote(why, strlen(why), q, sizeof(q)));
+	abort_bev(c);
+	c->cur++;
+	c->tls_disabled = false;
+	conn_next_target(c);
+}
+
 static void start_tls(struct rconn *c)
 {
 	SSL *ssl = SSL_new(c->r->tls);
-	if (!ssl) {
+	char err[300];
+	if (!ssl || tlsp_prepare(ssl, c->level, target_host(c),
+	                         target_hostinfo(c) ? target_hostinfo(c)->tlsa : NULL,
+	                         target_hostinfo(c) ? target_hostinfo(c)->n_tlsa : 0, err,
+	                         sizeof(err)) != 0) {
+		if (!ssl)
+			snprintf(err, sizeof(err), "out of memory");
+		SSL_free(ssl);
+		if (tlsp_required(c->level)) {
+			tls_required_failed(c, "4.7.5", "TLS with %s cannot start: %s",
+			                    target_host(c), err);
+			return;
+		}
 		c->tls_disabled = true;
 		close_bev(c);
 		conn_next_target(c);
@@ -1025,26 +1138,58 @@ static void auth_login_step(struct rconn *c, bool user)
 	enter_state(c, user ? RC_AUTH_LOGIN_PASS : RC_AUTH);
 }
 
+/*
+ * Credentials go only over a channel the route's level vouches for: verified
+ * at verify/dane, encrypted at require; without TLS only where the config
+ * allowed it (none/opportunistic with auth only to a loopback address).
+ */
+static bool auth_channel_ok(const struct rconn *c)
+{
+	enum conf_tls rt = c->route->tls;
+	if (rt <= CONF_TLS_OPPORTUNISTIC && c->level <= CONF_TLS_OPPORTUNISTIC)
+		return true;
+	if (!c->tls_active)
+		return false;
+	if (rt == CONF_TLS_REQUIRE && c->level <= CONF_TLS_REQUIRE)
+		return true;
+	return c->tls_verified;
+}
+
 static void after_ehlo(struct rconn *c)
 {
-	enum conf_tls tls = c->route ? c->route->tls : CONF_TLS_OPPORTUNISTIC;
-	if (!c->tls_active && c->caps.starttls && tls != CONF_TLS_NONE && !c->tls_disabled &&
+	if (!c->tls_active && c->caps.starttls && c->level != CONF_TLS_NONE && !c->tls_disabled &&
 	    c->r->tls) {
 		enter_state(c, RC_STARTTLS);
 		send_line(c, "STARTTLS");
 		return;
 	}
-	if (!c->tls_active && tls == CONF_TLS_REQUIRE) {
-		set_error(c, false, "4.7.10",
-		          "TLS is required for %s but it does not offer STARTTLS",
-		          c->targets[c->cur].host);
-		close_bev(c);
-		c->cur++;
-		conn_next_target(c);
+	if (!c->tls_active && tlsp_required(c->level)) {
+		const char *h = target_host(c);
+		if (!c->r->tls)
+			tls_required_failed(c, "4.7.5",
+			                    "no TLS client context (see the log at start)");
+		else if (c->caps.starttls)
+			tls_required_failed(c, "4.7.10", "%s refused STARTTLS", h);
+		else
+			tls_required_failed(c, "4.7.10", "%s does not offer STARTTLS", h);
 		return;
 	}
+	if (!c->tls_active)
+		sts_testing_note(c, "no TLS (STARTTLS not offered or refused)");
 	c->greeted_ok = true;
 	if (c->route && c->route->auth_user) {
+		if (!auth_channel_ok(c)) {
+			/* tlspolicy and the config make this unreachable; the
+			 * password is worth a second lock. */
+			set_error(c, false, "4.7.5",
+			          "TLS required but the channel to %s is not verified: "
+			          "credentials not sent",
+			          target_host(c));
+			close_bev(c);
+			job_finish(c);
+			conn_end(c);
+			return;
+		}
 		start_auth(c);
 		return;
 	}
@@ -1348,16 +1493,17 @@ static void conn_failed(struct rconn *c, short what, const char *tls_err)
 		else
 			snprintf(ebuf, sizeof(ebuf), "%s",
 			         tls_err[0] ? tls_err : "handshake failed");
-		log_warn(
-		    "event=tls_failed id=%s relay=%s reason=%s action=%s",
-		    c->job ? c->job->id : "-", host, log_quote(ebuf, strlen(ebuf), q, sizeof(q)),
-		    c->route && c->route->tls == CONF_TLS_REQUIRE ? "next-host" : "retry-clear");
+		if (tlsp_required(c->level)) {
+			tls_required_failed(c, "4.7.5", "the TLS handshake with %s failed (%s)",
+			                    host, ebuf);
+			return;
+		}
+		log_warn("event=tls_failed id=%s relay=%s reason=%s action=retry-clear",
+		         c->job ? c->job->id : "-", host,
+		         log_quote(ebuf, strlen(ebuf), q, sizeof(q)));
 		abort_bev(c);
 		set_error(c, false, "4.7.5", "TLS handshake with %s failed: %s", host, ebuf);
-		if (!(c->route && c->route->tls == CONF_TLS_REQUIRE))
-			c->tls_disabled = true; /* same target again, in clear */
-		else
-			c->cur++;
+		c->tls_disabled = true; /* same target again, in clear */
 		conn_next_target(c);
 		return;
 	}
@@ -1398,8 +1544,23 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		if (c->st == RC_TLS_HANDSHAKE) {
 			char d[600], qh[DNS_NAME_MAX * 4 + 8];
 			const char *h = c->targets[c->cur].host; /* TLS: the log words */
-			log_info("event=tls relay=%s %s", log_quote(h, strlen(h), qh, sizeof(qh)),
-			         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
+			SSL *ssl = bufferevent_openssl_get_ssl(bev);
+			const char *vw = tlsp_verify_word(ssl);
+			log_info("event=tls id=%s relay=%s %s tls_verify=%s level=%s",
+			         c->job ? c->job->id : "-", log_quote(h, strlen(h), qh, sizeof(qh)),
+			         tls_describe(ssl, d, sizeof(d)), vw, conf_tls_name(c->level));
+			if (!tlsp_channel_ok(ssl, c->level)) {
+				tls_required_failed(c, "4.7.5",
+				                    "the certificate of %s was not verified", h);
+				return;
+			}
+			c->tls_verified = strcmp(vw, "untrusted") != 0;
+			if (!c->tls_verified) {
+				char w[300], ww[340];
+				tlsp_failure_words(ssl, h, c->port, "", w, sizeof(w));
+				snprintf(ww, sizeof(ww), "certificate not verified (%s)", w);
+				sts_testing_note(c, ww);
+			}
 			c->tls_active = true;
 			smtp_reply_init(&c->rp);
 			send_ehlo(c);
@@ -1410,11 +1571,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		wait_for(c, c->conf->delivery.command_timeout);
 		return;
 	}
-	char ebuf[256] = "";
+	char ebuf[300] = "";
 	if (c->st == RC_TLS_HANDSHAKE) {
+		char oe[256] = "";
 		unsigned long e = bufferevent_get_openssl_error(bev);
 		if (e)
-			ERR_error_string_n(e, ebuf, sizeof(ebuf));
+			ERR_error_string_n(e, oe, sizeof(oe));
+		/* A failed verification says which check failed, in words. */
+		tlsp_failure_words(bufferevent_openssl_get_ssl(bev), target_host(c), c->port, oe,
+		                   ebuf, sizeof(ebuf));
 	}
 	conn_failed(c, what, ebuf);
 }
@@ -1464,6 +1629,17 @@ static void conn_next_target(struct rconn *c)
 {
 	while (c->cur < c->n_targets) {
 		struct target *t = &c->targets[c->cur];
+		const struct host_addrs *ha = target_hostinfo(c);
+		if (ha && ha->dane == TLSP_DANE_FAILED) {
+			set_error(c, false, "4.7.5",
+			          "TLS required but the TLSA records of _%u._tcp.%s could not be "
+			          "validated (DNSSEC bogus or lookup failed)",
+			          (unsigned)c->port, t->host);
+			c->cur++;
+			continue;
+		}
+		c->level = target_level(c);
+		c->tls_verified = false;
 		c->bev = bufferevent_socket_new(worker_base(c->w), -1, BEV_OPT_CLOSE_ON_FREE);
 		if (!c->bev) {
 			set_error(c, false, "4.3.0", "out of memory");
@@ -1550,6 +1726,17 @@ static void addresses_done(struct rconn *c)
 	bool any_temp = false;
 	for (size_t h = 0; h < c->n_hosts; h++) {
 		struct host_addrs *ha = &c->hosts[h];
+		/* RFC 7672 §2.2.2: TLSA records count only where the host's
+		 * addresses are secure too (an insecure CNAME or A breaks the
+		 * chain of trust to the TLSA base domain). */
+		if (ha->addr_insecure && ha->dane != TLSP_DANE_NONE) {
+			char qh[DNS_NAME_MAX * 4 + 8];
+			log_info("event=dane_skipped id=%s host=%s reason=\"address records not "
+			         "DNSSEC-secure\"",
+			         c->job ? c->job->id : "-",
+			         log_quote(ha->host, strlen(ha->host), qh, sizeof(qh)));
+			ha->dane = TLSP_DANE_NONE;
+		}
 		for (size_t i = 0; i < ha->n6; i++)
 			add_target(c, ha->host, AF_INET6, &ha->v6[i]);
 		for (size_t i = 0; i < ha->n4; i++)
@@ -1590,6 +1777,8 @@ static void on_addr_answer(void *arg, const struct dns_result *r)
 	struct addr_query *q = arg;
 	struct rconn *c = q->c;
 	struct host_addrs *ha = &c->hosts[q->host];
+	if (r->status == DNS_OK && !r->secure)
+		ha->addr_insecure = true;
 	if (q->family == AF_INET) {
 		ha->st4 = r->status;
 		for (size_t i = 0; r->status == DNS_OK && i < r->n && ha->n4 < 8; i++)
@@ -1603,9 +1792,66 @@ static void on_addr_answer(void *arg, const struct dns_result *r)
 		addresses_done(c);
 }
 
+static void on_tlsa_answer(void *arg, const struct dns_result *r)
+{
+	struct addr_query *q = arg;
+	struct rconn *c = q->c;
+	struct host_addrs *ha = &c->hosts[q->host];
+	ha->dane = tlsp_dane_of(r);
+	if (ha->dane == TLSP_DANE_USABLE && (ha->tlsa = calloc(r->n, sizeof(*ha->tlsa)))) {
+		for (size_t i = 0; i < r->n; i++) {
+			const struct dns_tlsa *t = &r->tlsa[i];
+			struct dns_tlsa *d = &ha->tlsa[ha->n_tlsa];
+			if (!tlsp_tlsa_usable(t) || !(d->data = malloc(t->len)))
+				continue;
+			memcpy(d->data, t->data, t->len);
+			d->len = t->len;
+			d->usage = t->usage;
+			d->selector = t->selector;
+			d->mtype = t->mtype;
+			ha->n_tlsa++;
+		}
+	}
+	if (ha->dane == TLSP_DANE_USABLE && ha->n_tlsa == 0)
+		ha->dane = TLSP_DANE_FAILED; /* out of memory: try again later */
+	char q2[DNS_NAME_MAX * 4 + 8];
+	static const char *const words[] = {"none", "usable", "unusable", "failed"};
+	log_info("event=dane_lookup id=%s host=%s secure=%s bogus=%s dane=%s records=%zu",
+	         c->job ? c->job->id : "-", log_quote(ha->host, strlen(ha->host), q2, sizeof(q2)),
+	         r->secure ? "yes" : "no", r->bogus ? "yes" : "no", words[ha->dane], ha->n_tlsa);
+	if (--c->pending_dns == 0)
+		addresses_done(c);
+}
+
+/* Is DANE looked for at these hosts? Only with a validating resolver, and
+ * for MX delivery only when the MX answer was secure (the TLSA base domain
+ * must itself be authentic), or for a route that asks for "dane" (its host
+ * comes from the config). */
+static bool dane_wanted(const struct rconn *c)
+{
+	if (!c->conf->dns.trust_anchor_file)
+		return false;
+	if (c->route)
+		return c->route->tls == CONF_TLS_DANE;
+	return c->conf->delivery.dane && c->mx_secure;
+}
+
 static void query_addresses(struct rconn *c)
 {
-	c->pending_dns = (int)c->n_hosts * 2;
+	bool dane = dane_wanted(c);
+	c->pending_dns = (int)c->n_hosts * (dane ? 3 : 2);
+	for (size_t h = 0; dane && h < c->n_hosts; h++) {
+		char name[DNS_NAME_MAX + 16];
+		struct addr_query *q = &c->tq[h];
+		q->c = c;
+		q->host = h;
+		q->family = 0;
+		snprintf(name, sizeof(name), "_%u._tcp.%s", (unsigned)c->port, c->hosts[h].host);
+		if (dns_query(c->res, name, DNS_TLSA, on_tlsa_answer, q) < 0) {
+			c->hosts[h].dane = TLSP_DANE_FAILED;
+			c->pending_dns--; /* never 0 here: the address lookups follow */
+		}
+	}
 	for (size_t h = 0; h < c->n_hosts; h++) {
 		for (int k = 0; k < 2; k++) {
 			struct addr_query *q = &c->aq[h][k];
@@ -1626,9 +1872,52 @@ static void query_addresses(struct rconn *c)
 	}
 }
 
+/*
+ * MTA-STS on the MX hosts (RFC 8461 §4.1): in enforce mode, hosts that match
+ * no mx pattern are dropped and the rest must verify (target_level); none
+ * left defers the mail. In testing mode a mismatch is only logged. false
+ * when the connection ended here.
+ */
+static bool sts_apply(struct rconn *c)
+{
+	if (!c->sts_have || c->sts.mode == MTASTS_NONE)
+		return true;
+	size_t kept = 0;
+	char q[DNS_NAME_MAX * 4 + 8];
+	for (size_t h = 0; h < c->n_hosts; h++) {
+		const char *host = c->hosts[h].host;
+		bool match = mtasts_mx_match(&c->sts, host);
+		if (!match) {
+			log_warn("event=%s id=%s domain=%s mx=%s would_fail=\"MX host not in the "
+			         "policy\"",
+			         c->sts.mode == MTASTS_ENFORCE ? "mta_sts_mx_skipped"
+			                                       : "mta_sts_testing",
+			         c->job ? c->job->id : "-", c->domain,
+			         log_quote(host, strlen(host), q, sizeof(q)));
+			if (c->sts.mode == MTASTS_ENFORCE)
+				continue;
+		}
+		c->hosts[kept] = c->hosts[h];
+		c->hosts[kept].sts_enforce = c->sts.mode == MTASTS_ENFORCE;
+		kept++;
+	}
+	c->n_hosts = kept;
+	if (kept == 0) {
+		char why[400];
+		snprintf(why, sizeof(why),
+		         "TLS required but no MX host of %s matches its MTA-STS policy (mode "
+		         "enforce)",
+		         c->domain);
+		fail_dns(c, false, "4.7.5", why);
+		return false;
+	}
+	return true;
+}
+
 static void on_mx(void *arg, const struct dns_result *r)
 {
 	struct rconn *c = arg;
+	c->mx_secure = r->secure;
 	if (r->status == DNS_NXDOMAIN) {
 		fail_dns(c, true, "5.1.2",
 		         "550 5.1.2 the recipient domain does not exist (NXDOMAIN)");
@@ -1645,7 +1934,8 @@ static void on_mx(void *arg, const struct dns_result *r)
 		/* No MX: the domain itself is the implicit MX (RFC 5321 §5.1). */
 		c->n_hosts = 1;
 		tern_strlcpy(c->hosts[0].host, c->domain, sizeof(c->hosts[0].host));
-		query_addresses(c);
+		if (sts_apply(c))
+			query_addresses(c);
 		return;
 	}
 	if (r->n == 1 && r->mx[0].host[0] == '\0') {
@@ -1663,10 +1953,11 @@ static void on_mx(void *arg, const struct dns_result *r)
 		size_t j = i;
 		while (j < n && mx[j].preference == mx[i].preference)
 			j++;
-		for (size_t k = j - 1; k > i; k--) {
-			size_t s = i + (size_t)rand() % (k - i + 1);
-			struct dns_mx tmp = mx[k];
-			mx[k] = mx[s];
+		/* Fisher-Yates over the run mx[i .. j-1] (at least one entry). */
+		for (size_t len = j - i; len > 1; len--) {
+			size_t last = i + len - 1, s = i + (size_t)rand() % len;
+			struct dns_mx tmp = mx[last];
+			mx[last] = mx[s];
 			mx[s] = tmp;
 		}
 		i = j;
@@ -1676,7 +1967,163 @@ static void on_mx(void *arg, const struct dns_result *r)
 		memset(&c->hosts[i], 0, sizeof(c->hosts[i]));
 		tern_strlcpy(c->hosts[i].host, mx[i].host, sizeof(c->hosts[i].host));
 	}
-	query_addresses(c);
+	if (sts_apply(c))
+		query_addresses(c);
+}
+
+static void conn_resolve_mx(struct rconn *c)
+{
+	int q = dns_query(c->res, c->domain, DNS_MX, on_mx, c);
+	if (q == TERN_ESYNTAX)
+		fail_dns(c, true, "5.1.2",
+		         "550 5.1.2 the recipient domain is not a valid DNS name");
+	else if (q < 0)
+		fail_dns(c, false, "4.4.3", "cannot start the MX lookup");
+}
+
+/* ------------------------------------------------------------ MTA-STS */
+
+static bool sts_wanted(const struct rconn *c)
+{
+	return !c->route && c->conf->delivery.mta_sts && c->r->sts_pool;
+}
+
+static void sts_work(void *arg)
+{
+	struct sts_job *j = arg;
+	mtasts_get(&j->q);
+}
+
+static void sts_unlink(struct remote *r, struct sts_job *j)
+{
+	pthread_mutex_lock(&r->lock);
+	if (j->prev)
+		j->prev->next = j->next;
+	else
+		r->sts_jobs = j->next;
+	if (j->next)
+		j->next->prev = j->prev;
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* On the connection's worker: the policy is known; the MX lookup follows. */
+static void sts_done(void *arg)
+{
+	struct sts_job *j = arg;
+	struct remote *r = j->r;
+	sts_unlink(r, j);
+	struct rconn *c = j->c;
+	pthread_mutex_lock(&r->lock);
+	bool stopping = r->stopping;
+	pthread_mutex_unlock(&r->lock);
+	if (!c || stopping) {
+		/* gone, or shutting down: remote_free frees the connection and
+		 * its job stays queued in the spool */
+		if (c)
+			c->sts_job = NULL;
+		free(j);
+		return;
+	}
+	c->sts_job = NULL;
+	c->sts_have = j->q.have;
+	if (j->q.have)
+		c->sts = j->q.policy;
+	char q[600];
+	log_info("event=mta_sts id=%s domain=%s txt_id=%s mode=%s source=%s%s%s",
+	         c->job ? c->job->id : "-", c->domain, c->sts_id[0] ? c->sts_id : "-",
+	         j->q.have ? mtasts_mode_name(c->sts.mode) : "-", j->q.source,
+	         j->q.why[0] ? " reason=" : "",
+	         j->q.why[0] ? log_quote(j->q.why, strlen(j->q.why), q, sizeof(q)) : "");
+	free(j);
+	conn_resolve_mx(c);
+}
+
+static void sts_lookups_done(struct rconn *c)
+{
+	struct remote *r = c->r;
+	if (c->sts_txt_records != 1)
+		c->sts_id[0] = '\0'; /* §3.1: not exactly one STSv1 record: none */
+	struct sts_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		conn_resolve_mx(c);
+		return;
+	}
+	j->r = r;
+	j->c = c;
+	struct mtasts_req *q = &j->q;
+	tern_strlcpy(q->domain, c->domain, sizeof(q->domain));
+	tern_ascii_lower(q->domain);
+	tern_strlcpy(q->id, c->sts_id, sizeof(q->id));
+	tern_strlcpy(q->addr, c->sts_addr, sizeof(q->addr));
+	q->port = c->conf->delivery.mta_sts_port;
+	q->ca_pem = r->ca_pem;
+	q->ca_len = r->ca_len;
+	snprintf(q->cache_dir, sizeof(q->cache_dir), "%s/mta-sts", c->conf->data_dir);
+	q->timeout =
+	    c->conf->delivery.command_timeout < 60 ? c->conf->delivery.command_timeout : 60;
+	q->now = time(NULL);
+	pthread_mutex_lock(&r->lock);
+	j->next = r->sts_jobs;
+	if (j->next)
+		j->next->prev = j;
+	r->sts_jobs = j;
+	pthread_mutex_unlock(&r->lock);
+	c->sts_job = j;
+	if (pool_submit(r->sts_pool, sts_work, c->w, sts_done, j) != TERN_OK) {
+		sts_unlink(r, j);
+		c->sts_job = NULL;
+		free(j);
+		conn_resolve_mx(c);
+	}
+}
+
+static void on_sts_txt(void *arg, const struct dns_result *r)
+{
+	struct rconn *c = arg;
+	for (size_t i = 0; r->status == DNS_OK && i < r->n; i++) {
+		const char *t = r->txt[i];
+		if (strncmp(t, "v=STSv1", 7) != 0)
+			continue; /* §3.1: records of other kinds are ignored */
+		c->sts_txt_records++;
+		if (!mtasts_txt_parse(t, strlen(t), c->sts_id))
+			c->sts_id[0] = '\0';
+	}
+	if (--c->sts_pending == 0)
+		sts_lookups_done(c);
+}
+
+static void on_sts_addr(void *arg, const struct dns_result *r)
+{
+	struct rconn *c = arg;
+	/* The first address that comes: A or AAAA. */
+	if (r->status == DNS_OK && r->n > 0 && !c->sts_addr[0]) {
+		if (r->rrtype == DNS_A)
+			inet_ntop(AF_INET, &r->a[0], c->sts_addr, sizeof(c->sts_addr));
+		else if (r->rrtype == DNS_AAAA)
+			inet_ntop(AF_INET6, &r->aaaa[0], c->sts_addr, sizeof(c->sts_addr));
+	}
+	if (--c->sts_pending == 0)
+		sts_lookups_done(c);
+}
+
+/* MX delivery with MTA-STS: the TXT record _mta-sts.DOMAIN and the address
+ * of mta-sts.DOMAIN, then the policy (pool), then the MX lookup. */
+static void sts_begin(struct rconn *c)
+{
+	char name[DNS_NAME_MAX + 16];
+	c->sts_pending = 3;
+	c->sts_txt_records = 0;
+	c->sts_id[0] = c->sts_addr[0] = '\0';
+	snprintf(name, sizeof(name), "_mta-sts.%s", c->domain);
+	if (dns_query(c->res, name, DNS_TXT, on_sts_txt, c) < 0)
+		c->sts_pending--;
+	snprintf(name, sizeof(name), "mta-sts.%s", c->domain);
+	if (dns_query(c->res, name, DNS_A, on_sts_addr, c) < 0)
+		c->sts_pending--;
+	if (dns_query(c->res, name, DNS_AAAA, on_sts_addr, c) < 0)
+		c->sts_pending--;
+	if (c->sts_pending == 0)
+		sts_lookups_done(c);
 }
 
 /* Starts resolving the next hop of the connection's destination. */
@@ -1729,12 +2176,11 @@ static void conn_resolve(struct rconn *c)
 		addresses_done(c);
 		return;
 	}
-	int q = dns_query(c->res, c->domain, DNS_MX, on_mx, c);
-	if (q == TERN_ESYNTAX)
-		fail_dns(c, true, "5.1.2",
-		         "550 5.1.2 the recipient domain is not a valid DNS name");
-	else if (q < 0)
-		fail_dns(c, false, "4.4.3", "cannot start the MX lookup");
+	if (sts_wanted(c)) {
+		sts_begin(c);
+		return;
+	}
+	conn_resolve_mx(c);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -1784,6 +2230,17 @@ static void conn_free(struct rconn *c)
 	close_bev(c);
 	if (c->timer)
 		event_free(c->timer);
+	if (c->sts_job) {
+		pthread_mutex_lock(&c->r->lock);
+		c->sts_job->c = NULL; /* the job frees itself when done */
+		pthread_mutex_unlock(&c->r->lock);
+		c->sts_job = NULL;
+	}
+	for (size_t h = 0; h < c->n_hosts; h++) {
+		for (size_t i = 0; i < c->hosts[h].n_tlsa; i++)
+			free(c->hosts[h].tlsa[i].data);
+		free(c->hosts[h].tlsa);
+	}
 	tbuf_free(&c->converted);
 	runtime_release(c->rt);
 	atomic_fetch_sub(&c->r->active, 1);
@@ -1985,11 +2442,34 @@ struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, 
 		if (!r->resolvers[i])
 			goto fail;
 	}
-	/* Opportunistic TLS: encrypt whatever the peer offers (without a
-	 * context, STARTTLS is skipped). */
-	char terr[256];
-	if (!(r->tls = tls_client_ctx_new(NULL, false, terr, sizeof(terr))))
+	/* One verifying context for every level (tlspolicy.c relaxes it per
+	 * connection below verify): trust anchors from delivery.ca_file or the
+	 * system store, DANE ready. Without it STARTTLS is skipped where
+	 * opportunistic and mail waits where TLS is required. */
+	char terr[512];
+	const char *ca = rt->conf->delivery.ca_file;
+	if (!(r->tls = tls_client_ctx_new(ca, true, terr, sizeof(terr)))) {
+		if (ca) {
+			snprintf(err, errlen, "delivery.ca_file: %s", terr);
+			goto fail;
+		}
 		log_warn("event=tls_unavailable direction=outbound reason=\"%s\"", terr);
+	} else if (SSL_CTX_dane_enable(r->tls) <= 0) {
+		log_warn("event=dane_unavailable direction=outbound reason=\"OpenSSL refused\"");
+	}
+	/* MTA-STS: the policy fetch trusts what the SMTP side trusts. */
+	if (ca) {
+		int en = 0;
+		if (tern_file_read(ca, 16u << 20, &r->ca_pem, &r->ca_len, &en) != TERN_OK) {
+			snprintf(err, errlen, "delivery.ca_file: %s", strerror(en));
+			goto fail;
+		}
+	}
+	if (rt->conf->delivery.mta_sts) {
+		if (mtasts_global_init() != TERN_OK || !(r->sts_pool = pool_new(2)))
+			log_warn("event=mta_sts_unavailable reason=\"cannot start the fetch "
+			         "threads\"");
+	}
 	runtime_release(rt);
 	return r;
 fail:
@@ -2027,6 +2507,15 @@ void remote_free(struct remote *r)
 		free(d);
 		d = next;
 	}
+	/* After the connections (their jobs now point nowhere): wait for the
+	 * fetches, then free the jobs whose completion never ran. */
+	pool_free(r->sts_pool);
+	while (r->sts_jobs) {
+		struct sts_job *j = r->sts_jobs;
+		r->sts_jobs = j->next;
+		free(j);
+	}
+	free(r->ca_pem);
 	if (r->tls)
 		SSL_CTX_free(r->tls);
 	pthread_mutex_destroy(&r->lock);

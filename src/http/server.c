@@ -23,9 +23,10 @@
  * Choices where Mailpit's behaviour is not in the swagger:
  *   - errors are text/plain with the reason (400), "not found" (404);
  *     /api/v1/send answers errors as {"Error": "..."} as the swagger says;
- *   - html-check and link-check answer a valid, empty result (no checks are
- *     run); sa-check answers {"Error": "SpamAssassin is not enabled", ...};
- *     webui reports SpamAssassin false so Mailpit's UI does not ask;
+ *   - html-check, link-check and sa-check run on the server's own check
+ *     pool (http/checks.c, store/checks.h); as Mailpit, html-check of a
+ *     message without HTML and sa-check without a scanner answer 400 with
+ *     the reason; webui reports SpamAssassin true when one is set;
  *   - part/{PartID}/thumb answers the image part itself (no JPEG scaling),
  *     404 for parts that are not images;
  *   - /view/ID.html inlines cid: images as data: URIs, so the strict CSP
@@ -65,6 +66,7 @@
 #include "core/loop.h"
 #include "core/runtime.h"
 #include "http/http.h"
+#include "http/checks.h"
 #include "store/store.h"
 
 #define URL_MAX 8192
@@ -89,6 +91,7 @@
 
 struct sse_client;
 struct pending_send;
+struct pending_check;
 
 /*
  * One accepted connection. Its close callback (the only one libevent
@@ -99,8 +102,9 @@ struct http_conn {
 	struct http_conn *prev, *next;
 	struct http_server *h;
 	struct evhttp_connection *evcon;
-	struct sse_client *sse;    /* an event stream on it, or NULL */
-	struct pending_send *send; /* a send waiting for the store, or NULL */
+	struct sse_client *sse;      /* an event stream on it, or NULL */
+	struct pending_send *send;   /* a send waiting for the store, or NULL */
+	struct pending_check *check; /* a check running on the check pool, or NULL */
 };
 
 struct sse_client {
@@ -131,6 +135,9 @@ struct http_server {
 	struct event *admit;
 	time_t refused_logged;
 	uint64_t refused;
+	struct pool *check_pool; /* html-check, link-check, sa-check */
+	unsigned checks_running; /* atomic: check_work ends on a pool thread */
+	int checks_cancel;       /* atomic: set by http_server_free, read by link_check */
 };
 
 /* ------------------------------------------------------------- replies */
@@ -364,6 +371,7 @@ static bool resolve_id(struct http_server *h, const char *id, char out[CAPTURE_I
 
 static void sse_closed(struct sse_client *c);
 static void send_conn_closed(struct pending_send *p);
+static void check_conn_closed(struct pending_check *p);
 
 static void conn_closed(struct evhttp_connection *evcon, void *arg)
 {
@@ -373,6 +381,8 @@ static void conn_closed(struct evhttp_connection *evcon, void *arg)
 		sse_closed(c->sse);
 	if (c->send)
 		send_conn_closed(c->send);
+	if (c->check)
+		check_conn_closed(c->check);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -863,16 +873,122 @@ static void route_info(struct http_server *h, struct evhttp_request *req)
 	reply_json(req, 200, j);
 }
 
+/* ---------------------------------------------------------------- checks
+ *
+ * html-check, link-check and sa-check (http/checks.c): the job is built
+ * here from the store, runs on h->check_pool (link and spam checks wait on
+ * the network), and its reply is sent on this worker. The pending check is
+ * tied to its connection as a send is (conn_closed forgets the request);
+ * check_done touches only the pending check, never h.
+ */
+#define CHECKS_MAX 16 /* running or queued at once */
+
+struct pending_check {
+	struct http_server *h;      /* check_work's count only (alive until pool_free) */
+	struct evhttp_request *req; /* NULL once libevent freed it */
+	struct http_conn *conn;     /* NULL once the connection is gone */
+	struct http_check *job;
+};
+
+static void check_conn_closed(struct pending_check *p)
+{
+	if (p->req && evhttp_request_get_connection(p->req) != NULL) {
+		evhttp_request_set_on_complete_cb(p->req, NULL, NULL);
+		p->req = NULL;
+	}
+	p->conn = NULL;
+}
+
+static void check_req_done(struct evhttp_request *req, void *arg)
+{
+	struct pending_check *p = arg;
+	p->req = NULL;
+	if (p->conn)
+		p->conn->check = NULL;
+	p->conn = NULL;
+}
+
+/* Pool thread. */
+static void check_work(void *arg)
+{
+	struct pending_check *p = arg;
+	http_check_run(p->job, &p->h->checks_cancel);
+	unsigned was = __atomic_fetch_sub(&p->h->checks_running, 1, __ATOMIC_RELAXED);
+	TERN_BUG_ON(was == 0);
+}
+
+/* The HTTP worker, after check_work. */
+static void check_done(void *arg)
+{
+	struct pending_check *p = arg;
+	if (p->conn)
+		p->conn->check = NULL;
+	if (p->req) {
+		evhttp_request_set_on_complete_cb(p->req, NULL, NULL);
+		json_t *r = http_check_take(p->job);
+		if (r)
+			reply_json(p->req, 200, r);
+		else
+			reply_text(p->req, 500, "out of memory");
+	}
+	http_check_free(p->job);
+	free(p);
+}
+
+static void route_check(struct http_server *h, struct evhttp_request *req, const char *id,
+                        const char *kind, struct query *q)
+{
+	const char *f = query_get(q, "follow");
+	int status;
+	const char *why;
+	struct http_check *job = http_check_new(
+	    h->st, id, kind, f && (strcmp(f, "true") == 0 || strcmp(f, "1") == 0), &status, &why);
+	if (!job) {
+		if (status == 404)
+			reply_404(req);
+		else if (why)
+			reply_error(req, "%s", why);
+		else
+			reply_text(req, 500, "cannot read the message");
+		return;
+	}
+	struct pending_check *p = calloc(1, sizeof(*p));
+	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
+	if (!p || !h->check_pool ||
+	    __atomic_load_n(&h->checks_running, __ATOMIC_RELAXED) >= CHECKS_MAX || !conn ||
+	    conn->check) {
+		reply_text(req, 503, "too many checks running, try again");
+		goto fail;
+	}
+	p->h = h;
+	p->job = job;
+	p->req = req;
+	p->conn = conn;
+	__atomic_fetch_add(&h->checks_running, 1, __ATOMIC_RELAXED);
+	if (pool_submit(h->check_pool, check_work, h->w, check_done, p) != TERN_OK) {
+		__atomic_fetch_sub(&h->checks_running, 1, __ATOMIC_RELAXED);
+		reply_text(req, 500, "out of memory");
+		goto fail;
+	}
+	conn->check = p;
+	evhttp_request_set_on_complete_cb(req, check_req_done, p);
+	return;
+fail:
+	http_check_free(job);
+	free(p);
+}
+
 static void route_webui(struct http_server *h, struct evhttp_request *req)
 {
-	json_t *j = json_pack("{s:s, s:{s:b, s:s, s:s, s:s, s:s, s:b, s:s}, s:b, s:b, s:b, s:b}",
-	                      "Label", "", "MessageRelay", "Enabled",
-	                      h->hooks.release && (!h->hooks.release_enabled ||
-	                                           h->hooks.release_enabled(h->hooks.ctx)),
-	                      "SMTPServer", "", "AllowedRecipients", "", "BlockedRecipients", "",
-	                      "ReturnPath", "", "PreserveMessageIDs", 0, "OverrideFrom", "",
-	                      "SpamAssassin", 0, "ChaosEnabled", h->hooks.chaos_get != NULL,
-	                      "DuplicatesIgnored", 0, "HideDeleteAllButton", 0);
+	json_t *j =
+	    json_pack("{s:s, s:{s:b, s:s, s:s, s:s, s:s, s:b, s:s}, s:b, s:b, s:b, s:b}", "Label",
+	              "", "MessageRelay", "Enabled",
+	              h->hooks.release &&
+	                  (!h->hooks.release_enabled || h->hooks.release_enabled(h->hooks.ctx)),
+	              "SMTPServer", "", "AllowedRecipients", "", "BlockedRecipients", "",
+	              "ReturnPath", "", "PreserveMessageIDs", 0, "OverrideFrom", "", "SpamAssassin",
+	              http_spam_enabled(), "ChaosEnabled", h->hooks.chaos_get != NULL,
+	              "DuplicatesIgnored", 0, "HideDeleteAllButton", 0);
 	reply_json(req, 200, j);
 }
 
@@ -1249,13 +1365,6 @@ out:
 	json_decref(body);
 }
 
-static bool message_exists(struct http_server *h, const char *id)
-{
-	json_t *m = capture_headers(h->st, id);
-	json_decref(m);
-	return m != NULL;
-}
-
 static void route_message(struct http_server *h, struct evhttp_request *req, int method, char **seg,
                           size_t nseg, struct query *q)
 {
@@ -1286,30 +1395,10 @@ static void route_message(struct http_server *h, struct evhttp_request *req, int
 		route_part(h, req, id, seg[2], true, q);
 	} else if (nseg == 2 && method == EVHTTP_REQ_POST && strcmp(seg[1], "release") == 0) {
 		route_release(h, req, id);
-	} else if (nseg == 2 && get && strcmp(seg[1], "html-check") == 0) {
-		if (!message_exists(h, id)) {
-			reply_404(req);
-			return;
-		}
-		reply_json(req, 200,
-		           json_pack("{s:{}, s:{s:i, s:f, s:f, s:i, s:f}, s:[]}", "Platforms",
-		                     "Total", "Nodes", 0, "Partial", 0.0, "Supported", 100.0,
-		                     "Tests", 0, "Unsupported", 0.0, "Warnings"));
-	} else if (nseg == 2 && get && strcmp(seg[1], "link-check") == 0) {
-		if (!message_exists(h, id)) {
-			reply_404(req);
-			return;
-		}
-		reply_json(req, 200, json_pack("{s:i, s:[]}", "Errors", 0, "Links"));
-	} else if (nseg == 2 && get && strcmp(seg[1], "sa-check") == 0) {
-		if (!message_exists(h, id)) {
-			reply_404(req);
-			return;
-		}
-		reply_json(req, 200,
-		           json_pack("{s:s, s:b, s:[], s:f}", "Error",
-		                     "SpamAssassin is not enabled", "IsSpam", 0, "Rules", "Score",
-		                     0.0));
+	} else if (nseg == 2 && get &&
+	           (strcmp(seg[1], "html-check") == 0 || strcmp(seg[1], "link-check") == 0 ||
+	            strcmp(seg[1], "sa-check") == 0)) {
+		route_check(h, req, id, seg[1], q);
 	} else {
 		reply_404(req);
 	}
@@ -1821,6 +1910,9 @@ struct http_server *http_server_new(struct worker *w, int listen_fd, struct capt
 	struct timeval tv = {SSE_HEARTBEAT_SEC, 0};
 	if (!h->heartbeat || event_add(h->heartbeat, &tv) != 0)
 		goto fail;
+	/* link and spam checks mostly wait on the network; an HTML check
+	 * should not queue long behind them */
+	h->check_pool = pool_new(4); /* NULL: checks answer 503 */
 	return h;
 fail:
 	log_error("event=http_start_failed");
@@ -1844,9 +1936,16 @@ void http_server_free(struct http_server *h)
 		evhttp_send_reply_end(c->req);
 		sse_drop(c);
 	}
-	/* Frees every connection; conn_closed forgets each. */
+	/* Frees every connection; conn_closed forgets each (and each pending
+	 * check's request). */
 	if (h->http)
 		evhttp_free(h->http);
+	/* Waits for running checks (check_work counts on h; a link check ends
+	 * at once when cancelled, a spam check within its timeout); the
+	 * check_done they post touches only its pending check. */
+	__atomic_store_n(&h->checks_cancel, 1, __ATOMIC_RELAXED);
+	pool_free(h->check_pool);
+	h->check_pool = NULL;
 	TERN_BUG_ON(h->conns != NULL);
 	for (size_t i = 0; i < h->n_pending; i++)
 		bufferevent_decref(h->pending[i]);

@@ -17,7 +17,9 @@
 
 #include <gmime/gmime.h>
 
+#include "core/codec.h"
 #include "core/err.h"
+#include "mime/parts_exact.h"
 
 #define MIME_MAX_DEPTH 32    /* nesting deeper than this is not walked */
 #define MIME_MAX_PARTS 10000 /* parts listed per message */
@@ -77,9 +79,42 @@ static char *to_utf8(const char *p, size_t n, const char *charset)
 	return out;
 }
 
-/* Appends the transfer-decoded content of a leaf part. */
-static int part_bytes(GMimeObject *obj, struct tbuf *out)
+/* An attached message (message/rfc822) exactly as it is in the raw
+ * message, decoded only per its own Content-Transfer-Encoding (Mailpit
+ * serves it so; GMime would write a regenerated copy). TERN_ENOTFOUND
+ * when the span is not known or does not agree with GMime's reading. */
+static int exact_message(const char *raw, const struct mime_spans *sp, const char *id,
+                         struct tbuf *out)
 {
+	const struct mime_span *s = sp ? mime_span_find(sp, id) : NULL;
+	if (!s || strncmp(s->content_type, "message/", 8) != 0)
+		return TERN_ENOTFOUND;
+	const char *b = raw + s->body_off;
+	if (!s->cte[0] || strcmp(s->cte, "7bit") == 0 || strcmp(s->cte, "8bit") == 0 ||
+	    strcmp(s->cte, "binary") == 0)
+		return tbuf_append(out, b, s->body_len);
+	if (strcmp(s->cte, "base64") == 0)
+		return tern_base64_decode(b, s->body_len, out) == TERN_ENOMEM ? TERN_ENOMEM
+		                                                              : TERN_OK;
+	if (strcmp(s->cte, "quoted-printable") == 0)
+		return tern_qp_decode(b, s->body_len, out) == TERN_ENOMEM ? TERN_ENOMEM : TERN_OK;
+	return TERN_ENOTFOUND;
+}
+
+/* Appends the transfer-decoded content of a leaf part (id: its PartID;
+ * raw and sp: the message's bytes and spans, for attached messages). */
+static int part_bytes(GMimeObject *obj, const char *raw, const struct mime_spans *sp,
+                      const char *id, struct tbuf *out)
+{
+	if (GMIME_IS_MESSAGE_PART(obj) && raw) {
+		size_t before = out->len;
+		int erc = exact_message(raw, sp, id, out);
+		if (erc != TERN_ENOTFOUND && erc != TERN_OK)
+			return erc;
+		if (erc == TERN_OK)
+			return TERN_OK;
+		out->len = before;
+	}
 	GMimeStream *mem = g_mime_stream_mem_new();
 	int rc = TERN_OK;
 	if (GMIME_IS_MESSAGE_PART(obj)) {
@@ -152,6 +187,11 @@ static char *content_id_of(GMimeObject *obj)
 
 struct walk {
 	struct mime_msg *m; /* NULL when only looking a part up */
+	const char *raw;    /* the bytes parsed, and where each part lies in them */
+	const struct mime_spans *spans;
+	/* the direct children of a multipart/alternative: only the first
+	 * text/plain and text/html are the bodies (Python, Mailpit) */
+	bool in_alt, alt_text, alt_html;
 	struct tbuf text, html;
 	const char *want; /* mime_part_get: the PartID sought */
 	GMimeObject *found;
@@ -208,10 +248,10 @@ static struct mime_part *new_part(struct walk *w)
 	return p;
 }
 
-static void append_body(struct walk *w, struct tbuf *body, GMimeObject *obj)
+static void append_body(struct walk *w, struct tbuf *body, GMimeObject *obj, const char *id)
 {
 	struct tbuf raw = TBUF_INIT(SIZE_MAX / 2);
-	if (part_bytes(obj, &raw) != TERN_OK) {
+	if (part_bytes(obj, w->raw, w->spans, id, &raw) != TERN_OK) {
 		w->err = TERN_ENOMEM;
 		goto out;
 	}
@@ -229,7 +269,7 @@ out:
 	tbuf_free(&raw);
 }
 
-static void classify_leaf(struct walk *w, GMimeObject *obj, struct mime_part *p)
+static void classify_leaf(struct walk *w, GMimeObject *obj, struct mime_part *p, bool under_alt)
 {
 	const char *disp = g_mime_object_get_disposition(obj);
 	bool attach = disp && g_ascii_strcasecmp(disp, "attachment") == 0;
@@ -248,10 +288,22 @@ static void classify_leaf(struct walk *w, GMimeObject *obj, struct mime_part *p)
 	else
 		p->role = MIME_ROLE_ATTACHMENT;
 
+	/* a second text/plain (text/html) of the same alternative is another
+	 * version of the body, not more of it */
+	if (under_alt && p->role == MIME_ROLE_TEXT) {
+		if (w->alt_text)
+			p->role = MIME_ROLE_OTHER;
+		w->alt_text = true;
+	} else if (under_alt && p->role == MIME_ROLE_HTML) {
+		if (w->alt_html)
+			p->role = MIME_ROLE_OTHER;
+		w->alt_html = true;
+	}
+
 	if (p->role == MIME_ROLE_TEXT)
-		append_body(w, &w->text, obj);
+		append_body(w, &w->text, obj, p->part_id);
 	else if (p->role == MIME_ROLE_HTML)
-		append_body(w, &w->html, obj);
+		append_body(w, &w->html, obj, p->part_id);
 	else if (p->role == MIME_ROLE_ATTACHMENT)
 		w->m->n_attachments++;
 	else if (p->role == MIME_ROLE_INLINE)
@@ -260,6 +312,8 @@ static void classify_leaf(struct walk *w, GMimeObject *obj, struct mime_part *p)
 
 static void walk(struct walk *w, GMimeObject *obj, const char *id, int depth)
 {
+	bool under_alt = w->in_alt;
+	w->in_alt = false;
 	if (!obj || w->err || w->found || depth > MIME_MAX_DEPTH)
 		return;
 	bool leaf = !GMIME_IS_MULTIPART(obj);
@@ -280,13 +334,13 @@ static void walk(struct walk *w, GMimeObject *obj, const char *id, int depth)
 		}
 		if (leaf) {
 			struct tbuf b = TBUF_INIT(SIZE_MAX / 2);
-			if (part_bytes(obj, &b) != TERN_OK)
+			if (part_bytes(obj, w->raw, w->spans, id, &b) != TERN_OK)
 				w->err = TERN_ENOMEM;
 			p->size = b.len;
 			if (w->flags & MIME_CHECKSUMS)
 				checksums(p, &b);
 			tbuf_free(&b);
-			classify_leaf(w, obj, p);
+			classify_leaf(w, obj, p, under_alt);
 		} else {
 			p->role = MIME_ROLE_CONTAINER;
 		}
@@ -297,14 +351,54 @@ static void walk(struct walk *w, GMimeObject *obj, const char *id, int depth)
 	int n = g_mime_multipart_get_count(mp);
 	/* enmime numbering: the root multipart's children are "1", "2", ... */
 	bool top = depth == 0;
+	GMimeContentType *ct = g_mime_object_get_content_type(obj);
+	const char *sub = ct ? g_mime_content_type_get_media_subtype(ct) : NULL;
+	bool alt = sub && g_ascii_strcasecmp(sub, "alternative") == 0;
+	bool saved_text = w->alt_text, saved_html = w->alt_html;
+	if (alt)
+		w->alt_text = w->alt_html = false;
 	for (int i = 0; i < n && !w->err && !w->found; i++) {
 		char cid[MIME_PARTID_MAX];
 		set_id(cid, id, (size_t)i + 1, top);
+		w->in_alt = alt;
 		walk(w, g_mime_multipart_get_part(mp, i), cid, depth + 1);
+	}
+	w->in_alt = false;
+	if (alt) {
+		w->alt_text = saved_text;
+		w->alt_html = saved_html;
 	}
 }
 
 /* ---- parsing ---- */
+
+static GMimeMessage *parse_message(const char *raw, size_t len);
+
+/*
+ * Parses raw as every other reader does: where a header block has two
+ * Content-Type fields the first counts (GMime would take the last), by
+ * parsing a same-length copy in which the later ones are renamed. Fills
+ * spans (free with mime_spans_free); *bytes is what was parsed (raw or
+ * the copy, free *copy). NULL when GMime read nothing.
+ */
+static GMimeMessage *parse_exact(const char *raw, size_t len, struct mime_spans *spans, char **copy,
+                                 const char **bytes, int *err)
+{
+	*copy = NULL;
+	*bytes = raw;
+	*err = mime_spans(raw, len, spans);
+	if (*err != TERN_OK)
+		return NULL;
+	if (spans->n_dups) {
+		*copy = mime_first_ct_copy(raw, len, spans);
+		if (!*copy) {
+			*err = TERN_ENOMEM;
+			return NULL;
+		}
+		*bytes = *copy;
+	}
+	return parse_message(*bytes, len);
+}
 
 static GMimeMessage *parse_message(const char *raw, size_t len)
 {
@@ -501,8 +595,21 @@ int mime_parse(const char *raw, size_t len, unsigned flags, struct mime_msg *out
 	                 .flags = flags,
 	                 .text = TBUF_INIT(SIZE_MAX / 2),
 	                 .html = TBUF_INIT(SIZE_MAX / 2)};
-	GMimeMessage *msg = parse_message(raw, len);
+	struct mime_spans spans;
+	char *copy;
+	int perr;
+	const char *bytes;
+	GMimeMessage *msg = parse_exact(raw, len, &spans, &copy, &bytes, &perr);
+	w.raw = raw; /* attached messages as sent, even where the copy renamed a field */
+	w.spans = &spans;
+	if (perr != TERN_OK) {
+		mime_spans_free(&spans);
+		free(copy);
+		return perr;
+	}
 	if (!msg) {
+		mime_spans_free(&spans);
+		free(copy);
 		/* nothing GMime could read: the whole input is the text */
 		out->subject = tern_strdup("");
 		out->message_id = tern_strdup("");
@@ -586,6 +693,8 @@ out:
 	tbuf_free(&w.text);
 	tbuf_free(&w.html);
 	g_object_unref(msg);
+	mime_spans_free(&spans);
+	free(copy);
 	return rc;
 }
 
@@ -619,17 +728,24 @@ void mime_msg_free(struct mime_msg *m)
 int mime_part_get(const char *raw, size_t len, const char *part_id, struct tbuf *out,
                   char *content_type, size_t ctlen, char *filename, size_t fnlen)
 {
-	GMimeMessage *msg = parse_message(raw, len);
-	if (!msg)
-		return TERN_ENOTFOUND;
-	int rc = TERN_ENOTFOUND;
-	struct walk w = {.want = part_id};
+	struct mime_spans spans;
+	char *copy;
+	const char *bytes;
+	int rc;
+	GMimeMessage *msg = parse_exact(raw, len, &spans, &copy, &bytes, &rc);
+	if (!msg) {
+		mime_spans_free(&spans);
+		free(copy);
+		return rc == TERN_OK ? TERN_ENOTFOUND : rc;
+	}
+	rc = TERN_ENOTFOUND;
+	struct walk w = {.want = part_id, .raw = raw, .spans = &spans};
 	GMimeObject *top = g_mime_message_get_mime_part(msg);
 	if (top)
 		walk(&w, top, "0", 0);
 	if (!w.found)
 		goto out;
-	rc = part_bytes(w.found, out);
+	rc = part_bytes(w.found, raw, &spans, part_id, out);
 	if (rc != TERN_OK)
 		goto out;
 	char *ct = mime_type_of(w.found);
@@ -657,6 +773,8 @@ int mime_part_get(const char *raw, size_t len, const char *part_id, struct tbuf 
 	free(fn);
 out:
 	g_object_unref(msg);
+	mime_spans_free(&spans);
+	free(copy);
 	return rc;
 }
 

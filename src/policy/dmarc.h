@@ -82,6 +82,10 @@ struct dmarc_dkim {
 	const char *selector;  /* s=, for A-R header.s (may be NULL) */
 	const char *signature; /* b= (folding whitespace allowed), for A-R header.b (may be NULL) */
 	const char *reason;    /* short words for the A-R reason, or NULL */
+	/* the key says t=y (RFC 6376 §3.6.1: the signer is testing, treat the
+	 * message as unsigned): a pass is reported in A-R but never counts
+	 * toward DMARC alignment */
+	bool testing;
 };
 
 /* ------------------------------------------------------------------ record */
@@ -105,6 +109,9 @@ struct dmarc_uri_list {
 	size_t n_invalid; /* syntactically bad ones, dropped */
 	size_t n_dropped; /* valid but past DMARC_URIS_MAX/DMARC_URI_MAX */
 	char uri[DMARC_URIS_MAX][DMARC_URI_MAX + 1]; /* without an obsolete "!size" suffix */
+	/* that suffix as written ("10m"), "" when none: RFC 7489's size limit,
+	 * which aggregate reporting still honours (policy/dmarc_report.c) */
+	char size[DMARC_URIS_MAX][24];
 };
 
 /*

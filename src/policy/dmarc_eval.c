@@ -461,7 +461,8 @@ struct dmarc_eval *dmarc_eval_new(const struct dmarc_input *in)
 	for (size_t i = 0; i < in->n_dkim && n_dkim < DKIM_IDS_MAX; i++) {
 		const struct dmarc_dkim *k = &in->dkim[i];
 		bool dup = false;
-		if (k->result != DMARC_DKIM_PASS || !k->domain ||
+		/* a t=y key's pass is no pass for policy (RFC 6376 §3.6.1) */
+		if (k->result != DMARC_DKIM_PASS || k->testing || !k->domain ||
 		    !dmarc_domain_normalize(k->domain, strlen(k->domain), d))
 			continue;
 		for (size_t j = 0; j < e->n_ids; j++)

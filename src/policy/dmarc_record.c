@@ -224,6 +224,7 @@ static bool parse_uris(struct strv v, struct dmarc_uri_list *l)
 		struct strv u = trim(strv_make(v.p + start, end - start));
 		const char *bang = memchr(u.p, '!', u.n);
 		bool ok = true;
+		struct strv sz = {NULL, 0};
 
 		if (bang) {
 			/* obs-dmarc-report-size */
@@ -235,12 +236,17 @@ static bool parse_uris(struct strv v, struct dmarc_uri_list *l)
 			if (k < u.n && strchr("kmgt", lower(u.p[k])) != NULL)
 				k++;
 			ok = digits > 0 && k == u.n;
+			sz = strv_make(bang + 1, u.n - (size_t)(bang - u.p) - 1);
 			u.n = (size_t)(bang - u.p);
 		}
 		if (ok && uri_ok(u)) {
 			if (l->n < DMARC_URIS_MAX && u.n <= DMARC_URI_MAX) {
 				memcpy(l->uri[l->n], u.p, u.n);
 				l->uri[l->n][u.n] = '\0';
+				if (sz.n > 0 && sz.n < sizeof(l->size[0])) {
+					memcpy(l->size[l->n], sz.p, sz.n);
+					l->size[l->n][sz.n] = '\0';
+				}
 				l->n++;
 			} else {
 				l->n_dropped++;

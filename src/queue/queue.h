@@ -229,9 +229,34 @@ size_t scheduler_pending(struct scheduler *s);
 /* Remote recipients go to r (set once, before the first submit). */
 struct remote;
 void scheduler_set_remote(struct scheduler *s, struct remote *r);
-/* Capture mode: local recipients go to this store instead of Maildirs. */
+/* Capture mode: local recipients go to this store instead of Maildirs
+ * (also starts the capture ingest below; NULL stops and frees it). */
 struct capture_store;
 void scheduler_set_capture(struct scheduler *s, struct capture_store *st);
+
+/*
+ * Capture mode's direct path (capture_ingest.c, issue 11): the message is
+ * not spooled; its only durable home is the capture store. A put is copied
+ * and queued; the ingest's committer puts every message queued meanwhile
+ * into the store in one transaction, its syncer makes every committed
+ * batch durable with one sync, then calls cb once per message, on the
+ * syncer's thread (post to your own thread): err TERN_OK
+ * and the capture ID when the message is committed, synced and listed;
+ * otherwise nothing is promised (the client retries). Every recipient must
+ * be local (TERN_EINVAL otherwise: such mail goes through the spool).
+ * scheduler_capture_put uses the ingest scheduler_set_capture started
+ * (TERN_EINVAL without one). Stopping (also by scheduler_stop) commits and
+ * answers everything queued; later puts get TERN_EIO.
+ */
+typedef void (*capture_put_cb)(void *arg, int err, const char *capture_id);
+struct capture_ingest;
+struct capture_ingest *capture_ingest_new(struct capture_store *st);
+int capture_ingest_put(struct capture_ingest *ci, const struct spool_msg *env, const void *data,
+                       size_t len, capture_put_cb cb, void *arg);
+void capture_ingest_stop(struct capture_ingest *ci);
+void capture_ingest_free(struct capture_ingest *ci);
+int scheduler_capture_put(struct scheduler *s, const struct spool_msg *env, const void *data,
+                          size_t len, capture_put_cb cb, void *arg);
 /* Records remote results still queued (at shutdown, after the workers
  * stopped and the delivery threads were stopped, before the spool closes). */
 void scheduler_drain_results(struct scheduler *s);

@@ -30,6 +30,7 @@
 #include "core/log.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "policy/dmarc_report.h"
 #include "smtp/smtp.h"
 #include "store/store.h"
 
@@ -64,6 +65,7 @@ struct scheduler {
 	struct spool *sp;
 	struct remote *remote;
 	struct capture_store *capture; /* capture mode: local recipients are caught here */
+	struct capture_ingest *ingest; /* capture mode: SMTP and API mail, not spooled */
 	struct remote_job *results;    /* finished remote jobs waiting to be recorded */
 	int64_t last_prune;
 	int64_t last_maintain; /* spool compaction: at most every MAINTAIN_EVERY s */
@@ -309,7 +311,24 @@ void scheduler_set_remote(struct scheduler *s, struct remote *r)
 
 void scheduler_set_capture(struct scheduler *s, struct capture_store *st)
 {
+	struct capture_ingest *ci = st ? capture_ingest_new(st) : NULL;
+	if (st && !ci)
+		log_error("event=capture_ingest_failed reason=out-of-memory"); /* puts get 451 */
+	pthread_mutex_lock(&s->lock);
+	struct capture_ingest *old = s->ingest;
+	s->ingest = ci;
+	pthread_mutex_unlock(&s->lock);
+	capture_ingest_free(old);
 	s->capture = st;
+}
+
+int scheduler_capture_put(struct scheduler *s, const struct spool_msg *env, const void *data,
+                          size_t len, capture_put_cb cb, void *arg)
+{
+	pthread_mutex_lock(&s->lock);
+	struct capture_ingest *ci = s->ingest;
+	pthread_mutex_unlock(&s->lock);
+	return ci ? capture_ingest_put(ci, env, data, len, cb, arg) : TERN_EINVAL;
 }
 
 /* ------------------------------------------------------------------ DSN */
@@ -1027,6 +1046,10 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 	}
 	if (n_items)
 		maildir_deliver_batch(conf->data_dir, conf->hostname, items, n_items);
+	for (size_t k = 0; conf->dmarc.reports.inbox && k < n_items; k++)
+		if (items[k].result == TERN_OK) /* a DMARC report's rows too (never fails) */
+			dmarc_inbox_deliver(conf, ctx[k].msg->rcpts[ctx[k].rcpt_idx].addr,
+			                    ctx[k].msg->id, ctx[k].job->data, ctx[k].job->len);
 
 	/* Record per message, so each message's DSN covers all its recipients. */
 	struct outcome *o = calloc(n_items ? n_items : 1, sizeof(*o));
@@ -1193,6 +1216,9 @@ void scheduler_stop(struct scheduler *s)
 	for (unsigned i = 0; i < s->n_threads; i++)
 		pthread_join(s->threads[i], NULL);
 	s->n_threads = 0;
+	/* Capture mode's direct puts: committed and answered while the store
+	 * is still open (capture_mode_stop closes it after this). */
+	capture_ingest_stop(s->ingest);
 	/* Sessions wait for these (scheduler_submit_acked): answer them now,
 	 * while their workers can still run the posts. The messages stay due
 	 * in the spool and are caught after the restart. */
@@ -1207,6 +1233,8 @@ void scheduler_free(struct scheduler *s)
 	if (!s)
 		return;
 	scheduler_stop(s);
+	capture_ingest_free(s->ingest);
+	s->ingest = NULL;
 	/* Results nobody recorded (the caller did not drain): the spool still
 	 * has those recipients due, so they are tried again after restart. */
 	while (s->results) {

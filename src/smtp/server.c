@@ -204,6 +204,7 @@ struct tx {
 	uint64_t bdat_remaining;
 	uint64_t bdat_total;
 	int commit_err;
+	bool captured;           /* CAPTURE-ACK: committed in the capture store, not spooled */
 	struct smtp_verify *vfy; /* TRUST: SPF/DKIM/DMARC of this transaction, or NULL */
 	bool verified;           /* TRUST: its verdict is in */
 	bool verify_applied;     /* TRUST: its verdict was acted on (verify_apply) */
@@ -2264,6 +2265,15 @@ static void capture_ack_cb(void *arg, int err)
 		log_error("event=commit_post_failed id=%s", s->tx->id);
 }
 
+/* The direct path: the capture store committed the message (or failed),
+ * nothing was spooled; commit_done answers at once. */
+static void capture_put_done(void *arg, int err, const char *capture_id)
+{
+	struct session *s = arg;
+	s->tx->captured = err == TERN_OK;
+	commit_cb(s, err);
+}
+
 /* True when the scheduler took data and will call capture_ack_cb. */
 static bool capture_ack_wait(struct session *s, char *data, size_t len)
 {
@@ -2288,8 +2298,9 @@ static void commit_done(void *arg)
 		/* before submitting: the scheduler owns (and may free) data after */
 		smtp_message_id(data, len, &mid, &mid_len); /* none: msgid="" */
 		log_quote(mid, mid_len, qm, sizeof(qm));
-		wait = capture_ack_wait(s, data, len); /* CAPTURE-ACK */
-		if (!wait)
+		if (t->captured)
+			free(data); /* CAPTURE-ACK: stored and synced, the 250 may go */
+		else if (!(wait = capture_ack_wait(s, data, len))) /* CAPTURE-ACK */
 			scheduler_submit(s->sw->srv->sched, t->id, data, len);
 		/* Who sent it, when a login says so: user= (the SASL identity)
 		 * and auth= (MAIL's AUTH=, when believed). */
@@ -2621,7 +2632,11 @@ static void spool_message(struct session *s)
 		env.rcpts[i].local = t->rcpts[i].local;
 		env.rcpts[i].state = RCPT_QUEUED;
 	}
-	int rc = spool_put(s->sw->srv->spool, &env, t->msg.data, t->msg.len, commit_cb, s);
+	/* CAPTURE-ACK: in capture mode the store is the only durable home. */
+	int rc = s->conf->capture_mode
+	             ? scheduler_capture_put(s->sw->srv->sched, &env, t->msg.data, t->msg.len,
+	                                     capture_put_done, s)
+	             : spool_put(s->sw->srv->spool, &env, t->msg.data, t->msg.len, commit_cb, s);
 	free(env.rcpts);
 	if (rc != TERN_OK) {
 		log_error("event=spool_failed id=%s client=%s reason=%s", t->id, s->peer,

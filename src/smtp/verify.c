@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <time.h>
 
 #include "core/buf.h"
 #include "core/conf.h"
@@ -33,6 +35,7 @@
 #include "policy/arc.h"
 #include "policy/dkim.h"
 #include "policy/dmarc.h"
+#include "policy/dmarc_report.h"
 #include "policy/policy.h"
 #include "policy/spf.h"
 #include "smtp/verify_arc.h"
@@ -48,6 +51,7 @@ struct smtp_verify {
 	struct dns_resolver *res; /* NULL: every lookup is a temporary error */
 	struct pool *pool;        /* NULL: large bodies are hashed on the loop too */
 	char sess[48];
+	char ip[64];         /* the client's address, for DMARC reports */
 	char id[32];         /* queue id, once the message has one */
 	struct event *kick;  /* runs step() or the callback outside our callers */
 	struct event *timer; /* DMARC's deadline */
@@ -122,9 +126,7 @@ static enum dmarc_dkim_result dkim_to_dmarc(const struct dkim_result *r)
 {
 	switch (r->status) {
 	case DKIM_PASS:
-		/* t=y: the signer is testing, the message counts as unsigned
-		 * for policy (RFC 6376 §3.6.1); A-R still says what we saw */
-		return DMARC_DKIM_PASS;
+		return DMARC_DKIM_PASS; /* a t=y key: see dkim_collect */
 	case DKIM_FAIL:
 		return DMARC_DKIM_FAIL;
 	case DKIM_NEUTRAL:
@@ -198,6 +200,9 @@ struct smtp_verify *smtp_verify_start(const struct smtp_verify_params *p)
 	v->res = policy_resolver(p->policy, p->w);
 	v->pool = p->pool;
 	tern_strlcpy(v->sess, p->sess, sizeof(v->sess));
+	struct spf_ip pip;
+	if (spf_ip_from_sockaddr(p->peer, &pip) == TERN_OK)
+		inet_ntop(pip.family, pip.addr, v->ip, sizeof(v->ip));
 	tbuf_init(&v->prefix, SMTP_VERIFY_HEADERS_MAX);
 	tbuf_init(&v->kept, 0);
 	v->kick = event_new(v->base, -1, 0, on_kick, v);
@@ -283,6 +288,9 @@ static void dkim_collect(struct smtp_verify *v)
 		v->dk[i].selector = r->selector;
 		v->dk[i].signature = r->b;
 		v->dk[i].reason = r->reason && r->reason[0] ? r->reason : NULL;
+		/* t=y: the signer is testing, the message counts as unsigned for
+		 * DMARC (RFC 6376 §3.6.1); A-R still says what we saw */
+		v->dk[i].testing = r->status == DKIM_PASS && r->testing;
 	}
 	v->n_dk = n;
 }
@@ -635,6 +643,16 @@ static void step(struct smtp_verify *v)
 		if (arc_override(v))
 			eff.action = DMARC_ACTION_NONE;
 		dmarc_decide(&eff, &prof, &v->decision);
+		if (v->conf->dmarc.reports.from) {
+			/* recorded for aggregate reports (write-behind, never waits) */
+			struct dmarc_spf spf = {spf_to_dmarc(v->spf_mailfrom.result),
+			                        DMARC_SPF_MAILFROM,
+			                        v->spf_on ? v->spf_mailfrom.domain : NULL};
+			struct dmarc_note note = {(int64_t)time(NULL), v->ip,   v->mailfrom,
+			                          &v->dmarc_out,       &spf,    v->dk,
+			                          v->n_dk,             v->decision.disposition};
+			dmarc_note(&note);
+		}
 	}
 	if (!v->failed && build_prefix(v) != TERN_OK) {
 		/* the fields would not fit (a sender's huge values are cut by the

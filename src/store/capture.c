@@ -16,6 +16,12 @@
  * table, inserted in the same transaction as its row; SQLite runs in WAL
  * mode with synchronous = FULL, so that COMMIT is durable when it returns
  * (one WAL sync per transaction, and a capture batch is one transaction).
+ * With batch sync on, an add's transaction commits with synchronous =
+ * NORMAL instead (no sync at COMMIT) and capture_sync() makes it durable
+ * with one fdatasync of the WAL file: every frame committed before that
+ * sync is in the WAL (or, after a checkpoint, which syncs both files, in
+ * the database). So the next batch can be inserted while the last one
+ * syncs (group commit, capture mode's ingest).
  * A larger message is written to a temp name, fsync'd, renamed to ID.eml
  * and its directory fsync'd (core/fsutil; with batch sync: by the next
  * capture_sync) before the add counts as done. Such files are the source
@@ -93,6 +99,9 @@ struct capture_store {
 	/* A large message's file was written without sync since the last
 	 * capture_sync (batch sync); sync_mu serialises the syncs. */
 	_Atomic bool files_unsynced;
+	/* A batch-sync add committed without a WAL sync since the last
+	 * capture_sync. */
+	_Atomic bool rows_unsynced;
 	pthread_mutex_t sync_mu;
 	uint64_t total, unread, raw_bytes;
 	uint64_t deleted; /* messages deleted since open, for /api/v1/info */
@@ -663,6 +672,20 @@ void capture_set_batch_sync(struct capture_store *st, bool on)
 	atomic_store(&st->batch_sync, on);
 }
 
+/* fdatasync of DIR/capture.db-wal (any descriptor of the file will do:
+ * the sync is of the file's data, whoever wrote it). */
+static int sync_wal(struct capture_store *st)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/capture.db-wal", st->dir);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return TERN_EIO;
+	int rc = fdatasync(fd) == 0 ? TERN_OK : TERN_EIO;
+	close(fd);
+	return rc;
+}
+
 int capture_sync(struct capture_store *st)
 {
 	/* Rows (and the bytes of messages in the raw table) are durable when
@@ -673,7 +696,9 @@ int capture_sync(struct capture_store *st)
 	 * clear knows the sync that cleared it has finished. */
 	int rc = TERN_OK;
 	pthread_mutex_lock(&st->sync_mu);
-	if (atomic_exchange(&st->files_unsynced, false)) {
+	if (atomic_exchange(&st->rows_unsynced, false) && (rc = sync_wal(st)) != TERN_OK)
+		atomic_store(&st->rows_unsynced, true); /* the next caller tries again */
+	if (rc == TERN_OK && atomic_exchange(&st->files_unsynced, false)) {
 		int fd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		rc = fd >= 0 && syncfs(fd) == 0 ? TERN_OK : TERN_EIO;
 		if (fd >= 0)
@@ -709,12 +734,13 @@ static bool lookup_queue_id(struct capture_store *st, const char *queue_id,
 	return found;
 }
 
-/* Inserts one parsed message inside the batch transaction (lock held); a
- * failure rolls back only this message (savepoint). */
+/* Inserts one parsed message inside the batch transaction (lock held).
+ * With savepoint, a failure rolls back only this message; without, the
+ * caller must roll back the whole transaction on a failure. */
 static int insert_one(struct capture_store *st, const struct capture_item *it,
-                      const struct mime_msg *mm, int64_t *seq)
+                      const struct mime_msg *mm, int64_t *seq, bool savepoint)
 {
-	if (exec(st, "SAVEPOINT one") != TERN_OK)
+	if (savepoint && exec(st, "SAVEPOINT one") != TERN_OK)
 		return TERN_EIO;
 	int rc =
 	    insert_row(st, it->id, it->len, mm, it->env_from, it->env_to, it->n_to, now_us(), seq);
@@ -745,6 +771,8 @@ static int insert_one(struct capture_store *st, const struct capture_item *it,
 	}
 	if (rc == TERN_OK && it->queue_id)
 		rc = link_queue_id(st, it->queue_id, it->id);
+	if (!savepoint)
+		return rc;
 	if (rc != TERN_OK)
 		exec(st, "ROLLBACK TO one");
 	exec(st, "RELEASE one");
@@ -804,8 +832,17 @@ int capture_add_batch(struct capture_store *st, struct capture_item *items, size
 			step[i] = 2;
 	}
 
-	/* 3. Every row in one transaction: one WAL commit for the batch. */
+	/* 3. Every row in one transaction: one WAL commit for the batch. First
+	 * without a savepoint per message (FTS5 writes an index segment at each
+	 * savepoint: one per message instead of one per batch); if a message
+	 * fails, the batch is redone with savepoints so that it fails alone. */
 	pthread_mutex_lock(&st->mu);
+	/* batch sync: COMMIT without a sync, capture_sync syncs the WAL */
+	bool deferred = atomic_load(&st->batch_sync);
+	if (deferred)
+		exec(st, "PRAGMA synchronous = NORMAL");
+	bool savepoints = false;
+redo:;
 	int trc = exec(st, "BEGIN IMMEDIATE");
 	size_t inserted = 0;
 	for (size_t i = 0; trc == TERN_OK && i < n; i++) {
@@ -821,10 +858,17 @@ int capture_add_batch(struct capture_store *st, struct capture_item *items, size
 			step[i] = 4;
 			continue;
 		}
-		it->rc = insert_one(st, it, &mm[i], &seq[i]);
+		it->rc = insert_one(st, it, &mm[i], &seq[i], savepoints);
 		if (it->rc == TERN_OK) {
 			step[i] = 3;
 			inserted++;
+		} else if (!savepoints) {
+			exec(st, "ROLLBACK");
+			for (size_t k = 0; k < n; k++)
+				if (step[k] == 3)
+					step[k] = 2; /* rolled back: inserted again below */
+			savepoints = true;
+			goto redo;
 		}
 	}
 	/* Mappings of deleted messages are dead weight: sweep now and then. */
@@ -832,6 +876,10 @@ int capture_add_batch(struct capture_store *st, struct capture_item *items, size
 		exec(st, "DELETE FROM spool_ids WHERE id NOT IN (SELECT id FROM messages)");
 	if (trc == TERN_OK)
 		trc = exec(st, "COMMIT");
+	if (deferred) {
+		exec(st, "PRAGMA synchronous = FULL"); /* other writes stay durable at COMMIT */
+		atomic_store(&st->rows_unsynced, true); /* also after a failure: harmless */
+	}
 	if (trc != TERN_OK) {
 		exec(st, "ROLLBACK");
 		for (size_t i = 0; i < n; i++)

@@ -77,11 +77,12 @@ struct capture_item {
 int capture_add_batch(struct capture_store *st, struct capture_item *items, size_t n);
 
 /*
- * Group commit: with batch sync on, the files of large messages are
- * written without fsync and capture_sync() makes every add since the last
- * call durable (one syncfs(2), only if such a file was written; rows and
- * small messages are durable at their COMMIT). The caller must not treat
- * an add as done before capture_sync returned TERN_OK.
+ * Group commit: with batch sync on, an add's transaction commits without
+ * a sync and the files of large messages are written without fsync;
+ * capture_sync() makes every add committed before the call durable (one
+ * fdatasync of the WAL, plus one syncfs(2) if such a file was written).
+ * So one batch may be inserted while the previous one syncs. The caller
+ * must not treat an add as done before capture_sync returned TERN_OK.
  */
 void capture_set_batch_sync(struct capture_store *st, bool on);
 int capture_sync(struct capture_store *st);

@@ -289,7 +289,7 @@ async function main() {
 		check(/attachment/.test(partsText) && /inline/.test(partsText) && /image\/png/.test(partsText),
 			'MIME tab lists the attachment and the inline image with types');
 		check((await page.locator('#mime-tree').textContent()).includes('multipart/related'), 'MIME tree shows multipart/related');
-		await page.getByRole('tab', { name: 'HTML' }).click();
+		await page.getByRole('tab', { name: 'HTML', exact: true }).click();
 
 		log('show remote images (request is aborted by the test before it leaves the machine)');
 		await page.locator('#show-remote').click();

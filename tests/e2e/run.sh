@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# run.sh — runs the web UI end-to-end test (capture.spec.mjs) against a real `tern capture`.
+# run.sh — runs the web UI end-to-end tests (capture.spec.mjs, checks.spec.mjs) against a real
+# `tern capture`.
 #
 # Owns: making sure node, Debian's chromium and playwright-core (npm, into
 # tests/e2e/node_modules) are there, starting tern on free loopback ports with a temp data dir,
@@ -61,7 +62,8 @@ mkdir -p "$ARTIFACTS"
 # ---------------------------------------------------------------- an already running server
 if [ -n "${TERN_E2E_URL:-}" ]; then
 	[ -n "${TERN_E2E_SMTP_PORT:-}" ] || { echo "TERN_E2E_URL needs TERN_E2E_SMTP_PORT"; exit 1; }
-	exec timeout -k 5 "$TEST_TIMEOUT" node "$HERE/capture.spec.mjs"
+	timeout -k 5 "$TEST_TIMEOUT" node "$HERE/capture.spec.mjs" || exit 1
+	exec timeout -k 5 "$TEST_TIMEOUT" node "$HERE/checks.spec.mjs"
 fi
 
 # ---------------------------------------------------------------- start tern capture
@@ -127,9 +129,13 @@ if [ -z "$ready" ]; then
 fi
 
 set +e
-TERN_E2E_URL="http://127.0.0.1:$HTTP_PORT" TERN_E2E_SMTP_PORT=$SMTP_PORT TMPDIR=$TMP \
-	timeout -k 5 "$TEST_TIMEOUT" node "$HERE/capture.spec.mjs"
-RC=$?
+RC=0
+for spec in "$HERE/capture.spec.mjs" "$HERE/checks.spec.mjs"; do
+	TERN_E2E_URL="http://127.0.0.1:$HTTP_PORT" TERN_E2E_SMTP_PORT=$SMTP_PORT TMPDIR=$TMP \
+		timeout -k 5 "$TEST_TIMEOUT" node "$spec"
+	RC=$?
+	[ "$RC" = 0 ] || break
+done
 set -e
 if [ "$RC" != 0 ]; then
 	[ "$RC" = 124 ] && echo "FAIL: the test exceeded ${TEST_TIMEOUT}s"

@@ -73,8 +73,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(val, hdr, n);
 	val[n] = '\0';
 	struct dmarc_spf spf = {DMARC_SPF_PASS, DMARC_SPF_MAILFROM, val};
-	struct dmarc_dkim dkim = {DMARC_DKIM_FAIL, val, val, val, val};
-	struct authres_input in = {"mx.example.org", &spf, 1, &dkim, 1, NULL, AUTHRES_ARC_NONE};
+	struct dmarc_dkim dkim = {DMARC_DKIM_FAIL, val, val, val, val, false};
+	struct authres_input in = {.authserv_id = "mx.example.org",
+	                           .spf = &spf,
+	                           .n_spf = 1,
+	                           .dkim = &dkim,
+	                           .n_dkim = 1,
+	                           .arc = AUTHRES_ARC_NONE};
 	struct tbuf b = TBUF_INIT(8192);
 	if (authres_build(&in, &b) != TERN_OK)
 		abort();

@@ -215,7 +215,8 @@ def test_dripping_tls_handshake_with_tls_required_defers(remote_tern, mx):
         first = fake.wait_conns(1, timeout=15, tern=t)[0]
         assert first.hung_up_on_us and not first.finished_drip, t.log_tail()
         assert_deferred_not_lost(t, qid, rcpt, r"4\.7\.5",
-                                 rf"TLS handshake with .* failed: timed out after {TIMEOUT}s")
+                                 rf"TLS required but the TLS handshake with .* failed "
+                                 rf"\(timed out after {TIMEOUT}s\)")
         conns = fake.wait_conns(2, timeout=15, tern=t)
         assert all("STARTTLS" in c.commands for c in conns[:2]), "TLS required, sent in clear"
         assert not any(c.got_message for c in conns)

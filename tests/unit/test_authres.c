@@ -114,8 +114,8 @@ static void test_build_full(void **state)
 	    {DMARC_SPF_NEUTRAL, DMARC_SPF_HELO, "mx.example.com"},
 	};
 	struct dmarc_dkim dkim[] = {
-	    {DMARC_DKIM_PASS, "example.com", "sel", "ab/c d+ef\r\n\tgh==", NULL},
-	    {DMARC_DKIM_FAIL, "example.net", "s2", "ZZZZZZZZZZZZ", "bad signature"},
+	    {DMARC_DKIM_PASS, "example.com", "sel", "ab/c d+ef\r\n\tgh==", NULL, false},
+	    {DMARC_DKIM_FAIL, "example.net", "s2", "ZZZZZZZZZZZZ", "bad signature", false},
 	};
 	struct dmarc_outcome o = outcome(DMARC_RESULT_FAIL, "example.com",
 	                                 "v=DMARC1; p=reject; t=y", DMARC_POLICY_QUARANTINE);
@@ -190,8 +190,8 @@ static void test_build_none_and_errors(void **state)
 	tbuf_reset(&b);
 
 	/* network values with control bytes are left out, never written */
-	struct dmarc_dkim dkim = {DMARC_DKIM_PASS, "evil.example\r\nX-Injected: yes", "s\x01",
-	                          "abc", "why\n"};
+	struct dmarc_dkim dkim = {
+	    DMARC_DKIM_PASS, "evil.example\r\nX-Injected: yes", "s\x01", "abc", "why\n", false};
 	struct authres_input in2 = {.authserv_id = "mx.example.org", .dkim = &dkim, .n_dkim = 1};
 	assert_int_equal(authres_build(&in2, &b), TERN_OK);
 	assert_string_equal(b.data, "Authentication-Results: mx.example.org;\r\n"
@@ -258,8 +258,8 @@ static void test_build_folds_long_values(void **state)
 	memset(d2, 'b', 61);
 	memcpy(d2 + 61, ".example.net", 13);
 	struct dmarc_dkim dkim[] = {
-	    {DMARC_DKIM_PASS, d1, "selector-with-a-long-name-2026", "abcdefghijkl", NULL},
-	    {DMARC_DKIM_TEMPERROR, d2, "s", "x", "key record lookup failed"},
+	    {DMARC_DKIM_PASS, d1, "selector-with-a-long-name-2026", "abcdefghijkl", NULL, false},
+	    {DMARC_DKIM_TEMPERROR, d2, "s", "x", "key record lookup failed", false},
 	};
 	struct dmarc_spf spf = {DMARC_SPF_SOFTFAIL, DMARC_SPF_MAILFROM, d2};
 	struct authres_input in = {

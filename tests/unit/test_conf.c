@@ -787,10 +787,24 @@ static const struct err_case conf_err_cases[] = {
     {"relayhost { via = \"smtp://h.test\"; auth_user = u; auth_password_file = 5 }",
      "t.conf:1: relayhost.auth_password_file: expected a string, got the number 5"},
     {"relayhost {\n via = \"smtp://h.test\"\n tls = always\n}",
-     "t.conf:3: relayhost.tls: must be \"none\", \"opportunistic\" or \"require\", not 'always'"},
+     "t.conf:3: relayhost.tls: must be \"none\", \"opportunistic\", \"require\", \"verify\" or "
+     "\"dane\", not 'always'"},
+    /* credentials never in clear, nor to whoever answers, except to this machine */
+    {"relayhost { via = \"smtp://h.test\"; auth_user = u; auth_password_file = /p;\n"
+     " tls = none }",
+     "t.conf:2: relayhost.tls: \"none\" with auth_user would send the password without TLS; "
+     "use \"verify\" (the default with auth_user) or \"require\" (encrypted, certificate not "
+     "checked)"},
+    {"routes { a.test { via = \"smtp://[2001:db8::1]\"; auth_user = u; auth_password_file = /p;"
+     " tls = opportunistic } }",
+     "t.conf:1: routes.\"a.test\".tls: \"opportunistic\" with auth_user would send the password "
+     "without TLS; use \"verify\" (the default with auth_user) or \"require\" (encrypted, "
+     "certificate not checked)"},
+    {"delivery { ca_file = 5 }", "t.conf:1: delivery.ca_file: expected a string, got the number 5"},
+    {"delivery { dane = 3 }", "t.conf:1: delivery.dane: expected true or false, got the number 3"},
     {"relayhost { via = \"smtp://h.test\"; tls = true }",
-     "t.conf:1: relayhost.tls: expected \"none\", \"opportunistic\" or \"require\", got the "
-     "boolean true"},
+     "t.conf:1: relayhost.tls: expected \"none\", \"opportunistic\", \"require\", \"verify\" or "
+     "\"dane\", got the boolean true"},
     {"routes {\n a.test {\n  via = \"smtps://h.test\"\n  tls = none\n }\n}",
      "t.conf:4: routes.\"a.test\".tls: \"none\" contradicts smtps:// in via, which is TLS from "
      "the first byte; use smtp:// for a connection without TLS"},
@@ -1432,6 +1446,9 @@ static void test_route_tls_defaults(void **state)
 	    {"smtp://h.test", "require", CONF_TLS_REQUIRE},
 	    {"smtps://h.test", "opportunistic", CONF_TLS_OPPORTUNISTIC},
 	    {"smtps://h.test", "require", CONF_TLS_REQUIRE},
+	    {"smtp://h.test", "verify", CONF_TLS_VERIFY},
+	    {"smtps://h.test", "verify", CONF_TLS_VERIFY},
+	    {"smtp://h.test", "dane", CONF_TLS_DANE},
 	};
 	for (size_t i = 0; i < N(cases); i++) {
 		char text[256], err[256];
@@ -1447,6 +1464,42 @@ static void test_route_tls_defaults(void **state)
 			fail_msg("case %zu: tls %d, want %d", i, c->relayhost->tls, cases[i].want);
 		conf_unref(c);
 	}
+}
+
+/* With auth_user the default is verify; lower levels only to a loopback address. */
+static void test_route_tls_with_auth(void **state)
+{
+	static const struct {
+		const char *via, *tls; /* tls NULL: not given */
+		enum conf_tls want;
+	} cases[] = {
+	    {"smtp://h.test", NULL, CONF_TLS_VERIFY},
+	    {"smtps://h.test", NULL, CONF_TLS_VERIFY},
+	    {"smtp://h.test", "require", CONF_TLS_REQUIRE},
+	    {"smtp://h.test", "dane", CONF_TLS_DANE},
+	    {"smtp://127.0.0.20:2525", "none", CONF_TLS_NONE},
+	    {"smtp://[::1]", "opportunistic", CONF_TLS_OPPORTUNISTIC},
+	};
+	for (size_t i = 0; i < N(cases); i++) {
+		char text[300], err[256];
+		snprintf(
+		    text, sizeof(text),
+		    "relayhost { via = \"%s\"; auth_user = u; auth_password_file = /p; %s%s%s }",
+		    cases[i].via, cases[i].tls ? "tls = " : "", cases[i].tls ? cases[i].tls : "",
+		    cases[i].tls ? ";" : "");
+		struct tern_config *c = load_str(text, err, sizeof(err));
+		if (!c)
+			fail_msg("case %zu: %s", i, err);
+		if (c->relayhost->tls != cases[i].want)
+			fail_msg("case %zu: tls %d, want %d", i, c->relayhost->tls, cases[i].want);
+		conf_unref(c);
+	}
+	/* A name is never "loopback": DNS could point it anywhere. */
+	char err[256];
+	struct tern_config *c = load_str("relayhost { via = \"smtp://localhost\"; auth_user = u; "
+	                                 "auth_password_file = /p; tls = none }",
+	                                 err, sizeof(err));
+	assert_null(c);
 }
 
 static void test_route_auth_and_relative_paths(void **state)
@@ -1818,7 +1871,8 @@ static void test_print_reload_round_trip(void **state)
 	    "  b { address = \"127.0.0.1:465\"; profile = submission; tls = implicit }\n"
 	    "  c { address = \"127.0.0.1:587\"; profile = submission } }\n",
 	    "tls { self_signed = true }\ndata_dir = /srv/t/",
-	    "auth_checks { spf = false; dmarc = enforce; defer_on_temperror = true; timeout = 1min }",
+	    "auth_checks { spf = false; dmarc = enforce; defer_on_temperror = true; timeout = 1min "
+	    "}",
 	    "auth_checks { dkim = off; dmarc = \"off\" }",
 	    "recipient_delimiter = \"\"",
 	    "recipient_delimiter = \"+-\"",
@@ -1880,7 +1934,7 @@ static void test_print_shows_routes(void **state)
 	static const char *const want[] = {
 	    "routes {\n\t\"a.test\" {\n\t\tvia = \"smtps://[2001:db8::1]:465\";\n"
 	    "\t\ttls = \"require\";\n\t}\n}\n",
-	    "relayhost {\n\tvia = \"smtp://relay.test:25\";\n\ttls = \"opportunistic\";\n"
+	    "relayhost {\n\tvia = \"smtp://relay.test:25\";\n\ttls = \"verify\";\n"
 	    "\tauth_user = \"k\";\n\tauth_password_file = \"/pw\";\n}\n",
 	    "\tremote_port = 2525;\n",
 	    "\tretry_max = 3600s;\n",
@@ -1964,9 +2018,9 @@ static void test_capture_http_keys(void **state)
 	     "t.conf:1: capture.http_max_body: 100 is below the minimum 1024"},
 	    {"capture { http_max_body = 1g }",
 	     "t.conf:1: capture.http_max_body: 1073741824 is above the maximum 134217728"},
-	    {"capture { http_max_body = 10s }",
-	     "t.conf:1: capture.http_max_body: expected a size (bytes, or a number with k, m or g), "
-	     "got a time"},
+	    {"capture { http_max_body = 10s }", "t.conf:1: capture.http_max_body: expected a size "
+	                                        "(bytes, or a number with k, m or g), "
+	                                        "got a time"},
 	    {"capture { http_max_connections = 0 }",
 	     "t.conf:1: capture.http_max_connections: 0 is below the minimum 1"},
 	};
@@ -2265,6 +2319,7 @@ int main(void)
 	    cmocka_unit_test(test_fifo_refused),
 	    cmocka_unit_test(test_route_via_forms),
 	    cmocka_unit_test(test_route_tls_defaults),
+	    cmocka_unit_test(test_route_tls_with_auth),
 	    cmocka_unit_test(test_route_auth_and_relative_paths),
 	    cmocka_unit_test(test_password_file_not_read_or_printed),
 	    cmocka_unit_test(test_find_route_precedence),

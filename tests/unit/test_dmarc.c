@@ -431,9 +431,9 @@ static const struct dmarc_outcome *evaluate(struct fake_dns *d, const struct msg
 	snprintf(hdr, sizeof(hdr), "From: %s\r\n", m->from);
 	dmarc_from_domains(hdr, strlen(hdr), &from);
 	for (size_t i = 0; i < 4 && m->dkim[i]; i++)
-		dk[n++] = (struct dmarc_dkim){DMARC_DKIM_PASS, m->dkim[i], "s", "b", NULL};
+		dk[n++] = (struct dmarc_dkim){DMARC_DKIM_PASS, m->dkim[i], "s", "b", NULL, false};
 	if (m->dkim_fail)
-		dk[n++] = (struct dmarc_dkim){DMARC_DKIM_FAIL, m->dkim_fail, "s", "b", NULL};
+		dk[n++] = (struct dmarc_dkim){DMARC_DKIM_FAIL, m->dkim_fail, "s", "b", NULL, false};
 	struct dmarc_input in = {
 	    .from = &from,
 	    .spf = {m->spf_domain ? DMARC_SPF_PASS : DMARC_SPF_NONE, DMARC_SPF_MAILFROM,
@@ -444,6 +444,40 @@ static const struct dmarc_outcome *evaluate(struct fake_dns *d, const struct msg
 	*ep = dmarc_eval_new(&in);
 	assert_non_null(*ep);
 	return run(*ep, d);
+}
+
+/* RFC 6376 §3.6.1: a pass by a key published with t=y (testing) is the
+ * same as no signature for DMARC; the only aligned identifier here is that
+ * signature, so DMARC fails. A non-testing pass of the same d= passes. */
+static void test_dkim_testing_key_not_aligned(void **state)
+{
+	static const struct rr zone[] = {{"_dmarc.example.com", "v=DMARC1; p=reject"}};
+	struct dmarc_from from;
+	const char hdr[] = "From: a@example.com\r\n";
+	dmarc_from_domains(hdr, strlen(hdr), &from);
+	for (int testing = 0; testing < 2; testing++) {
+		struct fake_dns dns = {.rr = zone, .n = 1};
+		struct dmarc_dkim dk = {DMARC_DKIM_PASS, "example.com", "s", "b", NULL,
+		                        testing != 0};
+		struct dmarc_input in = {
+		    .from = &from,
+		    .spf = {DMARC_SPF_NONE, DMARC_SPF_MAILFROM, NULL},
+		    .dkim = &dk,
+		    .n_dkim = 1,
+		};
+		struct dmarc_eval *e = dmarc_eval_new(&in);
+		assert_non_null(e);
+		const struct dmarc_outcome *o = run(e, &dns);
+		if (testing) {
+			assert_int_equal(o->result, DMARC_RESULT_FAIL);
+			assert_false(o->author[0].dkim_aligned);
+			assert_int_equal(o->action, DMARC_ACTION_REJECT);
+		} else {
+			assert_int_equal(o->result, DMARC_RESULT_PASS);
+			assert_true(o->author[0].dkim_aligned);
+		}
+		dmarc_eval_free(e);
+	}
 }
 
 #define ZONE(...)                                                                                  \
@@ -1113,6 +1147,7 @@ int main(void)
 	    cmocka_unit_test(test_names_asked_once),
 	    cmocka_unit_test(test_decide),
 	    cmocka_unit_test(test_psl_vectors),
+	    cmocka_unit_test(test_dkim_testing_key_not_aligned),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -228,7 +228,7 @@ static void check(struct ctx *c, const char *hdr, const char *spf, const char *d
 {
 	struct dmarc_from from;
 	dmarc_from_domains(hdr, strlen(hdr), &from);
-	struct dmarc_dkim dk = {DMARC_DKIM_PASS, dkim, "s", "b", NULL};
+	struct dmarc_dkim dk = {DMARC_DKIM_PASS, dkim, "s", "b", NULL, false};
 	struct dmarc_input in = {&from,
 	                         {spf ? DMARC_SPF_PASS : DMARC_SPF_NONE, DMARC_SPF_MAILFROM, spf},
 	                         &dk,

@@ -500,6 +500,7 @@
 		state.msg = msg;
 		state.cache = {};
 		state.remote = false;
+		if (window.ternChecks) window.ternChecks.reset();
 		select(id);
 		for (const b of el.list.querySelectorAll('button.msg')) {
 			if (b.dataset.id === id) b.setAttribute('aria-current', 'true');
@@ -639,6 +640,7 @@
 		if (tab === 'html') loadFrame();
 		else if (tab === 'headers') loadHeaders();
 		else if (tab === 'raw' || tab === 'mime') loadRaw();
+		else if (window.ternChecks) window.ternChecks.show(tab, state.msg); // checks.js
 	}
 
 	async function loadHeaders() {
@@ -651,7 +653,14 @@
 			const frag = document.createDocumentFragment();
 			for (const [name, vals] of Object.entries(hd || {})) {
 				for (const v of Array.isArray(vals) ? vals : [vals]) {
-					frag.append(h('tr', null, h('th', { scope: 'row', text: name }), h('td', { text: v })));
+					// RFC 2047 encoded words shown decoded; the raw value stays one click away
+					const dec = decodeWords(String(v));
+					const td = h('td', null, h('span', { class: 'hdr-value', text: dec }));
+					if (dec !== v) {
+						td.append(h('details', { class: 'hdr-raw' }, h('summary', { text: 'raw' }),
+							h('code', { text: v })));
+					}
+					frag.append(h('tr', null, h('th', { scope: 'row', text: name }), td));
 				}
 			}
 			el.headersBody.replaceChildren(frag);
@@ -692,10 +701,10 @@
 		const rows = [];
 		const add = (kind, a) => rows.push(h('tr', null,
 			h('td', { class: 'mono', text: a.PartID || '' }),
-			h('td', { text: kind }),
-			h('td', { class: 'mono', text: a.ContentType || '' }),
-			h('td', { text: a.FileName || '' }),
-			h('td', { class: 'mono', text: a.ContentID || '' }),
+			h('td', { class: 'opt', text: kind }),
+			h('td', { class: 'mono opt', text: a.ContentType || '' }),
+			h('td', { class: 'fname', text: a.FileName || '' }),
+			h('td', { class: 'mono opt', text: a.ContentID || '' }),
 			h('td', { class: 'num', text: fmtSize(a.Size) }),
 			h('td', null, h('a', { href: partUrl(m.ID, a.PartID), download: a.FileName || `part-${a.PartID}`,
 				'aria-label': `Download ${a.FileName || 'part ' + a.PartID}` }, 'Download'))));
@@ -949,7 +958,7 @@
 
 	// ---------------------------------------------------------------- keyboard
 
-	const TAB_KEYS = { 1: 'html', 2: 'text', 3: 'headers', 4: 'raw', 5: 'mime' };
+	const TAB_KEYS = { 1: 'html', 2: 'text', 3: 'headers', 4: 'raw', 5: 'mime', 6: 'html-check', 7: 'link-check', 8: 'sa-check' };
 
 	function onKey(e) {
 		if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey) return;
