@@ -479,7 +479,9 @@ static void on_verdict(void *arg, const struct milter_verdict *v)
 	static const char *const op_names[] = {"-", "connect", "helo", "mail", "rcpt", "msg"};
 	const char *step = ms->op == OP_MSG ? sub_names[ms->sub] : op_names[ms->op];
 	const char *spec = o->spec;
-	if (v->action != MILTER_CONTINUE || v->failed)
+	/* refusals, discards and failures; not the accept most milters end a
+	 * good message with (one line per message would say nothing) */
+	if ((v->action != MILTER_CONTINUE && v->action != MILTER_ACCEPT) || v->failed)
 		log_verdict(ms, step, o, v);
 	switch (v->action) {
 	case MILTER_CONTINUE:
