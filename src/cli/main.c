@@ -31,6 +31,7 @@ static const struct command {
     {"milter", cmd_milter},
     {"dmarc", cmd_dmarc},
     {"sendmail", cmd_sendmail},
+    {"suppress", cmd_suppress},
     /* clang-format on */
 };
 
@@ -60,6 +61,7 @@ static const struct cli_help help = {
     "  milter test --milter SPEC < MSG\n"
     "                             run a message through a milter (rspamd, ...)\n"
     "  dmarc send-reports|report  DMARC aggregate reports: send now; show received\n"
+    "  suppress list|add|del      the suppression list (bounces, complaints, unsubscribes)\n"
     "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
     "  version                    print the version\n"
     "\n"

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "auth/auth.h"
+#include "cli/capture_env.h"
 #include "cli/cli.h"
 #include "core/conf.h"
 #include "core/err.h"
@@ -46,6 +47,7 @@
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "store/suppress.h"
 #include "tls/tls.h"
 
 #define MAX_WORKERS 64
@@ -89,6 +91,11 @@ static struct tern_config *config_load(const char *path, const struct capture_op
 		return conf;
 	if (conf_apply_capture(conf, cap->smtp, cap->data_dir) != TERN_OK) {
 		snprintf(err, errlen, "--smtp: '%s' is not an IP:PORT address", cap->smtp);
+		conf_unref(conf);
+		return NULL;
+	}
+	if (cap->ext && capture_ext_apply_conf(cap->ext, conf) != TERN_OK) {
+		snprintf(err, errlen, "out of memory");
 		conf_unref(conf);
 		return NULL;
 	}
@@ -813,7 +820,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		fds[i] = -1; /* owned by the listener now */
 	}
 	if (cap) {
-		capm = capture_mode_start(conf->data_dir, http_fd, sp, sched, err, sizeof(err));
+		capm = capture_mode_start(conf->data_dir, http_fd, sp, sched, cap->ext, err,
+		                          sizeof(err));
 		if (!capm) {
 			log_error("event=fatal reason=\"capture: %s\"", err);
 			goto out;
@@ -939,6 +947,7 @@ out:
 	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */
 	remote_free(remote);
 	scheduler_free(sched);
+	suppress_shared_close(); /* after the delivery threads, its only users */
 	for (unsigned w = 0; w < n_workers; w++)
 		worker_free(workers[w]);
 	for (size_t i = 0; i < n_fds; i++)

@@ -208,6 +208,8 @@ struct ctx {
 	char *tls_cert, *tls_key;       /* tls.cert_file / key_file */
 	struct conf_tls_cert *tls_list; /* tls.certificates */
 	size_t n_tls_list;
+	/* suppression.verp_domain / feedback_address, for finish_suppression's errors */
+	const struct ucl_node *suppr_verp, *suppr_fbl;
 };
 
 __attribute__((format(printf, 3, 4))) static int cerr(struct ctx *x, const struct ucl_node *n,
@@ -2142,6 +2144,109 @@ const struct conf_dkim_key *conf_arc_seal_key(const struct tern_config *c)
 	return NULL;
 }
 
+/* ---- suppression { enabled; verp_domain; feedback_address; unsubscribe_url; } ---- */
+
+static int parse_suppression(struct ctx *x, const struct ucl_node *sec, struct conf_suppression *p)
+{
+	int rc = want_section(x, sec, "suppression");
+	char b[80];
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char **str = strcmp(m->key, "verp_domain") == 0        ? &p->verp_domain
+		             : strcmp(m->key, "feedback_address") == 0 ? &p->feedback_address
+		             : strcmp(m->key, "unsubscribe_url") == 0  ? &p->unsubscribe_url
+		                                                       : NULL;
+		if (strcmp(m->key, "enabled") == 0) {
+			rc = get_bool(x, m, "suppression.enabled", &p->enabled);
+		} else if (str) {
+			free(*str);
+			*str = NULL;
+			rc = get_str(x, m, "suppression", str);
+			if (rc != TERN_OK)
+				break;
+			if (str == &p->verp_domain && !valid_domain(*str))
+				return cerr(x, m,
+				            "suppression.verp_domain: '%s' is not a domain name",
+				            show(*str, b, sizeof(b)));
+			if (str == &p->feedback_address && !valid_address(*str))
+				return cerr(x, m,
+				            "suppression.feedback_address: '%s' is not an address",
+				            show(*str, b, sizeof(b)));
+			if (str == &p->unsubscribe_url && strncmp(*str, "https://", 8) != 0 &&
+			    strncmp(*str, "http://", 7) != 0)
+				return cerr(
+				    x, m, "suppression.unsubscribe_url: '%s' is not an http(s) URL",
+				    show(*str, b, sizeof(b)));
+			if (str != &p->unsubscribe_url)
+				tern_ascii_lower(*str);
+			if (str == &p->verp_domain)
+				x->suppr_verp = m;
+			if (str == &p->feedback_address)
+				x->suppr_fbl = m;
+		} else {
+			rc = unknown_key(x, m, "suppression");
+		}
+	}
+	return rc;
+}
+
+/* Reports come in by SMTP: their domains must be this host's. */
+static int finish_suppression(struct ctx *x, const struct tern_config *c)
+{
+	const struct conf_suppression *p = &c->suppression;
+	const char *fa = p->feedback_address ? strrchr(p->feedback_address, '@') : NULL;
+	if (p->verp_domain && !conf_is_local_domain(c, p->verp_domain, strlen(p->verp_domain)))
+		return cerr(
+		    x, x->suppr_verp,
+		    "suppression.verp_domain: %s is not in local_domains (bounces to it must "
+		    "be received here)",
+		    p->verp_domain);
+	if (fa && !conf_is_local_domain(c, fa + 1, strlen(fa + 1)))
+		return cerr(x, x->suppr_fbl,
+		            "suppression.feedback_address: %s is not in local_domains", fa + 1);
+	return TERN_OK;
+}
+
+/* Top-level feedback_address = "..."; is suppression.feedback_address. */
+static int parse_feedback_address(struct ctx *x, const struct ucl_node *m,
+                                  struct conf_suppression *p)
+{
+	char b[80];
+	free(p->feedback_address);
+	p->feedback_address = NULL;
+	int rc = get_str(x, m, "feedback_address", &p->feedback_address);
+	if (rc != TERN_OK)
+		return rc;
+	if (!valid_address(p->feedback_address))
+		return cerr(x, m, "feedback_address: '%s' is not an address",
+		            show(p->feedback_address, b, sizeof(b)));
+	tern_ascii_lower(p->feedback_address);
+	x->suppr_fbl = m;
+	return TERN_OK;
+}
+
+static void suppression_free(struct conf_suppression *p)
+{
+	free(p->verp_domain);
+	free(p->feedback_address);
+	free(p->unsubscribe_url);
+}
+
+static void print_suppression(FILE *f, const struct conf_suppression *p)
+{
+	fprintf(f, "suppression {\n\tenabled = %s;\n", p->enabled ? "true" : "false");
+	const char *names[] = {"verp_domain", "feedback_address", "unsubscribe_url"};
+	const char *vals[] = {p->verp_domain, p->feedback_address, p->unsubscribe_url};
+	for (size_t i = 0; i < 3; i++) {
+		if (!vals[i])
+			continue;
+		fprintf(f, "\t%s = ", names[i]);
+		print_str(f, vals[i]);
+		fputs(";\n", f);
+	}
+	fputs("}\n", f);
+}
+
 static void arc_free(struct conf_arc *a)
 {
 	for (size_t i = 0; i < a->n_trusted_sealers; i++)
@@ -2404,6 +2509,7 @@ static void conf_free(struct tern_config *c)
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	arc_free(&c->arc);
+	suppression_free(&c->suppression);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -2791,6 +2897,10 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dmarc(x, m, &c->dmarc);
 	if (strcmp(k, "arc") == 0)
 		return parse_arc(x, m, &c->arc);
+	if (strcmp(k, "suppression") == 0)
+		return parse_suppression(x, m, &c->suppression);
+	if (strcmp(k, "feedback_address") == 0) /* issue 12's spelling of the same key */
+		return parse_feedback_address(x, m, &c->suppression);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	return unknown_key(x, m, NULL);
@@ -2844,6 +2954,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
+	c->suppression.enabled = true;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
 		rc = parse_top(&x, c, doc->root->items[i], &bt);
 	if (rc != TERN_OK)
@@ -2885,6 +2996,10 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->n_local_domains = bt.domains.n;
 	c->relay_networks = bt.nets.v;
 	c->n_relay_networks = bt.nets.n;
+	if (finish_suppression(&x, c) != TERN_OK) {
+		conf_free(c); /* it owns the lists now */
+		return NULL;
+	}
 	return c;
 fail:
 	strlist_free(&bt.domains);
@@ -3451,4 +3566,5 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_auth_checks(out, &c->auth_checks);
 	print_dmarc(out, &c->dmarc);
 	print_arc(out, &c->arc);
+	print_suppression(out, &c->suppression);
 }

@@ -278,6 +278,14 @@ struct conf_arc {
 	char *seal_selector;
 };
 
+/* ---- suppression { }: the suppression list's intake (store/suppress.h) ---- */
+struct conf_suppression {
+	bool enabled;           /* skip suppressed recipients, add hard bounces; default true */
+	char *verp_domain;      /* lowercased; set: VERP return paths bounce+TOKEN@it */
+	char *feedback_address; /* lowercased; ARF reports sent here are consumed */
+	char *unsubscribe_url;  /* base of one-click unsubscribe URLs, NULL: none */
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -332,6 +340,7 @@ struct tern_config {
 	struct conf_auth_checks auth_checks;
 	struct conf_dmarc dmarc;
 	struct conf_arc arc;
+	struct conf_suppression suppression;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

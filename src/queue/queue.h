@@ -35,6 +35,9 @@ enum rcpt_state {
 	RCPT_DELIVERED = 2,
 	RCPT_BOUNCED = 3, /* permanent failure */
 	RCPT_HELD = 4,    /* held by the operator */
+	/* final: on the suppression list (store/suppress.h), not attempted and
+	 * no DSN (the sender's platform reports it, as SES and Postmark do) */
+	RCPT_SUPPRESSED = 5,
 };
 
 const char *rcpt_state_name(enum rcpt_state s);

@@ -59,6 +59,7 @@
 #include "policy/policy.h"
 #include "queue/queue.h"
 #include "smtp/milter_stage.h"
+#include "store/suppress.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
 #define READ_HIGH_WATERMARK (256 * 1024)
@@ -315,6 +316,10 @@ struct smtp_server {
 
 static pthread_mutex_t chaos_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct smtp_chaos chaos;
+/* smtp_capture_set_login: set once before the listeners start */
+static int (*capture_login)(void *arg, const char *login, const char *password);
+static void *capture_login_arg;
+static bool capture_starttls_first; /* smtp_capture_require_starttls */
 
 void smtp_chaos_set(const struct smtp_chaos *c)
 {
@@ -1015,7 +1020,9 @@ static bool auth_advertised(const struct session *s)
  */
 static bool auth_required(const struct session *s)
 {
-	return s->submission && !s->conf->capture_mode;
+	if (s->conf->capture_mode)
+		return capture_login != NULL; /* Mailpit with --smtp-auth-file */
+	return s->submission;
 }
 
 /*
@@ -1183,6 +1190,10 @@ static char *auth_identity(const struct session *s)
 
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
+	if (s->conf->capture_mode && capture_starttls_first && !s->tls_active) {
+		reply(s, SMTP_R_STARTTLS_FIRST); /* Mailpit's --smtp-require-starttls */
+		return;
+	}
 	if (c->path.utf8 && !c->smtputf8) {
 		reply(s, SMTP_R_SENDER_NEEDS_SMTPUTF8);
 		return;
@@ -1272,6 +1283,12 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 	snprintf(addr, sizeof(addr), "%s@%s", local_lc, dom_lc);
 
 	*err = TERN_OK;
+	/* SUPPRESSION: VERP return paths and the feedback address take reports
+	 * (store/suppress.h); delivery consumes them. */
+	if (suppress_intake_match(conf, addr)) {
+		*err = tx_add_rcpt(t, addr, c->orcpt, c->notify, true);
+		return true;
+	}
 	const struct conf_alias *al = conf_find_alias(conf, addr);
 	if (al) {
 		size_t before = t->n_rcpts;
@@ -2029,7 +2046,7 @@ static void auth_status(struct session *s, enum sasl_status st)
  * auth.allow_plaintext, and not from a blocked address. */
 static void submission_auth(struct session *s, const struct smtp_cmd *c)
 {
-	if (!s->tls_active && !s->conf->auth.allow_plaintext) {
+	if (!s->tls_active && !s->conf->auth.allow_plaintext && !s->conf->capture_mode) {
 		log_info("event=auth_refused sess=%u.%llu client=%s reason=tls-required",
 		         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer);
 		reply(s, SMTP_R_AUTH_NEEDS_TLS);
@@ -2074,11 +2091,27 @@ static void auth_setup(struct session *s)
 	    .mechs = a->mechanisms,
 	    .hostname = s->conf->hostname,
 	};
+	if (s->conf->capture_mode) /* capture's own users: PLAIN and LOGIN */
+		s->sasl_cfg = (struct sasl_config){.verify_password = capture_login,
+		                                   .store_arg = capture_login_arg,
+		                                   .hostname = s->conf->hostname};
+}
+
+void smtp_capture_set_login(int (*verify)(void *arg, const char *login, const char *password),
+                            void *arg)
+{
+	capture_login = verify;
+	capture_login_arg = arg;
+}
+
+void smtp_capture_require_starttls(bool on)
+{
+	capture_starttls_first = on;
 }
 
 static void cmd_auth(struct session *s, const struct smtp_cmd *c)
 {
-	if (s->conf->capture_mode)
+	if (s->conf->capture_mode && !capture_login)
 		capture_auth(s, c);
 	else
 		submission_auth(s, c);
@@ -3378,7 +3411,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	}
 	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls != NULL;
 	milter_listener_of(s, l, fd); /* MILTER: this listener's milters, if any */
-	if (s->submission)
+	if (s->submission || (conf->capture_mode && capture_login))
 		auth_setup(s);
 	s->next = sw->sessions;
 	if (s->next)
