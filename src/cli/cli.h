@@ -62,6 +62,7 @@ int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
 int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
 int cmd_dmarc(int argc, char **argv); /* `tern dmarc send-reports|report` (dmarc.c) */
 int cmd_suppress(int argc, char **argv);       /* `tern suppress` (suppress.c) */
+int cmd_apikey(int argc, char **argv);         /* `tern apikey` (apikey.c) */
 
 /*
  * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file

@@ -42,6 +42,7 @@
 #include "core/privsep.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "http/api.h"
 #include "policy/policy.h"
 #include "pop3/pop3.h"
 #include "queue/queue.h"
@@ -247,7 +248,7 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	 * are created by the daemon after the drop, so two levels suffice. */
 	if (depth >= 1)
 		return;
-	static const char *subs[] = {"spool", "mail", "users", "control.sock", "tls"};
+	static const char *subs[] = {"spool", "mail", "users", "control.sock", "tls", "apikeys.db"};
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
 		struct stat st;
@@ -601,6 +602,9 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct throttle *throttle = NULL;
 	struct tls_server *tls = NULL;
 	int http_fd = -1;
+	int api_fds[MAX_FDS]; /* listeners with profile "http": http/api.h */
+	size_t n_api_fds = 0;
+	struct api *api = NULL;
 	struct parent_ctx pc = {.path = path, .cap = cap};
 	struct file_bundle *bundle = NULL;
 	int split = 0, ps_sock = -1, sfd = -1;
@@ -655,6 +659,20 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			log_error("event=fatal listener=%s reason=\"%s\"", conf->listeners[i].name,
 			          err);
 			goto out;
+		}
+		if (strcmp(conf->listeners[i].profile, "http") == 0) {
+			int fd = n_api_fds < MAX_FDS ? bind_listener_opt(conf->listeners[i].address,
+			                                                 false, err, sizeof(err))
+			                             : -1;
+			if (fd < 0) {
+				log_error("event=fatal listener=%s reason=\"%s\"",
+				          conf->listeners[i].name, err);
+				goto out;
+			}
+			api_fds[n_api_fds++] = fd;
+			log_info("event=listening name=%s address=%s profile=http tls=none",
+			         conf->listeners[i].name, conf->listeners[i].address);
+			continue;
 		}
 		for (unsigned w = 0; w < n_workers; w++) {
 			if (n_fds == MAX_FDS) {
@@ -712,6 +730,9 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			for (size_t i = 0; i < n_fds; i++)
 				close(fds[i]);
 			n_fds = 0;
+			for (size_t i = 0; i < n_api_fds; i++)
+				close(api_fds[i]);
+			n_api_fds = 0;
 			close(control_fd);
 			control_fd = -1;
 			if (http_fd >= 0)
@@ -828,6 +849,12 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		}
 		http_fd = -1; /* owned by the HTTP server now */
 	}
+	/* before anything is submitted: it watches the scheduler's results */
+	if (n_api_fds &&
+	    !(api = api_start(conf->data_dir, sp, sched, api_fds, n_api_fds, err, sizeof(err)))) {
+		log_error("event=fatal reason=\"http api: %s\"", err);
+		goto out;
+	}
 	for (unsigned w = 0; w < n_workers; w++) {
 		if (worker_start(workers[w]) != 0) {
 			log_error("event=fatal reason=\"cannot start worker thread %u\"", w);
@@ -921,6 +948,7 @@ out:
 	if (ctl)
 		control_stop(ctl);
 	submit_stop(sub);
+	api_stop(api);
 	if (remote)
 		remote_stop(remote);
 	for (unsigned w = 0; w < n_workers; w++)
@@ -930,6 +958,7 @@ out:
 	dmarcd = NULL;
 	scheduler_stop(sched);
 	scheduler_drain_results(sched);
+	api_free(api); /* after the last result it could be told of */
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);
@@ -957,6 +986,9 @@ out:
 		close(control_fd);
 	if (http_fd >= 0)
 		close(http_fd);
+	for (size_t i = 0; i < n_api_fds; i++)
+		if (api_fds[i] >= 0)
+			close(api_fds[i]);
 	if (rt)
 		runtime_release(rt);
 	tls_server_free(tls); /* after the sessions: they hold its context */

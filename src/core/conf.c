@@ -104,6 +104,7 @@ static const char default_text[] =
     "}\n"
     "\tpop3 { address = \"127.0.0.1:2110\"; profile = \"pop3\"; tls = \"starttls\"; }\n"
     "\tpop3s { address = \"127.0.0.1:2995\"; profile = \"pop3\"; tls = \"implicit\"; }\n"
+    "\tapi { address = \"127.0.0.1:2580\"; profile = \"http\"; }\n"
     "}\n"
     "routes { }\n"
     "# no relayhost: mail for other domains goes to their MX hosts\n"
@@ -1089,11 +1090,13 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		            sub, show(addr->str, b, sizeof(b)));
 	snprintf(sub, sizeof(sub), "%s.profile", path);
 	if (prof->type != UCL_STRING)
-		return want(x, prof, sub, "\"mx\", \"submission\" or \"pop3\"");
+		return want(x, prof, sub, "\"mx\", \"submission\", \"pop3\" or \"http\"");
 	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0 &&
-	    strcmp(prof->str, "pop3") != 0)
-		return cerr(x, prof, "%s: must be \"mx\", \"submission\" or \"pop3\", not '%s'",
+	    strcmp(prof->str, "pop3") != 0 && strcmp(prof->str, "http") != 0)
+		return cerr(x, prof,
+		            "%s: must be \"mx\", \"submission\", \"pop3\" or \"http\", not '%s'",
 		            sub, show(prof->str, b, sizeof(b)));
+
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
@@ -1104,6 +1107,12 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	enum conf_listen_tls lt = CONF_LISTEN_TLS_NONE;
 	if (tls && (rc = get_listen_tls(x, tls, path, &lt)) != TERN_OK)
 		return rc;
+	/* http (the sending API, http/api.h) has no TLS of its own yet */
+	if (strcmp(prof->str, "http") == 0 && (milters || mact || lt != CONF_LISTEN_TLS_NONE))
+		return cerr(x, milters ? milters : mact ? mact : tls,
+		            "%s: an http listener takes only address, profile and tls = \"none\" "
+		            "(TLS: put a proxy in front for now; milters are for SMTP)",
+		            path);
 	if (c->n_listeners >= MAX_LISTENERS)
 		return cerr(x, m, "listen: more than %d listeners", MAX_LISTENERS);
 	x->listen_tls[c->n_listeners] = tls;
@@ -2770,7 +2779,9 @@ static int finish_tls(struct ctx *x, struct tern_config *c)
 		struct conf_listener *l = &c->listeners[i];
 		const struct ucl_node *node = i < MAX_LISTENERS ? x->listen_tls[i] : NULL;
 		if (!node)
-			l->tls = t->n_certs ? CONF_LISTEN_TLS_STARTTLS : CONF_LISTEN_TLS_NONE;
+			l->tls = t->n_certs && strcmp(l->profile, "http") != 0
+			             ? CONF_LISTEN_TLS_STARTTLS
+			             : CONF_LISTEN_TLS_NONE;
 		else if (l->tls == CONF_LISTEN_TLS_NONE && t->n_certs > 0 &&
 		         strcmp(l->profile, "pop3") == 0)
 			return cerr(x, node,
@@ -3263,10 +3274,25 @@ size_t conf_warnings(const struct tern_config *c,
 		n++;
 	}
 	for (size_t i = 0; i < c->n_listeners; i++) {
-		if (c->listeners[i].n_milters == 0 || strcmp(c->listeners[i].profile, "pop3") != 0)
+		const char *a = c->listeners[i].address;
+		if (strcmp(c->listeners[i].profile, "http") != 0 || strncmp(a, "127.", 4) == 0 ||
+		    strncmp(a, "[::1]:", 6) == 0)
+			continue;
+		snprintf(key, sizeof(key), "listen.%s.address", c->listeners[i].name);
+		fn(key,
+		   "the HTTP API has no TLS of its own yet: API keys and mail cross the network in "
+		   "clear on this address; keep it on loopback behind a TLS proxy",
+		   arg);
+		n++;
+	}
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		const char *prof = c->listeners[i].profile;
+		if (c->listeners[i].n_milters == 0 || strcmp(prof, "mx") == 0 ||
+		    strcmp(prof, "submission") == 0)
 			continue;
 		snprintf(key, sizeof(key), "listen.%s.milters", c->listeners[i].name);
-		fn(key, "a pop3 listener receives no mail: its milters are never asked", arg);
+		fn(key, "only mx and submission listeners receive mail: these milters are never asked",
+		   arg);
 		n++;
 	}
 	for (size_t i = 0; i < c->n_routes; i++) {

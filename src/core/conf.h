@@ -37,7 +37,7 @@ enum conf_milter_action { CONF_MILTER_TEMPFAIL = 0, CONF_MILTER_ACCEPT, CONF_MIL
 struct conf_listener {
 	char *name;               /* the section name: "mx", "submission", ... */
 	char *address;            /* "IP:PORT" or "[IPv6]:PORT" */
-	char *profile;            /* "mx", "submission" or "pop3" */
+	char *profile;            /* "mx", "submission", "pop3" or "http" (the API) */
 	enum conf_listen_tls tls; /* default: starttls when tls has a certificate, else none */
 	/* milters = ["inet:IP:PORT", "unix:/path"]: asked in this order at each
 	 * SMTP step (policy/milter.h); default none. */

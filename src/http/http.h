@@ -28,6 +28,7 @@ struct capture_store;
 struct http_auth;
 struct pool;
 struct ssl_ctx_st;
+struct evhttp_request;
 struct worker;
 
 /* What the HTTP layer asks of the rest of tern. Callbacks may complete on
@@ -64,6 +65,10 @@ struct http_hooks {
 	/* The thread pool for blocking work (the password check of ui_auth),
 	 * or NULL: done on the HTTP worker. */
 	struct pool *pool;
+	/* Serve mode (http/api.h): when set, every request goes here instead of
+	 * capture's routes and guard (st is then NULL); it answers req, at once
+	 * or later on this worker. */
+	void (*handle)(void *ctx, struct evhttp_request *req);
 };
 
 struct http_server;

@@ -2255,6 +2255,10 @@ static void handle(struct evhttp_request *req, void *arg)
 	struct http_server *h = arg;
 	const char *uri = evhttp_request_get_uri(req);
 	int method = (int)evhttp_request_get_command(req);
+	if (h->hooks.handle) { /* serve mode: http/api.c */
+		h->hooks.handle(h->hooks.ctx, req);
+		return;
+	}
 	if (!uri || strlen(uri) > URL_MAX) {
 		reply_text(req, 414, "URI too long");
 		return;

@@ -232,6 +232,16 @@ size_t scheduler_pending(struct scheduler *s);
 /* Remote recipients go to r (set once, before the first submit). */
 struct remote;
 void scheduler_set_remote(struct scheduler *s, struct remote *r);
+/*
+ * Tells fn about every recipient result the scheduler records: delivered,
+ * bounced (final) or deferred, with the reply, right after the spool has
+ * it. Runs on a delivery thread: fn must be quick-ish, must not call the
+ * scheduler, and sees m only for the call. Set once, before the first
+ * submit (the HTTP API keeps its messages' final states: http/api.h).
+ */
+typedef void (*scheduler_result_fn)(void *arg, const struct spool_msg *m, size_t idx,
+                                    enum rcpt_state st, const char *reply);
+void scheduler_set_observer(struct scheduler *s, scheduler_result_fn fn, void *arg);
 /* Capture mode: local recipients go to this store instead of Maildirs
  * (also starts the capture ingest below; NULL stops and frees it). */
 struct capture_store;

@@ -66,6 +66,8 @@ struct scheduler {
 	struct spool *sp;
 	struct remote *remote;
 	struct capture_store *capture; /* capture mode: local recipients are caught here */
+	scheduler_result_fn observer; /* scheduler_set_observer, or NULL */
+	void *observer_arg;
 	struct capture_ingest *ingest; /* capture mode: SMTP and API mail, not spooled */
 	struct remote_job *results;    /* finished remote jobs waiting to be recorded */
 	int64_t last_prune;
@@ -308,6 +310,12 @@ void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try)
 void scheduler_set_remote(struct scheduler *s, struct remote *r)
 {
 	s->remote = r;
+}
+
+void scheduler_set_observer(struct scheduler *s, scheduler_result_fn fn, void *arg)
+{
+	s->observer_arg = arg;
+	s->observer = fn;
 }
 
 void scheduler_set_capture(struct scheduler *s, struct capture_store *st)
@@ -609,6 +617,12 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			break;
 		}
 		}
+		if (s->observer)
+			s->observer(s->observer_arg, m, o[k].idx,
+			            o[k].state == RCPT_DELIVERED || o[k].state == RCPT_BOUNCED
+			                ? o[k].state
+			                : RCPT_DEFERRED,
+			            o[k].reply);
 	}
 	send_dsn(s, conf, m, data, len, fail, n_fail, "failure");
 	send_dsn(s, conf, m, data, len, ok, n_ok, "success");
