@@ -2285,6 +2285,53 @@ static void print_arc(FILE *f, const struct conf_arc *a)
 	fputs("}\n", f);
 }
 
+/* ---- metrics { address; token; } ----------------------------------------- */
+
+static int parse_metrics(struct ctx *x, const struct ucl_node *sec, struct conf_metrics *mt)
+{
+	int rc = want_section(x, sec, "metrics");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char canon[80], b[80];
+		if (strcmp(m->key, "address") == 0) {
+			if (m->type != UCL_STRING)
+				return want(x, m, "metrics.address", "\"IP:PORT\" or \"[IPv6]:PORT\"");
+			if (!canonical_address(m->str, canon, sizeof(canon)))
+				return cerr(x, m,
+				            "metrics.address: '%s' is not IP:PORT or [IPv6]:PORT with a "
+				            "port from 1 to 65535",
+				            show(m->str, b, sizeof(b)));
+			char *d = tern_strdup(canon);
+			if (!d)
+				return nomem(x);
+			free(mt->address);
+			mt->address = d;
+		} else if (strcmp(m->key, "token") == 0) {
+			rc = get_str(x, m, "metrics.token", &mt->token);
+			/* It travels in an HTTP header: visible ASCII only. */
+			for (const char *p = mt->token; rc == TERN_OK && p && *p; p++)
+				if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+					rc = cerr(x, m, "metrics.token: only visible ASCII characters, no "
+					                "spaces");
+		} else {
+			rc = unknown_key(x, m, "metrics");
+		}
+	}
+	return rc;
+}
+
+static void print_metrics(FILE *f, const struct conf_metrics *mt)
+{
+	if (!mt->address)
+		return;
+	fputs("metrics {\n\taddress = ", f);
+	print_str(f, mt->address);
+	fputs(";\n", f);
+	if (mt->token) /* a secret: shown as set, never printed */
+		fputs("\t# token is set\n", f);
+	fputs("}\n", f);
+}
+
 /* ---- dmarc { reports { from; org_name; inbox; interval; } } ------------------ */
 
 static int parse_dmarc_reports(struct ctx *x, const struct ucl_node *sec,
@@ -2518,6 +2565,8 @@ static void conf_free(struct tern_config *c)
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	arc_free(&c->arc);
+	free(c->metrics.address);
+	free(c->metrics.token);
 	suppression_free(&c->suppression);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
@@ -2908,6 +2957,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dmarc(x, m, &c->dmarc);
 	if (strcmp(k, "arc") == 0)
 		return parse_arc(x, m, &c->arc);
+	if (strcmp(k, "metrics") == 0)
+		return parse_metrics(x, m, &c->metrics);
 	if (strcmp(k, "suppression") == 0)
 		return parse_suppression(x, m, &c->suppression);
 	if (strcmp(k, "feedback_address") == 0) /* issue 12's spelling of the same key */
@@ -3592,5 +3643,6 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_auth_checks(out, &c->auth_checks);
 	print_dmarc(out, &c->dmarc);
 	print_arc(out, &c->arc);
+	print_metrics(out, &c->metrics);
 	print_suppression(out, &c->suppression);
 }

@@ -24,6 +24,7 @@
  */
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "smtp/smtp_metrics.h"
 #include "tls/tls.h"
 
 #include <arpa/inet.h>
@@ -55,6 +56,7 @@
 #include "core/id.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/metrics.h"
 #include "core/runtime.h"
 #include "policy/policy.h"
 #include "queue/queue.h"
@@ -464,6 +466,8 @@ static void reply_line(struct session *s, enum smtp_reply_id id, int code, bool 
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	evbuffer_add(out, line, len);
 	evbuffer_add(out, "\r\n", 2);
+	if (!more)
+		smtp_metrics_reply(line[0]);
 }
 
 static void reply(struct session *s, enum smtp_reply_id id)
@@ -489,6 +493,7 @@ static void reply_verbatim(struct session *s, const char *line)
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	evbuffer_add(out, line, strlen(line));
 	evbuffer_add(out, "\r\n", 2);
+	smtp_metrics_reply(line[0]);
 }
 
 static void reply_size_exceeded(struct session *s)
@@ -1121,6 +1126,7 @@ static void helo_reply(struct session *s)
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	for (size_t i = 0; i < n; i++)
 		evbuffer_add_printf(out, "250%c%s\r\n", i + 1 < n ? '-' : ' ', kw[i]);
+	smtp_metrics_reply('2');
 }
 
 /* A chaos trigger's reply (capture mode): the operator's code, the
@@ -1819,6 +1825,7 @@ static void auth_log_failed(struct session *s, const char *reason, const char *e
 {
 	char qm[64], qu[SASL_ID_MAX * 4 + 8], qr[512];
 	const char *login = auth_login(s);
+	smtp_metrics_auth_failed(s->auth_mech);
 	log_warn("event=auth_failed sess=%u.%llu client=%s mechanism=%s user=%s reason=%s%s",
 	         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 	         log_quote(s->auth_mech, strlen(s->auth_mech), qm, sizeof(qm)),
@@ -2222,6 +2229,7 @@ static void dispatch(struct session *s, const char *line, size_t len)
 		/* parse.c's refusals are data already (code, enhanced code, text) */
 		evbuffer_add_printf(bufferevent_get_output(s->bev), "%d %s %s\r\n", perr.code,
 		                    perr.enhanced, perr.text);
+		smtp_metrics_reply((char)('0' + perr.code / 100));
 		if (c->verb == SMTP_BDAT)
 			bad_bdat(s, c);
 		else
@@ -2360,6 +2368,7 @@ static void commit_done(void *arg)
 			          t->rcpts[i].local);
 		s->n_msgs++;
 		atomic_fetch_add(&count_accepted, 1);
+		metric_inc_l(M_MESSAGES_RECEIVED, smtp_metrics_profile(s->conf, s->submission));
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
 		if (wait)
 			return; /* CAPTURE-ACK: capture_acked answers */
@@ -3237,6 +3246,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		 * is not sent (RFC 3207 §4.2: the client starts with EHLO). After
 		 * implicit TLS the greeting was already waiting in the layer. */
 		char d[600];
+		metric_inc_l2(M_TLS_HANDSHAKES, "inbound", "ok");
 		log_info("event=tls sess=%u.%llu client=%s %s", worker_index(s->sw->w),
 		         (unsigned long long)s->serial, s->peer,
 		         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
@@ -3250,6 +3260,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		SSL *ssl = bufferevent_openssl_get_ssl(bev); /* TLS: why a handshake failed */
 		if (ssl && !SSL_is_init_finished(ssl)) {
 			char why[256];
+			metric_inc_l2(M_TLS_HANDSHAKES, "inbound", "failed");
 			log_warn(
 			    "event=tls_failed sess=%u.%llu client=%s reason=\"%s\"",
 			    worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
@@ -3308,6 +3319,7 @@ static void session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	ip_release(sw->srv, &s->peer_sa);
+	metric_dec_l(M_SESSIONS_ACTIVE, smtp_metrics_profile(s->conf, s->submission));
 	if (atomic_fetch_sub(&sw->srv->n_sessions, 1) == 1 && atomic_load(&sw->srv->stopping))
 		log_drained(sw->srv);
 	tx_free(s->tx);
@@ -3417,6 +3429,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	if (s->next)
 		s->next->prev = s;
 	sw->sessions = s;
+	smtp_metrics_connect(conf, evconnlistener_get_fd(l), s->submission);
 
 	bufferevent_setcb(bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(bev, EV_READ, 0, READ_HIGH_WATERMARK);
