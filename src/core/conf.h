@@ -44,6 +44,8 @@ struct conf_listener {
 	char **milters;
 	size_t n_milters;
 	enum conf_milter_action milter_default_action; /* default tempfail */
+	uint32_t milter_timeout;     /* seconds: connect and each step; default 30 */
+	uint32_t milter_eom_timeout; /* seconds: the body and end of message; default 300 */
 };
 
 struct conf_alias {
