@@ -28,6 +28,7 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "policy/dmarc_report.h"
@@ -570,6 +571,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		switch (o[k].state) {
 		case RCPT_DELIVERED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DELIVERED, 0, o[k].reply);
+			metric_inc_l(M_MESSAGES_DELIVERED, r->local ? "local" : "remote");
 			events_emit_outcome(EV_DELIVERED, m->id, emid, emid_len, m->sender, r->addr,
 			                    o[k].relay, "2.0.0", o[k].reply, 0, false);
 			log_info("event=delivered id=%s to=%s relay=%s delay=%.0fs reply=%s", m->id,
@@ -586,6 +588,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			break;
 		case RCPT_BOUNCED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_BOUNCED, 0, o[k].reply);
+			metric_inc(M_MESSAGES_BOUNCED);
 			events_emit_outcome(EV_BOUNCED, m->id, emid, emid_len, m->sender, r->addr,
 			                    o[k].relay, o[k].status, o[k].reply, 0,
 			                    o[k].status[0] == '5');
@@ -611,6 +614,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		default: {
 			int64_t next = now + backoff(conf, r->attempts + 1);
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
+			metric_inc(M_MESSAGES_DEFERRED);
 			events_emit_outcome(EV_DEFERRED, m->id, emid, emid_len, m->sender, r->addr,
 			                    o[k].relay, o[k].status, o[k].reply, next, false);
 			log_info("event=deferred id=%s to=%s relay=%s status=%s retry_in=%llds "
