@@ -11,9 +11,17 @@
  *   POST /api/v1/messages/batch        {"messages": [...]} up to 500, one result each
  *   GET  /api/v1/messages/{queue_id}   per-recipient state while queued
  *   POST /api/v1/send                  Mailpit's send (http_send_build) -> 200 {"ID"}
+ *   GET  /api/v1/suppressions          the suppression list (suppress_routes.h)
+ *   GET  /api/v1/suppressions/{address}
+ *   PUT  /api/v1/suppressions/{address}
+ *   DELETE /api/v1/suppressions/{address}
+ *   POST /unsubscribe/{token}          RFC 8058 one-click (no key: the token is one)
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
- * needs scope send or admin and a From domain the key allows.
+ * needs scope send or admin and a From domain the key allows. The
+ * suppression routes need admin, or scope send and ?domain= one of the
+ * key's domains; they and the unsubscribe POST block on SQLite, so they run
+ * on a pool of their own and answer from its completion (struct sjob).
  *
  * Owns: authentication and the from-domain rule, the Received field of
  * API mail, DKIM signing (smtp/sign.h, as for submission), the envelope,
@@ -53,7 +61,9 @@
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "http/suppress_routes.h"
 #include "store/apikeys.h"
+#include "store/suppress.h"
 
 #define TRACE_MAX 1024
 #define BATCH_BODY_MAX ((size_t)64 * 1024 * 1024)
@@ -68,6 +78,8 @@ struct api {
 	struct spool *sp;
 	struct scheduler *sched;
 	struct worker *w;
+	struct pool *pool; /* the suppression list's SQLite work (suppress_routes.h) */
+	char *data_dir;
 	struct http_server *http[16];
 	size_t n_http;
 	bool started;
@@ -294,6 +306,32 @@ static bool prepare(struct req_ctx *c, const struct tern_config *conf, const str
 	                     "%s\r\n",
 	                     c->peer, conf->hostname, it->id, c->key.name, date);
 	size_t trace = it->data.len;
+	if (rc == TERN_OK && it->s.list_unsub) {
+		/* RFC 8058: before the message's own fields, after our trace, so
+		 * the DKIM signature below covers them (its field list has both) */
+		char lu[4096];
+		int urc =
+		    it->s.msg.n_to == 1
+		        ? suppress_list_unsubscribe_fields(conf, it->s.msg.from, it->s.msg.to[0],
+		                                           it->s.unsub_mailto, lu, sizeof(lu))
+		        : TERN_EINVAL;
+		if (urc == TERN_ENOTFOUND) {
+			api_error_set(&it->e, 422, "list_unsubscribe_unavailable",
+			              "list_unsubscribe",
+			              "one-click unsubscribe is not set up on this server "
+			              "(suppression.unsubscribe_url)");
+			return false;
+		}
+		if (urc != TERN_OK) {
+			api_error_set(&it->e, urc == TERN_EIO ? 503 : 422,
+			              urc == TERN_EIO ? "store_unavailable" : "invalid_field",
+			              "list_unsubscribe",
+			              "the List-Unsubscribe field cannot be made (%s)",
+			              tern_strerror(urc));
+			return false;
+		}
+		rc = tbuf_append_str(&it->data, lu);
+	}
 	if (rc == TERN_OK)
 		rc = tbuf_append(&it->data, it->s.msg.raw, it->s.msg.len);
 	if (rc == TERN_OK && sg) {
@@ -813,6 +851,187 @@ static void message_status(struct req_ctx *c, const char *id)
 	spool_msg_free(m);
 }
 
+/* ----------------------------------------------------------- suppression */
+
+/*
+ * One request to the suppression list (one-click unsubscribe or the
+ * suppression API). Its handler blocks on SQLite, so it runs on a->pool;
+ * the reply is written from the completion, back on the worker. c.req is
+ * NULL once libevent finished the request itself (the client went away).
+ */
+struct sjob {
+	struct api *a;
+	struct req_ctx c;
+	bool unsub;     /* /unsubscribe/TOKEN, else the API */
+	char method[8]; /* "GET", "PUT", ... */
+	char *path;     /* decoded-free request path (the handler decodes) */
+	char *query;    /* may be NULL */
+	char *body;     /* a copy of the request body */
+	size_t body_len;
+	struct tbuf out; /* the handler's JSON */
+	int status;
+};
+
+static void sjob_free(struct sjob *j)
+{
+	free(j->path);
+	free(j->query);
+	free(j->body);
+	tbuf_free(&j->out);
+	free(j);
+}
+
+static void sjob_work(void *arg)
+{
+	struct sjob *j = arg;
+	if (j->unsub) {
+		const char *tok = j->path + strlen(SUPPRESS_UNSUB_PATH);
+		j->status = suppress_http_unsubscribe(j->a->data_dir, j->method, tok, strlen(tok),
+		                                      j->body, j->body_len, &j->out);
+	} else {
+		j->status = suppress_http_api(j->a->data_dir, j->method, j->path, j->query, j->body,
+		                              j->body_len, &j->out);
+	}
+}
+
+/* On the worker: the handler's answer. The API's errors get the API's
+ * shape ({"error": {"code", "message"}}); the unsubscribe endpoint's stay
+ * as the handler wrote them. */
+static void sjob_done(void *arg)
+{
+	struct sjob *j = arg;
+	struct req_ctx *c = &j->c;
+	struct api *a = j->a;
+	if (!c->req) {
+		log_info("event=api method=%s path=%s status=%d key=- peer=%s id=- "
+		         "reason=client_gone",
+		         c->method, c->path, j->status, c->peer);
+		goto out;
+	}
+	evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
+	json_error_t jerr;
+	json_t *body = j->out.len ? json_loadb(j->out.data, j->out.len, 0, &jerr) : NULL;
+	if (j->status == 204) {
+		json_decref(body);
+		evhttp_send_reply(c->req, 204, "No Content", NULL);
+		char kq[APIKEY_NAME_MAX + 8];
+		log_info("event=api method=%s path=%s status=204 key=%s peer=%s id=-", c->method,
+		         c->path,
+		         c->have_key ? log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq))
+		                     : "-",
+		         c->peer);
+	} else if (j->status >= 400 && !j->unsub && json_is_object(body)) {
+		struct api_error e;
+		const char *code = json_string_value(json_object_get(body, "error"));
+		const char *msg = json_string_value(json_object_get(body, "message"));
+		api_error_set(&e, j->status, code ? code : "internal", NULL, "%s", msg ? msg : "");
+		reply_error(c, &e);
+		json_decref(body);
+	} else if (body) {
+		reply_json(c, j->status, body);
+	} else {
+		fail(c, 500, "internal", "the suppression list gave no answer");
+	}
+out:
+	sjob_free(j);
+	pthread_mutex_lock(&a->mu);
+	a->n_pending--;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+}
+
+static void sjob_req_done(struct evhttp_request *req, void *arg)
+{
+	struct sjob *j = arg;
+	j->c.req = NULL;
+}
+
+/* Hands the request to the pool; the answer comes from sjob_done. */
+static void suppress_start(struct req_ctx *c, bool unsub, const char *path)
+{
+	struct api *a = c->a;
+	struct sjob *j = calloc(1, sizeof(*j));
+	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(c->req);
+	const char *q = u ? evhttp_uri_get_query(u) : NULL;
+	struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
+	size_t n = evbuffer_get_length(in);
+	if (n > 1024 * 1024) {
+		free(j);
+		fail(c, 413, "request_too_large", "the request body is too large");
+		return;
+	}
+	if (!j || !a->pool || !(j->path = tern_strdup(path)) ||
+	    (q && !(j->query = tern_strdup(q))) || !(j->body = malloc(n + 1))) {
+		if (j)
+			sjob_free(j);
+		fail(c, a->pool ? 500 : 503, a->pool ? "internal" : "not_ready",
+		     a->pool ? "out of memory" : "the suppression list is not available");
+		return;
+	}
+	if (n && evbuffer_copyout(in, j->body, n) != (ev_ssize_t)n) {
+		sjob_free(j);
+		fail(c, 500, "internal", "the request body cannot be read");
+		return;
+	}
+	j->body[n] = '\0';
+	j->body_len = n;
+	j->a = a;
+	j->c = *c;
+	j->unsub = unsub;
+	tern_strlcpy(j->method, c->method, sizeof(j->method));
+	tbuf_init(&j->out, 1024 * 1024);
+	pthread_mutex_lock(&a->mu);
+	a->n_pending++;
+	pthread_mutex_unlock(&a->mu);
+	evhttp_request_set_on_complete_cb(c->req, sjob_req_done, j);
+	if (pool_submit(a->pool, sjob_work, a->w, sjob_done, j) != TERN_OK) {
+		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
+		pthread_mutex_lock(&a->mu);
+		a->n_pending--;
+		pthread_mutex_unlock(&a->mu);
+		sjob_free(j);
+		fail(c, 500, "internal", "out of memory");
+	}
+}
+
+/*
+ * The suppression API: an admin key may do anything; any other key needs
+ * scope send and may touch only the list of a sending domain it may send
+ * from (never the global list, nor a list of every domain).
+ */
+static void suppress_api(struct req_ctx *c, const char *path)
+{
+	if (c->key.scope < APIKEY_ADMIN) {
+		const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(c->req);
+		const char *q = u ? evhttp_uri_get_query(u) : NULL;
+		struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
+		size_t n = evbuffer_get_length(in);
+		const char *b =
+		    n && n <= 1024 * 1024 ? (const char *)evbuffer_pullup(in, -1) : NULL;
+		char dom[SUPPRESS_DOMAIN_MAX];
+		enum suppress_scope_kind k =
+		    suppress_http_api_scope(c->method, path, q, b, b ? n : 0, dom, sizeof(dom));
+		if (!need_scope(c, APIKEY_SEND))
+			return;
+		if (k == SUPPRESS_SCOPE_BAD) {
+			fail(c, 400, "invalid_request",
+			     "the domain parameter or the body is malformed");
+			return;
+		}
+		if (k == SUPPRESS_SCOPE_ALL || !dom[0] || !apikey_allows_domain(&c->key, dom)) {
+			char m[512];
+			snprintf(
+			    m, sizeof(m),
+			    "the key '%s' may manage only the lists of its own domains (%.200s): "
+			    "give ?domain=D (or \"domain\" in a PUT body)",
+			    c->key.name, c->key.domains[0] ? c->key.domains : "any");
+			fail(c, 403, "forbidden_domain", m);
+			return;
+		}
+	}
+	suppress_start(c, false, path);
+}
+
 static void openapi(struct req_ctx *c)
 {
 	size_t n;
@@ -840,7 +1059,11 @@ static void handle(void *ctx, struct evhttp_request *req)
 	struct req_ctx c = {.a = ctx, .req = req};
 	int m = (int)evhttp_request_get_command(req);
 	bool get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD, post = m == EVHTTP_REQ_POST;
-	c.method = get ? (m == EVHTTP_REQ_GET ? "GET" : "HEAD") : post ? "POST" : "OTHER";
+	c.method = get                      ? (m == EVHTTP_REQ_GET ? "GET" : "HEAD")
+	           : post                   ? "POST"
+	           : m == EVHTTP_REQ_PUT    ? "PUT"
+	           : m == EVHTTP_REQ_DELETE ? "DELETE"
+	                                    : "OTHER";
 	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
 	const char *path = u ? evhttp_uri_get_path(u) : NULL;
 	char *peer = NULL;
@@ -873,6 +1096,12 @@ static void handle(void *ctx, struct evhttp_request *req)
 		openapi(&c);
 		return;
 	}
+	if (strncmp(path, SUPPRESS_UNSUB_PATH, strlen(SUPPRESS_UNSUB_PATH)) == 0 &&
+	    !strchr(path + strlen(SUPPRESS_UNSUB_PATH), '/')) {
+		/* RFC 8058 one-click: the token is the credential, no key */
+		suppress_start(&c, true, path);
+		return;
+	}
 	if (strncmp(path, "/api/v1/", 8) != 0) {
 		fail(&c, 404, "not_found", "no such route (see /api/openapi.json)");
 		return;
@@ -881,13 +1110,18 @@ static void handle(void *ctx, struct evhttp_request *req)
 	bool known = strcmp(r, "messages") == 0 || strcmp(r, "messages/raw") == 0 ||
 	             strcmp(r, "messages/batch") == 0 || strcmp(r, "send") == 0 ||
 	             (strncmp(r, "messages/", 9) == 0 && !strchr(r + 9, '/'));
+	bool supp = strcmp(r, "suppressions") == 0 ||
+	            (strncmp(r, "suppressions/", 13) == 0 && r[13] && !strchr(r + 13, '/'));
+	known = known || supp;
 	if (!known) {
 		fail(&c, 404, "not_found", "no such route (see /api/openapi.json)");
 		return;
 	}
 	if (!authenticate(&c))
 		return;
-	if (strcmp(r, "messages") == 0 && post)
+	if (supp && m != EVHTTP_REQ_HEAD)
+		suppress_api(&c, path);
+	else if (strcmp(r, "messages") == 0 && post)
 		send_common(&c, NATIVE);
 	else if (strcmp(r, "messages/raw") == 0 && post)
 		send_common(&c, RAW);
@@ -936,6 +1170,11 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	}
 	a->sp = sp;
 	a->sched = sched;
+	if (!(a->data_dir = tern_strdup(data_dir))) {
+		snprintf(err, errlen, "out of memory");
+		free(a);
+		return NULL;
+	}
 	pthread_mutex_init(&a->results_mu, NULL);
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_cond_init(&a->cv, NULL);
@@ -945,6 +1184,8 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 		snprintf(err, errlen, "cannot open the API key store %s", path);
 		goto fail;
 	}
+	/* NULL is survivable: the suppression routes answer 503 */
+	a->pool = pool_new(1);
 	if (!(a->w = worker_new(API_WORKER_INDEX))) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -982,6 +1223,10 @@ void api_stop(struct api *a)
 	if (a->started)
 		worker_stop_and_join(a->w);
 	a->started = false;
+	/* The suppression jobs finish; their replies are posted to the worker
+	 * and run by the loop below. */
+	pool_free(a->pool);
+	a->pool = NULL;
 	/* Requests still waiting for the commit: their finish() is posted to
 	 * the stopped worker once the spool calls back; run it here, so each
 	 * is answered (and freed) before the servers go. Bounded: 30 s. */
@@ -1025,5 +1270,6 @@ void api_free(struct api *a)
 	pthread_mutex_destroy(&a->results_mu);
 	pthread_mutex_destroy(&a->mu);
 	pthread_cond_destroy(&a->cv);
+	free(a->data_dir);
 	free(a);
 }
