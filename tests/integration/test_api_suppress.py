@@ -18,13 +18,15 @@ import email
 import email.policy
 import json
 import re
+import shutil
+import subprocess
 import threading
 import time
 import urllib.parse
 
 import pytest
 
-from conftest import free_port, start_on_free_port
+from conftest import Raw, free_port, make_tmpdir, start_on_free_port, tern_bin
 from test_api import Api, create_key, wait_ready_http
 
 pytest.importorskip("aiosmtpd")  # python3-aiosmtpd, in scripts/install-deps
@@ -176,20 +178,42 @@ def test_one_click_unsubscribe_end_to_end(api, mx):
     assert mx.offered(rcpt) == offered
 
 
-def test_fields_are_inside_the_dkim_signature(api, mx):
-    """The signer's field list names both fields; with the signature present they count."""
+def test_fields_are_inside_the_dkim_signature(tern_factory, mx):
+    """The fields are added before signing: the signature covers them and verifies."""
+    dkim = pytest.importorskip("dkim")  # python3-dkim, in scripts/install-deps
+    d = make_tmpdir("tern-api-unsub-dkim-")
+    r = subprocess.run([tern_bin(), "dkim", "keygen", "example.test", "s1", "--type", "rsa"],
+                       cwd=d, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    t = tern_factory({
+        "listen": {"api": {"address": f"127.0.0.1:{port}", "profile": "http"}},
+        "routes": {"remote.test": {"via": f"smtp://127.0.0.1:{mx.port}", "tls": "none"}},
+        "suppression": {"unsubscribe_url": "https://mail.example.test"},
+        "dkim": {"keys": Raw(f'[{{ domain = "example.test"; selector = "s1"; '
+                             f'key_file = "{d / "example.test.s1.key"}"; }}]')},
+    }, start=False)
+    tok = create_key(t, "app")
+    start_on_free_port(t)
+    wait_ready_http(port)
+    a = Api(t, port)
     rcpt = "signed@remote.test"
-    st, body = send(api, rcpt, list_unsubscribe=True)
+    st, body = a.json("POST", "/api/v1/messages",
+                      {"from": SENDER, "to": rcpt, "subject": "s", "text": "signed\n",
+                       "list_unsubscribe": True}, tok)
     assert st == 202, body
-    m, links = unsub_url(mx.wait_message(rcpt, api.t))
-    assert len(links) == 1
-    sig = m.get("DKIM-Signature")
-    if sig is None:  # no key for example.test in this world: the order is what counts
-        head = mx.messages[-1]["content"].split(b"\r\n\r\n", 1)[0]
-        assert head.startswith(b"Received:")
-    else:
-        h = re.search(r"\bh=([^;]+)", str(sig)).group(1).lower()
-        assert "list-unsubscribe" in h and "list-unsubscribe-post" in h
+    got = mx.wait_message(rcpt, t)
+    m, links = unsub_url(got)
+    assert len(links) == 1 and links[0].startswith("https://mail.example.test/unsubscribe/")
+    h = re.search(r"\bh=([^;]+)", str(m["DKIM-Signature"])).group(1).lower().replace(" ", "")
+    assert "list-unsubscribe" in h.split(":") and "list-unsubscribe-post" in h.split(":"), h
+    recs = t.cli("dkim", "dns", check=True).stdout
+    txt = "".join(re.findall(r'"([^"]*)"', recs))
+    assert dkim.DKIM(got["content"]).verify(dnsfunc=lambda name, timeout=5: txt.encode())
+    # and a changed link breaks it
+    bad = got["content"].replace(b"/unsubscribe/", b"/unsubscribX/", 1)
+    assert not dkim.DKIM(bad).verify(dnsfunc=lambda name, timeout=5: txt.encode())
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_tampered_token_suppresses_nothing(api, mx):
