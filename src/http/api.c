@@ -553,6 +553,7 @@ static void commit_start(struct req_ctx *c, enum kind kind, struct item *items, 
 		env.body = eight ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE;
 		env.trusted_client = true; /* an API key is an authenticated sender */
 		env.client = client;
+		env.api_key = c->key.name; /* typed: the status routes read it back */
 		env.size = it->data.len;
 		env.rcpts = it->rcpts;
 		env.n_rcpts = it->n_rcpts;
@@ -762,14 +763,11 @@ static const char *state_name(enum rcpt_state s)
 	return "unknown";
 }
 
-/* The key name of a message the API queued ("addr=IP proto=HTTP key=NAME"
- * is our own envelope's client field), or NULL for any other message. */
+/* The key name of a message the API queued (the envelope's typed field,
+ * spool_msg.api_key), or NULL for any other message. */
 static const char *owner_of(const struct spool_msg *m)
 {
-	const char *k = m->client ? strchr(m->client, ' ') : NULL;
-	if (!k || strncmp(m->client, "addr=", 5) != 0 || strncmp(k, " proto=HTTP key=", 16) != 0)
-		return NULL;
-	return k + 16;
+	return m->api_key;
 }
 
 struct past {
