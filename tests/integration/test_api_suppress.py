@@ -334,3 +334,31 @@ def test_a_key_manages_only_its_own_domains_lists(api, mx):
     assert st == 200 and [e["address"] for e in b["suppressions"]] == ["x@remote.test"]
     st, b = api.json("GET", "/api/v1/suppressions?domain=other.test", token=own)
     assert st == 403, b
+
+
+def test_clients_that_leave_before_the_answer_do_no_harm(api, mx):
+    """Requests run on the pool and answer from its completion: a client gone meanwhile is
+    logged and its request freed (the sanitizers check the rest at teardown)."""
+    import socket
+    adm = api.keys["admin"]
+    reqs = []
+    body = json.dumps({"domain": "example.test"}).encode()
+    reqs.append(b"PUT /api/v1/suppressions/early@remote.test HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + adm.encode() + b"\r\nContent-Type: application/json"
+                b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    msg = json.dumps({"from": SENDER, "to": "early@remote.test", "text": "x\n"}).encode()
+    reqs.append(b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                api.keys["send"].encode() + b"\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(msg)).encode() + b"\r\n\r\n" + msg)
+    reqs.append(b"POST /unsubscribe/abc.def HTTP/1.1\r\nHost: x\r\nContent-Length: 26\r\n\r\n"
+                b"List-Unsubscribe=One-Click")
+    for _ in range(10):
+        for r in reqs:
+            s = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+            s.sendall(r)
+            s.close()
+    st, body = api.json("GET", "/api/v1/suppressions?domain=example.test", token=adm)
+    assert st == 200, body
+    assert api.t.proc.poll() is None
+    st, body = api.json("GET", "/healthz")
+    assert st == 200
