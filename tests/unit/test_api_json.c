@@ -110,8 +110,8 @@ static void list_unsubscribe(void **state)
 	    "\"to\": \"r@x.test\", \"list_unsubscribe\": {\"mailto\": \"a@b>, <x\"}",
 	    "\"to\": \"r@x.test\", \"list_unsubscribe\": {\"mailto\": \"nobody\"}",
 	    "\"to\": \"r@x.test\", \"list_unsubscribe\": {\"mailto\": \"a@b\", \"x\": 1}",
-	    "\"to\": \"r@x.test\", \"list_unsubscribe\": true, \"headers\": "
-	    "{\"list-unsubscribe-post\": \"List-Unsubscribe=One-Click\"}",
+	    ("\"to\": \"r@x.test\", \"list_unsubscribe\": true, \"headers\": "
+	     "{\"list-unsubscribe-post\": \"x\"}"),
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char j[512];

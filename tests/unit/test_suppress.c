@@ -427,8 +427,7 @@ static void api_scope(void **state)
 	    SUPPRESS_SCOPE_ONE);
 	assert_string_equal(d, "a.org");
 	static const char *const bad[] = {"{\"domain\": 1}", "[1]", "{",
-	                                  "{\"domain\": \"a\", "
-	                                  "\"domain\": \"b\"}"};
+	                                  "{\"domain\": \"a\", \"domain\": \"b\"}"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		assert_int_equal(
 		    suppress_http_api_scope("PUT", E, NULL, bad[i], strlen(bad[i]), d, sizeof(d)),
