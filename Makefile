@@ -14,8 +14,8 @@ MANDIR   ?= $(PREFIX)/share/man
 UNITDIR  ?= $(PREFIX)/lib/systemd/system
 INSTALL_SENDMAIL ?= 0
 
-.PHONY: all deps build run test test-unit test-integration fuzz fuzz-short bench bench-capture clean format \
-	install uninstall
+.PHONY: all deps build run test test-unit test-integration fuzz fuzz-short bench bench-capture \
+	bench-scale clean format install uninstall
 
 all: build
 
@@ -63,6 +63,12 @@ bench: build
 bench-capture: build
 	@/usr/bin/python3 bench/capture_bench.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload \
 		$(if $(BENCH_BASELINE),--tern-baseline $(BENCH_BASELINE))
+
+# Connection scale (bench/scale.py): 50,000 idle sessions (PSS per connection) and the accept
+# rate with 5,000 concurrent senders against 50. Raises the fd limit for itself, tern and
+# smtpload (root, or a hard limit of 60,000 or more), never tern's defaults.
+bench-scale: build
+	@/usr/bin/python3 bench/scale.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload
 
 # The binary from $(BUILD) (built first if absent), the man pages, and the systemd units
 # with the installed binary's path in ExecStart.

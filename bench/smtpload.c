@@ -2,8 +2,9 @@
  * smtpload.c — tern's own loopback SMTP load generator, for make bench.
  *
  *   smtpload send HOST PORT [-n MSGS] [-c CONNS] [-p PER_CONN] [-s BYTES] [-P]
- *                           [-f FROM] [-t RCPT] [-w IDLE_S] [-T DEADLINE_S]
+ *                           [-f FROM] [-t RCPT] [-w IDLE_S] [-T DEADLINE_S] [-b SRCS]
  *   smtpload hold HOST PORT [-k CONNS] [-H HOLD_S] [-r PER_S] [-w IDLE_S] [-T DEADLINE_S]
+ *                           [-b SRCS]
  *
  * send: MSGS messages (20000) of BYTES bytes (4096, headers included) over
  * CONNS concurrent connections (50), each sending PER_CONN messages (100)
@@ -15,6 +16,11 @@
  * hold: opens CONNS connections (5000) at PER_S a second (2000), takes each
  * past EHLO, prints "holding N" once all are there (or failed), holds them
  * HOLD_S seconds (10), then QUITs them all. For memory-per-connection figures.
+ *
+ * -b SRCS (IPv4 only): connection i binds its source to 127.0.0.(2 + i % SRCS).
+ * One source address reaches one server port from about 28,000 ephemeral
+ * ports; 50,000 connections need at least two. IP_BIND_ADDRESS_NO_PORT lets
+ * the kernel pick the port at connect time, per destination.
  *
  * Output: one human-readable summary line, then one JSON object as the last
  * line of stdout (what the bench scripts parse): counts, elapsed_s, msgs_per_s,
@@ -44,7 +50,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CONNS 20000
+#define MAX_CONNS 100000
+#define MAX_SRCS 200
 #define MAX_MSGS 1000000L
 #define MAX_SIZE (64L << 20)
 #define INBUF 4096
@@ -97,6 +104,7 @@ static struct {
 	struct sockaddr_storage dst;
 	socklen_t dst_len;
 	long msgs, conns, per_conn, size, hold_s, rate;
+	long srcs; /* -b: source addresses 127.0.0.2 .. 127.0.0.(1 + srcs), 0: the kernel's pick */
 	double idle_s, deadline_s;
 	bool pipelining;
 	const char *from, *rcpt;
@@ -218,6 +226,17 @@ static bool open_conn(struct conn *c)
 	}
 	int one = 1;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (opt.srcs > 0) {
+		struct sockaddr_in src = {.sin_family = AF_INET};
+		src.sin_addr.s_addr = htonl((127u << 24) | (uint32_t)(2 + (c - conns) % opt.srcs));
+		setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+		if (bind(c->fd, (struct sockaddr *)&src, sizeof(src)) != 0) {
+			note_error("bind", strerror(errno));
+			close(c->fd);
+			c->fd = -1;
+			return false;
+		}
+	}
 	if (connect(c->fd, (struct sockaddr *)&opt.dst, opt.dst_len) != 0 && errno != EINPROGRESS) {
 		note_error("connect", strerror(errno));
 		close(c->fd);
@@ -637,9 +656,10 @@ static void usage(void)
 	fprintf(
 	    stderr,
 	    "usage: smtpload send HOST PORT [-n MSGS] [-c CONNS] [-p PER_CONN] [-s BYTES] [-P]\n"
-	    "                               [-f FROM] [-t RCPT] [-w IDLE_S] [-T DEADLINE_S]\n"
+	    "                               [-f FROM] [-t RCPT] [-w IDLE_S] [-T DEADLINE_S] [-b "
+	    "SRCS]\n"
 	    "       smtpload hold HOST PORT [-k CONNS] [-H HOLD_S] [-r PER_S] [-w IDLE_S]\n"
-	    "                               [-T DEADLINE_S]\n");
+	    "                               [-T DEADLINE_S] [-b SRCS]\n");
 }
 
 static bool parse_args(int argc, char **argv)
@@ -661,7 +681,7 @@ static bool parse_args(int argc, char **argv)
 	optind = 4;
 	int ch;
 	long v;
-	while ((ch = getopt(argc, argv, "n:c:k:p:s:Pf:t:w:T:H:r:")) != -1) {
+	while ((ch = getopt(argc, argv, "n:c:k:p:s:Pf:t:w:T:H:r:b:")) != -1) {
 		switch (ch) {
 		case 'n':
 			if (!parse_long(optarg, 1, MAX_MSGS, &opt.msgs))
@@ -707,10 +727,18 @@ static bool parse_args(int argc, char **argv)
 			if (!parse_long(optarg, 1, 1000000, &opt.rate))
 				return false;
 			break;
+		case 'b':
+			if (!parse_long(optarg, 0, MAX_SRCS, &opt.srcs))
+				return false;
+			break;
 		default:
 			usage();
 			return false;
 		}
+	}
+	if (opt.srcs > 0 && opt.dst.ss_family != AF_INET) {
+		fprintf(stderr, "smtpload: -b needs an IPv4 destination\n");
+		return false;
 	}
 	if (optind != argc || strpbrk(opt.from, "<>\r\n") || strpbrk(opt.rcpt, "<>\r\n") ||
 	    strlen(opt.from) > 256 || strlen(opt.rcpt) > 256) {

@@ -39,9 +39,11 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/metrics.h"
 #include "core/privsep.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "http/metrics_http.h"
 #include "http/api.h"
 #include "policy/policy.h"
 #include "pop3/pop3.h"
@@ -602,6 +604,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct throttle *throttle = NULL;
 	struct tls_server *tls = NULL;
 	int http_fd = -1;
+	int metrics_fd = -1;
+	struct metrics_http *metrics = NULL;
 	int api_fds[MAX_FDS]; /* listeners with profile "http": http/api.h */
 	size_t n_api_fds = 0;
 	struct api *api = NULL;
@@ -637,6 +641,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	log_info("event=starting version=%s config=%s hostname=%s data_dir=%s", TERN_VERSION,
 	         conf->source, conf->hostname, conf->data_dir);
 	conf_report_warnings(conf, NULL);
+	metrics_reset(); /* every series from zero, the fixed label sets shown */
 	split = split_account(conf, &pc.rd.uid, &pc.rd.gid);
 	if (split < 0)
 		goto out;
@@ -702,6 +707,15 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		}
 		log_info("event=listening name=http address=%s profile=capture-http", cap->http);
 	}
+	if (conf->metrics.address) {
+		metrics_fd = bind_listener_opt(conf->metrics.address, false, err, sizeof(err));
+		if (metrics_fd < 0) {
+			log_error("event=fatal listener=metrics reason=\"%s\"", err);
+			goto out;
+		}
+		log_info("event=listening name=metrics address=%s profile=metrics token=%s",
+		         conf->metrics.address, conf->metrics.token ? "yes" : "no");
+	}
 	control_fd = control_bind(conf->data_dir);
 	if (control_fd < 0) {
 		log_error("event=fatal reason=\"cannot bind %s/control.sock: %s\"", conf->data_dir,
@@ -738,6 +752,9 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			if (http_fd >= 0)
 				close(http_fd);
 			http_fd = -1;
+			if (metrics_fd >= 0)
+				close(metrics_fd);
+			metrics_fd = -1;
 			status = privsep_parent_run(child, ps_sock, bundle, parent_reload, &pc);
 			bundle = NULL;
 			ps_sock = -1;
@@ -861,6 +878,15 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			goto out;
 		}
 	}
+	if (metrics_fd >= 0) {
+		metrics = metrics_http_start(metrics_fd, conf->metrics.token, sp, spool_dir,
+		                             TERN_VERSION, err, sizeof(err));
+		metrics_fd = -1; /* the listener's, even when it failed */
+		if (!metrics) {
+			log_error("event=fatal listener=metrics reason=\"%s\"", err);
+			goto out;
+		}
+	}
 	ctl = control_start(control_fd, sp, sched);
 	if (!ctl) {
 		log_error("event=fatal reason=\"cannot start the control socket thread\"");
@@ -944,6 +970,7 @@ out:
 	 * may queue scheduler jobs, so the workers' posts run once more before
 	 * sessions, the remote engine and the scheduler are freed.
 	 */
+	metrics_http_stop(metrics); /* it reads the spool */
 	dmarc_daemon_stop(dmarcd);
 	if (ctl)
 		control_stop(ctl);
@@ -986,6 +1013,8 @@ out:
 		close(control_fd);
 	if (http_fd >= 0)
 		close(http_fd);
+	if (metrics_fd >= 0)
+		close(metrics_fd);
 	for (size_t i = 0; i < n_api_fds; i++)
 		if (api_fds[i] >= 0)
 			close(api_fds[i]);

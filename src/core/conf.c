@@ -944,6 +944,8 @@ static int listener_add(struct ctx *x, struct tern_config *c, const char *name, 
 	l->milters = NULL;
 	l->n_milters = 0;
 	l->milter_default_action = CONF_MILTER_TEMPFAIL;
+	l->milter_timeout = 30;
+	l->milter_eom_timeout = 300;
 	c->n_listeners++; /* counted even if a copy failed, so unref frees what exists */
 	if (!l->name || !l->address || !l->profile)
 		return nomem(x);
@@ -992,12 +994,30 @@ static int add_milter(struct ctx *x, const struct ucl_node *n, const char *path,
 }
 
 static int parse_listener_milters(struct ctx *x, struct conf_listener *l, const char *path,
-                                  const struct ucl_node *milters, const struct ucl_node *mact)
+                                  const struct ucl_node *milters, const struct ucl_node *mact,
+                                  const struct ucl_node *mto, const struct ucl_node *meom)
 {
 	char sub[128], b[80];
 	l->milters = NULL;
 	l->n_milters = 0;
 	l->milter_default_action = CONF_MILTER_TEMPFAIL;
+	l->milter_timeout = 30;
+	l->milter_eom_timeout = 300;
+	uint64_t v;
+	if (mto) {
+		snprintf(sub, sizeof(sub), "%s.milter_timeout", path);
+		int rc = get_num(x, mto, sub, NK_TIME, 1, 3600, &v);
+		if (rc != TERN_OK)
+			return rc;
+		l->milter_timeout = (uint32_t)v;
+	}
+	if (meom) {
+		snprintf(sub, sizeof(sub), "%s.milter_eom_timeout", path);
+		int rc = get_num(x, meom, sub, NK_TIME, 1, 3600, &v);
+		if (rc != TERN_OK)
+			return rc;
+		l->milter_eom_timeout = (uint32_t)v;
+	}
 	if (milters) {
 		snprintf(sub, sizeof(sub), "%s.milters", path);
 		int rc = each_string(x, milters, sub, MAX_MILTERS, add_milter, l);
@@ -1036,7 +1056,7 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	if (rc != TERN_OK)
 		return rc;
 	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL, *milters = NULL,
-	                      *mact = NULL;
+	                      *mact = NULL, *mto = NULL, *meom = NULL;
 	for (size_t i = 0; i < m->n_items; i++) {
 		const struct ucl_node *k = m->items[i];
 		if (strcmp(k->key, "address") == 0)
@@ -1049,6 +1069,10 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 			milters = k;
 		else if (strcmp(k->key, "milter_default_action") == 0)
 			mact = k;
+		else if (strcmp(k->key, "milter_timeout") == 0)
+			mto = k;
+		else if (strcmp(k->key, "milter_eom_timeout") == 0)
+			meom = k;
 		else
 			return unknown_key(x, k, section);
 	}
@@ -1096,7 +1120,7 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	if (rc == TERN_OK) {
 		c->listeners[c->n_listeners - 1].tls = lt;
 		rc = parse_listener_milters(x, &c->listeners[c->n_listeners - 1], path, milters,
-		                            mact);
+		                            mact, mto, meom);
 	}
 	return rc;
 }
@@ -2261,6 +2285,53 @@ static void print_arc(FILE *f, const struct conf_arc *a)
 	fputs("}\n", f);
 }
 
+/* ---- metrics { address; token; } ----------------------------------------- */
+
+static int parse_metrics(struct ctx *x, const struct ucl_node *sec, struct conf_metrics *mt)
+{
+	int rc = want_section(x, sec, "metrics");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char canon[80], b[80];
+		if (strcmp(m->key, "address") == 0) {
+			if (m->type != UCL_STRING)
+				return want(x, m, "metrics.address", "\"IP:PORT\" or \"[IPv6]:PORT\"");
+			if (!canonical_address(m->str, canon, sizeof(canon)))
+				return cerr(x, m,
+				            "metrics.address: '%s' is not IP:PORT or [IPv6]:PORT with a "
+				            "port from 1 to 65535",
+				            show(m->str, b, sizeof(b)));
+			char *d = tern_strdup(canon);
+			if (!d)
+				return nomem(x);
+			free(mt->address);
+			mt->address = d;
+		} else if (strcmp(m->key, "token") == 0) {
+			rc = get_str(x, m, "metrics.token", &mt->token);
+			/* It travels in an HTTP header: visible ASCII only. */
+			for (const char *p = mt->token; rc == TERN_OK && p && *p; p++)
+				if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+					rc = cerr(x, m, "metrics.token: only visible ASCII characters, no "
+					                "spaces");
+		} else {
+			rc = unknown_key(x, m, "metrics");
+		}
+	}
+	return rc;
+}
+
+static void print_metrics(FILE *f, const struct conf_metrics *mt)
+{
+	if (!mt->address)
+		return;
+	fputs("metrics {\n\taddress = ", f);
+	print_str(f, mt->address);
+	fputs(";\n", f);
+	if (mt->token) /* a secret: shown as set, never printed */
+		fputs("\t# token is set\n", f);
+	fputs("}\n", f);
+}
+
 /* ---- dmarc { reports { from; org_name; inbox; interval; } } ------------------ */
 
 static int parse_dmarc_reports(struct ctx *x, const struct ucl_node *sec,
@@ -2494,6 +2565,8 @@ static void conf_free(struct tern_config *c)
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	arc_free(&c->arc);
+	free(c->metrics.address);
+	free(c->metrics.token);
 	suppression_free(&c->suppression);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
@@ -2884,6 +2957,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dmarc(x, m, &c->dmarc);
 	if (strcmp(k, "arc") == 0)
 		return parse_arc(x, m, &c->arc);
+	if (strcmp(k, "metrics") == 0)
+		return parse_metrics(x, m, &c->metrics);
 	if (strcmp(k, "suppression") == 0)
 		return parse_suppression(x, m, &c->suppression);
 	if (strcmp(k, "feedback_address") == 0) /* issue 12's spelling of the same key */
@@ -3262,12 +3337,12 @@ size_t conf_warnings(const struct tern_config *c,
 		n++;
 	}
 	for (size_t i = 0; i < c->n_listeners; i++) {
-		if (c->listeners[i].n_milters == 0)
+		const char *prof = c->listeners[i].profile;
+		if (c->listeners[i].n_milters == 0 || strcmp(prof, "mx") == 0 ||
+		    strcmp(prof, "submission") == 0)
 			continue;
 		snprintf(key, sizeof(key), "listen.%s.milters", c->listeners[i].name);
-		fn(key,
-		   "`tern milter test` talks to these milters, but the SMTP session does not ask "
-		   "them yet",
+		fn(key, "only mx and submission listeners receive mail: these milters are never asked",
 		   arg);
 		n++;
 	}
@@ -3475,6 +3550,8 @@ void conf_print(const struct tern_config *c, FILE *out)
 			}
 			fputs("];\n\t\tmilter_default_action = ", out);
 			print_str(out, acts[l->milter_default_action]);
+			fprintf(out, ";\n\t\tmilter_timeout = %us;\n\t\tmilter_eom_timeout = %us",
+			        l->milter_timeout, l->milter_eom_timeout);
 		}
 		fputs(";\n\t}\n", out);
 	}
@@ -3566,5 +3643,6 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_auth_checks(out, &c->auth_checks);
 	print_dmarc(out, &c->dmarc);
 	print_arc(out, &c->arc);
+	print_metrics(out, &c->metrics);
 	print_suppression(out, &c->suppression);
 }

@@ -44,6 +44,8 @@ struct conf_listener {
 	char **milters;
 	size_t n_milters;
 	enum conf_milter_action milter_default_action; /* default tempfail */
+	uint32_t milter_timeout;     /* seconds: connect and each step; default 30 */
+	uint32_t milter_eom_timeout; /* seconds: the body and end of message; default 300 */
 };
 
 struct conf_alias {
@@ -338,6 +340,13 @@ struct tern_config {
 	struct conf_auth_checks auth_checks;
 	struct conf_dmarc dmarc;
 	struct conf_arc arc;
+	/* metrics { address = "IP:PORT"; token = "..."; }: the Prometheus
+	 * scrape listener (http/metrics_http.h). address NULL: off (default);
+	 * token NULL: no Authorization needed. */
+	struct conf_metrics {
+		char *address;
+		char *token;
+	} metrics;
 	struct conf_suppression suppression;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */

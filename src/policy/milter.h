@@ -329,6 +329,17 @@ void milter_step_eoh(struct milter_client *mc);
 void milter_step_body(struct milter_client *mc, const void *data, size_t len);
 void milter_step_eom(struct milter_client *mc);
 void milter_step_abort(struct milter_client *mc);
+/*
+ * Macros the session adds to those the client sends itself ({j},
+ * {daemon_name}, _ at CONNECT; {mail_addr}, {rcpt_addr}, i at MAIL, RCPT and
+ * end of message), for the step whose command is for_cmd: MILTER_CMD_CONNECT,
+ * _HELO, _MAIL, _RCPT or _BODYEOB. Replaces what was set for that step
+ * before; pairs with a NULL value are left out. Sent with the next such
+ * step. TERN_OK, TERN_EINVAL (another command), TERN_ELIMIT (more than 12)
+ * or TERN_ENOMEM.
+ */
+int milter_set_macros(struct milter_client *mc, uint8_t for_cmd, const char *const *names,
+                      const char *const *values, size_t n);
 /* The queue id (macro i) of the current transaction, once known. */
 void milter_set_queue_id(struct milter_client *mc, const char *qid);
 

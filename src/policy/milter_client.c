@@ -26,6 +26,8 @@
 #include "policy/milter.h"
 
 #define MODS_MAX 1024
+#define MX_MAX 12  /* macros the session may add for one step */
+#define MX_STEPS 5 /* the steps it may add them for: C, H, M, R, E */
 #define OUT_MAX (MILTER_PACKET_MAX + 64)
 
 enum mc_state {
@@ -88,6 +90,12 @@ struct milter_client {
 	size_t n_mods;
 	bool quarantine;
 	char quarantine_reason[256];
+
+	/* Macros the session adds for a step (milter_set_macros): CONNECT,
+	 * HELO, MAIL, RCPT, EOM. */
+	char *xm_names[MX_STEPS][MX_MAX];
+	char *xm_values[MX_STEPS][MX_MAX];
+	size_t n_xm[MX_STEPS];
 
 	struct tbuf out; /* packets being assembled */
 	struct tbuf pkt; /* the reply being handled, copied out of the input */
@@ -197,7 +205,7 @@ static void verdict_set(struct milter_verdict *v, enum milter_action a, const ch
 		         "550 5.7.1 Message rejected by content filter");
 	else if (a == MILTER_TEMPFAIL)
 		snprintf(v->reply, sizeof(v->reply),
-		         "451 4.7.1 Content filter unavailable, try again later");
+		         "451 4.7.1 Deferred by content filter, try again later");
 }
 
 /* Queues v for the defer event; the callback never runs inside a step call. */
@@ -218,6 +226,9 @@ static void deliver_action(struct milter_client *mc, enum milter_action a)
 static void default_verdict(struct milter_client *mc, struct milter_verdict *v)
 {
 	verdict_set(v, mc->default_action, NULL);
+	if (mc->default_action == MILTER_TEMPFAIL) /* not the milter's word: it is not there */
+		snprintf(v->reply, sizeof(v->reply),
+		         "451 4.7.1 Content filter unavailable, try again later");
 	v->failed = true;
 }
 
@@ -308,10 +319,29 @@ static void send_and_wait(struct milter_client *mc, bool nr)
 	process_input(mc);
 }
 
+static int mx_index(uint8_t cmd)
+{
+	switch (cmd) {
+	case MILTER_CMD_CONNECT:
+		return 0;
+	case MILTER_CMD_HELO:
+		return 1;
+	case MILTER_CMD_MAIL:
+		return 2;
+	case MILTER_CMD_RCPT:
+		return 3;
+	case MILTER_CMD_BODYEOB:
+		return 4;
+	}
+	return -1;
+}
+
+/* The MACRO packet for cmd: the client's own (n/v, k of them, NULL values
+ * left out), then the session's (milter_set_macros). */
 static int add_macros(struct milter_client *mc, uint8_t cmd, const char *const *n,
                       const char *const *v, size_t k)
 {
-	const char *nn[4], *vv[4];
+	const char *nn[4 + MX_MAX], *vv[4 + MX_MAX];
 	size_t m = 0;
 	for (size_t i = 0; i < k && m < 4; i++)
 		if (v[i]) {
@@ -319,9 +349,49 @@ static int add_macros(struct milter_client *mc, uint8_t cmd, const char *const *
 			vv[m] = v[i];
 			m++;
 		}
+	int x = mx_index(cmd);
+	for (size_t i = 0; x >= 0 && i < mc->n_xm[x]; i++) {
+		nn[m] = mc->xm_names[x][i];
+		vv[m] = mc->xm_values[x][i];
+		m++;
+	}
 	if (m == 0)
 		return TERN_OK;
 	return milter_enc_macros(&mc->out, cmd, nn, vv, m);
+}
+
+static void xm_clear(struct milter_client *mc, int x)
+{
+	for (size_t i = 0; i < mc->n_xm[x]; i++) {
+		free(mc->xm_names[x][i]);
+		free(mc->xm_values[x][i]);
+	}
+	mc->n_xm[x] = 0;
+}
+
+int milter_set_macros(struct milter_client *mc, uint8_t for_cmd, const char *const *names,
+                      const char *const *values, size_t n)
+{
+	int x = mx_index(for_cmd);
+	if (x < 0)
+		return TERN_EINVAL;
+	xm_clear(mc, x);
+	for (size_t i = 0; i < n; i++) {
+		if (!values[i])
+			continue;
+		if (mc->n_xm[x] == MX_MAX)
+			return TERN_ELIMIT;
+		char *a = tern_strdup(names[i]), *b = tern_strdup(values[i]);
+		if (!a || !b) {
+			free(a);
+			free(b);
+			return TERN_ENOMEM;
+		}
+		mc->xm_names[x][mc->n_xm[x]] = a;
+		mc->xm_values[x][mc->n_xm[x]] = b;
+		mc->n_xm[x]++;
+	}
+	return TERN_OK;
 }
 
 static void send_connect(struct milter_client *mc)
@@ -705,6 +775,8 @@ void milter_client_free(struct milter_client *mc)
 	if (mc->defer)
 		event_free(mc->defer);
 	mods_clear(mc);
+	for (int x = 0; x < MX_STEPS; x++)
+		xm_clear(mc, x);
 	tbuf_free(&mc->out);
 	tbuf_free(&mc->pkt);
 	tbuf_free(&mc->body);
@@ -816,7 +888,8 @@ void milter_step_helo(struct milter_client *mc, const char *helo)
 {
 	if (!step_begin(mc, ST_HELO, MILTER_P_NOHELO))
 		return;
-	if (milter_enc_helo(&mc->out, helo) != TERN_OK) {
+	if (add_macros(mc, MILTER_CMD_HELO, NULL, NULL, 0) != TERN_OK ||
+	    milter_enc_helo(&mc->out, helo) != TERN_OK) {
 		fail(mc, "encode");
 		return;
 	}

@@ -1685,8 +1685,9 @@ int pop3_server_listen(struct pop3_server *srv, struct worker *w, int listen_fd,
 	struct p3_worker *pw = p3_worker_for(srv, w);
 	if (!pw || pw->n_listeners == MAX_LISTENERS_PER_WORKER)
 		return TERN_ELIMIT;
+	/* backlog 0: already listening with serve.c's backlog (-1 would cut it to 128) */
 	struct evconnlistener *l =
-	    evconnlistener_new(worker_base(w), on_accept, pw, LEV_OPT_CLOSE_ON_FREE, -1, listen_fd);
+	    evconnlistener_new(worker_base(w), on_accept, pw, LEV_OPT_CLOSE_ON_FREE, 0, listen_fd);
 	if (!l)
 		return TERN_EIO;
 	pw->implicit[pw->n_listeners] = implicit_tls;

@@ -134,6 +134,14 @@ int spool_remove(struct spool *s, const char *id);
  * fn must not call back into the spool. Stops early if fn returns false. */
 void spool_foreach(struct spool *s, bool (*fn)(const struct spool_msg *m, void *arg), void *arg);
 size_t spool_count(struct spool *s);
+/* Messages by state, for /metrics (core/metrics.h): active while a recipient
+ * is due (queued), deferred while every open recipient waits for a retry,
+ * hold when only held ones remain. Counts under the spool lock without
+ * copying or allocating: one pass over the index. */
+struct spool_state_counts {
+	size_t active, deferred, hold;
+};
+void spool_count_states(struct spool *s, struct spool_state_counts *out);
 
 /* Statistics for logs and benchmarks. */
 struct spool_stats {

@@ -28,6 +28,7 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "policy/dmarc_report.h"
@@ -565,6 +566,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		switch (o[k].state) {
 		case RCPT_DELIVERED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DELIVERED, 0, o[k].reply);
+			metric_inc_l(M_MESSAGES_DELIVERED, r->local ? "local" : "remote");
 			log_info("event=delivered id=%s to=%s relay=%s delay=%.0fs reply=%s", m->id,
 			         qa, qr, delay,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
@@ -579,6 +581,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			break;
 		case RCPT_BOUNCED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_BOUNCED, 0, o[k].reply);
+			metric_inc(M_MESSAGES_BOUNCED);
 			log_warn("event=bounced id=%s to=%s relay=%s status=%s reply=%s", m->id, qa,
 			         qr, o[k].status,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
@@ -599,6 +602,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		default: {
 			int64_t next = now + backoff(conf, r->attempts + 1);
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
+			metric_inc(M_MESSAGES_DEFERRED);
 			log_info("event=deferred id=%s to=%s relay=%s status=%s retry_in=%llds "
 			         "reply=%s",
 			         m->id, qa, qr, o[k].status, (long long)(next - now),

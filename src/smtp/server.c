@@ -24,6 +24,7 @@
  */
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "smtp/smtp_metrics.h"
 #include "tls/tls.h"
 
 #include <arpa/inet.h>
@@ -55,9 +56,11 @@
 #include "core/id.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/metrics.h"
 #include "core/runtime.h"
 #include "policy/policy.h"
 #include "queue/queue.h"
+#include "smtp/milter_stage.h"
 #include "store/suppress.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
@@ -92,6 +95,11 @@
  *
  * Back to HELO ("between transactions"): RSET, HELO/EHLO, the reply after
  * end of data, a refused message. Every state may go to CLOSING.
+ *
+ * MILTER: while the listener's milters are asked about the greeting,
+ * HELO/EHLO, MAIL or RCPT (s->milter_wait) the state stays what the
+ * command made it and nothing is read until milter_done answers; at end of
+ * message they are asked in SS_VERIFY, after verify.c and before sign.c.
  */
 enum session_state {
 	SS_CONNECTED, /* accepted; the greeting waits for the connect-time policy */
@@ -106,8 +114,9 @@ enum session_state {
 	SS_DATA,      /* reading the message after 354 until CRLF.CRLF */
 	SS_BDAT,      /* reading the bytes of a BDAT chunk */
 	SS_CHUNKING,  /* between BDAT chunks: commands again, the message goes on */
-	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c) decide first, or SIGN: our DKIM
-	                 signatures are made (sign.c); nothing is read */
+	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c), then MILTER: the milters decide
+	                 first, then SIGN: our DKIM signatures are made (sign.c); nothing is
+	                 read */
 	SS_COMMIT,    /* the spool is making the message durable; nothing is read */
 	SS_TLS,       /* STARTTLS answered: the handshake runs on the new layer */
 	SS_CLOSING,   /* the final reply is queued; freed once it is written */
@@ -201,8 +210,13 @@ struct tx {
 	bool captured;           /* CAPTURE-ACK: committed in the capture store, not spooled */
 	struct smtp_verify *vfy; /* TRUST: SPF/DKIM/DMARC of this transaction, or NULL */
 	bool verified;           /* TRUST: its verdict is in */
+	bool verify_applied;     /* TRUST: its verdict was acted on (verify_apply) */
 	uint8_t sign_state;      /* SIGN: enum sign_state (sign.h does the work) */
 	struct smtp_sign_result sign;
+	enum spool_folder folder; /* where local recipients get it (TRUST, MILTER) */
+	bool milter_done;         /* MILTER: the milters had their say about the message */
+	bool milter_discard;      /* MILTER: a milter said discard: 250, nothing spooled */
+	size_t milter_mark;       /* MILTER: recipients before the RCPT being asked about */
 };
 
 struct srv_worker;
@@ -249,6 +263,16 @@ struct session {
 	struct sockaddr_storage peer_sa;
 	struct tx *tx;
 	struct policy_session *pol; /* mx listeners: the abuse defences' state, or NULL */
+	/* MILTER: the listener's milters (milter_stage.h). While a step is out
+	 * (milter_wait) nothing is read and the idle timeout is off: the
+	 * milter client's own deadlines bound the wait. */
+	const struct conf_listener *milter_listener; /* has milters; NULL: none */
+	struct sockaddr_storage local_sa;            /* our end, for {if_addr} */
+	struct milter_stage *milter;
+	bool milter_wait;
+	bool milter_greeted; /* the connect step is behind us */
+	int milter_at;       /* the step whose answer milter_done waits for */
+	char milter_rcpt[SMTP_ADDR_MAX + 3];
 };
 
 struct srv_worker {
@@ -442,6 +466,8 @@ static void reply_line(struct session *s, enum smtp_reply_id id, int code, bool 
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	evbuffer_add(out, line, len);
 	evbuffer_add(out, "\r\n", 2);
+	if (!more)
+		smtp_metrics_reply(line[0]);
 }
 
 static void reply(struct session *s, enum smtp_reply_id id)
@@ -467,6 +493,7 @@ static void reply_verbatim(struct session *s, const char *line)
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	evbuffer_add(out, line, strlen(line));
 	evbuffer_add(out, "\r\n", 2);
+	smtp_metrics_reply(line[0]);
 }
 
 static void reply_size_exceeded(struct session *s)
@@ -683,8 +710,20 @@ static bool count_error(struct session *s)
 
 static void process_input(struct session *s);
 
+/* MILTER: the hooks (defined with the milter block below). Each returns
+ * true when it asked the milters: the reply then waits for milter_done. */
+static bool milter_connect(struct session *s);
+static bool milter_helo(struct session *s);
+static bool milter_mail(struct session *s, struct tx *t);
+static bool milter_rcpt(struct session *s, struct tx *t, const char *addr);
+static bool milter_message(struct session *s, struct tx *t);
+static void milter_abort(struct session *s);
+static void milter_listener_of(struct session *s, struct evconnlistener *l, evutil_socket_t fd);
+
 static void greet(struct session *s)
 {
+	if (milter_connect(s))
+		return; /* MILTER: the greeting waits for the connect step */
 	reply_host(s, SMTP_R_GREETING);
 	session_enter_state(s, SS_GREETED);
 }
@@ -772,6 +811,8 @@ static void tx_free(struct tx *t)
 
 static void tx_reset(struct session *s)
 {
+	if (s->tx)
+		milter_abort(s); /* MILTER: the milters forget the transaction too */
 	tx_free(s->tx);
 	s->tx = NULL;
 }
@@ -1034,6 +1075,8 @@ static bool command_allowed(struct session *s, const struct command *cmd, const 
 	return false;
 }
 
+static void helo_reply(struct session *s);
+
 static void cmd_helo(struct session *s, const struct smtp_cmd *c)
 {
 	char *helo = tern_strdup(c->arg);
@@ -1046,7 +1089,15 @@ static void cmd_helo(struct session *s, const struct smtp_cmd *c)
 	s->helo = helo;
 	s->esmtp = c->verb == SMTP_EHLO;
 	session_enter_state(s, SS_HELO);
-	if (c->verb == SMTP_HELO) {
+	if (milter_helo(s))
+		return; /* MILTER: helo_reply once the milters agree */
+	helo_reply(s);
+}
+
+/* The answer to HELO/EHLO accepted (s->esmtp says which). */
+static void helo_reply(struct session *s)
+{
+	if (!s->esmtp) {
 		reply_host(s, SMTP_R_HELO);
 		return;
 	}
@@ -1075,6 +1126,7 @@ static void cmd_helo(struct session *s, const struct smtp_cmd *c)
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	for (size_t i = 0; i < n; i++)
 		evbuffer_add_printf(out, "250%c%s\r\n", i + 1 < n ? '-' : ' ', kw[i]);
+	smtp_metrics_reply('2');
 }
 
 /* A chaos trigger's reply (capture mode): the operator's code, the
@@ -1210,6 +1262,8 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 	s->tx = t;
 	session_enter_state(s, SS_MAIL);
 	verify_at_mail(s, t); /* TRUST: SPF starts now (verify.c) */
+	if (milter_mail(s, t))
+		return; /* MILTER: the reply waits for the milters */
 	reply_args(s, SMTP_R_SENDER_OK, t->sender);
 	return;
 nomem:
@@ -1284,16 +1338,25 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 }
 
 /* A recipient is in: counted, and the transaction has one now. */
-static void rcpt_accepted(struct session *s, struct tx *t, const struct smtp_cmd *c)
+static void rcpt_ok(struct session *s, struct tx *t, const char *addr)
 {
 	t->rcpt_cmds++;
 	session_enter_state(s, SS_RCPT);
-	reply_args(s, SMTP_R_RCPT_OK, c->path.addr);
+	reply_args(s, SMTP_R_RCPT_OK, addr);
+}
+
+/* tern takes the recipient; the milters may still refuse it. */
+static void rcpt_accepted(struct session *s, struct tx *t, const struct smtp_cmd *c)
+{
+	if (milter_rcpt(s, t, c->path.addr))
+		return; /* MILTER: rcpt_ok or a refusal once they answered */
+	rcpt_ok(s, t, c->path.addr);
 }
 
 static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 {
 	struct tx *t = s->tx;
+	t->milter_mark = t->n_rcpts; /* MILTER: what a refusal takes back */
 	if (c->path.utf8 && !t->smtputf8) {
 		reply(s, SMTP_R_RCPT_NEEDS_SMTPUTF8);
 		return;
@@ -1762,6 +1825,7 @@ static void auth_log_failed(struct session *s, const char *reason, const char *e
 {
 	char qm[64], qu[SASL_ID_MAX * 4 + 8], qr[512];
 	const char *login = auth_login(s);
+	smtp_metrics_auth_failed(s->auth_mech);
 	log_warn("event=auth_failed sess=%u.%llu client=%s mechanism=%s user=%s reason=%s%s",
 	         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 	         log_quote(s->auth_mech, strlen(s->auth_mech), qm, sizeof(qm)),
@@ -2165,6 +2229,7 @@ static void dispatch(struct session *s, const char *line, size_t len)
 		/* parse.c's refusals are data already (code, enhanced code, text) */
 		evbuffer_add_printf(bufferevent_get_output(s->bev), "%d %s %s\r\n", perr.code,
 		                    perr.enhanced, perr.text);
+		smtp_metrics_reply((char)('0' + perr.code / 100));
 		if (c->verb == SMTP_BDAT)
 			bad_bdat(s, c);
 		else
@@ -2303,6 +2368,7 @@ static void commit_done(void *arg)
 			          t->rcpts[i].local);
 		s->n_msgs++;
 		atomic_fetch_add(&count_accepted, 1);
+		metric_inc_l(M_MESSAGES_RECEIVED, smtp_metrics_profile(s->conf, s->submission));
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
 		if (wait)
 			return; /* CAPTURE-ACK: capture_acked answers */
@@ -2341,6 +2407,7 @@ static void commit_finish(struct session *s)
 /* ---------------------------------------------------------------- TRUST */
 
 static void finish_message(struct session *s);
+static void spool_message(struct session *s);
 
 /*
  * The verdict of verify.c: a refusal is answered here (nothing is spooled);
@@ -2379,6 +2446,8 @@ static bool verify_apply(struct session *s, struct tx *t, enum spool_folder *fol
 	return true;
 }
 
+static void after_message(struct session *s);
+
 /* verify.c's callback: the session waited in SS_VERIFY with reading off. */
 static void verify_done(void *arg)
 {
@@ -2386,6 +2455,14 @@ static void verify_done(void *arg)
 	(void)TERN_BUG_ON(s->state != SS_VERIFY || !s->tx);
 	s->tx->verified = true;
 	finish_message(s);
+	after_message(s);
+}
+
+/* After end of data was handled while reading was off (SS_VERIFY): a
+ * refusal was answered, so the next command; SS_COMMIT (or a milter being
+ * asked) goes on elsewhere. */
+static void after_message(struct session *s)
+{
 	if (s->state != SS_HELO)
 		return; /* SS_COMMIT: commit_done goes on from here */
 	/* refused: the next command, as after any reply at end of data */
@@ -2528,11 +2605,8 @@ static void finish_message(struct session *s)
 		return;
 	}
 
-	if (!sign_stage(s, t)) /* SIGN: our DKIM signatures, before the spool commit */
-		return;
-
-	/* TRUST: SPF, DKIM and DMARC (verify.c) decide before anything is spooled. */
-	enum spool_folder folder = SPOOL_FOLDER_INBOX;
+	/* TRUST: SPF, DKIM and DMARC (verify.c) decide before anything is spooled,
+	 * over the message as the client sent it. */
 	if (t->vfy && !t->verified) {
 		bool fwd = false; /* ARC: a recipient elsewhere means we forward (verify.c seals) */
 		for (size_t i = 0; i < t->n_rcpts && !fwd; i++)
@@ -2545,9 +2619,24 @@ static void finish_message(struct session *s)
 		bufferevent_set_timeouts(s->bev, NULL, NULL);
 		return;
 	}
-	if (t->vfy && !verify_apply(s, t, &folder))
+	if (t->vfy && !t->verify_applied) {
+		if (!verify_apply(s, t, &t->folder))
+			return;
+		t->verify_applied = true; /* sign_done comes back here: once is enough */
+	}
+	/* MILTER: the listener's milters, which may change header fields: after
+	 * the checks of what the client sent, before our signatures cover it. */
+	if (milter_message(s, t))
+		return;        /* milter_done_message comes back here */
+	if (!sign_stage(s, t)) /* SIGN: our DKIM signatures, before the spool commit */
 		return;
+	spool_message(s);
+}
 
+/* The message goes to the spool; the reply waits for its commit. */
+static void spool_message(struct session *s)
+{
+	struct tx *t = s->tx;
 	/* The budget counted every byte this buffer holds (budget_reserve). */
 	(void)TERN_BUG_ON(t->msg.cap > t->charged);
 	struct spool_msg env = {0};
@@ -2561,7 +2650,7 @@ static void finish_message(struct session *s)
 	 * for (queue.h); decided now, by who the client is, and kept with the
 	 * message. */
 	env.trusted_client = s->authenticated || conf_in_relay_networks(s->conf, &s->peer_sa);
-	env.folder = folder; /* TRUST: DMARC quarantine -> the Junk folder */
+	env.folder = t->folder; /* TRUST: DMARC quarantine, MILTER quarantine -> Junk */
 	env.envid = t->envid;
 	env.auth = t->auth_param; /* RFC 4954 §5: carried to the next hop */
 	char client[512];
@@ -2602,6 +2691,303 @@ static void finish_message(struct session *s)
 	session_enter_state(s, SS_COMMIT);
 	bufferevent_disable(s->bev, EV_READ);
 	bufferevent_set_timeouts(s->bev, NULL, NULL);
+}
+
+/* ---------------------------------------------------------------- MILTER */
+
+/*
+ * The listener's milters (milter_stage.h, issue 9 item 8). The hooks above
+ * call these: at the greeting (connect), HELO/EHLO, MAIL, RCPT and end of
+ * message (after tern's own checks and verify.c, before the spool); the
+ * reply to that command waits for milter_done. RSET, a new MAIL or HELO and
+ * the end of a transaction abort the milters' transaction (tx_reset).
+ */
+
+/* Room header changes may add to a message, on top of max_message_size. */
+#define MILTER_GROWTH_MAX (256u * 1024u)
+
+enum { MILTER_AT_CONNECT, MILTER_AT_HELO, MILTER_AT_MAIL, MILTER_AT_RCPT, MILTER_AT_MSG };
+
+static void milter_done(void *arg, const struct milter_stage_result *r);
+
+/* At accept: which listener this is and whether it has milters (a look at
+ * the configuration only when some listener has them). */
+static void milter_listener_of(struct session *s, struct evconnlistener *l, evutil_socket_t fd)
+{
+	bool any = false;
+	for (size_t i = 0; i < s->conf->n_listeners && !any; i++)
+		any = s->conf->listeners[i].n_milters > 0;
+	if (!any)
+		return;
+	struct sockaddr_storage bound;
+	socklen_t blen = sizeof(bound);
+	if (getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&bound, &blen) != 0)
+		return;
+	s->milter_listener = milter_stage_listener(s->conf, (struct sockaddr *)&bound);
+	socklen_t llen = sizeof(s->local_sa);
+	if (s->milter_listener && getsockname(fd, (struct sockaddr *)&s->local_sa, &llen) != 0)
+		memset(&s->local_sa, 0, sizeof(s->local_sa));
+}
+
+/* Reading stops until milter_done. */
+static void milter_wait(struct session *s, int at)
+{
+	s->milter_wait = true;
+	s->milter_at = at;
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_set_timeouts(s->bev, NULL, NULL);
+}
+
+static const char *tls_version(const struct session *s)
+{
+	SSL *ssl = s->tls_active ? bufferevent_openssl_get_ssl(s->bev) : NULL;
+	return ssl ? SSL_get_version(ssl) : NULL;
+}
+
+static bool milter_connect(struct session *s)
+{
+	if (!s->milter_listener || s->milter_greeted)
+		return false;
+	s->milter_greeted = true;
+	char sess[48], name[SMTP_DOMAIN_MAX + 8], ifa[INET6_ADDRSTRLEN + 2];
+	snprintf(sess, sizeof(sess), "%u.%llu", worker_index(s->sw->w),
+	         (unsigned long long)s->serial);
+	const char *rdns = policy_client_name(s->pol); /* POLICY: forward-confirmed name */
+	if (rdns)
+		snprintf(name, sizeof(name), "%s", rdns);
+	else
+		snprintf(name, sizeof(name), "[%s]", s->peer);
+	format_peer(&s->local_sa, ifa, sizeof(ifa));
+	struct milter_stage_params p = {
+	    .base = worker_base(s->sw->w),
+	    .listener = s->milter_listener,
+	    .myhostname = s->conf->hostname,
+	    .sess = sess,
+	    .peer = &s->peer_sa,
+	    .client_addr = s->peer,
+	    .client_name = name,
+	    .if_addr = s->local_sa.ss_family ? ifa : NULL,
+	};
+	s->milter = milter_stage_new(&p, milter_done, s);
+	if (!s->milter) {
+		/* out of memory: as if every milter were down */
+		enum conf_milter_action da = s->milter_listener->milter_default_action;
+		s->milter_listener = NULL;
+		if (da == CONF_MILTER_ACCEPT)
+			return false;
+		reply_verbatim(s, da == CONF_MILTER_REJECT
+		                      ? "554 5.7.1 Mail filter unavailable"
+		                      : "421 4.7.1 Mail filter unavailable, try again later");
+		session_close_after_flush(s, "milter");
+		return true;
+	}
+	milter_stage_connect(s->milter);
+	milter_wait(s, MILTER_AT_CONNECT);
+	return true;
+}
+
+static bool milter_helo(struct session *s)
+{
+	if (!s->milter)
+		return false;
+	milter_stage_helo(s->milter, s->helo, tls_version(s));
+	milter_wait(s, MILTER_AT_HELO);
+	return true;
+}
+
+static bool milter_mail(struct session *s, struct tx *t)
+{
+	if (!s->milter)
+		return false;
+	milter_stage_mail(s->milter, t->sender, s->authenticated ? s->auth_user : NULL,
+	                  tls_version(s));
+	milter_wait(s, MILTER_AT_MAIL);
+	return true;
+}
+
+static bool milter_rcpt(struct session *s, struct tx *t, const char *addr)
+{
+	if (!s->milter || t->milter_discard)
+		return false;
+	tern_strlcpy(s->milter_rcpt, addr, sizeof(s->milter_rcpt));
+	milter_stage_rcpt(s->milter, addr);
+	milter_wait(s, MILTER_AT_RCPT);
+	return true;
+}
+
+/* A message a milter said to discard: the client hears it was queued. */
+static void milter_discarded(struct session *s, struct tx *t, const char *milter)
+{
+	char q[256];
+	log_info("event=milter_discard id=%s client=%s milter=%s", t->id, s->peer,
+	         log_quote(milter, strlen(milter), q, sizeof(q)));
+	reply_args(s, SMTP_R_QUEUED, t->id);
+	tx_end(s);
+}
+
+static bool milter_message(struct session *s, struct tx *t)
+{
+	if (!s->milter || t->milter_done)
+		return false;
+	if (t->milter_discard) {
+		milter_discarded(s, t, "");
+		return true;
+	}
+	milter_stage_message(s->milter, t->id, t->msg.data, t->msg.len, t->hdr_len,
+	                     MILTER_GROWTH_MAX);
+	session_enter_state(s, SS_VERIFY); /* nothing is read: the checks decide first */
+	milter_wait(s, MILTER_AT_MSG);
+	return true;
+}
+
+static void milter_abort(struct session *s)
+{
+	if (s->milter)
+		milter_stage_abort(s->milter);
+}
+
+/* A milter's refusal of a command or the message: logged, answered. */
+static void milter_refused(struct session *s, const struct milter_stage_result *r, const char *step)
+{
+	char q[256], qa[LOG_ADDR_MAX];
+	const struct tx *t = s->tx;
+	log_info("event=rejected sess=%u.%llu%s%s client=%s step=%s%s%s code=%.3s reason=milter "
+	         "milter=%s%s",
+	         worker_index(s->sw->w), (unsigned long long)s->serial, t && t->id[0] ? " id=" : "",
+	         t && t->id[0] ? t->id : "", s->peer, step, strcmp(step, "rcpt") == 0 ? " to=" : "",
+	         strcmp(step, "rcpt") == 0 ? log_quote_addr(s->milter_rcpt, qa, sizeof(qa)) : "",
+	         r->reply, log_quote(r->milter, strlen(r->milter), q, sizeof(q)),
+	         r->failed ? " failed=1" : "");
+	reply_verbatim(s, r->reply);
+}
+
+/* End of message: header changes into the buffer (charged like the rest). */
+static bool milter_take_message(struct session *s, struct tx *t,
+                                const struct milter_stage_result *r)
+{
+	if (!r->modified)
+		return true;
+	size_t grow = r->len > t->msg.len ? r->len - t->msg.len : 0;
+	t->msg.max += grow;
+	if (!budget_reserve(s, t, grow)) {
+		budget_exceeded(s, t);
+		reply_over_budget(s);
+		return false;
+	}
+	tbuf_reset(&t->msg);
+	if (tbuf_append(&t->msg, r->msg, r->len) != TERN_OK) {
+		reply(s, SMTP_R_NOMEM);
+		return false;
+	}
+	/* what is ours at the top now (sign.c signs what follows) */
+	t->hdr_len = r->trace_len;
+	return true;
+}
+
+static void milter_done_message(struct session *s, const struct milter_stage_result *r)
+{
+	struct tx *t = s->tx;
+	if (r->action == MILTER_REJECT || r->action == MILTER_TEMPFAIL) {
+		milter_refused(s, r, "eom");
+		atomic_fetch_add(&count_rejected, 1);
+		tx_end(s);
+		if (strncmp(r->reply, "421", 3) == 0)
+			session_close_after_flush(s, "milter-421"); /* 421 means closing */
+	} else if (r->action == MILTER_DISCARD) {
+		milter_discarded(s, t, r->milter);
+	} else if (!milter_take_message(s, t, r)) {
+		tx_end(s);
+	} else {
+		if (r->quarantine) {
+			char q[1024];
+			log_info("event=milter_quarantine id=%s client=%s reason=%s", t->id,
+			         s->peer,
+			         log_quote(r->quarantine_reason, strlen(r->quarantine_reason), q,
+			                   sizeof(q)));
+			t->folder = SPOOL_FOLDER_JUNK;
+		}
+		t->milter_done = true;
+		finish_message(s); /* SIGN, then the spool */
+	}
+	if (s->state == SS_HELO)
+		restore_idle_timeouts(s); /* milter_wait took them off */
+	after_message(s);
+}
+
+static void milter_done(void *arg, const struct milter_stage_result *r)
+{
+	struct session *s = arg;
+	s->milter_wait = false;
+	if (s->state == SS_CLOSING)
+		return; /* a shutdown closed it meanwhile */
+	if (s->milter_at == MILTER_AT_MSG) {
+		milter_done_message(s, r);
+		return;
+	}
+	bool refused = r->action == MILTER_REJECT || r->action == MILTER_TEMPFAIL;
+	struct tx *t = s->tx;
+	switch (s->milter_at) {
+	case MILTER_AT_CONNECT:
+		/* Greeted whatever the milters said (as Postfix does): a refusal
+		 * here stays with the milter's client and answers HELO/EHLO and
+		 * every command after, so the client hears it with a reply it
+		 * reads as one (not as a greeting it may retry at once). */
+		if (refused || r->failed) {
+			char q[256];
+			log_info(
+			    "event=milter_connect sess=%u.%llu client=%s action=%s milter=%s%s",
+			    worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+			    milter_action_name(r->action),
+			    log_quote(r->milter, strlen(r->milter), q, sizeof(q)),
+			    r->failed ? " failed=1" : "");
+		}
+		greet(s);
+		break;
+	case MILTER_AT_HELO:
+		if (refused)
+			milter_refused(s, r, "helo");
+		else
+			helo_reply(s);
+		break;
+	case MILTER_AT_MAIL:
+		if (refused) {
+			milter_refused(s, r, "mail");
+			tx_end(s);
+			break;
+		}
+		t->milter_discard = r->action == MILTER_DISCARD;
+		reply_args(s, SMTP_R_SENDER_OK, t->sender);
+		break;
+	case MILTER_AT_RCPT:
+		if (refused) {
+			/* this recipient only (an alias's members with it) */
+			while (t->n_rcpts > t->milter_mark) {
+				t->n_rcpts--;
+				free(t->rcpts[t->n_rcpts].addr);
+				free(t->rcpts[t->n_rcpts].orcpt);
+			}
+			milter_refused(s, r, "rcpt");
+			break;
+		}
+		if (r->action == MILTER_DISCARD)
+			t->milter_discard = true;
+		rcpt_ok(s, t, s->milter_rcpt);
+		break;
+	}
+	if (refused && strncmp(r->reply, "421", 3) == 0 && s->state != SS_CLOSING)
+		session_close_after_flush(s, "milter-421"); /* 421 means closing */
+	if (s->state == SS_CLOSING)
+		return;
+	restore_idle_timeouts(s);
+	if (s->shutting_down && states[s->state].idle) {
+		reply_host(s, SMTP_R_SHUTDOWN);
+		session_close_after_flush(s, "shutdown");
+		return;
+	}
+	if (s->out_blocked)
+		return; /* on_write reads on */
+	bufferevent_enable(s->bev, EV_READ);
+	process_input(s);
 }
 
 /* ------------------------------------------------------------- reading */
@@ -2784,11 +3170,13 @@ static void process_input(struct session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 	bool progress = true;
-	if (s->out_blocked)
+	if (s->out_blocked || s->milter_wait)
 		return;
 	while (progress && evbuffer_get_length(in) > 0) {
 		if (output_full(s))
 			return;
+		if (s->milter_wait)
+			return; /* MILTER: milter_done reads on */
 		if (s->skip_bytes > 0) {
 			size_t avail = evbuffer_get_length(in);
 			size_t n = s->skip_bytes < avail ? (size_t)s->skip_bytes : avail;
@@ -2843,8 +3231,9 @@ static void on_write(struct bufferevent *bev, void *arg)
 	if (!s->out_blocked)
 		return;
 	s->out_blocked = false;
-	if (s->state == SS_COMMIT || s->state == SS_VERIFY || s->state == SS_AUTH_WAIT)
-		return; /* commit_done (verify_done) or auth_resume turns reading back on */
+	if (s->state == SS_COMMIT || s->state == SS_VERIFY || s->state == SS_AUTH_WAIT ||
+	    s->milter_wait)
+		return; /* commit_done (verify_done, milter_done) or auth_resume reads on */
 	bufferevent_enable(s->bev, EV_READ);
 	process_input(s);
 }
@@ -2857,6 +3246,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		 * is not sent (RFC 3207 §4.2: the client starts with EHLO). After
 		 * implicit TLS the greeting was already waiting in the layer. */
 		char d[600];
+		metric_inc_l2(M_TLS_HANDSHAKES, "inbound", "ok");
 		log_info("event=tls sess=%u.%llu client=%s %s", worker_index(s->sw->w),
 		         (unsigned long long)s->serial, s->peer,
 		         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
@@ -2870,6 +3260,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		SSL *ssl = bufferevent_openssl_get_ssl(bev); /* TLS: why a handshake failed */
 		if (ssl && !SSL_is_init_finished(ssl)) {
 			char why[256];
+			metric_inc_l2(M_TLS_HANDSHAKES, "inbound", "failed");
 			log_warn(
 			    "event=tls_failed sess=%u.%llu client=%s reason=\"%s\"",
 			    worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
@@ -2881,9 +3272,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		if (s->state == SS_COMMIT || s->state == SS_VERIFY || s->state == SS_AUTH_WAIT)
-			return; /* we are the slow one; the commit (verify.c) or the check will
-			           answer */
+		if (s->state == SS_COMMIT || s->state == SS_VERIFY || s->state == SS_AUTH_WAIT ||
+		    s->milter_wait)
+			return; /* we are the slow one; the commit (verify.c, a milter) or the
+			           check will answer */
 		enum session_input how = states[s->state].input;
 		reply_host(s, SMTP_R_TIMEOUT);
 		session_close_after_flush(s, how == IN_DATA || how == IN_BDAT ? "data-timeout"
@@ -2927,9 +3319,11 @@ static void session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	ip_release(sw->srv, &s->peer_sa);
+	metric_dec_l(M_SESSIONS_ACTIVE, smtp_metrics_profile(s->conf, s->submission));
 	if (atomic_fetch_sub(&sw->srv->n_sessions, 1) == 1 && atomic_load(&sw->srv->stopping))
 		log_drained(sw->srv);
 	tx_free(s->tx);
+	milter_stage_free(s->milter); /* MILTER: QUIT to each; no callback after */
 	policy_session_free(s->pol); /* POLICY: cancels its DNS queries and timers */
 	free(s->helo);
 	free(s->auth_user);
@@ -3028,12 +3422,14 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		}
 	}
 	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls != NULL;
+	milter_listener_of(s, l, fd); /* MILTER: this listener's milters, if any */
 	if (s->submission || (conf->capture_mode && capture_login))
 		auth_setup(s);
 	s->next = sw->sessions;
 	if (s->next)
 		s->next->prev = s;
 	sw->sessions = s;
+	smtp_metrics_connect(conf, evconnlistener_get_fd(l), s->submission);
 
 	bufferevent_setcb(bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(bev, EV_READ, 0, READ_HIGH_WATERMARK);
@@ -3093,8 +3489,10 @@ int smtp_server_listen(struct smtp_server *srv, struct worker *w, int listen_fd,
 	struct srv_worker *sw = srv_worker_for(srv, w);
 	if (!sw || sw->n_listeners == MAX_LISTENERS_PER_WORKER)
 		return TERN_ELIMIT;
+	/* backlog 0: the socket already listens (serve.c, 4096); libevent's -1
+	 * would call listen(fd, 128) again and drop bursts of connections. */
 	struct evconnlistener *l = evconnlistener_new(worker_base(w), on_accept, sw,
-						      LEV_OPT_CLOSE_ON_FREE, -1, listen_fd);
+						      LEV_OPT_CLOSE_ON_FREE, 0, listen_fd);
 	if (!l)
 		return TERN_EIO;
 	sw->listener_submission[sw->n_listeners] = strcmp(profile, "submission") == 0;

@@ -564,6 +564,16 @@ static void test_config_keys(void **state)
 	assert_non_null(c);
 	assert_int_equal(c->listeners[0].n_milters, 0);
 	assert_int_equal(c->listeners[0].milter_default_action, CONF_MILTER_TEMPFAIL);
+	assert_int_equal(c->listeners[0].milter_timeout, 30);
+	assert_int_equal(c->listeners[0].milter_eom_timeout, 300);
+	conf_unref(c);
+
+	c = load(
+	    "milters = [\"inet:127.0.0.1:1\"]; milter_timeout = 5s; milter_eom_timeout = 2min;",
+	    err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->listeners[0].milter_timeout, 5);
+	assert_int_equal(c->listeners[0].milter_eom_timeout, 120);
 	conf_unref(c);
 
 	c = load("milters = [\"inet:127.0.0.1:11332\", \"unix:/run/Milter.sock\"]; "
@@ -588,6 +598,9 @@ static void test_config_keys(void **state)
 	                     "milters = [\"inet:127.0.0.1\"];",
 	                     "milter_default_action = \"discard\";",
 	                     "milter_default_action = 1;",
+	                     "milter_timeout = 0;",
+	                     "milter_timeout = \"soon\";",
+	                     "milter_eom_timeout = 2h;",
 	                     "milter = [\"inet:127.0.0.1:1\"];"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		c = load(bad[i], err, sizeof(err));
