@@ -623,7 +623,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		}
 		if (s->observer)
 			s->observer(s->observer_arg, m, o[k].idx,
-			            o[k].state == RCPT_DELIVERED || o[k].state == RCPT_BOUNCED
+			            o[k].state == RCPT_DELIVERED || o[k].state == RCPT_BOUNCED ||
+			                    o[k].state == RCPT_SUPPRESSED
 			                ? o[k].state
 			                : RCPT_DEFERRED,
 			            o[k].reply);
