@@ -183,6 +183,18 @@ def test_connections_and_per_connection_limits(tern_factory):
         assert len(per) >= 4, per
 
 
+def test_builtin_provider_limit_without_config(tern_factory):
+    """No shaping { } at all: googlemail.com counts as gmail.com, whose built-in limit is
+    5 connections, below delivery.max_per_destination (10)."""
+    with FakeMX(MX_IP, slow=0.5) as mx:
+        t = start_tern(tern_factory, {"routes": mx.route("googlemail.com")})
+        for i in range(12):
+            submit(t, [f"user{i}@googlemail.com"], f"builtin {i}")
+        mx.wait_messages(12, t)
+        with mx.lock:
+            assert mx.max_active <= 5, f"{mx.max_active} sessions at once"
+
+
 def test_per_minute_holds_messages_without_deferring(tern_factory):
     """per_minute = 2: two messages go, the others wait in the queue as queued (no
     deferral, no attempt counted) and tern logs why."""
