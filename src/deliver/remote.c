@@ -295,6 +295,8 @@ static void rcpt_result(struct rconn *c, struct remote_rcpt *rr, enum remote_out
                         const char *status, const char *text)
 {
 	rr->outcome = o;
+	if (o == REMOTE_DEFERRED && c->backed_off) /* asked to slow down: not before it ends */
+		rr->retry_after = shaping_backoff_left(c->conf, c->domain);
 	tern_strlcpy(rr->status, status, sizeof(rr->status));
 	/* A server's words go into logs and DSNs: keep printable ASCII only. */
 	size_t n = 0;

@@ -270,6 +270,17 @@ void shaping_note_reply(const struct tern_config *conf, const char *domain, cons
 	         log_quote(reason, strlen(reason), q, sizeof(q)));
 }
 
+uint32_t shaping_backoff_left(const struct tern_config *conf, const char *domain)
+{
+	double left = 0, now = mono();
+	pthread_mutex_lock(&state_lock);
+	struct dstate *d = state_get(key_of(domain), false);
+	if (d && shape_backoff_level(&d->bo, now, conf->shaping.backoff) > 0 && d->bo.until > now)
+		left = d->bo.until - now;
+	pthread_mutex_unlock(&state_lock);
+	return (uint32_t)(left + 0.999);
+}
+
 void shaping_reset(void)
 {
 	pthread_mutex_lock(&state_lock);

@@ -89,6 +89,8 @@ void shaping_limits(const struct tern_config *conf, const char *domain, struct s
 bool shaping_take(const struct tern_config *conf, const char *domain, double *wait);
 void shaping_note_reply(const struct tern_config *conf, const char *domain, const char *id,
                         int code, const char *enhanced, const char *text);
+/* Seconds until domain's back-off period ends (0: none). */
+uint32_t shaping_backoff_left(const struct tern_config *conf, const char *domain);
 /* Forgets every bucket and back-off (unit tests). */
 void shaping_reset(void);
 

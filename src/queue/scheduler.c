@@ -491,6 +491,7 @@ struct outcome {
 	const char *reply;
 	const char *relay;      /* "local" or the remote host */
 	bool dsn_relayed;
+	uint32_t retry_after;   /* deferred: not sooner than this (a destination's back-off) */
 };
 
 /*
@@ -582,7 +583,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 					.diagnostic = o[k].reply, .last_attempt = now};
 			break;
 		default: {
-			int64_t next = now + backoff(conf, r->attempts + 1);
+			int64_t wait = backoff(conf, r->attempts + 1);
+			int64_t next = now + (o[k].retry_after > wait ? o[k].retry_after : wait);
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
 			log_info("event=deferred id=%s to=%s relay=%s status=%s retry_in=%llds "
 			         "reply=%s",
@@ -654,6 +656,7 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 			o[n].reply = rr->reply;
 			o[n].relay = rr->remote_mta[0] ? rr->remote_mta : job->domain;
 			o[n].dsn_relayed = rr->dsn_relayed;
+			o[n].retry_after = rr->retry_after;
 			n++;
 		}
 		record_outcomes(s, rt->conf, m, job->data, job->len, o, n);

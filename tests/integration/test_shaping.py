@@ -219,15 +219,19 @@ def test_per_minute_holds_messages_without_deferring(tern_factory):
 
 def test_421_backs_off_then_delivers(tern_factory):
     """The fake MX answers MAIL with 421 4.7.0 once: tern logs the back-off, defers (no
-    bounce) and delivers on the retry."""
+    bounce) until the back-off period is over (longer than delivery.retry_base here),
+    and delivers on the retry."""
     with FakeMX(MX_IP, slow=0, n421=1) as mx:
-        t = start_tern(tern_factory, {"routes": mx.route("backoff.test")})
+        t = start_tern(tern_factory, {"routes": mx.route("backoff.test"),
+                                      "shaping": {"backoff": Raw("3s")}})
         qid = submit(t, ["x@backoff.test"], "backoff")
         line = t.wait_log(r"event=backoff id=\S+ dest=backoff\.test level=1 .*$",
                           timeout=DEADLINE).group(0)
         assert "421 4.7.0" in line and "shape-421" in line, line
-        assert re.search(r"for=300s", line), line  # shaping.backoff's default
-        t.wait_log(rf"event=deferred id={qid} .*status=4\.7\.0", timeout=DEADLINE)
+        assert "for=3s" in line, line
+        m = t.wait_log(rf"event=deferred id={qid} .*status=4\.7\.0 retry_in=(\d+)s",
+                       timeout=DEADLINE)
+        assert int(m.group(1)) >= 3, m.group(0)  # not the 1s of retry_base
         mx.wait_messages(1, t)
         t.wait_log(rf"event=delivered id={qid}", timeout=DEADLINE)
         assert not t.log_lines("event=bounced"), t.log_tail()
