@@ -1761,8 +1761,8 @@ static bool bind_source(struct rconn *c, const struct target *t, int *fd)
 		c->src_addr[0] = '\0';
 		return false;
 	}
-	log_debug("event=source_bound id=%s pool=%s source=%s ehlo=%s", c->job ? c->job->id : "-",
-	          pool->name, c->src_addr, ehlo ? ehlo : c->conf->hostname);
+	log_info("event=source_bound id=%s pool=%s source=%s ehlo=%s", c->job ? c->job->id : "-",
+	         pool->name, c->src_addr, ehlo ? ehlo : c->conf->hostname);
 	c->ehlo_name = ehlo;
 	*fd = s;
 	return true;
