@@ -250,6 +250,7 @@ struct rconn {
 	/* shaping and pools */
 	unsigned n_msgs;       /* jobs taken by this connection (shaping per_connection) */
 	bool backed_off;       /* this connection reported a back-off already */
+	bool closed_421;       /* ... and it was a 421: deferrals wait for the back-off */
 	const char *ehlo_name; /* the source address's EHLO name (in c->conf), or NULL */
 	char src_addr[64];     /* the pool address bound, or "" */
 	char reserved[64];     /* the warm-up pool address counted for our first job, or "" */
@@ -295,7 +296,9 @@ static void rcpt_result(struct rconn *c, struct remote_rcpt *rr, enum remote_out
                         const char *status, const char *text)
 {
 	rr->outcome = o;
-	if (o == REMOTE_DEFERRED && c->backed_off) /* asked to slow down: not before it ends */
+	/* Told to go away (421): not again before the back-off ends. A 4.7.x
+	 * alone (greylisting says 451 4.7.1 too) keeps the usual retries. */
+	if (o == REMOTE_DEFERRED && c->closed_421)
 		rr->retry_after = shaping_backoff_left(c->conf, c->domain);
 	tern_strlcpy(rr->status, status, sizeof(rr->status));
 	/* A server's words go into logs and DSNs: keep printable ASCII only. */
@@ -1365,6 +1368,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 	}
 	if (c->st != RC_QUIT && !c->backed_off && shaping_is_backoff_reply(r->code, r->enhanced)) {
 		c->backed_off = true; /* one back-off per connection, not one per recipient */
+		c->closed_421 = r->code == 421;
 		shaping_note_reply(c->conf, c->domain, c->job ? c->job->id : NULL, r->code,
 		                   r->enhanced, r->text);
 	}
@@ -2117,6 +2121,8 @@ static void on_mx(void *arg, const struct dns_result *r)
 		memset(&c->hosts[i], 0, sizeof(c->hosts[i]));
 		tern_strlcpy(c->hosts[i].host, mx[i].host, sizeof(c->hosts[i].host));
 	}
+	if (n)
+		shaping_learn_mx(c->domain, c->hosts[0].host); /* a provider's MX: its site */
 	if (sts_apply(c))
 		query_addresses(c);
 }

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "core/buf.h"
@@ -81,12 +82,21 @@ static void take_unset(struct shape_limits *l, uint32_t c, uint32_t pc, uint32_t
 	}
 }
 
-void shaping_resolve(const struct conf_shaping *sh, uint32_t max_per_destination,
-                     const char *domain, struct shape_limits *out)
+/* The built-in entry of a site's own domain (the site name is one). */
+static const struct site *site_entry(const char *site)
+{
+	const struct site *s = site ? builtin_of(site) : NULL;
+	return s && strcmp(s->site, site) == 0 ? s : NULL;
+}
+
+void shaping_resolve_site(const struct conf_shaping *sh, uint32_t max_per_destination,
+                          const char *domain, const char *site, struct shape_limits *out)
 {
 	memset(out, 0, sizeof(*out));
 	bool pm_set = false;
 	const struct site *b = builtin_of(domain);
+	if (!b)
+		b = site_entry(site);
 	const struct conf_shape *cs = conf_shape_of(sh, domain);
 	if (cs)
 		take_unset(out, cs->connections, cs->per_connection, cs->per_minute, &pm_set);
@@ -99,6 +109,38 @@ void shaping_resolve(const struct conf_shaping *sh, uint32_t max_per_destination
 		           &pm_set);
 	take_unset(out, max_per_destination ? max_per_destination : 1, SHAPE_DEFAULT_PER_CONNECTION,
 	           0, &pm_set);
+}
+
+void shaping_resolve(const struct conf_shaping *sh, uint32_t max_per_destination,
+                     const char *domain, struct shape_limits *out)
+{
+	shaping_resolve_site(sh, max_per_destination, domain, NULL, out);
+}
+
+/* MX host suffixes of the providers: "suffix" matches the name itself and
+ * any name ending in ".suffix". */
+static const struct {
+	const char *suffix, *site;
+} mx_sites[] = {
+    {"google.com", "gmail.com"},    {"googlemail.com", "gmail.com"}, {"outlook.com", "outlook.com"},
+    {"hotmail.com", "outlook.com"}, {"yahoodns.net", "yahoo.com"},   {"icloud.com", "icloud.com"},
+    {"gmx.net", "gmx.net"},         {"web.de", "gmx.net"},           {"mail.ru", "mail.ru"},
+    {"yandex.net", "yandex.ru"},    {"yandex.ru", "yandex.ru"},
+};
+
+const char *shaping_mx_site(const char *mxhost)
+{
+	size_t n = strlen(mxhost);
+	while (n > 0 && mxhost[n - 1] == '.')
+		n--; /* a trailing root dot */
+	for (size_t i = 0; i < sizeof(mx_sites) / sizeof(mx_sites[0]); i++) {
+		size_t k = strlen(mx_sites[i].suffix);
+		if (n < k || strncasecmp(mxhost + n - k, mx_sites[i].suffix, k) != 0)
+			continue;
+		if (n == k || mxhost[n - k - 1] == '.')
+			return mx_sites[i].site;
+	}
+	return NULL;
 }
 
 bool shape_bucket_take(struct shape_bucket *b, uint32_t per_minute, double now, double *wait)
@@ -170,7 +212,8 @@ struct dstate {
 	struct shape_bucket bucket;
 	uint32_t bucket_rate; /* the per_minute the bucket was filled for */
 	struct shape_backoff bo;
-	char key[256];
+	const char *site; /* entries "=DOMAIN": the site learned from its MX */
+	char key[257];
 };
 
 static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -182,12 +225,6 @@ static double mono(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static const char *key_of(const char *domain)
-{
-	const char *s = shaping_site(domain);
-	return s ? s : domain;
 }
 
 /* Under state_lock: the entry of key, made when create; NULL if none. */
@@ -212,13 +249,48 @@ static struct dstate *state_get(const char *key, bool create)
 	return d;
 }
 
+/* Under state_lock: the site domain belongs to (built-in, else learned from
+ * its MX), or NULL. */
+static const char *site_of_locked(const char *domain)
+{
+	const char *s = shaping_site(domain);
+	if (s)
+		return s;
+	char k[260];
+	snprintf(k, sizeof(k), "=%s", domain);
+	struct dstate *d = state_get(k, false);
+	return d ? d->site : NULL;
+}
+
+/* Under state_lock: the key of domain's bucket and back-off. */
+static const char *key_of_locked(const char *domain)
+{
+	const char *s = site_of_locked(domain);
+	return s ? s : domain;
+}
+
+void shaping_learn_mx(const char *domain, const char *mxhost)
+{
+	const char *site = shaping_mx_site(mxhost);
+	if (!site || shaping_site(domain))
+		return;
+	char k[260];
+	snprintf(k, sizeof(k), "=%s", domain);
+	pthread_mutex_lock(&state_lock);
+	struct dstate *d = state_get(k, true);
+	if (d)
+		d->site = site; /* static storage: the suffix table's */
+	pthread_mutex_unlock(&state_lock);
+}
+
 void shaping_limits(const struct tern_config *conf, const char *domain, struct shape_limits *out)
 {
-	shaping_resolve(&conf->shaping, conf->delivery.max_per_destination, domain, out);
 	pthread_mutex_lock(&state_lock);
-	struct dstate *d = state_get(key_of(domain), false);
+	const char *site = site_of_locked(domain);
+	struct dstate *d = state_get(site ? site : domain, false);
 	unsigned level = d ? shape_backoff_level(&d->bo, mono(), conf->shaping.backoff) : 0;
 	pthread_mutex_unlock(&state_lock);
+	shaping_resolve_site(&conf->shaping, conf->delivery.max_per_destination, domain, site, out);
 	shape_apply_backoff(out, level);
 }
 
@@ -230,7 +302,7 @@ bool shaping_take(const struct tern_config *conf, const char *domain, double *wa
 	if (l.per_minute == 0)
 		return true;
 	pthread_mutex_lock(&state_lock);
-	struct dstate *d = state_get(key_of(domain), true);
+	struct dstate *d = state_get(key_of_locked(domain), true);
 	bool ok = true;
 	if (d) {
 		if (d->bucket_rate != l.per_minute && d->bucket.init &&
@@ -249,8 +321,9 @@ void shaping_note_reply(const struct tern_config *conf, const char *domain, cons
 {
 	if (!shaping_is_backoff_reply(code, enhanced))
 		return;
-	const char *key = key_of(domain);
+	char key[257];
 	pthread_mutex_lock(&state_lock);
+	tern_strlcpy(key, key_of_locked(domain), sizeof(key));
 	struct dstate *d = state_get(key, true);
 	unsigned level = 0;
 	double secs = 0, now = mono();
@@ -274,7 +347,7 @@ uint32_t shaping_backoff_left(const struct tern_config *conf, const char *domain
 {
 	double left = 0, now = mono();
 	pthread_mutex_lock(&state_lock);
-	struct dstate *d = state_get(key_of(domain), false);
+	struct dstate *d = state_get(key_of_locked(domain), false);
 	if (d && shape_backoff_level(&d->bo, now, conf->shaping.backoff) > 0 && d->bo.until > now)
 		left = d->bo.until - now;
 	pthread_mutex_unlock(&state_lock);

@@ -39,6 +39,16 @@ struct shape_limits {
  * "gmail.com" for "googlemail.com"; NULL when it is no known provider's. */
 const char *shaping_site(const char *domain);
 
+/* Pure: the provider site of an MX host name from the built-in suffix table
+ * (e.g. "gmail.com" for "aspmx.l.google.com", "outlook.com" for
+ * "example-org.mail.protection.outlook.com"); NULL when none. */
+const char *shaping_mx_site(const char *mxhost);
+/* Learns that domain's mail goes to mxhost: when that is a provider's MX,
+ * domain counts as the provider's site from now on (its built-in limits,
+ * its shared bucket and back-off), as a Google Workspace domain should.
+ * Process-wide, bounded, in memory. */
+void shaping_learn_mx(const char *domain, const char *mxhost);
+
 /*
  * Pure: the limits for domain (lowercase). Each field is taken from the
  * first that sets it: shaping."DOMAIN", shaping."SITE" (the provider site),
@@ -48,6 +58,9 @@ const char *shaping_site(const char *domain);
  */
 void shaping_resolve(const struct conf_shaping *sh, uint32_t max_per_destination,
                      const char *domain, struct shape_limits *out);
+/* As shaping_resolve for a domain known to belong to site (from its MX). */
+void shaping_resolve_site(const struct conf_shaping *sh, uint32_t max_per_destination,
+                          const char *domain, const char *site, struct shape_limits *out);
 
 /* A token bucket of per_minute tokens a minute holding at most per_minute
  * (a minute's burst). */

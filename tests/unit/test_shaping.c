@@ -100,6 +100,47 @@ static void test_overrides(void **state)
 	conf_unref(c);
 }
 
+static void test_mx_sites(void **state)
+{
+	assert_string_equal(shaping_mx_site("aspmx.l.google.com"), "gmail.com");
+	assert_string_equal(shaping_mx_site("ALT1.ASPMX.L.GOOGLE.COM."), "gmail.com");
+	assert_string_equal(shaping_mx_site("example-org.mail.protection.outlook.com"),
+	                    "outlook.com");
+	assert_string_equal(shaping_mx_site("mta5.am0.yahoodns.net"), "yahoo.com");
+	assert_null(shaping_mx_site("notgoogle.com")); /* a label boundary is needed */
+	assert_null(shaping_mx_site("google.com.evil.test"));
+	assert_null(shaping_mx_site("mx.example.org"));
+	assert_null(shaping_mx_site(""));
+}
+
+static void test_learned_site(void **state)
+{
+	shaping_reset();
+	struct tern_config *c = load("shaping { \"gmail.com\" { per_minute = 2; } }\n");
+	struct shape_limits l;
+	shaping_limits(c, "workspace.example", &l);
+	assert_int_equal(l.connections, 10);                     /* not known yet */
+	shaping_learn_mx("workspace.example", "mx.example.net"); /* no provider: nothing */
+	shaping_limits(c, "workspace.example", &l);
+	assert_int_equal(l.connections, 10);
+	shaping_learn_mx("workspace.example", "aspmx.l.google.com");
+	shaping_limits(c, "workspace.example", &l);
+	assert_int_equal(l.connections, 5); /* gmail.com's built-in */
+	assert_int_equal(l.per_connection, 50);
+	assert_int_equal(l.per_minute, 2); /* and the site's config entry */
+	/* one bucket for the site: gmail.com's tokens are the learned domain's */
+	double wait;
+	assert_true(shaping_take(c, "gmail.com", &wait));
+	assert_true(shaping_take(c, "workspace.example", &wait));
+	assert_false(shaping_take(c, "googlemail.com", &wait));
+	/* one back-off too */
+	shaping_note_reply(c, "workspace.example", "Q2", 421, "", "busy");
+	shaping_limits(c, "gmail.com", &l);
+	assert_int_equal(l.connections, 2);
+	shaping_reset();
+	conf_unref(c);
+}
+
 /* ---- token bucket ---------------------------------------------------------- */
 
 static void test_bucket(void **state)
@@ -401,6 +442,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_builtin_and_sites),
 	    cmocka_unit_test(test_overrides),
+	    cmocka_unit_test(test_mx_sites),
+	    cmocka_unit_test(test_learned_site),
 	    cmocka_unit_test(test_bucket),
 	    cmocka_unit_test(test_backoff_replies),
 	    cmocka_unit_test(test_backoff_levels),
