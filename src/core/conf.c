@@ -3572,6 +3572,76 @@ static void print_route(FILE *f, const struct conf_route *r, const char *indent)
 	}
 }
 
+/* shaping { }, pools { } and pool_select { }: only what is set (the built-in
+ * provider limits are not settings; deliver/shaping.c has them). */
+static void print_shape(FILE *f, const struct conf_shape *sh)
+{
+	if (sh->connections)
+		fprintf(f, " connections = %u;", (unsigned)sh->connections);
+	if (sh->per_connection)
+		fprintf(f, " per_connection = %u;", (unsigned)sh->per_connection);
+	if (sh->per_minute)
+		fprintf(f, " per_minute = %u;", (unsigned)sh->per_minute);
+}
+
+static void print_rules(FILE *f, const char *name, const struct conf_pool_rule *r, size_t n)
+{
+	fprintf(f, "\t%s {\n", name);
+	for (size_t i = 0; i < n; i++) {
+		fputs("\t\t", f);
+		print_str(f, r[i].key);
+		fputs(" = ", f);
+		print_str(f, r[i].pool);
+		fputs(";\n", f);
+	}
+	fputs("\t}\n", f);
+}
+
+static void print_shaping(FILE *f, const struct conf_shaping *sh)
+{
+	fprintf(f, "shaping {\n\tbackoff = %u;\n", (unsigned)sh->backoff);
+	for (size_t i = 0; i < sh->n_shapes; i++) {
+		fputc('\t', f);
+		print_str(f, sh->shapes[i].domain);
+		fputs(" {", f);
+		print_shape(f, &sh->shapes[i]);
+		fputs(" }\n", f);
+	}
+	fputs("\tdefault {", f);
+	print_shape(f, &sh->dflt);
+	fputs(" }\n}\npools {\n", f);
+	for (size_t i = 0; i < sh->n_pools; i++) {
+		const struct conf_pool *p = &sh->pools[i];
+		fprintf(f, "\t%s {\n\t\taddresses = ", p->name);
+		print_list(f, p->addrs, p->n_addrs);
+		fputs(";\n\t\tehlo {\n", f);
+		for (size_t k = 0; k < p->n_addrs; k++) {
+			if (!p->ehlo[k])
+				continue;
+			fputs("\t\t\t", f);
+			print_str(f, p->addrs[k]);
+			fputs(" = ", f);
+			print_str(f, p->ehlo[k]);
+			fputs(";\n", f);
+		}
+		fputs("\t\t}\n", f);
+		if (p->warmup_start)
+			fprintf(f, "\t\twarmup { start = %u; growth = %g; }\n",
+			        (unsigned)p->warmup_start, p->warmup_growth);
+		fputs("\t}\n", f);
+	}
+	fputs("}\npool_select {\n", f);
+	print_rules(f, "keys", sh->sel_keys, sh->n_sel_keys);
+	print_rules(f, "domains", sh->sel_domains, sh->n_sel_domains);
+	print_rules(f, "tags", sh->sel_tags, sh->n_sel_tags);
+	if (sh->sel_default) {
+		fputs("\tdefault = ", f);
+		print_str(f, sh->sel_default);
+		fputs(";\n", f);
+	}
+	fputs("}\n", f);
+}
+
 void conf_print(const struct tern_config *c, FILE *out)
 {
 	if (!c || !out)
@@ -3751,4 +3821,5 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_auth_checks(out, &c->auth_checks);
 	print_dmarc(out, &c->dmarc);
 	print_arc(out, &c->arc);
+	print_shaping(out, &c->shaping);
 }
