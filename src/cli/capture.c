@@ -13,7 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/socket.h>
 
+#include "cli/capture_env.h"
 #include "cli/cli.h"
 #include "core/conf.h"
 #include "core/err.h"
@@ -21,10 +24,14 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
+#include "http/basic_auth.h"
 #include "http/http.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
+#include "pop3/capture_mailbox.h"
+#include "store/capture_webhook.h"
 #include "store/store.h"
+#include "tls/tls.h"
 
 #define HTTP_WORKER_INDEX 1000 /* only for log lines: not an SMTP worker */
 
@@ -36,6 +43,10 @@ struct capture_mode {
 	struct scheduler *sched;
 	struct http_hooks hooks;
 	char smtp_address[64];
+	struct capture_webhook *webhook; /* --webhook-url, or NULL */
+	struct pop3_server *pop3;        /* --pop3, or NULL */
+	struct pop3_capture pop3_store;
+	struct pool *auth_pool; /* UI logins (bcrypt) with --ui-auth-file, or NULL */
 };
 
 /* ------------------------------------------------------------- send hook */
@@ -271,19 +282,62 @@ static void hook_runtime_stats(void *ctx, uint64_t *accepted, uint64_t *accepted
 static void on_store_event(void *arg, const char *type, json_t *data)
 {
 	struct capture_mode *cm = arg;
-	if (!cm->http)
+	if (!cm->http && !cm->webhook)
 		return;
 	char *text = json_dumps(data, JSON_COMPACT);
 	if (text) {
-		http_server_publish(cm->http, type, text);
+		if (cm->http)
+			http_server_publish(cm->http, type, text);
+		if (cm->webhook && strcmp(type, "new") == 0)
+			capture_webhook_post(cm->webhook, text);
 		free(text);
 	}
+}
+
+/* ------------------------------------------------------------------ POP3 */
+
+/* --pop3: the POP3 server (pop3/) on the HTTP worker, over the store.
+ * Called before that worker starts. */
+static int pop3_start(struct capture_mode *cm, const char *address, const struct http_auth *users,
+		      char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	unsigned len = 0;
+	int one = 1;
+	if (!conf_parse_address(address, &ss, &len)) {
+		snprintf(err, errlen, "--pop3: '%s' is not an IP:PORT address", address);
+		return TERN_EINVAL;
+	}
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 128) != 0) {
+		snprintf(err, errlen, "cannot listen on %s for POP3: %s", address, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return TERN_EIO;
+	}
+	cm->pop3 = pop3_server_new(NULL);
+	if (!cm->pop3) {
+		close(fd);
+		snprintf(err, errlen, "out of memory");
+		return TERN_ENOMEM;
+	}
+	pop3_capture_init(&cm->pop3_store, cm->store, users);
+	pop3_server_set_backend(cm->pop3, &cm->pop3_store.backend);
+	if (pop3_server_listen(cm->pop3, cm->http_worker, fd, false) != TERN_OK) {
+		close(fd);
+		snprintf(err, errlen, "cannot start the POP3 listener");
+		return TERN_EIO;
+	}
+	log_info("event=listening name=pop3 address=%s profile=capture-pop3", address);
+	return TERN_OK;
 }
 
 /* -------------------------------------------------------------- lifecycle */
 
 struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struct spool *sp,
-					struct scheduler *sched, char *err, size_t errlen)
+					struct scheduler *sched, const struct capture_ext *ext,
+					char *err, size_t errlen)
 {
 	struct capture_mode *cm = calloc(1, sizeof(*cm));
 	if (!cm) {
@@ -317,12 +371,33 @@ struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struc
 		.runtime_stats = hook_runtime_stats,
 		.version = TERN_VERSION,
 		.smtp_address = cm->smtp_address,
+		.ui_auth = ext ? ext->ui_auth : NULL,
+		.ui_tls = ext && ext->ui_tls ? tls_server_ctx(ext->ui_tls) : NULL,
 	};
+	if (ext && ext->ui_auth) {
+		cm->auth_pool = pool_new(1);
+		if (!cm->auth_pool) {
+			snprintf(err, errlen, "out of memory");
+			goto fail;
+		}
+		cm->hooks.pool = cm->auth_pool;
+	}
+	if (ext && ext->v[CX_WEBHOOK_URL] && *ext->v[CX_WEBHOOK_URL]) {
+		unsigned long long lim = 0;
+		if (ext->v[CX_WEBHOOK_LIMIT])
+			lim = strtoull(ext->v[CX_WEBHOOK_LIMIT], NULL, 10); /* checked at parse */
+		cm->webhook = capture_webhook_start(ext->v[CX_WEBHOOK_URL], (unsigned)lim, err, errlen);
+		if (!cm->webhook)
+			goto fail;
+	}
 	cm->http = http_server_new(cm->http_worker, http_fd, cm->store, &cm->hooks);
 	if (!cm->http) {
 		snprintf(err, errlen, "cannot start the HTTP server");
 		goto fail;
 	}
+	if (ext && ext->v[CX_POP3] && *ext->v[CX_POP3] &&
+	    pop3_start(cm, ext->v[CX_POP3], ext->pop3_auth, err, errlen) != TERN_OK)
+		goto fail;
 	capture_subscribe(cm->store, on_store_event, cm);
 	capture_set_batch_sync(cm->store, true);
 	scheduler_set_capture(sched, cm->store);
@@ -345,10 +420,15 @@ void capture_mode_stop(struct capture_mode *cm)
 {
 	if (!cm)
 		return;
+	if (cm->pop3)
+		pop3_server_shutdown(cm->pop3);
 	if (cm->http_worker)
 		worker_stop_and_join(cm->http_worker);
 	if (cm->store)
 		capture_subscribe(cm->store, NULL, NULL);
+	capture_webhook_stop(cm->webhook);
+	pool_free(cm->auth_pool); /* finishes login checks in progress */
+	pop3_server_free(cm->pop3);
 	if (cm->http_worker)
 		worker_run_pending(cm->http_worker);
 	http_server_free(cm->http);
@@ -357,40 +437,56 @@ void capture_mode_stop(struct capture_mode *cm)
 	free(cm);
 }
 
+/* SMTP logins against --smtp-auth-file (on the auth pool: bcrypt is slow). */
+static int smtp_login_verify(void *arg, const char *login, const char *password)
+{
+	return http_auth_verify(arg, login, password) ? TERN_OK : TERN_EINVAL;
+}
+
 /* --------------------------------------------------------------- command */
 
 static const struct cli_help capture_help = {
-    "tern capture", "tern capture [-c FILE] [--smtp IP:PORT] [--http IP:PORT] [--data-dir DIR]",
+    "tern capture",
+    "tern capture [-c FILE] [--smtp IP:PORT] [--http IP:PORT] [--data-dir DIR] [MAILPIT OPTIONS]",
     "Runs tern for testing, as Mailpit does: accepts every message for any\n"
     "recipient, delivers none, and shows them in a web UI with Mailpit's API.\n"
     "  -c, --config FILE   a configuration file (tern.conf(5)); its listeners\n"
     "                      are replaced by the one --smtp names\n"
-    "  --smtp IP:PORT      SMTP listener (default 127.0.0.1:1025)\n"
+    "  --smtp IP:PORT      SMTP listener (default 127.0.0.1:1025; MP_SMTP_BIND_ADDR)\n"
     "  --http IP:PORT      web UI and API (default 127.0.0.1:8025)\n"
-    "  --data-dir DIR      where caught messages are kept (default the config's)\n"
-    "See tern-capture(1).\n"};
+    "  --data-dir DIR      where caught messages are kept (default the config's)\n"};
 
 int cmd_capture(int argc, char **argv)
 {
 	const char *path;
-	if (cli_help_asked(argc, argv))
-		return cli_help(&capture_help);
+	if (cli_help_asked(argc, argv)) {
+		cli_help(&capture_help);
+		fputs(capture_ext_help, stdout);
+		fputs("See tern-capture(1) and docs/capture.md.\n", stdout);
+		return 0;
+	}
 	if (cli_take_config(&argc, argv, &path) != 0)
 		return cli_usage(&capture_help, "-c needs a file name");
-	struct capture_opts opts = {"127.0.0.1:1025", "127.0.0.1:8025", NULL};
-	for (int i = 1; i < argc; i++) {
-		const char **slot = NULL;
-		if (strcmp(argv[i], "--smtp") == 0)
-			slot = &opts.smtp;
-		else if (strcmp(argv[i], "--http") == 0)
-			slot = &opts.http;
-		else if (strcmp(argv[i], "--data-dir") == 0)
-			slot = &opts.data_dir;
-		if (!slot)
-			return cli_usage(&capture_help, "unknown option '%s'", argv[i]);
-		if (i + 1 >= argc)
-			return cli_usage(&capture_help, "%s needs a value", argv[i]);
-		*slot = argv[++i];
+	static struct capture_ext ext; /* lives as long as the daemon */
+	char why[512];
+	if (capture_args_parse(argc, argv, &ext, why, sizeof(why)) != TERN_OK ||
+	    capture_env_apply(&ext, environ, why, sizeof(why)) != TERN_OK)
+		return cli_usage(&capture_help, "%s", why);
+	if (capture_ext_load_files(&ext, why, sizeof(why)) != TERN_OK) {
+		fprintf(stderr, "tern: %s\n", why);
+		return 1;
 	}
-	return daemon_run(path, &opts);
+	/* Mailpit: --smtp-auth-accept-any wins over a users file */
+	if (ext.smtp_auth && !capture_ext_on(&ext, CX_SMTP_AUTH_ACCEPT_ANY))
+		smtp_capture_set_login(smtp_login_verify, ext.smtp_auth);
+	smtp_capture_require_starttls(capture_ext_on(&ext, CX_SMTP_REQUIRE_STARTTLS));
+	struct capture_opts opts = {
+	    ext.v[CX_SMTP] ? ext.v[CX_SMTP] : "127.0.0.1:1025",
+	    ext.v[CX_HTTP] ? ext.v[CX_HTTP] : "127.0.0.1:8025",
+	    ext.v[CX_DATA_DIR],
+	    &ext,
+	};
+	int rc = daemon_run(path, &opts);
+	capture_ext_free(&ext);
+	return rc;
 }

@@ -27,15 +27,17 @@ int cli_usage(const struct cli_help *h, const char *fmt, ...) __attribute__((for
 
 struct spool;
 struct scheduler;
+struct capture_ext;
 
 int cmd_serve(int argc, char **argv);
 int cmd_capture(int argc, char **argv);
 
 /* tern capture's command-line settings, applied over the config. */
 struct capture_opts {
-	const char *smtp;     /* IP:PORT, default 127.0.0.1:1025 */
-	const char *http;     /* IP:PORT, default 127.0.0.1:8025 */
-	const char *data_dir; /* or NULL: the config's */
+	const char *smtp;              /* IP:PORT, default 127.0.0.1:1025 */
+	const char *http;              /* IP:PORT, default 127.0.0.1:8025 */
+	const char *data_dir;          /* or NULL: the config's */
+	const struct capture_ext *ext; /* Mailpit's options (cli/capture_env.h), or NULL */
 };
 
 /* The daemon (serve.c); cap is NULL for `tern serve`. */
@@ -45,7 +47,8 @@ int daemon_run(const char *path, const struct capture_opts *cap);
  * worker, the store-to-browser event feed, the API hooks. */
 struct capture_mode;
 struct capture_mode *capture_mode_start(const char *data_dir, int http_fd, struct spool *sp,
-					struct scheduler *sched, char *err, size_t errlen);
+					struct scheduler *sched, const struct capture_ext *ext,
+					char *err, size_t errlen);
 void capture_mode_stop(struct capture_mode *cm);
 int cmd_check_config(int argc, char **argv);
 int cmd_log(int argc, char **argv);
@@ -56,8 +59,10 @@ int cmd_spf(int argc, char **argv);
 int cmd_dkim(int argc, char **argv);
 int cmd_arc(int argc, char **argv); /* `tern arc verify|seal` (arc.c) */
 int cmd_dovecot_config(int argc, char **argv); /* dovecot.c */
-int cmd_milter(int argc, char **argv);
-int cmd_dmarc(int argc, char **argv); /* `tern dmarc send-reports|report` (dmarc.c) */         /* `tern milter test` (milter.c) */
+int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) */
+int cmd_dmarc(int argc, char **argv); /* `tern dmarc send-reports|report` (dmarc.c) */
+int cmd_suppress(int argc, char **argv);       /* `tern suppress` (suppress.c) */
+int cmd_apikey(int argc, char **argv);         /* `tern apikey` (apikey.c) */
 
 /*
  * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file

@@ -29,8 +29,10 @@ static const struct command {
     {"dovecot-config", cmd_dovecot_config},
     {"arc", cmd_arc},
     {"milter", cmd_milter},
+    {"apikey", cmd_apikey},
     {"dmarc", cmd_dmarc},
     {"sendmail", cmd_sendmail},
+    {"suppress", cmd_suppress},
     /* clang-format on */
 };
 
@@ -59,7 +61,9 @@ static const struct cli_help help = {
     "  arc verify|seal            validate or add an ARC Set (RFC 8617)\n"
     "  milter test --milter SPEC < MSG\n"
     "                             run a message through a milter (rspamd, ...)\n"
+    "  apikey create|list|revoke  keys of the HTTP sending API (serve's http listener)\n"
     "  dmarc send-reports|report  DMARC aggregate reports: send now; show received\n"
+    "  suppress list|add|del      the suppression list (bounces, complaints, unsubscribes)\n"
     "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
     "  version                    print the version\n"
     "\n"

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "auth/auth.h"
+#include "cli/capture_env.h"
 #include "cli/cli.h"
 #include "core/conf.h"
 #include "core/err.h"
@@ -38,14 +39,18 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/metrics.h"
 #include "core/privsep.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "http/metrics_http.h"
+#include "http/api.h"
 #include "policy/policy.h"
 #include "pop3/pop3.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "store/suppress.h"
 #include "tls/tls.h"
 
 #define MAX_WORKERS 64
@@ -89,6 +94,11 @@ static struct tern_config *config_load(const char *path, const struct capture_op
 		return conf;
 	if (conf_apply_capture(conf, cap->smtp, cap->data_dir) != TERN_OK) {
 		snprintf(err, errlen, "--smtp: '%s' is not an IP:PORT address", cap->smtp);
+		conf_unref(conf);
+		return NULL;
+	}
+	if (cap->ext && capture_ext_apply_conf(cap->ext, conf) != TERN_OK) {
+		snprintf(err, errlen, "out of memory");
 		conf_unref(conf);
 		return NULL;
 	}
@@ -240,7 +250,7 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	 * are created by the daemon after the drop, so two levels suffice. */
 	if (depth >= 1)
 		return;
-	static const char *subs[] = {"spool", "mail", "users", "control.sock", "tls"};
+	static const char *subs[] = {"spool", "mail", "users", "control.sock", "tls", "apikeys.db"};
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
 		struct stat st;
@@ -594,6 +604,11 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	struct throttle *throttle = NULL;
 	struct tls_server *tls = NULL;
 	int http_fd = -1;
+	int metrics_fd = -1;
+	struct metrics_http *metrics = NULL;
+	int api_fds[MAX_FDS]; /* listeners with profile "http": http/api.h */
+	size_t n_api_fds = 0;
+	struct api *api = NULL;
 	struct parent_ctx pc = {.path = path, .cap = cap};
 	struct file_bundle *bundle = NULL;
 	int split = 0, ps_sock = -1, sfd = -1;
@@ -626,6 +641,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	log_info("event=starting version=%s config=%s hostname=%s data_dir=%s", TERN_VERSION,
 	         conf->source, conf->hostname, conf->data_dir);
 	conf_report_warnings(conf, NULL);
+	metrics_reset(); /* every series from zero, the fixed label sets shown */
 	split = split_account(conf, &pc.rd.uid, &pc.rd.gid);
 	if (split < 0)
 		goto out;
@@ -648,6 +664,20 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			log_error("event=fatal listener=%s reason=\"%s\"", conf->listeners[i].name,
 			          err);
 			goto out;
+		}
+		if (strcmp(conf->listeners[i].profile, "http") == 0) {
+			int fd = n_api_fds < MAX_FDS ? bind_listener_opt(conf->listeners[i].address,
+			                                                 false, err, sizeof(err))
+			                             : -1;
+			if (fd < 0) {
+				log_error("event=fatal listener=%s reason=\"%s\"",
+				          conf->listeners[i].name, err);
+				goto out;
+			}
+			api_fds[n_api_fds++] = fd;
+			log_info("event=listening name=%s address=%s profile=http tls=none",
+			         conf->listeners[i].name, conf->listeners[i].address);
+			continue;
 		}
 		for (unsigned w = 0; w < n_workers; w++) {
 			if (n_fds == MAX_FDS) {
@@ -677,6 +707,15 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		}
 		log_info("event=listening name=http address=%s profile=capture-http", cap->http);
 	}
+	if (conf->metrics.address) {
+		metrics_fd = bind_listener_opt(conf->metrics.address, false, err, sizeof(err));
+		if (metrics_fd < 0) {
+			log_error("event=fatal listener=metrics reason=\"%s\"", err);
+			goto out;
+		}
+		log_info("event=listening name=metrics address=%s profile=metrics token=%s",
+		         conf->metrics.address, conf->metrics.token ? "yes" : "no");
+	}
 	control_fd = control_bind(conf->data_dir);
 	if (control_fd < 0) {
 		log_error("event=fatal reason=\"cannot bind %s/control.sock: %s\"", conf->data_dir,
@@ -705,11 +744,17 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			for (size_t i = 0; i < n_fds; i++)
 				close(fds[i]);
 			n_fds = 0;
+			for (size_t i = 0; i < n_api_fds; i++)
+				close(api_fds[i]);
+			n_api_fds = 0;
 			close(control_fd);
 			control_fd = -1;
 			if (http_fd >= 0)
 				close(http_fd);
 			http_fd = -1;
+			if (metrics_fd >= 0)
+				close(metrics_fd);
+			metrics_fd = -1;
 			status = privsep_parent_run(child, ps_sock, bundle, parent_reload, &pc);
 			bundle = NULL;
 			ps_sock = -1;
@@ -813,16 +858,32 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		fds[i] = -1; /* owned by the listener now */
 	}
 	if (cap) {
-		capm = capture_mode_start(conf->data_dir, http_fd, sp, sched, err, sizeof(err));
+		capm = capture_mode_start(conf->data_dir, http_fd, sp, sched, cap->ext, err,
+		                          sizeof(err));
 		if (!capm) {
 			log_error("event=fatal reason=\"capture: %s\"", err);
 			goto out;
 		}
 		http_fd = -1; /* owned by the HTTP server now */
 	}
+	/* before anything is submitted: it watches the scheduler's results */
+	if (n_api_fds &&
+	    !(api = api_start(conf->data_dir, sp, sched, api_fds, n_api_fds, err, sizeof(err)))) {
+		log_error("event=fatal reason=\"http api: %s\"", err);
+		goto out;
+	}
 	for (unsigned w = 0; w < n_workers; w++) {
 		if (worker_start(workers[w]) != 0) {
 			log_error("event=fatal reason=\"cannot start worker thread %u\"", w);
+			goto out;
+		}
+	}
+	if (metrics_fd >= 0) {
+		metrics = metrics_http_start(metrics_fd, conf->metrics.token, sp, spool_dir,
+		                             TERN_VERSION, err, sizeof(err));
+		metrics_fd = -1; /* the listener's, even when it failed */
+		if (!metrics) {
+			log_error("event=fatal listener=metrics reason=\"%s\"", err);
 			goto out;
 		}
 	}
@@ -909,10 +970,12 @@ out:
 	 * may queue scheduler jobs, so the workers' posts run once more before
 	 * sessions, the remote engine and the scheduler are freed.
 	 */
+	metrics_http_stop(metrics); /* it reads the spool */
 	dmarc_daemon_stop(dmarcd);
 	if (ctl)
 		control_stop(ctl);
 	submit_stop(sub);
+	api_stop(api);
 	if (remote)
 		remote_stop(remote);
 	for (unsigned w = 0; w < n_workers; w++)
@@ -922,6 +985,7 @@ out:
 	dmarcd = NULL;
 	scheduler_stop(sched);
 	scheduler_drain_results(sched);
+	api_free(api); /* after the last result it could be told of */
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);
@@ -939,6 +1003,7 @@ out:
 	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */
 	remote_free(remote);
 	scheduler_free(sched);
+	suppress_shared_close(); /* after the delivery threads, its only users */
 	for (unsigned w = 0; w < n_workers; w++)
 		worker_free(workers[w]);
 	for (size_t i = 0; i < n_fds; i++)
@@ -948,6 +1013,11 @@ out:
 		close(control_fd);
 	if (http_fd >= 0)
 		close(http_fd);
+	if (metrics_fd >= 0)
+		close(metrics_fd);
+	for (size_t i = 0; i < n_api_fds; i++)
+		if (api_fds[i] >= 0)
+			close(api_fds[i]);
 	if (rt)
 		runtime_release(rt);
 	tls_server_free(tls); /* after the sessions: they hold its context */

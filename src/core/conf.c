@@ -104,6 +104,7 @@ static const char default_text[] =
     "}\n"
     "\tpop3 { address = \"127.0.0.1:2110\"; profile = \"pop3\"; tls = \"starttls\"; }\n"
     "\tpop3s { address = \"127.0.0.1:2995\"; profile = \"pop3\"; tls = \"implicit\"; }\n"
+    "\tapi { address = \"127.0.0.1:2580\"; profile = \"http\"; }\n"
     "}\n"
     "routes { }\n"
     "# no relayhost: mail for other domains goes to their MX hosts\n"
@@ -208,6 +209,8 @@ struct ctx {
 	char *tls_cert, *tls_key;       /* tls.cert_file / key_file */
 	struct conf_tls_cert *tls_list; /* tls.certificates */
 	size_t n_tls_list;
+	/* suppression.verp_domain / feedback_address, for finish_suppression's errors */
+	const struct ucl_node *suppr_verp, *suppr_fbl;
 };
 
 __attribute__((format(printf, 3, 4))) static int cerr(struct ctx *x, const struct ucl_node *n,
@@ -1063,11 +1066,13 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		            sub, show(addr->str, b, sizeof(b)));
 	snprintf(sub, sizeof(sub), "%s.profile", path);
 	if (prof->type != UCL_STRING)
-		return want(x, prof, sub, "\"mx\", \"submission\" or \"pop3\"");
+		return want(x, prof, sub, "\"mx\", \"submission\", \"pop3\" or \"http\"");
 	if (strcmp(prof->str, "mx") != 0 && strcmp(prof->str, "submission") != 0 &&
-	    strcmp(prof->str, "pop3") != 0)
-		return cerr(x, prof, "%s: must be \"mx\", \"submission\" or \"pop3\", not '%s'",
+	    strcmp(prof->str, "pop3") != 0 && strcmp(prof->str, "http") != 0)
+		return cerr(x, prof,
+		            "%s: must be \"mx\", \"submission\", \"pop3\" or \"http\", not '%s'",
 		            sub, show(prof->str, b, sizeof(b)));
+
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (strcmp(c->listeners[i].address, canon) == 0)
 			return cerr(x, addr, "%s.address: %s is already used by listener '%s'",
@@ -1078,6 +1083,12 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	enum conf_listen_tls lt = CONF_LISTEN_TLS_NONE;
 	if (tls && (rc = get_listen_tls(x, tls, path, &lt)) != TERN_OK)
 		return rc;
+	/* http (the sending API, http/api.h) has no TLS of its own yet */
+	if (strcmp(prof->str, "http") == 0 && (milters || mact || lt != CONF_LISTEN_TLS_NONE))
+		return cerr(x, milters ? milters : mact ? mact : tls,
+		            "%s: an http listener takes only address, profile and tls = \"none\" "
+		            "(TLS: put a proxy in front for now; milters are for SMTP)",
+		            path);
 	if (c->n_listeners >= MAX_LISTENERS)
 		return cerr(x, m, "listen: more than %d listeners", MAX_LISTENERS);
 	x->listen_tls[c->n_listeners] = tls;
@@ -2118,6 +2129,109 @@ const struct conf_dkim_key *conf_arc_seal_key(const struct tern_config *c)
 	return NULL;
 }
 
+/* ---- suppression { enabled; verp_domain; feedback_address; unsubscribe_url; } ---- */
+
+static int parse_suppression(struct ctx *x, const struct ucl_node *sec, struct conf_suppression *p)
+{
+	int rc = want_section(x, sec, "suppression");
+	char b[80];
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char **str = strcmp(m->key, "verp_domain") == 0        ? &p->verp_domain
+		             : strcmp(m->key, "feedback_address") == 0 ? &p->feedback_address
+		             : strcmp(m->key, "unsubscribe_url") == 0  ? &p->unsubscribe_url
+		                                                       : NULL;
+		if (strcmp(m->key, "enabled") == 0) {
+			rc = get_bool(x, m, "suppression.enabled", &p->enabled);
+		} else if (str) {
+			free(*str);
+			*str = NULL;
+			rc = get_str(x, m, "suppression", str);
+			if (rc != TERN_OK)
+				break;
+			if (str == &p->verp_domain && !valid_domain(*str))
+				return cerr(x, m,
+				            "suppression.verp_domain: '%s' is not a domain name",
+				            show(*str, b, sizeof(b)));
+			if (str == &p->feedback_address && !valid_address(*str))
+				return cerr(x, m,
+				            "suppression.feedback_address: '%s' is not an address",
+				            show(*str, b, sizeof(b)));
+			if (str == &p->unsubscribe_url && strncmp(*str, "https://", 8) != 0 &&
+			    strncmp(*str, "http://", 7) != 0)
+				return cerr(
+				    x, m, "suppression.unsubscribe_url: '%s' is not an http(s) URL",
+				    show(*str, b, sizeof(b)));
+			if (str != &p->unsubscribe_url)
+				tern_ascii_lower(*str);
+			if (str == &p->verp_domain)
+				x->suppr_verp = m;
+			if (str == &p->feedback_address)
+				x->suppr_fbl = m;
+		} else {
+			rc = unknown_key(x, m, "suppression");
+		}
+	}
+	return rc;
+}
+
+/* Reports come in by SMTP: their domains must be this host's. */
+static int finish_suppression(struct ctx *x, const struct tern_config *c)
+{
+	const struct conf_suppression *p = &c->suppression;
+	const char *fa = p->feedback_address ? strrchr(p->feedback_address, '@') : NULL;
+	if (p->verp_domain && !conf_is_local_domain(c, p->verp_domain, strlen(p->verp_domain)))
+		return cerr(
+		    x, x->suppr_verp,
+		    "suppression.verp_domain: %s is not in local_domains (bounces to it must "
+		    "be received here)",
+		    p->verp_domain);
+	if (fa && !conf_is_local_domain(c, fa + 1, strlen(fa + 1)))
+		return cerr(x, x->suppr_fbl,
+		            "suppression.feedback_address: %s is not in local_domains", fa + 1);
+	return TERN_OK;
+}
+
+/* Top-level feedback_address = "..."; is suppression.feedback_address. */
+static int parse_feedback_address(struct ctx *x, const struct ucl_node *m,
+                                  struct conf_suppression *p)
+{
+	char b[80];
+	free(p->feedback_address);
+	p->feedback_address = NULL;
+	int rc = get_str(x, m, "feedback_address", &p->feedback_address);
+	if (rc != TERN_OK)
+		return rc;
+	if (!valid_address(p->feedback_address))
+		return cerr(x, m, "feedback_address: '%s' is not an address",
+		            show(p->feedback_address, b, sizeof(b)));
+	tern_ascii_lower(p->feedback_address);
+	x->suppr_fbl = m;
+	return TERN_OK;
+}
+
+static void suppression_free(struct conf_suppression *p)
+{
+	free(p->verp_domain);
+	free(p->feedback_address);
+	free(p->unsubscribe_url);
+}
+
+static void print_suppression(FILE *f, const struct conf_suppression *p)
+{
+	fprintf(f, "suppression {\n\tenabled = %s;\n", p->enabled ? "true" : "false");
+	const char *names[] = {"verp_domain", "feedback_address", "unsubscribe_url"};
+	const char *vals[] = {p->verp_domain, p->feedback_address, p->unsubscribe_url};
+	for (size_t i = 0; i < 3; i++) {
+		if (!vals[i])
+			continue;
+		fprintf(f, "\t%s = ", names[i]);
+		print_str(f, vals[i]);
+		fputs(";\n", f);
+	}
+	fputs("}\n", f);
+}
+
 static void arc_free(struct conf_arc *a)
 {
 	for (size_t i = 0; i < a->n_trusted_sealers; i++)
@@ -2144,6 +2258,53 @@ static void print_arc(FILE *f, const struct conf_arc *a)
 		print_str(f, a->seal_selector);
 		fputs(";\n", f);
 	}
+	fputs("}\n", f);
+}
+
+/* ---- metrics { address; token; } ----------------------------------------- */
+
+static int parse_metrics(struct ctx *x, const struct ucl_node *sec, struct conf_metrics *mt)
+{
+	int rc = want_section(x, sec, "metrics");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char canon[80], b[80];
+		if (strcmp(m->key, "address") == 0) {
+			if (m->type != UCL_STRING)
+				return want(x, m, "metrics.address", "\"IP:PORT\" or \"[IPv6]:PORT\"");
+			if (!canonical_address(m->str, canon, sizeof(canon)))
+				return cerr(x, m,
+				            "metrics.address: '%s' is not IP:PORT or [IPv6]:PORT with a "
+				            "port from 1 to 65535",
+				            show(m->str, b, sizeof(b)));
+			char *d = tern_strdup(canon);
+			if (!d)
+				return nomem(x);
+			free(mt->address);
+			mt->address = d;
+		} else if (strcmp(m->key, "token") == 0) {
+			rc = get_str(x, m, "metrics.token", &mt->token);
+			/* It travels in an HTTP header: visible ASCII only. */
+			for (const char *p = mt->token; rc == TERN_OK && p && *p; p++)
+				if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+					rc = cerr(x, m, "metrics.token: only visible ASCII characters, no "
+					                "spaces");
+		} else {
+			rc = unknown_key(x, m, "metrics");
+		}
+	}
+	return rc;
+}
+
+static void print_metrics(FILE *f, const struct conf_metrics *mt)
+{
+	if (!mt->address)
+		return;
+	fputs("metrics {\n\taddress = ", f);
+	print_str(f, mt->address);
+	fputs(";\n", f);
+	if (mt->token) /* a secret: shown as set, never printed */
+		fputs("\t# token is set\n", f);
 	fputs("}\n", f);
 }
 
@@ -2694,6 +2855,9 @@ static void conf_free(struct tern_config *c)
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
 	arc_free(&c->arc);
+	free(c->metrics.address);
+	free(c->metrics.token);
+	suppression_free(&c->suppression);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -2954,7 +3118,9 @@ static int finish_tls(struct ctx *x, struct tern_config *c)
 		struct conf_listener *l = &c->listeners[i];
 		const struct ucl_node *node = i < MAX_LISTENERS ? x->listen_tls[i] : NULL;
 		if (!node)
-			l->tls = t->n_certs ? CONF_LISTEN_TLS_STARTTLS : CONF_LISTEN_TLS_NONE;
+			l->tls = t->n_certs && strcmp(l->profile, "http") != 0
+			             ? CONF_LISTEN_TLS_STARTTLS
+			             : CONF_LISTEN_TLS_NONE;
 		else if (l->tls == CONF_LISTEN_TLS_NONE && t->n_certs > 0 &&
 		         strcmp(l->profile, "pop3") == 0)
 			return cerr(x, node,
@@ -3081,6 +3247,12 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_dmarc(x, m, &c->dmarc);
 	if (strcmp(k, "arc") == 0)
 		return parse_arc(x, m, &c->arc);
+	if (strcmp(k, "metrics") == 0)
+		return parse_metrics(x, m, &c->metrics);
+	if (strcmp(k, "suppression") == 0)
+		return parse_suppression(x, m, &c->suppression);
+	if (strcmp(k, "feedback_address") == 0) /* issue 12's spelling of the same key */
+		return parse_feedback_address(x, m, &c->suppression);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	if (strcmp(k, "shaping") == 0)
@@ -3141,6 +3313,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->vrfy = true;
 	c->expn = false;
 	c->dkim.header_relaxed = c->dkim.body_relaxed = true;
+	c->suppression.enabled = true;
 	for (size_t i = 0; rc == TERN_OK && i < doc->root->n_items; i++)
 		rc = parse_top(&x, c, doc->root->items[i], &bt);
 	if (rc != TERN_OK)
@@ -3184,6 +3357,10 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->n_local_domains = bt.domains.n;
 	c->relay_networks = bt.nets.v;
 	c->n_relay_networks = bt.nets.n;
+	if (finish_suppression(&x, c) != TERN_OK) {
+		conf_free(c); /* it owns the lists now */
+		return NULL;
+	}
 	return c;
 fail:
 	strlist_free(&bt.domains);
@@ -3444,6 +3621,18 @@ size_t conf_warnings(const struct tern_config *c,
 	}
 	if (c->auth.allow_plaintext && submission) {
 		fn("auth.allow_plaintext", warn_plaintext, arg);
+		n++;
+	}
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		const char *a = c->listeners[i].address;
+		if (strcmp(c->listeners[i].profile, "http") != 0 || strncmp(a, "127.", 4) == 0 ||
+		    strncmp(a, "[::1]:", 6) == 0)
+			continue;
+		snprintf(key, sizeof(key), "listen.%s.address", c->listeners[i].name);
+		fn(key,
+		   "the HTTP API has no TLS of its own yet: API keys and mail cross the network in "
+		   "clear on this address; keep it on loopback behind a TLS proxy",
+		   arg);
 		n++;
 	}
 	for (size_t i = 0; i < c->n_listeners; i++) {
@@ -3821,5 +4010,7 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_auth_checks(out, &c->auth_checks);
 	print_dmarc(out, &c->dmarc);
 	print_arc(out, &c->arc);
+	print_metrics(out, &c->metrics);
+	print_suppression(out, &c->suppression);
 	print_shaping(out, &c->shaping);
 }

@@ -37,7 +37,7 @@ enum conf_milter_action { CONF_MILTER_TEMPFAIL = 0, CONF_MILTER_ACCEPT, CONF_MIL
 struct conf_listener {
 	char *name;               /* the section name: "mx", "submission", ... */
 	char *address;            /* "IP:PORT" or "[IPv6]:PORT" */
-	char *profile;            /* "mx", "submission" or "pop3" */
+	char *profile;            /* "mx", "submission", "pop3" or "http" (the API) */
 	enum conf_listen_tls tls; /* default: starttls when tls has a certificate, else none */
 	/* milters = ["inet:IP:PORT", "unix:/path"]: asked in this order at each
 	 * SMTP step (policy/milter.h); default none. */
@@ -317,6 +317,14 @@ struct conf_arc {
 	char *seal_selector;
 };
 
+/* ---- suppression { }: the suppression list's intake (store/suppress.h) ---- */
+struct conf_suppression {
+	bool enabled;           /* skip suppressed recipients, add hard bounces; default true */
+	char *verp_domain;      /* lowercased; set: VERP return paths bounce+TOKEN@it */
+	char *feedback_address; /* lowercased; ARF reports sent here are consumed */
+	char *unsubscribe_url;  /* base of one-click unsubscribe URLs, NULL: none */
+};
+
 struct tern_config {
 	_Atomic int refs;
 	char *source;        /* file it came from, or "(embedded default)" */
@@ -372,6 +380,14 @@ struct tern_config {
 	struct conf_auth_checks auth_checks;
 	struct conf_dmarc dmarc;
 	struct conf_arc arc;
+	/* metrics { address = "IP:PORT"; token = "..."; }: the Prometheus
+	 * scrape listener (http/metrics_http.h). address NULL: off (default);
+	 * token NULL: no Authorization needed. */
+	struct conf_metrics {
+		char *address;
+		char *token;
+	} metrics;
+	struct conf_suppression suppression;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

@@ -53,6 +53,7 @@
 #include "core/err.h"
 #include "core/files.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/loop.h"
 #include "core/runtime.h"
 #include "deliver/mtasts.h"
@@ -1591,6 +1592,7 @@ static void conn_failed(struct rconn *c, short what, const char *tls_err)
 	}
 	if (c->st == RC_TLS_HANDSHAKE) {
 		char ebuf[300];
+		metric_inc_l2(M_TLS_HANDSHAKES, "outbound", "failed");
 		if (timeout)
 			snprintf(ebuf, sizeof(ebuf), "timed out after %us", c->wait_secs);
 		else
@@ -1649,6 +1651,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			const char *h = c->targets[c->cur].host; /* TLS: the log words */
 			SSL *ssl = bufferevent_openssl_get_ssl(bev);
 			const char *vw = tlsp_verify_word(ssl);
+			metric_inc_l2(M_TLS_HANDSHAKES, "outbound", "ok");
 			log_info("event=tls id=%s relay=%s %s tls_verify=%s level=%s",
 			         c->job ? c->job->id : "-", log_quote(h, strlen(h), qh, sizeof(qh)),
 			         tls_describe(ssl, d, sizeof(d)), vw, conf_tls_name(c->level));

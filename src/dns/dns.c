@@ -35,6 +35,7 @@
 #include "core/err.h"
 #include "core/files.h"
 #include "core/log.h"
+#include "core/metrics.h"
 
 #define DNS_BUCKETS 256
 
@@ -61,6 +62,7 @@ struct dns_q {
 	dns_cb cb;
 	void *arg;
 	char qname[DNS_NAME_MAX + 1];
+	struct timespec started; /* tern_dns_query_duration_seconds */
 };
 
 struct dns_resolver {
@@ -297,6 +299,7 @@ static void deliver(struct dns_q *q, struct dns_result *r)
 {
 	dns_cb cb = q->cb;
 	void *cbarg = q->arg;
+	metric_observe_since(M_DNS_QUERY_DURATION, &q->started);
 	q_free(q);
 	cb(cbarg, r);
 	dns_result_free(r);
@@ -662,6 +665,7 @@ int dns_query(struct dns_resolver *res, const char *name, int rrtype, dns_cb cb,
 	q->rrtype = rrtype;
 	q->cb = cb;
 	q->arg = arg;
+	q->started = metric_now();
 	tern_strlcpy(q->qname, name, sizeof(q->qname));
 	tern_ascii_lower(q->qname);
 	size_t l = strlen(q->qname);

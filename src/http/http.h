@@ -8,10 +8,13 @@
  * disk briefly, which is why it never shares a worker with SMTP sessions.
  *
  * Routes beyond the swagger:
- *   GET /api/events   text/event-stream; events "new" (MessageSummary),
+ *   GET /api/events   a WebSocket (RFC 6455) when asked to upgrade, with
+ *                     Mailpit's {"Type","Data"} events (docs/capture.md);
+ *                     otherwise text/event-stream; events "new" (MessageSummary),
  *                     "delete" ({"IDs":[...]} or {"All":true}), "update"
  *                     ({"IDs":[...]}), "stats" ({"Total":N,"Unread":N});
  *                     a comment line every 15 s keeps proxies from closing it
+ *   GET /livez, /readyz  200 "ok" (health checks; no login, any Host)
  *   GET /             the web UI (index.html); GET /assets/...  its files
  */
 #ifndef TERN_HTTP_HTTP_H
@@ -22,6 +25,10 @@
 #include <stdint.h>
 
 struct capture_store;
+struct http_auth;
+struct pool;
+struct ssl_ctx_st;
+struct evhttp_request;
 struct worker;
 
 /* What the HTTP layer asks of the rest of tern. Callbacks may complete on
@@ -48,6 +55,20 @@ struct http_hooks {
 	                      uint64_t *smtp_rejected, uint64_t *messages_deleted);
 	const char *version;
 	const char *smtp_address; /* for /api/v1/info and the UI */
+	/* Basic authentication for everything but /livez and /readyz
+	 * (http/basic_auth.h), or NULL: open. Its cache is used on the HTTP
+	 * worker only; new logins are verified on pool (below). */
+	struct http_auth *ui_auth;
+	/* HTTPS: every connection speaks TLS with this context (a reference is
+	 * held by the caller for the server's life), or NULL: plain HTTP. */
+	struct ssl_ctx_st *ui_tls;
+	/* The thread pool for blocking work (the password check of ui_auth),
+	 * or NULL: done on the HTTP worker. */
+	struct pool *pool;
+	/* Serve mode (http/api.h): when set, every request goes here instead of
+	 * capture's routes and guard (st is then NULL); it answers req, at once
+	 * or later on this worker. */
+	void (*handle)(void *ctx, struct evhttp_request *req);
 };
 
 struct http_server;

@@ -41,11 +41,13 @@
  */
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <errno.h>
 #include <jansson.h>
+#include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,8 +67,10 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/runtime.h"
-#include "http/http.h"
+#include "http/basic_auth.h"
 #include "http/checks.h"
+#include "http/http.h"
+#include "http/websocket.h"
 #include "store/store.h"
 
 #define URL_MAX 8192
@@ -76,6 +80,7 @@
 #define SSE_CLIENTS_MAX 256
 #define SSE_BACKLOG_MAX (8u * 1024 * 1024) /* a client this far behind is dropped */
 #define SSE_HEARTBEAT_SEC 15
+#define WS_MESSAGE_MAX (64u * 1024)    /* a client message (the UI sends none) */
 #define INLINE_MAX (32u * 1024 * 1024) /* cid: images inlined into one view */
 #define IO_TIMEOUT_SEC 120
 #define PART_MAX ((size_t)200 * 1024 * 1024)
@@ -91,6 +96,7 @@
 
 struct sse_client;
 struct pending_send;
+struct pending_auth;
 struct pending_check;
 
 /*
@@ -105,14 +111,24 @@ struct http_conn {
 	struct sse_client *sse;      /* an event stream on it, or NULL */
 	struct pending_send *send;   /* a send waiting for the store, or NULL */
 	struct pending_check *check; /* a check running on the check pool, or NULL */
+	struct pending_auth *auth;   /* a login being checked on the pool, or NULL */
 };
 
+/* An /api/events client: a text/event-stream reply, or (ws) a WebSocket
+ * that took the connection over after its 101 (see the WebSocket part). */
 struct sse_client {
 	struct sse_client *next;
 	struct http_server *h;
 	struct evhttp_request *req;
 	struct evhttp_connection *evcon;
 	struct http_conn *conn;
+	bool ws;
+	bool ws_in_msg;  /* a fragmented client message is arriving */
+	bool ws_closing; /* our close frame is queued: free once it is out */
+	uint64_t ws_msg_len;
+	/* evhttp's own write and event callbacks, called by ours */
+	bufferevent_data_cb ws_wcb;
+	bufferevent_event_cb ws_ecb;
 };
 
 struct http_server {
@@ -371,6 +387,7 @@ static bool resolve_id(struct http_server *h, const char *id, char out[CAPTURE_I
 
 static void sse_closed(struct sse_client *c);
 static void send_conn_closed(struct pending_send *p);
+static void auth_conn_closed(struct pending_auth *p);
 static void check_conn_closed(struct pending_check *p);
 
 static void conn_closed(struct evhttp_connection *evcon, void *arg)
@@ -381,6 +398,8 @@ static void conn_closed(struct evhttp_connection *evcon, void *arg)
 		sse_closed(c->sse);
 	if (c->send)
 		send_conn_closed(c->send);
+	if (c->auth)
+		auth_conn_closed(c->auth);
 	if (c->check)
 		check_conn_closed(c->check);
 	if (c->prev)
@@ -411,7 +430,8 @@ static void conn_refuse(struct http_server *h, struct evhttp_connection *evcon,
 	                  "close\r\n\r\n%s",
 	                  bl, body);
 	evutil_socket_t fd = bufferevent_getfd(bev);
-	if (fd >= 0 && ml > 0 && (size_t)ml < sizeof(msg)) {
+	/* over HTTPS the bytes would not be TLS records: just close */
+	if (fd >= 0 && ml > 0 && (size_t)ml < sizeof(msg) && !h->hooks.ui_tls) {
 		ssize_t w = send(fd, msg, (size_t)ml, MSG_DONTWAIT | MSG_NOSIGNAL);
 		(void)w; /* if it fails, the close says it as well */
 	}
@@ -469,7 +489,21 @@ static void admit_cb(evutil_socket_t fd, short what, void *arg)
 static struct bufferevent *conn_bev_new(struct event_base *base, void *arg)
 {
 	struct http_server *h = arg;
-	struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+	struct bufferevent *bev = NULL;
+	if (h->hooks.ui_tls) {
+		/* HTTPS (--ui-tls-cert): the handshake runs as the request is read */
+		SSL *ssl = SSL_new(h->hooks.ui_tls);
+		if (!ssl)
+			return NULL;
+		bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		                                     BEV_OPT_CLOSE_ON_FREE);
+		if (!bev) {
+			SSL_free(ssl);
+			return NULL;
+		}
+		bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	} else
+		bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 	if (!bev)
 		return NULL; /* evhttp tries itself; the connection goes uncounted */
 	/* The bounds as configured now (SIGHUP may change them): evhttp copies
@@ -676,6 +710,27 @@ static void sse_req_done(struct evhttp_request *req, void *arg)
 	sse_drop(c);
 }
 
+/* Writes one server frame straight to the connection's bufferevent (after
+ * a 101, evhttp's reply functions write nothing). False when the client
+ * was dropped for its backlog (c is freed then). */
+static bool ws_send(struct sse_client *c, unsigned opcode, const void *data, size_t n)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+	if (!bev || c->ws_closing)
+		return true;
+	if (evbuffer_get_length(bufferevent_get_output(bev)) > SSE_BACKLOG_MAX) {
+		log_warn("event=http_ws_drop reason=backlog");
+		evhttp_connection_free(c->evcon);
+		return false;
+	}
+	uint8_t hdr[WS_HEADER_MAX];
+	size_t hl = ws_frame_header(opcode, n, hdr);
+	bufferevent_write(bev, hdr, hl);
+	if (n)
+		bufferevent_write(bev, data, n);
+	return true;
+}
+
 static void sse_write(struct sse_client *c, const char *data, size_t n)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
@@ -693,17 +748,79 @@ static void sse_write(struct sse_client *c, const char *data, size_t n)
 	evbuffer_free(b);
 }
 
+/* One text frame to every WebSocket client. */
+static void ws_broadcast_frame(struct http_server *h, const char *text, size_t n)
+{
+	struct sse_client *c = h->clients, *next;
+	for (; c; c = next) {
+		next = c->next;
+		if (c->ws)
+			ws_send(c, WS_OP_TEXT, text, n);
+	}
+}
+
+#define WS_IDS_MAX 1000 /* more IDs in one event: one "prune" instead */
+
+/*
+ * A store event as Mailpit sends it over its WebSocket: {"Type":TYPE,
+ * "Data":...}; a delete of everything is "truncate" (Data null), other
+ * deletes and updates one event per message with {"ID": ...}, and more
+ * than WS_IDS_MAX of them one "prune" (Mailpit's UI reloads the list).
+ */
+static void ws_broadcast(struct http_server *h, const char *type, const char *json)
+{
+	struct tbuf w = TBUF_INIT(64u * 1024 * 1024);
+	json_t *d = NULL, *ids = NULL;
+	if (strcmp(type, "delete") == 0 || strcmp(type, "update") == 0) {
+		d = json_loads(json, 0, NULL);
+		ids = json_object_get(d, "IDs");
+	}
+	if (d && json_is_true(json_object_get(d, "All"))) {
+		if (tbuf_printf(&w, "{\"Type\":\"%s\",\"Data\":null}",
+		                strcmp(type, "delete") == 0 ? "truncate" : "prune") == TERN_OK)
+			ws_broadcast_frame(h, w.data, w.len);
+	} else if (json_is_array(ids) && json_array_size(ids) > WS_IDS_MAX) {
+		if (tbuf_printf(&w, "{\"Type\":\"prune\",\"Data\":null}") == TERN_OK)
+			ws_broadcast_frame(h, w.data, w.len);
+	} else if (json_is_array(ids)) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(ids, i, v)
+		{
+			/* IDs are the store's own base62: nothing to escape */
+			const char *id = json_string_value(v);
+			tbuf_reset(&w);
+			if (id && strlen(id) < CAPTURE_ID_MAX && !strpbrk(id, "\"\\") &&
+			    tbuf_printf(&w, "{\"Type\":\"%s\",\"Data\":{\"ID\":\"%s\"}}", type,
+			                id) == TERN_OK)
+				ws_broadcast_frame(h, w.data, w.len);
+		}
+	} else if (tbuf_printf(&w, "{\"Type\":\"%s\",\"Data\":%s}", type, json) == TERN_OK) {
+		ws_broadcast_frame(h, w.data, w.len);
+	}
+	json_decref(d);
+	tbuf_free(&w);
+}
+
+/* SSE clients get "event: TYPE / data: JSON"; WebSocket clients the
+ * event as Mailpit sends it (ws_broadcast). */
 static void sse_broadcast(struct http_server *h, const char *type, const char *json)
 {
 	struct tbuf b = TBUF_INIT(64u * 1024 * 1024);
+	bool any_ws = false;
 	if (tbuf_printf(&b, "event: %s\ndata: %s\n\n", type, json) == TERN_OK) {
 		struct sse_client *c = h->clients, *next;
 		for (; c; c = next) {
 			next = c->next;
-			sse_write(c, b.data, b.len);
+			if (c->ws)
+				any_ws = true;
+			else
+				sse_write(c, b.data, b.len);
 		}
 	}
 	tbuf_free(&b);
+	if (any_ws)
+		ws_broadcast(h, type, json);
 }
 
 static char *stats_json(struct http_server *h)
@@ -770,12 +887,22 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	struct sse_client *c = h->clients, *next;
 	for (; c; c = next) {
 		next = c->next;
-		sse_write(c, ": ping\n\n", 8);
+		if (c->ws)
+			ws_send(c, WS_OP_PING, NULL, 0);
+		else
+			sse_write(c, ": ping\n\n", 8);
 	}
 }
 
+static void route_websocket(struct http_server *h, struct evhttp_request *req);
+
 static void route_events(struct http_server *h, struct evhttp_request *req)
 {
+	const char *up = evhttp_find_header(evhttp_request_get_input_headers(req), "Upgrade");
+	if (up && ws_header_has_token(up, "websocket")) {
+		route_websocket(h, req);
+		return;
+	}
 	if (h->n_clients >= SSE_CLIENTS_MAX) {
 		reply_text(req, 503, "too many event clients");
 		return;
@@ -816,6 +943,190 @@ static void route_events(struct http_server *h, struct evhttp_request *req)
 		sse_write(c, b.data, b.len);
 	tbuf_free(&b);
 	free(stats);
+}
+
+/* -------------------------------------------------- events (WebSocket) */
+
+/*
+ * A WebSocket on /api/events (RFC 6455), for Mailpit's UI and the tools
+ * that connect there. After the 101, the connection's bufferevent is ours
+ * to read: evhttp leaves its read callback empty while a reply is being
+ * sent, and writes nothing more. Our callbacks wrap evhttp's write and
+ * event callbacks (their argument is the evhttp connection), so an EOF or
+ * error still goes through evhttp, frees the connection and runs
+ * conn_closed, which forgets the client as for SSE.
+ */
+
+static void ws_fail(struct sse_client *c, uint16_t code, const char *why)
+{
+	log_warn("event=http_ws_close reason=%s code=%u", why, (unsigned)code);
+	uint8_t b[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+	if (ws_send(c, WS_OP_CLOSE, b, sizeof(b)))
+		c->ws_closing = true;
+}
+
+/* One frame or more arrived; c may be freed inside (connection dropped). */
+static void ws_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct sse_client *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	while (!c->ws_closing) {
+		size_t n = evbuffer_get_length(in);
+		if (n == 0)
+			return;
+		size_t peek = n < WS_HEADER_MAX ? n : WS_HEADER_MAX;
+		uint8_t *p = evbuffer_pullup(in, (ev_ssize_t)peek);
+		struct ws_frame f;
+		int rc = ws_frame_parse(p, peek, WS_MESSAGE_MAX, &f);
+		if (rc == TERN_ENOTFOUND)
+			return;
+		if (rc == TERN_ELIMIT) {
+			ws_fail(c, WS_CLOSE_TOO_BIG, "too_big");
+			break;
+		}
+		if (rc != TERN_OK) {
+			ws_fail(c, WS_CLOSE_PROTOCOL, "protocol");
+			break;
+		}
+		size_t total = f.header_len + (size_t)f.payload_len;
+		if (n < total)
+			return; /* the rest of the frame is coming */
+		bool data = f.opcode == WS_OP_TEXT || f.opcode == WS_OP_BINARY;
+		if ((f.opcode == WS_OP_CONT && !c->ws_in_msg) || (data && c->ws_in_msg)) {
+			ws_fail(c, WS_CLOSE_PROTOCOL, "fragments");
+			break;
+		}
+		if (data || f.opcode == WS_OP_CONT) {
+			c->ws_msg_len = (data ? 0 : c->ws_msg_len) + f.payload_len;
+			c->ws_in_msg = !f.fin;
+			if (c->ws_msg_len > WS_MESSAGE_MAX) {
+				ws_fail(c, WS_CLOSE_TOO_BIG, "too_big");
+				break;
+			}
+			evbuffer_drain(in, total); /* clients have nothing to say to us */
+			continue;
+		}
+		uint8_t payload[125];
+		evbuffer_drain(in, f.header_len);
+		evbuffer_remove(in, payload, (size_t)f.payload_len);
+		ws_unmask(payload, (size_t)f.payload_len, f.mask, 0);
+		if (f.opcode == WS_OP_PING) {
+			if (!ws_send(c, WS_OP_PONG, payload, (size_t)f.payload_len))
+				return;
+		} else if (f.opcode == WS_OP_CLOSE) {
+			/* §5.5.1: echo the status code, then close once it is out */
+			if (ws_send(c, WS_OP_CLOSE, payload, f.payload_len >= 2 ? 2 : 0))
+				c->ws_closing = true;
+			return;
+		}
+		/* a pong answers our ping: nothing to do */
+	}
+	evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+static void ws_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct sse_client *c = arg;
+	if (c->ws_wcb)
+		c->ws_wcb(bev, c->evcon);
+	if (c->ws_closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		evhttp_connection_free(c->evcon); /* runs conn_closed: c is freed */
+}
+
+static void ws_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct sse_client *c = arg;
+	if (c->ws_ecb)
+		c->ws_ecb(bev, what, c->evcon); /* may free c */
+}
+
+/* Refuses an upgrade with a plain status (and logs why). */
+static void ws_refuse(struct evhttp_request *req, int code, const char *why, const char *text)
+{
+	log_warn("event=http_refused reason=%s status=%d path=/api/events", why, code);
+	if (code == 426)
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Sec-WebSocket-Version",
+		                  "13");
+	reply_text(req, code, text);
+}
+
+static void route_websocket(struct http_server *h, struct evhttp_request *req)
+{
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const char *conn_hdr = evhttp_find_header(in, "Connection");
+	const char *key = evhttp_find_header(in, "Sec-WebSocket-Key");
+	const char *version = evhttp_find_header(in, "Sec-WebSocket-Version");
+	const char *origin = evhttp_find_header(in, "Origin");
+	const char *host = evhttp_find_header(in, "Host");
+	char accept[WS_ACCEPT_LEN + 1];
+	if (!conn_hdr || !ws_header_has_token(conn_hdr, "upgrade") || !key ||
+	    ws_accept_key(key, strlen(key), accept) != TERN_OK) {
+		ws_refuse(req, 400, "websocket_handshake",
+		          "a WebSocket upgrade needs Connection: Upgrade and a valid "
+		          "Sec-WebSocket-Key");
+		return;
+	}
+	if (!version || strcmp(version, "13") != 0) {
+		ws_refuse(req, 426, "websocket_version", "only WebSocket version 13 is spoken");
+		return;
+	}
+	/* Cross-site WebSocket hijacking: a browser sends the page's Origin
+	 * with every upgrade, and a page of another site must not read the
+	 * event feed. (The guard passed Host already; GET skips its Origin
+	 * check.) */
+	struct http_hostport hp;
+	if (origin && (!host || http_parse_host(host, strlen(host), &hp) != TERN_OK ||
+	               !http_origin_same(origin, strlen(origin), &hp))) {
+		ws_refuse(req, 403, "origin", "cross-origin WebSocket refused");
+		return;
+	}
+	if (h->n_clients >= SSE_CLIENTS_MAX) {
+		reply_text(req, 503, "too many event clients");
+		return;
+	}
+	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
+	if (!conn) {
+		reply_text(req, 503, "connection not tracked, try again");
+		return;
+	}
+	struct sse_client *c = calloc(1, sizeof(*c));
+	char *stats = stats_json(h);
+	if (!c || !stats) {
+		free(c);
+		free(stats);
+		reply_text(req, 500, "out of memory");
+		return;
+	}
+	c->h = h;
+	c->req = req;
+	c->ws = true;
+	c->evcon = evhttp_request_get_connection(req);
+	struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
+	evhttp_add_header(oh, "Upgrade", "websocket");
+	evhttp_add_header(oh, "Connection", "Upgrade");
+	evhttp_add_header(oh, "Sec-WebSocket-Accept", accept);
+	evhttp_connection_set_timeout(c->evcon, 24 * 3600);
+	evhttp_send_reply_start(req, 101, "Switching Protocols");
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+	bufferevent_getcb(bev, NULL, &c->ws_wcb, &c->ws_ecb, NULL);
+	bufferevent_setcb(bev, ws_read_cb, ws_write_cb, ws_event_cb, c);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	c->next = h->clients;
+	h->clients = c;
+	h->n_clients++;
+	c->conn = conn;
+	conn->sse = c;
+	evhttp_request_set_on_complete_cb(req, sse_req_done, c);
+	struct tbuf b = TBUF_INIT(4096);
+	bool alive = true;
+	if (tbuf_printf(&b, "{\"Type\":\"stats\",\"Data\":%s}", stats) == TERN_OK)
+		alive = ws_send(c, WS_OP_TEXT, b.data, b.len);
+	tbuf_free(&b);
+	free(stats);
+	log_info("event=http_ws_open clients=%zu", h->n_clients);
+	/* frames sent right behind the handshake are in the buffer already */
+	if (alive && evbuffer_get_length(bufferevent_get_input(bev)))
+		ws_read_cb(bev, c);
 }
 
 /* ------------------------------------------------------------ API: misc */
@@ -1828,11 +2139,126 @@ out:
 		free(seg[i]);
 }
 
+/* ----------------------------------------------------- basic authentication */
+
+/*
+ * A request whose Authorization value did not verify before waits while
+ * the pool checks it (bcrypt is slow by design, and the worker serves
+ * everyone), then handle() runs again and finds it in the cache. The
+ * connection may go meanwhile: conn_closed tells us, as for a send.
+ */
+struct pending_auth {
+	struct http_server *h;
+	struct evhttp_request *req; /* NULL once libevent freed it */
+	struct http_conn *conn;     /* NULL once the connection is gone */
+	char *value;
+	bool ok;
+};
+
+static void reply_401(struct evhttp_request *req)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+	                  "Basic realm=\"tern capture\", charset=\"UTF-8\"");
+	log_info("event=http_refused reason=auth status=401 method=%s",
+	         method_name((int)evhttp_request_get_command(req)));
+	reply_text(req, 401, "authentication required");
+}
+
+static void auth_conn_closed(struct pending_auth *p)
+{
+	if (p->req && evhttp_request_get_connection(p->req) != NULL) {
+		evhttp_request_set_on_complete_cb(p->req, NULL, NULL);
+		p->req = NULL;
+	}
+	p->conn = NULL;
+}
+
+static void auth_req_done(struct evhttp_request *req, void *arg)
+{
+	struct pending_auth *p = arg;
+	p->req = NULL;
+	if (p->conn)
+		p->conn->auth = NULL;
+	p->conn = NULL;
+}
+
+static void auth_work(void *arg)
+{
+	struct pending_auth *p = arg;
+	p->ok = http_auth_verify_header(p->h->hooks.ui_auth, p->value);
+}
+
+static void handle(struct evhttp_request *req, void *arg);
+
+static void auth_finish(void *arg)
+{
+	struct pending_auth *p = arg;
+	if (p->conn)
+		p->conn->auth = NULL;
+	if (p->req) {
+		evhttp_request_set_on_complete_cb(p->req, NULL, NULL);
+		if (!p->ok)
+			reply_401(p->req);
+		else if (!evhttp_request_get_connection(p->req))
+			reply_text(p->req, 503,
+			           "connection closed"); /* frees the detached request */
+		else {
+			http_auth_remember(p->h->hooks.ui_auth, p->value);
+			handle(p->req, p->h);
+		}
+	}
+	explicit_bzero(p->value, strlen(p->value));
+	free(p->value);
+	free(p);
+}
+
+/* Whether req may go on now; if not it was answered, or waits for the pool. */
+static bool auth_passed(struct http_server *h, struct evhttp_request *req)
+{
+	const char *v = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	if (http_auth_cached(h->hooks.ui_auth, v))
+		return true;
+	if (!v) {
+		reply_401(req);
+		return false;
+	}
+	if (!h->hooks.pool) {
+		if (http_auth_check_header(h->hooks.ui_auth, v))
+			return true;
+		reply_401(req);
+		return false;
+	}
+	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
+	struct pending_auth *p = conn && !conn->auth ? calloc(1, sizeof(*p)) : NULL;
+	if (!p || !(p->value = tern_strdup(v))) {
+		free(p);
+		reply_text(req, 503, "busy, try again");
+		return false;
+	}
+	p->h = h;
+	p->req = req;
+	p->conn = conn;
+	conn->auth = p;
+	evhttp_request_set_on_complete_cb(req, auth_req_done, p);
+	if (pool_submit(h->hooks.pool, auth_work, h->w, auth_finish, p) != 0) {
+		conn->auth = NULL;
+		evhttp_request_set_on_complete_cb(req, NULL, NULL);
+		free(p->value);
+		free(p);
+		reply_text(req, 503, "busy, try again");
+	}
+	return false;
+}
+
 static void handle(struct evhttp_request *req, void *arg)
 {
 	struct http_server *h = arg;
 	const char *uri = evhttp_request_get_uri(req);
 	int method = (int)evhttp_request_get_command(req);
+	if (h->hooks.handle) { /* serve mode: http/api.c */
+		h->hooks.handle(h->hooks.ctx, req);
+		return;
+	}
 	if (!uri || strlen(uri) > URL_MAX) {
 		reply_text(req, 414, "URI too long");
 		return;
@@ -1854,6 +2280,31 @@ static void handle(struct evhttp_request *req, void *arg)
 		return;
 	}
 	bool get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
+	if (h->hooks.ui_tls) {
+		/* conn_bev_new failed (out of memory) and evhttp made a plain
+		 * connection itself: never serve the API in clear on HTTPS */
+		struct evhttp_connection *ec = evhttp_request_get_connection(req);
+		struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
+		if (!bev || !bufferevent_openssl_get_ssl(bev)) {
+			if (q.parsed)
+				evhttp_clear_headers(&q.kv);
+			reply_text(req, 503, "TLS unavailable, try again");
+			return;
+		}
+	}
+	/* Health checks as Mailpit answers them, before the Host guard and any
+	 * login: a container probe names the service however it likes. */
+	if (get && (strcmp(path, "/livez") == 0 || strcmp(path, "/readyz") == 0)) {
+		if (q.parsed)
+			evhttp_clear_headers(&q.kv);
+		reply_bytes(req, 200, "text/plain; charset=utf-8", "ok\n", 3);
+		return;
+	}
+	if (h->hooks.ui_auth && !auth_passed(h, req)) {
+		if (q.parsed)
+			evhttp_clear_headers(&q.kv);
+		return; /* answered 401, or handle() runs again once the pool checked it */
+	}
 	if (!guard(h, req, method)) {
 		if (q.parsed)
 			evhttp_clear_headers(&q.kv);
@@ -1932,6 +2383,12 @@ void http_server_free(struct http_server *h)
 		struct sse_client *c = h->clients;
 		if (c->conn)
 			c->conn->sse = NULL;
+		if (c->ws) {
+			/* evhttp's own callbacks back: c is about to go */
+			struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+			if (bev)
+				bufferevent_setcb(bev, NULL, c->ws_wcb, c->ws_ecb, c->evcon);
+		}
 		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
 		evhttp_send_reply_end(c->req);
 		sse_drop(c);

@@ -250,6 +250,26 @@ void pop3_server_set_tls(struct pop3_server *srv, struct ssl_ctx_st *ctx);
 /* Stops accepting and ends every session with "-ERR [SYS/TEMP]" (nothing
  * is deleted: only QUIT deletes). Safe from any thread. */
 void pop3_server_shutdown(struct pop3_server *srv);
+/*
+ * Another mailbox store than users' Maildirs (capture mode serves its
+ * caught mail this way: pop3/capture_mailbox.c). Every hook but close runs
+ * on the server's pool; close may run on a worker (it must not block).
+ * open fills a pop3_mailbox (msgs[].file is the UIDL, base_len its
+ * length; no lock); open_msg returns a readable fd (pread from 0) of
+ * message i; update deletes what is marked and frees mb; close frees mb.
+ * verify has users_verify's contract, and also serves AUTH PLAIN/LOGIN.
+ * Call before the workers start; the backend must outlive the server.
+ */
+struct pop3_backend {
+	void *ctx;
+	int (*verify)(void *ctx, const char *login, const char *password);
+	enum pop3_open_status (*open)(void *ctx, const char *login, size_t max_messages,
+	                              struct pop3_mailbox **out, int *errno_out);
+	int (*open_msg)(void *ctx, struct pop3_mailbox *mb, size_t i);
+	int (*update)(void *ctx, struct pop3_mailbox *mb, size_t *removed, int *errno_out);
+	void (*close)(void *ctx, struct pop3_mailbox *mb);
+};
+void pop3_server_set_backend(struct pop3_server *srv, const struct pop3_backend *b);
 /* Sessions alive now, over all workers. */
 size_t pop3_server_sessions(struct pop3_server *srv);
 /* After the workers stopped: waits for the pool's jobs, runs their

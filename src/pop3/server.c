@@ -184,6 +184,7 @@ struct pop3_server {
 	_Atomic size_t n_sessions;
 	pthread_mutex_t ip_lock;
 	struct ip_count *ip_table[IP_BUCKETS];
+	const struct pop3_backend *backend; /* NULL: users' Maildirs */
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -475,7 +476,8 @@ static void maybe_touch(struct session *s)
 {
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (s->mb && now.tv_sec - s->last_touch.tv_sec >= LOCK_REFRESH_SECS) {
+	if (s->mb && !s->pw->srv->backend &&
+	    now.tv_sec - s->last_touch.tv_sec >= LOCK_REFRESH_SECS) {
 		pop3_mailbox_touch(s->mb);
 		s->last_touch = now;
 	}
@@ -487,6 +489,11 @@ static int mailbox_dir(const struct session *s, const char *login, char **out)
 	char path[4096], domain[256], local[256];
 	const char *at = strrchr(login, '@');
 	*out = NULL;
+	if (s->pw->srv->backend) {
+		/* the backend's mailbox key is the login itself */
+		*out = tern_strdup(login);
+		return *out ? TERN_OK : TERN_ENOMEM;
+	}
 	if (!at || at == login || (size_t)(at - login) >= sizeof(local) ||
 	    strlen(at + 1) >= sizeof(domain))
 		return TERN_EINVAL;
@@ -502,14 +509,22 @@ static int mailbox_dir(const struct session *s, const char *login, char **out)
 
 static void work_open(struct session *s)
 {
-	s->job_open = pop3_mailbox_open(s->job_dir, MAX_SESSION_MESSAGES, &s->mb, &s->job_errno);
+	const struct pop3_backend *b = s->pw->srv->backend;
+	if (b)
+		s->job_open =
+		    b->open(b->ctx, s->job_dir, MAX_SESSION_MESSAGES, &s->mb, &s->job_errno);
+	else
+		s->job_open =
+		    pop3_mailbox_open(s->job_dir, MAX_SESSION_MESSAGES, &s->mb, &s->job_errno);
 	clock_gettime(CLOCK_MONOTONIC, &s->last_touch);
 }
 
 static void work_pass(void *arg)
 {
 	struct session *s = arg;
-	s->job_rc = users_verify(s->rt->users, s->user, s->job_password);
+	const struct pop3_backend *b = s->pw->srv->backend;
+	s->job_rc = b ? b->verify(b->ctx, s->user, s->job_password)
+	              : users_verify(s->rt->users, s->user, s->job_password);
 	size_t n = strlen(s->job_password);
 	explicit_bzero(s->job_password, n);
 	if (s->job_rc == TERN_OK && s->job_dir)
@@ -530,7 +545,9 @@ static void work_retr_open(void *arg)
 {
 	struct session *s = arg;
 	maybe_touch(s);
-	s->stream_fd = pop3_mailbox_open_msg(s->mb, s->stream_idx);
+	const struct pop3_backend *b = s->pw->srv->backend;
+	s->stream_fd = b ? b->open_msg(b->ctx, s->mb, s->stream_idx)
+	                 : pop3_mailbox_open_msg(s->mb, s->stream_idx);
 	s->job_errno = s->stream_fd < 0 ? errno : 0;
 }
 
@@ -571,13 +588,16 @@ static void work_quit(void *arg)
 	struct session *s = arg;
 	struct pop3_mailbox *mb = s->mb;
 	s->mb = NULL;
-	s->job_rc = pop3_mailbox_update(mb, &s->job_removed, &s->job_errno);
+	const struct pop3_backend *b = s->pw->srv->backend;
+	s->job_rc = b ? b->update(b->ctx, mb, &s->job_removed, &s->job_errno)
+	              : pop3_mailbox_update(mb, &s->job_removed, &s->job_errno);
 }
 
 static void work_touch(void *arg)
 {
 	struct session *s = arg;
-	pop3_mailbox_touch(s->mb);
+	if (!s->pw->srv->backend)
+		pop3_mailbox_touch(s->mb);
 	clock_gettime(CLOCK_MONOTONIC, &s->last_touch);
 }
 
@@ -1491,8 +1511,10 @@ static void session_free(struct session *s)
 		close(s->stream_fd);
 	/* Not QUIT: the mailbox is released with nothing deleted (RFC 1939
 	 * §6), on the pool since unlocking touches the disk. */
-	if (s->mb &&
-	    (!srv->pool || pool_submit(srv->pool, work_close_mailbox, NULL, NULL, s->mb) != 0))
+	if (s->mb && srv->backend)
+		srv->backend->close(srv->backend->ctx, s->mb); /* no lock, no disk */
+	else if (s->mb &&
+	         (!srv->pool || pool_submit(srv->pool, work_close_mailbox, NULL, NULL, s->mb) != 0))
 		pop3_mailbox_close(s->mb);
 	if (s->sasl)
 		sasl_free(s->sasl);
@@ -1585,6 +1607,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	tbuf_init(&s->chunk, 2 * CHUNK_SIZE + 16);
 	tern_strlcpy(s->peer, peer, sizeof(s->peer));
 	s->sasl_cfg.users = rt->users;
+	if (pw->srv->backend) {
+		s->sasl_cfg.users = NULL;
+		s->sasl_cfg.verify_password = pw->srv->backend->verify;
+		s->sasl_cfg.store_arg = pw->srv->backend->ctx;
+	}
 	s->sasl_cfg.hostname = conf->hostname;
 	s->next = pw->sessions;
 	if (s->next)
@@ -1701,6 +1728,11 @@ void pop3_server_shutdown(struct pop3_server *srv)
 		return;
 	for (size_t i = 0; i < srv->n_workers; i++)
 		worker_post(srv->workers[i]->w, worker_shutdown, srv->workers[i]);
+}
+
+void pop3_server_set_backend(struct pop3_server *srv, const struct pop3_backend *b)
+{
+	srv->backend = b;
 }
 
 size_t pop3_server_sessions(struct pop3_server *srv)

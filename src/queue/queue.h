@@ -35,6 +35,9 @@ enum rcpt_state {
 	RCPT_DELIVERED = 2,
 	RCPT_BOUNCED = 3, /* permanent failure */
 	RCPT_HELD = 4,    /* held by the operator */
+	/* final: on the suppression list (store/suppress.h), not attempted and
+	 * no DSN (the sender's platform reports it, as SES and Postmark do) */
+	RCPT_SUPPRESSED = 5,
 };
 
 const char *rcpt_state_name(enum rcpt_state s);
@@ -130,6 +133,14 @@ int spool_remove(struct spool *s, const char *id);
  * fn must not call back into the spool. Stops early if fn returns false. */
 void spool_foreach(struct spool *s, bool (*fn)(const struct spool_msg *m, void *arg), void *arg);
 size_t spool_count(struct spool *s);
+/* Messages by state, for /metrics (core/metrics.h): active while a recipient
+ * is due (queued), deferred while every open recipient waits for a retry,
+ * hold when only held ones remain. Counts under the spool lock without
+ * copying or allocating: one pass over the index. */
+struct spool_state_counts {
+	size_t active, deferred, hold;
+};
+void spool_count_states(struct spool *s, struct spool_state_counts *out);
 
 /* Statistics for logs and benchmarks. */
 struct spool_stats {
@@ -229,6 +240,16 @@ size_t scheduler_pending(struct scheduler *s);
 /* Remote recipients go to r (set once, before the first submit). */
 struct remote;
 void scheduler_set_remote(struct scheduler *s, struct remote *r);
+/*
+ * Tells fn about every recipient result the scheduler records: delivered,
+ * bounced (final) or deferred, with the reply, right after the spool has
+ * it. Runs on a delivery thread: fn must be quick-ish, must not call the
+ * scheduler, and sees m only for the call. Set once, before the first
+ * submit (the HTTP API keeps its messages' final states: http/api.h).
+ */
+typedef void (*scheduler_result_fn)(void *arg, const struct spool_msg *m, size_t idx,
+                                    enum rcpt_state st, const char *reply);
+void scheduler_set_observer(struct scheduler *s, scheduler_result_fn fn, void *arg);
 /* Capture mode: local recipients go to this store instead of Maildirs
  * (also starts the capture ingest below; NULL stops and frees it). */
 struct capture_store;

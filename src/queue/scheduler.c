@@ -28,11 +28,13 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "policy/dmarc_report.h"
 #include "smtp/smtp.h"
 #include "store/store.h"
+#include "store/suppress.h"
 
 #define BATCH_MAX 64
 #define INFLIGHT_BUCKETS 1024
@@ -65,6 +67,8 @@ struct scheduler {
 	struct spool *sp;
 	struct remote *remote;
 	struct capture_store *capture; /* capture mode: local recipients are caught here */
+	scheduler_result_fn observer; /* scheduler_set_observer, or NULL */
+	void *observer_arg;
 	struct capture_ingest *ingest; /* capture mode: SMTP and API mail, not spooled */
 	struct remote_job *results;    /* finished remote jobs waiting to be recorded */
 	int64_t last_prune;
@@ -307,6 +311,12 @@ void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try)
 void scheduler_set_remote(struct scheduler *s, struct remote *r)
 {
 	s->remote = r;
+}
+
+void scheduler_set_observer(struct scheduler *s, scheduler_result_fn fn, void *arg)
+{
+	s->observer_arg = arg;
+	s->observer = fn;
 }
 
 void scheduler_set_capture(struct scheduler *s, struct capture_store *st)
@@ -557,6 +567,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		switch (o[k].state) {
 		case RCPT_DELIVERED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DELIVERED, 0, o[k].reply);
+			metric_inc_l(M_MESSAGES_DELIVERED, r->local ? "local" : "remote");
 			log_info("event=delivered id=%s to=%s relay=%s delay=%.0fs reply=%s", m->id,
 			         qa, qr, delay,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
@@ -571,6 +582,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			break;
 		case RCPT_BOUNCED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_BOUNCED, 0, o[k].reply);
+			metric_inc(M_MESSAGES_BOUNCED);
 			log_warn("event=bounced id=%s to=%s relay=%s status=%s reply=%s", m->id, qa,
 			         qr, o[k].status,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
@@ -582,10 +594,17 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 										       : o[k].relay,
 					.diagnostic = o[k].reply, .last_attempt = now};
 			break;
+		case RCPT_SUPPRESSED:
+			/* No DSN: the suppression list is the sender's own record. */
+			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_SUPPRESSED, 0, o[k].reply);
+			log_warn("event=suppressed id=%s to=%s status=suppressed reply=%s", m->id,
+			         qa, log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
+			break;
 		default: {
 			int64_t wait = backoff(conf, r->attempts + 1);
 			int64_t next = now + (o[k].retry_after > wait ? o[k].retry_after : wait);
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
+			metric_inc(M_MESSAGES_DEFERRED);
 			log_info("event=deferred id=%s to=%s relay=%s status=%s retry_in=%llds "
 			         "reply=%s",
 			         m->id, qa, qr, o[k].status, (long long)(next - now),
@@ -604,6 +623,12 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			break;
 		}
 		}
+		if (s->observer)
+			s->observer(s->observer_arg, m, o[k].idx,
+			            o[k].state == RCPT_DELIVERED || o[k].state == RCPT_BOUNCED
+			                ? o[k].state
+			                : RCPT_DEFERRED,
+			            o[k].reply);
 	}
 	send_dsn(s, conf, m, data, len, fail, n_fail, "failure");
 	send_dsn(s, conf, m, data, len, ok, n_ok, "success");
@@ -636,6 +661,30 @@ static void remote_done(struct remote_job *job, void *arg)
 	pthread_mutex_unlock(&s->lock);
 }
 
+/*
+ * Suppression (store/suppress.h): a 5xx from the next hop itself (at RCPT
+ * or after DATA, so remote_mta is set) puts the recipient on the list of
+ * the sending domain. Our own permanent reasons (no MX, a lifetime that
+ * ran out) do not: they say nothing about the address. Null-sender mail
+ * (DSNs) has no sending domain and adds nothing.
+ */
+static void suppress_hard_bounce(const struct tern_config *conf, const struct spool_msg *m,
+                                 const struct remote_rcpt *rr)
+{
+	char sd[SUPPRESS_DOMAIN_MAX];
+	suppress_sender_domain(m->sender, sd, sizeof(sd));
+	if (!conf->suppression.enabled || !rr->remote_mta[0] || rr->reply[0] != '5' || !sd[0])
+		return;
+	struct suppress_db *db = suppress_shared(conf->data_dir);
+	char detail[600], qa[LOG_ADDR_MAX], qs[SUPPRESS_DOMAIN_MAX * 4 + 8], qst[80];
+	snprintf(detail, sizeof(detail), "%s %s", rr->status, rr->reply);
+	if (db && suppress_add(db, sd, rr->addr, SUPPRESS_BOUNCE, detail, m->id) == TERN_OK)
+		log_info("event=suppress_added id=%s to=%s scope=%s reason=bounce status=%s", m->id,
+		         log_quote_addr(rr->addr, qa, sizeof(qa)),
+		         log_quote(sd, strlen(sd), qs, sizeof(qs)),
+		         log_quote(rr->status, strlen(rr->status), qst, sizeof(qst)));
+}
+
 /* On a delivery thread (or at shutdown): records one finished remote job. */
 static void record_remote(struct scheduler *s, struct remote_job *job)
 {
@@ -658,6 +707,8 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 			o[n].dsn_relayed = rr->dsn_relayed;
 			o[n].retry_after = rr->retry_after;
 			n++;
+			if (rr->outcome == REMOTE_BOUNCED)
+				suppress_hard_bounce(rt->conf, m, rr);
 		}
 		record_outcomes(s, rt->conf, m, job->data, job->len, o, n);
 	} else if (!o) {
@@ -713,10 +764,109 @@ static bool is_due(const struct spool_rcpt *r, const struct job *job, int64_t no
 	       (r->state == RCPT_DEFERRED && (job->flush || r->next_try <= now));
 }
 
+/*
+ * Before anything is tried: each due recipient that is a suppression
+ * address (VERP return path, feedback address) has the message read by
+ * suppress_intake and is then finished as delivered (consumed, never put
+ * in a mailbox); each due remote recipient on the suppression list of the
+ * sending domain or the global one is finished as suppressed. Both are
+ * marked in m too, so the rest of this pass skips them.
+ */
+static void suppress_pass(struct scheduler *s, const struct tern_config *conf, struct spool_msg *m,
+                          struct job *job, int64_t now)
+{
+	if (!conf->suppression.enabled || s->capture)
+		return;
+	size_t cap = m->n_rcpts ? m->n_rcpts : 1;
+	struct outcome *o = NULL;
+	char(*replies)[600] = NULL;
+	size_t n = 0;
+	char sd[SUPPRESS_DOMAIN_MAX];
+	suppress_sender_domain(m->sender, sd, sizeof(sd));
+	/* Recipients of a message on the wire are the remote engine's until
+	 * their result is recorded (dispatch_remote skips such a message too). */
+	pthread_mutex_lock(&s->lock);
+	bool on_wire = inflight_add(s, s->inflight, m->id, 0) > 0;
+	pthread_mutex_unlock(&s->lock);
+	for (size_t i = 0; i < m->n_rcpts; i++) {
+		struct spool_rcpt *r = &m->rcpts[i];
+		if (!is_due(r, job, now) || (on_wire && !r->local))
+			continue;
+		bool intake = r->local && suppress_intake_match(conf, r->addr);
+		struct suppress_entry e;
+		struct suppress_intake_result res;
+		if (!intake &&
+		    (r->local || !suppress_check(suppress_shared(conf->data_dir), sd, r->addr, &e)))
+			continue;
+		if (!o &&
+		    (!(o = calloc(cap, sizeof(*o))) || !(replies = calloc(cap, sizeof(*replies)))))
+			break; /* still due: tried as usual */
+		char qa[LOG_ADDR_MAX], qw[300], qr[LOG_ADDR_MAX], qs[SUPPRESS_DOMAIN_MAX * 4 + 8];
+		o[n].idx = i;
+		o[n].relay = "suppression";
+		if (intake) {
+			suppress_intake(conf, r->addr, job->data, job->len, m->id, &res);
+			log_info(
+			    "event=suppress_intake id=%s to=%s result=%s suppressed=%s scope=%s",
+			    m->id, log_quote_addr(r->addr, qa, sizeof(qa)),
+			    log_quote(res.what, strlen(res.what), qw, sizeof(qw)),
+			    res.suppressed ? log_quote_addr(res.addr, qr, sizeof(qr)) : "-",
+			    !res.suppressed ? "-"
+			    : res.scope[0] ? log_quote(res.scope, strlen(res.scope), qs, sizeof(qs))
+			                   : "global");
+			o[n].state = RCPT_DELIVERED;
+			o[n].status = "2.0.0";
+			snprintf(replies[n], sizeof(replies[n]),
+			         "250 2.0.0 consumed by the suppression list (%s)", res.what);
+		} else {
+			o[n].state = RCPT_SUPPRESSED;
+			o[n].status = "5.7.1";
+			snprintf(replies[n], sizeof(replies[n]),
+			         "suppressed: on the %.255s suppression list (%s: %.200s)",
+			         e.scope[0] ? e.scope : "global", suppress_reason_name(e.reason),
+			         e.detail);
+		}
+		o[n].reply = replies[n];
+		r->state = o[n].state;
+		n++;
+	}
+	if (n)
+		record_outcomes(s, conf, m, job->data, job->len, o, n);
+	free(o);
+	free(replies);
+}
+
+/*
+ * VERP (suppression.verp_domain): when set and the message has a sender,
+ * rj's return path becomes bounce+TOKEN@verp_domain for recipient idx
+ * (store/suppress.h), remembered so that a later DSN to it names the
+ * recipient. false (rj unchanged) when off or when the token cannot be made.
+ */
+static bool verp_sender(const struct tern_config *conf, const struct spool_msg *m, size_t idx,
+                        struct remote_job *rj)
+{
+	const char *vd = conf->suppression.verp_domain;
+	if (!conf->suppression.enabled || !vd || !m->sender[0])
+		return false;
+	unsigned char key[SUPPRESS_KEY_LEN];
+	char addr[SMTP_ADDR_MAX + 1], sd[SUPPRESS_DOMAIN_MAX];
+	struct suppress_db *db = suppress_shared(conf->data_dir);
+	suppress_sender_domain(m->sender, sd, sizeof(sd));
+	bool ok = db && suppress_key_load(conf->data_dir, key) == TERN_OK &&
+	          suppress_verp_address(key, m->id, idx, vd, addr, sizeof(addr)) == TERN_OK &&
+	          suppress_verp_remember(db, m->id, idx, m->rcpts[idx].addr, sd) == TERN_OK;
+	char *dup = ok ? tern_strdup(addr) : NULL;
+	if (!dup)
+		return false;
+	free(rj->sender);
+	rj->sender = dup;
+	return true;
+}
+
 /* Hands every due remote recipient of m to the remote engine, one job per
  * destination domain. */
-static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job *job,
-			    int64_t now)
+static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
+                            struct spool_msg *m, struct job *job, int64_t now)
 {
 	if (!s->remote)
 		return;
@@ -767,7 +917,9 @@ static void dispatch_remote(struct scheduler *s, struct spool_msg *m, struct job
 		}
 		memcpy(rj->data, job->data, job->len);
 		rj->len = job->len;
-		for (size_t k = i; k < m->n_rcpts; k++) {
+		/* VERP: this recipient alone, with a return path naming it. */
+		bool verp = verp_sender(conf, m, i, rj);
+		for (size_t k = i; k < m->n_rcpts && !(verp && k > i); k++) {
 			struct spool_rcpt *rk = &m->rcpts[k];
 			if (rk->local || taken[k] || !is_due(rk, job, now))
 				continue;
@@ -971,7 +1123,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 				job->len = 0;
 			}
 		}
-		dispatch_remote(s, m, job, now);
+		suppress_pass(s, conf, m, job, now);
+		dispatch_remote(s, conf, m, job, now);
 		if (s->capture) {
 			if (capture_one(s, m, job, now, &caught[n_caught]))
 				n_caught++;

@@ -77,6 +77,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "queue/spool_internal.h"
 
 #define SEG_MAX_BYTES (64ull * 1024 * 1024)      /* start a new segment past this */
@@ -1034,6 +1035,7 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 		puts |= it->type == SPOOL_REC_MSG && !it->copy;
 		copies |= it->copy;
 	}
+	struct timespec t0 = metric_now(); /* tern_spool_commit_duration_seconds */
 	int err = write_batch(cur->fd, batch, start);
 	if (err == TERN_OK) {
 		fault_point(s, puts ? FAULT_COMMIT_WRITE : FAULT_NONE);
@@ -1044,6 +1046,8 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 		log_error("event=spool_sync_failed seg=%" PRIu32 " errno=%d", cur->no, e);
 		err = io_err(e);
 	}
+	if (err == TERN_OK && n_msgs)
+		metric_observe_since(M_SPOOL_COMMIT_DURATION, &t0);
 	if (err == TERN_OK)
 		fault_point(s, puts ? FAULT_COMMIT_SYNC : FAULT_NONE);
 	if (err == TERN_OK) {
@@ -1954,6 +1958,29 @@ size_t spool_count(struct spool *s)
 	size_t n = s->idx.count;
 	pthread_mutex_unlock(&s->mu);
 	return n;
+}
+
+void spool_count_states(struct spool *s, struct spool_state_counts *out)
+{
+	*out = (struct spool_state_counts){0};
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < s->idx.cap; i++) {
+		const struct entry *e = s->idx.slot[i];
+		if (!e)
+			continue;
+		unsigned seen = 0; /* bit per enum rcpt_state */
+		for (size_t k = 0; k < e->msg->n_rcpts; k++)
+			seen |= 1u << e->msg->rcpts[k].state;
+		if (seen & (1u << RCPT_QUEUED))
+			out->active++;
+		else if (seen & (1u << RCPT_DEFERRED))
+			out->deferred++;
+		else if (seen & (1u << RCPT_HELD))
+			out->hold++;
+	}
+	pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- compaction --------------------------------------------------------- */

@@ -169,9 +169,9 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 int spool_rec_decode_rcpt(const uint8_t *p, size_t n, struct spool_rec_rcpt *out);
 int spool_rec_decode_del(const uint8_t *p, size_t n, char id[QUEUE_ID_LEN + 1]);
 
-/* True when state is one the spool accepts (RCPT_QUEUED..RCPT_HELD). */
+/* True when state is one the spool accepts (RCPT_QUEUED..RCPT_SUPPRESSED). */
 bool spool_rcpt_state_valid(unsigned st);
-/* True for DELIVERED and BOUNCED: the recipient is finished. */
+/* True for DELIVERED, BOUNCED and SUPPRESSED: the recipient is finished. */
 bool spool_rcpt_state_final(enum rcpt_state st);
 
 /* ---- scanning a segment -------------------------------------------------- */

@@ -103,6 +103,8 @@ const char *rcpt_state_name(enum rcpt_state s)
 		return "bounced";
 	case RCPT_HELD:
 		return "held";
+	case RCPT_SUPPRESSED:
+		return "suppressed";
 	}
 	return "unknown";
 }
@@ -128,12 +130,12 @@ const char *spool_damage_kind_name(enum spool_damage_kind k)
 
 bool spool_rcpt_state_valid(unsigned st)
 {
-	return st <= RCPT_HELD;
+	return st <= RCPT_SUPPRESSED;
 }
 
 bool spool_rcpt_state_final(enum rcpt_state st)
 {
-	return st == RCPT_DELIVERED || st == RCPT_BOUNCED;
+	return st == RCPT_DELIVERED || st == RCPT_BOUNCED || st == RCPT_SUPPRESSED;
 }
 
 void spool_msg_free(struct spool_msg *m)

@@ -138,6 +138,7 @@ static const struct smtp_reply_def replies[SMTP_R__COUNT] = {
     R(SMTP_R_AUTH_NO_MECHANISM, 504, "5.5.4", "Unrecognized authentication type (offered: %s)", 1),
     R(SMTP_R_AUTH_NEEDS_TLS, 538, "5.7.11",
       "Encryption required for requested authentication mechanism", 0),
+    R(SMTP_R_STARTTLS_FIRST, 530, "5.7.0", "Must issue a STARTTLS command first", 0),
     R(SMTP_R_AUTH_FAILED, 535, "5.7.8", "Authentication credentials invalid", 0),
     R(SMTP_R_AUTH_INITIAL_REFUSED, 501, "5.7.0",
       "This mechanism starts with a challenge: send AUTH without an initial response", 0),

@@ -24,6 +24,7 @@
  */
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "smtp/smtp_metrics.h"
 #include "tls/tls.h"
 
 #include <arpa/inet.h>
@@ -55,9 +56,11 @@
 #include "core/id.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/metrics.h"
 #include "core/runtime.h"
 #include "policy/policy.h"
 #include "queue/queue.h"
+#include "store/suppress.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
 #define READ_HIGH_WATERMARK (256 * 1024)
@@ -293,6 +296,10 @@ struct smtp_server {
 
 static pthread_mutex_t chaos_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct smtp_chaos chaos;
+/* smtp_capture_set_login: set once before the listeners start */
+static int (*capture_login)(void *arg, const char *login, const char *password);
+static void *capture_login_arg;
+static bool capture_starttls_first; /* smtp_capture_require_starttls */
 
 void smtp_chaos_set(const struct smtp_chaos *c)
 {
@@ -437,6 +444,8 @@ static void reply_line(struct session *s, enum smtp_reply_id id, int code, bool 
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	evbuffer_add(out, line, len);
 	evbuffer_add(out, "\r\n", 2);
+	if (!more)
+		smtp_metrics_reply(line[0]);
 }
 
 static void reply(struct session *s, enum smtp_reply_id id)
@@ -462,6 +471,7 @@ static void reply_verbatim(struct session *s, const char *line)
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	evbuffer_add(out, line, strlen(line));
 	evbuffer_add(out, "\r\n", 2);
+	smtp_metrics_reply(line[0]);
 }
 
 static void reply_size_exceeded(struct session *s)
@@ -979,7 +989,9 @@ static bool auth_advertised(const struct session *s)
  */
 static bool auth_required(const struct session *s)
 {
-	return s->submission && !s->conf->capture_mode;
+	if (s->conf->capture_mode)
+		return capture_login != NULL; /* Mailpit with --smtp-auth-file */
+	return s->submission;
 }
 
 /*
@@ -1068,6 +1080,7 @@ static void cmd_helo(struct session *s, const struct smtp_cmd *c)
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	for (size_t i = 0; i < n; i++)
 		evbuffer_add_printf(out, "250%c%s\r\n", i + 1 < n ? '-' : ' ', kw[i]);
+	smtp_metrics_reply('2');
 }
 
 /* A chaos trigger's reply (capture mode): the operator's code, the
@@ -1137,6 +1150,10 @@ static char *auth_identity(const struct session *s)
 
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
+	if (s->conf->capture_mode && capture_starttls_first && !s->tls_active) {
+		reply(s, SMTP_R_STARTTLS_FIRST); /* Mailpit's --smtp-require-starttls */
+		return;
+	}
 	if (c->path.utf8 && !c->smtputf8) {
 		reply(s, SMTP_R_SENDER_NEEDS_SMTPUTF8);
 		return;
@@ -1224,6 +1241,12 @@ static bool route_local(struct session *s, const struct smtp_cmd *c, struct tx *
 	snprintf(addr, sizeof(addr), "%s@%s", local_lc, dom_lc);
 
 	*err = TERN_OK;
+	/* SUPPRESSION: VERP return paths and the feedback address take reports
+	 * (store/suppress.h); delivery consumes them. */
+	if (suppress_intake_match(conf, addr)) {
+		*err = tx_add_rcpt(t, addr, c->orcpt, c->notify, true);
+		return true;
+	}
 	const struct conf_alias *al = conf_find_alias(conf, addr);
 	if (al) {
 		size_t before = t->n_rcpts;
@@ -1745,6 +1768,7 @@ static void auth_log_failed(struct session *s, const char *reason, const char *e
 {
 	char qm[64], qu[SASL_ID_MAX * 4 + 8], qr[512];
 	const char *login = auth_login(s);
+	smtp_metrics_auth_failed(s->auth_mech);
 	log_warn("event=auth_failed sess=%u.%llu client=%s mechanism=%s user=%s reason=%s%s",
 	         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 	         log_quote(s->auth_mech, strlen(s->auth_mech), qm, sizeof(qm)),
@@ -1972,7 +1996,7 @@ static void auth_status(struct session *s, enum sasl_status st)
  * auth.allow_plaintext, and not from a blocked address. */
 static void submission_auth(struct session *s, const struct smtp_cmd *c)
 {
-	if (!s->tls_active && !s->conf->auth.allow_plaintext) {
+	if (!s->tls_active && !s->conf->auth.allow_plaintext && !s->conf->capture_mode) {
 		log_info("event=auth_refused sess=%u.%llu client=%s reason=tls-required",
 		         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer);
 		reply(s, SMTP_R_AUTH_NEEDS_TLS);
@@ -2017,11 +2041,27 @@ static void auth_setup(struct session *s)
 	    .mechs = a->mechanisms,
 	    .hostname = s->conf->hostname,
 	};
+	if (s->conf->capture_mode) /* capture's own users: PLAIN and LOGIN */
+		s->sasl_cfg = (struct sasl_config){.verify_password = capture_login,
+		                                   .store_arg = capture_login_arg,
+		                                   .hostname = s->conf->hostname};
+}
+
+void smtp_capture_set_login(int (*verify)(void *arg, const char *login, const char *password),
+                            void *arg)
+{
+	capture_login = verify;
+	capture_login_arg = arg;
+}
+
+void smtp_capture_require_starttls(bool on)
+{
+	capture_starttls_first = on;
 }
 
 static void cmd_auth(struct session *s, const struct smtp_cmd *c)
 {
-	if (s->conf->capture_mode)
+	if (s->conf->capture_mode && !capture_login)
 		capture_auth(s, c);
 	else
 		submission_auth(s, c);
@@ -2132,6 +2172,7 @@ static void dispatch(struct session *s, const char *line, size_t len)
 		/* parse.c's refusals are data already (code, enhanced code, text) */
 		evbuffer_add_printf(bufferevent_get_output(s->bev), "%d %s %s\r\n", perr.code,
 		                    perr.enhanced, perr.text);
+		smtp_metrics_reply((char)('0' + perr.code / 100));
 		if (c->verb == SMTP_BDAT)
 			bad_bdat(s, c);
 		else
@@ -2270,6 +2311,7 @@ static void commit_done(void *arg)
 			          t->rcpts[i].local);
 		s->n_msgs++;
 		atomic_fetch_add(&count_accepted, 1);
+		metric_inc_l(M_MESSAGES_RECEIVED, smtp_metrics_profile(s->conf, s->submission));
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
 		if (wait)
 			return; /* CAPTURE-ACK: capture_acked answers */
@@ -2824,6 +2866,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		 * is not sent (RFC 3207 §4.2: the client starts with EHLO). After
 		 * implicit TLS the greeting was already waiting in the layer. */
 		char d[600];
+		metric_inc_l2(M_TLS_HANDSHAKES, "inbound", "ok");
 		log_info("event=tls sess=%u.%llu client=%s %s", worker_index(s->sw->w),
 		         (unsigned long long)s->serial, s->peer,
 		         tls_describe(bufferevent_openssl_get_ssl(bev), d, sizeof(d)));
@@ -2837,6 +2880,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		SSL *ssl = bufferevent_openssl_get_ssl(bev); /* TLS: why a handshake failed */
 		if (ssl && !SSL_is_init_finished(ssl)) {
 			char why[256];
+			metric_inc_l2(M_TLS_HANDSHAKES, "inbound", "failed");
 			log_warn(
 			    "event=tls_failed sess=%u.%llu client=%s reason=\"%s\"",
 			    worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
@@ -2894,6 +2938,7 @@ static void session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	ip_release(sw->srv, &s->peer_sa);
+	metric_dec_l(M_SESSIONS_ACTIVE, smtp_metrics_profile(s->conf, s->submission));
 	if (atomic_fetch_sub(&sw->srv->n_sessions, 1) == 1 && atomic_load(&sw->srv->stopping))
 		log_drained(sw->srv);
 	tx_free(s->tx);
@@ -2995,12 +3040,13 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		}
 	}
 	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls != NULL;
-	if (s->submission)
+	if (s->submission || (conf->capture_mode && capture_login))
 		auth_setup(s);
 	s->next = sw->sessions;
 	if (s->next)
 		s->next->prev = s;
 	sw->sessions = s;
+	smtp_metrics_connect(conf, evconnlistener_get_fd(l), s->submission);
 
 	bufferevent_setcb(bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(bev, EV_READ, 0, READ_HIGH_WATERMARK);

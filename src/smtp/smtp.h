@@ -302,6 +302,7 @@ enum smtp_reply_id {
 	SMTP_R_AUTH_MECHANISM,
 	SMTP_R_AUTH_NO_MECHANISM,
 	SMTP_R_AUTH_NEEDS_TLS,
+	SMTP_R_STARTTLS_FIRST,
 	SMTP_R_AUTH_FAILED,
 	SMTP_R_AUTH_INITIAL_REFUSED,
 	SMTP_R_AUTH_LINE_TOO_LONG,
@@ -413,6 +414,17 @@ struct smtp_chaos {
 	struct smtp_chaos_trigger sender, recipient, authentication;
 };
 void smtp_chaos_set(const struct smtp_chaos *c);
+
+/* Capture mode's SMTP logins (Mailpit's --smtp-auth-file): with verify
+ * set, AUTH checks PLAIN and LOGIN credentials with it (users_verify's
+ * contract; it runs on the auth pool) and MAIL needs a login first; NULL
+ * (the default): any credentials pass. Process-wide; set before the
+ * listeners start. */
+void smtp_capture_set_login(int (*verify)(void *arg, const char *login, const char *password),
+                            void *arg);
+/* Capture mode (Mailpit's --smtp-require-starttls): MAIL before STARTTLS
+ * gets 530 5.7.0. Process-wide; set before the listeners start. */
+void smtp_capture_require_starttls(bool on);
 
 /* Process-wide counters since start (for capture mode's /api/v1/info). */
 struct smtp_counters {

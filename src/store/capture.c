@@ -32,6 +32,7 @@
  * Deletes remove rows first and files after the commit, so a crash can
  * resurrect a deleted message but never lose a stored one.
  */
+#include "store/capture_tags.h"
 #include "store/store.h"
 
 #include <dirent.h>
@@ -734,6 +735,33 @@ static bool lookup_queue_id(struct capture_store *st, const char *queue_id,
 	return found;
 }
 
+/* The tags a message gets on arrival (store/capture_tags.h), linked to
+ * its row (lock held, inside its transaction). */
+static int insert_auto_tags(struct capture_store *st, int64_t seq, const struct capture_item *it,
+                            const struct mime_msg *mm)
+{
+	struct capture_tag_set ts;
+	capture_tags_derive(mm, it->raw, it->len, it->env_to, it->n_to, capture_tags_rules(), &ts);
+	if (ts.n == 0)
+		return TERN_OK;
+	sqlite3_stmt *ins = prep(st, "INSERT OR IGNORE INTO tags (name) VALUES (?)");
+	sqlite3_stmt *link = prep(st, "INSERT OR IGNORE INTO message_tags (msg, tag) "
+	                              "SELECT ?, id FROM tags WHERE name = ?");
+	int rc = ins && link ? TERN_OK : TERN_EIO;
+	for (size_t i = 0; i < ts.n && rc == TERN_OK; i++) {
+		sqlite3_bind_text(ins, 1, ts.v[i], -1, SQLITE_STATIC);
+		sqlite3_bind_int64(link, 1, seq);
+		sqlite3_bind_text(link, 2, ts.v[i], -1, SQLITE_STATIC);
+		if (sqlite3_step(ins) != SQLITE_DONE || sqlite3_step(link) != SQLITE_DONE)
+			rc = TERN_EIO;
+		sqlite3_reset(ins);
+		sqlite3_reset(link);
+	}
+	sqlite3_finalize(ins);
+	sqlite3_finalize(link);
+	return rc;
+}
+
 /* Inserts one parsed message inside the batch transaction (lock held).
  * With savepoint, a failure rolls back only this message; without, the
  * caller must roll back the whole transaction on a failure. */
@@ -756,6 +784,8 @@ static int insert_one(struct capture_store *st, const struct capture_item *it,
 			sqlite3_reset(up);
 		}
 	}
+	if (rc == TERN_OK)
+		rc = insert_auto_tags(st, *seq, it, mm);
 	if (rc == TERN_OK && it->len <= RAW_IN_DB_MAX) {
 		sqlite3_stmt *ins =
 		    prep_cached(st, QC_INSERT_RAW, "INSERT INTO raw (seq, data) VALUES (?, ?)");

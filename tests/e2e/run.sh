@@ -130,11 +130,11 @@ fi
 
 set +e
 RC=0
-for spec in "$HERE/capture.spec.mjs" "$HERE/checks.spec.mjs"; do
+for spec in "$HERE/capture.spec.mjs" "$HERE/checks.spec.mjs" "$HERE/tags.spec.mjs"; do
 	TERN_E2E_URL="http://127.0.0.1:$HTTP_PORT" TERN_E2E_SMTP_PORT=$SMTP_PORT TMPDIR=$TMP \
 		timeout -k 5 "$TEST_TIMEOUT" node "$spec"
 	RC=$?
-	[ "$RC" = 0 ] || break
+	[ "$RC" = 0 ] || { echo "FAIL: $(basename "$spec") exited $RC"; break; }
 done
 set -e
 if [ "$RC" != 0 ]; then

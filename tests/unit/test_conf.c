@@ -455,8 +455,8 @@ static void test_embedded_default_matches_defaults(void **state)
 	assert_string_equal(e->source, "(embedded default)");
 	/* DESIGN §1: submission with STARTTLS on 2587, implicit TLS on 2465,
 	 * POP3 with STLS on 2110 and TLS on 2995, with a self-signed
-	 * certificate made in the data dir */
-	assert_int_equal(e->n_listeners, 5);
+	 * certificate made in the data dir; the HTTP API on 2580 (no TLS of its own) */
+	assert_int_equal(e->n_listeners, 6);
 	static const struct {
 		const char *name, *address, *profile;
 		enum conf_listen_tls tls;
@@ -466,8 +466,9 @@ static void test_embedded_default_matches_defaults(void **state)
 	    {"submissions", "127.0.0.1:2465", "submission", CONF_LISTEN_TLS_IMPLICIT},
 	    {"pop3", "127.0.0.1:2110", "pop3", CONF_LISTEN_TLS_STARTTLS},
 	    {"pop3s", "127.0.0.1:2995", "pop3", CONF_LISTEN_TLS_IMPLICIT},
+	    {"api", "127.0.0.1:2580", "http", CONF_LISTEN_TLS_NONE},
 	};
-	for (size_t i = 0; i < 5; i++) {
+	for (size_t i = 0; i < 6; i++) {
 		assert_string_equal(e->listeners[i].name, want[i].name);
 		assert_string_equal(e->listeners[i].address, want[i].address);
 		assert_string_equal(e->listeners[i].profile, want[i].profile);
@@ -485,6 +486,7 @@ static void test_embedded_default_matches_defaults(void **state)
 	    "  submissions { address = \"127.0.0.1:2465\"; profile = submission; tls = implicit }\n"
 	    "  pop3 { address = \"127.0.0.1:2110\"; profile = pop3 }\n"
 	    "  pop3s { address = \"127.0.0.1:2995\"; profile = pop3; tls = implicit }\n"
+	    "  api { address = \"127.0.0.1:2580\"; profile = http }\n"
 	    "}\n"
 	    "tls { self_signed = true }\n";
 	struct tern_config *d = load_str(only_diff, err, sizeof(err));
@@ -718,9 +720,13 @@ static const struct err_case conf_err_cases[] = {
     {"listen { mx { address = 25; profile = mx } }",
      "t.conf:1: listen.mx.address: expected \"IP:PORT\" or \"[IPv6]:PORT\", got the number 25"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = relay } }",
-     "t.conf:1: listen.mx.profile: must be \"mx\", \"submission\" or \"pop3\", not 'relay'"},
+     "t.conf:1: listen.mx.profile: must be \"mx\", \"submission\", \"pop3\" or \"http\", not "
+     "'relay'"},
+    {"listen { api { address = \"127.0.0.1:80\"; profile = http; tls = implicit } }",
+     "t.conf:1: listen.api: an http listener takes only address, profile and tls = \"none\" "
+     "(TLS: put a proxy in front for now; milters are for SMTP)"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = true } }",
-     "t.conf:1: listen.mx.profile: expected \"mx\", \"submission\" or \"pop3\", got the "
+     "t.conf:1: listen.mx.profile: expected \"mx\", \"submission\", \"pop3\" or \"http\", got the "
      "boolean true"},
     {"recipient_delimiter = 1",
      "t.conf:1: recipient_delimiter: expected a string of delimiter characters, got the number "

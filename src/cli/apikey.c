@@ -1,0 +1,163 @@
+/*
+ * apikey.c — `tern apikey create|list|revoke`: the keys of the HTTP
+ * sending API (store/apikeys.h), written straight into DATA/apikeys.db;
+ * a running server sees every change at its next request (no reload).
+ *
+ * Owns: the command line, showing a new token once (stdout, nothing else
+ * on that line so scripts can take it), and giving a store made by root
+ * to the daemon's user.
+ * Must never: print a token again after creation, or take one from argv.
+ */
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "core/conf.h"
+#include "core/err.h"
+#include "core/timefmt.h"
+#include "store/apikeys.h"
+
+#define DOMAINS_MAX 32
+
+static const struct cli_help apikey_help = {
+    "tern apikey",
+    "tern apikey create NAME [--scope send|read|admin] [--from-domain D]... [-c FILE]\n"
+    "tern apikey list [-c FILE]\n"
+    "tern apikey revoke NAME|ID [-c FILE]",
+    "Manages the keys of the HTTP sending API (listen { NAME { profile = \"http\"; } }),\n"
+    "kept in DATA/apikeys.db. create prints the new key's token once, on a line of\n"
+    "its own: give it as \"Authorization: Bearer TOKEN\" (or as the password of\n"
+    "Basic auth, for Mailpit clients). Only a SHA-256 hash of it is stored.\n"
+    "A running server sees changes at once.\n"
+    "  --scope S           read: message status only; send (default): send and\n"
+    "                      read; admin: everything, every key's messages\n"
+    "  --from-domain D     the key may send only with a From address in D or a\n"
+    "                      subdomain of it (repeat for several; default: any)\n"
+    "  -c, --config FILE   the configuration file\n"};
+
+/* The store in the data dir, made if missing (create) and given to the
+ * daemon's user when we are root, so the daemon can open it too. */
+static int open_store(const struct tern_config *conf, bool create, struct apikeys **out)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/apikeys.db", conf->data_dir);
+	if (create && mkdir(conf->data_dir, 0750) == 0 && geteuid() == 0) {
+		struct passwd *pw = conf->user && *conf->user ? getpwnam(conf->user) : NULL;
+		if (pw && chown(conf->data_dir, pw->pw_uid, pw->pw_gid) != 0)
+			fprintf(stderr, "tern: warning: cannot chown %s\n", conf->data_dir);
+	}
+	int rc = apikeys_open(path, create, out);
+	if (rc == TERN_ENOTFOUND) {
+		fprintf(stderr, "tern: no API keys yet (%s does not exist)\n", path);
+		return rc;
+	}
+	if (rc != TERN_OK) {
+		fprintf(stderr, "tern: cannot open %s\n", path);
+		return rc;
+	}
+	/* root makes it for the daemon's user (as `tern user add` does the data dir) */
+	struct passwd *pw =
+	    geteuid() == 0 && conf->user && *conf->user ? getpwnam(conf->user) : NULL;
+	if (pw && chown(path, pw->pw_uid, pw->pw_gid) != 0)
+		fprintf(stderr, "tern: warning: cannot chown %s\n", path);
+	chmod(path, 0600);
+	return TERN_OK;
+}
+
+static void print_key(const struct apikey *k, void *arg)
+{
+	char created[TERN_RFC5322_DATE_MAX];
+	tern_rfc5322_date(k->created, created, sizeof(created));
+	printf("%-16s %-20s %-5s %-8s %s  %s\n", k->id, k->name, apikey_scope_name(k->scope),
+	       k->revoked ? "revoked" : "live", k->domains[0] ? k->domains : "*", created);
+}
+
+int cmd_apikey(int argc, char **argv)
+{
+	const char *path = NULL;
+	if (cli_help_asked(argc, argv))
+		return cli_help(&apikey_help);
+	if (cli_take_config(&argc, argv, &path) != 0 || argc < 2)
+		return cli_usage(&apikey_help, NULL);
+	const char *sub = argv[1], *arg = NULL, *domains[DOMAINS_MAX];
+	size_t n_domains = 0;
+	enum apikey_scope scope = APIKEY_SEND;
+	if (strcmp(sub, "create") != 0 && strcmp(sub, "list") != 0 && strcmp(sub, "revoke") != 0)
+		return cli_usage(&apikey_help, "unknown subcommand '%s'", sub);
+	for (int i = 2; i < argc; i++) {
+		bool create = strcmp(sub, "create") == 0;
+		if (create && strcmp(argv[i], "--scope") == 0 && i + 1 < argc) {
+			if (!(scope = apikey_scope_parse(argv[++i])))
+				return cli_usage(&apikey_help, "--scope is send, read or admin");
+		} else if (create && strcmp(argv[i], "--from-domain") == 0 && i + 1 < argc) {
+			if (n_domains == DOMAINS_MAX)
+				return cli_usage(&apikey_help, "at most %d --from-domain",
+				                 DOMAINS_MAX);
+			domains[n_domains++] = argv[++i];
+		} else if (argv[i][0] == '-' || arg || strcmp(sub, "list") == 0) {
+			return cli_usage(&apikey_help, "unexpected argument '%s'", argv[i]);
+		} else {
+			arg = argv[i];
+		}
+	}
+	if (strcmp(sub, "list") != 0 && !arg)
+		return cli_usage(&apikey_help, "%s needs a key name", sub);
+	char err[512];
+	struct tern_config *conf = conf_load(path, err, sizeof(err));
+	if (!conf) {
+		fprintf(stderr, "tern: %s\n", err);
+		return 1;
+	}
+	int status = 1;
+	struct apikeys *ks = NULL;
+	if (open_store(conf, strcmp(sub, "create") == 0, &ks) != TERN_OK) {
+		status = strcmp(sub, "list") == 0 ? 0 : 1; /* no store: no keys */
+		goto out;
+	}
+	if (strcmp(sub, "list") == 0) {
+		printf("%-16s %-20s %-5s %-8s %s  %s\n", "ID", "NAME", "SCOPE", "STATE", "DOMAINS",
+		       "CREATED");
+		status = apikeys_list(ks, print_key, NULL) == TERN_OK ? 0 : 1;
+	} else if (strcmp(sub, "revoke") == 0) {
+		int rc = apikeys_revoke(ks, arg);
+		if (rc == TERN_OK) {
+			printf("revoked %s\n", arg);
+			status = 0;
+		} else {
+			fprintf(stderr, "tern: %s\n",
+			        rc == TERN_ENOTFOUND ? "no live key with that name or id"
+			                             : "cannot update the key store");
+		}
+	} else {
+		char token[APIKEY_TOKEN_LEN + 1];
+		struct apikey k;
+		int rc =
+		    apikeys_create(ks, arg, scope, domains, n_domains, token, sizeof(token), &k);
+		if (rc == TERN_OK) {
+			fprintf(stderr,
+			        "created key %s (id %s, scope %s, domains %s); the token below is "
+			        "shown only now:\n",
+			        k.name, k.id, apikey_scope_name(k.scope),
+			        k.domains[0] ? k.domains : "*");
+			printf("%s\n", token);
+			memset(token, 0, sizeof(token));
+			status = 0;
+		} else {
+			fprintf(stderr, "tern: %s\n",
+			        rc == TERN_EEXIST    ? "a live key already has that name"
+			        : rc == TERN_EINVAL  ? "a key name is 1-64 of A-Z a-z 0-9 . _ -"
+			        : rc == TERN_ESYNTAX ? "--from-domain takes a domain name"
+			        : rc == TERN_ELIMIT  ? "too many domains"
+			                             : "cannot write the key store");
+		}
+	}
+out:
+	apikeys_close(ks);
+	conf_unref(conf);
+	return status;
+}

@@ -1,0 +1,1029 @@
+/*
+ * api.c — the HTTP sending API of `tern serve` (api.h): routes, keys,
+ * the spool commit and message status, on the capture HTTP server's
+ * serve-mode hook (http_hooks.handle).
+ *
+ * Routes:
+ *   GET  /healthz, /readyz             liveness; readiness (runtime, spool, keys)
+ *   GET  /api/openapi.json             the OpenAPI 3 description (web/openapi.json)
+ *   POST /api/v1/messages              native send (api_json_send)      -> 202
+ *   POST /api/v1/messages/raw          an RFC 5322 message (api_json_raw) -> 202
+ *   POST /api/v1/messages/batch        {"messages": [...]} up to 500, one result each
+ *   GET  /api/v1/messages/{queue_id}   per-recipient state while queued
+ *   POST /api/v1/send                  Mailpit's send (http_send_build) -> 200 {"ID"}
+ * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
+ * with the token as password (Mailpit clients know Basic only). Sending
+ * needs scope send or admin and a From domain the key allows.
+ *
+ * Owns: authentication and the from-domain rule, the Received field of
+ * API mail, DKIM signing (smtp/sign.h, as for submission), the envelope,
+ * and the spool commit: a 2xx is written only after spool_put's callback
+ * said the message is on stable storage (DESIGN §5.1). One log line per
+ * request: method, path, status, key, queue ids.
+ * Threads: runs on the HTTP server's own worker. The worker never waits
+ * for the disk's sync: a send is spool_put and its reply is written when
+ * the committer's callback comes back (posted to the worker), so requests
+ * from many clients join one group commit; a batch is put whole. What stays
+ * on the worker: JSON and MIME work, DKIM signing (CPU) and the key lookup
+ * (SQLite, a page cache read).
+ * Must never: answer 2xx before the commit, accept part of a message,
+ * send for a domain the key does not own, or log a token.
+ */
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "core/buf.h"
+#include "core/codec.h"
+#include "core/conf.h"
+#include "core/err.h"
+#include "core/id.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "core/runtime.h"
+#include "core/timefmt.h"
+#include "http/api.h"
+#include "queue/queue.h"
+#include "smtp/sign.h"
+#include "smtp/smtp.h"
+#include "store/apikeys.h"
+
+#define TRACE_MAX 1024
+#define BATCH_BODY_MAX ((size_t)64 * 1024 * 1024)
+
+struct api {
+	struct apikeys *keys;    /* the HTTP worker's connection */
+	struct apikeys *results; /* the delivery threads' (under results_mu) */
+	pthread_mutex_t results_mu;
+	pthread_mutex_t mu; /* n_pending and each pending's outstanding */
+	pthread_cond_t cv;
+	size_t n_pending; /* requests waiting for the commit */
+	struct spool *sp;
+	struct scheduler *sched;
+	struct worker *w;
+	struct http_server *http[16];
+	size_t n_http;
+	bool started;
+};
+
+/* One request: what the log line says. */
+struct req_ctx {
+	struct api *a;
+	struct evhttp_request *req;
+	const char *method;
+	char path[160];
+	char peer[64];
+	struct apikey key;
+	bool have_key;
+	char ids[160]; /* queue ids, comma-separated, for the log */
+};
+
+/* ---------------------------------------------------------------- replies */
+
+static void reply_json(struct req_ctx *c, int code, json_t *j)
+{
+	struct evkeyvalq *oh = evhttp_request_get_output_headers(c->req);
+	evhttp_add_header(oh, "Content-Type", "application/json; charset=utf-8");
+	evhttp_add_header(oh, "Cache-Control", "no-store");
+	evhttp_add_header(oh, "X-Content-Type-Options", "nosniff");
+	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	json_decref(j);
+	struct evbuffer *b = evbuffer_new();
+	if (!s || !b) {
+		free(s);
+		if (b)
+			evbuffer_free(b);
+		evhttp_send_error(c->req, 500, "out of memory");
+		code = 500;
+	} else {
+		evbuffer_add(b, s, strlen(s));
+		free(s);
+		evhttp_send_reply(c->req, code, code == 202 ? "Accepted" : NULL, b);
+		evbuffer_free(b);
+	}
+	char kq[APIKEY_NAME_MAX + 8];
+	log_info("event=api method=%s path=%s status=%d key=%s peer=%s id=%s", c->method, c->path,
+	         code,
+	         c->have_key ? log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq)) : "-",
+	         c->peer, c->ids[0] ? c->ids : "-");
+}
+
+static json_t *error_obj(const struct api_error *e)
+{
+	json_t *o = json_pack("{s:s, s:s}", "code", e->code, "message", e->message);
+	if (o && e->field[0])
+		json_object_set_new(o, "field", json_string(e->field));
+	return o;
+}
+
+static void reply_error(struct req_ctx *c, const struct api_error *e)
+{
+	if (e->status == 401) {
+		struct evkeyvalq *oh = evhttp_request_get_output_headers(c->req);
+		evhttp_add_header(oh, "WWW-Authenticate", "Bearer realm=\"tern\"");
+	}
+	reply_json(c, e->status, json_pack("{s:o}", "error", error_obj(e)));
+}
+
+static void fail(struct req_ctx *c, int status, const char *code, const char *msg)
+{
+	struct api_error e;
+	api_error_set(&e, status, code, NULL, "%s", msg);
+	reply_error(c, &e);
+}
+
+static void add_id(struct req_ctx *c, const char *id)
+{
+	size_t n = strlen(c->ids);
+	if (n + QUEUE_ID_LEN + 2 < sizeof(c->ids))
+		snprintf(c->ids + n, sizeof(c->ids) - n, "%s%s", n ? "," : "", id);
+}
+
+/* ------------------------------------------------------------------ keys */
+
+/* The key of the request (Bearer, or Basic with the token as password). */
+static bool authenticate(struct req_ctx *c)
+{
+	const char *h =
+	    evhttp_find_header(evhttp_request_get_input_headers(c->req), "Authorization");
+	const char *tok = NULL;
+	size_t tl = 0;
+	struct tbuf dec = TBUF_INIT(1024);
+	if (h && strncasecmp(h, "Bearer ", 7) == 0) {
+		tok = h + 7;
+		while (*tok == ' ')
+			tok++;
+		tl = strlen(tok);
+		while (tl && tok[tl - 1] == ' ')
+			tl--;
+	} else if (h && strncasecmp(h, "Basic ", 6) == 0 && strlen(h + 6) < 800 &&
+	           tern_base64_decode(h + 6, strlen(h + 6), &dec) == TERN_OK && dec.len) {
+		const char *colon = memchr(dec.data, ':', dec.len);
+		if (colon) {
+			tok = colon + 1;
+			tl = dec.len - (size_t)(colon + 1 - dec.data);
+		}
+	}
+	int rc = tok ? apikeys_verify(c->a->keys, tok, tl, &c->key) : TERN_ENOTFOUND;
+	tbuf_free(&dec);
+	if (rc == TERN_OK) {
+		c->have_key = true;
+		return true;
+	}
+	if (rc == TERN_EIO) {
+		fail(c, 503, "store_unavailable", "the key store cannot be read now; try again");
+		return false;
+	}
+	fail(c, 401, "unauthorized",
+	     h ? "the API key is unknown, revoked or malformed"
+	       : "an API key is required: Authorization: Bearer tern_...");
+	return false;
+}
+
+static bool need_scope(struct req_ctx *c, enum apikey_scope s)
+{
+	if (c->key.scope >= s)
+		return true;
+	char m[160];
+	snprintf(m, sizeof(m), "the key '%s' has scope %s; this needs %s", c->key.name,
+	         apikey_scope_name(c->key.scope), apikey_scope_name(s));
+	fail(c, 403, "forbidden_scope", m);
+	return false;
+}
+
+/* ---------------------------------------------------------------- commit */
+
+struct pending;
+
+/* One message on its way to the spool. */
+struct item {
+	struct api_send s;
+	char id[QUEUE_ID_LEN + 1];
+	char msgid[QUEUE_ID_LEN + 64];
+	struct tbuf data; /* trace + signatures + message */
+	struct spool_rcpt *rcpts;
+	size_t n_rcpts;
+	bool ready; /* built, waiting for the commit */
+	int err;    /* the commit's result */
+	struct api_error e;
+	struct pending *p;
+};
+
+static void item_free(struct item *it)
+{
+	api_send_free(&it->s);
+	tbuf_free(&it->data);
+	for (size_t i = 0; i < it->n_rcpts; i++)
+		free(it->rcpts[i].addr);
+	free(it->rcpts);
+}
+
+/* The envelope recipients of it, routed local or remote (aliases expanded
+ * as for submission). */
+static int route(const struct tern_config *conf, struct item *it)
+{
+	size_t cap = it->s.msg.n_to + 16;
+	it->rcpts = calloc(cap, sizeof(*it->rcpts));
+	if (!it->rcpts)
+		return TERN_ENOMEM;
+	for (size_t i = 0; i < it->s.msg.n_to; i++) {
+		const char *to = it->s.msg.to[i];
+		const char *at = strrchr(to, '@');
+		bool local = at && conf_is_local_domain(conf, at + 1, strlen(at + 1));
+		const struct conf_alias *al = NULL;
+		char lc[SMTP_ADDR_MAX + 3];
+		if (local) {
+			tern_strlcpy(lc, to, sizeof(lc));
+			tern_ascii_lower(lc);
+			al = conf_find_alias(conf, lc);
+		}
+		size_t n = al ? al->n_to : 1;
+		for (size_t j = 0; j < n; j++) {
+			if (it->n_rcpts == cap) {
+				struct spool_rcpt *v = realloc(it->rcpts, 2 * cap * sizeof(*v));
+				if (!v)
+					return TERN_ENOMEM;
+				memset(v + cap, 0, cap * sizeof(*v));
+				it->rcpts = v;
+				cap *= 2;
+			}
+			const char *addr = al ? al->to[j] : to;
+			const char *aat = strrchr(addr, '@');
+			struct spool_rcpt *r = &it->rcpts[it->n_rcpts];
+			if (!(r->addr = tern_strdup(addr)))
+				return TERN_ENOMEM;
+			r->local = aat && conf_is_local_domain(conf, aat + 1, strlen(aat + 1));
+			it->n_rcpts++;
+		}
+	}
+	return TERN_OK;
+}
+
+/*
+ * Builds what goes to the spool for one decoded message: checks the
+ * from-domain rule and the size, writes our Received field, signs, routes.
+ * On failure it->e says why (the message is refused whole).
+ */
+static bool prepare(struct req_ctx *c, const struct tern_config *conf, const struct smtp_signer *sg,
+                    struct item *it)
+{
+	if (!apikey_allows_domain(&c->key, it->s.from_domain)) {
+		api_error_set(&it->e, 403, "forbidden_from_domain", "from",
+		              "the key '%s' may not send from %.200s (its domains: %.200s)",
+		              c->key.name, it->s.from_domain, c->key.domains);
+		return false;
+	}
+	if (it->s.msg.len > conf->limits.max_message_size) {
+		api_error_set(&it->e, 413, "message_too_large", NULL,
+		              "the message is %zu bytes; the limit is %llu", it->s.msg.len,
+		              (unsigned long long)conf->limits.max_message_size);
+		return false;
+	}
+	char date[TERN_RFC5322_DATE_MAX];
+	tern_rfc5322_date((int64_t)time(NULL), date, sizeof(date));
+	tbuf_init(&it->data, it->s.msg.len + TRACE_MAX + 64 * 1024);
+	int rc = tbuf_printf(&it->data,
+	                     "Received: from [%s] by %s (tern) with HTTP id %s\r\n\t(API key %s); "
+	                     "%s\r\n",
+	                     c->peer, conf->hostname, it->id, c->key.name, date);
+	size_t trace = it->data.len;
+	if (rc == TERN_OK)
+		rc = tbuf_append(&it->data, it->s.msg.raw, it->s.msg.len);
+	if (rc == TERN_OK && sg) {
+		struct smtp_sign_result r;
+		smtp_sign_run(sg, it->id, it->data.data + trace, it->data.len - trace, &r);
+		if (r.status == SMTP_SIGN_ERROR) {
+			api_error_set(&it->e, 503, "signing_failed", NULL,
+			              "the message could not be DKIM-signed (%.200s); nothing was "
+			              "queued, try again later",
+			              r.reason);
+			smtp_sign_result_clear(&r);
+			return false;
+		}
+		if (r.status == SMTP_SIGN_OK) {
+			it->data.max += r.len;
+			rc = smtp_sign_insert(&r, &it->data, trace);
+		}
+		smtp_sign_result_clear(&r);
+	}
+	if (rc == TERN_OK)
+		rc = route(conf, it);
+	if (rc != TERN_OK) {
+		api_error_set(&it->e, 500, "internal", NULL, "out of memory");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * A request whose messages wait for the group commit. The worker goes on
+ * serving; committed() (on the spool's committer thread) counts the puts
+ * down, and the last one posts finish() back to the worker, which hands
+ * the messages to the scheduler and writes the reply: never before the
+ * commit. c.req is NULL once libevent finished the request itself (the
+ * client went away: req_done); the messages are queued all the same.
+ */
+enum kind { NATIVE, RAW, MAILPIT, BATCH };
+
+struct pending {
+	struct api *a;
+	struct req_ctx c;
+	enum kind kind;
+	struct item *items;
+	size_t n;
+	size_t outstanding; /* puts not called back, +1 while starting; under a->mu */
+};
+
+static json_t *accepted_obj(const struct item *it)
+{
+	json_t *o = json_pack("{s:s, s:s}", "id", it->id, "status", "queued");
+	if (o && it->msgid[0])
+		json_object_set_new(o, "message_id", json_string(it->msgid));
+	return o;
+}
+
+static void items_free(struct item *items, size_t n)
+{
+	for (size_t i = 0; items && i < n; i++)
+		item_free(&items[i]);
+	free(items);
+}
+
+/* The answer of a request once its items are decided. */
+static void reply_items(struct req_ctx *c, enum kind kind, struct item *items, size_t n)
+{
+	if (kind == MAILPIT) { /* Mailpit's own answers: {"ID"} or {"Error"} */
+		if (items[0].ready)
+			reply_json(c, 200, json_pack("{s:s}", "ID", items[0].id));
+		else
+			reply_json(c, items[0].e.status,
+			           json_pack("{s:s}", "Error", items[0].e.message));
+		return;
+	}
+	if (kind != BATCH) {
+		if (items[0].ready)
+			reply_json(c, 202, accepted_obj(&items[0]));
+		else
+			reply_error(c, &items[0].e);
+		return;
+	}
+	json_t *results = json_array();
+	size_t ok = 0;
+	for (size_t i = 0; results && i < n; i++) {
+		json_t *r = items[i].ready ? accepted_obj(&items[i])
+		                           : json_pack("{s:s, s:o}", "status", "rejected", "error",
+		                                       error_obj(&items[i].e));
+		if (r) {
+			json_object_set_new(r, "index", json_integer((json_int_t)i));
+			json_object_set_new(r, "http_status",
+			                    json_integer(items[i].ready ? 202 : items[i].e.status));
+		}
+		ok += items[i].ready;
+		json_array_append_new(results, r ? r : json_null());
+	}
+	reply_json(c, 200,
+	           results ? json_pack("{s:i, s:i, s:o}", "accepted", (int)ok, "rejected",
+	                               (int)(n - ok), "results", results)
+	                   : NULL);
+}
+
+/* On the worker: the commit is over for every item of p. */
+static void finish(void *arg)
+{
+	struct pending *p = arg;
+	struct req_ctx *c = &p->c;
+	for (size_t i = 0; i < p->n; i++) {
+		struct item *it = &p->items[i];
+		if (!it->ready)
+			continue;
+		if (it->err != TERN_OK) {
+			it->ready = false;
+			log_error("event=spool_failed id=%s source=api reason=%s", it->id,
+			          tern_strerror(it->err));
+			api_error_set(&it->e, 503, "queue_unavailable", NULL,
+			              "the message could not be written to the queue (%s); nothing "
+			              "was queued, try again later",
+			              tern_strerror(it->err));
+			continue;
+		}
+		char kq[APIKEY_NAME_MAX + 8], mq[256];
+		/* tags have no store in serve mode yet: the log line carries them */
+		char tags[512] = "", tq[600];
+		for (size_t t = 0; t < it->s.msg.n_tags; t++) {
+			size_t tl = strlen(tags);
+			snprintf(tags + tl, sizeof(tags) - tl, "%s%s", tl ? "," : "",
+			         it->s.msg.tags[t]);
+		}
+		log_info("event=queued id=%s source=api key=%s from=<%s> nrcpt=%zu size=%zu "
+		         "msgid=%s tags=%s",
+		         it->id, log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq)),
+		         it->s.msg.from, it->n_rcpts, it->data.len,
+		         it->msgid[0] ? log_quote(it->msgid, strlen(it->msgid), mq, sizeof(mq))
+		                      : "-",
+		         tags[0] ? log_quote(tags, strlen(tags), tq, sizeof(tq)) : "-");
+		if (it->s.metadata) {
+			char md[1024];
+			log_info("event=api_metadata id=%s metadata=%s", it->id,
+			         log_quote(it->s.metadata, strlen(it->s.metadata), md, sizeof(md)));
+		}
+		size_t len = it->data.len;
+		char *data = tbuf_steal(&it->data, &len);
+		scheduler_submit(p->a->sched, it->id, data, data ? len : 0);
+		add_id(c, it->id);
+	}
+	if (c->req) {
+		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
+		reply_items(c, p->kind, p->items, p->n);
+	} else {
+		char kq[APIKEY_NAME_MAX + 8];
+		log_info("event=api method=%s path=%s status=- key=%s peer=%s id=%s "
+		         "reason=client_gone",
+		         c->method, c->path,
+		         log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq)), c->peer,
+		         c->ids[0] ? c->ids : "-");
+	}
+	items_free(p->items, p->n);
+	struct api *a = p->a;
+	free(p);
+	pthread_mutex_lock(&a->mu);
+	a->n_pending--;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+}
+
+static void pending_dec(struct pending *p)
+{
+	pthread_mutex_lock(&p->a->mu);
+	size_t left = --p->outstanding;
+	pthread_mutex_unlock(&p->a->mu);
+	if (left == 0 && worker_post(p->a->w, finish, p) != 0)
+		log_error("event=api_reply_lost reason=nomem");
+}
+
+/* The spool's committer thread: one put is on disk (or failed). */
+static void committed(void *arg, int err)
+{
+	struct item *it = arg;
+	it->err = err;
+	pending_dec(it->p);
+}
+
+/* libevent finished the request itself: never touch it again. */
+static void req_done(struct evhttp_request *req, void *arg)
+{
+	struct pending *p = arg;
+	p->c.req = NULL;
+}
+
+/* Puts every ready item; the reply follows in finish(). Takes items. */
+static void commit_start(struct req_ctx *c, enum kind kind, struct item *items, size_t n)
+{
+	struct api *a = c->a;
+	struct pending *p = calloc(1, sizeof(*p));
+	if (!p) {
+		fail(c, 500, "internal", "out of memory");
+		items_free(items, n);
+		return;
+	}
+	*p = (struct pending){
+	    .a = a, .c = *c, .kind = kind, .items = items, .n = n, .outstanding = 1};
+	pthread_mutex_lock(&a->mu);
+	a->n_pending++;
+	pthread_mutex_unlock(&a->mu);
+	evhttp_request_set_on_complete_cb(c->req, req_done, p);
+	char client[256];
+	snprintf(client, sizeof(client), "addr=%s proto=HTTP key=%s", c->peer, c->key.name);
+	int64_t now = (int64_t)time(NULL);
+	for (size_t i = 0; i < n; i++) {
+		struct item *it = &items[i];
+		if (!it->ready)
+			continue;
+		bool eight = false;
+		for (size_t k = 0; k < it->data.len && !eight; k++)
+			eight = (unsigned char)it->data.data[k] >= 0x80;
+		struct spool_msg env = {0};
+		memcpy(env.id, it->id, sizeof(env.id));
+		env.sender = it->s.msg.from;
+		env.created = now;
+		env.body = eight ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE;
+		env.trusted_client = true; /* an API key is an authenticated sender */
+		env.client = client;
+		env.size = it->data.len;
+		env.rcpts = it->rcpts;
+		env.n_rcpts = it->n_rcpts;
+		it->p = p;
+		pthread_mutex_lock(&a->mu);
+		p->outstanding++;
+		pthread_mutex_unlock(&a->mu);
+		int rc = spool_put(a->sp, &env, it->data.data, it->data.len, committed, it);
+		if (rc != TERN_OK) {
+			pthread_mutex_lock(&a->mu);
+			p->outstanding--;
+			pthread_mutex_unlock(&a->mu);
+			it->err = rc;
+		}
+	}
+	pending_dec(p); /* the starting guard */
+}
+
+/* ---------------------------------------------------------------- bodies */
+
+static const char *body_of(struct req_ctx *c, size_t max, size_t *len, bool *big)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
+	*len = evbuffer_get_length(in);
+	*big = *len > max;
+	if (*big)
+		return NULL;
+	const char *p = (const char *)evbuffer_pullup(in, -1);
+	return p ? p : "";
+}
+
+static bool json_ctype(struct req_ctx *c)
+{
+	const char *ct =
+	    evhttp_find_header(evhttp_request_get_input_headers(c->req), "Content-Type");
+	if (ct && http_ctype_is_json(ct, strlen(ct)))
+		return true;
+	fail(c, 415, "unsupported_media_type",
+	     "the body must be JSON sent with Content-Type: application/json");
+	return false;
+}
+
+/* The body as one JSON object, or an answer already given. */
+static json_t *body_json(struct req_ctx *c, size_t max)
+{
+	size_t n;
+	bool big;
+	if (!json_ctype(c))
+		return NULL;
+	const char *b = body_of(c, max, &n, &big);
+	if (big) {
+		fail(c, 413, "request_too_large", "the request body is too large");
+		return NULL;
+	}
+	struct api_error e;
+	json_t *j = api_json_parse(b, n, &e);
+	if (!j)
+		reply_error(c, &e);
+	return j;
+}
+
+static size_t max_body(const struct tern_config *conf)
+{
+	/* base64 grows 4/3, JSON escapes a little more */
+	uint64_t m = conf->limits.max_message_size / 3 * 4 + 1024 * 1024;
+	return m > BATCH_BODY_MAX ? BATCH_BODY_MAX : (size_t)m;
+}
+
+/* ---------------------------------------------------------------- routes */
+
+static void decode_one(struct req_ctx *c, const struct tern_config *conf, json_t *obj, enum kind k,
+                       struct item *it)
+{
+	queue_id_new(it->id);
+	int rc;
+	if (k == RAW) {
+		rc = api_json_raw(obj, conf->limits.max_message_size, &it->s, &it->e);
+	} else {
+		char msgid[QUEUE_ID_LEN + 32];
+		snprintf(msgid, sizeof(msgid), "%s@%s", it->id, conf->hostname);
+		if (strlen(conf->hostname) < sizeof(it->msgid) - QUEUE_ID_LEN - 4)
+			snprintf(it->msgid, sizeof(it->msgid), "<%s>", msgid);
+		rc = api_json_send(obj, (long long)time(NULL), msgid, &it->s, &it->e);
+	}
+	if (rc == TERN_OK)
+		it->ready = true;
+}
+
+static void send_common(struct req_ctx *c, enum kind k)
+{
+	struct tern_runtime *rt = runtime_acquire();
+	json_t *root = NULL;
+	struct item *it = calloc(1, sizeof(*it));
+	if (!rt || !it) {
+		fail(c, 503, rt ? "internal" : "not_ready",
+		     rt ? "out of memory" : "the server is starting");
+		goto out;
+	}
+	if (!need_scope(c, APIKEY_SEND))
+		goto out;
+	if (!(root = body_json(c, max_body(rt->conf))))
+		goto out;
+	if (k == MAILPIT) {
+		/* Mailpit's own JSON, through the same builder as capture mode */
+		char *dumped = json_dumps(root, JSON_COMPACT), err[256];
+		queue_id_new(it->id);
+		char msgid[QUEUE_ID_LEN + 300];
+		snprintf(msgid, sizeof(msgid), "%s@%s", it->id, rt->conf->hostname);
+		int rc = dumped ? http_send_build(dumped, strlen(dumped), (long long)time(NULL),
+		                                  msgid, &it->s.msg, err, sizeof(err))
+		                : TERN_ENOMEM;
+		free(dumped);
+		char dom[SMTP_DOMAIN_MAX + 1];
+		const char *at = rc == TERN_OK ? strrchr(it->s.msg.from, '@') : NULL;
+		if (rc == TERN_OK && at && strlen(at + 1) < sizeof(dom)) {
+			tern_strlcpy(dom, at + 1, sizeof(dom));
+			tern_ascii_lower(dom);
+			it->s.from_domain = tern_strdup(dom);
+		}
+		if (rc != TERN_OK || !it->s.from_domain) {
+			reply_json(
+			    c, 400,
+			    json_pack("{s:s}", "Error", rc == TERN_OK ? "out of memory" : err));
+			goto out;
+		}
+		it->ready = true;
+	} else {
+		decode_one(c, rt->conf, root, k, it);
+	}
+	if (it->ready && !prepare(c, rt->conf, rt->dkim_signer, it))
+		it->ready = false;
+	if (!it->ready) { /* refused whole: nothing to commit */
+		reply_items(c, k, it, 1);
+		goto out;
+	}
+	commit_start(c, k, it, 1);
+	it = NULL;
+out:
+	items_free(it, 1);
+	json_decref(root);
+	runtime_release(rt);
+}
+
+static void send_batch(struct req_ctx *c)
+{
+	struct tern_runtime *rt = runtime_acquire();
+	json_t *root = NULL;
+	struct item *items = NULL;
+	size_t n = 0;
+	if (!rt) {
+		fail(c, 503, "not_ready", "the server is starting");
+		return;
+	}
+	if (!need_scope(c, APIKEY_SEND))
+		goto out;
+	if (!(root = body_json(c, BATCH_BODY_MAX)))
+		goto out;
+	json_t *msgs = json_object_get(root, "messages");
+	if (!json_is_array(msgs) || json_object_size(root) != 1) {
+		struct api_error e;
+		api_error_set(&e, 422, "invalid_field", "messages",
+		              "a batch is {\"messages\": [message, ...]}");
+		reply_error(c, &e);
+		goto out;
+	}
+	n = json_array_size(msgs);
+	if (n == 0 || n > API_BATCH_MAX) {
+		struct api_error e;
+		api_error_set(&e, n ? 413 : 422, n ? "batch_too_large" : "missing_field",
+		              "messages", "a batch has 1 to %d messages", API_BATCH_MAX);
+		reply_error(c, &e);
+		goto out;
+	}
+	if (!(items = calloc(n, sizeof(*items)))) {
+		fail(c, 500, "internal", "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		decode_one(c, rt->conf, json_array_get(msgs, i), NATIVE, &items[i]);
+		if (items[i].ready && !prepare(c, rt->conf, rt->dkim_signer, &items[i]))
+			items[i].ready = false;
+	}
+	commit_start(c, BATCH, items, n);
+	items = NULL;
+out:
+	items_free(items, n);
+	json_decref(root);
+	runtime_release(rt);
+}
+
+static const char *state_name(enum rcpt_state s)
+{
+	switch (s) {
+	case RCPT_QUEUED:
+		return "queued";
+	case RCPT_DEFERRED:
+		return "deferred";
+	case RCPT_DELIVERED:
+		return "delivered";
+	case RCPT_BOUNCED:
+		return "bounced";
+	case RCPT_HELD:
+		return "held";
+	case RCPT_SUPPRESSED:
+		return "suppressed";
+	}
+	return "unknown";
+}
+
+/* The key name of a message the API queued ("addr=IP proto=HTTP key=NAME"
+ * is our own envelope's client field), or NULL for any other message. */
+static const char *owner_of(const struct spool_msg *m)
+{
+	const char *k = m->client ? strchr(m->client, ' ') : NULL;
+	if (!k || strncmp(m->client, "addr=", 5) != 0 || strncmp(k, " proto=HTTP key=", 16) != 0)
+		return NULL;
+	return k + 16;
+}
+
+struct past {
+	struct req_ctx *c;
+	json_t *rcpts;
+	bool visible; /* the key may see it */
+	char sender[SMTP_ADDR_MAX + 3];
+	int64_t updated;
+};
+
+static void past_row(void *arg, const char *owner, const char *sender, const char *addr,
+                     const char *state, const char *reply, int64_t updated)
+{
+	struct past *p = arg;
+	if (p->c->key.scope >= APIKEY_ADMIN || strcmp(owner, p->c->key.name) == 0)
+		p->visible = true;
+	tern_strlcpy(p->sender, sender, sizeof(p->sender));
+	if (updated > p->updated)
+		p->updated = updated;
+	json_t *o = json_pack("{s:s, s:s}", "address", addr, "state", state);
+	if (o && reply)
+		json_object_set_new(o, "reason", json_string(reply));
+	json_array_append_new(p->rcpts, o ? o : json_null());
+}
+
+/* A message no longer in the queue: its recipients' last results. */
+static void past_status(struct req_ctx *c, const char *id)
+{
+	struct past p = {.c = c, .rcpts = json_array()};
+	int rc = p.rcpts ? apikeys_results(c->a->keys, id, past_row, &p) : TERN_ENOMEM;
+	if (rc != TERN_OK || !p.visible) {
+		json_decref(p.rcpts);
+		fail(c, 404, "not_found",
+		     "no such message: unknown, sent by another key, or removed from the queue "
+		     "by an operator");
+		return;
+	}
+	add_id(c, id);
+	reply_json(c, 200,
+	           json_pack("{s:s, s:s, s:b, s:I, s:o}", "id", id, "from", p.sender, "finished", 1,
+	                     "updated", (json_int_t)p.updated, "recipients", p.rcpts));
+}
+
+static void message_status(struct req_ctx *c, const char *id)
+{
+	if (!need_scope(c, APIKEY_READ))
+		return;
+	struct spool_msg *m = queue_id_valid(id, strlen(id)) ? spool_get(c->a->sp, id) : NULL;
+	/* A key sees the messages it sent (an admin key every one). */
+	const char *owner = m ? owner_of(m) : NULL;
+	if (m && (!owner || (c->key.scope < APIKEY_ADMIN && strcmp(owner, c->key.name) != 0))) {
+		spool_msg_free(m);
+		fail(c, 404, "not_found", "no such message: unknown, or sent by another key");
+		return;
+	}
+	if (!m) {
+		if (queue_id_valid(id, strlen(id)))
+			past_status(c, id);
+		else
+			fail(c, 404, "not_found", "no such message: that is not a queue id");
+		return;
+	}
+	json_t *rcpts = json_array();
+	for (size_t i = 0; rcpts && i < m->n_rcpts; i++) {
+		const struct spool_rcpt *r = &m->rcpts[i];
+		json_t *o = json_pack("{s:s, s:s, s:i}", "address", r->addr, "state",
+		                      state_name(r->state), "attempts", (int)r->attempts);
+		if (o && r->last_reply)
+			json_object_set_new(o, "reason", json_string(r->last_reply));
+		if (o && r->state == RCPT_DEFERRED && r->next_try)
+			json_object_set_new(o, "next_try", json_integer((json_int_t)r->next_try));
+		json_array_append_new(rcpts, o ? o : json_null());
+	}
+	add_id(c, m->id);
+	reply_json(c, 200,
+	           json_pack("{s:s, s:s, s:b, s:I, s:I, s:o}", "id", m->id, "from", m->sender,
+	                     "finished", 0, "created", (json_int_t)m->created, "size",
+	                     (json_int_t)m->size, "recipients", rcpts ? rcpts : json_array()));
+	spool_msg_free(m);
+}
+
+static void openapi(struct req_ctx *c)
+{
+	size_t n;
+	const unsigned char *p = http_asset_find("/openapi.json", &n);
+	if (!p) {
+		fail(c, 404, "not_found", "the OpenAPI file is not built in");
+		return;
+	}
+	struct evkeyvalq *oh = evhttp_request_get_output_headers(c->req);
+	evhttp_add_header(oh, "Content-Type", "application/json; charset=utf-8");
+	struct evbuffer *b = evbuffer_new();
+	if (!b) {
+		evhttp_send_error(c->req, 500, "out of memory");
+		return;
+	}
+	evbuffer_add_reference(b, p, n, NULL, NULL);
+	evhttp_send_reply(c->req, 200, "OK", b);
+	evbuffer_free(b);
+	log_info("event=api method=%s path=%s status=200 key=- peer=%s id=-", c->method, c->path,
+	         c->peer);
+}
+
+static void handle(void *ctx, struct evhttp_request *req)
+{
+	struct req_ctx c = {.a = ctx, .req = req};
+	int m = (int)evhttp_request_get_command(req);
+	bool get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD, post = m == EVHTTP_REQ_POST;
+	c.method = get ? (m == EVHTTP_REQ_GET ? "GET" : "HEAD") : post ? "POST" : "OTHER";
+	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+	const char *path = u ? evhttp_uri_get_path(u) : NULL;
+	char *peer = NULL;
+	ev_uint16_t port = 0;
+	evhttp_connection_get_peer(evhttp_request_get_connection(req), &peer, &port);
+	tern_strlcpy(c.peer, peer ? peer : "?", sizeof(c.peer));
+	if (!path || path[0] != '/') {
+		tern_strlcpy(c.path, "-", sizeof(c.path));
+		fail(&c, 400, "invalid_request", "bad request target");
+		return;
+	}
+	log_quote(path, strlen(path), c.path, sizeof(c.path));
+	if (strcmp(path, "/healthz") == 0 && get) {
+		reply_json(&c, 200, json_pack("{s:s}", "status", "ok"));
+		return;
+	}
+	if (strcmp(path, "/readyz") == 0 && get) {
+		struct tern_runtime *rt = runtime_acquire();
+		bool ready = rt != NULL;
+		runtime_release(rt);
+		if (ready)
+			reply_json(&c, 200,
+			           json_pack("{s:s, s:I}", "status", "ready", "queued",
+			                     (json_int_t)spool_count(c.a->sp)));
+		else
+			fail(&c, 503, "not_ready", "the server is starting");
+		return;
+	}
+	if (strcmp(path, "/api/openapi.json") == 0 && get) {
+		openapi(&c);
+		return;
+	}
+	if (strncmp(path, "/api/v1/", 8) != 0) {
+		fail(&c, 404, "not_found", "no such route (see /api/openapi.json)");
+		return;
+	}
+	const char *r = path + 8;
+	bool known = strcmp(r, "messages") == 0 || strcmp(r, "messages/raw") == 0 ||
+	             strcmp(r, "messages/batch") == 0 || strcmp(r, "send") == 0 ||
+	             (strncmp(r, "messages/", 9) == 0 && !strchr(r + 9, '/'));
+	if (!known) {
+		fail(&c, 404, "not_found", "no such route (see /api/openapi.json)");
+		return;
+	}
+	if (!authenticate(&c))
+		return;
+	if (strcmp(r, "messages") == 0 && post)
+		send_common(&c, NATIVE);
+	else if (strcmp(r, "messages/raw") == 0 && post)
+		send_common(&c, RAW);
+	else if (strcmp(r, "messages/batch") == 0 && post)
+		send_batch(&c);
+	else if (strcmp(r, "send") == 0 && post)
+		send_common(&c, MAILPIT);
+	else if (strncmp(r, "messages/", 9) == 0 && get && strcmp(r + 9, "raw") != 0 &&
+	         strcmp(r + 9, "batch") != 0)
+		message_status(&c, r + 9);
+	else
+		fail(&c, 405, "method_not_allowed", "this route does not take that method");
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+#define API_WORKER_INDEX 1001 /* only for log lines: not an SMTP worker */
+#define API_LISTENERS_MAX 16
+
+/* A delivery thread recorded a result (scheduler_set_observer): keep the
+ * API messages' ones, so their status outlives the queue. */
+static void on_result(void *arg, const struct spool_msg *m, size_t idx, enum rcpt_state st,
+                      const char *reply)
+{
+	struct api *a = arg;
+	const char *owner = owner_of(m);
+	if (!owner || idx >= m->n_rcpts)
+		return;
+	pthread_mutex_lock(&a->results_mu);
+	int rc = apikeys_result_put(a->results, m->id, idx, owner, m->sender, m->rcpts[idx].addr,
+	                            state_name(st), reply, (int64_t)time(NULL));
+	pthread_mutex_unlock(&a->results_mu);
+	if (rc != TERN_OK)
+		log_warn("event=api_result_lost id=%s reason=%s", m->id, tern_strerror(rc));
+}
+
+struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *sched, int *fds,
+                      size_t n_fds, char *err, size_t errlen)
+{
+	char path[4096];
+	struct api *a = calloc(1, sizeof(*a));
+	if (!a || n_fds > API_LISTENERS_MAX) {
+		snprintf(err, errlen, a ? "too many http listeners" : "out of memory");
+		free(a);
+		return NULL;
+	}
+	a->sp = sp;
+	a->sched = sched;
+	pthread_mutex_init(&a->results_mu, NULL);
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_cond_init(&a->cv, NULL);
+	snprintf(path, sizeof(path), "%s/apikeys.db", data_dir);
+	if (apikeys_open(path, true, &a->keys) != TERN_OK ||
+	    apikeys_open(path, true, &a->results) != TERN_OK) {
+		snprintf(err, errlen, "cannot open the API key store %s", path);
+		goto fail;
+	}
+	if (!(a->w = worker_new(API_WORKER_INDEX))) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	struct http_hooks hooks;
+	memset(&hooks, 0, sizeof(hooks));
+	hooks.ctx = a;
+	hooks.handle = handle;
+	hooks.version = "tern";
+	for (size_t i = 0; i < n_fds; i++) {
+		a->http[i] = http_server_new(a->w, fds[i], NULL, &hooks);
+		if (!a->http[i]) {
+			snprintf(err, errlen, "cannot start the HTTP server");
+			goto fail;
+		}
+		a->n_http++;
+		fds[i] = -1; /* the server's now */
+	}
+	if (worker_start(a->w) != 0) {
+		snprintf(err, errlen, "cannot start the HTTP API thread");
+		goto fail;
+	}
+	a->started = true;
+	scheduler_set_observer(sched, on_result, a);
+	return a;
+fail:
+	api_free(a);
+	return NULL;
+}
+
+void api_stop(struct api *a)
+{
+	if (!a)
+		return;
+	if (a->started)
+		worker_stop_and_join(a->w);
+	a->started = false;
+	/* Requests still waiting for the commit: their finish() is posted to
+	 * the stopped worker once the spool calls back; run it here, so each
+	 * is answered (and freed) before the servers go. Bounded: 30 s. */
+	for (int i = 0; a->w && i < 3000; i++) {
+		worker_run_pending(a->w);
+		pthread_mutex_lock(&a->mu);
+		bool idle = a->n_pending == 0;
+		if (!idle) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 10 * 1000 * 1000;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+		}
+		pthread_mutex_unlock(&a->mu);
+		if (idle)
+			break;
+	}
+	if (a->n_pending)
+		log_error("event=api_stop_incomplete pending=%zu", a->n_pending);
+	for (size_t i = 0; i < a->n_http; i++)
+		http_server_free(a->http[i]);
+	a->n_http = 0;
+	if (a->w) {
+		worker_run_pending(a->w);
+		worker_free(a->w);
+		a->w = NULL;
+	}
+}
+
+void api_free(struct api *a)
+{
+	if (!a)
+		return;
+	api_stop(a);
+	apikeys_close(a->keys);
+	apikeys_close(a->results);
+	pthread_mutex_destroy(&a->results_mu);
+	pthread_mutex_destroy(&a->mu);
+	pthread_cond_destroy(&a->cv);
+	free(a);
+}
