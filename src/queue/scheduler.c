@@ -501,6 +501,7 @@ struct outcome {
 	const char *reply;
 	const char *relay;      /* "local" or the remote host */
 	bool dsn_relayed;
+	uint32_t retry_after;   /* deferred: not sooner than this (a destination's back-off) */
 };
 
 /*
@@ -600,7 +601,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			         qa, log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			break;
 		default: {
-			int64_t next = now + backoff(conf, r->attempts + 1);
+			int64_t wait = backoff(conf, r->attempts + 1);
+			int64_t next = now + (o[k].retry_after > wait ? o[k].retry_after : wait);
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
 			metric_inc(M_MESSAGES_DEFERRED);
 			log_info("event=deferred id=%s to=%s relay=%s status=%s retry_in=%llds "
@@ -704,6 +706,7 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 			o[n].reply = rr->reply;
 			o[n].relay = rr->remote_mta[0] ? rr->remote_mta : job->domain;
 			o[n].dsn_relayed = rr->dsn_relayed;
+			o[n].retry_after = rr->retry_after;
 			n++;
 			if (rr->outcome == REMOTE_BOUNCED)
 				suppress_hard_bounce(rt->conf, m, rr);
