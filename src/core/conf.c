@@ -2606,8 +2606,322 @@ static void free_aliases(struct conf_alias *v, size_t n)
 
 static void tls_certs_free(struct conf_tls_cert *v, size_t n);
 
+/* ---- shaping, pools and pool_select (deliver/shaping.h, deliver/pools.h) -- */
+
+#define MAX_SHAPES 1024
+#define MAX_POOLS 64
+#define MAX_POOL_ADDRS 256
+#define MAX_POOL_RULES 4096
+
+static int parse_shape(struct ctx *x, const struct ucl_node *sec, const char *path,
+                       struct conf_shape *s)
+{
+	int rc = want_section(x, sec, path);
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char sub[320];
+		uint64_t v = 0;
+		uint32_t *f = strcmp(m->key, "connections") == 0      ? &s->connections
+		              : strcmp(m->key, "per_connection") == 0 ? &s->per_connection
+		              : strcmp(m->key, "per_minute") == 0     ? &s->per_minute
+		                                                      : NULL;
+		if (!f)
+			return unknown_key(x, m, path);
+		snprintf(sub, sizeof(sub), "%s.%s", path, m->key);
+		if ((rc = get_num(x, m, sub, NK_COUNT, 1, 1000000, &v)) == TERN_OK)
+			*f = (uint32_t)v;
+	}
+	return rc;
+}
+
+static int parse_shaping(struct ctx *x, const struct ucl_node *sec, struct conf_shaping *sh)
+{
+	int rc = want_section(x, sec, "shaping");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char b[80], path[320];
+		if (strcmp(m->key, "backoff") == 0) {
+			uint64_t v = 0;
+			if ((rc = get_num(x, m, "shaping.backoff", NK_TIME, 1, 86400, &v)) ==
+			    TERN_OK)
+				sh->backoff = (uint32_t)v;
+			continue;
+		}
+		if (strcmp(m->key, "default") == 0) {
+			rc = parse_shape(x, m, "shaping.default", &sh->dflt);
+			continue;
+		}
+		if (!valid_domain(m->key))
+			return cerr(x, m, "shaping: '%s' is not a valid domain name (or default)",
+			            show(m->key, b, sizeof(b)));
+		if (sh->n_shapes >= MAX_SHAPES)
+			return cerr(x, m, "shaping: more than %d domains", MAX_SHAPES);
+		struct conf_shape s = {0};
+		snprintf(path, sizeof(path), "shaping.\"%s\"", show(m->key, b, sizeof(b)));
+		if ((rc = parse_shape(x, m, path, &s)) != TERN_OK)
+			return rc;
+		struct conf_shape *v = realloc(sh->shapes, (sh->n_shapes + 1) * sizeof(*v));
+		if (!v || !(s.domain = tern_strdup(m->key))) {
+			if (v)
+				sh->shapes = v;
+			return nomem(x);
+		}
+		tern_ascii_lower(s.domain);
+		sh->shapes = v;
+		sh->shapes[sh->n_shapes++] = s;
+	}
+	return rc;
+}
+
+static bool valid_pool_name(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 64)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '-' || *s == '_'))
+			return false;
+	return true;
+}
+
+/* A source address: a literal IPv4 or IPv6 address, no port. */
+static bool valid_source_addr(const char *s)
+{
+	unsigned char buf[16];
+	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+static int add_pool_addr(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct conf_pool *p = arg;
+	char b[80];
+	if (!valid_source_addr(n->str))
+		return cerr(x, n, "%s: '%s' is not an IPv4 or IPv6 address", path,
+		            show(n->str, b, sizeof(b)));
+	for (size_t i = 0; i < p->n_addrs; i++)
+		if (strcmp(p->addrs[i], n->str) == 0)
+			return cerr(x, n, "%s: '%s' is listed twice", path,
+			            show(n->str, b, sizeof(b)));
+	char **a = realloc(p->addrs, (p->n_addrs + 1) * sizeof(*a));
+	if (!a)
+		return nomem(x);
+	p->addrs = a;
+	char **e = realloc(p->ehlo, (p->n_addrs + 1) * sizeof(*e));
+	if (!e)
+		return nomem(x);
+	p->ehlo = e;
+	if (!(p->addrs[p->n_addrs] = tern_strdup(n->str)))
+		return nomem(x);
+	p->ehlo[p->n_addrs++] = NULL;
+	return TERN_OK;
+}
+
+static void pool_free_one(struct conf_pool *p)
+{
+	for (size_t i = 0; i < p->n_addrs; i++) {
+		free(p->addrs[i]);
+		free(p->ehlo[i]);
+	}
+	free(p->addrs);
+	free(p->ehlo);
+	free(p->name);
+}
+
+static int parse_pool(struct ctx *x, const struct ucl_node *sec, const char *path,
+                      struct conf_pool *p)
+{
+	int rc = want_section(x, sec, path);
+	const struct ucl_node *ehlo = NULL;
+	char sub[320], b[80];
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		snprintf(sub, sizeof(sub), "%s.%s", path, m->key);
+		if (strcmp(m->key, "addresses") == 0) {
+			rc = each_string(x, m, sub, MAX_POOL_ADDRS, add_pool_addr, p);
+		} else if (strcmp(m->key, "ehlo") == 0) {
+			rc = want_section(x, m, sub);
+			ehlo = m;
+		} else if (strcmp(m->key, "warmup") == 0) {
+			rc = want_section(x, m, sub);
+			for (size_t j = 0; rc == TERN_OK && j < m->n_items; j++) {
+				const struct ucl_node *w = m->items[j];
+				char wp[360];
+				snprintf(wp, sizeof(wp), "%s.%s", sub, w->key);
+				if (strcmp(w->key, "start") == 0) {
+					uint64_t v = 0;
+					if ((rc = get_num(x, w, wp, NK_COUNT, 1, 100000000, &v)) ==
+					    TERN_OK)
+						p->warmup_start = (uint32_t)v;
+				} else if (strcmp(w->key, "growth") == 0) {
+					double g = w->type == UCL_FLOAT ? w->fval
+					           : w->type == UCL_INT ? (double)w->ival
+					                                : -1;
+					if (g < 1.0 || g > 10.0)
+						return cerr(
+						    x, w, "%s: expected a number from 1 to 10", wp);
+					p->warmup_growth = g;
+				} else {
+					return unknown_key(x, w, sub);
+				}
+			}
+		} else {
+			return unknown_key(x, m, path);
+		}
+	}
+	if (rc != TERN_OK)
+		return rc;
+	if (p->n_addrs == 0)
+		return cerr(x, sec, "%s: needs addresses = [ ... ]", path);
+	if (p->warmup_start && p->warmup_growth == 0)
+		p->warmup_growth = 1.5;
+	for (size_t i = 0; ehlo && i < ehlo->n_items; i++) {
+		const struct ucl_node *e = ehlo->items[i];
+		size_t k = 0;
+		while (k < p->n_addrs && strcmp(p->addrs[k], e->key) != 0)
+			k++;
+		if (k == p->n_addrs)
+			return cerr(x, e, "%s.ehlo: '%s' is not one of the pool's addresses", path,
+			            show(e->key, b, sizeof(b)));
+		snprintf(sub, sizeof(sub), "%s.ehlo.\"%s\"", path, e->key);
+		if ((rc = get_str(x, e, sub, &p->ehlo[k])) != TERN_OK)
+			return rc;
+		if (!valid_domain(p->ehlo[k]))
+			return cerr(x, e, "%s: '%s' is not a valid host name", sub,
+			            show(p->ehlo[k], b, sizeof(b)));
+	}
+	return TERN_OK;
+}
+
+static int parse_pools(struct ctx *x, const struct ucl_node *sec, struct conf_shaping *sh)
+{
+	int rc = want_section(x, sec, "pools");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char b[80], path[128];
+		if (!valid_pool_name(m->key))
+			return cerr(x, m,
+			            "pools: '%s' is not a pool name (letters, digits, - and _)",
+			            show(m->key, b, sizeof(b)));
+		if (sh->n_pools >= MAX_POOLS)
+			return cerr(x, m, "pools: more than %d pools", MAX_POOLS);
+		struct conf_pool *v = realloc(sh->pools, (sh->n_pools + 1) * sizeof(*v));
+		if (!v)
+			return nomem(x);
+		sh->pools = v;
+		struct conf_pool *p = &sh->pools[sh->n_pools++];
+		memset(p, 0, sizeof(*p));
+		if (!(p->name = tern_strdup(m->key)))
+			return nomem(x);
+		snprintf(path, sizeof(path), "pools.%s", m->key);
+		rc = parse_pool(x, m, path, p);
+	}
+	return rc;
+}
+
+static int parse_pool_rules(struct ctx *x, const struct ucl_node *sec, const char *path,
+                            bool domains, struct conf_pool_rule **out, size_t *n)
+{
+	int rc = want_section(x, sec, path);
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char b[80], sub[320];
+		if (domains && !valid_domain(m->key))
+			return cerr(x, m, "%s: '%s' is not a valid domain name", path,
+			            show(m->key, b, sizeof(b)));
+		if (*n >= MAX_POOL_RULES)
+			return cerr(x, m, "%s: more than %d entries", path, MAX_POOL_RULES);
+		struct conf_pool_rule *v = realloc(*out, (*n + 1) * sizeof(*v));
+		if (!v)
+			return nomem(x);
+		*out = v;
+		struct conf_pool_rule *r = &v[(*n)++];
+		memset(r, 0, sizeof(*r));
+		snprintf(sub, sizeof(sub), "%s.\"%s\"", path, show(m->key, b, sizeof(b)));
+		if (!(r->key = tern_strdup(m->key)))
+			return nomem(x);
+		if (domains)
+			tern_ascii_lower(r->key);
+		rc = get_str(x, m, sub, &r->pool);
+	}
+	return rc;
+}
+
+static int parse_pool_select(struct ctx *x, const struct ucl_node *sec, struct conf_shaping *sh)
+{
+	int rc = want_section(x, sec, "pool_select");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "keys") == 0)
+			rc = parse_pool_rules(x, m, "pool_select.keys", false, &sh->sel_keys,
+			                      &sh->n_sel_keys);
+		else if (strcmp(m->key, "domains") == 0)
+			rc = parse_pool_rules(x, m, "pool_select.domains", true, &sh->sel_domains,
+			                      &sh->n_sel_domains);
+		else if (strcmp(m->key, "tags") == 0)
+			rc = parse_pool_rules(x, m, "pool_select.tags", false, &sh->sel_tags,
+			                      &sh->n_sel_tags);
+		else if (strcmp(m->key, "default") == 0)
+			rc = get_str(x, m, "pool_select.default", &sh->sel_default);
+		else
+			return unknown_key(x, m, "pool_select");
+	}
+	return rc;
+}
+
+static bool pool_known(const struct conf_shaping *sh, const char *name)
+{
+	for (size_t i = 0; i < sh->n_pools; i++)
+		if (strcmp(sh->pools[i].name, name) == 0)
+			return true;
+	return false;
+}
+
+/* Once every section is read: each pool a rule names must exist. */
+static int finish_pools(struct ctx *x, const struct conf_shaping *sh)
+{
+	const struct conf_pool_rule *lists[] = {sh->sel_keys, sh->sel_domains, sh->sel_tags};
+	const size_t ns[] = {sh->n_sel_keys, sh->n_sel_domains, sh->n_sel_tags};
+	static const char *const names[] = {"keys", "domains", "tags"};
+	char b[80];
+	for (size_t l = 0; l < 3; l++)
+		for (size_t i = 0; i < ns[l]; i++)
+			if (!pool_known(sh, lists[l][i].pool))
+				return cerr(x, NULL,
+				            "pool_select.%s: pool '%s' is not in pools { }",
+				            names[l], show(lists[l][i].pool, b, sizeof(b)));
+	if (sh->sel_default && !pool_known(sh, sh->sel_default))
+		return cerr(x, NULL, "pool_select.default: pool '%s' is not in pools { }",
+		            show(sh->sel_default, b, sizeof(b)));
+	return TERN_OK;
+}
+
+static void rules_free(struct conf_pool_rule *r, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(r[i].key);
+		free(r[i].pool);
+	}
+	free(r);
+}
+
+static void shaping_conf_free(struct conf_shaping *sh)
+{
+	for (size_t i = 0; i < sh->n_shapes; i++)
+		free(sh->shapes[i].domain);
+	free(sh->shapes);
+	for (size_t i = 0; i < sh->n_pools; i++)
+		pool_free_one(&sh->pools[i]);
+	free(sh->pools);
+	rules_free(sh->sel_keys, sh->n_sel_keys);
+	rules_free(sh->sel_domains, sh->n_sel_domains);
+	rules_free(sh->sel_tags, sh->n_sel_tags);
+	free(sh->sel_default);
+}
+
 static void conf_free(struct tern_config *c)
 {
+	shaping_conf_free(&c->shaping);
 	free(c->policy.zones);
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
@@ -3016,6 +3330,12 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_events(x, m, &c->events);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
+	if (strcmp(k, "shaping") == 0)
+		return parse_shaping(x, m, &c->shaping);
+	if (strcmp(k, "pools") == 0)
+		return parse_pools(x, m, &c->shaping);
+	if (strcmp(k, "pool_select") == 0)
+		return parse_pool_select(x, m, &c->shaping);
 	return unknown_key(x, m, NULL);
 }
 
@@ -3057,6 +3377,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	atomic_init(&c->refs, 1);
 	c->limits = default_limits;
 	c->delivery = default_delivery;
+	c->shaping.backoff = 300;
 	c->mailbox.quota = 1ull << 30;
 	c->webhooks = (struct conf_webhooks){5, 3600, 86400, 10};
 	c->events.retention = 30 * 86400;
@@ -3075,6 +3396,8 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	if (rc != TERN_OK)
 		goto fail;
 	if ((rc = fill_defaults(&x, c)) != TERN_OK)
+		goto fail;
+	if ((rc = finish_pools(&x, &c->shaping)) != TERN_OK)
 		goto fail;
 	if ((rc = finish_auth(&x, &c->auth, bt.mechanisms)) != TERN_OK)
 		goto fail;
@@ -3515,6 +3838,76 @@ static void print_route(FILE *f, const struct conf_route *r, const char *indent)
 	}
 }
 
+/* shaping { }, pools { } and pool_select { }: only what is set (the built-in
+ * provider limits are not settings; deliver/shaping.c has them). */
+static void print_shape(FILE *f, const struct conf_shape *sh)
+{
+	if (sh->connections)
+		fprintf(f, " connections = %u;", (unsigned)sh->connections);
+	if (sh->per_connection)
+		fprintf(f, " per_connection = %u;", (unsigned)sh->per_connection);
+	if (sh->per_minute)
+		fprintf(f, " per_minute = %u;", (unsigned)sh->per_minute);
+}
+
+static void print_rules(FILE *f, const char *name, const struct conf_pool_rule *r, size_t n)
+{
+	fprintf(f, "\t%s {\n", name);
+	for (size_t i = 0; i < n; i++) {
+		fputs("\t\t", f);
+		print_str(f, r[i].key);
+		fputs(" = ", f);
+		print_str(f, r[i].pool);
+		fputs(";\n", f);
+	}
+	fputs("\t}\n", f);
+}
+
+static void print_shaping(FILE *f, const struct conf_shaping *sh)
+{
+	fprintf(f, "shaping {\n\tbackoff = %u;\n", (unsigned)sh->backoff);
+	for (size_t i = 0; i < sh->n_shapes; i++) {
+		fputc('\t', f);
+		print_str(f, sh->shapes[i].domain);
+		fputs(" {", f);
+		print_shape(f, &sh->shapes[i]);
+		fputs(" }\n", f);
+	}
+	fputs("\tdefault {", f);
+	print_shape(f, &sh->dflt);
+	fputs(" }\n}\npools {\n", f);
+	for (size_t i = 0; i < sh->n_pools; i++) {
+		const struct conf_pool *p = &sh->pools[i];
+		fprintf(f, "\t%s {\n\t\taddresses = ", p->name);
+		print_list(f, p->addrs, p->n_addrs);
+		fputs(";\n\t\tehlo {\n", f);
+		for (size_t k = 0; k < p->n_addrs; k++) {
+			if (!p->ehlo[k])
+				continue;
+			fputs("\t\t\t", f);
+			print_str(f, p->addrs[k]);
+			fputs(" = ", f);
+			print_str(f, p->ehlo[k]);
+			fputs(";\n", f);
+		}
+		fputs("\t\t}\n", f);
+		if (p->warmup_start)
+			fprintf(f, "\t\twarmup { start = %u; growth = %g; }\n",
+			        (unsigned)p->warmup_start, p->warmup_growth);
+		fputs("\t}\n", f);
+	}
+	fputs("}\npool_select {\n", f);
+	print_rules(f, "keys", sh->sel_keys, sh->n_sel_keys);
+	print_rules(f, "domains", sh->sel_domains, sh->n_sel_domains);
+	print_rules(f, "tags", sh->sel_tags, sh->n_sel_tags);
+	if (sh->sel_default) {
+		fputs("\tdefault = ", f);
+		print_str(f, sh->sel_default);
+		fputs(";\n", f);
+	}
+	fputs("}\n", f);
+}
+
 void conf_print(const struct tern_config *c, FILE *out)
 {
 	if (!c || !out)
@@ -3698,6 +4091,7 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_arc(out, &c->arc);
 	print_metrics(out, &c->metrics);
 	print_suppression(out, &c->suppression);
+	print_shaping(out, &c->shaping);
 	fprintf(out,
 	        "webhooks {\n\tretry_base = %us;\n\tretry_max = %us;\n\tretry_window = %us;\n"
 	        "\ttimeout = %us;\n}\nevents {\n\tretention = %us;\n}\n",

@@ -124,6 +124,47 @@ struct conf_delivery {
 	uint16_t mta_sts_port;    /* port of the policy's HTTPS server; default 443 (tests) */
 };
 
+/*
+ * Outbound shaping (deliver/shaping.h): shaping { "DOMAIN" { connections;
+ * per_connection; per_minute; } default { ... } backoff = 5min; }. A field
+ * left 0 takes the built-in value for the domain, then default's.
+ */
+struct conf_shape {
+	char *domain;            /* lowercase; NULL for default { } */
+	uint32_t connections;    /* concurrent connections; 0 = not set */
+	uint32_t per_connection; /* messages per connection before QUIT; 0 = not set */
+	uint32_t per_minute;     /* messages started per minute; 0 = not set */
+};
+
+/* One IP pool (deliver/pools.h): pools { NAME { addresses = [...];
+ * ehlo { "ADDR" = "NAME"; } warmup { start = 50; growth = 1.5; } } }. */
+struct conf_pool {
+	char *name;
+	char **addrs; /* literal IPv4/IPv6 source addresses */
+	char **ehlo;  /* parallel to addrs: EHLO name, or NULL (hostname) */
+	size_t n_addrs;
+	uint32_t warmup_start; /* messages per address on its first day; 0: no warm-up */
+	double warmup_growth;  /* the daily cap is multiplied by this each day (>= 1) */
+};
+
+/* pool_select { keys { K = P; } domains { D = P; } tags { T = P; } default = P; } */
+struct conf_pool_rule {
+	char *key;  /* API key name, sender domain (lowercase) or tag */
+	char *pool; /* the name of a pool in pools { } */
+};
+
+struct conf_shaping {
+	struct conf_shape *shapes; /* per destination domain */
+	size_t n_shapes;
+	struct conf_shape dflt; /* default { }: fields 0 when not set */
+	uint32_t backoff;       /* first back-off period, seconds; default 300 */
+	struct conf_pool *pools;
+	size_t n_pools;
+	struct conf_pool_rule *sel_keys, *sel_domains, *sel_tags;
+	size_t n_sel_keys, n_sel_domains, n_sel_tags;
+	char *sel_default; /* pool for mail no rule matches, or NULL: no pool */
+};
+
 struct conf_dns {
 	char **forward;           /* "IP" or "IP@PORT"; empty = /etc/resolv.conf */
 	size_t n_forward;
@@ -325,6 +366,7 @@ struct tern_config {
 	size_t n_routes;
 	struct conf_route *relayhost;    /* default next hop, or NULL for MX delivery */
 	struct conf_delivery delivery;
+	struct conf_shaping shaping; /* shaping { }, pools { }, pool_select { } */
 	/* mailbox { quota = 1g; }: the storage limit of each local Maildir
 	 * (Maildir++ maildirsize, as Dovecot counts it) for a user whose line in
 	 * the users file has no userdb_quota_rule; 0 = unlimited. */

@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/uio.h>
 
 #define MAILDIR_NAME_MAX 128
@@ -146,6 +147,8 @@ struct remote_rcpt {
 	char status[16];       /* enhanced status, e.g. "5.1.1" */
 	char reply[512];       /* "550 5.1.1 ... (in reply to RCPT TO)" or our own reason */
 	char remote_mta[256];  /* host that answered, "" if none */
+	uint32_t retry_after;  /* deferred: retry no sooner than this (s; a destination's
+	                          back-off, deliver/shaping.h); 0: the usual schedule */
 };
 
 struct remote_job;

@@ -45,6 +45,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/buf.h"
 #include "core/codec.h"
@@ -56,6 +57,8 @@
 #include "core/loop.h"
 #include "core/runtime.h"
 #include "deliver/mtasts.h"
+#include "deliver/pools.h"
+#include "deliver/shaping.h"
 #include "deliver/tlspolicy.h"
 #include "dns/dns.h"
 #include "smtp/smtp.h"
@@ -69,9 +72,18 @@
 
 struct dest {
 	struct dest *next;
-	char key[320];
+	char key[400];
 	struct remote_job *head, *tail;
 	unsigned active;
+	/* Shaping (deliver/shaping.h, pools.h): the recipient domain whose limits
+	 * apply, the IP pool ("" for none), and the timer that starts a
+	 * connection when the per-minute rate or the pool's warm-up allows again
+	 * (jobs over a limit wait here, not started, never deferred). */
+	struct remote *r;
+	char domain[256];
+	char pool[65];
+	struct event *wake; /* on workers[0]'s base */
+	bool wake_armed;    /* under lock */
 };
 
 struct remote {
@@ -236,6 +248,13 @@ struct rconn {
 	char last_error[512];
 	char last_status[16];
 	bool last_perm;
+	/* shaping and pools */
+	unsigned n_msgs;       /* jobs taken by this connection (shaping per_connection) */
+	bool backed_off;       /* this connection reported a back-off already */
+	bool closed_421;       /* ... and it was a 421: deferrals wait for the back-off */
+	const char *ehlo_name; /* the source address's EHLO name (in c->conf), or NULL */
+	char src_addr[64];     /* the pool address bound, or "" */
+	char reserved[64];     /* the warm-up pool address counted for our first job, or "" */
 };
 
 static void conn_next_target(struct rconn *c);
@@ -278,6 +297,10 @@ static void rcpt_result(struct rconn *c, struct remote_rcpt *rr, enum remote_out
                         const char *status, const char *text)
 {
 	rr->outcome = o;
+	/* Told to go away (421): not again before the back-off ends. A 4.7.x
+	 * alone (greylisting says 451 4.7.1 too) keeps the usual retries. */
+	if (o == REMOTE_DEFERRED && c->closed_421)
+		rr->retry_after = shaping_backoff_left(c->conf, c->domain);
 	tern_strlcpy(rr->status, status, sizeof(rr->status));
 	/* A server's words go into logs and DSNs: keep printable ASCII only. */
 	size_t n = 0;
@@ -379,6 +402,79 @@ static struct remote_job *dest_pop(struct remote *r, struct dest *d, bool releas
 		d->active--;
 	}
 	pthread_mutex_unlock(&r->lock);
+	return j;
+}
+
+/*
+ * The next job for c under its destination's shaping (deliver/shaping.h):
+ * NULL when there is none (the slot is released); when c has carried
+ * per_connection messages and more wait (*reconnect: c keeps the slot and
+ * hands it to a fresh connection after QUIT, see conn_end); or when the
+ * per-minute rate or the pool's warm-up says not yet (the slot is released
+ * and the destination's wake timer starts a connection when a message may
+ * go: the jobs wait in the queue, not started, with no retry counted).
+ */
+static struct remote_job *dest_pop_shaped(struct rconn *c, bool *reconnect)
+{
+	struct remote *r = c->r;
+	struct dest *d = c->dest;
+	*reconnect = false;
+	struct shape_limits l;
+	shaping_limits(c->conf, d->domain, &l);
+	pthread_mutex_lock(&r->lock);
+	bool have = d->head != NULL && !r->stopping;
+	if (!have || c->n_msgs >= l.per_connection) {
+		if (have)
+			*reconnect = true;
+		else
+			d->active--;
+		pthread_mutex_unlock(&r->lock);
+		return NULL;
+	}
+	pthread_mutex_unlock(&r->lock);
+	double wait = 0;
+	const char *why = NULL;
+	const struct conf_pool *pool = d->pool[0] ? pool_find(&c->conf->shaping, d->pool) : NULL;
+	char taken[64] = "";
+	if (!shaping_take(c->conf, d->domain, &wait)) {
+		why = "per-minute";
+	} else if (pool && !pool_take(c->conf, pool, c->src_addr, taken, sizeof(taken))) {
+		if (c->src_addr[0] && pool_has_room(c->conf, pool, &wait)) {
+			/* Our address is at its cap, another is not: hand over. */
+			*reconnect = true;
+			return NULL;
+		}
+		(void)pool_has_room(c->conf, pool, &wait);
+		why = "warmup-cap";
+	}
+	if (why) {
+		pthread_mutex_lock(&r->lock);
+		d->active--;
+		bool arm = !d->wake_armed && d->wake;
+		if (arm)
+			d->wake_armed = true;
+		pthread_mutex_unlock(&r->lock);
+		if (arm) {
+			if (wait > 3600)
+				wait = 3600; /* look again: the config may have changed */
+			if (wait < 0.05)
+				wait = 0.05;
+			struct timeval tv = {(time_t)wait,
+			                     (suseconds_t)((wait - (double)(time_t)wait) * 1e6)};
+			char qd[600];
+			log_info("event=shaping_wait dest=%s pool=%s reason=%s wait=%.1fs",
+			         log_quote(d->domain, strlen(d->domain), qd, sizeof(qd)),
+			         d->pool[0] ? d->pool : "-", why, wait);
+			evtimer_add(d->wake, &tv);
+		}
+		return NULL;
+	}
+	struct remote_job *j = dest_pop(r, d, true);
+	if (j) {
+		c->n_msgs++;
+		if (taken[0] && !c->src_addr[0])
+			tern_strlcpy(c->reserved, taken, sizeof(c->reserved));
+	}
 	return j;
 }
 
@@ -707,6 +803,7 @@ static bool begin_job(struct rconn *c)
 		return false;
 	if (!next_batch(c))
 		return false; /* no recipient needs us */
+
 	start_batch(c);
 	return true;
 }
@@ -948,7 +1045,7 @@ static void after_ehlo(struct rconn *c);
 static void send_ehlo(struct rconn *c)
 {
 	enter_state(c, RC_EHLO);
-	send_line(c, "EHLO %s", c->conf->hostname);
+	send_line(c, "EHLO %s", c->ehlo_name ? c->ehlo_name : c->conf->hostname);
 }
 
 static void on_read(struct bufferevent *bev, void *arg);
@@ -1270,6 +1367,12 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		               r->code, cmd == SMTP_C_DATA ? " instead of 354" : "");
 		return;
 	}
+	if (c->st != RC_QUIT && !c->backed_off && shaping_is_backoff_reply(r->code, r->enhanced)) {
+		c->backed_off = true; /* one back-off per connection, not one per recipient */
+		c->closed_421 = r->code == 421;
+		shaping_note_reply(c->conf, c->domain, c->job ? c->job->id : NULL, r->code,
+		                   r->enhanced, r->text);
+	}
 	switch (c->st) {
 	case RC_GREETING:
 		if (kind == SMTP_RK_OK) {
@@ -1285,7 +1388,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		} else if (kind == SMTP_RK_PERM) {
 			memset(&c->caps, 0, sizeof(c->caps));
 			enter_state(c, RC_HELO);
-			send_line(c, "HELO %s", c->conf->hostname);
+			send_line(c, "HELO %s", c->ehlo_name ? c->ehlo_name : c->conf->hostname);
 		} else {
 			target_refused(c, r, "EHLO");
 		}
@@ -1628,6 +1731,50 @@ static bool is_self(const struct rconn *c, const struct target *t)
 	return false;
 }
 
+/*
+ * With an IP pool: a socket bound to one of the pool's addresses of the
+ * target's family (port 0), in *fd, and that address's EHLO name. Without a
+ * pool *fd stays -1 (the kernel picks the source). false: no address of the
+ * pool can be used for this target (the error is set; try the next one).
+ */
+static bool bind_source(struct rconn *c, const struct target *t, int *fd)
+{
+	c->ehlo_name = NULL;
+	c->src_addr[0] = '\0';
+	const struct conf_pool *pool =
+	    c->dest && c->dest->pool[0] ? pool_find(&c->conf->shaping, c->dest->pool) : NULL;
+	if (!pool)
+		return true;
+	struct sockaddr_storage ss;
+	socklen_t len = 0;
+	const char *ehlo = NULL;
+	int family = t->ss.ss_family;
+	int rc = pool_pick(c->conf, pool, family, c->reserved, &ss, &len, &ehlo, c->src_addr,
+	                   sizeof(c->src_addr));
+	if (rc != TERN_OK) {
+		set_error(c, false, rc == TERN_ELIMIT ? "4.7.0" : "4.4.1",
+		          rc == TERN_ELIMIT ? "every address of IP pool %s is at its warm-up cap"
+		                            : "IP pool %s has no %s address for %s",
+		          pool->name, family == AF_INET6 ? "IPv6" : "IPv4", t->host);
+		c->src_addr[0] = '\0';
+		return false;
+	}
+	int s = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (s < 0 || bind(s, (struct sockaddr *)&ss, len) != 0) {
+		set_error(c, false, "4.4.1", "cannot bind source address %s of IP pool %s: %s",
+		          c->src_addr, pool->name, strerror(errno));
+		if (s >= 0)
+			close(s);
+		c->src_addr[0] = '\0';
+		return false;
+	}
+	log_info("event=source_bound id=%s pool=%s source=%s ehlo=%s", c->job ? c->job->id : "-",
+	         pool->name, c->src_addr, ehlo ? ehlo : c->conf->hostname);
+	c->ehlo_name = ehlo;
+	*fd = s;
+	return true;
+}
+
 static void conn_next_target(struct rconn *c)
 {
 	while (c->cur < c->n_targets) {
@@ -1643,8 +1790,15 @@ static void conn_next_target(struct rconn *c)
 		}
 		c->level = target_level(c);
 		c->tls_verified = false;
-		c->bev = bufferevent_socket_new(worker_base(c->w), -1, BEV_OPT_CLOSE_ON_FREE);
+		int fd = -1;
+		if (!bind_source(c, t, &fd)) {
+			c->cur++;
+			continue;
+		}
+		c->bev = bufferevent_socket_new(worker_base(c->w), fd, BEV_OPT_CLOSE_ON_FREE);
 		if (!c->bev) {
+			if (fd >= 0)
+				close(fd);
 			set_error(c, false, "4.3.0", "out of memory");
 			break;
 		}
@@ -1970,6 +2124,8 @@ static void on_mx(void *arg, const struct dns_result *r)
 		memset(&c->hosts[i], 0, sizeof(c->hosts[i]));
 		tern_strlcpy(c->hosts[i].host, mx[i].host, sizeof(c->hosts[i].host));
 	}
+	if (n)
+		shaping_learn_mx(c->domain, c->hosts[0].host); /* a provider's MX: its site */
 	if (sts_apply(c))
 		query_addresses(c);
 }
@@ -2193,9 +2349,13 @@ static void conn_start_job(struct rconn *c)
 {
 	job_finish(c); /* never drop a job unrecorded (a no-op without one) */
 	for (;;) {
-		struct remote_job *j = dest_pop(c->r, c->dest, true);
+		bool reconnect = false;
+		struct remote_job *j = dest_pop_shaped(c, &reconnect);
 		if (!j) {
-			c->dest = NULL; /* our slot is released */
+			/* Our slot is released, or kept for the next connection
+			 * (shaping's per_connection: conn_end passes it on). */
+			if (!reconnect)
+				c->dest = NULL;
 			if (c->bev) {
 				enter_state(c, RC_QUIT);
 				send_line(c, "QUIT");
@@ -2280,7 +2440,8 @@ static void conn_begin(void *arg)
 	struct rconn *c = arg;
 	/* After remote_stop dest_pop takes nothing (and gives up the slot): the
 	 * connection goes without resolving; the jobs stay queued, unrecorded. */
-	c->job = dest_pop(c->r, c->dest, true);
+	bool reconnect = false; /* never: no message was carried yet */
+	c->job = dest_pop_shaped(c, &reconnect);
 	if (!c->job) {
 		c->dest = NULL;
 		conn_free(c);
@@ -2343,24 +2504,56 @@ static void conn_spawn(struct remote *r, struct dest *d)
 	}
 }
 
-static void dest_key(const struct tern_config *conf, const char *domain, char *out, size_t outlen)
+/* A destination queue per next hop and IP pool: a connection binds one
+ * source address, so jobs of different pools never share one. */
+static void dest_key(const struct tern_config *conf, const char *domain, const char *pool,
+                     char *out, size_t outlen)
 {
 	const struct conf_route *rt = conf_find_route(conf, domain);
 	if (rt)
-		snprintf(out, outlen, "route:%s:%u", rt->host, rt->port);
+		snprintf(out, outlen, "route:%s:%u|%s", rt->host, rt->port, pool ? pool : "");
 	else
-		snprintf(out, outlen, "mx:%s", domain);
+		snprintf(out, outlen, "mx:%s|%s", domain, pool ? pool : "");
+}
+
+/* The wake timer of a destination whose jobs wait for the per-minute rate or
+ * a warm-up cap: starts a connection if a slot is free (it takes its own
+ * token in conn_begin and re-arms this timer when there is still none). */
+static void dest_wake(evutil_socket_t fd, short what, void *arg)
+{
+	struct dest *d = arg;
+	struct remote *r = d->r;
+	struct tern_runtime *rt = runtime_acquire();
+	if (!rt)
+		return;
+	struct shape_limits l;
+	shaping_limits(rt->conf, d->domain, &l);
+	runtime_release(rt);
+	pthread_mutex_lock(&r->lock);
+	d->wake_armed = false;
+	bool spawn = d->head && !r->stopping && d->active < l.connections;
+	if (spawn)
+		d->active++;
+	pthread_mutex_unlock(&r->lock);
+	if (spawn)
+		conn_spawn(r, d);
 }
 
 void remote_submit(struct remote *r, struct remote_job *job)
 {
 	struct tern_runtime *rt = runtime_acquire();
-	char key[320];
-	dest_key(rt->conf, job->domain, key, sizeof(key));
-	unsigned max = rt->conf->delivery.max_per_destination;
+	/* The pool: by the message's X-Tern-Tag (removed here, it is ours, not
+	 * the recipient's), else by the sender's domain, else the default. */
+	char tag[POOL_TAG_MAX], key[400];
+	job->len = pool_take_tag(job->data, job->len, tag, sizeof(tag));
+	char pool[65] = "";
+	const char *pname = pool_select(&rt->conf->shaping, job->sender, tag);
+	tern_strlcpy(pool, pname ? pname : "", sizeof(pool));
+	dest_key(rt->conf, job->domain, pool, key, sizeof(key));
+	struct shape_limits lim;
+	shaping_limits(rt->conf, job->domain, &lim);
+	unsigned max = lim.connections;
 	runtime_release(rt);
-	if (max == 0)
-		max = 1;
 
 	pthread_mutex_lock(&r->lock);
 	if (r->stopping) {
@@ -2390,6 +2583,12 @@ void remote_submit(struct remote *r, struct remote_job *job)
 			return;
 		}
 		tern_strlcpy(d->key, key, sizeof(d->key));
+		tern_strlcpy(d->domain, job->domain, sizeof(d->domain));
+		tern_strlcpy(d->pool, pool, sizeof(d->pool));
+		d->r = r;
+		d->wake = evtimer_new(worker_base(r->workers[0]), dest_wake, d);
+		/* No timer (out of memory): waiting jobs start with the next
+		 * submission to this destination instead. */
 		d->next = r->dests;
 		r->dests = d;
 	}
@@ -2507,6 +2706,8 @@ void remote_free(struct remote *r)
 			remote_job_free(j);
 			j = nj;
 		}
+		if (d->wake)
+			event_free(d->wake);
 		free(d);
 		d = next;
 	}

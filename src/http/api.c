@@ -11,21 +11,31 @@
  *   POST /api/v1/messages/batch        {"messages": [...]} up to 500, one result each
  *   GET  /api/v1/messages/{queue_id}   per-recipient state while queued
  *   POST /api/v1/send                  Mailpit's send (http_send_build) -> 200 {"ID"}
+ *   GET  /api/v1/suppressions          the suppression list (suppress_routes.h)
+ *   GET  /api/v1/suppressions/{address}
+ *   PUT  /api/v1/suppressions/{address}
+ *   DELETE /api/v1/suppressions/{address}
+ *   POST /unsubscribe/{token}          RFC 8058 one-click (no key: the token is one)
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
- * needs scope send or admin and a From domain the key allows.
+ * needs scope send or admin and a From domain the key allows. The
+ * suppression routes need admin, or scope send and ?domain= one of the
+ * key's domains.
  *
  * Owns: authentication and the from-domain rule, the Received field of
  * API mail, DKIM signing (smtp/sign.h, as for submission), the envelope,
  * and the spool commit: a 2xx is written only after spool_put's callback
  * said the message is on stable storage (DESIGN §5.1). One log line per
  * request: method, path, status, key, queue ids.
- * Threads: runs on the HTTP server's own worker. The worker never waits
- * for the disk's sync: a send is spool_put and its reply is written when
- * the committer's callback comes back (posted to the worker), so requests
- * from many clients join one group commit; a batch is put whole. What stays
- * on the worker: JSON and MIME work, DKIM signing (CPU) and the key lookup
- * (SQLite, a page cache read).
+ * Threads: the HTTP server's own worker takes each /api/v1 and /unsubscribe
+ * request apart and hands it to the API's pool (one thread, struct rjob):
+ * the key lookup and the status reads (SQLite), JSON and MIME work, DKIM
+ * signing, the suppression list run there, and the completion, back on the
+ * worker, writes the reply or starts the commit. The worker never blocks:
+ * nor does it wait for the disk's sync: a send is spool_put and its reply
+ * is written when the committer's callback comes back (posted to the
+ * worker), so requests from many clients join one group commit; a batch is
+ * put whole. /healthz, /readyz and the OpenAPI file answer on the worker.
  * Must never: answer 2xx before the commit, accept part of a message,
  * send for a domain the key does not own, or log a token.
  */
@@ -54,14 +64,16 @@
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "http/suppress_routes.h"
 #include "store/apikeys.h"
 #include "store/events.h"
+#include "store/suppress.h"
 
 #define TRACE_MAX 1024
 #define BATCH_BODY_MAX ((size_t)64 * 1024 * 1024)
 
 struct api {
-	struct apikeys *keys;    /* the HTTP worker's connection */
+	struct apikeys *keys;    /* the pool thread's connection */
 	struct apikeys *results; /* the delivery threads' (under results_mu) */
 	pthread_mutex_t results_mu;
 	pthread_mutex_t mu; /* n_pending and each pending's outstanding */
@@ -70,10 +82,12 @@ struct api {
 	struct spool *sp;
 	struct scheduler *sched;
 	struct worker *w;
+	struct pool *pool; /* one thread: every request's blocking work (struct rjob) */
+	char *data_dir;
 	struct http_server *http[16];
 	size_t n_http;
 	bool started;
-	sqlite3 *events; /* DATA/events.db for the event routes, or NULL */
+	sqlite3 *events; /* DATA/events.db for the event routes (the pool's), or NULL */
 };
 
 /* One request: what the log line says. */
@@ -86,12 +100,37 @@ struct req_ctx {
 	struct apikey key;
 	bool have_key;
 	char ids[160]; /* queue ids, comma-separated, for the log */
+	/*
+	 * A request whose work runs on the pool (struct rjob): everything it
+	 * reads was taken from the request on the worker, and what it answers
+	 * is recorded here and sent from the completion on the worker, since
+	 * the request belongs to the worker's event loop.
+	 */
+	bool deferred;
+	char *in_path, *in_query, *in_auth, *in_ctype; /* NULL when absent */
+	struct evbuffer *in_body;                      /* moved out of the request */
+	int d_status;                                  /* the recorded answer, */
+	json_t *d_body;                                /* when d_replied */
+	bool d_replied, d_www_auth;
+	int d_kind;           /* or messages to commit (enum kind) */
+	struct item *d_items; /* owned until handed to commit_start */
+	size_t d_n;
 };
 
 /* ---------------------------------------------------------------- replies */
 
 static void reply_json(struct req_ctx *c, int code, json_t *j)
 {
+	if (c->deferred) { /* on the pool: the worker sends it (rjob_done) */
+		if (c->d_replied) {
+			json_decref(j);
+			return;
+		}
+		c->d_replied = true;
+		c->d_status = code;
+		c->d_body = j;
+		return;
+	}
 	struct evkeyvalq *oh = evhttp_request_get_output_headers(c->req);
 	evhttp_add_header(oh, "Content-Type", "application/json; charset=utf-8");
 	evhttp_add_header(oh, "Cache-Control", "no-store");
@@ -99,7 +138,11 @@ static void reply_json(struct req_ctx *c, int code, json_t *j)
 	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	json_decref(j);
 	struct evbuffer *b = evbuffer_new();
-	if (!s || !b) {
+	if (code == 204 && b) { /* no body */
+		free(s);
+		evhttp_send_reply(c->req, 204, "No Content", b);
+		evbuffer_free(b);
+	} else if (!s || !b) {
 		free(s);
 		if (b)
 			evbuffer_free(b);
@@ -128,7 +171,9 @@ static json_t *error_obj(const struct api_error *e)
 
 static void reply_error(struct req_ctx *c, const struct api_error *e)
 {
-	if (e->status == 401) {
+	if (e->status == 401 && c->deferred) {
+		c->d_www_auth = true;
+	} else if (e->status == 401) {
 		struct evkeyvalq *oh = evhttp_request_get_output_headers(c->req);
 		evhttp_add_header(oh, "WWW-Authenticate", "Bearer realm=\"tern\"");
 	}
@@ -154,8 +199,7 @@ static void add_id(struct req_ctx *c, const char *id)
 /* The key of the request (Bearer, or Basic with the token as password). */
 static bool authenticate(struct req_ctx *c)
 {
-	const char *h =
-	    evhttp_find_header(evhttp_request_get_input_headers(c->req), "Authorization");
+	const char *h = c->in_auth;
 	const char *tok = NULL;
 	size_t tl = 0;
 	struct tbuf dec = TBUF_INIT(1024);
@@ -297,6 +341,32 @@ static bool prepare(struct req_ctx *c, const struct tern_config *conf, const str
 	                     "%s\r\n",
 	                     c->peer, conf->hostname, it->id, c->key.name, date);
 	size_t trace = it->data.len;
+	if (rc == TERN_OK && it->s.list_unsub) {
+		/* RFC 8058: before the message's own fields, after our trace, so
+		 * the DKIM signature below covers them (its field list has both) */
+		char lu[4096];
+		int urc =
+		    it->s.msg.n_to == 1
+		        ? suppress_list_unsubscribe_fields(conf, it->s.msg.from, it->s.msg.to[0],
+		                                           it->s.unsub_mailto, lu, sizeof(lu))
+		        : TERN_EINVAL;
+		if (urc == TERN_ENOTFOUND) {
+			api_error_set(&it->e, 422, "list_unsubscribe_unavailable",
+			              "list_unsubscribe",
+			              "one-click unsubscribe is not set up on this server "
+			              "(suppression.unsubscribe_url)");
+			return false;
+		}
+		if (urc != TERN_OK) {
+			api_error_set(&it->e, urc == TERN_EIO ? 503 : 422,
+			              urc == TERN_EIO ? "store_unavailable" : "invalid_field",
+			              "list_unsubscribe",
+			              "the List-Unsubscribe field cannot be made (%s)",
+			              tern_strerror(urc));
+			return false;
+		}
+		rc = tbuf_append_str(&it->data, lu);
+	}
 	if (rc == TERN_OK)
 		rc = tbuf_append(&it->data, it->s.msg.raw, it->s.msg.len);
 	if (rc == TERN_OK && sg) {
@@ -533,6 +603,7 @@ static void commit_start(struct req_ctx *c, enum kind kind, struct item *items, 
 		env.body = eight ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE;
 		env.trusted_client = true; /* an API key is an authenticated sender */
 		env.client = client;
+		env.api_key = c->key.name; /* typed: the status routes read it back */
 		env.size = it->data.len;
 		env.rcpts = it->rcpts;
 		env.n_rcpts = it->n_rcpts;
@@ -551,23 +622,33 @@ static void commit_start(struct req_ctx *c, enum kind kind, struct item *items, 
 	pending_dec(p); /* the starting guard */
 }
 
+/* On the pool: the messages are built; the worker starts their commit
+ * (rjob_done), since commit_start ties the reply to the request. Takes
+ * items. */
+static void defer_commit(struct req_ctx *c, enum kind kind, struct item *items, size_t n)
+{
+	TERN_BUG_ON(!c->deferred || c->d_items || c->d_replied);
+	c->d_kind = (int)kind;
+	c->d_items = items;
+	c->d_n = n;
+}
+
 /* ---------------------------------------------------------------- bodies */
 
 static const char *body_of(struct req_ctx *c, size_t max, size_t *len, bool *big)
 {
-	struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
-	*len = evbuffer_get_length(in);
+	struct evbuffer *in = c->in_body;
+	*len = in ? evbuffer_get_length(in) : 0;
 	*big = *len > max;
-	if (*big)
-		return NULL;
+	if (*big || !in)
+		return *big ? NULL : "";
 	const char *p = (const char *)evbuffer_pullup(in, -1);
 	return p ? p : "";
 }
 
 static bool json_ctype(struct req_ctx *c)
 {
-	const char *ct =
-	    evhttp_find_header(evhttp_request_get_input_headers(c->req), "Content-Type");
+	const char *ct = c->in_ctype;
 	if (ct && http_ctype_is_json(ct, strlen(ct)))
 		return true;
 	fail(c, 415, "unsupported_media_type",
@@ -668,7 +749,7 @@ static void send_common(struct req_ctx *c, enum kind k)
 		reply_items(c, k, it, 1);
 		goto out;
 	}
-	commit_start(c, k, it, 1);
+	defer_commit(c, k, it, 1);
 	it = NULL;
 out:
 	items_free(it, 1);
@@ -715,7 +796,7 @@ static void send_batch(struct req_ctx *c)
 		if (items[i].ready && !prepare(c, rt->conf, rt->dkim_signer, &items[i]))
 			items[i].ready = false;
 	}
-	commit_start(c, BATCH, items, n);
+	defer_commit(c, BATCH, items, n);
 	items = NULL;
 out:
 	items_free(items, n);
@@ -742,14 +823,11 @@ static const char *state_name(enum rcpt_state s)
 	return "unknown";
 }
 
-/* The key name of a message the API queued ("addr=IP proto=HTTP key=NAME"
- * is our own envelope's client field), or NULL for any other message. */
+/* The key name of a message the API queued (the envelope's typed field,
+ * spool_msg.api_key), or NULL for any other message. */
 static const char *owner_of(const struct spool_msg *m)
 {
-	const char *k = m->client ? strchr(m->client, ' ') : NULL;
-	if (!k || strncmp(m->client, "addr=", 5) != 0 || strncmp(k, " proto=HTTP key=", 16) != 0)
-		return NULL;
-	return k + 16;
+	return m->api_key;
 }
 
 struct past {
@@ -831,8 +909,8 @@ static void message_status(struct req_ctx *c, const char *id)
 	spool_msg_free(m);
 }
 
-/* EVENTS: GET /api/v1/events (a key sees its own; admin every one), and for
- * admin keys /api/v1/webhooks and /api/v1/webhooks/ID/attempts
+/* On the pool. EVENTS: GET /api/v1/events (a key sees its own; admin every
+ * one), and for admin keys /api/v1/webhooks and /api/v1/webhooks/ID/attempts
  * (http/events_routes.c). */
 static void events_get(struct req_ctx *c, const char *r, const char *qs)
 {
@@ -876,6 +954,94 @@ static void events_get(struct req_ctx *c, const char *r, const char *qs)
 	reply_json(c, 200, j);
 }
 
+/* ----------------------------------------------------------- suppression */
+
+/* On the pool: the answer of a suppress_routes.h handler. The API's errors
+ * get the API's shape ({"error": {"code", "message"}}); the unsubscribe
+ * endpoint's stay as the handler wrote them. */
+static void suppress_reply(struct req_ctx *c, bool unsub, int status, const struct tbuf *out)
+{
+	json_error_t jerr;
+	json_t *body = out->len ? json_loadb(out->data, out->len, 0, &jerr) : NULL;
+	if (status == 204) {
+		json_decref(body);
+		reply_json(c, 204, NULL);
+	} else if (status >= 400 && !unsub && json_is_object(body)) {
+		struct api_error e;
+		const char *code = json_string_value(json_object_get(body, "error"));
+		const char *msg = json_string_value(json_object_get(body, "message"));
+		api_error_set(&e, status, code ? code : "internal", NULL, "%s", msg ? msg : "");
+		reply_error(c, &e);
+		json_decref(body);
+	} else if (body) {
+		reply_json(c, status, body);
+	} else {
+		fail(c, 500, "internal", "the suppression list gave no answer");
+	}
+}
+
+/* On the pool: RFC 8058 one-click, POST /unsubscribe/TOKEN (no key: the
+ * token is the credential). */
+static void unsubscribe(struct req_ctx *c)
+{
+	size_t n;
+	bool big;
+	const char *b = body_of(c, 64 * 1024, &n, &big);
+	if (big) {
+		fail(c, 413, "request_too_large", "the request body is too large");
+		return;
+	}
+	const char *tok = c->in_path + strlen(SUPPRESS_UNSUB_PATH);
+	struct tbuf out = TBUF_INIT(64 * 1024);
+	int st = suppress_http_unsubscribe(c->a->data_dir, c->method, tok, strlen(tok), b, n, &out);
+	suppress_reply(c, true, st, &out);
+	tbuf_free(&out);
+}
+
+/*
+ * On the pool: the suppression API. An admin key may do anything; any
+ * other key needs scope send and may touch only the list of a sending
+ * domain it may send from (never the global list, nor every list). The
+ * domain is read as the handler reads it (suppress_http_api_scope), so a
+ * duplicated domain= cannot slip past the check.
+ */
+static void suppress_api(struct req_ctx *c)
+{
+	size_t n;
+	bool big;
+	const char *b = body_of(c, 1024 * 1024, &n, &big);
+	if (big) {
+		fail(c, 413, "request_too_large", "the request body is too large");
+		return;
+	}
+	if (c->key.scope < APIKEY_ADMIN) {
+		char dom[SUPPRESS_DOMAIN_MAX];
+		enum suppress_scope_kind k = suppress_http_api_scope(
+		    c->method, c->in_path, c->in_query, b, n, dom, sizeof(dom));
+		if (!need_scope(c, APIKEY_SEND))
+			return;
+		if (k == SUPPRESS_SCOPE_BAD) {
+			fail(c, 400, "invalid_request",
+			     "the domain parameter or the body is malformed");
+			return;
+		}
+		if (k == SUPPRESS_SCOPE_ALL || !dom[0] || !apikey_allows_domain(&c->key, dom)) {
+			char m[512];
+			snprintf(
+			    m, sizeof(m),
+			    "the key '%s' may manage only the lists of its own domains (%.200s): "
+			    "give ?domain=D (or \"domain\" in a PUT body)",
+			    c->key.name, c->key.domains[0] ? c->key.domains : "any");
+			fail(c, 403, "forbidden_domain", m);
+			return;
+		}
+	}
+	struct tbuf out = TBUF_INIT(64 * 1024 * 1024);
+	int st = suppress_http_api(c->a->data_dir, c->method, c->in_path, c->in_query, b, n, &out);
+	suppress_reply(c, false, st, &out);
+	tbuf_free(&out);
+}
+
 static void openapi(struct req_ctx *c)
 {
 	size_t n;
@@ -898,12 +1064,179 @@ static void openapi(struct req_ctx *c)
 	         c->peer);
 }
 
+/* ------------------------------------------------------------ the pool */
+
+enum route { R_NONE, R_UNSUB, R_SUPP, R_NATIVE, R_RAW, R_BATCH, R_MAILPIT, R_STATUS, R_EVENTS };
+
+/*
+ * One request on its way through the pool: what blocks (the key lookup
+ * and the result store in SQLite, the spool read of a status, DKIM
+ * signing, the suppression list, the unsubscribe key file) runs there, on
+ * the API's single pool thread (so a->keys stays one thread's); the reply
+ * or the commit starts from the completion, back on the worker. c.req is
+ * NULL once libevent finished the request itself (the client went away).
+ */
+struct rjob {
+	struct req_ctx c;
+	enum route route;
+};
+
+static void rjob_free(struct rjob *j)
+{
+	struct req_ctx *c = &j->c;
+	free(c->in_path);
+	free(c->in_query);
+	free(c->in_auth);
+	free(c->in_ctype);
+	if (c->in_body)
+		evbuffer_free(c->in_body);
+	json_decref(c->d_body);
+	items_free(c->d_items, c->d_n);
+	free(j);
+}
+
+static void rjob_work(void *arg)
+{
+	struct rjob *j = arg;
+	struct req_ctx *c = &j->c;
+	bool get = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0,
+	     post = strcmp(c->method, "POST") == 0;
+	if (j->route == R_UNSUB) {
+		unsubscribe(c);
+		return;
+	}
+	if (!authenticate(c))
+		return;
+	const char *r = c->in_path + 8;
+	if (j->route == R_SUPP && strcmp(c->method, "HEAD") != 0)
+		suppress_api(c);
+	else if (j->route == R_NATIVE && post)
+		send_common(c, NATIVE);
+	else if (j->route == R_RAW && post)
+		send_common(c, RAW);
+	else if (j->route == R_BATCH && post)
+		send_batch(c);
+	else if (j->route == R_MAILPIT && post)
+		send_common(c, MAILPIT);
+	else if (j->route == R_STATUS && get)
+		message_status(c, r + 9);
+	else if (j->route == R_EVENTS && get)
+		events_get(c, r, c->in_query); /* EVENTS */
+	else
+		fail(c, 405, "method_not_allowed", "this route does not take that method");
+}
+
+/* On the worker: send what the pool recorded, or start the commit. */
+static void rjob_done(void *arg)
+{
+	struct rjob *j = arg;
+	struct req_ctx *c = &j->c;
+	struct api *a = c->a;
+	c->deferred = false;
+	if (!c->req) {
+		char kq[APIKEY_NAME_MAX + 8];
+		log_info("event=api method=%s path=%s status=- key=%s peer=%s id=- "
+		         "reason=client_gone",
+		         c->method, c->path,
+		         c->have_key ? log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq))
+		                     : "-",
+		         c->peer);
+	} else {
+		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
+		if (c->d_items) { /* built whole: the 2xx follows the commit */
+			struct item *items = c->d_items;
+			c->d_items = NULL;
+			commit_start(c, (enum kind)c->d_kind, items, c->d_n);
+		} else {
+			if (c->d_www_auth) {
+				struct evkeyvalq *oh = evhttp_request_get_output_headers(c->req);
+				evhttp_add_header(oh, "WWW-Authenticate", "Bearer realm=\"tern\"");
+			}
+			json_t *b = c->d_body;
+			c->d_body = NULL;
+			if (c->d_replied)
+				reply_json(c, c->d_status, b);
+			else
+				fail(c, 500, "internal", "the request got no answer");
+		}
+	}
+	rjob_free(j);
+	pthread_mutex_lock(&a->mu);
+	a->n_pending--;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+}
+
+static void rjob_req_gone(struct evhttp_request *req, void *arg)
+{
+	struct rjob *j = arg;
+	j->c.req = NULL;
+}
+
+static char *dup_or_null(const char *s, bool *nomem)
+{
+	char *d = s ? tern_strdup(s) : NULL;
+	if (s && !d)
+		*nomem = true;
+	return d;
+}
+
+/* On the worker: takes what the work needs from the request and hands it
+ * to the pool. */
+static void rjob_start(struct req_ctx *c, enum route route, const char *path)
+{
+	struct api *a = c->a;
+	struct rjob *j = calloc(1, sizeof(*j));
+	if (!j || !a->pool) {
+		free(j);
+		fail(c, j ? 503 : 500, j ? "not_ready" : "internal",
+		     j ? "the server is starting" : "out of memory");
+		return;
+	}
+	j->c = *c;
+	j->route = route;
+	struct req_ctx *jc = &j->c;
+	struct evkeyvalq *ih = evhttp_request_get_input_headers(c->req);
+	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(c->req);
+	bool nomem = false;
+	jc->in_path = dup_or_null(path, &nomem);
+	jc->in_query = dup_or_null(u ? evhttp_uri_get_query(u) : NULL, &nomem);
+	jc->in_auth = dup_or_null(evhttp_find_header(ih, "Authorization"), &nomem);
+	jc->in_ctype = dup_or_null(evhttp_find_header(ih, "Content-Type"), &nomem);
+	/* the body's chain moves over, no copy */
+	if (!(jc->in_body = evbuffer_new()) ||
+	    evbuffer_add_buffer(jc->in_body, evhttp_request_get_input_buffer(c->req)) != 0)
+		nomem = true;
+	if (nomem) {
+		rjob_free(j);
+		fail(c, 500, "internal", "out of memory");
+		return;
+	}
+	jc->deferred = true;
+	pthread_mutex_lock(&a->mu);
+	a->n_pending++;
+	pthread_mutex_unlock(&a->mu);
+	evhttp_request_set_on_complete_cb(c->req, rjob_req_gone, j);
+	if (pool_submit(a->pool, rjob_work, a->w, rjob_done, j) != TERN_OK) {
+		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
+		pthread_mutex_lock(&a->mu);
+		a->n_pending--;
+		pthread_mutex_unlock(&a->mu);
+		rjob_free(j);
+		fail(c, 500, "internal", "out of memory");
+	}
+}
+
 static void handle(void *ctx, struct evhttp_request *req)
 {
 	struct req_ctx c = {.a = ctx, .req = req};
 	int m = (int)evhttp_request_get_command(req);
 	bool get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD, post = m == EVHTTP_REQ_POST;
-	c.method = get ? (m == EVHTTP_REQ_GET ? "GET" : "HEAD") : post ? "POST" : "OTHER";
+	c.method = get                      ? (m == EVHTTP_REQ_GET ? "GET" : "HEAD")
+	           : post                   ? "POST"
+	           : m == EVHTTP_REQ_PUT    ? "PUT"
+	           : m == EVHTTP_REQ_DELETE ? "DELETE"
+	                                    : "OTHER";
 	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
 	const char *path = u ? evhttp_uri_get_path(u) : NULL;
 	char *peer = NULL;
@@ -936,37 +1269,34 @@ static void handle(void *ctx, struct evhttp_request *req)
 		openapi(&c);
 		return;
 	}
-	if (strncmp(path, "/api/v1/", 8) != 0) {
+	enum route rt = R_NONE;
+	if (strncmp(path, SUPPRESS_UNSUB_PATH, strlen(SUPPRESS_UNSUB_PATH)) == 0 &&
+	    !strchr(path + strlen(SUPPRESS_UNSUB_PATH), '/'))
+		rt = R_UNSUB;
+	if (strncmp(path, "/api/v1/", 8) == 0) {
+		const char *r = path + 8;
+		if (strcmp(r, "suppressions") == 0 ||
+		    (strncmp(r, "suppressions/", 13) == 0 && r[13] && !strchr(r + 13, '/')))
+			rt = R_SUPP;
+		else if (strcmp(r, "messages") == 0)
+			rt = R_NATIVE;
+		else if (strcmp(r, "messages/raw") == 0)
+			rt = R_RAW;
+		else if (strcmp(r, "messages/batch") == 0)
+			rt = R_BATCH;
+		else if (strcmp(r, "send") == 0)
+			rt = R_MAILPIT;
+		else if (strncmp(r, "messages/", 9) == 0 && !strchr(r + 9, '/'))
+			rt = R_STATUS;
+		else if (strcmp(r, "events") == 0 || strcmp(r, "webhooks") == 0 ||
+		         strncmp(r, "webhooks/", 9) == 0)
+			rt = R_EVENTS; /* EVENTS */
+	}
+	if (rt == R_NONE) {
 		fail(&c, 404, "not_found", "no such route (see /api/openapi.json)");
 		return;
 	}
-	const char *r = path + 8;
-	bool known = strcmp(r, "messages") == 0 || strcmp(r, "messages/raw") == 0 ||
-	             strcmp(r, "messages/batch") == 0 || strcmp(r, "send") == 0 ||
-	             (strncmp(r, "messages/", 9) == 0 && !strchr(r + 9, '/')) ||
-	             strcmp(r, "events") == 0 || strcmp(r, "webhooks") == 0 ||
-	             strncmp(r, "webhooks/", 9) == 0; /* EVENTS */
-	if (!known) {
-		fail(&c, 404, "not_found", "no such route (see /api/openapi.json)");
-		return;
-	}
-	if (!authenticate(&c))
-		return;
-	if (strcmp(r, "messages") == 0 && post)
-		send_common(&c, NATIVE);
-	else if (strcmp(r, "messages/raw") == 0 && post)
-		send_common(&c, RAW);
-	else if (strcmp(r, "messages/batch") == 0 && post)
-		send_batch(&c);
-	else if (strcmp(r, "send") == 0 && post)
-		send_common(&c, MAILPIT);
-	else if (strncmp(r, "messages/", 9) == 0 && get && strcmp(r + 9, "raw") != 0 &&
-	         strcmp(r + 9, "batch") != 0)
-		message_status(&c, r + 9);
-	else if (get && (strcmp(r, "events") == 0 || strncmp(r, "webhooks", 8) == 0))
-		events_get(&c, r, evhttp_uri_get_query(u)); /* EVENTS */
-	else
-		fail(&c, 405, "method_not_allowed", "this route does not take that method");
+	rjob_start(&c, rt, path);
 }
 
 /* ------------------------------------------------------------- lifecycle */
@@ -1003,6 +1333,11 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	}
 	a->sp = sp;
 	a->sched = sched;
+	if (!(a->data_dir = tern_strdup(data_dir))) {
+		snprintf(err, errlen, "out of memory");
+		free(a);
+		return NULL;
+	}
 	pthread_mutex_init(&a->results_mu, NULL);
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_cond_init(&a->cv, NULL);
@@ -1012,6 +1347,9 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 		snprintf(err, errlen, "cannot open the API key store %s", path);
 		goto fail;
 	}
+	/* One thread: a->keys is one thread's (apikeys.h). NULL is survivable:
+	 * the routes answer 503 */
+	a->pool = pool_new(1);
 	char eerr[512]; /* EVENTS: the routes answer 503 without it */
 	if (!(a->events = events_db_open(data_dir, eerr, sizeof(eerr))))
 		log_warn("event=api_events_unavailable reason=\"%s\"", eerr);
@@ -1052,6 +1390,10 @@ void api_stop(struct api *a)
 	if (a->started)
 		worker_stop_and_join(a->w);
 	a->started = false;
+	/* The pool's jobs finish; their completions are posted to the worker
+	 * and run by the loop below (a commit they start, too). */
+	pool_free(a->pool);
+	a->pool = NULL;
 	/* Requests still waiting for the commit: their finish() is posted to
 	 * the stopped worker once the spool calls back; run it here, so each
 	 * is answered (and freed) before the servers go. Bounded: 30 s. */
@@ -1096,5 +1438,6 @@ void api_free(struct api *a)
 	pthread_mutex_destroy(&a->results_mu);
 	pthread_mutex_destroy(&a->mu);
 	pthread_cond_destroy(&a->cv);
+	free(a->data_dir);
 	free(a);
 }

@@ -44,6 +44,8 @@ struct api_send {
 	struct http_send_msg msg; /* raw (CRLF), from, to[], tags[] */
 	char *from_domain;        /* lowercased domain of the From header field */
 	char *metadata;           /* compact JSON object, or NULL */
+	bool list_unsub;          /* add RFC 8058 one-click List-Unsubscribe fields */
+	char *unsub_mailto;       /* with a mailto: link to this address, or NULL */
 };
 void api_send_free(struct api_send *s);
 
@@ -54,7 +56,11 @@ void api_send_free(struct api_send *s);
  * subject, text, html (at least one of the two), attachments and inline
  * ([{filename, content, content_type, encoding: "base64", content_id
  * (inline only)}]), headers {name: value}, tags [..], metadata {k: "v"},
- * priority ("high"|"normal"|"low"), send_at (RFC 3339 text or unix
+ * priority ("high"|"normal"|"low"), list_unsubscribe (true, or {"mailto":
+ * ADDRESS}: one-click unsubscribe fields, added by the server side; only
+ * for a message with exactly one recipient, else 422
+ * list_unsubscribe_one_recipient, since the link names the recipient),
+ * send_at (RFC 3339 text or unix
  * seconds: refused with 422 send_at_unsupported when in the future, since
  * the spool has no not-before time yet). now is the Date, msgid the
  * Message-ID ("local@domain"). TERN_OK, or TERN_ESYNTAX/TERN_ELIMIT/

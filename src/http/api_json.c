@@ -45,6 +45,7 @@ void api_send_free(struct api_send *s)
 	http_send_msg_free(&s->msg);
 	free(s->from_domain);
 	free(s->metadata);
+	free(s->unsub_mailto);
 	memset(s, 0, sizeof(*s));
 }
 
@@ -491,9 +492,62 @@ fail:
 }
 
 static const char *const known_keys[] = {
-    "from",        "to",     "cc",      "bcc",  "reply_to", "subject",  "text",    "html",
-    "attachments", "inline", "headers", "tags", "metadata", "priority", "send_at",
+    "from",        "to",       "cc",      "bcc",
+    "reply_to",    "subject",  "text",    "html",
+    "attachments", "inline",   "headers", "tags",
+    "metadata",    "priority", "send_at", "list_unsubscribe",
 };
+
+/* list_unsubscribe: true/false, or {"mailto": ADDRESS}; one recipient only. */
+static int get_list_unsub(json_t *obj, size_t n_rcpt, struct api_send *out, struct api_error *e)
+{
+	json_t *v = json_object_get(obj, "list_unsubscribe");
+	if (!v || json_is_null(v) || json_is_false(v))
+		return TERN_OK;
+	json_t *m = json_is_object(v) ? json_object_get(v, "mailto") : NULL;
+	const char *ms = json_string_value(m);
+	bool ok = json_is_true(v) || (json_is_object(v) && json_object_size(v) == 1 && ms);
+	if (ok && ms) {
+		const char *at = strchr(ms, '@');
+		size_t ml = strlen(ms);
+		ok = at && at != ms && at[1] && ml <= 254 && !strchr(at + 1, '@');
+		for (size_t i = 0; ok && i < ml; i++)
+			ok = (unsigned char)ms[i] > ' ' && (unsigned char)ms[i] < 0x7f &&
+			     !strchr("<>,\"()[]\\;:", ms[i]);
+	}
+	if (!ok) {
+		api_error_set(e, 422, "invalid_field", "list_unsubscribe",
+		              "list_unsubscribe is true or {\"mailto\": \"address\"}");
+		return TERN_ESYNTAX;
+	}
+	json_t *h = json_object_get(obj, "headers");
+	const char *hk;
+	json_t *hv;
+	if (json_is_object(h)) {
+		json_object_foreach(h, hk, hv)
+		{
+			if (strncasecmp(hk, "List-Unsubscribe", 16) == 0) {
+				api_error_set(
+				    e, 422, "invalid_field", "headers",
+				    "list_unsubscribe adds List-Unsubscribe and "
+				    "List-Unsubscribe-Post itself: do not give them in headers");
+				return TERN_ESYNTAX;
+			}
+		}
+	}
+	if (n_rcpt != 1) {
+		api_error_set(e, 422, "list_unsubscribe_one_recipient", "list_unsubscribe",
+		              "a message with list_unsubscribe has exactly one recipient (the link "
+		              "names it): send one message per recipient, e.g. in a batch");
+		return TERN_ESYNTAX;
+	}
+	if (ms && !(out->unsub_mailto = strdup(ms))) {
+		api_error_set(e, 500, "internal", "list_unsubscribe", "out of memory");
+		return TERN_ENOMEM;
+	}
+	out->list_unsub = true;
+	return TERN_OK;
+}
 
 int api_json_send(json_t *obj, long long now, const char *msgid, struct api_send *out,
                   struct api_error *e)
@@ -561,7 +615,8 @@ int api_json_send(json_t *obj, long long now, const char *msgid, struct api_send
 	    (rc = get_files(obj, "attachments", false, att, e)) != TERN_OK ||
 	    (rc = get_files(obj, "inline", true, att, e)) != TERN_OK ||
 	    (rc = get_headers(obj, mp, e)) != TERN_OK || (rc = get_metadata(obj, out, e)) ||
-	    (rc = get_send_at(obj, now, e)) != TERN_OK)
+	    (rc = get_send_at(obj, now, e)) != TERN_OK ||
+	    (rc = get_list_unsub(obj, n_rcpt, out, e)) != TERN_OK)
 		goto out;
 	json_t *tags = json_object_get(obj, "tags");
 	if (tags && !json_is_null(tags)) {

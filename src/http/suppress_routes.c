@@ -247,3 +247,29 @@ int suppress_http_api(const char *data_dir, const char *method, const char *path
 	json_decref(j);
 	return status;
 }
+
+enum suppress_scope_kind suppress_http_api_scope(const char *method, const char *path,
+                                                 const char *query, const char *body,
+                                                 size_t body_len, char *out, size_t outlen)
+{
+	bool has;
+	if (!outlen || !query_domain(query, out, outlen, &has))
+		return SUPPRESS_SCOPE_BAD;
+	size_t pl = strlen(SUPPRESS_API_PATH);
+	bool collection = strncmp(path, SUPPRESS_API_PATH, pl) == 0 && path[pl] == '\0';
+	if (collection && strcmp(method, "GET") == 0 && !has)
+		return SUPPRESS_SCOPE_ALL;
+	if (strcmp(method, "PUT") == 0 && !collection && body_len) {
+		json_error_t jerr;
+		json_t *j = json_loadb(body, body_len, JSON_REJECT_DUPLICATES, &jerr);
+		json_t *v = json_is_object(j) ? json_object_get(j, "domain") : NULL;
+		bool ok = json_is_object(j) && (!v || json_is_string(v));
+		if (ok && v)
+			ok = tern_strlcpy(out, json_string_value(v), outlen) < outlen;
+		json_decref(j);
+		if (!ok)
+			return SUPPRESS_SCOPE_BAD;
+	}
+	tern_ascii_lower(out);
+	return SUPPRESS_SCOPE_ONE;
+}

@@ -54,4 +54,19 @@ int suppress_http_unsubscribe(const char *data_dir, const char *method, const ch
 int suppress_http_api(const char *data_dir, const char *method, const char *path, const char *query,
                       const char *body, size_t body_len, struct tbuf *out);
 
+/*
+ * The sending domain a suppression API request (the same method, query and
+ * body as above) acts on, so the caller can check an API key against it
+ * before routing: the same reading as suppress_http_api's (a PUT body's
+ * "domain" over the query's; the last "domain=" of the query). Returns
+ * SUPPRESS_SCOPE_ONE with the domain lowercased in out ("" = the global
+ * list), SUPPRESS_SCOPE_ALL for a list of every scope (a GET of the
+ * collection without domain=), or SUPPRESS_SCOPE_BAD when the query or
+ * body is malformed (the handler answers 400 for it). Pure.
+ */
+enum suppress_scope_kind { SUPPRESS_SCOPE_BAD = -1, SUPPRESS_SCOPE_ONE = 0, SUPPRESS_SCOPE_ALL };
+enum suppress_scope_kind suppress_http_api_scope(const char *method, const char *path,
+                                                 const char *query, const char *body,
+                                                 size_t body_len, char *out, size_t outlen);
+
 #endif

@@ -82,6 +82,7 @@ struct spool_msg {
 	char *envid;   /* or NULL */
 	char *client;  /* "addr=1.2.3.4 helo=..." trace info, or NULL */
 	char *auth;    /* MAIL AUTH= to pass on (RFC 4954 §5), decoded; NULL: none (AUTH=<>) */
+	char *api_key; /* the name of the HTTP API key that queued it; NULL: not the API */
 	uint64_t size; /* message bytes */
 	struct spool_rcpt *rcpts;
 	size_t n_rcpts;

@@ -502,6 +502,7 @@ struct outcome {
 	const char *reply;
 	const char *relay;      /* "local" or the remote host */
 	bool dsn_relayed;
+	uint32_t retry_after;   /* deferred: not sooner than this (a destination's back-off) */
 };
 
 /*
@@ -612,7 +613,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			         qa, log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			break;
 		default: {
-			int64_t next = now + backoff(conf, r->attempts + 1);
+			int64_t wait = backoff(conf, r->attempts + 1);
+			int64_t next = now + (o[k].retry_after > wait ? o[k].retry_after : wait);
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
 			metric_inc(M_MESSAGES_DEFERRED);
 			events_emit_outcome(EV_DEFERRED, m->id, emid, emid_len, m->sender, r->addr,
@@ -637,7 +639,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		}
 		if (s->observer)
 			s->observer(s->observer_arg, m, o[k].idx,
-			            o[k].state == RCPT_DELIVERED || o[k].state == RCPT_BOUNCED
+			            o[k].state == RCPT_DELIVERED || o[k].state == RCPT_BOUNCED ||
+			                    o[k].state == RCPT_SUPPRESSED
 			                ? o[k].state
 			                : RCPT_DEFERRED,
 			            o[k].reply);
@@ -717,6 +720,7 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 			o[n].reply = rr->reply;
 			o[n].relay = rr->remote_mta[0] ? rr->remote_mta : job->domain;
 			o[n].dsn_relayed = rr->dsn_relayed;
+			o[n].retry_after = rr->retry_after;
 			n++;
 			if (rr->outcome == REMOTE_BOUNCED)
 				suppress_hard_bounce(rt->conf, m, rr);

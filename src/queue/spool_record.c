@@ -152,6 +152,7 @@ void spool_msg_free(struct spool_msg *m)
 	free(m->envid);
 	free(m->client);
 	free(m->auth);
+	free(m->api_key);
 	free(m);
 }
 
@@ -187,7 +188,8 @@ struct spool_msg *spool_msg_dup(const struct spool_msg *m)
 	c->folder = m->folder;
 	c->size = m->size;
 	if (!dup_opt(&c->sender, m->sender) || !dup_opt(&c->envid, m->envid) ||
-	    !dup_opt(&c->client, m->client) || !dup_opt(&c->auth, m->auth))
+	    !dup_opt(&c->client, m->client) || !dup_opt(&c->auth, m->auth) ||
+	    !dup_opt(&c->api_key, m->api_key))
 		goto fail;
 	if (m->n_rcpts) {
 		c->rcpts = calloc(m->n_rcpts, sizeof(*c->rcpts));
@@ -319,12 +321,15 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 	 * it (an older tern wrote the bit 0, which is the old meaning); only a
 	 * tern older than the bit refuses a record that sets it. */
 	put_u8(&e, (env->smtputf8 ? 1 : 0) | (env->trusted_client ? 2 : 0) |
-	               (env->folder == SPOOL_FOLDER_JUNK ? 4 : 0) | (env->auth ? 8 : 0));
+	               (env->folder == SPOOL_FOLDER_JUNK ? 4 : 0) | (env->auth ? 8 : 0) |
+	               (env->api_key ? 16 : 0));
 	put_str(&e, env->sender);
 	put_str(&e, env->envid);
 	put_str(&e, env->client);
 	if (env->auth) /* optional: only with flag bit 3, so older records read as they were */
 		put_str(&e, env->auth);
+	if (env->api_key) /* the same with flag bit 4 */
+		put_str(&e, env->api_key);
 	put_u32(&e, (uint32_t)env->n_rcpts);
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		const struct spool_rcpt *r = &env->rcpts[i];
@@ -547,7 +552,7 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 	m->body = get_u32(&d);
 	m->ret = get_u32(&d);
 	uint8_t flags = get_u8(&d);
-	if (flags & ~15u)
+	if (flags & ~31u)
 		d.bad = true;
 	m->smtputf8 = flags & 1;
 	m->trusted_client = (flags & 2) != 0;
@@ -557,6 +562,8 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 		goto out;
 	if ((flags & 8) && (!get_str(&d, &m->auth, true, &nomem) || !m->auth))
 		goto out; /* the bit promises a string: NULL would not re-encode the same */
+	if ((flags & 16) && (!get_str(&d, &m->api_key, true, &nomem) || !m->api_key))
+		goto out;
 	uint32_t nr = get_u32(&d);
 	if (d.bad || nr == 0 || nr > (d.n - d.pos) / RCPT_MIN_BYTES) {
 		d.bad = true;

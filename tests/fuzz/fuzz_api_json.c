@@ -9,7 +9,8 @@
  *     [a-z0-9_] and a message; nothing is returned with it;
  *   - an accepted message has CRLF line ends only, at least one envelope
  *     recipient, an envelope sender with '@', a lowercase From domain, and
- *     (send) no Bcc header field.
+ *     (send) no Bcc header field; list_unsubscribe only with one recipient
+ *     and a mailto that cannot break out of its <...>.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -50,6 +51,13 @@ static void check_message(const struct api_send *s, bool native)
 			CHECK(i + 1 < m->len && m->raw[i + 1] == '\n');
 	}
 	CHECK(s->from_domain && s->from_domain[0]);
+	/* list_unsubscribe: the link names one recipient; a mailto that api.c
+	 * puts between <> unchanged cannot close the bracket or add a link */
+	if (s->list_unsub)
+		CHECK(m->n_to == 1);
+	if (s->unsub_mailto)
+		CHECK(s->list_unsub && strchr(s->unsub_mailto, '@') &&
+		      !strpbrk(s->unsub_mailto, "<>,\r\n "));
 	for (const char *c = s->from_domain; *c; c++)
 		CHECK(!(*c >= 'A' && *c <= 'Z'));
 	if (native) {

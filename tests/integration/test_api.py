@@ -508,7 +508,8 @@ def test_openapi_file_is_served_and_lists_every_route(api):
     # the routes of api.c's header comment are the routes of the document
     src = (REPO / "src" / "http" / "api.c").read_text().split("*/", 1)[0]
     served = set()
-    for m in re.finditer(r"^ \*\s+(GET|POST)\s+(/[^\s,]+)(?:, (/[^\s,]+))?", src, re.M):
+    for m in re.finditer(r"^ \*\s+(GET|POST|PUT|DELETE)\s+(/[^\s,]+)(?:, (/[^\s,]+))?", src,
+                         re.M):
         for p in filter(None, m.group(2, 3)):
             served.add((m.group(1).lower(), p.replace("{queue_id}", "{id}")))
     documented = {(meth, p) for p, ops in doc["paths"].items() for meth in ops}

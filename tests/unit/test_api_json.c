@@ -75,6 +75,64 @@ static void full_message(void **state)
 	api_send_free(&s);
 }
 
+/* list_unsubscribe: true or {"mailto"}; one recipient; never beside the
+ * fields given by hand; the decoder only records it (api.c adds them). */
+static void list_unsubscribe(void **state)
+{
+	struct api_send s;
+	struct api_error e;
+	assert_int_equal(send_json("{\"from\": \"a@example.org\", \"to\": \"r@x.test\", "
+	                           "\"text\": \"t\", \"list_unsubscribe\": true}",
+	                           &s, &e),
+	                 TERN_OK);
+	assert_true(s.list_unsub);
+	assert_null(s.unsub_mailto);
+	assert_false(has_header(s.msg.raw, "List-Unsubscribe"));
+	api_send_free(&s);
+	assert_int_equal(send_json("{\"from\": \"a@example.org\", \"bcc\": \"r@x.test\", "
+	                           "\"text\": \"t\", \"list_unsubscribe\": {\"mailto\": "
+	                           "\"u+1@example.org\"}}",
+	                           &s, &e),
+	                 TERN_OK);
+	assert_true(s.list_unsub);
+	assert_string_equal(s.unsub_mailto, "u+1@example.org");
+	api_send_free(&s);
+	assert_int_equal(send_json("{\"from\": \"a@example.org\", \"to\": \"r@x.test\", "
+	                           "\"text\": \"t\", \"list_unsubscribe\": false}",
+	                           &s, &e),
+	                 TERN_OK);
+	assert_false(s.list_unsub);
+	api_send_free(&s);
+	static const char *const bad[] = {
+	    "\"to\": [\"r@x.test\", \"s@x.test\"], \"list_unsubscribe\": true",
+	    "\"to\": \"r@x.test\", \"cc\": \"s@x.test\", \"list_unsubscribe\": true",
+	    "\"to\": \"r@x.test\", \"list_unsubscribe\": \"yes\"",
+	    "\"to\": \"r@x.test\", \"list_unsubscribe\": {\"mailto\": \"a@b>, <x\"}",
+	    "\"to\": \"r@x.test\", \"list_unsubscribe\": {\"mailto\": \"nobody\"}",
+	    "\"to\": \"r@x.test\", \"list_unsubscribe\": {\"mailto\": \"a@b\", \"x\": 1}",
+	    ("\"to\": \"r@x.test\", \"list_unsubscribe\": true, \"headers\": "
+	     "{\"list-unsubscribe-post\": \"x\"}"),
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char j[512];
+		snprintf(j, sizeof(j), "{\"from\": \"a@example.org\", \"text\": \"t\", %s}",
+		         bad[i]);
+		assert_int_equal(send_json(j, &s, &e), TERN_ESYNTAX);
+		assert_int_equal(e.status, 422);
+		assert_true(strcmp(e.field, "list_unsubscribe") == 0 ||
+		            strcmp(e.field, "headers") == 0);
+		assert_null(s.msg.raw);
+		assert_null(s.unsub_mailto);
+		api_send_free(&s);
+	}
+	assert_int_equal(send_json("{\"from\": \"a@example.org\", \"to\": [\"r@x.test\", "
+	                           "\"s@x.test\"], \"text\": \"t\", \"list_unsubscribe\": true}",
+	                           &s, &e),
+	                 TERN_ESYNTAX);
+	assert_string_equal(e.code, "list_unsubscribe_one_recipient");
+	api_send_free(&s);
+}
+
 struct refusal {
 	const char *json;
 	int status;
@@ -280,7 +338,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(full_message), cmocka_unit_test(refusals),
 	    cmocka_unit_test(raw_messages), cmocka_unit_test(from_domains),
-	    cmocka_unit_test(key_store),
+	    cmocka_unit_test(key_store),    cmocka_unit_test(list_unsubscribe),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1880,6 +1880,14 @@ static void test_print_reload_round_trip(void **state)
 	    "auth_checks { spf = false; dmarc = enforce; defer_on_temperror = true; timeout = 1min "
 	    "}",
 	    "auth_checks { dkim = off; dmarc = \"off\" }",
+	    "shaping { \"Gmail.com\" { connections = 2; per_minute = 60 } default { per_connection "
+	    "= 9 }\n"
+	    "  backoff = 2min }\n"
+	    "pools { tx { addresses = [\"192.0.2.1\", \"2001:db8::1\"]; ehlo { \"192.0.2.1\" = "
+	    "m.test } }\n"
+	    "  bulk { addresses = \"192.0.2.2\"; warmup { start = 50; growth = 2 } } }\n"
+	    "pool_select { tags { news = bulk }; domains { \"A.test\" = tx }; keys { k = tx };\n"
+	    "  default = tx }\n",
 	    "recipient_delimiter = \"\"",
 	    "recipient_delimiter = \"+-\"",
 	    "tls { cert_file = /etc/tern/c.pem; key_file = /etc/tern/k.pem }\n"

@@ -246,6 +246,10 @@ static struct spool_msg *make_env(unsigned seed, size_t n_rcpts)
 		snprintf(buf, sizeof(buf), "user%u+app@example.org", seed);
 		m->auth = strdup(buf);
 	}
+	if (seed % 4 == 2) { /* the API key that queued it (optional field, flag bit 4) */
+		snprintf(buf, sizeof(buf), "key-%u", seed);
+		m->api_key = strdup(buf);
+	}
 	m->n_rcpts = n_rcpts;
 	m->rcpts = calloc(n_rcpts, sizeof(*m->rcpts));
 	assert_non_null(m->rcpts);
@@ -294,6 +298,7 @@ static void assert_env_equal(const struct spool_msg *a, const struct spool_msg *
 	assert_str_eq_opt(a->envid, b->envid);
 	assert_str_eq_opt(a->client, b->client);
 	assert_str_eq_opt(a->auth, b->auth);
+	assert_str_eq_opt(a->api_key, b->api_key);
 	assert_int_equal(a->size, b->size);
 	assert_int_equal(a->n_rcpts, b->n_rcpts);
 	for (size_t i = 0; i < a->n_rcpts; i++) {
@@ -397,6 +402,69 @@ static void test_record_folder_flag(void **st)
 	assert_int_equal(spool_rec_decode_msg(pl, plen, &d, &pdoff), TERN_ECORRUPT);
 	assert_null(d);
 	tbuf_free(&b);
+	spool_msg_free(m);
+}
+
+/* The API key name is an optional string after AUTH=, present only with
+ * flag bit 4: a record without it is byte for byte what a tern before the
+ * field wrote; with both fields, each reads back as itself. */
+static void test_record_api_key_field_is_optional(void **st)
+{
+	(void)st;
+	struct spool_msg *m = make_env(6, 2); /* seed 6: api_key, no auth */
+	assert_non_null(m->api_key);
+	assert_null(m->auth);
+	m->size = 3;
+	struct tbuf with = TBUF_INIT(1 << 20), without = TBUF_INIT(1 << 20),
+	            both = TBUF_INIT(1 << 20);
+	size_t doff, pdoff;
+	assert_int_equal(spool_rec_encode_msg(&with, m, "abc", 3, &doff), TERN_OK);
+	uint8_t *pl = (uint8_t *)with.data + SPOOL_REC_HDR;
+	assert_true(pl[MSG_FLAGS_AT] & 16);
+	assert_false(pl[MSG_FLAGS_AT] & 8);
+	struct spool_msg *d = NULL;
+	assert_int_equal(spool_rec_decode_msg(pl, with.len - SPOOL_REC_HDR, &d, &pdoff), TERN_OK);
+	assert_string_equal(d->api_key, "key-6");
+	assert_null(d->auth);
+	assert_env_equal(m, d);
+	spool_msg_free(d);
+	struct spool_msg *c = spool_msg_dup(m);
+	assert_non_null(c);
+	assert_string_equal(c->api_key, "key-6");
+	spool_msg_free(c);
+
+	/* with AUTH= as well: the order is auth, then api_key */
+	m->auth = strdup("user@example.org");
+	assert_int_equal(spool_rec_encode_msg(&both, m, "abc", 3, &doff), TERN_OK);
+	pl = (uint8_t *)both.data + SPOOL_REC_HDR;
+	assert_int_equal(pl[MSG_FLAGS_AT] & 24, 24);
+	assert_int_equal(spool_rec_decode_msg(pl, both.len - SPOOL_REC_HDR, &d, &pdoff), TERN_OK);
+	assert_string_equal(d->auth, "user@example.org");
+	assert_string_equal(d->api_key, "key-6");
+	spool_msg_free(d);
+	free(m->auth);
+	m->auth = NULL;
+
+	/* without: the record an older tern wrote, read as before */
+	size_t klen = strlen(m->api_key);
+	free(m->api_key);
+	m->api_key = NULL;
+	assert_int_equal(spool_rec_encode_msg(&without, m, "abc", 3, &doff), TERN_OK);
+	assert_int_equal(without.len + 4 + klen, with.len);
+	pl = (uint8_t *)without.data + SPOOL_REC_HDR;
+	assert_false(pl[MSG_FLAGS_AT] & 16);
+	assert_int_equal(spool_rec_decode_msg(pl, without.len - SPOOL_REC_HDR, &d, &pdoff),
+	                 TERN_OK);
+	assert_null(d->api_key);
+	assert_env_equal(m, d);
+	spool_msg_free(d);
+	/* a flag bit above 4 is still refused */
+	pl[MSG_FLAGS_AT] |= 32;
+	assert_int_not_equal(spool_rec_decode_msg(pl, without.len - SPOOL_REC_HDR, &d, &pdoff),
+	                     TERN_OK);
+	tbuf_free(&with);
+	tbuf_free(&without);
+	tbuf_free(&both);
 	spool_msg_free(m);
 }
 
@@ -2387,6 +2455,7 @@ int main(void)
 	    cmocka_unit_test(test_record_roundtrip_keeps_every_field),
 	    cmocka_unit_test(test_record_folder_flag),
 	    cmocka_unit_test(test_record_auth_field_is_optional),
+	    cmocka_unit_test(test_record_api_key_field_is_optional),
 	    cmocka_unit_test(test_concurrent_puts_survive_reopen_identically),
 	    cmocka_unit_test(test_foreach_lists_in_id_order),
 	    cmocka_unit_test(test_rcpt_updates_survive_reopen),

@@ -393,6 +393,49 @@ static int api(const char *method, const char *path, const char *query, const ch
 	return suppress_http_api(tmpdir, method, path, query, body, body ? strlen(body) : 0, out);
 }
 
+/* The scope a request acts on, as the caller checks it against a key:
+ * the same reading as the handler (the last domain=, a PUT body's domain
+ * over the query's), so no request names one list to the check and
+ * another to the handler. */
+static void api_scope(void **state)
+{
+	char d[SUPPRESS_DOMAIN_MAX];
+	const char *P = "/api/v1/suppressions", *E = "/api/v1/suppressions/a@x.test";
+	assert_int_equal(suppress_http_api_scope("GET", P, NULL, NULL, 0, d, sizeof(d)),
+	                 SUPPRESS_SCOPE_ALL);
+	assert_int_equal(suppress_http_api_scope("GET", P, "domain=", NULL, 0, d, sizeof(d)),
+	                 SUPPRESS_SCOPE_ONE);
+	assert_string_equal(d, "");
+	assert_int_equal(suppress_http_api_scope("GET", P, "domain=Ex.ORG", NULL, 0, d, sizeof(d)),
+	                 SUPPRESS_SCOPE_ONE);
+	assert_string_equal(d, "ex.org");
+	assert_int_equal(suppress_http_api_scope("DELETE", E, "domain=a.org&domain=b.org", NULL, 0,
+	                                         d, sizeof(d)),
+	                 SUPPRESS_SCOPE_ONE);
+	assert_string_equal(d, "b.org"); /* the handler's too: the last one */
+	assert_int_equal(suppress_http_api_scope("GET", E, NULL, NULL, 0, d, sizeof(d)),
+	                 SUPPRESS_SCOPE_ONE);
+	assert_string_equal(d, ""); /* an entry without domain: the global list */
+	const char *b = "{\"domain\": \"B.org\"}";
+	assert_int_equal(
+	    suppress_http_api_scope("PUT", E, "domain=a.org", b, strlen(b), d, sizeof(d)),
+	    SUPPRESS_SCOPE_ONE);
+	assert_string_equal(d, "b.org");
+	b = "{\"reason\": \"manual\"}";
+	assert_int_equal(
+	    suppress_http_api_scope("PUT", E, "domain=a.org", b, strlen(b), d, sizeof(d)),
+	    SUPPRESS_SCOPE_ONE);
+	assert_string_equal(d, "a.org");
+	static const char *const bad[] = {"{\"domain\": 1}", "[1]", "{",
+	                                  "{\"domain\": \"a\", \"domain\": \"b\"}"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(
+		    suppress_http_api_scope("PUT", E, NULL, bad[i], strlen(bad[i]), d, sizeof(d)),
+		    SUPPRESS_SCOPE_BAD);
+	assert_int_equal(suppress_http_api_scope("GET", P, "domain=%zz", NULL, 0, d, sizeof(d)),
+	                 SUPPRESS_SCOPE_BAD);
+}
+
 static void suppression_api(void **state)
 {
 	struct tbuf out = TBUF_INIT(1 << 16);
@@ -555,6 +598,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(store_scopes, setup_dir, teardown_dir),
 	    cmocka_unit_test_setup_teardown(one_click_unsubscribe, setup_dir, teardown_dir),
 	    cmocka_unit_test_setup_teardown(suppression_api, setup_dir, teardown_dir),
+	    cmocka_unit_test(api_scope),
 	    cmocka_unit_test_setup_teardown(spool_keeps_suppressed_state, setup_dir, teardown_dir),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
