@@ -808,7 +808,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		log_error("event=fatal reason=\"cannot open the spool in %s\"", spool_dir);
 		goto out;
 	}
-	if (!cap) /* capture mode emits no events */
+	if (!cap && conf->events.enabled) /* capture mode emits no events */
 		events_start_conf(conf);
 	sched = scheduler_new(sp, 2);
 	srv = sched ? smtp_server_new(sp, sched) : NULL;

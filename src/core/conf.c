@@ -1529,13 +1529,17 @@ static int parse_webhooks(struct ctx *x, const struct ucl_node *sec, struct conf
 	return rc;
 }
 
-/* events { retention; } (issue 13). */
+/* events { enabled; retention; } (issue 13). */
 static int parse_events(struct ctx *x, const struct ucl_node *sec, struct conf_events *e)
 {
 	int rc = want_section(x, sec, "events");
 	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
 		const struct ucl_node *m = sec->items[i];
 		uint64_t v = 0;
+		if (strcmp(m->key, "enabled") == 0) {
+			rc = get_bool(x, m, "events.enabled", &e->enabled);
+			continue;
+		}
 		if (strcmp(m->key, "retention") != 0)
 			return unknown_key(x, m, "events");
 		rc = get_num(x, m, "events.retention", NK_TIME, 0, 3650ull * 86400, &v);
@@ -3380,6 +3384,7 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->shaping.backoff = 300;
 	c->mailbox.quota = 1ull << 30;
 	c->webhooks = (struct conf_webhooks){5, 3600, 86400, 10};
+	c->events.enabled = true;
 	c->events.retention = 30 * 86400;
 	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
 	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
@@ -4094,8 +4099,8 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_shaping(out, &c->shaping);
 	fprintf(out,
 	        "webhooks {\n\tretry_base = %us;\n\tretry_max = %us;\n\tretry_window = %us;\n"
-	        "\ttimeout = %us;\n}\nevents {\n\tretention = %us;\n}\n",
+	        "\ttimeout = %us;\n}\nevents {\n\tenabled = %s;\n\tretention = %us;\n}\n",
 	        (unsigned)c->webhooks.retry_base, (unsigned)c->webhooks.retry_max,
 	        (unsigned)c->webhooks.retry_window, (unsigned)c->webhooks.timeout,
-	        (unsigned)c->events.retention);
+	        c->events.enabled ? "true" : "false", (unsigned)c->events.retention);
 }

@@ -399,6 +399,7 @@ struct tern_config {
 	} webhooks;
 	/* events { retention = 30d; }: how long DATA/events.db keeps events. */
 	struct conf_events {
+		bool enabled;       /* default true; false: nothing recorded, no webhooks */
 		uint32_t retention; /* seconds; 0 = forever */
 	} events;
 	/* Set by `tern capture` (never from a file): every recipient is

@@ -361,3 +361,15 @@ def test_a_suppressed_recipient_is_an_event(remote_tern, mx):
     ev = wait_for(got, "a suppressed event", t)
     assert ev[0]["recipient"] == "sup@ok.test"
     assert all("sup@ok.test" not in r.rcpt_tos for r in mx["ok"].messages)
+
+
+def test_events_enabled_false_records_nothing_and_mail_still_flows(remote_tern, mx):
+    # events { enabled = false; }: for a plain MX that wants no event writer beside the
+    # mail path. Mail is delivered as always; no store is opened, nothing is recorded.
+    t = remote_tern(extra={"events": {"enabled": False}})
+    qid = submit(t, ["off@ok.test"], body_for("eventsoff", ["off@ok.test"]))
+    mx["ok.test"].wait_messages(1, tern=t)
+    assert qid
+    assert not (t.data_dir / "events.db").exists()
+    shown = t.cli("check-config", "-c", str(t.config_path), check=True).stdout
+    assert "enabled = false;" in shown.split("events {", 1)[1]
