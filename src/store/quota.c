@@ -4,8 +4,9 @@
  * and day counts mirrored in DATA/quota.db so a restart keeps them.
  *
  * Owns: the table, its mutex and the SQLite handle.
- * Must never: be called on an event loop thread (SQLite writes), refuse a
- * message when the store cannot be written (counting goes on in memory).
+ * Must never: write SQLite from a caller's thread (a write-behind thread
+ * does, about once a second and at close), refuse a message when the store
+ * cannot be written (counting goes on in memory).
  */
 #include <pthread.h>
 #include <sqlite3.h>
@@ -24,13 +25,17 @@ struct entry {
 	char *name;
 	int64_t win[3];    /* start of the current window, per enum quota_window */
 	uint64_t count[3]; /* messages charged in it */
+	bool dirty;        /* hour/day counts not yet written */
 };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct entry *tab;
 static size_t n_tab, cap_tab;
-static sqlite3 *db;
+static sqlite3 *db; /* the flusher's once open() has loaded */
 static unsigned opens;
+static pthread_t flusher;
+static bool flusher_on, stopping;
+static pthread_cond_t flush_cv = PTHREAD_COND_INITIALIZER;
 
 static const char schema[] = "CREATE TABLE IF NOT EXISTS quota ("
                              " kind INTEGER NOT NULL,"
@@ -116,6 +121,8 @@ static void load(void)
 	sqlite3_finalize(st);
 }
 
+static void *flush_main(void *arg);
+
 int quota_open(const char *data_dir)
 {
 	int rc = TERN_OK;
@@ -138,6 +145,8 @@ int quota_open(const char *data_dir)
 	}
 	sqlite3_busy_timeout(db, 2000);
 	load();
+	stopping = false;
+	flusher_on = pthread_create(&flusher, NULL, flush_main, NULL) == 0;
 out:
 	pthread_mutex_unlock(&mu);
 	return rc;
@@ -146,6 +155,14 @@ out:
 void quota_close(void)
 {
 	pthread_mutex_lock(&mu);
+	if (opens == 1 && flusher_on) { /* the last one: write what is left */
+		stopping = true;
+		pthread_cond_signal(&flush_cv);
+		pthread_mutex_unlock(&mu);
+		pthread_join(flusher, NULL);
+		pthread_mutex_lock(&mu);
+		flusher_on = false;
+	}
 	if (opens > 0 && --opens == 0) {
 		sqlite3_close(db);
 		db = NULL;
@@ -158,30 +175,85 @@ void quota_close(void)
 	pthread_mutex_unlock(&mu);
 }
 
-/* Writes e's hour and day counts (under mu; a failure is logged, no more). */
-static void persist(const struct entry *e)
+/* One row to write, copied out of the table under mu. */
+struct row {
+	enum quota_kind kind;
+	char *name;
+	int64_t win[3];
+	uint64_t count[3];
+};
+
+/* Writes rows in one transaction (without mu: charges go on meanwhile). A
+ * failure is logged, no more: the counts stay right in memory. */
+static void write_rows(const struct row *r, size_t n)
 {
-	if (!db)
-		return;
 	sqlite3_stmt *st = NULL;
-	if (sqlite3_prepare_v2(db,
-	                       "INSERT OR REPLACE INTO quota (kind, name, hour_start, hour_count, "
-	                       "day_start, day_count) VALUES (?, ?, ?, ?, ?, ?)",
-	                       -1, &st, NULL) == SQLITE_OK) {
-		sqlite3_bind_int(st, 1, (int)e->kind);
-		sqlite3_bind_text(st, 2, e->name, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 3, e->win[QUOTA_HOUR]);
-		sqlite3_bind_int64(st, 4, (sqlite3_int64)e->count[QUOTA_HOUR]);
-		sqlite3_bind_int64(st, 5, e->win[QUOTA_DAY]);
-		sqlite3_bind_int64(st, 6, (sqlite3_int64)e->count[QUOTA_DAY]);
-		if (sqlite3_step(st) == SQLITE_DONE) {
-			sqlite3_finalize(st);
-			return;
-		}
+	bool ok = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK &&
+	          sqlite3_prepare_v2(db,
+	                             "INSERT OR REPLACE INTO quota (kind, name, hour_start, "
+	                             "hour_count, day_start, day_count) VALUES (?, ?, ?, ?, ?, ?)",
+	                             -1, &st, NULL) == SQLITE_OK;
+	for (size_t i = 0; ok && i < n; i++) {
+		sqlite3_reset(st);
+		sqlite3_bind_int(st, 1, (int)r[i].kind);
+		sqlite3_bind_text(st, 2, r[i].name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, r[i].win[QUOTA_HOUR]);
+		sqlite3_bind_int64(st, 4, (sqlite3_int64)r[i].count[QUOTA_HOUR]);
+		sqlite3_bind_int64(st, 5, r[i].win[QUOTA_DAY]);
+		sqlite3_bind_int64(st, 6, (sqlite3_int64)r[i].count[QUOTA_DAY]);
+		ok = sqlite3_step(st) == SQLITE_DONE;
 	}
-	log_warn("event=quota_write_failed kind=%s reason=\"%s\"", quota_kind_name(e->kind),
-	         sqlite3_errmsg(db));
 	sqlite3_finalize(st);
+	ok = ok && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK;
+	if (!ok) {
+		log_warn("event=quota_write_failed rows=%zu reason=\"%s\"", n, sqlite3_errmsg(db));
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	}
+}
+
+/* Takes the dirty entries and writes them. Called with mu held; drops it
+ * while writing. */
+static void flush_locked(void)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < n_tab; i++)
+		n += tab[i].dirty;
+	if (n == 0 || !db)
+		return;
+	struct row *r = calloc(n, sizeof(*r));
+	size_t k = 0;
+	for (size_t i = 0; r && i < n_tab && k < n; i++) {
+		if (!tab[i].dirty || !(r[k].name = tern_strdup(tab[i].name)))
+			continue;
+		tab[i].dirty = false;
+		r[k].kind = tab[i].kind;
+		memcpy(r[k].win, tab[i].win, sizeof(r[k].win));
+		memcpy(r[k].count, tab[i].count, sizeof(r[k].count));
+		k++;
+	}
+	pthread_mutex_unlock(&mu);
+	write_rows(r, k);
+	for (size_t i = 0; i < k; i++)
+		free(r[i].name);
+	free(r);
+	pthread_mutex_lock(&mu);
+}
+
+/* The write-behind thread: writes what changed about once a second, so a
+ * charge never waits for the disk (SMTP charges on the event loop). */
+static void *flush_main(void *arg)
+{
+	pthread_mutex_lock(&mu);
+	while (!stopping) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1;
+		pthread_cond_timedwait(&flush_cv, &mu, &ts);
+		flush_locked();
+	}
+	flush_locked();
+	pthread_mutex_unlock(&mu);
+	return NULL;
 }
 
 int quota_take(const struct quota_ask *asks, size_t n, int64_t now, struct quota_refusal *why)
@@ -216,7 +288,7 @@ int quota_take(const struct quota_ask *asks, size_t n, int64_t now, struct quota
 			}
 			e->count[w]++;
 		}
-		persist(e);
+		e->dirty = true;
 	}
 	pthread_mutex_unlock(&mu);
 	return rc;

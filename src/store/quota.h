@@ -7,10 +7,11 @@
  * Windows are fixed (aligned to the second, the UTC hour, the UTC day):
  * a refused message is told the seconds until its window ends, which is
  * when a slot frees. The per-second count lives in memory only; hour and
- * day counts are also written to DATA/quota.db (SQLite, no fsync: a crash
- * may forget a few charges, never refuse mail wrongly) so a restart does
- * not reset a day's count. Writes happen in the caller's thread: callers
- * are the API's pool thread, never the event loop.
+ * day counts are also written to DATA/quota.db (SQLite, no fsync; by a
+ * write-behind thread about once a second and at the last quota_close: a
+ * crash may forget a second's charges, never refuse mail wrongly) so a
+ * restart does not reset a day's count. quota_take never waits for the
+ * disk: it may be called on an event loop.
  *
  * Thread safety: one process-wide table under a mutex.
  */
