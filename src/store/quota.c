@@ -256,10 +256,12 @@ static void *flush_main(void *arg)
 	return NULL;
 }
 
-int quota_take(const struct quota_ask *asks, size_t n, int64_t now, struct quota_refusal *why)
+/* The first full window of asks at now: TERN_ELIMIT and *why, else TERN_OK.
+ * Under mu. */
+static int check_locked(const struct quota_ask *asks, size_t n, int64_t now,
+                        struct quota_refusal *why)
 {
 	int rc = TERN_OK;
-	pthread_mutex_lock(&mu);
 	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
 		const struct entry *e = find(asks[i].kind, asks[i].name, false);
 		const uint64_t lim[3] = {asks[i].lim.per_second, asks[i].lim.per_hour,
@@ -276,6 +278,21 @@ int quota_take(const struct quota_ask *asks, size_t n, int64_t now, struct quota
 			break;
 		}
 	}
+	return rc;
+}
+
+int quota_check(const struct quota_ask *asks, size_t n, int64_t now, struct quota_refusal *why)
+{
+	pthread_mutex_lock(&mu);
+	int rc = check_locked(asks, n, now, why);
+	pthread_mutex_unlock(&mu);
+	return rc;
+}
+
+int quota_take(const struct quota_ask *asks, size_t n, int64_t now, struct quota_refusal *why)
+{
+	pthread_mutex_lock(&mu);
+	int rc = check_locked(asks, n, now, why);
 	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
 		struct entry *e = find(asks[i].kind, asks[i].name, true);
 		if (!e)

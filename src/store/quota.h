@@ -68,6 +68,9 @@ void quota_close(void);
  */
 int quota_take(const struct quota_ask *asks, size_t n, int64_t now, struct quota_refusal *why);
 
+/* As quota_take without charging: TERN_OK when each ask has room now. */
+int quota_check(const struct quota_ask *asks, size_t n, int64_t now, struct quota_refusal *why);
+
 /* Messages counted for (kind, name) in the current second, hour and day at
  * now; zeros when unknown. Any pointer may be NULL. */
 void quota_count(enum quota_kind kind, const char *name, int64_t now, uint64_t *sec, uint64_t *hour,

@@ -170,3 +170,49 @@ def test_apikey_create_rejects_bad_quota_values(tern_factory):
         assert r.returncode != 0 and "--per-hour takes a number" in r.stderr
     r = t.cli("apikey", "list", check=True)
     assert " k " not in r.stdout
+
+
+def test_submission_user_over_its_quota_gets_452_4_7_1(tern_factory):
+    from test_submission import ALICE, BOB, send, sub_client, submission
+    for attempt in range(2):
+        t = submission(tern_factory, None, {
+            "auth": {"allow_plaintext": True},
+            "submission_quotas": {"default": {"per_hour": 2},
+                                  BOB: {"per_hour": 5}},
+        }, tls=False)
+        h = hour_now()
+        c = sub_client(t, tls=False, login=(ALICE,))
+        send(c, ALICE, [BOB], f"sub-{attempt}-0")
+        send(c, ALICE, [BOB], f"sub-{attempt}-1")
+        r = c.cmd(f"MAIL FROM:<{ALICE}>")
+        # bob has an entry of his own: his third message goes
+        b = sub_client(t, tls=False, login=(BOB,))
+        for i in range(3):
+            send(b, BOB, [ALICE], f"bob-{attempt}-{i}")
+        if hour_now() != h:
+            continue
+        assert r.is_(452, "4.7.1"), r
+        text = " ".join(r.texts)
+        assert ALICE in text and "2 per hour" in text and "try again in" in text, text
+        assert t.log_lines("event=rejected", "code=452 reason=quota"), t.log_tail()
+        # the session goes on: RSET and QUIT are answered, nothing was queued for the refused
+        assert c.cmd("RSET").is_(250)
+        t.wait_mail_with(BOB, f"sub-{attempt}-", count=2)
+        return
+    pytest.fail("the UTC hour turned twice during a few sends")
+
+
+def test_quota_config_is_checked_and_printed(tern_factory):
+    t = tern_factory({"quotas": {"Example.ORG": {"per_second": 3, "per_day": 100}},
+                      "submission_quotas": {"default": {"per_hour": 20}}}, start=False)
+    out = t.cli("check-config", check=True).stdout
+    assert re.search(r'"example\.org" \{ per_second = 3; per_day = 100; \}', out), out
+    assert re.search(r'"default" \{ per_hour = 20; \}', out), out
+    for bad, words in (({"quotas": {"not a domain": {"per_hour": 1}}}, "not a valid domain"),
+                       ({"quotas": {"example.org": {"per_week": 1}}}, "per_week"),
+                       ({"quotas": {"example.org": {"per_hour": 0}}}, "per_hour")):
+        cfg = dict(t.config)
+        cfg.update(bad)
+        t.write_config(cfg)
+        r = t.cli("check-config")
+        assert r.returncode != 0 and words in (r.stderr + r.stdout), (bad, r.stderr)
