@@ -59,6 +59,7 @@
 #include "core/loop.h"
 #include "core/runtime.h"
 #include "core/timefmt.h"
+#include "deliver/pools.h"
 #include "http/api.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
@@ -377,6 +378,10 @@ static bool prepare(struct req_ctx *c, const struct tern_config *conf, const str
 	                     "Received: from [%s] by %s (tern) with HTTP id %s\r\n\t(API key %s); "
 	                     "%s\r\n",
 	                     c->peer, conf->hostname, it->id, c->key.name, date);
+	/* the first tag picks the IP pool (pool_select.tags, deliver/pools.h);
+	 * in the trace part, not signed: remote delivery removes it */
+	if (rc == TERN_OK && it->s.msg.n_tags && conf->shaping.n_sel_tags)
+		rc = tbuf_printf(&it->data, "%s: %s\r\n", POOL_TAG_HEADER, it->s.msg.tags[0]);
 	size_t trace = it->data.len;
 	if (rc == TERN_OK && it->s.list_unsub) {
 		/* RFC 8058: before the message's own fields, after our trace, so

@@ -216,3 +216,45 @@ def test_quota_config_is_checked_and_printed(tern_factory):
         t.write_config(cfg)
         r = t.cli("check-config")
         assert r.returncode != 0 and words in (r.stderr + r.stdout), (bad, r.stderr)
+
+
+def test_api_tag_and_key_choose_the_ip_pool(tern_factory):
+    """API mail: its first tag becomes X-Tern-Tag (pool_select.tags: bulk, 127.0.0.3), a
+    key named in pool_select.keys leaves from its pool (dedicated, 127.0.0.4) whatever
+    the domain rule says; the fake MX sees those source addresses and no X-Tern-Tag."""
+    from test_shaping import MX_IP, FakeMX
+    with FakeMX(MX_IP, slow=0) as mx:
+        port = free_port()
+        t = tern_factory({
+            "listen": {"api": {"address": f"127.0.0.1:{port}", "profile": "http"}},
+            "routes": mx.route("pool.test"),
+            "pools": {"transactional": {"addresses": ["127.0.0.2"]},
+                      "bulk": {"addresses": ["127.0.0.3"]},
+                      "dedicated": {"addresses": ["127.0.0.4"]}},
+            "pool_select": {"domains": {"example.test": "transactional"},
+                            "tags": {"newsletter": "bulk"},
+                            "keys": {"vip": "dedicated"}},
+        }, start=False)
+        toks = {"app": create_key(t, "app"), "vip": create_key(t, "vip")}
+        start_on_free_port(t)
+        wait_ready_http(port)
+        api = Api(t, port)
+        api.keys = toks
+
+        def post(key, to, tags=None):
+            m = {"from": "shop@example.test", "to": [to], "subject": to, "text": "x\n"}
+            if tags:
+                m["tags"] = tags
+            st, body = api.json("POST", "/api/v1/messages", m, toks[key])
+            assert st == 202, body
+
+        post("app", "plain@pool.test")
+        post("app", "news@pool.test", ["newsletter", "spring"])
+        post("vip", "vip@pool.test")
+        mx.wait_messages(3, t)
+        with mx.lock:
+            by_rcpt = {m[1][0]: m for m in mx.messages}
+        assert by_rcpt["plain@pool.test"][0] == "127.0.0.2", by_rcpt
+        assert by_rcpt["news@pool.test"][0] == "127.0.0.3", by_rcpt
+        assert by_rcpt["vip@pool.test"][0] == "127.0.0.4", by_rcpt
+        assert all(b"X-Tern-Tag" not in m[2] for m in by_rcpt.values())
