@@ -342,10 +342,10 @@ static bool charge_quota(struct req_ctx *c, const struct tern_config *conf, stru
 	              "the %s '%.100s' may send %llu messages per %s; try again in %lld seconds",
 	              quota_kind_name(q->kind), q->name, (unsigned long long)q->limit,
 	              quota_window_name(q->window), (long long)q->retry_after);
-	char kq[APIKEY_NAME_MAX + 8];
+	char kq[APIKEY_NAME_MAX + 8], nq[sizeof(q->name) * 4 + 8];
 	log_info("event=api_quota_exceeded key=%s %s=%s window=%s limit=%llu retry_after=%lld",
 	         log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq)),
-	         quota_kind_name(q->kind), q->kind == QUOTA_KEY ? kq : q->name,
+	         quota_kind_name(q->kind), log_quote(q->name, strlen(q->name), nq, sizeof(nq)),
 	         quota_window_name(q->window), (unsigned long long)q->limit,
 	         (long long)q->retry_after);
 	return false;
@@ -487,7 +487,7 @@ static json_t *item_error_obj(const struct item *it)
 /* The answer of a request once its items are decided. */
 static void reply_items(struct req_ctx *c, enum kind kind, struct item *items, size_t n)
 {
-	for (size_t i = 0; i < n; i++) /* the soonest a refused message may come back */
+	for (size_t i = 0; kind != BATCH && i < n; i++) /* when it may come back */
 		if (items[i].over_quota &&
 		    (c->retry_after <= 0 || items[i].q.retry_after < c->retry_after))
 			c->retry_after = items[i].q.retry_after;

@@ -258,3 +258,32 @@ def test_api_tag_and_key_choose_the_ip_pool(tern_factory):
         assert by_rcpt["news@pool.test"][0] == "127.0.0.3", by_rcpt
         assert by_rcpt["vip@pool.test"][0] == "127.0.0.4", by_rcpt
         assert all(b"X-Tern-Tag" not in m[2] for m in by_rcpt.values())
+
+
+def test_domain_quota_is_shared_by_api_and_submission(tern_factory):
+    from test_submission import ALICE, BOB, send, sub_client, submission
+    for attempt in range(2):
+        port = free_port()
+        t = submission(tern_factory, None, {
+            "auth": {"allow_plaintext": True},
+            "listen": {"api": {"address": f"127.0.0.1:{port}", "profile": "http"}},
+            "quotas": {"example.test": {"per_hour": 2}},
+        }, start=False, tls=False)
+        tok = create_key(t, f"k{attempt}")
+        start_on_free_port(t)
+        wait_ready_http(port)
+        api = Api(t, port)
+        api.keys = {"k": tok}
+        h = hour_now()
+        st = api.call("POST", "/api/v1/messages", msg("shared-api", frm=ALICE), tok)[0]
+        c = sub_client(t, tls=False, login=(ALICE,))
+        send(c, ALICE, [BOB], f"shared-sub-{attempt}")
+        r = c.cmd(f"MAIL FROM:<{ALICE}>")
+        st3 = api.call("POST", "/api/v1/messages", msg("shared-api-3", frm=ALICE), tok)[0]
+        if hour_now() != h:
+            continue
+        assert st == 202
+        assert r.is_(452, "4.7.1") and "domain example.test" in " ".join(r.texts), r
+        assert st3 == 429
+        return
+    pytest.fail("the UTC hour turned twice during a few sends")
