@@ -68,13 +68,45 @@ static int64_t win_start(enum quota_window w, int64_t now)
 	return now - now % span[w];
 }
 
+static size_t *idx;    /* open addressing over tab: index + 1, 0 = empty */
+static size_t cap_idx; /* a power of two, at least twice n_tab */
+
+static size_t hash(enum quota_kind kind, const char *name)
+{
+	uint64_t h = 1469598103934665603ULL ^ (uint64_t)kind; /* FNV-1a */
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return (size_t)h;
+}
+
+/* Rebuilds idx with cap slots (a power of two). Under mu. */
+static bool reindex(size_t cap)
+{
+	size_t *v = calloc(cap, sizeof(*v));
+	if (!v)
+		return false;
+	for (size_t i = 0; i < n_tab; i++) {
+		size_t j = hash(tab[i].kind, tab[i].name) & (cap - 1);
+		while (v[j])
+			j = (j + 1) & (cap - 1);
+		v[j] = i + 1;
+	}
+	free(idx);
+	idx = v;
+	cap_idx = cap;
+	return true;
+}
+
 /* The entry of (kind, name), made when make is true; NULL when absent or
- * out of memory. Under mu. */
+ * out of memory. Under mu. The pointer lasts until the next find(make). */
 static struct entry *find(enum quota_kind kind, const char *name, bool make)
 {
-	for (size_t i = 0; i < n_tab; i++)
-		if (tab[i].kind == kind && strcmp(tab[i].name, name) == 0)
-			return &tab[i];
+	size_t j = cap_idx ? hash(kind, name) & (cap_idx - 1) : 0;
+	for (; cap_idx && idx[j]; j = (j + 1) & (cap_idx - 1)) {
+		struct entry *e = &tab[idx[j] - 1];
+		if (e->kind == kind && strcmp(e->name, name) == 0)
+			return e;
+	}
 	if (!make)
 		return NULL;
 	if (n_tab == cap_tab) {
@@ -85,10 +117,16 @@ static struct entry *find(enum quota_kind kind, const char *name, bool make)
 		tab = v;
 		cap_tab = c;
 	}
+	if (2 * (n_tab + 1) > cap_idx && !reindex(cap_idx ? 2 * cap_idx : 32))
+		return NULL;
 	char *dup = tern_strdup(name);
 	if (!dup)
 		return NULL;
 	tab[n_tab] = (struct entry){.kind = kind, .name = dup};
+	j = hash(kind, name) & (cap_idx - 1);
+	while (idx[j])
+		j = (j + 1) & (cap_idx - 1);
+	idx[j] = n_tab + 1;
 	return &tab[n_tab++];
 }
 
@@ -171,6 +209,9 @@ void quota_close(void)
 		free(tab);
 		tab = NULL;
 		n_tab = cap_tab = 0;
+		free(idx);
+		idx = NULL;
+		cap_idx = 0;
 	}
 	pthread_mutex_unlock(&mu);
 }

@@ -116,6 +116,30 @@ static void counts_survive_a_reopen(void **state)
 	assert_int_equal(rmdir(dir), 0);
 }
 
+static void many_subjects_keep_their_own_counts(void **state)
+{
+	(void)state;
+	quota_open(NULL);
+	char name[32];
+	struct quota_refusal why;
+	for (int i = 0; i < 3000; i++) { /* grows the table and its index several times */
+		snprintf(name, sizeof(name), "d%d.example", i);
+		struct quota_ask a = {QUOTA_DOMAIN, name, {0, (uint64_t)(i % 3) + 1, 0}};
+		for (int k = 0; k <= i % 3; k++)
+			assert_int_equal(quota_take(&a, 1, HOUR0, &why), TERN_OK);
+		assert_int_equal(quota_take(&a, 1, HOUR0, &why), TERN_ELIMIT);
+	}
+	for (int i = 0; i < 3000; i += 7) {
+		uint64_t h = 0;
+		snprintf(name, sizeof(name), "d%d.example", i);
+		quota_count(QUOTA_DOMAIN, name, HOUR0, NULL, &h, NULL);
+		assert_int_equal(h, (uint64_t)(i % 3) + 1);
+		quota_count(QUOTA_KEY, name, HOUR0, NULL, &h, NULL); /* another kind */
+		assert_int_equal(h, 0);
+	}
+	quota_close();
+}
+
 static void ses_usage_figures(void **state)
 {
 	(void)state;
@@ -137,6 +161,7 @@ int main(void)
 	    cmocka_unit_test(per_second_admits_in_the_next_second),
 	    cmocka_unit_test(key_and_domain_all_or_nothing),
 	    cmocka_unit_test(counts_survive_a_reopen),
+	    cmocka_unit_test(many_subjects_keep_their_own_counts),
 	    cmocka_unit_test(ses_usage_figures),
 	};
 	return cmocka_run_group_tests_name("send_quota", tests, NULL, NULL);
