@@ -21,12 +21,14 @@
 #include "core/err.h"
 #include "core/timefmt.h"
 #include "store/apikeys.h"
+#include "store/quota.h"
 
 #define DOMAINS_MAX 32
 
 static const struct cli_help apikey_help = {
     "tern apikey",
-    "tern apikey create NAME [--scope send|read|admin] [--from-domain D]... [-c FILE]\n"
+    "tern apikey create NAME [--scope send|read|admin] [--from-domain D]...\n"
+    "                  [--per-second N] [--per-hour N] [--per-day N] [-c FILE]\n"
     "tern apikey list [-c FILE]\n"
     "tern apikey revoke NAME|ID [-c FILE]",
     "Manages the keys of the HTTP sending API (listen { NAME { profile = \"http\"; } }),\n"
@@ -38,6 +40,10 @@ static const struct cli_help apikey_help = {
     "                      read; admin: everything, every key's messages\n"
     "  --from-domain D     the key may send only with a From address in D or a\n"
     "                      subdomain of it (repeat for several; default: any)\n"
+    "  --per-second N, --per-hour N, --per-day N\n"
+    "                      sending quotas: messages the key may send per second,\n"
+    "                      UTC hour, UTC day; over one the API answers 429 with\n"
+    "                      Retry-After (default: no limit). list shows the usage.\n"
     "  -c, --config FILE   the configuration file\n"};
 
 /* The store in the data dir, made if missing (create) and given to the
@@ -69,12 +75,39 @@ static int open_store(const struct tern_config *conf, bool create, struct apikey
 	return TERN_OK;
 }
 
+/* "N/L" (count this window / its limit), or "N" when the window has none. */
+static void usage_cell(char *out, size_t len, uint64_t n, uint64_t lim)
+{
+	if (lim)
+		snprintf(out, len, "%llu/%llu", (unsigned long long)n, (unsigned long long)lim);
+	else
+		snprintf(out, len, "%llu", (unsigned long long)n);
+}
+
 static void print_key(const struct apikey *k, void *arg)
 {
-	char created[TERN_RFC5322_DATE_MAX];
+	char created[TERN_RFC5322_DATE_MAX], hour[48], day[48];
 	tern_rfc5322_date(k->created, created, sizeof(created));
-	printf("%-16s %-20s %-5s %-8s %s  %s\n", k->id, k->name, apikey_scope_name(k->scope),
-	       k->revoked ? "revoked" : "live", k->domains[0] ? k->domains : "*", created);
+	uint64_t nh = 0, nd = 0;
+	quota_count(QUOTA_KEY, k->name, (int64_t)time(NULL), NULL, &nh, &nd);
+	usage_cell(hour, sizeof(hour), nh, k->per_hour);
+	usage_cell(day, sizeof(day), nd, k->per_day);
+	printf("%-16s %-20s %-5s %-8s %-12s %-12s %s  %s\n", k->id, k->name,
+	       apikey_scope_name(k->scope), k->revoked ? "revoked" : "live", hour, day,
+	       k->domains[0] ? k->domains : "*", created);
+}
+
+/* A quota flag's value: 1 to 10^9. */
+static bool parse_limit(const char *s, uint64_t *out)
+{
+	char *end;
+	if (!s || *s < '0' || *s > '9')
+		return false;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (*end || v == 0 || v > 1000000000ULL)
+		return false;
+	*out = v;
+	return true;
 }
 
 int cmd_apikey(int argc, char **argv)
@@ -87,11 +120,22 @@ int cmd_apikey(int argc, char **argv)
 	const char *sub = argv[1], *arg = NULL, *domains[DOMAINS_MAX];
 	size_t n_domains = 0;
 	enum apikey_scope scope = APIKEY_SEND;
+	uint64_t lim[3] = {0, 0, 0}; /* --per-second, --per-hour, --per-day */
+	static const char *const lim_flag[3] = {"--per-second", "--per-hour", "--per-day"};
 	if (strcmp(sub, "create") != 0 && strcmp(sub, "list") != 0 && strcmp(sub, "revoke") != 0)
 		return cli_usage(&apikey_help, "unknown subcommand '%s'", sub);
 	for (int i = 2; i < argc; i++) {
 		bool create = strcmp(sub, "create") == 0;
-		if (create && strcmp(argv[i], "--scope") == 0 && i + 1 < argc) {
+		int lf = -1;
+		for (int f = 0; f < 3 && create; f++)
+			if (strcmp(argv[i], lim_flag[f]) == 0)
+				lf = f;
+		if (lf >= 0) {
+			if (i + 1 >= argc || !parse_limit(argv[++i], &lim[lf]))
+				return cli_usage(&apikey_help,
+				                 "%s takes a number from 1 to 1000000000",
+				                 lim_flag[lf]);
+		} else if (create && strcmp(argv[i], "--scope") == 0 && i + 1 < argc) {
 			if (!(scope = apikey_scope_parse(argv[++i])))
 				return cli_usage(&apikey_help, "--scope is send, read or admin");
 		} else if (create && strcmp(argv[i], "--from-domain") == 0 && i + 1 < argc) {
@@ -120,9 +164,16 @@ int cmd_apikey(int argc, char **argv)
 		goto out;
 	}
 	if (strcmp(sub, "list") == 0) {
-		printf("%-16s %-20s %-5s %-8s %s  %s\n", "ID", "NAME", "SCOPE", "STATE", "DOMAINS",
-		       "CREATED");
+		/* usage from the daemon's counters, when it has any */
+		char qpath[4096];
+		struct stat qs;
+		snprintf(qpath, sizeof(qpath), "%s/quota.db", conf->data_dir);
+		bool q = stat(qpath, &qs) == 0 && quota_open(conf->data_dir) == TERN_OK;
+		printf("%-16s %-20s %-5s %-8s %-12s %-12s %s  %s\n", "ID", "NAME", "SCOPE", "STATE",
+		       "HOUR", "DAY", "DOMAINS", "CREATED");
 		status = apikeys_list(ks, print_key, NULL) == TERN_OK ? 0 : 1;
+		if (q)
+			quota_close();
 	} else if (strcmp(sub, "revoke") == 0) {
 		int rc = apikeys_revoke(ks, arg);
 		if (rc == TERN_OK) {
@@ -138,6 +189,12 @@ int cmd_apikey(int argc, char **argv)
 		struct apikey k;
 		int rc =
 		    apikeys_create(ks, arg, scope, domains, n_domains, token, sizeof(token), &k);
+		if (rc == TERN_OK && (lim[0] || lim[1] || lim[2]) &&
+		    apikeys_set_limits(ks, k.id, lim[0], lim[1], lim[2]) != TERN_OK) {
+			apikeys_revoke(ks,
+			               k.id); /* not a key without the limits it was asked for */
+			rc = TERN_EIO;
+		}
 		if (rc == TERN_OK) {
 			fprintf(stderr,
 			        "created key %s (id %s, scope %s, domains %s); the token below is "

@@ -51,6 +51,7 @@
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "store/events.h"
+#include "store/quota.h"
 #include "store/suppress.h"
 #include "tls/tls.h"
 
@@ -871,6 +872,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		}
 		http_fd = -1; /* owned by the HTTP server now */
 	}
+	quota_open(conf->data_dir); /* sending quotas (store/quota.h): API and submission */
 	/* before anything is submitted: it watches the scheduler's results */
 	if (n_api_fds &&
 	    !(api = api_start(conf->data_dir, sp, sched, api_fds, n_api_fds, err, sizeof(err)))) {
@@ -991,6 +993,7 @@ out:
 	scheduler_stop(sched);
 	scheduler_drain_results(sched);
 	api_free(api); /* after the last result it could be told of */
+	quota_close(); /* after the workers: writes the last counts */
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);

@@ -2909,6 +2909,109 @@ static void rules_free(struct conf_pool_rule *r, size_t n)
 	free(r);
 }
 
+/* ---- quotas { } and submission_quotas { } (store/quota.h) ---- */
+
+#define MAX_QUOTAS 4096
+
+static int parse_quota_one(struct ctx *x, const struct ucl_node *sec, const char *path,
+                           struct conf_quota *q)
+{
+	int rc = want_section(x, sec, path);
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char sub[320];
+		uint64_t *f = strcmp(m->key, "per_second") == 0 ? &q->per_second
+		              : strcmp(m->key, "per_hour") == 0 ? &q->per_hour
+		              : strcmp(m->key, "per_day") == 0  ? &q->per_day
+		                                                : NULL;
+		if (!f)
+			return unknown_key(x, m, path);
+		snprintf(sub, sizeof(sub), "%s.%s", path, m->key);
+		rc = get_num(x, m, sub, NK_COUNT, 1, 1000000000, f);
+	}
+	return rc;
+}
+
+/* quotas { "DOMAIN" { ... } } (users: false) or submission_quotas { default
+ * { ... } "USER" { ... } } (users: true). */
+static int parse_quotas(struct ctx *x, const struct ucl_node *sec, const char *what, bool users,
+                        struct conf_quota **out, size_t *n)
+{
+	int rc = want_section(x, sec, what);
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		char b[80], path[320];
+		bool ok = users ? m->key[0] != '\0' && strlen(m->key) <= 255 && !strchr(m->key, '"')
+		                : valid_domain(m->key);
+		if (!ok)
+			return cerr(x, m, "%s: '%s' is not a valid %s", what,
+			            show(m->key, b, sizeof(b)),
+			            users ? "user name" : "domain name");
+		if (*n >= MAX_QUOTAS)
+			return cerr(x, m, "%s: more than %d entries", what, MAX_QUOTAS);
+		struct conf_quota q = {0};
+		snprintf(path, sizeof(path), "%s.\"%s\"", what, show(m->key, b, sizeof(b)));
+		if ((rc = parse_quota_one(x, m, path, &q)) != TERN_OK)
+			return rc;
+		struct conf_quota *v = realloc(*out, (*n + 1) * sizeof(*v));
+		if (!v || !(q.name = tern_strdup(m->key))) {
+			if (v)
+				*out = v;
+			return nomem(x);
+		}
+		if (!users)
+			tern_ascii_lower(q.name);
+		*out = v;
+		(*out)[(*n)++] = q;
+	}
+	return rc;
+}
+
+static void quotas_free(struct conf_quota *q, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(q[i].name);
+	free(q);
+}
+
+const struct conf_quota *conf_domain_quota(const struct tern_config *c, const char *domain)
+{
+	for (size_t i = 0; domain && i < c->n_quotas; i++)
+		if (strcmp(c->quotas[i].name, domain) == 0)
+			return &c->quotas[i];
+	return NULL;
+}
+
+const struct conf_quota *conf_submission_quota(const struct tern_config *c, const char *user)
+{
+	const struct conf_quota *d = NULL;
+	for (size_t i = 0; i < c->n_sub_quotas; i++) {
+		if (user && strcmp(c->sub_quotas[i].name, user) == 0)
+			return &c->sub_quotas[i];
+		if (strcmp(c->sub_quotas[i].name, "default") == 0)
+			d = &c->sub_quotas[i];
+	}
+	return d;
+}
+
+static void print_quotas(FILE *f, const char *what, const struct conf_quota *q, size_t n)
+{
+	fprintf(f, "%s {\n", what);
+	for (size_t i = 0; i < n; i++) {
+		fputc('\t', f);
+		print_str(f, q[i].name);
+		fputs(" {", f);
+		if (q[i].per_second)
+			fprintf(f, " per_second = %llu;", (unsigned long long)q[i].per_second);
+		if (q[i].per_hour)
+			fprintf(f, " per_hour = %llu;", (unsigned long long)q[i].per_hour);
+		if (q[i].per_day)
+			fprintf(f, " per_day = %llu;", (unsigned long long)q[i].per_day);
+		fputs(" }\n", f);
+	}
+	fputs("}\n", f);
+}
+
 static void shaping_conf_free(struct conf_shaping *sh)
 {
 	for (size_t i = 0; i < sh->n_shapes; i++)
@@ -2926,6 +3029,8 @@ static void shaping_conf_free(struct conf_shaping *sh)
 static void conf_free(struct tern_config *c)
 {
 	shaping_conf_free(&c->shaping);
+	quotas_free(c->quotas, c->n_quotas);
+	quotas_free(c->sub_quotas, c->n_sub_quotas);
 	free(c->policy.zones);
 	tls_certs_free(c->tls.certs, c->tls.n_certs);
 	dkim_keys_free(c->dkim.keys, c->dkim.n_keys);
@@ -3340,6 +3445,11 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_pools(x, m, &c->shaping);
 	if (strcmp(k, "pool_select") == 0)
 		return parse_pool_select(x, m, &c->shaping);
+	if (strcmp(k, "quotas") == 0)
+		return parse_quotas(x, m, "quotas", false, &c->quotas, &c->n_quotas);
+	if (strcmp(k, "submission_quotas") == 0)
+		return parse_quotas(x, m, "submission_quotas", true, &c->sub_quotas,
+		                    &c->n_sub_quotas);
 	return unknown_key(x, m, NULL);
 }
 
@@ -4097,6 +4207,8 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_metrics(out, &c->metrics);
 	print_suppression(out, &c->suppression);
 	print_shaping(out, &c->shaping);
+	print_quotas(out, "quotas", c->quotas, c->n_quotas);
+	print_quotas(out, "submission_quotas", c->sub_quotas, c->n_sub_quotas);
 	fprintf(out,
 	        "webhooks {\n\tretry_base = %us;\n\tretry_max = %us;\n\tretry_window = %us;\n"
 	        "\ttimeout = %us;\n}\nevents {\n\tenabled = %s;\n\tretention = %us;\n}\n",

@@ -165,6 +165,17 @@ struct conf_shaping {
 	char *sel_default; /* pool for mail no rule matches, or NULL: no pool */
 };
 
+/*
+ * Sending quotas (store/quota.h): quotas { "DOMAIN" { per_second;
+ * per_hour; per_day; } } for each sending (From/envelope) domain, and
+ * submission_quotas { default { ... } "USER" { ... } } for authenticated
+ * submission users. A field left 0 is no limit in that window.
+ */
+struct conf_quota {
+	char *name; /* lowercase domain, user name, or "default" */
+	uint64_t per_second, per_hour, per_day;
+};
+
 struct conf_dns {
 	char **forward;           /* "IP" or "IP@PORT"; empty = /etc/resolv.conf */
 	size_t n_forward;
@@ -367,6 +378,8 @@ struct tern_config {
 	struct conf_route *relayhost;    /* default next hop, or NULL for MX delivery */
 	struct conf_delivery delivery;
 	struct conf_shaping shaping; /* shaping { }, pools { }, pool_select { } */
+	struct conf_quota *quotas, *sub_quotas; /* quotas { }, submission_quotas { } */
+	size_t n_quotas, n_sub_quotas;
 	/* mailbox { quota = 1g; }: the storage limit of each local Maildir
 	 * (Maildir++ maildirsize, as Dovecot counts it) for a user whose line in
 	 * the users file has no userdb_quota_rule; 0 = unlimited. */
@@ -471,6 +484,11 @@ size_t conf_print_changed(const struct tern_config *c, FILE *out);
 size_t conf_local_base_len(const struct tern_config *c, const char *local, size_t len);
 /* Case-insensitive; domain need not be NUL-terminated. */
 bool conf_is_local_domain(const struct tern_config *c, const char *domain, size_t len);
+/* The quotas { } entry of a sending domain (lowercase; exact match), or
+ * NULL; conf_submission_quota: the user's submission_quotas entry, else
+ * its default, else NULL. */
+const struct conf_quota *conf_domain_quota(const struct tern_config *c, const char *domain);
+const struct conf_quota *conf_submission_quota(const struct tern_config *c, const char *user);
 /* Looks up an alias for a lowercased address; NULL if none. */
 const struct conf_alias *conf_find_alias(const struct tern_config *c, const char *addr);
 /*

@@ -164,6 +164,7 @@ struct remote_job {
 	bool has_8bit;           /* the message has bytes >= 0x80 */
 	char *envid;
 	char *auth;              /* MAIL AUTH= for the next hop (RFC 4954 §5), or NULL */
+	char *api_key;           /* the HTTP API key that sent it (pool_select.keys), or NULL */
 	char *data;
 	size_t len;
 	char domain[256];        /* lowercase recipient domain */

@@ -276,6 +276,7 @@ void remote_job_free(struct remote_job *job)
 	free(job->sender);
 	free(job->envid);
 	free(job->auth);
+	free(job->api_key);
 	free(job->data);
 	free(job);
 }
@@ -2547,7 +2548,10 @@ void remote_submit(struct remote *r, struct remote_job *job)
 	char tag[POOL_TAG_MAX], key[400];
 	job->len = pool_take_tag(job->data, job->len, tag, sizeof(tag));
 	char pool[65] = "";
-	const char *pname = pool_select(&rt->conf->shaping, job->sender, tag);
+	/* an API key's pool (pool_select.keys) overrides the rest (pools.h) */
+	const char *pname = job->api_key ? pool_for_key(&rt->conf->shaping, job->api_key) : NULL;
+	if (!pname)
+		pname = pool_select(&rt->conf->shaping, job->sender, tag);
 	tern_strlcpy(pool, pname ? pname : "", sizeof(pool));
 	dest_key(rt->conf, job->domain, pool, key, sizeof(key));
 	struct shape_limits lim;

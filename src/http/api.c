@@ -59,6 +59,7 @@
 #include "core/loop.h"
 #include "core/runtime.h"
 #include "core/timefmt.h"
+#include "deliver/pools.h"
 #include "http/api.h"
 #include "http/events_routes.h"
 #include "queue/queue.h"
@@ -67,6 +68,7 @@
 #include "http/suppress_routes.h"
 #include "store/apikeys.h"
 #include "store/events.h"
+#include "store/quota.h"
 #include "store/suppress.h"
 
 #define TRACE_MAX 1024
@@ -99,7 +101,8 @@ struct req_ctx {
 	char peer[64];
 	struct apikey key;
 	bool have_key;
-	char ids[160]; /* queue ids, comma-separated, for the log */
+	int64_t retry_after; /* > 0: a Retry-After field goes with the reply */
+	char ids[160];       /* queue ids, comma-separated, for the log */
 	/*
 	 * A request whose work runs on the pool (struct rjob): everything it
 	 * reads was taken from the request on the worker, and what it answers
@@ -132,6 +135,11 @@ static void reply_json(struct req_ctx *c, int code, json_t *j)
 		return;
 	}
 	struct evkeyvalq *oh = evhttp_request_get_output_headers(c->req);
+	if (c->retry_after > 0) {
+		char ra[24];
+		snprintf(ra, sizeof(ra), "%lld", (long long)c->retry_after);
+		evhttp_add_header(oh, "Retry-After", ra);
+	}
 	evhttp_add_header(oh, "Content-Type", "application/json; charset=utf-8");
 	evhttp_add_header(oh, "Cache-Control", "no-store");
 	evhttp_add_header(oh, "X-Content-Type-Options", "nosniff");
@@ -260,6 +268,8 @@ struct item {
 	bool ready; /* built, waiting for the commit */
 	int err;    /* the commit's result */
 	struct api_error e;
+	bool over_quota; /* e is a 429: q says which window */
+	struct quota_refusal q;
 	struct pending *p;
 };
 
@@ -314,6 +324,37 @@ static int route(const struct tern_config *conf, struct item *it)
 }
 
 /*
+ * Sending quotas (store/quota.h): the key's own and its From domain's
+ * (quotas { }), charged one message when both have room; else a 429 that
+ * names the window, and nothing queued. Charged before the spool put: a
+ * put that fails afterwards still counts (rare, and errs on the safe side).
+ */
+static bool charge_quota(struct req_ctx *c, const struct tern_config *conf, struct item *it)
+{
+	const struct conf_quota *dq = conf_domain_quota(conf, it->s.from_domain);
+	struct quota_ask asks[2] = {
+	    {QUOTA_KEY, c->key.name, {c->key.per_second, c->key.per_hour, c->key.per_day}},
+	    {QUOTA_DOMAIN, it->s.from_domain ? it->s.from_domain : "",
+	     dq ? (struct quota_limits){dq->per_second, dq->per_hour, dq->per_day}
+	        : (struct quota_limits){0, 0, 0}}};
+	struct quota_refusal *q = &it->q;
+	if (quota_take(asks, it->s.from_domain ? 2 : 1, (int64_t)time(NULL), q) == TERN_OK)
+		return true;
+	it->over_quota = true;
+	api_error_set(&it->e, 429, "quota_exceeded", NULL,
+	              "the %s '%.100s' may send %llu messages per %s; try again in %lld seconds",
+	              quota_kind_name(q->kind), q->name, (unsigned long long)q->limit,
+	              quota_window_name(q->window), (long long)q->retry_after);
+	char kq[APIKEY_NAME_MAX + 8], nq[sizeof(q->name) * 4 + 8];
+	log_info("event=api_quota_exceeded key=%s %s=%s window=%s limit=%llu retry_after=%lld",
+	         log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq)),
+	         quota_kind_name(q->kind), log_quote(q->name, strlen(q->name), nq, sizeof(nq)),
+	         quota_window_name(q->window), (unsigned long long)q->limit,
+	         (long long)q->retry_after);
+	return false;
+}
+
+/*
  * Builds what goes to the spool for one decoded message: checks the
  * from-domain rule and the size, writes our Received field, signs, routes.
  * On failure it->e says why (the message is refused whole).
@@ -340,6 +381,10 @@ static bool prepare(struct req_ctx *c, const struct tern_config *conf, const str
 	                     "Received: from [%s] by %s (tern) with HTTP id %s\r\n\t(API key %s); "
 	                     "%s\r\n",
 	                     c->peer, conf->hostname, it->id, c->key.name, date);
+	/* the first tag picks the IP pool (pool_select.tags, deliver/pools.h);
+	 * in the trace part, not signed: remote delivery removes it */
+	if (rc == TERN_OK && it->s.msg.n_tags && conf->shaping.n_sel_tags)
+		rc = tbuf_printf(&it->data, "%s: %s\r\n", POOL_TAG_HEADER, it->s.msg.tags[0]);
 	size_t trace = it->data.len;
 	if (rc == TERN_OK && it->s.list_unsub) {
 		/* RFC 8058: before the message's own fields, after our trace, so
@@ -392,7 +437,7 @@ static bool prepare(struct req_ctx *c, const struct tern_config *conf, const str
 		api_error_set(&it->e, 500, "internal", NULL, "out of memory");
 		return false;
 	}
-	return true;
+	return charge_quota(c, conf, it);
 }
 
 /*
@@ -429,9 +474,26 @@ static void items_free(struct item *items, size_t n)
 	free(items);
 }
 
+/* The error of a refused item: with the window and Retry-After seconds of
+ * a quota refusal. */
+static json_t *item_error_obj(const struct item *it)
+{
+	json_t *o = error_obj(&it->e);
+	if (o && it->over_quota) {
+		json_object_set_new(o, "window", json_string(quota_window_name(it->q.window)));
+		json_object_set_new(o, "limit", json_integer((json_int_t)it->q.limit));
+		json_object_set_new(o, "retry_after", json_integer((json_int_t)it->q.retry_after));
+	}
+	return o;
+}
+
 /* The answer of a request once its items are decided. */
 static void reply_items(struct req_ctx *c, enum kind kind, struct item *items, size_t n)
 {
+	for (size_t i = 0; kind != BATCH && i < n; i++) /* when it may come back */
+		if (items[i].over_quota &&
+		    (c->retry_after <= 0 || items[i].q.retry_after < c->retry_after))
+			c->retry_after = items[i].q.retry_after;
 	if (kind == MAILPIT) { /* Mailpit's own answers: {"ID"} or {"Error"} */
 		if (items[0].ready)
 			reply_json(c, 200, json_pack("{s:s}", "ID", items[0].id));
@@ -444,7 +506,8 @@ static void reply_items(struct req_ctx *c, enum kind kind, struct item *items, s
 		if (items[0].ready)
 			reply_json(c, 202, accepted_obj(&items[0]));
 		else
-			reply_error(c, &items[0].e);
+			reply_json(c, items[0].e.status,
+			           json_pack("{s:o}", "error", item_error_obj(&items[0])));
 		return;
 	}
 	json_t *results = json_array();
@@ -452,7 +515,7 @@ static void reply_items(struct req_ctx *c, enum kind kind, struct item *items, s
 	for (size_t i = 0; results && i < n; i++) {
 		json_t *r = items[i].ready ? accepted_obj(&items[i])
 		                           : json_pack("{s:s, s:o}", "status", "rejected", "error",
-		                                       error_obj(&items[i].e));
+		                                       item_error_obj(&items[i]));
 		if (r) {
 			json_object_set_new(r, "index", json_integer((json_int_t)i));
 			json_object_set_new(r, "http_status",
@@ -1341,6 +1404,7 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	pthread_mutex_init(&a->results_mu, NULL);
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_cond_init(&a->cv, NULL);
+	quota_open(data_dir); /* paired in api_free; a store error leaves memory counts */
 	snprintf(path, sizeof(path), "%s/apikeys.db", data_dir);
 	if (apikeys_open(path, true, &a->keys) != TERN_OK ||
 	    apikeys_open(path, true, &a->results) != TERN_OK) {
@@ -1434,6 +1498,7 @@ void api_free(struct api *a)
 	api_stop(a);
 	apikeys_close(a->keys);
 	apikeys_close(a->results);
+	quota_close();
 	sqlite3_close(a->events);
 	pthread_mutex_destroy(&a->results_mu);
 	pthread_mutex_destroy(&a->mu);

@@ -920,13 +920,15 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 		rj->sender = tern_strdup(m->sender);
 		rj->envid = tern_strdup(m->envid);
 		rj->auth = tern_strdup(m->auth); /* NULL stays NULL */
+		rj->api_key = tern_strdup(m->api_key); /* its pool (pool_for_key); NULL stays NULL */
 		rj->body = m->body;
 		rj->ret = m->ret;
 		rj->smtputf8 = m->smtputf8;
 		rj->has_8bit = has_8bit;
 		rj->data = malloc(job->len ? job->len : 1);
 		rj->rcpts = calloc(m->n_rcpts, sizeof(*rj->rcpts));
-		if (!rj->sender || !rj->data || !rj->rcpts || (m->auth && !rj->auth)) {
+		if (!rj->sender || !rj->data || !rj->rcpts || (m->auth && !rj->auth) ||
+		    (m->api_key && !rj->api_key)) {
 			remote_job_free(rj);
 			break;
 		}

@@ -61,6 +61,7 @@
 #include "policy/policy.h"
 #include "queue/queue.h"
 #include "smtp/milter_stage.h"
+#include "smtp/quota_stage.h"
 #include "store/events.h"
 #include "store/suppress.h"
 
@@ -1195,6 +1196,22 @@ static char *auth_identity(const struct session *s)
 	return a;
 }
 
+/* Submission: the user's and its sender domain's sending quotas
+ * (smtp/quota_stage.h); true if MAIL was refused here with 452 4.7.1. */
+static bool over_quota(struct session *s, const struct smtp_cmd *c)
+{
+	char line[400], qu[SASL_ID_MAX * 4 + 8];
+	if (!s->submission || !s->authenticated || !s->auth_user || s->conf->capture_mode ||
+	    !smtp_quota_refuse(s->conf, s->auth_user, c->path.null_path ? "" : c->path.addr, line,
+	                       sizeof(line)))
+		return false;
+	log_info("event=rejected sess=%u.%llu client=%s user=%s code=452 reason=quota",
+	         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+	         log_quote(s->auth_user, strlen(s->auth_user), qu, sizeof(qu)));
+	reply_verbatim(s, line);
+	return true;
+}
+
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
 	if (s->conf->capture_mode && capture_starttls_first && !s->tls_active) {
@@ -1218,7 +1235,7 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 		count_error(s);
 		return;
 	}
-	if (sender_refused(s, c))
+	if (sender_refused(s, c) || over_quota(s, c))
 		return;
 	if (s->conf->capture_mode) {
 		int code = chaos_roll(&chaos.sender);
@@ -2687,6 +2704,9 @@ static void spool_message(struct session *s)
 	                                     capture_put_done, s)
 	             : spool_put(s->sw->srv->spool, &env, t->msg.data, t->msg.len, commit_cb, s);
 	free(env.rcpts);
+	if (rc == TERN_OK && s->submission && s->authenticated && s->auth_user &&
+	    !s->conf->capture_mode)
+		smtp_quota_charge(s->conf, s->auth_user, t->sender);
 	if (rc != TERN_OK) {
 		log_error("event=spool_failed id=%s client=%s reason=%s", t->id, s->peer,
 			  tern_strerror(rc));

@@ -87,6 +87,9 @@ int apikeys_open(const char *path, bool create, struct apikeys **out)
 	 * daemon out; the journal is gone after each commit. */
 	if (sqlite3_exec(k->db, schema, NULL, NULL, NULL) != SQLITE_OK)
 		goto fail;
+	/* per_second came after the table (issue 12 item 6): added to older
+	 * stores; the error of a store that has it already is the expected one */
+	sqlite3_exec(k->db, "ALTER TABLE apikeys ADD COLUMN per_second INTEGER", NULL, NULL, NULL);
 	*out = k;
 	return TERN_OK;
 fail:
@@ -150,6 +153,21 @@ static void row_to_key(sqlite3_stmt *st, struct apikey *out)
 	tern_strlcpy(out->domains, dom ? dom : "", sizeof(out->domains));
 	out->created = sqlite3_column_int64(st, 4);
 	out->revoked = sqlite3_column_int64(st, 5);
+}
+
+/* The quota columns (per_second, per_hour, per_day) from column base on;
+ * NULL or negative reads as 0, no limit. */
+static void row_limits(sqlite3_stmt *st, int base, struct apikey *out)
+{
+	int64_t v[3];
+	for (int i = 0; i < 3; i++) {
+		v[i] = sqlite3_column_int64(st, base + i);
+		if (v[i] < 0)
+			v[i] = 0;
+	}
+	out->per_second = (uint64_t)v[0];
+	out->per_hour = (uint64_t)v[1];
+	out->per_day = (uint64_t)v[2];
 }
 
 int apikeys_create(struct apikeys *k, const char *name, enum apikey_scope scope,
@@ -218,18 +236,44 @@ int apikeys_list(struct apikeys *k, void (*fn)(const struct apikey *key, void *a
 {
 	sqlite3_stmt *st = NULL;
 	if (sqlite3_prepare_v2(k->db,
-	                       "SELECT id, name, scope, domains, created, revoked FROM apikeys "
-	                       "ORDER BY created, rowid",
+	                       "SELECT id, name, scope, domains, created, revoked, per_second, "
+	                       "per_hour, per_day FROM apikeys ORDER BY created, rowid",
 	                       -1, &st, NULL) != SQLITE_OK)
 		return TERN_EIO;
 	int s;
 	struct apikey key;
 	while ((s = sqlite3_step(st)) == SQLITE_ROW) {
 		row_to_key(st, &key);
+		row_limits(st, 6, &key);
 		fn(&key, arg);
 	}
 	sqlite3_finalize(st);
 	return s == SQLITE_DONE ? TERN_OK : TERN_EIO;
+}
+
+int apikeys_set_limits(struct apikeys *k, const char *name_or_id, uint64_t per_second,
+                       uint64_t per_hour, uint64_t per_day)
+{
+	sqlite3_stmt *st = NULL;
+	if (sqlite3_prepare_v2(k->db,
+	                       "UPDATE apikeys SET per_second = ?, per_hour = ?, per_day = ? "
+	                       "WHERE revoked = 0 AND (name = ? OR id = ?)",
+	                       -1, &st, NULL) != SQLITE_OK)
+		return TERN_EIO;
+	const uint64_t v[3] = {per_second, per_hour, per_day};
+	for (int i = 0; i < 3; i++) {
+		if (v[i] && v[i] <= INT64_MAX)
+			sqlite3_bind_int64(st, i + 1, (sqlite3_int64)v[i]);
+		else
+			sqlite3_bind_null(st, i + 1);
+	}
+	sqlite3_bind_text(st, 4, name_or_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, name_or_id, -1, SQLITE_STATIC);
+	int s = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (s != SQLITE_DONE)
+		return TERN_EIO;
+	return sqlite3_changes(k->db) > 0 ? TERN_OK : TERN_ENOTFOUND;
 }
 
 int apikeys_revoke(struct apikeys *k, const char *name_or_id)
@@ -281,8 +325,8 @@ int apikeys_verify(struct apikeys *k, const char *token, size_t len, struct apik
 	SHA256((const unsigned char *)secret, APIKEY_SECRET_LEN, digest);
 	OPENSSL_cleanse(secret, sizeof(secret));
 	if (sqlite3_prepare_v2(k->db,
-	                       "SELECT id, name, scope, domains, created, revoked, secret_sha256 "
-	                       "FROM apikeys WHERE id = ?",
+	                       "SELECT id, name, scope, domains, created, revoked, secret_sha256, "
+	                       "per_second, per_hour, per_day FROM apikeys WHERE id = ?",
 	                       -1, &st, NULL) != SQLITE_OK)
 		return TERN_EIO;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -291,6 +335,7 @@ int apikeys_verify(struct apikeys *k, const char *token, size_t len, struct apik
 		const void *h = sqlite3_column_blob(st, 6);
 		int hl = sqlite3_column_bytes(st, 6);
 		row_to_key(st, out);
+		row_limits(st, 7, out);
 		if (h && hl == (int)sizeof(digest) &&
 		    CRYPTO_memcmp(h, digest, sizeof(digest)) == 0 && out->revoked == 0)
 			rc = TERN_OK;

@@ -38,8 +38,9 @@ struct apikey {
 	char id[APIKEY_ID_LEN + 1];
 	char name[APIKEY_NAME_MAX + 1];
 	enum apikey_scope scope; /* a key may do what its scope and every lower one allow */
-	char domains[APIKEY_DOMAINS_MAX + 1]; /* lowercased, comma-separated; "" = any */
-	int64_t created, revoked;             /* unix seconds; revoked 0 = live */
+	char domains[APIKEY_DOMAINS_MAX + 1];   /* lowercased, comma-separated; "" = any */
+	int64_t created, revoked;               /* unix seconds; revoked 0 = live */
+	uint64_t per_second, per_hour, per_day; /* sending quotas (store/quota.h); 0 = none */
 };
 
 struct apikeys;
@@ -59,6 +60,10 @@ int apikeys_create(struct apikeys *k, const char *name, enum apikey_scope scope,
                    struct apikey *out);
 /* Calls fn for each key (live and revoked) in creation order. */
 int apikeys_list(struct apikeys *k, void (*fn)(const struct apikey *key, void *arg), void *arg);
+/* Sets the sending quotas of the live key with this name or id (0: no
+ * limit in that window): TERN_OK, TERN_ENOTFOUND, TERN_EIO. */
+int apikeys_set_limits(struct apikeys *k, const char *name_or_id, uint64_t per_second,
+                       uint64_t per_hour, uint64_t per_day);
 /* Revokes the live key with this name or id: TERN_OK, TERN_ENOTFOUND. */
 int apikeys_revoke(struct apikeys *k, const char *name_or_id);
 /* The live key a token belongs to: TERN_OK; TERN_ENOTFOUND for an unknown,
