@@ -66,6 +66,10 @@ int apikeys_revoke(struct apikeys *k, const char *name_or_id);
  * TERN_EIO when the store cannot be read. */
 int apikeys_verify(struct apikeys *k, const char *token, size_t len, struct apikey *out);
 
+/* The live key with this id (SigV4 names a key by its id): TERN_OK,
+ * TERN_ENOTFOUND (unknown or revoked), TERN_EIO. */
+int apikeys_get(struct apikeys *k, const char *id, struct apikey *out);
+
 /*
  * The delivery results of API messages (table api_results), so that a
  * message's status outlives its time in the queue: one row per recipient
