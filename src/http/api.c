@@ -21,6 +21,8 @@
  * needs scope send or admin and a From domain the key allows. The
  * suppression routes need admin, or scope send and ?domain= one of the
  * key's domains.
+ * Everything under /v2/ is the SES v2 compatible API (ses.h: SigV4, not a
+ * bearer token; not in web/openapi.json); its SendEmail is committed here.
  *
  * Owns: authentication and the from-domain rule, the Received field of
  * API mail, DKIM signing (smtp/sign.h, as for submission), the envelope,
