@@ -43,11 +43,15 @@ bool sigv4_equal(const char *a, const char *b)
 	return CRYPTO_memcmp(a, b, 64) == 0;
 }
 
-/* Copies [p, p+n) to out (cap bytes) if it fits and is not empty. */
+/* Copies [p, p+n) to out (cap bytes) if it fits, is not empty and is
+ * printable ASCII without blanks (a NUL would cut the field short). */
 static bool take(const char *p, size_t n, char *out, size_t cap)
 {
 	if (n == 0 || n >= cap)
 		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)p[i] <= 0x20 || (unsigned char)p[i] >= 0x7f)
+			return false;
 	memcpy(out, p, n);
 	out[n] = '\0';
 	return true;

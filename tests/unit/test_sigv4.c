@@ -94,6 +94,14 @@ static void parse_refusals(void **state)
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		assert_int_equal(sigv4_parse_auth(bad[i], strlen(bad[i]), &a), TERN_ESYNTAX);
+	/* a NUL inside a field (found by fuzz_sigv4): refused, not cut short */
+	char nul[sizeof(auth_hdr)];
+	memcpy(nul, auth_hdr, sizeof(auth_hdr));
+	nul[strstr(auth_hdr, "SignedHeaders=") - auth_hdr + 14] = '\0';
+	assert_int_equal(sigv4_parse_auth(nul, sizeof(auth_hdr) - 1, &a), TERN_ESYNTAX);
+	memcpy(nul, auth_hdr, sizeof(auth_hdr));
+	nul[strstr(auth_hdr, "AKIDEXAMPLE") - auth_hdr + 2] = '\0';
+	assert_int_equal(sigv4_parse_auth(nul, sizeof(auth_hdr) - 1, &a), TERN_ESYNTAX);
 }
 
 static void dates(void **state)
