@@ -400,3 +400,24 @@ out:
 	sqlite3_finalize(st);
 	return rc;
 }
+
+int apikeys_count_sent(struct apikeys *k, const char *owner, int64_t since, int64_t *out)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = TERN_EIO;
+	*out = 0;
+	if (sqlite3_prepare_v2(k->db,
+	                       "SELECT COUNT(*) FROM api_results WHERE owner = ? AND updated >= ? "
+	                       "AND state IN ('delivered', 'bounced')",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, owner, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, since);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		*out = sqlite3_column_int64(st, 0);
+		rc = TERN_OK;
+	}
+out:
+	sqlite3_finalize(st);
+	return rc;
+}

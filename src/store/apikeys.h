@@ -87,6 +87,10 @@ int apikeys_results(struct apikeys *k, const char *id,
                                const char *state, const char *reply, int64_t updated),
                     void *arg);
 
+/* How many recipients of owner's messages reached a final state (delivered
+ * or bounced) at or after since: SES's SentLast24Hours. TERN_OK, TERN_EIO. */
+int apikeys_count_sent(struct apikeys *k, const char *owner, int64_t since, int64_t *out);
+
 /* Whether key may send mail whose From domain is domain (lowercase): any
  * domain when the key names none, else one of its domains or a subdomain
  * of one. Pure. */

@@ -167,7 +167,16 @@ def test_account(ses):
     a = ses.c["read"].get_account()
     assert a["SendingEnabled"] is True and a["ProductionAccessEnabled"] is True
     q = a["SendQuota"]
-    assert q["Max24HourSend"] > 0 and q["MaxSendRate"] > 0 and q["SentLast24Hours"] >= 0
+    assert q["Max24HourSend"] > 0 and q["MaxSendRate"] > 0 and q["SentLast24Hours"] == 0
+    # two recipients delivered: the sending key's count, not the reader's
+    simple(ses.c["send"], to="one@remote.test")
+    simple(ses.c["send"], to="two@remote.test")
+    wait_mx(ses.mx, 2)
+    deadline = time.monotonic() + 30
+    while ses.c["send"].get_account()["SendQuota"]["SentLast24Hours"] != 2:
+        assert time.monotonic() < deadline, ses.c["send"].get_account()
+        time.sleep(0.1)
+    assert ses.c["read"].get_account()["SendQuota"]["SentLast24Hours"] == 0
 
 
 def test_suppression_list(ses):
