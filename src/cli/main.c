@@ -33,6 +33,8 @@ static const struct command {
     {"dmarc", cmd_dmarc},
     {"sendmail", cmd_sendmail},
     {"suppress", cmd_suppress},
+    {"events", cmd_events},
+    {"webhook", cmd_webhook},
     /* clang-format on */
 };
 
@@ -65,6 +67,10 @@ static const struct cli_help help = {
     "  dmarc send-reports|report  DMARC aggregate reports: send now; show received\n"
     "  suppress list|add|del      the suppression list (bounces, complaints, unsubscribes)\n"
     "  sendmail [-t] [-i] [-f ADDR] [RCPT ...]  submit a message as sendmail(1) does\n"
+    "  events tail [--type T] [--recipient R] [--since TIME] [--follow]\n"
+    "                             the stored events (delivered, bounced, ...)\n"
+    "  webhook add|list|del|enable|attempts\n"
+    "                             signed webhook endpoints for events\n"
     "  version                    print the version\n"
     "\n"
     "Exit status: 0 success, 1 failure, 2 usage error.\n"

@@ -50,6 +50,7 @@
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "store/events.h"
 #include "store/suppress.h"
 #include "tls/tls.h"
 
@@ -250,7 +251,9 @@ static void chown_tree(const char *dir, uid_t uid, gid_t gid, int depth)
 	 * are created by the daemon after the drop, so two levels suffice. */
 	if (depth >= 1)
 		return;
-	static const char *subs[] = {"spool", "mail", "users", "control.sock", "tls", "apikeys.db"};
+	static const char *subs[] = {"spool",        "mail",          "users",
+	                             "control.sock", "tls",           "apikeys.db",
+	                             "events.db",    "events.db-wal", "events.db-shm"};
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, subs[i]);
 		struct stat st;
@@ -805,6 +808,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		log_error("event=fatal reason=\"cannot open the spool in %s\"", spool_dir);
 		goto out;
 	}
+	if (!cap) /* capture mode emits no events */
+		events_start_conf(conf);
 	sched = scheduler_new(sp, 2);
 	srv = sched ? smtp_server_new(sp, sched) : NULL;
 	if (!srv || loop_global_init() != 0) {
@@ -1002,6 +1007,7 @@ out:
 	throttle_free(throttle);
 	policy_free(policy); /* after the sessions: they cancel their queries on its resolvers */
 	remote_free(remote);
+	events_stop(); /* after every emitter: sessions, delivery, the spool's callbacks */
 	scheduler_free(sched);
 	suppress_shared_close(); /* after the delivery threads, its only users */
 	for (unsigned w = 0; w < n_workers; w++)

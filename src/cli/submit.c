@@ -48,6 +48,7 @@
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "store/events.h"
 
 #define SUBMIT_CONN_MAX 16         /* connections served at once */
 #define PICKUP_INTERVAL_MS 5000    /* maildrop scan period */
@@ -565,6 +566,16 @@ static int commit(struct intake *in, struct tbuf *msg, bool eight, time_t now, b
 		          tern_strerror(rc));
 		return fail(in, EX_TEMPFAIL,
 		            "local error: could not write the queue, try again later");
+	}
+	{ /* EVENTS: before the scheduler takes the bytes the Message-ID points into */
+		const char *mid = "";
+		size_t mid_len = 0;
+		if (events_enabled())
+			smtp_message_id(msg->data, msg->len, &mid, &mid_len);
+		events_emit_msg(EV_RECEIVED, in->id, mid, mid_len, in->sender, NULL, in->login);
+		for (size_t i = 0; i < in->n_rcpts; i++)
+			events_emit_msg(EV_QUEUED, in->id, mid, mid_len, in->sender,
+			                in->rcpts[i].addr, in->login);
 	}
 	/* The scheduler takes the bytes; a copy when a bounce still needs them
 	 * (without one it reads them back from the spool). */

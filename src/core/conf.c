@@ -1498,6 +1498,53 @@ static int parse_mailbox(struct ctx *x, const struct ucl_node *sec, struct conf_
 	return rc;
 }
 
+/* webhooks { retry_base; retry_max; retry_window; timeout; } (issue 13). */
+static int parse_webhooks(struct ctx *x, const struct ucl_node *sec, struct conf_webhooks *w)
+{
+	static const struct {
+		const char *name;
+		uint64_t min, max;
+		size_t off;
+	} keys[] = {
+	    {"retry_base", 1, 86400, offsetof(struct conf_webhooks, retry_base)},
+	    {"retry_max", 1, 7 * 86400, offsetof(struct conf_webhooks, retry_max)},
+	    {"retry_window", 1, 30 * 86400, offsetof(struct conf_webhooks, retry_window)},
+	    {"timeout", 1, 600, offsetof(struct conf_webhooks, timeout)},
+	};
+	int rc = want_section(x, sec, "webhooks");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		size_t j = 0;
+		while (j < sizeof(keys) / sizeof(keys[0]) && strcmp(m->key, keys[j].name) != 0)
+			j++;
+		if (j == sizeof(keys) / sizeof(keys[0]))
+			return unknown_key(x, m, "webhooks");
+		char path[64];
+		uint64_t v = 0;
+		snprintf(path, sizeof(path), "webhooks.%s", keys[j].name);
+		rc = get_num(x, m, path, NK_TIME, keys[j].min, keys[j].max, &v);
+		if (rc == TERN_OK)
+			*(uint32_t *)((char *)w + keys[j].off) = (uint32_t)v;
+	}
+	return rc;
+}
+
+/* events { retention; } (issue 13). */
+static int parse_events(struct ctx *x, const struct ucl_node *sec, struct conf_events *e)
+{
+	int rc = want_section(x, sec, "events");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "retention") != 0)
+			return unknown_key(x, m, "events");
+		rc = get_num(x, m, "events.retention", NK_TIME, 0, 3650ull * 86400, &v);
+		if (rc == TERN_OK)
+			e->retention = (uint32_t)v;
+	}
+	return rc;
+}
+
 static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf_delivery *d)
 {
 	int rc = want_section(x, sec, "delivery");
@@ -3277,6 +3324,10 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_suppression(x, m, &c->suppression);
 	if (strcmp(k, "feedback_address") == 0) /* issue 12's spelling of the same key */
 		return parse_feedback_address(x, m, &c->suppression);
+	if (strcmp(k, "webhooks") == 0)
+		return parse_webhooks(x, m, &c->webhooks);
+	if (strcmp(k, "events") == 0)
+		return parse_events(x, m, &c->events);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	if (strcmp(k, "shaping") == 0)
@@ -3328,6 +3379,8 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->delivery = default_delivery;
 	c->shaping.backoff = 300;
 	c->mailbox.quota = 1ull << 30;
+	c->webhooks = (struct conf_webhooks){5, 3600, 86400, 10};
+	c->events.retention = 30 * 86400;
 	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
 	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
 	c->policy = default_policy;
@@ -4039,4 +4092,10 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_metrics(out, &c->metrics);
 	print_suppression(out, &c->suppression);
 	print_shaping(out, &c->shaping);
+	fprintf(out,
+	        "webhooks {\n\tretry_base = %us;\n\tretry_max = %us;\n\tretry_window = %us;\n"
+	        "\ttimeout = %us;\n}\nevents {\n\tretention = %us;\n}\n",
+	        (unsigned)c->webhooks.retry_base, (unsigned)c->webhooks.retry_max,
+	        (unsigned)c->webhooks.retry_window, (unsigned)c->webhooks.timeout,
+	        (unsigned)c->events.retention);
 }

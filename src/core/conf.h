@@ -390,6 +390,17 @@ struct tern_config {
 		char *token;
 	} metrics;
 	struct conf_suppression suppression;
+	/* webhooks { }: the retry schedule of webhook deliveries (store/webhook.c). */
+	struct conf_webhooks {
+		uint32_t retry_base;   /* first retry; default 5 s */
+		uint32_t retry_max;    /* longest wait between retries; default 1 h */
+		uint32_t retry_window; /* failing this long disables the endpoint; 24 h */
+		uint32_t timeout;      /* per request; default 10 s */
+	} webhooks;
+	/* events { retention = 30d; }: how long DATA/events.db keeps events. */
+	struct conf_events {
+		uint32_t retention; /* seconds; 0 = forever */
+	} events;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

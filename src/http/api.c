@@ -62,12 +62,14 @@
 #include "core/runtime.h"
 #include "core/timefmt.h"
 #include "http/api.h"
+#include "http/events_routes.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "http/ses.h"
 #include "http/suppress_routes.h"
 #include "store/apikeys.h"
+#include "store/events.h"
 #include "store/suppress.h"
 
 #define TRACE_MAX 1024
@@ -88,6 +90,7 @@ struct api {
 	struct http_server *http[16];
 	size_t n_http;
 	bool started;
+	sqlite3 *events; /* DATA/events.db for the event routes (the pool's), or NULL */
 };
 
 /* One request: what the log line says. */
@@ -522,6 +525,21 @@ static void finish(void *arg)
 			log_info("event=api_metadata id=%s metadata=%s", it->id,
 			         log_quote(it->s.metadata, strlen(it->s.metadata), md, sizeof(md)));
 		}
+		/* EVENTS: received (its key, tags and metadata pass to the message's
+		 * later events) and queued per recipient */
+		struct tern_event ev = {.type = EV_RECEIVED,
+		                        .queue_id = it->id,
+		                        .message_id = it->msgid,
+		                        .sender = it->s.msg.from,
+		                        .key = c->key.name,
+		                        .tags = tags,
+		                        .metadata = it->s.metadata};
+		events_emit(&ev);
+		ev.type = EV_QUEUED;
+		for (size_t k = 0; k < it->n_rcpts; k++) {
+			ev.recipient = it->rcpts[k].addr;
+			events_emit(&ev);
+		}
 		size_t len = it->data.len;
 		char *data = tbuf_steal(&it->data, &len);
 		scheduler_submit(p->a->sched, it->id, data, data ? len : 0);
@@ -910,6 +928,51 @@ static void message_status(struct req_ctx *c, const char *id)
 	spool_msg_free(m);
 }
 
+/* On the pool. EVENTS: GET /api/v1/events (a key sees its own; admin every
+ * one), and for admin keys /api/v1/webhooks and /api/v1/webhooks/ID/attempts
+ * (http/events_routes.c). */
+static void events_get(struct req_ctx *c, const char *r, const char *qs)
+{
+	if (!need_scope(c, APIKEY_READ))
+		return;
+	if (!c->a->events) {
+		fail(c, 503, "store_unavailable", "the event store could not be opened");
+		return;
+	}
+	bool admin = c->key.scope >= APIKEY_ADMIN;
+	char *body = NULL;
+	int st;
+	if (strcmp(r, "events") == 0) {
+		st = events_route_list(c->a->events, qs, qs ? strlen(qs) : 0,
+		                       admin ? NULL : c->key.name, &body);
+	} else if (!need_scope(c, APIKEY_ADMIN)) {
+		return;
+	} else if (strcmp(r, "webhooks") == 0) {
+		st = events_route_webhooks(c->a->events, &body);
+	} else {
+		char *end = NULL;
+		long long id = strtoll(r + 9, &end, 10);
+		if (id <= 0 || !end || strcmp(end, "/attempts") != 0) {
+			fail(c, 404, "not_found", "no such route (see /api/openapi.json)");
+			return;
+		}
+		st = events_route_attempts(c->a->events, id, qs, qs ? strlen(qs) : 0, &body);
+	}
+	json_t *j = body ? json_loads(body, 0, NULL) : NULL;
+	free(body);
+	if (st != 200) {
+		const char *m = json_string_value(json_object_get(j, "error"));
+		fail(c, st,
+		     st == 400   ? "invalid_request"
+		     : st == 404 ? "not_found"
+		                 : "store_unavailable",
+		     m ? m : "the event store failed");
+		json_decref(j);
+		return;
+	}
+	reply_json(c, 200, j);
+}
+
 /* ----------------------------------------------------------- suppression */
 
 /* On the pool: the answer of a suppress_routes.h handler. The API's errors
@@ -1087,7 +1150,18 @@ out:
 
 /* ------------------------------------------------------------ the pool */
 
-enum route { R_NONE, R_UNSUB, R_SUPP, R_NATIVE, R_RAW, R_BATCH, R_MAILPIT, R_STATUS, R_SES };
+enum route {
+	R_NONE,
+	R_UNSUB,
+	R_SUPP,
+	R_NATIVE,
+	R_RAW,
+	R_BATCH,
+	R_MAILPIT,
+	R_STATUS,
+	R_EVENTS,
+	R_SES
+};
 
 /*
  * One request on its way through the pool: what blocks (the key lookup
@@ -1150,6 +1224,8 @@ static void rjob_work(void *arg)
 		send_common(c, MAILPIT);
 	else if (j->route == R_STATUS && get)
 		message_status(c, r + 9);
+	else if (j->route == R_EVENTS && get)
+		events_get(c, r, c->in_query); /* EVENTS */
 	else
 		fail(c, 405, "method_not_allowed", "this route does not take that method");
 }
@@ -1328,6 +1404,9 @@ static void handle(void *ctx, struct evhttp_request *req)
 			rt = R_MAILPIT;
 		else if (strncmp(r, "messages/", 9) == 0 && !strchr(r + 9, '/'))
 			rt = R_STATUS;
+		else if (strcmp(r, "events") == 0 || strcmp(r, "webhooks") == 0 ||
+		         strncmp(r, "webhooks/", 9) == 0)
+			rt = R_EVENTS; /* EVENTS */
 	}
 	if (strncmp(path, "/v2/", 4) == 0)
 		rt = R_SES;
@@ -1389,6 +1468,9 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	/* One thread: a->keys is one thread's (apikeys.h). NULL is survivable:
 	 * the routes answer 503 */
 	a->pool = pool_new(1);
+	char eerr[512]; /* EVENTS: the routes answer 503 without it */
+	if (!(a->events = events_db_open(data_dir, eerr, sizeof(eerr))))
+		log_warn("event=api_events_unavailable reason=\"%s\"", eerr);
 	if (!(a->w = worker_new(API_WORKER_INDEX))) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -1470,6 +1552,7 @@ void api_free(struct api *a)
 	api_stop(a);
 	apikeys_close(a->keys);
 	apikeys_close(a->results);
+	sqlite3_close(a->events);
 	pthread_mutex_destroy(&a->results_mu);
 	pthread_mutex_destroy(&a->mu);
 	pthread_cond_destroy(&a->cv);

@@ -33,6 +33,7 @@
 #include "deliver/deliver.h"
 #include "policy/dmarc_report.h"
 #include "smtp/smtp.h"
+#include "store/events.h"
 #include "store/store.h"
 #include "store/suppress.h"
 
@@ -547,6 +548,10 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 	size_t n_fail = 0, n_delayed = 0, n_ok = 0;
 	/* Out of memory: record the states anyway, send no notice this time. */
 	size_t dsn_cap = fail && delayed && ok && expired ? n : 0;
+	const char *emid = ""; /* EVENTS: the Message-ID, only when events are stored */
+	size_t emid_len = 0;
+	if (events_enabled() && data)
+		smtp_message_id(data, len, &emid, &emid_len);
 	for (size_t k = 0; k < n; k++) {
 		const struct spool_rcpt *r = &m->rcpts[o[k].idx];
 		double delay = (double)(now - m->created);
@@ -568,6 +573,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		case RCPT_DELIVERED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DELIVERED, 0, o[k].reply);
 			metric_inc_l(M_MESSAGES_DELIVERED, r->local ? "local" : "remote");
+			events_emit_outcome(EV_DELIVERED, m->id, emid, emid_len, m->sender, r->addr,
+			                    o[k].relay, "2.0.0", o[k].reply, 0, false);
 			log_info("event=delivered id=%s to=%s relay=%s delay=%.0fs reply=%s", m->id,
 			         qa, qr, delay,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
@@ -583,6 +590,9 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		case RCPT_BOUNCED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_BOUNCED, 0, o[k].reply);
 			metric_inc(M_MESSAGES_BOUNCED);
+			events_emit_outcome(EV_BOUNCED, m->id, emid, emid_len, m->sender, r->addr,
+			                    o[k].relay, o[k].status, o[k].reply, 0,
+			                    o[k].status[0] == '5');
 			log_warn("event=bounced id=%s to=%s relay=%s status=%s reply=%s", m->id, qa,
 			         qr, o[k].status,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
@@ -597,6 +607,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		case RCPT_SUPPRESSED:
 			/* No DSN: the suppression list is the sender's own record. */
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_SUPPRESSED, 0, o[k].reply);
+			events_emit_outcome(EV_SUPPRESSED, m->id, emid, emid_len, m->sender,
+			                    r->addr, o[k].relay, o[k].status, o[k].reply, 0, false);
 			log_warn("event=suppressed id=%s to=%s status=suppressed reply=%s", m->id,
 			         qa, log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			break;
@@ -605,6 +617,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			int64_t next = now + (o[k].retry_after > wait ? o[k].retry_after : wait);
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_DEFERRED, next, o[k].reply);
 			metric_inc(M_MESSAGES_DEFERRED);
+			events_emit_outcome(EV_DEFERRED, m->id, emid, emid_len, m->sender, r->addr,
+			                    o[k].relay, o[k].status, o[k].reply, next, false);
 			log_info("event=deferred id=%s to=%s relay=%s status=%s retry_in=%llds "
 			         "reply=%s",
 			         m->id, qa, qr, o[k].status, (long long)(next - now),

@@ -61,6 +61,7 @@
 #include "policy/policy.h"
 #include "queue/queue.h"
 #include "smtp/milter_stage.h"
+#include "store/events.h"
 #include "store/suppress.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
@@ -2339,6 +2340,12 @@ static void commit_done(void *arg)
 		/* before submitting: the scheduler owns (and may free) data after */
 		smtp_message_id(data, len, &mid, &mid_len); /* none: msgid="" */
 		log_quote(mid, mid_len, qm, sizeof(qm));
+		/* EVENTS: before submitting (mid points into data; received comes first) */
+		const char *eu = s->authenticated ? s->auth_user : NULL;
+		events_emit_msg(EV_RECEIVED, t->id, mid, mid_len, t->sender, NULL, eu);
+		for (size_t i = 0; i < t->n_rcpts; i++)
+			events_emit_msg(EV_QUEUED, t->id, mid, mid_len, t->sender, t->rcpts[i].addr,
+			                eu);
 		if (t->captured)
 			free(data); /* CAPTURE-ACK: stored and synced, the 250 may go */
 		else if (!(wait = capture_ack_wait(s, data, len))) /* CAPTURE-ACK */

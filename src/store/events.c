@@ -1,0 +1,863 @@
+/*
+ * events.c — the event emitter, its writer thread and the event store's
+ * schema and queries (see events.h).
+ *
+ * Owns: the bounded in-memory queue, the writer thread, DATA/events.db's
+ * schema, the events' JSON shape (API, CLI and webhook bodies share it).
+ *
+ * Must never: make events_emit wait for the disk or for the writer; lose an
+ * event silently (a dropped one is counted and logged); let the writer insert
+ * an event without the outbox rows its endpoints call for (same transaction).
+ */
+#include "store/events.h"
+#include "store/webhook.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "core/buf.h"
+#include "core/conf.h"
+#include "core/err.h"
+#include "core/log.h"
+
+static const char *const type_names[EV__COUNT] = {
+    "received",   "queued",     "delivered", "deferred", "bounced",
+    "complained", "suppressed", "opened",    "clicked",  "unsubscribed",
+};
+
+const char *events_type_name(enum tern_event_type t)
+{
+	return (unsigned)t < EV__COUNT ? type_names[t] : NULL;
+}
+
+int events_type_parse(const char *name)
+{
+	if (!name)
+		return -1;
+	if (strncmp(name, "message.", 8) == 0)
+		name += 8;
+	for (int i = 0; i < EV__COUNT; i++)
+		if (strcmp(name, type_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* ---- the queue ---- */
+
+/* One queued event: the struct and its strings in one allocation. */
+struct qev {
+	struct qev *next;
+	struct tern_event ev;
+	char strings[];
+};
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t wake; /* the writer: work or stop */
+	pthread_cond_t idle; /* events_flush: the queue is written */
+	bool running, stopping, writing;
+	struct qev *head, *tail;
+	size_t n, max;
+	pthread_t writer;
+	sqlite3 *db;
+	struct events_opts opts;
+	struct webhook_sender *sender;
+	_Atomic uint64_t dropped;
+	_Atomic bool live; /* running: the emitters' lock-free fast path when not */
+	int64_t last_drop_log;
+} Q = {.lock = PTHREAD_MUTEX_INITIALIZER,
+       .wake = PTHREAD_COND_INITIALIZER,
+       .idle = PTHREAD_COND_INITIALIZER};
+
+static int64_t now_sec(void)
+{
+	return (int64_t)time(NULL);
+}
+
+bool events_enabled(void)
+{
+	return atomic_load_explicit(&Q.live, memory_order_relaxed);
+}
+
+uint64_t events_dropped(void)
+{
+	return atomic_load(&Q.dropped);
+}
+
+static size_t slen(const char *s)
+{
+	return s ? strlen(s) + 1 : 0;
+}
+
+/* Copies s into *p and returns the copy (NULL stays NULL). */
+static const char *put(char **p, const char *s)
+{
+	if (!s)
+		return NULL;
+	size_t n = strlen(s) + 1;
+	memcpy(*p, s, n);
+	const char *r = *p;
+	*p += n;
+	return r;
+}
+
+bool events_emit(const struct tern_event *ev)
+{
+	if (TERN_BUG_ON(!ev || (unsigned)ev->type >= EV__COUNT))
+		return false;
+	if (!atomic_load_explicit(&Q.live, memory_order_relaxed))
+		return false;
+	/* Built outside the lock: the copy is the only real work. */
+	size_t n = slen(ev->queue_id) + slen(ev->message_id) + slen(ev->sender) +
+	           slen(ev->recipient) + slen(ev->key) + slen(ev->tags) + slen(ev->metadata) +
+	           slen(ev->reply) + slen(ev->status) + slen(ev->relay);
+	struct qev *q = NULL;
+	bool ok = false;
+	pthread_mutex_lock(&Q.lock);
+	if (!Q.running || Q.stopping) {
+		pthread_mutex_unlock(&Q.lock);
+		return false;
+	}
+	bool full = Q.n >= Q.max;
+	pthread_mutex_unlock(&Q.lock);
+	if (!full && (q = malloc(sizeof(*q) + n))) {
+		char *p = q->strings;
+		q->next = NULL;
+		q->ev = *ev;
+		if (!q->ev.time)
+			q->ev.time = now_sec();
+		q->ev.queue_id = put(&p, ev->queue_id);
+		q->ev.message_id = put(&p, ev->message_id);
+		q->ev.sender = put(&p, ev->sender);
+		q->ev.recipient = put(&p, ev->recipient);
+		q->ev.key = put(&p, ev->key);
+		q->ev.tags = put(&p, ev->tags);
+		q->ev.metadata = put(&p, ev->metadata);
+		q->ev.reply = put(&p, ev->reply);
+		q->ev.status = put(&p, ev->status);
+		q->ev.relay = put(&p, ev->relay);
+	}
+	pthread_mutex_lock(&Q.lock);
+	if (q && Q.running && !Q.stopping && Q.n < Q.max) {
+		if (Q.tail)
+			Q.tail->next = q;
+		else
+			Q.head = q;
+		Q.tail = q;
+		Q.n++;
+		ok = true;
+		q = NULL;
+		pthread_cond_signal(&Q.wake);
+	}
+	bool log_it = false;
+	if (!ok) {
+		atomic_fetch_add(&Q.dropped, 1);
+		int64_t now = now_sec();
+		if (now - Q.last_drop_log >= 60) {
+			Q.last_drop_log = now;
+			log_it = true;
+		}
+	}
+	pthread_mutex_unlock(&Q.lock);
+	free(q);
+	if (log_it)
+		log_warn("event=events_dropped id=%s type=%s dropped_total=%" PRIu64
+		         " reason=\"event queue full or out of memory\"",
+		         ev->queue_id ? ev->queue_id : "", type_names[ev->type],
+		         atomic_load(&Q.dropped));
+	return ok;
+}
+
+void events_emit_msg(enum tern_event_type type, const char *queue_id, const char *mid,
+                     size_t mid_len, const char *sender, const char *recipient, const char *user)
+{
+	if (!atomic_load_explicit(&Q.live, memory_order_relaxed))
+		return;
+	char m[1000];
+	if (mid_len >= sizeof(m))
+		mid_len = sizeof(m) - 1;
+	if (mid_len)
+		memcpy(m, mid, mid_len);
+	m[mid_len] = '\0';
+	events_emit(&(struct tern_event){.type = type,
+	                                 .queue_id = queue_id,
+	                                 .message_id = m,
+	                                 .sender = sender,
+	                                 .recipient = recipient,
+	                                 .key = user});
+}
+
+void events_emit_outcome(enum tern_event_type type, const char *queue_id, const char *mid,
+                         size_t mid_len, const char *sender, const char *recipient,
+                         const char *relay, const char *status, const char *reply,
+                         int64_t next_attempt, bool hard)
+{
+	if (!atomic_load_explicit(&Q.live, memory_order_relaxed))
+		return;
+	char m[1000];
+	if (mid_len >= sizeof(m))
+		mid_len = sizeof(m) - 1;
+	if (mid_len)
+		memcpy(m, mid, mid_len);
+	m[mid_len] = '\0';
+	events_emit(&(struct tern_event){.type = type,
+	                                 .queue_id = queue_id,
+	                                 .message_id = m,
+	                                 .sender = sender,
+	                                 .recipient = recipient,
+	                                 .relay = relay,
+	                                 .status = status,
+	                                 .reply = reply,
+	                                 .next_attempt = next_attempt,
+	                                 .hard = hard});
+}
+
+/* ---- the store ---- */
+
+static const char schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=NORMAL;"
+    "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT);"
+    "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, time INTEGER NOT NULL,"
+    " type TEXT NOT NULL, queue_id TEXT, message_id TEXT, sender TEXT, recipient TEXT,"
+    " key TEXT, tags TEXT, metadata TEXT, reply TEXT, status TEXT, relay TEXT,"
+    " next_attempt INTEGER, hard INTEGER);"
+    "CREATE INDEX IF NOT EXISTS events_time ON events(time);"
+    "CREATE INDEX IF NOT EXISTS events_rcpt ON events(recipient COLLATE NOCASE);"
+    "CREATE INDEX IF NOT EXISTS events_qid ON events(queue_id);"
+    "CREATE TABLE IF NOT EXISTS webhooks(id INTEGER PRIMARY KEY, url TEXT NOT NULL,"
+    " secret TEXT NOT NULL, events TEXT NOT NULL DEFAULT '', key TEXT NOT NULL DEFAULT '',"
+    " enabled INTEGER NOT NULL DEFAULT 1, status TEXT NOT NULL DEFAULT 'active',"
+    " failing_since INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS outbox(id INTEGER PRIMARY KEY, endpoint INTEGER NOT NULL,"
+    " event INTEGER NOT NULL, queue_id TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_try INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(done, endpoint, queue_id, id);"
+    "CREATE TABLE IF NOT EXISTS attempts(id INTEGER PRIMARY KEY, endpoint INTEGER NOT NULL,"
+    " event INTEGER NOT NULL, time INTEGER NOT NULL, http_status INTEGER NOT NULL,"
+    " error TEXT NOT NULL DEFAULT '');"
+    "CREATE INDEX IF NOT EXISTS attempts_ep ON attempts(endpoint, id);"
+    "INSERT OR IGNORE INTO meta(k, v) VALUES('node', lower(hex(randomblob(6))));";
+
+sqlite3 *events_db_open(const char *data_dir, char *err, size_t errlen)
+{
+	char path[4096];
+	sqlite3 *db = NULL;
+	char *msg = NULL;
+	snprintf(path, sizeof(path), "%s/events.db", data_dir);
+	if (sqlite3_open_v2(path, &db,
+	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+	                    NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "cannot open %s: %s", path,
+		         db ? sqlite3_errmsg(db) : "no memory");
+		goto fail;
+	}
+	sqlite3_busy_timeout(db, 5000);
+	if (sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+		snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(db));
+		sqlite3_free(msg);
+		goto fail;
+	}
+	return db;
+fail:
+	sqlite3_close(db);
+	return NULL;
+}
+
+/* The endpoints the writer matches events against; reloaded when another
+ * connection (the CLI, the sender) changed the file (PRAGMA data_version). */
+struct endpoint_filter {
+	int64_t id;
+	unsigned types; /* bit per enum tern_event_type; all when none named */
+	char key[128];  /* only events of this API key or user; "" any */
+};
+
+static int load_filters(sqlite3 *db, struct endpoint_filter **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	struct endpoint_filter *f = NULL;
+	size_t cnt = 0, cap = 0;
+	int rc = TERN_EIO;
+	if (sqlite3_prepare_v2(db, "SELECT id, events, key FROM webhooks", -1, &st, NULL) !=
+	    SQLITE_OK)
+		goto out;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (cnt == cap) {
+			cap = cap ? cap * 2 : 8;
+			struct endpoint_filter *nf = realloc(f, cap * sizeof(*f));
+			if (!nf) {
+				rc = TERN_ENOMEM;
+				goto out;
+			}
+			f = nf;
+		}
+		f[cnt].id = sqlite3_column_int64(st, 0);
+		f[cnt].types = webhook_filter_parse((const char *)sqlite3_column_text(st, 1));
+		const unsigned char *k = sqlite3_column_text(st, 2);
+		snprintf(f[cnt].key, sizeof(f[cnt].key), "%s", k ? (const char *)k : "");
+		cnt++;
+	}
+	rc = TERN_OK;
+out:
+	sqlite3_finalize(st);
+	if (rc != TERN_OK) {
+		free(f);
+		return rc;
+	}
+	free(*out);
+	*out = f;
+	*n = cnt;
+	return TERN_OK;
+}
+
+/* The writer's statements, prepared once: parsing SQL per batch would cost
+ * more than the inserts (callgrind: prepare was 40% of the daemon's work). */
+struct wstmts {
+	sqlite3_stmt *ver, *begin, *commit, *rollback, *ins, *ob, *origin;
+};
+
+static int wstmts_prepare(sqlite3 *db, struct wstmts *w)
+{
+	if (w->ins)
+		return TERN_OK;
+	if (sqlite3_prepare_v3(db, "PRAGMA data_version", -1, SQLITE_PREPARE_PERSISTENT, &w->ver,
+	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(db, "BEGIN IMMEDIATE", -1, SQLITE_PREPARE_PERSISTENT, &w->begin,
+	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(db, "COMMIT", -1, SQLITE_PREPARE_PERSISTENT, &w->commit, NULL) !=
+	        SQLITE_OK ||
+	    sqlite3_prepare_v3(db, "ROLLBACK", -1, SQLITE_PREPARE_PERSISTENT, &w->rollback, NULL) !=
+	        SQLITE_OK ||
+	    sqlite3_prepare_v3(db, "INSERT INTO outbox(endpoint, event, queue_id) VALUES(?,?,?)",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &w->ob, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(db,
+	                       "SELECT key, tags, metadata FROM events WHERE queue_id = ? AND "
+	                       "type = 'received' ORDER BY id LIMIT 1",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &w->origin, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(db,
+	                       "INSERT INTO events(time, type, queue_id, message_id, sender, "
+	                       "recipient, key, tags, metadata, reply, status, relay, "
+	                       "next_attempt, hard) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &w->ins, NULL) != SQLITE_OK) {
+		log_error("event=events_write_failed reason=\"%s\"", sqlite3_errmsg(db));
+		return TERN_EIO;
+	}
+	return TERN_OK;
+}
+
+static void wstmts_free(struct wstmts *w)
+{
+	sqlite3_finalize(w->ver);
+	sqlite3_finalize(w->begin);
+	sqlite3_finalize(w->commit);
+	sqlite3_finalize(w->rollback);
+	sqlite3_finalize(w->ins);
+	sqlite3_finalize(w->ob);
+	sqlite3_finalize(w->origin);
+	*w = (struct wstmts){0};
+}
+
+/* Runs a statement without results; true when it finished. */
+static bool run(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE;
+}
+
+static int64_t data_version(struct wstmts *w)
+{
+	int64_t v = -1;
+	if (sqlite3_step(w->ver) == SQLITE_ROW)
+		v = sqlite3_column_int64(w->ver, 0);
+	sqlite3_reset(w->ver);
+	return v;
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+	sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_STATIC);
+}
+
+/* Inserts a batch and its outbox rows in one transaction; *n_outbox gets
+ * the number of outbox rows made. */
+static int write_batch(sqlite3 *db, struct wstmts *w, struct qev *batch,
+                       const struct endpoint_filter *f, size_t nf, size_t *n_outbox)
+{
+	sqlite3_stmt *ins, *ob;
+	int rc = TERN_EIO;
+	*n_outbox = 0;
+	if (wstmts_prepare(db, w) != TERN_OK)
+		return TERN_EIO;
+	ins = w->ins;
+	ob = w->ob;
+	if (!run(w->begin))
+		goto out;
+	for (struct qev *q = batch; q; q = q->next) {
+		struct tern_event *e = &q->ev;
+		/* A later event of a message (delivered, bounced, ...) carries the
+		 * key, tags and metadata its received event had (the spool does not
+		 * keep them); the statement stays open until the row is inserted. */
+		bool inherit = e->type != EV_RECEIVED && e->queue_id && *e->queue_id &&
+		               !(e->key && *e->key) && !(e->tags && *e->tags) &&
+		               !(e->metadata && *e->metadata);
+		if (inherit) {
+			sqlite3_bind_text(w->origin, 1, e->queue_id, -1, SQLITE_STATIC);
+			if (sqlite3_step(w->origin) == SQLITE_ROW) {
+				e->key = (const char *)sqlite3_column_text(w->origin, 0);
+				e->tags = (const char *)sqlite3_column_text(w->origin, 1);
+				e->metadata = (const char *)sqlite3_column_text(w->origin, 2);
+			}
+		}
+		sqlite3_reset(ins);
+		sqlite3_bind_int64(ins, 1, e->time);
+		bind_text(ins, 2, type_names[e->type]);
+		bind_text(ins, 3, e->queue_id);
+		bind_text(ins, 4, e->message_id);
+		bind_text(ins, 5, e->sender);
+		bind_text(ins, 6, e->recipient);
+		bind_text(ins, 7, e->key);
+		bind_text(ins, 8, e->tags);
+		bind_text(ins, 9, e->metadata);
+		bind_text(ins, 10, e->reply);
+		bind_text(ins, 11, e->status);
+		bind_text(ins, 12, e->relay);
+		sqlite3_bind_int64(ins, 13, e->next_attempt);
+		sqlite3_bind_int(ins, 14, e->hard);
+		if (sqlite3_step(ins) != SQLITE_DONE)
+			goto out;
+		sqlite3_reset(ins);
+		int64_t id = sqlite3_last_insert_rowid(db);
+		for (size_t i = 0; i < nf; i++) {
+			if (!(f[i].types & (1u << e->type)))
+				continue;
+			if (f[i].key[0] && (!e->key || strcmp(f[i].key, e->key) != 0))
+				continue;
+			sqlite3_reset(ob);
+			sqlite3_bind_int64(ob, 1, f[i].id);
+			sqlite3_bind_int64(ob, 2, id);
+			bind_text(ob, 3, e->queue_id);
+			if (sqlite3_step(ob) != SQLITE_DONE)
+				goto out;
+			(*n_outbox)++;
+		}
+		if (inherit) {
+			sqlite3_reset(w->origin);
+			e->key = e->tags = e->metadata = NULL; /* pointed into the statement */
+		}
+	}
+	if (run(w->commit))
+		rc = TERN_OK;
+out:
+	sqlite3_reset(ins);
+	sqlite3_reset(ob);
+	sqlite3_reset(w->origin);
+	if (rc != TERN_OK) {
+		log_error("event=events_write_failed reason=\"%s\"", sqlite3_errmsg(db));
+		if (!sqlite3_get_autocommit(db))
+			run(w->rollback);
+		*n_outbox = 0;
+	}
+	return rc;
+}
+
+enum { BATCH_MAX = 512 };
+
+static void *writer_main(void *arg)
+{
+	struct endpoint_filter *filters = NULL;
+	size_t n_filters = 0;
+	int64_t version = -2, next_prune = 0;
+	struct wstmts w = {0};
+	pthread_mutex_lock(&Q.lock);
+	for (;;) {
+		while (!Q.head && !Q.stopping) {
+			if (Q.opts.retention && now_sec() >= next_prune) {
+				/* Retention: at start, then hourly, in chunks between batches. */
+				pthread_mutex_unlock(&Q.lock);
+				int n =
+				    events_prune(Q.db, now_sec() - (int64_t)Q.opts.retention, 5000);
+				if (n > 0)
+					log_info("event=events_pruned count=%d", n);
+				next_prune = n == 5000 ? now_sec() : now_sec() + 3600;
+				pthread_mutex_lock(&Q.lock);
+				continue;
+			}
+			struct timespec dl;
+			clock_gettime(CLOCK_REALTIME, &dl);
+			dl.tv_sec += 60;
+			pthread_cond_timedwait(&Q.wake, &Q.lock, &dl);
+		}
+		if (!Q.head && Q.stopping)
+			break;
+		if (Q.n < BATCH_MAX / 8 && !Q.stopping) {
+			/* A few events: let more gather first. One commit per 25 ms at
+			 * most costs far less than one per event (callgrind: a third of
+			 * the writer's work was commits of one or two events). */
+			pthread_mutex_unlock(&Q.lock);
+			nanosleep(&(struct timespec){0, 25 * 1000 * 1000}, NULL);
+			pthread_mutex_lock(&Q.lock);
+		}
+		/* Take up to BATCH_MAX events; emitters go on filling the queue. */
+		struct qev *batch = Q.head, *last = Q.head;
+		size_t k = 1;
+		while (last->next && k < BATCH_MAX) {
+			last = last->next;
+			k++;
+		}
+		Q.head = last->next;
+		if (!Q.head)
+			Q.tail = NULL;
+		last->next = NULL;
+		Q.n -= k;
+		Q.writing = true;
+		pthread_mutex_unlock(&Q.lock);
+
+		size_t n_outbox = 0;
+		int64_t v = wstmts_prepare(Q.db, &w) == TERN_OK ? data_version(&w) : -1;
+		if (v != version && load_filters(Q.db, &filters, &n_filters) == TERN_OK)
+			version = v;
+		int rc = write_batch(Q.db, &w, batch, filters, n_filters, &n_outbox);
+		if (rc != TERN_OK) {
+			atomic_fetch_add(&Q.dropped, k);
+			log_error("event=events_dropped count=%zu reason=\"store write failed\"",
+			          k);
+		}
+		while (batch) {
+			struct qev *nx = batch->next;
+			free(batch);
+			batch = nx;
+		}
+		if (n_outbox && Q.sender) /* no endpoint wants them: nothing to post */
+			webhook_sender_kick(Q.sender);
+
+		pthread_mutex_lock(&Q.lock);
+		Q.writing = false;
+		if (!Q.head)
+			pthread_cond_broadcast(&Q.idle);
+	}
+	Q.writing = false;
+	pthread_cond_broadcast(&Q.idle);
+	pthread_mutex_unlock(&Q.lock);
+	wstmts_free(&w);
+	free(filters);
+	return NULL;
+}
+
+int events_start(const char *data_dir, const struct events_opts *o)
+{
+	char err[512];
+	sqlite3 *db = events_db_open(data_dir, err, sizeof(err));
+	if (!db) {
+		log_error("event=events_failed reason=\"%s\"", err);
+		return TERN_EIO;
+	}
+	pthread_mutex_lock(&Q.lock);
+	if (TERN_BUG_ON(Q.running)) {
+		pthread_mutex_unlock(&Q.lock);
+		sqlite3_close(db);
+		return TERN_EINVAL;
+	}
+	Q.db = db;
+	Q.opts = *o;
+	Q.max = o->queue_max ? o->queue_max : 65536;
+	Q.stopping = false;
+	Q.running = true;
+	atomic_store(&Q.live, true);
+	pthread_mutex_unlock(&Q.lock);
+	if (pthread_create(&Q.writer, NULL, writer_main, NULL) != 0) {
+		pthread_mutex_lock(&Q.lock);
+		Q.running = false;
+		Q.db = NULL;
+		pthread_mutex_unlock(&Q.lock);
+		sqlite3_close(db);
+		log_error("event=events_failed reason=\"cannot start the writer thread\"");
+		return TERN_ENOMEM;
+	}
+	Q.sender = webhook_sender_start(data_dir, o);
+	if (!Q.sender)
+		log_error("event=webhooks_failed reason=\"cannot start the webhook sender\"");
+	log_info("event=events_started store=%s/events.db", data_dir);
+	return TERN_OK;
+}
+
+int events_start_conf(const struct tern_config *conf)
+{
+	struct events_opts o = {.retry_base = conf->webhooks.retry_base,
+	                        .retry_max = conf->webhooks.retry_max,
+	                        .retry_window = conf->webhooks.retry_window,
+	                        .timeout = conf->webhooks.timeout,
+	                        .retention = conf->events.retention};
+	return events_start(conf->data_dir, &o);
+}
+
+bool events_flush(int timeout_ms)
+{
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += timeout_ms / 1000;
+	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&Q.lock);
+	int rc = 0;
+	while (Q.running && (Q.head || Q.writing) && rc == 0)
+		rc = pthread_cond_timedwait(&Q.idle, &Q.lock, &dl);
+	bool done = !Q.head && !Q.writing;
+	pthread_mutex_unlock(&Q.lock);
+	return done;
+}
+
+void events_stop(void)
+{
+	pthread_mutex_lock(&Q.lock);
+	if (!Q.running) {
+		pthread_mutex_unlock(&Q.lock);
+		return;
+	}
+	Q.stopping = true;
+	atomic_store(&Q.live, false);
+	pthread_cond_broadcast(&Q.wake);
+	pthread_mutex_unlock(&Q.lock);
+	pthread_join(Q.writer, NULL);
+	webhook_sender_stop(Q.sender);
+	Q.sender = NULL;
+	pthread_mutex_lock(&Q.lock);
+	Q.running = false;
+	Q.stopping = false;
+	sqlite3_close(Q.db);
+	Q.db = NULL;
+	pthread_mutex_unlock(&Q.lock);
+	log_info("event=events_stopped dropped=%" PRIu64, atomic_load(&Q.dropped));
+}
+
+int events_prune(sqlite3 *db, int64_t before, unsigned max)
+{
+	sqlite3_stmt *st = NULL;
+	int n = TERN_EIO;
+	if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+		return TERN_EIO;
+	if (sqlite3_prepare_v2(db,
+	                       "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE "
+	                       "e.time < ?1 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event "
+	                       "= e.id AND o.done = 0) ORDER BY e.id LIMIT ?2)",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, before);
+	sqlite3_bind_int(st, 2, (int)max);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		goto out;
+	n = sqlite3_changes(db);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (sqlite3_exec(db,
+	                 "DELETE FROM outbox WHERE done = 1 AND event NOT IN (SELECT id FROM "
+	                 "events)",
+	                 NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db, "DELETE FROM attempts WHERE time < ?", -1, &st, NULL) !=
+	        SQLITE_OK) {
+		n = TERN_EIO;
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, before);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		n = TERN_EIO;
+out:
+	sqlite3_finalize(st);
+	if (n >= 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+		return n;
+	log_error("event=events_prune_failed reason=\"%s\"", sqlite3_errmsg(db));
+	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	return TERN_EIO;
+}
+
+/* ---- queries ---- */
+
+static const char row_cols[] =
+    "id, time, type, queue_id, message_id, sender, recipient, key, tags, metadata, reply, "
+    "status, relay, next_attempt, hard";
+
+const char *events_select_columns(void)
+{
+	return row_cols;
+}
+
+static void iso_time(int64_t t, char *out, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+	gmtime_r(&tt, &tm);
+	strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void set_str(json_t *o, const char *k, const unsigned char *v)
+{
+	json_object_set_new(o, k, json_string(v ? (const char *)v : ""));
+}
+
+char *events_row_json(sqlite3_stmt *st, const char *node, bool envelope)
+{
+	char ts[32], na[32], eid[64];
+	int64_t id = sqlite3_column_int64(st, 0);
+	const char *type = (const char *)sqlite3_column_text(st, 2);
+	iso_time(sqlite3_column_int64(st, 1), ts, sizeof(ts));
+	snprintf(eid, sizeof(eid), "evt_%s_%" PRId64, node ? node : "0", id);
+	json_t *d = json_object();
+	if (!d)
+		return NULL;
+	json_object_set_new(d, "id", json_string(eid));
+	json_object_set_new(d, "type", json_string(type ? type : ""));
+	json_object_set_new(d, "time", json_string(ts));
+	set_str(d, "queue_id", sqlite3_column_text(st, 3));
+	set_str(d, "message_id", sqlite3_column_text(st, 4));
+	set_str(d, "sender", sqlite3_column_text(st, 5));
+	set_str(d, "recipient", sqlite3_column_text(st, 6));
+	set_str(d, "key", sqlite3_column_text(st, 7));
+	json_t *tags = json_array();
+	const char *tg = (const char *)sqlite3_column_text(st, 8);
+	while (tags && tg && *tg) {
+		const char *c = strchr(tg, ',');
+		size_t n = c ? (size_t)(c - tg) : strlen(tg);
+		if (n)
+			json_array_append_new(tags, json_stringn(tg, n));
+		tg = c ? c + 1 : NULL;
+	}
+	json_object_set_new(d, "tags", tags ? tags : json_array());
+	const char *md = (const char *)sqlite3_column_text(st, 9);
+	json_t *meta = md && *md ? json_loads(md, 0, NULL) : NULL;
+	json_object_set_new(d, "metadata", json_is_object(meta) ? meta : json_object());
+	if (meta && !json_is_object(meta))
+		json_decref(meta);
+	set_str(d, "reply", sqlite3_column_text(st, 10));
+	set_str(d, "status", sqlite3_column_text(st, 11));
+	set_str(d, "relay", sqlite3_column_text(st, 12));
+	if (type && strcmp(type, "deferred") == 0) {
+		iso_time(sqlite3_column_int64(st, 13), na, sizeof(na));
+		json_object_set_new(d, "next_attempt", json_string(na));
+	}
+	if (type && strcmp(type, "bounced") == 0)
+		json_object_set_new(d, "bounce",
+		                    json_string(sqlite3_column_int(st, 14) ? "hard" : "soft"));
+	json_t *root = d;
+	if (envelope) {
+		char full[64];
+		snprintf(full, sizeof(full), "message.%s", type ? type : "");
+		root = json_pack("{s:s, s:s, s:o}", "type", full, "timestamp", ts, "data", d);
+		if (!root)
+			return NULL;
+	}
+	char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(root);
+	return s;
+}
+
+char *events_node(sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	char *r = NULL;
+	if (sqlite3_prepare_v2(db, "SELECT v FROM meta WHERE k='node'", -1, &st, NULL) ==
+	        SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		r = tern_strdup((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return r;
+}
+
+int events_query_run(sqlite3 *db, const struct events_query *q,
+                     void (*cb)(void *arg, int64_t id, const char *json), void *arg,
+                     int64_t *last_id)
+{
+	char sql[1024];
+	int type = -1;
+	if (q->type && *q->type && (type = events_type_parse(q->type)) < 0)
+		return TERN_EINVAL;
+	unsigned limit = q->limit ? q->limit : 100;
+	if (limit > 1000)
+		limit = 1000;
+	snprintf(sql, sizeof(sql),
+	         "SELECT %s FROM events WHERE id > ?1 AND (?2 = '' OR type = ?2) AND"
+	         " (?3 = '' OR recipient = ?3 COLLATE NOCASE) AND (?4 = '' OR queue_id = ?4) AND"
+	         " (?5 = '' OR ',' || tags || ',' LIKE '%%,' || ?5 || ',%%') AND time >= ?6"
+	         " AND (?8 = '' OR key = ?8)"
+	         " ORDER BY id LIMIT ?7",
+	         row_cols);
+	sqlite3_stmt *st = NULL;
+	char *node = events_node(db);
+	int n = 0;
+	*last_id = q->after;
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		free(node);
+		return TERN_EIO;
+	}
+	sqlite3_bind_int64(st, 1, q->after);
+	bind_text(st, 2, type >= 0 ? type_names[type] : "");
+	bind_text(st, 3, q->recipient);
+	bind_text(st, 4, q->queue_id);
+	bind_text(st, 5, q->tag);
+	sqlite3_bind_int64(st, 6, q->since);
+	sqlite3_bind_int(st, 7, (int)limit);
+	bind_text(st, 8, q->key);
+	int src;
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		char *js = events_row_json(st, node, false);
+		int64_t id = sqlite3_column_int64(st, 0);
+		if (!js) {
+			n = TERN_ENOMEM;
+			break;
+		}
+		cb(arg, id, js);
+		free(js);
+		*last_id = id;
+		n++;
+	}
+	if (n >= 0 && src != SQLITE_DONE && src != SQLITE_ROW)
+		n = TERN_EIO;
+	sqlite3_finalize(st);
+	free(node);
+	return n;
+}
+
+int64_t events_parse_time(const char *s, int64_t now)
+{
+	if (!s || !*s)
+		return -1;
+	size_t n = strlen(s);
+	int y, mo, d, h, mi, se;
+	char z;
+	if (n == 20 && sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%c", &y, &mo, &d, &h, &mi, &se, &z) == 7 &&
+	    z == 'Z') {
+		struct tm tm = {.tm_year = y - 1900,
+		                .tm_mon = mo - 1,
+		                .tm_mday = d,
+		                .tm_hour = h,
+		                .tm_min = mi,
+		                .tm_sec = se};
+		return (int64_t)timegm(&tm);
+	}
+	char *end = NULL;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	if (errno || end == s || v < 0)
+		return -1;
+	if (*end == '\0')
+		return v;
+	static const struct {
+		const char *u;
+		int64_t mul;
+	} units[] = {{"s", 1}, {"min", 60}, {"m", 60}, {"h", 3600}, {"d", 86400}, {"w", 604800}};
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (strcmp(end, units[i].u) == 0)
+			return now - (int64_t)v * units[i].mul;
+	return -1;
+}
