@@ -454,7 +454,9 @@ static void reply_items(struct req_ctx *c, enum kind kind, struct item *items, s
 		} else {
 			const char *t = ses_error_type(items[0].e.status, items[0].e.code);
 			c->amz_type = t;
-			reply_json(c, strcmp(t, "MessageRejected") == 0 ? 400 : items[0].e.status,
+			bool bad = strcmp(t, "MessageRejected") == 0 ||
+			           strcmp(t, "BadRequestException") == 0; /* SES says 400 */
+			reply_json(c, bad ? 400 : items[0].e.status,
 			           json_pack("{s:s}", "message", items[0].e.message));
 		}
 		return;

@@ -456,6 +456,63 @@ out:
 
 /* ------------------------------------------------------------ SendEmail */
 
+/*
+ * Simple.Attachments and Simple.Headers (newer SDKs have them; Debian's
+ * botocore model does not yet): Attachments [{RawContent (base64),
+ * FileName, ContentType, ContentDisposition ATTACHMENT|INLINE, ContentId}]
+ * become the native attachments and inline lists; Headers [{Name, Value}]
+ * the native headers (checked there as for the native API).
+ */
+static bool simple_extras(json_t *simple, json_t *o, struct ses_answer *a)
+{
+	json_t *atts = json_object_get(simple, "Attachments"),
+	       *hs = json_object_get(simple, "Headers");
+	size_t i;
+	json_t *x;
+	json_array_foreach(atts, i, x)
+	{
+		const char *raw = str_at(x, "RawContent", NULL), *fn = str_at(x, "FileName", NULL),
+		           *ty = str_at(x, "ContentType", NULL),
+		           *disp = str_at(x, "ContentDisposition", NULL),
+		           *cid = str_at(x, "ContentId", NULL);
+		bool inl = disp && strcmp(disp, "INLINE") == 0;
+		if (!raw || !fn) {
+			ses_error(a, 400, "BadRequestException",
+			          "Attachments[%zu] needs RawContent and FileName", i);
+			return false;
+		}
+		json_t *n = json_pack("{s:s, s:s, s:s}", "filename", fn, "content", raw, "encoding",
+		                      "base64");
+		if (n && ty)
+			json_object_set_new(n, "content_type", json_string(ty));
+		if (n && inl && cid)
+			json_object_set_new(n, "content_id", json_string(cid));
+		const char *list = inl ? "inline" : "attachments";
+		json_t *l = json_object_get(o, list);
+		if (!l) {
+			l = json_array();
+			json_object_set_new(o, list, l);
+		}
+		json_array_append_new(l, n);
+	}
+	json_array_foreach(hs, i, x)
+	{
+		const char *k = str_at(x, "Name", NULL), *v = str_at(x, "Value", NULL);
+		if (!k || !v) {
+			ses_error(a, 400, "BadRequestException",
+			          "Headers[%zu] needs Name and Value", i);
+			return false;
+		}
+		json_t *h = json_object_get(o, "headers");
+		if (!h) {
+			h = json_object();
+			json_object_set_new(o, "headers", h);
+		}
+		json_object_set_new(h, k, json_string(v));
+	}
+	return true;
+}
+
 static void send_email(const struct ses_request *r, struct ses_answer *a)
 {
 	json_t *b = body_object(r, a), *o = json_object();
@@ -516,6 +573,8 @@ static void send_email(const struct ses_request *r, struct ses_answer *a)
 				json_object_set_new(o, "text", json_string(text));
 			if (html)
 				json_object_set_new(o, "html", json_string(html));
+			if (!simple_extras(simple, o, a))
+				goto fail;
 		} else if (!template_content(r, tpl, o, a)) {
 			goto fail;
 		}
