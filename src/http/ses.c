@@ -14,7 +14,9 @@
 #include <strings.h>
 
 #include "core/buf.h"
+#include "core/codec.h"
 #include "core/err.h"
+#include "mime/mime.h"
 #include "store/ses_keys.h"
 #include "store/ses_templates.h"
 #include "store/suppress.h"
@@ -456,6 +458,40 @@ out:
 
 /* ------------------------------------------------------------ SendEmail */
 
+/* Raw content without FromEmailAddress or Destination: the From, To, Cc
+ * and Bcc header fields of the message (read by the MIME parser, GMime)
+ * fill what is missing of the envelope. */
+static bool raw_envelope(const char *b64, json_t *o, json_t *rcpts, struct ses_answer *a)
+{
+	struct tbuf dec = TBUF_INIT(64 * 1024 * 1024);
+	struct mime_msg m;
+	bool ok = false;
+	memset(&m, 0, sizeof(m));
+	if (tern_base64_decode(b64, strlen(b64), &dec) != TERN_OK) {
+		ses_error(a, 400, "BadRequestException", "Raw.Data is not base64");
+		goto out;
+	}
+	mime_init();
+	if (mime_parse(dec.data ? dec.data : "", dec.len, 0, &m) != TERN_OK) {
+		ses_error(a, 500, "InternalFailure", "out of memory");
+		goto out;
+	}
+	if (!json_object_get(o, "from") && m.from.addr && m.from.addr[0])
+		json_object_set_new(o, "from", json_string(m.from.addr));
+	if (!json_array_size(rcpts)) {
+		const struct mime_addrs *l[3] = {&m.to, &m.cc, &m.bcc};
+		for (int i = 0; i < 3; i++)
+			for (size_t j = 0; j < l[i]->n; j++)
+				if (l[i]->v[j].addr && l[i]->v[j].addr[0])
+					json_array_append_new(rcpts, json_string(l[i]->v[j].addr));
+	}
+	ok = true;
+out:
+	mime_msg_free(&m);
+	tbuf_free(&dec);
+	return ok;
+}
+
 /*
  * Simple.Attachments and Simple.Headers (newer SDKs have them; Debian's
  * botocore model does not yet): Attachments [{RawContent (base64),
@@ -546,13 +582,20 @@ static void send_email(const struct ses_request *r, struct ses_answer *a)
 			json_object_set(o, nk[i], l);
 	}
 	if (raw) {
-		/* the envelope: Destination's addresses (SES reads the header
-		 * fields when it is absent; tern asks for it) */
-		json_object_set_new(o, "to", all);
+		/* the envelope: Destination's addresses, else (as SES does) the
+		 * message's To, Cc and Bcc; FromEmailAddress, else its From */
 		json_t *d = json_object_get(raw, "Data");
-		if (!from || !json_is_string(d) || !json_array_size(all)) {
-			ses_error(a, 400, "BadRequestException",
-			          "Raw content needs FromEmailAddress, Destination and Data");
+		if (json_is_string(d) && (!from || !json_array_size(all)) &&
+		    !raw_envelope(json_string_value(d), o, all, a)) {
+			json_decref(all);
+			goto fail;
+		}
+		json_object_set_new(o, "to", all);
+		if (!json_object_get(o, "from") || !json_is_string(d) || !json_array_size(all)) {
+			ses_error(
+			    a, 400, "BadRequestException",
+			    "Raw content needs Data with a sender (FromEmailAddress or From) and "
+			    "recipients (Destination or To, Cc, Bcc)");
 			goto fail;
 		}
 		json_object_set(o, "raw", d);

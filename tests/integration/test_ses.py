@@ -318,3 +318,26 @@ def test_simple_attachments_and_headers_of_newer_sdks(ses):
                                "Headers": [{"Name": "X-A", "Value": "v\r\nBcc: evil@remote.test"}]}}})
     assert st == 400 and hd["x-amzn-ErrorType"] == "BadRequestException" and body["message"]
     assert len(ses.mx.messages) == 1
+
+
+def test_raw_without_destination_reads_the_header_fields(ses):
+    """As SES does: no Destination and no FromEmailAddress, the message's own From, To, Cc
+    and Bcc make the envelope."""
+    msg = EmailMessage()
+    msg["From"] = "App <app@example.test>"
+    msg["To"] = "Ann <ann@remote.test>, bob@remote.test"
+    msg["Cc"] = "cid@remote.test"
+    msg["Subject"] = "raw, envelope from the header"
+    msg.set_content("body\n")
+    r = ses.c["send"].send_email(Content={"Raw": {"Data": msg.as_bytes()}})
+    assert r["MessageId"]
+    (frm, rcpts, data), = wait_mx(ses.mx, 1)
+    assert frm == "app@example.test"
+    assert sorted(rcpts) == ["ann@remote.test", "bob@remote.test", "cid@remote.test"]
+    # nothing to send to: refused
+    msg2 = EmailMessage()
+    msg2["From"] = "app@example.test"
+    msg2.set_content("x")
+    with pytest.raises(ClientError) as e:
+        ses.c["send"].send_email(Content={"Raw": {"Data": msg2.as_bytes()}})
+    assert e.value.response["Error"]["Code"] == "BadRequestException"
