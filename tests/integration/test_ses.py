@@ -341,3 +341,21 @@ def test_raw_without_destination_reads_the_header_fields(ses):
     with pytest.raises(ClientError) as e:
         ses.c["send"].send_email(Content={"Raw": {"Data": msg2.as_bytes()}})
     assert e.value.response["Error"]["Code"] == "BadRequestException"
+
+
+def test_pair_storage_and_revocation(ses):
+    """The secret access key is stored nowhere: apikeys.db does not hold it, the master it
+    is derived from is 0600; revoking the key revokes the pair at once."""
+    import os
+    import stat
+    from pathlib import Path
+    data = Path(ses.t.data_dir)
+    akid, secret = ses.pairs["admin"]
+    assert secret.encode() not in (data / "apikeys.db").read_bytes()
+    assert stat.S_IMODE(os.stat(data / "apikeys.master").st_mode) == 0o600
+    assert ses.c["admin"].get_account()["SendingEnabled"] is True
+    r = ses.t.cli("apikey", "revoke", "ops")
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(ClientError) as e:
+        ses.c["admin"].get_account()
+    assert e.value.response["Error"]["Code"] == "UnrecognizedClientException"
