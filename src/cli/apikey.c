@@ -22,13 +22,14 @@
 #include "core/timefmt.h"
 #include "store/apikeys.h"
 #include "store/quota.h"
+#include "store/ses_keys.h"
 
 #define DOMAINS_MAX 32
 
 static const struct cli_help apikey_help = {
     "tern apikey",
     "tern apikey create NAME [--scope send|read|admin] [--from-domain D]...\n"
-    "                  [--per-second N] [--per-hour N] [--per-day N] [-c FILE]\n"
+    "                  [--per-second N] [--per-hour N] [--per-day N] [--sigv4] [-c FILE]\n"
     "tern apikey list [-c FILE]\n"
     "tern apikey revoke NAME|ID [-c FILE]",
     "Manages the keys of the HTTP sending API (listen { NAME { profile = \"http\"; } }),\n"
@@ -44,6 +45,9 @@ static const struct cli_help apikey_help = {
     "                      sending quotas: messages the key may send per second,\n"
     "                      UTC hour, UTC day; over one the API answers 429 with\n"
     "                      Retry-After (default: no limit). list shows the usage.\n"
+    "  --sigv4             also print the key's AWS SigV4 pair (\"ACCESS_KEY_ID\n"
+    "                      SECRET_ACCESS_KEY\" on the next line) for the SES v2\n"
+    "                      compatible API (/v2/email/...)\n"
     "  -c, --config FILE   the configuration file\n"};
 
 /* The store in the data dir, made if missing (create) and given to the
@@ -110,6 +114,31 @@ static bool parse_limit(const char *s, uint64_t *out)
 	return true;
 }
 
+/* The SigV4 pair of key id (store/ses_keys.h) on one stdout line, "AKID
+ * SECRET", after the token; the master file is made on first use and
+ * given to the daemon's user as the key store is. */
+static int print_sigv4(const struct tern_config *conf, const char *id)
+{
+	unsigned char master[SES_MASTER_LEN];
+	char akid[SES_AKID_LEN + 1], secret[SES_SECRET_LEN + 1], path[4096];
+	if (ses_master_load(conf->data_dir, true, master) != TERN_OK) {
+		fprintf(stderr, "tern: cannot read or make %s/apikeys.master\n", conf->data_dir);
+		return 1;
+	}
+	snprintf(path, sizeof(path), "%s/apikeys.master", conf->data_dir);
+	struct passwd *pw =
+	    geteuid() == 0 && conf->user && *conf->user ? getpwnam(conf->user) : NULL;
+	if (pw && chown(path, pw->pw_uid, pw->pw_gid) != 0)
+		fprintf(stderr, "tern: warning: cannot chown %s\n", path);
+	ses_key_pair(master, id, akid, secret);
+	fprintf(stderr, "SigV4 (SES v2 API): access key id and secret access key, shown only "
+	                "now:\n");
+	printf("%s %s\n", akid, secret);
+	memset(secret, 0, sizeof(secret));
+	memset(master, 0, sizeof(master));
+	return 0;
+}
+
 int cmd_apikey(int argc, char **argv)
 {
 	const char *path = NULL;
@@ -122,6 +151,7 @@ int cmd_apikey(int argc, char **argv)
 	enum apikey_scope scope = APIKEY_SEND;
 	uint64_t lim[3] = {0, 0, 0}; /* --per-second, --per-hour, --per-day */
 	static const char *const lim_flag[3] = {"--per-second", "--per-hour", "--per-day"};
+	bool sigv4 = false;
 	if (strcmp(sub, "create") != 0 && strcmp(sub, "list") != 0 && strcmp(sub, "revoke") != 0)
 		return cli_usage(&apikey_help, "unknown subcommand '%s'", sub);
 	for (int i = 2; i < argc; i++) {
@@ -143,6 +173,8 @@ int cmd_apikey(int argc, char **argv)
 				return cli_usage(&apikey_help, "at most %d --from-domain",
 				                 DOMAINS_MAX);
 			domains[n_domains++] = argv[++i];
+		} else if (create && strcmp(argv[i], "--sigv4") == 0) {
+			sigv4 = true;
 		} else if (argv[i][0] == '-' || arg || strcmp(sub, "list") == 0) {
 			return cli_usage(&apikey_help, "unexpected argument '%s'", argv[i]);
 		} else {
@@ -203,7 +235,7 @@ int cmd_apikey(int argc, char **argv)
 			        k.domains[0] ? k.domains : "*");
 			printf("%s\n", token);
 			memset(token, 0, sizeof(token));
-			status = 0;
+			status = sigv4 ? print_sigv4(conf, k.id) : 0;
 		} else {
 			fprintf(stderr, "tern: %s\n",
 			        rc == TERN_EEXIST    ? "a live key already has that name"

@@ -21,6 +21,8 @@
  * needs scope send or admin and a From domain the key allows. The
  * suppression routes need admin, or scope send and ?domain= one of the
  * key's domains.
+ * Everything under /v2/ is the SES v2 compatible API (ses.h: SigV4, not a
+ * bearer token; not in web/openapi.json); its SendEmail is committed here.
  *
  * Owns: authentication and the from-domain rule, the Received field of
  * API mail, DKIM signing (smtp/sign.h, as for submission), the envelope,
@@ -65,6 +67,7 @@
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "http/ses.h"
 #include "http/suppress_routes.h"
 #include "store/apikeys.h"
 #include "store/events.h"
@@ -118,6 +121,9 @@ struct req_ctx {
 	int d_kind;           /* or messages to commit (enum kind) */
 	struct item *d_items; /* owned until handed to commit_start */
 	size_t d_n;
+	struct sigv4_header *in_hdrs; /* SES (/v2/): every request header, for SigV4 */
+	size_t in_nh;
+	const char *amz_type; /* SES: the x-amzn-ErrorType of an error answer */
 };
 
 /* ---------------------------------------------------------------- replies */
@@ -143,6 +149,8 @@ static void reply_json(struct req_ctx *c, int code, json_t *j)
 	evhttp_add_header(oh, "Content-Type", "application/json; charset=utf-8");
 	evhttp_add_header(oh, "Cache-Control", "no-store");
 	evhttp_add_header(oh, "X-Content-Type-Options", "nosniff");
+	if (c->amz_type)
+		evhttp_add_header(oh, "x-amzn-ErrorType", c->amz_type);
 	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	json_decref(j);
 	struct evbuffer *b = evbuffer_new();
@@ -448,7 +456,7 @@ static bool prepare(struct req_ctx *c, const struct tern_config *conf, const str
  * commit. c.req is NULL once libevent finished the request itself (the
  * client went away: req_done); the messages are queued all the same.
  */
-enum kind { NATIVE, RAW, MAILPIT, BATCH };
+enum kind { NATIVE, RAW, MAILPIT, BATCH, SES };
 
 struct pending {
 	struct api *a;
@@ -500,6 +508,19 @@ static void reply_items(struct req_ctx *c, enum kind kind, struct item *items, s
 		else
 			reply_json(c, items[0].e.status,
 			           json_pack("{s:s}", "Error", items[0].e.message));
+		return;
+	}
+	if (kind == SES) { /* SES's own answers: {"MessageId"} or an SES error */
+		if (items[0].ready) {
+			reply_json(c, 200, json_pack("{s:s}", "MessageId", items[0].id));
+		} else {
+			const char *t = ses_error_type(items[0].e.status, items[0].e.code);
+			c->amz_type = t;
+			bool bad = strcmp(t, "MessageRejected") == 0 ||
+			           strcmp(t, "BadRequestException") == 0; /* SES says 400 */
+			reply_json(c, bad ? 400 : items[0].e.status,
+			           json_pack("{s:s}", "message", items[0].e.message));
+		}
 		return;
 	}
 	if (kind != BATCH) {
@@ -1127,9 +1148,85 @@ static void openapi(struct req_ctx *c)
 	         c->peer);
 }
 
+/*
+ * On the pool: the SES v2 compatible API (ses.h). ses_handle checks the
+ * signature and answers all but SendEmail, whose message is built, checked
+ * and committed here as any API message is.
+ */
+static void ses_route(struct req_ctx *c)
+{
+	struct tern_runtime *rt = runtime_acquire();
+	struct item *it = NULL;
+	struct ses_answer ans = {0};
+	if (!rt) {
+		c->amz_type = "ServiceUnavailable";
+		reply_json(c, 503, json_pack("{s:s}", "message", "the server is starting"));
+		return;
+	}
+	size_t n;
+	bool big;
+	const char *b = body_of(c, max_body(rt->conf), &n, &big);
+	if (big) {
+		c->amz_type = "BadRequestException";
+		reply_json(c, 413, json_pack("{s:s}", "message", "the request body is too large"));
+		goto out;
+	}
+	struct ses_request r = {.data_dir = c->a->data_dir,
+	                        .keys = c->a->keys,
+	                        .method = c->method,
+	                        .path = c->in_path,
+	                        .query = c->in_query,
+	                        .hdr = c->in_hdrs,
+	                        .n_hdr = c->in_nh,
+	                        .body = b,
+	                        .len = n,
+	                        .now = (int64_t)time(NULL)};
+	ses_handle(&r, &ans);
+	if (ans.have_key) {
+		c->key = ans.key;
+		c->have_key = true;
+	}
+	if (!ans.send) {
+		c->amz_type = ans.err_type;
+		reply_json(c, ans.status, ans.body);
+		ans.body = NULL;
+		goto out;
+	}
+	if (!(it = calloc(1, sizeof(*it)))) {
+		c->amz_type = "InternalFailure";
+		reply_json(c, 500, json_pack("{s:s}", "message", "out of memory"));
+		goto out;
+	}
+	decode_one(c, rt->conf, ans.send, ans.raw ? RAW : NATIVE, it);
+	if (it->ready && !prepare(c, rt->conf, rt->dkim_signer, it))
+		it->ready = false;
+	if (!it->ready) {
+		reply_items(c, SES, it, 1);
+		goto out;
+	}
+	defer_commit(c, SES, it, 1);
+	it = NULL;
+out:
+	items_free(it, 1);
+	json_decref(ans.body);
+	json_decref(ans.send);
+	runtime_release(rt);
+}
+
 /* ------------------------------------------------------------ the pool */
 
-enum route { R_NONE, R_UNSUB, R_SUPP, R_NATIVE, R_RAW, R_BATCH, R_MAILPIT, R_STATUS, R_EVENTS };
+enum route {
+	R_NONE,
+	R_UNSUB,
+	R_SUPP,
+	R_NATIVE,
+	R_RAW,
+	R_BATCH,
+	R_MAILPIT,
+	R_STATUS,
+	R_EVENTS,
+	R_SES
+};
 
 /*
  * One request on its way through the pool: what blocks (the key lookup
@@ -1155,6 +1252,11 @@ static void rjob_free(struct rjob *j)
 		evbuffer_free(c->in_body);
 	json_decref(c->d_body);
 	items_free(c->d_items, c->d_n);
+	for (size_t i = 0; i < c->in_nh; i++) {
+		free((char *)c->in_hdrs[i].name);
+		free((char *)c->in_hdrs[i].value);
+	}
+	free(c->in_hdrs);
 	free(j);
 }
 
@@ -1166,6 +1268,10 @@ static void rjob_work(void *arg)
 	     post = strcmp(c->method, "POST") == 0;
 	if (j->route == R_UNSUB) {
 		unsubscribe(c);
+		return;
+	}
+	if (j->route == R_SES) { /* SigV4, not a bearer token */
+		ses_route(c);
 		return;
 	}
 	if (!authenticate(c))
@@ -1266,6 +1372,18 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	jc->in_query = dup_or_null(u ? evhttp_uri_get_query(u) : NULL, &nomem);
 	jc->in_auth = dup_or_null(evhttp_find_header(ih, "Authorization"), &nomem);
 	jc->in_ctype = dup_or_null(evhttp_find_header(ih, "Content-Type"), &nomem);
+	if (route == R_SES) { /* SigV4 signs any of them: take them all */
+		size_t n = 0;
+		for (struct evkeyval *kv = ih->tqh_first; kv; kv = kv->next.tqe_next)
+			n++;
+		if (n > 200 || !(jc->in_hdrs = calloc(n ? n : 1, sizeof(*jc->in_hdrs))))
+			nomem = true;
+		for (struct evkeyval *kv = ih->tqh_first; kv && !nomem; kv = kv->next.tqe_next) {
+			struct sigv4_header *h = &jc->in_hdrs[jc->in_nh++];
+			h->name = dup_or_null(kv->key, &nomem);
+			h->value = dup_or_null(kv->value, &nomem);
+		}
+	}
 	/* the body's chain moves over, no copy */
 	if (!(jc->in_body = evbuffer_new()) ||
 	    evbuffer_add_buffer(jc->in_body, evhttp_request_get_input_buffer(c->req)) != 0)
@@ -1355,6 +1473,8 @@ static void handle(void *ctx, struct evhttp_request *req)
 		         strncmp(r, "webhooks/", 9) == 0)
 			rt = R_EVENTS; /* EVENTS */
 	}
+	if (strncmp(path, "/v2/", 4) == 0)
+		rt = R_SES;
 	if (rt == R_NONE) {
 		fail(&c, 404, "not_found", "no such route (see /api/openapi.json)");
 		return;

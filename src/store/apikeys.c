@@ -423,3 +423,46 @@ int apikeys_results(struct apikeys *k, const char *id,
 		return TERN_EIO;
 	return n ? TERN_OK : TERN_ENOTFOUND;
 }
+
+int apikeys_get(struct apikeys *k, const char *id, struct apikey *out)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = TERN_EIO;
+	if (sqlite3_prepare_v2(k->db,
+	                       "SELECT id, name, scope, domains, created, revoked FROM apikeys "
+	                       "WHERE id = ? AND revoked = 0",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	int s = sqlite3_step(st);
+	if (s == SQLITE_ROW) {
+		row_to_key(st, out);
+		rc = TERN_OK;
+	} else {
+		rc = s == SQLITE_DONE ? TERN_ENOTFOUND : TERN_EIO;
+	}
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int apikeys_count_sent(struct apikeys *k, const char *owner, int64_t since, int64_t *out)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = TERN_EIO;
+	*out = 0;
+	if (sqlite3_prepare_v2(k->db,
+	                       "SELECT COUNT(*) FROM api_results WHERE owner = ? AND updated >= ? "
+	                       "AND state IN ('delivered', 'bounced')",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, owner, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, since);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		*out = sqlite3_column_int64(st, 0);
+		rc = TERN_OK;
+	}
+out:
+	sqlite3_finalize(st);
+	return rc;
+}

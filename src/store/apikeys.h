@@ -71,6 +71,10 @@ int apikeys_revoke(struct apikeys *k, const char *name_or_id);
  * TERN_EIO when the store cannot be read. */
 int apikeys_verify(struct apikeys *k, const char *token, size_t len, struct apikey *out);
 
+/* The live key with this id (SigV4 names a key by its id): TERN_OK,
+ * TERN_ENOTFOUND (unknown or revoked), TERN_EIO. */
+int apikeys_get(struct apikeys *k, const char *id, struct apikey *out);
+
 /*
  * The delivery results of API messages (table api_results), so that a
  * message's status outlives its time in the queue: one row per recipient
@@ -87,6 +91,10 @@ int apikeys_results(struct apikeys *k, const char *id,
                     void (*fn)(void *arg, const char *owner, const char *sender, const char *addr,
                                const char *state, const char *reply, int64_t updated),
                     void *arg);
+
+/* How many recipients of owner's messages reached a final state (delivered
+ * or bounced) at or after since: SES's SentLast24Hours. TERN_OK, TERN_EIO. */
+int apikeys_count_sent(struct apikeys *k, const char *owner, int64_t since, int64_t *out);
 
 /* Whether key may send mail whose From domain is domain (lowercase): any
  * domain when the key names none, else one of its domains or a subdomain
