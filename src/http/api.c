@@ -1382,8 +1382,7 @@ static void track_hit(struct req_ctx *c)
 	struct tern_event ev = {.type = kind == 'c' ? EV_CLICKED : EV_OPENED,
 	                        .queue_id = r->queue_id,
 	                        .recipient = r->rcpt[0] ? r->rcpt : NULL,
-	                        .metadata = mds,
-	                        .relay = c->peer};
+	                        .metadata = mds}; /* no client address: it is the reader's */
 	if (strcmp(c->method, "GET") == 0)
 		events_emit(&ev);
 	free(mds);

@@ -171,6 +171,19 @@ def test_tampered_tokens_are_404_without_redirect_or_event(tern_factory, mx):
     assert len(events(api.t, "clicked")) == 1 and events(api.t, "opened") == []
 
 
+def test_several_recipients_share_tokens_that_name_none(tern_factory, mx):
+    """The tokens name one recipient only when the message has one (documented)."""
+    api = start(tern_factory, mx)
+    st, body = send(api, ["a@remote.test", "b@remote.test"], track={"opens": True})
+    assert st == 202, body
+    _, html, _ = parts(mx.wait_message("a@remote.test", api.t)["content"])
+    pixel = re.search(r'<img src="http://[^"/]+(/t/o/[^"]+)"', html).group(1)
+    st, _, _ = get(api, pixel)
+    assert st == 200
+    ev = wait_events(api.t, "opened", 1)
+    assert ev[0]["queue_id"] == body["id"] and not ev[0]["recipient"], ev
+
+
 def test_without_track_nothing_is_rewritten(tern_factory, mx):
     api = start(tern_factory, mx)
     rcpt = "plain@remote.test"
