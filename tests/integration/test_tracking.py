@@ -79,7 +79,8 @@ def send(api, to, **extra):
 def parts(content):
     m = email.message_from_bytes(content, policy=email.policy.default)
     html = m.get_body(preferencelist=("html",)).get_content()
-    text = m.get_body(preferencelist=("plain",)).get_content()
+    plain = m.get_body(preferencelist=("plain",))
+    text = plain.get_content() if plain is not None else None
     return m, html, text
 
 
@@ -182,6 +183,26 @@ def test_several_recipients_share_tokens_that_name_none(tern_factory, mx):
     assert st == 200
     ev = wait_events(api.t, "opened", 1)
     assert ev[0]["queue_id"] == body["id"] and not ev[0]["recipient"], ev
+
+
+def test_a_batch_tracks_each_message_for_its_recipient(tern_factory, mx):
+    """One message per recipient in one batch request: each pixel names its own reader."""
+    api = start(tern_factory, mx)
+    msg = lambda to: {"from": SENDER, "to": to, "subject": "s", "html": HTML,
+                      "track": {"opens": True}}
+    st, body = api.json("POST", "/api/v1/messages/batch",
+                        {"messages": [msg("p@remote.test"), msg("q@remote.test"),
+                                      dict(msg("r@remote.test"), track={"opens": 1})]},
+                        api.tok)
+    assert st == 200 and body["accepted"] == 2 and body["rejected"] == 1, body
+    assert body["results"][2]["error"]["field"] == "track", body
+    for rcpt in ("p@remote.test", "q@remote.test"):
+        _, html, _ = parts(mx.wait_message(rcpt, api.t)["content"])
+        st, _, _ = get(api, re.search(r'<img src="http://[^"/]+(/t/o/[^"]+)"', html).group(1))
+        assert st == 200
+    ev = wait_events(api.t, "opened", 2)
+    assert sorted(e["recipient"] for e in ev) == ["p@remote.test", "q@remote.test"], ev
+    assert mx.offered("r@remote.test") == 0
 
 
 def test_without_track_nothing_is_rewritten(tern_factory, mx):
