@@ -2307,6 +2307,49 @@ static void print_suppression(FILE *f, const struct conf_suppression *p)
 	fputs("}\n", f);
 }
 
+/* ---- tracking { base_url; } ---- */
+
+static int parse_tracking(struct ctx *x, const struct ucl_node *sec, struct conf_tracking *p)
+{
+	int rc = want_section(x, sec, "tracking");
+	char b[80];
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		if (strcmp(m->key, "base_url") != 0) {
+			rc = unknown_key(x, m, "tracking");
+			continue;
+		}
+		free(p->base_url);
+		p->base_url = NULL;
+		if ((rc = get_str(x, m, "tracking", &p->base_url)) != TERN_OK)
+			break;
+		char *u = p->base_url;
+		size_t n = strlen(u);
+		while (n && u[n - 1] == '/') /* the routes add their own */
+			u[--n] = '\0';
+		bool ok = (strncmp(u, "https://", 8) == 0 && n > 8) ||
+		          (strncmp(u, "http://", 7) == 0 && n > 7);
+		for (size_t k = 0; ok && k < n; k++) /* it goes into href and src values */
+			ok = (unsigned char)u[k] > 0x20 && (unsigned char)u[k] < 0x7f &&
+			     !strchr("\"'<>?#", u[k]);
+		if (!ok)
+			return cerr(x, m,
+			            "tracking.base_url: '%s' is not an http(s) URL without query "
+			            "(e.g. \"https://t.example.org\")",
+			            show(u, b, sizeof(b)));
+	}
+	return rc;
+}
+
+static void print_tracking(FILE *f, const struct conf_tracking *p)
+{
+	if (!p->base_url)
+		return;
+	fputs("tracking {\n\tbase_url = ", f);
+	print_str(f, p->base_url);
+	fputs(";\n}\n", f);
+}
+
 static void arc_free(struct conf_arc *a)
 {
 	for (size_t i = 0; i < a->n_trusted_sealers; i++)
@@ -3038,6 +3081,7 @@ static void conf_free(struct tern_config *c)
 	free(c->metrics.address);
 	free(c->metrics.token);
 	suppression_free(&c->suppression);
+	free(c->tracking.base_url);
 	for (size_t i = 0; i < c->n_routes; i++)
 		route_free(&c->routes[i]);
 	free(c->routes);
@@ -3431,6 +3475,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_metrics(x, m, &c->metrics);
 	if (strcmp(k, "suppression") == 0)
 		return parse_suppression(x, m, &c->suppression);
+	if (strcmp(k, "tracking") == 0)
+		return parse_tracking(x, m, &c->tracking);
 	if (strcmp(k, "feedback_address") == 0) /* issue 12's spelling of the same key */
 		return parse_feedback_address(x, m, &c->suppression);
 	if (strcmp(k, "webhooks") == 0)
@@ -4206,6 +4252,7 @@ void conf_print(const struct tern_config *c, FILE *out)
 	print_arc(out, &c->arc);
 	print_metrics(out, &c->metrics);
 	print_suppression(out, &c->suppression);
+	print_tracking(out, &c->tracking);
 	print_shaping(out, &c->shaping);
 	print_quotas(out, "quotas", c->quotas, c->n_quotas);
 	print_quotas(out, "submission_quotas", c->sub_quotas, c->n_sub_quotas);

@@ -403,6 +403,12 @@ struct tern_config {
 		char *token;
 	} metrics;
 	struct conf_suppression suppression;
+	/* tracking { base_url; }: the public base (http(s), no trailing '/') under
+	 * which the API listener's /t/o/ and /t/c/ routes answer (http/tracking.h);
+	 * NULL: a send asking for tracking is refused. */
+	struct conf_tracking {
+		char *base_url;
+	} tracking;
 	/* webhooks { }: the retry schedule of webhook deliveries (store/webhook.c). */
 	struct conf_webhooks {
 		uint32_t retry_base;   /* first retry; default 5 s */

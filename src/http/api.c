@@ -16,6 +16,7 @@
  *   PUT  /api/v1/suppressions/{address}
  *   DELETE /api/v1/suppressions/{address}
  *   POST /unsubscribe/{token}          RFC 8058 one-click (no key: the token is one)
+ *   GET  /t/o/{token}, /t/c/{token}    open pixel, click redirect (http/tracking.h; no key)
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
  * needs scope send or admin and a From domain the key allows. The
@@ -69,6 +70,7 @@
 #include "smtp/smtp.h"
 #include "http/ses.h"
 #include "http/suppress_routes.h"
+#include "http/tracking.h"
 #include "store/apikeys.h"
 #include "store/events.h"
 #include "store/quota.h"
@@ -93,6 +95,9 @@ struct api {
 	size_t n_http;
 	bool started;
 	sqlite3 *events; /* DATA/events.db for the event routes (the pool's), or NULL */
+	/* the tracking tokens' key (DATA/suppress.key), read on the pool at first use */
+	unsigned char track_key[TRACK_KEY_LEN];
+	bool track_key_ok;
 };
 
 /* One request: what the log line says. */
@@ -124,6 +129,8 @@ struct req_ctx {
 	struct sigv4_header *in_hdrs; /* SES (/v2/): every request header, for SigV4 */
 	size_t in_nh;
 	const char *amz_type; /* SES: the x-amzn-ErrorType of an error answer */
+	int d_track;          /* tracking: 'o' the pixel, 'c' a redirect to d_location */
+	char *d_location;
 };
 
 /* ---------------------------------------------------------------- replies */
@@ -768,11 +775,97 @@ static size_t max_body(const struct tern_config *conf)
 
 /* ---------------------------------------------------------------- routes */
 
+/* On the pool: the tracking key, read once (the pool is one thread). */
+static bool track_key(struct api *a)
+{
+	if (!a->track_key_ok)
+		a->track_key_ok = suppress_key_load(a->data_dir, a->track_key) == TERN_OK;
+	return a->track_key_ok;
+}
+
+/*
+ * "track": {"opens": bool, "clicks": bool} of a native send: taken out of
+ * obj (api_json_send knows nothing of it) into *opens, *clicks. False, with
+ * it->e set, when it is malformed or tracking is not set up here.
+ */
+static bool take_track(struct req_ctx *c, const struct tern_config *conf, json_t *obj,
+                       struct item *it, bool *opens, bool *clicks)
+{
+	*opens = *clicks = false;
+	json_t *tr = json_is_object(obj) ? json_object_get(obj, "track") : NULL;
+	if (!tr)
+		return true;
+	bool ok = json_is_object(tr) || json_is_null(tr);
+	const char *k;
+	json_t *v;
+	if (json_is_object(tr))
+		json_object_foreach(tr, k, v)
+		{
+			bool o = strcmp(k, "opens") == 0, cl = strcmp(k, "clicks") == 0;
+			ok = ok && (o || cl) && json_is_boolean(v);
+			if (o && json_is_true(v))
+				*opens = true;
+			if (cl && json_is_true(v))
+				*clicks = true;
+		}
+	json_object_del(obj, "track");
+	if (!ok) {
+		api_error_set(&it->e, 422, "invalid_field", "track",
+		              "track is {\"opens\": true|false, \"clicks\": true|false}");
+		return false;
+	}
+	if ((*opens || *clicks) && !conf->tracking.base_url) {
+		api_error_set(&it->e, 422, "tracking_unavailable", "track",
+		              "open and click tracking is not set up on this server "
+		              "(tracking.base_url)");
+		return false;
+	}
+	if ((*opens || *clicks) && !track_key(c->a)) {
+		api_error_set(&it->e, 503, "store_unavailable", "track",
+		              "the tracking key cannot be read; nothing was queued");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * With tracking asked: the HTML part of the decoded message (it->s) is
+ * rewritten (http/tracking.h) and the message built again, before the
+ * DKIM signature. The tokens name the queue id, and the recipient when
+ * there is exactly one (the built message says how many).
+ */
+static int track_rebuild(struct req_ctx *c, const struct tern_config *conf, json_t *obj,
+                         const char *msgid, bool opens, bool clicks, struct item *it)
+{
+	json_t *h = json_object_get(obj, "html");
+	if (!json_is_string(h)) /* text only: nothing to track */
+		return TERN_OK;
+	char rcpt[SMTP_ADDR_MAX + 1] = "";
+	if (it->s.msg.n_to == 1)
+		tern_strlcpy(rcpt, it->s.msg.to[0], sizeof(rcpt));
+	size_t n = json_string_length(h);
+	struct tbuf out = TBUF_INIT(n * 3 + 1024 * 1024);
+	int rc =
+	    track_rewrite_html(c->a->track_key, conf->tracking.base_url, it->id,
+	                       rcpt[0] ? rcpt : NULL, opens, clicks, json_string_value(h), n, &out);
+	json_t *nh = rc == TERN_OK ? json_stringn(out.data ? out.data : "", out.len) : NULL;
+	tbuf_free(&out);
+	if (!nh || json_object_set_new(obj, "html", nh) != 0) {
+		api_error_set(&it->e, 500, "internal", "html", "the tracked HTML cannot be made");
+		return TERN_ENOMEM;
+	}
+	api_send_free(&it->s);
+	return api_json_send(obj, (long long)time(NULL), msgid, &it->s, &it->e);
+}
+
 static void decode_one(struct req_ctx *c, const struct tern_config *conf, json_t *obj, enum kind k,
                        struct item *it)
 {
 	queue_id_new(it->id);
 	int rc;
+	bool opens = false, clicks = false;
+	if (k == NATIVE && !take_track(c, conf, obj, it, &opens, &clicks))
+		return;
 	if (k == RAW) {
 		rc = api_json_raw(obj, conf->limits.max_message_size, &it->s, &it->e);
 	} else {
@@ -781,6 +874,8 @@ static void decode_one(struct req_ctx *c, const struct tern_config *conf, json_t
 		if (strlen(conf->hostname) < sizeof(it->msgid) - QUEUE_ID_LEN - 4)
 			snprintf(it->msgid, sizeof(it->msgid), "<%s>", msgid);
 		rc = api_json_send(obj, (long long)time(NULL), msgid, &it->s, &it->e);
+		if (rc == TERN_OK && (opens || clicks))
+			rc = track_rebuild(c, conf, obj, msgid, opens, clicks, it);
 	}
 	if (rc == TERN_OK)
 		it->ready = true;
@@ -1218,6 +1313,7 @@ out:
 enum route {
 	R_NONE,
 	R_UNSUB,
+	R_TRACK,
 	R_SUPP,
 	R_NATIVE,
 	R_RAW,
@@ -1257,7 +1353,71 @@ static void rjob_free(struct rjob *j)
 		free((char *)c->in_hdrs[i].value);
 	}
 	free(c->in_hdrs);
+	free(c->d_location);
 	free(j);
+}
+
+/*
+ * On the pool: GET /t/o/TOKEN (the pixel) and /t/c/TOKEN (the redirect).
+ * No key: the token's MAC is the credential. One that does not verify is a
+ * 404 and no event: never a redirect to a URL we did not sign.
+ */
+static void track_hit(struct req_ctx *c)
+{
+	char kind = c->in_path[3];
+	const char *tok = c->in_path + strlen(TRACK_OPEN_PATH);
+	struct track_ref *r = calloc(1, sizeof(*r));
+	if (!r) {
+		fail(c, 500, "internal", "out of memory");
+		return;
+	}
+	if (!track_key(c->a) || !track_verify(c->a->track_key, kind, tok, strlen(tok), r)) {
+		fail(c, 404, "not_found", "no such tracking link");
+		free(r);
+		return;
+	}
+	json_t *md = kind == 'c' ? json_pack("{s:s}", "url", r->url) : NULL;
+	char *mds = md ? json_dumps(md, JSON_COMPACT) : NULL;
+	json_decref(md);
+	struct tern_event ev = {.type = kind == 'c' ? EV_CLICKED : EV_OPENED,
+	                        .queue_id = r->queue_id,
+	                        .recipient = r->rcpt[0] ? r->rcpt : NULL,
+	                        .metadata = mds}; /* no client address: it is the reader's */
+	if (strcmp(c->method, "GET") == 0)
+		events_emit(&ev);
+	free(mds);
+	add_id(c, r->queue_id);
+	if (kind == 'c' && !(c->d_location = tern_strdup(r->url))) {
+		fail(c, 500, "internal", "out of memory");
+	} else {
+		c->d_track = kind;
+		c->d_replied = true;
+		c->d_status = kind == 'c' ? 302 : 200;
+	}
+	free(r);
+}
+
+/* On the worker: the pixel or the redirect track_hit recorded. */
+static void reply_track(struct req_ctx *c)
+{
+	struct evkeyvalq *oh = evhttp_request_get_output_headers(c->req);
+	evhttp_add_header(oh, "Cache-Control", "no-store");
+	evhttp_add_header(oh, "Referrer-Policy", "no-referrer");
+	struct evbuffer *b = evbuffer_new();
+	if (!b) {
+		evhttp_send_error(c->req, 500, "out of memory");
+	} else if (c->d_track == 'c') {
+		evhttp_add_header(oh, "Location", c->d_location);
+		evhttp_send_reply(c->req, 302, "Found", b);
+	} else {
+		evhttp_add_header(oh, "Content-Type", "image/gif");
+		evbuffer_add(b, track_gif, sizeof(track_gif));
+		evhttp_send_reply(c->req, 200, "OK", b);
+	}
+	if (b)
+		evbuffer_free(b);
+	log_info("event=api method=%s path=%s status=%d key=- peer=%s id=%s", c->method, c->path,
+	         c->d_status, c->peer, c->ids[0] ? c->ids : "-");
 }
 
 static void rjob_work(void *arg)
@@ -1268,6 +1428,13 @@ static void rjob_work(void *arg)
 	     post = strcmp(c->method, "POST") == 0;
 	if (j->route == R_UNSUB) {
 		unsubscribe(c);
+		return;
+	}
+	if (j->route == R_TRACK) {
+		if (get)
+			track_hit(c);
+		else
+			fail(c, 405, "method_not_allowed", "this route does not take that method");
 		return;
 	}
 	if (j->route == R_SES) { /* SigV4, not a bearer token */
@@ -1323,7 +1490,9 @@ static void rjob_done(void *arg)
 			}
 			json_t *b = c->d_body;
 			c->d_body = NULL;
-			if (c->d_replied)
+			if (c->d_track)
+				reply_track(c);
+			else if (c->d_replied)
 				reply_json(c, c->d_status, b);
 			else
 				fail(c, 500, "internal", "the request got no answer");
@@ -1454,6 +1623,12 @@ static void handle(void *ctx, struct evhttp_request *req)
 	if (strncmp(path, SUPPRESS_UNSUB_PATH, strlen(SUPPRESS_UNSUB_PATH)) == 0 &&
 	    !strchr(path + strlen(SUPPRESS_UNSUB_PATH), '/'))
 		rt = R_UNSUB;
+	if ((strncmp(path, TRACK_OPEN_PATH, strlen(TRACK_OPEN_PATH)) == 0 ||
+	     strncmp(path, TRACK_CLICK_PATH, strlen(TRACK_CLICK_PATH)) == 0) &&
+	    !strchr(path + strlen(TRACK_OPEN_PATH), '/')) {
+		rt = R_TRACK; /* the token stays out of the log */
+		snprintf(c.path, sizeof(c.path), "%.5s-", path);
+	}
 	if (strncmp(path, "/api/v1/", 8) == 0) {
 		const char *r = path + 8;
 		if (strcmp(r, "suppressions") == 0 ||

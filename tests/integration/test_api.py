@@ -519,7 +519,8 @@ def test_openapi_file_is_served_and_lists_every_route(api):
         path = p.replace("{id}", "AAAAAAAAAAAAAAAA")
         st, _, _ = api.call(meth.upper(), path, {} if meth == "post" else None,
                             api.keys["admin"])
-        assert st != 405 and (st != 404 or "{id}" in p), (meth, p, st)
+        # (a tracking route answers 404 to a token that does not verify)
+        assert st != 405 and (st != 404 or "{id}" in p or p.startswith("/t/")), (meth, p, st)
     # every error code the server can give is listed in the document
     codes = set(doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
                 ["code"]["enum"])

@@ -2143,6 +2143,36 @@ static void test_warnings(void **state)
 
 /* ---- tls: certificates and the listeners' modes --------------------------- */
 
+/* tracking { base_url }: an http(s) base, its trailing '/' dropped, printed back; anything
+ * else refused (it goes into href and src values of mail). */
+static void test_tracking_base_url(void **state)
+{
+	(void)state;
+	char err[512];
+	struct tern_config *c = load_str("", err, sizeof(err));
+	assert_non_null(c);
+	assert_null(c->tracking.base_url);
+	conf_unref(c);
+	c = load_str("tracking { base_url = \"https://t.example.org/\"; }", err, sizeof(err));
+	assert_non_null(c);
+	assert_string_equal(c->tracking.base_url, "https://t.example.org");
+	char *p = print_to_string(c);
+	assert_non_null(strstr(p, "tracking {\n\tbase_url = \"https://t.example.org\";\n}"));
+	free(p);
+	conf_unref(c);
+	const char *bad[] = {"ftp://t.example.org", "https://", "https://t.example.org/?x=1",
+	                     "https://t.example.org/\\\"><script>", "t.example.org"};
+	for (size_t i = 0; i < N(bad); i++) {
+		char text[256];
+		snprintf(text, sizeof(text), "tracking { base_url = \"%s\"; }", bad[i]);
+		c = load_str(text, err, sizeof(err));
+		assert_null(c);
+		assert_non_null(strstr(err, "tracking.base_url"));
+	}
+	c = load_str("tracking { url = \"https://x\"; }", err, sizeof(err));
+	assert_null(c);
+}
+
 static void test_tls_keys(void **state)
 {
 	char err[256];
@@ -2350,6 +2380,7 @@ int main(void)
 	    cmocka_unit_test(test_auth_keys),
 	    cmocka_unit_test(test_may_send_as),
 	    cmocka_unit_test(test_tls_keys),
+	    cmocka_unit_test(test_tracking_base_url),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
