@@ -4,6 +4,8 @@ BUILD    ?= build
 TESTDIR  ?= build-test
 FUZZDIR  ?= build-fuzz
 FUZZ_SECONDS ?= 30
+# fuzz-short: the wire-facing parsers get FUZZ_SECONDS, every other target this many
+FUZZ_OTHER_SECONDS ?= 5
 
 # Installation (make install): PREFIX, DESTDIR as usual; INSTALL_SENDMAIL=1 also links
 # sendmail, mailq and newaliases to tern (only when asked: they take over the system's).
@@ -44,7 +46,7 @@ fuzz-build: deps
 
 # Each fuzz target for FUZZ_SECONDS, seeded from tests/fuzz/seeds/NAME.
 fuzz-short: fuzz-build
-	@scripts/run-fuzz $(FUZZDIR) $(FUZZ_SECONDS)
+	@scripts/run-fuzz $(FUZZDIR) $(FUZZ_SECONDS) $(FUZZ_OTHER_SECONDS)
 
 fuzz: FUZZ_SECONDS = 600
 fuzz: fuzz-build
