@@ -2969,7 +2969,9 @@ static int parse_quota_one(struct ctx *x, const struct ucl_node *sec, const char
 		                                                : NULL;
 		if (!f)
 			return unknown_key(x, m, path);
-		snprintf(sub, sizeof(sub), "%s.%s", path, m->key);
+		/* the key is one of the three names above; a long path is cut in messages only */
+		if (snprintf(sub, sizeof(sub), "%s.%s", path, m->key) < 0)
+			sub[0] = '\0';
 		rc = get_num(x, m, sub, NK_COUNT, 1, 1000000000, f);
 	}
 	return rc;
