@@ -1,5 +1,5 @@
 /*
- * apikey.c — `tern apikey create|list|revoke`: the keys of the HTTP
+ * apikey.c — `tern apikey create|list|limits|revoke`: the keys of the HTTP
  * sending API (store/apikeys.h), written straight into DATA/apikeys.db;
  * a running server sees every change at its next request (no reload).
  *
@@ -31,6 +31,7 @@ static const struct cli_help apikey_help = {
     "tern apikey create NAME [--scope send|read|admin] [--from-domain D]...\n"
     "                  [--per-second N] [--per-hour N] [--per-day N] [--sigv4] [-c FILE]\n"
     "tern apikey list [-c FILE]\n"
+    "tern apikey limits NAME|ID [--per-second N] [--per-hour N] [--per-day N] [-c FILE]\n"
     "tern apikey revoke NAME|ID [-c FILE]",
     "Manages the keys of the HTTP sending API (listen { NAME { profile = \"http\"; } }),\n"
     "kept in DATA/apikeys.db. create prints the new key's token once, on a line of\n"
@@ -45,6 +46,8 @@ static const struct cli_help apikey_help = {
     "                      sending quotas: messages the key may send per second,\n"
     "                      UTC hour, UTC day; over one the API answers 429 with\n"
     "                      Retry-After (default: no limit). list shows the usage.\n"
+    "                      limits changes a live key's: the windows given (0:\n"
+    "                      no limit), the others kept; it prints them all.\n"
     "  --sigv4             also print the key's AWS SigV4 pair (\"ACCESS_KEY_ID\n"
     "                      SECRET_ACCESS_KEY\" on the next line) for the SES v2\n"
     "                      compatible API (/v2/email/...)\n"
@@ -101,17 +104,69 @@ static void print_key(const struct apikey *k, void *arg)
 	       k->domains[0] ? k->domains : "*", created);
 }
 
-/* A quota flag's value: 1 to 10^9. */
-static bool parse_limit(const char *s, uint64_t *out)
+/* A quota flag's value: 1 to 10^9 (0 too, "no limit", when zero_ok). */
+static bool parse_limit(const char *s, bool zero_ok, uint64_t *out)
 {
 	char *end;
 	if (!s || *s < '0' || *s > '9')
 		return false;
 	unsigned long long v = strtoull(s, &end, 10);
-	if (*end || v == 0 || v > 1000000000ULL)
+	if (*end || (v == 0 && !zero_ok) || v > 1000000000ULL)
 		return false;
 	*out = v;
 	return true;
+}
+
+/* apikeys_list callback: the live key whose name or id is name_or_id. */
+struct key_find {
+	const char *name_or_id;
+	struct apikey key;
+	bool found;
+};
+
+static void find_key(const struct apikey *k, void *arg)
+{
+	struct key_find *f = arg;
+	if (!k->revoked &&
+	    (strcmp(k->name, f->name_or_id) == 0 || strcmp(k->id, f->name_or_id) == 0)) {
+		f->key = *k;
+		f->found = true;
+	}
+}
+
+/* `limits`: the windows given in set[] change, the others keep their value. */
+static int set_limits(struct apikeys *ks, const char *arg, const uint64_t lim[3], const bool set[3])
+{
+	struct key_find f = {.name_or_id = arg};
+	if (apikeys_list(ks, find_key, &f) != TERN_OK) {
+		fprintf(stderr, "tern: cannot read the key store\n");
+		return 1;
+	}
+	if (!f.found) {
+		fprintf(stderr, "tern: no live key with that name or id\n");
+		return 1;
+	}
+	uint64_t v[3] = {f.key.per_second, f.key.per_hour, f.key.per_day};
+	for (int i = 0; i < 3; i++)
+		if (set[i])
+			v[i] = lim[i];
+	int rc = apikeys_set_limits(ks, f.key.id, v[0], v[1], v[2]);
+	if (rc != TERN_OK) {
+		fprintf(stderr, "tern: %s\n",
+		        rc == TERN_ENOTFOUND ? "no live key with that name or id"
+		                             : "cannot write the key store");
+		return 1;
+	}
+	char c[3][24];
+	for (int i = 0; i < 3; i++) {
+		if (v[i])
+			snprintf(c[i], sizeof(c[i]), "%llu", (unsigned long long)v[i]);
+		else
+			snprintf(c[i], sizeof(c[i]), "none");
+	}
+	printf("%s %s per_second=%s per_hour=%s per_day=%s\n", f.key.id, f.key.name, c[0], c[1],
+	       c[2]);
+	return 0;
 }
 
 /* The SigV4 pair of key id (store/ses_keys.h) on one stdout line, "AKID
@@ -150,21 +205,25 @@ int cmd_apikey(int argc, char **argv)
 	size_t n_domains = 0;
 	enum apikey_scope scope = APIKEY_SEND;
 	uint64_t lim[3] = {0, 0, 0}; /* --per-second, --per-hour, --per-day */
+	bool lim_set[3] = {false, false, false};
 	static const char *const lim_flag[3] = {"--per-second", "--per-hour", "--per-day"};
 	bool sigv4 = false;
-	if (strcmp(sub, "create") != 0 && strcmp(sub, "list") != 0 && strcmp(sub, "revoke") != 0)
+	bool limits = strcmp(sub, "limits") == 0;
+	if (strcmp(sub, "create") != 0 && strcmp(sub, "list") != 0 && strcmp(sub, "revoke") != 0 &&
+	    !limits)
 		return cli_usage(&apikey_help, "unknown subcommand '%s'", sub);
 	for (int i = 2; i < argc; i++) {
 		bool create = strcmp(sub, "create") == 0;
 		int lf = -1;
-		for (int f = 0; f < 3 && create; f++)
+		for (int f = 0; f < 3 && (create || limits); f++)
 			if (strcmp(argv[i], lim_flag[f]) == 0)
 				lf = f;
 		if (lf >= 0) {
-			if (i + 1 >= argc || !parse_limit(argv[++i], &lim[lf]))
+			if (i + 1 >= argc || !parse_limit(argv[++i], limits, &lim[lf]))
 				return cli_usage(&apikey_help,
-				                 "%s takes a number from 1 to 1000000000",
-				                 lim_flag[lf]);
+				                 "%s takes a number from %d to 1000000000",
+				                 lim_flag[lf], limits ? 0 : 1);
+			lim_set[lf] = true;
 		} else if (create && strcmp(argv[i], "--scope") == 0 && i + 1 < argc) {
 			if (!(scope = apikey_scope_parse(argv[++i])))
 				return cli_usage(&apikey_help, "--scope is send, read or admin");
@@ -206,6 +265,8 @@ int cmd_apikey(int argc, char **argv)
 		status = apikeys_list(ks, print_key, NULL) == TERN_OK ? 0 : 1;
 		if (q)
 			quota_close();
+	} else if (limits) {
+		status = set_limits(ks, arg, lim, lim_set);
 	} else if (strcmp(sub, "revoke") == 0) {
 		int rc = apikeys_revoke(ks, arg);
 		if (rc == TERN_OK) {

@@ -19,6 +19,7 @@
 
 #include "core/buf.h"
 #include "core/log.h"
+#include "core/metrics.h"
 
 /*
  * Built-in limits of the big providers. Conservative on purpose: a new
@@ -294,6 +295,21 @@ void shaping_limits(const struct tern_config *conf, const char *domain, struct s
 	shape_apply_backoff(out, level);
 }
 
+/*
+ * tern_destination_throttled_total{destination}: the site (a fixed set), a
+ * domain the configuration shapes, else "other". A recipient domain comes
+ * from the network and must not become a label of its own.
+ */
+static void count_throttled(const struct tern_config *conf, const char *domain, const char *key)
+{
+	const char *label = "other";
+	if (strcmp(key, domain) != 0)
+		label = key; /* a site name */
+	else if (conf_shape_of(&conf->shaping, domain))
+		label = domain;
+	metric_inc_l(M_DESTINATION_THROTTLED, label);
+}
+
 bool shaping_take(const struct tern_config *conf, const char *domain, double *wait)
 {
 	struct shape_limits l;
@@ -301,8 +317,10 @@ bool shaping_take(const struct tern_config *conf, const char *domain, double *wa
 	*wait = 0;
 	if (l.per_minute == 0)
 		return true;
+	char key[257];
 	pthread_mutex_lock(&state_lock);
-	struct dstate *d = state_get(key_of_locked(domain), true);
+	tern_strlcpy(key, key_of_locked(domain), sizeof(key));
+	struct dstate *d = state_get(key, true);
 	bool ok = true;
 	if (d) {
 		if (d->bucket_rate != l.per_minute && d->bucket.init &&
@@ -313,6 +331,8 @@ bool shaping_take(const struct tern_config *conf, const char *domain, double *wa
 		ok = shape_bucket_take(&d->bucket, l.per_minute, mono(), wait);
 	}
 	pthread_mutex_unlock(&state_lock);
+	if (!ok)
+		count_throttled(conf, domain, key);
 	return ok;
 }
 
@@ -333,6 +353,7 @@ void shaping_note_reply(const struct tern_config *conf, const char *domain, cons
 		secs = d->bo.until - now;
 	}
 	pthread_mutex_unlock(&state_lock);
+	count_throttled(conf, domain, key);
 	/* Both came from the network: quoted. */
 	char q[700], qk[300], reason[600];
 	bool enh = enhanced && enhanced[0];

@@ -16,6 +16,9 @@
  *   PUT  /api/v1/suppressions/{address}
  *   DELETE /api/v1/suppressions/{address}
  *   POST /unsubscribe/{token}          RFC 8058 one-click (no key: the token is one)
+ *   GET  /api/v1/events                stored events, paged (events_routes.h)
+ *   GET  /api/v1/webhooks              webhook endpoints (admin)
+ *   GET  /api/v1/webhooks/{id}/attempts  an endpoint's latest attempts (admin)
  *   GET  /t/o/{token}, /t/c/{token}    open pixel, click redirect (http/tracking.h; no key)
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending

@@ -17,6 +17,7 @@
 #include "core/codec.h"
 #include "core/err.h"
 #include "mime/mime.h"
+#include "store/quota.h"
 #include "store/ses_keys.h"
 #include "store/ses_templates.h"
 #include "store/suppress.h"
@@ -649,20 +650,20 @@ fail:
 
 /* ------------------------------------------------------------ account */
 
-/* SentLast24Hours: the key's recipients delivered or bounced in the last
- * day (api_results); the quota itself is a large default, since keys have
- * no daily limit here. */
+/* SendQuota is the key's own sending quota (store/quota.h): Max24HourSend
+ * its per-day limit (else per-hour x 24), MaxSendRate its per-second limit,
+ * -1 where the key has none (SES's model: -1 is an unlimited quota), and
+ * SentLast24Hours the messages counted against it this UTC day, in the same
+ * unit as the limit it is compared with. */
 static void get_account(const struct ses_request *r, struct ses_answer *a)
 {
-	int64_t sent = 0;
-	if (apikeys_count_sent(r->keys, a->key.name, r->now - 86400, &sent) != TERN_OK) {
-		ses_error(a, 503, "ServiceUnavailable", "the key store cannot be read now");
-		return;
-	}
+	struct quota_limits lim = {a->key.per_second, a->key.per_hour, a->key.per_day};
+	double max24h, max_rate, sent;
+	quota_usage(a->key.name, &lim, &max24h, &max_rate, &sent);
 	ok(a, json_pack("{s:b, s:s, s:b, s:b, s:{s:f, s:f, s:f}, s:{s:[s,s]}}",
 	                "DedicatedIpAutoWarmupEnabled", 0, "EnforcementStatus", "HEALTHY",
 	                "ProductionAccessEnabled", 1, "SendingEnabled", 1, "SendQuota",
-	                "Max24HourSend", 1e9, "MaxSendRate", 1e6, "SentLast24Hours", (double)sent,
+	                "Max24HourSend", max24h, "MaxSendRate", max_rate, "SentLast24Hours", sent,
 	                "SuppressionAttributes", "SuppressedReasons", "BOUNCE", "COMPLAINT"));
 }
 

@@ -18,6 +18,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "http/suppress_routes.h"
+#include "store/events.h"
 #include "store/suppress.h"
 
 /* Appends a JSON value (consumed) to out. */
@@ -91,6 +92,7 @@ int suppress_http_unsubscribe(const char *data_dir, const char *method, const ch
 	log_info("event=suppress_added to=%s scope=%s reason=unsubscribe",
 	         log_quote_addr(addr, qa, sizeof(qa)),
 	         scope[0] ? log_quote(scope, strlen(scope), qs, sizeof(qs)) : "global");
+	suppress_emit_event(EV_UNSUBSCRIBED, NULL, addr, scope, "one-click (RFC 8058)");
 	put_json(out, json_pack("{s:s, s:s}", "unsubscribed", addr, "domain", scope));
 	return 200;
 }

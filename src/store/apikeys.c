@@ -429,14 +429,16 @@ int apikeys_get(struct apikeys *k, const char *id, struct apikey *out)
 	sqlite3_stmt *st = NULL;
 	int rc = TERN_EIO;
 	if (sqlite3_prepare_v2(k->db,
-	                       "SELECT id, name, scope, domains, created, revoked FROM apikeys "
-	                       "WHERE id = ? AND revoked = 0",
+	                       "SELECT id, name, scope, domains, created, revoked, per_second, "
+	                       "per_hour, per_day FROM apikeys WHERE id = ? AND revoked = 0",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	int s = sqlite3_step(st);
 	if (s == SQLITE_ROW) {
+		/* the quotas too: an SES-signed send is charged by them (api.c) */
 		row_to_key(st, out);
+		row_limits(st, 6, out);
 		rc = TERN_OK;
 	} else {
 		rc = s == SQLITE_DONE ? TERN_ENOTFOUND : TERN_EIO;

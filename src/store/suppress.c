@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -28,6 +29,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/log.h"
+#include "store/events.h"
 #include "store/suppress.h"
 
 struct suppress_db {
@@ -664,6 +666,22 @@ bool suppress_intake_match(const struct tern_config *conf, const char *rcpt)
 	return verp_rcpt(conf, rcpt, lp, sizeof(lp));
 }
 
+void suppress_emit_event(int type, const char *queue_id, const char *addr, const char *scope,
+                         const char *detail)
+{
+	if (!events_enabled())
+		return;
+	json_t *md = json_pack("{s:s}", "domain", scope ? scope : "");
+	char *mds = md ? json_dumps(md, JSON_COMPACT) : NULL;
+	events_emit(&(struct tern_event){.type = (enum tern_event_type)type,
+	                                 .queue_id = queue_id,
+	                                 .recipient = addr,
+	                                 .metadata = mds,
+	                                 .reply = detail});
+	free(mds);
+	json_decref(md);
+}
+
 void suppress_intake(const struct tern_config *conf, const char *rcpt, const char *msg, size_t len,
                      const char *queue_id, struct suppress_intake_result *res)
 {
@@ -753,6 +771,11 @@ void suppress_intake(const struct tern_config *conf, const char *rcpt, const cha
 		res->suppressed = true;
 		suppress_norm_addr(addr, res->addr, sizeof(res->addr));
 		tern_strlcpy(res->scope, scope, sizeof(res->scope));
+		/* A complaint is an event of its own (an asynchronous DSN is the
+		 * remote's word on a message already counted delivered). The queue
+		 * id is the report's; metadata names the list's sending domain. */
+		if (reason == SUPPRESS_COMPLAINT)
+			suppress_emit_event(EV_COMPLAINED, queue_id, res->addr, scope, detail);
 	} else {
 		tern_strlcpy(res->what, "bad-address", sizeof(res->what));
 	}

@@ -218,6 +218,15 @@ struct suppress_intake_result {
 	char scope[SUPPRESS_DOMAIN_MAX];
 	char what[128]; /* "dsn 5.1.1", "forged-token", "arf abuse", "no-recipient", ... */
 };
+/*
+ * An event (store/events.h; type an enum tern_event_type: EV_COMPLAINED,
+ * EV_UNSUBSCRIBED) about addr put on scope's list ("" = global), with
+ * metadata {"domain": scope} and detail as its reply. queue_id may be NULL.
+ * Nothing when the event store is not running; never blocks.
+ */
+void suppress_emit_event(int type, const char *queue_id, const char *addr, const char *scope,
+                         const char *detail);
+
 void suppress_intake(const struct tern_config *conf, const char *rcpt, const char *msg, size_t len,
                      const char *queue_id, struct suppress_intake_result *res);
 

@@ -25,6 +25,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "store/events.h"
 
 int webhook_sign(const char *secret, const char *id, int64_t ts, const char *body, size_t body_len,
@@ -474,6 +475,19 @@ static char *col_dup(sqlite3_stmt *st, int i)
 
 enum { DUE_MAX = 64 };
 
+/* Sets tern_webhook_backlog to the outbox rows not yet answered 2xx (every
+ * endpoint, disabled ones too: their events wait). A covering index scan
+ * (outbox_pending), once a pass: at most once a second when idle. */
+static void set_backlog(sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	if (sqlite3_prepare_v2(db, "SELECT count(*) FROM outbox WHERE done = 0", -1, &st, NULL) ==
+	        SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		metric_set(M_WEBHOOK_BACKLOG, sqlite3_column_int64(st, 0));
+	sqlite3_finalize(st);
+}
+
 /* Loads the due rows: the oldest pending row of each (endpoint, message)
  * only, so a message's events reach an endpoint in order. */
 static size_t load_due(struct webhook_sender *s, int64_t now, struct due *d)
@@ -548,6 +562,7 @@ static void *sender_main(void *arg)
 		pthread_mutex_unlock(&s->lock);
 		if (stop)
 			break;
+		set_backlog(s->db);
 		int64_t now = (int64_t)time(NULL);
 		size_t n = load_due(s, now, d);
 		size_t sent = 0;

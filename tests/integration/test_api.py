@@ -530,6 +530,15 @@ def test_openapi_file_is_served_and_lists_every_route(api):
             c for c in re.findall(r'api_error_set\([^;]*?"([a-z_]+)"', (REPO / "src/http" / f).read_text(), re.S)}
         used |= set(re.findall(r'fail\(c, \d+, "([a-z_]+)"', (REPO / "src/http" / f).read_text()))
     assert used and used <= codes, used - codes
+    # the query parameters the event routes read are the ones documented, and the event
+    # routes' status codes (events_get in api.c) are listed for each of them
+    ev = (REPO / "src/http/events_routes.c").read_text()
+    read = set(re.findall(r'\{"([a-z_]+)", buf->', ev)) | set(
+        re.findall(r'param\(qs, len, "([a-z_]+)"', ev))
+    doc_ev = {x["name"] for x in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
+    assert read and read == doc_ev, read ^ doc_ev
+    for p in ("/api/v1/events", "/api/v1/webhooks", "/api/v1/webhooks/{id}/attempts"):
+        assert {"401", "403", "500", "503"} <= set(doc["paths"][p]["get"]["responses"]), p
 
 
 def test_api_mail_is_dkim_signed(tern_factory):

@@ -135,6 +135,19 @@ def post_form(api, url, body=b"List-Unsubscribe=One-Click"):
     return api.call("POST", path, raw=body, ctype="application/x-www-form-urlencoded")
 
 
+def wait_event(t, etype, rcpt, timeout=20.0):
+    """The first event of etype about rcpt in the event store (`tern events tail`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = t.cli("events", "tail", "--json", "--type", etype, check=True)
+        got = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+        got = [e for e in got if e["recipient"] == rcpt]
+        if got:
+            return got[0]
+        assert time.monotonic() < deadline, f"no {etype} event for {rcpt}"
+        time.sleep(0.1)
+
+
 def wait_state(api, qid, addr, state):
     deadline = time.monotonic() + DEADLINE
     while True:
@@ -170,6 +183,9 @@ def test_one_click_unsubscribe_end_to_end(api, mx):
     assert json.loads(data) == {"unsubscribed": rcpt, "domain": "example.test"}
     e = [x for x in entries(api.t) if x["address"] == rcpt]
     assert len(e) == 1 and e[0]["scope"] == "example.test" and e[0]["reason"] == "unsubscribe"
+    # the unsubscribe is an event (webhooks see it)
+    ev = wait_event(api.t, "unsubscribed", rcpt)
+    assert ev["metadata"] == {"domain": "example.test"} and "one-click" in ev["reply"], ev
     # the next API send to it is reported suppressed and never offered to the MX
     offered = mx.offered(rcpt)
     st, body = send(api, rcpt)

@@ -347,3 +347,37 @@ def test_grafana_dashboard_names_only_scraped_metrics(tern_factory):
     for needed in ("tern_queue_messages", "tern_spool_commit_duration_seconds_bucket",
                    "tern_messages_delivered_total"):
         assert needed in used
+
+
+def test_webhook_backlog_and_throttled_destination(tern_factory, fake_mx):
+    """tern_webhook_backlog follows the outbox: events for an endpoint that does not answer
+    wait there, and go when the endpoint is deleted; tern_destination_throttled_total counts
+    a message shaping holds back, labelled with the configured destination."""
+    mx_port, handler = fake_mx
+    mport, dead = free_port(), free_port()  # nothing listens on dead
+    t = tern_factory({
+        "metrics": {"address": f"127.0.0.1:{mport}", "token": TOKEN},
+        "routes": {"relay.test": {"via": f"smtp://127.0.0.1:{mx_port}", "tls": "none"}},
+        "shaping": {"relay.test": {"per_minute": 1}},
+        "webhooks": {"retry_base": 3600},
+    })
+    assert scrape(mport).v("tern_webhook_backlog") == 0
+    r = t.cli("webhook", "add", f"http://127.0.0.1:{dead}/hook", check=True)
+    wid = dict(line.split(" ", 1) for line in r.stdout.splitlines())["id"]
+    with Client(t.port, source="127.0.0.2") as c:
+        c.send_message("sender@example.org", ["a@relay.test"], make_message("one"))
+        expect(c.cmd("RSET"), 250)
+        c.send_message("sender@example.org", ["b@relay.test"], make_message("two"))
+    # received and queued of each message at least: in the outbox, not posted
+    wait_for(mport, lambda s: s.v("tern_webhook_backlog") >= 4, "the webhook backlog")
+    # one a minute to relay.test: the second message is held back and counted
+    s = wait_for(mport, lambda s: s.v("tern_destination_throttled_total",
+                                      destination="relay.test") >= 1, "a throttled delivery")
+    assert s.v("tern_destination_throttled_total", destination="other") == 0
+    deadline = time.monotonic() + DEADLINE
+    while not handler.received:
+        assert time.monotonic() < deadline, "the first message never reached the MX"
+        time.sleep(0.1)
+    assert len(handler.received) == 1  # the second waits for the next minute
+    t.cli("webhook", "del", wid, check=True)
+    wait_for(mport, lambda s: s.v("tern_webhook_backlog") == 0, "the backlog gone with its endpoint")

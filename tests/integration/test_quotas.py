@@ -172,6 +172,34 @@ def test_apikey_create_rejects_bad_quota_values(tern_factory):
     assert " k " not in r.stdout
 
 
+def test_apikey_limits_changes_a_running_keys_quota(tern_factory):
+    """`tern apikey limits` changes the windows it is given, keeps the others, and the
+    running server applies the new limit at the key's next request."""
+    api = serve(tern_factory, keys=[("app", ["--per-hour", "100", "--per-day", "2"])])
+    assert [send(api, "app", f"lim-{i}")[0] for i in range(2)] == [202, 202]
+    st, _, body = send(api, "app", "lim-over")
+    assert st == 429 and json.loads(body)["error"]["window"] == "day", body
+    r = api.t.cli("apikey", "limits", "app", "--per-day", "5", check=True)
+    assert re.fullmatch(r"\S{16} app per_second=none per_hour=100 per_day=5\n", r.stdout), r.stdout
+    assert send(api, "app", "lim-3")[0] == 202
+    # by id too; 0 removes a limit
+    kid = r.stdout.split()[0]
+    r = api.t.cli("apikey", "limits", kid, "--per-day", "0", "--per-second", "50", check=True)
+    assert r.stdout.split()[1:] == ["app", "per_second=50", "per_hour=100", "per_day=none"]
+    assert [send(api, "app", f"lim-more-{i}")[0] for i in range(3)] == [202, 202, 202]
+    # no flag: changes nothing, prints the limits
+    assert api.t.cli("apikey", "limits", "app", check=True).stdout == r.stdout
+    # errors: an unknown or revoked key, a bad value, a missing name
+    r = api.t.cli("apikey", "limits", "nosuch", "--per-day", "1")
+    assert r.returncode == 1 and "no live key" in r.stderr
+    for bad in ("-1", "x", "10000000000"):
+        r = api.t.cli("apikey", "limits", "app", "--per-hour", bad)
+        assert r.returncode != 0 and "--per-hour takes a number from 0" in r.stderr
+    assert api.t.cli("apikey", "limits").returncode != 0
+    api.t.cli("apikey", "revoke", "app", check=True)
+    assert api.t.cli("apikey", "limits", "app", "--per-day", "1").returncode == 1
+
+
 def test_submission_user_over_its_quota_gets_452_4_7_1(tern_factory):
     from test_submission import ALICE, BOB, send, sub_client, submission
     for attempt in range(2):

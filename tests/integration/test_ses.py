@@ -58,7 +58,9 @@ def ses(tern_factory):
                      start=False)
     pairs = {"send": create_pair(t, "app", "--from-domain", "example.test"),
              "admin": create_pair(t, "ops", "--scope", "admin"),
-             "read": create_pair(t, "reader", "--scope", "read")}
+             "read": create_pair(t, "reader", "--scope", "read"),
+             "capped": create_pair(t, "capped", "--from-domain", "example.test",
+                                   "--per-day", "5", "--per-second", "100")}
     start_on_free_port(t)
     wait_ready_http(port)
 
@@ -167,7 +169,8 @@ def test_account(ses):
     a = ses.c["read"].get_account()
     assert a["SendingEnabled"] is True and a["ProductionAccessEnabled"] is True
     q = a["SendQuota"]
-    assert q["Max24HourSend"] > 0 and q["MaxSendRate"] > 0 and q["SentLast24Hours"] == 0
+    # a key without quotas: -1, SES's "unlimited"
+    assert q["Max24HourSend"] == -1 and q["MaxSendRate"] == -1 and q["SentLast24Hours"] == 0
     # two recipients delivered: the sending key's count, not the reader's
     simple(ses.c["send"], to="one@remote.test")
     simple(ses.c["send"], to="two@remote.test")
@@ -177,6 +180,24 @@ def test_account(ses):
         assert time.monotonic() < deadline, ses.c["send"].get_account()
         time.sleep(0.1)
     assert ses.c["read"].get_account()["SendQuota"]["SentLast24Hours"] == 0
+
+
+def test_account_quota_of_a_limited_key(ses):
+    q = ses.c["capped"].get_account()["SendQuota"]
+    assert (q["Max24HourSend"], q["MaxSendRate"], q["SentLast24Hours"]) == (5, 100, 0)
+    # a message sent is counted against the day at once (charged at acceptance)
+    simple(ses.c["capped"])
+    q = ses.c["capped"].get_account()["SendQuota"]
+    assert (q["Max24HourSend"], q["SentLast24Hours"]) == (5, 1)
+    # the sending key's count, not another key's
+    assert ses.c["send"].get_account()["SendQuota"]["SentLast24Hours"] == 0
+    # and the quota holds for SES-signed sends: the sixth of the day is refused
+    for _ in range(4):
+        simple(ses.c["capped"])
+    with pytest.raises(ClientError) as e:
+        simple(ses.c["capped"])
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+    assert ses.c["capped"].get_account()["SendQuota"]["SentLast24Hours"] == 5
 
 
 def test_suppression_list(ses):

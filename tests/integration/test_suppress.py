@@ -129,6 +129,20 @@ def wait_entry(tern, addr):
         time.sleep(0.1)
 
 
+def wait_event(tern, etype, rcpt):
+    """The first event of etype about rcpt in the event store (`tern events tail`)."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        r = tern.cli("events", "tail", "--json", "--type", etype, check=True)
+        got = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+        got = [e for e in got if e["recipient"] == rcpt]
+        if got:
+            return got[0]
+        if tern.proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no {etype} event for {rcpt}\n{tern.log_tail()}")
+        time.sleep(0.1)
+
+
 def send_report(tern, to, body):
     """A report as a remote MTA sends it: null sender, to tern's mx listener."""
     with tern.client() as c:
@@ -300,8 +314,14 @@ def test_arf_complaint_suppresses(tern, mx):
     e = wait_entry(tern, rcpt)
     assert e["reason"] == "complaint" and e["scope"] == "example.test", e
     assert "abuse" in e["detail"]
+    # the complaint is an event (webhooks see it), with the report's queue id
+    ev = wait_event(tern, "complained", rcpt)
+    assert ev["queue_id"] == q and "abuse" in ev["reply"], ev
+    assert ev["metadata"] == {"domain": "example.test"}, ev
     qid = relay(tern, rcpt, "again")
     wait_suppressed(tern, qid, rcpt)
+    # and the message not attempted is one too
+    assert wait_event(tern, "suppressed", rcpt)["queue_id"] == qid
     assert mx.offered(rcpt) == 0
     # Not an ARF report: consumed, nothing suppressed.
     q2 = send_report(tern, FBL, make_message("hi", to=FBL).decode())

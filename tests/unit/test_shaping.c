@@ -23,6 +23,7 @@
 
 #include "core/conf.h"
 #include "core/err.h"
+#include "core/metrics.h"
 #include "deliver/pools.h"
 #include "deliver/shaping.h"
 
@@ -241,6 +242,34 @@ static void test_take_per_minute(void **state)
 	conf_unref(c);
 }
 
+/* tern_destination_throttled_total{destination} counts each hold-back (a full
+ * per-minute bucket, a back-off reply), labelled by site or configured domain,
+ * never by a bare recipient domain (it comes from the network). */
+static void test_throttled_metric(void **state)
+{
+	shaping_reset();
+	metrics_reset();
+	struct tern_config *c = load("shaping { default { per_minute = 1; }\n"
+	                             "  \"rate.test\" { per_minute = 1; } }\n");
+	double wait = 0;
+	assert_true(shaping_take(c, "rate.test", &wait));
+	assert_int_equal(metric_value(M_DESTINATION_THROTTLED, "rate.test", NULL), 0);
+	assert_false(shaping_take(c, "rate.test", &wait));
+	assert_false(shaping_take(c, "rate.test", &wait));
+	assert_int_equal(metric_value(M_DESTINATION_THROTTLED, "rate.test", NULL), 2);
+	assert_true(shaping_take(c, "random.test", &wait));
+	assert_false(shaping_take(c, "random.test", &wait));
+	assert_int_equal(metric_value(M_DESTINATION_THROTTLED, "random.test", NULL), 0);
+	assert_int_equal(metric_value(M_DESTINATION_THROTTLED, "other", NULL), 1);
+	shaping_note_reply(c, "googlemail.com", "Q1", 451, "4.3.0", "busy"); /* not a back-off */
+	assert_int_equal(metric_value(M_DESTINATION_THROTTLED, "gmail.com", NULL), 0);
+	shaping_note_reply(c, "googlemail.com", "Q1", 421, "4.7.0", "slow down");
+	assert_int_equal(metric_value(M_DESTINATION_THROTTLED, "gmail.com", NULL), 1);
+	shaping_reset();
+	metrics_reset();
+	conf_unref(c);
+}
+
 /* ---- pools ------------------------------------------------------------------ */
 
 static const char *pools_conf = "pools {\n"
@@ -449,6 +478,7 @@ int main(void)
 	    cmocka_unit_test(test_backoff_levels),
 	    cmocka_unit_test(test_backoff_shared_by_site),
 	    cmocka_unit_test(test_take_per_minute),
+	    cmocka_unit_test(test_throttled_metric),
 	    cmocka_unit_test(test_pool_select),
 	    cmocka_unit_test(test_take_tag),
 	    cmocka_unit_test(test_warmup_cap),
