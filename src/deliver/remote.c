@@ -222,6 +222,7 @@ struct rconn {
 	bool tls_verified;   /* the TLS channel met a verify or dane level */
 	enum conf_tls level; /* TLS the current target must meet (tlspolicy.h) */
 	bool greeted_ok;     /* a server took us past EHLO: failures are no longer per-target */
+	bool implicit_tls;   /* smtps:// handshake under way: the greeting comes after it */
 	bool in_read;        /* inside on_read: freeing waits until it returns */
 	bool dead;           /* freed while in_read */
 	/*
@@ -556,6 +557,7 @@ static void close_bev(struct rconn *c)
 	}
 	c->wire_out = NULL;
 	c->tls_active = false;
+	c->implicit_tls = false;
 	c->awaiting = 0;
 	c->body_pending = false;
 	wait_none(c);
@@ -675,8 +677,8 @@ static void send_mail(struct rconn *c)
 	}
 	/* RFC 4954 §5: who submitted it, to a next hop that speaks AUTH */
 	char ax[600];
-	if (c->caps.auth && j->auth && smtp_xtext_encode(j->auth, strlen(j->auth), ax, sizeof(ax)) &&
-	    pl < sizeof(params))
+	if (c->caps.auth && j->auth &&
+	    smtp_xtext_encode(j->auth, strlen(j->auth), ax, sizeof(ax)) && pl < sizeof(params))
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " AUTH=%s", ax);
 	send_line(c, "MAIL FROM:<%s>%s", j->sender, params);
 }
@@ -1670,7 +1672,27 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			}
 			c->tls_active = true;
 			smtp_reply_init(&c->rp);
+			if (c->implicit_tls) {
+				/* smtps://: the server greets inside TLS (RFC 8314 §3) */
+				c->implicit_tls = false;
+				enter_state(c, RC_GREETING);
+				c->awaiting = 1;
+				wait_for(c, c->conf->delivery.command_timeout);
+				return;
+			}
 			send_ehlo(c);
+			return;
+		}
+		if (c->route && c->route->implicit_tls && !c->tls_active && !c->tls_disabled) {
+			/* smtps:// (RFC 8314): TLS from the first byte, never plaintext */
+			if (!c->r->tls) {
+				tls_required_failed(
+				    c, "4.7.5",
+				    "no TLS client context for smtps:// (see the log at start)");
+				return;
+			}
+			c->implicit_tls = true;
+			start_tls(c);
 			return;
 		}
 		enter_state(c, RC_GREETING);

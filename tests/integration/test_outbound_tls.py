@@ -40,6 +40,7 @@ HOSTS = {
     "dins": ("127.0.0.69", "selfsigned"),    # unsigned zone, TLSA of another key
     "dbogus": ("127.0.0.70", "selfsigned"),  # signed zone, TLSA changed after signing
     "dta": ("127.0.0.72", "ca-chain"),       # signed zone, TLSA 2 0 1 of the test CA
+    "smtps": ("127.0.0.73", "ca"),          # implicit TLS (smtps://, RFC 8314): no STARTTLS
 }
 
 DANE_NAMES = {"dok": "mx-ok.sec.example", "dbad": "mx-bad.sec.example",
@@ -233,7 +234,8 @@ class Fakes:
                 self.certs[k] = cert
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
                 ctx.load_cert_chain(str(cert), str(key))
-                kw["tls_context"] = ctx
+                # smtps: TLS from the first byte; the others offer STARTTLS
+                kw["ssl_context" if k == "smtps" else "tls_context"] = ctx
             if k.startswith("relay"):
                 h = self.handlers[k]
                 # AUTH is offered in clear too: a client that skipped TLS would be
@@ -435,6 +437,7 @@ def routes(pwfile):
                        "auth_password_file": str(pwfile)}
     r["relayok.test"] = {"via": f"smtp://{host_name('relayok')}", "auth_user": AUTH_USER,
                          "auth_password_file": str(pwfile)}
+    r["smtps.test"] = {"via": f"smtps://{host_name('smtps')}", "tls": "verify"}
     return r
 
 
@@ -742,3 +745,21 @@ def test_mta_sts_testing_logs_and_delivers(tls_tern, fakes):
                       r"relay=.*$").group(0)
     assert "certificate not verified (self-signed certificate" in line, line
     t.wait_log(rf"event=delivered id={qid}\b")
+
+
+# --------------------------------------------------------------------------
+# smtps:// (implicit TLS, RFC 8314)
+
+
+def test_smtps_route_speaks_tls_from_the_first_byte(tls_tern, fakes):
+    # The server greets only inside TLS. Before, tern waited in clear for a greeting that
+    # never came (it spoke STARTTLS's way to an implicit-TLS port) and the mail waited.
+    t = tls_tern()
+    qid = submit(t, ["a@smtps.test"], msg("smtps", "a@smtps.test"))
+    got = fakes["smtps"].wait_messages(1, tern=t)
+    assert b"body of smtps" in got[0][2]
+    line = t.wait_log(rf"event=tls id={qid} relay=mx-smtps\.tls\.test .*$").group(0)
+    assert "tls_verify=verified" in line and "level=verify" in line, line
+    assert "STARTTLS" not in fakes["smtps"].names()
+    t.wait_log(rf"event=delivered id={qid}\b")
+    wait_queue_empty(t)
