@@ -218,7 +218,9 @@ __attribute__((format(printf, 3, 4))) static int cerr(struct ctx *x, const struc
 {
 	if (!x->err || x->errlen == 0)
 		return TERN_EINVAL;
-	int k = snprintf(x->err, x->errlen, "%s:%u: ", ucl_node_file(x->doc, n), n ? n->line : 0);
+	/* NAME:LINE: for a key, NAME: for a rule between sections */
+	int k = n ? snprintf(x->err, x->errlen, "%s:%u: ", ucl_node_file(x->doc, n), n->line)
+	          : snprintf(x->err, x->errlen, "%s: ", ucl_node_file(x->doc, NULL));
 	if (k >= 0 && (size_t)k < x->errlen) {
 		va_list ap;
 		va_start(ap, fmt);
@@ -2421,8 +2423,10 @@ static void print_metrics(FILE *f, const struct conf_metrics *mt)
 	fputs("metrics {\n\taddress = ", f);
 	print_str(f, mt->address);
 	fputs(";\n", f);
-	if (mt->token) /* a secret: shown as set, never printed */
-		fputs("\t# token is set\n", f);
+	/* A secret: never printed. The placeholder keeps the printed config a
+	 * config that loads and prints the same again (fuzz_conf checks it). */
+	if (mt->token)
+		fputs("\ttoken = \"hidden\"; # set; the real token is not shown\n", f);
 	fputs("}\n", f);
 }
 

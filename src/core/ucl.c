@@ -797,7 +797,8 @@ static int do_include(struct parser *ps, struct ucl_node *obj, unsigned depth, u
 	int en;
 	rc = read_file(target, UCL_MAX_FILE_SIZE, &text, &tlen, &en);
 	if (rc != TERN_OK) {
-		perr(ps, line, "cannot read included file '%s': %s", target, read_error(target, en));
+		perr(ps, line, "cannot read included file '%s': %s", target,
+		     read_error(target, en));
 		goto out;
 	}
 	if (tlen > UCL_MAX_TOTAL_SIZE - ps->doc->total_size) {
@@ -1098,9 +1099,11 @@ const struct ucl_node *ucl_lookup_path(const struct ucl_node *obj, const char *p
 
 const char *ucl_node_file(const struct ucl_doc *doc, const struct ucl_node *n)
 {
-	if (!doc || !n || n->file >= doc->n_files)
+	if (!doc || doc->n_files == 0)
 		return "(config)";
-	return doc->files[n->file];
+	if (!n) /* a rule about the whole configuration: the file it was read from */
+		return doc->files[0];
+	return n->file < doc->n_files ? doc->files[n->file] : "(config)";
 }
 
 const char *ucl_type_name(enum ucl_type t)

@@ -857,7 +857,11 @@ int64_t events_parse_time(const char *s, int64_t now)
 		int64_t mul;
 	} units[] = {{"s", 1}, {"min", 60}, {"m", 60}, {"h", 3600}, {"d", 86400}, {"w", 604800}};
 	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
-		if (strcmp(end, units[i].u) == 0)
+		if (strcmp(end, units[i].u) == 0) {
+			/* an age beyond now (or beyond int64) means "since the start" */
+			if (v > now / units[i].mul)
+				return 0;
 			return now - (int64_t)v * units[i].mul;
+		}
 	return -1;
 }

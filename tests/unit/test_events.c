@@ -94,6 +94,9 @@ static void times_parse(void **state)
 	assert_int_equal(events_parse_time("10min", 10000), 10000 - 600);
 	assert_int_equal(events_parse_time("2h", 10000), 10000 - 7200);
 	assert_int_equal(events_parse_time("yesterday", 10000), -1);
+	/* an age past the epoch (the fuzzer's 21113111111111111h overflowed) is "all" */
+	assert_int_equal(events_parse_time("21113111111111111h", 10000), 0);
+	assert_int_equal(events_parse_time("3h", 10000), 0);
 	assert_int_equal(events_parse_time("", 10000), -1);
 }
 
