@@ -58,6 +58,7 @@
 #include "core/log.h"
 #include "mime/mime.h"
 #include "store/capture_query.h"
+#include "store/msg_index.h"
 
 #define SCHEMA_VERSION 3 /* 2: messages.username; 3: raw (small messages' bytes) */
 /* Messages up to this size keep their bytes in the database (table raw), in
@@ -66,11 +67,8 @@
 #define RAW_IN_DB_MAX (256 * 1024)
 #define ID_LEN 22
 #define MAX_SUBS 16
-#define MAX_LIST 100000    /* messages per page */
-#define FTS_BODY_MAX 65536 /* bytes of body text indexed per message */
+#define MAX_LIST 100000 /* messages per page */
 #define MAX_TAG_LEN 100
-
-enum { K_TO = 0, K_CC = 1, K_BCC = 2, K_REPLYTO = 3, K_ENV = 4 }; /* capture_query.c agrees */
 
 struct sub {
 	capture_event_fn fn;
@@ -78,23 +76,13 @@ struct sub {
 };
 
 /* Statements of the insert path, prepared once (prep_cached). */
-enum {
-	QC_INSERT_MSG,
-	QC_INSERT_RCPT,
-	QC_INSERT_FTS,
-	QC_SUMMARY,
-	QC_SPOOL_ID,
-	QC_LINK,
-	QC_USERNAME,
-	QC_INSERT_RAW,
-	QC_READ_RAW,
-	QC_N
-};
+enum { QC_SUMMARY, QC_SPOOL_ID, QC_LINK, QC_USERNAME, QC_INSERT_RAW, QC_READ_RAW, QC_N };
 
 struct capture_store {
 	pthread_mutex_t mu;
 	sqlite3 *db;
 	sqlite3_stmt *cached[QC_N]; /* owned; finalized by capture_close */
+	struct msg_index_stmts ix;  /* the index inserts (msg_index.c); closed with it */
 	char *dir;
 	_Atomic bool batch_sync; /* capture_sync() makes adds durable, not each add */
 	/* A large message's file was written without sync since the last
@@ -116,37 +104,8 @@ struct event {
 	json_t *data;
 };
 
-static const char *const SCHEMA =
-    "CREATE TABLE IF NOT EXISTS messages ("
-    " seq INTEGER PRIMARY KEY,"
-    " id TEXT NOT NULL UNIQUE,"
-    " created INTEGER NOT NULL," /* microseconds since the epoch, UTC */
-    " read INTEGER NOT NULL DEFAULT 0,"
-    " size INTEGER NOT NULL,"
-    " message_id TEXT NOT NULL DEFAULT '',"
-    " subject TEXT NOT NULL DEFAULT '',"
-    " from_name TEXT NOT NULL DEFAULT '',"
-    " from_addr TEXT NOT NULL DEFAULT '',"
-    " addrs TEXT NOT NULL DEFAULT '{}'," /* {"To":[..],"Cc":..,"Bcc":..,"ReplyTo":..} */
-    " env_from TEXT NOT NULL DEFAULT '',"
-    " env_to TEXT NOT NULL DEFAULT '[]',"
-    " attachments INTEGER NOT NULL DEFAULT 0,"
-    " inline INTEGER NOT NULL DEFAULT 0,"
-    " snippet TEXT NOT NULL DEFAULT '',"
-    " username TEXT NOT NULL DEFAULT '');"
-    "CREATE INDEX IF NOT EXISTS messages_created ON messages(created);"
-    "CREATE INDEX IF NOT EXISTS messages_read ON messages(read);"
-    "CREATE INDEX IF NOT EXISTS messages_message_id ON messages(message_id);"
-    "CREATE TABLE IF NOT EXISTS recipients ("
-    " msg INTEGER NOT NULL, kind INTEGER NOT NULL, name TEXT NOT NULL, addr TEXT NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS recipients_msg ON recipients(msg);"
-    "CREATE TABLE IF NOT EXISTS tags ("
-    " id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE);"
-    "CREATE TABLE IF NOT EXISTS message_tags ("
-    " msg INTEGER NOT NULL, tag INTEGER NOT NULL, PRIMARY KEY (msg, tag)) WITHOUT ROWID;"
-    "CREATE INDEX IF NOT EXISTS message_tags_tag ON message_tags(tag);"
-    "CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(subject, sender, recipients, body,"
-    " tokenize = 'unicode61 remove_diacritics 2');"
+/* The index tables are msg_index.h's (shared with the archive). */
+static const char *const SCHEMA = MSG_INDEX_SCHEMA
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     /* the bytes of messages up to RAW_IN_DB_MAX (larger ones: msg/XX/ID.eml) */
     "CREATE TABLE IF NOT EXISTS raw (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);"
@@ -507,145 +466,6 @@ static void emit(struct capture_store *st, struct event *ev)
 
 /* ------------------------------------------------------------- inserting */
 
-static int insert_recipient(sqlite3_stmt *s, int64_t seq, int kind, const char *name,
-                            const char *addr)
-{
-	sqlite3_reset(s);
-	sqlite3_bind_int64(s, 1, seq);
-	sqlite3_bind_int(s, 2, kind);
-	sqlite3_bind_text(s, 3, name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 4, addr, -1, SQLITE_STATIC);
-	return sqlite3_step(s) == SQLITE_DONE ? TERN_OK : TERN_EIO;
-}
-
-static void append_addrs_text(struct tbuf *b, const struct mime_addrs *a)
-{
-	for (size_t i = 0; i < a->n; i++)
-		tbuf_printf(b, "%s %s ", a->v[i].name, a->v[i].addr);
-}
-
-/* Inserts the row, recipients and index entries of a parsed message.
- * Lock held, inside a transaction. */
-static int insert_row(struct capture_store *st, const char *id, size_t size,
-                      const struct mime_msg *mm, const char *env_from, const char *const *env_to,
-                      size_t n_to, int64_t created, int64_t *seq_out)
-{
-	int rc = TERN_EIO;
-	sqlite3_stmt *s = NULL, *r = NULL;
-	char *addrs_s = NULL, *envto_s = NULL;
-	struct tbuf rcpt = TBUF_INIT(SIZE_MAX / 2), sender = TBUF_INIT(SIZE_MAX / 2);
-
-	/* Envelope recipients that no To/Cc/Bcc header names were blind
-	 * copies: list them as Bcc, as Mailpit does. */
-	json_t *bcc = addrs_json(&mm->bcc);
-	for (size_t i = 0; bcc && i < n_to; i++) {
-		const char *e = env_to[i] ? env_to[i] : "";
-		bool named = !*e;
-		const struct mime_addrs *hl[] = {&mm->to, &mm->cc, &mm->bcc};
-		for (size_t k = 0; !named && k < 3; k++)
-			for (size_t j = 0; !named && j < hl[k]->n; j++)
-				named = strcasecmp(hl[k]->v[j].addr, e) == 0;
-		if (!named)
-			json_array_append_new(bcc, addr_json("", e));
-	}
-	json_t *addrs =
-	    json_pack("{s:o,s:o,s:o,s:o}", "To", addrs_json(&mm->to), "Cc", addrs_json(&mm->cc),
-	              "Bcc", bcc ? bcc : json_array(), "ReplyTo", addrs_json(&mm->reply_to));
-	json_t *envto = json_array();
-	for (size_t i = 0; envto && i < n_to; i++)
-		json_array_append_new(envto, jstr(env_to[i]));
-	addrs_s = addrs ? json_dumps(addrs, JSON_COMPACT) : NULL;
-	envto_s = envto ? json_dumps(envto, JSON_COMPACT) : NULL;
-	json_decref(addrs);
-	json_decref(envto);
-	if (!addrs_s || !envto_s) {
-		rc = TERN_ENOMEM;
-		goto out;
-	}
-	s = prep_cached(st, QC_INSERT_MSG,
-	                "INSERT INTO messages (id, created, read, size, message_id, subject, "
-	                "from_name, from_addr, addrs, env_from, env_to, attachments, inline, "
-	                "snippet) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-	if (!s)
-		goto out;
-	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 2, created);
-	sqlite3_bind_int64(s, 3, (sqlite3_int64)size);
-	sqlite3_bind_text(s, 4, mm->message_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 5, mm->subject, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 6, mm->from.name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 7, mm->from.addr, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 8, addrs_s, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 9, env_from ? env_from : "", -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 10, envto_s, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 11, (sqlite3_int64)mm->n_attachments);
-	sqlite3_bind_int64(s, 12, (sqlite3_int64)mm->n_inline);
-	sqlite3_bind_text(s, 13, mm->snippet, -1, SQLITE_STATIC);
-	if (sqlite3_step(s) != SQLITE_DONE)
-		goto out;
-	int64_t seq = sqlite3_last_insert_rowid(st->db);
-	*seq_out = seq;
-
-	r = prep_cached(st, QC_INSERT_RCPT,
-	                "INSERT INTO recipients (msg, kind, name, addr) VALUES (?, ?, ?, ?)");
-	if (!r)
-		goto out;
-	const struct mime_addrs *lists[] = {&mm->to, &mm->cc, &mm->bcc, &mm->reply_to};
-	const int kinds[] = {K_TO, K_CC, K_BCC, K_REPLYTO};
-	for (size_t k = 0; k < 4; k++)
-		for (size_t i = 0; i < lists[k]->n; i++)
-			if (insert_recipient(r, seq, kinds[k], lists[k]->v[i].name,
-			                     lists[k]->v[i].addr) != TERN_OK)
-				goto out;
-	for (size_t i = 0; i < n_to; i++)
-		if (insert_recipient(r, seq, K_ENV, "", env_to[i] ? env_to[i] : "") != TERN_OK)
-			goto out;
-
-	append_addrs_text(&rcpt, &mm->to);
-	append_addrs_text(&rcpt, &mm->cc);
-	append_addrs_text(&rcpt, &mm->bcc);
-	for (size_t i = 0; i < n_to; i++)
-		tbuf_printf(&rcpt, "%s ", env_to[i] ? env_to[i] : "");
-	tbuf_printf(&sender, "%s %s %s", mm->from.name, mm->from.addr, env_from ? env_from : "");
-
-	sqlite3_reset(s);
-	s = prep_cached(st, QC_INSERT_FTS,
-	                "INSERT INTO fts (rowid, subject, sender, recipients, "
-	                "body) VALUES (?, ?, ?, ?, ?)");
-	if (!s)
-		goto out;
-	/* body: the text (or the HTML when there is no text) plus file names */
-	const char *body = mm->text[0] ? mm->text : mm->html;
-	size_t blen = strlen(body);
-	if (blen > FTS_BODY_MAX)
-		blen = FTS_BODY_MAX;
-	struct tbuf b = TBUF_INIT(SIZE_MAX / 2);
-	tbuf_append(&b, body, blen);
-	for (size_t i = 0; i < mm->n_parts; i++)
-		if (mm->parts[i].filename[0])
-			tbuf_printf(&b, " %s", mm->parts[i].filename);
-	sqlite3_bind_int64(s, 1, seq);
-	sqlite3_bind_text(s, 2, mm->subject, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 3, sender.data ? sender.data : "", -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 4, rcpt.data ? rcpt.data : "", -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 5, b.data ? b.data : "", (int)b.len, SQLITE_STATIC);
-	int step = sqlite3_step(s);
-	tbuf_free(&b);
-	if (step != SQLITE_DONE)
-		goto out;
-	rc = TERN_OK;
-out:
-	if (s)
-		sqlite3_reset(s); /* cached: never finalized here */
-	if (r)
-		sqlite3_reset(r);
-	free(addrs_s);
-	free(envto_s);
-	tbuf_free(&rcpt);
-	tbuf_free(&sender);
-	return rc;
-}
-
 static json_t *summary_by_seq(struct capture_store *st, int64_t seq)
 {
 	sqlite3_stmt *s =
@@ -770,8 +590,8 @@ static int insert_one(struct capture_store *st, const struct capture_item *it,
 {
 	if (savepoint && exec(st, "SAVEPOINT one") != TERN_OK)
 		return TERN_EIO;
-	int rc =
-	    insert_row(st, it->id, it->len, mm, it->env_from, it->env_to, it->n_to, now_us(), seq);
+	int rc = msg_index_insert(st->db, &st->ix, it->id, it->len, mm, it->env_from, it->env_to,
+	                          it->n_to, now_us(), seq);
 	if (rc == TERN_OK && it->username && *it->username) {
 		sqlite3_stmt *up =
 		    prep_cached(st, QC_USERNAME, "UPDATE messages SET username = ? WHERE seq = ?");
@@ -1076,8 +896,9 @@ static void recover(struct capture_store *st)
 				int64_t created = (int64_t)sb.st_mtim.tv_sec * 1000000 +
 				                  sb.st_mtim.tv_nsec / 1000;
 				if (exec(st, "BEGIN") == TERN_OK) {
-					int rc = insert_row(st, id, raw.len, &mm, mm.return_path, NULL, 0,
-					                    created, &seq);
+					int rc = msg_index_insert(st->db, &st->ix, id, raw.len, &mm,
+					                          mm.return_path, NULL, 0, created,
+					                          &seq);
 					char qid[QUEUE_ID_LEN + 1];
 					/* The spool will deliver it again: let that find this copy. */
 					if (rc == TERN_OK &&
@@ -1185,6 +1006,7 @@ void capture_close(struct capture_store *st)
 	exec(st, "PRAGMA optimize");
 	for (size_t i = 0; i < QC_N; i++)
 		sqlite3_finalize(st->cached[i]); /* else sqlite3_close refuses */
+	msg_index_stmts_free(&st->ix);
 	sqlite3_close(st->db);
 	pthread_mutex_unlock(&st->mu);
 	pthread_mutex_destroy(&st->mu);
