@@ -63,6 +63,7 @@ int cmd_milter(int argc, char **argv);         /* `tern milter test` (milter.c) 
 int cmd_dmarc(int argc, char **argv); /* `tern dmarc send-reports|report` (dmarc.c) */
 int cmd_suppress(int argc, char **argv);       /* `tern suppress` (suppress.c) */
 int cmd_apikey(int argc, char **argv);         /* `tern apikey` (apikey.c) */
+int cmd_archive(int argc, char **argv);        /* `tern archive` (archive.c) */
 int cmd_events(int argc, char **argv);         /* `tern events tail` (events.c) */
 int cmd_webhook(int argc, char **argv);        /* `tern webhook ...` (webhook.c) */
 

@@ -50,6 +50,7 @@
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
+#include "store/archive.h"
 #include "store/events.h"
 #include "store/quota.h"
 #include "store/suppress.h"
@@ -596,6 +597,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	size_t n_fds = 0;
 	int control_fd = -1;
 	struct spool *sp = NULL;
+	struct archive *arch = NULL; /* ARCHIVE (store/archive.h), or NULL */
 	struct scheduler *sched = NULL;
 	struct smtp_server *srv = NULL;
 	struct remote *remote = NULL;
@@ -811,6 +813,14 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 	if (!cap && conf->events.enabled) /* capture mode emits no events */
 		events_start_conf(conf);
+	if (!cap && conf->archive.enabled) { /* ARCHIVE: every committed message */
+		if (archive_open(conf->data_dir, &arch, err, sizeof(err)) != TERN_OK ||
+		    archive_start(arch, &conf->archive) != TERN_OK) {
+			log_error("event=fatal reason=\"archive: %s\"", err);
+			goto out;
+		}
+		spool_set_commit_hook(sp, archive_on_commit, arch);
+	}
 	sched = scheduler_new(sp, 2);
 	srv = sched ? smtp_server_new(sp, sched) : NULL;
 	if (!srv || loop_global_init() != 0) {
@@ -999,6 +1009,7 @@ out:
 		scheduler_set_capture(sched, NULL);
 	if (sp)
 		spool_close(sp);
+	archive_close(arch); /* after the spool: its committer calls the archive */
 	/* Checks still running post their answers to the (stopped) workers,
 	 * which run them below, before the sessions are freed. */
 	pool_free(auth_pool);

@@ -1551,6 +1551,43 @@ static int parse_events(struct ctx *x, const struct ucl_node *sec, struct conf_e
 	return rc;
 }
 
+/* archive { include = ["inbound", "outbound"]; }: one entry. */
+static int archive_include_one(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	struct conf_archive *a = arg;
+	if (strcmp(n->str, "inbound") == 0)
+		a->inbound = true;
+	else if (strcmp(n->str, "outbound") == 0)
+		a->outbound = true;
+	else
+		return cerr(x, n, "%s: \"%s\" is neither \"inbound\" nor \"outbound\"", path,
+		            n->str);
+	return TERN_OK;
+}
+
+/* archive { enabled; retention; include; } (issue 13 item 6). */
+static int parse_archive(struct ctx *x, const struct ucl_node *sec, struct conf_archive *a)
+{
+	int rc = want_section(x, sec, "archive");
+	for (size_t i = 0; rc == TERN_OK && i < sec->n_items; i++) {
+		const struct ucl_node *m = sec->items[i];
+		uint64_t v = 0;
+		if (strcmp(m->key, "enabled") == 0) {
+			rc = get_bool(x, m, "archive.enabled", &a->enabled);
+		} else if (strcmp(m->key, "include") == 0) {
+			a->inbound = a->outbound = false;
+			rc = each_string(x, m, "archive.include", 2, archive_include_one, a);
+		} else if (strcmp(m->key, "retention") == 0) {
+			rc = get_num(x, m, "archive.retention", NK_TIME, 0, 36500ull * 86400, &v);
+			if (rc == TERN_OK)
+				a->retention = (uint32_t)v;
+		} else {
+			return unknown_key(x, m, "archive");
+		}
+	}
+	return rc;
+}
+
 static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf_delivery *d)
 {
 	int rc = want_section(x, sec, "delivery");
@@ -3489,6 +3526,8 @@ static int parse_top(struct ctx *x, struct tern_config *c, const struct ucl_node
 		return parse_webhooks(x, m, &c->webhooks);
 	if (strcmp(k, "events") == 0)
 		return parse_events(x, m, &c->events);
+	if (strcmp(k, "archive") == 0)
+		return parse_archive(x, m, &c->archive);
 	if (strcmp(k, "tls") == 0)
 		return parse_tls(x, c, m);
 	if (strcmp(k, "shaping") == 0)
@@ -3548,6 +3587,8 @@ static struct tern_config *build(const struct ucl_doc *doc, const char *source, 
 	c->webhooks = (struct conf_webhooks){5, 3600, 86400, 10};
 	c->events.enabled = true;
 	c->events.retention = 30 * 86400;
+	c->archive = (struct conf_archive){
+	    .enabled = false, .retention = 365 * 86400, .inbound = true, .outbound = true};
 	c->capture.http_max_body = DEFAULT_HTTP_MAX_BODY;
 	c->capture.http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
 	c->policy = default_policy;
@@ -4268,4 +4309,9 @@ void conf_print(const struct tern_config *c, FILE *out)
 	        (unsigned)c->webhooks.retry_base, (unsigned)c->webhooks.retry_max,
 	        (unsigned)c->webhooks.retry_window, (unsigned)c->webhooks.timeout,
 	        c->events.enabled ? "true" : "false", (unsigned)c->events.retention);
+	fprintf(out, "archive {\n\tenabled = %s;\n\tretention = %us;\n\tinclude = [%s%s%s];\n}\n",
+	        c->archive.enabled ? "true" : "false", (unsigned)c->archive.retention,
+	        c->archive.inbound ? "\"inbound\"" : "",
+	        c->archive.inbound && c->archive.outbound ? ", " : "",
+	        c->archive.outbound ? "\"outbound\"" : "");
 }

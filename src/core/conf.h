@@ -421,6 +421,13 @@ struct tern_config {
 		bool enabled;       /* default true; false: nothing recorded, no webhooks */
 		uint32_t retention; /* seconds; 0 = forever */
 	} events;
+	/* archive { enabled; retention = 365d; include = [...]; } (store/archive.h) */
+	struct conf_archive {
+		bool enabled;       /* default false */
+		uint32_t retention; /* seconds; 0 = forever; default 365 d */
+		bool inbound;       /* messages with a local recipient; default on */
+		bool outbound;      /* messages with a remote recipient; default on */
+	} archive;
 	/* Set by `tern capture` (never from a file): every recipient is
 	 * accepted and caught in the capture store instead of delivered. */
 	bool capture_mode;

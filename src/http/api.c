@@ -67,6 +67,7 @@
 #include "core/timefmt.h"
 #include "deliver/pools.h"
 #include "http/api.h"
+#include "http/archive_routes.h"
 #include "http/events_routes.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
@@ -75,6 +76,7 @@
 #include "http/suppress_routes.h"
 #include "http/tracking.h"
 #include "store/apikeys.h"
+#include "store/archive.h"
 #include "store/events.h"
 #include "store/quota.h"
 #include "store/suppress.h"
@@ -97,7 +99,8 @@ struct api {
 	struct http_server *http[16];
 	size_t n_http;
 	bool started;
-	sqlite3 *events; /* DATA/events.db for the event routes (the pool's), or NULL */
+	sqlite3 *events;         /* DATA/events.db for the event routes (the pool's), or NULL */
+	struct archive *archive; /* ARCHIVE: opened on the pool at first use */
 	/* the tracking tokens' key (DATA/suppress.key), read on the pool at first use */
 	unsigned char track_key[TRACK_KEY_LEN];
 	bool track_key_ok;
@@ -134,6 +137,7 @@ struct req_ctx {
 	const char *amz_type; /* SES: the x-amzn-ErrorType of an error answer */
 	int d_track;          /* tracking: 'o' the pixel, 'c' a redirect to d_location */
 	char *d_location;
+	struct archive_answer d_bytes; /* ARCHIVE: a reply of bytes when .raw is set */
 };
 
 /* ---------------------------------------------------------------- replies */
@@ -1324,6 +1328,7 @@ enum route {
 	R_MAILPIT,
 	R_STATUS,
 	R_EVENTS,
+	R_ARCHIVE,
 	R_SES
 };
 
@@ -1357,6 +1362,7 @@ static void rjob_free(struct rjob *j)
 	}
 	free(c->in_hdrs);
 	free(c->d_location);
+	free(c->d_bytes.raw);
 	free(j);
 }
 
@@ -1423,6 +1429,58 @@ static void reply_track(struct req_ctx *c)
 	         c->d_status, c->peer, c->ids[0] ? c->ids : "-");
 }
 
+/* On the pool. ARCHIVE: /api/v1/archive... for admin keys (archive_routes.h). */
+static void archive_api(struct req_ctx *c, const char *rest)
+{
+	if (!need_scope(c, APIKEY_ADMIN))
+		return;
+	char err[512];
+	if (!c->a->archive &&
+	    archive_open(c->a->data_dir, &c->a->archive, err, sizeof(err)) != TERN_OK) {
+		log_warn("event=api_archive_unavailable reason=\"%s\"", err);
+		fail(c, 503, "store_unavailable", "the archive could not be opened");
+		return;
+	}
+	struct archive_answer *ans = &c->d_bytes;
+	archive_route(c->a->archive, c->method, rest, c->in_query, ans);
+	if (ans->raw) {
+		c->d_replied = true;
+		c->d_status = ans->status;
+	} else if (ans->json || ans->status == 204) {
+		reply_json(c, ans->status, ans->json);
+		ans->json = NULL;
+	} else {
+		fail(c, 500, "internal", "out of memory");
+	}
+}
+
+/* On the worker: the bytes archive_api recorded. */
+static void reply_bytes(struct req_ctx *c)
+{
+	struct archive_answer *ans = &c->d_bytes;
+	struct evkeyvalq *oh = evhttp_request_get_output_headers(c->req);
+	evhttp_add_header(oh, "Content-Type", ans->ctype);
+	evhttp_add_header(oh, "Cache-Control", "no-store");
+	evhttp_add_header(oh, "X-Content-Type-Options", "nosniff");
+	char disp[128];
+	snprintf(disp, sizeof(disp), "attachment; filename=\"%s\"", ans->filename);
+	if (ans->filename[0])
+		evhttp_add_header(oh, "Content-Disposition", disp);
+	struct evbuffer *b = evbuffer_new();
+	if (!b || evbuffer_add(b, ans->raw, ans->raw_len) != 0) {
+		evhttp_send_error(c->req, 500, "out of memory");
+	} else {
+		evhttp_send_reply(c->req, ans->status, NULL, b);
+	}
+	if (b)
+		evbuffer_free(b);
+	char kq[APIKEY_NAME_MAX + 8];
+	log_info("event=api method=%s path=%s status=%d key=%s peer=%s id=- bytes=%zu", c->method,
+	         c->path, ans->status,
+	         c->have_key ? log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq)) : "-",
+	         c->peer, ans->raw_len);
+}
+
 static void rjob_work(void *arg)
 {
 	struct rjob *j = arg;
@@ -1461,6 +1519,8 @@ static void rjob_work(void *arg)
 		message_status(c, r + 9);
 	else if (j->route == R_EVENTS && get)
 		events_get(c, r, c->in_query); /* EVENTS */
+	else if (j->route == R_ARCHIVE)
+		archive_api(c, r + 7); /* ARCHIVE */
 	else
 		fail(c, 405, "method_not_allowed", "this route does not take that method");
 }
@@ -1495,6 +1555,8 @@ static void rjob_done(void *arg)
 			c->d_body = NULL;
 			if (c->d_track)
 				reply_track(c);
+			else if (c->d_bytes.raw)
+				reply_bytes(c);
 			else if (c->d_replied)
 				reply_json(c, c->d_status, b);
 			else
@@ -1650,6 +1712,8 @@ static void handle(void *ctx, struct evhttp_request *req)
 		else if (strcmp(r, "events") == 0 || strcmp(r, "webhooks") == 0 ||
 		         strncmp(r, "webhooks/", 9) == 0)
 			rt = R_EVENTS; /* EVENTS */
+		else if (strcmp(r, "archive") == 0 || strncmp(r, "archive/", 8) == 0)
+			rt = R_ARCHIVE; /* ARCHIVE */
 	}
 	if (strncmp(path, "/v2/", 4) == 0)
 		rt = R_SES;
@@ -1798,6 +1862,7 @@ void api_free(struct api *a)
 	apikeys_close(a->results);
 	quota_close();
 	sqlite3_close(a->events);
+	archive_close(a->archive);
 	pthread_mutex_destroy(&a->results_mu);
 	pthread_mutex_destroy(&a->mu);
 	pthread_cond_destroy(&a->cv);

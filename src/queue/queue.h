@@ -118,6 +118,14 @@ typedef void (*spool_put_cb)(void *arg, int err);
 int spool_put(struct spool *s, const struct spool_msg *env, const void *data, size_t len,
               spool_put_cb cb, void *arg);
 
+/* Called on the committer thread for each message put (not compaction
+ * copies) once it is on stable storage, after its spool_put_cb: data is the
+ * message bytes, valid during the call. Must not block or call back into
+ * the spool (store/archive.c copies and returns). Set before the first put. */
+typedef void (*spool_commit_hook)(void *arg, const struct spool_msg *m, const void *data,
+                                  size_t len);
+void spool_set_commit_hook(struct spool *s, spool_commit_hook fn, void *arg);
+
 /* Copies the envelope of id; caller frees with spool_msg_free. NULL if unknown. */
 struct spool_msg *spool_get(struct spool *s, const char *id);
 /* Reads the message bytes of id into out (appending). */

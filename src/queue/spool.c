@@ -171,6 +171,7 @@ struct item {
 	/* MSG */
 	size_t data_off; /* from the start of the record */
 	struct spool_msg *msg;
+	struct spool_msg *hook_msg; /* a copy for the commit hook (msg moves to the index) */
 	spool_put_cb cb;
 	void *arg;
 	int result; /* what cb is told */
@@ -218,14 +219,17 @@ struct spool {
 	bool thread_started;
 	struct seg *cur;
 	uint64_t cur_size;
-	bool unsynced;   /* records written to cur since its last fdatasync */
-	bool cur_broken; /* a failed batch could not be truncated away: rotate */
+	bool unsynced;          /* records written to cur since its last fdatasync */
+	bool cur_broken;        /* a failed batch could not be truncated away: rotate */
+	spool_commit_hook hook; /* spool_set_commit_hook (the archive), or NULL */
+	void *hook_arg;
 };
 
 static void item_free(struct item *it)
 {
 	free(it->buf);
 	spool_msg_free(it->msg);
+	spool_msg_free(it->hook_msg);
 	free(it->rsegs);
 	free(it->osegs);
 	free(it);
@@ -1019,6 +1023,15 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 		n_recs++;
 		total += it->len;
 	}
+	/* The commit hook needs the envelope after commit_account hands it to
+	 * the index: copy it here, on this thread, not on the caller's loop. */
+	pthread_mutex_lock(&s->qmu);
+	spool_commit_hook hook = s->hook;
+	void *harg = s->hook_arg;
+	pthread_mutex_unlock(&s->qmu);
+	for (struct item *it = batch; hook && it; it = it->next)
+		if (it->type == SPOOL_REC_MSG && !it->copy && it->msg)
+			it->hook_msg = spool_msg_dup(it->msg);
 	if ((s->cur_size >= seg_max || s->cur_broken) && rotate(s) != TERN_OK && s->cur_broken) {
 		/* The current file holds garbage we could not cut off, and no new
 		 * file can be made: fail the batch rather than write after it. */
@@ -1073,6 +1086,16 @@ callbacks:
 	for (struct item *it = batch; it; it = it->next)
 		if (it->type == SPOOL_REC_MSG && !it->copy && it->cb)
 			it->cb(it->arg, it->result);
+	/* The commit hook (the archive), after every reply of the batch is on
+	 * its way. */
+	for (struct item *it = batch; hook && it; it = it->next)
+		if (it->type == SPOOL_REC_MSG && !it->copy && it->result == TERN_OK) {
+			if (it->hook_msg)
+				hook(harg, it->hook_msg, it->buf + it->data_off,
+				     it->hook_msg->size);
+			else
+				log_error("event=spool_hook_skipped id=%s reason=nomem", it->id);
+		}
 	pthread_mutex_lock(&s->mu);
 	bool hint = s->reap_hint;
 	pthread_mutex_unlock(&s->mu);
@@ -1729,6 +1752,14 @@ fail:
 	tbuf_free(&b);
 	item_free(it);
 	return rc;
+}
+
+void spool_set_commit_hook(struct spool *s, spool_commit_hook fn, void *arg)
+{
+	pthread_mutex_lock(&s->qmu); /* the committer reads it after taking a batch */
+	s->hook_arg = arg;
+	s->hook = fn;
+	pthread_mutex_unlock(&s->qmu);
 }
 
 struct spool_msg *spool_get(struct spool *s, const char *id)

@@ -1,0 +1,1069 @@
+/*
+ * archive.c — the message archive (archive.h): DATA/archive/index.sqlite
+ * with the shared message index (msg_index.h), the archive rows and the
+ * zstd-compressed bytes; a writer thread fed by the spool's commit hook;
+ * retention; search, raw and export.
+ *
+ * Owns: the SQLite connection (serialised by ar->mu), the writer thread and
+ * its queue (ar->qmu), the files in DATA/archive/incoming/.
+ * Must never: block archive_on_commit on the writer or on SQLite, drop a
+ * committed message for lack of queue room (it goes to incoming/), build
+ * SQL from user input (search goes through capture_query.c), accept an ID
+ * that is not a queue id (IDs become file names in incoming/), or delete a
+ * message on hold.
+ *
+ * Why blobs in SQLite, not one file per message: a batch of messages is one
+ * transaction and one sync, index and bytes are atomic together (no orphan
+ * file, no row without bytes), and retention is a DELETE. A compressed copy
+ * of a normal message is a few KiB, which SQLite stores well; incoming/
+ * files exist only while the writer is behind.
+ */
+#include "store/archive.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "core/id.h"
+#include "core/log.h"
+#include "mime/mime.h"
+#include "store/capture_query.h"
+#include "store/msg_index.h"
+
+#define QUEUE_MAX_BYTES (64u << 20) /* copies waiting for the writer */
+#define BATCH_MAX 256               /* messages per transaction */
+#define ZSTD_LEVEL 3
+#define LIST_MAX 1000         /* results per page */
+#define EXPORT_MAX_MSGS 65535 /* a zip without zip64 */
+#define EXPORT_MAX_BYTES (1u << 30)
+#define EXPIRE_BATCH 1000
+
+static const char *const SCHEMA = MSG_INDEX_SCHEMA
+    /* one row per archived message, seq = messages.seq; id = the queue id */
+    "CREATE TABLE IF NOT EXISTS archive ("
+    " seq INTEGER PRIMARY KEY,"
+    " direction TEXT NOT NULL,"
+    " hold INTEGER NOT NULL DEFAULT 0,"
+    " codec TEXT NOT NULL," /* "zstd" */
+    " zsize INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS blobs (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);";
+
+struct qitem {
+	struct qitem *next;
+	struct spool_msg *msg; /* owned */
+	char *data;            /* owned */
+	size_t len;
+};
+
+struct archive {
+	pthread_mutex_t mu; /* db */
+	sqlite3 *db;
+	struct msg_index_stmts ix;
+	char *dir, *incoming;
+
+	pthread_mutex_t qmu;
+	pthread_cond_t qcond;
+	struct qitem *qhead, *qtail;
+	size_t q_bytes, q_max;
+	bool closing, started;
+	pthread_t thread;
+	struct conf_archive conf;
+	_Atomic bool incoming_dirty; /* incoming/ may hold files */
+	_Atomic uint64_t archived, overflowed;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static bool id_ok(const char *id)
+{
+	return id && queue_id_valid(id, strlen(id)) && strlen(id) == QUEUE_ID_LEN;
+}
+
+static int exec(struct archive *ar, const char *sql)
+{
+	char *msg = NULL;
+	if (sqlite3_exec(ar->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		log_error("event=archive_sql_failed reason=\"%s\"", msg ? msg : "?");
+		sqlite3_free(msg);
+		return TERN_EIO;
+	}
+	return TERN_OK;
+}
+
+static sqlite3_stmt *prep(struct archive *ar, const char *sql)
+{
+	sqlite3_stmt *s = NULL;
+	if (sqlite3_prepare_v2(ar->db, sql, -1, &s, NULL) != SQLITE_OK) {
+		log_error("event=archive_sql_failed reason=\"%s\"", sqlite3_errmsg(ar->db));
+		sqlite3_finalize(s);
+		return NULL;
+	}
+	return s;
+}
+
+static json_t *jstr(const char *s)
+{
+	json_t *j = json_string(s ? s : "");
+	return j ? j : json_string("");
+}
+
+static const char *col_text(sqlite3_stmt *s, int i)
+{
+	const unsigned char *t = sqlite3_column_text(s, i);
+	return t ? (const char *)t : "";
+}
+
+static void rfc3339(int64_t us, char *buf, size_t len)
+{
+	time_t t = (time_t)(us / 1000000);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf + n, len - n, ".%03dZ", (int)((us / 1000) % 1000));
+}
+
+/* ----------------------------------------------------------------- opening */
+
+int archive_open(const char *data_dir, struct archive **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	struct archive *ar = calloc(1, sizeof(*ar));
+	char path[4096];
+	if (!ar) {
+		snprintf(err, errlen, "out of memory");
+		return TERN_ENOMEM;
+	}
+	pthread_mutex_init(&ar->mu, NULL);
+	pthread_mutex_init(&ar->qmu, NULL);
+	pthread_cond_init(&ar->qcond, NULL);
+	ar->q_max = QUEUE_MAX_BYTES;
+	const char *qm = getenv("TERN_TEST_ARCHIVE_QUEUE_MAX"); /* tests force the overflow */
+	if (qm && *qm)
+		ar->q_max = (size_t)strtoull(qm, NULL, 10);
+	snprintf(path, sizeof(path), "%s/archive", data_dir);
+	ar->dir = tern_strdup(path);
+	snprintf(path, sizeof(path), "%s/archive/incoming", data_dir);
+	ar->incoming = tern_strdup(path);
+	if (!ar->dir || !ar->incoming) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	if (tern_mkdir_p(ar->incoming, 0750, true, NULL) != TERN_OK) {
+		snprintf(err, errlen, "cannot create %s: %s", ar->incoming, strerror(errno));
+		goto fail;
+	}
+	snprintf(path, sizeof(path), "%s/index.sqlite", ar->dir);
+	if (sqlite3_open_v2(path, &ar->db,
+	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+	                    NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "cannot open %s: %s", path,
+		         ar->db ? sqlite3_errmsg(ar->db) : "out of memory");
+		goto fail;
+	}
+	/* serve's writer, its API and the CLI share the file: wait, don't fail */
+	sqlite3_busy_timeout(ar->db, 10000);
+	if (exec(ar, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;") != TERN_OK ||
+	    exec(ar, SCHEMA) != TERN_OK) {
+		snprintf(err, errlen, "cannot set up %s: %s", path, sqlite3_errmsg(ar->db));
+		goto fail;
+	}
+	atomic_store(&ar->incoming_dirty, true); /* look once: a crash may have left some */
+	*out = ar;
+	return TERN_OK;
+fail:
+	archive_close(ar);
+	return TERN_EIO;
+}
+
+/* ---------------------------------------------------------------- adding */
+
+/* Inside a transaction, lock held. */
+static int add_locked(struct archive *ar, const char *id, int64_t created_s, const char *sender,
+                      const char *const *rcpts, size_t n_rcpts, const char *direction,
+                      const void *data, size_t len)
+{
+	int rc = TERN_EIO;
+	struct mime_msg mm;
+	void *z = NULL;
+	sqlite3_stmt *s = NULL;
+	size_t zcap = ZSTD_compressBound(len);
+	int prc = mime_parse(data, len, 0, &mm);
+	if (prc != TERN_OK) {
+		rc = prc;
+		goto out;
+	}
+	if (!(z = malloc(zcap ? zcap : 1))) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+	size_t zn = ZSTD_compress(z, zcap, data, len, ZSTD_LEVEL);
+	if (ZSTD_isError(zn)) {
+		log_error("event=archive_compress_failed id=%s reason=\"%s\"", id,
+		          ZSTD_getErrorName(zn));
+		goto out;
+	}
+	s = prep(ar, "SELECT 1 FROM messages WHERE id = ?");
+	if (!s)
+		goto out;
+	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+	int st = sqlite3_step(s);
+	sqlite3_finalize(s);
+	s = NULL;
+	if (st == SQLITE_ROW) {
+		rc = TERN_EEXIST;
+		goto out;
+	}
+	int64_t seq = 0;
+	if ((rc = msg_index_insert(ar->db, &ar->ix, id, len, &mm, sender, rcpts, n_rcpts,
+	                           created_s * INT64_C(1000000), &seq)) != TERN_OK)
+		goto out;
+	rc = TERN_EIO;
+	s = prep(ar, "INSERT INTO archive (seq, direction, codec, zsize) VALUES (?, ?, 'zstd', ?)");
+	if (!s)
+		goto out;
+	sqlite3_bind_int64(s, 1, seq);
+	sqlite3_bind_text(s, 2, direction, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 3, (sqlite3_int64)zn);
+	st = sqlite3_step(s);
+	sqlite3_finalize(s);
+	s = NULL;
+	if (st != SQLITE_DONE)
+		goto out;
+	s = prep(ar, "INSERT INTO blobs (seq, data) VALUES (?, ?)");
+	if (!s)
+		goto out;
+	sqlite3_bind_int64(s, 1, seq);
+	sqlite3_bind_blob64(s, 2, z, zn, SQLITE_STATIC);
+	if (sqlite3_step(s) == SQLITE_DONE)
+		rc = TERN_OK;
+out:
+	sqlite3_finalize(s);
+	free(z);
+	mime_msg_free(&mm);
+	return rc;
+}
+
+int archive_add(struct archive *ar, const char *id, int64_t created_s, const char *sender,
+                const char *const *rcpts, size_t n_rcpts, const char *direction, const void *data,
+                size_t len)
+{
+	if (!id_ok(id))
+		return TERN_EINVAL;
+	pthread_mutex_lock(&ar->mu);
+	int rc = exec(ar, "BEGIN IMMEDIATE");
+	if (rc == TERN_OK) {
+		rc = add_locked(ar, id, created_s, sender, rcpts, n_rcpts, direction, data, len);
+		exec(ar, rc == TERN_OK ? "COMMIT" : "ROLLBACK");
+	}
+	pthread_mutex_unlock(&ar->mu);
+	return rc;
+}
+
+static const char *direction_of(const struct spool_msg *m, bool *in, bool *outb)
+{
+	*in = *outb = false;
+	for (size_t i = 0; i < m->n_rcpts; i++) {
+		if (m->rcpts[i].local)
+			*in = true;
+		else
+			*outb = true;
+	}
+	return *in && *outb ? "mixed" : *in ? "inbound" : "outbound";
+}
+
+/* One queued or incoming message into the open transaction. */
+static int add_msg(struct archive *ar, const struct spool_msg *m, const char *data, size_t len)
+{
+	const char **rcpts = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(*rcpts));
+	if (!rcpts)
+		return TERN_ENOMEM;
+	for (size_t i = 0; i < m->n_rcpts; i++)
+		rcpts[i] = m->rcpts[i].addr;
+	bool in, outb;
+	const char *dir = direction_of(m, &in, &outb);
+	int rc = add_locked(ar, m->id, m->created, m->sender ? m->sender : "", rcpts, m->n_rcpts,
+	                    dir, data, len);
+	free(rcpts);
+	if (rc == TERN_EEXIST)
+		rc = TERN_OK; /* archived before a crash: once is enough */
+	return rc;
+}
+
+/* --------------------------------------------------- incoming/ (overflow) */
+
+/*
+ * An incoming file: one line "tern-archive 1 CREATED RCPTS SENDER\n", then
+ * one line per recipient "L ADDR\n" (L: 1 local, 0 remote), then the raw
+ * message. Addresses have no LF (they come from SMTP commands).
+ */
+static int overflow_write(struct archive *ar, const struct spool_msg *m, const void *data,
+                          size_t len)
+{
+	struct tbuf h = TBUF_INIT(1 << 20);
+	char tmp[4200], dst[4200];
+	int rc = tbuf_printf(&h, "tern-archive 1 %lld %zu %s\n", (long long)m->created, m->n_rcpts,
+	                     m->sender ? m->sender : "");
+	for (size_t i = 0; rc == TERN_OK && i < m->n_rcpts; i++)
+		rc = tbuf_printf(&h, "%d %s\n", m->rcpts[i].local ? 1 : 0, m->rcpts[i].addr);
+	if (rc != TERN_OK) {
+		tbuf_free(&h);
+		return rc;
+	}
+	snprintf(tmp, sizeof(tmp), "%s/%s.tmp", ar->incoming, m->id);
+	snprintf(dst, sizeof(dst), "%s/%s.msg", ar->incoming, m->id);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (fd < 0 || tern_write_full(fd, h.data, h.len) != TERN_OK ||
+	    tern_write_full(fd, data, len) != TERN_OK || close(fd) != 0 || rename(tmp, dst) != 0) {
+		int e = errno;
+		if (fd >= 0)
+			unlink(tmp);
+		log_error("event=archive_overflow_failed id=%s errno=%d", m->id, e);
+		rc = TERN_EIO;
+	}
+	tbuf_free(&h);
+	return rc;
+}
+
+/* Parses an incoming file's header from p[0..n): fills m (sender and rcpts
+ * owned by m) and *body_off. TERN_ESYNTAX when it is not one. */
+static int overflow_parse(const char *p, size_t n, struct spool_msg *m, size_t *body_off)
+{
+	const char *nl = memchr(p, '\n', n);
+	if (!nl || (size_t)(nl - p) < 16 || memcmp(p, "tern-archive 1 ", 15) != 0)
+		return TERN_ESYNTAX;
+	const char *q = p + 15;
+	long long created = 0;
+	size_t nr = 0;
+	int k = 0;
+	while (q < nl && *q >= '0' && *q <= '9' && k++ < 18)
+		created = created * 10 + (*q++ - '0');
+	if (q >= nl || *q++ != ' ')
+		return TERN_ESYNTAX;
+	k = 0;
+	while (q < nl && *q >= '0' && *q <= '9' && k++ < 6)
+		nr = nr * 10 + (size_t)(*q++ - '0');
+	if (q >= nl || *q++ != ' ' || nr == 0 || nr > 100000)
+		return TERN_ESYNTAX;
+	m->created = created;
+	m->sender = tern_strndup(q, (size_t)(nl - q));
+	m->rcpts = calloc(nr, sizeof(*m->rcpts));
+	if (!m->sender || !m->rcpts)
+		return TERN_ENOMEM;
+	const char *e = p + n;
+	q = nl + 1;
+	for (size_t i = 0; i < nr; i++) {
+		nl = memchr(q, '\n', (size_t)(e - q));
+		if (!nl || nl - q < 2 || (q[0] != '0' && q[0] != '1') || q[1] != ' ')
+			return TERN_ESYNTAX;
+		m->rcpts[i].local = q[0] == '1';
+		if (!(m->rcpts[i].addr = tern_strndup(q + 2, (size_t)(nl - q - 2))))
+			return TERN_ENOMEM;
+		m->n_rcpts = i + 1;
+		q = nl + 1;
+	}
+	*body_off = (size_t)(q - p);
+	return TERN_OK;
+}
+
+/* Archives up to BATCH_MAX files of incoming/; the writer thread only. */
+static void drain_incoming(struct archive *ar)
+{
+	if (!atomic_exchange(&ar->incoming_dirty, false))
+		return;
+	DIR *d = opendir(ar->incoming);
+	if (!d)
+		return;
+	struct dirent *de;
+	size_t done = 0;
+	while ((de = readdir(d)) && done < BATCH_MAX) {
+		size_t nl = strlen(de->d_name);
+		char id[QUEUE_ID_LEN + 1], path[4400];
+		if (nl != QUEUE_ID_LEN + 4 || strcmp(de->d_name + QUEUE_ID_LEN, ".msg") != 0)
+			continue;
+		memcpy(id, de->d_name, QUEUE_ID_LEN);
+		id[QUEUE_ID_LEN] = '\0';
+		if (!id_ok(id))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", ar->incoming, de->d_name);
+		struct tbuf raw = TBUF_INIT(SIZE_MAX / 2);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		char buf[65536];
+		ssize_t r = 0;
+		while (fd >= 0 && (r = read(fd, buf, sizeof(buf))) > 0)
+			if (tbuf_append(&raw, buf, (size_t)r) != TERN_OK)
+				break;
+		if (fd >= 0)
+			close(fd);
+		struct spool_msg m;
+		memset(&m, 0, sizeof(m));
+		memcpy(m.id, id, sizeof(m.id));
+		size_t off = 0;
+		int rc = raw.data ? overflow_parse(raw.data, raw.len, &m, &off) : TERN_EIO;
+		if (rc == TERN_OK) {
+			pthread_mutex_lock(&ar->mu);
+			rc = exec(ar, "BEGIN IMMEDIATE");
+			if (rc == TERN_OK) {
+				rc = add_msg(ar, &m, raw.data + off, raw.len - off);
+				if (exec(ar, rc == TERN_OK ? "COMMIT" : "ROLLBACK") != TERN_OK)
+					rc = TERN_EIO;
+			}
+			pthread_mutex_unlock(&ar->mu);
+		}
+		free(m.sender);
+		for (size_t i = 0; i < m.n_rcpts; i++)
+			free(m.rcpts[i].addr);
+		free(m.rcpts);
+		tbuf_free(&raw);
+		if (rc == TERN_OK) {
+			unlink(path);
+			atomic_fetch_add(&ar->archived, 1);
+			log_info("event=archived id=%s from=incoming", id);
+		} else if (rc == TERN_ESYNTAX) {
+			log_error("event=archive_incoming_bad id=%s file=%s", id, path);
+		} else {
+			atomic_store(&ar->incoming_dirty, true); /* try again later */
+		}
+		done++;
+	}
+	closedir(d);
+	if (done == BATCH_MAX)
+		atomic_store(&ar->incoming_dirty, true);
+}
+
+/* ----------------------------------------------------------- the writer */
+
+void archive_on_commit(void *arg, const struct spool_msg *m, const void *data, size_t len)
+{
+	struct archive *ar = arg;
+	bool in, outb;
+	direction_of(m, &in, &outb);
+	if (!((in && ar->conf.inbound) || (outb && ar->conf.outbound)))
+		return;
+	struct qitem *it = calloc(1, sizeof(*it));
+	if (it) {
+		it->msg = spool_msg_dup(m);
+		it->data = malloc(len ? len : 1);
+		it->len = len;
+	}
+	if (!it || !it->msg || !it->data) {
+		if (it) {
+			spool_msg_free(it->msg);
+			free(it->data);
+			free(it);
+		}
+		it = NULL;
+	} else {
+		memcpy(it->data, data, len);
+	}
+	pthread_mutex_lock(&ar->qmu);
+	bool room = it && !ar->closing && ar->q_bytes + len <= ar->q_max;
+	if (room) {
+		if (ar->qtail)
+			ar->qtail->next = it;
+		else
+			ar->qhead = it;
+		ar->qtail = it;
+		ar->q_bytes += len;
+		pthread_cond_signal(&ar->qcond);
+	}
+	pthread_mutex_unlock(&ar->qmu);
+	if (room)
+		return;
+	/* No room (or no memory): the copy goes to incoming/, never dropped. */
+	if (overflow_write(ar, m, data, len) == TERN_OK) {
+		atomic_fetch_add(&ar->overflowed, 1);
+		atomic_store(&ar->incoming_dirty, true);
+		pthread_mutex_lock(&ar->qmu);
+		pthread_cond_signal(&ar->qcond);
+		pthread_mutex_unlock(&ar->qmu);
+		log_info("event=archive_deferred id=%s reason=queue_full", m->id);
+	}
+	if (it) {
+		spool_msg_free(it->msg);
+		free(it->data);
+		free(it);
+	}
+}
+
+static void write_batch(struct archive *ar, struct qitem *batch)
+{
+	pthread_mutex_lock(&ar->mu);
+	int rc = exec(ar, "BEGIN IMMEDIATE");
+	size_t n = 0;
+	for (struct qitem *it = batch; rc == TERN_OK && it; it = it->next, n++)
+		rc = add_msg(ar, it->msg, it->data, it->len);
+	if (rc == TERN_OK)
+		rc = exec(ar, "COMMIT");
+	else
+		exec(ar, "ROLLBACK");
+	pthread_mutex_unlock(&ar->mu);
+	for (struct qitem *it = batch; it; it = it->next) {
+		if (rc == TERN_OK) {
+			log_info("event=archived id=%s size=%zu", it->msg->id, it->len);
+			atomic_fetch_add(&ar->archived, 1);
+		} else if (overflow_write(ar, it->msg, it->data, it->len) == TERN_OK) {
+			/* the batch failed (disk full?): keep the copies for later */
+			atomic_store(&ar->incoming_dirty, true);
+		}
+	}
+	if (rc != TERN_OK)
+		log_error("event=archive_batch_failed messages=%zu err=%s", n, tern_strerror(rc));
+}
+
+static uint32_t expire_every(uint32_t retention)
+{
+	uint32_t t = retention / 2;
+	return t < 1 ? 1 : t > 60 ? 60 : t;
+}
+
+static void *writer_main(void *arg)
+{
+	struct archive *ar = arg;
+	time_t next_expire = time(NULL);
+	for (;;) {
+		pthread_mutex_lock(&ar->qmu);
+		while (!ar->qhead && !ar->closing && !atomic_load(&ar->incoming_dirty) &&
+		       !(ar->conf.retention && time(NULL) >= next_expire)) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1;
+			pthread_cond_timedwait(&ar->qcond, &ar->qmu, &ts);
+		}
+		/* up to BATCH_MAX messages per transaction */
+		struct qitem *batch = ar->qhead, *last = NULL;
+		size_t n = 0;
+		for (struct qitem *it = batch; it && n < BATCH_MAX; it = it->next, n++) {
+			last = it;
+			ar->q_bytes -= it->len;
+		}
+		if (last) {
+			ar->qhead = last->next;
+			if (!ar->qhead)
+				ar->qtail = NULL;
+			last->next = NULL;
+		}
+		bool closing = ar->closing;
+		pthread_mutex_unlock(&ar->qmu);
+		if (batch) {
+			write_batch(ar, batch);
+			while (batch) {
+				struct qitem *nx = batch->next;
+				spool_msg_free(batch->msg);
+				free(batch->data);
+				free(batch);
+				batch = nx;
+			}
+			continue;
+		}
+		drain_incoming(ar);
+		if (ar->conf.retention && time(NULL) >= next_expire) {
+			size_t removed = 0;
+			archive_expire(ar, (int64_t)time(NULL), ar->conf.retention, &removed);
+			next_expire = time(NULL) + expire_every(ar->conf.retention);
+		}
+		if (closing)
+			break;
+	}
+	return NULL;
+}
+
+int archive_start(struct archive *ar, const struct conf_archive *c)
+{
+	ar->conf = *c;
+	if (pthread_create(&ar->thread, NULL, writer_main, ar) != 0)
+		return TERN_EIO;
+	ar->started = true;
+	log_info("event=archive_started dir=%s retention=%us inbound=%d outbound=%d", ar->dir,
+	         (unsigned)c->retention, c->inbound, c->outbound);
+	return TERN_OK;
+}
+
+void archive_close(struct archive *ar)
+{
+	if (!ar)
+		return;
+	if (ar->started) {
+		pthread_mutex_lock(&ar->qmu);
+		ar->closing = true;
+		pthread_cond_signal(&ar->qcond);
+		pthread_mutex_unlock(&ar->qmu);
+		pthread_join(ar->thread, NULL);
+	}
+	while (ar->qhead) { /* only if the writer never ran */
+		struct qitem *nx = ar->qhead->next;
+		spool_msg_free(ar->qhead->msg);
+		free(ar->qhead->data);
+		free(ar->qhead);
+		ar->qhead = nx;
+	}
+	msg_index_stmts_free(&ar->ix);
+	if (ar->db)
+		sqlite3_close(ar->db);
+	pthread_mutex_destroy(&ar->mu);
+	pthread_mutex_destroy(&ar->qmu);
+	pthread_cond_destroy(&ar->qcond);
+	free(ar->dir);
+	free(ar->incoming);
+	free(ar);
+}
+
+void archive_counts(struct archive *ar, uint64_t *archived, uint64_t *overflowed)
+{
+	*archived = atomic_load(&ar->archived);
+	*overflowed = atomic_load(&ar->overflowed);
+}
+
+/* ------------------------------------------------------------- retention */
+
+int archive_expire(struct archive *ar, int64_t now_s, uint32_t retention_s, size_t *removed)
+{
+	*removed = 0;
+	if (retention_s == 0)
+		return TERN_OK;
+	int64_t cut = (now_s - (int64_t)retention_s) * INT64_C(1000000);
+	int64_t seqs[EXPIRE_BATCH];
+	size_t n = 0;
+	pthread_mutex_lock(&ar->mu);
+	/* Select and delete in one write transaction: a hold set meanwhile by
+	 * another connection (the CLI, the API) is either seen or waits. */
+	int rc = exec(ar, "BEGIN IMMEDIATE");
+	if (rc != TERN_OK)
+		goto out;
+	rc = TERN_EIO;
+	sqlite3_stmt *s = prep(ar, "SELECT m.seq FROM messages m JOIN archive a ON a.seq = m.seq "
+	                           "WHERE a.hold = 0 AND m.created < ? LIMIT ?");
+	if (s) {
+		sqlite3_bind_int64(s, 1, cut);
+		sqlite3_bind_int(s, 2, EXPIRE_BATCH);
+		while (n < EXPIRE_BATCH && sqlite3_step(s) == SQLITE_ROW)
+			seqs[n++] = sqlite3_column_int64(s, 0);
+		sqlite3_finalize(s);
+		rc = TERN_OK;
+	}
+	static const char *const del[] = {"DELETE FROM archive WHERE seq = ?",
+	                                  "DELETE FROM blobs WHERE seq = ?"};
+	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
+		rc = msg_index_delete(ar->db, seqs[i]);
+		for (size_t k = 0; k < 2 && rc == TERN_OK; k++) {
+			sqlite3_stmt *d = prep(ar, del[k]);
+			if (!d) {
+				rc = TERN_EIO;
+				break;
+			}
+			sqlite3_bind_int64(d, 1, seqs[i]);
+			if (sqlite3_step(d) != SQLITE_DONE)
+				rc = TERN_EIO;
+			sqlite3_finalize(d);
+		}
+	}
+	if (rc == TERN_OK)
+		rc = exec(ar, "COMMIT");
+	else
+		exec(ar, "ROLLBACK");
+	if (rc == TERN_OK)
+		*removed = n;
+out:
+	pthread_mutex_unlock(&ar->mu);
+	if (*removed)
+		log_info("event=archive_expired messages=%zu retention=%us", *removed,
+		         (unsigned)retention_s);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- reading */
+
+static void bind_params(sqlite3_stmt *s, const struct capture_query *q)
+{
+	for (size_t i = 0; i < q->n_params; i++) {
+		if (q->params[i].kind == CQ_TEXT)
+			sqlite3_bind_text(s, (int)i + 1, q->params[i].text, -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_int64(s, (int)i + 1, q->params[i].i);
+	}
+}
+
+static int parse_query(const char *query, struct capture_query *q)
+{
+	memset(q, 0, sizeof(*q));
+	if (!query)
+		query = "";
+	int rc = capture_query_parse(query, strlen(query), q);
+	return rc;
+}
+
+#define LIST_COLS                                                                                  \
+	"m.id, m.message_id, m.from_name, m.from_addr, m.addrs, m.subject, m.created, m.size, "    \
+	"a.direction, a.hold, m.snippet, m.env_from, m.env_to"
+
+static json_t *summary_from_row(sqlite3_stmt *s)
+{
+	char created[40];
+	rfc3339(sqlite3_column_int64(s, 6), created, sizeof(created));
+	json_t *addrs = json_loads(col_text(s, 4), 0, NULL);
+	json_t *envto = json_loads(col_text(s, 12), 0, NULL);
+	json_t *to = addrs ? json_incref(json_object_get(addrs, "To")) : NULL;
+	json_decref(addrs);
+	return json_pack("{s:o,s:o,s:{s:o,s:o},s:o,s:o,s:s,s:I,s:o,s:b,s:o,s:o,s:o}", "ID",
+	                 jstr(col_text(s, 0)), "MessageID", jstr(col_text(s, 1)), "From", "Name",
+	                 jstr(col_text(s, 2)), "Address", jstr(col_text(s, 3)), "To",
+	                 to ? to : json_array(), "Subject", jstr(col_text(s, 5)), "Created",
+	                 created, "Size", (json_int_t)sqlite3_column_int64(s, 7), "Direction",
+	                 jstr(col_text(s, 8)), "Hold", sqlite3_column_int(s, 9) != 0, "Snippet",
+	                 jstr(col_text(s, 10)), "EnvelopeFrom", jstr(col_text(s, 11)), "EnvelopeTo",
+	                 envto ? envto : json_array());
+}
+
+json_t *archive_search(struct archive *ar, const char *query, size_t start, size_t limit, int *err)
+{
+	struct capture_query q;
+	json_t *res = NULL, *msgs = json_array();
+	struct tbuf sql = TBUF_INIT(1 << 20);
+	sqlite3_stmt *s = NULL;
+	int64_t total = 0, matched = 0;
+	*err = parse_query(query, &q);
+	if (*err != TERN_OK)
+		goto out2;
+	*err = TERN_EIO;
+	if (limit == 0)
+		limit = 50;
+	if (limit > LIST_MAX)
+		limit = LIST_MAX;
+	if (start > INT32_MAX)
+		start = INT32_MAX;
+	pthread_mutex_lock(&ar->mu);
+	if (!(s = prep(ar, "SELECT COUNT(*) FROM archive")))
+		goto out;
+	if (sqlite3_step(s) == SQLITE_ROW)
+		total = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	tbuf_printf(&sql,
+	            "SELECT COUNT(*) FROM messages m JOIN archive a ON a.seq = m.seq WHERE %s",
+	            q.where.data);
+	if (!(s = prep(ar, sql.data)))
+		goto out;
+	bind_params(s, &q);
+	if (sqlite3_step(s) == SQLITE_ROW)
+		matched = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	tbuf_reset(&sql);
+	tbuf_printf(&sql,
+	            "SELECT " LIST_COLS " FROM messages m JOIN archive a ON a.seq = m.seq "
+	            "WHERE %s ORDER BY m.created DESC, m.seq DESC LIMIT ? OFFSET ?",
+	            q.where.data);
+	if (!(s = prep(ar, sql.data)))
+		goto out;
+	bind_params(s, &q);
+	sqlite3_bind_int64(s, (int)q.n_params + 1, (sqlite3_int64)limit);
+	sqlite3_bind_int64(s, (int)q.n_params + 2, (sqlite3_int64)start);
+	while (msgs && sqlite3_step(s) == SQLITE_ROW)
+		json_array_append_new(msgs, summary_from_row(s));
+	if (!msgs)
+		goto out;
+	res = json_pack("{s:I,s:I,s:I,s:I,s:o}", "total", (json_int_t)total, "messages_count",
+	                (json_int_t)matched, "start", (json_int_t)start, "count",
+	                (json_int_t)json_array_size(msgs), "messages", msgs);
+	msgs = NULL;
+	*err = res ? TERN_OK : TERN_ENOMEM;
+out:
+	pthread_mutex_unlock(&ar->mu);
+	sqlite3_finalize(s);
+out2:
+	tbuf_free(&sql);
+	json_decref(msgs);
+	capture_query_free(&q);
+	return res;
+}
+
+/* Lock held: the original bytes of seq appended to out. */
+static int raw_locked(struct archive *ar, int64_t seq, int64_t size, struct tbuf *out)
+{
+	int rc = TERN_EIO;
+	sqlite3_stmt *s = prep(ar, "SELECT data FROM blobs WHERE seq = ?");
+	if (!s)
+		return TERN_EIO;
+	sqlite3_bind_int64(s, 1, seq);
+	if (sqlite3_step(s) != SQLITE_ROW) {
+		rc = TERN_ENOTFOUND;
+		goto out;
+	}
+	const void *z = sqlite3_column_blob(s, 0);
+	size_t zn = (size_t)sqlite3_column_bytes(s, 0);
+	unsigned long long want = ZSTD_getFrameContentSize(z, zn);
+	if (want == ZSTD_CONTENTSIZE_ERROR || want == ZSTD_CONTENTSIZE_UNKNOWN ||
+	    want != (unsigned long long)size) {
+		rc = TERN_ECORRUPT;
+		goto out;
+	}
+	if ((rc = tbuf_reserve(out, (size_t)want + 1)) != TERN_OK)
+		goto out;
+	size_t got = ZSTD_decompress(out->data + out->len, (size_t)want, z, zn);
+	if (ZSTD_isError(got) || got != want) {
+		rc = TERN_ECORRUPT;
+		goto out;
+	}
+	out->len += got;
+	rc = TERN_OK;
+out:
+	sqlite3_finalize(s);
+	return rc;
+}
+
+int archive_raw(struct archive *ar, const char *id, struct tbuf *out)
+{
+	if (!id_ok(id))
+		return TERN_EINVAL;
+	int rc = TERN_ENOTFOUND;
+	pthread_mutex_lock(&ar->mu);
+	sqlite3_stmt *s = prep(ar, "SELECT seq, size FROM messages WHERE id = ?");
+	if (!s) {
+		rc = TERN_EIO;
+	} else {
+		sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+		if (sqlite3_step(s) == SQLITE_ROW)
+			rc = raw_locked(ar, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1),
+			                out);
+		sqlite3_finalize(s);
+	}
+	pthread_mutex_unlock(&ar->mu);
+	return rc;
+}
+
+int archive_set_hold(struct archive *ar, const char *id, bool hold)
+{
+	if (!id_ok(id))
+		return TERN_EINVAL;
+	int rc = TERN_EIO;
+	pthread_mutex_lock(&ar->mu);
+	sqlite3_stmt *s = prep(ar, "UPDATE archive SET hold = ? WHERE seq = "
+	                           "(SELECT seq FROM messages WHERE id = ?)");
+	if (s) {
+		sqlite3_bind_int(s, 1, hold ? 1 : 0);
+		sqlite3_bind_text(s, 2, id, -1, SQLITE_STATIC);
+		if (sqlite3_step(s) == SQLITE_DONE)
+			rc = sqlite3_changes(ar->db) ? TERN_OK : TERN_ENOTFOUND;
+		sqlite3_finalize(s);
+	}
+	pthread_mutex_unlock(&ar->mu);
+	if (rc == TERN_OK)
+		log_info("event=archive_%s id=%s", hold ? "hold" : "release", id);
+	return rc;
+}
+
+/* ----------------------------------------------------------------- export */
+
+bool archive_format_parse(const char *s, size_t n, enum archive_format *out)
+{
+	if (n == 4 && memcmp(s, "mbox", 4) == 0) {
+		*out = ARCHIVE_MBOX;
+		return true;
+	}
+	if (n == 3 && memcmp(s, "zip", 3) == 0) {
+		*out = ARCHIVE_ZIP;
+		return true;
+	}
+	return false;
+}
+
+int archive_mboxrd_quote(const char *data, size_t n, struct tbuf *out)
+{
+	int rc = TERN_OK;
+	size_t i = 0;
+	while (i < n && rc == TERN_OK) {
+		const char *nl = memchr(data + i, '\n', n - i);
+		size_t end = nl ? (size_t)(nl - data) + 1 : n;
+		size_t j = i;
+		while (j < end && data[j] == '>')
+			j++;
+		if (end - j >= 5 && memcmp(data + j, "From ", 5) == 0)
+			rc = tbuf_append(out, ">", 1);
+		if (rc == TERN_OK)
+			rc = tbuf_append(out, data + i, end - i);
+		i = end;
+	}
+	if (rc == TERN_OK && (n == 0 || data[n - 1] != '\n'))
+		rc = tbuf_append(out, "\n", 1);
+	return rc;
+}
+
+static void put16(struct tbuf *b, unsigned v)
+{
+	unsigned char c[2] = {(unsigned char)(v & 0xff), (unsigned char)((v >> 8) & 0xff)};
+	tbuf_append(b, c, 2);
+}
+
+static void put32(struct tbuf *b, uint32_t v)
+{
+	put16(b, v & 0xffff);
+	put16(b, v >> 16);
+}
+
+struct zent {
+	char name[QUEUE_ID_LEN + 5];
+	uint32_t crc, size, off;
+	unsigned dtime, ddate;
+};
+
+static void dos_time(int64_t us, unsigned *t, unsigned *d)
+{
+	time_t secs = (time_t)(us / 1000000);
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	if (tm.tm_year < 80) {
+		*t = 0;
+		*d = (1 << 5) | 1; /* 1980-01-01 */
+		return;
+	}
+	*t = (unsigned)(tm.tm_hour << 11 | tm.tm_min << 5 | tm.tm_sec / 2);
+	*d = (unsigned)((tm.tm_year - 80) << 9 | (tm.tm_mon + 1) << 5 | tm.tm_mday);
+}
+
+/* One stored entry: local header + data. */
+static int zip_add(struct tbuf *out, struct zent *z, const struct tbuf *raw)
+{
+	if (out->len > UINT32_MAX || raw->len > UINT32_MAX)
+		return TERN_ELIMIT;
+	z->off = (uint32_t)out->len;
+	z->size = (uint32_t)raw->len;
+	z->crc = (uint32_t)crc32(0L, (const Bytef *)raw->data, (uInt)raw->len);
+	put32(out, 0x04034b50);
+	put16(out, 10); /* version needed: 1.0 (stored) */
+	put16(out, 0);  /* flags */
+	put16(out, 0);  /* method: stored, so the bytes are the original ones */
+	put16(out, z->dtime);
+	put16(out, z->ddate);
+	put32(out, z->crc);
+	put32(out, z->size);
+	put32(out, z->size);
+	put16(out, (unsigned)strlen(z->name));
+	put16(out, 0);
+	tbuf_append(out, z->name, strlen(z->name));
+	return tbuf_append(out, raw->data, raw->len);
+}
+
+static int zip_finish(struct tbuf *out, const struct zent *z, size_t n)
+{
+	if (out->len > UINT32_MAX)
+		return TERN_ELIMIT;
+	uint32_t cd = (uint32_t)out->len;
+	for (size_t i = 0; i < n; i++) {
+		put32(out, 0x02014b50);
+		put16(out, 20); /* made by */
+		put16(out, 10);
+		put16(out, 0);
+		put16(out, 0);
+		put16(out, z[i].dtime);
+		put16(out, z[i].ddate);
+		put32(out, z[i].crc);
+		put32(out, z[i].size);
+		put32(out, z[i].size);
+		put16(out, (unsigned)strlen(z[i].name));
+		put16(out, 0); /* extra */
+		put16(out, 0); /* comment */
+		put16(out, 0); /* disk */
+		put16(out, 0); /* internal attributes */
+		put32(out, 0); /* external attributes */
+		put32(out, z[i].off);
+		tbuf_append(out, z[i].name, strlen(z[i].name));
+	}
+	if (out->len > UINT32_MAX)
+		return TERN_ELIMIT;
+	uint32_t cdlen = (uint32_t)out->len - cd;
+	put32(out, 0x06054b50);
+	put16(out, 0);
+	put16(out, 0);
+	put16(out, (unsigned)n);
+	put16(out, (unsigned)n);
+	put32(out, cdlen);
+	put32(out, cd);
+	return tbuf_append(out, "\0\0", 2); /* comment length */
+}
+
+int archive_export(struct archive *ar, const char *query, enum archive_format f, struct tbuf *out,
+                   size_t *count)
+{
+	struct capture_query q;
+	struct tbuf sql = TBUF_INIT(1 << 20), raw = TBUF_INIT(SIZE_MAX / 2);
+	struct zent *z = NULL;
+	size_t n = 0;
+	sqlite3_stmt *s = NULL;
+	*count = 0;
+	int rc = parse_query(query, &q);
+	if (rc != TERN_OK)
+		goto out2;
+	if (out->max > EXPORT_MAX_BYTES)
+		out->max = EXPORT_MAX_BYTES;
+	pthread_mutex_lock(&ar->mu);
+	tbuf_printf(&sql,
+	            "SELECT m.seq, m.size, m.id, m.env_from, m.created FROM messages m JOIN "
+	            "archive a ON a.seq = m.seq WHERE %s ORDER BY m.created, m.seq LIMIT %d",
+	            q.where.data, EXPORT_MAX_MSGS + 1);
+	rc = TERN_EIO;
+	if (!(s = prep(ar, sql.data)))
+		goto out;
+	bind_params(s, &q);
+	if (f == ARCHIVE_ZIP && !(z = calloc(EXPORT_MAX_MSGS, sizeof(*z)))) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+	rc = TERN_OK;
+	int st;
+	while (rc == TERN_OK && (st = sqlite3_step(s)) == SQLITE_ROW) {
+		if (n == EXPORT_MAX_MSGS) {
+			rc = TERN_ELIMIT;
+			break;
+		}
+		tbuf_reset(&raw);
+		int64_t created = sqlite3_column_int64(s, 4);
+		rc = raw_locked(ar, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), &raw);
+		if (rc != TERN_OK)
+			break;
+		if (f == ARCHIVE_ZIP) {
+			snprintf(z[n].name, sizeof(z[n].name), "%s.eml", col_text(s, 2));
+			dos_time(created, &z[n].dtime, &z[n].ddate);
+			rc = zip_add(out, &z[n], &raw);
+		} else {
+			char when[64];
+			time_t t = (time_t)(created / 1000000);
+			struct tm tm;
+			gmtime_r(&t, &tm);
+			strftime(when, sizeof(when), "%a %b %e %H:%M:%S %Y", &tm);
+			const char *from = col_text(s, 3);
+			rc = tbuf_printf(
+			    out, "From %s %s\n",
+			    *from && !strpbrk(from, " \t\r\n") ? from : "MAILER-DAEMON", when);
+			if (rc == TERN_OK)
+				rc = archive_mboxrd_quote(raw.data, raw.len, out);
+			if (rc == TERN_OK)
+				rc = tbuf_append(out, "\n", 1);
+		}
+		n++;
+	}
+	if (rc == TERN_OK && f == ARCHIVE_ZIP)
+		rc = zip_finish(out, z, n);
+	if (rc == TERN_OK && out->len == 0 && f == ARCHIVE_MBOX)
+		rc = tbuf_reserve(out, 1); /* an empty mbox is still a file */
+	*count = n;
+out:
+	pthread_mutex_unlock(&ar->mu);
+	sqlite3_finalize(s);
+out2:
+	free(z);
+	tbuf_free(&raw);
+	tbuf_free(&sql);
+	capture_query_free(&q);
+	return rc;
+}

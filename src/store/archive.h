@@ -1,0 +1,100 @@
+/*
+ * archive.h — the message archive (issue 13 item 6): every message the
+ * spool commits, kept raw (zstd-compressed, byte-exact), indexed for the
+ * capture store's search syntax (msg_index.h, capture_query.h), exportable
+ * as mbox or a zip of .eml files, expired after a retention time unless on
+ * legal hold.
+ *
+ * Layout: DATA/archive/index.sqlite (WAL) holds the index tables, one
+ * archive row per message (queue id, direction, hold) and its compressed
+ * bytes (table blobs): one transaction per batch stores the bytes and the
+ * index together, so there is never an index row without its bytes or an
+ * orphan file, and retention is a DELETE. DATA/archive/incoming/ holds
+ * messages the writer could not take yet (see archive_on_commit).
+ *
+ * Must never: slow or block the caller of archive_on_commit (the spool's
+ * committer thread, after the message is durable): it copies the message
+ * into a bounded queue; when the queue is full it writes the copy to
+ * incoming/ instead (no sync), which the writer thread archives later. It
+ * never drops a message for lack of room. Must never delete a held message.
+ */
+#ifndef TERN_STORE_ARCHIVE_H
+#define TERN_STORE_ARCHIVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "core/buf.h"
+#include "core/conf.h"
+#include "queue/queue.h"
+
+struct archive;
+
+/* Opens (creating if needed) DATA/archive under data_dir. The handle may be
+ * used from several threads (one lock). Returns TERN_OK or an error with a
+ * sentence in err. */
+int archive_open(const char *data_dir, struct archive **out, char *err, size_t errlen);
+
+/* Starts the writer thread with c's retention and include settings
+ * (serve only): it archives what archive_on_commit queues, catches up with
+ * incoming/, and expires messages older than the retention (checked every
+ * retention/2, at most every 60 s, at least every 1 s). */
+int archive_start(struct archive *ar, const struct conf_archive *c);
+
+/* Stops the writer after it archived everything queued, then closes. */
+void archive_close(struct archive *ar);
+
+/* The spool's commit hook (spool_set_commit_hook): m and data are the
+ * committed message. Copies what the archive needs; never blocks on the
+ * writer. Messages not included by archive.include are skipped. */
+void archive_on_commit(void *arg, const struct spool_msg *m, const void *data, size_t len);
+
+/* Archives one message now, on the caller's thread (tests, the writer).
+ * direction: "inbound", "outbound" or "mixed". TERN_EEXIST if id is
+ * already archived. */
+int archive_add(struct archive *ar, const char *id, int64_t created_s, const char *sender,
+                const char *const *rcpts, size_t n_rcpts, const char *direction, const void *data,
+                size_t len);
+
+/* Mailpit-style result list for query (capture_query.h syntax; "" = all),
+ * newest first: {"total", "messages_count", "start", "count", "messages":
+ * [{"ID", "MessageID", "From", "To", "Subject", "Created", "Size",
+ * "Direction", "Hold", "Snippet", "EnvelopeFrom", "EnvelopeTo"}]}.
+ * NULL with *err set: TERN_ESYNTAX/TERN_ELIMIT (a bad query), TERN_EIO. */
+json_t *archive_search(struct archive *ar, const char *query, size_t start, size_t limit, int *err);
+
+/* The original bytes of id appended to out. TERN_ENOTFOUND, TERN_EINVAL
+ * (not a queue id), TERN_EIO (damaged). */
+int archive_raw(struct archive *ar, const char *id, struct tbuf *out);
+
+/* Sets or clears the legal hold of id. TERN_ENOTFOUND, TERN_EINVAL. */
+int archive_set_hold(struct archive *ar, const char *id, bool hold);
+
+enum archive_format { ARCHIVE_MBOX, ARCHIVE_ZIP };
+/* "mbox" / "zip" -> format; false for anything else. */
+bool archive_format_parse(const char *s, size_t n, enum archive_format *out);
+
+/* Every message matching query, oldest first, as an mboxrd file (From_
+ * line, ">From " quoting) or a zip (stored, no compression) of ID.eml files
+ * holding the original bytes. *count gets the number of messages.
+ * TERN_ELIMIT past 65,535 messages or out's limit; query errors as in
+ * archive_search. */
+int archive_export(struct archive *ar, const char *query, enum archive_format f, struct tbuf *out,
+                   size_t *count);
+
+/* Deletes messages created before now_s - retention_s that are not on
+ * hold; *removed gets how many. */
+int archive_expire(struct archive *ar, int64_t now_s, uint32_t retention_s, size_t *removed);
+
+/* Messages archived by this handle's writer since start, and in incoming/
+ * awaiting the writer (for logs and tests). */
+void archive_counts(struct archive *ar, uint64_t *archived, uint64_t *overflowed);
+
+/* Appends data[0..n) to out as one mboxrd message body: every line that
+ * matches ^>*From  gets one more '>'. Pure (exposed for the fuzz target). */
+int archive_mboxrd_quote(const char *data, size_t n, struct tbuf *out);
+
+#endif
