@@ -20,6 +20,11 @@
  *   GET  /api/v1/webhooks              webhook endpoints (admin)
  *   GET  /api/v1/webhooks/{id}/attempts  an endpoint's latest attempts (admin)
  *   GET  /t/o/{token}, /t/c/{token}    open pixel, click redirect (http/tracking.h; no key)
+ *   GET  /api/v1/archive               the message archive, searched (archive_routes.h; admin)
+ *   GET  /api/v1/archive/export        matching messages as mbox or zip (admin)
+ *   GET  /api/v1/archive/{id}/raw      an archived message's original bytes (admin)
+ *   PUT  /api/v1/archive/{id}/hold     legal hold on (admin)
+ *   DELETE /api/v1/archive/{id}/hold
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
  * needs scope send or admin and a From domain the key allows. The

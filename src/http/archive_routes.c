@@ -197,7 +197,7 @@ void archive_route(struct archive *ar, const char *method, const char *rest, con
 			if (rc == TERN_ESYNTAX)
 				fail(ans, 400, "invalid_request", "query: not a valid search");
 			else if (rc == TERN_ELIMIT)
-				fail(ans, 413, "too_large",
+				fail(ans, 413, "export_too_large",
 				     "too many messages or bytes for one export; narrow the query");
 			else
 				fail(ans, 500, "store_unavailable",
