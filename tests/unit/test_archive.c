@@ -1,0 +1,330 @@
+/*
+ * test_archive.c — the message archive (src/store/archive.c) and its HTTP
+ * route parsing (src/http/archive_routes.c):
+ *   - stored bytes come back byte for byte (CRLF, bare LF, NUL, 8-bit), from
+ *     archive_raw and inside a zip export (stored entries, checked CRCs);
+ *   - search uses the capture syntax on the shared index (a body word);
+ *   - mbox export quotes From_ lines (mboxrd) and has one From_ per message;
+ *   - retention with a given clock removes old messages but never held ones;
+ *   - archive_on_commit with a full queue (TERN_TEST_ARCHIVE_QUEUE_MAX=1)
+ *     spills to incoming/ and the writer archives it: nothing is lost;
+ *   - the pure parsers: route paths (IDs are queue ids only) and query
+ *     parameters (%XX, '+', NUL and bad escapes refused).
+ */
+#include <ftw.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <zlib.h>
+
+#include "core/buf.h"
+#include "core/err.h"
+#include "core/id.h"
+#include "http/archive_routes.h"
+#include "queue/queue.h"
+#include "store/archive.h"
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+struct fx {
+	char dir[64];
+	struct archive *ar;
+};
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	snprintf(f->dir, sizeof(f->dir), "/tmp/tern_archive_XXXXXX");
+	if (!mkdtemp(f->dir))
+		return -1;
+	char err[256];
+	if (archive_open(f->dir, &f->ar, err, sizeof(err)) != TERN_OK) {
+		fprintf(stderr, "archive_open: %s\n", err);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	archive_close(f->ar);
+	nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static const char MSG1[] = "Received: from x\r\nFrom: Alice <alice@example.org>\r\n"
+                           "To: bob@example.net\r\nSubject: Quarterly budget\r\n\r\n"
+                           "The secret word is marmalade.\r\nFrom the top.\r\n"
+                           ">From quoted already\r\nbare\nlf\n";
+/* 8-bit, a NUL and no final newline: still exactly these bytes */
+static const char MSG2[] = "From: carol@example.org\r\nSubject: binary\r\n\r\nzzz\x00\xff\xfe end";
+
+static void add(struct archive *ar, char id[QUEUE_ID_LEN + 1], int64_t created, const char *msg,
+                size_t len)
+{
+	queue_id_new(id);
+	const char *rcpts[] = {"bob@example.net"};
+	assert_int_equal(
+	    archive_add(ar, id, created, "alice@example.org", rcpts, 1, "inbound", msg, len),
+	    TERN_OK);
+}
+
+static size_t count_sub(const char *h, size_t n, const char *needle)
+{
+	size_t c = 0, k = strlen(needle);
+	for (size_t i = 0; i + k <= n; i++)
+		if (memcmp(h + i, needle, k) == 0)
+			c++;
+	return c;
+}
+
+static uint32_t rd32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void test_raw_search_export(void **state)
+{
+	struct fx *f = *state;
+	char id1[QUEUE_ID_LEN + 1], id2[QUEUE_ID_LEN + 1];
+	int64_t now = (int64_t)time(NULL);
+	add(f->ar, id1, now - 10, MSG1, sizeof(MSG1) - 1);
+	add(f->ar, id2, now - 5, MSG2, sizeof(MSG2) - 1);
+	const char *rcpts[] = {"x@y"};
+	assert_int_equal(archive_add(f->ar, id1, now, "", rcpts, 1, "inbound", "a", 1),
+	                 TERN_EEXIST);
+	assert_int_equal(archive_add(f->ar, "../../etc/pass", now, "", rcpts, 1, "inbound", "a", 1),
+	                 TERN_EINVAL);
+
+	struct tbuf b = TBUF_INIT(1 << 20);
+	assert_int_equal(archive_raw(f->ar, id1, &b), TERN_OK);
+	assert_int_equal(b.len, sizeof(MSG1) - 1);
+	assert_memory_equal(b.data, MSG1, b.len);
+	tbuf_reset(&b);
+	assert_int_equal(archive_raw(f->ar, id2, &b), TERN_OK);
+	assert_int_equal(b.len, sizeof(MSG2) - 1);
+	assert_memory_equal(b.data, MSG2, b.len);
+	tbuf_reset(&b);
+	assert_int_equal(archive_raw(f->ar, "AAAAAAAAAAAAAAAA", &b), TERN_ENOTFOUND);
+	assert_int_equal(archive_raw(f->ar, "x/y", &b), TERN_EINVAL);
+
+	int err;
+	json_t *r = archive_search(f->ar, "marmalade", 0, 10, &err);
+	assert_non_null(r);
+	assert_int_equal(json_integer_value(json_object_get(r, "messages_count")), 1);
+	assert_int_equal(json_integer_value(json_object_get(r, "total")), 2);
+	json_t *m = json_array_get(json_object_get(r, "messages"), 0);
+	assert_string_equal(json_string_value(json_object_get(m, "ID")), id1);
+	assert_string_equal(json_string_value(json_object_get(m, "Subject")), "Quarterly budget");
+	json_decref(r);
+	r = archive_search(f->ar, "from:carol", 0, 10, &err);
+	assert_int_equal(json_integer_value(json_object_get(r, "messages_count")), 1);
+	json_decref(r);
+	assert_null(archive_search(f->ar, "before:2026-02-30", 0, 10, &err));
+	assert_int_equal(err, TERN_ESYNTAX);
+
+	/* zip: two stored entries, oldest first, bytes and CRCs intact */
+	size_t n = 0;
+	tbuf_reset(&b);
+	assert_int_equal(archive_export(f->ar, "", ARCHIVE_ZIP, &b, &n), TERN_OK);
+	assert_int_equal(n, 2);
+	const unsigned char *z = (const unsigned char *)b.data;
+	size_t off = 0;
+	const char *want[] = {MSG1, MSG2};
+	size_t wlen[] = {sizeof(MSG1) - 1, sizeof(MSG2) - 1};
+	const char *ids[] = {id1, id2};
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(rd32(z + off), 0x04034b50);
+		assert_int_equal(z[off + 8] | z[off + 9] << 8, 0); /* stored */
+		uint32_t crc = rd32(z + off + 14), size = rd32(z + off + 18);
+		size_t nl = (size_t)(z[off + 26] | z[off + 27] << 8);
+		assert_int_equal(size, wlen[i]);
+		assert_int_equal(nl, QUEUE_ID_LEN + 4);
+		assert_memory_equal(z + off + 30, ids[i], QUEUE_ID_LEN);
+		const unsigned char *data = z + off + 30 + nl;
+		assert_memory_equal(data, want[i], wlen[i]);
+		assert_int_equal(crc, (uint32_t)crc32(0L, data, (uInt)size));
+		off += 30 + nl + size;
+	}
+	assert_int_equal(rd32(z + off), 0x02014b50);                       /* central directory */
+	assert_int_equal(rd32(z + b.len - 22), 0x06054b50);                /* end record */
+	assert_int_equal(z[b.len - 22 + 10] | z[b.len - 22 + 11] << 8, 2); /* entries */
+
+	/* mbox: one From_ line each; "From the top." and ">From" quoted once more */
+	tbuf_reset(&b);
+	assert_int_equal(archive_export(f->ar, "", ARCHIVE_MBOX, &b, &n), TERN_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(strncmp(b.data, "From alice@example.org ", 23), 0);
+	assert_int_equal(count_sub(b.data, b.len, "\nFrom alice@example.org "), 1);
+	assert_int_equal(count_sub(b.data, b.len, "\n>From the top."), 1);
+	assert_int_equal(count_sub(b.data, b.len, "\n>>From quoted already"), 1);
+	assert_int_equal(count_sub(b.data, b.len, "\nFrom the top."), 0);
+	tbuf_free(&b);
+}
+
+static void test_retention_respects_hold(void **state)
+{
+	struct fx *f = *state;
+	char old1[QUEUE_ID_LEN + 1], old2[QUEUE_ID_LEN + 1], fresh[QUEUE_ID_LEN + 1];
+	int64_t now = 2000000000;
+	add(f->ar, old1, now - 100, MSG1, sizeof(MSG1) - 1);
+	add(f->ar, old2, now - 100, MSG2, sizeof(MSG2) - 1);
+	add(f->ar, fresh, now - 5, MSG1, sizeof(MSG1) - 1);
+	assert_int_equal(archive_set_hold(f->ar, old1, true), TERN_OK);
+	assert_int_equal(archive_set_hold(f->ar, "AAAAAAAAAAAAAAAA", true), TERN_ENOTFOUND);
+	size_t removed = 9;
+	assert_int_equal(archive_expire(f->ar, now, 0, &removed), TERN_OK); /* 0: forever */
+	assert_int_equal(removed, 0);
+	assert_int_equal(archive_expire(f->ar, now, 50, &removed), TERN_OK);
+	assert_int_equal(removed, 1);
+	struct tbuf b = TBUF_INIT(1 << 20);
+	assert_int_equal(archive_raw(f->ar, old2, &b), TERN_ENOTFOUND);
+	assert_int_equal(archive_raw(f->ar, old1, &b), TERN_OK); /* held */
+	tbuf_reset(&b);
+	assert_int_equal(archive_raw(f->ar, fresh, &b), TERN_OK); /* young */
+	int err;
+	json_t *r = archive_search(f->ar, "marmalade", 0, 10, &err);
+	assert_int_equal(json_integer_value(json_object_get(r, "messages_count")), 2);
+	json_decref(r);
+	/* released, the old one goes; the young one stays */
+	assert_int_equal(archive_set_hold(f->ar, old1, false), TERN_OK);
+	assert_int_equal(archive_expire(f->ar, now, 50, &removed), TERN_OK);
+	assert_int_equal(removed, 1);
+	r = archive_search(f->ar, "", 0, 10, &err);
+	assert_int_equal(json_integer_value(json_object_get(r, "total")), 1);
+	json_decref(r);
+	tbuf_free(&b);
+}
+
+static void test_full_queue_spills_and_is_archived(void **state)
+{
+	struct fx *f = *state;
+	archive_close(f->ar);
+	setenv("TERN_TEST_ARCHIVE_QUEUE_MAX", "1", 1);
+	char err[256];
+	assert_int_equal(archive_open(f->dir, &f->ar, err, sizeof(err)), TERN_OK);
+	unsetenv("TERN_TEST_ARCHIVE_QUEUE_MAX");
+	struct conf_archive c = {
+	    .enabled = true, .retention = 0, .inbound = true, .outbound = false};
+	assert_int_equal(archive_start(f->ar, &c), TERN_OK);
+	struct spool_rcpt rl = {.addr = "bob@example.test", .local = true};
+	struct spool_rcpt rr = {.addr = "far@remote.example", .local = false};
+	struct spool_msg m = {
+	    .sender = "alice@example.org", .created = 1700000000, .rcpts = &rl, .n_rcpts = 1};
+	queue_id_new(m.id);
+	archive_on_commit(f->ar, &m, MSG1, sizeof(MSG1) - 1);
+	struct spool_msg skip = m; /* remote only: not included */
+	skip.rcpts = &rr;
+	queue_id_new(skip.id);
+	archive_on_commit(f->ar, &skip, MSG1, sizeof(MSG1) - 1);
+	archive_close(f->ar); /* the writer finishes incoming/ before it stops */
+	assert_int_equal(archive_open(f->dir, &f->ar, err, sizeof(err)), TERN_OK);
+	struct tbuf b = TBUF_INIT(1 << 20);
+	assert_int_equal(archive_raw(f->ar, m.id, &b), TERN_OK);
+	assert_memory_equal(b.data, MSG1, sizeof(MSG1) - 1);
+	assert_int_equal(archive_raw(f->ar, skip.id, &b), TERN_ENOTFOUND);
+	tbuf_free(&b);
+	char path[256];
+	snprintf(path, sizeof(path), "%s/archive/incoming/%s.msg", f->dir, m.id);
+	assert_int_not_equal(access(path, F_OK), 0);
+}
+
+static void test_route_parse(void **state)
+{
+	(void)state;
+	struct archive_route_req r;
+	assert_int_equal(archive_route_parse("", 0, &r), TERN_OK);
+	assert_int_equal(r.kind, AR_LIST);
+	assert_int_equal(archive_route_parse("/export", 7, &r), TERN_OK);
+	assert_int_equal(r.kind, AR_EXPORT);
+	char id[QUEUE_ID_LEN + 1], p[64];
+	queue_id_new(id);
+	snprintf(p, sizeof(p), "/%s/raw", id);
+	assert_int_equal(archive_route_parse(p, strlen(p), &r), TERN_OK);
+	assert_int_equal(r.kind, AR_RAW);
+	assert_string_equal(r.id, id);
+	snprintf(p, sizeof(p), "/%s/hold", id);
+	assert_int_equal(archive_route_parse(p, strlen(p), &r), TERN_OK);
+	assert_int_equal(r.kind, AR_HOLD);
+	const char *bad[] = {"/exports",
+	                     "/x",
+	                     "/../../../etc/raw",
+	                     "/AAAAAAAAAAAAAAA/raw",
+	                     "/aaaaaaaaaaaaaaaa/raw",
+	                     "/AAAAAAAAAAAAAAAA/raw/",
+	                     "/AAAAAAAAAAAAAAAA/"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(archive_route_parse(bad[i], strlen(bad[i]), &r), TERN_ENOTFOUND);
+}
+
+static void test_query_param(void **state)
+{
+	(void)state;
+	char v[16];
+	const char *qs = "queryx=1&query=from%3Aa+b%20c&format=zip&empty";
+	assert_int_equal(archive_query_param(qs, strlen(qs), "query", v, sizeof(v)), TERN_OK);
+	assert_string_equal(v, "from:a b c");
+	assert_int_equal(archive_query_param(qs, strlen(qs), "format", v, sizeof(v)), TERN_OK);
+	assert_string_equal(v, "zip");
+	assert_int_equal(archive_query_param(qs, strlen(qs), "empty", v, sizeof(v)), TERN_OK);
+	assert_string_equal(v, "");
+	assert_int_equal(archive_query_param(qs, strlen(qs), "limit", v, sizeof(v)),
+	                 TERN_ENOTFOUND);
+	assert_int_equal(archive_query_param("query=%zz", 9, "query", v, sizeof(v)), TERN_ESYNTAX);
+	assert_int_equal(archive_query_param("query=%4", 8, "query", v, sizeof(v)), TERN_ESYNTAX);
+	assert_int_equal(archive_query_param("query=a%00b", 11, "query", v, sizeof(v)),
+	                 TERN_ESYNTAX);
+	assert_int_equal(archive_query_param("query=0123456789abcdef", 22, "query", v, sizeof(v)),
+	                 TERN_ELIMIT);
+	/* only the given length is read */
+	assert_int_equal(archive_query_param("query=abc", 7, "query", v, sizeof(v)), TERN_OK);
+	assert_string_equal(v, "a");
+	enum archive_format fm;
+	assert_true(archive_format_parse("zip", 3, &fm) && fm == ARCHIVE_ZIP);
+	assert_true(archive_format_parse("mbox", 4, &fm) && fm == ARCHIVE_MBOX);
+	assert_false(archive_format_parse("tar", 3, &fm));
+}
+
+static void test_mboxrd_quote(void **state)
+{
+	(void)state;
+	struct tbuf b = TBUF_INIT(1 << 16);
+	const char in[] = "From a\n>From b\nxFrom c\n>>From d\r\nFrom";
+	assert_int_equal(archive_mboxrd_quote(in, sizeof(in) - 1, &b), TERN_OK);
+	const char want[] = ">From a\n>>From b\nxFrom c\n>>>From d\r\nFrom\n";
+	assert_int_equal(b.len, sizeof(want) - 1);
+	assert_memory_equal(b.data, want, b.len);
+	tbuf_free(&b);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_raw_search_export, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_retention_respects_hold, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_full_queue_spills_and_is_archived, setup,
+	                                    teardown),
+	    cmocka_unit_test(test_route_parse),
+	    cmocka_unit_test(test_query_param),
+	    cmocka_unit_test(test_mboxrd_quote),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
