@@ -822,6 +822,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		spool_set_commit_hook(sp, archive_on_commit, arch);
 	}
 	sched = scheduler_new(sp, 2);
+	if (sched && arch) /* ARCHIVE: remote recipients' outcomes */
+		scheduler_set_archive_observer(sched, archive_on_result, arch);
 	srv = sched ? smtp_server_new(sp, sched) : NULL;
 	if (!srv || loop_global_init() != 0) {
 		log_error("event=fatal reason=\"out of memory\"");

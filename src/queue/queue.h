@@ -259,6 +259,8 @@ void scheduler_set_remote(struct scheduler *s, struct remote *r);
 typedef void (*scheduler_result_fn)(void *arg, const struct spool_msg *m, size_t idx,
                                     enum rcpt_state st, const char *reply);
 void scheduler_set_observer(struct scheduler *s, scheduler_result_fn fn, void *arg);
+/* A second observer with the same contract, for the archive (store/archive.h). */
+void scheduler_set_archive_observer(struct scheduler *s, scheduler_result_fn fn, void *arg);
 /* Capture mode: local recipients go to this store instead of Maildirs
  * (also starts the capture ingest below; NULL stops and frees it). */
 struct capture_store;

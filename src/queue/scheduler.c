@@ -70,6 +70,8 @@ struct scheduler {
 	struct capture_store *capture; /* capture mode: local recipients are caught here */
 	scheduler_result_fn observer; /* scheduler_set_observer, or NULL */
 	void *observer_arg;
+	scheduler_result_fn archive_observer; /* scheduler_set_archive_observer, or NULL */
+	void *archive_observer_arg;
 	struct capture_ingest *ingest; /* capture mode: SMTP and API mail, not spooled */
 	struct remote_job *results;    /* finished remote jobs waiting to be recorded */
 	int64_t last_prune;
@@ -318,6 +320,12 @@ void scheduler_set_observer(struct scheduler *s, scheduler_result_fn fn, void *a
 {
 	s->observer_arg = arg;
 	s->observer = fn;
+}
+
+void scheduler_set_archive_observer(struct scheduler *s, scheduler_result_fn fn, void *arg)
+{
+	s->archive_observer_arg = arg;
+	s->archive_observer = fn;
 }
 
 void scheduler_set_capture(struct scheduler *s, struct capture_store *st)
@@ -637,13 +645,14 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			break;
 		}
 		}
+		enum rcpt_state ost = o[k].state == RCPT_DELIVERED || o[k].state == RCPT_BOUNCED ||
+		                              o[k].state == RCPT_SUPPRESSED
+		                          ? o[k].state
+		                          : RCPT_DEFERRED;
 		if (s->observer)
-			s->observer(s->observer_arg, m, o[k].idx,
-			            o[k].state == RCPT_DELIVERED || o[k].state == RCPT_BOUNCED ||
-			                    o[k].state == RCPT_SUPPRESSED
-			                ? o[k].state
-			                : RCPT_DEFERRED,
-			            o[k].reply);
+			s->observer(s->observer_arg, m, o[k].idx, ost, o[k].reply);
+		if (s->archive_observer)
+			s->archive_observer(s->archive_observer_arg, m, o[k].idx, ost, o[k].reply);
 	}
 	send_dsn(s, conf, m, data, len, fail, n_fail, "failure");
 	send_dsn(s, conf, m, data, len, ok, n_ok, "success");

@@ -51,6 +51,7 @@
 #define EXPORT_MAX_MSGS 65535 /* a zip without zip64 */
 #define EXPORT_MAX_BYTES (1u << 30)
 #define EXPIRE_BATCH 1000
+#define OUTCOMES_MAX 65536 /* results waiting for the writer */
 
 static const char *const SCHEMA = MSG_INDEX_SCHEMA
     /* one row per archived message, seq = messages.seq; id = the queue id */
@@ -60,13 +61,26 @@ static const char *const SCHEMA = MSG_INDEX_SCHEMA
     " hold INTEGER NOT NULL DEFAULT 0,"
     " codec TEXT NOT NULL," /* "zstd" */
     " zsize INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS blobs (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS blobs (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);"
+    /* remote recipients' results, by queue id (a result may come before its
+     * message is written: no foreign key, joined when read) */
+    "CREATE TABLE IF NOT EXISTS outcomes (queue_id TEXT NOT NULL, rcpt TEXT NOT NULL,"
+    " state TEXT NOT NULL, reply TEXT NOT NULL, time INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS outcomes_queue_id ON outcomes(queue_id);";
 
 struct qitem {
 	struct qitem *next;
 	struct spool_msg *msg; /* owned */
 	char *data;            /* owned */
 	size_t len;
+};
+
+struct outcome {
+	struct outcome *next;
+	char id[QUEUE_ID_LEN + 1];
+	const char *state; /* static (rcpt_state_name) */
+	int64_t time;
+	char *rcpt, *reply; /* owned */
 };
 
 struct archive {
@@ -79,6 +93,8 @@ struct archive {
 	pthread_cond_t qcond;
 	struct qitem *qhead, *qtail;
 	size_t q_bytes, q_max;
+	struct outcome *ohead, *otail;
+	size_t o_n;
 	bool closing, started;
 	pthread_t thread;
 	struct conf_archive conf;
@@ -499,6 +515,87 @@ void archive_on_commit(void *arg, const struct spool_msg *m, const void *data, s
 	}
 }
 
+static void outcome_free(struct outcome *o)
+{
+	free(o->rcpt);
+	free(o->reply);
+	free(o);
+}
+
+void archive_on_result(void *arg, const struct spool_msg *m, size_t idx, enum rcpt_state st,
+                       const char *reply)
+{
+	struct archive *ar = arg;
+	if (!ar->conf.outbound || idx >= m->n_rcpts || m->rcpts[idx].local)
+		return;
+	struct outcome *o = calloc(1, sizeof(*o));
+	if (o) {
+		memcpy(o->id, m->id, sizeof(o->id));
+		o->state = rcpt_state_name(st);
+		o->time = (int64_t)time(NULL);
+		o->rcpt = tern_strdup(m->rcpts[idx].addr ? m->rcpts[idx].addr : "");
+		o->reply = tern_strdup(reply ? reply : "");
+	}
+	if (!o || !o->rcpt || !o->reply || !o->state) {
+		if (o)
+			outcome_free(o);
+		log_error("event=archive_outcome_dropped id=%s reason=nomem", m->id);
+		return;
+	}
+	pthread_mutex_lock(&ar->qmu);
+	bool room = !ar->closing && ar->o_n < OUTCOMES_MAX;
+	if (room) {
+		if (ar->otail)
+			ar->otail->next = o;
+		else
+			ar->ohead = o;
+		ar->otail = o;
+		ar->o_n++;
+		pthread_cond_signal(&ar->qcond);
+	}
+	pthread_mutex_unlock(&ar->qmu);
+	if (!room) {
+		log_warn("event=archive_outcome_dropped id=%s reason=queue_full", m->id);
+		outcome_free(o);
+	}
+}
+
+/* The writer: every queued result in one transaction. */
+static void write_outcomes(struct archive *ar, struct outcome *list)
+{
+	pthread_mutex_lock(&ar->mu);
+	int rc = exec(ar, "BEGIN IMMEDIATE");
+	bool began = rc == TERN_OK;
+	sqlite3_stmt *s = rc == TERN_OK ? prep(ar, "INSERT INTO outcomes (queue_id, rcpt, state, "
+	                                           "reply, time) VALUES (?, ?, ?, ?, ?)")
+	                                : NULL;
+	if (rc == TERN_OK && !s)
+		rc = TERN_EIO;
+	for (struct outcome *o = list; rc == TERN_OK && o; o = o->next) {
+		sqlite3_reset(s);
+		sqlite3_bind_text(s, 1, o->id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, o->rcpt, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 3, o->state, -1, SQLITE_STATIC);
+		sqlite3_bind_text(s, 4, o->reply, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 5, o->time);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			rc = TERN_EIO;
+	}
+	sqlite3_finalize(s);
+	if (rc == TERN_OK)
+		rc = exec(ar, "COMMIT");
+	else if (began)
+		exec(ar, "ROLLBACK");
+	pthread_mutex_unlock(&ar->mu);
+	if (rc != TERN_OK)
+		log_error("event=archive_outcomes_failed err=%s", tern_strerror(rc));
+	while (list) {
+		struct outcome *nx = list->next;
+		outcome_free(list);
+		list = nx;
+	}
+}
+
 static void write_batch(struct archive *ar, struct qitem *batch)
 {
 	pthread_mutex_lock(&ar->mu);
@@ -536,7 +633,8 @@ static void *writer_main(void *arg)
 	time_t next_expire = time(NULL);
 	for (;;) {
 		pthread_mutex_lock(&ar->qmu);
-		while (!ar->qhead && !ar->closing && !atomic_load(&ar->incoming_dirty) &&
+		while (!ar->qhead && !ar->ohead && !ar->closing &&
+		       !atomic_load(&ar->incoming_dirty) &&
 		       !(ar->conf.retention && time(NULL) >= next_expire)) {
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -557,7 +655,14 @@ static void *writer_main(void *arg)
 			last->next = NULL;
 		}
 		bool closing = ar->closing;
+		struct outcome *outs = batch ? NULL : ar->ohead; /* after the messages */
+		if (outs) {
+			ar->ohead = ar->otail = NULL;
+			ar->o_n = 0;
+		}
 		pthread_mutex_unlock(&ar->qmu);
+		if (outs)
+			write_outcomes(ar, outs);
 		if (batch) {
 			write_batch(ar, batch);
 			while (batch) {
@@ -602,6 +707,11 @@ void archive_close(struct archive *ar)
 		pthread_cond_signal(&ar->qcond);
 		pthread_mutex_unlock(&ar->qmu);
 		pthread_join(ar->thread, NULL);
+	}
+	while (ar->ohead) { /* only if the writer never ran */
+		struct outcome *nx = ar->ohead->next;
+		outcome_free(ar->ohead);
+		ar->ohead = nx;
 	}
 	while (ar->qhead) { /* only if the writer never ran */
 		struct qitem *nx = ar->qhead->next;
@@ -654,11 +764,11 @@ int archive_expire(struct archive *ar, int64_t now_s, uint32_t retention_s, size
 		sqlite3_finalize(s);
 		rc = TERN_OK;
 	}
-	static const char *const del[] = {"DELETE FROM archive WHERE seq = ?",
-	                                  "DELETE FROM blobs WHERE seq = ?"};
+	static const char *const del[] = {
+	    "DELETE FROM outcomes WHERE queue_id = (SELECT id FROM messages WHERE seq = ?)",
+	    "DELETE FROM archive WHERE seq = ?", "DELETE FROM blobs WHERE seq = ?"};
 	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
-		rc = msg_index_delete(ar->db, seqs[i]);
-		for (size_t k = 0; k < 2 && rc == TERN_OK; k++) {
+		for (size_t k = 0; k < 3 && rc == TERN_OK; k++) {
 			sqlite3_stmt *d = prep(ar, del[k]);
 			if (!d) {
 				rc = TERN_EIO;
@@ -669,6 +779,8 @@ int archive_expire(struct archive *ar, int64_t now_s, uint32_t retention_s, size
 				rc = TERN_EIO;
 			sqlite3_finalize(d);
 		}
+		if (rc == TERN_OK) /* last: the first delete reads messages */
+			rc = msg_index_delete(ar->db, seqs[i]);
 	}
 	if (rc == TERN_OK)
 		rc = exec(ar, "COMMIT");
@@ -707,7 +819,9 @@ static int parse_query(const char *query, struct capture_query *q)
 
 #define LIST_COLS                                                                                  \
 	"m.id, m.message_id, m.from_name, m.from_addr, m.addrs, m.subject, m.created, m.size, "    \
-	"a.direction, a.hold, m.snippet, m.env_from, m.env_to"
+	"a.direction, a.hold, m.snippet, m.env_from, m.env_to, "                                   \
+	"(SELECT json_group_array(json_object('Recipient', o.rcpt, 'State', o.state, 'Reply', "    \
+	"o.reply, 'Time', o.time)) FROM outcomes o WHERE o.queue_id = m.id)"
 
 static json_t *summary_from_row(sqlite3_stmt *s)
 {
@@ -717,14 +831,24 @@ static json_t *summary_from_row(sqlite3_stmt *s)
 	json_t *envto = json_loads(col_text(s, 12), 0, NULL);
 	json_t *to = addrs ? json_incref(json_object_get(addrs, "To")) : NULL;
 	json_decref(addrs);
-	return json_pack("{s:o,s:o,s:{s:o,s:o},s:o,s:o,s:s,s:I,s:o,s:b,s:o,s:o,s:o}", "ID",
+	json_t *outs = json_loads(col_text(s, 13), 0, NULL);
+	json_t *o;
+	size_t i;
+	json_array_foreach(outs, i, o)
+	{ /* unix seconds -> RFC 3339, as Created */
+		char t[40];
+		rfc3339((int64_t)json_integer_value(json_object_get(o, "Time")) * 1000000, t,
+		        sizeof(t));
+		json_object_set_new(o, "Time", json_string(t));
+	}
+	return json_pack("{s:o,s:o,s:{s:o,s:o},s:o,s:o,s:s,s:I,s:o,s:b,s:o,s:o,s:o,s:o}", "ID",
 	                 jstr(col_text(s, 0)), "MessageID", jstr(col_text(s, 1)), "From", "Name",
 	                 jstr(col_text(s, 2)), "Address", jstr(col_text(s, 3)), "To",
 	                 to ? to : json_array(), "Subject", jstr(col_text(s, 5)), "Created",
 	                 created, "Size", (json_int_t)sqlite3_column_int64(s, 7), "Direction",
 	                 jstr(col_text(s, 8)), "Hold", sqlite3_column_int(s, 9) != 0, "Snippet",
 	                 jstr(col_text(s, 10)), "EnvelopeFrom", jstr(col_text(s, 11)), "EnvelopeTo",
-	                 envto ? envto : json_array());
+	                 envto ? envto : json_array(), "Outcomes", outs ? outs : json_array());
 }
 
 json_t *archive_search(struct archive *ar, const char *query, size_t start, size_t limit, int *err)

@@ -52,6 +52,14 @@ void archive_close(struct archive *ar);
  * writer. Messages not included by archive.include are skipped. */
 void archive_on_commit(void *arg, const struct spool_msg *m, const void *data, size_t len);
 
+/* The scheduler's archive observer (scheduler_set_archive_observer): the
+ * result of a remote recipient (delivered, bounced, deferred, with the
+ * reply) is recorded with the archived copy when "outbound" is included.
+ * Never blocks: a bounded queue (65,536 results); beyond it a result is
+ * dropped and logged. */
+void archive_on_result(void *arg, const struct spool_msg *m, size_t idx, enum rcpt_state st,
+                       const char *reply);
+
 /* Archives one message now, on the caller's thread (tests, the writer).
  * direction: "inbound", "outbound" or "mixed". TERN_EEXIST if id is
  * already archived. */
@@ -62,7 +70,8 @@ int archive_add(struct archive *ar, const char *id, int64_t created_s, const cha
 /* Mailpit-style result list for query (capture_query.h syntax; "" = all),
  * newest first: {"total", "messages_count", "start", "count", "messages":
  * [{"ID", "MessageID", "From", "To", "Subject", "Created", "Size",
- * "Direction", "Hold", "Snippet", "EnvelopeFrom", "EnvelopeTo"}]}.
+ * "Direction", "Hold", "Snippet", "EnvelopeFrom", "EnvelopeTo",
+ * "Outcomes": [{"Recipient", "State", "Reply", "Time"}]}]}.
  * NULL with *err set: TERN_ESYNTAX/TERN_ELIMIT (a bad query), TERN_EIO. */
 json_t *archive_search(struct archive *ar, const char *query, size_t start, size_t limit, int *err);
 

@@ -5,7 +5,8 @@ every message the spool commits, compressed, indexed with the capture store's se
 A message sent over SMTP is found by one word of its body (CLI and API), shown and exported
 (zip, API and CLI) as exactly the bytes tern accepted (the same bytes the Maildir copy ends
 with); mbox exports quote "From " lines (mboxrd) and Python's mailbox reads them; legal hold
-and release work from the CLI and the API; retention (2 s here) deletes old messages and
+and release work from the CLI and the API; a remote recipient's delivery result (deferred,
+here) is recorded with the archived copy; retention (2 s here) deletes old messages and
 never a held one; a full writer queue (forced to 1 byte) loses nothing (messages wait in
 DATA/archive/incoming/ and are archived); include = ["outbound"] skips local-only mail.
 
@@ -154,6 +155,11 @@ def test_api_list_hold_and_errors(arch):
 
     got = wait_for(listed, "the API-sent message in the archive", t)
     assert [m["ID"] for m in got] == [qid] and got[0]["Direction"] == "outbound"
+    # the remote recipient's result is recorded with the copy (DNS is dead here: deferred)
+    got = wait_for(lambda: [m for m in listed() if m["Outcomes"]], "the delivery outcome", t)
+    o = got[0]["Outcomes"][0]
+    assert o["Recipient"] == "someone@remote.example" and o["State"] == "deferred"
+    assert o["Reply"] and re.match(r"\d{4}-\d\d-\d\dT", o["Time"])
     st, body = arch.json("GET", "/api/v1/archive?query=&start=0&limit=1", token=admin)
     assert st == 200 and body["count"] == 1 and body["total"] >= 1 and body["start"] == 0
 
