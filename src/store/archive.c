@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,12 +47,14 @@
 
 #define QUEUE_MAX_BYTES (64u << 20) /* copies waiting for the writer */
 #define BATCH_MAX 256               /* messages per transaction */
+#define BATCH_WAIT_MS 200           /* how long a batch may fill */
 #define ZSTD_LEVEL 3
 #define LIST_MAX 1000         /* results per page */
 #define EXPORT_MAX_MSGS 65535 /* a zip without zip64 */
 #define EXPORT_MAX_BYTES (1u << 30)
 #define EXPIRE_BATCH 1000
 #define OUTCOMES_MAX 65536 /* results waiting for the writer */
+#define WRITER_NICE 10     /* the writer thread's nice value (Linux: per thread) */
 
 static const char *const SCHEMA = MSG_INDEX_SCHEMA
     /* one row per archived message, seq = messages.seq; id = the queue id */
@@ -87,12 +90,14 @@ struct archive {
 	pthread_mutex_t mu; /* db */
 	sqlite3 *db;
 	struct msg_index_stmts ix;
+	sqlite3_stmt *st_exists, *st_arch, *st_blob; /* the insert path's (cached()) */
+	ZSTD_CCtx *zc;                               /* the writer's, under mu */
 	char *dir, *incoming;
 
 	pthread_mutex_t qmu;
 	pthread_cond_t qcond;
 	struct qitem *qhead, *qtail;
-	size_t q_bytes, q_max;
+	size_t q_bytes, q_max, q_n;
 	struct outcome *ohead, *otail;
 	size_t o_n;
 	bool closing, started;
@@ -207,6 +212,20 @@ fail:
 
 /* ---------------------------------------------------------------- adding */
 
+/* A statement of the insert path, prepared once (lock held). */
+static sqlite3_stmt *cached(struct archive *ar, sqlite3_stmt **slot, const char *sql)
+{
+	if (!*slot && sqlite3_prepare_v3(ar->db, sql, -1, SQLITE_PREPARE_PERSISTENT, slot, NULL) !=
+	                  SQLITE_OK) {
+		log_error("event=archive_sql_failed reason=\"%s\"", sqlite3_errmsg(ar->db));
+		sqlite3_finalize(*slot);
+		*slot = NULL;
+	}
+	if (*slot)
+		sqlite3_reset(*slot);
+	return *slot;
+}
+
 /* Inside a transaction, lock held. */
 static int add_locked(struct archive *ar, const char *id, int64_t created_s, const char *sender,
                       const char *const *rcpts, size_t n_rcpts, const char *direction,
@@ -214,60 +233,56 @@ static int add_locked(struct archive *ar, const char *id, int64_t created_s, con
 {
 	int rc = TERN_EIO;
 	struct mime_msg mm;
+	memset(&mm, 0, sizeof(mm)); /* mime_msg_free is safe on it from here */
 	void *z = NULL;
-	sqlite3_stmt *s = NULL;
+	sqlite3_stmt *s = cached(ar, &ar->st_exists, "SELECT 1 FROM messages WHERE id = ?");
+	if (!s)
+		return TERN_EIO;
+	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+	int st = sqlite3_step(s);
+	sqlite3_reset(s);
+	if (st == SQLITE_ROW)
+		return TERN_EEXIST;
 	size_t zcap = ZSTD_compressBound(len);
-	int prc = mime_parse(data, len, 0, &mm);
-	if (prc != TERN_OK) {
-		rc = prc;
-		goto out;
-	}
+	if (!ar->zc && !(ar->zc = ZSTD_createCCtx()))
+		return TERN_ENOMEM;
 	if (!(z = malloc(zcap ? zcap : 1))) {
 		rc = TERN_ENOMEM;
 		goto out;
 	}
-	size_t zn = ZSTD_compress(z, zcap, data, len, ZSTD_LEVEL);
+	/* one context for every message: no tables to allocate and clear each time */
+	size_t zn = ZSTD_compressCCtx(ar->zc, z, zcap, data, len, ZSTD_LEVEL);
 	if (ZSTD_isError(zn)) {
 		log_error("event=archive_compress_failed id=%s reason=\"%s\"", id,
 		          ZSTD_getErrorName(zn));
 		goto out;
 	}
-	s = prep(ar, "SELECT 1 FROM messages WHERE id = ?");
-	if (!s)
+	if ((rc = mime_parse(data, len, 0, &mm)) != TERN_OK)
 		goto out;
-	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-	int st = sqlite3_step(s);
-	sqlite3_finalize(s);
-	s = NULL;
-	if (st == SQLITE_ROW) {
-		rc = TERN_EEXIST;
-		goto out;
-	}
 	int64_t seq = 0;
 	if ((rc = msg_index_insert(ar->db, &ar->ix, id, len, &mm, sender, rcpts, n_rcpts,
 	                           created_s * INT64_C(1000000), &seq)) != TERN_OK)
 		goto out;
 	rc = TERN_EIO;
-	s = prep(ar, "INSERT INTO archive (seq, direction, codec, zsize) VALUES (?, ?, 'zstd', ?)");
-	if (!s)
+	if (!(s = cached(
+	          ar, &ar->st_arch,
+	          "INSERT INTO archive (seq, direction, codec, zsize) VALUES (?, ?, 'zstd', ?)")))
 		goto out;
 	sqlite3_bind_int64(s, 1, seq);
 	sqlite3_bind_text(s, 2, direction, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(s, 3, (sqlite3_int64)zn);
 	st = sqlite3_step(s);
-	sqlite3_finalize(s);
-	s = NULL;
+	sqlite3_reset(s);
 	if (st != SQLITE_DONE)
 		goto out;
-	s = prep(ar, "INSERT INTO blobs (seq, data) VALUES (?, ?)");
-	if (!s)
+	if (!(s = cached(ar, &ar->st_blob, "INSERT INTO blobs (seq, data) VALUES (?, ?)")))
 		goto out;
 	sqlite3_bind_int64(s, 1, seq);
 	sqlite3_bind_blob64(s, 2, z, zn, SQLITE_STATIC);
 	if (sqlite3_step(s) == SQLITE_DONE)
 		rc = TERN_OK;
+	sqlite3_reset(s);
 out:
-	sqlite3_finalize(s);
 	free(z);
 	mime_msg_free(&mm);
 	return rc;
@@ -494,7 +509,9 @@ void archive_on_commit(void *arg, const struct spool_msg *m, const void *data, s
 			ar->qhead = it;
 		ar->qtail = it;
 		ar->q_bytes += len;
-		pthread_cond_signal(&ar->qcond);
+		/* the writer waits for a batch to fill (see writer_main) */
+		if (++ar->q_n == 1 || ar->q_n == BATCH_MAX)
+			pthread_cond_signal(&ar->qcond);
 	}
 	pthread_mutex_unlock(&ar->qmu);
 	if (room)
@@ -630,6 +647,11 @@ static uint32_t expire_every(uint32_t retention)
 static void *writer_main(void *arg)
 {
 	struct archive *ar = arg;
+	/* Below the mail path: on a busy machine the accept and delivery
+	 * threads get the CPU first and the archive catches up after (its
+	 * queue, then incoming/, absorb the difference). Best effort. */
+	if (setpriority(PRIO_PROCESS, (id_t)gettid(), WRITER_NICE) != 0)
+		log_warn("event=archive_nice_failed errno=%d", errno);
 	time_t next_expire = time(NULL);
 	for (;;) {
 		pthread_mutex_lock(&ar->qmu);
@@ -641,12 +663,28 @@ static void *writer_main(void *arg)
 			ts.tv_sec += 1;
 			pthread_cond_timedwait(&ar->qcond, &ar->qmu, &ts);
 		}
+		/* Let a batch fill for up to BATCH_WAIT_MS: one transaction, and
+		 * so one sync, per batch instead of per few messages, which would
+		 * compete with the spool's syncs for the disk. */
+		if (ar->qhead && !ar->closing && ar->q_n < BATCH_MAX) {
+			struct timespec dl;
+			clock_gettime(CLOCK_REALTIME, &dl);
+			dl.tv_nsec += BATCH_WAIT_MS * 1000000L;
+			if (dl.tv_nsec >= 1000000000L) {
+				dl.tv_sec++;
+				dl.tv_nsec -= 1000000000L;
+			}
+			while (!ar->closing && ar->q_n < BATCH_MAX &&
+			       pthread_cond_timedwait(&ar->qcond, &ar->qmu, &dl) != ETIMEDOUT)
+				;
+		}
 		/* up to BATCH_MAX messages per transaction */
 		struct qitem *batch = ar->qhead, *last = NULL;
 		size_t n = 0;
 		for (struct qitem *it = batch; it && n < BATCH_MAX; it = it->next, n++) {
 			last = it;
 			ar->q_bytes -= it->len;
+			ar->q_n--;
 		}
 		if (last) {
 			ar->qhead = last->next;
@@ -721,6 +759,10 @@ void archive_close(struct archive *ar)
 		ar->qhead = nx;
 	}
 	msg_index_stmts_free(&ar->ix);
+	sqlite3_finalize(ar->st_exists);
+	sqlite3_finalize(ar->st_arch);
+	sqlite3_finalize(ar->st_blob);
+	ZSTD_freeCCtx(ar->zc);
 	if (ar->db)
 		sqlite3_close(ar->db);
 	pthread_mutex_destroy(&ar->mu);
