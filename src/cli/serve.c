@@ -288,6 +288,9 @@ static void touch_file(const char *path)
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
+	char admins[4096]; /* the web UI's admins (http/ui_routes.h), read at each login */
+	snprintf(admins, sizeof(admins), "%s/ui-admins", conf->data_dir);
+	touch_file(admins);
 	touch_file(conf->auth.oauth.jwks_file);
 	for (size_t i = 0; i < conf->tls.n_certs; i++) {
 		touch_file(conf->tls.certs[i].cert_file);

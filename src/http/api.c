@@ -20,11 +20,14 @@
  *   GET  /api/v1/webhooks              webhook endpoints (admin)
  *   GET  /api/v1/webhooks/{id}/attempts  an endpoint's latest attempts (admin)
  *   GET  /t/o/{token}, /t/c/{token}    open pixel, click redirect (http/tracking.h; no key)
+ *   GET/POST /api/v1/keys, DELETE /api/v1/keys/{name}  API keys (admin; keys_routes.h)
+ *   /ui/...                            the web UI and its login (ui_routes.h)
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
  * needs scope send or admin and a From domain the key allows. The
  * suppression routes need admin, or scope send and ?domain= one of the
- * key's domains.
+ * key's domains. A logged-in web UI session (its cookie; and its
+ * X-CSRF-Token on anything but GET) counts as an admin key (ui_routes.h).
  * Everything under /v2/ is the SES v2 compatible API (ses.h: SigV4, not a
  * bearer token; not in web/openapi.json); its SendEmail is committed here.
  *
@@ -68,12 +71,14 @@
 #include "deliver/pools.h"
 #include "http/api.h"
 #include "http/events_routes.h"
+#include "http/keys_routes.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "http/ses.h"
 #include "http/suppress_routes.h"
 #include "http/tracking.h"
+#include "http/ui_routes.h"
 #include "store/apikeys.h"
 #include "store/events.h"
 #include "store/quota.h"
@@ -101,6 +106,7 @@ struct api {
 	/* the tracking tokens' key (DATA/suppress.key), read on the pool at first use */
 	unsigned char track_key[TRACK_KEY_LEN];
 	bool track_key_ok;
+	struct ui *ui; /* the web UI and its sessions (ui_routes.h) */
 };
 
 /* One request: what the log line says. */
@@ -122,6 +128,7 @@ struct req_ctx {
 	 */
 	bool deferred;
 	char *in_path, *in_query, *in_auth, *in_ctype; /* NULL when absent */
+	char *in_cookie, *in_csrf;                     /* the web UI session's */
 	struct evbuffer *in_body;                      /* moved out of the request */
 	int d_status;                                  /* the recorded answer, */
 	json_t *d_body;                                /* when d_replied */
@@ -222,6 +229,29 @@ static void add_id(struct req_ctx *c, const char *id)
 
 /* ------------------------------------------------------------------ keys */
 
+/* A request with the web UI's session cookie and no Authorization: an
+ * admin key named "ui:USER" when the session lives (403 without its CSRF
+ * token on a method that changes something). */
+static bool ui_session_key(struct req_ctx *c)
+{
+	bool safe = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0;
+	char user[320 + 1];
+	switch (ui_api_auth(c->a->ui, c->in_cookie, c->in_csrf, safe, user, sizeof(user))) {
+	case UI_AUTH_OK:
+		memset(&c->key, 0, sizeof(c->key));
+		snprintf(c->key.name, sizeof(c->key.name), "ui:%.*s", APIKEY_NAME_MAX - 3, user);
+		c->key.scope = APIKEY_ADMIN;
+		c->have_key = true;
+		return true;
+	case UI_AUTH_CSRF:
+		fail(c, 403, "csrf", "the X-CSRF-Token header is missing or wrong");
+		return false;
+	default:
+		fail(c, 401, "unauthorized", "the session is unknown, expired or logged out");
+		return false;
+	}
+}
+
 /* The key of the request (Bearer, or Basic with the token as password). */
 static bool authenticate(struct req_ctx *c)
 {
@@ -243,6 +273,10 @@ static bool authenticate(struct req_ctx *c)
 			tok = colon + 1;
 			tl = dec.len - (size_t)(colon + 1 - dec.data);
 		}
+	}
+	if (!h && c->in_cookie) { /* the web UI's session stands for an admin key */
+		tbuf_free(&dec);
+		return ui_session_key(c);
 	}
 	int rc = tok ? apikeys_verify(c->a->keys, tok, tl, &c->key) : TERN_ENOTFOUND;
 	tbuf_free(&dec);
@@ -1136,6 +1170,28 @@ static void events_get(struct req_ctx *c, const char *r, const char *qs)
 	reply_json(c, 200, j);
 }
 
+/* On the pool: /api/v1/keys (keys_routes.h), admin only. */
+static void keys_api(struct req_ctx *c)
+{
+	if (!need_scope(c, APIKEY_ADMIN))
+		return;
+	size_t n;
+	bool big;
+	const char *b = body_of(c, 64 * 1024, &n, &big);
+	if (big) {
+		fail(c, 413, "request_too_large", "the request body is too large");
+		return;
+	}
+	const char *name = c->in_path + 12; /* "/api/v1/keys" */
+	json_t *out = NULL;
+	struct api_error e;
+	int st = keys_route(c->a->keys, c->method, *name == '/' ? name + 1 : name, b, n, &out, &e);
+	if (out)
+		reply_json(c, st, out);
+	else
+		reply_error(c, &e);
+}
+
 /* ----------------------------------------------------------- suppression */
 
 /* On the pool: the answer of a suppress_routes.h handler. The API's errors
@@ -1324,7 +1380,8 @@ enum route {
 	R_MAILPIT,
 	R_STATUS,
 	R_EVENTS,
-	R_SES
+	R_SES,
+	R_KEYS
 };
 
 /*
@@ -1347,6 +1404,8 @@ static void rjob_free(struct rjob *j)
 	free(c->in_query);
 	free(c->in_auth);
 	free(c->in_ctype);
+	free(c->in_cookie);
+	free(c->in_csrf);
 	if (c->in_body)
 		evbuffer_free(c->in_body);
 	json_decref(c->d_body);
@@ -1461,6 +1520,8 @@ static void rjob_work(void *arg)
 		message_status(c, r + 9);
 	else if (j->route == R_EVENTS && get)
 		events_get(c, r, c->in_query); /* EVENTS */
+	else if (j->route == R_KEYS)
+		keys_api(c);
 	else
 		fail(c, 405, "method_not_allowed", "this route does not take that method");
 }
@@ -1544,6 +1605,8 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	jc->in_query = dup_or_null(u ? evhttp_uri_get_query(u) : NULL, &nomem);
 	jc->in_auth = dup_or_null(evhttp_find_header(ih, "Authorization"), &nomem);
 	jc->in_ctype = dup_or_null(evhttp_find_header(ih, "Content-Type"), &nomem);
+	jc->in_cookie = dup_or_null(evhttp_find_header(ih, "Cookie"), &nomem);
+	jc->in_csrf = dup_or_null(evhttp_find_header(ih, "X-CSRF-Token"), &nomem);
 	if (route == R_SES) { /* SigV4 signs any of them: take them all */
 		size_t n = 0;
 		for (struct evkeyval *kv = ih->tqh_first; kv; kv = kv->next.tqe_next)
@@ -1622,6 +1685,10 @@ static void handle(void *ctx, struct evhttp_request *req)
 		openapi(&c);
 		return;
 	}
+	if (ui_is_path(path)) {
+		ui_handle(c.a->ui, req, path);
+		return;
+	}
 	enum route rt = R_NONE;
 	if (strncmp(path, SUPPRESS_UNSUB_PATH, strlen(SUPPRESS_UNSUB_PATH)) == 0 &&
 	    !strchr(path + strlen(SUPPRESS_UNSUB_PATH), '/'))
@@ -1650,6 +1717,9 @@ static void handle(void *ctx, struct evhttp_request *req)
 		else if (strcmp(r, "events") == 0 || strcmp(r, "webhooks") == 0 ||
 		         strncmp(r, "webhooks/", 9) == 0)
 			rt = R_EVENTS; /* EVENTS */
+		else if (strcmp(r, "keys") == 0 ||
+		         (strncmp(r, "keys/", 5) == 0 && r[5] && !strchr(r + 5, '/')))
+			rt = R_KEYS;
 	}
 	if (strncmp(path, "/v2/", 4) == 0)
 		rt = R_SES;
@@ -1715,7 +1785,7 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	char eerr[512]; /* EVENTS: the routes answer 503 without it */
 	if (!(a->events = events_db_open(data_dir, eerr, sizeof(eerr))))
 		log_warn("event=api_events_unavailable reason=\"%s\"", eerr);
-	if (!(a->w = worker_new(API_WORKER_INDEX))) {
+	if (!(a->w = worker_new(API_WORKER_INDEX)) || !(a->ui = ui_new(data_dir, a->w))) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -1756,6 +1826,7 @@ void api_stop(struct api *a)
 	 * and run by the loop below (a commit they start, too). */
 	pool_free(a->pool);
 	a->pool = NULL;
+	ui_stop(a->ui); /* a login under way: its answer is posted to the worker */
 	/* Requests still waiting for the commit: their finish() is posted to
 	 * the stopped worker once the spool calls back; run it here, so each
 	 * is answered (and freed) before the servers go. Bounded: 30 s. */
@@ -1798,6 +1869,7 @@ void api_free(struct api *a)
 	apikeys_close(a->results);
 	quota_close();
 	sqlite3_close(a->events);
+	ui_free(a->ui);
 	pthread_mutex_destroy(&a->results_mu);
 	pthread_mutex_destroy(&a->mu);
 	pthread_cond_destroy(&a->cv);
