@@ -211,3 +211,115 @@ def test_keys_routes_list_create_revoke_admin_only(tern_factory):
     st, lst = api.json("GET", "/api/v1/keys", token=admin)
     assert [x["revoked"] for x in lst["keys"] if x["name"] == "shop"][0] > 0
 
+
+
+# --------------------------------------------------------------------------- in Chromium
+
+
+class DeferringMX:
+    """aiosmtpd on 127.0.0.1 answering 451 to every recipient: the message stays deferred."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller  # python3-aiosmtpd, in scripts/install-deps
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                return "451 4.3.0 try again later (test greylist)"
+
+        self.port = free_port()
+        self.ctl = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.ctl.start()
+
+    def stop(self):
+        self.ctl.stop()
+
+
+class FailingReceiver:
+    """A webhook receiver that answers 500 to everything, counting the POSTs."""
+
+    def __init__(self):
+        self.posts = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.posts += 1
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def playwright_ready():
+    """node, Debian's chromium and playwright-core (npm, pinned in tests/e2e/package.json, no
+    browser download), installed as tests/e2e/run.sh does; the reason when impossible."""
+    if not shutil.which("node") or not shutil.which("npm"):
+        return "node/npm are not installed (scripts/install-deps e2e)"
+    if not os.access(os.environ.get("CHROMIUM", "/usr/bin/chromium"), os.X_OK):
+        return "chromium is not installed (scripts/install-deps e2e)"
+    if not (E2E / "node_modules" / "playwright-core" / "package.json").is_file():
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts",
+                            "--loglevel=error"], cwd=E2E, capture_output=True, text=True,
+                           timeout=300, env=dict(os.environ, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1"))
+        if r.returncode != 0:
+            return f"npm could not install playwright-core: {r.stderr[-500:]}"
+    return None
+
+
+def test_ui_in_chromium(tern_factory):
+    why = playwright_ready()
+    if why:
+        pytest.skip(why)
+    mx, hook = DeferringMX(), FailingReceiver()
+    try:
+        t, port = start_serve(tern_factory, {
+            "routes": {"defer.test": {"via": f"smtp://127.0.0.1:{mx.port}"}}})
+        admin = create_key(t, "ops", "--scope", "admin")
+        r = t.cli("webhook", "add", f"http://127.0.0.1:{hook.port}/hook", "--events",
+                  "delivered,deferred", check=True)
+        hook_id = int(r.stdout.split()[1])
+        api = Api(t, port)
+        st, ok = api.json("POST", "/api/v1/messages",
+                          {"from": "app@example.test", "to": ["alice@example.test"],
+                           "subject": "delivered", "text": "hi\n"}, token=admin)
+        assert st == 202, ok
+        st, dfr = api.json("POST", "/api/v1/messages",
+                           {"from": "app@example.test", "to": ["someone@defer.test"],
+                            "subject": "deferred", "text": "later\n"}, token=admin)
+        assert st == 202, dfr
+        deadline = time.monotonic() + 30
+        while True:  # both outcomes are events before the browser looks
+            st, ev = api.json("GET", "/api/v1/events?limit=1000", token=admin)
+            types = {(e["queue_id"], e["type"]) for e in ev["events"]}
+            if (ok["id"], "delivered") in types and (dfr["id"], "deferred") in types:
+                break
+            assert time.monotonic() < deadline, ev
+            time.sleep(0.2)
+        artifacts = E2E / "artifacts"
+        env = dict(os.environ, TERN_UI_URL=f"http://127.0.0.1:{port}", TERN_UI_USER=ADMIN,
+                   TERN_UI_PASSWORD=ADMIN_PW, TERN_ADMIN_TOKEN=admin, TERN_DEFER_QID=dfr["id"],
+                   TERN_WEBHOOK_ID=str(hook_id), TERN_E2E_ARTIFACTS=str(artifacts))
+        try:
+            r = subprocess.run(["node", str(E2E / "serve_ui.spec.mjs")], env=env, cwd=E2E,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=300)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"serve_ui.spec.mjs took longer than 300 s\n{(e.stdout or '')[-4000:]}")
+        print(r.stdout)
+        assert r.returncode == 0 and "PASS" in r.stdout, r.stdout[-6000:]
+        for name in ("login", "dashboard", "events", "suppressions", "keys", "webhooks"):
+            assert (artifacts / f"serve-ui-{name}.png").is_file(), name
+    finally:
+        mx.stop()
+        hook.stop()
