@@ -20,7 +20,9 @@
  *   GET  /api/v1/webhooks              webhook endpoints (admin)
  *   GET  /api/v1/webhooks/{id}/attempts  an endpoint's latest attempts (admin)
  *   GET  /t/o/{token}, /t/c/{token}    open pixel, click redirect (http/tracking.h; no key)
- *   GET/POST /api/v1/keys, DELETE /api/v1/keys/{name}  API keys (admin; keys_routes.h)
+ *   GET  /api/v1/keys                  API keys, never a secret (admin; keys_routes.h)
+ *   POST /api/v1/keys                  make one: its token is in this answer only
+ *   DELETE /api/v1/keys/{id}           revoke one (by name or id)
  *   /ui/...                            the web UI and its login (ui_routes.h)
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
