@@ -81,6 +81,7 @@
 #include "http/suppress_routes.h"
 #include "http/tracking.h"
 #include "http/ui_routes.h"
+#include "http/ui_session.h"
 #include "store/apikeys.h"
 #include "store/events.h"
 #include "store/quota.h"
@@ -237,7 +238,7 @@ static void add_id(struct req_ctx *c, const char *id)
 static bool ui_session_key(struct req_ctx *c)
 {
 	bool safe = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0;
-	char user[320 + 1];
+	char user[UI_USER_MAX + 1];
 	switch (ui_api_auth(c->a->ui, c->in_cookie, c->in_csrf, safe, user, sizeof(user))) {
 	case UI_AUTH_OK:
 		memset(&c->key, 0, sizeof(c->key));

@@ -295,6 +295,13 @@ static void login_work(void *arg)
 		return;
 	}
 	l->rc = users_verify(db, l->user, l->password);
+	if (l->rc == TERN_ENOTFOUND) {
+		/* As slow as a wrong password, so the answer's time does not tell
+		 * which admin names exist. */
+		char h[512];
+		(void)users_hash_password(l->password, h, sizeof(h));
+		explicit_bzero(h, sizeof(h));
+	}
 	explicit_bzero(l->password, sizeof(l->password));
 	users_free(db);
 }
