@@ -8,7 +8,7 @@
 // from elsewhere (the CSP forbids it anyway).
 'use strict';
 
-const S = { csrf: '', user: '', timer: null, chart: null };
+const S = { csrf: '', user: '', timer: null, chart: null, gen: 0 };
 const TYPES = ['sent', 'delivered', 'deferred', 'bounced', 'complained', 'opened', 'clicked', 'suppressed'];
 
 // ------------------------------------------------------------------------------ helpers
@@ -75,8 +75,6 @@ function table(cols, rows, attrs) {
 		h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: cols.length, class: 'muted' }, 'none'))));
 }
 
-function view() { return document.getElementById('view'); }
-
 function stopTimer() {
 	if (S.timer) clearTimeout(S.timer);
 	S.timer = null;
@@ -142,10 +140,9 @@ function drawChart(el, st) {
 	S.chart = new uPlot(opts, data, el);
 }
 
-async function pageDashboard(arg) {
+async function pageDashboard(arg, v) {
 	const since = ['24h', '7d', '30d'].includes(arg.since) ? arg.since : '24h';
 	const group = ['domain', 'provider', 'key', 'tag'].includes(arg.group) ? arg.group : 'domain';
-	const v = view();
 	const sel = (name, opts, cur) => h('select', {
 		'data-testid': `dash-${name}`,
 		onchange: (e) => { location.hash = `#dashboard?since=${name === 'since' ? e.target.value : since}&group=${name === 'group' ? e.target.value : group}`; },
@@ -202,9 +199,8 @@ async function queueAction(id, action) {
 	route();
 }
 
-async function pageQueue(arg) {
+async function pageQueue(arg, v) {
 	const state = ['deferred', 'active', 'held', 'all'].includes(arg.state) ? arg.state : 'all';
-	const v = view();
 	let r;
 	try {
 		r = await api('GET', `/api/v1/queue?state=${state}&limit=200`);
@@ -245,8 +241,7 @@ async function pageQueue(arg) {
 
 // ------------------------------------------------------------------------------- events
 
-async function pageEvents(arg) {
-	const v = view();
+async function pageEvents(arg, v) {
 	const body = h('tbody', { id: 'events-body' });
 	const status = h('span', { class: 'muted', 'data-testid': 'events-status' }, 'loading…');
 	const filter = h('input', { placeholder: 'filter: type, recipient, queue id', 'data-testid': 'events-filter' });
@@ -290,8 +285,7 @@ async function pageEvents(arg) {
 
 // ------------------------------------------------------------------------- suppressions
 
-async function pageSuppressions() {
-	const v = view();
+async function pageSuppressions(arg, v) {
 	const r = await api('GET', '/api/v1/suppressions');
 	const addr = h('input', { placeholder: 'address', 'data-testid': 'supp-address', required: true });
 	const dom = h('input', { placeholder: 'sending domain (empty: every domain)', 'data-testid': 'supp-domain' });
@@ -326,8 +320,7 @@ async function pageSuppressions() {
 
 // ---------------------------------------------------------------------------------- keys
 
-async function pageKeys() {
-	const v = view();
+async function pageKeys(arg, v) {
 	const r = await api('GET', '/api/v1/keys');
 	const name = h('input', { placeholder: 'name', 'data-testid': 'key-name', required: true });
 	const scope = h('select', { 'data-testid': 'key-scope' }, ['send', 'read', 'admin'].map((s) => h('option', { value: s }, s)));
@@ -346,8 +339,8 @@ async function pageKeys() {
 			if (perDay.value) body.per_day = Number(perDay.value);
 			try {
 				const k = await api('POST', '/api/v1/keys', body);
-				await pageKeys();
-				const box = document.querySelector('[data-testid="new-key"]');
+				await pageKeys(arg, v);
+				const box = v.querySelector('[data-testid="new-key"]');
 				box.replaceChildren(h('p', {}, `The token of the key “${k.name}”. It is shown this once: copy it now.`),
 					h('div', { class: 'token', 'data-testid': 'new-token' }, k.token));
 				box.hidden = false;
@@ -373,8 +366,7 @@ async function pageKeys() {
 
 // ------------------------------------------------------------------------------ webhooks
 
-async function pageWebhooks(arg) {
-	const v = view();
+async function pageWebhooks(arg, v) {
 	const r = await api('GET', '/api/v1/webhooks');
 	const att = h('div', { id: 'attempts' });
 	const showAttempts = async (w) => {
@@ -405,20 +397,26 @@ const PAGES = {
 	suppressions: pageSuppressions, keys: pageKeys, webhooks: pageWebhooks,
 };
 
+// Each page draws into a container of its own, in the page at once: a page still loading
+// when another is asked for (a button's reload, then a click on the menu) draws into a
+// container no longer shown, never over the new page.
 async function route() {
 	stopTimer();
+	const gen = ++S.gen;
 	const [name, qs] = (location.hash.slice(1) || 'dashboard').split('?');
 	const page = PAGES[name] ? name : 'dashboard';
 	const arg = Object.fromEntries(new URLSearchParams(qs || ''));
 	for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === page);
+	const v = h('div', { class: 'page' });
+	document.getElementById('view').replaceChildren(v);
 	document.body.dataset.page = page;
 	document.body.dataset.ready = '';
 	try {
-		await PAGES[page](arg);
+		await PAGES[page](arg, v);
 	} catch (e) {
-		if (e.status !== 401) view().replaceChildren(h('p', { class: 'error' }, `cannot load: ${e.message}`));
+		if (e.status !== 401) v.replaceChildren(h('p', { class: 'error' }, `cannot load: ${e.message}`));
 	}
-	document.body.dataset.ready = page;
+	if (gen === S.gen) document.body.dataset.ready = page;
 }
 
 document.addEventListener('DOMContentLoaded', async () => {
