@@ -277,7 +277,10 @@ static bool authenticate(struct req_ctx *c)
 			tl = dec.len - (size_t)(colon + 1 - dec.data);
 		}
 	}
-	if (!h && c->in_cookie) { /* the web UI's session stands for an admin key */
+	const char *sv;
+	size_t sl;
+	if (!h && c->in_cookie && /* the web UI's session stands for an admin key */
+	    ui_cookie_get(c->in_cookie, strlen(c->in_cookie), UI_SESSION_COOKIE, &sv, &sl)) {
 		tbuf_free(&dec);
 		return ui_session_key(c);
 	}

@@ -309,8 +309,7 @@ static void login_work(void *arg)
 static void login_refused(evutil_socket_t fd, short what, void *arg)
 {
 	struct login *l = arg;
-	if (l->req) {
-		common_headers(l->req);
+	if (l->req) { /* the headers of every UI answer were set by ui_handle */
 		reply_error(l->req, 401, "login_failed", "wrong user name or password");
 		log_ui(l->req, "/ui/login", 401, l->user);
 	}
@@ -330,7 +329,6 @@ static void login_done(void *arg)
 			login_free(l);
 			return;
 		}
-		common_headers(l->req);
 		if (ui_session_create(u->sessions, l->user, now_s(), id, csrf) != TERN_OK) {
 			reply_error(l->req, 503, "no_session",
 			            "no session could be made; try again");
@@ -502,17 +500,18 @@ void ui_handle(struct ui *u, struct evhttp_request *req, const char *path)
 	if (strcmp(path, "/ui/logout") == 0 && post) {
 		const char *tok =
 		    evhttp_find_header(evhttp_request_get_input_headers(req), "X-CSRF-Token");
+		int st = 200;
 		if (!live) {
-			reply_error(req, 401, "unauthorized", "no session");
+			reply_error(req, st = 401, "unauthorized", "no session");
 		} else if (!tok || !ui_token_equal(csrf, tok, strlen(tok))) {
-			reply_error(req, 403, "csrf",
+			reply_error(req, st = 403, "csrf",
 			            "the X-CSRF-Token header is missing or wrong");
 		} else {
 			ui_session_drop(u->sessions, id, UI_TOKEN_HEX);
 			set_cookie(req, "", 0);
 			reply_json(req, 200, json_pack("{s:b}", "ok", 1));
 		}
-		log_ui(req, path, live ? 200 : 401, user);
+		log_ui(req, path, st, user);
 		return;
 	}
 	if (!get) {

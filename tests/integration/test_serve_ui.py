@@ -98,6 +98,9 @@ def test_login_gates_every_ui_page_and_the_session_is_an_admin_key(tern_factory)
     for f in ("/ui/app.js", "/ui/vendor/uPlot.iife.min.js", "/ui/session"):
         assert http(port, "GET", f)[0] == 401, f
     assert http(port, "GET", "/api/v1/keys")[0] == 401
+    # another site's cookie on the same host is no session: the usual answer for no key
+    st, _, body = http(port, "GET", "/api/v1/keys", headers={"Cookie": "other=1"})
+    assert st == 401 and "API key is required" in json.loads(body)["error"]["message"]
     # the login page and its own files are public, with a strict CSP
     st, hd, body = http(port, "GET", "/ui/login")
     assert st == 200 and b'id="login-form"' in body
@@ -120,6 +123,7 @@ def test_login_gates_every_ui_page_and_the_session_is_an_admin_key(tern_factory)
     st, hd, body = http(port, "POST", "/ui/login", {"user": ADMIN, "password": ADMIN_PW})
     assert st == 200, body
     sc = hd["Set-Cookie"]
+    assert len(hd.get_all("Content-Security-Policy")) == 1  # set once, not again on the answer
     assert "HttpOnly" in sc and "SameSite=Strict" in sc and "Path=/" in sc
     assert "Max-Age=43200" in sc and "Secure" not in sc
     st, cookie, csrf = login(port)  # a form works too? JSON here; the form below
