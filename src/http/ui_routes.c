@@ -86,7 +86,8 @@ void ui_stop(struct ui *u)
 	pool_free(u->pool);
 	u->pool = NULL;
 	/* The worker has stopped (api_stop): the logins still waiting out
-	 * their delay are answered now, while their requests still exist. */
+	 * their delay end now, while their requests still exist (their 401 is
+	 * queued, but the connection closes with the servers). */
 	u->stopping = true;
 	while (u->delayed)
 		login_refused(-1, 0, u->delayed);

@@ -217,6 +217,37 @@ def test_keys_routes_list_create_revoke_admin_only(tern_factory):
 
 
 
+def test_failed_logins_block_the_address_and_stop_answers_the_waiting_ones(tern_factory):
+    """The brute-force throttle (auth/throttle.c, as for SMTP AUTH): ten failures from one
+    address block it, so the right password then gets 429 with Retry-After and no session.
+    The failures wait out growing delays (1 s doubling to 16 s) before their 401; a tern that
+    stops ends those still waiting at once (their connection closes; sanitizers stay quiet)."""
+    t, port = start_serve(tern_factory)
+    codes = []
+
+    def fail_once():
+        try:
+            codes.append(http(port, "POST", "/ui/login", {"user": ADMIN, "password": "nope"})[0])
+        except OSError:  # tern stopped while this one waited out its delay
+            codes.append("closed")
+
+    threads = [threading.Thread(target=fail_once, daemon=True) for _ in range(10)]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + 60
+    while "event=ui_login_failed" not in t.log_path.read_text() or \
+            "failures=10" not in t.log_path.read_text():
+        assert time.monotonic() < deadline, t.log_tail()
+        time.sleep(0.1)
+    st, hd, body = http(port, "POST", "/ui/login", {"user": ADMIN, "password": ADMIN_PW})
+    assert st == 429 and int(hd["Retry-After"]) > 0, body
+    assert "Set-Cookie" not in hd
+    assert t.stop() == 0
+    for th in threads:
+        th.join(30)
+    assert len(codes) == 10 and set(codes) <= {401, "closed"}, codes
+
+
 # --------------------------------------------------------------------------- in Chromium
 
 
