@@ -19,6 +19,12 @@
  *   GET  /api/v1/events                stored events, paged (events_routes.h)
  *   GET  /api/v1/webhooks              webhook endpoints (admin)
  *   GET  /api/v1/webhooks/{id}/attempts  an endpoint's latest attempts (admin)
+ *   GET  /api/v1/stats                 delivery statistics (admin; stats_routes.h)
+ *   GET  /api/v1/queue                 the queue, paged (admin; queue_routes.h)
+ *   POST /api/v1/queue/{queue_id}/retry    deliver now (admin)
+ *   POST /api/v1/queue/{queue_id}/hold     hold its waiting recipients (admin)
+ *   POST /api/v1/queue/{queue_id}/release  release its held recipients (admin)
+ *   DELETE /api/v1/queue/{queue_id}        remove it, no DSN (admin)
  *   GET  /t/o/{token}, /t/c/{token}    open pixel, click redirect (http/tracking.h; no key)
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
@@ -68,6 +74,8 @@
 #include "deliver/pools.h"
 #include "http/api.h"
 #include "http/events_routes.h"
+#include "http/queue_routes.h"
+#include "http/stats_routes.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
@@ -1136,6 +1144,42 @@ static void events_get(struct req_ctx *c, const char *r, const char *qs)
 	reply_json(c, 200, j);
 }
 
+/* On the pool: GET /api/v1/stats and the queue routes, admin only (r: the
+ * path after /api/v1/; http/stats_routes.h, http/queue_routes.h). */
+static void ops_route(struct req_ctx *c, const char *r)
+{
+	if (!need_scope(c, APIKEY_ADMIN))
+		return;
+	json_t *body = NULL;
+	const char *why = "the request failed";
+	char id[QUEUE_ID_LEN + 1] = "";
+	int st;
+	if (strcmp(r, "stats") != 0) {
+		st = queue_route(c->a->sp, c->a->sched, c->method, r + 5, c->in_query, c->key.name,
+		                 id, &body, &why);
+	} else if (!c->a->events) {
+		fail(c, 503, "store_unavailable", "the event store could not be opened");
+		return;
+	} else if (strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0) {
+		const char *qs = c->in_query;
+		st = stats_route(c->a->events, qs, qs ? strlen(qs) : 0, &body, &why);
+	} else {
+		st = 405;
+		why = "this route does not take that method";
+	}
+	if (id[0])
+		add_id(c, id);
+	if (st == 200)
+		reply_json(c, 200, body);
+	else
+		fail(c, st,
+		     st == 400   ? "invalid_request"
+		     : st == 404 ? "not_found"
+		     : st == 405 ? "method_not_allowed"
+		                 : "internal",
+		     why);
+}
+
 /* ----------------------------------------------------------- suppression */
 
 /* On the pool: the answer of a suppress_routes.h handler. The API's errors
@@ -1324,6 +1368,7 @@ enum route {
 	R_MAILPIT,
 	R_STATUS,
 	R_EVENTS,
+	R_OPS, /* stats and queue */
 	R_SES
 };
 
@@ -1461,6 +1506,8 @@ static void rjob_work(void *arg)
 		message_status(c, r + 9);
 	else if (j->route == R_EVENTS && get)
 		events_get(c, r, c->in_query); /* EVENTS */
+	else if (j->route == R_OPS)
+		ops_route(c, r);
 	else
 		fail(c, 405, "method_not_allowed", "this route does not take that method");
 }
@@ -1650,6 +1697,9 @@ static void handle(void *ctx, struct evhttp_request *req)
 		else if (strcmp(r, "events") == 0 || strcmp(r, "webhooks") == 0 ||
 		         strncmp(r, "webhooks/", 9) == 0)
 			rt = R_EVENTS; /* EVENTS */
+		else if (strcmp(r, "stats") == 0 || strcmp(r, "queue") == 0 ||
+		         strncmp(r, "queue/", 6) == 0)
+			rt = R_OPS;
 	}
 	if (strncmp(path, "/v2/", 4) == 0)
 		rt = R_SES;
