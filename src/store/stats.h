@@ -96,7 +96,8 @@ struct stats_result {
 };
 
 #define STATS_REASONS_MAX 10
-#define STATS_SERIES_MAX 2400 /* 100 days of hours: bounds a query's answer */
+/* Bounds a query's answer: 100 days of hours and the hour now running. */
+#define STATS_SERIES_MAX 2401
 
 /*
  * Runs q over the store db (events_db_open). TERN_OK with *out filled (free

@@ -11,12 +11,14 @@ some (550 5.1.1); mail goes through the API and through SMTP. Then:
   - the queue: a deferred message is listed with its reason and next attempt; hold keeps it
     from being tried, release and retry try it at once, retry delivers once the MX accepts;
     delete removes it (404 afterwards); the listing pages with a cursor;
-  - only admin keys: another key gets 403.
+  - only admin keys: another key gets 403;
+  - `tern stats` prints the same numbers (as the API's JSON and as a table).
 
 Never: a timed assertion; every wait is bounded.
 """
 
 import collections
+import json
 import threading
 import time
 
@@ -227,6 +229,20 @@ def test_stats_equal_the_events(world):
     assert s["totals"]["delivered"] == 7
     assert 0 <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert "Apple Mail Privacy Protection" in s["opens_note"]
+    # `tern stats` reads the same store: the same numbers, as JSON and as a table
+    r = api.t.cli("stats", "--since", "24h", "--group", "domain", "--json", check=True)
+    cli = json.loads(r.stdout)
+    assert cli["totals"] == s["totals"] and cli["group"] == "domain"
+    assert {g.pop("name"): g for g in cli["groups"]} == groups
+    assert cli["top_bounce_reasons"] == s["top_bounce_reasons"]
+    r = api.t.cli("stats", "--group", "provider", check=True)
+    rows = {ln.split()[0]: [int(x) for x in ln.split()[1:]] for ln in r.stdout.splitlines()
+            if ln.split() and ln.split()[0] in ("total", "google")}
+    assert rows["total"] == [s["totals"][c] for c in COUNTERS]
+    assert rows["google"] == [p["google"][c] for c in COUNTERS]
+    assert "5.1.1" in r.stdout and "Apple Mail Privacy Protection" in r.stdout
+    r = api.t.cli("stats", "--group", "country")
+    assert r.returncode == 2 and "group: none, domain, key, tag or provider" in r.stderr
     # a day's bucket, and the same totals
     d = stats(api, "?since=7d&bucket=day")
     assert d["bucket"] == "day" and d["groups"] == []
