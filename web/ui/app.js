@@ -82,44 +82,6 @@ function stopTimer() {
 
 // ---------------------------------------------------------------------------- dashboard
 
-// The same totals as the stats API, from the events API (for a server without /api/v1/stats):
-// "sent" counts queued events, every other counter its own type.
-async function statsFromEvents(since) {
-	const secs = { '24h': 86400, '7d': 7 * 86400, '30d': 30 * 86400 }[since];
-	const until = Math.floor(Date.now() / 1000);
-	const from = until - secs;
-	const bucket = since === '24h' ? 3600 : 86400;
-	const zero = () => Object.fromEntries(TYPES.map((t) => [t, 0]));
-	const totals = zero();
-	const series = new Map();
-	const groups = new Map();
-	let cursor = null;
-	for (let page = 0; page < 200; page++) {
-		const q = `?since=${from}&limit=1000` + (cursor ? `&cursor=${encodeURIComponent(cursor)}` : '');
-		const r = await api('GET', '/api/v1/events' + q);
-		for (const e of r.events) {
-			const k = e.type === 'queued' ? 'sent' : e.type;
-			if (!(k in totals)) continue;
-			totals[k]++;
-			const t = Math.floor(Date.parse(e.time) / 1000 / bucket) * bucket;
-			if (!series.has(t)) series.set(t, { t, ...zero() });
-			series.get(t)[k]++;
-			const dom = (e.recipient || '').split('@')[1] || '(none)';
-			if (!groups.has(dom)) groups.set(dom, { name: dom, ...zero() });
-			groups.get(dom)[k]++;
-		}
-		cursor = r.next_cursor;
-		if (!r.more) break;
-	}
-	return {
-		since: from, until, bucket: bucket === 3600 ? 'hour' : 'day', group: 'domain', totals,
-		series: [...series.values()].sort((a, b) => a.t - b.t),
-		groups: [...groups.values()].sort((a, b) => b.sent - a.sent),
-		latency_ms: null, top_bounce_reasons: [], fromEvents: true,
-		opens_note: 'opens are approximate: Apple Mail Privacy Protection and image proxies open every message',
-	};
-}
-
 function drawChart(el, st) {
 	if (S.chart) { S.chart.destroy(); S.chart = null; }
 	if (typeof uPlot === 'undefined') { el.textContent = 'chart library not loaded'; return; }
@@ -151,28 +113,21 @@ async function pageDashboard(arg, v) {
 		h('div', { class: 'row' }, 'Period ', sel('since', ['24h', '7d', '30d'], since),
 			' by ', sel('group', ['domain', 'provider', 'key', 'tag'], group)),
 		h('p', { class: 'muted' }, 'loading…'));
-	let st;
-	try {
-		st = await api('GET', `/api/v1/stats?since=${since}&bucket=${since === '24h' ? 'hour' : 'day'}&group=${group}`);
-	} catch (e) {
-		if (e.status !== 404) throw e;
-		st = await statsFromEvents(since);
-	}
+	const st = await api('GET', `/api/v1/stats?since=${since}&bucket=${since === '24h' ? 'hour' : 'day'}&group=${group}`);
 	const totals = h('div', { class: 'totals', id: 'totals' },
 		TYPES.map((k) => h('div', { class: 'total' },
 			h('div', { class: 'n', 'data-testid': `total-${k}` }, String(st.totals[k] || 0)),
 			h('div', { class: 'l' }, k))));
 	const chart = h('div', { id: 'chart' });
 	const lat = st.latency_ms;
-	const groupRows = (st.groups || []).map((g) => h('tr', {}, h('td', {}, g.name),
+	const groupRows = (st.groups || []).map((g) => h('tr', { 'data-group': g.name }, h('td', {}, g.name),
 		TYPES.map((k) => h('td', { class: 'num' }, String(g[k] || 0)))));
 	const bounceRows = (st.top_bounce_reasons || []).map((b) => h('tr', {},
 		h('td', {}, b.status || ''), h('td', {}, b.reason || ''), h('td', { class: 'num' }, String(b.count))));
 	v.replaceChildren(h('h2', {}, 'Dashboard'),
 		h('div', { class: 'row' }, 'Period ', sel('since', ['24h', '7d', '30d'], since),
 			' by ', sel('group', ['domain', 'provider', 'key', 'tag'], group),
-			h('span', { class: 'muted' }, ` ${when(st.since)} – ${when(st.until)}`),
-			st.fromEvents ? h('span', { class: 'muted', 'data-testid': 'from-events' }, ' (counted from the events; no stats API on this server)') : null),
+			h('span', { class: 'muted' }, ` ${when(st.since)} – ${when(st.until)}`)),
 		totals,
 		h('h3', {}, `Per ${st.bucket}`), h('div', { class: 'card' }, chart),
 		h('h3', {}, `Per ${group}`), table([{ label: group }, ...TYPES.map((k) => ({ label: k, num: true }))], groupRows, { 'data-testid': 'groups' }),
