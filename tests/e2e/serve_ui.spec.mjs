@@ -114,6 +114,7 @@ const isLocal = (u) => {
 
 async function main() {
 	mkdirSync(ARTIFACTS, { recursive: true });
+	rmSync(join(ARTIFACTS, 'serve-ui-failure.png'), { force: true }); // from an earlier run
 	const work = mkdtempSync(join(tmpdir(), 'tern-serve-ui-'));
 	const profile = join(work, 'profile');
 	mkdirSync(profile);
