@@ -175,32 +175,13 @@ static void redirect_login(struct evhttp_request *req)
 	reply_bytes(req, 302, "text/plain; charset=utf-8", "login first\n", 12);
 }
 
-static const char *ctype_of(const char *path)
-{
-	static const struct {
-		const char *ext, *type;
-	} t[] = {
-	    {".html", "text/html; charset=utf-8"},
-	    {".js", "text/javascript; charset=utf-8"},
-	    {".css", "text/css; charset=utf-8"},
-	    {".svg", "image/svg+xml"},
-	    {".png", "image/png"},
-	    {".json", "application/json"},
-	};
-	const char *dot = strrchr(path, '.');
-	for (size_t i = 0; dot && i < sizeof(t) / sizeof(t[0]); i++)
-		if (strcasecmp(dot, t[i].ext) == 0)
-			return t[i].type;
-	return "application/octet-stream";
-}
-
 static bool serve_asset(struct evhttp_request *req, const char *file)
 {
 	size_t n;
 	const unsigned char *d = http_asset_find(file, &n);
 	if (!d)
 		return false;
-	reply_bytes(req, 200, ctype_of(file), d, n);
+	reply_bytes(req, 200, http_asset_type(file), d, n);
 	return true;
 }
 
