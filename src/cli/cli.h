@@ -66,6 +66,7 @@ int cmd_apikey(int argc, char **argv);         /* `tern apikey` (apikey.c) */
 int cmd_archive(int argc, char **argv);        /* `tern archive` (archive.c) */
 int cmd_events(int argc, char **argv);         /* `tern events tail` (events.c) */
 int cmd_webhook(int argc, char **argv);        /* `tern webhook ...` (webhook.c) */
+int cmd_stats(int argc, char **argv);          /* `tern stats` (stats.c) */
 
 /*
  * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file

@@ -36,6 +36,7 @@ static const struct command {
     {"events", cmd_events},
     {"webhook", cmd_webhook},
     {"archive", cmd_archive},
+    {"stats", cmd_stats},
     /* clang-format on */
 };
 
@@ -75,6 +76,8 @@ static const struct cli_help help = {
     "                             signed webhook endpoints for events\n"
     "  archive search|show|export|hold|release\n"
     "                             the message archive: search, original bytes, mbox/zip\n"
+    "  stats [--since AGE] [--group domain|key|tag|provider]\n"
+    "                             delivery statistics from the stored events\n"
     "  version                    print the version\n"
     "\n"
     "Exit status: 0 success, 1 failure, 2 usage error.\n"

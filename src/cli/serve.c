@@ -43,6 +43,7 @@
 #include "core/privsep.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "deliver/pools.h"
 #include "http/metrics_http.h"
 #include "http/api.h"
 #include "policy/policy.h"
@@ -289,6 +290,9 @@ static void touch_file(const char *path)
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
+	char admins[4096]; /* the web UI's admins (http/ui_routes.h), read at each login */
+	snprintf(admins, sizeof(admins), "%s/ui-admins", conf->data_dir);
+	touch_file(admins);
 	touch_file(conf->auth.oauth.jwks_file);
 	for (size_t i = 0; i < conf->tls.n_certs; i++) {
 		touch_file(conf->tls.certs[i].cert_file);
@@ -1006,6 +1010,7 @@ out:
 	scheduler_drain_results(sched);
 	api_free(api); /* after the last result it could be told of */
 	quota_close(); /* after the workers: writes the last counts */
+	pools_close(); /* likewise the warm-up counters */
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);

@@ -19,17 +19,28 @@
  *   GET  /api/v1/events                stored events, paged (events_routes.h)
  *   GET  /api/v1/webhooks              webhook endpoints (admin)
  *   GET  /api/v1/webhooks/{id}/attempts  an endpoint's latest attempts (admin)
+ *   GET  /api/v1/stats                 delivery statistics (admin; stats_routes.h)
+ *   GET  /api/v1/queue                 the queue, paged (admin; queue_routes.h)
+ *   POST /api/v1/queue/{queue_id}/retry    deliver now (admin)
+ *   POST /api/v1/queue/{queue_id}/hold     hold its waiting recipients (admin)
+ *   POST /api/v1/queue/{queue_id}/release  release its held recipients (admin)
+ *   DELETE /api/v1/queue/{queue_id}        remove it, no DSN (admin)
  *   GET  /t/o/{token}, /t/c/{token}    open pixel, click redirect (http/tracking.h; no key)
  *   GET  /api/v1/archive               the message archive, searched (archive_routes.h; admin)
  *   GET  /api/v1/archive/export        matching messages as mbox or zip (admin)
  *   GET  /api/v1/archive/{id}/raw      an archived message's original bytes (admin)
  *   PUT  /api/v1/archive/{id}/hold     legal hold on (admin)
  *   DELETE /api/v1/archive/{id}/hold
+ *   GET  /api/v1/keys                  API keys, never a secret (admin; keys_routes.h)
+ *   POST /api/v1/keys                  make one: its token is in this answer only
+ *   DELETE /api/v1/keys/{id}           revoke one (by name or id)
+ *   /ui/...                            the web UI and its login (ui_routes.h)
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
  * needs scope send or admin and a From domain the key allows. The
  * suppression routes need admin, or scope send and ?domain= one of the
- * key's domains.
+ * key's domains. A logged-in web UI session (its cookie; and its
+ * X-CSRF-Token on anything but GET) counts as an admin key (ui_routes.h).
  * Everything under /v2/ is the SES v2 compatible API (ses.h: SigV4, not a
  * bearer token; not in web/openapi.json); its SendEmail is committed here.
  *
@@ -74,12 +85,17 @@
 #include "http/api.h"
 #include "http/archive_routes.h"
 #include "http/events_routes.h"
+#include "http/keys_routes.h"
+#include "http/queue_routes.h"
+#include "http/stats_routes.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "http/ses.h"
 #include "http/suppress_routes.h"
 #include "http/tracking.h"
+#include "http/ui_routes.h"
+#include "http/ui_session.h"
 #include "store/apikeys.h"
 #include "store/archive.h"
 #include "store/events.h"
@@ -104,11 +120,18 @@ struct api {
 	struct http_server *http[16];
 	size_t n_http;
 	bool started;
-	sqlite3 *events;         /* DATA/events.db for the event routes (the pool's), or NULL */
-	struct archive *archive; /* ARCHIVE: opened on the pool at first use */
+	sqlite3 *events; /* DATA/events.db for the event routes (the pool's), or NULL */
+	/* Statistics and the queue (R_OPS) on a pool thread of their own, with
+	 * their own connections: a 30-day count over a large event store takes
+	 * seconds of SQLite, which must not hold up sends on a->pool. */
+	struct pool *ops_pool;
+	struct apikeys *ops_keys;
+	sqlite3 *ops_events;
+	struct archive *archive; /* ARCHIVE: opened at first use, on the ops pool */
 	/* the tracking tokens' key (DATA/suppress.key), read on the pool at first use */
 	unsigned char track_key[TRACK_KEY_LEN];
 	bool track_key_ok;
+	struct ui *ui; /* the web UI and its sessions (ui_routes.h) */
 };
 
 /* One request: what the log line says. */
@@ -120,6 +143,8 @@ struct req_ctx {
 	char peer[64];
 	struct apikey key;
 	bool have_key;
+	/* the key store connection of the pool thread the request runs on */
+	struct apikeys *keys;
 	int64_t retry_after; /* > 0: a Retry-After field goes with the reply */
 	char ids[160];       /* queue ids, comma-separated, for the log */
 	/*
@@ -130,6 +155,7 @@ struct req_ctx {
 	 */
 	bool deferred;
 	char *in_path, *in_query, *in_auth, *in_ctype; /* NULL when absent */
+	char *in_cookie, *in_csrf;                     /* the web UI session's */
 	struct evbuffer *in_body;                      /* moved out of the request */
 	int d_status;                                  /* the recorded answer, */
 	json_t *d_body;                                /* when d_replied */
@@ -231,6 +257,29 @@ static void add_id(struct req_ctx *c, const char *id)
 
 /* ------------------------------------------------------------------ keys */
 
+/* A request with the web UI's session cookie and no Authorization: an
+ * admin key named "ui:USER" when the session lives (403 without its CSRF
+ * token on a method that changes something). */
+static bool ui_session_key(struct req_ctx *c)
+{
+	bool safe = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0;
+	char user[UI_USER_MAX + 1];
+	switch (ui_api_auth(c->a->ui, c->in_cookie, c->in_csrf, safe, user, sizeof(user))) {
+	case UI_AUTH_OK:
+		memset(&c->key, 0, sizeof(c->key));
+		snprintf(c->key.name, sizeof(c->key.name), "ui:%.*s", APIKEY_NAME_MAX - 3, user);
+		c->key.scope = APIKEY_ADMIN;
+		c->have_key = true;
+		return true;
+	case UI_AUTH_CSRF:
+		fail(c, 403, "csrf", "the X-CSRF-Token header is missing or wrong");
+		return false;
+	default:
+		fail(c, 401, "unauthorized", "the session is unknown, expired or logged out");
+		return false;
+	}
+}
+
 /* The key of the request (Bearer, or Basic with the token as password). */
 static bool authenticate(struct req_ctx *c)
 {
@@ -253,7 +302,15 @@ static bool authenticate(struct req_ctx *c)
 			tl = dec.len - (size_t)(colon + 1 - dec.data);
 		}
 	}
-	int rc = tok ? apikeys_verify(c->a->keys, tok, tl, &c->key) : TERN_ENOTFOUND;
+	const char *sv;
+	size_t sl;
+	if (!h && c->in_cookie && /* the web UI's session stands for an admin key */
+	    ui_cookie_get(c->in_cookie, strlen(c->in_cookie), UI_SESSION_COOKIE, &sv, &sl)) {
+		tbuf_free(&dec);
+		return ui_session_key(c);
+	}
+	int rc =
+	    tok ? apikeys_verify(c->keys ? c->keys : c->a->keys, tok, tl, &c->key) : TERN_ENOTFOUND;
 	tbuf_free(&dec);
 	if (rc == TERN_OK) {
 		c->have_key = true;
@@ -1145,6 +1202,64 @@ static void events_get(struct req_ctx *c, const char *r, const char *qs)
 	reply_json(c, 200, j);
 }
 
+/* On the pool: /api/v1/keys (keys_routes.h), admin only. */
+static void keys_api(struct req_ctx *c)
+{
+	if (!need_scope(c, APIKEY_ADMIN))
+		return;
+	size_t n;
+	bool big;
+	const char *b = body_of(c, 64 * 1024, &n, &big);
+	if (big) {
+		fail(c, 413, "request_too_large", "the request body is too large");
+		return;
+	}
+	const char *name = c->in_path + 12; /* "/api/v1/keys" */
+	json_t *out = NULL;
+	struct api_error e;
+	int st = keys_route(c->a->keys, c->method, *name == '/' ? name + 1 : name, b, n, &out, &e);
+	if (out)
+		reply_json(c, st, out);
+	else
+		reply_error(c, &e);
+}
+
+/* On the pool: GET /api/v1/stats and the queue routes, admin only (r: the
+ * path after /api/v1/; http/stats_routes.h, http/queue_routes.h). */
+static void ops_route(struct req_ctx *c, const char *r)
+{
+	if (!need_scope(c, APIKEY_ADMIN))
+		return;
+	json_t *body = NULL;
+	const char *why = "the request failed";
+	char id[QUEUE_ID_LEN + 1] = "";
+	int st;
+	if (strcmp(r, "stats") != 0) {
+		st = queue_route(c->a->sp, c->a->sched, c->method, r + 5, c->in_query, c->key.name,
+		                 id, &body, &why);
+	} else if (!c->a->ops_events) {
+		fail(c, 503, "store_unavailable", "the event store could not be opened");
+		return;
+	} else if (strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0) {
+		const char *qs = c->in_query;
+		st = stats_route(c->a->ops_events, qs, qs ? strlen(qs) : 0, &body, &why);
+	} else {
+		st = 405;
+		why = "this route does not take that method";
+	}
+	if (id[0])
+		add_id(c, id);
+	if (st == 200)
+		reply_json(c, 200, body);
+	else
+		fail(c, st,
+		     st == 400   ? "invalid_request"
+		     : st == 404 ? "not_found"
+		     : st == 405 ? "method_not_allowed"
+		                 : "internal",
+		     why);
+}
+
 /* ----------------------------------------------------------- suppression */
 
 /* On the pool: the answer of a suppress_routes.h handler. The API's errors
@@ -1334,14 +1449,17 @@ enum route {
 	R_STATUS,
 	R_EVENTS,
 	R_ARCHIVE,
-	R_SES
+	R_OPS, /* stats and queue */
+	R_SES,
+	R_KEYS
 };
 
 /*
  * One request on its way through the pool: what blocks (the key lookup
  * and the result store in SQLite, the spool read of a status, DKIM
  * signing, the suppression list, the unsubscribe key file) runs there, on
- * the API's single pool thread (so a->keys stays one thread's); the reply
+ * the API's pool thread (so a->keys stays one thread's; the stats and queue
+ * routes run on a->ops_pool with connections of their own); the reply
  * or the commit starts from the completion, back on the worker. c.req is
  * NULL once libevent finished the request itself (the client went away).
  */
@@ -1357,6 +1475,8 @@ static void rjob_free(struct rjob *j)
 	free(c->in_query);
 	free(c->in_auth);
 	free(c->in_ctype);
+	free(c->in_cookie);
+	free(c->in_csrf);
 	if (c->in_body)
 		evbuffer_free(c->in_body);
 	json_decref(c->d_body);
@@ -1526,6 +1646,10 @@ static void rjob_work(void *arg)
 		events_get(c, r, c->in_query); /* EVENTS */
 	else if (j->route == R_ARCHIVE)
 		archive_api(c, r + 7); /* ARCHIVE */
+	else if (j->route == R_KEYS)
+		keys_api(c);
+	else if (j->route == R_OPS)
+		ops_route(c, r);
 	else
 		fail(c, 405, "method_not_allowed", "this route does not take that method");
 }
@@ -1604,6 +1728,11 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	j->c = *c;
 	j->route = route;
 	struct req_ctx *jc = &j->c;
+	/* stats, the queue and the archive (a long export) on their own thread
+	 * (struct api), when it runs: never in the way of sends */
+	struct pool *pool =
+	    (route == R_OPS || route == R_ARCHIVE) && a->ops_pool ? a->ops_pool : a->pool;
+	jc->keys = pool == a->ops_pool ? a->ops_keys : a->keys;
 	struct evkeyvalq *ih = evhttp_request_get_input_headers(c->req);
 	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(c->req);
 	bool nomem = false;
@@ -1611,6 +1740,8 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	jc->in_query = dup_or_null(u ? evhttp_uri_get_query(u) : NULL, &nomem);
 	jc->in_auth = dup_or_null(evhttp_find_header(ih, "Authorization"), &nomem);
 	jc->in_ctype = dup_or_null(evhttp_find_header(ih, "Content-Type"), &nomem);
+	jc->in_cookie = dup_or_null(evhttp_find_header(ih, "Cookie"), &nomem);
+	jc->in_csrf = dup_or_null(evhttp_find_header(ih, "X-CSRF-Token"), &nomem);
 	if (route == R_SES) { /* SigV4 signs any of them: take them all */
 		size_t n = 0;
 		for (struct evkeyval *kv = ih->tqh_first; kv; kv = kv->next.tqe_next)
@@ -1637,7 +1768,7 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	a->n_pending++;
 	pthread_mutex_unlock(&a->mu);
 	evhttp_request_set_on_complete_cb(c->req, rjob_req_gone, j);
-	if (pool_submit(a->pool, rjob_work, a->w, rjob_done, j) != TERN_OK) {
+	if (pool_submit(pool, rjob_work, a->w, rjob_done, j) != TERN_OK) {
 		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
 		pthread_mutex_lock(&a->mu);
 		a->n_pending--;
@@ -1689,6 +1820,10 @@ static void handle(void *ctx, struct evhttp_request *req)
 		openapi(&c);
 		return;
 	}
+	if (ui_is_path(path)) {
+		ui_handle(c.a->ui, req, path);
+		return;
+	}
 	enum route rt = R_NONE;
 	if (strncmp(path, SUPPRESS_UNSUB_PATH, strlen(SUPPRESS_UNSUB_PATH)) == 0 &&
 	    !strchr(path + strlen(SUPPRESS_UNSUB_PATH), '/'))
@@ -1719,6 +1854,12 @@ static void handle(void *ctx, struct evhttp_request *req)
 			rt = R_EVENTS; /* EVENTS */
 		else if (strcmp(r, "archive") == 0 || strncmp(r, "archive/", 8) == 0)
 			rt = R_ARCHIVE; /* ARCHIVE */
+		else if (strcmp(r, "keys") == 0 ||
+		         (strncmp(r, "keys/", 5) == 0 && r[5] && !strchr(r + 5, '/')))
+			rt = R_KEYS;
+		else if (strcmp(r, "stats") == 0 || strcmp(r, "queue") == 0 ||
+		         strncmp(r, "queue/", 6) == 0)
+			rt = R_OPS;
 	}
 	if (strncmp(path, "/v2/", 4) == 0)
 		rt = R_SES;
@@ -1784,7 +1925,11 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	char eerr[512]; /* EVENTS: the routes answer 503 without it */
 	if (!(a->events = events_db_open(data_dir, eerr, sizeof(eerr))))
 		log_warn("event=api_events_unavailable reason=\"%s\"", eerr);
-	if (!(a->w = worker_new(API_WORKER_INDEX))) {
+	/* NULL is survivable: the stats and queue routes run on a->pool */
+	if (apikeys_open(path, true, &a->ops_keys) == TERN_OK &&
+	    (a->ops_events = events_db_open(data_dir, eerr, sizeof(eerr))))
+		a->ops_pool = pool_new(1);
+	if (!(a->w = worker_new(API_WORKER_INDEX)) || !(a->ui = ui_new(data_dir, a->w))) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -1825,6 +1970,9 @@ void api_stop(struct api *a)
 	 * and run by the loop below (a commit they start, too). */
 	pool_free(a->pool);
 	a->pool = NULL;
+	pool_free(a->ops_pool);
+	a->ops_pool = NULL;
+	ui_stop(a->ui); /* a login under way: its answer is posted to the worker */
 	/* Requests still waiting for the commit: their finish() is posted to
 	 * the stopped worker once the spool calls back; run it here, so each
 	 * is answered (and freed) before the servers go. Bounded: 30 s. */
@@ -1864,10 +2012,13 @@ void api_free(struct api *a)
 		return;
 	api_stop(a);
 	apikeys_close(a->keys);
+	apikeys_close(a->ops_keys);
+	sqlite3_close(a->ops_events);
 	apikeys_close(a->results);
 	quota_close();
 	sqlite3_close(a->events);
 	archive_close(a->archive);
+	ui_free(a->ui);
 	pthread_mutex_destroy(&a->results_mu);
 	pthread_mutex_destroy(&a->mu);
 	pthread_cond_destroy(&a->cv);

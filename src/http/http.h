@@ -153,5 +153,8 @@ bool http_ctype_is_json(const char *ct, size_t n);
  * see src/http/embed_assets.cmake). path is "/index.html", "/assets/x.js"...
  * Returns the bytes and their length, or NULL when there is no such file. */
 const unsigned char *http_asset_find(const char *path, size_t *len);
+/* Pure: the Content-Type for an embedded file's name, by its extension
+ * ("application/octet-stream" when unknown). */
+const char *http_asset_type(const char *path);
 
 #endif

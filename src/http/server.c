@@ -2022,7 +2022,7 @@ static const struct {
     {".wasm", "application/wasm"},
 };
 
-static const char *static_type(const char *path)
+const char *http_asset_type(const char *path)
 {
 	const char *dot = strrchr(path, '.');
 	if (dot && !strchr(dot, '/'))
@@ -2046,7 +2046,10 @@ static void route_static(struct evhttp_request *req, const char *path)
 		return;
 	}
 	size_t n;
-	const unsigned char *data = http_asset_find(file, &n);
+	/* web/ui/ is tern serve's admin UI (http/ui_routes.c): nothing of it
+	 * belongs to capture mode, where it would not work. */
+	const unsigned char *data =
+	    strncmp(file, "/ui/", 4) == 0 ? NULL : http_asset_find(file, &n);
 	const char *last = strrchr(path, '/');
 	if (!data && last && !strchr(last, '.') && strncmp(path, "/assets/", 8) != 0) {
 		/* A UI route (history API): the app itself. */
@@ -2065,7 +2068,7 @@ static void route_static(struct evhttp_request *req, const char *path)
 		}
 	}
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-cache");
-	reply_bytes(req, 200, static_type(file), data, n);
+	reply_bytes(req, 200, http_asset_type(file), data, n);
 }
 
 /* ---------------------------------------------------------------- router */

@@ -227,6 +227,9 @@ struct scheduler *scheduler_new(struct spool *sp, unsigned threads);
  * (ownership passes to the scheduler; may be NULL: then it is read from the
  * spool). Never blocks on I/O. */
 void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len);
+/* An operator's retry of one message (the API's POST /api/v1/queue/ID/retry):
+ * like a flush of that message alone, its deferred recipients are due now. */
+void scheduler_retry(struct scheduler *s, const char *id);
 /*
  * Capture mode's acknowledgement (DESIGN §6: the 250 comes only once the
  * message is also in the capture store). Like scheduler_submit, then

@@ -187,6 +187,11 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
 	submit_job(s, id, data, len, false);
 }
 
+void scheduler_retry(struct scheduler *s, const char *id)
+{
+	submit_job(s, id, NULL, 0, true);
+}
+
 int scheduler_submit_acked(struct scheduler *s, const char *id, char *data, size_t len,
                            scheduler_ack_fn ack, void *arg)
 {
