@@ -225,11 +225,17 @@ def test_a_full_queue_loses_nothing_and_include_filters(tern_factory, monkeypatc
 def test_include_outbound_only_skips_local_mail(tern_factory):
     t = tern_factory({"archive": {"enabled": True, "include": ["outbound"]}})
     with t.client() as c:
-        qid = c.send_message("sender@example.org", ["alice@example.test"],
-                             message("local only", "skippedword\r\n"))
-    t.wait_mail_with("alice@example.test", "skippedword")
-    # the commit hook ran before delivery; nothing may have been queued for the archive
+        local = c.send_message("sender@example.org", ["alice@example.test"],
+                               message("local only", "skippedword\r\n"))
+    # then one relayed to a remote address (127.0.0.2 is in relay.networks): it is archived,
+    # and since the writer takes messages in commit order, the local one was seen before it
+    with t.client(source="127.0.0.2") as c:
+        remote = c.send_message("sender@example.org", ["far@remote.example"],
+                                message("relayed", "keptword\r\n", to="far@remote.example"))
+    got = wait_for(lambda: search(t, "keptword")["messages"], "the relayed message", t)
+    assert [m["ID"] for m in got] == [remote] and got[0]["Direction"] == "outbound"
     assert search(t, "skippedword")["messages"] == []
-    assert not t.log_lines("event=archived", qid)
+    assert search(t, "")["total"] == 1
+    assert not t.log_lines("event=archived", local)
     r = t.cli("check-config", check=True)
     assert re.search(r'include = \[\s*"outbound"\s*\]', r.stdout), r.stdout
