@@ -824,6 +824,7 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			goto out;
 		}
 		spool_set_commit_hook(sp, archive_on_commit, arch);
+		archive_catch_up(arch, sp); /* copies a kill lost, while still queued */
 	}
 	sched = scheduler_new(sp, 2);
 	if (sched && arch) /* ARCHIVE: remote recipients' outcomes */

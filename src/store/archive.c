@@ -475,6 +475,83 @@ static void drain_incoming(struct archive *ar)
 		atomic_store(&ar->incoming_dirty, true);
 }
 
+/* ---------------------------------------------------------- catching up */
+
+struct catchup {
+	struct archive *ar;
+	struct spool_msg **v;
+	size_t n, cap;
+};
+
+static bool archived_already(struct archive *ar, const char *id)
+{
+	pthread_mutex_lock(&ar->mu);
+	sqlite3_stmt *s = cached(ar, &ar->st_exists, "SELECT 1 FROM messages WHERE id = ?");
+	bool yes = true; /* on an error: do not add */
+	if (s) {
+		sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+		yes = sqlite3_step(s) == SQLITE_ROW;
+		sqlite3_reset(s);
+	}
+	pthread_mutex_unlock(&ar->mu);
+	return yes;
+}
+
+/* spool_foreach: must not call the spool; collects what is missing. */
+static bool catchup_collect(const struct spool_msg *m, void *arg)
+{
+	struct catchup *c = arg;
+	bool in, outb;
+	direction_of(m, &in, &outb);
+	if (!((in && c->ar->conf.inbound) || (outb && c->ar->conf.outbound)) ||
+	    archived_already(c->ar, m->id))
+		return true;
+	if (c->n == c->cap) {
+		size_t nc = c->cap ? c->cap * 2 : 64;
+		struct spool_msg **nv = realloc(c->v, nc * sizeof(*nv));
+		if (!nv)
+			return false;
+		c->v = nv;
+		c->cap = nc;
+	}
+	if ((c->v[c->n] = spool_msg_dup(m)))
+		c->n++;
+	return true;
+}
+
+size_t archive_catch_up(struct archive *ar, struct spool *sp)
+{
+	struct catchup c = {.ar = ar};
+	size_t done = 0;
+	spool_foreach(sp, catchup_collect, &c);
+	for (size_t i = 0; i < c.n; i++) {
+		struct tbuf data = TBUF_INIT(SIZE_MAX / 2);
+		/* gone meanwhile (delivered): nothing left to archive */
+		if (spool_read_data(sp, c.v[i]->id, &data) == TERN_OK) {
+			pthread_mutex_lock(&ar->mu);
+			int rc = exec(ar, "BEGIN IMMEDIATE");
+			if (rc == TERN_OK) {
+				rc = add_msg(ar, c.v[i], data.data ? data.data : "", data.len);
+				if (exec(ar, rc == TERN_OK ? "COMMIT" : "ROLLBACK") != TERN_OK)
+					rc = TERN_EIO;
+			}
+			pthread_mutex_unlock(&ar->mu);
+			if (rc == TERN_OK) {
+				done++;
+				log_info("event=archived id=%s from=spool", c.v[i]->id);
+			} else {
+				log_error("event=archive_catch_up_failed id=%s err=%s", c.v[i]->id,
+				          tern_strerror(rc));
+			}
+		}
+		tbuf_free(&data);
+		spool_msg_free(c.v[i]);
+	}
+	free(c.v);
+	log_info("event=archive_caught_up messages=%zu", done);
+	return done;
+}
+
 /* ----------------------------------------------------------- the writer */
 
 void archive_on_commit(void *arg, const struct spool_msg *m, const void *data, size_t len)

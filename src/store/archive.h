@@ -44,6 +44,13 @@ int archive_open(const char *data_dir, struct archive **out, char *err, size_t e
  * retention/2, at most every 60 s, at least every 1 s). */
 int archive_start(struct archive *ar, const struct conf_archive *c);
 
+/* At start, after archive_start: archives every message still in the spool
+ * that the archive lacks (included ones only), so a copy that was still in
+ * the writer's queue when the server was killed is not lost while its
+ * message is queued. Blocks (one lookup per queued message). Returns how
+ * many it archived. */
+size_t archive_catch_up(struct archive *ar, struct spool *sp);
+
 /* Stops the writer after it archived everything queued, then closes. */
 void archive_close(struct archive *ar);
 

@@ -8,7 +8,8 @@ with); mbox exports quote "From " lines (mboxrd) and Python's mailbox reads them
 and release work from the CLI and the API; a remote recipient's delivery result (deferred,
 here) is recorded with the archived copy; retention (2 s here) deletes old messages and
 never a held one; a full writer queue (forced to 1 byte) loses nothing (messages wait in
-DATA/archive/incoming/ and are archived); include = ["outbound"] skips local-only mail.
+DATA/archive/incoming/ and are archived); include = ["outbound"] skips local-only mail; a
+copy lost to a kill -9 is archived from the spool at restart while its message is queued.
 
 Never: a timed assertion; every wait is a bounded poll.
 """
@@ -239,3 +240,19 @@ def test_include_outbound_only_skips_local_mail(tern_factory):
     assert not t.log_lines("event=archived", local)
     r = t.cli("check-config", check=True)
     assert re.search(r'include = \[\s*"outbound"\s*\]', r.stdout), r.stdout
+
+
+def test_a_copy_lost_to_a_kill_is_taken_from_the_spool_at_restart(tern_factory):
+    t = tern_factory({"archive": {"enabled": True}})
+    # relayed to a remote address that cannot be resolved here: it stays queued (deferred)
+    with t.client(source="127.0.0.2") as c:
+        qid = c.send_message("sender@example.org", ["far@remote.example"],
+                             message("killed", "survivorword\r\n", to="far@remote.example"))
+    t.kill9()  # within the writer's batch window: its copy was most likely only in memory
+    t.proc = None
+    t.start()
+    got = wait_for(lambda: search(t, "survivorword")["messages"], "the copy after restart", t)
+    assert [m["ID"] for m in got] == [qid]
+    assert show_bytes(t, qid).endswith(message("killed", "survivorword\r\n",
+                                               to="far@remote.example"))
+
