@@ -10,7 +10,9 @@
  * syncs; due remote recipients become one remote job per destination
  * domain. Temporary failures go to a deferred list with exponential
  * backoff and jitter (delivery.retry_base .. retry_max); past
- * delivery.max_lifetime a recipient bounces with its last reason.
+ * delivery.max_lifetime a recipient bounces with its last reason. A
+ * message with a not-before time (spool_msg.not_before) waits on the
+ * deferred list until then.
  *
  * Must never: run on an event loop (except remote_done, which only
  * appends to the spool and queues); hold the lock while doing I/O; send a
@@ -1124,6 +1126,13 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		struct spool_msg *m = spool_get(s->sp, job->id);
 		if (!m)
 			continue; /* deleted or finished meanwhile */
+		if (m->not_before > now) {
+			/* scheduled (the API's send_at): nothing is tried before it,
+			 * not even on a flush; a restart finds the time in the spool */
+			defer_job(s, job->id, m->not_before);
+			spool_msg_free(m);
+			continue;
+		}
 		msgs[j] = m;
 		if (!job->data) {
 			job->from_spool = true;
