@@ -30,6 +30,10 @@
  * Everything under /v2/ is the SES v2 compatible API (ses.h: SigV4, not a
  * bearer token; not in web/openapi.json); its SendEmail is committed here.
  *
+ * send_at (scheduled sending) becomes the envelope's typed not-before time
+ * (spool_msg.not_before): the scheduler tries nothing before it, the status
+ * route shows such recipients as "scheduled".
+ *
  * Owns: authentication and the from-domain rule, the Received field of
  * API mail, DKIM signing (smtp/sign.h, as for submission), the envelope,
  * and the spool commit: a 2xx is written only after spool_put's callback
