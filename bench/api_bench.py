@@ -86,6 +86,32 @@ listen {{
     return proc, data, m.group(0)
 
 
+def cpu_s(pid):
+    """CPU seconds (user + system) of tern: started as root it is a small privileged parent
+    and the unprivileged child that does the work, so count both."""
+    total, pids = 0.0, [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def children_cpu_s():
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def stop(proc):
     proc.send_signal(signal.SIGTERM)
     try:
@@ -201,14 +227,20 @@ def main():
         print(f"tern api bench: {args.messages} messages of {args.size} B per load, "
               f"{args.conns} concurrent keep-alive clients, one tern serve, local Maildir "
               f"delivery, {args.reps} reps (API then SMTP in each)")
-        print("| rep | path | accepted | errors | msg/s | latency p50 / p90 / p99 ms |")
-        print("|---|---|---|---|---|---|")
+        print("| rep | path | accepted | errors | msg/s | latency p50 / p90 / p99 ms | "
+              "tern CPU us/msg | client CPU us/msg |")
+        print("|---|---|---|---|---|---|---|---|")
         for rep in range(args.reps):
             for label, run in (("HTTP API (202)", lambda: run_api(args, api_port, token, rep)),
                                ("SMTP (250)", lambda: run_smtp(args, load, mx_port))):
+                # tern's CPU includes the local deliveries that run meanwhile, alike for both
+                c0, k0 = cpu_s(proc.pid), children_cpu_s()
                 r = run()
+                c1, k1 = cpu_s(proc.pid), children_cpu_s()
+                n = max(1, r["ok"])
                 print(f"| {rep + 1} | {label} | {r['ok']} | {r['errors']} | {r['rate']:.0f} | "
-                      f"{r['p50']:.1f} / {r['p90']:.1f} / {r['p99']:.1f} |", flush=True)
+                      f"{r['p50']:.1f} / {r['p90']:.1f} / {r['p99']:.1f} | "
+                      f"{(c1 - c0) / n * 1e6:.0f} | {(k1 - k0) / n * 1e6:.0f} |", flush=True)
                 if r["errors"]:
                     print(f"  first error: {r['first_error']}")
     finally:
