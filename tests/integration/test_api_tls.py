@@ -183,3 +183,19 @@ def test_bad_certificate_config_stops_the_start_with_a_clear_error(tern_factory,
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert "listen.api" not in r.stderr, r.stderr
+
+
+def test_self_signed_default_certificate_serves_https(tern_factory):
+    """tls.self_signed (the embedded default's certificate) works for the API as for SMTP:
+    curl trusts the generated certificate file and reaches the API by 127.0.0.1."""
+    port = free_port()
+    t = tern_factory(start=False)
+    t.config["tls"] = {"self_signed": True}
+    t.config["listen"]["api"] = {"address": f"127.0.0.1:{port}", "profile": "http",
+                                 "tls": "implicit"}
+    t.write_config()
+    start_on_free_port(t)
+    cert = t.data_dir / "tls" / "selfsigned-cert.pem"
+    wait_https(port, cert)
+    r = curl("--cacert", str(cert), "-w", "\n%{http_code}", f"https://127.0.0.1:{port}/readyz")
+    assert r.returncode == 0 and r.stdout.endswith("\n200"), r.stdout + r.stderr
