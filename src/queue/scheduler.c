@@ -554,15 +554,18 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 	size_t emid_len = 0;
 	if (events_enabled() && data)
 		smtp_message_id(data, len, &emid, &emid_len);
+	/* A scheduled message (send_at) starts its lifetime and its DELAY clock
+	 * when it may first be tried, not when it was queued. */
+	int64_t since = m->not_before > m->created ? m->not_before : m->created;
 	for (size_t k = 0; k < n; k++) {
 		const struct spool_rcpt *r = &m->rcpts[o[k].idx];
 		double delay = (double)(now - m->created);
 		if (o[k].state == RCPT_DEFERRED && conf->delivery.max_lifetime &&
-		    now - m->created >= (int64_t)conf->delivery.max_lifetime && expired) {
+		    now - since >= (int64_t)conf->delivery.max_lifetime && expired) {
 			/* Too old: the last temporary reason becomes final. */
 			snprintf(expired[k], sizeof(expired[k]),
 				 "delivery time expired after %lld s; last error: %s",
-				 (long long)(now - m->created), o[k].reply);
+				 (long long)(now - since), o[k].reply);
 			o[k].state = RCPT_BOUNCED;
 			o[k].status = "4.4.7";
 			o[k].reply = expired[k];
@@ -626,7 +629,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			         m->id, qa, qr, o[k].status, (long long)(next - now),
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			if (conf->delivery.delay_warning &&
-			    now - m->created >= (int64_t)conf->delivery.delay_warning &&
+			    now - since >= (int64_t)conf->delivery.delay_warning &&
 			    wants_notice(m, r->notify, SMTP_NOTIFY_DELAY) && n_delayed < dsn_cap)
 				delayed[n_delayed++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "delayed",
@@ -634,7 +637,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 					.remote_mta = strcmp(o[k].relay, "local") == 0 ? NULL
 										       : o[k].relay,
 					.diagnostic = o[k].reply, .last_attempt = now,
-					.will_retry_until = m->created +
+					.will_retry_until = since +
 							    (int64_t)conf->delivery.max_lifetime};
 			break;
 		}

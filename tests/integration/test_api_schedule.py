@@ -125,3 +125,62 @@ def test_send_at_beyond_the_horizon_or_malformed_is_refused(tern_factory):
         assert st == 422, body
         assert body["error"]["code"] == code and body["error"]["field"] == "send_at", body
     assert "bob@example.test" not in t.queue_list()
+
+
+class DeferringMX:
+    """aiosmtpd on 127.0.0.1 that answers 451 4.3.0 to every RCPT (a destination that is
+    down for now), counting the attempts."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+        outer = self
+        self.attempts = 0
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                outer.attempts += 1
+                return "451 4.3.0 try again later"
+
+        self.port = free_port()
+        self.ctl = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.ctl.start()
+
+    def stop(self):
+        self.ctl.stop()
+
+
+def test_lifetime_of_a_scheduled_message_starts_at_send_at(tern_factory):
+    """delivery.max_lifetime counts from send_at, not from the 202: a message scheduled past
+    its lifetime (here 2 s, send_at 4 s ahead) whose first attempt is deferred stays deferred
+    for a retry instead of bouncing at once as expired."""
+    mx = DeferringMX()
+    try:
+        port = free_port()
+        t = tern_factory({"listen": {"api": {"address": f"127.0.0.1:{port}", "profile": "http"}},
+                          "routes": {"remote.test": {"via": f"smtp://127.0.0.1:{mx.port}"}},
+                          "delivery": {"max_lifetime": 2}},
+                         start=False)
+        key = create_key(t, "app")
+        start_on_free_port(t)
+        wait_ready_http(port)
+        api = Api(t, port)
+        st, body = api.json("POST", "/api/v1/messages",
+                            {"from": "app@example.test", "to": ["bob@remote.test"],
+                             "subject": "later", "text": "x\n",
+                             "send_at": int(time.time()) + 4}, key)
+        assert st == 202, body
+        qid = body["id"]
+
+        def tried():
+            st, s = api.json("GET", f"/api/v1/messages/{qid}", token=key)
+            assert st == 200, s
+            return s["finished"] or s["recipients"][0]["attempts"] >= 1
+
+        wait_for(tried, 60, "the scheduled message was never tried")
+        st, s = api.json("GET", f"/api/v1/messages/{qid}", token=key)
+        assert not s["finished"], s
+        r = s["recipients"][0]
+        assert r["state"] == "deferred" and "451" in r.get("reason", ""), s
+        assert mx.attempts >= 1
+    finally:
+        mx.stop()
