@@ -6,7 +6,7 @@
  * Owns: the native schema (snake_case keys, addresses as text or objects,
  * attachments and inline images with an explicit encoding, priority,
  * metadata, send_at) and its checks; the translation to Mailpit's send
- * JSON, so that one builder (http_send_build, send.c) writes every message
+ * JSON, so that one builder (http_send_build_obj, send.c) writes every message
  * the HTTP server makes; the raw-message request.
  * Must never: do I/O or keep state, accept a message it cannot build
  * whole (every check runs before anything is returned), or put a byte of
@@ -557,7 +557,7 @@ int api_json_send(json_t *obj, long long now, const char *msgid, struct api_send
 	int rc = TERN_ESYNTAX;
 	json_t *mp = json_object(), *to = json_array(), *cc = json_array(), *bcc = json_array(),
 	       *rt = json_array(), *att = json_array(), *from = NULL;
-	char *from_email = NULL, *dumped = NULL, err[256];
+	char *from_email = NULL, err[256];
 	size_t n_rcpt = 0, n_rt = 0;
 	const char *k;
 	json_t *x;
@@ -643,9 +643,8 @@ int api_json_send(json_t *obj, long long now, const char *msgid, struct api_send
 	    json_object_set(mp, "Cc", cc) != 0 || json_object_set(mp, "Bcc", bcc) != 0 ||
 	    json_object_set(mp, "ReplyTo", rt) != 0 || json_object_set(mp, "Attachments", att) != 0)
 		goto nomem;
-	if (!(dumped = json_dumps(mp, JSON_COMPACT)))
-		goto nomem;
-	rc = http_send_build(dumped, strlen(dumped), now, msgid, &out->msg, err, sizeof(err));
+	/* the object itself: a text round trip cost two more passes over the body */
+	rc = http_send_build_obj(mp, now, msgid, &out->msg, err, sizeof(err));
 	if (rc == TERN_ELIMIT) {
 		api_error_set(e, 413, "message_too_large", NULL, "the message is too large");
 		goto out;
@@ -676,7 +675,6 @@ out:
 	json_decref(att);
 	json_decref(from);
 	free(from_email);
-	free(dumped);
 	return rc;
 }
 
