@@ -495,17 +495,19 @@ static int crlf_normalise(const char *s, size_t n, struct tbuf *out)
 	mime_writer_init(&w, out);
 	if (tbuf_reserve(out, n + n / 8 + 2) != TERN_OK)
 		return TERN_ENOMEM;
+	/* the bytes between line ends go in one piece (one by one cost ~70
+	 * instructions a byte of the body) */
+	size_t run = 0;
 	for (size_t i = 0; i < n; i++) {
-		if (s[i] == '\r') {
-			mime_crlf(&w);
-			if (i + 1 < n && s[i + 1] == '\n')
-				i++;
-		} else if (s[i] == '\n') {
-			mime_crlf(&w);
-		} else {
-			mime_put(&w, &s[i], 1);
-		}
+		if (s[i] != '\r' && s[i] != '\n')
+			continue;
+		mime_put(&w, s + run, i - run);
+		mime_crlf(&w);
+		if (s[i] == '\r' && i + 1 < n && s[i + 1] == '\n')
+			i++;
+		run = i + 1;
 	}
+	mime_put(&w, s + run, n - run);
 	return mime_writer_status(&w);
 }
 

@@ -244,6 +244,13 @@ static const struct good_case good[] = {
      1,
      {"b@example.com"},
      0},
+    {"every_line_end_becomes_crlf",
+     "{\"From\":{\"Email\":\"a@example.com\"},\"To\":[{\"Email\":\"b@example.com\"}],"
+     "\"Text\":\"\\r\\none\\r\\ntwo\\rthree\\n\\nfour\\r\\r\\nfive\"}",
+     "{\"plain\":\"\\none\\ntwo\\nthree\\n\\nfour\\n\\nfive\\n\"}",
+     1,
+     {"b@example.com"},
+     0},
     {"eight_bit_and_long_lines_go_quoted_printable",
      "{\"From\":{\"Email\":\"a@example.com\"},\"To\":[{\"Email\":\"b@example.com\"}],"
      "\"Text\":\"caf\\u00e9 =_tern_ \\u0001 bare\\rcr\",\"HTML\":\"<b>\\u00e9</b>\"}",
