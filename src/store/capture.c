@@ -829,6 +829,7 @@ int capture_add_batch(struct capture_store *st, struct capture_item *items, size
 	for (size_t i = 0; i < n; i++) {
 		items[i].rc = TERN_ENOMEM;
 		items[i].id[0] = '\0';
+		items[i].seq = 0;
 	}
 	if (!mm || !seq || !step || !ev) {
 		rc = TERN_ENOMEM;
@@ -924,8 +925,9 @@ redo:;
 			st->total++;
 			st->unread++;
 			st->raw_bytes += items[i].len;
+			items[i].seq = seq[i];
 			ev[i].type = "new";
-			if (st->n_subs)
+			if (st->n_subs && !items[i].announce_later)
 				ev[i].data = summary_by_seq(st, seq[i]);
 		}
 	}
@@ -946,6 +948,23 @@ out:
 	free(step);
 	free(ev);
 	return rc;
+}
+
+void capture_announce(struct capture_store *st, const struct capture_item *items, size_t n)
+{
+	struct event *ev = calloc(n ? n : 1, sizeof(*ev));
+	if (!ev)
+		return; /* the live view misses them; the list has them */
+	pthread_mutex_lock(&st->mu);
+	for (size_t i = 0; st->n_subs && i < n; i++) {
+		ev[i].type = "new";
+		if (items[i].rc == TERN_OK && items[i].seq > 0)
+			ev[i].data = summary_by_seq(st, items[i].seq); /* NULL: deleted meanwhile */
+	}
+	pthread_mutex_unlock(&st->mu);
+	for (size_t i = 0; i < n; i++)
+		emit(st, &ev[i]);
+	free(ev);
 }
 
 static int add_one(struct capture_store *st, const char *queue_id, const char *username,

@@ -864,6 +864,51 @@ static void test_subscribers_hear_new_update_delete(void **state)
 		json_decref(s.data[i]);
 }
 
+/* Capture mode's ingest adds with announce_later: no "new" event at the
+ * add; capture_announce sends one per inserted message, in order, and none
+ * for a message deleted in between or for an item that failed. */
+static void test_announce_later_sends_new_events_after_the_add(void **state)
+{
+	struct fx *f = *state;
+	struct seen s = {0};
+	capture_subscribe(f->st, on_event, &s);
+	const char *raws[3] = {"Subject: one\r\n\r\nx\r\n", "Subject: two\r\n\r\nx\r\n",
+	                       "Subject: three\r\n\r\nx\r\n"};
+	const char *to[] = {"c@d"};
+	struct capture_item items[3];
+	for (size_t i = 0; i < 3; i++)
+		items[i] = (struct capture_item){.announce_later = true,
+		                                 .raw = raws[i],
+		                                 .len = strlen(raws[i]),
+		                                 .env_from = "a@b",
+		                                 .env_to = to,
+		                                 .n_to = 1};
+	assert_int_equal(capture_add_batch(f->st, items, 3), TERN_OK);
+	for (size_t i = 0; i < 3; i++) {
+		assert_int_equal(items[i].rc, TERN_OK);
+		assert_true(items[i].seq > 0);
+	}
+	assert_int_equal(s.n, 0); /* listed already, not yet announced */
+	json_t *l = capture_list(f->st, NULL, 0, 10);
+	assert_int_equal(jint(l, "total"), 3);
+	json_decref(l);
+
+	const char *gone[] = {items[1].id};
+	assert_int_equal(capture_delete(f->st, gone, 1), TERN_OK);
+	assert_int_equal(s.n, 1); /* the delete */
+	struct capture_item failed = {.rc = TERN_EIO, .seq = 0};
+	capture_announce(f->st, items, 3);
+	capture_announce(f->st, &failed, 1);
+	assert_int_equal(s.n, 3);
+	assert_string_equal(s.types[1], "new");
+	assert_string_equal(json_string_value(json_object_get(s.data[1], "ID")), items[0].id);
+	assert_string_equal(json_string_value(json_object_get(s.data[1], "Subject")), "one");
+	assert_string_equal(s.types[2], "new");
+	assert_string_equal(json_string_value(json_object_get(s.data[2], "ID")), items[2].id);
+	for (size_t i = 0; i < s.n; i++)
+		json_decref(s.data[i]);
+}
+
 /* A subscriber that calls back into the store must not deadlock, and what it
  * reads there already holds the change it is told about. */
 struct reentry {
@@ -1318,6 +1363,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_subscribers_hear_new_update_delete, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_subscriber_may_call_the_store, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_announce_later_sends_new_events_after_the_add,
+	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_concurrent_adds_and_lists_are_all_stored, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_unclean_stop_reindexes_files_without_rows, setup,
