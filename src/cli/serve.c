@@ -43,6 +43,7 @@
 #include "core/privsep.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "deliver/pools.h"
 #include "http/metrics_http.h"
 #include "http/api.h"
 #include "policy/policy.h"
@@ -994,6 +995,7 @@ out:
 	scheduler_drain_results(sched);
 	api_free(api); /* after the last result it could be told of */
 	quota_close(); /* after the workers: writes the last counts */
+	pools_close(); /* likewise the warm-up counters */
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);

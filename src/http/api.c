@@ -19,6 +19,12 @@
  *   GET  /api/v1/events                stored events, paged (events_routes.h)
  *   GET  /api/v1/webhooks              webhook endpoints (admin)
  *   GET  /api/v1/webhooks/{id}/attempts  an endpoint's latest attempts (admin)
+ *   GET  /api/v1/stats                 delivery statistics (admin; stats_routes.h)
+ *   GET  /api/v1/queue                 the queue, paged (admin; queue_routes.h)
+ *   POST /api/v1/queue/{queue_id}/retry    deliver now (admin)
+ *   POST /api/v1/queue/{queue_id}/hold     hold its waiting recipients (admin)
+ *   POST /api/v1/queue/{queue_id}/release  release its held recipients (admin)
+ *   DELETE /api/v1/queue/{queue_id}        remove it, no DSN (admin)
  *   GET  /t/o/{token}, /t/c/{token}    open pixel, click redirect (http/tracking.h; no key)
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
@@ -68,6 +74,8 @@
 #include "deliver/pools.h"
 #include "http/api.h"
 #include "http/events_routes.h"
+#include "http/queue_routes.h"
+#include "http/stats_routes.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
@@ -98,6 +106,12 @@ struct api {
 	size_t n_http;
 	bool started;
 	sqlite3 *events; /* DATA/events.db for the event routes (the pool's), or NULL */
+	/* Statistics and the queue (R_OPS) on a pool thread of their own, with
+	 * their own connections: a 30-day count over a large event store takes
+	 * seconds of SQLite, which must not hold up sends on a->pool. */
+	struct pool *ops_pool;
+	struct apikeys *ops_keys;
+	sqlite3 *ops_events;
 	/* the tracking tokens' key (DATA/suppress.key), read on the pool at first use */
 	unsigned char track_key[TRACK_KEY_LEN];
 	bool track_key_ok;
@@ -112,6 +126,8 @@ struct req_ctx {
 	char peer[64];
 	struct apikey key;
 	bool have_key;
+	/* the key store connection of the pool thread the request runs on */
+	struct apikeys *keys;
 	int64_t retry_after; /* > 0: a Retry-After field goes with the reply */
 	char ids[160];       /* queue ids, comma-separated, for the log */
 	/*
@@ -244,7 +260,8 @@ static bool authenticate(struct req_ctx *c)
 			tl = dec.len - (size_t)(colon + 1 - dec.data);
 		}
 	}
-	int rc = tok ? apikeys_verify(c->a->keys, tok, tl, &c->key) : TERN_ENOTFOUND;
+	int rc =
+	    tok ? apikeys_verify(c->keys ? c->keys : c->a->keys, tok, tl, &c->key) : TERN_ENOTFOUND;
 	tbuf_free(&dec);
 	if (rc == TERN_OK) {
 		c->have_key = true;
@@ -1136,6 +1153,42 @@ static void events_get(struct req_ctx *c, const char *r, const char *qs)
 	reply_json(c, 200, j);
 }
 
+/* On the pool: GET /api/v1/stats and the queue routes, admin only (r: the
+ * path after /api/v1/; http/stats_routes.h, http/queue_routes.h). */
+static void ops_route(struct req_ctx *c, const char *r)
+{
+	if (!need_scope(c, APIKEY_ADMIN))
+		return;
+	json_t *body = NULL;
+	const char *why = "the request failed";
+	char id[QUEUE_ID_LEN + 1] = "";
+	int st;
+	if (strcmp(r, "stats") != 0) {
+		st = queue_route(c->a->sp, c->a->sched, c->method, r + 5, c->in_query, c->key.name,
+		                 id, &body, &why);
+	} else if (!c->a->ops_events) {
+		fail(c, 503, "store_unavailable", "the event store could not be opened");
+		return;
+	} else if (strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0) {
+		const char *qs = c->in_query;
+		st = stats_route(c->a->ops_events, qs, qs ? strlen(qs) : 0, &body, &why);
+	} else {
+		st = 405;
+		why = "this route does not take that method";
+	}
+	if (id[0])
+		add_id(c, id);
+	if (st == 200)
+		reply_json(c, 200, body);
+	else
+		fail(c, st,
+		     st == 400   ? "invalid_request"
+		     : st == 404 ? "not_found"
+		     : st == 405 ? "method_not_allowed"
+		                 : "internal",
+		     why);
+}
+
 /* ----------------------------------------------------------- suppression */
 
 /* On the pool: the answer of a suppress_routes.h handler. The API's errors
@@ -1324,6 +1377,7 @@ enum route {
 	R_MAILPIT,
 	R_STATUS,
 	R_EVENTS,
+	R_OPS, /* stats and queue */
 	R_SES
 };
 
@@ -1331,7 +1385,8 @@ enum route {
  * One request on its way through the pool: what blocks (the key lookup
  * and the result store in SQLite, the spool read of a status, DKIM
  * signing, the suppression list, the unsubscribe key file) runs there, on
- * the API's single pool thread (so a->keys stays one thread's); the reply
+ * the API's pool thread (so a->keys stays one thread's; the stats and queue
+ * routes run on a->ops_pool with connections of their own); the reply
  * or the commit starts from the completion, back on the worker. c.req is
  * NULL once libevent finished the request itself (the client went away).
  */
@@ -1461,6 +1516,8 @@ static void rjob_work(void *arg)
 		message_status(c, r + 9);
 	else if (j->route == R_EVENTS && get)
 		events_get(c, r, c->in_query); /* EVENTS */
+	else if (j->route == R_OPS)
+		ops_route(c, r);
 	else
 		fail(c, 405, "method_not_allowed", "this route does not take that method");
 }
@@ -1537,6 +1594,9 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	j->c = *c;
 	j->route = route;
 	struct req_ctx *jc = &j->c;
+	/* stats and the queue on their own thread (struct api), when it runs */
+	struct pool *pool = route == R_OPS && a->ops_pool ? a->ops_pool : a->pool;
+	jc->keys = pool == a->ops_pool ? a->ops_keys : a->keys;
 	struct evkeyvalq *ih = evhttp_request_get_input_headers(c->req);
 	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(c->req);
 	bool nomem = false;
@@ -1570,7 +1630,7 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	a->n_pending++;
 	pthread_mutex_unlock(&a->mu);
 	evhttp_request_set_on_complete_cb(c->req, rjob_req_gone, j);
-	if (pool_submit(a->pool, rjob_work, a->w, rjob_done, j) != TERN_OK) {
+	if (pool_submit(pool, rjob_work, a->w, rjob_done, j) != TERN_OK) {
 		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
 		pthread_mutex_lock(&a->mu);
 		a->n_pending--;
@@ -1650,6 +1710,9 @@ static void handle(void *ctx, struct evhttp_request *req)
 		else if (strcmp(r, "events") == 0 || strcmp(r, "webhooks") == 0 ||
 		         strncmp(r, "webhooks/", 9) == 0)
 			rt = R_EVENTS; /* EVENTS */
+		else if (strcmp(r, "stats") == 0 || strcmp(r, "queue") == 0 ||
+		         strncmp(r, "queue/", 6) == 0)
+			rt = R_OPS;
 	}
 	if (strncmp(path, "/v2/", 4) == 0)
 		rt = R_SES;
@@ -1715,6 +1778,10 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	char eerr[512]; /* EVENTS: the routes answer 503 without it */
 	if (!(a->events = events_db_open(data_dir, eerr, sizeof(eerr))))
 		log_warn("event=api_events_unavailable reason=\"%s\"", eerr);
+	/* NULL is survivable: the stats and queue routes run on a->pool */
+	if (apikeys_open(path, true, &a->ops_keys) == TERN_OK &&
+	    (a->ops_events = events_db_open(data_dir, eerr, sizeof(eerr))))
+		a->ops_pool = pool_new(1);
 	if (!(a->w = worker_new(API_WORKER_INDEX))) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -1756,6 +1823,8 @@ void api_stop(struct api *a)
 	 * and run by the loop below (a commit they start, too). */
 	pool_free(a->pool);
 	a->pool = NULL;
+	pool_free(a->ops_pool);
+	a->ops_pool = NULL;
 	/* Requests still waiting for the commit: their finish() is posted to
 	 * the stopped worker once the spool calls back; run it here, so each
 	 * is answered (and freed) before the servers go. Bounded: 30 s. */
@@ -1795,6 +1864,8 @@ void api_free(struct api *a)
 		return;
 	api_stop(a);
 	apikeys_close(a->keys);
+	apikeys_close(a->ops_keys);
+	sqlite3_close(a->ops_events);
 	apikeys_close(a->results);
 	quota_close();
 	sqlite3_close(a->events);

@@ -219,6 +219,9 @@ struct scheduler *scheduler_new(struct spool *sp, unsigned threads);
  * (ownership passes to the scheduler; may be NULL: then it is read from the
  * spool). Never blocks on I/O. */
 void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len);
+/* An operator's retry of one message (the API's POST /api/v1/queue/ID/retry):
+ * like a flush of that message alone, its deferred recipients are due now. */
+void scheduler_retry(struct scheduler *s, const char *id);
 /* Queues every message in the spool that has recipients due (startup, flush). */
 void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try);
 /* Number of messages waiting for or in local delivery. */

@@ -168,6 +168,11 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
 	submit_job(s, id, data, len, false);
 }
 
+void scheduler_retry(struct scheduler *s, const char *id)
+{
+	submit_job(s, id, NULL, 0, true);
+}
+
 size_t scheduler_pending(struct scheduler *s)
 {
 	pthread_mutex_lock(&s->lock);
