@@ -24,8 +24,10 @@
  * Fault points (debug builds, as the spool's: TERN_TEST_FAULT=NAME[:N], the
  * Nth chunk): maildir_write (files written to tmp/, not synced),
  * maildir_sync (synced, not renamed), maildir_rename (in new/, the
- * directory not yet synced) stop the delivering thread for good so that a
- * test can kill -9 in exactly that phase.
+ * directory not yet synced), maildir_done (delivered and synced, the
+ * caller not yet told: the spool has no delivered mark for them) stop the
+ * delivering thread for good so that a test can kill -9 in exactly that
+ * phase.
  */
 #include "deliver/deliver.h"
 
@@ -868,10 +870,11 @@ static struct quota_file *quota_slot(struct quota_file *qf, size_t *nqf, size_t 
 
 /* ------------------------------------------------------------ fault points */
 
-enum mfault { MF_NONE, MF_WRITE, MF_SYNC, MF_RENAME };
+enum mfault { MF_NONE, MF_WRITE, MF_SYNC, MF_RENAME, MF_DONE };
 
 #ifndef NDEBUG
-static const char *const mfault_names[] = {"", "maildir_write", "maildir_sync", "maildir_rename"};
+static const char *const mfault_names[] = {"", "maildir_write", "maildir_sync", "maildir_rename",
+                                           "maildir_done"};
 static pthread_once_t mfault_once = PTHREAD_ONCE_INIT;
 static enum mfault mfault_armed;
 static unsigned mfault_after;
@@ -1175,6 +1178,7 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			delivered += rc == TERN_OK;
 		}
 	}
+	mfault_point(npend ? MF_DONE : MF_NONE);
 	free(pend);
 	return delivered;
 }
