@@ -3,13 +3,11 @@
  * and the few header facts the session needs (Received count, 8-bit, NUL).
  *
  * Owns: the byte-level state machine behind smtp_data_feed(),
- * smtp_scan_headers() and smtp_scan_line_ends(). Pure: no I/O, no allocation of its own (output goes
- * to the caller's capped tbuf).
- * Must never: end the data on anything but CR LF "." CR LF (SMTP smuggling,
- * CVE-2023-51764 family; DESIGN §5.4), treat a bare CR or bare LF as a line
- * end, or give a different result depending on how the input was split
- * into reads. Every state lives in struct smtp_data_parser so a read may end
- * on any byte.
+ * smtp_scan_headers() and smtp_scan_line_ends(). Pure: no I/O, no allocation of its own (output
+ * goes to the caller's capped tbuf). Must never: end the data on anything but CR LF "." CR LF (SMTP
+ * smuggling, CVE-2023-51764 family; DESIGN §5.4), treat a bare CR or bare LF as a line end, or give
+ * a different result depending on how the input was split into reads. Every state lives in struct
+ * smtp_data_parser so a read may end on any byte.
  */
 #include "smtp/smtp.h"
 
@@ -94,27 +92,30 @@ struct emitter {
 	char buf[2048];
 };
 
+/* Appends n output bytes to the caller's tbuf, keeping exactly the prefix
+ * that fits the cap, so that what is kept does not depend on how the input
+ * was split into reads. */
+static void store(struct smtp_data_parser *p, struct tbuf *out, const char *b, size_t n)
+{
+	if (n == 0 || !out || p->too_big)
+		return;
+	int rc = tbuf_append(out, b, n);
+	if (rc != TERN_OK) {
+		if (rc == TERN_ELIMIT && out->max > out->len) {
+			size_t room = out->max - out->len;
+			if (room > n)
+				room = n;
+			(void)tbuf_append(out, b, room);
+		}
+		/* Out of memory also ends storing: the message cannot be
+		 * kept whole, and the session must still find its end. */
+		p->too_big = true;
+	}
+}
+
 static void flush(struct emitter *e)
 {
-	struct smtp_data_parser *p = e->p;
-	if (e->n == 0)
-		return;
-	if (e->out && !p->too_big) {
-		int rc = tbuf_append(e->out, e->buf, e->n);
-		if (rc != TERN_OK) {
-			/* Store exactly the prefix that fits, so what is kept does
-			 * not depend on how the input was split into reads. */
-			if (rc == TERN_ELIMIT && e->out->max > e->out->len) {
-				size_t room = e->out->max - e->out->len;
-				if (room > e->n)
-					room = e->n;
-				(void)tbuf_append(e->out, e->buf, room);
-			}
-			/* Out of memory also ends storing: the message cannot be
-			 * kept whole, and the session must still find its end. */
-			p->too_big = true;
-		}
-	}
+	store(e->p, e->out, e->buf, e->n);
 	e->n = 0;
 }
 
@@ -166,6 +167,44 @@ static int mid_byte(struct smtp_data_parser *p, struct emitter *e, unsigned char
 	return S_MID;
 }
 
+/*
+ * The body's common case in bulk: from in[i] (inside a line, or at the start
+ * of one that does not begin with a dot) to the first LF, when that LF is
+ * the only one and is preceded by the only CR of the stretch. Such a line
+ * is content plus one CR LF whatever the state machine would decide byte
+ * by byte, so it is stored in one piece. Returns the bytes taken (0: not
+ * such a line, or still in the header section, where every byte counts).
+ * *lf_at is where the stretch's LF is (len when there is none), so that a
+ * caller that gets 0 knows how far the byte-wise path must go.
+ */
+static size_t bulk_line(struct emitter *e, const unsigned char *in, size_t len, size_t *lf_at)
+{
+	struct smtp_data_parser *p = e->p;
+	const unsigned char *lf = memchr(in, '\n', len);
+	*lf_at = lf ? (size_t)(lf - in) : len;
+	if (p->in_headers || !lf || lf == in || lf[-1] != '\r')
+		return 0;
+	size_t n = (size_t)(lf - in) - 1; /* content bytes before the CR */
+	if (memchr(in, '\r', n))
+		return 0; /* a bare CR: the byte-wise path marks it */
+	unsigned char any = 0;
+	for (size_t k = 0; k < n; k++)
+		any |= in[k];
+	if (any & 0x80)
+		p->has_8bit = true;
+	if (!p->has_nul && memchr(in, 0, n))
+		p->has_nul = true;
+	p->total_bytes += n + 2;
+	if (e->n + n + 2 <= sizeof(e->buf)) {
+		memcpy(e->buf + e->n, in, n + 2);
+		e->n += n + 2;
+	} else {
+		flush(e);
+		store(p, e->out, (const char *)in, n + 2);
+	}
+	return n + 2;
+}
+
 enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in, size_t len,
                                      size_t *consumed, struct tbuf *out)
 {
@@ -183,8 +222,19 @@ enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in,
 		return SMTP_DATA_END;
 	}
 
+	size_t bytewise_to = 0; /* the byte-wise path goes on up to here */
 	for (; i < len; i++) {
 		unsigned char c = (unsigned char)in[i];
+		if (i >= bytewise_to && (st == S_MID || (st == S_BOL && c != '.'))) {
+			size_t lf_at;
+			size_t took = bulk_line(&e, (const unsigned char *)in + i, len - i, &lf_at);
+			if (took) {
+				i += took - 1; /* the loop's i++ steps past the LF */
+				st = S_BOL;
+				continue;
+			}
+			bytewise_to = i + lf_at + 1;
+		}
 		switch (st) {
 		case S_BOL:
 			if (c == '.')
@@ -275,7 +325,7 @@ void smtp_scan_line_ends(const char *msg, size_t len, bool *bare_eol, bool *has_
 			if (i + 1 >= len || msg[i + 1] != '\n')
 				bare = true; /* a CR at the very end has no LF either */
 			else
-				i++;         /* CR LF: a real line end */
+				i++; /* CR LF: a real line end */
 		} else if (c == '\n') {
 			bare = true; /* an LF not consumed after a CR above is bare */
 		}
