@@ -35,6 +35,10 @@
 struct suppress_db {
 	sqlite3 *db;
 	pthread_mutex_t mu;
+	/* suppress_check runs for every remote recipient: its statement is
+	 * prepared once (under mu) and reset after each use, not parsed again
+	 * per message. */
+	sqlite3_stmt *check_st;
 };
 
 static const char SCHEMA[] =
@@ -137,6 +141,7 @@ void suppress_close(struct suppress_db *db)
 {
 	if (!db)
 		return;
+	sqlite3_finalize(db->check_st);
 	sqlite3_close(db->db);
 	pthread_mutex_destroy(&db->mu);
 	free(db);
@@ -295,16 +300,18 @@ bool suppress_check(struct suppress_db *db, const char *sender_domain, const cha
 		return false;
 	bool found = false;
 	pthread_mutex_lock(&db->mu);
-	sqlite3_stmt *st = NULL;
 	/* The domain's entry sorts before the global one ("" is smallest). */
-	if (sqlite3_prepare_v2(db->db,
+	if (!db->check_st &&
+	    sqlite3_prepare_v3(db->db,
 	                       "SELECT scope, addr, reason, detail, created, queue_id FROM "
 	                       "suppressed WHERE addr = ? AND (scope = ? OR scope = '') "
 	                       "ORDER BY scope DESC LIMIT 1",
-	                       -1, &st, NULL) != SQLITE_OK) {
+	                       -1, SQLITE_PREPARE_PERSISTENT, &db->check_st, NULL) != SQLITE_OK) {
 		log_error("event=suppress_read_failed reason=\"%s\"", sqlite3_errmsg(db->db));
+		db->check_st = NULL;
 		goto out;
 	}
+	sqlite3_stmt *st = db->check_st;
 	sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, sc, -1, SQLITE_STATIC);
 	int r = sqlite3_step(st);
@@ -315,8 +322,9 @@ bool suppress_check(struct suppress_db *db, const char *sender_domain, const cha
 	} else if (r != SQLITE_DONE) {
 		log_error("event=suppress_read_failed reason=\"%s\"", sqlite3_errmsg(db->db));
 	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st); /* a and sc are on this stack */
 out:
-	sqlite3_finalize(st);
 	pthread_mutex_unlock(&db->mu);
 	return found;
 }
