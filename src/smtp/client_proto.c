@@ -897,8 +897,8 @@ void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg)
 			 * is, within the run. */
 			const char *lf = memchr(msg + i, '\n', len - i);
 			size_t n = lf ? (size_t)(lf - (msg + i)) : 0;
-			if (n && lf[-1] == '\r' && !memchr(msg + i, '\r', n - 1) &&
-			    !memchr(msg + i, '\0', n - 1)) {
+			if (n && lf[-1] == '\r' &&
+			    !(smtp_scan_bytes(msg + i, n - 1) & (SMTP_SCAN_CR | SMTP_SCAN_NUL))) {
 				i += n; /* the loop's i++ steps past the LF */
 				bol = true;
 				continue;

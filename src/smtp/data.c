@@ -167,6 +167,40 @@ static int mid_byte(struct smtp_data_parser *p, struct emitter *e, unsigned char
 	return S_MID;
 }
 
+unsigned smtp_scan_bytes(const char *b, size_t n)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	const uint64_t crs = 0x0d * ones;
+	uint64_t any = 0, cr = 0, nul = 0;
+	size_t k = 0;
+	for (; k + 8 <= n; k += 8) {
+		uint64_t w, x;
+		memcpy(&w, b + k, 8);
+		any |= w;
+		/* (v - 1...) & ~v has a byte's high bit set only at or above a
+		 * zero byte: exact as "has a zero byte" once masked with highs. */
+		x = w ^ crs;
+		cr |= (x - ones) & ~x;
+		nul |= (w - ones) & ~w;
+	}
+	unsigned r = 0;
+	for (; k < n; k++) {
+		unsigned char c = (unsigned char)b[k];
+		any |= c;
+		if (c == '\r')
+			r |= SMTP_SCAN_CR;
+		else if (c == 0)
+			r |= SMTP_SCAN_NUL;
+	}
+	if (cr & highs)
+		r |= SMTP_SCAN_CR;
+	if (nul & highs)
+		r |= SMTP_SCAN_NUL;
+	if (any & highs)
+		r |= SMTP_SCAN_8BIT;
+	return r;
+}
+
 /*
  * The body's common case in bulk: from in[i] (inside a line, or at the start
  * of one that does not begin with a dot) to the first LF, when that LF is
@@ -185,14 +219,12 @@ static size_t bulk_line(struct emitter *e, const unsigned char *in, size_t len, 
 	if (p->in_headers || !lf || lf == in || lf[-1] != '\r')
 		return 0;
 	size_t n = (size_t)(lf - in) - 1; /* content bytes before the CR */
-	if (memchr(in, '\r', n))
+	unsigned seen = smtp_scan_bytes((const char *)in, n);
+	if (seen & SMTP_SCAN_CR)
 		return 0; /* a bare CR: the byte-wise path marks it */
-	unsigned char any = 0;
-	for (size_t k = 0; k < n; k++)
-		any |= in[k];
-	if (any & 0x80)
+	if (seen & SMTP_SCAN_8BIT)
 		p->has_8bit = true;
-	if (!p->has_nul && memchr(in, 0, n))
+	if (seen & SMTP_SCAN_NUL)
 		p->has_nul = true;
 	p->total_bytes += n + 2;
 	if (e->n + n + 2 <= sizeof(e->buf)) {

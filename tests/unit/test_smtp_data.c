@@ -521,6 +521,38 @@ static void test_bulk_lines_match_bytewise(void **state)
 	free(in);
 }
 
+/* smtp_scan_bytes against a byte loop: every length up to 40 at every
+ * alignment, over bytes that sit next to the ones it looks for (0x0c, 0x0e,
+ * 0x01, 0x7f, 0x80, 0xff), so that borrows between bytes cannot fake or hide
+ * a CR, a NUL or an 8-bit byte. */
+static void test_scan_bytes_matches_byte_loop(void **state)
+{
+	(void)state;
+	static const unsigned char alphabet[] = {'a',  '\r', 0,    0x0c, 0x0e,
+	                                         0x01, 0x7f, 0x80, 0xff, '\n'};
+	char buf[64];
+	for (int round = 0; round < 20000; round++) {
+		size_t off = (size_t)(rng() % 8), n = (size_t)(rng() % 41);
+		for (size_t i = 0; i < n; i++) {
+			uint64_t r = rng();
+			/* mostly plain text, so that single special bytes get tested */
+			buf[off + i] = (char)(r % 4 ? 'a' + (char)(r % 26)
+			                            : (char)alphabet[(r >> 8) % sizeof(alphabet)]);
+		}
+		unsigned want = 0;
+		for (size_t i = 0; i < n; i++) {
+			unsigned char c = (unsigned char)buf[off + i];
+			if (c == '\r')
+				want |= SMTP_SCAN_CR;
+			if (c == 0)
+				want |= SMTP_SCAN_NUL;
+			if (c >= 0x80)
+				want |= SMTP_SCAN_8BIT;
+		}
+		assert_int_equal(smtp_scan_bytes(buf + off, n), want);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -533,6 +565,7 @@ int main(void)
 	    cmocka_unit_test(test_message_id_table),
 	    cmocka_unit_test(test_header_find_keeps_folding),
 	    cmocka_unit_test(test_bulk_lines_match_bytewise),
+	    cmocka_unit_test(test_scan_bytes_matches_byte_loop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
