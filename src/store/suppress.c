@@ -300,29 +300,34 @@ bool suppress_check(struct suppress_db *db, const char *sender_domain, const cha
 		return false;
 	bool found = false;
 	pthread_mutex_lock(&db->mu);
-	/* The domain's entry sorts before the global one ("" is smallest). */
+	/* Point lookups on the primary key (scope, addr): the domain's entry
+	 * first, then the global one. (One query with "scope = ? OR scope = ''"
+	 * built a temporary b-tree for every call.) */
 	if (!db->check_st &&
 	    sqlite3_prepare_v3(db->db,
 	                       "SELECT scope, addr, reason, detail, created, queue_id FROM "
-	                       "suppressed WHERE addr = ? AND (scope = ? OR scope = '') "
-	                       "ORDER BY scope DESC LIMIT 1",
+	                       "suppressed WHERE scope = ? AND addr = ?",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &db->check_st, NULL) != SQLITE_OK) {
 		log_error("event=suppress_read_failed reason=\"%s\"", sqlite3_errmsg(db->db));
 		db->check_st = NULL;
 		goto out;
 	}
 	sqlite3_stmt *st = db->check_st;
-	sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, sc, -1, SQLITE_STATIC);
-	int r = sqlite3_step(st);
-	if (r == SQLITE_ROW) {
-		found = true;
-		if (e)
-			row_entry(st, e);
-	} else if (r != SQLITE_DONE) {
-		log_error("event=suppress_read_failed reason=\"%s\"", sqlite3_errmsg(db->db));
+	const char *scopes[2] = {sc, ""};
+	for (size_t i = sc[0] ? 0 : 1; i < 2 && !found; i++) {
+		sqlite3_bind_text(st, 1, scopes[i], -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, a, -1, SQLITE_STATIC);
+		int r = sqlite3_step(st);
+		if (r == SQLITE_ROW) {
+			found = true;
+			if (e)
+				row_entry(st, e);
+		} else if (r != SQLITE_DONE) {
+			log_error("event=suppress_read_failed reason=\"%s\"",
+			          sqlite3_errmsg(db->db));
+		}
+		sqlite3_reset(st);
 	}
-	sqlite3_reset(st);
 	sqlite3_clear_bindings(st); /* a and sc are on this stack */
 out:
 	pthread_mutex_unlock(&db->mu);
