@@ -236,7 +236,8 @@ struct session {
 	bool shutting_down; /* close after the transaction in flight */
 	bool discard_line;  /* skipping the rest of an over-long command line */
 	bool out_blocked;   /* reading stopped until the output drains (on_write) */
-	size_t cmd_in_input; /* bytes of the command being handled, still in the input */
+	/* wire_out: bytes of the command being handled, still in the input */
+	size_t cmd_bytes;
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
 	bool esmtp;
 	bool tls_active;
@@ -473,7 +474,7 @@ static void reply_line(struct session *s, enum smtp_reply_id id, int code, bool 
 	 * straight to the socket (a multi-line reply's lines go out together). */
 	wire_out(s->bev,
 	         !more && !s->tls_active &&
-	             evbuffer_get_length(bufferevent_get_input(s->bev)) <= s->cmd_in_input,
+	             evbuffer_get_length(bufferevent_get_input(s->bev)) <= s->cmd_bytes,
 	         line, len + 2);
 	if (!more)
 		smtp_metrics_reply(line[0]);
@@ -3088,12 +3089,12 @@ static bool read_command(struct session *s, struct evbuffer *in)
 	size_t n = linelen - 1;
 	if (n > 0 && line[n - 1] == '\r')
 		n--;
-	s->cmd_in_input = linelen; /* wire_out: a reply with nothing pipelined after it */
+	s->cmd_bytes = linelen; /* wire_out: a reply with nothing pipelined after it */
 	if (s->state == SS_AUTH)
 		auth_line(s, line, n);
 	else
 		dispatch(s, line, n);
-	s->cmd_in_input = 0;
+	s->cmd_bytes = 0;
 	/* dispatch may have closed the session, but the buffer is still ours. */
 	evbuffer_drain(in, linelen);
 	if (s->starttls) {
