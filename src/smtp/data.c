@@ -3,11 +3,13 @@
  * and the few header facts the session needs (Received count, 8-bit, NUL).
  *
  * Owns: the byte-level state machine behind smtp_data_feed(),
- * smtp_scan_headers() and smtp_scan_line_ends(). Pure: no I/O, no allocation of its own (output
- * goes to the caller's capped tbuf). Must never: end the data on anything but CR LF "." CR LF (SMTP
- * smuggling, CVE-2023-51764 family; DESIGN §5.4), treat a bare CR or bare LF as a line end, or give
- * a different result depending on how the input was split into reads. Every state lives in struct
- * smtp_data_parser so a read may end on any byte.
+ * smtp_scan_headers() and smtp_scan_line_ends(). Pure: no I/O, no allocation of its own (output goes
+ * to the caller's capped tbuf).
+ * Must never: end the data on anything but CR LF "." CR LF (SMTP smuggling,
+ * CVE-2023-51764 family; DESIGN §5.4), treat a bare CR or bare LF as a line
+ * end, or give a different result depending on how the input was split
+ * into reads. Every state lives in struct smtp_data_parser so a read may end
+ * on any byte.
  */
 #include "smtp/smtp.h"
 
@@ -400,7 +402,7 @@ void smtp_scan_line_ends(const char *msg, size_t len, bool *bare_eol, bool *has_
 			if (i + 1 >= len || msg[i + 1] != '\n')
 				bare = true; /* a CR at the very end has no LF either */
 			else
-				i++; /* CR LF: a real line end */
+				i++;         /* CR LF: a real line end */
 		} else if (c == '\n') {
 			bare = true; /* an LF not consumed after a CR above is bare */
 		}
