@@ -616,7 +616,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	int http_fd = -1;
 	int metrics_fd = -1;
 	struct metrics_http *metrics = NULL;
-	int api_fds[MAX_FDS]; /* listeners with profile "http": http/api.h */
+	int api_fds[MAX_FDS];  /* listeners with profile "http": http/api.h */
+	bool api_tls[MAX_FDS]; /* ... and whether each is HTTPS (tls = "implicit") */
 	size_t n_api_fds = 0;
 	struct api *api = NULL;
 	struct parent_ctx pc = {.path = path, .cap = cap};
@@ -684,9 +685,11 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 				          conf->listeners[i].name, err);
 				goto out;
 			}
+			api_tls[n_api_fds] = conf->listeners[i].tls == CONF_LISTEN_TLS_IMPLICIT;
+			log_info("event=listening name=%s address=%s profile=http tls=%s",
+			         conf->listeners[i].name, conf->listeners[i].address,
+			         api_tls[n_api_fds] ? "implicit" : "none");
 			api_fds[n_api_fds++] = fd;
-			log_info("event=listening name=%s address=%s profile=http tls=none",
-			         conf->listeners[i].name, conf->listeners[i].address);
 			continue;
 		}
 		for (unsigned w = 0; w < n_workers; w++) {
@@ -891,8 +894,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 	quota_open(conf->data_dir); /* sending quotas (store/quota.h): API and submission */
 	/* before anything is submitted: it watches the scheduler's results */
-	if (n_api_fds &&
-	    !(api = api_start(conf->data_dir, sp, sched, api_fds, n_api_fds, err, sizeof(err)))) {
+	if (n_api_fds && !(api = api_start(conf->data_dir, sp, sched, api_fds, api_tls, n_api_fds,
+	                                   tls_server_ctx(tls), err, sizeof(err)))) {
 		log_error("event=fatal reason=\"http api: %s\"", err);
 		goto out;
 	}

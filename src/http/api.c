@@ -35,6 +35,8 @@
  *   POST /api/v1/keys                  make one: its token is in this answer only
  *   DELETE /api/v1/keys/{id}           revoke one (by name or id)
  *   /ui/...                            the web UI and its login (ui_routes.h)
+ * A listener with tls = "implicit" speaks HTTPS (the SMTP listeners' TLS
+ * context, so the same certificates, SNI choice and SIGHUP reload).
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
  * needs scope send or admin and a From domain the key allows. The
@@ -43,6 +45,10 @@
  * X-CSRF-Token on anything but GET) counts as an admin key (ui_routes.h).
  * Everything under /v2/ is the SES v2 compatible API (ses.h: SigV4, not a
  * bearer token; not in web/openapi.json); its SendEmail is committed here.
+ *
+ * send_at (scheduled sending) becomes the envelope's typed not-before time
+ * (spool_msg.not_before): the scheduler tries nothing before it, the status
+ * route shows such recipients as "scheduled".
  *
  * Owns: authentication and the from-domain rule, the Received field of
  * API mail, DKIM signing (smtp/sign.h, as for submission), the envelope,
@@ -661,6 +667,9 @@ static void finish(void *arg)
 		         it->msgid[0] ? log_quote(it->msgid, strlen(it->msgid), mq, sizeof(mq))
 		                      : "-",
 		         tags[0] ? log_quote(tags, strlen(tags), tq, sizeof(tq)) : "-");
+		if (it->s.send_at)
+			log_info("event=scheduled id=%s source=api not_before=%lld", it->id,
+			         (long long)it->s.send_at);
 		if (it->s.metadata) {
 			char md[1024];
 			log_info("event=api_metadata id=%s metadata=%s", it->id,
@@ -763,7 +772,8 @@ static void commit_start(struct req_ctx *c, enum kind kind, struct item *items, 
 		env.body = eight ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE;
 		env.trusted_client = true; /* an API key is an authenticated sender */
 		env.client = client;
-		env.api_key = c->key.name; /* typed: the status routes read it back */
+		env.api_key = c->key.name;      /* typed: the status routes read it back */
+		env.not_before = it->s.send_at; /* send_at: the scheduler holds it back */
 		env.size = it->data.len;
 		env.rcpts = it->rcpts;
 		env.n_rcpts = it->n_rcpts;
@@ -1139,10 +1149,14 @@ static void message_status(struct req_ctx *c, const char *id)
 		return;
 	}
 	json_t *rcpts = json_array();
+	/* send_at not reached: a recipient not tried yet is "scheduled" */
+	bool scheduled = m->not_before > (int64_t)time(NULL);
 	for (size_t i = 0; rcpts && i < m->n_rcpts; i++) {
 		const struct spool_rcpt *r = &m->rcpts[i];
 		json_t *o = json_pack("{s:s, s:s, s:i}", "address", r->addr, "state",
-		                      state_name(r->state), "attempts", (int)r->attempts);
+		                      scheduled && r->state == RCPT_QUEUED ? "scheduled"
+		                                                           : state_name(r->state),
+		                      "attempts", (int)r->attempts);
 		if (o && r->last_reply)
 			json_object_set_new(o, "reason", json_string(r->last_reply));
 		if (o && r->state == RCPT_DEFERRED && r->next_try)
@@ -1150,10 +1164,12 @@ static void message_status(struct req_ctx *c, const char *id)
 		json_array_append_new(rcpts, o ? o : json_null());
 	}
 	add_id(c, m->id);
-	reply_json(c, 200,
-	           json_pack("{s:s, s:s, s:b, s:I, s:I, s:o}", "id", m->id, "from", m->sender,
-	                     "finished", 0, "created", (json_int_t)m->created, "size",
-	                     (json_int_t)m->size, "recipients", rcpts ? rcpts : json_array()));
+	json_t *body = json_pack("{s:s, s:s, s:b, s:I, s:I, s:o}", "id", m->id, "from", m->sender,
+	                         "finished", 0, "created", (json_int_t)m->created, "size",
+	                         (json_int_t)m->size, "recipients", rcpts ? rcpts : json_array());
+	if (body && m->not_before)
+		json_object_set_new(body, "send_at", json_integer((json_int_t)m->not_before));
+	reply_json(c, 200, body);
 	spool_msg_free(m);
 }
 
@@ -1893,9 +1909,16 @@ static void on_result(void *arg, const struct spool_msg *m, size_t idx, enum rcp
 }
 
 struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *sched, int *fds,
-                      size_t n_fds, char *err, size_t errlen)
+                      const bool *fd_tls, size_t n_fds, struct ssl_ctx_st *tls, char *err,
+                      size_t errlen)
 {
 	char path[4096];
+	for (size_t i = 0; i < n_fds; i++) {
+		if (fd_tls[i] && !tls) { /* conf.c asks for a certificate first */
+			snprintf(err, errlen, "an HTTPS listener without a TLS certificate");
+			return NULL;
+		}
+	}
 	struct api *a = calloc(1, sizeof(*a));
 	if (!a || n_fds > API_LISTENERS_MAX) {
 		snprintf(err, errlen, a ? "too many http listeners" : "out of memory");
@@ -1939,6 +1962,9 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	hooks.handle = handle;
 	hooks.version = "tern";
 	for (size_t i = 0; i < n_fds; i++) {
+		/* HTTPS as capture's --ui-tls-cert: the server's handshake per
+		 * connection; the context is the SMTP listeners' (SNI, SIGHUP) */
+		hooks.ui_tls = fd_tls[i] ? tls : NULL;
 		a->http[i] = http_server_new(a->w, fds[i], NULL, &hooks);
 		if (!a->http[i]) {
 			snprintf(err, errlen, "cannot start the HTTP server");
