@@ -38,14 +38,6 @@ const char *stats_group_name(enum stats_group g)
 	return (unsigned)g < sizeof(group_names) / sizeof(group_names[0]) ? group_names[g] : NULL;
 }
 
-static int counter_of(const char *type)
-{
-	for (int i = 0; type && i < ST__COUNT; i++)
-		if (strcmp(type, counter_types[i]) == 0)
-			return i;
-	return -1;
-}
-
 /* ---- providers ---- */
 
 /* The shaping table's sites under the names people use for them. */
@@ -182,24 +174,126 @@ static int group_row(struct triples *t, enum stats_group g, const char *g1, cons
 
 /* ---- the queries ---- */
 
-/* The recipient's domain, lowercased ("" without an '@'). */
-#define DOMAIN_SQL                                                                                 \
-	"lower(CASE WHEN instr(recipient, '@') > 0 THEN substr(recipient, instr(recipient, "       \
-	"'@') + 1) ELSE '' END)"
-
 #define TYPES_SQL                                                                                  \
 	"type IN ('queued', 'delivered', 'deferred', 'bounced', 'complained', 'opened', "          \
 	"'clicked', 'suppressed')"
 
+/*
+ * The counts of one group key while the rows are read: (g1, g2) as the
+ * query gave them (the recipient's domain and the relay for providers, the
+ * key, the tags), counted in a hash table. Mapping a key to its groups
+ * (providers, each tag) happens once per distinct key at the end, not per
+ * row: with SQL's GROUP BY the same count took 3 times the instructions
+ * (callgrind, 825k events, group=provider).
+ */
+struct gkey {
+	char *k; /* g1 '\0' g2 '\0' */
+	size_t len;
+	uint64_t hash;
+	struct stats_counts c;
+};
+
+struct gtable {
+	struct gkey *v;
+	size_t n, cap; /* cap: a power of two, at most half full */
+};
+
+static uint64_t fnv(const char *p, size_t n)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+	return h;
+}
+
+static int gtable_grow(struct gtable *t)
+{
+	size_t cap = t->cap ? t->cap * 2 : 256;
+	struct gkey *v = calloc(cap, sizeof(*v));
+	if (!v)
+		return TERN_ENOMEM;
+	for (size_t i = 0; i < t->cap; i++) {
+		if (!t->v[i].k)
+			continue;
+		size_t j = t->v[i].hash & (cap - 1);
+		while (v[j].k)
+			j = (j + 1) & (cap - 1);
+		v[j] = t->v[i];
+	}
+	free(t->v);
+	t->v = v;
+	t->cap = cap;
+	return TERN_OK;
+}
+
+/* The counts of key (k, len), made (zero) when new; NULL out of memory. */
+static struct stats_counts *gtable_get(struct gtable *t, const char *k, size_t len)
+{
+	if (2 * (t->n + 1) > t->cap && gtable_grow(t) != TERN_OK)
+		return NULL;
+	uint64_t h = fnv(k, len);
+	size_t j = h & (t->cap - 1);
+	for (; t->v[j].k; j = (j + 1) & (t->cap - 1))
+		if (t->v[j].hash == h && t->v[j].len == len && memcmp(t->v[j].k, k, len) == 0)
+			return &t->v[j].c;
+	char *copy = malloc(len);
+	if (!copy)
+		return NULL;
+	memcpy(copy, k, len);
+	t->v[j] = (struct gkey){.k = copy, .len = len, .hash = h};
+	t->n++;
+	return &t->v[j].c;
+}
+
+static void gtable_free(struct gtable *t)
+{
+	for (size_t i = 0; i < t->cap; i++)
+		free(t->v[i].k);
+	free(t->v);
+}
+
+/* The counter of an event type, by its text (one of TYPES_SQL). */
+static int counter_of_text(const unsigned char *t, int n)
+{
+	for (int i = 0; t && i < ST__COUNT; i++)
+		if ((int)strlen(counter_types[i]) == n &&
+		    memcmp(t, counter_types[i], (size_t)n) == 0)
+			return i;
+	return -1;
+}
+
+/* Builds the group key of a row into buf: "g1\0g2\0"; its length. */
+static size_t row_key(sqlite3_stmt *st, enum stats_group g, char *buf, size_t cap)
+{
+	const char *a = (const char *)sqlite3_column_text(st, 2);
+	const char *b = (const char *)sqlite3_column_text(st, 3);
+	size_t n = 0;
+	if (g == STATS_GROUP_DOMAIN || g == STATS_GROUP_PROVIDER) {
+		/* the recipient's domain, lowercased */
+		const char *at = a ? strrchr(a, '@') : NULL;
+		for (const char *p = at ? at + 1 : ""; *p && n + 1 < cap / 2; p++)
+			buf[n++] = (*p >= 'A' && *p <= 'Z') ? (char)(*p - 'A' + 'a') : *p;
+	} else {
+		for (const char *p = a ? a : ""; *p && n + 1 < cap / 2; p++)
+			buf[n++] = *p;
+	}
+	buf[n++] = '\0';
+	for (const char *p = b ? b : ""; *p && n + 1 < cap; p++)
+		buf[n++] = *p;
+	buf[n++] = '\0';
+	return n;
+}
+
 static int counts(sqlite3 *db, const struct stats_query *q, struct stats_result *out)
 {
-	static const char *const g1[] = {"''", DOMAIN_SQL, "key", "tags", DOMAIN_SQL};
-	char sql[1024];
-	snprintf(sql, sizeof(sql),
-	         "SELECT type, time / ?3, %s, %s, count(*) FROM events WHERE time >= ?1 AND "
-	         "time <= ?2 AND " TYPES_SQL " GROUP BY 1, 2, 3, 4",
-	         g1[q->group], q->group == STATS_GROUP_PROVIDER ? "relay" : "''");
+	static const char *const g1[] = {"NULL", "recipient", "key", "tags", "recipient"};
+	char sql[512], key[4096]; /* a domain, the relay; or the key or tags */
+	snprintf(
+	    sql, sizeof(sql),
+	    "SELECT type, time, %s, %s FROM events WHERE time >= ?1 AND time <= ?2 AND " TYPES_SQL,
+	    g1[q->group], q->group == STATS_GROUP_PROVIDER ? "relay" : "NULL");
 	sqlite3_stmt *st = NULL;
+	struct gtable gt = {0};
 	struct triples t = {0};
 	int rc = TERN_EIO, src;
 	int64_t first = q->since / q->bucket;
@@ -207,23 +301,38 @@ static int counts(sqlite3 *db, const struct stats_query *q, struct stats_result 
 		goto out;
 	sqlite3_bind_int64(st, 1, q->since);
 	sqlite3_bind_int64(st, 2, q->until);
-	sqlite3_bind_int64(st, 3, q->bucket);
 	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-		int c = counter_of((const char *)sqlite3_column_text(st, 0));
-		int64_t b = sqlite3_column_int64(st, 1) - first;
-		uint64_t n = (uint64_t)sqlite3_column_int64(st, 4);
+		int c = counter_of_text(sqlite3_column_text(st, 0), sqlite3_column_bytes(st, 0));
+		int64_t b = sqlite3_column_int64(st, 1) / q->bucket - first;
 		if (TERN_BUG_ON(c < 0 || b < 0 || (size_t)b >= out->n_series))
 			continue; /* the WHERE clause keeps both in range */
-		out->totals.n[c] += n;
-		out->series[b].c.n[c] += n;
-		if (q->group != STATS_GROUP_NONE &&
-		    (rc = group_row(&t, q->group, (const char *)sqlite3_column_text(st, 2),
-		                    (const char *)sqlite3_column_text(st, 3), c, n)) != TERN_OK)
+		out->totals.n[c]++;
+		out->series[b].c.n[c]++;
+		if (q->group == STATS_GROUP_NONE)
+			continue;
+		struct stats_counts *gc =
+		    gtable_get(&gt, key, row_key(st, q->group, key, sizeof(key)));
+		if (!gc) {
+			rc = TERN_ENOMEM;
 			goto out;
+		}
+		gc->n[c]++;
 	}
-	rc = src == SQLITE_DONE ? triples_merge(&t, out) : TERN_EIO;
+	if (src != SQLITE_DONE)
+		goto out;
+	rc = TERN_OK;
+	for (size_t i = 0; i < gt.cap && rc == TERN_OK; i++) {
+		const struct gkey *k = &gt.v[i];
+		for (int c = 0; k->k && c < ST__COUNT && rc == TERN_OK; c++)
+			if (k->c.n[c])
+				rc = group_row(&t, q->group, k->k, k->k + strlen(k->k) + 1, c,
+				               k->c.n[c]);
+	}
+	if (rc == TERN_OK)
+		rc = triples_merge(&t, out);
 out:
 	sqlite3_finalize(st);
+	gtable_free(&gt);
 	triples_free(&t);
 	return rc;
 }
