@@ -83,6 +83,9 @@ struct spool_msg {
 	char *client;  /* "addr=1.2.3.4 helo=..." trace info, or NULL */
 	char *auth;    /* MAIL AUTH= to pass on (RFC 4954 §5), decoded; NULL: none (AUTH=<>) */
 	char *api_key; /* the name of the HTTP API key that queued it; NULL: not the API */
+	/* Not before this time (unix seconds) is any recipient tried: the API's
+	 * send_at. 0: at once (every message written before the field). */
+	int64_t not_before;
 	uint64_t size; /* message bytes */
 	struct spool_rcpt *rcpts;
 	size_t n_rcpts;

@@ -10,7 +10,9 @@
  * syncs; due remote recipients become one remote job per destination
  * domain. Temporary failures go to a deferred list with exponential
  * backoff and jitter (delivery.retry_base .. retry_max); past
- * delivery.max_lifetime a recipient bounces with its last reason.
+ * delivery.max_lifetime a recipient bounces with its last reason. A
+ * message with a not-before time (spool_msg.not_before) waits on the
+ * deferred list until then.
  *
  * Must never: run on an event loop (except remote_done, which only
  * appends to the spool and queues); hold the lock while doing I/O; send a
@@ -557,15 +559,18 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 	size_t emid_len = 0;
 	if (events_enabled() && data)
 		smtp_message_id(data, len, &emid, &emid_len);
+	/* A scheduled message (send_at) starts its lifetime and its DELAY clock
+	 * when it may first be tried, not when it was queued. */
+	int64_t since = m->not_before > m->created ? m->not_before : m->created;
 	for (size_t k = 0; k < n; k++) {
 		const struct spool_rcpt *r = &m->rcpts[o[k].idx];
 		double delay = (double)(now - m->created);
 		if (o[k].state == RCPT_DEFERRED && conf->delivery.max_lifetime &&
-		    now - m->created >= (int64_t)conf->delivery.max_lifetime && expired) {
+		    now - since >= (int64_t)conf->delivery.max_lifetime && expired) {
 			/* Too old: the last temporary reason becomes final. */
 			snprintf(expired[k], sizeof(expired[k]),
 				 "delivery time expired after %lld s; last error: %s",
-				 (long long)(now - m->created), o[k].reply);
+				 (long long)(now - since), o[k].reply);
 			o[k].state = RCPT_BOUNCED;
 			o[k].status = "4.4.7";
 			o[k].reply = expired[k];
@@ -629,7 +634,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			         m->id, qa, qr, o[k].status, (long long)(next - now),
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			if (conf->delivery.delay_warning &&
-			    now - m->created >= (int64_t)conf->delivery.delay_warning &&
+			    now - since >= (int64_t)conf->delivery.delay_warning &&
 			    wants_notice(m, r->notify, SMTP_NOTIFY_DELAY) && n_delayed < dsn_cap)
 				delayed[n_delayed++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "delayed",
@@ -637,7 +642,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 					.remote_mta = strcmp(o[k].relay, "local") == 0 ? NULL
 										       : o[k].relay,
 					.diagnostic = o[k].reply, .last_attempt = now,
-					.will_retry_until = m->created +
+					.will_retry_until = since +
 							    (int64_t)conf->delivery.max_lifetime};
 			break;
 		}
@@ -1129,6 +1134,13 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		struct spool_msg *m = spool_get(s->sp, job->id);
 		if (!m)
 			continue; /* deleted or finished meanwhile */
+		if (m->not_before > now) {
+			/* scheduled (the API's send_at): nothing is tried before it,
+			 * not even on a flush; a restart finds the time in the spool */
+			defer_job(s, job->id, m->not_before);
+			spool_msg_free(m);
+			continue;
+		}
 		msgs[j] = m;
 		if (!job->data) {
 			job->from_spool = true;
