@@ -284,14 +284,62 @@ static size_t row_key(sqlite3_stmt *st, enum stats_group g, char *buf, size_t ca
 	return n;
 }
 
-static int counts(sqlite3 *db, const struct stats_query *q, struct stats_result *out)
+/* The deliveries the count saw (queue id, time), for the latency: taken in
+ * the same scan, so the window's rows are read once. */
+struct deliveries {
+	char *ids; /* NUL-terminated queue ids, one after another */
+	size_t len, cap;
+	struct delivery {
+		size_t id; /* offset in ids */
+		int64_t time;
+	} * v;
+	size_t n, vcap;
+};
+
+static int deliveries_add(struct deliveries *d, const unsigned char *id, int idlen, int64_t t)
+{
+	size_t n = id && idlen > 0 ? (size_t)idlen : 0;
+	if (d->n == d->vcap) {
+		size_t cap = d->vcap ? d->vcap * 2 : 256;
+		struct delivery *v = realloc(d->v, cap * sizeof(*v));
+		if (!v)
+			return TERN_ENOMEM;
+		d->v = v;
+		d->vcap = cap;
+	}
+	if (d->len + n + 1 > d->cap) {
+		size_t cap = d->cap ? d->cap * 2 : 4096;
+		while (cap < d->len + n + 1)
+			cap *= 2;
+		char *ids = realloc(d->ids, cap);
+		if (!ids)
+			return TERN_ENOMEM;
+		d->ids = ids;
+		d->cap = cap;
+	}
+	if (n)
+		memcpy(d->ids + d->len, id, n);
+	d->ids[d->len + n] = '\0';
+	d->v[d->n++] = (struct delivery){.id = d->len, .time = t};
+	d->len += n + 1;
+	return TERN_OK;
+}
+
+static void deliveries_free(struct deliveries *d)
+{
+	free(d->ids);
+	free(d->v);
+}
+
+static int counts(sqlite3 *db, const struct stats_query *q, struct stats_result *out,
+                  struct deliveries *dl)
 {
 	static const char *const g1[] = {"NULL", "recipient", "key", "tags", "recipient"};
 	char sql[512], key[4096]; /* a domain, the relay; or the key or tags */
-	snprintf(
-	    sql, sizeof(sql),
-	    "SELECT type, time, %s, %s FROM events WHERE time >= ?1 AND time <= ?2 AND " TYPES_SQL,
-	    g1[q->group], q->group == STATS_GROUP_PROVIDER ? "relay" : "NULL");
+	snprintf(sql, sizeof(sql),
+	         "SELECT type, time, %s, %s, queue_id FROM events WHERE time >= ?1 AND time <= ?2 "
+	         "AND " TYPES_SQL,
+	         g1[q->group], q->group == STATS_GROUP_PROVIDER ? "relay" : "NULL");
 	sqlite3_stmt *st = NULL;
 	struct gtable gt = {0};
 	struct triples t = {0};
@@ -308,6 +356,11 @@ static int counts(sqlite3 *db, const struct stats_query *q, struct stats_result 
 			continue; /* the WHERE clause keeps both in range */
 		out->totals.n[c]++;
 		out->series[b].c.n[c]++;
+		if (c == ST_DELIVERED &&
+		    (rc =
+		         deliveries_add(dl, sqlite3_column_text(st, 4), sqlite3_column_bytes(st, 4),
+		                        sqlite3_column_int64(st, 1))) != TERN_OK)
+			goto out;
 		if (q->group == STATS_GROUP_NONE)
 			continue;
 		struct stats_counts *gc =
@@ -318,8 +371,10 @@ static int counts(sqlite3 *db, const struct stats_query *q, struct stats_result 
 		}
 		gc->n[c]++;
 	}
-	if (src != SQLITE_DONE)
+	if (src != SQLITE_DONE) {
+		rc = TERN_EIO;
 		goto out;
+	}
 	rc = TERN_OK;
 	for (size_t i = 0; i < gt.cap && rc == TERN_OK; i++) {
 		const struct gkey *k = &gt.v[i];
@@ -351,39 +406,40 @@ static int64_t rank(const int64_t *v, size_t n, unsigned pct)
 	return v[k ? k - 1 : 0];
 }
 
-static int latency(sqlite3 *db, const struct stats_query *q, struct stats_result *out)
+static int latency(sqlite3 *db, const struct deliveries *dl, struct stats_result *out)
 {
-	/* From the message's received event (or, for mail that has none, its
-	 * first queued one) to each delivery. */
-	static const char sql[] =
-	    "SELECT d.time - (SELECT min(e.time) FROM events e WHERE e.queue_id = d.queue_id "
-	    "AND e.type IN ('received', 'queued')) FROM events d WHERE d.time >= ?1 AND d.time "
-	    "<= ?2 AND d.type = 'delivered'";
+	/* From the message's first event, when that is its receipt (received,
+	 * or queued for mail that has none), to each delivery. The first event
+	 * by id is one index probe (events_qid); a min() over the message's
+	 * events read each of its rows (callgrind: 1.4G of 4.0G instructions
+	 * for 225k deliveries). Emitters record a message's receipt before any
+	 * outcome, so the first event is the earliest receipt when there is one. */
+	static const char sql[] = "SELECT type, time FROM events WHERE queue_id = ?1 ORDER BY "
+	                          "queue_id, id LIMIT 1";
 	sqlite3_stmt *st = NULL;
 	int64_t *v = NULL;
-	size_t n = 0, cap = 0;
-	int rc = TERN_EIO, src;
+	size_t n = 0;
+	int rc = TERN_EIO, src = SQLITE_DONE;
+	if (dl->n == 0)
+		return TERN_OK;
+	if (!(v = malloc(dl->n * sizeof(*v))))
+		return TERN_ENOMEM;
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
 		goto out;
-	sqlite3_bind_int64(st, 1, q->since);
-	sqlite3_bind_int64(st, 2, q->until);
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-		if (sqlite3_column_type(st, 0) == SQLITE_NULL)
-			continue; /* no receipt recorded (pruned): no latency to tell */
-		if (n == cap) {
-			cap = cap ? cap * 2 : 256;
-			int64_t *nv = realloc(v, cap * sizeof(*v));
-			if (!nv) {
-				rc = TERN_ENOMEM;
+	for (size_t i = 0; i < dl->n; i++) {
+		sqlite3_reset(st);
+		sqlite3_bind_text(st, 1, dl->ids + dl->v[i].id, -1, SQLITE_STATIC);
+		if ((src = sqlite3_step(st)) != SQLITE_ROW) {
+			if (src != SQLITE_DONE)
 				goto out;
-			}
-			v = nv;
+			continue;
 		}
-		int64_t s = sqlite3_column_int64(st, 0);
+		const char *type = (const char *)sqlite3_column_text(st, 0);
+		if (!type || (strcmp(type, "received") != 0 && strcmp(type, "queued") != 0))
+			continue; /* no receipt recorded (a DSN tern made, or pruned) */
+		int64_t s = dl->v[i].time - sqlite3_column_int64(st, 1);
 		v[n++] = (s > 0 ? s : 0) * 1000;
 	}
-	if (src != SQLITE_DONE)
-		goto out;
 	if (n) {
 		qsort(v, n, sizeof(*v), cmp_i64);
 		out->latency = (struct stats_latency){.count = n,
@@ -450,9 +506,11 @@ int stats_run(sqlite3 *db, const struct stats_query *q, struct stats_result *out
 	/* One read transaction: the three answers see the same events even
 	 * while the writer commits. */
 	bool txn = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
-	int rc = counts(db, q, out);
+	struct deliveries dl = {0};
+	int rc = counts(db, q, out, &dl);
 	if (rc == TERN_OK)
-		rc = latency(db, q, out);
+		rc = latency(db, &dl, out);
+	deliveries_free(&dl);
 	if (rc == TERN_OK)
 		rc = reasons(db, q, out);
 	if (txn)
