@@ -225,21 +225,6 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
 /* An operator's retry of one message (the API's POST /api/v1/queue/ID/retry):
  * like a flush of that message alone, its deferred recipients are due now. */
 void scheduler_retry(struct scheduler *s, const char *id);
-/*
- * Capture mode's acknowledgement (DESIGN §6: the 250 comes only once the
- * message is also in the capture store). Like scheduler_submit, then
- * ack(arg, err) runs exactly once: on a delivery thread right after the
- * batch holding this message was captured, synced and recorded in the
- * spool (err TERN_OK), or with an error if it could not be captured now
- * (it stays due in the spool and is caught later), or from scheduler_stop
- * for a job no thread took (TERN_EIO). ack must not block.
- * Returns TERN_OK; or TERN_EINVAL when no store is set, TERN_EIO when the
- * scheduler is stopping, TERN_ENOMEM: then nothing was queued, ack never
- * runs and data still belongs to the caller.
- */
-typedef void (*scheduler_ack_fn)(void *arg, int err);
-int scheduler_submit_acked(struct scheduler *s, const char *id, char *data, size_t len,
-                           scheduler_ack_fn ack, void *arg);
 /* Queues every message in the spool that has recipients due (startup, flush). */
 void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try);
 /* Number of messages waiting for or in local delivery. */
@@ -289,8 +274,8 @@ int scheduler_capture_put(struct scheduler *s, const struct spool_msg *env, cons
  * stopped and the delivery threads were stopped, before the spool closes). */
 void scheduler_drain_results(struct scheduler *s);
 /* Stops the delivery threads after the batch in progress (remote results
- * still arriving are recorded); acknowledges the scheduler_submit_acked
- * jobs that no thread took (TERN_EIO: they stay in the spool). */
+ * still arriving are recorded) and capture mode's direct puts (committed
+ * and answered); jobs no thread took stay in the spool. */
 void scheduler_stop(struct scheduler *s);
 /* Stops the threads after the batch in progress; undelivered work stays in the spool. */
 void scheduler_free(struct scheduler *s);

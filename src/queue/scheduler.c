@@ -51,10 +51,6 @@ struct job {
 	int64_t due;
 	bool from_spool; /* data was read back: a retry or a recovery */
 	bool flush;      /* `tern queue flush`: deferred recipients are due now */
-	/* scheduler_submit_acked: called once the job was captured (ack_err). */
-	scheduler_ack_fn ack;
-	void *ack_arg;
-	int ack_err;
 };
 
 /* Messages with recipients handed to the remote engine, so a flush or a
@@ -133,21 +129,8 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 	return before;
 }
 
-/* Runs the job's acknowledgement, once (scheduler_submit_acked). */
-static void job_ack(struct job *j)
-{
-	if (!j->ack)
-		return;
-	scheduler_ack_fn ack = j->ack;
-	j->ack = NULL;
-	ack(j->ack_arg, j->ack_err);
-}
-
 static void job_free(struct job *j)
 {
-	/* Every path that drops an acked job must have acknowledged it: a
-	 * session waits for it with its reading switched off. */
-	(void)TERN_BUG_ON(j->ack != NULL);
 	free(j->data);
 	free(j);
 }
@@ -190,30 +173,6 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
 void scheduler_retry(struct scheduler *s, const char *id)
 {
 	submit_job(s, id, NULL, 0, true);
-}
-
-int scheduler_submit_acked(struct scheduler *s, const char *id, char *data, size_t len,
-                           scheduler_ack_fn ack, void *arg)
-{
-	struct job *j = calloc(1, sizeof(*j));
-	if (!j)
-		return TERN_ENOMEM;
-	tern_strlcpy(j->id, id, sizeof(j->id));
-	j->data = data;
-	j->len = len;
-	j->ack = ack;
-	j->ack_arg = arg;
-	j->ack_err = TERN_EIO; /* not captured, until capture_record says otherwise */
-	pthread_mutex_lock(&s->lock);
-	int rc = !s->capture ? TERN_EINVAL : s->stopping ? TERN_EIO : TERN_OK;
-	if (rc != TERN_OK) {
-		pthread_mutex_unlock(&s->lock);
-		free(j); /* data stays the caller's */
-		return rc;
-	}
-	enqueue_locked(s, j);
-	pthread_mutex_unlock(&s->lock);
-	return TERN_OK;
 }
 
 size_t scheduler_pending(struct scheduler *s)
@@ -1059,7 +1018,6 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 	for (size_t k = 0; k < n_caught; k++) {
 		const struct spool_msg *m = c[k].m;
 		int rc = c[k].rc == TERN_OK ? sync_rc : c[k].rc;
-		c[k].job->ack_err = rc; /* durable and committed: its 250 may go */
 		char reply[128];
 		const char *status =
 		    rc == TERN_OK ? outcome_reply(reply, sizeof(reply), SMTP_R_CAPTURED, c[k].id)
@@ -1363,7 +1321,6 @@ static void *scheduler_main(void *arg)
 		s->n_pending -= n;
 		pthread_mutex_unlock(&s->lock);
 		for (size_t i = 0; i < n; i++) {
-			job_ack(batch[i]); /* capture mode: releases the session's 250 */
 			job_free(batch[i]);
 		}
 	}
@@ -1409,13 +1366,6 @@ void scheduler_stop(struct scheduler *s)
 	/* Capture mode's direct puts: committed and answered while the store
 	 * is still open (capture_mode_stop closes it after this). */
 	capture_ingest_stop(s->ingest);
-	/* Sessions wait for these (scheduler_submit_acked): answer them now,
-	 * while their workers can still run the posts. The messages stay due
-	 * in the spool and are caught after the restart. */
-	pthread_mutex_lock(&s->lock);
-	for (struct job *j = s->head; j; j = j->next)
-		job_ack(j);
-	pthread_mutex_unlock(&s->lock);
 }
 
 void scheduler_free(struct scheduler *s)
