@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/buf.h"
 #include "core/err.h"
@@ -104,23 +105,33 @@ struct list_ctx {
 	char last[QUEUE_ID_LEN + 1];
 	bool more;
 	bool nomem;
+	int64_t now;
 };
 
-static json_t *msg_json(const struct spool_msg *m, enum queue_state_filter cls)
+/* A recipient not tried before the message's send_at (spool_msg.not_before):
+ * the scheduler holds it back, whatever a flush or a retry asks. */
+static bool scheduled(const struct spool_msg *m, const struct spool_rcpt *r, int64_t now)
+{
+	return r->state == RCPT_QUEUED && m->not_before > now;
+}
+
+static json_t *msg_json(const struct spool_msg *m, enum queue_state_filter cls, int64_t now)
 {
 	json_t *rcpts = json_array();
 	for (size_t i = 0; rcpts && i < m->n_rcpts; i++) {
 		const struct spool_rcpt *r = &m->rcpts[i];
 		if (!open_rcpt(r->state))
 			continue; /* delivered, bounced, suppressed: no longer queued */
-		json_t *na = r->state == RCPT_DEFERRED && r->next_try
+		bool sch = scheduled(m, r, now);
+		json_t *na = sch ? json_integer((json_int_t)m->not_before)
+		             : r->state == RCPT_DEFERRED && r->next_try
 		                 ? json_integer((json_int_t)r->next_try)
 		                 : json_null();
-		json_array_append_new(rcpts, json_pack("{s:s, s:s, s:i, s:s, s:o}", "rcpt", r->addr,
-		                                       "state", rcpt_state_name(r->state),
-		                                       "attempts", (int)r->attempts, "reason",
-		                                       r->last_reply ? r->last_reply : "",
-		                                       "next_attempt", na));
+		json_array_append_new(
+		    rcpts, json_pack("{s:s, s:s, s:i, s:s, s:o}", "rcpt", r->addr, "state",
+		                     sch ? "scheduled" : rcpt_state_name(r->state), "attempts",
+		                     (int)r->attempts, "reason", r->last_reply ? r->last_reply : "",
+		                     "next_attempt", na));
 	}
 	return json_pack("{s:s, s:s, s:I, s:I, s:b, s:o}", "queue_id", m->id, "from", m->sender,
 	                 "size", (json_int_t)m->size, "received", (json_int_t)m->created, "held",
@@ -139,7 +150,7 @@ static bool list_one(const struct spool_msg *m, void *arg)
 		lc->more = true;
 		return false;
 	}
-	json_t *o = msg_json(m, cls);
+	json_t *o = msg_json(m, cls, lc->now);
 	if (!o || json_array_append_new(lc->msgs, o) != 0) {
 		lc->nomem = true;
 		return false;
@@ -155,7 +166,7 @@ int queue_route_list(struct spool *sp, const char *qs, size_t len, json_t **body
 	*body = NULL;
 	if (queue_query_parse(qs, len, &q, why) != TERN_OK)
 		return 400;
-	struct list_ctx lc = {.q = &q, .msgs = json_array()};
+	struct list_ctx lc = {.q = &q, .msgs = json_array(), .now = (int64_t)time(NULL)};
 	if (lc.msgs)
 		spool_foreach(sp, list_one, &lc);
 	if (!lc.msgs || lc.nomem ||
@@ -180,11 +191,13 @@ int queue_route_action(struct spool *sp, struct scheduler *sched, enum queue_act
 	}
 	size_t n = 0;
 	int rc = TERN_OK;
+	int64_t now = (int64_t)time(NULL);
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		enum rcpt_state st = m->rcpts[i].state;
 		switch (a) {
-		case QA_RETRY:
-			n += st == RCPT_QUEUED || st == RCPT_DEFERRED;
+		case QA_RETRY: /* not a scheduled one: its send_at still holds */
+			n += (st == RCPT_QUEUED && !scheduled(m, &m->rcpts[i], now)) ||
+			     st == RCPT_DEFERRED;
 			break;
 		case QA_HOLD:
 			if ((st == RCPT_QUEUED || st == RCPT_DEFERRED) &&

@@ -5,6 +5,7 @@
  *
  *   GET    /api/v1/queue?state=deferred|active|held|all&limit=&cursor=
  *   POST   /api/v1/queue/{queue_id}/retry     every waiting recipient tried now
+ *                                             (not before a scheduled message's send_at)
  *   POST   /api/v1/queue/{queue_id}/hold      queued and deferred ones held
  *   POST   /api/v1/queue/{queue_id}/release   held ones queued again
  *   DELETE /api/v1/queue/{queue_id}           the message removed, no DSN

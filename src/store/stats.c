@@ -38,14 +38,6 @@ const char *stats_group_name(enum stats_group g)
 	return (unsigned)g < sizeof(group_names) / sizeof(group_names[0]) ? group_names[g] : NULL;
 }
 
-static int counter_of(const char *type)
-{
-	for (int i = 0; type && i < ST__COUNT; i++)
-		if (strcmp(type, counter_types[i]) == 0)
-			return i;
-	return -1;
-}
-
 /* ---- providers ---- */
 
 /* The shaping table's sites under the names people use for them. */
@@ -182,24 +174,174 @@ static int group_row(struct triples *t, enum stats_group g, const char *g1, cons
 
 /* ---- the queries ---- */
 
-/* The recipient's domain, lowercased ("" without an '@'). */
-#define DOMAIN_SQL                                                                                 \
-	"lower(CASE WHEN instr(recipient, '@') > 0 THEN substr(recipient, instr(recipient, "       \
-	"'@') + 1) ELSE '' END)"
-
 #define TYPES_SQL                                                                                  \
 	"type IN ('queued', 'delivered', 'deferred', 'bounced', 'complained', 'opened', "          \
 	"'clicked', 'suppressed')"
 
-static int counts(sqlite3 *db, const struct stats_query *q, struct stats_result *out)
+/*
+ * The counts of one group key while the rows are read: (g1, g2) as the
+ * query gave them (the recipient's domain and the relay for providers, the
+ * key, the tags), counted in a hash table. Mapping a key to its groups
+ * (providers, each tag) happens once per distinct key at the end, not per
+ * row: with SQL's GROUP BY the same count took 3 times the instructions
+ * (callgrind, 825k events, group=provider).
+ */
+struct gkey {
+	char *k; /* g1 '\0' g2 '\0' */
+	size_t len;
+	uint64_t hash;
+	struct stats_counts c;
+};
+
+struct gtable {
+	struct gkey *v;
+	size_t n, cap; /* cap: a power of two, at most half full */
+};
+
+static uint64_t fnv(const char *p, size_t n)
 {
-	static const char *const g1[] = {"''", DOMAIN_SQL, "key", "tags", DOMAIN_SQL};
-	char sql[1024];
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+	return h;
+}
+
+static int gtable_grow(struct gtable *t)
+{
+	size_t cap = t->cap ? t->cap * 2 : 256;
+	struct gkey *v = calloc(cap, sizeof(*v));
+	if (!v)
+		return TERN_ENOMEM;
+	for (size_t i = 0; i < t->cap; i++) {
+		if (!t->v[i].k)
+			continue;
+		size_t j = t->v[i].hash & (cap - 1);
+		while (v[j].k)
+			j = (j + 1) & (cap - 1);
+		v[j] = t->v[i];
+	}
+	free(t->v);
+	t->v = v;
+	t->cap = cap;
+	return TERN_OK;
+}
+
+/* The counts of key (k, len), made (zero) when new; NULL out of memory. */
+static struct stats_counts *gtable_get(struct gtable *t, const char *k, size_t len)
+{
+	if (2 * (t->n + 1) > t->cap && gtable_grow(t) != TERN_OK)
+		return NULL;
+	uint64_t h = fnv(k, len);
+	size_t j = h & (t->cap - 1);
+	for (; t->v[j].k; j = (j + 1) & (t->cap - 1))
+		if (t->v[j].hash == h && t->v[j].len == len && memcmp(t->v[j].k, k, len) == 0)
+			return &t->v[j].c;
+	char *copy = malloc(len);
+	if (!copy)
+		return NULL;
+	memcpy(copy, k, len);
+	t->v[j] = (struct gkey){.k = copy, .len = len, .hash = h};
+	t->n++;
+	return &t->v[j].c;
+}
+
+static void gtable_free(struct gtable *t)
+{
+	for (size_t i = 0; i < t->cap; i++)
+		free(t->v[i].k);
+	free(t->v);
+}
+
+/* The counter of an event type, by its text (one of TYPES_SQL). */
+static int counter_of_text(const unsigned char *t, int n)
+{
+	for (int i = 0; t && i < ST__COUNT; i++)
+		if ((int)strlen(counter_types[i]) == n &&
+		    memcmp(t, counter_types[i], (size_t)n) == 0)
+			return i;
+	return -1;
+}
+
+/* Builds the group key of a row into buf: "g1\0g2\0"; its length. */
+static size_t row_key(sqlite3_stmt *st, enum stats_group g, char *buf, size_t cap)
+{
+	const char *a = (const char *)sqlite3_column_text(st, 2);
+	const char *b = (const char *)sqlite3_column_text(st, 3);
+	size_t n = 0;
+	if (g == STATS_GROUP_DOMAIN || g == STATS_GROUP_PROVIDER) {
+		/* the recipient's domain, lowercased */
+		const char *at = a ? strrchr(a, '@') : NULL;
+		for (const char *p = at ? at + 1 : ""; *p && n + 1 < cap / 2; p++)
+			buf[n++] = (*p >= 'A' && *p <= 'Z') ? (char)(*p - 'A' + 'a') : *p;
+	} else {
+		for (const char *p = a ? a : ""; *p && n + 1 < cap / 2; p++)
+			buf[n++] = *p;
+	}
+	buf[n++] = '\0';
+	for (const char *p = b ? b : ""; *p && n + 1 < cap; p++)
+		buf[n++] = *p;
+	buf[n++] = '\0';
+	return n;
+}
+
+/* The deliveries the count saw (queue id, time), for the latency: taken in
+ * the same scan, so the window's rows are read once. */
+struct deliveries {
+	char *ids; /* NUL-terminated queue ids, one after another */
+	size_t len, cap;
+	struct delivery {
+		size_t id; /* offset in ids */
+		int64_t time;
+	} * v;
+	size_t n, vcap;
+};
+
+static int deliveries_add(struct deliveries *d, const unsigned char *id, int idlen, int64_t t)
+{
+	size_t n = id && idlen > 0 ? (size_t)idlen : 0;
+	if (d->n == d->vcap) {
+		size_t cap = d->vcap ? d->vcap * 2 : 256;
+		struct delivery *v = realloc(d->v, cap * sizeof(*v));
+		if (!v)
+			return TERN_ENOMEM;
+		d->v = v;
+		d->vcap = cap;
+	}
+	if (d->len + n + 1 > d->cap) {
+		size_t cap = d->cap ? d->cap * 2 : 4096;
+		while (cap < d->len + n + 1)
+			cap *= 2;
+		char *ids = realloc(d->ids, cap);
+		if (!ids)
+			return TERN_ENOMEM;
+		d->ids = ids;
+		d->cap = cap;
+	}
+	if (n)
+		memcpy(d->ids + d->len, id, n);
+	d->ids[d->len + n] = '\0';
+	d->v[d->n++] = (struct delivery){.id = d->len, .time = t};
+	d->len += n + 1;
+	return TERN_OK;
+}
+
+static void deliveries_free(struct deliveries *d)
+{
+	free(d->ids);
+	free(d->v);
+}
+
+static int counts(sqlite3 *db, const struct stats_query *q, struct stats_result *out,
+                  struct deliveries *dl)
+{
+	static const char *const g1[] = {"NULL", "recipient", "key", "tags", "recipient"};
+	char sql[512], key[4096]; /* a domain, the relay; or the key or tags */
 	snprintf(sql, sizeof(sql),
-	         "SELECT type, time / ?3, %s, %s, count(*) FROM events WHERE time >= ?1 AND "
-	         "time <= ?2 AND " TYPES_SQL " GROUP BY 1, 2, 3, 4",
-	         g1[q->group], q->group == STATS_GROUP_PROVIDER ? "relay" : "''");
+	         "SELECT type, time, %s, %s, queue_id FROM events WHERE time >= ?1 AND time <= ?2 "
+	         "AND " TYPES_SQL,
+	         g1[q->group], q->group == STATS_GROUP_PROVIDER ? "relay" : "NULL");
 	sqlite3_stmt *st = NULL;
+	struct gtable gt = {0};
 	struct triples t = {0};
 	int rc = TERN_EIO, src;
 	int64_t first = q->since / q->bucket;
@@ -207,23 +349,45 @@ static int counts(sqlite3 *db, const struct stats_query *q, struct stats_result 
 		goto out;
 	sqlite3_bind_int64(st, 1, q->since);
 	sqlite3_bind_int64(st, 2, q->until);
-	sqlite3_bind_int64(st, 3, q->bucket);
 	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-		int c = counter_of((const char *)sqlite3_column_text(st, 0));
-		int64_t b = sqlite3_column_int64(st, 1) - first;
-		uint64_t n = (uint64_t)sqlite3_column_int64(st, 4);
+		int c = counter_of_text(sqlite3_column_text(st, 0), sqlite3_column_bytes(st, 0));
+		int64_t b = sqlite3_column_int64(st, 1) / q->bucket - first;
 		if (TERN_BUG_ON(c < 0 || b < 0 || (size_t)b >= out->n_series))
 			continue; /* the WHERE clause keeps both in range */
-		out->totals.n[c] += n;
-		out->series[b].c.n[c] += n;
-		if (q->group != STATS_GROUP_NONE &&
-		    (rc = group_row(&t, q->group, (const char *)sqlite3_column_text(st, 2),
-		                    (const char *)sqlite3_column_text(st, 3), c, n)) != TERN_OK)
+		out->totals.n[c]++;
+		out->series[b].c.n[c]++;
+		if (c == ST_DELIVERED &&
+		    (rc =
+		         deliveries_add(dl, sqlite3_column_text(st, 4), sqlite3_column_bytes(st, 4),
+		                        sqlite3_column_int64(st, 1))) != TERN_OK)
 			goto out;
+		if (q->group == STATS_GROUP_NONE)
+			continue;
+		struct stats_counts *gc =
+		    gtable_get(&gt, key, row_key(st, q->group, key, sizeof(key)));
+		if (!gc) {
+			rc = TERN_ENOMEM;
+			goto out;
+		}
+		gc->n[c]++;
 	}
-	rc = src == SQLITE_DONE ? triples_merge(&t, out) : TERN_EIO;
+	if (src != SQLITE_DONE) {
+		rc = TERN_EIO;
+		goto out;
+	}
+	rc = TERN_OK;
+	for (size_t i = 0; i < gt.cap && rc == TERN_OK; i++) {
+		const struct gkey *k = &gt.v[i];
+		for (int c = 0; k->k && c < ST__COUNT && rc == TERN_OK; c++)
+			if (k->c.n[c])
+				rc = group_row(&t, q->group, k->k, k->k + strlen(k->k) + 1, c,
+				               k->c.n[c]);
+	}
+	if (rc == TERN_OK)
+		rc = triples_merge(&t, out);
 out:
 	sqlite3_finalize(st);
+	gtable_free(&gt);
 	triples_free(&t);
 	return rc;
 }
@@ -242,39 +406,40 @@ static int64_t rank(const int64_t *v, size_t n, unsigned pct)
 	return v[k ? k - 1 : 0];
 }
 
-static int latency(sqlite3 *db, const struct stats_query *q, struct stats_result *out)
+static int latency(sqlite3 *db, const struct deliveries *dl, struct stats_result *out)
 {
-	/* From the message's received event (or, for mail that has none, its
-	 * first queued one) to each delivery. */
-	static const char sql[] =
-	    "SELECT d.time - (SELECT min(e.time) FROM events e WHERE e.queue_id = d.queue_id "
-	    "AND e.type IN ('received', 'queued')) FROM events d WHERE d.time >= ?1 AND d.time "
-	    "<= ?2 AND d.type = 'delivered'";
+	/* From the message's first event, when that is its receipt (received,
+	 * or queued for mail that has none), to each delivery. The first event
+	 * by id is one index probe (events_qid); a min() over the message's
+	 * events read each of its rows (callgrind: 1.4G of 4.0G instructions
+	 * for 225k deliveries). Emitters record a message's receipt before any
+	 * outcome, so the first event is the earliest receipt when there is one. */
+	static const char sql[] = "SELECT type, time FROM events WHERE queue_id = ?1 ORDER BY "
+	                          "queue_id, id LIMIT 1";
 	sqlite3_stmt *st = NULL;
 	int64_t *v = NULL;
-	size_t n = 0, cap = 0;
-	int rc = TERN_EIO, src;
+	size_t n = 0;
+	int rc = TERN_EIO, src = SQLITE_DONE;
+	if (dl->n == 0)
+		return TERN_OK;
+	if (!(v = malloc(dl->n * sizeof(*v))))
+		return TERN_ENOMEM;
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
 		goto out;
-	sqlite3_bind_int64(st, 1, q->since);
-	sqlite3_bind_int64(st, 2, q->until);
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-		if (sqlite3_column_type(st, 0) == SQLITE_NULL)
-			continue; /* no receipt recorded (pruned): no latency to tell */
-		if (n == cap) {
-			cap = cap ? cap * 2 : 256;
-			int64_t *nv = realloc(v, cap * sizeof(*v));
-			if (!nv) {
-				rc = TERN_ENOMEM;
+	for (size_t i = 0; i < dl->n; i++) {
+		sqlite3_reset(st);
+		sqlite3_bind_text(st, 1, dl->ids + dl->v[i].id, -1, SQLITE_STATIC);
+		if ((src = sqlite3_step(st)) != SQLITE_ROW) {
+			if (src != SQLITE_DONE)
 				goto out;
-			}
-			v = nv;
+			continue;
 		}
-		int64_t s = sqlite3_column_int64(st, 0);
+		const char *type = (const char *)sqlite3_column_text(st, 0);
+		if (!type || (strcmp(type, "received") != 0 && strcmp(type, "queued") != 0))
+			continue; /* no receipt recorded (a DSN tern made, or pruned) */
+		int64_t s = dl->v[i].time - sqlite3_column_int64(st, 1);
 		v[n++] = (s > 0 ? s : 0) * 1000;
 	}
-	if (src != SQLITE_DONE)
-		goto out;
 	if (n) {
 		qsort(v, n, sizeof(*v), cmp_i64);
 		out->latency = (struct stats_latency){.count = n,
@@ -341,9 +506,11 @@ int stats_run(sqlite3 *db, const struct stats_query *q, struct stats_result *out
 	/* One read transaction: the three answers see the same events even
 	 * while the writer commits. */
 	bool txn = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
-	int rc = counts(db, q, out);
+	struct deliveries dl = {0};
+	int rc = counts(db, q, out, &dl);
 	if (rc == TERN_OK)
-		rc = latency(db, q, out);
+		rc = latency(db, &dl, out);
+	deliveries_free(&dl);
 	if (rc == TERN_OK)
 		rc = reasons(db, q, out);
 	if (txn)

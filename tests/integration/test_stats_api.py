@@ -348,3 +348,25 @@ def test_queue_list_hold_release_retry_delete(world):
     for qs in ("?state=bogus", "?limit=0", "?limit=1001", "?cursor=x"):
         st, e = api.json("GET", "/api/v1/queue" + qs, token=api.keys["admin"])
         assert st == 400 and e["error"]["code"] == "invalid_request", (qs, e)
+
+
+def test_queue_shows_a_scheduled_message(world):
+    """A message sent with send_at in an hour: listed with its recipient "scheduled" and the
+    send_at as next_attempt; a retry does not send it early (0 recipients, the MX sees
+    nothing); delete removes it."""
+    api, mx = world, world.mx
+    at = int(time.time()) + 3600
+    st, body = api.json("POST", "/api/v1/messages",
+                        {"from": "alice@example.test", "to": ["later@remote.test"],
+                         "subject": "later", "text": "hello\n", "send_at": at},
+                        api.keys["send"])
+    assert st == 202, body
+    qid = body["id"]
+    (m,) = [x for x in queue(api)["messages"] if x["queue_id"] == qid]
+    assert m["recipients"] == [{"rcpt": "later@remote.test", "state": "scheduled",
+                                "attempts": 0, "reason": "", "next_attempt": at}]
+    assert act(api, "POST", f"{qid}/retry") == {"queue_id": qid, "result": "ok",
+                                                "recipients": 0}
+    assert act(api, "DELETE", qid)["recipients"] == 1
+    assert qid not in {x["queue_id"] for x in queue(api)["messages"]}
+    assert mx.attempts("later@remote.test") == 0
