@@ -46,9 +46,13 @@
  *
  *   MSG   id[16] created:i64 body:u32 ret:u32
  *         flags:u8(bit0 smtputf8, bit1 trusted_client, bit2 folder Junk,
- *                  bit3 auth follows client;
+ *                  bit3 auth follows client, bit4 api_key follows,
+ *                  bit6 spill reference follows;
  *                  the other bits 0: a record from before a bit existed has it clear)
- *         sender:str envid:str client:str [auth:str if bit3] n_rcpts:u32
+ *         sender:str envid:str client:str [auth:str if bit3]
+ *         [api_key:str if bit4]
+ *         [spill:str spill_size:u64 spill_off:u64 spill_crc:u32 if bit6]
+ *         n_rcpts:u32
  *         n_rcpts x { addr:str orcpt:str notify:u32 local:u8 state:u8
  *                     attempts:u32 next_try:i64 last_reply:str }
  *         data_len:u64 data[data_len]          (data is last, so the index
@@ -81,6 +85,12 @@
 /* Largest payload accepted, written or read. Bounds every allocation that
  * recovery makes from a length found on disk. */
 #define SPOOL_REC_MAX_PAYLOAD (1024u * 1024u * 1024u)
+/* SPILL: flag bit 6 of a MSG record: the message goes on in its own file
+ * (queue/spill.h); its name is 1..SPOOL_SPILL_NAME_MAX of [A-Za-z0-9._-],
+ * not starting with '.'. */
+#define SPILL_FLAG 64u
+#define SPOOL_SPILL_NAME_MAX 64u
+bool spool_spill_name_ok(const char *p, size_t n);
 /* Returned (positive, not a TERN_* code) when the bytes end inside a record. */
 #define SPOOL_REC_SHORT 1
 
