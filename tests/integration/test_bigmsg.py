@@ -1,0 +1,240 @@
+"""Messages of any size in bounded memory (issue 11 item 2): a message past the spill
+threshold (1 MiB) goes to its own file in the spool as it arrives, is delivered from it,
+and survives a crash after its 250 like any other.
+
+What a user depends on: a large message arrives at the next hop and in a Maildir byte for
+byte as sent (DATA and BDAT), after kill -9 right after the 250 it is delivered once,
+a spill file no record names is removed at start, and a DKIM signature over a large
+message still verifies after the relay.
+"""
+
+import hashlib
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import Raw, free_port
+
+BIG = 30 * 1024 * 1024
+DEADLINE = 60.0
+
+
+def big_message(size, subject="big", seed=0):
+    """A CRLF message of about size bytes; some lines start with '.' (dot-stuffing)."""
+    head = (f"From: carol@example.test\r\nTo: bob@remote.example.org\r\n"
+            f"Subject: {subject}\r\nMessage-ID: <{subject}.{seed}@example.test>\r\n\r\n")
+    out = [head.encode()]
+    n = len(out[0])
+    i = 0
+    while n < size:
+        prefix = b"." if i % 97 == 0 else b""
+        ln = prefix + (b"%08d-%d " % (i, seed)) * 7 + b"\r\n"
+        out.append(ln)
+        n += len(ln)
+        i += 1
+    return b"".join(out)
+
+
+class Sink:
+    """An aiosmtpd next hop that keeps each message's bytes; defers (451) while hold."""
+
+    def __init__(self, hold=False):
+        from aiosmtpd.controller import Controller
+        self.messages = []
+        self.hold = hold
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                if sink.hold:
+                    return "451 4.3.0 held by the test"
+                with sink.lock:
+                    sink.messages.append(bytes(envelope.original_content))
+                return "250 2.0.0 kept"
+
+        self.port = free_port()
+        self.ctl = Controller(Handler(), hostname="127.0.0.1", port=self.port,
+                              data_size_limit=0, enable_SMTPUTF8=True)
+        self.ctl.start()
+
+    def stop(self):
+        self.ctl.stop()
+
+    def wait(self, count=1, timeout=DEADLINE, tern=None):
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            if tern is not None and tern.proc.poll() is not None:
+                pytest.fail("tern died\n" + tern.log_tail(60))
+            assert time.monotonic() < deadline, "nothing arrived at the sink\n" + (
+                tern.log_tail(40) if tern else "")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    yield s
+    s.stop()
+
+
+def config(sink_port, extra=None):
+    c = {
+        "relayhost": {"via": f"smtp://127.0.0.1:{sink_port}", "tls": "none"},
+        "limits": {"max_message_size": Raw("40m"), "data_timeout": Raw("60s"),
+                   "idle_timeout": Raw("60s")},
+    }
+    if extra:
+        c.update(extra)
+    return c
+
+
+def smtp_recv(f):
+    lines = []
+    while True:
+        ln = f.readline()
+        assert ln, "connection closed"
+        lines.append(ln)
+        if ln[3:4] != b"-":
+            return int(ln[:3]), b"".join(lines)
+
+
+def send_data(port, msg, rcpt="bob@remote.example.org"):
+    """Sends msg with DATA (dot-stuffed); returns the final reply."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=("127.0.0.2", 0))
+    f = s.makefile("rb")
+    try:
+        assert smtp_recv(f)[0] == 220
+        s.sendall(b"EHLO client.example.org\r\n")
+        assert smtp_recv(f)[0] == 250
+        s.sendall(b"MAIL FROM:<carol@example.test>\r\n")
+        assert smtp_recv(f)[0] == 250
+        s.sendall(f"RCPT TO:<{rcpt}>\r\n".encode())
+        assert smtp_recv(f)[0] == 250
+        s.sendall(b"DATA\r\n")
+        assert smtp_recv(f)[0] == 354
+        stuffed = msg.replace(b"\r\n.", b"\r\n..")
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        s.sendall(stuffed + b".\r\n")
+        code, text = smtp_recv(f)
+        s.sendall(b"QUIT\r\n")
+        return code, text
+    finally:
+        f.close()
+        s.close()
+
+
+def send_bdat(port, msg, rcpt="bob@remote.example.org", chunk=3 * 1024 * 1024 + 17):
+    s = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=("127.0.0.2", 0))
+    f = s.makefile("rb")
+    try:
+        assert smtp_recv(f)[0] == 220
+        s.sendall(b"EHLO client.example.org\r\n")
+        code, text = smtp_recv(f)
+        assert code == 250 and b"CHUNKING" in text, text
+        s.sendall(b"MAIL FROM:<carol@example.test>\r\n")
+        assert smtp_recv(f)[0] == 250
+        s.sendall(f"RCPT TO:<{rcpt}>\r\n".encode())
+        assert smtp_recv(f)[0] == 250
+        off = 0
+        while True:
+            part = msg[off:off + chunk]
+            off += len(part)
+            last = off >= len(msg)
+            s.sendall(b"BDAT %d%s\r\n" % (len(part), b" LAST" if last else b"") + part)
+            code, text = smtp_recv(f)
+            if last:
+                break
+            assert code == 250, text
+        s.sendall(b"QUIT\r\n")
+        return code, text
+    finally:
+        f.close()
+        s.close()
+
+
+def assert_same(got, sent):
+    """got is sent with our trace fields on top, and nothing else changed."""
+    assert len(got) >= len(sent)
+    assert hashlib.sha256(got[-len(sent):]).hexdigest() == hashlib.sha256(sent).hexdigest()
+    assert got.startswith(b"Received: "), got[:200]
+    assert b"\r\n\r\n" not in got[:len(got) - len(sent)], "something other than trace fields was added"
+
+
+def spill_files(t):
+    d = t.data_dir / "spool" / "spill"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+@pytest.mark.parametrize("how", ["data", "bdat"])
+def test_30mb_message_relayed_byte_identical(tern_factory, sink, how):
+    t = tern_factory(config(sink.port))
+    msg = big_message(BIG, subject=how)
+    code, text = (send_data if how == "data" else send_bdat)(t.port, msg)
+    assert code == 250, text
+    got = sink.wait(1, tern=t)
+    assert_same(got[0], msg)
+    # spilled on the way (the file went once the message was finished)
+    assert t.log_lines("event=queued", f"size={len(msg)}"), t.log_tail()
+    t.wait_log(r"event=delivered", timeout=DEADLINE)
+    deadline = time.monotonic() + 10
+    while spill_files(t):
+        assert time.monotonic() < deadline, spill_files(t)
+        time.sleep(0.1)
+
+
+def test_large_message_delivered_to_maildir_byte_identical(tern_factory, sink):
+    t = tern_factory(config(sink.port))
+    msg = big_message(5 * 1024 * 1024 + 3, subject="local")
+    code, text = send_data(t.port, msg, rcpt="alice@example.test")
+    assert code == 250, text
+    deadline = time.monotonic() + DEADLINE
+    while not t.mail_files("alice@example.test"):
+        assert time.monotonic() < deadline, t.log_tail()
+        time.sleep(0.1)
+    got = t.mail_files("alice@example.test")[0].read_bytes()
+    assert got.endswith(msg[msg.index(b"\r\n\r\n"):]), "body changed on the way to the Maildir"
+    assert hashlib.sha256(got[-len(msg):]).hexdigest() == hashlib.sha256(msg).hexdigest()
+
+
+def test_kill9_after_250_delivered_once_after_restart(tern_factory):
+    held = Sink(hold=True)
+    try:
+        t = tern_factory(config(held.port))
+        msg = big_message(8 * 1024 * 1024, subject="crash")
+        code, text = send_data(t.port, msg)
+        assert code == 250, text
+        assert spill_files(t), "the message was not spilled"
+        t.kill9()
+        held.hold = False
+        t.start()
+        got = held.wait(1, tern=t)
+        assert_same(got[0], msg)
+        t.wait_log(r"event=delivered", timeout=DEADLINE)
+        time.sleep(0.5)  # a duplicate would come right after
+        assert len(held.messages) == 1
+    finally:
+        held.stop()
+
+
+def test_spill_file_without_record_removed_at_start(tern_factory, sink):
+    t = tern_factory(config(sink.port))
+    t.stop()
+    spool = t.data_dir / "spool"
+    d = spool / "spill"
+    d.mkdir(exist_ok=True)
+    orphan = d / "0123456789ABCDEF.msg"
+    orphan.write_bytes(b"x" * 4096)
+    st = spool.stat()  # tern may run as another user: the files are its
+    os.chown(d, st.st_uid, st.st_gid)
+    os.chown(orphan, st.st_uid, st.st_gid)
+    t.start()
+    t.wait_log(r"event=spill_orphan_removed file=0123456789ABCDEF\.msg")
+    assert not orphan.exists()
