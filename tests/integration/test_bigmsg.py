@@ -238,3 +238,53 @@ def test_spill_file_without_record_removed_at_start(tern_factory, sink):
     t.start()
     t.wait_log(r"event=spill_orphan_removed file=0123456789ABCDEF\.msg")
     assert not orphan.exists()
+
+
+def test_large_message_dkim_signatures_verify_after_relay(tern_factory, sink, scratch):
+    """A 5 MB message signed by its sender (dkimpy) and by tern (dkim.sign_relayed, over
+    the mapping of the spill file) arrives with both signatures valid."""
+    dkim = pytest.importorskip("dkim")  # python3-dkim, in scripts/install-deps
+    import base64
+    import re
+    import subprocess
+
+    from conftest import tern_bin
+    # the sender's key (another domain than tern's)
+    key = scratch / "sender.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True,
+                   capture_output=True, timeout=60)
+    der = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True, timeout=60).stdout
+    recs = {"s1._domainkey.sender.test": "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()}
+    # tern's key
+    r = subprocess.run([tern_bin(), "dkim", "keygen", "example.test", "t1", "--type", "rsa"],
+                       cwd=scratch, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    t = tern_factory(config(sink.port, {
+        "dkim": {"sign_relayed": True,
+                 "keys": Raw(f'[{{ domain = "example.test"; selector = "t1"; '
+                             f'key_file = "{scratch / "example.test.t1.key"}"; }}]')}}))
+    out = t.cli("dkim", "dns", check=True).stdout
+    for block in re.split(r"\n(?=\S+\._domainkey\.)", out.strip()):
+        m = re.match(r"(\S+?)\.?\s+IN\s+TXT", block)
+        if m:
+            recs[m.group(1).lower()] = "".join(re.findall(r'"([^"]*)"', block))
+
+    body = big_message(5 * 1024 * 1024, subject="signed")
+    head, rest = body.split(b"\r\n\r\n", 1)
+    msg = head + b"\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n" + rest
+    sig = dkim.sign(msg, b"s1", b"sender.test", key.read_bytes(),
+                    include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+    signed = sig + msg
+    code, text = send_data(t.port, signed)
+    assert code == 250, text
+    got = sink.wait(1, tern=t)[0]
+    assert got.endswith(signed)
+
+    def dnsfunc(name, timeout=5):
+        return recs.get(name.decode().rstrip(".").lower(), "").encode()
+
+    n = len(re.findall(rb"^DKIM-Signature:", got.split(b"\r\n\r\n", 1)[0], re.M | re.I))
+    assert n == 2, got[:2000]  # the sender's and tern's
+    for i in range(n):
+        assert dkim.DKIM(got).verify(idx=i, dnsfunc=dnsfunc), f"signature {i} fails"
