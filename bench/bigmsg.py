@@ -2,7 +2,8 @@
 """bench/bigmsg.py — memory of large messages relayed (issue 11 item 2).
 
 Starts the real tern binary (a Release build: `make build`) with a relayhost pointing at
-Postfix's smtp-sink on loopback, then
+a sink on loopback (a minimal asyncio SMTP sink here that discards what it reads, in its
+own process; or Postfix's smtp-sink with --smtp-sink PATH), then
   1. sends N concurrent messages of SIZE bytes (default 100 x 25 MB) over N connections
      from 127.0.0.1 (in relay.networks) and waits until every one was delivered;
   2. on a fresh tern, sends one message of BIG bytes (default 200 MB, max_message_size
@@ -12,12 +13,11 @@ serving child together, as /proc/PID/status says), and VmHWM is read at the end.
 peak RSS of phase 1 and the RSS growth of phase 2 (peak minus the idle RSS before it).
 
 Figures are printed, never asserted. Only 127.0.0.1 is used; processes started here are
-stopped by their PID. Needs smtp-sink (package postfix, in scripts/install-deps).
+stopped by their PID.
 """
 import argparse
+import asyncio
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -170,10 +170,52 @@ def delivered(log_path):
         return sum(1 for ln in f if "event=delivered" in ln)
 
 
+async def sink_session(reader, writer):
+    """EHLO/MAIL/RCPT/DATA/RSET/QUIT; message bytes are read and dropped."""
+    writer.write(b"220 sink ESMTP\r\n")
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            writer.write(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        elif verb == b"DATA":
+            writer.write(b"354 go\r\n")
+            await writer.drain()
+            tail = b""
+            while True:
+                chunk = await reader.read(1 << 20)
+                if not chunk:
+                    return
+                buf = tail + chunk
+                if buf.find(b"\r\n.\r\n") >= 0:  # the end: nothing is pipelined past it here
+                    break
+                tail = buf[-4:]
+            writer.write(b"250 2.0.0 dropped\r\n")
+        elif verb == b"QUIT":
+            writer.write(b"221 bye\r\n")
+            await writer.drain()
+            break
+        else:
+            writer.write(b"250 ok\r\n")
+        await writer.drain()
+    writer.close()
+
+
+def run_sink(port):
+    async def main():
+        srv = await asyncio.start_server(sink_session, "127.0.0.1", port, backlog=1024)
+        async with srv:
+            await srv.serve_forever()
+    asyncio.run(main())
+
+
 def phase(args, work, n, size, max_size):
     sink_port, port = free_port(), free_port()
-    sink = subprocess.Popen([args.smtp_sink, "-u", "nobody", f"127.0.0.1:{sink_port}", "1024"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = ([args.smtp_sink, "-u", "nobody", f"127.0.0.1:{sink_port}", "1024"] if args.smtp_sink
+           else [sys.executable, os.path.abspath(__file__), "--sink", str(sink_port)])
+    sink = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = None
     try:
         wait_port(sink_port, sink)
@@ -212,13 +254,17 @@ def phase(args, work, n, size, max_size):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tern", default=os.path.join(REPO, "build", "tern"))
-    ap.add_argument("--smtp-sink", default=shutil.which("smtp-sink") or "/usr/sbin/smtp-sink")
+    ap.add_argument("--smtp-sink", help="Postfix's smtp-sink instead of the built-in sink")
+    ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)  # run as the sink on this port
     ap.add_argument("--concurrent", type=int, default=100)
     ap.add_argument("--size", type=int, default=25 * 1000 * 1000)
     ap.add_argument("--big", type=int, default=200 * 1000 * 1000)
     ap.add_argument("--timeout", type=int, default=900)
     args = ap.parse_args()
-    for p in (args.tern, args.smtp_sink):
+    if args.sink:
+        run_sink(args.sink)
+        return
+    for p in (args.tern, args.smtp_sink or args.tern):
         if not os.access(p, os.X_OK):
             sys.exit(f"bench: {p} is not an executable (make build; scripts/install-deps)")
     print(f"tern {args.tern}")

@@ -1072,7 +1072,9 @@ static bool spill_room(struct session *s, struct tx *t, size_t incoming)
 {
 	if (t->over_budget || t->dp.too_big || t->bdat_failed || t->spill_err)
 		return true;
-	size_t limit = t->ds ? SPILL_CHUNK : SPILL_THRESHOLD;
+	/* spilling: a chunk past what msg keeps (a large header block must
+	 * not make every read a write, nor be copied for each) */
+	size_t limit = t->ds ? t->hdr_len + t->hb_len + SPILL_CHUNK : SPILL_THRESHOLD;
 	if (t->msg.len + incoming + 16 <= limit || t->msg.len <= t->hdr_len + t->hb_len)
 		return true;
 	if (!t->ds) {

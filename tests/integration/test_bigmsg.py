@@ -288,3 +288,36 @@ def test_large_message_dkim_signatures_verify_after_relay(tern_factory, sink, sc
     assert n == 2, got[:2000]  # the sender's and tern's
     for i in range(n):
         assert dkim.DKIM(got).verify(idx=i, dnsfunc=dnsfunc), f"signature {i} fails"
+
+
+def wait_no_spill(t):
+    deadline = time.monotonic() + 10
+    while spill_files(t):
+        assert time.monotonic() < deadline, spill_files(t)
+        time.sleep(0.05)
+
+
+def test_spilled_bdat_with_a_bare_lf_is_refused_and_leaves_no_file(tern_factory, sink):
+    """BDAT that is not BINARYMIME follows the DATA rules (DESIGN §5.4) past the spill
+    threshold too: a bare LF deep in the message (in the file, not in memory) is refused."""
+    t = tern_factory(config(sink.port))
+    msg = big_message(3 * 1024 * 1024, subject="barelf")
+    at = 2 * 1024 * 1024
+    cut = msg.index(b"\r\n", at)
+    bad = msg[:cut] + b"\n" + msg[cut + 2:]
+    code, text = send_bdat(t.port, bad, chunk=700 * 1024)
+    assert code == 554, text
+    wait_no_spill(t)
+    code, text = send_bdat(t.port, msg, chunk=700 * 1024)  # the same without it passes
+    assert code == 250, text
+    assert_same(sink.wait(1, tern=t)[0], msg)
+
+
+def test_spilled_message_over_max_size_gets_552_and_leaves_no_file(tern_factory, sink):
+    cfg = config(sink.port)
+    cfg["limits"]["max_message_size"] = Raw("3m")
+    t = tern_factory(cfg)
+    code, text = send_data(t.port, big_message(4 * 1024 * 1024, subject="toobig"))
+    assert code == 552, text
+    wait_no_spill(t)
+    assert not sink.messages
