@@ -1146,7 +1146,9 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			job->from_spool = true;
 			struct tbuf b;
 			int rrc;
-			if (m->spill) { /* SPILL: the head in memory, the rest streamed */
+			/* SPILL: the head in memory, the rest streamed (capture mode
+			 * stores whole messages: a spilled one left from before is read) */
+			if (m->spill && !s->capture) {
 				tbuf_init(&b, (size_t)(m->size - spool_msg_tail(m)) + 1);
 				job->file_len = spool_msg_tail(m);
 				char path[4096];
