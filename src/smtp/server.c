@@ -1013,6 +1013,15 @@ static void spill_wait_start(struct session *s)
 	bufferevent_disable(s->bev, EV_READ);
 }
 
+/* The message will get 552: the rest of its bytes are read and dropped. */
+static void spill_too_big(struct tx *t)
+{
+	if (t->bdat_started)
+		t->bdat_failed = true;
+	else
+		t->dp.too_big = true;
+}
+
 /* Hands what msg holds past the kept part (our trace fields and, once
  * known, the client's header block) to the writer; the kept part moves to
  * a fresh buffer so the session's memory stays small. */
@@ -1030,6 +1039,16 @@ static bool spill_push(struct session *s, struct tx *t, bool final)
 		} else {
 			const char *e = memmem(c, n, "\r\n\r\n", 4);
 			hb = e ? (size_t)(e - c) + 4 : 0;
+		}
+		if (hb == 0) {
+			/* No end of the header section in the first SPILL_THRESHOLD
+			 * bytes: the header block must stay in memory (the checks
+			 * rewrite it), so this is a header section too large. */
+			log_info("event=rejected id=%s client=%s code=552 reason=header-too-big "
+			         "limit=%u",
+			         t->id, s->peer, (unsigned)SPILL_THRESHOLD);
+			spill_too_big(t);
+			return false;
 		}
 		t->hb_len = hb;
 		t->spill_off = hb;
@@ -1109,7 +1128,7 @@ static void spill_check_size(struct session *s, struct tx *t)
 {
 	if (t->ds && !t->dp.too_big &&
 	    t->spilled + (t->msg.len - t->hdr_len - t->hb_len) > s->conf->limits.max_message_size)
-		t->dp.too_big = true;
+		spill_too_big(t);
 }
 
 /* The last chunk and the sync, then the end-of-data stages; each step

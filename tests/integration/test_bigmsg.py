@@ -321,3 +321,18 @@ def test_spilled_message_over_max_size_gets_552_and_leaves_no_file(tern_factory,
     assert code == 552, text
     wait_no_spill(t)
     assert not sink.messages
+
+
+@pytest.mark.parametrize("how", ["data", "bdat"])
+def test_header_section_past_the_spill_threshold_gets_552(tern_factory, sink, how):
+    """The header block stays in memory (the checks rewrite it): one that does not end
+    within the first 1 MiB is too large, whatever max_message_size says."""
+    t = tern_factory(config(sink.port))
+    pad = b"".join(b"X-Pad-%06d: %s\r\n" % (i, b"p" * 60) for i in range(20000))
+    msg = b"Subject: fat head\r\n" + pad + b"\r\nbody\r\n"
+    assert len(msg) > 1024 * 1024
+    code, text = (send_data if how == "data" else send_bdat)(t.port, msg)
+    assert code == 552, text
+    t.wait_log(r"event=rejected .*reason=header-too-big")
+    wait_no_spill(t)
+    assert not sink.messages
