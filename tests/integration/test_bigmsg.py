@@ -41,10 +41,11 @@ def big_message(size, subject="big", seed=0):
 class Sink:
     """An aiosmtpd next hop that keeps each message's bytes; defers (451) while hold."""
 
-    def __init__(self, hold=False):
+    def __init__(self, hold=False, reject=False):
         from aiosmtpd.controller import Controller
         self.messages = []
         self.hold = hold
+        self.reject = reject
         self.lock = threading.Lock()
         sink = self
 
@@ -52,6 +53,8 @@ class Sink:
             async def handle_DATA(self, server, session, envelope):
                 if sink.hold:
                     return "451 4.3.0 held by the test"
+                if sink.reject:
+                    return "554 5.7.1 refused by the test"
                 with sink.lock:
                     sink.messages.append(bytes(envelope.original_content))
                 return "250 2.0.0 kept"
@@ -105,7 +108,7 @@ def smtp_recv(f):
             return int(ln[:3]), b"".join(lines)
 
 
-def send_data(port, msg, rcpt="bob@remote.example.org"):
+def send_data(port, msg, rcpt="bob@remote.example.org", sender="carol@example.test"):
     """Sends msg with DATA (dot-stuffed); returns the final reply."""
     s = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=("127.0.0.2", 0))
     f = s.makefile("rb")
@@ -113,7 +116,7 @@ def send_data(port, msg, rcpt="bob@remote.example.org"):
         assert smtp_recv(f)[0] == 220
         s.sendall(b"EHLO client.example.org\r\n")
         assert smtp_recv(f)[0] == 250
-        s.sendall(b"MAIL FROM:<carol@example.test>\r\n")
+        s.sendall(f"MAIL FROM:<{sender}>\r\n".encode())
         assert smtp_recv(f)[0] == 250
         s.sendall(f"RCPT TO:<{rcpt}>\r\n".encode())
         assert smtp_recv(f)[0] == 250
@@ -336,3 +339,22 @@ def test_header_section_past_the_spill_threshold_gets_552(tern_factory, sink, ho
     t.wait_log(r"event=rejected .*reason=header-too-big")
     wait_no_spill(t)
     assert not sink.messages
+
+
+def test_bounce_of_a_spilled_message_carries_its_headers_only(tern_factory):
+    refusing = Sink(reject=True)
+    try:
+        t = tern_factory(config(refusing.port))
+        msg = big_message(3 * 1024 * 1024, subject="bounced-big")
+        code, text = send_data(t.port, msg, sender="alice@example.test")
+        assert code == 250, text
+        deadline = time.monotonic() + DEADLINE
+        while not t.mail_files("alice@example.test"):
+            assert time.monotonic() < deadline, t.log_tail()
+            time.sleep(0.1)
+        dsn = t.mail_files("alice@example.test")[0].read_bytes()
+        assert b"multipart/report" in dsn and b"text/rfc822-headers" in dsn, dsn[:3000]
+        assert b"Subject: bounced-big" in dsn
+        assert len(dsn) < 64 * 1024, len(dsn)
+    finally:
+        refusing.stop()
