@@ -171,8 +171,9 @@ void spool_rec_stamp(uint8_t *rec, uint64_t nonce);
 
 /*
  * Payload decoders (p, n is the payload only). decode_msg returns a new
- * envelope (msg->size = data length) and the data's offset within the
- * payload; the data itself is not copied. All return TERN_ECORRUPT on
+ * envelope (msg->size = the message's size: the data length, plus
+ * spool_msg_tail(msg) for a spilled message) and the data's offset within
+ * the payload; the data itself is not copied. All return TERN_ECORRUPT on
  * malformed input and TERN_ENOMEM on allocation failure.
  */
 int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, size_t *data_off);
