@@ -41,7 +41,7 @@ def big_message(size, subject="big", seed=0):
 class Sink:
     """An aiosmtpd next hop that keeps each message's bytes; defers (451) while hold."""
 
-    def __init__(self, hold=False, reject=False):
+    def __init__(self, hold=False, reject=False, tls_context=None):
         from aiosmtpd.controller import Controller
         self.messages = []
         self.hold = hold
@@ -60,8 +60,9 @@ class Sink:
                 return "250 2.0.0 kept"
 
         self.port = free_port()
+        kw = {"tls_context": tls_context} if tls_context else {}
         self.ctl = Controller(Handler(), hostname="127.0.0.1", port=self.port,
-                              data_size_limit=0, enable_SMTPUTF8=True)
+                              data_size_limit=0, enable_SMTPUTF8=True, **kw)
         self.ctl.start()
 
     def stop(self):
@@ -358,3 +359,27 @@ def test_bounce_of_a_spilled_message_carries_its_headers_only(tern_factory):
         assert len(dsn) < 64 * 1024, len(dsn)
     finally:
         refusing.stop()
+
+
+def test_large_message_relayed_over_starttls_byte_identical(tern_factory, scratch):
+    """The file is streamed through the TLS layer too (tls = "require")."""
+    import ssl
+    import subprocess
+    cert, key = scratch / "cert.pem", scratch / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=sink.test"],
+                   check=True, capture_output=True, timeout=60)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    tls_sink = Sink(tls_context=ctx)
+    try:
+        cfg = config(tls_sink.port)
+        cfg["relayhost"]["tls"] = "require"
+        t = tern_factory(cfg)
+        msg = big_message(12 * 1024 * 1024, subject="tls")
+        code, text = send_data(t.port, msg)
+        assert code == 250, text
+        assert_same(tls_sink.wait(1, tern=t)[0], msg)
+        t.wait_log(r"event=tls id=\S+ relay=")
+    finally:
+        tls_sink.stop()
