@@ -17,7 +17,7 @@ UNITDIR  ?= $(PREFIX)/lib/systemd/system
 INSTALL_SENDMAIL ?= 0
 
 .PHONY: all deps build run test test-unit test-integration fuzz fuzz-short bench bench-capture \
-	bench-scale bench-bigmsg clean format install uninstall
+	bench-scale bench-api bench-bigmsg clean format install uninstall
 
 all: build
 
@@ -65,6 +65,11 @@ bench: build
 bench-capture: build
 	@/usr/bin/python3 bench/capture_bench.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload \
 		$(if $(BENCH_BASELINE),--tern-baseline $(BENCH_BASELINE))
+
+# bench-api (bench/api_bench.py): HTTP API sends/s (202 after the spool commit; concurrent
+# keep-alive clients, 4 KiB bodies) beside SMTP accepts/s (smtpload) of the same server.
+bench-api: build
+	@/usr/bin/python3 bench/api_bench.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload
 
 # Connection scale (bench/scale.py): 50,000 idle sessions (PSS per connection) and the accept
 # rate with 5,000 concurrent senders against 50. Raises the fd limit for itself, tern and

@@ -46,11 +46,11 @@
  *
  *   MSG   id[16] created:i64 body:u32 ret:u32
  *         flags:u8(bit0 smtputf8, bit1 trusted_client, bit2 folder Junk,
- *                  bit3 auth follows client, bit4 api_key follows,
- *                  bit6 spill reference follows;
+ *                  bit3 auth follows client, bit4 api_key follows auth,
+ *                  bit5 not_before follows api_key, bit6 spill reference follows;
  *                  the other bits 0: a record from before a bit existed has it clear)
  *         sender:str envid:str client:str [auth:str if bit3]
- *         [api_key:str if bit4]
+ *         [api_key:str if bit4] [not_before:i64 if bit5, never 0]
  *         [spill:str spill_size:u64 spill_off:u64 spill_crc:u32 if bit6]
  *         n_rcpts:u32
  *         n_rcpts x { addr:str orcpt:str notify:u32 local:u8 state:u8

@@ -204,6 +204,7 @@ struct spool_msg *spool_msg_dup(const struct spool_msg *m)
 	c->spill_size = m->spill_size;
 	c->spill_off = m->spill_off;
 	c->spill_crc = m->spill_crc;
+	c->not_before = m->not_before;
 	if (!dup_opt(&c->sender, m->sender) || !dup_opt(&c->envid, m->envid) ||
 	    !dup_opt(&c->client, m->client) || !dup_opt(&c->auth, m->auth) ||
 	    !dup_opt(&c->api_key, m->api_key) || !dup_opt(&c->spill, m->spill))
@@ -342,7 +343,8 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 	 * tern older than the bit refuses a record that sets it. */
 	put_u8(&e, (env->smtputf8 ? 1 : 0) | (env->trusted_client ? 2 : 0) |
 	               (env->folder == SPOOL_FOLDER_JUNK ? 4 : 0) | (env->auth ? 8 : 0) |
-	               (env->api_key ? 16 : 0) | (env->spill ? SPILL_FLAG : 0));
+	               (env->api_key ? 16 : 0) | (env->not_before ? 32 : 0) |
+	               (env->spill ? SPILL_FLAG : 0));
 	put_str(&e, env->sender);
 	put_str(&e, env->envid);
 	put_str(&e, env->client);
@@ -350,6 +352,8 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 		put_str(&e, env->auth);
 	if (env->api_key) /* the same with flag bit 4 */
 		put_str(&e, env->api_key);
+	if (env->not_before) /* flag bit 5: absent in older records, read as 0 (at once) */
+		put_u64(&e, (uint64_t)env->not_before);
 	if (env->spill) { /* SPILL: flag bit 6, the typed reference to the tail */
 		put_str(&e, env->spill);
 		put_u64(&e, env->spill_size);
@@ -578,7 +582,7 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 	m->body = get_u32(&d);
 	m->ret = get_u32(&d);
 	uint8_t flags = get_u8(&d);
-	if (flags & ~(31u | SPILL_FLAG))
+	if (flags & ~(63u | SPILL_FLAG))
 		d.bad = true;
 	m->smtputf8 = flags & 1;
 	m->trusted_client = (flags & 2) != 0;
@@ -590,6 +594,11 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 		goto out; /* the bit promises a string: NULL would not re-encode the same */
 	if ((flags & 16) && (!get_str(&d, &m->api_key, true, &nomem) || !m->api_key))
 		goto out;
+	if (flags & 32) {
+		m->not_before = (int64_t)get_u64(&d);
+		if (m->not_before == 0) /* the bit promises a time: 0 would re-encode without it */
+			d.bad = true;
+	}
 	if (flags & SPILL_FLAG) {
 		if (!get_str(&d, &m->spill, true, &nomem) || !m->spill ||
 		    !spool_spill_name_ok(m->spill, strlen(m->spill))) {

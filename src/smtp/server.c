@@ -2539,31 +2539,6 @@ static enum smtp_reply_id spool_failure_reply(int err)
 
 static void commit_finish(struct session *s);
 
-/* ---- CAPTURE-ACK (issue 11, DESIGN §6 "Capture mode acknowledges later"):
- * in capture mode the 250 waits until the scheduler caught the message in
- * the capture store (one SQLite transaction and one sync per batch), so a
- * client that lists right after its 250 sees the message. The session
- * stays in SS_COMMIT, reading off, until capture_acked runs. */
-
-static void capture_acked(void *arg)
-{
-	struct session *s = arg;
-	(void)TERN_BUG_ON(s->state != SS_COMMIT || !s->tx);
-	/* Also when the store failed: the message is durable in the spool and
-	 * caught on the retry (the scheduler logged why). */
-	if (!s->dead)
-		reply_args(s, SMTP_R_QUEUED, s->tx->id);
-	commit_finish(s);
-}
-
-/* On a delivery thread: the session is suspended, only its worker runs it. */
-static void capture_ack_cb(void *arg, int err)
-{
-	struct session *s = arg;
-	if (worker_post(s->sw->w, capture_acked, s) != 0)
-		log_error("event=commit_post_failed id=%s", s->tx->id);
-}
-
 /* The direct path: the capture store committed the message (or failed),
  * nothing was spooled; commit_done answers at once. */
 static void capture_put_done(void *arg, int err, const char *capture_id)
@@ -2573,13 +2548,6 @@ static void capture_put_done(void *arg, int err, const char *capture_id)
 	commit_cb(s, err);
 }
 
-/* True when the scheduler took data and will call capture_ack_cb. */
-static bool capture_ack_wait(struct session *s, char *data, size_t len)
-{
-	return s->conf->capture_mode && scheduler_submit_acked(s->sw->srv->sched, s->tx->id, data,
-	                                                       len, capture_ack_cb, s) == TERN_OK;
-}
-/* ---- end CAPTURE-ACK */
 
 static void commit_done(void *arg)
 {
@@ -2587,7 +2555,6 @@ static void commit_done(void *arg)
 	struct tx *t = s->tx;
 	/* Reading stopped at SS_COMMIT until this answer: nothing else ran. */
 	(void)TERN_BUG_ON(s->state != SS_COMMIT || !t);
-	bool wait = false;
 	if (t->commit_err == TERN_OK) {
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
@@ -2609,11 +2576,11 @@ static void commit_done(void *arg)
 			tail = data_stream_size(t->ds) - t->spill_off;
 		}
 		if (t->captured) {
-			free(data); /* CAPTURE-ACK: stored and synced, the 250 may go */
+			free(data); /* capture mode: stored and synced, the 250 may go */
 		} else if (t->ds) {
 			free(data); /* SPILL: the scheduler reads what it needs from the spool */
 			scheduler_submit(s->sw->srv->sched, t->id, NULL, 0);
-		} else if (!(wait = capture_ack_wait(s, data, len))) { /* CAPTURE-ACK */
+		} else {
 			scheduler_submit(s->sw->srv->sched, t->id, data, len);
 		}
 		/* Who sent it, when a login says so: user= (the SASL identity)
@@ -2643,8 +2610,6 @@ static void commit_done(void *arg)
 		atomic_fetch_add(&count_accepted, 1);
 		metric_inc_l(M_MESSAGES_RECEIVED, smtp_metrics_profile(s->conf, s->submission));
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len + tail);
-		if (wait)
-			return; /* CAPTURE-ACK: capture_acked answers */
 		if (!s->dead)
 			reply_args(s, SMTP_R_QUEUED, t->id);
 	} else {
