@@ -28,9 +28,17 @@
 
 static uint32_t crc_tab[8][256];
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CRC_HW 1
+static bool crc_hw; /* the CPU has SSE 4.2 (set once, in crc_init) */
+#endif
 
 static void crc_init(void)
 {
+#ifdef CRC_HW
+	__builtin_cpu_init();
+	crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
 	for (uint32_t i = 0; i < 256; i++) {
 		uint32_t c = i;
 		for (int k = 0; k < 8; k++)
@@ -43,11 +51,35 @@ static void crc_init(void)
 			    (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xff];
 }
 
+#ifdef CRC_HW
+/* SSE 4.2's CRC32 instruction computes this very CRC (Castagnoli), eight
+ * bytes per instruction: about a tenth of slicing-by-8's work, and every
+ * message's bytes pass through here once on the session's worker. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *b,
+                                                            size_t n)
+{
+	uint64_t c = crc;
+	for (; n >= 8; n -= 8, b += 8) {
+		uint64_t w;
+		memcpy(&w, b, 8);
+		c = __builtin_ia32_crc32di(c, w);
+	}
+	uint32_t c32 = (uint32_t)c;
+	for (; n; n--, b++)
+		c32 = __builtin_ia32_crc32qi(c32, *b);
+	return c32;
+}
+#endif
+
 uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n)
 {
 	const uint8_t *b = p;
 	pthread_once(&crc_once, crc_init);
 	crc = ~crc;
+#ifdef CRC_HW
+	if (crc_hw)
+		return ~crc32c_hw(crc, b, n);
+#endif
 	/* Eight bytes per step: the tables fold each byte's contribution through
 	 * the remaining shifts, so one lookup per byte and no per-bit loop. */
 	while (n >= 8) {

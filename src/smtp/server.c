@@ -25,6 +25,7 @@
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "smtp/smtp_metrics.h"
+#include "smtp/wire_out.h"
 #include "tls/tls.h"
 
 #include <arpa/inet.h>
@@ -246,11 +247,14 @@ struct session {
 	const struct tern_config *conf; /* rt->conf */
 	enum session_state state;
 	bool submission;
-	bool dead;           /* the peer went away while a commit was in flight */
-	bool shutting_down;  /* close after the transaction in flight */
-	bool discard_line;   /* skipping the rest of an over-long command line */
-	bool out_blocked;    /* reading stopped until the output drains (on_write) */
-	bool spill_wait;     /* SPILL: reading stopped until the spill writer catches up */
+	bool dead;          /* the peer went away while a commit was in flight */
+	bool shutting_down; /* close after the transaction in flight */
+	bool discard_line;  /* skipping the rest of an over-long command line */
+	bool out_blocked;   /* reading stopped until the output drains (on_write) */
+	/* SPILL: reading stopped until the spill writer catches up */
+	bool spill_wait;
+	/* wire_out: bytes of the command being handled, still in the input */
+	size_t cmd_bytes;
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
 	bool esmtp;
 	bool tls_active;
@@ -478,13 +482,18 @@ static void format_peer(const struct sockaddr_storage *ss, char *out, size_t out
 static void reply_line(struct session *s, enum smtp_reply_id id, int code, bool more, size_t n,
                        const char *const *args)
 {
-	char line[REPLY_LINE_MAX];
-	size_t len = smtp_reply_format(line, sizeof(line), id, code, more, args, n);
-	if (len >= sizeof(line))
-		len = sizeof(line) - 1;
-	struct evbuffer *out = bufferevent_get_output(s->bev);
-	evbuffer_add(out, line, len);
-	evbuffer_add(out, "\r\n", 2);
+	char line[REPLY_LINE_MAX + 2];
+	size_t len = smtp_reply_format(line, REPLY_LINE_MAX, id, code, more, args, n);
+	if (len >= REPLY_LINE_MAX)
+		len = REPLY_LINE_MAX - 1;
+	line[len] = '\r';
+	line[len + 1] = '\n';
+	/* A whole reply, on a plain session with no pipelined command waiting:
+	 * straight to the socket (a multi-line reply's lines go out together). */
+	wire_out(s->bev,
+	         !more && !s->tls_active &&
+	             evbuffer_get_length(bufferevent_get_input(s->bev)) <= s->cmd_bytes,
+	         line, len + 2);
 	if (!more)
 		smtp_metrics_reply(line[0]);
 }
@@ -3325,10 +3334,12 @@ static bool read_command(struct session *s, struct evbuffer *in)
 	size_t n = linelen - 1;
 	if (n > 0 && line[n - 1] == '\r')
 		n--;
+	s->cmd_bytes = linelen; /* wire_out: a reply with nothing pipelined after it */
 	if (s->state == SS_AUTH)
 		auth_line(s, line, n);
 	else
 		dispatch(s, line, n);
+	s->cmd_bytes = 0;
 	/* dispatch may have closed the session, but the buffer is still ours. */
 	evbuffer_drain(in, linelen);
 	if (s->starttls) {
