@@ -30,6 +30,10 @@ struct maildir_item {
 	const char *local;       /* recipient local part (dequoted) */
 	const struct iovec *iov; /* the file's content: prefix headers + message */
 	int iovcnt;
+	/* SPILL (queue/spill.h): then src_len bytes of the file src_path from
+	 * src_off (a large message's rest, copied file to file); NULL: none */
+	const char *src_path;
+	uint64_t src_off, src_len;
 	/*
 	 * Optional stable name (see maildir_stable_name): the same recipient of
 	 * the same message always gets the same file name, so a delivery that is
@@ -167,6 +171,10 @@ struct remote_job {
 	char *api_key;           /* the HTTP API key that sent it (pool_select.keys), or NULL */
 	char *data;
 	size_t len;
+	/* SPILL (deliver/remote_stream.h): the message goes on with spill_len
+	 * bytes of the file spill_path from spill_off (NULL: data is all) */
+	char *spill_path;
+	uint64_t spill_off, spill_len;
 	char domain[256];        /* lowercase recipient domain */
 	struct remote_rcpt *rcpts;
 	size_t n_rcpts;

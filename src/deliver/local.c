@@ -30,6 +30,7 @@
  * phase.
  */
 #include "deliver/deliver.h"
+#include "deliver/remote_stream.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -454,6 +455,19 @@ static bool iov_total(const struct iovec *iov, int iovcnt, size_t *total)
 	return true;
 }
 
+/* SPILL: the file's size, a spilled message's rest included. */
+static bool item_total(const struct maildir_item *it, size_t *total)
+{
+	if (!iov_total(it->iov, it->iovcnt, total))
+		return false;
+	if (it->src_path) {
+		if (it->src_len > SIZE_MAX - *total)
+			return false;
+		*total += (size_t)it->src_len;
+	}
+	return true;
+}
+
 /*
  * Step 1 for one item: pick a name, create tmp/NAME, write, then either
  * fsync and close (fd_out NULL) or start the writeback and hand the open
@@ -468,7 +482,7 @@ static int write_tmp(const char *mdir, const char *hostname, struct maildir_item
 	bool created_dirs = false;
 	int fd = -1, rc, n;
 
-	if (!iov_total(it->iov, it->iovcnt, &size))
+	if (!item_total(it, &size))
 		return TERN_EINVAL;
 	for (int attempt = 0;; attempt++) {
 		if (it->fixed_name) {
@@ -506,6 +520,8 @@ static int write_tmp(const char *mdir, const char *hostname, struct maildir_item
 		return TERN_EIO;
 	}
 	rc = tern_writev_full(fd, it->iov, it->iovcnt);
+	if (rc == TERN_OK && it->src_path) /* SPILL: file to file */
+		rc = stream_copy_file(fd, it->src_path, it->src_off, it->src_len);
 	if (rc == TERN_OK && fd_out) {
 		/* Only a hint to start writing now: fdatasync decides. */
 		(void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
@@ -1048,7 +1064,7 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			limit = k > 0 && (size_t)k < sizeof(owner_addr)
 			            ? item_quota(rt, it, owner_addr)
 			            : 0;
-			if (!iov_total(it->iov, it->iovcnt, &size))
+			if (!item_total(it, &size))
 				rc = TERN_EINVAL;
 		}
 		struct quota_file *slot = NULL;

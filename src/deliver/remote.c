@@ -28,9 +28,11 @@
  * the bounded, fuzzed reply parser; a server's words are copied bounded.
  */
 #include "deliver/deliver.h"
+#include "deliver/remote_stream.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -256,6 +258,7 @@ struct rconn {
 	size_t n_accepted;
 	bool mail_failed;
 	struct tbuf converted; /* downconverted body, when needed */
+	struct body_pump pump; /* SPILL: the rest of a spilled message, from its file */
 	char last_error[512];
 	char last_status[16];
 	bool last_perm;
@@ -290,11 +293,15 @@ void remote_job_free(struct remote_job *job)
 	free(job->auth);
 	free(job->api_key);
 	free(job->data);
+	free(job->spill_path);
 	free(job);
 }
 
 static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+static void protocol_error(struct rconn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static bool pump_more(struct rconn *c);
 
 static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
 {
@@ -567,6 +574,8 @@ static void close_bev(struct rconn *c)
 		c->bev = NULL;
 	}
 	c->wire_out = NULL;
+	body_pump_close(&c->pump); /* SPILL */
+	c->pump.active = false;
 	c->tls_active = false;
 	c->implicit_tls = false;
 	c->awaiting = 0;
@@ -604,6 +613,13 @@ static void on_wire_drained(struct evbuffer *buf, const struct evbuffer_cb_info 
 	struct rconn *c = arg;
 	if (!c->body_pending || info->n_deleted == 0 || !c->bev)
 		return;
+	if (c->pump.active && !pump_more(c)) {
+		/* SPILL: the file failed. Not torn down inside the buffer's own
+		 * callback: the data phase's deadline, due now, ends it (the
+		 * message waits for its next try). */
+		deadline_at(c, mono_now());
+		return;
+	}
 	if (data_handed_over(c)) {
 		c->body_pending = false;
 		uint32_t t = c->conf->delivery.command_timeout;
@@ -664,11 +680,11 @@ static void send_rcpt(struct rconn *c, size_t i)
 static void send_mail(struct rconn *c)
 {
 	struct remote_job *j = c->job;
-	size_t len = c->converted.data ? c->converted.len : j->len;
+	uint64_t len = c->converted.data ? c->converted.len : j->len + j->spill_len;
 	char params[800] = "";
 	size_t pl = 0;
 	if (c->caps.has_size)
-		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " SIZE=%zu", len);
+		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " SIZE=%" PRIu64, len);
 	if (j->body == SMTP_BODY_BINARYMIME)
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " BODY=BINARYMIME");
 	else if (c->caps.eightbitmime && !c->converted.data &&
@@ -711,6 +727,22 @@ static bool fit_message_to_peer(struct rconn *c)
 		          c->targets[c->cur].host);
 		return false;
 	}
+	if (j->spill_path && j->has_8bit && !c->caps.eightbitmime &&
+	    j->body != SMTP_BODY_BINARYMIME) {
+		/* SPILL: converting needs the whole message in memory */
+		set_error(c, true, "5.6.3",
+		          "554 5.6.3 %s does not take 8-bit mail and the message is too large to "
+		          "convert to 7 bits",
+		          c->targets[c->cur].host);
+		return false;
+	}
+	if (j->spill_path && body_pump_open(&c->pump, j->spill_path, j->spill_off, j->spill_len) !=
+	                         TERN_OK) {
+		log_error("event=spool_read_failed id=%s file=%s errno=%d", j->id, j->spill_path,
+		          errno);
+		set_error(c, false, "4.3.0", "the message could not be read from the spool");
+		return false;
+	}
 	if (j->has_8bit && !c->caps.eightbitmime && j->body != SMTP_BODY_BINARYMIME) {
 		tbuf_init(&c->converted, j->len * 3 + 4096);
 		if (smtp_downconvert_8bit(j->data, j->len, &c->converted) != TERN_OK) {
@@ -724,10 +756,10 @@ static bool fit_message_to_peer(struct rconn *c)
 		log_info("event=downconverted id=%s relay=%s from=%zu to=%zu", j->id,
 		         c->targets[c->cur].host, j->len, c->converted.len);
 	}
-	size_t len = c->converted.data ? c->converted.len : j->len;
+	uint64_t len = c->converted.data ? c->converted.len : j->len + j->spill_len;
 	if (c->caps.has_size && c->caps.size && len > c->caps.size) {
 		set_error(c, true, "5.3.4",
-		          "552 5.3.4 message of %zu bytes exceeds the limit of %s (%llu bytes)",
+		          "552 5.3.4 message of %" PRIu64 " bytes exceeds the limit of %s (%llu bytes)",
 		          len, c->targets[c->cur].host, (unsigned long long)c->caps.size);
 		return false;
 	}
@@ -854,9 +886,54 @@ static void data_sent(struct rconn *c)
 	wait_for(c, c->conf->delivery.command_timeout);
 }
 
+/* SPILL: tops up the output from the file while little is queued; false
+ * (logged) when the file failed: the caller ends the connection. */
+static bool pump_more(struct rconn *c)
+{
+	size_t queued = evbuffer_get_length(bufferevent_get_output(c->bev));
+	if (c->wire_out && c->wire_out != bufferevent_get_output(c->bev))
+		queued += evbuffer_get_length(c->wire_out);
+	int rc = body_pump_fill(&c->pump, queued, emit_evbuffer, bufferevent_get_output(c->bev));
+	if (rc == TERN_OK)
+		return true;
+	log_error("event=spool_read_failed id=%s file=%s reason=%s", c->job->id,
+	          c->job->spill_path, tern_strerror(rc));
+	return false;
+}
+
+/* SPILL: the head from memory, the rest from the file as the socket takes it. */
+static void send_body_stream(struct rconn *c)
+{
+	struct remote_job *j = c->job;
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	bool raw = j->body == SMTP_BODY_BINARYMIME;
+	if (!c->pump.has_fd && body_pump_open(&c->pump, j->spill_path, j->spill_off,
+	                                      j->spill_len) != TERN_OK) {
+		protocol_error(c, "the message could not be read from the spool");
+		return;
+	}
+	/* a later batch of the same job sends the file again from its start */
+	c->pump.pos = j->spill_off;
+	data_encoder_init(&c->pump.enc);
+	if (raw) {
+		evbuffer_add_printf(out, "BDAT %" PRIu64 " LAST\r\n", (uint64_t)j->len + j->spill_len);
+		evbuffer_add(out, j->data, j->len);
+	} else {
+		data_encoder_feed(&c->pump.enc, j->data, j->len, emit_evbuffer, out);
+	}
+	body_pump_start(&c->pump, raw);
+	data_sent(c);
+	if (!pump_more(c))
+		protocol_error(c, "the message could not be read from the spool");
+}
+
 static void send_body(struct rconn *c)
 {
 	struct remote_job *j = c->job;
+	if (j->spill_path && !c->converted.data) {
+		send_body_stream(c);
+		return;
+	}
 	const char *d = c->converted.data ? c->converted.data : j->data;
 	size_t len = c->converted.data ? c->converted.len : j->len;
 	struct evbuffer *out = bufferevent_get_output(c->bev);

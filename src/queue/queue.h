@@ -86,10 +86,26 @@ struct spool_msg {
 	/* Not before this time (unix seconds) is any recipient tried: the API's
 	 * send_at. 0: at once (every message written before the field). */
 	int64_t not_before;
-	uint64_t size; /* message bytes */
+	uint64_t size; /* message bytes (the record's data plus the spill file's, if any) */
+	/* SPILL (queue/spill.h, issue 11): a large message's tail in its own
+	 * file DIR/spill/NAME, synced before its record. NULL: every byte is in
+	 * the record. The file holds the client's message as received
+	 * (spill_size bytes, CRC32C spill_crc); its first spill_off bytes (the
+	 * client's header block) are also in the record's data, where checks
+	 * may have changed them. The message is the record's data followed by
+	 * the file from spill_off on. */
+	char *spill;
+	uint64_t spill_size, spill_off;
+	uint32_t spill_crc;
 	struct spool_rcpt *rcpts;
 	size_t n_rcpts;
 };
+
+/* SPILL: bytes of m that are in its spill file only (0 without one). */
+static inline uint64_t spool_msg_tail(const struct spool_msg *m)
+{
+	return m->spill && m->spill_size > m->spill_off ? m->spill_size - m->spill_off : 0;
+}
 
 void spool_msg_free(struct spool_msg *m); /* frees m and everything it owns */
 struct spool_msg *spool_msg_dup(const struct spool_msg *m);
@@ -131,8 +147,22 @@ void spool_set_commit_hook(struct spool *s, spool_commit_hook fn, void *arg);
 
 /* Copies the envelope of id; caller frees with spool_msg_free. NULL if unknown. */
 struct spool_msg *spool_get(struct spool *s, const char *id);
-/* Reads the message bytes of id into out (appending). */
+/* Reads the message bytes of id into out (appending); a spilled message's
+ * file too (checked against its size and CRC). Holds the whole message in
+ * memory: delivery of a spilled message uses spool_read_head and streams
+ * the rest from spool_spill_path instead. */
 int spool_read_data(struct spool *s, const char *id, struct tbuf *out);
+/* SPILL: the record's data of id (for a spilled message: our trace fields
+ * and the client's header block) followed by at most max bytes of the
+ * spill file from spill_off on, appended to out; *file_off is where the
+ * rest of the message starts in the file. For a message without a spill
+ * file it is spool_read_data (and *file_off 0). */
+int spool_read_head(struct spool *s, const char *id, size_t max, struct tbuf *out,
+                    uint64_t *file_off);
+/* SPILL: the path of spill file name in the spool's spill directory. */
+int spool_spill_path(const struct spool *s, const char *name, char *out, size_t outlen);
+/* SPILL: the spool's directory (spill files are made in DIR/spill/). */
+const char *spool_dir(const struct spool *s);
 
 /* Records a recipient's new state (appended, not synced). Removes the
  * message when no recipient is left queued, deferred or held. */

@@ -50,6 +50,11 @@ struct job {
 	size_t len;
 	int64_t due;
 	bool from_spool; /* data was read back: a retry or a recovery */
+	/* SPILL (queue/spill.h): data is the message's head only (our trace
+	 * fields and the client's header block); the rest is file_len bytes
+	 * of spill_path from file_off, streamed by local and remote delivery */
+	char *spill_path; /* NULL: data is the whole message */
+	uint64_t file_off, file_len;
 	bool flush;      /* `tern queue flush`: deferred recipients are due now */
 };
 
@@ -134,6 +139,7 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 static void job_free(struct job *j)
 {
 	free(j->data);
+	free(j->spill_path);
 	free(j);
 }
 
@@ -383,7 +389,9 @@ static void send_dsn(struct scheduler *s, const struct tern_config *conf,
 		.envid = m->envid,
 		.arrival = m->created,
 		.to = to,
-		.ret = m->ret,
+		/* SPILL: only the head of a spilled message is at hand (and a
+		 * notice should not carry megabytes back): headers only */
+		.ret = m->spill ? SMTP_RET_HDRS : m->ret,
 		.rcpts = rcpts,
 		.n_rcpts = n,
 		.original = data,
@@ -902,7 +910,16 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 		rj->body = m->body;
 		rj->ret = m->ret;
 		rj->smtputf8 = m->smtputf8;
-		rj->has_8bit = has_8bit;
+		rj->has_8bit = has_8bit || (job->spill_path && m->body == SMTP_BODY_8BITMIME);
+		if (job->spill_path) { /* SPILL: the rest is sent from the file */
+			rj->spill_path = tern_strdup(job->spill_path);
+			rj->spill_off = job->file_off;
+			rj->spill_len = job->file_len;
+			if (!rj->spill_path) {
+				remote_job_free(rj);
+				break;
+			}
+		}
 		rj->data = malloc(job->len ? job->len : 1);
 		rj->rcpts = calloc(m->n_rcpts, sizeof(*rj->rcpts));
 		if (!rj->sender || !rj->data || !rj->rcpts || (m->auth && !rj->auth) ||
@@ -1112,8 +1129,25 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		if (!job->data) {
 			job->from_spool = true;
 			struct tbuf b;
-			tbuf_init(&b, (size_t)m->size + 1);
-			if (spool_read_data(s->sp, job->id, &b) != TERN_OK) {
+			int rrc;
+			/* SPILL: the head in memory, the rest streamed (capture mode
+			 * stores whole messages: a spilled one left from before is read) */
+			if (m->spill && !s->capture) {
+				tbuf_init(&b, (size_t)(m->size - spool_msg_tail(m)) + 1);
+				job->file_len = spool_msg_tail(m);
+				char path[4096];
+				rrc = spool_spill_path(s->sp, m->spill, path, sizeof(path));
+				free(job->spill_path);
+				job->spill_path = rrc == TERN_OK ? tern_strdup(path) : NULL;
+				if (rrc == TERN_OK && !job->spill_path)
+					rrc = TERN_ENOMEM;
+				if (rrc == TERN_OK)
+					rrc = spool_read_head(s->sp, job->id, 0, &b, &job->file_off);
+			} else {
+				tbuf_init(&b, (size_t)m->size + 1);
+				rrc = spool_read_data(s->sp, job->id, &b);
+			}
+			if (rrc != TERN_OK) {
 				log_error("event=spool_read_failed id=%s", job->id);
 				tbuf_free(&b);
 				continue;
@@ -1166,8 +1200,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			c->iov[1].iov_base = job->data;
 			c->iov[1].iov_len = job->len;
 			if (maildir_stable_name(conf->hostname, (long long)m->created, m->id, i,
-						c->iov[0].iov_len + job->len, c->stable,
-						sizeof(c->stable)) != TERN_OK)
+						c->iov[0].iov_len + job->len + job->file_len,
+						c->stable, sizeof(c->stable)) != TERN_OK)
 				c->stable[0] = '\0';
 			n_items++;
 		}
@@ -1191,6 +1225,11 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		}
 		items[k].iov = ctx[k].iov;
 		items[k].iovcnt = 2;
+		if (ctx[k].job->spill_path) { /* SPILL: the rest copied file to file */
+			items[k].src_path = ctx[k].job->spill_path;
+			items[k].src_off = ctx[k].job->file_off;
+			items[k].src_len = ctx[k].job->file_len;
+		}
 		/* DMARC quarantine (smtp/verify.c) rides in the envelope: the Junk folder. */
 		items[k].folder = spool_folder_name(ctx[k].msg->folder);
 		if (ctx[k].stable[0]) {

@@ -78,6 +78,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "queue/spill.h"
 #include "queue/spool_internal.h"
 
 #define SEG_MAX_BYTES (64ull * 1024 * 1024)      /* start a new segment past this */
@@ -187,6 +188,9 @@ struct item {
 	 * copy was accounted (that DEL must also outlive the copy's segment). */
 	bool copy;
 	struct item *del_item;
+	/* DEL of a spilled message: its spill file name, unlinked once the DEL
+	 * is written (SPILL) */
+	char *spill;
 };
 
 struct spool {
@@ -225,6 +229,8 @@ struct spool {
 	void *hook_arg;
 };
 
+static void spill_recover(struct spool *s);
+
 static void item_free(struct item *it)
 {
 	free(it->buf);
@@ -232,6 +238,7 @@ static void item_free(struct item *it)
 	spool_msg_free(it->hook_msg);
 	free(it->rsegs);
 	free(it->osegs);
+	free(it->spill);
 	free(it);
 }
 
@@ -984,7 +991,7 @@ static void commit_account(struct spool *s, struct item *batch, struct seg *cur,
 				e->seg = cur->no;
 				e->rec_off = rec_off;
 				e->data_off = rec_off + it->data_off;
-				e->data_len = it->msg->size;
+				e->data_len = it->msg->size - spool_msg_tail(it->msg);
 				e->rec_len = it->len;
 				e->msg = it->msg;
 				it->result = idx_put(&s->idx, e);
@@ -1005,6 +1012,7 @@ static void commit_account(struct spool *s, struct item *batch, struct seg *cur,
 			if (err == TERN_OK && e)
 				acct_rcpt(s, e, cur);
 		} else {
+			it->result = err;
 			acct_del(s, it->del_seg, it->del_len, it->osegs, it->n_osegs, it->rsegs,
 			         it->n_rsegs, err == TERN_OK ? cur : NULL);
 		}
@@ -1108,6 +1116,9 @@ callbacks:
 			it->cb(it->arg, it->result);
 	while (batch) {
 		struct item *nx = batch->next;
+		/* SPILL: the DEL is written, so no replay can want the file. */
+		if (batch->type == SPOOL_REC_DEL && batch->spill && batch->result == TERN_OK)
+			spill_unlink(s->dirfd, batch->spill);
 		item_free(batch);
 		batch = nx;
 	}
@@ -1194,7 +1205,8 @@ static bool msg_same(const struct spool_msg *a, const struct spool_msg *b)
 	    a->smtputf8 != b->smtputf8 || a->trusted_client != b->trusted_client ||
 	    !str_eq_opt(a->envid, b->envid) || !str_eq_opt(a->client, b->client) ||
 	    !str_eq_opt(a->auth, b->auth) || !str_eq_opt(a->api_key, b->api_key) ||
-	    a->not_before != b->not_before || a->size != b->size || a->n_rcpts != b->n_rcpts)
+	    a->not_before != b->not_before || a->size != b->size || a->n_rcpts != b->n_rcpts ||
+	    !str_eq_opt(a->spill, b->spill))
 		return false;
 	for (size_t i = 0; i < a->n_rcpts; i++) {
 		const struct spool_rcpt *x = &a->rcpts[i], *y = &b->rcpts[i];
@@ -1251,7 +1263,7 @@ static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_
 		e->seg = g->no;
 		e->rec_off = off;
 		e->data_off = off + h->hdr_len + doff;
-		e->data_len = m->size;
+		e->data_len = m->size - spool_msg_tail(m);
 		e->rec_len = (uint64_t)h->hdr_len + h->len;
 		e->msg = m;
 		if ((rc = idx_put(&s->idx, e)) != TERN_OK) {
@@ -1593,6 +1605,10 @@ static int remove_locked(struct spool *s, struct entry *e, size_t slot)
 	it->osegs = e->osegs;
 	it->n_osegs = e->n_osegs;
 	it->cap_osegs = e->cap_osegs;
+	if (e->msg->spill && !(it->spill = tern_strdup(e->msg->spill))) {
+		item_free(it);
+		return TERN_ENOMEM;
+	}
 	if ((rc = enqueue(s, it)) != TERN_OK) {
 		it->rsegs = NULL;
 		it->osegs = NULL;
@@ -1671,6 +1687,7 @@ int spool_open(const char *dir, struct spool **out)
 	pthread_mutex_unlock(&s->mu);
 	log_info("event=spool_recovered messages=%zu segments=%zu finished=%zu damaged=%zu dir=%s",
 	         count, segs, finished, damaged, dir);
+	spill_recover(s);
 	if (damaged)
 		log_error(
 		    "event=spool_damage_found ranges=%zu dir=%s action=\"kept; see tern queue "
@@ -1718,7 +1735,9 @@ int spool_put(struct spool *s, const struct spool_msg *env, const void *data, si
               spool_put_cb cb, void *arg)
 {
 	if (!s || !env || !id_ok(env->id) || (len && !data) || !env->n_rcpts || !env->rcpts ||
-	    !msg_pending(env))
+	    !msg_pending(env) ||
+	    (env->spill &&
+	     (env->spill_off > env->spill_size || spool_msg_tail(env) > UINT64_MAX - len)))
 		return TERN_EINVAL;
 	pthread_mutex_lock(&s->mu);
 	bool dup = idx_get(&s->idx, env->id, NULL) != NULL;
@@ -1743,7 +1762,9 @@ int spool_put(struct spool *s, const struct spool_msg *env, const void *data, si
 		rc = TERN_ENOMEM;
 		goto fail;
 	}
-	it->msg->size = len;
+	it->msg->size = len + spool_msg_tail(env);
+	if (!env->spill)
+		it->msg->spill_size = it->msg->spill_off = it->msg->spill_crc = 0;
 	it->buf = tbuf_steal(&b, &it->len);
 	if ((rc = enqueue(s, it)) != TERN_OK)
 		goto fail;
@@ -1790,8 +1811,96 @@ int spool_read_data(struct spool *s, const char *id, struct tbuf *out)
 	}
 	g->readers++; /* keeps fd open even if the message goes meanwhile */
 	uint64_t rec_off = e->rec_off, data_off = e->data_off, dlen = e->data_len;
+	uint64_t ssize = e->msg->spill_size, soff = e->msg->spill_off;
+	uint32_t scrc = e->msg->spill_crc;
+	char *spill = e->msg->spill ? tern_strdup(e->msg->spill) : NULL;
+	bool nomem = e->msg->spill && !spill;
 	pthread_mutex_unlock(&s->mu);
-	return read_verified(s, g, id, rec_off, data_off, dlen, out);
+	int rc = read_verified(s, g, id, rec_off, data_off, dlen, out);
+	if (rc == TERN_OK && nomem)
+		rc = TERN_ENOMEM;
+	if (rc == TERN_OK && spill)
+		rc = spill_read(s->dirfd, id, spill, ssize, scrc, soff, ssize - soff, true, out);
+	free(spill);
+	return rc;
+}
+
+int spool_read_head(struct spool *s, const char *id, size_t max, struct tbuf *out,
+                    uint64_t *file_off)
+{
+	*file_off = 0;
+	if (!s || !id_ok(id) || !out)
+		return TERN_EINVAL;
+	pthread_mutex_lock(&s->mu);
+	struct entry *e = idx_get(&s->idx, id, NULL);
+	struct seg *g = e ? seg_find(s, e->seg, NULL) : NULL;
+	if (!g) {
+		pthread_mutex_unlock(&s->mu);
+		return TERN_ENOTFOUND;
+	}
+	g->readers++;
+	uint64_t rec_off = e->rec_off, data_off = e->data_off, dlen = e->data_len;
+	uint64_t ssize = e->msg->spill_size, soff = e->msg->spill_off;
+	uint32_t scrc = e->msg->spill_crc;
+	char *spill = e->msg->spill ? tern_strdup(e->msg->spill) : NULL;
+	bool nomem = e->msg->spill && !spill;
+	pthread_mutex_unlock(&s->mu);
+	int rc = read_verified(s, g, id, rec_off, data_off, dlen, out);
+	if (rc == TERN_OK && nomem)
+		rc = TERN_ENOMEM;
+	if (rc == TERN_OK && spill) {
+		size_t before = out->len;
+		uint64_t want = ssize - soff < max ? ssize - soff : max;
+		rc = spill_read(s->dirfd, id, spill, ssize, scrc, soff, want, false, out);
+		*file_off = soff + (out->len - before);
+	}
+	free(spill);
+	return rc;
+}
+
+int spool_spill_path(const struct spool *s, const char *name, char *out, size_t outlen)
+{
+	if (!s || !name || !spool_spill_name_ok(name, strlen(name)))
+		return TERN_EINVAL;
+	int n = snprintf(out, outlen, "%s/%s/%s", s->dir, SPILL_DIR, name);
+	return n > 0 && (size_t)n < outlen ? TERN_OK : TERN_ELIMIT;
+}
+
+const char *spool_dir(const struct spool *s)
+{
+	return s->dir;
+}
+
+/* SPILL at open: every live record's file must be there and whole (else a
+ * loud error: the message stays, undeliverable, for the operator); a file
+ * no record names was left by a crash before its commit: removed. */
+static bool spill_named(void *arg, const char *name)
+{
+	struct spool *s = arg;
+	for (size_t i = 0; i < s->idx.cap; i++) {
+		struct entry *e = s->idx.slot[i];
+		if (e && e->msg->spill && strcmp(e->msg->spill, name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void spill_recover(struct spool *s)
+{
+	pthread_mutex_lock(&s->mu);
+	size_t bad = 0;
+	for (size_t i = 0; i < s->idx.cap; i++) {
+		struct entry *e = s->idx.slot[i];
+		if (e && e->msg->spill &&
+		    spill_check(s->dirfd, e->id, e->msg->spill, e->msg->spill_size) != TERN_OK)
+			bad++;
+	}
+	spill_sweep(s->dirfd, spill_named, s);
+	pthread_mutex_unlock(&s->mu);
+	if (bad)
+		log_error("event=spool_spill_damage messages=%zu dir=%s action=\"kept, not "
+		          "deliverable; see the spool_spill_missing lines\"",
+		          bad, s->dir);
 }
 
 /* Reads the data of the MSG record at rec_off in g into out (appending),

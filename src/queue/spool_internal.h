@@ -47,10 +47,12 @@
  *   MSG   id[16] created:i64 body:u32 ret:u32
  *         flags:u8(bit0 smtputf8, bit1 trusted_client, bit2 folder Junk,
  *                  bit3 auth follows client, bit4 api_key follows auth,
- *                  bit5 not_before follows api_key;
+ *                  bit5 not_before follows api_key, bit6 spill reference follows;
  *                  the other bits 0: a record from before a bit existed has it clear)
  *         sender:str envid:str client:str [auth:str if bit3]
- *         [api_key:str if bit4] [not_before:i64 if bit5, never 0] n_rcpts:u32
+ *         [api_key:str if bit4] [not_before:i64 if bit5, never 0]
+ *         [spill:str spill_size:u64 spill_off:u64 spill_crc:u32 if bit6]
+ *         n_rcpts:u32
  *         n_rcpts x { addr:str orcpt:str notify:u32 local:u8 state:u8
  *                     attempts:u32 next_try:i64 last_reply:str }
  *         data_len:u64 data[data_len]          (data is last, so the index
@@ -83,6 +85,12 @@
 /* Largest payload accepted, written or read. Bounds every allocation that
  * recovery makes from a length found on disk. */
 #define SPOOL_REC_MAX_PAYLOAD (1024u * 1024u * 1024u)
+/* SPILL: flag bit 6 of a MSG record: the message goes on in its own file
+ * (queue/spill.h); its name is 1..SPOOL_SPILL_NAME_MAX of [A-Za-z0-9._-],
+ * not starting with '.'. */
+#define SPILL_FLAG 64u
+#define SPOOL_SPILL_NAME_MAX 64u
+bool spool_spill_name_ok(const char *p, size_t n);
 /* Returned (positive, not a TERN_* code) when the bytes end inside a record. */
 #define SPOOL_REC_SHORT 1
 
@@ -163,8 +171,9 @@ void spool_rec_stamp(uint8_t *rec, uint64_t nonce);
 
 /*
  * Payload decoders (p, n is the payload only). decode_msg returns a new
- * envelope (msg->size = data length) and the data's offset within the
- * payload; the data itself is not copied. All return TERN_ECORRUPT on
+ * envelope (msg->size = the message's size: the data length, plus
+ * spool_msg_tail(msg) for a spilled message) and the data's offset within
+ * the payload; the data itself is not copied. All return TERN_ECORRUPT on
  * malformed input and TERN_ENOMEM on allocation failure.
  */
 int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, size_t *data_off);

@@ -185,7 +185,21 @@ void spool_msg_free(struct spool_msg *m)
 	free(m->client);
 	free(m->auth);
 	free(m->api_key);
+	free(m->spill);
 	free(m);
+}
+
+bool spool_spill_name_ok(const char *p, size_t n)
+{
+	if (n == 0 || n > SPOOL_SPILL_NAME_MAX || p[0] == '.')
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = p[i];
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '-' || c == '_'))
+			return false;
+	}
+	return true;
 }
 
 /* Duplicates s (NULL stays NULL); false only when an allocation failed. */
@@ -219,10 +233,13 @@ struct spool_msg *spool_msg_dup(const struct spool_msg *m)
 	c->trusted_client = m->trusted_client;
 	c->folder = m->folder;
 	c->size = m->size;
+	c->spill_size = m->spill_size;
+	c->spill_off = m->spill_off;
+	c->spill_crc = m->spill_crc;
 	c->not_before = m->not_before;
 	if (!dup_opt(&c->sender, m->sender) || !dup_opt(&c->envid, m->envid) ||
 	    !dup_opt(&c->client, m->client) || !dup_opt(&c->auth, m->auth) ||
-	    !dup_opt(&c->api_key, m->api_key))
+	    !dup_opt(&c->api_key, m->api_key) || !dup_opt(&c->spill, m->spill))
 		goto fail;
 	if (m->n_rcpts) {
 		c->rcpts = calloc(m->n_rcpts, sizeof(*c->rcpts));
@@ -341,6 +358,9 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 		return TERN_EINVAL;
 	if (len > SPOOL_REC_MAX_PAYLOAD)
 		return TERN_ELIMIT;
+	if (env->spill && (!spool_spill_name_ok(env->spill, strlen(env->spill)) ||
+	                   env->spill_off > env->spill_size))
+		return TERN_EINVAL;
 	for (size_t i = 0; i < env->n_rcpts; i++)
 		if (!env->rcpts[i].addr || !spool_rcpt_state_valid(env->rcpts[i].state))
 			return TERN_EINVAL;
@@ -355,7 +375,8 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 	 * tern older than the bit refuses a record that sets it. */
 	put_u8(&e, (env->smtputf8 ? 1 : 0) | (env->trusted_client ? 2 : 0) |
 	               (env->folder == SPOOL_FOLDER_JUNK ? 4 : 0) | (env->auth ? 8 : 0) |
-	               (env->api_key ? 16 : 0) | (env->not_before ? 32 : 0));
+	               (env->api_key ? 16 : 0) | (env->not_before ? 32 : 0) |
+	               (env->spill ? SPILL_FLAG : 0));
 	put_str(&e, env->sender);
 	put_str(&e, env->envid);
 	put_str(&e, env->client);
@@ -365,6 +386,12 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 		put_str(&e, env->api_key);
 	if (env->not_before) /* flag bit 5: absent in older records, read as 0 (at once) */
 		put_u64(&e, (uint64_t)env->not_before);
+	if (env->spill) { /* SPILL: flag bit 6, the typed reference to the tail */
+		put_str(&e, env->spill);
+		put_u64(&e, env->spill_size);
+		put_u64(&e, env->spill_off);
+		put_u32(&e, env->spill_crc);
+	}
 	put_u32(&e, (uint32_t)env->n_rcpts);
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		const struct spool_rcpt *r = &env->rcpts[i];
@@ -587,7 +614,7 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 	m->body = get_u32(&d);
 	m->ret = get_u32(&d);
 	uint8_t flags = get_u8(&d);
-	if (flags & ~63u)
+	if (flags & ~(63u | SPILL_FLAG))
 		d.bad = true;
 	m->smtputf8 = flags & 1;
 	m->trusted_client = (flags & 2) != 0;
@@ -602,6 +629,18 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 	if (flags & 32) {
 		m->not_before = (int64_t)get_u64(&d);
 		if (m->not_before == 0) /* the bit promises a time: 0 would re-encode without it */
+			d.bad = true;
+	}
+	if (flags & SPILL_FLAG) {
+		if (!get_str(&d, &m->spill, true, &nomem) || !m->spill ||
+		    !spool_spill_name_ok(m->spill, strlen(m->spill))) {
+			d.bad = true;
+			goto out;
+		}
+		m->spill_size = get_u64(&d);
+		m->spill_off = get_u64(&d);
+		m->spill_crc = get_u32(&d);
+		if (m->spill_off > m->spill_size)
 			d.bad = true;
 	}
 	uint32_t nr = get_u32(&d);
@@ -636,7 +675,11 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 		d.bad = true;
 		goto out;
 	}
-	m->size = dlen;
+	if (m->spill_size - m->spill_off > UINT64_MAX - dlen) {
+		d.bad = true;
+		goto out;
+	}
+	m->size = dlen + (m->spill_size - m->spill_off);
 	*data_off = d.pos;
 	*out = m;
 	return TERN_OK;

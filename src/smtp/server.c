@@ -42,6 +42,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <inttypes.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -61,6 +62,8 @@
 #include "core/runtime.h"
 #include "policy/policy.h"
 #include "queue/queue.h"
+#include "queue/spill.h"
+#include "smtp/data_stream.h"
 #include "smtp/milter_stage.h"
 #include "smtp/quota_stage.h"
 #include "store/events.h"
@@ -220,6 +223,18 @@ struct tx {
 	bool milter_done;         /* MILTER: the milters had their say about the message */
 	bool milter_discard;      /* MILTER: a milter said discard: 250, nothing spooled */
 	size_t milter_mark;       /* MILTER: recipients before the RCPT being asked about */
+	/* SPILL (smtp/data_stream.h): past SPILL_THRESHOLD the client's bytes
+	 * go to their own file; msg keeps our trace fields and the client's
+	 * header block (hb_len bytes after hdr_len) */
+	struct data_stream *ds;
+	uint64_t spilled;            /* client bytes handed to the writer */
+	size_t hb_len;               /* client header block kept in msg while streaming */
+	uint64_t spill_off;          /* the same block's length in the file (spool_msg.spill_off) */
+	int spill_err;               /* a write failed: the rest is dropped, the reply says why */
+	bool no_spill;           /* no spilling for this message (its file could not be made) */
+	bool spill_end;              /* end of data seen: the last chunk and the sync are due */
+	bool spill_final;            /* the last chunk was handed over */
+	struct data_line_scan lscan; /* BDAT: bare CR/LF and NUL, chunk by chunk */
 };
 
 struct srv_worker;
@@ -236,6 +251,8 @@ struct session {
 	bool shutting_down; /* close after the transaction in flight */
 	bool discard_line;  /* skipping the rest of an over-long command line */
 	bool out_blocked;   /* reading stopped until the output drains (on_write) */
+	/* SPILL: reading stopped until the spill writer catches up */
+	bool spill_wait;
 	/* wire_out: bytes of the command being handled, still in the input */
 	size_t cmd_bytes;
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
@@ -306,7 +323,8 @@ struct smtp_server {
 	struct policy *policy;
 	struct pool *auth_pool;    /* sasl_verify (crypt, PBKDF2) runs here */
 	struct throttle *throttle; /* failed logins, over every worker */
-	struct pool *verify_pool; /* TRUST: verify.c hashes large bodies here */
+	struct pool *verify_pool;  /* TRUST: verify.c hashes large bodies here */
+	struct pool *spill_pool;   /* SPILL: large messages are written to their files here */
 	struct spool *spool;
 	struct scheduler *sched;
 	struct srv_worker *workers[64];
@@ -816,6 +834,9 @@ static void tx_free(struct tx *t)
 	smtp_verify_free(t->vfy, &t->msg); /* TRUST: cancels its checks (RSET, MAIL, QUIT, close) */
 	smtp_sign_result_clear(&t->sign);
 	tbuf_free(&t->msg);
+	/* SPILL: the file goes unless committed; the mapping after any check's
+	 * job already queued on the verify pool */
+	data_stream_free(t->ds, t->srv->verify_pool);
 	free(t);
 }
 
@@ -968,6 +989,222 @@ static void budget_exceeded(struct session *s, struct tx *t)
 static void reply_over_budget(struct session *s)
 {
 	reply(s, SMTP_R_OVER_BUDGET);
+}
+
+/* ---------------------------------------------------------------- SPILL */
+
+/*
+ * Messages of any size in bounded memory (issue 11 item 2; the design is
+ * in queue/spill.h and smtp/data_stream.h). Up to SPILL_THRESHOLD bytes a
+ * message is received as always. Past it the client's bytes go to their
+ * own file in chunks of about SPILL_CHUNK, written on spill_pool; while a
+ * chunk is being written and the next is full, reading stops
+ * (spill_wait) until spill_resume. msg keeps our trace fields and the
+ * client's header block, which the end-of-data checks may rewrite; they
+ * read the whole message through a read-only mapping of the synced file
+ * (msg_view). Capture mode never spills (its store keeps the bytes).
+ */
+
+static void finish_message(struct session *s);
+static void after_message(struct session *s);
+static void spill_resume(void *arg);
+
+static bool spill_allowed(const struct session *s)
+{
+	return s->sw->srv->spill_pool && s->sw->srv->spool && !s->conf->capture_mode &&
+	       !(s->tx && s->tx->no_spill);
+}
+
+/* Stops reading until the writer has caught up (spill_resume). */
+static void spill_wait_start(struct session *s)
+{
+	s->spill_wait = true;
+	bufferevent_disable(s->bev, EV_READ);
+}
+
+/* The message will get 552: the rest of its bytes are read and dropped. */
+static void spill_too_big(struct tx *t)
+{
+	if (t->bdat_started)
+		t->bdat_failed = true;
+	else
+		t->dp.too_big = true;
+}
+
+/* Hands what msg holds past the kept part (our trace fields and, once
+ * known, the client's header block) to the writer; the kept part moves to
+ * a fresh buffer so the session's memory stays small. */
+static bool spill_push(struct session *s, struct tx *t, bool final)
+{
+	size_t from = t->hdr_len + t->hb_len;
+	if (!t->spilled) {
+		/* The first chunk: the client's header block (up to its empty
+		 * line) stays in msg, where the checks at the end may rewrite it. */
+		const char *c = t->msg.data + t->hdr_len;
+		size_t n = t->msg.len - t->hdr_len;
+		size_t hb = 0;
+		if (n >= 2 && c[0] == '\r' && c[1] == '\n') {
+			hb = 2;
+		} else {
+			const char *e = memmem(c, n, "\r\n\r\n", 4);
+			hb = e ? (size_t)(e - c) + 4 : 0;
+		}
+		if (hb == 0) {
+			/* No end of the header section in the first SPILL_THRESHOLD
+			 * bytes: the header block must stay in memory (the checks
+			 * rewrite it), so this is a header section too large. */
+			log_info("event=rejected id=%s client=%s code=552 reason=header-too-big "
+			         "limit=%u",
+			         t->id, s->peer, (unsigned)SPILL_THRESHOLD);
+			spill_too_big(t);
+			return false;
+		}
+		t->hb_len = hb;
+		t->spill_off = hb;
+		from = t->hdr_len;
+		if (t->bdat_started) /* BDAT: what DATA's parser would have noted */
+			smtp_scan_headers(c, n, &t->dp.received_count, &t->dp.has_8bit);
+	}
+	size_t keep = t->hdr_len + t->hb_len, len = 0, max = t->msg.max;
+	char *old = tbuf_steal(&t->msg, &len);
+	tbuf_init(&t->msg, max);
+	if (!old || tbuf_append(&t->msg, old, keep) != TERN_OK) {
+		free(old);
+		t->spill_err = TERN_ENOMEM;
+		return false;
+	}
+	size_t n = len - from;
+	if (t->bdat_started && t->body != SMTP_BODY_BINARYMIME) {
+		data_line_scan_feed(&t->lscan, old + from, n);
+		if (final) {
+			data_line_scan_end(&t->lscan);
+			t->dp.bare_eol = t->lscan.bare_eol;
+			t->dp.has_nul = t->lscan.has_nul;
+		}
+	}
+	int rc = data_stream_push(t->ds, old, from, n, final);
+	if (rc != TERN_OK) {
+		t->spill_err = rc;
+		return false;
+	}
+	t->spilled += n;
+	return true;
+}
+
+/*
+ * Before incoming more bytes go into msg: starts spilling when msg would
+ * pass SPILL_THRESHOLD, hands a full chunk to the writer. False when the
+ * writer is still busy with the previous chunk: reading stopped.
+ */
+static bool spill_room(struct session *s, struct tx *t, size_t incoming)
+{
+	if (t->over_budget || t->dp.too_big || t->bdat_failed || t->spill_err)
+		return true;
+	/* spilling: a chunk past what msg keeps (a large header block must
+	 * not make every read a write, nor be copied for each) */
+	size_t limit = t->ds ? t->hdr_len + t->hb_len + SPILL_CHUNK : SPILL_THRESHOLD;
+	if (t->msg.len + incoming + 16 <= limit || t->msg.len <= t->hdr_len + t->hb_len)
+		return true;
+	if (!t->ds) {
+		if (!spill_allowed(s))
+			return true;
+		int rc =
+		    data_stream_open(spool_dir(s->sw->srv->spool), t->id, s->sw->srv->spill_pool,
+		                     s->sw->w, spill_resume, s, &t->ds);
+		if (rc != TERN_OK) {
+			/* Kept in memory as before spilling existed (up to
+			 * max_message_size), rather than refused. */
+			log_warn("event=spill_unavailable id=%s reason=%s", t->id,
+			         tern_strerror(rc));
+			t->no_spill = true;
+			return true;
+		}
+	}
+	if (data_stream_busy(t->ds)) {
+		spill_wait_start(s);
+		return false;
+	}
+	if (data_stream_error(t->ds)) {
+		t->spill_err = data_stream_error(t->ds);
+		return true;
+	}
+	(void)spill_push(s, t, false);
+	return true;
+}
+
+/* A spilled message counts every byte against max_message_size. */
+static void spill_check_size(struct session *s, struct tx *t)
+{
+	if (t->ds && !t->dp.too_big &&
+	    t->spilled + (t->msg.len - t->hdr_len - t->hb_len) > s->conf->limits.max_message_size)
+		spill_too_big(t);
+}
+
+/* The last chunk and the sync, then the end-of-data stages; each step
+ * waits for the writer as needed (spill_resume calls again). */
+static void spill_finish_step(struct session *s)
+{
+	struct tx *t = s->tx;
+	if (data_stream_busy(t->ds))
+		return;
+	if (!t->spill_final && !data_stream_error(t->ds) && !t->spill_err) {
+		t->spill_final = true;
+		if (spill_push(s, t, true))
+			return;
+	}
+	if (!t->spill_err)
+		t->spill_err = data_stream_error(t->ds);
+	s->spill_wait = false;
+	finish_message(s);
+	after_message(s);
+}
+
+/* True when end of data has to wait for the writer (the message is
+ * spilled): spill_finish_step goes on. */
+static bool spill_at_end(struct session *s, struct tx *t)
+{
+	if (!t->ds || t->over_budget || t->dp.too_big || t->bdat_failed || t->spill_err)
+		return false;
+	t->spill_end = true;
+	spill_wait_start(s);
+	bufferevent_set_timeouts(s->bev, NULL, NULL);
+	spill_finish_step(s);
+	return true;
+}
+
+/* The writer finished a chunk (on the session's worker). */
+static void spill_resume(void *arg)
+{
+	struct session *s = arg;
+	if (!s->spill_wait || !s->tx)
+		return;
+	if (s->tx->spill_end) {
+		spill_finish_step(s);
+		return;
+	}
+	s->spill_wait = false;
+	if (s->out_blocked)
+		return; /* on_write resumes reading */
+	bufferevent_enable(s->bev, EV_READ);
+	process_input(s);
+}
+
+/* The client's message for the checks at its end: in msg, or (spilled)
+ * through a mapping of its synced file. False: refused with 451 (done). */
+static bool msg_view(struct session *s, struct tx *t, const char **p, size_t *n)
+{
+	if (!t->ds) {
+		*p = t->msg.data + t->hdr_len;
+		*n = t->msg.len - t->hdr_len;
+		return true;
+	}
+	if (data_stream_synced(t->ds) && data_stream_map(t->ds, p, n) == TERN_OK)
+		return true;
+	log_error("event=spool_failed id=%s client=%s reason=\"cannot map the spill file\"", t->id,
+	          s->peer);
+	reply(s, SMTP_R_NOMEM);
+	tx_end(s);
+	return false;
 }
 
 /* ------------------------------------------------------------- commands */
@@ -1571,8 +1808,12 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 	}
 	/* The whole chunk is charged before it is read (a chunk that passes
 	 * max_message_size is not kept at all: read_bdat). */
+	/* SPILL: a chunk that may be spilled is charged as it is kept (read_bdat) */
+	uint64_t charge = c->chunk_size;
+	if (spill_allowed(s) && charge > SPILL_THRESHOLD)
+		charge = SPILL_THRESHOLD;
 	if (t->bdat_total + c->chunk_size <= s->conf->limits.max_message_size &&
-	    !budget_reserve(s, t, c->chunk_size))
+	    !budget_reserve(s, t, charge))
 		budget_exceeded(s, t);
 	t->bdat_remaining = c->chunk_size;
 	t->bdat_last = c->last;
@@ -2338,10 +2579,19 @@ static void commit_done(void *arg)
 		for (size_t i = 0; i < t->n_rcpts; i++)
 			events_emit_msg(EV_QUEUED, t->id, mid, mid_len, t->sender, t->rcpts[i].addr,
 			                eu);
-		if (t->captured)
+		uint64_t tail = 0;
+		if (t->ds) { /* SPILL: committed, the file is the spool's now */
+			data_stream_keep(t->ds);
+			tail = data_stream_size(t->ds) - t->spill_off;
+		}
+		if (t->captured) {
 			free(data); /* capture mode: stored and synced, the 250 may go */
-		else
+		} else if (t->ds) {
+			free(data); /* SPILL: the scheduler reads what it needs from the spool */
+			scheduler_submit(s->sw->srv->sched, t->id, NULL, 0);
+		} else {
 			scheduler_submit(s->sw->srv->sched, t->id, data, len);
+		}
 		/* Who sent it, when a login says so: user= (the SASL identity)
 		 * and auth= (MAIL's AUTH=, when believed). */
 		char qu[SASL_ID_MAX * 4 + 16], qa[LOG_ADDR_MAX + 8], ux[SASL_ID_MAX * 4 + 8];
@@ -2359,8 +2609,8 @@ static void commit_done(void *arg)
 		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 		         log_quote(s->helo ? s->helo : "", s->helo ? strlen(s->helo) : 0, qh,
 		                   sizeof(qh)),
-		         log_quote_addr(t->sender, qf, sizeof(qf)), t->n_rcpts, len - t->hdr_len,
-		         qm, qu, qa);
+		         log_quote_addr(t->sender, qf, sizeof(qf)), t->n_rcpts,
+		         (size_t)(len - t->hdr_len + tail), qm, qu, qa);
 		for (size_t i = 0; i < t->n_rcpts; i++)
 			log_debug("event=rcpt id=%s to=%s local=%d", t->id,
 			          log_quote_addr(t->rcpts[i].addr, qf, sizeof(qf)),
@@ -2368,7 +2618,7 @@ static void commit_done(void *arg)
 		s->n_msgs++;
 		atomic_fetch_add(&count_accepted, 1);
 		metric_inc_l(M_MESSAGES_RECEIVED, smtp_metrics_profile(s->conf, s->submission));
-		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
+		atomic_fetch_add(&count_accepted_size, len - t->hdr_len + tail);
 		if (!s->dead)
 			reply_args(s, SMTP_R_QUEUED, t->id);
 	} else {
@@ -2520,10 +2770,13 @@ static void sign_done(void *arg)
 static bool sign_stage(struct session *s, struct tx *t)
 {
 	if (t->sign_state == SIGN_NOT && sign_wanted(s)) {
+		const char *mp;
+		size_t mn;
+		if (!msg_view(s, t, &mp, &mn))
+			return false;
 		t->sign_state = SIGN_RUNNING;
 		if (smtp_sign_submit(s->sw->srv->verify_pool, s->sw->w, s->rt->dkim_signer, t->id,
-		                     t->msg.data + t->hdr_len, t->msg.len - t->hdr_len, &t->sign,
-		                     sign_done, s) == TERN_OK) {
+		                     mp, mn, &t->sign, sign_done, s) == TERN_OK) {
 			session_enter_state(s, SS_VERIFY);
 			bufferevent_disable(s->bev, EV_READ);
 			bufferevent_set_timeouts(s->bev, NULL, NULL);
@@ -2577,6 +2830,13 @@ static void finish_message(struct session *s)
 		tx_end(s);
 		return;
 	}
+	if (t->spill_err && !dp->too_big && !t->bdat_failed) {
+		log_error("event=spool_failed id=%s client=%s reason=%s stage=spill", t->id,
+		          s->peer, tern_strerror(t->spill_err));
+		reply(s, spool_failure_reply(t->spill_err));
+		tx_end(s);
+		return;
+	}
 	if (dp->too_big || t->bdat_failed) {
 		reply_size_exceeded(s);
 		log_info("event=rejected id=%s client=%s code=552 reason=too-big", t->id, s->peer);
@@ -2609,8 +2869,11 @@ static void finish_message(struct session *s)
 		for (size_t i = 0; i < t->n_rcpts && !fwd; i++)
 			fwd = !t->rcpts[i].local;
 		smtp_verify_forwarding(t->vfy, fwd);
-		smtp_verify_message(t->vfy, t->id, t->msg.data + t->hdr_len, t->msg.len - t->hdr_len,
-		                    verify_done, s);
+		const char *mp;
+		size_t mn;
+		if (!msg_view(s, t, &mp, &mn))
+			return;
+		smtp_verify_message(t->vfy, t->id, mp, mn, verify_done, s);
 		session_enter_state(s, SS_VERIFY);
 		bufferevent_disable(s->bev, EV_READ);
 		bufferevent_set_timeouts(s->bev, NULL, NULL);
@@ -2657,6 +2920,13 @@ static void spool_message(struct session *s)
 		 s->authenticated && s->auth_user ? s->auth_user : "");
 	env.client = client;
 	env.size = t->msg.len;
+	if (t->ds) { /* SPILL: the record names the synced file (queue/spill.h) */
+		env.spill = (char *)data_stream_name(t->ds);
+		env.spill_size = data_stream_size(t->ds);
+		env.spill_off = t->spill_off;
+		env.spill_crc = data_stream_crc(t->ds);
+		env.size += spool_msg_tail(&env);
+	}
 	env.n_rcpts = t->n_rcpts;
 	env.rcpts = calloc(t->n_rcpts, sizeof(*env.rcpts));
 	if (!env.rcpts) {
@@ -2829,6 +3099,16 @@ static bool milter_message(struct session *s, struct tx *t)
 {
 	if (!s->milter || t->milter_done)
 		return false;
+	if (t->ds) {
+		/* SPILL: a message past SPILL_THRESHOLD is not given to milters
+		 * (as Postfix's milter and rspamd's max size let large mail pass
+		 * unscanned): logged, once. */
+		t->milter_done = true;
+		log_info("event=milter_skipped id=%s client=%s reason=too-big size=%" PRIu64
+		         " limit=%u",
+		         t->id, s->peer, t->spilled, (unsigned)SPILL_THRESHOLD);
+		return false;
+	}
 	if (t->milter_discard) {
 		milter_discarded(s, t, "");
 		return true;
@@ -3079,20 +3359,28 @@ static bool read_data(struct session *s, struct evbuffer *in)
 	bool end = false;
 	for (int i = 0; i < nv && i < 16 && !end; i++) {
 		size_t consumed = 0;
+		if (!spill_room(s, t, v[i].iov_len)) /* SPILL: the writer is behind */
+			break;
 		/* Unstuffing only shrinks: the input length (plus the few bytes
 		 * the parser may hold back from the last read) bounds the output. */
 		if (!t->over_budget && !t->dp.too_big && !budget_reserve(s, t, v[i].iov_len + 8))
 			budget_exceeded(s, t);
 		if (smtp_data_feed(&t->dp, v[i].iov_base, v[i].iov_len, &consumed,
-		                   t->over_budget ? NULL : &t->msg) == SMTP_DATA_END)
+		                   t->over_budget || t->spill_err ? NULL : &t->msg) ==
+		    SMTP_DATA_END)
 			end = true;
 		used += consumed;
+		spill_check_size(s, t);
 	}
 	evbuffer_drain(in, used);
 	if (end) {
+		if (spill_at_end(s, t))
+			return false; /* SPILL: spill_resume finishes the message */
 		finish_message(s);
 		return true;
 	}
+	if (s->spill_wait)
+		return false;
 	return evbuffer_get_length(in) > 0; /* more than 16 chunks were waiting */
 }
 
@@ -3101,13 +3389,20 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 	struct tx *t = s->tx;
 	size_t avail = evbuffer_get_length(in);
 	size_t take = t->bdat_remaining < avail ? (size_t)t->bdat_remaining : avail;
+	/* SPILL: in pieces, so a spilling session buffers a bounded amount */
+	if (take > SPILL_CHUNK / 4 && spill_allowed(s))
+		take = SPILL_CHUNK / 4;
 	if (take > 0) {
-		if (!t->bdat_failed && !t->over_budget) {
+		if (!t->bdat_failed && !t->over_budget && !t->spill_err) {
 			if (t->bdat_total + take > s->conf->limits.max_message_size) {
 				t->bdat_failed = true;
 			} else {
+				if (!spill_room(s, t, take))
+					return false; /* SPILL: spill_resume reads on */
 				const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)take);
-				if (tbuf_append(&t->msg, p, take) != TERN_OK)
+				if (!budget_reserve(s, t, take))
+					budget_exceeded(s, t);
+				else if (tbuf_append(&t->msg, p, take) != TERN_OK)
 					t->bdat_failed = true;
 			}
 		}
@@ -3123,6 +3418,8 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
 			finish_message(s);
 			return true;
 		}
+		if (!t->bdat_failed && spill_at_end(s, t))
+			return false; /* SPILL: spill_resume finishes the message */
 		const char *body = t->msg.data + t->hdr_len;
 		size_t body_len = t->msg.len - t->hdr_len;
 		smtp_scan_headers(body, body_len, &t->dp.received_count, &t->dp.has_8bit);
@@ -3172,13 +3469,13 @@ static void process_input(struct session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 	bool progress = true;
-	if (s->out_blocked || s->milter_wait)
+	if (s->out_blocked || s->milter_wait || s->spill_wait)
 		return;
 	while (progress && evbuffer_get_length(in) > 0) {
 		if (output_full(s))
 			return;
-		if (s->milter_wait)
-			return; /* MILTER: milter_done reads on */
+		if (s->milter_wait || s->spill_wait)
+			return; /* MILTER: milter_done reads on; SPILL: spill_resume */
 		if (s->skip_bytes > 0) {
 			size_t avail = evbuffer_get_length(in);
 			size_t n = s->skip_bytes < avail ? (size_t)s->skip_bytes : avail;
@@ -3212,7 +3509,7 @@ static void process_input(struct session *s)
 			return;
 	}
 	/* A BDAT 0 LAST needs no bytes: finish it even with an empty buffer. */
-	if (s->state == SS_BDAT && s->tx->bdat_remaining == 0)
+	if (s->state == SS_BDAT && s->tx->bdat_remaining == 0 && !s->spill_wait)
 		read_bdat(s, in);
 	/* Shutting down: a session back between transactions is closed now. */
 	if (s->shutting_down && states[s->state].idle) {
@@ -3464,6 +3761,7 @@ struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched)
 	srv->spool = sp;
 	srv->sched = sched;
 	srv->verify_pool = pool_new(1); /* TRUST: NULL is fine: bodies hashed on the loop */
+	srv->spill_pool = pool_new(2);  /* SPILL: NULL is fine: messages stay in memory */
 	atomic_flag_clear(&srv->drained_logged);
 	pthread_mutex_init(&srv->ip_lock, NULL);
 	return srv;
@@ -3573,6 +3871,7 @@ void smtp_server_free(struct smtp_server *srv)
 	 * not a drain, and must not be logged as one. */
 	atomic_flag_test_and_set(&srv->drained_logged);
 	pool_free(srv->verify_pool); /* TRUST: no body job outlives its session's memory */
+	pool_free(srv->spill_pool);  /* SPILL */
 	for (size_t i = 0; i < srv->n_workers; i++) {
 		struct srv_worker *sw = srv->workers[i];
 		for (size_t j = 0; j < sw->n_listeners; j++)

@@ -87,7 +87,9 @@ static void check_reencode(const struct ctx *c, const struct spool_rec_hdr *h, c
 			return;
 		struct spool_msg *cp = spool_msg_dup(m);
 		if (cp) {
-			rc = spool_rec_encode_msg(&b, cp, p + doff, (size_t)m->size, &roff);
+			/* the record's data; a spilled message's tail is in its file */
+			rc = spool_rec_encode_msg(&b, cp, p + doff,
+			                          (size_t)(m->size - spool_msg_tail(m)), &roff);
 			if (rc == TERN_OK && roff != doff + SPOOL_REC_HDR)
 				abort();
 		}

@@ -22,7 +22,7 @@ import authres
 import dkim
 import pytest
 
-from conftest import CLI_TIMEOUT, expect, make_tmpdir, tern_bin
+from conftest import CLI_TIMEOUT, Raw, expect, make_tmpdir, tern_bin
 from remote_harness import DNS_RECORDS, Unbound
 
 HOST = "mx.example.test"  # our authserv-id (conftest's hostname)
@@ -72,12 +72,14 @@ def zone():
 def start(tern_factory, zone):
     """start(dmarc="mark", **auth_checks) -> a tern checking mail against the zone."""
 
-    def run(dmarc="mark", forward=None, relay=None, **more):
+    def run(dmarc="mark", forward=None, relay=None, limits=None, **more):
         checks = {"spf": True, "dkim": True, "dmarc": dmarc}
         checks.update(more)
         cfg = {"dns": {"forward": [forward or zone[0].forward]}, "auth_checks": checks}
         if relay:
             cfg["relay"] = {"networks": relay}
+        if limits:
+            cfg["limits"] = limits
         return tern_factory(cfg)
 
     return run
@@ -366,6 +368,28 @@ def test_large_signed_body_is_hashed_off_the_loop_and_passes(start, zone):
     assert [r.result for r in results(ar, "dkim")] == ["pass"]
     # a flipped byte deep in the body fails it
     bad = body.replace(b"line 008000", b"line 008001")
+    send(t, "bounces@spffail.test", bad, 550, "5.7.1")
+
+
+def test_spilled_signed_message_verifies_and_forged_results_go(start, zone):
+    # past the 1 MiB spill threshold (issue 11 item 2): the body is in its own spool file
+    # and the checks read it through a mapping; the client's header block stays in memory,
+    # where a forged result claiming us is removed
+    big = "".join(f"line {i:07d} of a very long newsletter, padded to be long enough\r\n"
+                  for i in range(50000)).encode()
+    forged = f"Authentication-Results: {HOST}; dkim=pass header.d=bank.test\r\n"
+    body = signed(zone[1], message("news@signed.test", "spilled signed", extra=forged) + big)
+    assert len(body) > 3 * 1024 * 1024
+    t = start(dmarc="enforce", limits={"max_message_size": Raw("8m"),
+                                       "data_timeout": Raw("30s")})
+    send(t, "bounces@spffail.test", body)
+    data = delivered(t, "spilled signed")
+    ar, ars = our_authres(data)
+    assert [r.result for r in results(ar, "dkim")] == ["pass"]
+    assert not any("bank.test" in v for v in ars), ars
+    assert data.endswith(big)
+    # a flipped byte deep in the file fails it
+    bad = body.replace(b"line 0040000", b"line 0040001")
     send(t, "bounces@spffail.test", bad, 550, "5.7.1")
 
 

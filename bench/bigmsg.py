@@ -1,0 +1,292 @@
+#!/usr/bin/python3
+"""bench/bigmsg.py — memory of large messages relayed (issue 11 item 2).
+
+Starts the real tern binary (a Release build: `make build`) with a relayhost pointing at
+a sink on loopback (a minimal asyncio SMTP sink here that discards what it reads, in its
+own process; or Postfix's smtp-sink with --smtp-sink PATH), then
+  1. sends N concurrent messages of SIZE bytes (default 100 x 25 MB) over N connections
+     from 127.0.0.1 (in relay.networks) and waits until every one was delivered;
+  2. on a fresh tern, sends one message of BIG bytes (default 200 MB, max_message_size
+     raised) and waits until it was delivered.
+While each phase runs, tern's VmRSS is sampled every 20 ms (the privileged parent and the
+serving child together, as /proc/PID/status says), and VmHWM is read at the end. Prints the
+peak RSS of phase 1 and the RSS growth of phase 2 (peak minus the idle RSS before it).
+
+Figures are printed, never asserted. Only 127.0.0.1 is used; processes started here are
+stopped by their PID.
+"""
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pids_of(pid):
+    out = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            out += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def status_kb(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_kb(pid):
+    return sum(status_kb(p, "VmRSS") for p in pids_of(pid))
+
+
+def hwm_kb(pid):
+    return sum(status_kb(p, "VmHWM") for p in pids_of(pid))
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop_ = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.stop_.is_set():
+            self.peak = max(self.peak, rss_kb(self.pid))
+            time.sleep(0.02)
+
+    def finish(self):
+        self.stop_.set()
+        self.join()
+        return self.peak
+
+
+def wait_port(port, proc, deadline=20, log=None):
+    end = time.time() + deadline
+    while time.time() < end:
+        if proc.poll() is not None:
+            tail = open(log, errors="replace").read()[-2000:] if log else ""
+            sys.exit(f"bench: process exited ({proc.returncode})\n{tail}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench: nothing listens on {port}")
+
+
+def start_tern(tern, work, port, sink_port, max_size):
+    data = os.path.join(work, "data")
+    conf = os.path.join(work, "tern.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+hostname = "bench.tern.test";
+data_dir = "{data}";
+user = "{'nobody' if os.geteuid() == 0 else ''}";
+log_level = "info";
+local_domains = ["bench.test"];
+relay {{ networks = ["127.0.0.0/8"]; }}
+relayhost {{ via = "smtp://127.0.0.1:{sink_port}"; tls = "none"; }}
+dns {{ forward = ["127.0.0.1@9"]; }}
+limits {{ max_connections = 2000; max_connections_per_ip = 2000;
+          max_message_size = {max_size}; data_timeout = 600s; idle_timeout = 600s; }}
+listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
+""")
+    if os.geteuid() == 0:
+        os.chmod(work, 0o755)
+    log = open(os.path.join(work, "tern.log"), "w")
+    proc = subprocess.Popen([tern, "serve", "-c", conf], stdout=log, stderr=log)
+    wait_port(port, proc, log=os.path.join(work, "tern.log"))
+    return proc, os.path.join(work, "tern.log")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def make_message(size):
+    """A dot-stuffed DATA body of about size bytes, with its end line."""
+    head = b"From: bench@bench.test\r\nTo: sink@remote.test\r\nSubject: big\r\n\r\n"
+    line = b"x" * 76 + b"\r\n"
+    n = max(1, (size - len(head)) // len(line))
+    return head + line * n + b".\r\n"
+
+
+def recv(f):
+    while True:
+        ln = f.readline()
+        if not ln:
+            raise OSError("closed")
+        if ln[3:4] != b"-":
+            return int(ln[:3])
+
+
+def send_one(port, body, results, i):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=600)
+        f = s.makefile("rb")
+        recv(f)
+        for cmd, want in ((b"EHLO bench.test\r\n", 250), (b"MAIL FROM:<bench@bench.test>\r\n", 250),
+                          (b"RCPT TO:<sink@remote.test>\r\n", 250), (b"DATA\r\n", 354)):
+            s.sendall(cmd)
+            code = recv(f)
+            if code != want:
+                raise OSError(f"{cmd!r} -> {code}")
+        s.sendall(body)
+        results[i] = recv(f)
+        s.sendall(b"QUIT\r\n")
+        s.close()
+    except OSError as e:
+        results[i] = str(e)
+
+
+def delivered(log_path):
+    with open(log_path, errors="replace") as f:
+        return sum(1 for ln in f if "event=delivered" in ln)
+
+
+async def sink_session(reader, writer):
+    """EHLO/MAIL/RCPT/DATA/RSET/QUIT; message bytes are read and dropped."""
+    writer.write(b"220 sink ESMTP\r\n")
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            writer.write(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        elif verb == b"DATA":
+            writer.write(b"354 go\r\n")
+            await writer.drain()
+            tail = b""
+            while True:
+                chunk = await reader.read(1 << 20)
+                if not chunk:
+                    return
+                buf = tail + chunk
+                if buf.find(b"\r\n.\r\n") >= 0:  # the end: nothing is pipelined past it here
+                    break
+                tail = buf[-4:]
+            writer.write(b"250 2.0.0 dropped\r\n")
+        elif verb == b"QUIT":
+            writer.write(b"221 bye\r\n")
+            await writer.drain()
+            break
+        else:
+            writer.write(b"250 ok\r\n")
+        await writer.drain()
+    writer.close()
+
+
+def run_sink(port):
+    async def main():
+        srv = await asyncio.start_server(sink_session, "127.0.0.1", port, backlog=1024)
+        async with srv:
+            await srv.serve_forever()
+    asyncio.run(main())
+
+
+def phase(args, work, n, size, max_size):
+    sink_port, port = free_port(), free_port()
+    cmd = ([args.smtp_sink, "-u", "nobody", f"127.0.0.1:{sink_port}", "1024"] if args.smtp_sink
+           else [sys.executable, os.path.abspath(__file__), "--sink", str(sink_port)])
+    sink = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = None
+    try:
+        wait_port(sink_port, sink)
+        proc, log = start_tern(args.tern, work, port, sink_port, max_size)
+        time.sleep(0.5)
+        idle = rss_kb(proc.pid)
+        body = make_message(size)
+        sampler = Sampler(proc.pid)
+        sampler.start()
+        t0 = time.time()
+        results = [None] * n
+        threads = [threading.Thread(target=send_one, args=(port, body, results, i))
+                   for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        accepted = sum(1 for r in results if r == 250)
+        deadline = time.time() + args.timeout
+        while delivered(log) < accepted and time.time() < deadline:
+            time.sleep(0.1)
+        elapsed = time.time() - t0
+        peak = sampler.finish()
+        hwm = hwm_kb(proc.pid)
+        return {"n": n, "size": len(body), "accepted": accepted, "delivered": delivered(log),
+                "errors": [r for r in results if r != 250][:3], "idle_mb": idle / 1024,
+                "peak_rss_mb": peak / 1024, "vmhwm_mb": hwm / 1024,
+                "growth_mb": (max(peak, hwm) - idle) / 1024, "elapsed_s": elapsed}
+    finally:
+        if proc:
+            stop(proc)
+        sink.send_signal(signal.SIGTERM)
+        sink.wait(timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tern", default=os.path.join(REPO, "build", "tern"))
+    ap.add_argument("--smtp-sink", help="Postfix's smtp-sink instead of the built-in sink")
+    ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)  # run as the sink on this port
+    ap.add_argument("--concurrent", type=int, default=100)
+    ap.add_argument("--size", type=int, default=25 * 1000 * 1000)
+    ap.add_argument("--big", type=int, default=200 * 1000 * 1000)
+    ap.add_argument("--timeout", type=int, default=900)
+    args = ap.parse_args()
+    if args.sink:
+        run_sink(args.sink)
+        return
+    for p in (args.tern, args.smtp_sink or args.tern):
+        if not os.access(p, os.X_OK):
+            sys.exit(f"bench: {p} is not an executable (make build; scripts/install-deps)")
+    print(f"tern {args.tern}")
+    with tempfile.TemporaryDirectory(prefix="tern-bigmsg-") as tmp:
+        if os.geteuid() == 0:
+            os.chmod(tmp, 0o755)  # tern drops to nobody
+        w1, w2 = os.path.join(tmp, "p1"), os.path.join(tmp, "p2")
+        os.makedirs(w1)
+        os.makedirs(w2)
+        a = phase(args, w1, args.concurrent, args.size, "64m")
+        print(f"{a['n']} concurrent messages of {a['size'] / 1e6:.1f} MB: accepted "
+              f"{a['accepted']}, delivered {a['delivered']} in {a['elapsed_s']:.1f} s; "
+              f"tern RSS idle {a['idle_mb']:.1f} MB, peak {a['peak_rss_mb']:.1f} MB "
+              f"(sampled every 20 ms), VmHWM {a['vmhwm_mb']:.1f} MB"
+              + (f"; errors {a['errors']}" if a["errors"] else ""))
+        b = phase(args, w2, 1, args.big, "512m")
+        print(f"1 message of {b['size'] / 1e6:.1f} MB: accepted {b['accepted']}, delivered "
+              f"{b['delivered']} in {b['elapsed_s']:.1f} s; tern RSS idle {b['idle_mb']:.1f} "
+              f"MB, peak {b['peak_rss_mb']:.1f} MB, VmHWM {b['vmhwm_mb']:.1f} MB: growth "
+              f"{b['growth_mb']:.1f} MB"
+              + (f"; errors {b['errors']}" if b["errors"] else ""))
+
+
+if __name__ == "__main__":
+    main()
