@@ -117,8 +117,9 @@ class FakeMilter:
                 if callable(r):
                     r = r(data)
                 for p in r:
-                    if p is None:  # go silent
-                        time.sleep(CLI_TIMEOUT)
+                    if p is None:  # go silent: read (and drop) until the MTA gives up
+                        while c.recv(65536):
+                            pass
                         return
                     c.sendall(p)
         except (EOFError, OSError, socket.timeout):
