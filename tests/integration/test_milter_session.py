@@ -678,6 +678,9 @@ def test_client_leaving_while_the_milter_thinks(tern_factory, milter):
 # A real rspamd
 
 
+# rspamd compiles its TLD list at start (CPU-bound, ~30 s on a loaded machine): the tests
+# that start one share an xdist group so that two never compile at once (conftest.py).
+@pytest.mark.xdist_group("rspamd")
 def test_rspamd_adds_its_headers_to_delivered_mail(tern_factory, rspamd):  # noqa: F811
     t = start(tern_factory, [rspamd], timeout="30s", eom_timeout="60s")
     msg = HAM.replace(b"To: Bob <bob@example.com>", b"To: Alice <alice@example.test>")
@@ -688,6 +691,7 @@ def test_rspamd_adds_its_headers_to_delivered_mail(tern_factory, rspamd):  # noq
     assert "X-Spam-Status: No, score=" in hdrs, hdrs
 
 
+@pytest.mark.xdist_group("rspamd")
 def test_rspamd_rejects_gtube(tern_factory, rspamd):  # noqa: F811
     t = start(tern_factory, [rspamd], timeout="30s", eom_timeout="60s")
     msg = HAM.replace(b"shall we meet at noon?", GTUBE)
