@@ -17,7 +17,7 @@ UNITDIR  ?= $(PREFIX)/lib/systemd/system
 INSTALL_SENDMAIL ?= 0
 
 .PHONY: all deps build run test test-unit test-integration fuzz fuzz-short bench bench-capture \
-	bench-scale clean format install uninstall
+	bench-relay bench-scale bench-api clean format install uninstall
 
 all: build
 
@@ -64,6 +64,17 @@ bench: build
 
 bench-capture: build
 	@/usr/bin/python3 bench/capture_bench.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload \
+		$(if $(BENCH_BASELINE),--tern-baseline $(BENCH_BASELINE))
+
+# bench-api (bench/api_bench.py): HTTP API sends/s (202 after the spool commit; concurrent
+# keep-alive clients, 4 KiB bodies) beside SMTP accepts/s (smtpload) of the same server.
+bench-api: build
+	@/usr/bin/python3 bench/api_bench.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload
+
+# bench-relay (bench/relay.py): durable relay to smtp-sink (Debian package postfix) as the
+# next hop, driven by smtpload; BENCH_BASELINE alternates the other binary rep by rep.
+bench-relay: build
+	@/usr/bin/python3 bench/relay.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload \
 		$(if $(BENCH_BASELINE),--tern-baseline $(BENCH_BASELINE))
 
 # Connection scale (bench/scale.py): 50,000 idle sessions (PSS per connection) and the accept

@@ -283,6 +283,13 @@ def main():
                   f"{r['p50']:.1f} / {r['p99']:.1f} | {r['at_once']} of {r['ok']} | "
                   f"{r['visible_per_s']:.0f} | {r['captured_per_s']:.0f} | "
                   f"{r['list'][0]:.1f} / {r['list'][1]:.1f} | {s} | {r['rss']:.0f} |")
+        # The figure issue 11 asks for, per server: the median over the runs (and the
+        # range), all measured in the same runs, alternating.
+        print("\nvisible-before-250 msg/s, median (min-max) over "
+              f"{args.runs} run(s), same runs:")
+        for server in dict.fromkeys(r["server"] for r in rows):
+            v = [r["visible_per_s"] for r in rows if r["server"] == server]
+            print(f"  {server}: {statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})")
         if fill:
             print(f"\ntern capture at {fill['total']} stored messages: list first page "
                   f"{fill['list'][0]:.1f} / {fill['list'][1]:.1f} ms, middle page "

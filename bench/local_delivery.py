@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -202,6 +203,7 @@ def main():
         servers = [("tern", args.tern)]
         if args.tern_baseline:
             servers.append(("tern (baseline)", args.tern_baseline))
+        e2e = {label: [] for label, _ in servers}
         for rep in range(args.reps):
             for label, binary in servers:
                 # Each run's directory stays until the end: on ext4 without a journal,
@@ -216,6 +218,11 @@ def main():
                 if r["errors"] or r["lost"] or r["tempfail"] or r["permfail"]:
                     print(f"  tempfail {r['tempfail']}, permfail {r['permfail']}, "
                           f"lost {r['lost']}; errors: {r['errors']}")
+                e2e[label].append(r["delivered_msgs"])
+        print(f"\nMaildir end-to-end msg/s (until the last file is in new/), median "
+              f"(min-max) over {args.reps} rep(s), same reps:")
+        for label, v in e2e.items():
+            print(f"  {label}: {statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})")
         if args.no_hold:
             return
         wd = os.path.join(tmp, "hold")

@@ -65,6 +65,7 @@ int cmd_suppress(int argc, char **argv);       /* `tern suppress` (suppress.c) *
 int cmd_apikey(int argc, char **argv);         /* `tern apikey` (apikey.c) */
 int cmd_events(int argc, char **argv);         /* `tern events tail` (events.c) */
 int cmd_webhook(int argc, char **argv);        /* `tern webhook ...` (webhook.c) */
+int cmd_stats(int argc, char **argv);          /* `tern stats` (stats.c) */
 
 /*
  * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file

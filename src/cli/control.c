@@ -79,11 +79,14 @@ static void fmt_time(int64_t t, char *out, size_t len)
 	strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static void put_rcpt(struct tbuf *b, const struct spool_rcpt *r)
+/* scheduled: the message's send_at is still ahead (a queued recipient
+ * shows as "scheduled", not tried before it) */
+static void put_rcpt(struct tbuf *b, const struct spool_rcpt *r, bool scheduled)
 {
 	char next[32] = "";
 	tbuf_printf(b, "  to=<%s> state=%s attempts=%u local=%s", r->addr,
-	            rcpt_state_name(r->state), r->attempts, r->local ? "yes" : "no");
+	            scheduled && r->state == RCPT_QUEUED ? "scheduled" : rcpt_state_name(r->state),
+	            r->attempts, r->local ? "yes" : "no");
 	if (r->state == RCPT_DEFERRED && r->next_try) {
 		fmt_time(r->next_try, next, sizeof(next));
 		tbuf_printf(b, " next_try=%s", next);
@@ -107,8 +110,9 @@ static bool list_one(const struct spool_msg *m, void *arg)
 	fmt_time(m->created, created, sizeof(created));
 	tbuf_printf(lc->b, "%s size=%llu created=%s from=<%s> rcpts=%zu\n", m->id,
 	            (unsigned long long)m->size, created, m->sender, m->n_rcpts);
+	bool sched = m->not_before > (int64_t)time(NULL);
 	for (size_t i = 0; i < m->n_rcpts; i++)
-		put_rcpt(lc->b, &m->rcpts[i]);
+		put_rcpt(lc->b, &m->rcpts[i], sched);
 	lc->n++;
 	return lc->b->len < lc->b->max - 65536; /* stop before the reply cap */
 }
@@ -131,9 +135,15 @@ static void show_one(struct tbuf *b, const struct spool_msg *m)
 		tbuf_printf(b, "envid: %s\n", m->envid);
 	if (m->smtputf8)
 		tbuf_append_str(b, "smtputf8: yes\n");
+	bool sched = m->not_before > (int64_t)time(NULL);
+	if (m->not_before) { /* the API's send_at */
+		char nb[32];
+		fmt_time(m->not_before, nb, sizeof(nb));
+		tbuf_printf(b, "send_at: %s%s\n", nb, sched ? " (scheduled)" : "");
+	}
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		tbuf_append_str(b, "rcpt:");
-		put_rcpt(b, &m->rcpts[i]);
+		put_rcpt(b, &m->rcpts[i], sched);
 	}
 }
 

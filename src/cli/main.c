@@ -35,6 +35,7 @@ static const struct command {
     {"suppress", cmd_suppress},
     {"events", cmd_events},
     {"webhook", cmd_webhook},
+    {"stats", cmd_stats},
     /* clang-format on */
 };
 
@@ -72,6 +73,8 @@ static const struct cli_help help = {
     "                             the stored events (delivered, bounced, ...)\n"
     "  webhook add|list|del|enable|attempts\n"
     "                             signed webhook endpoints for events\n"
+    "  stats [--since AGE] [--group domain|key|tag|provider]\n"
+    "                             delivery statistics from the stored events\n"
     "  version                    print the version\n"
     "\n"
     "Exit status: 0 success, 1 failure, 2 usage error.\n"

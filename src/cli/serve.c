@@ -43,6 +43,7 @@
 #include "core/privsep.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
+#include "deliver/pools.h"
 #include "http/metrics_http.h"
 #include "http/api.h"
 #include "policy/policy.h"
@@ -288,6 +289,9 @@ static void touch_file(const char *path)
 static void touch_referenced(const struct tern_config *conf)
 {
 	touch_file(conf->users_file);
+	char admins[4096]; /* the web UI's admins (http/ui_routes.h), read at each login */
+	snprintf(admins, sizeof(admins), "%s/ui-admins", conf->data_dir);
+	touch_file(admins);
 	touch_file(conf->auth.oauth.jwks_file);
 	for (size_t i = 0; i < conf->tls.n_certs; i++) {
 		touch_file(conf->tls.certs[i].cert_file);
@@ -610,7 +614,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	int http_fd = -1;
 	int metrics_fd = -1;
 	struct metrics_http *metrics = NULL;
-	int api_fds[MAX_FDS]; /* listeners with profile "http": http/api.h */
+	int api_fds[MAX_FDS];  /* listeners with profile "http": http/api.h */
+	bool api_tls[MAX_FDS]; /* ... and whether each is HTTPS (tls = "implicit") */
 	size_t n_api_fds = 0;
 	struct api *api = NULL;
 	struct parent_ctx pc = {.path = path, .cap = cap};
@@ -678,9 +683,11 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 				          conf->listeners[i].name, err);
 				goto out;
 			}
+			api_tls[n_api_fds] = conf->listeners[i].tls == CONF_LISTEN_TLS_IMPLICIT;
+			log_info("event=listening name=%s address=%s profile=http tls=%s",
+			         conf->listeners[i].name, conf->listeners[i].address,
+			         api_tls[n_api_fds] ? "implicit" : "none");
 			api_fds[n_api_fds++] = fd;
-			log_info("event=listening name=%s address=%s profile=http tls=none",
-			         conf->listeners[i].name, conf->listeners[i].address);
 			continue;
 		}
 		for (unsigned w = 0; w < n_workers; w++) {
@@ -874,8 +881,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 	}
 	quota_open(conf->data_dir); /* sending quotas (store/quota.h): API and submission */
 	/* before anything is submitted: it watches the scheduler's results */
-	if (n_api_fds &&
-	    !(api = api_start(conf->data_dir, sp, sched, api_fds, n_api_fds, err, sizeof(err)))) {
+	if (n_api_fds && !(api = api_start(conf->data_dir, sp, sched, api_fds, api_tls, n_api_fds,
+	                                   tls_server_ctx(tls), err, sizeof(err)))) {
 		log_error("event=fatal reason=\"http api: %s\"", err);
 		goto out;
 	}
@@ -994,6 +1001,7 @@ out:
 	scheduler_drain_results(sched);
 	api_free(api); /* after the last result it could be told of */
 	quota_close(); /* after the workers: writes the last counts */
+	pools_close(); /* likewise the warm-up counters */
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);

@@ -67,10 +67,12 @@ static int prompt_password(char *out, size_t outlen)
  * we had to create) to that account so the daemon can read it on SIGHUP —
  * unless only root can change its path: then the daemon's privileged parent
  * reads it as root (core/privsep.h), and it stays root's. */
-static void give_to_daemon_user(const struct tern_config *conf)
+static void give_to_daemon_user(const struct tern_config *conf, const char *file, bool in_data)
 {
+	/* A file in the data dir is read with the daemon user's rights (as
+	 * apikeys.db is), wherever the data dir is. */
 	if (geteuid() != 0 || !conf->user || !*conf->user ||
-	    privsep_path_root_safe(conf->users_file))
+	    (!in_data && privsep_path_root_safe(file)))
 		return;
 	struct passwd *pw = getpwnam(conf->user);
 	if (!pw)
@@ -78,10 +80,10 @@ static void give_to_daemon_user(const struct tern_config *conf)
 	/* A group other than root's was chosen by an operator (group dovecot,
 	 * for Dovecot's passdb): keep it. */
 	struct stat st;
-	gid_t gid = stat(conf->users_file, &st) == 0 && st.st_gid != 0 ? (gid_t)-1 : pw->pw_gid;
-	if (chown(conf->users_file, pw->pw_uid, gid) != 0)
-		fprintf(stderr, "tern: warning: cannot chown %s to %s: %s\n", conf->users_file,
-			conf->user, strerror(errno));
+	gid_t gid = stat(file, &st) == 0 && st.st_gid != 0 ? (gid_t)-1 : pw->pw_gid;
+	if (chown(file, pw->pw_uid, gid) != 0)
+		fprintf(stderr, "tern: warning: cannot chown %s to %s: %s\n", file, conf->user,
+		        strerror(errno));
 }
 
 /* An address as the user typed it, safe to print (control bytes as '?'). */
@@ -102,7 +104,7 @@ static const char *printable(const char *s, char *buf, size_t n)
  * too when mail to it would not be delivered here (a submission-only
  * user, which is allowed).
  */
-static bool mailbox_usable(const struct tern_config *conf, const char *addr)
+static bool mailbox_usable(const struct tern_config *conf, const char *addr, bool ui_admin)
 {
 	char shown[300];
 	const char *why;
@@ -112,7 +114,7 @@ static bool mailbox_usable(const struct tern_config *conf, const char *addr)
 		return false;
 	}
 	const char *domain = strrchr(addr, '@') + 1;
-	if (!conf_is_local_domain(conf, domain, strlen(domain)))
+	if (!ui_admin && !conf_is_local_domain(conf, domain, strlen(domain)))
 		fprintf(stderr,
 		        "tern: note: %s is not in local_domains: this user can authenticate, but "
 		        "mail to it is not delivered here\n",
@@ -130,13 +132,17 @@ static const struct cli_help user_help = {
     "tern user add ADDRESS [--password-stdin] [-c FILE]\n"
     "tern user passwd ADDRESS [--password-stdin] [-c FILE]\n"
     "tern user del ADDRESS [-c FILE]\n"
-    "tern user list [-c FILE]",
+    "tern user list [-c FILE]\n"
+    "tern user add|passwd|del|list ... --ui-admin",
     "Manages the users of the users_file the config names (passwd-file format,\n"
     "crypt(3) hashes): who may log in for submission and POP3, and whose\n"
     "mailboxes exist. A running server applies changes on SIGHUP.\n"
     "  --password-stdin    read the password from the first line of standard\n"
     "                      input (default: ask twice on the terminal; never on\n"
     "                      the command line, where ps would show it)\n"
+    "  --ui-admin          the admins of the web UI of `tern serve` (/ui/ on the\n"
+    "                      http listener) instead: DATA/ui-admins, same format;\n"
+    "                      a running server applies changes on SIGHUP too\n"
     "  -c, --config FILE   the configuration file\n"};
 
 static int usage(void)
@@ -154,12 +160,14 @@ int cmd_user(int argc, char **argv)
 	if (strcmp(argv[1], "add") != 0 && strcmp(argv[1], "passwd") != 0 &&
 	    strcmp(argv[1], "del") != 0 && strcmp(argv[1], "list") != 0)
 		return cli_usage(&user_help, "unknown subcommand '%s'", argv[1]);
-	bool from_stdin = false;
+	bool from_stdin = false, ui_admin = false;
 	int nargs = 0;
 	const char *args[3];
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--password-stdin") == 0)
 			from_stdin = true;
+		else if (strcmp(argv[i], "--ui-admin") == 0)
+			ui_admin = true;
 		else if (nargs < 3)
 			args[nargs++] = argv[i];
 		else
@@ -177,10 +185,13 @@ int cmd_user(int argc, char **argv)
 	int status = 1;
 	char password[PASSWORD_MAX];
 	password[0] = '\0';
+	char admins[4096];
+	snprintf(admins, sizeof(admins), "%s/ui-admins", conf->data_dir);
+	const char *file = ui_admin ? admins : conf->users_file;
 
 	if (strcmp(sub, "list") == 0 && nargs == 1) {
 		struct user_db *db = NULL;
-		if (users_load(conf->users_file, &db, err, sizeof(err)) != TERN_OK) {
+		if (users_load(file, &db, err, sizeof(err)) != TERN_OK) {
 			fprintf(stderr, "tern: %s\n", err);
 			goto out;
 		}
@@ -195,7 +206,7 @@ int cmd_user(int argc, char **argv)
 	}
 	const char *addr = args[1];
 	int rc;
-	if (strcmp(sub, "add") == 0 && !mailbox_usable(conf, addr))
+	if (strcmp(sub, "add") == 0 && !mailbox_usable(conf, addr, ui_admin))
 		goto out; /* before the password prompt: nothing to type for nothing */
 	if (strcmp(sub, "add") == 0 || strcmp(sub, "passwd") == 0) {
 		/* The users file usually lives in the data dir, which may not exist yet. */
@@ -205,40 +216,40 @@ int cmd_user(int argc, char **argv)
 				fprintf(stderr, "tern: warning: cannot chown %s\n", conf->data_dir);
 		}
 		int got = from_stdin ? read_password_line(stdin, password, sizeof(password))
-				     : prompt_password(password, sizeof(password));
+		                     : prompt_password(password, sizeof(password));
 		if (got != 0) {
 			fprintf(stderr, "tern: no usable password given\n");
 			goto out;
 		}
-		rc = strcmp(sub, "add") == 0 ? users_file_add(conf->users_file, addr, password)
-					     : users_file_passwd(conf->users_file, addr, password);
+		rc = strcmp(sub, "add") == 0 ? users_file_add(file, addr, password)
+		                             : users_file_passwd(file, addr, password);
 	} else if (strcmp(sub, "del") == 0) {
-		rc = users_file_del(conf->users_file, addr);
+		rc = users_file_del(file, addr);
 	} else {
 		status = usage();
 		goto out;
 	}
 	switch (rc) {
 	case TERN_OK:
-		give_to_daemon_user(conf);
+		give_to_daemon_user(conf, file, ui_admin);
 		printf("%s: %s done in %s (send SIGHUP to a running tern to apply)\n", addr, sub,
-		       conf->users_file);
+		       file);
 		status = 0;
 		break;
 	case TERN_EEXIST:
-		fprintf(stderr, "tern: %s already exists in %s\n", addr, conf->users_file);
+		fprintf(stderr, "tern: %s already exists in %s\n", addr, file);
 		break;
 	case TERN_ENOTFOUND:
-		fprintf(stderr, "tern: no user %s in %s\n", addr, conf->users_file);
+		fprintf(stderr, "tern: no user %s in %s\n", addr, file);
 		break;
 	case TERN_EINVAL:
-		fprintf(stderr, "tern: '%s' is not a valid address (local@domain) or the password "
-				"has a newline\n",
-			addr);
+		fprintf(stderr,
+		        "tern: '%s' is not a valid address (local@domain) or the password "
+		        "has a newline\n",
+		        addr);
 		break;
 	default:
-		fprintf(stderr, "tern: cannot update %s: %s\n", conf->users_file,
-			tern_strerror(rc));
+		fprintf(stderr, "tern: cannot update %s: %s\n", file, tern_strerror(rc));
 		break;
 	}
 out:

@@ -1109,11 +1109,12 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	enum conf_listen_tls lt = CONF_LISTEN_TLS_NONE;
 	if (tls && (rc = get_listen_tls(x, tls, path, &lt)) != TERN_OK)
 		return rc;
-	/* http (the sending API, http/api.h) has no TLS of its own yet */
-	if (strcmp(prof->str, "http") == 0 && (milters || mact || lt != CONF_LISTEN_TLS_NONE))
+	/* http (the sending API, http/api.h): HTTPS is TLS from the first byte;
+	 * HTTP has no upgrade that clients use */
+	if (strcmp(prof->str, "http") == 0 && (milters || mact || lt == CONF_LISTEN_TLS_STARTTLS))
 		return cerr(x, milters ? milters : mact ? mact : tls,
-		            "%s: an http listener takes only address, profile and tls = \"none\" "
-		            "(TLS: put a proxy in front for now; milters are for SMTP)",
+		            "%s: an http listener takes only address, profile and tls = \"implicit\" "
+		            "(HTTPS) or \"none\" (milters are for SMTP; HTTP has no STARTTLS)",
 		            path);
 	if (c->n_listeners >= MAX_LISTENERS)
 		return cerr(x, m, "listen: more than %d listeners", MAX_LISTENERS);
@@ -3869,13 +3870,15 @@ size_t conf_warnings(const struct tern_config *c,
 	}
 	for (size_t i = 0; i < c->n_listeners; i++) {
 		const char *a = c->listeners[i].address;
-		if (strcmp(c->listeners[i].profile, "http") != 0 || strncmp(a, "127.", 4) == 0 ||
+		if (strcmp(c->listeners[i].profile, "http") != 0 ||
+		    c->listeners[i].tls == CONF_LISTEN_TLS_IMPLICIT || strncmp(a, "127.", 4) == 0 ||
 		    strncmp(a, "[::1]:", 6) == 0)
 			continue;
 		snprintf(key, sizeof(key), "listen.%s.address", c->listeners[i].name);
 		fn(key,
-		   "the HTTP API has no TLS of its own yet: API keys and mail cross the network in "
-		   "clear on this address; keep it on loopback behind a TLS proxy",
+		   "the HTTP API has no TLS on this listener: API keys and mail cross the network "
+		   "in clear on this address; set tls = \"implicit\" (HTTPS) or keep it on "
+		   "loopback",
 		   arg);
 		n++;
 	}

@@ -24,8 +24,10 @@
  * Fault points (debug builds, as the spool's: TERN_TEST_FAULT=NAME[:N], the
  * Nth chunk): maildir_write (files written to tmp/, not synced),
  * maildir_sync (synced, not renamed), maildir_rename (in new/, the
- * directory not yet synced) stop the delivering thread for good so that a
- * test can kill -9 in exactly that phase.
+ * directory not yet synced), maildir_done (delivered and synced, the
+ * caller not yet told: the spool has no delivered mark for them) stop the
+ * delivering thread for good so that a test can kill -9 in exactly that
+ * phase.
  */
 #include "deliver/deliver.h"
 
@@ -838,32 +840,41 @@ static int fsync_dir_prefix(const char *path, size_t dirlen)
 	return tern_fsync_dir(dir);
 }
 
-/* maildirsize files appended to in a batch, each synced once at its end. */
+/* maildirsize files appended to in a batch, each synced once at its end.
+ * The usage is read once per batch and then counted here: reading the file
+ * again for each message cost an access, an open, reads and a close per
+ * message. An item that fails after being counted (quota_undo) stays
+ * counted here until the batch ends: the batch errs on the full side. */
 struct quota_file {
 	char *root;
 	int fd;
+	bool known; /* used and nmsg hold root's usage for limit */
+	unsigned long long limit, used, nmsg;
 };
 
 /* The slot of root in qf (adding it); NULL when out of memory or qf is. */
-static int *quota_fd(struct quota_file *qf, size_t *nqf, size_t cap, const char *root)
+static struct quota_file *quota_slot(struct quota_file *qf, size_t *nqf, size_t cap,
+                                     const char *root)
 {
 	if (qf == NULL)
 		return NULL;
 	for (size_t i = 0; i < *nqf; i++)
 		if (strcmp(qf[i].root, root) == 0)
-			return &qf[i].fd;
+			return &qf[i];
 	if (*nqf == cap || (qf[*nqf].root = tern_strdup(root)) == NULL)
 		return NULL;
 	qf[*nqf].fd = -1;
-	return &qf[(*nqf)++].fd;
+	qf[*nqf].known = false;
+	return &qf[(*nqf)++];
 }
 
 /* ------------------------------------------------------------ fault points */
 
-enum mfault { MF_NONE, MF_WRITE, MF_SYNC, MF_RENAME };
+enum mfault { MF_NONE, MF_WRITE, MF_SYNC, MF_RENAME, MF_DONE };
 
 #ifndef NDEBUG
-static const char *const mfault_names[] = {"", "maildir_write", "maildir_sync", "maildir_rename"};
+static const char *const mfault_names[] = {"", "maildir_write", "maildir_sync", "maildir_rename",
+                                           "maildir_done"};
 static pthread_once_t mfault_once = PTHREAD_ONCE_INIT;
 static enum mfault mfault_armed;
 static unsigned mfault_after;
@@ -1040,13 +1051,27 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			if (!iov_total(it->iov, it->iovcnt, &size))
 				rc = TERN_EINVAL;
 		}
+		struct quota_file *slot = NULL;
 		if (rc == TERN_OK && limit > 0) {
 			rc = maildir_path(mail_root, it->domain, owner, root, sizeof(root));
-			/* The first message of a new user: the Maildir holds maildirsize. */
-			if (rc == TERN_OK && access(root, F_OK) != 0)
-				rc = create_dirs(root);
-			if (rc == TERN_OK)
-				rc = maildir_quota_usage(root, limit, &used, &nmsg);
+			slot = rc == TERN_OK ? quota_slot(qf, &nqf, n, root) : NULL;
+			if (slot && slot->known && slot->limit == limit) {
+				used = slot->used; /* read before, counted since */
+				nmsg = slot->nmsg;
+			} else {
+				/* The first message of a new user: the Maildir holds maildirsize. */
+				if (rc == TERN_OK && access(root, F_OK) != 0)
+					rc = create_dirs(root);
+				if (rc == TERN_OK)
+					rc = maildir_quota_usage(root, limit, &used, &nmsg);
+				if (rc == TERN_OK && slot)
+					*slot = (struct quota_file){.root = slot->root,
+					                            .fd = slot->fd,
+					                            .known = true,
+					                            .limit = limit,
+					                            .used = used,
+					                            .nmsg = nmsg};
+			}
 			if (rc == TERN_OK && (used > limit || size > limit - used)) {
 				full_note(owner_addr, used >= limit);
 				it->over_quota = true;
@@ -1092,11 +1117,15 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			 * syncs below); taken back if the item fails after all.
 			 * Failing to write it only undercounts until the next
 			 * recalculation. */
-			int lone = -1, *qfd = quota_fd(qf, &nqf, n, root);
-			(void)maildir_quota_append(root, size, qfd ? qfd : &lone);
+			int lone = -1;
+			(void)maildir_quota_append(root, size, slot ? &slot->fd : &lone);
 			if (lone >= 0) {
 				(void)fdatasync(lone);
 				close(lone);
+			}
+			if (slot) {
+				slot->used += size;
+				slot->nmsg++;
 			}
 			full_note(owner_addr, used + size >= limit);
 		}
@@ -1149,6 +1178,7 @@ size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
 			delivered += rc == TERN_OK;
 		}
 	}
+	mfault_point(npend ? MF_DONE : MF_NONE);
 	free(pend);
 	return delivered;
 }

@@ -5,8 +5,10 @@
  * Owns: the process-wide round-robin cursors and warm-up counters (one
  * mutex), and the file DATA/pools/warmup that keeps the counters across
  * restarts.
- * Never: syncs (see pools.h), holds the mutex across file I/O other than
- * the small counter file, or hands out an address the pool does not list.
+ * Never: syncs (see pools.h), writes the counter file on the caller's
+ * thread (pool_take runs on the delivery loop: the file is rewritten by a
+ * write-behind thread, at most about once a second, and by pools_close),
+ * or hands out an address the pool does not list.
  */
 #include "deliver/pools.h"
 
@@ -144,6 +146,11 @@ static size_t n_warm;
 static bool loaded;
 static struct cursor cursors[64];
 static size_t n_cursors;
+/* The write-behind: dirty counters, the config they belong to, the thread. */
+static pthread_cond_t save_cv = PTHREAD_COND_INITIALIZER;
+static const struct tern_config *save_conf;
+static bool dirty, saver_on, saver_stop;
+static pthread_t saver;
 
 static int64_t utc_day(void)
 {
@@ -181,17 +188,13 @@ static void warm_load(const struct tern_config *conf)
 	fclose(f);
 }
 
-/* Under pl: writes the counters (no sync; see pools.h). Only warm-up pools
- * count, and they send few messages by design (their daily caps): one small
- * file written per message costs little and keeps the count exact. */
-static void warm_save(const struct tern_config *conf)
+/* Writes a snapshot of the counters (no sync; see pools.h). Called without
+ * pl held: the snapshot is taken under it, the file written outside it. */
+static void warm_write(const struct tern_config *conf)
 {
-	char path[4200], dir[4200];
-	snprintf(dir, sizeof(dir), "%s/pools", conf->data_dir);
-	if (tern_mkdir_p(dir, 0700, false, NULL) != TERN_OK)
-		return;
-	warm_path(conf, path, sizeof(path));
 	struct tbuf b = TBUF_INIT(1u << 20);
+	pthread_mutex_lock(&pl);
+	dirty = false;
 	for (size_t i = 0; i < n_warm; i++) {
 		char line[160];
 		int k = snprintf(line, sizeof(line), "%s %lld %lld %llu\n", warm[i].addr,
@@ -200,11 +203,54 @@ static void warm_save(const struct tern_config *conf)
 		if (k > 0 && tbuf_append(&b, line, (size_t)k) != TERN_OK)
 			break;
 	}
+	pthread_mutex_unlock(&pl);
+	char path[4200], dir[4200];
+	snprintf(dir, sizeof(dir), "%s/pools", conf->data_dir);
+	warm_path(conf, path, sizeof(path));
 	struct tern_write_opts o = {
 	    .mode = 0600, .uid = (uid_t)-1, .gid = (gid_t)-1, .no_sync = true};
-	if (tern_write_file_atomic(path, b.data ? b.data : "", b.len, &o) != TERN_OK)
+	if (tern_mkdir_p(dir, 0700, false, NULL) != TERN_OK ||
+	    tern_write_file_atomic(path, b.data ? b.data : "", b.len, &o) != TERN_OK)
 		log_warn("event=warmup_save_failed path=%s", path);
 	tbuf_free(&b);
+}
+
+/* The write-behind thread: rewrites the file when the counters changed, at
+ * most about once a second, until pools_close. */
+static void *saver_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&pl);
+	while (!saver_stop) {
+		if (!dirty) {
+			pthread_cond_wait(&save_cv, &pl);
+			continue;
+		}
+		const struct tern_config *conf = save_conf;
+		pthread_mutex_unlock(&pl);
+		warm_write(conf);
+		/* A pause, so that a busy pool costs one write a second; cut short
+		 * by pools_close. */
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 1;
+		pthread_mutex_lock(&pl);
+		while (!saver_stop && pthread_cond_timedwait(&save_cv, &pl, &until) != ETIMEDOUT)
+			;
+	}
+	pthread_mutex_unlock(&pl);
+	return NULL;
+}
+
+/* Under pl: marks the counters for the write-behind (started on first use;
+ * without a thread, the counters are written by pools_close alone). */
+static void warm_save(const struct tern_config *conf)
+{
+	save_conf = conf;
+	dirty = true;
+	if (!saver_on && !saver_stop)
+		saver_on = pthread_create(&saver, NULL, saver_main, NULL) == 0;
+	pthread_cond_signal(&save_cv);
 }
 
 /* Under pl: the counter of addr (made if new, first used today). */
@@ -361,11 +407,30 @@ bool pool_has_room(const struct tern_config *conf, const struct conf_pool *pool,
 	return room;
 }
 
+void pools_close(void)
+{
+	pthread_mutex_lock(&pl);
+	bool on = saver_on;
+	saver_stop = true;
+	pthread_cond_signal(&save_cv);
+	pthread_mutex_unlock(&pl);
+	if (on)
+		pthread_join(saver, NULL);
+	pthread_mutex_lock(&pl);
+	const struct tern_config *conf = dirty ? save_conf : NULL;
+	saver_on = false;
+	pthread_mutex_unlock(&pl);
+	if (conf)
+		warm_write(conf);
+}
+
 void pools_reset(void)
 {
 	pthread_mutex_lock(&pl);
 	n_warm = 0;
 	n_cursors = 0;
 	loaded = false;
+	dirty = false;
+	saver_stop = false;
 	pthread_mutex_unlock(&pl);
 }

@@ -8,10 +8,11 @@
  * X-Tern-Tag header (read and removed before the message leaves), the
  * round-robin choice within a pool, and the warm-up counters, persisted as
  * DATA/pools/warmup (one "ADDRESS FIRST_DAY DAY COUNT" line per address).
- * Never: blocks on a sync (the counter file is rewritten after each counted
- * message, without fsync: a crash may lose the last counts, which only lets
- * an address send a little more that day), or lets a message leave from an
- * address the pool does not list.
+ * Never: blocks on a sync or writes a file on the caller's thread (the
+ * counter file is rewritten by a write-behind thread about once a second
+ * after counts change, and at pools_close, without fsync: a crash may lose
+ * the last second's counts, which only lets an address send a little more
+ * that day), or lets a message leave from an address the pool does not list.
  */
 #ifndef TERN_DELIVER_POOLS_H
 #define TERN_DELIVER_POOLS_H
@@ -77,6 +78,9 @@ bool pool_take(const struct tern_config *conf, const struct conf_pool *pool, con
 /* Whether some address of pool may still send today; false with *wait the
  * seconds to the next UTC day. Pools without warm-up always may. */
 bool pool_has_room(const struct tern_config *conf, const struct conf_pool *pool, double *wait);
+/* At shutdown, after the delivery side stopped: stops the write-behind and
+ * writes the last counts. */
+void pools_close(void);
 /* Forgets the counters (unit tests). */
 void pools_reset(void);
 

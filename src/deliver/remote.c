@@ -84,6 +84,9 @@ struct dest {
 	char pool[65];
 	struct event *wake; /* on workers[0]'s base */
 	bool wake_armed;    /* under lock */
+	/* Connections past a transaction with nothing to carry, kept open for
+	 * the next job (conn_park): each holds its slot in active. */
+	struct rconn *idle; /* under lock, through rconn.idle_next */
 };
 
 struct remote {
@@ -148,6 +151,7 @@ enum rc_state {
 	RC_TX,
 	RC_DOT,
 	RC_RSET,
+	RC_IDLE, /* parked between jobs (conn_park), nothing owed either way */
 	RC_QUIT,
 };
 
@@ -166,6 +170,7 @@ static const char *const rc_state_name[] = {
     [RC_TX] = "transaction",
     [RC_DOT] = "data",
     [RC_RSET] = "rset",
+    [RC_IDLE] = "idle",
     [RC_QUIT] = "quit",
 };
 
@@ -225,6 +230,11 @@ struct rconn {
 	bool implicit_tls;   /* smtps:// handshake under way: the greeting comes after it */
 	bool in_read;        /* inside on_read: freeing waits until it returns */
 	bool dead;           /* freed while in_read */
+	/* Parked (RC_IDLE): on dest->idle, under the remote's lock. Taken off
+	 * the list by remote_submit or remote_stop, which then post
+	 * conn_unpark; until it runs the connection stays in RC_IDLE. */
+	bool parked;
+	struct rconn *idle_next;
 	/*
 	 * Waits (RFC 5321 §4.5.3.2): one timer per connection. Each wait — a
 	 * whole reply, the greeting, the TLS handshake, the message data — has
@@ -260,6 +270,7 @@ struct rconn {
 
 static void conn_next_target(struct rconn *c);
 static void conn_start_job(struct rconn *c);
+static void idle_over(struct rconn *c, bool timeout);
 static void conn_end(struct rconn *c);
 static void conn_free(struct rconn *c);
 
@@ -1333,6 +1344,7 @@ static enum smtp_client_cmd answered_cmd(const struct rconn *c)
 		return SMTP_C_END_OF_DATA;
 	case RC_RSET:
 		return SMTP_C_RSET;
+	case RC_IDLE:
 	case RC_NONE:
 	case RC_DNS:
 	case RC_CONNECT:
@@ -1467,6 +1479,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		close_bev(c);
 		conn_end(c);
 		return;
+	case RC_IDLE:
 	case RC_NONE:
 	case RC_DNS:
 	case RC_CONNECT:
@@ -1489,6 +1502,12 @@ static void on_read(struct bufferevent *bev, void *arg)
 	struct rconn *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	while (c->bev == bev && evbuffer_get_length(in) > 0) {
+		if (c->st == RC_IDLE) {
+			/* Nothing is owed while parked: a 421 before the peer's
+			 * idle timeout, or noise. Either way the connection is done. */
+			idle_over(c, false);
+			return;
+		}
 		if (c->st != RC_QUIT && (c->awaiting == 0 || c->body_pending)) {
 			protocol_error(c,
 			               c->body_pending
@@ -1568,6 +1587,7 @@ static const char *waiting_for(const struct rconn *c)
 		return "the reply to RSET";
 	case RC_QUIT:
 		return "the reply to QUIT";
+	case RC_IDLE:
 	case RC_NONE:
 	case RC_DNS:
 	case RC_CONNECT:
@@ -1588,6 +1608,10 @@ static void conn_failed(struct rconn *c, short what, const char *tls_err)
 	const char *host = target_host(c);
 	bool timeout = what & BEV_EVENT_TIMEOUT;
 	char q[700];
+	if (c->st == RC_IDLE) {
+		idle_over(c, timeout);
+		return;
+	}
 	if (c->st == RC_QUIT) {
 		close_bev(c);
 		conn_end(c);
@@ -2367,13 +2391,140 @@ static void conn_resolve(struct rconn *c)
 
 /* ------------------------------------------------------------ lifecycle */
 
+/*
+ * Connection reuse. A destination's jobs arrive one at a time while mail
+ * comes in, so a connection that QUIT whenever its queue was empty carried
+ * about one message: a TCP handshake, a greeting, EHLO and QUIT for every
+ * relayed message. Instead, a connection with nothing to carry is parked
+ * (RC_IDLE, on dest->idle, keeping its slot) for up to IDLE_KEEP_SEC, and
+ * remote_submit hands the next job of its destination to it first.
+ */
+#define IDLE_KEEP_SEC 2
+
+enum park { PARK_NO, PARK_DONE, PARK_RETRY };
+
+/* After a transaction, with the destination's queue found empty (its slot
+ * was given back): PARK_DONE parked, the slot taken again; PARK_RETRY a job
+ * came meanwhile, the slot is taken again for it; PARK_NO not to be kept. */
+static enum park conn_park(struct rconn *c)
+{
+	struct remote *r = c->r;
+	struct dest *d = c->dest;
+	if (!d || !c->bev || !c->greeted_ok || c->awaiting || c->body_pending)
+		return PARK_NO;
+	struct shape_limits l;
+	shaping_limits(c->conf, d->domain, &l);
+	if (c->n_msgs >= l.per_connection)
+		return PARK_NO;
+	enum park res = PARK_NO;
+	pthread_mutex_lock(&r->lock);
+	if (!r->stopping && d->active < l.connections) {
+		d->active++;
+		if (d->head) {
+			res = PARK_RETRY;
+		} else {
+			c->parked = true;
+			c->idle_next = d->idle;
+			d->idle = c;
+			res = PARK_DONE;
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (res == PARK_DONE) {
+		enter_state(c, RC_IDLE);
+		wait_for(c, IDLE_KEEP_SEC);
+	}
+	return res;
+}
+
+/* Under r->lock: takes c off its destination's idle list. */
+static void idle_unlink(struct rconn *c)
+{
+	for (struct rconn **pp = &c->dest->idle; *pp; pp = &(*pp)->idle_next) {
+		if (*pp == c) {
+			*pp = c->idle_next;
+			break;
+		}
+	}
+	c->idle_next = NULL;
+	c->parked = false;
+}
+
+/* Under r->lock: the first parked connection of d, taken off the list, or
+ * NULL. The caller posts conn_unpark for it. */
+static struct rconn *idle_take(struct dest *d)
+{
+	struct rconn *c = d->idle;
+	if (c)
+		idle_unlink(c);
+	return c;
+}
+
+/*
+ * A parked connection's wait ended (timeout), or the peer spoke or closed
+ * while it was parked. Still parked: it leaves the list and gives its slot
+ * back, QUITting politely after a timeout. Already taken (conn_unpark is on
+ * its way): a timeout just waits on; a closed peer leaves the connection
+ * without its socket, and conn_unpark hands the job on to a new one.
+ */
+static void idle_over(struct rconn *c, bool timeout)
+{
+	struct remote *r = c->r;
+	pthread_mutex_lock(&r->lock);
+	bool parked = c->parked;
+	if (parked) {
+		idle_unlink(c);
+		c->dest->active--;
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (!parked) {
+		if (timeout && c->bev)
+			wait_for(c, 1);
+		else
+			close_bev(c);
+		return;
+	}
+	c->dest = NULL; /* its slot is given back */
+	if (timeout && c->bev) {
+		enter_state(c, RC_QUIT);
+		send_line(c, "QUIT");
+		wait_for(c, QUIT_TIMEOUT_SEC);
+		return;
+	}
+	close_bev(c);
+	conn_end(c);
+}
+
+/* On c's worker, once remote_submit or remote_stop took c off the idle list. */
+static void conn_unpark(void *arg)
+{
+	struct rconn *c = arg;
+	if (TERN_BUG_ON(c->st != RC_IDLE || c->parked))
+		return;
+	wait_none(c);
+	if (!c->bev) {
+		conn_end(c); /* the peer left meanwhile: the slot goes to a new connection */
+		return;
+	}
+	conn_start_job(c);
+}
+
 /* The connection moves to its destination's next job, or QUITs. */
 static void conn_start_job(struct rconn *c)
 {
 	job_finish(c); /* never drop a job unrecorded (a no-op without one) */
+	bool park_tried = false;
 	for (;;) {
 		bool reconnect = false;
 		struct remote_job *j = dest_pop_shaped(c, &reconnect);
+		if (!j && !reconnect && !park_tried) {
+			park_tried = true; /* once: a job held back by shaping stays queued */
+			enum park pk = conn_park(c);
+			if (pk == PARK_DONE)
+				return;
+			if (pk == PARK_RETRY)
+				continue;
+		}
 		if (!j) {
 			/* Our slot is released, or kept for the next connection
 			 * (shaping's per_connection: conn_end passes it on). */
@@ -2624,10 +2775,24 @@ void remote_submit(struct remote *r, struct remote_job *job)
 	else
 		d->head = job;
 	d->tail = job;
-	bool spawn = d->active < max;
+	/* A parked connection to the same next hop takes it first. */
+	struct rconn *idle = idle_take(d);
+	bool spawn = !idle && d->active < max;
 	if (spawn)
 		d->active++;
 	pthread_mutex_unlock(&r->lock);
+	if (idle && worker_post(idle->w, conn_unpark, idle) != 0) {
+		/* Cannot reach its worker (out of memory): it stays parked and
+		 * its wait ends it; a new connection takes the job if it can. */
+		pthread_mutex_lock(&r->lock);
+		idle->parked = true;
+		idle->idle_next = d->idle;
+		d->idle = idle;
+		spawn = d->active < max;
+		if (spawn)
+			d->active++;
+		pthread_mutex_unlock(&r->lock);
+	}
 	if (spawn)
 		conn_spawn(r, d);
 }
@@ -2638,7 +2803,23 @@ void remote_stop(struct remote *r)
 		return;
 	pthread_mutex_lock(&r->lock);
 	r->stopping = true;
+	/* Parked connections QUIT now rather than at the end of their wait. */
+	struct rconn *wake = NULL;
+	for (struct dest *d = r->dests; d; d = d->next) {
+		struct rconn *c;
+		while ((c = idle_take(d)) != NULL) {
+			c->idle_next = wake;
+			wake = c;
+		}
+	}
 	pthread_mutex_unlock(&r->lock);
+	while (wake) {
+		struct rconn *c = wake;
+		wake = c->idle_next;
+		c->idle_next = NULL;
+		/* A stopped worker runs nothing more: remote_free frees c. */
+		(void)worker_post(c->w, conn_unpark, c);
+	}
 }
 
 size_t remote_active(struct remote *r)

@@ -19,14 +19,31 @@
  *   GET  /api/v1/events                stored events, paged (events_routes.h)
  *   GET  /api/v1/webhooks              webhook endpoints (admin)
  *   GET  /api/v1/webhooks/{id}/attempts  an endpoint's latest attempts (admin)
+ *   GET  /api/v1/stats                 delivery statistics (admin; stats_routes.h)
+ *   GET  /api/v1/queue                 the queue, paged (admin; queue_routes.h)
+ *   POST /api/v1/queue/{queue_id}/retry    deliver now (admin)
+ *   POST /api/v1/queue/{queue_id}/hold     hold its waiting recipients (admin)
+ *   POST /api/v1/queue/{queue_id}/release  release its held recipients (admin)
+ *   DELETE /api/v1/queue/{queue_id}        remove it, no DSN (admin)
  *   GET  /t/o/{token}, /t/c/{token}    open pixel, click redirect (http/tracking.h; no key)
+ *   GET  /api/v1/keys                  API keys, never a secret (admin; keys_routes.h)
+ *   POST /api/v1/keys                  make one: its token is in this answer only
+ *   DELETE /api/v1/keys/{id}           revoke one (by name or id)
+ *   /ui/...                            the web UI and its login (ui_routes.h)
+ * A listener with tls = "implicit" speaks HTTPS (the SMTP listeners' TLS
+ * context, so the same certificates, SNI choice and SIGHUP reload).
  * Every /api/v1 route needs a key: "Authorization: Bearer TOKEN", or Basic
  * with the token as password (Mailpit clients know Basic only). Sending
  * needs scope send or admin and a From domain the key allows. The
  * suppression routes need admin, or scope send and ?domain= one of the
- * key's domains.
+ * key's domains. A logged-in web UI session (its cookie; and its
+ * X-CSRF-Token on anything but GET) counts as an admin key (ui_routes.h).
  * Everything under /v2/ is the SES v2 compatible API (ses.h: SigV4, not a
  * bearer token; not in web/openapi.json); its SendEmail is committed here.
+ *
+ * send_at (scheduled sending) becomes the envelope's typed not-before time
+ * (spool_msg.not_before): the scheduler tries nothing before it, the status
+ * route shows such recipients as "scheduled".
  *
  * Owns: authentication and the from-domain rule, the Received field of
  * API mail, DKIM signing (smtp/sign.h, as for submission), the envelope,
@@ -68,12 +85,17 @@
 #include "deliver/pools.h"
 #include "http/api.h"
 #include "http/events_routes.h"
+#include "http/keys_routes.h"
+#include "http/queue_routes.h"
+#include "http/stats_routes.h"
 #include "queue/queue.h"
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "http/ses.h"
 #include "http/suppress_routes.h"
 #include "http/tracking.h"
+#include "http/ui_routes.h"
+#include "http/ui_session.h"
 #include "store/apikeys.h"
 #include "store/events.h"
 #include "store/quota.h"
@@ -98,9 +120,16 @@ struct api {
 	size_t n_http;
 	bool started;
 	sqlite3 *events; /* DATA/events.db for the event routes (the pool's), or NULL */
+	/* Statistics and the queue (R_OPS) on a pool thread of their own, with
+	 * their own connections: a 30-day count over a large event store takes
+	 * seconds of SQLite, which must not hold up sends on a->pool. */
+	struct pool *ops_pool;
+	struct apikeys *ops_keys;
+	sqlite3 *ops_events;
 	/* the tracking tokens' key (DATA/suppress.key), read on the pool at first use */
 	unsigned char track_key[TRACK_KEY_LEN];
 	bool track_key_ok;
+	struct ui *ui; /* the web UI and its sessions (ui_routes.h) */
 };
 
 /* One request: what the log line says. */
@@ -112,6 +141,8 @@ struct req_ctx {
 	char peer[64];
 	struct apikey key;
 	bool have_key;
+	/* the key store connection of the pool thread the request runs on */
+	struct apikeys *keys;
 	int64_t retry_after; /* > 0: a Retry-After field goes with the reply */
 	char ids[160];       /* queue ids, comma-separated, for the log */
 	/*
@@ -122,6 +153,7 @@ struct req_ctx {
 	 */
 	bool deferred;
 	char *in_path, *in_query, *in_auth, *in_ctype; /* NULL when absent */
+	char *in_cookie, *in_csrf;                     /* the web UI session's */
 	struct evbuffer *in_body;                      /* moved out of the request */
 	int d_status;                                  /* the recorded answer, */
 	json_t *d_body;                                /* when d_replied */
@@ -222,6 +254,29 @@ static void add_id(struct req_ctx *c, const char *id)
 
 /* ------------------------------------------------------------------ keys */
 
+/* A request with the web UI's session cookie and no Authorization: an
+ * admin key named "ui:USER" when the session lives (403 without its CSRF
+ * token on a method that changes something). */
+static bool ui_session_key(struct req_ctx *c)
+{
+	bool safe = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0;
+	char user[UI_USER_MAX + 1];
+	switch (ui_api_auth(c->a->ui, c->in_cookie, c->in_csrf, safe, user, sizeof(user))) {
+	case UI_AUTH_OK:
+		memset(&c->key, 0, sizeof(c->key));
+		snprintf(c->key.name, sizeof(c->key.name), "ui:%.*s", APIKEY_NAME_MAX - 3, user);
+		c->key.scope = APIKEY_ADMIN;
+		c->have_key = true;
+		return true;
+	case UI_AUTH_CSRF:
+		fail(c, 403, "csrf", "the X-CSRF-Token header is missing or wrong");
+		return false;
+	default:
+		fail(c, 401, "unauthorized", "the session is unknown, expired or logged out");
+		return false;
+	}
+}
+
 /* The key of the request (Bearer, or Basic with the token as password). */
 static bool authenticate(struct req_ctx *c)
 {
@@ -244,7 +299,15 @@ static bool authenticate(struct req_ctx *c)
 			tl = dec.len - (size_t)(colon + 1 - dec.data);
 		}
 	}
-	int rc = tok ? apikeys_verify(c->a->keys, tok, tl, &c->key) : TERN_ENOTFOUND;
+	const char *sv;
+	size_t sl;
+	if (!h && c->in_cookie && /* the web UI's session stands for an admin key */
+	    ui_cookie_get(c->in_cookie, strlen(c->in_cookie), UI_SESSION_COOKIE, &sv, &sl)) {
+		tbuf_free(&dec);
+		return ui_session_key(c);
+	}
+	int rc =
+	    tok ? apikeys_verify(c->keys ? c->keys : c->a->keys, tok, tl, &c->key) : TERN_ENOTFOUND;
 	tbuf_free(&dec);
 	if (rc == TERN_OK) {
 		c->have_key = true;
@@ -595,6 +658,9 @@ static void finish(void *arg)
 		         it->msgid[0] ? log_quote(it->msgid, strlen(it->msgid), mq, sizeof(mq))
 		                      : "-",
 		         tags[0] ? log_quote(tags, strlen(tags), tq, sizeof(tq)) : "-");
+		if (it->s.send_at)
+			log_info("event=scheduled id=%s source=api not_before=%lld", it->id,
+			         (long long)it->s.send_at);
 		if (it->s.metadata) {
 			char md[1024];
 			log_info("event=api_metadata id=%s metadata=%s", it->id,
@@ -697,7 +763,8 @@ static void commit_start(struct req_ctx *c, enum kind kind, struct item *items, 
 		env.body = eight ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE;
 		env.trusted_client = true; /* an API key is an authenticated sender */
 		env.client = client;
-		env.api_key = c->key.name; /* typed: the status routes read it back */
+		env.api_key = c->key.name;      /* typed: the status routes read it back */
+		env.not_before = it->s.send_at; /* send_at: the scheduler holds it back */
 		env.size = it->data.len;
 		env.rcpts = it->rcpts;
 		env.n_rcpts = it->n_rcpts;
@@ -1073,10 +1140,14 @@ static void message_status(struct req_ctx *c, const char *id)
 		return;
 	}
 	json_t *rcpts = json_array();
+	/* send_at not reached: a recipient not tried yet is "scheduled" */
+	bool scheduled = m->not_before > (int64_t)time(NULL);
 	for (size_t i = 0; rcpts && i < m->n_rcpts; i++) {
 		const struct spool_rcpt *r = &m->rcpts[i];
 		json_t *o = json_pack("{s:s, s:s, s:i}", "address", r->addr, "state",
-		                      state_name(r->state), "attempts", (int)r->attempts);
+		                      scheduled && r->state == RCPT_QUEUED ? "scheduled"
+		                                                           : state_name(r->state),
+		                      "attempts", (int)r->attempts);
 		if (o && r->last_reply)
 			json_object_set_new(o, "reason", json_string(r->last_reply));
 		if (o && r->state == RCPT_DEFERRED && r->next_try)
@@ -1084,10 +1155,12 @@ static void message_status(struct req_ctx *c, const char *id)
 		json_array_append_new(rcpts, o ? o : json_null());
 	}
 	add_id(c, m->id);
-	reply_json(c, 200,
-	           json_pack("{s:s, s:s, s:b, s:I, s:I, s:o}", "id", m->id, "from", m->sender,
-	                     "finished", 0, "created", (json_int_t)m->created, "size",
-	                     (json_int_t)m->size, "recipients", rcpts ? rcpts : json_array()));
+	json_t *body = json_pack("{s:s, s:s, s:b, s:I, s:I, s:o}", "id", m->id, "from", m->sender,
+	                         "finished", 0, "created", (json_int_t)m->created, "size",
+	                         (json_int_t)m->size, "recipients", rcpts ? rcpts : json_array());
+	if (body && m->not_before)
+		json_object_set_new(body, "send_at", json_integer((json_int_t)m->not_before));
+	reply_json(c, 200, body);
 	spool_msg_free(m);
 }
 
@@ -1134,6 +1207,64 @@ static void events_get(struct req_ctx *c, const char *r, const char *qs)
 		return;
 	}
 	reply_json(c, 200, j);
+}
+
+/* On the pool: /api/v1/keys (keys_routes.h), admin only. */
+static void keys_api(struct req_ctx *c)
+{
+	if (!need_scope(c, APIKEY_ADMIN))
+		return;
+	size_t n;
+	bool big;
+	const char *b = body_of(c, 64 * 1024, &n, &big);
+	if (big) {
+		fail(c, 413, "request_too_large", "the request body is too large");
+		return;
+	}
+	const char *name = c->in_path + 12; /* "/api/v1/keys" */
+	json_t *out = NULL;
+	struct api_error e;
+	int st = keys_route(c->a->keys, c->method, *name == '/' ? name + 1 : name, b, n, &out, &e);
+	if (out)
+		reply_json(c, st, out);
+	else
+		reply_error(c, &e);
+}
+
+/* On the pool: GET /api/v1/stats and the queue routes, admin only (r: the
+ * path after /api/v1/; http/stats_routes.h, http/queue_routes.h). */
+static void ops_route(struct req_ctx *c, const char *r)
+{
+	if (!need_scope(c, APIKEY_ADMIN))
+		return;
+	json_t *body = NULL;
+	const char *why = "the request failed";
+	char id[QUEUE_ID_LEN + 1] = "";
+	int st;
+	if (strcmp(r, "stats") != 0) {
+		st = queue_route(c->a->sp, c->a->sched, c->method, r + 5, c->in_query, c->key.name,
+		                 id, &body, &why);
+	} else if (!c->a->ops_events) {
+		fail(c, 503, "store_unavailable", "the event store could not be opened");
+		return;
+	} else if (strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0) {
+		const char *qs = c->in_query;
+		st = stats_route(c->a->ops_events, qs, qs ? strlen(qs) : 0, &body, &why);
+	} else {
+		st = 405;
+		why = "this route does not take that method";
+	}
+	if (id[0])
+		add_id(c, id);
+	if (st == 200)
+		reply_json(c, 200, body);
+	else
+		fail(c, st,
+		     st == 400   ? "invalid_request"
+		     : st == 404 ? "not_found"
+		     : st == 405 ? "method_not_allowed"
+		                 : "internal",
+		     why);
 }
 
 /* ----------------------------------------------------------- suppression */
@@ -1324,14 +1455,17 @@ enum route {
 	R_MAILPIT,
 	R_STATUS,
 	R_EVENTS,
-	R_SES
+	R_OPS, /* stats and queue */
+	R_SES,
+	R_KEYS
 };
 
 /*
  * One request on its way through the pool: what blocks (the key lookup
  * and the result store in SQLite, the spool read of a status, DKIM
  * signing, the suppression list, the unsubscribe key file) runs there, on
- * the API's single pool thread (so a->keys stays one thread's); the reply
+ * the API's pool thread (so a->keys stays one thread's; the stats and queue
+ * routes run on a->ops_pool with connections of their own); the reply
  * or the commit starts from the completion, back on the worker. c.req is
  * NULL once libevent finished the request itself (the client went away).
  */
@@ -1347,6 +1481,8 @@ static void rjob_free(struct rjob *j)
 	free(c->in_query);
 	free(c->in_auth);
 	free(c->in_ctype);
+	free(c->in_cookie);
+	free(c->in_csrf);
 	if (c->in_body)
 		evbuffer_free(c->in_body);
 	json_decref(c->d_body);
@@ -1461,6 +1597,10 @@ static void rjob_work(void *arg)
 		message_status(c, r + 9);
 	else if (j->route == R_EVENTS && get)
 		events_get(c, r, c->in_query); /* EVENTS */
+	else if (j->route == R_KEYS)
+		keys_api(c);
+	else if (j->route == R_OPS)
+		ops_route(c, r);
 	else
 		fail(c, 405, "method_not_allowed", "this route does not take that method");
 }
@@ -1537,6 +1677,9 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	j->c = *c;
 	j->route = route;
 	struct req_ctx *jc = &j->c;
+	/* stats and the queue on their own thread (struct api), when it runs */
+	struct pool *pool = route == R_OPS && a->ops_pool ? a->ops_pool : a->pool;
+	jc->keys = pool == a->ops_pool ? a->ops_keys : a->keys;
 	struct evkeyvalq *ih = evhttp_request_get_input_headers(c->req);
 	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(c->req);
 	bool nomem = false;
@@ -1544,6 +1687,8 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	jc->in_query = dup_or_null(u ? evhttp_uri_get_query(u) : NULL, &nomem);
 	jc->in_auth = dup_or_null(evhttp_find_header(ih, "Authorization"), &nomem);
 	jc->in_ctype = dup_or_null(evhttp_find_header(ih, "Content-Type"), &nomem);
+	jc->in_cookie = dup_or_null(evhttp_find_header(ih, "Cookie"), &nomem);
+	jc->in_csrf = dup_or_null(evhttp_find_header(ih, "X-CSRF-Token"), &nomem);
 	if (route == R_SES) { /* SigV4 signs any of them: take them all */
 		size_t n = 0;
 		for (struct evkeyval *kv = ih->tqh_first; kv; kv = kv->next.tqe_next)
@@ -1570,7 +1715,7 @@ static void rjob_start(struct req_ctx *c, enum route route, const char *path)
 	a->n_pending++;
 	pthread_mutex_unlock(&a->mu);
 	evhttp_request_set_on_complete_cb(c->req, rjob_req_gone, j);
-	if (pool_submit(a->pool, rjob_work, a->w, rjob_done, j) != TERN_OK) {
+	if (pool_submit(pool, rjob_work, a->w, rjob_done, j) != TERN_OK) {
 		evhttp_request_set_on_complete_cb(c->req, NULL, NULL);
 		pthread_mutex_lock(&a->mu);
 		a->n_pending--;
@@ -1622,6 +1767,10 @@ static void handle(void *ctx, struct evhttp_request *req)
 		openapi(&c);
 		return;
 	}
+	if (ui_is_path(path)) {
+		ui_handle(c.a->ui, req, path);
+		return;
+	}
 	enum route rt = R_NONE;
 	if (strncmp(path, SUPPRESS_UNSUB_PATH, strlen(SUPPRESS_UNSUB_PATH)) == 0 &&
 	    !strchr(path + strlen(SUPPRESS_UNSUB_PATH), '/'))
@@ -1650,6 +1799,12 @@ static void handle(void *ctx, struct evhttp_request *req)
 		else if (strcmp(r, "events") == 0 || strcmp(r, "webhooks") == 0 ||
 		         strncmp(r, "webhooks/", 9) == 0)
 			rt = R_EVENTS; /* EVENTS */
+		else if (strcmp(r, "keys") == 0 ||
+		         (strncmp(r, "keys/", 5) == 0 && r[5] && !strchr(r + 5, '/')))
+			rt = R_KEYS;
+		else if (strcmp(r, "stats") == 0 || strcmp(r, "queue") == 0 ||
+		         strncmp(r, "queue/", 6) == 0)
+			rt = R_OPS;
 	}
 	if (strncmp(path, "/v2/", 4) == 0)
 		rt = R_SES;
@@ -1683,9 +1838,16 @@ static void on_result(void *arg, const struct spool_msg *m, size_t idx, enum rcp
 }
 
 struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *sched, int *fds,
-                      size_t n_fds, char *err, size_t errlen)
+                      const bool *fd_tls, size_t n_fds, struct ssl_ctx_st *tls, char *err,
+                      size_t errlen)
 {
 	char path[4096];
+	for (size_t i = 0; i < n_fds; i++) {
+		if (fd_tls[i] && !tls) { /* conf.c asks for a certificate first */
+			snprintf(err, errlen, "an HTTPS listener without a TLS certificate");
+			return NULL;
+		}
+	}
 	struct api *a = calloc(1, sizeof(*a));
 	if (!a || n_fds > API_LISTENERS_MAX) {
 		snprintf(err, errlen, a ? "too many http listeners" : "out of memory");
@@ -1715,7 +1877,11 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	char eerr[512]; /* EVENTS: the routes answer 503 without it */
 	if (!(a->events = events_db_open(data_dir, eerr, sizeof(eerr))))
 		log_warn("event=api_events_unavailable reason=\"%s\"", eerr);
-	if (!(a->w = worker_new(API_WORKER_INDEX))) {
+	/* NULL is survivable: the stats and queue routes run on a->pool */
+	if (apikeys_open(path, true, &a->ops_keys) == TERN_OK &&
+	    (a->ops_events = events_db_open(data_dir, eerr, sizeof(eerr))))
+		a->ops_pool = pool_new(1);
+	if (!(a->w = worker_new(API_WORKER_INDEX)) || !(a->ui = ui_new(data_dir, a->w))) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -1725,6 +1891,9 @@ struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *
 	hooks.handle = handle;
 	hooks.version = "tern";
 	for (size_t i = 0; i < n_fds; i++) {
+		/* HTTPS as capture's --ui-tls-cert: the server's handshake per
+		 * connection; the context is the SMTP listeners' (SNI, SIGHUP) */
+		hooks.ui_tls = fd_tls[i] ? tls : NULL;
 		a->http[i] = http_server_new(a->w, fds[i], NULL, &hooks);
 		if (!a->http[i]) {
 			snprintf(err, errlen, "cannot start the HTTP server");
@@ -1756,6 +1925,9 @@ void api_stop(struct api *a)
 	 * and run by the loop below (a commit they start, too). */
 	pool_free(a->pool);
 	a->pool = NULL;
+	pool_free(a->ops_pool);
+	a->ops_pool = NULL;
+	ui_stop(a->ui); /* a login under way: its answer is posted to the worker */
 	/* Requests still waiting for the commit: their finish() is posted to
 	 * the stopped worker once the spool calls back; run it here, so each
 	 * is answered (and freed) before the servers go. Bounded: 30 s. */
@@ -1795,9 +1967,12 @@ void api_free(struct api *a)
 		return;
 	api_stop(a);
 	apikeys_close(a->keys);
+	apikeys_close(a->ops_keys);
+	sqlite3_close(a->ops_events);
 	apikeys_close(a->results);
 	quota_close();
 	sqlite3_close(a->events);
+	ui_free(a->ui);
 	pthread_mutex_destroy(&a->results_mu);
 	pthread_mutex_destroy(&a->mu);
 	pthread_cond_destroy(&a->cv);

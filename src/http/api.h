@@ -19,6 +19,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "http/http.h"
 
@@ -26,6 +27,9 @@
 #define API_RCPTS_MAX 1000   /* envelope recipients of one message */
 #define API_METADATA_MAX 50  /* keys in metadata */
 #define API_METADATA_LEN 500 /* bytes of one metadata key or value */
+/* How far ahead send_at may be: 72 hours (SES's scheduled-send horizon is
+ * of that order); further is 422 send_at_too_far. */
+#define API_SCHEDULE_MAX (72 * 3600)
 
 /* An error for the client: {"error":{"code":..,"message":..,"field":..}}. */
 struct api_error {
@@ -46,6 +50,7 @@ struct api_send {
 	char *metadata;           /* compact JSON object, or NULL */
 	bool list_unsub;          /* add RFC 8058 one-click List-Unsubscribe fields */
 	char *unsub_mailto;       /* with a mailto: link to this address, or NULL */
+	int64_t send_at;          /* not before this unix time; 0: at once */
 };
 void api_send_free(struct api_send *s);
 
@@ -60,9 +65,9 @@ void api_send_free(struct api_send *s);
  * ADDRESS}: one-click unsubscribe fields, added by the server side; only
  * for a message with exactly one recipient, else 422
  * list_unsubscribe_one_recipient, since the link names the recipient),
- * send_at (RFC 3339 text or unix
- * seconds: refused with 422 send_at_unsupported when in the future, since
- * the spool has no not-before time yet). now is the Date, msgid the
+ * send_at (RFC 3339 text or unix seconds: a future time up to
+ * API_SCHEDULE_MAX ahead goes into out->send_at, further is 422
+ * send_at_too_far, a past one means now). now is the Date, msgid the
  * Message-ID ("local@domain"). TERN_OK, or TERN_ESYNTAX/TERN_ELIMIT/
  * TERN_ENOMEM with e filled. Pure.
  */
@@ -98,7 +103,10 @@ struct evhttp_request;
 
 /*
  * Starts the API on the listening sockets fds[0..n_fds) (profile "http";
- * each taken over: set to -1): opens DATA/apikeys.db (created if missing),
+ * each taken over: set to -1); fds[i] speaks HTTPS when fd_tls[i], with
+ * tls (tls_server_ctx: certificates by SNI, reloaded on SIGHUP; it must
+ * outlive the API, and be set when any fd_tls[i] is), else plain HTTP.
+ * Opens DATA/apikeys.db (created if missing),
  * makes a worker of its own for the HTTP servers and starts it, and
  * becomes the scheduler's result observer (the final state of each API
  * message is kept for GET /api/v1/messages/{id}). Call after the privilege
@@ -107,7 +115,8 @@ struct evhttp_request;
  * on failure (the fds not taken are still the caller's).
  */
 struct api *api_start(const char *data_dir, struct spool *sp, struct scheduler *sched, int *fds,
-                      size_t n_fds, char *err, size_t errlen);
+                      const bool *fd_tls, size_t n_fds, struct ssl_ctx_st *tls, char *err,
+                      size_t errlen);
 /* Stops the worker (a request being committed finishes first) and frees
  * the servers: no request is served after. Call before the scheduler stops.
  * NULL is fine. */

@@ -6,7 +6,7 @@
  * Owns: the native schema (snake_case keys, addresses as text or objects,
  * attachments and inline images with an explicit encoding, priority,
  * metadata, send_at) and its checks; the translation to Mailpit's send
- * JSON, so that one builder (http_send_build, send.c) writes every message
+ * JSON, so that one builder (http_send_build_obj, send.c) writes every message
  * the HTTP server makes; the raw-message request.
  * Must never: do I/O or keep state, accept a message it cannot build
  * whole (every check runs before anything is returned), or put a byte of
@@ -361,7 +361,7 @@ static bool parse_rfc3339(const char *s, long long *out)
 	return true;
 }
 
-static int get_send_at(json_t *obj, long long now, struct api_error *e)
+static int get_send_at(json_t *obj, long long now, struct api_send *out, struct api_error *e)
 {
 	json_t *v = json_object_get(obj, "send_at");
 	long long t;
@@ -374,14 +374,16 @@ static int get_send_at(json_t *obj, long long now, struct api_error *e)
 		              "send_at is an RFC 3339 time (2026-01-02T15:04:05Z) or unix seconds");
 		return TERN_ESYNTAX;
 	}
-	/* The spool has no "not before" time yet: a future time is refused
-	 * rather than sent early. A time already past means now. */
-	if (t > now) {
-		api_error_set(e, 422, "send_at_unsupported", "send_at",
-		              "scheduled sending is not supported yet: send_at must not be in the "
-		              "future");
+	/* As SES does for its scheduled sends: a bounded horizon, so a typo in
+	 * the year does not park a message in the queue for good. */
+	if (t > now + API_SCHEDULE_MAX) {
+		api_error_set(e, 422, "send_at_too_far", "send_at",
+		              "send_at may be at most %d hours ahead", API_SCHEDULE_MAX / 3600);
 		return TERN_ESYNTAX;
 	}
+	/* A time already past (or now) means at once. */
+	if (t > now)
+		out->send_at = (int64_t)t;
 	return TERN_OK;
 }
 
@@ -555,7 +557,7 @@ int api_json_send(json_t *obj, long long now, const char *msgid, struct api_send
 	int rc = TERN_ESYNTAX;
 	json_t *mp = json_object(), *to = json_array(), *cc = json_array(), *bcc = json_array(),
 	       *rt = json_array(), *att = json_array(), *from = NULL;
-	char *from_email = NULL, *dumped = NULL, err[256];
+	char *from_email = NULL, err[256];
 	size_t n_rcpt = 0, n_rt = 0;
 	const char *k;
 	json_t *x;
@@ -615,7 +617,7 @@ int api_json_send(json_t *obj, long long now, const char *msgid, struct api_send
 	    (rc = get_files(obj, "attachments", false, att, e)) != TERN_OK ||
 	    (rc = get_files(obj, "inline", true, att, e)) != TERN_OK ||
 	    (rc = get_headers(obj, mp, e)) != TERN_OK || (rc = get_metadata(obj, out, e)) ||
-	    (rc = get_send_at(obj, now, e)) != TERN_OK ||
+	    (rc = get_send_at(obj, now, out, e)) != TERN_OK ||
 	    (rc = get_list_unsub(obj, n_rcpt, out, e)) != TERN_OK)
 		goto out;
 	json_t *tags = json_object_get(obj, "tags");
@@ -641,9 +643,8 @@ int api_json_send(json_t *obj, long long now, const char *msgid, struct api_send
 	    json_object_set(mp, "Cc", cc) != 0 || json_object_set(mp, "Bcc", bcc) != 0 ||
 	    json_object_set(mp, "ReplyTo", rt) != 0 || json_object_set(mp, "Attachments", att) != 0)
 		goto nomem;
-	if (!(dumped = json_dumps(mp, JSON_COMPACT)))
-		goto nomem;
-	rc = http_send_build(dumped, strlen(dumped), now, msgid, &out->msg, err, sizeof(err));
+	/* the object itself: a text round trip cost two more passes over the body */
+	rc = http_send_build_obj(mp, now, msgid, &out->msg, err, sizeof(err));
 	if (rc == TERN_ELIMIT) {
 		api_error_set(e, 413, "message_too_large", NULL, "the message is too large");
 		goto out;
@@ -674,7 +675,6 @@ out:
 	json_decref(att);
 	json_decref(from);
 	free(from_email);
-	free(dumped);
 	return rc;
 }
 

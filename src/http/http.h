@@ -108,6 +108,12 @@ struct http_send_msg {
 #define HTTP_SEND_MAX_BODY (128u * 1024 * 1024)
 int http_send_build(const char *json, size_t len, long long now, const char *msgid,
                     struct http_send_msg *out, char *err, size_t errlen);
+/* The same from a send object already parsed (root: Mailpit's send JSON as
+ * a jansson object, borrowed), without a text round trip: the native API
+ * builds one (http/api.h). Same results and errors. */
+struct json_t;
+int http_send_build_obj(struct json_t *root, long long now, const char *msgid,
+                        struct http_send_msg *out, char *err, size_t errlen);
 void http_send_msg_free(struct http_send_msg *m);
 
 /*
@@ -153,5 +159,8 @@ bool http_ctype_is_json(const char *ct, size_t n);
  * see src/http/embed_assets.cmake). path is "/index.html", "/assets/x.js"...
  * Returns the bytes and their length, or NULL when there is no such file. */
 const unsigned char *http_asset_find(const char *path, size_t *len);
+/* Pure: the Content-Type for an embedded file's name, by its extension
+ * ("application/octet-stream" when unknown). */
+const char *http_asset_type(const char *path);
 
 #endif

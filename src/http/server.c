@@ -2022,7 +2022,7 @@ static const struct {
     {".wasm", "application/wasm"},
 };
 
-static const char *static_type(const char *path)
+const char *http_asset_type(const char *path)
 {
 	const char *dot = strrchr(path, '.');
 	if (dot && !strchr(dot, '/'))
@@ -2046,7 +2046,10 @@ static void route_static(struct evhttp_request *req, const char *path)
 		return;
 	}
 	size_t n;
-	const unsigned char *data = http_asset_find(file, &n);
+	/* web/ui/ is tern serve's admin UI (http/ui_routes.c): nothing of it
+	 * belongs to capture mode, where it would not work. */
+	const unsigned char *data =
+	    strncmp(file, "/ui/", 4) == 0 ? NULL : http_asset_find(file, &n);
 	const char *last = strrchr(path, '/');
 	if (!data && last && !strchr(last, '.') && strncmp(path, "/assets/", 8) != 0) {
 		/* A UI route (history API): the app itself. */
@@ -2065,7 +2068,7 @@ static void route_static(struct evhttp_request *req, const char *path)
 		}
 	}
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-cache");
-	reply_bytes(req, 200, static_type(file), data, n);
+	reply_bytes(req, 200, http_asset_type(file), data, n);
 }
 
 /* ---------------------------------------------------------------- router */
@@ -2250,13 +2253,28 @@ static bool auth_passed(struct http_server *h, struct evhttp_request *req)
 	return false;
 }
 
+/* On an HTTPS server, whether req came over a plain connection: conn_bev_new
+ * failed (out of memory) and evhttp made one itself. Such a request is never
+ * served in clear. */
+static bool tls_missing(struct http_server *h, struct evhttp_request *req)
+{
+	if (!h->hooks.ui_tls)
+		return false;
+	struct evhttp_connection *ec = evhttp_request_get_connection(req);
+	struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
+	return !bev || !bufferevent_openssl_get_ssl(bev);
+}
+
 static void handle(struct evhttp_request *req, void *arg)
 {
 	struct http_server *h = arg;
 	const char *uri = evhttp_request_get_uri(req);
 	int method = (int)evhttp_request_get_command(req);
 	if (h->hooks.handle) { /* serve mode: http/api.c */
-		h->hooks.handle(h->hooks.ctx, req);
+		if (tls_missing(h, req))
+			reply_text(req, 503, "TLS unavailable, try again");
+		else
+			h->hooks.handle(h->hooks.ctx, req);
 		return;
 	}
 	if (!uri || strlen(uri) > URL_MAX) {
@@ -2280,17 +2298,11 @@ static void handle(struct evhttp_request *req, void *arg)
 		return;
 	}
 	bool get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
-	if (h->hooks.ui_tls) {
-		/* conn_bev_new failed (out of memory) and evhttp made a plain
-		 * connection itself: never serve the API in clear on HTTPS */
-		struct evhttp_connection *ec = evhttp_request_get_connection(req);
-		struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
-		if (!bev || !bufferevent_openssl_get_ssl(bev)) {
-			if (q.parsed)
-				evhttp_clear_headers(&q.kv);
-			reply_text(req, 503, "TLS unavailable, try again");
-			return;
-		}
+	if (tls_missing(h, req)) {
+		if (q.parsed)
+			evhttp_clear_headers(&q.kv);
+		reply_text(req, 503, "TLS unavailable, try again");
+		return;
 	}
 	/* Health checks as Mailpit answers them, before the Host guard and any
 	 * login: a container probe names the service however it likes. */

@@ -12,6 +12,8 @@
 
 #include <ctype.h>
 #include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,6 +56,25 @@ static void scrub_controls(char *s)
 /* Any bytes in a claimed charset -> valid UTF-8 (malloc'd). Unknown or
  * failing charsets fall back to UTF-8 if the bytes are valid UTF-8, else
  * to Windows-1252 (a superset of Latin-1 that every byte maps through). */
+/* True when p[0..n) is 7-bit text without NUL: valid UTF-8 as it is. Eight
+ * bytes at a time: a message body is most of the capture path's parsing,
+ * and glib validates it byte by byte twice (validate, then make_valid). */
+static bool plain_ascii(const char *p, size_t n)
+{
+	const uint64_t lo = 0x0101010101010101u, hi = 0x8080808080808080u;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t w;
+		memcpy(&w, p + i, sizeof(w));
+		if ((w & hi) || ((w - lo) & ~w & hi)) /* a byte >= 0x80, or a zero byte */
+			return false;
+	}
+	for (; i < n; i++)
+		if (p[i] == '\0' || (unsigned char)p[i] >= 0x80)
+			return false;
+	return true;
+}
+
 static char *to_utf8(const char *p, size_t n, const char *charset)
 {
 	char *conv = NULL;
@@ -62,6 +83,8 @@ static char *to_utf8(const char *p, size_t n, const char *charset)
 	    g_ascii_strcasecmp(charset, "us-ascii") != 0) {
 		const char *ic = g_mime_charset_iconv_name(charset);
 		conv = g_convert(p, (gssize)n, "UTF-8", ic ? ic : charset, NULL, &outlen, NULL);
+	} else if (plain_ascii(p, n)) {
+		return tern_strndup(p, n); /* what the slow path below returns for it */
 	}
 	if (!conv && !g_utf8_validate(p, (gssize)n, NULL))
 		conv = g_convert(p, (gssize)n, "UTF-8", "WINDOWS-1252", NULL, &outlen, NULL);

@@ -11,7 +11,11 @@
  * capture_sync (an fdatasync of the WAL, plus a syncfs for large messages'
  * files) and only then runs each message's callback (the session's 250,
  * the API's 2xx). While the syncer waits on the disk, the committer
- * already inserts the next batch. In capture mode the capture store is the
+ * already inserts the next batch. A third thread, the announcer, then
+ * sends each answered batch's "new" events (summaries for the web UI and
+ * the webhook, capture_announce), so that this work, about 15 % of an
+ * insert's instructions, is on neither the committer's nor the syncer's
+ * path to the next answer. In capture mode the capture store is the
  * message's only durable home: nothing is delivered anywhere else, so the
  * spool's own sync would be a second sync for the same promise.
  *
@@ -66,10 +70,13 @@ struct capture_ingest {
 	pthread_cond_t scond;           /* the syncer: a committed batch, or the committer ended */
 	struct ingest_msg *head, *tail; /* put, not yet committed */
 	struct ingest_batch *shead, *stail; /* committed, not yet synced */
+	pthread_cond_t acond; /* the announcer: an answered batch, or the syncer ended */
+	struct ingest_batch *ahead, *atail; /* answered, "new" events not yet sent */
 	bool stopping;       /* no more puts; the committer ends once head is empty */
 	bool committer_done; /* the syncer ends once shead is empty */
-	pthread_t committer, syncer;
-	bool committer_started, syncer_started;
+	bool syncer_done;    /* the announcer ends once ahead is empty */
+	pthread_t committer, syncer, announcer;
+	bool committer_started, syncer_started, announcer_started;
 	enum ingest_fault fault;
 	unsigned fault_after;
 	atomic_uint fault_hits;
@@ -209,8 +216,9 @@ struct ingest_batch {
 	int rc;
 };
 
-/* The answers of a batch, after the sync that covers it (or its failure). */
-static void answer_batch(struct ingest_batch *b, int sync_rc)
+/* The answers of a batch, after the sync that covers it (or its failure);
+ * then the batch goes to the announcer (its items: rc and seq only). */
+static void answer_batch(struct capture_ingest *ci, struct ingest_batch *b, int sync_rc)
 {
 	for (size_t i = 0; i < b->n; i++) {
 		struct ingest_msg *m = b->msgs[i];
@@ -227,9 +235,17 @@ static void answer_batch(struct ingest_batch *b, int sync_rc)
 		m->cb(m->arg, r, r == TERN_OK ? b->items[i].id : NULL);
 		msg_free(m);
 	}
-	free(b->items);
 	free(b->msgs);
-	free(b);
+	b->msgs = NULL;
+	b->next = NULL;
+	pthread_mutex_lock(&ci->mu);
+	if (ci->atail)
+		ci->atail->next = b;
+	else
+		ci->ahead = b;
+	ci->atail = b;
+	pthread_cond_signal(&ci->acond);
+	pthread_mutex_unlock(&ci->mu);
 }
 
 /* Every message of the batch into the store in one transaction, committed
@@ -242,7 +258,8 @@ static void commit_batch(struct capture_ingest *ci, struct ingest_batch *b)
 	if (b->items) {
 		for (size_t i = 0; i < b->n; i++) {
 			struct ingest_msg *m = b->msgs[i];
-			b->items[i] = (struct capture_item){.username = m->username,
+			b->items[i] = (struct capture_item){.announce_later = true,
+			                                    .username = m->username,
 			                                    .raw = m->raw,
 			                                    .len = m->len,
 			                                    .env_from = m->from,
@@ -319,14 +336,44 @@ static void *syncer_main(void *arg)
 		struct ingest_batch *b = ci->shead;
 		ci->shead = ci->stail = NULL;
 		pthread_mutex_unlock(&ci->mu);
-		if (!b)
-			return NULL; /* the committer ended and everything was answered */
+		if (!b) {
+			/* the committer ended and everything was answered */
+			pthread_mutex_lock(&ci->mu);
+			ci->syncer_done = true;
+			pthread_cond_signal(&ci->acond);
+			pthread_mutex_unlock(&ci->mu);
+			return NULL;
+		}
 		/* Rows are synced with the WAL; large messages' files too. */
 		int rc = capture_sync(ci->st);
 		fault_point(ci, IF_COMMIT);
 		while (b) {
 			struct ingest_batch *next = b->next;
-			answer_batch(b, rc);
+			answer_batch(ci, b, rc);
+			b = next;
+		}
+	}
+}
+
+/* The "new" events of answered batches, in their order. */
+static void *announcer_main(void *arg)
+{
+	struct capture_ingest *ci = arg;
+	for (;;) {
+		pthread_mutex_lock(&ci->mu);
+		while (!ci->ahead && !ci->syncer_done)
+			pthread_cond_wait(&ci->acond, &ci->mu);
+		struct ingest_batch *b = ci->ahead;
+		ci->ahead = ci->atail = NULL;
+		pthread_mutex_unlock(&ci->mu);
+		if (!b)
+			return NULL; /* the syncer ended and everything was announced */
+		while (b) {
+			struct ingest_batch *next = b->next;
+			if (b->items && b->rc == TERN_OK)
+				capture_announce(ci->st, b->items, b->n);
+			free(b->items);
+			free(b);
 			b = next;
 		}
 	}
@@ -341,7 +388,13 @@ struct capture_ingest *capture_ingest_new(struct capture_store *st)
 	pthread_mutex_init(&ci->mu, NULL);
 	pthread_cond_init(&ci->cond, NULL);
 	pthread_cond_init(&ci->scond, NULL);
+	pthread_cond_init(&ci->acond, NULL);
 	fault_arm(ci);
+	if (pthread_create(&ci->announcer, NULL, announcer_main, ci) != 0) {
+		capture_ingest_free(ci);
+		return NULL;
+	}
+	ci->announcer_started = true;
 	if (pthread_create(&ci->syncer, NULL, syncer_main, ci) != 0) {
 		capture_ingest_free(ci);
 		return NULL;
@@ -372,8 +425,16 @@ void capture_ingest_stop(struct capture_ingest *ci)
 		pthread_join(ci->committer, NULL);
 	if (ci->syncer_started)
 		pthread_join(ci->syncer, NULL);
-	ci->committer_started = ci->syncer_started = false;
-	(void)TERN_BUG_ON(ci->head != NULL || ci->shead != NULL);
+	/* Then the announcer sends what was answered (also when the syncer
+	 * never started: nothing will be answered) and ends. */
+	pthread_mutex_lock(&ci->mu);
+	ci->syncer_done = true;
+	pthread_cond_broadcast(&ci->acond);
+	pthread_mutex_unlock(&ci->mu);
+	if (ci->announcer_started)
+		pthread_join(ci->announcer, NULL);
+	ci->committer_started = ci->syncer_started = ci->announcer_started = false;
+	(void)TERN_BUG_ON(ci->head != NULL || ci->shead != NULL || ci->ahead != NULL);
 }
 
 void capture_ingest_free(struct capture_ingest *ci)
@@ -381,6 +442,7 @@ void capture_ingest_free(struct capture_ingest *ci)
 	if (!ci)
 		return;
 	capture_ingest_stop(ci);
+	pthread_cond_destroy(&ci->acond);
 	pthread_cond_destroy(&ci->scond);
 	pthread_cond_destroy(&ci->cond);
 	pthread_mutex_destroy(&ci->mu);

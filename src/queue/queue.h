@@ -83,6 +83,9 @@ struct spool_msg {
 	char *client;  /* "addr=1.2.3.4 helo=..." trace info, or NULL */
 	char *auth;    /* MAIL AUTH= to pass on (RFC 4954 §5), decoded; NULL: none (AUTH=<>) */
 	char *api_key; /* the name of the HTTP API key that queued it; NULL: not the API */
+	/* Not before this time (unix seconds) is any recipient tried: the API's
+	 * send_at. 0: at once (every message written before the field). */
+	int64_t not_before;
 	uint64_t size; /* message bytes */
 	struct spool_rcpt *rcpts;
 	size_t n_rcpts;
@@ -219,21 +222,9 @@ struct scheduler *scheduler_new(struct spool *sp, unsigned threads);
  * (ownership passes to the scheduler; may be NULL: then it is read from the
  * spool). Never blocks on I/O. */
 void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len);
-/*
- * Capture mode's acknowledgement (DESIGN §6: the 250 comes only once the
- * message is also in the capture store). Like scheduler_submit, then
- * ack(arg, err) runs exactly once: on a delivery thread right after the
- * batch holding this message was captured, synced and recorded in the
- * spool (err TERN_OK), or with an error if it could not be captured now
- * (it stays due in the spool and is caught later), or from scheduler_stop
- * for a job no thread took (TERN_EIO). ack must not block.
- * Returns TERN_OK; or TERN_EINVAL when no store is set, TERN_EIO when the
- * scheduler is stopping, TERN_ENOMEM: then nothing was queued, ack never
- * runs and data still belongs to the caller.
- */
-typedef void (*scheduler_ack_fn)(void *arg, int err);
-int scheduler_submit_acked(struct scheduler *s, const char *id, char *data, size_t len,
-                           scheduler_ack_fn ack, void *arg);
+/* An operator's retry of one message (the API's POST /api/v1/queue/ID/retry):
+ * like a flush of that message alone, its deferred recipients are due now. */
+void scheduler_retry(struct scheduler *s, const char *id);
 /* Queues every message in the spool that has recipients due (startup, flush). */
 void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try);
 /* Number of messages waiting for or in local delivery. */
@@ -283,8 +274,8 @@ int scheduler_capture_put(struct scheduler *s, const struct spool_msg *env, cons
  * stopped and the delivery threads were stopped, before the spool closes). */
 void scheduler_drain_results(struct scheduler *s);
 /* Stops the delivery threads after the batch in progress (remote results
- * still arriving are recorded); acknowledges the scheduler_submit_acked
- * jobs that no thread took (TERN_EIO: they stay in the spool). */
+ * still arriving are recorded) and capture mode's direct puts (committed
+ * and answered); jobs no thread took stay in the spool. */
 void scheduler_stop(struct scheduler *s);
 /* Stops the threads after the batch in progress; undelivered work stays in the spool. */
 void scheduler_free(struct scheduler *s);

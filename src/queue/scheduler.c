@@ -10,7 +10,9 @@
  * syncs; due remote recipients become one remote job per destination
  * domain. Temporary failures go to a deferred list with exponential
  * backoff and jitter (delivery.retry_base .. retry_max); past
- * delivery.max_lifetime a recipient bounces with its last reason.
+ * delivery.max_lifetime a recipient bounces with its last reason. A
+ * message with a not-before time (spool_msg.not_before) waits on the
+ * deferred list until then.
  *
  * Must never: run on an event loop (except remote_done, which only
  * appends to the spool and queues); hold the lock while doing I/O; send a
@@ -49,10 +51,6 @@ struct job {
 	int64_t due;
 	bool from_spool; /* data was read back: a retry or a recovery */
 	bool flush;      /* `tern queue flush`: deferred recipients are due now */
-	/* scheduler_submit_acked: called once the job was captured (ack_err). */
-	scheduler_ack_fn ack;
-	void *ack_arg;
-	int ack_err;
 };
 
 /* Messages with recipients handed to the remote engine, so a flush or a
@@ -131,21 +129,8 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 	return before;
 }
 
-/* Runs the job's acknowledgement, once (scheduler_submit_acked). */
-static void job_ack(struct job *j)
-{
-	if (!j->ack)
-		return;
-	scheduler_ack_fn ack = j->ack;
-	j->ack = NULL;
-	ack(j->ack_arg, j->ack_err);
-}
-
 static void job_free(struct job *j)
 {
-	/* Every path that drops an acked job must have acknowledged it: a
-	 * session waits for it with its reading switched off. */
-	(void)TERN_BUG_ON(j->ack != NULL);
 	free(j->data);
 	free(j);
 }
@@ -185,28 +170,9 @@ void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t le
 	submit_job(s, id, data, len, false);
 }
 
-int scheduler_submit_acked(struct scheduler *s, const char *id, char *data, size_t len,
-                           scheduler_ack_fn ack, void *arg)
+void scheduler_retry(struct scheduler *s, const char *id)
 {
-	struct job *j = calloc(1, sizeof(*j));
-	if (!j)
-		return TERN_ENOMEM;
-	tern_strlcpy(j->id, id, sizeof(j->id));
-	j->data = data;
-	j->len = len;
-	j->ack = ack;
-	j->ack_arg = arg;
-	j->ack_err = TERN_EIO; /* not captured, until capture_record says otherwise */
-	pthread_mutex_lock(&s->lock);
-	int rc = !s->capture ? TERN_EINVAL : s->stopping ? TERN_EIO : TERN_OK;
-	if (rc != TERN_OK) {
-		pthread_mutex_unlock(&s->lock);
-		free(j); /* data stays the caller's */
-		return rc;
-	}
-	enqueue_locked(s, j);
-	pthread_mutex_unlock(&s->lock);
-	return TERN_OK;
+	submit_job(s, id, NULL, 0, true);
 }
 
 size_t scheduler_pending(struct scheduler *s)
@@ -552,15 +518,18 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 	size_t emid_len = 0;
 	if (events_enabled() && data)
 		smtp_message_id(data, len, &emid, &emid_len);
+	/* A scheduled message (send_at) starts its lifetime and its DELAY clock
+	 * when it may first be tried, not when it was queued. */
+	int64_t since = m->not_before > m->created ? m->not_before : m->created;
 	for (size_t k = 0; k < n; k++) {
 		const struct spool_rcpt *r = &m->rcpts[o[k].idx];
 		double delay = (double)(now - m->created);
 		if (o[k].state == RCPT_DEFERRED && conf->delivery.max_lifetime &&
-		    now - m->created >= (int64_t)conf->delivery.max_lifetime && expired) {
+		    now - since >= (int64_t)conf->delivery.max_lifetime && expired) {
 			/* Too old: the last temporary reason becomes final. */
 			snprintf(expired[k], sizeof(expired[k]),
 				 "delivery time expired after %lld s; last error: %s",
-				 (long long)(now - m->created), o[k].reply);
+				 (long long)(now - since), o[k].reply);
 			o[k].state = RCPT_BOUNCED;
 			o[k].status = "4.4.7";
 			o[k].reply = expired[k];
@@ -624,7 +593,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			         m->id, qa, qr, o[k].status, (long long)(next - now),
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			if (conf->delivery.delay_warning &&
-			    now - m->created >= (int64_t)conf->delivery.delay_warning &&
+			    now - since >= (int64_t)conf->delivery.delay_warning &&
 			    wants_notice(m, r->notify, SMTP_NOTIFY_DELAY) && n_delayed < dsn_cap)
 				delayed[n_delayed++] = (struct dsn_rcpt){
 					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "delayed",
@@ -632,7 +601,7 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 					.remote_mta = strcmp(o[k].relay, "local") == 0 ? NULL
 										       : o[k].relay,
 					.diagnostic = o[k].reply, .last_attempt = now,
-					.will_retry_until = m->created +
+					.will_retry_until = since +
 							    (int64_t)conf->delivery.max_lifetime};
 			break;
 		}
@@ -1049,7 +1018,6 @@ static void capture_record(struct scheduler *s, const struct tern_config *conf,
 	for (size_t k = 0; k < n_caught; k++) {
 		const struct spool_msg *m = c[k].m;
 		int rc = c[k].rc == TERN_OK ? sync_rc : c[k].rc;
-		c[k].job->ack_err = rc; /* durable and committed: its 250 may go */
 		char reply[128];
 		const char *status =
 		    rc == TERN_OK ? outcome_reply(reply, sizeof(reply), SMTP_R_CAPTURED, c[k].id)
@@ -1124,6 +1092,13 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 		struct spool_msg *m = spool_get(s->sp, job->id);
 		if (!m)
 			continue; /* deleted or finished meanwhile */
+		if (m->not_before > now) {
+			/* scheduled (the API's send_at): nothing is tried before it,
+			 * not even on a flush; a restart finds the time in the spool */
+			defer_job(s, job->id, m->not_before);
+			spool_msg_free(m);
+			continue;
+		}
 		msgs[j] = m;
 		if (!job->data) {
 			job->from_spool = true;
@@ -1346,7 +1321,6 @@ static void *scheduler_main(void *arg)
 		s->n_pending -= n;
 		pthread_mutex_unlock(&s->lock);
 		for (size_t i = 0; i < n; i++) {
-			job_ack(batch[i]); /* capture mode: releases the session's 250 */
 			job_free(batch[i]);
 		}
 	}
@@ -1392,13 +1366,6 @@ void scheduler_stop(struct scheduler *s)
 	/* Capture mode's direct puts: committed and answered while the store
 	 * is still open (capture_mode_stop closes it after this). */
 	capture_ingest_stop(s->ingest);
-	/* Sessions wait for these (scheduler_submit_acked): answer them now,
-	 * while their workers can still run the posts. The messages stay due
-	 * in the spool and are caught after the restart. */
-	pthread_mutex_lock(&s->lock);
-	for (struct job *j = s->head; j; j = j->next)
-		job_ack(j);
-	pthread_mutex_unlock(&s->lock);
 }
 
 void scheduler_free(struct scheduler *s)

@@ -1169,9 +1169,9 @@ static bool msg_same(const struct spool_msg *a, const struct spool_msg *b)
 	if (memcmp(a->id, b->id, QUEUE_ID_LEN) || !str_eq_opt(a->sender, b->sender) ||
 	    a->created != b->created || a->body != b->body || a->ret != b->ret ||
 	    a->smtputf8 != b->smtputf8 || a->trusted_client != b->trusted_client ||
-	    !str_eq_opt(a->envid, b->envid) ||
-	    !str_eq_opt(a->client, b->client) || !str_eq_opt(a->auth, b->auth) ||
-	    !str_eq_opt(a->api_key, b->api_key) || a->size != b->size || a->n_rcpts != b->n_rcpts)
+	    !str_eq_opt(a->envid, b->envid) || !str_eq_opt(a->client, b->client) ||
+	    !str_eq_opt(a->auth, b->auth) || !str_eq_opt(a->api_key, b->api_key) ||
+	    a->not_before != b->not_before || a->size != b->size || a->n_rcpts != b->n_rcpts)
 		return false;
 	for (size_t i = 0; i < a->n_rcpts; i++) {
 		const struct spool_rcpt *x = &a->rcpts[i], *y = &b->rcpts[i];

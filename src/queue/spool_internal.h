@@ -46,9 +46,11 @@
  *
  *   MSG   id[16] created:i64 body:u32 ret:u32
  *         flags:u8(bit0 smtputf8, bit1 trusted_client, bit2 folder Junk,
- *                  bit3 auth follows client;
+ *                  bit3 auth follows client, bit4 api_key follows auth,
+ *                  bit5 not_before follows api_key;
  *                  the other bits 0: a record from before a bit existed has it clear)
- *         sender:str envid:str client:str [auth:str if bit3] n_rcpts:u32
+ *         sender:str envid:str client:str [auth:str if bit3]
+ *         [api_key:str if bit4] [not_before:i64 if bit5, never 0] n_rcpts:u32
  *         n_rcpts x { addr:str orcpt:str notify:u32 local:u8 state:u8
  *                     attempts:u32 next_try:i64 last_reply:str }
  *         data_len:u64 data[data_len]          (data is last, so the index

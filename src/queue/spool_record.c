@@ -28,9 +28,17 @@
 
 static uint32_t crc_tab[8][256];
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CRC_HW 1
+static bool crc_hw; /* the CPU has SSE 4.2 (set once, in crc_init) */
+#endif
 
 static void crc_init(void)
 {
+#ifdef CRC_HW
+	__builtin_cpu_init();
+	crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
 	for (uint32_t i = 0; i < 256; i++) {
 		uint32_t c = i;
 		for (int k = 0; k < 8; k++)
@@ -43,11 +51,35 @@ static void crc_init(void)
 			    (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xff];
 }
 
+#ifdef CRC_HW
+/* SSE 4.2's CRC32 instruction computes this very CRC (Castagnoli), eight
+ * bytes per instruction: about a tenth of slicing-by-8's work, and every
+ * message's bytes pass through here once on the session's worker. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *b,
+                                                            size_t n)
+{
+	uint64_t c = crc;
+	for (; n >= 8; n -= 8, b += 8) {
+		uint64_t w;
+		memcpy(&w, b, 8);
+		c = __builtin_ia32_crc32di(c, w);
+	}
+	uint32_t c32 = (uint32_t)c;
+	for (; n; n--, b++)
+		c32 = __builtin_ia32_crc32qi(c32, *b);
+	return c32;
+}
+#endif
+
 uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n)
 {
 	const uint8_t *b = p;
 	pthread_once(&crc_once, crc_init);
 	crc = ~crc;
+#ifdef CRC_HW
+	if (crc_hw)
+		return ~crc32c_hw(crc, b, n);
+#endif
 	/* Eight bytes per step: the tables fold each byte's contribution through
 	 * the remaining shifts, so one lookup per byte and no per-bit loop. */
 	while (n >= 8) {
@@ -187,6 +219,7 @@ struct spool_msg *spool_msg_dup(const struct spool_msg *m)
 	c->trusted_client = m->trusted_client;
 	c->folder = m->folder;
 	c->size = m->size;
+	c->not_before = m->not_before;
 	if (!dup_opt(&c->sender, m->sender) || !dup_opt(&c->envid, m->envid) ||
 	    !dup_opt(&c->client, m->client) || !dup_opt(&c->auth, m->auth) ||
 	    !dup_opt(&c->api_key, m->api_key))
@@ -322,7 +355,7 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 	 * tern older than the bit refuses a record that sets it. */
 	put_u8(&e, (env->smtputf8 ? 1 : 0) | (env->trusted_client ? 2 : 0) |
 	               (env->folder == SPOOL_FOLDER_JUNK ? 4 : 0) | (env->auth ? 8 : 0) |
-	               (env->api_key ? 16 : 0));
+	               (env->api_key ? 16 : 0) | (env->not_before ? 32 : 0));
 	put_str(&e, env->sender);
 	put_str(&e, env->envid);
 	put_str(&e, env->client);
@@ -330,6 +363,8 @@ int spool_rec_encode_msg(struct tbuf *out, const struct spool_msg *env, const vo
 		put_str(&e, env->auth);
 	if (env->api_key) /* the same with flag bit 4 */
 		put_str(&e, env->api_key);
+	if (env->not_before) /* flag bit 5: absent in older records, read as 0 (at once) */
+		put_u64(&e, (uint64_t)env->not_before);
 	put_u32(&e, (uint32_t)env->n_rcpts);
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		const struct spool_rcpt *r = &env->rcpts[i];
@@ -552,7 +587,7 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 	m->body = get_u32(&d);
 	m->ret = get_u32(&d);
 	uint8_t flags = get_u8(&d);
-	if (flags & ~31u)
+	if (flags & ~63u)
 		d.bad = true;
 	m->smtputf8 = flags & 1;
 	m->trusted_client = (flags & 2) != 0;
@@ -564,6 +599,11 @@ int spool_rec_decode_msg(const uint8_t *p, size_t n, struct spool_msg **out, siz
 		goto out; /* the bit promises a string: NULL would not re-encode the same */
 	if ((flags & 16) && (!get_str(&d, &m->api_key, true, &nomem) || !m->api_key))
 		goto out;
+	if (flags & 32) {
+		m->not_before = (int64_t)get_u64(&d);
+		if (m->not_before == 0) /* the bit promises a time: 0 would re-encode without it */
+			d.bad = true;
+	}
 	uint32_t nr = get_u32(&d);
 	if (d.bad || nr == 0 || nr > (d.n - d.pos) / RCPT_MIN_BYTES) {
 		d.bad = true;

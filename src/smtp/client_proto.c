@@ -886,10 +886,25 @@ int smtp_downconvert_8bit(const char *msg, size_t len, struct tbuf *out)
 
 void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg)
 {
-	size_t run = 0;  /* start of the input not emitted yet */
-	bool bol = true; /* at the beginning of a line */
+	size_t run = 0;         /* start of the input not emitted yet */
+	bool bol = true;        /* at the beginning of a line */
+	size_t bytewise_to = 0; /* the byte-wise path goes on up to here */
 	for (size_t i = 0; i < len; i++) {
 		char ch = msg[i];
+		if (i >= bytewise_to && !(bol && ch == '.')) {
+			/* The common case in bulk: up to the first LF there is no
+			 * NUL and one CR, right before it. The line goes out as it
+			 * is, within the run. */
+			const char *lf = memchr(msg + i, '\n', len - i);
+			size_t n = lf ? (size_t)(lf - (msg + i)) : 0;
+			if (n && lf[-1] == '\r' &&
+			    !(smtp_scan_bytes(msg + i, n - 1) & (SMTP_SCAN_CR | SMTP_SCAN_NUL))) {
+				i += n; /* the loop's i++ steps past the LF */
+				bol = true;
+				continue;
+			}
+			bytewise_to = lf ? i + n + 1 : len;
+		}
 		if (ch == '\0') {
 			/* NUL has no place in DATA text (RFC 5321 §4.5.2, RFC 6152:
 			 * no NUL in 7bit or 8bit data), and a peer that drops it

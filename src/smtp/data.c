@@ -15,6 +15,9 @@
 
 #include <string.h>
 #include <strings.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/err.h"
 
@@ -94,27 +97,30 @@ struct emitter {
 	char buf[2048];
 };
 
+/* Appends n output bytes to the caller's tbuf, keeping exactly the prefix
+ * that fits the cap, so that what is kept does not depend on how the input
+ * was split into reads. */
+static void store(struct smtp_data_parser *p, struct tbuf *out, const char *b, size_t n)
+{
+	if (n == 0 || !out || p->too_big)
+		return;
+	int rc = tbuf_append(out, b, n);
+	if (rc != TERN_OK) {
+		if (rc == TERN_ELIMIT && out->max > out->len) {
+			size_t room = out->max - out->len;
+			if (room > n)
+				room = n;
+			(void)tbuf_append(out, b, room);
+		}
+		/* Out of memory also ends storing: the message cannot be
+		 * kept whole, and the session must still find its end. */
+		p->too_big = true;
+	}
+}
+
 static void flush(struct emitter *e)
 {
-	struct smtp_data_parser *p = e->p;
-	if (e->n == 0)
-		return;
-	if (e->out && !p->too_big) {
-		int rc = tbuf_append(e->out, e->buf, e->n);
-		if (rc != TERN_OK) {
-			/* Store exactly the prefix that fits, so what is kept does
-			 * not depend on how the input was split into reads. */
-			if (rc == TERN_ELIMIT && e->out->max > e->out->len) {
-				size_t room = e->out->max - e->out->len;
-				if (room > e->n)
-					room = e->n;
-				(void)tbuf_append(e->out, e->buf, room);
-			}
-			/* Out of memory also ends storing: the message cannot be
-			 * kept whole, and the session must still find its end. */
-			p->too_big = true;
-		}
-	}
+	store(e->p, e->out, e->buf, e->n);
 	e->n = 0;
 }
 
@@ -166,6 +172,116 @@ static int mid_byte(struct smtp_data_parser *p, struct emitter *e, unsigned char
 	return S_MID;
 }
 
+#if defined(__SSE2__)
+/* Sixteen bytes a step (every x86-64 CPU has SSE2); a tail of 16 or more
+ * bytes is covered by one last, overlapping load. */
+unsigned smtp_scan_bytes(const char *b, size_t n)
+{
+	unsigned r = 0;
+	if (n >= 16) {
+		const __m128i cr = _mm_set1_epi8('\r'), zero = _mm_setzero_si128();
+		__m128i acc_cr = zero, acc_nul = zero, acc_hi = zero;
+		for (size_t k = 0;; k += 16) {
+			if (k + 16 > n)
+				k = n - 16;
+			__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(b + k));
+			acc_cr = _mm_or_si128(acc_cr, _mm_cmpeq_epi8(v, cr));
+			acc_nul = _mm_or_si128(acc_nul, _mm_cmpeq_epi8(v, zero));
+			acc_hi = _mm_or_si128(acc_hi, v);
+			if (k + 16 == n)
+				break;
+		}
+		if (_mm_movemask_epi8(acc_cr))
+			r |= SMTP_SCAN_CR;
+		if (_mm_movemask_epi8(acc_nul))
+			r |= SMTP_SCAN_NUL;
+		if (_mm_movemask_epi8(acc_hi))
+			r |= SMTP_SCAN_8BIT;
+		return r;
+	}
+	for (size_t k = 0; k < n; k++) {
+		unsigned char c = (unsigned char)b[k];
+		if (c == '\r')
+			r |= SMTP_SCAN_CR;
+		else if (c == 0)
+			r |= SMTP_SCAN_NUL;
+		else if (c >= 0x80)
+			r |= SMTP_SCAN_8BIT;
+	}
+	return r;
+}
+#else
+unsigned smtp_scan_bytes(const char *b, size_t n)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	const uint64_t crs = 0x0d * ones;
+	uint64_t any = 0, cr = 0, nul = 0;
+	size_t k = 0;
+	for (; k + 8 <= n; k += 8) {
+		uint64_t w, x;
+		memcpy(&w, b + k, 8);
+		any |= w;
+		/* (v - 1...) & ~v has a byte's high bit set only at or above a
+		 * zero byte: exact as "has a zero byte" once masked with highs. */
+		x = w ^ crs;
+		cr |= (x - ones) & ~x;
+		nul |= (w - ones) & ~w;
+	}
+	unsigned r = 0;
+	for (; k < n; k++) {
+		unsigned char c = (unsigned char)b[k];
+		any |= c;
+		if (c == '\r')
+			r |= SMTP_SCAN_CR;
+		else if (c == 0)
+			r |= SMTP_SCAN_NUL;
+	}
+	if (cr & highs)
+		r |= SMTP_SCAN_CR;
+	if (nul & highs)
+		r |= SMTP_SCAN_NUL;
+	if (any & highs)
+		r |= SMTP_SCAN_8BIT;
+	return r;
+}
+#endif
+
+/*
+ * The body's common case in bulk: from in[i] (inside a line, or at the start
+ * of one that does not begin with a dot) to the first LF, when that LF is
+ * the only one and is preceded by the only CR of the stretch. Such a line
+ * is content plus one CR LF whatever the state machine would decide byte
+ * by byte, so it is stored in one piece. Returns the bytes taken (0: not
+ * such a line, or still in the header section, where every byte counts).
+ * *lf_at is where the stretch's LF is (len when there is none), so that a
+ * caller that gets 0 knows how far the byte-wise path must go.
+ */
+static size_t bulk_line(struct emitter *e, const unsigned char *in, size_t len, size_t *lf_at)
+{
+	struct smtp_data_parser *p = e->p;
+	const unsigned char *lf = memchr(in, '\n', len);
+	*lf_at = lf ? (size_t)(lf - in) : len;
+	if (p->in_headers || !lf || lf == in || lf[-1] != '\r')
+		return 0;
+	size_t n = (size_t)(lf - in) - 1; /* content bytes before the CR */
+	unsigned seen = smtp_scan_bytes((const char *)in, n);
+	if (seen & SMTP_SCAN_CR)
+		return 0; /* a bare CR: the byte-wise path marks it */
+	if (seen & SMTP_SCAN_8BIT)
+		p->has_8bit = true;
+	if (seen & SMTP_SCAN_NUL)
+		p->has_nul = true;
+	p->total_bytes += n + 2;
+	if (e->n + n + 2 <= sizeof(e->buf)) {
+		memcpy(e->buf + e->n, in, n + 2);
+		e->n += n + 2;
+	} else {
+		flush(e);
+		store(p, e->out, (const char *)in, n + 2);
+	}
+	return n + 2;
+}
+
 enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in, size_t len,
                                      size_t *consumed, struct tbuf *out)
 {
@@ -183,8 +299,19 @@ enum smtp_data_status smtp_data_feed(struct smtp_data_parser *p, const char *in,
 		return SMTP_DATA_END;
 	}
 
+	size_t bytewise_to = 0; /* the byte-wise path goes on up to here */
 	for (; i < len; i++) {
 		unsigned char c = (unsigned char)in[i];
+		if (i >= bytewise_to && (st == S_MID || (st == S_BOL && c != '.'))) {
+			size_t lf_at;
+			size_t took = bulk_line(&e, (const unsigned char *)in + i, len - i, &lf_at);
+			if (took) {
+				i += took - 1; /* the loop's i++ steps past the LF */
+				st = S_BOL;
+				continue;
+			}
+			bytewise_to = i + lf_at + 1;
+		}
 		switch (st) {
 		case S_BOL:
 			if (c == '.')

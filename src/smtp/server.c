@@ -25,6 +25,7 @@
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "smtp/smtp_metrics.h"
+#include "smtp/wire_out.h"
 #include "tls/tls.h"
 
 #include <arpa/inet.h>
@@ -235,6 +236,8 @@ struct session {
 	bool shutting_down; /* close after the transaction in flight */
 	bool discard_line;  /* skipping the rest of an over-long command line */
 	bool out_blocked;   /* reading stopped until the output drains (on_write) */
+	/* wire_out: bytes of the command being handled, still in the input */
+	size_t cmd_bytes;
 	uint64_t skip_bytes; /* bytes of a refused BDAT chunk still to skip */
 	bool esmtp;
 	bool tls_active;
@@ -461,13 +464,18 @@ static void format_peer(const struct sockaddr_storage *ss, char *out, size_t out
 static void reply_line(struct session *s, enum smtp_reply_id id, int code, bool more, size_t n,
                        const char *const *args)
 {
-	char line[REPLY_LINE_MAX];
-	size_t len = smtp_reply_format(line, sizeof(line), id, code, more, args, n);
-	if (len >= sizeof(line))
-		len = sizeof(line) - 1;
-	struct evbuffer *out = bufferevent_get_output(s->bev);
-	evbuffer_add(out, line, len);
-	evbuffer_add(out, "\r\n", 2);
+	char line[REPLY_LINE_MAX + 2];
+	size_t len = smtp_reply_format(line, REPLY_LINE_MAX, id, code, more, args, n);
+	if (len >= REPLY_LINE_MAX)
+		len = REPLY_LINE_MAX - 1;
+	line[len] = '\r';
+	line[len + 1] = '\n';
+	/* A whole reply, on a plain session with no pipelined command waiting:
+	 * straight to the socket (a multi-line reply's lines go out together). */
+	wire_out(s->bev,
+	         !more && !s->tls_active &&
+	             evbuffer_get_length(bufferevent_get_input(s->bev)) <= s->cmd_bytes,
+	         line, len + 2);
 	if (!more)
 		smtp_metrics_reply(line[0]);
 }
@@ -2299,31 +2307,6 @@ static enum smtp_reply_id spool_failure_reply(int err)
 
 static void commit_finish(struct session *s);
 
-/* ---- CAPTURE-ACK (issue 11, DESIGN §6 "Capture mode acknowledges later"):
- * in capture mode the 250 waits until the scheduler caught the message in
- * the capture store (one SQLite transaction and one sync per batch), so a
- * client that lists right after its 250 sees the message. The session
- * stays in SS_COMMIT, reading off, until capture_acked runs. */
-
-static void capture_acked(void *arg)
-{
-	struct session *s = arg;
-	(void)TERN_BUG_ON(s->state != SS_COMMIT || !s->tx);
-	/* Also when the store failed: the message is durable in the spool and
-	 * caught on the retry (the scheduler logged why). */
-	if (!s->dead)
-		reply_args(s, SMTP_R_QUEUED, s->tx->id);
-	commit_finish(s);
-}
-
-/* On a delivery thread: the session is suspended, only its worker runs it. */
-static void capture_ack_cb(void *arg, int err)
-{
-	struct session *s = arg;
-	if (worker_post(s->sw->w, capture_acked, s) != 0)
-		log_error("event=commit_post_failed id=%s", s->tx->id);
-}
-
 /* The direct path: the capture store committed the message (or failed),
  * nothing was spooled; commit_done answers at once. */
 static void capture_put_done(void *arg, int err, const char *capture_id)
@@ -2333,13 +2316,6 @@ static void capture_put_done(void *arg, int err, const char *capture_id)
 	commit_cb(s, err);
 }
 
-/* True when the scheduler took data and will call capture_ack_cb. */
-static bool capture_ack_wait(struct session *s, char *data, size_t len)
-{
-	return s->conf->capture_mode && scheduler_submit_acked(s->sw->srv->sched, s->tx->id, data,
-	                                                       len, capture_ack_cb, s) == TERN_OK;
-}
-/* ---- end CAPTURE-ACK */
 
 static void commit_done(void *arg)
 {
@@ -2347,7 +2323,6 @@ static void commit_done(void *arg)
 	struct tx *t = s->tx;
 	/* Reading stopped at SS_COMMIT until this answer: nothing else ran. */
 	(void)TERN_BUG_ON(s->state != SS_COMMIT || !t);
-	bool wait = false;
 	if (t->commit_err == TERN_OK) {
 		size_t len = 0;
 		char *data = tbuf_steal(&t->msg, &len);
@@ -2364,8 +2339,8 @@ static void commit_done(void *arg)
 			events_emit_msg(EV_QUEUED, t->id, mid, mid_len, t->sender, t->rcpts[i].addr,
 			                eu);
 		if (t->captured)
-			free(data); /* CAPTURE-ACK: stored and synced, the 250 may go */
-		else if (!(wait = capture_ack_wait(s, data, len))) /* CAPTURE-ACK */
+			free(data); /* capture mode: stored and synced, the 250 may go */
+		else
 			scheduler_submit(s->sw->srv->sched, t->id, data, len);
 		/* Who sent it, when a login says so: user= (the SASL identity)
 		 * and auth= (MAIL's AUTH=, when believed). */
@@ -2394,8 +2369,6 @@ static void commit_done(void *arg)
 		atomic_fetch_add(&count_accepted, 1);
 		metric_inc_l(M_MESSAGES_RECEIVED, smtp_metrics_profile(s->conf, s->submission));
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len);
-		if (wait)
-			return; /* CAPTURE-ACK: capture_acked answers */
 		if (!s->dead)
 			reply_args(s, SMTP_R_QUEUED, t->id);
 	} else {
@@ -3081,10 +3054,12 @@ static bool read_command(struct session *s, struct evbuffer *in)
 	size_t n = linelen - 1;
 	if (n > 0 && line[n - 1] == '\r')
 		n--;
+	s->cmd_bytes = linelen; /* wire_out: a reply with nothing pipelined after it */
 	if (s->state == SS_AUTH)
 		auth_line(s, line, n);
 	else
 		dispatch(s, line, n);
+	s->cmd_bytes = 0;
 	/* dispatch may have closed the session, but the buffer is still ours. */
 	evbuffer_drain(in, linelen);
 	if (s->starttls) {

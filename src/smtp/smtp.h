@@ -652,6 +652,14 @@ int smtp_downconvert_8bit(const char *msg, size_t len, struct tbuf *out);
  * order, in runs (n > 0); len 0 gives ".\r\n". Not for BINARYMIME (BDAT
  * sends bytes as they are).
  */
+/*
+ * What b[0..n) holds, eight bytes at a time: SMTP_SCAN_CR if any CR,
+ * SMTP_SCAN_NUL if any NUL, SMTP_SCAN_8BIT if any byte >= 0x80. Pure; the
+ * bulk line paths of smtp_data_feed and smtp_data_encode use it.
+ */
+enum { SMTP_SCAN_CR = 1, SMTP_SCAN_NUL = 2, SMTP_SCAN_8BIT = 4 };
+unsigned smtp_scan_bytes(const char *b, size_t n);
+
 typedef void (*smtp_emit_fn)(void *arg, const char *p, size_t n);
 void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg);
 

@@ -25,7 +25,27 @@
 struct apikeys {
 	sqlite3 *db;
 	unsigned puts; /* results written: every 1000th prunes old ones */
+	/* the statements of every request and every result, prepared once
+	 * (parsing the SQL cost more than running it); NULL until first used */
+	sqlite3_stmt *verify_st, *result_st;
 };
+
+/* *st prepared from sql on first use, reset and unbound after each. */
+static sqlite3_stmt *cached(struct apikeys *k, sqlite3_stmt **st, const char *sql)
+{
+	if (!*st &&
+	    sqlite3_prepare_v3(k->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
+		sqlite3_finalize(*st);
+		*st = NULL;
+	}
+	return *st;
+}
+
+static void cached_done(sqlite3_stmt *st)
+{
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+}
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS apikeys ("
@@ -103,6 +123,8 @@ void apikeys_close(struct apikeys *k)
 {
 	if (!k)
 		return;
+	sqlite3_finalize(k->verify_st);
+	sqlite3_finalize(k->result_st);
 	sqlite3_close(k->db);
 	free(k);
 }
@@ -324,10 +346,9 @@ int apikeys_verify(struct apikeys *k, const char *token, size_t len, struct apik
 		return TERN_ENOTFOUND;
 	SHA256((const unsigned char *)secret, APIKEY_SECRET_LEN, digest);
 	OPENSSL_cleanse(secret, sizeof(secret));
-	if (sqlite3_prepare_v2(k->db,
-	                       "SELECT id, name, scope, domains, created, revoked, secret_sha256, "
-	                       "per_second, per_hour, per_day FROM apikeys WHERE id = ?",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if (!(st = cached(k, &k->verify_st,
+	                  "SELECT id, name, scope, domains, created, revoked, secret_sha256, "
+	                  "per_second, per_hour, per_day FROM apikeys WHERE id = ?")))
 		return TERN_EIO;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	int s = sqlite3_step(st);
@@ -342,7 +363,7 @@ int apikeys_verify(struct apikeys *k, const char *token, size_t len, struct apik
 	} else if (s != SQLITE_DONE) {
 		rc = TERN_EIO;
 	}
-	sqlite3_finalize(st);
+	cached_done(st);
 	return rc;
 }
 
@@ -379,10 +400,9 @@ int apikeys_result_put(struct apikeys *k, const char *id, size_t idx, const char
 		sqlite3_finalize(st);
 		st = NULL;
 	}
-	if (sqlite3_prepare_v2(k->db,
-	                       "INSERT OR REPLACE INTO api_results (queue_id, idx, owner, sender, "
-	                       "address, state, reply, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if (!(st = cached(k, &k->result_st,
+	                  "INSERT OR REPLACE INTO api_results (queue_id, idx, owner, sender, "
+	                  "address, state, reply, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")))
 		return TERN_EIO;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, (int64_t)idx);
@@ -393,7 +413,7 @@ int apikeys_result_put(struct apikeys *k, const char *id, size_t idx, const char
 	sqlite3_bind_text(st, 7, reply, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 8, now);
 	int s = sqlite3_step(st);
-	sqlite3_finalize(st);
+	cached_done(st);
 	return s == SQLITE_DONE ? TERN_OK : TERN_EIO;
 }
 

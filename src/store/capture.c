@@ -668,9 +668,19 @@ uint64_t capture_deleted(struct capture_store *st)
 	return n;
 }
 
+/* WAL frames between the automatic checkpoints of a batch-sync store. Each
+ * checkpoint runs inside a COMMIT, on the ingest's committer and under the
+ * store lock, and syncs both files: ~10 ms on this project's test disk,
+ * every ~130 messages of 4 KiB at SQLite's default of 1,000 frames. Four
+ * times the interval writes back fewer distinct pages per message (the
+ * same index pages are rewritten by every batch) and pays the two syncs a
+ * quarter as often; the WAL file stays under ~16 MB (4,000 frames). */
 void capture_set_batch_sync(struct capture_store *st, bool on)
 {
 	atomic_store(&st->batch_sync, on);
+	pthread_mutex_lock(&st->mu);
+	exec(st, on ? "PRAGMA wal_autocheckpoint = 4000" : "PRAGMA wal_autocheckpoint = 1000");
+	pthread_mutex_unlock(&st->mu);
 }
 
 /* fdatasync of DIR/capture.db-wal (any descriptor of the file will do:
@@ -829,6 +839,7 @@ int capture_add_batch(struct capture_store *st, struct capture_item *items, size
 	for (size_t i = 0; i < n; i++) {
 		items[i].rc = TERN_ENOMEM;
 		items[i].id[0] = '\0';
+		items[i].seq = 0;
 	}
 	if (!mm || !seq || !step || !ev) {
 		rc = TERN_ENOMEM;
@@ -907,7 +918,7 @@ redo:;
 	if (trc == TERN_OK)
 		trc = exec(st, "COMMIT");
 	if (deferred) {
-		exec(st, "PRAGMA synchronous = FULL"); /* other writes stay durable at COMMIT */
+		exec(st, "PRAGMA synchronous = FULL");  /* other writes stay durable at COMMIT */
 		atomic_store(&st->rows_unsynced, true); /* also after a failure: harmless */
 	}
 	if (trc != TERN_OK) {
@@ -924,8 +935,9 @@ redo:;
 			st->total++;
 			st->unread++;
 			st->raw_bytes += items[i].len;
+			items[i].seq = seq[i];
 			ev[i].type = "new";
-			if (st->n_subs)
+			if (st->n_subs && !items[i].announce_later)
 				ev[i].data = summary_by_seq(st, seq[i]);
 		}
 	}
@@ -946,6 +958,23 @@ out:
 	free(step);
 	free(ev);
 	return rc;
+}
+
+void capture_announce(struct capture_store *st, const struct capture_item *items, size_t n)
+{
+	struct event *ev = calloc(n ? n : 1, sizeof(*ev));
+	if (!ev)
+		return; /* the live view misses them; the list has them */
+	pthread_mutex_lock(&st->mu);
+	for (size_t i = 0; st->n_subs && i < n; i++) {
+		ev[i].type = "new";
+		if (items[i].rc == TERN_OK && items[i].seq > 0)
+			ev[i].data = summary_by_seq(st, items[i].seq); /* NULL: deleted meanwhile */
+	}
+	pthread_mutex_unlock(&st->mu);
+	for (size_t i = 0; i < n; i++)
+		emit(st, &ev[i]);
+	free(ev);
 }
 
 static int add_one(struct capture_store *st, const char *queue_id, const char *username,
@@ -1076,10 +1105,11 @@ static void recover(struct capture_store *st)
 				int64_t created = (int64_t)sb.st_mtim.tv_sec * 1000000 +
 				                  sb.st_mtim.tv_nsec / 1000;
 				if (exec(st, "BEGIN") == TERN_OK) {
-					int rc = insert_row(st, id, raw.len, &mm, mm.return_path, NULL, 0,
-					                    created, &seq);
+					int rc = insert_row(st, id, raw.len, &mm, mm.return_path,
+					                    NULL, 0, created, &seq);
 					char qid[QUEUE_ID_LEN + 1];
-					/* The spool will deliver it again: let that find this copy. */
+					/* The spool will deliver it again: let that find this copy.
+					 */
 					if (rc == TERN_OK &&
 					    queue_id_of(raw.data ? raw.data : "", raw.len, qid))
 						rc = link_queue_id(st, qid, id);

@@ -71,10 +71,21 @@ struct capture_item {
 	const char *env_from;
 	const char *const *env_to;
 	size_t n_to;
+	bool announce_later;     /* in: no "new" event now; capture_announce sends it */
 	int rc;                  /* out */
 	char id[CAPTURE_ID_MAX]; /* out: the capture ID when rc is TERN_OK */
+	int64_t seq;             /* out: the row inserted now (0: none, e.g. found) */
 };
 int capture_add_batch(struct capture_store *st, struct capture_item *items, size_t n);
+/*
+ * The "new" events of items that capture_add_batch inserted with
+ * announce_later (rc TERN_OK and seq set; others are skipped): builds each
+ * message's summary and tells the subscribers. Capture mode's ingest calls
+ * it off its commit path, after the answers (a subscriber turns the
+ * summary into JSON for the web UI: ~15 % of an insert's instructions). A
+ * message deleted meanwhile gets no event. Reads only rc and seq.
+ */
+void capture_announce(struct capture_store *st, const struct capture_item *items, size_t n);
 
 /*
  * Group commit: with batch sync on, an add's transaction commits without

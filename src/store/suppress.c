@@ -35,6 +35,11 @@
 struct suppress_db {
 	sqlite3 *db;
 	pthread_mutex_t mu;
+	/* suppress_check runs for every remote recipient: its statement is
+	 * prepared once (under mu) and reset after each use, not parsed again
+	 * per message. */
+	sqlite3_stmt *check_st;
+	sqlite3_stmt *begin_st, *end_st; /* its two lookups share one read transaction */
 };
 
 static const char SCHEMA[] =
@@ -137,6 +142,9 @@ void suppress_close(struct suppress_db *db)
 {
 	if (!db)
 		return;
+	sqlite3_finalize(db->check_st);
+	sqlite3_finalize(db->begin_st);
+	sqlite3_finalize(db->end_st);
 	sqlite3_close(db->db);
 	pthread_mutex_destroy(&db->mu);
 	free(db);
@@ -295,28 +303,50 @@ bool suppress_check(struct suppress_db *db, const char *sender_domain, const cha
 		return false;
 	bool found = false;
 	pthread_mutex_lock(&db->mu);
-	sqlite3_stmt *st = NULL;
-	/* The domain's entry sorts before the global one ("" is smallest). */
-	if (sqlite3_prepare_v2(db->db,
-	                       "SELECT scope, addr, reason, detail, created, queue_id FROM "
-	                       "suppressed WHERE addr = ? AND (scope = ? OR scope = '') "
-	                       "ORDER BY scope DESC LIMIT 1",
-	                       -1, &st, NULL) != SQLITE_OK) {
+	/* Point lookups on the primary key (scope, addr): the domain's entry
+	 * first, then the global one. (One query with "scope = ? OR scope = ''"
+	 * built a temporary b-tree for every call.) */
+	if (!db->check_st &&
+	    (sqlite3_prepare_v3(db->db,
+	                        "SELECT scope, addr, reason, detail, created, queue_id FROM "
+	                        "suppressed WHERE scope = ? AND addr = ?",
+	                        -1, SQLITE_PREPARE_PERSISTENT, &db->check_st, NULL) != SQLITE_OK ||
+	     sqlite3_prepare_v3(db->db, "BEGIN", -1, SQLITE_PREPARE_PERSISTENT, &db->begin_st,
+	                        NULL) != SQLITE_OK ||
+	     sqlite3_prepare_v3(db->db, "COMMIT", -1, SQLITE_PREPARE_PERSISTENT, &db->end_st,
+	                        NULL) != SQLITE_OK)) {
 		log_error("event=suppress_read_failed reason=\"%s\"", sqlite3_errmsg(db->db));
+		sqlite3_finalize(db->check_st);
+		sqlite3_finalize(db->begin_st);
+		sqlite3_finalize(db->end_st);
+		db->check_st = db->begin_st = db->end_st = NULL;
 		goto out;
 	}
-	sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, sc, -1, SQLITE_STATIC);
-	int r = sqlite3_step(st);
-	if (r == SQLITE_ROW) {
-		found = true;
-		if (e)
-			row_entry(st, e);
-	} else if (r != SQLITE_DONE) {
-		log_error("event=suppress_read_failed reason=\"%s\"", sqlite3_errmsg(db->db));
+	sqlite3_stmt *st = db->check_st;
+	const char *scopes[2] = {sc, ""};
+	/* Two lookups: one read transaction (one WAL read lock), not two. */
+	bool txn = sc[0] && sqlite3_step(db->begin_st) == SQLITE_DONE;
+	sqlite3_reset(db->begin_st);
+	for (size_t i = sc[0] ? 0 : 1; i < 2 && !found; i++) {
+		sqlite3_bind_text(st, 1, scopes[i], -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, a, -1, SQLITE_STATIC);
+		int r = sqlite3_step(st);
+		if (r == SQLITE_ROW) {
+			found = true;
+			if (e)
+				row_entry(st, e);
+		} else if (r != SQLITE_DONE) {
+			log_error("event=suppress_read_failed reason=\"%s\"",
+			          sqlite3_errmsg(db->db));
+		}
+		sqlite3_reset(st);
 	}
+	if (txn) {
+		(void)sqlite3_step(db->end_st); /* a read-only transaction: nothing to fail */
+		sqlite3_reset(db->end_st);
+	}
+	sqlite3_clear_bindings(st); /* a and sc are on this stack */
 out:
-	sqlite3_finalize(st);
 	pthread_mutex_unlock(&db->mu);
 	return found;
 }

@@ -842,6 +842,9 @@ class HostileMX:
       close_mid_data      answers DATA with 354, reads part of the data, hangs up
       slow_reader         answers DATA with 354, then takes the data 100 bytes every
                           0.5 s through a small receive buffer
+      idle_421            an ordinary server that closes a connection with a 421 when
+                          no command follows a message's 250 within 0.3 s (an idle
+                          timeout)
     """
 
     def __init__(self, ip, mode, drip=0.7, drip_len=40):
@@ -893,7 +896,7 @@ class HostileMX:
         self.set_mode("accept")
 
     def set_mode(self, mode):
-        """For connections made from now on."""
+        """For connections made, and transactions begun, from now on."""
         with self.lock:
             self.mode = mode
 
@@ -1045,6 +1048,10 @@ class HostileMX:
                 return
             elif verb == "MAIL":
                 mail_from, rcpts = cmd, []
+                # tern keeps a connection open between messages: a mode set
+                # meanwhile applies from the next transaction on it too.
+                with self.lock:
+                    mode = self.mode
                 if mode == "drip_mail":
                     if not self._drip(s, conn, self._slow_reply("250 2.1.0 sender ok")):
                         return
@@ -1090,10 +1097,13 @@ class HostileMX:
                     send(b"250 2.0.0 queued\r\n250 2.0.0 queued twice\r\n")
                     continue
                 # In clear, the TLS modes behave (tern's retry without STARTTLS).
-                if mode in ("accept", "tls_stall", "tls_drip"):
+                if mode in ("accept", "tls_stall", "tls_drip", "idle_421"):
                     with self.lock:
                         self.messages.append((mail_from, list(rcpts), bytes(data)))
                 send(b"250 2.0.0 queued\r\n")
+                if mode == "idle_421" and not select.select([s], [], [], 0.3)[0]:
+                    send(b"421 4.4.2 idle connections are closed here\r\n")
+                    return
             elif verb == "RSET":
                 send(b"250 2.0.0 reset\r\n")
             elif verb == "QUIT":

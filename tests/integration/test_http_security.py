@@ -208,6 +208,17 @@ def test_get_is_not_origin_checked(capture):
     assert st == 200, data
 
 
+def test_capture_does_not_serve_the_serve_admin_ui(capture):
+    """web/ui/ is tern serve's admin UI; the embedded files are shared, but capture mode
+    must not hand them out (they talk to routes capture mode does not have)."""
+    st, _, _ = req(capture, "GET", "/ui/app.js")
+    assert st == 404
+    st, _, _ = req(capture, "GET", "/ui/login.html")
+    assert st == 404
+    st, _, data = req(capture, "GET", "/assets/app.js")
+    assert st == 200 and data
+
+
 # --------------------------------------------------------------------------
 # Host (DNS rebinding).
 

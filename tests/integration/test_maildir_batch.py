@@ -6,7 +6,9 @@ the message is delivered again after the restart.
 
 Fault points (debug builds: TERN_TEST_FAULT=NAME[:N], the Nth chunk of staged files):
 maildir_write (written, not synced), maildir_sync (synced, not renamed), maildir_rename (in
-new/, the directory not synced) stop the delivering thread for good; the test waits for
+new/, the directory not synced), maildir_done (in new/ and synced, the spool not yet told: the
+restart delivers them again and must find each file under its stable name, not write a second
+one) stop the delivering thread for good; the test waits for
 `event=fault_point` in the log and kills -9 there, so each phase is hit exactly. The points
 are armed at the first delivery (the log says `event=fault_armed` then).
 
@@ -47,7 +49,8 @@ def send_all(tern, tag, n):
     return ids
 
 
-@pytest.mark.parametrize("point", ["maildir_write", "maildir_sync", "maildir_rename"])
+@pytest.mark.parametrize("point", ["maildir_write", "maildir_sync", "maildir_rename",
+                                   "maildir_done"])
 def test_kill9_in_each_batch_phase_loses_and_duplicates_nothing(tern_factory, monkeypatch, point):
     tern = tern_factory({"delivery": {"retry_base": Raw("1s"), "retry_max": Raw("2s")}},
                         start=False)

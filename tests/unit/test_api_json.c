@@ -72,7 +72,48 @@ static void full_message(void **state)
 	assert_false(has_header(s.msg.raw, "Bcc:"));
 	assert_false(has_header(s.msg.raw, "d@x.test"));
 	assert_string_equal(s.metadata, "{\"k\":\"v\"}");
+	assert_int_equal(s.send_at, 0); /* a past send_at: at once */
 	api_send_free(&s);
+}
+
+/* send_at: a future time up to API_SCHEDULE_MAX ahead is kept (RFC 3339 or
+ * unix seconds, offsets applied), one second beyond is refused, now and the
+ * past mean at once (0). */
+static void send_at_times(void **state)
+{
+	static const struct {
+		const char *at;
+		int64_t want; /* -1: refused send_at_too_far */
+	} cases[] = {
+	    {"1700000060", 1700000060},
+	    {"\"2023-11-14T22:14:20Z\"", 1700000060},
+	    {"\"2023-11-15T00:14:20+02:00\"", 1700000060},
+	    {"1700259200", 1700000000 + API_SCHEDULE_MAX},
+	    {"1700259201", -1},
+	    {"1700000000", 0},
+	    {"1", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[256];
+		snprintf(text, sizeof(text),
+		         "{\"from\": \"a@x.test\", \"to\": \"b@x.test\", \"text\": \"t\", "
+		         "\"send_at\": %s}",
+		         cases[i].at);
+		struct api_send s;
+		struct api_error e;
+		memset(&s, 0, sizeof(s));
+		int rc = send_json(text, &s, &e);
+		if (cases[i].want < 0) {
+			assert_int_not_equal(rc, TERN_OK);
+			assert_int_equal(e.status, 422);
+			assert_string_equal(e.code, "send_at_too_far");
+			assert_string_equal(e.field, "send_at");
+			continue;
+		}
+		assert_int_equal(rc, TERN_OK);
+		assert_int_equal(s.send_at, cases[i].want);
+		api_send_free(&s);
+	}
 }
 
 /* list_unsubscribe: true or {"mailto"}; one recipient; never beside the
@@ -179,7 +220,7 @@ static void refusals(void **state)
 	     422, "invalid_field", "priority"},
 	    {"{\"from\": \"a@x.test\", \"to\": \"b@x.test\", \"text\": \"t\", \"send_at\": "
 	     "\"2099-01-01T00:00:00Z\"}",
-	     422, "send_at_unsupported", "send_at"},
+	     422, "send_at_too_far", "send_at"},
 	    {"{\"from\": \"a@x.test\", \"to\": \"b@x.test\", \"text\": \"t\", \"send_at\": "
 	     "\"tomorrow\"}",
 	     422, "invalid_field", "send_at"},
@@ -336,9 +377,10 @@ static void key_store(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(full_message), cmocka_unit_test(refusals),
-	    cmocka_unit_test(raw_messages), cmocka_unit_test(from_domains),
-	    cmocka_unit_test(key_store),    cmocka_unit_test(list_unsubscribe),
+	    cmocka_unit_test(full_message),     cmocka_unit_test(send_at_times),
+	    cmocka_unit_test(refusals),         cmocka_unit_test(raw_messages),
+	    cmocka_unit_test(from_domains),     cmocka_unit_test(key_store),
+	    cmocka_unit_test(list_unsubscribe),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -864,6 +864,51 @@ static void test_subscribers_hear_new_update_delete(void **state)
 		json_decref(s.data[i]);
 }
 
+/* Capture mode's ingest adds with announce_later: no "new" event at the
+ * add; capture_announce sends one per inserted message, in order, and none
+ * for a message deleted in between or for an item that failed. */
+static void test_announce_later_sends_new_events_after_the_add(void **state)
+{
+	struct fx *f = *state;
+	struct seen s = {0};
+	capture_subscribe(f->st, on_event, &s);
+	const char *raws[3] = {"Subject: one\r\n\r\nx\r\n", "Subject: two\r\n\r\nx\r\n",
+	                       "Subject: three\r\n\r\nx\r\n"};
+	const char *to[] = {"c@d"};
+	struct capture_item items[3];
+	for (size_t i = 0; i < 3; i++)
+		items[i] = (struct capture_item){.announce_later = true,
+		                                 .raw = raws[i],
+		                                 .len = strlen(raws[i]),
+		                                 .env_from = "a@b",
+		                                 .env_to = to,
+		                                 .n_to = 1};
+	assert_int_equal(capture_add_batch(f->st, items, 3), TERN_OK);
+	for (size_t i = 0; i < 3; i++) {
+		assert_int_equal(items[i].rc, TERN_OK);
+		assert_true(items[i].seq > 0);
+	}
+	assert_int_equal(s.n, 0); /* listed already, not yet announced */
+	json_t *l = capture_list(f->st, NULL, 0, 10);
+	assert_int_equal(jint(l, "total"), 3);
+	json_decref(l);
+
+	const char *gone[] = {items[1].id};
+	assert_int_equal(capture_delete(f->st, gone, 1), TERN_OK);
+	assert_int_equal(s.n, 1); /* the delete */
+	struct capture_item failed = {.rc = TERN_EIO, .seq = 0};
+	capture_announce(f->st, items, 3);
+	capture_announce(f->st, &failed, 1);
+	assert_int_equal(s.n, 3);
+	assert_string_equal(s.types[1], "new");
+	assert_string_equal(json_string_value(json_object_get(s.data[1], "ID")), items[0].id);
+	assert_string_equal(json_string_value(json_object_get(s.data[1], "Subject")), "one");
+	assert_string_equal(s.types[2], "new");
+	assert_string_equal(json_string_value(json_object_get(s.data[2], "ID")), items[2].id);
+	for (size_t i = 0; i < s.n; i++)
+		json_decref(s.data[i]);
+}
+
 /* A subscriber that calls back into the store must not deadlock, and what it
  * reads there already holds the change it is told about. */
 struct reentry {
@@ -1196,6 +1241,47 @@ static void test_mime4j_all_messages_parse_to_utf8(void **state)
 	assert_true(n >= 30);
 }
 
+/* The body text as the index and the API see it, for each way its bytes can
+ * come: plain 7-bit (the fast path), bytes that are not UTF-8 under a
+ * UTF-8 label (read as Windows-1252), a NUL (the text ends there), valid
+ * UTF-8, and a declared charset (converted). */
+static void body_text_is(const char *charset, const char *body, size_t blen, const char *want)
+{
+	struct tbuf raw = TBUF_INIT(1 << 16);
+	tbuf_printf(&raw,
+	            "From: <a@example.test>\r\nTo: <b@example.test>\r\nSubject: t\r\n"
+	            "MIME-Version: 1.0\r\nContent-Type: text/plain%s%s\r\n\r\n",
+	            charset ? "; charset=" : "", charset ? charset : "");
+	tbuf_append(&raw, body, blen);
+	struct mime_msg mm;
+	assert_int_equal(mime_parse(raw.data, raw.len, 0, &mm), TERN_OK);
+	assert_string_equal(mm.text, want);
+	mime_msg_free(&mm);
+	tbuf_free(&raw);
+}
+
+static void test_body_text_in_every_byte_form(void **state)
+{
+	(void)state;
+	const char ascii[] = "Hello, this line is long enough to take the eight-byte steps.\r\n";
+	body_text_is(NULL, ascii, sizeof(ascii) - 1, ascii);
+	body_text_is("us-ascii", "short\r\n", 7, "short\r\n");
+	body_text_is("utf-8", "", 0, "");
+	/* 0xE9 alone is not UTF-8: Windows-1252's e-acute */
+	body_text_is("utf-8", "caf\xe9 au lait, with enough bytes after it\r\n", 42,
+	             "caf\xc3\xa9 au lait, with enough bytes after it\r\n");
+	/* a high byte in the 7-byte tail, after the 8-byte steps */
+	body_text_is("utf-8", "12345678abc\xe9", 12, "12345678abc\xc3\xa9");
+	body_text_is("utf-8", "na\xc3\xafve and valid UTF-8\r\n", 24,
+	             "na\xc3\xafve and valid UTF-8\r\n");
+	/* a NUL inside the first eight bytes, and one in the tail: U+FFFD */
+	body_text_is(NULL, "ab\0cdefghijklmnop\r\n", 19,
+	             "ab\xef\xbf\xbd"
+	             "cdefghijklmnop\r\n");
+	body_text_is(NULL, "abcdefghij\0k\r\n", 14, "abcdefghij\xef\xbf\xbdk\r\n");
+	body_text_is("iso-8859-1", "caf\xe9\r\n", 6, "caf\xc3\xa9\r\n");
+}
+
 /* ---------------------------------------------------------------- timing */
 
 static double secs_since(const struct timespec *t0)
@@ -1277,6 +1363,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_subscribers_hear_new_update_delete, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_subscriber_may_call_the_store, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_announce_later_sends_new_events_after_the_add,
+	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_concurrent_adds_and_lists_are_all_stored, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_unclean_stop_reindexes_files_without_rows, setup,
@@ -1284,6 +1372,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_open_sets_wal_and_schema_version, setup, teardown),
 	    cmocka_unit_test(test_mime4j_part_trees_match),
 	    cmocka_unit_test(test_mime4j_all_messages_parse_to_utf8),
+	    cmocka_unit_test(test_body_text_in_every_byte_form),
 	    cmocka_unit_test_setup_teardown(test_timing_10k_insert_list_search, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1226,6 +1226,79 @@ static void test_data_encode_random_messages_round_trip(void **state)
 	}
 }
 
+/* The byte-wise encoder as it was before the bulk line path: the reference
+ * that the bulk path must match byte for byte. */
+static void encode_bytewise(const char *msg, size_t len, struct tbuf *out)
+{
+	tbuf_init(out, 1 << 20);
+	size_t run = 0;
+	bool bol = true;
+	for (size_t i = 0; i < len; i++) {
+		char ch = msg[i];
+		if (ch == '\0') {
+			if (i > run)
+				collect(out, msg + run, i - run);
+			run = i + 1;
+			continue;
+		}
+		if (bol && ch == '.') {
+			if (i > run)
+				collect(out, msg + run, i - run);
+			collect(out, ".", 1);
+			run = i;
+		}
+		bol = false;
+		if (ch == '\r' && i + 1 < len && msg[i + 1] == '\n') {
+			i++;
+			bol = true;
+		} else if (ch == '\r' || ch == '\n') {
+			if (i > run)
+				collect(out, msg + run, i - run);
+			collect(out, "\r\n", 2);
+			run = i + 1;
+			bol = true;
+		}
+	}
+	if (len > run)
+		collect(out, msg + run, len - run);
+	if (!bol)
+		collect(out, "\r\n", 2);
+	collect(out, ".\r\n", 3);
+}
+
+/* Longer lines with NUL, 8-bit and stray CR/LF among plain CRLF lines (the
+ * bulk path's cases): the output equals the byte-wise encoder's. */
+static void test_data_encode_bulk_lines_match_bytewise(void **state)
+{
+	(void)state;
+	static const char *const pieces[] = {"\r\n", "\r", "\n", ".", "\0", "\x80", "abc", "\r\n."};
+	static const size_t piece_len[] = {2, 1, 1, 1, 1, 1, 3, 3};
+	char in[2048];
+	for (int round = 0; round < 3000; round++) {
+		size_t len = 0, target = (size_t)(rng() % (sizeof(in) - 300));
+		while (len < target) {
+			uint64_t r = rng();
+			if (r % 5 == 0) {
+				size_t n = (size_t)((r >> 8) % 200);
+				memset(in + len, 'x', n);
+				len += n;
+			} else {
+				size_t k =
+				    (size_t)((r >> 8) % (sizeof(piece_len) / sizeof(piece_len[0])));
+				memcpy(in + len, pieces[k], piece_len[k]);
+				len += piece_len[k];
+			}
+		}
+		struct tbuf a, b;
+		encode(in, len, &a);
+		encode_bytewise(in, len, &b);
+		assert_int_equal(a.len, b.len);
+		assert_memory_equal(a.data, b.data, a.len);
+		tbuf_free(&a);
+		tbuf_free(&b);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1249,6 +1322,7 @@ int main(void)
 	    cmocka_unit_test(test_data_encode_table),
 	    cmocka_unit_test(test_data_encode_leaves_out_nul),
 	    cmocka_unit_test(test_data_encode_random_messages_round_trip),
+	    cmocka_unit_test(test_data_encode_bulk_lines_match_bytewise),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

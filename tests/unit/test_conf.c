@@ -722,9 +722,12 @@ static const struct err_case conf_err_cases[] = {
     {"listen { mx { address = \"127.0.0.1:25\"; profile = relay } }",
      "t.conf:1: listen.mx.profile: must be \"mx\", \"submission\", \"pop3\" or \"http\", not "
      "'relay'"},
+    {"listen { api { address = \"127.0.0.1:80\"; profile = http; tls = starttls } }",
+     "t.conf:1: listen.api: an http listener takes only address, profile and tls = "
+     "\"implicit\" (HTTPS) or \"none\" (milters are for SMTP; HTTP has no STARTTLS)"},
     {"listen { api { address = \"127.0.0.1:80\"; profile = http; tls = implicit } }",
-     "t.conf:1: listen.api: an http listener takes only address, profile and tls = \"none\" "
-     "(TLS: put a proxy in front for now; milters are for SMTP)"},
+     "t.conf:1: listen.api.tls: \"implicit\" needs a certificate: set tls { cert_file; "
+     "key_file; }, tls.certificates or tls.self_signed"},
     {"listen { mx { address = \"127.0.0.1:25\"; profile = true } }",
      "t.conf:1: listen.mx.profile: expected \"mx\", \"submission\", \"pop3\" or \"http\", got the "
      "boolean true"},

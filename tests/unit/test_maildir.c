@@ -813,6 +813,45 @@ static void test_quota_delivery_keeps_maildirsize_and_refuses_what_does_not_fit(
 	assert_int_equal(nmsg, 1);
 }
 
+/* One batch, two Maildirs interleaved, room for one message each: the usage
+ * read once per Maildir and batch is counted per Maildir, and each
+ * maildirsize ends with its own delta only. */
+static void test_quota_in_one_batch_counts_each_maildir_apart(void **state)
+{
+	struct fixture *f = *state;
+	static const char msg[] = "Subject: b\r\n\r\nabcdefghijklmnopqrstuvwxyz\r\n";
+	struct iovec iov = {(void *)msg, sizeof(msg) - 1};
+	const size_t sz = sizeof(msg) - 1;
+	struct maildir_item items[4];
+	const char *who[4] = {"b1", "b2", "b1", "b2"};
+	for (size_t i = 0; i < 4; i++)
+		items[i] = (struct maildir_item){.domain = "example.com",
+		                                 .local = who[i],
+		                                 .iov = &iov,
+		                                 .iovcnt = 1,
+		                                 .quota = (long long)sz + 1};
+	assert_int_equal(maildir_deliver_batch(f->root, "mx.test", items, 4), 2);
+	assert_int_equal(items[0].result, TERN_OK);
+	assert_int_equal(items[1].result, TERN_OK);
+	assert_int_equal(items[2].result, TERN_ELIMIT);
+	assert_int_equal(items[3].result, TERN_ELIMIT);
+	assert_true(items[2].over_quota && items[3].over_quota);
+	for (size_t i = 0; i < 2; i++) {
+		char path[600], dir[600];
+		snprintf(dir, sizeof(dir), "%s/mail/example.com/%s/new", f->root, who[i]);
+		assert_int_equal(count_entries(dir), 1);
+		snprintf(path, sizeof(path), "%s/mail/example.com/%s/maildirsize", f->root, who[i]);
+		size_t len;
+		struct maildirsize ms;
+		char *data = read_all(path, &len);
+		assert_non_null(data);
+		assert_int_equal(maildirsize_parse(data, len, &ms), TERN_OK);
+		free(data);
+		assert_int_equal(ms.bytes, sz);
+		assert_int_equal(ms.count, 1);
+	}
+}
+
 static void test_quota_recalculates_missing_big_or_stale_maildirsize(void **state)
 {
 	struct fixture *f = *state;
@@ -919,6 +958,8 @@ int main(void)
 	        teardown),
 	    cmocka_unit_test_setup_teardown(
 	        test_quota_recalculates_missing_big_or_stale_maildirsize, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_quota_in_one_batch_counts_each_maildir_apart,
+	                                    setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -472,6 +472,87 @@ static void test_header_find_keeps_folding(void **state)
 	assert_false(smtp_header_find(m, 3, "Subject", &v, &n));
 }
 
+/* Bodies built from the bytes that matter to the bulk line path (CR, LF, a
+ * dot at line start, NUL, 8-bit, plain text, long lines that cross the
+ * parser's output buffer), under caps that cut mid-line: the whole-input
+ * feed (bulk lines) must agree byte for byte with the one-byte feed
+ * (never bulk) and with random splits. */
+static void test_bulk_lines_match_bytewise(void **state)
+{
+	(void)state;
+	static const char *const pieces[] = {"\r\n", "\r",   "\n",   ".",    "..\r\n", "x",
+	                                     "\0",   "\x80", "\xff", "ab c", "\r\n.",  "\r\n\r\n"};
+	static const size_t piece_len[] = {2, 1, 1, 1, 4, 1, 1, 1, 1, 4, 3, 4};
+	char *in = malloc(16384);
+	assert_non_null(in);
+	for (int round = 0; round < 150; round++) {
+		size_t len = 0;
+		if (round % 2) { /* half of them past the header section at once */
+			memcpy(in, "A: b\r\n\r\n", 8);
+			len = 8;
+		}
+		size_t target = (size_t)(rng() % 12000);
+		while (len + 3000 < 16384 && len < target) {
+			uint64_t r = rng();
+			if (r % 7 == 0) { /* a long plain line */
+				size_t n = 1 + (size_t)((r >> 8) % 2900);
+				memset(in + len, 'L', n);
+				len += n;
+				memcpy(in + len, "\r\n", 2);
+				len += 2;
+			} else {
+				size_t k =
+				    (size_t)((r >> 8) % (sizeof(piece_len) / sizeof(piece_len[0])));
+				memcpy(in + len, pieces[k], piece_len[k]);
+				len += piece_len[k];
+			}
+		}
+		if (round % 3 == 0) {
+			memcpy(in + len, "\r\n.\r\nMAIL", 9);
+			len += 9;
+		}
+		size_t caps[] = {MAXOUT, 1 + (size_t)(rng() % (len + 1))};
+		for (size_t c = 0; c < 2; c++) {
+			struct result r;
+			run_all(in, len, caps[c], &r);
+			tbuf_free(&r.out);
+		}
+	}
+	free(in);
+}
+
+/* smtp_scan_bytes against a byte loop: every length up to 40 at every
+ * alignment, over bytes that sit next to the ones it looks for (0x0c, 0x0e,
+ * 0x01, 0x7f, 0x80, 0xff), so that borrows between bytes cannot fake or hide
+ * a CR, a NUL or an 8-bit byte. */
+static void test_scan_bytes_matches_byte_loop(void **state)
+{
+	(void)state;
+	static const unsigned char alphabet[] = {'a',  '\r', 0,    0x0c, 0x0e,
+	                                         0x01, 0x7f, 0x80, 0xff, '\n'};
+	char buf[64];
+	for (int round = 0; round < 20000; round++) {
+		size_t off = (size_t)(rng() % 8), n = (size_t)(rng() % 41);
+		for (size_t i = 0; i < n; i++) {
+			uint64_t r = rng();
+			/* mostly plain text, so that single special bytes get tested */
+			buf[off + i] = (char)(r % 4 ? 'a' + (char)(r % 26)
+			                            : (char)alphabet[(r >> 8) % sizeof(alphabet)]);
+		}
+		unsigned want = 0;
+		for (size_t i = 0; i < n; i++) {
+			unsigned char c = (unsigned char)buf[off + i];
+			if (c == '\r')
+				want |= SMTP_SCAN_CR;
+			if (c == 0)
+				want |= SMTP_SCAN_NUL;
+			if (c >= 0x80)
+				want |= SMTP_SCAN_8BIT;
+		}
+		assert_int_equal(smtp_scan_bytes(buf + off, n), want);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -483,6 +564,8 @@ int main(void)
 	    cmocka_unit_test(test_scan_line_ends_table),
 	    cmocka_unit_test(test_message_id_table),
 	    cmocka_unit_test(test_header_find_keeps_folding),
+	    cmocka_unit_test(test_bulk_lines_match_bytewise),
+	    cmocka_unit_test(test_scan_bytes_matches_byte_loop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

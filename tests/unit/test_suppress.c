@@ -251,6 +251,27 @@ static bool count_entry(const struct suppress_entry *e, void *arg)
 	return true;
 }
 
+/* The serve process keeps its check statement prepared between messages;
+ * entries written meanwhile through another handle (tern suppress add, the
+ * API's writer) must still be seen by its next check, and removals too. */
+static void store_check_sees_other_writers(void **state)
+{
+	struct suppress_db *serve, *cli;
+	char err[256];
+	assert_int_equal(suppress_open(tmpdir, &serve, err, sizeof(err)), TERN_OK);
+	assert_int_equal(suppress_open(tmpdir, &cli, err, sizeof(err)), TERN_OK);
+	struct suppress_entry e;
+	assert_false(suppress_check(serve, "example.org", "late@b.test", &e));
+	assert_int_equal(suppress_add(cli, "", "late@b.test", SUPPRESS_COMPLAINT, "fbl", "Q9"),
+	                 TERN_OK);
+	assert_true(suppress_check(serve, "example.org", "late@b.test", &e));
+	assert_string_equal(e.queue_id, "Q9");
+	assert_int_equal(suppress_del(cli, "", "late@b.test"), TERN_OK);
+	assert_false(suppress_check(serve, "example.org", "late@b.test", NULL));
+	suppress_close(cli);
+	suppress_close(serve);
+}
+
 static void store_scopes(void **state)
 {
 	struct suppress_db *db;
@@ -596,6 +617,8 @@ int main(void)
 	    cmocka_unit_test(config_section),
 	    cmocka_unit_test(unsubscribe_tokens_and_headers),
 	    cmocka_unit_test_setup_teardown(store_scopes, setup_dir, teardown_dir),
+	    cmocka_unit_test_setup_teardown(store_check_sees_other_writers, setup_dir,
+	                                    teardown_dir),
 	    cmocka_unit_test_setup_teardown(one_click_unsubscribe, setup_dir, teardown_dir),
 	    cmocka_unit_test_setup_teardown(suppression_api, setup_dir, teardown_dir),
 	    cmocka_unit_test(api_scope),

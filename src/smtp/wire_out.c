@@ -1,0 +1,36 @@
+/*
+ * wire_out.c — a reply goes to the socket at once when it can
+ * (smtp/wire_out.h).
+ *
+ * Owns: one send(2) per reply on plain sessions whose output is empty.
+ * Never: sends ahead of bytes already queued, touches a TLS session's
+ * socket, blocks (MSG_DONTWAIT), raises SIGPIPE (MSG_NOSIGNAL), or loses a
+ * byte: anything not sent is queued for libevent, which reports errors.
+ */
+#include "smtp/wire_out.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+size_t wire_out(struct bufferevent *bev, bool direct, const void *p, size_t n)
+{
+	struct evbuffer *out = bufferevent_get_output(bev);
+	size_t sent = 0;
+	evutil_socket_t fd = direct ? bufferevent_getfd(bev) : -1;
+	if (fd >= 0 && n > 0 && evbuffer_get_length(out) == 0) {
+		ssize_t r;
+		do
+			r = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+		while (r < 0 && errno == EINTR);
+		if (r > 0)
+			sent = (size_t)r;
+		/* r < 0 (EAGAIN, or an error): everything is queued, and
+		 * libevent's write meets the same error and reports it. */
+	}
+	if (sent < n)
+		evbuffer_add(out, (const char *)p + sent, n - sent);
+	return sent;
+}

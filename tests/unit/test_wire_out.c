@@ -1,0 +1,156 @@
+/*
+ * test_wire_out.c — replies straight to the socket (src/smtp/wire_out.c):
+ * sent at once when nothing is queued, queued behind bytes already waiting
+ * (order kept), the rest queued when the socket takes only part, and all of
+ * it queued when a direct send is not allowed (TLS) or fails. Every byte
+ * reaches the peer exactly once, in order.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "smtp/wire_out.h"
+
+struct pair {
+	struct event_base *base;
+	struct bufferevent *bev;
+	int peer;
+};
+
+static void pair_open(struct pair *p, int sndbuf)
+{
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	if (sndbuf)
+		assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)),
+		                 0);
+	assert_int_equal(evutil_make_socket_nonblocking(sv[0]), 0);
+	p->base = event_base_new();
+	assert_non_null(p->base);
+	p->bev = bufferevent_socket_new(p->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+	assert_non_null(p->bev);
+	bufferevent_enable(p->bev, EV_READ | EV_WRITE);
+	p->peer = sv[1];
+}
+
+static void pair_close(struct pair *p)
+{
+	bufferevent_free(p->bev);
+	event_base_free(p->base);
+	close(p->peer);
+}
+
+/* Reads what the peer has now (non-blocking) into buf; returns its length. */
+static size_t peer_read(struct pair *p, char *buf, size_t cap)
+{
+	size_t n = 0;
+	for (;;) {
+		ssize_t r = recv(p->peer, buf + n, cap - n, MSG_DONTWAIT);
+		if (r <= 0)
+			return n;
+		n += (size_t)r;
+	}
+}
+
+/* Runs the loop until bev's output is written (bounded). */
+static void flush_loop(struct pair *p)
+{
+	for (int i = 0; i < 1000 && evbuffer_get_length(bufferevent_get_output(p->bev)) > 0; i++)
+		event_base_loop(p->base, EVLOOP_NONBLOCK);
+}
+
+static void direct_when_nothing_is_queued(void **state)
+{
+	(void)state;
+	struct pair p;
+	pair_open(&p, 0);
+	assert_int_equal(wire_out(p.bev, true, "250 ok\r\n", 8), 8);
+	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 0);
+	char buf[64];
+	assert_int_equal(peer_read(&p, buf, sizeof(buf)), 8);
+	assert_memory_equal(buf, "250 ok\r\n", 8);
+	pair_close(&p);
+}
+
+static void queued_behind_waiting_bytes_and_when_not_direct(void **state)
+{
+	(void)state;
+	struct pair p;
+	pair_open(&p, 0);
+	/* not allowed (a TLS session): queued, nothing on the wire yet */
+	assert_int_equal(wire_out(p.bev, false, "250-a\r\n", 7), 0);
+	char buf[64];
+	assert_int_equal(peer_read(&p, buf, sizeof(buf)), 0);
+	/* allowed, but bytes wait ahead of it: queued behind them */
+	assert_int_equal(wire_out(p.bev, true, "250 b\r\n", 7), 0);
+	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 14);
+	flush_loop(&p);
+	assert_int_equal(peer_read(&p, buf, sizeof(buf)), 14);
+	assert_memory_equal(buf, "250-a\r\n250 b\r\n", 14);
+	pair_close(&p);
+}
+
+static void partial_send_queues_the_rest_in_order(void **state)
+{
+	(void)state;
+	struct pair p;
+	pair_open(&p, 4096); /* a small socket buffer: a big write is taken in part */
+	size_t n = 1 << 20;
+	char *big = malloc(n), *got = malloc(n + 16);
+	assert_non_null(big);
+	assert_non_null(got);
+	for (size_t i = 0; i < n; i++)
+		big[i] = (char)('a' + i % 26);
+	size_t sent = wire_out(p.bev, true, big, n);
+	assert_true(sent < n);
+	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), n - sent);
+	/* more after it is queued behind, never sent ahead */
+	assert_int_equal(wire_out(p.bev, true, "END", 3), 0);
+	size_t have = 0;
+	for (int i = 0; i < 100000 && have < n + 3; i++) {
+		event_base_loop(p.base, EVLOOP_NONBLOCK);
+		have += peer_read(&p, got + have, n + 16 - have);
+	}
+	assert_int_equal(have, n + 3);
+	assert_memory_equal(got, big, n);
+	assert_memory_equal(got + n, "END", 3);
+	free(big);
+	free(got);
+	pair_close(&p);
+}
+
+static void failed_send_queues_everything(void **state)
+{
+	(void)state;
+	struct pair p;
+	pair_open(&p, 0);
+	close(p.peer); /* the peer is gone: send fails (EPIPE), no SIGPIPE */
+	p.peer = -1;
+	assert_int_equal(wire_out(p.bev, true, "221 bye\r\n", 9), 0);
+	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 9);
+	bufferevent_free(p.bev);
+	event_base_free(p.base);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(direct_when_nothing_is_queued),
+	    cmocka_unit_test(queued_behind_waiting_bytes_and_when_not_direct),
+	    cmocka_unit_test(partial_send_queues_the_rest_in_order),
+	    cmocka_unit_test(failed_send_queues_everything),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
