@@ -575,10 +575,13 @@ def pytest_runtest_makereport(item, call):
 # Everything else a test uses must be its own: free ports (free_port, start_on_free_port),
 # temp dirs (make_tmpdir), processes stopped by PID.
 #
-# Workers take groups in collection order; the files below go first, longest first (a
-# serial run's per-file times, pytest --junitxml), so that none of them starts last and
-# keeps the run going alone. A file not named here runs after them, in file order.
+# Workers take groups in collection order; the groups below (a file's group is its name) go
+# first, longest first (per-file times of serial and 4-worker runs, pytest --junitxml), so
+# that none of them starts last and keeps the run going alone. Other groups follow in file
+# order. "rspamd": three rspamd starts of 50-90 s each in a loaded 4-worker run.
 SLOW_FIRST = (
+    "rspamd",
+    "e2e",
     "test_fault_nexthop.py",
     "test_smtp_protocol.py",
     "test_sendmail.py",
@@ -607,7 +610,12 @@ def pytest_collection_modifyitems(session, config, items):
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.path.name))
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda it: rank.get(it.path.name, len(rank)))  # stable: file order kept
+
+    def group(item):
+        m = item.get_closest_marker("xdist_group")
+        return m.args[0] if m.args else m.kwargs.get("name", "default")
+
+    items.sort(key=lambda it: rank.get(group(it), len(rank)))  # stable: file order kept
 
 
 @pytest.fixture(scope="session", autouse=True)
