@@ -424,7 +424,10 @@ class Tern:
                 pytest.fail(f"tern serve exited with {self.proc.returncode} during start\n{self.log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                    s.settimeout(2.0)
+                    # Connected: the greeting follows, however busy the machine. Waiting for
+                    # it here (rather than 2 s, then a new connection) keeps this probe one
+                    # connection, as tests that count connections expect.
+                    s.settimeout(max(2.0, deadline - time.monotonic()))
                     data = s.recv(512)
                     if data.startswith(b"220"):
                         s.sendall(b"QUIT\r\n")
@@ -551,6 +554,8 @@ class Tern:
 def pytest_configure(config):
     config.addinivalue_line("markers", "tern_config(dict): overrides merged into the test config")
     config.addinivalue_line("markers", "tern_users(list): users added before start")
+    config.addinivalue_line("markers", "xdist_group(name): run with the other tests of this "
+                            "group in one pytest-xdist worker (see SLOW_FIRST)")
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -558,6 +563,59 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+# --------------------------------------------------------------------------
+# Parallel runs: ctest runs this suite with pytest-xdist (`-n N --dist loadgroup`, see
+# CMakeLists.txt). Each test module is one xdist group, so its tests run in one worker, in
+# file order, and a module-scoped fixture (unbound, Dovecot, rspamd, a shared tern) starts
+# once. A test or module (pytestmark) marked xdist_group("NAME") joins group NAME instead:
+# give tests in different files that share something outside their own temp dirs (say an
+# npm install into one node_modules) the same name and they never run at the same time.
+# Everything else a test uses must be its own: free ports (free_port, start_on_free_port),
+# temp dirs (make_tmpdir), processes stopped by PID.
+#
+# Workers take groups in collection order; the groups below (a file's group is its name) go
+# first, longest first (per-file times of serial and 4-worker runs, pytest --junitxml), so
+# that none of them starts last and keeps the run going alone. Other groups follow in file
+# order. "rspamd": three rspamd starts of 50-90 s each in a loaded 4-worker run.
+SLOW_FIRST = (
+    "rspamd",
+    "e2e",
+    "test_fault_nexthop.py",
+    "test_smtp_protocol.py",
+    "test_sendmail.py",
+    "test_remote.py",
+    "test_submission.py",
+    "test_smuggling.py",
+    "test_milter_session.py",
+    "test_fault_disk.py",
+    "test_api.py",
+    "test_pop3.py",
+    "test_milter.py",
+    "test_tls.py",
+    "test_relay_queue.py",
+    "test_events.py",
+    "test_policy.py",
+    "test_outbound_tls.py",
+    "test_webui_e2e.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    if not hasattr(config, "workerinput"):  # not an xdist worker: file order, no groups
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+
+    def group(item):
+        m = item.get_closest_marker("xdist_group")
+        return m.args[0] if m.args else m.kwargs.get("name", "default")
+
+    items.sort(key=lambda it: rank.get(group(it), len(rank)))  # stable: file order kept
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -312,6 +312,9 @@ def playwright_ready():
     return None
 
 
+# tests/e2e: this and the other Chromium test (test_webui_e2e.py) npm-install playwright-core into
+# the same tests/e2e/node_modules when it is missing: one xdist group, never at once.
+@pytest.mark.xdist_group("e2e")
 def test_ui_in_chromium(tern_factory):
     why = playwright_ready()
     if why:

@@ -19,6 +19,9 @@ RUN = REPO / "tests" / "e2e" / "run.sh"
 TIMEOUT = 900  # generous: the first run may apt-get chromium and npm-install playwright-core
 
 
+# tests/e2e: this and the other Chromium test (test_serve_ui.py) npm-install playwright-core into
+# the same tests/e2e/node_modules when it is missing: one xdist group, never at once.
+@pytest.mark.xdist_group("e2e")
 def test_webui_end_to_end_in_chromium():
     env = dict(os.environ, TERN_BIN=tern_bin())
     try:
