@@ -2619,6 +2619,10 @@ static void commit_done(void *arg)
 		atomic_fetch_add(&count_accepted, 1);
 		metric_inc_l(M_MESSAGES_RECEIVED, smtp_metrics_profile(s->conf, s->submission));
 		atomic_fetch_add(&count_accepted_size, len - t->hdr_len + tail);
+		/* The bytes are the scheduler's now: give the memory budget back
+		 * before the 250, which may leave at once (wire_out), so that the
+		 * client's next message is measured against what is really held. */
+		budget_release(t);
 		if (!s->dead)
 			reply_args(s, SMTP_R_QUEUED, t->id);
 	} else {
@@ -3091,6 +3095,7 @@ static void milter_discarded(struct session *s, struct tx *t, const char *milter
 	char q[256];
 	log_info("event=milter_discard id=%s client=%s milter=%s", t->id, s->peer,
 	         log_quote(milter, strlen(milter), q, sizeof(q)));
+	budget_release(t);
 	reply_args(s, SMTP_R_QUEUED, t->id);
 	tx_end(s);
 }

@@ -226,7 +226,12 @@ async function main() {
 			await ready('queue');
 			await page.waitForSelector(`${row} button[data-action="retry"]`);
 			await page.click(`${row} button[data-action="retry"]`);
-			await page.waitForSelector('#flash:not([hidden])');
+			/* The release's flash may still be showing: wait for the retry's own
+			 * answer (its text starts with the action, or an error names it). */
+			await page.waitForFunction(() => {
+				const f = document.getElementById('flash');
+				return f && !f.hidden && /retry/.test(f.textContent);
+			}, null, { timeout: 20_000 });
 			check(/retry: /.test(await page.textContent('#flash')), `Retry: the API took it (${await page.textContent('#flash')})`);
 			await ready('queue');
 			await page.click(`${row} button[data-action="delete"]`);

@@ -437,9 +437,13 @@ def test_damaged_segment_costs_only_the_damaged_records(tern_factory):
     r = {i: recs[q][1] for i, q in enumerate(ids)}
     flip(path, r[2].end - 40, 0x08)             # a bit of message 2's body
     flip(path, r[5].off + 9, 0x01)              # a bit of message 5's length
-    zero(path, r[8].end - 30, r[9].off + 12)    # the end of 8 and the header of 9
+    zero(path, r[7].end - 30, r[8].off + 12)    # the end of 7 and the header of 8
     flip(path, r[10].off, 0x20)                 # message 10's magic
-    damaged = {2, 5, 8, 9, 10}
+    # (intact 9 stands between the zeroed range and 10: when records of damaged messages
+    # touch, with no other record between them, they are one damaged range, and the one
+    # that starts with zeros names neither; whether a deferral record falls between two
+    # messages depends on timing)
+    damaged = {2, 5, 7, 8, 10}
     before = path.read_bytes()
 
     tern.start()
@@ -458,8 +462,8 @@ def test_damaged_segment_costs_only_the_damaged_records(tern_factory):
     ranges = [(int(a), int(b)) for a, b in re.findall(r"offset=(\d+) length=(\d+)", out)]
     for i in damaged:
         assert any(a <= r[i].off < a + n for a, n in ranges), f"message {i} not reported:\n{out}"
-    # named where the damage left its id readable (9's range starts with a zeroed record)
-    for i in (2, 5, 8, 10):
+    # named where the damage left its id readable (8's range starts with a zeroed record)
+    for i in (2, 5, 7, 10):
         assert f"id={ids[i]}" in out, f"damaged message {i} ({ids[i]}) not named:\n{out}"
     for q in intact:
         assert q not in out
