@@ -736,8 +736,8 @@ static bool fit_message_to_peer(struct rconn *c)
 		          c->targets[c->cur].host);
 		return false;
 	}
-	if (j->spill_path && body_pump_open(&c->pump, j->spill_path, j->spill_off, j->spill_len) !=
-	                         TERN_OK) {
+	if (j->spill_path &&
+	    body_pump_open(&c->pump, j->spill_path, j->spill_off, j->spill_len) != TERN_OK) {
 		log_error("event=spool_read_failed id=%s file=%s errno=%d", j->id, j->spill_path,
 		          errno);
 		set_error(c, false, "4.3.0", "the message could not be read from the spool");
@@ -759,7 +759,8 @@ static bool fit_message_to_peer(struct rconn *c)
 	uint64_t len = c->converted.data ? c->converted.len : j->len + j->spill_len;
 	if (c->caps.has_size && c->caps.size && len > c->caps.size) {
 		set_error(c, true, "5.3.4",
-		          "552 5.3.4 message of %" PRIu64 " bytes exceeds the limit of %s (%llu bytes)",
+		          "552 5.3.4 message of %" PRIu64
+		          " bytes exceeds the limit of %s (%llu bytes)",
 		          len, c->targets[c->cur].host, (unsigned long long)c->caps.size);
 		return false;
 	}
@@ -896,8 +897,8 @@ static bool pump_more(struct rconn *c)
 	int rc = body_pump_fill(&c->pump, queued, emit_evbuffer, bufferevent_get_output(c->bev));
 	if (rc == TERN_OK)
 		return true;
-	log_error("event=spool_read_failed id=%s file=%s reason=%s", c->job->id,
-	          c->job->spill_path, tern_strerror(rc));
+	log_error("event=spool_read_failed id=%s file=%s reason=%s", c->job->id, c->job->spill_path,
+	          tern_strerror(rc));
 	return false;
 }
 
@@ -907,8 +908,8 @@ static void send_body_stream(struct rconn *c)
 	struct remote_job *j = c->job;
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	bool raw = j->body == SMTP_BODY_BINARYMIME;
-	if (!c->pump.has_fd && body_pump_open(&c->pump, j->spill_path, j->spill_off,
-	                                      j->spill_len) != TERN_OK) {
+	if (!c->pump.has_fd &&
+	    body_pump_open(&c->pump, j->spill_path, j->spill_off, j->spill_len) != TERN_OK) {
 		protocol_error(c, "the message could not be read from the spool");
 		return;
 	}
@@ -916,7 +917,8 @@ static void send_body_stream(struct rconn *c)
 	c->pump.pos = j->spill_off;
 	data_encoder_init(&c->pump.enc);
 	if (raw) {
-		evbuffer_add_printf(out, "BDAT %" PRIu64 " LAST\r\n", (uint64_t)j->len + j->spill_len);
+		evbuffer_add_printf(out, "BDAT %" PRIu64 " LAST\r\n",
+		                    (uint64_t)j->len + j->spill_len);
 		evbuffer_add(out, j->data, j->len);
 	} else {
 		data_encoder_feed(&c->pump.enc, j->data, j->len, emit_evbuffer, out);
