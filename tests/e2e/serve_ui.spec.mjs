@@ -7,13 +7,16 @@
 // redirect, dashboard totals equal to the stats API and to the events API's counts, the
 // per-domain table and latency count equal to the stats API, the queue's
 // retry/hold/release/delete, the live event stream, suppression add/remove, an API key
-// created (its token sends) and revoked (it no longer does), webhook attempts, logout. Saves a screenshot of each page to TERN_E2E_ARTIFACTS.
+// created (its token sends) and revoked (it no longer does), webhook attempts, the archive
+// (a body word finds the message, hold and release, the export and raw links' bytes), logout.
+// Saves a screenshot of each page to TERN_E2E_ARTIFACTS.
 //
 // Never: let the browser reach anything but 127.0.0.1 (non-loopback requests are aborted and a
 // dead loopback proxy catches anything else), download a browser, or wait without a bound.
 //
 // Env: TERN_UI_URL, TERN_UI_USER, TERN_UI_PASSWORD, TERN_ADMIN_TOKEN, TERN_DEFER_QID,
-//      TERN_WEBHOOK_ID, TERN_E2E_ARTIFACTS, CHROMIUM.
+//      TERN_WEBHOOK_ID, TERN_ARCHIVE_QID (an archived message whose body has the word
+//      TERN_ARCHIVE_WORD), TERN_E2E_ARTIFACTS, CHROMIUM.
 
 import { chromium } from 'playwright-core';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -28,13 +31,15 @@ const PASSWORD = process.env.TERN_UI_PASSWORD;
 const TOKEN = process.env.TERN_ADMIN_TOKEN;
 const DEFER_QID = process.env.TERN_DEFER_QID;
 const WEBHOOK_ID = process.env.TERN_WEBHOOK_ID;
+const ARCHIVE_QID = process.env.TERN_ARCHIVE_QID;
+const ARCHIVE_WORD = process.env.TERN_ARCHIVE_WORD;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.TERN_E2E_ARTIFACTS || join(HERE, 'artifacts');
 const WAIT = 15_000;
 const WATCHDOG = Number(process.env.TERN_E2E_WATCHDOG_MS || 240_000);
 
-if (!BASE || !USER || !PASSWORD || !TOKEN || !DEFER_QID || !WEBHOOK_ID) {
-	console.error('set TERN_UI_URL, TERN_UI_USER, TERN_UI_PASSWORD, TERN_ADMIN_TOKEN, TERN_DEFER_QID, TERN_WEBHOOK_ID');
+if (!BASE || !USER || !PASSWORD || !TOKEN || !DEFER_QID || !WEBHOOK_ID || !ARCHIVE_QID || !ARCHIVE_WORD) {
+	console.error('set TERN_UI_URL, TERN_UI_USER, TERN_UI_PASSWORD, TERN_ADMIN_TOKEN, TERN_DEFER_QID, TERN_WEBHOOK_ID, TERN_ARCHIVE_QID, TERN_ARCHIVE_WORD');
 	process.exit(2);
 }
 
@@ -145,6 +150,14 @@ async function main() {
 	page.on('console', (m) => { if (m.type() === 'error') console.log(`  [console] ${m.text()}`); });
 	page.on('dialog', (d) => d.accept()); // the confirm() of delete and revoke
 	const ready = (name) => page.waitForSelector(`body[data-ready="${name}"]`);
+	// GET a link's URL from the page itself: same origin, the session cookie as a click sends it.
+	const inPage = async (href) => {
+		const r = await page.evaluate(async (u) => {
+			const x = await fetch(u, { credentials: 'same-origin' });
+			return { status: x.status, ctype: x.headers.get('content-type'), bytes: Array.from(new Uint8Array(await x.arrayBuffer())) };
+		}, href);
+		return { ...r, bytes: Buffer.from(r.bytes) };
+	};
 	const go = async (hash) => {
 		await page.evaluate((h) => { location.hash = h; }, hash);
 		await ready(hash.slice(1).split('?')[0]);
@@ -290,6 +303,52 @@ async function main() {
 		const codes = await page.$$eval('[data-testid="attempt-status"]', (els) => els.map((e) => e.textContent));
 		check(codes.includes('500'), `the failing receiver's 500 is listed (${codes.join(',')})`);
 		await shot('webhooks');
+
+		log('archive: search, hold, release, raw');
+		{
+			await go('#archive');
+			await page.fill('[data-testid="archive-query"]', ARCHIVE_WORD);
+			await page.click('[data-testid="archive-search"]');
+			await page.waitForFunction((w) => location.hash.includes(`query=${w}`) && document.body.dataset.ready === 'archive', ARCHIVE_WORD);
+			const row = `tr[data-archive-id="${ARCHIVE_QID}"]`;
+			await page.waitForSelector(row);
+			const ids = await page.$$eval('tr[data-archive-id]', (trs) => trs.map((tr) => tr.dataset.archiveId));
+			check(JSON.stringify(ids) === JSON.stringify([ARCHIVE_QID]), `searching "${ARCHIVE_WORD}" lists exactly the archived message (${ids.join(',')})`);
+			check((await page.textContent(`${row} [data-testid="archive-subject"]`)) === 'archived for the UI', 'the row shows its subject');
+			check(/archiver@example\.org/.test(await page.textContent(`${row} [data-testid="archive-from"]`)), 'and its sender');
+			check(/alice@example\.test/.test(await page.textContent(`${row} [data-testid="archive-to"]`)), 'and its recipient');
+			check((await page.textContent('[data-testid="archive-range"]')) === '1–1 of 1', 'the pager says 1–1 of 1');
+			const mboxHref = await page.getAttribute('[data-testid="archive-export-mbox"]', 'href');
+			check(mboxHref === `/api/v1/archive/export?query=${ARCHIVE_WORD}&format=mbox`, `the mbox export link is for this query (${mboxHref})`);
+			const zipHref = await page.getAttribute('[data-testid="archive-export-zip"]', 'href');
+			const zr = await inPage(zipHref);
+			check(zr.status === 200 && zr.ctype === 'application/zip' && zr.bytes.subarray(0, 4).equals(Buffer.from('PK\x03\x04', 'latin1')),
+				'the zip export link answers a zip with the session');
+			await shot('archive');
+			const held = async () => {
+				const r = await api('GET', `/api/v1/archive?query=${ARCHIVE_WORD}`);
+				return r.status === 200 && r.json.messages.length === 1 && r.json.messages[0].Hold;
+			};
+			check(!(await held()), 'not held before');
+			await page.click(`${row} button[data-action="hold"]`);
+			await until(held, 'the archived message to be held');
+			check(true, 'Hold: the API says the message is held');
+			await ready('archive');
+			await page.waitForSelector(`${row} button[data-action="release"]`);
+			check((await page.textContent(`${row} [data-testid="archive-hold"]`)) === 'held', 'the row says held');
+			await page.click(`${row} button[data-action="release"]`);
+			await until(async () => !(await held()), 'the archived message to be released');
+			check(true, 'Release: the API says it is no longer held');
+			await ready('archive');
+			await page.waitForSelector(`${row} button[data-action="hold"]`);
+			const rawHref = await page.getAttribute(`${row} a[data-action="raw"]`, 'href');
+			check(rawHref === `/api/v1/archive/${ARCHIVE_QID}/raw`, `the raw link is the message's (${rawHref})`);
+			const viaSession = await inPage(rawHref);
+			const viaKey = await fetch(BASE + rawHref, { headers: { Authorization: `Bearer ${TOKEN}` }, signal: AbortSignal.timeout(WAIT) });
+			const b = Buffer.from(await viaKey.arrayBuffer());
+			check(viaSession.status === 200 && viaKey.status === 200 && viaSession.bytes.length > 0 && viaSession.bytes.equals(b),
+				`raw link bytes equal the API's (${b.length} bytes)`);
+		}
 
 		log('logout');
 		await page.click('#logout');

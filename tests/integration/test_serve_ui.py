@@ -3,7 +3,8 @@ test_serve_ui.py — the web UI of `tern serve` (issue 13 item 4) and its login,
 http listener: admins made by `tern user add NAME --ui-admin`, POST /ui/login giving a session
 cookie, every /ui/ page but the login page's behind it, the session standing for an admin key
 on /api/v1/ (with its CSRF token on anything but GET), /api/v1/keys, and the UI itself in
-headless Chromium (tests/e2e/serve_ui.spec.mjs, screenshots in tests/e2e/artifacts/serve-ui-*).
+headless Chromium (tests/e2e/serve_ui.spec.mjs, screenshots in tests/e2e/artifacts/serve-ui-*),
+with the archive on (its page: search, legal hold and release, the raw copy's bytes).
 
 The HTTP-level checks use urllib (no browser): they assert what an attacker could try — a wrong
 password, a page without a session, a POST without the CSRF token, a cookie after logout or
@@ -322,7 +323,8 @@ def test_ui_in_chromium(tern_factory):
     mx, hook = DeferringMX(), FailingReceiver()
     try:
         t, port = start_serve(tern_factory, {
-            "routes": {"defer.test": {"via": f"smtp://127.0.0.1:{mx.port}"}}})
+            "routes": {"defer.test": {"via": f"smtp://127.0.0.1:{mx.port}"}},
+            "archive": {"enabled": True}})
         admin = create_key(t, "ops", "--scope", "admin")
         r = t.cli("webhook", "add", f"http://127.0.0.1:{hook.port}/hook", "--events",
                   "delivered,deferred", check=True)
@@ -344,10 +346,26 @@ def test_ui_in_chromium(tern_factory):
                 break
             assert time.monotonic() < deadline, ev
             time.sleep(0.2)
+        # the archive page's message: over SMTP, a distinctive body word, listed by the API
+        word = "uiarchivewombat"
+        sent = (b"From: Archive Sender <archiver@example.org>\r\nTo: <alice@example.test>\r\n"
+                b"Subject: archived for the UI\r\nMessage-ID: <ui-archive@example.org>\r\n\r\n"
+                b"The word is " + word.encode() + b".\r\n")
+        with t.client() as c:
+            arch_qid = c.send_message("archiver@example.org", ["alice@example.test"], sent)
+        deadline = time.monotonic() + 30
+        while True:
+            st, res = api.json("GET", f"/api/v1/archive?query={word}", token=admin)
+            assert st == 200, res
+            if [m["ID"] for m in res["messages"]] == [arch_qid]:
+                break
+            assert time.monotonic() < deadline, (res, t.log_tail())
+            time.sleep(0.1)
         artifacts = E2E / "artifacts"
         env = dict(os.environ, TERN_UI_URL=f"http://127.0.0.1:{port}", TERN_UI_USER=ADMIN,
                    TERN_UI_PASSWORD=ADMIN_PW, TERN_ADMIN_TOKEN=admin, TERN_DEFER_QID=dfr["id"],
-                   TERN_WEBHOOK_ID=str(hook_id), TERN_E2E_ARTIFACTS=str(artifacts))
+                   TERN_WEBHOOK_ID=str(hook_id), TERN_E2E_ARTIFACTS=str(artifacts),
+                   TERN_ARCHIVE_QID=arch_qid, TERN_ARCHIVE_WORD=word)
         try:
             r = subprocess.run(["node", str(E2E / "serve_ui.spec.mjs")], env=env, cwd=E2E,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -356,8 +374,19 @@ def test_ui_in_chromium(tern_factory):
             pytest.fail(f"serve_ui.spec.mjs took longer than 300 s\n{(e.stdout or '')[-4000:]}")
         print(r.stdout)
         assert r.returncode == 0 and "PASS" in r.stdout, r.stdout[-6000:]
-        for name in ("login", "dashboard", "events", "suppressions", "keys", "webhooks"):
+        for name in ("login", "dashboard", "events", "suppressions", "keys", "webhooks",
+                     "archive"):
             assert (artifacts / f"serve-ui-{name}.png").is_file(), name
+        # the raw link the UI showed (the spec compared its bytes, fetched with the session,
+        # to the API's) gives the original: tern's Received field, then the message as sent
+        st, hd, raw = http(port, "GET", f"/api/v1/archive/{arch_qid}/raw",
+                           headers={"Authorization": f"Bearer {admin}"})
+        assert st == 200 and hd["Content-Type"] == "message/rfc822"
+        assert raw.startswith(b"Received: ") and raw.endswith(sent), raw[-300:]
+        assert "raw link bytes equal the API's" in r.stdout
+        # released in the UI: no longer held
+        st, res = api.json("GET", f"/api/v1/archive?query={word}", token=admin)
+        assert st == 200 and res["messages"][0]["Hold"] is False
     finally:
         mx.stop()
         hook.stop()

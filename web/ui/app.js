@@ -1,6 +1,7 @@
 // app.js — tern serve's web UI (/ui/): the dashboard (stats, a uPlot chart), the queue with
-// its retry/hold/release/delete buttons, the live event stream, the suppression list, API keys
-// and webhooks with their delivery attempts. Plain JS over the admin API (/api/v1/...), with the
+// its retry/hold/release/delete buttons, the live event stream, the suppression list, API keys,
+// webhooks with their delivery attempts, and the message archive (search, raw copy, legal
+// hold, export). Plain JS over the admin API (/api/v1/...), with the
 // session cookie and, on anything but GET, the session's CSRF token (X-CSRF-Token).
 //
 // Owns: drawing each page from the API's answers. Never: put server text into the page as
@@ -345,11 +346,103 @@ async function pageWebhooks(arg, v) {
 	if (pick) await showAttempts(pick);
 }
 
+// ------------------------------------------------------------------------------- archive
+
+// "Name <addr>" or "addr" of the archive's {Name, Address} (or a bare string).
+function addrText(a) {
+	if (!a) return '';
+	if (typeof a === 'string') return a;
+	return a.Name ? `${a.Name} <${a.Address || ''}>` : (a.Address || '');
+}
+
+function sizeText(n) {
+	if (typeof n !== 'number') return '';
+	if (n < 1024) return `${n} B`;
+	if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+	return `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+async function archiveHold(id, on) {
+	try {
+		await api(on ? 'PUT' : 'DELETE', `/api/v1/archive/${encodeURIComponent(id)}/hold`);
+		flash(`${on ? 'held' : 'released'}: ${id}`);
+	} catch (e) {
+		flash(`${on ? 'hold' : 'release'} ${id}: ${e.message}`, true);
+	}
+	route();
+}
+
+// The archive searched with the capture syntax (from:, to:, subject:, words), newest first,
+// a page of `limit` from `start`; each row links its original bytes and holds/releases it.
+async function pageArchive(arg, v) {
+	const query = arg.query || '';
+	const limit = [25, 50, 100, 200].includes(Number(arg.limit)) ? Number(arg.limit) : 50;
+	const start = /^\d+$/.test(arg.start || '') ? Number(arg.start) : 0;
+	const hashOf = (q, st, lim) => `#archive?${new URLSearchParams({ query: q, start: String(st), limit: String(lim) })}`;
+	const box = h('input', {
+		type: 'search', value: query, size: 50, 'data-testid': 'archive-query',
+		placeholder: 'words, from:, to:, subject:, before:YYYY-MM-DD, "a phrase", -word',
+	});
+	const form = h('form', {
+		class: 'row', onsubmit: (ev) => { ev.preventDefault(); location.hash = hashOf(box.value.trim(), 0, limit); },
+	}, box, h('button', { type: 'submit', class: 'primary', 'data-testid': 'archive-search' }, 'Search'));
+	v.replaceChildren(h('h2', {}, 'Archive'), form, h('p', { class: 'muted' }, 'loading…'));
+	let r;
+	try {
+		r = await api('GET', `/api/v1/archive?query=${encodeURIComponent(query)}&start=${start}&limit=${limit}`);
+	} catch (e) {
+		if (e.status === 400) {
+			v.replaceChildren(h('h2', {}, 'Archive'), form, h('p', { class: 'error', 'data-testid': 'archive-error' }, `cannot search: ${e.message}`));
+			return;
+		}
+		if (e.status !== 404 && e.status !== 503) throw e;
+		v.replaceChildren(h('h2', {}, 'Archive'), h('p', { class: 'muted' }, `The archive is not available (${e.message}); it is turned on with archive { enabled = true; } in tern.conf.`));
+		return;
+	}
+	const msgs = r.messages || [];
+	const matched = typeof r.messages_count === 'number' ? r.messages_count : msgs.length;
+	const rows = msgs.map((m) => {
+		const raw = `/api/v1/archive/${encodeURIComponent(m.ID)}/raw`;
+		const outs = m.Outcomes || [];
+		return h('tr', { 'data-archive-id': m.ID },
+			h('td', {}, when(m.Created)),
+			h('td', { 'data-testid': 'archive-from' }, addrText(m.From) || m.EnvelopeFrom || '<>'),
+			h('td', { 'data-testid': 'archive-to' }, ((m.To && m.To.length ? m.To : m.EnvelopeTo) || []).map(addrText).join(', ')),
+			h('td', { 'data-testid': 'archive-subject' }, m.Subject || ''),
+			h('td', { class: 'num' }, sizeText(m.Size)),
+			h('td', {}, m.Direction || ''),
+			h('td', { 'data-testid': 'archive-hold' }, m.Hold ? h('span', { class: 'state-held' }, 'held') : ''),
+			h('td', { 'data-testid': 'archive-outcome' }, outs.length ? outs.map((o) => h('div', { title: o.Reply || '' },
+				`${o.Recipient || ''}: `, h('span', { class: `state-${o.State}` }, o.State || ''))) : '—'),
+			h('td', {}, h('div', { class: 'row' },
+				h('a', { href: raw, target: '_blank', rel: 'noopener', 'data-action': 'raw' }, 'Raw'),
+				m.Hold ? h('button', { 'data-action': 'release', onclick: () => archiveHold(m.ID, false) }, 'Release')
+					: h('button', { 'data-action': 'hold', onclick: () => archiveHold(m.ID, true) }, 'Hold'))));
+	});
+	const exp = (fmt) => h('a', {
+		href: `/api/v1/archive/export?query=${encodeURIComponent(query)}&format=${fmt}`,
+		download: `archive.${fmt}`, 'data-testid': `archive-export-${fmt}`,
+	}, fmt);
+	const last = start + msgs.length;
+	const pager = h('div', { class: 'row' },
+		h('button', { 'data-testid': 'archive-prev', disabled: start === 0, onclick: () => { location.hash = hashOf(query, Math.max(0, start - limit), limit); } }, '← Newer'),
+		h('span', { 'data-testid': 'archive-range' }, msgs.length ? `${start + 1}–${last} of ${matched}` : `0 of ${matched}`),
+		h('button', { 'data-testid': 'archive-next', disabled: last >= matched, onclick: () => { location.hash = hashOf(query, last, limit); } }, 'Older →'),
+		'Per page ', h('select', {
+			'data-testid': 'archive-limit', onchange: (e) => { location.hash = hashOf(query, 0, e.target.value); },
+		}, [25, 50, 100, 200].map((n) => h('option', { value: n, selected: n === limit }, String(n)))),
+		h('span', { class: 'muted' }, `${r.total} message(s) archived`),
+		h('span', {}, 'Export results: ', exp('mbox'), ' ', exp('zip')));
+	v.replaceChildren(h('h2', {}, 'Archive'), form, pager,
+		table(['date', 'from', 'to', 'subject', 'size', 'direction', 'hold', 'delivery', ''].map((l) => ({ label: l, num: l === 'size' })),
+			rows, { id: 'archive-table' }));
+}
+
 // -------------------------------------------------------------------------------- router
 
 const PAGES = {
 	dashboard: pageDashboard, queue: pageQueue, events: pageEvents,
-	suppressions: pageSuppressions, keys: pageKeys, webhooks: pageWebhooks,
+	suppressions: pageSuppressions, keys: pageKeys, webhooks: pageWebhooks, archive: pageArchive,
 };
 
 // Each page draws into a container of its own, in the page at once: a page still loading
