@@ -324,7 +324,6 @@ async function main() {
 			const zr = await inPage(zipHref);
 			check(zr.status === 200 && zr.ctype === 'application/zip' && zr.bytes.subarray(0, 4).equals(Buffer.from('PK\x03\x04', 'latin1')),
 				'the zip export link answers a zip with the session');
-			await shot('archive');
 			const held = async () => {
 				const r = await api('GET', `/api/v1/archive?query=${ARCHIVE_WORD}`);
 				return r.status === 200 && r.json.messages.length === 1 && r.json.messages[0].Hold;
@@ -348,6 +347,42 @@ async function main() {
 			const b = Buffer.from(await viaKey.arrayBuffer());
 			check(viaSession.status === 200 && viaKey.status === 200 && viaSession.bytes.length > 0 && viaSession.bytes.equals(b),
 				`raw link bytes equal the API's (${b.length} bytes)`);
+			await page.click(`${row} button[data-action="show"]`);
+			const shownRaw = await page.waitForSelector('[data-testid="archive-raw"]');
+			check((await shownRaw.textContent()).includes(`The word is ${ARCHIVE_WORD}.`), 'Show puts the message text on the page');
+			check((await page.textContent('#archive-shown')) === `Message ${ARCHIVE_QID}${await shownRaw.textContent()}`, 'and nothing else');
+
+			log('archive: delivery results, paging, a bad query');
+			const dq = await api('GET', '/api/v1/archive?query=subject:deferred');
+			const dm = dq.json.messages.find((m) => m.ID === DEFER_QID);
+			check(dm && dm.Outcomes.some((o) => o.Recipient === 'someone@defer.test' && o.State), `the API records the deferred message's result (${JSON.stringify(dm && dm.Outcomes)})`);
+			await go('#archive?query=subject:deferred');
+			const drow = `tr[data-archive-id="${DEFER_QID}"]`;
+			const outcome = await page.textContent(`${drow} [data-testid="archive-outcome"]`);
+			const last = dm.Outcomes.reduce((a, o) => (o.Time >= a.Time ? o : a));
+			const n = dm.Outcomes.length;
+			const want = `someone@defer.test: ${last.State}` + (n > 1 ? ` (${n} results)` : '');
+			check(outcome === want, `the row shows the latest result and how many (${outcome})`);
+			const pageIds = async () => page.$$eval('tr[data-archive-id]', (trs) => trs.map((tr) => tr.dataset.archiveId));
+			const apiIds = async (st) => (await api('GET', `/api/v1/archive?start=${st}&limit=2`)).json.messages.map((m) => m.ID);
+			const all = (await api('GET', '/api/v1/archive?limit=1000')).json.messages_count;
+			check(all >= 5, `at least 5 messages are archived (${all})`);
+			await go('#archive?limit=2');
+			check((await page.textContent('[data-testid="archive-range"]')) === `1–2 of ${all}`, 'two a page: 1–2');
+			check(await page.isDisabled('[data-testid="archive-prev"]'), 'no newer page before the first');
+			check(JSON.stringify(await pageIds()) === JSON.stringify(await apiIds(0)), 'the first page is the API\'s');
+			await page.click('[data-testid="archive-next"]');
+			await page.waitForFunction(() => /start=2/.test(location.hash) && document.body.dataset.ready === 'archive');
+			check((await page.textContent('[data-testid="archive-range"]')) === `3–4 of ${all}`, 'Older: 3–4');
+			check(JSON.stringify(await pageIds()) === JSON.stringify(await apiIds(2)), 'the second page is the API\'s start=2');
+			await page.fill('[data-testid="archive-query"]', 'before:2026-13-01');
+			await page.click('[data-testid="archive-search"]');
+			const err = await page.waitForSelector('[data-testid="archive-error"]');
+			check(/not a valid search/.test(await err.textContent()), `a bad query says so (${await err.textContent()})`);
+			await go('#archive');
+			await page.click(`${row} button[data-action="show"]`);
+			await page.waitForSelector('[data-testid="archive-raw"]');
+			await shot('archive');
 		}
 
 		log('logout');

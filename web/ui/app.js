@@ -362,6 +362,19 @@ function sizeText(n) {
 	return `${(n / 1048576).toFixed(1)} MiB`;
 }
 
+// The archive records every delivery result (each deferral too): per recipient, the latest
+// (by Time, RFC 3339 in UTC so it sorts as text) and how many there are.
+function lastOutcomes(outs) {
+	const by = new Map();
+	for (const o of outs) {
+		const k = o.Recipient || '';
+		const cur = by.get(k);
+		if (!cur) by.set(k, [o, 1]);
+		else by.set(k, [(o.Time || '') >= (cur[0].Time || '') ? o : cur[0], cur[1] + 1]);
+	}
+	return [...by.values()];
+}
+
 async function archiveHold(id, on) {
 	try {
 		await api(on ? 'PUT' : 'DELETE', `/api/v1/archive/${encodeURIComponent(id)}/hold`);
@@ -372,11 +385,32 @@ async function archiveHold(id, on) {
 	route();
 }
 
+// The original bytes of one archived message as text, below the list (at most SHOW_MAX of
+// them: the Raw link has the whole message).
+const SHOW_MAX = 1 << 20;
+async function archiveShow(id, raw) {
+	const box = document.getElementById('archive-shown');
+	if (!box) return;
+	box.replaceChildren(h('p', { class: 'muted' }, 'loading…'));
+	try {
+		const r = await fetch(raw, { credentials: 'same-origin' });
+		if (!r.ok) throw new Error(`HTTP ${r.status}`);
+		const text = await r.text();
+		const cut = text.length > SHOW_MAX;
+		box.replaceChildren(h('h3', {}, 'Message ', h('code', {}, id)),
+			h('pre', { class: 'raw', 'data-testid': 'archive-raw' }, cut ? text.slice(0, SHOW_MAX) : text),
+			...(cut ? [h('p', { class: 'muted' }, 'cut short: the Raw link has the whole message')] : []));
+	} catch (e) {
+		box.replaceChildren(h('p', { class: 'error' }, `cannot show ${id}: ${e.message}`));
+	}
+}
+
 // The archive searched with the capture syntax (from:, to:, subject:, words), newest first,
 // a page of `limit` from `start`; each row links its original bytes and holds/releases it.
 async function pageArchive(arg, v) {
 	const query = arg.query || '';
-	const limit = [25, 50, 100, 200].includes(Number(arg.limit)) ? Number(arg.limit) : 50;
+	const limit = /^\d+$/.test(arg.limit || '') && Number(arg.limit) >= 1 && Number(arg.limit) <= 1000 ? Number(arg.limit) : 50;
+	const sizes = [...new Set([25, 50, 100, 200, limit])].sort((a, b) => a - b);
 	const start = /^\d+$/.test(arg.start || '') ? Number(arg.start) : 0;
 	const hashOf = (q, st, lim) => `#archive?${new URLSearchParams({ query: q, start: String(st), limit: String(lim) })}`;
 	const box = h('input', {
@@ -405,16 +439,18 @@ async function pageArchive(arg, v) {
 		const raw = `/api/v1/archive/${encodeURIComponent(m.ID)}/raw`;
 		const outs = m.Outcomes || [];
 		return h('tr', { 'data-archive-id': m.ID },
-			h('td', {}, when(m.Created)),
+			h('td', { class: 'nowrap' }, when(m.Created)),
 			h('td', { 'data-testid': 'archive-from' }, addrText(m.From) || m.EnvelopeFrom || '<>'),
 			h('td', { 'data-testid': 'archive-to' }, ((m.To && m.To.length ? m.To : m.EnvelopeTo) || []).map(addrText).join(', ')),
 			h('td', { 'data-testid': 'archive-subject' }, m.Subject || ''),
-			h('td', { class: 'num' }, sizeText(m.Size)),
+			h('td', { class: 'num nowrap' }, sizeText(m.Size)),
 			h('td', {}, m.Direction || ''),
 			h('td', { 'data-testid': 'archive-hold' }, m.Hold ? h('span', { class: 'state-held' }, 'held') : ''),
-			h('td', { 'data-testid': 'archive-outcome' }, outs.length ? outs.map((o) => h('div', { title: o.Reply || '' },
-				`${o.Recipient || ''}: `, h('span', { class: `state-${o.State}` }, o.State || ''))) : '—'),
-			h('td', {}, h('div', { class: 'row' },
+			h('td', { 'data-testid': 'archive-outcome' }, outs.length ? lastOutcomes(outs).map(([o, n]) => h('div', { title: o.Reply || '' },
+				`${o.Recipient || ''}: `, h('span', { class: `state-${o.State}` }, o.State || ''),
+				n > 1 ? h('span', { class: 'muted' }, ` (${n} results)`) : null)) : '—'),
+			h('td', { class: 'actions' }, h('div', { class: 'row' },
+				h('button', { 'data-action': 'show', onclick: () => archiveShow(m.ID, raw) }, 'Show'),
 				h('a', { href: raw, target: '_blank', rel: 'noopener', 'data-action': 'raw' }, 'Raw'),
 				m.Hold ? h('button', { 'data-action': 'release', onclick: () => archiveHold(m.ID, false) }, 'Release')
 					: h('button', { 'data-action': 'hold', onclick: () => archiveHold(m.ID, true) }, 'Hold'))));
@@ -430,12 +466,13 @@ async function pageArchive(arg, v) {
 		h('button', { 'data-testid': 'archive-next', disabled: last >= matched, onclick: () => { location.hash = hashOf(query, last, limit); } }, 'Older →'),
 		'Per page ', h('select', {
 			'data-testid': 'archive-limit', onchange: (e) => { location.hash = hashOf(query, 0, e.target.value); },
-		}, [25, 50, 100, 200].map((n) => h('option', { value: n, selected: n === limit }, String(n)))),
+		}, sizes.map((n) => h('option', { value: n, selected: n === limit }, String(n)))),
 		h('span', { class: 'muted' }, `${r.total} message(s) archived`),
 		h('span', {}, 'Export results: ', exp('mbox'), ' ', exp('zip')));
 	v.replaceChildren(h('h2', {}, 'Archive'), form, pager,
 		table(['date', 'from', 'to', 'subject', 'size', 'direction', 'hold', 'delivery', ''].map((l) => ({ label: l, num: l === 'size' })),
-			rows, { id: 'archive-table' }));
+			rows, { id: 'archive-table' }),
+		h('div', { id: 'archive-shown' }));
 }
 
 // -------------------------------------------------------------------------------- router
