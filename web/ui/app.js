@@ -467,7 +467,8 @@ async function pageArchive(arg, v) {
 		'Per page ', h('select', {
 			'data-testid': 'archive-limit', onchange: (e) => { location.hash = hashOf(query, 0, e.target.value); },
 		}, sizes.map((n) => h('option', { value: n, selected: n === limit }, String(n)))),
-		h('span', { class: 'muted' }, `${r.total} message(s) archived`),
+		h('span', { class: 'muted', 'data-testid': 'archive-total' }, r.total ? `${r.total} message(s) archived`
+			: 'nothing archived (mail is kept with archive { enabled = true; } in tern.conf)'),
 		h('span', {}, 'Export results: ', exp('mbox'), ' ', exp('zip')));
 	v.replaceChildren(h('h2', {}, 'Archive'), form, pager,
 		table(['date', 'from', 'to', 'subject', 'size', 'direction', 'hold', 'delivery', ''].map((l) => ({ label: l, num: l === 'size' })),
