@@ -45,23 +45,6 @@ struct dmarc_daemon {
 	struct dmarc_reporter *reporter;
 };
 
-struct commit_wait {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool done;
-	int err;
-};
-
-static void commit_cb(void *arg, int err)
-{
-	struct commit_wait *w = arg;
-	pthread_mutex_lock(&w->mu);
-	w->done = true;
-	w->err = err;
-	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-}
-
 /*
  * RFC 9990 §3.5.2: report mail must itself pass DMARC, so it is DKIM-signed
  * like local submissions (smtp/sign.h) with the keys for reports.from's
@@ -119,17 +102,7 @@ static int spool_report(void *arg, const char *from, const char *to, const char 
 	env.size = len;
 	env.rcpts = &rc;
 	env.n_rcpts = 1;
-	struct commit_wait w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0};
-	int r = spool_put(d->sp, &env, msg, len, commit_cb, &w);
-	if (r == TERN_OK) {
-		pthread_mutex_lock(&w.mu);
-		while (!w.done)
-			pthread_cond_wait(&w.cv, &w.mu);
-		r = w.err;
-		pthread_mutex_unlock(&w.mu);
-	}
-	pthread_cond_destroy(&w.cv);
-	pthread_mutex_destroy(&w.mu);
+	int r = spool_put_wait(d->sp, &env, msg, len);
 	tbuf_free(&signed_msg);
 	if (r != TERN_OK)
 		return r;

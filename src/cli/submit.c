@@ -71,43 +71,6 @@ struct submit {
 	unsigned active; /* connection threads alive */
 };
 
-/* ------------------------------------------------------ spool commits */
-
-struct commit_wait {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool done;
-	int err;
-};
-
-static void commit_cb(void *arg, int err)
-{
-	struct commit_wait *w = arg;
-	pthread_mutex_lock(&w->mu);
-	w->done = true;
-	w->err = err;
-	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-}
-
-/* spool_put, then waits until the message is on stable storage. */
-static int spool_put_wait(struct spool *sp, const struct spool_msg *env, const char *data,
-                          size_t len)
-{
-	struct commit_wait w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0};
-	int rc = spool_put(sp, env, data, len, commit_cb, &w);
-	if (rc == TERN_OK) {
-		pthread_mutex_lock(&w.mu);
-		while (!w.done)
-			pthread_cond_wait(&w.cv, &w.mu);
-		rc = w.err;
-		pthread_mutex_unlock(&w.mu);
-	}
-	pthread_cond_destroy(&w.cv);
-	pthread_mutex_destroy(&w.mu);
-	return rc;
-}
-
 /* ------------------------------------------------------------ intake */
 
 /* One message being taken in, from the socket or the maildrop. */

@@ -136,6 +136,10 @@ typedef void (*spool_put_cb)(void *arg, int err);
  */
 int spool_put(struct spool *s, const struct spool_msg *env, const void *data, size_t len,
               spool_put_cb cb, void *arg);
+/* spool_put, then blocks until the message is on stable storage (or the
+ * put failed): the commit's result, or spool_put's error. Only for threads
+ * that may block (the sendmail intake, the DMARC reporter), never a loop. */
+int spool_put_wait(struct spool *s, const struct spool_msg *env, const void *data, size_t len);
 
 /* Called on the committer thread for each message put (not compaction
  * copies) once it is on stable storage, after its spool_put_cb: data is the
