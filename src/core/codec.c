@@ -1,5 +1,6 @@
 /*
- * codec.c — base64 (RFC 4648) and quoted-printable (RFC 2045 §6.7).
+ * codec.c — base64 (RFC 4648), quoted-printable (RFC 2045 §6.7) and URL
+ * percent-decoding (RFC 3986 §2.1).
  *
  * Owns: the byte-level encodings only. Pure: no I/O, no global state, no
  * read past in + len (input is never assumed NUL-terminated); output is
@@ -281,4 +282,27 @@ out:
 			out->data[start] = '\0';
 	}
 	return rc;
+}
+
+bool tern_pct_decode(const char *s, size_t n, char *out, size_t cap)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '%') {
+			int hi = i + 2 < n ? hex_value((unsigned char)s[i + 1]) : -1;
+			int lo = i + 2 < n ? hex_value((unsigned char)s[i + 2]) : -1;
+			if (hi < 0 || lo < 0)
+				return false;
+			c = (unsigned char)(hi << 4 | lo);
+			i += 2;
+		}
+		if (c == '\0' || o + 1 >= cap)
+			return false;
+		out[o++] = (char)c;
+	}
+	if (cap == 0)
+		return false;
+	out[o] = '\0';
+	return true;
 }

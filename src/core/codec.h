@@ -9,6 +9,7 @@
 #ifndef TERN_CORE_CODEC_H
 #define TERN_CORE_CODEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "core/buf.h"
@@ -55,5 +56,13 @@ int tern_qp_encode(const void *in, size_t len, struct tbuf *out);
  * as they were. A "=" followed by anything else is TERN_ESYNTAX.
  */
 int tern_qp_decode(const char *in, size_t len, struct tbuf *out);
+
+/*
+ * URL percent-decoding (RFC 3986 §2.1) of (s, n) into out, NUL-terminated:
+ * '+' stays '+' (addresses use it; callers that want form decoding map it
+ * first). false on a bad or truncated escape, a decoded NUL byte, or when
+ * the result and its NUL do not fit in cap bytes (out is then unspecified).
+ */
+bool tern_pct_decode(const char *s, size_t n, char *out, size_t cap);
 
 #endif

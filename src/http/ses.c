@@ -154,37 +154,6 @@ static bool need_scope(struct ses_answer *a, enum apikey_scope s)
 
 /* ------------------------------------------------------------ helpers */
 
-static int hexv(char c)
-{
-	return c >= '0' && c <= '9'   ? c - '0'
-	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
-	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
-	                              : -1;
-}
-
-/* Percent-decodes (s, n) into out; false on a bad escape, a NUL or no room. */
-static bool pct_decode(const char *s, size_t n, char *out, size_t cap)
-{
-	size_t o = 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (c == '%') {
-			if (i + 2 >= n)
-				return false;
-			int h = hexv(s[i + 1]), l = hexv(s[i + 2]);
-			if (h < 0 || l < 0)
-				return false;
-			c = (char)(h * 16 + l);
-			i += 2;
-		}
-		if (c == '\0' || o + 1 >= cap)
-			return false;
-		out[o++] = c;
-	}
-	out[o] = '\0';
-	return true;
-}
-
 /* The value of query parameter name, decoded into out; false when absent. */
 static bool query_get(const char *q, const char *name, char *out, size_t cap)
 {
@@ -193,7 +162,7 @@ static bool query_get(const char *q, const char *name, char *out, size_t cap)
 		const char *amp = strchr(q, '&');
 		size_t l = amp ? (size_t)(amp - q) : strlen(q);
 		if (l > nl && strncmp(q, name, nl) == 0 && q[nl] == '=')
-			return pct_decode(q + nl + 1, l - nl - 1, out, cap);
+			return tern_pct_decode(q + nl + 1, l - nl - 1, out, cap);
 		q = amp ? amp + 1 : NULL;
 	}
 	return false;
@@ -802,7 +771,7 @@ static bool tail_of(const char *path, const char *prefix, char *out, size_t cap)
 	size_t pl = strlen(prefix);
 	if (strncmp(path, prefix, pl) != 0 || !path[pl] || strchr(path + pl, '/'))
 		return false;
-	return pct_decode(path + pl, strlen(path + pl), out, cap);
+	return tern_pct_decode(path + pl, strlen(path + pl), out, cap);
 }
 
 void ses_handle(const struct ses_request *r, struct ses_answer *a)

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "core/buf.h"
+#include "core/codec.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "http/suppress_routes.h"
@@ -99,38 +100,6 @@ int suppress_http_unsubscribe(const char *data_dir, const char *method, const ch
 
 /* ---- the API ------------------------------------------------------------- */
 
-static int hexv(char c)
-{
-	return c >= '0' && c <= '9'   ? c - '0'
-	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
-	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
-	                              : -1;
-}
-
-/* Percent-decodes s[0..n) into out ('+' stays: addresses use it). false on
- * a bad escape, a NUL byte or no room. */
-static bool pct_decode(const char *s, size_t n, char *out, size_t outlen)
-{
-	size_t k = 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (c == '%') {
-			if (i + 2 >= n)
-				return false;
-			int h = hexv(s[i + 1]), l = hexv(s[i + 2]);
-			if (h < 0 || l < 0)
-				return false;
-			c = (char)(h << 4 | l);
-			i += 2;
-		}
-		if (c == '\0' || k + 1 >= outlen)
-			return false;
-		out[k++] = c;
-	}
-	out[k] = '\0';
-	return true;
-}
-
 /* The query's "domain" parameter: *has false when absent. */
 static bool query_domain(const char *q, char *out, size_t outlen, bool *has)
 {
@@ -141,7 +110,7 @@ static bool query_domain(const char *q, char *out, size_t outlen, bool *has)
 		size_t n = amp ? (size_t)(amp - q) : strlen(q);
 		if (n >= 7 && strncmp(q, "domain=", 7) == 0) {
 			*has = true;
-			if (!pct_decode(q + 7, n - 7, out, outlen))
+			if (!tern_pct_decode(q + 7, n - 7, out, outlen))
 				return false;
 		}
 		q = amp ? amp + 1 : NULL;
@@ -189,7 +158,7 @@ int suppress_http_api(const char *data_dir, const char *method, const char *path
 		put_json(out, json_pack("{s:o}", "suppressions", l.arr));
 		return 200;
 	}
-	if (!pct_decode(rest, strlen(rest), addr, sizeof(addr)) || strchr(addr, '/'))
+	if (!tern_pct_decode(rest, strlen(rest), addr, sizeof(addr)) || strchr(addr, '/'))
 		return fail(out, 400, "bad_address", "the path does not name an address");
 	char norm[SUPPRESS_ADDR_MAX];
 	if (!suppress_norm_addr(addr, norm, sizeof(norm)))

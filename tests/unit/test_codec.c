@@ -363,6 +363,30 @@ static void test_base64url_matches_base64_without_padding(void **state)
 	tbuf_free(&c);
 }
 
+static void test_pct_decode(void **state)
+{
+	(void)state;
+	char out[32];
+	assert_true(tern_pct_decode("a%40b.org", 9, out, sizeof(out)));
+	assert_string_equal(out, "a@b.org");
+	assert_true(tern_pct_decode("x+tag%2Bz", 9, out, sizeof(out))); /* '+' stays */
+	assert_string_equal(out, "x+tag+z");
+	assert_true(tern_pct_decode("%e2%82%AC", 9, out, sizeof(out)));
+	assert_string_equal(out, "\xe2\x82\xac");
+	assert_true(tern_pct_decode("", 0, out, sizeof(out)));
+	assert_string_equal(out, "");
+	assert_false(tern_pct_decode("%4", 2, out, sizeof(out))); /* truncated */
+	assert_false(tern_pct_decode("a%", 2, out, sizeof(out)));
+	assert_false(tern_pct_decode("%zz", 3, out, sizeof(out)));   /* not hex */
+	assert_false(tern_pct_decode("a%00b", 5, out, sizeof(out))); /* a NUL */
+	assert_false(tern_pct_decode("abcd", 4, out, 4));            /* no room for the NUL */
+	assert_true(tern_pct_decode("abc", 3, out, 4));
+	assert_false(tern_pct_decode("", 0, out, 0));
+	/* reads only n bytes: the escape after n does not count */
+	assert_true(tern_pct_decode("ab%41", 2, out, sizeof(out)));
+	assert_string_equal(out, "ab");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -377,6 +401,7 @@ int main(void)
 	    cmocka_unit_test(test_qp_round_trips_random_bytes),
 	    cmocka_unit_test(test_qp_decoder_accepts_transport_forms_and_rejects_junk),
 	    cmocka_unit_test(test_qp_full_buffer_is_untouched),
+	    cmocka_unit_test(test_pct_decode),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
