@@ -894,6 +894,51 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/*
+ * An event client (SSE or WebSocket) for req, not yet listed: NULL after
+ * replying 503 (too many clients, connection not tracked) or 500. *stats is
+ * the first stats message's JSON, the caller's to free.
+ */
+static struct sse_client *client_new(struct http_server *h, struct evhttp_request *req, bool ws,
+                                     char **stats)
+{
+	if (h->n_clients >= SSE_CLIENTS_MAX) {
+		reply_text(req, 503, "too many event clients");
+		return NULL;
+	}
+	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
+	if (!conn) {
+		reply_text(req, 503, "connection not tracked, try again");
+		return NULL;
+	}
+	struct sse_client *c = calloc(1, sizeof(*c));
+	*stats = stats_json(h);
+	if (!c || !*stats) {
+		free(c);
+		free(*stats);
+		*stats = NULL;
+		reply_text(req, 500, "out of memory");
+		return NULL;
+	}
+	c->h = h;
+	c->req = req;
+	c->ws = ws;
+	c->conn = conn;
+	c->evcon = evhttp_request_get_connection(req);
+	return c;
+}
+
+/* Lists c once its reply has started: the heartbeat and broadcasts reach it,
+ * and the connection's close or the request's end forgets it. */
+static void client_register(struct http_server *h, struct sse_client *c)
+{
+	c->next = h->clients;
+	h->clients = c;
+	h->n_clients++;
+	c->conn->sse = c;
+	evhttp_request_set_on_complete_cb(c->req, sse_req_done, c);
+}
+
 static void route_websocket(struct http_server *h, struct evhttp_request *req);
 
 static void route_events(struct http_server *h, struct evhttp_request *req)
@@ -903,26 +948,10 @@ static void route_events(struct http_server *h, struct evhttp_request *req)
 		route_websocket(h, req);
 		return;
 	}
-	if (h->n_clients >= SSE_CLIENTS_MAX) {
-		reply_text(req, 503, "too many event clients");
+	char *stats;
+	struct sse_client *c = client_new(h, req, false, &stats);
+	if (!c)
 		return;
-	}
-	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
-	if (!conn) {
-		reply_text(req, 503, "connection not tracked, try again");
-		return;
-	}
-	struct sse_client *c = calloc(1, sizeof(*c));
-	char *stats = stats_json(h);
-	if (!c || !stats) {
-		free(c);
-		free(stats);
-		reply_text(req, 500, "out of memory");
-		return;
-	}
-	c->h = h;
-	c->req = req;
-	c->evcon = evhttp_request_get_connection(req);
 	struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
 	evhttp_add_header(oh, "Content-Type", "text/event-stream");
 	evhttp_add_header(oh, "Cache-Control", "no-cache");
@@ -932,12 +961,7 @@ static void route_events(struct http_server *h, struct evhttp_request *req)
 	 * 15 s, and only a dead peer should end it. */
 	evhttp_connection_set_timeout(c->evcon, 24 * 3600);
 	evhttp_send_reply_start(req, 200, "OK");
-	c->next = h->clients;
-	h->clients = c;
-	h->n_clients++;
-	c->conn = conn;
-	conn->sse = c;
-	evhttp_request_set_on_complete_cb(req, sse_req_done, c);
+	client_register(h, c);
 	struct tbuf b = TBUF_INIT(4096);
 	if (tbuf_printf(&b, "retry: 2000\n\nevent: stats\ndata: %s\n\n", stats) == TERN_OK)
 		sse_write(c, b.data, b.len);
@@ -1080,27 +1104,10 @@ static void route_websocket(struct http_server *h, struct evhttp_request *req)
 		ws_refuse(req, 403, "origin", "cross-origin WebSocket refused");
 		return;
 	}
-	if (h->n_clients >= SSE_CLIENTS_MAX) {
-		reply_text(req, 503, "too many event clients");
+	char *stats;
+	struct sse_client *c = client_new(h, req, true, &stats);
+	if (!c)
 		return;
-	}
-	struct http_conn *conn = conn_of(h, evhttp_request_get_connection(req));
-	if (!conn) {
-		reply_text(req, 503, "connection not tracked, try again");
-		return;
-	}
-	struct sse_client *c = calloc(1, sizeof(*c));
-	char *stats = stats_json(h);
-	if (!c || !stats) {
-		free(c);
-		free(stats);
-		reply_text(req, 500, "out of memory");
-		return;
-	}
-	c->h = h;
-	c->req = req;
-	c->ws = true;
-	c->evcon = evhttp_request_get_connection(req);
 	struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
 	evhttp_add_header(oh, "Upgrade", "websocket");
 	evhttp_add_header(oh, "Connection", "Upgrade");
@@ -1111,12 +1118,7 @@ static void route_websocket(struct http_server *h, struct evhttp_request *req)
 	bufferevent_getcb(bev, NULL, &c->ws_wcb, &c->ws_ecb, NULL);
 	bufferevent_setcb(bev, ws_read_cb, ws_write_cb, ws_event_cb, c);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
-	c->next = h->clients;
-	h->clients = c;
-	h->n_clients++;
-	c->conn = conn;
-	conn->sse = c;
-	evhttp_request_set_on_complete_cb(req, sse_req_done, c);
+	client_register(h, c);
 	struct tbuf b = TBUF_INIT(4096);
 	bool alive = true;
 	if (tbuf_printf(&b, "{\"Type\":\"stats\",\"Data\":%s}", stats) == TERN_OK)
