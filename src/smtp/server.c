@@ -2771,6 +2771,23 @@ static void sign_done(void *arg)
  * signatures on top of the client's header (true: go on), or refuses the
  * message with 451 4.3.0 when it should be signed and cannot be (false).
  */
+/*
+ * The domain a login may sign for: that of the envelope sender when the
+ * user may send as it (submission has checked so at MAIL), else that of the
+ * login itself; "" when neither names a domain. NULL (no check) for clients
+ * signed because they are in relay.networks (dkim.sign_relayed).
+ */
+static const char *sign_owner(const struct session *s, const struct tx *t)
+{
+	if (!s->authenticated || !s->auth_user)
+		return NULL;
+	const char *a = s->auth_user;
+	if (t->sender && t->sender[0] && conf_may_send_as(s->conf, s->auth_user, t->sender))
+		a = t->sender;
+	const char *at = strrchr(a, '@');
+	return at ? at + 1 : "";
+}
+
 static bool sign_stage(struct session *s, struct tx *t)
 {
 	if (t->sign_state == SIGN_NOT && sign_wanted(s)) {
@@ -2780,7 +2797,8 @@ static bool sign_stage(struct session *s, struct tx *t)
 			return false;
 		t->sign_state = SIGN_RUNNING;
 		if (smtp_sign_submit(s->sw->srv->verify_pool, s->sw->w, s->rt->dkim_signer, t->id,
-		                     mp, mn, &t->sign, sign_done, s) == TERN_OK) {
+		                     mp, mn, sign_owner(s, t), &t->sign, sign_done,
+		                     s) == TERN_OK) {
 			session_enter_state(s, SS_VERIFY);
 			bufferevent_disable(s->bev, EV_READ);
 			bufferevent_set_timeouts(s->bev, NULL, NULL);

@@ -146,8 +146,27 @@ static void set_reason(struct smtp_sign_result *r, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* Pure: is d (a lowercase A-label domain) owner or a name below it? ASCII
+ * case-insensitive; an owner in U-labels matches nothing (not signed). */
+static bool domain_within(const char *d, const char *owner)
+{
+	size_t dl = strlen(d), ol = strlen(owner);
+	if (ol == 0 || dl < ol || strcasecmp(d + dl - ol, owner) != 0)
+		return false;
+	return dl == ol || d[dl - ol - 1] == '.';
+}
+
+static void sign_run(const struct smtp_signer *sg, const char *id, const char *msg, size_t len,
+                     const char *owner, struct smtp_sign_result *r);
+
 void smtp_sign_run(const struct smtp_signer *sg, const char *id, const char *msg, size_t len,
                    struct smtp_sign_result *r)
+{
+	sign_run(sg, id, msg, len, NULL, r);
+}
+
+static void sign_run(const struct smtp_signer *sg, const char *id, const char *msg, size_t len,
+                     const char *owner, struct smtp_sign_result *r)
 {
 	size_t hl, bo;
 	struct dmarc_from f;
@@ -172,6 +191,16 @@ void smtp_sign_run(const struct smtp_signer *sg, const char *id, const char *msg
 		set_reason(r, "no key for %s", f.domain[0]);
 		log_info("event=dkim_sign id=%s dkim_sign=none from_domain=%s reason=no-key", id,
 		         f.domain[0]);
+		return;
+	}
+	if (owner && !domain_within(f.domain[0], owner)) {
+		/* A login signs only for its own domain: our key on someone else's
+		 * From would make a forgery pass DMARC. */
+		set_reason(r, "From domain %s is not the sender's (%s)", f.domain[0],
+		           owner[0] ? owner : "no domain");
+		log_info("event=dkim_sign id=%s dkim_sign=none from_domain=%s owner=%s "
+		         "reason=from-not-owned",
+		         id, f.domain[0], log_quote(owner, strlen(owner), q, sizeof(q)));
 		return;
 	}
 	if (bk) {
@@ -228,6 +257,8 @@ void smtp_sign_result_clear(struct smtp_sign_result *r)
 struct sign_job {
 	const struct smtp_signer *sg;
 	char id[64];
+	bool check_owner;
+	char owner[256];
 	const char *msg;
 	size_t len;
 	struct smtp_sign_result *r;
@@ -238,7 +269,7 @@ struct sign_job {
 static void job_work(void *arg)
 {
 	struct sign_job *j = arg;
-	smtp_sign_run(j->sg, j->id, j->msg, j->len, j->r);
+	sign_run(j->sg, j->id, j->msg, j->len, j->check_owner ? j->owner : NULL, j->r);
 }
 
 static void job_done(void *arg)
@@ -251,8 +282,8 @@ static void job_done(void *arg)
 }
 
 int smtp_sign_submit(struct pool *pool, struct worker *w, const struct smtp_signer *sg,
-                     const char *id, const char *msg, size_t len, struct smtp_sign_result *r,
-                     void (*done)(void *arg), void *arg)
+                     const char *id, const char *msg, size_t len, const char *owner,
+                     struct smtp_sign_result *r, void (*done)(void *arg), void *arg)
 {
 	if (!pool)
 		return TERN_EINVAL;
@@ -261,6 +292,9 @@ int smtp_sign_submit(struct pool *pool, struct worker *w, const struct smtp_sign
 		return TERN_ENOMEM;
 	j->sg = sg;
 	tern_strlcpy(j->id, id, sizeof(j->id));
+	j->check_owner = owner != NULL;
+	if (owner)
+		tern_strlcpy(j->owner, owner, sizeof(j->owner));
 	j->msg = msg;
 	j->len = len;
 	j->r = r;

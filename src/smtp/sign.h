@@ -13,7 +13,8 @@
  * parent that has keys (policy/dkim.h dkim_keyring_domain_for): mail from
  * news.example.org is signed d=example.org, which aligns under DMARC's
  * relaxed mode. A message with no From field or several is not signed
- * (logged); neither is one whose domain has no key.
+ * (logged); neither is one whose domain has no key, nor (smtp_sign_submit's
+ * owner) a login's message whose From domain is not the login's own.
  *
  * Keys are loaded with the runtime (core/runtime.h) and so reload on
  * SIGHUP. A key that does not load does not stop the daemon: it is
@@ -70,12 +71,15 @@ void smtp_sign_result_clear(struct smtp_sign_result *r);
 
 /*
  * smtp_sign_run on pool, then done(arg) on worker w. msg and r must stay
- * put until done runs. TERN_OK, or TERN_ENOMEM / TERN_EINVAL (no pool):
- * done will not run.
+ * put until done runs. owner, when not NULL, is the domain the sender is
+ * known to own (a login's): a From domain that is neither it nor below it
+ * is not signed (SMTP_SIGN_NONE, logged reason=from-not-owned; "" owns
+ * nothing). TERN_OK, or TERN_ENOMEM / TERN_EINVAL (no pool): done will not
+ * run.
  */
 int smtp_sign_submit(struct pool *pool, struct worker *w, const struct smtp_signer *sg,
-                     const char *id, const char *msg, size_t len, struct smtp_sign_result *r,
-                     void (*done)(void *arg), void *arg);
+                     const char *id, const char *msg, size_t len, const char *owner,
+                     struct smtp_sign_result *r, void (*done)(void *arg), void *arg);
 
 /*
  * Puts r's fields into the message buffer at offset at (after our own

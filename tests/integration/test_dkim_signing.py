@@ -254,6 +254,30 @@ def opendkim_verify(work, recs, data):
 # --------------------------------------------------------------------------- signing
 
 
+def test_a_login_is_not_signed_for_another_domains_from(tern_factory, certs, keys, relay):
+    """tern holds keys for example.test and other.test. Alice (example.test) may sign her
+    own domain and names below it, but a From of other.test written by her is sent
+    unsigned: our other.test signature on it would make her forgery pass DMARC. Before
+    the fix it was signed d=other.test."""
+    keydir, paths = keys
+    kl = [{"domain": d, "selector": "rsa1", "key_file": str(paths["rsa1"])}
+          for d in ("example.test", "other.test")]
+    t = signing_tern(tern_factory, certs, keys, relay, key_list=kl)
+    c = login_client(t)
+    forged = send(c, "friend@remote.test",
+                  message("forged", frm="ceo@other.test")).queue_id()
+    own_sub = send(c, "friend@remote.test",
+                   message("own-sub", frm="alice@news.example.test")).queue_id()
+    got = relay.wait(2, tern=t)
+    by_subject = {re.search(rb"Subject: (\S+)", m["content"]).group(1): m["content"]
+                  for m in got}
+    assert signatures(by_subject[b"forged"]) == []
+    assert [s["d"] for s in signatures(by_subject[b"own-sub"])] == ["example.test"]
+    t.wait_log(rf"event=dkim_sign id={forged} dkim_sign=none from_domain=other\.test "
+               r"owner=example\.test reason=from-not-owned")
+    t.wait_log(rf"event=dkim_sign id={own_sub} dkim_sign=ok d=example\.test")
+
+
 def test_submission_with_auth_is_signed_rsa_and_ed25519_and_both_verify(
         tern_factory, certs, keys, relay, scratch):
     t = signing_tern(tern_factory, certs, keys, relay)
