@@ -248,15 +248,16 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS attempts_ep ON attempts(endpoint, id);"
     "INSERT OR IGNORE INTO meta(k, v) VALUES('node', lower(hex(randomblob(6))));";
 
-sqlite3 *events_db_open(const char *data_dir, char *err, size_t errlen)
+/* mutex: SQLITE_OPEN_FULLMUTEX for a connection threads share, NOMUTEX for
+ * the writer's own (one thread: a lock per sqlite3 call is pure cost there). */
+static sqlite3 *db_open(const char *data_dir, int mutex, char *err, size_t errlen)
 {
 	char path[4096];
 	sqlite3 *db = NULL;
 	char *msg = NULL;
 	snprintf(path, sizeof(path), "%s/events.db", data_dir);
-	if (sqlite3_open_v2(path, &db,
-	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-	                    NULL) != SQLITE_OK) {
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | mutex, NULL) !=
+	    SQLITE_OK) {
 		snprintf(err, errlen, "cannot open %s: %s", path,
 		         db ? sqlite3_errmsg(db) : "no memory");
 		goto fail;
@@ -271,6 +272,11 @@ sqlite3 *events_db_open(const char *data_dir, char *err, size_t errlen)
 fail:
 	sqlite3_close(db);
 	return NULL;
+}
+
+sqlite3 *events_db_open(const char *data_dir, char *err, size_t errlen)
+{
+	return db_open(data_dir, SQLITE_OPEN_FULLMUTEX, err, errlen);
 }
 
 /* The endpoints the writer matches events against; reloaded when another
@@ -629,7 +635,9 @@ static void *writer_main(void *arg)
 int events_start(const char *data_dir, const struct events_opts *o)
 {
 	char err[512];
-	sqlite3 *db = events_db_open(data_dir, err, sizeof(err));
+	/* Only the writer thread uses it (events_start and events_stop run
+	 * before and after it: pthread_create and pthread_join order them). */
+	sqlite3 *db = db_open(data_dir, SQLITE_OPEN_NOMUTEX, err, sizeof(err));
 	if (!db) {
 		log_error("event=events_failed reason=\"%s\"", err);
 		return TERN_EIO;
