@@ -3,7 +3,9 @@
  * and management (src/store/webhook.c): the Standard Webhooks example
  * signature, the retry schedule, event filters, emitted events stored and
  * queried with filters and a cursor, outbox rows only for endpoints whose
- * filter matches, and a full queue that drops (counted) instead of blocking.
+ * filter matches, a full queue that drops (counted) instead of blocking, and
+ * later events inheriting their received event's key, tags and metadata the
+ * same whether the writer's cache or the store answers.
  */
 #include <setjmp.h>
 #include <stdarg.h>
