@@ -399,10 +399,12 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s)
  * per event (callgrind: the lookup was a large part of the writer's work).
  * Direct-mapped; a miss (evicted, or received before a restart) falls back to
  * the SELECT, so the cache only saves work and never changes a result. */
-enum { ORIGIN_SLOTS = 4096 };
+enum { ORIGIN_SLOTS = 4096, ORIGIN_MAX = 1024 /* bytes a slot may hold: 4 MiB in all */ };
 
 struct origin_cache {
-	char *slot[ORIGIN_SLOTS]; /* "qid\0key\0tags\0metadata\0", one allocation */
+	/* "qid\0" then 'c' and "key\0tags\0metadata\0", or 's' alone: this
+	 * queue id's origin is too large to hold, ask the store; one allocation */
+	char *slot[ORIGIN_SLOTS];
 };
 
 static size_t origin_hash(const char *qid)
@@ -432,15 +434,19 @@ static void origin_put(struct origin_cache *c, const struct tern_event *e)
 	           *m = e->metadata ? e->metadata : "";
 	size_t nq = strlen(e->queue_id) + 1, nk = strlen(k) + 1, nt = strlen(t) + 1,
 	       nm = strlen(m) + 1;
-	char *b = malloc(nq + nk + nt + nm);
+	bool hold = nq + 1 + nk + nt + nm <= ORIGIN_MAX;
+	char *b = malloc(hold ? nq + 1 + nk + nt + nm : nq + 1);
 	free(c->slot[h]);
 	c->slot[h] = b;
 	if (!b)
 		return;
 	memcpy(b, e->queue_id, nq);
-	memcpy(b + nq, k, nk);
-	memcpy(b + nq + nk, t, nt);
-	memcpy(b + nq + nk + nt, m, nm);
+	b[nq] = hold ? 'c' : 's';
+	if (!hold)
+		return;
+	memcpy(b + nq + 1, k, nk);
+	memcpy(b + nq + 1 + nk, t, nt);
+	memcpy(b + nq + 1 + nk + nt, m, nm);
 }
 
 /* Fills e's key, tags and metadata from the cache (pointers into it, valid
@@ -450,7 +456,10 @@ static bool origin_get(const struct origin_cache *c, struct tern_event *e)
 	const char *b = c->slot[origin_hash(e->queue_id)];
 	if (!b || strcmp(b, e->queue_id) != 0)
 		return false;
-	e->key = b + strlen(b) + 1;
+	b += strlen(b) + 1;
+	if (*b != 'c')
+		return false;
+	e->key = b + 1;
 	e->tags = e->key + strlen(e->key) + 1;
 	e->metadata = e->tags + strlen(e->tags) + 1;
 	return true;

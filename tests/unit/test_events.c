@@ -328,11 +328,24 @@ static void inheritance_is_the_same_from_cache_or_store(void **state)
 		snprintf(qid, sizeof(qid), "F%d", i);
 		events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = qid, .key = qid});
 	}
+	/* too large for the cache: the store answers, also after a second
+	 * received event of the queue id that would fit */
+	char big[3000];
+	memset(big, 'm', sizeof(big));
+	memcpy(big, "{\"m\":\"", 6);
+	memcpy(big + sizeof(big) - 3, "\"}", 3);
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QG", .metadata = big});
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QG", .key = "later"});
+	/* recent: the cache answers, the first received event winning */
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QH", .key = "carol"});
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QH", .key = "dave"});
 	assert_true(events_flush(20000));
 	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "QC"});
 	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "QE"});
 	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "F9999"});
 	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "F0"});
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "QG"});
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "QH"});
 	assert_true(events_flush(20000));
 	events_stop();
 	/* After a restart the cache is empty: the store answers. */
@@ -346,6 +359,9 @@ static void inheritance_is_the_same_from_cache_or_store(void **state)
 	                           "queue_id = 'QC' AND key = 'carol'"),
 	                 1);
 	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'QH' AND key = 'carol'"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
 	                           "queue_id = 'QE' AND tags = 'old' AND key = ''"),
 	                 1);
 	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
@@ -353,6 +369,9 @@ static void inheritance_is_the_same_from_cache_or_store(void **state)
 	                 1);
 	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
 	                           "queue_id = 'F0' AND key = 'F0'"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'QG' AND length(metadata) = 2999 AND key = ''"),
 	                 1);
 	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'bounced' AND "
 	                           "queue_id = 'F9999' AND key = 'F9999'"),
