@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sqlite3.h>
+
 #include "cli/cli.h"
 
 static const struct command {
@@ -105,6 +107,10 @@ static const struct cli_help sendmail_help = {
 
 int main(int argc, char **argv)
 {
+	/* Before any SQLite use: no allocation statistics (nothing reads them),
+	 * so SQLite's malloc and free skip a global mutex each (callgrind: a
+	 * tenth of the events writer's instructions). */
+	sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 	const char *base = argc > 0 && argv[0] ? strrchr(argv[0], '/') : NULL;
 	base = base ? base + 1 : (argc > 0 && argv[0] ? argv[0] : "tern");
 	if (strcmp(base, "sendmail") == 0 || strcmp(base, "mailq") == 0 ||

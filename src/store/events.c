@@ -248,15 +248,16 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS attempts_ep ON attempts(endpoint, id);"
     "INSERT OR IGNORE INTO meta(k, v) VALUES('node', lower(hex(randomblob(6))));";
 
-sqlite3 *events_db_open(const char *data_dir, char *err, size_t errlen)
+/* mutex: SQLITE_OPEN_FULLMUTEX for a connection threads share, NOMUTEX for
+ * the writer's own (one thread: a lock per sqlite3 call is pure cost there). */
+static sqlite3 *db_open(const char *data_dir, int mutex, char *err, size_t errlen)
 {
 	char path[4096];
 	sqlite3 *db = NULL;
 	char *msg = NULL;
 	snprintf(path, sizeof(path), "%s/events.db", data_dir);
-	if (sqlite3_open_v2(path, &db,
-	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-	                    NULL) != SQLITE_OK) {
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | mutex, NULL) !=
+	    SQLITE_OK) {
 		snprintf(err, errlen, "cannot open %s: %s", path,
 		         db ? sqlite3_errmsg(db) : "no memory");
 		goto fail;
@@ -271,6 +272,11 @@ sqlite3 *events_db_open(const char *data_dir, char *err, size_t errlen)
 fail:
 	sqlite3_close(db);
 	return NULL;
+}
+
+sqlite3 *events_db_open(const char *data_dir, char *err, size_t errlen)
+{
+	return db_open(data_dir, SQLITE_OPEN_FULLMUTEX, err, errlen);
 }
 
 /* The endpoints the writer matches events against; reloaded when another
@@ -388,9 +394,80 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s)
 	sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_STATIC);
 }
 
+/* The key, tags and metadata of recent received events, by queue id: a later
+ * event of the message inherits them from here instead of an index lookup
+ * per event (callgrind: the lookup was a large part of the writer's work).
+ * Direct-mapped; a miss (evicted, or received before a restart) falls back to
+ * the SELECT, so the cache only saves work and never changes a result. */
+enum { ORIGIN_SLOTS = 4096, ORIGIN_MAX = 1024 /* bytes a slot may hold: 4 MiB in all */ };
+
+struct origin_cache {
+	/* "qid\0" then 'c' and "key\0tags\0metadata\0", or 's' alone: this
+	 * queue id's origin is too large to hold, ask the store; one allocation */
+	char *slot[ORIGIN_SLOTS];
+};
+
+static size_t origin_hash(const char *qid)
+{
+	uint32_t h = 2166136261u;
+	for (; *qid; qid++)
+		h = (h ^ (unsigned char)*qid) * 16777619u;
+	return h % ORIGIN_SLOTS;
+}
+
+static void origin_clear(struct origin_cache *c)
+{
+	for (size_t i = 0; i < ORIGIN_SLOTS; i++) {
+		free(c->slot[i]);
+		c->slot[i] = NULL;
+	}
+}
+
+/* Remembers a received event's origin; the first received event of a queue
+ * id wins, as with the SELECT's ORDER BY id. */
+static void origin_put(struct origin_cache *c, const struct tern_event *e)
+{
+	size_t h = origin_hash(e->queue_id);
+	if (c->slot[h] && strcmp(c->slot[h], e->queue_id) == 0)
+		return;
+	const char *k = e->key ? e->key : "", *t = e->tags ? e->tags : "",
+	           *m = e->metadata ? e->metadata : "";
+	size_t nq = strlen(e->queue_id) + 1, nk = strlen(k) + 1, nt = strlen(t) + 1,
+	       nm = strlen(m) + 1;
+	bool hold = nq + 1 + nk + nt + nm <= ORIGIN_MAX;
+	char *b = malloc(hold ? nq + 1 + nk + nt + nm : nq + 1);
+	free(c->slot[h]);
+	c->slot[h] = b;
+	if (!b)
+		return;
+	memcpy(b, e->queue_id, nq);
+	b[nq] = hold ? 'c' : 's';
+	if (!hold)
+		return;
+	memcpy(b + nq + 1, k, nk);
+	memcpy(b + nq + 1 + nk, t, nt);
+	memcpy(b + nq + 1 + nk + nt, m, nm);
+}
+
+/* Fills e's key, tags and metadata from the cache (pointers into it, valid
+ * until the next origin_put or origin_clear); false on a miss. */
+static bool origin_get(const struct origin_cache *c, struct tern_event *e)
+{
+	const char *b = c->slot[origin_hash(e->queue_id)];
+	if (!b || strcmp(b, e->queue_id) != 0)
+		return false;
+	b += strlen(b) + 1;
+	if (*b != 'c')
+		return false;
+	e->key = b + 1;
+	e->tags = e->key + strlen(e->key) + 1;
+	e->metadata = e->tags + strlen(e->tags) + 1;
+	return true;
+}
+
 /* Inserts a batch and its outbox rows in one transaction; *n_outbox gets
  * the number of outbox rows made. */
-static int write_batch(sqlite3 *db, struct wstmts *w, struct qev *batch,
+static int write_batch(sqlite3 *db, struct wstmts *w, struct origin_cache *oc, struct qev *batch,
                        const struct endpoint_filter *f, size_t nf, size_t *n_outbox)
 {
 	sqlite3_stmt *ins, *ob;
@@ -410,7 +487,8 @@ static int write_batch(sqlite3 *db, struct wstmts *w, struct qev *batch,
 		bool inherit = e->type != EV_RECEIVED && e->queue_id && *e->queue_id &&
 		               !(e->key && *e->key) && !(e->tags && *e->tags) &&
 		               !(e->metadata && *e->metadata);
-		if (inherit) {
+		bool cached = inherit && oc && origin_get(oc, e);
+		if (inherit && !cached) {
 			sqlite3_bind_text(w->origin, 1, e->queue_id, -1, SQLITE_STATIC);
 			if (sqlite3_step(w->origin) == SQLITE_ROW) {
 				e->key = (const char *)sqlite3_column_text(w->origin, 0);
@@ -437,6 +515,8 @@ static int write_batch(sqlite3 *db, struct wstmts *w, struct qev *batch,
 			goto out;
 		sqlite3_reset(ins);
 		int64_t id = sqlite3_last_insert_rowid(db);
+		if (oc && e->type == EV_RECEIVED && e->queue_id && *e->queue_id)
+			origin_put(oc, e);
 		for (size_t i = 0; i < nf; i++) {
 			if (!(f[i].types & (1u << e->type)))
 				continue;
@@ -452,7 +532,8 @@ static int write_batch(sqlite3 *db, struct wstmts *w, struct qev *batch,
 		}
 		if (inherit) {
 			sqlite3_reset(w->origin);
-			e->key = e->tags = e->metadata = NULL; /* pointed into the statement */
+			/* pointed into the statement or the cache */
+			e->key = e->tags = e->metadata = NULL;
 		}
 	}
 	if (run(w->commit))
@@ -466,6 +547,8 @@ out:
 		if (!sqlite3_get_autocommit(db))
 			run(w->rollback);
 		*n_outbox = 0;
+		if (oc) /* it may name received events the rollback undid */
+			origin_clear(oc);
 	}
 	return rc;
 }
@@ -478,6 +561,7 @@ static void *writer_main(void *arg)
 	size_t n_filters = 0;
 	int64_t version = -2, next_prune = 0;
 	struct wstmts w = {0};
+	struct origin_cache *oc = calloc(1, sizeof(*oc));
 	pthread_mutex_lock(&Q.lock);
 	for (;;) {
 		while (!Q.head && !Q.stopping) {
@@ -526,7 +610,8 @@ static void *writer_main(void *arg)
 		int64_t v = wstmts_prepare(Q.db, &w) == TERN_OK ? data_version(&w) : -1;
 		if (v != version && load_filters(Q.db, &filters, &n_filters) == TERN_OK)
 			version = v;
-		int rc = write_batch(Q.db, &w, batch, filters, n_filters, &n_outbox);
+		/* without the cache (no memory) every inheritance is a SELECT */
+		int rc = write_batch(Q.db, &w, oc, batch, filters, n_filters, &n_outbox);
 		if (rc != TERN_OK) {
 			atomic_fetch_add(&Q.dropped, k);
 			log_error("event=events_dropped count=%zu reason=\"store write failed\"",
@@ -549,6 +634,9 @@ static void *writer_main(void *arg)
 	pthread_cond_broadcast(&Q.idle);
 	pthread_mutex_unlock(&Q.lock);
 	wstmts_free(&w);
+	if (oc)
+		origin_clear(oc);
+	free(oc);
 	free(filters);
 	return NULL;
 }
@@ -556,7 +644,9 @@ static void *writer_main(void *arg)
 int events_start(const char *data_dir, const struct events_opts *o)
 {
 	char err[512];
-	sqlite3 *db = events_db_open(data_dir, err, sizeof(err));
+	/* Only the writer thread uses it (events_start and events_stop run
+	 * before and after it: pthread_create and pthread_join order them). */
+	sqlite3 *db = db_open(data_dir, SQLITE_OPEN_NOMUTEX, err, sizeof(err));
 	if (!db) {
 		log_error("event=events_failed reason=\"%s\"", err);
 		return TERN_EIO;

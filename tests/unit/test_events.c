@@ -3,7 +3,9 @@
  * and management (src/store/webhook.c): the Standard Webhooks example
  * signature, the retry schedule, event filters, emitted events stored and
  * queried with filters and a cursor, outbox rows only for endpoints whose
- * filter matches, and a full queue that drops (counted) instead of blocking.
+ * filter matches, a full queue that drops (counted) instead of blocking, and
+ * later events inheriting their received event's key, tags and metadata the
+ * same whether the writer's cache or the store answers.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -308,6 +310,78 @@ static void outcomes_inherit_key_and_tags(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* The writer remembers recent received events to save a lookup per later
+ * event; the result must be the lookup's in every case: the first received
+ * event of a queue id wins, one evicted from the cache (thousands of messages
+ * since) or written before a restart is still found in the store. */
+static void inheritance_is_the_same_from_cache_or_store(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", err[256], qid[32];
+	assert_non_null(mkdtemp(dir));
+	struct events_opts o = {.retry_base = 3600, .timeout = 1, .queue_max = 20000};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QC", .key = "carol"});
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QC", .key = "dave"});
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QE", .tags = "old"});
+	for (int i = 0; i < 10000; i++) {
+		snprintf(qid, sizeof(qid), "F%d", i);
+		events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = qid, .key = qid});
+	}
+	/* too large for the cache: the store answers, also after a second
+	 * received event of the queue id that would fit */
+	char big[3000];
+	memset(big, 'm', sizeof(big));
+	memcpy(big, "{\"m\":\"", 6);
+	memcpy(big + sizeof(big) - 3, "\"}", 3);
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QG", .metadata = big});
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QG", .key = "later"});
+	/* recent: the cache answers, the first received event winning */
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QH", .key = "carol"});
+	events_emit(&(struct tern_event){.type = EV_RECEIVED, .queue_id = "QH", .key = "dave"});
+	assert_true(events_flush(20000));
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "QC"});
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "QE"});
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "F9999"});
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "F0"});
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "QG"});
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .queue_id = "QH"});
+	assert_true(events_flush(20000));
+	events_stop();
+	/* After a restart the cache is empty: the store answers. */
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	events_emit(&(struct tern_event){.type = EV_BOUNCED, .queue_id = "F9999"});
+	assert_true(events_flush(20000));
+	events_stop();
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'QC' AND key = 'carol'"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'QH' AND key = 'carol'"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'QE' AND tags = 'old' AND key = ''"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'F9999' AND key = 'F9999'"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'F0' AND key = 'F0'"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'QG' AND length(metadata) = 2999 AND key = ''"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'bounced' AND "
+	                           "queue_id = 'F9999' AND key = 'F9999'"),
+	                 1);
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* Retention deletes old events, but never one a pending outbox row needs. */
 static void prune_keeps_what_the_outbox_needs(void **state)
 {
@@ -391,6 +465,7 @@ int main(void)
 	    cmocka_unit_test(emitted_events_are_stored_and_queried),
 	    cmocka_unit_test(full_queue_drops_instead_of_blocking),
 	    cmocka_unit_test(outcomes_inherit_key_and_tags),
+	    cmocka_unit_test(inheritance_is_the_same_from_cache_or_store),
 	    cmocka_unit_test(prune_keeps_what_the_outbox_needs),
 	    cmocka_unit_test(webhooks_config_is_read),
 	};
