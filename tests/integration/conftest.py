@@ -431,6 +431,15 @@ class Tern:
                     data = s.recv(512)
                     if data.startswith(b"220"):
                         s.sendall(b"QUIT\r\n")
+                        # Read to tern's end of the connection: it frees the session (and
+                        # its max_connections_per_ip slot) before closing, so a test that
+                        # counts connections from 127.0.0.1 never meets this probe's.
+                        s.settimeout(5.0)
+                        try:
+                            while s.recv(512):
+                                pass
+                        except OSError:
+                            pass
                         return
                     last = data
             except OSError as e:
