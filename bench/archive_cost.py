@@ -18,7 +18,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from local_delivery import count_delivered, free_port, start_tern, stop  # noqa: E402
+from benchlib import free_port, stop  # noqa: E402
+from local_delivery import count_delivered, start_tern  # noqa: E402
 
 
 def one(tern, load, archive, conns, messages):

@@ -26,14 +26,12 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import free_port, stop  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pids_of(pid):
@@ -119,14 +117,6 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
     wait_port(port, proc, log=os.path.join(work, "tern.log"))
     return proc, os.path.join(work, "tern.log")
 
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def make_message(size):

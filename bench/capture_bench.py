@@ -28,8 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,16 +36,12 @@ import time
 import urllib.request
 
 import benchlib
+from benchlib import free_port, stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAILDEV_MAJOR = 3
 REPO = os.path.dirname(HERE)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url, timeout=60):
@@ -108,15 +102,6 @@ def latencies(url, reps):
     xs.sort()
     return statistics.median(xs), xs[min(len(xs) - 1, int(len(xs) * 0.99))]
 
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run_tern(args, load, tmp, run=1):

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -25,15 +24,11 @@ import tempfile
 import time
 
 import benchlib
+from benchlib import free_port, stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kb(pid):
@@ -99,14 +94,6 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
     wait_port(port, proc)
     return proc, data
 
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def run_send(args, tern, load, workdir):

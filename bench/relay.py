@@ -30,14 +30,10 @@ import threading
 import time
 
 import benchlib
+from benchlib import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def greets(port, deadline):

@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -39,15 +38,11 @@ import tempfile
 import time
 
 import benchlib
+from benchlib import free_port, stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tern_pids(pid):
@@ -117,14 +112,6 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
     wait_port(port, proc)
     return proc
 
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def probe_session(port):
