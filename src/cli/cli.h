@@ -67,6 +67,10 @@ int cmd_archive(int argc, char **argv);        /* `tern archive` (archive.c) */
 int cmd_events(int argc, char **argv);         /* `tern events tail` (events.c) */
 int cmd_webhook(int argc, char **argv);        /* `tern webhook ...` (webhook.c) */
 int cmd_stats(int argc, char **argv);          /* `tern stats` (stats.c) */
+/* The event store of the data dir path's config names (events.c), for `tern events` and
+ * `tern stats`; NULL after printing why to stderr. */
+struct sqlite3;
+struct sqlite3 *cli_events_db(const char *path);
 
 /*
  * The OAuth issuer's public keys (auth.oauth.jwks_file) read through the file

@@ -68,6 +68,21 @@ static void ignore(void *arg, int64_t id, const char *js)
 {
 }
 
+sqlite3 *cli_events_db(const char *path)
+{
+	char err[512];
+	struct tern_config *conf = conf_load(path, err, sizeof(err));
+	if (!conf) {
+		fprintf(stderr, "tern: %s\n", err);
+		return NULL;
+	}
+	sqlite3 *db = events_db_open(conf->data_dir, err, sizeof(err));
+	conf_unref(conf);
+	if (!db)
+		fprintf(stderr, "tern: %s\n", err);
+	return db;
+}
+
 int cmd_events(int argc, char **argv)
 {
 	const char *path = NULL;
@@ -115,18 +130,9 @@ int cmd_events(int argc, char **argv)
 			return cli_usage(&events_help, "unknown option '%s'", a);
 		}
 	}
-	char err[512];
-	struct tern_config *conf = conf_load(path, err, sizeof(err));
-	if (!conf) {
-		fprintf(stderr, "tern: %s\n", err);
+	sqlite3 *db = cli_events_db(path);
+	if (!db)
 		return 1;
-	}
-	sqlite3 *db = events_db_open(conf->data_dir, err, sizeof(err));
-	conf_unref(conf);
-	if (!db) {
-		fprintf(stderr, "tern: %s\n", err);
-		return 1;
-	}
 	int status = 1;
 	int64_t last = 0;
 	if (!q.since || limited) {

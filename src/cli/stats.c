@@ -136,18 +136,9 @@ int cmd_stats(int argc, char **argv)
 	const char *why = NULL;
 	if (stats_query_parse(qs, n, (int64_t)time(NULL), &q, &why) != TERN_OK)
 		return cli_usage(&stats_help, "%s", why);
-	char err[512];
-	struct tern_config *conf = conf_load(path, err, sizeof(err));
-	if (!conf) {
-		fprintf(stderr, "tern: %s\n", err);
+	sqlite3 *db = cli_events_db(path);
+	if (!db)
 		return 1;
-	}
-	sqlite3 *db = events_db_open(conf->data_dir, err, sizeof(err));
-	conf_unref(conf);
-	if (!db) {
-		fprintf(stderr, "tern: %s\n", err);
-		return 1;
-	}
 	struct stats_result r;
 	int rc = stats_run(db, &q, &r);
 	sqlite3_close(db);
