@@ -194,6 +194,11 @@ def test_dovecot_quota_agrees_with_tern(tern_factory):
         for i in (1, 2):
             assert send(t, ALICE, f"dc {i}", lines=20).code == 250
         delivered(t, ALICE, 2)
+        # a batch renames its files into new/ before it appends their maildirsize deltas:
+        # wait (bounded) until both deltas are there too
+        deadline = time.monotonic() + 10
+        while maildirsize(t, ALICE)[2] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         _, used, count = maildirsize(t, ALICE)
         q = doveadm_quota(d, ALICE)
         assert q["STORAGE"] == (-(-used // 1024), "10"), (q, used)  # doveadm rounds up
