@@ -20,7 +20,6 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 
@@ -28,59 +27,12 @@ import pytest
 
 from conftest import Raw, free_port, make_tmpdir, start_on_free_port, tern_bin
 from test_api import Api, create_key, wait_ready_http
+from test_suppress import FakeMX  # one fake MX for the suppression tests
 
 pytest.importorskip("aiosmtpd")  # python3-aiosmtpd, in scripts/install-deps
 
 DEADLINE = 20.0
 SENDER = "news@example.test"
-
-
-class FakeMX:
-    """Accepts every recipient; keeps every RCPT offered and every message taken."""
-
-    def __init__(self):
-        from aiosmtpd.controller import Controller
-
-        self.port = free_port()
-        self.lock = threading.Lock()
-        self.rcpts = []
-        self.messages = []
-        mx = self
-
-        class Handler:
-            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-                with mx.lock:
-                    mx.rcpts.append(address)
-                envelope.rcpt_tos.append(address)
-                return "250 2.1.5 OK"
-
-            async def handle_DATA(self, server, session, envelope):
-                with mx.lock:
-                    mx.messages.append({"rcpt_tos": list(envelope.rcpt_tos),
-                                        "content": bytes(envelope.original_content or b"")})
-                return "250 2.0.0 OK queued"
-
-        self.ctl = Controller(Handler(), hostname="127.0.0.1", port=self.port, ready_timeout=10,
-                              server_hostname="mx.remote.test")
-        self.ctl.start()
-
-    def offered(self, addr):
-        with self.lock:
-            return self.rcpts.count(addr)
-
-    def wait_message(self, rcpt, tern):
-        deadline = time.monotonic() + DEADLINE
-        while True:
-            with self.lock:
-                for m in self.messages:
-                    if rcpt in m["rcpt_tos"]:
-                        return m
-            if tern.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"fake MX: no message for {rcpt}\n{tern.log_tail()}")
-            time.sleep(0.05)
-
-    def stop(self):
-        self.ctl.stop()
 
 
 @pytest.fixture

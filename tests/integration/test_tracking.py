@@ -30,7 +30,7 @@ import pytest
 
 from conftest import Raw, free_port, make_tmpdir, start_on_free_port, tern_bin
 from test_api import Api, create_key, wait_ready_http
-from test_api_suppress import FakeMX
+from test_suppress import FakeMX
 
 pytest.importorskip("aiosmtpd")  # python3-aiosmtpd, in scripts/install-deps
 
