@@ -1,0 +1,109 @@
+"""Large messages off the event loop (issue 11 item 2, what it left): a stop while a
+spill write is in flight, a damaged spill file found while streaming it out.
+
+What a user depends on: a stop in the middle of a large DATA ends cleanly (the client is
+told 421, no spill file and no leaked state is left behind), and a spill file damaged on
+disk is never delivered: the next hop gets no message, the log names the queue id.
+"""
+
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import Raw
+from test_bigmsg import (DEADLINE, Sink, big_message, config, send_data,  # noqa: F401
+                         sink, smtp_recv, spill_files)  # sink: a fixture
+
+
+def open_data(port):
+    """A session in DATA (354 received): the socket and its reader."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=("127.0.0.2", 0))
+    f = s.makefile("rb")
+    assert smtp_recv(f)[0] == 220
+    s.sendall(b"EHLO client.example.org\r\n")
+    assert smtp_recv(f)[0] == 250
+    s.sendall(b"MAIL FROM:<carol@example.test>\r\n")
+    assert smtp_recv(f)[0] == 250
+    s.sendall(b"RCPT TO:<bob@remote.example.org>\r\n")
+    assert smtp_recv(f)[0] == 250
+    s.sendall(b"DATA\r\n")
+    assert smtp_recv(f)[0] == 354
+    return s, f
+
+
+def test_stop_during_a_spilled_data_is_clean(tern_factory, sink):
+    """SIGTERM with half of a 20 MB DATA sent: a 421 for the client, a clean exit with no
+    sanitizer report, and no spill file left (not even for the next start's sweep)."""
+    cfg = config(sink.port)
+    cfg["limits"]["shutdown_grace"] = Raw("1s")
+    t = tern_factory(cfg)
+    msg = big_message(20 * 1024 * 1024, subject="stopped").replace(b"\r\n.", b"\r\n..")
+    s, f = open_data(t.port)
+    try:
+        half = len(msg) // 2
+        s.sendall(msg[:half])
+        # the spill has begun: its file exists
+        deadline = time.monotonic() + DEADLINE
+        while not spill_files(t):
+            assert time.monotonic() < deadline, t.log_tail()
+            time.sleep(0.05)
+        t.signal(signal.SIGTERM)
+        code = t.proc.wait(30)
+        t.logf.close()
+        assert code == 0, t.log_tail(60)
+        t.check_sanitizers()
+        assert spill_files(t) == [], t.log_tail(60)
+        # what the client was told before the close
+        s.settimeout(10)
+        got = b""
+        try:
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                got += b
+        except OSError:
+            pass
+        assert got.startswith(b"421 "), got
+    finally:
+        f.close()
+        s.close()
+    assert not sink.messages
+
+
+def test_damaged_spill_file_is_never_delivered(tern_factory):
+    """A byte changed in the middle of a queued message's spill file: the retry streams
+    it, finds the CRC differs before the end of data and resets the connection; the next
+    hop keeps nothing, the log names the queue id, the file stays for the operator."""
+    held = Sink(hold=True)
+    try:
+        t = tern_factory(config(held.port))
+        msg = big_message(3 * 1024 * 1024 + 5, subject="damaged")
+        code, text = send_data(t.port, msg)
+        assert code == 250, text
+        qid = re.search(r"event=queued id=(\S+)", t.wait_log(r"event=queued id=\S+").group(0)).group(1)
+        t.wait_log(rf"event=deferred id={qid}", timeout=DEADLINE)
+        path = t.data_dir / "spool" / "spill" / f"{qid}.msg"
+        assert path.exists(), spill_files(t)
+        data = bytearray(path.read_bytes())
+        mid = len(data) // 2
+        data[mid] = ord("#") if data[mid] != ord("#") else ord("%")
+        path.write_bytes(bytes(data))  # same size: only the CRC can tell
+        held.hold = False
+        t.cli("queue", "flush", check=True)
+        t.wait_log(rf"event=spool_spill_corrupt id={qid} ", timeout=DEADLINE)
+        # the attempt is over (deferred again), and the sink kept nothing
+        deadline = time.monotonic() + DEADLINE
+        while len(t.log_lines("event=deferred", f"id={qid}")) < 2:
+            assert time.monotonic() < deadline, t.log_tail(60)
+            time.sleep(0.05)
+        assert not held.messages, "a damaged message was delivered"
+        last = t.log_lines("event=deferred", f"id={qid}")[-1]
+        assert "status=4.3.0" in last and "damaged" in last, last
+        assert path.exists(), "the damaged file was removed"
+        assert qid in t.queue_list()
+    finally:
+        held.stop()
