@@ -61,19 +61,18 @@ struct maildir_item {
 	long long quota;
 	/* out */
 	bool over_quota;
-	int result;                  /* TERN_OK or an error */
+	int result;              /* TERN_OK or an error */
 	char name[MAILDIR_NAME_MAX]; /* the file name in new/ */
-	char path[4096];             /* the full path of the delivered file */
+	char path[4096];         /* the full path of the delivered file */
 };
 
-/* mail_root is the data directory DATA. Builds DATA/mail/DOMAIN/LOCAL into out; TERN_EINVAL if
- * unsafe, TERN_ELIMIT if too long. */
+/* mail_root is the data directory DATA. Builds DATA/mail/DOMAIN/LOCAL into out; TERN_EINVAL if unsafe, TERN_ELIMIT if too long. */
 int maildir_path(const char *mail_root, const char *domain, const char *local, char *out,
-                 size_t outlen);
+		 size_t outlen);
 /* As maildir_path, then "/.FOLDER" when folder is neither NULL nor "" (see
  * struct maildir_item.folder for the names allowed). */
 int maildir_folder_path(const char *mail_root, const char *domain, const char *local,
-                        const char *folder, char *out, size_t outlen);
+			const char *folder, char *out, size_t outlen);
 /* Creates the maildir and its tmp/new/cur (mode 0700), like mkdir -p. */
 int maildir_create(const char *path);
 /*
@@ -85,12 +84,12 @@ int maildir_unique_name(const char *hostname, size_t size, char *out, size_t out
 /* "CREATED.Q<queue id>R<recipient index>.HOST,S=SIZE": unique per recipient of
  * a message, and the same every time that recipient is delivered. */
 int maildir_stable_name(const char *hostname, long long created, const char *queue_id,
-                        size_t rcpt_idx, size_t size, char *out, size_t outlen);
+			size_t rcpt_idx, size_t size, char *out, size_t outlen);
 /* Delivers every item (see above; plus addressing reads the current
  * runtime, core/runtime.h, when one is installed); returns the number
  * delivered. */
 size_t maildir_deliver_batch(const char *mail_root, const char *hostname,
-                             struct maildir_item *items, size_t n);
+			     struct maildir_item *items, size_t n);
 
 /*
  * Maildir++ quota, as Dovecot's "maildir" quota backend keeps it: the file
@@ -142,18 +141,18 @@ bool maildir_quota_known_full(const char *addr);
 enum remote_outcome { REMOTE_PENDING = 0, REMOTE_DELIVERED, REMOTE_DEFERRED, REMOTE_BOUNCED };
 
 struct remote_rcpt {
-	char *addr;  /* owned */
-	char *orcpt; /* owned, or NULL */
+	char *addr;            /* owned */
+	char *orcpt;           /* owned, or NULL */
 	unsigned notify;
-	size_t idx; /* index in the spool envelope */
+	size_t idx;            /* index in the spool envelope */
 	/* result */
 	enum remote_outcome outcome;
-	bool dsn_relayed;     /* the peer took DSN parameters over (no SUCCESS notice from us) */
-	char status[16];      /* enhanced status, e.g. "5.1.1" */
-	char reply[512];      /* "550 5.1.1 ... (in reply to RCPT TO)" or our own reason */
-	char remote_mta[256]; /* host that answered, "" if none */
-	uint32_t retry_after; /* deferred: retry no sooner than this (s; a destination's
-	                         back-off, deliver/shaping.h); 0: the usual schedule */
+	bool dsn_relayed;      /* the peer took DSN parameters over (no SUCCESS notice from us) */
+	char status[16];       /* enhanced status, e.g. "5.1.1" */
+	char reply[512];       /* "550 5.1.1 ... (in reply to RCPT TO)" or our own reason */
+	char remote_mta[256];  /* host that answered, "" if none */
+	uint32_t retry_after;  /* deferred: retry no sooner than this (s; a destination's
+	                          back-off, deliver/shaping.h); 0: the usual schedule */
 };
 
 struct remote_job;
@@ -166,10 +165,10 @@ struct remote_job {
 	char *sender;
 	unsigned body, ret;
 	bool smtputf8;
-	bool has_8bit; /* the message has bytes >= 0x80 */
+	bool has_8bit;           /* the message has bytes >= 0x80 */
 	char *envid;
-	char *auth;    /* MAIL AUTH= for the next hop (RFC 4954 §5), or NULL */
-	char *api_key; /* the HTTP API key that sent it (pool_select.keys), or NULL */
+	char *auth;              /* MAIL AUTH= for the next hop (RFC 4954 §5), or NULL */
+	char *api_key;           /* the HTTP API key that sent it (pool_select.keys), or NULL */
 	char *data;
 	size_t len;
 	/* SPILL (deliver/remote_stream.h): the message goes on with spill_len
@@ -180,10 +179,10 @@ struct remote_job {
 	 * must have CRC32C spill_crc (the record's): checked as they are sent */
 	bool spill_check;
 	uint32_t spill_crc;
-	char domain[256]; /* lowercase recipient domain */
+	char domain[256];        /* lowercase recipient domain */
 	struct remote_rcpt *rcpts;
 	size_t n_rcpts;
-	remote_done_fn done; /* runs on a worker thread once every recipient has a result */
+	remote_done_fn done;     /* runs on a worker thread once every recipient has a result */
 	void *done_arg;
 };
 

@@ -105,11 +105,11 @@ struct remote {
 	/* MTA-STS: policies are got (cache, HTTPS) on this pool, never on a loop */
 	struct pool *sts_pool;
 	struct sts_job *sts_jobs; /* under lock: submitted, their done not run yet */
+	char *ca_pem;             /* delivery.ca_file's text for the policy fetch, or NULL */
+	size_t ca_len;
 	/* SPILL: spilled messages are read ahead here, never on a loop
 	 * (remote_stream.h); NULL: read on the loop */
 	struct pool *io_pool;
-	char *ca_pem; /* delivery.ca_file's text for the policy fetch, or NULL */
-	size_t ca_len;
 };
 
 /* One MTA-STS policy lookup on the pool. c is NULL once the connection is

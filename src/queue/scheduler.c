@@ -56,7 +56,7 @@ struct job {
 	char *spill_path; /* NULL: data is the whole message */
 	uint64_t file_off, file_len;
 	uint32_t file_crc; /* the record's CRC32C of the file, checked as it is sent */
-	bool flush;        /* `tern queue flush`: deferred recipients are due now */
+	bool flush;      /* `tern queue flush`: deferred recipients are due now */
 };
 
 /* Messages with recipients handed to the remote engine, so a flush or a
@@ -72,7 +72,7 @@ struct scheduler {
 	struct spool *sp;
 	struct remote *remote;
 	struct capture_store *capture; /* capture mode: local recipients are caught here */
-	scheduler_result_fn observer;  /* scheduler_set_observer, or NULL */
+	scheduler_result_fn observer; /* scheduler_set_observer, or NULL */
 	void *observer_arg;
 	scheduler_result_fn archive_observer; /* scheduler_set_archive_observer, or NULL */
 	void *archive_observer_arg;
@@ -109,7 +109,7 @@ static unsigned id_hash(const char *id)
 
 /* Adds delta to the in-flight count of id; returns the count before. */
 static unsigned inflight_add(struct scheduler *s, struct inflight **table, const char *id,
-                             int delta)
+			     int delta)
 {
 	unsigned b = id_hash(id);
 	struct inflight **pp = &table[b];
@@ -359,9 +359,9 @@ static void dsn_committed(void *arg, int err)
  * from the null sender (itself a notice) is reported to the postmaster
  * instead, unless it was addressed to a postmaster: that would loop.
  */
-static void send_dsn(struct scheduler *s, const struct tern_config *conf, const struct spool_msg *m,
-                     const char *data, size_t len, const struct dsn_rcpt *rcpts, size_t n,
-                     const char *kind)
+static void send_dsn(struct scheduler *s, const struct tern_config *conf,
+		     const struct spool_msg *m, const char *data, size_t len,
+		     const struct dsn_rcpt *rcpts, size_t n, const char *kind)
 {
 	if (n == 0)
 		return;
@@ -372,8 +372,8 @@ static void send_dsn(struct scheduler *s, const struct tern_config *conf, const 
 		 * (RFC 5321 §6.1; e.g. a postmaster alias pointing at a host that
 		 * bounces): log it, send nothing. */
 		log_warn("event=dsn_dropped id=%s kind=%s reason=\"the failed message is itself a "
-		         "delivery notice from this server\"",
-		         m->id, kind);
+			 "delivery notice from this server\"",
+			 m->id, kind);
 		return;
 	}
 	if (m->sender[0]) {
@@ -385,19 +385,19 @@ static void send_dsn(struct scheduler *s, const struct tern_config *conf, const 
 	struct tbuf out;
 	tbuf_init(&out, len + 256 * 1024);
 	struct dsn_params p = {
-	    .reporting_mta = conf->hostname,
-	    .queue_id = m->id,
-	    .envid = m->envid,
-	    .arrival = m->created,
-	    .to = to,
-	    /* SPILL: only the head of a spilled message is at hand (and a
-	     * notice should not carry megabytes back): headers only */
-	    .ret = m->spill ? SMTP_RET_HDRS : m->ret,
-	    .rcpts = rcpts,
-	    .n_rcpts = n,
-	    .original = data,
-	    .original_len = len,
-	    .now = now_sec(),
+		.reporting_mta = conf->hostname,
+		.queue_id = m->id,
+		.envid = m->envid,
+		.arrival = m->created,
+		.to = to,
+		/* SPILL: only the head of a spilled message is at hand (and a
+		 * notice should not carry megabytes back): headers only */
+		.ret = m->spill ? SMTP_RET_HDRS : m->ret,
+		.rcpts = rcpts,
+		.n_rcpts = n,
+		.original = data,
+		.original_len = len,
+		.now = now_sec(),
 	};
 	if (dsn_build(&p, &out) != TERN_OK) {
 		log_error("event=dsn_failed id=%s reason=build", m->id);
@@ -480,12 +480,12 @@ static bool wants_notice(const struct spool_msg *m, unsigned notify, unsigned bi
 /* What became of one recipient, to be recorded. */
 struct outcome {
 	size_t idx;
-	enum rcpt_state state; /* DELIVERED, BOUNCED or DEFERRED */
+	enum rcpt_state state;  /* DELIVERED, BOUNCED or DEFERRED */
 	const char *status;
 	const char *reply;
-	const char *relay; /* "local" or the remote host */
+	const char *relay;      /* "local" or the remote host */
 	bool dsn_relayed;
-	uint32_t retry_after; /* deferred: not sooner than this (a destination's back-off) */
+	uint32_t retry_after;   /* deferred: not sooner than this (a destination's back-off) */
 };
 
 /*
@@ -519,8 +519,8 @@ static void reschedule(struct scheduler *s, const char *id, int64_t now)
  * timers, and the DSNs they call for. data is the message (for DSNs).
  */
 static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
-                            const struct spool_msg *m, const char *data, size_t len,
-                            struct outcome *o, size_t n)
+			    const struct spool_msg *m, const char *data, size_t len,
+			    struct outcome *o, size_t n)
 {
 	int64_t now = now_sec();
 	size_t cap = n ? n : 1;
@@ -545,8 +545,8 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		    now - since >= (int64_t)conf->delivery.max_lifetime && expired) {
 			/* Too old: the last temporary reason becomes final. */
 			snprintf(expired[k], sizeof(expired[k]),
-			         "delivery time expired after %lld s; last error: %s",
-			         (long long)(now - since), o[k].reply);
+				 "delivery time expired after %lld s; last error: %s",
+				 (long long)(now - since), o[k].reply);
 			o[k].state = RCPT_BOUNCED;
 			o[k].status = "4.4.7";
 			o[k].reply = expired[k];
@@ -567,14 +567,11 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			if (wants_notice(m, r->notify, SMTP_NOTIFY_SUCCESS) && !o[k].dsn_relayed &&
 			    n_ok < dsn_cap)
 				ok[n_ok++] = (struct dsn_rcpt){
-				    .final_rcpt = r->addr,
-				    .orcpt = r->orcpt,
-				    .action =
-				        strcmp(o[k].relay, "local") == 0 ? "delivered" : "relayed",
-				    .status = "2.0.0",
-				    .remote_mta = NULL,
-				    .diagnostic = NULL,
-				    .last_attempt = now};
+					.final_rcpt = r->addr, .orcpt = r->orcpt,
+					.action = strcmp(o[k].relay, "local") == 0 ? "delivered"
+										    : "relayed",
+					.status = "2.0.0", .remote_mta = NULL,
+					.diagnostic = NULL, .last_attempt = now};
 			break;
 		case RCPT_BOUNCED:
 			spool_update_rcpt(s->sp, m->id, o[k].idx, RCPT_BOUNCED, 0, o[k].reply);
@@ -587,14 +584,11 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			         log_quote(o[k].reply, strlen(o[k].reply), q, sizeof(q)));
 			if (wants_notice(m, r->notify, SMTP_NOTIFY_FAILURE) && n_fail < dsn_cap)
 				fail[n_fail++] = (struct dsn_rcpt){
-				    .final_rcpt = r->addr,
-				    .orcpt = r->orcpt,
-				    .action = "failed",
-				    .status = o[k].status[0] == '5' ? o[k].status : "5.0.0",
-				    .remote_mta =
-				        strcmp(o[k].relay, "local") == 0 ? NULL : o[k].relay,
-				    .diagnostic = o[k].reply,
-				    .last_attempt = now};
+					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "failed",
+					.status = o[k].status[0] == '5' ? o[k].status : "5.0.0",
+					.remote_mta = strcmp(o[k].relay, "local") == 0 ? NULL
+										       : o[k].relay,
+					.diagnostic = o[k].reply, .last_attempt = now};
 			break;
 		case RCPT_SUPPRESSED:
 			/* No DSN: the suppression list is the sender's own record. */
@@ -619,16 +613,13 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			    now - since >= (int64_t)conf->delivery.delay_warning &&
 			    wants_notice(m, r->notify, SMTP_NOTIFY_DELAY) && n_delayed < dsn_cap)
 				delayed[n_delayed++] = (struct dsn_rcpt){
-				    .final_rcpt = r->addr,
-				    .orcpt = r->orcpt,
-				    .action = "delayed",
-				    .status = o[k].status[0] == '4' ? o[k].status : "4.0.0",
-				    .remote_mta =
-				        strcmp(o[k].relay, "local") == 0 ? NULL : o[k].relay,
-				    .diagnostic = o[k].reply,
-				    .last_attempt = now,
-				    .will_retry_until =
-				        since + (int64_t)conf->delivery.max_lifetime};
+					.final_rcpt = r->addr, .orcpt = r->orcpt, .action = "delayed",
+					.status = o[k].status[0] == '4' ? o[k].status : "4.0.0",
+					.remote_mta = strcmp(o[k].relay, "local") == 0 ? NULL
+										       : o[k].relay,
+					.diagnostic = o[k].reply, .last_attempt = now,
+					.will_retry_until = since +
+							    (int64_t)conf->delivery.max_lifetime};
 			break;
 		}
 		}
@@ -710,8 +701,8 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 				continue;
 			o[n].idx = rr->idx;
 			o[n].state = rr->outcome == REMOTE_DELIVERED ? RCPT_DELIVERED
-			             : rr->outcome == REMOTE_BOUNCED ? RCPT_BOUNCED
-			                                             : RCPT_DEFERRED;
+				     : rr->outcome == REMOTE_BOUNCED ? RCPT_BOUNCED
+								     : RCPT_DEFERRED;
 			o[n].status = rr->status;
 			o[n].reply = rr->reply;
 			o[n].relay = rr->remote_mta[0] ? rr->remote_mta : job->domain;
@@ -916,8 +907,7 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 		rj->sender = tern_strdup(m->sender);
 		rj->envid = tern_strdup(m->envid);
 		rj->auth = tern_strdup(m->auth); /* NULL stays NULL */
-		rj->api_key =
-		    tern_strdup(m->api_key); /* its pool (pool_for_key); NULL stays NULL */
+		rj->api_key = tern_strdup(m->api_key); /* its pool (pool_for_key); NULL stays NULL */
 		rj->body = m->body;
 		rj->ret = m->ret;
 		rj->smtputf8 = m->smtputf8;
@@ -1050,8 +1040,8 @@ static const char *outcome_reply(char *buf, size_t len, enum smtp_reply_id id, c
 	return smtp_reply_def(id)->enhanced;
 }
 
-static void capture_record(struct scheduler *s, const struct tern_config *conf, struct caught *c,
-                           size_t n_caught, int64_t now)
+static void capture_record(struct scheduler *s, const struct tern_config *conf,
+			   struct caught *c, size_t n_caught, int64_t now)
 {
 	int sync_rc = n_caught ? capture_sync(s->capture) : TERN_OK;
 	for (size_t k = 0; k < n_caught; k++) {
@@ -1156,8 +1146,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 				if (rrc == TERN_OK && !job->spill_path)
 					rrc = TERN_ENOMEM;
 				if (rrc == TERN_OK)
-					rrc =
-					    spool_read_head(s->sp, job->id, 0, &b, &job->file_off);
+					rrc = spool_read_head(s->sp, job->id, 0, &b, &job->file_off);
 			} else {
 				tbuf_init(&b, (size_t)m->size + 1);
 				rrc = spool_read_data(s->sp, job->id, &b);
@@ -1204,8 +1193,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			c->rcpt_idx = i;
 			struct tbuf pre;
 			tbuf_init(&pre, 4096);
-			if (tbuf_printf(&pre, "Return-Path: <%s>\r\nDelivered-To: %s\r\n",
-			                m->sender, r->addr) != TERN_OK) {
+			if (tbuf_printf(&pre, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", m->sender,
+					r->addr) != TERN_OK) {
 				tbuf_free(&pre);
 				continue;
 			}
@@ -1215,8 +1204,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			c->iov[1].iov_base = job->data;
 			c->iov[1].iov_len = job->len;
 			if (maildir_stable_name(conf->hostname, (long long)m->created, m->id, i,
-			                        c->iov[0].iov_len + job->len + job->file_len,
-			                        c->stable, sizeof(c->stable)) != TERN_OK)
+						c->iov[0].iov_len + job->len + job->file_len,
+						c->stable, sizeof(c->stable)) != TERN_OK)
 				c->stable[0] = '\0';
 			n_items++;
 		}
@@ -1264,7 +1253,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 
 	/* Record per message, so each message's DSN covers all its recipients. */
 	struct outcome *o = calloc(n_items ? n_items : 1, sizeof(*o));
-	char(*replies)[160] = calloc(n_items ? n_items : 1, sizeof(*replies));
+	char (*replies)[160] = calloc(n_items ? n_items : 1, sizeof(*replies));
 	if (!o || !replies) {
 		free(o);
 		free(replies);
