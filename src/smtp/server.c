@@ -1124,6 +1124,16 @@ static bool spill_room(struct session *s, struct tx *t, size_t incoming)
 		spill_wait_start(s);
 		return false;
 	}
+	if (data_stream_error(t->ds) && !t->spilled) {
+		/* SPILL: the file could not be made (on the pool): kept in
+		 * memory as before spilling existed, rather than refused. */
+		log_warn("event=spill_unavailable id=%s reason=%s", t->id,
+		         tern_strerror(data_stream_error(t->ds)));
+		data_stream_free(t->ds, NULL);
+		t->ds = NULL;
+		t->no_spill = true;
+		return true;
+	}
 	if (data_stream_error(t->ds)) {
 		t->spill_err = data_stream_error(t->ds);
 		return true;
@@ -3886,6 +3896,28 @@ size_t smtp_server_sessions(struct smtp_server *srv)
 	return atomic_load(&srv->n_sessions);
 }
 
+/*
+ * A session still in a transaction when shutdown_grace ran out (a large
+ * DATA under way, say): its message is not queued, and the client is told
+ * so with 421 rather than a bare close. The loops have stopped, so a plain
+ * session's reply is written straight to its socket (what fits; it is
+ * non-blocking); a TLS session just closes.
+ */
+static void session_last_word(struct session *s)
+{
+	if (!s->bev || s->tls_active || states[s->state].idle || s->state == SS_CLOSING)
+		return;
+	evutil_socket_t fd = bufferevent_getfd(s->bev);
+	if (fd < 0)
+		return;
+	log_info("event=disconnect sess=%u.%llu client=%s reason=shutdown id=%s "
+	         "message=not-queued",
+	         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+	         s->tx ? s->tx->id : "-");
+	reply_host(s, SMTP_R_SHUTDOWN);
+	(void)evbuffer_write(bufferevent_get_output(s->bev), fd);
+}
+
 void smtp_server_free(struct smtp_server *srv)
 {
 	if (!srv)
@@ -3894,13 +3926,16 @@ void smtp_server_free(struct smtp_server *srv)
 	 * not a drain, and must not be logged as one. */
 	atomic_flag_test_and_set(&srv->drained_logged);
 	pool_free(srv->verify_pool); /* TRUST: no body job outlives its session's memory */
-	pool_free(srv->spill_pool);  /* SPILL */
+	pool_free(srv->spill_pool);  /* SPILL: a stream freed below has no job left */
+	srv->verify_pool = srv->spill_pool = NULL; /* tx_free must not queue on them */
 	for (size_t i = 0; i < srv->n_workers; i++) {
 		struct srv_worker *sw = srv->workers[i];
 		for (size_t j = 0; j < sw->n_listeners; j++)
 			evconnlistener_free(sw->listeners[j]);
-		while (sw->sessions)
+		while (sw->sessions) {
+			session_last_word(sw->sessions);
 			session_free(sw->sessions);
+		}
 		free(sw);
 	}
 	for (size_t b = 0; b < IP_BUCKETS; b++) {
