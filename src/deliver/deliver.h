@@ -34,6 +34,8 @@ struct maildir_item {
 	 * src_off (a large message's rest, copied file to file); NULL: none */
 	const char *src_path;
 	uint64_t src_off, src_len;
+	bool src_check;   /* the file's first src_off + src_len bytes must have */
+	uint32_t src_crc; /* CRC32C src_crc (the record's): checked as copied */
 	/*
 	 * Optional stable name (see maildir_stable_name): the same recipient of
 	 * the same message always gets the same file name, so a delivery that is

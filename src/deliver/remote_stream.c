@@ -384,7 +384,8 @@ void body_pump_close(struct body_pump *p)
 		reader_release(rd);
 }
 
-int stream_copy_file(int dst, const char *path, uint64_t off, uint64_t len)
+int stream_copy_file(int dst, const char *path, uint64_t off, uint64_t len, bool check,
+                     uint32_t crc)
 {
 	int src = open(path, O_RDONLY | O_CLOEXEC);
 	if (src < 0)
@@ -392,8 +393,19 @@ int stream_copy_file(int dst, const char *path, uint64_t off, uint64_t len)
 	int rc = TERN_OK;
 	loff_t in = (loff_t)off;
 	uint64_t left = len;
-	bool plain = false; /* copy_file_range refused (another file system, old kernel) */
+	/* plain: copy_file_range refused (another file system, old kernel), or
+	 * the bytes must pass through here to be checked */
+	bool plain = check;
 	char buf[STREAM_READ];
+	uint32_t c = 0;
+	for (uint64_t p = 0; check && p < off && rc == TERN_OK;) {
+		/* the header block the record's data replaces: checked, not copied */
+		size_t k = off - p < sizeof(buf) ? (size_t)(off - p) : sizeof(buf);
+		rc = pread_full(src, buf, k, p);
+		if (rc == TERN_OK)
+			c = spill_crc32c(c, buf, k);
+		p += k;
+	}
 	while (left > 0 && rc == TERN_OK) {
 		size_t want = left < (1u << 30) ? (size_t)left : (1u << 30);
 		ssize_t r;
@@ -410,6 +422,8 @@ int stream_copy_file(int dst, const char *path, uint64_t off, uint64_t len)
 				r = -1;
 			else if (r > 0)
 				in += r;
+			if (r > 0 && check)
+				c = spill_crc32c(c, buf, (size_t)r);
 		}
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -420,6 +434,8 @@ int stream_copy_file(int dst, const char *path, uint64_t off, uint64_t len)
 		else
 			left -= (uint64_t)r;
 	}
+	if (rc == TERN_OK && check && c != crc)
+		rc = TERN_ECORRUPT;
 	close(src);
 	return rc;
 }

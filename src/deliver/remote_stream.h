@@ -98,8 +98,12 @@ int body_pump_fill(struct body_pump *p, size_t queued, smtp_emit_fn emit, void *
 void body_pump_close(struct body_pump *p);
 
 /* Local delivery of a spilled message: appends len bytes of path from off
- * to dst (copy_file_range, else read/write in STREAM_READ pieces). Blocks:
- * for delivery threads. TERN_OK, TERN_EIO, or TERN_ECORRUPT (path short). */
-int stream_copy_file(int dst, const char *path, uint64_t off, uint64_t len);
+ * to dst (copy_file_range, else read/write in STREAM_READ pieces; with
+ * check, read/write only, the CRC32C of the file's first off + len bytes
+ * compared with crc at the end, before the caller moves the copy into
+ * place). Blocks: for delivery threads. TERN_OK, TERN_EIO, or
+ * TERN_ECORRUPT (path short, or its CRC differs). */
+int stream_copy_file(int dst, const char *path, uint64_t off, uint64_t len, bool check,
+                     uint32_t crc);
 
 #endif

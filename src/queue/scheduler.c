@@ -1233,6 +1233,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			items[k].src_path = ctx[k].job->spill_path;
 			items[k].src_off = ctx[k].job->file_off;
 			items[k].src_len = ctx[k].job->file_len;
+			items[k].src_check = true;
+			items[k].src_crc = ctx[k].job->file_crc;
 		}
 		/* DMARC quarantine (smtp/verify.c) rides in the envelope: the Junk folder. */
 		items[k].folder = spool_folder_name(ctx[k].msg->folder);

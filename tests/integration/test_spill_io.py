@@ -6,6 +6,7 @@ told 421, no spill file and no leaked state is left behind), and a spill file da
 disk is never delivered: the next hop gets no message, the log names the queue id.
 """
 
+import os
 import re
 import signal
 import socket
@@ -118,3 +119,35 @@ def test_damaged_spill_file_is_never_delivered(tern_factory):
         assert qid in t.queue_list()
     finally:
         held.stop()
+
+
+def test_damaged_spill_file_is_never_put_in_a_maildir(tern_factory, sink):
+    """The same for local delivery: the copy into the Maildir checks the CRC before the
+    file is moved into new/; the recipient gets nothing, the message stays queued."""
+    t = tern_factory(config(sink.port))
+    mdir = t.data_dir / "mail" / "example.test"
+    mdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(mdir, 0o500)  # tern (another user, or root without the bits) cannot write
+    shadow = os.getuid() == 0  # root ignores modes: tern runs as nobody then (conftest)
+    msg = big_message(3 * 1024 * 1024 + 9, subject="damaged-local")
+    code, text = send_data(t.port, msg, rcpt="alice@example.test")
+    assert code == 250, text
+    qid = re.search(r"event=queued id=(\S+)", t.wait_log(r"event=queued id=\S+").group(0)).group(1)
+    t.wait_log(rf"event=deferred id={qid}", timeout=DEADLINE)
+    path = t.data_dir / "spool" / "spill" / f"{qid}.msg"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 + 1] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.chmod(mdir, 0o755)
+    if shadow:
+        st = (t.data_dir / "spool").stat()
+        os.chown(mdir, st.st_uid, st.st_gid)
+    t.cli("queue", "flush", check=True)
+    deadline = time.monotonic() + DEADLINE
+    while len(t.log_lines("event=deferred", f"id={qid}")) < 2:
+        assert time.monotonic() < deadline, t.log_tail(60)
+        time.sleep(0.05)
+    last = t.log_lines("event=deferred", f"id={qid}")[-1]
+    assert "corrupt" in last or "damaged" in last, last
+    assert not t.mail_files("alice@example.test")
+    assert path.exists()
