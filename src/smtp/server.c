@@ -2905,6 +2905,8 @@ static void finish_message(struct session *s)
 		size_t mn;
 		if (!msg_view(s, t, &mp, &mn))
 			return;
+		if (t->ds)
+			smtp_verify_mapped(t->vfy); /* SPILL: mp is data_stream_map's */
 		smtp_verify_message(t->vfy, t->id, mp, mn, verify_done, s);
 		session_enter_state(s, SS_VERIFY);
 		bufferevent_disable(s->bev, EV_READ);
