@@ -6,8 +6,9 @@
  * client's header block) followed by a range of its spill file. The
  * connection queues the data, then tops up its output from the file in
  * STREAM_READ chunks whenever what is queued (TLS layer and socket) falls
- * under STREAM_LOW, so a connection holds about STREAM_LOW + STREAM_READ
- * bytes of the message whatever its size. For DATA the bytes go through
+ * under STREAM_LOW, so a connection holds about STREAM_LOW + 3 x STREAM_READ
+ * bytes of the message whatever its size (the queue, and the reader's two
+ * chunks). For DATA the bytes go through
  * a stateful encoder (dot-stuffing, line ends made CRLF, NUL left out)
  * whose output equals smtp_data_encode over the whole message however it
  * is split; for BDAT (BINARYMIME) they go as they are.
@@ -46,7 +47,9 @@
 #include "core/loop.h"
 #include "smtp/smtp.h"
 
-#define STREAM_LOW (256u * 1024u)
+/* 128 KiB (256 KiB before the read-ahead): with the reader's two chunks a
+ * connection holds about what it did with one chunk read on the loop. */
+#define STREAM_LOW (128u * 1024u)
 #define STREAM_READ (64u * 1024u)
 
 /* The DATA encoder of smtp_data_encode, fed in pieces. */
