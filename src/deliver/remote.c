@@ -409,6 +409,8 @@ static void job_finish(struct rconn *c)
 		            c->last_error[0] ? c->last_error : "delivery not completed");
 	}
 	tbuf_free(&c->converted);
+	body_pump_close(&c->pump); /* SPILL: a read-ahead the job no longer needs */
+	c->pump.active = false;
 	job->done(job, job->done_arg);
 }
 
