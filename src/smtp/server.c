@@ -3900,14 +3900,17 @@ size_t smtp_server_sessions(struct smtp_server *srv)
 
 /*
  * A session still in a transaction when shutdown_grace ran out (a large
- * DATA under way, say): its message is not queued, and the client is told
- * so with 421 rather than a bare close. The loops have stopped, so a plain
+ * DATA under way, say; its end of data not reached, or its checks still
+ * running): its message is not queued, and the client is told so with 421
+ * rather than a bare close. The loops have stopped, so a plain
  * session's reply is written straight to its socket (what fits; it is
  * non-blocking); a TLS session just closes.
  */
 static void session_last_word(struct session *s)
 {
-	if (!s->bev || s->tls_active || states[s->state].idle || s->state == SS_CLOSING)
+	/* Not in SS_COMMIT: the spool may have the message already. */
+	if (!s->bev || s->tls_active || !(states[s->state].facts & HAS_TX) ||
+	    s->state == SS_COMMIT)
 		return;
 	evutil_socket_t fd = bufferevent_getfd(s->bev);
 	if (fd < 0)
