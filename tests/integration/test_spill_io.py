@@ -151,3 +151,40 @@ def test_damaged_spill_file_is_never_put_in_a_maildir(tern_factory, sink):
     assert "corrupt" in last or "damaged" in last, last
     assert not t.mail_files("alice@example.test")
     assert path.exists()
+
+
+def test_spilled_message_in_two_transactions_reads_its_file_twice(tern_factory, sink):
+    """More recipients than one transaction takes (100): the second transaction reads the
+    file again from its start (a new read-ahead), and both copies arrive whole."""
+    cfg = config(sink.port)
+    cfg["limits"]["max_recipients"] = 200
+    t = tern_factory(cfg)
+    msg = big_message(2 * 1024 * 1024 + 11, subject="two-tx")
+    s, f = open_data_to(t.port, [f"r{i}@remote.example.org" for i in range(130)])
+    try:
+        s.sendall(msg.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        code, text = smtp_recv(f)
+        assert code == 250, text
+    finally:
+        f.close()
+        s.close()
+    got = sink.wait(2, tern=t)
+    assert len(got) == 2
+    for g in got:
+        assert g.endswith(msg), g[:300]
+
+
+def open_data_to(port, rcpts):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=("127.0.0.2", 0))
+    f = s.makefile("rb")
+    assert smtp_recv(f)[0] == 220
+    s.sendall(b"EHLO client.example.org\r\n")
+    assert smtp_recv(f)[0] == 250
+    s.sendall(b"MAIL FROM:<carol@example.test>\r\n")
+    assert smtp_recv(f)[0] == 250
+    for r in rcpts:
+        s.sendall(f"RCPT TO:<{r}>\r\n".encode())
+        assert smtp_recv(f)[0] == 250
+    s.sendall(b"DATA\r\n")
+    assert smtp_recv(f)[0] == 354
+    return s, f
