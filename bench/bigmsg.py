@@ -7,7 +7,10 @@ own process; or Postfix's smtp-sink with --smtp-sink PATH), then
   1. sends N concurrent messages of SIZE bytes (default 100 x 25 MB) over N connections
      from 127.0.0.1 (in relay.networks) and waits until every one was delivered;
   2. on a fresh tern, sends one message of BIG bytes (default 200 MB, max_message_size
-     raised) and waits until it was delivered.
+     raised) and waits until it was delivered;
+  3. on a fresh tern, sends one DKIM-signed message of BIG bytes from 127.0.0.2 (not in
+     relay.networks, so the mx listener's auth_checks run: the DKIM body hash reads the
+     whole spilled message) to a local mailbox (--no-dkim: skipped).
 While each phase runs, tern's VmRSS is sampled every 20 ms (the privileged parent and the
 serving child together, as /proc/PID/status says), and VmHWM is read at the end. Prints the
 peak RSS of phase 1 and the RSS growth of phase 2 (peak minus the idle RSS before it).
@@ -93,7 +96,7 @@ def wait_port(port, proc, deadline=20, log=None):
     sys.exit(f"bench: nothing listens on {port}")
 
 
-def start_tern(tern, work, port, sink_port, max_size):
+def start_tern(tern, work, port, sink_port, max_size, extra="", networks="127.0.0.0/8"):
     data = os.path.join(work, "data")
     conf = os.path.join(work, "tern.conf")
     with open(conf, "w") as f:
@@ -103,15 +106,19 @@ data_dir = "{data}";
 user = "{'nobody' if os.geteuid() == 0 else ''}";
 log_level = "info";
 local_domains = ["bench.test"];
-relay {{ networks = ["127.0.0.0/8"]; }}
+relay {{ networks = ["{networks}"]; }}
 relayhost {{ via = "smtp://127.0.0.1:{sink_port}"; tls = "none"; }}
 dns {{ forward = ["127.0.0.1@9"]; }}
 limits {{ max_connections = 2000; max_connections_per_ip = 2000;
           max_message_size = {max_size}; data_timeout = 600s; idle_timeout = 600s; }}
 listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
+{extra}
 """)
     if os.geteuid() == 0:
         os.chmod(work, 0o755)
+    if extra:  # the DKIM phase delivers to a local mailbox
+        subprocess.run([tern, "user", "add", "u@bench.test", "--password-stdin", "-c", conf],
+                       input=b"bench-password-1\n", check=True, capture_output=True)
     log = open(os.path.join(work, "tern.log"), "w")
     proc = subprocess.Popen([tern, "serve", "-c", conf], stdout=log, stderr=log)
     wait_port(port, proc, log=os.path.join(work, "tern.log"))
@@ -241,6 +248,48 @@ def phase(args, work, n, size, max_size):
         sink.wait(timeout=30)
 
 
+def dkim_phase(args, work, size):
+    """One DKIM-signed message (the key is not published: the result is temperror, but
+    the body hash runs over every byte) from outside relay.networks to a local mailbox."""
+    port = free_port()
+    proc = None
+    try:
+        proc, log = start_tern(args.tern, work, port, 9, "512m", networks="127.0.0.1/32",
+                               extra="auth_checks { spf = false; dkim = true; dmarc = false; "
+                                     "timeout = 3s; }")
+        time.sleep(0.5)
+        idle = rss_kb(proc.pid)
+        head = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=bench.example;\r\n"
+                b" s=s1; h=from:subject; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;\r\n"
+                b" b=AAAA\r\nFrom: a@bench.example\r\nTo: u@bench.test\r\nSubject: big\r\n\r\n")
+        line = b"x" * 76 + b"\r\n"
+        body = head + line * max(1, (size - len(head)) // len(line)) + b".\r\n"
+        s = socket.create_connection(("127.0.0.1", port), timeout=600,
+                                     source_address=("127.0.0.2", 0))
+        f = s.makefile("rb")
+        recv(f)
+        for cmd in (b"EHLO bench.test\r\n", b"MAIL FROM:<a@bench.example>\r\n",
+                    b"RCPT TO:<u@bench.test>\r\n", b"DATA\r\n"):
+            s.sendall(cmd)
+            recv(f)
+        sampler = Sampler(proc.pid)
+        sampler.start()
+        s.sendall(body)
+        code = recv(f)
+        s.close()
+        deadline = time.time() + args.timeout
+        while code == 250 and delivered(log) < 1 and time.time() < deadline:
+            time.sleep(0.1)
+        peak = sampler.finish()
+        hwm = hwm_kb(proc.pid)
+        return {"size": len(body), "code": code, "idle_mb": idle / 1024,
+                "peak_rss_mb": peak / 1024, "vmhwm_mb": hwm / 1024,
+                "growth_mb": (max(peak, hwm) - idle) / 1024}
+    finally:
+        if proc:
+            stop(proc)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tern", default=os.path.join(REPO, "build", "tern"))
@@ -250,6 +299,7 @@ def main():
     ap.add_argument("--size", type=int, default=25 * 1000 * 1000)
     ap.add_argument("--big", type=int, default=200 * 1000 * 1000)
     ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--no-dkim", action="store_true", help="skip the DKIM-checked phase")
     args = ap.parse_args()
     if args.sink:
         run_sink(args.sink)
@@ -261,9 +311,9 @@ def main():
     with tempfile.TemporaryDirectory(prefix="tern-bigmsg-") as tmp:
         if os.geteuid() == 0:
             os.chmod(tmp, 0o755)  # tern drops to nobody
-        w1, w2 = os.path.join(tmp, "p1"), os.path.join(tmp, "p2")
-        os.makedirs(w1)
-        os.makedirs(w2)
+        w1, w2, w3 = (os.path.join(tmp, p) for p in ("p1", "p2", "p3"))
+        for w in (w1, w2, w3):
+            os.makedirs(w)
         a = phase(args, w1, args.concurrent, args.size, "64m")
         print(f"{a['n']} concurrent messages of {a['size'] / 1e6:.1f} MB: accepted "
               f"{a['accepted']}, delivered {a['delivered']} in {a['elapsed_s']:.1f} s; "
@@ -276,6 +326,12 @@ def main():
               f"MB, peak {b['peak_rss_mb']:.1f} MB, VmHWM {b['vmhwm_mb']:.1f} MB: growth "
               f"{b['growth_mb']:.1f} MB"
               + (f"; errors {b['errors']}" if b["errors"] else ""))
+        if not args.no_dkim:
+            c = dkim_phase(args, w3, args.big)
+            print(f"1 DKIM-checked message of {c['size'] / 1e6:.1f} MB to a mailbox: reply "
+                  f"{c['code']}; tern RSS idle {c['idle_mb']:.1f} MB, peak "
+                  f"{c['peak_rss_mb']:.1f} MB, VmHWM {c['vmhwm_mb']:.1f} MB: growth "
+                  f"{c['growth_mb']:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ struct maildir_item {
 	 * src_off (a large message's rest, copied file to file); NULL: none */
 	const char *src_path;
 	uint64_t src_off, src_len;
+	bool src_check;   /* the file's first src_off + src_len bytes must have */
+	uint32_t src_crc; /* CRC32C src_crc (the record's): checked as copied */
 	/*
 	 * Optional stable name (see maildir_stable_name): the same recipient of
 	 * the same message always gets the same file name, so a delivery that is
@@ -175,6 +177,10 @@ struct remote_job {
 	 * bytes of the file spill_path from spill_off (NULL: data is all) */
 	char *spill_path;
 	uint64_t spill_off, spill_len;
+	/* SPILL: with spill_check, the file's first spill_off + spill_len bytes
+	 * must have CRC32C spill_crc (the record's): checked as they are sent */
+	bool spill_check;
+	uint32_t spill_crc;
 	char domain[256];        /* lowercase recipient domain */
 	struct remote_rcpt *rcpts;
 	size_t n_rcpts;

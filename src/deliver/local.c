@@ -521,7 +521,8 @@ static int write_tmp(const char *mdir, const char *hostname, struct maildir_item
 	}
 	rc = tern_writev_full(fd, it->iov, it->iovcnt);
 	if (rc == TERN_OK && it->src_path) /* SPILL: file to file */
-		rc = stream_copy_file(fd, it->src_path, it->src_off, it->src_len);
+		rc = stream_copy_file(fd, it->src_path, it->src_off, it->src_len, it->src_check,
+		                      it->src_crc);
 	if (rc == TERN_OK && fd_out) {
 		/* Only a hint to start writing now: fdatasync decides. */
 		(void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);

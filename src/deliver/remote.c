@@ -107,6 +107,9 @@ struct remote {
 	struct sts_job *sts_jobs; /* under lock: submitted, their done not run yet */
 	char *ca_pem;             /* delivery.ca_file's text for the policy fetch, or NULL */
 	size_t ca_len;
+	/* SPILL: spilled messages are read ahead here, never on a loop
+	 * (remote_stream.h); NULL: read on the loop */
+	struct pool *io_pool;
 };
 
 /* One MTA-STS policy lookup on the pool. c is NULL once the connection is
@@ -259,6 +262,7 @@ struct rconn {
 	bool mail_failed;
 	struct tbuf converted; /* downconverted body, when needed */
 	struct body_pump pump; /* SPILL: the rest of a spilled message, from its file */
+	int pump_err;          /* SPILL: the file failed (TERN_*): on_deadline ends the tx */
 	char last_error[512];
 	char last_status[16];
 	bool last_perm;
@@ -302,6 +306,8 @@ static void set_error(struct rconn *c, bool perm, const char *status, const char
 static void protocol_error(struct rconn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static bool pump_more(struct rconn *c);
+static void pump_ready(void *arg);
+static void tx_forget_results(struct rconn *c);
 
 static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
 {
@@ -403,6 +409,8 @@ static void job_finish(struct rconn *c)
 		            c->last_error[0] ? c->last_error : "delivery not completed");
 	}
 	tbuf_free(&c->converted);
+	body_pump_close(&c->pump); /* SPILL: a read-ahead the job no longer needs */
+	c->pump.active = false;
 	job->done(job, job->done_arg);
 }
 
@@ -611,8 +619,8 @@ static bool data_handed_over(struct rconn *c)
 static void on_wire_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
 	struct rconn *c = arg;
-	if (!c->body_pending || info->n_deleted == 0 || !c->bev)
-		return;
+	if (!c->body_pending || info->n_deleted == 0 || !c->bev || c->pump_err)
+		return; /* SPILL: a failed file's deadline is due (pump_failed) */
 	if (c->pump.active && !pump_more(c)) {
 		/* SPILL: the file failed. Not torn down inside the buffer's own
 		 * callback: the data phase's deadline, due now, ends it (the
@@ -620,7 +628,7 @@ static void on_wire_drained(struct evbuffer *buf, const struct evbuffer_cb_info 
 		deadline_at(c, mono_now());
 		return;
 	}
-	if (data_handed_over(c)) {
+	if (!c->pump.active && data_handed_over(c)) { /* SPILL: not while a read is due */
 		c->body_pending = false;
 		uint32_t t = c->conf->delivery.command_timeout;
 		wait_for(c, t > FINAL_REPLY_MIN_SEC ? t : FINAL_REPLY_MIN_SEC);
@@ -736,10 +744,12 @@ static bool fit_message_to_peer(struct rconn *c)
 		          c->targets[c->cur].host);
 		return false;
 	}
+	/* SPILL: reading ahead starts now, on the pool, while MAIL and RCPT go */
 	if (j->spill_path &&
-	    body_pump_open(&c->pump, j->spill_path, j->spill_off, j->spill_len) != TERN_OK) {
-		log_error("event=spool_read_failed id=%s file=%s errno=%d", j->id, j->spill_path,
-		          errno);
+	    body_pump_open(&c->pump, c->r->io_pool, c->w, j->spill_path, j->spill_off, j->spill_len,
+	                   j->spill_check, j->spill_crc, pump_ready, c) != TERN_OK) {
+		log_error("event=spool_read_failed id=%s file=%s reason=out-of-memory", j->id,
+		          j->spill_path);
 		set_error(c, false, "4.3.0", "the message could not be read from the spool");
 		return false;
 	}
@@ -888,7 +898,8 @@ static void data_sent(struct rconn *c)
 }
 
 /* SPILL: tops up the output from the file while little is queued; false
- * (logged) when the file failed: the caller ends the connection. */
+ * (logged, c->pump_err set) when the file failed: the caller ends the
+ * transaction with pump_failed. */
 static bool pump_more(struct rconn *c)
 {
 	size_t queued = evbuffer_get_length(bufferevent_get_output(c->bev));
@@ -897,9 +908,46 @@ static bool pump_more(struct rconn *c)
 	int rc = body_pump_fill(&c->pump, queued, emit_evbuffer, bufferevent_get_output(c->bev));
 	if (rc == TERN_OK)
 		return true;
-	log_error("event=spool_read_failed id=%s file=%s reason=%s", c->job->id, c->job->spill_path,
-	          tern_strerror(rc));
+	c->pump_err = rc;
+	if (rc == TERN_ECORRUPT)
+		log_error(
+		    "event=spool_spill_corrupt id=%s file=%s relay=%s reason=\"checksum or size "
+		    "differs from its record\" action=\"end of data not sent; kept, not "
+		    "delivered\"",
+		    c->job->id, c->job->spill_path, target_host(c));
+	else
+		log_error("event=spool_read_failed id=%s file=%s reason=%s", c->job->id,
+		          c->job->spill_path, tern_strerror(rc));
 	return false;
+}
+
+/*
+ * SPILL: the file failed while its bytes went out. The end of data is never
+ * sent: the connection is reset, so the receiver discards what it got (RFC
+ * 5321 §4.1.1.4), and the recipients wait for the next try (a damaged file
+ * stays in the spool, as a damaged record does, for the operator).
+ */
+static void pump_failed(struct rconn *c)
+{
+	bool damaged = c->pump_err == TERN_ECORRUPT;
+	c->pump_err = 0;
+	set_error(c, false, "4.3.0",
+	          damaged ? "the message's spool file is damaged; it is kept, not delivered"
+	                  : "the message could not be read from the spool");
+	tx_forget_results(c);
+	abort_bev(c);
+	job_finish(c);
+	conn_end(c);
+}
+
+/* SPILL: a chunk the pump waited for was read (the reader's event). */
+static void pump_ready(void *arg)
+{
+	struct rconn *c = arg;
+	if (!c->bev || !c->pump.active || c->pump_err)
+		return;
+	if (!pump_more(c))
+		pump_failed(c);
 }
 
 /* SPILL: the head from memory, the rest from the file as the socket takes it. */
@@ -908,14 +956,13 @@ static void send_body_stream(struct rconn *c)
 	struct remote_job *j = c->job;
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	bool raw = j->body == SMTP_BODY_BINARYMIME;
-	if (!c->pump.has_fd &&
-	    body_pump_open(&c->pump, j->spill_path, j->spill_off, j->spill_len) != TERN_OK) {
+	/* a later batch of the same job sends the file again from its start */
+	if (!body_pump_fresh(&c->pump) &&
+	    body_pump_open(&c->pump, c->r->io_pool, c->w, j->spill_path, j->spill_off, j->spill_len,
+	                   j->spill_check, j->spill_crc, pump_ready, c) != TERN_OK) {
 		protocol_error(c, "the message could not be read from the spool");
 		return;
 	}
-	/* a later batch of the same job sends the file again from its start */
-	c->pump.pos = j->spill_off;
-	data_encoder_init(&c->pump.enc);
 	if (raw) {
 		evbuffer_add_printf(out, "BDAT %" PRIu64 " LAST\r\n",
 		                    (uint64_t)j->len + j->spill_len);
@@ -926,7 +973,7 @@ static void send_body_stream(struct rconn *c)
 	body_pump_start(&c->pump, raw);
 	data_sent(c);
 	if (!pump_more(c))
-		protocol_error(c, "the message could not be read from the spool");
+		pump_failed(c);
 }
 
 static void send_body(struct rconn *c)
@@ -1823,6 +1870,10 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 	c->deadline = 0;
 	if (TERN_BUG_ON(!c->bev))
 		return;
+	if (c->pump_err) { /* SPILL: set by on_wire_drained, which could not end it */
+		pump_failed(c);
+		return;
+	}
 	conn_failed(c, BEV_EVENT_TIMEOUT, "");
 }
 
@@ -2953,6 +3004,7 @@ struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, 
 			goto fail;
 		}
 	}
+	r->io_pool = pool_new(2); /* SPILL: NULL is fine: spill files are read on the loop */
 	if (rt->conf->delivery.mta_sts) {
 		if (mtasts_global_init() != TERN_OK || !(r->sts_pool = pool_new(2)))
 			log_warn("event=mta_sts_unavailable reason=\"cannot start the fetch "
@@ -2998,7 +3050,9 @@ void remote_free(struct remote *r)
 		d = next;
 	}
 	/* After the connections (their jobs now point nowhere): wait for the
-	 * fetches, then free the jobs whose completion never ran. */
+	 * fetches, then free the jobs whose completion never ran. A read ahead
+	 * under way frees its reader itself (remote_stream.h). */
+	pool_free(r->io_pool);
 	pool_free(r->sts_pool);
 	while (r->sts_jobs) {
 		struct sts_job *j = r->sts_jobs;

@@ -52,6 +52,7 @@
 #include "core/runtime.h"
 #include "deliver/deliver.h"
 #include "tls/tls.h"
+#include "tls/tls_close.h"
 
 #define MAX_LISTENERS_PER_WORKER 16
 #define MAX_WORKERS 64
@@ -71,7 +72,6 @@
 #define MAX_AUTH_FAILURES 3
 /* How often an open mailbox's lock file is touched (stale after 300 s). */
 #define LOCK_REFRESH_SECS 60
-#define TLS_CLOSE_TIMEOUT 5
 #define LIST_BATCH 256
 
 enum pstate {
@@ -151,9 +151,7 @@ struct session {
 	/* counters for the logout line */
 	uint32_t n_retr, n_top, n_dele;
 	uint64_t retr_bytes;
-	/* TLS close (tls_close_begin) */
-	struct event *close_timer;
-	bool close_sent, close_peer;
+	struct tls_close tlsc; /* TLS close in progress (tls/tls_close.h) */
 };
 
 struct p3_worker {
@@ -319,97 +317,10 @@ static void on_write(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 static void restore_timeouts(struct session *s);
 
-/*
- * Closing a TLS session, as the SMTP server does (see its long comment):
- * the filter bufferevent reports its output written once OpenSSL took it,
- * so the session then finishes on the socket: our close_notify goes out,
- * the write side is shut once it left, and whatever the client still sends
- * is read and dropped until its close_notify or its end of the connection,
- * so that the client reads our final reply before any reset. Bounded by
- * TLS_CLOSE_TIMEOUT.
- */
-static void on_close_timer(evutil_socket_t fd, short what, void *arg)
+/* TLS sessions close on their socket (tls/tls_close.h); then the session goes. */
+static void tls_closed(void *arg)
 {
 	session_free(arg);
-}
-
-static void tls_close_sent(struct session *s, struct bufferevent *under)
-{
-	if (s->close_sent)
-		return;
-	s->close_sent = true;
-	evutil_socket_t fd = bufferevent_getfd(under);
-	if (fd >= 0)
-		(void)shutdown(fd, SHUT_WR);
-	if (s->close_peer)
-		session_free(s);
-}
-
-static void on_write_tls_closing(struct bufferevent *under, void *arg)
-{
-	if (evbuffer_get_length(bufferevent_get_output(under)) == 0)
-		tls_close_sent(arg, under);
-}
-
-static void tls_close_peer(struct session *s, struct bufferevent *under, bool error)
-{
-	s->close_peer = true;
-	bufferevent_disable(under, EV_READ);
-	if (s->close_sent || error)
-		session_free(s);
-}
-
-static void on_read_tls_closing(struct bufferevent *under, void *arg)
-{
-	struct session *s = arg;
-	SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
-	char buf[4096];
-	for (;;) {
-		int n = SSL_read(ssl, buf, (int)sizeof(buf));
-		if (n > 0)
-			continue;
-		int e = SSL_get_error(ssl, n);
-		if (e == SSL_ERROR_WANT_READ)
-			return;
-		ERR_clear_error();
-		tls_close_peer(s, under, false);
-		return;
-	}
-}
-
-static void on_event_tls_closing(struct bufferevent *under, short what, void *arg)
-{
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-		tls_close_peer(arg, under, (what & BEV_EVENT_ERROR) != 0);
-}
-
-static void tls_close_begin(struct session *s)
-{
-	if (s->close_timer)
-		return;
-	struct bufferevent *tb = s->bev;
-	struct bufferevent *under = bufferevent_get_underlying(tb);
-	SSL *ssl = bufferevent_openssl_get_ssl(tb);
-	s->close_timer = evtimer_new(worker_base(s->pw->w), on_close_timer, s);
-	if (!s->close_timer || !under || !ssl) {
-		session_free(s);
-		return;
-	}
-	bufferevent_disable(tb, EV_READ | EV_WRITE);
-	bufferevent_setcb(tb, NULL, NULL, NULL, NULL);
-	bufferevent_set_timeouts(tb, NULL, NULL);
-	bufferevent_setwatermark(under, EV_WRITE, 0, 0);
-	if (SSL_shutdown(ssl) < 0)
-		ERR_clear_error();
-	bufferevent_setcb(under, on_read_tls_closing, on_write_tls_closing, on_event_tls_closing,
-	                  s);
-	bufferevent_set_timeouts(under, NULL, NULL);
-	bufferevent_enable(under, EV_READ | EV_WRITE);
-	struct timeval tv = {TLS_CLOSE_TIMEOUT, 0};
-	evtimer_add(s->close_timer, &tv);
-	on_read_tls_closing(under, s);
-	if (evbuffer_get_length(bufferevent_get_output(under)) == 0)
-		tls_close_sent(s, under);
 }
 
 static void on_write_closing(struct bufferevent *bev, void *arg)
@@ -418,7 +329,7 @@ static void on_write_closing(struct bufferevent *bev, void *arg)
 	if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
 		return;
 	if (s->tls_active)
-		tls_close_begin(s);
+		tls_close_begin(&s->tlsc, worker_base(s->pw->w), s->bev, tls_closed, s);
 	else
 		session_free(s);
 }
@@ -1530,8 +1441,7 @@ static void session_free(struct session *s)
 		event_free(s->delay_timer);
 	if (s->refresh_timer)
 		event_free(s->refresh_timer);
-	if (s->close_timer)
-		event_free(s->close_timer);
+	tls_close_clear(&s->tlsc); /* before the filter (and the socket) go, below */
 	if (s->starttls)
 		SSL_free(s->starttls);
 	bufferevent_free(s->bev);

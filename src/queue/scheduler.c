@@ -55,6 +55,7 @@ struct job {
 	 * of spill_path from file_off, streamed by local and remote delivery */
 	char *spill_path; /* NULL: data is the whole message */
 	uint64_t file_off, file_len;
+	uint32_t file_crc; /* the record's CRC32C of the file, checked as it is sent */
 	bool flush;      /* `tern queue flush`: deferred recipients are due now */
 };
 
@@ -915,6 +916,8 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 			rj->spill_path = tern_strdup(job->spill_path);
 			rj->spill_off = job->file_off;
 			rj->spill_len = job->file_len;
+			rj->spill_check = true;
+			rj->spill_crc = job->file_crc;
 			if (!rj->spill_path) {
 				remote_job_free(rj);
 				break;
@@ -1135,6 +1138,7 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			if (m->spill && !s->capture) {
 				tbuf_init(&b, (size_t)(m->size - spool_msg_tail(m)) + 1);
 				job->file_len = spool_msg_tail(m);
+				job->file_crc = m->spill_crc;
 				char path[4096];
 				rrc = spool_spill_path(s->sp, m->spill, path, sizeof(path));
 				free(job->spill_path);
@@ -1229,6 +1233,8 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 			items[k].src_path = ctx[k].job->spill_path;
 			items[k].src_off = ctx[k].job->file_off;
 			items[k].src_len = ctx[k].job->file_len;
+			items[k].src_check = true;
+			items[k].src_crc = ctx[k].job->file_crc;
 		}
 		/* DMARC quarantine (smtp/verify.c) rides in the envelope: the Junk folder. */
 		items[k].folder = spool_folder_name(ctx[k].msg->folder);

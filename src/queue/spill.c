@@ -84,6 +84,11 @@ int spill_sync(struct spill_file *f)
 	return tern_fsync_dir(f->dir);
 }
 
+uint32_t spill_crc32c(uint32_t crc, const void *p, size_t n)
+{
+	return spool_crc32c(crc, p, n);
+}
+
 void spill_close(struct spill_file *f)
 {
 	if (f->fd >= 0)

@@ -68,6 +68,10 @@ void spill_close(struct spill_file *f);
 /* Closes and removes it (the message was refused or the client left). */
 void spill_abort(struct spill_file *f);
 
+/* The CRC32C the spill file's record carries, chained over pieces (a
+ * streaming reader checks the file with it as it goes). */
+uint32_t spill_crc32c(uint32_t crc, const void *p, size_t n);
+
 /* ---- for the spool (dirfd: the spool directory) ---- */
 
 /* Appends want bytes of the file from off on to out; with check the whole

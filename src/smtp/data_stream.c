@@ -3,16 +3,20 @@
  * (design: data_stream.h and queue/spill.h).
  *
  * Owns: the writer state, the chunk being written, the mapping of a
- * finished file. Must never: run a write on the event loop, touch the
- * session, or free a stream a pool job still uses.
+ * finished file. Must never: make, write, sync, unmap or remove the file on
+ * the event loop (when it has a pool), touch the session, or free a stream
+ * a pool job still uses.
  */
 #include "smtp/data_stream.h"
 
+#include <event2/event.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include "core/err.h"
@@ -20,23 +24,107 @@
 #include "queue/spill.h"
 
 struct data_stream {
+	pthread_mutex_t mu;
 	struct spill_file f;
+	char *dir; /* the spool directory, for the create job */
+	char id[72];
 	struct pool *pool;
-	struct worker *w;
+	struct event *ev; /* on the session's base: a job ended */
 	task_fn resume;
 	void *arg;
-	/* the job's: set by push, read by the job, cleared by job_done */
+	/* the job's: set by push (or open), used by the job */
 	char *buf;
 	size_t off, n;
+	bool create; /* the job makes the file (mkdir, open, directory sync) */
 	bool final;
-	bool busy;
-	bool orphan; /* freed while busy: job_done finishes the free */
+	bool busy; /* the loop's view: a job runs or its end was not seen yet */
+	/* under mu */
+	bool job;    /* a job is queued or running */
+	bool orphan; /* freed while a job ran: the job frees it */
 	bool synced;
 	bool keep;
 	int err;
 	void *map;
 	size_t map_len;
 };
+
+/* Everything but the event (freed by the owner or the orphaned job first). */
+static void stream_release(struct data_stream *ds)
+{
+	if (ds->map)
+		munmap(ds->map, ds->map_len);
+	if (ds->keep)
+		spill_close(&ds->f);
+	else
+		spill_abort(&ds->f); /* close and unlink (a file not made yet: nothing) */
+	free(ds->buf);
+	free(ds->dir);
+	pthread_mutex_destroy(&ds->mu);
+	free(ds);
+}
+
+/* On the pool: makes the file, or writes a chunk (and with final syncs). */
+static void job_run(void *arg)
+{
+	struct data_stream *ds = arg;
+	pthread_mutex_lock(&ds->mu);
+	bool gone = ds->orphan;
+	int err = ds->err;
+	pthread_mutex_unlock(&ds->mu);
+	if (!gone && err == TERN_OK) {
+		if (ds->create) {
+			err = spill_create(ds->dir, ds->id, &ds->f);
+			if (err != TERN_OK)
+				ds->f.fd = -1; /* spill_abort then has nothing to remove */
+		} else {
+			if (ds->n)
+				err = spill_write(&ds->f, ds->buf + ds->off, ds->n);
+			if (err == TERN_OK && ds->final)
+				err = spill_sync(&ds->f);
+		}
+	}
+	free(ds->buf);
+	ds->buf = NULL;
+	pthread_mutex_lock(&ds->mu);
+	if (err != TERN_OK && ds->err == TERN_OK)
+		ds->err = err;
+	ds->create = false;
+	ds->job = false;
+	gone = ds->orphan;
+	if (!gone)
+		event_active(ds->ev, EV_TIMEOUT, 1); /* job_end on the session's loop */
+	pthread_mutex_unlock(&ds->mu);
+	if (gone) {
+		event_free(ds->ev); /* never activated: no callback can be running */
+		stream_release(ds);
+	}
+}
+
+/* On the session's loop: the job ended (never runs once the stream is freed:
+ * data_stream_free removes the activated event with the event). */
+static void job_end(evutil_socket_t fd, short what, void *arg)
+{
+	struct data_stream *ds = arg;
+	pthread_mutex_lock(&ds->mu);
+	ds->busy = false;
+	if (ds->final && ds->err == TERN_OK)
+		ds->synced = true;
+	pthread_mutex_unlock(&ds->mu);
+	ds->resume(ds->arg);
+}
+
+static int submit(struct data_stream *ds)
+{
+	pthread_mutex_lock(&ds->mu);
+	ds->busy = ds->job = true;
+	pthread_mutex_unlock(&ds->mu);
+	if (pool_submit(ds->pool, job_run, NULL, NULL, ds) == TERN_OK)
+		return TERN_OK;
+	pthread_mutex_lock(&ds->mu);
+	ds->busy = ds->job = false;
+	pthread_mutex_unlock(&ds->mu);
+	return TERN_ENOMEM;
+}
 
 int data_stream_open(const char *spool_dir, const char *id, struct pool *p, struct worker *w,
                      task_fn resume, void *arg, struct data_stream **out)
@@ -47,15 +135,28 @@ int data_stream_open(const char *spool_dir, const char *id, struct pool *p, stru
 	struct data_stream *ds = calloc(1, sizeof(*ds));
 	if (!ds)
 		return TERN_ENOMEM;
-	int rc = spill_create(spool_dir, id, &ds->f);
-	if (rc != TERN_OK) {
-		free(ds);
-		return rc;
-	}
+	pthread_mutex_init(&ds->mu, NULL);
+	ds->f.fd = -1;
 	ds->pool = p;
-	ds->w = w;
 	ds->resume = resume;
 	ds->arg = arg;
+	ds->dir = strdup(spool_dir);
+	ds->ev = event_new(worker_base(w), -1, 0, job_end, ds);
+	int n = snprintf(ds->id, sizeof(ds->id), "%s", id);
+	if (!ds->dir || !ds->ev || n <= 0 || (size_t)n >= sizeof(ds->id)) {
+		if (ds->ev)
+			event_free(ds->ev);
+		stream_release(ds);
+		return n <= 0 || (size_t)n >= sizeof(ds->id) ? TERN_EINVAL : TERN_ENOMEM;
+	}
+	/* The directory and the file are made on the pool (a mkdir, an open,
+	 * the first time a directory sync): the stream is busy until then. */
+	ds->create = true;
+	if (submit(ds) != TERN_OK) {
+		event_free(ds->ev);
+		stream_release(ds);
+		return TERN_ENOMEM;
+	}
 	*out = ds;
 	return TERN_OK;
 }
@@ -67,42 +168,7 @@ bool data_stream_busy(const struct data_stream *ds)
 
 int data_stream_error(const struct data_stream *ds)
 {
-	return ds->err;
-}
-
-static void job_write(void *arg)
-{
-	struct data_stream *ds = arg;
-	if (ds->err == TERN_OK && ds->n)
-		ds->err = spill_write(&ds->f, ds->buf + ds->off, ds->n);
-	if (ds->err == TERN_OK && ds->final && !ds->orphan)
-		ds->err = spill_sync(&ds->f);
-}
-
-static void stream_release(struct data_stream *ds)
-{
-	if (ds->map)
-		munmap(ds->map, ds->map_len);
-	if (ds->keep)
-		spill_close(&ds->f);
-	else
-		spill_abort(&ds->f);
-	free(ds);
-}
-
-static void job_done(void *arg)
-{
-	struct data_stream *ds = arg;
-	free(ds->buf);
-	ds->buf = NULL;
-	ds->busy = false;
-	if (ds->orphan) {
-		stream_release(ds);
-		return;
-	}
-	if (ds->final && ds->err == TERN_OK)
-		ds->synced = true;
-	ds->resume(ds->arg);
+	return ds->err; /* read on the loop once the job's end was seen */
 }
 
 int data_stream_push(struct data_stream *ds, char *buf, size_t off, size_t n, bool final)
@@ -115,9 +181,7 @@ int data_stream_push(struct data_stream *ds, char *buf, size_t off, size_t n, bo
 	ds->off = off;
 	ds->n = n;
 	ds->final = final;
-	ds->busy = true;
-	if (pool_submit(ds->pool, job_write, ds->w, job_done, ds) != TERN_OK) {
-		ds->busy = false;
+	if (submit(ds) != TERN_OK) {
 		free(buf);
 		ds->buf = NULL;
 		return TERN_ENOMEM;
@@ -170,40 +234,31 @@ int data_stream_map(struct data_stream *ds, const char **p, size_t *n)
 	return TERN_OK;
 }
 
-struct unmap_job {
-	void *p;
-	size_t n;
-};
-
-static void job_unmap(void *arg)
+static void job_release(void *arg)
 {
-	struct unmap_job *u = arg;
-	munmap(u->p, u->n);
-	free(u);
+	stream_release(arg);
 }
 
-void data_stream_free(struct data_stream *ds, struct pool *unmap_pool)
+void data_stream_free(struct data_stream *ds, struct pool *after_pool)
 {
 	if (!ds)
 		return;
-	if (ds->map && unmap_pool) {
-		/* A check's job queued before this one may still read the
-		 * mapping: the pool runs its jobs in order on one thread. */
-		struct unmap_job *u = malloc(sizeof(*u));
-		if (u) {
-			u->p = ds->map;
-			u->n = ds->map_len;
-			if (pool_submit(unmap_pool, job_unmap, NULL, NULL, u) == TERN_OK)
-				ds->map = NULL;
-			else
-				free(u);
-		}
-		/* else: left mapped until the stream goes (below), the safe side */
-	}
-	if (ds->busy) {
-		ds->orphan = true;
+	pthread_mutex_lock(&ds->mu);
+	bool running = ds->job;
+	if (running)
+		ds->orphan = true; /* job_run frees it when it ends */
+	pthread_mutex_unlock(&ds->mu);
+	if (running)
 		return;
-	}
+	/* No job: an end it activated but the loop did not run yet (at
+	 * shutdown, the loop stopped) goes with the event. */
+	event_free(ds->ev);
+	ds->ev = NULL;
+	/* The mapping (a check's job queued before this one may still read it:
+	 * the pool runs its jobs in order on one thread), the close and the
+	 * unlink of a file of many megabytes: not on the loop. */
+	if (after_pool && pool_submit(after_pool, job_release, NULL, NULL, ds) == TERN_OK)
+		return;
 	stream_release(ds);
 }
 

@@ -27,6 +27,7 @@
 #include "smtp/smtp_metrics.h"
 #include "smtp/wire_out.h"
 #include "tls/tls.h"
+#include "tls/tls_close.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -77,9 +78,6 @@
 #define OUT_HIGH_WATERMARK (64 * 1024)
 #define OUT_LOW_WATERMARK (16 * 1024)
 #define RECEIVED_HEADER_MAX 1024
-/* Closing a TLS session: how long to wait for the client's close_notify or
- * its end of the connection once ours is on its way (tls_close_begin). */
-#define TLS_CLOSE_TIMEOUT 5
 
 /*
  * The protocol states of a session. session_enter_state() is the only
@@ -260,9 +258,7 @@ struct session {
 	bool tls_active;
 	bool offer_starttls; /* TLS: the listener offers STARTTLS and a context is loaded */
 	SSL *starttls;      /* set by STARTTLS: the switch happens once the line is consumed */
-	struct event *close_timer; /* TLS close in progress (tls_close_begin): its deadline */
-	bool close_sent; /* TLS close: our close_notify is written and the write side shut */
-	bool close_peer; /* TLS close: the client closed its side */
+	struct tls_close tlsc; /* TLS close in progress (tls/tls_close.h) */
 	bool authenticated;
 	char *auth_user;    /* the SASL identity, once authenticated */
 	uint8_t auth_step;  /* capture mode's AUTH dialogue: 0 none, else which response */
@@ -568,122 +564,10 @@ static void restore_idle_timeouts(struct session *s);
 
 /* ------------------------------------------------------------- closing */
 
-/*
- * Closing a TLS session (RFC 8446 §6.1). The filter bufferevent reports its
- * output written once OpenSSL has taken it, not once the socket has, and it
- * never calls again when the socket drains: waiting for that (as this file
- * once did) left every STARTTLS session open in CLOSE-WAIT, counted against
- * max_connections_per_ip and holding up SIGTERM. So once the filter has
- * taken the final reply, the session finishes on the socket itself:
- *   - our close_notify goes after the reply (SSL_shutdown writes it into the
- *     socket's output through the filter's BIO);
- *   - the socket bufferevent gets our callbacks (the filter is done): when
- *     its output is written, the write side is shut so the client sees the
- *     end at once (tls_close_sent);
- *   - what the client still sends is read through the session's SSL and
- *     dropped until its close_notify (or its end of the connection) comes
- *     (on_read_tls_closing, on_event_tls_closing); once both sides are
- *     done the session is freed at once, whether or not the client has
- *     closed the TCP connection yet;
- *   - TLS_CLOSE_TIMEOUT bounds it all. session_free closes the socket in
- *     every case.
- */
-static void on_close_timer(evutil_socket_t fd, short what, void *arg)
+/* TLS sessions close on their socket (tls/tls_close.h); then the session goes. */
+static void tls_closed(void *arg)
 {
 	session_free(arg);
-}
-
-/* Our output, close_notify included, has left: shut our write side. */
-static void tls_close_sent(struct session *s, struct bufferevent *under)
-{
-	if (s->close_sent)
-		return;
-	s->close_sent = true;
-	evutil_socket_t fd = bufferevent_getfd(under);
-	if (fd >= 0)
-		(void)shutdown(fd, SHUT_WR);
-	if (s->close_peer)
-		session_free(s);
-}
-
-static void on_write_tls_closing(struct bufferevent *under, void *arg)
-{
-	struct session *s = arg;
-	if (evbuffer_get_length(bufferevent_get_output(under)) == 0)
-		tls_close_sent(s, under);
-}
-
-/* The client is done: its close_notify came, or the connection ended. */
-static void tls_close_peer(struct session *s, struct bufferevent *under, bool error)
-{
-	s->close_peer = true;
-	bufferevent_disable(under, EV_READ);
-	/* Our output may still be on its way (tls_close_sent frees then);
-	 * after an error it never will be. */
-	if (s->close_sent || error)
-		session_free(s);
-}
-
-static void on_read_tls_closing(struct bufferevent *under, void *arg)
-{
-	struct session *s = arg;
-	SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
-	char buf[4096];
-	/* The SSL reads the socket's input through the filter's BIO; the loop
-	 * ends when that input is used up (WANT_READ). */
-	for (;;) {
-		int n = SSL_read(ssl, buf, (int)sizeof(buf));
-		if (n > 0)
-			continue; /* data after the final reply: dropped */
-		int e = SSL_get_error(ssl, n);
-		if (e == SSL_ERROR_WANT_READ)
-			return;
-		ERR_clear_error();
-		/* SSL_ERROR_ZERO_RETURN is the client's close_notify; anything
-		 * else is a connection that cannot be read any more. */
-		tls_close_peer(s, under, false);
-		return;
-	}
-}
-
-static void on_event_tls_closing(struct bufferevent *under, short what, void *arg)
-{
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-		tls_close_peer(arg, under, (what & BEV_EVENT_ERROR) != 0);
-}
-
-static void tls_close_begin(struct session *s)
-{
-	if (s->close_timer)
-		return; /* the filter may report its output written more than once */
-	struct bufferevent *tb = s->bev;
-	struct bufferevent *under = bufferevent_get_underlying(tb);
-	SSL *ssl = bufferevent_openssl_get_ssl(tb);
-	s->close_timer = evtimer_new(worker_base(s->sw->w), on_close_timer, s);
-	if (!s->close_timer || !under || !ssl) {
-		session_free(s);
-		return;
-	}
-	bufferevent_disable(tb, EV_READ | EV_WRITE);
-	bufferevent_setcb(tb, NULL, NULL, NULL, NULL);
-	bufferevent_set_timeouts(tb, NULL, NULL);
-	/* The BIO refuses to write past the socket's write high watermark
-	 * (our reply backpressure): lift it so the alert always fits. */
-	bufferevent_setwatermark(under, EV_WRITE, 0, 0);
-	if (SSL_shutdown(ssl) < 0)
-		ERR_clear_error(); /* nothing to send, e.g. an unusable connection */
-	bufferevent_setcb(under, on_read_tls_closing, on_write_tls_closing, on_event_tls_closing,
-	                  s);
-	bufferevent_set_timeouts(under, NULL, NULL);
-	bufferevent_enable(under, EV_READ | EV_WRITE);
-	struct timeval tv = {TLS_CLOSE_TIMEOUT, 0};
-	evtimer_add(s->close_timer, &tv);
-	/* The client's close_notify may already be waiting (sent right after
-	 * QUIT): no new read would announce it. This never frees s: our
-	 * close_notify has not left yet. */
-	on_read_tls_closing(under, s);
-	if (evbuffer_get_length(bufferevent_get_output(under)) == 0)
-		tls_close_sent(s, under);
 }
 
 static void on_write_closing(struct bufferevent *bev, void *arg)
@@ -692,7 +576,8 @@ static void on_write_closing(struct bufferevent *bev, void *arg)
 	if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
 		return;
 	if (s->tls_active)
-		tls_close_begin(s); /* the filter took the final reply; the socket has it next */
+		/* the filter took the final reply; the socket has it next */
+		tls_close_begin(&s->tlsc, worker_base(s->sw->w), s->bev, tls_closed, s);
 	else
 		session_free(s);
 }
@@ -1123,6 +1008,16 @@ static bool spill_room(struct session *s, struct tx *t, size_t incoming)
 	if (data_stream_busy(t->ds)) {
 		spill_wait_start(s);
 		return false;
+	}
+	if (data_stream_error(t->ds) && !t->spilled) {
+		/* SPILL: the file could not be made (on the pool): kept in
+		 * memory as before spilling existed, rather than refused. */
+		log_warn("event=spill_unavailable id=%s reason=%s", t->id,
+		         tern_strerror(data_stream_error(t->ds)));
+		data_stream_free(t->ds, NULL);
+		t->ds = NULL;
+		t->no_spill = true;
+		return true;
 	}
 	if (data_stream_error(t->ds)) {
 		t->spill_err = data_stream_error(t->ds);
@@ -2895,6 +2790,8 @@ static void finish_message(struct session *s)
 		size_t mn;
 		if (!msg_view(s, t, &mp, &mn))
 			return;
+		if (t->ds)
+			smtp_verify_mapped(t->vfy); /* SPILL: mp is data_stream_map's */
 		smtp_verify_message(t->vfy, t->id, mp, mn, verify_done, s);
 		session_enter_state(s, SS_VERIFY);
 		bufferevent_disable(s->bev, EV_READ);
@@ -3655,14 +3552,7 @@ static void session_free(struct session *s)
 		event_free(s->auth_timer);
 	if (s->starttls)
 		SSL_free(s->starttls);
-	if (s->close_timer) {
-		/* The socket bufferevent carries our callbacks now (tls_close_begin):
-		 * take them back before it goes, with the filter, below. */
-		struct bufferevent *under = bufferevent_get_underlying(s->bev);
-		if (under)
-			bufferevent_setcb(under, NULL, NULL, NULL, NULL);
-		event_free(s->close_timer);
-	}
+	tls_close_clear(&s->tlsc); /* before the filter (and the socket) go, below */
 	bufferevent_free(s->bev);
 	runtime_release(s->rt);
 	free(s);
@@ -3843,7 +3733,7 @@ static void worker_shutdown(void *arg)
 		if (states[s->state].idle) {
 			reply_host(s, SMTP_R_SHUTDOWN);
 			session_close_after_flush(s, "shutdown");
-		} else if (s->close_timer && s->close_sent) {
+		} else if (tls_close_our_side_done(&s->tlsc)) {
 			session_free(s); /* TLS close with ours sent: no need to wait for theirs */
 		} else {
 			s->shutting_down = true;
@@ -3886,6 +3776,31 @@ size_t smtp_server_sessions(struct smtp_server *srv)
 	return atomic_load(&srv->n_sessions);
 }
 
+/*
+ * A session still in a transaction when shutdown_grace ran out (a large
+ * DATA under way, say; its end of data not reached, or its checks still
+ * running): its message is not queued, and the client is told so with 421
+ * rather than a bare close. The loops have stopped, so a plain
+ * session's reply is written straight to its socket (what fits; it is
+ * non-blocking); a TLS session just closes.
+ */
+static void session_last_word(struct session *s)
+{
+	/* Not in SS_COMMIT: the spool may have the message already. */
+	if (!s->bev || s->tls_active || !(states[s->state].facts & HAS_TX) ||
+	    s->state == SS_COMMIT)
+		return;
+	evutil_socket_t fd = bufferevent_getfd(s->bev);
+	if (fd < 0)
+		return;
+	log_info("event=disconnect sess=%u.%llu client=%s reason=shutdown id=%s "
+	         "message=not-queued",
+	         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
+	         s->tx ? s->tx->id : "-");
+	reply_host(s, SMTP_R_SHUTDOWN);
+	(void)evbuffer_write(bufferevent_get_output(s->bev), fd);
+}
+
 void smtp_server_free(struct smtp_server *srv)
 {
 	if (!srv)
@@ -3894,13 +3809,16 @@ void smtp_server_free(struct smtp_server *srv)
 	 * not a drain, and must not be logged as one. */
 	atomic_flag_test_and_set(&srv->drained_logged);
 	pool_free(srv->verify_pool); /* TRUST: no body job outlives its session's memory */
-	pool_free(srv->spill_pool);  /* SPILL */
+	pool_free(srv->spill_pool);  /* SPILL: a stream freed below has no job left */
+	srv->verify_pool = srv->spill_pool = NULL; /* tx_free must not queue on them */
 	for (size_t i = 0; i < srv->n_workers; i++) {
 		struct srv_worker *sw = srv->workers[i];
 		for (size_t j = 0; j < sw->n_listeners; j++)
 			evconnlistener_free(sw->listeners[j]);
-		while (sw->sessions)
+		while (sw->sessions) {
+			session_last_word(sw->sessions);
 			session_free(sw->sessions);
+		}
 		free(sw);
 	}
 	for (size_t b = 0; b < IP_BUCKETS; b++) {

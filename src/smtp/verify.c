@@ -23,7 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <arpa/inet.h>
 #include <time.h>
 
@@ -72,6 +75,7 @@ struct smtp_verify {
 	size_t hdr_len;
 	const char *body;
 	size_t body_len;
+	bool mapped; /* SPILL: msg is a file mapping (smtp_verify_mapped) */
 
 	/* DKIM */
 	struct dkim_verify *dkim;
@@ -254,10 +258,32 @@ static void dkim_keys_done(void *arg)
 	step(v);
 }
 
+/* SPILL: the whole pages of p..n leave the process (a file mapping only:
+ * they are read again from the page cache if touched; a heap buffer would
+ * read back zeros). */
+static void drop_pages(const char *p, size_t n)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t a = ((uintptr_t)p + pg - 1) & ~(pg - 1), e = ((uintptr_t)p + n) & ~(pg - 1);
+	if (e > a)
+		(void)madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* The body hash, in pieces (the DKIM API streams): a mapped body's pages
+ * are let go as the hash passes them, so memory stays at about a piece. */
+#define BODY_PIECE (1024u * 1024u)
+
 static void body_work(void *arg)
 {
 	struct smtp_verify *v = arg;
-	dkim_body_update(dkim_verify_body(v->dkim), v->body, v->body_len);
+	struct dkim_body *b = dkim_verify_body(v->dkim);
+	for (size_t at = 0; at < v->body_len;) {
+		size_t n = v->body_len - at < BODY_PIECE ? v->body_len - at : BODY_PIECE;
+		dkim_body_update(b, v->body + at, n);
+		if (v->mapped)
+			drop_pages(v->body + at, n);
+		at += n;
+	}
 }
 
 static void body_done(void *arg)
@@ -690,6 +716,11 @@ int smtp_verify_message(struct smtp_verify *v, const char *id, const char *msg, 
 	arc_begin(v, msg, len);
 	event_active(v->kick, 0, 0); /* step() from the loop, never from here */
 	return TERN_OK;
+}
+
+void smtp_verify_mapped(struct smtp_verify *v)
+{
+	v->mapped = true;
 }
 
 void smtp_verify_forwarding(struct smtp_verify *v, bool forward)
