@@ -85,6 +85,11 @@ struct scheduler {
 	struct job *deferred;    /* unordered; scanned once a second */
 	size_t n_pending;
 	bool stopping;
+	/* Hand-offs: a producer wakes a delivery thread only when one waits and
+	 * none has been woken yet; the woken one takes every job queued by then
+	 * (a burst of commits costs one wake-up, not one each). */
+	unsigned n_waiting;
+	bool wake_pending;
 	unsigned n_threads;
 	pthread_t *threads;
 	struct inflight *inflight[INFLIGHT_BUCKETS];
@@ -143,6 +148,15 @@ static void job_free(struct job *j)
 	free(j);
 }
 
+/* Under s->lock: new work is queued; see n_waiting. */
+static void wake_locked(struct scheduler *s)
+{
+	if (s->n_waiting == 0 || s->wake_pending)
+		return; /* a thread is running (it looks again before it waits) or woken */
+	s->wake_pending = true;
+	pthread_cond_signal(&s->cond);
+}
+
 static void enqueue_locked(struct scheduler *s, struct job *j)
 {
 	j->next = NULL;
@@ -152,7 +166,7 @@ static void enqueue_locked(struct scheduler *s, struct job *j)
 		s->head = j;
 	s->tail = j;
 	s->n_pending++;
-	pthread_cond_signal(&s->cond);
+	wake_locked(s);
 }
 
 static void submit_job(struct scheduler *s, const char *id, char *data, size_t len, bool flush)
@@ -658,7 +672,7 @@ static void remote_done(struct remote_job *job, void *arg)
 	pthread_mutex_lock(&s->lock);
 	job->next = s->results;
 	s->results = job;
-	pthread_cond_signal(&s->cond);
+	wake_locked(s);
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -1337,7 +1351,11 @@ static void *scheduler_main(void *arg)
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_sec += 1;
-			if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
+			s->n_waiting++;
+			int w = pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+			s->n_waiting--;
+			s->wake_pending = false; /* this thread looks now */
+			if (w == ETIMEDOUT)
 				break; /* a quiet second: time for housekeeping */
 		}
 		if (s->stopping) {
