@@ -148,16 +148,18 @@ static void job_free(struct job *j)
 	free(j);
 }
 
-/* Under s->lock: new work is queued; see n_waiting. */
-static void wake_locked(struct scheduler *s)
+/* Under s->lock: new work is queued; see n_waiting. True when the caller
+ * must signal s->cond, after unlocking (signalled under the lock, the woken
+ * thread would at once wait for the lock the signaller still holds). */
+static bool wake_locked(struct scheduler *s)
 {
 	if (s->n_waiting == 0 || s->wake_pending)
-		return; /* a thread is running (it looks again before it waits) or woken */
+		return false; /* a thread is running (it looks again before it waits) or woken */
 	s->wake_pending = true;
-	pthread_cond_signal(&s->cond);
+	return true;
 }
 
-static void enqueue_locked(struct scheduler *s, struct job *j)
+static bool enqueue_locked(struct scheduler *s, struct job *j)
 {
 	j->next = NULL;
 	if (s->tail)
@@ -166,7 +168,7 @@ static void enqueue_locked(struct scheduler *s, struct job *j)
 		s->head = j;
 	s->tail = j;
 	s->n_pending++;
-	wake_locked(s);
+	return wake_locked(s);
 }
 
 static void submit_job(struct scheduler *s, const char *id, char *data, size_t len, bool flush)
@@ -183,8 +185,10 @@ static void submit_job(struct scheduler *s, const char *id, char *data, size_t l
 	j->len = len;
 	j->flush = flush;
 	pthread_mutex_lock(&s->lock);
-	enqueue_locked(s, j);
+	bool wake = enqueue_locked(s, j);
 	pthread_mutex_unlock(&s->lock);
+	if (wake)
+		pthread_cond_signal(&s->cond);
 }
 
 void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len)
@@ -241,7 +245,8 @@ static void promote_due_locked(struct scheduler *s, int64_t now)
 		if (j->due <= now) {
 			*pp = j->next;
 			s->n_pending--;
-			enqueue_locked(s, j);
+			if (enqueue_locked(s, j))
+				pthread_cond_signal(&s->cond); /* rare: retries coming due */
 		} else {
 			pp = &j->next;
 		}
@@ -672,8 +677,10 @@ static void remote_done(struct remote_job *job, void *arg)
 	pthread_mutex_lock(&s->lock);
 	job->next = s->results;
 	s->results = job;
-	wake_locked(s);
+	bool wake = wake_locked(s);
 	pthread_mutex_unlock(&s->lock);
+	if (wake)
+		pthread_cond_signal(&s->cond);
 }
 
 /*
