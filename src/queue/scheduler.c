@@ -1384,7 +1384,12 @@ static void *scheduler_main(void *arg)
 				s->tail = NULL;
 			batch[n++] = j;
 		}
+		/* More than a batch queued: another waiting thread takes the rest
+		 * now (one wake-up covered the whole burst). */
+		bool more = s->head && wake_locked(s);
 		pthread_mutex_unlock(&s->lock);
+		if (more)
+			pthread_cond_signal(&s->cond);
 		if (n == 0)
 			continue; /* woke for maintain_tick only */
 
