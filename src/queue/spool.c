@@ -23,7 +23,9 @@
  *   whole pending list, writes it with pwritev at the end of the current
  *   segment, fdatasyncs once if the batch holds a message (RCPT/DEL records
  *   ride along with the next sync), then updates the index under mu and
- *   runs the callbacks with no lock held.
+ *   runs the callbacks with no lock held. A put (anything with a callback)
+ *   wakes it at once; RCPT and DEL records alone do not, and are written
+ *   with the next put's batch or LAZY_NS after the last batch.
  *
  * Damage: recovery scans each segment with spool_scan, which resumes at
  * the next valid record after damage, so a damaged record costs that
