@@ -6,7 +6,8 @@ loopback port as the next hop, tern with `relayhost` pointing at it (relay allow
 127.0.0.0/8, a fresh data dir each run), and drives tern with tern's own load generator
 (bench/smtpload.c). Per run it prints: accept msg/s (until the last 250), relayed msg/s
 (until the sink counted the last message), MAIL->250 latency p50/p99, and tern's CPU (user,
-system, ms per message; from wait4, start-up and shutdown included). With --tern-baseline
+system, ms per message; from wait4, start-up and shutdown included) and its context switches
+per message (voluntary + involuntary, from the same wait4). With --tern-baseline
 the two binaries run alternately, repetition by repetition, on the same load, so that a
 busy machine disturbs both alike: compare them within a repetition.
 
@@ -133,6 +134,7 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
             "p50_ms": res.get("lat_p50_ms"), "p99_ms": res.get("lat_p99_ms"),
             "cpu_user_s": round(ru.ru_utime, 3), "cpu_sys_s": round(ru.ru_stime, 3),
             "cpu_ms_per_msg": round(cpu * 1000 / max(1, args.messages), 4),
+            "ctxsw_per_msg": round((ru.ru_nvcsw + ru.ru_nivcsw) / max(1, args.messages), 2),
             "errors": res.get("errors")}
 
 

@@ -86,6 +86,11 @@ struct scheduler {
 	struct job *deferred;    /* unordered; scanned once a second */
 	size_t n_pending;
 	bool stopping;
+	/* Hand-offs: a producer wakes a delivery thread only when one waits and
+	 * none has been woken yet; the woken one takes every job queued by then
+	 * (a burst of commits costs one wake-up, not one each). */
+	unsigned n_waiting;
+	bool wake_pending;
 	unsigned n_threads;
 	pthread_t *threads;
 	struct inflight *inflight[INFLIGHT_BUCKETS];
@@ -144,7 +149,18 @@ static void job_free(struct job *j)
 	free(j);
 }
 
-static void enqueue_locked(struct scheduler *s, struct job *j)
+/* Under s->lock: new work is queued; see n_waiting. True when the caller
+ * must signal s->cond, after unlocking (signalled under the lock, the woken
+ * thread would at once wait for the lock the signaller still holds). */
+static bool wake_locked(struct scheduler *s)
+{
+	if (s->n_waiting == 0 || s->wake_pending)
+		return false; /* a thread is running (it looks again before it waits) or woken */
+	s->wake_pending = true;
+	return true;
+}
+
+static bool enqueue_locked(struct scheduler *s, struct job *j)
 {
 	j->next = NULL;
 	if (s->tail)
@@ -153,7 +169,7 @@ static void enqueue_locked(struct scheduler *s, struct job *j)
 		s->head = j;
 	s->tail = j;
 	s->n_pending++;
-	pthread_cond_signal(&s->cond);
+	return wake_locked(s);
 }
 
 static void submit_job(struct scheduler *s, const char *id, char *data, size_t len, bool flush)
@@ -170,8 +186,10 @@ static void submit_job(struct scheduler *s, const char *id, char *data, size_t l
 	j->len = len;
 	j->flush = flush;
 	pthread_mutex_lock(&s->lock);
-	enqueue_locked(s, j);
+	bool wake = enqueue_locked(s, j);
 	pthread_mutex_unlock(&s->lock);
+	if (wake)
+		pthread_cond_signal(&s->cond);
 }
 
 void scheduler_submit(struct scheduler *s, const char *id, char *data, size_t len)
@@ -228,7 +246,8 @@ static void promote_due_locked(struct scheduler *s, int64_t now)
 		if (j->due <= now) {
 			*pp = j->next;
 			s->n_pending--;
-			enqueue_locked(s, j);
+			if (enqueue_locked(s, j))
+				pthread_cond_signal(&s->cond); /* rare: retries coming due */
 		} else {
 			pp = &j->next;
 		}
@@ -659,8 +678,10 @@ static void remote_done(struct remote_job *job, void *arg)
 	pthread_mutex_lock(&s->lock);
 	job->next = s->results;
 	s->results = job;
-	pthread_cond_signal(&s->cond);
+	bool wake = wake_locked(s);
 	pthread_mutex_unlock(&s->lock);
+	if (wake)
+		pthread_cond_signal(&s->cond);
 }
 
 /*
@@ -1343,7 +1364,11 @@ static void *scheduler_main(void *arg)
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_sec += 1;
-			if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
+			s->n_waiting++;
+			int w = pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+			s->n_waiting--;
+			s->wake_pending = false; /* this thread looks now */
+			if (w == ETIMEDOUT)
 				break; /* a quiet second: time for housekeeping */
 		}
 		if (s->stopping) {
@@ -1365,7 +1390,12 @@ static void *scheduler_main(void *arg)
 				s->tail = NULL;
 			batch[n++] = j;
 		}
+		/* More than a batch queued: another waiting thread takes the rest
+		 * now (one wake-up covered the whole burst). */
+		bool more = s->head && wake_locked(s);
 		pthread_mutex_unlock(&s->lock);
+		if (more)
+			pthread_cond_signal(&s->cond);
 		if (n == 0)
 			continue; /* woke for maintain_tick only */
 

@@ -23,7 +23,9 @@
  *   whole pending list, writes it with pwritev at the end of the current
  *   segment, fdatasyncs once if the batch holds a message (RCPT/DEL records
  *   ride along with the next sync), then updates the index under mu and
- *   runs the callbacks with no lock held.
+ *   runs the callbacks with no lock held. A put (anything with a callback)
+ *   wakes it at once; RCPT and DEL records alone do not, and are written
+ *   with the next put's batch or LAZY_NS after the last batch.
  *
  * Damage: recovery scans each segment with spool_scan, which resumes at
  * the next valid record after damage, so a damaged record costs that
@@ -84,6 +86,10 @@
 #define SEG_MAX_BYTES (64ull * 1024 * 1024)      /* start a new segment past this */
 #define PENDING_MAX_BYTES (512ull * 1024 * 1024) /* refuse puts beyond this backlog */
 #define IOV_CHUNK 512
+/* RCPT and DEL records nobody waits for ride with the next put's batch; the
+ * committer writes them on their own only after this long without one. */
+#define LAZY_NS (20 * 1000 * 1000L)
+#define LAZY_MAX_BYTES (1024 * 1024)
 
 /* ---- segments ----------------------------------------------------------- */
 
@@ -202,6 +208,8 @@ struct spool {
 	struct item *qhead, *qtail;
 	uint64_t q_bytes;
 	bool closing;
+	bool q_urgent;    /* the pending list holds an item someone waits for */
+	bool q_sleeping;  /* the committer waits with no deadline: lazy items wake it */
 	uint64_t seg_max; /* rotate past this many bytes (tests lower it) */
 
 	pthread_mutex_t mu;
@@ -1129,8 +1137,31 @@ static void *committer_main(void *arg)
 	struct spool *s = arg;
 	for (;;) {
 		pthread_mutex_lock(&s->qmu);
-		while (!s->qhead && !s->closing)
-			pthread_cond_wait(&s->qcond, &s->qmu);
+		/* A put (or anything with a callback) is written at once. RCPT and
+		 * DEL records alone wait up to LAZY_NS for one to ride with: under
+		 * load they cost no wake-up and no write of their own. */
+		struct timespec dl;
+		clock_gettime(CLOCK_MONOTONIC, &dl);
+		dl.tv_nsec += LAZY_NS;
+		if (dl.tv_nsec >= 1000000000L) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000L;
+		}
+		bool timed_out = false;
+		while (!s->q_urgent && !s->closing && !timed_out) {
+			if (!s->qhead && s->q_sleeping) {
+				pthread_cond_wait(&s->qcond, &s->qmu);
+				continue;
+			}
+			timed_out = pthread_cond_timedwait(&s->qcond, &s->qmu, &dl) == ETIMEDOUT;
+			if (timed_out && !s->qhead) {
+				/* Nothing came in the window: sleep until something does. */
+				s->q_sleeping = true;
+				timed_out = false;
+			}
+		}
+		s->q_sleeping = false;
+		s->q_urgent = false;
 		struct item *batch = s->qhead;
 		s->qhead = s->qtail = NULL;
 		s->q_bytes = 0;
@@ -1168,7 +1199,10 @@ static int enqueue(struct spool *s, struct item *it)
 		s->qhead = it;
 	s->qtail = it;
 	s->q_bytes += it->len;
-	pthread_cond_signal(&s->qcond);
+	bool urgent = it->cb || s->q_bytes > LAZY_MAX_BYTES;
+	s->q_urgent |= urgent;
+	if (urgent || s->q_sleeping)
+		pthread_cond_signal(&s->qcond);
 	pthread_mutex_unlock(&s->qmu);
 	return TERN_OK;
 }
@@ -1638,7 +1672,11 @@ int spool_open(const char *dir, struct spool **out)
 	s->dirfd = -1;
 	s->seg_max = SEG_MAX_BYTES;
 	pthread_mutex_init(&s->qmu, NULL);
-	pthread_cond_init(&s->qcond, NULL);
+	pthread_condattr_t ca; /* the lazy window is timed on CLOCK_MONOTONIC */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->qcond, &ca);
+	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&s->mu, NULL);
 	if (!(s->dir = tern_strdup(dir))) {
 		rc = TERN_ENOMEM;

@@ -121,7 +121,7 @@ enum session_state {
 	SS_VERIFY,    /* TRUST: SPF/DKIM/DMARC (verify.c), then MILTER: the milters decide
 	                 first, then SIGN: our DKIM signatures are made (sign.c); nothing is
 	                 read */
-	SS_COMMIT,    /* the spool is making the message durable; nothing is read */
+	SS_COMMIT,    /* the spool is making the message durable; nothing is processed */
 	SS_TLS,       /* STARTTLS answered: the handshake runs on the new layer */
 	SS_CLOSING,   /* the final reply is queued; freed once it is written */
 	SS__COUNT
@@ -2457,7 +2457,7 @@ static void commit_done(void *arg)
 {
 	struct session *s = arg;
 	struct tx *t = s->tx;
-	/* Reading stopped at SS_COMMIT until this answer: nothing else ran. */
+	/* SS_COMMIT processed no input until this answer: nothing else ran. */
 	(void)TERN_BUG_ON(s->state != SS_COMMIT || !t);
 	if (t->commit_err == TERN_OK) {
 		size_t len = 0;
@@ -2876,9 +2876,15 @@ static void spool_message(struct session *s)
 		tx_end(s);
 		return;
 	}
-	/* Nothing more is read until the commit answers: replies stay in order. */
+	/* Nothing more is processed until the commit answers: replies stay in
+	 * order. A plain session keeps reading on (turning it off and on cost two
+	 * epoll_ctl a message): SS_COMMIT takes no input, the read high watermark
+	 * bounds what waits, and a client's end of the connection meanwhile is
+	 * read again once commit_finish reads on (on_event). Over TLS reading
+	 * stops, as the filter's end of connection is not read twice. */
 	session_enter_state(s, SS_COMMIT);
-	bufferevent_disable(s->bev, EV_READ);
+	if (s->tls_active)
+		bufferevent_disable(s->bev, EV_READ);
 	bufferevent_set_timeouts(s->bev, NULL, NULL);
 }
 
@@ -3370,7 +3376,7 @@ static bool read_bdat(struct session *s, struct evbuffer *in)
  * True (and reading stopped) when the client has left more than
  * OUT_HIGH_WATERMARK bytes of replies unread. Reading resumes in on_write
  * once the output is down to OUT_LOW_WATERMARK. Only for the states that
- * read commands or message bytes: SS_COMMIT keeps reading off until
+ * read commands or message bytes: SS_COMMIT processes nothing until
  * commit_done, SS_CLOSING reads nothing more.
  */
 static bool output_full(struct session *s)
@@ -3502,6 +3508,11 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		if (s->state == SS_COMMIT && !s->tls_active &&
+		    what == (BEV_EVENT_READING | BEV_EVENT_EOF))
+			return; /* libevent stopped reading; after the commit's reply
+			           commit_finish reads on and meets the end again, after
+			           whatever the client sent before it (a QUIT) */
 		if (s->state == SS_COMMIT || s->auth_in_pool ||
 		    (s->tx && s->tx->sign_state == SIGN_RUNNING)) {
 			/* The commit callback or the pool's answer still points at

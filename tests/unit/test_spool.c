@@ -901,6 +901,61 @@ static void test_finished_messages_leave_and_their_segments_go(void **st)
 	tmpdir_rm(&td);
 }
 
+static char *slurp(const char *path, size_t *n);
+
+/* RCPT and DEL records nobody waits for ride with the next put's batch, but
+ * with no put after them they still reach the segment on their own, soon,
+ * with the spool left open (a later crash then replays the removal). */
+static void test_lone_state_records_are_written_without_a_later_put(void **st)
+{
+	(void)st;
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	char path[512];
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	seg_file(td.path, 1, path, sizeof(path));
+	struct spool_msg *m = make_env(7, 2);
+	put_sync(s, m, "hello", 5);
+	off_t after_put = file_size(path);
+	assert_int_equal(spool_update_rcpt(s, m->id, 0, RCPT_DEFERRED, 99, "451 later"), TERN_OK);
+	/* bounded: the committer's window is 20 ms; 5 s is far beyond it */
+	off_t sz = after_put;
+	for (int i = 0; i < 500 && sz == after_put; i++) {
+		usleep(10 * 1000);
+		sz = file_size(path);
+	}
+	assert_true(sz > after_put);
+	assert_int_equal(spool_remove(s, m->id), TERN_OK);
+	off_t after_rcpt = sz;
+	for (int i = 0; i < 500 && sz == after_rcpt; i++) {
+		usleep(10 * 1000);
+		sz = file_size(path);
+	}
+	assert_true(sz > after_rcpt);
+	/* what is on disk replays: a copy of the segment opened as a spool
+	 * (the original stays locked by s) holds no message */
+	struct tmpdir td2;
+	tmpdir_make(&td2);
+	char cp[1024];
+	snprintf(cp, sizeof(cp), "%s/%s", td2.path, strrchr(path, '/') + 1);
+	size_t n;
+	char *bytes = slurp(path, &n);
+	int fd = open(cp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, bytes, n), (ssize_t)n);
+	close(fd);
+	free(bytes);
+	struct spool *s2;
+	assert_int_equal(spool_open(td2.path, &s2), TERN_OK);
+	assert_int_equal(spool_count(s2), 0);
+	spool_close(s2);
+	spool_close(s);
+	spool_msg_free(m);
+	tmpdir_rm(&td2);
+	tmpdir_rm(&td);
+}
+
 /* Writes three messages to a fresh spool; returns the envelopes, and the
  * segment's offsets where record 2 and record 3 start. */
 static void three_messages(const char *dir, struct spool_msg *m[3], off_t *r2, off_t *r3)
@@ -2534,6 +2589,7 @@ int main(void)
 	    cmocka_unit_test(test_foreach_lists_in_id_order),
 	    cmocka_unit_test(test_rcpt_updates_survive_reopen),
 	    cmocka_unit_test(test_finished_messages_leave_and_their_segments_go),
+	    cmocka_unit_test(test_lone_state_records_are_written_without_a_later_put),
 	    cmocka_unit_test(test_torn_tail_at_every_offset_recovers_complete_records),
 	    cmocka_unit_test(test_flipped_byte_is_detected_and_never_returned),
 	    cmocka_unit_test(test_message_finished_before_its_del_record_is_removed_at_open),
