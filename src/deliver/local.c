@@ -709,8 +709,29 @@ static int quota_recalc(const char *root, unsigned long long limit, unsigned lon
 	return tern_write_file_atomic(path, text, (size_t)t, NULL);
 }
 
+/* Held while a usage is read or recalculated. Two delivery threads that
+ * both found no maildirsize (a new mailbox's first messages, in two
+ * batches) each recalculated and replaced the file, and the second
+ * replacement could land after the first thread had appended its delta:
+ * that message went uncounted (test_dovecot_quota_agrees_with_tern saw
+ * 1 of 2 messages). Under the lock the second thread reads the file the
+ * first one wrote. Rare and short: a read of a small file, or a scan. */
+static pthread_mutex_t quota_usage_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int quota_usage_locked(const char *root, unsigned long long limit,
+                              unsigned long long *bytes, unsigned long long *count);
+
 int maildir_quota_usage(const char *root, unsigned long long limit, unsigned long long *bytes,
                         unsigned long long *count)
+{
+	pthread_mutex_lock(&quota_usage_lock);
+	int rc = quota_usage_locked(root, limit, bytes, count);
+	pthread_mutex_unlock(&quota_usage_lock);
+	return rc;
+}
+
+static int quota_usage_locked(const char *root, unsigned long long limit,
+                              unsigned long long *bytes, unsigned long long *count)
 {
 	char path[PATH_MAX], buf[MAILDIRSIZE_RECALC_SIZE + 1];
 	struct maildirsize ms;
