@@ -718,8 +718,8 @@ static int quota_recalc(const char *root, unsigned long long limit, unsigned lon
  * first one wrote. Rare and short: a read of a small file, or a scan. */
 static pthread_mutex_t quota_usage_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int quota_usage_locked(const char *root, unsigned long long limit,
-                              unsigned long long *bytes, unsigned long long *count);
+static int quota_usage_locked(const char *root, unsigned long long limit, unsigned long long *bytes,
+                              unsigned long long *count);
 
 int maildir_quota_usage(const char *root, unsigned long long limit, unsigned long long *bytes,
                         unsigned long long *count)
@@ -730,8 +730,8 @@ int maildir_quota_usage(const char *root, unsigned long long limit, unsigned lon
 	return rc;
 }
 
-static int quota_usage_locked(const char *root, unsigned long long limit,
-                              unsigned long long *bytes, unsigned long long *count)
+static int quota_usage_locked(const char *root, unsigned long long limit, unsigned long long *bytes,
+                              unsigned long long *count)
 {
 	char path[PATH_MAX], buf[MAILDIRSIZE_RECALC_SIZE + 1];
 	struct maildirsize ms;
