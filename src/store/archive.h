@@ -13,10 +13,13 @@
  * messages the writer could not take yet (see archive_on_commit).
  *
  * Must never: slow or block the caller of archive_on_commit (the spool's
- * committer thread, after the message is durable): it copies the message
- * into a bounded queue; when the queue is full it writes the copy to
- * incoming/ instead (no sync), which the writer thread archives later. It
- * never drops a message for lack of room. Must never delete a held message.
+ * committer thread, after the message is durable): it takes the spool's
+ * record as it is (no copy) into a bounded lock-free queue; when the queue
+ * is full it writes the copy to incoming/ instead (no sync), which the
+ * writer thread archives later; a spilled message's file is hard-linked
+ * there. It never drops a message for lack of room. The writer runs at
+ * SCHED_IDLE: it takes only CPU time the mail path leaves. Must never
+ * delete a held message.
  */
 #ifndef TERN_STORE_ARCHIVE_H
 #define TERN_STORE_ARCHIVE_H
@@ -48,16 +51,18 @@ int archive_start(struct archive *ar, const struct conf_archive *c);
  * that the archive lacks (included ones only), so a copy that was still in
  * the writer's queue when the server was killed is not lost while its
  * message is queued. Blocks (one lookup per queued message). Returns how
- * many it archived. */
+ * many it archived. Also remembers sp (which must outlive the hook's
+ * calls) to find spilled messages' files. */
 size_t archive_catch_up(struct archive *ar, struct spool *sp);
 
 /* Stops the writer after it archived everything queued, then closes. */
 void archive_close(struct archive *ar);
 
-/* The spool's commit hook (spool_set_commit_hook): m and data are the
- * committed message. Copies what the archive needs; never blocks on the
- * writer. Messages not included by archive.include are skipped. */
-void archive_on_commit(void *arg, const struct spool_msg *m, const void *data, size_t len);
+/* The spool's commit hook (spool_set_commit_hook, queue.h): takes m and
+ * buf (message bytes at buf + off, len of them) as its own, queues them for
+ * the writer without a copy; never blocks on the writer. Messages not
+ * included by archive.include are skipped (and freed). */
+void archive_on_commit(void *arg, struct spool_msg *m, char *buf, size_t off, size_t len);
 
 /* The scheduler's archive observer (scheduler_set_archive_observer): the
  * result of a remote recipient (delivered, bounced, deferred, with the

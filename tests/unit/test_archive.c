@@ -214,6 +214,16 @@ static void test_retention_respects_hold(void **state)
 	tbuf_free(&b);
 }
 
+/* What the spool hands its hook: a malloc'd record, the message at 3. */
+static char *heap_record(const char *msg, size_t len)
+{
+	char *b = malloc(len + 3);
+	assert_non_null(b);
+	memcpy(b, "rec", 3);
+	memcpy(b + 3, msg, len);
+	return b;
+}
+
 static void test_full_queue_spills_and_is_archived(void **state)
 {
 	struct fx *f = *state;
@@ -230,11 +240,13 @@ static void test_full_queue_spills_and_is_archived(void **state)
 	struct spool_msg m = {
 	    .sender = "alice@example.org", .created = 1700000000, .rcpts = &rl, .n_rcpts = 1};
 	queue_id_new(m.id);
-	archive_on_commit(f->ar, &m, MSG1, sizeof(MSG1) - 1);
+	archive_on_commit(f->ar, spool_msg_dup(&m), heap_record(MSG1, sizeof(MSG1) - 1), 3,
+	                  sizeof(MSG1) - 1);
 	struct spool_msg skip = m; /* remote only: not included */
 	skip.rcpts = &rr;
 	queue_id_new(skip.id);
-	archive_on_commit(f->ar, &skip, MSG1, sizeof(MSG1) - 1);
+	archive_on_commit(f->ar, spool_msg_dup(&skip), heap_record(MSG1, sizeof(MSG1) - 1), 3,
+	                  sizeof(MSG1) - 1);
 	archive_close(f->ar); /* the writer finishes incoming/ before it stops */
 	assert_int_equal(archive_open(f->dir, &f->ar, err, sizeof(err)), TERN_OK);
 	struct tbuf b = TBUF_INIT(1 << 20);
