@@ -171,10 +171,30 @@ static int from_1252(struct tbuf *out, const char *s, size_t n)
 	return rc;
 }
 
+/* True when p[0..n) is 7-bit without NUL, eight bytes at a time (most
+ * text is, and this was the reading's biggest cost byte by byte). */
+static bool plain_ascii(const char *p, size_t n)
+{
+	const uint64_t lo = 0x0101010101010101u, hi = 0x8080808080808080u;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t w;
+		memcpy(&w, p + i, sizeof(w));
+		if ((w & hi) || ((w - lo) & ~w & hi)) /* a byte >= 0x80, or a zero byte */
+			return false;
+	}
+	for (; i < n; i++)
+		if (p[i] == '\0' || (unsigned char)p[i] >= 0x80)
+			return false;
+	return true;
+}
+
 /* UTF-8 (or US-ASCII) bytes: as they are when valid (NULs dropped), else
  * read as Windows-1252, as mime.c does. */
 static int from_utf8(struct tbuf *out, const char *s, size_t n)
 {
+	if (plain_ascii(s, n))
+		return tbuf_append(out, s, n);
 	if (!valid_utf8(s, n))
 		return from_1252(out, s, n);
 	if (!memchr(s, 0, n))
@@ -1118,7 +1138,7 @@ static int html_to_text(const char *h, struct tbuf *out)
 
 static char *make_snippet(const char *text, const char *html)
 {
-	struct tbuf src = TBUF_INIT(SIZE_MAX / 2), out = TBUF_INIT(SIZE_MAX / 2);
+	struct tbuf src = TBUF_INIT(SIZE_MAX / 2);
 	const char *s = text;
 	bool blank = true;
 	for (const char *q = text; *q && blank; q++)
@@ -1130,32 +1150,31 @@ static char *make_snippet(const char *text, const char *html)
 		}
 		s = src.data ? src.data : "";
 	}
-	size_t chars = 0;
+	char out[MIME_SNIPPET_CHARS * 4 + 1]; /* a character is at most 4 bytes */
+	size_t chars = 0, len = 0;
 	bool space = false;
-	int rc = TERN_OK;
-	for (const char *q = s; *q && chars < MIME_SNIPPET_CHARS && rc == TERN_OK;) {
+	for (const char *q = s; *q && chars < MIME_SNIPPET_CHARS;) {
 		if (is_ws(*q)) {
 			space = true;
 			q++;
 			continue;
 		}
-		if (space && out.len) {
-			rc = tbuf_append(&out, " ", 1);
+		if (space && len) {
+			out[len++] = ' ';
 			if (++chars >= MIME_SNIPPET_CHARS)
 				break;
 		}
 		space = false;
 		size_t k = utf8_seq((const unsigned char *)q, strnlen(q, 4));
 		if (!k)
-			k = 1; /* not reached: text is valid UTF-8 */
-		rc = tbuf_append(&out, q, k);
+			k = 1; /* not reached: the text is valid UTF-8 */
+		memcpy(out + len, q, k);
+		len += k;
 		chars++;
 		q += k;
 	}
-	char *r = rc == TERN_OK ? tern_strdup(out.data ? out.data : "") : NULL;
 	tbuf_free(&src);
-	tbuf_free(&out);
-	return r;
+	return tern_strndup(out, len);
 }
 
 /* ------------------------------------------------------------- parse */

@@ -53,7 +53,7 @@
 #define QUEUE_MAX_BYTES (64u << 20) /* copies waiting for the writer */
 #define BATCH_MAX 256               /* messages per transaction */
 #define BATCH_WAIT_MS 200           /* how long a batch may fill */
-#define ZSTD_LEVEL 1
+#define ZSTD_LEVEL 3
 #define LIST_MAX 1000         /* results per page */
 #define EXPORT_MAX_MSGS 65535 /* a zip without zip64 */
 #define EXPORT_MAX_BYTES (1u << 30)
