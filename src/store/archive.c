@@ -489,13 +489,15 @@ static int overflow_parse(const char *p, size_t n, struct spool_msg *m, size_t *
 	return TERN_OK;
 }
 
-/* Appends bytes off..size of the file path to out. */
+/* Appends bytes off..size of the file path to out. A missing file is
+ * TERN_ESYNTAX (the incoming file cannot be archived whole: left there and
+ * logged, not retried in a loop); a short one TERN_EIO. */
 static int read_tail(const char *path, uint64_t off, uint64_t size, struct tbuf *out)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC), rc = TERN_EIO;
 	if (fd < 0) {
 		log_error("event=archive_tail_missing file=%s errno=%d", path, errno);
-		return TERN_EIO;
+		return errno == ENOENT ? TERN_ESYNTAX : TERN_EIO;
 	}
 	uint64_t want = size - off;
 	if (want > SIZE_MAX / 4 || (rc = tbuf_reserve(out, (size_t)want + 1)) != TERN_OK)
@@ -1196,8 +1198,10 @@ out2:
 	return res;
 }
 
-/* Lock held: the original bytes of seq appended to out. */
-static int raw_locked(struct archive *ar, int64_t seq, int64_t size, struct tbuf *out)
+/* Lock held: the original bytes of seq appended to out; dz: a context to
+ * reuse (an export's), or NULL for a one-off. */
+static int raw_locked(struct archive *ar, int64_t seq, int64_t size, struct tbuf *out,
+                      ZSTD_DCtx *dz)
 {
 	int rc = TERN_EIO;
 	sqlite3_stmt *s = prep(ar, "SELECT data FROM blobs WHERE seq = ?");
@@ -1218,7 +1222,8 @@ static int raw_locked(struct archive *ar, int64_t seq, int64_t size, struct tbuf
 	}
 	if ((rc = tbuf_reserve(out, (size_t)want + 1)) != TERN_OK)
 		goto out;
-	size_t got = ZSTD_decompress(out->data + out->len, (size_t)want, z, zn);
+	size_t got = dz ? ZSTD_decompressDCtx(dz, out->data + out->len, (size_t)want, z, zn)
+	                : ZSTD_decompress(out->data + out->len, (size_t)want, z, zn);
 	if (ZSTD_isError(got) || got != want) {
 		rc = TERN_ECORRUPT;
 		goto out;
@@ -1243,7 +1248,7 @@ int archive_raw(struct archive *ar, const char *id, struct tbuf *out)
 		sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
 		if (sqlite3_step(s) == SQLITE_ROW)
 			rc = raw_locked(ar, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1),
-			                out);
+			                out, NULL);
 		sqlite3_finalize(s);
 	}
 	pthread_mutex_unlock(&ar->mu);
@@ -1307,16 +1312,57 @@ int archive_mboxrd_quote(const char *data, size_t n, struct tbuf *out)
 	return rc;
 }
 
-static void put16(struct tbuf *b, unsigned v)
+/*
+ * Where an export goes: sink->out, and with fd >= 0 on to the file in
+ * chunks of EXPORT_CHUNK (so an export to a file holds about one chunk
+ * and one message in memory, whatever its size). off() is the offset in
+ * the whole export (a zip's local headers need it).
+ */
+struct xsink {
+	struct tbuf *out;
+	int fd;           /* -1: everything stays in out */
+	uint64_t flushed; /* bytes already written to fd */
+	uint64_t max;     /* the export's size limit */
+};
+
+#define EXPORT_CHUNK (256u << 10)
+
+static uint64_t sink_off(const struct xsink *s)
 {
-	unsigned char c[2] = {(unsigned char)(v & 0xff), (unsigned char)((v >> 8) & 0xff)};
-	tbuf_append(b, c, 2);
+	return s->flushed + s->out->len;
 }
 
-static void put32(struct tbuf *b, uint32_t v)
+static int sink_put(struct xsink *s, const void *p, size_t n)
 {
-	put16(b, v & 0xffff);
-	put16(b, v >> 16);
+	if (n > s->max || sink_off(s) > s->max - n)
+		return TERN_ELIMIT;
+	return tbuf_append(s->out, p, n);
+}
+
+static int sink_flush(struct xsink *s, bool all)
+{
+	if (s->fd < 0 || (!all && s->out->len < EXPORT_CHUNK) || s->out->len == 0)
+		return TERN_OK;
+	if (tern_write_full(s->fd, s->out->data, s->out->len) != TERN_OK) {
+		log_error("event=archive_export_write_failed errno=%d", errno);
+		return TERN_EIO;
+	}
+	s->flushed += s->out->len;
+	tbuf_reset(s->out);
+	return TERN_OK;
+}
+
+static void put16(unsigned char **p, unsigned v)
+{
+	(*p)[0] = (unsigned char)(v & 0xff);
+	(*p)[1] = (unsigned char)((v >> 8) & 0xff);
+	*p += 2;
+}
+
+static void put32(unsigned char **p, uint32_t v)
+{
+	put16(p, v & 0xffff);
+	put16(p, v >> 16);
 }
 
 struct zent {
@@ -1340,80 +1386,96 @@ static void dos_time(int64_t us, unsigned *t, unsigned *d)
 }
 
 /* One stored entry: local header + data. */
-static int zip_add(struct tbuf *out, struct zent *z, const struct tbuf *raw)
+static int zip_add(struct xsink *s, struct zent *z, const struct tbuf *raw)
 {
-	if (out->len > UINT32_MAX || raw->len > UINT32_MAX)
+	if (sink_off(s) > UINT32_MAX || raw->len > UINT32_MAX)
 		return TERN_ELIMIT;
-	z->off = (uint32_t)out->len;
+	z->off = (uint32_t)sink_off(s);
 	z->size = (uint32_t)raw->len;
 	z->crc = (uint32_t)crc32(0L, (const Bytef *)raw->data, (uInt)raw->len);
-	put32(out, 0x04034b50);
-	put16(out, 10); /* version needed: 1.0 (stored) */
-	put16(out, 0);  /* flags */
-	put16(out, 0);  /* method: stored, so the bytes are the original ones */
-	put16(out, z->dtime);
-	put16(out, z->ddate);
-	put32(out, z->crc);
-	put32(out, z->size);
-	put32(out, z->size);
-	put16(out, (unsigned)strlen(z->name));
-	put16(out, 0);
-	tbuf_append(out, z->name, strlen(z->name));
-	return tbuf_append(out, raw->data, raw->len);
+	unsigned char h[30], *p = h;
+	put32(&p, 0x04034b50);
+	put16(&p, 10); /* version needed: 1.0 (stored) */
+	put16(&p, 0);  /* flags */
+	put16(&p, 0);  /* method: stored, so the bytes are the original ones */
+	put16(&p, z->dtime);
+	put16(&p, z->ddate);
+	put32(&p, z->crc);
+	put32(&p, z->size);
+	put32(&p, z->size);
+	put16(&p, (unsigned)strlen(z->name));
+	put16(&p, 0);
+	int rc = sink_put(s, h, sizeof(h));
+	if (rc == TERN_OK)
+		rc = sink_put(s, z->name, strlen(z->name));
+	return rc == TERN_OK ? sink_put(s, raw->data, raw->len) : rc;
 }
 
-static int zip_finish(struct tbuf *out, const struct zent *z, size_t n)
+static int zip_finish(struct xsink *s, const struct zent *z, size_t n)
 {
-	if (out->len > UINT32_MAX)
+	if (sink_off(s) > UINT32_MAX)
 		return TERN_ELIMIT;
-	uint32_t cd = (uint32_t)out->len;
-	for (size_t i = 0; i < n; i++) {
-		put32(out, 0x02014b50);
-		put16(out, 20); /* made by */
-		put16(out, 10);
-		put16(out, 0);
-		put16(out, 0);
-		put16(out, z[i].dtime);
-		put16(out, z[i].ddate);
-		put32(out, z[i].crc);
-		put32(out, z[i].size);
-		put32(out, z[i].size);
-		put16(out, (unsigned)strlen(z[i].name));
-		put16(out, 0); /* extra */
-		put16(out, 0); /* comment */
-		put16(out, 0); /* disk */
-		put16(out, 0); /* internal attributes */
-		put32(out, 0); /* external attributes */
-		put32(out, z[i].off);
-		tbuf_append(out, z[i].name, strlen(z[i].name));
+	uint32_t cd = (uint32_t)sink_off(s);
+	int rc = TERN_OK;
+	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
+		unsigned char h[46], *p = h;
+		put32(&p, 0x02014b50);
+		put16(&p, 20); /* made by */
+		put16(&p, 10);
+		put16(&p, 0);
+		put16(&p, 0);
+		put16(&p, z[i].dtime);
+		put16(&p, z[i].ddate);
+		put32(&p, z[i].crc);
+		put32(&p, z[i].size);
+		put32(&p, z[i].size);
+		put16(&p, (unsigned)strlen(z[i].name));
+		put16(&p, 0); /* extra */
+		put16(&p, 0); /* comment */
+		put16(&p, 0); /* disk */
+		put16(&p, 0); /* internal attributes */
+		put32(&p, 0); /* external attributes */
+		put32(&p, z[i].off);
+		rc = sink_put(s, h, sizeof(h));
+		if (rc == TERN_OK)
+			rc = sink_put(s, z[i].name, strlen(z[i].name));
+		if (rc == TERN_OK)
+			rc = sink_flush(s, false);
 	}
-	if (out->len > UINT32_MAX)
+	if (rc != TERN_OK)
+		return rc;
+	if (sink_off(s) > UINT32_MAX)
 		return TERN_ELIMIT;
-	uint32_t cdlen = (uint32_t)out->len - cd;
-	put32(out, 0x06054b50);
-	put16(out, 0);
-	put16(out, 0);
-	put16(out, (unsigned)n);
-	put16(out, (unsigned)n);
-	put32(out, cdlen);
-	put32(out, cd);
-	return tbuf_append(out, "\0\0", 2); /* comment length */
+	uint32_t cdlen = (uint32_t)sink_off(s) - cd;
+	unsigned char e[22], *p = e;
+	put32(&p, 0x06054b50);
+	put16(&p, 0);
+	put16(&p, 0);
+	put16(&p, (unsigned)n);
+	put16(&p, (unsigned)n);
+	put32(&p, cdlen);
+	put32(&p, cd);
+	put16(&p, 0); /* comment length */
+	return sink_put(s, e, sizeof(e));
 }
 
-int archive_export(struct archive *ar, const char *query, enum archive_format f, struct tbuf *out,
-                   size_t *count)
+static int export_run(struct archive *ar, const char *query, enum archive_format f,
+                      struct xsink *sink, size_t *count)
 {
 	struct capture_query q;
 	struct tbuf sql = TBUF_INIT(1 << 20), raw = TBUF_INIT(SIZE_MAX / 2);
 	struct zent *z = NULL;
 	size_t n = 0;
 	sqlite3_stmt *s = NULL;
+	ZSTD_DCtx *dz = ZSTD_createDCtx(); /* one for every message: no allocation each */
 	*count = 0;
 	int rc = parse_query(query, &q);
 	if (rc != TERN_OK)
 		goto out2;
-	if (out->max > EXPORT_MAX_BYTES)
-		out->max = EXPORT_MAX_BYTES;
+	if (!dz) {
+		rc = TERN_ENOMEM;
+		goto out2;
+	}
 	pthread_mutex_lock(&ar->mu);
 	tbuf_printf(&sql,
 	            "SELECT m.seq, m.size, m.id, m.env_from, m.created FROM messages m JOIN "
@@ -1436,42 +1498,85 @@ int archive_export(struct archive *ar, const char *query, enum archive_format f,
 		}
 		tbuf_reset(&raw);
 		int64_t created = sqlite3_column_int64(s, 4);
-		rc = raw_locked(ar, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), &raw);
+		rc = raw_locked(ar, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), &raw,
+		                dz);
 		if (rc != TERN_OK)
 			break;
 		if (f == ARCHIVE_ZIP) {
 			snprintf(z[n].name, sizeof(z[n].name), "%s.eml", col_text(s, 2));
 			dos_time(created, &z[n].dtime, &z[n].ddate);
-			rc = zip_add(out, &z[n], &raw);
+			rc = zip_add(sink, &z[n], &raw);
 		} else {
-			char when[64];
+			char when[64], line[1200];
 			time_t t = (time_t)(created / 1000000);
 			struct tm tm;
 			gmtime_r(&t, &tm);
 			strftime(when, sizeof(when), "%a %b %e %H:%M:%S %Y", &tm);
 			const char *from = col_text(s, 3);
-			rc = tbuf_printf(
-			    out, "From %s %s\n",
-			    *from && !strpbrk(from, " \t\r\n") ? from : "MAILER-DAEMON", when);
+			int ln = snprintf(line, sizeof(line), "From %s %s\n",
+			                  *from && !strpbrk(from, " \t\r\n") && strlen(from) < 1000
+			                      ? from
+			                      : "MAILER-DAEMON",
+			                  when);
+			rc = sink_put(sink, line, (size_t)ln);
 			if (rc == TERN_OK)
-				rc = archive_mboxrd_quote(raw.data, raw.len, out);
+				rc = archive_mboxrd_quote(raw.data, raw.len, sink->out);
+			if (rc == TERN_OK && sink_off(sink) > sink->max)
+				rc = TERN_ELIMIT;
 			if (rc == TERN_OK)
-				rc = tbuf_append(out, "\n", 1);
+				rc = sink_put(sink, "\n", 1);
 		}
+		if (rc == TERN_OK)
+			rc = sink_flush(sink, false);
 		n++;
 	}
 	if (rc == TERN_OK && f == ARCHIVE_ZIP)
-		rc = zip_finish(out, z, n);
-	if (rc == TERN_OK && out->len == 0 && f == ARCHIVE_MBOX)
-		rc = tbuf_reserve(out, 1); /* an empty mbox is still a file */
+		rc = zip_finish(sink, z, n);
+	if (rc == TERN_OK && sink_off(sink) == 0 && f == ARCHIVE_MBOX && sink->fd < 0)
+		rc = tbuf_reserve(sink->out, 1); /* an empty mbox is still a file */
+	if (rc == TERN_OK)
+		rc = sink_flush(sink, true);
 	*count = n;
 out:
 	pthread_mutex_unlock(&ar->mu);
 	sqlite3_finalize(s);
 out2:
+	ZSTD_freeDCtx(dz);
 	free(z);
 	tbuf_free(&raw);
 	tbuf_free(&sql);
 	capture_query_free(&q);
 	return rc;
+}
+
+int archive_export(struct archive *ar, const char *query, enum archive_format f, struct tbuf *out,
+                   size_t *count)
+{
+	struct xsink s = {
+	    .out = out, .fd = -1, .max = out->max < EXPORT_MAX_BYTES ? out->max : EXPORT_MAX_BYTES};
+	return export_run(ar, query, f, &s, count);
+}
+
+int archive_export_fd(struct archive *ar, const char *query, enum archive_format f, int fd,
+                      uint64_t *bytes, size_t *count)
+{
+	struct tbuf chunk = TBUF_INIT(SIZE_MAX / 2);
+	struct xsink s = {.out = &chunk, .fd = fd, .max = EXPORT_MAX_BYTES};
+	int rc = export_run(ar, query, f, &s, count);
+	*bytes = s.flushed;
+	tbuf_free(&chunk);
+	return rc;
+}
+
+int archive_tmpfile(struct archive *ar)
+{
+	int fd = open(ar->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		return fd;
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/export-XXXXXX", ar->dir);
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd >= 0)
+		unlink(path); /* only the descriptor: nothing to clean up after a crash */
+	return fd;
 }

@@ -106,6 +106,18 @@ bool archive_format_parse(const char *s, size_t n, enum archive_format *out);
 int archive_export(struct archive *ar, const char *query, enum archive_format f, struct tbuf *out,
                    size_t *count);
 
+/* The same export written to fd (from its current offset) in chunks of
+ * 256 KiB, so memory stays at about one chunk and one message whatever
+ * the export's size; *bytes gets how many were written. Same limits and
+ * errors, and TERN_EIO when fd cannot be written. */
+int archive_export_fd(struct archive *ar, const char *query, enum archive_format f, int fd,
+                      uint64_t *bytes, size_t *count);
+
+/* A new file for archive_export_fd: read-write, in DATA/archive, with no
+ * name (O_TMPFILE, or a name unlinked at once), gone when its last
+ * descriptor is closed. -1 with errno on failure. */
+int archive_tmpfile(struct archive *ar);
+
 /* Deletes messages created before now_s - retention_s that are not on
  * hold; *removed gets how many. */
 int archive_expire(struct archive *ar, int64_t now_s, uint32_t retention_s, size_t *removed);

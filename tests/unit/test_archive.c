@@ -177,6 +177,31 @@ static void test_raw_search_export(void **state)
 	assert_int_equal(count_sub(b.data, b.len, "\n>From the top."), 1);
 	assert_int_equal(count_sub(b.data, b.len, "\n>>From quoted already"), 1);
 	assert_int_equal(count_sub(b.data, b.len, "\nFrom the top."), 0);
+
+	/* to a file (the API's streamed export): the same bytes, both formats,
+	 * and an empty export is an empty file */
+	const enum archive_format fmts[] = {ARCHIVE_MBOX, ARCHIVE_ZIP};
+	for (int i = 0; i < 2; i++) {
+		tbuf_reset(&b);
+		assert_int_equal(archive_export(f->ar, "", fmts[i], &b, &n), TERN_OK);
+		int fd = archive_tmpfile(f->ar);
+		assert_true(fd >= 0);
+		uint64_t bytes = 0;
+		size_t n2 = 0;
+		assert_int_equal(archive_export_fd(f->ar, "", fmts[i], fd, &bytes, &n2), TERN_OK);
+		assert_int_equal(n2, 2);
+		assert_int_equal(bytes, b.len);
+		char got[8192];
+		assert_true(b.len <= sizeof(got));
+		assert_int_equal(pread(fd, got, sizeof(got), 0), (ssize_t)b.len);
+		assert_memory_equal(got, b.data, b.len);
+		assert_int_equal(
+		    archive_export_fd(f->ar, "nosuchwordanywhere", ARCHIVE_MBOX, fd, &bytes, &n2),
+		    TERN_OK);
+		assert_int_equal(bytes, 0);
+		assert_int_equal(n2, 0);
+		close(fd);
+	}
 	tbuf_free(&b);
 }
 
