@@ -53,6 +53,8 @@
 #define QUEUE_MAX_BYTES (64u << 20) /* copies waiting for the writer */
 #define BATCH_MAX 256               /* messages per transaction */
 #define BATCH_WAIT_MS 200           /* how long a batch may fill */
+#define QUIET_MS 50                 /* no commit for this long: the mail path is idle */
+#define DEFER_MAX_MS 2000           /* the longest a batch waits for a quiet mail path */
 #define ZSTD_LEVEL 3
 #define LIST_MAX 1000         /* results per page */
 #define EXPORT_MAX_MSGS 65535 /* a zip without zip64 */
@@ -113,7 +115,8 @@ struct archive {
 	sem_t wake;
 	_Atomic bool closing;
 	bool started;
-	_Atomic(struct spool *) sp; /* archive_catch_up's: spilled messages' files */
+	_Atomic(struct spool *) sp;     /* archive_catch_up's: spilled messages' files */
+	_Atomic int64_t last_commit_ms; /* archive_on_commit's latest call (monotonic) */
 	pthread_t thread;
 	struct conf_archive conf;
 	_Atomic bool incoming_dirty; /* incoming/ may hold files */
@@ -684,9 +687,17 @@ static void wake_writer(struct archive *ar)
 	sem_post(&ar->wake);
 }
 
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts); /* the vDSO's, no system call */
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 void archive_on_commit(void *arg, struct spool_msg *m, char *buf, size_t off, size_t len)
 {
 	struct archive *ar = arg;
+	atomic_store_explicit(&ar->last_commit_ms, mono_ms(), memory_order_relaxed);
 	bool in, outb;
 	direction_of(m, &in, &outb);
 	if (!((in && ar->conf.inbound) || (outb && ar->conf.outbound))) {
@@ -910,13 +921,32 @@ static struct outcome *take_outcomes(struct archive *ar)
 	return fifo;
 }
 
+/*
+ * Index later: while mail is being accepted (a commit in the last
+ * QUIET_MS) and the backlog is under three quarters of the queue, the
+ * writer waits, so a burst is accepted with the archive's work after it,
+ * not beside it (even at SCHED_IDLE the writer would take the cores' idle
+ * moments between the mail path's syncs, and its caches and disk writes).
+ * Past that backlog, or after DEFER_MAX_MS of waiting (so a steady stream
+ * of mail is archived within seconds: a copy only in memory is lost to a
+ * kill -9 once its message is delivered), it writes a batch anyway, below
+ * the mail path.
+ */
+static bool mail_busy(struct archive *ar)
+{
+	return atomic_load(&ar->q_bytes) < ar->q_max / 4 * 3 &&
+	       mono_ms() - atomic_load_explicit(&ar->last_commit_ms, memory_order_relaxed) <
+	           QUIET_MS;
+}
+
 static void *writer_main(void *arg)
 {
 	struct archive *ar = arg;
 	below_mail_path();
 	time_t next_expire = time(NULL);
+	struct qitem *pending = NULL, *ptail = NULL; /* taken, not yet written (FIFO) */
 	for (;;) {
-		while (!atomic_load(&ar->qstack) && !atomic_load(&ar->ostack) &&
+		while (!pending && !atomic_load(&ar->qstack) && !atomic_load(&ar->ostack) &&
 		       !atomic_load(&ar->closing) && !atomic_load(&ar->incoming_dirty) &&
 		       !(ar->conf.retention && time(NULL) >= next_expire)) {
 			struct timespec ts = deadline_in(1000);
@@ -925,25 +955,40 @@ static void *writer_main(void *arg)
 		/* Let a batch fill for up to BATCH_WAIT_MS: one transaction, and
 		 * so one sync, per batch instead of per few messages, which would
 		 * compete with the spool's syncs for the disk. */
-		if (atomic_load(&ar->qstack) && !atomic_load(&ar->closing) &&
+		if (!pending && atomic_load(&ar->qstack) && !atomic_load(&ar->closing) &&
 		    atomic_load(&ar->q_n) < BATCH_MAX) {
 			struct timespec dl = deadline_in(BATCH_WAIT_MS);
 			while (!atomic_load(&ar->closing) && atomic_load(&ar->q_n) < BATCH_MAX &&
 			       sem_timedwait(&ar->wake, &dl) == 0)
 				;
 		}
+		for (int64_t since = mono_ms(); !atomic_load(&ar->closing) && mail_busy(ar) &&
+		                                mono_ms() - since < DEFER_MAX_MS;) {
+			struct timespec dl = deadline_in(QUIET_MS);
+			sem_timedwait(&ar->wake, &dl);
+		}
 		bool closing = atomic_load(&ar->closing);
-		struct qitem *all = take_messages(ar);
-		bool had = all != NULL;
-		while (all) { /* up to BATCH_MAX messages per transaction */
-			struct qitem *batch = all, *last = all;
-			size_t n = 1, bytes = all->len;
+		struct qitem *taken = take_messages(ar);
+		if (taken) {
+			if (ptail)
+				ptail->next = taken;
+			else
+				pending = taken;
+			for (ptail = taken; ptail->next; ptail = ptail->next)
+				;
+		}
+		bool had = pending != NULL;
+		if (pending) { /* up to BATCH_MAX messages per transaction */
+			struct qitem *batch = pending, *last = pending;
+			size_t n = 1, bytes = pending->len;
 			while (last->next && n < BATCH_MAX) {
 				last = last->next;
 				bytes += last->len;
 				n++;
 			}
-			all = last->next;
+			pending = last->next;
+			if (!pending)
+				ptail = NULL;
 			last->next = NULL;
 			write_batch(ar, batch);
 			while (batch) {
@@ -957,8 +1002,8 @@ static void *writer_main(void *arg)
 		struct outcome *outs = take_outcomes(ar); /* after their messages */
 		if (outs)
 			write_outcomes(ar, outs);
-		if (had && !closing)
-			continue;
+		if (had)
+			continue; /* the next batch (the quiet check first) */
 		drain_incoming(ar);
 		if (ar->conf.retention && time(NULL) >= next_expire) {
 			size_t removed = 0;

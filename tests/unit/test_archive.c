@@ -284,6 +284,35 @@ static void test_full_queue_spills_and_is_archived(void **state)
 	assert_int_not_equal(access(path, F_OK), 0);
 }
 
+/* The writer waits while mail is being committed (index later), but not
+ * for ever: a steady stream of commits (one every 10 ms, as from a busy
+ * server) still sees its first message archived while it lasts. */
+static void test_a_steady_stream_is_archived_while_it_lasts(void **state)
+{
+	struct fx *f = *state;
+	struct conf_archive c = {.enabled = true, .retention = 0, .inbound = true};
+	assert_int_equal(archive_start(f->ar, &c), TERN_OK);
+	struct spool_rcpt rl = {.addr = "bob@example.test", .local = true};
+	struct spool_msg m = {
+	    .sender = "alice@example.org", .created = 1700000000, .rcpts = &rl, .n_rcpts = 1};
+	char first[QUEUE_ID_LEN + 1];
+	struct tbuf b = TBUF_INIT(1 << 20);
+	bool archived = false;
+	for (int i = 0; i < 3000 && !archived; i++) { /* at most 30 s of stream */
+		queue_id_new(m.id);
+		if (i == 0)
+			memcpy(first, m.id, sizeof(first));
+		archive_on_commit(f->ar, spool_msg_dup(&m), heap_record(MSG1, sizeof(MSG1) - 1), 3,
+		                  sizeof(MSG1) - 1);
+		usleep(10000);
+		tbuf_reset(&b);
+		archived = archive_raw(f->ar, first, &b) == TERN_OK;
+	}
+	assert_true(archived);
+	assert_memory_equal(b.data, MSG1, sizeof(MSG1) - 1);
+	tbuf_free(&b);
+}
+
 static void test_route_parse(void **state)
 {
 	(void)state;
@@ -358,6 +387,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_raw_search_export, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_retention_respects_hold, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_full_queue_spills_and_is_archived, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_a_steady_stream_is_archived_while_it_lasts, setup,
 	                                    teardown),
 	    cmocka_unit_test(test_route_parse),
 	    cmocka_unit_test(test_query_param),
