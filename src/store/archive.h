@@ -17,9 +17,10 @@
  * record as it is (no copy) into a bounded lock-free queue; when the queue
  * is full it writes the copy to incoming/ instead (no sync), which the
  * writer thread archives later; a spilled message's file is hard-linked
- * there. It never drops a message for lack of room. The writer runs at
- * SCHED_IDLE: it takes only CPU time the mail path leaves. Must never
- * delete a held message.
+ * there. It never drops a message for lack of room. The writer indexes
+ * later (it waits while mail is being committed, at most 2 s per batch and
+ * while the backlog is under 48 MiB) and runs at SCHED_IDLE: it takes only
+ * CPU time the mail path leaves. Must never delete a held message.
  */
 #ifndef TERN_STORE_ARCHIVE_H
 #define TERN_STORE_ARCHIVE_H
