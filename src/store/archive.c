@@ -1016,9 +1016,44 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+/* At start, before the hook can write there: what a crash left half-made
+ * in incoming/ — an ID.tmp (killed while overflow_write wrote it) and an
+ * ID.tail whose ID.msg was never written. Their messages, if still queued,
+ * are archived by archive_catch_up from the spool. */
+static void sweep_incoming(struct archive *ar)
+{
+	DIR *d = opendir(ar->incoming);
+	if (!d)
+		return;
+	struct dirent *de;
+	size_t removed = 0;
+	while ((de = readdir(d))) {
+		size_t nl = strlen(de->d_name);
+		char path[4400];
+		bool tmp = nl == QUEUE_ID_LEN + 4 && strcmp(de->d_name + QUEUE_ID_LEN, ".tmp") == 0;
+		bool tail =
+		    nl == QUEUE_ID_LEN + 5 && strcmp(de->d_name + QUEUE_ID_LEN, ".tail") == 0;
+		if (!tmp && !tail)
+			continue;
+		if (tail) {
+			snprintf(path, sizeof(path), "%s/%.*s.msg", ar->incoming, (int)QUEUE_ID_LEN,
+			         de->d_name);
+			if (access(path, F_OK) == 0)
+				continue; /* its message is waiting: drain_incoming takes both */
+		}
+		snprintf(path, sizeof(path), "%s/%s", ar->incoming, de->d_name);
+		if (unlink(path) == 0)
+			removed++;
+	}
+	closedir(d);
+	if (removed)
+		log_info("event=archive_incoming_swept files=%zu", removed);
+}
+
 int archive_start(struct archive *ar, const struct conf_archive *c)
 {
 	ar->conf = *c;
+	sweep_incoming(ar);
 	if (pthread_create(&ar->thread, NULL, writer_main, ar) != 0)
 		return TERN_EIO;
 	ar->started = true;

@@ -43,9 +43,11 @@ struct archive;
 int archive_open(const char *data_dir, struct archive **out, char *err, size_t errlen);
 
 /* Starts the writer thread with c's retention and include settings
- * (serve only): it archives what archive_on_commit queues, catches up with
- * incoming/, and expires messages older than the retention (checked every
- * retention/2, at most every 60 s, at least every 1 s). */
+ * (serve only, before the commit hook is set): it archives what
+ * archive_on_commit queues, catches up with incoming/, and expires messages
+ * older than the retention (checked every retention/2, at most every 60 s,
+ * at least every 1 s). First removes what a crash left half-made in
+ * incoming/ (an ID.tmp, an ID.tail without its ID.msg). */
 int archive_start(struct archive *ar, const struct conf_archive *c);
 
 /* At start, after archive_start: archives every message still in the spool

@@ -313,6 +313,56 @@ static void test_a_steady_stream_is_archived_while_it_lasts(void **state)
 	tbuf_free(&b);
 }
 
+/* What a crash left half-made in incoming/ is removed at start (an ID.tmp,
+ * an ID.tail without its ID.msg); a waiting ID.msg and its ID.tail stay
+ * and are archived. */
+static void test_start_sweeps_what_a_crash_left_in_incoming(void **state)
+{
+	struct fx *f = *state;
+	char a[QUEUE_ID_LEN + 1], b[QUEUE_ID_LEN + 1], path[256];
+	queue_id_new(a);
+	queue_id_new(b);
+	const char *names[] = {".tmp", ".tail"};
+	for (int i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "%s/archive/incoming/%s%s", f->dir, a, names[i]);
+		FILE *fp = fopen(path, "w");
+		assert_non_null(fp);
+		fputs("half", fp);
+		fclose(fp);
+	}
+	/* b: a spilled message's head in b.msg and its tail in b.tail */
+	static const char tail[] = "01234tail of the message\r\n";
+	snprintf(path, sizeof(path), "%s/archive/incoming/%s.tail", f->dir, b);
+	FILE *fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs(tail, fp);
+	fclose(fp);
+	snprintf(path, sizeof(path), "%s/archive/incoming/%s.msg", f->dir, b);
+	fp = fopen(path, "w");
+	assert_non_null(fp);
+	fprintf(fp, "tern-archive 2 1700000000 1 5 %zu alice@example.org\n1 bob@example.test\n",
+	        sizeof(tail) - 1);
+	fputs("Subject: head\r\n\r\n", fp);
+	fclose(fp);
+	struct conf_archive c = {.enabled = true, .retention = 0, .inbound = true};
+	assert_int_equal(archive_start(f->ar, &c), TERN_OK);
+	for (int i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "%s/archive/incoming/%s%s", f->dir, a, names[i]);
+		assert_int_not_equal(access(path, F_OK), 0);
+	}
+	archive_close(f->ar); /* the writer drains incoming/ before it stops */
+	char err[256];
+	assert_int_equal(archive_open(f->dir, &f->ar, err, sizeof(err)), TERN_OK);
+	struct tbuf got = TBUF_INIT(1 << 20);
+	assert_int_equal(archive_raw(f->ar, b, &got), TERN_OK);
+	static const char want[] = "Subject: head\r\n\r\ntail of the message\r\n";
+	assert_int_equal(got.len, sizeof(want) - 1);
+	assert_memory_equal(got.data, want, sizeof(want) - 1);
+	tbuf_free(&got);
+	snprintf(path, sizeof(path), "%s/archive/incoming/%s.tail", f->dir, b);
+	assert_int_not_equal(access(path, F_OK), 0);
+}
+
 static void test_route_parse(void **state)
 {
 	(void)state;
@@ -389,6 +439,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_full_queue_spills_and_is_archived, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_a_steady_stream_is_archived_while_it_lasts, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_start_sweeps_what_a_crash_left_in_incoming, setup,
 	                                    teardown),
 	    cmocka_unit_test(test_route_parse),
 	    cmocka_unit_test(test_query_param),
