@@ -5,13 +5,22 @@ The same load with `archive { enabled = false; }` and `= true;`, alternated run 
 on one release binary: N messages of 4 KiB over C connections into a local Maildir,
 measured by tern's own load generator (accepted messages/s, MAIL->250 p50/p99). Two
 connection counts: a light closed loop (2 connections; the machine is not saturated, so
-a cost shows as latency) and a saturating one (20). Figures only, never assertions.
+a cost shows as latency) and a saturating one (20). With --tern-baseline, that binary
+runs with the archive on too, in the same alternation (off, on, baseline on), so an old
+and a new archive are compared in the same minute. Figures only, never assertions.
+
+For each run with the archive on it also says how far the archive was behind when the
+last message was accepted (the writer runs at SCHED_IDLE since this change, so at
+saturation it waits for idle CPU), how long it took to catch up after, and the rate the
+writer reached alone in that catch-up (messages archived / catch-up seconds).
 
   bench/archive_cost.py --tern build/tern --smtpload build/smtpload [--reps 3]
+                        [--tern-baseline OTHER/tern]
 """
 import argparse
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,17 +31,42 @@ from benchlib import free_port, stop  # noqa: E402
 from local_delivery import count_delivered, start_tern  # noqa: E402
 
 
+def archived(data):
+    """Messages in DATA/archive/index.sqlite (read-only; -1 while it cannot be read)."""
+    db = os.path.join(data, "archive", "index.sqlite")
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM archive").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return -1
+
+
 def one(tern, load, archive, conns, messages):
     with tempfile.TemporaryDirectory(prefix="tern-archive-cost-") as work:
         port = free_port()
         extra = f"archive {{ enabled = {'true' if archive else 'false'}; }}"
         proc, data = start_tern(tern, work, port, extra)
+        behind = catchup = rate = None
         try:
             out = subprocess.run(
                 [load, "send", "127.0.0.1", str(port), "-n", str(messages), "-c", str(conns),
                  "-p", "100", "-s", "4096", "-t", "postmaster@bench.test", "-T", "300"],
                 capture_output=True, text=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])
+            if archive:  # how far behind at the last 250, and the catch-up after it
+                t0 = time.time()
+                at_end = max(archived(data), 0)
+                behind = res["ok"] - at_end
+                deadline = t0 + 300
+                while archived(data) < res["ok"] and time.time() < deadline:
+                    time.sleep(0.02)
+                catchup = time.time() - t0
+                # the catch-up includes up to one batch window (200 ms): a rate only
+                # where the backlog was big enough for that not to matter
+                rate = behind / catchup if behind >= 1000 else None
             maildir = os.path.join(data, "mail", "bench.test", "postmaster", "new")
             deadline = time.time() + 120
             while count_delivered(maildir) < res["ok"] and time.time() < deadline:
@@ -40,33 +74,43 @@ def one(tern, load, archive, conns, messages):
         finally:
             stop(proc)
         return {"ok": res["ok"], "msgs": res["ok"] / res["elapsed_s"],
-                "p50": res["lat_p50_ms"], "p99": res["lat_p99_ms"]}
+                "p50": res["lat_p50_ms"], "p99": res["lat_p99_ms"],
+                "behind": behind, "catchup": catchup, "rate": rate}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tern", required=True)
     ap.add_argument("--smtpload", required=True)
+    ap.add_argument("--tern-baseline", help="another tern binary, run with the archive on too")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--messages", type=int, default=10000)
     a = ap.parse_args()
-    print(f"archive cost: {a.messages} messages of 4 KiB into a Maildir, archive off/on "
-          f"alternated, {a.reps} reps per connection count")
-    print("| conns | rep | archive | accepted | accept msg/s | MAIL->250 p50 / p99 ms |")
-    print("|---|---|---|---|---|---|")
+    kinds = [("off", a.tern, False), ("on", a.tern, True)]
+    if a.tern_baseline:
+        kinds.append(("baseline on", a.tern_baseline, True))
+    print(f"archive cost: {a.messages} messages of 4 KiB into a Maildir, "
+          f"{' / '.join(k for k, _, _ in kinds)} alternated, {a.reps} reps per connection count")
+    print("| conns | rep | archive | accepted | accept msg/s | MAIL->250 p50 / p99 ms "
+          "| archive behind at last 250 | catch-up s | writer alone msg/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for conns in (2, 20):
         for rep in range(1, a.reps + 1):
-            for archive in (False, True):
-                r = one(a.tern, a.smtpload, archive, conns, a.messages)
-                summary.setdefault((conns, archive), []).append(r)
-                print(f"| {conns} | {rep} | {'on' if archive else 'off'} | {r['ok']} | "
-                      f"{r['msgs']:.0f} | {r['p50']:.2f} / {r['p99']:.2f} |", flush=True)
-    print("\nmedians (same runs):")
-    for (conns, archive), rs in sorted(summary.items()):
+            for kind, binary, archive in kinds:
+                r = one(binary, a.smtpload, archive, conns, a.messages)
+                summary.setdefault((conns, kind), []).append(r)
+                extra = (f"{r['behind']} | {r['catchup']:.2f} | "
+                         f"{r['rate']:.0f}" if r["rate"] else
+                         f"{r['behind']} | {r['catchup']:.2f} | -") if archive else "- | - | -"
+                print(f"| {conns} | {rep} | {kind} | {r['ok']} | {r['msgs']:.0f} | "
+                      f"{r['p50']:.2f} / {r['p99']:.2f} | {extra} |", flush=True)
+    print("\nmedians (same runs; spread = lowest..highest accept msg/s):")
+    for (conns, kind), rs in sorted(summary.items()):
         med = lambda k: sorted(x[k] for x in rs)[len(rs) // 2]  # noqa: E731
-        print(f"  {conns:>2} connections, archive {'on ' if archive else 'off'}: "
-              f"{med('msgs'):.0f} msg/s, p50 {med('p50'):.2f} ms, p99 {med('p99'):.2f} ms")
+        lo, hi = min(x["msgs"] for x in rs), max(x["msgs"] for x in rs)
+        print(f"  {conns:>2} connections, archive {kind:<11}: {med('msgs'):.0f} msg/s "
+              f"({lo:.0f}..{hi:.0f}), p50 {med('p50'):.2f} ms, p99 {med('p99'):.2f} ms")
 
 
 if __name__ == "__main__":

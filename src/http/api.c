@@ -77,6 +77,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/buf.h"
 #include "core/codec.h"
@@ -1504,6 +1505,8 @@ static void rjob_free(struct rjob *j)
 	free(c->in_hdrs);
 	free(c->d_location);
 	free(c->d_bytes.raw);
+	if (c->d_bytes.file) /* not handed to a reply */
+		close(c->d_bytes.fd);
 	free(j);
 }
 
@@ -1584,7 +1587,7 @@ static void archive_api(struct req_ctx *c, const char *rest)
 	}
 	struct archive_answer *ans = &c->d_bytes;
 	archive_route(c->a->archive, c->method, rest, c->in_query, ans);
-	if (ans->raw) {
+	if (ans->raw || ans->file) {
 		c->d_replied = true;
 		c->d_status = ans->status;
 	} else if (ans->json || ans->status == 204) {
@@ -1608,18 +1611,28 @@ static void reply_bytes(struct req_ctx *c)
 	if (ans->filename[0])
 		evhttp_add_header(oh, "Content-Disposition", disp);
 	struct evbuffer *b = evbuffer_new();
-	if (!b || evbuffer_add(b, ans->raw, ans->raw_len) != 0) {
-		evhttp_send_error(c->req, 500, "out of memory");
-	} else {
-		evhttp_send_reply(c->req, ans->status, NULL, b);
+	int added = -1;
+	size_t len = ans->file ? (size_t)ans->file_len : ans->raw_len;
+	if (b && ans->file && ans->file_len == 0) {
+		added = 0;           /* an empty export: nothing to send (rjob_free closes fd) */
+	} else if (b && ans->file) { /* ARCHIVE export: sent from its file, never whole in memory */
+		added = evbuffer_add_file(b, ans->fd, 0, (ev_off_t)ans->file_len);
+		if (added == 0)
+			ans->file = false; /* the buffer owns (and closes) the descriptor */
+	} else if (b) {
+		added = evbuffer_add(b, ans->raw, ans->raw_len);
 	}
+	if (added != 0)
+		evhttp_send_error(c->req, 500, "out of memory");
+	else
+		evhttp_send_reply(c->req, ans->status, NULL, b);
 	if (b)
 		evbuffer_free(b);
 	char kq[APIKEY_NAME_MAX + 8];
 	log_info("event=api method=%s path=%s status=%d key=%s peer=%s id=- bytes=%zu", c->method,
 	         c->path, ans->status,
 	         c->have_key ? log_quote(c->key.name, strlen(c->key.name), kq, sizeof(kq)) : "-",
-	         c->peer, ans->raw_len);
+	         c->peer, len);
 }
 
 static void rjob_work(void *arg)
@@ -1700,7 +1713,7 @@ static void rjob_done(void *arg)
 			c->d_body = NULL;
 			if (c->d_track)
 				reply_track(c);
-			else if (c->d_bytes.raw)
+			else if (c->d_bytes.raw || c->d_bytes.file)
 				reply_bytes(c);
 			else if (c->d_replied)
 				reply_json(c, c->d_status, b);

@@ -13,12 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/buf.h"
 #include "core/err.h"
 #include "store/archive.h"
-
-#define EXPORT_LIMIT (1u << 30)
 
 int archive_route_parse(const char *rest, size_t n, struct archive_route_req *out)
 {
@@ -189,11 +188,15 @@ void archive_route(struct archive *ar, const char *method, const char *rest, con
 			fail(ans, 400, "invalid_request", "format: mbox or zip");
 			return;
 		}
-		struct tbuf b = TBUF_INIT(EXPORT_LIMIT);
+		/* built in an unnamed file and sent from it: memory stays at about
+		 * one chunk and one message, whatever the export's size */
+		int fd = archive_tmpfile(ar);
 		size_t count = 0;
-		rc = archive_export(ar, query, fmt, &b, &count);
+		uint64_t bytes = 0;
+		rc = fd < 0 ? TERN_EIO : archive_export_fd(ar, query, fmt, fd, &bytes, &count);
 		if (rc != TERN_OK) {
-			tbuf_free(&b);
+			if (fd >= 0)
+				close(fd);
 			if (rc == TERN_ESYNTAX)
 				fail(ans, 400, "invalid_request", "query: not a valid search");
 			else if (rc == TERN_ELIMIT)
@@ -205,7 +208,9 @@ void archive_route(struct archive *ar, const char *method, const char *rest, con
 			return;
 		}
 		ans->status = 200;
-		ans->raw = tbuf_steal(&b, &ans->raw_len);
+		ans->file = true;
+		ans->fd = fd;
+		ans->file_len = bytes;
 		ans->ctype = fmt == ARCHIVE_ZIP ? "application/zip" : "application/mbox";
 		snprintf(ans->filename, sizeof(ans->filename), "archive.%s",
 		         fmt == ARCHIVE_ZIP ? "zip" : "mbox");

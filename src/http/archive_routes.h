@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -37,8 +38,10 @@ int archive_route_parse(const char *rest, size_t n, struct archive_route_req *ou
 int archive_query_param(const char *qs, size_t n, const char *name, char *out, size_t outlen);
 
 /* The answer: JSON (json set: {"error": {"code","message"}} when status is
- * not 2xx, NULL for 204) or bytes (raw set, malloc'd, with ctype and a
- * download file name). The caller frees json and raw. */
+ * not 2xx, NULL for 204) or bytes (raw set, malloc'd; or, for an export,
+ * file set: file_len bytes of the unnamed file fd from offset 0), with
+ * ctype and a download file name. The caller frees json and raw, and
+ * closes fd when file is set (or hands it to the reply). */
 struct archive_answer {
 	int status;
 	const char *code; /* the error code for a failure ("not_found", ...) */
@@ -46,6 +49,9 @@ struct archive_answer {
 	json_t *json;
 	char *raw;
 	size_t raw_len;
+	bool file;
+	int fd;
+	uint64_t file_len;
 	const char *ctype;
 	char filename[64]; /* "" when inline */
 };

@@ -142,10 +142,14 @@ int spool_put(struct spool *s, const struct spool_msg *env, const void *data, si
 int spool_put_wait(struct spool *s, const struct spool_msg *env, const void *data, size_t len);
 
 /* Called on the committer thread for each message put (not compaction
- * copies) once it is on stable storage, after its spool_put_cb: data is the
- * message bytes, valid during the call. Must not block or call back into
- * the spool (store/archive.c copies and returns). Set before the first put. */
-typedef void (*spool_commit_hook)(void *arg, const struct spool_msg *m, const void *data,
+ * copies) once it is on stable storage, after its spool_put_cb. Hands over,
+ * with no copy, m (a copy of the envelope: free with spool_msg_free) and
+ * buf (the encoded record, malloc'd: free with free); the message bytes
+ * are buf[off..off+len) — all of them, or for a spilled message its head
+ * only (m->size - len bytes stay in the spill file). Must not block or
+ * call back into the spool (store/archive.c queues and returns). Set before
+ * the first put. */
+typedef void (*spool_commit_hook)(void *arg, struct spool_msg *m, char *buf, size_t off,
                                   size_t len);
 void spool_set_commit_hook(struct spool *s, spool_commit_hook fn, void *arg);
 

@@ -1106,10 +1106,12 @@ callbacks:
 	 * its way. */
 	for (struct item *it = batch; hook && it; it = it->next)
 		if (it->type == SPOOL_REC_MSG && !it->copy && it->result == TERN_OK) {
-			if (it->hook_msg)
-				hook(harg, it->hook_msg, it->buf + it->data_off,
-				     it->hook_msg->size);
-			else
+			if (it->hook_msg) { /* handed over: the hook frees both */
+				hook(harg, it->hook_msg, it->buf, it->data_off,
+				     it->hook_msg->size - spool_msg_tail(it->hook_msg));
+				it->hook_msg = NULL;
+				it->buf = NULL;
+			} else
 				log_error("event=spool_hook_skipped id=%s reason=nomem", it->id);
 		}
 	pthread_mutex_lock(&s->mu);

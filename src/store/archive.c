@@ -1,11 +1,12 @@
 /*
  * archive.c — the message archive (archive.h): DATA/archive/index.sqlite
- * with the shared message index (msg_index.h), the archive rows and the
- * zstd-compressed bytes; a writer thread fed by the spool's commit hook;
- * retention; search, raw and export.
+ * with the shared message index (msg_index.h, fed by mime/lite.h's
+ * reading), the archive rows and the zstd-compressed bytes; a writer
+ * thread fed by the spool's commit hook; retention; search, raw and
+ * export.
  *
  * Owns: the SQLite connection (serialised by ar->mu), the writer thread and
- * its queue (ar->qmu), the files in DATA/archive/incoming/.
+ * its lock-free queues, the files in DATA/archive/incoming/.
  * Must never: block archive_on_commit on the writer or on SQLite, drop a
  * committed message for lack of queue room (it goes to incoming/), build
  * SQL from user input (search goes through capture_query.c), accept an ID
@@ -24,12 +25,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +45,7 @@
 #include "core/fsutil.h"
 #include "core/id.h"
 #include "core/log.h"
+#include "mime/lite.h"
 #include "mime/mime.h"
 #include "store/capture_query.h"
 #include "store/msg_index.h"
@@ -48,6 +53,8 @@
 #define QUEUE_MAX_BYTES (64u << 20) /* copies waiting for the writer */
 #define BATCH_MAX 256               /* messages per transaction */
 #define BATCH_WAIT_MS 200           /* how long a batch may fill */
+#define QUIET_MS 50                 /* no commit for this long: the mail path is idle */
+#define DEFER_MAX_MS 2000           /* the longest a batch waits for a quiet mail path */
 #define ZSTD_LEVEL 3
 #define LIST_MAX 1000         /* results per page */
 #define EXPORT_MAX_MSGS 65535 /* a zip without zip64 */
@@ -74,7 +81,8 @@ static const char *const SCHEMA = MSG_INDEX_SCHEMA
 struct qitem {
 	struct qitem *next;
 	struct spool_msg *msg; /* owned */
-	char *data;            /* owned */
+	char *buf;             /* owned: the spool's record, handed over by its hook */
+	const char *data;      /* the message bytes, inside buf */
 	size_t len;
 };
 
@@ -94,13 +102,21 @@ struct archive {
 	ZSTD_CCtx *zc;                               /* the writer's, under mu */
 	char *dir, *incoming;
 
-	pthread_mutex_t qmu;
-	pthread_cond_t qcond;
-	struct qitem *qhead, *qtail;
-	size_t q_bytes, q_max, q_n;
-	struct outcome *ohead, *otail;
-	size_t o_n;
-	bool closing, started;
+	/* The queues are lock-free stacks (newest first), pushed by the spool's
+	 * committer and the scheduler, taken whole by the writer: the writer
+	 * runs at SCHED_IDLE and could be descheduled for long while holding a
+	 * lock, so no lock is shared with the mail path. wake counts pushes that
+	 * the writer should look at (the first of a batch, a full batch). */
+	_Atomic(struct qitem *) qstack;
+	_Atomic size_t q_bytes, q_n;
+	size_t q_max;
+	_Atomic(struct outcome *) ostack;
+	_Atomic size_t o_n;
+	sem_t wake;
+	_Atomic bool closing;
+	bool started;
+	_Atomic(struct spool *) sp;     /* archive_catch_up's: spilled messages' files */
+	_Atomic int64_t last_commit_ms; /* archive_on_commit's latest call (monotonic) */
 	pthread_t thread;
 	struct conf_archive conf;
 	_Atomic bool incoming_dirty; /* incoming/ may hold files */
@@ -169,8 +185,7 @@ int archive_open(const char *data_dir, struct archive **out, char *err, size_t e
 		return TERN_ENOMEM;
 	}
 	pthread_mutex_init(&ar->mu, NULL);
-	pthread_mutex_init(&ar->qmu, NULL);
-	pthread_cond_init(&ar->qcond, NULL);
+	sem_init(&ar->wake, 0, 0);
 	ar->q_max = QUEUE_MAX_BYTES;
 	const char *qm = getenv("TERN_TEST_ARCHIVE_QUEUE_MAX"); /* tests force the overflow */
 	if (qm && *qm)
@@ -257,7 +272,9 @@ static int add_locked(struct archive *ar, const char *id, int64_t created_s, con
 		          ZSTD_getErrorName(zn));
 		goto out;
 	}
-	if ((rc = mime_parse(data, len, 0, &mm)) != TERN_OK)
+	/* the index's fields only, without GMime's object tree (mime/lite.h):
+	 * about half of what the writer spent per message */
+	if ((rc = mime_lite_parse(data, len, &mm)) != TERN_OK)
 		goto out;
 	int64_t seq = 0;
 	if ((rc = msg_index_insert(ar->db, &ar->ix, id, len, &mm, sender, rcpts, n_rcpts,
@@ -336,18 +353,70 @@ static int add_msg(struct archive *ar, const struct spool_msg *m, const char *da
 
 /* --------------------------------------------------- incoming/ (overflow) */
 
+/* Copies the file src to dst (a link across file systems). */
+static int copy_file(const char *src, const char *dst)
+{
+	int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, rc = TERN_EIO;
+	if (in < 0 || (out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640)) < 0)
+		goto out;
+	char buf[65536];
+	ssize_t r;
+	while ((r = read(in, buf, sizeof(buf))) > 0)
+		if (tern_write_full(out, buf, (size_t)r) != TERN_OK)
+			goto out;
+	rc = r == 0 ? TERN_OK : TERN_EIO;
+out:
+	if (in >= 0)
+		close(in);
+	if (out >= 0 && close(out) != 0)
+		rc = TERN_EIO;
+	return rc;
+}
+
+/* SPILL: a spilled message's file as incoming/ID.tail — a hard link, so
+ * no byte is copied and the file outlives the spool's unlink after
+ * delivery (a copy only where DATA/archive is on another file system). */
+static int tail_link(struct archive *ar, const struct spool_msg *m)
+{
+	char src[4200], dst[4200];
+	struct spool *sp = atomic_load(&ar->sp);
+	if (!sp || spool_spill_path(sp, m->spill, src, sizeof(src)) != TERN_OK)
+		return TERN_EINVAL;
+	snprintf(dst, sizeof(dst), "%s/%s.tail", ar->incoming, m->id);
+	unlink(dst); /* a crash's leftover */
+	if (link(src, dst) == 0)
+		return TERN_OK;
+	return errno == EXDEV ? copy_file(src, dst) : TERN_EIO;
+}
+
 /*
  * An incoming file: one line "tern-archive 1 CREATED RCPTS SENDER\n", then
  * one line per recipient "L ADDR\n" (L: 1 local, 0 remote), then the raw
- * message. Addresses have no LF (they come from SMTP commands).
+ * message. Addresses have no LF (they come from SMTP commands). A spilled
+ * message (queue/spill.h) has "tern-archive 2 CREATED RCPTS OFF SIZE
+ * SENDER\n" and only its head here: the rest is bytes OFF..SIZE of
+ * incoming/ID.tail (tail_link), written before this file.
  */
 static int overflow_write(struct archive *ar, const struct spool_msg *m, const void *data,
                           size_t len)
 {
 	struct tbuf h = TBUF_INIT(1 << 20);
 	char tmp[4200], dst[4200];
-	int rc = tbuf_printf(&h, "tern-archive 1 %lld %zu %s\n", (long long)m->created, m->n_rcpts,
-	                     m->sender ? m->sender : "");
+	int rc;
+	if (spool_msg_tail(m)) {
+		if ((rc = tail_link(ar, m)) != TERN_OK) {
+			log_error("event=archive_overflow_failed id=%s reason=spill_link errno=%d",
+			          m->id, errno);
+			return rc;
+		}
+		rc =
+		    tbuf_printf(&h, "tern-archive 2 %lld %zu %llu %llu %s\n", (long long)m->created,
+		                m->n_rcpts, (unsigned long long)m->spill_off,
+		                (unsigned long long)m->spill_size, m->sender ? m->sender : "");
+	} else {
+		rc = tbuf_printf(&h, "tern-archive 1 %lld %zu %s\n", (long long)m->created,
+		                 m->n_rcpts, m->sender ? m->sender : "");
+	}
 	for (size_t i = 0; rc == TERN_OK && i < m->n_rcpts; i++)
 		rc = tbuf_printf(&h, "%d %s\n", m->rcpts[i].local ? 1 : 0, m->rcpts[i].addr);
 	if (rc != TERN_OK) {
@@ -374,8 +443,10 @@ static int overflow_write(struct archive *ar, const struct spool_msg *m, const v
 static int overflow_parse(const char *p, size_t n, struct spool_msg *m, size_t *body_off)
 {
 	const char *nl = memchr(p, '\n', n);
-	if (!nl || (size_t)(nl - p) < 16 || memcmp(p, "tern-archive 1 ", 15) != 0)
+	if (!nl || (size_t)(nl - p) < 16 || memcmp(p, "tern-archive ", 13) != 0 ||
+	    (p[13] != '1' && p[13] != '2') || p[14] != ' ')
 		return TERN_ESYNTAX;
+	bool tail = p[13] == '2';
 	const char *q = p + 15;
 	long long created = 0;
 	size_t nr = 0;
@@ -388,6 +459,17 @@ static int overflow_parse(const char *p, size_t n, struct spool_msg *m, size_t *
 	while (q < nl && *q >= '0' && *q <= '9' && k++ < 6)
 		nr = nr * 10 + (size_t)(*q++ - '0');
 	if (q >= nl || *q++ != ' ' || nr == 0 || nr > 100000)
+		return TERN_ESYNTAX;
+	for (int f = 0; tail && f < 2; f++) { /* OFF SIZE: m->spill_off, m->spill_size */
+		uint64_t v = 0;
+		k = 0;
+		while (q < nl && *q >= '0' && *q <= '9' && k++ < 18)
+			v = v * 10 + (uint64_t)(*q++ - '0');
+		if (k == 0 || q >= nl || *q++ != ' ')
+			return TERN_ESYNTAX;
+		*(f ? &m->spill_size : &m->spill_off) = v;
+	}
+	if (tail && m->spill_off > m->spill_size)
 		return TERN_ESYNTAX;
 	m->created = created;
 	m->sender = tern_strndup(q, (size_t)(nl - q));
@@ -408,6 +490,39 @@ static int overflow_parse(const char *p, size_t n, struct spool_msg *m, size_t *
 	}
 	*body_off = (size_t)(q - p);
 	return TERN_OK;
+}
+
+/* Appends bytes off..size of the file path to out. A missing file is
+ * TERN_ESYNTAX (the incoming file cannot be archived whole: left there and
+ * logged, not retried in a loop); a short one TERN_EIO. */
+static int read_tail(const char *path, uint64_t off, uint64_t size, struct tbuf *out)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), rc = TERN_EIO;
+	if (fd < 0) {
+		log_error("event=archive_tail_missing file=%s errno=%d", path, errno);
+		return errno == ENOENT ? TERN_ESYNTAX : TERN_EIO;
+	}
+	uint64_t want = size - off;
+	if (want > SIZE_MAX / 4 || (rc = tbuf_reserve(out, (size_t)want + 1)) != TERN_OK)
+		goto out;
+	rc = TERN_EIO;
+	uint64_t got = 0;
+	while (got < want) {
+		ssize_t r =
+		    pread(fd, out->data + out->len, (size_t)(want - got), (off_t)(off + got));
+		if (r <= 0)
+			break;
+		out->len += (size_t)r;
+		got += (uint64_t)r;
+	}
+	if (got == want)
+		rc = TERN_OK;
+	else
+		log_error("event=archive_tail_short file=%s want=%llu got=%llu", path,
+		          (unsigned long long)want, (unsigned long long)got);
+out:
+	close(fd);
+	return rc;
 }
 
 /* Archives up to BATCH_MAX files of incoming/; the writer thread only. */
@@ -444,6 +559,10 @@ static void drain_incoming(struct archive *ar)
 		memcpy(m.id, id, sizeof(m.id));
 		size_t off = 0;
 		int rc = raw.data ? overflow_parse(raw.data, raw.len, &m, &off) : TERN_EIO;
+		char tpath[4400];
+		snprintf(tpath, sizeof(tpath), "%s/%s.tail", ar->incoming, id);
+		if (rc == TERN_OK && m.spill_size) /* SPILL: the rest from the linked file */
+			rc = read_tail(tpath, m.spill_off, m.spill_size, &raw);
 		if (rc == TERN_OK) {
 			pthread_mutex_lock(&ar->mu);
 			rc = exec(ar, "BEGIN IMMEDIATE");
@@ -461,6 +580,7 @@ static void drain_incoming(struct archive *ar)
 		tbuf_free(&raw);
 		if (rc == TERN_OK) {
 			unlink(path);
+			unlink(tpath);
 			atomic_fetch_add(&ar->archived, 1);
 			log_info("event=archived id=%s from=incoming", id);
 		} else if (rc == TERN_ESYNTAX) {
@@ -523,6 +643,7 @@ size_t archive_catch_up(struct archive *ar, struct spool *sp)
 {
 	struct catchup c = {.ar = ar};
 	size_t done = 0;
+	atomic_store(&ar->sp, sp);
 	spool_foreach(sp, catchup_collect, &c);
 	for (size_t i = 0; i < c.n; i++) {
 		struct tbuf data = TBUF_INIT(SIZE_MAX / 2);
@@ -554,59 +675,74 @@ size_t archive_catch_up(struct archive *ar, struct spool *sp)
 
 /* ----------------------------------------------------------- the writer */
 
-void archive_on_commit(void *arg, const struct spool_msg *m, const void *data, size_t len)
+static void qitem_free(struct qitem *it)
+{
+	spool_msg_free(it->msg);
+	free(it->buf);
+	free(it);
+}
+
+static void wake_writer(struct archive *ar)
+{
+	sem_post(&ar->wake);
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts); /* the vDSO's, no system call */
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void archive_on_commit(void *arg, struct spool_msg *m, char *buf, size_t off, size_t len)
 {
 	struct archive *ar = arg;
+	atomic_store_explicit(&ar->last_commit_ms, mono_ms(), memory_order_relaxed);
 	bool in, outb;
 	direction_of(m, &in, &outb);
-	if (!((in && ar->conf.inbound) || (outb && ar->conf.outbound)))
+	if (!((in && ar->conf.inbound) || (outb && ar->conf.outbound))) {
+		spool_msg_free(m);
+		free(buf);
 		return;
-	struct qitem *it = calloc(1, sizeof(*it));
-	if (it) {
-		it->msg = spool_msg_dup(m);
-		it->data = malloc(len ? len : 1);
-		it->len = len;
 	}
-	if (!it || !it->msg || !it->data) {
-		if (it) {
-			spool_msg_free(it->msg);
-			free(it->data);
-			free(it);
-		}
-		it = NULL;
-	} else {
-		memcpy(it->data, data, len);
-	}
-	pthread_mutex_lock(&ar->qmu);
-	bool room = it && !ar->closing && ar->q_bytes + len <= ar->q_max;
+	/* SPILL: a large message's tail is only in its spill file, which the
+	 * spool unlinks after delivery: link it into incoming/ now (one
+	 * metadata write, for messages over 1 MiB only) and let the writer
+	 * take the whole message from there. */
+	struct qitem *it = spool_msg_tail(m) ? NULL : calloc(1, sizeof(*it));
+	/* One producer (the spool's committer thread): the check and the add
+	 * of q_bytes do not race with another push, only with the writer's
+	 * subtraction, which can only make more room. */
+	bool room =
+	    it && !atomic_load(&ar->closing) && atomic_load(&ar->q_bytes) + len <= ar->q_max;
 	if (room) {
-		if (ar->qtail)
-			ar->qtail->next = it;
-		else
-			ar->qhead = it;
-		ar->qtail = it;
-		ar->q_bytes += len;
+		it->msg = m;
+		it->buf = buf;
+		it->data = buf + off;
+		it->len = len;
+		atomic_fetch_add(&ar->q_bytes, len);
+		struct qitem *head = atomic_load(&ar->qstack);
+		do
+			it->next = head;
+		while (!atomic_compare_exchange_weak(&ar->qstack, &head, it));
 		/* the writer waits for a batch to fill (see writer_main) */
-		if (++ar->q_n == 1 || ar->q_n == BATCH_MAX)
-			pthread_cond_signal(&ar->qcond);
-	}
-	pthread_mutex_unlock(&ar->qmu);
-	if (room)
+		size_t n = atomic_fetch_add(&ar->q_n, 1) + 1;
+		if (n == 1 || n == BATCH_MAX)
+			wake_writer(ar);
 		return;
-	/* No room (or no memory): the copy goes to incoming/, never dropped. */
-	if (overflow_write(ar, m, data, len) == TERN_OK) {
+	}
+	free(it);
+	/* No room (or no memory, or spilled): the copy goes to incoming/,
+	 * never dropped. */
+	if (overflow_write(ar, m, buf + off, len) == TERN_OK) {
 		atomic_fetch_add(&ar->overflowed, 1);
 		atomic_store(&ar->incoming_dirty, true);
-		pthread_mutex_lock(&ar->qmu);
-		pthread_cond_signal(&ar->qcond);
-		pthread_mutex_unlock(&ar->qmu);
-		log_info("event=archive_deferred id=%s reason=queue_full", m->id);
+		wake_writer(ar);
+		log_info("event=archive_deferred id=%s reason=%s", m->id,
+		         spool_msg_tail(m) ? "spilled" : "queue_full");
 	}
-	if (it) {
-		spool_msg_free(it->msg);
-		free(it->data);
-		free(it);
-	}
+	spool_msg_free(m);
+	free(buf);
 }
 
 static void outcome_free(struct outcome *o)
@@ -636,22 +772,17 @@ void archive_on_result(void *arg, const struct spool_msg *m, size_t idx, enum rc
 		log_error("event=archive_outcome_dropped id=%s reason=nomem", m->id);
 		return;
 	}
-	pthread_mutex_lock(&ar->qmu);
-	bool room = !ar->closing && ar->o_n < OUTCOMES_MAX;
-	if (room) {
-		if (ar->otail)
-			ar->otail->next = o;
-		else
-			ar->ohead = o;
-		ar->otail = o;
-		ar->o_n++;
-		pthread_cond_signal(&ar->qcond);
-	}
-	pthread_mutex_unlock(&ar->qmu);
-	if (!room) {
+	/* several scheduler threads may push: the bound is approximate */
+	if (atomic_load(&ar->closing) || atomic_fetch_add(&ar->o_n, 1) >= OUTCOMES_MAX) {
 		log_warn("event=archive_outcome_dropped id=%s reason=queue_full", m->id);
 		outcome_free(o);
+		return;
 	}
+	struct outcome *head = atomic_load(&ar->ostack);
+	do
+		o->next = head;
+	while (!atomic_compare_exchange_weak(&ar->ostack, &head, o));
+	wake_writer(ar);
 }
 
 /* The writer: every queued result in one transaction. */
@@ -721,89 +852,208 @@ static uint32_t expire_every(uint32_t retention)
 	return t < 1 ? 1 : t > 60 ? 60 : t;
 }
 
+/* deadline = now + ms on CLOCK_REALTIME (what sem_timedwait takes) */
+static struct timespec deadline_in(long ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}
+
+/*
+ * Below the mail path: SCHED_IDLE (Linux, per thread) runs the writer only
+ * on CPU time that no normal thread wants, so at saturation the accept and
+ * delivery threads are not slowed by it (nice 10 still took about a tenth
+ * of a core from them); the queue, then incoming/, absorb the backlog and
+ * the writer catches up when the burst ends. Its disk writes get the idle
+ * I/O class too (where the I/O scheduler has classes). Best effort: nice
+ * 10 when SCHED_IDLE is refused.
+ */
+static void below_mail_path(void)
+{
+#ifdef SCHED_IDLE
+	struct sched_param sp = {.sched_priority = 0};
+	if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0)
+		goto io;
+#endif
+	if (setpriority(PRIO_PROCESS, (id_t)gettid(), WRITER_NICE) != 0)
+		log_warn("event=archive_nice_failed errno=%d", errno);
+#ifdef SCHED_IDLE
+io:
+#endif
+#ifdef SYS_ioprio_set
+	/* IOPRIO_WHO_PROCESS (1) of this thread, class IOPRIO_CLASS_IDLE (3) */
+	(void)syscall(SYS_ioprio_set, 1, (int)gettid(), 3 << 13);
+#endif
+}
+
+/* The stack taken whole, in push order (oldest first). */
+static struct qitem *take_messages(struct archive *ar)
+{
+	struct qitem *it = atomic_exchange(&ar->qstack, NULL), *fifo = NULL;
+	while (it) {
+		struct qitem *nx = it->next;
+		it->next = fifo;
+		fifo = it;
+		it = nx;
+	}
+	return fifo;
+}
+
+static struct outcome *take_outcomes(struct archive *ar)
+{
+	struct outcome *o = atomic_exchange(&ar->ostack, NULL), *fifo = NULL;
+	size_t n = 0;
+	while (o) {
+		struct outcome *nx = o->next;
+		o->next = fifo;
+		fifo = o;
+		o = nx;
+		n++;
+	}
+	atomic_fetch_sub(&ar->o_n, n);
+	return fifo;
+}
+
+/*
+ * Index later: while mail is being accepted (a commit in the last
+ * QUIET_MS) and the backlog is under three quarters of the queue, the
+ * writer waits, so a burst is accepted with the archive's work after it,
+ * not beside it (even at SCHED_IDLE the writer would take the cores' idle
+ * moments between the mail path's syncs, and its caches and disk writes).
+ * Past that backlog, or after DEFER_MAX_MS of waiting (so a steady stream
+ * of mail is archived within seconds: a copy only in memory is lost to a
+ * kill -9 once its message is delivered), it writes a batch anyway, below
+ * the mail path.
+ */
+static bool mail_busy(struct archive *ar)
+{
+	return atomic_load(&ar->q_bytes) < ar->q_max / 4 * 3 &&
+	       mono_ms() - atomic_load_explicit(&ar->last_commit_ms, memory_order_relaxed) <
+	           QUIET_MS;
+}
+
 static void *writer_main(void *arg)
 {
 	struct archive *ar = arg;
-	/* Below the mail path: on a busy machine the accept and delivery
-	 * threads get the CPU first and the archive catches up after (its
-	 * queue, then incoming/, absorb the difference). Best effort. */
-	if (setpriority(PRIO_PROCESS, (id_t)gettid(), WRITER_NICE) != 0)
-		log_warn("event=archive_nice_failed errno=%d", errno);
+	below_mail_path();
 	time_t next_expire = time(NULL);
+	struct qitem *pending = NULL, *ptail = NULL; /* taken, not yet written (FIFO) */
 	for (;;) {
-		pthread_mutex_lock(&ar->qmu);
-		while (!ar->qhead && !ar->ohead && !ar->closing &&
-		       !atomic_load(&ar->incoming_dirty) &&
+		while (!pending && !atomic_load(&ar->qstack) && !atomic_load(&ar->ostack) &&
+		       !atomic_load(&ar->closing) && !atomic_load(&ar->incoming_dirty) &&
 		       !(ar->conf.retention && time(NULL) >= next_expire)) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += 1;
-			pthread_cond_timedwait(&ar->qcond, &ar->qmu, &ts);
+			struct timespec ts = deadline_in(1000);
+			sem_timedwait(&ar->wake, &ts);
 		}
 		/* Let a batch fill for up to BATCH_WAIT_MS: one transaction, and
 		 * so one sync, per batch instead of per few messages, which would
 		 * compete with the spool's syncs for the disk. */
-		if (ar->qhead && !ar->closing && ar->q_n < BATCH_MAX) {
-			struct timespec dl;
-			clock_gettime(CLOCK_REALTIME, &dl);
-			dl.tv_nsec += BATCH_WAIT_MS * 1000000L;
-			if (dl.tv_nsec >= 1000000000L) {
-				dl.tv_sec++;
-				dl.tv_nsec -= 1000000000L;
-			}
-			while (!ar->closing && ar->q_n < BATCH_MAX &&
-			       pthread_cond_timedwait(&ar->qcond, &ar->qmu, &dl) != ETIMEDOUT)
+		if (!pending && atomic_load(&ar->qstack) && !atomic_load(&ar->closing) &&
+		    atomic_load(&ar->q_n) < BATCH_MAX) {
+			struct timespec dl = deadline_in(BATCH_WAIT_MS);
+			while (!atomic_load(&ar->closing) && atomic_load(&ar->q_n) < BATCH_MAX &&
+			       sem_timedwait(&ar->wake, &dl) == 0)
 				;
 		}
-		/* up to BATCH_MAX messages per transaction */
-		struct qitem *batch = ar->qhead, *last = NULL;
-		size_t n = 0;
-		for (struct qitem *it = batch; it && n < BATCH_MAX; it = it->next, n++) {
-			last = it;
-			ar->q_bytes -= it->len;
-			ar->q_n--;
+		for (int64_t since = mono_ms(); !atomic_load(&ar->closing) && mail_busy(ar) &&
+		                                mono_ms() - since < DEFER_MAX_MS;) {
+			struct timespec dl = deadline_in(QUIET_MS);
+			sem_timedwait(&ar->wake, &dl);
 		}
-		if (last) {
-			ar->qhead = last->next;
-			if (!ar->qhead)
-				ar->qtail = NULL;
+		bool closing = atomic_load(&ar->closing);
+		struct qitem *taken = take_messages(ar);
+		if (taken) {
+			if (ptail)
+				ptail->next = taken;
+			else
+				pending = taken;
+			for (ptail = taken; ptail->next; ptail = ptail->next)
+				;
+		}
+		bool had = pending != NULL;
+		if (pending) { /* up to BATCH_MAX messages per transaction */
+			struct qitem *batch = pending, *last = pending;
+			size_t n = 1, bytes = pending->len;
+			while (last->next && n < BATCH_MAX) {
+				last = last->next;
+				bytes += last->len;
+				n++;
+			}
+			pending = last->next;
+			if (!pending)
+				ptail = NULL;
 			last->next = NULL;
-		}
-		bool closing = ar->closing;
-		struct outcome *outs = batch ? NULL : ar->ohead; /* after the messages */
-		if (outs) {
-			ar->ohead = ar->otail = NULL;
-			ar->o_n = 0;
-		}
-		pthread_mutex_unlock(&ar->qmu);
-		if (outs)
-			write_outcomes(ar, outs);
-		if (batch) {
 			write_batch(ar, batch);
 			while (batch) {
 				struct qitem *nx = batch->next;
-				spool_msg_free(batch->msg);
-				free(batch->data);
-				free(batch);
+				qitem_free(batch);
 				batch = nx;
 			}
-			continue;
+			atomic_fetch_sub(&ar->q_bytes, bytes);
+			atomic_fetch_sub(&ar->q_n, n);
 		}
+		struct outcome *outs = take_outcomes(ar); /* after their messages */
+		if (outs)
+			write_outcomes(ar, outs);
+		if (had)
+			continue; /* the next batch (the quiet check first) */
 		drain_incoming(ar);
 		if (ar->conf.retention && time(NULL) >= next_expire) {
 			size_t removed = 0;
 			archive_expire(ar, (int64_t)time(NULL), ar->conf.retention, &removed);
 			next_expire = time(NULL) + expire_every(ar->conf.retention);
 		}
-		if (closing)
+		if (closing && !atomic_load(&ar->qstack) && !atomic_load(&ar->ostack))
 			break;
 	}
 	return NULL;
 }
 
+/* At start, before the hook can write there: what a crash left half-made
+ * in incoming/ — an ID.tmp (killed while overflow_write wrote it) and an
+ * ID.tail whose ID.msg was never written. Their messages, if still queued,
+ * are archived by archive_catch_up from the spool. */
+static void sweep_incoming(struct archive *ar)
+{
+	DIR *d = opendir(ar->incoming);
+	if (!d)
+		return;
+	struct dirent *de;
+	size_t removed = 0;
+	while ((de = readdir(d))) {
+		size_t nl = strlen(de->d_name);
+		char path[4400];
+		bool tmp = nl == QUEUE_ID_LEN + 4 && strcmp(de->d_name + QUEUE_ID_LEN, ".tmp") == 0;
+		bool tail =
+		    nl == QUEUE_ID_LEN + 5 && strcmp(de->d_name + QUEUE_ID_LEN, ".tail") == 0;
+		if (!tmp && !tail)
+			continue;
+		if (tail) {
+			snprintf(path, sizeof(path), "%s/%.*s.msg", ar->incoming, (int)QUEUE_ID_LEN,
+			         de->d_name);
+			if (access(path, F_OK) == 0)
+				continue; /* its message is waiting: drain_incoming takes both */
+		}
+		snprintf(path, sizeof(path), "%s/%s", ar->incoming, de->d_name);
+		if (unlink(path) == 0)
+			removed++;
+	}
+	closedir(d);
+	if (removed)
+		log_info("event=archive_incoming_swept files=%zu", removed);
+}
+
 int archive_start(struct archive *ar, const struct conf_archive *c)
 {
 	ar->conf = *c;
+	sweep_incoming(ar);
 	if (pthread_create(&ar->thread, NULL, writer_main, ar) != 0)
 		return TERN_EIO;
 	ar->started = true;
@@ -817,23 +1067,21 @@ void archive_close(struct archive *ar)
 	if (!ar)
 		return;
 	if (ar->started) {
-		pthread_mutex_lock(&ar->qmu);
-		ar->closing = true;
-		pthread_cond_signal(&ar->qcond);
-		pthread_mutex_unlock(&ar->qmu);
+		atomic_store(&ar->closing, true);
+		wake_writer(ar);
 		pthread_join(ar->thread, NULL);
 	}
-	while (ar->ohead) { /* only if the writer never ran */
-		struct outcome *nx = ar->ohead->next;
-		outcome_free(ar->ohead);
-		ar->ohead = nx;
+	struct outcome *o = take_outcomes(ar); /* only if the writer never ran */
+	while (o) {
+		struct outcome *nx = o->next;
+		outcome_free(o);
+		o = nx;
 	}
-	while (ar->qhead) { /* only if the writer never ran */
-		struct qitem *nx = ar->qhead->next;
-		spool_msg_free(ar->qhead->msg);
-		free(ar->qhead->data);
-		free(ar->qhead);
-		ar->qhead = nx;
+	struct qitem *it = take_messages(ar); /* only if the writer never ran */
+	while (it) {
+		struct qitem *nx = it->next;
+		qitem_free(it);
+		it = nx;
 	}
 	msg_index_stmts_free(&ar->ix);
 	sqlite3_finalize(ar->st_exists);
@@ -843,8 +1091,7 @@ void archive_close(struct archive *ar)
 	if (ar->db)
 		sqlite3_close(ar->db);
 	pthread_mutex_destroy(&ar->mu);
-	pthread_mutex_destroy(&ar->qmu);
-	pthread_cond_destroy(&ar->qcond);
+	sem_destroy(&ar->wake);
 	free(ar->dir);
 	free(ar->incoming);
 	free(ar);
@@ -1031,8 +1278,10 @@ out2:
 	return res;
 }
 
-/* Lock held: the original bytes of seq appended to out. */
-static int raw_locked(struct archive *ar, int64_t seq, int64_t size, struct tbuf *out)
+/* Lock held: the original bytes of seq appended to out; dz: a context to
+ * reuse (an export's), or NULL for a one-off. */
+static int raw_locked(struct archive *ar, int64_t seq, int64_t size, struct tbuf *out,
+                      ZSTD_DCtx *dz)
 {
 	int rc = TERN_EIO;
 	sqlite3_stmt *s = prep(ar, "SELECT data FROM blobs WHERE seq = ?");
@@ -1053,7 +1302,8 @@ static int raw_locked(struct archive *ar, int64_t seq, int64_t size, struct tbuf
 	}
 	if ((rc = tbuf_reserve(out, (size_t)want + 1)) != TERN_OK)
 		goto out;
-	size_t got = ZSTD_decompress(out->data + out->len, (size_t)want, z, zn);
+	size_t got = dz ? ZSTD_decompressDCtx(dz, out->data + out->len, (size_t)want, z, zn)
+	                : ZSTD_decompress(out->data + out->len, (size_t)want, z, zn);
 	if (ZSTD_isError(got) || got != want) {
 		rc = TERN_ECORRUPT;
 		goto out;
@@ -1078,7 +1328,7 @@ int archive_raw(struct archive *ar, const char *id, struct tbuf *out)
 		sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
 		if (sqlite3_step(s) == SQLITE_ROW)
 			rc = raw_locked(ar, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1),
-			                out);
+			                out, NULL);
 		sqlite3_finalize(s);
 	}
 	pthread_mutex_unlock(&ar->mu);
@@ -1142,16 +1392,57 @@ int archive_mboxrd_quote(const char *data, size_t n, struct tbuf *out)
 	return rc;
 }
 
-static void put16(struct tbuf *b, unsigned v)
+/*
+ * Where an export goes: sink->out, and with fd >= 0 on to the file in
+ * chunks of EXPORT_CHUNK (so an export to a file holds about one chunk
+ * and one message in memory, whatever its size). off() is the offset in
+ * the whole export (a zip's local headers need it).
+ */
+struct xsink {
+	struct tbuf *out;
+	int fd;           /* -1: everything stays in out */
+	uint64_t flushed; /* bytes already written to fd */
+	uint64_t max;     /* the export's size limit */
+};
+
+#define EXPORT_CHUNK (256u << 10)
+
+static uint64_t sink_off(const struct xsink *s)
 {
-	unsigned char c[2] = {(unsigned char)(v & 0xff), (unsigned char)((v >> 8) & 0xff)};
-	tbuf_append(b, c, 2);
+	return s->flushed + s->out->len;
 }
 
-static void put32(struct tbuf *b, uint32_t v)
+static int sink_put(struct xsink *s, const void *p, size_t n)
 {
-	put16(b, v & 0xffff);
-	put16(b, v >> 16);
+	if (n > s->max || sink_off(s) > s->max - n)
+		return TERN_ELIMIT;
+	return tbuf_append(s->out, p, n);
+}
+
+static int sink_flush(struct xsink *s, bool all)
+{
+	if (s->fd < 0 || (!all && s->out->len < EXPORT_CHUNK) || s->out->len == 0)
+		return TERN_OK;
+	if (tern_write_full(s->fd, s->out->data, s->out->len) != TERN_OK) {
+		log_error("event=archive_export_write_failed errno=%d", errno);
+		return TERN_EIO;
+	}
+	s->flushed += s->out->len;
+	tbuf_reset(s->out);
+	return TERN_OK;
+}
+
+static void put16(unsigned char **p, unsigned v)
+{
+	(*p)[0] = (unsigned char)(v & 0xff);
+	(*p)[1] = (unsigned char)((v >> 8) & 0xff);
+	*p += 2;
+}
+
+static void put32(unsigned char **p, uint32_t v)
+{
+	put16(p, v & 0xffff);
+	put16(p, v >> 16);
 }
 
 struct zent {
@@ -1175,80 +1466,96 @@ static void dos_time(int64_t us, unsigned *t, unsigned *d)
 }
 
 /* One stored entry: local header + data. */
-static int zip_add(struct tbuf *out, struct zent *z, const struct tbuf *raw)
+static int zip_add(struct xsink *s, struct zent *z, const struct tbuf *raw)
 {
-	if (out->len > UINT32_MAX || raw->len > UINT32_MAX)
+	if (sink_off(s) > UINT32_MAX || raw->len > UINT32_MAX)
 		return TERN_ELIMIT;
-	z->off = (uint32_t)out->len;
+	z->off = (uint32_t)sink_off(s);
 	z->size = (uint32_t)raw->len;
 	z->crc = (uint32_t)crc32(0L, (const Bytef *)raw->data, (uInt)raw->len);
-	put32(out, 0x04034b50);
-	put16(out, 10); /* version needed: 1.0 (stored) */
-	put16(out, 0);  /* flags */
-	put16(out, 0);  /* method: stored, so the bytes are the original ones */
-	put16(out, z->dtime);
-	put16(out, z->ddate);
-	put32(out, z->crc);
-	put32(out, z->size);
-	put32(out, z->size);
-	put16(out, (unsigned)strlen(z->name));
-	put16(out, 0);
-	tbuf_append(out, z->name, strlen(z->name));
-	return tbuf_append(out, raw->data, raw->len);
+	unsigned char h[30], *p = h;
+	put32(&p, 0x04034b50);
+	put16(&p, 10); /* version needed: 1.0 (stored) */
+	put16(&p, 0);  /* flags */
+	put16(&p, 0);  /* method: stored, so the bytes are the original ones */
+	put16(&p, z->dtime);
+	put16(&p, z->ddate);
+	put32(&p, z->crc);
+	put32(&p, z->size);
+	put32(&p, z->size);
+	put16(&p, (unsigned)strlen(z->name));
+	put16(&p, 0);
+	int rc = sink_put(s, h, sizeof(h));
+	if (rc == TERN_OK)
+		rc = sink_put(s, z->name, strlen(z->name));
+	return rc == TERN_OK ? sink_put(s, raw->data, raw->len) : rc;
 }
 
-static int zip_finish(struct tbuf *out, const struct zent *z, size_t n)
+static int zip_finish(struct xsink *s, const struct zent *z, size_t n)
 {
-	if (out->len > UINT32_MAX)
+	if (sink_off(s) > UINT32_MAX)
 		return TERN_ELIMIT;
-	uint32_t cd = (uint32_t)out->len;
-	for (size_t i = 0; i < n; i++) {
-		put32(out, 0x02014b50);
-		put16(out, 20); /* made by */
-		put16(out, 10);
-		put16(out, 0);
-		put16(out, 0);
-		put16(out, z[i].dtime);
-		put16(out, z[i].ddate);
-		put32(out, z[i].crc);
-		put32(out, z[i].size);
-		put32(out, z[i].size);
-		put16(out, (unsigned)strlen(z[i].name));
-		put16(out, 0); /* extra */
-		put16(out, 0); /* comment */
-		put16(out, 0); /* disk */
-		put16(out, 0); /* internal attributes */
-		put32(out, 0); /* external attributes */
-		put32(out, z[i].off);
-		tbuf_append(out, z[i].name, strlen(z[i].name));
+	uint32_t cd = (uint32_t)sink_off(s);
+	int rc = TERN_OK;
+	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
+		unsigned char h[46], *p = h;
+		put32(&p, 0x02014b50);
+		put16(&p, 20); /* made by */
+		put16(&p, 10);
+		put16(&p, 0);
+		put16(&p, 0);
+		put16(&p, z[i].dtime);
+		put16(&p, z[i].ddate);
+		put32(&p, z[i].crc);
+		put32(&p, z[i].size);
+		put32(&p, z[i].size);
+		put16(&p, (unsigned)strlen(z[i].name));
+		put16(&p, 0); /* extra */
+		put16(&p, 0); /* comment */
+		put16(&p, 0); /* disk */
+		put16(&p, 0); /* internal attributes */
+		put32(&p, 0); /* external attributes */
+		put32(&p, z[i].off);
+		rc = sink_put(s, h, sizeof(h));
+		if (rc == TERN_OK)
+			rc = sink_put(s, z[i].name, strlen(z[i].name));
+		if (rc == TERN_OK)
+			rc = sink_flush(s, false);
 	}
-	if (out->len > UINT32_MAX)
+	if (rc != TERN_OK)
+		return rc;
+	if (sink_off(s) > UINT32_MAX)
 		return TERN_ELIMIT;
-	uint32_t cdlen = (uint32_t)out->len - cd;
-	put32(out, 0x06054b50);
-	put16(out, 0);
-	put16(out, 0);
-	put16(out, (unsigned)n);
-	put16(out, (unsigned)n);
-	put32(out, cdlen);
-	put32(out, cd);
-	return tbuf_append(out, "\0\0", 2); /* comment length */
+	uint32_t cdlen = (uint32_t)sink_off(s) - cd;
+	unsigned char e[22], *p = e;
+	put32(&p, 0x06054b50);
+	put16(&p, 0);
+	put16(&p, 0);
+	put16(&p, (unsigned)n);
+	put16(&p, (unsigned)n);
+	put32(&p, cdlen);
+	put32(&p, cd);
+	put16(&p, 0); /* comment length */
+	return sink_put(s, e, sizeof(e));
 }
 
-int archive_export(struct archive *ar, const char *query, enum archive_format f, struct tbuf *out,
-                   size_t *count)
+static int export_run(struct archive *ar, const char *query, enum archive_format f,
+                      struct xsink *sink, size_t *count)
 {
 	struct capture_query q;
 	struct tbuf sql = TBUF_INIT(1 << 20), raw = TBUF_INIT(SIZE_MAX / 2);
 	struct zent *z = NULL;
 	size_t n = 0;
 	sqlite3_stmt *s = NULL;
+	ZSTD_DCtx *dz = ZSTD_createDCtx(); /* one for every message: no allocation each */
 	*count = 0;
 	int rc = parse_query(query, &q);
 	if (rc != TERN_OK)
 		goto out2;
-	if (out->max > EXPORT_MAX_BYTES)
-		out->max = EXPORT_MAX_BYTES;
+	if (!dz) {
+		rc = TERN_ENOMEM;
+		goto out2;
+	}
 	pthread_mutex_lock(&ar->mu);
 	tbuf_printf(&sql,
 	            "SELECT m.seq, m.size, m.id, m.env_from, m.created FROM messages m JOIN "
@@ -1271,42 +1578,85 @@ int archive_export(struct archive *ar, const char *query, enum archive_format f,
 		}
 		tbuf_reset(&raw);
 		int64_t created = sqlite3_column_int64(s, 4);
-		rc = raw_locked(ar, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), &raw);
+		rc = raw_locked(ar, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), &raw,
+		                dz);
 		if (rc != TERN_OK)
 			break;
 		if (f == ARCHIVE_ZIP) {
 			snprintf(z[n].name, sizeof(z[n].name), "%s.eml", col_text(s, 2));
 			dos_time(created, &z[n].dtime, &z[n].ddate);
-			rc = zip_add(out, &z[n], &raw);
+			rc = zip_add(sink, &z[n], &raw);
 		} else {
-			char when[64];
+			char when[64], line[1200];
 			time_t t = (time_t)(created / 1000000);
 			struct tm tm;
 			gmtime_r(&t, &tm);
 			strftime(when, sizeof(when), "%a %b %e %H:%M:%S %Y", &tm);
 			const char *from = col_text(s, 3);
-			rc = tbuf_printf(
-			    out, "From %s %s\n",
-			    *from && !strpbrk(from, " \t\r\n") ? from : "MAILER-DAEMON", when);
+			int ln = snprintf(line, sizeof(line), "From %s %s\n",
+			                  *from && !strpbrk(from, " \t\r\n") && strlen(from) < 1000
+			                      ? from
+			                      : "MAILER-DAEMON",
+			                  when);
+			rc = sink_put(sink, line, (size_t)ln);
 			if (rc == TERN_OK)
-				rc = archive_mboxrd_quote(raw.data, raw.len, out);
+				rc = archive_mboxrd_quote(raw.data, raw.len, sink->out);
+			if (rc == TERN_OK && sink_off(sink) > sink->max)
+				rc = TERN_ELIMIT;
 			if (rc == TERN_OK)
-				rc = tbuf_append(out, "\n", 1);
+				rc = sink_put(sink, "\n", 1);
 		}
+		if (rc == TERN_OK)
+			rc = sink_flush(sink, false);
 		n++;
 	}
 	if (rc == TERN_OK && f == ARCHIVE_ZIP)
-		rc = zip_finish(out, z, n);
-	if (rc == TERN_OK && out->len == 0 && f == ARCHIVE_MBOX)
-		rc = tbuf_reserve(out, 1); /* an empty mbox is still a file */
+		rc = zip_finish(sink, z, n);
+	if (rc == TERN_OK && sink_off(sink) == 0 && f == ARCHIVE_MBOX && sink->fd < 0)
+		rc = tbuf_reserve(sink->out, 1); /* an empty mbox is still a file */
+	if (rc == TERN_OK)
+		rc = sink_flush(sink, true);
 	*count = n;
 out:
 	pthread_mutex_unlock(&ar->mu);
 	sqlite3_finalize(s);
 out2:
+	ZSTD_freeDCtx(dz);
 	free(z);
 	tbuf_free(&raw);
 	tbuf_free(&sql);
 	capture_query_free(&q);
 	return rc;
+}
+
+int archive_export(struct archive *ar, const char *query, enum archive_format f, struct tbuf *out,
+                   size_t *count)
+{
+	struct xsink s = {
+	    .out = out, .fd = -1, .max = out->max < EXPORT_MAX_BYTES ? out->max : EXPORT_MAX_BYTES};
+	return export_run(ar, query, f, &s, count);
+}
+
+int archive_export_fd(struct archive *ar, const char *query, enum archive_format f, int fd,
+                      uint64_t *bytes, size_t *count)
+{
+	struct tbuf chunk = TBUF_INIT(SIZE_MAX / 2);
+	struct xsink s = {.out = &chunk, .fd = fd, .max = EXPORT_MAX_BYTES};
+	int rc = export_run(ar, query, f, &s, count);
+	*bytes = s.flushed;
+	tbuf_free(&chunk);
+	return rc;
+}
+
+int archive_tmpfile(struct archive *ar)
+{
+	int fd = open(ar->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		return fd;
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/export-XXXXXX", ar->dir);
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd >= 0)
+		unlink(path); /* only the descriptor: nothing to clean up after a crash */
+	return fd;
 }

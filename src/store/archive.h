@@ -13,10 +13,14 @@
  * messages the writer could not take yet (see archive_on_commit).
  *
  * Must never: slow or block the caller of archive_on_commit (the spool's
- * committer thread, after the message is durable): it copies the message
- * into a bounded queue; when the queue is full it writes the copy to
- * incoming/ instead (no sync), which the writer thread archives later. It
- * never drops a message for lack of room. Must never delete a held message.
+ * committer thread, after the message is durable): it takes the spool's
+ * record as it is (no copy) into a bounded lock-free queue; when the queue
+ * is full it writes the copy to incoming/ instead (no sync), which the
+ * writer thread archives later; a spilled message's file is hard-linked
+ * there. It never drops a message for lack of room. The writer indexes
+ * later (it waits while mail is being committed, at most 2 s per batch and
+ * while the backlog is under 48 MiB) and runs at SCHED_IDLE: it takes only
+ * CPU time the mail path leaves. Must never delete a held message.
  */
 #ifndef TERN_STORE_ARCHIVE_H
 #define TERN_STORE_ARCHIVE_H
@@ -39,25 +43,29 @@ struct archive;
 int archive_open(const char *data_dir, struct archive **out, char *err, size_t errlen);
 
 /* Starts the writer thread with c's retention and include settings
- * (serve only): it archives what archive_on_commit queues, catches up with
- * incoming/, and expires messages older than the retention (checked every
- * retention/2, at most every 60 s, at least every 1 s). */
+ * (serve only, before the commit hook is set): it archives what
+ * archive_on_commit queues, catches up with incoming/, and expires messages
+ * older than the retention (checked every retention/2, at most every 60 s,
+ * at least every 1 s). First removes what a crash left half-made in
+ * incoming/ (an ID.tmp, an ID.tail without its ID.msg). */
 int archive_start(struct archive *ar, const struct conf_archive *c);
 
 /* At start, after archive_start: archives every message still in the spool
  * that the archive lacks (included ones only), so a copy that was still in
  * the writer's queue when the server was killed is not lost while its
  * message is queued. Blocks (one lookup per queued message). Returns how
- * many it archived. */
+ * many it archived. Also remembers sp (which must outlive the hook's
+ * calls) to find spilled messages' files. */
 size_t archive_catch_up(struct archive *ar, struct spool *sp);
 
 /* Stops the writer after it archived everything queued, then closes. */
 void archive_close(struct archive *ar);
 
-/* The spool's commit hook (spool_set_commit_hook): m and data are the
- * committed message. Copies what the archive needs; never blocks on the
- * writer. Messages not included by archive.include are skipped. */
-void archive_on_commit(void *arg, const struct spool_msg *m, const void *data, size_t len);
+/* The spool's commit hook (spool_set_commit_hook, queue.h): takes m and
+ * buf (message bytes at buf + off, len of them) as its own, queues them for
+ * the writer without a copy; never blocks on the writer. Messages not
+ * included by archive.include are skipped (and freed). */
+void archive_on_commit(void *arg, struct spool_msg *m, char *buf, size_t off, size_t len);
 
 /* The scheduler's archive observer (scheduler_set_archive_observer): the
  * result of a remote recipient (delivered, bounced, deferred, with the
@@ -100,6 +108,18 @@ bool archive_format_parse(const char *s, size_t n, enum archive_format *out);
  * archive_search. */
 int archive_export(struct archive *ar, const char *query, enum archive_format f, struct tbuf *out,
                    size_t *count);
+
+/* The same export written to fd (from its current offset) in chunks of
+ * 256 KiB, so memory stays at about one chunk and one message whatever
+ * the export's size; *bytes gets how many were written. Same limits and
+ * errors, and TERN_EIO when fd cannot be written. */
+int archive_export_fd(struct archive *ar, const char *query, enum archive_format f, int fd,
+                      uint64_t *bytes, size_t *count);
+
+/* A new file for archive_export_fd: read-write, in DATA/archive, with no
+ * name (O_TMPFILE, or a name unlinked at once), gone when its last
+ * descriptor is closed. -1 with errno on failure. */
+int archive_tmpfile(struct archive *ar);
 
 /* Deletes messages created before now_s - retention_s that are not on
  * hold; *removed gets how many. */

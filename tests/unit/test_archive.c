@@ -177,6 +177,31 @@ static void test_raw_search_export(void **state)
 	assert_int_equal(count_sub(b.data, b.len, "\n>From the top."), 1);
 	assert_int_equal(count_sub(b.data, b.len, "\n>>From quoted already"), 1);
 	assert_int_equal(count_sub(b.data, b.len, "\nFrom the top."), 0);
+
+	/* to a file (the API's streamed export): the same bytes, both formats,
+	 * and an empty export is an empty file */
+	const enum archive_format fmts[] = {ARCHIVE_MBOX, ARCHIVE_ZIP};
+	for (int i = 0; i < 2; i++) {
+		tbuf_reset(&b);
+		assert_int_equal(archive_export(f->ar, "", fmts[i], &b, &n), TERN_OK);
+		int fd = archive_tmpfile(f->ar);
+		assert_true(fd >= 0);
+		uint64_t bytes = 0;
+		size_t n2 = 0;
+		assert_int_equal(archive_export_fd(f->ar, "", fmts[i], fd, &bytes, &n2), TERN_OK);
+		assert_int_equal(n2, 2);
+		assert_int_equal(bytes, b.len);
+		char got[8192];
+		assert_true(b.len <= sizeof(got));
+		assert_int_equal(pread(fd, got, sizeof(got), 0), (ssize_t)b.len);
+		assert_memory_equal(got, b.data, b.len);
+		assert_int_equal(
+		    archive_export_fd(f->ar, "nosuchwordanywhere", ARCHIVE_MBOX, fd, &bytes, &n2),
+		    TERN_OK);
+		assert_int_equal(bytes, 0);
+		assert_int_equal(n2, 0);
+		close(fd);
+	}
 	tbuf_free(&b);
 }
 
@@ -214,6 +239,16 @@ static void test_retention_respects_hold(void **state)
 	tbuf_free(&b);
 }
 
+/* What the spool hands its hook: a malloc'd record, the message at 3. */
+static char *heap_record(const char *msg, size_t len)
+{
+	char *b = malloc(len + 3);
+	assert_non_null(b);
+	memcpy(b, "rec", 3);
+	memcpy(b + 3, msg, len);
+	return b;
+}
+
 static void test_full_queue_spills_and_is_archived(void **state)
 {
 	struct fx *f = *state;
@@ -230,11 +265,13 @@ static void test_full_queue_spills_and_is_archived(void **state)
 	struct spool_msg m = {
 	    .sender = "alice@example.org", .created = 1700000000, .rcpts = &rl, .n_rcpts = 1};
 	queue_id_new(m.id);
-	archive_on_commit(f->ar, &m, MSG1, sizeof(MSG1) - 1);
+	archive_on_commit(f->ar, spool_msg_dup(&m), heap_record(MSG1, sizeof(MSG1) - 1), 3,
+	                  sizeof(MSG1) - 1);
 	struct spool_msg skip = m; /* remote only: not included */
 	skip.rcpts = &rr;
 	queue_id_new(skip.id);
-	archive_on_commit(f->ar, &skip, MSG1, sizeof(MSG1) - 1);
+	archive_on_commit(f->ar, spool_msg_dup(&skip), heap_record(MSG1, sizeof(MSG1) - 1), 3,
+	                  sizeof(MSG1) - 1);
 	archive_close(f->ar); /* the writer finishes incoming/ before it stops */
 	assert_int_equal(archive_open(f->dir, &f->ar, err, sizeof(err)), TERN_OK);
 	struct tbuf b = TBUF_INIT(1 << 20);
@@ -244,6 +281,85 @@ static void test_full_queue_spills_and_is_archived(void **state)
 	tbuf_free(&b);
 	char path[256];
 	snprintf(path, sizeof(path), "%s/archive/incoming/%s.msg", f->dir, m.id);
+	assert_int_not_equal(access(path, F_OK), 0);
+}
+
+/* The writer waits while mail is being committed (index later), but not
+ * for ever: a steady stream of commits (one every 10 ms, as from a busy
+ * server) still sees its first message archived while it lasts. */
+static void test_a_steady_stream_is_archived_while_it_lasts(void **state)
+{
+	struct fx *f = *state;
+	struct conf_archive c = {.enabled = true, .retention = 0, .inbound = true};
+	assert_int_equal(archive_start(f->ar, &c), TERN_OK);
+	struct spool_rcpt rl = {.addr = "bob@example.test", .local = true};
+	struct spool_msg m = {
+	    .sender = "alice@example.org", .created = 1700000000, .rcpts = &rl, .n_rcpts = 1};
+	char first[QUEUE_ID_LEN + 1];
+	struct tbuf b = TBUF_INIT(1 << 20);
+	bool archived = false;
+	for (int i = 0; i < 3000 && !archived; i++) { /* at most 30 s of stream */
+		queue_id_new(m.id);
+		if (i == 0)
+			memcpy(first, m.id, sizeof(first));
+		archive_on_commit(f->ar, spool_msg_dup(&m), heap_record(MSG1, sizeof(MSG1) - 1), 3,
+		                  sizeof(MSG1) - 1);
+		usleep(10000);
+		tbuf_reset(&b);
+		archived = archive_raw(f->ar, first, &b) == TERN_OK;
+	}
+	assert_true(archived);
+	assert_memory_equal(b.data, MSG1, sizeof(MSG1) - 1);
+	tbuf_free(&b);
+}
+
+/* What a crash left half-made in incoming/ is removed at start (an ID.tmp,
+ * an ID.tail without its ID.msg); a waiting ID.msg and its ID.tail stay
+ * and are archived. */
+static void test_start_sweeps_what_a_crash_left_in_incoming(void **state)
+{
+	struct fx *f = *state;
+	char a[QUEUE_ID_LEN + 1], b[QUEUE_ID_LEN + 1], path[256];
+	queue_id_new(a);
+	queue_id_new(b);
+	const char *names[] = {".tmp", ".tail"};
+	for (int i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "%s/archive/incoming/%s%s", f->dir, a, names[i]);
+		FILE *fp = fopen(path, "w");
+		assert_non_null(fp);
+		fputs("half", fp);
+		fclose(fp);
+	}
+	/* b: a spilled message's head in b.msg and its tail in b.tail */
+	static const char tail[] = "01234tail of the message\r\n";
+	snprintf(path, sizeof(path), "%s/archive/incoming/%s.tail", f->dir, b);
+	FILE *fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs(tail, fp);
+	fclose(fp);
+	snprintf(path, sizeof(path), "%s/archive/incoming/%s.msg", f->dir, b);
+	fp = fopen(path, "w");
+	assert_non_null(fp);
+	fprintf(fp, "tern-archive 2 1700000000 1 5 %zu alice@example.org\n1 bob@example.test\n",
+	        sizeof(tail) - 1);
+	fputs("Subject: head\r\n\r\n", fp);
+	fclose(fp);
+	struct conf_archive c = {.enabled = true, .retention = 0, .inbound = true};
+	assert_int_equal(archive_start(f->ar, &c), TERN_OK);
+	for (int i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "%s/archive/incoming/%s%s", f->dir, a, names[i]);
+		assert_int_not_equal(access(path, F_OK), 0);
+	}
+	archive_close(f->ar); /* the writer drains incoming/ before it stops */
+	char err[256];
+	assert_int_equal(archive_open(f->dir, &f->ar, err, sizeof(err)), TERN_OK);
+	struct tbuf got = TBUF_INIT(1 << 20);
+	assert_int_equal(archive_raw(f->ar, b, &got), TERN_OK);
+	static const char want[] = "Subject: head\r\n\r\ntail of the message\r\n";
+	assert_int_equal(got.len, sizeof(want) - 1);
+	assert_memory_equal(got.data, want, sizeof(want) - 1);
+	tbuf_free(&got);
+	snprintf(path, sizeof(path), "%s/archive/incoming/%s.tail", f->dir, b);
 	assert_int_not_equal(access(path, F_OK), 0);
 }
 
@@ -321,6 +437,10 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_raw_search_export, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_retention_respects_hold, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_full_queue_spills_and_is_archived, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_a_steady_stream_is_archived_while_it_lasts, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_start_sweeps_what_a_crash_left_in_incoming, setup,
 	                                    teardown),
 	    cmocka_unit_test(test_route_parse),
 	    cmocka_unit_test(test_query_param),
