@@ -293,7 +293,11 @@ static void body_begin(struct smtp_verify *v)
 {
 	v->bodies[0] = v->dkim ? dkim_verify_body(v->dkim) : NULL;
 	v->bodies[1] = v->arc ? smtp_arc_body(v->arc) : NULL;
-	if ((v->bodies[0] || v->bodies[1]) && v->body_len > BODY_ON_LOOP_MAX && v->pool &&
+	if (!v->bodies[0] && !v->bodies[1]) {
+		body_end(v); /* nothing reads the body */
+		return;
+	}
+	if (v->body_len > BODY_ON_LOOP_MAX && v->pool &&
 	    pool_submit(v->pool, body_work, v->w, body_done, v) == TERN_OK) {
 		v->body_job = true;
 		return;

@@ -4,8 +4,10 @@
  * failures, the deadline, no query for a chain that is already broken),
  * sealing and validating chains of our own (oldest-pass, the cv=fail rules,
  * the 50-set limit), the sealer's refusals, what a trusted sealer's AAR
- * vouches for (arc_trusted_pass) and the session's no-ARC-field shortcut
- * (smtp/verify_arc.h). Keys are generated here
+ * vouches for (arc_trusted_pass), the session's no-ARC-field shortcut
+ * (smtp/verify_arc.h), and the two-step validator over a file mapping (the
+ * header block, then the body in pieces whose pages go; the seal's bh= from
+ * the same pass, arc_seal_header). Keys are generated here
  * (Ed25519: fast); the ValiMail vectors are test_arc_suite.c's.
  */
 #include <setjmp.h>
