@@ -345,11 +345,11 @@ static void dkim_begin(struct smtp_verify *v)
 	if (v->res)
 		v->dkim_dns =
 		    dkim_verify_dns_start(v->dkim, v->res, v->base, ms, dkim_keys_done, v);
+	/* (the body goes in body_begin's pass, with ARC's) */
 	if (v->dkim_dns)
 		v->dkim_keys_pending = true;
 	else
 		dkim_verify_expire(v->dkim); /* no resolver: every key is temperror */
-	                                     /* the body: body_begin, with ARC's */
 }
 
 /* ------------------------------------------------------------- DMARC */
@@ -673,14 +673,9 @@ static void step(struct smtp_verify *v)
 			struct dmarc_spf spf = {spf_to_dmarc(v->spf_mailfrom.result),
 			                        DMARC_SPF_MAILFROM,
 			                        v->spf_on ? v->spf_mailfrom.domain : NULL};
-			struct dmarc_note note = {(int64_t)time(NULL),
-			                          v->ip,
-			                          v->mailfrom,
-			                          &v->dmarc_out,
-			                          &spf,
-			                          v->dk,
-			                          v->n_dk,
-			                          v->decision.disposition};
+			struct dmarc_note note = {(int64_t)time(NULL), v->ip,   v->mailfrom,
+			                          &v->dmarc_out,       &spf,    v->dk,
+			                          v->n_dk,             v->decision.disposition};
 			dmarc_note(&note);
 		}
 	}
@@ -768,9 +763,9 @@ int smtp_verify_rewrite(struct smtp_verify *v, struct tbuf *msg, size_t *trace_l
 	/* The client's header block follows our trace in msg: the very bytes
 	 * checked, or (a message spilled to its own file, smtp/data_stream.h,
 	 * checked through a mapping of it) a copy of them. */
-	if (TERN_BUG_ON(
-	        rcv > msg->len || msg->len - rcv < v->hdr_len ||
-	        (v->hdr != msg->data + rcv && memcmp(v->hdr, msg->data + rcv, v->hdr_len) != 0)))
+	if (TERN_BUG_ON(rcv > msg->len || msg->len - rcv < v->hdr_len ||
+	                (v->hdr != msg->data + rcv &&
+	                 memcmp(v->hdr, msg->data + rcv, v->hdr_len) != 0)))
 		return TERN_EINVAL;
 	/* the new head: our fields, our Received, the client's fields without
 	 * the results that claim to be ours */

@@ -27,7 +27,9 @@
 #include "core/loop.h"
 #include "policy/dkim.h"
 
-/* As verify.c: below this, hashing on the loop is cheaper than the pool. */
+/* A message at most this large (header and body) has its chain's header
+ * hashes and signatures checked on the loop, as verify.c hashes such a
+ * body there; a larger one (whose header may be as large) on the pool. */
 #define ARC_ON_LOOP_MAX (256u * 1024u)
 
 struct smtp_arc {
