@@ -74,6 +74,19 @@ def hwm_kb(pid):
     return sum(status_kb(p, "VmHWM") for p in pids_of(pid))
 
 
+def cpu_s(pid):
+    """User + system CPU seconds of tern's processes so far (their threads included)."""
+    total = 0
+    for p in pids_of(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class Sampler(threading.Thread):
     def __init__(self, pid):
         super().__init__(daemon=True)
@@ -359,12 +372,14 @@ def check_phase(args, work, size, kind):
                 sys.exit(f"bench: {cmd!r} -> {code}")
         sampler = Sampler(proc.pid)
         sampler.start()
+        cpu0 = cpu_s(proc.pid)
         s.sendall(body)
         code = recv(f)
         s.close()
         deadline = time.time() + args.timeout
         while code == 250 and delivered(log) < 1 and time.time() < deadline:
             time.sleep(0.1)
+        cpu = cpu_s(proc.pid) - cpu0
         peak = sampler.finish()
         hwm = hwm_kb(proc.pid)
         with open(log, errors="replace") as lf:
@@ -374,7 +389,7 @@ def check_phase(args, work, size, kind):
         note = lines[-1].split(" ", 2)[-1][:200] if lines else "(no log line)"
         return {"size": len(body), "code": code, "delivered": delivered(log),
                 "idle_mb": idle / 1024, "peak_rss_mb": peak / 1024, "vmhwm_mb": hwm / 1024,
-                "growth_mb": (max(peak, hwm) - idle) / 1024, "log": note}
+                "growth_mb": (max(peak, hwm) - idle) / 1024, "cpu_s": cpu, "log": note}
     finally:
         if proc:
             stop(proc)
@@ -429,7 +444,7 @@ def main():
             print(f"1 message of {r['size'] / 1e6:.1f} MB {words}: reply {r['code']}, "
                   f"delivered {r['delivered']}; tern RSS idle {r['idle_mb']:.1f} MB, peak "
                   f"{r['peak_rss_mb']:.1f} MB, VmHWM {r['vmhwm_mb']:.1f} MB: growth "
-                  f"{r['growth_mb']:.1f} MB; log: {r['log']}")
+                  f"{r['growth_mb']:.1f} MB; tern CPU {r['cpu_s']:.2f} s; log: {r['log']}")
 
 
 def relays(args, w1, w2):
