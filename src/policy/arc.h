@@ -69,12 +69,40 @@ void arc_verify_free(struct arc_verify *v);
 
 /*
  * INPUT -> WAITING (or READY / DONE when no key is needed: no chain, or a
- * structure that already fails). Copies msg (header block, blank line,
- * body). TERN_OK; TERN_ELIMIT (a header over DKIM_VERIFY_MAX_HEADER bytes
- * or DKIM_VERIFY_MAX_FIELDS fields: the caller reports fail or none as it
- * sees fit); TERN_ENOMEM; TERN_EINVAL if not in INPUT.
+ * structure that already fails). msg: header block, blank line, body; the
+ * header block is copied, the body hashed here (arc_verify_headers, then
+ * the body fed and ended). TERN_OK; TERN_ELIMIT (a header over
+ * DKIM_VERIFY_MAX_HEADER bytes or DKIM_VERIFY_MAX_FIELDS fields: the caller
+ * reports fail or none as it sees fit); TERN_ENOMEM; TERN_EINVAL if not in
+ * INPUT.
  */
 int arc_verify_input(struct arc_verify *v, const char *msg, size_t len);
+
+/*
+ * The same in two steps, for a body that is large or not in memory (a
+ * spilled message's mapping): the header block hdr[0..len) (every field
+ * with its CRLF, the blank line excluded) is copied and judged as by
+ * arc_verify_input; then the body goes through arc_verify_body (on any one
+ * thread at a time, in pieces: dkim_body_feed) and arc_verify_body_end.
+ * The state is READY only once the keys are in AND the body ended. Errors
+ * as arc_verify_input; TERN_EINVAL when headers were given already.
+ */
+int arc_verify_headers(struct arc_verify *v, const char *hdr, size_t len);
+/* The body hashes to feed (every AMS's, and the seal's: arc_verify_seal_body),
+ * or NULL when none is needed (no chain, a broken structure, or fed already). */
+struct dkim_body *arc_verify_body(struct arc_verify *v);
+/* On the owner's thread, after the last dkim_body_update (or none); once. */
+void arc_verify_body_end(struct arc_verify *v);
+
+/*
+ * Before the body is fed: the same pass also hashes the body as a sealer's
+ * ARC-Message-Signature needs it (relaxed, whole body), whatever the chain;
+ * after arc_verify_body_end, arc_verify_seal_bh writes that bh= (base64, 44
+ * chars and a NUL) for arc_seal_header. TERN_OK; TERN_ENOMEM; TERN_EINVAL
+ * (after the body ended / seal_bh: not asked or not ended); TERN_EIO.
+ */
+int arc_verify_seal_body(struct arc_verify *v);
+int arc_verify_seal_bh(const struct arc_verify *v, char out[45]);
 
 /* As dkim_verify_next_query / _key_answer / _expire / _pending. */
 const char *arc_verify_next_query(struct arc_verify *v, unsigned *qid);
@@ -146,6 +174,12 @@ struct arc_seal_params {
  */
 int arc_seal(const struct dkim_key *key, const struct arc_seal_params *p, enum arc_cv cv,
              const char *msg, size_t len, char **out, size_t *outlen);
+
+/* As arc_seal, with the header block hdr[0..len) only (the blank line
+ * excluded) and the body's relaxed bh= already computed (arc_verify_seal_bh
+ * or dkim_body_hash_b64): a large body is never read here. */
+int arc_seal_header(const struct dkim_key *key, const struct arc_seal_params *p, enum arc_cv cv,
+                    const char *hdr, size_t len, const char *bh, char **out, size_t *outlen);
 
 /* ------------------------------------------------- trusted sealers (§7.2) */
 

@@ -136,7 +136,21 @@ static const char *alg_name(const struct dkim_key *k)
 int arc_seal(const struct dkim_key *key, const struct arc_seal_params *p, enum arc_cv cv,
              const char *msg, size_t len, char **out, size_t *outlen)
 {
-	size_t hdr_len, body_off, nf, nn = 0;
+	size_t hdr_len = 0, body_off = 0;
+	char bh[45];
+	*out = NULL;
+	*outlen = 0;
+	dkim_split_message(msg, len, &hdr_len, &body_off);
+	int rc = dkim_body_hash_b64(DKIM_CANON_RELAXED, msg + body_off, len - body_off, bh);
+	if (rc != TERN_OK)
+		return rc;
+	return arc_seal_header(key, p, cv, msg, hdr_len, bh, out, outlen);
+}
+
+int arc_seal_header(const struct dkim_key *key, const struct arc_seal_params *p, enum arc_cv cv,
+                    const char *msg, size_t hdr_len, const char *bh, char **out, size_t *outlen)
+{
+	size_t nf, nn = 0;
 	bool more;
 	struct dkim_field *f = NULL;
 	struct arc_sets *sets = NULL;
@@ -163,7 +177,6 @@ int arc_seal(const struct dkim_key *key, const struct arc_seal_params *p, enum a
 		snprintf(ts, sizeof(ts), "%lld", (long long)t);
 	}
 
-	dkim_split_message(msg, len, &hdr_len, &body_off);
 	rc = TERN_ELIMIT;
 	if (hdr_len > DKIM_VERIFY_MAX_HEADER)
 		goto out;
@@ -237,10 +250,10 @@ int arc_seal(const struct dkim_key *key, const struct arc_seal_params *p, enum a
 	if ((rc = tbuf_append(&h, "", 1)) != TERN_OK)
 		goto out;
 
-	char bh[45];
-	if ((rc = dkim_body_hash_b64(DKIM_CANON_RELAXED, msg + body_off, len - body_off, bh)) !=
-	    TERN_OK)
+	if (!bh || strlen(bh) != 44) {
+		rc = TERN_EINVAL;
 		goto out;
+	}
 	if ((rc = put_aar(&aar, inst, p->authres, !p->sorted_tags)) != TERN_OK)
 		goto out;
 

@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include "core/buf.h"
+#include "core/codec.h"
 #include "core/err.h"
 #include "policy/arc_internal.h"
 
@@ -235,15 +236,18 @@ struct arc_sig {
 
 struct arc_verify {
 	enum arc_verify_state state;
-	char *msg;
-	size_t len, hdr_len, body_off;
+	char *msg; /* a copy of the header block only: the body is fed (arc_verify_body) */
+	size_t hdr_len;
 	struct dkim_field *f;
 	size_t nf;
 	struct arc_sets sets;
 	struct arc_sig *ams, *as; /* [1..N] */
-	struct dkim_body body;    /* one pass over the body for every AMS */
-	bool body_ok;
-	bool seals_ok; /* every as[i].ahash computed (seal_hashes) */
+	struct dkim_body body;    /* one pass over the body for every AMS (and the seal) */
+	bool streams_ok;          /* every usable AMS has its stream in body */
+	bool body_ended;          /* arc_verify_body_end ran */
+	bool body_ok;             /* ... and every stream's hash is right */
+	int seal_stream;          /* arc_verify_seal_body's stream, or -1 */
+	bool seals_ok;            /* every as[i].ahash computed (seal_hashes) */
 	struct arc_key keys[ARC_KEYS_MAX];
 	size_t n_keys, pending;
 	struct arc_result res;
@@ -251,7 +255,10 @@ struct arc_verify {
 
 struct arc_verify *arc_verify_new(void)
 {
-	return calloc(1, sizeof(struct arc_verify));
+	struct arc_verify *v = calloc(1, sizeof(struct arc_verify));
+	if (v)
+		v->seal_stream = -1;
+	return v;
 }
 
 void arc_verify_free(struct arc_verify *v)
@@ -407,20 +414,46 @@ static int want_key(struct arc_verify *v, const struct arc_sig *s)
 	return (int)v->n_keys++;
 }
 
+/* The body streams of every usable AMS (its canonicalization and l=): the
+ * body is fed once for all of them. */
+static void add_streams(struct arc_verify *v)
+{
+	for (unsigned i = 1; i <= v->sets.max; i++) {
+		struct arc_sig *s = &v->ams[i];
+		s->stream = s->ok ? dkim_body_add(&v->body, s->bc, s->has_l, s->l) : -1;
+		if (s->ok && s->stream < 0)
+			return; /* ENOMEM: streams_ok stays false, checked as a temporary failure */
+	}
+	v->streams_ok = true;
+}
+
 int arc_verify_input(struct arc_verify *v, const char *msg, size_t len)
 {
+	size_t hl = 0, bo = 0;
+	dkim_split_message(msg, len, &hl, &bo);
+	int rc = arc_verify_headers(v, msg, hl);
+	if (rc != TERN_OK)
+		return rc;
+	struct dkim_body *b = arc_verify_body(v);
+	if (b)
+		dkim_body_update(b, msg + bo, len - bo);
+	arc_verify_body_end(v);
+	return TERN_OK;
+}
+
+int arc_verify_headers(struct arc_verify *v, const char *hdr, size_t len)
+{
 	bool more;
-	if (v->state != ARC_VS_INPUT)
+	if (v->state != ARC_VS_INPUT || v->msg)
 		return TERN_EINVAL;
+	if (len > DKIM_VERIFY_MAX_HEADER)
+		return TERN_ELIMIT;
 	v->msg = malloc(len + 1);
 	if (!v->msg)
 		return TERN_ENOMEM;
-	memcpy(v->msg, msg, len);
+	memcpy(v->msg, hdr, len);
 	v->msg[len] = '\0';
-	v->len = len;
-	dkim_split_message(v->msg, len, &v->hdr_len, &v->body_off);
-	if (v->hdr_len > DKIM_VERIFY_MAX_HEADER)
-		return TERN_ELIMIT;
+	v->hdr_len = len;
 	size_t nf = dkim_fields_index(v->msg, v->hdr_len, NULL, DKIM_VERIFY_MAX_FIELDS, &more);
 	if (more)
 		return TERN_ELIMIT;
@@ -489,7 +522,47 @@ int arc_verify_input(struct arc_verify *v, const char *msg, size_t len)
 		if (v->ams[i].ok && (v->ams[i].key = want_key(v, &v->ams[i])) < 0)
 			v->ams[i].ok = false;
 	}
+	add_streams(v);
 	return TERN_OK;
+}
+
+struct dkim_body *arc_verify_body(struct arc_verify *v)
+{
+	return v->body.n > 0 && !v->body.ended ? &v->body : NULL;
+}
+
+void arc_verify_body_end(struct arc_verify *v)
+{
+	if (v->body_ended)
+		return;
+	v->body_ended = true;
+	bool fin = dkim_body_finish(&v->body); /* every stream, the seal's too */
+	v->body_ok = v->streams_ok && fin;
+}
+
+int arc_verify_seal_body(struct arc_verify *v)
+{
+	if (v->body_ended || v->body.ended)
+		return TERN_EINVAL;
+	int i = dkim_body_add(&v->body, DKIM_CANON_RELAXED, false, 0);
+	if (i < 0)
+		return TERN_ENOMEM;
+	v->seal_stream = i;
+	return TERN_OK;
+}
+
+int arc_verify_seal_bh(const struct arc_verify *v, char out[45])
+{
+	if (!v->body_ended || v->seal_stream < 0)
+		return TERN_EINVAL;
+	if (v->body.failed)
+		return TERN_EIO;
+	struct tbuf t = TBUF_INIT(64);
+	int rc = tern_base64_encode(v->body.h[v->seal_stream].digest, 32, &t);
+	if (rc == TERN_OK)
+		memcpy(out, t.data, 45); /* 44 chars and the NUL */
+	tbuf_free(&t);
+	return rc;
 }
 
 const char *arc_verify_next_query(struct arc_verify *v, unsigned *qid)
@@ -512,7 +585,7 @@ size_t arc_verify_pending(const struct arc_verify *v)
 
 enum arc_verify_state arc_verify_state(const struct arc_verify *v)
 {
-	if (v->state == ARC_VS_WAITING && v->pending == 0)
+	if (v->state == ARC_VS_WAITING && v->pending == 0 && v->body_ended)
 		return ARC_VS_READY;
 	return v->state;
 }
@@ -624,19 +697,6 @@ out:
 	return why;
 }
 
-/* Hashes the body once for every AMS's (canonicalization, l=). */
-static void hash_body(struct arc_verify *v)
-{
-	for (unsigned i = 1; i <= v->sets.max; i++) {
-		struct arc_sig *s = &v->ams[i];
-		s->stream = s->ok ? dkim_body_add(&v->body, s->bc, s->has_l, s->l) : -1;
-		if (s->ok && s->stream < 0)
-			return; /* ENOMEM: body_ok stays false */
-	}
-	dkim_body_update(&v->body, v->msg + v->body_off, v->len - v->body_off);
-	v->body_ok = dkim_body_finish(&v->body);
-}
-
 /* Feeds field p[0..n) relaxed to md (without its CRLF when last). */
 static bool feed(EVP_MD_CTX *md, struct tbuf *t, const char *p, size_t n, bool last)
 {
@@ -700,8 +760,7 @@ int arc_verify_finish(struct arc_verify *v)
 	unsigned n = v->sets.max;
 	bool temp = false;
 	const char *why;
-	hash_body(v);
-	/* step 4 */
+	/* step 4 (the body hashes are in: arc_verify_body_end) */
 	if ((why = check_ams(v, n, &temp)) != NULL) {
 		v->res.temporary = temp;
 		snprintf(v->res.reason, sizeof(v->res.reason), "ARC-Message-Signature i=%u: %s", n,

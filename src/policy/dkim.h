@@ -195,6 +195,20 @@ int dkim_canon_body(enum dkim_canon c, const char *body, size_t len, struct tbuf
 struct dkim_body;
 void dkim_body_update(struct dkim_body *b, const void *p, size_t n);
 
+/* Pieces dkim_body_feed hashes between two releases of a mapping's pages. */
+#define DKIM_BODY_PIECE (1024u * 1024u)
+
+/*
+ * Feeds body p[0..n) to every non-NULL b[0..nb) in DKIM_BODY_PIECE pieces:
+ * one pass over the bytes however many hashes read them. With mapped (p is
+ * a read-only mapping of a file: a spilled message, smtp/data_stream.h),
+ * the whole pages of each piece leave the process once every hash has read
+ * them (madvise MADV_DONTNEED: the file and the page cache keep them), so
+ * RSS stays at about a piece whatever the size of the body. Never mapped
+ * for heap memory: its released pages would read back as zeros.
+ */
+void dkim_body_feed(struct dkim_body *const *b, size_t nb, const char *p, size_t n, bool mapped);
+
 /* The bh= value of a whole body (base64 of SHA-256, 44 chars + NUL into out).
  * TERN_OK or TERN_EIO if OpenSSL failed. */
 int dkim_body_hash_b64(enum dkim_canon c, const char *body, size_t len, char out[45]);
@@ -367,6 +381,11 @@ const char *dkim_keyring_domain_for(const struct dkim_keyring *kr, const char *d
  */
 int dkim_keyring_sign(const struct dkim_keyring *kr, const char *from_domain, const char *msg,
                       size_t len, int64_t timestamp, char **out, size_t *outlen);
+/* As dkim_keyring_sign; with mapped, msg is a file mapping whose body pages
+ * are released as the hash passes them (dkim_body_feed). */
+int dkim_keyring_sign_mapped(const struct dkim_keyring *kr, const char *from_domain,
+                             const char *msg, size_t len, int64_t timestamp, bool mapped,
+                             char **out, size_t *outlen);
 
 /* -------------------------------------------------------------- verifier */
 

@@ -11,8 +11,11 @@
  * Exposure: bytes from the network; fuzzed by tests/fuzz/fuzz_dkim_canon.c,
  * which checks that every chunking gives the one-shot result.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "core/codec.h"
 #include "core/err.h"
@@ -253,6 +256,29 @@ void dkim_body_update(struct dkim_body *b, const void *p, size_t n)
 		return;
 	for (size_t i = 0; i < b->n; i++)
 		stream_update(&b->h[i], NULL, p, n, &b->failed);
+}
+
+/* The whole pages of p..n leave the process (a file mapping only: they are
+ * read again from the page cache if touched). */
+static void drop_pages(const char *p, size_t n)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t a = ((uintptr_t)p + pg - 1) & ~(pg - 1), e = ((uintptr_t)p + n) & ~(pg - 1);
+	if (e > a)
+		(void)madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+void dkim_body_feed(struct dkim_body *const *b, size_t nb, const char *p, size_t n, bool mapped)
+{
+	for (size_t at = 0; at < n;) {
+		size_t k = n - at < DKIM_BODY_PIECE ? n - at : DKIM_BODY_PIECE;
+		for (size_t i = 0; i < nb; i++)
+			if (b[i])
+				dkim_body_update(b[i], p + at, k);
+		if (mapped)
+			drop_pages(p + at, k);
+		at += k;
+	}
 }
 
 bool dkim_body_finish(struct dkim_body *b)

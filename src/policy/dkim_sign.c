@@ -438,6 +438,13 @@ int dkim_sign(const struct dkim_key *key, const struct dkim_sign_params *p, cons
 int dkim_keyring_sign(const struct dkim_keyring *kr, const char *from_domain, const char *msg,
                       size_t len, int64_t timestamp, char **out, size_t *outlen)
 {
+	return dkim_keyring_sign_mapped(kr, from_domain, msg, len, timestamp, false, out, outlen);
+}
+
+int dkim_keyring_sign_mapped(const struct dkim_keyring *kr, const char *from_domain,
+                             const char *msg, size_t len, int64_t timestamp, bool mapped,
+                             char **out, size_t *outlen)
+{
 	struct hdrblock h = {0};
 	struct dkim_body body = {0};
 	struct tbuf t = TBUF_INIT((size_t)DKIM_FIELD_MAX * 8);
@@ -457,7 +464,8 @@ int dkim_keyring_sign(const struct dkim_keyring *kr, const char *from_domain, co
 	rc = TERN_ENOMEM;
 	if (dkim_body_add(&body, bc, false, 0) < 0)
 		goto out;
-	dkim_body_update(&body, msg + bo, len - bo);
+	struct dkim_body *bp = &body;
+	dkim_body_feed(&bp, 1, msg + bo, len - bo, mapped); /* SPILL: a mapping's pages go */
 	rc = TERN_EIO;
 	if (!dkim_body_finish(&body) || bh_b64(&body.h[0], bh) != TERN_OK)
 		goto out;

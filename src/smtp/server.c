@@ -2692,8 +2692,8 @@ static bool sign_stage(struct session *s, struct tx *t)
 			return false;
 		t->sign_state = SIGN_RUNNING;
 		if (smtp_sign_submit(s->sw->srv->verify_pool, s->sw->w, s->rt->dkim_signer, t->id,
-		                     mp, mn, sign_owner(s, t), &t->sign, sign_done,
-		                     s) == TERN_OK) {
+		                     mp, mn, t->ds != NULL /* SPILL: a mapping */, sign_owner(s, t),
+		                     &t->sign, sign_done, s) == TERN_OK) {
 			session_enter_state(s, SS_VERIFY);
 			bufferevent_disable(s->bev, EV_READ);
 			bufferevent_set_timeouts(s->bev, NULL, NULL);

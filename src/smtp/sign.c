@@ -157,16 +157,16 @@ static bool domain_within(const char *d, const char *owner)
 }
 
 static void sign_run(const struct smtp_signer *sg, const char *id, const char *msg, size_t len,
-                     const char *owner, struct smtp_sign_result *r);
+                     const char *owner, bool mapped, struct smtp_sign_result *r);
 
 void smtp_sign_run(const struct smtp_signer *sg, const char *id, const char *msg, size_t len,
                    struct smtp_sign_result *r)
 {
-	sign_run(sg, id, msg, len, NULL, r);
+	sign_run(sg, id, msg, len, NULL, false, r);
 }
 
 static void sign_run(const struct smtp_signer *sg, const char *id, const char *msg, size_t len,
-                     const char *owner, struct smtp_sign_result *r)
+                     const char *owner, bool mapped, struct smtp_sign_result *r)
 {
 	size_t hl, bo;
 	struct dmarc_from f;
@@ -212,7 +212,9 @@ static void sign_run(const struct smtp_signer *sg, const char *id, const char *m
 		          log_quote(bk->reason, strlen(bk->reason), q, sizeof(q)));
 		return;
 	}
-	int rc = dkim_keyring_sign(sg->ring, d, msg, len, DKIM_SIGN_TIME_NOW, &r->fields, &r->len);
+	/* SPILL: a mapped body's pages go as the hash passes them */
+	int rc = dkim_keyring_sign_mapped(sg->ring, d, msg, len, DKIM_SIGN_TIME_NOW, mapped,
+	                                  &r->fields, &r->len);
 	if (rc != TERN_OK || !r->fields) {
 		free(r->fields);
 		r->fields = NULL;
@@ -261,6 +263,7 @@ struct sign_job {
 	char owner[256];
 	const char *msg;
 	size_t len;
+	bool mapped;
 	struct smtp_sign_result *r;
 	void (*done)(void *arg);
 	void *arg;
@@ -269,7 +272,7 @@ struct sign_job {
 static void job_work(void *arg)
 {
 	struct sign_job *j = arg;
-	sign_run(j->sg, j->id, j->msg, j->len, j->check_owner ? j->owner : NULL, j->r);
+	sign_run(j->sg, j->id, j->msg, j->len, j->check_owner ? j->owner : NULL, j->mapped, j->r);
 }
 
 static void job_done(void *arg)
@@ -282,7 +285,7 @@ static void job_done(void *arg)
 }
 
 int smtp_sign_submit(struct pool *pool, struct worker *w, const struct smtp_signer *sg,
-                     const char *id, const char *msg, size_t len, const char *owner,
+                     const char *id, const char *msg, size_t len, bool mapped, const char *owner,
                      struct smtp_sign_result *r, void (*done)(void *arg), void *arg)
 {
 	if (!pool)
@@ -297,6 +300,7 @@ int smtp_sign_submit(struct pool *pool, struct worker *w, const struct smtp_sign
 		tern_strlcpy(j->owner, owner, sizeof(j->owner));
 	j->msg = msg;
 	j->len = len;
+	j->mapped = mapped;
 	j->r = r;
 	j->done = done;
 	j->arg = arg;

@@ -71,14 +71,17 @@ void smtp_sign_result_clear(struct smtp_sign_result *r);
 
 /*
  * smtp_sign_run on pool, then done(arg) on worker w. msg and r must stay
- * put until done runs. owner, when not NULL, is the domain the sender is
+ * put until done runs. mapped: msg is a read-only file mapping (a spilled
+ * message, smtp/data_stream.h) whose body pages are released as the hash
+ * passes them (dkim_body_feed), so RSS does not grow with the message;
+ * never for a buffer. owner, when not NULL, is the domain the sender is
  * known to own (a login's): a From domain that is neither it nor below it
  * is not signed (SMTP_SIGN_NONE, logged reason=from-not-owned; "" owns
  * nothing). TERN_OK, or TERN_ENOMEM / TERN_EINVAL (no pool): done will not
  * run.
  */
 int smtp_sign_submit(struct pool *pool, struct worker *w, const struct smtp_signer *sg,
-                     const char *id, const char *msg, size_t len, const char *owner,
+                     const char *id, const char *msg, size_t len, bool mapped, const char *owner,
                      struct smtp_sign_result *r, void (*done)(void *arg), void *arg);
 
 /*

@@ -497,9 +497,10 @@ struct smtp_verify *smtp_verify_start(const struct smtp_verify_params *p);
 int smtp_verify_message(struct smtp_verify *v, const char *id, const char *msg, size_t len,
                         void (*done)(void *arg), void *arg);
 /* SPILL: before smtp_verify_message, the msg it gets is a read-only mapping
- * of a file (smtp/data_stream.h): the DKIM body hash drops each piece's
- * pages once read (MADV_DONTNEED; the file and the page cache keep them), so
- * a large body does not stay in the process's memory. Never for a buffer. */
+ * of a file (smtp/data_stream.h): the one pass over the body (DKIM's and
+ * ARC's hashes) drops each piece's pages once read (MADV_DONTNEED; the file
+ * and the page cache keep them), so a large body does not stay in the
+ * process's memory, and nothing copies it. Never for a buffer. */
 void smtp_verify_mapped(struct smtp_verify *v);
 
 /* Before smtp_verify_message: whether a recipient is not local (an alias

@@ -23,10 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdint.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
-#include <unistd.h>
 #include <arpa/inet.h>
 #include <time.h>
 
@@ -81,8 +78,9 @@ struct smtp_verify {
 	struct dkim_verify *dkim;
 	struct dkim_dns *dkim_dns;
 	bool dkim_keys_pending, body_job;
-	bool orphan;      /* freed by its owner while the body job ran */
-	struct tbuf kept; /* then: the message bytes the job still reads */
+	bool orphan;                 /* freed by its owner while the body job ran */
+	struct dkim_body *bodies[2]; /* what the body pass feeds: DKIM's, ARC's */
+	struct tbuf kept;            /* then: the message bytes the job still reads */
 	struct dmarc_dkim *dk;
 	size_t n_dk;
 
@@ -258,32 +256,23 @@ static void dkim_keys_done(void *arg)
 	step(v);
 }
 
-/* SPILL: the whole pages of p..n leave the process (a file mapping only:
- * they are read again from the page cache if touched; a heap buffer would
- * read back zeros). */
-static void drop_pages(const char *p, size_t n)
-{
-	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-	uintptr_t a = ((uintptr_t)p + pg - 1) & ~(pg - 1), e = ((uintptr_t)p + n) & ~(pg - 1);
-	if (e > a)
-		(void)madvise((void *)a, e - a, MADV_DONTNEED);
-}
+/* ------------------------------------------------------------- the body */
 
-/* The body hash, in pieces (the DKIM API streams): a mapped body's pages
- * are let go as the hash passes them, so memory stays at about a piece. */
-#define BODY_PIECE (1024u * 1024u)
-
+/* One pass over the body for every hash that reads it (DKIM's, ARC's
+ * validation and seal), in pieces: a mapped body's pages are let go as the
+ * pass leaves them, so memory stays at about a piece (dkim_body_feed). */
 static void body_work(void *arg)
 {
 	struct smtp_verify *v = arg;
-	struct dkim_body *b = dkim_verify_body(v->dkim);
-	for (size_t at = 0; at < v->body_len;) {
-		size_t n = v->body_len - at < BODY_PIECE ? v->body_len - at : BODY_PIECE;
-		dkim_body_update(b, v->body + at, n);
-		if (v->mapped)
-			drop_pages(v->body + at, n);
-		at += n;
-	}
+	dkim_body_feed(v->bodies, 2, v->body, v->body_len, v->mapped);
+}
+
+static void body_end(struct smtp_verify *v)
+{
+	if (v->dkim)
+		dkim_verify_body_end(v->dkim);
+	if (v->arc)
+		smtp_arc_body_end(v->arc); /* may start ARC's job: step() sees it busy */
 }
 
 static void body_done(void *arg)
@@ -294,8 +283,27 @@ static void body_done(void *arg)
 		smtp_verify_free(v, NULL);
 		return;
 	}
-	dkim_verify_body_end(v->dkim);
+	body_end(v);
 	step(v);
+}
+
+/* After dkim_begin and arc_begin: the body to whoever needs it, on the pool
+ * when large. */
+static void body_begin(struct smtp_verify *v)
+{
+	v->bodies[0] = v->dkim ? dkim_verify_body(v->dkim) : NULL;
+	v->bodies[1] = v->arc ? smtp_arc_body(v->arc) : NULL;
+	if (!v->bodies[0] && !v->bodies[1]) {
+		body_end(v); /* nothing reads the body */
+		return;
+	}
+	if (v->body_len > BODY_ON_LOOP_MAX && v->pool &&
+	    pool_submit(v->pool, body_work, v->w, body_done, v) == TERN_OK) {
+		v->body_job = true;
+		return;
+	}
+	body_work(v);
+	body_end(v);
 }
 
 /* Collects the verifier's results into DMARC's and A-R's words. */
@@ -337,17 +345,11 @@ static void dkim_begin(struct smtp_verify *v)
 	if (v->res)
 		v->dkim_dns =
 		    dkim_verify_dns_start(v->dkim, v->res, v->base, ms, dkim_keys_done, v);
+	/* (the body goes in body_begin's pass, with ARC's) */
 	if (v->dkim_dns)
 		v->dkim_keys_pending = true;
 	else
 		dkim_verify_expire(v->dkim); /* no resolver: every key is temperror */
-	if (v->body_len > BODY_ON_LOOP_MAX && v->pool &&
-	    pool_submit(v->pool, body_work, v->w, body_done, v) == TERN_OK) {
-		v->body_job = true;
-		return;
-	}
-	body_work(v);
-	dkim_verify_body_end(v->dkim);
 }
 
 /* ------------------------------------------------------------- DMARC */
@@ -494,8 +496,9 @@ static void arc_done(void *arg)
 }
 
 /* At end of data: validate the chain of the message as we will keep it
- * (without the results and ARC sets claiming our name), beside DKIM. */
-static void arc_begin(struct smtp_verify *v, const char *msg, size_t len)
+ * (without the results and ARC sets claiming our name), beside DKIM. Only
+ * the header block is copied: the body is hashed by body_begin's pass. */
+static void arc_begin(struct smtp_verify *v)
 {
 	const struct conf_arc *ac = &v->conf->arc;
 	if (!v->conf->auth_checks.arc && !ac->seal_domain)
@@ -518,17 +521,13 @@ static void arc_begin(struct smtp_verify *v, const char *msg, size_t len)
 	    .extra_names = extra,
 	};
 	struct tbuf copy;
-	tbuf_init(&copy, len + 2);
+	tbuf_init(&copy, v->hdr_len + 2);
 	size_t n = 0;
-	int rc = tbuf_reserve(&copy, len + 2);
-	if (rc == TERN_OK)
-		rc = authres_strip(v->hdr, v->hdr_len, &so, &copy, NULL);
-	if (rc == TERN_OK)
-		rc = tbuf_append(&copy, msg + v->hdr_len, len - v->hdr_len);
+	int rc = authres_strip(v->hdr, v->hdr_len, &so, &copy, NULL);
 	char *bytes = rc == TERN_OK ? tbuf_steal(&copy, &n) : NULL;
 	tbuf_free(&copy);
 	if (bytes)
-		v->arc = smtp_arc_start(bytes, n, v->res, v->base, v->w, v->pool,
+		v->arc = smtp_arc_start(bytes, n, v->body_len, v->res, v->base, v->w, v->pool,
 		                        v->conf->auth_checks.timeout * 1000u, sealing, arc_done, v);
 	if (!v->arc)
 		log_error("event=auth_checks id=%s reason=out-of-memory arc=skipped", v->id);
@@ -713,7 +712,8 @@ int smtp_verify_message(struct smtp_verify *v, const char *id, const char *msg, 
 	v->body_len = len - body_off;
 	if (v->conf->auth_checks.dkim)
 		dkim_begin(v);
-	arc_begin(v, msg, len);
+	arc_begin(v);
+	body_begin(v);
 	event_active(v->kick, 0, 0); /* step() from the loop, never from here */
 	return TERN_OK;
 }
@@ -819,8 +819,7 @@ void smtp_verify_free(struct smtp_verify *v, struct tbuf *msg)
 	v->dkim_keys_pending = false;
 	dmarc_check_cancel(v->dmarc);
 	v->dmarc = NULL;
-	smtp_arc_free(v->arc); /* a running seal or hash job frees it at its end */
-	v->arc = NULL;
+	smtp_arc_stop(v->arc); /* nothing of ARC's calls us back after this */
 	if (v->timer) {
 		event_free(v->timer);
 		v->timer = NULL;
@@ -837,8 +836,10 @@ void smtp_verify_free(struct smtp_verify *v, struct tbuf *msg)
 			msg->len = msg->cap = 0;
 		}
 		v->orphan = true;
-		return;
+		return; /* the job still feeds ARC's hashes: v->arc goes with v */
 	}
+	smtp_arc_free(v->arc); /* a running seal or ARC job frees it at its end */
+	v->arc = NULL;
 	dkim_verify_free(v->dkim);
 	free(v->dk);
 	free(v->helo);

@@ -3,10 +3,11 @@
  * of a received message validated with the same resolver and deadline as
  * DKIM, and the ARC Set sealed onto a message tern forwards.
  *
- * Owns: one struct smtp_arc per message with its copy of the message, the
- * validator (policy/arc.h) and its DNS driver, and the pool jobs (the
- * signatures of a large message, the seal). The ARC logic itself is
- * policy/arc_verify.c and arc_seal.c.
+ * Owns: one struct smtp_arc per message with its copy of the header block
+ * (never of the body: the owner feeds the body's hashes, smtp_arc_body, in
+ * the same pass as DKIM's), the validator (policy/arc.h) and its DNS
+ * driver, and the pool jobs (the signatures of a large message, the seal).
+ * The ARC logic itself is policy/arc_verify.c and arc_seal.c.
  *
  * Must never: block the event loop (keys come from the async resolver;
  * hashing a large message and RSA signing run on the pool), call its owner
@@ -26,12 +27,15 @@
 #include "core/loop.h"
 #include "policy/dkim.h"
 
-/* As verify.c: below this, hashing on the loop is cheaper than the pool. */
+/* A message at most this large (header and body) has its chain's header
+ * hashes and signatures checked on the loop, as verify.c hashes such a
+ * body there; a larger one (whose header may be as large) on the pool. */
 #define ARC_ON_LOOP_MAX (256u * 1024u)
 
 struct smtp_arc {
-	char *msg;
-	size_t len;
+	char *msg;       /* the header block as we keep it (no blank line, no body) */
+	size_t len;      /* its length */
+	size_t body_len; /* the body's, for where the signatures are checked */
 	struct worker *w;
 	struct pool *pool;
 	void (*done)(void *arg);
@@ -40,12 +44,14 @@ struct smtp_arc {
 	struct arc_verify *v;
 	struct dkim_dns *dns; /* while keys are looked up */
 	bool keys_pending;
-	bool job;    /* a pool job runs (finish or seal) */
-	bool orphan; /* freed by its owner while the job ran */
+	bool body_pending; /* smtp_arc_body_end not called yet */
+	bool job;          /* a pool job runs (finish or seal) */
+	bool orphan;       /* freed by its owner while the job ran */
 
 	/* sealing: the inputs copied for the job, then its output */
 	char *key_file, *domain, *selector, *authres;
 	enum arc_cv cv;
+	char bh[45]; /* the body's relaxed hash, from the validator's pass */
 	char *set;
 	size_t set_len;
 	int seal_rc;
@@ -83,13 +89,13 @@ static void finish_work(void *arg)
 	arc_verify_finish(a->v);
 }
 
-/* Every key is in (or expired): the signatures, on the pool when large.
- * Returns true when a job was started (done follows). */
+/* Every key is in (or expired) and the body hashed: the signatures, on the
+ * pool when large. Returns true when a job was started (done follows). */
 static bool finish(struct smtp_arc *a)
 {
-	if (arc_verify_state(a->v) != ARC_VS_READY)
+	if (!a->v || a->body_pending || arc_verify_state(a->v) != ARC_VS_READY)
 		return false;
-	if (a->len > ARC_ON_LOOP_MAX && a->pool &&
+	if (a->len + a->body_len > ARC_ON_LOOP_MAX && a->pool &&
 	    pool_submit(a->pool, finish_work, a->w, job_done, a) == TERN_OK) {
 		a->job = true;
 		return true;
@@ -106,18 +112,18 @@ static void keys_done(void *arg)
 		a->done(a->arg); /* from the resolver's callback: never inside our owner */
 }
 
-struct smtp_arc *smtp_arc_start(char *msg, size_t len, struct dns_resolver *res,
+struct smtp_arc *smtp_arc_start(char *hdr, size_t len, size_t body_len, struct dns_resolver *res,
                                 struct event_base *base, struct worker *w, struct pool *pool,
-                                unsigned timeout_ms, bool keep_body, void (*done)(void *arg),
-                                void *arg)
+                                unsigned timeout_ms, bool seal, void (*done)(void *arg), void *arg)
 {
 	struct smtp_arc *a = calloc(1, sizeof(*a));
 	if (!a) {
-		free(msg);
+		free(hdr);
 		return NULL;
 	}
-	a->msg = msg;
+	a->msg = hdr;
 	a->len = len;
+	a->body_len = body_len;
 	a->w = w;
 	a->pool = pool;
 	a->done = done;
@@ -125,28 +131,17 @@ struct smtp_arc *smtp_arc_start(char *msg, size_t len, struct dns_resolver *res,
 	a->v = arc_verify_new();
 	if (!a->v)
 		goto fail;
-	int rc = arc_verify_input(a->v, msg, len);
-	if (rc == TERN_ENOMEM)
+	int rc = arc_verify_headers(a->v, hdr, len);
+	if (rc == TERN_ENOMEM || (rc == TERN_OK && seal && arc_verify_seal_body(a->v) != TERN_OK))
 		goto fail;
-	if (!keep_body) {
-		/* the validator has its own copy; the trusted-sealer check reads
-		 * the header block only: keep no second copy of the body */
-		size_t hl = 0, bo = 0;
-		dkim_split_message(msg, len, &hl, &bo);
-		char *h = realloc(a->msg, hl + 1);
-		if (h) {
-			h[hl] = '\0';
-			a->msg = h;
-			a->len = hl;
-		}
-	}
 	if (rc != TERN_OK) {
 		/* too big to look at: judged as if no key answered (fail, temporary) */
 		arc_verify_free(a->v);
 		a->v = NULL;
 		return a;
 	}
-	if (arc_verify_state(a->v) == ARC_VS_WAITING) {
+	a->body_pending = true; /* the signatures wait for smtp_arc_body_end */
+	if (arc_verify_pending(a->v) > 0) {
 		if (res)
 			a->dns = arc_verify_dns_start(a->v, res, base, timeout_ms, keys_done, a);
 		if (a->dns) {
@@ -155,7 +150,6 @@ struct smtp_arc *smtp_arc_start(char *msg, size_t len, struct dns_resolver *res,
 		}
 		arc_verify_expire(a->v); /* no resolver: every key is a temporary error */
 	}
-	finish(a);
 	return a;
 fail:
 	destroy(a);
@@ -180,9 +174,24 @@ bool smtp_arc_has_fields(const char *hdr, size_t len)
 	return false;
 }
 
+struct dkim_body *smtp_arc_body(struct smtp_arc *a)
+{
+	return a->v && a->body_pending ? arc_verify_body(a->v) : NULL;
+}
+
+void smtp_arc_body_end(struct smtp_arc *a)
+{
+	if (!a->body_pending)
+		return;
+	arc_verify_body_end(a->v);
+	a->body_pending = false;
+	if (!a->keys_pending)
+		finish(a); /* a job (busy), or the result is in: never done() here */
+}
+
 bool smtp_arc_busy(const struct smtp_arc *a)
 {
-	return a->keys_pending || a->job;
+	return a->keys_pending || a->body_pending || a->job;
 }
 
 const struct arc_result *smtp_arc_result(const struct smtp_arc *a)
@@ -254,7 +263,7 @@ static void seal_work(void *arg)
 	    .timestamp = DKIM_SIGN_TIME_NOW,
 	    .authres = a->authres,
 	};
-	a->seal_rc = arc_seal(key, &p, a->cv, a->msg, a->len, &a->set, &a->set_len);
+	a->seal_rc = arc_seal_header(key, &p, a->cv, a->msg, a->len, a->bh, &a->set, &a->set_len);
 	if (a->seal_rc != TERN_OK)
 		snprintf(a->seal_why, sizeof(a->seal_why), "sealing failed: %s",
 		         tern_strerror(a->seal_rc));
@@ -266,6 +275,11 @@ int smtp_arc_seal(struct smtp_arc *a, const struct conf_dkim_key *key, const cha
 {
 	if (smtp_arc_busy(a) || a->set || a->authres || !a->pool || !a->msg)
 		return TERN_EINVAL;
+	if (!a->v)
+		return TERN_ELIMIT; /* a header too large to look at cannot be sealed */
+	int rc = arc_verify_seal_bh(a->v, a->bh);
+	if (rc != TERN_OK)
+		return rc;
 	a->cv = smtp_arc_result(a)->cv;
 	a->key_file = tern_strdup(key->key_file);
 	a->domain = tern_strdup(key->domain);
@@ -308,13 +322,21 @@ bool smtp_arc_key_usable(const struct tern_config *c, char *err, size_t errlen)
 	return rsa;
 }
 
-void smtp_arc_free(struct smtp_arc *a)
+void smtp_arc_stop(struct smtp_arc *a)
 {
 	if (!a)
 		return;
 	dkim_dns_free(a->dns);
 	a->dns = NULL;
 	a->keys_pending = false;
+	a->body_pending = false; /* nothing starts after this */
+}
+
+void smtp_arc_free(struct smtp_arc *a)
+{
+	if (!a)
+		return;
+	smtp_arc_stop(a);
 	if (a->job) {
 		a->orphan = true; /* job_done frees */
 		return;

@@ -14,7 +14,10 @@
  *     validates pass with one set more; a fail chain sealed validates fail;
  *     a chain whose newest seal says cv=fail gets nothing added;
  *   - arc_trusted_pass (arc_trust.c) reads any header block, answering
- *     only with an instance that exists and a sealer it was told to trust.
+ *     only with an instance that exists and a sealer it was told to trust;
+ *   - the two-step validator (arc_verify_headers, the body fed in pieces
+ *     of any size, arc_verify_body_end) judges exactly as the one-shot one,
+ *     and its seal hash is the whole body's relaxed bh=.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -81,6 +84,42 @@ static bool validate(const char *msg, size_t len, struct arc_result *out)
 	return true;
 }
 
+/* The same message through arc_verify_headers and the body in pieces of
+ * `piece` bytes: the same result as validate's, the seal's bh= the whole
+ * body's. */
+static void two_steps(const char *msg, size_t len, size_t piece, const struct arc_result *want)
+{
+	size_t hl = 0, bo = 0;
+	unsigned qid;
+	const char *name;
+	char bh[45], whole[45];
+	dkim_split_message(msg, len, &hl, &bo);
+	struct arc_verify *v = arc_verify_new();
+	if (!v || arc_verify_headers(v, msg, hl) != TERN_OK || arc_verify_seal_body(v) != TERN_OK)
+		abort();
+	while ((name = arc_verify_next_query(v, &qid)) != NULL)
+		arc_keytab_lookup(tab, v, qid, name);
+	arc_verify_expire(v);
+	struct dkim_body *b = arc_verify_body(v);
+	if (!b)
+		abort(); /* the seal's stream at least */
+	for (size_t at = bo; at < len; at += piece)
+		dkim_body_update(b, msg + at, len - at < piece ? len - at : piece);
+	arc_verify_body_end(v);
+	if (arc_verify_state(v) == ARC_VS_READY && arc_verify_finish(v) != TERN_OK)
+		abort();
+	const struct arc_result *r = arc_verify_result(v);
+	if (!r || r->cv != want->cv || r->n_sets != want->n_sets ||
+	    r->oldest_pass != want->oldest_pass || r->temporary != want->temporary ||
+	    strcmp(r->reason, want->reason) != 0)
+		abort();
+	if (arc_verify_seal_bh(v, bh) != TERN_OK ||
+	    dkim_body_hash_b64(DKIM_CANON_RELAXED, msg + bo, len - bo, whole) != TERN_OK ||
+	    strcmp(bh, whole) != 0)
+		abort();
+	arc_verify_free(v);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	init();
@@ -103,6 +142,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	if (r.cv == ARC_CV_NONE && memmem(msg, size, "ARC-", 4) == NULL && r.n_sets != 0)
 		abort();
+	two_steps(msg, size, 1 + size % 13, &r);
 
 	struct arc_seal_params p = {.domain = "fuzz.test",
 	                            .selector = "fz",

@@ -4,8 +4,10 @@
  * failures, the deadline, no query for a chain that is already broken),
  * sealing and validating chains of our own (oldest-pass, the cv=fail rules,
  * the 50-set limit), the sealer's refusals, what a trusted sealer's AAR
- * vouches for (arc_trusted_pass) and the session's no-ARC-field shortcut
- * (smtp/verify_arc.h). Keys are generated here
+ * vouches for (arc_trusted_pass), the session's no-ARC-field shortcut
+ * (smtp/verify_arc.h), and the two-step validator over a file mapping (the
+ * header block, then the body in pieces whose pages go; the seal's bh= from
+ * the same pass, arc_seal_header). Keys are generated here
  * (Ed25519: fast); the ValiMail vectors are test_arc_suite.c's.
  */
 #include <setjmp.h>
@@ -18,7 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include "core/buf.h"
 #include "core/err.h"
 #include "policy/arc.h"
 #include "smtp/verify_arc.h"
@@ -455,6 +460,117 @@ static void test_trusted_sealer_vouches(void **state)
 
 /* verify_arc.c's shortcut: a message with no ARC- field is judged none
  * without being copied; any field named ARC-* (any case) takes the long way. */
+/* A message of about 3 MiB: MSG's header, a long body with what relaxed
+ * canonicalization changes. malloc'd. */
+static char *big_msg(size_t *len)
+{
+	struct tbuf t = TBUF_INIT(8u << 20);
+	assert_int_equal(tbuf_append_str(&t, MSG), TERN_OK);
+	for (unsigned i = 0; i < 40000; i++)
+		assert_int_equal(tbuf_printf(&t, "line %06u  of a digest,\t padded %s\r\n", i,
+		                             i % 5 ? "" : " \t "),
+		                 TERN_OK);
+	char *m = tbuf_steal(&t, len);
+	assert_non_null(m);
+	tbuf_free(&t);
+	return m;
+}
+
+/* A read-only shared mapping of a file holding p[0..n), as a spilled
+ * message is checked. */
+static const char *map_copy(const char *p, size_t n)
+{
+	char path[] = "/tmp/tern-test-arc-map-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	assert_int_equal(write(fd, p, n), (ssize_t)n);
+	void *m = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	assert_true(m != MAP_FAILED);
+	return m;
+}
+
+/* The two-step validator over a mapping (header block, then the body fed in
+ * pieces whose pages go, the seal's hash in the same pass). */
+static const struct arc_result *two_steps(struct arc_verify *v, const char *map, size_t len,
+                                          char bh[45])
+{
+	size_t hl = 0, bo = 0;
+	unsigned qid;
+	const char *name;
+	dkim_split_message(map, len, &hl, &bo);
+	assert_int_equal(arc_verify_headers(v, map, hl), TERN_OK);
+	assert_int_equal(arc_verify_seal_body(v), TERN_OK);
+	while ((name = arc_verify_next_query(v, &qid)) != NULL)
+		arc_keytab_lookup(tab, v, qid, name);
+	/* every key is in, the body is not: not ready */
+	assert_int_equal(arc_verify_state(v), ARC_VS_WAITING);
+	struct dkim_body *b = arc_verify_body(v);
+	assert_non_null(b);
+	dkim_body_feed(&b, 1, map + bo, len - bo, true);
+	arc_verify_body_end(v);
+	assert_null(arc_verify_body(v));
+	assert_int_equal(arc_verify_state(v), ARC_VS_READY);
+	assert_int_equal(arc_verify_finish(v), TERN_OK);
+	assert_int_equal(arc_verify_seal_bh(v, bh), TERN_OK);
+	return arc_verify_result(v);
+}
+
+static void test_large_body_in_pieces_from_a_mapping(void **state)
+{
+	size_t len, hl = 0, bo = 0;
+	int added;
+	char *m = big_msg(&len);
+	m = seal(m, &len, "example.test", &added);
+	m = seal(m, &len, "other.test", &added);
+	assert_int_equal(check(m, len).cv, ARC_CV_PASS);
+	dkim_split_message(m, len, &hl, &bo);
+
+	const char *map = map_copy(m, len);
+	struct arc_verify *v = arc_verify_new();
+	char bh[45], want[45];
+	const struct arc_result *r = two_steps(v, map, len, bh);
+	assert_int_equal(r->cv, ARC_CV_PASS);
+	assert_int_equal(r->n_sets, 2);
+	assert_memory_equal(map, m, len); /* released pages read back from the file */
+	/* the seal's bh= from the pass is the whole body's, and sealing with it
+	 * makes arc_seal's very set */
+	assert_int_equal(dkim_body_hash_b64(DKIM_CANON_RELAXED, m + bo, len - bo, want), TERN_OK);
+	assert_string_equal(bh, want);
+	struct arc_seal_params p = {.domain = "example.test",
+	                            .selector = "s1",
+	                            .timestamp = 1700000000,
+	                            .authres = "mx.example.test; arc=pass"};
+	char *o1 = NULL, *o2 = NULL;
+	size_t l1 = 0, l2 = 0;
+	assert_int_equal(arc_seal(key, &p, ARC_CV_PASS, m, len, &o1, &l1), TERN_OK);
+	assert_int_equal(arc_seal_header(key, &p, ARC_CV_PASS, m, hl, bh, &o2, &l2), TERN_OK);
+	assert_non_null(o1);
+	assert_int_equal(l1, l2);
+	assert_memory_equal(o1, o2, l1);
+	free(o2);
+	assert_int_equal(arc_seal_header(key, &p, ARC_CV_PASS, m, hl, "short", &o2, &l2),
+	                 TERN_EINVAL);
+	free(o1);
+	free(o2);
+	arc_verify_free(v);
+	munmap((void *)map, len);
+
+	/* one byte changed deep in the body: the newest AMS fails */
+	poke(m, "line 039000", "line 039001");
+	map = map_copy(m, len);
+	v = arc_verify_new();
+	r = two_steps(v, map, len, bh);
+	assert_int_equal(r->cv, ARC_CV_FAIL);
+	assert_string_equal(r->reason, "ARC-Message-Signature i=2: body hash did not verify");
+	/* and no second header block */
+	assert_int_equal(arc_verify_headers(v, m, hl), TERN_EINVAL);
+	arc_verify_free(v);
+	munmap((void *)map, len);
+	free(m);
+}
+
 static void test_has_arc_fields(void **state)
 {
 	static const char none[] = "From: a@example.test\r\nSubject: ARC-Seal: no\r\n"
@@ -485,6 +601,7 @@ int main(void)
 	    cmocka_unit_test(test_seal_refusals),
 	    cmocka_unit_test(test_trusted_sealer_vouches),
 	    cmocka_unit_test(test_has_arc_fields),
+	    cmocka_unit_test(test_large_body_in_pieces_from_a_mapping),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
