@@ -52,13 +52,18 @@ class ChunkMX:
     BDAT's announced size), data, result (the reply code given)) and each connection's
     commands in self.conns."""
 
-    def __init__(self, ip, mode="accept", size=0, chunking=True):
+    def __init__(self, ip, mode="accept", size=0, chunking=True, eager=False):
         self.ip, self.mode, self.size, self.chunking = ip, mode, size, chunking
+        # eager: every reply at once, and the chunk read slowly through a small
+        # receive buffer (MAIL's and RCPT's replies reach tern while it still sends)
+        self.eager = eager
         self.lock = threading.Lock()
         self.tx = []
         self.conns = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if eager:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.bind((ip, 0))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
@@ -161,7 +166,17 @@ class ChunkMX:
             elif verb == "BDAT":
                 m = re.match(r"BDAT (\d+)( LAST)?$", cmd, re.I)
                 n = int(m.group(1))
-                data = f.read(n)
+                if self.eager:
+                    data = bytearray()
+                    while len(data) < n:
+                        more = f.read(min(4096, n - len(data)))
+                        if not more:
+                            return
+                        data += more
+                        time.sleep(0.002)
+                    data = bytes(data)
+                else:
+                    data = f.read(n)
                 if len(data) < n:
                     return
                 if not m.group(2):
@@ -213,6 +228,8 @@ class ChunkMX:
                 return
             else:
                 flush("502 5.5.2 not here")
+            if self.eager:
+                flush()
 
 
 def start(remote_tern, fake, domain="chunk.test", limits=None, **delivery):
@@ -357,6 +374,23 @@ def test_peer_hangs_up_before_the_bdat_reply_nobody_delivered(remote_tern, mx, m
         t.wait_log(rf"event=delivered id={qid} to=<a@chunk.test>", timeout=DEADLINE)
         wait_queue_empty(t)
         assert len(fake.delivered()) == 1
+
+
+def test_replies_while_the_chunk_still_goes_out(remote_tern, mx):
+    # A large message held in memory, a peer that answers MAIL and RCPT as soon as it
+    # reads them and takes the chunk slowly: where the kernel cannot buffer the whole
+    # chunk, those replies reach tern while it still sends (legitimate); the BDAT's
+    # only after it. (On loopback the send buffer usually takes all of it.)
+    with ChunkMX(CHUNK_IP, eager=True) as fake:
+        t = start(remote_tern, fake)
+        body = ("0123456789abcdef" * 4 + "\r\n") * 12000  # ~790 KB: not spilled
+        msg = make_message("eager", body=body, frm=SENDER, to="e@chunk.test")
+        qid = submit(t, ["e@chunk.test", "reject5@chunk.test"], msg)
+        t.wait_log(rf"event=delivered id={qid} to=<e@chunk.test>", timeout=DEADLINE)
+        t.wait_log(rf"event=bounced id={qid} to=<reject5@chunk.test>", timeout=DEADLINE)
+        assert not t.log_lines("event=protocol_error"), t.log_tail()
+        [tx] = fake.delivered()
+        assert tx["how"] == "BDAT" and tx["data"].endswith(msg)
 
 
 def test_reused_connection_no_rset_between_messages(remote_tern, mx):
