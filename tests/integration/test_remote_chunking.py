@@ -21,6 +21,8 @@ from tern's (per-recipient outcome in the log and `tern queue show`, DSNs):
 
 import re
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -52,8 +54,10 @@ class ChunkMX:
     BDAT's announced size), data, result (the reply code given)) and each connection's
     commands in self.conns."""
 
-    def __init__(self, ip, mode="accept", size=0, chunking=True, eager=False):
+    def __init__(self, ip, mode="accept", size=0, chunking=True, eager=False, tls=None):
         self.ip, self.mode, self.size, self.chunking = ip, mode, size, chunking
+        self.tls = tls  # an ssl.SSLContext (server side): STARTTLS offered
+        self.tls_used = False
         # eager: every reply at once, and the chunk read slowly through a small
         # receive buffer (MAIL's and RCPT's replies reach tern while it still sends)
         self.eager = eager
@@ -84,7 +88,8 @@ class ChunkMX:
             t.join(5)
 
     def route(self, domain):
-        return {"routes": {domain: {"via": f"smtp://{self.ip}:{self.port}", "tls": "none"}}}
+        tls = "require" if self.tls else "none"
+        return {"routes": {domain: {"via": f"smtp://{self.ip}:{self.port}", "tls": tls}}}
 
     def set_mode(self, mode):
         with self.lock:
@@ -142,6 +147,8 @@ class ChunkMX:
                         f"SIZE {self.size}" if self.size else "SIZE"]
                 if self.chunking:
                     caps.append("CHUNKING")
+                if self.tls and not isinstance(s, ssl.SSLSocket):
+                    caps.append("STARTTLS")
                 flush(*[f"250-{c}" for c in caps[:-1]], f"250 {caps[-1]}")
             elif verb == "MAIL":
                 with self.lock:
@@ -220,6 +227,11 @@ class ChunkMX:
                     self.tx.append(tx)
                 tx = None
                 flush("250 2.0.0 queued as DATA")
+            elif verb == "STARTTLS" and self.tls:
+                flush("220 2.0.0 ready")
+                s = self.tls.wrap_socket(s, server_side=True)
+                f = s.makefile("rb")
+                self.tls_used, tx = True, None
             elif verb == "RSET":
                 tx = None
                 flush("250 2.0.0 reset")
@@ -391,6 +403,26 @@ def test_replies_while_the_chunk_still_goes_out(remote_tern, mx):
         assert not t.log_lines("event=protocol_error"), t.log_tail()
         [tx] = fake.delivered()
         assert tx["how"] == "BDAT" and tx["data"].endswith(msg)
+
+
+def test_one_write_after_starttls(remote_tern, mx, tmp_path):
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=chunk.test"], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    with ChunkMX(CHUNK_IP, tls=ctx) as fake:
+        t = start(remote_tern, fake)
+        msg = make_message("tls", body=BODY.decode(), frm=SENDER, to="t@chunk.test")
+        qid = submit(t, ["t@chunk.test", "reject7@chunk.test"], msg)
+        t.wait_log(rf"event=delivered id={qid} to=<t@chunk.test>", timeout=DEADLINE)
+        t.wait_log(rf"event=bounced id={qid} to=<reject7@chunk.test>", timeout=DEADLINE)
+        assert fake.tls_used
+        [tx] = fake.delivered()
+        assert tx["how"] == "BDAT" and tx["data"].endswith(msg)
+        cmds = [c.split(" ")[0].upper() for c in fake.conns[0]]
+        assert cmds.index("STARTTLS") < cmds.index("MAIL") and "DATA" not in cmds, cmds
 
 
 def test_reused_connection_no_rset_between_messages(remote_tern, mx):
