@@ -146,7 +146,7 @@ class ChunkMX:
                 caps = ["chunk.test", "PIPELINING", "8BITMIME", "DSN", "ENHANCEDSTATUSCODES",
                         f"SIZE {self.size}" if self.size else "SIZE"]
                 if self.chunking:
-                    caps.append("CHUNKING")
+                    caps += ["CHUNKING", "BINARYMIME"]
                 if self.tls and not isinstance(s, ssl.SSLSocket):
                     caps.append("STARTTLS")
                 flush(*[f"250-{c}" for c in caps[:-1]], f"250 {caps[-1]}")
@@ -423,6 +423,27 @@ def test_one_write_after_starttls(remote_tern, mx, tmp_path):
         assert tx["how"] == "BDAT" and tx["data"].endswith(msg)
         cmds = [c.split(" ")[0].upper() for c in fake.conns[0]]
         assert cmds.index("STARTTLS") < cmds.index("MAIL") and "DATA" not in cmds, cmds
+
+
+def test_binarymime_in_one_write_as_is(remote_tern, mx):
+    # BINARYMIME bytes go as they are (no line-end change), still in one write.
+    with ChunkMX(CHUNK_IP) as fake:
+        t = start(remote_tern, fake)
+        msg = (b"From: <alice@example.test>\r\nTo: <b@chunk.test>\r\nSubject: bin\r\n"
+               b"MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+               b"Content-Transfer-Encoding: binary\r\n\r\n\x00\x01\rbare\nlf\xff.\r\n.")
+        from conftest import expect
+        with t.client() as c:
+            c.ehlo()
+            expect(c.cmd(f"MAIL FROM:<{SENDER}> BODY=BINARYMIME"), 250)
+            expect(c.cmd("RCPT TO:<b@chunk.test>"), 250)
+            c.send(f"BDAT {len(msg)} LAST\r\n".encode() + msg)
+            qid = expect(c.reply(), 250).queue_id()
+            c.cmd("QUIT")
+        t.wait_log(rf"event=delivered id={qid}\b", timeout=DEADLINE)
+        [tx] = fake.delivered()
+        assert tx["how"] == "BDAT" and "BODY=BINARYMIME" in tx["mail"], tx["mail"]
+        assert tx["data"].endswith(msg), tx["data"][-80:]
 
 
 def test_reused_connection_no_rset_between_messages(remote_tern, mx):
