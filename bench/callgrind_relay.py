@@ -9,7 +9,9 @@ shutdown cancelled out. Instruction counts do not depend on what else runs on th
 machine; group commit batch sizes do depend on timing, so repeat runs differ a little
 (about 0.5 % here). Compare two binaries of the same build type back to back.
 
-usage: callgrind_relay.py TERN SMTPLOAD [N1 N2]
+usage: callgrind_relay.py TERN SMTPLOAD [N1 N2] [--chunk-sink=on|off]
+--chunk-sink: the next hop is bench/chunk_sink.py offering CHUNKING (on) or not (off)
+instead of bigmsg.py's sink; --threads: --separate-threads=yes, per-thread totals printed.
 Only 127.0.0.1 is used; processes started here are stopped by their PID.
 """
 import glob
@@ -40,6 +42,10 @@ def wait_port(port, deadline=120):
     sys.exit(f"callgrind_relay: nothing listens on {port}")
 
 
+CHUNK = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--chunk-sink=")), None)
+THREADS = "--threads" in sys.argv
+
+
 def run(tern, load, n):
     work = tempfile.mkdtemp(prefix="tern-cg-")
     os.chmod(work, 0o755)
@@ -47,7 +53,12 @@ def run(tern, load, n):
     os.mkdir(cg)
     os.chmod(cg, 0o1777)  # started as root, tern's serving child runs as nobody
     sp, port = free_port(), free_port()
-    sink = subprocess.Popen([sys.executable, os.path.join(HERE, "bigmsg.py"), "--sink", str(sp)])
+    if CHUNK:
+        sink = subprocess.Popen([sys.executable, os.path.join(HERE, "chunk_sink.py"),
+                                 f"127.0.0.1:{sp}", CHUNK], stdout=subprocess.DEVNULL)
+    else:
+        sink = subprocess.Popen([sys.executable, os.path.join(HERE, "bigmsg.py"), "--sink",
+                                 str(sp)])
     wait_port(sp)
     conf = os.path.join(work, "tern.conf")
     with open(conf, "w") as f:
@@ -63,8 +74,9 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
 ''')
     log_path = os.path.join(work, "tern.log")
     with open(log_path, "w") as log:
-        p = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes",
-                              f"--callgrind-out-file={cg}/cg.%p", tern, "serve", "-c", conf],
+        p = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes"]
+                             + (["--separate-threads=yes"] if THREADS else [])
+                             + [f"--callgrind-out-file={cg}/cg.%p", tern, "serve", "-c", conf],
                              stdout=log, stderr=log)
     try:
         wait_port(port)
@@ -84,11 +96,13 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
         sink.send_signal(signal.SIGTERM)
         sink.wait(30)
     total = 0
-    for path in glob.glob(f"{cg}/cg.*"):
+    for path in sorted(glob.glob(f"{cg}/cg.*")):
         with open(path, errors="replace") as f:
             for ln in f:
                 if ln.startswith("summary:"):
                     total += int(ln.split()[1])
+                    if THREADS:
+                        print(f"  {os.path.basename(path)}: {int(ln.split()[1])}")
                     break
     print(f"{n} messages, {done} delivered: {total} instructions", flush=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -99,7 +113,8 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     tern, load = sys.argv[1], sys.argv[2]
-    n1, n2 = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (300, 1300)
+    nums = [a for a in sys.argv[3:] if not a.startswith("--")]
+    n1, n2 = (int(nums[0]), int(nums[1])) if len(nums) > 1 else (300, 1300)
     a, b = run(tern, load, n1), run(tern, load, n2)
     print(f"{tern}: {(b - a) / (n2 - n1):.0f} instructions per relayed 4 KiB message")
 

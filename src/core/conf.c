@@ -193,6 +193,7 @@ static const struct conf_delivery default_delivery = {
     .command_timeout = 300,
     .dane = true,
     .mta_sts = true,
+    .chunking = true,
     .mta_sts_port = 443,
 };
 
@@ -1600,6 +1601,11 @@ static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf
 			free(d->ca_file);
 			d->ca_file = NULL;
 			if ((rc = get_path(x, m, "delivery.ca_file", &d->ca_file)) != TERN_OK)
+				return rc;
+			continue;
+		}
+		if (strcmp(m->key, "chunking") == 0) {
+			if ((rc = get_bool(x, m, "delivery.chunking", &d->chunking)) != TERN_OK)
 				return rc;
 			continue;
 		}
@@ -4244,6 +4250,7 @@ void conf_print(const struct tern_config *c, FILE *out)
 	}
 	fprintf(out, "\tdane = %s;\n", c->delivery.dane ? "true" : "false");
 	fprintf(out, "\tmta_sts = %s;\n", c->delivery.mta_sts ? "true" : "false");
+	fprintf(out, "\tchunking = %s;\n", c->delivery.chunking ? "true" : "false");
 	fputs("}\nmailbox {\n\tquota = ", out);
 	print_size(out, c->mailbox.quota);
 	fputs(";\n}\ndns {\n\tforward = ", out);

@@ -122,6 +122,9 @@ struct conf_delivery {
 	                             (needs dns.trust_anchor_file); default true */
 	bool mta_sts;             /* MX delivery: MTA-STS policies (RFC 8461); default true */
 	uint16_t mta_sts_port;    /* port of the policy's HTTPS server; default 443 (tests) */
+	bool chunking;            /* to a peer offering CHUNKING and PIPELINING, a message
+	                             held in memory goes as MAIL, RCPT and BDAT LAST in one
+	                             write (RFC 3030); false: DATA; default true */
 };
 
 /*

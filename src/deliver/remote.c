@@ -179,8 +179,10 @@ static const char *const rc_state_name[] = {
     [RC_QUIT] = "quit",
 };
 
-/* What the next reply in a pipelined transaction answers. */
-enum expect { EX_MAIL, EX_RCPT, EX_DATA };
+/* What the next reply in a pipelined transaction answers. EX_BDAT: the
+ * BDAT LAST sent with the message in the same write as MAIL and RCPT
+ * (one_write), i.e. the end of the data. */
+enum expect { EX_MAIL, EX_RCPT, EX_DATA, EX_BDAT };
 
 /* An address lookup's callback argument: which host slot and family. They
  * live inside the connection (not malloc'd), because a resolver freed at
@@ -254,15 +256,18 @@ struct rconn {
 	struct evbuffer *wire_out; /* the socket's output, under any TLS layer */
 	/* transaction: one batch of at most BATCH_MAX of the job's recipients */
 	size_t batch_start, batch_end;         /* the batch is rcpts[batch_start .. batch_end) */
-	enum expect expect[1 + BATCH_MAX + 1]; /* MAIL, the batch's RCPTs, DATA */
+	enum expect expect[1 + BATCH_MAX + 1]; /* MAIL, the batch's RCPTs, DATA or BDAT */
 	size_t n_expect, i_expect;
 	size_t rcpt_cursor;       /* next recipient to send (non-pipelined) */
 	size_t rcpt_reply_cursor; /* next recipient whose reply we wait for */
 	size_t n_accepted;
 	bool mail_failed;
-	struct tbuf converted; /* downconverted body, when needed */
-	struct body_pump pump; /* SPILL: the rest of a spilled message, from its file */
-	int pump_err;          /* SPILL: the file failed (TERN_*): on_deadline ends the tx */
+	bool one_write;         /* this transaction went as MAIL, RCPTs, BDAT LAST + body at once */
+	struct evbuffer *chunk; /* one_write: the chunk is encoded here first (its size
+	                           leads it); empty between transactions, or NULL */
+	struct tbuf converted;  /* downconverted body, when needed */
+	struct body_pump pump;  /* SPILL: the rest of a spilled message, from its file */
+	int pump_err;           /* SPILL: the file failed (TERN_*): on_deadline ends the tx */
 	char last_error[512];
 	char last_status[16];
 	bool last_perm;
@@ -558,6 +563,26 @@ static void wait_none(struct rconn *c)
 		evtimer_del(c->timer);
 }
 
+/* The reply `ahead` places after the one at the head of the expect table
+ * answers a BDAT LAST sent in one write with MAIL and RCPT: the end of the
+ * data. */
+static bool bdat_due(const struct rconn *c, size_t ahead)
+{
+	size_t k = c->i_expect + ahead;
+	return c->st == RC_TX && k < c->n_expect && c->expect[k] == EX_BDAT;
+}
+
+/* The wait for the next reply (`ahead` as for bdat_due): the end of the
+ * data's is at least FINAL_REPLY_MIN_SEC (RFC 5321 §4.5.3.2.6), any other
+ * command's command_timeout. */
+static void wait_next_reply(struct rconn *c, size_t ahead)
+{
+	uint32_t t = c->conf->delivery.command_timeout;
+	if ((c->st == RC_DOT || bdat_due(c, ahead)) && t < FINAL_REPLY_MIN_SEC)
+		t = FINAL_REPLY_MIN_SEC;
+	wait_for(c, t);
+}
+
 /* Sends one command; its reply is due within command_timeout. Commands
  * pipelined behind others wait their turn: the deadline that runs is the
  * one of the reply at the head (on_read starts the next one's). */
@@ -630,8 +655,8 @@ static void on_wire_drained(struct evbuffer *buf, const struct evbuffer_cb_info 
 	}
 	if (!c->pump.active && data_handed_over(c)) { /* SPILL: not while a read is due */
 		c->body_pending = false;
-		uint32_t t = c->conf->delivery.command_timeout;
-		wait_for(c, t > FINAL_REPLY_MIN_SEC ? t : FINAL_REPLY_MIN_SEC);
+		/* one_write: MAIL's or a RCPT's reply may still come first */
+		wait_next_reply(c, 0);
 		return;
 	}
 	double cap = mono_now() + c->wait_secs;
@@ -814,7 +839,55 @@ static bool next_batch(struct rconn *c)
 	return true;
 }
 
-/* Sends MAIL (and, pipelining, the batch's RCPTs and DATA). */
+/*
+ * One write and one round trip per message (RFC 3030 with RFC 2920): to a
+ * peer that offers CHUNKING and PIPELINING, MAIL, the RCPTs and the message
+ * as one BDAT LAST chunk go out together, and the replies come back in that
+ * order; the accepted recipients are judged by the BDAT's reply, the
+ * refused ones by their RCPT's. Only for a message held in memory: a
+ * spilled one (> 1 MiB, remote_stream.h) keeps DATA, because its chunk's
+ * size (line ends normalised) is not known before the file is read through,
+ * and one round trip is nothing beside a transfer of megabytes.
+ */
+static bool one_write_wanted(struct rconn *c)
+{
+	const struct remote_job *j = c->job;
+	if (!c->conf->delivery.chunking || !c->caps.chunking || !c->caps.pipelining)
+		return false;
+	if (j->spill_path && !c->converted.data)
+		return false;
+	if (j->body == SMTP_BODY_BINARYMIME && !c->caps.binarymime)
+		return false; /* fit_message_to_peer bounced it already */
+	if (!c->chunk)
+		c->chunk = evbuffer_new();
+	return c->chunk != NULL; /* out of memory: DATA */
+}
+
+/* one_write: the message as BDAT LAST, behind MAIL and the RCPTs. Its bytes
+ * are those DATA would carry, unstuffed (smtp_chunk_encode), or as they are
+ * for BINARYMIME. Its reply is the end of data's; until the socket has taken
+ * the chunk, the data phase's deadline runs (on_wire_drained). */
+static void send_bdat_last(struct rconn *c)
+{
+	struct remote_job *j = c->job;
+	const char *d = c->converted.data ? c->converted.data : j->data;
+	size_t len = c->converted.data ? c->converted.len : j->len;
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	if (!push_expect(c, EX_BDAT))
+		return;
+	uint64_t n = len;
+	if (j->body == SMTP_BODY_BINARYMIME)
+		evbuffer_add(c->chunk, d, len);
+	else
+		n = smtp_chunk_encode(d, len, emit_evbuffer, c->chunk);
+	evbuffer_add_printf(out, "BDAT %" PRIu64 " LAST\r\n", n);
+	evbuffer_add_buffer(out, c->chunk); /* moves the chain, leaves chunk empty */
+	c->awaiting++;
+	c->body_pending = true;
+}
+
+/* Sends MAIL (and, pipelining, the batch's RCPTs and DATA, or BDAT LAST
+ * with the message). */
 static void start_batch(struct rconn *c)
 {
 	struct remote_job *j = c->job;
@@ -822,6 +895,7 @@ static void start_batch(struct rconn *c)
 	c->rcpt_cursor = c->rcpt_reply_cursor = c->batch_start;
 	c->n_accepted = 0;
 	c->mail_failed = false;
+	c->one_write = one_write_wanted(c);
 	/* What tx_forget_results undoes: every result from batch_start on is
 	 * this transaction's (all start pending; earlier batches end before). */
 	for (size_t i = c->batch_start; i < j->n_rcpts; i++)
@@ -837,6 +911,10 @@ static void start_batch(struct rconn *c)
 				return;
 		}
 		c->rcpt_cursor = c->batch_end;
+		if (c->one_write) {
+			send_bdat_last(c);
+			return;
+		}
 		if (j->body != SMTP_BODY_BINARYMIME) {
 			send_line(c, "DATA");
 			if (!push_expect(c, EX_DATA))
@@ -1003,6 +1081,8 @@ static void send_body(struct rconn *c)
 static void after_rcpts(struct rconn *c)
 {
 	struct remote_job *j = c->job;
+	if (c->one_write)
+		return; /* the BDAT's reply comes next, whatever these were */
 	if (c->mail_failed || c->n_accepted == 0) {
 		if (!c->caps.pipelining || j->body == SMTP_BODY_BINARYMIME) {
 			/* Nothing to send: reset for the next batch or job. */
@@ -1068,6 +1148,8 @@ static void protocol_error(struct rconn *c, const char *fmt, ...)
 	c->tls_disabled = false;
 	conn_next_target(c);
 }
+
+static void end_reply(struct rconn *c, const struct smtp_reply *r, const char *phase);
 
 static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 {
@@ -1151,14 +1233,26 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 		enter_state(c, RC_RSET);
 		send_line(c, "RSET");
 		return;
+	case EX_BDAT:
+		if (c->mail_failed || c->n_accepted == 0) {
+			/* Every recipient has its result from the MAIL or its
+			 * RCPT reply; the chunk's reply (503 or 554 as a rule)
+			 * changes none. Reset for what comes next either way. */
+			enter_state(c, RC_RSET);
+			send_line(c, "RSET");
+			return;
+		}
+		end_reply(c, r, "BDAT LAST");
+		return;
 	}
 }
 
-static void dot_reply(struct rconn *c, const struct smtp_reply *r)
+/* The reply to the end of the data (phase: its words for the texts). */
+static void end_reply(struct rconn *c, const struct smtp_reply *r, const char *phase)
 {
 	struct remote_job *j = c->job;
 	char text[600];
-	reply_text(r, "end of DATA", text, sizeof(text));
+	reply_text(r, phase, text, sizeof(text));
 	bool ok = r->code >= 200 && r->code < 300;
 	/* The empty DATA case (nothing accepted) has its results already. */
 	for (size_t i = c->batch_start; !c->mail_failed && c->n_accepted > 0 && i < c->batch_end;
@@ -1176,6 +1270,11 @@ static void dot_reply(struct rconn *c, const struct smtp_reply *r)
 		enter_state(c, RC_RSET);
 		send_line(c, "RSET");
 	}
+}
+
+static void dot_reply(struct rconn *c, const struct smtp_reply *r)
+{
+	end_reply(c, r, "end of DATA");
 }
 
 /* ---------------------------------------------------------- SMTP session */
@@ -1461,6 +1560,8 @@ static enum smtp_client_cmd answered_cmd(const struct rconn *c)
 	case RC_AUTH_LOGIN_PASS:
 		return SMTP_C_AUTH;
 	case RC_TX:
+		if (bdat_due(c, 0))
+			return SMTP_C_END_OF_DATA;
 		if (c->i_expect < c->n_expect && c->expect[c->i_expect] == EX_DATA)
 			return SMTP_C_DATA;
 		if (c->i_expect < c->n_expect && c->expect[c->i_expect] == EX_RCPT)
@@ -1634,7 +1735,11 @@ static void on_read(struct bufferevent *bev, void *arg)
 			idle_over(c, false);
 			return;
 		}
-		if (c->st != RC_QUIT && (c->awaiting == 0 || c->body_pending)) {
+		/* one_write: MAIL's and the RCPTs' replies may come while the
+		 * chunk still goes out; the chunk's own may not. */
+		if (c->st != RC_QUIT &&
+		    (c->awaiting == 0 ||
+		     (c->body_pending && (c->st == RC_DOT || bdat_due(c, 0))))) {
 			protocol_error(c,
 			               c->body_pending
 			                   ? "%s replied before it had the end of the message data"
@@ -1664,11 +1769,15 @@ static void on_read(struct bufferevent *bev, void *arg)
 				               target_host(c), r.code);
 				return;
 			}
-			/* The next pipelined reply gets its own full wait. */
-			if (c->awaiting > 0)
-				wait_for(c, c->conf->delivery.command_timeout);
-			else
+			/* The next pipelined reply gets its own full wait (this one
+			 * is still at the head of the expect table); while the
+			 * message data goes out, the data phase's runs. */
+			if (c->awaiting > 0) {
+				if (!c->body_pending)
+					wait_next_reply(c, 1);
+			} else {
 				wait_none(c);
+			}
 		}
 		c->in_read = true;
 		handle_reply(c, &r);
@@ -1701,6 +1810,10 @@ static const char *waiting_for(const struct rconn *c)
 	case RC_AUTH_LOGIN_PASS:
 		return "the reply to AUTH";
 	case RC_TX:
+		if (c->body_pending)
+			return "the peer to take the message data";
+		if (bdat_due(c, 0))
+			return "the reply to the end of the message data (BDAT LAST)";
 		if (c->i_expect < c->n_expect)
 			return c->expect[c->i_expect] == EX_MAIL   ? "the reply to MAIL FROM"
 			       : c->expect[c->i_expect] == EX_RCPT ? "the reply to RCPT TO"
@@ -1770,7 +1883,7 @@ static void conn_failed(struct rconn *c, short what, const char *tls_err)
 	if (c->st == RC_CONNECT)
 		set_error(c, false, "4.4.1", "connect to %s: %s", host,
 		          timeout ? "timed out" : strerror(EVUTIL_SOCKET_ERROR()));
-	else if (timeout && c->st == RC_DOT && c->body_pending)
+	else if (timeout && c->body_pending)
 		set_error(c, false, "4.4.2",
 		          "timeout: %s did not take the message data in time (under %.0f bytes/s)",
 		          host, DATA_MIN_RATE);
@@ -2709,6 +2822,8 @@ static void conn_free(struct rconn *c)
 		free(c->hosts[h].tlsa);
 	}
 	tbuf_free(&c->converted);
+	if (c->chunk)
+		evbuffer_free(c->chunk);
 	runtime_release(c->rt);
 	atomic_fetch_sub(&c->r->active, 1);
 	free(c);

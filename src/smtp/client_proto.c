@@ -884,14 +884,20 @@ int smtp_downconvert_8bit(const char *msg, size_t len, struct tbuf *out)
 
 /* ============================================================ DATA text */
 
-void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg)
+/*
+ * The line-end normalisation both encoders share: CRLF for every line end,
+ * NUL left out, CRLF after an unterminated last line; with stuff, one more
+ * "." before a line that begins with one. Returns the bytes emitted.
+ */
+static uint64_t encode_lines(const char *msg, size_t len, bool stuff, smtp_emit_fn emit, void *arg)
 {
+	uint64_t out = 0;
 	size_t run = 0;         /* start of the input not emitted yet */
 	bool bol = true;        /* at the beginning of a line */
 	size_t bytewise_to = 0; /* the byte-wise path goes on up to here */
 	for (size_t i = 0; i < len; i++) {
 		char ch = msg[i];
-		if (i >= bytewise_to && !(bol && ch == '.')) {
+		if (i >= bytewise_to && !(stuff && bol && ch == '.')) {
 			/* The common case in bulk: up to the first LF there is no
 			 * NUL and one CR, right before it. The line goes out as it
 			 * is, within the run. */
@@ -910,17 +916,22 @@ void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg)
 			 * no NUL in 7bit or 8bit data), and a peer that drops it
 			 * would read "\r\n\0.\r\n" as the end of data: it is left
 			 * out, and the line keeps its start for dot-stuffing. */
-			if (i > run)
+			if (i > run) {
 				emit(arg, msg + run, i - run);
+				out += i - run;
+			}
 			run = i + 1;
 			continue;
 		}
-		if (bol && ch == '.') {
+		if (stuff && bol && ch == '.') {
 			/* Stuff: emit up to the dot, one more dot; the dot itself
 			 * stays in the run. */
-			if (i > run)
+			if (i > run) {
 				emit(arg, msg + run, i - run);
+				out += i - run;
+			}
 			emit(arg, ".", 1);
+			out++;
 			run = i;
 		}
 		bol = false;
@@ -929,16 +940,34 @@ void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg)
 			bol = true;
 		} else if (ch == '\r' || ch == '\n') {
 			/* A bare CR or LF: the run up to it, then CRLF in its place. */
-			if (i > run)
+			if (i > run) {
 				emit(arg, msg + run, i - run);
+				out += i - run;
+			}
 			emit(arg, "\r\n", 2);
+			out += 2;
 			run = i + 1;
 			bol = true;
 		}
 	}
-	if (len > run)
+	if (len > run) {
 		emit(arg, msg + run, len - run);
-	if (!bol)
+		out += len - run;
+	}
+	if (!bol) {
 		emit(arg, "\r\n", 2);
+		out += 2;
+	}
+	return out;
+}
+
+void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg)
+{
+	encode_lines(msg, len, true, emit, arg);
 	emit(arg, ".\r\n", 3);
+}
+
+uint64_t smtp_chunk_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg)
+{
+	return encode_lines(msg, len, false, emit, arg);
 }

@@ -669,4 +669,15 @@ unsigned smtp_scan_bytes(const char *b, size_t n);
 typedef void (*smtp_emit_fn)(void *arg, const char *p, size_t n);
 void smtp_data_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg);
 
+/*
+ * Encodes a message as the bytes of one BDAT chunk (RFC 3030) for a message
+ * that is not BINARYMIME: what smtp_data_encode makes of it minus the
+ * dot-stuffing and the ".\r\n" — every line end CRLF, NUL left out, CRLF
+ * after an unterminated last line — so a peer gets the same message whichever
+ * way it is sent, and no bare CR or LF reaches a lenient one. emit receives
+ * the output in order, in runs (n > 0). Returns the bytes emitted (the
+ * chunk's size). Pure.
+ */
+uint64_t smtp_chunk_encode(const char *msg, size_t len, smtp_emit_fn emit, void *arg);
+
 #endif

@@ -1299,6 +1299,92 @@ static void test_data_encode_bulk_lines_match_bytewise(void **state)
 	}
 }
 
+/* ========================================================== BDAT chunk */
+
+/* The chunk of a non-BINARYMIME message (RFC 3030 with line ends
+ * normalised): DATA's text without the stuffing and the final ".\r\n";
+ * the count returned is the chunk's size, the BDAT's argument. */
+static void test_chunk_encode_table(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *in;
+		size_t len;
+		const char *out;
+	} cases[] = {
+	    {S(""), ""},
+	    {S("a\r\n"), "a\r\n"},
+	    {S("a"), "a\r\n"}, /* a last line gets its CRLF */
+	    {S("."), ".\r\n"}, /* no stuffing: BDAT has no end-of-data line */
+	    {S(".a\r\n..\r\n.\r\n"), ".a\r\n..\r\n.\r\n"},
+	    /* bare LF and CR become CRLF: a lenient peer sees no other line ends */
+	    {S("hello\n.\r\nMAIL FROM:<x@y>\r\n"), "hello\r\n.\r\nMAIL FROM:<x@y>\r\n"},
+	    {S("hello\r.\rRCPT\r\n"), "hello\r\n.\r\nRCPT\r\n"},
+	    {S("a\r\r\n"), "a\r\n\r\n"},
+	    {S("a\n\r"), "a\r\n\r\n"},
+	    {S("\n"), "\r\n"},
+	    /* NUL left out, as DATA does */
+	    {S("a\0b\r\n\0.\r\n"), "ab\r\n.\r\n"},
+	    {S("\0"), ""},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct tbuf out;
+		tbuf_init(&out, 1 << 20);
+		uint64_t n = smtp_chunk_encode(cases[i].in, cases[i].len, collect, &out);
+		size_t want = strlen(cases[i].out);
+		if (out.len != want || (want && memcmp(out.data, cases[i].out, want) != 0))
+			fail_msg("case %zu: got \"%.*s\"", i, (int)out.len, out.data);
+		assert_int_equal(n, out.len);
+		tbuf_free(&out);
+	}
+}
+
+/* Over random messages (the bulk path's pieces): stuffing the chunk's lines
+ * and adding ".\r\n" gives DATA's text byte for byte, and the count is the
+ * chunk's length. So a message goes the same whichever way it is sent. */
+static void test_chunk_encode_is_data_unstuffed(void **state)
+{
+	(void)state;
+	static const char *const pieces[] = {"\r\n", "\r", "\n", ".", "\0", "\x80", "abc", "\r\n."};
+	static const size_t piece_len[] = {2, 1, 1, 1, 1, 1, 3, 3};
+	char in[2048];
+	for (int round = 0; round < 3000; round++) {
+		size_t len = 0, target = (size_t)(rng() % (sizeof(in) - 300));
+		while (len < target) {
+			uint64_t r = rng();
+			if (r % 5 == 0) {
+				size_t n = (size_t)((r >> 8) % 200);
+				memset(in + len, 'x', n);
+				len += n;
+			} else {
+				size_t k =
+				    (size_t)((r >> 8) % (sizeof(piece_len) / sizeof(piece_len[0])));
+				memcpy(in + len, pieces[k], piece_len[k]);
+				len += piece_len[k];
+			}
+		}
+		struct tbuf chunk, data, stuffed;
+		tbuf_init(&chunk, 1 << 20);
+		uint64_t n = smtp_chunk_encode(in, len, collect, &chunk);
+		assert_int_equal(n, chunk.len);
+		encode(in, len, &data);
+		tbuf_init(&stuffed, 1 << 20);
+		bool bol = true;
+		for (size_t i = 0; i < chunk.len; i++) {
+			if (bol && chunk.data[i] == '.')
+				collect(&stuffed, ".", 1);
+			collect(&stuffed, chunk.data + i, 1);
+			bol = chunk.data[i] == '\n';
+		}
+		collect(&stuffed, ".\r\n", 3);
+		assert_int_equal(stuffed.len, data.len);
+		assert_memory_equal(stuffed.data, data.data, data.len);
+		tbuf_free(&chunk);
+		tbuf_free(&data);
+		tbuf_free(&stuffed);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1323,6 +1409,8 @@ int main(void)
 	    cmocka_unit_test(test_data_encode_leaves_out_nul),
 	    cmocka_unit_test(test_data_encode_random_messages_round_trip),
 	    cmocka_unit_test(test_data_encode_bulk_lines_match_bytewise),
+	    cmocka_unit_test(test_chunk_encode_table),
+	    cmocka_unit_test(test_chunk_encode_is_data_unstuffed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

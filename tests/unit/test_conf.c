@@ -395,6 +395,7 @@ static void check_defaults(const struct tern_config *c)
 	assert_int_equal(c->delivery.max_per_destination, 10);
 	assert_int_equal(c->delivery.connect_timeout, 30);
 	assert_int_equal(c->delivery.command_timeout, 300);
+	assert_true(c->delivery.chunking);
 	assert_int_equal(c->n_routes, 0);
 	assert_null(c->relayhost);
 	assert_null(conf_find_route(c, "example.com"));
@@ -811,6 +812,8 @@ static const struct err_case conf_err_cases[] = {
      "certificate not checked)"},
     {"delivery { ca_file = 5 }", "t.conf:1: delivery.ca_file: expected a string, got the number 5"},
     {"delivery { dane = 3 }", "t.conf:1: delivery.dane: expected true or false, got the number 3"},
+    {"delivery { chunking = 1 }",
+     "t.conf:1: delivery.chunking: expected true or false, got the number 1"},
     {"relayhost { via = \"smtp://h.test\"; tls = true }",
      "t.conf:1: relayhost.tls: expected \"none\", \"opportunistic\", \"require\", \"verify\" or "
      "\"dane\", got the boolean true"},
