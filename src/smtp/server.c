@@ -1503,9 +1503,30 @@ static void rcpt_ok(struct session *s, struct tx *t, const char *addr)
 	reply_args(s, SMTP_R_RCPT_OK, addr);
 }
 
-/* tern takes the recipient; the milters may still refuse it. */
+/* Takes back the recipients the current RCPT added (an alias's members with
+ * it), when a later check refuses it: a retried RCPT must not deliver twice. */
+static void rcpt_take_back(struct tx *t)
+{
+	while (t->n_rcpts > t->milter_mark) {
+		t->n_rcpts--;
+		free(t->rcpts[t->n_rcpts].addr);
+		free(t->rcpts[t->n_rcpts].orcpt);
+	}
+}
+
+/* tern takes the recipient; greylisting and the milters may still refuse it.
+ * Greylisting comes only now, after the lookup and the relay check: an
+ * unknown or relay-denied recipient gets its true 550, never a 451 that
+ * invites a pointless retry (postgrey's and Postfix's order). */
 static void rcpt_accepted(struct session *s, struct tx *t, const struct smtp_cmd *c)
 {
+	struct policy_verdict pv; /* POLICY: greylisting */
+	policy_rcpt_greylist(s->pol, t->sender, c->path.has_domain ? c->path.addr : "postmaster",
+	                     s->authenticated, &pv);
+	if (policy_refused_command(s, &pv)) {
+		rcpt_take_back(t);
+		return;
+	}
 	if (milter_rcpt(s, t, c->path.addr))
 		return; /* MILTER: rcpt_ok or a refusal once they answered */
 	rcpt_ok(s, t, c->path.addr);
@@ -1523,9 +1544,9 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 		reply(s, SMTP_R_TOO_MANY_RCPTS);
 		return;
 	}
-	struct policy_verdict pv; /* POLICY: recipient rate, greylisting */
-	policy_rcpt(s->pol, t->sender, c->path.has_domain ? c->path.addr : "postmaster",
-	            s->authenticated, &pv);
+	struct policy_verdict pv; /* POLICY: recipient rate (greylisting: rcpt_accepted) */
+	policy_rcpt_rate(s->pol, t->sender, c->path.has_domain ? c->path.addr : "postmaster",
+	                 s->authenticated, &pv);
 	if (policy_refused_command(s, &pv))
 		return;
 	char q[LOG_ADDR_MAX], qf[LOG_ADDR_MAX];
@@ -3166,12 +3187,7 @@ static void milter_done(void *arg, const struct milter_stage_result *r)
 		break;
 	case MILTER_AT_RCPT:
 		if (refused) {
-			/* this recipient only (an alias's members with it) */
-			while (t->n_rcpts > t->milter_mark) {
-				t->n_rcpts--;
-				free(t->rcpts[t->n_rcpts].addr);
-				free(t->rcpts[t->n_rcpts].orcpt);
-			}
+			rcpt_take_back(t); /* this recipient only */
 			milter_refused(s, r, "rcpt");
 			break;
 		}
