@@ -39,6 +39,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -2756,6 +2757,18 @@ static bool sign_stage(struct session *s, struct tx *t)
 	return true;
 }
 
+/* Whether the client has closed its side (or reset) while reading was off:
+ * a look at the socket, nothing read. POLLRDHUP sees the FIN behind bytes
+ * still unread (a TLS close_notify, a pipelined QUIT). */
+static bool client_gone(struct session *s)
+{
+	struct bufferevent *under = bufferevent_get_underlying(s->bev); /* TLS: the socket's */
+	struct pollfd p = {.fd = bufferevent_getfd(under ? under : s->bev), .events = POLLRDHUP};
+	if (p.fd < 0 || poll(&p, 1, 0) != 1)
+		return false;
+	return (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
 /* End of DATA or the LAST BDAT chunk: check the message, then commit. */
 static void finish_message(struct session *s)
 {
@@ -2830,6 +2843,20 @@ static void finish_message(struct session *s)
 		return;        /* milter_done_message comes back here */
 	if (!sign_stage(s, t)) /* SIGN: our DKIM signatures, before the spool commit */
 		return;
+	/* The checks took a while with reading off (SS_VERIFY): a client that
+	 * closed meanwhile believes the message failed and will send it again.
+	 * Not committed yet, so it is dropped; once SS_COMMIT has begun it is
+	 * kept (RFC 5321 §4.1.1.4's duplicate case). Straight from end of data
+	 * there was no wait worth a system call. */
+	if (s->state == SS_VERIFY && client_gone(s)) {
+		log_info("event=aborted id=%s sess=%u.%llu client=%s reason=client-gone "
+		         "stage=checks",
+		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer);
+		tx_end(s);
+		reply_host(s, SMTP_R_CLIENT_GONE); /* a half-closed client still hears it */
+		session_close_after_flush(s, "client-gone");
+		return;
+	}
 	spool_message(s);
 }
 

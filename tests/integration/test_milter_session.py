@@ -674,6 +674,44 @@ def test_client_leaving_while_the_milter_thinks(tern_factory, milter):
     assert t.mail_files(ALICE) == []
 
 
+def slow_eom(data):
+    """The milter thinks for a second at end of message, then lets it through."""
+    time.sleep(1.0)
+    return [packet(b"c")]
+
+
+def test_client_gone_before_the_checks_end_gets_nothing_queued(tern_factory, milter):
+    """A client that closes after the final dot, while a milter still thinks, never got
+    a 250 and will send the message again: tern must not queue it (a duplicate)."""
+    m = milter(replies={b"E": slow_eom})
+    t = start(tern_factory, [m.spec])
+    c = t.client()
+    c.ehlo()
+    expect(c.cmd("MAIL FROM:<sender@example.org>"), 250)
+    expect(c.cmd("RCPT TO:<%s>" % ALICE), 250)
+    expect(c.cmd("DATA"), 354)
+    c.send(make_message("gone before the answer") + b".\r\n")
+    m.wait_cmd(b"E")
+    c.close()
+    # after the milter's answer (1 s): the abort is logged instead of a commit
+    t.wait_log(r"event=aborted id=\S+ .*reason=client-gone stage=checks")
+    deadline = time.monotonic() + 1.0  # bounded: nothing may turn up in the Maildir
+    while time.monotonic() < deadline:
+        assert t.mail_files(ALICE) == []
+        time.sleep(0.1)
+    assert not t.log_lines("event=queued")
+
+
+def test_client_waiting_for_slow_checks_gets_its_message_queued(tern_factory, milter):
+    """The control: the same slow milter, a client that waits, a delivered message."""
+    m = milter(replies={b"E": slow_eom})
+    t = start(tern_factory, [m.spec])
+    _, r = send(t, make_message("waited for the answer"))
+    expect(r, 250, "2.0.0")
+    delivered(t, ALICE, "waited for the answer")
+    assert not t.log_lines("reason=client-gone")
+
+
 # ---------------------------------------------------------------------------
 # A real rspamd
 
