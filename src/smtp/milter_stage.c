@@ -679,6 +679,15 @@ void milter_stage_message(struct milter_stage *ms, const char *qid, const char *
 	op_start(ms, OP_MSG, NULL);
 }
 
+void milter_stage_release_copies(struct milter_stage *ms)
+{
+	(void)TERN_BUG_ON(ms->op != OP_NONE);
+	tbuf_free(&ms->work);
+	tbuf_free(&ms->tmp);
+	ms->msg = NULL;
+	ms->len = 0;
+}
+
 void milter_stage_abort(struct milter_stage *ms)
 {
 	(void)TERN_BUG_ON(ms->op != OP_NONE);

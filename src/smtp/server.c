@@ -207,6 +207,7 @@ struct tx {
 	char *auth_param;   /* MAIL AUTH= believed (RFC 4954 §5), or NULL */
 	uint64_t declared_size; /* MAIL SIZE=, 0 if not given */
 	uint64_t charged;       /* bytes of limits.inflight_memory that msg holds (budget_*) */
+	uint64_t copies;        /* bytes of it the milters' copies of msg hold (budget_copies) */
 	bool over_budget;       /* the budget ran out: msg was freed, the rest is discarded */
 	bool bdat_last;
 	uint64_t bdat_remaining;
@@ -816,12 +817,40 @@ static bool budget_charge(struct session *s, struct tx *t, uint64_t want)
 	_Atomic uint64_t *in = &t->srv->inflight;
 	uint64_t cur = atomic_load(in);
 	do {
-		bool alone = cur == t->charged;
+		bool alone = cur == t->charged + t->copies;
 		if (!alone && (cur > limit || delta > limit - cur))
 			return false;
 	} while (!atomic_compare_exchange_weak(in, &cur, cur + delta));
 	t->charged = want;
 	return true;
+}
+
+/* Charges t for the whole-message copies the milter stage makes (the
+ * milter client's body, the rewritten message): want bytes on top of
+ * msg's, until budget_copies_release. false, nothing charged, if the budget
+ * cannot cover them (the message alone may always have them). */
+static bool budget_copies(struct session *s, struct tx *t, uint64_t want)
+{
+	if (want <= t->copies)
+		return true;
+	uint64_t delta = want - t->copies, limit = s->conf->limits.inflight_memory;
+	_Atomic uint64_t *in = &t->srv->inflight;
+	uint64_t cur = atomic_load(in);
+	do {
+		bool alone = cur == t->charged + t->copies;
+		if (!alone && (cur > limit || delta > limit - cur))
+			return false;
+	} while (!atomic_compare_exchange_weak(in, &cur, cur + delta));
+	t->copies = want;
+	return true;
+}
+
+static void budget_copies_release(struct tx *t)
+{
+	if (t->copies) {
+		atomic_fetch_sub(&t->srv->inflight, t->copies);
+		t->copies = 0;
+	}
 }
 
 /* Charges t for appending extra bytes to its message buffer. */
@@ -832,6 +861,7 @@ static bool budget_reserve(struct session *s, struct tx *t, uint64_t extra)
 
 static void budget_release(struct tx *t)
 {
+	budget_copies_release(t);
 	if (t->charged) {
 		atomic_fetch_sub(&t->srv->inflight, t->charged);
 		t->charged = 0;
@@ -3087,6 +3117,15 @@ static bool milter_message(struct session *s, struct tx *t)
 		milter_discarded(s, t, "");
 		return true;
 	}
+	/* BUDGET: while the milters run, each milter's client holds a copy of
+	 * the body in turn, and header changes a rewritten message (the one
+	 * being built and the one before it): at most two copies at a time. */
+	if (!budget_copies(s, t, 2 * ((uint64_t)t->msg.len + MILTER_GROWTH_MAX))) {
+		budget_exceeded(s, t);
+		reply_over_budget(s);
+		tx_end(s);
+		return true; /* answered: after_message reads on */
+	}
 	milter_stage_message(s->milter, t->id, t->msg.data, t->msg.len, t->hdr_len,
 	                     MILTER_GROWTH_MAX);
 	session_enter_state(s, SS_VERIFY); /* nothing is read: the checks decide first */
@@ -3138,6 +3177,13 @@ static bool milter_take_message(struct session *s, struct tx *t,
 	return true;
 }
 
+/* End of message answered: the milters' copies are freed, and uncharged. */
+static void milter_copies_done(struct session *s, struct tx *t)
+{
+	milter_stage_release_copies(s->milter);
+	budget_copies_release(t);
+}
+
 static void milter_done_message(struct session *s, const struct milter_stage_result *r)
 {
 	struct tx *t = s->tx;
@@ -3152,6 +3198,7 @@ static void milter_done_message(struct session *s, const struct milter_stage_res
 	} else if (!milter_take_message(s, t, r)) {
 		tx_end(s);
 	} else {
+		milter_copies_done(s, t); /* msg has what it needs of them */
 		if (r->quarantine) {
 			char q[1024];
 			log_info("event=milter_quarantine id=%s client=%s reason=%s", t->id,

@@ -712,6 +712,37 @@ def test_client_waiting_for_slow_checks_gets_its_message_queued(tern_factory, mi
     assert not t.log_lines("reason=client-gone")
 
 
+def test_the_milters_copies_are_charged_to_the_memory_budget(tern_factory, milter):
+    """limits.inflight_memory counts the copies a message at the milters makes (the
+    milter client's body, the rewritten message), not just its buffer: while a 300 kB
+    message waits for a slow milter, a second DATA is refused 452 4.3.1 (before, only its
+    512 kB buffer was counted and the second message fit under 1 MiB); once the first
+    is answered its memory is back and the second goes through."""
+    m = milter(replies={b"E": slow_eom})
+    t = tern_factory({"limits": {"inflight_memory": Raw("1m")},
+                      "listen": {"mx": {"milters": [m.spec],
+                                        "milter_default_action": "tempfail"}}})
+    big = make_message("big at the milter", body=("x" * 98 + "\r\n") * 3000)
+    a = t.client()
+    a.ehlo()
+    expect(a.cmd("MAIL FROM:<sender@example.org>"), 250)
+    expect(a.cmd("RCPT TO:<%s>" % ALICE), 250)
+    expect(a.cmd("DATA"), 354)
+    a.send(big + b".\r\n")
+    m.wait_cmd(b"E")  # a's message is at the milter, which answers a second later
+    b = t.client()
+    b.ehlo()
+    expect(b.cmd("MAIL FROM:<sender@example.org>"), 250)
+    expect(b.cmd("RCPT TO:<%s>" % ALICE), 250)
+    expect(b.cmd("DATA"), 452, "4.3.1")
+    expect(a.reply(), 250, "2.0.0")
+    delivered(t, ALICE, "big at the milter")
+    # everything given back: the same transaction's DATA is taken now
+    expect(b.cmd("DATA"), 354)
+    b.send(make_message("after the budget came back") + b".\r\n")
+    expect(b.reply(), 250, "2.0.0")
+
+
 # ---------------------------------------------------------------------------
 # A real rspamd
 
