@@ -2787,16 +2787,29 @@ static bool sign_stage(struct session *s, struct tx *t)
 	return true;
 }
 
-/* Whether the client has closed its side (or reset) while reading was off:
- * a look at the socket, nothing read. POLLRDHUP sees the FIN behind bytes
- * still unread (a TLS close_notify, a pipelined QUIT). */
+/* Whether the client has left while reading was off: reset, or closed
+ * with nothing sent after the end of data. A client that pipelined more (a
+ * QUIT) before closing its side waits for our replies (test_commit_read's
+ * half-close), so it has not left. Over TLS the bytes after the end of
+ * data may be a close_notify: unread bytes count as "not gone" there too,
+ * so a TLS client that says goodbye properly is not seen (its message is
+ * kept, as before). A look at the socket; nothing is read. */
 static bool client_gone(struct session *s)
 {
 	struct bufferevent *under = bufferevent_get_underlying(s->bev); /* TLS: the socket's */
+	if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0 ||
+	    (under && evbuffer_get_length(bufferevent_get_input(under)) > 0))
+		return false;
 	struct pollfd p = {.fd = bufferevent_getfd(under ? under : s->bev), .events = POLLRDHUP};
 	if (p.fd < 0 || poll(&p, 1, 0) != 1)
 		return false;
-	return (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+	if (p.revents & (POLLHUP | POLLERR))
+		return true; /* reset */
+	if (!(p.revents & POLLRDHUP))
+		return false;
+	char c;
+	ssize_t n = recv(p.fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 /* End of DATA or the LAST BDAT chunk: check the message, then commit. */

@@ -702,6 +702,27 @@ def test_client_gone_before_the_checks_end_gets_nothing_queued(tern_factory, mil
     assert not t.log_lines("event=queued")
 
 
+def test_half_closed_client_with_a_pipelined_quit_still_gets_its_message(tern_factory,
+                                                                          milter):
+    """A client that pipelines QUIT after the dot and closes its sending side still reads
+    our replies (test_commit_read's pattern): it has not gone, the message is queued and
+    it hears 250 and 221."""
+    m = milter(replies={b"E": slow_eom})
+    t = start(tern_factory, [m.spec])
+    c = t.client()
+    c.ehlo()
+    expect(c.cmd("MAIL FROM:<sender@example.org>"), 250)
+    expect(c.cmd("RCPT TO:<%s>" % ALICE), 250)
+    expect(c.cmd("DATA"), 354)
+    c.send(make_message("half closed") + b".\r\nQUIT\r\n")
+    m.wait_cmd(b"E")
+    c.sock.shutdown(socket.SHUT_WR)
+    expect(c.reply(), 250, "2.0.0")
+    expect(c.reply(), 221)
+    delivered(t, ALICE, "half closed")
+    assert not t.log_lines("reason=client-gone")
+
+
 def test_client_waiting_for_slow_checks_gets_its_message_queued(tern_factory, milter):
     """The control: the same slow milter, a client that waits, a delivered message."""
     m = milter(replies={b"E": slow_eom})
