@@ -454,6 +454,7 @@ static bool msg_apply(struct milter_stage *ms, const struct milter_verdict *v)
 	struct tbuf t = ms->work;
 	ms->work = ms->tmp;
 	ms->tmp = t;
+	tbuf_free(&ms->tmp); /* one rewritten copy between milters (the budget's count) */
 	ms->msg = ms->work.data;
 	ms->len = ms->work.len;
 	ms->modified = true;

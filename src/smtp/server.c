@@ -3131,8 +3131,11 @@ static bool milter_message(struct session *s, struct tx *t)
 		return true;
 	}
 	/* BUDGET: while the milters run, each milter's client holds a copy of
-	 * the body in turn, and header changes a rewritten message (the one
-	 * being built and the one before it): at most two copies at a time. */
+	 * the body while it sends it, and header changes leave one rewritten
+	 * message between milters (milter_stage.c), the next built beside it:
+	 * at most two copies at a time. (A milter taking the body without a
+	 * reply per chunk, NR_BODY, also has it in its socket's output buffer
+	 * until it reads it: not counted.) */
 	if (!budget_copies(s, t, 2 * ((uint64_t)t->msg.len + MILTER_GROWTH_MAX))) {
 		budget_exceeded(s, t);
 		reply_over_budget(s);
