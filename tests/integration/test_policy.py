@@ -318,6 +318,27 @@ def test_greylisting_comes_after_recipient_validation(policy_tern):
         "a relay-denied recipient was greylisted"
 
 
+def test_a_greylisted_alias_gives_back_its_members(policy_tern):
+    """Greylisting now decides after the alias is expanded: a deferred alias must take its
+    members back out of the transaction, or they would get the message of the recipients
+    that were accepted."""
+    t = policy_tern({"greylist": {"enabled": True, "delay": Raw("0s")}})
+    src = "127.0.0.33"
+    with t.client(source=src) as c:
+        c.ehlo()
+        expect(c.cmd(f"MAIL FROM:<{SENDER}>"), 250)
+        expect(c.cmd(f"RCPT TO:<{RCPT}>"), 451, "4.7.1")
+        expect(c.cmd(f"RCPT TO:<{RCPT}>"), 250)  # delay 0: the retry passes
+        expect(c.cmd("RCPT TO:<team@example.test>"), 451, "4.7.1")  # alice and bob
+        expect(c.cmd("DATA"), 354)
+        c.send(make_message("greylisted alias") + b".\r\n")
+        expect(c.reply(), 250)
+    # queued for alice alone (bob, a member of the deferred alias, is not in it)
+    t.wait_log(r"event=queued .*client=127\.0\.0\.33 .*nrcpt=1 ")
+    t.wait_mail_with(RCPT, "greylisted alias")
+    assert t.mail_files("bob@example.test") == [], "a greylisted alias's member got it"
+
+
 # --------------------------------------------------------------------------
 # Rate limits
 
