@@ -443,7 +443,7 @@ static void body_next(struct milter_client *mc)
 			return;
 		}
 	}
-	tbuf_reset(&mc->body);
+	tbuf_free(&mc->body); /* the copy lives while it is sent, not for the session */
 	mc->body_off = 0;
 	send_and_wait(mc, true);
 }
@@ -559,7 +559,7 @@ static void on_reply(struct milter_client *mc, const struct milter_reply *r)
 			return;
 		}
 		mc->body_skip = true;
-		tbuf_reset(&mc->body);
+		tbuf_free(&mc->body);
 		mc->body_off = 0;
 		verdict_set(&v, MILTER_CONTINUE, NULL);
 		break;

@@ -689,8 +689,8 @@ static void lower_copy(const char *s, char *out, size_t outlen)
 	tern_ascii_lower(out);
 }
 
-void policy_rcpt(struct policy_session *ps, const char *sender, const char *rcpt,
-                 bool authenticated, struct policy_verdict *v)
+void policy_rcpt_rate(struct policy_session *ps, const char *sender, const char *rcpt,
+                      bool authenticated, struct policy_verdict *v)
 {
 	v->action = POLICY_PASS;
 	v->reply[0] = '\0';
@@ -709,10 +709,20 @@ void policy_rcpt(struct policy_session *ps, const char *sender, const char *rcpt
 		plog(ps, LOG_LVL_WARN, "ratelimit",
 		     "limit=recipients per_minute=%u from=%s to=%s action=reject code=451",
 		     (unsigned)cp->recipients_per_minute, qs, qr);
-		return;
 	}
-	if (!cp->greylist)
+}
+
+void policy_rcpt_greylist(struct policy_session *ps, const char *sender, const char *rcpt,
+                          bool authenticated, struct policy_verdict *v)
+{
+	v->action = POLICY_PASS;
+	v->reply[0] = '\0';
+	if (!ps || authenticated || !ps->cp->greylist)
 		return;
+	const struct conf_policy *cp = ps->cp;
+	char qs[ADDR_TEXT_MAX * 4], qr[ADDR_TEXT_MAX * 4];
+	log_quote(sender, strlen(sender), qs, sizeof(qs));
+	log_quote(rcpt, strlen(rcpt), qr, sizeof(qr));
 	if (ps->scored && ps->score < 0) {
 		plog(ps, LOG_LVL_DEBUG, "greylist",
 		     "from=%s to=%s result=dnswl score=%d action=pass", qs, qr, ps->score);

@@ -206,9 +206,17 @@ void policy_client_spoke(struct policy_session *ps);
 void policy_mail(struct policy_session *ps, const char *sender, bool authenticated,
                  struct policy_verdict *v);
 
-/* At RCPT: recipient rate, greylisting. v->action is PASS or REJECT. */
-void policy_rcpt(struct policy_session *ps, const char *sender, const char *rcpt,
-                 bool authenticated, struct policy_verdict *v);
+/* At RCPT, before the recipient is looked up: the recipient rate (every
+ * RCPT counts, a harvest of unknown names too). v->action is PASS or REJECT. */
+void policy_rcpt_rate(struct policy_session *ps, const char *sender, const char *rcpt,
+                      bool authenticated, struct policy_verdict *v);
+
+/* At RCPT, once tern would take the recipient (it exists, or relaying is
+ * allowed): greylisting. Unknown and relay-denied recipients get their
+ * permanent refusal first, so a 451 is never a lie (postgrey's order).
+ * v->action is PASS or REJECT. */
+void policy_rcpt_greylist(struct policy_session *ps, const char *sender, const char *rcpt,
+                          bool authenticated, struct policy_verdict *v);
 
 /* The client's forward-confirmed reverse name (for Received and logs), or
  * NULL when not checked or not confirmed. ps may be NULL. */

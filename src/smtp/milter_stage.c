@@ -454,6 +454,7 @@ static bool msg_apply(struct milter_stage *ms, const struct milter_verdict *v)
 	struct tbuf t = ms->work;
 	ms->work = ms->tmp;
 	ms->tmp = t;
+	tbuf_free(&ms->tmp); /* one rewritten copy between milters (the budget's count) */
 	ms->msg = ms->work.data;
 	ms->len = ms->work.len;
 	ms->modified = true;
@@ -677,6 +678,15 @@ void milter_stage_message(struct milter_stage *ms, const char *qid, const char *
 	const char *vals[] = {qid};
 	set_macros(ms, MILTER_CMD_BODYEOB, names, vals, 1);
 	op_start(ms, OP_MSG, NULL);
+}
+
+void milter_stage_release_copies(struct milter_stage *ms)
+{
+	(void)TERN_BUG_ON(ms->op != OP_NONE);
+	tbuf_free(&ms->work);
+	tbuf_free(&ms->tmp);
+	ms->msg = NULL;
+	ms->len = 0;
 }
 
 void milter_stage_abort(struct milter_stage *ms)

@@ -96,6 +96,10 @@ void milter_stage_rcpt(struct milter_stage *ms, const char *rcpt);
  */
 void milter_stage_message(struct milter_stage *ms, const char *qid, const char *msg, size_t len,
                           size_t trace_len, size_t growth_max);
+
+/* After the end-of-message answer was taken (its msg copied): frees the
+ * rewritten message, so the stage holds no copy of it between messages. */
+void milter_stage_release_copies(struct milter_stage *ms);
 /* The transaction ends early (RSET, a refused MAIL or message, a new MAIL). */
 void milter_stage_abort(struct milter_stage *ms);
 

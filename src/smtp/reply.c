@@ -45,6 +45,8 @@ static const struct smtp_reply_def replies[SMTP_R__COUNT] = {
     R(SMTP_R_TOO_MANY_ERRORS, 421, "4.7.0", "%s Too many errors, closing connection", 1),
     R(SMTP_R_TIMEOUT, 421, "4.4.2", "%s Error: timeout exceeded", 1),
     R(SMTP_R_SHUTDOWN, 421, "4.3.2", "%s Service shutting down", 1),
+    R(SMTP_R_CLIENT_GONE, 421, "4.4.2",
+      "%s Connection closed during the checks: the message was not queued", 1),
     R(SMTP_R_TOO_MANY_CONNECTIONS, 421, "4.7.0", "%s Too many connections, try again later", 1),
     R(SMTP_R_TOO_MANY_CONNECTIONS_IP, 421, "4.7.0",
       "%s Too many connections from your address, try again later", 1),

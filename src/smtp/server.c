@@ -39,6 +39,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -206,6 +207,7 @@ struct tx {
 	char *auth_param;   /* MAIL AUTH= believed (RFC 4954 §5), or NULL */
 	uint64_t declared_size; /* MAIL SIZE=, 0 if not given */
 	uint64_t charged;       /* bytes of limits.inflight_memory that msg holds (budget_*) */
+	uint64_t copies;        /* bytes of it the milters' copies of msg hold (budget_copies) */
 	bool over_budget;       /* the budget ran out: msg was freed, the rest is discarded */
 	bool bdat_last;
 	uint64_t bdat_remaining;
@@ -815,12 +817,40 @@ static bool budget_charge(struct session *s, struct tx *t, uint64_t want)
 	_Atomic uint64_t *in = &t->srv->inflight;
 	uint64_t cur = atomic_load(in);
 	do {
-		bool alone = cur == t->charged;
+		bool alone = cur == t->charged + t->copies;
 		if (!alone && (cur > limit || delta > limit - cur))
 			return false;
 	} while (!atomic_compare_exchange_weak(in, &cur, cur + delta));
 	t->charged = want;
 	return true;
+}
+
+/* Charges t for the whole-message copies the milter stage makes (the
+ * milter client's body, the rewritten message): want bytes on top of
+ * msg's, until budget_copies_release. false, nothing charged, if the budget
+ * cannot cover them (the message alone may always have them). */
+static bool budget_copies(struct session *s, struct tx *t, uint64_t want)
+{
+	if (want <= t->copies)
+		return true;
+	uint64_t delta = want - t->copies, limit = s->conf->limits.inflight_memory;
+	_Atomic uint64_t *in = &t->srv->inflight;
+	uint64_t cur = atomic_load(in);
+	do {
+		bool alone = cur == t->charged + t->copies;
+		if (!alone && (cur > limit || delta > limit - cur))
+			return false;
+	} while (!atomic_compare_exchange_weak(in, &cur, cur + delta));
+	t->copies = want;
+	return true;
+}
+
+static void budget_copies_release(struct tx *t)
+{
+	if (t->copies) {
+		atomic_fetch_sub(&t->srv->inflight, t->copies);
+		t->copies = 0;
+	}
 }
 
 /* Charges t for appending extra bytes to its message buffer. */
@@ -831,6 +861,7 @@ static bool budget_reserve(struct session *s, struct tx *t, uint64_t extra)
 
 static void budget_release(struct tx *t)
 {
+	budget_copies_release(t);
 	if (t->charged) {
 		atomic_fetch_sub(&t->srv->inflight, t->charged);
 		t->charged = 0;
@@ -1503,9 +1534,30 @@ static void rcpt_ok(struct session *s, struct tx *t, const char *addr)
 	reply_args(s, SMTP_R_RCPT_OK, addr);
 }
 
-/* tern takes the recipient; the milters may still refuse it. */
+/* Takes back the recipients the current RCPT added (an alias's members with
+ * it), when a later check refuses it: a retried RCPT must not deliver twice. */
+static void rcpt_take_back(struct tx *t)
+{
+	while (t->n_rcpts > t->milter_mark) {
+		t->n_rcpts--;
+		free(t->rcpts[t->n_rcpts].addr);
+		free(t->rcpts[t->n_rcpts].orcpt);
+	}
+}
+
+/* tern takes the recipient; greylisting and the milters may still refuse it.
+ * Greylisting comes only now, after the lookup and the relay check: an
+ * unknown or relay-denied recipient gets its true 550, never a 451 that
+ * invites a pointless retry (postgrey's and Postfix's order). */
 static void rcpt_accepted(struct session *s, struct tx *t, const struct smtp_cmd *c)
 {
+	struct policy_verdict pv; /* POLICY: greylisting */
+	policy_rcpt_greylist(s->pol, t->sender, c->path.has_domain ? c->path.addr : "postmaster",
+	                     s->authenticated, &pv);
+	if (policy_refused_command(s, &pv)) {
+		rcpt_take_back(t);
+		return;
+	}
 	if (milter_rcpt(s, t, c->path.addr))
 		return; /* MILTER: rcpt_ok or a refusal once they answered */
 	rcpt_ok(s, t, c->path.addr);
@@ -1523,9 +1575,9 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 		reply(s, SMTP_R_TOO_MANY_RCPTS);
 		return;
 	}
-	struct policy_verdict pv; /* POLICY: recipient rate, greylisting */
-	policy_rcpt(s->pol, t->sender, c->path.has_domain ? c->path.addr : "postmaster",
-	            s->authenticated, &pv);
+	struct policy_verdict pv; /* POLICY: recipient rate (greylisting: rcpt_accepted) */
+	policy_rcpt_rate(s->pol, t->sender, c->path.has_domain ? c->path.addr : "postmaster",
+	                 s->authenticated, &pv);
 	if (policy_refused_command(s, &pv))
 		return;
 	char q[LOG_ADDR_MAX], qf[LOG_ADDR_MAX];
@@ -2735,6 +2787,31 @@ static bool sign_stage(struct session *s, struct tx *t)
 	return true;
 }
 
+/* Whether the client has left while reading was off: reset, or closed
+ * with nothing sent after the end of data. A client that pipelined more (a
+ * QUIT) before closing its side waits for our replies (test_commit_read's
+ * half-close), so it has not left. Over TLS the bytes after the end of
+ * data may be a close_notify: unread bytes count as "not gone" there too,
+ * so a TLS client that says goodbye properly is not seen (its message is
+ * kept, as before). A look at the socket; nothing is read. */
+static bool client_gone(struct session *s)
+{
+	struct bufferevent *under = bufferevent_get_underlying(s->bev); /* TLS: the socket's */
+	if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0 ||
+	    (under && evbuffer_get_length(bufferevent_get_input(under)) > 0))
+		return false;
+	struct pollfd p = {.fd = bufferevent_getfd(under ? under : s->bev), .events = POLLRDHUP};
+	if (p.fd < 0 || poll(&p, 1, 0) != 1)
+		return false;
+	if (p.revents & (POLLHUP | POLLERR))
+		return true; /* reset */
+	if (!(p.revents & POLLRDHUP))
+		return false;
+	char c;
+	ssize_t n = recv(p.fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* End of DATA or the LAST BDAT chunk: check the message, then commit. */
 static void finish_message(struct session *s)
 {
@@ -2809,6 +2886,20 @@ static void finish_message(struct session *s)
 		return;        /* milter_done_message comes back here */
 	if (!sign_stage(s, t)) /* SIGN: our DKIM signatures, before the spool commit */
 		return;
+	/* The checks took a while with reading off (SS_VERIFY): a client that
+	 * closed meanwhile believes the message failed and will send it again.
+	 * Not committed yet, so it is dropped; once SS_COMMIT has begun it is
+	 * kept (RFC 5321 §4.1.1.4's duplicate case). Straight from end of data
+	 * there was no wait worth a system call. */
+	if (s->state == SS_VERIFY && client_gone(s)) {
+		log_info("event=aborted id=%s sess=%u.%llu client=%s reason=client-gone "
+		         "stage=checks",
+		         t->id, worker_index(s->sw->w), (unsigned long long)s->serial, s->peer);
+		tx_end(s);
+		reply_host(s, SMTP_R_CLIENT_GONE); /* a half-closed client still hears it */
+		session_close_after_flush(s, "client-gone");
+		return;
+	}
 	spool_message(s);
 }
 
@@ -3039,6 +3130,18 @@ static bool milter_message(struct session *s, struct tx *t)
 		milter_discarded(s, t, "");
 		return true;
 	}
+	/* BUDGET: while the milters run, each milter's client holds a copy of
+	 * the body while it sends it, and header changes leave one rewritten
+	 * message between milters (milter_stage.c), the next built beside it:
+	 * at most two copies at a time. (A milter taking the body without a
+	 * reply per chunk, NR_BODY, also has it in its socket's output buffer
+	 * until it reads it: not counted.) */
+	if (!budget_copies(s, t, 2 * ((uint64_t)t->msg.len + MILTER_GROWTH_MAX))) {
+		budget_exceeded(s, t);
+		reply_over_budget(s);
+		tx_end(s);
+		return true; /* answered: after_message reads on */
+	}
 	milter_stage_message(s->milter, t->id, t->msg.data, t->msg.len, t->hdr_len,
 	                     MILTER_GROWTH_MAX);
 	session_enter_state(s, SS_VERIFY); /* nothing is read: the checks decide first */
@@ -3090,6 +3193,13 @@ static bool milter_take_message(struct session *s, struct tx *t,
 	return true;
 }
 
+/* End of message answered: the milters' copies are freed, and uncharged. */
+static void milter_copies_done(struct session *s, struct tx *t)
+{
+	milter_stage_release_copies(s->milter);
+	budget_copies_release(t);
+}
+
 static void milter_done_message(struct session *s, const struct milter_stage_result *r)
 {
 	struct tx *t = s->tx;
@@ -3104,6 +3214,7 @@ static void milter_done_message(struct session *s, const struct milter_stage_res
 	} else if (!milter_take_message(s, t, r)) {
 		tx_end(s);
 	} else {
+		milter_copies_done(s, t); /* msg has what it needs of them */
 		if (r->quarantine) {
 			char q[1024];
 			log_info("event=milter_quarantine id=%s client=%s reason=%s", t->id,
@@ -3166,12 +3277,7 @@ static void milter_done(void *arg, const struct milter_stage_result *r)
 		break;
 	case MILTER_AT_RCPT:
 		if (refused) {
-			/* this recipient only (an alias's members with it) */
-			while (t->n_rcpts > t->milter_mark) {
-				t->n_rcpts--;
-				free(t->rcpts[t->n_rcpts].addr);
-				free(t->rcpts[t->n_rcpts].orcpt);
-			}
+			rcpt_take_back(t); /* this recipient only */
 			milter_refused(s, r, "rcpt");
 			break;
 		}

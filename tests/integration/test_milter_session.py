@@ -674,6 +674,96 @@ def test_client_leaving_while_the_milter_thinks(tern_factory, milter):
     assert t.mail_files(ALICE) == []
 
 
+def slow_eom(data):
+    """The milter thinks for a second at end of message, then lets it through."""
+    time.sleep(1.0)
+    return [packet(b"c")]
+
+
+def test_client_gone_before_the_checks_end_gets_nothing_queued(tern_factory, milter):
+    """A client that closes after the final dot, while a milter still thinks, never got
+    a 250 and will send the message again: tern must not queue it (a duplicate)."""
+    m = milter(replies={b"E": slow_eom})
+    t = start(tern_factory, [m.spec])
+    c = t.client()
+    c.ehlo()
+    expect(c.cmd("MAIL FROM:<sender@example.org>"), 250)
+    expect(c.cmd("RCPT TO:<%s>" % ALICE), 250)
+    expect(c.cmd("DATA"), 354)
+    c.send(make_message("gone before the answer") + b".\r\n")
+    m.wait_cmd(b"E")
+    c.close()
+    # after the milter's answer (1 s): the abort is logged instead of a commit
+    t.wait_log(r"event=aborted id=\S+ .*reason=client-gone stage=checks")
+    deadline = time.monotonic() + 1.0  # bounded: nothing may turn up in the Maildir
+    while time.monotonic() < deadline:
+        assert t.mail_files(ALICE) == []
+        time.sleep(0.1)
+    assert not t.log_lines("event=queued")
+
+
+def test_half_closed_client_with_a_pipelined_quit_still_gets_its_message(tern_factory,
+                                                                          milter):
+    """A client that pipelines QUIT after the dot and closes its sending side still reads
+    our replies (test_commit_read's pattern): it has not gone, the message is queued and
+    it hears 250 and 221."""
+    m = milter(replies={b"E": slow_eom})
+    t = start(tern_factory, [m.spec])
+    c = t.client()
+    c.ehlo()
+    expect(c.cmd("MAIL FROM:<sender@example.org>"), 250)
+    expect(c.cmd("RCPT TO:<%s>" % ALICE), 250)
+    expect(c.cmd("DATA"), 354)
+    c.send(make_message("half closed") + b".\r\nQUIT\r\n")
+    m.wait_cmd(b"E")
+    c.sock.shutdown(socket.SHUT_WR)
+    expect(c.reply(), 250, "2.0.0")
+    expect(c.reply(), 221)
+    delivered(t, ALICE, "half closed")
+    assert not t.log_lines("reason=client-gone")
+
+
+def test_client_waiting_for_slow_checks_gets_its_message_queued(tern_factory, milter):
+    """The control: the same slow milter, a client that waits, a delivered message."""
+    m = milter(replies={b"E": slow_eom})
+    t = start(tern_factory, [m.spec])
+    _, r = send(t, make_message("waited for the answer"))
+    expect(r, 250, "2.0.0")
+    delivered(t, ALICE, "waited for the answer")
+    assert not t.log_lines("reason=client-gone")
+
+
+def test_the_milters_copies_are_charged_to_the_memory_budget(tern_factory, milter):
+    """limits.inflight_memory counts the copies a message at the milters makes (the
+    milter client's body, the rewritten message), not just its buffer: while a 300 kB
+    message waits for a slow milter, a second DATA is refused 452 4.3.1 (before, only its
+    512 kB buffer was counted and the second message fit under 1 MiB); once the first
+    is answered its memory is back and the second goes through."""
+    m = milter(replies={b"E": slow_eom})
+    t = tern_factory({"limits": {"inflight_memory": Raw("1m")},
+                      "listen": {"mx": {"milters": [m.spec],
+                                        "milter_default_action": "tempfail"}}})
+    big = make_message("big at the milter", body=("x" * 98 + "\r\n") * 3000)
+    a = t.client()
+    a.ehlo()
+    expect(a.cmd("MAIL FROM:<sender@example.org>"), 250)
+    expect(a.cmd("RCPT TO:<%s>" % ALICE), 250)
+    expect(a.cmd("DATA"), 354)
+    a.send(big + b".\r\n")
+    m.wait_cmd(b"E")  # a's message is at the milter, which answers a second later
+    b = t.client()
+    b.ehlo()
+    expect(b.cmd("MAIL FROM:<sender@example.org>"), 250)
+    expect(b.cmd("RCPT TO:<%s>" % ALICE), 250)
+    expect(b.cmd("DATA"), 452, "4.3.1")
+    expect(a.reply(), 250, "2.0.0")
+    delivered(t, ALICE, "big at the milter")
+    # everything given back: the same transaction's DATA is taken now
+    expect(b.cmd("DATA"), 354)
+    b.send(make_message("after the budget came back") + b".\r\n")
+    expect(b.reply(), 250, "2.0.0")
+
+
 # ---------------------------------------------------------------------------
 # A real rspamd
 

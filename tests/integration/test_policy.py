@@ -294,6 +294,51 @@ def test_greylisting_defers_then_accepts_and_survives_a_restart(policy_tern):
     send_ok(t, src, subject="after restart")
 
 
+def test_greylisting_comes_after_recipient_validation(policy_tern):
+    """An unknown local recipient gets its 550 5.1.1 and a relay-denied one its
+    550 5.7.1 at the first attempt, not a 451 that invites a pointless retry
+    (postgrey's order); nothing is greylisted for them. A known recipient in
+    the same transaction is still greylisted."""
+    t = policy_tern({"greylist": {"enabled": True, "delay": Raw("60s")}})
+    src = "127.0.0.32"
+    with t.client(source=src) as c:
+        c.ehlo()
+        expect(c.cmd(f"MAIL FROM:<{SENDER}>"), 250)
+        r = expect(c.cmd("RCPT TO:<nobody@example.test>"), 550, "5.1.1")
+        assert "Greylisted" not in r.text, r
+        r = expect(c.cmd("RCPT TO:<someone@elsewhere.example>"), 550, "5.7.1")
+        assert "Greylisted" not in r.text, r
+        # the known one is deferred, and DATA finds no recipient taken
+        expect(c.cmd(f"RCPT TO:<{RCPT}>"), 451, "4.7.1")
+        expect(c.cmd("DATA"), 503)
+    t.wait_log(rf"client={src} check=greylist .*{RCPT}.* result=new")
+    assert not t.log_lines(f"client={src} ", "check=greylist", "nobody@example.test"), \
+        "an unknown recipient was greylisted"
+    assert not t.log_lines(f"client={src} ", "check=greylist", "someone@elsewhere"), \
+        "a relay-denied recipient was greylisted"
+
+
+def test_a_greylisted_alias_gives_back_its_members(policy_tern):
+    """Greylisting now decides after the alias is expanded: a deferred alias must take its
+    members back out of the transaction, or they would get the message of the recipients
+    that were accepted."""
+    t = policy_tern({"greylist": {"enabled": True, "delay": Raw("0s")}})
+    src = "127.0.0.33"
+    with t.client(source=src) as c:
+        c.ehlo()
+        expect(c.cmd(f"MAIL FROM:<{SENDER}>"), 250)
+        expect(c.cmd(f"RCPT TO:<{RCPT}>"), 451, "4.7.1")
+        expect(c.cmd(f"RCPT TO:<{RCPT}>"), 250)  # delay 0: the retry passes
+        expect(c.cmd("RCPT TO:<team@example.test>"), 451, "4.7.1")  # alice and bob
+        expect(c.cmd("DATA"), 354)
+        c.send(make_message("greylisted alias") + b".\r\n")
+        expect(c.reply(), 250)
+    # queued for alice alone (bob, a member of the deferred alias, is not in it)
+    t.wait_log(r"event=queued .*client=127\.0\.0\.33 .*nrcpt=1 ")
+    t.wait_mail_with(RCPT, "greylisted alias")
+    assert t.mail_files("bob@example.test") == [], "a greylisted alias's member got it"
+
+
 # --------------------------------------------------------------------------
 # Rate limits
 
