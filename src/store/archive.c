@@ -1032,6 +1032,11 @@ static void sweep_incoming(struct archive *ar)
 int archive_start(struct archive *ar, const struct conf_archive *c)
 {
 	ar->conf = *c;
+#ifndef NDEBUG
+	const char *fv = getenv("TERN_TEST_FAULT");
+	if (fv && strncmp(fv, "archive_commit", strlen("archive_commit")) == 0)
+		log_warn("event=fault_armed point=archive_commit value=%.32s", fv);
+#endif
 	sweep_incoming(ar);
 	if (pthread_create(&ar->thread, NULL, writer_main, ar) != 0)
 		return TERN_EIO;
