@@ -42,8 +42,12 @@
  * on-disk state to replay correctly — RCPT records of a live message, and
  * the DEL record of a removed message whose MSG record still exists in
  * another segment (a "tombstone", released when that segment is removed).
- * A segment other than the current one with live == 0 and pins == 0 is
- * unlinked by the committer, after a sync that makes every record written
+ * ARCHIVE: `apins` counts MSG records here that the archive wanted and has
+ * not released yet (spool_archive_release, after its own commit); a
+ * finished spilled message's file is kept likewise (aspill). Only the
+ * committer unlinks; the release just asks it to look (q_reap).
+ * A segment other than the current one with live == 0, pins == 0 and
+ * apins == 0 is unlinked by the committer, after a sync that makes every record written
  * so far durable, and the directory is synced before any tombstone it
  * released can let a later segment go.
  *
