@@ -982,7 +982,8 @@ static void test_archive_pins_keep_finished_segments_until_released(void **st)
 	assert_int_equal(spool_count(s), 1);
 	/* every segment stays: each holds a message the archive has not taken */
 	assert_true(count_segment_files(td.path) >= segs);
-	for (size_t i = 0; i < a.n; i++) {
+	/* (x's own ref may arrive meanwhile: its hook runs after put_sync returns) */
+	for (size_t i = 0; i < N - 1; i++) {
 		struct spool_msg *g;
 		struct tbuf b = TBUF_INIT(1 << 20);
 		assert_int_equal(spool_archive_read(s, &a.v[i], &g, &b), TERN_OK);
