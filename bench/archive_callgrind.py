@@ -48,7 +48,10 @@ def thread_totals(prefix):
 def run(tern, load, messages):
     with tempfile.TemporaryDirectory(prefix="tern-archive-cg-") as work:
         os.chmod(work, 0o755)
-        prefix = os.path.join(work, "cg.out")
+        cgdir = os.path.join(work, "cg")  # the server's child runs as nobody: it writes here
+        os.mkdir(cgdir)
+        os.chmod(cgdir, 0o1777)
+        prefix = os.path.join(cgdir, "cg.out")
         wrapper = os.path.join(work, "tern-vg")
         with open(wrapper, "w") as f:
             f.write(f"#!/bin/sh\nexec valgrind -q --tool=callgrind --separate-threads=yes "
