@@ -567,13 +567,17 @@ bool archive_want(void *arg, const struct spool_msg *m)
 /* Pushes a locator for the writer (lock-free: see struct archive). */
 static void push_ref(struct archive *ar, struct qitem *it)
 {
-	atomic_fetch_add(&ar->q_bytes, it->ref.rec_len);
+	size_t bytes = atomic_fetch_add(&ar->q_bytes, it->ref.rec_len) + it->ref.rec_len;
 	struct qitem *head = atomic_load(&ar->qstack);
 	do
 		it->next = head;
 	while (!atomic_compare_exchange_weak(&ar->qstack, &head, it));
 	/* the writer waits for a batch to fill (see writer_main) */
 	size_t n = atomic_fetch_add(&ar->q_n, 1) + 1;
+	/* two relaxed stores (one producer: the committer; the writer sets
+	 * them after each batch too) */
+	metric_set(M_ARCHIVE_BACKLOG_MSGS, (int64_t)n);
+	metric_set(M_ARCHIVE_BACKLOG_BYTES, (int64_t)bytes);
 	if (n == 1 || n == BATCH_MAX)
 		wake_writer(ar);
 }

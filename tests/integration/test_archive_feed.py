@@ -27,6 +27,7 @@ import pytest
 from conftest import Raw, free_port, start_on_free_port
 from test_api import Api, create_key, wait_ready_http
 from test_archive import message, search, show_bytes, wait_for
+from test_metrics import scrape
 
 
 def big_body(size, word):
@@ -107,6 +108,42 @@ def test_a_kill_after_delivery_before_the_archive_commits_loses_nothing(tern_fac
     wait_for(lambda: t.log_lines("event=archive_caught_up"), "the catch-up", t)
     assert search(t, "")["total"] == 2
     assert [m["ID"] for m in search(t, "heldword")["messages"]] == [qid]
+
+
+def test_a_stuck_writer_keeps_a_backlog_in_the_spool_shown_on_metrics(tern_factory,
+                                                                       monkeypatch):
+    """The backlog bound: a writer that cannot store (held here by the fault point) drops
+    nothing; the backlog is on /metrics; the messages wait in the spool's segments (one per
+    message here) after delivery, and are archived after a restart; then the metric is 0."""
+    monkeypatch.setenv("TERN_TEST_FAULT", "archive_commit")
+    monkeypatch.setenv("TERN_TEST_SEGMENT_MAX", "1024")
+    mport = free_port()
+    t = tern_factory({"archive": {"enabled": True},
+                      "metrics": {"address": f"127.0.0.1:{mport}"}})
+    if not t.log_lines("event=fault_armed", "point=archive_commit"):
+        pytest.skip("this tern binary has no fault points (a release build, NDEBUG)")
+    qids = []
+    with t.client() as c:
+        for i in range(3):
+            qids.append(c.send_message("sender@example.org", ["alice@example.test"],
+                                       message(f"backlog {i}", f"backlogword {i}\r\n")))
+            c.cmd("RSET")
+    wait_for(lambda: len(t.mail_files("alice@example.test")) == 3, "three deliveries", t)
+    s = wait_for(lambda: (lambda x: x.v("tern_archive_backlog_messages") == 3 and x)(
+        scrape(mport, token=None)), "a backlog of 3 on /metrics", t)
+    assert s.v("tern_archive_backlog_bytes") > 3 * 60
+    wait_for(lambda: all(q not in t.queue_list() for q in qids), "all finished", t)
+    t.kill9()
+    t.proc = None
+    monkeypatch.delenv("TERN_TEST_FAULT")
+    monkeypatch.delenv("TERN_TEST_SEGMENT_MAX")
+    t.start()
+    got = wait_for(lambda: len(search(t, "backlogword")["messages"]) == 3 and
+                   search(t, "backlogword")["messages"], "all three archived", t)
+    assert sorted(m["ID"] for m in got) == sorted(qids)
+    wait_for(lambda: scrape(mport, token=None).v("tern_archive_backlog_messages") == 0,
+             "no backlog", t)
+    wait_for(lambda: len(segment_files(t)) == 1, "the kept segments released", t)
 
 
 def test_in_the_spool_at_a_kill_archived_exactly_once(tern_factory):
