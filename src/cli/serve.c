@@ -814,7 +814,9 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 
 	char spool_dir[4096];
 	snprintf(spool_dir, sizeof(spool_dir), "%s/spool", conf->data_dir);
-	if (spool_open(spool_dir, &sp) != TERN_OK) {
+	/* ARCHIVE: recovery keeps, for the archive, what it may lack */
+	if (spool_open_flags(spool_dir, !cap && conf->archive.enabled ? SPOOL_OPEN_ARCHIVE : 0,
+	                     &sp) != TERN_OK) {
 		log_error("event=fatal reason=\"cannot open the spool in %s\"", spool_dir);
 		goto out;
 	}
@@ -826,8 +828,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 			log_error("event=fatal reason=\"archive: %s\"", err);
 			goto out;
 		}
-		spool_set_commit_hook(sp, archive_on_commit, arch);
-		archive_catch_up(arch, sp); /* copies a kill lost, while still queued */
+		archive_catch_up(arch, sp); /* what a kill kept from it: still in the spool */
+		spool_set_commit_hook(sp, archive_want, archive_on_commit, arch);
 	}
 	sched = scheduler_new(sp, 2);
 	if (sched && arch) /* ARCHIVE: remote recipients' outcomes */
@@ -1018,6 +1020,7 @@ out:
 	capture_mode_stop(capm);
 	if (sched)
 		scheduler_set_capture(sched, NULL);
+	archive_stop(arch); /* its writer reads the spool: stopped before it closes */
 	if (sp)
 		spool_close(sp);
 	archive_close(arch); /* after the spool: its committer calls the archive */

@@ -92,6 +92,12 @@ static const struct family families[M__COUNT] = {
     [M_DESTINATION_THROTTLED] = {F("tern_destination_throttled_total",
                                    "Deliveries held back by per-destination shaping.", MT_COUNTER),
                                  .n_labels = 1, .label = {"destination"}},
+    [M_ARCHIVE_BACKLOG_MSGS] = {F("tern_archive_backlog_messages",
+                                  "Committed messages the archive has not yet stored "
+                                  "(their spool segments are kept until it has).",
+                                  MT_GAUGE)},
+    [M_ARCHIVE_BACKLOG_BYTES] = {F("tern_archive_backlog_bytes",
+                                   "Spool record bytes of the archive's backlog.", MT_GAUGE)},
     [M_SERIES_DROPPED] = {F("tern_metrics_series_dropped_total",
                             "Metric updates dropped because a family had too many label sets.",
                             MT_COUNTER)},

@@ -45,6 +45,8 @@ enum metric_id {
 	M_WEBHOOK_BACKLOG,       /* gauge (set by the webhook outbox) */
 	M_DESTINATION_THROTTLED, /* counter {destination} (bumped by shaping) */
 	M_SERIES_DROPPED,        /* counter: label sets past METRIC_MAX_SERIES */
+	M_ARCHIVE_BACKLOG_MSGS,  /* gauge (the archive: committed, not yet archived) */
+	M_ARCHIVE_BACKLOG_BYTES, /* gauge (their spool record bytes, kept by pins) */
 	M__COUNT
 };
 

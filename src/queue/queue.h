@@ -141,17 +141,51 @@ int spool_put(struct spool *s, const struct spool_msg *env, const void *data, si
  * that may block (the sendmail intake, the DMARC reporter), never a loop. */
 int spool_put_wait(struct spool *s, const struct spool_msg *env, const void *data, size_t len);
 
-/* Called on the committer thread for each message put (not compaction
- * copies) once it is on stable storage, after its spool_put_cb. Hands over,
- * with no copy, m (a copy of the envelope: free with spool_msg_free) and
- * buf (the encoded record, malloc'd: free with free); the message bytes
- * are buf[off..off+len) — all of them, or for a spilled message its head
- * only (m->size - len bytes stay in the spill file). Must not block or
- * call back into the spool (store/archive.c queues and returns). Set before
- * the first put. */
-typedef void (*spool_commit_hook)(void *arg, struct spool_msg *m, char *buf, size_t off,
-                                  size_t len);
-void spool_set_commit_hook(struct spool *s, spool_commit_hook fn, void *arg);
+/*
+ * ARCHIVE: the archive follows the spool. Where a committed message's MSG
+ * record is: segment, offset and length of the whole record (a locator,
+ * no bytes). The archive reads the message from there when it gets to it.
+ */
+struct spool_ref {
+	char id[QUEUE_ID_LEN + 1];
+	uint32_t seg;
+	uint64_t rec_off, rec_len;
+};
+/* Asked on the committer thread, under the spool's lock, for each message
+ * put (not compaction copies) once it is on stable storage: true when the
+ * archive wants it (its include rules). Must be quick, must not block or
+ * call the spool. A wanted message pins its segment (and its spill file)
+ * until spool_archive_release: the spool keeps the bytes for the archive,
+ * even after delivery. */
+typedef bool (*spool_archive_want)(void *arg, const struct spool_msg *m);
+/* Then, after the batch's spool_put_cb calls, with no lock held: the
+ * wanted message's locator (ref is valid for the call only). Must not
+ * block or call back into the spool. */
+typedef void (*spool_commit_hook)(void *arg, const struct spool_ref *ref);
+/* Set before the first put (or NULL, NULL, NULL: no archive, no pins). */
+void spool_set_commit_hook(struct spool *s, spool_archive_want want, spool_commit_hook fn,
+                           void *arg);
+/* spool_open with flags. SPOOL_OPEN_ARCHIVE: recovery pins every MSG record
+ * it reads (queued or finished) in the surviving segments and lists it for
+ * spool_archive_recovered, so that what a crash kept from the archive is
+ * still on disk for it; the caller must then release each one. */
+#define SPOOL_OPEN_ARCHIVE 1u
+int spool_open_flags(const char *dir, unsigned flags, struct spool **out);
+/* ARCHIVE: hands each record recovery pinned to fn (once; later calls get
+ * nothing). Returns how many. */
+size_t spool_archive_recovered(struct spool *s, void (*fn)(void *arg, const struct spool_ref *r),
+                               void *arg);
+/* ARCHIVE: the envelope and the whole message (a spilled message's file
+ * too) of a pinned record, read from the segment and checked against its
+ * CRCs. *m is the caller's (spool_msg_free). TERN_ENOTFOUND (no such
+ * segment), TERN_ECORRUPT, TERN_EIO, TERN_ENOMEM. */
+int spool_archive_read(struct spool *s, const struct spool_ref *ref, struct spool_msg **m,
+                       struct tbuf *out);
+/* ARCHIVE: the archive has taken (committed) or given up on these records:
+ * their pins go; a segment left with nothing is unlinked by the committer
+ * (the one writer of segment state), a finished message's spill file here.
+ * Any thread. A release without its pin is a bug (TERN_BUG_ON). */
+void spool_archive_release(struct spool *s, const struct spool_ref *refs, size_t n);
 
 /* Copies the envelope of id; caller frees with spool_msg_free. NULL if unknown. */
 struct spool_msg *spool_get(struct spool *s, const char *id);

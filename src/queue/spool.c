@@ -42,8 +42,12 @@
  * on-disk state to replay correctly — RCPT records of a live message, and
  * the DEL record of a removed message whose MSG record still exists in
  * another segment (a "tombstone", released when that segment is removed).
- * A segment other than the current one with live == 0 and pins == 0 is
- * unlinked by the committer, after a sync that makes every record written
+ * ARCHIVE: `apins` counts MSG records here that the archive wanted and has
+ * not released yet (spool_archive_release, after its own commit); a
+ * finished spilled message's file is kept likewise (aspill). Only the
+ * committer unlinks; the release just asks it to look (q_reap).
+ * A segment other than the current one with live == 0, pins == 0 and
+ * apins == 0 is unlinked by the committer, after a sync that makes every record written
  * so far durable, and the directory is synced before any tombstone it
  * released can let a later segment go.
  *
@@ -108,6 +112,17 @@ struct seg {
 	bool orphan;      /* removed from the table; the last reader frees it */
 	bool damaged;     /* holds damaged bytes: set aside, never unlinked */
 	bool keep;        /* could not be set aside: stays in place and in the table */
+	/* ARCHIVE: MSG records here that the archive has not yet taken (see
+	 * spool_archive_release): the segment stays while any is left. */
+	uint64_t apins;
+};
+
+/* ARCHIVE: a spilled message the archive has not yet taken keeps its spill
+ * file; dead: its DEL is written, so the release unlinks the file. */
+struct apin_spill {
+	char id[QUEUE_ID_LEN + 1];
+	char *name;
+	bool dead;
 };
 
 /* A damaged range (see queue.h, struct spool_damage). */
@@ -178,7 +193,9 @@ struct item {
 	/* MSG */
 	size_t data_off; /* from the start of the record */
 	struct spool_msg *msg;
-	struct spool_msg *hook_msg; /* a copy for the commit hook (msg moves to the index) */
+	bool apin;        /* ARCHIVE: the archive wants it; pinned in seg */
+	uint32_t rec_seg; /* where it was written (committer, for the hook) */
+	uint64_t rec_off;
 	spool_put_cb cb;
 	void *arg;
 	int result; /* what cb is told */
@@ -234,7 +251,17 @@ struct spool {
 	bool unsynced;          /* records written to cur since its last fdatasync */
 	bool cur_broken;        /* a failed batch could not be truncated away: rotate */
 	spool_commit_hook hook; /* spool_set_commit_hook (the archive), or NULL */
+	spool_archive_want want;
 	void *hook_arg;
+	bool q_reap; /* spool_archive_release: a pin reached zero, the committer reaps */
+
+	/* ARCHIVE (under mu): spill files kept for the archive, and what
+	 * recovery found for it (SPOOL_OPEN_ARCHIVE; handed over once) */
+	bool archive;
+	struct apin_spill *aspill;
+	size_t n_aspill, cap_aspill;
+	struct spool_ref *arec;
+	size_t n_arec, cap_arec;
 };
 
 static void spill_recover(struct spool *s);
@@ -243,7 +270,6 @@ static void item_free(struct item *it)
 {
 	free(it->buf);
 	spool_msg_free(it->msg);
-	spool_msg_free(it->hook_msg);
 	free(it->rsegs);
 	free(it->osegs);
 	free(it->spill);
@@ -849,7 +875,8 @@ static void reap(struct spool *s)
 		s->reap_hint = false;
 		for (size_t i = 0; i < s->n_segs && nd < 64;) {
 			struct seg *g = s->segs[i];
-			if (g->no != s->cur_no && g->live == 0 && g->pins == 0 && !g->keep) {
+			if (g->no != s->cur_no && g->live == 0 && g->pins == 0 && g->apins == 0 &&
+			    !g->keep) {
 				aside[nd] = g->damaged;
 				dead[nd++] = g;
 				seg_remove_at(s, i);
@@ -954,8 +981,51 @@ static int write_batch(int fd, struct item *it, uint64_t off)
 }
 
 /* Committer: the index side of a batch. err is the batch's write result. */
+/* ARCHIVE: keeps the spill file of id (named name) for the archive. Caller
+ * holds mu. Without memory the file is not kept: the archive then finds
+ * it gone and logs the loss (event=archive_read_failed). */
+static void aspill_add(struct spool *s, const char *id, const char *name, bool dead)
+{
+	for (size_t i = 0; i < s->n_aspill; i++)
+		if (strcmp(s->aspill[i].id, id) == 0)
+			return; /* recovery read a compaction copy too */
+	if (s->n_aspill == s->cap_aspill) {
+		size_t nc = s->cap_aspill ? s->cap_aspill * 2 : 8;
+		struct apin_spill *v = realloc(s->aspill, nc * sizeof(*v));
+		if (!v)
+			goto nomem;
+		s->aspill = v;
+		s->cap_aspill = nc;
+	}
+	struct apin_spill *a = &s->aspill[s->n_aspill];
+	if (!(a->name = tern_strdup(name)))
+		goto nomem;
+	memcpy(a->id, id, sizeof(a->id));
+	a->dead = dead;
+	s->n_aspill++;
+	return;
+nomem:
+	log_error("event=spool_pin_failed id=%s reason=nomem what=archive_spill", id);
+}
+
+/* ARCHIVE: the DEL of id is written; true when the archive still wants its
+ * spill file (the archive's release unlinks it then). */
+static bool aspill_dead(struct spool *s, const char *id)
+{
+	bool kept = false;
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < s->n_aspill; i++)
+		if (strcmp(s->aspill[i].id, id) == 0) {
+			s->aspill[i].dead = true;
+			kept = true;
+			break;
+		}
+	pthread_mutex_unlock(&s->mu);
+	return kept;
+}
+
 static void commit_account(struct spool *s, struct item *batch, struct seg *cur, uint64_t start,
-                           int err, size_t n_msgs)
+                           int err, size_t n_msgs, spool_archive_want want, void *harg)
 {
 	pthread_mutex_lock(&s->mu);
 	if (err == TERN_OK && n_msgs)
@@ -1008,6 +1078,16 @@ static void commit_account(struct spool *s, struct item *batch, struct seg *cur,
 					cur->live++;
 					cur->live_bytes += it->len;
 					s->stats.puts++;
+					/* ARCHIVE: pinned before any DEL can be
+					 * accounted (same lock, later batch) */
+					if (want && want(harg, e->msg)) {
+						it->apin = true;
+						it->rec_seg = cur->no;
+						it->rec_off = rec_off;
+						cur->apins++;
+						if (e->msg->spill)
+							aspill_add(s, e->id, e->msg->spill, false);
+					}
 				} else {
 					/* On disk but not indexed: a redelivery after a
 					 * restart at worst, never a loss. */
@@ -1039,19 +1119,15 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 		n_recs++;
 		total += it->len;
 	}
-	/* The commit hook needs the envelope after commit_account hands it to
-	 * the index: copy it here, on this thread, not on the caller's loop. */
 	pthread_mutex_lock(&s->qmu);
 	spool_commit_hook hook = s->hook;
+	spool_archive_want want = hook ? s->want : NULL;
 	void *harg = s->hook_arg;
 	pthread_mutex_unlock(&s->qmu);
-	for (struct item *it = batch; hook && it; it = it->next)
-		if (it->type == SPOOL_REC_MSG && !it->copy && it->msg)
-			it->hook_msg = spool_msg_dup(it->msg);
 	if ((s->cur_size >= seg_max || s->cur_broken) && rotate(s) != TERN_OK && s->cur_broken) {
 		/* The current file holds garbage we could not cut off, and no new
 		 * file can be made: fail the batch rather than write after it. */
-		commit_account(s, batch, s->cur, s->cur_size, TERN_EIO, n_msgs);
+		commit_account(s, batch, s->cur, s->cur_size, TERN_EIO, n_msgs, want, harg);
 		goto callbacks;
 	}
 
@@ -1094,7 +1170,7 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 			s->cur_broken = true;
 		}
 	}
-	commit_account(s, batch, cur, start, err, n_msgs);
+	commit_account(s, batch, cur, start, err, n_msgs, want, harg);
 	if (err == TERN_OK)
 		fault_point(s, copies ? FAULT_COMPACT_SYNC : FAULT_NONE);
 
@@ -1105,14 +1181,11 @@ callbacks:
 	/* The commit hook (the archive), after every reply of the batch is on
 	 * its way. */
 	for (struct item *it = batch; hook && it; it = it->next)
-		if (it->type == SPOOL_REC_MSG && !it->copy && it->result == TERN_OK) {
-			if (it->hook_msg) { /* handed over: the hook frees both */
-				hook(harg, it->hook_msg, it->buf, it->data_off,
-				     it->hook_msg->size - spool_msg_tail(it->hook_msg));
-				it->hook_msg = NULL;
-				it->buf = NULL;
-			} else
-				log_error("event=spool_hook_skipped id=%s reason=nomem", it->id);
+		if (it->apin) {
+			struct spool_ref ref = {
+			    .seg = it->rec_seg, .rec_off = it->rec_off, .rec_len = it->len};
+			memcpy(ref.id, it->id, sizeof(ref.id));
+			hook(harg, &ref);
 		}
 	pthread_mutex_lock(&s->mu);
 	bool hint = s->reap_hint;
@@ -1127,7 +1200,8 @@ callbacks:
 	while (batch) {
 		struct item *nx = batch->next;
 		/* SPILL: the DEL is written, so no replay can want the file. */
-		if (batch->type == SPOOL_REC_DEL && batch->spill && batch->result == TERN_OK)
+		if (batch->type == SPOOL_REC_DEL && batch->spill && batch->result == TERN_OK &&
+		    !aspill_dead(s, batch->id))
 			spill_unlink(s->dirfd, batch->spill);
 		item_free(batch);
 		batch = nx;
@@ -1150,7 +1224,7 @@ static void *committer_main(void *arg)
 			dl.tv_nsec -= 1000000000L;
 		}
 		bool timed_out = false;
-		while (!s->q_urgent && !s->closing && !timed_out) {
+		while (!s->q_urgent && !s->closing && !timed_out && !s->q_reap) {
 			if (!s->qhead && s->q_sleeping) {
 				pthread_cond_wait(&s->qcond, &s->qmu);
 				continue;
@@ -1164,11 +1238,17 @@ static void *committer_main(void *arg)
 		}
 		s->q_sleeping = false;
 		s->q_urgent = false;
+		bool reap_req = s->q_reap;
+		s->q_reap = false;
 		struct item *batch = s->qhead;
 		s->qhead = s->qtail = NULL;
 		s->q_bytes = 0;
 		uint64_t seg_max = s->seg_max;
 		pthread_mutex_unlock(&s->qmu);
+		if (!batch && reap_req) {
+			reap(s); /* ARCHIVE: released pins (spool_archive_release) */
+			continue;
+		}
 		if (!batch)
 			break; /* closing and drained */
 		commit_batch(s, batch, seg_max);
@@ -1253,6 +1333,29 @@ static bool msg_same(const struct spool_msg *a, const struct spool_msg *b)
 	return true;
 }
 
+/* ARCHIVE (SPOOL_OPEN_ARCHIVE): every MSG record recovery reads is pinned
+ * and listed for spool_archive_recovered, finished or not: the spool does
+ * not know what the archive has, the archive releases what it has. */
+static int arec_add(struct spool *s, struct seg *g, const struct spool_msg *m, uint64_t off,
+                    uint64_t len)
+{
+	if (s->n_arec == s->cap_arec) {
+		size_t nc = s->cap_arec ? s->cap_arec * 2 : 64;
+		struct spool_ref *v = realloc(s->arec, nc * sizeof(*v));
+		if (!v)
+			return TERN_ENOMEM;
+		s->arec = v;
+		s->cap_arec = nc;
+	}
+	struct spool_ref *r = &s->arec[s->n_arec++];
+	*r = (struct spool_ref){.seg = g->no, .rec_off = off, .rec_len = len};
+	memcpy(r->id, m->id, sizeof(r->id));
+	g->apins++;
+	if (m->spill)
+		aspill_add(s, m->id, m->spill, false);
+	return TERN_OK;
+}
+
 /* Applies one verified record found at off in segment g. Caller holds mu. */
 static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_hdr *h,
                          const uint8_t *p, uint64_t off)
@@ -1263,6 +1366,11 @@ static int replay_record(struct spool *s, struct seg *g, const struct spool_rec_
 		int rc = spool_rec_decode_msg(p, h->len, &m, &doff);
 		if (rc != TERN_OK)
 			return rc;
+		if (s->archive &&
+		    (rc = arec_add(s, g, m, off, (uint64_t)h->hdr_len + h->len)) != TERN_OK) {
+			spool_msg_free(m);
+			return rc;
+		}
 		struct entry *old = idx_get(&s->idx, m->id, NULL);
 		if (old && msg_same(old->msg, m)) {
 			/* A compaction copy: it holds the recipients' state as of
@@ -1664,6 +1772,11 @@ static int remove_locked(struct spool *s, struct entry *e, size_t slot)
 
 int spool_open(const char *dir, struct spool **out)
 {
+	return spool_open_flags(dir, 0, out);
+}
+
+int spool_open_flags(const char *dir, unsigned flags, struct spool **out)
+{
 	int rc;
 	*out = NULL;
 	if (!dir || !*dir)
@@ -1671,6 +1784,7 @@ int spool_open(const char *dir, struct spool **out)
 	struct spool *s = calloc(1, sizeof(*s));
 	if (!s)
 		return TERN_ENOMEM;
+	s->archive = flags & SPOOL_OPEN_ARCHIVE;
 	s->dirfd = -1;
 	s->seg_max = SEG_MAX_BYTES;
 	pthread_mutex_init(&s->qmu, NULL);
@@ -1704,6 +1818,8 @@ int spool_open(const char *dir, struct spool **out)
 	fault_arm(s);
 	if ((rc = recover(s)) != TERN_OK)
 		goto fail;
+	for (size_t i = 0; i < s->n_aspill; i++) /* ARCHIVE: finished ones' files */
+		s->aspill[i].dead = !idx_get(&s->idx, s->aspill[i].id, NULL);
 	reap(s);
 	if (pthread_create(&s->thread, NULL, committer_main, s) != 0) {
 		rc = TERN_ENOMEM;
@@ -1762,6 +1878,10 @@ void spool_close(struct spool *s)
 		seg_free(s->segs[i]);
 	free(s->segs);
 	free(s->dmg);
+	for (size_t i = 0; i < s->n_aspill; i++)
+		free(s->aspill[i].name);
+	free(s->aspill);
+	free(s->arec);
 	if (s->dirfd >= 0)
 		close(s->dirfd); /* also releases the flock */
 	pthread_mutex_destroy(&s->mu);
@@ -1815,12 +1935,130 @@ fail:
 	return rc;
 }
 
-void spool_set_commit_hook(struct spool *s, spool_commit_hook fn, void *arg)
+void spool_set_commit_hook(struct spool *s, spool_archive_want want, spool_commit_hook fn,
+                           void *arg)
 {
 	pthread_mutex_lock(&s->qmu); /* the committer reads it after taking a batch */
 	s->hook_arg = arg;
+	s->want = want;
 	s->hook = fn;
 	pthread_mutex_unlock(&s->qmu);
+}
+
+/* ---- ARCHIVE: the archive follows the spool ------------------------------- */
+
+size_t spool_archive_recovered(struct spool *s, void (*fn)(void *arg, const struct spool_ref *r),
+                               void *arg)
+{
+	pthread_mutex_lock(&s->mu);
+	struct spool_ref *v = s->arec;
+	size_t n = s->n_arec;
+	s->arec = NULL;
+	s->n_arec = s->cap_arec = 0;
+	pthread_mutex_unlock(&s->mu);
+	for (size_t i = 0; i < n; i++)
+		fn(arg, &v[i]);
+	free(v);
+	return n;
+}
+
+void spool_archive_release(struct spool *s, const struct spool_ref *refs, size_t n)
+{
+	bool hint = false;
+	char **unl = NULL;
+	size_t n_unl = 0;
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < n; i++) {
+		struct seg *g = seg_find(s, refs[i].seg, NULL);
+		TERN_BUG_ON(!g || !g->apins); /* a release without its pin */
+		if (--g->apins == 0 && g->live == 0)
+			hint = s->reap_hint = true;
+		for (size_t k = 0; k < s->n_aspill; k++) {
+			if (strcmp(s->aspill[k].id, refs[i].id) != 0)
+				continue;
+			if (s->aspill[k].dead) {
+				char **nv = realloc(unl, (n_unl + 1) * sizeof(*nv));
+				if (nv) {
+					unl = nv;
+					unl[n_unl++] = s->aspill[k].name;
+					s->aspill[k].name = NULL;
+				}
+			}
+			free(s->aspill[k].name);
+			s->aspill[k] = s->aspill[--s->n_aspill];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	/* A finished message's spill file: its DEL is written, nothing else
+	 * wants it (the segment itself is the committer's to unlink). */
+	for (size_t i = 0; i < n_unl; i++) {
+		spill_unlink(s->dirfd, unl[i]);
+		free(unl[i]);
+	}
+	free(unl);
+	if (hint) {
+		pthread_mutex_lock(&s->qmu);
+		s->q_reap = true;
+		pthread_cond_signal(&s->qcond);
+		pthread_mutex_unlock(&s->qmu);
+	}
+}
+
+int spool_archive_read(struct spool *s, const struct spool_ref *ref, struct spool_msg **m,
+                       struct tbuf *out)
+{
+	*m = NULL;
+	if (ref->rec_len > SPOOL_REC_MAX_PAYLOAD + (uint64_t)SPOOL_REC_HDR * 2)
+		return TERN_ECORRUPT;
+	pthread_mutex_lock(&s->mu);
+	struct seg *g = seg_find(s, ref->seg, NULL);
+	if (!g) {
+		pthread_mutex_unlock(&s->mu);
+		return TERN_ENOTFOUND;
+	}
+	g->readers++;
+	struct spool_seg_fmt f = seg_fmt(g);
+	pthread_mutex_unlock(&s->mu);
+	int rc;
+	struct spool_rec_hdr h;
+	size_t reclen, doff;
+	uint8_t *rec = malloc(ref->rec_len ? ref->rec_len : 1);
+	if (!rec) {
+		rc = TERN_ENOMEM;
+		goto out;
+	}
+	if ((rc = pread_all(g->fd, rec, ref->rec_len, ref->rec_off)) != TERN_OK)
+		goto out;
+	if (spool_rec_next(rec, ref->rec_len, &f, &h, &reclen) != TERN_OK ||
+	    reclen != ref->rec_len || h.type != SPOOL_REC_MSG) {
+		rc = TERN_ECORRUPT;
+		goto out;
+	}
+	if ((rc = spool_rec_decode_msg(rec + h.hdr_len, h.len, m, &doff)) != TERN_OK)
+		goto out;
+	size_t dlen = (size_t)((*m)->size - spool_msg_tail(*m));
+	if (strcmp((*m)->id, ref->id) != 0 || doff + dlen > h.len) {
+		rc = TERN_ECORRUPT;
+		goto out;
+	}
+	if ((rc = tbuf_append(out, rec + h.hdr_len + doff, dlen)) != TERN_OK)
+		goto out;
+	if ((*m)->spill)
+		rc = spill_read(s->dirfd, (*m)->id, (*m)->spill, (*m)->spill_size, (*m)->spill_crc,
+		                (*m)->spill_off, (*m)->spill_size - (*m)->spill_off, true, out);
+out:
+	free(rec);
+	if (rc != TERN_OK) {
+		spool_msg_free(*m);
+		*m = NULL;
+	}
+	pthread_mutex_lock(&s->mu);
+	bool last = --g->readers == 0 && g->orphan;
+	pthread_mutex_unlock(&s->mu);
+	if (last)
+		seg_free(g);
+	return rc;
 }
 
 struct spool_msg *spool_get(struct spool *s, const char *id)
@@ -1917,6 +2155,9 @@ const char *spool_dir(const struct spool *s)
 static bool spill_named(void *arg, const char *name)
 {
 	struct spool *s = arg;
+	for (size_t i = 0; i < s->n_aspill; i++)
+		if (strcmp(s->aspill[i].name, name) == 0)
+			return true; /* ARCHIVE: not archived yet */
 	for (size_t i = 0; i < s->idx.cap; i++) {
 		struct entry *e = s->idx.slot[i];
 		if (e && e->msg->spill && strcmp(e->msg->spill, name) == 0)

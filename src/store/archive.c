@@ -6,23 +6,25 @@
  * export.
  *
  * Owns: the SQLite connection (serialised by ar->mu), the writer thread and
- * its lock-free queues, the files in DATA/archive/incoming/.
+ * its lock-free queues of locators (struct spool_ref: no message bytes),
+ * the reading of DATA/archive/incoming/ (left by an older version).
  * Must never: block archive_on_commit on the writer or on SQLite, drop a
- * committed message for lack of queue room (it goes to incoming/), build
- * SQL from user input (search goes through capture_query.c), accept an ID
- * that is not a queue id (IDs become file names in incoming/), or delete a
- * message on hold.
+ * committed message (its spool pin is released only after the batch that
+ * stores it is committed, or when the spool says it is damaged or gone),
+ * build SQL from user input (search goes through capture_query.c), accept
+ * an ID that is not a queue id (IDs become file names in incoming/), or
+ * delete a message on hold.
  *
  * Why blobs in SQLite, not one file per message: a batch of messages is one
  * transaction and one sync, index and bytes are atomic together (no orphan
  * file, no row without bytes), and retention is a DELETE. A compressed copy
- * of a normal message is a few KiB, which SQLite stores well; incoming/
- * files exist only while the writer is behind.
+ * of a normal message is a few KiB, which SQLite stores well.
  */
 #include "store/archive.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -45,16 +47,18 @@
 #include "core/fsutil.h"
 #include "core/id.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "mime/lite.h"
 #include "mime/mime.h"
 #include "store/capture_query.h"
 #include "store/msg_index.h"
 
-#define QUEUE_MAX_BYTES (64u << 20) /* copies waiting for the writer */
-#define BATCH_MAX 256               /* messages per transaction */
-#define BATCH_WAIT_MS 200           /* how long a batch may fill */
-#define QUIET_MS 50                 /* no commit for this long: the mail path is idle */
-#define DEFER_MAX_MS 2000           /* the longest a batch waits for a quiet mail path */
+#define QUEUE_MAX_BYTES (64u << 20)   /* backlog past which the writer no longer defers */
+#define BEHIND_LOG_BYTES (256u << 20) /* backlog worth a log line */
+#define BATCH_MAX 256                 /* messages per transaction */
+#define BATCH_WAIT_MS 200             /* how long a batch may fill */
+#define QUIET_MS 50                   /* no commit for this long: the mail path is idle */
+#define DEFER_MAX_MS 2000             /* the longest a batch waits for a quiet mail path */
 #define ZSTD_LEVEL 3
 #define LIST_MAX 1000         /* results per page */
 #define EXPORT_MAX_MSGS 65535 /* a zip without zip64 */
@@ -78,12 +82,11 @@ static const char *const SCHEMA = MSG_INDEX_SCHEMA
     " state TEXT NOT NULL, reply TEXT NOT NULL, time INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS outcomes_queue_id ON outcomes(queue_id);";
 
+/* A committed message the archive has not taken yet: where its record is
+ * in the spool (no bytes; the spool keeps the segment for us). */
 struct qitem {
 	struct qitem *next;
-	struct spool_msg *msg; /* owned */
-	char *buf;             /* owned: the spool's record, handed over by its hook */
-	const char *data;      /* the message bytes, inside buf */
-	size_t len;
+	struct spool_ref ref;
 };
 
 struct outcome {
@@ -119,8 +122,10 @@ struct archive {
 	_Atomic int64_t last_commit_ms; /* archive_on_commit's latest call (monotonic) */
 	pthread_t thread;
 	struct conf_archive conf;
-	_Atomic bool incoming_dirty; /* incoming/ may hold files */
+	_Atomic bool incoming_dirty; /* incoming/ may hold files (an older version's) */
 	_Atomic uint64_t archived, overflowed;
+	_Atomic bool stopped;       /* archive_stop: the writer is gone, the spool may close */
+	_Atomic bool warned_behind; /* the backlog line was logged (once per backlog) */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -353,91 +358,6 @@ static int add_msg(struct archive *ar, const struct spool_msg *m, const char *da
 
 /* --------------------------------------------------- incoming/ (overflow) */
 
-/* Copies the file src to dst (a link across file systems). */
-static int copy_file(const char *src, const char *dst)
-{
-	int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, rc = TERN_EIO;
-	if (in < 0 || (out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640)) < 0)
-		goto out;
-	char buf[65536];
-	ssize_t r;
-	while ((r = read(in, buf, sizeof(buf))) > 0)
-		if (tern_write_full(out, buf, (size_t)r) != TERN_OK)
-			goto out;
-	rc = r == 0 ? TERN_OK : TERN_EIO;
-out:
-	if (in >= 0)
-		close(in);
-	if (out >= 0 && close(out) != 0)
-		rc = TERN_EIO;
-	return rc;
-}
-
-/* SPILL: a spilled message's file as incoming/ID.tail — a hard link, so
- * no byte is copied and the file outlives the spool's unlink after
- * delivery (a copy only where DATA/archive is on another file system). */
-static int tail_link(struct archive *ar, const struct spool_msg *m)
-{
-	char src[4200], dst[4200];
-	struct spool *sp = atomic_load(&ar->sp);
-	if (!sp || spool_spill_path(sp, m->spill, src, sizeof(src)) != TERN_OK)
-		return TERN_EINVAL;
-	snprintf(dst, sizeof(dst), "%s/%s.tail", ar->incoming, m->id);
-	unlink(dst); /* a crash's leftover */
-	if (link(src, dst) == 0)
-		return TERN_OK;
-	return errno == EXDEV ? copy_file(src, dst) : TERN_EIO;
-}
-
-/*
- * An incoming file: one line "tern-archive 1 CREATED RCPTS SENDER\n", then
- * one line per recipient "L ADDR\n" (L: 1 local, 0 remote), then the raw
- * message. Addresses have no LF (they come from SMTP commands). A spilled
- * message (queue/spill.h) has "tern-archive 2 CREATED RCPTS OFF SIZE
- * SENDER\n" and only its head here: the rest is bytes OFF..SIZE of
- * incoming/ID.tail (tail_link), written before this file.
- */
-static int overflow_write(struct archive *ar, const struct spool_msg *m, const void *data,
-                          size_t len)
-{
-	struct tbuf h = TBUF_INIT(1 << 20);
-	char tmp[4200], dst[4200];
-	int rc;
-	if (spool_msg_tail(m)) {
-		if ((rc = tail_link(ar, m)) != TERN_OK) {
-			log_error("event=archive_overflow_failed id=%s reason=spill_link errno=%d",
-			          m->id, errno);
-			return rc;
-		}
-		rc =
-		    tbuf_printf(&h, "tern-archive 2 %lld %zu %llu %llu %s\n", (long long)m->created,
-		                m->n_rcpts, (unsigned long long)m->spill_off,
-		                (unsigned long long)m->spill_size, m->sender ? m->sender : "");
-	} else {
-		rc = tbuf_printf(&h, "tern-archive 1 %lld %zu %s\n", (long long)m->created,
-		                 m->n_rcpts, m->sender ? m->sender : "");
-	}
-	for (size_t i = 0; rc == TERN_OK && i < m->n_rcpts; i++)
-		rc = tbuf_printf(&h, "%d %s\n", m->rcpts[i].local ? 1 : 0, m->rcpts[i].addr);
-	if (rc != TERN_OK) {
-		tbuf_free(&h);
-		return rc;
-	}
-	snprintf(tmp, sizeof(tmp), "%s/%s.tmp", ar->incoming, m->id);
-	snprintf(dst, sizeof(dst), "%s/%s.msg", ar->incoming, m->id);
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-	if (fd < 0 || tern_write_full(fd, h.data, h.len) != TERN_OK ||
-	    tern_write_full(fd, data, len) != TERN_OK || close(fd) != 0 || rename(tmp, dst) != 0) {
-		int e = errno;
-		if (fd >= 0)
-			unlink(tmp);
-		log_error("event=archive_overflow_failed id=%s errno=%d", m->id, e);
-		rc = TERN_EIO;
-	}
-	tbuf_free(&h);
-	return rc;
-}
-
 /* Parses an incoming file's header from p[0..n): fills m (sender and rcpts
  * owned by m) and *body_off. TERN_ESYNTAX when it is not one. */
 static int overflow_parse(const char *p, size_t n, struct spool_msg *m, size_t *body_off)
@@ -597,12 +517,6 @@ static void drain_incoming(struct archive *ar)
 
 /* ---------------------------------------------------------- catching up */
 
-struct catchup {
-	struct archive *ar;
-	struct spool_msg **v;
-	size_t n, cap;
-};
-
 static bool archived_already(struct archive *ar, const char *id)
 {
 	pthread_mutex_lock(&ar->mu);
@@ -617,69 +531,18 @@ static bool archived_already(struct archive *ar, const char *id)
 	return yes;
 }
 
-/* spool_foreach: must not call the spool; collects what is missing. */
-static bool catchup_collect(const struct spool_msg *m, void *arg)
-{
-	struct catchup *c = arg;
-	bool in, outb;
-	direction_of(m, &in, &outb);
-	if (!((in && c->ar->conf.inbound) || (outb && c->ar->conf.outbound)) ||
-	    archived_already(c->ar, m->id))
-		return true;
-	if (c->n == c->cap) {
-		size_t nc = c->cap ? c->cap * 2 : 64;
-		struct spool_msg **nv = realloc(c->v, nc * sizeof(*nv));
-		if (!nv)
-			return false;
-		c->v = nv;
-		c->cap = nc;
-	}
-	if ((c->v[c->n] = spool_msg_dup(m)))
-		c->n++;
-	return true;
-}
-
-size_t archive_catch_up(struct archive *ar, struct spool *sp)
-{
-	struct catchup c = {.ar = ar};
-	size_t done = 0;
-	atomic_store(&ar->sp, sp);
-	spool_foreach(sp, catchup_collect, &c);
-	for (size_t i = 0; i < c.n; i++) {
-		struct tbuf data = TBUF_INIT(SIZE_MAX / 2);
-		/* gone meanwhile (delivered): nothing left to archive */
-		if (spool_read_data(sp, c.v[i]->id, &data) == TERN_OK) {
-			pthread_mutex_lock(&ar->mu);
-			int rc = exec(ar, "BEGIN IMMEDIATE");
-			if (rc == TERN_OK) {
-				rc = add_msg(ar, c.v[i], data.data ? data.data : "", data.len);
-				if (exec(ar, rc == TERN_OK ? "COMMIT" : "ROLLBACK") != TERN_OK)
-					rc = TERN_EIO;
-			}
-			pthread_mutex_unlock(&ar->mu);
-			if (rc == TERN_OK) {
-				done++;
-				log_info("event=archived id=%s from=spool", c.v[i]->id);
-			} else {
-				log_error("event=archive_catch_up_failed id=%s err=%s", c.v[i]->id,
-				          tern_strerror(rc));
-			}
-		}
-		tbuf_free(&data);
-		spool_msg_free(c.v[i]);
-	}
-	free(c.v);
-	log_info("event=archive_caught_up messages=%zu", done);
-	return done;
-}
-
 /* ----------------------------------------------------------- the writer */
 
 static void qitem_free(struct qitem *it)
 {
-	spool_msg_free(it->msg);
-	free(it->buf);
 	free(it);
+}
+
+static bool included(const struct archive *ar, const struct spool_msg *m)
+{
+	bool in, outb;
+	direction_of(m, &in, &outb);
+	return (in && ar->conf.inbound) || (outb && ar->conf.outbound);
 }
 
 static void wake_writer(struct archive *ar)
@@ -694,55 +557,75 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void archive_on_commit(void *arg, struct spool_msg *m, char *buf, size_t off, size_t len)
+bool archive_want(void *arg, const struct spool_msg *m)
 {
 	struct archive *ar = arg;
 	atomic_store_explicit(&ar->last_commit_ms, mono_ms(), memory_order_relaxed);
-	bool in, outb;
-	direction_of(m, &in, &outb);
-	if (!((in && ar->conf.inbound) || (outb && ar->conf.outbound))) {
-		spool_msg_free(m);
-		free(buf);
-		return;
-	}
-	/* SPILL: a large message's tail is only in its spill file, which the
-	 * spool unlinks after delivery: link it into incoming/ now (one
-	 * metadata write, for messages over 1 MiB only) and let the writer
-	 * take the whole message from there. */
-	struct qitem *it = spool_msg_tail(m) ? NULL : calloc(1, sizeof(*it));
-	/* One producer (the spool's committer thread): the check and the add
-	 * of q_bytes do not race with another push, only with the writer's
-	 * subtraction, which can only make more room. */
-	bool room =
-	    it && !atomic_load(&ar->closing) && atomic_load(&ar->q_bytes) + len <= ar->q_max;
-	if (room) {
-		it->msg = m;
-		it->buf = buf;
-		it->data = buf + off;
-		it->len = len;
-		atomic_fetch_add(&ar->q_bytes, len);
-		struct qitem *head = atomic_load(&ar->qstack);
-		do
-			it->next = head;
-		while (!atomic_compare_exchange_weak(&ar->qstack, &head, it));
-		/* the writer waits for a batch to fill (see writer_main) */
-		size_t n = atomic_fetch_add(&ar->q_n, 1) + 1;
-		if (n == 1 || n == BATCH_MAX)
-			wake_writer(ar);
-		return;
-	}
-	free(it);
-	/* No room (or no memory, or spilled): the copy goes to incoming/,
-	 * never dropped. */
-	if (overflow_write(ar, m, buf + off, len) == TERN_OK) {
-		atomic_fetch_add(&ar->overflowed, 1);
-		atomic_store(&ar->incoming_dirty, true);
+	return included(ar, m);
+}
+
+/* Pushes a locator for the writer (lock-free: see struct archive). */
+static void push_ref(struct archive *ar, struct qitem *it)
+{
+	size_t bytes = atomic_fetch_add(&ar->q_bytes, it->ref.rec_len) + it->ref.rec_len;
+	struct qitem *head = atomic_load(&ar->qstack);
+	do
+		it->next = head;
+	while (!atomic_compare_exchange_weak(&ar->qstack, &head, it));
+	/* the writer waits for a batch to fill (see writer_main) */
+	size_t n = atomic_fetch_add(&ar->q_n, 1) + 1;
+	/* two relaxed stores (one producer: the committer; the writer sets
+	 * them after each batch too) */
+	metric_set(M_ARCHIVE_BACKLOG_MSGS, (int64_t)n);
+	metric_set(M_ARCHIVE_BACKLOG_BYTES, (int64_t)bytes);
+	if (n == 1 || n == BATCH_MAX)
 		wake_writer(ar);
-		log_info("event=archive_deferred id=%s reason=%s", m->id,
-		         spool_msg_tail(m) ? "spilled" : "queue_full");
+}
+
+void archive_on_commit(void *arg, const struct spool_ref *ref)
+{
+	struct archive *ar = arg;
+	struct qitem *it = malloc(sizeof(*it));
+	if (!it) {
+		/* The pin stays (the segment is kept): the next start's
+		 * catch-up archives it. Never dropped. */
+		log_error("event=archive_deferred id=%s reason=nomem", ref->id);
+		return;
 	}
-	spool_msg_free(m);
-	free(buf);
+	it->ref = *ref;
+	push_ref(ar, it);
+}
+
+/* At start: one record recovery pinned (queued or finished). */
+struct catchup {
+	struct archive *ar;
+	struct spool *sp;
+	size_t queued, had;
+};
+
+static void catchup_ref(void *arg, const struct spool_ref *r)
+{
+	struct catchup *c = arg;
+	struct qitem *it;
+	if (archived_already(c->ar, r->id)) {
+		spool_archive_release(c->sp, r, 1);
+		c->had++;
+	} else if ((it = malloc(sizeof(*it)))) {
+		it->ref = *r;
+		push_ref(c->ar, it);
+		c->queued++;
+	} else {
+		log_error("event=archive_deferred id=%s reason=nomem", r->id);
+	}
+}
+
+size_t archive_catch_up(struct archive *ar, struct spool *sp)
+{
+	struct catchup c = {.ar = ar, .sp = sp};
+	atomic_store(&ar->sp, sp);
+	spool_archive_recovered(sp, catchup_ref, &c);
+	log_info("event=archive_caught_up queued=%zu archived_before=%zu", c.queued, c.had);
+	return c.queued;
 }
 
 static void outcome_free(struct outcome *o)
@@ -821,29 +704,107 @@ static void write_outcomes(struct archive *ar, struct outcome *list)
 	}
 }
 
-static void write_batch(struct archive *ar, struct qitem *batch)
+#ifndef NDEBUG
+/* Fault point (debug builds, like the spool's: TERN_TEST_FAULT=archive_commit
+ * or archive_commit:N): the writer stops for good before its Nth batch's
+ * SQLite commit, so a test can kill -9 with messages read but not kept. */
+static void fault_commit(void)
 {
+	static atomic_uint hits;
+	const char *v = getenv("TERN_TEST_FAULT");
+	size_t n = strlen("archive_commit");
+	if (!v || strncmp(v, "archive_commit", n) != 0 || (v[n] && v[n] != ':'))
+		return;
+	unsigned long after = v[n] == ':' ? strtoul(v + n + 1, NULL, 10) : 1;
+	if (atomic_fetch_add(&hits, 1) + 1 < after)
+		return;
+	log_error("event=fault_point point=archive_commit");
+	for (;;)
+		pause();
+}
+#else
+static void fault_commit(void)
+{
+}
+#endif
+
+/* Reads each message of the batch from the spool and stores them in one
+ * transaction. Returns TERN_OK when every record is dealt with (archived,
+ * excluded, or gone and logged): then their pins may go. */
+static int write_batch(struct archive *ar, struct qitem *batch)
+{
+	struct spool *sp = atomic_load(&ar->sp);
+	struct tbuf data = TBUF_INIT(SIZE_MAX / 2);
 	pthread_mutex_lock(&ar->mu);
 	int rc = exec(ar, "BEGIN IMMEDIATE");
 	size_t n = 0;
-	for (struct qitem *it = batch; rc == TERN_OK && it; it = it->next, n++)
-		rc = add_msg(ar, it->msg, it->data, it->len);
-	if (rc == TERN_OK)
+	for (struct qitem *it = batch; rc == TERN_OK && it; it = it->next, n++) {
+		struct spool_msg *m = NULL;
+		data.len = 0;
+		int r = spool_archive_read(sp, &it->ref, &m, &data);
+		if (r == TERN_ENOMEM) {
+			rc = r;
+		} else if (r != TERN_OK) {
+			/* damaged or gone: the spool logged it; nothing to keep */
+			log_error("event=archive_read_failed id=%s seg=%" PRIu32 " err=%s",
+			          it->ref.id, it->ref.seg, tern_strerror(r));
+		} else if (included(ar, m)) {
+			rc = add_msg(ar, m, data.data ? data.data : "", data.len);
+			if (rc == TERN_OK)
+				log_info("event=archived id=%s size=%zu", m->id, data.len);
+		}
+		spool_msg_free(m);
+	}
+	tbuf_free(&data);
+	if (rc == TERN_OK) {
+		fault_commit();
 		rc = exec(ar, "COMMIT");
-	else
+	} else {
 		exec(ar, "ROLLBACK");
+	}
 	pthread_mutex_unlock(&ar->mu);
+	if (rc != TERN_OK)
+		log_error("event=archive_batch_failed messages=%zu err=%s action=\"kept in the "
+		          "spool, retried\"",
+		          n, tern_strerror(rc));
+	else
+		atomic_fetch_add(&ar->archived, n);
+	return rc;
+}
+
+/* The spool may let go of what the batch held. */
+static void release_batch(struct archive *ar, struct qitem *batch)
+{
+	struct spool_ref v[BATCH_MAX];
+	size_t n = 0;
 	for (struct qitem *it = batch; it; it = it->next) {
-		if (rc == TERN_OK) {
-			log_info("event=archived id=%s size=%zu", it->msg->id, it->len);
-			atomic_fetch_add(&ar->archived, 1);
-		} else if (overflow_write(ar, it->msg, it->data, it->len) == TERN_OK) {
-			/* the batch failed (disk full?): keep the copies for later */
-			atomic_store(&ar->incoming_dirty, true);
+		v[n++] = it->ref;
+		if (n == BATCH_MAX || !it->next) {
+			spool_archive_release(atomic_load(&ar->sp), v, n);
+			n = 0;
 		}
 	}
-	if (rc != TERN_OK)
-		log_error("event=archive_batch_failed messages=%zu err=%s", n, tern_strerror(rc));
+}
+
+/*
+ * The backlog bound: what the writer has not stored is kept by the spool
+ * (pinned segments), so a writer that cannot keep up, or a broken archive
+ * DB, grows the spool, within the spool's own disk limits (a full disk
+ * refuses new mail with 452, it never drops archived mail). It is shown
+ * (tern_archive_backlog_messages/bytes) and logged once past
+ * BEHIND_LOG_BYTES, again when it is gone.
+ */
+static void backlog_update(struct archive *ar)
+{
+	size_t n = atomic_load(&ar->q_n), bytes = atomic_load(&ar->q_bytes);
+	metric_set(M_ARCHIVE_BACKLOG_MSGS, (int64_t)n);
+	metric_set(M_ARCHIVE_BACKLOG_BYTES, (int64_t)bytes);
+	if (bytes >= BEHIND_LOG_BYTES && !atomic_exchange(&ar->warned_behind, true))
+		log_warn("event=archive_behind messages=%zu bytes=%zu action=\"kept in the spool "
+		         "until archived\"",
+		         n, bytes);
+	else if (n == 0 && atomic_exchange(&ar->warned_behind, false))
+		log_info("event=archive_behind_cleared");
 }
 
 static uint32_t expire_every(uint32_t retention)
@@ -980,17 +941,31 @@ static void *writer_main(void *arg)
 		bool had = pending != NULL;
 		if (pending) { /* up to BATCH_MAX messages per transaction */
 			struct qitem *batch = pending, *last = pending;
-			size_t n = 1, bytes = pending->len;
+			size_t n = 1, bytes = pending->ref.rec_len;
 			while (last->next && n < BATCH_MAX) {
 				last = last->next;
-				bytes += last->len;
+				bytes += last->ref.rec_len;
 				n++;
 			}
 			pending = last->next;
 			if (!pending)
 				ptail = NULL;
 			last->next = NULL;
-			write_batch(ar, batch);
+			if (write_batch(ar, batch) != TERN_OK) {
+				/* The archive DB failed (disk full?): the pins keep
+				 * the messages in the spool; try again in a second,
+				 * oldest first. Never dropped. */
+				last->next = pending;
+				pending = batch;
+				if (!ptail)
+					ptail = last;
+				if (closing)
+					break;
+				struct timespec dl = deadline_in(1000);
+				sem_timedwait(&ar->wake, &dl);
+				continue;
+			}
+			release_batch(ar, batch);
 			while (batch) {
 				struct qitem *nx = batch->next;
 				qitem_free(batch);
@@ -999,6 +974,7 @@ static void *writer_main(void *arg)
 			atomic_fetch_sub(&ar->q_bytes, bytes);
 			atomic_fetch_sub(&ar->q_n, n);
 		}
+		backlog_update(ar);
 		struct outcome *outs = take_outcomes(ar); /* after their messages */
 		if (outs)
 			write_outcomes(ar, outs);
@@ -1012,6 +988,13 @@ static void *writer_main(void *arg)
 		}
 		if (closing && !atomic_load(&ar->qstack) && !atomic_load(&ar->ostack))
 			break;
+	}
+	/* Only after a failed batch at close: the pins stay with the process,
+	 * the records stay in the spool, the next start's catch-up takes them. */
+	while (pending) {
+		struct qitem *nx = pending->next;
+		qitem_free(pending);
+		pending = nx;
 	}
 	return NULL;
 }
@@ -1053,6 +1036,11 @@ static void sweep_incoming(struct archive *ar)
 int archive_start(struct archive *ar, const struct conf_archive *c)
 {
 	ar->conf = *c;
+#ifndef NDEBUG
+	const char *fv = getenv("TERN_TEST_FAULT");
+	if (fv && strncmp(fv, "archive_commit", strlen("archive_commit")) == 0)
+		log_warn("event=fault_armed point=archive_commit value=%.32s", fv);
+#endif
 	sweep_incoming(ar);
 	if (pthread_create(&ar->thread, NULL, writer_main, ar) != 0)
 		return TERN_EIO;
@@ -1062,15 +1050,20 @@ int archive_start(struct archive *ar, const struct conf_archive *c)
 	return TERN_OK;
 }
 
+void archive_stop(struct archive *ar)
+{
+	if (!ar || !ar->started || atomic_exchange(&ar->stopped, true))
+		return;
+	atomic_store(&ar->closing, true);
+	wake_writer(ar);
+	pthread_join(ar->thread, NULL);
+}
+
 void archive_close(struct archive *ar)
 {
 	if (!ar)
 		return;
-	if (ar->started) {
-		atomic_store(&ar->closing, true);
-		wake_writer(ar);
-		pthread_join(ar->thread, NULL);
-	}
+	archive_stop(ar);
 	struct outcome *o = take_outcomes(ar); /* only if the writer never ran */
 	while (o) {
 		struct outcome *nx = o->next;

@@ -9,18 +9,20 @@
  * archive row per message (queue id, direction, hold) and its compressed
  * bytes (table blobs): one transaction per batch stores the bytes and the
  * index together, so there is never an index row without its bytes or an
- * orphan file, and retention is a DELETE. DATA/archive/incoming/ holds
- * messages the writer could not take yet (see archive_on_commit).
+ * orphan file, and retention is a DELETE. DATA/archive/incoming/ is only
+ * read: an older version wrote messages there when its writer was behind.
  *
- * Must never: slow or block the caller of archive_on_commit (the spool's
- * committer thread, after the message is durable): it takes the spool's
- * record as it is (no copy) into a bounded lock-free queue; when the queue
- * is full it writes the copy to incoming/ instead (no sync), which the
- * writer thread archives later; a spilled message's file is hard-linked
- * there. It never drops a message for lack of room. The writer indexes
- * later (it waits while mail is being committed, at most 2 s per batch and
- * while the backlog is under 48 MiB) and runs at SCHED_IDLE: it takes only
- * CPU time the mail path leaves. Must never delete a held message.
+ * The archive follows the spool: the commit hook hands it a locator
+ * (segment, offset, length) of each wanted message and the spool keeps that
+ * segment (and a spill file) pinned until the writer has stored the
+ * message and released it, so nothing is held in memory for it and a kill
+ * -9 loses nothing (archive_catch_up). Must never: slow or block the
+ * caller of archive_on_commit (the spool's committer thread), drop a
+ * committed message (a backlog grows the spool instead, see
+ * backlog_update), or delete a held message. The writer indexes later (it
+ * waits while mail is being committed, at most 2 s per batch and while the
+ * backlog is under 48 MiB) and runs at SCHED_IDLE: it takes only CPU time
+ * the mail path leaves.
  */
 #ifndef TERN_STORE_ARCHIVE_H
 #define TERN_STORE_ARCHIVE_H
@@ -50,22 +52,32 @@ int archive_open(const char *data_dir, struct archive **out, char *err, size_t e
  * incoming/ (an ID.tmp, an ID.tail without its ID.msg). */
 int archive_start(struct archive *ar, const struct conf_archive *c);
 
-/* At start, after archive_start: archives every message still in the spool
- * that the archive lacks (included ones only), so a copy that was still in
- * the writer's queue when the server was killed is not lost while its
- * message is queued. Blocks (one lookup per queued message). Returns how
- * many it archived. Also remembers sp (which must outlive the hook's
- * calls) to find spilled messages' files. */
+/* At start, after archive_start and before spool_set_commit_hook: takes
+ * every record the spool's recovery kept for it (spool opened with
+ * SPOOL_OPEN_ARCHIVE: queued messages and finished ones whose segment a pin
+ * kept): what the archive has is released at once (one lookup each), the
+ * rest is queued for the writer. So a message committed before a kill -9
+ * is archived exactly once whether or not it was delivered meanwhile.
+ * Remembers sp, which must stay open until archive_stop. Returns how many
+ * it queued. */
 size_t archive_catch_up(struct archive *ar, struct spool *sp);
 
-/* Stops the writer after it archived everything queued, then closes. */
+/* Stops the writer after it archived everything queued (it reads the
+ * spool: call before spool_close). Idempotent. */
+void archive_stop(struct archive *ar);
+
+/* Stops the writer if archive_stop did not, then frees everything
+ * (after spool_close: the committer may still call the hook). */
 void archive_close(struct archive *ar);
 
-/* The spool's commit hook (spool_set_commit_hook, queue.h): takes m and
- * buf (message bytes at buf + off, len of them) as its own, queues them for
- * the writer without a copy; never blocks on the writer. Messages not
- * included by archive.include are skipped (and freed). */
-void archive_on_commit(void *arg, struct spool_msg *m, char *buf, size_t off, size_t len);
+/* The spool's hooks (spool_set_commit_hook, queue.h). archive_want: true
+ * for a message archive.include covers (the spool pins its record). */
+bool archive_want(void *arg, const struct spool_msg *m);
+/* A wanted message's locator: queued for the writer (a small allocation
+ * and a lock-free push, no bytes); never blocks. The writer reads the
+ * message from the spool, stores a batch in one transaction, then releases
+ * the batch's pins (spool_archive_release). */
+void archive_on_commit(void *arg, const struct spool_ref *ref);
 
 /* The scheduler's archive observer (scheduler_set_archive_observer): the
  * result of a remote recipient (delivered, bounced, deferred, with the

@@ -1,15 +1,18 @@
 """
-test_archive_feed.py — how committed messages reach the archive (issue 13 item 6): the spool
-hands its record to the archive's queue with no copy, a spilled message (past the 1 MiB spill
-threshold) goes through DATA/archive/incoming/ with its spill file hard-linked, and a message
-that was both in incoming/ and still in the spool at a kill -9 is archived exactly once; an
-export over the API is written to an unnamed file and sent from it.
+test_archive_feed.py — how committed messages reach the archive (issue 13 item 6): the archive
+follows the spool. The spool hands it a locator (segment, offset, length) and keeps the
+segment, and a spilled message's file (past the 1 MiB spill threshold), until the archive has
+stored the message, even after delivery; at a restart the spool's recovery hands the archive
+every record of the surviving segments. An export over the API is written to an unnamed file
+and sent from it.
 
 What a user depends on: every committed message is archived whole and byte-exact, whatever
-its size and even after its local delivery removed the spool's copy; a crash never makes two
-archive entries of one message; a large export does not hold the server's memory (its heap,
-RssAnon sampled while the export is served, does not grow by the export's size) and has the
-CLI export's bytes exactly.
+its size and even after its local delivery; a kill -9 after the 250 and after delivery but
+before the archive's transaction commits (a debug fault point holds the writer there) loses
+nothing: after the restart the message is archived exactly once, byte-exact, and the spool
+then lets go of what it kept; a crash never makes two archive entries of one message; a large
+export does not hold the server's memory (its heap, RssAnon sampled while the export is
+served, does not grow by the export's size) and has the CLI export's bytes exactly.
 
 Never: a timed assertion; every wait is a bounded poll.
 """
@@ -19,9 +22,12 @@ import threading
 import time
 import zipfile
 
+import pytest
+
 from conftest import Raw, free_port, start_on_free_port
 from test_api import Api, create_key, wait_ready_http
 from test_archive import message, search, show_bytes, wait_for
+from test_metrics import scrape
 
 
 def big_body(size, word):
@@ -43,17 +49,104 @@ def test_a_spilled_message_is_archived_whole_and_byte_exact(tern_factory):
     assert got[0]["Size"] > len(msg)  # with tern's Received line
     raw = show_bytes(t, qid)
     assert raw.endswith(msg) and len(raw) == got[0]["Size"]
-    assert t.log_lines("event=archive_deferred", qid, "reason=spilled")
-    wait_for(lambda: not list((t.data_dir / "archive" / "incoming").iterdir()),
-             "incoming/ emptied (the .msg and the linked .tail)", t)
-    # its local delivery is byte-exact too: the link did not disturb the spool's file
+    assert not list((t.data_dir / "archive" / "incoming").iterdir())  # nothing copied there
     wait_for(lambda: t.mail_files("alice@example.test"), "the Maildir copy", t)
     assert t.mail_files("alice@example.test")[0].read_bytes().endswith(msg)
+    # delivered and archived: the spill file the archive kept is gone
+    wait_for(lambda: not list((t.data_dir / "spool" / "spill").iterdir()),
+             "the spill file released", t)
 
 
-def test_in_incoming_and_in_the_spool_at_a_kill_archived_exactly_once(tern_factory,
+def segment_files(t):
+    return sorted(p.name for p in (t.data_dir / "spool").glob("seg-*.log"))
+
+
+@pytest.mark.parametrize("spilled", [False, True], ids=["small", "spilled"])
+def test_a_kill_after_delivery_before_the_archive_commits_loses_nothing(tern_factory,
+                                                                        monkeypatch, spilled):
+    monkeypatch.setenv("TERN_TEST_FAULT", "archive_commit")  # the writer stops before COMMIT
+    monkeypatch.setenv("TERN_TEST_SEGMENT_MAX", "1024")  # a segment per message: reapable
+    t = tern_factory({"archive": {"enabled": True},
+                      "limits": {"max_message_size": Raw("8m")}})
+    if not t.log_lines("event=fault_armed", "point=archive_commit"):
+        pytest.skip("this tern binary has no fault points (a release build, NDEBUG)")
+    body = big_body(2 * 1024 * 1024, "heldword").decode() if spilled else "heldword\r\n"
+    msg = message("held", body)
+    with t.client() as c:
+        qid = c.send_message("sender@example.org", ["alice@example.test"], msg)
+    # delivered (its queue entry is finished) while the archive's batch is held
+    wait_for(lambda: t.mail_files("alice@example.test"), "the Maildir copy", t)
+    wait_for(lambda: t.log_lines("event=fault_point", "point=archive_commit"),
+             "the writer held before its commit", t)
+    wait_for(lambda: qid not in t.queue_list(), "the message finished in the spool", t)
+    # a second message: the first one's segment is no longer the current one, so only the
+    # archive's pin keeps it (without it, the committer unlinks it with this batch)
+    with t.client() as c:
+        qid2 = c.send_message("sender@example.org", ["alice@example.test"],
+                              message("after", "afterword\r\n"))
+    wait_for(lambda: len(t.mail_files("alice@example.test")) == 2, "the second delivery", t)
+    wait_for(lambda: qid2 not in t.queue_list(), "the second message finished", t)
+    t.kill9()
+    t.proc = None
+    monkeypatch.delenv("TERN_TEST_FAULT")
+    monkeypatch.delenv("TERN_TEST_SEGMENT_MAX")
+    t.start()
+    got = wait_for(lambda: search(t, "heldword")["messages"], "archived after the restart", t)
+    assert [m["ID"] for m in got] == [qid]
+    wait_for(lambda: search(t, "")["total"] == 2, "both archived", t)
+    raw = show_bytes(t, qid)
+    assert raw.endswith(msg)
+    assert len(raw) == got[0]["Size"]
+    # archived: the spool lets go of the segment (and spill file) it kept
+    wait_for(lambda: len(segment_files(t)) == 1, "one segment left", t)
+    if spilled:
+        wait_for(lambda: not list((t.data_dir / "spool" / "spill").iterdir()),
+                 "the spill file released", t)
+    # a second restart archives nothing twice
+    t.stop()
+    t.start()
+    wait_for(lambda: t.log_lines("event=archive_caught_up"), "the catch-up", t)
+    assert search(t, "")["total"] == 2
+    assert [m["ID"] for m in search(t, "heldword")["messages"]] == [qid]
+
+
+def test_a_stuck_writer_keeps_a_backlog_in_the_spool_shown_on_metrics(tern_factory,
                                                                        monkeypatch):
-    monkeypatch.setenv("TERN_TEST_ARCHIVE_QUEUE_MAX", "1")  # the copy goes to incoming/
+    """The backlog bound: a writer that cannot store (held here by the fault point) drops
+    nothing; the backlog is on /metrics; the messages wait in the spool's segments (one per
+    message here) after delivery, and are archived after a restart; then the metric is 0."""
+    monkeypatch.setenv("TERN_TEST_FAULT", "archive_commit")
+    monkeypatch.setenv("TERN_TEST_SEGMENT_MAX", "1024")
+    mport = free_port()
+    t = tern_factory({"archive": {"enabled": True},
+                      "metrics": {"address": f"127.0.0.1:{mport}"}})
+    if not t.log_lines("event=fault_armed", "point=archive_commit"):
+        pytest.skip("this tern binary has no fault points (a release build, NDEBUG)")
+    qids = []
+    with t.client() as c:
+        for i in range(3):
+            qids.append(c.send_message("sender@example.org", ["alice@example.test"],
+                                       message(f"backlog {i}", f"backlogword {i}\r\n")))
+            c.cmd("RSET")
+    wait_for(lambda: len(t.mail_files("alice@example.test")) == 3, "three deliveries", t)
+    s = wait_for(lambda: (lambda x: x.v("tern_archive_backlog_messages") == 3 and x)(
+        scrape(mport, token=None)), "a backlog of 3 on /metrics", t)
+    assert s.v("tern_archive_backlog_bytes") > 3 * 60
+    wait_for(lambda: all(q not in t.queue_list() for q in qids), "all finished", t)
+    t.kill9()
+    t.proc = None
+    monkeypatch.delenv("TERN_TEST_FAULT")
+    monkeypatch.delenv("TERN_TEST_SEGMENT_MAX")
+    t.start()
+    got = wait_for(lambda: len(search(t, "backlogword")["messages"]) == 3 and
+                   search(t, "backlogword")["messages"], "all three archived", t)
+    assert sorted(m["ID"] for m in got) == sorted(qids)
+    wait_for(lambda: scrape(mport, token=None).v("tern_archive_backlog_messages") == 0,
+             "no backlog", t)
+    wait_for(lambda: len(segment_files(t)) == 1, "the kept segments released", t)
+
+
+def test_in_the_spool_at_a_kill_archived_exactly_once(tern_factory):
     t = tern_factory({"archive": {"enabled": True}})
     # relayed to an address that cannot be resolved here: it stays queued after the kill
     with t.client(source="127.0.0.2") as c:
@@ -61,10 +154,8 @@ def test_in_incoming_and_in_the_spool_at_a_kill_archived_exactly_once(tern_facto
                              message("twice", "onceword\r\n", to="far@remote.example"))
     t.kill9()
     t.proc = None
-    t.start()  # the catch-up (from the spool) and incoming/ may both hold it
+    t.start()  # archived before the kill or by the catch-up, once either way
     got = wait_for(lambda: search(t, "onceword")["messages"], "the copy after restart", t)
-    wait_for(lambda: not list((t.data_dir / "archive" / "incoming").iterdir()),
-             "incoming/ emptied", t)
     assert [m["ID"] for m in search(t, "onceword")["messages"]] == [qid]
     assert search(t, "")["total"] == 1
     assert show_bytes(t, qid).endswith(message("twice", "onceword\r\n", to="far@remote.example"))
@@ -103,7 +194,6 @@ class PeakAnon:
 
 
 def test_an_api_export_is_streamed_from_a_file_not_built_in_memory(tern_factory, monkeypatch):
-    monkeypatch.setenv("TERN_TEST_ARCHIVE_QUEUE_MAX", "1")  # no copies held in memory either
     port = free_port()
     t = tern_factory({"archive": {"enabled": True},
                       "listen": {"api": {"address": f"127.0.0.1:{port}", "profile": "http"}}},

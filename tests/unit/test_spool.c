@@ -903,6 +903,130 @@ static void test_finished_messages_leave_and_their_segments_go(void **st)
 
 static char *slurp(const char *path, size_t *n);
 
+/* ---- ARCHIVE: pins --------------------------------------------------------- */
+
+struct arefs {
+	pthread_mutex_t mu;
+	struct spool_ref v[64];
+	size_t n;
+	const char *skip; /* the id want() refuses */
+};
+
+static bool arch_want(void *arg, const struct spool_msg *m)
+{
+	struct arefs *a = arg;
+	return !a->skip || strcmp(m->id, a->skip) != 0;
+}
+
+static void arch_hook(void *arg, const struct spool_ref *r)
+{
+	struct arefs *a = arg;
+	pthread_mutex_lock(&a->mu);
+	if (a->n < 64)
+		a->v[a->n++] = *r;
+	pthread_mutex_unlock(&a->mu);
+}
+
+static void arch_collect(void *arg, const struct spool_ref *r)
+{
+	arch_hook(arg, r);
+}
+
+/* Waits (bounded: 5 s) until the spool dir holds want segment files. */
+static bool segments_become(const char *dir, size_t want)
+{
+	for (int i = 0; i < 5000; i++) {
+		if (count_segment_files(dir) == want)
+			return true;
+		usleep(1000);
+	}
+	return false;
+}
+
+/* The archive follows the spool: a message the archive wants keeps its
+ * segment after delivery until the archive releases it, across a restart
+ * too (recovery re-pins every record and lists it), and its bytes are read
+ * back from the segment exactly; a message it does not want pins nothing;
+ * with no hook nothing is pinned (test_finished_messages_leave_...). */
+static void test_archive_pins_keep_finished_segments_until_released(void **st)
+{
+	(void)st;
+	enum { N = 12 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool *s;
+	struct arefs a = {.n = 0};
+	pthread_mutex_init(&a.mu, NULL);
+	assert_int_equal(spool_open_flags(td.path, SPOOL_OPEN_ARCHIVE, &s), TERN_OK);
+	assert_int_equal(spool_archive_recovered(s, arch_collect, &a), 0);
+	spool_debug_set_segment_max(s, 32 * 1024);
+	char data[10000];
+	struct spool_msg *m[N];
+	for (int i = 0; i < N; i++)
+		m[i] = make_env((unsigned)i + 500, 1);
+	a.skip = m[N - 1]->id; /* the last one is not wanted: no pin, no ref */
+	spool_set_commit_hook(s, arch_want, arch_hook, &a);
+	for (int i = 0; i < N; i++) {
+		fill_data(data, sizeof(data), (unsigned)i);
+		put_sync(s, m[i], data, sizeof(data));
+	}
+	pthread_mutex_lock(&a.mu);
+	assert_int_equal(a.n, N - 1);
+	pthread_mutex_unlock(&a.mu);
+	size_t segs = count_segment_files(td.path);
+	assert_true(segs >= 3);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(spool_remove(s, m[i]->id), TERN_OK);
+	struct spool_msg *x = make_env(1000, 1); /* the committer runs (and reaps) */
+	put_sync(s, x, "x", 1);
+	assert_int_equal(spool_count(s), 1);
+	/* every segment stays: each holds a message the archive has not taken */
+	assert_true(count_segment_files(td.path) >= segs);
+	/* (x's own ref may arrive meanwhile: its hook runs after put_sync returns) */
+	for (size_t i = 0; i < N - 1; i++) {
+		struct spool_msg *g;
+		struct tbuf b = TBUF_INIT(1 << 20);
+		assert_int_equal(spool_archive_read(s, &a.v[i], &g, &b), TERN_OK);
+		assert_string_equal(g->id, m[i]->id);
+		assert_string_equal(g->rcpts[0].addr, m[i]->rcpts[0].addr);
+		fill_data(data, sizeof(data), (unsigned)i);
+		assert_int_equal(b.len, sizeof(data));
+		assert_memory_equal(b.data, data, sizeof(data));
+		spool_msg_free(g);
+		tbuf_free(&b);
+	}
+	/* released in part: the segments of the others stay */
+	spool_archive_release(s, a.v, 2);
+	/* a kill here: the pins are memory only, recovery takes them again */
+	spool_close(s);
+	pthread_mutex_lock(&a.mu);
+	a.n = 0;
+	pthread_mutex_unlock(&a.mu);
+	assert_int_equal(spool_open_flags(td.path, SPOOL_OPEN_ARCHIVE, &s), TERN_OK);
+	size_t kept = count_segment_files(td.path);
+	assert_true(kept >= segs - 1);
+	/* every MSG record of the surviving segments: finished ones and x */
+	size_t n = spool_archive_recovered(s, arch_collect, &a);
+	assert_int_equal(n, a.n);
+	bool seen_last = false;
+	for (size_t i = 0; i < a.n; i++)
+		seen_last |= strcmp(a.v[i].id, m[N - 3]->id) == 0;
+	assert_true(seen_last);
+	assert_int_equal(spool_archive_recovered(s, arch_collect, &a), 0); /* once */
+	spool_archive_release(s, a.v, a.n);
+	assert_int_equal(spool_update_rcpt(s, x->id, 0, RCPT_DELIVERED, 0, NULL), TERN_OK);
+	struct spool_msg *y = make_env(1001, 1);
+	put_sync(s, y, "y", 1);
+	assert_true(segments_become(td.path, 1));
+	spool_close(s);
+	pthread_mutex_destroy(&a.mu);
+	for (int i = 0; i < N; i++)
+		spool_msg_free(m[i]);
+	spool_msg_free(x);
+	spool_msg_free(y);
+	tmpdir_rm(&td);
+}
+
 /* RCPT and DEL records nobody waits for ride with the next put's batch, but
  * with no put after them they still reach the segment on their own, soon,
  * with the spool left open (a later crash then replays the removal). */
@@ -2589,6 +2713,7 @@ int main(void)
 	    cmocka_unit_test(test_foreach_lists_in_id_order),
 	    cmocka_unit_test(test_rcpt_updates_survive_reopen),
 	    cmocka_unit_test(test_finished_messages_leave_and_their_segments_go),
+	    cmocka_unit_test(test_archive_pins_keep_finished_segments_until_released),
 	    cmocka_unit_test(test_lone_state_records_are_written_without_a_later_put),
 	    cmocka_unit_test(test_torn_tail_at_every_offset_recovers_complete_records),
 	    cmocka_unit_test(test_flipped_byte_is_detected_and_never_returned),
