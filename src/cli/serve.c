@@ -832,6 +832,8 @@ int daemon_run(const char *path, const struct capture_opts *cap)
 		spool_set_commit_hook(sp, archive_want, archive_on_commit, arch);
 	}
 	sched = scheduler_new(sp, 2);
+	if (sched)
+		scheduler_set_held_max(sched, (size_t)conf->limits.queued_memory);
 	if (sched && arch) /* ARCHIVE: remote recipients' outcomes */
 		scheduler_set_archive_observer(sched, archive_on_result, arch);
 	srv = sched ? smtp_server_new(sp, sched) : NULL;

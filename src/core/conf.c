@@ -180,6 +180,7 @@ static const struct conf_limits default_limits = {
     .data_timeout = 180,
     .shutdown_grace = 30,
     .inflight_memory = 256u << 20,
+    .queued_memory = 128u << 20,
 };
 
 static const struct conf_delivery default_delivery = {
@@ -791,6 +792,7 @@ static const struct limit_spec limit_specs[] = {
     LIM32(shutdown_grace, NK_TIME, 0, 86400),
     {"inflight_memory", NK_SIZE, offsetof(struct conf_limits, inflight_memory), true, 64u << 10,
      1ull << 40},
+    {"queued_memory", NK_SIZE, offsetof(struct conf_limits, queued_memory), true, 0, 1ull << 40},
 };
 
 #define N_LIMITS (sizeof(limit_specs) / sizeof(limit_specs[0]))

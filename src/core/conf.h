@@ -72,6 +72,7 @@ struct conf_limits {
 	uint32_t data_timeout;         /* seconds waiting for data; default 180 */
 	uint32_t shutdown_grace;       /* seconds SIGTERM waits for transactions; default 30 */
 	uint64_t inflight_memory;      /* bytes all messages being received may hold; 256 MiB */
+	uint64_t queued_memory; /* bytes of committed messages kept for delivery; 128 MiB */
 };
 
 /*

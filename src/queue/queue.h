@@ -298,6 +298,11 @@ int spool_maintain(struct spool *s);
 struct scheduler;
 
 struct scheduler *scheduler_new(struct spool *sp, unsigned threads);
+/* How many bytes of committed messages scheduler_submit may keep in memory
+ * for their delivery (limits.queued_memory); past it a message is read back
+ * from the spool when its turn comes. Set before the first submit. */
+#define SCHEDULER_HELD_DEFAULT ((size_t)128 << 20)
+void scheduler_set_held_max(struct scheduler *s, size_t bytes);
 /* Hands over a just-committed message. data/len is the spooled message
  * (ownership passes to the scheduler; may be NULL: then it is read from the
  * spool). Never blocks on I/O. */

@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +57,8 @@ struct job {
 	char *spill_path; /* NULL: data is the whole message */
 	uint64_t file_off, file_len;
 	uint32_t file_crc; /* the record's CRC32C of the file, checked as it is sent */
-	bool flush;      /* `tern queue flush`: deferred recipients are due now */
+	bool flush;        /* `tern queue flush`: deferred recipients are due now */
+	size_t held;       /* bytes of data counted in scheduler.held_bytes */
 };
 
 /* Messages with recipients handed to the remote engine, so a flush or a
@@ -85,6 +87,13 @@ struct scheduler {
 	struct job *head, *tail; /* due now */
 	struct job *deferred;    /* unordered; scanned once a second */
 	size_t n_pending;
+	/* Committed messages' bytes handed in by scheduler_submit and waiting
+	 * for delivery. Past held_max a submit drops its copy and delivery
+	 * reads the message back from the spool (the page cache, usually):
+	 * accepting faster than the next hops take mail must not grow memory
+	 * with the backlog. */
+	atomic_size_t held_bytes;
+	size_t held_max;
 	bool stopping;
 	/* Hand-offs: a producer wakes a delivery thread only when one waits and
 	 * none has been woken yet; the woken one takes every job queued by then
@@ -142,8 +151,10 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 	return before;
 }
 
-static void job_free(struct job *j)
+static void job_free(struct scheduler *s, struct job *j)
 {
+	if (j->held)
+		atomic_fetch_sub(&s->held_bytes, j->held);
 	free(j->data);
 	free(j->spill_path);
 	free(j);
@@ -182,6 +193,15 @@ static void submit_job(struct scheduler *s, const char *id, char *data, size_t l
 		return;
 	}
 	tern_strlcpy(j->id, id, sizeof(j->id));
+	if (data && atomic_load(&s->held_bytes) + len > s->held_max) {
+		free(data); /* read back from the spool when it is delivered */
+		data = NULL;
+		len = 0;
+	}
+	if (data) {
+		atomic_fetch_add(&s->held_bytes, len);
+		j->held = len;
+	}
 	j->data = data;
 	j->len = len;
 	j->flush = flush;
@@ -293,7 +313,7 @@ void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try)
 		while (j) {
 			struct job *next = j->next;
 			s->n_pending--;
-			job_free(j);
+			job_free(s, j);
 			j = next;
 		}
 		pthread_mutex_unlock(&s->lock);
@@ -1405,9 +1425,14 @@ static void *scheduler_main(void *arg)
 		s->n_pending -= n;
 		pthread_mutex_unlock(&s->lock);
 		for (size_t i = 0; i < n; i++) {
-			job_free(batch[i]);
+			job_free(s, batch[i]);
 		}
 	}
+}
+
+void scheduler_set_held_max(struct scheduler *s, size_t bytes)
+{
+	s->held_max = bytes;
 }
 
 struct scheduler *scheduler_new(struct spool *sp, unsigned threads)
@@ -1416,6 +1441,7 @@ struct scheduler *scheduler_new(struct spool *sp, unsigned threads)
 	if (!s)
 		return NULL;
 	s->sp = sp;
+	s->held_max = SCHEDULER_HELD_DEFAULT;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	s->threads = calloc(threads ? threads : 1, sizeof(pthread_t));
@@ -1471,7 +1497,7 @@ void scheduler_free(struct scheduler *s)
 		struct job *j = lists[l];
 		while (j) {
 			struct job *next = j->next;
-			job_free(j);
+			job_free(s, j);
 			j = next;
 		}
 	}

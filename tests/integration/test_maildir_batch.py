@@ -20,7 +20,8 @@ import time
 import pytest
 
 from conftest import Raw, expect
-from test_fault_disk import ALICE, assert_all_delivered, body, wait_delivered
+from test_fault_disk import (ALICE, RECEIVED_ID_RE, assert_all_delivered, body, send,
+                             wait_delivered)
 
 FAULT_WAIT = 20.0
 
@@ -101,3 +102,24 @@ def test_a_burst_to_many_mailboxes_arrives_once_each(tern_factory):
         got = wait_delivered(tern, acked[r], address=r)
         assert sorted(got) == sorted(acked[r]), r
         assert not any((tern.maildir(r) / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("queued_memory", ["0", "10k"])
+def test_messages_past_queued_memory_are_read_back_from_the_spool(tern_factory, queued_memory):
+    # limits.queued_memory bounds what committed messages keep in memory for their delivery:
+    # past it (here at once, or after two of these ~4 KiB messages) delivery reads each one
+    # back from the spool. Every acknowledged message still arrives, byte for byte.
+    tern = tern_factory({"limits": {"queued_memory": Raw(queued_memory)}})
+    c = tern.client()
+    c.ehlo()
+    sent = {}
+    for i in range(12):
+        tag = f"held-{queued_memory}-{i}"
+        r = expect(send(c, tag, size=4000), 250, "2.0.0")
+        sent[r.queue_id()] = body(tag, 4000)
+    c.close()
+    assert_all_delivered(tern, list(sent))
+    for p in tern.mail_files(ALICE):
+        data = p.read_bytes()
+        qid = RECEIVED_ID_RE.search(data[:4096]).group(1).decode()
+        assert data.endswith(sent[qid]), qid
