@@ -1051,26 +1051,15 @@ static void walk_entity(struct walk *w, const char *s, size_t n, const char *id,
 	while (dn < d.n && d.p[dn] != ';' && !is_ws(d.p[dn]))
 		dn++;
 	bool attach = ieq(d.p, dn, "attachment"), inl = ieq(d.p, dn, "inline");
-	bool is_text = strcmp(ct, "text/plain") == 0, is_html = strcmp(ct, "text/html") == 0;
-	if (attach)
-		p->role = MIME_ROLE_ATTACHMENT;
-	else if ((is_text || is_html) && !p->filename[0])
-		p->role = is_text ? MIME_ROLE_TEXT : MIME_ROLE_HTML;
-	else if (strcmp(ct, "message/rfc822") == 0)
-		p->role = MIME_ROLE_ATTACHMENT;
-	else if (p->content_id[0] || inl)
-		p->role = MIME_ROLE_INLINE;
-	else
-		p->role = MIME_ROLE_ATTACHMENT;
-	if (under_alt && p->role == MIME_ROLE_TEXT) {
-		if (w->alt_text)
-			p->role = MIME_ROLE_OTHER;
-		w->alt_text = true;
-	} else if (under_alt && p->role == MIME_ROLE_HTML) {
-		if (w->alt_html)
-			p->role = MIME_ROLE_OTHER;
-		w->alt_html = true;
-	}
+	p->role =
+	    mime_leaf_role(&(struct mime_leaf){.content_type = ct,
+	                                       .attachment = attach,
+	                                       .inline_disp = inl,
+	                                       .has_filename = p->filename[0] != '\0',
+	                                       .has_content_id = p->content_id[0] != '\0',
+	                                       .is_message = strcmp(ct, "message/rfc822") == 0,
+	                                       .under_alt = under_alt},
+	                   &w->alt_text, &w->alt_html);
 	if (p->role == MIME_ROLE_TEXT)
 		append_text(w, &w->text, &h, h.body);
 	else if (p->role == MIME_ROLE_HTML)

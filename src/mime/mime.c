@@ -292,36 +292,43 @@ out:
 	tbuf_free(&raw);
 }
 
+enum mime_role mime_leaf_role(const struct mime_leaf *l, bool *alt_text, bool *alt_html)
+{
+	bool is_text = strcmp(l->content_type, "text/plain") == 0;
+	bool is_html = strcmp(l->content_type, "text/html") == 0;
+	enum mime_role role;
+	if (l->attachment)
+		role = MIME_ROLE_ATTACHMENT;
+	else if ((is_text || is_html) && !l->has_filename)
+		role = is_text ? MIME_ROLE_TEXT : MIME_ROLE_HTML;
+	else if (l->is_message)
+		role = MIME_ROLE_ATTACHMENT;
+	else if (l->has_content_id || l->inline_disp)
+		role = MIME_ROLE_INLINE;
+	else
+		role = MIME_ROLE_ATTACHMENT;
+	if (l->under_alt && (role == MIME_ROLE_TEXT || role == MIME_ROLE_HTML)) {
+		bool *seen = role == MIME_ROLE_TEXT ? alt_text : alt_html;
+		if (*seen)
+			role = MIME_ROLE_OTHER;
+		*seen = true;
+	}
+	return role;
+}
+
 static void classify_leaf(struct walk *w, GMimeObject *obj, struct mime_part *p, bool under_alt)
 {
 	const char *disp = g_mime_object_get_disposition(obj);
 	bool attach = disp && g_ascii_strcasecmp(disp, "attachment") == 0;
 	bool inl = disp && g_ascii_strcasecmp(disp, "inline") == 0;
-	bool is_text = strcmp(p->content_type, "text/plain") == 0;
-	bool is_html = strcmp(p->content_type, "text/html") == 0;
-
-	if (attach)
-		p->role = MIME_ROLE_ATTACHMENT;
-	else if ((is_text || is_html) && p->filename[0] == '\0')
-		p->role = is_text ? MIME_ROLE_TEXT : MIME_ROLE_HTML;
-	else if (GMIME_IS_MESSAGE_PART(obj))
-		p->role = MIME_ROLE_ATTACHMENT;
-	else if (p->content_id[0] || inl)
-		p->role = MIME_ROLE_INLINE;
-	else
-		p->role = MIME_ROLE_ATTACHMENT;
-
-	/* a second text/plain (text/html) of the same alternative is another
-	 * version of the body, not more of it */
-	if (under_alt && p->role == MIME_ROLE_TEXT) {
-		if (w->alt_text)
-			p->role = MIME_ROLE_OTHER;
-		w->alt_text = true;
-	} else if (under_alt && p->role == MIME_ROLE_HTML) {
-		if (w->alt_html)
-			p->role = MIME_ROLE_OTHER;
-		w->alt_html = true;
-	}
+	p->role = mime_leaf_role(&(struct mime_leaf){.content_type = p->content_type,
+	                                             .attachment = attach,
+	                                             .inline_disp = inl,
+	                                             .has_filename = p->filename[0] != '\0',
+	                                             .has_content_id = p->content_id[0] != '\0',
+	                                             .is_message = GMIME_IS_MESSAGE_PART(obj),
+	                                             .under_alt = under_alt},
+	                         &w->alt_text, &w->alt_html);
 
 	if (p->role == MIME_ROLE_TEXT)
 		append_body(w, &w->text, obj, p->part_id);

@@ -43,6 +43,22 @@ enum mime_role {
 	MIME_ROLE_OTHER,      /* a leaf that is neither (e.g. a second, unnamed text part) */
 };
 
+/* What decides a leaf part's role, as both readers see it (mime.c through
+ * GMime, lite.c on its own). */
+struct mime_leaf {
+	const char *content_type; /* "type/subtype", lowercase */
+	bool attachment;          /* Content-Disposition: attachment */
+	bool inline_disp;         /* Content-Disposition: inline */
+	bool has_filename, has_content_id;
+	bool is_message; /* message/rfc822 */
+	bool under_alt;  /* a child of a multipart/alternative */
+};
+/* Pure: the role of l. *alt_text / *alt_html say whether the enclosing
+ * alternative already had its text/plain / text/html version (a second one
+ * is another version of the body, not more of it: MIME_ROLE_OTHER); they
+ * are updated. */
+enum mime_role mime_leaf_role(const struct mime_leaf *l, bool *alt_text, bool *alt_html);
+
 struct mime_part {
 	char part_id[MIME_PARTID_MAX];
 	enum mime_role role;

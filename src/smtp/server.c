@@ -807,13 +807,14 @@ static uint64_t msg_cap_after(const struct tbuf *b, uint64_t extra)
 	return cap > b->cap ? cap : b->cap;
 }
 
-/* Raises the charge of t to want bytes; false, with nothing charged, if
- * the budget cannot cover it. */
-static bool budget_charge(struct session *s, struct tx *t, uint64_t want)
+/* Raises *slot (t->charged or t->copies) to want bytes, charging the
+ * difference to the server's budget; false, with nothing charged, if the
+ * budget cannot cover it (a message alone, with its copies, always fits). */
+static bool budget_raise(struct session *s, struct tx *t, uint64_t *slot, uint64_t want)
 {
-	if (want <= t->charged)
+	if (want <= *slot)
 		return true;
-	uint64_t delta = want - t->charged, limit = s->conf->limits.inflight_memory;
+	uint64_t delta = want - *slot, limit = s->conf->limits.inflight_memory;
 	_Atomic uint64_t *in = &t->srv->inflight;
 	uint64_t cur = atomic_load(in);
 	do {
@@ -821,28 +822,22 @@ static bool budget_charge(struct session *s, struct tx *t, uint64_t want)
 		if (!alone && (cur > limit || delta > limit - cur))
 			return false;
 	} while (!atomic_compare_exchange_weak(in, &cur, cur + delta));
-	t->charged = want;
+	*slot = want;
 	return true;
+}
+
+/* Raises the charge of t for its message to want bytes. */
+static bool budget_charge(struct session *s, struct tx *t, uint64_t want)
+{
+	return budget_raise(s, t, &t->charged, want);
 }
 
 /* Charges t for the whole-message copies the milter stage makes (the
  * milter client's body, the rewritten message): want bytes on top of
- * msg's, until budget_copies_release. false, nothing charged, if the budget
- * cannot cover them (the message alone may always have them). */
+ * msg's, until budget_copies_release. */
 static bool budget_copies(struct session *s, struct tx *t, uint64_t want)
 {
-	if (want <= t->copies)
-		return true;
-	uint64_t delta = want - t->copies, limit = s->conf->limits.inflight_memory;
-	_Atomic uint64_t *in = &t->srv->inflight;
-	uint64_t cur = atomic_load(in);
-	do {
-		bool alone = cur == t->charged + t->copies;
-		if (!alone && (cur > limit || delta > limit - cur))
-			return false;
-	} while (!atomic_compare_exchange_weak(in, &cur, cur + delta));
-	t->copies = want;
-	return true;
+	return budget_raise(s, t, &t->copies, want);
 }
 
 static void budget_copies_release(struct tx *t)
