@@ -5,11 +5,12 @@ Starts smtp-sink (Postfix's test server, Debian package postfix: /usr/sbin/smtp-
 loopback port as the next hop, tern with `relayhost` pointing at it (relay allowed from
 127.0.0.0/8, a fresh data dir each run), and drives tern with tern's own load generator
 (bench/smtpload.c). Per run it prints: accept msg/s (until the last 250), relayed msg/s
-(until the sink counted the last message), MAIL->250 latency p50/p99, and tern's CPU (user,
-system, ms per message; from wait4, start-up and shutdown included) and its context switches
-per message (voluntary + involuntary, from the same wait4). With --tern-baseline
-the two binaries run alternately, repetition by repetition, on the same load, so that a
-busy machine disturbs both alike: compare them within a repetition.
+(until the sink counted the last message), MAIL->250 latency p50/p99 and each step's round
+trip (MAIL, RCPT, DATA, end of data), tern's CPU (user, system, ms per message; from wait4,
+start-up and shutdown included) and its context switches per message (voluntary +
+involuntary, from the same wait4). With --tern-baseline the two binaries run alternately,
+repetition by repetition, on the same load, so that a busy machine disturbs both alike:
+compare them within a repetition.
 
 Every load is bounded (message count, deadlines) and only talks to 127.0.0.1. Figures are
 printed, never asserted. For instruction counts run tern under callgrind with --wrap
@@ -139,6 +140,9 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
             "cpu_user_s": round(ru.ru_utime, 3), "cpu_sys_s": round(ru.ru_stime, 3),
             "cpu_ms_per_msg": round(cpu * 1000 / max(1, args.messages), 4),
             "ctxsw_per_msg": round((ru.ru_nvcsw + ru.ru_nivcsw) / max(1, args.messages), 2),
+            # each step's round trip p50/p99 (MAIL, RCPT, DATA, end of data -> 250)
+            "steps_p50_p99_ms": {k: [v.get("p50_ms"), v.get("p99_ms")]
+                                 for k, v in (res.get("steps") or {}).items()},
             "errors": res.get("errors")}
 
 

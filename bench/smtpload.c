@@ -24,7 +24,10 @@
  *
  * Output: one human-readable summary line, then one JSON object as the last
  * line of stdout (what the bench scripts parse): counts, elapsed_s, msgs_per_s,
- * lat_p50_ms / p90 / p99 / max, and the distinct error texts with counts.
+ * lat_p50_ms / p90 / p99 / max, the same per step of an accepted message
+ * ("steps": MAIL->250, RCPT->250, DATA->354, end of data->250; without -P
+ * only, where each reply has its own round trip), and the distinct error
+ * texts with counts.
  *
  * Owns: one epoll loop over non-blocking sockets, one state machine per
  * connection, exact latency percentiles (every sample kept and sorted).
@@ -95,6 +98,8 @@ struct conn {
 	bool holds_msg;  /* a claimed message is in flight */
 	long msg_no;     /* its number */
 	double t_mail;   /* when its MAIL went out */
+	double t_step;   /* when the command now answered went out (steps) */
+	uint32_t step_us[4]; /* this message's MAIL, RCPT, DATA, end-of-data round trips */
 	double progress; /* last time anything was read or written */
 	double retry_at; /* PH_CLOSED: reconnect not before (send mode) */
 };
@@ -125,6 +130,7 @@ static struct {
 	long claimed, ok, tempfail, permfail, lost;
 	long connect_fail, held, dropped_while_held;
 	uint32_t *lat_us; /* one per accepted message */
+	uint32_t *step_us[4]; /* per step, one per accepted message (not with -P) */
 	char kinds[MAX_ERR_KINDS][160];
 	long kind_n[MAX_ERR_KINDS];
 	int n_kinds;
@@ -295,6 +301,7 @@ static void next_tx(struct conn *c)
 		return;
 	}
 	c->t_mail = now();
+	c->t_step = c->t_mail;
 	if (opt.pipelining) {
 		int n = snprintf(c->cmd, sizeof(c->cmd),
 		                 "MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n", opt.from, opt.rcpt);
@@ -345,10 +352,29 @@ static void tx_failed(struct conn *c, const char *step, int code, const char *te
 	c->ph = PH_RSET;
 }
 
+static uint32_t clamp_us(double us)
+{
+	return us > 4e9 ? 4000000000u : (uint32_t)us;
+}
+
+enum { STEP_MAIL, STEP_RCPT, STEP_DATA, STEP_END, N_STEPS };
+static const char *const step_names[N_STEPS] = {"mail", "rcpt", "data", "end"};
+
+/* The reply to step k arrived: its round trip, and the next step's start. */
+static void step_done(struct conn *c, int k)
+{
+	double t = now();
+	c->step_us[k] = clamp_us((t - c->t_step) * 1e6);
+	c->t_step = t;
+}
+
 static void accepted(struct conn *c)
 {
-	double us = (now() - c->t_mail) * 1e6;
-	res.lat_us[res.ok++] = us > 4e9 ? 4000000000u : (uint32_t)us;
+	step_done(c, STEP_END);
+	if (!opt.pipelining)
+		for (int k = 0; k < N_STEPS; k++)
+			res.step_us[k][res.ok] = c->step_us[k];
+	res.lat_us[res.ok++] = clamp_us((now() - c->t_mail) * 1e6);
 	c->holds_msg = false;
 }
 
@@ -385,6 +411,7 @@ static bool on_reply(struct conn *c, int code, const char *text)
 				return false;
 			break;
 		}
+		step_done(c, STEP_MAIL);
 		send_cmd(c, "RCPT TO:<%s>\r\n", opt.rcpt);
 		c->ph = PH_RCPT;
 		break;
@@ -395,6 +422,7 @@ static bool on_reply(struct conn *c, int code, const char *text)
 				return false;
 			break;
 		}
+		step_done(c, STEP_RCPT);
 		send_cmd(c, "DATA\r\n");
 		c->ph = PH_DATA;
 		break;
@@ -405,6 +433,7 @@ static bool on_reply(struct conn *c, int code, const char *text)
 				return false;
 			break;
 		}
+		step_done(c, STEP_DATA);
 		send_message(c);
 		break;
 	case PH_PIPE: {
@@ -559,12 +588,34 @@ static int cmp_u32(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* The p-quantile of n sorted samples, in ms. */
+static double quantile_ms(const uint32_t *v, long n, double p)
+{
+	if (n == 0)
+		return 0;
+	long i = (long)(p * (double)(n - 1) + 0.5);
+	return v[i] / 1000.0;
+}
+
 static double pct_ms(double p)
 {
-	if (res.ok == 0)
-		return 0;
-	long i = (long)(p * (double)(res.ok - 1) + 0.5);
-	return res.lat_us[i] / 1000.0;
+	return quantile_ms(res.lat_us, res.ok, p);
+}
+
+/* "steps":{"mail":{"p50_ms":..,"p99_ms":..},...} (sorts the step arrays). */
+static void print_steps(void)
+{
+	printf("\"steps\":{");
+	for (int k = 0; k < N_STEPS && !opt.pipelining; k++) {
+		qsort(res.step_us[k], (size_t)res.ok, sizeof(uint32_t), cmp_u32);
+		printf("%s\"%s\":{\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,"
+		       "\"max_ms\":%.3f}",
+		       k ? "," : "", step_names[k], quantile_ms(res.step_us[k], res.ok, 0.5),
+		       quantile_ms(res.step_us[k], res.ok, 0.9),
+		       quantile_ms(res.step_us[k], res.ok, 0.99),
+		       quantile_ms(res.step_us[k], res.ok, 1.0));
+	}
+	printf("},");
 }
 
 static void print_errors(void)
@@ -831,6 +882,7 @@ static int run_send(double t0)
 	       opt.msgs, opt.conns, opt.per_conn, opt.size, opt.pipelining ? "true" : "false",
 	       res.ok, res.tempfail, res.permfail, res.lost, el, rate, pct_ms(0.5), pct_ms(0.9),
 	       pct_ms(0.99), pct_ms(1.0), deadline_hit ? "true" : "false");
+	print_steps();
 	print_errors();
 	return res.ok == opt.msgs ? 0 : 1;
 }
@@ -914,7 +966,10 @@ int main(int argc, char **argv)
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	conns = calloc((size_t)opt.conns, sizeof(*conns));
 	res.lat_us = calloc((size_t)opt.msgs, sizeof(*res.lat_us));
-	if (ep < 0 || !conns || !res.lat_us || (!opt.hold && !build_body())) {
+	bool steps_ok = true;
+	for (int k = 0; k < N_STEPS; k++)
+		steps_ok = (res.step_us[k] = calloc((size_t)opt.msgs, sizeof(uint32_t))) && steps_ok;
+	if (ep < 0 || !conns || !res.lat_us || !steps_ok || (!opt.hold && !build_body())) {
 		fprintf(stderr, "smtpload: out of memory or descriptors\n");
 		return 2;
 	}
@@ -926,6 +981,8 @@ int main(int argc, char **argv)
 	int rc = opt.hold ? run_hold(t0) : run_send(t0);
 	free(body);
 	free(res.lat_us);
+	for (int k = 0; k < N_STEPS; k++)
+		free(res.step_us[k]);
 	free(conns);
 	close(ep);
 	return rc;
