@@ -93,15 +93,15 @@ struct conn {
 	char cmd[1024]; /* the command(s) or header block being written */
 	struct out out[2];
 	int n_out;
-	bool want_out;   /* EPOLLOUT registered */
-	long here;       /* messages started on this connection */
-	bool holds_msg;  /* a claimed message is in flight */
-	long msg_no;     /* its number */
-	double t_mail;   /* when its MAIL went out */
-	double t_step;   /* when the command now answered went out (steps) */
+	bool want_out;       /* EPOLLOUT registered */
+	long here;           /* messages started on this connection */
+	bool holds_msg;      /* a claimed message is in flight */
+	long msg_no;         /* its number */
+	double t_mail;       /* when its MAIL went out */
+	double t_step;       /* when the command now answered went out (steps) */
 	uint32_t step_us[4]; /* this message's MAIL, RCPT, DATA, end-of-data round trips */
-	double progress; /* last time anything was read or written */
-	double retry_at; /* PH_CLOSED: reconnect not before (send mode) */
+	double progress;     /* last time anything was read or written */
+	double retry_at;     /* PH_CLOSED: reconnect not before (send mode) */
 };
 
 static struct {
@@ -129,7 +129,7 @@ static struct {
 static struct {
 	long claimed, ok, tempfail, permfail, lost;
 	long connect_fail, held, dropped_while_held;
-	uint32_t *lat_us; /* one per accepted message */
+	uint32_t *lat_us;     /* one per accepted message */
 	uint32_t *step_us[4]; /* per step, one per accepted message (not with -P) */
 	char kinds[MAX_ERR_KINDS][160];
 	long kind_n[MAX_ERR_KINDS];
@@ -968,7 +968,8 @@ int main(int argc, char **argv)
 	res.lat_us = calloc((size_t)opt.msgs, sizeof(*res.lat_us));
 	bool steps_ok = true;
 	for (int k = 0; k < N_STEPS; k++)
-		steps_ok = (res.step_us[k] = calloc((size_t)opt.msgs, sizeof(uint32_t))) && steps_ok;
+		steps_ok =
+		    (res.step_us[k] = calloc((size_t)opt.msgs, sizeof(uint32_t))) && steps_ok;
 	if (ep < 0 || !conns || !res.lat_us || !steps_ok || (!opt.hold && !build_body())) {
 		fprintf(stderr, "smtpload: out of memory or descriptors\n");
 		return 2;
