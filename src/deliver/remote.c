@@ -260,6 +260,9 @@ struct rconn {
 	 * (remote_wire.h). Empty outside a step; NULL until the first. */
 	struct evbuffer *cork;
 	bool corking; /* inside a step: out_of gives the cork on a plain socket */
+	/* Plain sockets once connected: our read event in place of the
+	 * bufferevent's (own_reads), or NULL: libevent reads (TLS, connecting). */
+	struct event *rd_ev;
 	/* transaction: one batch of at most BATCH_MAX of the job's recipients */
 	size_t batch_start, batch_end;         /* the batch is rcpts[batch_start .. batch_end) */
 	enum expect expect[1 + BATCH_MAX + 1]; /* MAIL, the batch's RCPTs, DATA or BDAT */
@@ -635,6 +638,10 @@ static void send_line(struct rconn *c, const char *fmt, ...)
 
 static void close_bev(struct rconn *c)
 {
+	if (c->rd_ev) { /* before the socket is closed with the bufferevent */
+		event_free(c->rd_ev);
+		c->rd_ev = NULL;
+	}
 	if (c->bev) {
 		bufferevent_free(c->bev);
 		c->bev = NULL;
@@ -1378,6 +1385,8 @@ static void send_ehlo(struct rconn *c)
 
 static void on_read(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
+static void own_reads(struct rconn *c);
+static void give_reads_back(struct rconn *c);
 
 /* The host entry (addresses, TLSA) of the current target; NULL for a
  * literal address. */
@@ -1446,6 +1455,7 @@ static void tls_required_failed(struct rconn *c, const char *status, const char 
 static void start_tls(struct rconn *c)
 {
 	cork_flush(c); /* nothing corked goes under the TLS layer */
+	give_reads_back(c);
 	SSL *ssl = SSL_new(c->r->tls);
 	char err[300];
 	if (!ssl || tlsp_prepare(ssl, c->level, target_host(c),
@@ -1889,6 +1899,59 @@ static void on_read(struct bufferevent *bev, void *arg)
 		step_end(c);
 }
 
+/*
+ * Reads on a plain socket, once connected: one recv per readable event
+ * straight into the bufferevent's input (remote_wire.h), where libevent
+ * would ask FIONREAD before each read; then on_read as before. The end of
+ * the stream and errors go to on_event as libevent reports them.
+ */
+#define READ_MAX 16384
+
+static void on_sock_readable(evutil_socket_t fd, short what, void *arg)
+{
+	struct rconn *c = arg;
+	if (TERN_BUG_ON(!c->bev)) /* close_bev frees this event */
+		return;
+	long r = rwire_read(fd, bufferevent_get_input(c->bev), READ_MAX);
+	if (r > 0) {
+		on_read(c->bev, c);
+		return;
+	}
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	on_event(c->bev, (short)(BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR)),
+	         c);
+}
+
+/* A plain connection is up: our read event takes over from the
+ * bufferevent's (added first, so the fd's epoll entry does not change).
+ * Without memory for it, libevent goes on reading as before. */
+static void own_reads(struct rconn *c)
+{
+	evutil_socket_t fd = bufferevent_getfd(c->bev);
+	if (c->rd_ev || fd < 0)
+		return;
+	c->rd_ev = event_new(worker_base(c->w), fd, EV_READ | EV_PERSIST, on_sock_readable, c);
+	if (!c->rd_ev)
+		return;
+	if (event_add(c->rd_ev, NULL) != 0) {
+		event_free(c->rd_ev);
+		c->rd_ev = NULL;
+		return;
+	}
+	bufferevent_disable(c->bev, EV_READ);
+}
+
+/* STARTTLS: the TLS layer reads through the bufferevent again. */
+static void give_reads_back(struct rconn *c)
+{
+	if (!c->rd_ev)
+		return;
+	bufferevent_enable(c->bev, EV_READ);
+	event_free(c->rd_ev);
+	c->rd_ev = NULL;
+}
+
 /* Words for what the connection was waiting for (error texts). */
 static const char *waiting_for(const struct rconn *c)
 {
@@ -2054,6 +2117,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			start_tls(c);
 			return;
 		}
+		own_reads(c);
 		enter_state(c, RC_GREETING);
 		c->awaiting = 1; /* the greeting */
 		wait_for(c, c->conf->delivery.command_timeout);

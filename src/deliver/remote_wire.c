@@ -3,10 +3,9 @@
  * they can (deliver/remote_wire.h).
  *
  * Owns: sendmsg(2) of a cork on plain outbound sockets whose output is
- * empty. Never: sends ahead of bytes already queued, touches a TLS
- * connection's socket, blocks, raises SIGPIPE, or loses a byte: anything
- * not sent is moved to the bufferevent's output, where libevent writes it
- * and reports any error.
+ * empty, and recv(2) into an input buffer. Never: sends ahead of bytes already queued, touches a
+ * TLS connection's socket, blocks, raises SIGPIPE, or loses a byte: anything not sent is moved to
+ * the bufferevent's output, where libevent writes it and reports any error.
  */
 #include "deliver/remote_wire.h"
 
@@ -57,4 +56,25 @@ size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork)
 	if (evbuffer_get_length(cork) > 0)
 		evbuffer_add_buffer(out, cork); /* moves the chains, behind what is queued */
 	return sent;
+}
+
+long rwire_read(int fd, struct evbuffer *in, size_t max)
+{
+	struct evbuffer_iovec v;
+	if (evbuffer_reserve_space(in, (ev_ssize_t)max, &v, 1) < 1) {
+		errno = ENOMEM;
+		return -1;
+	}
+	ssize_t r;
+	do
+		r = recv(fd, v.iov_base, v.iov_len < max ? v.iov_len : max, 0);
+	while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return (long)r; /* the reservation lapses: in is as it was */
+	v.iov_len = (size_t)r;
+	if (evbuffer_commit_space(in, &v, 1) != 0) {
+		errno = ENOMEM; /* cannot happen: the space was just reserved */
+		return -1;
+	}
+	return (long)r;
 }

@@ -10,6 +10,9 @@
  * in the same loop turn, without libevent adding and removing its write
  * event (two epoll_ctl) and without waiting a loop turn for that event.
  *
+ * Plain outbound sockets are also read here, one recv(2) per readable event
+ * into the bufferevent's input, without libevent's FIONREAD before it.
+ *
  * Owns: the decision to send at once or to queue in the bufferevent.
  * Never: reorders bytes (a direct send happens only when the bufferevent's
  * output is empty, and what the socket does not take is queued behind
@@ -37,5 +40,15 @@ struct evbuffer;
  * writes. The cork is empty on return.
  */
 size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork);
+
+/*
+ * One recv(2) of at most max bytes from fd (nonblocking) into the end of in:
+ * no FIONREAD first, as libevent's evbuffer_read asks before every read
+ * (one ioctl per read; replies are small and max covers a pipelined burst).
+ * Returns the bytes read (> 0), 0 at the peer's end of stream, or -1 with
+ * errno set (EAGAIN: nothing to read now; ENOMEM: no room; else the
+ * socket's error). in is unchanged unless bytes were read.
+ */
+long rwire_read(int fd, struct evbuffer *in, size_t max);
 
 #endif
