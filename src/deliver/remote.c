@@ -1905,14 +1905,13 @@ static void on_read(struct bufferevent *bev, void *arg)
  * would ask FIONREAD before each read; then on_read as before. The end of
  * the stream and errors go to on_event as libevent reports them.
  */
-#define READ_MAX 16384
 
 static void on_sock_readable(evutil_socket_t fd, short what, void *arg)
 {
 	struct rconn *c = arg;
 	if (TERN_BUG_ON(!c->bev)) /* close_bev frees this event */
 		return;
-	long r = rwire_read(fd, bufferevent_get_input(c->bev), READ_MAX);
+	long r = rwire_read(fd, bufferevent_get_input(c->bev), RWIRE_READ_MAX);
 	if (r > 0) {
 		on_read(c->bev, c);
 		return;

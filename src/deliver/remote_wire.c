@@ -60,20 +60,20 @@ size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork)
 
 long rwire_read(int fd, struct evbuffer *in, size_t max)
 {
-	struct evbuffer_iovec v;
-	if (evbuffer_reserve_space(in, (ev_ssize_t)max, &v, 1) < 1) {
-		errno = ENOMEM;
-		return -1;
-	}
+	/* Into the stack, then appended: a reply is tens of bytes, and
+	 * evbuffer_add sizes its chain to them (a reservation of max bytes in
+	 * the input would allocate and free a chain of max bytes per read). */
+	char buf[RWIRE_READ_MAX];
+	if (max > sizeof(buf))
+		max = sizeof(buf);
 	ssize_t r;
 	do
-		r = recv(fd, v.iov_base, v.iov_len < max ? v.iov_len : max, 0);
+		r = recv(fd, buf, max, 0);
 	while (r < 0 && errno == EINTR);
 	if (r <= 0)
-		return (long)r; /* the reservation lapses: in is as it was */
-	v.iov_len = (size_t)r;
-	if (evbuffer_commit_space(in, &v, 1) != 0) {
-		errno = ENOMEM; /* cannot happen: the space was just reserved */
+		return (long)r;
+	if (evbuffer_add(in, buf, (size_t)r) != 0) {
+		errno = ENOMEM; /* the bytes are lost with the connection: it fails */
 		return -1;
 	}
 	return (long)r;

@@ -41,13 +41,17 @@ struct evbuffer;
  */
 size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork);
 
+/* A pipelined burst of replies (100 RCPTs' answers are about 2 KiB). */
+#define RWIRE_READ_MAX 4096
+
 /*
- * One recv(2) of at most max bytes from fd (nonblocking) into the end of in:
- * no FIONREAD first, as libevent's evbuffer_read asks before every read
- * (one ioctl per read; replies are small and max covers a pipelined burst).
- * Returns the bytes read (> 0), 0 at the peer's end of stream, or -1 with
- * errno set (EAGAIN: nothing to read now; ENOMEM: no room; else the
- * socket's error). in is unchanged unless bytes were read.
+ * One recv(2) of at most max bytes (RWIRE_READ_MAX at most) from fd, a
+ * nonblocking socket, appended to in: no FIONREAD first, where libevent's
+ * evbuffer_read asks it before every read (an ioctl per read). Returns the
+ * bytes read (> 0), 0 at the peer's end of stream, or -1 with errno set
+ * (EAGAIN: nothing to read now; ENOMEM: what was read could not be kept,
+ * the caller ends the connection; else the socket's error). in is
+ * unchanged unless bytes were read.
  */
 long rwire_read(int fd, struct evbuffer *in, size_t max);
 
