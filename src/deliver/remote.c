@@ -11,6 +11,11 @@
  * recipient ends with a result; the job's done callback hands them back to
  * the scheduler — exactly once per job, whatever way its transactions end.
  *
+ * On a plain connection each step (the replies just read, a job for a
+ * parked connection, a chunk of a spilled file) sends what it queued with
+ * one sendmsg at its end, and replies are read with one recv per readable
+ * event (deliver/remote_wire.h); TLS connections go through libevent.
+ *
  * Must never: block; deliver to ourselves (an MX that is us bounces 5.4.6);
  * send a message to a peer whose capabilities it would violate (SIZE,
  * SMTPUTF8, 8BITMIME: converted or bounced instead); send DATA text with a
