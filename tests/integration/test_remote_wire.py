@@ -6,8 +6,11 @@ queued ahead, queueing only what the socket does not take for libevent to write.
 What a user depends on, asserted from the next hop's side byte for byte: nothing is lost,
 doubled or reordered, whatever the socket takes at once. The next hop here (WireMX, a
 raw-socket server on its own loopback address) reads commands a byte at a time and the
-message in small pieces through a 4 KiB receive buffer, so a direct send of a large
-message is cut short and the rest must follow from libevent's queue, in order:
+message in small pieces through a 4 KiB receive buffer, and announces a 1 KiB MSS, so a
+direct send of a large message is cut short and the rest must follow from libevent's
+queue, in order (a direct send that dropped the rest fails them; one that went
+ahead of queued bytes is caught by tests/unit/test_remote_wire.c, whose socket can be
+filled at will):
 - several messages over one connection arrive as MAIL, RCPT, RCPT, DATA (or BDAT) each, in
   order, and every message is exactly what was submitted (plus tern's Received header),
   dot-stuffed for DATA, as it is for BDAT, with the announced size its length;
@@ -45,8 +48,12 @@ class WireMX:
         self.conns, self.tx, self.resets = [], [], 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # inherited by accepted sockets: the kernel takes little of a large send at once
+        # Inherited by accepted sockets. A small receive buffer and a small MSS (announced
+        # in the SYN-ACK): on loopback tern's send buffer starts at about 20 segments of
+        # the MSS (64 KiB ones: over 1 MiB, a whole message at once); of 1 KiB ones, a few
+        # dozen KiB, so a large message is cut short and the rest waits in the queue.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1024)
         self.sock.bind((ip, 0))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
