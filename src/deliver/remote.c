@@ -11,6 +11,11 @@
  * recipient ends with a result; the job's done callback hands them back to
  * the scheduler — exactly once per job, whatever way its transactions end.
  *
+ * On a plain connection each step (the replies just read, a job for a
+ * parked connection, a chunk of a spilled file) sends what it queued with
+ * one sendmsg at its end, and replies are read with one recv per readable
+ * event (deliver/remote_wire.h); TLS connections go through libevent.
+ *
  * Must never: block; deliver to ourselves (an MX that is us bounces 5.4.6);
  * send a message to a peer whose capabilities it would violate (SIZE,
  * SMTPUTF8, 8BITMIME: converted or bounced instead); send DATA text with a
@@ -29,6 +34,7 @@
  */
 #include "deliver/deliver.h"
 #include "deliver/remote_stream.h"
+#include "deliver/remote_wire.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -235,8 +241,8 @@ struct rconn {
 	enum conf_tls level; /* TLS the current target must meet (tlspolicy.h) */
 	bool greeted_ok;     /* a server took us past EHLO: failures are no longer per-target */
 	bool implicit_tls;   /* smtps:// handshake under way: the greeting comes after it */
-	bool in_read;        /* inside on_read: freeing waits until it returns */
-	bool dead;           /* freed while in_read */
+	bool in_step;        /* inside a step (step_begin): freeing waits for its end */
+	bool dead;           /* freed while in_step */
 	/* Parked (RC_IDLE): on dest->idle, under the remote's lock. Taken off
 	 * the list by remote_submit or remote_stop, which then post
 	 * conn_unpark; until it runs the connection stays in RC_IDLE. */
@@ -254,6 +260,14 @@ struct rconn {
 	unsigned awaiting;         /* replies due: commands sent, not answered yet */
 	bool body_pending;         /* message data not all handed to the kernel yet */
 	struct evbuffer *wire_out; /* the socket's output, under any TLS layer */
+	/* Plain sockets: what a step sends is collected here and leaves at the
+	 * step's end, straight to the socket when nothing is queued
+	 * (remote_wire.h). Empty outside a step; NULL until the first. */
+	struct evbuffer *cork;
+	bool corking; /* inside a step: out_of gives the cork on a plain socket */
+	/* Plain sockets once connected: our read event in place of the
+	 * bufferevent's (own_reads), or NULL: libevent reads (TLS, connecting). */
+	struct event *rd_ev;
 	/* transaction: one batch of at most BATCH_MAX of the job's recipients */
 	size_t batch_start, batch_end;         /* the batch is rcpts[batch_start .. batch_end) */
 	enum expect expect[1 + BATCH_MAX + 1]; /* MAIL, the batch's RCPTs, DATA or BDAT */
@@ -583,6 +597,33 @@ static void wait_next_reply(struct rconn *c, size_t ahead)
 	wait_for(c, t);
 }
 
+/* c->bev is a plain socket bufferevent (no TLS layer over it). */
+static bool plain_socket(const struct rconn *c)
+{
+	return c->bev && c->wire_out == bufferevent_get_output(c->bev);
+}
+
+/* Where the connection's next bytes go: inside a step on a plain socket the
+ * cork (sent at the step's end, cork_flush), else the bufferevent's output. */
+static struct evbuffer *out_of(struct rconn *c)
+{
+	if (c->corking && plain_socket(c))
+		return c->cork;
+	return bufferevent_get_output(c->bev);
+}
+
+/* Bytes of ours not yet handed to the kernel: the cork, the bufferevent's
+ * output and, under TLS, the socket's. */
+static size_t out_queued(struct rconn *c)
+{
+	size_t n = evbuffer_get_length(bufferevent_get_output(c->bev));
+	if (c->wire_out && c->wire_out != bufferevent_get_output(c->bev))
+		n += evbuffer_get_length(c->wire_out);
+	if (c->cork)
+		n += evbuffer_get_length(c->cork);
+	return n;
+}
+
 /* Sends one command; its reply is due within command_timeout. Commands
  * pipelined behind others wait their turn: the deadline that runs is the
  * one of the reply at the head (on_read starts the next one's). */
@@ -590,7 +631,7 @@ static void send_line(struct rconn *c, const char *fmt, ...) __attribute__((form
 
 static void send_line(struct rconn *c, const char *fmt, ...)
 {
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *out = out_of(c);
 	va_list ap;
 	va_start(ap, fmt);
 	evbuffer_add_vprintf(out, fmt, ap);
@@ -602,11 +643,17 @@ static void send_line(struct rconn *c, const char *fmt, ...)
 
 static void close_bev(struct rconn *c)
 {
+	if (c->rd_ev) { /* before the socket is closed with the bufferevent */
+		event_free(c->rd_ev);
+		c->rd_ev = NULL;
+	}
 	if (c->bev) {
 		bufferevent_free(c->bev);
 		c->bev = NULL;
 	}
 	c->wire_out = NULL;
+	if (c->cork) /* a step's bytes for the socket just closed */
+		evbuffer_drain(c->cork, evbuffer_get_length(c->cork));
 	body_pump_close(&c->pump); /* SPILL */
 	c->pump.active = false;
 	c->tls_active = false;
@@ -632,19 +679,19 @@ static void abort_bev(struct rconn *c)
 	close_bev(c);
 }
 
-/* Nothing of the message data is left in our buffers (TLS layer included). */
+/* Nothing of the message data is left in our buffers (cork and TLS layer
+ * included). */
 static bool data_handed_over(struct rconn *c)
 {
-	return evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 &&
-	       (!c->wire_out || evbuffer_get_length(c->wire_out) == 0);
+	return out_queued(c) == 0;
 }
 
-/* The socket took bytes: in the data phase, credit the peer for them, and
- * once all is taken start the wait for the final reply. */
-static void on_wire_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+/* The socket took n bytes (written by libevent, or sent directly at a
+ * step's end): in the data phase, credit the peer for them, and once all
+ * is taken start the wait for the final reply. */
+static void wire_took(struct rconn *c, size_t n)
 {
-	struct rconn *c = arg;
-	if (!c->body_pending || info->n_deleted == 0 || !c->bev || c->pump_err)
+	if (!c->body_pending || n == 0 || !c->bev || c->pump_err)
 		return; /* SPILL: a failed file's deadline is due (pump_failed) */
 	if (c->pump.active && !pump_more(c)) {
 		/* SPILL: the file failed. Not torn down inside the buffer's own
@@ -660,8 +707,62 @@ static void on_wire_drained(struct evbuffer *buf, const struct evbuffer_cb_info 
 		return;
 	}
 	double cap = mono_now() + c->wait_secs;
-	double at = c->deadline + (double)info->n_deleted / DATA_MIN_RATE;
+	double at = c->deadline + (double)n / DATA_MIN_RATE;
 	deadline_at(c, at < cap ? at : cap);
+}
+
+/* libevent wrote bytes of the socket's output. */
+static void on_wire_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	wire_took(arg, info->n_deleted);
+}
+
+/*
+ * Steps. Each callback that may send on a connection (replies read, a job
+ * for a parked connection, a chunk of a spilled file) is one step: what it
+ * sends on a plain socket is corked and leaves at its end in one sendmsg
+ * when nothing is queued (remote_wire.h), and freeing the connection waits
+ * for the end (conn_free marks it dead). false: already inside a step, whose
+ * end does both (the caller must not call step_end).
+ */
+static bool step_begin(struct rconn *c)
+{
+	if (c->in_step)
+		return false;
+	c->in_step = true;
+	if (!c->cork)
+		c->cork = evbuffer_new(); /* out of memory: no cork, the output as before */
+	c->corking = c->cork != NULL;
+	return true;
+}
+
+/* Sends what the step corked (plain sockets only), and credits the bytes
+ * the socket took at once as on_wire_drained credits libevent's. */
+static void cork_flush(struct rconn *c)
+{
+	c->corking = false;
+	if (!c->cork || evbuffer_get_length(c->cork) == 0)
+		return;
+	if (TERN_BUG_ON(!c->bev)) { /* close_bev empties the cork */
+		evbuffer_drain(c->cork, evbuffer_get_length(c->cork));
+		return;
+	}
+	if (!plain_socket(c)) { /* start_tls flushes first: cannot happen */
+		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->cork);
+		return;
+	}
+	wire_took(c, rwire_flush(c->bev, c->cork));
+}
+
+/* The end of a step: c is freed if it died in it, else its corked bytes
+ * are sent. */
+static void step_end(struct rconn *c)
+{
+	c->in_step = false;
+	if (c->dead)
+		conn_free(c);
+	else
+		cork_flush(c);
 }
 
 static void emit_evbuffer(void *arg, const char *p, size_t n)
@@ -872,9 +973,9 @@ static void send_bdat_last(struct rconn *c)
 	struct remote_job *j = c->job;
 	const char *d = c->converted.data ? c->converted.data : j->data;
 	size_t len = c->converted.data ? c->converted.len : j->len;
-	struct evbuffer *out = bufferevent_get_output(c->bev);
 	if (!push_expect(c, EX_BDAT))
 		return;
+	struct evbuffer *out = out_of(c);
 	uint64_t n = len;
 	if (j->body == SMTP_BODY_BINARYMIME)
 		evbuffer_add(c->chunk, d, len);
@@ -980,10 +1081,7 @@ static void data_sent(struct rconn *c)
  * transaction with pump_failed. */
 static bool pump_more(struct rconn *c)
 {
-	size_t queued = evbuffer_get_length(bufferevent_get_output(c->bev));
-	if (c->wire_out && c->wire_out != bufferevent_get_output(c->bev))
-		queued += evbuffer_get_length(c->wire_out);
-	int rc = body_pump_fill(&c->pump, queued, emit_evbuffer, bufferevent_get_output(c->bev));
+	int rc = body_pump_fill(&c->pump, out_queued(c), emit_evbuffer, out_of(c));
 	if (rc == TERN_OK)
 		return true;
 	c->pump_err = rc;
@@ -1024,15 +1122,18 @@ static void pump_ready(void *arg)
 	struct rconn *c = arg;
 	if (!c->bev || !c->pump.active || c->pump_err)
 		return;
+	bool outer = step_begin(c);
 	if (!pump_more(c))
 		pump_failed(c);
+	if (outer)
+		step_end(c);
 }
 
 /* SPILL: the head from memory, the rest from the file as the socket takes it. */
 static void send_body_stream(struct rconn *c)
 {
 	struct remote_job *j = c->job;
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *out = out_of(c);
 	bool raw = j->body == SMTP_BODY_BINARYMIME;
 	/* a later batch of the same job sends the file again from its start */
 	if (!body_pump_fresh(&c->pump) &&
@@ -1063,7 +1164,7 @@ static void send_body(struct rconn *c)
 	}
 	const char *d = c->converted.data ? c->converted.data : j->data;
 	size_t len = c->converted.data ? c->converted.len : j->len;
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *out = out_of(c);
 	if (j->body == SMTP_BODY_BINARYMIME) {
 		evbuffer_add_printf(out, "BDAT %zu LAST\r\n", len);
 		evbuffer_add(out, d, len);
@@ -1213,7 +1314,7 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 			if (c->mail_failed || c->n_accepted == 0) {
 				/* A pipelined DATA the server took although no recipient
 				 * was accepted: end it empty (RFC 2920 §3.1). */
-				evbuffer_add(bufferevent_get_output(c->bev), ".\r\n", 3);
+				evbuffer_add(out_of(c), ".\r\n", 3);
 				data_sent(c);
 				return;
 			}
@@ -1289,6 +1390,8 @@ static void send_ehlo(struct rconn *c)
 
 static void on_read(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
+static void own_reads(struct rconn *c);
+static void give_reads_back(struct rconn *c);
 
 /* The host entry (addresses, TLSA) of the current target; NULL for a
  * literal address. */
@@ -1356,6 +1459,8 @@ static void tls_required_failed(struct rconn *c, const char *status, const char 
 
 static void start_tls(struct rconn *c)
 {
+	cork_flush(c); /* nothing corked goes under the TLS layer */
+	give_reads_back(c);
 	SSL *ssl = SSL_new(c->r->tls);
 	char err[300];
 	if (!ssl || tlsp_prepare(ssl, c->level, target_host(c),
@@ -1724,9 +1829,8 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
  * (before we sent anything new), and a reply while the message data is still
  * going out are all protocol errors — never "the reply to the next command".
  */
-static void on_read(struct bufferevent *bev, void *arg)
+static void read_replies(struct rconn *c, struct bufferevent *bev)
 {
-	struct rconn *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	while (c->bev == bev && evbuffer_get_length(in) > 0) {
 		if (c->st == RC_IDLE) {
@@ -1779,18 +1883,77 @@ static void on_read(struct bufferevent *bev, void *arg)
 				wait_none(c);
 			}
 		}
-		c->in_read = true;
 		handle_reply(c, &r);
-		c->in_read = false;
-		if (c->dead) {
-			conn_free(c);
-			return;
-		}
+		if (c->dead)
+			return; /* the step's end frees it */
 		/* A connection on the wire always waits for something, by a deadline. */
 		TERN_BUG_ON(c->bev && c->deadline == 0);
 		if (c->bev != bev)
 			return; /* a new connection or a TLS layer took over */
 	}
+}
+
+/* One step: every reply in, answered, and what the answers send leaves at
+ * once (step_end). */
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	struct rconn *c = arg;
+	bool outer = step_begin(c);
+	read_replies(c, bev);
+	if (outer)
+		step_end(c);
+}
+
+/*
+ * Reads on a plain socket, once connected: one recv per readable event
+ * straight into the bufferevent's input (remote_wire.h), where libevent
+ * would ask FIONREAD before each read; then on_read as before. The end of
+ * the stream and errors go to on_event as libevent reports them.
+ */
+
+static void on_sock_readable(evutil_socket_t fd, short what, void *arg)
+{
+	struct rconn *c = arg;
+	if (TERN_BUG_ON(!c->bev)) /* close_bev frees this event */
+		return;
+	long r = rwire_read(fd, bufferevent_get_input(c->bev), RWIRE_READ_MAX);
+	if (r > 0) {
+		on_read(c->bev, c);
+		return;
+	}
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	on_event(c->bev, (short)(BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR)),
+	         c);
+}
+
+/* A plain connection is up: our read event takes over from the
+ * bufferevent's (added first, so the fd's epoll entry does not change).
+ * Without memory for it, libevent goes on reading as before. */
+static void own_reads(struct rconn *c)
+{
+	evutil_socket_t fd = bufferevent_getfd(c->bev);
+	if (c->rd_ev || fd < 0)
+		return;
+	c->rd_ev = event_new(worker_base(c->w), fd, EV_READ | EV_PERSIST, on_sock_readable, c);
+	if (!c->rd_ev)
+		return;
+	if (event_add(c->rd_ev, NULL) != 0) {
+		event_free(c->rd_ev);
+		c->rd_ev = NULL;
+		return;
+	}
+	bufferevent_disable(c->bev, EV_READ);
+}
+
+/* STARTTLS: the TLS layer reads through the bufferevent again. */
+static void give_reads_back(struct rconn *c)
+{
+	if (!c->rd_ev)
+		return;
+	bufferevent_enable(c->bev, EV_READ);
+	event_free(c->rd_ev);
+	c->rd_ev = NULL;
 }
 
 /* Words for what the connection was waiting for (error texts). */
@@ -1958,6 +2121,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			start_tls(c);
 			return;
 		}
+		own_reads(c);
 		enter_state(c, RC_GREETING);
 		c->awaiting = 1; /* the greeting */
 		wait_for(c, c->conf->delivery.command_timeout);
@@ -2744,12 +2908,14 @@ static void conn_unpark(void *arg)
 	struct rconn *c = arg;
 	if (TERN_BUG_ON(c->st != RC_IDLE || c->parked))
 		return;
+	bool outer = step_begin(c);
 	wait_none(c);
-	if (!c->bev) {
+	if (!c->bev)
 		conn_end(c); /* the peer left meanwhile: the slot goes to a new connection */
-		return;
-	}
-	conn_start_job(c);
+	else
+		conn_start_job(c);
+	if (outer)
+		step_end(c);
 }
 
 /* The connection moves to its destination's next job, or QUITs. */
@@ -2793,8 +2959,8 @@ static void conn_start_job(struct rconn *c)
 
 static void conn_free(struct rconn *c)
 {
-	if (c->in_read) {
-		/* on_read is still looping over this connection's input. */
+	if (c->in_step) {
+		/* A step (on_read's loop over the input, ...) is under way. */
 		close_bev(c);
 		c->dead = true;
 		return;
@@ -2824,6 +2990,8 @@ static void conn_free(struct rconn *c)
 	tbuf_free(&c->converted);
 	if (c->chunk)
 		evbuffer_free(c->chunk);
+	if (c->cork)
+		evbuffer_free(c->cork);
 	runtime_release(c->rt);
 	atomic_fetch_sub(&c->r->active, 1);
 	free(c);

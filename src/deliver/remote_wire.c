@@ -1,0 +1,80 @@
+/*
+ * remote_wire.c — a step's outbound bytes go to the socket at once when
+ * they can (deliver/remote_wire.h).
+ *
+ * Owns: sendmsg(2) of a cork on plain outbound sockets whose output is
+ * empty, and recv(2) into an input buffer. Never: sends ahead of bytes already queued, touches a
+ * TLS connection's socket, blocks, raises SIGPIPE, or loses a byte: anything not sent is moved to
+ * the bufferevent's output, where libevent writes it and reports any error.
+ */
+#include "deliver/remote_wire.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+/* Pieces per sendmsg: an in-memory message of a few hundred KiB is a few
+ * dozen evbuffer chains; a call takes what the socket has room for. */
+#define WIRE_IOV 64
+
+size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork)
+{
+	struct evbuffer *out = bufferevent_get_output(bev);
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	size_t sent = 0;
+	if (fd >= 0 && evbuffer_get_length(out) == 0) {
+		while (evbuffer_get_length(cork) > 0) {
+			struct iovec iov[WIRE_IOV];
+			struct evbuffer_iovec ev[WIRE_IOV];
+			int n = evbuffer_peek(cork, -1, NULL, ev, WIRE_IOV);
+			if (n > WIRE_IOV)
+				n = WIRE_IOV;
+			size_t want = 0;
+			for (int i = 0; i < n; i++) {
+				iov[i].iov_base = ev[i].iov_base;
+				iov[i].iov_len = ev[i].iov_len;
+				want += ev[i].iov_len;
+			}
+			struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+			ssize_t r;
+			do
+				r = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+			while (r < 0 && errno == EINTR);
+			/* r < 0 (EAGAIN, or an error): the rest is queued, and
+			 * libevent's write meets the same error and reports it. */
+			if (r <= 0)
+				break;
+			evbuffer_drain(cork, (size_t)r);
+			sent += (size_t)r;
+			if ((size_t)r < want)
+				break; /* the socket is full: libevent waits for room */
+		}
+	}
+	if (evbuffer_get_length(cork) > 0)
+		evbuffer_add_buffer(out, cork); /* moves the chains, behind what is queued */
+	return sent;
+}
+
+long rwire_read(int fd, struct evbuffer *in, size_t max)
+{
+	/* Into the stack, then appended: a reply is tens of bytes, and
+	 * evbuffer_add sizes its chain to them (a reservation of max bytes in
+	 * the input would allocate and free a chain of max bytes per read). */
+	char buf[RWIRE_READ_MAX];
+	if (max > sizeof(buf))
+		max = sizeof(buf);
+	ssize_t r;
+	do
+		r = recv(fd, buf, max, 0);
+	while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return (long)r;
+	if (evbuffer_add(in, buf, (size_t)r) != 0) {
+		errno = ENOMEM; /* the bytes are lost with the connection: it fails */
+		return -1;
+	}
+	return (long)r;
+}

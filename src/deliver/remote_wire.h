@@ -1,0 +1,58 @@
+/*
+ * remote_wire.h — outbound SMTP bytes straight to a plain socket (issue 11
+ * item 3), kept out of remote.c so that its hooks there are one call each.
+ *
+ * A step of an outbound connection (the replies just read, a job handed to
+ * a parked connection, a chunk of a spilled file read ahead) collects what
+ * it sends in a private buffer, the cork; at the step's end the cork goes to
+ * the socket with one sendmsg(2) when nothing is queued ahead of it. A
+ * pipelined MAIL, RCPTs and DATA (or BDAT LAST with the message) then leave
+ * in the same loop turn, without libevent adding and removing its write
+ * event (two epoll_ctl) and without waiting a loop turn for that event.
+ *
+ * Plain outbound sockets are also read here, one recv(2) per readable event
+ * into the bufferevent's input, without libevent's FIONREAD before it.
+ *
+ * Owns: the decision to send at once or to queue in the bufferevent.
+ * Never: reorders bytes (a direct send happens only when the bufferevent's
+ * output is empty, and what the socket does not take is queued behind
+ * nothing), writes to a TLS connection's socket (the caller passes plain
+ * socket bufferevents only), blocks (MSG_DONTWAIT), raises SIGPIPE
+ * (MSG_NOSIGNAL), or drops a byte: what the socket does not take now, or
+ * everything after an error, goes to the bufferevent's output, where
+ * libevent writes it or meets the same error and reports it as before.
+ */
+#ifndef TERN_DELIVER_REMOTE_WIRE_H
+#define TERN_DELIVER_REMOTE_WIRE_H
+
+#include <stddef.h>
+
+struct bufferevent;
+struct evbuffer;
+
+/*
+ * Empties cork onto bev, a plain socket bufferevent: with bev's output
+ * empty, as much as the socket takes now goes with sendmsg(2) (several
+ * calls only when the cork has more pieces than one call carries); the
+ * rest, and all of it when bev's output holds bytes, is moved behind bev's
+ * output. Returns the bytes sent directly: bev's output callbacks never
+ * see them, so the caller accounts for them as it does for bytes libevent
+ * writes. The cork is empty on return.
+ */
+size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork);
+
+/* A pipelined burst of replies (100 RCPTs' answers are about 2 KiB). */
+#define RWIRE_READ_MAX 4096
+
+/*
+ * One recv(2) of at most max bytes (RWIRE_READ_MAX at most) from fd, a
+ * nonblocking socket, appended to in: no FIONREAD first, where libevent's
+ * evbuffer_read asks it before every read (an ioctl per read). Returns the
+ * bytes read (> 0), 0 at the peer's end of stream, or -1 with errno set
+ * (EAGAIN: nothing to read now; ENOMEM: what was read could not be kept,
+ * the caller ends the connection; else the socket's error). in is
+ * unchanged unless bytes were read.
+ */
+long rwire_read(int fd, struct evbuffer *in, size_t max);
+
+#endif

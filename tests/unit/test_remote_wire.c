@@ -1,0 +1,221 @@
+/*
+ * test_remote_wire.c — a step's outbound bytes straight to the socket
+ * (src/deliver/remote_wire.c). What delivery depends on: with nothing
+ * queued the bytes go at once, whole, and the call says how many; with
+ * bytes queued nothing is sent ahead of them (the cork goes behind); what
+ * a full socket does not take is queued in order, so the peer gets every
+ * byte exactly once; a cork of more pieces than one call carries goes
+ * whole; a closed peer raises no SIGPIPE and loses nothing from the queue.
+ * The loop never runs here: only rwire_flush moves bytes to the socket.
+ * rwire_read appends what one recv gets (at most max) behind what the input
+ * holds, says EAGAIN with nothing there and 0 at the end, and leaves the
+ * input as it was when it read nothing.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "deliver/remote_wire.h"
+
+struct pair {
+	struct event_base *base;
+	struct bufferevent *bev; /* over fd[0] */
+	int fd[2];
+	struct evbuffer *cork;
+};
+
+static void pair_open(struct pair *p, int sndbuf)
+{
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, p->fd), 0);
+	if (sndbuf > 0)
+		assert_int_equal(
+		    setsockopt(p->fd[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
+	p->base = event_base_new();
+	assert_non_null(p->base);
+	p->bev = bufferevent_socket_new(p->base, p->fd[0], BEV_OPT_CLOSE_ON_FREE);
+	assert_non_null(p->bev);
+	p->cork = evbuffer_new();
+	assert_non_null(p->cork);
+}
+
+static void pair_close(struct pair *p)
+{
+	evbuffer_free(p->cork);
+	bufferevent_free(p->bev);
+	if (p->fd[1] >= 0)
+		close(p->fd[1]);
+	event_base_free(p->base);
+}
+
+/* Everything the peer has received so far (nonblocking), appended to got. */
+static size_t peer_read(struct pair *p, char *got, size_t cap)
+{
+	size_t n = 0;
+	for (;;) {
+		ssize_t r = recv(p->fd[1], got + n, cap - n, 0);
+		if (r <= 0) {
+			assert_true(r == 0 || errno == EAGAIN || errno == EWOULDBLOCK);
+			return n;
+		}
+		n += (size_t)r;
+		assert_true(n < cap);
+	}
+}
+
+/* A cork of many small pieces (one evbuffer chain each), numbered bytes. */
+static char *fill_pieces(struct evbuffer *b, size_t pieces, size_t piece, size_t *len)
+{
+	char *all = malloc(pieces * piece);
+	assert_non_null(all);
+	for (size_t i = 0; i < pieces * piece; i++)
+		all[i] = (char)('a' + (i * 7 + i / 251) % 26);
+	for (size_t i = 0; i < pieces; i++)
+		assert_int_equal(evbuffer_add_reference(b, all + i * piece, piece, NULL, NULL), 0);
+	*len = pieces * piece;
+	return all;
+}
+
+static void test_empty_output_sends_at_once(void **state)
+{
+	struct pair p;
+	pair_open(&p, 0);
+	evbuffer_add(p.cork, "MAIL FROM:<a@b>\r\n", 17);
+	evbuffer_add(p.cork, "RCPT TO:<c@d>\r\nDATA\r\n", 21);
+	assert_int_equal(rwire_flush(p.bev, p.cork), 38);
+	assert_int_equal(evbuffer_get_length(p.cork), 0);
+	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 0);
+	char got[64];
+	assert_int_equal(peer_read(&p, got, sizeof(got)), 38);
+	assert_memory_equal(got, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 38);
+	/* an empty cork sends nothing */
+	assert_int_equal(rwire_flush(p.bev, p.cork), 0);
+	pair_close(&p);
+}
+
+static void test_never_sends_ahead_of_queued_bytes(void **state)
+{
+	struct pair p;
+	pair_open(&p, 0);
+	/* queued, not written yet: the loop does not run */
+	evbuffer_add(bufferevent_get_output(p.bev), "first ", 6);
+	evbuffer_add(p.cork, "second", 6);
+	assert_int_equal(rwire_flush(p.bev, p.cork), 0);
+	assert_int_equal(evbuffer_get_length(p.cork), 0);
+	char got[64];
+	assert_int_equal(peer_read(&p, got, sizeof(got)), 0);
+	struct evbuffer *out = bufferevent_get_output(p.bev);
+	assert_int_equal(evbuffer_get_length(out), 12);
+	assert_memory_equal(evbuffer_pullup(out, -1), "first second", 12);
+	pair_close(&p);
+}
+
+static void test_full_socket_queues_the_rest_in_order(void **state)
+{
+	struct pair p;
+	pair_open(&p, 4096);
+	size_t len;
+	/* 200 pieces: more than one sendmsg carries, more than the socket takes */
+	char *all = fill_pieces(p.cork, 200, 1000, &len);
+	size_t sent = rwire_flush(p.bev, p.cork);
+	assert_true(sent > 0 && sent < len);
+	assert_int_equal(evbuffer_get_length(p.cork), 0);
+	struct evbuffer *out = bufferevent_get_output(p.bev);
+	assert_int_equal(sent + evbuffer_get_length(out), len);
+	/* the peer has exactly the first `sent` bytes, the queue the rest */
+	char *got = malloc(len + 1);
+	assert_non_null(got);
+	assert_int_equal(peer_read(&p, got, len + 1), sent);
+	assert_memory_equal(got, all, sent);
+	assert_memory_equal(evbuffer_pullup(out, -1), all + sent, len - sent);
+	/* a later step's bytes go behind the queue, none ahead */
+	evbuffer_add(p.cork, "QUIT\r\n", 6);
+	assert_int_equal(rwire_flush(p.bev, p.cork), 0);
+	assert_int_equal(peer_read(&p, got, len + 1), 0);
+	assert_int_equal(evbuffer_get_length(out), len - sent + 6);
+	assert_memory_equal((char *)evbuffer_pullup(out, -1) + (len - sent), "QUIT\r\n", 6);
+	free(got);
+	free(all);
+	pair_close(&p);
+}
+
+static void test_many_pieces_go_whole_when_the_socket_has_room(void **state)
+{
+	struct pair p;
+	pair_open(&p, 1 << 20);
+	size_t len;
+	char *all = fill_pieces(p.cork, 300, 100, &len); /* 300 pieces, 30,000 bytes */
+	assert_int_equal(rwire_flush(p.bev, p.cork), len);
+	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 0);
+	char *got = malloc(len + 1);
+	assert_non_null(got);
+	assert_int_equal(peer_read(&p, got, len + 1), len);
+	assert_memory_equal(got, all, len);
+	free(got);
+	free(all);
+	pair_close(&p);
+}
+
+static void test_closed_peer_queues_everything_without_sigpipe(void **state)
+{
+	struct pair p;
+	pair_open(&p, 0);
+	close(p.fd[1]);
+	p.fd[1] = -1;
+	evbuffer_add(p.cork, "MAIL FROM:<a@b>\r\n", 17);
+	/* SIGPIPE is not ignored in this process: a send without MSG_NOSIGNAL kills it */
+	assert_int_equal(rwire_flush(p.bev, p.cork), 0);
+	assert_int_equal(evbuffer_get_length(p.cork), 0);
+	/* queued: libevent's write meets the error and reports it */
+	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 17);
+	pair_close(&p);
+}
+
+static void test_read_appends_at_most_max_and_reports_eagain_and_eof(void **state)
+{
+	struct pair p;
+	pair_open(&p, 0);
+	struct evbuffer *in = evbuffer_new();
+	assert_non_null(in);
+	evbuffer_add(in, "250-a\r\n", 7); /* a reply's first line, read before */
+	errno = 0;
+	assert_int_equal(rwire_read(p.fd[0], in, 4096), -1);
+	assert_int_equal(errno, EAGAIN);
+	assert_int_equal(evbuffer_get_length(in), 7);
+	assert_int_equal(send(p.fd[1], "250 b\r\n354 go\r\n", 16, 0), 16);
+	assert_int_equal(rwire_read(p.fd[0], in, 10), 10); /* at most max */
+	assert_int_equal(rwire_read(p.fd[0], in, 4096), 6);
+	assert_int_equal(evbuffer_get_length(in), 23);
+	assert_memory_equal(evbuffer_pullup(in, -1), "250-a\r\n250 b\r\n354 go\r\n", 23);
+	close(p.fd[1]);
+	p.fd[1] = -1;
+	assert_int_equal(rwire_read(p.fd[0], in, 4096), 0);
+	assert_int_equal(evbuffer_get_length(in), 23);
+	evbuffer_free(in);
+	pair_close(&p);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_empty_output_sends_at_once),
+	    cmocka_unit_test(test_never_sends_ahead_of_queued_bytes),
+	    cmocka_unit_test(test_full_socket_queues_the_rest_in_order),
+	    cmocka_unit_test(test_many_pieces_go_whole_when_the_socket_has_room),
+	    cmocka_unit_test(test_closed_peer_queues_everything_without_sigpipe),
+	    cmocka_unit_test(test_read_appends_at_most_max_and_reports_eagain_and_eof),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
