@@ -37,13 +37,40 @@
  */
 #define WIRE_IN_READ_MAX (64 * 1024)
 
+/*
+ * One recv of at most want bytes, appended to in. Returns what recv
+ * returned (errno set when < 0), or -1 with ENOMEM if the input could not
+ * take it. Not inlined: its 64 KiB buffer is off the stack again before
+ * the read callback (the whole session) runs.
+ */
+__attribute__((noinline)) static ssize_t wire_in_recv(evutil_socket_t fd, struct evbuffer *in,
+                                                      size_t want)
+{
+	char buf[WIRE_IN_READ_MAX];
+	ssize_t r;
+	do
+		r = recv(fd, buf, want, MSG_DONTWAIT);
+	while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return r;
+	/* The socket bufferevent keeps its input frozen at the end between
+	 * its own reads; so do we. */
+	evbuffer_unfreeze(in, 0);
+	int added = evbuffer_add(in, buf, (size_t)r);
+	evbuffer_freeze(in, 0);
+	if (added != 0) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return r;
+}
+
 static void wire_in_readcb(evutil_socket_t fd, short what, void *arg)
 {
 	struct bufferevent *bev = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	short report = BEV_EVENT_READING;
 	size_t want = WIRE_IN_READ_MAX, low = 0, high = 0;
-	char buf[WIRE_IN_READ_MAX];
 	ssize_t r;
 	bufferevent_incref(bev);
 	if (what == EV_TIMEOUT) {
@@ -60,27 +87,11 @@ static void wire_in_readcb(evutil_socket_t fd, short what, void *arg)
 		if (high - have < want)
 			want = high - have;
 	}
-	do
-		r = recv(fd, buf, want, MSG_DONTWAIT);
-	while (r < 0 && errno == EINTR);
-	if (r < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK)
-			goto out; /* woken for nothing: the event stays */
-		report |= BEV_EVENT_ERROR;
-		goto error;
-	}
-	if (r == 0) {
-		report |= BEV_EVENT_EOF;
-		goto error;
-	}
-	/* The socket bufferevent keeps its input frozen at the end between
-	 * its own reads; so do we. */
-	evbuffer_unfreeze(in, 0);
-	r = evbuffer_add(in, buf, (size_t)r);
-	evbuffer_freeze(in, 0);
-	if (r != 0) {
-		errno = ENOMEM;
-		report |= BEV_EVENT_ERROR;
+	r = wire_in_recv(fd, in, want);
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		goto out; /* woken for nothing: the event stays */
+	if (r <= 0) {
+		report |= r == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR;
 		goto error;
 	}
 	/* The read callback, if the low watermark is met (ours is 0). */
