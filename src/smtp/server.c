@@ -25,6 +25,7 @@
 #include "smtp/sign.h"
 #include "smtp/smtp.h"
 #include "smtp/smtp_metrics.h"
+#include "smtp/wire_in.h"
 #include "smtp/wire_out.h"
 #include "tls/tls.h"
 #include "tls/tls_close.h"
@@ -3758,6 +3759,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	bufferevent_setcb(bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(bev, EV_READ, 0, READ_HIGH_WATERMARK);
 	bufferevent_setwatermark(bev, EV_WRITE, OUT_LOW_WATERMARK, 0);
+	/* One recv per read instead of FIONREAD + readv; a failure keeps
+	 * libevent's reader, which behaves the same. */
+	(void)wire_in_attach(bev);
 	restore_idle_timeouts(s);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
 	log_info("event=connect sess=%u.%llu client=%s%s", worker_index(sw->w),
