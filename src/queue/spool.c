@@ -890,6 +890,7 @@ static int spare_prepare(struct spool *s, uint64_t size, int *fd_out, uint64_t *
 static void *preparer_main(void *arg)
 {
 	struct spool *s = arg;
+	pthread_setname_np(pthread_self(), "spool-prep"); /* for top, perf, spool_bench */
 	pthread_mutex_lock(&s->pmu);
 	for (;;) {
 		while (!s->pclosing && (s->spare_ready || !s->spare_want))
@@ -1477,6 +1478,7 @@ callbacks:
 static void *committer_main(void *arg)
 {
 	struct spool *s = arg;
+	pthread_setname_np(pthread_self(), "spool-commit");
 	for (;;) {
 		pthread_mutex_lock(&s->qmu);
 		/* A put (or anything with a callback) is written at once. RCPT and
