@@ -835,7 +835,11 @@ static void spare_name(uint64_t nonce, char *out, size_t outlen)
 	snprintf(out, outlen, SPARE_PREFIX "%016" PRIx64, nonce);
 }
 
-/* Writes zeros over [from, to) of fd and fdatasyncs it. Blocks on the disk. */
+/* Writes zeros over [from, to) of fd and fdatasyncs it. Blocks on the disk.
+ * Each chunk is written out and waited for before the next is written, so
+ * the disk's queue never holds more than a chunk of zeros ahead of the
+ * committer's fdatasync (one sync of 64 MiB would make a commit wait for
+ * all of it); the last fdatasync then has only the size to write. */
 static int zero_fill(int fd, uint64_t from, uint64_t to)
 {
 	uint8_t *z = calloc(1, PREP_CHUNK);
@@ -849,6 +853,13 @@ static int zero_fill(int fd, uint64_t from, uint64_t to)
 			continue;
 		if (w <= 0) {
 			rc = io_err(w < 0 ? errno : ENOSPC);
+			break;
+		}
+		if (sync_file_range(fd, (off_t)from, w,
+		                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+		                        SYNC_FILE_RANGE_WAIT_AFTER) != 0 &&
+		    errno != ENOSYS && errno != EINVAL) {
+			rc = io_err(errno);
 			break;
 		}
 		from += (uint64_t)w;
