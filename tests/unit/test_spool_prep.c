@@ -23,7 +23,9 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -581,6 +583,52 @@ static void test_writer_prepares_ahead(void **st)
 	tmpdir_rm(&td);
 }
 
+/* A disk too full to prepare (here a file size limit below the prepared
+ * size): logged, and the spool appends to a growing file as it did before;
+ * nothing is lost, nothing is refused that fits. */
+static void test_prepare_failure_falls_back_to_appending(void **st)
+{
+	(void)st;
+	enum { N = 5 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[N];
+	for (int i = 0; i < N; i++)
+		m[i] = make_env((unsigned)i);
+	struct rlimit old, lim;
+	getrlimit(RLIMIT_FSIZE, &old);
+	lim = old;
+	lim.rlim_cur = 256 * 1024; /* under the 1 MiB a first segment is prepared to */
+	signal(SIGXFSZ, SIG_IGN);
+	log_capture_start();
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	for (int i = 0; i < N; i++)
+		put_sync(s, m[i], (unsigned)i);
+	spool_close(s);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	assert_true(log_capture_count("event=spool_prepare_failed", "action=append") >= 1);
+	log_capture_stop();
+	/* an appended segment (no "-p"), no spare left behind */
+	assert_int_equal(count_files(td.path, "seg-"), 1);
+	assert_int_equal(count_files(td.path, ".prep-"), 0);
+	DIR *d = opendir(td.path);
+	struct dirent *de;
+	while ((de = readdir(d)))
+		if (strncmp(de->d_name, "seg-", 4) == 0)
+			assert_null(strstr(de->d_name, "-p.log"));
+	closedir(d);
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), N);
+	for (int i = 0; i < N; i++)
+		assert_msg(s, m[i], (unsigned)i);
+	assert_int_equal(spool_foreach_damage(s, NULL, NULL), 0);
+	spool_close(s);
+	free_all(m, N);
+	tmpdir_rm(&td);
+}
+
 int main(void)
 {
 	log_set_level(LOG_LVL_WARN);
@@ -591,6 +639,7 @@ int main(void)
 	    cmocka_unit_test(test_all_zero_prepared_segment),
 	    cmocka_unit_test(test_zeros_in_an_appended_segment_are_still_damage),
 	    cmocka_unit_test(test_writer_prepares_ahead),
+	    cmocka_unit_test(test_prepare_failure_falls_back_to_appending),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
