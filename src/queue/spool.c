@@ -2,16 +2,20 @@
  * spool.c — the durable, log-structured spool with group commit (DESIGN §6,
  * queue.h). Owns the segment files DIR/seg-NNNNNNNNNN-NONCE.log (and reads
  * the version 1 DIR/seg-NNNNNNNNNN.log of older spools), the files set
- * aside in DIR/damaged/, the committer thread, the in-memory index, the
- * list of damaged ranges and crash recovery. The record format and the
- * segment scanner live in spool_record.c.
+ * aside in DIR/damaged/, the committer thread, the preparer thread and its
+ * spare segment file (DIR/.prep-NONCE, PREALLOC below), the in-memory
+ * index, the list of damaged ranges and crash recovery. The record format
+ * and the segment scanner live in spool_record.c.
  *
  * Must never: acknowledge a put (callback with TERN_OK) before its record
  * and the directory entry of its segment are synced; fsync while holding
  * the lock that spool_put takes; trust a byte read from disk before its
  * CRC is checked; abort on anything found on disk; unlink a segment that
  * holds damaged or unread bytes (it is renamed into DIR/damaged/ instead);
- * cut anything off a segment but the torn tail of the last one.
+ * cut anything off a segment but the torn tail of the last one; prepare a
+ * spare on the committer's path or put one in the segment table before it
+ * is renamed into place; read zeros as a clean end in a segment that was
+ * not prepared.
  *
  * Threads and locks:
  *   qmu   guards the pending list (puts, RCPT and DEL records in order) and
