@@ -284,6 +284,7 @@ struct spool {
 	pthread_t pthread;
 	bool pthread_started;
 	bool pclosing;
+	atomic_bool prep_stop; /* spool_close: a preparation under way gives up */
 	bool spare_ready;
 	int spare_fd;
 	uint64_t spare_nonce, spare_size;
@@ -844,13 +845,17 @@ static void spare_name(uint64_t nonce, char *out, size_t outlen)
  * the disk's queue never holds more than a chunk of zeros ahead of the
  * committer's fdatasync (one sync of 64 MiB would make a commit wait for
  * all of it); the last fdatasync then has only the size to write. */
-static int zero_fill(int fd, uint64_t from, uint64_t to)
+static int zero_fill(int fd, uint64_t from, uint64_t to, atomic_bool *stop)
 {
 	uint8_t *z = calloc(1, PREP_CHUNK);
 	if (!z)
 		return TERN_ENOMEM;
 	int rc = TERN_OK;
 	while (from < to) {
+		if (stop && atomic_load(stop)) {
+			rc = TERN_EINVAL;
+			break;
+		}
 		size_t n = to - from < PREP_CHUNK ? (size_t)(to - from) : PREP_CHUNK;
 		ssize_t w = pwrite(fd, z, n, (off_t)from);
 		if (w < 0 && errno == EINTR)
@@ -885,16 +890,17 @@ static int spare_prepare(struct spool *s, uint64_t size, int *fd_out, uint64_t *
 	int fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		rc = io_err(errno);
-	else if ((rc = zero_fill(fd, 0, size)) != TERN_OK) {
+	else if ((rc = zero_fill(fd, 0, size, &s->prep_stop)) != TERN_OK) {
 		int e = errno;
 		close(fd);
 		unlinkat(s->dirfd, name, 0);
 		errno = e;
 	}
 	if (rc != TERN_OK) {
-		log_warn("event=spool_prepare_failed bytes=%" PRIu64 " errno=%d err=%s "
-		         "action=append",
-		         size, errno, tern_strerror(rc));
+		if (!atomic_load(&s->prep_stop)) /* else: closing, not a failure */
+			log_warn("event=spool_prepare_failed bytes=%" PRIu64 " errno=%d err=%s "
+			         "action=append",
+			         size, errno, tern_strerror(rc));
 		return rc;
 	}
 	*fd_out = fd;
@@ -1050,8 +1056,13 @@ static int rotate(struct spool *s, bool need, uint64_t seg_max)
 {
 	struct seg *g;
 	int rc = seg_from_spare(s, s->cur->no + 1, &g);
-	if (rc != TERN_OK && !need)
-		return rc; /* PREALLOC: a rotation only to reach prepared space */
+	if (rc != TERN_OK && !need) {
+		/* PREALLOC: a rotation only to reach prepared space; a spare that
+		 * could not be put in place is gone: ask for another. */
+		if (rc != TERN_ENOTFOUND)
+			spare_ask(s, s->cur->prep_end ? s->cur->prep_end : PREP_MIN_BYTES, seg_max);
+		return rc;
+	}
 	if (s->unsynced && fdatasync(s->cur->fd) != 0)
 		log_warn("event=spool_sync_failed seg=%" PRIu32 " errno=%d", s->cur->no, errno);
 	s->unsynced = false;
@@ -1960,7 +1971,7 @@ static int recover(struct spool *s)
 			         " offset=%" PRIu64 " prepared=%d",
 			         g->no, res.zero_off - res.torn_off, res.torn_off, prepared);
 			int trc =
-			    prepared ? zero_fill(g->fd, res.torn_off, res.zero_off)
+			    prepared ? zero_fill(g->fd, res.torn_off, res.zero_off, NULL)
 			    : ftruncate(g->fd, (off_t)res.torn_off) != 0 || fdatasync(g->fd) != 0
 			        ? TERN_EIO
 			        : TERN_OK;
@@ -2187,6 +2198,7 @@ void spool_close(struct spool *s)
 	pthread_mutex_unlock(&s->qmu);
 	if (s->thread_started)
 		pthread_join(s->thread, NULL);
+	atomic_store(&s->prep_stop, true);
 	pthread_mutex_lock(&s->pmu);
 	s->pclosing = true;
 	pthread_cond_signal(&s->pcond);
