@@ -974,8 +974,8 @@ static int scan_loop(struct scan *sc)
 				sc->res->torn_off = sc->res->zero_off = off;
 				return TERN_OK;
 			}
-			if (z < sc->size)
-				sc->res->zero_off = z;
+			/* (zero_off is set only where the scan ends: a record
+			 * after damage may itself end with zero bytes) */
 		}
 		switch (p) {
 		case P_OK:
@@ -993,6 +993,7 @@ static int scan_loop(struct scan *sc)
 			return report(sc, off, sc->size - off, SPOOL_DAMAGE_READ_ERROR, 0, NULL, 0);
 		case P_SHORT_HEADER:
 			sc->res->torn_off = off;
+			sc->res->zero_off = z;
 			return TERN_OK;
 		case P_BAD_PAYLOAD:
 			if (f->version == SPOOL_REC_V2 && z < sc->size) {
@@ -1008,6 +1009,7 @@ static int scan_loop(struct scan *sc)
 					return rc;
 				if (nx == sc->size) {
 					torn_hint(sc, off, hb);
+					sc->res->zero_off = z;
 					return TERN_OK;
 				}
 			}
@@ -1024,8 +1026,9 @@ static int scan_loop(struct scan *sc)
 			break;
 		case P_PAST_END:
 			if (f->version == SPOOL_REC_V2) {
-				sc->res->torn_off =
-				    off; /* a verified header: an append cut short */
+				/* a verified header: an append cut short */
+				sc->res->torn_off = off;
+				sc->res->zero_off = z;
 				return TERN_OK;
 			}
 			break;
@@ -1048,6 +1051,7 @@ static int scan_loop(struct scan *sc)
 			if (z < sc->size)
 				torn_hint(sc, off, hb);
 			sc->res->torn_off = off;
+			sc->res->zero_off = z;
 			return TERN_OK;
 		}
 		/* What the damaged bytes seem to hold, as a hint for the report. */
