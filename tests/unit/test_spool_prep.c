@@ -492,6 +492,79 @@ static void test_zeros_in_an_appended_segment_are_still_damage(void **st)
 	tmpdir_rm(&td);
 }
 
+struct membuf {
+	const uint8_t *p;
+	size_t n;
+	uint64_t end; /* where the last record reported ends */
+};
+
+static int mb_read(void *arg, uint64_t off, void *buf, size_t n)
+{
+	struct membuf *m = arg;
+	if (off > m->n || n > m->n - off)
+		return TERN_EIO;
+	memcpy(buf, m->p + off, n);
+	return TERN_OK;
+}
+
+static int mb_record(void *arg, const struct spool_rec_hdr *h, const uint8_t *p, uint64_t off)
+{
+	struct membuf *m = arg;
+	(void)p;
+	m->end = off + h->hdr_len + h->len;
+	return TERN_OK;
+}
+
+static int mb_damage(void *arg, const struct spool_scan_damage *d)
+{
+	(void)arg;
+	(void)d;
+	return TERN_OK;
+}
+
+/* Found by fuzz_spool_record: damage, then a record whose last bytes are
+ * zeros, with or without the prepared zeros after it (a prepared segment
+ * filled up, or grown past its prepared size). The zero tail starts after
+ * that record, never inside it (recovery takes zero_off as the end of what
+ * the segment uses). */
+static void test_zero_tail_never_starts_inside_a_record(void **st)
+{
+	(void)st;
+	struct spool_msg *m[2] = {make_env(0), make_env(1)};
+	struct tbuf b = TBUF_INIT(1 << 20);
+	size_t at[3];
+	encode_msgs(&b, m, 2, at);
+	/* a DEL record's payload is the id; a message with data ending in
+	 * zeros: re-encode message 1 so */
+	b.len = at[1];
+	char data[DLEN];
+	fill_data(data, sizeof(data), 1);
+	memset(data + DLEN - 8, 0, 8);
+	assert_int_equal(spool_rec_encode_msg(&b, m[1], data, DLEN, NULL), TERN_OK);
+	spool_rec_stamp((uint8_t *)b.data + at[1], NONCE);
+	size_t end = b.len;
+	struct tbuf pay = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
+	for (size_t size = end; size <= end + 5000; size += 5000) {
+		uint8_t *p = calloc(size, 1);
+		memcpy(p, b.data, end);
+		p[at[0] + 50] ^= 0x20; /* damage in record 0 */
+		struct membuf mb = {.p = p, .n = size};
+		struct spool_scan_ops ops = {&mb, mb_read, mb_record, mb_damage};
+		const struct spool_seg_fmt f = {
+		    .version = SPOOL_REC_V2, .nonce = NONCE, .prepared = true};
+		struct spool_scan_result res;
+		assert_int_equal(spool_scan(&ops, size, &f, &pay, &res), TERN_OK);
+		assert_int_equal(res.n_damaged, 1);
+		assert_int_equal(mb.end, end); /* record 1 found whole */
+		assert_int_equal(res.torn_off, end);
+		assert_int_equal(res.zero_off, end);
+		free(p);
+	}
+	tbuf_free(&pay);
+	tbuf_free(&b);
+	free_all(m, 2);
+}
+
 /* ---- the writer ------------------------------------------------------------ */
 
 static bool stats_prepared_over(struct spool *s, uint64_t min)
@@ -638,6 +711,7 @@ int main(void)
 	    cmocka_unit_test(test_damage_in_the_middle_keeps_what_follows),
 	    cmocka_unit_test(test_all_zero_prepared_segment),
 	    cmocka_unit_test(test_zeros_in_an_appended_segment_are_still_damage),
+	    cmocka_unit_test(test_zero_tail_never_starts_inside_a_record),
 	    cmocka_unit_test(test_writer_prepares_ahead),
 	    cmocka_unit_test(test_prepare_failure_falls_back_to_appending),
 	};
