@@ -78,7 +78,11 @@ int metrics_scrape(struct spool *sp, const char *spool_dir, const char *version,
 	e.queue_active = (int64_t)qc.active;
 	e.queue_deferred = (int64_t)qc.deferred;
 	e.queue_hold = (int64_t)qc.hold;
-	e.spool_bytes = dir_bytes(spool_dir);
+	/* What the queue's records use; the zeros the spool prepared ahead (a
+	 * spare segment and the current one's rest) are not counted. */
+	struct spool_stats ss;
+	spool_get_stats(sp, &ss);
+	e.spool_bytes = sp ? (int64_t)ss.bytes : dir_bytes(spool_dir);
 	metrics_collect_process(&e);
 	return metrics_render(out, &e);
 }

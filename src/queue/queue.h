@@ -232,6 +232,10 @@ struct spool_stats {
 	uint64_t puts;     /* messages committed */
 	uint64_t segments; /* live segment files */
 	uint64_t damaged;  /* damaged ranges known (see spool_foreach_damage) */
+	uint64_t bytes;    /* bytes of the segments' records: what the queue uses */
+	/* zeros written ahead so that commits overwrite instead of growing a
+	 * file: the spare segment and the current one's unused rest */
+	uint64_t prepared;
 };
 void spool_get_stats(struct spool *s, struct spool_stats *out);
 

@@ -2,16 +2,20 @@
  * spool.c — the durable, log-structured spool with group commit (DESIGN §6,
  * queue.h). Owns the segment files DIR/seg-NNNNNNNNNN-NONCE.log (and reads
  * the version 1 DIR/seg-NNNNNNNNNN.log of older spools), the files set
- * aside in DIR/damaged/, the committer thread, the in-memory index, the
- * list of damaged ranges and crash recovery. The record format and the
- * segment scanner live in spool_record.c.
+ * aside in DIR/damaged/, the committer thread, the preparer thread and its
+ * spare segment file (DIR/.prep-NONCE, PREALLOC below), the in-memory
+ * index, the list of damaged ranges and crash recovery. The record format
+ * and the segment scanner live in spool_record.c.
  *
  * Must never: acknowledge a put (callback with TERN_OK) before its record
  * and the directory entry of its segment are synced; fsync while holding
  * the lock that spool_put takes; trust a byte read from disk before its
  * CRC is checked; abort on anything found on disk; unlink a segment that
  * holds damaged or unread bytes (it is renamed into DIR/damaged/ instead);
- * cut anything off a segment but the torn tail of the last one.
+ * cut anything off a segment but the torn tail of the last one; prepare a
+ * spare on the committer's path or put one in the segment table before it
+ * is renamed into place; read zeros as a clean end in a segment that was
+ * not prepared.
  *
  * Threads and locks:
  *   qmu   guards the pending list (puts, RCPT and DEL records in order) and
@@ -94,6 +98,13 @@
  * committer writes them on their own only after this long without one. */
 #define LAZY_NS (20 * 1000 * 1000L)
 #define LAZY_MAX_BYTES (1024 * 1024)
+/* PREALLOC: a spare segment file is prepared this big at first, then twice
+ * the size of the segment it follows, up to PREP_MAX_BYTES (so a spool that
+ * stays small costs little disk, and a busy one rotates every 64 MiB). */
+#define PREP_MIN_BYTES (1024ull * 1024)
+#define PREP_MAX_BYTES SEG_MAX_BYTES
+#define PREP_CHUNK (1024u * 1024u) /* zeros written per pwrite */
+#define SPARE_PREFIX ".prep-"      /* hidden: not a segment, not in tern_spool_bytes */
 
 /* ---- segments ----------------------------------------------------------- */
 
@@ -105,6 +116,11 @@ struct seg {
 	uint64_t live;
 	uint64_t live_bytes; /* record bytes of the live messages' MSG records here */
 	uint64_t size;       /* bytes of whole records in the file */
+	/* PREALLOC: bytes of the file written (as zeros) and synced before the
+	 * records: appends below this overwrite blocks that exist, so their
+	 * fdatasync has only data to write. 0 for a segment made by appending. */
+	uint64_t prep_end;
+	bool prepared; /* made from a spare: "-p" in its name, zeros are its clean end */
 	uint64_t pins;
 	uint32_t *tombs; /* segments holding DEL records for messages in this one */
 	size_t n_tombs, cap_tombs;
@@ -258,6 +274,22 @@ struct spool {
 	/* ARCHIVE (under mu): spill files kept for the archive, and what
 	 * recovery found for it (SPOOL_OPEN_ARCHIVE; handed over once) */
 	bool archive;
+
+	/* PREALLOC: the spare, the next segment's file prepared ahead by the
+	 * preparer thread (written full of zeros and synced under a hidden
+	 * name; see spare_prepare). pmu guards these; the committer takes the
+	 * spare at a rotation and asks for the next one (spare_want bytes). */
+	pthread_mutex_t pmu;
+	pthread_cond_t pcond;
+	pthread_t pthread;
+	bool pthread_started;
+	bool pclosing;
+	atomic_bool prep_stop; /* spool_close: a preparation under way gives up */
+	bool spare_ready;
+	int spare_fd;
+	uint64_t spare_nonce, spare_size;
+	uint64_t spare_want; /* bytes to prepare; 0: none wanted (or the last try failed) */
+	uint64_t prep_bytes; /* stats: zeros prepared and not yet used (spare + current's rest) */
 	struct apin_spill *aspill;
 	size_t n_aspill, cap_aspill;
 	struct spool_ref *arec;
@@ -281,7 +313,8 @@ static void seg_name(const struct seg *g, char *out, size_t outlen)
 	if (g->ver == SPOOL_REC_V1)
 		snprintf(out, outlen, "seg-%010" PRIu32 ".log", g->no);
 	else
-		snprintf(out, outlen, "seg-%010" PRIu32 "-%016" PRIx64 ".log", g->no, g->nonce);
+		snprintf(out, outlen, "seg-%010" PRIu32 "-%016" PRIx64 "%s.log", g->no, g->nonce,
+		         g->prepared ? "-p" : "");
 }
 
 static void seg_path(const struct spool *s, const struct seg *g, char *out, size_t outlen)
@@ -292,11 +325,15 @@ static void seg_path(const struct spool *s, const struct seg *g, char *out, size
 }
 
 /* Parses a segment file name: "seg-" 10 digits ".log" (version 1) or
- * "seg-" 10 digits "-" 16 lowercase hex digits ".log" (version 2). */
-static bool seg_parse_name(const char *nm, uint32_t *no, unsigned *ver, uint64_t *nonce)
+ * "seg-" 10 digits "-" 16 lowercase hex digits ".log" (version 2), or the
+ * same with "-p.log" (version 2, prepared). */
+static bool seg_parse_name(const char *nm, uint32_t *no, unsigned *ver, uint64_t *nonce,
+                           bool *prepared)
 {
 	size_t n = strlen(nm);
-	if ((n != 18 && n != 35) || strncmp(nm, "seg-", 4) != 0 || strcmp(nm + n - 4, ".log") != 0)
+	*prepared = n == 37 && strcmp(nm + 31, "-p.log") == 0;
+	if ((n != 18 && n != 35 && !*prepared) || strncmp(nm, "seg-", 4) != 0 ||
+	    strcmp(nm + n - 4, ".log") != 0)
 		return false;
 	uint64_t v = 0;
 	for (int i = 4; i < 14; i++) {
@@ -332,7 +369,8 @@ static bool seg_parse_name(const char *nm, uint32_t *no, unsigned *ver, uint64_t
 
 static struct spool_seg_fmt seg_fmt(const struct seg *g)
 {
-	return (struct spool_seg_fmt){g->ver, g->nonce};
+	return (struct spool_seg_fmt){
+	    .version = g->ver, .nonce = g->nonce, .prepared = g->prepared};
 }
 
 /* A random nonce for a new segment (never 0: the encoders' placeholder). */
@@ -734,6 +772,13 @@ static bool msg_pending(const struct spool_msg *m)
 
 /* ---- segment files -------------------------------------------------------- */
 
+/* The error a failed write or sync reports: a full disk (or file size
+ * limit) is TERN_ELIMIT, so that SMTP can say 452 4.3.1; the rest EIO. */
+static int io_err(int e)
+{
+	return e == ENOSPC || e == EDQUOT || e == EFBIG ? TERN_ELIMIT : TERN_EIO;
+}
+
 static int dir_sync(struct spool *s)
 {
 	if (fsync(s->dirfd) != 0) {
@@ -767,23 +812,263 @@ static int seg_create(struct spool *s, uint32_t no, struct seg **out)
 		free(g);
 		return TERN_EIO;
 	}
-	log_info("event=spool_segment_new seg=%" PRIu32, no);
+	log_info("event=spool_segment_new seg=%" PRIu32 " prepared=0", no);
 	*out = g;
 	return TERN_OK;
+}
+
+/* ---- PREALLOC: segments prepared ahead ------------------------------------ */
+
+/*
+ * ext4 without a journal (and most file systems) must write the inode as
+ * well as the data when an fdatasync follows an append that grew the file:
+ * two I/Os per commit. So the next segment is prepared ahead, off the
+ * commit path: the preparer thread creates it under a hidden name
+ * (.prep-NONCE), writes it full of zeros, fdatasyncs it (data and size);
+ * at a rotation the committer renames it to its segment name and syncs
+ * the directory, as it would have after creating one. Appends then
+ * overwrite blocks that exist and each commit's fdatasync writes data
+ * only. Recovery reads the zeros after the last record as a clean end
+ * (spool_scan). A spare is never in the segment table (reap must not
+ * see it) and is removed at close and, if a crash left one, at open.
+ * Preparing fails on a full disk: then segments are appended to as
+ * before, with a log line (event=spool_prepare_failed).
+ */
+
+static void spare_name(uint64_t nonce, char *out, size_t outlen)
+{
+	snprintf(out, outlen, SPARE_PREFIX "%016" PRIx64, nonce);
+}
+
+/* Writes zeros over [from, to) of fd and fdatasyncs it. Blocks on the disk.
+ * Each chunk is written out and waited for before the next is written, so
+ * the disk's queue never holds more than a chunk of zeros ahead of the
+ * committer's fdatasync (one sync of 64 MiB would make a commit wait for
+ * all of it); the last fdatasync then has only the size to write. */
+static int zero_fill(int fd, uint64_t from, uint64_t to, atomic_bool *stop)
+{
+	uint8_t *z = calloc(1, PREP_CHUNK);
+	if (!z)
+		return TERN_ENOMEM;
+	int rc = TERN_OK;
+	while (from < to) {
+		if (stop && atomic_load(stop)) {
+			rc = TERN_EINVAL;
+			break;
+		}
+		size_t n = to - from < PREP_CHUNK ? (size_t)(to - from) : PREP_CHUNK;
+		ssize_t w = pwrite(fd, z, n, (off_t)from);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			rc = io_err(w < 0 ? errno : ENOSPC);
+			break;
+		}
+		if (sync_file_range(fd, (off_t)from, w,
+		                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+		                        SYNC_FILE_RANGE_WAIT_AFTER) != 0 &&
+		    errno != ENOSYS && errno != EINVAL) {
+			rc = io_err(errno);
+			break;
+		}
+		from += (uint64_t)w;
+	}
+	free(z);
+	if (rc == TERN_OK && fdatasync(fd) != 0)
+		rc = io_err(errno);
+	return rc;
+}
+
+/* Creates a hidden file of size zeros, synced. The preparer thread (or
+ * spool_open, before the spool is in use): it blocks on the disk. */
+static int spare_prepare(struct spool *s, uint64_t size, int *fd_out, uint64_t *nonce_out)
+{
+	uint64_t nonce = new_nonce();
+	char name[64];
+	spare_name(nonce, name, sizeof(name));
+	int rc = TERN_OK;
+	int fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		rc = io_err(errno);
+	else if ((rc = zero_fill(fd, 0, size, &s->prep_stop)) != TERN_OK) {
+		int e = errno;
+		close(fd);
+		unlinkat(s->dirfd, name, 0);
+		errno = e;
+	}
+	if (rc != TERN_OK) {
+		if (!atomic_load(&s->prep_stop)) /* else: closing, not a failure */
+			log_warn("event=spool_prepare_failed bytes=%" PRIu64 " errno=%d err=%s "
+			         "action=append",
+			         size, errno, tern_strerror(rc));
+		return rc;
+	}
+	*fd_out = fd;
+	*nonce_out = nonce;
+	return TERN_OK;
+}
+
+static void *preparer_main(void *arg)
+{
+	struct spool *s = arg;
+	pthread_setname_np(pthread_self(), "spool-prep"); /* for top, perf, spool_bench */
+	pthread_mutex_lock(&s->pmu);
+	for (;;) {
+		while (!s->pclosing && (s->spare_ready || !s->spare_want))
+			pthread_cond_wait(&s->pcond, &s->pmu);
+		if (s->pclosing)
+			break;
+		uint64_t want = s->spare_want;
+		pthread_mutex_unlock(&s->pmu);
+		int fd = -1;
+		uint64_t nonce = 0;
+		int rc = spare_prepare(s, want, &fd, &nonce);
+		pthread_mutex_lock(&s->pmu);
+		if (rc != TERN_OK) {
+			s->spare_want = 0; /* asked again at the next rotation */
+			continue;
+		}
+		s->spare_fd = fd;
+		s->spare_nonce = nonce;
+		s->spare_size = want;
+		s->spare_ready = true;
+	}
+	pthread_mutex_unlock(&s->pmu);
+	return NULL;
+}
+
+/* Committer: asks for the next spare, of the size wanted after one of
+ * prev bytes (twice as big, within bounds). */
+static void spare_ask(struct spool *s, uint64_t prev, uint64_t seg_max)
+{
+	uint64_t cap = seg_max < PREP_MAX_BYTES ? seg_max : PREP_MAX_BYTES;
+	cap = cap < PREP_MIN_BYTES ? PREP_MIN_BYTES : (cap + 65535) & ~65535ull;
+	uint64_t want = prev > cap / 2 ? cap : prev * 2;
+	if (want < PREP_MIN_BYTES)
+		want = PREP_MIN_BYTES;
+	pthread_mutex_lock(&s->pmu);
+	if (!s->spare_ready && s->spare_want != want) {
+		s->spare_want = want;
+		pthread_cond_signal(&s->pcond);
+	}
+	pthread_mutex_unlock(&s->pmu);
+}
+
+static bool spare_ready(struct spool *s)
+{
+	pthread_mutex_lock(&s->pmu);
+	bool r = s->spare_ready;
+	pthread_mutex_unlock(&s->pmu);
+	return r;
+}
+
+/* Removes the spare, if one is ready (a full disk wants the space back, or
+ * the spool closes). */
+static void spare_drop(struct spool *s, const char *why)
+{
+	pthread_mutex_lock(&s->pmu);
+	bool had = s->spare_ready;
+	int fd = s->spare_fd;
+	uint64_t nonce = s->spare_nonce, size = s->spare_size;
+	s->spare_ready = false;
+	s->spare_fd = -1;
+	pthread_mutex_unlock(&s->pmu);
+	if (!had)
+		return;
+	char name[64];
+	spare_name(nonce, name, sizeof(name));
+	close(fd);
+	unlinkat(s->dirfd, name, 0);
+	log_info("event=spool_spare_removed bytes=%" PRIu64 " reason=%s", size, why);
+}
+
+/* Committer (or open): makes the spare segment no: renames it into place
+ * and syncs the directory. TERN_ENOTFOUND when no spare is ready. */
+static int seg_from_spare(struct spool *s, uint32_t no, struct seg **out)
+{
+	pthread_mutex_lock(&s->pmu);
+	bool ready = s->spare_ready;
+	int fd = s->spare_fd;
+	uint64_t nonce = s->spare_nonce, size = s->spare_size;
+	s->spare_ready = false;
+	s->spare_fd = -1;
+	if (ready)
+		s->spare_want = 0; /* the next one's size comes with spare_ask */
+	pthread_mutex_unlock(&s->pmu);
+	if (!ready)
+		return TERN_ENOTFOUND;
+	char from[64], to[64];
+	spare_name(nonce, from, sizeof(from));
+	struct seg *g = calloc(1, sizeof(*g));
+	if (!g) {
+		close(fd);
+		unlinkat(s->dirfd, from, 0);
+		return TERN_ENOMEM;
+	}
+	g->no = no;
+	g->ver = SPOOL_REC_V2;
+	g->nonce = nonce;
+	g->fd = fd;
+	g->prep_end = size;
+	g->prepared = true;
+	seg_name(g, to, sizeof(to));
+	if (renameat(s->dirfd, from, s->dirfd, to) != 0) {
+		log_warn("event=spool_prepare_failed seg=%" PRIu32 " reason=rename errno=%d "
+		         "action=append",
+		         no, errno);
+		unlinkat(s->dirfd, from, 0);
+		seg_free(g);
+		return TERN_EIO;
+	}
+	if (dir_sync(s) != TERN_OK) {
+		unlinkat(s->dirfd, to, 0); /* zeros only: nothing in it was acknowledged */
+		seg_free(g);
+		return TERN_EIO;
+	}
+	log_info("event=spool_segment_new seg=%" PRIu32 " prepared=%" PRIu64, no, size);
+	*out = g;
+	return TERN_OK;
+}
+
+/* Open: removes the spares a crash left (they are not segments). */
+static void spare_sweep(struct spool *s)
+{
+	int fd = openat(s->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	struct dirent *de;
+	while ((de = readdir(d)))
+		if (strncmp(de->d_name, SPARE_PREFIX, strlen(SPARE_PREFIX)) == 0 &&
+		    unlinkat(s->dirfd, de->d_name, 0) == 0)
+			log_info("event=spool_spare_removed file=%s reason=left_by_crash",
+			         de->d_name);
+	closedir(d);
 }
 
 /* Committer: makes a new current segment. The old one keeps its records;
  * its unsynced tail (RCPT/DEL records) is synced now, since later syncs
  * only cover the new file. */
-static int rotate(struct spool *s)
+static int rotate(struct spool *s, bool need, uint64_t seg_max)
 {
 	struct seg *g;
+	int rc = seg_from_spare(s, s->cur->no + 1, &g);
+	if (rc != TERN_OK && !need) {
+		/* PREALLOC: a rotation only to reach prepared space; a spare that
+		 * could not be put in place is gone: ask for another. */
+		if (rc != TERN_ENOTFOUND)
+			spare_ask(s, s->cur->prep_end ? s->cur->prep_end : PREP_MIN_BYTES, seg_max);
+		return rc;
+	}
 	if (s->unsynced && fdatasync(s->cur->fd) != 0)
 		log_warn("event=spool_sync_failed seg=%" PRIu32 " errno=%d", s->cur->no, errno);
 	s->unsynced = false;
-	int rc = seg_create(s, s->cur->no + 1, &g);
-	if (rc != TERN_OK)
+	if (rc != TERN_OK && (rc = seg_create(s, s->cur->no + 1, &g)) != TERN_OK)
 		return rc;
+	spare_ask(s, g->prep_end ? g->prep_end : PREP_MIN_BYTES, seg_max);
 	pthread_mutex_lock(&s->mu);
 	rc = seg_insert(s, g);
 	if (rc == TERN_OK) {
@@ -932,13 +1217,6 @@ static void reap(struct spool *s)
 }
 
 /* ---- committer ------------------------------------------------------------ */
-
-/* The error a failed write or sync reports: a full disk (or file size
- * limit) is TERN_ELIMIT, so that SMTP can say 452 4.3.1; the rest EIO. */
-static int io_err(int e)
-{
-	return e == ENOSPC || e == EDQUOT || e == EFBIG ? TERN_ELIMIT : TERN_EIO;
-}
 
 /* Writes every record of the batch at off with as few pwritev calls as the
  * iovec limit allows, continuing after partial writes. */
@@ -1124,7 +1402,15 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 	spool_archive_want want = hook ? s->want : NULL;
 	void *harg = s->hook_arg;
 	pthread_mutex_unlock(&s->qmu);
-	if ((s->cur_size >= seg_max || s->cur_broken) && rotate(s) != TERN_OK && s->cur_broken) {
+	/* PREALLOC: past the prepared space, move on to a prepared spare as
+	 * soon as one is ready rather than grow the file (unless the current
+	 * segment is small and was not prepared: then at seg_max, as ever). */
+	bool full = s->cur_size >= seg_max || s->cur_broken;
+	bool past = !full && s->cur_size > 0 && s->cur_size + total > s->cur->prep_end &&
+	            (s->cur->prep_end > 0 || s->cur_size >= PREP_MIN_BYTES) && spare_ready(s);
+	if (past)
+		rotate(s, false, seg_max);
+	if (full && rotate(s, true, seg_max) != TERN_OK && s->cur_broken) {
 		/* The current file holds garbage we could not cut off, and no new
 		 * file can be made: fail the batch rather than write after it. */
 		commit_account(s, batch, s->cur, s->cur_size, TERN_EIO, n_msgs, want, harg);
@@ -1169,6 +1455,13 @@ static void commit_batch(struct spool *s, struct item *batch, uint64_t seg_max)
 			          errno);
 			s->cur_broken = true;
 		}
+		pthread_mutex_lock(&s->mu);
+		if (cur->prep_end > start)
+			cur->prep_end = start; /* the prepared space past start is gone */
+		pthread_mutex_unlock(&s->mu);
+		/* A full disk: give it the spare's space back. */
+		if (err == TERN_ELIMIT)
+			spare_drop(s, "disk_full");
 	}
 	commit_account(s, batch, cur, start, err, n_msgs, want, harg);
 	if (err == TERN_OK)
@@ -1211,6 +1504,7 @@ callbacks:
 static void *committer_main(void *arg)
 {
 	struct spool *s = arg;
+	pthread_setname_np(pthread_self(), "spool-commit");
 	for (;;) {
 		pthread_mutex_lock(&s->qmu);
 		/* A put (or anything with a callback) is written at once. RCPT and
@@ -1501,6 +1795,7 @@ struct seg_ent {
 	uint32_t no;
 	unsigned ver;
 	uint64_t nonce;
+	bool prepared;
 	char name[64];
 };
 
@@ -1529,7 +1824,7 @@ static int list_segments(int dirfd, const char *dir, struct seg_ent **out, size_
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		struct seg_ent e;
-		if (!seg_parse_name(de->d_name, &e.no, &e.ver, &e.nonce))
+		if (!seg_parse_name(de->d_name, &e.no, &e.ver, &e.nonce, &e.prepared))
 			continue;
 		tern_strlcpy(e.name, de->d_name, sizeof(e.name));
 		if (n == cap) {
@@ -1574,7 +1869,8 @@ static int scan_set_aside(struct spool *s, struct tbuf *pay)
 	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
 		char file[96];
 		snprintf(file, sizeof(file), DAMAGED_DIR "/%s", v[i].name);
-		struct seg g = {.no = v[i].no, .ver = v[i].ver, .nonce = v[i].nonce};
+		struct seg g = {
+		    .no = v[i].no, .ver = v[i].ver, .nonce = v[i].nonce, .prepared = v[i].prepared};
 		struct stat st;
 		g.fd = openat(s->dirfd, file, O_RDONLY | O_CLOEXEC);
 		if (g.fd < 0 || fstat(g.fd, &st) != 0) {
@@ -1591,8 +1887,8 @@ static int scan_set_aside(struct spool *s, struct tbuf *pay)
 		struct spool_seg_fmt f = seg_fmt(&g);
 		struct spool_scan_result res;
 		rc = spool_scan(&ops, (uint64_t)st.st_size, &f, pay, &res);
-		if (rc == TERN_OK && res.torn_off < (uint64_t)st.st_size)
-			damage_add(s, g.no, file, res.torn_off, (uint64_t)st.st_size - res.torn_off,
+		if (rc == TERN_OK && res.torn_off < res.zero_off)
+			damage_add(s, g.no, file, res.torn_off, res.zero_off - res.torn_off,
 			           SPOOL_DAMAGE_TORN, 0, NULL);
 		if (rc == TERN_OK && !g.damaged)
 			damage_add(s, g.no, file, 0, 0, SPOOL_DAMAGE_NONE, 0, NULL);
@@ -1636,6 +1932,7 @@ static int recover(struct spool *s)
 		g->no = ents[i].no;
 		g->ver = ents[i].ver;
 		g->nonce = ents[i].nonce;
+		g->prepared = ents[i].prepared;
 		g->fd = openat(s->dirfd, ents[i].name, O_RDWR | O_CLOEXEC);
 		struct stat st;
 		if (g->fd < 0 || fstat(g->fd, &st) != 0) {
@@ -1661,30 +1958,43 @@ static int recover(struct spool *s)
 		if ((rc = spool_scan(&ops, size, &f, &pay, &res)) != TERN_OK)
 			goto out; /* out of memory: not the disk's fault, give up on opening */
 		bool reusable = last && g->ver == SPOOL_REC_V2;
-		if (res.torn_off < size && last && !g->damaged) {
+		/* PREALLOC: a prepared segment ends with zeros, not with its last
+		 * record: the used part ends at zero_off, the file at size. */
+		uint64_t used = res.zero_off;
+		bool prepared = res.zero_off < size;
+		if (res.torn_off < res.zero_off && last && !g->damaged) {
 			/* An append that a crash cut short: never acknowledged,
-			 * since the sync that would have covered it did not finish. */
+			 * since the sync that would have covered it did not finish.
+			 * Cut, or in a prepared segment zeroed (its space stays
+			 * prepared, and no stale byte stays after the new end). */
 			log_warn("event=spool_recover seg=%" PRIu32 " torn_tail bytes=%" PRIu64
-			         " offset=%" PRIu64,
-			         g->no, size - res.torn_off, res.torn_off);
-			if (ftruncate(g->fd, (off_t)res.torn_off) != 0 || fdatasync(g->fd) != 0) {
+			         " offset=%" PRIu64 " prepared=%d",
+			         g->no, res.zero_off - res.torn_off, res.torn_off, prepared);
+			int trc =
+			    prepared ? zero_fill(g->fd, res.torn_off, res.zero_off, NULL)
+			    : ftruncate(g->fd, (off_t)res.torn_off) != 0 || fdatasync(g->fd) != 0
+			        ? TERN_EIO
+			        : TERN_OK;
+			if (trc != TERN_OK) {
 				log_error("event=spool_truncate_failed seg=%" PRIu32 " errno=%d",
 				          g->no, errno);
 				reusable = false; /* do not append after garbage */
 			} else {
-				size = res.torn_off;
+				used = res.torn_off;
 			}
-		} else if (res.torn_off < size) {
+		} else if (res.torn_off < res.zero_off) {
 			/* A cut-off record in an older segment, or after damage:
 			 * the file is kept as it is, so this is reported too. */
 			pthread_mutex_lock(&s->mu);
-			seg_mark_damaged(s, g, res.torn_off, size - res.torn_off, SPOOL_DAMAGE_TORN,
-			                 0, NULL);
+			seg_mark_damaged(s, g, res.torn_off, res.zero_off - res.torn_off,
+			                 SPOOL_DAMAGE_TORN, res.torn_type, res.torn_id);
 			pthread_mutex_unlock(&s->mu);
 		}
 		pthread_mutex_lock(&s->mu);
-		g->size = size;
+		g->size = used;
+		g->prep_end = prepared ? size : 0;
 		pthread_mutex_unlock(&s->mu);
+		size = used;
 		if (reusable && !g->damaged) {
 			need_new = false;
 			s->cur = g;
@@ -1698,7 +2008,19 @@ static int recover(struct spool *s)
 			rc = TERN_ELIMIT;
 			goto out;
 		}
-		if ((rc = seg_create(s, no, &g)) != TERN_OK)
+		/* PREALLOC: the first segment is prepared here (small, so an
+		 * open stays quick); later ones by the preparer thread. */
+		int fd;
+		uint64_t nonce;
+		if (spare_prepare(s, PREP_MIN_BYTES, &fd, &nonce) == TERN_OK) {
+			pthread_mutex_lock(&s->pmu);
+			s->spare_fd = fd;
+			s->spare_nonce = nonce;
+			s->spare_size = PREP_MIN_BYTES;
+			s->spare_ready = true;
+			pthread_mutex_unlock(&s->pmu);
+		}
+		if (seg_from_spare(s, no, &g) != TERN_OK && (rc = seg_create(s, no, &g)) != TERN_OK)
 			goto out;
 		pthread_mutex_lock(&s->mu);
 		rc = seg_insert(s, g);
@@ -1794,6 +2116,9 @@ int spool_open_flags(const char *dir, unsigned flags, struct spool **out)
 	pthread_cond_init(&s->qcond, &ca);
 	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->pmu, NULL);
+	pthread_cond_init(&s->pcond, NULL);
+	s->spare_fd = -1;
 	if (!(s->dir = tern_strdup(dir))) {
 		rc = TERN_ENOMEM;
 		goto fail;
@@ -1816,6 +2141,7 @@ int spool_open_flags(const char *dir, unsigned flags, struct spool **out)
 		goto fail;
 	}
 	fault_arm(s);
+	spare_sweep(s);
 	if ((rc = recover(s)) != TERN_OK)
 		goto fail;
 	for (size_t i = 0; i < s->n_aspill; i++) /* ARCHIVE: finished ones' files */
@@ -1826,6 +2152,12 @@ int spool_open_flags(const char *dir, unsigned flags, struct spool **out)
 		goto fail;
 	}
 	s->thread_started = true;
+	spare_ask(s, s->cur->prep_end > s->cur_size ? s->cur->prep_end : s->cur_size, s->seg_max);
+	if (pthread_create(&s->pthread, NULL, preparer_main, s) != 0) {
+		rc = TERN_ENOMEM;
+		goto fail;
+	}
+	s->pthread_started = true;
 
 	/* Messages whose last recipient finished just before a crash lost
 	 * their DEL record: write it now. */
@@ -1866,6 +2198,15 @@ void spool_close(struct spool *s)
 	pthread_mutex_unlock(&s->qmu);
 	if (s->thread_started)
 		pthread_join(s->thread, NULL);
+	atomic_store(&s->prep_stop, true);
+	pthread_mutex_lock(&s->pmu);
+	s->pclosing = true;
+	pthread_cond_signal(&s->pcond);
+	pthread_mutex_unlock(&s->pmu);
+	if (s->pthread_started)
+		pthread_join(s->pthread, NULL);
+	if (s->dirfd >= 0)
+		spare_drop(s, "close");
 	while (s->qhead) { /* only if the committer never started */
 		struct item *nx = s->qhead->next;
 		item_free(s->qhead);
@@ -1885,6 +2226,8 @@ void spool_close(struct spool *s)
 	if (s->dirfd >= 0)
 		close(s->dirfd); /* also releases the flock */
 	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->pcond);
+	pthread_mutex_destroy(&s->pmu);
 	pthread_cond_destroy(&s->qcond);
 	pthread_mutex_destroy(&s->qmu);
 	free(s->dir);
@@ -2663,5 +3006,14 @@ void spool_get_stats(struct spool *s, struct spool_stats *out)
 	pthread_mutex_lock(&s->mu);
 	*out = s->stats;
 	out->segments = s->n_segs;
+	for (size_t i = 0; i < s->n_segs; i++)
+		out->bytes += s->segs[i]->size;
+	const struct seg *cur = seg_find(s, s->cur_no, NULL);
+	if (cur && cur->prep_end > cur->size)
+		out->prepared = cur->prep_end - cur->size;
 	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_lock(&s->pmu);
+	if (s->spare_ready)
+		out->prepared += s->spare_size;
+	pthread_mutex_unlock(&s->pmu);
 }

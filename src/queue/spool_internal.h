@@ -8,6 +8,11 @@
  *
  *   seg-NNNNNNNNNN-XXXXXXXXXXXXXXXX.log   version 2 (written by this code);
  *                                         X.. = the segment's nonce in hex
+ *   seg-NNNNNNNNNN-XXXXXXXXXXXXXXXX-p.log version 2, prepared: the file was
+ *                                         written full of zeros (and synced)
+ *                                         before its first record, so it ends
+ *                                         with zeros, and only in such a file
+ *                                         is a zero tail a clean end
  *   seg-NNNNNNNNNN.log                    version 1 (tern before it; read only)
  *
  * Version 2 record, a 28-byte header then the payload, little-endian:
@@ -104,6 +109,7 @@ enum spool_rec_type {
 struct spool_seg_fmt {
 	unsigned version; /* SPOOL_REC_V1 or SPOOL_REC_V2 */
 	uint64_t nonce;   /* version 2: every record carries it */
+	bool prepared;    /* version 2: written full of zeros first ("-p" name) */
 };
 
 struct spool_rec_hdr {
@@ -193,8 +199,21 @@ bool spool_rcpt_state_final(enum rcpt_state st);
  * ops->record, in order), as a damaged range (handed to ops->damage), or as
  * the torn tail left by an interrupted append (reported in the result, not
  * as damage: whether that is harmless depends on whether the segment is the
- * last one, which the caller knows). After a damaged range the scan goes on
- * at the next valid record, so damage costs only the records it touches.
+ * last one, which the caller knows), or as the zero tail. After a damaged
+ * range the scan goes on at the next valid record, so damage costs only the
+ * records it touches.
+ *
+ * PREALLOC: a prepared segment (f->prepared; spool.c) is written full of
+ * zeros before its first record, so it ends with zeros rather than with its
+ * last record.
+ * No record starts with a zero byte, so where the scan meets something that
+ * is not a record it looks at the end of the file once (reading backwards
+ * while it finds zeros): from a byte on which everything is zero, the
+ * segment ends cleanly there (not damage, not torn); bytes that are no
+ * record followed by nothing but zeros (no valid record after them) are
+ * the torn tail of an append a crash cut short, even when their header is
+ * whole; bytes that are no record followed by a valid record are damage,
+ * reported as before. In a segment that is not prepared nothing changes.
  *
  * It never trusts a length before the header holding it is verified, and
  * reads only through ops->read; a read error ends the scan with the rest of
@@ -224,7 +243,15 @@ struct spool_scan_ops {
 };
 
 struct spool_scan_result {
-	uint64_t torn_off; /* where the torn tail starts; == size if there is none */
+	/* The segment ends: records (and damaged ranges) up to torn_off, the
+	 * torn tail [torn_off, zero_off), then only zeros [zero_off, size).
+	 * torn_off == zero_off: no torn tail; zero_off == size: no zero tail. */
+	uint64_t torn_off;
+	uint64_t zero_off;
+	/* a torn tail in a prepared segment: what its bytes seem to hold (a
+	 * hint for reporting it as damage when the segment is not the last) */
+	unsigned torn_type;
+	char torn_id[QUEUE_ID_LEN + 1];
 	size_t n_records;
 	size_t n_damaged; /* ranges reported through ops->damage */
 };

@@ -731,6 +731,7 @@ struct scan {
 	struct tbuf *pay;
 	uint8_t *win; /* SCAN_WINDOW bytes, allocated on first need */
 	struct spool_scan_result *res;
+	uint64_t zero_off; /* where the all-zero tail starts; UINT64_MAX until known */
 };
 
 enum probe {
@@ -876,6 +877,76 @@ static int find_next(struct scan *sc, uint64_t from, uint64_t *at)
 	return TERN_OK;
 }
 
+/* True when the n bytes at p are all zero. */
+static bool all_zero(const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+	for (; i + 64 <= n; i += 64) {
+		uint64_t w[8], acc = 0;
+		memcpy(w, p + i, sizeof(w));
+		for (int k = 0; k < 8; k++)
+			acc |= w[k];
+		if (acc)
+			return false;
+	}
+	for (; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+/*
+ * Where the all-zero tail of the segment starts (size when its last byte is
+ * not zero): found once, reading backwards a window at a time, and only
+ * when the scan of a prepared segment (written full of zeros before its
+ * first record, spool.c) meets something that is not a record. In a
+ * segment written by appending, zeros are never a clean end: they may be
+ * a lost write of acknowledged records, and are reported as before.
+ * TERN_OK or TERN_EIO / TERN_ENOMEM.
+ */
+static int zero_tail(struct scan *sc, uint64_t *out)
+{
+	if (sc->zero_off != UINT64_MAX) {
+		*out = sc->zero_off;
+		return TERN_OK;
+	}
+	if (!sc->win && !(sc->win = malloc(SCAN_WINDOW)))
+		return TERN_ENOMEM;
+	uint64_t end = sc->size;
+	while (end > 0) {
+		size_t chunk = end < SCAN_WINDOW ? (size_t)end : SCAN_WINDOW;
+		uint64_t at = end - chunk;
+		if (sc->ops->read(sc->ops->arg, at, sc->win, chunk) != TERN_OK)
+			return TERN_EIO;
+		if (all_zero(sc->win, chunk)) {
+			end = at;
+			continue;
+		}
+		size_t k = chunk;
+		while (k > 0 && sc->win[k - 1] == 0)
+			k--;
+		end = at + k;
+		break;
+	}
+	sc->zero_off = end;
+	*out = end;
+	return TERN_OK;
+}
+
+/* The torn tail of a prepared segment starts at off: says what its bytes
+ * seem to hold (a hint for when it is reported, in an older segment). */
+static void torn_hint(struct scan *sc, uint64_t off, const uint8_t *hb)
+{
+	struct spool_scan_damage d = {.off = off};
+	uint8_t idb[QUEUE_ID_LEN];
+	sc->res->torn_type = type_known(hb[5]) ? hb[5] : 0;
+	if (sc->size - off >= sc->hdr_len + QUEUE_ID_LEN &&
+	    sc->ops->read(sc->ops->arg, off + sc->hdr_len, idb, sizeof(idb)) == TERN_OK)
+		guess_id(&d, idb, sizeof(idb));
+	memcpy(sc->res->torn_id, d.id, sizeof(d.id));
+	sc->res->torn_off = off;
+}
+
 static int scan_loop(struct scan *sc)
 {
 	const struct spool_seg_fmt *f = sc->f;
@@ -889,6 +960,23 @@ static int scan_loop(struct scan *sc)
 			return rc;
 		uint64_t reclen = (uint64_t)h.hdr_len + h.len; /* meaningful for OK/BAD_PAYLOAD */
 		const uint8_t *pl = (const uint8_t *)sc->pay->data;
+		uint64_t z = sc->size;
+		if (f->prepared && p != P_OK && p != P_READ_ERROR) {
+			rc = zero_tail(sc, &z);
+			if (rc == TERN_EIO)
+				return report(sc, off, sc->size - off, SPOOL_DAMAGE_READ_ERROR, 0,
+				              NULL, 0);
+			if (rc != TERN_OK)
+				return rc;
+			if (off >= z) {
+				/* Zeros from here to the end: the unused part of a
+				 * prepared segment. No record starts with a zero. */
+				sc->res->torn_off = sc->res->zero_off = off;
+				return TERN_OK;
+			}
+			/* (zero_off is set only where the scan ends: a record
+			 * after damage may itself end with zero bytes) */
+		}
 		switch (p) {
 		case P_OK:
 			rc = sc->ops->record(sc->ops->arg, &h, pl, off);
@@ -905,8 +993,26 @@ static int scan_loop(struct scan *sc)
 			return report(sc, off, sc->size - off, SPOOL_DAMAGE_READ_ERROR, 0, NULL, 0);
 		case P_SHORT_HEADER:
 			sc->res->torn_off = off;
+			sc->res->zero_off = z;
 			return TERN_OK;
 		case P_BAD_PAYLOAD:
+			if (f->version == SPOOL_REC_V2 && z < sc->size) {
+				/* In a prepared segment, a verified header whose
+				 * payload fails, with no record after it, is an append
+				 * cut short: its last bytes are still the zeros. */
+				uint64_t nx;
+				rc = find_next(sc, off + 1, &nx);
+				if (rc == TERN_EIO)
+					return report(sc, off, sc->size - off,
+					              SPOOL_DAMAGE_READ_ERROR, 0, NULL, 0);
+				if (rc != TERN_OK)
+					return rc;
+				if (nx == sc->size) {
+					torn_hint(sc, off, hb);
+					sc->res->zero_off = z;
+					return TERN_OK;
+				}
+			}
 			if (f->version == SPOOL_REC_V2) {
 				/* The header is verified: its length is right, and
 				 * the next record starts where it says. */
@@ -920,8 +1026,9 @@ static int scan_loop(struct scan *sc)
 			break;
 		case P_PAST_END:
 			if (f->version == SPOOL_REC_V2) {
-				sc->res->torn_off =
-				    off; /* a verified header: an append cut short */
+				/* a verified header: an append cut short */
+				sc->res->torn_off = off;
+				sc->res->zero_off = z;
 				return TERN_OK;
 			}
 			break;
@@ -934,10 +1041,17 @@ static int scan_loop(struct scan *sc)
 			return report(sc, off, sc->size - off, SPOOL_DAMAGE_READ_ERROR, 0, NULL, 0);
 		if (rc != TERN_OK)
 			return rc;
-		if (next == sc->size && p == P_PAST_END) {
+		if (next == sc->size && (p == P_PAST_END || z < sc->size)) {
 			/* Version 1: a plausible header running past the end with
-			 * nothing valid after it, as an interrupted append leaves. */
+			 * nothing valid after it, as an interrupted append leaves.
+			 * Either version: bytes that are no record, then only zeros
+			 * up to the end: an append into a prepared segment that a
+			 * crash cut short (the rest of its bytes never reached the
+			 * disk, or reached it out of order). */
+			if (z < sc->size)
+				torn_hint(sc, off, hb);
 			sc->res->torn_off = off;
+			sc->res->zero_off = z;
 			return TERN_OK;
 		}
 		/* What the damaged bytes seem to hold, as a hint for the report. */
@@ -960,7 +1074,7 @@ int spool_scan(const struct spool_scan_ops *ops, uint64_t size, const struct spo
                struct tbuf *pay, struct spool_scan_result *res)
 {
 	memset(res, 0, sizeof(*res));
-	res->torn_off = size;
+	res->torn_off = res->zero_off = size;
 	if (f->version != SPOOL_REC_V1 && f->version != SPOOL_REC_V2)
 		return TERN_EINVAL;
 	struct scan sc = {
@@ -970,6 +1084,7 @@ int spool_scan(const struct spool_scan_ops *ops, uint64_t size, const struct spo
 	    .hdr_len = f->version == SPOOL_REC_V2 ? SPOOL_REC_HDR : SPOOL_REC_HDR_V1,
 	    .pay = pay,
 	    .res = res,
+	    .zero_off = UINT64_MAX,
 	};
 	int rc = scan_loop(&sc);
 	free(sc.win);

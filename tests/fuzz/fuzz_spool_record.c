@@ -150,9 +150,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	int fix = data[0] & 1;
-	struct ctx c = {.f = {data[0] & 2 ? SPOOL_REC_V1 : SPOOL_REC_V2, 0}};
-	if (c.f.version == SPOOL_REC_V2)
+	struct ctx c = {.f = {.version = data[0] & 2 ? SPOOL_REC_V1 : SPOOL_REC_V2}};
+	if (c.f.version == SPOOL_REC_V2) {
 		c.f.nonce = FUZZ_NONCE;
+		c.f.prepared = data[0] & 4; /* PREALLOC: zeros after the last record */
+	}
 	size -= 1;
 	uint8_t *buf = malloc(size ? size : 1);
 	if (!buf)
@@ -166,8 +168,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct spool_scan_result res;
 	struct tbuf pay = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
 	int rc = spool_scan(&ops, size, &c.f, &pay, &res);
-	if (rc == TERN_OK && (c.pos != res.torn_off || res.torn_off > size))
+	if (rc == TERN_OK && (c.pos != res.torn_off || res.torn_off > res.zero_off ||
+	                      res.zero_off > size || (!c.f.prepared && res.zero_off != size)))
 		abort();
+	for (uint64_t i = res.zero_off; rc == TERN_OK && i < size; i++)
+		if (buf[i])
+			abort(); /* a zero tail holds only zeros */
 	tbuf_free(&pay);
 	free(buf);
 	return 0;
