@@ -382,6 +382,61 @@ static void inheritance_is_the_same_from_cache_or_store(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* The writer inserts rows in groups and gives their ids itself: ids follow
+ * the emit order, every outbox row names its event, and a later event in the
+ * same batch inherits from a received event of that batch, also when only
+ * the store can answer (an origin too large for the writer's cache). */
+static void grouped_rows_keep_order_ids_and_inheritance(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", err[256], secret[64], qid[16], key[16];
+	assert_non_null(mkdtemp(dir));
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	int64_t ep = 0;
+	assert_int_equal(
+	    webhook_add(db, "http://127.0.0.1:1/", "", NULL, &ep, secret, sizeof(secret)), TERN_OK);
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	char big[3000];
+	memset(big, 'm', sizeof(big));
+	memcpy(big, "{\"m\":\"", 6);
+	memcpy(big + sizeof(big) - 3, "\"}", 3);
+	/* each received event right before its delivery: the two land in one
+	 * group of rows (the writer's groups are 16) */
+	for (int i = 0; i < 20; i++) {
+		snprintf(qid, sizeof(qid), "G%d", i);
+		snprintf(key, sizeof(key), "k%d", i);
+		events_emit(&(struct tern_event){.type = EV_RECEIVED,
+		                                 .queue_id = qid,
+		                                 .key = key,
+		                                 .metadata = i == 7 ? big : NULL});
+		events_emit(&(struct tern_event){
+		    .type = EV_DELIVERED, .queue_id = qid, .recipient = "x@y.test"});
+	}
+	assert_true(events_flush(20000));
+	events_stop();
+	assert_int_equal(count(db, "SELECT count(*) FROM events"), 40);
+	assert_int_equal(
+	    count(db, "SELECT count(*) FROM events WHERE type = 'received' AND "
+	              "id = 1 + 2 * substr(queue_id, 2) AND key = 'k' || substr(queue_id, 2)"),
+	    20);
+	assert_int_equal(
+	    count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	              "id = 2 + 2 * substr(queue_id, 2) AND key = 'k' || substr(queue_id, 2)"),
+	    20);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'G7' AND length(metadata) = 2999"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM outbox o JOIN events e ON e.id = o.event "
+	                           "AND e.queue_id = o.queue_id"),
+	                 40);
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* Retention deletes old events, but never one a pending outbox row needs. */
 static void prune_keeps_what_the_outbox_needs(void **state)
 {
@@ -466,6 +521,7 @@ int main(void)
 	    cmocka_unit_test(full_queue_drops_instead_of_blocking),
 	    cmocka_unit_test(outcomes_inherit_key_and_tags),
 	    cmocka_unit_test(inheritance_is_the_same_from_cache_or_store),
+	    cmocka_unit_test(grouped_rows_keep_order_ids_and_inheritance),
 	    cmocka_unit_test(prune_keeps_what_the_outbox_needs),
 	    cmocka_unit_test(webhooks_config_is_read),
 	};
