@@ -13,7 +13,8 @@ usage: callgrind_relay.py TERN SMTPLOAD [N1 N2] [--chunk-sink=on|off]
 --chunk-sink: the next hop is bench/chunk_sink.py offering CHUNKING (on) or not (off)
 instead of bigmsg.py's sink; --threads: --separate-threads=yes, per-thread totals printed, each labelled with the
 thread functions its profile names (writer_main in store/events.c is the events writer);
---keep=DIR: copy the profiles of the second (larger) run into DIR for callgrind_annotate.
+--keep=DIR: copy the profiles of the second (larger) run into DIR for callgrind_annotate,
+and its events.db.
 Only 127.0.0.1 is used; processes started here are stopped by their PID.
 """
 import glob
@@ -114,7 +115,7 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
                     break
     if keep:
         os.makedirs(keep, exist_ok=True)
-        for path in glob.glob(f"{cg}/cg.*"):
+        for path in glob.glob(f"{cg}/cg.*") + glob.glob(f"{work}/data/events.db*"):
             shutil.copy(path, keep)
     print(f"{n} messages, {done} delivered: {total} instructions", flush=True)
     shutil.rmtree(work, ignore_errors=True)

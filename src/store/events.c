@@ -231,7 +231,12 @@ static const char schema[] =
     " type TEXT NOT NULL, queue_id TEXT, message_id TEXT, sender TEXT, recipient TEXT,"
     " key TEXT, tags TEXT, metadata TEXT, reply TEXT, status TEXT, relay TEXT,"
     " next_attempt INTEGER, hard INTEGER);"
-    "CREATE INDEX IF NOT EXISTS events_time ON events(time);"
+    /* No index on time: events_span keeps each minute's smallest and largest
+     * id instead (one upsert a batch rather than a B-tree insert an event);
+     * events_id_range turns a time window into an id range. An older store's
+     * events_time is dropped when the writer first opens it (span_catch_up). */
+    "CREATE TABLE IF NOT EXISTS events_span(minute INTEGER PRIMARY KEY, lo INTEGER NOT NULL,"
+    " hi INTEGER NOT NULL);"
     /* No index on recipient: the one query that filters on it (events_query_run)
      * walks the primary key in id order ("?3 = '' OR recipient = ?3" cannot use
      * one), so events_rcpt (dropped from older stores here) only cost the writer
@@ -281,6 +286,98 @@ fail:
 sqlite3 *events_db_open(const char *data_dir, char *err, size_t errlen)
 {
 	return db_open(data_dir, SQLITE_OPEN_FULLMUTEX, err, errlen);
+}
+
+/* ---- spans: a time window as an id range ---- */
+
+/* Events' times and ids rise together but not strictly (emitters stamp the
+ * time before they queue; tests and imports give their own), so a minute's
+ * span is the smallest and largest id among its events, and a window's ids
+ * lie between the smallest lo and the largest hi of its minutes. meta's
+ * span_id is the largest id the spans cover: rows above it (written by an
+ * older tern, or by hand) have no span yet and are always included. */
+static int64_t minute_of(int64_t t)
+{
+	return t / 60; /* SQL's time / 60 */
+}
+
+int events_id_range(sqlite3 *db, int64_t since, int64_t until, int64_t *lo, int64_t *hi)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = TERN_EIO;
+	*lo = 1;
+	*hi = 0;
+	if (sqlite3_prepare_v2(db,
+	                       "SELECT min(lo), max(hi), coalesce((SELECT CAST(v AS INTEGER) FROM "
+	                       "meta WHERE k = 'span_id'), 0), coalesce((SELECT max(id) FROM "
+	                       "events), 0) FROM events_span WHERE minute BETWEEN ?1 AND ?2",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, minute_of(since));
+	sqlite3_bind_int64(st, 2, minute_of(until));
+	if (sqlite3_step(st) != SQLITE_ROW)
+		goto out;
+	bool any = sqlite3_column_type(st, 0) != SQLITE_NULL;
+	int64_t covered = sqlite3_column_int64(st, 2), top = sqlite3_column_int64(st, 3);
+	if (any) {
+		*lo = sqlite3_column_int64(st, 0);
+		*hi = sqlite3_column_int64(st, 1);
+	}
+	if (top > covered) {
+		if (!any || *lo > covered + 1)
+			*lo = covered + 1;
+		*hi = INT64_MAX;
+	}
+	rc = TERN_OK;
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/*
+ * Makes the spans cover every event (the writer's open: a store of an older
+ * tern has none, or rows written since by one) and drops the time index such
+ * a store has. One transaction; on a million events about a second, once.
+ */
+static int span_catch_up(sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = TERN_EIO;
+	bool had_index = false;
+	if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+		return TERN_EIO;
+	if (sqlite3_prepare_v2(db,
+	                       "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name = "
+	                       "'events_time'",
+	                       -1, &st, NULL) != SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW)
+		goto out;
+	had_index = sqlite3_column_int(st, 0) > 0;
+	sqlite3_finalize(st);
+	st = NULL;
+	if (sqlite3_exec(
+	        db,
+	        "INSERT INTO events_span(minute, lo, hi) SELECT time / 60, min(id), max(id) "
+	        "FROM events WHERE id > coalesce((SELECT CAST(v AS INTEGER) FROM meta "
+	        "WHERE k = 'span_id'), 0) GROUP BY time / 60 ON CONFLICT(minute) DO UPDATE "
+	        "SET lo = min(lo, excluded.lo), hi = max(hi, excluded.hi);"
+	        "INSERT OR REPLACE INTO meta(k, v) VALUES('span_id', (SELECT "
+	        "coalesce(max(id), 0) FROM events));"
+	        "DROP INDEX IF EXISTS events_time;",
+	        NULL, NULL, NULL) != SQLITE_OK)
+		goto out;
+	rc = TERN_OK;
+out:
+	sqlite3_finalize(st);
+	if (rc == TERN_OK && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) {
+		if (had_index)
+			log_info(
+			    "event=events_migrated change=\"time index replaced by events_span\"");
+		return TERN_OK;
+	}
+	log_error("event=events_failed reason=\"span catch-up: %s\"", sqlite3_errmsg(db));
+	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	return TERN_EIO;
 }
 
 /* The endpoints the writer matches events against; reloaded when another
@@ -338,6 +435,7 @@ enum { INSERT_GROUP = 16, INSERT_COLS = 15 };
 
 struct wstmts {
 	sqlite3_stmt *ver, *begin, *commit, *rollback, *ins1, *insg, *ob, *origin, *maxid;
+	sqlite3_stmt *span, *span_id;
 };
 
 static const char ins_head[] = "INSERT INTO events(id, time, type, queue_id, message_id, sender, "
@@ -373,6 +471,13 @@ static int wstmts_prepare(sqlite3 *db, struct wstmts *w)
 	            "type = 'received' ORDER BY id LIMIT 1",
 	            &w->origin) != TERN_OK ||
 	    prepare(db, "SELECT coalesce(max(id), 0) FROM events", &w->maxid) != TERN_OK ||
+	    prepare(db,
+	            "INSERT INTO events_span(minute, lo, hi) VALUES(?1, ?2, ?3) ON "
+	            "CONFLICT(minute) DO UPDATE SET lo = min(lo, excluded.lo), hi = max(hi, "
+	            "excluded.hi)",
+	            &w->span) != TERN_OK ||
+	    prepare(db, "INSERT OR REPLACE INTO meta(k, v) VALUES('span_id', ?)", &w->span_id) !=
+	        TERN_OK ||
 	    prepare(db, one, &w->ins1) != TERN_OK || prepare(db, group, &w->insg) != TERN_OK) {
 		log_error("event=events_write_failed reason=\"%s\"", sqlite3_errmsg(db));
 		return TERN_EIO;
@@ -391,6 +496,8 @@ static void wstmts_free(struct wstmts *w)
 	sqlite3_finalize(w->ob);
 	sqlite3_finalize(w->origin);
 	sqlite3_finalize(w->maxid);
+	sqlite3_finalize(w->span);
+	sqlite3_finalize(w->span_id);
 	*w = (struct wstmts){0};
 }
 
@@ -571,6 +678,47 @@ static bool pending_flush(struct wstmts *w, struct pending *pend, size_t k)
 	return ok;
 }
 
+/* The spans of a batch's rows, written at its end (a batch covers a minute
+ * or two; should one cover more, the older are written as they come). */
+enum { SPAN_BATCH = 8 };
+
+struct spans {
+	struct span {
+		int64_t minute, lo, hi;
+	} v[SPAN_BATCH];
+	size_t n;
+};
+
+static bool spans_flush(struct wstmts *w, struct spans *sp)
+{
+	for (size_t i = 0; i < sp->n; i++) {
+		sqlite3_bind_int64(w->span, 1, sp->v[i].minute);
+		sqlite3_bind_int64(w->span, 2, sp->v[i].lo);
+		sqlite3_bind_int64(w->span, 3, sp->v[i].hi);
+		if (!run(w->span))
+			return false;
+	}
+	sp->n = 0;
+	return true;
+}
+
+static bool spans_add(struct wstmts *w, struct spans *sp, int64_t t, int64_t id)
+{
+	int64_t m = minute_of(t);
+	for (size_t i = sp->n; i-- > 0;)
+		if (sp->v[i].minute == m) {
+			if (id < sp->v[i].lo)
+				sp->v[i].lo = id;
+			if (id > sp->v[i].hi)
+				sp->v[i].hi = id;
+			return true;
+		}
+	if (sp->n == SPAN_BATCH && !spans_flush(w, sp))
+		return false;
+	sp->v[sp->n++] = (struct span){.minute = m, .lo = id, .hi = id};
+	return true;
+}
+
 /* Inserts a batch and its outbox rows in one transaction; *n_outbox gets
  * the number of outbox rows made. Ids are given here (the largest so far
  * plus one, as SQLite would): the outbox rows need them before their
@@ -579,6 +727,7 @@ static int write_batch(sqlite3 *db, struct wstmts *w, struct origin_cache *oc, s
                        const struct endpoint_filter *f, size_t nf, size_t *n_outbox)
 {
 	struct pending pend[INSERT_GROUP] = {0};
+	struct spans sp = {.n = 0};
 	size_t k = 0;
 	int64_t id = 0;
 	int rc = TERN_EIO;
@@ -626,6 +775,8 @@ static int write_batch(sqlite3 *db, struct wstmts *w, struct origin_cache *oc, s
 		}
 		p->id = ++id;
 		k++;
+		if (!spans_add(w, &sp, e->time, p->id))
+			goto out;
 		if (oc && e->type == EV_RECEIVED && e->queue_id && *e->queue_id)
 			origin_put(oc, e);
 		for (size_t i = 0; i < nf; i++) {
@@ -651,7 +802,10 @@ static int write_batch(sqlite3 *db, struct wstmts *w, struct origin_cache *oc, s
 		goto out;
 	}
 	k = 0;
-	if (run(w->commit))
+	if (!spans_flush(w, &sp))
+		goto out;
+	sqlite3_bind_int64(w->span_id, 1, id);
+	if (run(w->span_id) && run(w->commit))
 		rc = TERN_OK;
 out:
 	for (size_t i = 0; i < k; i++)
@@ -661,6 +815,8 @@ out:
 	sqlite3_reset(w->ob);
 	sqlite3_reset(w->origin);
 	sqlite3_reset(w->maxid);
+	sqlite3_reset(w->span);
+	sqlite3_reset(w->span_id);
 	if (rc != TERN_OK) {
 		log_error("event=events_write_failed reason=\"%s\"", sqlite3_errmsg(db));
 		if (!sqlite3_get_autocommit(db))
@@ -770,6 +926,10 @@ int events_start(const char *data_dir, const struct events_opts *o)
 		log_error("event=events_failed reason=\"%s\"", err);
 		return TERN_EIO;
 	}
+	if (span_catch_up(db) != TERN_OK) {
+		sqlite3_close(db);
+		return TERN_EIO;
+	}
 	pthread_mutex_lock(&Q.lock);
 	if (TERN_BUG_ON(Q.running)) {
 		pthread_mutex_unlock(&Q.lock);
@@ -855,24 +1015,35 @@ int events_prune(sqlite3 *db, int64_t before, unsigned max)
 {
 	sqlite3_stmt *st = NULL;
 	int n = TERN_EIO;
+	int64_t lo, hi;
 	if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
 		return TERN_EIO;
-	if (sqlite3_prepare_v2(db,
+	/* the old events' ids: a walk from the first id up to hi at most */
+	if (events_id_range(db, 0, before - 1, &lo, &hi) != TERN_OK ||
+	    sqlite3_prepare_v2(db,
 	                       "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE "
-	                       "e.time < ?1 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event "
-	                       "= e.id AND o.done = 0) ORDER BY e.id LIMIT ?2)",
+	                       "e.id <= ?3 AND e.time < ?1 AND NOT EXISTS (SELECT 1 FROM outbox o "
+	                       "WHERE o.event = e.id AND o.done = 0) ORDER BY e.id LIMIT ?2)",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, before);
 	sqlite3_bind_int(st, 2, (int)max);
+	sqlite3_bind_int64(st, 3, lo <= hi ? hi : 0);
 	if (sqlite3_step(st) != SQLITE_DONE)
 		goto out;
 	n = sqlite3_changes(db);
 	sqlite3_finalize(st);
 	st = NULL;
+	/* Spans wholly below the first event left name nothing. With the last
+	 * events gone, their ids are given again: span_id must not claim them
+	 * (a row an older tern writes there would have no span). */
 	if (sqlite3_exec(db,
 	                 "DELETE FROM outbox WHERE done = 1 AND event NOT IN (SELECT id FROM "
-	                 "events)",
+	                 "events);"
+	                 "DELETE FROM events_span WHERE hi < (SELECT coalesce(min(id), "
+	                 "9223372036854775807) FROM events);"
+	                 "UPDATE meta SET v = min(CAST(v AS INTEGER), (SELECT coalesce(max(id), 0) "
+	                 "FROM events)) WHERE k = 'span_id';",
 	                 NULL, NULL, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(db, "DELETE FROM attempts WHERE time < ?", -1, &st, NULL) !=
 	        SQLITE_OK) {

@@ -150,6 +150,17 @@ char *events_row_json(sqlite3_stmt *st, const char *node, bool envelope);
 char *events_node(sqlite3 *db);
 
 /*
+ * The ids that can hold events whose time is in [since, until] (unix seconds,
+ * both included): every such event has *lo <= id <= *hi, a superset (callers
+ * still filter on time); *lo > *hi when there is none. The store has no
+ * index on time: the writer keeps each minute's smallest and largest id in
+ * events_span (one upsert a batch instead of a B-tree insert an event), and
+ * ids the spans do not cover yet (rows written by an older tern or by hand)
+ * are included up to the end. TERN_OK or TERN_EIO.
+ */
+int events_id_range(sqlite3 *db, int64_t since, int64_t until, int64_t *lo, int64_t *hi);
+
+/*
  * Deletes events older than before (unix seconds) that no pending outbox row
  * still needs, the delivered outbox rows of deleted events and attempts
  * older than before; at most max events per call (so the writer never holds

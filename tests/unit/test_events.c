@@ -5,7 +5,9 @@
  * queried with filters and a cursor, outbox rows only for endpoints whose
  * filter matches, a full queue that drops (counted) instead of blocking, and
  * later events inheriting their received event's key, tags and metadata the
- * same whether the writer's cache or the store answers.
+ * same whether the writer's cache or the store answers, rows inserted in
+ * groups with the writer's own ids, and a store of the older schema (an
+ * index on time) migrated to minute spans with the same counts.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +23,7 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "store/events.h"
+#include "store/stats.h"
 #include "store/webhook.h"
 
 /* The example of the Standard Webhooks specification (see
@@ -437,6 +440,161 @@ static void grouped_rows_keep_order_ids_and_inheritance(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* The schema of an older tern (before events_span): an index on time. */
+static const char old_schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "CREATE TABLE meta(k TEXT PRIMARY KEY, v TEXT);"
+    "CREATE TABLE events(id INTEGER PRIMARY KEY, time INTEGER NOT NULL,"
+    " type TEXT NOT NULL, queue_id TEXT, message_id TEXT, sender TEXT, recipient TEXT,"
+    " key TEXT, tags TEXT, metadata TEXT, reply TEXT, status TEXT, relay TEXT,"
+    " next_attempt INTEGER, hard INTEGER);"
+    "CREATE INDEX events_time ON events(time);"
+    "CREATE INDEX events_qid ON events(queue_id);"
+    "CREATE TABLE webhooks(id INTEGER PRIMARY KEY, url TEXT NOT NULL,"
+    " secret TEXT NOT NULL, events TEXT NOT NULL DEFAULT '', key TEXT NOT NULL DEFAULT '',"
+    " enabled INTEGER NOT NULL DEFAULT 1, status TEXT NOT NULL DEFAULT 'active',"
+    " failing_since INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);"
+    "CREATE TABLE outbox(id INTEGER PRIMARY KEY, endpoint INTEGER NOT NULL,"
+    " event INTEGER NOT NULL, queue_id TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_try INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX outbox_pending ON outbox(done, endpoint, queue_id, id);"
+    "CREATE TABLE attempts(id INTEGER PRIMARY KEY, endpoint INTEGER NOT NULL,"
+    " event INTEGER NOT NULL, time INTEGER NOT NULL, http_status INTEGER NOT NULL,"
+    " error TEXT NOT NULL DEFAULT '');"
+    "INSERT INTO meta(k, v) VALUES('node', 'abcdef012345');";
+
+#define T0 1796515200LL /* 2026-12-06T00:00:00Z */
+
+static void insert_old(sqlite3 *db, int64_t t, const char *type, const char *qid)
+{
+	char sql[256];
+	snprintf(sql, sizeof(sql),
+	         "INSERT INTO events(time, type, queue_id, recipient, status, reply) "
+	         "VALUES(%lld, '%s', '%s', 'r@x.test', '5.1.1', 'no')",
+	         (long long)t, type, qid);
+	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+}
+
+/* stats_run's totals over [a, b] equal a count of the rows themselves, and
+ * events_id_range holds every event of the window. */
+static void window_counts_match(sqlite3 *db, int64_t a, int64_t b)
+{
+	static const char *const types[] = {"queued", "delivered", "deferred", "bounced"};
+	static const int counters[] = {ST_SENT, ST_DELIVERED, ST_DEFERRED, ST_BOUNCED};
+	char sql[256];
+	struct stats_result r;
+	int64_t lo, hi;
+	assert_int_equal(events_id_range(db, a, b, &lo, &hi), TERN_OK);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM events WHERE time BETWEEN %lld AND %lld AND "
+	         "(id < %lld OR id > %lld)",
+	         (long long)a, (long long)b, (long long)lo, (long long)hi);
+	assert_int_equal(count(db, sql), 0);
+	assert_int_equal(
+	    stats_run(db, &(struct stats_query){.since = a, .until = b, .bucket = 3600}, &r),
+	    TERN_OK);
+	for (int i = 0; i < 4; i++) {
+		snprintf(
+		    sql, sizeof(sql),
+		    "SELECT count(*) FROM events WHERE time BETWEEN %lld AND %lld AND type = '%s'",
+		    (long long)a, (long long)b, types[i]);
+		assert_int_equal((int)r.totals.n[counters[i]], count(db, sql));
+	}
+	snprintf(
+	    sql, sizeof(sql),
+	    "SELECT count(*) FROM events WHERE time BETWEEN %lld AND %lld AND type = 'bounced'",
+	    (long long)a, (long long)b);
+	uint64_t reasons = 0;
+	for (size_t i = 0; i < r.n_reasons; i++)
+		reasons += r.reasons[i].count;
+	assert_int_equal((int)reasons, count(db, sql));
+	stats_result_free(&r);
+}
+
+/* A store written by an older tern (an index on time, no spans) is
+ * migrated when the writer opens it: the index goes, every old row gets its
+ * minute's span, and counts over any window stay those of the rows, also
+ * for times out of order, for new events, and for rows the spans do not
+ * cover (written by hand since); retention deletes exactly the old rows. */
+static void old_store_is_migrated_and_counted_the_same(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", path[64], err[256], qid[16];
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/events.db", dir);
+	sqlite3 *old = NULL;
+	assert_int_equal(sqlite3_open(path, &old), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(old, old_schema, NULL, NULL, NULL), SQLITE_OK);
+	static const char *const types[] = {"queued", "delivered", "bounced", "deferred"};
+	for (int i = 0; i < 600; i++) {
+		snprintf(qid, sizeof(qid), "O%d", i);
+		/* mostly rising, every 50th an hour late and every 70th 10 min early */
+		int64_t t = T0 + i * 7;
+		if (i % 50 == 0)
+			t += 3600;
+		if (i % 70 == 0)
+			t -= 600;
+		insert_old(old, t, types[i % 4], qid);
+	}
+	sqlite3_close(old);
+	/* the writer opens it: the migration; then new events, one out of order */
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .time = T0 + 100, .queue_id = "N1"});
+	events_emit(&(struct tern_event){.type = EV_BOUNCED, .time = T0 + 5000, .queue_id = "N2"});
+	events_emit(&(struct tern_event){.type = EV_QUEUED, .time = T0 + 90, .queue_id = "N3"});
+	assert_true(events_flush(10000));
+	events_stop();
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	assert_int_equal(count(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_time'"),
+	                 0);
+	assert_int_equal(count(db, "SELECT count(*) FROM events"), 603);
+	assert_int_equal(count(db, "SELECT count(*) FROM events_span WHERE lo > hi"), 0);
+	assert_int_equal(count(db, "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'span_id'"), 603);
+	static const int64_t win[][2] = {{T0, T0 + 59},          {T0 + 60, T0 + 119},
+	                                 {T0 + 61, T0 + 3000},   {T0 + 3000, T0 + 7300},
+	                                 {T0 - 600, T0 + 9000},  {T0 + 90, T0 + 100},
+	                                 {T0 + 4999, T0 + 5000}, {T0 + 9000, T0 + 9999}};
+	for (size_t i = 0; i < sizeof(win) / sizeof(win[0]); i++)
+		window_counts_match(db, win[i][0], win[i][1]);
+	/* a row no span covers yet (an older tern wrote it after the writer) */
+	insert_old(db, T0 + 30, "delivered", "H1");
+	for (size_t i = 0; i < sizeof(win) / sizeof(win[0]); i++)
+		window_counts_match(db, win[i][0], win[i][1]);
+	/* retention: exactly the rows older than the cut, in chunks */
+	int before = count(db, "SELECT count(*) FROM events WHERE time < 1796515800");
+	assert_true(before > 0);
+	int deleted = 0, n;
+	while ((n = events_prune(db, T0 + 600, 50)) > 0)
+		deleted += n;
+	assert_int_equal(n, 0);
+	assert_int_equal(deleted, before);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE time < 1796515800"), 0);
+	assert_int_equal(count(db, "SELECT count(*) FROM events_span WHERE hi < (SELECT min(id) "
+	                           "FROM events)"),
+	                 0);
+	window_counts_match(db, T0 - 600, T0 + 9999);
+	/* the writer opens it again: a row written by hand gets its span */
+	insert_old(db, T0 + 20000, "delivered", "H2");
+	int top = count(db, "SELECT max(id) FROM events");
+	assert_int_equal(count(db, "SELECT count(*) FROM events_span WHERE minute = 29942253"), 0);
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	events_stop();
+	assert_int_equal(count(db, "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'span_id'"), top);
+	char sql[160];
+	snprintf(
+	    sql, sizeof(sql),
+	    "SELECT count(*) FROM events_span WHERE minute = 29942253 AND lo <= %d AND hi >= %d",
+	    top, top);
+	assert_int_equal(count(db, sql), 1);
+	window_counts_match(db, T0 + 600, T0 + 29999);
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* Retention deletes old events, but never one a pending outbox row needs. */
 static void prune_keeps_what_the_outbox_needs(void **state)
 {
@@ -522,6 +680,7 @@ int main(void)
 	    cmocka_unit_test(outcomes_inherit_key_and_tags),
 	    cmocka_unit_test(inheritance_is_the_same_from_cache_or_store),
 	    cmocka_unit_test(grouped_rows_keep_order_ids_and_inheritance),
+	    cmocka_unit_test(old_store_is_migrated_and_counted_the_same),
 	    cmocka_unit_test(prune_keeps_what_the_outbox_needs),
 	    cmocka_unit_test(webhooks_config_is_read),
 	};
