@@ -1166,21 +1166,31 @@ int events_query_run(sqlite3 *db, const struct events_query *q,
 	if (limit > 1000)
 		limit = 1000;
 	snprintf(sql, sizeof(sql),
-	         "SELECT %s FROM events WHERE id > ?1 AND (?2 = '' OR type = ?2) AND"
+	         "SELECT %s FROM events WHERE id > ?1 AND id <= ?9 AND (?2 = '' OR type = ?2) AND"
 	         " (?3 = '' OR recipient = ?3 COLLATE NOCASE) AND (?4 = '' OR queue_id = ?4) AND"
 	         " (?5 = '' OR ',' || tags || ',' LIKE '%%,' || ?5 || ',%%') AND time >= ?6"
 	         " AND (?8 = '' OR key = ?8)"
 	         " ORDER BY id LIMIT ?7",
 	         row_cols);
 	sqlite3_stmt *st = NULL;
+	int64_t from = q->after, to = INT64_MAX, lo, hi;
+	*last_id = q->after;
+	if (q->since > 0) { /* no index on time: the window's ids (events_id_range) */
+		if (events_id_range(db, q->since, INT64_MAX, &lo, &hi) != TERN_OK)
+			return TERN_EIO;
+		if (lo > hi)
+			return 0;
+		from = lo - 1 > from ? lo - 1 : from;
+		to = hi;
+	}
 	char *node = events_node(db);
 	int n = 0;
-	*last_id = q->after;
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 		free(node);
 		return TERN_EIO;
 	}
-	sqlite3_bind_int64(st, 1, q->after);
+	sqlite3_bind_int64(st, 1, from);
+	sqlite3_bind_int64(st, 9, to);
 	bind_text(st, 2, type >= 0 ? type_names[type] : "");
 	bind_text(st, 3, q->recipient);
 	bind_text(st, 4, q->queue_id);

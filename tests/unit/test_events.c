@@ -509,6 +509,17 @@ static void window_counts_match(sqlite3 *db, int64_t a, int64_t b)
 		reasons += r.reasons[i].count;
 	assert_int_equal((int)reasons, count(db, sql));
 	stats_result_free(&r);
+	/* the API's since: every event from a on, in id order, none other */
+	static struct collected c;
+	int64_t last = 0;
+	memset(&c, 0, sizeof(c));
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM events WHERE time >= %lld", (long long)a);
+	assert_int_equal(events_query_run(db, &(struct events_query){.since = a, .limit = 1000},
+	                                  collect, &c, &last),
+	                 count(db, sql));
+	snprintf(sql, sizeof(sql), "SELECT min(id) FROM events WHERE time >= %lld", (long long)a);
+	if (c.n)
+		assert_int_equal(c.ids[0], count(db, sql));
 }
 
 /* A store written by an older tern (an index on time, no spans) is
