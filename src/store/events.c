@@ -242,7 +242,14 @@ static const char schema[] =
      * one), so events_rcpt (dropped from older stores here) only cost the writer
      * a NOCASE B-tree insert per event. */
     "DROP INDEX IF EXISTS events_rcpt;"
-    "CREATE INDEX IF NOT EXISTS events_qid ON events(queue_id);"
+    /* By queue id, only a message's receipts (received, queued): the two
+     * lookups by queue id want nothing else (the writer's origin of a later
+     * event, stats' receipt time of a delivery), and a relayed message's
+     * delivery is then one B-tree insert instead of two. Older stores' full
+     * events_qid is replaced here (about a second on a million events). */
+    "DROP INDEX IF EXISTS events_qid;"
+    "CREATE INDEX IF NOT EXISTS events_receipt ON events(queue_id)"
+    " WHERE type = 'received' OR type = 'queued';"
     "CREATE TABLE IF NOT EXISTS webhooks(id INTEGER PRIMARY KEY, url TEXT NOT NULL,"
     " secret TEXT NOT NULL, events TEXT NOT NULL DEFAULT '', key TEXT NOT NULL DEFAULT '',"
     " enabled INTEGER NOT NULL DEFAULT 1, status TEXT NOT NULL DEFAULT 'active',"

@@ -522,8 +522,10 @@ static void window_counts_match(sqlite3 *db, int64_t a, int64_t b)
 		assert_int_equal(c.ids[0], count(db, sql));
 }
 
-/* A store written by an older tern (an index on time, no spans) is
- * migrated when the writer opens it: the index goes, every old row gets its
+/* A store written by an older tern (an index on time, no spans, a full
+ * index by queue id) is migrated when opened: the index on time goes, the
+ * one by queue id keeps receipts only (latency still found), every old row
+ * gets its
  * minute's span, and counts over any window stay those of the rows, also
  * for times out of order, for new events, and for rows the spans do not
  * cover (written by hand since); retention deletes exactly the old rows. */
@@ -547,6 +549,10 @@ static void old_store_is_migrated_and_counted_the_same(void **state)
 			t -= 600;
 		insert_old(old, t, types[i % 4], qid);
 	}
+	/* a message with its receipt: 5 s from queued to delivered */
+	insert_old(old, T0 + 10, "received", "P1");
+	insert_old(old, T0 + 10, "queued", "P1");
+	insert_old(old, T0 + 15, "delivered", "P1");
 	sqlite3_close(old);
 	/* the writer opens it: the migration; then new events, one out of order */
 	struct events_opts o = {.retry_base = 3600, .timeout = 1};
@@ -560,9 +566,21 @@ static void old_store_is_migrated_and_counted_the_same(void **state)
 	assert_non_null(db);
 	assert_int_equal(count(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_time'"),
 	                 0);
-	assert_int_equal(count(db, "SELECT count(*) FROM events"), 603);
+	/* the full index by queue id became one of receipts only */
+	assert_int_equal(count(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_qid'"),
+	                 0);
+	assert_int_equal(
+	    count(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_receipt'"), 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events"), 606);
 	assert_int_equal(count(db, "SELECT count(*) FROM events_span WHERE lo > hi"), 0);
-	assert_int_equal(count(db, "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'span_id'"), 603);
+	assert_int_equal(count(db, "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'span_id'"), 606);
+	struct stats_result r;
+	assert_int_equal(
+	    stats_run(db, &(struct stats_query){.since = T0, .until = T0 + 59, .bucket = 3600}, &r),
+	    TERN_OK);
+	assert_int_equal(r.latency.count, 1);
+	assert_int_equal(r.latency.p50, 5000);
+	stats_result_free(&r);
 	static const int64_t win[][2] = {{T0, T0 + 59},          {T0 + 60, T0 + 119},
 	                                 {T0 + 61, T0 + 3000},   {T0 + 3000, T0 + 7300},
 	                                 {T0 - 600, T0 + 9000},  {T0 + 90, T0 + 100},
