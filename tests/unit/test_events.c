@@ -385,7 +385,8 @@ static void inheritance_is_the_same_from_cache_or_store(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
-/* The writer inserts rows in groups and gives their ids itself: ids follow
+/* The writer inserts rows in groups and gives their ids itself (and takes
+ * events from chunks of its queue, one event larger than a chunk): ids follow
  * the emit order, every outbox row names its event, and a later event in the
  * same batch inherits from a received event of that batch, also when only
  * the store can answer (an origin too large for the writer's cache). */
@@ -405,6 +406,11 @@ static void grouped_rows_keep_order_ids_and_inheritance(void **state)
 	memset(big, 'm', sizeof(big));
 	memcpy(big, "{\"m\":\"", 6);
 	memcpy(big + sizeof(big) - 3, "\"}", 3);
+	/* larger than a chunk of the writer's queue (64 KiB) */
+	static char huge[70000];
+	memset(huge, 'h', sizeof(huge));
+	memcpy(huge, "{\"h\":\"", 6);
+	memcpy(huge + sizeof(huge) - 3, "\"}", 3);
 	/* each received event right before its delivery: the two land in one
 	 * group of rows (the writer's groups are 16) */
 	for (int i = 0; i < 20; i++) {
@@ -413,7 +419,9 @@ static void grouped_rows_keep_order_ids_and_inheritance(void **state)
 		events_emit(&(struct tern_event){.type = EV_RECEIVED,
 		                                 .queue_id = qid,
 		                                 .key = key,
-		                                 .metadata = i == 7 ? big : NULL});
+		                                 .metadata = i == 7   ? big
+		                                             : i == 3 ? huge
+		                                                      : NULL});
 		events_emit(&(struct tern_event){
 		    .type = EV_DELIVERED, .queue_id = qid, .recipient = "x@y.test"});
 	}
@@ -431,6 +439,9 @@ static void grouped_rows_keep_order_ids_and_inheritance(void **state)
 	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
 	                           "queue_id = 'G7' AND length(metadata) = 2999"),
 	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE queue_id = 'G3' AND "
+	                           "length(metadata) = 69999"),
+	                 2);
 	assert_int_equal(count(db, "SELECT count(*) FROM outbox o JOIN events e ON e.id = o.event "
 	                           "AND e.queue_id = o.queue_id"),
 	                 40);
@@ -525,10 +536,10 @@ static void window_counts_match(sqlite3 *db, int64_t a, int64_t b)
 /* A store written by an older tern (an index on time, no spans, a full
  * index by queue id) is migrated when opened: the index on time goes, the
  * one by queue id keeps receipts only (latency still found), every old row
- * gets its
- * minute's span, and counts over any window stay those of the rows, also
- * for times out of order, for new events, and for rows the spans do not
- * cover (written by hand since); retention deletes exactly the old rows. */
+ * gets its minute's span, and counts over any window stay those of the
+ * rows, also for times out of order, for new events, and for rows the spans
+ * do not cover (written by hand since); retention deletes exactly the old
+ * rows. */
 static void old_store_is_migrated_and_counted_the_same(void **state)
 {
 	(void)state;
