@@ -46,7 +46,7 @@ def build(build_dir, out):
 
 def writer_instructions(exe, n, burst, work):
     data = tempfile.mkdtemp(dir=work)
-    cg = os.path.join(work, f"cg.{n}")
+    cg = os.path.join(data, "cg")
     os.makedirs(cg)
     subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes",
                     f"--callgrind-out-file={cg}/cg", exe, data, str(n), str(burst)],
