@@ -474,9 +474,20 @@ out:
  * fifth of the writer's instructions when every event had its own. */
 enum { INSERT_GROUP = 16, INSERT_COLS = 15 };
 
+/* What a parameter of ins1 or insg holds now, when that is a constant: a
+ * string that lives as long as the program ("" or a type name) or the
+ * integer zero. Bindings outlast sqlite3_reset, so binding one again is
+ * skipped (a bind costs about 190 instructions; a relayed message's three
+ * rows hold some twenty such values). Anything else is bound every time. */
+struct bound {
+	const char *str; /* the constant string bound, or NULL */
+	bool zero;       /* the integer 0 is bound */
+};
+
 struct wstmts {
 	sqlite3_stmt *ver, *begin, *commit, *rollback, *ins1, *insg, *ob, *origin, *maxid;
 	sqlite3_stmt *span, *span_id;
+	struct bound b1[INSERT_COLS], bg[INSERT_GROUP * INSERT_COLS]; /* ins1's, insg's */
 };
 
 static const char ins_head[] = "INSERT INTO events(id, time, type, queue_id, message_id, sender, "
@@ -668,33 +679,53 @@ static bool pending_inherit(struct pending *p, const char *k, const char *t, con
 	return true;
 }
 
-static void bind_str(sqlite3_stmt *st, int i, const char *s)
+/* Binds a string that lives as long as the program ("" or a type name). */
+static void bind_const(sqlite3_stmt *st, struct bound *b, int i, const char *s)
 {
-	if (s && *s)
-		sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_text(st, i, "", 0, SQLITE_STATIC);
+	if (b[i - 1].str == s)
+		return;
+	sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+	b[i - 1] = (struct bound){.str = s};
+}
+
+/* Binds an event's string (valid until the statement has run). */
+static void bind_str(sqlite3_stmt *st, struct bound *b, int i, const char *s)
+{
+	if (!s || !*s) {
+		bind_const(st, b, i, "");
+		return;
+	}
+	sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+	b[i - 1] = (struct bound){0};
+}
+
+static void bind_int(sqlite3_stmt *st, struct bound *b, int i, int64_t v)
+{
+	if (v == 0 && b[i - 1].zero)
+		return;
+	sqlite3_bind_int64(st, i, v);
+	b[i - 1] = (struct bound){.zero = v == 0};
 }
 
 /* Binds p as the row whose first parameter is base + 1. */
-static void bind_row(sqlite3_stmt *st, int base, const struct pending *p)
+static void bind_row(sqlite3_stmt *st, struct bound *b, int base, const struct pending *p)
 {
 	const struct tern_event *e = p->e;
 	sqlite3_bind_int64(st, base + 1, p->id);
 	sqlite3_bind_int64(st, base + 2, e->time);
-	bind_str(st, base + 3, type_names[e->type]);
-	bind_str(st, base + 4, e->queue_id);
-	bind_str(st, base + 5, e->message_id);
-	bind_str(st, base + 6, e->sender);
-	bind_str(st, base + 7, e->recipient);
-	bind_str(st, base + 8, p->key);
-	bind_str(st, base + 9, p->tags);
-	bind_str(st, base + 10, p->metadata);
-	bind_str(st, base + 11, e->reply);
-	bind_str(st, base + 12, e->status);
-	bind_str(st, base + 13, e->relay);
-	sqlite3_bind_int64(st, base + 14, e->next_attempt);
-	sqlite3_bind_int(st, base + 15, e->hard);
+	bind_const(st, b, base + 3, type_names[e->type]);
+	bind_str(st, b, base + 4, e->queue_id);
+	bind_str(st, b, base + 5, e->message_id);
+	bind_str(st, b, base + 6, e->sender);
+	bind_str(st, b, base + 7, e->recipient);
+	bind_str(st, b, base + 8, p->key);
+	bind_str(st, b, base + 9, p->tags);
+	bind_str(st, b, base + 10, p->metadata);
+	bind_str(st, b, base + 11, e->reply);
+	bind_str(st, b, base + 12, e->status);
+	bind_str(st, b, base + 13, e->relay);
+	bind_int(st, b, base + 14, e->next_attempt);
+	bind_int(st, b, base + 15, e->hard);
 }
 
 /* Inserts the k pending rows (one statement for a full group, one each
@@ -704,11 +735,11 @@ static bool pending_flush(struct wstmts *w, struct pending *pend, size_t k)
 	bool ok = true;
 	if (k == INSERT_GROUP) {
 		for (size_t i = 0; i < k; i++)
-			bind_row(w->insg, (int)i * INSERT_COLS, &pend[i]);
+			bind_row(w->insg, w->bg, (int)i * INSERT_COLS, &pend[i]);
 		ok = run(w->insg);
 	} else {
 		for (size_t i = 0; i < k && ok; i++) {
-			bind_row(w->ins1, 0, &pend[i]);
+			bind_row(w->ins1, w->b1, 0, &pend[i]);
 			ok = run(w->ins1);
 		}
 	}

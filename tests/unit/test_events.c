@@ -451,6 +451,60 @@ static void grouped_rows_keep_order_ids_and_inheritance(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* The writer binds a constant again only when the parameter held something
+ * else: every row must still hold exactly its own values, empty, zero or
+ * not, whatever the rows before it in the same place of a group held. */
+static void rows_hold_exactly_their_values(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", err[256], qid[16], s[16], sql[512];
+	assert_non_null(mkdtemp(dir));
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	static const enum tern_event_type types[] = {EV_QUEUED, EV_DELIVERED, EV_DEFERRED,
+	                                             EV_BOUNCED, EV_OPENED};
+	for (int i = 0; i < 70; i++) {
+		snprintf(qid, sizeof(qid), "V%d", i);
+		snprintf(s, sizeof(s), "s%d", i);
+		bool full = i % 3 == 0 || i % 7 == 1;
+		events_emit(&(struct tern_event){.type = types[i % 5],
+		                                 .queue_id = qid,
+		                                 .message_id = full ? s : NULL,
+		                                 .sender = full ? s : "",
+		                                 .recipient = full ? s : NULL,
+		                                 .key = full ? s : NULL,
+		                                 .tags = full ? s : NULL,
+		                                 .metadata = full ? "{\"a\":1}" : NULL,
+		                                 .reply = full ? s : NULL,
+		                                 .status = full ? s : NULL,
+		                                 .relay = full ? s : NULL,
+		                                 .next_attempt = i % 2 ? 1000 + i : 0,
+		                                 .hard = i % 4 == 0});
+	}
+	assert_true(events_flush(10000));
+	events_stop();
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	assert_int_equal(count(db, "SELECT count(*) FROM events"), 70);
+	for (int i = 0; i < 70; i++) {
+		bool full = i % 3 == 0 || i % 7 == 1;
+		const char *v = full ? "'s' || substr(queue_id, 2)" : "''";
+		snprintf(
+		    sql, sizeof(sql),
+		    "SELECT count(*) FROM events WHERE id = %d AND queue_id = 'V%d' AND type = "
+		    "'%s' AND message_id = %s AND sender = %s AND recipient = %s AND key = %s AND "
+		    "tags = %s AND metadata = '%s' AND reply = %s AND status = %s AND relay = %s "
+		    "AND next_attempt = %d AND hard = %d",
+		    i + 1, i, events_type_name(types[i % 5]), v, v, v, v, v,
+		    full ? "{\"a\":1}" : "", v, v, v, i % 2 ? 1000 + i : 0, i % 4 == 0);
+		assert_int_equal(count(db, sql), 1);
+	}
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* The schema of an older tern (before events_span): an index on time. */
 static const char old_schema[] =
     "PRAGMA journal_mode=WAL;"
@@ -720,6 +774,7 @@ int main(void)
 	    cmocka_unit_test(outcomes_inherit_key_and_tags),
 	    cmocka_unit_test(inheritance_is_the_same_from_cache_or_store),
 	    cmocka_unit_test(grouped_rows_keep_order_ids_and_inheritance),
+	    cmocka_unit_test(rows_hold_exactly_their_values),
 	    cmocka_unit_test(old_store_is_migrated_and_counted_the_same),
 	    cmocka_unit_test(prune_keeps_what_the_outbox_needs),
 	    cmocka_unit_test(webhooks_config_is_read),
