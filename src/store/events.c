@@ -1239,50 +1239,84 @@ char *events_node(sqlite3 *db)
 	return r;
 }
 
+/* The filters of events_query_run and events_query_tail; ?7 is theirs. */
+static const char query_where[] =
+    "id > ?1 AND id <= ?9 AND (?2 = '' OR type = ?2) AND"
+    " (?3 = '' OR recipient = ?3 COLLATE NOCASE) AND (?4 = '' OR queue_id = ?4) AND"
+    " (?5 = '' OR ',' || tags || ',' LIKE '%,' || ?5 || ',%') AND time >= ?6"
+    " AND (?8 = '' OR key = ?8)";
+
+/* Prepares sql (query_where's filters) with q's values bound, or *st NULL
+ * when no event can match (since after the last one). TERN_OK or an error. */
+static int query_prepare(sqlite3 *db, const struct events_query *q, const char *sql,
+                         sqlite3_stmt **st)
+{
+	int type = -1;
+	int64_t from = q->after, to = INT64_MAX, lo, hi;
+	*st = NULL;
+	if (q->type && *q->type && (type = events_type_parse(q->type)) < 0)
+		return TERN_EINVAL;
+	if (q->since > 0) { /* no index on time: the window's ids (events_id_range) */
+		if (events_id_range(db, q->since, INT64_MAX, &lo, &hi) != TERN_OK)
+			return TERN_EIO;
+		if (lo > hi)
+			return TERN_OK;
+		from = lo - 1 > from ? lo - 1 : from;
+		to = hi;
+	}
+	if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK)
+		return TERN_EIO;
+	sqlite3_bind_int64(*st, 1, from);
+	sqlite3_bind_int64(*st, 9, to);
+	bind_text(*st, 2, type >= 0 ? type_names[type] : "");
+	bind_text(*st, 3, q->recipient);
+	bind_text(*st, 4, q->queue_id);
+	bind_text(*st, 5, q->tag);
+	sqlite3_bind_int64(*st, 6, q->since);
+	bind_text(*st, 8, q->key);
+	return TERN_OK;
+}
+
+int events_query_tail(sqlite3 *db, const struct events_query *q, unsigned n, int64_t *after)
+{
+	char sql[1024];
+	sqlite3_stmt *st = NULL;
+	struct events_query from_start = *q;
+	from_start.after = 0;
+	*after = 0;
+	snprintf(sql, sizeof(sql),
+	         "SELECT id FROM events WHERE %s ORDER BY id DESC LIMIT 1 OFFSET ?7", query_where);
+	int rc = query_prepare(db, &from_start, sql, &st);
+	if (rc != TERN_OK || !st)
+		return rc;
+	sqlite3_bind_int64(st, 7, n ? (int64_t)n - 1 : 0);
+	int src = sqlite3_step(st);
+	if (src == SQLITE_ROW)
+		*after = sqlite3_column_int64(st, 0) - 1;
+	else if (src != SQLITE_DONE)
+		rc = TERN_EIO;
+	sqlite3_finalize(st);
+	return rc;
+}
+
 int events_query_run(sqlite3 *db, const struct events_query *q,
                      void (*cb)(void *arg, int64_t id, const char *json), void *arg,
                      int64_t *last_id)
 {
 	char sql[1024];
-	int type = -1;
-	if (q->type && *q->type && (type = events_type_parse(q->type)) < 0)
-		return TERN_EINVAL;
 	unsigned limit = q->limit ? q->limit : 100;
 	if (limit > 1000)
 		limit = 1000;
-	snprintf(sql, sizeof(sql),
-	         "SELECT %s FROM events WHERE id > ?1 AND id <= ?9 AND (?2 = '' OR type = ?2) AND"
-	         " (?3 = '' OR recipient = ?3 COLLATE NOCASE) AND (?4 = '' OR queue_id = ?4) AND"
-	         " (?5 = '' OR ',' || tags || ',' LIKE '%%,' || ?5 || ',%%') AND time >= ?6"
-	         " AND (?8 = '' OR key = ?8)"
-	         " ORDER BY id LIMIT ?7",
-	         row_cols);
+	snprintf(sql, sizeof(sql), "SELECT %s FROM events WHERE %s ORDER BY id LIMIT ?7", row_cols,
+	         query_where);
 	sqlite3_stmt *st = NULL;
-	int64_t from = q->after, to = INT64_MAX, lo, hi;
 	*last_id = q->after;
-	if (q->since > 0) { /* no index on time: the window's ids (events_id_range) */
-		if (events_id_range(db, q->since, INT64_MAX, &lo, &hi) != TERN_OK)
-			return TERN_EIO;
-		if (lo > hi)
-			return 0;
-		from = lo - 1 > from ? lo - 1 : from;
-		to = hi;
-	}
+	int rc = query_prepare(db, q, sql, &st);
+	if (rc != TERN_OK || !st)
+		return rc;
+	sqlite3_bind_int(st, 7, (int)limit);
 	char *node = events_node(db);
 	int n = 0;
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-		free(node);
-		return TERN_EIO;
-	}
-	sqlite3_bind_int64(st, 1, from);
-	sqlite3_bind_int64(st, 9, to);
-	bind_text(st, 2, type >= 0 ? type_names[type] : "");
-	bind_text(st, 3, q->recipient);
-	bind_text(st, 4, q->queue_id);
-	bind_text(st, 5, q->tag);
-	sqlite3_bind_int64(st, 6, q->since);
-	sqlite3_bind_int(st, 7, (int)limit);
-	bind_text(st, 8, q->key);
 	int src;
 	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
 		char *js = events_row_json(st, node, false);

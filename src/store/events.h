@@ -137,6 +137,13 @@ int events_query_run(sqlite3 *db, const struct events_query *q,
                      void (*cb)(void *arg, int64_t id, const char *json), void *arg,
                      int64_t *last_id);
 
+/*
+ * The cursor the last n events q matches begin after (q->after ignored): 0
+ * when fewer match. events_query_run from it lists them; found walking back
+ * from the newest id, no JSON made. TERN_OK or an error.
+ */
+int events_query_tail(sqlite3 *db, const struct events_query *q, unsigned n, int64_t *after);
+
 /* The column list events_row_json reads, in its order ("id, time, ..."). */
 const char *events_select_columns(void);
 /*

@@ -505,6 +505,67 @@ static void rows_hold_exactly_their_values(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+#define T0 1796515200LL /* 2026-12-06T00:00:00Z */
+
+/* tern events tail: the cursor the last n matching events begin after. */
+static void tail_begins_after_the_last_n(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", err[256], qid[16];
+	assert_non_null(mkdtemp(dir));
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	/* ids 1..30: every third delivered (3, 6, ..., 30), the rest queued; from
+	 * id 21 on an hour later */
+	for (int i = 1; i <= 30; i++) {
+		snprintf(qid, sizeof(qid), "T%d", i);
+		events_emit(&(struct tern_event){.type = i % 3 ? EV_QUEUED : EV_DELIVERED,
+		                                 .time = i > 20 ? T0 + 3600 : T0,
+		                                 .queue_id = qid});
+	}
+	assert_true(events_flush(10000));
+	events_stop();
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	int64_t after = -1, last = 0;
+	static struct collected c;
+	/* the last 4 delivered: 21, 24, 27, 30 */
+	assert_int_equal(
+	    events_query_tail(db, &(struct events_query){.type = "delivered"}, 4, &after), TERN_OK);
+	assert_int_equal(after, 20);
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(
+	    events_query_run(db, &(struct events_query){.type = "delivered", .after = after},
+	                     collect, &c, &last),
+	    4);
+	assert_int_equal(c.ids[0], 21);
+	/* more asked than there are: from the start */
+	assert_int_equal(events_query_tail(db, &(struct events_query){.queue_id = "T5"}, 3, &after),
+	                 TERN_OK);
+	assert_int_equal(after, 0);
+	/* with since: within the window only (ids 21..30), the last 2 of any type */
+	assert_int_equal(events_query_tail(db, &(struct events_query){.since = T0 + 60}, 2, &after),
+	                 TERN_OK);
+	assert_int_equal(after, 28);
+	assert_int_equal(
+	    events_query_tail(db, &(struct events_query){.since = T0 + 60}, 100, &after), TERN_OK);
+	assert_int_equal(after, 0);
+	assert_int_equal(events_query_run(db,
+	                                  &(struct events_query){.since = T0 + 60, .after = after},
+	                                  collect, &c, &last),
+	                 10);
+	/* a window after the last event: nothing, and no error */
+	assert_int_equal(
+	    events_query_tail(db, &(struct events_query){.since = T0 + 9999}, 2, &after), TERN_OK);
+	assert_int_equal(after, 0);
+	assert_int_equal(events_query_tail(db, &(struct events_query){.type = "nope"}, 2, &after),
+	                 TERN_EINVAL);
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* The schema of an older tern (before events_span): an index on time. */
 static const char old_schema[] =
     "PRAGMA journal_mode=WAL;"
@@ -527,8 +588,6 @@ static const char old_schema[] =
     " event INTEGER NOT NULL, time INTEGER NOT NULL, http_status INTEGER NOT NULL,"
     " error TEXT NOT NULL DEFAULT '');"
     "INSERT INTO meta(k, v) VALUES('node', 'abcdef012345');";
-
-#define T0 1796515200LL /* 2026-12-06T00:00:00Z */
 
 static void insert_old(sqlite3 *db, int64_t t, const char *type, const char *qid)
 {
@@ -775,6 +834,7 @@ int main(void)
 	    cmocka_unit_test(inheritance_is_the_same_from_cache_or_store),
 	    cmocka_unit_test(grouped_rows_keep_order_ids_and_inheritance),
 	    cmocka_unit_test(rows_hold_exactly_their_values),
+	    cmocka_unit_test(tail_begins_after_the_last_n),
 	    cmocka_unit_test(old_store_is_migrated_and_counted_the_same),
 	    cmocka_unit_test(prune_keeps_what_the_outbox_needs),
 	    cmocka_unit_test(webhooks_config_is_read),
