@@ -11,10 +11,14 @@ machine; group commit batch sizes do depend on timing, so repeat runs differ a l
 
 usage: callgrind_relay.py TERN SMTPLOAD [N1 N2] [--chunk-sink=on|off]
 --chunk-sink: the next hop is bench/chunk_sink.py offering CHUNKING (on) or not (off)
-instead of bigmsg.py's sink; --threads: --separate-threads=yes, per-thread totals printed.
+instead of bigmsg.py's sink; --threads: --separate-threads=yes, per-thread totals printed, each labelled with the
+thread functions its profile names (writer_main in store/events.c is the events writer);
+--keep=DIR: copy the profiles of the second (larger) run into DIR for callgrind_annotate,
+and its events.db.
 Only 127.0.0.1 is used; processes started here are stopped by their PID.
 """
 import glob
+import re
 import os
 import shutil
 import signal
@@ -44,9 +48,11 @@ def wait_port(port, deadline=120):
 
 CHUNK = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--chunk-sink=")), None)
 THREADS = "--threads" in sys.argv
+KEEP = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--keep=")), None)
+ROLES = re.compile(r"^c?fn=\(\d+\) ([a-z_]*_main)$", re.M)
 
 
-def run(tern, load, n):
+def run(tern, load, n, keep=None):
     work = tempfile.mkdtemp(prefix="tern-cg-")
     os.chmod(work, 0o755)
     cg = os.path.join(work, "cg")
@@ -102,8 +108,15 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
                 if ln.startswith("summary:"):
                     total += int(ln.split()[1])
                     if THREADS:
-                        print(f"  {os.path.basename(path)}: {int(ln.split()[1])}")
+                        with open(path, errors="replace") as g:
+                            roles = sorted(set(ROLES.findall(g.read())))
+                        print(f"  {os.path.basename(path)}: {int(ln.split()[1])} "
+                              f"{','.join(roles)}")
                     break
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        for path in glob.glob(f"{cg}/cg.*") + glob.glob(f"{work}/data/events.db*"):
+            shutil.copy(path, keep)
     print(f"{n} messages, {done} delivered: {total} instructions", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return total
@@ -115,7 +128,7 @@ def main():
     tern, load = sys.argv[1], sys.argv[2]
     nums = [a for a in sys.argv[3:] if not a.startswith("--")]
     n1, n2 = (int(nums[0]), int(nums[1])) if len(nums) > 1 else (300, 1300)
-    a, b = run(tern, load, n1), run(tern, load, n2)
+    a, b = run(tern, load, n1), run(tern, load, n2, KEEP)
     print(f"{tern}: {(b - a) / (n2 - n1):.0f} instructions per relayed 4 KiB message")
 
 

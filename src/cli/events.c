@@ -64,10 +64,6 @@ static void print_event(void *arg, int64_t id, const char *js)
 	json_decref(e);
 }
 
-static void ignore(void *arg, int64_t id, const char *js)
-{
-}
-
 sqlite3 *cli_events_db(const char *path)
 {
 	char err[512];
@@ -136,26 +132,9 @@ int cmd_events(int argc, char **argv)
 	int status = 1;
 	int64_t last = 0;
 	if (!q.since || limited) {
-		/* The last `limit` matching events: count them, then skip ahead. */
-		int64_t total = 0, cur = 0;
-		int n;
-		q.limit = 1000;
-		q.after = 0;
-		while ((n = events_query_run(db, &q, ignore, NULL, &cur)) > 0) {
-			total += n;
-			q.after = cur;
-		}
-		if (n < 0)
+		/* The last `limit` matching events: the id they begin after. */
+		if (events_query_tail(db, &q, (unsigned)limit, &q.after) != TERN_OK)
 			goto fail;
-		int64_t skip = total > limit ? total - limit : 0;
-		q.after = 0;
-		while (skip > 0) {
-			q.limit = skip > 1000 ? 1000 : (unsigned)skip;
-			if ((n = events_query_run(db, &q, ignore, NULL, &cur)) <= 0)
-				break;
-			skip -= n;
-			q.after = cur;
-		}
 	}
 	last = q.after;
 	for (;;) {

@@ -137,6 +137,13 @@ int events_query_run(sqlite3 *db, const struct events_query *q,
                      void (*cb)(void *arg, int64_t id, const char *json), void *arg,
                      int64_t *last_id);
 
+/*
+ * The cursor the last n events q matches begin after (q->after ignored): 0
+ * when fewer match. events_query_run from it lists them; found walking back
+ * from the newest id, no JSON made. TERN_OK or an error.
+ */
+int events_query_tail(sqlite3 *db, const struct events_query *q, unsigned n, int64_t *after);
+
 /* The column list events_row_json reads, in its order ("id, time, ..."). */
 const char *events_select_columns(void);
 /*
@@ -148,6 +155,17 @@ const char *events_select_columns(void);
 char *events_row_json(sqlite3_stmt *st, const char *node, bool envelope);
 /* This store's node name (random, made with the file; part of event ids). */
 char *events_node(sqlite3 *db);
+
+/*
+ * The ids that can hold events whose time is in [since, until] (unix seconds,
+ * both included): every such event has *lo <= id <= *hi, a superset (callers
+ * still filter on time); *lo > *hi when there is none. The store has no
+ * index on time: the writer keeps each minute's smallest and largest id in
+ * events_span (one upsert a batch instead of a B-tree insert an event), and
+ * ids the spans do not cover yet (rows written by an older tern or by hand)
+ * are included up to the end. TERN_OK or TERN_EIO.
+ */
+int events_id_range(sqlite3 *db, int64_t since, int64_t until, int64_t *lo, int64_t *hi);
 
 /*
  * Deletes events older than before (unix seconds) that no pending outbox row

@@ -10,9 +10,11 @@
  * GET /api/v1/events returns for the same window: the bar of issue 13); write
  * to the store; run on an event loop (every query blocks on SQLite).
  *
- * Counts are taken at query time with SQL over the indexed time column
- * (events_time): exact by construction, and fine for the sizes one node
- * keeps (retention bounds them). A rollup table would be the next step.
+ * Counts are taken at query time with SQL over the window's id range
+ * (events_id_range: each minute's smallest and largest id, the store has no
+ * index on time) filtered by time: exact by construction, and fine for the
+ * sizes one node keeps (retention bounds them). A rollup table would be the
+ * next step.
  */
 #ifndef TERN_STORE_STATS_H
 #define TERN_STORE_STATS_H

@@ -5,7 +5,9 @@
  * queried with filters and a cursor, outbox rows only for endpoints whose
  * filter matches, a full queue that drops (counted) instead of blocking, and
  * later events inheriting their received event's key, tags and metadata the
- * same whether the writer's cache or the store answers.
+ * same whether the writer's cache or the store answers, rows inserted in
+ * groups with the writer's own ids, and a store of the older schema (an
+ * index on time) migrated to minute spans with the same counts.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +23,7 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "store/events.h"
+#include "store/stats.h"
 #include "store/webhook.h"
 
 /* The example of the Standard Webhooks specification (see
@@ -382,6 +385,369 @@ static void inheritance_is_the_same_from_cache_or_store(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* The writer inserts rows in groups and gives their ids itself (and takes
+ * events from chunks of its queue, one event larger than a chunk): ids follow
+ * the emit order, every outbox row names its event, and a later event in the
+ * same batch inherits from a received event of that batch, also when only
+ * the store can answer (an origin too large for the writer's cache). */
+static void grouped_rows_keep_order_ids_and_inheritance(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", err[256], secret[64], qid[16], key[16];
+	assert_non_null(mkdtemp(dir));
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	int64_t ep = 0;
+	assert_int_equal(
+	    webhook_add(db, "http://127.0.0.1:1/", "", NULL, &ep, secret, sizeof(secret)), TERN_OK);
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	char big[3000];
+	memset(big, 'm', sizeof(big));
+	memcpy(big, "{\"m\":\"", 6);
+	memcpy(big + sizeof(big) - 3, "\"}", 3);
+	/* larger than a chunk of the writer's queue (64 KiB) */
+	static char huge[70000];
+	memset(huge, 'h', sizeof(huge));
+	memcpy(huge, "{\"h\":\"", 6);
+	memcpy(huge + sizeof(huge) - 3, "\"}", 3);
+	/* each received event right before its delivery: the two land in one
+	 * group of rows (the writer's groups are 16) */
+	for (int i = 0; i < 20; i++) {
+		snprintf(qid, sizeof(qid), "G%d", i);
+		snprintf(key, sizeof(key), "k%d", i);
+		events_emit(&(struct tern_event){.type = EV_RECEIVED,
+		                                 .queue_id = qid,
+		                                 .key = key,
+		                                 .metadata = i == 7   ? big
+		                                             : i == 3 ? huge
+		                                                      : NULL});
+		events_emit(&(struct tern_event){
+		    .type = EV_DELIVERED, .queue_id = qid, .recipient = "x@y.test"});
+	}
+	assert_true(events_flush(20000));
+	events_stop();
+	assert_int_equal(count(db, "SELECT count(*) FROM events"), 40);
+	assert_int_equal(
+	    count(db, "SELECT count(*) FROM events WHERE type = 'received' AND "
+	              "id = 1 + 2 * substr(queue_id, 2) AND key = 'k' || substr(queue_id, 2)"),
+	    20);
+	assert_int_equal(
+	    count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	              "id = 2 + 2 * substr(queue_id, 2) AND key = 'k' || substr(queue_id, 2)"),
+	    20);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type = 'delivered' AND "
+	                           "queue_id = 'G7' AND length(metadata) = 2999"),
+	                 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE queue_id = 'G3' AND "
+	                           "length(metadata) = 69999"),
+	                 2);
+	assert_int_equal(count(db, "SELECT count(*) FROM outbox o JOIN events e ON e.id = o.event "
+	                           "AND e.queue_id = o.queue_id"),
+	                 40);
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* The writer binds a constant again only when the parameter held something
+ * else: every row must still hold exactly its own values, empty, zero or
+ * not, whatever the rows before it in the same place of a group held. */
+static void rows_hold_exactly_their_values(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", err[256], qid[16], s[16], sql[512];
+	assert_non_null(mkdtemp(dir));
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	static const enum tern_event_type types[] = {EV_QUEUED, EV_DELIVERED, EV_DEFERRED,
+	                                             EV_BOUNCED, EV_OPENED};
+	for (int i = 0; i < 70; i++) {
+		snprintf(qid, sizeof(qid), "V%d", i);
+		snprintf(s, sizeof(s), "s%d", i);
+		bool full = i % 3 == 0 || i % 7 == 1;
+		events_emit(&(struct tern_event){.type = types[i % 5],
+		                                 .queue_id = qid,
+		                                 .message_id = full ? s : NULL,
+		                                 .sender = full ? s : "",
+		                                 .recipient = full ? s : NULL,
+		                                 .key = full ? s : NULL,
+		                                 .tags = full ? s : NULL,
+		                                 .metadata = full ? "{\"a\":1}" : NULL,
+		                                 .reply = full ? s : NULL,
+		                                 .status = full ? s : NULL,
+		                                 .relay = full ? s : NULL,
+		                                 .next_attempt = i % 2 ? 1000 + i : 0,
+		                                 .hard = i % 4 == 0});
+	}
+	assert_true(events_flush(10000));
+	events_stop();
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	assert_int_equal(count(db, "SELECT count(*) FROM events"), 70);
+	for (int i = 0; i < 70; i++) {
+		bool full = i % 3 == 0 || i % 7 == 1;
+		const char *v = full ? "'s' || substr(queue_id, 2)" : "''";
+		snprintf(
+		    sql, sizeof(sql),
+		    "SELECT count(*) FROM events WHERE id = %d AND queue_id = 'V%d' AND type = "
+		    "'%s' AND message_id = %s AND sender = %s AND recipient = %s AND key = %s AND "
+		    "tags = %s AND metadata = '%s' AND reply = %s AND status = %s AND relay = %s "
+		    "AND next_attempt = %d AND hard = %d",
+		    i + 1, i, events_type_name(types[i % 5]), v, v, v, v, v,
+		    full ? "{\"a\":1}" : "", v, v, v, i % 2 ? 1000 + i : 0, i % 4 == 0);
+		assert_int_equal(count(db, sql), 1);
+	}
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+#define T0 1796515200LL /* 2026-12-06T00:00:00Z */
+
+/* tern events tail: the cursor the last n matching events begin after. */
+static void tail_begins_after_the_last_n(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", err[256], qid[16];
+	assert_non_null(mkdtemp(dir));
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	/* ids 1..30: every third delivered (3, 6, ..., 30), the rest queued; from
+	 * id 21 on an hour later */
+	for (int i = 1; i <= 30; i++) {
+		snprintf(qid, sizeof(qid), "T%d", i);
+		events_emit(&(struct tern_event){.type = i % 3 ? EV_QUEUED : EV_DELIVERED,
+		                                 .time = i > 20 ? T0 + 3600 : T0,
+		                                 .queue_id = qid});
+	}
+	assert_true(events_flush(10000));
+	events_stop();
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	int64_t after = -1, last = 0;
+	static struct collected c;
+	/* the last 4 delivered: 21, 24, 27, 30 */
+	assert_int_equal(
+	    events_query_tail(db, &(struct events_query){.type = "delivered"}, 4, &after), TERN_OK);
+	assert_int_equal(after, 20);
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(
+	    events_query_run(db, &(struct events_query){.type = "delivered", .after = after},
+	                     collect, &c, &last),
+	    4);
+	assert_int_equal(c.ids[0], 21);
+	/* more asked than there are: from the start */
+	assert_int_equal(events_query_tail(db, &(struct events_query){.queue_id = "T5"}, 3, &after),
+	                 TERN_OK);
+	assert_int_equal(after, 0);
+	/* with since: within the window only (ids 21..30), the last 2 of any type */
+	assert_int_equal(events_query_tail(db, &(struct events_query){.since = T0 + 60}, 2, &after),
+	                 TERN_OK);
+	assert_int_equal(after, 28);
+	assert_int_equal(
+	    events_query_tail(db, &(struct events_query){.since = T0 + 60}, 100, &after), TERN_OK);
+	assert_int_equal(after, 0);
+	assert_int_equal(events_query_run(db,
+	                                  &(struct events_query){.since = T0 + 60, .after = after},
+	                                  collect, &c, &last),
+	                 10);
+	/* a window after the last event: nothing, and no error */
+	assert_int_equal(
+	    events_query_tail(db, &(struct events_query){.since = T0 + 9999}, 2, &after), TERN_OK);
+	assert_int_equal(after, 0);
+	assert_int_equal(events_query_tail(db, &(struct events_query){.type = "nope"}, 2, &after),
+	                 TERN_EINVAL);
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* The schema of an older tern (before events_span): an index on time. */
+static const char old_schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "CREATE TABLE meta(k TEXT PRIMARY KEY, v TEXT);"
+    "CREATE TABLE events(id INTEGER PRIMARY KEY, time INTEGER NOT NULL,"
+    " type TEXT NOT NULL, queue_id TEXT, message_id TEXT, sender TEXT, recipient TEXT,"
+    " key TEXT, tags TEXT, metadata TEXT, reply TEXT, status TEXT, relay TEXT,"
+    " next_attempt INTEGER, hard INTEGER);"
+    "CREATE INDEX events_time ON events(time);"
+    "CREATE INDEX events_qid ON events(queue_id);"
+    "CREATE TABLE webhooks(id INTEGER PRIMARY KEY, url TEXT NOT NULL,"
+    " secret TEXT NOT NULL, events TEXT NOT NULL DEFAULT '', key TEXT NOT NULL DEFAULT '',"
+    " enabled INTEGER NOT NULL DEFAULT 1, status TEXT NOT NULL DEFAULT 'active',"
+    " failing_since INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);"
+    "CREATE TABLE outbox(id INTEGER PRIMARY KEY, endpoint INTEGER NOT NULL,"
+    " event INTEGER NOT NULL, queue_id TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_try INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX outbox_pending ON outbox(done, endpoint, queue_id, id);"
+    "CREATE TABLE attempts(id INTEGER PRIMARY KEY, endpoint INTEGER NOT NULL,"
+    " event INTEGER NOT NULL, time INTEGER NOT NULL, http_status INTEGER NOT NULL,"
+    " error TEXT NOT NULL DEFAULT '');"
+    "INSERT INTO meta(k, v) VALUES('node', 'abcdef012345');";
+
+static void insert_old(sqlite3 *db, int64_t t, const char *type, const char *qid)
+{
+	char sql[256];
+	snprintf(sql, sizeof(sql),
+	         "INSERT INTO events(time, type, queue_id, recipient, status, reply) "
+	         "VALUES(%lld, '%s', '%s', 'r@x.test', '5.1.1', 'no')",
+	         (long long)t, type, qid);
+	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+}
+
+/* stats_run's totals over [a, b] equal a count of the rows themselves, and
+ * events_id_range holds every event of the window. */
+static void window_counts_match(sqlite3 *db, int64_t a, int64_t b)
+{
+	static const char *const types[] = {"queued", "delivered", "deferred", "bounced"};
+	static const int counters[] = {ST_SENT, ST_DELIVERED, ST_DEFERRED, ST_BOUNCED};
+	char sql[256];
+	struct stats_result r;
+	int64_t lo, hi;
+	assert_int_equal(events_id_range(db, a, b, &lo, &hi), TERN_OK);
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM events WHERE time BETWEEN %lld AND %lld AND "
+	         "(id < %lld OR id > %lld)",
+	         (long long)a, (long long)b, (long long)lo, (long long)hi);
+	assert_int_equal(count(db, sql), 0);
+	assert_int_equal(
+	    stats_run(db, &(struct stats_query){.since = a, .until = b, .bucket = 3600}, &r),
+	    TERN_OK);
+	for (int i = 0; i < 4; i++) {
+		snprintf(
+		    sql, sizeof(sql),
+		    "SELECT count(*) FROM events WHERE time BETWEEN %lld AND %lld AND type = '%s'",
+		    (long long)a, (long long)b, types[i]);
+		assert_int_equal((int)r.totals.n[counters[i]], count(db, sql));
+	}
+	snprintf(
+	    sql, sizeof(sql),
+	    "SELECT count(*) FROM events WHERE time BETWEEN %lld AND %lld AND type = 'bounced'",
+	    (long long)a, (long long)b);
+	uint64_t reasons = 0;
+	for (size_t i = 0; i < r.n_reasons; i++)
+		reasons += r.reasons[i].count;
+	assert_int_equal((int)reasons, count(db, sql));
+	stats_result_free(&r);
+	/* the API's since: every event from a on, in id order, none other */
+	static struct collected c;
+	int64_t last = 0;
+	memset(&c, 0, sizeof(c));
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM events WHERE time >= %lld", (long long)a);
+	assert_int_equal(events_query_run(db, &(struct events_query){.since = a, .limit = 1000},
+	                                  collect, &c, &last),
+	                 count(db, sql));
+	snprintf(sql, sizeof(sql), "SELECT min(id) FROM events WHERE time >= %lld", (long long)a);
+	if (c.n)
+		assert_int_equal(c.ids[0], count(db, sql));
+}
+
+/* A store written by an older tern (an index on time, no spans, a full
+ * index by queue id) is migrated when opened: the index on time goes, the
+ * one by queue id keeps receipts only (latency still found), every old row
+ * gets its minute's span, and counts over any window stay those of the
+ * rows, also for times out of order, for new events, and for rows the spans
+ * do not cover (written by hand since); retention deletes exactly the old
+ * rows. */
+static void old_store_is_migrated_and_counted_the_same(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/test_events.XXXXXX", path[64], err[256], qid[16];
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/events.db", dir);
+	sqlite3 *old = NULL;
+	assert_int_equal(sqlite3_open(path, &old), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(old, old_schema, NULL, NULL, NULL), SQLITE_OK);
+	static const char *const types[] = {"queued", "delivered", "bounced", "deferred"};
+	for (int i = 0; i < 600; i++) {
+		snprintf(qid, sizeof(qid), "O%d", i);
+		/* mostly rising, every 50th an hour late and every 70th 10 min early */
+		int64_t t = T0 + i * 7;
+		if (i % 50 == 0)
+			t += 3600;
+		if (i % 70 == 0)
+			t -= 600;
+		insert_old(old, t, types[i % 4], qid);
+	}
+	/* a message with its receipt: 5 s from queued to delivered */
+	insert_old(old, T0 + 10, "received", "P1");
+	insert_old(old, T0 + 10, "queued", "P1");
+	insert_old(old, T0 + 15, "delivered", "P1");
+	sqlite3_close(old);
+	/* the writer opens it: the migration; then new events, one out of order */
+	struct events_opts o = {.retry_base = 3600, .timeout = 1};
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	events_emit(&(struct tern_event){.type = EV_DELIVERED, .time = T0 + 100, .queue_id = "N1"});
+	events_emit(&(struct tern_event){.type = EV_BOUNCED, .time = T0 + 5000, .queue_id = "N2"});
+	events_emit(&(struct tern_event){.type = EV_QUEUED, .time = T0 + 90, .queue_id = "N3"});
+	assert_true(events_flush(10000));
+	events_stop();
+	sqlite3 *db = events_db_open(dir, err, sizeof(err));
+	assert_non_null(db);
+	assert_int_equal(count(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_time'"),
+	                 0);
+	/* the full index by queue id became one of receipts only */
+	assert_int_equal(count(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_qid'"),
+	                 0);
+	assert_int_equal(
+	    count(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_receipt'"), 1);
+	assert_int_equal(count(db, "SELECT count(*) FROM events"), 606);
+	assert_int_equal(count(db, "SELECT count(*) FROM events_span WHERE lo > hi"), 0);
+	assert_int_equal(count(db, "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'span_id'"), 606);
+	struct stats_result r;
+	assert_int_equal(
+	    stats_run(db, &(struct stats_query){.since = T0, .until = T0 + 59, .bucket = 3600}, &r),
+	    TERN_OK);
+	assert_int_equal(r.latency.count, 1);
+	assert_int_equal(r.latency.p50, 5000);
+	stats_result_free(&r);
+	static const int64_t win[][2] = {{T0, T0 + 59},          {T0 + 60, T0 + 119},
+	                                 {T0 + 61, T0 + 3000},   {T0 + 3000, T0 + 7300},
+	                                 {T0 - 600, T0 + 9000},  {T0 + 90, T0 + 100},
+	                                 {T0 + 4999, T0 + 5000}, {T0 + 9000, T0 + 9999}};
+	for (size_t i = 0; i < sizeof(win) / sizeof(win[0]); i++)
+		window_counts_match(db, win[i][0], win[i][1]);
+	/* a row no span covers yet (an older tern wrote it after the writer) */
+	insert_old(db, T0 + 30, "delivered", "H1");
+	for (size_t i = 0; i < sizeof(win) / sizeof(win[0]); i++)
+		window_counts_match(db, win[i][0], win[i][1]);
+	/* retention: exactly the rows older than the cut, in chunks */
+	int before = count(db, "SELECT count(*) FROM events WHERE time < 1796515800");
+	assert_true(before > 0);
+	int deleted = 0, n;
+	while ((n = events_prune(db, T0 + 600, 50)) > 0)
+		deleted += n;
+	assert_int_equal(n, 0);
+	assert_int_equal(deleted, before);
+	assert_int_equal(count(db, "SELECT count(*) FROM events WHERE time < 1796515800"), 0);
+	assert_int_equal(count(db, "SELECT count(*) FROM events_span WHERE hi < (SELECT min(id) "
+	                           "FROM events)"),
+	                 0);
+	window_counts_match(db, T0 - 600, T0 + 9999);
+	/* the writer opens it again: a row written by hand gets its span */
+	insert_old(db, T0 + 20000, "delivered", "H2");
+	int top = count(db, "SELECT max(id) FROM events");
+	assert_int_equal(count(db, "SELECT count(*) FROM events_span WHERE minute = 29942253"), 0);
+	assert_int_equal(events_start(dir, &o), TERN_OK);
+	events_stop();
+	assert_int_equal(count(db, "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'span_id'"), top);
+	char sql[160];
+	snprintf(
+	    sql, sizeof(sql),
+	    "SELECT count(*) FROM events_span WHERE minute = 29942253 AND lo <= %d AND hi >= %d",
+	    top, top);
+	assert_int_equal(count(db, sql), 1);
+	window_counts_match(db, T0 + 600, T0 + 29999);
+	sqlite3_close(db);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* Retention deletes old events, but never one a pending outbox row needs. */
 static void prune_keeps_what_the_outbox_needs(void **state)
 {
@@ -466,6 +832,10 @@ int main(void)
 	    cmocka_unit_test(full_queue_drops_instead_of_blocking),
 	    cmocka_unit_test(outcomes_inherit_key_and_tags),
 	    cmocka_unit_test(inheritance_is_the_same_from_cache_or_store),
+	    cmocka_unit_test(grouped_rows_keep_order_ids_and_inheritance),
+	    cmocka_unit_test(rows_hold_exactly_their_values),
+	    cmocka_unit_test(tail_begins_after_the_last_n),
+	    cmocka_unit_test(old_store_is_migrated_and_counted_the_same),
 	    cmocka_unit_test(prune_keeps_what_the_outbox_needs),
 	    cmocka_unit_test(webhooks_config_is_read),
 	};
