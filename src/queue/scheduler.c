@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -554,6 +555,37 @@ static void reschedule(struct scheduler *s, const char *id, int64_t now)
 }
 
 /*
+ * Whether the outcomes o (as recorded: an expired deferral already turned
+ * into a bounce) leave m with every recipient in a final state, judged
+ * from m as read before they were recorded. Then no retry timer is needed
+ * and the message left the spool, so reschedule's read-back (a copy of the
+ * whole envelope) can be skipped: the common case of a relayed message.
+ * A recipient m shows as not final (queued elsewhere, deferred, held) sends
+ * the caller to reschedule, which reads the spool as it is now.
+ */
+static bool finished_by(const struct spool_msg *m, const struct outcome *o, size_t n)
+{
+	size_t n_final = 0;
+	for (size_t k = 0; k < n; k++) {
+		if (o[k].state != RCPT_DELIVERED && o[k].state != RCPT_BOUNCED &&
+		    o[k].state != RCPT_SUPPRESSED)
+			return false;
+		n_final++;
+	}
+	for (size_t i = 0; i < m->n_rcpts; i++) {
+		enum rcpt_state st = m->rcpts[i].state;
+		if (st == RCPT_DELIVERED || st == RCPT_BOUNCED || st == RCPT_SUPPRESSED)
+			continue;
+		bool here = false;
+		for (size_t k = 0; k < n && !here; k++)
+			here = o[k].idx == i;
+		if (!here)
+			return false;
+	}
+	return n_final > 0;
+}
+
+/*
  * Records outcomes for one message: spool state, a log line each, retry
  * timers, and the DSNs they call for. data is the message (for DSNs).
  */
@@ -680,7 +712,15 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		if (first)
 			send_dsn(s, conf, m, data, len, delayed, n_delayed, "delay");
 	}
-	reschedule(s, m->id, now);
+	if (finished_by(m, o, n)) {
+		/* What reschedule would find after reading the message back: it
+		 * is gone; only its DELAY warning is left to forget. */
+		pthread_mutex_lock(&s->lock);
+		inflight_add(s, s->warned, m->id, -(int)0x7fffffff);
+		pthread_mutex_unlock(&s->lock);
+	} else {
+		reschedule(s, m->id, now);
+	}
 	free(fail);
 	free(delayed);
 	free(ok);
@@ -906,6 +946,24 @@ static bool verp_sender(const struct tern_config *conf, const struct spool_msg *
 	return true;
 }
 
+/* Whether any byte of p is >= 0x80, eight at a time: every relayed message
+ * is scanned (byte by byte this was a third of a delivery thread's work). */
+static bool any_8bit(const char *p, size_t len)
+{
+	uint64_t acc = 0;
+	size_t i = 0;
+	for (; i + 32 <= len; i += 32) {
+		uint64_t w[4];
+		memcpy(w, p + i, sizeof(w)); /* unaligned: memcpy, not a cast */
+		acc |= w[0] | w[1] | w[2] | w[3];
+		if (acc & 0x8080808080808080ull)
+			return true;
+	}
+	for (; i < len; i++)
+		acc |= (uint8_t)p[i] & 0x80;
+	return (acc & 0x8080808080808080ull) != 0;
+}
+
 /* Hands every due remote recipient of m to the remote engine, one job per
  * destination domain. */
 static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
@@ -925,13 +983,7 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 	bool *taken = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(bool));
 	if (!taken)
 		goto out;
-	bool has_8bit = false;
-	for (size_t i = 0; i < job->len; i++) {
-		if ((unsigned char)job->data[i] >= 0x80) {
-			has_8bit = true;
-			break;
-		}
-	}
+	bool has_8bit = any_8bit(job->data, job->len);
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		struct spool_rcpt *r = &m->rcpts[i];
 		if (r->local || taken[i] || !is_due(r, job, now))
