@@ -980,10 +980,14 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 	pthread_mutex_unlock(&s->lock);
 	if (busy)
 		return; /* a job for this message is on the wire; its result reschedules */
+	bool reserved = true;
 	bool *taken = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(bool));
 	if (!taken)
 		goto out;
 	bool has_8bit = any_8bit(job->data, job->len);
+	bool local_due = s->capture != NULL;
+	for (size_t i = 0; i < m->n_rcpts && !local_due; i++)
+		local_due = m->rcpts[i].local && is_due(&m->rcpts[i], job, now);
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		struct spool_rcpt *r = &m->rcpts[i];
 		if (r->local || taken[i] || !is_due(r, job, now))
@@ -1016,15 +1020,12 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 				break;
 			}
 		}
-		rj->data = malloc(job->len ? job->len : 1);
 		rj->rcpts = calloc(m->n_rcpts, sizeof(*rj->rcpts));
-		if (!rj->sender || !rj->data || !rj->rcpts || (m->auth && !rj->auth) ||
+		if (!rj->sender || !rj->rcpts || (m->auth && !rj->auth) ||
 		    (m->api_key && !rj->api_key)) {
 			remote_job_free(rj);
 			break;
 		}
-		memcpy(rj->data, job->data, job->len);
-		rj->len = job->len;
 		/* VERP: this recipient alone, with a return path naming it. */
 		bool verp = verp_sender(conf, m, i, rj);
 		for (size_t k = i; k < m->n_rcpts && !(verp && k > i); k++) {
@@ -1041,18 +1042,43 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 			rr->idx = k;
 			taken[k] = true;
 		}
+		/* The message's bytes: the job's own for the last remote job when
+		 * nothing else of this pass reads them (no local recipient, not
+		 * capture mode), else a copy. */
+		bool more = local_due;
+		for (size_t k = i + 1; k < m->n_rcpts && !more; k++)
+			more = !m->rcpts[k].local && !taken[k] && is_due(&m->rcpts[k], job, now);
+		if (more) {
+			rj->data = malloc(job->len ? job->len : 1);
+			if (rj->data)
+				memcpy(rj->data, job->data, job->len);
+		} else {
+			rj->data = job->data;
+			job->data = NULL;
+		}
+		rj->len = job->len;
+		if (!rj->data) {
+			remote_job_free(rj); /* still due in the spool: a flush or restart finds them */
+			break;
+		}
 		rj->done = remote_done;
 		rj->done_arg = s;
-		pthread_mutex_lock(&s->lock);
-		inflight_add(s, s->inflight, m->id, 1);
-		pthread_mutex_unlock(&s->lock);
+		if (more) {
+			pthread_mutex_lock(&s->lock);
+			inflight_add(s, s->inflight, m->id, 1);
+			pthread_mutex_unlock(&s->lock);
+		} else {
+			reserved = false; /* the last job: the reservation is its count */
+		}
 		remote_submit(s->remote, rj);
 	}
 	free(taken);
 out:
-	pthread_mutex_lock(&s->lock);
-	inflight_add(s, s->inflight, m->id, -1); /* the reservation */
-	pthread_mutex_unlock(&s->lock);
+	if (reserved) {
+		pthread_mutex_lock(&s->lock);
+		inflight_add(s, s->inflight, m->id, -1); /* the reservation */
+		pthread_mutex_unlock(&s->lock);
+	}
 }
 
 /*
