@@ -107,6 +107,9 @@ struct scheduler {
 	/* Ids that already got a DELAY notice (kept in memory only: after a
 	 * restart a second notice is possible, a missed bounce is not). */
 	struct inflight *warned[INFLIGHT_BUCKETS];
+	/* Entries in warned (changed under lock): while none, a finished
+	 * message has no warning to forget and takes no lock for it. */
+	atomic_size_t n_warned;
 };
 
 static int64_t now_sec(void)
@@ -138,6 +141,8 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 				return before;
 			tern_strlcpy(e->id, id, sizeof(e->id));
 			*pp = e;
+			if (table == s->warned)
+				atomic_fetch_add(&s->n_warned, 1);
 		}
 		(*pp)->count += (unsigned)delta;
 	} else if (*pp) {
@@ -147,6 +152,8 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 			struct inflight *dead = *pp;
 			*pp = dead->next;
 			free(dead);
+			if (table == s->warned)
+				atomic_fetch_sub(&s->n_warned, 1);
 		}
 	}
 	return before;
@@ -585,6 +592,8 @@ static bool finished_by(const struct spool_msg *m, const struct outcome *o, size
 	return n_final > 0;
 }
 
+#define OUTCOMES_ON_STACK 4
+
 /*
  * Records outcomes for one message: spool state, a log line each, retry
  * timers, and the DSNs they call for. data is the message (for DSNs).
@@ -594,11 +603,16 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			    struct outcome *o, size_t n)
 {
 	int64_t now = now_sec();
-	size_t cap = n ? n : 1;
-	struct dsn_rcpt *fail = calloc(cap, sizeof(*fail));
-	struct dsn_rcpt *delayed = calloc(cap, sizeof(*delayed));
-	struct dsn_rcpt *ok = calloc(cap, sizeof(*ok));
-	char(*expired)[600] = calloc(cap, sizeof(*expired));
+	/* A relayed message has a recipient or a few: their lists on the
+	 * stack (every entry is written before it is read), more on the heap. */
+	struct dsn_rcpt fail_s[OUTCOMES_ON_STACK], delayed_s[OUTCOMES_ON_STACK],
+	    ok_s[OUTCOMES_ON_STACK];
+	char expired_s[OUTCOMES_ON_STACK][600];
+	bool heap = n > OUTCOMES_ON_STACK;
+	struct dsn_rcpt *fail = heap ? calloc(n, sizeof(*fail)) : fail_s;
+	struct dsn_rcpt *delayed = heap ? calloc(n, sizeof(*delayed)) : delayed_s;
+	struct dsn_rcpt *ok = heap ? calloc(n, sizeof(*ok)) : ok_s;
+	char(*expired)[600] = heap ? calloc(n, sizeof(*expired)) : expired_s;
 	size_t n_fail = 0, n_delayed = 0, n_ok = 0;
 	/* Out of memory: record the states anyway, send no notice this time. */
 	size_t dsn_cap = fail && delayed && ok && expired ? n : 0;
@@ -714,17 +728,21 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 	}
 	if (finished_by(m, o, n)) {
 		/* What reschedule would find after reading the message back: it
-		 * is gone; only its DELAY warning is left to forget. */
-		pthread_mutex_lock(&s->lock);
-		inflight_add(s, s->warned, m->id, -(int)0x7fffffff);
-		pthread_mutex_unlock(&s->lock);
+		 * is gone; only its DELAY warning is left to forget, if any. */
+		if (atomic_load(&s->n_warned)) {
+			pthread_mutex_lock(&s->lock);
+			inflight_add(s, s->warned, m->id, -(int)0x7fffffff);
+			pthread_mutex_unlock(&s->lock);
+		}
 	} else {
 		reschedule(s, m->id, now);
 	}
-	free(fail);
-	free(delayed);
-	free(ok);
-	free(expired);
+	if (heap) {
+		free(fail);
+		free(delayed);
+		free(ok);
+		free(expired);
+	}
 }
 
 /*
@@ -856,7 +874,7 @@ static bool is_due(const struct spool_rcpt *r, const struct job *job, int64_t no
  * marked in m too, so the rest of this pass skips them.
  */
 static void suppress_pass(struct scheduler *s, const struct tern_config *conf, struct spool_msg *m,
-                          struct job *job, int64_t now)
+                          struct job *job, int64_t now, bool on_wire)
 {
 	if (!conf->suppression.enabled || s->capture)
 		return;
@@ -866,11 +884,8 @@ static void suppress_pass(struct scheduler *s, const struct tern_config *conf, s
 	size_t n = 0;
 	char sd[SUPPRESS_DOMAIN_MAX];
 	suppress_sender_domain(m->sender, sd, sizeof(sd));
-	/* Recipients of a message on the wire are the remote engine's until
-	 * their result is recorded (dispatch_remote skips such a message too). */
-	pthread_mutex_lock(&s->lock);
-	bool on_wire = inflight_add(s, s->inflight, m->id, 0) > 0;
-	pthread_mutex_unlock(&s->lock);
+	/* Recipients of a message on the wire (on_wire, see reserve) are the
+	 * remote engine's until their result is recorded. */
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		struct spool_rcpt *r = &m->rcpts[i];
 		if (!is_due(r, job, now) || (on_wire && !r->local))
@@ -964,23 +979,33 @@ static bool any_8bit(const char *p, size_t len)
 	return (acc & 0x8080808080808080ull) != 0;
 }
 
-/* Hands every due remote recipient of m to the remote engine, one job per
- * destination domain. */
-static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
-                            struct spool_msg *m, struct job *job, int64_t now)
+/*
+ * Before a message's suppression and remote passes, in one lock round:
+ * whether a remote job of it is on the wire (true: both passes leave its
+ * remote recipients alone), else the reservation dispatch_remote hands to
+ * its last job or releases. Check and reserve in one step, so two delivery
+ * threads holding the same message never both put it on the wire.
+ */
+static bool reserve(struct scheduler *s, const char *id)
 {
 	if (!s->remote)
-		return;
-	/* Check and reserve in one step, so two delivery threads holding the
-	 * same message never both put it on the wire. */
+		return false;
 	pthread_mutex_lock(&s->lock);
-	bool busy = inflight_add(s, s->inflight, m->id, 0) > 0;
+	bool busy = inflight_add(s, s->inflight, id, 0) > 0;
 	if (!busy)
-		inflight_add(s, s->inflight, m->id, 1); /* the reservation */
+		inflight_add(s, s->inflight, id, 1); /* the reservation */
 	pthread_mutex_unlock(&s->lock);
-	if (busy)
+	return busy;
+}
+
+/* Hands every due remote recipient of m to the remote engine, one job per
+ * destination domain. busy: reserve()'s answer. */
+static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
+                            struct spool_msg *m, struct job *job, int64_t now, bool busy)
+{
+	if (!s->remote || busy)
 		return; /* a job for this message is on the wire; its result reschedules */
-	bool reserved = true;
+	bool reserved = true; /* by reserve() */
 	bool *taken = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(bool));
 	if (!taken)
 		goto out;
@@ -1281,8 +1306,9 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 				job->len = 0;
 			}
 		}
-		suppress_pass(s, conf, m, job, now);
-		dispatch_remote(s, conf, m, job, now);
+		bool busy = reserve(s, m->id);
+		suppress_pass(s, conf, m, job, now, busy);
+		dispatch_remote(s, conf, m, job, now, busy);
 		if (s->capture) {
 			if (capture_one(s, m, job, now, &caught[n_caught]))
 				n_caught++;
