@@ -44,6 +44,10 @@
 #define BATCH_MAX 64
 #define INFLIGHT_BUCKETS 1024
 #define MAINTAIN_EVERY 5 /* seconds between spool_maintain calls */
+/* A delivery thread that just worked naps this long before it sleeps until
+ * signalled: what arrives meanwhile is taken in one round, without a
+ * wake-up. Delivery only, never a client's reply, waits for it. */
+#define NAP_NS 2000000L
 
 struct job {
 	struct job *next;
@@ -101,6 +105,11 @@ struct scheduler {
 	 * (a burst of commits costs one wake-up, not one each). */
 	unsigned n_waiting;
 	bool wake_pending;
+	/* Threads in a short nap (NAP_NS) after a round of work: each looks
+	 * again when it ends, so producers do not signal while one naps. Under
+	 * load that turns a wake-up per commit and per remote result (three or
+	 * four futex calls each) into one timed wait per nap. */
+	unsigned n_napping;
 	unsigned n_threads;
 	pthread_t *threads;
 	struct inflight *inflight[INFLIGHT_BUCKETS];
@@ -173,7 +182,7 @@ static void job_free(struct scheduler *s, struct job *j)
  * thread would at once wait for the lock the signaller still holds). */
 static bool wake_locked(struct scheduler *s)
 {
-	if (s->n_waiting == 0 || s->wake_pending)
+	if (s->n_waiting == 0 || s->wake_pending || s->n_napping)
 		return false; /* a thread is running (it looks again before it waits) or woken */
 	s->wake_pending = true;
 	return true;
@@ -826,18 +835,22 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 	remote_job_free(job);
 }
 
-/* Records every queued remote result (delivery threads, and at shutdown). */
-static void drain_results(struct scheduler *s)
+/* Records every queued remote result (delivery threads, and at shutdown);
+ * returns how many. */
+static size_t drain_results(struct scheduler *s)
 {
 	pthread_mutex_lock(&s->lock);
 	struct remote_job *j = s->results;
 	s->results = NULL;
 	pthread_mutex_unlock(&s->lock);
+	size_t n = 0;
 	while (j) {
 		struct remote_job *next = j->next;
 		record_remote(s, j);
 		j = next;
+		n++;
 	}
+	return n;
 }
 
 void scheduler_drain_results(struct scheduler *s)
@@ -1476,6 +1489,7 @@ static void *scheduler_main(void *arg)
 {
 	struct scheduler *s = arg;
 	struct job *batch[BATCH_MAX];
+	bool nap = false; /* the last round did work: nap before sleeping */
 	for (;;) {
 		size_t n = 0;
 		maintain_tick(s);
@@ -1487,11 +1501,27 @@ static void *scheduler_main(void *arg)
 				break;
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += 1;
-			s->n_waiting++;
+			if (nap) {
+				ts.tv_nsec += NAP_NS;
+				if (ts.tv_nsec >= 1000000000L) {
+					ts.tv_sec++;
+					ts.tv_nsec -= 1000000000L;
+				}
+				s->n_napping++;
+			} else {
+				ts.tv_sec += 1;
+				s->n_waiting++;
+			}
 			int w = pthread_cond_timedwait(&s->cond, &s->lock, &ts);
-			s->n_waiting--;
+			if (nap)
+				s->n_napping--;
+			else
+				s->n_waiting--;
 			s->wake_pending = false; /* this thread looks now */
+			if (w == ETIMEDOUT && nap) {
+				nap = false; /* nothing came: sleep until signalled */
+				continue;
+			}
 			if (w == ETIMEDOUT)
 				break; /* a quiet second: time for housekeeping */
 		}
@@ -1500,7 +1530,7 @@ static void *scheduler_main(void *arg)
 			return NULL;
 		}
 		pthread_mutex_unlock(&s->lock);
-		drain_results(s);
+		nap = drain_results(s) > 0;
 		maybe_prune(s);
 		pthread_mutex_lock(&s->lock);
 		if (!s->head) {
@@ -1523,6 +1553,7 @@ static void *scheduler_main(void *arg)
 		if (n == 0)
 			continue; /* woke for maintain_tick only */
 
+		nap = true;
 		deliver_batch(s, batch, n);
 
 		pthread_mutex_lock(&s->lock);
