@@ -49,7 +49,11 @@ struct suppress_db {
 	struct suppress_gen gen;
 	struct suppress_filter filter;
 	sqlite3_stmt *dv_st;
-	int64_t build_failed_at; /* monotonic ms; builds are retried no sooner than a second */
+	/* monotonic ms of the last build, 0 before the first: at most one a
+	 * second (a script running `tern suppress add` in a loop against a long
+	 * list must not turn every lookup into a full scan); in between,
+	 * lookups ask SQLite, as they did before the filter. */
+	int64_t built_at;
 };
 
 /* How long a filter is trusted without asking SQLite whether a writer that
@@ -319,7 +323,6 @@ out:
 		log_debug("event=suppress_filter_built entries=%lld generation=%llu", (long long)n,
 		          (unsigned long long)g);
 	} else {
-		db->build_failed_at = now;
 		log_warn("event=suppress_filter_failed reason=\"%s\"", sqlite3_errmsg(db->db));
 	}
 	return ok;
@@ -342,8 +345,9 @@ static bool filter_usable(struct suppress_db *db)
 			return true;
 		}
 	}
-	if (db->build_failed_at && now - db->build_failed_at < FILTER_RECHECK_MS)
+	if (db->built_at && now - db->built_at < FILTER_RECHECK_MS)
 		return false;
+	db->built_at = now;
 	return filter_build(db, now);
 }
 
