@@ -800,7 +800,9 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 {
 	struct tern_runtime *rt = runtime_acquire();
 	struct spool_msg *m = spool_get(s->sp, job->id);
-	struct outcome *o = calloc(job->n_rcpts ? job->n_rcpts : 1, sizeof(*o));
+	struct outcome o_s[OUTCOMES_ON_STACK]; /* every field of an entry is set before use */
+	bool heap = job->n_rcpts > OUTCOMES_ON_STACK;
+	struct outcome *o = heap ? calloc(job->n_rcpts, sizeof(*o)) : o_s;
 	if (m && rt && o) {
 		size_t n = 0;
 		for (size_t i = 0; i < job->n_rcpts; i++) {
@@ -825,7 +827,8 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 		/* Nothing recorded: the spool still has the recipients due; retry soon. */
 		defer_job(s, job->id, now_sec() + 60);
 	}
-	free(o);
+	if (heap)
+		free(o);
 	/* Recorded: the job is off the wire, a retry may dispatch it again. */
 	pthread_mutex_lock(&s->lock);
 	inflight_add(s, s->inflight, job->id, -1);
