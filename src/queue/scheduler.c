@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,10 @@
 #define BATCH_MAX 64
 #define INFLIGHT_BUCKETS 1024
 #define MAINTAIN_EVERY 5 /* seconds between spool_maintain calls */
+/* A delivery thread that just worked naps this long before it sleeps until
+ * signalled: what arrives meanwhile is taken in one round, without a
+ * wake-up. Delivery only, never a client's reply, waits for it. */
+#define NAP_NS 2000000L
 
 struct job {
 	struct job *next;
@@ -100,12 +105,20 @@ struct scheduler {
 	 * (a burst of commits costs one wake-up, not one each). */
 	unsigned n_waiting;
 	bool wake_pending;
+	/* Threads in a short nap (NAP_NS) after a round of work: each looks
+	 * again when it ends, so producers do not signal while one naps. Under
+	 * load that turns a wake-up per commit and per remote result (three or
+	 * four futex calls each) into one timed wait per nap. */
+	unsigned n_napping;
 	unsigned n_threads;
 	pthread_t *threads;
 	struct inflight *inflight[INFLIGHT_BUCKETS];
 	/* Ids that already got a DELAY notice (kept in memory only: after a
 	 * restart a second notice is possible, a missed bounce is not). */
 	struct inflight *warned[INFLIGHT_BUCKETS];
+	/* Entries in warned (changed under lock): while none, a finished
+	 * message has no warning to forget and takes no lock for it. */
+	atomic_size_t n_warned;
 };
 
 static int64_t now_sec(void)
@@ -137,6 +150,8 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 				return before;
 			tern_strlcpy(e->id, id, sizeof(e->id));
 			*pp = e;
+			if (table == s->warned)
+				atomic_fetch_add(&s->n_warned, 1);
 		}
 		(*pp)->count += (unsigned)delta;
 	} else if (*pp) {
@@ -146,6 +161,8 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 			struct inflight *dead = *pp;
 			*pp = dead->next;
 			free(dead);
+			if (table == s->warned)
+				atomic_fetch_sub(&s->n_warned, 1);
 		}
 	}
 	return before;
@@ -165,7 +182,7 @@ static void job_free(struct scheduler *s, struct job *j)
  * thread would at once wait for the lock the signaller still holds). */
 static bool wake_locked(struct scheduler *s)
 {
-	if (s->n_waiting == 0 || s->wake_pending)
+	if (s->n_waiting == 0 || s->wake_pending || s->n_napping)
 		return false; /* a thread is running (it looks again before it waits) or woken */
 	s->wake_pending = true;
 	return true;
@@ -554,6 +571,39 @@ static void reschedule(struct scheduler *s, const char *id, int64_t now)
 }
 
 /*
+ * Whether the outcomes o (as recorded: an expired deferral already turned
+ * into a bounce) leave m with every recipient in a final state, judged
+ * from m as read before they were recorded. Then no retry timer is needed
+ * and the message left the spool, so reschedule's read-back (a copy of the
+ * whole envelope) can be skipped: the common case of a relayed message.
+ * A recipient m shows as not final (queued elsewhere, deferred, held) sends
+ * the caller to reschedule, which reads the spool as it is now.
+ */
+static bool finished_by(const struct spool_msg *m, const struct outcome *o, size_t n)
+{
+	size_t n_final = 0;
+	for (size_t k = 0; k < n; k++) {
+		if (o[k].state != RCPT_DELIVERED && o[k].state != RCPT_BOUNCED &&
+		    o[k].state != RCPT_SUPPRESSED)
+			return false;
+		n_final++;
+	}
+	for (size_t i = 0; i < m->n_rcpts; i++) {
+		enum rcpt_state st = m->rcpts[i].state;
+		if (st == RCPT_DELIVERED || st == RCPT_BOUNCED || st == RCPT_SUPPRESSED)
+			continue;
+		bool here = false;
+		for (size_t k = 0; k < n && !here; k++)
+			here = o[k].idx == i;
+		if (!here)
+			return false;
+	}
+	return n_final > 0;
+}
+
+#define OUTCOMES_ON_STACK 4
+
+/*
  * Records outcomes for one message: spool state, a log line each, retry
  * timers, and the DSNs they call for. data is the message (for DSNs).
  */
@@ -562,11 +612,16 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 			    struct outcome *o, size_t n)
 {
 	int64_t now = now_sec();
-	size_t cap = n ? n : 1;
-	struct dsn_rcpt *fail = calloc(cap, sizeof(*fail));
-	struct dsn_rcpt *delayed = calloc(cap, sizeof(*delayed));
-	struct dsn_rcpt *ok = calloc(cap, sizeof(*ok));
-	char(*expired)[600] = calloc(cap, sizeof(*expired));
+	/* A relayed message has a recipient or a few: their lists on the
+	 * stack (every entry is written before it is read), more on the heap. */
+	struct dsn_rcpt fail_s[OUTCOMES_ON_STACK], delayed_s[OUTCOMES_ON_STACK],
+	    ok_s[OUTCOMES_ON_STACK];
+	char expired_s[OUTCOMES_ON_STACK][600];
+	bool heap = n > OUTCOMES_ON_STACK;
+	struct dsn_rcpt *fail = heap ? calloc(n, sizeof(*fail)) : fail_s;
+	struct dsn_rcpt *delayed = heap ? calloc(n, sizeof(*delayed)) : delayed_s;
+	struct dsn_rcpt *ok = heap ? calloc(n, sizeof(*ok)) : ok_s;
+	char(*expired)[600] = heap ? calloc(n, sizeof(*expired)) : expired_s;
 	size_t n_fail = 0, n_delayed = 0, n_ok = 0;
 	/* Out of memory: record the states anyway, send no notice this time. */
 	size_t dsn_cap = fail && delayed && ok && expired ? n : 0;
@@ -680,11 +735,23 @@ static void record_outcomes(struct scheduler *s, const struct tern_config *conf,
 		if (first)
 			send_dsn(s, conf, m, data, len, delayed, n_delayed, "delay");
 	}
-	reschedule(s, m->id, now);
-	free(fail);
-	free(delayed);
-	free(ok);
-	free(expired);
+	if (finished_by(m, o, n)) {
+		/* What reschedule would find after reading the message back: it
+		 * is gone; only its DELAY warning is left to forget, if any. */
+		if (atomic_load(&s->n_warned)) {
+			pthread_mutex_lock(&s->lock);
+			inflight_add(s, s->warned, m->id, -(int)0x7fffffff);
+			pthread_mutex_unlock(&s->lock);
+		}
+	} else {
+		reschedule(s, m->id, now);
+	}
+	if (heap) {
+		free(fail);
+		free(delayed);
+		free(ok);
+		free(expired);
+	}
 }
 
 /*
@@ -733,7 +800,9 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 {
 	struct tern_runtime *rt = runtime_acquire();
 	struct spool_msg *m = spool_get(s->sp, job->id);
-	struct outcome *o = calloc(job->n_rcpts ? job->n_rcpts : 1, sizeof(*o));
+	struct outcome o_s[OUTCOMES_ON_STACK]; /* every field of an entry is set before use */
+	bool heap = job->n_rcpts > OUTCOMES_ON_STACK;
+	struct outcome *o = heap ? calloc(job->n_rcpts, sizeof(*o)) : o_s;
 	if (m && rt && o) {
 		size_t n = 0;
 		for (size_t i = 0; i < job->n_rcpts; i++) {
@@ -758,7 +827,8 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 		/* Nothing recorded: the spool still has the recipients due; retry soon. */
 		defer_job(s, job->id, now_sec() + 60);
 	}
-	free(o);
+	if (heap)
+		free(o);
 	/* Recorded: the job is off the wire, a retry may dispatch it again. */
 	pthread_mutex_lock(&s->lock);
 	inflight_add(s, s->inflight, job->id, -1);
@@ -768,18 +838,22 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 	remote_job_free(job);
 }
 
-/* Records every queued remote result (delivery threads, and at shutdown). */
-static void drain_results(struct scheduler *s)
+/* Records every queued remote result (delivery threads, and at shutdown);
+ * returns how many. */
+static size_t drain_results(struct scheduler *s)
 {
 	pthread_mutex_lock(&s->lock);
 	struct remote_job *j = s->results;
 	s->results = NULL;
 	pthread_mutex_unlock(&s->lock);
+	size_t n = 0;
 	while (j) {
 		struct remote_job *next = j->next;
 		record_remote(s, j);
 		j = next;
+		n++;
 	}
+	return n;
 }
 
 void scheduler_drain_results(struct scheduler *s)
@@ -816,7 +890,7 @@ static bool is_due(const struct spool_rcpt *r, const struct job *job, int64_t no
  * marked in m too, so the rest of this pass skips them.
  */
 static void suppress_pass(struct scheduler *s, const struct tern_config *conf, struct spool_msg *m,
-                          struct job *job, int64_t now)
+                          struct job *job, int64_t now, bool on_wire)
 {
 	if (!conf->suppression.enabled || s->capture)
 		return;
@@ -826,11 +900,8 @@ static void suppress_pass(struct scheduler *s, const struct tern_config *conf, s
 	size_t n = 0;
 	char sd[SUPPRESS_DOMAIN_MAX];
 	suppress_sender_domain(m->sender, sd, sizeof(sd));
-	/* Recipients of a message on the wire are the remote engine's until
-	 * their result is recorded (dispatch_remote skips such a message too). */
-	pthread_mutex_lock(&s->lock);
-	bool on_wire = inflight_add(s, s->inflight, m->id, 0) > 0;
-	pthread_mutex_unlock(&s->lock);
+	/* Recipients of a message on the wire (on_wire, see reserve) are the
+	 * remote engine's until their result is recorded. */
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		struct spool_rcpt *r = &m->rcpts[i];
 		if (!is_due(r, job, now) || (on_wire && !r->local))
@@ -906,32 +977,58 @@ static bool verp_sender(const struct tern_config *conf, const struct spool_msg *
 	return true;
 }
 
-/* Hands every due remote recipient of m to the remote engine, one job per
- * destination domain. */
-static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
-                            struct spool_msg *m, struct job *job, int64_t now)
+/* Whether any byte of p is >= 0x80, eight at a time: every relayed message
+ * is scanned (byte by byte this was a third of a delivery thread's work). */
+static bool any_8bit(const char *p, size_t len)
+{
+	uint64_t acc = 0;
+	size_t i = 0;
+	for (; i + 32 <= len; i += 32) {
+		uint64_t w[4];
+		memcpy(w, p + i, sizeof(w)); /* unaligned: memcpy, not a cast */
+		acc |= w[0] | w[1] | w[2] | w[3];
+		if (acc & 0x8080808080808080ull)
+			return true;
+	}
+	for (; i < len; i++)
+		acc |= (uint8_t)p[i] & 0x80;
+	return (acc & 0x8080808080808080ull) != 0;
+}
+
+/*
+ * Before a message's suppression and remote passes, in one lock round:
+ * whether a remote job of it is on the wire (true: both passes leave its
+ * remote recipients alone), else the reservation dispatch_remote hands to
+ * its last job or releases. Check and reserve in one step, so two delivery
+ * threads holding the same message never both put it on the wire.
+ */
+static bool reserve(struct scheduler *s, const char *id)
 {
 	if (!s->remote)
-		return;
-	/* Check and reserve in one step, so two delivery threads holding the
-	 * same message never both put it on the wire. */
+		return false;
 	pthread_mutex_lock(&s->lock);
-	bool busy = inflight_add(s, s->inflight, m->id, 0) > 0;
+	bool busy = inflight_add(s, s->inflight, id, 0) > 0;
 	if (!busy)
-		inflight_add(s, s->inflight, m->id, 1); /* the reservation */
+		inflight_add(s, s->inflight, id, 1); /* the reservation */
 	pthread_mutex_unlock(&s->lock);
-	if (busy)
+	return busy;
+}
+
+/* Hands every due remote recipient of m to the remote engine, one job per
+ * destination domain. busy: reserve()'s answer. */
+static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
+                            struct spool_msg *m, struct job *job, int64_t now, bool busy)
+{
+	if (!s->remote || busy)
 		return; /* a job for this message is on the wire; its result reschedules */
+	bool reserved = true; /* by reserve() */
 	bool *taken = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof(bool));
 	if (!taken)
 		goto out;
-	bool has_8bit = false;
-	for (size_t i = 0; i < job->len; i++) {
-		if ((unsigned char)job->data[i] >= 0x80) {
-			has_8bit = true;
-			break;
-		}
-	}
+	bool has_8bit = any_8bit(job->data, job->len);
+	bool local_due = s->capture != NULL;
+	for (size_t i = 0; i < m->n_rcpts && !local_due; i++)
+		local_due = m->rcpts[i].local && is_due(&m->rcpts[i], job, now);
 	for (size_t i = 0; i < m->n_rcpts; i++) {
 		struct spool_rcpt *r = &m->rcpts[i];
 		if (r->local || taken[i] || !is_due(r, job, now))
@@ -964,15 +1061,12 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 				break;
 			}
 		}
-		rj->data = malloc(job->len ? job->len : 1);
 		rj->rcpts = calloc(m->n_rcpts, sizeof(*rj->rcpts));
-		if (!rj->sender || !rj->data || !rj->rcpts || (m->auth && !rj->auth) ||
+		if (!rj->sender || !rj->rcpts || (m->auth && !rj->auth) ||
 		    (m->api_key && !rj->api_key)) {
 			remote_job_free(rj);
 			break;
 		}
-		memcpy(rj->data, job->data, job->len);
-		rj->len = job->len;
 		/* VERP: this recipient alone, with a return path naming it. */
 		bool verp = verp_sender(conf, m, i, rj);
 		for (size_t k = i; k < m->n_rcpts && !(verp && k > i); k++) {
@@ -989,18 +1083,43 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 			rr->idx = k;
 			taken[k] = true;
 		}
+		/* The message's bytes: the job's own for the last remote job when
+		 * nothing else of this pass reads them (no local recipient, not
+		 * capture mode), else a copy. */
+		bool more = local_due;
+		for (size_t k = i + 1; k < m->n_rcpts && !more; k++)
+			more = !m->rcpts[k].local && !taken[k] && is_due(&m->rcpts[k], job, now);
+		if (more) {
+			rj->data = malloc(job->len ? job->len : 1);
+			if (rj->data)
+				memcpy(rj->data, job->data, job->len);
+		} else {
+			rj->data = job->data;
+			job->data = NULL;
+		}
+		rj->len = job->len;
+		if (!rj->data) {
+			remote_job_free(rj); /* still due in the spool: a flush or restart finds them */
+			break;
+		}
 		rj->done = remote_done;
 		rj->done_arg = s;
-		pthread_mutex_lock(&s->lock);
-		inflight_add(s, s->inflight, m->id, 1);
-		pthread_mutex_unlock(&s->lock);
+		if (more) {
+			pthread_mutex_lock(&s->lock);
+			inflight_add(s, s->inflight, m->id, 1);
+			pthread_mutex_unlock(&s->lock);
+		} else {
+			reserved = false; /* the last job: the reservation is its count */
+		}
 		remote_submit(s->remote, rj);
 	}
 	free(taken);
 out:
-	pthread_mutex_lock(&s->lock);
-	inflight_add(s, s->inflight, m->id, -1); /* the reservation */
-	pthread_mutex_unlock(&s->lock);
+	if (reserved) {
+		pthread_mutex_lock(&s->lock);
+		inflight_add(s, s->inflight, m->id, -1); /* the reservation */
+		pthread_mutex_unlock(&s->lock);
+	}
 }
 
 /*
@@ -1203,8 +1322,9 @@ static void deliver_batch(struct scheduler *s, struct job **jobs, size_t n_jobs)
 				job->len = 0;
 			}
 		}
-		suppress_pass(s, conf, m, job, now);
-		dispatch_remote(s, conf, m, job, now);
+		bool busy = reserve(s, m->id);
+		suppress_pass(s, conf, m, job, now, busy);
+		dispatch_remote(s, conf, m, job, now, busy);
 		if (s->capture) {
 			if (capture_one(s, m, job, now, &caught[n_caught]))
 				n_caught++;
@@ -1372,6 +1492,7 @@ static void *scheduler_main(void *arg)
 {
 	struct scheduler *s = arg;
 	struct job *batch[BATCH_MAX];
+	bool nap = false; /* the last round did work: nap before sleeping */
 	for (;;) {
 		size_t n = 0;
 		maintain_tick(s);
@@ -1383,11 +1504,27 @@ static void *scheduler_main(void *arg)
 				break;
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += 1;
-			s->n_waiting++;
+			if (nap) {
+				ts.tv_nsec += NAP_NS;
+				if (ts.tv_nsec >= 1000000000L) {
+					ts.tv_sec++;
+					ts.tv_nsec -= 1000000000L;
+				}
+				s->n_napping++;
+			} else {
+				ts.tv_sec += 1;
+				s->n_waiting++;
+			}
 			int w = pthread_cond_timedwait(&s->cond, &s->lock, &ts);
-			s->n_waiting--;
+			if (nap)
+				s->n_napping--;
+			else
+				s->n_waiting--;
 			s->wake_pending = false; /* this thread looks now */
+			if (w == ETIMEDOUT && nap) {
+				nap = false; /* nothing came: sleep until signalled */
+				continue;
+			}
 			if (w == ETIMEDOUT)
 				break; /* a quiet second: time for housekeeping */
 		}
@@ -1396,7 +1533,7 @@ static void *scheduler_main(void *arg)
 			return NULL;
 		}
 		pthread_mutex_unlock(&s->lock);
-		drain_results(s);
+		nap = drain_results(s) > 0;
 		maybe_prune(s);
 		pthread_mutex_lock(&s->lock);
 		if (!s->head) {
@@ -1419,6 +1556,7 @@ static void *scheduler_main(void *arg)
 		if (n == 0)
 			continue; /* woke for maintain_tick only */
 
+		nap = true;
 		deliver_batch(s, batch, n);
 
 		pthread_mutex_lock(&s->lock);

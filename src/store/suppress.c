@@ -31,6 +31,7 @@
 #include "core/log.h"
 #include "store/events.h"
 #include "store/suppress.h"
+#include "store/suppress_filter.h"
 
 struct suppress_db {
 	sqlite3 *db;
@@ -40,7 +41,24 @@ struct suppress_db {
 	 * per message. */
 	sqlite3_stmt *check_st;
 	sqlite3_stmt *begin_st, *end_st; /* its two lookups share one read transaction */
+	/* Most recipients are on no list: the filter answers them from memory
+	 * while DATA/suppress.gen says no tern process changed the entries
+	 * since it was built (suppress_filter.h). dv_st reads PRAGMA
+	 * data_version, which also catches writers that are not tern (the
+	 * sqlite3 shell), within FILTER_RECHECK_MS. */
+	struct suppress_gen gen;
+	struct suppress_filter filter;
+	sqlite3_stmt *dv_st;
+	/* monotonic ms of the last build, 0 before the first: at most one a
+	 * second (a script running `tern suppress add` in a loop against a long
+	 * list must not turn every lookup into a full scan); in between,
+	 * lookups ask SQLite, as they did before the filter. */
+	int64_t built_at;
 };
+
+/* How long a filter is trusted without asking SQLite whether a writer that
+ * does not count in DATA/suppress.gen changed the file. */
+#define FILTER_RECHECK_MS 1000
 
 static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS suppressed ("
@@ -128,6 +146,12 @@ int suppress_open(const char *data_dir, struct suppress_db **out, char *err, siz
 		goto fail;
 	}
 	own_like_dir(data_dir, path);
+	/* The change counter beside it: without it, every lookup asks SQLite. */
+	char gpath[4096];
+	suppress_filter_init(&d->filter);
+	if ((size_t)snprintf(gpath, sizeof(gpath), "%s/suppress.gen", data_dir) < sizeof(gpath) &&
+	    suppress_gen_open(&d->gen, gpath))
+		own_like_dir(data_dir, gpath);
 	*out = d;
 	return TERN_OK;
 fail:
@@ -145,7 +169,10 @@ void suppress_close(struct suppress_db *db)
 	sqlite3_finalize(db->check_st);
 	sqlite3_finalize(db->begin_st);
 	sqlite3_finalize(db->end_st);
+	sqlite3_finalize(db->dv_st);
 	sqlite3_close(db->db);
+	suppress_filter_free(&db->filter);
+	suppress_gen_close(&db->gen);
 	pthread_mutex_destroy(&db->mu);
 	free(db);
 }
@@ -224,6 +251,119 @@ void suppress_sender_domain(const char *sender, char *out, size_t outlen)
 	tern_ascii_lower(out);
 }
 
+/* ---- the filter (suppress_filter.h) ------------------------------------------- */
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Under mu: SQLite's data_version of this connection (it changes when any
+ * other connection, tern or not, commits). false on an error. */
+static bool data_version(struct suppress_db *db, int64_t *out)
+{
+	if (!db->dv_st &&
+	    sqlite3_prepare_v3(db->db, "PRAGMA data_version", -1, SQLITE_PREPARE_PERSISTENT,
+	                       &db->dv_st, NULL) != SQLITE_OK) {
+		db->dv_st = NULL;
+		return false;
+	}
+	bool ok = sqlite3_step(db->dv_st) == SQLITE_ROW;
+	if (ok)
+		*out = sqlite3_column_int64(db->dv_st, 0);
+	sqlite3_reset(db->dv_st);
+	return ok;
+}
+
+/*
+ * Under mu: builds the filter from every entry, in one read transaction.
+ * The counter is read before the scan: a change committed after it was
+ * read bumps it again, so the filter is never taken as exact for a value
+ * that came after a change it lacks.
+ */
+static bool filter_build(struct suppress_db *db, int64_t now)
+{
+	uint64_t g = suppress_gen_load(&db->gen);
+	sqlite3_stmt *cnt = NULL, *all = NULL;
+	bool ok = false, txn = false;
+	int64_t dv = 0, n = 0;
+	db->filter.valid = false;
+	if (sqlite3_exec(db->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+		goto out;
+	txn = true;
+	if (sqlite3_prepare_v2(db->db, "SELECT count(*) FROM suppressed", -1, &cnt, NULL) !=
+	        SQLITE_OK ||
+	    sqlite3_step(cnt) != SQLITE_ROW)
+		goto out;
+	n = sqlite3_column_int64(cnt, 0);
+	if (n < 0 || !data_version(db, &dv) || !suppress_filter_reset(&db->filter, (size_t)n) ||
+	    sqlite3_prepare_v2(db->db, "SELECT scope, addr FROM suppressed", -1, &all, NULL) !=
+	        SQLITE_OK)
+		goto out;
+	int r;
+	while ((r = sqlite3_step(all)) == SQLITE_ROW) {
+		const char *sc = (const char *)sqlite3_column_text(all, 0);
+		const char *a = (const char *)sqlite3_column_text(all, 1);
+		if (!suppress_filter_add(&db->filter, sc ? sc : "", a ? a : ""))
+			goto out; /* more rows than counted: cannot be, in one transaction */
+	}
+	ok = r == SQLITE_DONE;
+out:
+	sqlite3_finalize(cnt);
+	sqlite3_finalize(all);
+	if (txn)
+		sqlite3_exec(db->db, "COMMIT", NULL, NULL, NULL);
+	if (ok) {
+		db->filter.valid = true;
+		db->filter.gen = g;
+		db->filter.dv = dv;
+		db->filter.dv_at = now;
+		log_debug("event=suppress_filter_built entries=%lld generation=%llu", (long long)n,
+		          (unsigned long long)g);
+	} else {
+		log_warn("event=suppress_filter_failed reason=\"%s\"", sqlite3_errmsg(db->db));
+	}
+	return ok;
+}
+
+/* Under mu: whether the filter may answer "not suppressed" now, rebuilt
+ * first when a change was counted since it was built. */
+static bool filter_usable(struct suppress_db *db)
+{
+	if (!db->gen.counter)
+		return false;
+	int64_t now = mono_ms();
+	struct suppress_filter *f = &db->filter;
+	if (f->valid && suppress_gen_load(&db->gen) == f->gen) {
+		if (now - f->dv_at < FILTER_RECHECK_MS)
+			return true;
+		int64_t dv;
+		if (data_version(db, &dv) && dv == f->dv) {
+			f->dv_at = now;
+			return true;
+		}
+	}
+	if (db->built_at && now - db->built_at < FILTER_RECHECK_MS)
+		return false;
+	db->built_at = now;
+	return filter_build(db, now);
+}
+
+/* Under mu, after a committed change of (sc, a): counted in suppress.gen
+ * for every process; this process's filter takes it in directly when it was
+ * exact until now (a deleted key keeps its bits: it is only looked up). */
+static void note_change(struct suppress_db *db, const char *sc, const char *a, bool added)
+{
+	uint64_t before = suppress_gen_bump(&db->gen);
+	struct suppress_filter *f = &db->filter;
+	if (f->valid && before == f->gen && (!added || suppress_filter_add(f, sc, a)))
+		f->gen = before + 1;
+	else
+		f->valid = false;
+}
+
 int suppress_add(struct suppress_db *db, const char *scope, const char *addr,
                  enum suppress_reason reason, const char *detail, const char *queue_id)
 {
@@ -245,8 +385,10 @@ int suppress_add(struct suppress_db *db, const char *scope, const char *addr,
 	sqlite3_bind_text(st, 4, detail ? detail : "", -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 5, (sqlite3_int64)time(NULL));
 	sqlite3_bind_text(st, 6, queue_id ? queue_id : "", -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_DONE)
+	if (sqlite3_step(st) == SQLITE_DONE) {
 		rc = TERN_OK;
+		note_change(db, sc, a, true);
+	}
 out:
 	if (rc != TERN_OK)
 		log_error("event=suppress_write_failed reason=\"%s\"", sqlite3_errmsg(db->db));
@@ -270,6 +412,8 @@ int suppress_del(struct suppress_db *db, const char *scope, const char *addr)
 	sqlite3_bind_text(st, 2, a, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_DONE)
 		rc = sqlite3_changes(db->db) > 0 ? TERN_OK : TERN_ENOTFOUND;
+	if (rc == TERN_OK)
+		note_change(db, sc, a, false);
 out:
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&db->mu);
@@ -322,6 +466,10 @@ bool suppress_check(struct suppress_db *db, const char *sender_domain, const cha
 		db->check_st = db->begin_st = db->end_st = NULL;
 		goto out;
 	}
+	/* Nearly every recipient is on no list: answered from memory. */
+	if (filter_usable(db) && !suppress_filter_maybe(&db->filter, sc, a) &&
+	    !suppress_filter_maybe(&db->filter, "", a))
+		goto out;
 	sqlite3_stmt *st = db->check_st;
 	const char *scopes[2] = {sc, ""};
 	/* Two lookups: one read transaction (one WAL read lock), not two. */

@@ -5,7 +5,7 @@
  * (RFC 5965) and one-click unsubscribes (RFC 8058).
  *
  * Owns: DATA/suppress.db (SQLite, WAL) with the entries and the VERP map,
- * DATA/suppress.key (the HMAC secret of VERP and unsubscribe tokens, 0600),
+ * DATA/suppress.gen (its change counter, a shared mapping), DATA/suppress.key (the HMAC secret of VERP and unsubscribe tokens, 0600),
  * the pure report parser (suppress_parse.c) and the token schemes.
  * Never: runs on an event loop (every call but the pure parser and the
  * token formatting may block on SQLite: call from the delivery threads, the
@@ -17,9 +17,13 @@
  * Addresses are stored with their domain part lowercased (local parts are
  * case-sensitive in theory, RFC 5321 §2.4, and kept as they are).
  *
- * The daemon needs no reload: every lookup is a query on the database file
- * (an indexed SELECT), so `tern suppress add|del` is seen by the next
- * delivery attempt.
+ * The daemon needs no reload: `tern suppress add|del` is seen by the next
+ * delivery attempt. A lookup is an indexed SELECT on the database file,
+ * except when an in-memory filter built from the whole list says the
+ * address is on none (suppress_filter.h): every change made through this
+ * module counts in DATA/suppress.gen, a shared counter that makes each
+ * process rebuild its filter before its next answer; a change written to
+ * the file by anything else (the sqlite3 shell) is seen within a second.
  */
 #ifndef TERN_STORE_SUPPRESS_H
 #define TERN_STORE_SUPPRESS_H

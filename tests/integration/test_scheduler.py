@@ -75,3 +75,31 @@ def test_flush_retries_deferred_recipients_before_their_time(remote_tern, mx):
     mx["deferonce"].wait_messages(1, tern=t, timeout=DEADLINE)
     t.wait_log(rf"event=delivered id={qid} to=<a@defer\.test>")
     wait_queue_empty(t)
+
+
+def test_one_message_to_two_next_hops_and_a_mailbox(remote_tern, mx):
+    # The last remote job of a message takes the delivery's own copy of the bytes,
+    # every other job (and the local delivery after them) reads its own: all three
+    # places get the whole message. Its only 8-bit bytes sit at the very end, past
+    # the last 32-byte step of the 8-bit scan: the peer without 8BITMIME must still
+    # get it converted (a wrong scan sends the raw bytes).
+    t = remote_tern()
+    sent = []
+    for pad in range(8):  # different lengths: the bytes land at each offset of a step
+        text = "plain ascii\r\n" + "x" * pad + " Gr\u00fc\u00dfe\r\n"
+        body = make_message(f"three-ways-{pad}", body=text, frm=SENDER,
+                            to="a@ok.test",
+                            extra_headers="MIME-Version: 1.0\r\nContent-Type: text/plain; "
+                                          "charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n")
+        submit(t, ["a@ok.test", "b@no8bit.test", "alice@example.test"], body,
+               mail_params="BODY=8BITMIME")
+        sent.append(body)
+    got_ok = mx["ok"].wait_messages(len(sent), tern=t)
+    got_no8 = mx["no8bit"].wait_messages(len(sent), tern=t)
+    for body in sent:
+        assert any(m.content.endswith(body) for m in got_ok), "changed on the way to ok.test"
+    for m in got_no8:
+        assert all(b < 0x80 for b in m.content), "8-bit bytes sent to a peer without 8BITMIME"
+    assert len(t.wait_mail("alice@example.test", count=len(sent),
+                           predicate=lambda d: "Grüße".encode() in d)) == len(sent)
+    wait_queue_empty(t)

@@ -396,6 +396,27 @@ def test_cli_add_del_list_and_scopes(tern, mx):
     assert tern.cli("suppress", "frobnicate").returncode == 2
 
 
+def test_cli_add_while_serving_stops_the_next_message(tern, mx):
+    """serve answers "on no list" from memory (store/suppress_filter.h) once it has looked
+    an address up: `tern suppress add` from another process must still stop the very next
+    message to that address (DATA/suppress.gen tells serve to rebuild), and `del` must let
+    the one after go again."""
+    rcpt = "later-added@remote.test"
+    q1 = relay(tern, rcpt, "before")
+    mx.wait_message(rcpt, tern)
+    tern.wait_log(rf"event=delivered id={q1}", timeout=DEADLINE)
+    tern.cli("suppress", "add", rcpt, "--domain", "example.test", check=True)
+    q2 = relay(tern, rcpt, "after")
+    wait_suppressed(tern, q2, rcpt)
+    assert "example.test suppression list (manual" in \
+        tern.log_lines(f"id={q2}", "event=suppressed")[0]
+    assert mx.offered(rcpt) == 1
+    tern.cli("suppress", "del", rcpt, "--domain", "example.test", check=True)
+    q3 = relay(tern, rcpt, "again")
+    tern.wait_log(rf"event=delivered id={q3}", timeout=DEADLINE)
+    assert mx.offered(rcpt) == 2
+
+
 def test_intake_address_needs_local_domain(tern_factory):
     t = tern_factory({"suppression": {"verp_domain": "nowhere.test"}}, users=(), start=False)
     r = t.cli("check-config")

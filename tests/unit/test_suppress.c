@@ -27,6 +27,9 @@
 #include "http/suppress_routes.h"
 #include "queue/queue.h"
 #include "store/suppress.h"
+#include "store/suppress_filter.h"
+
+#include <sqlite3.h>
 
 static char *slurp(const char *rel, size_t *len)
 {
@@ -56,8 +59,9 @@ static int setup_dir(void **state)
 static int teardown_dir(void **state)
 {
 	suppress_shared_close();
-	const char *files[] = {"suppress.db", "suppress.db-wal", "suppress.db-shm", "suppress.key"};
-	for (size_t i = 0; i < 4; i++) {
+	const char *files[] = {"suppress.db", "suppress.db-wal", "suppress.db-shm", "suppress.key",
+	                       "suppress.gen"};
+	for (size_t i = 0; i < 5; i++) {
 		char p[512];
 		snprintf(p, sizeof(p), "%s/%s", tmpdir, files[i]);
 		unlink(p);
@@ -607,6 +611,126 @@ static void config_section(void **state)
 	}
 }
 
+/* The negative filter (suppress_filter.h): never a false "not suppressed"
+ * for a key it holds, few false "maybe"s for keys it does not, and full at
+ * its cap (a full filter is rebuilt, never silently wrong). */
+static void filter_has_no_false_negatives(void **state)
+{
+	struct suppress_filter f;
+	suppress_filter_init(&f);
+	assert_true(suppress_filter_maybe(&f, "", "x@y.test")); /* no bits yet: ask SQLite */
+	assert_true(suppress_filter_reset(&f, 5000));
+	char a[64];
+	for (int i = 0; i < 5000; i++) {
+		snprintf(a, sizeof(a), "user%d@list.test", i);
+		assert_true(suppress_filter_add(&f, i % 2 ? "example.org" : "", a));
+	}
+	for (int i = 0; i < 5000; i++) {
+		snprintf(a, sizeof(a), "user%d@list.test", i);
+		assert_true(suppress_filter_maybe(&f, i % 2 ? "example.org" : "", a));
+	}
+	/* The scope is part of the key. */
+	size_t fp = 0, scoped = 0;
+	for (int i = 0; i < 100000; i++) {
+		snprintf(a, sizeof(a), "other%d@list.test", i);
+		fp += suppress_filter_maybe(&f, "", a);
+	}
+	for (int i = 0; i < 5000; i += 2) {
+		snprintf(a, sizeof(a), "user%d@list.test", i);
+		scoped += suppress_filter_maybe(&f, "example.org", a);
+	}
+	if (fp > 1000 || scoped > 50)
+		fail_msg("too many false positives: %zu of 100000, %zu of 2500 by scope", fp,
+		         scoped);
+	while (suppress_filter_add(&f, "", "more@list.test"))
+		;
+	assert_int_equal(f.n_keys, f.cap);
+	suppress_filter_free(&f);
+}
+
+static bool wait_check(struct suppress_db *db, const char *sd, const char *addr, bool want)
+{
+	/* Bounded: a writer outside tern is seen within a second (FILTER_RECHECK_MS). */
+	for (int i = 0; i < 100; i++) {
+		if (suppress_check(db, sd, addr, NULL) == want)
+			return true;
+		usleep(50 * 1000);
+	}
+	return false;
+}
+
+/* Every way the entries change reaches a daemon whose filter says "on no
+ * list": another tern handle (the CLI, counted in suppress.gen), its own
+ * writes (hard bounces, the API), and a plain SQLite writer (data_version). */
+static void store_filter_sees_every_writer(void **state)
+{
+	struct suppress_db *serve, *cli;
+	char err[256], a[64];
+	assert_int_equal(suppress_open(tmpdir, &serve, err, sizeof(err)), TERN_OK);
+	assert_int_equal(suppress_open(tmpdir, &cli, err, sizeof(err)), TERN_OK);
+	for (int i = 0; i < 2000; i++) {
+		snprintf(a, sizeof(a), "bulk%d@list.test", i);
+		assert_int_equal(
+		    suppress_add(cli, i % 2 ? "example.org" : "", a, SUPPRESS_MANUAL, "", NULL),
+		    TERN_OK);
+	}
+	for (int i = 0; i < 2000; i++) {
+		snprintf(a, sizeof(a), "bulk%d@list.test", i);
+		assert_true(suppress_check(serve, "example.org", a, NULL));
+		assert_int_equal(suppress_check(serve, "other.org", a, NULL), i % 2 == 0);
+		snprintf(a, sizeof(a), "free%d@list.test", i);
+		assert_false(suppress_check(serve, "example.org", a, NULL));
+	}
+	/* its own writes, straight into the filter */
+	assert_false(suppress_check(serve, "example.org", "own@b.test", NULL));
+	assert_int_equal(
+	    suppress_add(serve, "example.org", "own@b.test", SUPPRESS_BOUNCE, "5.1.1", "Q1"),
+	    TERN_OK);
+	assert_true(suppress_check(serve, "example.org", "own@b.test", NULL));
+	assert_int_equal(suppress_del(serve, "example.org", "own@b.test"), TERN_OK);
+	assert_false(suppress_check(serve, "example.org", "own@b.test", NULL));
+	/* another handle's add and delete, seen by the very next check */
+	assert_int_equal(suppress_add(cli, "", "cli@b.test", SUPPRESS_MANUAL, "", NULL), TERN_OK);
+	assert_true(suppress_check(serve, "example.org", "cli@b.test", NULL));
+	assert_int_equal(suppress_del(cli, "", "cli@b.test"), TERN_OK);
+	assert_false(suppress_check(serve, "example.org", "cli@b.test", NULL));
+	/* a writer that is not tern: no counter, seen through data_version */
+	assert_false(suppress_check(serve, "example.org", "raw@b.test", NULL));
+	char path[512];
+	snprintf(path, sizeof(path), "%s/suppress.db", tmpdir);
+	sqlite3 *raw;
+	assert_int_equal(sqlite3_open(path, &raw), SQLITE_OK);
+	sqlite3_busy_timeout(raw, 5000);
+	assert_int_equal(sqlite3_exec(raw,
+	                              "INSERT INTO suppressed (scope, addr, reason, created) "
+	                              "VALUES ('', 'raw@b.test', 'manual', 0)",
+	                              NULL, NULL, NULL),
+	                 SQLITE_OK);
+	sqlite3_close(raw);
+	assert_true(wait_check(serve, "example.org", "raw@b.test", true));
+	suppress_close(cli);
+	suppress_close(serve);
+}
+
+/* Without its counter file (here a directory is in the way) the store still
+ * answers right: every lookup goes to SQLite. */
+static void store_works_without_counter(void **state)
+{
+	char gpath[512];
+	snprintf(gpath, sizeof(gpath), "%s/suppress.gen", tmpdir);
+	assert_int_equal(mkdir(gpath, 0700), 0);
+	struct suppress_db *serve, *cli;
+	char err[256];
+	assert_int_equal(suppress_open(tmpdir, &serve, err, sizeof(err)), TERN_OK);
+	assert_int_equal(suppress_open(tmpdir, &cli, err, sizeof(err)), TERN_OK);
+	assert_false(suppress_check(serve, "", "x@b.test", NULL));
+	assert_int_equal(suppress_add(cli, "", "x@b.test", SUPPRESS_MANUAL, "", NULL), TERN_OK);
+	assert_true(suppress_check(serve, "", "x@b.test", NULL));
+	suppress_close(cli);
+	suppress_close(serve);
+	assert_int_equal(rmdir(gpath), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -619,6 +743,10 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(store_scopes, setup_dir, teardown_dir),
 	    cmocka_unit_test_setup_teardown(store_check_sees_other_writers, setup_dir,
 	                                    teardown_dir),
+	    cmocka_unit_test(filter_has_no_false_negatives),
+	    cmocka_unit_test_setup_teardown(store_filter_sees_every_writer, setup_dir,
+	                                    teardown_dir),
+	    cmocka_unit_test_setup_teardown(store_works_without_counter, setup_dir, teardown_dir),
 	    cmocka_unit_test_setup_teardown(one_click_unsubscribe, setup_dir, teardown_dir),
 	    cmocka_unit_test_setup_teardown(suppression_api, setup_dir, teardown_dir),
 	    cmocka_unit_test(api_scope),
