@@ -106,6 +106,7 @@ local_domains = ["localhost"];
 relay {{ networks = ["127.0.0.0/8"]; }}
 relayhost {{ via = "smtp://127.0.0.1:{sink.port}"; tls = "none"; }}
 delivery {{ max_per_destination = 50; }}
+workers = {args.workers};
 limits {{ max_connections = 20000; max_connections_per_ip = 20000; }}
 listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
 """)
@@ -163,6 +164,8 @@ def main():
                          "offering CHUNKING (on) or not (off), instead of smtp-sink, whose "
                          "Postfix 3.7 version has no BDAT: for counts per message, not rates")
     ap.add_argument("--keep", action="store_true", help="keep each run's data dir and log")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="tern's event-loop threads (config `workers`; 0: one per core)")
     args = ap.parse_args()
     if not os.access(args.sink, os.X_OK):
         sys.exit("bench: needs smtp-sink as the next hop (Debian package postfix)")
