@@ -270,8 +270,7 @@ struct session {
 	 * holds for its life, so it never changes under an exchange), and what
 	 * SS_AUTH_WAIT waits for. */
 	struct sasl_exchange *sasl;
-	struct sasl_config sasl_cfg;
-	struct oauth_config oauth_cfg;
+	struct session_auth *auth_cfg; /* submission and capture logins only (auth_setup) */
 	char auth_mech[24];            /* the mechanism as the client named it (for the log) */
 	bool auth_in_pool;             /* sasl_verify runs on the pool: free s only once back */
 	struct event *auth_timer;      /* the throttle's delay before a failure's reply */
@@ -288,13 +287,34 @@ struct session {
 	 * (milter_wait) nothing is read and the idle timeout is off: the
 	 * milter client's own deadlines bound the wait. */
 	const struct conf_listener *milter_listener; /* has milters; NULL: none */
-	struct sockaddr_storage local_sa;            /* our end, for {if_addr} */
 	struct milter_stage *milter;
 	bool milter_wait;
 	bool milter_greeted; /* the connect step is behind us */
 	int milter_at;       /* the step whose answer milter_done waits for */
-	char milter_rcpt[SMTP_ADDR_MAX + 3];
+	char *milter_rcpt;   /* the recipient the milters are asked about (heap) */
 };
+
+/* The SASL configuration a session's exchanges read: only sessions that may
+ * authenticate carry one, so an idle mx session stays small (issue 11:
+ * 50,000 idle sessions at <= 2 KB each). */
+struct session_auth {
+	struct sasl_config sasl;
+	struct oauth_config oauth;
+};
+
+/* An idle session costs this struct, its bufferevent (~600 bytes in libevent
+ * 2.1), two evbuffers and their callbacks: issue 11 holds it to 2 KB a
+ * connection (bench/scale.py measured 1.6 KB at 19,500). Per-session state
+ * that only some sessions need (SASL, milters) lives behind a pointer. */
+_Static_assert(sizeof(struct session) <= 512, "struct session outgrew its idle-memory budget");
+
+/* Sessions without auth_setup: no users, no mechanisms (as a zeroed config). */
+static const struct sasl_config no_sasl_config;
+
+static const struct sasl_config *sasl_cfg_of(const struct session *s)
+{
+	return s->auth_cfg ? &s->auth_cfg->sasl : &no_sasl_config;
+}
 
 struct srv_worker {
 	struct smtp_server *srv;
@@ -634,7 +654,7 @@ static bool milter_mail(struct session *s, struct tx *t);
 static bool milter_rcpt(struct session *s, struct tx *t, const char *addr);
 static bool milter_message(struct session *s, struct tx *t);
 static void milter_abort(struct session *s);
-static void milter_listener_of(struct session *s, struct evconnlistener *l, evutil_socket_t fd);
+static void milter_listener_of(struct session *s, struct evconnlistener *l);
 
 static void greet(struct session *s)
 {
@@ -1287,7 +1307,7 @@ static void helo_reply(struct session *s)
 		kw[n++] = "STARTTLS";
 	char auth_kw[128] = "AUTH PLAIN LOGIN"; /* capture mode takes those two */
 	if (auth_advertised(s) && !s->conf->capture_mode)
-		sasl_mech_list(&s->sasl_cfg, auth_kw + 5, sizeof(auth_kw) - 5);
+		sasl_mech_list(sasl_cfg_of(s), auth_kw + 5, sizeof(auth_kw) - 5);
 	if (auth_advertised(s) && auth_kw[5])
 		kw[n++] = auth_kw;
 	kw[n++] = "DSN";
@@ -2250,7 +2270,7 @@ static void auth_status(struct session *s, enum sasl_status st)
 	auth_log_failed(s, sasl_reason(s->sasl), "");
 	if (id == SMTP_R_AUTH_NO_MECHANISM) {
 		char list[128];
-		reply_args(s, id, sasl_mech_list(&s->sasl_cfg, list, sizeof(list)));
+		reply_args(s, id, sasl_mech_list(sasl_cfg_of(s), list, sizeof(list)));
 	} else {
 		reply(s, id);
 	}
@@ -2279,7 +2299,7 @@ static void submission_auth(struct session *s, const struct smtp_cmd *c)
 		}
 	}
 	(void)TERN_BUG_ON(s->sasl != NULL); /* every exchange ends in auth_done */
-	s->sasl = sasl_new(&s->sasl_cfg);
+	s->sasl = sasl_new(sasl_cfg_of(s));
 	if (!s->sasl) {
 		auth_log_failed(s, "out of memory", "");
 		reply(s, SMTP_R_AUTH_TEMPFAIL);
@@ -2290,28 +2310,33 @@ static void submission_auth(struct session *s, const struct smtp_cmd *c)
 }
 
 /* The SASL configuration of a submission session (at connect): the users
- * and keys of the runtime it holds, the mechanisms auth.mechanisms names. */
-static void auth_setup(struct session *s)
+ * and keys of the runtime it holds, the mechanisms auth.mechanisms names.
+ * TERN_ENOMEM: the session cannot be served. */
+static int auth_setup(struct session *s)
 {
 	const struct conf_auth *a = &s->conf->auth;
-	s->oauth_cfg = (struct oauth_config){
+	s->auth_cfg = calloc(1, sizeof(*s->auth_cfg));
+	if (!s->auth_cfg)
+		return TERN_ENOMEM;
+	s->auth_cfg->oauth = (struct oauth_config){
 	    .issuer = a->oauth.issuer,
 	    .audience = a->oauth.audience,
 	    .jwks_file = a->oauth.jwks_file,
 	    .user_claim = a->oauth.user_claim,
 	    .leeway_seconds = a->oauth.leeway,
 	};
-	s->sasl_cfg = (struct sasl_config){
+	s->auth_cfg->sasl = (struct sasl_config){
 	    .users = s->rt->users,
-	    .oauth = a->oauth.issuer ? &s->oauth_cfg : NULL,
+	    .oauth = a->oauth.issuer ? &s->auth_cfg->oauth : NULL,
 	    .oauth_keys = s->rt->oauth_keys,
 	    .mechs = a->mechanisms,
 	    .hostname = s->conf->hostname,
 	};
 	if (s->conf->capture_mode) /* capture's own users: PLAIN and LOGIN */
-		s->sasl_cfg = (struct sasl_config){.verify_password = capture_login,
-		                                   .store_arg = capture_login_arg,
-		                                   .hostname = s->conf->hostname};
+		s->auth_cfg->sasl = (struct sasl_config){.verify_password = capture_login,
+		                                         .store_arg = capture_login_arg,
+		                                         .hostname = s->conf->hostname};
+	return TERN_OK;
 }
 
 void smtp_capture_set_login(int (*verify)(void *arg, const char *login, const char *password),
@@ -2994,7 +3019,7 @@ static void milter_done(void *arg, const struct milter_stage_result *r);
 
 /* At accept: which listener this is and whether it has milters (a look at
  * the configuration only when some listener has them). */
-static void milter_listener_of(struct session *s, struct evconnlistener *l, evutil_socket_t fd)
+static void milter_listener_of(struct session *s, struct evconnlistener *l)
 {
 	bool any = false;
 	for (size_t i = 0; i < s->conf->n_listeners && !any; i++)
@@ -3006,9 +3031,6 @@ static void milter_listener_of(struct session *s, struct evconnlistener *l, evut
 	if (getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&bound, &blen) != 0)
 		return;
 	s->milter_listener = milter_stage_listener(s->conf, (struct sockaddr *)&bound);
-	socklen_t llen = sizeof(s->local_sa);
-	if (s->milter_listener && getsockname(fd, (struct sockaddr *)&s->local_sa, &llen) != 0)
-		memset(&s->local_sa, 0, sizeof(s->local_sa));
 }
 
 /* Reading stops until milter_done. */
@@ -3039,7 +3061,13 @@ static bool milter_connect(struct session *s)
 		snprintf(name, sizeof(name), "%s", rdns);
 	else
 		snprintf(name, sizeof(name), "[%s]", s->peer);
-	format_peer(&s->local_sa, ifa, sizeof(ifa));
+	/* our end, for {if_addr}: asked now rather than kept in every session */
+	struct sockaddr_storage local_sa = {0};
+	socklen_t llen = sizeof(local_sa);
+	evutil_socket_t fd = bufferevent_getfd(s->bev);
+	if (fd < 0 || getsockname(fd, (struct sockaddr *)&local_sa, &llen) != 0)
+		memset(&local_sa, 0, sizeof(local_sa));
+	format_peer(&local_sa, ifa, sizeof(ifa));
 	struct milter_stage_params p = {
 	    .base = worker_base(s->sw->w),
 	    .listener = s->milter_listener,
@@ -3048,7 +3076,7 @@ static bool milter_connect(struct session *s)
 	    .peer = &s->peer_sa,
 	    .client_addr = s->peer,
 	    .client_name = name,
-	    .if_addr = s->local_sa.ss_family ? ifa : NULL,
+	    .if_addr = local_sa.ss_family ? ifa : NULL,
 	};
 	s->milter = milter_stage_new(&p, milter_done, s);
 	if (!s->milter) {
@@ -3091,7 +3119,14 @@ static bool milter_rcpt(struct session *s, struct tx *t, const char *addr)
 {
 	if (!s->milter || t->milter_discard)
 		return false;
-	tern_strlcpy(s->milter_rcpt, addr, sizeof(s->milter_rcpt));
+	char *copy = strdup(addr);
+	if (!copy) {
+		rcpt_take_back(t);
+		reply(s, SMTP_R_NOMEM);
+		return true;
+	}
+	free(s->milter_rcpt);
+	s->milter_rcpt = copy;
 	milter_stage_rcpt(s->milter, addr);
 	milter_wait(s, MILTER_AT_RCPT);
 	return true;
@@ -3659,6 +3694,8 @@ static void session_free(struct session *s)
 	policy_session_free(s->pol); /* POLICY: cancels its DNS queries and timers */
 	free(s->helo);
 	free(s->auth_user);
+	free(s->milter_rcpt);
+	free(s->auth_cfg);
 	(void)TERN_BUG_ON(s->auth_in_pool); /* auth_verify_done frees, not us */
 	sasl_free(s->sasl);
 	if (s->auth_timer)
@@ -3747,9 +3784,18 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		}
 	}
 	s->offer_starttls = ltls == CONF_LISTEN_TLS_STARTTLS && srv->tls != NULL;
-	milter_listener_of(s, l, fd); /* MILTER: this listener's milters, if any */
-	if (s->submission || (conf->capture_mode && capture_login))
-		auth_setup(s);
+	milter_listener_of(s, l); /* MILTER: this listener's milters, if any */
+	if ((s->submission || (conf->capture_mode && capture_login)) && auth_setup(s) != TERN_OK) {
+		/* not linked yet: undone here, and the client hears why */
+		bufferevent_setfd(bev, -1);
+		bufferevent_free(bev);
+		free(s);
+		ip_release(srv, &ss);
+		atomic_fetch_sub(&srv->n_sessions, 1);
+		refuse(fd, conf, SMTP_R_NOMEM_CLOSE);
+		runtime_release(rt);
+		return;
+	}
 	s->next = sw->sessions;
 	if (s->next)
 		s->next->prev = s;
