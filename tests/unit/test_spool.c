@@ -30,56 +30,9 @@
 #include "core/log.h"
 #include "queue/queue.h"
 #include "queue/spool_internal.h"
+#include "spool_fixture.h"
 
 /* ---- helpers ------------------------------------------------------------ */
-
-struct tmpdir {
-	char path[256];
-};
-
-static void tmpdir_make(struct tmpdir *t)
-{
-	const char *base = getenv("TMPDIR");
-	snprintf(t->path, sizeof(t->path), "%s/tern-spool-XXXXXX", base ? base : "/tmp");
-	assert_non_null(mkdtemp(t->path));
-}
-
-/* Removes the files of dir (and of its damaged/ subdirectory), not dir. */
-static void dir_empty(const char *dir)
-{
-	char sub[512];
-	snprintf(sub, sizeof(sub), "%s/damaged", dir);
-	DIR *d = opendir(sub);
-	struct dirent *de;
-	if (d) {
-		while ((de = readdir(d))) {
-			if (de->d_name[0] == '.')
-				continue;
-			char p[768];
-			snprintf(p, sizeof(p), "%s/%s", sub, de->d_name);
-			unlink(p);
-		}
-		closedir(d);
-		rmdir(sub);
-	}
-	d = opendir(dir);
-	if (!d)
-		return;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		char p[512];
-		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-		unlink(p);
-	}
-	closedir(d);
-}
-
-static void tmpdir_rm(struct tmpdir *t)
-{
-	dir_empty(t->path);
-	rmdir(t->path);
-}
 
 static size_t count_segment_files(const char *dir)
 {
@@ -180,85 +133,6 @@ static off_t seg_used(const char *path)
 }
 
 /* Log lines go to a file so tests can check what recovery reported. */
-static char log_path[256];
-static int log_fd = -1;
-
-static void log_capture_start(void)
-{
-	const char *base = getenv("TMPDIR");
-	snprintf(log_path, sizeof(log_path), "%s/tern-spool-log-XXXXXX", base ? base : "/tmp");
-	log_fd = mkstemp(log_path);
-	assert_true(log_fd >= 0);
-	log_set_fd(log_fd);
-}
-
-/* Returns how many log lines since log_capture_start contain all of a, b. */
-static int log_capture_count(const char *a, const char *b)
-{
-	FILE *f = fopen(log_path, "r");
-	assert_non_null(f);
-	char line[4096];
-	int n = 0;
-	while (fgets(line, sizeof(line), f))
-		n += strstr(line, a) && (!b || strstr(line, b));
-	fclose(f);
-	return n;
-}
-
-static int log_quiet_fd = 2;
-
-static void log_capture_stop(void)
-{
-	log_set_fd(log_quiet_fd);
-	close(log_fd);
-	unlink(log_path);
-	log_fd = -1;
-}
-
-/* Completion counter that put callbacks post to. */
-struct waiter {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	int done;
-	int ok;
-	int last_err;
-};
-
-static void waiter_init(struct waiter *w)
-{
-	pthread_mutex_init(&w->mu, NULL);
-	pthread_cond_init(&w->cv, NULL);
-	w->done = w->ok = 0;
-	w->last_err = 0;
-}
-
-static void waiter_destroy(struct waiter *w)
-{
-	pthread_mutex_destroy(&w->mu);
-	pthread_cond_destroy(&w->cv);
-}
-
-static void put_cb(void *arg, int err)
-{
-	struct waiter *w = arg;
-	pthread_mutex_lock(&w->mu);
-	w->done++;
-	if (err == TERN_OK)
-		w->ok++;
-	else
-		w->last_err = err;
-	pthread_cond_broadcast(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-}
-
-static void waiter_wait(struct waiter *w, int n)
-{
-	pthread_mutex_lock(&w->mu);
-	while (w->done < n)
-		pthread_cond_wait(&w->cv, &w->mu);
-	pthread_mutex_unlock(&w->mu);
-}
-
 /* A deterministic envelope whose fields all depend on seed. */
 static struct spool_msg *make_env(unsigned seed, size_t n_rcpts)
 {

@@ -33,77 +33,12 @@
 #include "core/log.h"
 #include "queue/queue.h"
 #include "queue/spool_internal.h"
+#include "spool_fixture.h"
 
 #define NONCE 0x0fedcba987654321ull
 #define PREP (256u * 1024u) /* size of the prepared files made here */
 
 /* ---- helpers ------------------------------------------------------------ */
-
-struct tmpdir {
-	char path[256];
-};
-
-static void tmpdir_make(struct tmpdir *t)
-{
-	const char *base = getenv("TMPDIR");
-	snprintf(t->path, sizeof(t->path), "%s/tern-spoolprep-XXXXXX", base ? base : "/tmp");
-	assert_non_null(mkdtemp(t->path));
-}
-
-static void tmpdir_rm(struct tmpdir *t)
-{
-	char cmd[512];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t->path);
-	assert_int_equal(system(cmd), 0);
-}
-
-static char log_path[256];
-static int log_fd = -1;
-
-static void log_capture_start(void)
-{
-	const char *base = getenv("TMPDIR");
-	snprintf(log_path, sizeof(log_path), "%s/tern-spoolprep-log-XXXXXX", base ? base : "/tmp");
-	log_fd = mkstemp(log_path);
-	assert_true(log_fd >= 0);
-	log_set_fd(log_fd);
-}
-
-static int log_capture_count(const char *a, const char *b)
-{
-	FILE *f = fopen(log_path, "r");
-	assert_non_null(f);
-	char line[4096];
-	int n = 0;
-	while (fgets(line, sizeof(line), f))
-		n += strstr(line, a) && (!b || strstr(line, b));
-	fclose(f);
-	return n;
-}
-
-static void log_capture_stop(void)
-{
-	log_set_fd(2);
-	close(log_fd);
-	unlink(log_path);
-	log_fd = -1;
-}
-
-struct waiter {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	int done, ok;
-};
-
-static void put_cb(void *arg, int err)
-{
-	struct waiter *w = arg;
-	pthread_mutex_lock(&w->mu);
-	w->done++;
-	w->ok += err == TERN_OK;
-	pthread_cond_broadcast(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-}
 
 static struct spool_msg *make_env(unsigned seed)
 {
@@ -137,18 +72,13 @@ static void put_sync(struct spool *s, struct spool_msg *m, unsigned seed)
 {
 	char data[DLEN];
 	fill_data(data, sizeof(data), seed);
-	struct waiter w = {.done = 0, .ok = 0};
-	pthread_mutex_init(&w.mu, NULL);
-	pthread_cond_init(&w.cv, NULL);
+	struct waiter w;
+	waiter_init(&w);
 	m->size = sizeof(data);
 	assert_int_equal(spool_put(s, m, data, sizeof(data), put_cb, &w), TERN_OK);
-	pthread_mutex_lock(&w.mu);
-	while (w.done < 1)
-		pthread_cond_wait(&w.cv, &w.mu);
-	pthread_mutex_unlock(&w.mu);
+	waiter_wait(&w, 1);
 	assert_int_equal(w.ok, 1);
-	pthread_cond_destroy(&w.cv);
-	pthread_mutex_destroy(&w.mu);
+	waiter_destroy(&w);
 }
 
 /* The message is in the spool with its bytes. */
@@ -624,18 +554,13 @@ static void test_writer_prepares_ahead(void **st)
 	fill_data(big, 200 * 1024, 1);
 	for (int i = 1; i < N; i++) {
 		assert_true(stats_prepared_over(s, 1024 * 1024)); /* the spare is ready */
-		struct waiter w = {.done = 0, .ok = 0};
-		pthread_mutex_init(&w.mu, NULL);
-		pthread_cond_init(&w.cv, NULL);
+		struct waiter w;
+		waiter_init(&w);
 		m[i]->size = 200 * 1024;
 		assert_int_equal(spool_put(s, m[i], big, 200 * 1024, put_cb, &w), TERN_OK);
-		pthread_mutex_lock(&w.mu);
-		while (w.done < 1)
-			pthread_cond_wait(&w.cv, &w.mu);
-		pthread_mutex_unlock(&w.mu);
+		waiter_wait(&w, 1);
 		assert_int_equal(w.ok, 1);
-		pthread_cond_destroy(&w.cv);
-		pthread_mutex_destroy(&w.mu);
+		waiter_destroy(&w);
 	}
 	spool_get_stats(s, &ss);
 	assert_true(ss.segments >= 2);
