@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "core/err.h"
@@ -79,6 +80,9 @@ fail:
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
+	char name[16]; /* the kernel keeps 15 characters */
+	snprintf(name, sizeof(name), "worker-%u", w->index);
+	pthread_setname_np(pthread_self(), name); /* for top -H, perf, ps -L */
 	/* A persistent no-op timer keeps the loop alive with no connections. */
 	struct event *keepalive = event_new(w->base, -1, EV_PERSIST, worker_drain, w);
 	struct timeval tv = {3600, 0};
