@@ -14,7 +14,7 @@
  * On a plain connection each step (the replies just read, a job for a
  * parked connection, a chunk of a spilled file) sends what it queued with
  * one sendmsg at its end, and replies are read with one recv per readable
- * event (deliver/remote_wire.h); TLS connections go through libevent.
+ * event (smtp/wire_in.h); TLS connections go through libevent.
  *
  * Must never: block; deliver to ourselves (an MX that is us bounces 5.4.6);
  * send a message to a peer whose capabilities it would violate (SIZE,
@@ -70,6 +70,7 @@
 #include "deliver/tlspolicy.h"
 #include "dns/dns.h"
 #include "smtp/smtp.h"
+#include "smtp/wire_in.h"
 #include "tls/tls.h"
 
 #define MAX_MX 16
@@ -1906,9 +1907,9 @@ static void on_read(struct bufferevent *bev, void *arg)
 
 /*
  * Reads on a plain socket, once connected: one recv per readable event
- * straight into the bufferevent's input (remote_wire.h), where libevent
- * would ask FIONREAD before each read; then on_read as before. The end of
- * the stream and errors go to on_event as libevent reports them.
+ * straight into the bufferevent's input (wire_recv, smtp/wire_in.h), where
+ * libevent would ask FIONREAD before each read; then on_read as before. The
+ * end of the stream and errors go to on_event as libevent reports them.
  */
 
 static void on_sock_readable(evutil_socket_t fd, short what, void *arg)
@@ -1916,7 +1917,8 @@ static void on_sock_readable(evutil_socket_t fd, short what, void *arg)
 	struct rconn *c = arg;
 	if (TERN_BUG_ON(!c->bev)) /* close_bev frees this event */
 		return;
-	long r = rwire_read(fd, bufferevent_get_input(c->bev), RWIRE_READ_MAX);
+	/* a pipelined burst of replies: 100 RCPTs' answers are about 2 KiB */
+	ssize_t r = wire_recv(fd, bufferevent_get_input(c->bev), 4096);
 	if (r > 0) {
 		on_read(c->bev, c);
 		return;

@@ -3,9 +3,10 @@
  * they can (deliver/remote_wire.h).
  *
  * Owns: sendmsg(2) of a cork on plain outbound sockets whose output is
- * empty, and recv(2) into an input buffer. Never: sends ahead of bytes already queued, touches a
- * TLS connection's socket, blocks, raises SIGPIPE, or loses a byte: anything not sent is moved to
- * the bufferevent's output, where libevent writes it and reports any error.
+ * empty. Never: sends ahead of bytes already queued, touches a TLS
+ * connection's socket, blocks, raises SIGPIPE, or loses a byte: anything
+ * not sent is moved to the bufferevent's output, where libevent writes it
+ * and reports any error.
  */
 #include "deliver/remote_wire.h"
 
@@ -56,25 +57,4 @@ size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork)
 	if (evbuffer_get_length(cork) > 0)
 		evbuffer_add_buffer(out, cork); /* moves the chains, behind what is queued */
 	return sent;
-}
-
-long rwire_read(int fd, struct evbuffer *in, size_t max)
-{
-	/* Into the stack, then appended: a reply is tens of bytes, and
-	 * evbuffer_add sizes its chain to them (a reservation of max bytes in
-	 * the input would allocate and free a chain of max bytes per read). */
-	char buf[RWIRE_READ_MAX];
-	if (max > sizeof(buf))
-		max = sizeof(buf);
-	ssize_t r;
-	do
-		r = recv(fd, buf, max, 0);
-	while (r < 0 && errno == EINTR);
-	if (r <= 0)
-		return (long)r;
-	if (evbuffer_add(in, buf, (size_t)r) != 0) {
-		errno = ENOMEM; /* the bytes are lost with the connection: it fails */
-		return -1;
-	}
-	return (long)r;
 }

@@ -10,8 +10,7 @@
  * in the same loop turn, without libevent adding and removing its write
  * event (two epoll_ctl) and without waiting a loop turn for that event.
  *
- * Plain outbound sockets are also read here, one recv(2) per readable event
- * into the bufferevent's input, without libevent's FIONREAD before it.
+ * (Plain outbound sockets are read with smtp/wire_in.h's wire_recv.)
  *
  * Owns: the decision to send at once or to queue in the bufferevent.
  * Never: reorders bytes (a direct send happens only when the bufferevent's
@@ -40,19 +39,5 @@ struct evbuffer;
  * writes. The cork is empty on return.
  */
 size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork);
-
-/* A pipelined burst of replies (100 RCPTs' answers are about 2 KiB). */
-#define RWIRE_READ_MAX 4096
-
-/*
- * One recv(2) of at most max bytes (RWIRE_READ_MAX at most) from fd, a
- * nonblocking socket, appended to in: no FIONREAD first, where libevent's
- * evbuffer_read asks it before every read (an ioctl per read). Returns the
- * bytes read (> 0), 0 at the peer's end of stream, or -1 with errno set
- * (EAGAIN: nothing to read now; ENOMEM: what was read could not be kept,
- * the caller ends the connection; else the socket's error). in is
- * unchanged unless bytes were read.
- */
-long rwire_read(int fd, struct evbuffer *in, size_t max);
 
 #endif

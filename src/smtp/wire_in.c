@@ -28,33 +28,22 @@
 
 #include "core/err.h"
 
-/*
- * The most one read takes: a 4 KiB message with its commands comes in one
- * read, a large one in 64 KiB steps (libevent's reader stops at 16 KiB).
- * It is a stack buffer copied into the input, not space reserved in the
- * input: a reserved 64 KiB chain is a 128 KiB malloc for every read of a
- * few hundred bytes, while evbuffer_add sizes chains to what came.
- */
-#define WIRE_IN_READ_MAX (64 * 1024)
-
-/*
- * One recv of at most want bytes, appended to in. Returns what recv
- * returned (errno set when < 0), or -1 with ENOMEM if the input could not
- * take it. Not inlined: its 64 KiB buffer is off the stack again before
- * the read callback (the whole session) runs.
- */
-__attribute__((noinline)) static ssize_t wire_in_recv(evutil_socket_t fd, struct evbuffer *in,
-                                                      size_t want)
+/* Not inlined: its 64 KiB buffer is off the stack again before the read
+ * callback (the whole session) runs. Into the stack, then appended: a
+ * chain reserved in the input for max bytes would be a 128 KiB malloc for
+ * every read of a few hundred bytes, while evbuffer_add sizes chains to
+ * what came. */
+__attribute__((noinline)) ssize_t wire_recv(int fd, struct evbuffer *in, size_t max)
 {
-	char buf[WIRE_IN_READ_MAX];
+	char buf[WIRE_RECV_MAX];
+	if (max > sizeof(buf))
+		max = sizeof(buf);
 	ssize_t r;
 	do
-		r = recv(fd, buf, want, MSG_DONTWAIT);
+		r = recv(fd, buf, max, MSG_DONTWAIT);
 	while (r < 0 && errno == EINTR);
 	if (r <= 0)
 		return r;
-	/* The socket bufferevent keeps its input frozen at the end between
-	 * its own reads; so do we. */
 	evbuffer_unfreeze(in, 0);
 	int added = evbuffer_add(in, buf, (size_t)r);
 	evbuffer_freeze(in, 0);
@@ -70,7 +59,7 @@ static void wire_in_readcb(evutil_socket_t fd, short what, void *arg)
 	struct bufferevent *bev = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	short report = BEV_EVENT_READING;
-	size_t want = WIRE_IN_READ_MAX, low = 0, high = 0;
+	size_t want = WIRE_RECV_MAX, low = 0, high = 0;
 	ssize_t r;
 	bufferevent_incref(bev);
 	if (what == EV_TIMEOUT) {
@@ -87,7 +76,7 @@ static void wire_in_readcb(evutil_socket_t fd, short what, void *arg)
 		if (high - have < want)
 			want = high - have;
 	}
-	r = wire_in_recv(fd, in, want);
+	r = wire_recv(fd, in, want);
 	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 		goto out; /* woken for nothing: the event stays */
 	if (r <= 0) {

@@ -15,7 +15,30 @@
 #ifndef TERN_SMTP_WIRE_IN_H
 #define TERN_SMTP_WIRE_IN_H
 
+#include <stddef.h>
+#include <sys/types.h>
+
 struct bufferevent;
+struct evbuffer;
+
+/* The most one wire_recv takes: a 4 KiB message with its commands in one
+ * read, a large one in 64 KiB steps (libevent's reader stops at 16 KiB). */
+#define WIRE_RECV_MAX (64 * 1024)
+
+/*
+ * One recv(2) of at most max bytes (WIRE_RECV_MAX at most) from fd, a
+ * nonblocking socket, appended to in, a socket bufferevent's input: no
+ * ioctl(FIONREAD) first, where libevent's evbuffer_read asks it before
+ * every read. A socket bufferevent keeps its input frozen at the end
+ * between its own reads (evbuffer_add would fail); this unfreezes it for
+ * the append and freezes it again, as libevent's reader does. Returns the
+ * bytes read (> 0), 0 at the peer's end of stream, or -1 with errno set
+ * (EAGAIN: nothing now; ENOMEM: what was read could not be kept, the
+ * caller ends the connection; else the socket's error). in is unchanged
+ * unless bytes were read. Used by inbound sessions (below) and by plain
+ * outbound connections (deliver/remote.c).
+ */
+ssize_t wire_recv(int fd, struct evbuffer *in, size_t max);
 
 /*
  * Makes bev (a bufferevent_socket_new with a connected fd, reading not yet

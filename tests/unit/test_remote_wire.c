@@ -7,9 +7,6 @@
  * byte exactly once; a cork of more pieces than one call carries goes
  * whole; a closed peer raises no SIGPIPE and loses nothing from the queue.
  * The loop never runs here: only rwire_flush moves bytes to the socket.
- * rwire_read appends what one recv gets (at most max) behind what the input
- * holds, says EAGAIN with nothing there and 0 at the end, and leaves the
- * input as it was when it read nothing.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -183,30 +180,6 @@ static void test_closed_peer_queues_everything_without_sigpipe(void **state)
 	pair_close(&p);
 }
 
-static void test_read_appends_at_most_max_and_reports_eagain_and_eof(void **state)
-{
-	struct pair p;
-	pair_open(&p, 0);
-	struct evbuffer *in = evbuffer_new();
-	assert_non_null(in);
-	evbuffer_add(in, "250-a\r\n", 7); /* a reply's first line, read before */
-	errno = 0;
-	assert_int_equal(rwire_read(p.fd[0], in, 4096), -1);
-	assert_int_equal(errno, EAGAIN);
-	assert_int_equal(evbuffer_get_length(in), 7);
-	assert_int_equal(send(p.fd[1], "250 b\r\n354 go\r\n", 16, 0), 16);
-	assert_int_equal(rwire_read(p.fd[0], in, 10), 10); /* at most max */
-	assert_int_equal(rwire_read(p.fd[0], in, 4096), 6);
-	assert_int_equal(evbuffer_get_length(in), 23);
-	assert_memory_equal(evbuffer_pullup(in, -1), "250-a\r\n250 b\r\n354 go\r\n", 23);
-	close(p.fd[1]);
-	p.fd[1] = -1;
-	assert_int_equal(rwire_read(p.fd[0], in, 4096), 0);
-	assert_int_equal(evbuffer_get_length(in), 23);
-	evbuffer_free(in);
-	pair_close(&p);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -215,7 +188,6 @@ int main(void)
 	    cmocka_unit_test(test_full_socket_queues_the_rest_in_order),
 	    cmocka_unit_test(test_many_pieces_go_whole_when_the_socket_has_room),
 	    cmocka_unit_test(test_closed_peer_queues_everything_without_sigpipe),
-	    cmocka_unit_test(test_read_appends_at_most_max_and_reports_eagain_and_eof),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,6 +8,7 @@
  * callback as libevent's own reader reports them; and the read callback
  * may free the bufferevent.
  */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -308,6 +309,40 @@ static void attach_refused_once_reading(void **state)
 	pair_close(&p);
 }
 
+/* wire_recv, which outbound connections use with their own read event: into
+ * a socket bufferevent's input, which libevent keeps frozen at its end
+ * (a plain evbuffer_add to it fails), at most max bytes, behind what the
+ * input holds; EAGAIN with nothing there, 0 at the end, the input unchanged
+ * when nothing was read. */
+static void recv_appends_to_a_frozen_input_at_most_max(void **state)
+{
+	(void)state;
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	assert_int_equal(evutil_make_socket_nonblocking(sv[0]), 0);
+	struct event_base *base = event_base_new();
+	assert_non_null(base);
+	struct bufferevent *bev = bufferevent_socket_new(base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+	assert_non_null(bev);
+	struct evbuffer *in = bufferevent_get_input(bev);
+	assert_int_equal(evbuffer_add(in, "x", 1), -1); /* frozen, as libevent keeps it */
+	errno = 0;
+	assert_int_equal(wire_recv(sv[0], in, 4096), -1);
+	assert_int_equal(errno, EAGAIN);
+	assert_int_equal(evbuffer_get_length(in), 0);
+	assert_int_equal(send(sv[1], "250 b\r\n354 go\r\n", 16, 0), 16);
+	assert_int_equal(wire_recv(sv[0], in, 10), 10); /* at most max */
+	assert_int_equal(wire_recv(sv[0], in, 4096), 6);
+	assert_int_equal(evbuffer_get_length(in), 16);
+	assert_memory_equal(evbuffer_pullup(in, -1), "250 b\r\n354 go\r\n", 16);
+	assert_int_equal(evbuffer_add(in, "x", 1), -1); /* frozen again */
+	close(sv[1]);
+	assert_int_equal(wire_recv(sv[0], in, 4096), 0);
+	assert_int_equal(evbuffer_get_length(in), 16);
+	bufferevent_free(bev);
+	event_base_free(base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -320,6 +355,7 @@ int main(void)
 	    cmocka_unit_test(read_timeout_reported),
 	    cmocka_unit_test(read_callback_may_free_the_bufferevent),
 	    cmocka_unit_test(attach_refused_once_reading),
+	    cmocka_unit_test(recv_appends_to_a_frozen_input_at_most_max),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
