@@ -816,7 +816,72 @@ def remote_tern(world, tern_factory, mx):
 # Hostile next hops and a silent resolver (fault injection, issue 7).
 
 
-class HostileMX:
+class ThreadedPeer:
+    """A TCP next hop on ip for one test: a thread accepts, and a thread per connection
+    runs self._serve(sock, commands) (subclasses write _serve; a subclass with its own
+    bookkeeping per connection overrides _run). self.conns lists each connection's
+    commands. rcvbuf / mss: options of the listening socket, inherited by accepted
+    sockets (a receiver that backs the sender up; small segments, so tern's send buffer
+    stays small). Use as a context manager."""
+
+    def __init__(self, ip, rcvbuf=None, mss=None):
+        self.ip = ip
+        self.lock = threading.Lock()
+        self.conns = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if mss:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+        self.sock.bind((ip, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.running = True
+        self.threads = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+        for t in self.threads:
+            t.join(5)
+
+    def _run(self):
+        while self.running:
+            try:
+                s, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            th = threading.Thread(target=self._conn, args=(s,), daemon=True)
+            self.threads.append(th)
+            th.start()
+
+    def _conn(self, s):
+        s.settimeout(30)
+        cmds = []
+        with self.lock:
+            self.conns.append(cmds)
+        try:
+            self._serve(s, cmds)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def _serve(self, s, cmds):
+        raise NotImplementedError
+
+
+class HostileMX(ThreadedPeer):
     """A raw-socket next hop on its own loopback address and port (reach it with
     route(domain)) that misbehaves on purpose until heal() makes it an ordinary
     server. Every connection is served in its own thread and recorded in
@@ -848,25 +913,12 @@ class HostileMX:
     """
 
     def __init__(self, ip, mode, drip=0.7, drip_len=40):
-        self.ip = ip
+        # slow_reader: a small receive buffer, so the sender's data backs up at once
+        super().__init__(ip, rcvbuf=4096 if mode == "slow_reader" else None)
         self.mode = mode
         self.drip = drip
         self.drip_len = drip_len
-        self.lock = threading.Lock()
-        self.conns = []
         self.messages = []  # (mail_from, rcpts, data) taken while healed
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if mode == "slow_reader":
-            # Inherited by accepted sockets: the sender's data backs up at once.
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.bind((ip, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.running = True
-        self.threads = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
     class Conn:
         def __init__(self):
@@ -877,17 +929,6 @@ class HostileMX:
             self.finished_drip = False  # we got the whole slow reply out
             self.tls_bytes = 0          # bytes tern sent while we dripped or stalled
             self.closed = threading.Event()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join(5)
-        self.sock.close()
-        for t in self.threads:
-            t.join(5)
 
     def route(self, domain, tls="none"):
         return {"routes": {domain: {"via": f"smtp://{self.ip}:{self.port}", "tls": tls}}}

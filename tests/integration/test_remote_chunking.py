@@ -20,16 +20,14 @@ from tern's (per-recipient outcome in the log and `tern queue show`, DSNs):
 """
 
 import re
-import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import pytest
 
 from conftest import make_message
-from remote_harness import (DEADLINE, SENDER, Raw, check_alive, submit, wait_dsn,
+from remote_harness import (DEADLINE, SENDER, Raw, ThreadedPeer, check_alive, submit, wait_dsn,
                             wait_queue_empty)
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
@@ -39,7 +37,7 @@ CHUNK_IP = "127.0.0.51"
 TIMEOUT = 3  # delivery.command_timeout for these tests, seconds
 
 
-class ChunkMX:
+class ChunkMX(ThreadedPeer):
     """A next hop offering PIPELINING, CHUNKING, 8BITMIME, DSN, SIZE (size) and, unless
     chunking=False, CHUNKING. Recipients whose local part starts with "reject" get 550,
     with "defer" 451. mode (for transactions begun from now on):
@@ -55,37 +53,14 @@ class ChunkMX:
     commands in self.conns."""
 
     def __init__(self, ip, mode="accept", size=0, chunking=True, eager=False, tls=None):
-        self.ip, self.mode, self.size, self.chunking = ip, mode, size, chunking
+        super().__init__(ip, rcvbuf=4096 if eager else None)
+        self.mode, self.size, self.chunking = mode, size, chunking
         self.tls = tls  # an ssl.SSLContext (server side): STARTTLS offered
         self.tls_used = False
         # eager: every reply at once, and the chunk read slowly through a small
         # receive buffer (MAIL's and RCPT's replies reach tern while it still sends)
         self.eager = eager
-        self.lock = threading.Lock()
         self.tx = []
-        self.conns = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if eager:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.bind((ip, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.running = True
-        self.threads = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join(5)
-        self.sock.close()
-        for t in self.threads:
-            t.join(5)
 
     def route(self, domain):
         tls = "require" if self.tls else "none"
@@ -98,30 +73,6 @@ class ChunkMX:
     def delivered(self):
         with self.lock:
             return [t for t in self.tx if t["result"] == 250]
-
-    def _run(self):
-        while self.running:
-            try:
-                s, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            th = threading.Thread(target=self._conn, args=(s,), daemon=True)
-            self.threads.append(th)
-            th.start()
-
-    def _conn(self, s):
-        s.settimeout(30)
-        cmds = []
-        with self.lock:
-            self.conns.append(cmds)
-        try:
-            self._serve(s, cmds)
-        except OSError:
-            pass
-        finally:
-            s.close()
 
     def _serve(self, s, cmds):
         f = s.makefile("rb")

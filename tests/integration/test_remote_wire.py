@@ -22,20 +22,19 @@ filled at will):
 import re
 import socket
 import struct
-import threading
 import time
 
 import pytest
 
 from conftest import Raw, dot_stuff
-from remote_harness import DEADLINE, SENDER, submit, wait_queue_empty
+from remote_harness import DEADLINE, SENDER, ThreadedPeer, submit, wait_queue_empty
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
 WIRE_IP = "127.0.0.52"
 DOMAIN = "wire.test"
 
 
-class WireMX:
+class WireMX(ThreadedPeer):
     """A next hop offering PIPELINING, 8BITMIME, SIZE and (chunking=True) CHUNKING that
     answers every command at once. mode (for transactions begun from now on): "accept", or
     "reset_mid_body" (after close_after bytes of the message, the connection is reset).
@@ -43,35 +42,13 @@ class WireMX:
     (how, size (BDAT's), data (the bytes as they came, DATA's end line included))."""
 
     def __init__(self, ip, chunking=False, mode="accept", close_after=64 * 1024):
-        self.ip, self.chunking, self.mode, self.close_after = ip, chunking, mode, close_after
-        self.lock = threading.Lock()
-        self.conns, self.tx, self.resets = [], [], 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Inherited by accepted sockets. A small receive buffer and a small MSS (announced
-        # in the SYN-ACK): on loopback tern's send buffer starts at about 20 segments of
-        # the MSS (64 KiB ones: over 1 MiB, a whole message at once); of 1 KiB ones, a few
-        # dozen KiB, so a large message is cut short and the rest waits in the queue.
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1024)
-        self.sock.bind((ip, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.running = True
-        self.threads = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join(5)
-        self.sock.close()
-        for t in self.threads:
-            t.join(5)
+        # A small receive buffer and a small MSS (announced in the SYN-ACK): on loopback
+        # tern's send buffer starts at about 20 segments of the MSS (64 KiB ones: over
+        # 1 MiB, a whole message at once); of 1 KiB ones, a few dozen KiB, so a large
+        # message is cut short and the rest waits in the queue.
+        super().__init__(ip, rcvbuf=4096, mss=1024)
+        self.chunking, self.mode, self.close_after = chunking, mode, close_after
+        self.tx, self.resets = [], 0
 
     def route(self):
         return {"routes": {DOMAIN: {"via": f"smtp://{self.ip}:{self.port}", "tls": "none"}}}
@@ -83,30 +60,6 @@ class WireMX:
     def taken(self):
         with self.lock:
             return list(self.tx)
-
-    def _run(self):
-        while self.running:
-            try:
-                s, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            th = threading.Thread(target=self._conn, args=(s,), daemon=True)
-            self.threads.append(th)
-            th.start()
-
-    def _conn(self, s):
-        s.settimeout(30)
-        cmds = []
-        with self.lock:
-            self.conns.append(cmds)
-        try:
-            self._serve(s, cmds)
-        except OSError:
-            pass
-        finally:
-            s.close()
 
     @staticmethod
     def _line(s):
