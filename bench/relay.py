@@ -91,7 +91,7 @@ class Sink:
         self.proc.wait()
 
 
-def run_once(args, tern, load, sink_bin):
+def run_once(args, tern, load, sink_bin, trace=None):
     sink = Sink(sink_bin, args.messages, args.chunk_sink)
     work = tempfile.mkdtemp(prefix="tern-bench-relay-")
     os.chmod(work, 0o755)
@@ -119,7 +119,8 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
         t0 = time.time()
         out = subprocess.run(
             [load, "send", "127.0.0.1", str(port), "-n", str(args.messages), "-c",
-             str(args.conns), "-s", str(args.size), "-T", str(args.timeout)],
+             str(args.conns), "-s", str(args.size), "-T", str(args.timeout)]
+            + (["-L", trace] if trace else []),
             capture_output=True, text=True, timeout=args.timeout + 60)
         res = json.loads(out.stdout.strip().splitlines()[-1])
         end = time.time() + args.timeout
@@ -164,6 +165,9 @@ def main():
                          "offering CHUNKING (on) or not (off), instead of smtp-sink, whose "
                          "Postfix 3.7 version has no BDAT: for counts per message, not rates")
     ap.add_argument("--keep", action="store_true", help="keep each run's data dir and log")
+    ap.add_argument("--trace", metavar="PREFIX",
+                    help="smtpload -L: every accepted message's time, connection and step "
+                         "round trips, to PREFIX-repN-NAME.txt (where a latency tail lives)")
     ap.add_argument("--workers", type=int, default=0,
                     help="tern's event-loop threads (config `workers`; 0: one per core)")
     args = ap.parse_args()
@@ -176,7 +180,8 @@ def main():
           f"{args.reps} repetitions")
     for rep in range(1, args.reps + 1):
         for name, b in bins:
-            r = run_once(args, b, load, args.sink)
+            trace = f"{args.trace}-rep{rep}-{name}.txt" if args.trace else None
+            r = run_once(args, b, load, args.sink, trace)
             print(f"rep {rep} {name}: " + json.dumps(r), flush=True)
 
 

@@ -17,6 +17,7 @@ hostname = "tern.bench.test";
 data_dir = "$BENCH_SPOOL/data";
 user = "nobody";
 log_level = "warn";
+workers = ${TERN_WORKERS:-0};
 local_domains = ["localhost"];
 relay { networks = ["127.0.0.0/8"]; }
 relayhost { via = "smtp://$BENCH_SINK_HOST:$BENCH_SINK_PORT"; tls = "none"; }

@@ -3,6 +3,7 @@
  *
  *   smtpload send HOST PORT [-n MSGS] [-c CONNS] [-p PER_CONN] [-s BYTES] [-P]
  *                           [-f FROM] [-t RCPT] [-w IDLE_S] [-T DEADLINE_S] [-b SRCS]
+ *                           [-L TRACE]
  *   smtpload hold HOST PORT [-k CONNS] [-H HOLD_S] [-r PER_S] [-w IDLE_S] [-T DEADLINE_S]
  *                           [-b SRCS]
  *
@@ -16,6 +17,12 @@
  * hold: opens CONNS connections (5000) at PER_S a second (2000), takes each
  * past EHLO, prints "holding N" once all are there (or failed), holds them
  * HOLD_S seconds (10), then QUITs them all. For memory-per-connection figures.
+ *
+ * -L TRACE (send): one line per accepted message, in the order the 250s came,
+ * written to the file TRACE at the end: the 250's time (ms since the start),
+ * the connection's slot (0 .. CONNS-1), its local port, and MAIL->250 plus each
+ * step's round trip in microseconds. For finding where a latency tail lives
+ * (a moment, a connection, a step); the summary does not depend on it.
  *
  * -b SRCS (IPv4 only): connection i binds its source to 127.0.0.(2 + i % SRCS).
  * One source address reaches one server port from about 28,000 ephemeral
@@ -102,6 +109,7 @@ struct conn {
 	uint32_t step_us[4]; /* this message's MAIL, RCPT, DATA, end-of-data round trips */
 	double progress;     /* last time anything was read or written */
 	double retry_at;     /* PH_CLOSED: reconnect not before (send mode) */
+	uint16_t local_port; /* for -L: tells the server's side of the connection apart */
 };
 
 static struct {
@@ -113,6 +121,7 @@ static struct {
 	double idle_s, deadline_s;
 	bool pipelining;
 	const char *from, *rcpt;
+	const char *trace; /* -L */
 } opt = {
     .msgs = 20000,
     .conns = 50,
@@ -126,11 +135,18 @@ static struct {
     .rcpt = "postmaster@bench.test",
 };
 
+/* -L: one accepted message (see the top of the file) */
+struct trace_row {
+	double t;
+	uint32_t slot, port, lat_us, step_us[4];
+};
+
 static struct {
 	long claimed, ok, tempfail, permfail, lost;
 	long connect_fail, held, dropped_while_held;
 	uint32_t *lat_us;     /* one per accepted message */
 	uint32_t *step_us[4]; /* per step, one per accepted message (not with -P) */
+	struct trace_row *trace; /* -L: one per accepted message, in order */
 	char kinds[MAX_ERR_KINDS][160];
 	long kind_n[MAX_ERR_KINDS];
 	int n_kinds;
@@ -249,6 +265,13 @@ static bool open_conn(struct conn *c)
 		c->fd = -1;
 		return false;
 	}
+	struct sockaddr_storage me;
+	socklen_t me_len = sizeof(me);
+	c->local_port = 0;
+	if (getsockname(c->fd, (struct sockaddr *)&me, &me_len) == 0)
+		c->local_port =
+		    ntohs(me.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&me)->sin6_port
+		                                   : ((struct sockaddr_in *)&me)->sin_port);
 	c->ph = PH_CONNECTING;
 	c->in_len = 0;
 	c->n_out = 0;
@@ -374,7 +397,17 @@ static void accepted(struct conn *c)
 	if (!opt.pipelining)
 		for (int k = 0; k < N_STEPS; k++)
 			res.step_us[k][res.ok] = c->step_us[k];
-	res.lat_us[res.ok++] = clamp_us((now() - c->t_mail) * 1e6);
+	double t = now();
+	res.lat_us[res.ok] = clamp_us((t - c->t_mail) * 1e6);
+	if (res.trace) {
+		struct trace_row *r = &res.trace[res.ok];
+		r->t = t;
+		r->slot = (uint32_t)(c - conns);
+		r->port = c->local_port;
+		r->lat_us = res.lat_us[res.ok];
+		memcpy(r->step_us, c->step_us, sizeof(r->step_us));
+	}
+	res.ok++;
 	c->holds_msg = false;
 }
 
@@ -709,6 +742,7 @@ static void usage(void)
 	    "usage: smtpload send HOST PORT [-n MSGS] [-c CONNS] [-p PER_CONN] [-s BYTES] [-P]\n"
 	    "                               [-f FROM] [-t RCPT] [-w IDLE_S] [-T DEADLINE_S] [-b "
 	    "SRCS]\n"
+	    "                               [-L TRACE]\n"
 	    "       smtpload hold HOST PORT [-k CONNS] [-H HOLD_S] [-r PER_S] [-w IDLE_S]\n"
 	    "                               [-T DEADLINE_S] [-b SRCS]\n");
 }
@@ -732,7 +766,7 @@ static bool parse_args(int argc, char **argv)
 	optind = 4;
 	int ch;
 	long v;
-	while ((ch = getopt(argc, argv, "n:c:k:p:s:Pf:t:w:T:H:r:b:")) != -1) {
+	while ((ch = getopt(argc, argv, "n:c:k:p:s:Pf:t:w:T:H:r:b:L:")) != -1) {
 		switch (ch) {
 		case 'n':
 			if (!parse_long(optarg, 1, MAX_MSGS, &opt.msgs))
@@ -782,6 +816,9 @@ static bool parse_args(int argc, char **argv)
 			if (!parse_long(optarg, 0, MAX_SRCS, &opt.srcs))
 				return false;
 			break;
+		case 'L':
+			opt.trace = optarg;
+			break;
 		default:
 			usage();
 			return false;
@@ -830,6 +867,8 @@ static void reap_idle(double t)
 		close_conn(c, true);
 	}
 }
+
+static bool write_trace(double t0);
 
 static int run_send(double t0)
 {
@@ -884,7 +923,30 @@ static int run_send(double t0)
 	       pct_ms(0.99), pct_ms(1.0), deadline_hit ? "true" : "false");
 	print_steps();
 	print_errors();
+	if (opt.trace && !write_trace(t0))
+		return 2;
 	return res.ok == opt.msgs ? 0 : 1;
+}
+
+/* -L: the accepted messages' rows (see the top of the file). */
+static bool write_trace(double t0)
+{
+	FILE *f = fopen(opt.trace, "w");
+	if (!f) {
+		fprintf(stderr, "smtpload: %s: %s\n", opt.trace, strerror(errno));
+		return false;
+	}
+	fprintf(f, "t_ms slot port lat_us mail_us rcpt_us data_us end_us\n");
+	for (long i = 0; i < res.ok; i++) {
+		const struct trace_row *r = &res.trace[i];
+		fprintf(f, "%.3f %u %u %u %u %u %u %u\n", (r->t - t0) * 1e3, r->slot, r->port,
+		        r->lat_us, r->step_us[0], r->step_us[1], r->step_us[2], r->step_us[3]);
+	}
+	if (fclose(f) != 0) {
+		fprintf(stderr, "smtpload: %s: %s\n", opt.trace, strerror(errno));
+		return false;
+	}
+	return true;
 }
 
 static int run_hold(double t0)
@@ -970,6 +1032,8 @@ int main(int argc, char **argv)
 	for (int k = 0; k < N_STEPS; k++)
 		steps_ok =
 		    (res.step_us[k] = calloc((size_t)opt.msgs, sizeof(uint32_t))) && steps_ok;
+	if (opt.trace && !opt.hold)
+		steps_ok = (res.trace = calloc((size_t)opt.msgs, sizeof(*res.trace))) && steps_ok;
 	if (ep < 0 || !conns || !res.lat_us || !steps_ok || (!opt.hold && !build_body())) {
 		fprintf(stderr, "smtpload: out of memory or descriptors\n");
 		return 2;
@@ -982,6 +1046,7 @@ int main(int argc, char **argv)
 	int rc = opt.hold ? run_hold(t0) : run_send(t0);
 	free(body);
 	free(res.lat_us);
+	free(res.trace);
 	for (int k = 0; k < N_STEPS; k++)
 		free(res.step_us[k]);
 	free(conns);

@@ -1,9 +1,10 @@
 /*
  * spool_fixture.h — what the spool's unit tests share (test_spool.c,
- * test_spool_prep.c): a scratch directory, a log captured to a file so a
- * test can count what recovery reported, and a completion counter for
- * spool_put callbacks. Header-only (static inline): each test binary
- * includes it once, after cmocka.h.
+ * test_spool_prep.c, test_spool_retire.c): a scratch directory, a log
+ * captured to a file so a test can count what recovery reported, a
+ * completion counter for spool_put callbacks and a plain message.
+ * Header-only (static inline): each test binary includes it once, after
+ * cmocka.h.
  */
 #ifndef TERN_TEST_SPOOL_FIXTURE_H
 #define TERN_TEST_SPOOL_FIXTURE_H
@@ -17,6 +18,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "queue/queue.h"
 
 /* ---- a scratch directory ------------------------------------------------ */
 
@@ -149,6 +151,27 @@ static inline void waiter_wait(struct waiter *w, int n)
 	while (w->done < n)
 		pthread_cond_wait(&w->cv, &w->mu);
 	pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- a plain message ------------------------------------------------------ */
+
+/* A fresh envelope: one recipient, sender and recipient named after seed,
+ * size 0 (the caller sets it with the data). */
+static inline struct spool_msg *fixture_msg(unsigned seed)
+{
+	struct spool_msg *m = calloc(1, sizeof(*m));
+	assert_non_null(m);
+	queue_id_new(m->id);
+	char buf[64];
+	snprintf(buf, sizeof(buf), "sender%u@example.org", seed);
+	m->sender = strdup(buf);
+	m->created = 1700000000 + seed;
+	m->n_rcpts = 1;
+	m->rcpts = calloc(1, sizeof(*m->rcpts));
+	assert_non_null(m->rcpts);
+	snprintf(buf, sizeof(buf), "rcpt%u@example.net", seed);
+	m->rcpts[0].addr = strdup(buf);
+	return m;
 }
 
 #endif

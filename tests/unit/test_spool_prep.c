@@ -40,23 +40,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static struct spool_msg *make_env(unsigned seed)
-{
-	struct spool_msg *m = calloc(1, sizeof(*m));
-	assert_non_null(m);
-	queue_id_new(m->id);
-	char buf[64];
-	snprintf(buf, sizeof(buf), "sender%u@example.org", seed);
-	m->sender = strdup(buf);
-	m->created = 1700000000 + seed;
-	m->n_rcpts = 1;
-	m->rcpts = calloc(1, sizeof(*m->rcpts));
-	assert_non_null(m->rcpts);
-	snprintf(buf, sizeof(buf), "rcpt%u@example.net", seed);
-	m->rcpts[0].addr = strdup(buf);
-	return m;
-}
-
 static void fill_data(char *p, size_t n, unsigned seed)
 {
 	uint32_t x = seed * 2654435761u + 1;
@@ -184,7 +167,7 @@ static void test_zero_tail_is_a_clean_end(void **st)
 	tmpdir_make(&td);
 	struct spool_msg *m[N + 1];
 	for (int i = 0; i <= N; i++)
-		m[i] = make_env((unsigned)i);
+		m[i] = fixture_msg((unsigned)i);
 	struct tbuf b = TBUF_INIT(1 << 20);
 	size_t at[N + 1];
 	encode_msgs(&b, m, N, at);
@@ -232,7 +215,7 @@ static void test_torn_record_then_zeros_is_cut(void **st)
 	tmpdir_make(&td);
 	struct spool_msg *m[N + 1];
 	for (int i = 0; i <= N; i++)
-		m[i] = make_env((unsigned)i);
+		m[i] = fixture_msg((unsigned)i);
 	struct tbuf b = TBUF_INIT(1 << 20);
 	size_t at[N + 1];
 	encode_msgs(&b, m, N, at);
@@ -293,7 +276,7 @@ static void test_damage_in_the_middle_keeps_what_follows(void **st)
 	tmpdir_make(&td);
 	struct spool_msg *m[N];
 	for (int i = 0; i < N; i++)
-		m[i] = make_env((unsigned)i);
+		m[i] = fixture_msg((unsigned)i);
 	struct tbuf b = TBUF_INIT(1 << 20);
 	size_t at[N + 1];
 	encode_msgs(&b, m, N, at);
@@ -344,7 +327,7 @@ static void test_all_zero_prepared_segment(void **st)
 	tmpdir_make(&td);
 	struct spool_msg *m[3];
 	for (int i = 0; i < 3; i++)
-		m[i] = make_env((unsigned)i);
+		m[i] = fixture_msg((unsigned)i);
 	char path[512], p2[512];
 
 	/* alone */
@@ -405,7 +388,7 @@ static void test_zeros_in_an_appended_segment_are_still_damage(void **st)
 	tmpdir_make(&td);
 	struct spool_msg *m[N];
 	for (int i = 0; i < N; i++)
-		m[i] = make_env((unsigned)i);
+		m[i] = fixture_msg((unsigned)i);
 	struct tbuf b = TBUF_INIT(1 << 20);
 	size_t at[N + 1];
 	encode_msgs(&b, m, N, at);
@@ -460,7 +443,7 @@ static int mb_damage(void *arg, const struct spool_scan_damage *d)
 static void test_zero_tail_never_starts_inside_a_record(void **st)
 {
 	(void)st;
-	struct spool_msg *m[2] = {make_env(0), make_env(1)};
+	struct spool_msg *m[2] = {fixture_msg(0), fixture_msg(1)};
 	struct tbuf b = TBUF_INIT(1 << 20);
 	size_t at[3];
 	encode_msgs(&b, m, 2, at);
@@ -529,7 +512,7 @@ static void test_writer_prepares_ahead(void **st)
 	assert_int_equal(access(stale, F_OK), -1); /* a crash's leftover: gone */
 	struct spool_msg *m[N];
 	for (int i = 0; i < N; i++)
-		m[i] = make_env((unsigned)i);
+		m[i] = fixture_msg((unsigned)i);
 	put_sync(s, m[0], 0);
 	struct spool_stats ss;
 	spool_get_stats(s, &ss);
@@ -592,7 +575,7 @@ static void test_prepare_failure_falls_back_to_appending(void **st)
 	tmpdir_make(&td);
 	struct spool_msg *m[N];
 	for (int i = 0; i < N; i++)
-		m[i] = make_env((unsigned)i);
+		m[i] = fixture_msg((unsigned)i);
 	struct rlimit old, lim;
 	getrlimit(RLIMIT_FSIZE, &old);
 	lim = old;
