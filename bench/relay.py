@@ -105,7 +105,7 @@ log_level = "warn";
 local_domains = ["localhost"];
 relay {{ networks = ["127.0.0.0/8"]; }}
 relayhost {{ via = "smtp://127.0.0.1:{sink.port}"; tls = "none"; }}
-delivery {{ max_per_destination = 50; }}
+delivery {{ max_per_destination = {args.per_dest}; pipeline_next = {args.pipeline_next}; }}
 workers = {args.workers};
 limits {{ max_connections = 20000; max_connections_per_ip = 20000; }}
 listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
@@ -168,6 +168,11 @@ def main():
     ap.add_argument("--trace", metavar="PREFIX",
                     help="smtpload -L: every accepted message's time, connection and step "
                          "round trips, to PREFIX-repN-NAME.txt (where a latency tail lives)")
+    ap.add_argument("--per-dest", type=int, default=10,
+                    help="delivery.max_per_destination: connections to the sink")
+    ap.add_argument("--pipeline-next", choices=("true", "false"), default="true",
+                    help="delivery.pipeline_next: the next message's MAIL behind the end "
+                         "of data")
     ap.add_argument("--workers", type=int, default=0,
                     help="tern's event-loop threads (config `workers`; 0: one per core)")
     args = ap.parse_args()

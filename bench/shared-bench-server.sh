@@ -6,6 +6,14 @@
 #
 #   (in that harness's folder) sudo ./run sink postfix opensmtpd exim \
 #       --server tern="exec /path/to/tern/bench/shared-bench-server.sh" --port 20040
+#
+# One event-loop thread (workers = 1): the harness runs its load generator
+# and the sink on the same two cores as the server, and a second tern loop
+# only adds a thread competing for them (same rate, accept p99 about 14 ms
+# instead of 9-10; bench/results/20261206-session6-*.md). TERN_WORKERS=0
+# gives tern's default, one per core; TERN_PER_DEST sets max_per_destination
+# (default tern's own, 10: pipeline_next keeps ten connections to the sink
+# busy).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 tern=${TERN_BIN:-$here/../build/tern}
@@ -17,11 +25,11 @@ hostname = "tern.bench.test";
 data_dir = "$BENCH_SPOOL/data";
 user = "nobody";
 log_level = "warn";
-workers = ${TERN_WORKERS:-0};
+workers = ${TERN_WORKERS:-1};
 local_domains = ["localhost"];
 relay { networks = ["127.0.0.0/8"]; }
 relayhost { via = "smtp://$BENCH_SINK_HOST:$BENCH_SINK_PORT"; tls = "none"; }
-delivery { max_per_destination = 50; }
+delivery { max_per_destination = ${TERN_PER_DEST:-10}; }
 limits { max_connections = 20000; max_connections_per_ip = 20000; }
 listen { mx { address = "$BENCH_LISTEN:$BENCH_PORT"; profile = "mx"; } }
 CONF

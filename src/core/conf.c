@@ -195,6 +195,7 @@ static const struct conf_delivery default_delivery = {
     .dane = true,
     .mta_sts = true,
     .chunking = true,
+    .pipeline_next = true,
     .mta_sts_port = 443,
 };
 
@@ -1608,6 +1609,12 @@ static int parse_delivery(struct ctx *x, const struct ucl_node *sec, struct conf
 		}
 		if (strcmp(m->key, "chunking") == 0) {
 			if ((rc = get_bool(x, m, "delivery.chunking", &d->chunking)) != TERN_OK)
+				return rc;
+			continue;
+		}
+		if (strcmp(m->key, "pipeline_next") == 0) {
+			if ((rc = get_bool(x, m, "delivery.pipeline_next", &d->pipeline_next)) !=
+			    TERN_OK)
 				return rc;
 			continue;
 		}
@@ -4253,6 +4260,7 @@ void conf_print(const struct tern_config *c, FILE *out)
 	fprintf(out, "\tdane = %s;\n", c->delivery.dane ? "true" : "false");
 	fprintf(out, "\tmta_sts = %s;\n", c->delivery.mta_sts ? "true" : "false");
 	fprintf(out, "\tchunking = %s;\n", c->delivery.chunking ? "true" : "false");
+	fprintf(out, "\tpipeline_next = %s;\n", c->delivery.pipeline_next ? "true" : "false");
 	fputs("}\nmailbox {\n\tquota = ", out);
 	print_size(out, c->mailbox.quota);
 	fputs(";\n}\ndns {\n\tforward = ", out);

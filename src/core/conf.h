@@ -126,6 +126,9 @@ struct conf_delivery {
 	bool chunking;            /* to a peer offering CHUNKING and PIPELINING, a message
 	                             held in memory goes as MAIL, RCPT and BDAT LAST in one
 	                             write (RFC 3030); false: DATA; default true */
+	bool pipeline_next;       /* to a peer offering PIPELINING, the next queued message's
+	                             MAIL, RCPTs and DATA go out behind the end of data (RFC
+	                             2920 §3.1); default true */
 };
 
 /*

@@ -210,6 +210,11 @@ struct rconn {
 	const struct tern_config *conf;
 	const struct conf_route *route;
 	struct remote_job *job;
+	/* PIPE-NEXT: the job whose MAIL, RCPTs and DATA went out behind job's
+	 * end of data (pipeline_next), answered once job's final reply is in
+	 * (take_next); until then nothing of it was answered or recorded. */
+	struct remote_job *next_job;
+	size_t tail_after_dot; /* PIPE-NEXT: its bytes queued behind the end of data */
 	char domain[DNS_NAME_MAX + 1];
 	enum rc_state st;
 	uint16_t port;
@@ -328,6 +333,7 @@ static void protocol_error(struct rconn *c, const char *fmt, ...)
 static bool pump_more(struct rconn *c);
 static void pump_ready(void *arg);
 static void tx_forget_results(struct rconn *c);
+static void take_next(struct rconn *c);
 
 static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
 {
@@ -526,6 +532,88 @@ static struct remote_job *dest_pop_shaped(struct rconn *c, bool *reconnect)
 	return j;
 }
 
+/*
+ * PIPE-NEXT (RFC 2920 §3.1: "a RSET/MAIL FROM sequence used to initiate a
+ * new message transaction can be placed in the same group as the final
+ * transfer of the headers and body of the previous message"): the job that
+ * can follow c's current one on the wire without a word of its own said
+ * first, that is, with nothing in it this peer would make us change
+ * (held in memory, one batch of fresh recipients, nothing to convert,
+ * within the peer's SIZE).
+ */
+static bool fits_as_is(const struct rconn *c, const struct remote_job *j)
+{
+	if (j->spill_path || j->body == SMTP_BODY_BINARYMIME ||
+	    (j->smtputf8 && !c->caps.smtputf8) || (j->has_8bit && !c->caps.eightbitmime) ||
+	    j->n_rcpts == 0 || j->n_rcpts > BATCH_MAX)
+		return false;
+	if (c->caps.has_size && c->caps.size && j->len > c->caps.size)
+		return false;
+	for (size_t i = 0; i < j->n_rcpts; i++)
+		if (j->rcpts[i].outcome != REMOTE_PENDING)
+			return false;
+	return true;
+}
+
+/*
+ * PIPE-NEXT: takes the next job of c's destination to go out behind the
+ * current one's end of data, or NULL. Only where nothing could hold it
+ * back (no per-minute rate, no pool: their tokens are taken when a job
+ * starts, dest_pop_shaped; the connection's per_connection allowance not
+ * used up), and an empty queue leaves the slot alone: the current job
+ * still holds it.
+ */
+static struct remote_job *dest_pop_ahead(struct rconn *c)
+{
+	struct dest *d = c->dest;
+	if (!d || d->pool[0])
+		return NULL;
+	struct shape_limits l;
+	shaping_limits(c->conf, d->domain, &l);
+	if (l.per_minute || c->n_msgs >= l.per_connection)
+		return NULL;
+	struct remote *r = c->r;
+	pthread_mutex_lock(&r->lock);
+	struct remote_job *j = r->stopping ? NULL : d->head;
+	if (j && fits_as_is(c, j)) {
+		d->head = j->next;
+		if (!d->head)
+			d->tail = NULL;
+		j->next = NULL;
+	} else {
+		j = NULL;
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (j)
+		c->n_msgs++;
+	return j;
+}
+
+/* PIPE-NEXT: the connection ends before c->next_job's transaction was
+ * answered: the job goes back to the head of its queue, untried (its end
+ * of data was never sent, so the peer holds nothing of it). */
+static void next_job_requeue(struct rconn *c)
+{
+	struct remote_job *j = c->next_job;
+	if (!j)
+		return;
+	c->next_job = NULL;
+	if (TERN_BUG_ON(!c->dest)) {
+		c->job = j; /* cannot happen: deferred rather than lost */
+		job_finish(c);
+		return;
+	}
+	pthread_mutex_lock(&c->r->lock);
+	j->next = c->dest->head;
+	c->dest->head = j;
+	if (!c->dest->tail)
+		c->dest->tail = j;
+	pthread_mutex_unlock(&c->r->lock);
+	log_info("event=remote_requeued id=%s relay=%s reason=\"connection ended before its "
+	         "transaction was answered\"",
+	         j->id, target_host(c));
+}
+
 /* ------------------------------------------------------------------- I/O */
 
 /*
@@ -593,7 +681,8 @@ static bool bdat_due(const struct rconn *c, size_t ahead)
 static void wait_next_reply(struct rconn *c, size_t ahead)
 {
 	uint32_t t = c->conf->delivery.command_timeout;
-	if ((c->st == RC_DOT || bdat_due(c, ahead)) && t < FINAL_REPLY_MIN_SEC)
+	bool dot = c->st == RC_DOT && (ahead == 0 || !c->next_job); /* PIPE-NEXT: MAIL's */
+	if ((dot || bdat_due(c, ahead)) && t < FINAL_REPLY_MIN_SEC)
 		t = FINAL_REPLY_MIN_SEC;
 	wait_for(c, t);
 }
@@ -661,6 +750,7 @@ static void close_bev(struct rconn *c)
 	c->implicit_tls = false;
 	c->awaiting = 0;
 	c->body_pending = false;
+	c->tail_after_dot = 0;
 	wait_none(c);
 }
 
@@ -684,7 +774,11 @@ static void abort_bev(struct rconn *c)
  * included). */
 static bool data_handed_over(struct rconn *c)
 {
-	return out_queued(c) == 0;
+	/* PIPE-NEXT: the next transaction's commands behind the end of data
+	 * are not message data (under TLS the count is of plaintext against
+	 * bytes partly encrypted: the data phase may end a little early, which
+	 * only relaxes a check) */
+	return out_queued(c) <= c->tail_after_dot;
 }
 
 /* The socket took n bytes (written by libevent, or sent directly at a
@@ -703,6 +797,7 @@ static void wire_took(struct rconn *c, size_t n)
 	}
 	if (!c->pump.active && data_handed_over(c)) { /* SPILL: not while a read is due */
 		c->body_pending = false;
+		c->tail_after_dot = 0;
 		/* one_write: MAIL's or a RCPT's reply may still come first */
 		wait_next_reply(c, 0);
 		return;
@@ -773,9 +868,9 @@ static void emit_evbuffer(void *arg, const char *p, size_t n)
 
 /* ----------------------------------------------------------- transaction */
 
-static void send_rcpt(struct rconn *c, size_t i)
+static void send_rcpt_of(struct rconn *c, const struct remote_job *j, size_t i)
 {
-	struct remote_rcpt *rr = &c->job->rcpts[i];
+	const struct remote_rcpt *rr = &j->rcpts[i];
 	char params[700] = "";
 	size_t pl = 0;
 	if (c->caps.dsn) {
@@ -812,17 +907,22 @@ static void send_rcpt(struct rconn *c, size_t i)
 	send_line(c, "RCPT TO:<%s>%s", rr->addr, params);
 }
 
-static void send_mail(struct rconn *c)
+static void send_rcpt(struct rconn *c, size_t i)
 {
-	struct remote_job *j = c->job;
-	uint64_t len = c->converted.data ? c->converted.len : j->len + j->spill_len;
+	send_rcpt_of(c, c->job, i);
+}
+
+/* MAIL for j; conv: its downconverted body, if it has one (the size). */
+static void send_mail_of(struct rconn *c, const struct remote_job *j, const struct tbuf *conv)
+{
+	uint64_t len = conv && conv->data ? conv->len : j->len + j->spill_len;
 	char params[800] = "";
 	size_t pl = 0;
 	if (c->caps.has_size)
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " SIZE=%" PRIu64, len);
 	if (j->body == SMTP_BODY_BINARYMIME)
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " BODY=BINARYMIME");
-	else if (c->caps.eightbitmime && !c->converted.data &&
+	else if (c->caps.eightbitmime && !(conv && conv->data) &&
 	         (j->has_8bit || j->body == SMTP_BODY_8BITMIME))
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " BODY=8BITMIME");
 	if (j->smtputf8)
@@ -843,6 +943,11 @@ static void send_mail(struct rconn *c)
 	    smtp_xtext_encode(j->auth, strlen(j->auth), ax, sizeof(ax)) && pl < sizeof(params))
 		pl += (size_t)snprintf(params + pl, sizeof(params) - pl, " AUTH=%s", ax);
 	send_line(c, "MAIL FROM:<%s>%s", j->sender, params);
+}
+
+static void send_mail(struct rconn *c)
+{
+	send_mail_of(c, c->job, &c->converted);
 }
 
 /* Checks the message against the peer's capabilities; false if the job was
@@ -1063,6 +1168,10 @@ static void tx_next(struct rconn *c)
 		return;
 	}
 	job_finish(c);
+	if (c->next_job) {
+		take_next(c); /* PIPE-NEXT: already on the wire */
+		return;
+	}
 	conn_start_job(c);
 }
 
@@ -1156,6 +1265,60 @@ static void send_body_stream(struct rconn *c)
 		pump_failed(c);
 }
 
+/*
+ * PIPE-NEXT: behind the end of data of the current job (its last batch,
+ * with a recipient accepted), the next job's MAIL, RCPTs and DATA, in the
+ * same write: its replies follow the end of data's, one round trip per
+ * message instead of two, and a peer that pipelines its replies (as
+ * smtp-sink and Postfix do) answers both in one packet. Answered by
+ * take_next once the end of data's reply is in; if the connection ends
+ * first, the job goes back to its queue untried (next_job_requeue).
+ */
+static void pipeline_next(struct rconn *c)
+{
+	const struct remote_job *cur = c->job;
+	if (!c->conf->delivery.pipeline_next || !c->caps.pipelining || c->one_write ||
+	    c->next_job || c->batch_end < cur->n_rcpts || c->mail_failed || c->n_accepted == 0)
+		return;
+	struct remote_job *j = dest_pop_ahead(c);
+	if (!j)
+		return;
+	size_t before = out_queued(c);
+	send_mail_of(c, j, NULL);
+	for (size_t i = 0; i < j->n_rcpts; i++)
+		send_rcpt_of(c, j, i);
+	send_line(c, "DATA");
+	c->tail_after_dot = out_queued(c) - before;
+	c->next_job = j;
+	log_debug("event=remote_pipelined id=%s after=%s relay=%s", j->id, cur->id, target_host(c));
+}
+
+/* PIPE-NEXT: the end of data's reply is in and its job finished: the job
+ * sent behind it is the current one, its MAIL's reply next (as if
+ * start_batch had sent it now). */
+static void take_next(struct rconn *c)
+{
+	struct remote_job *j = c->next_job;
+	c->next_job = NULL;
+	c->job = j;
+	c->last_error[0] = '\0';
+	c->last_status[0] = '\0';
+	c->last_perm = false;
+	c->batch_start = 0;
+	c->batch_end = j->n_rcpts; /* <= BATCH_MAX (fits_as_is) */
+	c->rcpt_cursor = c->batch_end;
+	c->rcpt_reply_cursor = 0;
+	c->n_accepted = 0;
+	c->mail_failed = false;
+	c->one_write = false;
+	c->n_expect = c->i_expect = 0;
+	c->expect[c->n_expect++] = EX_MAIL;
+	for (size_t i = 0; i < j->n_rcpts; i++)
+		c->expect[c->n_expect++] = EX_RCPT;
+	c->expect[c->n_expect++] = EX_DATA;
+	enter_state(c, RC_TX);
+}
+
 static void send_body(struct rconn *c)
 {
 	struct remote_job *j = c->job;
@@ -1176,6 +1339,8 @@ static void send_body(struct rconn *c)
 		smtp_data_encode(d, len, emit_evbuffer, out);
 	}
 	data_sent(c);
+	if (j->body != SMTP_BODY_BINARYMIME)
+		pipeline_next(c);
 }
 
 /* After MAIL and every RCPT reply of the batch are in (non-pipelined or
@@ -1366,7 +1531,10 @@ static void end_reply(struct rconn *c, const struct smtp_reply *r, const char *p
 		if (ok && c->caps.dsn && (rr->notify || rr->orcpt))
 			rr->dsn_relayed = true;
 	}
-	if (ok) {
+	/* PIPE-NEXT: with the next MAIL sent behind the end of data, no RSET
+	 * (it would undo that transaction; this one is over either way, RFC
+	 * 5321 §4.1.1.4). */
+	if (ok || c->next_job) {
 		tx_next(c);
 	} else {
 		enter_state(c, RC_RSET);
@@ -2967,6 +3135,8 @@ static void conn_free(struct rconn *c)
 		c->dead = true;
 		return;
 	}
+	if (TERN_BUG_ON(c->next_job)) /* conn_end requeues it */
+		next_job_requeue(c);
 	pthread_mutex_lock(&c->r->lock);
 	if (c->prev)
 		c->prev->next = c->next;
@@ -3009,6 +3179,7 @@ static void conn_end(struct rconn *c)
 	struct dest *d = c->dest;
 	if (c->job)
 		job_finish(c);
+	next_job_requeue(c); /* PIPE-NEXT: then `more` below counts it */
 	if (d) {
 		pthread_mutex_lock(&r->lock);
 		bool more = d->head != NULL;
@@ -3195,7 +3366,13 @@ void remote_submit(struct remote *r, struct remote_job *job)
 	bool spawn = !idle && d->active < max;
 	if (spawn)
 		d->active++;
+	char waiting[sizeof(job->id)] = ""; /* copied: once unlocked, a connection may take it */
+	if (!idle && !spawn)
+		memcpy(waiting, job->id, sizeof(waiting));
 	pthread_mutex_unlock(&r->lock);
+	if (waiting[0])
+		log_debug("event=remote_queued id=%s dest=%s reason=\"every connection busy\"",
+		          waiting, key);
 	if (idle && worker_post(idle->w, conn_unpark, idle) != 0) {
 		/* Cannot reach its worker (out of memory): it stays parked and
 		 * its wait ends it; a new connection takes the job if it can. */
@@ -3314,7 +3491,8 @@ void remote_free(struct remote *r)
 	while (r->conns) {
 		struct rconn *c = r->conns;
 		remote_job_free(c->job);
-		c->job = NULL;
+		remote_job_free(c->next_job);
+		c->job = c->next_job = NULL;
 		conn_free(c);
 	}
 	for (size_t i = 0; r->resolvers && i < r->n_workers; i++)

@@ -865,6 +865,19 @@ class ThreadedPeer:
             self.threads.append(th)
             th.start()
 
+    @staticmethod
+    def _answer_rest(s, verb):
+        """Answers RSET, QUIT and any verb the peer does not take, as every test peer
+        does; False after QUIT (the connection is done)."""
+        if verb == "RSET":
+            s.sendall(b"250 2.0.0 reset\r\n")
+        elif verb == "QUIT":
+            s.sendall(b"221 2.0.0 bye\r\n")
+            return False
+        else:
+            s.sendall(b"502 5.5.2 not here\r\n")
+        return True
+
     def _conn(self, s):
         s.settimeout(30)
         cmds = []

@@ -137,13 +137,8 @@ class WireMX(ThreadedPeer):
                 with self.lock:
                     self.tx.append({"how": "BDAT", "size": n, "data": data})
                 s.sendall(b"250 2.0.0 queued\r\n")
-            elif verb == "RSET":
-                s.sendall(b"250 2.0.0 reset\r\n")
-            elif verb == "QUIT":
-                s.sendall(b"221 2.0.0 bye\r\n")
+            elif not self._answer_rest(s, verb):
                 return
-            else:
-                s.sendall(b"502 5.5.2 not here\r\n")
 
 
 def start(remote_tern, fake):
