@@ -56,6 +56,9 @@
  * released can let a later segment go.
  * The file's descriptor is then closed by the preparer thread (seg_retire):
  * that last close frees the blocks, slow enough to stall every commit.
+ * RECYCLE: one finished file at a time is renamed to a spare's name
+ * instead (seg_recycle) and becomes the next segment ("-r"), written over
+ * under a new nonce: no zeros to write ahead, no blocks to free.
  *
  * Compaction (spool_maintain): a live message of an old, mostly-dead
  * segment is re-appended as a new MSG record (same id, recipients' current
@@ -130,6 +133,10 @@ struct seg {
 	 * fdatasync has only data to write. 0 for a segment made by appending. */
 	uint64_t prep_end;
 	bool prepared; /* made from a spare: "-p" in its name, zeros are its clean end */
+	/* RECYCLE: made from a finished segment's file ("-r" in its name): after
+	 * its last record, bytes of the file's past (records under other
+	 * nonces) or zeros */
+	bool recycled;
 	uint64_t pins;
 	uint32_t *tombs; /* segments holding DEL records for messages in this one */
 	size_t n_tombs, cap_tombs;
@@ -299,6 +306,11 @@ struct spool {
 	uint64_t spare_nonce, spare_size;
 	uint64_t spare_want; /* bytes to prepare; 0: none wanted (or the last try failed) */
 	uint64_t prep_bytes; /* stats: zeros prepared and not yet used (spare + current's rest) */
+	bool spare_recycled; /* RECYCLE: the spare is a finished segment's file */
+	/* RECYCLE: a finished segment's file, renamed .prep-NONCE, waiting to be
+	 * the next spare (bin_fd -1: none) */
+	int bin_fd;
+	uint64_t bin_nonce, bin_size;
 	/* Dead segments' descriptors, closed by the preparer thread (seg_retire);
 	 * under pmu. */
 	int grave[GRAVE_MAX];
@@ -327,7 +339,9 @@ static void seg_name(const struct seg *g, char *out, size_t outlen)
 		snprintf(out, outlen, "seg-%010" PRIu32 ".log", g->no);
 	else
 		snprintf(out, outlen, "seg-%010" PRIu32 "-%016" PRIx64 "%s.log", g->no, g->nonce,
-		         g->prepared ? "-p" : "");
+		         g->recycled   ? "-r"
+		         : g->prepared ? "-p"
+		                       : "");
 }
 
 static void seg_path(const struct spool *s, const struct seg *g, char *out, size_t outlen)
@@ -339,13 +353,15 @@ static void seg_path(const struct spool *s, const struct seg *g, char *out, size
 
 /* Parses a segment file name: "seg-" 10 digits ".log" (version 1) or
  * "seg-" 10 digits "-" 16 lowercase hex digits ".log" (version 2), or the
- * same with "-p.log" (version 2, prepared). */
+ * same with "-p.log" (version 2, prepared) or "-r.log" (version 2,
+ * recycled). */
 static bool seg_parse_name(const char *nm, uint32_t *no, unsigned *ver, uint64_t *nonce,
-                           bool *prepared)
+                           bool *prepared, bool *recycled)
 {
 	size_t n = strlen(nm);
 	*prepared = n == 37 && strcmp(nm + 31, "-p.log") == 0;
-	if ((n != 18 && n != 35 && !*prepared) || strncmp(nm, "seg-", 4) != 0 ||
+	*recycled = n == 37 && strcmp(nm + 31, "-r.log") == 0;
+	if ((n != 18 && n != 35 && !*prepared && !*recycled) || strncmp(nm, "seg-", 4) != 0 ||
 	    strcmp(nm + n - 4, ".log") != 0)
 		return false;
 	uint64_t v = 0;
@@ -383,7 +399,7 @@ static bool seg_parse_name(const char *nm, uint32_t *no, unsigned *ver, uint64_t
 static struct spool_seg_fmt seg_fmt(const struct seg *g)
 {
 	return (struct spool_seg_fmt){
-	    .version = g->ver, .nonce = g->nonce, .prepared = g->prepared};
+	    .version = g->ver, .nonce = g->nonce, .prepared = g->prepared, .recycled = g->recycled};
 }
 
 /* A random nonce for a new segment (never 0: the encoders' placeholder). */
@@ -956,6 +972,25 @@ static int spare_prepare(struct spool *s, uint64_t size, int *fd_out, uint64_t *
 	return TERN_OK;
 }
 
+/* RECYCLE: removes the file waiting in the bin, if any (it is not a
+ * segment: nothing in it is wanted). Caller holds pmu; drops it while
+ * removing. */
+static void bin_drop_locked(struct spool *s, const char *why)
+{
+	if (s->bin_fd < 0)
+		return;
+	int fd = s->bin_fd;
+	uint64_t nonce = s->bin_nonce, size = s->bin_size;
+	s->bin_fd = -1;
+	pthread_mutex_unlock(&s->pmu);
+	char name[64];
+	spare_name(nonce, name, sizeof(name));
+	unlinkat(s->dirfd, name, 0);
+	close(fd);
+	log_info("event=spool_spare_removed bytes=%" PRIu64 " reason=%s recycled=1", size, why);
+	pthread_mutex_lock(&s->pmu);
+}
+
 static void *preparer_main(void *arg)
 {
 	struct spool *s = arg;
@@ -971,6 +1006,18 @@ static void *preparer_main(void *arg)
 		if (s->pclosing)
 			break;
 		uint64_t want = s->spare_want;
+		if (s->bin_fd >= 0 && s->bin_size >= want) {
+			/* RECYCLE: a finished segment's file, already in place
+			 * under a spare's name: no zeros to write */
+			s->spare_fd = s->bin_fd;
+			s->spare_nonce = s->bin_nonce;
+			s->spare_size = s->bin_size;
+			s->spare_recycled = true;
+			s->spare_ready = true;
+			s->bin_fd = -1;
+			continue;
+		}
+		bin_drop_locked(s, "smaller than wanted");
 		pthread_mutex_unlock(&s->pmu);
 		int fd = -1;
 		uint64_t nonce = 0;
@@ -983,6 +1030,7 @@ static void *preparer_main(void *arg)
 		s->spare_fd = fd;
 		s->spare_nonce = nonce;
 		s->spare_size = want;
+		s->spare_recycled = false;
 		s->spare_ready = true;
 	}
 	pthread_mutex_unlock(&s->pmu);
@@ -1042,6 +1090,7 @@ static int seg_from_spare(struct spool *s, uint32_t no, struct seg **out)
 	bool ready = s->spare_ready;
 	int fd = s->spare_fd;
 	uint64_t nonce = s->spare_nonce, size = s->spare_size;
+	bool recycled = s->spare_recycled;
 	s->spare_ready = false;
 	s->spare_fd = -1;
 	if (ready)
@@ -1062,7 +1111,8 @@ static int seg_from_spare(struct spool *s, uint32_t no, struct seg **out)
 	g->nonce = nonce;
 	g->fd = fd;
 	g->prep_end = size;
-	g->prepared = true;
+	g->prepared = !recycled;
+	g->recycled = recycled;
 	seg_name(g, to, sizeof(to));
 	if (renameat(s->dirfd, from, s->dirfd, to) != 0) {
 		log_warn("event=spool_prepare_failed seg=%" PRIu32 " reason=rename errno=%d "
@@ -1077,7 +1127,8 @@ static int seg_from_spare(struct spool *s, uint32_t no, struct seg **out)
 		seg_free(g);
 		return TERN_EIO;
 	}
-	log_info("event=spool_segment_new seg=%" PRIu32 " prepared=%" PRIu64, no, size);
+	log_info("event=spool_segment_new seg=%" PRIu32 " prepared=%" PRIu64 " recycled=%d", no,
+	         size, recycled);
 	*out = g;
 	return TERN_OK;
 }
@@ -1202,19 +1253,77 @@ static int seg_set_aside(struct spool *s, struct seg *g)
 
 /* Committer (or open, before the committer runs): removes every segment
  * that nothing needs any more — unlinked, or set aside if it is damaged. */
+/*
+ * RECYCLE: a finished segment's file becomes the next spare instead of
+ * being unlinked, when the bin is empty and the file is big enough: renamed
+ * to a spare's name under a new nonce (the reap's directory sync makes that
+ * durable, as it does an unlink), it is overwritten by the records of the
+ * segment it becomes. That writes no zeros ahead (a 64 MiB segment's worth
+ * every time one is used up) and frees no blocks (a 64 MiB file's took
+ * 10-25 ms of the disk, ext4 with discard). Its old records carry another
+ * nonce, so recovery reads them as the end of the new segment's records
+ * ("-r" name, spool_record.c); a spare is never a segment, so a crash
+ * before it is used leaves it to spare_sweep. TERN_OK: renamed.
+ */
+static int seg_recycle(struct spool *s, struct seg *g)
+{
+	struct stat st;
+	pthread_mutex_lock(&s->pmu);
+	bool room = s->bin_fd < 0 && !s->pclosing;
+	pthread_mutex_unlock(&s->pmu);
+	if (!room || g->fd < 0 || fstat(g->fd, &st) != 0 || (uint64_t)st.st_size < PREP_MIN_BYTES)
+		return TERN_ENOTFOUND;
+	char from[64], to[64];
+	seg_name(g, from, sizeof(from));
+	uint64_t nonce = new_nonce();
+	spare_name(nonce, to, sizeof(to));
+	if (renameat(s->dirfd, from, s->dirfd, to) != 0)
+		return TERN_EIO; /* unlinked instead */
+	g->nonce = nonce;        /* the spare's now (seg_free does not look) */
+	g->size = (uint64_t)st.st_size;
+	log_info("event=spool_segment_recycled seg=%" PRIu32 " bytes=%" PRIu64, g->no, g->size);
+	return TERN_OK;
+}
+
+/* RECYCLE: after the directory sync, the recycled file waits in the bin for
+ * the preparer (preparer_main takes it as the next spare). */
+static void bin_put(struct spool *s, struct seg *g)
+{
+	pthread_mutex_lock(&s->pmu);
+	if (s->bin_fd < 0 && g->fd >= 0) {
+		s->bin_fd = g->fd;
+		s->bin_nonce = g->nonce;
+		s->bin_size = g->size;
+		g->fd = -1;
+		pthread_cond_signal(&s->pcond);
+	}
+	pthread_mutex_unlock(&s->pmu);
+	if (g->fd >= 0) { /* cannot happen (one committer fills the bin): not a segment */
+		char name[64];
+		spare_name(g->nonce, name, sizeof(name));
+		unlinkat(s->dirfd, name, 0);
+	}
+}
+
 static void reap(struct spool *s)
 {
 	for (;;) {
 		struct seg *dead[64];
-		bool aside[64], kept[64];
-		size_t nd = 0;
+		bool aside[64], kept[64], recycled[64];
+		size_t nd = 0, pick = SIZE_MAX;
 		pthread_mutex_lock(&s->mu);
 		s->reap_hint = false;
 		for (size_t i = 0; i < s->n_segs && nd < 64;) {
 			struct seg *g = s->segs[i];
 			if (g->no != s->cur_no && g->live == 0 && g->pins == 0 && g->apins == 0 &&
 			    !g->keep) {
+				/* RECYCLE: one healthy version 2 file nobody reads (out
+				 * of the table now, so nobody will) */
+				if (pick == SIZE_MAX && !g->damaged && g->ver == SPOOL_REC_V2 &&
+				    g->readers == 0)
+					pick = nd;
 				aside[nd] = g->damaged;
+				recycled[nd] = false;
 				dead[nd++] = g;
 				seg_remove_at(s, i);
 			} else {
@@ -1235,7 +1344,11 @@ static void reap(struct spool *s)
 		}
 		for (size_t i = 0; i < nd; i++) {
 			struct seg *g = dead[i];
-			kept[i] = (aside[i] ? seg_set_aside(s, g) : seg_unlink(s, g)) != TERN_OK;
+			if (i == pick && seg_recycle(s, g) == TERN_OK)
+				recycled[i] = true, kept[i] = false;
+			else
+				kept[i] =
+				    (aside[i] ? seg_set_aside(s, g) : seg_unlink(s, g)) != TERN_OK;
 			fault_point(s, FAULT_REAP_UNLINK);
 		}
 		/* Tombstones in other segments may go only once these unlinks are
@@ -1262,9 +1375,12 @@ static void reap(struct spool *s)
 			dead[i] = g;
 		}
 		pthread_mutex_unlock(&s->mu);
-		for (size_t i = 0; i < nd; i++)
+		for (size_t i = 0; i < nd; i++) {
+			if (dead[i] && recycled[i])
+				bin_put(s, dead[i]); /* its name is gone for good: the bin's */
 			if (dead[i])
 				seg_retire(s, dead[i]);
+		}
 	}
 }
 
@@ -1848,6 +1964,7 @@ struct seg_ent {
 	unsigned ver;
 	uint64_t nonce;
 	bool prepared;
+	bool recycled;
 	char name[64];
 };
 
@@ -1876,7 +1993,7 @@ static int list_segments(int dirfd, const char *dir, struct seg_ent **out, size_
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		struct seg_ent e;
-		if (!seg_parse_name(de->d_name, &e.no, &e.ver, &e.nonce, &e.prepared))
+		if (!seg_parse_name(de->d_name, &e.no, &e.ver, &e.nonce, &e.prepared, &e.recycled))
 			continue;
 		tern_strlcpy(e.name, de->d_name, sizeof(e.name));
 		if (n == cap) {
@@ -1921,8 +2038,11 @@ static int scan_set_aside(struct spool *s, struct tbuf *pay)
 	for (size_t i = 0; i < n && rc == TERN_OK; i++) {
 		char file[96];
 		snprintf(file, sizeof(file), DAMAGED_DIR "/%s", v[i].name);
-		struct seg g = {
-		    .no = v[i].no, .ver = v[i].ver, .nonce = v[i].nonce, .prepared = v[i].prepared};
+		struct seg g = {.no = v[i].no,
+		                .ver = v[i].ver,
+		                .nonce = v[i].nonce,
+		                .prepared = v[i].prepared,
+		                .recycled = v[i].recycled};
 		struct stat st;
 		g.fd = openat(s->dirfd, file, O_RDONLY | O_CLOEXEC);
 		if (g.fd < 0 || fstat(g.fd, &st) != 0) {
@@ -1985,6 +2105,7 @@ static int recover(struct spool *s)
 		g->ver = ents[i].ver;
 		g->nonce = ents[i].nonce;
 		g->prepared = ents[i].prepared;
+		g->recycled = ents[i].recycled;
 		g->fd = openat(s->dirfd, ents[i].name, O_RDWR | O_CLOEXEC);
 		struct stat st;
 		if (g->fd < 0 || fstat(g->fd, &st) != 0) {
@@ -2171,6 +2292,7 @@ int spool_open_flags(const char *dir, unsigned flags, struct spool **out)
 	pthread_mutex_init(&s->pmu, NULL);
 	pthread_cond_init(&s->pcond, NULL);
 	s->spare_fd = -1;
+	s->bin_fd = -1;
 	if (!(s->dir = tern_strdup(dir))) {
 		rc = TERN_ENOMEM;
 		goto fail;
@@ -2260,8 +2382,12 @@ void spool_close(struct spool *s)
 	pthread_mutex_lock(&s->pmu);
 	grave_close(s); /* what the preparer had not closed yet */
 	pthread_mutex_unlock(&s->pmu);
-	if (s->dirfd >= 0)
+	if (s->dirfd >= 0) {
 		spare_drop(s, "close");
+		pthread_mutex_lock(&s->pmu);
+		bin_drop_locked(s, "close");
+		pthread_mutex_unlock(&s->pmu);
+	}
 	while (s->qhead) { /* only if the committer never started */
 		struct item *nx = s->qhead->next;
 		item_free(s->qhead);

@@ -110,6 +110,7 @@ struct spool_seg_fmt {
 	unsigned version; /* SPOOL_REC_V1 or SPOOL_REC_V2 */
 	uint64_t nonce;   /* version 2: every record carries it */
 	bool prepared;    /* version 2: written full of zeros first ("-p" name) */
+	bool recycled;    /* version 2: a finished segment's file reused ("-r" name) */
 };
 
 struct spool_rec_hdr {
@@ -214,6 +215,16 @@ bool spool_rcpt_state_final(enum rcpt_state st);
  * the torn tail of an append a crash cut short, even when their header is
  * whole; bytes that are no record followed by a valid record are damage,
  * reported as before. In a segment that is not prepared nothing changes.
+ *
+ * RECYCLE: a recycled segment (f->recycled) is a finished segment's file
+ * written over from its start under a new nonce, so after its last record
+ * come the old records (whose headers carry another nonce, so they are no
+ * records of this segment) and maybe zeros. Where the scan meets something
+ * that is not a record and no record of this segment follows, the segment
+ * ends: cleanly when no header of this segment starts there, else (a
+ * header of ours whose record is cut short) with a torn tail from there to
+ * the end of the file, which the caller cuts off. What is followed by a
+ * record of this segment is damage, reported as before.
  *
  * It never trusts a length before the header holding it is verified, and
  * reads only through ops->read; a read error ends the scan with the rest of

@@ -961,6 +961,29 @@ static int scan_loop(struct scan *sc)
 		uint64_t reclen = (uint64_t)h.hdr_len + h.len; /* meaningful for OK/BAD_PAYLOAD */
 		const uint8_t *pl = (const uint8_t *)sc->pay->data;
 		uint64_t z = sc->size;
+		if (f->recycled && p != P_OK && p != P_READ_ERROR) {
+			/* RECYCLE: is any record of this segment left after off? */
+			uint64_t nx;
+			rc = find_next(sc, off + 1, &nx);
+			if (rc == TERN_EIO)
+				return report(sc, off, sc->size - off, SPOOL_DAMAGE_READ_ERROR, 0,
+				              NULL, 0);
+			if (rc != TERN_OK)
+				return rc;
+			if (nx == sc->size) {
+				if (p == P_BAD_HEADER) {
+					/* the file's past (or zeros): a clean end */
+					sc->res->torn_off = sc->res->zero_off = off;
+					return TERN_OK;
+				}
+				/* a header of ours, its record cut short: torn */
+				if (p != P_SHORT_HEADER)
+					torn_hint(sc, off, hb);
+				sc->res->torn_off = off;
+				sc->res->zero_off = sc->size;
+				return TERN_OK;
+			}
+		}
 		if (f->prepared && p != P_OK && p != P_READ_ERROR) {
 			rc = zero_tail(sc, &z);
 			if (rc == TERN_EIO)

@@ -74,11 +74,12 @@ static struct spool_seg_fmt path_fmt(const char *path)
 {
 	const char *nm = strrchr(path, '/');
 	nm = nm ? nm + 1 : path;
-	struct spool_seg_fmt f = {SPOOL_REC_V1, 0, false};
+	struct spool_seg_fmt f = {SPOOL_REC_V1, 0, false, false};
 	if (strlen(nm) == 35 || strlen(nm) == 37) {
 		f.version = SPOOL_REC_V2;
 		f.nonce = strtoull(nm + 15, NULL, 16);
-		f.prepared = strlen(nm) == 37;
+		f.prepared = strlen(nm) == 37 && strstr(nm, "-p.log") != NULL;
+		f.recycled = strlen(nm) == 37 && strstr(nm, "-r.log") != NULL;
 	}
 	return f;
 }
@@ -86,7 +87,7 @@ static struct spool_seg_fmt path_fmt(const char *path)
 #define TEST_NONCE 0x0123456789abcdefull
 
 /* What the encoders write before the committer stamps a nonce. */
-static const struct spool_seg_fmt fmt0 = {SPOOL_REC_V2, 0, false};
+static const struct spool_seg_fmt fmt0 = {SPOOL_REC_V2, 0, false, false};
 
 static off_t file_size(const char *path)
 {
@@ -560,12 +561,12 @@ static void test_record_roundtrip_keeps_every_field(void **st)
 
 	/* the nonce: a record is valid only in a segment whose nonce it carries */
 	spool_rec_stamp((uint8_t *)b.data, TEST_NONCE);
-	const struct spool_seg_fmt fx = {SPOOL_REC_V2, TEST_NONCE, false};
+	const struct spool_seg_fmt fx = {SPOOL_REC_V2, TEST_NONCE, false, false};
 	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &fx, &h, &reclen), TERN_OK);
 	assert_int_equal(h.nonce, TEST_NONCE);
 	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &fmt0, &h, &reclen),
 	                 TERN_ECORRUPT);
-	const struct spool_seg_fmt fv1 = {SPOOL_REC_V1, 0, false};
+	const struct spool_seg_fmt fv1 = {SPOOL_REC_V1, 0, false, false};
 	assert_int_equal(spool_rec_next((uint8_t *)b.data, b.len, &fv1, &h, &reclen),
 	                 TERN_ECORRUPT);
 	spool_rec_stamp((uint8_t *)b.data, 0);
@@ -2086,9 +2087,9 @@ static void test_scan_finds_every_untouched_record_whatever_the_damage(void **st
 	vat[0][N] = v[0].len;
 	vat[1][N] = v[1].len;
 	/* and PREALLOC: v2 in a prepared segment, the same bytes then zeros */
-	const struct spool_seg_fmt fmts[3] = {{SPOOL_REC_V2, TEST_NONCE, false},
-	                                      {SPOOL_REC_V1, 0, false},
-	                                      {SPOOL_REC_V2, TEST_NONCE, true}};
+	const struct spool_seg_fmt fmts[3] = {{SPOOL_REC_V2, TEST_NONCE, false, false},
+	                                      {SPOOL_REC_V1, 0, false, false},
+	                                      {SPOOL_REC_V2, TEST_NONCE, true, false}};
 	enum { ZTAIL = 9000 };
 	struct tbuf pay = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
 	srand(1234);

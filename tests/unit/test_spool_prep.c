@@ -80,27 +80,33 @@ static void assert_msg(struct spool *s, const struct spool_msg *m, unsigned seed
 	tbuf_free(&b);
 }
 
-/* n MSG records (message i has data seed i), stamped with NONCE; at[i] is
- * where record i starts, at[n] where the last ends. */
-static void encode_msgs(struct tbuf *b, struct spool_msg **m, int n, size_t *at)
+/* n MSG records (message i has data seed seed0 + i), stamped with nonce;
+ * at[i] is where record i starts, at[n] where the last ends. */
+static void encode_msgs_as(struct tbuf *b, struct spool_msg **m, int n, size_t *at, uint64_t nonce,
+                           unsigned seed0)
 {
 	for (int i = 0; i < n; i++) {
 		char data[DLEN];
-		fill_data(data, sizeof(data), (unsigned)i);
+		fill_data(data, sizeof(data), seed0 + (unsigned)i);
 		at[i] = b->len;
 		m[i]->size = DLEN;
 		assert_int_equal(spool_rec_encode_msg(b, m[i], data, DLEN, NULL), TERN_OK);
-		spool_rec_stamp((uint8_t *)b->data + at[i], NONCE);
+		spool_rec_stamp((uint8_t *)b->data + at[i], nonce);
 	}
 	at[n] = b->len;
 }
 
+static void encode_msgs(struct tbuf *b, struct spool_msg **m, int n, size_t *at)
+{
+	encode_msgs_as(b, m, n, at, NONCE, 0);
+}
+
 /* Writes len bytes of p as segment no of dir, prepared ("-p": then zeros up
  * to size) or not. */
-static void write_seg(const char *dir, unsigned no, bool prepared, const void *p, size_t len,
-                      size_t size, char *path, size_t pathlen)
+static void write_seg_as(const char *dir, unsigned no, const char *suffix, const void *p,
+                         size_t len, size_t size, char *path, size_t pathlen)
 {
-	snprintf(path, pathlen, "%s/seg-%010u-%016llx%s.log", dir, no, NONCE, prepared ? "-p" : "");
+	snprintf(path, pathlen, "%s/seg-%010u-%016llx%s.log", dir, no, NONCE, suffix);
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	assert_true(fd >= 0);
 	if (len)
@@ -112,6 +118,12 @@ static void write_seg(const char *dir, unsigned no, bool prepared, const void *p
 		off += k;
 	}
 	close(fd);
+}
+
+static void write_seg(const char *dir, unsigned no, bool prepared, const void *p, size_t len,
+                      size_t size, char *path, size_t pathlen)
+{
+	write_seg_as(dir, no, prepared ? "-p" : "", p, len, size, path, pathlen);
 }
 
 static off_t file_size(const char *path)
@@ -610,6 +622,192 @@ static void test_prepare_failure_falls_back_to_appending(void **st)
 	tmpdir_rm(&td);
 }
 
+/* ---- recycled segments (RECYCLE) ------------------------------------------ */
+
+#define OLD_NONCE 0x1122334455667788ull /* the file's past */
+
+/* A recycled segment: the records written into it (NONCE), then its past:
+ * records of the segment it was (OLD_NONCE), then zeros. m[0..N) are ours,
+ * m[N..N+K) the old ones; returns where ours end. `mid`: what to do to our
+ * records (0 nothing, 1 cut the last one short, 2 garbage in the middle). */
+static size_t write_recycled(const char *dir, struct spool_msg **m, int n, int k, int mid,
+                             char *path, size_t pathlen)
+{
+	struct tbuf ours = TBUF_INIT(1 << 20), old = TBUF_INIT(1 << 20);
+	size_t at[16], ot[16];
+	encode_msgs(&ours, m, n, at);
+	encode_msgs_as(&old, m + n, k, ot, OLD_NONCE, 1000); /* other bytes than ours */
+	size_t end = at[n];
+	uint8_t *p = calloc(1, PREP);
+	assert_non_null(p);
+	memcpy(p, old.data, old.len + 3 * 4096 <= PREP ? old.len : 0); /* the past, from 0 */
+	if (mid == 1)
+		end = at[n - 1] + (at[n] - at[n - 1]) / 2; /* the last record cut short */
+	memcpy(p, ours.data, end);                         /* written over it */
+	if (mid == 2)
+		memset(p + at[1] + 5, 0x5a, 40); /* damage inside record 1 */
+	write_seg_as(dir, 1, "-r", p, old.len > end ? old.len : end, PREP, path, pathlen);
+	free(p);
+	tbuf_free(&ours);
+	tbuf_free(&old);
+	return mid == 1 ? at[n - 1] : end;
+}
+
+/* One recycled segment on disk and the spool opened on it: m[0..n) ours,
+ * m[n..n+k) its past, m[n+k] a spare message; `mid` as for write_recycled.
+ * The log is captured from before the open. */
+struct recycled {
+	struct tmpdir td;
+	struct spool_msg *m[16];
+	int n, k;
+	char path[512];
+	size_t end;
+	struct spool *s;
+};
+
+static void recycled_open(struct recycled *r, int n, int k, int mid)
+{
+	r->n = n;
+	r->k = k;
+	tmpdir_make(&r->td);
+	for (int i = 0; i <= n + k; i++)
+		r->m[i] = fixture_msg((unsigned)i);
+	r->end = write_recycled(r->td.path, r->m, n, k, mid, r->path, sizeof(r->path));
+	log_capture_start();
+	assert_int_equal(spool_open(r->td.path, &r->s), TERN_OK);
+}
+
+/* The messages whose bit is set in `present` are in the spool with their
+ * bytes, no other (the past never is); `damaged` ranges are reported. */
+static void recycled_expect(struct recycled *r, unsigned present, size_t damaged)
+{
+	size_t count = 0;
+	for (int i = 0; i < r->n + r->k; i++) {
+		if (present & (1u << i)) {
+			assert_msg(r->s, r->m[i], (unsigned)i);
+			count++;
+		} else {
+			assert_null(spool_get(r->s, r->m[i]->id));
+		}
+	}
+	assert_int_equal(spool_count(r->s), count);
+	assert_int_equal(spool_foreach_damage(r->s, NULL, NULL), damaged);
+}
+
+static void recycled_done(struct recycled *r)
+{
+	spool_close(r->s);
+	free_all(r->m, r->n + r->k + 1);
+	tmpdir_rm(&r->td);
+}
+
+/* After the last record of a recycled segment come the records of its past
+ * (another nonce) and zeros: a clean end, none of them comes back, nothing
+ * is reported, and the next put goes right after the last record. */
+static void test_recycled_segment_ends_at_its_last_record(void **st)
+{
+	(void)st;
+	struct recycled r;
+	recycled_open(&r, 3, 6, 0);
+	recycled_expect(&r, 0x7, 0);
+	assert_int_equal(log_capture_count("event=spool_damaged", NULL), 0);
+	assert_int_equal(log_capture_count("torn_tail", NULL), 0);
+	log_capture_stop();
+	put_sync(r.s, r.m[9], 9);
+	spool_close(r.s);
+	assert_int_equal(file_size(r.path), PREP); /* written over, not grown */
+	assert_false(file_zero(r.path, r.end, r.end + 4));
+	assert_int_equal(spool_open(r.td.path, &r.s), TERN_OK);
+	assert_int_equal(spool_count(r.s), 4);
+	assert_msg(r.s, r.m[9], 9);
+	assert_int_equal(spool_foreach_damage(r.s, NULL, NULL), 0);
+	recycled_done(&r);
+}
+
+/* A crash during an append into a recycled segment: the record cut short
+ * is a torn tail (cut off, not reported), the ones before it stay, the
+ * past after it never comes back. */
+static void test_recycled_torn_record_is_cut(void **st)
+{
+	(void)st;
+	struct recycled r;
+	recycled_open(&r, 3, 6, 1);
+	recycled_expect(&r, 0x3, 0);
+	assert_int_equal(log_capture_count("torn_tail", NULL), 1);
+	log_capture_stop();
+	assert_int_equal(file_size(r.path), (off_t)r.end); /* nothing of the past left */
+	recycled_done(&r);
+}
+
+/* Damage among a recycled segment's records is damage, as anywhere: the
+ * records after it are kept, the past after them is not read. */
+static void test_recycled_damage_in_the_middle_keeps_what_follows(void **st)
+{
+	(void)st;
+	struct recycled r;
+	recycled_open(&r, 4, 6, 2);
+	log_capture_stop();
+	recycled_expect(&r, 0xd, 1); /* 0, 2 and 3: not 1 */
+	recycled_done(&r);
+}
+
+/* The writer: a finished segment's file becomes a later segment ("-r"),
+ * the removed messages in it never come back, the live ones all do. */
+static void test_writer_recycles_finished_segments(void **st)
+{
+	(void)st;
+	enum { N = 24, BIG = 200 * 1024 };
+	struct tmpdir td;
+	tmpdir_make(&td);
+	struct spool_msg *m[N];
+	for (int i = 0; i < N; i++)
+		m[i] = fixture_msg((unsigned)i);
+	char *big = malloc(BIG);
+	log_capture_start();
+	log_set_level(LOG_LVL_INFO); /* the segment lines */
+	struct spool *s;
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	spool_debug_set_segment_max(s, 1024 * 1024); /* spares of 1 MiB, the least kept */
+	for (int i = 0; i < N; i++) {
+		if (i == N / 2) /* the first half finished: their segments go */
+			for (int k = 0; k < N / 2; k++)
+				assert_int_equal(spool_remove(s, m[k]->id), TERN_OK);
+		fill_data(big, BIG, (unsigned)i);
+		struct waiter w;
+		waiter_init(&w);
+		m[i]->size = BIG;
+		assert_int_equal(spool_put(s, m[i], big, BIG, put_cb, &w), TERN_OK);
+		waiter_wait(&w, 1);
+		assert_int_equal(w.ok, 1);
+		waiter_destroy(&w);
+	}
+	spool_close(s);
+	assert_true(log_capture_count("event=spool_segment_recycled", NULL) >= 1);
+	assert_true(log_capture_count("event=spool_segment_new", "recycled=1") >= 1);
+	log_set_level(LOG_LVL_WARN);
+	log_capture_stop();
+	assert_true(count_files(td.path, "seg-") >= 2);
+	assert_int_equal(count_files(td.path, ".prep-"), 0); /* the bin emptied at close */
+	assert_int_equal(spool_open(td.path, &s), TERN_OK);
+	assert_int_equal(spool_count(s), N - N / 2);
+	for (int i = 0; i < N / 2; i++)
+		assert_null(spool_get(s, m[i]->id));
+	struct tbuf b = TBUF_INIT(1 << 20);
+	for (int i = N / 2; i < N; i++) {
+		fill_data(big, BIG, (unsigned)i);
+		tbuf_reset(&b);
+		assert_int_equal(spool_read_data(s, m[i]->id, &b), TERN_OK);
+		assert_int_equal(b.len, BIG);
+		assert_memory_equal(b.data, big, BIG);
+	}
+	assert_int_equal(spool_foreach_damage(s, NULL, NULL), 0);
+	spool_close(s);
+	tbuf_free(&b);
+	free(big);
+	free_all(m, N);
+	tmpdir_rm(&td);
+}
+
 int main(void)
 {
 	log_set_level(LOG_LVL_WARN);
@@ -622,6 +820,10 @@ int main(void)
 	    cmocka_unit_test(test_zero_tail_never_starts_inside_a_record),
 	    cmocka_unit_test(test_writer_prepares_ahead),
 	    cmocka_unit_test(test_prepare_failure_falls_back_to_appending),
+	    cmocka_unit_test(test_recycled_segment_ends_at_its_last_record),
+	    cmocka_unit_test(test_recycled_torn_record_is_cut),
+	    cmocka_unit_test(test_recycled_damage_in_the_middle_keeps_what_follows),
+	    cmocka_unit_test(test_writer_recycles_finished_segments),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
