@@ -11,7 +11,9 @@
  * clear = version 2 (records carrying FUZZ_NONCE), set = version 1. With
  * mode bit 0 set, the checksums of the records along the chain from offset
  * 0 are fixed up first, so the fuzzer reaches the payload decoders instead
- * of stopping at a checksum.
+ * of stopping at a checksum. Version 2 only: bit 2 scans it as a prepared
+ * segment (zeros after the last record), bit 3 as a recycled one (the
+ * file's past after it, any bytes).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -154,6 +156,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (c.f.version == SPOOL_REC_V2) {
 		c.f.nonce = FUZZ_NONCE;
 		c.f.prepared = data[0] & 4; /* PREALLOC: zeros after the last record */
+		c.f.recycled = data[0] & 8; /* RECYCLE: the file's past after it */
 	}
 	size -= 1;
 	uint8_t *buf = malloc(size ? size : 1);
@@ -168,12 +171,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct spool_scan_result res;
 	struct tbuf pay = TBUF_INIT(SPOOL_REC_MAX_PAYLOAD);
 	int rc = spool_scan(&ops, size, &c.f, &pay, &res);
+	bool ends_early = c.f.prepared || c.f.recycled;
 	if (rc == TERN_OK && (c.pos != res.torn_off || res.torn_off > res.zero_off ||
-	                      res.zero_off > size || (!c.f.prepared && res.zero_off != size)))
+	                      res.zero_off > size || (!ends_early && res.zero_off != size)))
 		abort();
-	for (uint64_t i = res.zero_off; rc == TERN_OK && i < size; i++)
+	/* a zero tail holds only zeros (a recycled segment's end is followed by
+	 * its past, any bytes) */
+	for (uint64_t i = res.zero_off; rc == TERN_OK && !c.f.recycled && i < size; i++)
 		if (buf[i])
-			abort(); /* a zero tail holds only zeros */
+			abort();
 	tbuf_free(&pay);
 	free(buf);
 	return 0;
