@@ -22,6 +22,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -814,6 +815,18 @@ def remote_tern(world, tern_factory, mx):
 
 # --------------------------------------------------------------------------
 # Hostile next hops and a silent resolver (fault injection, issue 7).
+
+
+def server_tls_context(tmp_path, cn):
+    """A server-side SSLContext with a fresh self-signed P-256 certificate for cn (a test
+    next hop offering STARTTLS; tern's `require` level takes an untrusted one)."""
+    cert, key = tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", f"/CN={cn}"], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 class ThreadedPeer:

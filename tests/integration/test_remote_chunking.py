@@ -21,14 +21,13 @@ from tern's (per-recipient outcome in the log and `tern queue show`, DSNs):
 
 import re
 import ssl
-import subprocess
 import time
 
 import pytest
 
 from conftest import make_message
-from remote_harness import (DEADLINE, SENDER, Raw, ThreadedPeer, check_alive, submit, wait_dsn,
-                            wait_queue_empty)
+from remote_harness import (DEADLINE, SENDER, Raw, ThreadedPeer, check_alive,
+                            server_tls_context, submit, wait_dsn, wait_queue_empty)
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -357,13 +356,7 @@ def test_replies_while_the_chunk_still_goes_out(remote_tern, mx):
 
 
 def test_one_write_after_starttls(remote_tern, mx, tmp_path):
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=chunk.test"], check=True, capture_output=True)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    with ChunkMX(CHUNK_IP, tls=ctx) as fake:
+    with ChunkMX(CHUNK_IP, tls=server_tls_context(tmp_path, "chunk.test")) as fake:
         t = start(remote_tern, fake)
         msg = make_message("tls", body=BODY.decode(), frm=SENDER, to="t@chunk.test")
         qid = submit(t, ["t@chunk.test", "reject7@chunk.test"], msg)

@@ -21,6 +21,7 @@ command is already there.
 import re
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -28,7 +29,8 @@ import time
 import pytest
 
 from conftest import dot_stuff
-from remote_harness import DEADLINE, SENDER, ThreadedPeer, submit, wait_queue_empty
+from remote_harness import (DEADLINE, SENDER, ThreadedPeer, server_tls_context, submit,
+                            wait_queue_empty)
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
 PIPE_IP = "127.0.0.53"
@@ -42,8 +44,9 @@ class PipeMX(ThreadedPeer):
     (data, pipelined: the next command was in before this one's end of data was
     answered, reply)."""
 
-    def __init__(self, ip, dot_reply=None, drop_at=None):
+    def __init__(self, ip, dot_reply=None, drop_at=None, tls=None):
         super().__init__(ip)
+        self.tls = tls  # an ssl.SSLContext (server side): STARTTLS offered, then required
         self.go = threading.Event()
         self.dot_reply = dict(dot_reply or {})
         self.drop_at = drop_at
@@ -51,20 +54,22 @@ class PipeMX(ThreadedPeer):
         self.tx = []
 
     def route(self):
-        return {"routes": {DOMAIN: {"via": f"smtp://{self.ip}:{self.port}", "tls": "none"}}}
+        tls = "require" if self.tls else "none"
+        return {"routes": {DOMAIN: {"via": f"smtp://{self.ip}:{self.port}", "tls": tls}}}
 
     def taken(self):
         with self.lock:
             return list(self.tx)
 
-    def _serve(self, s, cmds):
+    def _serve(self, sock, cmds):
         if not self.go.wait(DEADLINE):
             return
-        s.sendall(b"220 pipe.test ESMTP\r\n")
+        sock.sendall(b"220 pipe.test ESMTP\r\n")
         buf = bytearray()
+        conn = [sock]  # the socket, TLS-wrapped after STARTTLS
 
         def fill():
-            b = s.recv(65536)
+            b = conn[0].recv(65536)
             if not b:
                 raise EOFError
             buf.extend(b)
@@ -85,21 +90,32 @@ class PipeMX(ThreadedPeer):
             del buf[:i]
             return data
 
+        def waiting():
+            """Is the next command already here (or there within a second)?"""
+            s = conn[0]
+            if buf or (isinstance(s, ssl.SSLSocket) and s.pending()):
+                return True
+            return bool(select.select([s], [], [], 1.0)[0])
+
         try:
             while True:
+                s = conn[0]
                 cmd = line()
                 cmds.append(cmd)
                 verb = cmd.split(" ")[0].upper()
                 if verb == "EHLO":
-                    s.sendall(b"250-pipe.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-                              b"250 ENHANCEDSTATUSCODES\r\n")
+                    tls = b"250-STARTTLS\r\n" if self.tls and s is sock else b""
+                    s.sendall(b"250-pipe.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n" + tls
+                              + b"250 ENHANCEDSTATUSCODES\r\n")
+                elif verb == "STARTTLS" and self.tls and s is sock:
+                    s.sendall(b"220 2.0.0 go ahead\r\n")
+                    conn[0] = self.tls.wrap_socket(s, server_side=True)
                 elif verb in ("MAIL", "RCPT"):
                     s.sendall(b"250 2.1.0 ok\r\n")
                 elif verb == "DATA":
                     s.sendall(b"354 go ahead\r\n")
                     data = body()
-                    # is the next command already here? (bounded: a second at most)
-                    pipelined = bool(buf) or bool(select.select([s], [], [], 1.0)[0])
+                    pipelined = waiting()
                     with self.lock:
                         self.n_msgs += 1
                         n = self.n_msgs
@@ -237,3 +253,24 @@ def test_connection_lost_after_end_of_data_requeues_the_next(remote_tern, mx):
         for m in msgs.values():
             [tx] = tx_of(taken, m)  # each exactly once
             assert_exact(tx, m)
+
+
+def test_next_mail_rides_behind_large_messages_over_tls(remote_tern, mx, tmp_path):
+    # Under TLS the bytes queued behind the end of data are counted against encrypted
+    # ones: the data phase must still end right, and nothing be taken for a reply that
+    # came too early. Messages of ~300 KiB, so the data is still queued when the next
+    # MAIL is added behind it.
+    with PipeMX(PIPE_IP, tls=server_tls_context(tmp_path, DOMAIN)) as fake:
+        t = start(remote_tern, fake)
+        filler = "".join(f"line {n:06d} of a longer message\r\n" for n in range(9000))
+        msgs = {f"tls{i}": message(f"tls{i}") + filler.encode() for i in range(3)}
+        order = queue_behind(t, fake, msgs)
+        for q, _ in order:
+            t.wait_log(rf"event=delivered id={q} to=<a@{DOMAIN}>", timeout=DEADLINE)
+        assert not t.log_lines("event=protocol_error"), t.log_tail()
+        taken = fake.taken()
+        for (_, tag), tx in zip(order, taken):
+            assert_exact(tx, msgs[tag])
+        assert [x["pipelined"] for x in taken] == [True, True, False]
+        verbs = [c.split(" ")[0].upper() for c in fake.conns[0]]
+        assert verbs[:2] == ["EHLO", "STARTTLS"], verbs
