@@ -5,8 +5,9 @@ After ~2 s of load the daemon is killed with SIGKILL and restarted on the same s
 Every acknowledged id must show up in a delivered file's Received header. Duplicates
 (at-least-once delivery) are counted and printed; more than 1% fails. Once with the
 default segments, once with 32 KiB ones (a debug build's TERN_TEST_SEGMENT_MAX), so that
-the spool rotates many times a second onto segments its preparer wrote full of zeros ahead
-(or, when it falls behind, onto appended ones) and the kill finds it anywhere in that.
+the spool rotates many times a second onto segments its preparer wrote full of zeros ahead,
+onto finished ones recycled (written over under a new nonce), or, when it falls behind,
+onto appended ones, and the kill finds it anywhere in that.
 """
 
 import re
@@ -113,6 +114,19 @@ def test_kill9_under_load_with_small_prepared_segments(tern_factory, monkeypatch
     kill9_under_load(tern, check_before_restart=lambda: (
         # rotated onto prepared spares under load, before the kill
         len(tern.log_lines("event=spool_segment_new", "prepared=1048576")) >= 2))
+
+
+def test_kill9_under_load_with_recycled_segments(tern_factory, monkeypatch):
+    # The same, checking that finished segments were written over as later ones
+    # ("-r", their old records under another nonce) before the kill: recovery must read
+    # each one's end where its new records end, and bring back nothing of its past.
+    monkeypatch.setenv("TERN_TEST_SEGMENT_MAX", "32768")
+    tern = tern_factory(LIMITS)
+    if not tern.log_lines("event=spool_test_segment_max"):
+        pytest.skip("this tern binary has no test hooks (a release build, NDEBUG); "
+                    "`make test` builds Debug, which has them")
+    kill9_under_load(tern, check_before_restart=lambda: (
+        len(tern.log_lines("event=spool_segment_new", "recycled=1")) >= 2))
 
 
 def kill9_under_load(tern, check_before_restart=None):
