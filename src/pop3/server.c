@@ -48,6 +48,7 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/peer.h"
 #include "core/loop.h"
 #include "core/runtime.h"
 #include "deliver/deliver.h"
@@ -164,14 +165,6 @@ struct p3_worker {
 	uint64_t next_serial;
 };
 
-/* Connections per client address, for max_connections_per_ip. */
-struct ip_count {
-	struct ip_count *next;
-	uint8_t addr[16];
-	uint32_t count;
-};
-#define IP_BUCKETS 1024
-
 struct pop3_server {
 	SSL_CTX *tls;
 	struct pool *pool;
@@ -180,8 +173,7 @@ struct pop3_server {
 	struct p3_worker *workers[MAX_WORKERS];
 	size_t n_workers;
 	_Atomic size_t n_sessions;
-	pthread_mutex_t ip_lock;
-	struct ip_count *ip_table[IP_BUCKETS];
+	struct peer_counts *peers; /* connections per client address (max_connections_per_ip) */
 	const struct pop3_backend *backend; /* NULL: users' Maildirs */
 };
 
@@ -192,81 +184,6 @@ static unsigned long long now_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (unsigned long long)ts.tv_sec * 1000ull + (unsigned long long)ts.tv_nsec / 1000000;
-}
-
-static void ip_key(const struct sockaddr_storage *ss, uint8_t key[16])
-{
-	memset(key, 0, 16);
-	if (ss->ss_family == AF_INET) {
-		key[10] = key[11] = 0xff;
-		memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-	} else if (ss->ss_family == AF_INET6) {
-		memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-	}
-}
-
-static unsigned ip_hash(const uint8_t key[16])
-{
-	uint32_t h = 2166136261u;
-	for (int i = 0; i < 16; i++)
-		h = (h ^ key[i]) * 16777619u;
-	return h % IP_BUCKETS;
-}
-
-static bool ip_acquire(struct pop3_server *srv, const struct sockaddr_storage *ss, uint32_t limit)
-{
-	uint8_t key[16];
-	ip_key(ss, key);
-	unsigned b = ip_hash(key);
-	bool ok = false;
-	pthread_mutex_lock(&srv->ip_lock);
-	struct ip_count *e = srv->ip_table[b];
-	while (e && memcmp(e->addr, key, 16) != 0)
-		e = e->next;
-	if (!e && (e = calloc(1, sizeof(*e))) != NULL) {
-		memcpy(e->addr, key, 16);
-		e->next = srv->ip_table[b];
-		srv->ip_table[b] = e;
-	}
-	if (e && e->count < limit) {
-		e->count++;
-		ok = true;
-	}
-	pthread_mutex_unlock(&srv->ip_lock);
-	return ok;
-}
-
-static void ip_release(struct pop3_server *srv, const struct sockaddr_storage *ss)
-{
-	uint8_t key[16];
-	ip_key(ss, key);
-	unsigned b = ip_hash(key);
-	pthread_mutex_lock(&srv->ip_lock);
-	struct ip_count **pp = &srv->ip_table[b];
-	while (*pp && memcmp((*pp)->addr, key, 16) != 0)
-		pp = &(*pp)->next;
-	if (*pp && --(*pp)->count == 0) {
-		struct ip_count *dead = *pp;
-		*pp = dead->next;
-		free(dead);
-	}
-	pthread_mutex_unlock(&srv->ip_lock);
-}
-
-static void format_peer(const struct sockaddr_storage *ss, char *out, size_t outlen)
-{
-	if (ss->ss_family == AF_INET) {
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out,
-		          (socklen_t)outlen);
-	} else if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
-			inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], out, (socklen_t)outlen);
-		else
-			inet_ntop(AF_INET6, &in6->sin6_addr, out, (socklen_t)outlen);
-	} else {
-		tern_strlcpy(out, "unknown", outlen);
-	}
 }
 
 static bool is_loopback(const struct sockaddr_storage *ss)
@@ -1416,7 +1333,7 @@ static void session_free(struct session *s)
 		pw->sessions = s->next;
 	if (s->next)
 		s->next->prev = s->prev;
-	ip_release(srv, &s->peer_sa);
+	peer_counts_release(srv->peers, &s->peer_sa);
 	atomic_fetch_sub(&srv->n_sessions, 1);
 	if (s->stream_fd >= 0)
 		close(s->stream_fd);
@@ -1471,7 +1388,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	memset(&ss, 0, sizeof(ss));
 	memcpy(&ss, sa, (size_t)salen < sizeof(ss) ? (size_t)salen : sizeof(ss));
 	char peer[INET6_ADDRSTRLEN + 2];
-	format_peer(&ss, peer, sizeof(peer));
+	peer_format(&ss, peer, sizeof(peer));
 	bool implicit = false;
 	for (size_t i = 0; i < pw->n_listeners; i++)
 		if (pw->listeners[i] == l)
@@ -1479,7 +1396,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 
 	size_t n = atomic_fetch_add(&srv->n_sessions, 1) + 1;
 	if (n > conf->limits.max_connections ||
-	    !ip_acquire(srv, &ss, conf->limits.max_connections_per_ip)) {
+	    !peer_counts_acquire(srv->peers, &ss, conf->limits.max_connections_per_ip)) {
 		bool total = n > conf->limits.max_connections;
 		atomic_fetch_sub(&srv->n_sessions, 1);
 		log_warn("event=pop3_refused client=%s reason=%s", peer,
@@ -1497,7 +1414,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	    s ? bufferevent_socket_new(worker_base(pw->w), fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
 	if (!s || !bev) {
 		free(s);
-		ip_release(srv, &ss);
+		peer_counts_release(srv->peers, &ss);
 		atomic_fetch_sub(&srv->n_sessions, 1);
 		if (implicit)
 			close(fd);
@@ -1554,9 +1471,10 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 struct pop3_server *pop3_server_new(struct throttle *shared)
 {
 	struct pop3_server *srv = calloc(1, sizeof(*srv));
-	if (!srv)
+	if (!srv || !(srv->peers = peer_counts_new())) {
+		free(srv);
 		return NULL;
-	pthread_mutex_init(&srv->ip_lock, NULL);
+	}
 	srv->pool = pool_new(POOL_THREADS);
 	if (shared) {
 		srv->throttle = shared;
@@ -1672,15 +1590,7 @@ void pop3_server_free(struct pop3_server *srv)
 		}
 		free(pw);
 	}
-	for (size_t b = 0; b < IP_BUCKETS; b++) {
-		struct ip_count *e = srv->ip_table[b];
-		while (e) {
-			struct ip_count *next = e->next;
-			free(e);
-			e = next;
-		}
-	}
-	pthread_mutex_destroy(&srv->ip_lock);
+	peer_counts_free(srv->peers);
 	if (srv->own_throttle)
 		throttle_free(srv->throttle);
 	if (srv->tls)

@@ -60,6 +60,7 @@
 #include "deliver/deliver.h"
 #include "core/id.h"
 #include "core/log.h"
+#include "core/peer.h"
 #include "core/loop.h"
 #include "core/metrics.h"
 #include "core/runtime.h"
@@ -328,15 +329,6 @@ struct srv_worker {
 	bool shutting_down;
 };
 
-/* Connections per client address, for max_connections_per_ip. */
-struct ip_count {
-	struct ip_count *next;
-	uint8_t addr[16];
-	uint32_t count;
-};
-
-#define IP_BUCKETS 4096
-
 struct smtp_server {
 	SSL_CTX *tls;
 	struct policy *policy;
@@ -352,8 +344,7 @@ struct smtp_server {
 	_Atomic uint64_t inflight;  /* sum of tx->charged: memory of messages being received */
 	_Atomic bool stopping;      /* smtp_server_shutdown was called */
 	atomic_flag drained_logged; /* event=smtp_drained is logged once */
-	pthread_mutex_t ip_lock;
-	struct ip_count *ip_table[IP_BUCKETS];
+	struct peer_counts *peers;  /* connections per client address (max_connections_per_ip) */
 };
 
 /* ---------------------------------------------------------------- chaos */
@@ -401,93 +392,6 @@ static int chaos_roll(const struct smtp_chaos_trigger *which_in_global)
 		return 0;
 	atomic_fetch_add(&count_rejected, 1);
 	return t.error_code;
-}
-
-/* ------------------------------------------------------ address helpers */
-
-/* The 16-byte key of a client address; IPv4 (and v4-mapped v6) as ::ffff:a.b.c.d. */
-static void ip_key(const struct sockaddr_storage *ss, uint8_t key[16])
-{
-	memset(key, 0, 16);
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-		key[10] = key[11] = 0xff;
-		memcpy(key + 12, &in->sin_addr, 4);
-	} else if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-		memcpy(key, &in6->sin6_addr, 16);
-	}
-}
-
-static unsigned ip_hash(const uint8_t key[16])
-{
-	uint32_t h = 2166136261u;
-	for (int i = 0; i < 16; i++)
-		h = (h ^ key[i]) * 16777619u;
-	return h % IP_BUCKETS;
-}
-
-/* Adds one connection for this address unless it would pass limit. */
-static bool ip_acquire(struct smtp_server *srv, const struct sockaddr_storage *ss, uint32_t limit)
-{
-	uint8_t key[16];
-	ip_key(ss, key);
-	unsigned b = ip_hash(key);
-	bool ok = true;
-	pthread_mutex_lock(&srv->ip_lock);
-	struct ip_count *e = srv->ip_table[b];
-	while (e && memcmp(e->addr, key, 16) != 0)
-		e = e->next;
-	if (!e) {
-		e = calloc(1, sizeof(*e));
-		if (!e) {
-			ok = false;
-			goto out;
-		}
-		memcpy(e->addr, key, 16);
-		e->next = srv->ip_table[b];
-		srv->ip_table[b] = e;
-	}
-	if (e->count >= limit)
-		ok = false;
-	else
-		e->count++;
-out:
-	pthread_mutex_unlock(&srv->ip_lock);
-	return ok;
-}
-
-static void ip_release(struct smtp_server *srv, const struct sockaddr_storage *ss)
-{
-	uint8_t key[16];
-	ip_key(ss, key);
-	unsigned b = ip_hash(key);
-	pthread_mutex_lock(&srv->ip_lock);
-	struct ip_count **pp = &srv->ip_table[b];
-	while (*pp && memcmp((*pp)->addr, key, 16) != 0)
-		pp = &(*pp)->next;
-	if (*pp && --(*pp)->count == 0) {
-		struct ip_count *dead = *pp;
-		*pp = dead->next;
-		free(dead);
-	}
-	pthread_mutex_unlock(&srv->ip_lock);
-}
-
-static void format_peer(const struct sockaddr_storage *ss, char *out, size_t outlen)
-{
-	if (ss->ss_family == AF_INET) {
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out,
-			  (socklen_t)outlen);
-	} else if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
-			inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], out, (socklen_t)outlen);
-		else
-			inet_ntop(AF_INET6, &in6->sin6_addr, out, (socklen_t)outlen);
-	} else {
-		tern_strlcpy(out, "unknown", outlen);
-	}
 }
 
 /* ------------------------------------------------------------- replies */
@@ -3067,7 +2971,7 @@ static bool milter_connect(struct session *s)
 	evutil_socket_t fd = bufferevent_getfd(s->bev);
 	if (fd < 0 || getsockname(fd, (struct sockaddr *)&local_sa, &llen) != 0)
 		memset(&local_sa, 0, sizeof(local_sa));
-	format_peer(&local_sa, ifa, sizeof(ifa));
+	peer_format(&local_sa, ifa, sizeof(ifa));
 	struct milter_stage_params p = {
 	    .base = worker_base(s->sw->w),
 	    .listener = s->milter_listener,
@@ -3685,7 +3589,7 @@ static void session_free(struct session *s)
 		sw->sessions = s->next;
 	if (s->next)
 		s->next->prev = s->prev;
-	ip_release(sw->srv, &s->peer_sa);
+	peer_counts_release(sw->srv->peers, &s->peer_sa);
 	metric_dec_l(M_SESSIONS_ACTIVE, smtp_metrics_profile(s->conf, s->submission));
 	if (atomic_fetch_sub(&sw->srv->n_sessions, 1) == 1 && atomic_load(&sw->srv->stopping))
 		log_drained(sw->srv);
@@ -3737,7 +3641,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	memset(&ss, 0, sizeof(ss));
 	memcpy(&ss, sa, (size_t)salen < sizeof(ss) ? (size_t)salen : sizeof(ss));
 	char peer[INET6_ADDRSTRLEN + 2];
-	format_peer(&ss, peer, sizeof(peer));
+	peer_format(&ss, peer, sizeof(peer));
 
 	size_t n = atomic_fetch_add(&srv->n_sessions, 1) + 1;
 	if (n > conf->limits.max_connections) {
@@ -3748,7 +3652,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		runtime_release(rt);
 		return;
 	}
-	if (!ip_acquire(srv, &ss, conf->limits.max_connections_per_ip)) {
+	if (!peer_counts_acquire(srv->peers, &ss, conf->limits.max_connections_per_ip)) {
 		atomic_fetch_sub(&srv->n_sessions, 1);
 		log_warn("event=refused client=%s reason=max-connections-per-ip limit=%u", peer,
 			 conf->limits.max_connections_per_ip);
@@ -3762,7 +3666,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		s ? bufferevent_socket_new(worker_base(sw->w), fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
 	if (!s || !bev) {
 		free(s);
-		ip_release(srv, &ss);
+		peer_counts_release(srv->peers, &ss);
 		atomic_fetch_sub(&srv->n_sessions, 1);
 		refuse(fd, conf, SMTP_R_NOMEM_CLOSE);
 		runtime_release(rt);
@@ -3790,7 +3694,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		bufferevent_setfd(bev, -1);
 		bufferevent_free(bev);
 		free(s);
-		ip_release(srv, &ss);
+		peer_counts_release(srv->peers, &ss);
 		atomic_fetch_sub(&srv->n_sessions, 1);
 		refuse(fd, conf, SMTP_R_NOMEM_CLOSE);
 		runtime_release(rt);
@@ -3838,7 +3742,12 @@ struct smtp_server *smtp_server_new(struct spool *sp, struct scheduler *sched)
 	srv->verify_pool = pool_new(1); /* TRUST: NULL is fine: bodies hashed on the loop */
 	srv->spill_pool = pool_new(2);  /* SPILL: NULL is fine: messages stay in memory */
 	atomic_flag_clear(&srv->drained_logged);
-	pthread_mutex_init(&srv->ip_lock, NULL);
+	if (!(srv->peers = peer_counts_new())) {
+		pool_free(srv->verify_pool);
+		pool_free(srv->spill_pool);
+		free(srv);
+		return NULL;
+	}
 	return srv;
 }
 
@@ -3983,15 +3892,7 @@ void smtp_server_free(struct smtp_server *srv)
 		}
 		free(sw);
 	}
-	for (size_t b = 0; b < IP_BUCKETS; b++) {
-		struct ip_count *e = srv->ip_table[b];
-		while (e) {
-			struct ip_count *next = e->next;
-			free(e);
-			e = next;
-		}
-	}
-	pthread_mutex_destroy(&srv->ip_lock);
+	peer_counts_free(srv->peers);
 	if (srv->tls)
 		SSL_CTX_free(srv->tls);
 	free(srv);

@@ -474,3 +474,28 @@ def test_sigterm_ends_sessions_without_deleting(tern_factory):
     assert t.stop() == 0
     assert len(cur_files(t)) == 1
     assert not (t.maildir(ALICE) / "dovecot-pop3-session.lock").exists()
+
+
+def test_connections_per_address_are_limited_and_given_back(tern_factory):
+    # limits.max_connections_per_ip counts POP3 clients too (core/peer.c, shared with
+    # SMTP): past it the client hears why and the log says so; once one of its
+    # connections ends it gets in again.
+    t = start_pop3(tern_factory, overrides={
+        "limits": {"max_message_size": Raw("8m"), "max_connections_per_ip": 2}})
+    a = poplib.POP3("127.0.0.1", t.pop3_port, timeout=15)
+    b = poplib.POP3("127.0.0.1", t.pop3_port, timeout=15)
+    with socket.create_connection(("127.0.0.1", t.pop3_port), timeout=15) as s:
+        assert s.makefile("rb").readline().startswith(b"-ERR [SYS/TEMP] Too many connections")
+    t.wait_log(r"event=pop3_refused client=127\.0\.0\.1 reason=max-connections-per-ip")
+    a.quit()
+    deadline = time.monotonic() + 10
+    while True:  # the count is given back when tern sees the QUIT through
+        try:
+            c = poplib.POP3("127.0.0.1", t.pop3_port, timeout=15)
+            break
+        except poplib.error_proto:
+            assert time.monotonic() < deadline, "no room again after a QUIT"
+            time.sleep(0.05)
+    assert c.getwelcome().startswith(b"+OK")
+    c.quit()
+    b.quit()
