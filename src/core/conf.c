@@ -425,6 +425,31 @@ static int unknown_key(struct ctx *x, const struct ucl_node *n, const char *sect
 	return cerr(x, n, "unknown key '%s' in section %s", show(n->key, b, sizeof(b)), section);
 }
 
+/* A section whose keys are read after all are known: each slot points at
+ * its key's node (NULL when absent; the last one when given twice). */
+struct key_slot {
+	const char *key;
+	const struct ucl_node **node;
+};
+
+/* Fills the slots from section m; a key no slot names is an error. */
+static int collect_keys(struct ctx *x, const struct ucl_node *m, const char *section,
+                        const struct key_slot *slots, size_t n_slots)
+{
+	for (size_t s = 0; s < n_slots; s++)
+		*slots[s].node = NULL;
+	for (size_t i = 0; i < m->n_items; i++) {
+		const struct ucl_node *k = m->items[i];
+		size_t s = 0;
+		while (s < n_slots && strcmp(k->key, slots[s].key) != 0)
+			s++;
+		if (s == n_slots)
+			return unknown_key(x, k, section);
+		*slots[s].node = k;
+	}
+	return TERN_OK;
+}
+
 /*
  * A list of strings: `[ "a", "b" ]` or, for convenience, one string. Calls
  * fn for each; fn reports its own errors.
@@ -1061,27 +1086,15 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 	int rc = want_section(x, m, path);
 	if (rc != TERN_OK)
 		return rc;
-	const struct ucl_node *addr = NULL, *prof = NULL, *tls = NULL, *milters = NULL,
-	                      *mact = NULL, *mto = NULL, *meom = NULL;
-	for (size_t i = 0; i < m->n_items; i++) {
-		const struct ucl_node *k = m->items[i];
-		if (strcmp(k->key, "address") == 0)
-			addr = k;
-		else if (strcmp(k->key, "profile") == 0)
-			prof = k;
-		else if (strcmp(k->key, "tls") == 0)
-			tls = k;
-		else if (strcmp(k->key, "milters") == 0)
-			milters = k;
-		else if (strcmp(k->key, "milter_default_action") == 0)
-			mact = k;
-		else if (strcmp(k->key, "milter_timeout") == 0)
-			mto = k;
-		else if (strcmp(k->key, "milter_eom_timeout") == 0)
-			meom = k;
-		else
-			return unknown_key(x, k, section);
-	}
+	const struct ucl_node *addr, *prof, *tls, *milters, *mact, *mto, *meom;
+	const struct key_slot slots[] = {
+	    {"address", &addr},        {"profile", &prof},
+	    {"tls", &tls},             {"milters", &milters},
+	    {"milter_default_action", &mact}, {"milter_timeout", &mto},
+	    {"milter_eom_timeout", &meom},
+	};
+	if ((rc = collect_keys(x, m, section, slots, sizeof(slots) / sizeof(slots[0]))) != TERN_OK)
+		return rc;
 	if (!addr)
 		return cerr(x, m, "%s: missing key 'address'", path);
 	if (!prof)
@@ -1315,20 +1328,11 @@ static int parse_route_body(struct ctx *x, const struct ucl_node *m, const char 
 	int rc = want_section(x, m, name);
 	if (rc != TERN_OK)
 		return rc;
-	const struct ucl_node *via = NULL, *user = NULL, *pwfile = NULL, *tls = NULL;
-	for (size_t i = 0; i < m->n_items; i++) {
-		const struct ucl_node *k = m->items[i];
-		if (strcmp(k->key, "via") == 0)
-			via = k;
-		else if (strcmp(k->key, "auth_user") == 0)
-			user = k;
-		else if (strcmp(k->key, "auth_password_file") == 0)
-			pwfile = k;
-		else if (strcmp(k->key, "tls") == 0)
-			tls = k;
-		else
-			return unknown_key(x, k, name);
-	}
+	const struct ucl_node *via, *user, *pwfile, *tls;
+	const struct key_slot slots[] = {
+	    {"via", &via}, {"auth_user", &user}, {"auth_password_file", &pwfile}, {"tls", &tls}};
+	if ((rc = collect_keys(x, m, name, slots, sizeof(slots) / sizeof(slots[0]))) != TERN_OK)
+		return rc;
 	if (!via)
 		return cerr(x, m, "%s: missing key 'via'", name);
 	/* both or neither: a user without a password (or the reverse) is a
