@@ -1088,9 +1088,12 @@ static int parse_listener(struct ctx *x, struct tern_config *c, const struct ucl
 		return rc;
 	const struct ucl_node *addr, *prof, *tls, *milters, *mact, *mto, *meom;
 	const struct key_slot slots[] = {
-	    {"address", &addr},        {"profile", &prof},
-	    {"tls", &tls},             {"milters", &milters},
-	    {"milter_default_action", &mact}, {"milter_timeout", &mto},
+	    {"address", &addr},
+	    {"profile", &prof},
+	    {"tls", &tls},
+	    {"milters", &milters},
+	    {"milter_default_action", &mact},
+	    {"milter_timeout", &mto},
 	    {"milter_eom_timeout", &meom},
 	};
 	if ((rc = collect_keys(x, m, section, slots, sizeof(slots) / sizeof(slots[0]))) != TERN_OK)
