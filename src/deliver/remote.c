@@ -1095,13 +1095,28 @@ static void send_bdat_last(struct rconn *c)
 
 /* Sends MAIL (and, pipelining, the batch's RCPTs and DATA, or BDAT LAST
  * with the message). */
-static void start_batch(struct rconn *c)
+/* A transaction's bookkeeping at its start, before its commands are sent
+ * (start_batch) or once they are known to be on the wire (take_next). */
+static void tx_reset(struct rconn *c)
 {
-	struct remote_job *j = c->job;
 	c->n_expect = c->i_expect = 0;
 	c->rcpt_cursor = c->rcpt_reply_cursor = c->batch_start;
 	c->n_accepted = 0;
 	c->mail_failed = false;
+}
+
+/* A job's last error, cleared when it starts (begin_job, take_next). */
+static void job_errors_reset(struct rconn *c)
+{
+	c->last_error[0] = '\0';
+	c->last_status[0] = '\0';
+	c->last_perm = false;
+}
+
+static void start_batch(struct rconn *c)
+{
+	struct remote_job *j = c->job;
+	tx_reset(c);
 	c->one_write = one_write_wanted(c);
 	/* What tx_forget_results undoes: every result from batch_start on is
 	 * this transaction's (all start pending; earlier batches end before). */
@@ -1137,9 +1152,7 @@ static void start_batch(struct rconn *c)
  */
 static bool begin_job(struct rconn *c)
 {
-	c->last_error[0] = '\0';
-	c->last_status[0] = '\0';
-	c->last_perm = false;
+	job_errors_reset(c);
 	c->batch_start = c->batch_end = 0;
 	if (!fit_message_to_peer(c))
 		return false;
@@ -1301,17 +1314,12 @@ static void take_next(struct rconn *c)
 	struct remote_job *j = c->next_job;
 	c->next_job = NULL;
 	c->job = j;
-	c->last_error[0] = '\0';
-	c->last_status[0] = '\0';
-	c->last_perm = false;
+	job_errors_reset(c);
 	c->batch_start = 0;
 	c->batch_end = j->n_rcpts; /* <= BATCH_MAX (fits_as_is) */
-	c->rcpt_cursor = c->batch_end;
-	c->rcpt_reply_cursor = 0;
-	c->n_accepted = 0;
-	c->mail_failed = false;
+	tx_reset(c);
+	c->rcpt_cursor = c->batch_end; /* every RCPT went out, pipelined */
 	c->one_write = false;
-	c->n_expect = c->i_expect = 0;
 	c->expect[c->n_expect++] = EX_MAIL;
 	for (size_t i = 0; i < j->n_rcpts; i++)
 		c->expect[c->n_expect++] = EX_RCPT;

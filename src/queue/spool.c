@@ -1251,8 +1251,6 @@ static int seg_set_aside(struct spool *s, struct seg *g)
 	return TERN_OK;
 }
 
-/* Committer (or open, before the committer runs): removes every segment
- * that nothing needs any more — unlinked, or set aside if it is damaged. */
 /*
  * RECYCLE: a finished segment's file becomes the next spare instead of
  * being unlinked, when the bin is empty and the file is big enough: renamed
@@ -1277,8 +1275,11 @@ static int seg_recycle(struct spool *s, struct seg *g)
 	seg_name(g, from, sizeof(from));
 	uint64_t nonce = new_nonce();
 	spare_name(nonce, to, sizeof(to));
-	if (renameat(s->dirfd, from, s->dirfd, to) != 0)
-		return TERN_EIO; /* unlinked instead */
+	if (renameat(s->dirfd, from, s->dirfd, to) != 0) {
+		log_warn("event=spool_recycle_failed seg=%" PRIu32 " errno=%d action=unlink", g->no,
+		         errno);
+		return TERN_EIO;
+	}
 	g->nonce = nonce;        /* the spare's now (seg_free does not look) */
 	g->size = (uint64_t)st.st_size;
 	log_info("event=spool_segment_recycled seg=%" PRIu32 " bytes=%" PRIu64, g->no, g->size);
@@ -1298,13 +1299,15 @@ static void bin_put(struct spool *s, struct seg *g)
 		pthread_cond_signal(&s->pcond);
 	}
 	pthread_mutex_unlock(&s->pmu);
-	if (g->fd >= 0) { /* cannot happen (one committer fills the bin): not a segment */
+	if (TERN_BUG_ON(g->fd >= 0)) { /* one committer fills the bin: not a segment */
 		char name[64];
 		spare_name(g->nonce, name, sizeof(name));
 		unlinkat(s->dirfd, name, 0);
 	}
 }
 
+/* Committer (or open, before the committer runs): removes every segment
+ * that nothing needs any more — unlinked, or set aside if it is damaged. */
 static void reap(struct spool *s)
 {
 	for (;;) {

@@ -105,26 +105,29 @@ def test_kill9_under_load_loses_no_acknowledged_message(tern_factory):
     kill9_under_load(tern_factory(LIMITS))
 
 
-def test_kill9_under_load_with_small_prepared_segments(tern_factory, monkeypatch):
+def small_segments_tern(tern_factory, monkeypatch):
+    """tern with 32 KiB segments (a debug build's TERN_TEST_SEGMENT_MAX): the spool rotates
+    many times a second."""
     monkeypatch.setenv("TERN_TEST_SEGMENT_MAX", "32768")
     tern = tern_factory(LIMITS)
     if not tern.log_lines("event=spool_test_segment_max"):
         pytest.skip("this tern binary has no test hooks (a release build, NDEBUG); "
                     "`make test` builds Debug, which has them")
+    return tern
+
+
+def test_kill9_under_load_with_small_prepared_segments(tern_factory, monkeypatch):
+    tern = small_segments_tern(tern_factory, monkeypatch)
     kill9_under_load(tern, check_before_restart=lambda: (
-        # rotated onto prepared spares under load, before the kill
-        len(tern.log_lines("event=spool_segment_new", "prepared=1048576")) >= 2))
+        # rotated onto spares written full of zeros under load, before the kill
+        len(tern.log_lines("event=spool_segment_new", "prepared=1048576 recycled=0")) >= 2))
 
 
 def test_kill9_under_load_with_recycled_segments(tern_factory, monkeypatch):
-    # The same, checking that finished segments were written over as later ones
-    # ("-r", their old records under another nonce) before the kill: recovery must read
-    # each one's end where its new records end, and bring back nothing of its past.
-    monkeypatch.setenv("TERN_TEST_SEGMENT_MAX", "32768")
-    tern = tern_factory(LIMITS)
-    if not tern.log_lines("event=spool_test_segment_max"):
-        pytest.skip("this tern binary has no test hooks (a release build, NDEBUG); "
-                    "`make test` builds Debug, which has them")
+    # Finished segments written over as later ones ("-r", their old records under
+    # another nonce) before the kill: recovery must read each one's end where its new
+    # records end, and bring back nothing of its past.
+    tern = small_segments_tern(tern_factory, monkeypatch)
     kill9_under_load(tern, check_before_restart=lambda: (
         len(tern.log_lines("event=spool_segment_new", "recycled=1")) >= 2))
 
