@@ -98,6 +98,16 @@ static const struct family families[M__COUNT] = {
                                   MT_GAUGE)},
     [M_ARCHIVE_BACKLOG_BYTES] = {F("tern_archive_backlog_bytes",
                                    "Spool record bytes of the archive's backlog.", MT_GAUGE)},
+    [M_QUEUED_MEMORY] = {F("tern_queued_memory_bytes",
+                           "Bytes of committed messages kept in memory for their delivery "
+                           "(limits.queued_memory bounds it).",
+                           MT_GAUGE)},
+    [M_BODIES_REREAD] = {F("tern_bodies_reread_total",
+                           "Messages read back from the spool for delivery because "
+                           "limits.queued_memory was reached, by stage.",
+                           MT_COUNTER),
+                         .n_labels = 1, .label = {"stage"},
+                         .seed = {{"scheduler", NULL}, {"remote", NULL}}},
     [M_SERIES_DROPPED] = {F("tern_metrics_series_dropped_total",
                             "Metric updates dropped because a family had too many label sets.",
                             MT_COUNTER)},

@@ -47,6 +47,8 @@ enum metric_id {
 	M_SERIES_DROPPED,        /* counter: label sets past METRIC_MAX_SERIES */
 	M_ARCHIVE_BACKLOG_MSGS,  /* gauge (the archive: committed, not yet archived) */
 	M_ARCHIVE_BACKLOG_BYTES, /* gauge (their spool record bytes, kept by pins) */
+	M_QUEUED_MEMORY,         /* gauge: bytes of bodies kept for delivery (core/budget.h) */
+	M_BODIES_REREAD,         /* counter {stage}: bodies dropped, read back from the spool */
 	M__COUNT
 };
 

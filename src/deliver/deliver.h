@@ -158,6 +158,7 @@ struct remote_rcpt {
 };
 
 struct remote_job;
+struct mem_budget; /* core/budget.h */
 typedef void (*remote_done_fn)(struct remote_job *job, void *arg);
 
 /* One message to one destination domain. Everything is owned by the job. */
@@ -171,8 +172,16 @@ struct remote_job {
 	char *envid;
 	char *auth;              /* MAIL AUTH= for the next hop (RFC 4954 §5), or NULL */
 	char *api_key;           /* the HTTP API key that sent it (pool_select.keys), or NULL */
+	/* The message's bytes. NULL once the engine dropped them while the job
+	 * waited in its destination's queue past limits.queued_memory (len is
+	 * kept): they are read back (remote_set_body_source) when a connection
+	 * takes the job, and a job finished without them was never sent. */
 	char *data;
 	size_t len;
+	/* Bytes of data counted in *held_in (core/budget.h), given back when
+	 * the job is taken off its queue or freed; 0: none counted. */
+	struct mem_budget *held_in;
+	size_t held;
 	/* SPILL (deliver/remote_stream.h): the message goes on with spill_len
 	 * bytes of the file spill_path from spill_off (NULL: data is all) */
 	char *spill_path;
@@ -198,6 +207,18 @@ struct worker;
 struct remote *remote_new(struct worker **workers, size_t n_workers, char *err, size_t errlen);
 /* Takes ownership of job. Safe from any thread. */
 void remote_submit(struct remote *r, struct remote_job *job);
+/*
+ * Bounded memory for jobs waiting behind busy connections: a queued job's
+ * bytes are counted in budget (the scheduler's, limits.queued_memory) and,
+ * once it is full, dropped; load(arg, id, &data, &len) reads message id
+ * back (a malloc'd copy of what was handed in; TERN_OK or a TERN_* code)
+ * when a connection takes the job. load blocks: it runs on the engine's
+ * I/O pool, never on a loop. Without it (or without that pool) nothing is
+ * dropped. Set once, before the first submit.
+ */
+typedef int (*remote_load_fn)(void *arg, const char *id, char **data, size_t *len);
+void remote_set_body_source(struct remote *r, struct mem_budget *budget, remote_load_fn load,
+                            void *arg);
 /* Connections in progress (for shutdown and tests). */
 size_t remote_active(struct remote *r);
 /* After the workers stopped. Jobs still queued are freed without a result

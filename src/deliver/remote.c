@@ -55,6 +55,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/budget.h"
 #include "core/buf.h"
 #include "core/codec.h"
 #include "core/conf.h"
@@ -115,8 +116,28 @@ struct remote {
 	char *ca_pem;             /* delivery.ca_file's text for the policy fetch, or NULL */
 	size_t ca_len;
 	/* SPILL: spilled messages are read ahead here, never on a loop
-	 * (remote_stream.h); NULL: read on the loop */
+	 * (remote_stream.h); NULL: read on the loop. Dropped bodies are read
+	 * back here too (body_load). */
 	struct pool *io_pool;
+	/* remote_set_body_source: queued jobs' bytes are counted in budget and
+	 * dropped past it; load reads them back. NULL: nothing is dropped. */
+	struct mem_budget *budget;
+	remote_load_fn load;
+	void *load_arg;
+	struct body_load *loads; /* under lock: submitted, their done not run yet */
+};
+
+/* A dropped body being read back on the I/O pool for c's job. c is NULL
+ * once the connection is gone (then load_done only frees it, or
+ * remote_free does if the workers stopped first). */
+struct body_load {
+	struct body_load *prev, *next;
+	struct remote *r;
+	struct rconn *c; /* under r->lock */
+	char id[32];
+	char *data;
+	size_t len;
+	int rc;
 };
 
 /* One MTA-STS policy lookup on the pool. c is NULL once the connection is
@@ -164,6 +185,7 @@ enum rc_state {
 	RC_DOT,
 	RC_RSET,
 	RC_IDLE, /* parked between jobs (conn_park), nothing owed either way */
+	RC_LOAD, /* the job's bytes are read back from the spool (body_load) */
 	RC_QUIT,
 };
 
@@ -183,6 +205,7 @@ static const char *const rc_state_name[] = {
     [RC_DOT] = "data",
     [RC_RSET] = "rset",
     [RC_IDLE] = "idle",
+    [RC_LOAD] = "load",
     [RC_QUIT] = "quit",
 };
 
@@ -287,6 +310,7 @@ struct rconn {
 	                           leads it); empty between transactions, or NULL */
 	struct tbuf converted;  /* downconverted body, when needed */
 	struct body_pump pump;  /* SPILL: the rest of a spilled message, from its file */
+	struct body_load *load; /* RC_LOAD: the job's dropped bytes being read back */
 	int pump_err;           /* SPILL: the file failed (TERN_*): on_deadline ends the tx */
 	char last_error[512];
 	char last_status[16];
@@ -321,6 +345,8 @@ void remote_job_free(struct remote_job *job)
 	free(job->envid);
 	free(job->auth);
 	free(job->api_key);
+	if (job->held)
+		budget_give(job->held_in, job->held);
 	free(job->data);
 	free(job->spill_path);
 	free(job);
@@ -440,6 +466,40 @@ static void job_finish(struct rconn *c)
 	job->done(job, job->done_arg);
 }
 
+/*
+ * queued_memory (remote_set_body_source): a job that waits in its queue
+ * keeps its bytes while the budget has room for them and drops them past
+ * it (they are read back when a connection takes it, load_start). Jobs
+ * the scheduler handed over with their count keep it; a spilled message's
+ * head is not counted (a connection streams the rest from its file anyway).
+ */
+static void job_hold_or_drop(struct remote *r, struct remote_job *j)
+{
+	if (!r->budget || !r->load || !r->io_pool || !j->data || j->spill_path || j->held)
+		return;
+	if (budget_take(r->budget, j->len)) {
+		j->held_in = r->budget;
+		j->held = j->len;
+		return;
+	}
+	free(j->data);
+	j->data = NULL;
+	metric_inc_l(M_BODIES_REREAD, "remote");
+	log_debug("event=remote_body_dropped id=%s bytes=%zu reason=\"limits.queued_memory "
+	          "reached; read back when a connection takes it\"",
+	          j->id, j->len);
+}
+
+/* A job leaves its queue for a connection: its bytes are the connection's
+ * now (as many as there are connections), no longer the queue's. */
+static void job_unqueued(struct remote_job *j)
+{
+	if (!j->held)
+		return;
+	budget_give(j->held_in, j->held);
+	j->held = 0;
+}
+
 /* Takes the next job of this destination, or NULL (and gives up our slot).
  * After remote_stop nothing more is taken: queued jobs stay queued and are
  * freed without a result by remote_free (they are still in the spool). */
@@ -456,6 +516,8 @@ static struct remote_job *dest_pop(struct remote *r, struct dest *d, bool releas
 		d->active--;
 	}
 	pthread_mutex_unlock(&r->lock);
+	if (j)
+		job_unqueued(j);
 	return j;
 }
 
@@ -538,12 +600,12 @@ static struct remote_job *dest_pop_shaped(struct rconn *c, bool *reconnect)
  * transfer of the headers and body of the previous message"): the job that
  * can follow c's current one on the wire without a word of its own said
  * first, that is, with nothing in it this peer would make us change
- * (held in memory, one batch of fresh recipients, nothing to convert,
+ * (held in memory, its bytes not dropped, one batch of fresh recipients, nothing to convert,
  * within the peer's SIZE).
  */
 static bool fits_as_is(const struct rconn *c, const struct remote_job *j)
 {
-	if (j->spill_path || j->body == SMTP_BODY_BINARYMIME ||
+	if (!j->data || j->spill_path || j->body == SMTP_BODY_BINARYMIME ||
 	    (j->smtputf8 && !c->caps.smtputf8) || (j->has_8bit && !c->caps.eightbitmime) ||
 	    j->n_rcpts == 0 || j->n_rcpts > BATCH_MAX)
 		return false;
@@ -584,8 +646,10 @@ static struct remote_job *dest_pop_ahead(struct rconn *c)
 		j = NULL;
 	}
 	pthread_mutex_unlock(&r->lock);
-	if (j)
+	if (j) {
+		job_unqueued(j);
 		c->n_msgs++;
+	}
 	return j;
 }
 
@@ -602,6 +666,11 @@ static void next_job_requeue(struct rconn *c)
 		c->job = j; /* cannot happen: deferred rather than lost */
 		job_finish(c);
 		return;
+	}
+	if (c->r->budget && !j->held) { /* it keeps its bytes: it is next */
+		budget_charge(c->r->budget, j->len);
+		j->held_in = c->r->budget;
+		j->held = j->len;
 	}
 	pthread_mutex_lock(&c->r->lock);
 	j->next = c->dest->head;
@@ -1145,6 +1214,116 @@ static void start_batch(struct rconn *c)
 	}
 }
 
+/* -------------------------------------------------- dropped bodies */
+
+static void load_unlink(struct remote *r, struct body_load *l)
+{
+	pthread_mutex_lock(&r->lock);
+	if (l->prev)
+		l->prev->next = l->next;
+	else
+		r->loads = l->next;
+	if (l->next)
+		l->next->prev = l->prev;
+	pthread_mutex_unlock(&r->lock);
+}
+
+static void load_free(struct body_load *l)
+{
+	free(l->data);
+	free(l);
+}
+
+/* On the I/O pool: the spool read (the scheduler's, remote_set_body_source). */
+static void load_work(void *arg)
+{
+	struct body_load *l = arg;
+	l->rc = l->r->load(l->r->load_arg, l->id, &l->data, &l->len);
+}
+
+static bool begin_job(struct rconn *c);
+
+/* On the connection's worker: the bytes are in (or the read failed). */
+static void load_done(void *arg)
+{
+	struct body_load *l = arg;
+	struct remote *r = l->r;
+	load_unlink(r, l);
+	pthread_mutex_lock(&r->lock);
+	struct rconn *c = l->c;
+	pthread_mutex_unlock(&r->lock);
+	if (!c) { /* the connection went meanwhile; its job was finished unsent */
+		load_free(l);
+		return;
+	}
+	c->load = NULL;
+	struct remote_job *j = c->job;
+	if (TERN_BUG_ON(c->st != RC_LOAD || !j || j->data)) {
+		load_free(l);
+		return;
+	}
+	bool outer = step_begin(c);
+	wait_none(c);
+	bool started;
+	if (l->rc == TERN_OK) {
+		char tag[POOL_TAG_MAX]; /* taken off again, as remote_submit did */
+		j->data = l->data;
+		j->len = pool_take_tag(l->data, l->len, tag, sizeof(tag));
+		l->data = NULL;
+		log_debug("event=remote_body_reread id=%s bytes=%zu relay=%s", j->id, j->len,
+		          target_host(c));
+		started = begin_job(c);
+	} else {
+		log_error("event=spool_read_failed id=%s relay=%s reason=%s", j->id, target_host(c),
+		          tern_strerror(l->rc));
+		set_error(c, false, "4.3.0", "the message could not be read back from the spool");
+		started = false;
+	}
+	load_free(l);
+	if (!started) {
+		job_finish(c);
+		conn_start_job(c);
+	}
+	if (outer)
+		step_end(c);
+}
+
+/*
+ * queued_memory: c's job waited without its bytes (job_hold_or_drop). They
+ * are read back on the I/O pool while the connection waits, by the usual
+ * command deadline, in RC_LOAD. true: under way; false: it could not start
+ * (the error is set; the caller finishes the job, which stays in the
+ * spool for its retry).
+ */
+static bool load_start(struct rconn *c)
+{
+	struct remote *r = c->r;
+	struct body_load *l = r->load && r->io_pool ? calloc(1, sizeof(*l)) : NULL;
+	if (!l) {
+		set_error(c, false, "4.3.0", "the message could not be read back from the spool");
+		return false;
+	}
+	l->r = r;
+	l->c = c;
+	tern_strlcpy(l->id, c->job->id, sizeof(l->id));
+	pthread_mutex_lock(&r->lock);
+	l->next = r->loads;
+	if (l->next)
+		l->next->prev = l;
+	r->loads = l;
+	pthread_mutex_unlock(&r->lock);
+	if (pool_submit(r->io_pool, load_work, c->w, load_done, l) != TERN_OK) {
+		load_unlink(r, l);
+		load_free(l);
+		set_error(c, false, "4.3.0", "out of memory");
+		return false;
+	}
+	c->load = l;
+	enter_state(c, RC_LOAD);
+	wait_for(c, c->conf->delivery.command_timeout);
+	return true;
+}
+
 /*
  * Starts delivering c->job. false: the message cannot go to this peer (the
  * error is set; the caller finishes the job). true: under way, or the
@@ -1153,6 +1332,8 @@ static void start_batch(struct rconn *c)
 static bool begin_job(struct rconn *c)
 {
 	job_errors_reset(c);
+	if (!c->job->data)
+		return load_start(c); /* begin_job again when they are in */
 	c->batch_start = c->batch_end = 0;
 	if (!fit_message_to_peer(c))
 		return false;
@@ -1854,6 +2035,7 @@ static enum smtp_client_cmd answered_cmd(const struct rconn *c)
 	case RC_RSET:
 		return SMTP_C_RSET;
 	case RC_IDLE:
+	case RC_LOAD:
 	case RC_NONE:
 	case RC_DNS:
 	case RC_CONNECT:
@@ -1989,6 +2171,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		conn_end(c);
 		return;
 	case RC_IDLE:
+	case RC_LOAD:
 	case RC_NONE:
 	case RC_DNS:
 	case RC_CONNECT:
@@ -2167,6 +2350,8 @@ static const char *waiting_for(const struct rconn *c)
 		return "the reply to RSET";
 	case RC_QUIT:
 		return "the reply to QUIT";
+	case RC_LOAD:
+		return "the message to be read back from the spool";
 	case RC_IDLE:
 	case RC_NONE:
 	case RC_DNS:
@@ -3162,6 +3347,12 @@ static void conn_free(struct rconn *c)
 		pthread_mutex_unlock(&c->r->lock);
 		c->sts_job = NULL;
 	}
+	if (c->load) {
+		pthread_mutex_lock(&c->r->lock);
+		c->load->c = NULL; /* likewise */
+		pthread_mutex_unlock(&c->r->lock);
+		c->load = NULL;
+	}
 	for (size_t h = 0; h < c->n_hosts; h++) {
 		for (size_t i = 0; i < c->hosts[h].n_tlsa; i++)
 			free(c->hosts[h].tlsa[i].data);
@@ -3314,6 +3505,7 @@ void remote_submit(struct remote *r, struct remote_job *job)
 	 * the recipient's), else by the sender's domain, else the default. */
 	char tag[POOL_TAG_MAX], key[400];
 	job->len = pool_take_tag(job->data, job->len, tag, sizeof(tag));
+	job_hold_or_drop(r, job);
 	char pool[65] = "";
 	/* an API key's pool (pool_select.keys) overrides the rest (pools.h) */
 	const char *pname = job->api_key ? pool_for_key(&rt->conf->shaping, job->api_key) : NULL;
@@ -3395,6 +3587,14 @@ void remote_submit(struct remote *r, struct remote_job *job)
 	}
 	if (spawn)
 		conn_spawn(r, d);
+}
+
+void remote_set_body_source(struct remote *r, struct mem_budget *budget, remote_load_fn load,
+                            void *arg)
+{
+	r->budget = budget;
+	r->load = load;
+	r->load_arg = arg;
 }
 
 void remote_stop(struct remote *r)
@@ -3524,6 +3724,11 @@ void remote_free(struct remote *r)
 	 * fetches, then free the jobs whose completion never ran. A read ahead
 	 * under way frees its reader itself (remote_stream.h). */
 	pool_free(r->io_pool);
+	while (r->loads) {
+		struct body_load *l = r->loads;
+		r->loads = l->next;
+		load_free(l);
+	}
 	pool_free(r->sts_pool);
 	while (r->sts_jobs) {
 		struct sts_job *j = r->sts_jobs;

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/budget.h"
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -63,7 +64,7 @@ struct job {
 	uint64_t file_off, file_len;
 	uint32_t file_crc; /* the record's CRC32C of the file, checked as it is sent */
 	bool flush;        /* `tern queue flush`: deferred recipients are due now */
-	size_t held;       /* bytes of data counted in scheduler.held_bytes */
+	size_t held;       /* bytes of data counted in scheduler.held */
 };
 
 /* Messages with recipients handed to the remote engine, so a flush or a
@@ -93,12 +94,11 @@ struct scheduler {
 	struct job *deferred;    /* unordered; scanned once a second */
 	size_t n_pending;
 	/* Committed messages' bytes handed in by scheduler_submit and waiting
-	 * for delivery. Past held_max a submit drops its copy and delivery
+	 * for delivery. Past its max a submit drops its copy and delivery
 	 * reads the message back from the spool (the page cache, usually):
 	 * accepting faster than the next hops take mail must not grow memory
 	 * with the backlog. */
-	atomic_size_t held_bytes;
-	size_t held_max;
+	struct mem_budget held; /* shared with the remote engine's queues */
 	bool stopping;
 	/* Hand-offs: a producer wakes a delivery thread only when one waits and
 	 * none has been woken yet; the woken one takes every job queued by then
@@ -171,7 +171,7 @@ static unsigned inflight_add(struct scheduler *s, struct inflight **table, const
 static void job_free(struct scheduler *s, struct job *j)
 {
 	if (j->held)
-		atomic_fetch_sub(&s->held_bytes, j->held);
+		budget_give(&s->held, j->held);
 	free(j->data);
 	free(j->spill_path);
 	free(j);
@@ -210,15 +210,14 @@ static void submit_job(struct scheduler *s, const char *id, char *data, size_t l
 		return;
 	}
 	tern_strlcpy(j->id, id, sizeof(j->id));
-	if (data && atomic_load(&s->held_bytes) + len > s->held_max) {
+	if (data && !budget_take(&s->held, len)) {
 		free(data); /* read back from the spool when it is delivered */
 		data = NULL;
 		len = 0;
+		metric_inc_l(M_BODIES_REREAD, "scheduler");
 	}
-	if (data) {
-		atomic_fetch_add(&s->held_bytes, len);
+	if (data)
 		j->held = len;
-	}
 	j->data = data;
 	j->len = len;
 	j->flush = flush;
@@ -340,9 +339,34 @@ void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try)
 	log_info("event=requeue messages=%zu", c.n);
 }
 
+/*
+ * The remote engine's read-back of a job whose bytes it dropped while the
+ * job waited (remote_set_body_source): the spooled message, as
+ * scheduler_submit would have handed it in. On the engine's I/O pool.
+ */
+static int load_for_remote(void *arg, const char *id, char **data, size_t *len)
+{
+	struct scheduler *s = arg;
+	struct tbuf b;
+	tbuf_init(&b, 4096);
+	int rc = spool_read_data(s->sp, id, &b);
+	if (rc != TERN_OK) {
+		tbuf_free(&b);
+		return rc;
+	}
+	*data = tbuf_steal(&b, len);
+	if (!*data) {
+		*data = calloc(1, 1);
+		*len = 0;
+	}
+	return *data ? TERN_OK : TERN_ENOMEM;
+}
+
 void scheduler_set_remote(struct scheduler *s, struct remote *r)
 {
 	s->remote = r;
+	if (r)
+		remote_set_body_source(r, &s->held, load_for_remote, s);
 }
 
 void scheduler_set_observer(struct scheduler *s, scheduler_result_fn fn, void *arg)
@@ -822,6 +846,18 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 			if (rr->outcome == REMOTE_BOUNCED)
 				suppress_hard_bounce(rt->conf, m, rr);
 		}
+		/* A job finished without its bytes (dropped while it waited,
+		 * never sent): read back for the notices and the Message-ID. */
+		if (!job->data && !m->spill) {
+			struct tbuf b;
+			tbuf_init(&b, (size_t)m->size + 1);
+			if (spool_read_data(s->sp, job->id, &b) == TERN_OK)
+				job->data = tbuf_steal(&b, &job->len);
+			else
+				tbuf_free(&b);
+			if (!job->data)
+				job->len = 0; /* notices go without the message */
+		}
 		record_outcomes(s, rt->conf, m, job->data, job->len, o, n);
 	} else if (!o) {
 		/* Nothing recorded: the spool still has the recipients due; retry soon. */
@@ -1094,8 +1130,11 @@ static void dispatch_remote(struct scheduler *s, const struct tern_config *conf,
 			if (rj->data)
 				memcpy(rj->data, job->data, job->len);
 		} else {
-			rj->data = job->data;
+			rj->data = job->data; /* with what it counts in the budget */
 			job->data = NULL;
+			rj->held_in = &s->held;
+			rj->held = job->held;
+			job->held = 0;
 		}
 		rj->len = job->len;
 		if (!rj->data) {
@@ -1570,7 +1609,7 @@ static void *scheduler_main(void *arg)
 
 void scheduler_set_held_max(struct scheduler *s, size_t bytes)
 {
-	s->held_max = bytes;
+	s->held.max = bytes;
 }
 
 struct scheduler *scheduler_new(struct spool *sp, unsigned threads)
@@ -1579,7 +1618,7 @@ struct scheduler *scheduler_new(struct spool *sp, unsigned threads)
 	if (!s)
 		return NULL;
 	s->sp = sp;
-	s->held_max = SCHEDULER_HELD_DEFAULT;
+	budget_init(&s->held, SCHEDULER_HELD_DEFAULT);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	s->threads = calloc(threads ? threads : 1, sizeof(pthread_t));

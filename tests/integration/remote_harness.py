@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IS_ROOT, Raw, deep_merge, make_tmpdir
+from conftest import IS_ROOT, Raw, deep_merge, dot_stuff, make_tmpdir
 
 UNBOUND = os.environ.get("TERN_UNBOUND", "/usr/sbin/unbound")
 HOSTNAME = "mx.tern.test"
@@ -1232,3 +1232,166 @@ class SilentDNS:
                     self.sock.sendto(a, addr)
                 except OSError:
                     pass
+
+
+# --------------------------------------------------------------------------
+# A next hop that greets when told, so that jobs wait behind its one connection
+# (test_remote_pipeline.py, test_remote_readback.py).
+
+PIPE_IP = "127.0.0.53"
+DOMAIN = "pipe.test"
+
+
+class PipeMX(ThreadedPeer):
+    """A next hop offering PIPELINING and 8BITMIME. dot_reply: {n: reply} for the nth
+    message of the peer's life (1-based) instead of 250; drop_at: the nth message's end
+    of data is met with a reset instead of a reply (once). self.tx: per message taken
+    (data, pipelined: the next command was in before this one's end of data was
+    answered, reply)."""
+
+    def __init__(self, ip, dot_reply=None, drop_at=None, tls=None):
+        super().__init__(ip)
+        self.tls = tls  # an ssl.SSLContext (server side): STARTTLS offered, then required
+        self.go = threading.Event()
+        self.dot_reply = dict(dot_reply or {})
+        self.drop_at = drop_at
+        self.n_msgs = 0
+        self.tx = []
+
+    def route(self):
+        tls = "require" if self.tls else "none"
+        return {"routes": {DOMAIN: {"via": f"smtp://{self.ip}:{self.port}", "tls": tls}}}
+
+    def taken(self):
+        with self.lock:
+            return list(self.tx)
+
+    def _serve(self, sock, cmds):
+        if not self.go.wait(DEADLINE):
+            return
+        sock.sendall(b"220 pipe.test ESMTP\r\n")
+        buf = bytearray()
+        conn = [sock]  # the socket, TLS-wrapped after STARTTLS
+
+        def fill():
+            b = conn[0].recv(65536)
+            if not b:
+                raise EOFError
+            buf.extend(b)
+
+        def line():
+            while b"\r\n" not in buf:
+                fill()
+            i = buf.index(b"\r\n")
+            ln = bytes(buf[:i]).decode("latin-1")
+            del buf[:i + 2]
+            return ln
+
+        def body():
+            while b"\r\n.\r\n" not in buf:
+                fill()
+            i = buf.index(b"\r\n.\r\n") + 5
+            data = bytes(buf[:i])
+            del buf[:i]
+            return data
+
+        def waiting():
+            """Is the next command already here (or there within a second)?"""
+            s = conn[0]
+            if buf or (isinstance(s, ssl.SSLSocket) and s.pending()):
+                return True
+            return bool(select.select([s], [], [], 1.0)[0])
+
+        try:
+            while True:
+                s = conn[0]
+                cmd = line()
+                cmds.append(cmd)
+                verb = cmd.split(" ")[0].upper()
+                if verb == "EHLO":
+                    tls = b"250-STARTTLS\r\n" if self.tls and s is sock else b""
+                    s.sendall(b"250-pipe.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n" + tls
+                              + b"250 ENHANCEDSTATUSCODES\r\n")
+                elif verb == "STARTTLS" and self.tls and s is sock:
+                    s.sendall(b"220 2.0.0 go ahead\r\n")
+                    conn[0] = self.tls.wrap_socket(s, server_side=True)
+                elif verb in ("MAIL", "RCPT"):
+                    s.sendall(b"250 2.1.0 ok\r\n")
+                elif verb == "DATA":
+                    s.sendall(b"354 go ahead\r\n")
+                    data = body()
+                    pipelined = waiting()
+                    with self.lock:
+                        self.n_msgs += 1
+                        n = self.n_msgs
+                        drop = n == self.drop_at
+                        reply = self.dot_reply.get(n, "250 2.0.0 queued")
+                    if drop:
+                        with self.lock:
+                            self.drop_at = None
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
+                        return
+                    with self.lock:
+                        self.tx.append({"data": data, "pipelined": pipelined, "reply": reply})
+                    s.sendall(reply.encode() + b"\r\n")
+                elif not self._answer_rest(s, verb):
+                    return
+        except EOFError:
+            return
+
+
+def start_behind(remote_tern, fake, extra=None, **delivery):
+    """tern with one connection per destination to fake, and the debug log queue_behind
+    reads; extra: more configuration."""
+    extra = deep_merge(fake.route(), extra or {})
+    extra["log_level"] = "debug"
+    return remote_tern(extra=extra, max_per_destination=1, **delivery)
+
+
+def message(tag):
+    return (f"From: <{SENDER}>\r\nTo: <a@{DOMAIN}>\r\nSubject: {tag}\r\n"
+            f"Message-ID: <{tag}@example.org>\r\n\r\n{tag} body\r\n.{tag} dotted\r\n"
+            ).encode()
+
+
+def queue_behind(t, fake, msgs):
+    """Submits msgs (a dict tag -> message); one of them takes the one connection (held
+    at its greeting), the others wait in the destination's queue; then the peer greets.
+    Returns the queue ids in the order they go out on the wire: the connection's first,
+    then the queue's (first in, first out)."""
+    qids = {submit(t, [f"a@{DOMAIN}"], m): tag for tag, m in msgs.items()}
+    rx = re.compile(r"event=remote_queued id=(\S+) ")
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        queued = [q for q in rx.findall(t.log()) if q in qids]
+        if len(queued) == len(qids) - 1:
+            break
+        assert time.monotonic() < deadline, t.log_tail()
+        time.sleep(0.05)
+    [first] = [q for q in qids if q not in queued]
+    fake.go.set()
+    return [(q, qids[q]) for q in [first] + queued]
+
+
+def wait_all_taken(t, fake, order):
+    """Waits until every message of order (queue_behind's) is delivered and the queue is
+    empty; returns what fake took, one entry per message."""
+    for q, _ in order:
+        t.wait_log(rf"event=delivered id={q} to=<a@{DOMAIN}>", timeout=DEADLINE)
+    wait_queue_empty(t)
+    taken = fake.taken()
+    assert len(taken) == len(order), taken
+    return taken
+
+
+def tx_of(taken, m):
+    subject = m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0]
+    got = [x for x in taken if b"Subject: " + subject + b"\r\n" in x["data"]]
+    return got
+
+
+def assert_exact(tx, m):
+    assert tx["data"].startswith(b"Received: ")
+    assert tx["data"].endswith(b"\r\n" + dot_stuff(m) + b".\r\n") or \
+        tx["data"].endswith(dot_stuff(m) + b".\r\n"), tx["data"][-200:]

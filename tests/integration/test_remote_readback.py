@@ -1,0 +1,69 @@
+"""limits.queued_memory also bounds the jobs waiting in a destination's queue: when the
+budget is full, a job behind busy connections drops its copy of the message and a
+connection reads it back from the spool when it takes the job (event=remote_body_dropped,
+then event=remote_body_reread; tern_bodies_reread_total{stage="remote"}). What a user
+depends on, asserted from the next hop's side and from the sender's mailbox:
+
+- every message read back arrives exactly once, byte for byte, in the queue's order,
+  with tern's own X-Tern-Tag header taken off as it is from a message kept in memory;
+- with room in the budget (the default, 128 MiB) nothing is dropped;
+- a job that ends without ever being sent (its destination does not exist) still gets
+  its failure notice with the original message in it: the bytes come back from the spool.
+"""
+
+import re
+
+import pytest
+
+from conftest import Raw
+from remote_harness import (PIPE_IP, PipeMX, assert_exact, message, queue_behind,
+                            start_behind, submit, wait_all_taken, wait_dsn, wait_queue_empty)
+from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
+
+
+def dropped_and_reread(t):
+    log = t.log()
+    return (set(re.findall(r"event=remote_body_dropped id=(\S+) ", log)),
+            set(re.findall(r"event=remote_body_reread id=(\S+) ", log)))
+
+
+@pytest.mark.parametrize("queued_memory", ["0", None], ids=["no-budget", "default"])
+def test_waiting_jobs_past_the_budget_are_read_back_exactly(remote_tern, mx, queued_memory):
+    with PipeMX(PIPE_IP) as fake:
+        extra = {"limits": {"queued_memory": Raw(queued_memory)}} if queued_memory else {}
+        t = start_behind(remote_tern, fake, extra=extra)
+        msgs = {}
+        for i in range(5):
+            tag = f"readback{i}-{queued_memory}"
+            # X-Tern-Tag picks an IP pool; it is ours and never leaves tern
+            msgs[tag] = b"X-Tern-Tag: newsletter\r\n" + message(tag) + b"x" * 3000 + b"\r\n"
+        order = queue_behind(t, fake, msgs)
+        taken = wait_all_taken(t, fake, order)
+        for (_, tag), tx in zip(order, taken):  # the queue's order, each exact and once
+            want = msgs[tag].replace(b"X-Tern-Tag: newsletter\r\n", b"")
+            assert_exact(tx, want)
+            assert b"X-Tern-Tag" not in tx["data"]
+        dropped, reread = dropped_and_reread(t)
+        qids = {q for q, _ in order}
+        if queued_memory == "0":
+            # the jobs that waited behind the busy connection, at least, went without
+            # their bytes, and every one dropped was read back once to be sent
+            assert {q for q, _ in order[1:]} <= dropped, (dropped, order)
+            assert dropped == reread and dropped <= qids
+            assert len(t.log_lines("event=remote_body_reread")) == len(dropped)
+        else:
+            assert dropped == set() and reread == set()
+
+
+def test_a_job_never_sent_gets_its_notice_with_the_original(remote_tern, mx):
+    # gone.test has no DNS records: the job ends bounced without a connection ever taking
+    # it, so its bytes were never read back; the notice needs them all the same.
+    t = remote_tern(extra={"limits": {"queued_memory": Raw("0")}, "log_level": "debug"})
+    body = (b"From: <sender@example.org>\r\nTo: <x@gone.test>\r\nSubject: readback-gone\r\n"
+            b"\r\nthe original text readback-gone-8841\r\n")
+    qid = submit(t, ["x@gone.test"], body)
+    dsn = wait_dsn(t, "x@gone.test")
+    assert "readback-gone-8841" in dsn.original_text(), dsn
+    t.wait_log(rf"event=bounced id={qid}\b")
+    assert re.search(rf"event=remote_body_dropped id={qid} ", t.log()), t.log_tail()
+    wait_queue_empty(t)
