@@ -13,7 +13,7 @@
 # instead of 9-10; bench/results/20261206-session6-*.md). TERN_WORKERS=0
 # gives tern's default, one per core; TERN_PER_DEST sets max_per_destination
 # (default tern's own, 10: pipeline_next keeps ten connections to the sink
-# busy).
+# busy); TERN_QUEUED_MEMORY sets limits.queued_memory (default 128m).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 tern=${TERN_BIN:-$here/../build/tern}
@@ -30,7 +30,7 @@ local_domains = ["localhost"];
 relay { networks = ["127.0.0.0/8"]; }
 relayhost { via = "smtp://$BENCH_SINK_HOST:$BENCH_SINK_PORT"; tls = "none"; }
 delivery { max_per_destination = ${TERN_PER_DEST:-10}; }
-limits { max_connections = 20000; max_connections_per_ip = 20000; }
+limits { max_connections = 20000; max_connections_per_ip = 20000; queued_memory = ${TERN_QUEUED_MEMORY:-128m}; }
 listen { mx { address = "$BENCH_LISTEN:$BENCH_PORT"; profile = "mx"; } }
 CONF
 exec "$tern" serve -c "$conf"

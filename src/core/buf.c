@@ -50,7 +50,7 @@ int tbuf_reserve(struct tbuf *b, size_t extra)
 	size_t ncap = b->cap ? b->cap : 64;
 	while (ncap < need)
 		ncap = ncap > SIZE_MAX / 2 ? need : ncap * 2;
-	if (ncap > b->max + 1)
+	if (b->max < SIZE_MAX && ncap > b->max + 1) /* max + 1 would wrap to 0 */
 		ncap = b->max + 1;
 	char *p = realloc(b->data, ncap);
 	if (!p)

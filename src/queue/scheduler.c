@@ -348,7 +348,9 @@ static int load_for_remote(void *arg, const char *id, char **data, size_t *len)
 {
 	struct scheduler *s = arg;
 	struct tbuf b;
-	tbuf_init(&b, 4096);
+	/* no limit of our own: the spool record's size bounds what is read (a
+	 * spilled message is never dropped, so this is at most about 1 MiB) */
+	tbuf_init(&b, SIZE_MAX);
 	int rc = spool_read_data(s->sp, id, &b);
 	if (rc != TERN_OK) {
 		tbuf_free(&b);

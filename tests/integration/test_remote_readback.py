@@ -36,7 +36,10 @@ def test_waiting_jobs_past_the_budget_are_read_back_exactly(remote_tern, mx, que
         for i in range(5):
             tag = f"readback{i}-{queued_memory}"
             # X-Tern-Tag picks an IP pool; it is ours and never leaves tern
-            msgs[tag] = b"X-Tern-Tag: newsletter\r\n" + message(tag) + b"x" * 3000 + b"\r\n"
+            # sizes from 3 KB to 300 KB: what is read back is the whole message
+            filler = b"".join(b"line %06d of the readback filler\r\n" % n
+                              for n in range(100 * 3 ** i))
+            msgs[tag] = b"X-Tern-Tag: newsletter\r\n" + message(tag) + filler
         order = queue_behind(t, fake, msgs)
         taken = wait_all_taken(t, fake, order)
         for (_, tag), tx in zip(order, taken):  # the queue's order, each exact and once
