@@ -3724,12 +3724,17 @@ void remote_free(struct remote *r)
 	 * fetches, then free the jobs whose completion never ran. A read ahead
 	 * under way frees its reader itself (remote_stream.h). */
 	pool_free(r->io_pool);
+	pool_free(r->sts_pool);
+	/* Their completions went to the stopped workers: run them now (each
+	 * finds its connection gone and frees itself), so none is left posted
+	 * to run after this; then free the jobs whose completion never came. */
+	for (size_t i = 0; i < r->n_workers; i++)
+		worker_run_pending(r->workers[i]);
 	while (r->loads) {
 		struct body_load *l = r->loads;
 		r->loads = l->next;
 		load_free(l);
 	}
-	pool_free(r->sts_pool);
 	while (r->sts_jobs) {
 		struct sts_job *j = r->sts_jobs;
 		r->sts_jobs = j->next;
