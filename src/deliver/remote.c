@@ -44,6 +44,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
@@ -138,6 +139,7 @@ struct body_load {
 	char *data;
 	size_t len;
 	int rc;
+	bool ahead; /* for c->next_job (PIPE-NEXT), not for c->job */
 };
 
 /* One MTA-STS policy lookup on the pool. c is NULL once the connection is
@@ -238,6 +240,13 @@ struct rconn {
 	 * (take_next); until then nothing of it was answered or recorded. */
 	struct remote_job *next_job;
 	size_t tail_after_dot; /* PIPE-NEXT: its bytes queued behind the end of data */
+	/* PIPE-NEXT: next_job's commands have not gone out yet: it waited
+	 * without its bytes (queued_memory) and was taken early to read them
+	 * back while job goes out (reserve_next; c->load while the read runs).
+	 * They go behind job's end of data once both are there (pipeline_next,
+	 * load_done_ahead); if job's transaction ends first, next_job is begun
+	 * as the current job (tx_next). */
+	bool next_unsent;
 	char domain[DNS_NAME_MAX + 1];
 	enum rc_state st;
 	uint16_t port;
@@ -360,6 +369,7 @@ static bool pump_more(struct rconn *c);
 static void pump_ready(void *arg);
 static void tx_forget_results(struct rconn *c);
 static void take_next(struct rconn *c);
+static void reserve_next(struct rconn *c);
 
 static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
 {
@@ -500,6 +510,20 @@ static void job_unqueued(struct remote_job *j)
 	j->held = 0;
 }
 
+/* A job that will not be tried now (never sent): every recipient gets
+ * the same temporary result and the scheduler the job. */
+static void job_give_up(struct remote_job *j, const char *status, const char *text)
+{
+	for (size_t i = 0; i < j->n_rcpts; i++) {
+		if (j->rcpts[i].outcome != REMOTE_PENDING)
+			continue;
+		j->rcpts[i].outcome = REMOTE_DEFERRED;
+		tern_strlcpy(j->rcpts[i].status, status, sizeof(j->rcpts[i].status));
+		tern_strlcpy(j->rcpts[i].reply, text, sizeof(j->rcpts[i].reply));
+	}
+	j->done(j, j->done_arg);
+}
+
 /* Takes the next job of this destination, or NULL (and gives up our slot).
  * After remote_stop nothing more is taken: queued jobs stay queued and are
  * freed without a result by remote_free (they are still in the spool). */
@@ -600,12 +624,13 @@ static struct remote_job *dest_pop_shaped(struct rconn *c, bool *reconnect)
  * transfer of the headers and body of the previous message"): the job that
  * can follow c's current one on the wire without a word of its own said
  * first, that is, with nothing in it this peer would make us change
- * (held in memory, its bytes not dropped, one batch of fresh recipients, nothing to convert,
- * within the peer's SIZE).
+ * (not spilled, one batch of fresh recipients, nothing to convert, within
+ * the peer's SIZE). Its bytes may be dropped (queued_memory): they are
+ * read back while the current message goes out (pipeline_next).
  */
 static bool fits_as_is(const struct rconn *c, const struct remote_job *j)
 {
-	if (!j->data || j->spill_path || j->body == SMTP_BODY_BINARYMIME ||
+	if (j->spill_path || j->body == SMTP_BODY_BINARYMIME ||
 	    (j->smtputf8 && !c->caps.smtputf8) || (j->has_8bit && !c->caps.eightbitmime) ||
 	    j->n_rcpts == 0 || j->n_rcpts > BATCH_MAX)
 		return false;
@@ -623,9 +648,10 @@ static bool fits_as_is(const struct rconn *c, const struct remote_job *j)
  * back (no per-minute rate, no pool: their tokens are taken when a job
  * starts, dest_pop_shaped; the connection's per_connection allowance not
  * used up), and an empty queue leaves the slot alone: the current job
- * still holds it.
+ * still holds it. dropped_only: only a job whose bytes were dropped
+ * (reserve_next).
  */
-static struct remote_job *dest_pop_ahead(struct rconn *c)
+static struct remote_job *dest_pop_ahead(struct rconn *c, bool dropped_only)
 {
 	struct dest *d = c->dest;
 	if (!d || d->pool[0])
@@ -637,7 +663,7 @@ static struct remote_job *dest_pop_ahead(struct rconn *c)
 	struct remote *r = c->r;
 	pthread_mutex_lock(&r->lock);
 	struct remote_job *j = r->stopping ? NULL : d->head;
-	if (j && fits_as_is(c, j)) {
+	if (j && fits_as_is(c, j) && (!dropped_only || !j->data)) {
 		d->head = j->next;
 		if (!d->head)
 			d->tail = NULL;
@@ -653,21 +679,25 @@ static struct remote_job *dest_pop_ahead(struct rconn *c)
 	return j;
 }
 
-/* PIPE-NEXT: the connection ends before c->next_job's transaction was
- * answered: the job goes back to the head of its queue, untried (its end
- * of data was never sent, so the peer holds nothing of it). */
-static void next_job_requeue(struct rconn *c)
+/* PIPE-NEXT: c->next_job goes back to the head of its queue, untried (its
+ * end of data was never sent, so the peer holds nothing of it): the
+ * connection ends before its transaction was answered, or (why) its bytes
+ * could not be read back now. */
+#define REQUEUE_CONN_ENDED "connection ended before its transaction was answered"
+
+static void next_job_requeue(struct rconn *c, const char *why)
 {
 	struct remote_job *j = c->next_job;
 	if (!j)
 		return;
 	c->next_job = NULL;
+	c->next_unsent = false; /* a read-back under way is dropped with the connection */
 	if (TERN_BUG_ON(!c->dest)) {
 		c->job = j; /* cannot happen: deferred rather than lost */
 		job_finish(c);
 		return;
 	}
-	if (c->r->budget && !j->held) { /* it keeps its bytes: it is next */
+	if (c->r->budget && j->data && !j->held) { /* it keeps its bytes: it is next */
 		budget_charge(c->r->budget, j->len);
 		j->held_in = c->r->budget;
 		j->held = j->len;
@@ -678,9 +708,9 @@ static void next_job_requeue(struct rconn *c)
 	if (!c->dest->tail)
 		c->dest->tail = j;
 	pthread_mutex_unlock(&c->r->lock);
-	log_info("event=remote_requeued id=%s relay=%s reason=\"connection ended before its "
-	         "transaction was answered\"",
-	         j->id, target_host(c));
+	char q[300];
+	log_info("event=remote_requeued id=%s relay=%s reason=%s", j->id, target_host(c),
+	         log_quote(why, strlen(why), q, sizeof(q)));
 }
 
 /* ------------------------------------------------------------------- I/O */
@@ -744,13 +774,29 @@ static bool bdat_due(const struct rconn *c, size_t ahead)
 	return c->st == RC_TX && k < c->n_expect && c->expect[k] == EX_BDAT;
 }
 
+/* PIPE-NEXT: whether a job may follow c's current one on the wire behind
+ * its end of data (its last batch, sent with DATA). */
+static bool next_may_ride(const struct rconn *c)
+{
+	const struct remote_job *cur = c->job;
+	return c->conf->delivery.pipeline_next && c->caps.pipelining && !c->one_write && cur &&
+	       !cur->spill_path && cur->body != SMTP_BODY_BINARYMIME &&
+	       c->batch_end >= cur->n_rcpts;
+}
+
+/* PIPE-NEXT: the next job's commands went out behind the end of data. */
+static bool next_on_wire(const struct rconn *c)
+{
+	return c->next_job && !c->next_unsent;
+}
+
 /* The wait for the next reply (`ahead` as for bdat_due): the end of the
  * data's is at least FINAL_REPLY_MIN_SEC (RFC 5321 §4.5.3.2.6), any other
  * command's command_timeout. */
 static void wait_next_reply(struct rconn *c, size_t ahead)
 {
 	uint32_t t = c->conf->delivery.command_timeout;
-	bool dot = c->st == RC_DOT && (ahead == 0 || !c->next_job); /* PIPE-NEXT: MAIL's */
+	bool dot = c->st == RC_DOT && (ahead == 0 || !next_on_wire(c)); /* PIPE-NEXT: MAIL's */
 	if ((dot || bdat_due(c, ahead)) && t < FINAL_REPLY_MIN_SEC)
 		t = FINAL_REPLY_MIN_SEC;
 	wait_for(c, t);
@@ -1212,6 +1258,7 @@ static void start_batch(struct rconn *c)
 				return;
 		}
 	}
+	reserve_next(c);
 }
 
 /* -------------------------------------------------- dropped bodies */
@@ -1243,6 +1290,51 @@ static void load_work(void *arg)
 
 static bool begin_job(struct rconn *c);
 
+/* The job whose bytes a read-back brought (or failed to): they are its own
+ * from now on, with tern's X-Tern-Tag taken off again as remote_submit did.
+ * false (logged) when the read failed. */
+static bool load_attach(struct rconn *c, struct body_load *l, struct remote_job *j)
+{
+	if (l->rc != TERN_OK) {
+		log_error("event=spool_read_failed id=%s relay=%s reason=%s", j->id, target_host(c),
+		          tern_strerror(l->rc));
+		return false;
+	}
+	char tag[POOL_TAG_MAX];
+	j->data = l->data;
+	j->len = pool_take_tag(l->data, l->len, tag, sizeof(tag));
+	l->data = NULL;
+	log_debug("event=remote_body_reread id=%s bytes=%zu relay=%s%s", j->id, j->len,
+	          target_host(c), l->ahead ? " pipelined=1" : "");
+	return true;
+}
+
+static void send_next_commands(struct rconn *c, const struct remote_job *j);
+
+/*
+ * PIPE-NEXT: the bytes of c->next_job are in while the current message's
+ * end of data still waits for its reply: its commands go out now, behind
+ * it, as pipeline_next would have sent them. A failed read gives the job
+ * up (deferred; the message stays in the spool for its retry).
+ */
+static void load_done_ahead(struct rconn *c, struct body_load *l)
+{
+	struct remote_job *j = c->next_job;
+	if (TERN_BUG_ON(!j || !c->next_unsent || j->data))
+		return;
+	if (!load_attach(c, l, j)) {
+		c->next_job = NULL;
+		c->next_unsent = false;
+		job_give_up(j, "4.3.0", "the message could not be read back from the spool");
+		return;
+	}
+	/* the end of data went out already (pipeline_next found no bytes) */
+	if (c->st == RC_DOT && next_may_ride(c) && !c->mail_failed && c->n_accepted > 0) {
+		c->next_unsent = false;
+		send_next_commands(c, j);
+	}
+}
+
 /* On the connection's worker: the bytes are in (or the read failed). */
 static void load_done(void *arg)
 {
@@ -1257,35 +1349,50 @@ static void load_done(void *arg)
 		return;
 	}
 	c->load = NULL;
-	struct remote_job *j = c->job;
-	if (TERN_BUG_ON(c->st != RC_LOAD || !j || j->data)) {
-		load_free(l);
-		return;
-	}
 	bool outer = step_begin(c);
-	wait_none(c);
-	bool started;
-	if (l->rc == TERN_OK) {
-		char tag[POOL_TAG_MAX]; /* taken off again, as remote_submit did */
-		j->data = l->data;
-		j->len = pool_take_tag(l->data, l->len, tag, sizeof(tag));
-		l->data = NULL;
-		log_debug("event=remote_body_reread id=%s bytes=%zu relay=%s", j->id, j->len,
-		          target_host(c));
-		started = begin_job(c);
-	} else {
-		log_error("event=spool_read_failed id=%s relay=%s reason=%s", j->id, target_host(c),
-		          tern_strerror(l->rc));
-		set_error(c, false, "4.3.0", "the message could not be read back from the spool");
-		started = false;
+	if (l->ahead) {
+		load_done_ahead(c, l);
+	} else if (!TERN_BUG_ON(c->st != RC_LOAD || !c->job || c->job->data)) {
+		wait_none(c);
+		bool started = load_attach(c, l, c->job) && begin_job(c);
+		if (!started) {
+			if (!c->job->data)
+				set_error(c, false, "4.3.0",
+				          "the message could not be read back from the spool");
+			job_finish(c);
+			conn_start_job(c);
+		}
 	}
 	load_free(l);
-	if (!started) {
-		job_finish(c);
-		conn_start_job(c);
-	}
 	if (outer)
 		step_end(c);
+}
+
+/* Starts reading back the bytes of job id for c (c->load); ahead: for
+ * c->next_job. false when it cannot start (no pool, out of memory). */
+static bool load_begin(struct rconn *c, const char *id, bool ahead)
+{
+	struct remote *r = c->r;
+	struct body_load *l = r->load && r->io_pool ? calloc(1, sizeof(*l)) : NULL;
+	if (!l)
+		return false;
+	l->r = r;
+	l->c = c;
+	l->ahead = ahead;
+	tern_strlcpy(l->id, id, sizeof(l->id));
+	pthread_mutex_lock(&r->lock);
+	l->next = r->loads;
+	if (l->next)
+		l->next->prev = l;
+	r->loads = l;
+	pthread_mutex_unlock(&r->lock);
+	if (pool_submit(r->io_pool, load_work, c->w, load_done, l) != TERN_OK) {
+		load_unlink(r, l);
+		load_free(l);
+		return false;
+	}
+	c->load = l;
+	return true;
 }
 
 /*
@@ -1297,28 +1404,10 @@ static void load_done(void *arg)
  */
 static bool load_start(struct rconn *c)
 {
-	struct remote *r = c->r;
-	struct body_load *l = r->load && r->io_pool ? calloc(1, sizeof(*l)) : NULL;
-	if (!l) {
+	if (!load_begin(c, c->job->id, false)) {
 		set_error(c, false, "4.3.0", "the message could not be read back from the spool");
 		return false;
 	}
-	l->r = r;
-	l->c = c;
-	tern_strlcpy(l->id, c->job->id, sizeof(l->id));
-	pthread_mutex_lock(&r->lock);
-	l->next = r->loads;
-	if (l->next)
-		l->next->prev = l;
-	r->loads = l;
-	pthread_mutex_unlock(&r->lock);
-	if (pool_submit(r->io_pool, load_work, c->w, load_done, l) != TERN_OK) {
-		load_unlink(r, l);
-		load_free(l);
-		set_error(c, false, "4.3.0", "out of memory");
-		return false;
-	}
-	c->load = l;
 	enter_state(c, RC_LOAD);
 	wait_for(c, c->conf->delivery.command_timeout);
 	return true;
@@ -1362,6 +1451,28 @@ static void tx_next(struct rconn *c)
 		return;
 	}
 	job_finish(c);
+	if (c->next_job && c->next_unsent) {
+		/* PIPE-NEXT: taken early, nothing of it sent: the current job
+		 * now, begun at once or when its bytes are in (load_done) */
+		c->job = c->next_job;
+		c->next_job = NULL;
+		c->next_unsent = false;
+		if (!c->load) {
+			if (!begin_job(c)) {
+				job_finish(c);
+				conn_start_job(c);
+			}
+			return;
+		}
+		c->load->ahead = false;
+		log_debug(
+		    "event=remote_load_wait id=%s relay=%s reason=\"the end of data before it "
+		    "was answered first\"",
+		    c->job->id, target_host(c));
+		enter_state(c, RC_LOAD);
+		wait_for(c, c->conf->delivery.command_timeout);
+		return;
+	}
 	if (c->next_job) {
 		take_next(c); /* PIPE-NEXT: already on the wire */
 		return;
@@ -1470,21 +1581,65 @@ static void send_body_stream(struct rconn *c)
  */
 static void pipeline_next(struct rconn *c)
 {
-	const struct remote_job *cur = c->job;
-	if (!c->conf->delivery.pipeline_next || !c->caps.pipelining || c->one_write ||
-	    c->next_job || c->batch_end < cur->n_rcpts || c->mail_failed || c->n_accepted == 0)
+	if (!next_may_ride(c) || c->mail_failed || c->n_accepted == 0)
 		return;
-	struct remote_job *j = dest_pop_ahead(c);
+	if (c->next_job) { /* taken early (reserve_next) */
+		if (c->next_unsent && c->next_job->data) {
+			c->next_unsent = false;
+			send_next_commands(c, c->next_job);
+		}
+		return; /* else its read-back sends them when it is in (load_done_ahead) */
+	}
+	if (c->load)
+		return;
+	struct remote_job *j = dest_pop_ahead(c, false);
 	if (!j)
 		return;
+	c->next_job = j;
+	if (j->data) {
+		send_next_commands(c, j);
+		return;
+	}
+	/* queued_memory: read back now; sent when in (load_done_ahead) */
+	c->next_unsent = load_begin(c, j->id, true);
+	if (!c->next_unsent) /* the usual way, after this one */
+		next_job_requeue(c, "its bytes could not be read back ahead");
+}
+
+/*
+ * PIPE-NEXT with queued_memory: when c's current job starts and the job
+ * behind it in the queue waits without its bytes, it is taken now and read
+ * back while the current message goes out, so that its commands can still
+ * go in the same write as the end of data (pipeline_next). A read that
+ * ends after that write goes on its own (load_done_ahead): one more small
+ * segment, which a peer with delayed acknowledgements may answer late.
+ */
+static void reserve_next(struct rconn *c)
+{
+	if (!next_may_ride(c) || c->next_job || c->load || !c->r->load)
+		return;
+	struct remote_job *j = dest_pop_ahead(c, true);
+	if (!j)
+		return;
+	c->next_job = j;
+	c->next_unsent = load_begin(c, j->id, true);
+	if (!c->next_unsent)
+		next_job_requeue(c, "its bytes could not be read back ahead");
+}
+
+/* PIPE-NEXT: j's MAIL, RCPTs and DATA behind the current end of data
+ * (queued or, after a read-back, maybe gone out already). */
+static void send_next_commands(struct rconn *c, const struct remote_job *j)
+{
 	size_t before = out_queued(c);
 	send_mail_of(c, j, NULL);
 	for (size_t i = 0; i < j->n_rcpts; i++)
 		send_rcpt_of(c, j, i);
 	send_line(c, "DATA");
-	c->tail_after_dot = out_queued(c) - before;
-	c->next_job = j;
-	log_debug("event=remote_pipelined id=%s after=%s relay=%s", j->id, cur->id, target_host(c));
+	if (c->body_pending) /* else the data phase is over: nothing to tell apart */
+		c->tail_after_dot = out_queued(c) - before;
+	log_debug("event=remote_pipelined id=%s after=%s relay=%s", j->id,
+	          c->job ? c->job->id : "-", target_host(c));
 }
 
 /* PIPE-NEXT: the end of data's reply is in and its job finished: the job
@@ -1506,6 +1661,7 @@ static void take_next(struct rconn *c)
 		c->expect[c->n_expect++] = EX_RCPT;
 	c->expect[c->n_expect++] = EX_DATA;
 	enter_state(c, RC_TX);
+	reserve_next(c);
 }
 
 static void send_body(struct rconn *c)
@@ -1723,7 +1879,7 @@ static void end_reply(struct rconn *c, const struct smtp_reply *r, const char *p
 	/* PIPE-NEXT: with the next MAIL sent behind the end of data, no RSET
 	 * (it would undo that transaction; this one is over either way, RFC
 	 * 5321 §4.1.1.4). */
-	if (ok || c->next_job) {
+	if (ok || next_on_wire(c)) {
 		tx_next(c);
 	} else {
 		enter_state(c, RC_RSET);
@@ -2592,6 +2748,21 @@ static bool bind_source(struct rconn *c, const struct target *t, int *fd)
 	return true;
 }
 
+/*
+ * Every write of ours is whole already (a step's sends leave in one
+ * sendmsg, remote_wire.h), so Nagle's algorithm only ever holds back a
+ * write that follows one still unacknowledged: the commands of a next
+ * message sent on their own behind an end of data (load_done_ahead) waited
+ * for a delayed acknowledgement, about 40 ms each.
+ */
+static void no_delay(struct rconn *c)
+{
+	int one = 1;
+	evutil_socket_t fd = bufferevent_getfd(c->bev);
+	if (fd >= 0)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
 static void conn_next_target(struct rconn *c)
 {
 	while (c->cur < c->n_targets) {
@@ -2631,8 +2802,11 @@ static void conn_next_target(struct rconn *c)
 		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 		enter_state(c, RC_CONNECT);
 		wait_for(c, c->conf->delivery.connect_timeout);
-		if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&t->ss, (int)t->len) == 0)
+		if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&t->ss, (int)t->len) ==
+		    0) {
+			no_delay(c);
 			return;
+		}
 		set_error(c, false, "4.4.1", "connect to %s: %s", t->host, strerror(errno));
 		close_bev(c);
 		c->cur++;
@@ -3329,7 +3503,7 @@ static void conn_free(struct rconn *c)
 		return;
 	}
 	if (TERN_BUG_ON(c->next_job)) /* conn_end requeues it */
-		next_job_requeue(c);
+		next_job_requeue(c, REQUEUE_CONN_ENDED);
 	pthread_mutex_lock(&c->r->lock);
 	if (c->prev)
 		c->prev->next = c->next;
@@ -3378,7 +3552,7 @@ static void conn_end(struct rconn *c)
 	struct dest *d = c->dest;
 	if (c->job)
 		job_finish(c);
-	next_job_requeue(c); /* PIPE-NEXT: then `more` below counts it */
+	next_job_requeue(c, REQUEUE_CONN_ENDED); /* PIPE-NEXT: then `more` below counts it */
 	if (d) {
 		pthread_mutex_lock(&r->lock);
 		bool more = d->head != NULL;
@@ -3535,14 +3709,7 @@ void remote_submit(struct remote *r, struct remote_job *job)
 		if (!d) {
 			pthread_mutex_unlock(&r->lock);
 			log_error("event=remote_submit_failed id=%s reason=out-of-memory", job->id);
-			for (size_t i = 0; i < job->n_rcpts; i++) {
-				job->rcpts[i].outcome = REMOTE_DEFERRED;
-				tern_strlcpy(job->rcpts[i].status, "4.3.0",
-				             sizeof(job->rcpts[i].status));
-				tern_strlcpy(job->rcpts[i].reply, "out of memory",
-				             sizeof(job->rcpts[i].reply));
-			}
-			job->done(job, job->done_arg);
+			job_give_up(job, "4.3.0", "out of memory");
 			return;
 		}
 		tern_strlcpy(d->key, key, sizeof(d->key));

@@ -4,8 +4,9 @@ connection reads it back from the spool when it takes the job (event=remote_body
 then event=remote_body_reread; tern_bodies_reread_total{stage="remote"}). What a user
 depends on, asserted from the next hop's side and from the sender's mailbox:
 
-- every message read back arrives exactly once, byte for byte, in the queue's order,
-  with tern's own X-Tern-Tag header taken off as it is from a message kept in memory;
+- every message read back arrives exactly once, byte for byte,
+  with tern's own X-Tern-Tag header taken off as it is from a message kept in memory,
+  and still rides behind the previous message's end of data (delivery.pipeline_next);
 - with room in the budget (the default, 128 MiB) nothing is dropped;
 - a job that ends without ever being sent (its destination does not exist) still gets
   its failure notice with the original message in it: the bytes come back from the spool.
@@ -17,7 +18,8 @@ import pytest
 
 from conftest import Raw
 from remote_harness import (PIPE_IP, PipeMX, assert_exact, message, queue_behind,
-                            start_behind, submit, wait_all_taken, wait_dsn, wait_queue_empty)
+                            start_behind, submit, tx_of, wait_all_taken, wait_dsn,
+                            wait_queue_empty)
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
 
@@ -42,10 +44,15 @@ def test_waiting_jobs_past_the_budget_are_read_back_exactly(remote_tern, mx, que
             msgs[tag] = b"X-Tern-Tag: newsletter\r\n" + message(tag) + filler
         order = queue_behind(t, fake, msgs)
         taken = wait_all_taken(t, fake, order)
-        for (_, tag), tx in zip(order, taken):  # the queue's order, each exact and once
-            want = msgs[tag].replace(b"X-Tern-Tag: newsletter\r\n", b"")
+        for tag, m in msgs.items():  # each exactly once, byte for byte
+            want = m.replace(b"X-Tern-Tag: newsletter\r\n", b"")
+            [tx] = tx_of(taken, want)
             assert_exact(tx, want)
             assert b"X-Tern-Tag" not in tx["data"]
+        # each but the last went out behind the previous end of data, read back or not
+        # (the next job's bytes are read while the current message goes out)
+        flags = [x["pipelined"] for x in taken]
+        assert flags == [True] * (len(msgs) - 1) + [False], flags
         dropped, reread = dropped_and_reread(t)
         qids = {q for q, _ in order}
         if queued_memory == "0":
