@@ -705,41 +705,36 @@ static bool canonical_address(const char *s, char *out, size_t outlen)
 
 /* ---- sections ------------------------------------------------------------ */
 
-static int add_domain(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+/* Adds n's string to the string list arg (once), if ok; else the error
+ * says what it is not. */
+static int add_checked(struct ctx *x, const struct ucl_node *n, const char *path, void *arg,
+                       bool ok, const char *is_not)
 {
 	struct strlist *l = arg;
 	char b[80];
-	if (!valid_domain(n->str))
-		return cerr(x, n, "%s: '%s' is not a valid domain name", path,
-		            show(n->str, b, sizeof(b)));
+	if (!ok)
+		return cerr(x, n, "%s: '%s' %s", path, show(n->str, b, sizeof(b)), is_not);
 	if (strlist_has(l, n->str))
 		return TERN_OK;
 	return strlist_add(l, n->str) == TERN_OK ? TERN_OK : nomem(x);
 }
 
+static int add_domain(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
+{
+	return add_checked(x, n, path, arg, valid_domain(n->str), "is not a valid domain name");
+}
+
 static int add_target(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
 {
-	struct strlist *l = arg;
-	char b[80];
-	if (!valid_address(n->str))
-		return cerr(x, n, "%s: '%s' is not an address (expected local@domain)", path,
-		            show(n->str, b, sizeof(b)));
-	if (strlist_has(l, n->str))
-		return TERN_OK;
-	return strlist_add(l, n->str) == TERN_OK ? TERN_OK : nomem(x);
+	return add_checked(x, n, path, arg, valid_address(n->str),
+	                   "is not an address (expected local@domain)");
 }
 
 /* An entry of senders: an address, or "@domain" for every address in it. */
 static int add_sender(struct ctx *x, const struct ucl_node *n, const char *path, void *arg)
 {
-	struct strlist *l = arg;
-	char b[80];
-	if (n->str[0] == '@' ? !valid_domain(n->str + 1) : !valid_address(n->str))
-		return cerr(x, n, "%s: '%s' is neither an address nor \"@domain\"", path,
-		            show(n->str, b, sizeof(b)));
-	if (strlist_has(l, n->str))
-		return TERN_OK;
-	return strlist_add(l, n->str) == TERN_OK ? TERN_OK : nomem(x);
+	bool ok = n->str[0] == '@' ? valid_domain(n->str + 1) : valid_address(n->str);
+	return add_checked(x, n, path, arg, ok, "is neither an address nor \"@domain\"");
 }
 
 struct netlist {
