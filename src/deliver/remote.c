@@ -1466,8 +1466,8 @@ static void tx_next(struct rconn *c)
 		}
 		c->load->ahead = false;
 		log_debug(
-		    "event=remote_load_wait id=%s relay=%s reason=\"the end of data before it "
-		    "was answered first\"",
+		    "event=remote_load_wait id=%s relay=%s reason=\"the previous end of data was "
+		    "answered before this message was read back\"",
 		    c->job->id, target_host(c));
 		enter_state(c, RC_LOAD);
 		wait_for(c, c->conf->delivery.command_timeout);

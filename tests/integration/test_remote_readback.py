@@ -17,9 +17,9 @@ import re
 import pytest
 
 from conftest import Raw
-from remote_harness import (PIPE_IP, PipeMX, assert_exact, message, queue_behind,
-                            start_behind, submit, tx_of, wait_all_taken, wait_dsn,
-                            wait_queue_empty)
+from remote_harness import (DEADLINE, DOMAIN, PIPE_IP, PipeMX, assert_exact, message,
+                            queue_behind, start_behind, submit, tx_of, wait_all_taken,
+                            wait_dsn, wait_queue_empty)
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
 
@@ -77,3 +77,31 @@ def test_a_job_never_sent_gets_its_notice_with_the_original(remote_tern, mx):
     t.wait_log(rf"event=bounced id={qid}\b")
     assert re.search(rf"event=remote_body_dropped id={qid} ", t.log()), t.log_tail()
     wait_queue_empty(t)
+
+
+def test_a_message_deleted_while_it_waits_is_never_sent(remote_tern, mx):
+    # `tern queue delete` while the job waits without its bytes: the read-back finds
+    # nothing, the job is given up (nothing is sent for it, nothing recorded: the message
+    # is gone), and the connection goes on with the next message.
+    with PipeMX(PIPE_IP) as fake:
+        t = start_behind(remote_tern, fake, extra={"limits": {"queued_memory": Raw("0")}})
+        tags = [f"deleted{i}" for i in range(3)]
+        msgs = {tag: message(tag) for tag in tags}
+        qids = [submit(t, [f"a@{DOMAIN}"], msgs[tag]) for tag in tags]
+        for q in qids[1:]:
+            t.wait_log(rf"event=remote_queued id={q} ")
+        gone = qids[1]
+        out = t.cli("queue", "delete", gone)
+        assert out.returncode == 0, out.stderr + out.stdout
+        fake.go.set()
+        for q in (qids[0], qids[2]):
+            t.wait_log(rf"event=delivered id={q} to=<a@{DOMAIN}>", timeout=DEADLINE)
+        t.wait_log(rf"event=spool_read_failed id={gone} ")
+        wait_queue_empty(t)
+        taken = fake.taken()
+        assert len(taken) == 2, taken
+        for tag in (tags[0], tags[2]):
+            [tx] = tx_of(taken, msgs[tag])
+            assert_exact(tx, msgs[tag])
+        assert not tx_of(taken, msgs[tags[1]])
+        assert not re.search(rf"event=(delivered|bounced) id={gone} ", t.log())

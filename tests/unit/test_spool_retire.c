@@ -27,6 +27,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "queue/queue.h"
+#include "queue/spool_internal.h"
 #include "spool_fixture.h"
 
 /* ---- close(), held for deleted segment files ---------------------------- */
@@ -121,7 +122,7 @@ static void put_sync(struct spool *s, struct spool_msg *m, const char *data)
 static void test_put_answered_while_a_dead_segment_closes(void **st)
 {
 	(void)st;
-	enum { N = 20 };
+	enum { MAX_N = 200 };
 	struct tmpdir td;
 	tmpdir_make(&td);
 	char *data = malloc(BIG);
@@ -129,15 +130,21 @@ static void test_put_answered_while_a_dead_segment_closes(void **st)
 	memset(data, 'x', BIG);
 	struct spool *s;
 	assert_int_equal(spool_open(td.path, &s), TERN_OK);
-	struct spool_msg *m[N + 1];
-	for (int i = 0; i <= N; i++)
+	struct spool_msg *m[MAX_N + 1];
+	for (int i = 0; i <= MAX_N; i++)
 		m[i] = make_msg((unsigned)i);
-	for (int i = 0; i < N; i++)
-		put_sync(s, m[i], data);
+	/* Older segments that can finish: two at least, since the first to go
+	 * is recycled (renamed to be a later segment, not closed). A segment
+	 * grows past its prepared size while no spare is ready (a loaded
+	 * machine), so the rotation is forced at 1 MiB and messages are put
+	 * until there are three segments, not a fixed count. */
+	spool_debug_set_segment_max(s, 1024 * 1024);
+	int N = 0;
 	struct spool_stats ss;
-	spool_get_stats(s, &ss);
-	/* older segments that can finish: two, since the first to go is
-	 * recycled (renamed to be a later segment, not closed) */
+	do {
+		put_sync(s, m[N++], data);
+		spool_get_stats(s, &ss);
+	} while (ss.segments < 3 && N < MAX_N);
 	assert_true(ss.segments >= 3);
 
 	pthread_mutex_lock(&hold_mu);
@@ -177,7 +184,7 @@ static void test_put_answered_while_a_dead_segment_closes(void **st)
 	spool_msg_free(g);
 	assert_int_equal(spool_foreach_damage(s, NULL, NULL), 0);
 	spool_close(s);
-	for (int i = 0; i <= N; i++)
+	for (int i = 0; i <= MAX_N; i++)
 		spool_msg_free(m[i]);
 	free(data);
 	tmpdir_rm(&td);
