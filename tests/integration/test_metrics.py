@@ -150,7 +150,8 @@ def test_counters_move_by_what_the_mail_did(metrics_tern):
                 "tern_spool_bytes", "tern_spool_commit_duration_seconds",
                 "tern_dns_query_duration_seconds", "tern_tls_handshakes", "tern_smtp_replies",
                 "tern_auth_failures", "tern_webhook_backlog", "tern_destination_throttled",
-                "tern_sessions_active", "process_resident_memory_bytes", "process_open_fds",
+                "tern_sessions_active", "tern_queued_memory_bytes", "tern_bodies_reread",
+                "process_resident_memory_bytes", "process_open_fds",
                 "process_cpu_seconds", "process_start_time_seconds"):
         assert fam in s0.families, fam
     assert s0.families["tern_messages_delivered"].type == "counter"

@@ -13,14 +13,28 @@ depends on, asserted from the next hop's side and from the sender's mailbox:
 """
 
 import re
+import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Raw
+from conftest import Raw, deep_merge, free_port
 from remote_harness import (DEADLINE, DOMAIN, PIPE_IP, PipeMX, assert_exact, message,
                             queue_behind, start_behind, submit, tx_of, wait_all_taken,
                             wait_dsn, wait_queue_empty)
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
+
+
+def metric(port, name, **labels):
+    """One sample of tern's /metrics (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items()):
+                return smp.value
+    return 0
 
 
 def dropped_and_reread(t):
@@ -32,7 +46,10 @@ def dropped_and_reread(t):
 @pytest.mark.parametrize("queued_memory", ["0", None], ids=["no-budget", "default"])
 def test_waiting_jobs_past_the_budget_are_read_back_exactly(remote_tern, mx, queued_memory):
     with PipeMX(PIPE_IP) as fake:
-        extra = {"limits": {"queued_memory": Raw(queued_memory)}} if queued_memory else {}
+        mport = free_port()
+        extra = {"metrics": {"address": f"127.0.0.1:{mport}"}}
+        if queued_memory:
+            extra = deep_merge(extra, {"limits": {"queued_memory": Raw(queued_memory)}})
         t = start_behind(remote_tern, fake, extra=extra)
         msgs = {}
         for i in range(5):
@@ -63,6 +80,13 @@ def test_waiting_jobs_past_the_budget_are_read_back_exactly(remote_tern, mx, que
             assert len(t.log_lines("event=remote_body_reread")) == len(dropped)
         else:
             assert dropped == set() and reread == set()
+        # what /metrics shows: each drop counted, and every byte kept given back once the
+        # queue is empty (the scheduler's and the destination's holds alike)
+        assert metric(mport, "tern_bodies_reread_total", stage="remote") == len(dropped)
+        deadline = time.monotonic() + DEADLINE
+        while metric(mport, "tern_queued_memory_bytes") != 0:
+            assert time.monotonic() < deadline, metric(mport, "tern_queued_memory_bytes")
+            time.sleep(0.05)
 
 
 def test_a_job_never_sent_gets_its_notice_with_the_original(remote_tern, mx):
