@@ -107,7 +107,7 @@ relay {{ networks = ["127.0.0.0/8"]; }}
 relayhost {{ via = "smtp://127.0.0.1:{sink.port}"; tls = "none"; }}
 delivery {{ max_per_destination = {args.per_dest}; pipeline_next = {args.pipeline_next}; }}
 workers = {args.workers};
-limits {{ max_connections = 20000; max_connections_per_ip = 20000; }}
+limits {{ max_connections = 20000; max_connections_per_ip = 20000; queued_memory = {args.queued_memory}; }}
 listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
 """)
     log = open(os.path.join(work, "tern.log"), "w")
@@ -141,6 +141,8 @@ listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
             "p50_ms": res.get("lat_p50_ms"), "p99_ms": res.get("lat_p99_ms"),
             "cpu_user_s": round(ru.ru_utime, 3), "cpu_sys_s": round(ru.ru_stime, 3),
             "cpu_ms_per_msg": round(cpu * 1000 / max(1, args.messages), 4),
+            # the largest resident set of tern's processes (Linux: KiB)
+            "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
             "ctxsw_per_msg": round((ru.ru_nvcsw + ru.ru_nivcsw) / max(1, args.messages), 2),
             # each step's round trip p50/p99 (MAIL, RCPT, DATA, end of data -> 250)
             "steps_p50_p99_ms": {k: [v.get("p50_ms"), v.get("p99_ms")]
@@ -173,6 +175,9 @@ def main():
     ap.add_argument("--pipeline-next", choices=("true", "false"), default="true",
                     help="delivery.pipeline_next: the next message's MAIL behind the end "
                          "of data")
+    ap.add_argument("--queued-memory", default="128m",
+                    help="limits.queued_memory: bodies kept in memory while they wait for "
+                         "delivery (tern's default 128m)")
     ap.add_argument("--workers", type=int, default=0,
                     help="tern's event-loop threads (config `workers`; 0: one per core)")
     args = ap.parse_args()
