@@ -784,6 +784,13 @@ static bool next_may_ride(const struct rconn *c)
 	       c->batch_end >= cur->n_rcpts;
 }
 
+/* PIPE-NEXT: whether the next job's commands go behind this end of data
+ * now: it may ride, and this transaction has a recipient to carry. */
+static bool next_goes_now(const struct rconn *c)
+{
+	return next_may_ride(c) && !c->mail_failed && c->n_accepted > 0;
+}
+
 /* PIPE-NEXT: the next job's commands went out behind the end of data. */
 static bool next_on_wire(const struct rconn *c)
 {
@@ -1208,8 +1215,6 @@ static void send_bdat_last(struct rconn *c)
 	c->body_pending = true;
 }
 
-/* Sends MAIL (and, pipelining, the batch's RCPTs and DATA, or BDAT LAST
- * with the message). */
 /* A transaction's bookkeeping at its start, before its commands are sent
  * (start_batch) or once they are known to be on the wire (take_next). */
 static void tx_reset(struct rconn *c)
@@ -1228,6 +1233,8 @@ static void job_errors_reset(struct rconn *c)
 	c->last_perm = false;
 }
 
+/* Sends MAIL (and, pipelining, the batch's RCPTs and DATA, or BDAT LAST
+ * with the message). */
 static void start_batch(struct rconn *c)
 {
 	struct remote_job *j = c->job;
@@ -1312,10 +1319,11 @@ static bool load_attach(struct rconn *c, struct body_load *l, struct remote_job 
 static void send_next_commands(struct rconn *c, const struct remote_job *j);
 
 /*
- * PIPE-NEXT: the bytes of c->next_job are in while the current message's
- * end of data still waits for its reply: its commands go out now, behind
- * it, as pipeline_next would have sent them. A failed read gives the job
- * up (deferred; the message stays in the spool for its retry).
+ * PIPE-NEXT: the bytes of c->next_job are in. If the current message's end
+ * of data went out already (and waits for its reply), its commands go now,
+ * behind it, as pipeline_next would have sent them; if not, pipeline_next
+ * sends them with it. A failed read gives the job up (deferred; the
+ * message stays in the spool for its retry).
  */
 static void load_done_ahead(struct rconn *c, struct body_load *l)
 {
@@ -1328,8 +1336,7 @@ static void load_done_ahead(struct rconn *c, struct body_load *l)
 		job_give_up(j, "4.3.0", "the message could not be read back from the spool");
 		return;
 	}
-	/* the end of data went out already (pipeline_next found no bytes) */
-	if (c->st == RC_DOT && next_may_ride(c) && !c->mail_failed && c->n_accepted > 0) {
+	if (c->st == RC_DOT && next_goes_now(c)) { /* pipeline_next found no bytes */
 		c->next_unsent = false;
 		send_next_commands(c, j);
 	}
@@ -1581,7 +1588,7 @@ static void send_body_stream(struct rconn *c)
  */
 static void pipeline_next(struct rconn *c)
 {
-	if (!next_may_ride(c) || c->mail_failed || c->n_accepted == 0)
+	if (!next_goes_now(c))
 		return;
 	if (c->next_job) { /* taken early (reserve_next) */
 		if (c->next_unsent && c->next_job->data) {

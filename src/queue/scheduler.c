@@ -340,11 +340,13 @@ void scheduler_requeue_all(struct scheduler *s, bool ignore_next_try)
 }
 
 /*
- * The remote engine's read-back of a job whose bytes it dropped while the
- * job waited (remote_set_body_source): the spooled message, as
- * scheduler_submit would have handed it in. On the engine's I/O pool.
+ * Message id's bytes read back from the spool, as scheduler_submit would
+ * have handed them in (malloc'd; an empty message is one byte, *len 0):
+ * for the remote engine, a job whose bytes it dropped while the job waited
+ * (remote_set_body_source, on its I/O pool), and for record_remote, such a
+ * job finished unsent. Blocks.
  */
-static int load_for_remote(void *arg, const char *id, char **data, size_t *len)
+static int read_back(void *arg, const char *id, char **data, size_t *len)
 {
 	struct scheduler *s = arg;
 	struct tbuf b;
@@ -368,7 +370,7 @@ void scheduler_set_remote(struct scheduler *s, struct remote *r)
 {
 	s->remote = r;
 	if (r)
-		remote_set_body_source(r, &s->held, load_for_remote, s);
+		remote_set_body_source(r, &s->held, read_back, s);
 }
 
 void scheduler_set_observer(struct scheduler *s, scheduler_result_fn fn, void *arg)
@@ -850,15 +852,10 @@ static void record_remote(struct scheduler *s, struct remote_job *job)
 		}
 		/* A job finished without its bytes (dropped while it waited,
 		 * never sent): read back for the notices and the Message-ID. */
-		if (!job->data && !m->spill) {
-			struct tbuf b;
-			tbuf_init(&b, (size_t)m->size + 1);
-			if (spool_read_data(s->sp, job->id, &b) == TERN_OK)
-				job->data = tbuf_steal(&b, &job->len);
-			else
-				tbuf_free(&b);
-			if (!job->data)
-				job->len = 0; /* notices go without the message */
+		if (!job->data && !m->spill &&
+		    read_back(s, job->id, &job->data, &job->len) != TERN_OK) {
+			job->data = NULL;
+			job->len = 0; /* notices go without the message */
 		}
 		record_outcomes(s, rt->conf, m, job->data, job->len, o, n);
 	} else if (!o) {

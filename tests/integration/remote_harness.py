@@ -1245,12 +1245,14 @@ DOMAIN = "pipe.test"
 class PipeMX(ThreadedPeer):
     """A next hop offering PIPELINING and 8BITMIME. dot_reply: {n: reply} for the nth
     message of the peer's life (1-based) instead of 250; drop_at: the nth message's end
-    of data is met with a reset instead of a reply (once). self.tx: per message taken
-    (data, pipelined: the next command was in before this one's end of data was
-    answered, reply)."""
+    of data is met with a reset instead of a reply (once); refuse_rcpt: the RCPT of
+    every MAIL FROM whose address contains it gets 550 (and its DATA 554, as no
+    recipient was taken). self.tx: per message taken (data, pipelined: the next command
+    was in before this one's end of data was answered, reply)."""
 
-    def __init__(self, ip, dot_reply=None, drop_at=None, tls=None):
+    def __init__(self, ip, dot_reply=None, drop_at=None, tls=None, refuse_rcpt=None):
         super().__init__(ip)
+        self.refuse_rcpt = refuse_rcpt
         self.tls = tls  # an ssl.SSLContext (server side): STARTTLS offered, then required
         self.go = threading.Event()
         self.dot_reply = dict(dot_reply or {})
@@ -1302,6 +1304,7 @@ class PipeMX(ThreadedPeer):
                 return True
             return bool(select.select([s], [], [], 1.0)[0])
 
+        refusing = False  # this transaction's sender is refuse_rcpt's
         try:
             while True:
                 s = conn[0]
@@ -1315,8 +1318,14 @@ class PipeMX(ThreadedPeer):
                 elif verb == "STARTTLS" and self.tls and s is sock:
                     s.sendall(b"220 2.0.0 go ahead\r\n")
                     conn[0] = self.tls.wrap_socket(s, server_side=True)
-                elif verb in ("MAIL", "RCPT"):
+                elif verb == "MAIL":
+                    refusing = bool(self.refuse_rcpt) and self.refuse_rcpt in cmd
                     s.sendall(b"250 2.1.0 ok\r\n")
+                elif verb == "RCPT":
+                    s.sendall(b"550 5.1.1 no such user here\r\n" if refusing
+                              else b"250 2.1.5 ok\r\n")
+                elif verb == "DATA" and refusing:
+                    s.sendall(b"554 5.5.1 no valid recipients\r\n")
                 elif verb == "DATA":
                     s.sendall(b"354 go ahead\r\n")
                     data = body()

@@ -129,3 +129,32 @@ def test_a_message_deleted_while_it_waits_is_never_sent(remote_tern, mx):
             assert_exact(tx, msgs[tag])
         assert not tx_of(taken, msgs[tags[1]])
         assert not re.search(rf"event=(delivered|bounced) id={gone} ", t.log())
+
+
+def test_a_job_taken_early_goes_on_after_a_refused_transaction(remote_tern, mx):
+    # The job behind the first was taken early and read back while the first went out
+    # (pipelined=1); the first's only recipient is refused, so nothing rides behind its
+    # DATA: after the RSET the early job is begun as the current one, exactly once.
+    with PipeMX(PIPE_IP, refuse_rcpt="refused@") as fake:
+        t = start_behind(remote_tern, fake, extra={"limits": {"queued_memory": Raw("0")}})
+        first = message("early-refused")
+        rest = {f"early{i}": message(f"early{i}") for i in range(2)}
+        qids = [submit(t, [f"a@{DOMAIN}"], first, mail_from="refused@example.test")]
+        qids += [submit(t, [f"a@{DOMAIN}"], m) for m in rest.values()]
+        for q in qids[1:]:
+            t.wait_log(rf"event=remote_queued id={q} ")
+        fake.go.set()
+        t.wait_log(rf"event=bounced id={qids[0]} to=<a@{DOMAIN}>.*status=5\.1\.1",
+                   timeout=DEADLINE)
+        for q in qids[1:]:
+            t.wait_log(rf"event=delivered id={q} to=<a@{DOMAIN}>", timeout=DEADLINE)
+        wait_queue_empty(t)
+        assert re.search(rf"event=remote_body_reread id={qids[1]} .*pipelined=1", t.log()), \
+            t.log_tail()
+        taken = fake.taken()
+        assert len(taken) == len(rest), taken
+        for m in rest.values():
+            [tx] = tx_of(taken, m)
+            assert_exact(tx, m)
+        verbs = [c.split(" ")[0].upper() for c in fake.conns[0]]
+        assert verbs[:6] == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL"], verbs
