@@ -37,6 +37,19 @@ def metric(port, name, **labels):
     return 0
 
 
+def submit_behind(t, first, rest, first_from=None):
+    """Submits first and waits until the one connection has taken it (the scheduler's
+    threads may hand messages over in any order), then the messages of rest, each waiting
+    in the queue behind it. Returns their queue ids, first's first."""
+    kw = {"mail_from": first_from} if first_from else {}
+    qids = [submit(t, [f"a@{DOMAIN}"], first, **kw)]
+    t.wait_log(rf"event=remote_state id={qids[0]} ")
+    for m in rest:
+        qids.append(submit(t, [f"a@{DOMAIN}"], m))
+        t.wait_log(rf"event=remote_queued id={qids[-1]} ")
+    return qids
+
+
 def dropped_and_reread(t):
     log = t.log()
     return (set(re.findall(r"event=remote_body_dropped id=(\S+) ", log)),
@@ -111,9 +124,7 @@ def test_a_message_deleted_while_it_waits_is_never_sent(remote_tern, mx):
         t = start_behind(remote_tern, fake, extra={"limits": {"queued_memory": Raw("0")}})
         tags = [f"deleted{i}" for i in range(3)]
         msgs = {tag: message(tag) for tag in tags}
-        qids = [submit(t, [f"a@{DOMAIN}"], msgs[tag]) for tag in tags]
-        for q in qids[1:]:
-            t.wait_log(rf"event=remote_queued id={q} ")
+        qids = submit_behind(t, msgs[tags[0]], [msgs[tag] for tag in tags[1:]])
         gone = qids[1]
         out = t.cli("queue", "delete", gone)
         assert out.returncode == 0, out.stderr + out.stdout
@@ -139,10 +150,7 @@ def test_a_job_taken_early_goes_on_after_a_refused_transaction(remote_tern, mx):
         t = start_behind(remote_tern, fake, extra={"limits": {"queued_memory": Raw("0")}})
         first = message("early-refused")
         rest = {f"early{i}": message(f"early{i}") for i in range(2)}
-        qids = [submit(t, [f"a@{DOMAIN}"], first, mail_from="refused@example.test")]
-        qids += [submit(t, [f"a@{DOMAIN}"], m) for m in rest.values()]
-        for q in qids[1:]:
-            t.wait_log(rf"event=remote_queued id={q} ")
+        qids = submit_behind(t, first, list(rest.values()), first_from="refused@example.test")
         fake.go.set()
         t.wait_log(rf"event=bounced id={qids[0]} to=<a@{DOMAIN}>.*status=5\.1\.1",
                    timeout=DEADLINE)
