@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -436,6 +437,18 @@ static void reply(struct session *s, enum smtp_reply_id id)
 static void reply_host(struct session *s, enum smtp_reply_id id)
 {
 	reply_args(s, id, s->conf->hostname);
+}
+
+/* The same reply as a line with its CRLF in text (REPLY_LINE_MAX bytes), for
+ * writes that go around the bufferevents; returns its length. */
+static size_t host_line(char text[REPLY_LINE_MAX], enum smtp_reply_id id, const char *hostname)
+{
+	size_t n =
+	    smtp_reply_format(text, REPLY_LINE_MAX - 2, id, 0, false, REPLY_ARGV(hostname), 1);
+	if (n > REPLY_LINE_MAX - 3)
+		n = REPLY_LINE_MAX - 3;
+	memcpy(text + n, "\r\n", 2);
+	return n + 2;
 }
 
 /* A reply written elsewhere as a whole line (a policy verdict, policy.h). */
@@ -3616,12 +3629,8 @@ static void session_free(struct session *s)
 static void refuse(evutil_socket_t fd, const struct tern_config *conf, enum smtp_reply_id id)
 {
 	char text[REPLY_LINE_MAX];
-	size_t n =
-	    smtp_reply_format(text, sizeof(text) - 2, id, 0, false, REPLY_ARGV(conf->hostname), 1);
-	if (n > sizeof(text) - 3)
-		n = sizeof(text) - 3;
-	memcpy(text + n, "\r\n", 2);
-	ssize_t w = send(fd, text, n + 2, MSG_NOSIGNAL | MSG_DONTWAIT);
+	size_t n = host_line(text, id, conf->hostname);
+	ssize_t w = send(fd, text, n, MSG_NOSIGNAL | MSG_DONTWAIT);
 	(void)w; /* best effort: the peer learns why, or simply sees the close */
 	close(fd);
 }
@@ -3848,26 +3857,58 @@ size_t smtp_server_sessions(struct smtp_server *srv)
 }
 
 /*
+ * A TLS session's last word: the 421 and a close_notify, encrypted into a
+ * memory BIO put in place of the filter's (SSL_set0_wbio keeps the read
+ * side's reference) and sent straight to the socket. Nothing may go
+ * through the bufferevents here: with the loops stopped, the deferred
+ * callbacks a write schedules would hold references that are never
+ * dropped, and the session's memory would leak.
+ */
+static void tls_last_word(struct session *s, evutil_socket_t fd)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+	if (!ssl || !SSL_is_init_finished(ssl))
+		return; /* mid-handshake: just close */
+	BIO *mem = BIO_new(BIO_s_mem());
+	if (!mem)
+		return;
+	SSL_set0_wbio(ssl, mem);
+	char line[REPLY_LINE_MAX];
+	size_t n = host_line(line, SMTP_R_SHUTDOWN, s->conf->hostname);
+	if (SSL_write(ssl, line, (int)n) <= 0)
+		return;
+	(void)SSL_shutdown(ssl); /* close_notify: the 421 was the last word */
+	char *rec;
+	long len = BIO_get_mem_data(mem, &rec);
+	if (len > 0)
+		(void)send(fd, rec, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	smtp_metrics_reply(line[0]);
+}
+
+/*
  * A session still in a transaction when shutdown_grace ran out (a large
  * DATA under way, say; its end of data not reached, or its checks still
  * running): its message is not queued, and the client is told so with 421
- * rather than a bare close. The loops have stopped, so a plain
- * session's reply is written straight to its socket (what fits; it is
- * non-blocking); a TLS session just closes.
+ * rather than a bare close. The loops have stopped, so the reply is
+ * written straight to the socket (what fits; it is non-blocking).
  */
 static void session_last_word(struct session *s)
 {
 	/* Not in SS_COMMIT: the spool may have the message already. */
-	if (!s->bev || s->tls_active || !(states[s->state].facts & HAS_TX) ||
-	    s->state == SS_COMMIT)
+	if (!s->bev || !(states[s->state].facts & HAS_TX) || s->state == SS_COMMIT)
 		return;
-	evutil_socket_t fd = bufferevent_getfd(s->bev);
+	struct bufferevent *sock = s->tls_active ? bufferevent_get_underlying(s->bev) : s->bev;
+	evutil_socket_t fd = sock ? bufferevent_getfd(sock) : -1;
 	if (fd < 0)
 		return;
 	log_info("event=disconnect sess=%u.%llu client=%s reason=shutdown id=%s "
 	         "message=not-queued",
 	         worker_index(s->sw->w), (unsigned long long)s->serial, s->peer,
 	         s->tx ? s->tx->id : "-");
+	if (s->tls_active) {
+		tls_last_word(s, fd);
+		return;
+	}
 	reply_host(s, SMTP_R_SHUTDOWN);
 	(void)evbuffer_write(bufferevent_get_output(s->bev), fd);
 }

@@ -1364,23 +1364,29 @@ def message(tag):
             ).encode()
 
 
+def submit_behind(t, first, rest, first_from=None):
+    """Submits first and waits until the one connection has taken it, then each message of
+    rest, waiting until it is in the destination's queue before the next. Returns their
+    queue ids, first's first: the order they go out. Each waits for its own log line: the
+    scheduler's delivery threads may hand a destination its messages in another order than
+    they were submitted, and they log after the queue's lock."""
+    kw = {"mail_from": first_from} if first_from else {}
+    qids = [submit(t, [f"a@{DOMAIN}"], first, **kw)]
+    t.wait_log(rf"event=remote_state id={qids[0]} ", timeout=DEADLINE)
+    for m in rest:
+        qids.append(submit(t, [f"a@{DOMAIN}"], m))
+        t.wait_log(rf"event=remote_queued id={qids[-1]} ", timeout=DEADLINE)
+    return qids
+
+
 def queue_behind(t, fake, msgs):
-    """Submits msgs (a dict tag -> message); one of them takes the one connection (held
-    at its greeting), the others wait in the destination's queue; then the peer greets.
-    Returns the queue ids in the order they go out on the wire: the connection's first,
-    then the queue's (first in, first out)."""
-    qids = {submit(t, [f"a@{DOMAIN}"], m): tag for tag, m in msgs.items()}
-    rx = re.compile(r"event=remote_queued id=(\S+) ")
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        queued = [q for q in rx.findall(t.log()) if q in qids]
-        if len(queued) == len(qids) - 1:
-            break
-        assert time.monotonic() < deadline, t.log_tail()
-        time.sleep(0.05)
-    [first] = [q for q in qids if q not in queued]
+    """Submits msgs (a dict tag -> message) behind one connection held at its greeting
+    (submit_behind), then lets the peer greet. Returns (queue id, tag) in the order they go
+    out on the wire."""
+    tags = list(msgs)
+    qids = submit_behind(t, msgs[tags[0]], [msgs[tag] for tag in tags[1:]])
     fake.go.set()
-    return [(q, qids[q]) for q in [first] + queued]
+    return list(zip(qids, tags))
 
 
 def wait_all_taken(t, fake, order):

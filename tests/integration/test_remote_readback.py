@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Raw, deep_merge, free_port
 from remote_harness import (DEADLINE, DOMAIN, PIPE_IP, PipeMX, assert_exact, message,
-                            queue_behind, start_behind, submit, tx_of, wait_all_taken,
-                            wait_dsn, wait_queue_empty)
+                            queue_behind, start_behind, submit, submit_behind, tx_of,
+                            wait_all_taken, wait_dsn, wait_queue_empty)
 from remote_harness import mx, remote_tern, world  # noqa: F401  (fixtures)
 
 
@@ -35,19 +35,6 @@ def metric(port, name, **labels):
             if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items()):
                 return smp.value
     return 0
-
-
-def submit_behind(t, first, rest, first_from=None):
-    """Submits first and waits until the one connection has taken it (the scheduler's
-    threads may hand messages over in any order), then the messages of rest, each waiting
-    in the queue behind it. Returns their queue ids, first's first."""
-    kw = {"mail_from": first_from} if first_from else {}
-    qids = [submit(t, [f"a@{DOMAIN}"], first, **kw)]
-    t.wait_log(rf"event=remote_state id={qids[0]} ")
-    for m in rest:
-        qids.append(submit(t, [f"a@{DOMAIN}"], m))
-        t.wait_log(rf"event=remote_queued id={qids[-1]} ")
-    return qids
 
 
 def dropped_and_reread(t):

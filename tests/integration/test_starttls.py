@@ -81,24 +81,37 @@ def test_openssl_s_client_starttls(tern_factory, certs):
     tern.wait_log(r"event=tls .*tls=TLSv1\.3 cipher=")
 
 
-def test_commands_pipelined_after_starttls_are_discarded(tern_factory, certs):
-    tern = tern_factory(certs)
-    sock = socket.create_connection(("127.0.0.1", tern.port), timeout=10)
+def starttls(port, pipelined=b""):
+    """A raw session upgraded with STARTTLS (pipelined: what rides in clear behind it);
+    returns (plain socket, TLS socket, TLS reader)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     f = sock.makefile("rb")
     assert f.readline().startswith(b"220")
     sock.sendall(b"EHLO x\r\n")
     while not f.readline().startswith(b"250 "):
         pass
-    # The injected MAIL FROM rides in the same packet, in clear: it must not
-    # be executed inside the TLS session.
-    sock.sendall(b"STARTTLS\r\nMAIL FROM:<evil@example.org>\r\n")
+    sock.sendall(b"STARTTLS\r\n" + pipelined)
     assert f.readline().startswith(b"220 2.0.0")
+    f.close()
     tls = tls_context().wrap_socket(sock, server_hostname="mx.example.test")
-    tf = tls.makefile("rb")
-    tls.sendall(b"EHLO y\r\n")
+    return sock, tls, tls.makefile("rb")
+
+
+def tls_cmd(tls, tf, cmd):
+    """Sends cmd in TLS; returns the last line of its reply."""
+    tls.sendall(cmd + b"\r\n")
     line = tf.readline()
     while line[3:4] == b"-":
         line = tf.readline()
+    return line
+
+
+def test_commands_pipelined_after_starttls_are_discarded(tern_factory, certs):
+    tern = tern_factory(certs)
+    # The injected MAIL FROM rides in the same packet, in clear: it must not
+    # be executed inside the TLS session.
+    _, tls, tf = starttls(tern.port, pipelined=b"MAIL FROM:<evil@example.org>\r\n")
+    line = tls_cmd(tls, tf, b"EHLO y")
     assert line.startswith(b"250 "), line
     # Had the injected MAIL been kept, this would be a nested MAIL (503).
     tls.sendall(b"MAIL FROM:<good@example.org>\r\n")
@@ -189,17 +202,8 @@ def smtplib_session(port, i):
 
 def close_notify_session(port):
     """QUIT, then close_notify both ways: tern must answer with its own."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    f = sock.makefile("rb")
+    sock, tls, tf = starttls(port)
     try:
-        assert f.readline().startswith(b"220")
-        sock.sendall(b"EHLO x\r\n")
-        while not f.readline().startswith(b"250 "):
-            pass
-        sock.sendall(b"STARTTLS\r\n")
-        assert f.readline().startswith(b"220")
-        tls = tls_context().wrap_socket(sock, server_hostname="mx.example.test")
-        tf = tls.makefile("rb")
         tls.sendall(b"QUIT\r\n")
         assert tf.readline().startswith(b"221")
         tf.close()
@@ -207,7 +211,6 @@ def close_notify_session(port):
         assert plain.recv(16) == b"", "tern did not end its side of the connection"
         plain.close()
     finally:
-        f.close()
         sock.close()
 
 
@@ -258,3 +261,23 @@ def test_close_notify_after_quit_gets_ours(tern_factory, certs):
     tern = tern_factory(certs)
     close_notify_session(tern.port)
     assert not wait_no_close_wait(tern.port)
+
+
+def test_tls_session_cut_by_shutdown_grace_hears_421(tern_factory, certs):
+    """SIGTERM with shutdown_grace = 0 while a TLS client is inside DATA: the message is
+    not queued, and the client hears so in TLS (421 4.3.2, then close_notify), as a plain
+    client does, rather than a bare close it could take for a network fault."""
+    tern = tern_factory(deep_merge(certs, {"limits": {"shutdown_grace": Raw("0s")}}))
+    _, tls, tf = starttls(tern.port)
+    for cmd, code in ((b"EHLO y", b"250 "), (b"MAIL FROM:<a@example.org>", b"250 "),
+                      (b"RCPT TO:<alice@example.test>", b"250 "), (b"DATA", b"354 ")):
+        line = tls_cmd(tls, tf, cmd)
+        assert line.startswith(code), (cmd, line)
+    tls.sendall(b"Subject: cut short\r\n\r\nhalf a message\r\n")
+    tern.signal(signal.SIGTERM)
+    assert tern.proc.wait(30) == 0, tern.log_tail(40)
+    assert tf.readline().startswith(b"421 4.3.2 "), tern.log_tail(40)
+    assert tf.read() == b""  # close_notify: a clean end of the TLS stream
+    tls.close()
+    assert tern.log_lines("event=disconnect", "reason=shutdown", "message=not-queued"), \
+        tern.log_tail()
