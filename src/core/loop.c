@@ -17,6 +17,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "core/send_batch.h"
 
 struct task {
 	struct task *next;
@@ -31,6 +32,7 @@ struct worker {
 	unsigned index;
 	struct event_base *base;
 	struct event *wake;
+	struct send_batch *batch; /* this turn's sends (send_batch.h), or NULL */
 	pthread_t thread;
 	bool started;
 	pthread_mutex_t lock;
@@ -71,6 +73,10 @@ struct worker *worker_new(unsigned index)
 	w->wake = event_new(w->base, -1, 0, worker_drain, w);
 	if (!w->wake)
 		goto fail;
+	w->batch = send_batch_new(w->base);
+	if (!w->batch) /* each send goes on its own, as before */
+		log_info("event=send_batch state=off worker=%u reason=\"io_uring unavailable\"",
+		         index);
 	return w;
 fail:
 	worker_free(w);
@@ -131,6 +137,7 @@ void worker_free(struct worker *w)
 		return;
 	if (w->wake)
 		event_free(w->wake);
+	send_batch_free(w->batch);
 	if (w->base)
 		event_base_free(w->base);
 	pthread_mutex_destroy(&w->lock);
@@ -140,6 +147,11 @@ void worker_free(struct worker *w)
 struct event_base *worker_base(struct worker *w)
 {
 	return w->base;
+}
+
+struct send_batch *worker_batch(struct worker *w)
+{
+	return w->batch;
 }
 
 unsigned worker_index(const struct worker *w)

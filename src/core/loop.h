@@ -37,6 +37,9 @@ void worker_run_pending(struct worker *w);
 void worker_free(struct worker *w);
 struct event_base *worker_base(struct worker *w);
 unsigned worker_index(const struct worker *w);
+/* The worker's sends of the current loop turn (core/send_batch.h); NULL
+ * when io_uring is unavailable: send at once. Only on w's thread. */
+struct send_batch *worker_batch(struct worker *w);
 
 /* Runs fn(arg) on w's thread. Safe from any thread, including w's own
  * (then it runs on the next loop iteration, never re-entrantly).

@@ -34,6 +34,7 @@
  */
 #include "deliver/deliver.h"
 #include "deliver/remote_stream.h"
+#include "core/send_batch.h"
 #include "deliver/remote_wire.h"
 
 #include <arpa/inet.h>
@@ -860,6 +861,8 @@ static void close_bev(struct rconn *c)
 		c->rd_ev = NULL;
 	}
 	if (c->bev) {
+		/* a step's bytes may wait in the turn's batch: out before the close */
+		send_batch_flush(worker_batch(c->w));
 		bufferevent_free(c->bev);
 		c->bev = NULL;
 	}
@@ -969,7 +972,7 @@ static void cork_flush(struct rconn *c)
 		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->cork);
 		return;
 	}
-	wire_took(c, rwire_flush(c->bev, c->cork));
+	wire_took(c, rwire_flush(c->bev, c->cork, worker_batch(c->w)));
 }
 
 /* The end of a step: c is freed if it died in it, else its corked bytes

@@ -28,16 +28,21 @@
 
 struct bufferevent;
 struct evbuffer;
+struct send_batch;
 
 /*
  * Empties cork onto bev, a plain socket bufferevent: with bev's output
- * empty, as much as the socket takes now goes with sendmsg(2) (several
- * calls only when the cork has more pieces than one call carries); the
- * rest, and all of it when bev's output holds bytes, is moved behind bev's
- * output. Returns the bytes sent directly: bev's output callbacks never
- * see them, so the caller accounts for them as it does for bytes libevent
- * writes. The cork is empty on return.
+ * empty, the cork moves into batch (the worker's sends of this loop turn,
+ * core/send_batch.h; NULL: none) or, when the batch cannot take it, as
+ * much as the socket takes now goes with sendmsg(2) (several calls only
+ * when the cork has more pieces than one call carries); the rest, and all
+ * of it when bev's output holds bytes or bev has bytes in the batch, is
+ * moved behind bev's output. Returns the bytes batched or sent directly:
+ * bev's output callbacks never see them, so the caller accounts for them as
+ * it does for bytes libevent writes (what a batched send leaves is given
+ * back to the output, and libevent's write of it is seen again). The cork
+ * is empty on return.
  */
-size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork);
+size_t rwire_flush(struct bufferevent *bev, struct evbuffer *cork, struct send_batch *batch);
 
 #endif

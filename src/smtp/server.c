@@ -26,6 +26,7 @@
 #include "smtp/smtp.h"
 #include "smtp/smtp_metrics.h"
 #include "smtp/wire_in.h"
+#include "core/send_batch.h"
 #include "smtp/wire_out.h"
 #include "tls/tls.h"
 #include "tls/tls_close.h"
@@ -414,7 +415,7 @@ static void reply_line(struct session *s, enum smtp_reply_id id, int code, bool 
 	line[len + 1] = '\n';
 	/* A whole reply, on a plain session with no pipelined command waiting:
 	 * straight to the socket (a multi-line reply's lines go out together). */
-	wire_out(s->bev,
+	wire_out(s->bev, worker_batch(s->sw->w),
 	         !more && !s->tls_active &&
 	             evbuffer_get_length(bufferevent_get_input(s->bev)) <= s->cmd_bytes,
 	         line, len + 2);
@@ -3596,6 +3597,7 @@ static void log_drained(struct smtp_server *srv)
 static void session_free(struct session *s)
 {
 	struct srv_worker *sw = s->sw;
+	send_batch_flush(worker_batch(sw->w)); /* a reply may wait there: before the close */
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -3927,6 +3929,7 @@ void smtp_server_free(struct smtp_server *srv)
 		struct srv_worker *sw = srv->workers[i];
 		for (size_t j = 0; j < sw->n_listeners; j++)
 			evconnlistener_free(sw->listeners[j]);
+		send_batch_flush(worker_batch(sw->w)); /* the last turn's, before any last word */
 		while (sw->sessions) {
 			session_last_word(sw->sessions);
 			session_free(sw->sessions);

@@ -6,7 +6,12 @@
  * a full socket does not take is queued in order, so the peer gets every
  * byte exactly once; a cork of more pieces than one call carries goes
  * whole; a closed peer raises no SIGPIPE and loses nothing from the queue.
- * The loop never runs here: only rwire_flush moves bytes to the socket.
+ * With the worker's batch (core/send_batch.c): a step's cork waits for the
+ * end of the loop turn and goes whole; a second step's bytes for the same
+ * socket go behind it; a cork of many pieces is sent at once; a peer that
+ * is gone gets nothing sent and nothing lost.
+ * The loop never runs here: only rwire_flush and send_batch_flush move
+ * bytes to the socket.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +30,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "core/send_batch.h"
 #include "deliver/remote_wire.h"
 
 struct pair {
@@ -91,14 +97,14 @@ static void test_empty_output_sends_at_once(void **state)
 	pair_open(&p, 0);
 	evbuffer_add(p.cork, "MAIL FROM:<a@b>\r\n", 17);
 	evbuffer_add(p.cork, "RCPT TO:<c@d>\r\nDATA\r\n", 21);
-	assert_int_equal(rwire_flush(p.bev, p.cork), 38);
+	assert_int_equal(rwire_flush(p.bev, p.cork, NULL), 38);
 	assert_int_equal(evbuffer_get_length(p.cork), 0);
 	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 0);
 	char got[64];
 	assert_int_equal(peer_read(&p, got, sizeof(got)), 38);
 	assert_memory_equal(got, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 38);
 	/* an empty cork sends nothing */
-	assert_int_equal(rwire_flush(p.bev, p.cork), 0);
+	assert_int_equal(rwire_flush(p.bev, p.cork, NULL), 0);
 	pair_close(&p);
 }
 
@@ -109,7 +115,7 @@ static void test_never_sends_ahead_of_queued_bytes(void **state)
 	/* queued, not written yet: the loop does not run */
 	evbuffer_add(bufferevent_get_output(p.bev), "first ", 6);
 	evbuffer_add(p.cork, "second", 6);
-	assert_int_equal(rwire_flush(p.bev, p.cork), 0);
+	assert_int_equal(rwire_flush(p.bev, p.cork, NULL), 0);
 	assert_int_equal(evbuffer_get_length(p.cork), 0);
 	char got[64];
 	assert_int_equal(peer_read(&p, got, sizeof(got)), 0);
@@ -126,7 +132,7 @@ static void test_full_socket_queues_the_rest_in_order(void **state)
 	size_t len;
 	/* 200 pieces: more than one sendmsg carries, more than the socket takes */
 	char *all = fill_pieces(p.cork, 200, 1000, &len);
-	size_t sent = rwire_flush(p.bev, p.cork);
+	size_t sent = rwire_flush(p.bev, p.cork, NULL);
 	assert_true(sent > 0 && sent < len);
 	assert_int_equal(evbuffer_get_length(p.cork), 0);
 	struct evbuffer *out = bufferevent_get_output(p.bev);
@@ -139,7 +145,7 @@ static void test_full_socket_queues_the_rest_in_order(void **state)
 	assert_memory_equal(evbuffer_pullup(out, -1), all + sent, len - sent);
 	/* a later step's bytes go behind the queue, none ahead */
 	evbuffer_add(p.cork, "QUIT\r\n", 6);
-	assert_int_equal(rwire_flush(p.bev, p.cork), 0);
+	assert_int_equal(rwire_flush(p.bev, p.cork, NULL), 0);
 	assert_int_equal(peer_read(&p, got, len + 1), 0);
 	assert_int_equal(evbuffer_get_length(out), len - sent + 6);
 	assert_memory_equal((char *)evbuffer_pullup(out, -1) + (len - sent), "QUIT\r\n", 6);
@@ -154,7 +160,7 @@ static void test_many_pieces_go_whole_when_the_socket_has_room(void **state)
 	pair_open(&p, 1 << 20);
 	size_t len;
 	char *all = fill_pieces(p.cork, 300, 100, &len); /* 300 pieces, 30,000 bytes */
-	assert_int_equal(rwire_flush(p.bev, p.cork), len);
+	assert_int_equal(rwire_flush(p.bev, p.cork, NULL), len);
 	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 0);
 	char *got = malloc(len + 1);
 	assert_non_null(got);
@@ -173,10 +179,71 @@ static void test_closed_peer_queues_everything_without_sigpipe(void **state)
 	p.fd[1] = -1;
 	evbuffer_add(p.cork, "MAIL FROM:<a@b>\r\n", 17);
 	/* SIGPIPE is not ignored in this process: a send without MSG_NOSIGNAL kills it */
-	assert_int_equal(rwire_flush(p.bev, p.cork), 0);
+	assert_int_equal(rwire_flush(p.bev, p.cork, NULL), 0);
 	assert_int_equal(evbuffer_get_length(p.cork), 0);
 	/* queued: libevent's write meets the error and reports it */
 	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 17);
+	pair_close(&p);
+}
+
+static void test_batched_cork_leaves_at_the_end_of_the_turn(void **state)
+{
+	struct pair p;
+	pair_open(&p, 0);
+	struct send_batch *b = send_batch_new(p.base);
+	assert_non_null(b); /* io_uring is available on the machines tern is tested on */
+	evbuffer_add(p.cork, ".\r\nMAIL FROM:<a@b>\r\n", 20);
+	assert_int_equal(rwire_flush(p.bev, p.cork, b), 20);
+	assert_int_equal(evbuffer_get_length(p.cork), 0);
+	char got[64];
+	assert_int_equal(peer_read(&p, got, sizeof(got)), 0); /* not before the turn ends */
+	/* a second step of the same turn: behind the first, never ahead */
+	evbuffer_add(p.cork, "RCPT TO:<c@d>\r\n", 15);
+	assert_int_equal(rwire_flush(p.bev, p.cork, b), 0);
+	struct evbuffer *out = bufferevent_get_output(p.bev);
+	assert_int_equal(evbuffer_get_length(out), 15);
+	send_batch_flush(b);
+	assert_int_equal(peer_read(&p, got, sizeof(got)), 20);
+	assert_memory_equal(got, ".\r\nMAIL FROM:<a@b>\r\n", 20);
+	assert_int_equal(evbuffer_get_length(out), 15);
+	assert_memory_equal(evbuffer_pullup(out, -1), "RCPT TO:<c@d>\r\n", 15);
+	send_batch_free(b);
+	pair_close(&p);
+}
+
+static void test_batch_sends_a_cork_of_many_pieces_at_once(void **state)
+{
+	struct pair p;
+	pair_open(&p, 1 << 20);
+	struct send_batch *b = send_batch_new(p.base);
+	assert_non_null(b);
+	size_t len;
+	char *all = fill_pieces(p.cork, 300, 100, &len);
+	assert_int_equal(rwire_flush(p.bev, p.cork, b), len);
+	char *got = malloc(len + 1);
+	assert_non_null(got);
+	assert_int_equal(peer_read(&p, got, len + 1), len); /* already there */
+	assert_memory_equal(got, all, len);
+	free(got);
+	free(all);
+	send_batch_free(b);
+	pair_close(&p);
+}
+
+static void test_batch_gives_back_what_a_closed_peer_did_not_take(void **state)
+{
+	struct pair p;
+	pair_open(&p, 0);
+	struct send_batch *b = send_batch_new(p.base);
+	assert_non_null(b);
+	evbuffer_add(p.cork, "MAIL FROM:<a@b>\r\n", 17);
+	assert_int_equal(rwire_flush(p.bev, p.cork, b), 17);
+	close(p.fd[1]);
+	p.fd[1] = -1;
+	send_batch_flush(b); /* EPIPE, no SIGPIPE */
+	/* queued again: libevent's write meets the error and reports it */
+	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), 17);
+	send_batch_free(b);
 	pair_close(&p);
 }
 
@@ -188,6 +255,9 @@ int main(void)
 	    cmocka_unit_test(test_full_socket_queues_the_rest_in_order),
 	    cmocka_unit_test(test_many_pieces_go_whole_when_the_socket_has_room),
 	    cmocka_unit_test(test_closed_peer_queues_everything_without_sigpipe),
+	    cmocka_unit_test(test_batched_cork_leaves_at_the_end_of_the_turn),
+	    cmocka_unit_test(test_batch_sends_a_cork_of_many_pieces_at_once),
+	    cmocka_unit_test(test_batch_gives_back_what_a_closed_peer_did_not_take),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
