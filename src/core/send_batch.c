@@ -23,8 +23,7 @@
 #include "core/err.h"
 #include "core/log.h"
 
-/* Sockets answered in one turn; past it a send goes at once, as without a
- * batch. The ring has as many entries. */
+/* Entries at most; the ring has as many. */
 #define BATCH_MAX 256
 /* Pieces per entry: a reply is one, a 4 KiB message with its commands a
  * few evbuffer chains; more (a large message) is sent at once instead. */
@@ -115,6 +114,8 @@ bool send_batch_take(struct send_batch *b, struct bufferevent *bev, evutil_socke
 	e->fd = fd;
 	if (b->n++ == 0)
 		event_active(b->flush, 0, 0);
+	else if (b->n == SEND_BATCH_FLUSH_AT)
+		send_batch_flush(b);
 	return true;
 }
 

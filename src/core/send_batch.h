@@ -1,19 +1,19 @@
 /*
  * send_batch.h — a worker's outgoing bytes of one loop turn, sent together
- * by one io_uring_enter when the turn ends.
+ * by one io_uring_enter when the turn ends or when SEND_BATCH_FLUSH_AT wait.
  *
  * Why: on loopback (and to any peer on the same machine: a content filter,
  * a local relay, a test suite) each send(2) wakes the peer, and with the
  * kernel preempting only on the way back to user space, a peer woken on the
  * worker's CPU took that CPU from the worker after every reply: one
  * preemption and two context switches per reply. Sent together, the peers
- * are woken together and the worker is interrupted once per turn
+ * are woken together and the worker is interrupted once per batch
  * (bench/results/20261206-session8-reply-batch.md).
  *
  * Owns: the turn's entries (each a socket and the bytes for it, moved or
  * copied in), the ring, and the event that ends the turn.
  * Never: blocks (every send is MSG_DONTWAIT, done inline in the submitting
- * call), reorders (one entry per socket per turn: a caller with more for a
+ * call), reorders (one entry per socket per batch: a caller with more for a
  * socket that has an entry queues it in the bufferevent, behind, and what a
  * send does not take goes back in front of that bufferevent's output), or
  * loses a byte: what is not sent is handed to libevent, which writes it or
@@ -29,6 +29,17 @@
 #include <stddef.h>
 
 #include <event2/util.h>
+
+/*
+ * The batch also goes out as soon as it holds this many entries, mid-turn:
+ * a reply waits for at most seven others' processing rather than the whole
+ * turn's. Sending only at the end of the turn made the slow turns (after a
+ * stall, every waiting session at once) slower still: accept p99 worse than
+ * one send per reply in all three shared-bench repetitions; at 8 it is
+ * better in three of four against the turn-end batch and against one send
+ * per reply, at the same rate (bench/results/20261206-session8-reply-batch.md).
+ */
+#define SEND_BATCH_FLUSH_AT 8
 
 struct bufferevent;
 struct event_base;

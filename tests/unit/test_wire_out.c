@@ -278,6 +278,30 @@ static void a_reply_too_big_for_the_batch_is_sent_at_once(void **state)
 	event_base_free(base);
 }
 
+static void a_full_batch_goes_at_once_mid_turn(void **state)
+{
+	(void)state;
+	struct event_base *base = event_base_new();
+	struct send_batch *b = send_batch_new(base);
+	assert_non_null(b);
+	struct pair p[SEND_BATCH_FLUSH_AT];
+	char buf[64];
+	for (int i = 0; i < SEND_BATCH_FLUSH_AT; i++) {
+		pair_open_on(&p[i], base, 0);
+		assert_int_equal(wire_out(p[i].bev, b, true, "250 ok\r\n", 8), 8);
+		if (i + 1 < SEND_BATCH_FLUSH_AT) /* still waiting for the turn's end */
+			assert_int_equal(peer_read(&p[i], buf, sizeof(buf)), 0);
+	}
+	/* the last one filled the batch: every reply has gone, no loop turn needed */
+	for (int i = 0; i < SEND_BATCH_FLUSH_AT; i++) {
+		assert_int_equal(peer_read(&p[i], buf, sizeof(buf)), 8);
+		bufferevent_free(p[i].bev);
+		close(p[i].peer);
+	}
+	send_batch_free(b);
+	event_base_free(base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -289,6 +313,7 @@ int main(void)
 	    cmocka_unit_test(a_second_reply_waits_behind_the_batched_one),
 	    cmocka_unit_test(what_a_batched_send_leaves_goes_back_in_front),
 	    cmocka_unit_test(a_reply_too_big_for_the_batch_is_sent_at_once),
+	    cmocka_unit_test(a_full_batch_goes_at_once_mid_turn),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
