@@ -193,6 +193,7 @@ struct pool {
 
 static void *pool_main(void *arg)
 {
+	pthread_setname_np(pthread_self(), "pool"); /* for top -H, perf, ps -L */
 	struct pool *p = arg;
 	for (;;) {
 		pthread_mutex_lock(&p->lock);

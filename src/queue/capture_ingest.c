@@ -280,6 +280,7 @@ static void commit_batch(struct capture_ingest *ci, struct ingest_batch *b)
 
 static void *committer_main(void *arg)
 {
+	pthread_setname_np(pthread_self(), "capture-commit"); /* for top -H, perf, ps -L */
 	struct capture_ingest *ci = arg;
 	for (;;) {
 		pthread_mutex_lock(&ci->mu);
@@ -328,6 +329,7 @@ static void *committer_main(void *arg)
 /* One sync covers every batch committed before it; then their answers. */
 static void *syncer_main(void *arg)
 {
+	pthread_setname_np(pthread_self(), "capture-sync"); /* for top -H, perf, ps -L */
 	struct capture_ingest *ci = arg;
 	for (;;) {
 		pthread_mutex_lock(&ci->mu);
@@ -358,6 +360,7 @@ static void *syncer_main(void *arg)
 /* The "new" events of answered batches, in their order. */
 static void *announcer_main(void *arg)
 {
+	pthread_setname_np(pthread_self(), "capture-news"); /* for top -H, perf, ps -L */
 	struct capture_ingest *ci = arg;
 	for (;;) {
 		pthread_mutex_lock(&ci->mu);

@@ -1528,6 +1528,7 @@ static void maintain_tick(struct scheduler *s)
 
 static void *scheduler_main(void *arg)
 {
+	pthread_setname_np(pthread_self(), "delivery"); /* for top -H, perf, ps -L */
 	struct scheduler *s = arg;
 	struct job *batch[BATCH_MAX];
 	bool nap = false; /* the last round did work: nap before sleeping */

@@ -902,6 +902,7 @@ static bool mail_busy(struct archive *ar)
 
 static void *writer_main(void *arg)
 {
+	pthread_setname_np(pthread_self(), "archive"); /* for top -H, perf, ps -L */
 	struct archive *ar = arg;
 	below_mail_path();
 	time_t next_expire = time(NULL);

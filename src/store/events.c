@@ -920,6 +920,7 @@ enum { GATHER = 256 };
 
 static void *writer_main(void *arg)
 {
+	pthread_setname_np(pthread_self(), "events"); /* for top -H, perf, ps -L */
 	struct endpoint_filter *filters = NULL;
 	size_t n_filters = 0;
 	int64_t version = -2, next_prune = 0;

@@ -548,6 +548,7 @@ static size_t load_due(struct webhook_sender *s, int64_t now, struct due *d)
 
 static void *sender_main(void *arg)
 {
+	pthread_setname_np(pthread_self(), "webhooks"); /* for top -H, perf, ps -L */
 	struct webhook_sender *s = arg;
 	CURL *c = curl_easy_init();
 	struct due *d = calloc(DUE_MAX, sizeof(*d));
