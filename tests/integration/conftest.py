@@ -103,10 +103,21 @@ def deep_merge(base, over):
     return res
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port(host="127.0.0.1"):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now, and never handed out before by this process: a port is only bound
+    when tern starts, so the kernel may offer one given out a moment ago again (a test once
+    got its POP3 port equal to the SMTP port of the same tern, not yet listening)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
+    raise AssertionError("no fresh loopback port in 1000 tries")
 
 
 def serving_pid(pid):

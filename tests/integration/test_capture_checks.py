@@ -24,6 +24,7 @@ import pytest
 
 from capture_harness import (capture, capture_factory, check_definition, quote,  # noqa: F401
                              response_schema, check_shape)
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CANIEMAIL = ROOT / "third_party" / "caniemail" / "caniemail.json"
@@ -286,13 +287,6 @@ def test_sa_check_without_a_scanner_is_400_as_in_mailpit(capture):
     assert r.status == 400 and r.text.strip() == "no SpamAssassin service defined", r
     assert japi(capture, "/api/v1/webui")["SpamAssassin"] is False
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")

@@ -18,25 +18,18 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import Raw
+from conftest import Raw, free_port
 from remote_harness import (  # noqa: F401  (fixtures)
     REJECT_RCPT_TEXT, check_alive, mx, remote_tern, submit, world)
 
 DEADLINE = 60.0
 FAST_RETRY = {"webhooks": {"retry_base": Raw("1s"), "retry_max": Raw("1s")}}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def body_for(qid_hint, to):

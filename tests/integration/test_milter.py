@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI_TIMEOUT, tern_bin
+from conftest import CLI_TIMEOUT, free_port, tern_bin
 
 MESSAGE = (
     b"From: Alice <alice@example.org>\r\n"
@@ -367,13 +367,6 @@ def test_bad_spec_is_a_usage_error():
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")
