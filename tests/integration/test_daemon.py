@@ -201,20 +201,3 @@ def test_200_concurrent_idle_connections_get_greeting(tern):
         for s in socks:
             s.close()
 
-
-def test_threads_are_named_for_top_and_perf(tern):
-    """An operator reading `top -H`, `ps -L` or a perf profile sees what each thread of the
-    serving process is, not the program's name repeated."""
-    def names():
-        task = f"/proc/{tern.pid}/task"
-        out = []
-        for tid in os.listdir(task):
-            try:
-                with open(f"{task}/{tid}/comm") as f:
-                    out.append(f.read().strip())
-            except OSError:
-                pass  # the thread ended meanwhile
-        return out
-    want = {"worker-0", "spool-commit", "spool-prep", "delivery", "events", "pool"}
-    got = wait_for(lambda: want <= set(names()) and names(), 10, "the named threads")
-    assert want <= set(got), got

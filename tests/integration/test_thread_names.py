@@ -1,7 +1,9 @@
 """Operators tell tern's threads apart in top -H, ps -L and perf by their names:
 the event-loop threads are worker-N (one per `workers`), the spool's committer and
-preparer spool-commit and spool-prep."""
+preparer spool-commit and spool-prep, the scheduler's delivery threads delivery, the
+events writer events, the thread pool's threads pool."""
 import os
+import time
 
 import pytest
 
@@ -20,9 +22,16 @@ def thread_names(pid):
 
 
 @pytest.mark.tern_config({"workers": 3})
-def test_worker_and_spool_threads_are_named(tern):
-    names = thread_names(serving_pid(tern.proc.pid))
+def test_threads_are_named(tern):
+    # A thread names itself when it starts, which may be just after tern greets: poll.
+    want = {"worker-0", "worker-1", "worker-2", "spool-commit", "spool-prep", "delivery",
+            "events", "pool"}
+    deadline = time.monotonic() + 10
+    while True:
+        names = thread_names(serving_pid(tern.proc.pid))
+        if want <= set(names) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert want <= set(names), sorted(names)
     assert sorted(n for n in names if n.startswith("worker-")) == ["worker-0", "worker-1",
                                                                    "worker-2"]
-    assert "spool-commit" in names
-    assert "spool-prep" in names
