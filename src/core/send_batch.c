@@ -23,8 +23,9 @@
 #include "core/err.h"
 #include "core/log.h"
 
-/* Entries at most; the ring has as many. */
-#define BATCH_MAX 256
+/* Entries at most; the ring has as many. The batch never holds more: it
+ * goes out as the SEND_BATCH_FLUSH_AT-th is taken. */
+#define BATCH_MAX SEND_BATCH_FLUSH_AT
 /* Pieces per entry: a reply is one, a 4 KiB message with its commands a
  * few evbuffer chains; more (a large message) is sent at once instead. */
 #define ENTRY_IOV 16
