@@ -100,7 +100,8 @@ bool send_batch_has(const struct send_batch *b, evutil_socket_t fd)
 bool send_batch_take(struct send_batch *b, struct bufferevent *bev, evutil_socket_t fd,
                      const void *p, size_t n, struct evbuffer *src)
 {
-	if (b->broken || b->n == BATCH_MAX || send_batch_has(b, fd))
+	if (b->broken || send_batch_has(b, fd) ||
+	    TERN_BUG_ON(b->n >= BATCH_MAX)) /* the last one taken sent them all */
 		return false;
 	if (p ? n > ENTRY_COPY_MAX : evbuffer_peek(src, -1, NULL, NULL, 0) > ENTRY_IOV)
 		return false;

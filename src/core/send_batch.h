@@ -61,10 +61,10 @@ void send_batch_flush(struct send_batch *b);
 /*
  * Takes bytes for bev's socket fd (bev a plain socket bufferevent whose
  * output is empty): p[0..n) copied, or, with p NULL, all of src moved
- * (src is left empty). False, with nothing taken, when fd has an entry
- * already, when the batch is full, or when the bytes are more than an entry
- * holds (over 4 KiB to copy, or more pieces than one entry sends: a large
- * message; send them at once instead).
+ * (src is left empty); the SEND_BATCH_FLUSH_AT-th entry sends them all.
+ * False, with nothing taken, when fd has an entry already, or when the
+ * bytes are more than an entry holds (over 4 KiB to copy, or more pieces
+ * than one entry sends: a large message; send them at once instead).
  */
 bool send_batch_take(struct send_batch *b, struct bufferevent *bev, evutil_socket_t fd,
                      const void *p, size_t n, struct evbuffer *src);

@@ -34,7 +34,6 @@
  */
 #include "deliver/deliver.h"
 #include "deliver/remote_stream.h"
-#include "core/send_batch.h"
 #include "deliver/remote_wire.h"
 
 #include <arpa/inet.h>
@@ -66,6 +65,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/loop.h"
+#include "core/send_batch.h"
 #include "core/runtime.h"
 #include "deliver/mtasts.h"
 #include "deliver/pools.h"

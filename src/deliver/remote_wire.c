@@ -3,9 +3,10 @@
  * they can (deliver/remote_wire.h).
  *
  * Owns: handing a cork to the worker's batch (core/send_batch.h), or its
- * sendmsg(2) on plain outbound sockets whose output is empty. Never: sends ahead of bytes already
- * queued, touches a TLS connection's socket, blocks, raises SIGPIPE, or loses a byte: anything not
- * sent is moved to the bufferevent's output, where libevent writes it and reports any error.
+ * sendmsg(2), on plain outbound sockets whose output is empty. Never: sends
+ * ahead of bytes already queued, touches a TLS connection's socket, blocks,
+ * raises SIGPIPE, or loses a byte: anything not sent is moved to the
+ * bufferevent's output, where libevent writes it and reports any error.
  */
 #include "deliver/remote_wire.h"
 

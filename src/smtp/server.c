@@ -26,7 +26,6 @@
 #include "smtp/smtp.h"
 #include "smtp/smtp_metrics.h"
 #include "smtp/wire_in.h"
-#include "core/send_batch.h"
 #include "smtp/wire_out.h"
 #include "tls/tls.h"
 #include "tls/tls_close.h"
@@ -47,7 +46,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -66,6 +64,7 @@
 #include "core/loop.h"
 #include "core/metrics.h"
 #include "core/runtime.h"
+#include "core/send_batch.h"
 #include "policy/policy.h"
 #include "queue/queue.h"
 #include "queue/spill.h"

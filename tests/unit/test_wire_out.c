@@ -33,7 +33,8 @@ struct pair {
 	int peer;
 };
 
-static void pair_open(struct pair *p, int sndbuf)
+/* A socket pair whose first end is a bufferevent on base. */
+static void pair_open_on(struct pair *p, struct event_base *base, int sndbuf)
 {
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
@@ -41,19 +42,40 @@ static void pair_open(struct pair *p, int sndbuf)
 		assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)),
 		                 0);
 	assert_int_equal(evutil_make_socket_nonblocking(sv[0]), 0);
-	p->base = event_base_new();
-	assert_non_null(p->base);
-	p->bev = bufferevent_socket_new(p->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+	p->base = base;
+	p->bev = bufferevent_socket_new(base, sv[0], BEV_OPT_CLOSE_ON_FREE);
 	assert_non_null(p->bev);
 	bufferevent_enable(p->bev, EV_READ | EV_WRITE);
 	p->peer = sv[1];
 }
 
-static void pair_close(struct pair *p)
+/* A pair on a loop of its own. */
+static void pair_open(struct pair *p, int sndbuf)
+{
+	struct event_base *base = event_base_new();
+	assert_non_null(base);
+	pair_open_on(p, base, sndbuf);
+}
+
+/* Both ends closed; the loop stays (pairs may share one). */
+static void pair_shut(struct pair *p)
 {
 	bufferevent_free(p->bev);
-	event_base_free(p->base);
 	close(p->peer);
+}
+
+static void pair_close(struct pair *p)
+{
+	pair_shut(p);
+	event_base_free(p->base);
+}
+
+/* A worker's batch on base, as worker_new makes it. */
+static struct send_batch *batch_on(struct event_base *base)
+{
+	struct send_batch *b = send_batch_new(base);
+	assert_non_null(b); /* io_uring is available on the machines tern is tested on */
+	return b;
 }
 
 /* Reads what the peer has now (non-blocking) into buf; returns its length. */
@@ -148,28 +170,11 @@ static void failed_send_queues_everything(void **state)
 	event_base_free(p.base);
 }
 
-/* A pair on base (for several pairs on one loop). */
-static void pair_open_on(struct pair *p, struct event_base *base, int sndbuf)
-{
-	int sv[2];
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-	if (sndbuf)
-		assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)),
-		                 0);
-	assert_int_equal(evutil_make_socket_nonblocking(sv[0]), 0);
-	p->base = base;
-	p->bev = bufferevent_socket_new(base, sv[0], BEV_OPT_CLOSE_ON_FREE);
-	assert_non_null(p->bev);
-	bufferevent_enable(p->bev, EV_READ | EV_WRITE);
-	p->peer = sv[1];
-}
-
 static void batched_replies_leave_together_at_the_end_of_the_turn(void **state)
 {
 	(void)state;
 	struct event_base *base = event_base_new();
-	struct send_batch *b = send_batch_new(base);
-	assert_non_null(b); /* io_uring is available on the machines tern is tested on */
+	struct send_batch *b = batch_on(base);
 	struct pair p1, p2;
 	pair_open_on(&p1, base, 0);
 	pair_open_on(&p2, base, 0);
@@ -183,10 +188,8 @@ static void batched_replies_leave_together_at_the_end_of_the_turn(void **state)
 	assert_memory_equal(buf, "250 one\r\n", 9);
 	assert_int_equal(peer_read(&p2, buf, sizeof(buf)), 9);
 	assert_memory_equal(buf, "354 two\r\n", 9);
-	bufferevent_free(p1.bev);
-	bufferevent_free(p2.bev);
-	close(p1.peer);
-	close(p2.peer);
+	pair_shut(&p1);
+	pair_shut(&p2);
 	send_batch_free(b);
 	event_base_free(base);
 }
@@ -195,8 +198,7 @@ static void a_second_reply_waits_behind_the_batched_one(void **state)
 {
 	(void)state;
 	struct event_base *base = event_base_new();
-	struct send_batch *b = send_batch_new(base);
-	assert_non_null(b);
+	struct send_batch *b = batch_on(base);
 	struct pair p;
 	pair_open_on(&p, base, 0);
 	assert_int_equal(wire_out(p.bev, b, true, "250 a\r\n", 7), 7);
@@ -210,8 +212,7 @@ static void a_second_reply_waits_behind_the_batched_one(void **state)
 	send_batch_flush(b); /* as a session does before it frees its bufferevent */
 	assert_int_equal(peer_read(&p, buf, sizeof(buf)), 7);
 	assert_memory_equal(buf, "250 c\r\n", 7);
-	bufferevent_free(p.bev);
-	close(p.peer);
+	pair_shut(&p);
 	send_batch_free(b);
 	event_base_free(base);
 }
@@ -220,8 +221,7 @@ static void what_a_batched_send_leaves_goes_back_in_front(void **state)
 {
 	(void)state;
 	struct event_base *base = event_base_new();
-	struct send_batch *b = send_batch_new(base);
-	assert_non_null(b);
+	struct send_batch *b = batch_on(base);
 	struct pair p;
 	pair_open_on(&p, base, 4096);
 	/* a peer that does not read: the socket is full before the batch goes */
@@ -251,8 +251,7 @@ static void what_a_batched_send_leaves_goes_back_in_front(void **state)
 	assert_int_equal(have, full + 10);
 	assert_memory_equal(got + full, "250 x\r\nEND", 10);
 	free(got);
-	bufferevent_free(p.bev);
-	close(p.peer);
+	pair_shut(&p);
 	send_batch_free(b);
 	event_base_free(base);
 }
@@ -261,8 +260,7 @@ static void a_reply_too_big_for_the_batch_is_sent_at_once(void **state)
 {
 	(void)state;
 	struct event_base *base = event_base_new();
-	struct send_batch *b = send_batch_new(base);
-	assert_non_null(b);
+	struct send_batch *b = batch_on(base);
 	struct pair p;
 	pair_open_on(&p, base, 0);
 	size_t n = 200 * 1024;
@@ -272,8 +270,7 @@ static void a_reply_too_big_for_the_batch_is_sent_at_once(void **state)
 	assert_true(sent > 0);
 	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), n - sent);
 	free(big);
-	bufferevent_free(p.bev);
-	close(p.peer);
+	pair_shut(&p);
 	send_batch_free(b);
 	event_base_free(base);
 }
@@ -282,8 +279,7 @@ static void a_full_batch_goes_at_once_mid_turn(void **state)
 {
 	(void)state;
 	struct event_base *base = event_base_new();
-	struct send_batch *b = send_batch_new(base);
-	assert_non_null(b);
+	struct send_batch *b = batch_on(base);
 	struct pair p[SEND_BATCH_FLUSH_AT];
 	char buf[64];
 	for (int i = 0; i < SEND_BATCH_FLUSH_AT; i++) {
@@ -295,8 +291,7 @@ static void a_full_batch_goes_at_once_mid_turn(void **state)
 	/* the last one filled the batch: every reply has gone, no loop turn needed */
 	for (int i = 0; i < SEND_BATCH_FLUSH_AT; i++) {
 		assert_int_equal(peer_read(&p[i], buf, sizeof(buf)), 8);
-		bufferevent_free(p[i].bev);
-		close(p[i].peer);
+		pair_shut(&p[i]);
 	}
 	send_batch_free(b);
 	event_base_free(base);
