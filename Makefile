@@ -17,12 +17,16 @@ UNITDIR  ?= $(PREFIX)/lib/systemd/system
 INSTALL_SENDMAIL ?= 0
 
 .PHONY: all deps build run test test-unit test-integration fuzz fuzz-short bench bench-capture \
-	bench-relay bench-scale bench-api bench-bigmsg clean format install uninstall
+	bench-deps bench-relay bench-scale bench-api bench-bigmsg clean format install uninstall
 
 all: build
 
 deps:
 	@scripts/install-deps
+
+# The benchmarks' own packages (postfix, for smtp-sink), which the tests never need.
+bench-deps:
+	@scripts/install-deps --bench
 
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTERN_TESTS=OFF >/dev/null
@@ -73,7 +77,7 @@ bench-api: build
 
 # bench-relay (bench/relay.py): durable relay to smtp-sink (Debian package postfix) as the
 # next hop, driven by smtpload; BENCH_BASELINE alternates the other binary rep by rep.
-bench-relay: build
+bench-relay: build bench-deps
 	@/usr/bin/python3 bench/relay.py --tern $(BUILD)/tern --smtpload $(BUILD)/smtpload \
 		$(if $(BENCH_BASELINE),--tern-baseline $(BENCH_BASELINE))
 
