@@ -26,6 +26,7 @@
 #include "core/err.h"
 #include "core/id.h"
 #include "core/log.h"
+#include "core/timefmt.h"
 #include "queue/queue.h"
 
 #define REQUEST_MAX 256
@@ -71,14 +72,6 @@ int control_bind(const char *data_dir)
 	return fd;
 }
 
-static void fmt_time(int64_t t, char *out, size_t len)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-	gmtime_r(&tt, &tm);
-	strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 /* scheduled: the message's send_at is still ahead (a queued recipient
  * shows as "scheduled", not tried before it) */
 static void put_rcpt(struct tbuf *b, const struct spool_rcpt *r, bool scheduled)
@@ -88,7 +81,7 @@ static void put_rcpt(struct tbuf *b, const struct spool_rcpt *r, bool scheduled)
 	            scheduled && r->state == RCPT_QUEUED ? "scheduled" : rcpt_state_name(r->state),
 	            r->attempts, r->local ? "yes" : "no");
 	if (r->state == RCPT_DEFERRED && r->next_try) {
-		fmt_time(r->next_try, next, sizeof(next));
+		tern_rfc3339(r->next_try, next, sizeof(next));
 		tbuf_printf(b, " next_try=%s", next);
 	}
 	if (r->orcpt)
@@ -107,7 +100,7 @@ static bool list_one(const struct spool_msg *m, void *arg)
 {
 	struct list_ctx *lc = arg;
 	char created[32];
-	fmt_time(m->created, created, sizeof(created));
+	tern_rfc3339(m->created, created, sizeof(created));
 	tbuf_printf(lc->b, "%s size=%llu created=%s from=<%s> rcpts=%zu\n", m->id,
 	            (unsigned long long)m->size, created, m->sender, m->n_rcpts);
 	bool sched = m->not_before > (int64_t)time(NULL);
@@ -122,7 +115,7 @@ static void show_one(struct tbuf *b, const struct spool_msg *m)
 	static const char *bodies[] = {"", "7BIT", "8BITMIME", "BINARYMIME"};
 	static const char *rets[] = {"", "FULL", "HDRS"};
 	char created[32];
-	fmt_time(m->created, created, sizeof(created));
+	tern_rfc3339(m->created, created, sizeof(created));
 	tbuf_printf(b, "id: %s\nfrom: <%s>\ncreated: %s\nsize: %llu\n", m->id, m->sender, created,
 	            (unsigned long long)m->size);
 	if (m->client)
@@ -138,7 +131,7 @@ static void show_one(struct tbuf *b, const struct spool_msg *m)
 	bool sched = m->not_before > (int64_t)time(NULL);
 	if (m->not_before) { /* the API's send_at */
 		char nb[32];
-		fmt_time(m->not_before, nb, sizeof(nb));
+		tern_rfc3339(m->not_before, nb, sizeof(nb));
 		tbuf_printf(b, "send_at: %s%s\n", nb, sched ? " (scheduled)" : "");
 	}
 	for (size_t i = 0; i < m->n_rcpts; i++) {

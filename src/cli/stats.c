@@ -19,6 +19,7 @@
 #include "cli/cli.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "core/timefmt.h"
 #include "http/stats_routes.h"
 #include "store/events.h"
 #include "store/stats.h"
@@ -37,14 +38,6 @@ static const struct cli_help stats_help = {
     "  --series           a row per hour or day as well\n"
     "  --json             the API's JSON answer\n"
     "  -c, --config FILE  the configuration file (for its data_dir)\n"};
-
-static void iso(int64_t t, char *out, size_t len)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-	gmtime_r(&tt, &tm);
-	strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
 
 static void counts_row(const char *name, const struct stats_counts *c)
 {
@@ -65,8 +58,8 @@ static void header(const char *first)
 static void print_table(const struct stats_query *q, const struct stats_result *r, bool series)
 {
 	char a[32], b[32];
-	iso(q->since, a, sizeof(a));
-	iso(q->until, b, sizeof(b));
+	tern_rfc3339(q->since, a, sizeof(a));
+	tern_rfc3339(q->until, b, sizeof(b));
 	printf("window %s .. %s\n", a, b);
 	header(q->group == STATS_GROUP_NONE ? "" : stats_group_name(q->group));
 	counts_row("total", &r->totals);
@@ -76,7 +69,7 @@ static void print_table(const struct stats_query *q, const struct stats_result *
 		putchar('\n');
 		header(q->bucket == 3600 ? "hour" : "day");
 		for (size_t i = 0; i < r->n_series; i++) {
-			iso(r->series[i].t, a, sizeof(a));
+			tern_rfc3339(r->series[i].t, a, sizeof(a));
 			counts_row(a, &r->series[i].c);
 		}
 	}

@@ -15,6 +15,7 @@
 #include "cli/cli.h"
 #include "core/conf.h"
 #include "core/err.h"
+#include "core/timefmt.h"
 #include "store/suppress.h"
 
 static const struct cli_help suppress_help = {
@@ -52,11 +53,8 @@ struct list_ctx {
 static bool print_entry(const struct suppress_entry *e, void *arg)
 {
 	struct list_ctx *l = arg;
-	char a[SUPPRESS_ADDR_MAX], d[512], t[32];
-	time_t tt = (time_t)e->created;
-	struct tm tm;
-	gmtime_r(&tt, &tm);
-	strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	char a[SUPPRESS_ADDR_MAX], d[512], t[TERN_RFC3339_MAX];
+	tern_rfc3339(e->created, t, sizeof(t));
 	if (l->json)
 		printf("%s\n  {\"scope\": \"%s\", \"address\": \"%s\", \"reason\": \"%s\", "
 		       "\"detail\": \"%s\", \"created\": \"%s\", \"queue_id\": \"%s\"}",

@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "core/err.h"
+#include "core/timefmt.h"
 #include "store/events.h"
 
 enum { PARAM_MAX = 512 };
@@ -263,11 +264,8 @@ int events_route_attempts(sqlite3 *db, int64_t id, const char *qs, size_t qs_len
 	sqlite3_bind_int64(st, 2, limit);
 	json_t *arr = json_array();
 	while (arr && sqlite3_step(st) == SQLITE_ROW) {
-		char ts[32], ev[64];
-		time_t t = (time_t)sqlite3_column_int64(st, 1);
-		struct tm tm;
-		gmtime_r(&t, &tm);
-		strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		char ts[TERN_RFC3339_MAX], ev[64];
+		tern_rfc3339(sqlite3_column_int64(st, 1), ts, sizeof(ts));
 		snprintf(ev, sizeof(ev), "evt_%s_%lld", node ? node : "0",
 		         (long long)sqlite3_column_int64(st, 2));
 		json_array_append_new(arr,

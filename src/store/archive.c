@@ -48,6 +48,7 @@
 #include "core/id.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/timefmt.h"
 #include "mime/lite.h"
 #include "mime/mime.h"
 #include "store/capture_query.h"
@@ -167,15 +168,6 @@ static const char *col_text(sqlite3_stmt *s, int i)
 {
 	const unsigned char *t = sqlite3_column_text(s, i);
 	return t ? (const char *)t : "";
-}
-
-static void rfc3339(int64_t us, char *buf, size_t len)
-{
-	time_t t = (time_t)(us / 1000000);
-	struct tm tm;
-	gmtime_r(&t, &tm);
-	size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf + n, len - n, ".%03dZ", (int)((us / 1000) % 1000));
 }
 
 /* ----------------------------------------------------------------- opening */
@@ -1185,8 +1177,8 @@ static int parse_query(const char *query, struct capture_query *q)
 
 static json_t *summary_from_row(sqlite3_stmt *s)
 {
-	char created[40];
-	rfc3339(sqlite3_column_int64(s, 6), created, sizeof(created));
+	char created[TERN_RFC3339_MAX];
+	tern_rfc3339_ms(sqlite3_column_int64(s, 6), created, sizeof(created));
 	json_t *addrs = json_loads(col_text(s, 4), 0, NULL);
 	json_t *envto = json_loads(col_text(s, 12), 0, NULL);
 	json_t *to = addrs ? json_incref(json_object_get(addrs, "To")) : NULL;
@@ -1196,9 +1188,9 @@ static json_t *summary_from_row(sqlite3_stmt *s)
 	size_t i;
 	json_array_foreach(outs, i, o)
 	{ /* unix seconds -> RFC 3339, as Created */
-		char t[40];
-		rfc3339((int64_t)json_integer_value(json_object_get(o, "Time")) * 1000000, t,
-		        sizeof(t));
+		char t[TERN_RFC3339_MAX];
+		tern_rfc3339_ms((int64_t)json_integer_value(json_object_get(o, "Time")) * 1000000,
+		                t, sizeof(t));
 		json_object_set_new(o, "Time", json_string(t));
 	}
 	return json_pack("{s:o,s:o,s:{s:o,s:o},s:o,s:o,s:s,s:I,s:o,s:b,s:o,s:o,s:o,s:o}", "ID",

@@ -56,6 +56,7 @@
 #include "core/fsutil.h"
 #include "core/id.h"
 #include "core/log.h"
+#include "core/timefmt.h"
 #include "mime/mime.h"
 #include "store/capture_query.h"
 #include "store/msg_index.h"
@@ -280,32 +281,6 @@ static json_t *addrs_json(const struct mime_addrs *a)
 	return arr;
 }
 
-/* RFC 3339 in UTC with milliseconds, as Mailpit's clients parse it. */
-static void rfc3339_us(int64_t us, char *buf, size_t len)
-{
-	time_t secs = (time_t)(us / 1000000);
-	struct tm tm;
-	gmtime_r(&secs, &tm);
-	char base[40];
-	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf, len, "%s.%03dZ", base, (int)((us % 1000000) / 1000));
-}
-
-static void rfc3339_tz(int64_t secs, int tz_min, char *buf, size_t len)
-{
-	time_t local = (time_t)(secs + (int64_t)tz_min * 60);
-	struct tm tm;
-	gmtime_r(&local, &tm);
-	char base[40];
-	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
-	if (tz_min == 0)
-		snprintf(buf, len, "%sZ", base);
-	else {
-		int a = tz_min < 0 ? -tz_min : tz_min;
-		snprintf(buf, len, "%s%c%02d:%02d", base, tz_min < 0 ? '-' : '+', a / 60, a % 60);
-	}
-}
-
 static const char *col_text(sqlite3_stmt *s, int i)
 {
 	const unsigned char *t = sqlite3_column_text(s, i);
@@ -324,7 +299,7 @@ static json_t *json_col(sqlite3_stmt *s, int i, size_t flags_is_array)
 static json_t *summary_from_row(sqlite3_stmt *s)
 {
 	char created[48];
-	rfc3339_us(sqlite3_column_int64(s, 7), created, sizeof(created));
+	tern_rfc3339_ms(sqlite3_column_int64(s, 7), created, sizeof(created));
 	json_t *addrs = json_col(s, 5, 0);
 	json_t *o = json_object();
 	if (!o) {
@@ -1277,11 +1252,10 @@ json_t *capture_message(struct capture_store *st, const char *id, bool mark_read
 	if (mime_parse(raw.data ? raw.data : "", raw.len, MIME_CHECKSUMS, &mm) != TERN_OK)
 		goto out;
 
-	char date[64];
-	if (mm.has_date)
-		rfc3339_tz(mm.date, mm.date_tz_min, date, sizeof(date));
-	else
-		rfc3339_us(created, date, sizeof(date));
+	char date[TERN_RFC3339_MAX];
+	/* no Date: field, or one past what RFC 3339 can say: the time it arrived */
+	if (!mm.has_date || !tern_rfc3339_offset(mm.date, mm.date_tz_min, date, sizeof(date)))
+		tern_rfc3339_ms(created, date, sizeof(date));
 	json_t *att = json_array(), *inl = json_array();
 	for (size_t i = 0; i < mm.n_parts; i++) {
 		if (mm.parts[i].role == MIME_ROLE_ATTACHMENT)

@@ -28,6 +28,7 @@
 #include "core/conf.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/timefmt.h"
 
 static const char *const type_names[EV__COUNT] = {
     "received",   "queued",     "delivered", "deferred", "bounced",
@@ -1159,14 +1160,6 @@ const char *events_select_columns(void)
 	return row_cols;
 }
 
-static void iso_time(int64_t t, char *out, size_t len)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-	gmtime_r(&tt, &tm);
-	strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 static void set_str(json_t *o, const char *k, const unsigned char *v)
 {
 	json_object_set_new(o, k, json_string(v ? (const char *)v : ""));
@@ -1177,7 +1170,7 @@ char *events_row_json(sqlite3_stmt *st, const char *node, bool envelope)
 	char ts[32], na[32], eid[64];
 	int64_t id = sqlite3_column_int64(st, 0);
 	const char *type = (const char *)sqlite3_column_text(st, 2);
-	iso_time(sqlite3_column_int64(st, 1), ts, sizeof(ts));
+	tern_rfc3339(sqlite3_column_int64(st, 1), ts, sizeof(ts));
 	snprintf(eid, sizeof(eid), "evt_%s_%" PRId64, node ? node : "0", id);
 	json_t *d = json_object();
 	if (!d)
@@ -1209,7 +1202,7 @@ char *events_row_json(sqlite3_stmt *st, const char *node, bool envelope)
 	set_str(d, "status", sqlite3_column_text(st, 11));
 	set_str(d, "relay", sqlite3_column_text(st, 12));
 	if (type && strcmp(type, "deferred") == 0) {
-		iso_time(sqlite3_column_int64(st, 13), na, sizeof(na));
+		tern_rfc3339(sqlite3_column_int64(st, 13), na, sizeof(na));
 		json_object_set_new(d, "next_attempt", json_string(na));
 	}
 	if (type && strcmp(type, "bounced") == 0)

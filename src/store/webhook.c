@@ -26,6 +26,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/timefmt.h"
 #include "store/events.h"
 
 int webhook_sign(const char *secret, const char *id, int64_t ts, const char *body, size_t body_len,
@@ -264,11 +265,8 @@ int webhook_attempts(sqlite3 *db, int64_t id, unsigned limit, FILE *out)
 	sqlite3_bind_int64(st, 1, id);
 	sqlite3_bind_int(st, 2, (int)(limit ? limit : 50));
 	while (sqlite3_step(st) == SQLITE_ROW) {
-		char ts[32];
-		time_t t = (time_t)sqlite3_column_int64(st, 1);
-		struct tm tm;
-		gmtime_r(&t, &tm);
-		strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		char ts[TERN_RFC3339_MAX];
+		tern_rfc3339(sqlite3_column_int64(st, 1), ts, sizeof(ts));
 		const char *e = (const char *)sqlite3_column_text(st, 4);
 		fprintf(out, "%s event=evt_%s_%lld type=%s id=%s http=%d%s%s\n", ts,
 		        node ? node : "0", (long long)sqlite3_column_int64(st, 2),
@@ -438,11 +436,8 @@ static void record(struct webhook_sender *s, const struct due *d, long code, con
 			          "failing_since = 0",
 			          d->endpoint, now, NULL);
 		if (now - since >= (int64_t)s->window) {
-			char status[96], ts[32];
-			time_t t = (time_t)since;
-			struct tm tm;
-			gmtime_r(&t, &tm);
-			strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+			char status[96], ts[TERN_RFC3339_MAX];
+			tern_rfc3339(since, ts, sizeof(ts));
 			snprintf(status, sizeof(status), "disabled: failing since %s", ts);
 			bind_exec(s->db,
 			          "UPDATE webhooks SET enabled = 0, status = ?3 WHERE id = ?1 AND "

@@ -148,6 +148,44 @@ static void test_rfc5322_date_is_english_utc_whatever_the_locale(void **state)
 	assert_string_equal(d, "");
 }
 
+static void test_rfc3339_forms(void **state)
+{
+	char d[TERN_RFC3339_MAX];
+
+	assert_true(tern_rfc3339(1796551200, d, sizeof(d)));
+	assert_string_equal(d, "2026-12-06T10:00:00Z");
+	/* milliseconds are cut, not rounded, as Mailpit writes them */
+	assert_true(tern_rfc3339_ms(1796551200999999LL, d, sizeof(d)));
+	assert_string_equal(d, "2026-12-06T10:00:00.999Z");
+	/* before 1970 the milliseconds still count forward from the second */
+	assert_true(tern_rfc3339_ms(-1000, d, sizeof(d)));
+	assert_string_equal(d, "1969-12-31T23:59:59.999Z");
+	assert_true(tern_rfc3339_offset(1796551200, 90, d, sizeof(d)));
+	assert_string_equal(d, "2026-12-06T11:30:00+01:30");
+	assert_true(tern_rfc3339_offset(1796551200, -(4 * 60), d, sizeof(d)));
+	assert_string_equal(d, "2026-12-06T06:00:00-04:00");
+	assert_true(tern_rfc3339_offset(1796551200, 0, d, sizeof(d)));
+	assert_string_equal(d, "2026-12-06T10:00:00Z");
+	/* the widest forms fit the documented maximum */
+	char w[TERN_RFC3339_MAX];
+	assert_true(tern_rfc3339_ms(253402300799999999LL, w, sizeof(w)));
+	assert_string_equal(w, "9999-12-31T23:59:59.999Z");
+	assert_true(
+	    tern_rfc3339_offset(253402300799LL - (23 * 60 + 59) * 60, 23 * 60 + 59, w, sizeof(w)));
+	assert_string_equal(w, "9999-12-31T23:59:59+23:59");
+	assert_true(strlen(w) < TERN_RFC3339_MAX);
+	/* what RFC 3339 cannot say, and a buffer too small: false and empty */
+	assert_false(tern_rfc3339(253402300800LL, d, sizeof(d)));
+	assert_string_equal(d, "");
+	assert_false(tern_rfc3339(-62167219201LL, d, sizeof(d)));
+	assert_true(tern_rfc3339(-62167219200LL, d, sizeof(d)));
+	assert_string_equal(d, "0000-01-01T00:00:00Z");
+	assert_false(tern_rfc3339_offset(1796551200, 24 * 60, d, sizeof(d)));
+	assert_false(tern_rfc3339_offset(253402300799LL, 1, d, sizeof(d)));
+	assert_false(tern_rfc3339(1796551200, d, 20));
+	assert_string_equal(d, "");
+}
+
 static void test_mime_writer_keeps_first_error_and_stops(void **state)
 {
 	struct tbuf b = TBUF_INIT(8);
@@ -206,6 +244,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_writev_full_writes_every_byte_of_many_iovecs,
 	                                    make_tmpdir, remove_tree),
 	    cmocka_unit_test(test_rfc5322_date_is_english_utc_whatever_the_locale),
+	    cmocka_unit_test(test_rfc3339_forms),
 	    cmocka_unit_test(test_mime_writer_keeps_first_error_and_stops),
 	    cmocka_unit_test(test_mime_writer_encodings),
 	};
