@@ -1,7 +1,9 @@
 /*
- * remote.c — delivery to other mail servers: next-hop selection (route,
- * relayhost or MX per RFC 5321 §5.1), the outbound SMTP client state
- * machine, and per-destination connection limits with reuse.
+ * remote.c — delivery to other mail servers: the outbound SMTP client state
+ * machine and per-destination connection limits with reuse. Where a
+ * connection goes (route, relayhost or MX per RFC 5321 §5.1; addresses,
+ * DANE's TLSA, MTA-STS) is remote_dns.c's; the structures both share are in
+ * remote_internal.h.
  *
  * A connection (struct rconn) lives on one worker: it resolves its next
  * hop with that worker's async resolver, tries each address in order
@@ -33,10 +35,10 @@
  * the bounded, fuzzed reply parser; a server's words are copied bounded.
  */
 #include "deliver/deliver.h"
+#include "deliver/remote_internal.h"
 #include "deliver/remote_stream.h"
 #include "deliver/remote_wire.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <event2/buffer.h>
@@ -76,122 +78,6 @@
 #include "smtp/wire_in.h"
 #include "tls/tls.h"
 
-#define MAX_MX 16
-#define MAX_TARGETS 32
-/* Recipients per transaction: RFC 5321 §4.5.3.1.8 makes every server take
- * at least 100, so a job with more is sent as several transactions. */
-#define BATCH_MAX 100
-
-struct dest {
-	struct dest *next;
-	char key[400];
-	struct remote_job *head, *tail;
-	unsigned active;
-	/* Shaping (deliver/shaping.h, pools.h): the recipient domain whose limits
-	 * apply, the IP pool ("" for none), and the timer that starts a
-	 * connection when the per-minute rate or the pool's warm-up allows again
-	 * (jobs over a limit wait here, not started, never deferred). */
-	struct remote *r;
-	char domain[256];
-	char pool[65];
-	struct event *wake; /* on workers[0]'s base */
-	bool wake_armed;    /* under lock */
-	/* Connections past a transaction with nothing to carry, kept open for
-	 * the next job (conn_park): each holds its slot in active. */
-	struct rconn *idle; /* under lock, through rconn.idle_next */
-};
-
-struct remote {
-	struct worker **workers;
-	size_t n_workers;
-	struct dns_resolver **resolvers;
-	SSL_CTX *tls;
-	pthread_mutex_t lock;
-	struct dest *dests;
-	unsigned rr;
-	_Atomic size_t active;
-	struct rconn *conns;
-	bool stopping; /* under lock: remote_stop was called */
-	/* MTA-STS: policies are got (cache, HTTPS) on this pool, never on a loop */
-	struct pool *sts_pool;
-	struct sts_job *sts_jobs; /* under lock: submitted, their done not run yet */
-	char *ca_pem;             /* delivery.ca_file's text for the policy fetch, or NULL */
-	size_t ca_len;
-	/* SPILL: spilled messages are read ahead here, never on a loop
-	 * (remote_stream.h); NULL: read on the loop. Dropped bodies are read
-	 * back here too (body_load). */
-	struct pool *io_pool;
-	/* remote_set_body_source: queued jobs' bytes are counted in budget and
-	 * dropped past it; load reads them back. NULL: nothing is dropped. */
-	struct mem_budget *budget;
-	remote_load_fn load;
-	void *load_arg;
-	struct body_load *loads; /* under lock: submitted, their done not run yet */
-};
-
-/* A dropped body being read back on the I/O pool for c's job. c is NULL
- * once the connection is gone (then load_done only frees it, or
- * remote_free does if the workers stopped first). */
-struct body_load {
-	struct body_load *prev, *next;
-	struct remote *r;
-	struct rconn *c; /* under r->lock */
-	char id[32];
-	char *data;
-	size_t len;
-	int rc;
-	bool ahead; /* for c->next_job (PIPE-NEXT), not for c->job */
-};
-
-/* One MTA-STS policy lookup on the pool. c is NULL once the connection is
- * gone (then the job frees itself when done, or remote_free frees it). */
-struct sts_job {
-	struct sts_job *prev, *next;
-	struct remote *r;
-	struct rconn *c;
-	struct mtasts_req q;
-};
-
-struct target {
-	char host[DNS_NAME_MAX + 1];
-	struct sockaddr_storage ss;
-	socklen_t len;
-};
-
-struct host_addrs {
-	char host[DNS_NAME_MAX + 1];
-	struct in6_addr v6[8];
-	struct in_addr v4[8];
-	size_t n6, n4;
-	int pending;
-	enum dns_status st4, st6;
-	enum tlsp_dane dane;   /* what its TLSA lookup gave (none when not looked up) */
-	bool sts_enforce;      /* an enforced MTA-STS policy names it: verify at least */
-	bool addr_insecure;    /* an address answer was not DNSSEC-secure: no DANE */
-	struct dns_tlsa *tlsa; /* the usable records (data owned here), freed with the conn */
-	size_t n_tlsa;
-};
-
-enum rc_state {
-	RC_NONE, /* not begun yet */
-	RC_DNS,
-	RC_CONNECT,
-	RC_GREETING,
-	RC_EHLO,
-	RC_HELO,
-	RC_STARTTLS,
-	RC_TLS_HANDSHAKE,
-	RC_AUTH,
-	RC_AUTH_LOGIN_USER,
-	RC_AUTH_LOGIN_PASS,
-	RC_TX,
-	RC_DOT,
-	RC_RSET,
-	RC_IDLE, /* parked between jobs (conn_park), nothing owed either way */
-	RC_LOAD, /* the job's bytes are read back from the spool (body_load) */
-	RC_QUIT,
-};
-
 static const char *const rc_state_name[] = {
     [RC_NONE] = "none",
     [RC_DNS] = "dns",
@@ -212,132 +98,8 @@ static const char *const rc_state_name[] = {
     [RC_QUIT] = "quit",
 };
 
-/* What the next reply in a pipelined transaction answers. EX_BDAT: the
- * BDAT LAST sent with the message in the same write as MAIL and RCPT
- * (one_write), i.e. the end of the data. */
-enum expect { EX_MAIL, EX_RCPT, EX_DATA, EX_BDAT };
-
-/* An address lookup's callback argument: which host slot and family. They
- * live inside the connection (not malloc'd), because a resolver freed at
- * shutdown drops its pending queries without calling back. */
-struct addr_query {
-	struct rconn *c;
-	size_t host;
-	int family;
-};
-
-struct rconn {
-	struct rconn *prev, *next; /* on remote->conns, for shutdown */
-	struct remote *r;
-	struct worker *w;
-	struct dns_resolver *res;
-	struct dest *dest;
-	struct tern_runtime *rt;
-	const struct tern_config *conf;
-	const struct conf_route *route;
-	struct remote_job *job;
-	/* PIPE-NEXT: the job whose MAIL, RCPTs and DATA went out behind job's
-	 * end of data (pipeline_next), answered once job's final reply is in
-	 * (take_next); until then nothing of it was answered or recorded. */
-	struct remote_job *next_job;
-	size_t tail_after_dot; /* PIPE-NEXT: its bytes queued behind the end of data */
-	/* PIPE-NEXT: next_job's commands have not gone out yet: it waited
-	 * without its bytes (queued_memory) and was taken early to read them
-	 * back while job goes out (reserve_next; c->load while the read runs).
-	 * They go behind job's end of data once both are there (pipeline_next,
-	 * load_done_ahead); if job's transaction ends first, next_job is begun
-	 * as the current job (tx_next). */
-	bool next_unsent;
-	char domain[DNS_NAME_MAX + 1];
-	enum rc_state st;
-	uint16_t port;
-	/* DNS */
-	struct host_addrs hosts[MAX_MX];
-	struct addr_query aq[MAX_MX][2];
-	struct addr_query tq[MAX_MX]; /* TLSA lookups (family 0) */
-	size_t n_hosts;
-	int pending_dns;
-	bool dns_failed_perm;
-	bool mx_secure; /* the MX answer was DNSSEC-secure: DANE may apply (RFC 7672 §2.2.1) */
-	/* MTA-STS (MX delivery): the TXT id and the policy host's address, then the policy */
-	int sts_pending;
-	int sts_txt_records; /* TXT records that begin with v=STSv1 */
-	char sts_id[MTASTS_ID_MAX + 1];
-	char sts_addr[64];
-	struct sts_job *sts_job;
-	bool sts_have;
-	struct mtasts_policy sts;
-	/* targets */
-	struct target targets[MAX_TARGETS];
-	size_t n_targets, cur;
-	bool tls_disabled; /* a TLS handshake failed on this target: retry in clear */
-	/* SMTP */
-	struct bufferevent *bev;
-	struct smtp_reply_parser rp;
-	struct smtp_ehlo_caps caps;
-	bool tls_active;
-	bool tls_verified;   /* the TLS channel met a verify or dane level */
-	enum conf_tls level; /* TLS the current target must meet (tlspolicy.h) */
-	bool greeted_ok;     /* a server took us past EHLO: failures are no longer per-target */
-	bool implicit_tls;   /* smtps:// handshake under way: the greeting comes after it */
-	bool in_step;        /* inside a step (step_begin): freeing waits for its end */
-	bool dead;           /* freed while in_step */
-	/* Parked (RC_IDLE): on dest->idle, under the remote's lock. Taken off
-	 * the list by remote_submit or remote_stop, which then post
-	 * conn_unpark; until it runs the connection stays in RC_IDLE. */
-	bool parked;
-	struct rconn *idle_next;
-	/*
-	 * Waits (RFC 5321 §4.5.3.2): one timer per connection. Each wait — a
-	 * whole reply, the greeting, the TLS handshake, the message data — has
-	 * a deadline that bytes trickling in do not push back, so a peer that
-	 * drips a byte at a time cannot hold the connection past it.
-	 */
-	struct event *timer;
-	double deadline;           /* monotonic seconds; 0: nothing armed */
-	uint32_t wait_secs;        /* length of the current wait (the data phase: its window) */
-	unsigned awaiting;         /* replies due: commands sent, not answered yet */
-	bool body_pending;         /* message data not all handed to the kernel yet */
-	struct evbuffer *wire_out; /* the socket's output, under any TLS layer */
-	/* Plain sockets: what a step sends is collected here and leaves at the
-	 * step's end, straight to the socket when nothing is queued
-	 * (remote_wire.h). Empty outside a step; NULL until the first. */
-	struct evbuffer *cork;
-	bool corking; /* inside a step: out_of gives the cork on a plain socket */
-	/* Plain sockets once connected: our read event in place of the
-	 * bufferevent's (own_reads), or NULL: libevent reads (TLS, connecting). */
-	struct event *rd_ev;
-	/* transaction: one batch of at most BATCH_MAX of the job's recipients */
-	size_t batch_start, batch_end;         /* the batch is rcpts[batch_start .. batch_end) */
-	enum expect expect[1 + BATCH_MAX + 1]; /* MAIL, the batch's RCPTs, DATA or BDAT */
-	size_t n_expect, i_expect;
-	size_t rcpt_cursor;       /* next recipient to send (non-pipelined) */
-	size_t rcpt_reply_cursor; /* next recipient whose reply we wait for */
-	size_t n_accepted;
-	bool mail_failed;
-	bool one_write;         /* this transaction went as MAIL, RCPTs, BDAT LAST + body at once */
-	struct evbuffer *chunk; /* one_write: the chunk is encoded here first (its size
-	                           leads it); empty between transactions, or NULL */
-	struct tbuf converted;  /* downconverted body, when needed */
-	struct body_pump pump;  /* SPILL: the rest of a spilled message, from its file */
-	struct body_load *load; /* RC_LOAD: the job's dropped bytes being read back */
-	int pump_err;           /* SPILL: the file failed (TERN_*): on_deadline ends the tx */
-	char last_error[512];
-	char last_status[16];
-	bool last_perm;
-	/* shaping and pools */
-	unsigned n_msgs;       /* jobs taken by this connection (shaping per_connection) */
-	bool backed_off;       /* this connection reported a back-off already */
-	bool closed_421;       /* ... and it was a 421: deferrals wait for the back-off */
-	const char *ehlo_name; /* the source address's EHLO name (in c->conf), or NULL */
-	char src_addr[64];     /* the pool address bound, or "" */
-	char reserved[64];     /* the warm-up pool address counted for our first job, or "" */
-};
-
-static void conn_next_target(struct rconn *c);
 static void conn_start_job(struct rconn *c);
 static void idle_over(struct rconn *c, bool timeout);
-static void conn_end(struct rconn *c);
 static void conn_free(struct rconn *c);
 
 /* --------------------------------------------------------------- helpers */
@@ -362,8 +124,6 @@ void remote_job_free(struct remote_job *job)
 	free(job);
 }
 
-static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 static void protocol_error(struct rconn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static bool pump_more(struct rconn *c);
@@ -372,7 +132,7 @@ static void tx_forget_results(struct rconn *c);
 static void take_next(struct rconn *c);
 static void reserve_next(struct rconn *c);
 
-static void set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
+void rconn_set_error(struct rconn *c, bool perm, const char *status, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -446,7 +206,7 @@ static const char *target_host(const struct rconn *c)
 }
 
 /* The only writer of c->st (STYLE Part 3 §1); traces old -> new. */
-static void enter_state(struct rconn *c, enum rc_state st)
+void rconn_enter_state(struct rconn *c, enum rc_state st)
 {
 	if (c->st != st)
 		log_debug("event=remote_state id=%s relay=%s old=%s new=%s",
@@ -457,7 +217,7 @@ static void enter_state(struct rconn *c, enum rc_state st)
 
 /* Finishes the current job: every recipient still pending gets the last
  * error; the scheduler gets the job. */
-static void job_finish(struct rconn *c)
+void rconn_job_finish(struct rconn *c)
 {
 	struct remote_job *job = c->job;
 	if (!job)
@@ -528,7 +288,7 @@ static void job_give_up(struct remote_job *j, const char *status, const char *te
 /* Takes the next job of this destination, or NULL (and gives up our slot).
  * After remote_stop nothing more is taken: queued jobs stay queued and are
  * freed without a result by remote_free (they are still in the spool). */
-static struct remote_job *dest_pop(struct remote *r, struct dest *d, bool release_if_empty)
+struct remote_job *remote_dest_pop(struct remote *r, struct dest *d, bool release_if_empty)
 {
 	pthread_mutex_lock(&r->lock);
 	struct remote_job *j = r->stopping ? NULL : d->head;
@@ -550,7 +310,7 @@ static struct remote_job *dest_pop(struct remote *r, struct dest *d, bool releas
  * The next job for c under its destination's shaping (deliver/shaping.h):
  * NULL when there is none (the slot is released); when c has carried
  * per_connection messages and more wait (*reconnect: c keeps the slot and
- * hands it to a fresh connection after QUIT, see conn_end); or when the
+ * hands it to a fresh connection after QUIT, see rconn_end); or when the
  * per-minute rate or the pool's warm-up says not yet (the slot is released
  * and the destination's wake timer starts a connection when a message may
  * go: the jobs wait in the queue, not started, with no retry counted).
@@ -610,7 +370,7 @@ static struct remote_job *dest_pop_shaped(struct rconn *c, bool *reconnect)
 		}
 		return NULL;
 	}
-	struct remote_job *j = dest_pop(r, d, true);
+	struct remote_job *j = remote_dest_pop(r, d, true);
 	if (j) {
 		c->n_msgs++;
 		if (taken[0] && !c->src_addr[0])
@@ -695,7 +455,7 @@ static void next_job_requeue(struct rconn *c, const char *why)
 	c->next_unsent = false; /* a read-back under way is dropped with the connection */
 	if (TERN_BUG_ON(!c->dest)) {
 		c->job = j; /* cannot happen: deferred rather than lost */
-		job_finish(c);
+		rconn_job_finish(c);
 		return;
 	}
 	if (c->r->budget && j->data && !j->held) { /* it keeps its bytes: it is next */
@@ -1081,24 +841,25 @@ static bool fit_message_to_peer(struct rconn *c)
 {
 	struct remote_job *j = c->job;
 	if (j->smtputf8 && !c->caps.smtputf8) {
-		set_error(c, true, "5.6.7",
-		          "550 5.6.7 the message needs SMTPUTF8 but %s does not support it",
-		          c->targets[c->cur].host);
+		rconn_set_error(c, true, "5.6.7",
+		                "550 5.6.7 the message needs SMTPUTF8 but %s does not support it",
+		                c->targets[c->cur].host);
 		return false;
 	}
 	if (j->body == SMTP_BODY_BINARYMIME && !(c->caps.chunking && c->caps.binarymime)) {
-		set_error(c, true, "5.6.3",
-		          "554 5.6.3 the message is BINARYMIME but %s cannot take it",
-		          c->targets[c->cur].host);
+		rconn_set_error(c, true, "5.6.3",
+		                "554 5.6.3 the message is BINARYMIME but %s cannot take it",
+		                c->targets[c->cur].host);
 		return false;
 	}
 	if (j->spill_path && j->has_8bit && !c->caps.eightbitmime &&
 	    j->body != SMTP_BODY_BINARYMIME) {
 		/* SPILL: converting needs the whole message in memory */
-		set_error(c, true, "5.6.3",
-		          "554 5.6.3 %s does not take 8-bit mail and the message is too large to "
-		          "convert to 7 bits",
-		          c->targets[c->cur].host);
+		rconn_set_error(
+		    c, true, "5.6.3",
+		    "554 5.6.3 %s does not take 8-bit mail and the message is too large to "
+		    "convert to 7 bits",
+		    c->targets[c->cur].host);
 		return false;
 	}
 	/* SPILL: reading ahead starts now, on the pool, while MAIL and RCPT go */
@@ -1107,17 +868,18 @@ static bool fit_message_to_peer(struct rconn *c)
 	                   j->spill_check, j->spill_crc, pump_ready, c) != TERN_OK) {
 		log_error("event=spool_read_failed id=%s file=%s reason=out-of-memory", j->id,
 		          j->spill_path);
-		set_error(c, false, "4.3.0", "the message could not be read from the spool");
+		rconn_set_error(c, false, "4.3.0", "the message could not be read from the spool");
 		return false;
 	}
 	if (j->has_8bit && !c->caps.eightbitmime && j->body != SMTP_BODY_BINARYMIME) {
 		tbuf_init(&c->converted, j->len * 3 + 4096);
 		if (smtp_downconvert_8bit(j->data, j->len, &c->converted) != TERN_OK) {
 			tbuf_free(&c->converted);
-			set_error(c, true, "5.6.3",
-			          "554 5.6.3 %s does not take 8-bit mail and the message cannot be "
-			          "converted to 7 bits",
-			          c->targets[c->cur].host);
+			rconn_set_error(
+			    c, true, "5.6.3",
+			    "554 5.6.3 %s does not take 8-bit mail and the message cannot be "
+			    "converted to 7 bits",
+			    c->targets[c->cur].host);
 			return false;
 		}
 		log_info("event=downconverted id=%s relay=%s from=%zu to=%zu", j->id,
@@ -1125,10 +887,10 @@ static bool fit_message_to_peer(struct rconn *c)
 	}
 	uint64_t len = c->converted.data ? c->converted.len : j->len + j->spill_len;
 	if (c->caps.has_size && c->caps.size && len > c->caps.size) {
-		set_error(c, true, "5.3.4",
-		          "552 5.3.4 message of %" PRIu64
-		          " bytes exceeds the limit of %s (%llu bytes)",
-		          len, c->targets[c->cur].host, (unsigned long long)c->caps.size);
+		rconn_set_error(c, true, "5.3.4",
+		                "552 5.3.4 message of %" PRIu64
+		                " bytes exceeds the limit of %s (%llu bytes)",
+		                len, c->targets[c->cur].host, (unsigned long long)c->caps.size);
 		return false;
 	}
 	return true;
@@ -1145,11 +907,11 @@ static bool push_expect(struct rconn *c, enum expect e)
 	if (c->n_expect >= sizeof(c->expect) / sizeof(c->expect[0])) {
 		log_error("event=remote_internal_error id=%s reason=\"expect table full\"",
 		          c->job ? c->job->id : "-");
-		set_error(c, false, "4.3.0", "internal error talking to %s",
-		          c->targets[c->cur].host);
+		rconn_set_error(c, false, "4.3.0", "internal error talking to %s",
+		                c->targets[c->cur].host);
 		close_bev(c);
-		job_finish(c);
-		conn_end(c);
+		rconn_job_finish(c);
+		rconn_end(c);
 		return false;
 	}
 	c->expect[c->n_expect++] = e;
@@ -1247,7 +1009,7 @@ static void start_batch(struct rconn *c)
 	 * this transaction's (all start pending; earlier batches end before). */
 	for (size_t i = c->batch_start; i < j->n_rcpts; i++)
 		TERN_BUG_ON(j->rcpts[i].outcome != REMOTE_PENDING);
-	enter_state(c, RC_TX);
+	rconn_enter_state(c, RC_TX);
 	send_mail(c);
 	if (!push_expect(c, EX_MAIL))
 		return;
@@ -1367,9 +1129,10 @@ static void load_done(void *arg)
 		bool started = load_attach(c, l, c->job) && begin_job(c);
 		if (!started) {
 			if (!c->job->data)
-				set_error(c, false, "4.3.0",
-				          "the message could not be read back from the spool");
-			job_finish(c);
+				rconn_set_error(
+				    c, false, "4.3.0",
+				    "the message could not be read back from the spool");
+			rconn_job_finish(c);
 			conn_start_job(c);
 		}
 	}
@@ -1415,10 +1178,11 @@ static bool load_begin(struct rconn *c, const char *id, bool ahead)
 static bool load_start(struct rconn *c)
 {
 	if (!load_begin(c, c->job->id, false)) {
-		set_error(c, false, "4.3.0", "the message could not be read back from the spool");
+		rconn_set_error(c, false, "4.3.0",
+		                "the message could not be read back from the spool");
 		return false;
 	}
-	enter_state(c, RC_LOAD);
+	rconn_enter_state(c, RC_LOAD);
 	wait_for(c, c->conf->delivery.command_timeout);
 	return true;
 }
@@ -1447,7 +1211,7 @@ static bool begin_job(struct rconn *c)
 static void start_transaction(struct rconn *c)
 {
 	if (!begin_job(c)) {
-		job_finish(c);
+		rconn_job_finish(c);
 		conn_start_job(c);
 	}
 }
@@ -1460,7 +1224,7 @@ static void tx_next(struct rconn *c)
 		start_batch(c);
 		return;
 	}
-	job_finish(c);
+	rconn_job_finish(c);
 	if (c->next_job && c->next_unsent) {
 		/* PIPE-NEXT: taken early, nothing of it sent: the current job
 		 * now, begun at once or when its bytes are in (load_done) */
@@ -1469,7 +1233,7 @@ static void tx_next(struct rconn *c)
 		c->next_unsent = false;
 		if (!c->load) {
 			if (!begin_job(c)) {
-				job_finish(c);
+				rconn_job_finish(c);
 				conn_start_job(c);
 			}
 			return;
@@ -1479,7 +1243,7 @@ static void tx_next(struct rconn *c)
 		    "event=remote_load_wait id=%s relay=%s reason=\"the previous end of data was "
 		    "answered before this message was read back\"",
 		    c->job->id, target_host(c));
-		enter_state(c, RC_LOAD);
+		rconn_enter_state(c, RC_LOAD);
 		wait_for(c, c->conf->delivery.command_timeout);
 		return;
 	}
@@ -1495,7 +1259,7 @@ static void tx_next(struct rconn *c)
  * has taken all of it the data phase's deadline runs (on_wire_drained). */
 static void data_sent(struct rconn *c)
 {
-	enter_state(c, RC_DOT);
+	rconn_enter_state(c, RC_DOT);
 	c->awaiting++;
 	c->body_pending = true;
 	wait_for(c, c->conf->delivery.command_timeout);
@@ -1532,13 +1296,13 @@ static void pump_failed(struct rconn *c)
 {
 	bool damaged = c->pump_err == TERN_ECORRUPT;
 	c->pump_err = 0;
-	set_error(c, false, "4.3.0",
-	          damaged ? "the message's spool file is damaged; it is kept, not delivered"
-	                  : "the message could not be read from the spool");
+	rconn_set_error(c, false, "4.3.0",
+	                damaged ? "the message's spool file is damaged; it is kept, not delivered"
+	                        : "the message could not be read from the spool");
 	tx_forget_results(c);
 	abort_bev(c);
-	job_finish(c);
-	conn_end(c);
+	rconn_job_finish(c);
+	rconn_end(c);
 }
 
 /* SPILL: a chunk the pump waited for was read (the reader's event). */
@@ -1670,7 +1434,7 @@ static void take_next(struct rconn *c)
 	for (size_t i = 0; i < j->n_rcpts; i++)
 		c->expect[c->n_expect++] = EX_RCPT;
 	c->expect[c->n_expect++] = EX_DATA;
-	enter_state(c, RC_TX);
+	rconn_enter_state(c, RC_TX);
 	reserve_next(c);
 }
 
@@ -1708,7 +1472,7 @@ static void after_rcpts(struct rconn *c)
 	if (c->mail_failed || c->n_accepted == 0) {
 		if (!c->caps.pipelining || j->body == SMTP_BODY_BINARYMIME) {
 			/* Nothing to send: reset for the next batch or job. */
-			enter_state(c, RC_RSET);
+			rconn_enter_state(c, RC_RSET);
 			send_line(c, "RSET");
 		}
 		return;
@@ -1757,18 +1521,18 @@ static void protocol_error(struct rconn *c, const char *fmt, ...)
 	log_warn("event=protocol_error id=%s relay=%s state=%s reason=%s",
 	         c->job ? c->job->id : "-", target_host(c), rc_state_name[c->st],
 	         log_quote(why, strlen(why), q, sizeof(q)));
-	set_error(c, false, "4.5.0", "protocol error: %s", why);
+	rconn_set_error(c, false, "4.5.0", "protocol error: %s", why);
 	if (c->st == RC_TX || c->st == RC_DOT || c->st == RC_RSET)
 		tx_forget_results(c);
 	abort_bev(c);
 	if (c->greeted_ok) {
-		job_finish(c);
-		conn_end(c);
+		rconn_job_finish(c);
+		rconn_end(c);
 		return;
 	}
 	c->cur++;
 	c->tls_disabled = false;
-	conn_next_target(c);
+	rconn_next_target(c);
 }
 
 static void end_reply(struct rconn *c, const struct smtp_reply *r, const char *phase);
@@ -1852,7 +1616,7 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 					rcpt_result(c, &j->rcpts[i], outcome_of(r->code),
 					            status_of(r), text);
 		}
-		enter_state(c, RC_RSET);
+		rconn_enter_state(c, RC_RSET);
 		send_line(c, "RSET");
 		return;
 	case EX_BDAT:
@@ -1860,7 +1624,7 @@ static void tx_reply(struct rconn *c, const struct smtp_reply *r)
 			/* Every recipient has its result from the MAIL or its
 			 * RCPT reply; the chunk's reply (503 or 554 as a rule)
 			 * changes none. Reset for what comes next either way. */
-			enter_state(c, RC_RSET);
+			rconn_enter_state(c, RC_RSET);
 			send_line(c, "RSET");
 			return;
 		}
@@ -1892,7 +1656,7 @@ static void end_reply(struct rconn *c, const struct smtp_reply *r, const char *p
 	if (ok || next_on_wire(c)) {
 		tx_next(c);
 	} else {
-		enter_state(c, RC_RSET);
+		rconn_enter_state(c, RC_RSET);
 		send_line(c, "RSET");
 	}
 }
@@ -1908,7 +1672,7 @@ static void after_ehlo(struct rconn *c);
 
 static void send_ehlo(struct rconn *c)
 {
-	enter_state(c, RC_EHLO);
+	rconn_enter_state(c, RC_EHLO);
 	send_line(c, "EHLO %s", c->ehlo_name ? c->ehlo_name : c->conf->hostname);
 }
 
@@ -1971,14 +1735,14 @@ static void tls_required_failed(struct rconn *c, const char *status, const char 
 		snprintf(why + n, sizeof(why) - n, " [MTA-STS policy of %s, mode enforce]",
 		         c->domain);
 	}
-	set_error(c, false, status, "TLS required but %s", why);
+	rconn_set_error(c, false, status, "TLS required but %s", why);
 	log_warn("event=tls_failed id=%s relay=%s reason=%s action=next-host",
 	         c->job ? c->job->id : "-", target_host(c),
 	         log_quote(why, strlen(why), q, sizeof(q)));
 	abort_bev(c);
 	c->cur++;
 	c->tls_disabled = false;
-	conn_next_target(c);
+	rconn_next_target(c);
 }
 
 static void start_tls(struct rconn *c)
@@ -2001,7 +1765,7 @@ static void start_tls(struct rconn *c)
 		}
 		c->tls_disabled = true;
 		close_bev(c);
-		conn_next_target(c);
+		rconn_next_target(c);
 		return;
 	}
 	tls_client_set_sni(ssl, c->targets[c->cur].host); /* TLS: never an IP address */
@@ -2012,11 +1776,11 @@ static void start_tls(struct rconn *c)
 		SSL_free(ssl);
 		c->tls_disabled = true;
 		close_bev(c);
-		conn_next_target(c);
+		rconn_next_target(c);
 		return;
 	}
 	c->bev = tb;
-	enter_state(c, RC_TLS_HANDSHAKE);
+	rconn_enter_state(c, RC_TLS_HANDSHAKE);
 	smtp_reply_init(&c->rp);
 	bufferevent_setcb(tb, on_read, NULL, on_event, c);
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
@@ -2053,10 +1817,11 @@ static void start_auth(struct rconn *c)
 	/* The password file is read when a connection needs it; it is small and
 	 * local, which keeps secrets out of the config dump. */
 	if (!read_password_file(rt->auth_password_file, pass, sizeof(pass))) {
-		set_error(c, false, "4.7.0", "cannot read auth_password_file for %s", rt->host);
+		rconn_set_error(c, false, "4.7.0", "cannot read auth_password_file for %s",
+		                rt->host);
 		close_bev(c);
-		job_finish(c);
-		conn_end(c);
+		rconn_job_finish(c);
+		rconn_end(c);
 		return;
 	}
 	struct tbuf raw, enc;
@@ -2068,18 +1833,18 @@ static void start_auth(struct rconn *c)
 		tbuf_append(&raw, "", 1);
 		tbuf_append_str(&raw, pass);
 		tern_base64_encode(raw.data, raw.len, &enc);
-		enter_state(c, RC_AUTH);
+		rconn_enter_state(c, RC_AUTH);
 		send_line(c, "AUTH PLAIN %s", enc.data ? enc.data : "");
 	} else if (c->caps.auth & SMTP_AUTH_LOGIN) {
-		enter_state(c, RC_AUTH_LOGIN_USER);
+		rconn_enter_state(c, RC_AUTH_LOGIN_USER);
 		send_line(c, "AUTH LOGIN");
 	} else {
-		set_error(c, false, "4.7.0",
-		          "%s offers no AUTH mechanism we can use (PLAIN, LOGIN)",
-		          c->targets[c->cur].host);
+		rconn_set_error(c, false, "4.7.0",
+		                "%s offers no AUTH mechanism we can use (PLAIN, LOGIN)",
+		                c->targets[c->cur].host);
 		close_bev(c);
-		job_finish(c);
-		conn_end(c);
+		rconn_job_finish(c);
+		rconn_end(c);
 	}
 	memset(pass, 0, sizeof(pass));
 	tbuf_free(&raw);
@@ -2101,7 +1866,7 @@ static void auth_login_step(struct rconn *c, bool user)
 	send_line(c, "%s", enc.data ? enc.data : "");
 	tbuf_free(&enc);
 	memset(pass, 0, sizeof(pass));
-	enter_state(c, user ? RC_AUTH_LOGIN_PASS : RC_AUTH);
+	rconn_enter_state(c, user ? RC_AUTH_LOGIN_PASS : RC_AUTH);
 }
 
 /*
@@ -2125,7 +1890,7 @@ static void after_ehlo(struct rconn *c)
 {
 	if (!c->tls_active && c->caps.starttls && c->level != CONF_TLS_NONE && !c->tls_disabled &&
 	    c->r->tls) {
-		enter_state(c, RC_STARTTLS);
+		rconn_enter_state(c, RC_STARTTLS);
 		send_line(c, "STARTTLS");
 		return;
 	}
@@ -2147,13 +1912,13 @@ static void after_ehlo(struct rconn *c)
 		if (!auth_channel_ok(c)) {
 			/* tlspolicy and the config make this unreachable; the
 			 * password is worth a second lock. */
-			set_error(c, false, "4.7.5",
-			          "TLS required but the channel to %s is not verified: "
-			          "credentials not sent",
-			          target_host(c));
+			rconn_set_error(c, false, "4.7.5",
+			                "TLS required but the channel to %s is not verified: "
+			                "credentials not sent",
+			                target_host(c));
 			close_bev(c);
-			job_finish(c);
-			conn_end(c);
+			rconn_job_finish(c);
+			rconn_end(c);
 			return;
 		}
 		start_auth(c);
@@ -2167,10 +1932,10 @@ static void target_refused(struct rconn *c, const struct smtp_reply *r, const ch
 {
 	char text[600];
 	reply_text(r, phase, text, sizeof(text));
-	set_error(c, false, status_of(r), "%s", text);
+	rconn_set_error(c, false, status_of(r), "%s", text);
 	close_bev(c);
 	c->cur++;
-	conn_next_target(c);
+	rconn_next_target(c);
 }
 
 /* The command a reply in the current state answers. */
@@ -2259,7 +2024,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 			after_ehlo(c);
 		} else if (kind == SMTP_RK_PERM) {
 			memset(&c->caps, 0, sizeof(c->caps));
-			enter_state(c, RC_HELO);
+			rconn_enter_state(c, RC_HELO);
 			send_line(c, "HELO %s", c->ehlo_name ? c->ehlo_name : c->conf->hostname);
 		} else {
 			target_refused(c, r, "EHLO");
@@ -2295,20 +2060,20 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 			return;
 		}
 		reply_text(r, "AUTH", text, sizeof(text));
-		set_error(c, false, "4.7.0", "authentication to %s failed: %s",
-		          c->targets[c->cur].host, text);
+		rconn_set_error(c, false, "4.7.0", "authentication to %s failed: %s",
+		                c->targets[c->cur].host, text);
 		char q[700];
 		log_warn("event=auth_failed id=%s relay=%s reply=%s", c->job ? c->job->id : "-",
 		         c->targets[c->cur].host, log_quote(text, strlen(text), q, sizeof(q)));
-		enter_state(c, RC_QUIT);
+		rconn_enter_state(c, RC_QUIT);
 		send_line(c, "QUIT");
 		wait_for(c, QUIT_TIMEOUT_SEC);
-		job_finish(c);
+		rconn_job_finish(c);
 		/* Every queued job would fail the same way: defer them now. */
 		struct remote_job *nj;
-		while ((nj = dest_pop(c->r, c->dest, false)) != NULL) {
+		while ((nj = remote_dest_pop(c->r, c->dest, false)) != NULL) {
 			c->job = nj;
-			job_finish(c);
+			rconn_job_finish(c);
 		}
 		return;
 	case RC_TX:
@@ -2322,10 +2087,10 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 			/* The results stand (their replies were paired), but a
 			 * session that cannot reset is no place for the next one. */
 			reply_text(r, "RSET", text, sizeof(text));
-			set_error(c, false, "4.5.0", "%s", text);
+			rconn_set_error(c, false, "4.5.0", "%s", text);
 			close_bev(c);
-			job_finish(c);
-			conn_end(c);
+			rconn_job_finish(c);
+			rconn_end(c);
 			return;
 		}
 		/* The failed transaction is reset: its job goes on with the next
@@ -2334,7 +2099,7 @@ static void handle_reply(struct rconn *c, const struct smtp_reply *r)
 		return;
 	case RC_QUIT:
 		close_bev(c);
-		conn_end(c);
+		rconn_end(c);
 		return;
 	case RC_IDLE:
 	case RC_LOAD:
@@ -2545,7 +2310,7 @@ static void conn_failed(struct rconn *c, short what, const char *tls_err)
 	}
 	if (c->st == RC_QUIT) {
 		close_bev(c);
-		conn_end(c);
+		rconn_end(c);
 		return;
 	}
 	if (c->st == RC_TLS_HANDSHAKE) {
@@ -2565,39 +2330,41 @@ static void conn_failed(struct rconn *c, short what, const char *tls_err)
 		         c->job ? c->job->id : "-", host,
 		         log_quote(ebuf, strlen(ebuf), q, sizeof(q)));
 		abort_bev(c);
-		set_error(c, false, "4.7.5", "TLS handshake with %s failed: %s", host, ebuf);
+		rconn_set_error(c, false, "4.7.5", "TLS handshake with %s failed: %s", host, ebuf);
 		c->tls_disabled = true; /* same target again, in clear */
-		conn_next_target(c);
+		rconn_next_target(c);
 		return;
 	}
 	bool in_tx = c->st == RC_TX || c->st == RC_DOT || c->st == RC_RSET || c->st == RC_AUTH ||
 	             c->st == RC_AUTH_LOGIN_PASS || c->st == RC_AUTH_LOGIN_USER;
 	if (c->st == RC_CONNECT)
-		set_error(c, false, "4.4.1", "connect to %s: %s", host,
-		          timeout ? "timed out" : strerror(EVUTIL_SOCKET_ERROR()));
+		rconn_set_error(c, false, "4.4.1", "connect to %s: %s", host,
+		                timeout ? "timed out" : strerror(EVUTIL_SOCKET_ERROR()));
 	else if (timeout && c->body_pending)
-		set_error(c, false, "4.4.2",
-		          "timeout: %s did not take the message data in time (under %.0f bytes/s)",
-		          host, DATA_MIN_RATE);
+		rconn_set_error(
+		    c, false, "4.4.2",
+		    "timeout: %s did not take the message data in time (under %.0f bytes/s)", host,
+		    DATA_MIN_RATE);
 	else if (timeout)
-		set_error(c, false, "4.4.2", "timeout: %s did not send %s within %us%s", host,
-		          waiting_for(c), c->wait_secs, in_tx ? " (during the transaction)" : "");
+		rconn_set_error(c, false, "4.4.2", "timeout: %s did not send %s within %us%s", host,
+		                waiting_for(c), c->wait_secs,
+		                in_tx ? " (during the transaction)" : "");
 	else
-		set_error(c, false, "4.4.2", "%s with %s while waiting for %s%s",
-		          (what & BEV_EVENT_EOF) ? "connection closed" : "connection error", host,
-		          waiting_for(c), in_tx ? " (during the transaction)" : "");
+		rconn_set_error(c, false, "4.4.2", "%s with %s while waiting for %s%s",
+		                (what & BEV_EVENT_EOF) ? "connection closed" : "connection error",
+		                host, waiting_for(c), in_tx ? " (during the transaction)" : "");
 	log_info("event=connection_failed id=%s relay=%s state=%s reason=%s",
 	         c->job ? c->job->id : "-", host, rc_state_name[c->st],
 	         log_quote(c->last_error, strlen(c->last_error), q, sizeof(q)));
 	abort_bev(c);
 	if (in_tx || c->greeted_ok) {
-		job_finish(c);
-		conn_end(c);
+		rconn_job_finish(c);
+		rconn_end(c);
 		return;
 	}
 	c->cur++;
 	c->tls_disabled = false;
-	conn_next_target(c);
+	rconn_next_target(c);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -2630,7 +2397,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			if (c->implicit_tls) {
 				/* smtps://: the server greets inside TLS (RFC 8314 §3) */
 				c->implicit_tls = false;
-				enter_state(c, RC_GREETING);
+				rconn_enter_state(c, RC_GREETING);
 				c->awaiting = 1;
 				wait_for(c, c->conf->delivery.command_timeout);
 				return;
@@ -2651,7 +2418,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			return;
 		}
 		own_reads(c);
-		enter_state(c, RC_GREETING);
+		rconn_enter_state(c, RC_GREETING);
 		c->awaiting = 1; /* the greeting */
 		wait_for(c, c->conf->delivery.command_timeout);
 		return;
@@ -2684,7 +2451,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Is this target one of our own listeners? */
-static bool is_self(const struct rconn *c, const struct target *t)
+bool rconn_is_self(const struct rconn *c, const struct target *t)
 {
 	if (c->conf->hostname && tern_ascii_ieq(t->host, c->conf->hostname))
 		return true;
@@ -2735,17 +2502,19 @@ static bool bind_source(struct rconn *c, const struct target *t, int *fd)
 	int rc = pool_pick(c->conf, pool, family, c->reserved, &ss, &len, &ehlo, c->src_addr,
 	                   sizeof(c->src_addr));
 	if (rc != TERN_OK) {
-		set_error(c, false, rc == TERN_ELIMIT ? "4.7.0" : "4.4.1",
-		          rc == TERN_ELIMIT ? "every address of IP pool %s is at its warm-up cap"
-		                            : "IP pool %s has no %s address for %s",
-		          pool->name, family == AF_INET6 ? "IPv6" : "IPv4", t->host);
+		rconn_set_error(c, false, rc == TERN_ELIMIT ? "4.7.0" : "4.4.1",
+		                rc == TERN_ELIMIT
+		                    ? "every address of IP pool %s is at its warm-up cap"
+		                    : "IP pool %s has no %s address for %s",
+		                pool->name, family == AF_INET6 ? "IPv6" : "IPv4", t->host);
 		c->src_addr[0] = '\0';
 		return false;
 	}
 	int s = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (s < 0 || bind(s, (struct sockaddr *)&ss, len) != 0) {
-		set_error(c, false, "4.4.1", "cannot bind source address %s of IP pool %s: %s",
-		          c->src_addr, pool->name, strerror(errno));
+		rconn_set_error(c, false, "4.4.1",
+		                "cannot bind source address %s of IP pool %s: %s", c->src_addr,
+		                pool->name, strerror(errno));
 		if (s >= 0)
 			close(s);
 		c->src_addr[0] = '\0';
@@ -2773,16 +2542,17 @@ static void no_delay(struct rconn *c)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-static void conn_next_target(struct rconn *c)
+void rconn_next_target(struct rconn *c)
 {
 	while (c->cur < c->n_targets) {
 		struct target *t = &c->targets[c->cur];
 		const struct host_addrs *ha = target_hostinfo(c);
 		if (ha && ha->dane == TLSP_DANE_FAILED) {
-			set_error(c, false, "4.7.5",
-			          "TLS required but the TLSA records of _%u._tcp.%s could not be "
-			          "validated (DNSSEC bogus or lookup failed)",
-			          (unsigned)c->port, t->host);
+			rconn_set_error(
+			    c, false, "4.7.5",
+			    "TLS required but the TLSA records of _%u._tcp.%s could not be "
+			    "validated (DNSSEC bogus or lookup failed)",
+			    (unsigned)c->port, t->host);
 			c->cur++;
 			continue;
 		}
@@ -2797,7 +2567,7 @@ static void conn_next_target(struct rconn *c)
 		if (!c->bev) {
 			if (fd >= 0)
 				close(fd);
-			set_error(c, false, "4.3.0", "out of memory");
+			rconn_set_error(c, false, "4.3.0", "out of memory");
 			break;
 		}
 		smtp_reply_init(&c->rp);
@@ -2805,542 +2575,37 @@ static void conn_next_target(struct rconn *c)
 		c->wire_out = bufferevent_get_output(c->bev);
 		if (!evbuffer_add_cb(c->wire_out, on_wire_drained, c)) {
 			close_bev(c);
-			set_error(c, false, "4.3.0", "out of memory");
+			rconn_set_error(c, false, "4.3.0", "out of memory");
 			break;
 		}
 		bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
 		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-		enter_state(c, RC_CONNECT);
+		rconn_enter_state(c, RC_CONNECT);
 		wait_for(c, c->conf->delivery.connect_timeout);
 		if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&t->ss, (int)t->len) ==
 		    0) {
 			no_delay(c);
 			return;
 		}
-		set_error(c, false, "4.4.1", "connect to %s: %s", t->host, strerror(errno));
+		rconn_set_error(c, false, "4.4.1", "connect to %s: %s", t->host, strerror(errno));
 		close_bev(c);
 		c->cur++;
 	}
 	/* Every address failed: this job and every job queued behind it would
 	 * fail the same way now, so they all wait for their next retry. */
 	if (!c->last_error[0])
-		set_error(c, false, "4.4.1", "no address to connect to for %s", c->domain);
+		rconn_set_error(c, false, "4.4.1", "no address to connect to for %s", c->domain);
 	char q[700]; /* the last error may hold a server's words */
 	log_info("event=destination_unreachable id=%s domain=%s reason=%s",
 	         c->job ? c->job->id : "-", c->domain,
 	         log_quote(c->last_error, strlen(c->last_error), q, sizeof(q)));
-	job_finish(c);
+	rconn_job_finish(c);
 	struct remote_job *nj;
-	while ((nj = dest_pop(c->r, c->dest, false)) != NULL) {
+	while ((nj = remote_dest_pop(c->r, c->dest, false)) != NULL) {
 		c->job = nj;
-		job_finish(c);
+		rconn_job_finish(c);
 	}
-	conn_end(c);
-}
-
-/* ---------------------------------------------------------------- DNS */
-
-static void add_target(struct rconn *c, const char *host, int family, const void *addr)
-{
-	if (c->n_targets == MAX_TARGETS)
-		return;
-	struct target *t = &c->targets[c->n_targets];
-	memset(t, 0, sizeof(*t));
-	tern_strlcpy(t->host, host, sizeof(t->host));
-	if (family == AF_INET) {
-		struct sockaddr_in *in = (struct sockaddr_in *)&t->ss;
-		in->sin_family = AF_INET;
-		in->sin_port = htons(c->port);
-		memcpy(&in->sin_addr, addr, 4);
-		t->len = sizeof(*in);
-	} else {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&t->ss;
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons(c->port);
-		memcpy(&in6->sin6_addr, addr, 16);
-		t->len = sizeof(*in6);
-	}
-	c->n_targets++;
-}
-
-static void fail_dns(struct rconn *c, bool perm, const char *status, const char *text)
-{
-	set_error(c, perm, status, "%s", text);
-	log_info("event=dns_failed id=%s domain=%s status=%s reason=\"%s\"",
-	         c->job ? c->job->id : "-", c->domain, status, text);
-	job_finish(c);
-	struct remote_job *nj;
-	while ((nj = dest_pop(c->r, c->dest, false)) != NULL) {
-		c->job = nj;
-		job_finish(c);
-	}
-	conn_end(c);
-}
-
-/* All address lookups are in: order targets by MX preference (hosts are
- * already sorted and shuffled), IPv6 before IPv4 for each host. */
-static void addresses_done(struct rconn *c)
-{
-	bool any_temp = false;
-	for (size_t h = 0; h < c->n_hosts; h++) {
-		struct host_addrs *ha = &c->hosts[h];
-		/* RFC 7672 §2.2.2: TLSA records count only where the host's
-		 * addresses are secure too (an insecure CNAME or A breaks the
-		 * chain of trust to the TLSA base domain). */
-		if (ha->addr_insecure && ha->dane != TLSP_DANE_NONE) {
-			char qh[DNS_NAME_MAX * 4 + 8];
-			log_info("event=dane_skipped id=%s host=%s reason=\"address records not "
-			         "DNSSEC-secure\"",
-			         c->job ? c->job->id : "-",
-			         log_quote(ha->host, strlen(ha->host), qh, sizeof(qh)));
-			ha->dane = TLSP_DANE_NONE;
-		}
-		for (size_t i = 0; i < ha->n6; i++)
-			add_target(c, ha->host, AF_INET6, &ha->v6[i]);
-		for (size_t i = 0; i < ha->n4; i++)
-			add_target(c, ha->host, AF_INET, &ha->v4[i]);
-		if (ha->st4 == DNS_TEMPFAIL || ha->st6 == DNS_TEMPFAIL)
-			any_temp = true;
-	}
-	/* Never deliver to ourselves (RFC 5321 §5.1). */
-	size_t kept = 0;
-	bool dropped_self = false;
-	for (size_t i = 0; i < c->n_targets; i++) {
-		if (is_self(c, &c->targets[i])) {
-			dropped_self = true;
-			continue;
-		}
-		c->targets[kept++] = c->targets[i];
-	}
-	c->n_targets = kept;
-	if (c->n_targets == 0) {
-		if (dropped_self)
-			fail_dns(c, true, "5.4.6",
-			         "550 5.4.6 mail for this domain loops back to myself");
-		else if (any_temp)
-			fail_dns(c, false, "4.4.3",
-			         "temporary DNS failure looking up the addresses of the mail hosts "
-			         "(no answer from the resolver, or SERVFAIL)");
-		else
-			fail_dns(c, true, "5.1.2",
-			         "550 5.1.2 the mail hosts of this domain have no address");
-		return;
-	}
-	c->cur = 0;
-	conn_next_target(c);
-}
-
-static void on_addr_answer(void *arg, const struct dns_result *r)
-{
-	struct addr_query *q = arg;
-	struct rconn *c = q->c;
-	struct host_addrs *ha = &c->hosts[q->host];
-	if (r->status == DNS_OK && !r->secure)
-		ha->addr_insecure = true;
-	if (q->family == AF_INET) {
-		ha->st4 = r->status;
-		for (size_t i = 0; r->status == DNS_OK && i < r->n && ha->n4 < 8; i++)
-			ha->v4[ha->n4++] = r->a[i];
-	} else {
-		ha->st6 = r->status;
-		for (size_t i = 0; r->status == DNS_OK && i < r->n && ha->n6 < 8; i++)
-			ha->v6[ha->n6++] = r->aaaa[i];
-	}
-	if (--c->pending_dns == 0)
-		addresses_done(c);
-}
-
-static void on_tlsa_answer(void *arg, const struct dns_result *r)
-{
-	struct addr_query *q = arg;
-	struct rconn *c = q->c;
-	struct host_addrs *ha = &c->hosts[q->host];
-	ha->dane = tlsp_dane_of(r);
-	if (ha->dane == TLSP_DANE_USABLE && (ha->tlsa = calloc(r->n, sizeof(*ha->tlsa)))) {
-		for (size_t i = 0; i < r->n; i++) {
-			const struct dns_tlsa *t = &r->tlsa[i];
-			struct dns_tlsa *d = &ha->tlsa[ha->n_tlsa];
-			if (!tlsp_tlsa_usable(t) || !(d->data = malloc(t->len)))
-				continue;
-			memcpy(d->data, t->data, t->len);
-			d->len = t->len;
-			d->usage = t->usage;
-			d->selector = t->selector;
-			d->mtype = t->mtype;
-			ha->n_tlsa++;
-		}
-	}
-	if (ha->dane == TLSP_DANE_USABLE && ha->n_tlsa == 0)
-		ha->dane = TLSP_DANE_FAILED; /* out of memory: try again later */
-	char q2[DNS_NAME_MAX * 4 + 8];
-	static const char *const words[] = {"none", "usable", "unusable", "failed"};
-	log_info("event=dane_lookup id=%s host=%s secure=%s bogus=%s dane=%s records=%zu",
-	         c->job ? c->job->id : "-", log_quote(ha->host, strlen(ha->host), q2, sizeof(q2)),
-	         r->secure ? "yes" : "no", r->bogus ? "yes" : "no", words[ha->dane], ha->n_tlsa);
-	if (--c->pending_dns == 0)
-		addresses_done(c);
-}
-
-/* Is DANE looked for at these hosts? Only with a validating resolver, and
- * for MX delivery only when the MX answer was secure (the TLSA base domain
- * must itself be authentic), or for a route that asks for "dane" (its host
- * comes from the config). */
-static bool dane_wanted(const struct rconn *c)
-{
-	if (!c->conf->dns.trust_anchor_file)
-		return false;
-	if (c->route)
-		return c->route->tls == CONF_TLS_DANE;
-	return c->conf->delivery.dane && c->mx_secure;
-}
-
-static void query_addresses(struct rconn *c)
-{
-	bool dane = dane_wanted(c);
-	c->pending_dns = (int)c->n_hosts * (dane ? 3 : 2);
-	for (size_t h = 0; dane && h < c->n_hosts; h++) {
-		char name[DNS_NAME_MAX + 16];
-		struct addr_query *q = &c->tq[h];
-		q->c = c;
-		q->host = h;
-		q->family = 0;
-		snprintf(name, sizeof(name), "_%u._tcp.%s", (unsigned)c->port, c->hosts[h].host);
-		if (dns_query(c->res, name, DNS_TLSA, on_tlsa_answer, q) < 0) {
-			c->hosts[h].dane = TLSP_DANE_FAILED;
-			c->pending_dns--; /* never 0 here: the address lookups follow */
-		}
-	}
-	for (size_t h = 0; h < c->n_hosts; h++) {
-		for (int k = 0; k < 2; k++) {
-			struct addr_query *q = &c->aq[h][k];
-			q->c = c;
-			q->host = h;
-			q->family = k == 0 ? AF_INET6 : AF_INET;
-			int rc = dns_query(c->res, c->hosts[h].host, k == 0 ? DNS_AAAA : DNS_A,
-			                   on_addr_answer, q);
-			if (rc < 0) {
-				if (k == 0)
-					c->hosts[h].st6 = DNS_TEMPFAIL;
-				else
-					c->hosts[h].st4 = DNS_TEMPFAIL;
-				if (--c->pending_dns == 0)
-					addresses_done(c);
-			}
-		}
-	}
-}
-
-/*
- * MTA-STS on the MX hosts (RFC 8461 §4.1): in enforce mode, hosts that match
- * no mx pattern are dropped and the rest must verify (target_level); none
- * left defers the mail. In testing mode a mismatch is only logged. false
- * when the connection ended here.
- */
-static bool sts_apply(struct rconn *c)
-{
-	if (!c->sts_have || c->sts.mode == MTASTS_NONE)
-		return true;
-	size_t kept = 0;
-	char q[DNS_NAME_MAX * 4 + 8];
-	for (size_t h = 0; h < c->n_hosts; h++) {
-		const char *host = c->hosts[h].host;
-		bool match = mtasts_mx_match(&c->sts, host);
-		if (!match) {
-			log_warn("event=%s id=%s domain=%s mx=%s would_fail=\"MX host not in the "
-			         "policy\"",
-			         c->sts.mode == MTASTS_ENFORCE ? "mta_sts_mx_skipped"
-			                                       : "mta_sts_testing",
-			         c->job ? c->job->id : "-", c->domain,
-			         log_quote(host, strlen(host), q, sizeof(q)));
-			if (c->sts.mode == MTASTS_ENFORCE)
-				continue;
-		}
-		c->hosts[kept] = c->hosts[h];
-		c->hosts[kept].sts_enforce = c->sts.mode == MTASTS_ENFORCE;
-		kept++;
-	}
-	c->n_hosts = kept;
-	if (kept == 0) {
-		char why[400];
-		snprintf(why, sizeof(why),
-		         "TLS required but no MX host of %s matches its MTA-STS policy (mode "
-		         "enforce)",
-		         c->domain);
-		fail_dns(c, false, "4.7.5", why);
-		return false;
-	}
-	return true;
-}
-
-static void on_mx(void *arg, const struct dns_result *r)
-{
-	struct rconn *c = arg;
-	c->mx_secure = r->secure;
-	if (r->status == DNS_NXDOMAIN) {
-		fail_dns(c, true, "5.1.2",
-		         "550 5.1.2 the recipient domain does not exist (NXDOMAIN)");
-		return;
-	}
-	if (r->status == DNS_TEMPFAIL || r->status == DNS_ERROR) {
-		fail_dns(c, false, "4.4.3",
-		         r->bogus ? "DNSSEC validation failed for the MX lookup"
-		                  : "temporary DNS failure looking up MX (no answer from the "
-		                    "resolver, or SERVFAIL)");
-		return;
-	}
-	if (r->status == DNS_NODATA || r->n == 0) {
-		/* No MX: the domain itself is the implicit MX (RFC 5321 §5.1). */
-		c->n_hosts = 1;
-		tern_strlcpy(c->hosts[0].host, c->domain, sizeof(c->hosts[0].host));
-		if (sts_apply(c))
-			query_addresses(c);
-		return;
-	}
-	if (r->n == 1 && r->mx[0].host[0] == '\0') {
-		fail_dns(c, true, "5.1.10",
-		         "556 5.1.10 the recipient domain accepts no mail (null MX, RFC 7505)");
-		return;
-	}
-	/* Sorted by preference; shuffle runs of equal preference. */
-	size_t n = 0;
-	struct dns_mx mx[MAX_MX];
-	for (size_t i = 0; i < r->n && n < MAX_MX; i++)
-		if (r->mx[i].host[0])
-			mx[n++] = r->mx[i];
-	for (size_t i = 0; i < n;) {
-		size_t j = i;
-		while (j < n && mx[j].preference == mx[i].preference)
-			j++;
-		/* Fisher-Yates over the run mx[i .. j-1] (at least one entry). */
-		for (size_t len = j - i; len > 1; len--) {
-			size_t last = i + len - 1, s = i + (size_t)rand() % len;
-			struct dns_mx tmp = mx[last];
-			mx[last] = mx[s];
-			mx[s] = tmp;
-		}
-		i = j;
-	}
-	c->n_hosts = n;
-	for (size_t i = 0; i < n; i++) {
-		memset(&c->hosts[i], 0, sizeof(c->hosts[i]));
-		tern_strlcpy(c->hosts[i].host, mx[i].host, sizeof(c->hosts[i].host));
-	}
-	if (n)
-		shaping_learn_mx(c->domain, c->hosts[0].host); /* a provider's MX: its site */
-	if (sts_apply(c))
-		query_addresses(c);
-}
-
-static void conn_resolve_mx(struct rconn *c)
-{
-	int q = dns_query(c->res, c->domain, DNS_MX, on_mx, c);
-	if (q == TERN_ESYNTAX)
-		fail_dns(c, true, "5.1.2",
-		         "550 5.1.2 the recipient domain is not a valid DNS name");
-	else if (q < 0)
-		fail_dns(c, false, "4.4.3", "cannot start the MX lookup");
-}
-
-/* ------------------------------------------------------------ MTA-STS */
-
-static bool sts_wanted(const struct rconn *c)
-{
-	return !c->route && c->conf->delivery.mta_sts && c->r->sts_pool;
-}
-
-static void sts_work(void *arg)
-{
-	struct sts_job *j = arg;
-	mtasts_get(&j->q);
-}
-
-static void sts_unlink(struct remote *r, struct sts_job *j)
-{
-	pthread_mutex_lock(&r->lock);
-	if (j->prev)
-		j->prev->next = j->next;
-	else
-		r->sts_jobs = j->next;
-	if (j->next)
-		j->next->prev = j->prev;
-	pthread_mutex_unlock(&r->lock);
-}
-
-/* On the connection's worker: the policy is known; the MX lookup follows. */
-static void sts_done(void *arg)
-{
-	struct sts_job *j = arg;
-	struct remote *r = j->r;
-	sts_unlink(r, j);
-	struct rconn *c = j->c;
-	pthread_mutex_lock(&r->lock);
-	bool stopping = r->stopping;
-	pthread_mutex_unlock(&r->lock);
-	if (!c || stopping) {
-		/* gone, or shutting down: remote_free frees the connection and
-		 * its job stays queued in the spool */
-		if (c)
-			c->sts_job = NULL;
-		free(j);
-		return;
-	}
-	c->sts_job = NULL;
-	c->sts_have = j->q.have;
-	if (j->q.have)
-		c->sts = j->q.policy;
-	char q[600];
-	log_info("event=mta_sts id=%s domain=%s txt_id=%s mode=%s source=%s%s%s",
-	         c->job ? c->job->id : "-", c->domain, c->sts_id[0] ? c->sts_id : "-",
-	         j->q.have ? mtasts_mode_name(c->sts.mode) : "-", j->q.source,
-	         j->q.why[0] ? " reason=" : "",
-	         j->q.why[0] ? log_quote(j->q.why, strlen(j->q.why), q, sizeof(q)) : "");
-	free(j);
-	conn_resolve_mx(c);
-}
-
-static void sts_lookups_done(struct rconn *c)
-{
-	struct remote *r = c->r;
-	if (c->sts_txt_records != 1)
-		c->sts_id[0] = '\0'; /* §3.1: not exactly one STSv1 record: none */
-	struct sts_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		conn_resolve_mx(c);
-		return;
-	}
-	j->r = r;
-	j->c = c;
-	struct mtasts_req *q = &j->q;
-	tern_strlcpy(q->domain, c->domain, sizeof(q->domain));
-	tern_ascii_lower(q->domain);
-	tern_strlcpy(q->id, c->sts_id, sizeof(q->id));
-	tern_strlcpy(q->addr, c->sts_addr, sizeof(q->addr));
-	q->port = c->conf->delivery.mta_sts_port;
-	q->ca_pem = r->ca_pem;
-	q->ca_len = r->ca_len;
-	snprintf(q->cache_dir, sizeof(q->cache_dir), "%s/mta-sts", c->conf->data_dir);
-	q->timeout =
-	    c->conf->delivery.command_timeout < 60 ? c->conf->delivery.command_timeout : 60;
-	q->now = time(NULL);
-	pthread_mutex_lock(&r->lock);
-	j->next = r->sts_jobs;
-	if (j->next)
-		j->next->prev = j;
-	r->sts_jobs = j;
-	pthread_mutex_unlock(&r->lock);
-	c->sts_job = j;
-	if (pool_submit(r->sts_pool, sts_work, c->w, sts_done, j) != TERN_OK) {
-		sts_unlink(r, j);
-		c->sts_job = NULL;
-		free(j);
-		conn_resolve_mx(c);
-	}
-}
-
-static void on_sts_txt(void *arg, const struct dns_result *r)
-{
-	struct rconn *c = arg;
-	for (size_t i = 0; r->status == DNS_OK && i < r->n; i++) {
-		const char *t = r->txt[i];
-		if (strncmp(t, "v=STSv1", 7) != 0)
-			continue; /* §3.1: records of other kinds are ignored */
-		c->sts_txt_records++;
-		if (!mtasts_txt_parse(t, strlen(t), c->sts_id))
-			c->sts_id[0] = '\0';
-	}
-	if (--c->sts_pending == 0)
-		sts_lookups_done(c);
-}
-
-static void on_sts_addr(void *arg, const struct dns_result *r)
-{
-	struct rconn *c = arg;
-	/* The first address that comes: A or AAAA. */
-	if (r->status == DNS_OK && r->n > 0 && !c->sts_addr[0]) {
-		if (r->rrtype == DNS_A)
-			inet_ntop(AF_INET, &r->a[0], c->sts_addr, sizeof(c->sts_addr));
-		else if (r->rrtype == DNS_AAAA)
-			inet_ntop(AF_INET6, &r->aaaa[0], c->sts_addr, sizeof(c->sts_addr));
-	}
-	if (--c->sts_pending == 0)
-		sts_lookups_done(c);
-}
-
-/* MX delivery with MTA-STS: the TXT record _mta-sts.DOMAIN and the address
- * of mta-sts.DOMAIN, then the policy (pool), then the MX lookup. */
-static void sts_begin(struct rconn *c)
-{
-	char name[DNS_NAME_MAX + 16];
-	c->sts_pending = 3;
-	c->sts_txt_records = 0;
-	c->sts_id[0] = c->sts_addr[0] = '\0';
-	snprintf(name, sizeof(name), "_mta-sts.%s", c->domain);
-	if (dns_query(c->res, name, DNS_TXT, on_sts_txt, c) < 0)
-		c->sts_pending--;
-	snprintf(name, sizeof(name), "mta-sts.%s", c->domain);
-	if (dns_query(c->res, name, DNS_A, on_sts_addr, c) < 0)
-		c->sts_pending--;
-	if (dns_query(c->res, name, DNS_AAAA, on_sts_addr, c) < 0)
-		c->sts_pending--;
-	if (c->sts_pending == 0)
-		sts_lookups_done(c);
-}
-
-/* Starts resolving the next hop of the connection's destination. */
-static void conn_resolve(struct rconn *c)
-{
-	enter_state(c, RC_DNS);
-	c->n_targets = c->cur = 0;
-	if (c->route) {
-		c->port = c->route->port;
-		const char *h = c->route->host;
-		struct in_addr a4;
-		struct in6_addr a6;
-		char lit[DNS_NAME_MAX + 1];
-		tern_strlcpy(lit, h, sizeof(lit));
-		size_t ll = strlen(lit);
-		if (lit[0] == '[' && ll > 2 && lit[ll - 1] == ']') {
-			memmove(lit, lit + 1, ll - 2);
-			lit[ll - 2] = '\0';
-		}
-		if (inet_pton(AF_INET, lit, &a4) == 1) {
-			add_target(c, h, AF_INET, &a4);
-			conn_next_target(c);
-			return;
-		}
-		if (inet_pton(AF_INET6, lit, &a6) == 1) {
-			add_target(c, h, AF_INET6, &a6);
-			conn_next_target(c);
-			return;
-		}
-		c->n_hosts = 1;
-		memset(&c->hosts[0], 0, sizeof(c->hosts[0]));
-		tern_strlcpy(c->hosts[0].host, h, sizeof(c->hosts[0].host));
-		query_addresses(c);
-		return;
-	}
-	c->port = c->conf->delivery.remote_port;
-	/* A domain literal needs no DNS. */
-	size_t dl = strlen(c->domain);
-	if (c->domain[0] == '[' && dl > 2 && c->domain[dl - 1] == ']') {
-		char lit[DNS_NAME_MAX + 1];
-		tern_strlcpy(lit, c->domain + 1, sizeof(lit));
-		lit[dl - 2] = '\0';
-		struct in_addr a4;
-		struct in6_addr a6;
-		const char *v6 = strncasecmp(lit, "IPv6:", 5) == 0 ? lit + 5 : NULL;
-		if (!v6 && inet_pton(AF_INET, lit, &a4) == 1)
-			add_target(c, c->domain, AF_INET, &a4);
-		else if (v6 && inet_pton(AF_INET6, v6, &a6) == 1)
-			add_target(c, c->domain, AF_INET6, &a6);
-		addresses_done(c);
-		return;
-	}
-	if (sts_wanted(c)) {
-		sts_begin(c);
-		return;
-	}
-	conn_resolve_mx(c);
+	rconn_end(c);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -3385,7 +2650,7 @@ static enum park conn_park(struct rconn *c)
 	}
 	pthread_mutex_unlock(&r->lock);
 	if (res == PARK_DONE) {
-		enter_state(c, RC_IDLE);
+		rconn_enter_state(c, RC_IDLE);
 		wait_for(c, IDLE_KEEP_SEC);
 	}
 	return res;
@@ -3440,13 +2705,13 @@ static void idle_over(struct rconn *c, bool timeout)
 	}
 	c->dest = NULL; /* its slot is given back */
 	if (timeout && c->bev) {
-		enter_state(c, RC_QUIT);
+		rconn_enter_state(c, RC_QUIT);
 		send_line(c, "QUIT");
 		wait_for(c, QUIT_TIMEOUT_SEC);
 		return;
 	}
 	close_bev(c);
-	conn_end(c);
+	rconn_end(c);
 }
 
 /* On c's worker, once remote_submit or remote_stop took c off the idle list. */
@@ -3458,7 +2723,7 @@ static void conn_unpark(void *arg)
 	bool outer = step_begin(c);
 	wait_none(c);
 	if (!c->bev)
-		conn_end(c); /* the peer left meanwhile: the slot goes to a new connection */
+		rconn_end(c); /* the peer left meanwhile: the slot goes to a new connection */
 	else
 		conn_start_job(c);
 	if (outer)
@@ -3468,7 +2733,7 @@ static void conn_unpark(void *arg)
 /* The connection moves to its destination's next job, or QUITs. */
 static void conn_start_job(struct rconn *c)
 {
-	job_finish(c); /* never drop a job unrecorded (a no-op without one) */
+	rconn_job_finish(c); /* never drop a job unrecorded (a no-op without one) */
 	bool park_tried = false;
 	for (;;) {
 		bool reconnect = false;
@@ -3483,15 +2748,15 @@ static void conn_start_job(struct rconn *c)
 		}
 		if (!j) {
 			/* Our slot is released, or kept for the next connection
-			 * (shaping's per_connection: conn_end passes it on). */
+			 * (shaping's per_connection: rconn_end passes it on). */
 			if (!reconnect)
 				c->dest = NULL;
 			if (c->bev) {
-				enter_state(c, RC_QUIT);
+				rconn_enter_state(c, RC_QUIT);
 				send_line(c, "QUIT");
 				wait_for(c, QUIT_TIMEOUT_SEC);
 			} else {
-				conn_end(c);
+				rconn_end(c);
 			}
 			return;
 		}
@@ -3500,7 +2765,7 @@ static void conn_start_job(struct rconn *c)
 			return;
 		/* Does not fit this peer: bounced here; a loop, not recursion,
 		 * so that a long queue of such jobs cannot exhaust the stack. */
-		job_finish(c);
+		rconn_job_finish(c);
 	}
 }
 
@@ -3512,7 +2777,7 @@ static void conn_free(struct rconn *c)
 		c->dead = true;
 		return;
 	}
-	if (TERN_BUG_ON(c->next_job)) /* conn_end requeues it */
+	if (TERN_BUG_ON(c->next_job)) /* rconn_end requeues it */
 		next_job_requeue(c, REQUEUE_CONN_ENDED);
 	pthread_mutex_lock(&c->r->lock);
 	if (c->prev)
@@ -3556,12 +2821,12 @@ static void conn_spawn(struct remote *r, struct dest *d);
 
 /* The connection is done. If its destination still has work, another
  * connection takes over (the slot is passed on, not released). */
-static void conn_end(struct rconn *c)
+void rconn_end(struct rconn *c)
 {
 	struct remote *r = c->r;
 	struct dest *d = c->dest;
 	if (c->job)
-		job_finish(c);
+		rconn_job_finish(c);
 	next_job_requeue(c, REQUEUE_CONN_ENDED); /* PIPE-NEXT: then `more` below counts it */
 	if (d) {
 		pthread_mutex_lock(&r->lock);
@@ -3581,7 +2846,7 @@ static void conn_end(struct rconn *c)
 static void conn_begin(void *arg)
 {
 	struct rconn *c = arg;
-	/* After remote_stop dest_pop takes nothing (and gives up the slot): the
+	/* After remote_stop remote_dest_pop takes nothing (and gives up the slot): the
 	 * connection goes without resolving; the jobs stay queued, unrecorded. */
 	bool reconnect = false; /* never: no message was carried yet */
 	c->job = dest_pop_shaped(c, &reconnect);
@@ -3593,12 +2858,12 @@ static void conn_begin(void *arg)
 	tern_strlcpy(c->domain, c->job->domain, sizeof(c->domain));
 	c->timer = evtimer_new(worker_base(c->w), on_deadline, c);
 	if (!c->timer) {
-		set_error(c, false, "4.3.0", "out of memory");
-		conn_end(c); /* finishes the job; the next connection takes the rest */
+		rconn_set_error(c, false, "4.3.0", "out of memory");
+		rconn_end(c); /* finishes the job; the next connection takes the rest */
 		return;
 	}
 	c->route = conf_find_route(c->conf, c->domain);
-	conn_resolve(c);
+	rconn_resolve(c);
 }
 
 /* Starts a connection for d on the next worker; the caller holds a slot. */
