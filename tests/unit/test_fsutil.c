@@ -2,7 +2,8 @@
  * test_fsutil.c — the one-of-each helpers in core/ and mime/: atomic file
  * replacement (content, mode, no temp file left, failure leaves the old
  * file), mkdir -p (nested, existing, a file in the way), full writes over
- * many iovecs, the RFC 5322 date (fixed English names, range), and the
+ * many iovecs, the RFC 5322 date (fixed English names, range), the RFC 3339
+ * forms (UTC, milliseconds cut, offsets, years 0000-9999), and the
  * MIME writer (sticky first error, encoded words, 76-column base64).
  */
 #include <setjmp.h>
