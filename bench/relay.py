@@ -91,7 +91,7 @@ class Sink:
         self.proc.wait()
 
 
-def run_once(args, tern, load, sink_bin, trace=None):
+def run_once(args, tern, load, sink_bin, trace=None, extra=""):
     sink = Sink(sink_bin, args.messages, args.chunk_sink)
     work = tempfile.mkdtemp(prefix="tern-bench-relay-")
     os.chmod(work, 0o755)
@@ -109,6 +109,7 @@ delivery {{ max_per_destination = {args.per_dest}; pipeline_next = {args.pipelin
 workers = {args.workers};
 limits {{ max_connections = 20000; max_connections_per_ip = 20000; queued_memory = {args.queued_memory}; }}
 listen {{ mx {{ address = "127.0.0.1:{port}"; profile = "mx"; }} }}
+{extra}
 """)
     log = open(os.path.join(work, "tern.log"), "w")
     proc = subprocess.Popen(shlex.split(args.wrap) + [tern, "serve", "-c", conf], stdout=log,
@@ -180,18 +181,24 @@ def main():
                          "delivery (tern's default 128m)")
     ap.add_argument("--workers", type=int, default=0,
                     help="tern's event-loop threads (config `workers`; 0: one per core)")
+    ap.add_argument("--conf", default="",
+                    help="configuration text added to tern's (e.g. 'events { enabled = false; }')")
+    ap.add_argument("--baseline-conf", default=None,
+                    help="configuration text added for the baseline instead (default: --conf); "
+                         "with --tern-baseline the same binary as --tern, this A/Bs a setting")
     args = ap.parse_args()
     if not os.access(args.sink, os.X_OK):
         sys.exit("bench: needs smtp-sink as the next hop (Debian package postfix)")
     load = benchlib.smtpload(args.tern, tempfile.mkdtemp(prefix="tern-bench-"), args.smtpload)
-    bins = [("tern", args.tern)] + ([("baseline", args.tern_baseline)]
-                                    if args.tern_baseline else [])
+    base_conf = args.conf if args.baseline_conf is None else args.baseline_conf
+    bins = [("tern", args.tern, args.conf)] + ([("baseline", args.tern_baseline, base_conf)]
+                                               if args.tern_baseline else [])
     print(f"relay: {args.messages} messages of {args.size} B over {args.conns} connections, "
           f"{args.reps} repetitions")
     for rep in range(1, args.reps + 1):
-        for name, b in bins:
+        for name, b, extra in bins:
             trace = f"{args.trace}-rep{rep}-{name}.txt" if args.trace else None
-            r = run_once(args, b, load, args.sink, trace)
+            r = run_once(args, b, load, args.sink, trace, extra)
             print(f"rep {rep} {name}: " + json.dumps(r), flush=True)
 
 
