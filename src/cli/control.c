@@ -76,7 +76,7 @@ int control_bind(const char *data_dir)
  * shows as "scheduled", not tried before it) */
 static void put_rcpt(struct tbuf *b, const struct spool_rcpt *r, bool scheduled)
 {
-	char next[32] = "";
+	char next[TERN_RFC3339_MAX] = "";
 	tbuf_printf(b, "  to=<%s> state=%s attempts=%u local=%s", r->addr,
 	            scheduled && r->state == RCPT_QUEUED ? "scheduled" : rcpt_state_name(r->state),
 	            r->attempts, r->local ? "yes" : "no");
@@ -99,7 +99,7 @@ struct list_ctx {
 static bool list_one(const struct spool_msg *m, void *arg)
 {
 	struct list_ctx *lc = arg;
-	char created[32];
+	char created[TERN_RFC3339_MAX];
 	tern_rfc3339(m->created, created, sizeof(created));
 	tbuf_printf(lc->b, "%s size=%llu created=%s from=<%s> rcpts=%zu\n", m->id,
 	            (unsigned long long)m->size, created, m->sender, m->n_rcpts);
@@ -114,7 +114,7 @@ static void show_one(struct tbuf *b, const struct spool_msg *m)
 {
 	static const char *bodies[] = {"", "7BIT", "8BITMIME", "BINARYMIME"};
 	static const char *rets[] = {"", "FULL", "HDRS"};
-	char created[32];
+	char created[TERN_RFC3339_MAX];
 	tern_rfc3339(m->created, created, sizeof(created));
 	tbuf_printf(b, "id: %s\nfrom: <%s>\ncreated: %s\nsize: %llu\n", m->id, m->sender, created,
 	            (unsigned long long)m->size);
@@ -130,7 +130,7 @@ static void show_one(struct tbuf *b, const struct spool_msg *m)
 		tbuf_append_str(b, "smtputf8: yes\n");
 	bool sched = m->not_before > (int64_t)time(NULL);
 	if (m->not_before) { /* the API's send_at */
-		char nb[32];
+		char nb[TERN_RFC3339_MAX];
 		tern_rfc3339(m->not_before, nb, sizeof(nb));
 		tbuf_printf(b, "send_at: %s%s\n", nb, sched ? " (scheduled)" : "");
 	}

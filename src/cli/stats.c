@@ -57,7 +57,7 @@ static void header(const char *first)
 
 static void print_table(const struct stats_query *q, const struct stats_result *r, bool series)
 {
-	char a[32], b[32];
+	char a[TERN_RFC3339_MAX], b[TERN_RFC3339_MAX];
 	tern_rfc3339(q->since, a, sizeof(a));
 	tern_rfc3339(q->until, b, sizeof(b));
 	printf("window %s .. %s\n", a, b);

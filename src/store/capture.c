@@ -298,7 +298,7 @@ static json_t *json_col(sqlite3_stmt *s, int i, size_t flags_is_array)
 /* One MessageSummary from a SUMMARY_COLS row. */
 static json_t *summary_from_row(sqlite3_stmt *s)
 {
-	char created[48];
+	char created[TERN_RFC3339_MAX];
 	tern_rfc3339_ms(sqlite3_column_int64(s, 7), created, sizeof(created));
 	json_t *addrs = json_col(s, 5, 0);
 	json_t *o = json_object();

@@ -1167,7 +1167,7 @@ static void set_str(json_t *o, const char *k, const unsigned char *v)
 
 char *events_row_json(sqlite3_stmt *st, const char *node, bool envelope)
 {
-	char ts[32], na[32], eid[64];
+	char ts[TERN_RFC3339_MAX], na[TERN_RFC3339_MAX], eid[64];
 	int64_t id = sqlite3_column_int64(st, 0);
 	const char *type = (const char *)sqlite3_column_text(st, 2);
 	tern_rfc3339(sqlite3_column_int64(st, 1), ts, sizeof(ts));

@@ -288,7 +288,6 @@ def test_sa_check_without_a_scanner_is_400_as_in_mailpit(capture):
     assert japi(capture, "/api/v1/webui")["SpamAssassin"] is False
 
 
-
 @pytest.fixture(scope="module")
 def rspamd_http():
     """Debian's rspamd with only its normal worker, on a free loopback port (HTTP /checkv2)."""

@@ -200,4 +200,3 @@ def test_200_concurrent_idle_connections_get_greeting(tern):
     finally:
         for s in socks:
             s.close()
-

@@ -368,7 +368,6 @@ RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
-
 @pytest.fixture(scope="module")
 def rspamd():
     if not os.path.exists(RSPAMD) or not os.path.exists("/etc/rspamd/rspamd.conf"):

@@ -269,6 +269,11 @@ static void a_reply_too_big_for_the_batch_is_sent_at_once(void **state)
 	size_t sent = wire_out(p.bev, b, true, big, n);
 	assert_true(sent > 0);
 	assert_int_equal(evbuffer_get_length(bufferevent_get_output(p.bev)), n - sent);
+	/* at the peer already, with no loop turn and no flush: not batched */
+	char *got = malloc(n);
+	assert_non_null(got);
+	assert_int_equal(peer_read(&p, got, n), sent);
+	free(got);
 	free(big);
 	pair_shut(&p);
 	send_batch_free(b);
